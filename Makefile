@@ -1,0 +1,41 @@
+# Coherence Explorer: `make run` serves the dashboard on the demo workspace; `make test` tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORKSPACE ?= $(or $(COHERENCE_WORKSPACE),workspace)
+PORT ?= 8501
+export COHERENCE_WORKSPACE := $(abspath $(WORKSPACE))
+
+.PHONY: run test test-fast lint bench demo docker docker-test clean
+
+$(BIN)/activate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(BIN)/activate
+
+venv: $(BIN)/activate
+
+run: $(BIN)/activate
+	$(BIN)/coherence demo --workspace "$(WORKSPACE)"
+	$(BIN)/coherence serve --workspace "$(WORKSPACE)" --port $(PORT)
+
+demo: $(BIN)/activate
+	$(BIN)/coherence demo --workspace "$(WORKSPACE)"
+
+lint: $(BIN)/activate
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(BIN)/activate lint
+	$(BIN)/python -m pytest
+
+test-fast: $(BIN)/activate
+	$(BIN)/python -m pytest -m "not slow and not browser and not docker"
+
+bench: $(BIN)/activate
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

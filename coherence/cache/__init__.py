@@ -1,0 +1,1 @@
+"""Content-addressed result store and background jobs (stage 4: cache)."""

@@ -1,0 +1,139 @@
+"""The `coherence` command line: simulate, train, analyze, demo, serve, cache.
+
+Every long command shows progress; every user error is one line that names the bad input and
+the fix (exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from coherence.errors import CoherenceError
+
+app = typer.Typer(
+    name="coherence",
+    help="Coherence Explorer: influence diagnostics for autoregressive PDE surrogates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def friendly_errors(func: F) -> F:
+    """Turn CoherenceError into one red line and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CoherenceError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@app.command()
+@friendly_errors
+def simulate(
+    out: Annotated[Path, typer.Option(help="Dataset directory to create (Well layout).")],
+    family: Annotated[str, typer.Option(help="PDE family: euler or ns.")] = "euler",
+    classes: Annotated[
+        str, typer.Option(help="Comma-separated initial-condition classes.")
+    ] = "CE-RP,CE-CRP,CE-RPUI",
+    trajectories: Annotated[int, typer.Option(help="Trajectories per class.")] = 32,
+    resolution: Annotated[int, typer.Option(help="Grid points per side.")] = 64,
+    snapshots: Annotated[int, typer.Option(help="Snapshots uniform on [0, t-end].")] = 21,
+    t_end: Annotated[float, typer.Option(help="Final time.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed for initial states and splits.")] = 0,
+    name: Annotated[str, typer.Option(help="dataset_name attribute (default from family).")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing class files.")] = False,
+) -> None:
+    """Simulate PDE trajectories and write them as a Well-format dataset."""
+    from coherence.simulation.dataset import SimulationRequest, generate_dataset
+
+    request = SimulationRequest(
+        family=family,
+        classes=split_list(classes),
+        trajectories=trajectories,
+        resolution=resolution,
+        snapshots=snapshots,
+        t_end=t_end,
+        seed=seed,
+        dataset_name=name,
+    )
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task("simulating", total=len(request.classes) * trajectories)
+
+        def report(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, description=message)
+
+        generate_dataset(request, out, progress=report, overwrite=overwrite)
+    console.print(
+        f"wrote dataset [bold]{request.name}[/] ({len(request.classes)} classes × "
+        f"{trajectories} trajectories, {resolution}², {snapshots} snapshots) to "
+        f"[bold]{out.resolve()}[/] in {time.perf_counter() - start:.1f} s"
+    )
+
+
+@app.command()
+@friendly_errors
+def serve(
+    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+) -> None:
+    """Serve the dashboard (Streamlit) on the workspace."""
+    import os
+    import subprocess
+
+    from coherence.workspace import ENV_VAR, workspace_root
+
+    env = dict(os.environ)
+    env[ENV_VAR] = str(workspace_root(workspace))
+    app_file = Path(__file__).resolve().parent.parent / "app.py"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app_file),
+        "--server.port", str(port), "--server.address", address,
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none",
+    ]
+    console.print(f"serving Coherence Explorer on http://{address}:{port} "
+                  f"(workspace {env[ENV_VAR]})")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

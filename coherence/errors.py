@@ -1,0 +1,31 @@
+"""Domain exceptions: every message names the bad input and says how to fix it.
+
+The CLI and the dashboard catch exactly these (all ``ValueError`` subclasses) and show one
+sentence instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CoherenceError(ValueError):
+    """Base class for user-facing errors of Coherence Explorer."""
+
+
+class SchemaError(CoherenceError):
+    """An HDF5 file does not follow The Well schema (names the file, the rule and the fix)."""
+
+
+class CheckpointError(CoherenceError):
+    """A checkpoint directory is missing, unsafe, or does not match its config or dataset."""
+
+
+class RequestError(CoherenceError):
+    """An analysis, simulation or training request asks for something impossible."""
+
+
+class SimulationError(CoherenceError):
+    """A solver was given an unphysical or malformed state."""
+
+
+class WorkspacePathError(CoherenceError):
+    """A path points outside the workspace the product is allowed to read and write."""

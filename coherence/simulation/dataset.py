@@ -1,0 +1,294 @@
+"""Datasets on disk: generate them from the solvers, open and check them, fingerprint them.
+
+Layout (The Well): ``<dataset>/data/{train,valid,test}/<class>.hdf5``, one file per class and
+split, all files sharing one dataset_name, family, grid and time axis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coherence.errors import RequestError, SchemaError
+from coherence.simulation.families import FAMILIES, Family, family_spec
+from coherence.simulation.wellformat import WellMetadata, read_metadata, read_well_file
+
+SPLITS = ("train", "valid", "test")
+MAX_RESOLUTION = 1024
+MAX_TRAJECTORIES = 100_000
+
+Progress = Callable[[int, int, str], None]  # (done, total, message)
+
+
+@dataclass(frozen=True)
+class SimulationRequest:
+    """What `coherence simulate` builds: trajectories per class, split per class."""
+
+    family: str
+    classes: tuple[str, ...]
+    trajectories: int = 32  # per class, before the split
+    resolution: int = 64
+    snapshots: int = 21  # uniform on [0, t_end], the first one the initial state
+    t_end: float = 1.0
+    seed: int = 0
+    split: tuple[float, float, float] = (0.65, 0.05, 0.30)  # train, valid, test
+    dataset_name: str = ""
+
+    def __post_init__(self) -> None:
+        spec = family_spec(self.family)
+        from coherence.simulation.classes import get_class
+
+        if not self.classes:
+            raise RequestError("classes is empty; name at least one initial-condition class")
+        for name in self.classes:
+            ic = get_class(name)
+            if ic.family is not spec.family:
+                raise RequestError(
+                    f"class {name!r} belongs to family {ic.family.value!r}, not "
+                    f"{spec.family.value!r}; CE and NS are never mixed in one dataset"
+                )
+        if len(set(self.classes)) != len(self.classes):
+            raise RequestError(f"classes {list(self.classes)} name a class twice")
+        if not 3 <= self.trajectories <= MAX_TRAJECTORIES:
+            raise RequestError(
+                f"trajectories={self.trajectories}: need 3..{MAX_TRAJECTORIES} per class so "
+                "that train, valid and test each get at least one"
+            )
+        if not 8 <= self.resolution <= MAX_RESOLUTION or self.resolution % 8:
+            raise RequestError(
+                f"resolution={self.resolution}: use a multiple of 8 between 8 and "
+                f"{MAX_RESOLUTION} (the surrogates downsample by up to 8)"
+            )
+        if not 2 <= self.snapshots <= 10_000:
+            raise RequestError(f"snapshots={self.snapshots}: need between 2 and 10000")
+        if not (np.isfinite(self.t_end) and self.t_end > 0):
+            raise RequestError(f"t_end={self.t_end}: must be a positive number")
+        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
+            raise RequestError(f"split={self.split}: three non-negative fractions summing to 1")
+
+    @property
+    def name(self) -> str:
+        return self.dataset_name or f"{Family(self.family).value}_{self.resolution}"
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.linspace(0.0, self.t_end, self.snapshots)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Trajectories per split: rounded fractions, each split at least one, summing to n."""
+    n_valid = max(1, round(n * fractions[1]))
+    n_test = max(1, round(n * fractions[2]))
+    n_train = n - n_valid - n_test
+    if n_train < 1:
+        raise RequestError(f"{n} trajectories cannot fill train, valid and test; use at least 3")
+    return n_train, n_valid, n_test
+
+
+def class_seed(seed: int, class_name: str) -> int:
+    """A per-class seed that does not change when other classes are added or removed."""
+    digest = hashlib.sha256(f"{seed}:{class_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def evolve_states(family: Family, states: torch.Tensor, times: np.ndarray) -> torch.Tensor:
+    """Run the family's solver: [B, F, H, W] -> [B, T, F, H, W]."""
+    times_t = torch.as_tensor(times, dtype=states.dtype)
+    if family is Family.EULER:
+        from coherence.simulation import euler
+
+        return euler.evolve(states, times_t, gamma=FAMILIES[family].scalars["gamma"])
+    from coherence.simulation import navier_stokes
+
+    return navier_stokes.evolve(states, times_t, nu=FAMILIES[family].scalars["nu"])
+
+
+def generate_dataset(
+    request: SimulationRequest,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 32,
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Simulate every class and write the Well layout under ``out_dir``; returns out_dir.
+
+    Each class gets its own seed (``class_seed``) for initial states and split, so results are
+    reproducible class by class. Existing class files are refused unless ``overwrite``.
+    """
+    from coherence.simulation.classes import get_class
+    from coherence.simulation.wellformat import write_well_file
+
+    out = Path(out_dir)
+    family = Family(request.family)
+    counts = split_counts(request.trajectories, request.split)
+    if not overwrite:
+        existing = [out / "data" / s / f"{c}.hdf5" for s in SPLITS for c in request.classes]
+        clash = [p for p in existing if p.exists()]
+        if clash:
+            raise RequestError(
+                f"{clash[0]} already exists; choose another --out or pass --overwrite"
+            )
+    total = len(request.classes) * request.trajectories
+    done = 0
+    for class_name in request.classes:
+        seed = class_seed(request.seed, class_name)
+        initial = get_class(class_name).sample(request.trajectories, request.resolution, seed)
+        chunks = []
+        for start in range(0, request.trajectories, batch_size):
+            batch = initial[start : start + batch_size].to(dtype)
+            chunks.append(evolve_states(family, batch, request.times).cpu().numpy())
+            done += batch.shape[0]
+            if progress:
+                progress(done, total, f"{class_name}: {done}/{total} trajectories")
+        states = np.concatenate(chunks)
+        order = np.random.default_rng(seed).permutation(request.trajectories)
+        bounds = np.cumsum((0, *counts))
+        for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
+            write_well_file(
+                out / "data" / split / f"{class_name}.hdf5",
+                states[np.sort(order[lo:hi])],
+                request.times,
+                family=family,
+                class_name=class_name,
+                dataset_name=request.name,
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A checked dataset: every file shares one name, family, grid and time axis."""
+
+    root: Path
+    name: str
+    family: Family
+    height: int
+    width: int
+    times: np.ndarray = field(repr=False)
+    files: dict[str, dict[str, WellMetadata]] = field(repr=False)  # split -> class -> meta
+
+    @property
+    def classes(self) -> list[str]:
+        names = {c for per_class in self.files.values() for c in per_class}
+        return sorted(names)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return FAMILIES[self.family].channels
+
+    def file(self, split: str, class_name: str) -> WellMetadata:
+        """The metadata of one split/class file, or a RequestError listing what exists."""
+        if split not in self.files:
+            raise RequestError(
+                f"dataset {self.root} has no '{split}' split; it has: {', '.join(self.files)}"
+            )
+        per_class = self.files[split]
+        if class_name not in per_class:
+            raise RequestError(
+                f"class {class_name!r} is not in the {split} split of {self.root}; available: "
+                f"{', '.join(sorted(per_class))}"
+            )
+        return per_class[class_name]
+
+    def load(
+        self,
+        split: str,
+        class_name: str,
+        trajectories: Sequence[int] | None = None,
+        steps: slice | None = None,
+    ) -> np.ndarray:
+        """States [B, T, F, H, W] of one class in one split."""
+        states, _ = read_well_file(self.file(split, class_name).path, trajectories=trajectories,
+                                   steps=steps)
+        return states
+
+    def fingerprint(self, split: str | None = None, classes: Sequence[str] | None = None) -> str:
+        """Content hash of the files (optionally one split / some classes) for cache keys."""
+        paths = [
+            meta.path
+            for s, per_class in sorted(self.files.items())
+            if split is None or s == split
+            for c, meta in sorted(per_class.items())
+            if classes is None or c in classes
+        ]
+        return files_fingerprint(paths)
+
+
+def open_dataset(root: str | os.PathLike) -> DatasetInfo:
+    """Find and validate every ``data/<split>/<class>.hdf5`` under root; check consistency."""
+    root = Path(root)
+    data_dir = root / "data"
+    if not data_dir.is_dir():
+        raise SchemaError(
+            f"{root}: no 'data' directory; a Well dataset is laid out as "
+            "<dataset>/data/{train,valid,test}/<class>.hdf5 (create one with `coherence simulate`)"
+        )
+    files: dict[str, dict[str, WellMetadata]] = {}
+    for split in SPLITS:
+        for path in sorted((data_dir / split).glob("*.hdf5")) + sorted(
+            (data_dir / split).glob("*.h5")
+        ):
+            meta = read_metadata(path)
+            files.setdefault(split, {})[meta.class_name] = meta
+    if not files:
+        raise SchemaError(f"{data_dir}: no .hdf5 files in train/, valid/ or test/")
+    metas = [m for per_class in files.values() for m in per_class.values()]
+    first = metas[0]
+    for meta in metas[1:]:
+        for attr in ("dataset_name", "family", "height", "width"):
+            if getattr(meta, attr) != getattr(first, attr):
+                raise SchemaError(
+                    f"{meta.path}: {attr} is {getattr(meta, attr)!r} but {first.path} has "
+                    f"{getattr(first, attr)!r}; all files of one dataset must agree"
+                )
+        if meta.times.shape != first.times.shape or not np.allclose(meta.times, first.times):
+            raise SchemaError(
+                f"{meta.path}: its time axis differs from {first.path}; all files of one "
+                "dataset must share the snapshot times"
+            )
+    return DatasetInfo(
+        root=root,
+        name=first.dataset_name,
+        family=first.family,
+        height=first.height,
+        width=first.width,
+        times=first.times,
+        files=files,
+    )
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, memoized on (path, size, mtime) so reloads stay cheap."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+def files_fingerprint(paths: Sequence[str | os.PathLike]) -> str:
+    """One digest over several files' contents and their split/file names (order-independent)."""
+    digest = hashlib.sha256()
+    entries = sorted(f"{Path(p).parent.name}/{Path(p).name}:{file_digest(p)}" for p in paths)
+    for entry in entries:
+        digest.update(entry.encode())
+    return digest.hexdigest()

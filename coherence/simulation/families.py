@@ -1,0 +1,55 @@
+"""The two PDE families: their state channels (model order) and physical constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from coherence.errors import RequestError
+
+
+class Family(StrEnum):
+    EULER = "euler"
+    NS = "ns"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a state of one family looks like, in the channel order models see."""
+
+    family: Family
+    channels: tuple[str, ...]
+    scalars: dict[str, float]
+    description: str
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+
+EULER_GAMMA = 1.4
+NS_VISCOSITY = 4e-4
+
+FAMILIES: dict[Family, FamilySpec] = {
+    Family.EULER: FamilySpec(
+        family=Family.EULER,
+        channels=("density", "momentum_x", "momentum_y", "energy"),
+        scalars={"gamma": EULER_GAMMA},
+        description="2-D compressible Euler, conserved variables (ρ, ρu, ρv, E), γ = 1.4",
+    ),
+    Family.NS: FamilySpec(
+        family=Family.NS,
+        channels=("velocity_x", "velocity_y"),
+        scalars={"nu": NS_VISCOSITY},
+        description="2-D incompressible Navier–Stokes, velocity (u, v), ν = 4e-4",
+    ),
+}
+
+
+def family_spec(name: str | Family) -> FamilySpec:
+    """Look up a family by name, with an error that lists the allowed values."""
+    try:
+        return FAMILIES[Family(name)]
+    except ValueError:
+        allowed = ", ".join(f.value for f in Family)
+        raise RequestError(f"unknown PDE family {name!r}; choose one of: {allowed}") from None

@@ -1,0 +1,1 @@
+"""UNet and ViT surrogates, training, checkpoints and rollouts (stage 2: train)."""

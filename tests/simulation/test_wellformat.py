@@ -1,0 +1,203 @@
+"""The Well schema: round trips, foreign files, and every refusal names file, rule and fix."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from coherence.errors import SchemaError
+from coherence.simulation.wellformat import (
+    read_metadata,
+    read_well_file,
+    validate_well_file,
+    write_well_file,
+)
+
+
+def euler_states(b: int = 3, t: int = 4, h: int = 6, w: int = 8, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rho = rng.uniform(0.5, 1.5, (b, t, h, w))
+    u, v = rng.normal(size=(2, b, t, h, w))
+    p = rng.uniform(0.5, 1.5, (b, t, h, w))
+    energy = p / 0.4 + 0.5 * rho * (u**2 + v**2)
+    return np.stack([rho, rho * u, rho * v, energy], axis=2).astype(np.float32)
+
+
+@pytest.fixture
+def ce_file(tmp_path):
+    states = euler_states()
+    path = write_well_file(tmp_path / "CE-RP.hdf5", states, np.linspace(0, 1, 4),
+                           family="euler", class_name="CE-RP", dataset_name="demo")
+    return path, states
+
+
+def test_euler_round_trip_keeps_channels_and_orientation(ce_file):
+    path, states = ce_file
+    back, meta = read_well_file(path)
+    np.testing.assert_array_equal(back, states)
+    assert meta.family.value == "euler"
+    assert meta.class_name == "CE-RP" and meta.dataset_name == "demo"
+    assert (meta.height, meta.width, meta.n_steps, meta.n_trajectories) == (6, 8, 4, 3)
+    assert meta.scalars == {"gamma": 1.4}
+    assert meta.bc_types == ("periodic", "periodic")
+
+
+def test_written_file_follows_the_well_layout(ce_file):
+    path, states = ce_file
+    with h5py.File(path) as f:
+        for attr in ("dataset_name", "grid_type", "n_spatial_dims", "n_trajectories",
+                     "simulation_parameters", "initial_condition_class"):
+            assert attr in f.attrs
+        for group in ("dimensions", "boundary_conditions", "scalars", "t0_fields",
+                      "t1_fields", "t2_fields"):
+            assert group in f
+        assert sorted(f["t0_fields"]) == ["density", "energy", "pressure"]
+        assert list(f["t1_fields"]) == ["momentum"]
+        # The Well indexes (trajectory, time, x, y): x is our last axis (W = 8).
+        assert f["t0_fields/density"].shape == (3, 4, 8, 6)
+        assert f["t1_fields/momentum"].shape == (3, 4, 8, 6, 2)
+        assert f["t0_fields/density"].dtype == np.float32
+        np.testing.assert_array_equal(f["t0_fields/density"][1, 2, 5, 3], states[1, 2, 0, 3, 5])
+        rho, mx, my, energy = (states[..., c, :, :].astype(np.float64) for c in range(4))
+        expected_p = 0.4 * (energy - 0.5 * (mx**2 + my**2) / rho)
+        np.testing.assert_allclose(
+            f["t0_fields/pressure"][()], np.swapaxes(expected_p, -1, -2), rtol=1e-5
+        )
+
+
+def test_navier_stokes_round_trip(tmp_path):
+    states = np.random.default_rng(1).normal(size=(2, 3, 2, 8, 4)).astype(np.float32)
+    path = write_well_file(tmp_path / "NS-Sines.hdf5", states, [0.0, 0.5, 1.0],
+                           family="ns", class_name="NS-Sines", dataset_name="ns")
+    back, meta = read_well_file(path, trajectories=[1], steps=slice(1, 3))
+    np.testing.assert_array_equal(back, states[[1], 1:3])
+    assert meta.family.value == "ns" and meta.scalars == {"nu": 4e-4}
+
+
+def test_reads_a_foreign_well_file_like_euler_multi_quadrants(tmp_path):
+    """A file we did not write: no class attribute, open boundaries, (x, y) indexing."""
+    b, t, nx, ny = 2, 3, 5, 4
+    rng = np.random.default_rng(3)
+    rho = rng.uniform(0.5, 1.0, (b, t, nx, ny)).astype(np.float32)
+    momentum = rng.normal(size=(b, t, nx, ny, 2)).astype(np.float32)
+    energy = rng.uniform(2, 3, (b, t, nx, ny)).astype(np.float32)
+    path = tmp_path / "euler_multi_quadrants_openBC_gamma_1.4.hdf5"
+    with h5py.File(path, "w") as f:
+        f.attrs.update(dataset_name="euler_multi_quadrants_openBC", grid_type="cartesian",
+                       n_spatial_dims=2, n_trajectories=b, simulation_parameters=["gamma"],
+                       gamma=1.4)
+        dims = f.create_group("dimensions")
+        dims.attrs["spatial_dims"] = ["x", "y"]
+        dims["time"] = np.linspace(0, 1, t, dtype=np.float32)
+        dims["x"] = np.linspace(0, 1, nx, dtype=np.float32)
+        dims["y"] = np.linspace(0, 1, ny, dtype=np.float32)
+        bc = f.create_group("boundary_conditions").create_group("xy_open")
+        bc.attrs["bc_type"] = "OPEN"
+        scalars = f.create_group("scalars")
+        scalars.attrs["field_names"] = ["gamma"]
+        scalars["gamma"] = np.float32(1.4)
+        t0 = f.create_group("t0_fields")
+        t0.attrs["field_names"] = ["density", "energy", "pressure"]
+        t0["density"], t0["energy"], t0["pressure"] = rho, energy, energy * 0.4
+        t1 = f.create_group("t1_fields")
+        t1.attrs["field_names"] = ["momentum"]
+        t1["momentum"] = momentum
+        f.create_group("t2_fields").attrs["field_names"] = []
+    states, meta = read_well_file(path)
+    assert meta.class_name == path.stem and meta.bc_types == ("open",)
+    assert states.shape == (b, t, 4, ny, nx)
+    np.testing.assert_array_equal(states[:, :, 0], np.swapaxes(rho, -1, -2))
+    np.testing.assert_array_equal(states[:, :, 2], np.swapaxes(momentum[..., 1], -1, -2))
+    np.testing.assert_array_equal(states[:, :, 3], np.swapaxes(energy, -1, -2))
+
+
+def _corrupt(path, action):
+    with h5py.File(path, "a") as f:
+        action(f)
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        (lambda f: f.__delitem__("t2_fields"), "root should contain group 't2_fields'"),
+        (lambda f: f.attrs.__delitem__("dataset_name"),
+         "root should contain attribute 'dataset_name'"),
+        (lambda f: f.__delitem__("dimensions/time"), "dimensions should contain dataset 'time'"),
+        (lambda f: f["boundary_conditions/x_periodic"].attrs.__setitem__("bc_type", "mirror"),
+         "allowed: periodic, wall, open"),
+        (lambda f: f.attrs.__setitem__("initial_condition_class", "CE-KH"),
+         "name the file '<class>.hdf5' (CE-KH.hdf5)"),
+        (lambda f: (f["t0_fields"].__delitem__("density"),
+                    f["t0_fields"].create_dataset("density", data=np.zeros((3, 4, 8, 5)))),
+         "t0_fields/density has shape (3, 4, 8, 5), expected (3, 4, 8, 6)"),
+        (lambda f: (f["t0_fields"].__delitem__("energy"),
+                    f["t0_fields"].create_dataset("energy", data=np.zeros((3, 4, 8, 6), int))),
+         "fields must be floating point"),
+        (lambda f: f["t1_fields"].__delitem__("momentum"),
+         "t1_fields lists field 'momentum' but has no dataset"),
+    ],
+)
+def test_validator_names_file_rule_and_fix(ce_file, action, expected):
+    path, _ = ce_file
+    _corrupt(path, action)
+    problems = validate_well_file(path)
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith(str(path)) for p in problems)
+    with pytest.raises(SchemaError, match=str(path)):
+        read_well_file(path)
+
+
+def test_validator_reports_every_problem_at_once(ce_file):
+    path, _ = ce_file
+    _corrupt(path, lambda f: (f.attrs.__delitem__("grid_type"), f.__delitem__("scalars")))
+    problems = validate_well_file(path)
+    assert len(problems) == 2, problems
+
+
+def test_reader_refuses_nan_naming_the_trajectory(ce_file):
+    path, _ = ce_file
+    _corrupt(path, lambda f: f["t0_fields/energy"].__setitem__((2, 1, 0, 0), np.nan))
+    with pytest.raises(SchemaError, match="trajectory 2 contains NaN"):
+        read_well_file(path)
+    states, _ = read_well_file(path, trajectories=[0, 1])  # the clean ones still read
+    assert states.shape[0] == 2
+
+
+def test_reader_refuses_out_of_range_requests(ce_file):
+    path, _ = ce_file
+    with pytest.raises(SchemaError, match="trajectories 0..2"):
+        read_well_file(path, trajectories=[5])
+    with pytest.raises(SchemaError, match="the file has 4"):
+        read_well_file(path, steps=slice(0, 9))
+
+
+def test_reader_keeps_requested_trajectory_order(ce_file):
+    path, states = ce_file
+    back, _ = read_well_file(path, trajectories=[2, 0, 2])
+    np.testing.assert_array_equal(back, states[[2, 0, 2]])
+
+
+def test_not_hdf5_and_missing_file(tmp_path):
+    junk = tmp_path / "junk.hdf5"
+    junk.write_bytes(b"definitely not hdf5")
+    assert "not a readable HDF5 file" in validate_well_file(junk)[0]
+    with pytest.raises(SchemaError, match="no such file"):
+        read_metadata(tmp_path / "missing.hdf5")
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    states = euler_states()
+    states[0, 0, 0, 0, 0] = np.nan
+    with pytest.raises(SchemaError, match="non-finite"):
+        write_well_file(tmp_path / "CE-RP.hdf5", states, np.linspace(0, 1, 4),
+                        family="euler", class_name="CE-RP", dataset_name="demo")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_is_atomic_replacement(ce_file, tmp_path):
+    path, states = ce_file
+    write_well_file(path, states[:1], np.linspace(0, 1, 4), family="euler",
+                    class_name="CE-RP", dataset_name="demo")
+    assert read_metadata(path).n_trajectories == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CE-RP.hdf5"]

@@ -104,6 +104,64 @@ def simulate(
     )
 
 
+@app.command("train")
+@friendly_errors
+def train_command(
+    data: Annotated[Path, typer.Option(help="Dataset directory (Well layout).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint directory to write (or resume).")],
+    classes: Annotated[str, typer.Option(help="Comma-separated classes (default: all).")] = "",
+    arch: Annotated[str, typer.Option(help="unet, vit or package.module:factory.")] = "unet",
+    preset: Annotated[str, typer.Option(help="Size preset: demo or paper.")] = "demo",
+    seed: Annotated[int, typer.Option(help="Seed for initialization and shuffling.")] = 42,
+    epochs: Annotated[int, typer.Option(help="Epochs to train (resume extends).")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    transitions: Annotated[int, typer.Option(help="One-step pairs per trajectory.")] = 16,
+    checkpoint_every: Annotated[int, typer.Option(help="Save every k epochs.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
+    from coherence.surrogates.training import TrainingArgs, train
+
+    args = TrainingArgs(
+        arch=arch,
+        preset=preset,
+        classes=split_list(classes),
+        seed=seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        transitions=transitions,
+        checkpoint_every=checkpoint_every,
+        device=device,
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("training", total=epochs)
+
+        def report(epoch: int, total: int, fraction: float, loss: float) -> None:
+            bar.update(
+                task,
+                completed=epoch + fraction,
+                description=f"epoch {epoch + 1}/{total} SMSE {loss:.4g}",
+            )
+
+        train(data, out, args, progress=report, log=bar.console.print)
+    console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+) -> None:
+    """Build the demo workspace (CE data, UNet and ViT for three seeds); skips what exists."""
+    from coherence.demo import build_demo
+
+    build_demo(workspace, log=console.print)
+
+
 @app.command()
 @friendly_errors
 def serve(
@@ -121,13 +179,27 @@ def serve(
     env[ENV_VAR] = str(workspace_root(workspace))
     app_file = Path(__file__).resolve().parent.parent / "app.py"
     command = [
-        sys.executable, "-m", "streamlit", "run", str(app_file),
-        "--server.port", str(port), "--server.address", address,
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "viewer", "--server.fileWatcherType", "none",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_file),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+        "--server.fileWatcherType",
+        "none",
     ]
-    console.print(f"serving Coherence Explorer on http://{address}:{port} "
-                  f"(workspace {env[ENV_VAR]})")
+    console.print(
+        f"serving Coherence Explorer on http://{address}:{port} (workspace {env[ENV_VAR]})"
+    )
     raise typer.Exit(subprocess.call(command, env=env))
 
 

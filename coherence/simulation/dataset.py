@@ -209,8 +209,9 @@ class DatasetInfo:
         steps: slice | None = None,
     ) -> np.ndarray:
         """States [B, T, F, H, W] of one class in one split."""
-        states, _ = read_well_file(self.file(split, class_name).path, trajectories=trajectories,
-                                   steps=steps)
+        states, _ = read_well_file(
+            self.file(split, class_name).path, trajectories=trajectories, steps=steps
+        )
         return states
 
     def fingerprint(self, split: str | None = None, classes: Sequence[str] | None = None) -> str:

@@ -1,0 +1,228 @@
+"""One-step teacher-forced training of a surrogate on a Well dataset (METHOD.md §3).
+
+Seeded initialization and shuffling (epoch e shuffles with seed·100003 + e, so a resumed run
+sees the same batches as an uninterrupted one), SMSE loss, AdamW, validation SMSE per epoch,
+a checkpoint every ``checkpoint_every`` epochs, and resume from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from coherence.errors import RequestError
+from coherence.simulation.dataset import DatasetInfo, open_dataset
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.losses import evaluate_smse, smse
+from coherence.surrogates.registry import build_model
+
+Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
+
+
+@dataclass(frozen=True)
+class TrainingArgs:
+    """Arguments of one training run (stored in the checkpoint's config.json)."""
+
+    arch: str = "unet"  # unet | vit | package.module:factory
+    preset: str = "demo"  # demo | paper
+    classes: tuple[str, ...] = ()  # empty: every class of the train split
+    seed: int = 42
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    transitions: int = 16  # one-step pairs per trajectory: (s_t, s_t+1), t < transitions
+    checkpoint_every: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    overrides: dict[str, Any] = field(default_factory=dict)  # architecture config fields
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "transitions", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RequestError(f"{name}={value!r}: must be a positive integer")
+        if self.epochs > 100_000 or self.batch_size > 65_536:
+            raise RequestError(f"epochs={self.epochs}, batch_size={self.batch_size}: too large")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise RequestError(f"lr={self.lr}: must be a positive number (default 5e-4)")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise RequestError(f"weight_decay={self.weight_decay}: must be ≥ 0 (default 1e-4)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise RequestError(f"device={self.device!r}: choose auto, cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RequestError("device='cuda' but no CUDA GPU is visible; use auto or cpu")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["classes"] = list(self.classes)
+        return data
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def transition_pairs(
+    info: DatasetInfo, split: str, classes: Sequence[str], transitions: int
+) -> tuple[Tensor, Tensor]:
+    """All one-step pairs (s_t, s_t+1), t < transitions, of the given classes and split."""
+    n_steps = len(info.times)
+    if transitions + 1 > n_steps:
+        raise RequestError(
+            f"transitions={transitions} needs {transitions + 1} snapshots but {info.root} has "
+            f"{n_steps}; use transitions ≤ {n_steps - 1}"
+        )
+    inputs, targets = [], []
+    for class_name in classes:
+        states = info.load(split, class_name, steps=slice(0, transitions + 1))  # (B,T+1,F,H,W)
+        inputs.append(states[:, :-1].reshape(-1, *states.shape[2:]))
+        targets.append(states[:, 1:].reshape(-1, *states.shape[2:]))
+    return torch.from_numpy(np.concatenate(inputs)), torch.from_numpy(np.concatenate(targets))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """AdamW state as flat named tensors (safetensors cannot hold Python objects)."""
+    out = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().clone()
+    return out
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    state_dict["state"] = state
+    optimizer.load_state_dict(state_dict)
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    args: TrainingArgs,
+    *,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Train (or resume) and write the checkpoint directory ``out``; returns it."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    info = open_dataset(data)
+    classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
+    for split in ("train", "valid"):
+        for class_name in classes:
+            info.file(split, class_name)  # raises with the available classes
+    device = resolve_device(args.device)
+    train_x, train_y = transition_pairs(info, "train", classes, args.transitions)
+    valid_x, valid_y = transition_pairs(info, "valid", classes, args.transitions)
+
+    torch.manual_seed(args.seed)
+    model = build_model(
+        args.arch,
+        args.preset,
+        channels=len(info.channels),
+        resolution=info.height,
+        **args.overrides,
+    )
+    flat = train_x.transpose(0, 1).reshape(train_x.shape[1], -1).double()
+    model.set_normalization(flat.mean(dim=1), flat.std(dim=1).clamp_min(1e-6))
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    out = Path(out)
+    history: list[dict[str, float]] = []
+    if (out / ckpt.CONFIG_FILE).is_file():
+        previous = ckpt.read_config(out).training.get("args", {})
+        resumable = ("epochs", "device", "checkpoint_every")
+        current = json.loads(json.dumps(args.to_dict()))  # tuples -> lists, as stored
+        changed = sorted(
+            k
+            for k in set(previous) | set(current)
+            if k not in resumable and previous.get(k) != current.get(k)
+        )
+        if changed:
+            detail = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in changed)
+            raise RequestError(
+                f"{out} holds a checkpoint trained with other arguments ({detail}); choose a "
+                "new --out or repeat the same arguments (only --epochs may grow) to resume"
+            )
+        model, _ = ckpt.load(out, device=device)
+        history = ckpt.read_history(out)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=args.lr, weight_decay=args.weight_decay
+        )
+        state = ckpt.load_training_state(out)
+        if state is not None:
+            _restore_optimizer(optimizer, state)
+        if log:
+            log(f"resuming {out} after epoch {len(history)} of {args.epochs}")
+    config = ckpt.new_config(
+        model,
+        family=info.family.value,
+        channels=info.channels,
+        resolution=(info.height, info.width),
+        dataset={
+            "name": info.name,
+            "root": str(info.root),
+            "classes": classes,
+            "fingerprint": info.fingerprint(split="train", classes=classes),
+        },
+        seed=args.seed,
+        training={
+            "args": args.to_dict(),
+            "train_pairs": int(train_x.shape[0]),
+            "valid_pairs": int(valid_x.shape[0]),
+        },
+    )
+    valid_x, valid_y = valid_x.to(device), valid_y.to(device)
+    for epoch in range(len(history), args.epochs):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(
+            train_x.shape[0], generator=torch.Generator().manual_seed(args.seed * 100003 + epoch)
+        )
+        running, seen = 0.0, 0
+        for begin in range(0, len(order), args.batch_size):
+            index = order[begin : begin + args.batch_size]
+            x, y = train_x[index].to(device), train_y[index].to(device)
+            loss = smse(model(x), y)
+            if not torch.isfinite(loss):
+                raise RequestError(
+                    f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item() * x.shape[0]
+            seen += x.shape[0]
+            if progress:
+                progress(epoch, args.epochs, seen / len(order), running / seen)
+        model.eval()
+        record = {
+            "epoch": epoch + 1,
+            "train_smse": running / seen,
+            "valid_smse": evaluate_smse(model, valid_x, valid_y),
+            "seconds": time.perf_counter() - start,
+        }
+        history.append(record)
+        if log:
+            log(
+                f"epoch {epoch + 1}/{args.epochs}: train SMSE {record['train_smse']:.4g}, "
+                f"valid SMSE {record['valid_smse']:.4g}"
+            )
+        if (epoch + 1) % args.checkpoint_every == 0 or epoch + 1 == args.epochs:
+            ckpt.save_checkpoint(out, model, config, history, _optimizer_tensors(optimizer))
+    return out

@@ -1,0 +1,176 @@
+"""Dataset generation end to end (real solvers, real HDF5), layout checks and fingerprints."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coherence.cli import app
+from coherence.errors import RequestError, SchemaError
+from coherence.simulation import euler, navier_stokes
+from coherence.simulation.classes import get_class
+from coherence.simulation.dataset import (
+    SimulationRequest,
+    class_seed,
+    generate_dataset,
+    open_dataset,
+    split_counts,
+)
+
+
+@pytest.fixture(scope="module")
+def ce_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ce") / "ce_small"
+    request = SimulationRequest(
+        family="euler",
+        classes=("CE-RP", "CE-RPUI"),
+        trajectories=4,
+        resolution=16,
+        snapshots=5,
+        t_end=0.2,
+        seed=7,
+    )
+    generate_dataset(request, root)
+    return root, request
+
+
+def test_split_counts_cover_every_split():
+    assert split_counts(20, (0.65, 0.05, 0.30)) == (13, 1, 6)
+    assert split_counts(32, (0.65, 0.05, 0.30)) == (20, 2, 10)
+    assert split_counts(3, (0.65, 0.05, 0.30)) == (1, 1, 1)
+    assert sum(split_counts(97, (0.65, 0.05, 0.30))) == 97
+
+
+def test_generated_dataset_layout_and_contents(ce_dataset):
+    root, request = ce_dataset
+    info = open_dataset(root)
+    assert info.name == "euler_16" and info.family.value == "euler"
+    assert info.classes == ["CE-RP", "CE-RPUI"]
+    assert {s: sorted(c) for s, c in info.files.items()} == {
+        s: ["CE-RP", "CE-RPUI"] for s in ("train", "valid", "test")
+    }
+    counts = [info.file(s, "CE-RP").n_trajectories for s in ("train", "valid", "test")]
+    assert counts == [2, 1, 1]
+    np.testing.assert_allclose(info.times, np.linspace(0, 0.2, 5), rtol=1e-6)
+    # The stored trajectories are the solver's, from the class's seeded initial states.
+    initial = get_class("CE-RPUI").sample(4, 16, class_seed(7, "CE-RPUI"))
+    all_states = np.concatenate([info.load(s, "CE-RPUI") for s in ("train", "valid", "test")])
+    first_frames = torch.from_numpy(all_states[:, 0]).double()
+    matches = [int(torch.argmin(((initial - f) ** 2).flatten(1).sum(1))) for f in first_frames]
+    assert sorted(matches) == [0, 1, 2, 3]  # a permutation: every trajectory lands in one split
+    k = matches[0]
+    expected = euler.evolve(initial[k : k + 1].float(), torch.tensor(request.times).float())
+    np.testing.assert_allclose(all_states[0], expected[0].numpy(), rtol=1e-5, atol=1e-5)
+    # physical and conservative: positive density, mass conserved along each trajectory
+    assert all_states[:, :, 0].min() > 0
+    mass = all_states[:, :, 0].sum(axis=(-2, -1))
+    np.testing.assert_allclose(mass, mass[:, :1].repeat(5, axis=1), rtol=1e-5)
+
+
+def test_generation_is_reproducible_and_refuses_to_overwrite(ce_dataset, tmp_path):
+    root, request = ce_dataset
+    with pytest.raises(RequestError, match="already exists"):
+        generate_dataset(request, root)
+    again = generate_dataset(
+        SimulationRequest(**{**request.to_dict(), "classes": ("CE-RP",)}), tmp_path / "again"
+    )
+    with (
+        h5py.File(root / "data/test/CE-RP.hdf5") as a,
+        h5py.File(again / "data/test/CE-RP.hdf5") as b,
+    ):
+        np.testing.assert_array_equal(a["t0_fields/density"][()], b["t0_fields/density"][()])
+
+
+def test_ns_dataset_is_divergence_free(tmp_path):
+    request = SimulationRequest(
+        family="ns", classes=("NS-Gauss",), trajectories=3, resolution=16, snapshots=3, t_end=0.1
+    )
+    info = open_dataset(generate_dataset(request, tmp_path / "ns"))
+    states = torch.from_numpy(info.load("train", "NS-Gauss")).double()
+    assert info.channels == ("velocity_x", "velocity_y")
+    assert navier_stokes.divergence(states).abs().max() < 1e-4  # float32 storage
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"family": "mhd"}, "unknown PDE family 'mhd'"),
+        ({"classes": ("CE-RP", "NS-Sines")}, "CE and NS are never mixed"),
+        ({"classes": ("CE-XYZ",)}, "CE-RP"),
+        ({"classes": ()}, "classes is empty"),
+        ({"trajectories": 2}, "at least one"),
+        ({"resolution": 30}, "multiple of 8"),
+        ({"resolution": 100_000}, "multiple of 8 between 8 and 1024"),
+        ({"snapshots": 1}, "snapshots=1"),
+        ({"t_end": float("nan")}, "t_end=nan"),
+        ({"split": (0.5, 0.5, 0.5)}, "summing to 1"),
+    ],
+)
+def test_simulation_request_validation(changes, message):
+    base = dict(family="euler", classes=("CE-RP",), trajectories=4, resolution=16)
+    with pytest.raises(RequestError, match=message):
+        SimulationRequest(**{**base, **changes})
+
+
+def test_open_dataset_refuses_inconsistent_or_missing_layouts(ce_dataset, tmp_path):
+    root, _ = ce_dataset
+    with pytest.raises(SchemaError, match="no 'data' directory"):
+        open_dataset(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    with h5py.File(copy / "data/valid/CE-RP.hdf5", "a") as f:
+        f.attrs["dataset_name"] = "other"
+    with pytest.raises(SchemaError, match="dataset_name is 'other'.*must agree"):
+        open_dataset(copy)
+    info = open_dataset(root)
+    with pytest.raises(RequestError, match="available: CE-RP, CE-RPUI"):
+        info.file("test", "CE-KH")
+
+
+def test_fingerprint_follows_file_contents(ce_dataset, tmp_path):
+    root, _ = ce_dataset
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert open_dataset(copy).fingerprint() == open_dataset(root).fingerprint()
+    with h5py.File(copy / "data/train/CE-RP.hdf5", "a") as f:
+        f["t0_fields/density"][0, 0, 0, 0] += 1.0
+    changed = open_dataset(copy)
+    assert changed.fingerprint() != open_dataset(root).fingerprint()
+    assert changed.fingerprint(split="test") == open_dataset(root).fingerprint(split="test")
+
+
+def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli_ds"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--out",
+            str(out),
+            "--family",
+            "ns",
+            "--classes",
+            "NS-Sines",
+            "--trajectories",
+            "3",
+            "--resolution",
+            "16",
+            "--snapshots",
+            "3",
+            "--t-end",
+            "0.05",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote dataset" in result.output
+    assert open_dataset(out).classes == ["NS-Sines"]
+    bad = runner.invoke(app, ["simulate", "--out", str(tmp_path / "x"), "--classes", "CE-NOPE"])
+    assert bad.exit_code == 2
+    assert "error:" in bad.output and "CE-NOPE" in bad.output
+    assert "Traceback" not in bad.output

@@ -1,0 +1,208 @@
+"""Training, checkpoints and rollouts on real (tiny) Well datasets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from coherence.errors import CheckpointError, RequestError
+from coherence.simulation.dataset import open_dataset
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.losses import scaled_residual, smse
+from coherence.surrogates.rollout import rollout, rollout_errors
+from coherence.surrogates.training import TrainingArgs, train
+
+from .conftest import TINY_OVERRIDES
+
+
+def tiny_args(**changes) -> TrainingArgs:
+    base = dict(
+        arch="unet",
+        seed=3,
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        transitions=4,
+        device="cpu",
+        overrides=TINY_OVERRIDES,
+    )
+    return TrainingArgs(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "unet_s3"
+    train(tiny_dataset, out, tiny_args())
+    return out
+
+
+def test_smse_matches_its_definition():
+    rng = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 2, 5, 5, generator=rng, dtype=torch.float64)
+    yhat = torch.randn(3, 2, 5, 5, generator=rng, dtype=torch.float64)
+    rms = np.sqrt((y.numpy() ** 2).mean(axis=(-2, -1), keepdims=True))
+    expected = ((yhat.numpy() - y.numpy()) / (rms + 1e-6)) ** 2
+    np.testing.assert_allclose(float(smse(yhat, y)), expected.mean(), rtol=1e-12)
+    np.testing.assert_allclose(scaled_residual(y, y).numpy(), 0.0)
+
+
+def test_checkpoint_layout_history_and_bit_exact_round_trip(trained, tiny_dataset):
+    assert sorted(p.name for p in trained.iterdir()) == sorted(
+        [ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.HISTORY_FILE, ckpt.STATE_FILE]
+    )
+    config = json.loads((trained / ckpt.CONFIG_FILE).read_text())
+    assert config["model"]["arch"] == "unet" and config["seed"] == 3
+    assert config["channels"] == ["density", "momentum_x", "momentum_y", "energy"]
+    assert config["dataset"]["classes"] == ["CE-CRP", "CE-RP"]
+    assert config["dataset"]["fingerprint"] == open_dataset(tiny_dataset).fingerprint(
+        split="train", classes=["CE-CRP", "CE-RP"]
+    )
+    history = ckpt.read_history(trained)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["train_smse"]) and np.isfinite(h["valid_smse"]) for h in history)
+
+    model, loaded_config = ckpt.load(trained)
+    again, _ = ckpt.load(trained)
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    resaved = trained.parent / "resaved"
+    ckpt.save_checkpoint(resaved, model, loaded_config, history)
+    assert (resaved / ckpt.WEIGHTS_FILE).read_bytes() == (trained / ckpt.WEIGHTS_FILE).read_bytes()
+    # normalization lives inside the module: it maps physical states with nothing else loaded
+    assert not torch.allclose(model.state_mean, torch.zeros(4))
+
+
+def test_training_learns_and_is_deterministic(tiny_dataset, tmp_path):
+    args = tiny_args(epochs=12, seed=5)
+    train(tiny_dataset, tmp_path / "a", args)
+    history = ckpt.read_history(tmp_path / "a")
+    assert history[-1]["train_smse"] < 0.5 * history[0]["train_smse"]
+    train(tiny_dataset, tmp_path / "b", tiny_args(epochs=12, seed=5))
+    assert (tmp_path / "a" / ckpt.WEIGHTS_FILE).read_bytes() == (
+        tmp_path / "b" / ckpt.WEIGHTS_FILE
+    ).read_bytes()
+
+
+def test_resume_equals_uninterrupted_run(tiny_dataset, tmp_path):
+    train(tiny_dataset, tmp_path / "full", tiny_args(epochs=3))
+    train(tiny_dataset, tmp_path / "part", tiny_args(epochs=1))
+    train(tiny_dataset, tmp_path / "part", tiny_args(epochs=3))
+    full, _ = ckpt.load(tmp_path / "full")
+    part, _ = ckpt.load(tmp_path / "part")
+    for (name, a), (_, b) in zip(full.state_dict().items(), part.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    assert len(ckpt.read_history(tmp_path / "part")) == 3
+
+
+def test_resume_with_other_arguments_is_refused(trained, tiny_dataset):
+    with pytest.raises(RequestError, match="other arguments"):
+        train(tiny_dataset, trained, tiny_args(lr=1e-2))
+
+
+def test_training_rejects_bad_arguments(tiny_dataset, tmp_path):
+    with pytest.raises(RequestError, match="lr="):
+        tiny_args(lr=-1.0)
+    with pytest.raises(RequestError, match="epochs="):
+        tiny_args(epochs=0)
+    with pytest.raises(RequestError, match="class 'NS-Gauss' is not in the train split"):
+        train(tiny_dataset, tmp_path / "x", tiny_args(classes=("NS-Gauss",)))
+    with pytest.raises(RequestError, match="transitions=9 needs 10 snapshots"):
+        train(tiny_dataset, tmp_path / "y", tiny_args(transitions=9))
+
+
+def test_load_refuses_pickles_and_missing_files(tmp_path, trained):
+    pickle_file = tmp_path / "model.pt"
+    pickle_file.write_bytes(b"\x80\x04not really")
+    with pytest.raises(CheckpointError, match="never loaded"):
+        ckpt.load(pickle_file)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "weights.pth").write_bytes(b"x")
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing config\.json, model\.safetensors.*"
+        r"weights\.pth: pickle files are never loaded",
+    ):
+        ckpt.load(empty)
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        ckpt.load(tmp_path / "nope")
+
+
+def _copy_checkpoint(src, dst):
+    dst.mkdir()
+    for item in src.iterdir():
+        (dst / item.name).write_bytes(item.read_bytes())
+    return dst
+
+
+def test_load_refuses_weights_that_do_not_match_config(trained, tmp_path):
+    broken = _copy_checkpoint(trained, tmp_path / "broken")
+    config = json.loads((broken / ckpt.CONFIG_FILE).read_text())
+    config["model"]["config"]["base_width"] = 16
+    (broken / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="weights do not match the architecture"):
+        ckpt.load(broken)
+
+
+def test_load_refuses_nan_weights_and_corrupt_files(trained, tmp_path):
+    nan = _copy_checkpoint(trained, tmp_path / "nan")
+    model, _ = ckpt.load(trained)
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    first = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[first][0] = float("nan")
+    save_file(tensors, str(nan / ckpt.WEIGHTS_FILE))
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        ckpt.load(nan)
+    (nan / ckpt.WEIGHTS_FILE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        ckpt.load(nan)
+    (nan / ckpt.CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        ckpt.load(nan)
+
+
+def test_load_refuses_untrusted_custom_factory(trained, tmp_path, monkeypatch):
+    custom = _copy_checkpoint(trained, tmp_path / "custom")
+    config = json.loads((custom / ckpt.CONFIG_FILE).read_text())
+    config["model"]["arch"] = "os.path:join"
+    (custom / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    monkeypatch.delenv("COHERENCE_TRUST_CODE", raising=False)
+    with pytest.raises(CheckpointError, match="--trust-code"):
+        ckpt.load(custom)
+
+
+def test_checkpoint_dataset_mismatch_is_refused(trained):
+    _, config = ckpt.load(trained)
+    ckpt.check_compatible(config, family="euler", channels=config.channels, resolution=(16, 16))
+    with pytest.raises(CheckpointError, match="trained on euler data"):
+        ckpt.check_compatible(
+            config, family="ns", channels=("velocity_x", "velocity_y"), resolution=(16, 16)
+        )
+    with pytest.raises(CheckpointError, match="trained at 16×16"):
+        ckpt.check_compatible(config, family="euler", channels=config.channels, resolution=(32, 32))
+
+
+def test_rollout_shapes_and_errors(trained, tiny_dataset):
+    model, _ = ckpt.load(trained)
+    truth = torch.from_numpy(open_dataset(tiny_dataset).load("test", "CE-RP"))
+    states = rollout(model, truth[:, 0], 3)
+    assert states.shape == (2, 4, 4, 16, 16)
+    torch.testing.assert_close(states[:, 0], truth[:, 0])
+    errors = rollout_errors(model, truth, start=1)
+    assert errors.one_step.shape == errors.rollout.shape == (2, 3)
+    assert errors.prediction.shape == (2, 4, 4, 16, 16)
+    # first horizon: rollout and one-step both start from the true state
+    np.testing.assert_allclose(errors.rollout[:, 0], errors.one_step[:, 0], rtol=1e-5)
+    with torch.no_grad():
+        direct = smse(model(truth[:1, 2]), truth[:1, 3])
+    np.testing.assert_allclose(errors.one_step[0, 1], float(direct), rtol=1e-5)
+    with pytest.raises(RequestError, match=r"choose 1\.\.3"):
+        rollout_errors(model, truth, start=1, horizon=7)
+    with pytest.raises(RequestError, match="start=4"):
+        rollout_errors(model, truth, start=4)

@@ -15,9 +15,16 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from coherence.errors import CoherenceError
+from coherence.errors import CoherenceError, RequestError
 
 app = typer.Typer(
     name="coherence",
@@ -48,7 +55,7 @@ def progress_bar() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
+        TaskProgressColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -149,6 +156,82 @@ def train_command(
 
         train(data, out, args, progress=report, log=bar.console.print)
     console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
+
+
+@app.command()
+@friendly_errors
+def analyze(
+    checkpoint: Annotated[
+        list[Path], typer.Option(help="Checkpoint directory (repeat for several seeds).")
+    ],
+    data: Annotated[Path, typer.Option(help="Dataset directory (Well layout).")],
+    out: Annotated[Path, typer.Option(help="Result file R.npz (a sidecar R.json is written).")],
+    classes: Annotated[str, typer.Option(help="Comma-separated classes (2+ for transfer).")],
+    window: Annotated[str, typer.Option(help="START:STEPS transitions per batch.")] = "0:16",
+    trajectories: Annotated[
+        str, typer.Option(help="Comma-separated test trajectory indices, one batch each.")
+    ] = "0",
+    response: Annotated[
+        list[str], typer.Option(help="smse, mass or energy (repeat for several).")
+    ] = ["smse"],  # noqa: B006 - typer reads the default, never mutates it
+    estimator: Annotated[str, typer.Option(help="subspace, cg or euclidean.")] = "subspace",
+    damping: Annotated[float, typer.Option(help="λ in η + λI.")] = 1e-4,
+    rtol: Annotated[float | None, typer.Option(help="CG relative tolerance (cg only).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    split: Annotated[str, typer.Option(help="Dataset split the batches come from.")] = "test",
+    trust_code: Annotated[
+        bool, typer.Option(help="Allow checkpoints that name a custom architecture module.")
+    ] = False,
+) -> None:
+    """Compute influence matrices for checkpoints × batches and write the result file."""
+    from coherence.analysis.pipeline import estimate_cost, load_checked, prepare, run_analysis
+    from coherence.analysis.request import AnalysisRequest, parse_window
+    from coherence.analysis.results import save_result
+
+    t_start, n_steps = parse_window(window)
+    try:
+        trajectory_list = tuple(int(t) for t in split_list(trajectories))
+    except ValueError:
+        raise RequestError(
+            f"--trajectories {trajectories!r}: expected comma-separated integers, e.g. 0,1,2"
+        ) from None
+    request = AnalysisRequest(
+        checkpoints=tuple(str(c) for c in checkpoint),
+        data=str(data),
+        classes=split_list(classes),
+        t_start=t_start,
+        n_steps=n_steps,
+        trajectories=trajectory_list,
+        responses=tuple(response),
+        estimator=estimator,
+        damping=damping,
+        rtol=rtol,
+        device=device,
+        split=split,
+    )
+    info, batches = prepare(request)
+    model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
+    cost = estimate_cost(model, request, batches[0].inputs.to(request.torch_device))
+    console.print(f"cost estimate: {cost.describe()}")
+    if not cost.fits:
+        raise RequestError(
+            "this analysis would not fit in memory; shrink the window (--window) or the number "
+            "of classes, or use a device with more memory"
+        )
+    with progress_bar() as bar:
+        task = bar.add_task("analyzing", total=1.0)
+
+        def report(fraction: float, stage: str) -> None:
+            bar.update(task, completed=fraction, description=stage[:60])
+
+        result = run_analysis(request, progress=report, trust_code=trust_code)
+    path = save_result(result, out)
+    seconds = result.provenance["seconds"]
+    console.print(
+        f"wrote [bold]{path.resolve()}[/] and its sidecar .json "
+        f"({len(request.checkpoints)} checkpoints × {len(batches)} batches, N = "
+        f"{request.n_examples}, {seconds:.1f} s)"
+    )
 
 
 @app.command()

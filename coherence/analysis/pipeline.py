@@ -1,0 +1,260 @@
+"""Run an analysis request: checkpoints × batches → raw and standardized influence tensors.
+
+For each checkpoint s and trajectory b: assemble the batch (METHOD.md §5), compute H for every
+requested response in one pass (shared gradients and solve), standardize, and optionally the
+top eigenvalue of η + λI. Results are shaped [S, B, T, C, T, C] (rows = response).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
+from coherence.analysis.estimators import Estimator, parse_estimator
+from coherence.analysis.influence import compute_influence, top_eigenvalue
+from coherence.analysis.request import AnalysisRequest
+from coherence.analysis.standardize import standardize
+from coherence.analysis.summaries import input_distances
+from coherence.errors import RequestError
+from coherence.simulation.dataset import DatasetInfo, files_fingerprint, open_dataset
+from coherence.surrogates import checkpoint as ckpt
+
+Progress = Callable[[float, str], None]  # (fraction of the whole job, stage)
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Everything a result file holds (see results.py for the on-disk form)."""
+
+    request: AnalysisRequest
+    H: dict[str, np.ndarray]  # response -> [S, B, T, C, T, C] raw
+    H_std: dict[str, np.ndarray]  # response -> standardized, same shape
+    steps: np.ndarray  # [T] snapshot index of each input
+    times: np.ndarray  # [T] physical time of each input
+    classes: tuple[str, ...]
+    checkpoints: tuple[str, ...]  # checkpoint names (directory names)
+    distances: np.ndarray  # [B, N, N] input distance d(n, m) (METHOD.md §6.4)
+    top_eigenvalues: np.ndarray  # [S, B] largest eigenvalue of η + λI (NaN if not asked)
+    subspace_spectra: np.ndarray  # [S, B, N] eig(QᵀηQ) descending, NaN-padded
+    diagnostics: list[list[dict[str, Any]]]  # [S][B] estimator diagnostics
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return self.request.responses[0]
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What one (checkpoint, batch) costs, to refuse jobs that cannot fit before starting."""
+
+    n_examples: int
+    n_params: int
+    forward_passes: float  # forward-pass equivalents per (checkpoint, batch)
+    memory_bytes: int  # peak estimate
+    available_bytes: int
+    jobs: int  # checkpoints × batches
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_bytes <= 0.8 * self.available_bytes
+
+    def describe(self) -> str:
+        gib = 1024**3
+        return (
+            f"{self.jobs} × (N = {self.n_examples} examples, P = {self.n_params:,} parameters): "
+            f"≈ {self.forward_passes:.0f} forward-pass equivalents each, peak memory ≈ "
+            f"{self.memory_bytes / gib:.2f} GiB of {self.available_bytes / gib:.1f} GiB available"
+        )
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on the device (CUDA: driver's free memory; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def activation_bytes(model: nn.Module, example: torch.Tensor) -> int:
+    """Bytes of every module output for one example: the activations a pass keeps alive."""
+    total = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def estimate_cost(
+    model: nn.Module, request: AnalysisRequest, example: torch.Tensor
+) -> CostEstimate:
+    """Passes: N VJPs (≈ 3 forwards each, +2 per extra response), then subspace: s ≤ N JVPs
+    (≈ 2 forwards each, plus linearize ≈ 3); cg: ≈ 2N forwards per iteration (reported for
+    one iteration's worth × 10). Memory: G, g_A and Q (P × N each, float64 Gram aside) plus
+    the batch's activations kept by vmap / linearize (≈ 3 copies).
+    """
+    n = request.n_examples
+    p = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    k = len(request.responses)
+    itemsize = next(model.parameters()).element_size()
+    vjp_passes = n * (1 + 2 * k)
+    estimator = parse_estimator(request.estimator)
+    solve_passes = {Estimator.SUBSPACE: 3 + 2 * n, Estimator.CG: 20 * n, Estimator.EUCLIDEAN: 0}
+    gradient_bytes = (k + 2) * n * p * itemsize
+    activations = 3 * n * activation_bytes(model, example[:1])
+    jobs = len(request.checkpoints) * len(request.trajectories)
+    return CostEstimate(
+        n_examples=n,
+        n_params=p,
+        forward_passes=vjp_passes + solve_passes[estimator],
+        memory_bytes=int(gradient_bytes + activations),
+        available_bytes=available_memory(request.torch_device),
+        jobs=jobs,
+    )
+
+
+def checkpoint_fingerprint(directory: str | Path) -> str:
+    """Content hash of a checkpoint's config and weights."""
+    directory = Path(directory)
+    return files_fingerprint([directory / ckpt.CONFIG_FILE, directory / ckpt.WEIGHTS_FILE])
+
+
+def load_checked(
+    directory: str | Path, info: DatasetInfo, device: torch.device, trust_code: bool = False
+) -> tuple[nn.Module, ckpt.CheckpointConfig]:
+    """Load a checkpoint and refuse it for a dataset of other channels or grid."""
+    model, config = ckpt.load(directory, device=device, trust_code=trust_code)
+    ckpt.check_compatible(
+        config,
+        family=info.family.value,
+        channels=info.channels,
+        resolution=(info.height, info.width),
+        where=f"checkpoint {Path(directory).name}",
+    )
+    return model, config
+
+
+def prepare(request: AnalysisRequest) -> tuple[DatasetInfo, list[AnalysisBatch]]:
+    """Open the dataset and assemble every batch (fails fast on bad classes or windows)."""
+    info = open_dataset(request.data)
+    check_window(info, request.t_start, request.n_steps)
+    batches = [
+        assemble_batch(
+            info, request.classes, b, request.t_start, request.n_steps, split=request.split
+        )
+        for b in request.trajectories
+    ]
+    return info, batches
+
+
+def run_analysis(
+    request: AnalysisRequest,
+    *,
+    progress: Progress | None = None,
+    trust_code: bool = False,
+    check_memory: bool = True,
+) -> AnalysisResult:
+    """Compute the whole request; ``progress(fraction, stage)`` after each step."""
+    report = progress or (lambda fraction, stage: None)
+    started = time.perf_counter()
+    info, batches = prepare(request)
+    device = request.torch_device
+    S, B = len(request.checkpoints), len(batches)
+    T, C, N = request.n_steps, len(request.classes), request.n_examples
+    H = {r: np.zeros((S, B, T, C, T, C)) for r in request.responses}
+    H_std = {r: np.zeros((S, B, T, C, T, C)) for r in request.responses}
+    tops = np.full((S, B), np.nan)
+    spectra = np.full((S, B, N), np.nan)
+    diagnostics: list[list[dict[str, Any]]] = []
+    fingerprints = {}
+    for s, directory in enumerate(request.checkpoints):
+        model, _ = load_checked(directory, info, device, trust_code=trust_code)
+        fingerprints[Path(directory).name] = checkpoint_fingerprint(directory)
+        dtype = next(model.parameters()).dtype
+        if s == 0 and check_memory:
+            cost = estimate_cost(model, request, batches[0].inputs.to(device, dtype))
+            if not cost.fits:
+                raise RequestError(
+                    f"this analysis would not fit in memory ({cost.describe()}); shrink the "
+                    "time window or the number of classes, or use a device with more memory"
+                )
+        row = []
+        for b, batch in enumerate(batches):
+            job = s * B + b
+
+            def inner(fraction: float, stage: str, job: int = job, b: int = b) -> None:
+                name = Path(request.checkpoints[job // B]).name
+                report((job + fraction) / (S * B), f"{name}, batch {b + 1}/{B}: {stage}")
+
+            result = compute_influence(
+                model,
+                batch.inputs.to(device, dtype),
+                batch.targets.to(device, dtype),
+                response=request.responses,
+                estimator=request.estimator,
+                damping=request.damping,
+                rtol=request.rtol,
+                progress=inner,
+            )
+            for response, matrix in result.H_by_response.items():
+                key = str(response)
+                H[key][s, b] = matrix.double().cpu().numpy().reshape(T, C, T, C)
+                H_std[key][s, b] = standardize(matrix).double().cpu().numpy().reshape(T, C, T, C)
+            eig = result.diagnostics.subspace_eigenvalues
+            if eig:
+                spectra[s, b, : len(eig)] = eig
+            if request.top_eigenvalue:
+                inner(0.99, "top eigenvalue (Lanczos)")
+                tops[s, b] = top_eigenvalue(
+                    model, batch.inputs.to(device, dtype), damping=request.damping
+                )
+            row.append(result.diagnostics.to_dict())
+            report((job + 1) / (S * B), f"{Path(directory).name}, batch {b + 1}/{B} done")
+        diagnostics.append(row)
+    distances = input_distances(np.stack([batch.inputs.double().numpy() for batch in batches]))
+    provenance = {
+        "checkpoint_fingerprints": fingerprints,
+        "dataset_fingerprint": info.fingerprint(split=request.split, classes=request.classes),
+        "dataset_name": info.name,
+        "device": str(device),
+        "seconds": time.perf_counter() - started,
+        "versions": ckpt.package_versions(),
+    }
+    return AnalysisResult(
+        request=request,
+        H=H,
+        H_std=H_std,
+        steps=np.asarray(batches[0].steps),
+        times=np.asarray(batches[0].times),
+        classes=tuple(request.classes),
+        checkpoints=tuple(Path(c).name for c in request.checkpoints),
+        distances=distances,
+        top_eigenvalues=tops,
+        subspace_spectra=spectra,
+        diagnostics=diagnostics,
+        provenance=provenance,
+    )

@@ -1,0 +1,123 @@
+"""Result files: an npz of arrays plus a JSON sidecar (request, diagnostics, provenance).
+
+npz keys: ``H`` and ``H_std`` [checkpoints, batches, T, C, T, C] for the first response, and
+``H__<response>`` / ``H_std__<response>`` for every response; ``times``, ``steps``, ``classes``,
+``checkpoints``, ``distances`` [B, N, N], ``top_eigenvalues`` [S, B], ``subspace_spectra``
+[S, B, N]. Strings are stored as fixed-width unicode, so loading never needs pickle.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coherence.analysis.pipeline import AnalysisResult
+from coherence.analysis.request import AnalysisRequest
+from coherence.errors import RequestError
+
+RESULT_SCHEMA = 1
+
+
+def sidecar_path(npz_path: str | os.PathLike) -> Path:
+    path = Path(npz_path)
+    return path.with_suffix(".json")
+
+
+def result_arrays(result: AnalysisResult) -> dict[str, np.ndarray]:
+    arrays = {
+        "H": result.H[result.primary],
+        "H_std": result.H_std[result.primary],
+        "times": result.times,
+        "steps": result.steps,
+        "classes": np.asarray(result.classes, dtype=str),
+        "checkpoints": np.asarray(result.checkpoints, dtype=str),
+        "distances": result.distances,
+        "top_eigenvalues": result.top_eigenvalues,
+        "subspace_spectra": result.subspace_spectra,
+    }
+    for response in result.request.responses:
+        arrays[f"H__{response}"] = result.H[response]
+        arrays[f"H_std__{response}"] = result.H_std[response]
+    return arrays
+
+
+def result_metadata(result: AnalysisResult) -> dict[str, Any]:
+    return {
+        "schema": RESULT_SCHEMA,
+        "request": result.request.to_dict(),
+        "diagnostics": result.diagnostics,
+        "provenance": result.provenance,
+    }
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
+    """Write R.npz and R.json atomically (each to a temporary name, then renamed)."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise RequestError(f"--out {path}: result files end in .npz (e.g. results.npz)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payloads = {
+        path: npz_bytes(result_arrays(result)),
+        sidecar_path(path): (json.dumps(result_metadata(result), indent=2) + "\n").encode(),
+    }
+    for target, data in payloads.items():
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return path
+
+
+def result_from_parts(arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> AnalysisResult:
+    """Rebuild an AnalysisResult from its arrays and JSON metadata (cache and files alike)."""
+    if metadata.get("schema") != RESULT_SCHEMA:
+        raise RequestError(
+            f"result schema {metadata.get('schema')!r} is not {RESULT_SCHEMA}; recompute it"
+        )
+    request = AnalysisRequest.from_dict(metadata["request"])
+    return AnalysisResult(
+        request=request,
+        H={r: arrays[f"H__{r}"] for r in request.responses},
+        H_std={r: arrays[f"H_std__{r}"] for r in request.responses},
+        steps=arrays["steps"],
+        times=arrays["times"],
+        classes=tuple(str(c) for c in arrays["classes"]),
+        checkpoints=tuple(str(c) for c in arrays["checkpoints"]),
+        distances=arrays["distances"],
+        top_eigenvalues=arrays["top_eigenvalues"],
+        subspace_spectra=arrays["subspace_spectra"],
+        diagnostics=metadata["diagnostics"],
+        provenance=metadata["provenance"],
+    )
+
+
+def load_result(path: str | os.PathLike) -> AnalysisResult:
+    """Read R.npz + R.json (never unpickling)."""
+    path = Path(path)
+    side = sidecar_path(path)
+    for item in (path, side):
+        if not item.is_file():
+            raise RequestError(f"{item}: missing; a result is R.npz plus its sidecar R.json")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        metadata = json.loads(side.read_text())
+    except (ValueError, OSError) as exc:
+        raise RequestError(f"{path}: unreadable result ({exc}); recompute it") from exc
+    return result_from_parts(arrays, metadata)

@@ -1,0 +1,245 @@
+"""The analysis pipeline on real tiny datasets and trained checkpoints: batches, result
+tensors against direct influence calls, result files, `coherence analyze`, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coherence.analysis.batch import assemble_batch
+from coherence.analysis.influence import influence_matrix
+from coherence.analysis.pipeline import estimate_cost, prepare, run_analysis
+from coherence.analysis.request import AnalysisRequest, parse_window
+from coherence.analysis.results import load_result, save_result
+from coherence.analysis.standardize import standardize
+from coherence.cli import app
+from coherence.errors import CheckpointError, RequestError
+from coherence.simulation.dataset import SPLITS, open_dataset
+from coherence.simulation.wellformat import write_well_file
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.training import TrainingArgs, train
+from tests.surrogates.conftest import TINY_OVERRIDES, advected_states
+
+
+def write_dataset(root, classes=("CE-RP", "CE-CRP"), family="euler"):
+    times = np.linspace(0, 0.2, 5)
+    for c, name in enumerate(classes):
+        for s, (split, n) in enumerate(zip(SPLITS, (3, 1, 2), strict=True)):
+            states = advected_states(n, 5, 16, seed=10 * c + s)
+            if family == "ns":
+                states = states[:, :, 1:3] / states[:, :, :1]  # velocities
+            write_well_file(
+                root / "data" / split / f"{name}.hdf5",
+                states,
+                times,
+                family=family,
+                class_name=name,
+                dataset_name=f"tiny_{family}",
+            )
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis_ws")
+    data = write_dataset(root / "ce")
+    ckpts = []
+    for seed in (1, 2):
+        out = root / f"unet_s{seed}"
+        args = TrainingArgs(
+            seed=seed, epochs=1, batch_size=8, transitions=4, device="cpu", overrides=TINY_OVERRIDES
+        )
+        train(data, out, args)
+        ckpts.append(out)
+    ns_data = write_dataset(root / "ns", classes=("NS-Sines", "NS-Gauss"), family="ns")
+    ns_ckpt = root / "ns_unet"
+    train(
+        ns_data,
+        ns_ckpt,
+        TrainingArgs(
+            seed=1, epochs=1, batch_size=8, transitions=4, device="cpu", overrides=TINY_OVERRIDES
+        ),
+    )
+    return {"data": data, "ckpts": ckpts, "ns_data": ns_data, "ns_ckpt": ns_ckpt}
+
+
+def request_for(ws, **changes) -> AnalysisRequest:
+    base = dict(
+        checkpoints=tuple(str(c) for c in ws["ckpts"]),
+        data=str(ws["data"]),
+        classes=("CE-RP", "CE-CRP"),
+        t_start=1,
+        n_steps=2,
+        trajectories=(0, 1),
+        responses=("smse", "mass"),
+    )
+    return AnalysisRequest(**{**base, **changes})
+
+
+def test_batch_is_time_major_and_pairs_consecutive_snapshots(workspace):
+    info = open_dataset(workspace["data"])
+    batch = assemble_batch(info, ("CE-RP", "CE-CRP"), trajectory=1, t_start=1, n_steps=3)
+    truth = {c: info.load("test", c, [1])[0] for c in ("CE-RP", "CE-CRP")}
+    assert batch.inputs.shape == (6, 4, 16, 16)
+    for n in range(6):
+        class_name, step = batch.example(n)
+        assert (class_name, step) == (("CE-RP", "CE-CRP")[n % 2], 1 + n // 2)
+        np.testing.assert_array_equal(batch.inputs[n].numpy(), truth[class_name][step])
+        np.testing.assert_array_equal(batch.targets[n].numpy(), truth[class_name][step + 1])
+    np.testing.assert_allclose(batch.times, info.times[1:4])
+
+
+def test_pipeline_matches_direct_influence_calls(workspace):
+    request = request_for(workspace)
+    result = run_analysis(request)
+    S, B, T, C = 2, 2, 2, 2
+    assert result.H["smse"].shape == (S, B, T, C, T, C)
+    assert result.distances.shape == (B, T * C, T * C)
+    assert result.checkpoints == ("unet_s1", "unet_s2")
+    info = open_dataset(workspace["data"])
+    for s, directory in enumerate(workspace["ckpts"]):
+        model, _ = ckpt.load(directory)
+        for b in range(B):
+            batch = assemble_batch(info, request.classes, b, 1, 2)
+            for response in ("smse", "mass"):
+                direct = influence_matrix(model, batch.inputs, batch.targets, response=response)
+                np.testing.assert_allclose(
+                    result.H[response][s, b].reshape(4, 4),
+                    direct.double().numpy(),
+                    rtol=1e-5,
+                    atol=1e-12,
+                )
+                np.testing.assert_allclose(
+                    result.H_std[response][s, b].reshape(4, 4),
+                    standardize(direct).double().numpy(),
+                    rtol=1e-5,
+                    atol=1e-9,
+                )
+    assert np.isfinite(result.top_eigenvalues).all()
+    assert (result.top_eigenvalues > 0).all()
+    assert result.provenance["dataset_fingerprint"] == info.fingerprint(
+        split="test", classes=request.classes
+    )
+    assert set(result.provenance["checkpoint_fingerprints"]) == {"unet_s1", "unet_s2"}
+    assert result.diagnostics[0][0]["estimator"] == "subspace"
+
+
+def test_result_file_round_trip_without_pickle(workspace, tmp_path):
+    result = run_analysis(
+        request_for(
+            workspace,
+            checkpoints=(str(workspace["ckpts"][0]),),
+            trajectories=(0,),
+            top_eigenvalue=False,
+        )
+    )
+    path = save_result(result, tmp_path / "R.npz")
+    side = json.loads((tmp_path / "R.json").read_text())
+    assert side["request"]["classes"] == ["CE-RP", "CE-CRP"]
+    assert side["diagnostics"][0][0]["estimator"] == "subspace"
+    assert "versions" in side["provenance"]
+    with np.load(path, allow_pickle=False) as data:
+        assert data["H"].shape == (1, 1, 2, 2, 2, 2)
+        np.testing.assert_array_equal(data["H"], result.H["smse"])
+        np.testing.assert_array_equal(data["H_std__mass"], result.H_std["mass"])
+        assert list(data["classes"]) == ["CE-RP", "CE-CRP"]
+    back = load_result(path)
+    np.testing.assert_array_equal(back.H["mass"], result.H["mass"])
+    assert back.request == result.request
+    assert np.isnan(back.top_eigenvalues).all()
+    with pytest.raises(RequestError, match="end in .npz"):
+        save_result(result, tmp_path / "R.pkl")
+
+
+def test_cli_analyze_writes_result(workspace, tmp_path):
+    out = tmp_path / "cli.npz"
+    runner = CliRunner()
+    args = [
+        "analyze",
+        "--data",
+        str(workspace["data"]),
+        "--classes",
+        "CE-RP,CE-CRP",
+        "--window",
+        "0:2",
+        "--trajectories",
+        "0,1",
+        "--out",
+        str(out),
+        "--response",
+        "smse",
+        "--response",
+        "energy",
+    ]
+    for c in workspace["ckpts"]:
+        args += ["--checkpoint", str(c)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "cost estimate" in result.output and "wrote" in result.output
+    loaded = load_result(out)
+    assert loaded.H["energy"].shape == (2, 2, 2, 2, 2, 2)
+    bad = runner.invoke(app, [a if a != "0:2" else "3:4" for a in args])
+    assert bad.exit_code == 2 and "window 3:4" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"classes": ("CE-RP", "CE-KH")}, RequestError, r"class 'CE-KH' is not in the test split"),
+        ({"t_start": 3, "n_steps": 2}, RequestError, r"window 3:2 needs snapshots 3\.\.5"),
+        ({"trajectories": (0, 5)}, RequestError, r"trajectory 5 does not exist.*0\.\.1"),
+        ({"estimator": "cg"}, RequestError, "needs --rtol"),
+        ({"estimator": "exact"}, RequestError, "subspace"),
+        ({"responses": ("vorticity",)}, RequestError, "smse"),
+        ({"damping": 0.0}, RequestError, "damping"),
+        ({"n_steps": 300}, RequestError, "N = 600"),
+    ],
+)
+def test_bad_requests_fail_clearly(workspace, changes, error, message):
+    with pytest.raises(error, match=message):
+        request = request_for(workspace, **changes)
+        run_analysis(request)
+
+
+def test_mass_on_navier_stokes_and_mismatched_checkpoint(workspace):
+    ns = request_for(
+        workspace,
+        checkpoints=(str(workspace["ns_ckpt"]),),
+        data=str(workspace["ns_data"]),
+        classes=("NS-Sines", "NS-Gauss"),
+    )
+    with pytest.raises(RequestError, match="mass.*compressible-Euler"):
+        run_analysis(ns)
+    mismatched = request_for(workspace, checkpoints=(str(workspace["ns_ckpt"]),))
+    with pytest.raises(CheckpointError, match="trained on ns data"):
+        run_analysis(mismatched)
+
+
+def test_cost_estimate_counts_passes_and_memory(workspace):
+    request = request_for(workspace)
+    model, _ = ckpt.load(workspace["ckpts"][0])
+    _, batches = prepare(request)
+    cost = estimate_cost(model, request, batches[0].inputs)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert cost.n_params == n_params and cost.n_examples == 4 and cost.jobs == 4
+    assert cost.memory_bytes >= 4 * 4 * n_params  # at least G and g_A for 2 responses
+    assert cost.fits and "forward-pass equivalents" in cost.describe()
+
+
+def test_parse_window():
+    assert parse_window("3:12") == (3, 12)
+    with pytest.raises(RequestError, match="START:STEPS"):
+        parse_window("3-12")
+
+
+def test_pipeline_runs_in_float64(workspace, tmp_path):
+    model, config = ckpt.load(workspace["ckpts"][0])
+    model.double()
+    info = open_dataset(workspace["data"])
+    batch = assemble_batch(info, ("CE-RP", "CE-CRP"), 0, 0, 2, dtype=torch.float64)
+    H = influence_matrix(model, batch.inputs, batch.targets)
+    assert H.dtype == torch.float64 and H.shape == (4, 4)

@@ -32,8 +32,13 @@ from coherence.errors import SchemaError
 from coherence.simulation.families import FAMILIES, Family
 
 FIELD_GROUPS = ("t0_fields", "t1_fields", "t2_fields")
-REQUIRED_ROOT_ATTRS = ("dataset_name", "grid_type", "n_spatial_dims", "n_trajectories",
-                       "simulation_parameters")
+REQUIRED_ROOT_ATTRS = (
+    "dataset_name",
+    "grid_type",
+    "n_spatial_dims",
+    "n_trajectories",
+    "simulation_parameters",
+)
 REQUIRED_GROUPS = ("dimensions", "boundary_conditions", "scalars", *FIELD_GROUPS)
 BC_TYPES = ("periodic", "wall", "open")
 CLASS_ATTR = "initial_condition_class"
@@ -235,19 +240,26 @@ def _validate_open_file(path: Path, f: h5py.File, stem: str) -> list[str]:
     if problems:
         return problems
     if _attr(f, "grid_type") != "cartesian":
-        problems.append(f"{where}: @grid_type is {_attr(f, 'grid_type')!r}; only 'cartesian' "
-                        "grids are supported")
+        problems.append(
+            f"{where}: @grid_type is {_attr(f, 'grid_type')!r}; only 'cartesian' "
+            "grids are supported"
+        )
     if _attr(f, "n_spatial_dims") != 2:
-        problems.append(f"{where}: @n_spatial_dims is {_attr(f, 'n_spatial_dims')!r}; "
-                        "only 2-D data is supported")
+        problems.append(
+            f"{where}: @n_spatial_dims is {_attr(f, 'n_spatial_dims')!r}; "
+            "only 2-D data is supported"
+        )
     for param in _attr(f, "simulation_parameters", []) or []:
         if param not in f.attrs:
-            problems.append(f"{where}: root lists simulation parameter '{param}' but has no "
-                            f"attribute '{param}'")
+            problems.append(
+                f"{where}: root lists simulation parameter '{param}' but has no attribute '{param}'"
+            )
     class_attr = _attr(f, CLASS_ATTR)
     if class_attr is not None and class_attr != stem:
-        problems.append(f"{where}: @{CLASS_ATTR} is {class_attr!r} but the file is named "
-                        f"'{stem}.hdf5'; name the file '<class>.hdf5' ({class_attr}.hdf5)")
+        problems.append(
+            f"{where}: @{CLASS_ATTR} is {class_attr!r} but the file is named "
+            f"'{stem}.hdf5'; name the file '<class>.hdf5' ({class_attr}.hdf5)"
+        )
 
     dims = f["dimensions"]
     spatial = _attr(dims, "spatial_dims")
@@ -259,8 +271,10 @@ def _validate_open_file(path: Path, f: h5py.File, stem: str) -> list[str]:
     for bc_name, bc in f["boundary_conditions"].items():
         bc_type = _attr(bc, "bc_type")
         if str(bc_type).lower() not in BC_TYPES:
-            problems.append(f"{where}: boundary_conditions/{bc_name}/@bc_type is {bc_type!r}; "
-                            f"allowed: {', '.join(BC_TYPES)}")
+            problems.append(
+                f"{where}: boundary_conditions/{bc_name}/@bc_type is {bc_type!r}; "
+                f"allowed: {', '.join(BC_TYPES)}"
+            )
     scalars = f["scalars"]
     for name in _attr(scalars, "field_names", []) or []:
         if name not in scalars:
@@ -271,8 +285,10 @@ def _validate_open_file(path: Path, f: h5py.File, stem: str) -> list[str]:
     n_traj = int(_attr(f, "n_trajectories"))
     n_steps = dims["time"].shape[0] if dims["time"].ndim == 1 else -1
     if n_steps < 2:
-        problems.append(f"{where}: dimensions/time should be 1-D with at least 2 snapshots, "
-                        f"got shape {dims['time'].shape}")
+        problems.append(
+            f"{where}: dimensions/time should be 1-D with at least 2 snapshots, "
+            f"got shape {dims['time'].shape}"
+        )
     nx, ny = dims["x"].shape[0], dims["y"].shape[0]
     times = np.asarray(dims["time"][()], dtype=np.float64)
     if times.ndim == 1 and times.size > 1 and not np.all(np.diff(times) > 0):
@@ -286,17 +302,22 @@ def _validate_open_file(path: Path, f: h5py.File, stem: str) -> list[str]:
             names = list(group.keys())
         for name in names:
             if name not in group:
-                problems.append(f"{where}: {group_name} lists field '{name}' but has no dataset "
-                                f"'{name}'")
+                problems.append(
+                    f"{where}: {group_name} lists field '{name}' but has no dataset '{name}'"
+                )
                 continue
             ds = group[name]
             expected = (n_traj, n_steps, nx, ny) + (2,) * rank
             if ds.shape != expected:
-                problems.append(f"{where}: {group_name}/{name} has shape {ds.shape}, expected "
-                                f"{expected} (trajectories, time, x, y{', 2' * rank})")
+                problems.append(
+                    f"{where}: {group_name}/{name} has shape {ds.shape}, expected "
+                    f"{expected} (trajectories, time, x, y{', 2' * rank})"
+                )
             if ds.dtype.kind != "f":
-                problems.append(f"{where}: {group_name}/{name} has dtype {ds.dtype}; fields "
-                                "must be floating point (float32)")
+                problems.append(
+                    f"{where}: {group_name}/{name} has dtype {ds.dtype}; fields "
+                    "must be floating point (float32)"
+                )
     if not problems:
         try:
             _detect_family(f)
@@ -353,8 +374,9 @@ def _metadata(path: Path, f: h5py.File) -> WellMetadata:
         width=int(dims["x"].shape[0]),
         times=np.asarray(dims["time"][()], dtype=np.float64),
         scalars=scalars,
-        bc_types=tuple(str(_attr(bc, "bc_type")).lower()
-                       for bc in f["boundary_conditions"].values()),
+        bc_types=tuple(
+            str(_attr(bc, "bc_type")).lower() for bc in f["boundary_conditions"].values()
+        ),
     )
 
 

@@ -151,7 +151,7 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path):
     np.testing.assert_array_equal(back.H["mass"], result.H["mass"])
     assert back.request == result.request
     assert np.isnan(back.top_eigenvalues).all()
-    with pytest.raises(RequestError, match="end in .npz"):
+    with pytest.raises(RequestError, match=r"end in \.npz"):
         save_result(result, tmp_path / "R.pkl")
 
 
@@ -212,7 +212,7 @@ def test_mass_on_navier_stokes_and_mismatched_checkpoint(workspace):
         data=str(workspace["ns_data"]),
         classes=("NS-Sines", "NS-Gauss"),
     )
-    with pytest.raises(RequestError, match="mass.*compressible-Euler"):
+    with pytest.raises(RequestError, match=r"mass.*compressible-Euler"):
         run_analysis(ns)
     mismatched = request_for(workspace, checkpoints=(str(workspace["ns_ckpt"]),))
     with pytest.raises(CheckpointError, match="trained on ns data"):
@@ -237,7 +237,7 @@ def test_parse_window():
 
 
 def test_pipeline_runs_in_float64(workspace, tmp_path):
-    model, config = ckpt.load(workspace["ckpts"][0])
+    model, _ = ckpt.load(workspace["ckpts"][0])
     model.double()
     info = open_dataset(workspace["data"])
     batch = assemble_batch(info, ("CE-RP", "CE-CRP"), 0, 0, 2, dtype=torch.float64)

@@ -125,7 +125,7 @@ def test_open_dataset_refuses_inconsistent_or_missing_layouts(ce_dataset, tmp_pa
     shutil.copytree(root, copy)
     with h5py.File(copy / "data/valid/CE-RP.hdf5", "a") as f:
         f.attrs["dataset_name"] = "other"
-    with pytest.raises(SchemaError, match="dataset_name is 'other'.*must agree"):
+    with pytest.raises(SchemaError, match=r"dataset_name is 'other'.*must agree"):
         open_dataset(copy)
     info = open_dataset(root)
     with pytest.raises(RequestError, match="available: CE-RP, CE-RPUI"):

@@ -1,0 +1,402 @@
+"""Figure builders on small synthetic data: trace layout, orientation, ranges, axes, hovers.
+
+References are the input arrays themselves (what a trace must carry) and numpy recomputations
+(medians, ranges); orientation is pinned with single hot cells pushed through summaries.py.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from coherence.analysis import figures as F
+from coherence.analysis.figures.theme import COLORSCALE, group_color
+from coherence.analysis.scores import compute_scores
+from coherence.analysis.summaries import (
+    class_transfer_matrix,
+    influence_vs_distance,
+    lag_curves,
+    rollout_summary,
+    training_curves,
+    two_time_map,
+)
+from coherence.errors import RequestError
+
+S, B, T, C = 3, 2, 5, 3
+N = T * C
+TIMES = np.array([0.0, 0.05, 0.1, 0.15, 0.2])
+
+
+@pytest.fixture(scope="module")
+def h_std() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(S, B, T, C, T, C))
+    for t in range(T):
+        for c in range(C):
+            h[:, :, t, c, t, c] += 3.0
+    return h
+
+
+@pytest.fixture(scope="module")
+def distance_curve(h_std):
+    inputs = np.random.default_rng(1).normal(size=(B, N, 2, 4, 4))
+    return influence_vs_distance(h_std, inputs, bins=8)
+
+
+def _colorscale(value) -> list[list]:
+    return [[float(p), str(c)] for p, c in value]
+
+
+def _axis_titles(fig: go.Figure) -> dict[str, str]:
+    layout = fig.layout.to_plotly_json()
+    return {
+        k: (v.get("title") or {}).get("text", "")
+        for k, v in layout.items()
+        if k.startswith(("xaxis", "yaxis"))
+    }
+
+
+def all_figures(h_std, distance_curve) -> dict[str, go.Figure]:
+    rng = np.random.default_rng(2)
+    curves = lag_curves(h_std)
+    hist = [
+        [{"epoch": e, "train_smse": 1 / (e + 1 + s), "valid_smse": 2 / (e + 1)} for e in range(6)]
+        for s in range(3)
+    ]
+    one = rng.uniform(0.01, 0.02, (4, 5))
+    eps = np.logspace(-5, -1, 5)
+    scatter, curve = F.counterfactual_figures(
+        eps, rng.normal(size=(5, 7)), rng.normal(size=(5, 7)), eps * 3
+    )
+    return {
+        "two_time": F.two_time_heatmap(two_time_map(h_std), TIMES, N, steps=np.arange(T)),
+        "class": F.class_transfer_heatmap(class_transfer_matrix(h_std), ["a", "b", "c"], N),
+        "lag": F.lag_curves_figure([("UNet", curves), ("ViT", curves)]),
+        "distance": F.distance_figure(distance_curve),
+        "box": F.top_eigenvalue_box({"UNet": rng.uniform(1, 9, (S, B))}),
+        "spectrum": F.subspace_spectrum_figure({"UNet": rng.uniform(0.1, 2, (S, B, N))}),
+        "training": F.training_curves_figure({"UNet": training_curves(hist)}),
+        "rollout": F.rollout_figure({"UNet": rollout_summary(one, np.cumsum(one, axis=1))}),
+        "field": F.field_viewer(rng.normal(size=(2, 6, 6)), rng.normal(size=(2, 6, 6)), "uv"),
+        "animation": F.snapshot_animation(rng.normal(size=(T, 2, 6, 6)), TIMES, ["u", "v"]),
+        "cf_scatter": scatter,
+        "cf_curve": curve,
+        "compare": F.side_by_side(
+            F.two_time_heatmap(two_time_map(h_std), TIMES, N),
+            F.two_time_heatmap(-two_time_map(h_std), TIMES, N),
+            ("UNet", "ViT"),
+        ),
+    }
+
+
+# ------------------------------------------------------------------ shared promises -------
+
+
+def test_every_axis_titled_and_every_hover_explicit(h_std, distance_curve):
+    for name, fig in all_figures(h_std, distance_curve).items():
+        titles = _axis_titles(fig)
+        assert titles, name
+        for axis, text in titles.items():
+            assert text.strip(), f"{name}: {axis} has no title"
+        for trace in fig.data:
+            if trace.hoverinfo == "skip":
+                continue
+            assert trace.hovertemplate and "%{" in trace.hovertemplate, (name, trace.name)
+        assert fig.layout.template.layout.paper_bgcolor is not None, name  # theme applied
+
+
+def test_builders_import_neither_streamlit_nor_torch():
+    code = (
+        "import sys, coherence.analysis.figures, coherence.analysis.exports; "
+        "print(sorted(m for m in ('streamlit', 'torch', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_influence_range_and_shared_zrange():
+    assert F.influence_range(48) == (0.0, math.sqrt(48))
+    for bad in (0, 2.5, True):
+        with pytest.raises(RequestError, match="n_examples"):
+            F.influence_range(bad)
+    a, b = np.array([[0.5, np.nan], [2.0, -1.0]]), np.array([3.0, np.inf])
+    assert F.shared_zrange(a, b) == (-1.0, 3.0)
+    assert F.shared_zrange(a, b, symmetric=True) == (-3.0, 3.0)
+    assert F.shared_zrange(np.full(3, 2.0)) == (1.0, 3.0)  # constant: widened, never empty
+    with pytest.raises(RequestError, match="finite"):
+        F.shared_zrange(np.array([np.nan]))
+
+
+# --------------------------------------------------------------------- heatmaps -----------
+
+
+def test_two_time_heatmap_orientation_range_and_hover():
+    v = np.zeros((4, 4))
+    v[2, 0] = 5.0  # response time index 2, perturbation time index 0
+    times = TIMES[:4]
+    fig = F.two_time_heatmap(v, times, 16, steps=[3, 4, 5, 6])
+    (trace,) = fig.data
+    assert isinstance(trace, go.Heatmap)
+    z = np.asarray(trace.z)
+    assert z[2][0] == 5.0 and z.sum() == 5.0
+    np.testing.assert_array_equal(trace.x, times)  # columns = perturbation time
+    np.testing.assert_array_equal(trace.y, times)  # rows = response time
+    assert (trace.zmin, trace.zmax) == (0.0, 4.0)  # [0, √N], N = 16
+    assert _colorscale(trace.colorscale) == COLORSCALE
+    assert fig.layout.xaxis.title.text == "perturbation time t_p"
+    assert fig.layout.yaxis.title.text == "response time t_r"
+    assert fig.layout.yaxis.autorange in (None, True)  # y increases upward
+    assert list(fig.layout.xaxis.ticktext) == ["0", "0.05", "0.1", "0.15"]
+    for token in ("t_p = %{x", "t_r = %{y", "Ĥ = %{z"):
+        assert token in trace.hovertemplate
+    assert trace.text[2][0] == "step_p = 3, step_r = 5"
+    zoomed = F.two_time_heatmap(v, times, 16, zrange=(-1.0, 2.0))
+    assert (zoomed.data[0].zmin, zoomed.data[0].zmax) == (-1.0, 2.0)
+
+
+def test_two_time_heatmap_follows_summaries_layout():
+    h = np.zeros((1, 1, T, C, T, C))
+    h[0, 0, 3, :, 1, :] = np.eye(C)  # Ĥ[t_r = 3, b, t_p = 1, b] = 1 for every class b
+    z = np.asarray(F.two_time_heatmap(two_time_map(h), TIMES, N).data[0].z)
+    expected = np.zeros((T, T))
+    expected[3, 1] = 1.0
+    np.testing.assert_array_equal(z, expected)
+
+
+def test_two_time_heatmap_rejects_bad_input():
+    with pytest.raises(RequestError, match="times"):
+        F.two_time_heatmap(np.zeros((3, 3)), TIMES, 9)
+    with pytest.raises(RequestError, match="increase"):
+        F.two_time_heatmap(np.zeros((3, 3)), [0.0, 0.2, 0.1], 9)
+    with pytest.raises(RequestError, match="zrange"):
+        F.two_time_heatmap(np.zeros((3, 3)), [0.0, 0.1, 0.2], 9, zrange=(1.0, 1.0))
+
+
+def test_class_transfer_heatmap_labels_and_cells():
+    m = np.arange(9.0).reshape(3, 3)
+    h = np.zeros((1, 1, 2, 3, 2, 3))
+    h[0, 0, :, 1, :, 0] = 7.0  # response class 1, perturbation class 0
+    fig = F.class_transfer_heatmap(class_transfer_matrix(h), ["RP", "CRP", "RPUI"], 6)
+    (trace,) = fig.data
+    assert np.asarray(trace.z)[1][0] == 7.0 and np.asarray(trace.z).sum() == 7.0
+    assert list(trace.x) == list(trace.y) == ["RP", "CRP", "RPUI"]
+    assert fig.layout.xaxis.title.text == "perturbation class (column)"
+    assert fig.layout.yaxis.title.text == "response class (row)"
+    assert fig.layout.yaxis.autorange == "reversed"  # matrix reading: first row on top
+    assert trace.texttemplate == "%{z:.2f}"
+    assert (trace.zmin, trace.zmax) == (0.0, math.sqrt(6))
+    assert "perturbation class = %{x}" in trace.hovertemplate
+    assert "response class = %{y}" in trace.hovertemplate
+    with pytest.raises(RequestError, match="classes"):
+        F.class_transfer_heatmap(m, ["a", "b"], 6)
+
+
+def test_side_by_side_shares_one_colour_axis():
+    v = np.random.default_rng(3).uniform(0, 1, (3, 3))
+    a = F.two_time_heatmap(v, [0, 1, 2], 9, zrange=(0.0, 1.0))
+    b = F.two_time_heatmap(3 * v, [0, 1, 2], 9, zrange=(0.0, 3.0))
+    fig = F.side_by_side(a, b, ("UNet", "ViT"))
+    assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis"]
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (0.0, 3.0)
+    assert fig.layout.xaxis2.title.text == "perturbation time t_p"
+    assert fig.layout.yaxis2.scaleanchor == "x2"
+    assert [x.text for x in fig.layout.annotations] == ["UNet", "ViT"]
+    assert a.data[0].zmax == 1.0  # inputs untouched
+    fixed = F.side_by_side(a, b, ("UNet", "ViT"), zrange=(0.0, 2.0))
+    assert (fixed.layout.coloraxis.cmin, fixed.layout.coloraxis.cmax) == (0.0, 2.0)
+
+
+# ------------------------------------------------------------------------ curves ----------
+
+
+def _check_band(traces, band, x):
+    upper, lower, line = traces
+    np.testing.assert_array_equal(upper.y, band.q3)
+    np.testing.assert_array_equal(lower.y, band.q1)
+    np.testing.assert_array_equal(line.y, band.median)
+    np.testing.assert_array_equal(line.x, x)
+    assert lower.fill == "tonexty" and upper.fill in (None, "none")
+    np.testing.assert_array_equal(np.asarray(line.customdata), np.stack([band.q1, band.q3], -1))
+
+
+def test_lag_curves_figure_bands_groups_and_zero_line(h_std):
+    curves = lag_curves(h_std)
+    fig = F.lag_curves_figure([("UNet", curves), ("ViT", curves)])
+    assert len(fig.data) == 12  # 2 groups × (intra, inter) × (Q3 edge, Q1 fill, median)
+    _check_band(fig.data[0:3], curves.intra, curves.lags)
+    _check_band(fig.data[3:6], curves.inter, curves.lags)
+    assert fig.data[2].line.dash == "solid" and fig.data[5].line.dash == "dash"
+    assert fig.data[2].line.color == group_color(0) != fig.data[8].line.color
+    assert fig.data[8].name == "ViT: intra-class"
+    assert any(s.type == "line" and s.y0 == 0 and s.y1 == 0 for s in fig.layout.shapes)
+    assert "Δ" in fig.layout.xaxis.title.text and "steps" in fig.layout.xaxis.title.text
+    assert "Δ = t_r − t_p = %{x} steps" in fig.data[2].hovertemplate
+    single = lag_curves(h_std[:, :, :, :1, :, :1])  # one class: no inter-class curve
+    assert len(F.lag_curves_figure(single, label="UNet").data) == 3
+    with pytest.raises(RequestError, match="LagCurves"):
+        F.lag_curves_figure([curves])
+
+
+def test_distance_figure_markers_band_and_log_x(distance_curve):
+    fig = F.distance_figure(distance_curve, seed_labels=["s10", "s35", "s42"])
+    assert len(fig.data) == S + 3
+    for i in range(S):
+        assert fig.data[i].mode == "markers"
+        np.testing.assert_array_equal(fig.data[i].y, distance_curve.window_means[i])
+        assert "s" in fig.data[i].hovertemplate and "pairs" in fig.data[i].hovertemplate
+    assert [t.showlegend for t in fig.data[:S]] == [True, False, False]
+    _check_band(fig.data[S:], distance_curve.band, distance_curve.centers)
+    assert fig.layout.xaxis.type == "log"
+    with pytest.raises(RequestError, match="seed_labels"):
+        F.distance_figure(distance_curve, seed_labels=["one"])
+
+
+def test_top_eigenvalue_box_drops_nan_and_uses_log_y():
+    unet = np.array([[1.0, 2.0], [np.nan, 4.0]])
+    fig = F.top_eigenvalue_box({"UNet": unet, "ViT": [10.0, 20.0, 30.0]})
+    assert [type(t) for t in fig.data] == [go.Box, go.Box]
+    np.testing.assert_array_equal(fig.data[0].y, [1.0, 2.0, 4.0])
+    assert [t.name for t in fig.data] == ["UNet", "ViT"]
+    assert fig.layout.yaxis.type == "log"
+    with pytest.raises(RequestError, match="no finite positive"):
+        F.top_eigenvalue_box({"UNet": [np.nan]})
+
+
+def test_subspace_spectrum_figure_rows_median_and_padding():
+    spectra = np.array([[[4.0, 2.0, 1.0, np.nan], [8.0, 2.0, 0.5, 0.25]]])  # [S=1, B=2, N=4]
+    fig = F.subspace_spectrum_figure({"UNet": spectra, "ViT": [3.0, 1.0, 0.0]})
+    assert len(fig.data) == 2 + 1 + 1  # UNet rows, UNet median, ViT single line
+    np.testing.assert_array_equal(fig.data[0].y, [4.0, 2.0, 1.0, np.nan])
+    np.testing.assert_allclose(fig.data[2].y, [6.0, 2.0, 0.75, 0.25])
+    np.testing.assert_array_equal(fig.data[3].y, [3.0, 1.0, np.nan])  # 0 is off the log axis
+    np.testing.assert_array_equal(fig.data[3].x, [1, 2, 3])
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_training_and_rollout_figures():
+    hist = [
+        [{"epoch": e, "train_smse": (s + 1) / (e + 1), "valid_smse": 2 * (s + 1) / (e + 1)}
+         for e in range(1, 5)]
+        for s in range(3)
+    ]
+    summary = training_curves(hist)
+    fig = F.training_curves_figure({"UNet": summary, "ViT": summary})
+    assert len(fig.data) == 12
+    _check_band(fig.data[0:3], _band_of(summary["valid_smse"]), [1, 2, 3, 4])
+    assert fig.data[5].line.dash == "dash" and fig.data[5].name == "UNet train"
+    assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.title.text == "epoch"
+
+    rng = np.random.default_rng(4)
+    one = rng.uniform(0.01, 0.02, (6, 4))
+    roll = rollout_summary(one, np.cumsum(one, axis=1))
+    fig = F.rollout_figure({"UNet": roll})
+    assert len(fig.data) == 6
+    _check_band(fig.data[0:3], _band_of(roll["rollout"]), [1, 2, 3, 4])
+    _check_band(fig.data[3:6], _band_of(roll["one_step"]), [1, 2, 3, 4])
+    assert fig.layout.yaxis.type == "log" and "horizon" in fig.layout.xaxis.title.text
+    with pytest.raises(RequestError, match="rollout"):
+        F.rollout_figure({"UNet": {"horizons": [1, 2]}})
+
+
+def _band_of(d):
+    from coherence.analysis.summaries import Band
+
+    return Band(median=d["median"], q1=d["q1"], q3=d["q3"])
+
+
+# ------------------------------------------------------------------------ fields ----------
+
+
+def test_field_viewer_ranges_and_difference():
+    rng = np.random.default_rng(5)
+    truth, prediction = rng.normal(size=(3, 5, 6)), rng.normal(size=(3, 5, 6))
+    fig = F.field_viewer(prediction, truth, ["rho", "mx", "E"], "mx")
+    assert [type(t) for t in fig.data] == [go.Heatmap] * 3
+    np.testing.assert_array_equal(fig.data[0].z, truth[1])
+    np.testing.assert_array_equal(fig.data[1].z, prediction[1])
+    np.testing.assert_allclose(fig.data[2].z, prediction[1] - truth[1])
+    assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis", "coloraxis2"]
+    both = np.concatenate([truth[1].ravel(), prediction[1].ravel()])
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (both.min(), both.max())
+    m = np.abs(prediction[1] - truth[1]).max()
+    assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-m, m)
+    assert [fig.layout[f"yaxis{k}"].scaleanchor for k in ("", "2", "3")] == ["x", "x2", "x3"]
+    np.testing.assert_allclose(fig.data[0].x, (np.arange(6) + 0.5) / 6)
+    same = F.field_viewer(prediction, truth, ["rho", "mx", "E"], 1)
+    np.testing.assert_array_equal(same.data[2].z, fig.data[2].z)
+    with pytest.raises(RequestError, match="not one of"):
+        F.field_viewer(prediction, truth, ["rho", "mx", "E"], "p")
+    with pytest.raises(RequestError, match="share"):
+        F.field_viewer(prediction[:2], truth, ["rho", "mx", "E"], 0)
+
+
+def test_snapshot_animation_frames_fixed_range():
+    rng = np.random.default_rng(6)
+    states = rng.normal(size=(T, 2, 4, 5))
+    fig = F.snapshot_animation(states, TIMES, ["u", "v"], "v", title="NS-Sines")
+    assert len(fig.frames) == T
+    lo, hi = states[:, 1].min(), states[:, 1].max()
+    for k, frame in enumerate(fig.frames):
+        (trace,) = frame.data
+        np.testing.assert_array_equal(trace.z, states[k, 1])
+        assert (trace.zmin, trace.zmax) == (lo, hi)
+        assert frame.name == str(k)
+    assert (fig.data[0].zmin, fig.data[0].zmax) == (lo, hi)
+    (slider,) = fig.layout.sliders
+    assert [s.args[0] for s in slider.steps] == [[str(k)] for k in range(T)]
+    assert slider.steps[2].label == "t = 0.1"
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.method for b in buttons] == ["animate", "animate"]
+    assert fig.frames[3].layout.title.text == "NS-Sines t = 0.15"
+    with pytest.raises(RequestError, match="snapshots"):
+        F.snapshot_animation(states, TIMES[:3], ["u", "v"], 0)
+
+
+# -------------------------------------------------------------------- validation ----------
+
+
+def test_counterfactual_figures_pick_smallest_eps_and_log_axes():
+    eps = np.array([1e-2, 1e-4, 1e-3])  # unsorted on purpose
+    predicted = np.arange(12.0).reshape(3, 4)
+    measured = predicted + 0.5
+    rel = np.array([2e-2, 2e-4, 2e-3])
+    scatter, curve = F.counterfactual_figures(eps, predicted, measured, rel)
+    np.testing.assert_array_equal(scatter.data[0].x, predicted[1])  # ε = 1e-4
+    np.testing.assert_array_equal(scatter.data[0].y, measured[1])
+    identity = scatter.data[1]
+    assert list(identity.x) == list(identity.y) == [4.0, 7.5]
+    assert "1e-04" in scatter.layout.title.text
+    np.testing.assert_array_equal(curve.data[0].x, [1e-4, 1e-3, 1e-2])
+    np.testing.assert_array_equal(curve.data[0].y, [2e-4, 2e-3, 2e-2])
+    reference = curve.data[1]
+    np.testing.assert_allclose(np.asarray(reference.y) / np.asarray(reference.x), 2.0)
+    assert curve.layout.xaxis.type == curve.layout.yaxis.type == "log"
+    banded = F.counterfactual_figures(eps, predicted[1], measured[1], np.ones((3, 4)))[1]
+    assert len(banded.data) == 3 + 1 and banded.data[1].fill == "tonexty"
+    with pytest.raises(RequestError, match="leading axis"):
+        F.counterfactual_figures(eps, np.zeros((2, 4)), np.zeros((2, 4)), rel)
+
+
+def test_scores_table_rows_and_censoring(h_std):
+    scores = compute_scores(h_std)
+    fig = F.scores_table({"UNet": scores, "ViT": scores})
+    (table,) = fig.data
+    assert isinstance(table, go.Table)
+    header, rows = F.score_rows({"UNet": scores, "ViT": scores})
+    assert header == ["score", "definition", "UNet: median [Q1, Q3]", "ViT: median [Q1, Q3]"]
+    assert [r[0] for r in rows] == [s.name for s in scores.as_list()]
+    dd = scores.diagonal_dominance
+    assert rows[0][2] == f"{dd.median:.3g} [{dd.q1:.3g}, {dd.q3:.3g}]"
+    assert list(table.cells.values[0]) == [r[0] for r in rows]
+    flat = np.zeros((1, 1, 3, 1, 3, 1))
+    flat[..., :, 0, :, 0] = 1.0  # constant map: decay never reached, censored at T
+    _, censored_rows = F.score_rows({"flat": compute_scores(flat)})
+    decay = next(r for r in censored_rows if r[0] == "decay_length")
+    assert decay[2] == "3 [3, 3] (1 of 1 lower bounds)"
+    with pytest.raises(RequestError, match="Scores"):
+        F.scores_table({})

@@ -1,0 +1,355 @@
+"""Influence engine against an independent dense float64 reference (tests/analysis/conftest.py).
+
+Tolerances: REL_EXACT for quantities that are exact up to float64 rounding (euclidean,
+subspace vs the same Galerkin definition, VJPs/JVPs); CG is checked at its own rtol.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from coherence.analysis.autodiff import (
+    BatchJacobian,
+    FlatModel,
+    GaussNewtonOperator,
+    _wrap_pad,
+    per_example_vjps,
+)
+from coherence.analysis.influence import compute_influence, influence_matrix, top_eigenvalue
+from coherence.analysis.standardize import standardize
+from coherence.errors import RequestError
+from tests.analysis.conftest import SmallerConv, dense_reference
+
+REL_EXACT = 1e-8  # float64 agreement of exact formulas (observed ~1e-14)
+CG_DAMPING = 0.1  # κ(η + λI) ≈ 5e4 here: CG reaches rtol 1e-11 in a few hundred iterations
+RESPONSES = ("smse", "mass", "energy")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def assert_rel(actual: Tensor, expected: Tensor, rel: float) -> None:
+    """‖actual − expected‖_F ≤ rel·‖expected‖_F (matrix-level relative error)."""
+    err = float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
+    assert err <= rel, f"relative error {err:.3e} > {rel:.1e}"
+
+
+def rel_err(actual: Tensor, expected: Tensor) -> float:
+    return float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
+
+
+# ------------------------------------------------------------------ autodiff products -----
+
+
+def test_per_example_vjps_match_a_loop_of_autograd_grad(ce_model, ce_batch, generator):
+    x, _ = ce_batch
+    cotangents = [torch.randn(x.shape, generator=generator, dtype=x.dtype) for _ in range(2)]
+    fm = FlatModel(ce_model)
+    got = per_example_vjps(fm, x, cotangents, chunk_size=4)  # chunks of 4 and 2
+    params = list(ce_model.parameters())
+    for k, c in enumerate(cotangents):
+        rows = []
+        for n in range(len(x)):
+            out = ce_model(x[n : n + 1])
+            grads = torch.autograd.grad((out * c[n : n + 1]).sum(), params)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]))
+        torch.testing.assert_close(got[k], torch.stack(rows), rtol=1e-12, atol=1e-12)
+
+
+def test_batch_jvp_uses_verified_linearize_and_matches_jacrev(ce_model, ce_batch, generator):
+    x, y = ce_batch
+    ref = dense_reference(ce_model, x, y)
+    jac = BatchJacobian(FlatModel(ce_model), x)
+    for _ in range(3):  # first call: checked plain jvp; then the linearized graph
+        v = torch.randn(ref.jac.shape[2], generator=generator, dtype=x.dtype)
+        expected = torch.einsum("ndp,p->nd", ref.jac, v).reshape(x.shape)
+        torch.testing.assert_close(jac.jvp(v), expected, rtol=1e-10, atol=1e-12)
+    assert jac.jvp_method == "linearize"  # the circular-pad workaround keeps linearize usable
+
+
+def test_gauss_newton_operator_matches_dense_metric(ns_model, ns_batch, generator):
+    x, y = ns_batch
+    ref = dense_reference(ns_model, x, y)
+    op = GaussNewtonOperator(BatchJacobian(FlatModel(ns_model), x), damping=0.3)
+    vs = torch.randn(3, ref.jac.shape[2], generator=generator, dtype=x.dtype)
+    eye = torch.eye(vs.shape[1], dtype=x.dtype)
+    torch.testing.assert_close(op.apply_rows(vs), vs @ (ref.eta + 0.3 * eye), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (2, 0, 1, 3), (0, 0, 2, 2)])
+def test_wrap_pad_equals_builtin_circular_pad(pad, generator):
+    x = torch.randn(2, 3, 5, 6, generator=generator)
+    torch.testing.assert_close(
+        _wrap_pad(x, pad), nn.functional.pad(x, pad, mode="circular"), rtol=0, atol=0
+    )
+
+
+# ------------------------------------------------------------------- estimators ----------
+
+
+@pytest.fixture
+def ce_reference(ce_model, ce_batch):
+    return dense_reference(ce_model, *ce_batch)
+
+
+def test_euclidean_matches_dense_gradient_products(ce_model, ce_batch, ce_reference):
+    result = compute_influence(ce_model, *ce_batch, response=RESPONSES, estimator="euclidean")
+    for r in RESPONSES:
+        assert_rel(result.H_by_response[r], ce_reference.euclidean(r), REL_EXACT)
+
+
+def test_subspace_matches_dense_galerkin_reference(ce_model, ce_batch, ce_reference):
+    result = compute_influence(ce_model, *ce_batch, response=RESPONSES, estimator="subspace")
+    threshold = 1 - 1e-4
+    for r in RESPONSES:
+        assert_rel(result.H_by_response[r], ce_reference.galerkin(r, 1e-4, threshold), REL_EXACT)
+    diag = result.diagnostics
+    assert diag.rank == ce_reference.basis(threshold).shape[1]
+    assert diag.jvp_method == "linearize"
+    torch.testing.assert_close(
+        torch.tensor(diag.subspace_eigenvalues, dtype=torch.float64),
+        ce_reference.subspace_eigenvalues(threshold),
+        rtol=1e-9,
+        atol=1e-9,
+    )
+
+
+def test_subspace_is_a_projection_not_the_full_solve(ce_model, ce_batch, ce_reference):
+    """Here P = 296 < N·D = 384 and span(G) (dim 6) is not η-invariant: the Galerkin H differs
+    from g_Aᵀ(η + λI)⁻¹g_B by O(1), as the estimator's docstring says."""
+    h = influence_matrix(ce_model, *ce_batch, estimator="subspace")
+    assert rel_err(h, ce_reference.full("smse", 1e-4)) > 0.1
+
+
+def test_subspace_equals_full_solve_when_q_spans_parameter_space(generator):
+    """P = 44 < N = 48 and G of full rank: with every direction kept, span(Q) = R^P and the
+    Galerkin solve is the full solve."""
+    torch.manual_seed(3)
+    model = SmallerConv().double()
+    x = torch.randn(48, 2, 4, 4, generator=generator, dtype=torch.float64)
+    y = x + 0.1 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    ref = dense_reference(model, x, y)
+    result = compute_influence(model, x, y, energy_threshold=1.0, damping=1e-3)
+    assert result.diagnostics.rank == 44
+    assert_rel(result.H, ref.full("smse", 1e-3), 1e-7)
+
+
+def test_cg_matches_dense_full_solve_for_every_response(ce_model, ce_batch, ce_reference):
+    result = compute_influence(
+        ce_model,
+        *ce_batch,
+        response=RESPONSES,
+        estimator="cg",
+        damping=CG_DAMPING,
+        rtol=1e-11,
+        max_iter=2000,
+    )
+    diag = result.diagnostics
+    assert diag.converged and len(diag.iterations) == 6 and max(diag.residuals) <= 1e-10
+    for r in RESPONSES:
+        assert_rel(result.H_by_response[r], ce_reference.full(r, CG_DAMPING), 1e-8)
+
+
+def test_cg_error_decreases_with_rtol(ce_model, ce_batch, ce_reference):
+    expected = ce_reference.full("smse", CG_DAMPING)
+    errors, iterations = [], []
+    for rtol in (1e-2, 1e-4, 1e-8):
+        result = compute_influence(
+            ce_model, *ce_batch, estimator="cg", damping=CG_DAMPING, rtol=rtol, max_iter=2000
+        )
+        errors.append(rel_err(result.H, expected))
+        iterations.append(max(result.diagnostics.iterations))
+        assert max(result.diagnostics.residuals) <= 1.5 * rtol
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6, errors
+    assert iterations[0] < iterations[1] < iterations[2]
+
+
+def test_cg_reports_non_convergence(ce_model, ce_batch):
+    result = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-6, max_iter=3)
+    diag = result.diagnostics
+    assert diag.converged is False
+    assert diag.iterations == (3,) * 6
+    assert min(diag.residuals) > 1e-6
+
+
+def test_top_eigenvalue_matches_dense_eigvalsh(ns_model, ns_batch):
+    ref = dense_reference(ns_model, *ns_batch)
+    expected = float(torch.linalg.eigvalsh(ref.eta)[-1]) + 0.01
+    got = top_eigenvalue(ns_model, ns_batch[0], damping=0.01, iters=150, tol=1e-12)
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+# ------------------------------------------------------------- meaning of H --------------
+
+
+def test_sign_and_orientation_by_finite_differences(ce_model, ce_batch, ce_reference):
+    """A Euclidean step δθ = −ε g_B(p) changes ⟨r_A(r), ŷ_r⟩ (r_A frozen) by −ε·D·H[r, p]:
+    rows are responses, columns perturbations (checked with the asymmetric mass response)."""
+    x, y = ce_batch
+    h = compute_influence(ce_model, x, y, response="mass", estimator="euclidean").H
+    g = ce_reference.grads("smse")
+    r_mass = ce_reference.residuals["mass"].reshape(x.shape)
+    d, eps, r, p = ce_reference.d, 1e-6, 1, 4
+
+    def functional(step: float) -> float:
+        moved = copy.deepcopy(ce_model)
+        theta = torch.nn.utils.parameters_to_vector(moved.parameters())
+        torch.nn.utils.vector_to_parameters(theta.detach() - step * g[p], moved.parameters())
+        with torch.no_grad():
+            return float((r_mass[r] * moved(x[r : r + 1])[0]).sum())
+
+    measured = (functional(eps) - functional(-eps)) / 2  # central difference, O(ε³) error
+    assert measured == pytest.approx(-eps * d * float(h[r, p]), rel=1e-7)
+    assert not torch.allclose(h, h.T)
+
+
+# ------------------------------------------------------------- API behaviour --------------
+
+
+def test_multi_response_pass_equals_separate_calls(ce_model, ce_batch):
+    both = compute_influence(ce_model, *ce_batch, response=["energy", "smse"])
+    assert both.diagnostics.responses == ("energy", "smse")
+    assert both.H is both.H_by_response["energy"]
+    for r in ("energy", "smse"):
+        alone = influence_matrix(ce_model, *ce_batch, response=r)
+        torch.testing.assert_close(both.H_by_response[r], alone, rtol=1e-12, atol=1e-15)
+
+
+def test_chunked_gradients_give_the_same_result(ce_model, ce_batch):
+    whole = influence_matrix(ce_model, *ce_batch, estimator="euclidean")
+    chunked = compute_influence(ce_model, *ce_batch, estimator="euclidean", chunk_size=4).H
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=0)
+
+
+def test_zero_residual_gives_zero_influence(ce_model, ce_batch):
+    x, _ = ce_batch
+    with torch.no_grad():
+        y = ce_model(x)
+    for estimator, kwargs in (("subspace", {}), ("cg", {"rtol": 1e-3}), ("euclidean", {})):
+        result = compute_influence(ce_model, x, y, estimator=estimator, **kwargs)
+        torch.testing.assert_close(result.H, torch.zeros(6, 6, dtype=x.dtype))
+    assert result.diagnostics.rank is None
+    assert compute_influence(ce_model, x, y).diagnostics.rank == 0
+
+
+def test_diagnostics_are_json_safe_and_progress_is_reported(ce_model, ce_batch):
+    calls = []
+    result = compute_influence(
+        ce_model,
+        *ce_batch,
+        estimator="cg",
+        rtol=1e-1,
+        damping=CG_DAMPING,
+        progress=lambda f, s: calls.append((f, s)),
+    )
+    data = json.loads(json.dumps(result.diagnostics.to_dict()))
+    assert data["estimator"] == "cg" and data["rtol"] == 1e-1 and data["n_params"] == 296
+    assert data["dtype"] == "float64" and data["device"] == "cpu" and data["output_size"] == 64
+    assert len(data["iterations"]) == 6 and data["rank"] is None
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and calls[-1][1] == "done"
+
+
+class ModeRecorder(nn.Module):
+    """Records the training flag seen in forward; otherwise a tiny conv model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular")
+        self.seen: list[bool] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append(self.training)
+        return x + self.net(x)
+
+
+def test_model_runs_in_eval_mode_and_mode_is_restored(ns_batch):
+    model = ModeRecorder().double().train()
+    compute_influence(model, *ns_batch)
+    assert model.seen and not any(model.seen)
+    assert model.training and model.net.training
+
+
+def test_float32_path_agrees_with_float64(ce_model, ce_batch, ce_reference):
+    model32 = copy.deepcopy(ce_model).float()
+    x, y = ce_batch
+    expected = {
+        "subspace": ce_reference.galerkin("smse", CG_DAMPING, 1 - 1e-4),
+        "euclidean": ce_reference.euclidean("smse"),
+        "cg": ce_reference.full("smse", CG_DAMPING),
+    }
+    for estimator, kwargs in (("subspace", {}), ("euclidean", {}), ("cg", {"rtol": 1e-4})):
+        result = compute_influence(
+            model32, x.float(), y.float(), estimator=estimator, damping=CG_DAMPING, **kwargs
+        )
+        assert result.H.dtype == torch.float32 and result.diagnostics.dtype == "float32"
+        assert rel_err(result.H.double(), expected[estimator]) < 1e-3, estimator
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"estimator": "lanczos"}, "'subspace', 'cg', 'euclidean'"),
+        ({"response": "momentum"}, "'smse', 'mass', 'energy'"),
+        ({"estimator": "cg"}, "needs rtol"),
+        ({"estimator": "cg", "rtol": 1.5}, "rtol must lie in (0, 1)"),
+        ({"damping": 0.0}, "damping must be"),
+        ({"damping": float("nan")}, "damping must be"),
+        ({"energy_threshold": 0.0}, "energy_threshold"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"chunk_size": 0}, "chunk_size"),
+    ],
+)
+def test_bad_requests_raise_with_the_fix(ce_model, ce_batch, kwargs, message):
+    with pytest.raises(RequestError) as info:
+        compute_influence(ce_model, *ce_batch, **kwargs)
+    assert message in str(info.value)
+
+
+def test_bad_batches_raise(ce_model, ce_batch, ns_model, ns_batch):
+    x, y = ce_batch
+    with pytest.raises(RequestError, match="F=2 channels; choose response 'smse'"):
+        compute_influence(ns_model, *ns_batch, response="mass")
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(RequestError, match="inputs contain NaN"):
+        compute_influence(ce_model, bad, y)
+    with pytest.raises(RequestError, match="same shape"):
+        compute_influence(ce_model, x, y[:, :3])
+    with pytest.raises(RequestError, match="N ≥ 2"):
+        compute_influence(ce_model, x[:1], y[:1])
+    with pytest.raises(RequestError, match=r"tensor \[N, F, H, W\]"):
+        compute_influence(ce_model, x[0], y[0])
+
+
+# ------------------------------------------------------------------ standardize -----------
+
+
+def test_standardize_diagonal_gives_sqrt_n():
+    n = 48
+    eye = standardize(torch.eye(n, dtype=torch.float64))
+    torch.testing.assert_close(eye, math.sqrt(n) * torch.eye(n, dtype=torch.float64))
+    d = torch.linspace(-3.0, 2.0, 7, dtype=torch.float64)
+    d[d == 0] = 1.0
+    expected = torch.diag(torch.sign(d) * math.sqrt(7))
+    torch.testing.assert_close(standardize(torch.diag(d)), expected, rtol=1e-14, atol=1e-14)
+
+
+def test_standardize_matches_numpy_and_handles_batches_and_flat_rows(generator):
+    h = torch.randn(2, 3, 5, 5, generator=generator, dtype=torch.float64)
+    h[0, 1, 2] = 0.0  # all-zero row
+    h[1, 2, 4] = 0.7  # constant row
+    got = standardize(h)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the flat rows, replaced below
+        expected = h.numpy() / np.std(h.numpy(), axis=-1, ddof=1, keepdims=True)
+    expected[0, 1, 2] = 0.0
+    expected[1, 2, 4] = 0.0
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-13, atol=0)
+    with pytest.raises(RequestError, match="square"):
+        standardize(torch.ones(3, 4))

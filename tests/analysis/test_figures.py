@@ -280,8 +280,10 @@ def test_subspace_spectrum_figure_rows_median_and_padding():
 
 def test_training_and_rollout_figures():
     hist = [
-        [{"epoch": e, "train_smse": (s + 1) / (e + 1), "valid_smse": 2 * (s + 1) / (e + 1)}
-         for e in range(1, 5)]
+        [
+            {"epoch": e, "train_smse": (s + 1) / (e + 1), "valid_smse": 2 * (s + 1) / (e + 1)}
+            for e in range(1, 5)
+        ]
         for s in range(3)
     ]
     summary = training_curves(hist)
@@ -326,6 +328,8 @@ def test_field_viewer_ranges_and_difference():
     m = np.abs(prediction[1] - truth[1]).max()
     assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-m, m)
     assert [fig.layout[f"yaxis{k}"].scaleanchor for k in ("", "2", "3")] == ["x", "x2", "x3"]
+    bar_x = fig.layout.coloraxis.colorbar.x  # the shared bar sits between prediction and diff
+    assert fig.layout.xaxis2.domain[1] < bar_x < fig.layout.xaxis3.domain[0]
     np.testing.assert_allclose(fig.data[0].x, (np.arange(6) + 0.5) / 6)
     same = F.field_viewer(prediction, truth, ["rho", "mx", "E"], 1)
     np.testing.assert_array_equal(same.data[2].z, fig.data[2].z)
@@ -348,7 +352,7 @@ def test_snapshot_animation_frames_fixed_range():
         assert frame.name == str(k)
     assert (fig.data[0].zmin, fig.data[0].zmax) == (lo, hi)
     (slider,) = fig.layout.sliders
-    assert [s.args[0] for s in slider.steps] == [[str(k)] for k in range(T)]
+    assert [list(s.args[0]) for s in slider.steps] == [[str(k)] for k in range(T)]
     assert slider.steps[2].label == "t = 0.1"
     buttons = fig.layout.updatemenus[0].buttons
     assert [b.method for b in buttons] == ["animate", "animate"]
@@ -370,7 +374,7 @@ def test_counterfactual_figures_pick_smallest_eps_and_log_axes():
     np.testing.assert_array_equal(scatter.data[0].y, measured[1])
     identity = scatter.data[1]
     assert list(identity.x) == list(identity.y) == [4.0, 7.5]
-    assert "1e-04" in scatter.layout.title.text
+    assert "ε = 1.0e-04" in scatter.layout.title.text
     np.testing.assert_array_equal(curve.data[0].x, [1e-4, 1e-3, 1e-2])
     np.testing.assert_array_equal(curve.data[0].y, [2e-4, 2e-3, 2e-2])
     reference = curve.data[1]

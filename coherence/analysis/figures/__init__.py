@@ -1,0 +1,53 @@
+"""Pure figure builders (data → plotly go.Figure) shared by the dashboard, downloads and tests.
+
+No streamlit, no I/O. Each builder's docstring starts with how to read the figure (the app
+shows it as the panel caption). Modules: theme (colours, ranges, layout), influence (§6.1–6.4),
+models (§6.5, 6.7), fields (snapshots, prediction vs truth), validation (§7), compare.
+"""
+
+from __future__ import annotations
+
+from coherence.analysis.figures.compare import side_by_side
+from coherence.analysis.figures.fields import field_viewer, snapshot_animation
+from coherence.analysis.figures.influence import (
+    class_transfer_heatmap,
+    distance_figure,
+    lag_curves_figure,
+    two_time_heatmap,
+)
+from coherence.analysis.figures.models import (
+    rollout_figure,
+    subspace_spectrum_figure,
+    top_eigenvalue_box,
+    training_curves_figure,
+)
+from coherence.analysis.figures.theme import (
+    COLORSCALE,
+    DIVERGING,
+    FIELD_COLORSCALE,
+    influence_range,
+    shared_zrange,
+)
+from coherence.analysis.figures.validation import counterfactual_figures, score_rows, scores_table
+
+__all__ = [
+    "COLORSCALE",
+    "DIVERGING",
+    "FIELD_COLORSCALE",
+    "class_transfer_heatmap",
+    "counterfactual_figures",
+    "distance_figure",
+    "field_viewer",
+    "influence_range",
+    "lag_curves_figure",
+    "rollout_figure",
+    "score_rows",
+    "scores_table",
+    "shared_zrange",
+    "side_by_side",
+    "snapshot_animation",
+    "subspace_spectrum_figure",
+    "top_eigenvalue_box",
+    "training_curves_figure",
+    "two_time_heatmap",
+]

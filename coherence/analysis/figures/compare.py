@@ -1,0 +1,91 @@
+"""Compare mode: two figures from the same builder side by side on one colour scale."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from coherence.analysis.figures.theme import COLORSCALE, shared_zrange, styled
+from coherence.errors import RequestError
+
+_AXIS_KEYS = ("title", "type", "autorange", "tickvals", "ticktext", "side", "constrain")
+
+
+def _ref(ref: Any, col: int) -> Any:
+    """Map the single-plot axis reference 'x' / 'y domain' to subplot column ``col``."""
+    if col == 1 or not isinstance(ref, str) or ref[0] not in "xy":
+        return ref
+    axis, _, rest = ref.partition(" ")
+    return f"{axis[0]}{col}" + (f" {rest}" if rest else "")
+
+
+def _heatmap_range(figs: Sequence[go.Figure]) -> tuple[float, float]:
+    lows, highs, arrays = [], [], []
+    for fig in figs:
+        for trace in fig.data:
+            if isinstance(trace, go.Heatmap):
+                if trace.zmin is not None and trace.zmax is not None:
+                    lows.append(trace.zmin)
+                    highs.append(trace.zmax)
+                else:
+                    arrays.append(trace.z)
+    if arrays:
+        lo, hi = shared_zrange(*arrays)
+        lows.append(lo)
+        highs.append(hi)
+    return min(lows), max(highs)
+
+
+def side_by_side(
+    fig_a: go.Figure,
+    fig_b: go.Figure,
+    titles: Sequence[str] = ("A", "B"),
+    *,
+    zrange: tuple[float, float] | None = None,
+    title: str = "",
+) -> go.Figure:
+    """Read: two groups (e.g. UNet | ViT) in one figure; every heatmap shares one colour axis
+    (``zrange``, else the union of the inputs' ranges), so equal colours mean equal values.
+
+    Made for two figures of the same builder: axis titles, types and reference lines are
+    copied per column; legend entries already shown on the left are hidden on the right.
+    """
+    if len(titles) != 2:
+        raise RequestError(f"titles={titles!r}: give two panel titles")
+    figs = (fig_a, fig_b)
+    has_heatmap = any(isinstance(t, go.Heatmap) for f in figs for t in f.data)
+    out = make_subplots(rows=1, cols=2, subplot_titles=list(titles), horizontal_spacing=0.1)
+    shown: set[str] = set()
+    colorscale = COLORSCALE
+    for col, fig in enumerate(figs, start=1):
+        for trace in fig.data:
+            trace = go.Figure(trace).data[0]  # a copy: the inputs stay unchanged
+            if isinstance(trace, go.Heatmap):
+                colorscale = trace.colorscale or colorscale
+                trace.update(zmin=None, zmax=None, colorscale=None, coloraxis="coloraxis")
+            elif trace.name is not None and trace.showlegend is not False:
+                if col == 2 and trace.name in shown:
+                    trace.showlegend = False
+                shown.add(trace.name)
+            out.add_trace(trace, row=1, col=col)
+        for axis in ("xaxis", "yaxis"):
+            source = fig.layout[axis].to_plotly_json()
+            settings = {k: source[k] for k in _AXIS_KEYS if k in source}
+            if "scaleanchor" in source:
+                settings |= {"scaleanchor": _ref(source["scaleanchor"], col)}
+            out.update_layout({axis if col == 1 else f"{axis}{col}": settings})
+        for shape in fig.layout.shapes:
+            spec = shape.to_plotly_json()
+            spec["xref"], spec["yref"] = _ref(spec.get("xref"), col), _ref(spec.get("yref"), col)
+            out.add_shape(spec)
+    if has_heatmap:
+        lo, hi = zrange if zrange is not None else _heatmap_range(figs)
+        out.update_layout(coloraxis={"colorscale": colorscale, "cmin": lo, "cmax": hi})
+        bar = next((t.colorbar for f in figs for t in f.data if isinstance(t, go.Heatmap)), None)
+        if bar is not None and bar.title.text:
+            out.update_layout(coloraxis_colorbar={"title": {"text": bar.title.text}})
+    height = max(f.layout.height or 420 for f in figs)
+    return styled(out, title or (fig_a.layout.title.text or ""), height=height)

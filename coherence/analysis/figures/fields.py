@@ -1,0 +1,221 @@
+"""Physical-field panels: prediction vs truth viewer and an animated snapshot player.
+
+Fields live on the periodic unit square; an array [H, W] is indexed [y, x] (meshgrid
+indexing="ij" in coherence.simulation.classes), drawn with y up at pixel centres (j + ½)/W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from coherence.analysis.figures.theme import (
+    DIVERGING,
+    FIELD_COLORSCALE,
+    as_array,
+    axis_title,
+    shared_zrange,
+    styled,
+)
+from coherence.errors import RequestError
+
+
+def _channel(channel_names: Sequence[str], channel: int | str, n_channels: int) -> int:
+    names = [str(c) for c in channel_names]
+    if len(names) != n_channels:
+        raise RequestError(
+            f"channel_names has {len(names)} names for {n_channels} channels; name each channel"
+        )
+    if isinstance(channel, str):
+        if channel not in names:
+            raise RequestError(f"channel {channel!r} is not one of {names}")
+        return names.index(channel)
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
+        raise RequestError(f"channel={channel!r}: give a channel name or an index")
+    if not 0 <= channel < n_channels:
+        raise RequestError(f"channel={channel}: choose 0..{n_channels - 1} ({names})")
+    return int(channel)
+
+
+def _centres(n: int) -> np.ndarray:
+    return (np.arange(n) + 0.5) / n
+
+
+def field_viewer(
+    prediction: Any,
+    truth: Any,
+    channel_names: Sequence[str],
+    channel: int | str = 0,
+    *,
+    title: str = "",
+) -> go.Figure:
+    """Read: truth, prediction (one shared colour range) and prediction − truth (symmetric
+    diverging range, red = over-prediction) of one channel; structure in the difference
+    panel shows where the surrogate misses the physics.
+
+    prediction, truth: [F, H, W] states of one example.
+    """
+    p = as_array(prediction, "prediction", 3)
+    y = as_array(truth, "truth", 3)
+    if p.shape != y.shape:
+        raise RequestError(f"prediction {p.shape} and truth {y.shape} must share [F, H, W]")
+    c = _channel(channel_names, channel, p.shape[0])
+    name = str(channel_names[c])
+    diff = p[c] - y[c]
+    lo, hi = shared_zrange(p[c], y[c])
+    dmin, dmax = shared_zrange(diff, symmetric=True)
+    xs, ys = _centres(p.shape[2]), _centres(p.shape[1])
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(f"truth: {name}", f"prediction: {name}", "prediction − truth"),
+        horizontal_spacing=0.11,  # room for the shared colour bar between 2 and 3
+    )
+    for col, (z, label, axis) in enumerate(
+        (
+            (y[c], "truth", "coloraxis"),
+            (p[c], "prediction", "coloraxis"),
+            (diff, "diff", "coloraxis2"),
+        ),
+        start=1,
+    ):
+        symbol = f"{name} {label}" if label != "diff" else f"Δ{name} (prediction − truth)"
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=xs,
+                y=ys,
+                coloraxis=axis,
+                hovertemplate=f"x = %{{x:.3f}}<br>y = %{{y:.3f}}<br>{symbol} = %{{z:.4g}}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(title=axis_title("x"), constrain="domain", row=1, col=col)
+        anchor = "x" if col == 1 else f"x{col}"
+        fig.update_yaxes(
+            title=axis_title("y"),
+            scaleanchor=anchor,
+            constrain="domain",
+            showticklabels=col == 1,  # same grid in every panel: ticks once, on the left
+            row=1,
+            col=col,
+        )
+    # vertical bars: the shared one in the gap right of the prediction, the diff one at the end
+    bar = {"thickness": 12, "len": 0.85, "xanchor": "left", "xpad": 4}
+    shared_x = fig.layout.xaxis2.domain[1] + 0.005
+    fig.update_layout(
+        coloraxis={
+            "colorscale": FIELD_COLORSCALE,
+            "cmin": lo,
+            "cmax": hi,
+            "colorbar": {**bar, "x": shared_x, "title": {"text": name}},
+        },
+        coloraxis2={
+            "colorscale": DIVERGING,
+            "cmin": dmin,
+            "cmax": dmax,
+            "colorbar": {**bar, "x": 1.005, "title": {"text": f"Δ{name}"}},
+        },
+    )
+    styled(fig, title, height=420)
+    fig.update_layout(margin={"r": 80})
+    return fig
+
+
+def snapshot_animation(
+    states: Any,
+    times: Any,
+    channel_names: Sequence[str],
+    channel: int | str = 0,
+    *,
+    title: str = "",
+) -> go.Figure:
+    """Read: one channel of a trajectory over time (play, or drag the slider); the colour
+    range is fixed over all frames so brightness compares across time.
+
+    states [T, F, H, W], times [T] physical times. Cost: T frames of H·W values in the figure.
+    """
+    s = as_array(states, "states", 4)
+    t = as_array(times, "times", 1)
+    if len(t) != s.shape[0]:
+        raise RequestError(f"states has {s.shape[0]} snapshots but times has {len(t)} entries")
+    c = _channel(channel_names, channel, s.shape[1])
+    name = str(channel_names[c])
+    field = s[:, c]  # (T, H, W)
+    lo, hi = shared_zrange(field)
+    xs, ys = _centres(s.shape[3]), _centres(s.shape[2])
+    hover = f"x = %{{x:.3f}}<br>y = %{{y:.3f}}<br>{name} = %{{z:.4g}}<extra></extra>"
+
+    def heatmap(k: int) -> go.Heatmap:
+        return go.Heatmap(
+            z=field[k],
+            x=xs,
+            y=ys,
+            zmin=lo,
+            zmax=hi,
+            colorscale=FIELD_COLORSCALE,
+            colorbar={"title": {"text": name}, "thickness": 14},
+            hovertemplate=hover,
+        )
+
+    labels = [f"t = {time:.3g}" for time in t]
+    frames = [
+        go.Frame(
+            data=[heatmap(k)],
+            name=str(k),
+            layout={"title": {"text": f"{title} {labels[k]}".strip()}},
+        )
+        for k in range(len(t))
+    ]
+    play = {"frame": {"duration": 300, "redraw": True}, "fromcurrent": True, "mode": "immediate"}
+    pause = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}
+    fig = go.Figure(data=[heatmap(0)], frames=frames)
+    styled(fig, f"{title} {labels[0]}".strip(), height=520)
+    fig.update_layout(
+        updatemenus=[
+            {
+                "type": "buttons",
+                "direction": "left",
+                "x": 0.1,
+                "y": 0,
+                "xanchor": "right",
+                "yanchor": "top",
+                "pad": {"r": 10, "t": 70},
+                "showactive": False,
+                "buttons": [
+                    {"label": "▶", "method": "animate", "args": [None, play]},
+                    {"label": "❚❚", "method": "animate", "args": [[None], pause]},
+                ],
+            }
+        ],
+        sliders=[
+            {
+                "active": 0,
+                "x": 0.1,
+                "y": 0,
+                "len": 0.9,
+                "xanchor": "left",
+                "yanchor": "top",
+                "pad": {"b": 10, "t": 50},
+                "currentvalue": {"prefix": "time: "},
+                "steps": [
+                    {
+                        "label": labels[k],
+                        "method": "animate",
+                        "args": [[str(k)], {**pause, "frame": {"duration": 0, "redraw": True}}],
+                    }
+                    for k in range(len(t))
+                ],
+            }
+        ],
+        margin={"b": 140},
+    )
+    fig.update_xaxes(title=axis_title("x"), constrain="domain")
+    fig.update_yaxes(title=axis_title("y"), scaleanchor="x", constrain="domain")
+    return fig

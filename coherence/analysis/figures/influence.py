@@ -1,0 +1,261 @@
+"""Influence panels (METHOD.md §6.1–6.4, 6.6): two-time map, class transfer, lag and distance.
+
+Inputs are the outputs of coherence.analysis.summaries (rows = response, columns =
+perturbation). Heatmaps default to the colour range [0, √N] of theme.influence_range and
+accept ``zrange`` so compare mode can put two groups on one scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from coherence.analysis.figures.theme import (
+    COLORSCALE,
+    INFLUENCE_SYMBOL,
+    as_array,
+    axis_title,
+    band_traces,
+    group_color,
+    influence_range,
+    rgba,
+    styled,
+)
+from coherence.analysis.summaries import DistanceCurve, LagCurves
+from coherence.errors import RequestError
+
+LagGroups = LagCurves | Sequence[tuple[str, LagCurves]]
+
+
+def _zrange(zrange: tuple[float, float] | None, n_examples: int) -> tuple[float, float]:
+    if zrange is None:
+        return influence_range(n_examples)
+    lo, hi = (float(v) for v in zrange)
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise RequestError(f"zrange={zrange!r}: give (low, high) finite with low < high")
+    return lo, hi
+
+
+def _colorbar(label: str) -> dict[str, Any]:
+    return {"title": {"text": label, "side": "right"}, "thickness": 14}
+
+
+def two_time_heatmap(
+    V: Any,
+    times: Any,
+    n_examples: int,
+    *,
+    title: str = "Two-time influence, intra-class",
+    zrange: tuple[float, float] | None = None,
+    value_label: str = INFLUENCE_SYMBOL,
+    steps: Any = None,
+) -> go.Figure:
+    """Read: x = perturbation time t_p, y = response time t_r (up); a bright diagonal only =
+    each time step learns for itself (memorization), bright off-diagonal = learning transfers.
+
+    V [T_r, T_p] (summaries.two_time_map), times [T] physical input times, N = T·C examples per
+    batch fixing the default colour range [0, √N]; ``steps`` [T] adds snapshot indices to the
+    hover.
+    """
+    v = as_array(V, "V", 2)
+    t = as_array(times, "times", 1)
+    if v.shape != (len(t), len(t)):
+        raise RequestError(
+            f"V has shape {v.shape} but times has {len(t)} entries; V is [T_r, T_p] with T = "
+            f"len(times) (summaries.two_time_map)"
+        )
+    if len(t) > 1 and not np.all(np.diff(t) > 0):
+        raise RequestError(f"times must increase strictly; got {t.tolist()}")
+    lo, hi = _zrange(zrange, n_examples)
+    hover = f"t_p = %{{x:.4g}}<br>t_r = %{{y:.4g}}<br>{value_label} = %{{z:.4f}}"
+    text = None
+    if steps is not None:
+        k = as_array(steps, "steps", 1)
+        if len(k) != len(t):
+            raise RequestError(f"steps has {len(k)} entries, times {len(t)}; give one per time")
+        # text[i][j]: row i = response step, column j = perturbation step
+        text = [[f"step_p = {int(p)}, step_r = {int(r)}" for p in k] for r in k]
+        hover += "<br>%{text}"
+    trace = go.Heatmap(
+        z=v,
+        x=t,
+        y=t,
+        zmin=lo,
+        zmax=hi,
+        colorscale=COLORSCALE,
+        colorbar=_colorbar(value_label),
+        text=text,
+        hovertemplate=hover + "<extra></extra>",
+    )
+    fig = styled(go.Figure(trace), title, height=480)
+    ticks = {"tickvals": t, "ticktext": [f"{x:.3g}" for x in t]} if len(t) <= 12 else {}
+    fig.update_xaxes(title=axis_title("perturbation time t_p"), **ticks)
+    fig.update_yaxes(
+        title=axis_title("response time t_r"), scaleanchor="x", constrain="domain", **ticks
+    )
+    return fig
+
+
+def class_transfer_heatmap(
+    M: Any,
+    classes: Sequence[str],
+    n_examples: int,
+    *,
+    title: str = "Class transfer matrix",
+    zrange: tuple[float, float] | None = None,
+    value_label: str = INFLUENCE_SYMBOL,
+) -> go.Figure:
+    """Read: row = response class, column = perturbation class; cell (r, p) is the mean Ĥ by
+    which descent on class p moves class r. Off-diagonal cells near the diagonal's value mean
+    learning transfers across initial-condition families.
+
+    M [C_r, C_p] (summaries.class_transfer_matrix). Rows run top to bottom as in a matrix.
+    """
+    m = as_array(M, "M", 2)
+    names = [str(c) for c in classes]
+    if m.shape != (len(names), len(names)):
+        raise RequestError(
+            f"M has shape {m.shape} but {len(names)} classes were named; M is [C_r, C_p]"
+        )
+    lo, hi = _zrange(zrange, n_examples)
+    trace = go.Heatmap(
+        z=m,
+        x=names,
+        y=names,
+        zmin=lo,
+        zmax=hi,
+        colorscale=COLORSCALE,
+        colorbar=_colorbar(f"mean {value_label}"),
+        texttemplate="%{z:.2f}",
+        hovertemplate=(
+            "perturbation class = %{x}<br>response class = %{y}<br>"
+            f"mean {value_label} = %{{z:.4f}}<extra></extra>"
+        ),
+    )
+    fig = styled(go.Figure(trace), title, height=420)
+    fig.update_xaxes(title=axis_title("perturbation class (column)"), side="bottom")
+    fig.update_yaxes(title=axis_title("response class (row)"), autorange="reversed")
+    return fig
+
+
+def lag_groups(lag_curves: LagGroups, label: str = "") -> list[tuple[str, LagCurves]]:
+    """One LagCurves or (label, LagCurves) pairs → a list of pairs (validated)."""
+    if isinstance(lag_curves, LagCurves):
+        return [(label, lag_curves)]
+    groups = list(lag_curves)
+    if not groups or not all(
+        isinstance(g, tuple) and len(g) == 2 and isinstance(g[1], LagCurves) for g in groups
+    ):
+        raise RequestError(
+            "lag_curves: pass one LagCurves or a non-empty list of (label, LagCurves) pairs"
+        )
+    return groups
+
+
+def lag_curves_figure(
+    lag_curves: LagGroups,
+    *,
+    label: str = "",
+    title: str = "Influence vs time lag",
+    value_label: str = INFLUENCE_SYMBOL,
+) -> go.Figure:
+    """Read: mean Ĥ against lag Δ = t_r − t_p (steps); a peak at Δ = 0 that decays fast means
+    local-in-time learning; inter-class (dashed) near intra-class (solid) means transfer.
+
+    One LagCurves (``label`` names it) or several (label, LagCurves) groups overlaid, each
+    with its median and Q1–Q3 band across seeds. Inter-class curves are skipped when
+    undefined (a single class).
+    """
+    fig = go.Figure()
+    for i, (name, curves) in enumerate(lag_groups(lag_curves, label)):
+        color = group_color(i)
+        prefix = f"{name}: " if name else ""
+        for kind, band, dash in (("intra", curves.intra, "solid"), ("inter", curves.inter, "dash")):
+            if not np.any(np.isfinite(band.median)):
+                continue
+            fig.add_traces(
+                band_traces(
+                    curves.lags,
+                    band.median,
+                    band.q1,
+                    band.q3,
+                    name=f"{prefix}{kind}-class",
+                    color=color,
+                    dash=dash,
+                    value=value_label,
+                    x_hover="Δ = t_r − t_p = %{x} steps",
+                )
+            )
+    fig.add_hline(y=0, line={"color": "black", "width": 1})
+    fig.add_vline(x=0, line={"color": "grey", "width": 1, "dash": "dot"})
+    styled(fig, title, height=420)
+    fig.update_xaxes(title=axis_title("lag Δ = t_r − t_p (steps)"), zeroline=False)
+    fig.update_yaxes(title=axis_title(f"mean {value_label} (standardized influence)"))
+    return fig
+
+
+def distance_figure(
+    curve: DistanceCurve,
+    *,
+    title: str = "Influence vs input distance",
+    seed_labels: Sequence[str] | None = None,
+    value_label: str = INFLUENCE_SYMBOL,
+    label: str = "",
+    color_index: int = 0,
+) -> go.Figure:
+    """Read: mean Ĥ of example pairs against how different their inputs are (log x); influence
+    that stays high at large distance means the update generalizes beyond near-duplicates.
+
+    Faint markers: each seed's overlapping-window means; line and band: median and Q1–Q3 over
+    seeds of the GCV smoothing spline (summaries.influence_vs_distance).
+    """
+    centers = as_array(curve.centers, "curve.centers", 1)
+    means = as_array(curve.window_means, "curve.window_means", 2)
+    counts = np.asarray(curve.counts)
+    seeds = (
+        list(seed_labels) if seed_labels is not None else [f"seed {i}" for i in range(len(means))]
+    )
+    if len(seeds) != len(means):
+        raise RequestError(f"seed_labels has {len(seeds)} names for {len(means)} seeds")
+    color = group_color(color_index)
+    prefix = f"{label}: " if label else ""
+    fig = go.Figure()
+    for i, (row, name) in enumerate(zip(means, seeds, strict=True)):
+        fig.add_trace(
+            go.Scatter(
+                x=centers,
+                y=row,
+                mode="markers",
+                name=f"{prefix}window means (per seed)",
+                legendgroup=f"{prefix}windows",
+                showlegend=i == 0,
+                marker={"color": rgba(color, 0.35), "size": 6},
+                customdata=counts[i],
+                hovertemplate=(
+                    f"{name}<br>d = %{{x:.4g}}<br>window mean {value_label} = %{{y:.4g}}<br>"
+                    "pairs = %{customdata}<extra></extra>"
+                ),
+            )
+        )
+    fig.add_traces(
+        band_traces(
+            centers,
+            curve.band.median,
+            curve.band.q1,
+            curve.band.q3,
+            name=f"{prefix}smoothed median",
+            color=color,
+            value=f"smoothed {value_label}",
+            x_hover="d = %{x:.4g}",
+        )
+    )
+    fig.add_hline(y=0, line={"color": "black", "width": 1})
+    styled(fig, title, height=420)
+    fig.update_xaxes(
+        type="log", title=axis_title("input distance d(r, p) (normalized squared difference)")
+    )
+    fig.update_yaxes(title=axis_title(f"mean {value_label} (standardized influence)"))
+    return fig

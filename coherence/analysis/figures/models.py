@@ -1,0 +1,216 @@
+"""Model panels (METHOD.md §6.5, 6.7): NTK spectra, training curves, rollout vs one-step error.
+
+Groups are dicts {label: data} (label = architecture or checkpoint group); each group keeps
+its colour (theme.group_color by insertion order) in every panel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from coherence.analysis.figures.theme import (
+    as_array,
+    axis_title,
+    band_traces,
+    group_color,
+    rgba,
+    styled,
+)
+from coherence.errors import RequestError
+
+
+def _groups(groups: Mapping[str, Any], what: str) -> list[tuple[str, Any]]:
+    if not isinstance(groups, Mapping) or not groups:
+        raise RequestError(f"{what}: pass a non-empty dict {{group label: data}}")
+    return [(str(k), v) for k, v in groups.items()]
+
+
+def top_eigenvalue_box(
+    groups: Mapping[str, Any],
+    *,
+    title: str = "Largest eigenvalue of the NTK metric η + λI",
+) -> go.Figure:
+    """Read: one box per architecture of λ_max(η + λI) over (seed, batch) (log y); a larger
+    λ_max means a stiffer Gauss–Newton metric, so proximal steps move predictions less.
+
+    groups: {label: values of any shape, e.g. AnalysisResult.top_eigenvalues [S, B]}; NaN
+    (not computed) is dropped, a group with no finite positive value is an error.
+    """
+    fig = go.Figure()
+    for i, (name, values) in enumerate(_groups(groups, "top_eigenvalue_box")):
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[np.isfinite(v) & (v > 0)]
+        if v.size == 0:
+            raise RequestError(
+                f"top_eigenvalue_box: group {name!r} has no finite positive eigenvalue; "
+                f"request the top eigenvalue (top_eigenvalue=True) when computing it"
+            )
+        fig.add_trace(
+            go.Box(
+                y=v,
+                name=name,
+                boxpoints="all",
+                jitter=0.3,
+                pointpos=0,
+                marker={"color": group_color(i), "size": 6},
+                line={"color": group_color(i)},
+                fillcolor=rgba(group_color(i), 0.2),
+                hovertemplate=f"{name}<br>λ_max = %{{y:.4g}}<extra></extra>",
+            )
+        )
+    styled(fig, title, height=420)
+    fig.update_xaxes(title=axis_title("architecture / checkpoint group"))
+    fig.update_yaxes(type="log", title=axis_title("λ_max(η + λI) (log scale)"))
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def _spectrum_rows(values: Any, name: str) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim == 0 or a.size == 0:
+        raise RequestError(f"spectrum {name!r} is empty; give eigenvalues [k] or [..., N]")
+    rows = a.reshape(-1, a.shape[-1])
+    return np.where(rows > 0, rows, np.nan)  # NaN padding and non-positive: not on a log axis
+
+
+def subspace_spectrum_figure(
+    spectra: Mapping[str, Any],
+    *,
+    title: str = "Subspace NTK spectrum eig(QᵀηQ)",
+) -> go.Figure:
+    """Read: eigenvalue λ_k of the subspace metric QᵀηQ against its index k (log y); a fast
+    drop means a few directions dominate the metric (low effective rank).
+
+    spectra: {label: eigenvalues [k]} or {label: per (seed, batch) arrays [..., N]}, e.g.
+    AnalysisResult.subspace_spectra [S, B, N] (NaN-padded). Several rows draw faint lines plus
+    their median per index (NaN-ignoring); values ≤ 0 are not drawn (log axis).
+    """
+    fig = go.Figure()
+    for i, (name, values) in enumerate(_groups(spectra, "subspace_spectrum_figure")):
+        rows = _spectrum_rows(values, name)
+        if not np.any(np.isfinite(rows)):
+            raise RequestError(f"spectrum {name!r} has no positive eigenvalue to draw")
+        color = group_color(i)
+        index = np.arange(1, rows.shape[1] + 1)
+        hover = f"{name}<br>k = %{{x}}<br>λ_k = %{{y:.4g}}"
+        if len(rows) > 1:
+            for j, row in enumerate(rows):
+                fig.add_trace(
+                    go.Scatter(
+                        x=index,
+                        y=row,
+                        mode="lines",
+                        name=f"{name} (each seed, batch)",
+                        legendgroup=name,
+                        showlegend=j == 0,
+                        line={"color": rgba(color, 0.25), "width": 1},
+                        hovertemplate=hover + f" (series {j})<extra></extra>",
+                    )
+                )
+        with np.errstate(all="ignore"):
+            finite = np.isfinite(rows).any(axis=0)
+            median = np.full(rows.shape[1], np.nan)
+            median[finite] = np.nanmedian(rows[:, finite], axis=0)
+        fig.add_trace(
+            go.Scatter(
+                x=index,
+                y=median,
+                mode="lines+markers",
+                name=name if len(rows) == 1 else f"{name} median",
+                legendgroup=name,
+                line={"color": color, "width": 2},
+                marker={"size": 5},
+                hovertemplate=hover + "<extra></extra>",
+            )
+        )
+    styled(fig, title, height=420)
+    fig.update_xaxes(title=axis_title("eigenvalue index k (descending)"))
+    fig.update_yaxes(type="log", title=axis_title("eigenvalue λ_k of QᵀηQ (log scale)"))
+    return fig
+
+
+def _band(summary: Mapping[str, Any], key: str, where: str) -> tuple[np.ndarray, ...]:
+    try:
+        part = summary[key]
+        return tuple(np.asarray(part[q], dtype=np.float64) for q in ("median", "q1", "q3"))
+    except (KeyError, TypeError) as error:
+        raise RequestError(
+            f"{where}: missing '{key}' {{median, q1, q3}} ({error}); pass the summaries.py output"
+        ) from error
+
+
+def training_curves_figure(
+    curves_by_group: Mapping[str, Mapping[str, Any]],
+    *,
+    title: str = "Training curves (SMSE)",
+) -> go.Figure:
+    """Read: validation SMSE (solid) and train SMSE (dashed) per epoch, median and Q1–Q3 over
+    seeds (log y); a validation curve that flattens while train keeps falling is overfitting.
+
+    curves_by_group: {label: summaries.training_curves(histories)}.
+    """
+    fig = go.Figure()
+    for i, (name, curves) in enumerate(_groups(curves_by_group, "training_curves_figure")):
+        epochs = as_array(curves.get("epochs"), f"{name} epochs", 1)
+        for key, kind, dash, alpha in (
+            ("valid_smse", "validation", "solid", 0.2),
+            ("train_smse", "train", "dash", 0.1),
+        ):
+            median, q1, q3 = _band(curves, key, f"training curves {name!r}")
+            fig.add_traces(
+                band_traces(
+                    epochs,
+                    median,
+                    q1,
+                    q3,
+                    name=f"{name} {kind}",
+                    color=group_color(i),
+                    dash=dash,
+                    value=f"{kind} SMSE",
+                    x_hover="epoch %{x}",
+                    band_alpha=alpha,
+                )
+            )
+    styled(fig, title, height=420)
+    fig.update_xaxes(title=axis_title("epoch"))
+    fig.update_yaxes(type="log", title=axis_title("SMSE (scaled MSE, log scale)"))
+    return fig
+
+
+def rollout_figure(
+    summary_by_group: Mapping[str, Mapping[str, Any]],
+    *,
+    title: str = "One-step vs rollout error",
+) -> go.Figure:
+    """Read: SMSE against horizon h, teacher-forced one-step (dashed) vs autoregressive rollout
+    (solid), median and Q1–Q3 over trajectories (log y); a low one-step error with a rollout
+    error that grows fast means one-step accuracy does not predict long-horizon reliability.
+
+    summary_by_group: {label: summaries.rollout_summary(one_step, rollout)}.
+    """
+    fig = go.Figure()
+    for i, (name, summary) in enumerate(_groups(summary_by_group, "rollout_figure")):
+        horizons = as_array(summary.get("horizons"), f"{name} horizons", 1)
+        for key, kind, dash in (("rollout", "rollout", "solid"), ("one_step", "one-step", "dash")):
+            median, q1, q3 = _band(summary, key, f"rollout summary {name!r}")
+            fig.add_traces(
+                band_traces(
+                    horizons,
+                    median,
+                    q1,
+                    q3,
+                    name=f"{name} {kind}",
+                    color=group_color(i),
+                    dash=dash,
+                    value=f"{kind} SMSE",
+                    x_hover="horizon h = %{x} steps",
+                )
+            )
+    styled(fig, title, height=420)
+    fig.update_xaxes(title=axis_title("horizon h (steps after the initial state)"))
+    fig.update_yaxes(type="log", title=axis_title("SMSE at horizon h (log scale)"))
+    return fig

@@ -1,0 +1,159 @@
+"""One look for every figure: colour scales, group colours, layout defaults, band traces.
+
+Every influence heatmap uses COLORSCALE over ``influence_range(N)`` = [0, √N] (METHOD.md §4:
+a perfectly local standardized row gives √N), so two panels or two checkpoint groups side by
+side read on the same scale. Pure plotly and numpy; no streamlit, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.colors as pcolors
+import plotly.graph_objects as go
+
+from coherence.errors import RequestError
+
+COLORSCALE: list[list[Any]] = [list(step) for step in pcolors.get_colorscale("Viridis")]
+"""Sequential scale of every influence heatmap (explicit list: identical in every trace)."""
+
+DIVERGING: list[list[Any]] = [list(step) for step in pcolors.get_colorscale("RdBu_r")]
+"""Diverging scale (blue < 0 < red) for signed differences, always on a symmetric range."""
+
+FIELD_COLORSCALE: list[list[Any]] = [list(step) for step in pcolors.get_colorscale("Cividis")]
+"""Sequential scale for physical fields (density, velocity, ...), distinct from influence."""
+
+GROUP_COLORS: tuple[str, ...] = tuple(pcolors.qualitative.D3)
+TEMPLATE = "plotly_white"
+FONT = {"family": "Inter, Helvetica, Arial, sans-serif", "size": 13}
+INFLUENCE_SYMBOL = "Ĥ"
+
+
+def influence_range(n_examples: int) -> tuple[float, float]:
+    """The fixed colour range [0, √N] of standardized influence for a batch of N examples."""
+    if isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer)):
+        raise RequestError(f"n_examples={n_examples!r}: give the batch size N as an integer ≥ 1")
+    if n_examples < 1:
+        raise RequestError(f"n_examples={n_examples}: the batch size N must be ≥ 1")
+    return 0.0, math.sqrt(int(n_examples))
+
+
+def shared_zrange(*arrays: Any, symmetric: bool = False) -> tuple[float, float]:
+    """(min, max) over the finite values of all arrays: one colour range for compare mode.
+
+    ``symmetric`` gives (−m, m) with m the largest |value|, for diverging scales. A constant
+    input c is widened to c ± ½|c| (± 0.5 for c = 0) so plotly never gets an empty range.
+    """
+    finite = [a[np.isfinite(a)] for a in (np.asarray(x, dtype=np.float64) for x in arrays)]
+    values = np.concatenate([f.ravel() for f in finite]) if finite else np.empty(0)
+    if values.size == 0:
+        raise RequestError("shared_zrange needs at least one finite value across its arrays")
+    if symmetric:
+        m = float(np.abs(values).max())
+        return (-m, m) if m > 0 else (-1.0, 1.0)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        pad = 0.5 * abs(lo) if lo != 0 else 0.5
+        return lo - pad, hi + pad
+    return lo, hi
+
+
+def group_color(index: int) -> str:
+    """The colour of the index-th group (architecture, checkpoint group) in every figure."""
+    return GROUP_COLORS[index % len(GROUP_COLORS)]
+
+
+def rgba(color: str, alpha: float) -> str:
+    """'#RRGGBB' (or 'rgb(...)') → 'rgba(r, g, b, alpha)' for translucent bands."""
+    r, g, b = pcolors.hex_to_rgb(color) if color.startswith("#") else pcolors.unlabel_rgb(color)
+    return f"rgba({int(r)}, {int(g)}, {int(b)}, {alpha})"
+
+
+def styled(fig: go.Figure, title: str = "", *, height: int | None = None) -> go.Figure:
+    """Apply the shared template, font, margins and hover style (in place; returns fig)."""
+    fig.update_layout(
+        template=TEMPLATE,
+        font=FONT,
+        title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 16}},
+        margin={"l": 70, "r": 30, "t": 60 if title else 30, "b": 60},
+        hoverlabel={"font": {"family": FONT["family"]}},
+        legend={"bgcolor": "rgba(255, 255, 255, 0.6)"},
+    )
+    if height is not None:
+        fig.update_layout(height=height)
+    return fig
+
+
+def axis_title(text: str) -> dict[str, Any]:
+    return {"text": text}
+
+
+def band_traces(
+    x: Sequence[float] | np.ndarray,
+    median: np.ndarray,
+    q1: np.ndarray,
+    q3: np.ndarray,
+    *,
+    name: str,
+    color: str,
+    dash: str = "solid",
+    value: str = "value",
+    x_hover: str = "x = %{x}",
+    group: str | None = None,
+    band_alpha: float = 0.2,
+) -> list[go.Scatter]:
+    """Q3 edge, Q1 edge filled up to it ('tonexty'), then the median line, in drawing order.
+
+    The edges are invisible and hover-silent; the median's hover shows the median and [Q1, Q3]
+    of ``value`` at ``x_hover``. NaN points (an undefined curve) break the line and the band.
+    """
+    x = np.asarray(x)
+    median, q1, q3 = (np.asarray(a, dtype=np.float64) for a in (median, q1, q3))
+    legendgroup = group or name
+    edge = {"mode": "lines", "line": {"width": 0}, "hoverinfo": "skip", "showlegend": False}
+    upper = go.Scatter(x=x, y=q3, name=f"{name} Q3", legendgroup=legendgroup, **edge)
+    lower = go.Scatter(
+        x=x,
+        y=q1,
+        name=f"{name} Q1–Q3",
+        legendgroup=legendgroup,
+        fill="tonexty",
+        fillcolor=rgba(color, band_alpha),
+        **edge,
+    )
+    line = go.Scatter(
+        x=x,
+        y=median,
+        name=name,
+        legendgroup=legendgroup,
+        mode="lines+markers",
+        marker={"size": 5},
+        line={"color": color, "dash": dash, "width": 2},
+        customdata=np.stack([q1, q3], axis=-1),
+        hovertemplate=(
+            f"{x_hover}<br>median {value} = %{{y:.4g}}<br>"
+            f"Q1–Q3 = [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}}]<extra>{name}</extra>"
+        ),
+    )
+    return [upper, lower, line]
+
+
+def as_array(x: Any, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """float64 numpy view of x (torch tensors included) with the promised number of axes."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    try:
+        a = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise RequestError(f"{name} is not a numeric array ({error})") from error
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if a.ndim not in allowed:
+        raise RequestError(
+            f"{name} has shape {a.shape}; expected {' or '.join(map(str, allowed))} axes"
+        )
+    if a.size == 0:
+        raise RequestError(f"{name} is empty (shape {a.shape})")
+    return a

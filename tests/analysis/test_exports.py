@@ -1,0 +1,199 @@
+"""Exports: CSVs parse back (csv module) to the exact numbers, HTML is self-contained, npz loads
+without pickle, PNG degrades to None without kaleido."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from coherence.analysis import exports as E
+from coherence.analysis import figures as F
+from coherence.analysis.scores import compute_scores
+from coherence.analysis.summaries import (
+    class_transfer_matrix,
+    influence_vs_distance,
+    lag_curves,
+    rollout_summary,
+    training_curves,
+    two_time_map,
+)
+from coherence.errors import RequestError
+
+S, B, T, C = 2, 2, 4, 2
+N = T * C
+
+
+@pytest.fixture(scope="module")
+def h_std() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(S, B, T, C, T, C))
+
+
+def parse(data: bytes) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(io.StringIO(data.decode())))
+    return rows[0], rows[1:]
+
+
+def column(data: bytes, name: str, kind=float) -> list:
+    header, rows = parse(data)
+    j = header.index(name)
+    return [kind(r[j]) for r in rows]
+
+
+def test_table_csv_round_trip_exact_with_nan_and_quoting():
+    values = np.array([0.1, 1 / 3, np.nan, -2.5e-300, np.inf])
+    data = E.table_csv({"name": ["a,b", 'q"x', "c", "d", "e"], "k": np.arange(5), "v": values})
+    header, rows = parse(data)
+    assert header == ["name", "k", "v"]
+    assert [r[0] for r in rows] == ["a,b", 'q"x', "c", "d", "e"]
+    assert [int(r[1]) for r in rows] == [0, 1, 2, 3, 4]
+    parsed = np.array([float(r[2]) for r in rows])
+    np.testing.assert_array_equal(parsed, values)  # repr round-trips; nan == nan here
+    with pytest.raises(RequestError, match="one length"):
+        E.table_csv({"a": [1, 2], "b": [1.0]})
+    with pytest.raises(RequestError, match="at least one column"):
+        E.table_csv({})
+
+
+def test_two_time_csv_long_format(h_std):
+    v = two_time_map(h_std)
+    times = np.array([0.0, 0.05, 0.1, 0.15])
+    data = E.two_time_csv(v, times, steps=[2, 3, 4, 5])
+    header, rows = parse(data)
+    assert header == ["t_p", "t_r", "step_p", "step_r", "value"]
+    assert len(rows) == T * T
+    index = {t: i for i, t in enumerate(times)}
+    for row in rows:
+        t_p, t_r, value = float(row[0]), float(row[1]), float(row[4])
+        assert value == v[index[t_r], index[t_p]]  # V rows = response, columns = perturbation
+        assert int(row[2]) == index[t_p] + 2 and int(row[3]) == index[t_r] + 2
+    with pytest.raises(RequestError, match="T_r, T_p"):
+        E.two_time_csv(v[:3], times)
+
+
+def test_class_matrix_csv(h_std):
+    m = class_transfer_matrix(h_std)
+    header, rows = parse(E.class_matrix_csv(m, ["RP", "CRP"]))
+    assert header == ["response_class", "perturbation_class", "value"]
+    names = ["RP", "CRP"]
+    got = {(r[0], r[1]): float(r[2]) for r in rows}
+    assert got == {(names[i], names[j]): m[i, j] for i in range(C) for j in range(C)}
+
+
+def test_lag_curves_csv_groups(h_std):
+    curves = lag_curves(h_std)
+    data = E.lag_curves_csv([("UNet", curves), ("ViT", curves)])
+    header, rows = parse(data)
+    assert header[:2] == ["group", "lag"] and len(rows) == 2 * (2 * T - 1)
+    assert [r[0] for r in rows] == ["UNet"] * (2 * T - 1) + ["ViT"] * (2 * T - 1)
+    np.testing.assert_array_equal(column(data, "lag", int)[: 2 * T - 1], curves.lags)
+    np.testing.assert_array_equal(column(data, "intra_median")[: 2 * T - 1], curves.intra.median)
+    np.testing.assert_array_equal(column(data, "inter_q3")[2 * T - 1 :], curves.inter.q3)
+
+
+def test_distance_csv(h_std):
+    inputs = np.random.default_rng(1).normal(size=(B, N, 2, 3, 3))
+    curve = influence_vs_distance(h_std, inputs, bins=6)
+    data = E.distance_csv(curve)
+    np.testing.assert_array_equal(column(data, "d_center"), curve.centers)
+    np.testing.assert_array_equal(column(data, "d_low"), curve.edges[:-2])
+    np.testing.assert_array_equal(column(data, "d_high"), curve.edges[2:])
+    np.testing.assert_array_equal(column(data, "median"), curve.band.median)
+    np.testing.assert_array_equal(column(data, "seed1_mean"), curve.window_means[1])
+    np.testing.assert_array_equal(column(data, "seed0_pairs", int), curve.counts[0])
+
+
+def test_spectra_and_top_eigenvalue_csv():
+    spectra = np.array([[[3.0, 1.0, np.nan], [5.0, 2.0, 0.5]]])  # [S, B, N], NaN-padded
+    header, rows = parse(E.spectra_csv({"UNet": spectra, "ViT": [7.0]}))
+    assert header == ["group", "series", "index", "eigenvalue"]
+    assert rows == [
+        ["UNet", "0", "1", "3.0"],
+        ["UNet", "0", "2", "1.0"],
+        ["UNet", "1", "1", "5.0"],
+        ["UNet", "1", "2", "2.0"],
+        ["UNet", "1", "3", "0.5"],
+        ["ViT", "0", "1", "7.0"],
+    ]
+    data = E.top_eigenvalues_csv({"UNet": np.array([[1.5, np.nan]])})
+    assert parse(data)[1] == [["UNet", "0", "1.5"], ["UNet", "1", "nan"]]
+
+
+def test_training_rollout_scores_and_counterfactual_csv(h_std):
+    hist = [
+        [{"epoch": e, "train_smse": 1 / (e + s), "valid_smse": 2 / (e + s)} for e in (1, 2, 3)]
+        for s in (1, 2, 3)
+    ]
+    summary = training_curves(hist)
+    data = E.training_curves_csv({"UNet": summary})
+    np.testing.assert_array_equal(column(data, "epoch", int), [1, 2, 3])
+    np.testing.assert_array_equal(column(data, "valid_smse_q1"), summary["valid_smse"]["q1"])
+
+    one = np.random.default_rng(2).uniform(size=(5, 3))
+    roll = rollout_summary(one, 2 * one)
+    data = E.rollout_csv({"ViT": roll})
+    np.testing.assert_array_equal(column(data, "horizon", int), [1, 2, 3])
+    np.testing.assert_array_equal(column(data, "rollout_median"), roll["rollout"]["median"])
+
+    scores = compute_scores(h_std)
+    data = E.scores_csv({"UNet": scores})
+    assert column(data, "score", str) == [s.name for s in scores.as_list()]
+    medians = column(data, "median")
+    for got, score in zip(medians, scores.as_list(), strict=True):
+        assert got == score.median or (math.isnan(got) and math.isnan(score.median))
+    assert column(data, "n_valid", int) == [
+        int(np.isfinite(s.values).sum()) for s in scores.as_list()
+    ]
+
+    eps = np.array([1e-3, 1e-2])
+    header, rows = parse(E.counterfactual_csv(eps, [[0.1, 0.2], [1.0, 2.0]]))
+    assert header == ["epsilon", "rel_error_0", "rel_error_1"]
+    assert [[float(x) for x in r] for r in rows] == [[1e-3, 0.1, 0.2], [1e-2, 1.0, 2.0]]
+
+
+def test_figure_html_is_self_contained(h_std):
+    v = two_time_map(h_std)
+    v[1, 2] = 1.2345678912345
+    fig = F.two_time_heatmap(v, [0.0, 0.05, 0.1, 0.15], N, title="marker title 42")
+    html = E.figure_html(fig).decode()
+    assert len(html) > 1_000_000  # plotly.js (≈ 4.8 MB) is embedded
+    assert re.search(r"plotly\.js v\d", html)
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html, re.IGNORECASE)  # no external scripts
+    assert "marker title 42" in html
+    assert "perturbation time t_p" in html
+    # the heatmap's z travels base64-encoded (plotly's typed arrays): decode and compare
+    match = re.search(r'"z":\{"dtype":"f8","bdata":"([^"]+)","shape":"4, 4"\}', html)
+    assert match, "heatmap z not found in the HTML"
+    bdata = json.loads(f'"{match.group(1)}"')  # undo the HTML-safe escapes (\\u002f = '/')
+    z = np.frombuffer(base64.b64decode(bdata), dtype="<f8").reshape(4, 4)
+    np.testing.assert_array_equal(z, v)
+
+
+def test_figure_png_none_without_kaleido(monkeypatch):
+    fig = F.top_eigenvalue_box({"UNet": [1.0, 2.0]})
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # import kaleido → ImportError
+    assert E.figure_png(fig) is None
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no Chrome found")
+
+    monkeypatch.setitem(sys.modules, "kaleido", types.ModuleType("kaleido"))
+    monkeypatch.setattr(type(fig), "to_image", broken)
+    assert E.figure_png(fig) is None
+
+
+def test_panel_npz_round_trip_without_pickle():
+    v = np.random.default_rng(3).normal(size=(3, 3))
+    data = E.panel_npz({"V": v, "classes": ["RP", "CRP"], "times": [0.0, 0.05, 0.1]})
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["V"], v)
+        assert npz["classes"].tolist() == ["RP", "CRP"]
+        np.testing.assert_array_equal(npz["times"], [0.0, 0.05, 0.1])

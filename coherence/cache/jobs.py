@@ -1,0 +1,376 @@
+"""Analysis jobs: computed once per request key, outside the Streamlit script thread.
+
+``JobRunner.submit`` starts a detached worker process (``python -m coherence.cache.worker``)
+and returns at once; the dashboard polls ``status`` (fraction, stage, ETA from the progress
+record the worker writes to the store) and reads ``result`` when it is done. ``run`` is the
+blocking form for the CLI and ``coherence demo``: it computes in-process under the same lock.
+
+One computation per key: a job holds the flock ``<cache>/locks/<key>.lock`` for its whole
+run. ``submit`` takes the lock before starting the worker and hands the descriptor to it, so
+a job is running exactly while its lock is held, from submit to exit; the OS frees the lock
+when the worker dies, even by SIGKILL, so a stale "running" record is recognised as failed
+and the next submit starts afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from coherence.analysis.pipeline import AnalysisResult, run_analysis
+from coherence.analysis.request import AnalysisRequest
+from coherence.cache.keys import request_key, validate_key
+from coherence.cache.locks import KeyLock, lock_is_held
+from coherence.cache.store import ProgressRecord, ResultStore
+from coherence.errors import CoherenceError, RequestError
+from coherence.workspace import cache_dir, workspace_root
+
+WORKER_MODULE = "coherence.cache.worker"
+PROGRESS_INTERVAL = 0.5  # seconds between progress records
+# Test hook only: seconds to sleep in every progress callback, so tests can kill or cancel a
+# job mid-way on any machine. Never set it in production.
+TEST_DELAY_ENV = "COHERENCE_TEST_JOB_DELAY"
+JOB_STATES = ("done", "running", "failed", "cancelled", "missing")
+
+Progress = Callable[[float, str], None]  # (fraction, stage)
+
+
+class JobCancelled(CoherenceError):
+    """Raised inside a job's progress callback when someone asked to cancel it."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What the dashboard shows for one key."""
+
+    key: str
+    state: str  # done | running | failed | cancelled | missing
+    fraction: float = 0.0
+    stage: str = ""
+    eta_seconds: float | None = None
+    error: str | None = None  # one sentence, for failed (and cancelled) jobs
+    started: float | None = None  # unix time the computation started
+    updated: float | None = None  # unix time of the last progress record
+    age_seconds: float | None = None  # of the cached result, when done
+    log: str | None = None  # the worker's log file
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+
+class ProgressTracker:
+    """The ``progress`` callback a job passes to ``run_analysis``: checks the cancel flag on
+    every call (a SELECT), writes a progress record at most every ``interval`` seconds, and
+    forwards to ``forward`` (the CLI's progress bar)."""
+
+    def __init__(
+        self,
+        store: ResultStore,
+        key: str,
+        *,
+        forward: Progress | None = None,
+        log_path: Path | None = None,
+        interval: float = PROGRESS_INTERVAL,
+    ) -> None:
+        self.store, self.key, self.forward = store, key, forward
+        self.log = str(log_path) if log_path is not None else None
+        self.interval = interval
+        self.started = time.time()
+        self.fraction, self.stage = 0.0, "starting"
+        self._written = float("-inf")
+        self._delay = float(os.environ.get(TEST_DELAY_ENV) or 0.0)
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        if self.store.cancel_requested(self.key):
+            raise JobCancelled(
+                f"analysis {self.key[:12]} was cancelled; submit it again to recompute"
+            )
+        self.fraction, self.stage = float(fraction), stage
+        now = time.time()
+        if now - self._written >= self.interval:
+            self.write("running", now=now)
+        if self.forward is not None:
+            self.forward(fraction, stage)
+        if self._delay > 0:
+            time.sleep(self._delay)
+
+    def eta(self, now: float) -> float | None:
+        """elapsed · (1 − f) / f: assumes the rest runs at the average pace so far."""
+        if self.fraction < 0.01:
+            return None
+        return (now - self.started) * (1.0 - self.fraction) / self.fraction
+
+    def write(self, state: str, *, error: str | None = None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        done = state == "done"
+        record = ProgressRecord(
+            state=state,
+            fraction=1.0 if done else self.fraction,
+            stage="done" if done else self.stage,
+            started=self.started,
+            updated=now,
+            eta_seconds=0.0 if done else (self.eta(now) if state == "running" else None),
+            error=error,
+            pid=os.getpid(),
+            log=self.log,
+        )
+        self.store.set_progress(self.key, record)
+        self._written = now
+
+
+def internal_error_message(error: BaseException, log_path: Path | None) -> str:
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    where = f", see {log_path}" if log_path is not None else ""
+    return f"internal error: {type(error).__name__}: {first_line}{where}"
+
+
+def compute_job(
+    store: ResultStore,
+    key: str,
+    request: AnalysisRequest,
+    *,
+    trust_code: bool = False,
+    progress: Progress | None = None,
+    log_path: Path | None = None,
+) -> AnalysisResult:
+    """Compute ``request`` and store it under ``key``; the caller holds the key's lock.
+
+    Records how the job ended (done, failed with a one-line message, or cancelled). The key
+    is recomputed at the end: if a checkpoint or dataset file changed while the analysis ran,
+    the result is not stored (it would be served for inputs it was not computed from).
+    """
+    tracker = ProgressTracker(store, key, forward=progress, log_path=log_path)
+    store.record_computation(key)
+    tracker.write("running")
+    try:
+        result = run_analysis(request, progress=tracker, trust_code=trust_code)
+        if request_key(request) != key:
+            raise RequestError(
+                "a checkpoint or dataset file changed while the analysis ran, so the result "
+                "was not cached; run the analysis again"
+            )
+        store.put(key, result)
+    except JobCancelled as error:
+        tracker.write("cancelled", error=str(error))
+        store.clear_cancel(key)  # still under the lock: no newer job can own the flag yet
+        raise
+    except CoherenceError as error:
+        tracker.write("failed", error=str(error))
+        raise
+    except Exception as error:
+        tracker.write("failed", error=internal_error_message(error, log_path))
+        raise
+    tracker.write("done")
+    store.clear_cancel(key)
+    return result
+
+
+def relabel(result: AnalysisResult, request: AnalysisRequest) -> AnalysisResult:
+    """A cached result shown for ``request``: same content hash, so the same numbers, but
+    the checkpoint names, paths and device of this request (provenance keeps the device the
+    result was computed on)."""
+    names = tuple(Path(c).name for c in request.checkpoints)
+    provenance = dict(result.provenance)
+    fingerprints = list(provenance.get("checkpoint_fingerprints", {}).values())
+    if len(fingerprints) == len(names):
+        provenance["checkpoint_fingerprints"] = dict(zip(names, fingerprints, strict=True))
+    return replace(result, request=request, checkpoints=names, provenance=provenance)
+
+
+class JobRunner:
+    """Submit, watch, cancel and fetch analyses of one workspace's cache."""
+
+    def __init__(
+        self,
+        workspace: str | os.PathLike | None = None,
+        *,
+        size_limit: int | str | None = None,
+    ) -> None:
+        self.workspace = workspace_root(workspace)
+        self.store = ResultStore(cache_dir(self.workspace), size_limit=size_limit)
+
+    def key(self, request: AnalysisRequest) -> str:
+        """The request's content key (validates that its inputs exist)."""
+        return request_key(request)
+
+    def submit(self, request: AnalysisRequest, *, trust_code: bool = False) -> str:
+        """Make sure ``request`` is cached or being computed; returns its key at once.
+
+        Cached: nothing to do. A job for the key is running (lock held): re-attach. Else the
+        request is stored and a detached worker started, holding the lock it inherits.
+        """
+        key = request_key(request)
+        if self.store.age(key) is not None:
+            return key
+        lock = KeyLock(self.store.lock_path(key))
+        if not acquire_soon(lock):
+            return key  # a job for this key is running: share it
+        try:
+            if self.store.age(key) is not None:
+                return key  # finished between the first look and the lock
+            self.store.put_request(key, request)
+            self.store.clear_cancel(key)
+            log_path = self.store.log_path(key)
+            now = time.time()
+            starting = ProgressRecord(
+                "running", 0.0, "starting worker", now, now, log=str(log_path)
+            )
+            self.store.set_progress(key, starting)
+            try:
+                self._spawn(key, lock, log_path, trust_code)
+            except OSError as error:
+                failed = replace(
+                    starting, state="failed", error=internal_error_message(error, None)
+                )
+                self.store.set_progress(key, failed)
+                raise
+        finally:
+            lock.release()  # the worker keeps its inherited copy of the lock
+        return key
+
+    def _spawn(self, key: str, lock: KeyLock, log_path: Path, trust_code: bool) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            WORKER_MODULE,
+            "--workspace",
+            str(self.workspace),
+            "--key",
+            key,
+            "--lock-fd",
+            str(lock.fd),
+        ]
+        if trust_code:
+            command.append("--trust-code")
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(lock.fd,),
+            )
+        # reap the child when it exits (no zombies in a long-lived server)
+        threading.Thread(target=process.wait, name=f"reap-{key[:8]}", daemon=True).start()
+
+    def status(self, key: str) -> JobStatus:
+        """done / running / failed / cancelled / missing, with progress and ETA."""
+        validate_key(key)
+        lock_path = self.store.lock_path(key)
+        held = lock_is_held(lock_path)
+        record = self.store.get_progress(key)
+        if not held or (record is not None and record.state == "done"):
+            age = self.store.age(key)
+            if age is not None:
+                return _status(key, "done", record, age_seconds=age)
+        if held:
+            if record is None or record.state != "running":
+                return JobStatus(key, "running", stage="running")
+            return _status(key, "running", record)
+        if record is None or record.state == "done":
+            return JobStatus(key, "missing")  # never computed, or evicted / cleared
+        if record.state == "running":
+            if lock_is_held(lock_path):  # a new job started while we looked
+                return _status(key, "running", record)
+            where = f"; its log is {record.log}" if record.log else ""
+            error = (
+                "the job stopped before finishing (its worker was killed or crashed)"
+                f"{where}; submit the analysis again to recompute it"
+            )
+            return _status(key, "failed", record, error=error)
+        return _status(key, record.state, record)
+
+    def cancel(self, key: str) -> bool:
+        """Ask the running job for ``key`` to stop at its next progress step; False if none
+        is running."""
+        if not lock_is_held(self.store.lock_path(validate_key(key))):
+            return False
+        self.store.request_cancel(key)
+        return True
+
+    def result(self, key: str, request: AnalysisRequest | None = None) -> AnalysisResult | None:
+        """The cached result (relabelled with ``request``'s names when given), or None."""
+        result = self.store.get(key)
+        if result is None or request is None:
+            return result
+        return relabel(result, request)
+
+    def run(
+        self,
+        request: AnalysisRequest,
+        *,
+        progress: Progress | None = None,
+        trust_code: bool = False,
+    ) -> AnalysisResult:
+        """Blocking: the cached result, or wait for the job computing it, or compute it here
+        (under the key's lock) and store it."""
+        key = request_key(request)
+        cached = self.store.get(key)
+        if cached is not None:
+            return relabel(cached, request)
+        lock = KeyLock(self.store.lock_path(key))
+
+        def show_other_job() -> None:
+            record = self.store.get_progress(key)
+            if progress is not None and record is not None and record.state == "running":
+                progress(record.fraction, f"computed by another process: {record.stage}")
+
+        lock.acquire(blocking=True, on_wait=show_other_job)
+        try:
+            cached = self.store.get(key)
+            if cached is not None:
+                return relabel(cached, request)
+            self.store.clear_cancel(key)
+            return compute_job(self.store, key, request, trust_code=trust_code, progress=progress)
+        finally:
+            lock.release()
+
+
+def acquire_soon(lock: KeyLock, attempts: int = 3, pause: float = 0.02) -> bool:
+    """Try a few times: ``lock_is_held`` probes hold the lock for microseconds."""
+    for attempt in range(attempts):
+        if lock.acquire(blocking=False):
+            return True
+        if attempt + 1 < attempts:
+            time.sleep(pause)
+    return False
+
+
+def _status(
+    key: str,
+    state: str,
+    record: ProgressRecord | None,
+    *,
+    age_seconds: float | None = None,
+    error: str | None = None,
+) -> JobStatus:
+    if record is None:
+        return JobStatus(
+            key,
+            state,
+            fraction=1.0 if state == "done" else 0.0,
+            stage=state,
+            age_seconds=age_seconds,
+            error=error,
+        )
+    done = state == "done"
+    return JobStatus(
+        key=key,
+        state=state,
+        fraction=1.0 if done else record.fraction,
+        stage="done" if done else record.stage,
+        eta_seconds=record.eta_seconds if state == "running" else (0.0 if done else None),
+        error=error if error is not None else (None if done else record.error),
+        started=record.started,
+        updated=record.updated,
+        age_seconds=age_seconds,
+        log=record.log,
+    )

@@ -1,0 +1,117 @@
+"""Cache keys: a content hash of everything that decides an analysis result.
+
+key = sha256(canonical JSON of {request fields except paths and device, checkpoint content
+fingerprints in request order, dataset fingerprint of the files used, code versions}).
+Renaming or moving a checkpoint or dataset keeps the key; one changed byte of a checkpoint's
+weights or config, of a dataset file used, or any request field changes it. The device is left
+out (the same math on any device) and recorded in the result's provenance instead.
+
+Cost: one sha256 pass over the checkpoint and dataset files the first time a process sees
+them (memoized on path, size and mtime by ``file_digest``), then a few file stats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import coherence
+from coherence.analysis.batch import check_window
+from coherence.analysis.request import AnalysisRequest
+from coherence.errors import CheckpointError, RequestError
+from coherence.simulation.dataset import SPLITS, DatasetInfo, file_digest, open_dataset
+from coherence.surrogates import checkpoint as ckpt
+
+# Bump whenever the numbers an analysis produces would change (estimators, observables,
+# standardization, batch assembly, result layout): every older cache entry then misses.
+ANALYSIS_CODE_VERSION = "1"
+
+_KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def validate_key(key: str) -> str:
+    """A key names files (locks, logs) and comes from URLs: accept only 64 hex digits."""
+    if not isinstance(key, str) or not _KEY_PATTERN.fullmatch(key):
+        raise RequestError(
+            f"cache key {key!r}: expected 64 lowercase hexadecimal characters (the sha256 of "
+            "an analysis request); copy it from `coherence cache info` or the dashboard"
+        )
+    return key
+
+
+def _checkpoint_digest(directory: str) -> str:
+    path = Path(directory)
+    missing = [n for n in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE) if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {directory}: missing {', '.join(missing)}; a checkpoint directory "
+            f"holds {ckpt.CONFIG_FILE} and {ckpt.WEIGHTS_FILE} (train one with `coherence "
+            "train`)"
+        )
+    # file_digest of each file, not pipeline.checkpoint_fingerprint: that one also hashes the
+    # directory name, and renaming a checkpoint must keep its key
+    digests = [
+        f"{name}:{file_digest(path / name)}" for name in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE)
+    ]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+_DATASETS: dict[tuple, DatasetInfo] = {}
+
+
+def _open_dataset_memo(root: str) -> DatasetInfo:
+    """open_dataset reads and validates every file's metadata (≈ 4 ms a file); the dashboard
+    keys a request on every rerun, so reuse the result while no file's size or mtime moved."""
+    data_dir = Path(root) / "data"
+    files = sorted(
+        p
+        for split in SPLITS
+        for pattern in ("*.hdf5", "*.h5")
+        for p in (data_dir / split).glob(pattern)
+    )
+    try:
+        stats = [(str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
+    except OSError:  # a file vanished while listing: no memo
+        return open_dataset(root)
+    signature = (str(data_dir.resolve()), *stats)
+    if signature not in _DATASETS:
+        if len(_DATASETS) >= 16:
+            _DATASETS.clear()
+        _DATASETS[signature] = open_dataset(root)
+    return _DATASETS[signature]
+
+
+def key_material(
+    request: AnalysisRequest, *, code_version: str = ANALYSIS_CODE_VERSION
+) -> dict[str, Any]:
+    """The JSON object that ``request_key`` hashes; also validates that the inputs exist
+    (every class in the split, the time window, the checkpoint files), so a bad request
+    fails here with a RequestError instead of later in a background worker."""
+    info = _open_dataset_memo(request.data)
+    for class_name in request.classes:
+        info.file(request.split, class_name)  # raises, listing the available classes
+    check_window(info, request.t_start, request.n_steps)
+    fields = request.to_dict()
+    for name in ("checkpoints", "data", "device"):
+        del fields[name]
+    return {
+        "request": fields,
+        "checkpoints": [_checkpoint_digest(c) for c in request.checkpoints],
+        "dataset": info.fingerprint(split=request.split, classes=request.classes),
+        "code_version": code_version,
+        "package_version": coherence.__version__,
+    }
+
+
+def canonical_json(data: Any) -> str:
+    """Sorted keys, no whitespace, non-finite floats refused: one text per value."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def request_key(request: AnalysisRequest, *, code_version: str = ANALYSIS_CODE_VERSION) -> str:
+    """sha256 hex digest of ``key_material`` (see the module docstring)."""
+    material = key_material(request, code_version=code_version)
+    return hashlib.sha256(canonical_json(material).encode()).hexdigest()

@@ -1,0 +1,105 @@
+"""Per-key job locks: fcntl.flock on ``<cache>/locks/<key>.lock``.
+
+The OS releases a flock when the last descriptor of its open file closes, so a worker killed
+with SIGKILL frees its key at once, and "a job for this key is running" is exactly "its lock
+is held". A held descriptor can be handed to a child process (``pass_fds``): the lock then
+lives as long as the child, with no gap between submitting a job and the worker starting.
+Lock files are never deleted (unlinking a flock file races with processes opening it); they
+are empty.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+class KeyLock:
+    """An exclusive, non-reentrant lock on one file; ``acquire`` and ``probe`` never block
+    unless asked to."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @classmethod
+    def inherited(cls, path: str | os.PathLike, fd: int) -> KeyLock:
+        """Adopt a descriptor that already holds the lock (passed by the submitting process).
+
+        Re-locking a held open file description is a no-op, so this also checks the claim.
+        """
+        lock = cls(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            raise RuntimeError(f"descriptor {fd} does not hold the lock {path}") from error
+        lock._fd = fd
+        return lock
+
+    @property
+    def held(self) -> bool:
+        """Held by this object (not: by anyone)."""
+        return self._fd is not None
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise RuntimeError(f"lock {self.path} is not held")
+        return self._fd
+
+    def acquire(
+        self,
+        *,
+        blocking: bool = False,
+        poll_seconds: float = 0.2,
+        on_wait: Callable[[], None] | None = None,
+    ) -> bool:
+        """Take the lock; with ``blocking`` wait for it, calling ``on_wait()`` every poll."""
+        if self._fd is not None:
+            raise RuntimeError(f"lock {self.path} is already held by this object")
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not blocking:
+                    os.close(fd)
+                    return False
+                if on_wait is not None:
+                    on_wait()
+                time.sleep(poll_seconds)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return True
+
+    def release(self) -> None:
+        """Close this descriptor: the lock is freed unless a child still holds a copy."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> KeyLock:
+        self.acquire(blocking=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_is_held(path: str | os.PathLike) -> bool:
+    """Whether some process holds the lock right now (probe: take it and let go at once)."""
+    if not Path(path).exists():
+        return False
+    probe = KeyLock(path)
+    if probe.acquire(blocking=False):
+        probe.release()
+        return False
+    return True

@@ -1,0 +1,321 @@
+"""The result store and cache keys: exact round trips, no pickles, LRU eviction, permissions,
+and keys that follow content (not paths)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import diskcache
+import h5py
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from coherence.cache.keys import key_material, request_key, validate_key
+from coherence.cache.store import (
+    CacheCorruptionError,
+    ProgressRecord,
+    ResultStore,
+    SafeDisk,
+    decode_result,
+    parse_size,
+)
+from coherence.errors import CheckpointError, RequestError
+
+from .conftest import quick_request, synthetic_result
+
+KEY = "0123456789abcdef" * 4
+OTHER = "fedcba9876543210" * 4
+
+
+class Planted:
+    """Unpickling this creates ``path``: the proof that a pickle was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ResultStore(tmp_path / "cache") as opened:
+        yield opened
+
+
+# ---------------------------------------------------------------------- round trips ------
+
+
+def test_result_round_trip_is_exact(store):
+    result = synthetic_result()
+    store.put(KEY, result)
+    back = store.get(KEY)
+    assert back is not None
+    for response in result.request.responses:
+        np.testing.assert_array_equal(back.H[response], result.H[response])
+        np.testing.assert_array_equal(back.H_std[response], result.H_std[response])
+    for name in ("steps", "times", "distances", "top_eigenvalues", "subspace_spectra"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(result, name))
+    assert back.request == result.request
+    assert back.classes == result.classes and back.checkpoints == result.checkpoints
+    assert back.diagnostics == result.diagnostics
+    assert back.provenance == {**result.provenance, "cache_key": KEY}
+    assert 0 <= store.age(KEY) < 60
+    assert store.get(OTHER) is None and store.age(OTHER) is None
+
+
+def test_bad_keys_are_refused(store):
+    for bad in ("../../etc/passwd", KEY.upper(), KEY[:-1], KEY + "0"):
+        with pytest.raises(RequestError, match="64 lowercase hexadecimal"):
+            store.get(bad)
+    assert validate_key(KEY) == KEY
+
+
+def test_job_records_round_trip(store):
+    record = ProgressRecord("running", 0.25, "subspace JVPs", 10.0, 12.0, 6.0, None, 42, "x.log")
+    store.set_progress(KEY, record)
+    assert store.get_progress(KEY) == record
+    assert store.get_progress(OTHER) is None
+    request = synthetic_result().request
+    store.put_request(KEY, request)
+    assert store.get_request(KEY) == request
+    assert not store.cancel_requested(KEY)
+    store.request_cancel(KEY)
+    assert store.cancel_requested(KEY) and not store.cancel_requested(OTHER)
+    store.clear_cancel(KEY)
+    assert not store.cancel_requested(KEY)
+    assert [store.record_computation(KEY) for _ in range(3)] == [1, 2, 3]
+    assert store.computations(KEY) == 3 and store.computations(OTHER) == 0
+
+
+def test_only_bytes_values_and_str_keys(store):
+    with pytest.raises(TypeError, match="values must be bytes"):
+        store._cache.set("result:x", {"x": 1})
+    with pytest.raises(TypeError, match="values must be bytes"):
+        store._cache.set("result:x", "text")
+    with pytest.raises(TypeError, match="keys must be str"):
+        store._cache.set(("a", "tuple"), b"data")
+    assert store.info()["entries"] == 0
+
+
+# --------------------------------------------------------------------- no pickles ------
+
+
+@pytest.mark.parametrize("size", ["inline", "file"])  # < 32 kB in SQLite, else a .val file
+def test_planted_pickle_is_refused_not_executed(store, tmp_path, caplog, size):
+    marker = tmp_path / "pwned"
+    payload = Planted(marker) if size == "inline" else (Planted(marker), b"x" * 100_000)
+    plain = diskcache.Cache(str(store.directory / "store"))  # the attacker's view: pickles
+    plain.set(f"result:{KEY}", payload)
+    plain.set(f"progress:{KEY}", Planted(marker))
+    plain.set(f"request:{KEY}", Planted(marker))
+    plain.close()
+    assert not marker.exists()  # pickling does not run __reduce__'s callable
+
+    with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
+        assert store.get(KEY) is None
+        assert store.get_progress(KEY) is None
+        assert store.get_request(KEY) is None
+        assert store.age(KEY) is None
+    assert not marker.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"result:{KEY}" in m and "not in the safe form" in m for m in messages)
+    assert any("Python pickle" in m for m in messages)
+    assert f"result:{KEY}" not in store._cache  # deleted: the next request recomputes
+    assert store.info()["entries"] == 0
+
+
+def test_planted_pickled_key_is_never_unpickled(store, tmp_path):
+    marker = tmp_path / "pwned"
+    plain = diskcache.Cache(str(store.directory / "store"))
+    plain.set((Planted(marker),), b"value")  # a tuple key is pickled by plain diskcache
+    plain.close()
+    info = store.info()  # lists keys: must not unpickle
+    assert info["unsafe"] == 1 and info["entries"] == 0
+    assert not marker.exists()
+    store.clear()
+    assert store.info()["unsafe"] == 0
+    assert not marker.exists()
+
+
+def test_entries_not_in_the_result_form_are_refused(store, caplog):
+    plain = diskcache.Cache(str(store.directory / "store"), disk=SafeDisk)
+    plain.set(f"result:{KEY}", b"not an npz at all")
+    with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
+        assert store.get(KEY) is None
+    assert "not in the safe form" in caplog.text
+    # a genuine result stored under another key is refused too (metadata names its key)
+    store.put(KEY, synthetic_result())
+    blob = plain.get(f"result:{KEY}")
+    plain.set(f"result:{OTHER}", blob)
+    assert store.get(OTHER) is None and store.get(KEY) is not None
+    plain.close()
+
+
+def test_decode_refuses_object_arrays_and_bad_metadata(tmp_path):
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, H=np.array([{"a": 1}], dtype=object))  # needs pickle to load
+    with pytest.raises(CacheCorruptionError):
+        decode_result(KEY, buffer.getvalue())
+    buffer = io.BytesIO()
+    meta = json.dumps({"schema": 1, "cache": {"key": KEY, "created": 1.0}}).encode()
+    np.savez(buffer, __metadata__=np.frombuffer(meta, dtype=np.uint8))
+    with pytest.raises(CacheCorruptionError, match="request"):
+        decode_result(KEY, buffer.getvalue())
+
+
+# ------------------------------------------------------------ limits and upkeep ------
+
+
+def test_eviction_keeps_volume_within_limit_least_recently_used_first(tmp_path):
+    limit = 500_000  # room for three results of ≈ 125 kB plus the SQLite pages
+    store = ResultStore(tmp_path / "cache", size_limit=limit)
+    keys = [f"{i:064x}" for i in range(7)]
+
+    def result(seed):  # 4 arrays of [1, 3, 16, 2, 16, 2] float64 + distances
+        return synthetic_result(n_checkpoints=1, n_steps=16, seed=seed)
+
+    order: list[str] = []  # least recently used first
+    for i, key in enumerate(keys):
+        store.put(key, result(i))
+        order.append(key)
+        if i == 0:
+            assert 100_000 < store.entries()[0]["bytes"] < 150_000  # a value file
+        if i == 2:  # read key 0: now keys 1 and 2 are older uses than key 0
+            assert store.get(keys[0]) is not None
+            order.append(order.pop(0))
+        assert store.info()["bytes"] <= limit
+        present = [k for k in order if store.contains(k)]  # `in` does not count as a use
+        assert present == order[len(order) - len(present) :], i  # the most recent survive
+        if i == 3:
+            assert keys[0] in present and keys[1] not in present
+    assert 2 <= len(present) < len(keys) and keys[-1] in present
+    store.close()
+
+
+def test_size_limit_parsing_and_environment(tmp_path, monkeypatch):
+    assert parse_size("500MB") == 500_000_000
+    assert parse_size("2GB") == 2_000_000_000
+    assert parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("12345") == 12345 and parse_size(4096) == 4096
+    for bad in ("lots", "5XB", "-3MB", "0"):
+        with pytest.raises(RequestError, match=r"COHERENCE_CACHE_SIZE_LIMIT|positive"):
+            parse_size(bad)
+    monkeypatch.setenv("COHERENCE_CACHE_SIZE_LIMIT", "3MB")
+    assert ResultStore(tmp_path / "a").size_limit == 3_000_000
+    assert ResultStore(tmp_path / "b", size_limit="1GB").size_limit == 10**9
+    monkeypatch.delenv("COHERENCE_CACHE_SIZE_LIMIT")
+    assert ResultStore(tmp_path / "c").size_limit == 2_000_000_000
+
+
+def test_directory_is_private(tmp_path):
+    loose = tmp_path / "cache"
+    loose.mkdir(mode=0o777)
+    os.chmod(loose, 0o777)
+    store = ResultStore(loose)
+    for path in (loose, loose / "store", loose / "locks", loose / "logs"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    store.close()
+    fresh = tmp_path / "deep" / "new_cache"
+    ResultStore(fresh).close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+def test_info_and_clear(store):
+    store.put(KEY, synthetic_result())
+    store.set_progress(KEY, ProgressRecord("done", 1.0, "done", 1.0, 2.0))
+    store.log_path(KEY).write_text("log\n")
+    orphan = store.directory / "store" / "ab" / "cd" / "orphan.val"  # a killed writer's file
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x" * 1000)
+    info = store.info()
+    assert info["entries"] == 1 and info["records"] == 1 and info["unsafe"] == 0
+    assert info["limit"] == 2_000_000_000 and info["directory"] == str(store.directory)
+    assert store.clear() == 2
+    assert store.info()["entries"] == 0 and store.get(KEY) is None
+    assert not orphan.exists() and not store.log_path(KEY).exists()
+
+
+# ------------------------------------------------------------------------- keys ------
+
+
+def test_key_follows_content_not_paths(checkpoint, tiny_dataset, tmp_path):
+    request = quick_request(checkpoint, tiny_dataset)
+    key = request_key(request)
+    assert validate_key(key) == key
+    material = key_material(request)
+    assert str(checkpoint) not in json.dumps(material) and "device" not in material["request"]
+
+    # moving / renaming the checkpoint or the dataset keeps the key; so does the device
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    shutil.move(checkpoint, moved)
+    data_copy = tmp_path / "data_copy"
+    shutil.copytree(tiny_dataset, data_copy)
+    same = quick_request(moved, data_copy, device="auto")
+    assert request_key(same) == key
+
+    # any request field changes it
+    for change in (
+        {"damping": 2e-4},
+        {"n_steps": 3},
+        {"t_start": 1},
+        {"classes": ("CE-CRP", "CE-RP")},
+        {"responses": ("smse", "mass")},
+        {"estimator": "subspace"},
+        {"top_eigenvalue": True},
+        {"trajectories": (1,)},
+    ):
+        assert request_key(quick_request(moved, data_copy, **change)) != key, change
+    assert request_key(same, code_version="2") != key
+
+    # one weight changed in model.safetensors
+    weights_path = moved / "model.safetensors"
+    original = weights_path.read_bytes()
+    tensors = load_file(weights_path)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[0] = np.nextafter(tensors[name].flat[0], np.float32(np.inf))
+    save_file(tensors, weights_path)
+    assert request_key(same) != key
+    weights_path.write_bytes(original)
+    assert request_key(same) == key
+
+    # the config
+    config = moved / "config.json"
+    text = config.read_text()
+    config.write_text(text + " ")  # one byte more
+    assert request_key(same) != key
+    config.write_text(text)
+    assert request_key(same) == key
+
+    # a dataset file the request uses changes the key; one it does not use does not
+    used = data_copy / "data" / "test" / "CE-RP.hdf5"
+    with h5py.File(used, "r+") as f:
+        f["t0_fields/density"][0, 0, 0, 0] += 1e-3
+    assert request_key(same) != key
+    unused = tiny_dataset / "data" / "train" / "CE-RP.hdf5"
+    moved_key = request_key(same)
+    shutil.copy(unused, data_copy / "data" / "train" / "CE-RP.hdf5")
+    with h5py.File(data_copy / "data" / "train" / "CE-RP.hdf5", "r+") as f:
+        f["t0_fields/density"][0, 0, 0, 0] += 1e-3
+    assert request_key(same) == moved_key
+
+
+def test_key_refuses_missing_inputs(checkpoint, tiny_dataset, tmp_path):
+    with pytest.raises(RequestError, match="CE-KH"):
+        request_key(quick_request(checkpoint, tiny_dataset, classes=("CE-RP", "CE-KH")))
+    with pytest.raises(RequestError, match="window"):
+        request_key(quick_request(checkpoint, tiny_dataset, n_steps=9))
+    empty = tmp_path / "empty_ckpt"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        request_key(quick_request(empty, tiny_dataset))

@@ -182,11 +182,19 @@ def analyze(
     trust_code: Annotated[
         bool, typer.Option(help="Allow checkpoints that name a custom architecture module.")
     ] = False,
+    workspace: Annotated[
+        Path | None, typer.Option(help="Workspace whose cache/ stores and serves results.")
+    ] = None,
 ) -> None:
-    """Compute influence matrices for checkpoints × batches and write the result file."""
-    from coherence.analysis.pipeline import estimate_cost, load_checked, prepare, run_analysis
+    """Compute influence matrices for checkpoints × batches and write the result file.
+
+    Results are cached in the workspace (content-addressed): repeating a request with the
+    same checkpoints and data is served from the cache.
+    """
+    from coherence.analysis.pipeline import estimate_cost, load_checked, prepare
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import save_result
+    from coherence.cache import JobRunner
 
     t_start, n_steps = parse_window(window)
     try:
@@ -224,7 +232,7 @@ def analyze(
         def report(fraction: float, stage: str) -> None:
             bar.update(task, completed=fraction, description=stage[:60])
 
-        result = run_analysis(request, progress=report, trust_code=trust_code)
+        result = JobRunner(workspace).run(request, progress=report, trust_code=trust_code)
     path = save_result(result, out)
     seconds = result.provenance["seconds"]
     console.print(
@@ -284,6 +292,48 @@ def serve(
         f"serving Coherence Explorer on http://{address}:{port} (workspace {env[ENV_VAR]})"
     )
     raise typer.Exit(subprocess.call(command, env=env))
+
+
+cache_app = typer.Typer(help="Inspect or clear the workspace's result cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+@friendly_errors
+def cache_info(
+    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+) -> None:
+    """Show where the cache lives, its size and limit, and its entries."""
+    from coherence.cache import ResultStore
+    from coherence.workspace import cache_dir
+
+    store = ResultStore(cache_dir(workspace))
+    info = store.info()
+    mib = 1024**2
+    print(f"cache: {info['directory']}")
+    print(
+        f"entries: {info['entries']} results, {info['records']} job records, "
+        f"{info['bytes'] / mib:.1f} MiB of {info['limit'] / mib:.0f} MiB"
+        + (f", {info['unsafe']} unsafe entries refused" if info.get("unsafe") else "")
+    )
+    for entry in store.entries():
+        minutes = (time.time() - entry["stored"]) / 60
+        print(
+            f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min ago"
+        )
+
+
+@cache_app.command("clear")
+@friendly_errors
+def cache_clear(
+    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+) -> None:
+    """Delete every cached result and job record (results are recomputed on demand)."""
+    from coherence.cache import ResultStore
+    from coherence.workspace import cache_dir
+
+    removed = ResultStore(cache_dir(workspace)).clear()
+    print(f"removed {removed} cache entries")
 
 
 def main() -> None:  # pragma: no cover - console entry point

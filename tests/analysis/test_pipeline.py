@@ -177,6 +177,7 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     ]
     for c in workspace["ckpts"]:
         args += ["--checkpoint", str(c)]
+    args += ["--workspace", str(tmp_path / "ws")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "cost estimate" in result.output and "wrote" in result.output
@@ -184,6 +185,16 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     assert loaded.H["energy"].shape == (2, 2, 2, 2, 2, 2)
     bad = runner.invoke(app, [a if a != "0:2" else "3:4" for a in args])
     assert bad.exit_code == 2 and "window 3:4" in bad.output
+    # the result was cached in the workspace: listed, served again, then cleared
+    info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
+    assert info.exit_code == 0 and "entries: 1 results" in info.output, info.output
+    again = runner.invoke(app, [a if a != str(out) else str(tmp_path / "again.npz") for a in args])
+    assert again.exit_code == 0, again.output
+    np.testing.assert_array_equal(load_result(tmp_path / "again.npz").H["smse"], loaded.H["smse"])
+    cleared = runner.invoke(app, ["cache", "clear", "--workspace", str(tmp_path / "ws")])
+    assert cleared.exit_code == 0 and "removed" in cleared.output
+    info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
+    assert "entries: 0 results" in info.output
 
 
 @pytest.mark.parametrize(

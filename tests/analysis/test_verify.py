@@ -4,6 +4,8 @@ trained demo-preset UNet."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,7 @@ def assert_first_order(result):
     errors = result.rel_errors
     assert np.all(np.isfinite(errors)), errors
     # second-order remainder: a tenfold smaller step cuts the error about tenfold
-    for big, small in zip(errors[:-1], errors[1:], strict=True):
+    for big, small in itertools.pairwise(errors):
         assert small < 0.3 * big, errors
     assert errors[-1] < 1e-2, errors
 

@@ -111,8 +111,9 @@ def test_riemann_problem_converges_to_exact_solution_along_x(problem):
 def test_no_spurious_oscillations(problem):
     """The limiter must prevent new extrema and keep the total variation near the exact one.
 
-    Observed at N = 256: overshoot 0 (Sod) / 0.004 (Lax, about 0.1 % of the jump), TV ratio
-    1.02 / 1.01. With unlimited central slopes: overshoot 0.021 / 0.061, TV ratio 1.14 / 1.19.
+    Observed at N = 256 (overshoot as a fraction of the exact density range): 0 (Sod) and
+    0.4 % (Lax), TV ratio 1.02 / 1.01. With unlimited central slopes: 2.4 % / 6 % and TV ratio
+    1.14 / 1.19; with an unlimited downwind slope, TV ratio 2.1 / 3.3.
     """
     n = 256
     out = evolve(strip_state(problem, n), [PROBLEMS[problem][2]])[0, -1, 0, 0].numpy()
@@ -121,7 +122,7 @@ def test_no_spurious_oscillations(problem):
     overshoot = max(out.max() - exact.max(), exact.min() - out.min(), 0.0)
     total_variation = np.abs(np.diff(out, append=out[:1])).sum()
     exact_variation = np.abs(np.diff(exact, append=exact[:1])).sum()
-    assert overshoot <= 0.005 * span, overshoot
+    assert overshoot <= 0.01 * span, overshoot / span
     assert total_variation <= 1.05 * exact_variation, total_variation / exact_variation
 
 
@@ -157,9 +158,9 @@ def test_smooth_advection_is_second_order_at_every_output_time(axis):
     """An advected entropy wave (exact: ρ(x − t)) converges at second order at each requested time.
 
     This also checks that the outputs sit exactly at the requested times: a snapshot off by one
-    step Δt ≈ 0.4 dx / 2.2 would add an error of about Δt |∂ρ/∂x| ~ 1e-3 at N = 128, ten times
-    the observed error. MC clips the two extrema, so the L1 order is slightly below 2
-    (observed ≈ 1.9).
+    step Δt ≈ 0.4 dx / 2.2 would add an L1 error of about Δt · mean|∂ρ/∂x| ≈ 1.1e-3 at
+    N = 128, 6–30 times the observed errors (4e-5 … 1.8e-4). MC clips the two extrema, so the
+    L1 order is slightly below 2 (observed 1.88–2.04).
     """
     times = [0.0, 0.1, 0.25, 0.5]
     errors = []
@@ -176,7 +177,7 @@ def test_smooth_advection_is_second_order_at_every_output_time(axis):
     errors = np.array(errors)[:, 1:]  # [resolution, time > 0]
     orders = np.log2(errors[:-1] / errors[1:])
     assert (orders >= 1.6).all(), (orders, errors)
-    assert (errors[-1] <= 2e-4).all(), errors
+    assert (errors[-1] <= 3e-4).all(), errors
 
 
 def quadrant_state(prims, n: int, split=(0.5, 0.5), dtype=torch.float64) -> torch.Tensor:
@@ -254,8 +255,12 @@ def test_near_vacuum_problems_keep_density_and_pressure_positive():
 
 
 def test_lost_positivity_raises_with_batch_index_and_time():
-    """Flows that open a true vacuum cannot stay positive: the solver must say so, not NaN."""
-    calm = quadrant_state([(1.0, 0.0, 0.0, 1.0)] * 4, 16)
+    """Flows that open a true vacuum cannot stay positive: the solver must say so, not NaN.
+
+    Ten trajectories at 32² run in several CPU blocks, ordered by signal speed, so the
+    reported index must be mapped back to the caller's batch order.
+    """
+    calm = quadrant_state([(1.0, 0.0, 0.0, 1.0)] * 4, 32)
     speed = 6.0  # |Δu| = 12 ≫ 2(a_L + a_R)/(γ−1) = 7.5: vacuum
     flows = [
         (1.0, speed, speed, 0.4),
@@ -263,36 +268,59 @@ def test_lost_positivity_raises_with_batch_index_and_time():
         (1.0, -speed, -speed, 0.4),
         (1.0, speed, -speed, 0.4),
     ]
-    state = torch.cat([calm, quadrant_state(flows, 16)])
-    with pytest.raises(SimulationError, match=r"batch index 1 near t = "):
+    state = torch.cat([calm] * 4 + [quadrant_state(flows, 32)] + [calm] * 5)
+    with pytest.raises(SimulationError, match=r"batch index 4 near t = 0\.0\d+;"):
         evolve(state, [0.1])
 
 
 def test_trajectories_do_not_depend_on_their_batch():
-    states = torch.cat([quadrant_state(LAX_LIU_3, 24), strip_state("sod", 24, rows=24)])
-    together = evolve(states, [0.05, 0.1])
-    alone = torch.cat([evolve(states[b : b + 1], [0.05, 0.1]) for b in range(2)])
+    """Each trajectory has its own clock, and CPU blocks (here 2 per block at 64², float64,
+    sorted by signal speed) are mapped back to the caller's order."""
+    prims = [
+        (1.0, 0.3, -0.2, 1.0),
+        (0.4, -0.5, 0.1, 0.3),
+        (0.9, 0.0, 0.6, 2.0),
+        (0.2, 0.1, 0.1, 0.5),
+    ]
+    states = torch.cat(
+        [
+            quadrant_state(LAX_LIU_3, 64),
+            strip_state("sod", 64, rows=64),
+            quadrant_state(prims, 64, split=(0.3, 0.6)),
+        ]
+    )
+    together = evolve(states, [0.01, 0.03])
+    alone = torch.cat([evolve(states[b : b + 1], [0.01, 0.03]) for b in range(3)])
     torch.testing.assert_close(together, alone, rtol=0, atol=0)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_dtype_device_shape_and_exact_initial_snapshot(dtype):
-    state = quadrant_state(LAX_LIU_3, 16, dtype=dtype)
+def test_dtype_device_shape_and_exact_initial_snapshot(dtype, device):
+    state = quadrant_state(LAX_LIU_3, 16, dtype=dtype).to(device)
     times = torch.tensor([0.0, 0.0, 0.02, 0.02, 0.05])
+    threads = torch.get_num_threads()
     out = evolve(state, times)
+    assert torch.get_num_threads() == threads  # the caller's thread setting is untouched
     assert out.shape == (1, 5, 4, 16, 16)
     assert out.dtype == dtype and out.device == state.device
     torch.testing.assert_close(out[:, 0], state, rtol=0, atol=0)
     torch.testing.assert_close(out[:, 1], state, rtol=0, atol=0)
     torch.testing.assert_close(out[:, 2], out[:, 3], rtol=0, atol=0)
     assert not torch.equal(out[:, 4], out[:, 2])
+    if device != "cpu":  # same scheme on the accelerator
+        reference = evolve(state.cpu(), times)
+        torch.testing.assert_close(out.cpu(), reference, rtol=1e-5, atol=1e-5)
 
 
 def test_float32_agrees_with_float64():
     state = quadrant_state(LAX_LIU_3, 32)
     out64 = evolve(state, [0.1])
     out32 = evolve(state.float(), [0.1])
-    torch.testing.assert_close(out32.double(), out64, rtol=0, atol=2e-4)
+    torch.testing.assert_close(out32.double(), out64, rtol=0, atol=1e-5)  # observed 1.2e-6
 
 
 def test_primitive_helpers_round_trip_and_match_formulas():
@@ -361,3 +389,74 @@ def test_bad_times_are_rejected(times, message):
 def test_bad_parameters_are_rejected(kwargs, message):
     with pytest.raises(RequestError, match=message):
         evolve(quadrant_state(LAX_LIU_3, 8), [0.1], **kwargs)
+
+
+def test_reconstruction_falls_back_to_first_order_where_faces_would_not_be_positive(
+    monkeypatch,
+):
+    """MC itself keeps faces between neighbouring values; force an overshooting slope."""
+    from coherence.simulation import euler
+
+    monkeypatch.setattr(euler, "_mc_half_slope", lambda back, fwd: 4.0 * (back + fwd))
+    q = euler._primitives(strip_state("sod", 16).transpose(0, 1), GAMMA)  # (4, 1, ROWS, 16)
+    left, right = euler._reconstruct(q, dim=-1)
+    for faces in (left, right):
+        assert faces[0].min() > 0 and faces[3].min() > 0
+    steep = (left != q).any(dim=0)  # cells that kept a slope
+    jumps = (q != torch.roll(q, 1, -1)).any(dim=0) | (q != torch.roll(q, -1, -1)).any(dim=0)
+    assert not steep.any() or bool((steep <= jumps).all())
+    first_order = (left == q).all(dim=0) & jumps
+    assert first_order.any()  # the fallback did engage next to the jumps
+
+
+def physical_flux(q: torch.Tensor) -> torch.Tensor:
+    """Euler flux along the first velocity of primitives (ρ, u_n, u_t, p) [4, ...]."""
+    rho, un, ut, p = q
+    energy = p / (GAMMA - 1) + 0.5 * rho * (un**2 + ut**2)
+    return torch.stack([rho * un, rho * un**2 + p, rho * un * ut, un * (energy + p)])
+
+
+def random_primitives(n: int, speed: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    rho, p = 0.1 + torch.rand(2, 1, 1, n, generator=gen, dtype=torch.float64)
+    un, ut = speed * torch.randn(2, 1, 1, n, generator=gen, dtype=torch.float64)
+    return torch.stack([rho, un, ut, p])  # (4, 1, 1, n)
+
+
+def test_hllc_flux_is_consistent_and_upwind_for_supersonic_faces():
+    from coherence.simulation.euler import _hllc_flux
+
+    q = random_primitives(200, speed=3.0, seed=1)
+    torch.testing.assert_close(_hllc_flux(q, q, GAMMA, swap=False), physical_flux(q))
+    swapped = _hllc_flux(q, q, GAMMA, swap=True)
+    torch.testing.assert_close(swapped[[0, 2, 1, 3]], physical_flux(q))
+    # all waves move right (left) when both states are supersonic: pure upwinding
+    ql, qr = random_primitives(100, 0.1, seed=2), random_primitives(100, 0.1, seed=3)
+    for sign, upwind in ((1.0, ql), (-1.0, qr)):
+        shift = torch.tensor([0.0, sign * 10.0, 0.0, 0.0], dtype=torch.float64)
+        ql_s, qr_s, up = (x + shift.view(4, 1, 1, 1) for x in (ql, qr, upwind))
+        torch.testing.assert_close(_hllc_flux(ql_s, qr_s, GAMMA, swap=False), physical_flux(up))
+
+
+def test_hllc_flux_resolves_contacts_and_shear_exactly():
+    """Unlike HLL, HLLC keeps an isolated contact: only p and u·(…) cross a moving contact."""
+    from coherence.simulation.euler import _hllc_flux
+
+    ql, qr = random_primitives(100, 0.5, seed=4), random_primitives(100, 0.5, seed=5)
+    qr[1], qr[3] = ql[1], ql[3]  # same normal velocity and pressure, any ρ and u_t
+    flux = _hllc_flux(ql, qr, GAMMA, swap=False)
+    upwind = torch.where(ql[1] >= 0, ql, qr)
+    torch.testing.assert_close(flux, physical_flux(upwind))
+
+
+def test_square_grid_fast_path_matches_the_per_direction_path():
+    """Square grids sweep both directions in one pass; it must equal the general code path."""
+    from coherence.simulation import euler
+
+    gen = torch.Generator().manual_seed(7)
+    rho, p = 0.2 + torch.rand(2, 3, 24, 24, generator=gen, dtype=torch.float64)
+    u, v = torch.randn(2, 3, 24, 24, generator=gen, dtype=torch.float64)
+    q = torch.stack([rho, u, v, p])  # (4, b, H, W) primitives
+    fused = euler._rhs_square(q, GAMMA)
+    split = euler._rhs_split(q, GAMMA)
+    torch.testing.assert_close(fused, split, rtol=1e-12, atol=1e-12 * float(split.abs().max()))

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from coherence.analysis import autodiff
 from coherence.analysis.autodiff import (
     BatchJacobian,
     FlatModel,
@@ -80,6 +81,22 @@ def test_gauss_newton_operator_matches_dense_metric(ns_model, ns_batch, generato
     vs = torch.randn(3, ref.jac.shape[2], generator=generator, dtype=x.dtype)
     eye = torch.eye(vs.shape[1], dtype=x.dtype)
     torch.testing.assert_close(op.apply_rows(vs), vs @ (ref.eta + 0.3 * eye), rtol=1e-10, atol=0)
+
+
+def test_broken_linearize_falls_back_to_plain_jvp(ce_model, ce_batch, generator, monkeypatch):
+    x, y = ce_batch
+    ref = dense_reference(ce_model, x, y)
+
+    def garbage_linearize(func, primal):
+        return func(primal), lambda tangent: torch.full_like(func(primal), 1e30)
+
+    monkeypatch.setattr(autodiff, "linearize", garbage_linearize)
+    jac = BatchJacobian(FlatModel(ce_model), x)
+    for _ in range(2):
+        v = torch.randn(ref.jac.shape[2], generator=generator, dtype=x.dtype)
+        expected = torch.einsum("ndp,p->nd", ref.jac, v).reshape(x.shape)
+        torch.testing.assert_close(jac.jvp(v), expected, rtol=1e-10, atol=1e-12)
+    assert jac.jvp_method == "jvp"
 
 
 @pytest.mark.parametrize("pad", [(1, 1, 1, 1), (2, 0, 1, 3), (0, 0, 2, 2)])
@@ -353,3 +370,14 @@ def test_standardize_matches_numpy_and_handles_batches_and_flat_rows(generator):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-13, atol=0)
     with pytest.raises(RequestError, match="square"):
         standardize(torch.ones(3, 4))
+
+
+def test_frozen_parameters_are_left_out_unless_all_are_frozen(ce_model, ce_batch):
+    h = influence_matrix(ce_model, *ce_batch, estimator="euclidean")
+    ce_model.conv1.requires_grad_(False)
+    partial = compute_influence(ce_model, *ce_batch, estimator="euclidean").diagnostics
+    assert partial.n_params == 296 - (4 * 4 * 9 + 4)
+    ce_model.requires_grad_(False)  # loaded for inference: every parameter is analysed
+    frozen = compute_influence(ce_model, *ce_batch, estimator="euclidean")
+    assert frozen.diagnostics.n_params == 296
+    torch.testing.assert_close(frozen.H, h, rtol=1e-13, atol=0)

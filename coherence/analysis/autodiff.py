@@ -1,0 +1,249 @@
+"""Functional autodiff for influence: the model as a pure function f(θ, x) of a flat θ ∈ R^P.
+
+Everything the estimators need is one of three products with the Jacobian J = ∂f/∂θ:
+- per-example VJPs  g[n] = J_nᵀ c[n]   (vmap over examples of one VJP),
+- batch JVPs        J v  ∈ R^{N×F×H×W} (``torch.func.linearize`` once, then per tangent ≈ two
+                    forwards: the forward-mode floor),
+- batch VJPs        Jᵀ u ∈ R^P          (one retained reverse graph).
+Measured (CPU time, 1 thread, 0.3M-parameter conv UNet, N = 48, 32², F = 4; cost in batch
+forwards of 0.20 s): all N per-example VJPs 4.6 (a Python loop of autograd.grad: the same);
+linearize set-up 21 once, then 2.1 per tangent; plain ``torch.func.jvp`` 3.4 per tangent,
+vmapped over 4 tangents 2.5 each; batch VJP 2.3 per cotangent, vmapped 3.3 each.
+Because the model is per-example independent (no BatchNorm), the batch Jacobian J is the
+stack of the J_n, so η = Σ_n J_nᵀ J_n = JᵀJ and its matvec needs no per-example loop.
+
+θ holds the parameters with ``requires_grad`` (frozen ones travel with the buffers); a model
+whose parameters are ALL frozen (loaded for inference) is analysed over all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, linearize, vjp, vmap
+from torch.overrides import TorchFunctionMode
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Names and shapes of the trainable parameters, in the order they are flattened."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.numels)
+
+    def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
+        """dict name → tensor (shape as in the module) → θ [P]."""
+        return torch.cat([tensors[n].reshape(-1) for n in self.names])
+
+    def flatten_batched(self, tensors: dict[str, Tensor]) -> Tensor:
+        """dict name → [B, *shape] → [B, P] (per-example gradients from torch.func)."""
+        return torch.cat([tensors[n].flatten(start_dim=1) for n in self.names], dim=1)
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """θ [P] → dict name → view of shape as in the module (differentiable)."""
+        chunks = torch.split(theta, self.numels)
+        return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
+
+
+class FlatModel:
+    """The module as f(θ, x): functional_call with θ unflattened into the parameter dict.
+
+    θ₀ (``theta``) is a detached copy of the current trainable parameters; buffers and frozen
+    parameters are passed unchanged. The module itself is never modified.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        named = list(model.named_parameters())
+        everything = not any(p.requires_grad for _, p in named)  # loaded for inference only
+        trainable = {n: p.detach() for n, p in named if everything or p.requires_grad}
+        frozen = {n: p.detach() for n, p in named if n not in trainable}
+        self.model = model
+        self.layout = ParamLayout(
+            names=tuple(trainable), shapes=tuple(p.shape for p in trainable.values())
+        )
+        self.theta = self.layout.flatten(trainable) if trainable else torch.empty(0)
+        self.constants = {**frozen, **{n: b.detach() for n, b in model.named_buffers()}}
+
+    @property
+    def n_params(self) -> int:
+        return self.layout.n_params
+
+    def __call__(self, theta: Tensor, x: Tensor) -> Tensor:
+        """f(θ, x) for a batch x [N, F, H, W] → [N, F, H, W]."""
+        state = {**self.layout.unflatten(theta), **self.constants}
+        return functional_call(self.model, state, (x,))
+
+    def one(self, theta: Tensor, x: Tensor) -> Tensor:
+        """f(θ, x) for one example x [F, H, W] (the model sees a batch of one)."""
+        return self(theta, x.unsqueeze(0)).squeeze(0)
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Run with every submodule in eval mode; restore each submodule's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def per_example_vjps(
+    fm: FlatModel,
+    inputs: Tensor,
+    cotangents: Sequence[Tensor],
+    *,
+    chunk_size: int | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> list[Tensor]:
+    """g_k[n] = J_nᵀ c_k[n] for K cotangent fields c_k [N, F, H, W]; returns K tensors [N, P].
+
+    One forward and K backwards per example, vectorised over examples with vmap and run in
+    chunks of ``chunk_size`` examples (None: all at once) to bound memory (activations of a
+    chunk times K plus the K·N·P result). The cotangents are constants: nothing is
+    differentiated through them.
+    """
+    n = inputs.shape[0]
+    stacked = torch.stack(list(cotangents), dim=1)  # (N, K, F, H, W)
+
+    def one(theta: Tensor, x: Tensor, cs: Tensor) -> Tensor:
+        _, pull = vjp(lambda th: fm.one(th, x), theta)
+        return torch.stack([pull(c)[0] for c in cs.unbind(0)])  # (K, P)
+
+    batched = vmap(one, in_dims=(None, 0, 0))
+    step = n if chunk_size is None else chunk_size
+    parts = []
+    with torch.no_grad():  # the VJPs run their own autograd; no graph of the results
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            parts.append(batched(fm.theta, inputs[start:stop], stacked[start:stop]))
+            if progress is not None:
+                progress(stop / n)
+    grads = torch.cat(parts, dim=0)  # (N, K, P)
+    return list(grads.unbind(1))
+
+
+def _wrap_pad(x: Tensor, pad: Sequence[int]) -> Tensor:
+    """Circular padding written with slices and cat (no in-place writes): pairs in ``pad`` run
+    from the last dimension backwards, as in ``F.pad``. Same values as mode="circular"."""
+    for i in range(len(pad) // 2):
+        dim = x.ndim - 1 - i
+        before, after = pad[2 * i], pad[2 * i + 1]
+        size = x.shape[dim]
+        head = x.narrow(dim, size - before, before)
+        tail = x.narrow(dim, 0, after)
+        x = torch.cat([head, x, tail], dim=dim)
+    return x
+
+
+class _FunctionalCircularPad(TorchFunctionMode):
+    """Route F.pad(mode="circular") to ``_wrap_pad`` while ``linearize`` traces.
+
+    Why: in torch 2.13 ``torch.func.linearize`` const-folds the traced JVP graph, and the
+    built-in circular pad (new_empty + in-place copy_ into slices) is folded to the
+    UNINITIALISED buffer: J v comes back as garbage for any model with circular padding.
+    The cat form folds correctly.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.pad:
+            x, pad = args[0], list(args[1] if len(args) > 1 else kwargs["pad"])
+            mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+            if mode == "circular" and all(
+                0 <= p <= x.shape[-1 - i // 2] for i, p in enumerate(pad)
+            ):
+                return _wrap_pad(x, pad)
+        return func(*args, **kwargs)
+
+
+class BatchJacobian:
+    """Products with the stacked batch Jacobian J [N·D, P] at θ₀ (outputs as [N, F, H, W]).
+
+    ``jvp``: ``torch.func.linearize`` traces the forward and tangent graph once (≈ 20 forwards),
+    after which each tangent costs ≈ two forwards (plain ``torch.func.jvp``: ≈ 3.4). Because
+    linearize const-folds a traced graph, its first product is checked against plain
+    ``torch.func.jvp``; on a mismatch beyond √eps (relative, 2-norm) every product falls back to
+    plain jvp, recorded in ``jvp_method``. ``vjp``: one reverse graph retained across calls,
+    ≈ two forwards per cotangent. Both are built lazily. Memory: the batch activations, once
+    for each product kind in use.
+    """
+
+    def __init__(self, fm: FlatModel, inputs: Tensor) -> None:
+        self.fm = fm
+        self.inputs = inputs
+        self.jvp_method: str | None = None  # "linearize" | "jvp" once the first JVP ran
+        self._push: Callable[[Tensor], Tensor] | None = None
+        self._pull: Callable[[Tensor], tuple[Tensor]] | None = None
+
+    def _batch(self, theta: Tensor) -> Tensor:
+        return self.fm(theta, self.inputs)
+
+    def _plain_jvp(self, tangent: Tensor) -> Tensor:
+        with torch.no_grad():
+            return torch.func.jvp(self._batch, (self.fm.theta,), (tangent,))[1]
+
+    def jvp(self, tangent: Tensor) -> Tensor:
+        """J v for v [P] → [N, F, H, W]."""
+        if self.jvp_method == "jvp":
+            return self._plain_jvp(tangent)
+        if self._push is None:
+            with warnings.catch_warnings(), _FunctionalCircularPad():
+                warnings.filterwarnings("ignore", message="Attempted to insert a get_attr")
+                # torch loads its forward-AD decompositions through torch.jit.script once
+                warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+                _, self._push = linearize(self._batch, self.fm.theta)
+            exact = self._plain_jvp(tangent)
+            with torch.no_grad():
+                folded = self._push(tangent)
+            tol = torch.finfo(exact.dtype).eps ** 0.5
+            error = torch.linalg.vector_norm(folded - exact)
+            ok = bool(torch.isfinite(error)) and error <= tol * torch.linalg.vector_norm(exact)
+            self.jvp_method = "linearize" if ok else "jvp"
+            if not ok:
+                self._push = None
+            return exact
+        with torch.no_grad():
+            return self._push(tangent)
+
+    def vjp(self, cotangent: Tensor) -> Tensor:
+        """Jᵀ u = Σ_n J_nᵀ u_n for u [N, F, H, W] → [P]."""
+        if self._pull is None:
+            _, self._pull = torch.func.vjp(self._batch, self.fm.theta)
+        with torch.no_grad():
+            return self._pull(cotangent)[0]
+
+
+class GaussNewtonOperator:
+    """The damped batch metric (η + λI) v = Σ_n J_nᵀ (J_n v) + λ v, matrix-free.
+
+    Cost per vector: one batch JVP and one batch VJP (≈ four forwards of the batch).
+    """
+
+    def __init__(self, jacobian: BatchJacobian, damping: float) -> None:
+        self.jacobian = jacobian
+        self.damping = damping
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """v [P] → (η + λI) v [P]."""
+        return self.jacobian.vjp(self.jacobian.jvp(v)) + self.damping * v
+
+    def apply_rows(self, vs: Tensor) -> Tensor:
+        """Rows v_k of vs [K, P] → rows (η + λI) v_k [K, P] (one JVP + one VJP each)."""
+        return torch.stack([self(v) for v in vs.unbind(0)]) if len(vs) else vs.clone()

@@ -1,0 +1,270 @@
+"""Estimators of H[r, p] = g_A(r)ᵀ M⁻¹ g_B(p) / D (METHOD.md §4), given the gradients.
+
+Notation: G [N, P] holds g_B(p) = J_pᵀ r_C(p) as rows (SMSE, the perturbation), GA [N, P]
+holds g_A(r) for one response; η = Σ_n J_nᵀ J_n; λ the damping. Every small dense product
+(Gram matrices, the s×s solve) is accumulated in float64, whatever the model dtype.
+
+- ``euclidean``: M = I, H = GA Gᵀ / D. Cost: P·N² multiply-adds, no model evaluations.
+- ``subspace``: Galerkin projection of (η + λI) y_p = g_B(p) onto span(G):
+  H = (Qᵀg_A)ᵀ (QᵀηQ + λI)⁻¹ (QᵀG) / D, Q an orthonormal basis of the leading directions of
+  span(G). This is exact for its definition (no tolerance) but it equals the full solve
+  g_Aᵀ(η + λI)⁻¹g_B only when every solution y_p lies in span(Q), e.g. when Q spans all of R^P
+  (P ≤ N with G of full rank) or when span(Q) is an invariant subspace of η. In general it
+  differs: the full solve with P ≥ N·D and tiny λ tends to a trivially diagonal H, the
+  projected one does not. Cost: s ≤ N batch JVPs (≈ 2 forwards each after one linearize).
+- ``cg``: the full solve, matrix-free, by N independent conjugate-gradient runs stopped at a
+  relative residual rtol. Cost: per iteration and unconverged column one batch JVP + one
+  batch VJP (≈ 4 forwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+from coherence.errors import RequestError
+
+_GRAM_CHUNK = 1 << 18  # parameter columns per float64 block: bounds the temporary copies
+
+
+class Estimator(StrEnum):
+    """How M⁻¹ is applied: Galerkin subspace solve (default), conjugate gradients, identity."""
+
+    SUBSPACE = "subspace"
+    CG = "cg"
+    EUCLIDEAN = "euclidean"
+
+
+def parse_estimator(value: str | Estimator) -> Estimator:
+    """An Estimator from its name; unknown names raise RequestError with the allowed list."""
+    try:
+        return Estimator(value)
+    except ValueError:
+        allowed = ", ".join(repr(e.value) for e in Estimator)
+        raise RequestError(f"unknown estimator {value!r}; choose one of: {allowed}") from None
+
+
+def gram64(a: Tensor, b: Tensor) -> Tensor:
+    """a [K, L] · bᵀ [L, M] → [K, M] in float64, in blocks of columns (memory K·block·8 B)."""
+    out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    for start in range(0, a.shape[1], _GRAM_CHUNK):
+        block = slice(start, start + _GRAM_CHUNK)
+        out += a[:, block].double() @ b[:, block].double().T
+    return out
+
+
+def euclidean_influence(ga: Tensor, g: Tensor) -> Tensor:
+    """H·D = GA Gᵀ: the plain gradient dot product (TracIn-style baseline), float64 [N, N]."""
+    return gram64(ga, g)
+
+
+# ---------------------------------------------------------------- subspace (Galerkin) -----
+
+
+@dataclass(frozen=True)
+class SubspaceBasis:
+    """Rows of ``q`` [s, P] span the leading directions of span(G); ``whiten`` [s, s'] (float64)
+    maps them to an exactly orthonormal basis Q̃ = whitenᵀ q, correcting the loss of
+    orthogonality of q in low precision."""
+
+    q: Tensor
+    whiten: Tensor
+    gram_eigenvalues: Tensor  # σ² of G, descending, float64
+
+    @property
+    def rank(self) -> int:
+        return self.whiten.shape[1]
+
+
+def subspace_basis(g: Tensor, energy_threshold: float) -> SubspaceBasis:
+    """Leading singular directions of G (rows g [N, P]) holding ``energy_threshold`` of Σσ².
+
+    Method: eigh of the N×N Gram G Gᵀ accumulated in float64, not a thin SVD of the P×N
+    matrix: with P ≫ N the Gram costs P·N² multiply-adds and N² extra memory, while an accurate
+    SVD needs a float64 copy of G (P·N·8 bytes; 5 GB for a 13M-parameter UNet at N = 48) and a
+    tall QR. Squaring the condition number is harmless: the float64 Gram of the (float32) G is
+    exact to ~1e-16·σ₁², and directions below N·1e-15·σ₁² are dropped as numerically zero.
+    Keep the smallest s with Σ_{i≤s} σᵢ² ≥ threshold·Σσ². q = Σ⁻¹VᵀG in the model dtype;
+    its residual non-orthogonality is removed by whitening with S = q qᵀ (float64), dropping
+    directions with eigenvalue below 1e-10 of the largest.
+    """
+    gram = gram64(g, g)  # (N, N) float64
+    evals, evecs = torch.linalg.eigh(gram)
+    evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)  # descending
+    total = evals.sum()
+    if total <= 0:
+        empty = torch.zeros(0, dtype=torch.float64, device=g.device)
+        return SubspaceBasis(g.new_zeros(0, g.shape[1]), empty.reshape(0, 0), evals)
+    cumulative = torch.cumsum(evals, 0)
+    s = int(torch.searchsorted(cumulative, energy_threshold * cumulative[-1]).item()) + 1
+    s = min(s, int((evals > g.shape[0] * 1e-15 * evals[0]).sum().item()))
+    coeff = evecs[:, :s] / evals[:s].sqrt()  # (N, s) = V Σ⁻¹
+    q = coeff.T.to(g.dtype) @ g  # (s, P)
+    s_evals, s_evecs = torch.linalg.eigh(gram64(q, q))
+    keep = s_evals > 1e-10 * s_evals.max()
+    whiten = s_evecs[:, keep] / s_evals[keep].sqrt()  # (s, s')
+    return SubspaceBasis(q, whiten, evals)
+
+
+@dataclass(frozen=True)
+class SubspaceSolve:
+    """(QᵀηQ + λI)⁻¹ QᵀG and what is reported: the eigenvalues of QᵀηQ (descending)."""
+
+    basis: SubspaceBasis
+    solved: Tensor  # (s', N) float64: (Q̃ᵀηQ̃ + λI)⁻¹ Q̃ᵀG
+    metric_eigenvalues: Tensor  # (s',) float64
+
+    def influence(self, ga: Tensor) -> Tensor:
+        """H·D = (Q̃ᵀ g_A)ᵀ (Q̃ᵀηQ̃ + λI)⁻¹ Q̃ᵀG for response gradients ga [N, P], float64."""
+        coeff_a = self.basis.whiten.T @ gram64(self.basis.q, ga)  # (s', N)
+        return coeff_a.T @ self.solved
+
+
+def subspace_solve(
+    basis: SubspaceBasis,
+    g: Tensor,
+    jvp: Callable[[Tensor], Tensor],
+    damping: float,
+    progress: Callable[[float], None] | None = None,
+) -> SubspaceSolve:
+    """Form Q̃ᵀηQ̃ = Σ_n (J_n Q̃)ᵀ(J_n Q̃) from s batch JVPs J q_j and solve against Q̃ᵀG.
+
+    Memory: the s pushed tangents, s·N·D numbers in the model dtype.
+    """
+    s = basis.q.shape[0]
+    pushed = []
+    for j, qj in enumerate(basis.q.unbind(0)):
+        pushed.append(jvp(qj).reshape(-1))  # (N·D,)
+        if progress is not None:
+            progress((j + 1) / s)
+    w = basis.whiten
+    if s:
+        jq = torch.stack(pushed)  # (s, N·D)
+        metric = w.T @ gram64(jq, jq) @ w  # (s', s')
+    else:
+        metric = w.new_zeros(0, 0)
+    metric = 0.5 * (metric + metric.T)
+    coeff_b = w.T @ gram64(basis.q, g)  # (s', N)
+    eye = torch.eye(metric.shape[0], dtype=metric.dtype, device=metric.device)
+    solved = torch.linalg.solve(metric + damping * eye, coeff_b)
+    eigenvalues = torch.linalg.eigvalsh(metric).flip(0)
+    return SubspaceSolve(basis, solved, eigenvalues)
+
+
+# --------------------------------------------------------------------------- cg -----------
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise ⟨a_k, b_k⟩ [K] as float64 (computed in the input dtype: no float64 copies)."""
+    return torch.linalg.vecdot(a, b).double()
+
+
+@dataclass(frozen=True)
+class CGResult:
+    """Solutions Y [K, P] of (η + λI) y_k = b_k, with per-column iteration counts and the TRUE
+    final relative residuals ‖b − (η + λI)y‖/‖b‖ (one extra matvec, not the recursive one)."""
+
+    solution: Tensor
+    iterations: tuple[int, ...]
+    residuals: tuple[float, ...]
+    converged: bool
+
+
+def block_cg(
+    matvec: Callable[[Tensor], Tensor],
+    rhs: Tensor,
+    rtol: float,
+    max_iter: int,
+    progress: Callable[[float], None] | None = None,
+) -> CGResult:
+    """K independent conjugate-gradient runs from y = 0, vectorised over the rows of rhs [K, P].
+
+    ``matvec`` maps rows [k, P] → rows [k, P] (an SPD operator). A column stops once its
+    recursive relative residual is ≤ rtol; only the unconverged columns are multiplied, so the
+    cost is Σ_k iterations_k matvecs (+ K for the final true residual). State: four [K, P]
+    blocks in the model dtype; row dot products in the model dtype, recursions in float64.
+    A zero right-hand side has solution 0 and residual 0.
+    """
+    k = rhs.shape[0]
+    dtype = rhs.dtype
+    b_norm = torch.linalg.vector_norm(rhs, dim=1).double()  # (K,)
+    y = torch.zeros_like(rhs)
+    r = rhs.clone()
+    d = rhs.clone()
+    rr = _rowdot(r, r)  # (K,)
+    iterations = torch.zeros(k, dtype=torch.long)
+    active = rr.sqrt() > rtol * b_norm
+    for it in range(max_iter):
+        idx = torch.nonzero(active).flatten()
+        if len(idx) == 0:
+            break
+        ad = matvec(d[idx])  # (k_active, P)
+        alpha = rr[idx] / _rowdot(d[idx], ad)
+        y[idx] += alpha.to(dtype)[:, None] * d[idx]
+        r[idx] -= alpha.to(dtype)[:, None] * ad
+        rr_new = _rowdot(r[idx], r[idx])
+        beta = rr_new / rr[idx]
+        d[idx] = r[idx] + beta.to(dtype)[:, None] * d[idx]
+        rr[idx] = rr_new
+        iterations[idx.cpu()] += 1
+        active[idx] = rr_new.sqrt() > rtol * b_norm[idx]
+        if progress is not None:
+            progress((it + 1) / max_iter)
+    true_res = torch.linalg.vector_norm(rhs - matvec(y), dim=1).double()
+    rel = torch.where(b_norm > 0, true_res / b_norm.clamp_min(1e-300), torch.zeros_like(b_norm))
+    converged = not bool(active.any())
+    return CGResult(y, tuple(int(i) for i in iterations), tuple(rel.tolist()), converged)
+
+
+# ------------------------------------------------------------------ Lanczos ---------------
+
+
+@dataclass(frozen=True)
+class TopEigen:
+    """Largest Ritz value of an SPD operator; an eigenvalue lies within ``bound`` of it."""
+
+    value: float
+    bound: float
+    steps: int
+
+
+def lanczos_top(
+    matvec: Callable[[Tensor], Tensor],
+    start: Tensor,
+    *,
+    iters: int,
+    tol: float,
+) -> TopEigen:
+    """Lanczos with full reorthogonalisation from ``start`` [P], ≤ iters matvecs.
+
+    Stops when the residual bound β_j·|s_j| (last component of the top Ritz vector) is
+    ≤ tol·θ, or at an invariant subspace. The Ritz value θ never exceeds λ_max, and some
+    eigenvalue lies within the bound (Kahan–Parlett); for the top one convergence is fast.
+    """
+    basis = [start / torch.linalg.vector_norm(start)]
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta, bound = 0.0, float("inf")
+    for step in range(1, min(iters, start.numel()) + 1):
+        w = matvec(basis[-1])
+        alphas.append(float(torch.dot(w.double(), basis[-1].double())))
+        stacked = torch.stack(basis)  # (j, P)
+        for _ in range(2):  # twice is enough (Kahan)
+            w = w - stacked.T @ (stacked @ w)
+        beta = float(torch.linalg.vector_norm(w.double()))
+        tri = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+        if betas:
+            off = torch.tensor(betas, dtype=torch.float64)
+            tri += torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(tri)
+        theta = float(evals[-1])
+        bound = abs(beta * float(evecs[-1, -1]))
+        if bound <= tol * abs(theta) or beta <= 1e-14 * abs(theta):
+            return TopEigen(theta, bound, step)
+        betas.append(beta)
+        basis.append(w / beta)
+    return TopEigen(theta, bound, len(alphas))

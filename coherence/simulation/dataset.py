@@ -7,8 +7,10 @@ split, all files sharing one dataset_name, family, grid and time axis.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -112,21 +114,51 @@ def evolve_states(family: Family, states: torch.Tensor, times: np.ndarray) -> to
     return navier_stokes.evolve(states, times_t, nu=FAMILIES[family].scalars["nu"])
 
 
+PARALLEL_MIN_CELLS = 16 * 64 * 64  # per class: below this, worker start-up costs more
+
+
+def simulate_chunk(
+    family: str,
+    class_name: str,
+    n: int,
+    resolution: int,
+    seed: int,
+    start: int,
+    stop: int,
+    times: np.ndarray,
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """Trajectories start..stop of one class (initial states drawn for all n, then sliced, so
+    a chunk does not change what any trajectory is). One torch thread: chunks run side by side.
+    """
+    from coherence.simulation.classes import get_class
+
+    initial = get_class(class_name).sample(n, resolution, seed)[start:stop].to(dtype)
+    return evolve_states(Family(family), initial, times).cpu().numpy()
+
+
+def _simulate_chunk_in_worker(*args) -> np.ndarray:
+    torch.set_num_threads(1)
+    return simulate_chunk(*args)
+
+
 def generate_dataset(
     request: SimulationRequest,
     out_dir: str | os.PathLike,
     *,
-    batch_size: int = 32,
+    batch_size: int = 16,
     dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> Path:
     """Simulate every class and write the Well layout under ``out_dir``; returns out_dir.
 
     Each class gets its own seed (``class_seed``) for initial states and split, so results are
-    reproducible class by class. Existing class files are refused unless ``overwrite``.
+    reproducible class by class. Chunks of ``batch_size`` trajectories run in ``workers``
+    processes (default: one per core when the job is big enough to pay for their start-up;
+    1 runs in this process). Existing class files are refused unless ``overwrite``.
     """
-    from coherence.simulation.classes import get_class
     from coherence.simulation.wellformat import write_well_file
 
     out = Path(out_dir)
@@ -139,19 +171,49 @@ def generate_dataset(
             raise RequestError(
                 f"{clash[0]} already exists; choose another --out or pass --overwrite"
             )
+    jobs = [
+        (
+            family.value,
+            c,
+            request.trajectories,
+            request.resolution,
+            class_seed(request.seed, c),
+            start,
+            min(start + batch_size, request.trajectories),
+            request.times,
+            dtype,
+        )
+        for c in request.classes
+        for start in range(0, request.trajectories, batch_size)
+    ]
+    if workers is None:
+        big = request.trajectories * request.resolution**2 >= PARALLEL_MIN_CELLS
+        workers = min(os.cpu_count() or 1, len(jobs)) if big else 1
     total = len(request.classes) * request.trajectories
     done = 0
+    results: dict[tuple[str, int], np.ndarray] = {}
+
+    def record(job: tuple, states: np.ndarray) -> None:
+        nonlocal done
+        results[(job[1], job[5])] = states
+        done += job[6] - job[5]
+        if progress:
+            progress(done, total, f"{job[1]}: {done}/{total} trajectories")
+
+    if workers <= 1:
+        for job in jobs:
+            record(job, simulate_chunk(*job))
+    else:
+        context = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_simulate_chunk_in_worker, *job): job for job in jobs}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
     for class_name in request.classes:
         seed = class_seed(request.seed, class_name)
-        initial = get_class(class_name).sample(request.trajectories, request.resolution, seed)
-        chunks = []
-        for start in range(0, request.trajectories, batch_size):
-            batch = initial[start : start + batch_size].to(dtype)
-            chunks.append(evolve_states(family, batch, request.times).cpu().numpy())
-            done += batch.shape[0]
-            if progress:
-                progress(done, total, f"{class_name}: {done}/{total} trajectories")
-        states = np.concatenate(chunks)
+        states = np.concatenate(
+            [results[(class_name, job[5])] for job in jobs if job[1] == class_name]
+        )
         order = np.random.default_rng(seed).permutation(request.trajectories)
         bounds = np.cumsum((0, *counts))
         for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):

@@ -174,3 +174,24 @@ def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
     assert bad.exit_code == 2
     assert "error:" in bad.output and "CE-NOPE" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_worker_processes_give_the_same_dataset_as_one_process(tmp_path):
+    request = SimulationRequest(
+        family="euler",
+        classes=("CE-RP", "CE-CRP"),
+        trajectories=4,
+        resolution=16,
+        snapshots=3,
+        t_end=0.1,
+        seed=3,
+    )
+    serial = open_dataset(generate_dataset(request, tmp_path / "serial", batch_size=2, workers=1))
+    parallel = open_dataset(
+        generate_dataset(request, tmp_path / "parallel", batch_size=2, workers=2)
+    )
+    for split in ("train", "valid", "test"):
+        for class_name in request.classes:
+            np.testing.assert_array_equal(
+                serial.load(split, class_name), parallel.load(split, class_name)
+            )

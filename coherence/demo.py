@@ -129,5 +129,30 @@ def build_demo(
                 f"  done in {time.perf_counter() - t0:.0f} s, valid SMSE "
                 f"{history[-1]['valid_smse']:.4g}"
             )
+    precompute_default_analysis(root, log)
     log(f"demo workspace {root} ready in {time.perf_counter() - started:.0f} s")
     return root
+
+
+def precompute_default_analysis(root: Path, log: Log = print) -> None:
+    """Compute (or find cached) the dashboard's default view, so its first load is instant."""
+    from coherence.cache import JobRunner
+    from coherence.dashboard.selection import default_selection
+
+    selection = default_selection(root)
+    if selection is None:
+        log("no dataset with a compatible checkpoint: nothing to precompute")
+        return
+    runner = JobRunner(root)
+    for request in selection.to_requests(root):
+        key = runner.key(request)
+        if runner.status(key).state == "done":
+            log(f"default analysis {key[:12]} is cached")
+            continue
+        t0 = time.perf_counter()
+        log(
+            f"precomputing the default analysis ({len(request.checkpoints)} checkpoints × "
+            f"{len(request.trajectories)} batches, N = {request.n_examples})"
+        )
+        runner.run(request)
+        log(f"  done in {time.perf_counter() - t0:.0f} s")

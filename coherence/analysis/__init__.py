@@ -2,27 +2,30 @@
 
 Never imports streamlit. The contracts of ARCHITECTURE.md:
 ``influence_matrix(model, inputs, targets, *, response, estimator, damping, rtol)`` and
-``standardize(H)``.
+``standardize(H)``. Exports load lazily (PEP 562), so the figure builders and summaries can be
+imported without paying for torch.
 """
 
-from coherence.analysis.estimators import Estimator
-from coherence.analysis.influence import (
-    InfluenceDiagnostics,
-    InfluenceResult,
-    compute_influence,
-    influence_matrix,
-    top_eigenvalue,
-)
-from coherence.analysis.observables import Response
-from coherence.analysis.standardize import standardize
+from __future__ import annotations
 
-__all__ = [
-    "Estimator",
-    "InfluenceDiagnostics",
-    "InfluenceResult",
-    "Response",
-    "compute_influence",
-    "influence_matrix",
-    "standardize",
-    "top_eigenvalue",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Estimator": "coherence.analysis.estimators",
+    "InfluenceDiagnostics": "coherence.analysis.influence",
+    "InfluenceResult": "coherence.analysis.influence",
+    "compute_influence": "coherence.analysis.influence",
+    "influence_matrix": "coherence.analysis.influence",
+    "top_eigenvalue": "coherence.analysis.influence",
+    "Response": "coherence.analysis.observables",
+    "standardize": "coherence.analysis.standardize",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'coherence.analysis' has no attribute {name!r}")

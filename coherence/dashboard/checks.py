@@ -1,0 +1,174 @@
+"""Which selections can be computed: one sentence per problem, naming the value and the fix.
+
+Pure (no streamlit). Used twice: ``selection.decode_query`` explains and replaces every bad
+value of a shared link, and the page lists ``problems`` of the sidebar's selection instead
+of computing it (too few classes, a window past the trajectories or beyond N ≤ 512, a
+trajectory that does not exist, CUDA without a GPU, a model that does not fit the data).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from coherence.analysis.request import MAX_EXAMPLES
+from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
+from coherence.errors import RequestError
+
+if TYPE_CHECKING:
+    from coherence.dashboard.selection import Selection
+
+MAX_BATCHES = 64  # trajectories per analysis the dashboard accepts
+
+
+def split_list(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+def format_ranges(values: Sequence[int]) -> str:
+    """(0, 1, 2, 3, 7) → '0-3,7'."""
+    parts, values = [], sorted(values)
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
+
+
+def parse_ranges(text: str, limit: int) -> tuple[int, ...]:
+    """'0-3,7' → (0, 1, 2, 3, 7); indices must lie in 0..limit − 1 (checked before any range
+    is expanded, so an absurd '0-999999999' costs nothing)."""
+    out: set[int] = set()
+    for part in split_list(text):
+        match = _RANGE.fullmatch(part)
+        if match is None:
+            raise RequestError(f"{part!r} is not an index or a range like 0-5")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        if hi < lo:
+            raise RequestError(f"range {part!r} runs backwards")
+        if hi >= limit:
+            raise RequestError(f"index {hi} does not exist: {_count_trajectories(limit)}")
+        out.update(range(lo, hi + 1))
+    if not out:
+        raise RequestError("no trajectory index given")
+    return tuple(sorted(out))
+
+
+def check_group(catalog: Catalog, entry: DatasetEntry, names: Sequence[str]) -> str | None:
+    """None if ``names`` are checkpoints of one model group that fits the dataset."""
+    if not names:
+        return "no checkpoint selected; pick at least one seed"
+    unknown = [n for n in names if catalog.checkpoint(n) is None]
+    if unknown:
+        return f"checkpoint(s) {', '.join(unknown)} are not in the workspace"
+    misfit = [n for n in names if not catalog.checkpoint(n).fits(entry)]
+    if misfit:
+        first = catalog.checkpoint(misfit[0])
+        return (
+            f"checkpoint {misfit[0]} was trained on {first.family} data at "
+            f"{first.resolution[0]}×{first.resolution[1]}, but {entry.name} is {entry.family} "
+            f"at {entry.resolution[0]}×{entry.resolution[1]}; pick a model trained on it"
+        )
+    groups = {catalog.group_of(entry, n).label for n in names}
+    if len(groups) > 1:
+        return (
+            f"checkpoints {', '.join(names)} mix model groups ({', '.join(sorted(groups))}); "
+            "one group holds the seeds of one architecture: use compare mode for two"
+        )
+    return None
+
+
+def min_classes(entry: DatasetEntry) -> int:
+    """Class transfer and inter-class curves need 2 classes (when the dataset has them)."""
+    return min(2, len(entry.classes))
+
+
+def check_classes(entry: DatasetEntry, classes: Sequence[str]) -> str | None:
+    unknown = [c for c in classes if c not in entry.classes]
+    if unknown:
+        return (
+            f"class(es) {', '.join(unknown)} are not in the test split of {entry.name} "
+            f"(it has {', '.join(entry.classes)})"
+        )
+    if len(set(classes)) < min_classes(entry):
+        return (
+            f"pick at least {min_classes(entry)} classes: the class transfer matrix and the "
+            "inter-class curves compare classes"
+        )
+    return None
+
+
+def check_trajectories(entry: DatasetEntry, classes: Sequence[str], trajectories) -> str | None:
+    n_test = entry.n_test(classes)
+    if not trajectories:
+        return "no test trajectory selected; pick at least one (each is one batch)"
+    if len(trajectories) > MAX_BATCHES:
+        return f"{len(trajectories)} trajectories: the dashboard computes at most {MAX_BATCHES}"
+    bad = [t for t in trajectories if not 0 <= t < n_test]
+    if bad:
+        return f"trajectory {bad[0]} does not exist: {_count_trajectories(n_test)}"
+    return None
+
+
+def _count_trajectories(n: int) -> str:
+    if n == 0:
+        return "the selected classes have no test trajectory"
+    if n == 1:
+        return "there is 1 test trajectory per class (index 0)"
+    return f"there are {n} test trajectories per class (0..{n - 1})"
+
+
+def check_window(entry: DatasetEntry, n_classes: int, t_start: int, n_steps: int) -> str | None:
+    if t_start < 0 or n_steps < 1:
+        return f"window {t_start}:{n_steps}: start ≥ 0 and at least one step"
+    if t_start + n_steps > entry.transitions:
+        return (
+            f"window {t_start}:{n_steps} needs snapshots {t_start}..{t_start + n_steps}, but "
+            f"{entry.name} has {len(entry.times)} (0..{entry.transitions})"
+        )
+    n = n_classes * n_steps
+    if not 2 <= n <= MAX_EXAMPLES:
+        return (
+            f"{n_classes} classes × {n_steps} steps = {n} examples per batch; influence needs "
+            f"2 ≤ N ≤ {MAX_EXAMPLES}: shorten the window or drop a class"
+        )
+    return None
+
+
+def check_responses(entry: DatasetEntry, responses: Sequence[str]) -> str | None:
+    if not responses:
+        return "no response observable selected; pick SMSE at least"
+    if not entry.conserved and any(r in ("mass", "energy") for r in responses):
+        return (
+            f"mass and energy responses need compressible-Euler data; {entry.name} is "
+            f"{entry.family}"
+        )
+    return None
+
+
+def problems(selection: Selection, catalog: Catalog, *, cuda_available: bool = False) -> list[str]:
+    """Every reason the selection cannot be computed, one sentence each (empty: valid)."""
+    entry = catalog.dataset(selection.dataset)
+    if entry is None:
+        return [f"dataset {selection.dataset!r} is not in the workspace"]
+    checks = [
+        check_group(catalog, entry, selection.checkpoints),
+        check_classes(entry, selection.classes),
+        check_trajectories(entry, selection.classes, selection.trajectories),
+        check_window(entry, len(selection.classes), selection.t_start, selection.n_steps),
+        check_responses(entry, selection.responses),
+    ]
+    if selection.compare:
+        error = check_group(catalog, entry, selection.compare)
+        checks.append(f"compare group: {error}" if error else None)
+    if selection.device == "cuda" and not cuda_available:
+        checks.append("device cuda was chosen but no CUDA GPU is visible; use auto or cpu")
+    return [c for c in checks if c]

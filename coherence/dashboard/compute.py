@@ -1,0 +1,193 @@
+"""Compute on demand through the job runner: status per checkpoint group, submit, live
+progress (stage, fraction, ETA), cancel, and re-attach.
+
+Every request is keyed by its content (``JobRunner.key``), so a reload or a second tab with
+the same URL asks ``status(key)`` and finds the running job or the cached result: nothing
+here is per session. Progress is a fragment that reruns itself every second and reruns the
+whole page once no job of the view is running any more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from coherence.analysis.pipeline import AnalysisResult
+from coherence.analysis.request import AnalysisRequest
+from coherence.cache.jobs import JobStatus
+from coherence.dashboard import loaders
+from coherence.dashboard.selection import Selection
+from coherence.dashboard.workspace_scan import Catalog
+from coherence.errors import CoherenceError
+
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """One checkpoint group of the view: its request, job status and result."""
+
+    label: str  # e.g. "UNet" (compare mode: both labels differ)
+    checkpoints: tuple[str, ...]
+    request: AnalysisRequest | None = None
+    key: str | None = None
+    status: JobStatus | None = None
+    result: AnalysisResult | None = None
+    error: str | None = None  # the request is invalid (one sentence)
+
+    @property
+    def stem(self) -> str:
+        """A file-name-safe label for downloads."""
+        return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.label)
+
+
+def group_labels(catalog: Catalog, selection: Selection) -> list[str]:
+    labels = []
+    for names in selection.groups:
+        group = catalog.group_of(selection.dataset, names[0]) if names else None
+        labels.append(group.label if group else "group")
+    if len(labels) == 2 and labels[0] == labels[1]:  # same architecture, other seeds
+        labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
+    return labels
+
+
+def group_states(root: Path, catalog: Catalog, selection: Selection) -> tuple[GroupState, ...]:
+    """Request, key, status and (when cached) result of each group; errors explained."""
+    runner = loaders.job_runner(str(root))
+    states = []
+    for label, names in zip(group_labels(catalog, selection), selection.groups, strict=True):
+        try:
+            request = selection.to_request(root, names)
+            key = runner.key(request)
+            status = runner.status(key)
+        except CoherenceError as error:
+            states.append(GroupState(label, names, error=str(error)))
+            continue
+        result = loaders.result(root, key, request) if status.state == "done" else None
+        states.append(GroupState(label, names, request, key, status, result))
+    return tuple(states)
+
+
+def submit(root: str, requests: Sequence[AnalysisRequest]) -> None:
+    """Button callback: start (or join) a job per request that is not cached."""
+    runner = loaders.job_runner(root)
+    try:
+        for request in requests:
+            runner.submit(request)
+        st.session_state.pop("compute_error", None)
+    except CoherenceError as error:
+        st.session_state.compute_error = str(error)
+    except OSError as error:  # the worker process could not start
+        st.session_state.compute_error = f"could not start the analysis worker: {error}"
+
+
+def _cancel(root: str, keys: Sequence[str]) -> None:
+    runner = loaders.job_runner(root)
+    for key in keys:
+        runner.cancel(key)
+    st.session_state.cancel_requested = time.time()
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = max(float(seconds), 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def progress_panel(root: str, labels: tuple[str, ...], keys: tuple[str, ...]) -> None:
+    """Live progress of the running jobs of this view; reruns the page when they end."""
+    runner = loaders.job_runner(root)
+    statuses = [runner.status(key) for key in keys]
+    if not any(s.active for s in statuses):
+        st.rerun(scope="app")
+    for label, status in zip(labels, statuses, strict=True):
+        if status.active:
+            eta = (
+                f" · about {format_duration(status.eta_seconds)} left"
+                if status.eta_seconds is not None
+                else ""
+            )
+            st.progress(
+                min(max(status.fraction, 0.0), 1.0),
+                text=f"**{label}** · {status.stage or 'starting'} · "
+                f"{100 * status.fraction:.0f}%{eta}",
+            )
+        else:
+            st.caption(f"{label}: {status.state}")
+    asked = st.session_state.get("cancel_requested")
+    cancelling = asked is not None and time.time() - asked < 30
+    st.button(
+        "Cancelling…" if cancelling else "Cancel",
+        key="cancel_jobs",
+        disabled=cancelling,
+        on_click=_cancel,
+        args=(root, tuple(k for k, s in zip(keys, statuses, strict=True) if s.active)),
+        help="Stops the job at its next progress step; a later Compute starts it afresh.",
+    )
+
+
+def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[str]) -> None:
+    """The compute bar above the panels: cached age, progress, errors and the button."""
+    if problems:
+        st.error(
+            "This selection cannot be computed:\n"
+            + "\n".join(f"- {problem}" for problem in problems),
+            icon=":material/block:",
+        )
+        return
+    for group in states:
+        if group.error:
+            st.error(f"**{group.label}**: {group.error}", icon=":material/error:")
+    running = [g for g in states if g.status is not None and g.status.active]
+    if running:
+        st.session_state.pop("compute_error", None)
+        progress_panel(str(root), tuple(g.label for g in running), tuple(g.key for g in running))
+        return
+    st.session_state.pop("cancel_requested", None)
+    todo = []
+    for group in states:
+        status = group.status
+        if status is None:
+            continue
+        if status.state == "done" and group.result is not None:
+            st.caption(
+                f":material/check_circle: **{group.label}**: cached result, computed "
+                f"{format_duration(status.age_seconds)} ago "
+                f"(key `{group.key[:12]}`)"
+            )
+            continue
+        todo.append(group)
+        if status.state == "failed":
+            st.error(f"**{group.label}**: the analysis failed: {status.error}")
+        elif status.state == "cancelled":
+            st.warning(f"**{group.label}**: the analysis was cancelled; compute it again.")
+        else:
+            st.info(
+                f"**{group.label}**: not computed yet for this selection.",
+                icon=":material/info:",
+            )
+    if error := st.session_state.get("compute_error"):
+        st.error(error)
+    if todo:
+        st.button(
+            "Compute" if len(todo) == 1 else f"Compute {len(todo)} analyses",
+            type="primary",
+            key="compute",
+            icon=":material/play_arrow:",
+            on_click=submit,
+            args=(str(root), tuple(g.request for g in todo)),
+            help="Runs in a background worker; progress shows here, and the result is "
+            "cached for everyone who asks for the same analysis.",
+        )

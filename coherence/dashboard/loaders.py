@@ -1,0 +1,251 @@
+"""Cached loaders: everything the dashboard reads from disk or derives from a result.
+
+Module level, as Streamlit's caches want. ``st.cache_resource`` for objects shared read-only
+by every session (models, results, catalog: never copied, never mutated), ``st.cache_data``
+for small arrays (copied per call). File-backed loaders take the path plus a cheap
+signature (size and mtime), so a retrained checkpoint or regenerated dataset is re-read;
+results are cached by request key, which already hashes every input file's bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+
+from coherence.analysis.pipeline import AnalysisResult, prepare
+from coherence.analysis.request import AnalysisRequest
+from coherence.analysis.results import npz_bytes, result_arrays, result_metadata
+from coherence.analysis.scores import Scores, compute_scores
+from coherence.analysis.summaries import DistanceCurve, influence_vs_distance
+from coherence.cache.jobs import JobRunner
+from coherence.dashboard.workspace_scan import Catalog, scan_signature, scan_workspace
+from coherence.simulation.dataset import DatasetInfo, open_dataset
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.registry import parameter_count
+from coherence.surrogates.rollout import rollout_errors
+
+
+def file_signature(*paths: str | os.PathLike) -> tuple:
+    """(path, size, mtime) of each existing file: changes when a file is rewritten."""
+    out = []
+    for path in paths:
+        try:
+            stat = Path(path).stat()
+            out.append((str(path), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            out.append((str(path), None, None))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- workspace ---
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _catalog(root: str, signature: tuple) -> Catalog:
+    return scan_workspace(root)
+
+
+def catalog(root: str | os.PathLike) -> Catalog:
+    """The workspace catalog, rescanned only when a dataset or checkpoint file changed."""
+    return _catalog(str(root), scan_signature(root))
+
+
+@st.cache_resource(show_spinner=False)
+def job_runner(root: str) -> JobRunner:
+    """One runner (one diskcache connection pool) per workspace, shared by all sessions."""
+    return JobRunner(root)
+
+
+class _NotCached(LookupError):
+    """Raised inside the cached loader so that a miss is never cached."""
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _result(root: str, key: str, request_json: str) -> AnalysisResult:
+    request = AnalysisRequest.from_dict(json.loads(request_json))
+    result = job_runner(root).result(key, request)
+    if result is None:
+        raise _NotCached(key)
+    return result
+
+
+def result(root: str | os.PathLike, key: str, request: AnalysisRequest) -> AnalysisResult | None:
+    """The cached analysis for ``key`` relabelled with ``request``'s names, or None."""
+    try:
+        return _result(str(root), key, json.dumps(request.to_dict(), sort_keys=True))
+    except _NotCached:
+        return None
+
+
+# ----------------------------------------------------------------------------- data -----
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _dataset(path: str, signature: tuple) -> DatasetInfo:
+    return open_dataset(path)
+
+
+def dataset(path: str | os.PathLike) -> DatasetInfo:
+    data = Path(path) / "data"
+    files = sorted(data.glob("*/*.hdf5")) + sorted(data.glob("*/*.h5"))
+    return _dataset(str(path), file_signature(*files))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _trajectory(path: str, signature: tuple, split: str, class_name: str, index: int):
+    return dataset(path).load(split, class_name, [index])[0]
+
+
+def trajectory(path: str | os.PathLike, split: str, class_name: str, index: int) -> np.ndarray:
+    """States [T, F, H, W] of one trajectory (re-read when its file changes)."""
+    info = dataset(path)
+    signature = file_signature(info.file(split, class_name).path)
+    return _trajectory(str(path), signature, split, class_name, int(index))
+
+
+@st.cache_resource(show_spinner="Loading the analysis batches…", max_entries=8)
+def _batch_inputs(request_json: str, signature: tuple) -> np.ndarray:
+    request = AnalysisRequest.from_dict(json.loads(request_json))
+    _, batches = prepare(request)
+    return np.stack([b.inputs.double().numpy() for b in batches])
+
+
+def batch_inputs(request: AnalysisRequest) -> np.ndarray:
+    """Raw inputs [B, N, F, H, W] of every batch of the request (for the distance panel)."""
+    text = json.dumps(request.to_dict(), sort_keys=True)
+    files = sorted((Path(request.data) / "data" / request.split).glob("*.hdf5"))
+    return _batch_inputs(text, file_signature(*files))
+
+
+# --------------------------------------------------------------------------- models -----
+
+
+def checkpoint_signature(path: str | os.PathLike) -> tuple:
+    return file_signature(Path(path) / ckpt.CONFIG_FILE, Path(path) / ckpt.WEIGHTS_FILE)
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=12)
+def _model(path: str, signature: tuple) -> tuple[torch.nn.Module, ckpt.CheckpointConfig]:
+    return ckpt.load(path, device="cpu")
+
+
+def model(path: str | os.PathLike) -> tuple[torch.nn.Module, ckpt.CheckpointConfig]:
+    """(model in eval mode on the CPU, config); custom architectures are refused (no
+    trust_code in the dashboard: importing a module runs its code)."""
+    return _model(str(path), checkpoint_signature(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _parameters(path: str, signature: tuple) -> int:
+    return parameter_count(model(path)[0])
+
+
+def parameters(path: str | os.PathLike) -> int:
+    return _parameters(str(path), checkpoint_signature(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _history(path: str, signature: tuple) -> list[dict[str, float]]:
+    return ckpt.read_history(path)
+
+
+def history(path: str | os.PathLike) -> list[dict[str, float]]:
+    return _history(str(path), file_signature(Path(path) / ckpt.HISTORY_FILE))
+
+
+@st.cache_resource(show_spinner="Rolling the model out over the test trajectories…", max_entries=8)
+def _rollout(
+    path: str, signature: tuple, data: str, classes: tuple[str, ...], trajectories: tuple
+) -> dict[str, np.ndarray]:
+    states = np.concatenate(
+        [dataset(data).load("test", c, list(trajectories)) for c in classes]
+    )  # (C·B, T, F, H, W), class-major
+    net, _ = model(path)
+    with torch.no_grad():
+        errors = rollout_errors(net, torch.from_numpy(states).float())
+    return {
+        "one_step": errors.one_step,
+        "rollout": errors.rollout,
+        "prediction": errors.prediction,
+        "truth": states,
+    }
+
+
+def rollout(
+    path: str | os.PathLike, data: str | os.PathLike, classes: tuple, trajectories: tuple
+) -> dict[str, np.ndarray]:
+    """Teacher-forced and autoregressive errors over whole test trajectories of one
+    checkpoint: one_step/rollout [C·B, H], prediction [C·B, H + 1, F, H, W], truth alike."""
+    return _rollout(str(path), checkpoint_signature(path), str(data), classes, trajectories)
+
+
+# ---------------------------------------------------------------------- derived ---------
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _scores(key: str, response: str, _result: AnalysisResult) -> Scores:
+    spectra = _spectra_lists(_result)
+    return compute_scores(_result.H_std[response], spectra)
+
+
+def _spectra_lists(result: AnalysisResult) -> list[list[np.ndarray]] | None:
+    """eig(QᵀηQ) per (checkpoint, batch) without the NaN padding; None if not computed."""
+    rows = [[e[np.isfinite(e)] for e in per_batch] for per_batch in result.subspace_spectra]
+    if any(e.size == 0 or not np.any(e > 0) for row in rows for e in row):
+        return None
+    return rows
+
+
+def scores(key: str, result: AnalysisResult, response: str | None = None) -> Scores:
+    """The §7 score table of one result (cached by request key, which fixes the numbers)."""
+    return _scores(key, response or result.primary, result)
+
+
+@st.cache_resource(show_spinner="Smoothing influence against input distance…", max_entries=16)
+def _distance(key: str, response: str, _result: AnalysisResult) -> DistanceCurve:
+    inputs = batch_inputs(_result.request)
+    return influence_vs_distance(_result.H_std[response], inputs)
+
+
+def distance_curve(key: str, result: AnalysisResult, response: str | None = None):
+    return _distance(key, response or result.primary, result)
+
+
+# ----------------------------------------------------------------------- downloads ------
+
+
+def analysis_zip(result: AnalysisResult, stem: str) -> bytes:
+    """The whole analysis as one zip: ``<stem>.npz`` (arrays) + ``<stem>.json`` (request,
+    diagnostics, provenance): the result-file pair of `coherence analyze`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{stem}.npz", npz_bytes(result_arrays(result)))
+        metadata = json.dumps(result_metadata(result), indent=2, default=_json_default)
+        archive.writestr(f"{stem}.json", metadata + "\n")
+    return buffer.getvalue()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@st.cache_resource(show_spinner=False)
+def png_available() -> bool:
+    """Whether kaleido can render PNG here (probed once per server)."""
+    import plotly.graph_objects as go
+
+    from coherence.analysis.exports import figure_png
+
+    return figure_png(go.Figure(), width=50, height=50) is not None

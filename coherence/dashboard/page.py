@@ -1,0 +1,172 @@
+"""The router: page setup, empty states, sidebar → selection → jobs → tabs of panels.
+
+Layout and state only; the work lives in ``selection`` (what to compute), ``compute`` (jobs)
+and ``panels`` (figures from the analysis package's pure builders). ``run()`` is what the
+repository's ``app.py`` calls, and what the AppTest tests drive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from coherence.dashboard import compute, loaders, sidebar
+from coherence.dashboard.checks import problems
+from coherence.dashboard.compute import GroupState
+from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, headline
+from coherence.dashboard.selection import Selection
+from coherence.dashboard.workspace_scan import Catalog
+from coherence.errors import CoherenceError
+from coherence.workspace import ENV_VAR, workspace_root
+
+TITLE = "Coherence Explorer"
+TAGLINE = (
+    "Influence diagnostics for autoregressive PDE surrogates: did the model learn the "
+    "dynamics, or memorize its training data one time step at a time?"
+)
+
+
+def run() -> None:
+    st.set_page_config(
+        page_title=TITLE, page_icon="🌀", layout="wide", initial_sidebar_state="expanded"
+    )
+    st.title(TITLE, anchor=False)
+    st.caption(TAGLINE)
+    root = workspace_root()
+    catalog = loaders.catalog(root)
+    if not _offers_analysis(catalog):
+        empty_state(catalog)
+        return
+    cuda = torch.cuda.is_available()
+    if "sb_dataset" not in st.session_state:  # a new session: the URL decides
+        for warning in sidebar.init_from_url(catalog, cuda_available=cuda):
+            st.warning(warning, icon=":material/link_off:")
+    selection = sidebar.prepare(catalog)
+    if selection is None:
+        st.error("The sidebar holds an incomplete selection; pick a dataset and a model.")
+    else:
+        sidebar.sync_url(selection)
+        _main(root, catalog, selection, cuda)
+    sidebar.draw(catalog, cuda_available=cuda)  # last: the heatmap reaches the browser first
+    with st.sidebar:
+        _skipped_entries(catalog)
+
+
+def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool) -> None:
+    """Status and compute bar, headline scores, the tabs of panels, the analysis files."""
+    issues = problems(selection, catalog, cuda_available=cuda)
+    if issues:
+        labels = compute.group_labels(catalog, selection)
+        states = tuple(
+            GroupState(label, names) for label, names in zip(labels, selection.groups, strict=True)
+        )
+    else:
+        states = compute.group_states(root, catalog, selection)
+    st.caption(f"**{selection.dataset}** · {sidebar.describe(selection)}")
+    compute.render_status(root, states, issues)
+    ctx = PanelContext(root, catalog, selection, catalog.dataset(selection.dataset), states)
+    if ctx.ready:
+        _guarded(headline, ctx)
+    tabs = st.tabs(
+        [label for label, _ in PANELS], key="panel", bind="query-params", default=DEFAULT_PANEL
+    )
+    for tab, (_, render) in zip(tabs, PANELS, strict=True):
+        if tab.open is False:  # lazy: only the open tab runs
+            continue
+        with tab:
+            _guarded(render, ctx)
+    _details(ctx)
+
+
+def _guarded(render, ctx: PanelContext) -> None:
+    """A user-facing error (bad file, impossible request) as one sentence, not a traceback."""
+    try:
+        render(ctx)
+    except CoherenceError as error:
+        st.error(str(error), icon=":material/error:")
+
+
+def _offers_analysis(catalog: Catalog) -> bool:
+    return any(catalog.groups(d) and d.classes for d in catalog.datasets)
+
+
+def empty_state(catalog: Catalog) -> None:
+    """Say what is missing and the one command that fixes it."""
+    root = catalog.root
+    if not catalog.exists:
+        st.info(
+            f"### No workspace yet\nThere is no workspace at `{root}`.\n\n"
+            "Build the demo workspace (Euler data, UNet and ViT for three seeds, and the "
+            "default analysis) with\n\n```\ncoherence demo\n```\n\nor `make run`, which also "
+            f"serves this dashboard. To use another directory, set `{ENV_VAR}`.",
+            icon=":material/folder_off:",
+        )
+    elif not catalog.datasets:
+        st.info(
+            f"### The workspace has no datasets\n`{root}` holds no dataset under "
+            "`datasets/`.\n\nRun `coherence demo` to build the demo workspace, or simulate one "
+            f"with\n\n```\ncoherence simulate --out {root / 'datasets' / 'my_data'}\n```",
+            icon=":material/dataset:",
+        )
+    else:
+        names = ", ".join(d.name for d in catalog.datasets)
+        first = catalog.datasets[0].name
+        st.info(
+            f"### No model fits the datasets yet\nDatasets: {names}. No checkpoint under "
+            f"`{root / 'checkpoints'}` was trained on data of their family, channels and grid."
+            f"\n\nTrain one with\n\n```\ncoherence train --data {root / 'datasets' / first} "
+            f"--out {root / 'checkpoints' / 'unet_s42'}\n```\n\nor run `coherence demo`.",
+            icon=":material/model_training:",
+        )
+    _skipped_entries(catalog)
+
+
+def _skipped_entries(catalog: Catalog) -> None:
+    if catalog.problems:
+        with st.expander(f"{len(catalog.problems)} workspace entries skipped", icon="⚠️"):
+            st.markdown("\n".join(f"- {problem}" for problem in catalog.problems))
+
+
+def _details(ctx: PanelContext) -> None:
+    """The whole analysis as files, and where every number came from."""
+    if not ctx.ready:
+        return
+    details = st.expander(
+        "Analysis files and provenance",
+        icon=":material/description:",
+        key="details",
+        on_change="rerun",  # lazy: drawn only when opened
+    )
+    if details.open is False:
+        return
+    with details:
+        for i, group in enumerate(ctx.ready):
+            stem = ctx.stem("analysis", group)
+            result = group.result
+            st.markdown(f"**{group.label}** · cache key `{group.key}`")
+            st.download_button(
+                "Whole analysis (npz + JSON provenance, zip)",
+                data=lambda r=result, s=stem: loaders.analysis_zip(r, s),
+                file_name=f"{stem}.zip",
+                mime="application/zip",
+                key=f"dl_analysis_{i}",
+                on_click="ignore",
+                icon=":material/download:",
+            )
+            seconds = result.provenance.get("seconds")
+            fingerprint = str(result.provenance.get("dataset_fingerprint", "?"))[:16]
+            st.caption(
+                f"Computed on {result.provenance.get('device', '?')}"
+                + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "")
+                + f"; dataset fingerprint `{fingerprint}`"
+            )
+            st.json(
+                {
+                    "request": result.request.to_dict(),
+                    "provenance": result.provenance,
+                    "diagnostics (checkpoint × batch)": result.diagnostics,
+                },
+                expanded=False,
+            )

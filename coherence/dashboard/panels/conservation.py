@@ -1,0 +1,104 @@
+"""Panel 7 (METHOD.md §6.6): influence on conserved quantities (mass, energy), CE only."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from coherence.analysis.exports import lag_curves_csv, two_time_csv
+from coherence.analysis.figures import lag_curves_figure, two_time_heatmap
+from coherence.analysis.summaries import lag_curves, two_time_map
+from coherence.dashboard.panels.common import (
+    PanelContext,
+    chart,
+    csv_file,
+    downloads,
+    need_results,
+    pair_figure,
+)
+
+CONSERVED = ("mass", "energy")
+
+
+def conservation(ctx: PanelContext) -> None:
+    """Two-time maps and lag curves with the mass / energy response (SMSE perturbation)."""
+    st.caption(
+        "How a descent step on example p (SMSE) moves the relative error of total mass or "
+        "energy at example r: the same two-time map and lag curves as for SMSE, with the "
+        "response A = mass or energy (r_M = (M[ŷ] − M[x]) / M[x]). A model that learned the "
+        "conservation law shows transfer here across times and classes."
+    )
+    if not ctx.dataset.conserved:
+        st.info(
+            f"Mass and energy responses exist for compressible Euler only; {ctx.dataset.name} "
+            f"is {ctx.dataset.family}."
+        )
+        return
+    missing = [r for r in CONSERVED if r not in ctx.selection.responses]
+    if missing:
+        st.info(
+            f"Add **{' and '.join(missing)}** to the response observables in the sidebar and "
+            "compute: all responses come from one pass over the batch."
+        )
+    responses = [r for r in CONSERVED if r in ctx.selection.responses]
+    if not responses or not need_results(ctx):
+        return
+    tabs = st.tabs([r.capitalize() for r in responses])
+    for tab, response in zip(tabs, responses, strict=True):
+        with tab:
+            _one_response(ctx, response)
+
+
+def _one_response(ctx: PanelContext, response: str) -> None:
+    symbol = f"Ĥ_{response}"
+    maps, figures = [], []
+    for group in ctx.ready:
+        result = group.result
+        V = two_time_map(result.H_std[response])
+        maps.append((group, V))
+        figures.append(
+            two_time_heatmap(
+                V,
+                result.times,
+                ctx.n_examples,
+                title=f"Two-time influence on {response}" if len(ctx.ready) == 1 else "",
+                value_label=symbol,
+                steps=result.steps,
+            )
+        )
+    figure = pair_figure(
+        figures,
+        [g.label for g in ctx.ready],
+        zrange=ctx.zrange,
+        title=f"Two-time influence on {response}",
+    )
+    chart(figure, key=f"chart_{response}_map")
+    downloads(
+        f"{response}_map",
+        ctx.stem(f"{response}_two_time"),
+        figure=figure,
+        files=[
+            csv_file(
+                f"Data {g.label} (CSV)" if ctx.compare else "Data (CSV)",
+                f"{ctx.stem(f'{response}_two_time', g)}.csv",
+                lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps),
+            )
+            for g, V in maps
+        ],
+    )
+    groups = [(g.label, lag_curves(g.result.H_std[response])) for g in ctx.ready]
+    lags = lag_curves_figure(
+        groups, title=f"Influence on {response} vs time lag", value_label=symbol
+    )
+    chart(lags, key=f"chart_{response}_lag")
+    downloads(
+        f"{response}_lag",
+        ctx.stem(f"{response}_time_lag"),
+        figure=lags,
+        files=[
+            csv_file(
+                "Data (CSV)",
+                f"{ctx.stem(f'{response}_time_lag')}.csv",
+                lambda: lag_curves_csv(groups),
+            )
+        ],
+    )

@@ -1,0 +1,196 @@
+"""Model panels (METHOD.md §6.5, 6.7): the NTK spectrum, and rollout vs one-step error with a
+field viewer comparing prediction and truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from coherence.analysis.exports import (
+    panel_npz,
+    rollout_csv,
+    spectra_csv,
+    top_eigenvalues_csv,
+)
+from coherence.analysis.figures import (
+    field_viewer,
+    rollout_figure,
+    subspace_spectrum_figure,
+    top_eigenvalue_box,
+)
+from coherence.analysis.summaries import rollout_summary, spectrum_summary
+from coherence.dashboard import loaders
+from coherence.dashboard.panels.common import (
+    PanelContext,
+    chart,
+    csv_file,
+    downloads,
+    how_to_read,
+    need_results,
+    npz_file,
+)
+from coherence.errors import CoherenceError
+from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
+
+
+def spectrum(ctx: PanelContext) -> None:
+    """Panel 6: λ_max(η + λI) per group (box) and the full subspace spectrum."""
+    if not need_results(ctx):
+        return
+    st.caption(how_to_read(top_eigenvalue_box))
+    tops = {g.label: g.result.top_eigenvalues for g in ctx.ready}
+    try:
+        box = top_eigenvalue_box(tops)
+    except CoherenceError as error:
+        st.info(f"No top eigenvalue in this result: {error}")
+    else:
+        chart(box, key="chart_top_eigenvalue")
+        downloads(
+            "top_eig",
+            ctx.stem("top_eigenvalue"),
+            figure=box,
+            files=[
+                csv_file(
+                    "Data (CSV)",
+                    f"{ctx.stem('top_eigenvalue')}.csv",
+                    lambda: top_eigenvalues_csv(tops),
+                )
+            ],
+        )
+    st.caption(how_to_read(subspace_spectrum_figure))
+    spectra = {g.label: g.result.subspace_spectra for g in ctx.ready}
+    try:
+        figure = subspace_spectrum_figure(spectra)
+    except CoherenceError:
+        st.info(
+            "The full spectrum of QᵀηQ comes with the **subspace** estimator; this result "
+            f"used {ctx.selection.estimator}. Choose subspace in the sidebar to see it."
+        )
+        return
+    chart(figure, key="chart_spectrum")
+    rows = []
+    for group in ctx.ready:
+        stats = [
+            spectrum_summary(e[np.isfinite(e)])
+            for per_batch in group.result.subspace_spectra
+            for e in per_batch
+            if np.any(np.isfinite(e) & (e > 0))
+        ]
+        if not stats:
+            continue
+        rows.append(
+            {
+                "group": group.label,
+                "rank (median)": float(np.median([s["n"] for s in stats])),
+                "participation ratio": float(np.median([s["participation_ratio"] for s in stats])),
+                "entropy rank": float(np.median([s["entropy_rank"] for s in stats])),
+                "dominant share": float(np.median([s["dominant_share"] for s in stats])),
+                "decay slope": float(
+                    np.median([s["decay_slope"] for s in stats if s["decay_slope"] is not None])
+                )
+                if any(s["decay_slope"] is not None for s in stats)
+                else float("nan"),
+            }
+        )
+    if rows:
+        st.caption(
+            "Medians over (seed, batch): participation ratio (Σλ)²/Σλ² and entropy rank are "
+            "effective ranks (N for a flat spectrum, 1 for one direction); decay slope p in "
+            "λ_k ∝ k^p over the top half."
+        )
+        st.dataframe(rows, hide_index=True, width="stretch")
+    downloads(
+        "spectrum",
+        ctx.stem("spectrum"),
+        figure=figure,
+        files=[csv_file("Data (CSV)", f"{ctx.stem('spectrum')}.csv", lambda: spectra_csv(spectra))],
+    )
+
+
+def _rollouts(ctx: PanelContext, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+    data = resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset)
+    return [
+        loaders.rollout(
+            resolve_inside(checkpoints_dir(ctx.root), name),
+            data,
+            ctx.selection.classes,
+            ctx.selection.trajectories,
+        )
+        for name in names
+    ]
+
+
+def rollout(ctx: PanelContext) -> None:
+    """Panel 8: one-step vs rollout SMSE by horizon; prediction vs truth field viewer."""
+    st.caption(
+        how_to_read(rollout_figure)
+        + " Whole test trajectories of the selected classes and trajectories, from the first "
+        "snapshot; computed here on the CPU."
+    )
+    summaries, per_group = {}, {}
+    try:
+        for group in ctx.groups:
+            runs = _rollouts(ctx, group.checkpoints)
+            per_group[group.label] = (group, runs)
+            summaries[group.label] = rollout_summary(
+                np.stack([r["one_step"] for r in runs]), np.stack([r["rollout"] for r in runs])
+            )
+    except CoherenceError as error:
+        st.warning(f"Rollouts are not available for this selection: {error}")
+        return
+    figure = rollout_figure(summaries)
+    figure.update_xaxes(dtick=1 if len(ctx.dataset.times) <= 25 else None)  # whole steps
+    chart(figure, key="chart_rollout")
+    downloads(
+        "rollout",
+        ctx.stem("rollout"),
+        figure=figure,
+        files=[
+            csv_file("Data (CSV)", f"{ctx.stem('rollout')}.csv", lambda: rollout_csv(summaries))
+        ],
+    )
+
+    st.subheader("Prediction vs truth", anchor=False)
+    st.caption(how_to_read(field_viewer))
+    names = [n for g, _ in per_group.values() for n in g.checkpoints]
+    cols = st.columns(5)
+    name = cols[0].selectbox("Checkpoint", names, key="field_ckpt")
+    class_name = cols[1].selectbox("Class", ctx.selection.classes, key="field_class")
+    index = cols[2].selectbox("Trajectory", ctx.selection.trajectories, key="field_traj")
+    channel = cols[3].selectbox("Channel", ctx.dataset.channels, key="field_channel")
+    group, runs = next(v for v in per_group.values() if name in v[0].checkpoints)
+    run = runs[group.checkpoints.index(name)]
+    horizon_max = run["prediction"].shape[1] - 1
+    horizon = cols[4].slider("Horizon h", 1, max(horizon_max, 1), horizon_max, key="field_h")
+    row = ctx.selection.classes.index(class_name) * len(ctx.selection.trajectories) + list(
+        ctx.selection.trajectories
+    ).index(index)
+    prediction, truth = run["prediction"][row, horizon], run["truth"][row, horizon]
+    time = ctx.dataset.times[horizon]
+    fields = field_viewer(
+        prediction,
+        truth,
+        ctx.dataset.channels,
+        channel,
+        title=f"{name}: {class_name} test #{index}, rollout step {horizon} (t = {time:.3g})",
+    )
+    chart(fields, key="chart_fields")
+    downloads(
+        "fields",
+        ctx.stem("fields"),
+        figure=fields,
+        files=[
+            npz_file(
+                "Fields (npz)",
+                f"{ctx.stem('fields')}.npz",
+                lambda: panel_npz(
+                    {
+                        "prediction": run["prediction"][row],
+                        "truth": run["truth"][row],
+                        "channels": np.asarray(ctx.dataset.channels),
+                        "times": np.asarray(ctx.dataset.times),
+                    }
+                ),
+            )
+        ],
+    )

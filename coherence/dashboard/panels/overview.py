@@ -1,0 +1,149 @@
+"""Panel 1: the dataset (animated snapshots per class, channel picker) and the models
+(parameters, training and validation curves across seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from coherence.analysis.exports import panel_npz, training_curves_csv
+from coherence.analysis.figures import snapshot_animation, training_curves_figure
+from coherence.analysis.summaries import training_curves
+from coherence.dashboard import loaders
+from coherence.dashboard.panels.common import (
+    PanelContext,
+    chart,
+    csv_file,
+    downloads,
+    how_to_read,
+    npz_file,
+)
+from coherence.errors import CoherenceError
+from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
+
+FAMILY_NAMES = {"euler": "Euler", "ns": "Navier–Stokes"}
+
+
+def overview(ctx: PanelContext) -> None:
+    entry = ctx.dataset
+    st.subheader(f"Dataset {entry.name}", anchor=False)
+    cols = st.columns(4)
+    h, w = entry.resolution
+    cols[0].metric(
+        "PDE family",
+        {"euler": "Compressible Euler", "ns": "Navier–Stokes"}.get(entry.family, entry.family),
+    )
+    cols[1].metric("Grid", f"{h} × {w}")
+    cols[2].metric("Snapshots", f"{len(entry.times)} (t ≤ {entry.times[-1]:.3g})")
+    cols[3].metric("Classes", len(entry.classes))
+    st.dataframe(
+        [
+            {"class": c, **{split: entry.counts.get(split, {}).get(c, 0) for split in entry.counts}}
+            for c in entry.classes
+        ],
+        hide_index=True,
+    )
+    _snapshots(ctx)
+    st.subheader("Models", anchor=False)
+    _models(ctx)
+
+
+def _snapshots(ctx: PanelContext) -> None:
+    entry = ctx.dataset
+    st.caption(how_to_read(snapshot_animation))
+    cols = st.columns(3)
+    class_name = cols[0].selectbox("Class", entry.classes, key="ov_class")
+    index = cols[1].selectbox(
+        "Test trajectory",
+        list(range(entry.counts.get("test", {}).get(class_name, 0))),
+        key="ov_traj",
+    )
+    channel = cols[2].selectbox("Channel", entry.channels, key="ov_channel")
+    path = resolve_inside(datasets_dir(ctx.root), entry.name)
+    try:
+        states = loaders.trajectory(str(path), "test", class_name, int(index or 0))
+    except CoherenceError as error:
+        st.warning(f"Cannot read this trajectory: {error}")
+        return
+    figure = snapshot_animation(
+        states,
+        np.asarray(entry.times),
+        entry.channels,
+        channel,
+        title=f"{class_name}, test trajectory {index}:",
+    )
+    chart(figure, key="chart_snapshots")
+    stem = ctx.stem(f"snapshots_{class_name}_{index}")
+    downloads(
+        "snapshots",
+        stem,
+        figure=figure,
+        files=[
+            npz_file(
+                "States (npz)",
+                f"{stem}.npz",
+                lambda: panel_npz(
+                    {
+                        "states": states,
+                        "times": np.asarray(entry.times),
+                        "channels": np.asarray(entry.channels),
+                    }
+                ),
+            )
+        ],
+    )
+
+
+def _models(ctx: PanelContext) -> None:
+    rows, curves = [], {}
+    for group in ctx.groups:
+        histories = []
+        for name in group.checkpoints:
+            path = resolve_inside(checkpoints_dir(ctx.root), name)
+            entry = ctx.catalog.checkpoint(name)
+            try:
+                parameters = loaders.parameters(path)
+            except CoherenceError as error:
+                st.warning(f"{name}: {error}")
+                parameters = None
+            history = loaders.history(path)
+            if history:
+                histories.append(history)
+            last = history[-1] if history else {}
+            rows.append(
+                {
+                    "group": group.label,
+                    "checkpoint": name,
+                    "architecture": entry.arch if entry else "?",
+                    "seed": entry.seed if entry else None,
+                    "parameters": parameters,
+                    "trained on": entry.dataset_name if entry else "?",
+                    "epochs": len(history),
+                    "final train SMSE": last.get("train_smse"),
+                    "final validation SMSE": last.get("valid_smse"),
+                }
+            )
+        if histories:
+            try:
+                curves[group.label] = training_curves(histories)
+            except CoherenceError as error:
+                st.warning(f"{group.label}: no training curves ({error})")
+    st.dataframe(rows, hide_index=True, width="stretch")
+    if not curves:
+        st.info("These checkpoints carry no training history (history.json).")
+        return
+    st.caption(how_to_read(training_curves_figure))
+    figure = training_curves_figure(curves)
+    chart(figure, key="chart_training")
+    downloads(
+        "training",
+        ctx.stem("training"),
+        figure=figure,
+        files=[
+            csv_file(
+                "Data (CSV)",
+                f"{ctx.stem('training')}.csv",
+                lambda: training_curves_csv(curves),
+            )
+        ],
+    )

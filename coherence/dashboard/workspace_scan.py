@@ -1,0 +1,263 @@
+"""What the workspace holds: datasets and checkpoints, checkpoints grouped by architecture.
+
+Pure (no streamlit). Only directories directly under ``<workspace>/datasets`` and
+``<workspace>/checkpoints`` are listed, each resolved with ``resolve_inside`` so a symlink
+that leaves the workspace is skipped, never opened. A broken entry (bad HDF5, bad
+config.json) becomes a one-line problem in ``Catalog.problems`` instead of an exception.
+
+Cost: one ``open_dataset`` per dataset (≈ 4 ms per HDF5 file: metadata only) and one small
+JSON read per checkpoint; the dashboard caches the catalog on ``scan_signature``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from coherence.errors import CoherenceError
+from coherence.simulation.classes import CLASSES
+from coherence.simulation.dataset import SPLITS, open_dataset
+from coherence.surrogates import checkpoint as ckpt
+from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
+
+ARCH_LABELS = MappingProxyType({"unet": "UNet", "vit": "ViT"})
+ARCH_ORDER = ("unet", "vit")
+CONSERVED_FAMILY = "euler"  # mass and energy responses exist for compressible Euler only
+
+
+def class_order(names: Any) -> tuple[str, ...]:
+    """Classes in the registry's order (CE-RP, CE-CRP, CE-RPUI, …), unknown ones after,
+    alphabetically: one canonical order, so the same set always makes the same request."""
+    known = list(CLASSES)
+    unique = set(names)
+    return tuple(sorted(unique, key=lambda c: (known.index(c) if c in known else len(known), c)))
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A checked dataset directory ``datasets/<name>``."""
+
+    name: str  # directory name (what the URL and the sidebar use)
+    well_name: str  # the files' dataset_name attribute (what checkpoints record)
+    family: str  # euler | ns
+    channels: tuple[str, ...]
+    resolution: tuple[int, int]
+    times: tuple[float, ...]
+    counts: Mapping[str, Mapping[str, int]] = field(repr=False)  # split → class → trajectories
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Classes of the test split (analysis batches come from it), canonical order."""
+        return class_order(self.counts.get("test", {}))
+
+    @property
+    def transitions(self) -> int:
+        return len(self.times) - 1
+
+    def n_test(self, classes: Any = None) -> int:
+        """Test trajectories available in every one of ``classes`` (all classes if None)."""
+        per_class = self.counts.get("test", {})
+        names = self.classes if classes is None else tuple(classes)
+        counts = [per_class[c] for c in names if c in per_class]
+        return min(counts) if counts else 0
+
+    @property
+    def conserved(self) -> bool:
+        """Whether mass and energy responses apply (compressible Euler)."""
+        return self.family == CONSERVED_FAMILY
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A checkpoint directory ``checkpoints/<name>`` (config only; weights not loaded)."""
+
+    name: str
+    arch: str
+    family: str
+    channels: tuple[str, ...]
+    resolution: tuple[int, int]
+    seed: int
+    dataset_name: str  # dataset_name it was trained on
+    model_json: str  # canonical JSON of the architecture config: the group identity
+
+    def fits(self, dataset: DatasetEntry) -> bool:
+        """Same family, channels and grid (what ``check_compatible`` demands)."""
+        return (
+            self.family == dataset.family
+            and self.channels == dataset.channels
+            and self.resolution == dataset.resolution
+        )
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """Checkpoints of one architecture and size (the seeds of one model), sorted by seed."""
+
+    label: str
+    arch: str
+    checkpoints: tuple[str, ...]
+    trained_here: bool  # every member was trained on the dataset it is grouped for
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Everything the sidebar can offer, and why some entries were skipped."""
+
+    root: Path
+    exists: bool
+    datasets: tuple[DatasetEntry, ...] = ()
+    checkpoints: tuple[CheckpointEntry, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    def dataset(self, name: str) -> DatasetEntry | None:
+        return next((d for d in self.datasets if d.name == name), None)
+
+    def checkpoint(self, name: str) -> CheckpointEntry | None:
+        return next((c for c in self.checkpoints if c.name == name), None)
+
+    def groups(self, dataset: DatasetEntry | str) -> tuple[ModelGroup, ...]:
+        """Model groups that fit ``dataset``: trained on it first, then UNet, ViT, others."""
+        entry = self.dataset(dataset) if isinstance(dataset, str) else dataset
+        if entry is None:
+            return ()
+        return model_groups([c for c in self.checkpoints if c.fits(entry)], entry.well_name)
+
+    def group_of(self, dataset: DatasetEntry | str, checkpoint: str) -> ModelGroup | None:
+        return next((g for g in self.groups(dataset) if checkpoint in g.checkpoints), None)
+
+
+def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[ModelGroup, ...]:
+    """Group by (architecture, architecture config); label by the config fields that differ."""
+    by_key: dict[tuple[str, str], list[CheckpointEntry]] = {}
+    for entry in entries:
+        by_key.setdefault((entry.arch, entry.model_json), []).append(entry)
+    configs_per_arch: dict[str, list[dict]] = {}
+    for arch, model_json in by_key:
+        configs_per_arch.setdefault(arch, []).append(json.loads(model_json))
+    groups = []
+    for (arch, model_json), members in by_key.items():
+        label = ARCH_LABELS.get(arch, arch)
+        siblings = configs_per_arch[arch]
+        if len(siblings) > 1:
+            config = json.loads(model_json)
+            differing = [
+                k
+                for k in sorted(config)
+                if k != "arch" and any(s.get(k) != config.get(k) for s in siblings)
+            ]
+            label += " (" + ", ".join(f"{k}={config[k]}" for k in differing[:2]) + ")"
+        members = sorted(members, key=lambda c: (c.seed, c.name))
+        groups.append(
+            ModelGroup(
+                label=label,
+                arch=arch,
+                checkpoints=tuple(c.name for c in members),
+                trained_here=all(c.dataset_name == dataset_name for c in members),
+            )
+        )
+    rank = {a: i for i, a in enumerate(ARCH_ORDER)}
+    groups.sort(key=lambda g: (not g.trained_here, rank.get(g.arch, len(rank)), g.label))
+    return tuple(groups)
+
+
+def _entries(parent: Path, root: Path, problems: list[str]) -> list[Path]:
+    """Visible subdirectories of ``parent`` that resolve inside the workspace."""
+    if not parent.is_dir():
+        return []
+    out = []
+    for path in sorted(parent.iterdir()):
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        try:
+            out.append(resolve_inside(root, path))
+        except CoherenceError:
+            problems.append(f"{path.relative_to(root)}: points outside the workspace; skipped")
+    return out
+
+
+def _dataset_entry(name: str, path: Path) -> DatasetEntry:
+    info = open_dataset(path)
+    counts = {
+        split: MappingProxyType({c: m.n_trajectories for c, m in info.files[split].items()})
+        for split in SPLITS
+        if split in info.files
+    }
+    return DatasetEntry(
+        name=name,
+        well_name=info.name,
+        family=info.family.value,
+        channels=tuple(info.channels),
+        resolution=(info.height, info.width),
+        times=tuple(float(t) for t in info.times),
+        counts=MappingProxyType(counts),
+    )
+
+
+def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
+    config = ckpt.read_config(path)  # also refuses a directory without weights
+    return CheckpointEntry(
+        name=name,
+        arch=config.arch,
+        family=config.family,
+        channels=tuple(config.channels),
+        resolution=tuple(config.resolution),
+        seed=config.seed,
+        dataset_name=str(config.dataset.get("name", "")),
+        model_json=json.dumps(config.model, sort_keys=True),
+    )
+
+
+def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
+    """List and check every dataset and checkpoint of the workspace (never raises on a bad
+    entry: it is skipped and explained in ``problems``)."""
+    root = workspace_root(workspace)
+    if not root.is_dir():
+        return Catalog(root=root, exists=False)
+    problems: list[str] = []
+    datasets, checkpoints = [], []
+    for path in _entries(datasets_dir(root), root, problems):
+        try:
+            datasets.append(_dataset_entry(path.name, path))
+        except (CoherenceError, OSError) as error:
+            problems.append(f"dataset {path.name}: {error}")
+    for path in _entries(checkpoints_dir(root), root, problems):
+        try:
+            checkpoints.append(_checkpoint_entry(path.name, path))
+        except (CoherenceError, OSError, KeyError, TypeError) as error:
+            problems.append(f"checkpoint {path.name}: {error}")
+    return Catalog(
+        root=root,
+        exists=True,
+        datasets=tuple(datasets),
+        checkpoints=tuple(checkpoints),
+        problems=tuple(problems),
+    )
+
+
+def scan_signature(workspace: str | os.PathLike | None = None) -> tuple:
+    """A cheap fingerprint (names, sizes, mtimes) that changes when the catalog may have:
+    the cache key of the dashboard's catalog loader. A few stats per entry."""
+    root = workspace_root(workspace)
+    items: list[tuple] = [(str(root), root.is_dir())]
+    for parent, patterns in (
+        (datasets_dir(root), ("data/*/*.hdf5", "data/*/*.h5")),
+        (checkpoints_dir(root), (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE)),
+    ):
+        if not parent.is_dir():
+            items.append((str(parent), None))
+            continue
+        for entry in sorted(parent.iterdir()):
+            for pattern in patterns:
+                for path in sorted(entry.glob(pattern)) if entry.is_dir() else ():
+                    try:
+                        stat = path.stat()
+                    except OSError:
+                        continue
+                    items.append((str(path), stat.st_size, stat.st_mtime_ns))
+            items.append((entry.name,))
+    return tuple(items)

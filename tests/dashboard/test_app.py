@@ -1,0 +1,201 @@
+"""The app under Streamlit's AppTest: state, URL, errors, empty states, compute and cancel.
+
+Each test drives the real app.py on the session's small real workspace (tests/dashboard/
+conftest.py), whose default analysis and its UNet-vs-ViT comparison are already cached.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+import zipfile
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
+from coherence.dashboard import loaders
+from coherence.dashboard.panels import PANELS
+from coherence.dashboard.selection import default_selection
+from coherence.workspace import ENV_VAR, datasets_dir
+
+from .conftest import COMPARE, REPO, simulate
+
+TIMEOUT = 120  # seconds per script run: the first one imports torch and plotly
+
+
+def open_app(root, monkeypatch, params: dict[str, str] | None = None) -> AppTest:
+    monkeypatch.setenv(ENV_VAR, str(root))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    for key, value in (params or {}).items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, texts(at.exception)
+    assert not at.error, texts(at.error)
+
+
+def test_default_view_shows_the_cached_analysis_without_a_click(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    assert "cached result" in texts(at.caption)
+    assert not [b for b in at.button if b.key == "compute"]
+    (figure,) = charts(at)  # the landing tab: the two-time heatmap, on [0, √N]
+    heatmap = figure["data"][0]
+    assert heatmap["type"] == "heatmap"
+    assert heatmap["zmin"] == 0 and heatmap["zmax"] == pytest.approx(math.sqrt(15))
+    assert "Diagonal dominance" in [m.label for m in at.metric]
+    expected = default_selection(workspace).to_query()
+    assert {k: at.query_params[k] for k in expected} == expected
+
+
+def test_a_bad_link_is_explained_and_replaced(workspace, monkeypatch):
+    at = open_app(
+        workspace,
+        monkeypatch,
+        {"data": "../../etc", "traj": "7", "est": "newton", "damping": "-1", "window": "2:9"},
+    )
+    assert not at.exception
+    warnings = texts(at.warning)
+    assert "data='../../etc': no such dataset" in warnings
+    assert "traj='7': index 7 does not exist: there is 1 test trajectory" in warnings
+    assert "est='newton'" in warnings and "damping='-1'" in warnings
+    assert "window='2:9': window 2:9 needs snapshots 2..11" in warnings
+    assert "cached result" in texts(at.caption)  # the defaults took their place
+    assert at.query_params["data"] == "tiny_ce" and at.query_params["traj"] == "0"
+    assert at.query_params["window"] == "0:5" and at.query_params["est"] == "subspace"
+
+
+def test_a_shared_link_reproduces_its_selection(workspace, monkeypatch):
+    query = default_selection(workspace).to_query()
+    query |= {"classes": "CE-RPUI,CE-RP", "est": "cg", "rtol": "0.02", "window": "1:3"}
+    at = open_app(workspace, monkeypatch, query)
+    assert_clean(at)
+    assert at.multiselect(key="sb_classes").value == ["CE-RP", "CE-RPUI"]
+    assert at.selectbox(key="sb_est").value == "cg"
+    assert at.number_input(key="sb_rtol").value == pytest.approx(0.02)
+    assert at.slider(key="sb_window").value == (1, 4)
+    assert "not computed yet" in texts(at.info)
+    assert at.button(key="compute")
+    assert at.query_params["classes"] == "CE-RP,CE-RPUI"  # canonical order
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("absent", "coherence demo"),
+        ("empty", "has no datasets"),
+        ("ns_only", "No model fits the datasets yet"),
+    ],
+)
+def test_empty_workspaces_say_what_to_run(tmp_path, monkeypatch, layout, message):
+    root = tmp_path / "ws"
+    if layout != "absent":
+        root.mkdir()
+    if layout == "ns_only":
+        simulate(datasets_dir(root), "tiny_ns", "ns", ("NS-Sines", "NS-Gauss"))
+    at = open_app(root, monkeypatch, {"data": "tiny_ns"})
+    assert not at.exception
+    assert message in texts(at.info)
+    if layout == "ns_only":
+        assert "coherence train --data" in texts(at.info)
+
+
+def test_invalid_combinations_are_explained_not_computed(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    at.multiselect(key="sb_classes").set_value(["CE-RP"]).run()
+    assert not at.exception
+    assert "pick at least 2 classes" in texts(at.error)
+    assert not [b for b in at.button if b.key == "compute"]
+    at.multiselect(key="sb_classes").set_value(["CE-RP", "CE-CRP"])
+    at.selectbox(key="sb_device").set_value("cuda").run()
+    assert not at.exception
+    if not __import__("torch").cuda.is_available():
+        assert "no CUDA GPU is visible" in texts(at.error)
+
+
+def test_switching_the_model_group_selects_its_seeds(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    at.selectbox(key="sb_group").set_value("ViT").run()
+    assert_clean(at)
+    assert at.multiselect(key="sb_ckpts").value == ["vit_tiny_s1"]
+    assert at.query_params["ckpt"] == "vit_tiny_s1"
+    assert "**ViT**: cached result" in texts(at.caption)  # the fixture computed it
+    at.selectbox(key="sb_group").set_value("UNet").run()
+    at.toggle(key="sb_compare").set_value(True).run()
+    assert_clean(at)
+    assert at.selectbox(key="sb_group_b").value == "ViT"  # the other group by default
+    assert at.query_params["vs"] == "vit_tiny_s1"
+    assert texts(at.caption).count("cached result") == 2
+    assert [m.label for m in at.metric].count("Diagonal dominance") == 2
+
+
+@pytest.mark.parametrize("compare", [False, True], ids=["single", "compare"])
+@pytest.mark.parametrize("panel", [label for label, _ in PANELS])
+def test_every_panel_renders(workspace, monkeypatch, panel, compare):
+    params = {"panel": panel} | ({"vs": ",".join(COMPARE)} if compare else {})
+    at = open_app(workspace, monkeypatch, params)
+    assert_clean(at)
+    if panel not in ("Validation", "Scores"):
+        assert charts(at), f"{panel} drew no figure"
+    if compare and panel == "Two-time influence":
+        (figure,) = charts(at)
+        # both groups on one colour axis, [0, √N]
+        assert figure["layout"]["coloraxis"]["cmin"] == 0
+        assert figure["layout"]["coloraxis"]["cmax"] == pytest.approx(math.sqrt(15))
+        assert [t["coloraxis"] for t in figure["data"]] == ["coloraxis", "coloraxis"]
+
+
+def test_compute_shows_progress_reattaches_and_cancels(workspace, monkeypatch):
+    monkeypatch.setenv(TEST_DELAY_ENV, "0.5")  # the worker inherits it: a job of seconds
+    query = default_selection(workspace).to_query() | {"classes": "CE-CRP,CE-RPUI"}
+    first = open_app(workspace, monkeypatch, query)
+    first.button(key="compute").click().run()
+    assert not first.exception
+    assert first.get("progress"), "no progress bar after Compute"
+    assert first.button(key="cancel_jobs")
+    second = open_app(workspace, monkeypatch, query)  # a reload or another tab
+    assert second.get("progress") and not [b for b in second.button if b.key == "compute"]
+    runner = JobRunner(workspace)
+    selection = replace(default_selection(workspace), classes=("CE-CRP", "CE-RPUI"))
+    key = runner.key(selection.to_request(workspace))
+    first.button(key="cancel_jobs").click().run()
+    deadline = time.monotonic() + 150
+    while runner.status(key).active:
+        assert time.monotonic() < deadline, "the job did not stop after Cancel"
+        time.sleep(0.25)
+    assert runner.status(key).state == "cancelled"
+    second.run()
+    assert "was cancelled" in texts(second.warning)
+    assert second.button(key="compute")
+
+
+def test_whole_analysis_download_is_the_result_file_pair(workspace):
+    selection = default_selection(workspace)
+    runner = JobRunner(workspace)
+    request = selection.to_request(workspace)
+    result = runner.result(runner.key(request), request)
+    payload = loaders.analysis_zip(result, "tiny_ce_analysis")
+    with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+        assert sorted(archive.namelist()) == ["tiny_ce_analysis.json", "tiny_ce_analysis.npz"]
+        with np.load(io.BytesIO(archive.read("tiny_ce_analysis.npz")), allow_pickle=False) as npz:
+            np.testing.assert_array_equal(npz["H_std__smse"], result.H_std["smse"])
+            np.testing.assert_array_equal(npz["H"], result.H["smse"])
+            assert list(npz["classes"]) == list(selection.classes)
+        metadata = json.loads(archive.read("tiny_ce_analysis.json"))
+    assert metadata["request"] == request.to_dict()
+    assert set(metadata["provenance"]["checkpoint_fingerprints"]) == set(selection.checkpoints)

@@ -1,0 +1,333 @@
+"""The pure half of the dashboard: workspace catalog, default selection, URL round trip,
+and every bad URL value explained and replaced (no streamlit involved)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from coherence.analysis.request import MAX_EXAMPLES
+from coherence.dashboard.checks import format_ranges, parse_ranges, problems
+from coherence.dashboard.selection import (
+    Selection,
+    decode_query,
+    default_selection,
+    default_window,
+)
+from coherence.dashboard.workspace_scan import (
+    Catalog,
+    CheckpointEntry,
+    DatasetEntry,
+    class_order,
+    scan_workspace,
+)
+from coherence.errors import RequestError, WorkspacePathError
+from coherence.workspace import checkpoints_dir, datasets_dir
+
+from .conftest import CE_CLASSES
+
+
+def synthetic_catalog(snapshots: int = 21, n_test: int = 6) -> Catalog:
+    """A catalog without files: one CE dataset, UNet × 3 seeds, ViT × 1, an NS dataset."""
+    times = tuple(i / (snapshots - 1) for i in range(snapshots))
+    counts = MappingProxyType(
+        {"test": MappingProxyType({c: n_test for c in CE_CLASSES}), "train": {}}
+    )
+    ce = DatasetEntry(
+        "ce_demo", "ce_demo", "euler", ("rho", "mx", "my", "E"), (32, 32), times, counts
+    )
+    ns = DatasetEntry(
+        "ns_data",
+        "ns_data",
+        "ns",
+        ("u", "v"),
+        (32, 32),
+        times,
+        MappingProxyType({"test": MappingProxyType({"NS-Sines": 2})}),
+    )
+
+    def ckpt(name: str, arch: str, seed: int, width: int = 16) -> CheckpointEntry:
+        return CheckpointEntry(
+            name,
+            arch,
+            "euler",
+            ce.channels,
+            (32, 32),
+            seed,
+            "ce_demo",
+            json.dumps({"arch": arch, "width": width}),
+        )
+
+    checkpoints = (
+        ckpt("vit_s10", "vit", 10),
+        ckpt("unet_s42", "unet", 42),
+        ckpt("unet_s10", "unet", 10),
+        ckpt("unet_s35", "unet", 35),
+        ckpt("unet_wide_s1", "unet", 1, width=32),
+    )
+    return Catalog(Path("/nowhere"), True, (ce, ns), checkpoints)
+
+
+# ---------------------------------------------------------------------------- catalog ----
+
+
+def test_scan_lists_datasets_and_groups_checkpoints_by_architecture(workspace):
+    catalog = scan_workspace(workspace)
+    assert catalog.problems == ()
+    assert [d.name for d in catalog.datasets] == ["tiny_ce", "tiny_ns"]
+    ce = catalog.dataset("tiny_ce")
+    assert ce.classes == CE_CLASSES  # registry order, not alphabetical
+    assert ce.family == "euler" and ce.resolution == (16, 16) and len(ce.times) == 6
+    assert ce.n_test() == 1
+    groups = catalog.groups("tiny_ce")
+    assert [(g.label, g.checkpoints) for g in groups] == [
+        ("UNet", ("unet_tiny_s1", "unet_tiny_s2")),
+        ("ViT", ("vit_tiny_s1",)),
+    ]
+    assert catalog.groups("tiny_ns") == ()  # no checkpoint fits Navier–Stokes data
+
+
+def test_scan_skips_links_out_of_the_workspace_and_explains_broken_entries(workspace, tmp_path):
+    root = tmp_path / "ws"
+    shutil.copytree(datasets_dir(workspace) / "tiny_ce", datasets_dir(root) / "tiny_ce")
+    outside = tmp_path / "outside"
+    shutil.copytree(datasets_dir(workspace) / "tiny_ce", outside)
+    os.symlink(outside, datasets_dir(root) / "escape")
+    broken = checkpoints_dir(root) / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{ not json")
+    (broken / "model.safetensors").write_bytes(b"")
+    catalog = scan_workspace(root)
+    assert [d.name for d in catalog.datasets] == ["tiny_ce"]
+    assert catalog.checkpoints == ()
+    joined = "\n".join(catalog.problems)
+    assert "escape: points outside the workspace" in joined
+    assert "checkpoint broken" in joined and "not valid JSON" in joined
+
+
+def test_missing_workspace_is_an_empty_catalog(tmp_path):
+    catalog = scan_workspace(tmp_path / "absent")
+    assert not catalog.exists and catalog.datasets == ()
+    assert default_selection(catalog) is None
+
+
+def test_groups_of_one_architecture_are_labelled_by_what_differs():
+    labels = [g.label for g in synthetic_catalog().groups("ce_demo")]
+    assert labels == ["UNet (width=16)", "UNet (width=32)", "ViT"]
+
+
+# ---------------------------------------------------------------------------- defaults ---
+
+
+def test_default_selection_of_the_test_workspace(workspace):
+    selection = default_selection(workspace)
+    assert selection == Selection(
+        dataset="tiny_ce",
+        checkpoints=("unet_tiny_s1", "unet_tiny_s2"),
+        classes=CE_CLASSES,
+        trajectories=(0,),
+        t_start=0,
+        n_steps=5,  # 6 snapshots < 17: every transition
+        responses=("smse", "mass", "energy"),
+    )
+    request = selection.to_request(workspace)
+    assert request.checkpoints == tuple(
+        str(checkpoints_dir(workspace).resolve() / n) for n in selection.checkpoints
+    )
+    assert request.data == str(datasets_dir(workspace).resolve() / "tiny_ce")
+    assert request.top_eigenvalue and request.split == "test" and request.rtol is None
+
+
+def test_default_selection_prefers_ce_demo_and_the_paper_window():
+    catalog = synthetic_catalog(snapshots=21, n_test=6)
+    selection = default_selection(catalog)
+    assert selection.dataset == "ce_demo"
+    assert selection.checkpoints == ("unet_s10", "unet_s35", "unet_s42")  # all seeds, by seed
+    assert selection.trajectories == (0, 1, 2, 3, 4, 5)  # 0..min(5, n_test − 1)
+    assert (selection.t_start, selection.n_steps) == (0, 16)
+    entry = catalog.dataset("ns_data")
+    assert default_window(entry, 1) == (0, 16)
+    few = synthetic_catalog(snapshots=21, n_test=3)
+    assert default_selection(few).trajectories == (0, 1, 2)
+
+
+def test_selection_is_canonical_so_one_choice_makes_one_request(workspace):
+    a = Selection(
+        "tiny_ce", ("unet_tiny_s1",), ("CE-RPUI", "CE-RP"), (0,), 0, 2, responses=("energy", "smse")
+    )
+    b = Selection(
+        "tiny_ce",
+        ("unet_tiny_s1",),
+        ("CE-RP", "CE-RPUI"),
+        (0, 0),
+        0,
+        2,
+        responses=("smse", "energy"),
+    )
+    assert a == b and a.classes == ("CE-RP", "CE-RPUI") and a.responses == ("smse", "energy")
+    assert a.to_request(workspace).to_dict() == b.to_request(workspace).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("dataset", "../checkpoints/unet_tiny_s1", "outside the workspace"),
+        ("checkpoints", ("../../etc",), "outside the workspace"),
+    ],
+)
+def test_requests_never_leave_the_workspace(workspace, field, value, message):
+    selection = Selection("tiny_ce", ("unet_tiny_s1",), CE_CLASSES, (0,), 0, 2)
+    bad = Selection(**{**selection.__dict__, field: value})
+    with pytest.raises(WorkspacePathError, match=message):
+        bad.to_request(workspace)
+
+
+def test_selection_refuses_impossible_settings():
+    base = dict(
+        dataset="d", checkpoints=("c",), classes=("CE-RP",), trajectories=(0,), t_start=0, n_steps=2
+    )
+    with pytest.raises(RequestError, match="estimator='newton'"):
+        Selection(**base, estimator="newton")
+    with pytest.raises(RequestError, match="damping=0"):
+        Selection(**base, damping=0.0)
+    with pytest.raises(RequestError, match="cg needs a tolerance"):
+        Selection(**base, estimator="cg")
+    assert Selection(**base, rtol=0.1).rtol is None  # rtol only means something for cg
+
+
+# ------------------------------------------------------------------------------- URL -----
+
+
+def test_query_round_trip_is_exact():
+    catalog = synthetic_catalog()
+    selection = Selection(
+        dataset="ce_demo",
+        checkpoints=("unet_s10", "unet_s42"),
+        classes=("CE-RP", "CE-RPUI"),
+        trajectories=(0, 1, 2, 5),
+        t_start=3,
+        n_steps=7,
+        responses=("smse", "mass"),
+        estimator="cg",
+        damping=3.0000000000000004e-05,
+        rtol=0.015,
+        compare=("vit_s10",),
+    )
+    query = selection.to_query()
+    assert query["traj"] == "0-2,5" and query["window"] == "3:7"
+    decoded, warnings = decode_query(query, catalog)
+    assert warnings == []
+    assert decoded == selection
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why", "field", "expected"),
+    [
+        ("data", "nope", "no such dataset", "dataset", "ce_demo"),
+        ("data", "ns_data", "no checkpoint in the workspace fits", "dataset", "ce_demo"),
+        (
+            "ckpt",
+            "unet_s10,vit_s10",
+            "mix model groups",
+            "checkpoints",
+            ("unet_s10", "unet_s35", "unet_s42"),
+        ),
+        (
+            "ckpt",
+            "ghost",
+            "not in the workspace",
+            "checkpoints",
+            ("unet_s10", "unet_s35", "unet_s42"),
+        ),
+        ("vs", "unet_s10,unet_s35,unet_s42", "repeats the first group", "compare", ()),
+        ("classes", "CE-RP", "at least 2 classes", "classes", CE_CLASSES),
+        ("classes", "CE-RP,NS-Gauss", "not in the test split", "classes", CE_CLASSES),
+        (
+            "traj",
+            "0-999999999",
+            "index 999999999 does not exist",
+            "trajectories",
+            (0, 1, 2, 3, 4, 5),
+        ),
+        ("traj", "two", "not an index or a range", "trajectories", (0, 1, 2, 3, 4, 5)),
+        ("traj", "3-1", "runs backwards", "trajectories", (0, 1, 2, 3, 4, 5)),
+        ("window", "10:20", "needs snapshots 10..30", "n_steps", 16),
+        ("window", "0", "expected START:STEPS", "n_steps", 16),
+        ("resp", "smse,entropy", "unknown response", "responses", ("smse", "mass", "energy")),
+        ("est", "newton", "choose one of subspace, cg, euclidean", "estimator", "subspace"),
+        ("damping", "nan", "not a finite number", "damping", 1e-4),
+        ("damping", "1e300", "λ must lie in", "damping", 1e-4),
+        ("device", "tpu", "choose one of auto, cpu, cuda", "device", "auto"),
+        ("device", "cuda", "no CUDA GPU is visible", "device", "auto"),
+    ],
+)
+def test_bad_url_values_are_explained_and_replaced(key, value, why, field, expected):
+    selection, warnings = decode_query({key: value}, synthetic_catalog(), cuda_available=False)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"URL parameter {key}=") and why in warnings[0]
+    assert getattr(selection, field) == expected
+
+
+def test_absurd_urls_cost_nothing_and_never_raise():
+    params = {"traj": "0-" + "9" * 9, "window": "1:" + "9" * 50, "damping": "x" * 5000}
+    started = time.perf_counter()
+    selection, warnings = decode_query(params, synthetic_catalog())
+    assert time.perf_counter() - started < 0.5
+    assert len(warnings) == 3 and all(len(w) < 300 for w in warnings)
+    assert selection == default_selection(synthetic_catalog())
+
+
+def test_cg_from_the_url_gets_the_papers_tolerance():
+    selection, warnings = decode_query({"est": "cg"}, synthetic_catalog())
+    assert warnings == [] and selection.rtol == 1.5e-2  # UNet
+    selection, _ = decode_query({"est": "cg", "ckpt": "vit_s10"}, synthetic_catalog())
+    assert selection.rtol == 5e-2  # ViT
+
+
+def test_decode_without_anything_to_show():
+    empty = Catalog(Path("/nowhere"), True)
+    assert decode_query({}, empty) == (None, [])
+    selection, warnings = decode_query({"data": "ce_demo"}, empty)
+    assert selection is None and "no dataset with a compatible checkpoint" in warnings[0]
+
+
+def test_ranges():
+    assert format_ranges((7, 0, 1, 2, 3, 9, 10)) == "0-3,7,9-10"
+    assert parse_ranges("0-3,7,9-10", 11) == (0, 1, 2, 3, 7, 9, 10)
+    with pytest.raises(RequestError, match="index 11 does not exist"):
+        parse_ranges("11", 11)
+
+
+# ---------------------------------------------------------------------------- checks -----
+
+
+def test_problems_explain_invalid_combinations():
+    catalog = synthetic_catalog(snapshots=300)
+    base = default_selection(catalog)
+    assert problems(base, catalog) == []
+    one_class = Selection(**{**base.__dict__, "classes": ("CE-RP",)})
+    assert "at least 2 classes" in problems(one_class, catalog)[0]
+    long = Selection(**{**base.__dict__, "n_steps": 200})
+    assert f"2 ≤ N ≤ {MAX_EXAMPLES}" in problems(long, catalog)[0]
+    cuda = Selection(**{**base.__dict__, "device": "cuda"})
+    assert "no CUDA GPU is visible" in problems(cuda, catalog)[0]
+    assert problems(cuda, catalog, cuda_available=True) == []
+    none = Selection(**{**base.__dict__, "trajectories": ()})
+    assert "no test trajectory selected" in problems(none, catalog)[0]
+    mixed = Selection(**{**base.__dict__, "compare": ("unet_s10", "vit_s10")})
+    assert problems(mixed, catalog)[0].startswith("compare group: ")
+
+
+def test_class_order_follows_the_registry():
+    assert class_order(["zeta", "CE-RPUI", "CE-RP", "alpha"]) == (
+        "CE-RP",
+        "CE-RPUI",
+        "alpha",
+        "zeta",
+    )

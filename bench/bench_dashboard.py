@@ -39,7 +39,7 @@ from coherence.analysis.pipeline import AnalysisResult
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard.selection import default_selection
 from coherence.demo import DemoSpec
-from coherence.simulation.dataset import SimulationRequest, generate_dataset
+from coherence.simulation.dataset import generate_dataset
 from coherence.surrogates.training import train
 from coherence.workspace import ENV_VAR, checkpoints_dir, datasets_dir
 
@@ -101,16 +101,7 @@ def synthetic_result(request) -> AnalysisResult:
 def build_workspace(root: Path) -> Path:
     spec = DemoSpec()
     data = datasets_dir(root) / spec.dataset
-    request = SimulationRequest(
-        family="euler",
-        classes=spec.classes,
-        trajectories=spec.trajectories,
-        resolution=spec.resolution,
-        snapshots=spec.snapshots,
-        seed=spec.data_seed,
-        dataset_name=spec.dataset,
-    )
-    generate_dataset(request, data)
+    generate_dataset(spec.simulation_request(), data)
     for seed in spec.seeds:
         args = replace(spec.training_args("unet", seed), epochs=1, transitions=1)
         train(data, checkpoints_dir(root) / spec.checkpoint_name("unet", seed), args)

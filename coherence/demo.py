@@ -40,6 +40,17 @@ class DemoSpec:
     def checkpoint_name(self, arch: str, seed: int) -> str:
         return f"{arch}_demo_s{seed}"
 
+    def simulation_request(self) -> SimulationRequest:
+        return SimulationRequest(
+            family="euler",
+            classes=self.classes,
+            trajectories=self.trajectories,
+            resolution=self.resolution,
+            snapshots=self.snapshots,
+            seed=self.data_seed,
+            dataset_name=self.dataset,
+        )
+
     def training_args(self, arch: str, seed: int) -> TrainingArgs:
         return TrainingArgs(
             arch=arch,
@@ -91,16 +102,7 @@ def build_demo(
         log(f"dataset {data_dir} is ready")
     else:
         log(f"simulating dataset {data_dir} ({len(spec.classes)} classes × {spec.trajectories})")
-        request = SimulationRequest(
-            family="euler",
-            classes=spec.classes,
-            trajectories=spec.trajectories,
-            resolution=spec.resolution,
-            snapshots=spec.snapshots,
-            seed=spec.data_seed,
-            dataset_name=spec.dataset,
-        )
-        generate_dataset(request, data_dir, overwrite=True)
+        generate_dataset(spec.simulation_request(), data_dir, overwrite=True)
         log(f"  done in {time.perf_counter() - started:.0f} s")
     fingerprint = open_dataset(data_dir).fingerprint(split="train", classes=spec.classes)
     for arch in spec.architectures:

@@ -40,7 +40,7 @@ def _zrange(zrange: tuple[float, float] | None, n_examples: int) -> tuple[float,
 
 
 def _colorbar(label: str) -> dict[str, Any]:
-    return {"title": {"text": label, "side": "right"}, "thickness": 14}
+    return {"title": {"text": label, "side": "top"}, "thickness": 14}
 
 
 def two_time_heatmap(

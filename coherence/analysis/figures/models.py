@@ -211,6 +211,10 @@ def rollout_figure(
                 )
             )
     styled(fig, title, height=420)
-    fig.update_xaxes(title=axis_title("horizon h (steps after the initial state)"))
+    longest = max((len(s.get("horizons", ())) for s in summary_by_group.values()), default=0)
+    fig.update_xaxes(
+        title=axis_title("horizon h (steps after the initial state)"),
+        dtick=1 if longest <= 25 else None,  # whole steps while they fit
+    )
     fig.update_yaxes(type="log", title=axis_title("SMSE at horizon h (log scale)"))
     return fig

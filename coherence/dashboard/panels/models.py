@@ -139,7 +139,6 @@ def rollout(ctx: PanelContext) -> None:
         st.warning(f"Rollouts are not available for this selection: {error}")
         return
     figure = rollout_figure(summaries)
-    figure.update_xaxes(dtick=1 if len(ctx.dataset.times) <= 25 else None)  # whole steps
     chart(figure, key="chart_rollout")
     downloads(
         "rollout",

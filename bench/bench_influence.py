@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from bench.common import write_result
+from bench.common import best_of, write_result
 from coherence.analysis.autodiff import FlatModel, per_example_vjps
 from coherence.analysis.influence import compute_influence
 from coherence.analysis.observables import Response, residual
@@ -44,16 +44,14 @@ def euler_batch(resolution: int = RES, steps: int = N_STEPS) -> tuple[torch.Tens
 
 
 def floor_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rank: int) -> dict:
-    """N per-example VJPs (measured) + rank × 2 batch forwards (measured forward)."""
+    """N per-example VJPs + rank × 2 batch forwards, each the best of three runs."""
     model.eval()
     fm = FlatModel(model)
     with torch.no_grad():
-        start = time.perf_counter()
         prediction = fm(fm.theta, x)
-        forward = time.perf_counter() - start
-    start = time.perf_counter()
-    per_example_vjps(fm, x, [residual(Response.SMSE, prediction, x, y)])
-    vjps = time.perf_counter() - start
+    cotangent = residual(Response.SMSE, prediction, x, y)
+    forward = best_of(lambda: fm(fm.theta, x), repeats=3)
+    vjps = best_of(lambda: per_example_vjps(fm, x, [cotangent]), repeats=3)
     return {"forward_s": forward, "vjps_s": vjps, "floor_s": vjps + rank * 2 * forward}
 
 

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# make docker-test: build the Dockerfile unchanged with podman, run the image on loopback, wait
+# for /_stcore/health, open the dashboard in headless chromium until the first plotly chart
+# (the two-time heatmap) shows, screenshot it, check the volume and user behaviour, record the
+# image size and cold start in bench/results/docker.json, and remove the container it started.
+#
+#   scripts/docker-test.sh [--clean] [--port N] [--image NAME]
+#     --clean   also remove the image and its dangling build layers afterwards (default: keep
+#               them, so the next run rebuilds only what changed)
+#
+# Needs podman (installed by ../shared/tools/container-base.sh when missing, as root), the
+# project venv with Playwright (make venv) and /usr/bin/chromium. Where /opt/wheels holds the
+# pinned CPU torch wheel, the build installs it from there instead of from the network;
+# elsewhere it uses the Dockerfile's default index (PyTorch's CPU wheels). Set
+# COHERENCE_TORCH_THREADS=1 on a machine shared with other jobs (the demo trains in the build).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+SHARED_TOOLS="${COHERENCE_SHARED_TOOLS:-$REPO/../shared/tools}"
+PY="${PYTHON:-$REPO/.venv/bin/python}"
+IMAGE="coherence-explorer:latest"
+PORT=""
+CLEAN=0
+HEALTH_TIMEOUT=180 # s from `podman run` to a healthy server
+CHART_TIMEOUT=180  # s from the first page load to a visible plotly chart
+ARTIFACTS="$REPO/test-artifacts"
+CONTAINER="coherence-docker-test-$$"
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --clean) CLEAN=1 ;;
+    --port) PORT="$2"; shift ;;
+    --image) IMAGE="$2"; shift ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "docker-test: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { printf '\033[1m[docker-test %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+[ -x "$PY" ] || die "$PY not found: create the project venv first (make venv)"
+
+# ---------------------------------------------------------------- podman and base image ----
+if ! command -v podman >/dev/null || ! podman image exists docker.io/library/python:3.11-slim; then
+  if [ -f "$SHARED_TOOLS/container-base.sh" ] && [ "$(id -u)" = 0 ]; then
+    log "preparing podman and the local python:3.11-slim base ($SHARED_TOOLS/container-base.sh)"
+    bash "$SHARED_TOOLS/container-base.sh" >/dev/null
+  elif ! command -v podman >/dev/null; then
+    die "podman is not installed and $SHARED_TOOLS/container-base.sh cannot install it here"
+  fi
+fi
+
+# ---------------------------------------------------------------- the pinned torch wheel ----
+# Where /opt/wheels holds the pinned CPU torch wheel, the build sees it read-only at /wheels
+# (podman build -v) and pip takes it from there (PIP_FIND_LINKS). A fixed path, unlike a
+# loopback server on a free port, keeps the build arguments and so the layer cache stable.
+BUILD_ARGS=()
+cleanup() {
+  podman rm -f -v --time 2 "$CONTAINER" >/dev/null 2>&1 || true
+  if [ -n "${SCRATCH:-}" ]; then rm -rf "$SCRATCH"; fi
+  return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+SCRATCH="$(mktemp -d /tmp/docker-test.XXXXXX)"
+free_port() {
+  "$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+}
+
+if ls /opt/wheels/torch-*+cpu-*.whl >/dev/null 2>&1; then
+  log "torch from the local CPU wheel in /opt/wheels"
+  BUILD_ARGS+=(-v /opt/wheels:/wheels:ro --build-arg "TORCH_INDEX_URL="
+    --build-arg "PIP_FIND_LINKS=/wheels")
+else
+  log "torch from the Dockerfile's default index (PyTorch CPU wheels)"
+fi
+
+# The demo trains inside the build: honour the test suite's thread cap on a shared machine.
+if [ -n "${COHERENCE_TORCH_THREADS:-}" ]; then
+  BUILD_ARGS+=(--build-arg "DEMO_TORCH_THREADS=$COHERENCE_TORCH_THREADS")
+fi
+
+# ---------------------------------------------------------------------------- build ----
+log "building $IMAGE (podman, Dockerfile unchanged; the demo trains in the build, minutes)"
+t_build="$(now)"
+mkdir -p "$ARTIFACTS"
+BUILD_LOG="$ARTIFACTS/docker-build.log"
+podman build --format docker "${BUILD_ARGS[@]}" -t "$IMAGE" -f Dockerfile . \
+  >"$BUILD_LOG" 2>&1 || { tail -n 60 "$BUILD_LOG" >&2; die "podman build (log: $BUILD_LOG)"; }
+BUILD_S="$(since "$t_build")"
+IMAGE_BYTES="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
+IMAGE_MB="$(awk -v b="$IMAGE_BYTES" 'BEGIN { printf "%.0f", b / 1e6 }')"
+TORCH_LINE="$(grep -m1 '^torch ' "$BUILD_LOG" || echo 'torch (cached layer)')"
+STEPS="$(grep -c '^STEP ' "$BUILD_LOG" || true)"
+CACHED="$(grep -c -- '--> Using cache' "$BUILD_LOG" || true)"
+log "built in ${BUILD_S} s ($CACHED of $((STEPS - 1)) steps cached), image ${IMAGE_MB} MB, $TORCH_LINE"
+
+# ------------------------------------------------------------------------ cold start ----
+if [ -z "$PORT" ]; then PORT="$(free_port)"; fi
+log "starting the container on http://127.0.0.1:$PORT"
+t_start="$(now)"
+# (stderr to a file: without systemd, podman logs errors about the health timer it cannot add;
+# the HEALTHCHECK itself is run below with `podman healthcheck run`)
+podman run -d --name "$CONTAINER" -p "127.0.0.1:$PORT:8501" "$IMAGE" >/dev/null 2>"$SCRATCH/run.err" \
+  || { cat "$SCRATCH/run.err" >&2; die "podman run"; }
+HEALTH_S=""
+while [ "$(since "$t_start" | cut -d. -f1)" -lt "$HEALTH_TIMEOUT" ]; do
+  if "$PY" -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:$PORT/_stcore/health', timeout=2).read() != b'ok')" 2>/dev/null; then
+    HEALTH_S="$(since "$t_start")"
+    break
+  fi
+  [ "$(podman inspect --format '{{.State.Running}}' "$CONTAINER")" = true ] || break
+  sleep 0.2
+done
+if [ -z "$HEALTH_S" ]; then
+  podman logs "$CONTAINER" 2>&1 | tail -n 40 >&2
+  die "no healthy server within ${HEALTH_TIMEOUT} s"
+fi
+log "healthy after ${HEALTH_S} s"
+
+SHOT="$ARTIFACTS/docker.png"
+BROWSER_JSON="$("$PY" - "http://127.0.0.1:$PORT/" "$SHOT" "$CHART_TIMEOUT" "$t_start" <<'EOF'
+"""Open the dashboard like a visitor: the title, then the first plotly chart, then a shot."""
+import json
+import sys
+import time
+
+from playwright.sync_api import sync_playwright
+
+url, shot, timeout_s, t_start = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+with sync_playwright() as p:
+    browser = p.chromium.launch(
+        executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"]
+    )
+    page = browser.new_page(viewport={"width": 1440, "height": 1400})
+    t_page = time.time()
+    page.goto(url, wait_until="domcontentloaded", timeout=timeout_s * 1000)
+    page.wait_for_function(
+        "document.title === 'Coherence Explorer'", timeout=timeout_s * 1000
+    )
+    chart = page.locator(".stPlotlyChart .js-plotly-plot .main-svg, .js-plotly-plot .main-svg")
+    chart.first.wait_for(state="visible", timeout=timeout_s * 1000)
+    t_chart = time.time()
+    page.wait_for_timeout(1500)  # let the fonts and the rest of the page settle for the shot
+    errors = page.locator(".stException, [data-testid='stException']").count()
+    heatmaps = page.locator(".js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm").count()
+    page.screenshot(path=shot, full_page=False)
+    print(json.dumps({
+        "page_to_chart_s": round(t_chart - t_page, 2),
+        "start_to_chart_s": round(t_chart - t_start, 2),
+        "charts": page.locator(".js-plotly-plot").count(),
+        "heatmaps": heatmaps,
+        "exceptions": errors,
+        "title": page.title(),
+    }))
+    browser.close()
+EOF
+)" || { podman logs "$CONTAINER" 2>&1 | tail -n 40 >&2; die "the dashboard did not show a chart"; }
+log "browser: $BROWSER_JSON (screenshot $SHOT)"
+read -r CHART_S EXCEPTIONS HEATMAPS < <("$PY" -c "import json, sys; d = json.loads(sys.argv[1]); print(d['start_to_chart_s'], d['exceptions'], d['heatmaps'])" "$BROWSER_JSON")
+[ "$EXCEPTIONS" = 0 ] || die "the page shows $EXCEPTIONS exception(s); see $SHOT"
+
+# ------------------------------------------------------------------- inside the image ----
+USER_ID="$(podman exec "$CONTAINER" id -u)"
+[ "$USER_ID" != 0 ] || die "the server runs as root"
+podman exec "$CONTAINER" sh -c 'test -d /workspace/datasets/ce_demo && test "$(stat -c %a /workspace/cache)" = 700' \
+  || die "the workspace was not seeded with the demo, or its cache is not mode 0700"
+podman healthcheck run "$CONTAINER" >/dev/null 2>&1 || die "the image's HEALTHCHECK command fails"
+t_stop="$(now)"
+podman stop --time 20 "$CONTAINER" >/dev/null 2>&1
+STOP_S="$(since "$t_stop")"
+podman rm -f -v "$CONTAINER" >/dev/null 2>&1 # its anonymous workspace volume too
+log "uid $USER_ID, demo seeded, cache 0700, HEALTHCHECK ok, stopped in ${STOP_S} s"
+
+# --------------------------------------------------- mounting a workspace from the host ----
+mkdir -p "$SCRATCH/mine" "$SCRATCH/locked"
+chown 1000:1000 "$SCRATCH/mine" 2>/dev/null || chmod 0777 "$SCRATCH/mine"
+podman run --rm --no-healthcheck -v "$SCRATCH/mine:/workspace" "$IMAGE" true 2>"$SCRATCH/seed.log" \
+  || { cat "$SCRATCH/seed.log" >&2; die "an empty host workspace could not be seeded"; }
+[ -d "$SCRATCH/mine/datasets/ce_demo" ] || die "an empty host workspace was not seeded"
+podman run --rm --no-healthcheck -v "$SCRATCH/mine:/workspace" "$IMAGE" true 2>"$SCRATCH/keep.log"
+grep -q "using its datasets" "$SCRATCH/keep.log" || die "a filled workspace was not left alone"
+if [ "$(id -u)" = 0 ]; then # a root-owned 0755 directory is what `docker run -v` auto-creates
+  chmod 0755 "$SCRATCH/locked"
+  if podman run --rm --no-healthcheck -v "$SCRATCH/locked:/workspace" "$IMAGE" true 2>"$SCRATCH/locked.log"; then
+    die "an unwritable workspace was accepted"
+  fi
+  grep -q "not writable" "$SCRATCH/locked.log" || die "no explanation for an unwritable workspace"
+fi
+log "host workspace: an empty one is seeded, a filled one kept, an unwritable one explained"
+
+# --------------------------------------------------------------------------- results ----
+"$PY" - "$BUILD_S" "$IMAGE_BYTES" "$HEALTH_S" "$CHART_S" "$STOP_S" "$HEATMAPS" "$TORCH_LINE" \
+  "$CACHED" "$((STEPS - 1))" <<'EOF'
+import sys
+
+from bench.common import write_result
+
+build_s, size, health_s, chart_s, stop_s, heatmaps, torch_line, cached, steps = sys.argv[1:]
+rows = [{
+    "image": "coherence-explorer (CPU)",
+    "image_MB": round(int(size) / 1e6),
+    "build_s": float(build_s),
+    "build_steps_cached": f"{cached}/{steps}",
+    "start_to_health_s": float(health_s),
+    "start_to_first_chart_s": float(chart_s),
+    "stop_s": float(stop_s),
+}]
+notes = (
+    "podman build of the Dockerfile unchanged (scripts/docker-test.sh); build_s counts only "
+    "the steps rebuilt in that run (0 cached: pip install, demo simulation and training, "
+    "default analysis; the base image from container-base.sh excluded). Cold start: `podman run` of a fresh container (demo copied into its empty "
+    "workspace volume) until /_stcore/health answers ok, and until headless chromium shows the "
+    f"first plotly chart ({heatmaps} heatmap image(s) on the first view). {torch_line}."
+)
+print(write_result("docker", "Docker image: size and cold start", rows, notes))
+EOF
+log "PASSED: build ${BUILD_S} s, image ${IMAGE_MB} MB, healthy ${HEALTH_S} s, first chart ${CHART_S} s"
+
+if [ "$CLEAN" = 1 ]; then
+  podman rmi -f "$IMAGE" >/dev/null && podman image prune -f >/dev/null
+  log "removed $IMAGE and dangling layers"
+fi

@@ -37,5 +37,14 @@ test-fast: $(BIN)/activate
 bench: $(BIN)/activate
 	$(BIN)/python -m bench.run_all
 
+DOCKER ?= docker
+IMAGE ?= coherence-explorer:latest
+
+docker:
+	$(DOCKER) build -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
+
+docker-test: $(BIN)/activate
+	bash scripts/docker-test.sh --image $(IMAGE)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

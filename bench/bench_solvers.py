@@ -43,8 +43,8 @@ def solver_rate(family: str, resolution: int, batch: int = 32, t_end: float = 0.
         state = get_class("CE-RP").sample(batch, resolution, seed=1).float()
         owner, step_name, evolve = euler, "_step", euler.evolve
 
-        def cells_of(args):  # _step(u [b, 4, H, W], ...)
-            return args[0].shape[0] * args[0].shape[-2] * args[0].shape[-1]
+        def cells_of(args):  # _step(u [4, b, H, W], ...): channel-first blocks
+            return args[0].shape[1] * args[0].shape[-2] * args[0].shape[-1]
 
     else:
         state = get_class("NS-Sines").sample(batch, resolution, seed=1).float()

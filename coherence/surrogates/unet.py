@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coherence.errors import RequestError
+from coherence.surrogates.config import config_from_dict, require_int
 from coherence.surrogates.normalization import NormalizedSurrogate
 from coherence.surrogates.vit import MultiHeadSelfAttention
 
@@ -81,11 +82,6 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))  # (B, C, 2H, 2W)
 
 
-def _require_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RequestError(f"UNetConfig.{name} = {value!r}; it must be an integer ≥ {minimum}")
-
-
 @dataclass(frozen=True)
 class UNetConfig:
     """Sizes of a UNet surrogate; grids must be divisible by 2**n_down."""
@@ -100,8 +96,8 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("channels", "base_width", "n_down", "blocks_per_stage", "groups"):
-            _require_int(name, getattr(self, name), 1)
-        _require_int("attention_heads", self.attention_heads, 1)
+            require_int("UNetConfig", name, getattr(self, name), 1)
+        require_int("UNetConfig", "attention_heads", self.attention_heads, 1)
         mult = self.channel_mult
         if not isinstance(mult, tuple | list) or len(mult) != self.n_down + 1:
             raise RequestError(
@@ -142,13 +138,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise RequestError(
-                f"UNetConfig has no field(s) {unknown}; allowed fields: {sorted(fields)}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class UNet(NormalizedSurrogate):

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from coherence.errors import RequestError
+from coherence.surrogates.config import config_from_dict, require_int
 from coherence.surrogates.normalization import NormalizedSurrogate
 
 
@@ -67,11 +68,6 @@ class TransformerBlock(nn.Module):
         return tokens + self.mlp(self.norm2(tokens))
 
 
-def _require_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RequestError(f"ViTConfig.{name} = {value!r}; it must be an integer ≥ {minimum}")
-
-
 @dataclass(frozen=True)
 class ViTConfig:
     """Sizes of a ViT surrogate; the token grid is (resolution / patch)²."""
@@ -86,9 +82,9 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         for name, minimum in (("channels", 1), ("resolution", 1), ("patch", 1), ("width", 1)):
-            _require_int(name, getattr(self, name), minimum)
-        _require_int("depth", self.depth, 0)
-        _require_int("heads", self.heads, 1)
+            require_int("ViTConfig", name, getattr(self, name), minimum)
+        require_int("ViTConfig", "depth", self.depth, 0)
+        require_int("ViTConfig", "heads", self.heads, 1)
         if self.resolution % self.patch:
             raise RequestError(
                 f"ViTConfig.resolution = {self.resolution} is not divisible by patch = "
@@ -113,13 +109,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise RequestError(
-                f"ViTConfig has no field(s) {unknown}; allowed fields: {sorted(fields)}"
-            )
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class ViT(NormalizedSurrogate):

@@ -10,8 +10,8 @@ import pytest
 
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
-from coherence.surrogates.training import TrainingArgs, train
-from tests.surrogates.conftest import TINY_OVERRIDES, tiny_dataset  # noqa: F401 (fixture)
+from coherence.surrogates.training import train
+from tests.surrogates.conftest import tiny_args, tiny_dataset  # noqa: F401 (fixture)
 
 CLASSES = ("CE-RP", "CE-CRP")
 
@@ -20,16 +20,7 @@ CLASSES = ("CE-RP", "CE-CRP")
 def trained_checkpoint(tiny_dataset, tmp_path_factory):  # noqa: F811
     """A 2-epoch tiny UNet on the tiny dataset (≈ 1 s)."""
     out = tmp_path_factory.mktemp("cache_ckpt") / "unet_tiny"
-    args = TrainingArgs(
-        arch="unet",
-        seed=3,
-        epochs=2,
-        batch_size=8,
-        lr=3e-3,
-        transitions=4,
-        device="cpu",
-        overrides=TINY_OVERRIDES,
-    )
+    args = tiny_args()
     return train(tiny_dataset, out, args)
 
 

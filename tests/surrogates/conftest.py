@@ -7,8 +7,24 @@ import pytest
 
 from coherence.simulation.dataset import SPLITS
 from coherence.simulation.wellformat import write_well_file
+from coherence.surrogates.training import TrainingArgs
 
 TINY_OVERRIDES = {"base_width": 8, "channel_mult": (1, 2), "n_down": 1, "groups": 4}
+
+
+def tiny_args(**changes) -> TrainingArgs:
+    """A tiny UNet trained for 2 epochs on 4 transitions (≈ 1 s on the tiny dataset)."""
+    base = dict(
+        arch="unet",
+        seed=3,
+        epochs=2,
+        batch_size=8,
+        lr=3e-3,
+        transitions=4,
+        device="cpu",
+        overrides=TINY_OVERRIDES,
+    )
+    return TrainingArgs(**{**base, **changes})
 
 
 def advected_states(n: int, steps: int, size: int, seed: int) -> np.ndarray:

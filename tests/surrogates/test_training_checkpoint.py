@@ -14,23 +14,9 @@ from coherence.simulation.dataset import open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.losses import scaled_residual, smse
 from coherence.surrogates.rollout import rollout, rollout_errors
-from coherence.surrogates.training import TrainingArgs, train
+from coherence.surrogates.training import train
 
-from .conftest import TINY_OVERRIDES
-
-
-def tiny_args(**changes) -> TrainingArgs:
-    base = dict(
-        arch="unet",
-        seed=3,
-        epochs=2,
-        batch_size=8,
-        lr=3e-3,
-        transitions=4,
-        device="cpu",
-        overrides=TINY_OVERRIDES,
-    )
-    return TrainingArgs(**{**base, **changes})
+from .conftest import tiny_args
 
 
 @pytest.fixture(scope="module")

@@ -42,19 +42,9 @@ from coherence.demo import DemoSpec
 from coherence.simulation.dataset import generate_dataset
 from coherence.surrogates.training import train
 from coherence.workspace import ENV_VAR, checkpoints_dir, datasets_dir
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FLOOR_APP = """
 import numpy as np
 import streamlit as st
@@ -175,7 +165,7 @@ def main() -> None:
         floor_app = Path(tmp) / "floor_app.py"
         floor_app.write_text(FLOOR_APP)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             process, url = start_server(workspace, Path(tmp) / "streamlit.log")
             try:
                 cold = first_heatmap_seconds(browser, url)

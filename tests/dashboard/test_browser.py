@@ -26,20 +26,10 @@ import pytest
 
 from coherence.dashboard.panels import PANELS
 from coherence.workspace import ENV_VAR
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 from .conftest import ARTIFACTS, COMPARE, REPO
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHOTS = ARTIFACTS / "dashboard"
 HEATMAP = ".js-plotly-plot .heatmaplayer"
 SLOW = 120_000  # ms: the first script run of a server imports torch; a worker computes

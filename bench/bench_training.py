@@ -37,8 +37,9 @@ def throughput(arch: str, preset: str, resolution: int, batch: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    step()  # warm-up
-    seconds = best_of(step, repeats=3)
+    for _ in range(3):  # warm-up: allocator, oneDNN primitives, autograd graph caches
+        step()
+    seconds = best_of(step, repeats=5)
     return {
         "arch": arch,
         "preset": preset,

@@ -56,6 +56,11 @@ class PanelContext:
         parts = [self.selection.dataset, panel] + ([group.stem] if group else [])
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts))
 
+    def group_csv(self, panel: str, group: GroupState, data: Bytes) -> tuple[str, str, Bytes, str]:
+        """One model group's CSV download: labelled by group in compare mode only."""
+        label = f"Data {group.label} (CSV)" if self.compare else "Data (CSV)"
+        return csv_file(label, f"{self.stem(panel, group)}.csv", data)
+
 
 def how_to_read(builder: Callable) -> str:
     """The first paragraph of a figure builder's docstring, without its 'Read:' prefix:

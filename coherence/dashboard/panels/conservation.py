@@ -77,9 +77,9 @@ def _one_response(ctx: PanelContext, response: str) -> None:
         ctx.stem(f"{response}_two_time"),
         figure=figure,
         files=[
-            csv_file(
-                f"Data {g.label} (CSV)" if ctx.compare else "Data (CSV)",
-                f"{ctx.stem(f'{response}_two_time', g)}.csv",
+            ctx.group_csv(
+                f"{response}_two_time",
+                g,
                 lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps),
             )
             for g, V in maps

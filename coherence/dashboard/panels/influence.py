@@ -100,10 +100,8 @@ def two_time(ctx: PanelContext) -> None:
     )
     chart(figure, key="chart_two_time")
     files = [
-        csv_file(
-            f"Data {g.label} (CSV)" if ctx.compare else "Data (CSV)",
-            f"{ctx.stem('two_time', g)}.csv",
-            lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps),
+        ctx.group_csv(
+            "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)
         )
         for g, V in maps
     ]
@@ -139,11 +137,7 @@ def class_transfer(ctx: PanelContext) -> None:
     )
     chart(figure, key="chart_transfer")
     files = [
-        csv_file(
-            f"Data {g.label} (CSV)" if ctx.compare else "Data (CSV)",
-            f"{ctx.stem('class_transfer', g)}.csv",
-            lambda M=M, r=g.result: class_matrix_csv(M, r.classes),
-        )
+        ctx.group_csv("class_transfer", g, lambda M=M, r=g.result: class_matrix_csv(M, r.classes))
         for g, M in matrices
     ]
     downloads("transfer", ctx.stem("class_transfer"), figure=figure, files=files)
@@ -196,14 +190,7 @@ def distance(ctx: PanelContext) -> None:
     if len(figures) == 2:
         _share_y(figure, [c for _, c in curves])
     chart(figure, key="chart_distance")
-    files = [
-        csv_file(
-            f"Data {g.label} (CSV)" if ctx.compare else "Data (CSV)",
-            f"{ctx.stem('distance', g)}.csv",
-            lambda c=c: distance_csv(c),
-        )
-        for g, c in curves
-    ]
+    files = [ctx.group_csv("distance", g, lambda c=c: distance_csv(c)) for g, c in curves]
     downloads("distance", ctx.stem("distance"), figure=figure, files=files)
 
 

@@ -2,13 +2,13 @@
 
 Everything the estimators need is one of three products with the Jacobian J = ∂f/∂θ:
 - per-example VJPs  g[n] = J_nᵀ c[n]   (vmap over examples of one VJP),
-- batch JVPs        J v  ∈ R^{N×F×H×W} (``torch.func.linearize`` once, then per tangent ≈ two
-                    forwards: the forward-mode floor),
+- batch JVPs        J v  ∈ R^{N×F×H×W} (a traced tangent program, see ``tangents``),
 - batch VJPs        Jᵀ u ∈ R^P          (one retained reverse graph).
-Measured (CPU time, 1 thread, 0.3M-parameter conv UNet, N = 48, 32², F = 4; cost in batch
-forwards of 0.20 s): all N per-example VJPs 4.6 (a Python loop of autograd.grad: the same);
-linearize set-up 21 once, then 2.1 per tangent; plain ``torch.func.jvp`` 3.4 per tangent,
-vmapped over 4 tangents 2.5 each; batch VJP 2.3 per cotangent, vmapped 3.3 each.
+Measured (2 threads, 0.27M-parameter demo UNet, N = 48, 32², F = 4; cost in batch forwards of
+0.04 s): all N per-example VJPs 6; tangent program 2.2–2.3 per tangent after a trace of ≈ 1–2 s
+once per process and architecture; plain ``torch.func.jvp`` 3.5 per tangent, vmapped over 4
+tangents 3.0 each; ``torch.func.linearize`` 2.3 per tangent but a fresh ≈ 45-forward trace
+per (θ, x); the double-backward trick 5.6 per tangent.
 Because the model is per-example independent (no BatchNorm), the batch Jacobian J is the
 stack of the J_n, so η = Σ_n J_nᵀ J_n = JᵀJ and its matvec needs no per-example loop.
 
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, linearize, vjp, vmap
-from torch.overrides import TorchFunctionMode
+from torch.func import functional_call, vjp, vmap
+
+from coherence.analysis import tangents
 
 
 @dataclass(frozen=True)
@@ -139,56 +139,23 @@ def per_example_vjps(
     return list(grads.unbind(1))
 
 
-def _wrap_pad(x: Tensor, pad: Sequence[int]) -> Tensor:
-    """Circular padding written with slices and cat (no in-place writes): pairs in ``pad`` run
-    from the last dimension backwards, as in ``F.pad``. Same values as mode="circular"."""
-    for i in range(len(pad) // 2):
-        dim = x.ndim - 1 - i
-        before, after = pad[2 * i], pad[2 * i + 1]
-        size = x.shape[dim]
-        head = x.narrow(dim, size - before, before)
-        tail = x.narrow(dim, 0, after)
-        x = torch.cat([head, x, tail], dim=dim)
-    return x
-
-
-class _FunctionalCircularPad(TorchFunctionMode):
-    """Route F.pad(mode="circular") to ``_wrap_pad`` while ``linearize`` traces.
-
-    Why: in torch 2.13 ``torch.func.linearize`` const-folds the traced JVP graph, and the
-    built-in circular pad (new_empty + in-place copy_ into slices) is folded to the
-    UNINITIALISED buffer: J v comes back as garbage for any model with circular padding.
-    The cat form folds correctly.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.pad:
-            x, pad = args[0], list(args[1] if len(args) > 1 else kwargs["pad"])
-            mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
-            if mode == "circular" and all(
-                0 <= p <= x.shape[-1 - i // 2] for i, p in enumerate(pad)
-            ):
-                return _wrap_pad(x, pad)
-        return func(*args, **kwargs)
-
-
 class BatchJacobian:
     """Products with the stacked batch Jacobian J [N·D, P] at θ₀ (outputs as [N, F, H, W]).
 
-    ``jvp``: ``torch.func.linearize`` traces the forward and tangent graph once (≈ 20 forwards),
-    after which each tangent costs ≈ two forwards (plain ``torch.func.jvp``: ≈ 3.4). Because
-    linearize const-folds a traced graph, its first product is checked against plain
-    ``torch.func.jvp``; on a mismatch beyond √eps (relative, 2-norm) every product falls back to
-    plain jvp, recorded in ``jvp_method``. ``vjp``: one reverse graph retained across calls,
-    ≈ two forwards per cotangent. Both are built lazily. Memory: the batch activations, once
-    for each product kind in use.
+    ``jvp``: a ``TangentProgram`` (see ``tangents``: the JVP graph traced once per model
+    structure and input shape, split into a primal part run once here and a tangent part,
+    ≈ two forwards per tangent). Every binding's first product is checked against plain
+    ``torch.func.jvp`` (≈ 3.5 forwards; its exact value is the one returned); a mismatch beyond
+    √eps (relative, 2-norm) with a cached program re-traces once, and a mismatch of a fresh
+    trace makes every product use plain jvp, recorded in ``jvp_method``. ``vjp``: one reverse
+    graph retained across calls, ≈ two forwards per cotangent. Both are built lazily. Memory:
+    the batch activations, once for each product kind in use.
     """
 
     def __init__(self, fm: FlatModel, inputs: Tensor) -> None:
         self.fm = fm
         self.inputs = inputs
-        self.jvp_method: str | None = None  # "linearize" | "jvp" once the first JVP ran
+        self.jvp_method: str | None = None  # "traced" | "jvp" once the first JVP ran
         self._push: Callable[[Tensor], Tensor] | None = None
         self._pull: Callable[[Tensor], tuple[Tensor]] | None = None
 
@@ -196,31 +163,32 @@ class BatchJacobian:
         return self.fm(theta, self.inputs)
 
     def _plain_jvp(self, tangent: Tensor) -> Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), tangents.quiet_forward_ad():
             return torch.func.jvp(self._batch, (self.fm.theta,), (tangent,))[1]
+
+    def _agrees(self, push: Callable[[Tensor], Tensor], tangent: Tensor, exact: Tensor) -> bool:
+        traced = push(tangent)
+        tol = torch.finfo(exact.dtype).eps ** 0.5
+        error = torch.linalg.vector_norm(traced - exact)
+        return bool(torch.isfinite(error)) and bool(error <= tol * torch.linalg.vector_norm(exact))
 
     def jvp(self, tangent: Tensor) -> Tensor:
         """J v for v [P] → [N, F, H, W]."""
+        if self._push is not None:
+            return self._push(tangent)
         if self.jvp_method == "jvp":
             return self._plain_jvp(tangent)
-        if self._push is None:
-            with warnings.catch_warnings(), _FunctionalCircularPad():
-                warnings.filterwarnings("ignore", message="Attempted to insert a get_attr")
-                # torch loads its forward-AD decompositions through torch.jit.script once
-                warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
-                _, self._push = linearize(self._batch, self.fm.theta)
-            exact = self._plain_jvp(tangent)
-            with torch.no_grad():
-                folded = self._push(tangent)
-            tol = torch.finfo(exact.dtype).eps ** 0.5
-            error = torch.linalg.vector_norm(folded - exact)
-            ok = bool(torch.isfinite(error)) and error <= tol * torch.linalg.vector_norm(exact)
-            self.jvp_method = "linearize" if ok else "jvp"
-            if not ok:
-                self._push = None
-            return exact
-        with torch.no_grad():
-            return self._push(tangent)
+        exact = self._plain_jvp(tangent)
+        was_cached = tangents.is_cached(self.fm, self.inputs)
+        push = tangents.cached_program(self.fm, self.inputs).bind(self.fm, self.inputs)
+        if not self._agrees(push, tangent, exact) and was_cached:
+            fresh = tangents.cached_program(self.fm, self.inputs, fresh=True)
+            push = fresh.bind(self.fm, self.inputs)
+        if self._agrees(push, tangent, exact):
+            self._push, self.jvp_method = push, "traced"
+        else:
+            self.jvp_method = "jvp"
+        return exact
 
     def vjp(self, cotangent: Tensor) -> Tensor:
         """Jᵀ u = Σ_n J_nᵀ u_n for u [N, F, H, W] → [P]."""

@@ -11,7 +11,7 @@ holds g_A(r) for one response; η = Σ_n J_nᵀ J_n; λ the damping. Every small
   g_Aᵀ(η + λI)⁻¹g_B only when every solution y_p lies in span(Q), e.g. when Q spans all of R^P
   (P ≤ N with G of full rank) or when span(Q) is an invariant subspace of η. In general it
   differs: the full solve with P ≥ N·D and tiny λ tends to a trivially diagonal H, the
-  projected one does not. Cost: s ≤ N batch JVPs (≈ 2 forwards each after one linearize).
+  projected one does not. Cost: s ≤ N batch JVPs (≈ 2 forwards each; see ``tangents``).
 - ``cg``: the full solve, matrix-free, by N independent conjugate-gradient runs stopped at a
   relative residual rtol. Cost: per iteration and unconverged column one batch JVP + one
   batch VJP (≈ 4 forwards).

@@ -72,7 +72,7 @@ class InfluenceDiagnostics:
     iterations: tuple[int, ...] | None = None  # cg: per perturbation column
     residuals: tuple[float, ...] | None = None  # cg: true final ‖b − (η+λI)y‖/‖b‖ per column
     converged: bool | None = None  # cg: every column reached rtol within max_iter
-    jvp_method: str | None = None  # "linearize", or "jvp" after a failed check; None: unused
+    jvp_method: str | None = None  # "traced", or "jvp" after a failed check; None: unused
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -222,7 +222,7 @@ def compute_influence(
     returned in that dtype and device (accumulated in float64).
 
     Cost: one forward + (1 + #extra responses) backwards per example, then subspace: one
-    linearize + s ≤ N JVPs; cg: Σ_p iterations_p × (JVP + VJP); euclidean: nothing more.
+    traced primal part + s ≤ N JVPs; cg: Σ_p iterations_p × (JVP + VJP); euclidean: nothing more.
     """
     est = parse_estimator(estimator)
     responses = parse_responses(response)

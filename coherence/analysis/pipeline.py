@@ -113,9 +113,9 @@ def estimate_cost(
     model: nn.Module, request: AnalysisRequest, example: torch.Tensor
 ) -> CostEstimate:
     """Passes: N VJPs (≈ 3 forwards each, +2 per extra response), then subspace: s ≤ N JVPs
-    (≈ 2 forwards each, plus linearize ≈ 3); cg: ≈ 2N forwards per iteration (reported for
-    one iteration's worth × 10). Memory: G, g_A and Q (P × N each, float64 Gram aside) plus
-    the batch's activations kept by vmap / linearize (≈ 3 copies).
+    (≈ 2 forwards each, plus the traced primal part ≈ 3); cg: ≈ 2N forwards per iteration
+    (reported for one iteration's worth × 10). Memory: G, g_A and Q (P × N each, float64 Gram
+    aside) plus the batch's activations kept by vmap / the tangent program (≈ 3 copies).
     """
     n = request.n_examples
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)

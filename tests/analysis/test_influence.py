@@ -15,12 +15,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from coherence.analysis import autodiff
 from coherence.analysis.autodiff import (
     BatchJacobian,
     FlatModel,
     GaussNewtonOperator,
-    _wrap_pad,
     per_example_vjps,
 )
 from coherence.analysis.influence import compute_influence, influence_matrix, top_eigenvalue
@@ -63,15 +61,17 @@ def test_per_example_vjps_match_a_loop_of_autograd_grad(ce_model, ce_batch, gene
         torch.testing.assert_close(got[k], torch.stack(rows), rtol=1e-12, atol=1e-12)
 
 
-def test_batch_jvp_uses_verified_linearize_and_matches_jacrev(ce_model, ce_batch, generator):
+def test_batch_jvp_uses_verified_traced_program_and_matches_jacrev(
+    ce_model, ce_batch, generator
+):
     x, y = ce_batch
     ref = dense_reference(ce_model, x, y)
     jac = BatchJacobian(FlatModel(ce_model), x)
-    for _ in range(3):  # first call: checked plain jvp; then the linearized graph
+    for _ in range(3):  # first call: checked plain jvp; then the traced tangent graph
         v = torch.randn(ref.jac.shape[2], generator=generator, dtype=x.dtype)
         expected = torch.einsum("ndp,p->nd", ref.jac, v).reshape(x.shape)
         torch.testing.assert_close(jac.jvp(v), expected, rtol=1e-10, atol=1e-12)
-    assert jac.jvp_method == "linearize"  # the circular-pad workaround keeps linearize usable
+    assert jac.jvp_method == "traced"  # the circular-pad rewrite keeps the trace usable
 
 
 def test_gauss_newton_operator_matches_dense_metric(ns_model, ns_batch, generator):
@@ -81,30 +81,6 @@ def test_gauss_newton_operator_matches_dense_metric(ns_model, ns_batch, generato
     vs = torch.randn(3, ref.jac.shape[2], generator=generator, dtype=x.dtype)
     eye = torch.eye(vs.shape[1], dtype=x.dtype)
     torch.testing.assert_close(op.apply_rows(vs), vs @ (ref.eta + 0.3 * eye), rtol=1e-10, atol=0)
-
-
-def test_broken_linearize_falls_back_to_plain_jvp(ce_model, ce_batch, generator, monkeypatch):
-    x, y = ce_batch
-    ref = dense_reference(ce_model, x, y)
-
-    def garbage_linearize(func, primal):
-        return func(primal), lambda tangent: torch.full_like(func(primal), 1e30)
-
-    monkeypatch.setattr(autodiff, "linearize", garbage_linearize)
-    jac = BatchJacobian(FlatModel(ce_model), x)
-    for _ in range(2):
-        v = torch.randn(ref.jac.shape[2], generator=generator, dtype=x.dtype)
-        expected = torch.einsum("ndp,p->nd", ref.jac, v).reshape(x.shape)
-        torch.testing.assert_close(jac.jvp(v), expected, rtol=1e-10, atol=1e-12)
-    assert jac.jvp_method == "jvp"
-
-
-@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (2, 0, 1, 3), (0, 0, 2, 2)])
-def test_wrap_pad_equals_builtin_circular_pad(pad, generator):
-    x = torch.randn(2, 3, 5, 6, generator=generator)
-    torch.testing.assert_close(
-        _wrap_pad(x, pad), nn.functional.pad(x, pad, mode="circular"), rtol=0, atol=0
-    )
 
 
 # ------------------------------------------------------------------- estimators ----------
@@ -128,7 +104,7 @@ def test_subspace_matches_dense_galerkin_reference(ce_model, ce_batch, ce_refere
         assert_rel(result.H_by_response[r], ce_reference.galerkin(r, 1e-4, threshold), REL_EXACT)
     diag = result.diagnostics
     assert diag.rank == ce_reference.basis(threshold).shape[1]
-    assert diag.jvp_method == "linearize"
+    assert diag.jvp_method == "traced"
     torch.testing.assert_close(
         torch.tensor(diag.subspace_eigenvalues, dtype=torch.float64),
         ce_reference.subspace_eigenvalues(threshold),

@@ -1,0 +1,128 @@
+"""Traced tangent programs (coherence.analysis.tangents): exact JVPs, reuse across weights and
+batches, and the checks that catch a stale or broken trace. Reference: the dense jacrev
+Jacobian of tests/analysis/conftest.py and plain torch.func.jvp."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from coherence.analysis import tangents
+from coherence.analysis.autodiff import BatchJacobian, FlatModel
+from coherence.analysis.tangents import _wrap_pad
+from tests.analysis.conftest import TinyConv, dense_reference
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(autouse=True)
+def empty_program_cache():
+    tangents.clear_programs()
+    yield
+    tangents.clear_programs()
+
+
+def dense_jvp(model: nn.Module, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+    return torch.einsum("ndp,p->nd", dense_reference(model, x, y).jac, v).reshape(x.shape)
+
+
+def count_traces(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = tangents.trace_program
+
+    def counted(fm, inputs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return original(fm, inputs)
+
+    monkeypatch.setattr(tangents, "trace_program", counted)
+    return calls
+
+
+def test_program_is_exact_and_reused_across_weights_and_batches(ce_batch, generator, monkeypatch):
+    traces = count_traces(monkeypatch)
+    x, y = ce_batch
+    for seed in (0, 1):  # two "checkpoints" of one architecture
+        torch.manual_seed(seed)
+        model = TinyConv(4).double()
+        for batch in (x, x.flip(0) * 1.1):  # two batches of one shape
+            jac = BatchJacobian(FlatModel(model), batch)
+            for _ in range(2):
+                v = torch.randn(FlatModel(model).n_params, generator=generator, dtype=x.dtype)
+                torch.testing.assert_close(
+                    jac.jvp(v), dense_jvp(model, batch, y, v), rtol=1e-10, atol=1e-12
+                )
+            assert jac.jvp_method == "traced"
+    assert len(traces) == 1  # one trace served both models and both batches
+
+
+def test_boundary_values_survive_many_tangents(ce_model, ce_batch, generator):
+    """The tangent part must never write into the kept primal values."""
+    x, _ = ce_batch
+    fm = FlatModel(ce_model)
+    program = tangents.cached_program(fm, x)
+    assert not any(tangents._mutates(n) for n in program.tangent.graph.nodes)
+    push = program.bind(fm, x)
+    v1, v2 = torch.randn(2, fm.n_params, generator=generator, dtype=x.dtype)
+    first = push(v1).clone()
+    push(v2)
+    torch.testing.assert_close(push(v1), first, rtol=0, atol=0)
+
+
+class Scaled(nn.Module):
+    """A model with a plain float attribute that its repr does not show: the structure key
+    cannot tell two instances apart, so a cached trace replays the wrong constant."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.scale * torch.tanh(self.conv(x))
+
+
+def test_stale_cached_program_is_retraced(ce_batch, generator, monkeypatch):
+    x, y = ce_batch
+    torch.manual_seed(0)
+    first, second = Scaled(1.0).double(), Scaled(3.0).double()
+    second.load_state_dict(first.state_dict())
+    BatchJacobian(FlatModel(first), x).jvp(torch.randn(FlatModel(first).n_params).double())
+    traces = count_traces(monkeypatch)
+    jac = BatchJacobian(FlatModel(second), x)
+    for _ in range(2):
+        v = torch.randn(FlatModel(second).n_params, generator=generator, dtype=x.dtype)
+        torch.testing.assert_close(jac.jvp(v), dense_jvp(second, x, y, v), rtol=1e-10, atol=1e-12)
+    assert jac.jvp_method == "traced" and len(traces) == 1  # re-traced once, then correct
+
+
+def test_broken_trace_falls_back_to_plain_jvp(ce_model, ce_batch, generator, monkeypatch):
+    x, y = ce_batch
+
+    class Garbage:
+        def bind(self, fm, inputs):  # type: ignore[no-untyped-def]
+            return lambda tangent: torch.full_like(inputs, 1e30)
+
+    monkeypatch.setattr(tangents, "trace_program", lambda fm, inputs: Garbage())
+    jac = BatchJacobian(FlatModel(ce_model), x)
+    for _ in range(2):
+        v = torch.randn(FlatModel(ce_model).n_params, generator=generator, dtype=x.dtype)
+        torch.testing.assert_close(jac.jvp(v), dense_jvp(ce_model, x, y, v), rtol=1e-10, atol=1e-12)
+    assert jac.jvp_method == "jvp"
+
+
+def test_cache_keeps_the_most_recent_programs(generator):
+    fm = FlatModel(TinyConv(2).double())
+    for size in range(2, 2 + tangents._CACHE_SIZE + 2):
+        tangents.cached_program(fm, torch.zeros(1, 2, size, size, dtype=torch.float64))
+    assert len(tangents._programs) == tangents._CACHE_SIZE
+    assert tangents.is_cached(fm, torch.zeros(1, 2, size, size, dtype=torch.float64))
+    assert not tangents.is_cached(fm, torch.zeros(1, 2, 2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (2, 0, 1, 3), (0, 0, 2, 2)])
+def test_wrap_pad_equals_builtin_circular_pad(pad, generator):
+    x = torch.randn(2, 3, 5, 6, generator=generator)
+    torch.testing.assert_close(
+        _wrap_pad(x, pad), nn.functional.pad(x, pad, mode="circular"), rtol=0, atol=0
+    )

@@ -146,8 +146,10 @@ class BatchJacobian:
     structure and input shape, split into a primal part run once here and a tangent part,
     ≈ two forwards per tangent). Every binding's first product is checked against plain
     ``torch.func.jvp`` (≈ 3.5 forwards; its exact value is the one returned); a mismatch beyond
-    √eps (relative, 2-norm) with a cached program re-traces once, and a mismatch of a fresh
-    trace makes every product use plain jvp, recorded in ``jvp_method``. ``vjp``: one reverse
+    √eps (relative, 2-norm) with a cached program re-traces once; a mismatch of a fresh trace,
+    or a model torch cannot trace (e.g. data-dependent control flow, tensor attributes that
+    are neither parameters nor buffers), makes every product use plain jvp, recorded in
+    ``jvp_method``. ``vjp``: one reverse
     graph retained across calls, ≈ two forwards per cotangent. Both are built lazily. Memory:
     the batch activations, once for each product kind in use.
     """
@@ -179,15 +181,17 @@ class BatchJacobian:
         if self.jvp_method == "jvp":
             return self._plain_jvp(tangent)
         exact = self._plain_jvp(tangent)
-        was_cached = tangents.is_cached(self.fm, self.inputs)
-        push = tangents.cached_program(self.fm, self.inputs).bind(self.fm, self.inputs)
-        if not self._agrees(push, tangent, exact) and was_cached:
-            fresh = tangents.cached_program(self.fm, self.inputs, fresh=True)
-            push = fresh.bind(self.fm, self.inputs)
+        self.jvp_method = "jvp"
+        try:
+            was_cached = tangents.is_cached(self.fm, self.inputs)
+            push = tangents.cached_program(self.fm, self.inputs).bind(self.fm, self.inputs)
+            if not self._agrees(push, tangent, exact) and was_cached:
+                fresh = tangents.cached_program(self.fm, self.inputs, fresh=True)
+                push = fresh.bind(self.fm, self.inputs)
+        except tangents.TraceError:  # a model torch cannot trace still gets exact JVPs
+            return exact
         if self._agrees(push, tangent, exact):
             self._push, self.jvp_method = push, "traced"
-        else:
-            self.jvp_method = "jvp"
         return exact
 
     def vjp(self, cotangent: Tensor) -> Tensor:

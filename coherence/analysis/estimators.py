@@ -53,7 +53,8 @@ def gram64(a: Tensor, b: Tensor) -> Tensor:
     out = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
     for start in range(0, a.shape[1], _GRAM_CHUNK):
         block = slice(start, start + _GRAM_CHUNK)
-        out += a[:, block].double() @ b[:, block].double().T
+        a64 = a[:, block].double()
+        out += a64 @ (a64 if b is a else b[:, block].double()).T  # a Gram: convert once
     return out
 
 

@@ -13,17 +13,18 @@ by dependence on v:
   kept;
 - the *tangent* part runs per tangent, ≈ two batch forwards of arithmetic.
 
-Programs are cached by structure (module class and repr, parameter and buffer names, shapes
-and dtypes, input shape, dtype and device), so later checkpoints of the same architecture and
-later batches reuse the trace. A program is only as good as the trace: models with
-data-dependent Python control flow or unregistered tensor attributes would be replayed with
-the traced values, which is why ``BatchJacobian`` checks the first product of every binding
-against plain ``torch.func.jvp``.
+Programs are cached by structure (module classes, repr and plain attributes, parameter and
+buffer names, shapes and dtypes, input shape, dtype and device), so later checkpoints of the
+same architecture and later batches reuse the trace. A program is only as good as the trace:
+models with data-dependent Python control flow or unregistered tensor attributes would be
+replayed with the traced values, which is why ``BatchJacobian`` checks the first product of
+every binding against plain ``torch.func.jvp``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, fx
+from torch import Tensor, fx, nn
 from torch.func import functional_call, functionalize
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.passes.dialect.common.cse_pass import CSEPass
@@ -84,6 +85,10 @@ def quiet_forward_ad() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
         warnings.filterwarnings("ignore", message="Attempted to insert a get_attr")
         yield
+
+
+class TraceError(RuntimeError):
+    """torch could not trace the model's JVP (plain jvp still works)."""
 
 
 def _mutates(node: fx.Node) -> bool:
@@ -166,8 +171,7 @@ def _split(graph_module: fx.GraphModule) -> TangentProgram:
     return TangentProgram(fx.GraphModule(root, primal_graph), fx.GraphModule(root, tangent_graph))
 
 
-def trace_program(fm: FlatModel, inputs: Tensor) -> TangentProgram:
-    """Trace J v for the model of ``fm`` at inputs of this shape (costs ≈ one traced JVP)."""
+def _trace(fm: FlatModel, inputs: Tensor) -> TangentProgram:
     names = tuple(fm.constants)
     model, layout = fm.model, fm.layout
 
@@ -189,12 +193,63 @@ def trace_program(fm: FlatModel, inputs: Tensor) -> TangentProgram:
     return _split(CSEPass().call(traced).graph_module)
 
 
+def trace_program(fm: FlatModel, inputs: Tensor) -> TangentProgram:
+    """Trace J v for the model of ``fm`` at inputs of this shape (≈ 1 s for the demo UNet).
+
+    The trace runs in its own short-lived thread. Why: in torch 2.13 a trace that fails
+    half-way (a model fake tensors cannot follow, e.g. a tensor attribute that is neither a
+    parameter nor a buffer) leaves functorch's dispatch keys excluded in the thread-local
+    state, after which every torch.func call in that thread fails ("Cannot access storage of
+    TensorWrapper"). A failure is raised here as TraceError; the caller's thread is untouched.
+    """
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["program"] = _trace(fm, inputs)
+        except Exception as error:  # reported below, in the caller's thread
+            outcome["error"] = f"{type(error).__name__}: {error}"
+
+    worker = threading.Thread(target=work, name="coherence-tangent-trace")
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        reason = str(outcome["error"])[:300]
+        raise TraceError(f"cannot trace the JVP of {type(fm.model).__qualname__}: {reason}")
+    program = outcome["program"]
+    assert isinstance(program, TangentProgram)
+    return program
+
+
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _module_settings(module: nn.Module) -> tuple:
+    """Every submodule's class and public plain attributes (e.g. an attention block's head
+    count, which its repr does not show): values a trace bakes in as constants."""
+    return tuple(
+        (
+            name,
+            type(m).__qualname__,
+            tuple(
+                sorted(
+                    (k, v)
+                    for k, v in vars(m).items()
+                    if not k.startswith("_") and k != "training" and isinstance(v, _PLAIN)
+                )
+            ),
+        )
+        for name, m in module.named_modules()
+    )
+
+
 def _structure_key(fm: FlatModel, inputs: Tensor) -> tuple:
     model = fm.model
     return (
         type(model).__module__,
         type(model).__qualname__,
         repr(model),
+        _module_settings(model),
         fm.layout.names,
         fm.layout.shapes,
         fm.theta.dtype,

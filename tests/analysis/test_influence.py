@@ -61,9 +61,7 @@ def test_per_example_vjps_match_a_loop_of_autograd_grad(ce_model, ce_batch, gene
         torch.testing.assert_close(got[k], torch.stack(rows), rtol=1e-12, atol=1e-12)
 
 
-def test_batch_jvp_uses_verified_traced_program_and_matches_jacrev(
-    ce_model, ce_batch, generator
-):
+def test_batch_jvp_uses_verified_traced_program_and_matches_jacrev(ce_model, ce_batch, generator):
     x, y = ce_batch
     ref = dense_reference(ce_model, x, y)
     jac = BatchJacobian(FlatModel(ce_model), x)

@@ -70,16 +70,45 @@ def test_boundary_values_survive_many_tangents(ce_model, ce_batch, generator):
 
 
 class Scaled(nn.Module):
-    """A model with a plain float attribute that its repr does not show: the structure key
-    cannot tell two instances apart, so a cached trace replays the wrong constant."""
+    """A model whose constant hides in a list attribute: the structure key cannot see it, so a
+    cached trace replays the traced value."""
 
     def __init__(self, scale: float) -> None:
         super().__init__()
         self.conv = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
-        self.scale = scale
+        self.scale = [scale]
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.scale * torch.tanh(self.conv(x))
+        return x + self.scale[0] * torch.tanh(self.conv(x))
+
+
+class TensorAttribute(nn.Module):
+    """A tensor that is neither parameter nor buffer: torch 2.13 cannot trace it in fake mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.scale = torch.tensor(2.0, dtype=torch.float64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.scale * self.conv(x)
+
+
+def test_untraceable_model_uses_plain_jvp(ce_batch, generator):
+    x, y = ce_batch
+    model = TensorAttribute().double()
+    jac = BatchJacobian(FlatModel(model), x)
+    for _ in range(2):
+        v = torch.randn(FlatModel(model).n_params, generator=generator, dtype=x.dtype)
+        torch.testing.assert_close(jac.jvp(v), dense_jvp(model, x, y, v), rtol=1e-10, atol=1e-12)
+    assert jac.jvp_method == "jvp"
+    # the failed trace left this thread's torch.func state intact: tracing still works here
+    other = TinyConv(4).double()
+    jac = BatchJacobian(FlatModel(other), x)
+    v = torch.randn(FlatModel(other).n_params, generator=generator, dtype=x.dtype)
+    torch.testing.assert_close(jac.jvp(v), dense_jvp(other, x, y, v), rtol=1e-10, atol=1e-12)
+    jac.jvp(v)
+    assert jac.jvp_method == "traced"
 
 
 def test_stale_cached_program_is_retraced(ce_batch, generator, monkeypatch):
@@ -94,6 +123,25 @@ def test_stale_cached_program_is_retraced(ce_batch, generator, monkeypatch):
         v = torch.randn(FlatModel(second).n_params, generator=generator, dtype=x.dtype)
         torch.testing.assert_close(jac.jvp(v), dense_jvp(second, x, y, v), rtol=1e-10, atol=1e-12)
     assert jac.jvp_method == "traced" and len(traces) == 1  # re-traced once, then correct
+
+
+def test_plain_attributes_are_part_of_the_structure_key(ce_batch):
+    """Two attention blocks differing only in head count (not in their repr) get two traces."""
+    x, _ = ce_batch
+
+    class Heads(nn.Module):
+        def __init__(self, heads: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 1)
+            self.heads = heads
+
+        def forward(self, x: Tensor) -> Tensor:
+            return x + self.conv(x) / self.heads
+
+    two, four = Heads(2).double(), Heads(4).double()
+    assert repr(two) == repr(four)
+    tangents.cached_program(FlatModel(two), x)
+    assert not tangents.is_cached(FlatModel(four), x)
 
 
 def test_broken_trace_falls_back_to_plain_jvp(ce_model, ce_batch, generator, monkeypatch):

@@ -67,8 +67,7 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool) -> Non
     st.caption(f"**{selection.dataset}** · {sidebar.describe(selection)}")
     compute.render_status(root, states, issues)
     ctx = PanelContext(root, catalog, selection, catalog.dataset(selection.dataset), states)
-    if ctx.ready:
-        _guarded(headline, ctx)
+    scores_row = st.container()  # filled after the open tab: its chart is sent first
     tabs = st.tabs(
         [label for label, _ in PANELS], key="panel", bind="query-params", default=DEFAULT_PANEL
     )
@@ -77,6 +76,9 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool) -> Non
             continue
         with tab:
             _guarded(render, ctx)
+    if ctx.ready:
+        with scores_row:
+            _guarded(headline, ctx)
     _details(ctx)
 
 

@@ -144,6 +144,25 @@ def test_switching_the_model_group_selects_its_seeds(workspace, monkeypatch):
     assert [m.label for m in at.metric].count("Diagonal dominance") == 2
 
 
+def test_two_time_selectors_drive_the_chart_drawn_before_them(workspace, monkeypatch):
+    """The heatmap is sent before its selectors (first paint); it must still follow them."""
+    at = open_app(workspace, monkeypatch)
+    (intra,) = charts(at)
+    pair = at.selectbox(key="two_time_pair")
+    assert pair.value == "intra"
+    pair.set_value("CE-CRP ← CE-RP").run()
+    assert_clean(at)
+    (cross,) = charts(at)
+    assert "perturbation CE-RP" in cross["layout"]["title"]["text"]
+    assert cross["data"][0]["z"] != intra["data"][0]["z"]
+    seed = at.selectbox(key="two_time_seed")
+    seed.set_value(seed.options[1]).run()  # one checkpoint instead of the mean
+    assert_clean(at)
+    (single,) = charts(at)
+    assert at.selectbox(key="two_time_pair").value == "CE-CRP ← CE-RP"  # kept
+    assert single["data"][0]["z"] != cross["data"][0]["z"]
+
+
 @pytest.mark.parametrize("compare", [False, True], ids=["single", "compare"])
 @pytest.mark.parametrize("panel", [label for label, _ in PANELS])
 def test_every_panel_renders(workspace, monkeypatch, panel, compare):

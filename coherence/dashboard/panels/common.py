@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+FIRST_CHART_PAUSE_S = 0.1  # see _first_chart_pause
+_FIRST_CHART_SENT = "_first_chart_sent"
 Bytes = Callable[[], bytes]
 
 
@@ -96,10 +99,42 @@ def need_results(ctx: PanelContext) -> bool:
     return False
 
 
+def widget_value(key: str, options: Sequence[str]) -> str:
+    """A keyed selectbox's value before the widget is drawn: its state from the last run
+    when still among ``options``, else the first option (the state is reset to match).
+
+    Why: a panel can then send its chart before the selectors that configure it (drawn
+    above it through a container), so the chart's frontend code is fetched first.
+    """
+    value = st.session_state.get(key)
+    if value in options:
+        return value
+    if key in st.session_state:
+        del st.session_state[key]
+    return options[0]
+
+
 def chart(fig: go.Figure, key: str) -> None:
     """A plotly figure as the builders made it (their theme, not Streamlit's); the camera
     icon of its toolbar saves a PNG in the browser."""
     st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key)
+    _first_chart_pause()
+
+
+def _first_chart_pause() -> None:
+    """On a session's first run only, pause briefly after the first chart is sent.
+
+    Why: a fresh page still has to fetch the frontend code of every element it shows, over
+    six connections per host. Elements that arrive within the same few milliseconds are
+    rendered together and their code is fetched together, so plotly's 4.7 MB chunk queued
+    behind ~40 small widget chunks and the first heatmap appeared ≈ 0.2 s later (measured in
+    bench/bench_dashboard.py). Pausing lets the browser start on the chart's code first; the
+    sidebar and the remaining widgets follow FIRST_CHART_PAUSE_S later. Reruns never pause.
+    """
+    if st.session_state.get(_FIRST_CHART_SENT):
+        return
+    st.session_state[_FIRST_CHART_SENT] = True
+    time.sleep(FIRST_CHART_PAUSE_S)
 
 
 def pair_figure(

@@ -28,6 +28,7 @@ from coherence.dashboard.panels.common import (
     need_results,
     pair_figure,
     response_title,
+    widget_value,
 )
 from coherence.errors import CoherenceError
 
@@ -55,20 +56,14 @@ def two_time(ctx: PanelContext) -> None:
     if not need_results(ctx):
         return
     classes = ctx.selection.classes
-    left, right = st.columns(2)
-    option = left.selectbox(
-        "Class pair (rows = response, columns = perturbation)",
-        _pair_options(classes),
-        format_func=_pair_label,
-        key="two_time_pair",
-    )
+    pair_options = _pair_options(classes)
     seed_options = ["mean"] + ([] if ctx.compare else list(ctx.ready[0].result.checkpoints))
-    seed = right.selectbox(
-        "Seeds",
-        seed_options,
-        format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
-        key="two_time_seed",
-    )
+    # The chart is sent before its selectors (which are drawn above it): the browser then
+    # fetches plotly's 4.7 MB chunk first instead of queueing it behind the widgets' chunks
+    # (six connections per host). The values come from the widgets' state of the last run.
+    controls = st.container()
+    option = widget_value("two_time_pair", pair_options)
+    seed = widget_value("two_time_seed", seed_options)
     pair = None
     if option != INTRA:
         response, perturbation = option.split(" ← ")
@@ -99,6 +94,20 @@ def two_time(ctx: PanelContext) -> None:
         figures, labels, zrange=ctx.zrange, title=f"Two-time influence, {_pair_label(option)}"
     )
     chart(figure, key="chart_two_time")
+    with controls:
+        left, right = st.columns(2)
+        left.selectbox(
+            "Class pair (rows = response, columns = perturbation)",
+            pair_options,
+            format_func=_pair_label,
+            key="two_time_pair",
+        )
+        right.selectbox(
+            "Seeds",
+            seed_options,
+            format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
+            key="two_time_seed",
+        )
     files = [
         ctx.group_csv(
             "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)

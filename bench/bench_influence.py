@@ -33,6 +33,14 @@ from coherence.simulation.euler import evolve
 from coherence.surrogates.registry import build_model, parameter_count
 
 N_CLASSES, N_STEPS, RES = 3, 16, 32
+NOTES = (
+    "floor = N per-example VJPs + s × 2 batch forwards, measured in the same run; x_floor = "
+    "seconds / floor (target ≤ 1.5 for subspace). Subspace runs the default job (3 seeds × 2 "
+    "batches) per architecture in one process, as the job worker does: the first (checkpoint, "
+    "batch) traces the tangent program (UNet, first in the process: ≈ 1.4 s, most of it the "
+    "one-time import of torch's tracing stack; ViT ≈ 0.8 s); later ones reuse it. "
+    "rank_or_iters: the subspace rank s (mean or median over units) or cg's most iterations."
+)
 SEEDS, BATCHES = (10, 35, 42), 2  # the demo's checkpoints and the dashboard's default batches
 
 
@@ -208,8 +216,7 @@ def main() -> None:
         "influence",
         "Influence per (checkpoint, batch), N = 48 at 32², demo presets",
         demo,
-        "floor = N per-example VJPs + s × 2 batch forwards, measured in the same "
-        "run; x_floor = seconds / floor (target ≤ 1.5 for subspace).",
+        NOTES,
     )
     dense = dense_rows()
     write_result(

@@ -235,7 +235,7 @@ def _module_settings(module: nn.Module) -> tuple:
                 sorted(
                     (k, v)
                     for k, v in vars(m).items()
-                    if not k.startswith("_") and k != "training" and isinstance(v, _PLAIN)
+                    if not k.startswith("_") and isinstance(v, _PLAIN)
                 )
             ),
         )

@@ -142,6 +142,7 @@ def test_plain_attributes_are_part_of_the_structure_key(ce_batch):
     assert repr(two) == repr(four)
     tangents.cached_program(FlatModel(two), x)
     assert not tangents.is_cached(FlatModel(four), x)
+    assert not tangents.is_cached(FlatModel(two.eval()), x)  # train/eval mode is structure
 
 
 def test_broken_trace_falls_back_to_plain_jvp(ce_model, ce_batch, generator, monkeypatch):

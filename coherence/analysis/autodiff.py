@@ -144,14 +144,14 @@ class BatchJacobian:
 
     ``jvp``: a ``TangentProgram`` (see ``tangents``: the JVP graph traced once per model
     structure and input shape, split into a primal part run once here and a tangent part,
-    ≈ two forwards per tangent). Every binding's first product is checked against plain
-    ``torch.func.jvp`` (≈ 3.5 forwards; its exact value is the one returned); a mismatch beyond
-    √eps (relative, 2-norm) with a cached program re-traces once; a mismatch of a fresh trace,
-    or a model torch cannot trace (e.g. data-dependent control flow, tensor attributes that
-    are neither parameters nor buffers), makes every product use plain jvp, recorded in
-    ``jvp_method``. ``vjp``: one reverse
-    graph retained across calls, ≈ two forwards per cotangent. Both are built lazily. Memory:
-    the batch activations, once for each product kind in use.
+    ≈ two forwards per tangent). Every binding's first non-zero product is checked against
+    plain ``torch.func.jvp`` (≈ 3.5 forwards; its exact value is the one returned). A mismatch
+    beyond √eps (relative, 2-norm) with a cached program re-traces once (a model the structure
+    key cannot tell apart); a mismatch of a fresh trace, a replay error, or a model torch
+    cannot trace makes every product of this binding use plain jvp (``jvp_method``), and the
+    structure is not traced again in this process. ``vjp``: one reverse graph retained across
+    calls, ≈ two forwards per cotangent. Both are built lazily. Memory: the batch activations,
+    once for each product kind in use.
     """
 
     def __init__(self, fm: FlatModel, inputs: Tensor) -> None:
@@ -169,29 +169,47 @@ class BatchJacobian:
             return torch.func.jvp(self._batch, (self.fm.theta,), (tangent,))[1]
 
     def _agrees(self, push: Callable[[Tensor], Tensor], tangent: Tensor, exact: Tensor) -> bool:
-        traced = push(tangent)
+        """The traced product matches plain jvp to √eps (relative, 2-norm); a program that
+        raises on replay (e.g. a layout its views were not traced for) does not."""
+        try:
+            traced = push(tangent)
+        except Exception:  # replay failed: plain jvp still gives the exact product
+            return False
         tol = torch.finfo(exact.dtype).eps ** 0.5
         error = torch.linalg.vector_norm(traced - exact)
         return bool(torch.isfinite(error)) and bool(error <= tol * torch.linalg.vector_norm(exact))
+
+    def _bind(self, *, fresh: bool) -> Callable[[Tensor], Tensor] | None:
+        """A traced program bound to (θ, inputs), or None where torch cannot trace the model
+        (TraceError) or its primal part fails on these inputs: plain jvp is then exact."""
+        try:
+            program = tangents.cached_program(self.fm, self.inputs, fresh=fresh)
+            return program.bind(self.fm, self.inputs)
+        except Exception:
+            return None
 
     def jvp(self, tangent: Tensor) -> Tensor:
         """J v for v [P] → [N, F, H, W]."""
         if self._push is not None:
             return self._push(tangent)
-        if self.jvp_method == "jvp":
-            return self._plain_jvp(tangent)
         exact = self._plain_jvp(tangent)
+        if self.jvp_method == "jvp" or not bool(torch.linalg.vector_norm(exact) > 0):
+            return exact  # nothing to check a program against yet (J v = 0): decide later
         self.jvp_method = "jvp"
-        try:
-            was_cached = tangents.is_cached(self.fm, self.inputs)
-            push = tangents.cached_program(self.fm, self.inputs).bind(self.fm, self.inputs)
-            if not self._agrees(push, tangent, exact) and was_cached:
-                fresh = tangents.cached_program(self.fm, self.inputs, fresh=True)
-                push = fresh.bind(self.fm, self.inputs)
-        except tangents.TraceError:  # a model torch cannot trace still gets exact JVPs
+        was_cached = tangents.is_cached(self.fm, self.inputs)
+        push = self._bind(fresh=False)
+        if push is None:
             return exact
-        if self._agrees(push, tangent, exact):
-            self._push, self.jvp_method = push, "traced"
+        if not self._agrees(push, tangent, exact):
+            del push  # free its boundary values before a second binding
+            if not was_cached:
+                tangents.forget(self.fm, self.inputs, "its trace disagrees with plain jvp")
+                return exact
+            push = self._bind(fresh=True)  # stale: a model the structure key cannot tell apart
+            if push is None or not self._agrees(push, tangent, exact):
+                tangents.forget(self.fm, self.inputs, "its trace disagrees with plain jvp")
+                return exact
+        self._push, self.jvp_method = push, "traced"
         return exact
 
     def vjp(self, cotangent: Tensor) -> Tensor:

@@ -15,10 +15,12 @@ by dependence on v:
 
 Programs are cached by structure (module classes, repr and plain attributes, parameter and
 buffer names, shapes and dtypes, input shape, dtype and device), so later checkpoints of the
-same architecture and later batches reuse the trace. A program is only as good as the trace:
-models with data-dependent Python control flow or unregistered tensor attributes would be
-replayed with the traced values, which is why ``BatchJacobian`` checks the first product of
-every binding against plain ``torch.func.jvp``.
+same architecture and later batches reuse the trace. A program is only as good as its key:
+Python state the key cannot see (a list- or object-valued attribute, a global) is replayed
+with the traced value, which is why ``BatchJacobian`` checks the first product of every
+binding against plain ``torch.func.jvp``. Models fake tensors cannot follow (data-dependent
+control flow, tensor attributes that are neither parameters nor buffers) raise TraceError and
+are remembered as untraceable.
 """
 
 from __future__ import annotations
@@ -111,15 +113,21 @@ class TangentProgram:
 
     primal: fx.GraphModule
     tangent: fx.GraphModule
+    output_is_boundary: bool  # J v does not depend on v (e.g. J = 0): copy before returning
 
     def bind(self, fm: FlatModel, inputs: Tensor) -> Callable[[Tensor], Tensor]:
-        """J v at (fm.theta, inputs) for any v [P]; runs the primal part now (no grad)."""
+        """J v at (fm.theta, inputs) for any v [P]; runs the primal part now (no grad).
+
+        The boundary values are kept for the binding's lifetime (about one batch's
+        activations) and may alias ``inputs`` and the module's buffers; nothing writes to them.
+        """
         with torch.no_grad():
             boundary = self.primal(fm.theta, inputs, *fm.constants.values())
 
         def push(tangent: Tensor) -> Tensor:
             with torch.no_grad():
-                return self.tangent(*boundary, tangent)
+                out = self.tangent(*boundary, tangent)
+            return out.clone() if self.output_is_boundary else out
 
         return push
 
@@ -166,9 +174,14 @@ def _split(graph_module: fx.GraphModule) -> TangentProgram:
     for node in graph.nodes:
         if node in depends and node is not tangent_input:
             tangent_env[node] = tangent_graph.node_copy(node, lambda a: tangent_env[a])
-    tangent_graph.output(fx.node.map_arg(output.args[0], lambda a: tangent_env[a]))
+    result = output.args[0]
+    tangent_graph.output(fx.node.map_arg(result, lambda a: tangent_env[a]))
     root = graph_module
-    return TangentProgram(fx.GraphModule(root, primal_graph), fx.GraphModule(root, tangent_graph))
+    return TangentProgram(
+        fx.GraphModule(root, primal_graph),
+        fx.GraphModule(root, tangent_graph),
+        output_is_boundary=isinstance(result, fx.Node) and result not in depends,
+    )
 
 
 def _trace(fm: FlatModel, inputs: Tensor) -> TangentProgram:
@@ -205,8 +218,10 @@ def trace_program(fm: FlatModel, inputs: Tensor) -> TangentProgram:
     outcome: dict[str, object] = {}
 
     def work() -> None:
-        try:
-            outcome["program"] = _trace(fm, inputs)
+        try:  # the current CUDA device is thread-local: give the worker the inputs' one
+            cuda = torch.cuda.device(inputs.device) if inputs.is_cuda else contextlib.nullcontext()
+            with cuda:
+                outcome["program"] = _trace(fm, inputs)
         except Exception as error:  # reported below, in the caller's thread
             outcome["error"] = f"{type(error).__name__}: {error}"
 
@@ -224,6 +239,15 @@ def trace_program(fm: FlatModel, inputs: Tensor) -> TangentProgram:
 _PLAIN = (int, float, bool, str, type(None))
 
 
+def _plain(value: object) -> object | None:
+    """A hashable stand-in for a plain value or a tuple/list of them; None for anything else."""
+    if isinstance(value, _PLAIN):
+        return (type(value).__name__, value)
+    if isinstance(value, tuple | list) and all(isinstance(v, _PLAIN) for v in value):
+        return (type(value).__name__, tuple(value))
+    return None
+
+
 def _module_settings(module: nn.Module) -> tuple:
     """Every submodule's class and public plain attributes (e.g. an attention block's head
     count, which its repr does not show): values a trace bakes in as constants."""
@@ -233,9 +257,9 @@ def _module_settings(module: nn.Module) -> tuple:
             type(m).__qualname__,
             tuple(
                 sorted(
-                    (k, v)
+                    (k, _plain(v))
                     for k, v in vars(m).items()
-                    if not k.startswith("_") and isinstance(v, _PLAIN)
+                    if not k.startswith("_") and _plain(v) is not None
                 )
             ),
         )
@@ -253,28 +277,48 @@ def _structure_key(fm: FlatModel, inputs: Tensor) -> tuple:
         fm.layout.names,
         fm.layout.shapes,
         fm.theta.dtype,
-        tuple((n, c.shape, c.dtype) for n, c in fm.constants.items()),
+        tuple((n, c.shape, c.stride(), c.dtype) for n, c in fm.constants.items()),
         inputs.shape,
+        inputs.stride(),  # views in the graph are traced for this memory layout
         inputs.dtype,
         inputs.device,
     )
 
 
 _programs: OrderedDict[tuple, TangentProgram] = OrderedDict()
+_untraceable: dict[tuple, str] = {}  # key → why: not traced again in this process
+_lock = threading.Lock()  # one trace at a time; the cache is shared by the process's threads
 
 
 def cached_program(fm: FlatModel, inputs: Tensor, *, fresh: bool = False) -> TangentProgram:
     """The program for this model structure and input shape: from the per-process cache unless
-    ``fresh`` (then re-traced and the cache entry replaced). Least recently used is dropped."""
+    ``fresh`` (then re-traced and the cache entry replaced). Least recently used is dropped.
+    A structure that failed to trace raises TraceError again without a new attempt."""
     key = _structure_key(fm, inputs)
-    if not fresh and key in _programs:
-        _programs.move_to_end(key)
-        return _programs[key]
-    program = trace_program(fm, inputs)
-    _programs[key] = program
-    while len(_programs) > _CACHE_SIZE:
-        _programs.popitem(last=False)
-    return program
+    with _lock:
+        if key in _untraceable:
+            raise TraceError(_untraceable[key])
+        if not fresh and key in _programs:
+            _programs.move_to_end(key)
+            return _programs[key]
+        try:
+            program = trace_program(fm, inputs)
+        except TraceError as error:
+            _untraceable[key] = str(error)
+            raise
+        _programs[key] = program
+        while len(_programs) > _CACHE_SIZE:
+            _programs.popitem(last=False)
+        return program
+
+
+def forget(fm: FlatModel, inputs: Tensor, why: str) -> None:
+    """Drop this structure's program and never trace it again in this process (its traces
+    disagree with plain jvp)."""
+    key = _structure_key(fm, inputs)
+    with _lock:
+        _programs.pop(key, None)
+        _untraceable[key] = why
 
 
 def is_cached(fm: FlatModel, inputs: Tensor) -> bool:
@@ -283,5 +327,8 @@ def is_cached(fm: FlatModel, inputs: Tensor) -> bool:
 
 
 def clear_programs() -> None:
-    """Forget every traced program (tests; or after changing a model's code in place)."""
-    _programs.clear()
+    """Forget every traced program and every failure (tests; or after changing a model's code
+    in place)."""
+    with _lock:
+        _programs.clear()
+        _untraceable.clear()

@@ -160,6 +160,97 @@ def test_broken_trace_falls_back_to_plain_jvp(ce_model, ce_batch, generator, mon
     assert jac.jvp_method == "jvp"
 
 
+def test_a_zero_first_tangent_defers_the_check(ce_batch, generator):
+    """J·0 = 0 matches any program: the check waits for a tangent that can tell."""
+    x, y = ce_batch
+    torch.manual_seed(0)
+    first, second = Scaled(1.0).double(), Scaled(3.0).double()
+    second.load_state_dict(first.state_dict())
+    BatchJacobian(FlatModel(first), x).jvp(torch.randn(FlatModel(first).n_params).double())
+    jac = BatchJacobian(FlatModel(second), x)  # the cached program is stale for this one
+    n_params = FlatModel(second).n_params
+    assert torch.count_nonzero(jac.jvp(torch.zeros(n_params, dtype=x.dtype))) == 0
+    assert jac.jvp_method is None
+    for _ in range(2):
+        v = torch.randn(n_params, generator=generator, dtype=x.dtype)
+        torch.testing.assert_close(jac.jvp(v), dense_jvp(second, x, y, v), rtol=1e-10, atol=1e-12)
+    assert jac.jvp_method == "traced"
+
+
+def test_float32_programs_match_plain_jvp(generator):
+    torch.manual_seed(0)
+    model = TinyConv(4)
+    x = torch.randn(5, 4, 6, 6, generator=generator)
+    fm = FlatModel(model)
+    jac = BatchJacobian(fm, x)
+    for _ in range(3):
+        v = torch.randn(fm.n_params, generator=generator)
+        expected = torch.func.jvp(lambda th: fm(th, x), (fm.theta,), (v,))[1]
+        torch.testing.assert_close(jac.jvp(v), expected, rtol=1e-5, atol=1e-6)
+    assert jac.jvp_method == "traced"
+
+
+class Flatten(nn.Module):
+    """Reshapes its input: traced on a contiguous batch that is a view, which a batch with
+    other strides cannot replay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.linear(x.reshape(x.shape[0], -1)).reshape(x.shape)
+
+
+def test_memory_layout_is_part_of_the_key(ce_batch, generator):
+    x, _ = ce_batch
+    model = Flatten().double()
+    fm = FlatModel(model)
+    strided = x.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
+    for batch in (x, strided):
+        jac = BatchJacobian(fm, batch)
+        for _ in range(2):
+            v = torch.randn(fm.n_params, generator=generator, dtype=x.dtype)
+            expected = torch.func.jvp(lambda th, b=batch: fm(th, b), (fm.theta,), (v,))[1]
+            torch.testing.assert_close(jac.jvp(v), expected, rtol=1e-10, atol=1e-12)
+        assert jac.jvp_method == "traced"
+    assert len(tangents._programs) == 2
+
+
+def test_an_untraceable_structure_is_not_traced_again(ce_batch, generator, monkeypatch):
+    x, _ = ce_batch
+    traces = count_traces(monkeypatch)
+    model = TensorAttribute().double()
+    for _ in range(2):
+        jac = BatchJacobian(FlatModel(model), x)
+        jac.jvp(torch.randn(FlatModel(model).n_params, generator=generator, dtype=x.dtype))
+        assert jac.jvp_method == "jvp"
+    assert len(traces) == 1
+
+
+class Constant(nn.Module):
+    """An output that does not depend on the parameters: J = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 2.0 * x
+
+
+def test_products_never_share_memory(ce_batch):
+    """When J v does not depend on v the program's output is a kept value: copy it."""
+    x, _ = ce_batch
+    fm = FlatModel(Constant().double())
+    program = tangents.cached_program(fm, x)
+    push = program.bind(fm, x)
+    first, second = push(torch.ones(3, dtype=x.dtype)), push(torch.ones(3, dtype=x.dtype))
+    assert first.data_ptr() != second.data_ptr()
+    first += 1.0
+    assert torch.count_nonzero(push(torch.ones(3, dtype=x.dtype))) == 0
+
+
 def test_cache_keeps_the_most_recent_programs(generator):
     fm = FlatModel(TinyConv(2).double())
     for size in range(2, 2 + tangents._CACHE_SIZE + 2):

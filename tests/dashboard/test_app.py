@@ -163,6 +163,22 @@ def test_two_time_selectors_drive_the_chart_drawn_before_them(workspace, monkeyp
     assert single["data"][0]["z"] != cross["data"][0]["z"]
 
 
+def test_a_two_time_choice_that_no_longer_exists_resets_in_the_browser_too(workspace, monkeypatch):
+    """A seed picked alone is not offered in compare mode: the chart shows the seed mean and
+    the selectbox tells the browser so (a browser that kept the old choice would send it back
+    on every run while the chart showed the mean)."""
+    at = open_app(workspace, monkeypatch)
+    seed = at.selectbox(key="two_time_seed")
+    seed.set_value(seed.options[1]).run()
+    at.toggle(key="sb_compare").set_value(True).run()
+    assert_clean(at)
+    seed = at.selectbox(key="two_time_seed")
+    assert seed.value == "mean" and seed.options == ["mean over the selected seeds"]
+    assert seed.proto.set_value  # the reset value is pushed to the frontend
+    (figure,) = charts(at)
+    assert figure["layout"]["title"]["text"].startswith("Two-time influence, intra-class")
+
+
 @pytest.mark.parametrize("compare", [False, True], ids=["single", "compare"])
 @pytest.mark.parametrize("panel", [label for label, _ in PANELS])
 def test_every_panel_renders(workspace, monkeypatch, panel, compare):

@@ -101,17 +101,14 @@ def need_results(ctx: PanelContext) -> bool:
 
 def widget_value(key: str, options: Sequence[str]) -> str:
     """A keyed selectbox's value before the widget is drawn: its state from the last run
-    when still among ``options``, else the first option (the state is reset to match).
+    when still among ``options``, else the first option, the one the selectbox itself falls
+    back to (and then tells the browser about) when it is drawn with these options.
 
     Why: a panel can then send its chart before the selectors that configure it (drawn
     above it through a container), so the chart's frontend code is fetched first.
     """
     value = st.session_state.get(key)
-    if value in options:
-        return value
-    if key in st.session_state:
-        del st.session_state[key]
-    return options[0]
+    return value if value in options else options[0]
 
 
 def chart(fig: go.Figure, key: str) -> None:
@@ -122,7 +119,8 @@ def chart(fig: go.Figure, key: str) -> None:
 
 
 def _first_chart_pause() -> None:
-    """On a session's first run only, pause briefly after the first chart is sent.
+    """Once per session, pause briefly after the first chart is sent (on the first run that
+    draws one: a fresh page load, or the rerun that shows a first result).
 
     Why: a fresh page still has to fetch the frontend code of every element it shows, over
     six connections per host. Elements that arrive within the same few milliseconds are

@@ -62,8 +62,32 @@ def two_time(ctx: PanelContext) -> None:
     # fetches plotly's 4.7 MB chunk first instead of queueing it behind the widgets' chunks
     # (six connections per host). The values come from the widgets' state of the last run.
     controls = st.container()
-    option = widget_value("two_time_pair", pair_options)
-    seed = widget_value("two_time_seed", seed_options)
+    try:
+        _two_time_chart(
+            ctx,
+            widget_value("two_time_pair", pair_options),
+            widget_value("two_time_seed", seed_options),
+        )
+    finally:  # the selectors stay usable when the chosen view fails to draw
+        with controls:
+            left, right = st.columns(2)
+            left.selectbox(
+                "Class pair (rows = response, columns = perturbation)",
+                pair_options,
+                format_func=_pair_label,
+                key="two_time_pair",
+            )
+            right.selectbox(
+                "Seeds",
+                seed_options,
+                format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
+                key="two_time_seed",
+            )
+
+
+def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
+    """The two-time map of the chosen class pair and seed (or seed mean), and its downloads."""
+    classes = ctx.selection.classes
     pair = None
     if option != INTRA:
         response, perturbation = option.split(" ← ")
@@ -94,20 +118,6 @@ def two_time(ctx: PanelContext) -> None:
         figures, labels, zrange=ctx.zrange, title=f"Two-time influence, {_pair_label(option)}"
     )
     chart(figure, key="chart_two_time")
-    with controls:
-        left, right = st.columns(2)
-        left.selectbox(
-            "Class pair (rows = response, columns = perturbation)",
-            pair_options,
-            format_func=_pair_label,
-            key="two_time_pair",
-        )
-        right.selectbox(
-            "Seeds",
-            seed_options,
-            format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
-            key="two_time_seed",
-        )
     files = [
         ctx.group_csv(
             "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)

@@ -14,13 +14,13 @@ by dependence on v:
 - the *tangent* part runs per tangent, ≈ two batch forwards of arithmetic.
 
 Programs are cached by structure (module classes, repr and plain attributes, parameter and
-buffer names, shapes and dtypes, input shape, dtype and device), so later checkpoints of the
-same architecture and later batches reuse the trace. A program is only as good as its key:
-Python state the key cannot see (a list- or object-valued attribute, a global) is replayed
-with the traced value, which is why ``BatchJacobian`` checks the first product of every
-binding against plain ``torch.func.jvp``. Models fake tensors cannot follow (data-dependent
-control flow, tensor attributes that are neither parameters nor buffers) raise TraceError and
-are remembered as untraceable.
+buffer names, shapes, strides and dtypes, input shape, strides, dtype and device), so later
+checkpoints of the same architecture and later batches reuse the trace. A program is only as
+good as its key: Python state the key cannot see (a list- or object-valued attribute, a
+global) is replayed with the traced value, which is why ``BatchJacobian`` checks the first
+product of every binding against plain ``torch.func.jvp``. Models fake tensors cannot follow
+(data-dependent control flow, tensor attributes that are neither parameters nor buffers)
+raise TraceError and are remembered as untraceable.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ def _first_chart_pause() -> None:
     rendered together and their code is fetched together, so plotly's 4.7 MB chunk queued
     behind ~40 small widget chunks and the first heatmap appeared ≈ 0.2 s later (measured in
     bench/bench_dashboard.py). Pausing lets the browser start on the chart's code first; the
-    sidebar and the remaining widgets follow FIRST_CHART_PAUSE_S later. Reruns never pause.
+    sidebar and the remaining widgets follow FIRST_CHART_PAUSE_S later. Later charts and runs
+    never pause.
     """
     if st.session_state.get(_FIRST_CHART_SENT):
         return

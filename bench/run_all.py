@@ -1,0 +1,37 @@
+"""Run every benchmark in turn (``make bench``), each in its own process, then rewrite
+bench/RESULTS.md from bench/results/*.json.
+
+Each runs with its default options (the quick set); the slow extras are opt-in on the
+module itself: ``bench_training --demo`` (``coherence demo`` from scratch), ``bench_influence
+--cg-demo vit`` (≈ 20 minutes). The container figures (bench/results/docker.json) come from
+scripts/docker-test.sh. Benchmark on a quiet machine: the figures are wall-clock times.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from bench.common import render_report
+
+BENCHMARKS = (
+    "bench_solvers",
+    "bench_training",
+    "bench_influence",
+    "bench_cache",
+    "bench_dashboard",
+)
+
+
+def main() -> None:
+    for name in BENCHMARKS:
+        started = time.perf_counter()
+        print(f"== bench.{name}", flush=True)
+        subprocess.run([sys.executable, "-m", f"bench.{name}"], check=True)
+        print(f"== bench.{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    render_report()
+
+
+if __name__ == "__main__":
+    main()

@@ -202,10 +202,8 @@ class BatchJacobian:
             return exact
         if not self._agrees(push, tangent, exact):
             del push  # free its boundary values before a second binding
-            if not was_cached:
-                tangents.forget(self.fm, self.inputs, "its trace disagrees with plain jvp")
-                return exact
-            push = self._bind(fresh=True)  # stale: a model the structure key cannot tell apart
+            # a cached program may be stale (a model the structure key cannot tell apart)
+            push = self._bind(fresh=True) if was_cached else None
             if push is None or not self._agrees(push, tangent, exact):
                 tangents.forget(self.fm, self.inputs, "its trace disagrees with plain jvp")
                 return exact

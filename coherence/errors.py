@@ -6,6 +6,11 @@ sentence instead of a traceback.
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=Enum)
+
 
 class CoherenceError(ValueError):
     """Base class for user-facing errors of Coherence Explorer."""
@@ -29,3 +34,13 @@ class SimulationError(CoherenceError):
 
 class WorkspacePathError(CoherenceError):
     """A path points outside the workspace the product is allowed to read and write."""
+
+
+def parse_choice(kind: type[E], value: object, what: str) -> E:
+    """The member of ``kind`` named ``value``; otherwise a RequestError that names the bad
+    value and lists the allowed ones (``what``: how the message calls the choice)."""
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in kind)
+        raise RequestError(f"unknown {what} {value!r}; choose one of: {allowed}") from None

@@ -26,7 +26,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from coherence.errors import RequestError
+from coherence.errors import parse_choice
 
 _GRAM_CHUNK = 1 << 18  # parameter columns per float64 block: bounds the temporary copies
 
@@ -41,11 +41,7 @@ class Estimator(StrEnum):
 
 def parse_estimator(value: str | Estimator) -> Estimator:
     """An Estimator from its name; unknown names raise RequestError with the allowed list."""
-    try:
-        return Estimator(value)
-    except ValueError:
-        allowed = ", ".join(repr(e.value) for e in Estimator)
-        raise RequestError(f"unknown estimator {value!r}; choose one of: {allowed}") from None
+    return parse_choice(Estimator, value, "estimator")
 
 
 def gram64(a: Tensor, b: Tensor) -> Tensor:

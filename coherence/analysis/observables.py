@@ -16,7 +16,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
-from coherence.errors import RequestError
+from coherence.errors import RequestError, parse_choice
 from coherence.simulation.families import FAMILIES, Family
 
 EPS = 1e-6  # the ε in the SMSE scale and in the conservation denominators (METHOD.md)
@@ -40,11 +40,7 @@ _CONSERVED_CHANNEL = {
 
 def parse_response(value: str | Response) -> Response:
     """A Response from its name; unknown names raise RequestError with the allowed list."""
-    try:
-        return Response(value)
-    except ValueError:
-        allowed = ", ".join(repr(r.value) for r in Response)
-        raise RequestError(f"unknown response {value!r}; choose one of: {allowed}") from None
+    return parse_choice(Response, value, "response")
 
 
 def parse_responses(value: str | Response | Sequence[str | Response]) -> tuple[Response, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from coherence.errors import RequestError
+from coherence.errors import parse_choice
 
 
 class Family(StrEnum):
@@ -48,8 +48,4 @@ FAMILIES: dict[Family, FamilySpec] = {
 
 def family_spec(name: str | Family) -> FamilySpec:
     """Look up a family by name, with an error that lists the allowed values."""
-    try:
-        return FAMILIES[Family(name)]
-    except ValueError:
-        allowed = ", ".join(f.value for f in Family)
-        raise RequestError(f"unknown PDE family {name!r}; choose one of: {allowed}") from None
+    return FAMILIES[parse_choice(Family, name, "PDE family")]

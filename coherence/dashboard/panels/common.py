@@ -59,6 +59,10 @@ class PanelContext:
         parts = [self.selection.dataset, panel] + ([group.stem] if group else [])
         return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts))
 
+    def panel_csv(self, panel: str, data: Bytes) -> tuple[str, str, Bytes, str]:
+        """A panel's CSV download, named after the dataset and the panel."""
+        return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", data)
+
     def group_csv(self, panel: str, group: GroupState, data: Bytes) -> tuple[str, str, Bytes, str]:
         """One model group's CSV download: labelled by group in compare mode only."""
         label = f"Data {group.label} (CSV)" if self.compare else "Data (CSV)"

@@ -10,7 +10,6 @@ from coherence.analysis.summaries import lag_curves, two_time_map
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
-    csv_file,
     downloads,
     need_results,
     pair_figure,
@@ -94,11 +93,5 @@ def _one_response(ctx: PanelContext, response: str) -> None:
         f"{response}_lag",
         ctx.stem(f"{response}_time_lag"),
         figure=lags,
-        files=[
-            csv_file(
-                "Data (CSV)",
-                f"{ctx.stem(f'{response}_time_lag')}.csv",
-                lambda: lag_curves_csv(groups),
-            )
-        ],
+        files=[ctx.panel_csv(f"{response}_time_lag", lambda: lag_curves_csv(groups))],
     )

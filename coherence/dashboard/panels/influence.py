@@ -22,7 +22,6 @@ from coherence.dashboard import loaders
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
-    csv_file,
     downloads,
     how_to_read,
     need_results,
@@ -173,7 +172,7 @@ def time_lag(ctx: PanelContext) -> None:
     groups = [(g.label, lag_curves(g.result.H_std[g.result.primary])) for g in ctx.ready]
     figure = lag_curves_figure(groups, title="Influence vs time lag")
     chart(figure, key="chart_lag")
-    files = [csv_file("Data (CSV)", f"{ctx.stem('time_lag')}.csv", lambda: lag_curves_csv(groups))]
+    files = [ctx.panel_csv("time_lag", lambda: lag_curves_csv(groups))]
     downloads("lag", ctx.stem("time_lag"), figure=figure, files=files)
 
 

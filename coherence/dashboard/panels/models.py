@@ -23,7 +23,6 @@ from coherence.dashboard import loaders
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
-    csv_file,
     downloads,
     how_to_read,
     need_results,
@@ -49,13 +48,7 @@ def spectrum(ctx: PanelContext) -> None:
             "top_eig",
             ctx.stem("top_eigenvalue"),
             figure=box,
-            files=[
-                csv_file(
-                    "Data (CSV)",
-                    f"{ctx.stem('top_eigenvalue')}.csv",
-                    lambda: top_eigenvalues_csv(tops),
-                )
-            ],
+            files=[ctx.panel_csv("top_eigenvalue", lambda: top_eigenvalues_csv(tops))],
         )
     st.caption(how_to_read(subspace_spectrum_figure))
     spectra = {g.label: g.result.subspace_spectra for g in ctx.ready}
@@ -103,7 +96,7 @@ def spectrum(ctx: PanelContext) -> None:
         "spectrum",
         ctx.stem("spectrum"),
         figure=figure,
-        files=[csv_file("Data (CSV)", f"{ctx.stem('spectrum')}.csv", lambda: spectra_csv(spectra))],
+        files=[ctx.panel_csv("spectrum", lambda: spectra_csv(spectra))],
     )
 
 
@@ -144,9 +137,7 @@ def rollout(ctx: PanelContext) -> None:
         "rollout",
         ctx.stem("rollout"),
         figure=figure,
-        files=[
-            csv_file("Data (CSV)", f"{ctx.stem('rollout')}.csv", lambda: rollout_csv(summaries))
-        ],
+        files=[ctx.panel_csv("rollout", lambda: rollout_csv(summaries))],
     )
 
     st.subheader("Prediction vs truth", anchor=False)

@@ -13,7 +13,6 @@ from coherence.dashboard import loaders
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
-    csv_file,
     downloads,
     how_to_read,
     npz_file,
@@ -139,11 +138,5 @@ def _models(ctx: PanelContext) -> None:
         "training",
         ctx.stem("training"),
         figure=figure,
-        files=[
-            csv_file(
-                "Data (CSV)",
-                f"{ctx.stem('training')}.csv",
-                lambda: training_curves_csv(curves),
-            )
-        ],
+        files=[ctx.panel_csv("training", lambda: training_curves_csv(curves))],
     )

@@ -11,7 +11,7 @@ from coherence.analysis.exports import scores_csv
 from coherence.analysis.figures import score_rows, scores_table
 from coherence.analysis.scores import DEFINITIONS
 from coherence.dashboard import loaders
-from coherence.dashboard.panels.common import PanelContext, csv_file, downloads, need_results
+from coherence.dashboard.panels.common import PanelContext, downloads, need_results
 
 HEADLINE = (
     ("diagonal_dominance", "Diagonal dominance", "1 = each time step learns for itself"),
@@ -37,7 +37,7 @@ def scores(ctx: PanelContext) -> None:
         "scores",
         ctx.stem("scores"),
         figure=figure,
-        files=[csv_file("Data (CSV)", f"{ctx.stem('scores')}.csv", lambda: scores_csv(by_group))],
+        files=[ctx.panel_csv("scores", lambda: scores_csv(by_group))],
     )
 
 

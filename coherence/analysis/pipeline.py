@@ -25,6 +25,7 @@ from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.standardize import standardize
 from coherence.analysis.summaries import input_distances
 from coherence.errors import RequestError
+from coherence.probe import activation_bytes
 from coherence.simulation.dataset import DatasetInfo, files_fingerprint, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 
@@ -88,25 +89,6 @@ def available_memory(device: torch.device) -> int:
     except OSError:
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
-
-def activation_bytes(model: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of every module output for one example: the activations a pass keeps alive."""
-    total = 0
-
-    def hook(_module, _inputs, output):
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
 
 
 def estimate_cost(

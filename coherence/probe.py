@@ -1,0 +1,107 @@
+"""Measured cost probes: seconds per forward / training step and activation bytes of a model
+on the device it will run on, so a plan quotes this machine's figures, not a guess.
+
+A probe runs a few passes of a small batch (warm-up excluded) and scales linearly in the batch
+size; that holds once a batch fills the device, which is the regime of every plan here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coherence.surrogates.losses import smse
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(run, device: torch.device, repeats: int) -> float:
+    run()  # warm-up: allocator, kernels, lazy init
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    """Per-example figures of one model on one device."""
+
+    n_params: int
+    forward_seconds: float  # one example's no-grad forward, within a batch
+    train_step_seconds: float  # one example's forward + backward + optimizer share
+    activation_bytes: int  # module outputs of one example's forward (kept for backward)
+    device: str
+
+
+def activation_bytes(model: nn.Module, example: torch.Tensor) -> int:
+    """Bytes of every module output for one example: the activations a pass keeps alive."""
+    total = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def probe_model(
+    model: nn.Module, example: torch.Tensor, *, batch: int = 4, repeats: int = 2
+) -> ModelProbe:
+    """Time ``batch`` copies of ``example`` [F, H, W] through ``model`` (already on its device).
+
+    Training is timed with a plain SGD step on a copy of the parameters' values restored
+    afterwards, so the probe never changes the model.
+    """
+    device = next(model.parameters()).device
+    x = example.to(device).unsqueeze(0).expand(batch, *example.shape).contiguous()
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def train_step() -> None:
+        model.zero_grad(set_to_none=True)
+        loss = smse(model(x), x)
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-1e-12)
+
+    try:
+        model.eval()
+        forward_seconds = _timed(forward, device, repeats) / batch
+        model.train()
+        step_seconds = _timed(train_step, device, repeats) / batch
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved)
+        model.train(was_training)
+    return ModelProbe(
+        n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        forward_seconds=forward_seconds,
+        train_step_seconds=step_seconds,
+        activation_bytes=activation_bytes(model, x[:1]),
+        device=str(device),
+    )

@@ -1,0 +1,173 @@
+"""`coherence study`: plan, train, analyse into the cache, resume after a kill, refuse bad input.
+
+Real parts throughout: a dataset from the real Euler solver, demo-preset models trained for one
+epoch, real analyses; the dashboard's own URL decoding finds the study's results in the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import pytest
+
+from coherence.cache.jobs import JobRunner
+from coherence.dashboard.selection import decode_query
+from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.errors import RequestError
+from coherence.simulation.dataset import SimulationRequest, generate_dataset
+from coherence.study import StudySpec, plan_study, run_study
+from coherence.surrogates import checkpoint as ckpt
+from coherence.workspace import checkpoints_dir, datasets_dir
+
+CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI")
+
+
+def make_dataset(root: Path, name: str = "ce_small") -> Path:
+    request = SimulationRequest(
+        family="euler",
+        classes=CLASSES,
+        trajectories=5,
+        resolution=16,
+        snapshots=5,
+        t_end=0.2,
+        split=(0.6, 0.2, 0.2),
+        dataset_name=name,
+    )
+    return generate_dataset(request, datasets_dir(root) / name)
+
+
+def spec(**changes) -> StudySpec:
+    base = dict(dataset="ce_small", archs=("vit",), seeds=(7,), batches=1, epochs=1, batch_size=8)
+    return StudySpec(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study") / "ws"
+    make_dataset(root)
+    return root
+
+
+def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
+    plan = plan_study(spec(), workspace)
+    assert [s.state for s in plan.train] == ["new"]
+    assert [a.state for a in plan.analyses] == ["pending"]
+    assert plan.train[0].args.transitions == 4  # 5 snapshots: every transition, not 16
+    assert all(s.seconds > 0 and s.peak_bytes > 0 for s in plan.train)
+    assert all(a.seconds > 0 and a.peak_bytes > 0 for a in plan.analyses)
+    text = "\n".join(plan.describe())
+    assert "train ce_small_vit_demo_s7: train 1 epochs" in text and "total to run" in text
+
+    links = run_study(plan, log=lambda _: None)
+    history = ckpt.read_history(checkpoints_dir(workspace) / "ce_small_vit_demo_s7")
+
+    again = plan_study(spec(), workspace)
+    assert [s.state for s in again.train] == ["done"]
+    assert [a.state for a in again.analyses] == ["cached"]
+    assert again.seconds == 0
+    run_study(again, log=lambda _: None)
+    assert ckpt.read_history(checkpoints_dir(workspace) / "ce_small_vit_demo_s7") == history
+
+    # The printed link is what the dashboard decodes: same request, served from the cache.
+    params = {k: v[-1] for k, v in parse_qs(links[0]).items()}
+    selection, warnings = decode_query(params, scan_workspace(workspace))
+    assert warnings == []
+    runner = JobRunner(workspace)
+    assert runner.status(runner.key(selection.to_request(workspace))).state == "done"
+
+
+def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path):
+    root = tmp_path / "ws"
+    make_dataset(root)
+    command = [
+        sys.executable,
+        "-m",
+        "coherence.cli",
+        "study",
+        "--data",
+        "ce_small",
+        "--workspace",
+        str(root),
+        "--archs",
+        "vit",
+        "--seeds",
+        "1,2",
+        "--batches",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ]
+    env = {**os.environ, "COHERENCE_TORCH_THREADS": "1"}
+    first = checkpoints_dir(root) / "ce_small_vit_demo_s1"
+    second = checkpoints_dir(root) / "ce_small_vit_demo_s2"
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (second / ckpt.CONFIG_FILE).exists():  # seed 1 done, seed 2 under way
+            assert process.poll() is None, "the study ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    finished = ckpt.read_history(first)
+    assert len(finished) == 2
+
+    plan = plan_study(spec(archs=("vit",), seeds=(1, 2), epochs=2), root)
+    assert plan.train[0].state == "done"
+    assert plan.train[1].state in ("resume", "done")
+    run_study(plan, log=lambda _: None)
+    assert ckpt.read_history(first) == finished  # not retrained
+    assert len(ckpt.read_history(second)) == 2
+    assert [a.state for a in plan_study(spec(seeds=(1, 2), epochs=2), root).analyses] == [
+        "cached"
+    ]
+
+
+def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(workspace, tmp_path):
+    with pytest.raises(RequestError, match="no dataset .*nothing_here.*import or simulate"):
+        plan_study(spec(dataset="nothing_here"), workspace)
+    with pytest.raises(RequestError, match="NS-Sines: not in the test split"):
+        plan_study(spec(classes=("NS-Sines",)), workspace)
+    with pytest.raises(RequestError, match="--seeds"):
+        spec(seeds=(1, 1))
+    with pytest.raises(RequestError, match="--preset 'huge'"):
+        spec(preset="huge")
+
+    other = tmp_path / "other"
+    make_dataset(other)
+    foreign = checkpoints_dir(other) / "ce_small_vit_demo_s7"
+    plan = plan_study(spec(), workspace)
+    run_study(plan, log=lambda _: None)
+    foreign.parent.mkdir(parents=True)
+    source = checkpoints_dir(workspace) / "ce_small_vit_demo_s7"
+    shutil.copytree(source, foreign)
+    # Same name, other data (another simulation seed gives other files): refused by name.
+    generate_dataset(
+        SimulationRequest(
+            family="euler",
+            classes=CLASSES,
+            trajectories=5,
+            resolution=16,
+            snapshots=5,
+            t_end=0.2,
+            split=(0.6, 0.2, 0.2),
+            seed=99,
+            dataset_name="ce_small",
+        ),
+        datasets_dir(other) / "ce_small",
+        overwrite=True,
+    )
+    with pytest.raises(RequestError, match="trained with other data"):
+        plan_study(spec(), other)

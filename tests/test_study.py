@@ -130,13 +130,12 @@ def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path):
     run_study(plan, log=lambda _: None)
     assert ckpt.read_history(first) == finished  # not retrained
     assert len(ckpt.read_history(second)) == 2
-    assert [a.state for a in plan_study(spec(seeds=(1, 2), epochs=2), root).analyses] == [
-        "cached"
-    ]
+    states = [a.state for a in plan_study(spec(seeds=(1, 2), epochs=2), root).analyses]
+    assert states == ["cached"]
 
 
 def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(workspace, tmp_path):
-    with pytest.raises(RequestError, match="no dataset .*nothing_here.*import or simulate"):
+    with pytest.raises(RequestError, match=r"no dataset .*nothing_here.*import or simulate"):
         plan_study(spec(dataset="nothing_here"), workspace)
     with pytest.raises(RequestError, match="NS-Sines: not in the test split"):
         plan_study(spec(classes=("NS-Sines",)), workspace)

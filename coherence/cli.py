@@ -195,6 +195,7 @@ def analyze(
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import save_result
     from coherence.cache import JobRunner
+    from coherence.probe import probe_forward
 
     t_start, n_steps = parse_window(window)
     try:
@@ -219,7 +220,8 @@ def analyze(
     )
     info, batches = prepare(request)
     model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
-    cost = estimate_cost(model, request, batches[0].inputs.to(request.torch_device))
+    example = batches[0].inputs.to(request.torch_device)
+    cost = estimate_cost(model, request, example, forward_seconds=probe_forward(model, example[0]))
     console.print(f"cost estimate: {cost.describe()}")
     if not cost.fits:
         raise RequestError(

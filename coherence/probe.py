@@ -63,6 +63,23 @@ def activation_bytes(model: nn.Module, example: torch.Tensor) -> int:
     return total
 
 
+def probe_forward(model: nn.Module, example: torch.Tensor, *, batch: int = 4) -> float:
+    """Seconds of one example's no-grad forward within a batch of ``batch`` copies."""
+    device = next(model.parameters()).device
+    x = example.to(device).unsqueeze(0).expand(batch, *example.shape).contiguous()
+    was_training = model.training
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    try:
+        return _timed(forward, device, repeats=2) / batch
+    finally:
+        model.train(was_training)
+
+
 def probe_model(
     model: nn.Module, example: torch.Tensor, *, batch: int = 4, repeats: int = 2
 ) -> ModelProbe:
@@ -76,10 +93,6 @@ def probe_model(
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
 
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
     def train_step() -> None:
         model.zero_grad(set_to_none=True)
         loss = smse(model(x), x)
@@ -90,8 +103,7 @@ def probe_model(
                     p.add_(p.grad, alpha=-1e-12)
 
     try:
-        model.eval()
-        forward_seconds = _timed(forward, device, repeats) / batch
+        forward_seconds = probe_forward(model, example, batch=batch)
         model.train()
         step_seconds = _timed(train_step, device, repeats) / batch
     finally:

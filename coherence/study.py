@@ -36,10 +36,6 @@ PAPER_SEEDS = (10, 35, 42)
 PAPER_EPOCHS = {"euler": 150, "ns": 100}  # METHOD.md §3
 DEMO_EPOCHS = 12
 PAPER_CLASSES_PER_BATCH = 3  # METHOD.md §5: one trajectory of each of 3 classes
-# Lanczos for the top eigenvalue of η + λI (METHOD.md §6.5) stops at tol 1e-4 within a few
-# tens of steps, each a batch JVP + VJP (≈ 4 forwards per example); 12 is the median step
-# count measured on the demo checkpoints.
-LANCZOS_STEPS = 12
 GIB = 1024**3
 
 
@@ -263,10 +259,8 @@ def _selection(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, classe
 def _analysis_cost(
     probe: ModelProbe, request: AnalysisRequest, model: torch.nn.Module, example: torch.Tensor
 ) -> tuple[float, int]:
-    cost = estimate_cost(model, request, example)
-    passes = cost.forward_passes + LANCZOS_STEPS * 4 * request.n_examples
-    units = len(request.checkpoints) * len(request.trajectories)
-    return units * passes * probe.forward_seconds, cost.memory_bytes
+    cost = estimate_cost(model, request, example, forward_seconds=probe.forward_seconds)
+    return float(cost.seconds or 0.0), cost.memory_bytes
 
 
 def _request_state(root: Path, selection) -> str:

@@ -56,24 +56,44 @@ class AnalysisResult:
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """What one (checkpoint, batch) costs, to refuse jobs that cannot fit before starting."""
+    """What one (checkpoint, batch) costs, to refuse jobs that cannot fit before starting.
+
+    ``forward_passes`` counts one example's forward as the unit; with ``forward_seconds``
+    measured on the device (``coherence.probe.probe_forward``) it gives ``seconds``.
+    """
 
     n_examples: int
     n_params: int
-    forward_passes: float  # forward-pass equivalents per (checkpoint, batch)
+    forward_passes: float  # forward-pass equivalents (one example each) per unit
     memory_bytes: int  # peak estimate
     available_bytes: int
     jobs: int  # checkpoints × batches
+    forward_seconds: float | None = None  # one example's forward on the device, measured
 
     @property
     def fits(self) -> bool:
         return self.memory_bytes <= 0.8 * self.available_bytes
 
+    @property
+    def seconds_per_unit(self) -> float | None:
+        if self.forward_seconds is None:
+            return None
+        return self.forward_passes * self.forward_seconds
+
+    @property
+    def seconds(self) -> float | None:
+        """The whole job (every checkpoint × batch), when a forward was timed."""
+        per_unit = self.seconds_per_unit
+        return None if per_unit is None else per_unit * self.jobs
+
     def describe(self) -> str:
         gib = 1024**3
+        timing = ""
+        if self.seconds is not None:
+            timing = f", ≈ {self.seconds_per_unit:.1f} s each, ≈ {self.seconds:.0f} s in all"
         return (
             f"{self.jobs} × (N = {self.n_examples} examples, P = {self.n_params:,} parameters): "
-            f"≈ {self.forward_passes:.0f} forward-pass equivalents each, peak memory ≈ "
+            f"≈ {self.forward_passes:.0f} forward-pass equivalents each{timing}, peak memory ≈ "
             f"{self.memory_bytes / gib:.2f} GiB of {self.available_bytes / gib:.1f} GiB available"
         )
 
@@ -91,31 +111,52 @@ def available_memory(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
+# Costs in one example's forward pass (measured on the demo and paper presets, METHOD.md §4):
+VJP_PASSES = 3.0  # a per-example gradient: forward + backward
+EXTRA_RESPONSE_PASSES = 2.0  # each further response reuses the forward
+JVP_PASSES = 2.2  # one tangent of the traced program, per example of the batch
+PRIMAL_PASSES = 3.0  # the traced program's primal part, per example, once per unit
+CG_ITERATIONS_QUOTED = 10  # cg's iterations are unknown in advance: quoted for 10
+LANCZOS_STEPS = 6  # top eigenvalue of η + λI at tol 1e-4: median steps on the presets
+
+
 def estimate_cost(
-    model: nn.Module, request: AnalysisRequest, example: torch.Tensor
+    model: nn.Module,
+    request: AnalysisRequest,
+    example: torch.Tensor,
+    forward_seconds: float | None = None,
 ) -> CostEstimate:
-    """Passes: N VJPs (≈ 3 forwards each, +2 per extra response), then subspace: s ≤ N JVPs
-    (≈ 2 forwards each, plus the traced primal part ≈ 3); cg: ≈ 2N forwards per iteration
-    (reported for one iteration's worth × 10). Memory: G, g_A and Q (P × N each, float64 Gram
-    aside) plus the batch's activations kept by vmap / the tangent program (≈ 3 copies).
+    """Forward-pass equivalents per (checkpoint, batch), counted per example:
+    N VJPs (3 each, +2 per extra response); subspace: the primal part (3 per example) and
+    s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all); cg:
+    10 iterations × N columns × (JVP + VJP) through the batch; the top eigenvalue: a few
+    Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each) plus the batch's
+    activations kept by vmap / the tangent program (≈ 3 copies).
     """
     n = request.n_examples
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
     k = len(request.responses)
     itemsize = next(model.parameters()).element_size()
-    vjp_passes = n * (1 + 2 * k)
+    vjp_passes = n * (VJP_PASSES + EXTRA_RESPONSE_PASSES * (k - 1))
+    matvec = n * (JVP_PASSES + VJP_PASSES)  # one (η + λI) v through the batch
     estimator = parse_estimator(request.estimator)
-    solve_passes = {Estimator.SUBSPACE: 3 + 2 * n, Estimator.CG: 20 * n, Estimator.EUCLIDEAN: 0}
+    solve_passes = {
+        Estimator.SUBSPACE: n * PRIMAL_PASSES + n * n * JVP_PASSES,
+        Estimator.CG: CG_ITERATIONS_QUOTED * n * matvec,
+        Estimator.EUCLIDEAN: 0.0,
+    }[estimator]
+    lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
     gradient_bytes = (k + 2) * n * p * itemsize
     activations = 3 * n * activation_bytes(model, example[:1])
     jobs = len(request.checkpoints) * len(request.trajectories)
     return CostEstimate(
         n_examples=n,
         n_params=p,
-        forward_passes=vjp_passes + solve_passes[estimator],
+        forward_passes=vjp_passes + solve_passes + lanczos,
         memory_bytes=int(gradient_bytes + activations),
         available_bytes=available_memory(request.torch_device),
         jobs=jobs,
+        forward_seconds=forward_seconds,
     )
 
 

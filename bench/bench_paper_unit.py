@@ -1,0 +1,194 @@
+"""One paper-scale analysis unit (METHOD.md §5): a paper-preset checkpoint (UNet 13.5M or ViT
+4.5M parameters) on one batch of 3 classes × 16 transitions at 128² (N = 48), subspace, the
+three responses or SMSE alone, the top eigenvalue as the dashboard asks for it. Measured:
+seconds and peak memory (RSS on CPU, allocated memory on CUDA) in a fresh process, against
+the cost estimate that `coherence analyze` and `coherence study` print (target: within 2×).
+
+The checkpoint is trained for one epoch on a synthetic 128² dataset (the cost of a unit does
+not depend on the weights' values). Run: python -m bench.bench_paper_unit [--arch unet]
+[--steps 16] [--responses smse] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import write_result
+
+CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI")
+RESOLUTION = 128
+SNAPSHOTS = 21
+
+
+def synthetic_states(n: int, seed: int) -> np.ndarray:
+    """Positive Euler states (ρ, ρu, ρv, E) [n, 21, 4, 128, 128] that drift in time."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(RESOLUTION) / RESOLUTION
+    xx, yy = np.meshgrid(x, x, indexing="ij")
+    out = np.empty((n, SNAPSHOTS, 4, RESOLUTION, RESOLUTION), dtype=np.float32)
+    for b in range(n):
+        phase = rng.uniform(0, 2 * np.pi, 4)
+        for t in range(SNAPSHOTS):
+            shift = 0.05 * t
+            rho = 1.0 + 0.3 * np.sin(2 * np.pi * (xx + shift) + phase[0])
+            u = 0.3 * np.cos(2 * np.pi * (yy - shift) + phase[1])
+            v = 0.2 * np.sin(2 * np.pi * (xx + yy) + phase[2])
+            p = 1.0 + 0.2 * np.cos(2 * np.pi * (xx - yy + shift) + phase[3])
+            out[b, t] = np.stack([rho, rho * u, rho * v, p / 0.4 + 0.5 * rho * (u**2 + v**2)])
+    return out
+
+
+def build_workspace(root: Path, arch: str) -> tuple[Path, Path]:
+    from coherence.simulation.wellformat import write_well_file
+    from coherence.surrogates.training import TrainingArgs, train
+
+    data = root / "datasets" / "paper_synthetic"
+    times = np.linspace(0.0, 1.0, SNAPSHOTS)
+    for c, name in enumerate(CLASSES):
+        for s, split in enumerate(("train", "valid", "test")):
+            write_well_file(
+                data / "data" / split / f"{name}.hdf5",
+                synthetic_states(1, seed=10 * c + s),
+                times,
+                family="euler",
+                class_name=name,
+                dataset_name="paper_synthetic",
+            )
+    out = root / "checkpoints" / f"{arch}_paper"
+    args = TrainingArgs(arch=arch, preset="paper", epochs=1, batch_size=8, transitions=1)
+    train(data, out, args)
+    return data, out
+
+
+def estimate(data: Path, checkpoint: Path, request_json: str) -> dict:
+    """The figures `coherence analyze` prints before it starts (same functions)."""
+    from coherence.analysis.pipeline import estimate_cost, load_checked, prepare
+    from coherence.analysis.request import AnalysisRequest
+    from coherence.probe import probe_forward
+
+    request = AnalysisRequest.from_dict(json.loads(request_json))
+    info, batches = prepare(request)
+    model, _ = load_checked(checkpoint, info, request.torch_device)
+    example = batches[0].inputs.to(request.torch_device)
+    cost = estimate_cost(model, request, example, forward_seconds=probe_forward(model, example[0]))
+    return {
+        "estimate_s": cost.seconds,
+        "estimate_gib": cost.memory_bytes / 1024**3,
+        "forward_s": cost.forward_seconds,
+        "fits": cost.fits,
+        "describe": cost.describe(),
+    }
+
+
+def child(request_json: str) -> None:
+    """Run the unit in this fresh process and print its seconds and peak memory as JSON."""
+    from coherence.analysis.pipeline import run_analysis
+    from coherence.analysis.request import AnalysisRequest
+
+    request = AnalysisRequest.from_dict(json.loads(request_json))
+    if request.torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    result = run_analysis(request)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    gpu = (
+        torch.cuda.max_memory_allocated() / 1024**3
+        if request.torch_device.type == "cuda"
+        else None
+    )
+    diagnostics = result.diagnostics[0][0]
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_gib": peak / 1024**3,
+                "rss_before_gib": baseline / 1024**3,
+                "peak_gpu_gib": gpu,
+                "rank": diagnostics.get("rank"),
+                "jvp_method": diagnostics.get("jvp_method"),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="unet", choices=("unet", "vit"))
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--responses", default="smse")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child is not None:
+        child(options.child)
+        return
+    from coherence.analysis.request import AnalysisRequest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        data, checkpoint = build_workspace(Path(tmp), options.arch)
+        print(f"workspace built in {time.perf_counter() - started:.0f} s", flush=True)
+        request = AnalysisRequest(
+            checkpoints=(str(checkpoint),),
+            data=str(data),
+            classes=CLASSES,
+            t_start=0,
+            n_steps=options.steps,
+            trajectories=(0,),
+            responses=tuple(options.responses.split(",")),
+            device=options.device,
+        )
+        request_json = json.dumps(request.to_dict())
+        predicted = estimate(data, checkpoint, request_json)
+        print(predicted["describe"], flush=True)
+        row = {
+            "arch": options.arch,
+            "preset": "paper",
+            "grid": f"{RESOLUTION}²",
+            "N": request.n_examples,
+            "responses": options.responses,
+            "device": str(request.torch_device),
+        }
+        if not predicted["fits"]:
+            row.update(estimate_s=predicted["estimate_s"], estimate_gib=predicted["estimate_gib"])
+            row["measured_s"] = "refused: does not fit"
+        else:
+            command = [sys.executable, "-m", "bench.bench_paper_unit", "--child", request_json]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            measured = json.loads(output.strip().splitlines()[-1])
+            print(measured, flush=True)
+            row.update(
+                estimate_s=predicted["estimate_s"],
+                measured_s=measured["seconds"],
+                time_ratio=predicted["estimate_s"] / measured["seconds"],
+                estimate_gib=predicted["estimate_gib"],
+                peak_rss_gib=measured["peak_rss_gib"],
+                peak_gpu_gib=measured["peak_gpu_gib"],
+                memory_ratio=predicted["estimate_gib"]
+                / (measured["peak_gpu_gib"] or measured["peak_rss_gib"]),
+                rank=measured["rank"],
+                jvp_method=measured["jvp_method"],
+            )
+    notes = (
+        "Estimate = what `coherence analyze` prints (forward-pass equivalents × a timed "
+        "forward of one example on the device; memory from the parameter count and the "
+        "activations of one example). Target: both ratios within [0.5, 2]. "
+        + ("" if torch.cuda.is_available() else "No GPU was lent for this run: CPU figures only.")
+    )
+    write_result(f"paper_unit_{options.arch}", "Paper-scale analysis unit", [row], notes)
+
+
+if __name__ == "__main__":
+    main()

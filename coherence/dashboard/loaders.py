@@ -34,6 +34,7 @@ from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import parameter_count
 from coherence.surrogates.rollout import rollout_errors
+from coherence.workspace import cache_dir, secure_tree
 
 
 def file_signature(*paths: str | os.PathLike) -> tuple:
@@ -63,7 +64,10 @@ def catalog(root: str | os.PathLike) -> Catalog:
 
 @st.cache_resource(show_spinner=False)
 def job_runner(root: str) -> JobRunner:
-    """One runner (one diskcache connection pool) per workspace, shared by all sessions."""
+    """One runner (one diskcache connection pool) per workspace, shared by all sessions.
+    Its cache directory is checked first (``secure_tree``): entries of another user are
+    refused (WorkspacePathError), group/other write permission is removed."""
+    secure_tree(cache_dir(root))
     return JobRunner(root)
 
 

@@ -40,6 +40,11 @@ def run() -> None:
     if not _offers_analysis(catalog):
         empty_state(catalog)
         return
+    try:
+        loaders.job_runner(str(root))  # refuses a cache directory another user can write
+    except CoherenceError as error:
+        st.error(literal(error), icon=":material/lock:")
+        return
     cuda = torch.cuda.is_available()
     if "sb_dataset" not in st.session_state:  # a new session: the URL decides
         for warning in sidebar.init_from_url(catalog, cuda_available=cuda):

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 from pathlib import Path
 
@@ -24,8 +25,9 @@ from coherence.cache.jobs import JobRunner
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.selection import decode_query, default_selection
 from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.errors import WorkspacePathError
 from coherence.surrogates.training import TrainingArgs, train
-from coherence.workspace import checkpoints_dir, datasets_dir
+from coherence.workspace import cache_dir, checkpoints_dir, datasets_dir, secure_tree
 from tests.surrogates.conftest import TINY_OVERRIDES
 
 from .test_app import assert_clean, open_app, texts
@@ -332,3 +334,35 @@ def test_links_out_of_the_workspace_are_skipped_with_a_reason(workspace, tmp_pat
         "the workspace" in problems
     )
     assert "dataset tiny_ns: datasets/tiny_ns/data/test/" in problems
+
+
+# ------------------------------------------------------------------ cache permissions -----
+
+
+def test_a_cache_others_can_write_is_fixed(workspace, tmp_path, monkeypatch):
+    root = copy_workspace(workspace, tmp_path)
+    cache = cache_dir(root)
+    files = [p for p in cache.rglob("*") if p.is_file()]
+    for path in (cache, *files):
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    notes = secure_tree(cache)
+    assert len(notes) == 1 + len(files)
+    for path in (cache, *cache.rglob("*")):
+        assert stat.S_IMODE(path.lstat().st_mode) & 0o022 == 0, path
+    assert secure_tree(cache) == []  # nothing left to fix
+    at = open_app(root, monkeypatch)  # and the cached default still shows
+    assert_clean(at)
+    assert "cached result" in texts(at.caption)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_cache_entry_of_another_user_is_refused(workspace, tmp_path, monkeypatch):
+    root = copy_workspace(workspace, tmp_path)
+    planted = next(p for p in cache_dir(root).rglob("*") if p.is_file())
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(WorkspacePathError, match="owned by user id 65534"):
+        secure_tree(cache_dir(root))
+    at = open_app(root, monkeypatch)
+    assert not at.exception
+    assert "owned by user id 65534, not by this user" in texts(at.error)
+    assert not at.get("plotly_chart")

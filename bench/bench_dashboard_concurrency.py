@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import threading
@@ -217,7 +218,9 @@ def main() -> None:
         f"threads at once; final states {states}. Health probes every "
         f"{HEALTH_PERIOD_S:g} s: {load_health['probes'] + job_health['probes']} in all, "
         f"{over} over {HEALTH_TARGET_S:g} s, "
-        f"{load_health['failures'] + job_health['failures']} failed."
+        f"{load_health['failures'] + job_health['failures']} failed. Load average at the end "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine "
+        "inflates every figure)."
     )
     for row in rows:
         print(f"{row['measure']:44s} {row['value']:.3g} {row['unit']}")

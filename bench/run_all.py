@@ -22,6 +22,7 @@ BENCHMARKS = (
     "bench_cache",
     "bench_dashboard",
     "bench_paper_unit",
+    "bench_dashboard_concurrency",
 )
 
 

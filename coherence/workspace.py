@@ -7,6 +7,7 @@ dashboard opens is resolved inside it, so a crafted name (``../../etc``) cannot 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from coherence.errors import WorkspacePathError
@@ -44,3 +45,33 @@ def resolve_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
             f"the workspace (or point {ENV_VAR} at a directory that contains it)"
         )
     return resolved
+
+
+def secure_tree(path: str | os.PathLike) -> list[str]:
+    """Make a directory the product writes (the cache) safe to read back: refuse it when any
+    entry belongs to another user, and remove group and other write permission where it is
+    set. Why: the cache holds results the dashboard loads and serves; an entry another local
+    account can write is an entry it can replace. Returns one note per permission fixed;
+    raises WorkspacePathError naming the entry, its owner and the fix. Absent: nothing to do.
+    """
+    top = Path(path)
+    if not top.exists():
+        return []
+    notes = []
+    uid = os.geteuid()
+    for directory, subdirs, files in os.walk(top):  # subdirectories: each in its own turn
+        here = Path(directory)
+        links = [here / n for n in subdirs if (here / n).is_symlink()]  # not walked into
+        for item in (here, *links, *(here / n for n in files)):
+            info = item.lstat()
+            if info.st_uid != uid:
+                raise WorkspacePathError(
+                    f"{item}: owned by user id {info.st_uid}, not by this user ({uid}); "
+                    f"another account could replace what the dashboard serves from {top}. "
+                    f"Remove {top} (it is only a cache) or give it to this user with chown -R"
+                )
+            loose = stat.S_IMODE(info.st_mode) & (stat.S_IWGRP | stat.S_IWOTH)
+            if loose and not stat.S_ISLNK(info.st_mode):
+                item.chmod(stat.S_IMODE(info.st_mode) & ~loose)
+                notes.append(f"{item}: removed group/other write permission")
+    return notes

@@ -39,7 +39,7 @@ def format_ranges(values: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?")
+_RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")  # ASCII digits only, as written
 
 
 def parse_ranges(text: str, limit: int) -> tuple[int, ...]:

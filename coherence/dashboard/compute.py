@@ -20,6 +20,7 @@ from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.jobs import JobStatus
 from coherence.dashboard import loaders
+from coherence.dashboard.markup import code, literal
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
@@ -121,11 +122,11 @@ def progress_panel(root: str, labels: tuple[str, ...], keys: tuple[str, ...]) ->
             )
             st.progress(
                 min(max(status.fraction, 0.0), 1.0),
-                text=f"**{label}** · {status.stage or 'starting'} · "
+                text=f"**{literal(label)}** · {literal(status.stage or 'starting')} · "
                 f"{100 * status.fraction:.0f}%{eta}",
             )
         else:
-            st.caption(f"{label}: {status.state}")
+            st.caption(literal(f"{label}: {status.state}"))
     asked = st.session_state.get("cancel_requested")
     cancelling = asked is not None and time.time() - asked < 30
     st.button(
@@ -143,13 +144,13 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
     if problems:
         st.error(
             "This selection cannot be computed:\n"
-            + "\n".join(f"- {problem}" for problem in problems),
+            + "\n".join(f"- {literal(problem)}" for problem in problems),
             icon=":material/block:",
         )
         return
     for group in states:
         if group.error:
-            st.error(f"**{group.label}**: {group.error}", icon=":material/error:")
+            st.error(f"**{literal(group.label)}**: {literal(group.error)}", icon=":material/error:")
     running = [g for g in states if g.status is not None and g.status.active]
     if running:
         st.session_state.pop("compute_error", None)
@@ -163,23 +164,23 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
             continue
         if status.state == "done" and group.result is not None:
             st.caption(
-                f":material/check_circle: **{group.label}**: cached result, computed "
+                f":material/check_circle: **{literal(group.label)}**: cached result, computed "
                 f"{format_duration(status.age_seconds)} ago "
-                f"(key `{group.key[:12]}`)"
+                f"(key {code(group.key[:12])})"
             )
             continue
         todo.append(group)
         if status.state == "failed":
-            st.error(f"**{group.label}**: the analysis failed: {status.error}")
+            st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")
         elif status.state == "cancelled":
-            st.warning(f"**{group.label}**: the analysis was cancelled; compute it again.")
+            st.warning(f"**{literal(group.label)}**: the analysis was cancelled; compute it again.")
         else:
             st.info(
-                f"**{group.label}**: not computed yet for this selection.",
+                f"**{literal(group.label)}**: not computed yet for this selection.",
                 icon=":material/info:",
             )
     if error := st.session_state.get("compute_error"):
-        st.error(error)
+        st.error(literal(error))
     if todo:
         st.button(
             "Compute" if len(todo) == 1 else f"Compute {len(todo)} analyses",

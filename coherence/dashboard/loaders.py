@@ -13,6 +13,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,14 @@ from coherence.analysis.results import npz_bytes, result_arrays, result_metadata
 from coherence.analysis.scores import Scores, compute_scores
 from coherence.analysis.summaries import DistanceCurve, influence_vs_distance
 from coherence.cache.jobs import JobRunner
+from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, scan_signature, scan_workspace
+from coherence.errors import CoherenceError
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import parameter_count
 from coherence.surrogates.rollout import rollout_errors
+from coherence.workspace import cache_dir, secure_tree
 
 
 def file_signature(*paths: str | os.PathLike) -> tuple:
@@ -60,8 +64,27 @@ def catalog(root: str | os.PathLike) -> Catalog:
 
 @st.cache_resource(show_spinner=False)
 def job_runner(root: str) -> JobRunner:
-    """One runner (one diskcache connection pool) per workspace, shared by all sessions."""
+    """One runner (one diskcache connection pool) per workspace, shared by all sessions.
+    Its cache directory is checked first (``secure_tree``): entries of another user are
+    refused (WorkspacePathError), group/other write permission is removed."""
+    secure_tree(cache_dir(root))
     return JobRunner(root)
+
+
+def is_cached(root: str | os.PathLike) -> Callable[[Selection], bool]:
+    """Whether a selection's analysis (group A) is in the workspace's cache: how the default
+    view prefers a computed result (``selection.default_selection(cached=…)``). A selection
+    whose request cannot even be keyed (a file vanished, a bad checkpoint) is not cached."""
+    runner = job_runner(str(root))
+
+    def cached(selection: Selection) -> bool:
+        try:
+            key = runner.key(selection.to_request(root))
+            return runner.status(key).state == "done"
+        except (CoherenceError, OSError):
+            return False
+
+    return cached
 
 
 class _NotCached(LookupError):

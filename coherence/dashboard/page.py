@@ -15,6 +15,7 @@ import torch
 from coherence.dashboard import compute, loaders, sidebar
 from coherence.dashboard.checks import problems
 from coherence.dashboard.compute import GroupState
+from coherence.dashboard.markup import code, literal
 from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, headline
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
@@ -39,10 +40,15 @@ def run() -> None:
     if not _offers_analysis(catalog):
         empty_state(catalog)
         return
+    try:
+        loaders.job_runner(str(root))  # refuses a cache directory another user can write
+    except CoherenceError as error:
+        st.error(literal(error), icon=":material/lock:")
+        return
     cuda = torch.cuda.is_available()
     if "sb_dataset" not in st.session_state:  # a new session: the URL decides
         for warning in sidebar.init_from_url(catalog, cuda_available=cuda):
-            st.warning(warning, icon=":material/link_off:")
+            st.warning(literal(warning), icon=":material/link_off:")
     selection = sidebar.prepare(catalog)
     if selection is None:
         st.error("The sidebar holds an incomplete selection; pick a dataset and a model.")
@@ -64,7 +70,7 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool) -> Non
         )
     else:
         states = compute.group_states(root, catalog, selection)
-    st.caption(f"**{selection.dataset}** · {sidebar.describe(selection)}")
+    st.caption(f"**{literal(selection.dataset)}** · {literal(sidebar.describe(selection))}")
     compute.render_status(root, states, issues)
     ctx = PanelContext(root, catalog, selection, catalog.dataset(selection.dataset), states)
     scores_row = st.container()  # filled after the open tab: its chart is sent first
@@ -87,7 +93,7 @@ def _guarded(render, ctx: PanelContext) -> None:
     try:
         render(ctx)
     except CoherenceError as error:
-        st.error(str(error), icon=":material/error:")
+        st.error(literal(error), icon=":material/error:")
 
 
 def _offers_analysis(catalog: Catalog) -> bool:
@@ -99,27 +105,31 @@ def empty_state(catalog: Catalog) -> None:
     root = catalog.root
     if not catalog.exists:
         st.info(
-            f"### No workspace yet\nThere is no workspace at `{root}`.\n\n"
+            f"### No workspace yet\nThere is no workspace at {code(root)}.\n\n"
             "Build the demo workspace (Euler data, UNet and ViT for three seeds, and the "
             "default analysis) with\n\n```\ncoherence demo\n```\n\nor `make run`, which also "
             f"serves this dashboard. To use another directory, set `{ENV_VAR}`.",
             icon=":material/folder_off:",
         )
     elif not catalog.datasets:
+        simulate = f"coherence simulate --out {root / 'datasets' / 'my_data'}"
         st.info(
-            f"### The workspace has no datasets\n`{root}` holds no dataset under "
+            f"### The workspace has no datasets\n{code(root)} holds no dataset under "
             "`datasets/`.\n\nRun `coherence demo` to build the demo workspace, or simulate one "
-            f"with\n\n```\ncoherence simulate --out {root / 'datasets' / 'my_data'}\n```",
+            f"with\n\n{code(simulate)}",
             icon=":material/dataset:",
         )
     else:
-        names = ", ".join(d.name for d in catalog.datasets)
+        names = literal(", ".join(d.name for d in catalog.datasets))
         first = catalog.datasets[0].name
+        train = (
+            f"coherence train --data {root / 'datasets' / first} "
+            f"--out {root / 'checkpoints' / 'unet_s42'}"
+        )
         st.info(
             f"### No model fits the datasets yet\nDatasets: {names}. No checkpoint under "
-            f"`{root / 'checkpoints'}` was trained on data of their family, channels and grid."
-            f"\n\nTrain one with\n\n```\ncoherence train --data {root / 'datasets' / first} "
-            f"--out {root / 'checkpoints' / 'unet_s42'}\n```\n\nor run `coherence demo`.",
+            f"{code(root / 'checkpoints')} was trained on data of their family, channels and "
+            f"grid.\n\nTrain one with\n\n{code(train)}\n\nor run `coherence demo`.",
             icon=":material/model_training:",
         )
     _skipped_entries(catalog)
@@ -128,7 +138,7 @@ def empty_state(catalog: Catalog) -> None:
 def _skipped_entries(catalog: Catalog) -> None:
     if catalog.problems:
         with st.expander(f"{len(catalog.problems)} workspace entries skipped", icon="⚠️"):
-            st.markdown("\n".join(f"- {problem}" for problem in catalog.problems))
+            st.markdown("\n".join(f"- {literal(problem)}" for problem in catalog.problems))
 
 
 def _details(ctx: PanelContext) -> None:
@@ -147,7 +157,7 @@ def _details(ctx: PanelContext) -> None:
         for i, group in enumerate(ctx.ready):
             stem = ctx.stem("analysis", group)
             result = group.result
-            st.markdown(f"**{group.label}** · cache key `{group.key}`")
+            st.markdown(f"**{literal(group.label)}** · cache key {code(group.key)}")
             st.download_button(
                 "Whole analysis (npz + JSON provenance, zip)",
                 data=lambda r=result, s=stem: loaders.analysis_zip(r, s),
@@ -160,9 +170,9 @@ def _details(ctx: PanelContext) -> None:
             seconds = result.provenance.get("seconds")
             fingerprint = str(result.provenance.get("dataset_fingerprint", "?"))[:16]
             st.caption(
-                f"Computed on {result.provenance.get('device', '?')}"
+                f"Computed on {literal(result.provenance.get('device', '?'))}"
                 + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "")
-                + f"; dataset fingerprint `{fingerprint}`"
+                + f"; dataset fingerprint {code(fingerprint)}"
             )
             st.json(
                 {

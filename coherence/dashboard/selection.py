@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -61,6 +62,9 @@ QUERY_KEYS = (
     "rtol",
     "device",
 )
+# How many candidate defaults ``prefer_cached`` asks about: each question may hash the
+# candidate's checkpoint files once (the cache key), so a huge workspace is not read whole.
+MAX_CACHE_LOOKUPS = 8
 
 
 @dataclass(frozen=True)
@@ -185,20 +189,13 @@ def default_window(entry: DatasetEntry, n_classes: int) -> tuple[int, int]:
     return 0, max(steps, 1)
 
 
-def dataset_defaults(
-    catalog: Catalog, dataset: str, group: ModelGroup | None = None
-) -> Selection | None:
-    """The default view of one dataset: its first (max 3) classes, every seed of its first
-    compatible model group, trajectories 0..min(5, n_test − 1), window 0:16 (or all), SMSE
-    plus mass and energy for compressible Euler; None if nothing fits it."""
-    entry = catalog.dataset(dataset)
-    if entry is None:
-        return None
-    groups = catalog.groups(entry)
-    group = group or (groups[0] if groups else None)
+def group_defaults(entry: DatasetEntry, group: ModelGroup) -> Selection | None:
+    """The default view of one dataset with one model group: its first (max 3) classes,
+    every seed of the group, trajectories 0..min(DEFAULT_BATCHES, n_test) − 1, window 0:16
+    (or all), SMSE plus mass and energy for compressible Euler; None if nothing fits."""
     classes = entry.classes[:3]
     n_test = entry.n_test(classes)
-    if group is None or not classes or n_test == 0:
+    if not classes or n_test == 0:
         return None
     t_start, n_steps = default_window(entry, len(classes))
     if len(classes) * n_steps < 2:
@@ -214,16 +211,63 @@ def dataset_defaults(
     )
 
 
-def default_selection(workspace: str | os.PathLike | Catalog | None = None) -> Selection | None:
-    """The first dataset (``ce_demo`` preferred) that has a compatible model, with its
-    defaults (``dataset_defaults``); None for a workspace without one."""
+Cached = Callable[[Selection], bool]  # whether a selection's analysis is in the cache
+
+
+def _candidates(catalog: Catalog, names: Sequence[str]) -> Iterator[Selection]:
+    """The default view of each (dataset, model group), datasets in ``names`` order, groups
+    in the catalog's order (trained on the dataset, then UNet, ViT, others)."""
+    for name in names:
+        entry = catalog.dataset(name)
+        for group in catalog.groups(entry) if entry is not None else ():
+            selection = group_defaults(entry, group)
+            if selection is not None:
+                yield selection
+
+
+def prefer_cached(candidates: Iterator[Selection], cached: Cached | None) -> Selection | None:
+    """The first candidate whose analysis is cached (among the first MAX_CACHE_LOOKUPS),
+    else the first candidate. Why: the catalog's order is by name, so a planted or
+    half-made model group could otherwise become the first page in place of the result
+    everyone was meant to see."""
+    first = None
+    for i, selection in enumerate(candidates):
+        first = first or selection
+        if cached is None or i >= MAX_CACHE_LOOKUPS:
+            break
+        if cached(selection):
+            return selection
+    return first
+
+
+def dataset_defaults(
+    catalog: Catalog,
+    dataset: str,
+    group: ModelGroup | None = None,
+    *,
+    cached: Cached | None = None,
+) -> Selection | None:
+    """The default view of one dataset (``group_defaults``): with ``group``, or else the
+    first model group whose default analysis is cached (``prefer_cached``), or else the first
+    group; None if nothing fits it."""
+    entry = catalog.dataset(dataset)
+    if entry is None:
+        return None
+    if group is not None:
+        return group_defaults(entry, group)
+    return prefer_cached(_candidates(catalog, [entry.name]), cached)
+
+
+def default_selection(
+    workspace: str | os.PathLike | Catalog | None = None, *, cached: Cached | None = None
+) -> Selection | None:
+    """The first page: among every (dataset, model group) default, ``ce_demo`` first, the
+    first one whose analysis is cached (when ``cached`` can tell), else the first one; None
+    for a workspace without one. ``coherence demo`` precomputes the uncached answer, which
+    is then the cached one."""
     catalog = workspace if isinstance(workspace, Catalog) else scan_workspace(workspace)
     names = sorted((d.name for d in catalog.datasets), key=lambda n: (n != "ce_demo", n))
-    for name in names:
-        selection = dataset_defaults(catalog, name)
-        if selection is not None:
-            return selection
-    return None
+    return prefer_cached(_candidates(catalog, names), cached)
 
 
 # ------------------------------------------------------------------------- decode --------
@@ -236,23 +280,33 @@ def _last(params: Mapping[str, Any], key: str) -> str | None:
     return None if value is None else str(value)
 
 
+# The URL form is ASCII (``to_query`` writes it): Python's float() and int() would also take
+# "１", "٣", "1_0" or " 1 ", which no link of ours holds.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?|[+-]?(?:nan|inf)")
+_WINDOW = re.compile(r"([0-9]{1,9}):([0-9]{1,9})")
+
+
 def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise RequestError("not a number") from None
+    if not _NUMBER.fullmatch(text):
+        raise RequestError("not a number")
+    value = float(text)
     if not math.isfinite(value):
         raise RequestError("not a finite number")
     return value
 
 
 def decode_query(
-    params: Mapping[str, Any], catalog: Catalog, *, cuda_available: bool = False
+    params: Mapping[str, Any],
+    catalog: Catalog,
+    *,
+    cuda_available: bool = False,
+    cached: Cached | None = None,
 ) -> tuple[Selection | None, list[str]]:
     """A Selection from URL parameters plus one warning per value that was invalid and
-    replaced by its default (never raises). None when the workspace offers no selection."""
+    replaced by its default (never raises). None when the workspace offers no selection.
+    ``cached`` lets the defaults prefer analyses already computed (``default_selection``)."""
     warnings: list[str] = []
-    base = default_selection(catalog)
+    base = default_selection(catalog, cached=cached)
     if base is None:
         if any(_last(params, k) for k in QUERY_KEYS):
             warnings.append(
@@ -271,7 +325,7 @@ def decode_query(
         if catalog.dataset(raw) is None:
             names = ", ".join(d.name for d in catalog.datasets)
             warn("data", raw, f"no such dataset (the workspace has {names})", base.dataset)
-        elif (defaults := dataset_defaults(catalog, raw)) is None:
+        elif (defaults := dataset_defaults(catalog, raw, cached=cached)) is None:
             warn("data", raw, "no checkpoint in the workspace fits this dataset", base.dataset)
         else:
             base = defaults
@@ -324,11 +378,11 @@ def decode_query(
     window = default_window(entry, len(classes))
     raw = _last(params, "window")
     if raw is not None:
-        try:
-            start, steps = (int(part) for part in raw.split(":"))
+        if match := _WINDOW.fullmatch(raw):
+            start, steps = int(match.group(1)), int(match.group(2))
             error = check_window(entry, len(classes), start, steps)
-        except ValueError:
-            error = "expected START:STEPS, e.g. 0:16"
+        else:
+            error = "expected START:STEPS (two whole numbers), e.g. 0:16"
         if error:
             warn("window", raw, error, f"{window[0]}:{window[1]}")
         else:
@@ -385,9 +439,11 @@ def decode_query(
     return Selection(**values), warnings
 
 
-def with_dataset(catalog: Catalog, selection: Selection, dataset: str) -> Selection:
+def with_dataset(
+    catalog: Catalog, selection: Selection, dataset: str, *, cached: Cached | None = None
+) -> Selection:
     """The defaults of another dataset, keeping the estimator settings that still apply."""
-    defaults = dataset_defaults(catalog, dataset)
+    defaults = dataset_defaults(catalog, dataset, cached=cached)
     if defaults is None:
         return selection
     return replace(

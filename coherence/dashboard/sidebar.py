@@ -17,7 +17,9 @@ from typing import Any
 
 import streamlit as st
 
+from coherence.dashboard import loaders
 from coherence.dashboard.checks import format_ranges
+from coherence.dashboard.markup import code
 from coherence.dashboard.selection import (
     DAMPING_RANGE,
     DEFAULT_DAMPING,
@@ -75,7 +77,9 @@ def load_state(selection: Selection, catalog: Catalog) -> None:
 def init_from_url(catalog: Catalog, *, cuda_available: bool) -> list[str]:
     """On a session's first run: the URL's selection into the widgets; returns warnings."""
     params = {key: st.query_params.get_all(key) for key in QUERY_KEYS if key in st.query_params}
-    selection, warnings = decode_query(params, catalog, cuda_available=cuda_available)
+    selection, warnings = decode_query(
+        params, catalog, cuda_available=cuda_available, cached=loaders.is_cached(catalog.root)
+    )
     if selection is not None:
         load_state(selection, catalog)
     return warnings
@@ -97,10 +101,12 @@ def sync_url(selection: Selection) -> None:
 
 def _on_dataset(catalog: Catalog) -> None:
     name = st.session_state.sb_dataset
-    defaults = dataset_defaults(catalog, name)
+    cached = loaders.is_cached(catalog.root)
+    defaults = dataset_defaults(catalog, name, cached=cached)
     if defaults is not None:
         current = current_selection_or_none(catalog)
-        load_state(with_dataset(catalog, current, name) if current else defaults, catalog)
+        chosen = with_dataset(catalog, current, name, cached=cached) if current else defaults
+        load_state(chosen, catalog)
         st.session_state.sb_dataset = name
 
 
@@ -244,7 +250,7 @@ def draw(catalog: Catalog, *, cuda_available: bool) -> None:
             format_func=_dataset_label(catalog),
             on_change=_on_dataset,
             args=(catalog,),
-            help="Datasets under <workspace>/datasets with at least one fitting checkpoint.",
+            help="Datasets under `<workspace>/datasets` with at least one fitting checkpoint.",
         )
         entry = catalog.dataset(state.sb_dataset)
         _group_widgets(catalog, entry, "", "Model group (architecture)")
@@ -331,7 +337,7 @@ def draw(catalog: Catalog, *, cuda_available: bool) -> None:
             help="Where the background job computes; auto uses a GPU when one is visible.",
         )
         st.caption(
-            f"Workspace `{catalog.root}` · {len(catalog.datasets)} datasets · "
+            f"Workspace {code(catalog.root)} · {len(catalog.datasets)} datasets · "
             f"{len(catalog.checkpoints)} checkpoints"
         )
 

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from coherence.errors import CoherenceError
+import torch
+from safetensors import SafetensorError, safe_open
+
+from coherence.errors import CheckpointError, CoherenceError
 from coherence.simulation.classes import CLASSES
 from coherence.simulation.dataset import SPLITS, open_dataset
 from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.registry import ARCHITECTURES, model_from_config_dict
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
 ARCH_LABELS = MappingProxyType({"unet": "UNet", "vit": "ViT"})
@@ -131,6 +136,16 @@ class Catalog:
         return next((g for g in self.groups(dataset) if checkpoint in g.checkpoints), None)
 
 
+def _label_fields(model_json: str) -> dict[str, Any]:
+    """The architecture's fields, ``config`` flattened (``{"arch", "config": {…}, "preset"}``
+    as checkpoints store it), so a label names ``base_width=8``, not a whole dict."""
+    data = json.loads(model_json)
+    fields = {k: v for k, v in data.items() if k != "config"}
+    if isinstance(data.get("config"), dict):
+        fields.update(data["config"])
+    return fields
+
+
 def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[ModelGroup, ...]:
     """Group by (architecture, architecture config); label by the config fields that differ."""
     by_key: dict[tuple[str, str], list[CheckpointEntry]] = {}
@@ -138,13 +153,13 @@ def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[Mod
         by_key.setdefault((entry.arch, entry.model_json), []).append(entry)
     configs_per_arch: dict[str, list[dict]] = {}
     for arch, model_json in by_key:
-        configs_per_arch.setdefault(arch, []).append(json.loads(model_json))
+        configs_per_arch.setdefault(arch, []).append(_label_fields(model_json))
     groups = []
     for (arch, model_json), members in by_key.items():
         label = ARCH_LABELS.get(arch, arch)
         siblings = configs_per_arch[arch]
         if len(siblings) > 1:
-            config = json.loads(model_json)
+            config = _label_fields(model_json)
             differing = [
                 k
                 for k in sorted(config)
@@ -198,8 +213,52 @@ def _dataset_entry(name: str, path: Path) -> DatasetEntry:
     )
 
 
+def _links_out(path: Path, root: Path) -> str | None:
+    """The first file or directory under ``path`` that is a link resolving outside ``root``
+    (a dataset or checkpoint directory inside the workspace may still link a file out)."""
+    for directory, subdirs, files in os.walk(path):
+        for name in (*subdirs, *files):
+            item = Path(directory) / name
+            if stat.S_ISLNK(item.lstat().st_mode):
+                try:
+                    resolve_inside(root, item)
+                except CoherenceError:
+                    return str(item.relative_to(root))
+    return None
+
+
+def _check_weights(path: Path, config: ckpt.CheckpointConfig) -> None:
+    """Refuse weights that ``checkpoint.load`` would refuse, reading only the header: not a
+    safetensors file (empty, truncated, garbage), or, for a built-in architecture, tensor
+    names or shapes other than the config's model has (built on the meta device: no
+    memory, no code of a custom architecture imported). Why: a checkpoint the catalog lists
+    can be chosen by default, and a planted broken one must not take over the first page."""
+    weights = path / ckpt.WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), framework="pt") as file:
+            shapes = {k: tuple(file.get_slice(k).get_shape()) for k in file.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{ckpt.WEIGHTS_FILE} is not a readable safetensors file ({exc}); re-save it"
+        ) from None
+    if config.arch not in ARCHITECTURES:
+        return
+    with torch.device("meta"):
+        model = model_from_config_dict(config.model)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != expected:
+        differ = sorted(set(shapes) ^ set(expected)) or sorted(
+            k for k in expected if shapes[k] != expected[k]
+        )
+        raise CheckpointError(
+            f"{ckpt.WEIGHTS_FILE} does not match the architecture in {ckpt.CONFIG_FILE} "
+            f"(first difference: {differ[0]}); re-save the checkpoint's files together"
+        )
+
+
 def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
     config = ckpt.read_config(path)  # also refuses a directory without weights
+    _check_weights(path, config)
     return CheckpointEntry(
         name=name,
         arch=config.arch,
@@ -222,11 +281,15 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
     datasets, checkpoints = [], []
     for path in _entries(datasets_dir(root), root, problems):
         try:
+            if link := _links_out(path, root):
+                raise CoherenceError(f"{link} points outside the workspace; skipped")
             datasets.append(_dataset_entry(path.name, path))
         except (CoherenceError, OSError) as error:
             problems.append(f"dataset {path.name}: {error}")
     for path in _entries(checkpoints_dir(root), root, problems):
         try:
+            if link := _links_out(path, root):
+                raise CoherenceError(f"{link} points outside the workspace; skipped")
             checkpoints.append(_checkpoint_entry(path.name, path))
         except (CoherenceError, OSError, KeyError, TypeError) as error:
             problems.append(f"checkpoint {path.name}: {error}")

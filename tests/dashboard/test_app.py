@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import time
 import zipfile
 from dataclasses import replace
@@ -37,7 +38,9 @@ def open_app(root, monkeypatch, params: dict[str, str] | None = None) -> AppTest
 
 
 def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    """The elements' text as the visitor reads it: markdown escapes (CommonMark: a backslash
+    before ASCII punctuation) removed, since the page escapes every value it quotes."""
+    return "\n".join(re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(e.value)) for e in elements)
 
 
 def charts(at: AppTest) -> list[dict]:

@@ -17,6 +17,7 @@ from coherence.analysis.exports import figure_html, figure_png
 from coherence.analysis.figures import influence_range, side_by_side
 from coherence.dashboard import loaders
 from coherence.dashboard.compute import GroupState
+from coherence.dashboard.markup import literal
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 
@@ -65,7 +66,7 @@ class PanelContext:
 
     def group_csv(self, panel: str, group: GroupState, data: Bytes) -> tuple[str, str, Bytes, str]:
         """One model group's CSV download: labelled by group in compare mode only."""
-        label = f"Data {group.label} (CSV)" if self.compare else "Data (CSV)"
+        label = f"Data {literal(group.label)} (CSV)" if self.compare else "Data (CSV)"
         return csv_file(label, f"{self.stem(panel, group)}.csv", data)
 
 
@@ -87,7 +88,7 @@ def need_results(ctx: PanelContext) -> bool:
         for group in ctx.groups:
             if group.result is None:
                 what = "is being computed" if group.label in running else "is not computed yet"
-                st.info(f"**{group.label}** {what}; only the others are shown.")
+                st.info(f"**{literal(group.label)}** {what}; only the others are shown.")
         return True
     if running:
         st.info(

@@ -7,6 +7,7 @@ import streamlit as st
 from coherence.analysis.exports import lag_curves_csv, two_time_csv
 from coherence.analysis.figures import lag_curves_figure, two_time_heatmap
 from coherence.analysis.summaries import lag_curves, two_time_map
+from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
@@ -28,8 +29,8 @@ def conservation(ctx: PanelContext) -> None:
     )
     if not ctx.dataset.conserved:
         st.info(
-            f"Mass and energy responses exist for compressible Euler only; {ctx.dataset.name} "
-            f"is {ctx.dataset.family}."
+            "Mass and energy responses exist for compressible Euler only; "
+            f"{literal(ctx.dataset.name)} is {literal(ctx.dataset.family)}."
         )
         return
     missing = [r for r in CONSERVED if r not in ctx.selection.responses]

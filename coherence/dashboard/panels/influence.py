@@ -19,6 +19,7 @@ from coherence.analysis.figures import (
 )
 from coherence.analysis.summaries import class_transfer_matrix, lag_curves, two_time_map
 from coherence.dashboard import loaders
+from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
@@ -189,7 +190,10 @@ def distance(ctx: PanelContext) -> None:
         try:
             curve = loaders.distance_curve(group.key, group.result)
         except CoherenceError as error:
-            st.warning(f"**{group.label}**: no distance curve for this selection: {error}")
+            st.warning(
+                f"**{literal(group.label)}**: no distance curve for this selection: "
+                f"{literal(error)}"
+            )
             continue
         curves.append((group, curve))
         figures.append(

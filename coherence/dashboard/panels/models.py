@@ -20,6 +20,7 @@ from coherence.analysis.figures import (
 )
 from coherence.analysis.summaries import rollout_summary, spectrum_summary
 from coherence.dashboard import loaders
+from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
@@ -41,7 +42,7 @@ def spectrum(ctx: PanelContext) -> None:
     try:
         box = top_eigenvalue_box(tops)
     except CoherenceError as error:
-        st.info(f"No top eigenvalue in this result: {error}")
+        st.info(f"No top eigenvalue in this result: {literal(error)}")
     else:
         chart(box, key="chart_top_eigenvalue")
         downloads(
@@ -129,7 +130,7 @@ def rollout(ctx: PanelContext) -> None:
                 np.stack([r["one_step"] for r in runs]), np.stack([r["rollout"] for r in runs])
             )
     except CoherenceError as error:
-        st.warning(f"Rollouts are not available for this selection: {error}")
+        st.warning(f"Rollouts are not available for this selection: {literal(error)}")
         return
     figure = rollout_figure(summaries)
     chart(figure, key="chart_rollout")

@@ -10,6 +10,7 @@ from coherence.analysis.exports import panel_npz, training_curves_csv
 from coherence.analysis.figures import snapshot_animation, training_curves_figure
 from coherence.analysis.summaries import training_curves
 from coherence.dashboard import loaders
+from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
@@ -25,7 +26,7 @@ FAMILY_NAMES = {"euler": "Euler", "ns": "Navier–Stokes"}
 
 def overview(ctx: PanelContext) -> None:
     entry = ctx.dataset
-    st.subheader(f"Dataset {entry.name}", anchor=False)
+    st.subheader(f"Dataset {literal(entry.name)}", anchor=False)
     cols = st.columns(4)
     h, w = entry.resolution
     cols[0].metric(
@@ -62,7 +63,7 @@ def _snapshots(ctx: PanelContext) -> None:
     try:
         states = loaders.trajectory(str(path), "test", class_name, int(index or 0))
     except CoherenceError as error:
-        st.warning(f"Cannot read this trajectory: {error}")
+        st.warning(f"Cannot read this trajectory: {literal(error)}")
         return
     figure = snapshot_animation(
         states,
@@ -103,7 +104,7 @@ def _models(ctx: PanelContext) -> None:
             try:
                 parameters = loaders.parameters(path)
             except CoherenceError as error:
-                st.warning(f"{name}: {error}")
+                st.warning(literal(f"{name}: {error}"))
                 parameters = None
             history = loaders.history(path)
             if history:
@@ -126,7 +127,7 @@ def _models(ctx: PanelContext) -> None:
             try:
                 curves[group.label] = training_curves(histories)
             except CoherenceError as error:
-                st.warning(f"{group.label}: no training curves ({error})")
+                st.warning(literal(f"{group.label}: no training curves ({error})"))
     st.dataframe(rows, hide_index=True, width="stretch")
     if not curves:
         st.info("These checkpoints carry no training history (history.json).")

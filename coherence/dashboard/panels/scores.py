@@ -11,6 +11,7 @@ from coherence.analysis.exports import scores_csv
 from coherence.analysis.figures import score_rows, scores_table
 from coherence.analysis.scores import DEFINITIONS
 from coherence.dashboard import loaders
+from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import PanelContext, downloads, need_results
 
 HEADLINE = (
@@ -48,7 +49,9 @@ def headline(ctx: PanelContext) -> None:
     for group in ctx.ready:
         table = {s.name: s for s in loaders.scores(group.key, group.result).as_list()}
         columns = st.columns(len(HEADLINE) + 1)
-        columns[0].markdown(f"**{group.label}**  \n{len(group.result.checkpoints)} seed(s)")
+        columns[0].markdown(
+            f"**{literal(group.label)}**  \n{len(group.result.checkpoints)} seed(s)"
+        )
         for column, (name, title, meaning) in zip(columns[1:], HEADLINE, strict=True):
             score = table.get(name)
             if score is None:

@@ -18,6 +18,7 @@ from coherence.analysis.batch import assemble_batch
 from coherence.analysis.exports import counterfactual_csv, figure_html, panel_npz
 from coherence.analysis.figures import counterfactual_figures
 from coherence.dashboard import loaders
+from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
@@ -119,17 +120,17 @@ def validation(ctx: PanelContext) -> None:
     token = repr(sorted(params.items()))
     results = st.session_state.setdefault(RESULTS_KEY, {})
     if st.button("Run check", key="cf_run", icon=":material/science:", type="primary"):
-        with st.spinner(f"Perturbing {checkpoint} along example {perturbation}…"):
+        with st.spinner(f"Perturbing {literal(checkpoint)} along example {perturbation}…"):
             try:
                 results[token] = _run(ctx, params)
             except CoherenceError as error:
-                st.error(str(error))
+                st.error(literal(error))
                 return
     found = results.get(token)
     if found is None:
         st.info(
             f"Press **Run check** to validate the {ctx.selection.estimator} estimator on "
-            f"{checkpoint} (λ = {ctx.selection.damping:g})."
+            f"{literal(checkpoint)} (λ = {ctx.selection.damping:g})."
         )
         return
     eps, errors = found["epsilons"], found["rel_errors"]

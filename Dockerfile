@@ -48,11 +48,11 @@ RUN python -m venv "$VIRTUAL_ENV" \
  && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
  && rm -rf /tmp/deps
 
-# The project itself, editable: `coherence serve` finds app.py beside the package.
+# The project itself, installed like any wheel (the dashboard script ships in the package).
 WORKDIR /app
 COPY . /app
-RUN pip install --no-deps --editable /app \
- && python -m compileall -q /app/coherence /app/app.py /app/docker \
+RUN pip install --no-deps /app \
+ && python -m compileall -q /app/docker \
  && chmod 0755 /app/docker/entrypoint.sh
 
 # The demo workspace and its default analysis, baked read-only; the entrypoint copies it into

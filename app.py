@@ -1,7 +1,5 @@
-"""Coherence Explorer dashboard (Streamlit): a thin router into ``coherence.dashboard``.
-
-Run with `coherence serve` (or `make run`); the workspace comes from COHERENCE_WORKSPACE.
-"""
+"""Shim for `streamlit run app.py` from a checkout: the dashboard script ships inside the
+package (``coherence/dashboard/app.py``, what `coherence serve` runs)."""
 
 from __future__ import annotations
 

@@ -337,15 +337,19 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
-    """Serve the dashboard (Streamlit) on the workspace."""
-    import os
-    import subprocess
+    """Serve the dashboard (Streamlit) on the workspace.
 
+    The process becomes Streamlit (exec), so stopping `coherence serve` stops the server: no
+    child is left listening on the port.
+    """
+    import os
+
+    import coherence.dashboard
     from coherence.workspace import ENV_VAR, workspace_root
 
     env = dict(os.environ)
     env[ENV_VAR] = str(workspace_root(workspace))
-    app_file = Path(__file__).resolve().parent.parent / "app.py"
+    app_file = Path(coherence.dashboard.__file__).resolve().parent / "app.py"
     command = [
         sys.executable,
         "-m",
@@ -364,11 +368,17 @@ def serve(
         "viewer",
         "--server.fileWatcherType",
         "none",
+        "--theme.base",
+        "light",
+        "--theme.primaryColor",
+        "#1F77B4",
     ]
     console.print(
         f"serving Coherence Explorer on http://{address}:{port} (workspace {env[ENV_VAR]})"
     )
-    raise typer.Exit(subprocess.call(command, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, command, env)
 
 
 cache_app = typer.Typer(help="Inspect or clear the workspace's result cache.", no_args_is_help=True)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.estimators import Estimator, parse_estimator
 from coherence.analysis.influence import compute_influence, top_eigenvalue
 from coherence.analysis.request import AnalysisRequest
+from coherence.analysis.results import AnalysisResult, UnitResult
 from coherence.analysis.standardize import standardize
 from coherence.analysis.summaries import input_distances
 from coherence.errors import RequestError
@@ -30,28 +30,6 @@ from coherence.simulation.dataset import DatasetInfo, files_fingerprint, open_da
 from coherence.surrogates import checkpoint as ckpt
 
 Progress = Callable[[float, str], None]  # (fraction of the whole job, stage)
-
-
-@dataclass(frozen=True)
-class AnalysisResult:
-    """Everything a result file holds (see results.py for the on-disk form)."""
-
-    request: AnalysisRequest
-    H: dict[str, np.ndarray]  # response -> [S, B, T, C, T, C] raw
-    H_std: dict[str, np.ndarray]  # response -> standardized, same shape
-    steps: np.ndarray  # [T] snapshot index of each input
-    times: np.ndarray  # [T] physical time of each input
-    classes: tuple[str, ...]
-    checkpoints: tuple[str, ...]  # checkpoint names (directory names)
-    distances: np.ndarray  # [B, N, N] input distance d(n, m) (METHOD.md §6.4)
-    top_eigenvalues: np.ndarray  # [S, B] largest eigenvalue of η + λI (NaN if not asked)
-    subspace_spectra: np.ndarray  # [S, B, N] eig(QᵀηQ) descending, NaN-padded
-    diagnostics: list[list[dict[str, Any]]]  # [S][B] estimator diagnostics
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def primary(self) -> str:
-        return self.request.responses[0]
 
 
 @dataclass(frozen=True)
@@ -194,77 +172,91 @@ def prepare(request: AnalysisRequest) -> tuple[DatasetInfo, list[AnalysisBatch]]
     return info, batches
 
 
-def run_analysis(
+def compute_unit(
+    model: nn.Module,
+    batch: AnalysisBatch,
     request: AnalysisRequest,
+    s: int,
+    b: int,
     *,
-    progress: Progress | None = None,
-    trust_code: bool = False,
-    check_memory: bool = True,
-) -> AnalysisResult:
-    """Compute the whole request; ``progress(fraction, stage)`` after each step."""
+    progress: Callable[[float, str], None] | None = None,
+) -> UnitResult:
+    """One (checkpoint s, batch b): H for every response in one pass, standardized, the
+    subspace spectrum and (if asked) the top eigenvalue of η + λI. Pure computation on the
+    model's device: the same function runs in this process, a job worker or a cluster task."""
     report = progress or (lambda fraction, stage: None)
-    started = time.perf_counter()
-    info, batches = prepare(request)
-    device = request.torch_device
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    T, C = request.n_steps, len(request.classes)
+    inputs, targets = batch.inputs.to(device, dtype), batch.targets.to(device, dtype)
+    result = compute_influence(
+        model,
+        inputs,
+        targets,
+        response=request.responses,
+        estimator=request.estimator,
+        damping=request.damping,
+        rtol=request.rtol,
+        progress=report,
+    )
+    H, H_std = {}, {}
+    for response, matrix in result.H_by_response.items():
+        H[str(response)] = matrix.double().cpu().numpy().reshape(T, C, T, C)
+        H_std[str(response)] = standardize(matrix).double().cpu().numpy().reshape(T, C, T, C)
+    top = float("nan")
+    if request.top_eigenvalue:
+        report(0.99, "top eigenvalue (Lanczos)")
+        # tol 1e-4: ample for a box plot across seeds
+        top = top_eigenvalue(model, inputs, damping=request.damping, tol=1e-4)
+    spectrum = np.asarray(result.diagnostics.subspace_eigenvalues or (), dtype=np.float64)
+    return UnitResult(
+        checkpoint_index=s,
+        batch_index=b,
+        H=H,
+        H_std=H_std,
+        top_eigenvalue=top,
+        spectrum=spectrum,
+        diagnostics=result.diagnostics.to_dict(),
+    )
+
+
+def assemble(
+    request: AnalysisRequest,
+    info: DatasetInfo,
+    batches: list[AnalysisBatch],
+    units: list[UnitResult],
+    *,
+    device: str,
+    seconds: float,
+) -> AnalysisResult:
+    """Stack the units of a request (any order, each exactly once) into its result."""
     S, B = len(request.checkpoints), len(batches)
     T, C, N = request.n_steps, len(request.classes), request.n_examples
+    by_position = {(u.checkpoint_index, u.batch_index): u for u in units}
+    missing = [(s, b) for s in range(S) for b in range(B) if (s, b) not in by_position]
+    if missing or len(units) != S * B:
+        raise RequestError(f"units {missing} of the analysis are missing or repeated")
     H = {r: np.zeros((S, B, T, C, T, C)) for r in request.responses}
     H_std = {r: np.zeros((S, B, T, C, T, C)) for r in request.responses}
     tops = np.full((S, B), np.nan)
     spectra = np.full((S, B, N), np.nan)
-    diagnostics: list[list[dict[str, Any]]] = []
+    diagnostics = [[by_position[s, b].diagnostics for b in range(B)] for s in range(S)]
     fingerprints = {}
-    for s, directory in enumerate(request.checkpoints):
-        model, _ = load_checked(directory, info, device, trust_code=trust_code)
-        fingerprints[Path(directory).name] = checkpoint_fingerprint(directory)
-        dtype = next(model.parameters()).dtype
-        if s == 0 and check_memory:
-            cost = estimate_cost(model, request, batches[0].inputs.to(device, dtype))
-            if not cost.fits:
-                raise RequestError(
-                    f"this analysis would not fit in memory ({cost.describe()}); shrink the "
-                    "time window or the number of classes, or use a device with more memory"
-                )
-        row = []
-        for b, batch in enumerate(batches):
-            job = s * B + b
-
-            def inner(fraction: float, stage: str, job: int = job, b: int = b) -> None:
-                name = Path(request.checkpoints[job // B]).name
-                report((job + fraction) / (S * B), f"{name}, batch {b + 1}/{B}: {stage}")
-
-            result = compute_influence(
-                model,
-                batch.inputs.to(device, dtype),
-                batch.targets.to(device, dtype),
-                response=request.responses,
-                estimator=request.estimator,
-                damping=request.damping,
-                rtol=request.rtol,
-                progress=inner,
-            )
-            for response, matrix in result.H_by_response.items():
-                key = str(response)
-                H[key][s, b] = matrix.double().cpu().numpy().reshape(T, C, T, C)
-                H_std[key][s, b] = standardize(matrix).double().cpu().numpy().reshape(T, C, T, C)
-            eig = result.diagnostics.subspace_eigenvalues
-            if eig:
-                spectra[s, b, : len(eig)] = eig
-            if request.top_eigenvalue:
-                inner(0.99, "top eigenvalue (Lanczos)")
-                tops[s, b] = top_eigenvalue(  # 1e-4: ample for a box plot across seeds
-                    model, batch.inputs.to(device, dtype), damping=request.damping, tol=1e-4
-                )
-            row.append(result.diagnostics.to_dict())
-            report((job + 1) / (S * B), f"{Path(directory).name}, batch {b + 1}/{B} done")
-        diagnostics.append(row)
+    for (s, b), unit in by_position.items():
+        for response in request.responses:
+            H[response][s, b] = unit.H[response]
+            H_std[response][s, b] = unit.H_std[response]
+        tops[s, b] = unit.top_eigenvalue
+        spectra[s, b, : len(unit.spectrum)] = unit.spectrum
+        if unit.checkpoint_fingerprint:
+            fingerprints[Path(request.checkpoints[s]).name] = unit.checkpoint_fingerprint
     distances = input_distances(np.stack([batch.inputs.double().numpy() for batch in batches]))
     provenance = {
         "checkpoint_fingerprints": fingerprints,
         "dataset_fingerprint": info.fingerprint(split=request.split, classes=request.classes),
         "dataset_name": info.name,
-        "device": str(device),
-        "seconds": time.perf_counter() - started,
+        "device": device,
+        "seconds": seconds,
         "versions": ckpt.package_versions(),
     }
     return AnalysisResult(
@@ -281,3 +273,45 @@ def run_analysis(
         diagnostics=diagnostics,
         provenance=provenance,
     )
+
+
+def run_analysis(
+    request: AnalysisRequest,
+    *,
+    progress: Progress | None = None,
+    trust_code: bool = False,
+    check_memory: bool = True,
+) -> AnalysisResult:
+    """Compute the whole request here, unit by unit; ``progress(fraction, stage)`` after each
+    step. Each checkpoint is loaded once for all its batches."""
+    report = progress or (lambda fraction, stage: None)
+    started = time.perf_counter()
+    info, batches = prepare(request)
+    device = request.torch_device
+    S, B = len(request.checkpoints), len(batches)
+    units = []
+    for s, directory in enumerate(request.checkpoints):
+        model, _ = load_checked(directory, info, device, trust_code=trust_code)
+        fingerprint = checkpoint_fingerprint(directory)
+        dtype = next(model.parameters()).dtype
+        if s == 0 and check_memory:
+            cost = estimate_cost(model, request, batches[0].inputs.to(device, dtype))
+            if not cost.fits:
+                raise RequestError(
+                    f"this analysis would not fit in memory ({cost.describe()}); shrink the "
+                    "time window or the number of classes, or use a device with more memory"
+                )
+        name = Path(directory).name
+        for b, batch in enumerate(batches):
+            job = s * B + b
+
+            def inner(
+                fraction: float, stage: str, job: int = job, b: int = b, name: str = name
+            ) -> None:
+                report((job + fraction) / (S * B), f"{name}, batch {b + 1}/{B}: {stage}")
+
+            unit = compute_unit(model, batch, request, s, b, progress=inner)
+            units.append(replace(unit, checkpoint_fingerprint=fingerprint))
+            report((job + 1) / (S * B), f"{name}, batch {b + 1}/{B} done")
+    seconds = time.perf_counter() - started
+    return assemble(request, info, batches, units, device=str(device), seconds=seconds)

@@ -12,16 +12,88 @@ import io
 import json
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.errors import RequestError
 
 RESULT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Everything a result file holds (npz arrays + JSON metadata, see below)."""
+
+    request: AnalysisRequest
+    H: dict[str, np.ndarray]  # response -> [S, B, T, C, T, C] raw
+    H_std: dict[str, np.ndarray]  # response -> standardized, same shape
+    steps: np.ndarray  # [T] snapshot index of each input
+    times: np.ndarray  # [T] physical time of each input
+    classes: tuple[str, ...]
+    checkpoints: tuple[str, ...]  # checkpoint names (directory names)
+    distances: np.ndarray  # [B, N, N] input distance d(n, m) (METHOD.md §6.4)
+    top_eigenvalues: np.ndarray  # [S, B] largest eigenvalue of η + λI (NaN if not asked)
+    subspace_spectra: np.ndarray  # [S, B, N] eig(QᵀηQ) descending, NaN-padded
+    diagnostics: list[list[dict[str, Any]]]  # [S][B] estimator diagnostics
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return self.request.responses[0]
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """One (checkpoint s, batch b) of a request: the piece a worker computes and sends back
+    (as npz arrays + JSON, never a pickle); ``assemble`` stacks them into an AnalysisResult."""
+
+    checkpoint_index: int
+    batch_index: int
+    H: dict[str, np.ndarray]  # response -> [T, C, T, C] raw
+    H_std: dict[str, np.ndarray]  # response -> standardized
+    top_eigenvalue: float  # NaN if not asked
+    spectrum: np.ndarray  # eig(QᵀηQ) descending (empty for estimators without a subspace)
+    diagnostics: dict[str, Any]
+    checkpoint_fingerprint: str = ""
+
+    def to_parts(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {"spectrum": np.asarray(self.spectrum, dtype=np.float64)}
+        for response in self.H:
+            arrays[f"H__{response}"] = self.H[response]
+            arrays[f"H_std__{response}"] = self.H_std[response]
+        metadata = {
+            "schema": RESULT_SCHEMA,
+            "checkpoint_index": self.checkpoint_index,
+            "batch_index": self.batch_index,
+            "responses": list(self.H),
+            "top_eigenvalue": self.top_eigenvalue,
+            "diagnostics": self.diagnostics,
+            "checkpoint_fingerprint": self.checkpoint_fingerprint,
+        }
+        return arrays, metadata
+
+    @classmethod
+    def from_parts(cls, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> UnitResult:
+        if metadata.get("schema") != RESULT_SCHEMA:
+            raise RequestError(
+                f"unit result schema {metadata.get('schema')!r} is not {RESULT_SCHEMA}; "
+                "the worker runs another version of coherence"
+            )
+        responses = metadata["responses"]
+        return cls(
+            checkpoint_index=int(metadata["checkpoint_index"]),
+            batch_index=int(metadata["batch_index"]),
+            H={r: arrays[f"H__{r}"] for r in responses},
+            H_std={r: arrays[f"H_std__{r}"] for r in responses},
+            top_eigenvalue=float(metadata["top_eigenvalue"]),
+            spectrum=arrays["spectrum"],
+            diagnostics=metadata["diagnostics"],
+            checkpoint_fingerprint=str(metadata.get("checkpoint_fingerprint", "")),
+        )
 
 
 def sidecar_path(npz_path: str | os.PathLike) -> Path:

@@ -121,6 +121,7 @@ def build_demo(
                         ckpt.WEIGHTS_FILE,
                         ckpt.HISTORY_FILE,
                         ckpt.STATE_FILE,
+                        ckpt.MANIFEST_FILE,
                     ):
                         (out / name).unlink(missing_ok=True)
             t0 = time.perf_counter()

@@ -175,7 +175,14 @@ def recover(directory: str | os.PathLike) -> None:
     a save killed earlier left the previous set whole and its leftovers are removed."""
     directory = Path(directory)
     if directory.is_dir():
-        fileset.finish_pending(directory, SET_FILES)
+        _refuse_links(directory, (fileset.COMMIT_DIR, MANIFEST_FILE))
+        try:
+            fileset.finish_pending(directory, SET_FILES)
+        except ValueError as exc:  # a damaged manifest.json (JSON or text errors included)
+            raise CheckpointError(
+                f"{exc}; the interrupted save cannot be completed: delete {directory} and "
+                "train again"
+            ) from exc
 
 
 def new_config(
@@ -250,7 +257,7 @@ def verify(directory: str | os.PathLike) -> None:
     directory = _checked_directory(Path(directory))
     try:
         manifest = fileset.read_manifest(directory)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSON and text decoding errors are ValueErrors too
         raise CheckpointError(f"{exc}; delete {directory} and retrain") from exc
     if manifest is None:
         return  # written before manifests: nothing recorded to compare with

@@ -155,6 +155,8 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         data = json.loads(read_bytes(directory, MANIFEST_FILE))
     except FileNotFoundError:
         return None
+    except ValueError as exc:
+        raise ValueError(f"{directory / MANIFEST_FILE}: not valid JSON ({exc})") from exc
     if (
         not isinstance(data, dict)
         or data.get("format") != MANIFEST_FORMAT

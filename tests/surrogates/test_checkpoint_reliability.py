@@ -113,6 +113,16 @@ def test_resume_refuses_a_set_not_saved_together(trained, tiny_dataset, tmp_path
         train(tiny_dataset, legacy, tiny_args(epochs=3))
 
 
+def test_resume_refuses_a_damaged_manifest(trained, tiny_dataset, tmp_path):
+    damaged = copy_checkpoint(trained, tmp_path / "damaged")
+    (damaged / ckpt.MANIFEST_FILE).write_text("{oops")
+    with pytest.raises(CheckpointError, match=r"manifest\.json: not valid JSON"):
+        train(tiny_dataset, damaged, tiny_args(epochs=3))
+    (damaged / fileset.COMMIT_DIR).mkdir()  # and an interrupted commit cannot be completed
+    with pytest.raises(CheckpointError, match="cannot be completed"):
+        train(tiny_dataset, damaged, tiny_args(epochs=3))
+
+
 def test_a_directory_without_manifest_still_loads_and_resumes(trained, tiny_dataset, tmp_path):
     legacy = copy_checkpoint(trained, tmp_path / "legacy")
     (legacy / ckpt.MANIFEST_FILE).unlink()

@@ -126,7 +126,7 @@ def train_command(
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     transitions: Annotated[
         int | None,
-        typer.Option(help="One-step pairs per trajectory [default: all, at most 16]."),
+        typer.Option(help="One-step pairs per trajectory (default: all there are, up to 16)."),
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Save every k epochs.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

@@ -124,7 +124,10 @@ def train_command(
     batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 32,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-4,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
-    transitions: Annotated[int, typer.Option(help="One-step pairs per trajectory.")] = 16,
+    transitions: Annotated[
+        int | None,
+        typer.Option(help="One-step pairs per trajectory (default: all there are, up to 16)."),
+    ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Save every k epochs.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:

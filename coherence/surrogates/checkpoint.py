@@ -5,9 +5,14 @@
     <name>/model.safetensors    weights (normalization buffers included)
     <name>/history.json         per-epoch train and validation SMSE
     <name>/training_state.safetensors   optimizer moments + RNG state, for resume (optional)
+    <name>/manifest.json        size and SHA-256 of each file above, epochs trained
 
-Every file is written under a temporary name and renamed, so a crash leaves the previous
-complete file or none.
+A save replaces the whole set at once (``fileset``: written into a staging directory, committed
+by one rename), so a kill leaves the previous complete set or the new one, never weights of
+one epoch beside the history of another. Directories written before the manifest existed
+(the four files alone) still load. Every field of config.json and history.json is
+type-checked (``jsonfields``); the model's memory is counted on the meta device and refused
+before anything is allocated when it cannot fit (``footprint``).
 """
 
 from __future__ import annotations
@@ -15,17 +20,20 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from coherence.errors import CheckpointError
+from coherence.surrogates import fileset
+from coherence.surrogates.footprint import check_model_fits
+from coherence.surrogates.jsonfields import JsonObject, json_list
 from coherence.surrogates.registry import model_config_dict, model_from_config_dict
 
 FORMAT = "coherence-checkpoint"
@@ -34,6 +42,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 HISTORY_FILE = "history.json"
 STATE_FILE = "training_state.safetensors"
+MANIFEST_FILE = fileset.MANIFEST_FILE
+SET_FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, STATE_FILE)  # what a save may write
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
@@ -92,15 +102,29 @@ class CheckpointConfig:
         ]
         if missing:
             raise CheckpointError(f"{where}: config.json lacks {', '.join(missing)}; re-save it")
+        doc = JsonObject(data, where)
+        model = doc.object("model")
+        model.string("arch")
+        model.optional_string("preset")
+        model.object("config")
+        dataset = doc.object("dataset")
+        for name in ("name", "root", "fingerprint"):
+            if dataset.has(name):
+                dataset.string(name)
+        if dataset.has("classes"):
+            dataset.string_list("classes")
+        training = doc.object("training", default={})
+        if training.has("args"):
+            training.object("args")
         return cls(
-            model=dict(data["model"]),
-            family=str(data["family"]),
-            channels=tuple(data["channels"]),
-            resolution=tuple(int(r) for r in data["resolution"]),
-            dataset=dict(data["dataset"]),
-            seed=int(data["seed"]),
-            training=dict(data.get("training", {})),
-            versions=dict(data.get("versions", {})),
+            model=model.to_dict(),
+            family=doc.string("family"),
+            channels=doc.string_list("channels"),
+            resolution=doc.integer_list("resolution", length=2, minimum=1),
+            dataset=dataset.to_dict(),
+            seed=doc.integer("seed"),
+            training=training.to_dict(),
+            versions=doc.string_map("versions"),
         )
 
 
@@ -118,22 +142,12 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-    _atomic_write(path, write)
+def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
 def save_checkpoint(
@@ -143,17 +157,32 @@ def save_checkpoint(
     history: list[dict[str, float]],
     training_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write (or update) a checkpoint directory; weights first, config last."""
+    """Write (or replace) a checkpoint directory as one set: all files or none change."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    files = {
+        WEIGHTS_FILE: _tensor_bytes(model.state_dict()),
+        HISTORY_FILE: _json_bytes(history),
+        CONFIG_FILE: _json_bytes(config.to_dict()),
+    }
     if training_state is not None:
-        state = {k: v.detach().cpu().contiguous() for k, v in training_state.items()}
-        _atomic_write(directory / STATE_FILE, lambda tmp: save_file(state, tmp))
-    _write_json(directory / HISTORY_FILE, history)
-    _write_json(directory / CONFIG_FILE, config.to_dict())
+        files[STATE_FILE] = _tensor_bytes(training_state)
+    fileset.write_set(directory, files, {"epochs": len(history)}, SET_FILES)
     return directory
+
+
+def recover(directory: str | os.PathLike) -> None:
+    """Complete a save that was killed after its commit (writers call this before resuming);
+    a save killed earlier left the previous set whole and its leftovers are removed."""
+    directory = Path(directory)
+    if directory.is_dir():
+        _refuse_links(directory, (fileset.COMMIT_DIR, MANIFEST_FILE))
+        try:
+            fileset.finish_pending(directory, SET_FILES)
+        except ValueError as exc:  # a damaged manifest.json (JSON or text errors included)
+            raise CheckpointError(
+                f"{exc}; the interrupted save cannot be completed: delete {directory} and "
+                "train again"
+            ) from exc
 
 
 def new_config(
@@ -178,30 +207,87 @@ def new_config(
     )
 
 
+def _read_json(directory: Path, name: str) -> Any:
+    path = directory / name
+    try:
+        return json.loads(fileset.read_bytes(directory, name))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); re-save the checkpoint") from exc
+
+
 def read_config(directory: str | os.PathLike) -> CheckpointConfig:
     """Read and check config.json of a checkpoint directory (no weights loaded)."""
     directory = _checked_directory(Path(directory))
-    path = directory / CONFIG_FILE
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); re-save the checkpoint") from exc
+    data = _read_json(directory, CONFIG_FILE)
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object; re-save the checkpoint")
-    return CheckpointConfig.from_dict(data, path)
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE}: must hold a JSON object; re-save the checkpoint"
+        )
+    return CheckpointConfig.from_dict(data, directory / CONFIG_FILE)
 
 
 def read_history(directory: str | os.PathLike) -> list[dict[str, float]]:
-    path = Path(directory) / HISTORY_FILE
-    if not path.is_file():
+    """Per-epoch records of history.json (empty when there is none), each checked: an
+    object with ``epoch`` = its position (1, 2, …) and numeric ``train_smse``,
+    ``valid_smse`` (and ``seconds`` when present)."""
+    directory = Path(directory)
+    path = directory / HISTORY_FILE
+    _refuse_links(directory, (HISTORY_FILE,))
+    if not fileset.current_path(directory, HISTORY_FILE).is_file():
         return []
-    try:
-        history = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(history, list):
-        raise CheckpointError(f"{path}: must hold a JSON list of per-epoch records")
+    records = json_list(_read_json(directory, HISTORY_FILE), path, "per-epoch records")
+    history = []
+    for index, item in enumerate(records):
+        record = JsonObject(item, path, f"[{index}]")
+        epoch = record.integer("epoch", minimum=1)
+        if epoch != index + 1:
+            record.fail(f"[{index}].epoch", epoch, f"{index + 1} (records are epochs 1, 2, …)")
+        record.number("train_smse")
+        record.number("valid_smse")
+        if record.has("seconds"):
+            record.number("seconds")
+        history.append(record.to_dict())
     return history
+
+
+def verify(directory: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose files are not the set its manifest records (a file changed
+    after the save, or a save by an older version was interrupted). Resume calls this:
+    continuing from weights and a history of different epochs trains an epoch twice."""
+    directory = _checked_directory(Path(directory))
+    try:
+        manifest = fileset.read_manifest(directory)
+    except ValueError as exc:  # JSON and text decoding errors are ValueErrors too
+        raise CheckpointError(f"{exc}; delete {directory} and retrain") from exc
+    if manifest is None:
+        return  # written before manifests: nothing recorded to compare with
+    contents = {}
+    for name in manifest["files"]:
+        try:
+            contents[name] = fileset.read_bytes(directory, name)
+        except FileNotFoundError:
+            continue
+    problems = fileset.mismatches(directory, manifest, contents)
+    epochs = len(read_history(directory))
+    if manifest.get("epochs") != epochs:
+        problems.append(f"history.json has {epochs} epochs, the manifest {manifest.get('epochs')}")
+    if problems:
+        raise CheckpointError(
+            f"{directory}: the checkpoint files are not the set that was saved together ("
+            + "; ".join(problems)
+            + "); restore the directory from a backup or delete it and retrain"
+        )
+
+
+def _refuse_links(directory: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        path = directory / name
+        if path.is_symlink():
+            raise CheckpointError(
+                f"{path}: is a symbolic link (to {os.readlink(path)}); checkpoint files must "
+                "be regular files inside the checkpoint directory, because a link can point "
+                "anywhere: replace the link with a copy of the file"
+            )
 
 
 def _checked_directory(directory: Path) -> Path:
@@ -216,7 +302,10 @@ def _checked_directory(directory: Path) -> Path:
             f"{directory}: no such checkpoint directory; a checkpoint is a directory with "
             f"{CONFIG_FILE} and {WEIGHTS_FILE} (train one with `coherence train`)"
         )
-    missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / n).is_file()]
+    _refuse_links(directory, (*SET_FILES, MANIFEST_FILE, fileset.COMMIT_DIR))
+    missing = [
+        n for n in (CONFIG_FILE, WEIGHTS_FILE) if not fileset.current_path(directory, n).is_file()
+    ]
     if missing:
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         hint = (
@@ -240,15 +329,32 @@ def load(
 ) -> tuple[nn.Module, CheckpointConfig]:
     """Load a checkpoint: (model in eval mode, mapping physical state -> next state, config).
 
-    Refuses, with the reason and the fix: missing files, pickle files, weights that do not
-    match the config, an untrusted custom architecture.
+    Refuses, with the reason and the fix: missing files, pickle files, symbolic links,
+    fields of the wrong type, a model too large for the free memory of ``device`` (counted
+    before anything is allocated), weights that do not match the config, an untrusted
+    custom architecture.
     """
     directory = Path(path)
     config = read_config(directory)
-    model = model_from_config_dict(config.model, trust_code=trust_code)
+    where = directory / CONFIG_FILE
+    try:
+        check_model_fits(
+            config.model,
+            len(config.channels),
+            config.resolution,
+            device,
+            where,
+            trust_code=trust_code,
+        )
+        model = model_from_config_dict(config.model, trust_code=trust_code)
+    except CheckpointError as exc:
+        message = str(exc)
+        raise CheckpointError(
+            message if message.startswith(str(where)) else f"{where}: {message}"
+        ) from exc
     weights_path = directory / WEIGHTS_FILE
     try:
-        tensors = load_file(str(weights_path))
+        tensors = load_safetensors(fileset.read_bytes(directory, WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{weights_path}: not a readable safetensors file ({exc}); re-save the checkpoint"
@@ -312,11 +418,13 @@ def check_compatible(
 
 
 def load_training_state(directory: str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
+    directory = Path(directory)
+    path = directory / STATE_FILE
+    _refuse_links(directory, (STATE_FILE,))
+    if not fileset.current_path(directory, STATE_FILE).is_file():
         return None
     try:
-        return load_file(str(path))
+        return load_safetensors(fileset.read_bytes(directory, STATE_FILE))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: unreadable training state ({exc}); delete it to restart training from scratch"

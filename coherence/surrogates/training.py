@@ -8,9 +8,10 @@ a checkpoint every ``checkpoint_every`` epochs, and resume from the last one.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from coherence.errors import RequestError
+from coherence.errors import CheckpointError, RequestError
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.losses import evaluate_smse, smse
 from coherence.surrogates.registry import build_model
 
 Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
+DEFAULT_TRANSITIONS = 16  # the paper's T: one-step pairs per trajectory when none is asked
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class TrainingArgs:
     batch_size: int = 32
     lr: float = 5e-4
     weight_decay: float = 1e-4
-    transitions: int = 16  # one-step pairs per trajectory: (s_t, s_t+1), t < transitions
+    transitions: int | None = None  # pairs (s_t, s_t+1), t < transitions; None: all, ≤ 16
     checkpoint_every: int = 1
     device: str = "auto"  # auto | cpu | cuda
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config fields
@@ -47,6 +49,8 @@ class TrainingArgs:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "transitions", "checkpoint_every"):
             value = getattr(self, name)
+            if name == "transitions" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RequestError(f"{name}={value!r}: must be a positive integer")
         if self.epochs > 100_000 or self.batch_size > 65_536:
@@ -70,6 +74,29 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def resolve_transitions(args: TrainingArgs, info: DatasetInfo, log=None) -> TrainingArgs:
+    """``args`` with ``transitions`` set: an explicit request is kept (``transition_pairs``
+    refuses one the dataset cannot fit); none asked takes every transition the dataset
+    has, at most DEFAULT_TRANSITIONS, and says so."""
+    if args.transitions is not None:
+        return args
+    available = len(info.times) - 1
+    if available < 1:
+        raise RequestError(
+            f"{info.root} has {len(info.times)} snapshot per trajectory; training needs at "
+            "least 2 (one transition): simulate more snapshots"
+        )
+    chosen = min(DEFAULT_TRANSITIONS, available)
+    if log:
+        scope = (
+            f"all {available} the dataset has"
+            if chosen == available
+            else f"the first {chosen} of {available}"
+        )
+        log(f"using {chosen} transitions per trajectory ({scope}; set --transitions to choose)")
+    return replace(args, transitions=chosen)
 
 
 def transition_pairs(
@@ -110,6 +137,19 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tens
     optimizer.load_state_dict(state_dict)
 
 
+def _check_steps(out: Path, state: dict[str, Tensor], expected: int, epochs: int) -> None:
+    """Refuse optimizer moments of another epoch than the history (a checkpoint written
+    file by file, before saves were atomic, and killed between two files)."""
+    found = sorted({int(v) for k, v in state.items() if k.endswith(".step")})
+    if found and found != [expected]:
+        raise CheckpointError(
+            f"{out}: the optimizer state has taken {found[0]} steps but {ckpt.HISTORY_FILE} "
+            f"records {epochs} epochs ({expected} steps): an earlier save was interrupted "
+            "between files, so resuming would repeat or skip an epoch; delete the "
+            "directory (or choose a new --out) and train again"
+        )
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -125,6 +165,7 @@ def train(
     for split in ("train", "valid"):
         for class_name in classes:
             info.file(split, class_name)  # raises with the available classes
+    args = resolve_transitions(args, info, log)
     device = resolve_device(args.device)
     train_x, train_y = transition_pairs(info, "train", classes, args.transitions)
     valid_x, valid_y = transition_pairs(info, "valid", classes, args.transitions)
@@ -144,6 +185,7 @@ def train(
 
     out = Path(out)
     history: list[dict[str, float]] = []
+    ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     if (out / ckpt.CONFIG_FILE).is_file():
         previous = ckpt.read_config(out).training.get("args", {})
         resumable = ("epochs", "device", "checkpoint_every")
@@ -159,6 +201,7 @@ def train(
                 f"{out} holds a checkpoint trained with other arguments ({detail}); choose a "
                 "new --out or repeat the same arguments (only --epochs may grow) to resume"
             )
+        ckpt.verify(out)
         model, _ = ckpt.load(out, device=device)
         history = ckpt.read_history(out)
         optimizer = torch.optim.AdamW(
@@ -166,6 +209,8 @@ def train(
         )
         state = ckpt.load_training_state(out)
         if state is not None:
+            steps = len(history) * math.ceil(train_x.shape[0] / args.batch_size)
+            _check_steps(out, state, steps, len(history))
             _restore_optimizer(optimizer, state)
         if log:
             log(f"resuming {out} after epoch {len(history)} of {args.epochs}")

@@ -37,8 +37,15 @@ def test_smse_matches_its_definition():
 
 
 def test_checkpoint_layout_history_and_bit_exact_round_trip(trained, tiny_dataset):
+    # manifest.json added by issue 13: the set a save commits together
     assert sorted(p.name for p in trained.iterdir()) == sorted(
-        [ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.HISTORY_FILE, ckpt.STATE_FILE]
+        [
+            ckpt.CONFIG_FILE,
+            ckpt.WEIGHTS_FILE,
+            ckpt.HISTORY_FILE,
+            ckpt.STATE_FILE,
+            ckpt.MANIFEST_FILE,
+        ]
     )
     config = json.loads((trained / ckpt.CONFIG_FILE).read_text())
     assert config["model"]["arch"] == "unet" and config["seed"] == 3

@@ -1,0 +1,179 @@
+"""Memory a model needs, counted from its config without allocating it, and what is free.
+
+A checkpoint config with an absurd size (a width of 10⁶) must be refused with the figure, not
+reach the allocator (which dies with ``DefaultCPUAllocator: can't allocate memory`` after
+trying 36 TB). The model is built on PyTorch's ``meta`` device: every tensor has its shape
+and dtype but no storage, so the count is exact for any architecture (built-in or custom)
+at the cost of constructing the modules (≈ 0.2 s for the paper UNet). One example's
+forward pass on meta tensors gives the activations autograd keeps for a backward pass.
+
+    load bytes (CPU)    = 2 · parameter bytes (the module + the file's tensors) [+ activations]
+    device bytes (GPU)  = parameter bytes + activation bytes of one example
+
+Free memory: CPU from /proc/meminfo (MemAvailable), bounded by a cgroup v2 limit when the
+process runs in a container, else ``os.sysconf``; CUDA from ``torch.cuda.mem_get_info``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coherence.errors import CheckpointError, CoherenceError
+from coherence.surrogates.registry import model_from_config_dict
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Sizes of a model, counted on the meta device."""
+
+    parameters: int  # trainable and frozen parameter scalars
+    state_bytes: int  # parameters + buffers, as stored in model.safetensors
+    activation_bytes: int  # one example's forward, as kept for backward (0: unknown)
+
+
+def _meta_model(model_config: Mapping[str, Any], trust_code: bool) -> torch.nn.Module:
+    with torch.device("meta"):
+        return model_from_config_dict(model_config, trust_code=trust_code)
+
+
+def _counts(model: torch.nn.Module) -> Footprint:
+    parameters = sum(p.numel() for p in model.parameters())
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return Footprint(parameters, state, 0)
+
+
+def model_footprint(
+    model_config: Mapping[str, Any],
+    channels: int,
+    resolution: tuple[int, int],
+    *,
+    trust_code: bool = False,
+) -> Footprint:
+    """Count a model from its ``model_config_dict`` without allocating its tensors."""
+    model = _meta_model(model_config, trust_code)
+    counts = _counts(model)
+    return replace(counts, activation_bytes=_activation_bytes(model, channels, resolution))
+
+
+def check_model_fits(
+    model_config: Mapping[str, Any],
+    channels: int,
+    resolution: tuple[int, int],
+    device: str | torch.device,
+    where: str | Path,
+    *,
+    trust_code: bool = False,
+    limit: int | None = None,
+) -> Footprint:
+    """Refuse a model that cannot be loaded on ``device`` (see :func:`check_fits`); the
+    parameters are checked before the meta forward pass, so an absurd width is refused
+    without running anything."""
+    model = _meta_model(model_config, trust_code)
+    counts = _counts(model)
+    check_fits(counts, device, where, limit=limit)
+    footprint = replace(counts, activation_bytes=_activation_bytes(model, channels, resolution))
+    check_fits(footprint, device, where, limit=limit)
+    return footprint
+
+
+def _activation_bytes(model: torch.nn.Module, channels: int, resolution: tuple[int, int]) -> int:
+    weights = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    kept = [0]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if id(tensor) not in weights:
+            kept[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    x = torch.empty(1, channels, *resolution, device="meta", requires_grad=True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(x)
+    except (RuntimeError, NotImplementedError, TypeError, CoherenceError):
+        return 0  # a custom module that cannot run on meta tensors: activations unknown
+    return kept[0]
+
+
+def _cgroup_free() -> int | None:
+    """Bytes left under a cgroup v2 memory limit (containers), or None without one."""
+    base = Path("/sys/fs/cgroup")
+    try:
+        limit = (base / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int((base / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes(device: str | torch.device) -> int:
+    """Memory free for new tensors on ``device`` now."""
+    device = torch.device(device)
+    unknown = 2**63 - 1  # no reading: refuse nothing
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return unknown  # moving the model there fails later with its own message
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return unknown
+    free = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        free = None
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return unknown
+    cgroup = _cgroup_free()
+    return min(free, cgroup) if cgroup is not None else free
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_fits(
+    footprint: Footprint,
+    device: str | torch.device,
+    where: str | Path,
+    *,
+    limit: int | None = None,
+) -> None:
+    """Refuse (CheckpointError naming ``where``, the estimate and the limit) a model that
+    cannot be loaded on ``device``; ``limit`` replaces the free-memory reading (tests)."""
+    device = torch.device(device)
+    params = f"{footprint.parameters:,} parameters = {_gib(footprint.state_bytes)}"
+    acts = f"{_gib(footprint.activation_bytes)} of activations for one example"
+    cpu_only = device.type == "cpu"
+    needs = [
+        (
+            "CPU",
+            torch.device("cpu"),
+            2 * footprint.state_bytes + cpu_only * footprint.activation_bytes,
+            f"{params}, held twice while loading" + (f", plus {acts}" if cpu_only else ""),
+        )
+    ]
+    if not cpu_only:
+        needs.append(
+            (str(device), device, footprint.state_bytes + footprint.activation_bytes,
+             f"{params} plus {acts}")
+        )  # fmt: skip
+    for label, dev, estimate, detail in needs:
+        free = available_bytes(dev) if limit is None else limit
+        if estimate > free:
+            raise CheckpointError(
+                f"{where}: this model needs about {_gib(estimate)} of {label} memory "
+                f"({detail}) but only {_gib(free)} is free; its sizes in config.json are "
+                "wrong or the machine is too small: fix the config or use a larger machine"
+            )

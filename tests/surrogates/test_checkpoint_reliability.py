@@ -315,7 +315,7 @@ def test_workspace_scan_lists_a_linked_checkpoint_as_a_problem(trained, tmp_path
     (linked / ckpt.CONFIG_FILE).symlink_to(tmp_path / "outside.json")
     catalog = scan_workspace(root)
     assert not catalog.checkpoints
-    assert any("symbolic link" in p for p in catalog.problems)
+    assert any("linked/config.json points outside the workspace" in p for p in catalog.problems)
 
 
 # ---------------------------------------------------------------- transitions -----

@@ -39,7 +39,8 @@ from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import RESULT_SCHEMA, result_arrays, result_from_parts
-from coherence.cache.keys import validate_key
+from coherence.cache import layout
+from coherence.cache.layout import validate_key
 from coherence.errors import CoherenceError, RequestError
 
 log = logging.getLogger(__name__)
@@ -406,10 +407,10 @@ class ResultStore:
     # ------------------------------------------------------------------ upkeep ------
 
     def log_path(self, key: str) -> Path:
-        return self.logs_dir / f"{validate_key(key)}.log"
+        return layout.log_path(self.directory, key)
 
     def lock_path(self, key: str) -> Path:
-        return self.locks_dir / f"{validate_key(key)}.lock"
+        return layout.lock_path(self.directory, key)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every result: key, bytes on disk, stored and last-used unix times (newest first)."""

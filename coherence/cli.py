@@ -63,6 +63,21 @@ def progress_bar() -> Progress:
     )
 
 
+def compute_slot(label: str):
+    """Hold one of the machine's compute slots while a command computes (coherence.cache.slots:
+    COHERENCE_MAX_JOBS at once, each on its share of the cores); says so while it waits."""
+    from coherence.cache.slots import compute_slot as slot
+
+    shown = [0]
+
+    def show(position: int) -> None:
+        if position != shown[0]:
+            console.print(f"queued, position {position}: waiting for a free compute slot")
+            shown[0] = position
+
+    return slot(label, on_wait=show)
+
+
 def split_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -97,13 +112,14 @@ def simulate(
         dataset_name=name,
     )
     start = time.perf_counter()
-    with progress_bar() as bar:
+    with compute_slot("simulate") as slot, progress_bar() as bar:
         task = bar.add_task("simulating", total=len(request.classes) * trajectories)
 
         def report(done: int, total: int, message: str) -> None:
             bar.update(task, completed=done, description=message)
 
-        generate_dataset(request, out, progress=report, overwrite=overwrite)
+        workers = None if slot.max_jobs == 1 else slot.threads  # its share of the cores
+        generate_dataset(request, out, progress=report, overwrite=overwrite, workers=workers)
     console.print(
         f"wrote dataset [bold]{request.name}[/] ({len(request.classes)} classes × "
         f"{trajectories} trajectories, {resolution}², {snapshots} snapshots) to "
@@ -144,7 +160,7 @@ def train_command(
         checkpoint_every=checkpoint_every,
         device=device,
     )
-    with progress_bar() as bar:
+    with compute_slot("train"), progress_bar() as bar:
         task = bar.add_task("training", total=epochs)
 
         def report(epoch: int, total: int, fraction: float, loss: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -24,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from coherence.errors import CoherenceError, RequestError
+from coherence.errors import CoherenceError, ConvergenceWarning, RequestError
 
 app = typer.Typer(
     name="coherence",
@@ -76,6 +77,26 @@ def compute_slot(label: str):
             shown[0] = position
 
     return slot(label, on_wait=show)
+
+
+def confirm_long_job(seconds: float) -> None:
+    """Ask before a job estimated above COHERENCE_CONFIRM_MINUTES; without a terminal, refuse
+    unless --yes was given."""
+    from coherence.cache.cost import CONFIRM_ENV, confirm_seconds, format_seconds
+
+    limit = format_seconds(confirm_seconds())
+    if sys.stdin.isatty():
+        typer.confirm(
+            f"this job is estimated at {format_seconds(seconds)} (over {limit}); start it?",
+            abort=True,
+            err=True,
+        )
+        return
+    raise RequestError(
+        f"this job is estimated at {format_seconds(seconds)}, over the {limit} that needs a "
+        f"confirmation ({CONFIRM_ENV}); pass --yes to start it, or make it smaller (fewer "
+        "checkpoints, trajectories or steps)"
+    )
 
 
 def split_list(value: str) -> tuple[str, ...]:
@@ -201,16 +222,21 @@ def analyze(
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace whose cache/ stores and serves results.")
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Start a long job without asking.")
+    ] = False,
 ) -> None:
     """Compute influence matrices for checkpoints × batches and write the result file.
 
     Results are cached in the workspace (content-addressed): repeating a request with the
     same checkpoints and data is served from the cache.
     """
-    from coherence.analysis.pipeline import estimate_cost, load_checked, prepare
+    from coherence.analysis.influence import convergence_summary
+    from coherence.analysis.pipeline import load_checked, prepare
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import save_result
     from coherence.cache import JobRunner
+    from coherence.cache.cost import estimate_job
 
     t_start, n_steps = parse_window(window)
     try:
@@ -234,22 +260,31 @@ def analyze(
         split=split,
     )
     info, batches = prepare(request)
-    model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
-    cost = estimate_cost(model, request, batches[0].inputs.to(request.torch_device))
-    console.print(f"cost estimate: {cost.describe()}")
-    if not cost.fits:
-        raise RequestError(
-            "this analysis would not fit in memory; shrink the window (--window) or the number "
-            "of classes, or use a device with more memory"
-        )
-    with progress_bar() as bar:
+    runner = JobRunner(workspace)
+    if runner.store.age(runner.key(request)) is not None:
+        console.print("cached result: served without computing")
+    else:
+        model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
+        cost = estimate_job(model, request, batches[0].inputs.to(request.torch_device))
+        console.print(f"cost estimate: {cost.describe()}")
+        if not cost.fits:
+            raise RequestError(
+                "this analysis would not fit in memory; shrink the window (--window) or the "
+                "number of classes, or use a device with more memory"
+            )
+        if cost.needs_confirmation and not yes:
+            confirm_long_job(cost.total_seconds)
+    with progress_bar() as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
         task = bar.add_task("analyzing", total=1.0)
 
         def report(fraction: float, stage: str) -> None:
             bar.update(task, completed=fraction, description=stage[:60])
 
-        result = JobRunner(workspace).run(request, progress=report, trust_code=trust_code)
+        result = runner.run(request, progress=report, trust_code=trust_code)
     path = save_result(result, out)
+    if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
+        console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     console.print(
         f"wrote [bold]{path.resolve()}[/] and its sidecar .json "

@@ -54,12 +54,28 @@ def wait_for(predicate, what: str, timeout: float = TIMEOUT):
     return value
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_waiters():
+    """A failed test must not leave slot holders or waiters running."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+
+
 def start_waiter(label: str, hold: float, cancellable: bool = False) -> subprocess.Popen:
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-c", WAITER, label, str(hold), "c" if cancellable else "n"],
         stdout=subprocess.PIPE,
         text=True,
     )
+    STARTED.append(process)
+    return process
 
 
 def test_settings_follow_the_core_count_and_the_overrides(monkeypatch):
@@ -117,6 +133,7 @@ def test_a_queued_waiter_can_be_cancelled(slot_dir):
     holder = start_waiter("holder", 600)
     assert holder.stdout.readline().strip() == "got 0"
     plain = start_waiter("plain", 0.1)
+    wait_for(lambda: slots.queue_position("plain") == 1, "the plain waiter to queue")
     queued = start_waiter("queued", 0.1, cancellable=True)
     wait_for(lambda: slots.queue_position("queued") == 2, "the cancellable waiter to queue")
     assert not slots.cancel_waiter("plain")  # not cancellable: never signalled

@@ -23,6 +23,7 @@ BENCHMARKS = (
     "bench_dashboard",
     "bench_paper_unit",
     "bench_dashboard_concurrency",
+    "bench_concurrency",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -24,7 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from coherence.errors import CoherenceError, RequestError
+from coherence.errors import CoherenceError, ConvergenceWarning, RequestError
 
 app = typer.Typer(
     name="coherence",
@@ -63,6 +64,41 @@ def progress_bar() -> Progress:
     )
 
 
+def compute_slot(label: str):
+    """Hold one of the machine's compute slots while a command computes (coherence.cache.slots:
+    COHERENCE_MAX_JOBS at once, each on its share of the cores); says so while it waits."""
+    from coherence.cache.slots import compute_slot as slot
+
+    shown = [0]
+
+    def show(position: int) -> None:
+        if position != shown[0]:
+            console.print(f"queued, position {position}: waiting for a free compute slot")
+            shown[0] = position
+
+    return slot(label, on_wait=show)
+
+
+def confirm_long_job(seconds: float) -> None:
+    """Ask before a job estimated above COHERENCE_CONFIRM_MINUTES; without a terminal, refuse
+    unless --yes was given."""
+    from coherence.cache.cost import CONFIRM_ENV, confirm_seconds, format_seconds
+
+    limit = format_seconds(confirm_seconds())
+    if sys.stdin.isatty():
+        typer.confirm(
+            f"this job is estimated at {format_seconds(seconds)} (over {limit}); start it?",
+            abort=True,
+            err=True,
+        )
+        return
+    raise RequestError(
+        f"this job is estimated at {format_seconds(seconds)}, over the {limit} that needs a "
+        f"confirmation ({CONFIRM_ENV}); pass --yes to start it, or make it smaller (fewer "
+        "checkpoints, trajectories or steps)"
+    )
+
+
 def split_list(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
@@ -97,13 +133,14 @@ def simulate(
         dataset_name=name,
     )
     start = time.perf_counter()
-    with progress_bar() as bar:
+    with compute_slot("simulate") as slot, progress_bar() as bar:
         task = bar.add_task("simulating", total=len(request.classes) * trajectories)
 
         def report(done: int, total: int, message: str) -> None:
             bar.update(task, completed=done, description=message)
 
-        generate_dataset(request, out, progress=report, overwrite=overwrite)
+        workers = None if slot.max_jobs == 1 else slot.threads  # its share of the cores
+        generate_dataset(request, out, progress=report, overwrite=overwrite, workers=workers)
     console.print(
         f"wrote dataset [bold]{request.name}[/] ({len(request.classes)} classes × "
         f"{trajectories} trajectories, {resolution}², {snapshots} snapshots) to "
@@ -147,7 +184,7 @@ def train_command(
         checkpoint_every=checkpoint_every,
         device=device,
     )
-    with progress_bar() as bar:
+    with compute_slot("train"), progress_bar() as bar:
         task = bar.add_task("training", total=epochs)
 
         def report(epoch: int, total: int, fraction: float, loss: float) -> None:
@@ -188,17 +225,21 @@ def analyze(
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace whose cache/ stores and serves results.")
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Start a long job without asking.")
+    ] = False,
 ) -> None:
     """Compute influence matrices for checkpoints × batches and write the result file.
 
     Results are cached in the workspace (content-addressed): repeating a request with the
     same checkpoints and data is served from the cache.
     """
-    from coherence.analysis.pipeline import estimate_cost, load_checked, prepare
+    from coherence.analysis.influence import convergence_summary
+    from coherence.analysis.pipeline import load_checked, prepare
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import save_result
     from coherence.cache import JobRunner
-    from coherence.probe import probe_forward
+    from coherence.cache.cost import estimate_job
 
     t_start, n_steps = parse_window(window)
     try:
@@ -222,23 +263,31 @@ def analyze(
         split=split,
     )
     info, batches = prepare(request)
-    model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
-    example = batches[0].inputs.to(request.torch_device)
-    cost = estimate_cost(model, request, example, forward_seconds=probe_forward(model, example[0]))
-    console.print(f"cost estimate: {cost.describe()}")
-    if not cost.fits:
-        raise RequestError(
-            "this analysis would not fit in memory; shrink the window (--window) or the number "
-            "of classes, or use a device with more memory"
-        )
-    with progress_bar() as bar:
+    runner = JobRunner(workspace)
+    if runner.store.age(runner.key(request)) is not None:
+        console.print("cached result: served without computing")
+    else:
+        model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
+        cost = estimate_job(model, request, batches[0].inputs.to(request.torch_device))
+        console.print(f"cost estimate: {cost.describe()}")
+        if not cost.fits:
+            raise RequestError(
+                "this analysis would not fit in memory; shrink the window (--window) or the "
+                "number of classes, or use a device with more memory"
+            )
+        if cost.needs_confirmation and not yes:
+            confirm_long_job(cost.total_seconds)
+    with progress_bar() as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
         task = bar.add_task("analyzing", total=1.0)
 
         def report(fraction: float, stage: str) -> None:
             bar.update(task, completed=fraction, description=stage[:60])
 
-        result = JobRunner(workspace).run(request, progress=report, trust_code=trust_code)
+        result = runner.run(request, progress=report, trust_code=trust_code)
     path = save_result(result, out)
+    if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
+        console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     console.print(
         f"wrote [bold]{path.resolve()}[/] and its sidecar .json "

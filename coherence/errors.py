@@ -44,3 +44,9 @@ def parse_choice(kind: type[E], value: object, what: str) -> E:
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in kind)
         raise RequestError(f"unknown {what} {value!r}; choose one of: {allowed}") from None
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solve (cg) stopped at its iteration cap before reaching its tolerance, so
+    the result is less accurate than asked. Filter it with ``warnings.filterwarnings``, or
+    turn it into an error with ``warnings.simplefilter("error", ConvergenceWarning)``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,9 +46,10 @@ from coherence.analysis.observables import (
     parse_responses,
     residual,
 )
-from coherence.errors import RequestError
+from coherence.errors import ConvergenceWarning, RequestError
 
 Progress = Callable[[float, str], None]
+CG_MAX_ITER = 500  # default iteration cap per cg column
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class InfluenceDiagnostics:
     iterations: tuple[int, ...] | None = None  # cg: per perturbation column
     residuals: tuple[float, ...] | None = None  # cg: true final ‖b − (η+λI)y‖/‖b‖ per column
     converged: bool | None = None  # cg: every column reached rtol within max_iter
+    worst_residual: float | None = None  # cg: max of residuals (> rtol when not converged)
     jvp_method: str | None = None  # "traced", or "jvp" after a failed check; None: unused
 
     def to_dict(self) -> dict[str, Any]:
@@ -192,6 +195,7 @@ def _estimate(
         "iterations": cg.iterations,
         "residuals": cg.residuals,
         "converged": cg.converged,
+        "worst_residual": max(cg.residuals, default=0.0),
         "jvp_method": jacobian.jvp_method,
     }
 
@@ -206,7 +210,7 @@ def compute_influence(
     damping: float = 1e-4,
     rtol: float | None = None,
     energy_threshold: float = 1 - 1e-4,
-    max_iter: int = 500,
+    max_iter: int = CG_MAX_ITER,
     chunk_size: int | None = None,
     progress: Progress | None = None,
 ) -> InfluenceResult:
@@ -297,7 +301,67 @@ def compute_influence(
         stage_seconds=stages,
         **extra,
     )
+    if diagnostics.converged is False:
+        warnings.warn(ConvergenceWarning(unconverged_message(diagnostics)), stacklevel=2)
     return InfluenceResult(h_by[responses[0].value], h_by, diagnostics)
+
+
+def unconverged_message(diagnostics: InfluenceDiagnostics) -> str:
+    """One sentence for an unconverged cg solve: how far off it is and what to change."""
+    assert diagnostics.residuals is not None and diagnostics.rtol is not None
+    bad = sum(r > diagnostics.rtol for r in diagnostics.residuals)
+    return (
+        f"cg did not converge: {bad} of {len(diagnostics.residuals)} columns stopped at "
+        f"max_iter={diagnostics.max_iter} with relative residual up to "
+        f"{diagnostics.worst_residual:.3g} > rtol={diagnostics.rtol:g}, so H is inaccurate; "
+        "raise max_iter, loosen rtol or use estimator 'subspace'"
+    )
+
+
+@dataclass(frozen=True)
+class UnconvergedSolve:
+    """One (checkpoint, batch) cell of an analysis whose cg solve missed its tolerance."""
+
+    checkpoint: int  # index s
+    batch: int  # index b
+    worst_residual: float
+    rtol: float
+
+
+def unconverged_solves(
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]],
+) -> list[UnconvergedSolve]:
+    """The cells of a result's diagnostics ([S][B] dicts, as cached) with ``converged``
+    False, worst first; empty for converged cg and for the other estimators."""
+    found = []
+    for s, row in enumerate(diagnostics):
+        for b, cell in enumerate(row):
+            if cell.get("converged") is not False:
+                continue
+            worst = cell.get("worst_residual")
+            if worst is None:  # results cached before the field existed
+                worst = max(cell.get("residuals") or [float("nan")])
+            found.append(UnconvergedSolve(s, b, float(worst), float(cell.get("rtol") or 0.0)))
+    return sorted(found, key=lambda u: -u.worst_residual)
+
+
+def convergence_summary(
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]], checkpoints: Sequence[str]
+) -> str | None:
+    """What the CLI and the dashboard show for a result whose cg solves did not all reach
+    rtol (None when they did, or for another estimator)."""
+    bad = unconverged_solves(diagnostics)
+    if not bad:
+        return None
+    cells = sum(len(row) for row in diagnostics)
+    worst = bad[0]
+    name = checkpoints[worst.checkpoint] if worst.checkpoint < len(checkpoints) else "?"
+    return (
+        f"cg did not converge in {len(bad)} of {cells} (checkpoint, batch) solves; worst "
+        f"relative residual {worst.worst_residual:.3g} > rtol={worst.rtol:g} ({name}, batch "
+        f"{worst.batch + 1}): these influence values are inaccurate; loosen --rtol or use "
+        "--estimator subspace"
+    )
 
 
 def influence_matrix(

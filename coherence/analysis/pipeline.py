@@ -103,12 +103,13 @@ def estimate_cost(
     request: AnalysisRequest,
     example: torch.Tensor,
     forward_seconds: float | None = None,
+    cg_iterations: int | None = None,
 ) -> CostEstimate:
     """Forward-pass equivalents per (checkpoint, batch), counted per example:
     N VJPs (3 each, +2 per extra response); subspace: the primal part (3 per example) and
     s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all); cg:
-    10 iterations × N columns × (JVP + VJP) through the batch; the top eigenvalue: a few
-    Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each) plus the batch's
+    ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch; the top
+    eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each) plus the batch's
     activations kept by vmap / the tangent program (≈ 3 copies).
     """
     n = request.n_examples
@@ -120,7 +121,7 @@ def estimate_cost(
     estimator = parse_estimator(request.estimator)
     solve_passes = {
         Estimator.SUBSPACE: n * PRIMAL_PASSES + n * n * JVP_PASSES,
-        Estimator.CG: CG_ITERATIONS_QUOTED * n * matvec,
+        Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec,
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0

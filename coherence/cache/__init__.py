@@ -1,25 +1,32 @@
-"""Content-addressed result store and background jobs (stage 4: cache)."""
+"""Content-addressed result store and background jobs (stage 4: cache).
+
+Names are imported on first use (PEP 562): a queued job worker (``coherence.cache.worker``)
+waits for a compute slot without importing torch and the analysis stack.
+"""
 
 from __future__ import annotations
 
-from coherence.cache.jobs import JobCancelled, JobRunner, JobStatus
-from coherence.cache.keys import ANALYSIS_CODE_VERSION, request_key, validate_key
-from coherence.cache.store import (
-    CacheCorruptionError,
-    ProgressRecord,
-    ResultStore,
-    parse_size,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ANALYSIS_CODE_VERSION",
-    "CacheCorruptionError",
-    "JobCancelled",
-    "JobRunner",
-    "JobStatus",
-    "ProgressRecord",
-    "ResultStore",
-    "parse_size",
-    "request_key",
-    "validate_key",
-]
+_EXPORTS = {
+    "ANALYSIS_CODE_VERSION": "coherence.cache.keys",
+    "CacheCorruptionError": "coherence.cache.store",
+    "JobCancelled": "coherence.cache.jobs",
+    "JobRunner": "coherence.cache.jobs",
+    "JobStatus": "coherence.cache.jobs",
+    "ProgressRecord": "coherence.cache.store",
+    "ResultStore": "coherence.cache.store",
+    "parse_size": "coherence.cache.store",
+    "request_key": "coherence.cache.keys",
+    "validate_key": "coherence.cache.layout",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -10,6 +10,10 @@ run. ``submit`` takes the lock before starting the worker and hands the descript
 a job is running exactly while its lock is held, from submit to exit; the OS frees the lock
 when the worker dies, even by SIGKILL, so a stale "running" record is recognised as failed
 and the next submit starts afresh.
+
+Bounded work: a job computes only inside a machine-wide compute slot (``slots``): a worker
+started while every slot is taken waits in a first-come queue, without torch loaded, and
+``status`` reports it as running with its ``queue_position``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from pathlib import Path
 
 from coherence.analysis.pipeline import AnalysisResult, run_analysis
 from coherence.analysis.request import AnalysisRequest
+from coherence.cache import slots
 from coherence.cache.keys import request_key, validate_key
-from coherence.cache.locks import KeyLock, lock_is_held
+from coherence.cache.locks import KeyLock, acquire_soon, lock_is_held
 from coherence.cache.store import ProgressRecord, ResultStore
 from coherence.errors import CoherenceError, RequestError
 from coherence.workspace import cache_dir, workspace_root
@@ -59,10 +64,15 @@ class JobStatus:
     updated: float | None = None  # unix time of the last progress record
     age_seconds: float | None = None  # of the cached result, when done
     log: str | None = None  # the worker's log file
+    queue_position: int | None = None  # running but waiting for a compute slot: 1 = next
 
     @property
     def active(self) -> bool:
         return self.state == "running"
+
+    @property
+    def queued(self) -> bool:
+        return self.queue_position is not None
 
 
 class ProgressTracker:
@@ -272,6 +282,17 @@ class JobRunner:
             if age is not None:
                 return _status(key, "done", record, age_seconds=age)
         if held:
+            position = slots.queue_position(key)
+            if position is not None:
+                return JobStatus(
+                    key,
+                    "running",
+                    stage=f"queued, position {position}: waiting for a free compute slot",
+                    started=record.started if record else None,
+                    updated=record.updated if record else None,
+                    log=record.log if record else None,
+                    queue_position=position,
+                )
             if record is None or record.state != "running":
                 return JobStatus(key, "running", stage="running")
             return _status(key, "running", record)
@@ -289,11 +310,12 @@ class JobRunner:
         return _status(key, record.state, record)
 
     def cancel(self, key: str) -> bool:
-        """Ask the running job for ``key`` to stop at its next progress step; False if none
-        is running."""
+        """Ask the running job for ``key`` to stop at its next progress step (a queued
+        worker stops waiting at once); False if none is running."""
         if not lock_is_held(self.store.lock_path(validate_key(key))):
             return False
         self.store.request_cancel(key)
+        slots.cancel_waiter(key)
         return True
 
     def result(self, key: str, request: AnalysisRequest | None = None) -> AnalysisResult | None:
@@ -311,7 +333,7 @@ class JobRunner:
         trust_code: bool = False,
     ) -> AnalysisResult:
         """Blocking: the cached result, or wait for the job computing it, or compute it here
-        (under the key's lock) and store it."""
+        (under the key's lock, in a compute slot: see ``slots``) and store it."""
         key = request_key(request)
         cached = self.store.get(key)
         if cached is not None:
@@ -323,25 +345,22 @@ class JobRunner:
             if progress is not None and record is not None and record.state == "running":
                 progress(record.fraction, f"computed by another process: {record.stage}")
 
+        def show_queue(position: int) -> None:
+            if progress is not None:
+                progress(0.0, f"queued, position {position}: waiting for a free compute slot")
+
         lock.acquire(blocking=True, on_wait=show_other_job)
         try:
             cached = self.store.get(key)
             if cached is not None:
                 return relabel(cached, request)
             self.store.clear_cancel(key)
-            return compute_job(self.store, key, request, trust_code=trust_code, progress=progress)
+            with slots.compute_slot(key, on_wait=show_queue):  # after the key lock, always
+                return compute_job(
+                    self.store, key, request, trust_code=trust_code, progress=progress
+                )
         finally:
             lock.release()
-
-
-def acquire_soon(lock: KeyLock, attempts: int = 3, pause: float = 0.02) -> bool:
-    """Try a few times: ``lock_is_held`` probes hold the lock for microseconds."""
-    for attempt in range(attempts):
-        if lock.acquire(blocking=False):
-            return True
-        if attempt + 1 < attempts:
-            time.sleep(pause)
-    return False
 
 
 def _status(

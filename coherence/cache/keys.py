@@ -14,32 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import coherence
 from coherence.analysis.batch import check_window
 from coherence.analysis.request import AnalysisRequest
-from coherence.errors import CheckpointError, RequestError
+from coherence.cache.layout import validate_key  # noqa: F401 (re-exported: keys.validate_key)
+from coherence.errors import CheckpointError
 from coherence.simulation.dataset import SPLITS, DatasetInfo, file_digest, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 
 # Bump whenever the numbers an analysis produces would change (estimators, observables,
 # standardization, batch assembly, result layout): every older cache entry then misses.
 ANALYSIS_CODE_VERSION = "1"
-
-_KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
-
-
-def validate_key(key: str) -> str:
-    """A key names files (locks, logs) and comes from URLs: accept only 64 hex digits."""
-    if not isinstance(key, str) or not _KEY_PATTERN.fullmatch(key):
-        raise RequestError(
-            f"cache key {key!r}: expected 64 lowercase hexadecimal characters (the sha256 of "
-            "an analysis request); copy it from `coherence cache info` or the dashboard"
-        )
-    return key
 
 
 def _checkpoint_digest(directory: str) -> str:

@@ -103,3 +103,13 @@ def lock_is_held(path: str | os.PathLike) -> bool:
         probe.release()
         return False
     return True
+
+
+def acquire_soon(lock: KeyLock, attempts: int = 3, pause: float = 0.02) -> bool:
+    """Try a few times: ``lock_is_held`` probes hold the lock for microseconds."""
+    for attempt in range(attempts):
+        if lock.acquire(blocking=False):
+            return True
+        if attempt + 1 < attempts:
+            time.sleep(pause)
+    return False

@@ -10,7 +10,9 @@ against the expected schema; anything else is reported, deleted and treated as a
 
 Atomicity: diskcache writes a large value to a new file first and only then commits the row
 that points at it (one SQLite transaction), so a process killed at any moment leaves a
-complete entry or none (at worst an orphan file, which ``clear`` removes).
+complete entry or none. At worst it leaves an orphan value file, which no entry points to and
+the size limit does not see: ``remove_orphans`` deletes those older than a grace period (a
+live writer commits within it) whenever the store is opened and before each eviction pass.
 
 Layout of the cache directory: ``store/`` (diskcache), ``locks/`` (per-key flock files),
 ``logs/`` (worker logs). Record keys inside the store: ``result:<key>``, ``progress:<key>``,
@@ -39,13 +41,15 @@ from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import RESULT_SCHEMA, result_arrays, result_from_parts
-from coherence.cache.keys import validate_key
+from coherence.cache import layout
+from coherence.cache.layout import validate_key
 from coherence.errors import CoherenceError, RequestError
 
 log = logging.getLogger(__name__)
 
 SIZE_ENV = "COHERENCE_CACHE_SIZE_LIMIT"
 DEFAULT_SIZE_LIMIT = 2_000_000_000  # 2 GB
+ORPHAN_GRACE_SECONDS = 600.0  # an unreferenced value file younger than this may be mid-write
 METADATA_ARRAY = "__metadata__"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
@@ -250,6 +254,7 @@ class ResultStore:
             tag_index=0,
             disk_min_file_size=2**15,
         )
+        self.remove_orphans()
 
     # ------------------------------------------------------------------ results ------
 
@@ -314,6 +319,7 @@ class ResultStore:
     def _evict(self, keep: str) -> int:
         """Delete results, least recently used first (never ``keep``), until the volume
         (SQLite pages + value files) is within the limit. Returns how many were removed."""
+        self.remove_orphans()
         removed = 0
         while self._cache.volume() > self.size_limit:
             # diskcache keeps access_time per row (updated on every get under this policy)
@@ -406,10 +412,10 @@ class ResultStore:
     # ------------------------------------------------------------------ upkeep ------
 
     def log_path(self, key: str) -> Path:
-        return self.logs_dir / f"{validate_key(key)}.log"
+        return layout.log_path(self.directory, key)
 
     def lock_path(self, key: str) -> Path:
-        return self.locks_dir / f"{validate_key(key)}.lock"
+        return layout.lock_path(self.directory, key)
 
     def entries(self) -> list[dict[str, Any]]:
         """Every result: key, bytes on disk, stored and last-used unix times (newest first)."""
@@ -448,6 +454,28 @@ class ResultStore:
             self._cache.check(fix=True, retry=True)  # orphan value files of killed writers
         for path in self.logs_dir.glob("*.log"):
             path.unlink(missing_ok=True)
+        return removed
+
+    def remove_orphans(self, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
+        """Delete value files that no entry points to and that are older than
+        ``grace_seconds`` (left by a writer killed between writing the file and committing
+        its row); returns how many. Younger ones may belong to a write in progress."""
+        store_dir = Path(self._cache.directory)
+        rows = self._cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")
+        referenced = {name for (name,) in rows.fetchall()}
+        cutoff = time.time() - grace_seconds
+        removed = 0
+        for path in store_dir.glob("*/*/*.val"):
+            if path.relative_to(store_dir).as_posix() in referenced:
+                continue
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue  # deleted by another process
+            removed += 1
+            log.info("removed orphan cache file %s (a writer was killed mid-write)", path)
         return removed
 
     def close(self) -> None:

@@ -2,9 +2,11 @@
 
 Started detached by ``JobRunner.submit`` (its stdout/stderr go to ``<cache>/logs/<K>.log``).
 It holds the key's lock for the whole job (inherited via ``--lock-fd``, or taken here; if
-another worker holds it, this one exits quietly), reads the request stored under the key,
-checks that it still hashes to the key, computes, stores the result and records how it
-ended. ``--trust-code`` comes only from the command line, never from the cache directory.
+another worker holds it, this one exits quietly), then waits for a compute slot (``slots``:
+a first-come queue, torch not yet imported; SIGUSR1 from ``JobRunner.cancel`` ends the wait),
+reads the request stored under the key, checks that it still hashes to the key, computes on
+the slot's torch threads, stores the result and records how it ended. ``--trust-code`` comes
+only from the command line, never from the cache directory.
 
 Exit status: 0 done (or nothing to do), 1 failed, 3 cancelled.
 """
@@ -15,12 +17,10 @@ import argparse
 import logging
 import sys
 import time
+from typing import Any
 
-from coherence.cache.jobs import JobCancelled, acquire_soon, compute_job, internal_error_message
-from coherence.cache.keys import request_key, validate_key
-from coherence.cache.locks import KeyLock
-from coherence.cache.store import ProgressRecord, ResultStore
-from coherence.errors import CoherenceError
+from coherence.cache import layout, slots
+from coherence.cache.locks import KeyLock, acquire_soon
 from coherence.workspace import cache_dir
 
 log = logging.getLogger("coherence.cache.worker")
@@ -40,18 +40,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _fail(store: ResultStore, key: str, message: str) -> int:
+def _record(store: Any, key: str, state: str, message: str) -> None:
+    from coherence.cache.store import ProgressRecord
+
     now = time.time()
     log_path = str(store.log_path(key))
-    store.set_progress(
-        key, ProgressRecord("failed", 0.0, "", now, now, error=message, log=log_path)
-    )
+    store.set_progress(key, ProgressRecord(state, 0.0, "", now, now, error=message, log=log_path))
+
+
+def _fail(store: Any, key: str, message: str) -> int:
+    _record(store, key, "failed", message)
     log.error("%s", message)
     return 1
 
 
-def work(store: ResultStore, key: str, *, trust_code: bool) -> int:
-    """The job itself; the caller holds the key's lock."""
+def work(store: Any, key: str, *, trust_code: bool) -> int:
+    """The job itself; the caller holds the key's lock and a compute slot."""
+    from coherence.cache.jobs import compute_job
+    from coherence.cache.keys import request_key
+    from coherence.errors import CoherenceError
+
     if store.age(key) is not None:
         log.info("%s is already cached; nothing to do", key)
         return 0
@@ -76,23 +84,16 @@ def work(store: ResultStore, key: str, *, trust_code: bool) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    key = validate_key(args.key)
-    store = ResultStore(cache_dir(args.workspace))
-    lock_path = store.lock_path(key)
-    if args.lock_fd is not None:
-        lock = KeyLock.inherited(lock_path, args.lock_fd)
-    else:
-        lock = KeyLock(lock_path)
-        if not acquire_soon(lock):
-            log.info("another worker is computing %s; nothing to do", key)
-            return 0
+def compute(workspace: str, key: str, slot: slots.Slot, *, trust_code: bool) -> int:
+    """Open the store and run the job, mapping how it ended to the exit status."""
+    from coherence.cache.jobs import JobCancelled, internal_error_message
+    from coherence.cache.store import ResultStore
+    from coherence.errors import CoherenceError
+
+    log.info("compute slot %d of %d, %d torch threads", slot.index + 1, slot.max_jobs, slot.threads)
+    store = ResultStore(cache_dir(workspace))
     try:
-        return work(store, key, trust_code=args.trust_code)
+        return work(store, key, trust_code=trust_code)
     except JobCancelled as error:
         log.info("%s", error)
         return 3
@@ -103,8 +104,50 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("%s", internal_error_message(error, store.log_path(key)))
         return 1
     finally:
-        lock.release()
         store.close()
+
+
+def cancelled_while_queued(workspace: str, key: str) -> int:
+    """Record the cancellation (still under the key's lock) and clear the cancel flag."""
+    from coherence.cache.store import ResultStore
+
+    message = f"analysis {key[:12]} was cancelled while queued; submit it again to compute it"
+    with ResultStore(cache_dir(workspace)) as store:
+        _record(store, key, "cancelled", message)
+        store.clear_cancel(key)
+    log.info("%s", message)
+    return 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    key = layout.validate_key(args.key)
+    lock_path = layout.lock_path(cache_dir(args.workspace), key)
+    if args.lock_fd is not None:
+        lock = KeyLock.inherited(lock_path, args.lock_fd)
+    else:
+        lock = KeyLock(lock_path)
+        if not acquire_soon(lock):
+            log.info("another worker is computing %s; nothing to do", key)
+            return 0
+    slots.install_cancel_handler()
+    last = [0]
+
+    def show_queue(position: int) -> None:
+        if position != last[0]:
+            log.info("queued, position %d: waiting for a free compute slot", position)
+            last[0] = position
+
+    try:
+        with slots.compute_slot(key, on_wait=show_queue, cancellable=True) as slot:
+            return compute(args.workspace, key, slot, trust_code=args.trust_code)
+    except slots.QueueCancelled:
+        return cancelled_while_queued(args.workspace, key)
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

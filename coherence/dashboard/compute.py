@@ -9,15 +9,19 @@ whole page once no job of the view is running any more.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+import torch
 
+from coherence.analysis.influence import convergence_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
+from coherence.cache.cost import confirm_seconds, estimate_job
 from coherence.cache.jobs import JobStatus
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import code, literal
@@ -91,6 +95,19 @@ def _cancel(root: str, keys: Sequence[str]) -> None:
     for key in keys:
         runner.cancel(key)
     st.session_state.cancel_requested = time.time()
+
+
+@st.cache_data(show_spinner="Estimating the job…", max_entries=64)
+def job_seconds(request_json: str) -> float:
+    """The whole job's estimated seconds (cache.cost), 0 if it cannot be estimated here."""
+    request = AnalysisRequest.from_dict(json.loads(request_json))
+    try:
+        model, _ = loaders.model(request.checkpoints[0])
+        dtype = next(model.parameters()).dtype
+        inputs = torch.from_numpy(loaders.batch_inputs(request)[0]).to(dtype)
+        return estimate_job(model, request, inputs).total_seconds
+    except CoherenceError:
+        return 0.0  # the job itself will report the problem
 
 
 def format_duration(seconds: float | None) -> str:
@@ -168,6 +185,9 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
                 f"{format_duration(status.age_seconds)} ago "
                 f"(key {code(group.key[:12])})"
             )
+            result = group.result
+            if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
+                st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
             continue
         todo.append(group)
         if status.state == "failed":
@@ -182,11 +202,20 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
     if error := st.session_state.get("compute_error"):
         st.error(literal(error))
     if todo:
+        seconds = sum(job_seconds(json.dumps(g.request.to_dict(), sort_keys=True)) for g in todo)
+        confirmed = True
+        if seconds > 0:
+            st.caption(f"Estimated time for the whole job: {format_duration(seconds)}.")
+        if seconds > confirm_seconds():
+            confirmed = st.checkbox(
+                f"Start a job estimated at {format_duration(seconds)}", key="confirm_long_job"
+            )
         st.button(
             "Compute" if len(todo) == 1 else f"Compute {len(todo)} analyses",
             type="primary",
             key="compute",
             icon=":material/play_arrow:",
+            disabled=not confirmed,
             on_click=submit,
             args=(str(root), tuple(g.request for g in todo)),
             help="Runs in a background worker; progress shows here, and the result is "

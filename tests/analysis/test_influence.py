@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -21,9 +22,15 @@ from coherence.analysis.autodiff import (
     GaussNewtonOperator,
     per_example_vjps,
 )
-from coherence.analysis.influence import compute_influence, influence_matrix, top_eigenvalue
+from coherence.analysis.influence import (
+    compute_influence,
+    convergence_summary,
+    influence_matrix,
+    top_eigenvalue,
+    unconverged_solves,
+)
 from coherence.analysis.standardize import standardize
-from coherence.errors import RequestError
+from coherence.errors import ConvergenceWarning, RequestError
 from tests.analysis.conftest import SmallerConv, dense_reference
 
 REL_EXACT = 1e-8  # float64 agreement of exact formulas (observed ~1e-14)
@@ -355,3 +362,26 @@ def test_frozen_parameters_are_left_out_unless_all_are_frozen(ce_model, ce_batch
     frozen = compute_influence(ce_model, *ce_batch, estimator="euclidean")
     assert frozen.diagnostics.n_params == 296
     torch.testing.assert_close(frozen.H, h, rtol=1e-13, atol=0)
+
+
+def test_unconverged_cg_warns_and_records_its_worst_residual(ce_model, ce_batch):
+    with pytest.warns(ConvergenceWarning, match=r"cg did not converge.*max_iter=3.*rtol=1e-06"):
+        result = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-6, max_iter=3)
+    diag = result.diagnostics
+    assert diag.worst_residual == max(diag.residuals) > 1e-6
+    with pytest.warns(ConvergenceWarning):  # the plain API too: never silent
+        influence_matrix(ce_model, *ce_batch, estimator="cg", rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a converged solve is quiet
+        quiet = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-2, damping=1e-2)
+    assert quiet.diagnostics.converged and quiet.diagnostics.worst_residual <= 1e-2
+
+    cells = [[diag.to_dict(), quiet.diagnostics.to_dict()], [{"estimator": "subspace"}] * 2]
+    (bad,) = unconverged_solves(cells)
+    assert (bad.checkpoint, bad.batch, bad.worst_residual) == (0, 0, diag.worst_residual)
+    old = {k: v for k, v in diag.to_dict().items() if k != "worst_residual"}  # older cache
+    assert unconverged_solves([[old]])[0].worst_residual == diag.worst_residual
+    summary = convergence_summary(cells, ("unet_s1", "unet_s2"))
+    assert "1 of 4" in summary and f"{diag.worst_residual:.3g}" in summary
+    assert "unet_s1, batch 1" in summary
+    assert convergence_summary([[quiet.diagnostics.to_dict()]], ("a",)) is None

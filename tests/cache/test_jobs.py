@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from coherence.analysis.pipeline import run_analysis
-from coherence.cache import jobs
+from coherence.cache import jobs, slots
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.errors import RequestError
 
@@ -46,7 +46,7 @@ def computing(runner: JobRunner, key: str):
 
 def finished(runner: JobRunner, key: str):
     status = runner.status(key)
-    return status if status.state != "running" else None
+    return status if not status.active else None
 
 
 @pytest.fixture
@@ -188,3 +188,34 @@ def test_cancel_stops_the_job_without_an_entry(workspace, checkpoint, tiny_datas
     assert runner.store.get(key) is None
     assert not runner.cancel(key)  # nothing runs any more
     assert not runner.store.cancel_requested(key)
+
+
+def test_jobs_queue_for_a_compute_slot_and_a_queued_job_can_be_cancelled(
+    workspace, checkpoint, tiny_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(slots.DIR_ENV, str(tmp_path / "slots"))  # inherited by the workers
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    monkeypatch.setenv(slots.THREADS_ENV, "1")
+    runner = JobRunner(workspace)
+    _, busy = slots.acquire("another computation")  # the machine's only slot is taken
+    try:
+        first = runner.submit(quick_request(checkpoint, tiny_dataset))
+        wait_for(lambda: runner.status(first).queue_position == 1, "the first job to queue")
+        second = runner.submit(quick_request(checkpoint, tiny_dataset, damping=1e-3))
+        status = wait_for(
+            lambda: (s := runner.status(second)).queue_position == 2 and s, "the second job"
+        )
+        assert status.state == "running" and status.active and "queued, position 2" in status.stage
+        assert runner.store.computations(first) == 0  # nothing computes while queued
+        assert runner.cancel(second)
+        status = wait_for(lambda: finished(runner, second), "the queued job to stop", timeout=60)
+        assert status.state == "cancelled" and "while queued" in status.error
+        assert not runner.store.cancel_requested(second)
+        assert runner.status(first).queue_position == 1
+    finally:
+        os.close(busy)
+    status = wait_for(lambda: finished(runner, first), "the first job to run")
+    assert status.state == "done", status.error
+    assert runner.store.computations(first) == 1 and runner.store.computations(second) == 0
+    log = runner.store.log_path(first).read_text()
+    assert "queued, position 1" in log and "compute slot 1 of 1, 1 torch threads" in log

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 
 import diskcache
@@ -18,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from coherence.cache.keys import key_material, request_key, validate_key
 from coherence.cache.store import (
+    ORPHAN_GRACE_SECONDS,
     CacheCorruptionError,
     ProgressRecord,
     ResultStore,
@@ -242,6 +244,32 @@ def test_info_and_clear(store):
     assert store.clear() == 2
     assert store.info()["entries"] == 0 and store.get(KEY) is None
     assert not orphan.exists() and not store.log_path(KEY).exists()
+
+
+def test_orphan_value_files_are_removed_after_a_grace_period(tmp_path):
+    """A writer killed between writing a value file and committing its row leaves a file no
+    entry points to; it must not outlive the grace period (it escapes the size limit)."""
+    store = ResultStore(tmp_path / "cache")
+    store.put(KEY, synthetic_result(n_checkpoints=1, n_steps=16))  # ≈ 125 kB: a value file
+    store_dir = store.directory / "store"
+    (kept,) = list(store_dir.glob("*/*/*.val"))
+    old, young = store_dir / "ab" / "cd" / "old.val", store_dir / "ef" / "01" / "young.val"
+    for orphan in (old, young):
+        orphan.parent.mkdir(parents=True)
+        orphan.write_bytes(b"x" * 200_000)
+    past = time.time() - ORPHAN_GRACE_SECONDS - 60
+    for path in (old, kept):
+        os.utime(path, (past, past))
+    store.close()
+
+    reopened = ResultStore(tmp_path / "cache")  # opening removes old orphans only
+    assert not old.exists() and young.exists() and kept.exists()
+    assert reopened.get(KEY) is not None
+    os.utime(young, (past, past))
+    reopened.put("f" * 64, synthetic_result(n_checkpoints=1, n_steps=4))  # eviction pass
+    assert not young.exists() and kept.exists()
+    assert reopened.remove_orphans() == 0
+    reopened.close()
 
 
 # ------------------------------------------------------------------------- keys ------

@@ -1,0 +1,121 @@
+"""The whole analysis job's estimate before it starts, and whether to ask first.
+
+``estimate_cost`` (pipeline: the one cost model) gives the memory peak and the forward-pass
+equivalents of one (checkpoint, batch) unit, Lanczos included; a job has checkpoints ×
+batches units, so a 120-unit job must show its total, not the per-unit figure. Here one batch
+forward is timed on this machine (on a job's share of the torch threads) to turn passes into
+seconds. cg is counted at its iteration cap (it often stops sooner, but an unconverged solve
+runs to the cap) and shown as "up to". Above ``confirm_seconds()``
+(``COHERENCE_CONFIRM_MINUTES``, default 30) the CLI wants ``--yes`` and the dashboard a tick.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coherence.analysis.estimators import Estimator, parse_estimator
+from coherence.analysis.influence import CG_MAX_ITER
+from coherence.analysis.pipeline import CostEstimate, estimate_cost
+from coherence.analysis.request import AnalysisRequest
+from coherence.cache import slots
+from coherence.errors import RequestError
+
+CONFIRM_ENV = "COHERENCE_CONFIRM_MINUTES"
+DEFAULT_CONFIRM_MINUTES = 30.0
+
+
+def confirm_seconds() -> float:
+    """Estimated job length above which a person must confirm before it starts."""
+    text = os.environ.get(CONFIRM_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONFIRM_MINUTES * 60
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = -1.0
+    if not minutes >= 0:
+        raise RequestError(f"{CONFIRM_ENV}={text!r}: expected minutes ≥ 0, e.g. 30")
+    return minutes * 60
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """Units, seconds per unit, the total, and the memory peak of one analysis job."""
+
+    cost: CostEstimate  # per unit: passes, memory
+    unit_passes: float  # forward-pass equivalents per unit, solve and Lanczos included
+    unit_seconds: float
+    upper_bound: bool  # cg: counted at its iteration cap
+
+    @property
+    def units(self) -> int:
+        return self.cost.jobs
+
+    @property
+    def total_seconds(self) -> float:
+        return self.units * self.unit_seconds
+
+    @property
+    def fits(self) -> bool:
+        return self.cost.fits
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.total_seconds > confirm_seconds()
+
+    def describe(self) -> str:
+        gib = 1024**3
+        bound = "up to " if self.upper_bound else "≈ "
+        return (
+            f"whole job {bound}{format_seconds(self.total_seconds)} ({self.units} × "
+            f"(checkpoint, batch) at {bound}{format_seconds(self.unit_seconds)} each, N = "
+            f"{self.cost.n_examples}, P = {self.cost.n_params:,}), peak memory ≈ "
+            f"{self.cost.memory_bytes / gib:.2f} GiB of {self.cost.available_bytes / gib:.1f} "
+            "GiB available"
+        )
+
+
+def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2) -> float:
+    """Fastest of ``repeats`` no-grad forwards of the batch (after one warm-up), on a job's
+    share of the threads (what the computation will get)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(slots.threads_per_job())
+    try:
+        with torch.no_grad():
+            model(inputs)
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(inputs)
+                best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return best
+
+
+def estimate_job(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobEstimate:
+    """The job's estimate from its first batch's ``inputs`` [N, F, H, W] (on the model's
+    device and dtype)."""
+    cg = parse_estimator(request.estimator) is Estimator.CG
+    per_example = time_batch_forward(model, inputs) / inputs.shape[0]
+    cost = estimate_cost(
+        model,
+        request,
+        inputs,
+        forward_seconds=per_example,
+        cg_iterations=CG_MAX_ITER if cg else None,
+    )
+    return JobEstimate(cost, cost.forward_passes, float(cost.seconds_per_unit), upper_bound=cg)

@@ -1,0 +1,180 @@
+"""Compute slots on real processes: bounded, first come first served, freed by kill -9,
+cancellable while queued, and torch threads set to the slot's share of the cores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coherence.cache import slots
+from coherence.cli import app
+from coherence.errors import RequestError
+
+TIMEOUT = 60
+
+# A stdlib-only waiter: takes a slot, says so on stdout, holds it for argv[2] seconds.
+WAITER = """
+import sys, time
+from coherence.cache import slots
+cancellable = sys.argv[3] == "c"
+if cancellable:
+    slots.install_cancel_handler()
+try:
+    slot, fd = slots.acquire(sys.argv[1], cancellable=cancellable, poll_seconds=0.05)
+except slots.QueueCancelled:
+    print("cancelled", flush=True)
+    sys.exit(3)
+print(f"got {slot.index}", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.fixture
+def slot_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "slots"
+    monkeypatch.setenv(slots.DIR_ENV, str(directory))
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    return directory
+
+
+def wait_for(predicate, what: str, timeout: float = TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_waiters():
+    """A failed test must not leave slot holders or waiters running."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+
+
+def start_waiter(label: str, hold: float, cancellable: bool = False) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", WAITER, label, str(hold), "c" if cancellable else "n"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    STARTED.append(process)
+    return process
+
+
+def test_settings_follow_the_core_count_and_the_overrides(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv(slots.MAX_JOBS_ENV, raising=False)
+    monkeypatch.delenv(slots.THREADS_ENV, raising=False)
+    assert slots.max_jobs() == (1 if cores <= 4 else cores // 2)
+    assert slots.threads_per_job() == max(1, cores // slots.max_jobs())
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, str(2 * cores))
+    assert slots.max_jobs() == 2 * cores and slots.threads_per_job() == 1
+    monkeypatch.setenv(slots.THREADS_ENV, "3")
+    assert slots.threads_per_job() == 3
+    for bad in ("zero", "0", "-2", "1.5"):
+        monkeypatch.setenv(slots.MAX_JOBS_ENV, bad)
+        with pytest.raises(RequestError, match=r"COHERENCE_MAX_JOBS.*whole number ≥ 1"):
+            slots.max_jobs()
+
+
+def test_slots_bound_the_work_and_waiters_go_first_come_first_served(slot_dir):
+    holder = start_waiter("holder", 600)
+    assert holder.stdout.readline().strip() == "got 0"
+    first = start_waiter("first", 0.2)
+    wait_for(lambda: slots.queue_position("first") == 1, "the first waiter to queue")
+    second = start_waiter("second", 0.2)
+    wait_for(lambda: slots.queue_position("second") == 2, "the second waiter to queue")
+    time.sleep(0.3)
+    assert slots.queue_position("first") == 1  # nobody got past the busy slot
+    assert [t.label for t in slots.waiting()] == ["first", "second"]
+
+    holder.send_signal(signal.SIGKILL)  # the OS frees its slot
+    holder.wait(TIMEOUT)
+    assert first.stdout.readline().strip() == "got 0"
+    assert slots.queue_position("second") == 1
+    assert second.stdout.readline().strip() == "got 0"  # only after the first let go
+    assert first.wait(TIMEOUT) == 0 and second.wait(TIMEOUT) == 0
+    assert slots.waiting() == [] and list((slot_dir / "queue").iterdir()) == []
+
+
+def test_dead_waiters_leave_the_queue_and_two_slots_run_two_jobs(slot_dir, monkeypatch):
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "2")
+    holders = [start_waiter(f"h{i}", 600) for i in range(2)]
+    assert sorted(h.stdout.readline().strip() for h in holders) == ["got 0", "got 1"]
+    doomed = start_waiter("doomed", 0.1)
+    wait_for(lambda: slots.queue_position("doomed") == 1, "a waiter to queue")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(TIMEOUT)
+    wait_for(lambda: slots.queue_position("doomed") is None, "the dead ticket to be dropped")
+    assert list((slot_dir / "queue").iterdir()) == []
+    for holder in holders:
+        holder.kill()
+        holder.wait(TIMEOUT)
+
+
+def test_a_queued_waiter_can_be_cancelled(slot_dir):
+    holder = start_waiter("holder", 600)
+    assert holder.stdout.readline().strip() == "got 0"
+    plain = start_waiter("plain", 0.1)
+    wait_for(lambda: slots.queue_position("plain") == 1, "the plain waiter to queue")
+    queued = start_waiter("queued", 0.1, cancellable=True)
+    wait_for(lambda: slots.queue_position("queued") == 2, "the cancellable waiter to queue")
+    assert not slots.cancel_waiter("plain")  # not cancellable: never signalled
+    assert slots.cancel_waiter("queued")
+    assert queued.stdout.readline().strip() == "cancelled" and queued.wait(TIMEOUT) == 3
+    assert slots.queue_position("plain") == 1
+    holder.kill()
+    holder.wait(TIMEOUT)
+    assert plain.stdout.readline().strip() == "got 0" and plain.wait(TIMEOUT) == 0
+
+
+def test_compute_slot_sets_torch_threads_and_is_reentrant(slot_dir, monkeypatch):
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    monkeypatch.setenv(slots.THREADS_ENV, "1")
+    before = torch.get_num_threads()
+    with slots.compute_slot("outer") as outer:
+        assert torch.get_num_threads() == 1 and outer.threads == 1
+        with slots.compute_slot("inner") as inner:  # the same process: no deadlock
+            assert inner == outer
+        assert slots.held_slot() == outer
+    assert torch.get_num_threads() == before and slots.held_slot() is None
+    # the slot was freed: another process takes it at once
+    other = start_waiter("other", 0)
+    assert other.stdout.readline().strip() == "got 0" and other.wait(TIMEOUT) == 0
+
+
+def test_cli_train_waits_for_a_slot(slot_dir, tiny_dataset, tmp_path):
+    _, fd = slots.acquire("test holds the only slot")
+    out = tmp_path / "ckpt"
+    args = ["train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1"]
+    args += ["--batch-size", "4", "--transitions", "2", "--device", "cpu"]
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(r=CliRunner().invoke(app, args)))
+    try:
+        worker.start()
+        wait_for(lambda: slots.queue_position("train") == 1, "`coherence train` to queue")
+        time.sleep(0.5)
+        assert not (out / "model.safetensors").exists()  # nothing trained while queued
+    finally:
+        os.close(fd)
+    worker.join(TIMEOUT * 3)
+    result = outcome["r"]
+    assert result.exit_code == 0, result.output
+    assert "queued, position 1" in result.output and (out / "model.safetensors").exists()

@@ -109,8 +109,8 @@ def estimate_cost(
     N VJPs (3 each, +2 per extra response); subspace: the primal part (3 per example) and
     s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all); cg:
     ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch; the top
-    eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each) plus the batch's
-    activations kept by vmap / the tangent program (≈ 3 copies).
+    eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each)
+    plus the batch's activations kept by vmap / the tangent program (≈ 3 copies).
     """
     n = request.n_examples
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)

@@ -1,4 +1,4 @@
-"""The `coherence` command line: simulate, train, analyze, demo, serve, cache.
+"""The `coherence` command line: simulate, import, train, analyze, demo, serve, cache.
 
 Every long command shows progress; every user error is one line that names the bad input and
 the fix (exit status 2), never a traceback.
@@ -334,6 +334,11 @@ def cache_clear(
 
     removed = ResultStore(cache_dir(workspace)).clear()
     print(f"removed {removed} cache entries")
+
+
+from coherence.cli_import import import_app  # noqa: E402 - needs friendly_errors above
+
+app.add_typer(import_app, name="import")
 
 
 def main() -> None:  # pragma: no cover - console entry point

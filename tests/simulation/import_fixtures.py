@@ -63,7 +63,7 @@ def write_pdegym(path: Path, variable: str, data: np.ndarray) -> Path:
 def write_shards(directory: Path, stem: str, variable: str, data: np.ndarray, sizes) -> Path:
     """Shards named ``<stem>_<k>.nc`` holding consecutive pieces of ``data`` in *lexicographic*
     name order (data_0, data_1, data_10, data_2, …), like the dataset's assembly."""
-    names = sorted((f"{stem}_{k}.nc" for k in range(len(sizes))))
+    names = sorted(f"{stem}_{k}.nc" for k in range(len(sizes)))
     bounds = np.cumsum((0, *sizes))
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True):
         write_pdegym(directory / name, variable, data[lo:hi])
@@ -85,7 +85,8 @@ def write_well_euler(
     n, t, _, nx, ny = fields.shape
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
-        f.attrs["dataset_name"] = "euler_multi_quadrants_" + ("periodicBC" if bc == "PERIODIC" else "openBC")
+        kind = "periodicBC" if bc == "PERIODIC" else "openBC"
+        f.attrs["dataset_name"] = f"euler_multi_quadrants_{kind}"
         f.attrs["grid_type"] = "cartesian"
         f.attrs["n_spatial_dims"] = 2
         f.attrs["n_trajectories"] = n

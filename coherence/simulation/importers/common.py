@@ -9,7 +9,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -60,9 +59,10 @@ def check_finite_positive(
 def gamma_hat(rho: np.ndarray, mx: np.ndarray, my: np.ndarray, p: np.ndarray, energy: np.ndarray):
     """γ̂ = 1 + p / e with e = E − |m|²/(2ρ), fitted by least squares over all cells."""
     rho, p = rho.astype(np.float64), p.astype(np.float64)
-    internal = energy.astype(np.float64) - 0.5 * (
-        mx.astype(np.float64) ** 2 + my.astype(np.float64) ** 2
-    ) / rho
+    internal = (
+        energy.astype(np.float64)
+        - 0.5 * (mx.astype(np.float64) ** 2 + my.astype(np.float64) ** 2) / rho
+    )
     return 1.0 + float(np.sum(p * internal) / max(float(np.sum(internal**2)), 1e-300))
 
 

@@ -185,7 +185,9 @@ def _convert_ce(
     else:
         energy = (p / (EULER_GAMMA - 1.0) + 0.5 * rho * (u * u + v * v)).astype(np.float32)
     check_finite_positive(
-        where, first, {"density": rho, "pressure": p, "energy": energy, "velocity": block[:, :, 1:3]},
+        where,
+        first,
+        {"density": rho, "pressure": p, "energy": energy, "velocity": block[:, :, 1:3]},
         ("density", "pressure"),
     )
     if source.n_channels == 5:
@@ -369,8 +371,10 @@ def _provenance(
     source: PdegymSource, plan: SplitPlan, swap: bool, keep_pressure: bool, checks: dict
 ) -> dict[str, object]:
     if source.family is Family.EULER:
-        energy = "energy = data[:, :, 4]" if source.n_channels == 5 else (
-            "energy = pressure/(γ−1) + ½ρ|v|² (4-channel file, γ = 1.4)"
+        energy = (
+            "energy = data[:, :, 4]"
+            if source.n_channels == 5
+            else ("energy = pressure/(γ−1) + ½ρ|v|² (4-channel file, γ = 1.4)")
         )
         mapping = {
             "density": "data[:, :, 0]",

@@ -44,7 +44,7 @@ def block_mean(values: np.ndarray, k: int, axes: tuple[int, int]) -> np.ndarray:
         return values
     a, b = axes
     shape = list(values.shape)
-    new = shape[:a] + [shape[a] // k, k] + [shape[b] // k, k] + shape[b + 1 :]
+    new = [*shape[:a], shape[a] // k, k, shape[b] // k, k, *shape[b + 1 :]]
     return values.astype(np.float64).reshape(new).mean(axis=(a + 1, a + 3))
 
 
@@ -148,7 +148,9 @@ def import_well_euler(
             )
     counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
     traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
-    meter = Meter(total=sum(c * b for c, b in zip(counts, traj_bytes, strict=True)), progress=progress)
+    meter = Meter(
+        total=sum(c * b for c, b in zip(counts, traj_bytes, strict=True)), progress=progress
+    )
     files, all_checks = [], {}
     with dataset_transaction(out) as stage:
         for line in stage.recovered:
@@ -166,8 +168,14 @@ def import_well_euler(
         )
         for path, info, (split_name, stem), n in zip(sources, infos, keys, counts, strict=True):
             checks = _import_file(
-                path, info, stage.path(split_name, f"{stem}.hdf5"), stem, n,
-                downsample, dataset_name, meter,
+                path,
+                info,
+                stage.path(split_name, f"{stem}.hdf5"),
+                stem,
+                n,
+                downsample,
+                dataset_name,
+                meter,
             )
             all_checks[str(path)] = checks
             files.append(stage.final(split_name, f"{stem}.hdf5"))
@@ -228,9 +236,12 @@ def _import_file(
                 rho, energy, p = (np.asarray(t0[name][i, lo:hi]) for name in SCALAR_FIELDS)
                 m = np.asarray(mom[i, lo:hi])
                 named = {"density": rho, "pressure": p, "energy": energy, "momentum": m}
-                check_finite_positive(f"{path} (time {lo}..{hi - 1})", i, {
-                    k_: v[None] for k_, v in named.items()
-                }, ("density", "pressure"))
+                check_finite_positive(
+                    f"{path} (time {lo}..{hi - 1})",
+                    i,
+                    {k_: v[None] for k_, v in named.items()},
+                    ("density", "pressure"),
+                )
                 estimate = gamma_hat(rho, m[..., 0], m[..., 1], p, energy)
                 check_gamma(str(path), i, estimate, gamma, "density, energy, pressure, momentum")
                 checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), estimate)

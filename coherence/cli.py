@@ -336,14 +336,18 @@ def cache_clear(
     print(f"removed {removed} cache entries")
 
 
-from coherence.cli_import import import_app  # noqa: E402 - needs friendly_errors above
+if __name__ != "__main__":  # the sub-app imports friendly_errors from this module
+    from coherence.cli_import import import_app
 
-app.add_typer(import_app, name="import")
+    app.add_typer(import_app, name="import")
 
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - `python -m coherence.cli`
+    # run the package module, not this __main__ copy (cli_import imports coherence.cli)
+    from coherence.cli import main as package_main
+
+    package_main()

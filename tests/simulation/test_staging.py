@@ -15,9 +15,9 @@ import pytest
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.errors import RequestError, SchemaError
 from coherence.simulation.dataset import SPLITS, open_dataset
+from coherence.simulation.importers.pdegym import import_pdegym
 from coherence.simulation.staging import MARKER, dataset_transaction, pending_commit, recover
 from coherence.simulation.wellformat import write_well_file
-from coherence.simulation.importers.pdegym import import_pdegym
 from tests.simulation.import_fixtures import ce_published, solver_states, write_pdegym
 from tests.simulation.test_wellformat import euler_states
 

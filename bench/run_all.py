@@ -21,6 +21,7 @@ BENCHMARKS = (
     "bench_influence",
     "bench_cache",
     "bench_dashboard",
+    "bench_import",
 )
 
 

@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -233,6 +234,20 @@ def target_dataset_name(
 
 # ---------------------------------------------------------------------------------------------
 # streaming
+
+
+@dataclass
+class ImportReport:
+    """What an import did: for the CLI's summary and the tests."""
+
+    root: Path
+    files: list[Path]
+    counts: tuple[int, int, int]
+    split_label: str
+    swap_xy: bool
+    checks: dict[str, object]
+    warnings: list[str] = field(default_factory=list)
+    mb_per_s: float = 0.0
 
 
 @dataclass

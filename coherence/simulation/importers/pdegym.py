@@ -11,7 +11,7 @@ files, so memory does not grow with the class size.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -22,6 +22,7 @@ from coherence.simulation.families import EULER_GAMMA, Family
 from coherence.simulation.importers.common import (
     BLOCK_BYTES,
     ByteProgress,
+    ImportReport,
     Meter,
     SplitPlan,
     SplitWriters,
@@ -85,20 +86,6 @@ class PdegymSource:
     @property
     def trajectory_bytes(self) -> int:
         return self.n_steps * self.n_channels * self.nx * self.ny * 4
-
-
-@dataclass
-class ImportReport:
-    """What an import did: for the CLI's summary and the tests."""
-
-    root: Path
-    files: list[Path]
-    counts: tuple[int, int, int]
-    split_label: str
-    swap_xy: bool
-    checks: dict[str, object]
-    warnings: list[str] = field(default_factory=list)
-    mb_per_s: float = 0.0
 
 
 def shard_paths(src: Path) -> list[Path]:

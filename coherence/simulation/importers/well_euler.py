@@ -21,6 +21,7 @@ from coherence.simulation.families import Family
 from coherence.simulation.importers.common import (
     BLOCK_BYTES,
     ByteProgress,
+    ImportReport,
     Meter,
     Warn,
     as_json,
@@ -29,7 +30,6 @@ from coherence.simulation.importers.common import (
     gamma_hat,
     target_dataset_name,
 )
-from coherence.simulation.importers.pdegym import ImportReport
 from coherence.simulation.importers.sniff import require_hdf5
 from coherence.simulation.staging import dataset_transaction
 from coherence.simulation.wellformat import WellWriter

@@ -24,6 +24,7 @@ BENCHMARKS = (
     "bench_paper_unit",
     "bench_dashboard_concurrency",
     "bench_concurrency",
+    "bench_import",
 )
 
 

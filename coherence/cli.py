@@ -1,4 +1,4 @@
-"""The `coherence` command line: simulate, train, analyze, demo, serve, cache.
+"""The `coherence` command line: simulate, import, train, analyze, demo, serve, cache.
 
 Every long command shows progress; every user error is one line that names the bad input and
 the fix (exit status 2), never a traceback.
@@ -475,9 +475,18 @@ def cache_clear(
     print(f"removed {removed} cache entries")
 
 
+if __name__ != "__main__":  # the sub-app imports friendly_errors from this module
+    from coherence.cli_import import import_app
+
+    app.add_typer(import_app, name="import")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+if __name__ == "__main__":  # pragma: no cover - `python -m coherence.cli`
+    # run the package module, not this __main__ copy (cli_import imports coherence.cli)
+    from coherence.cli import main as package_main
+
+    package_main()

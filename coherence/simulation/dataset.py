@@ -19,6 +19,7 @@ import torch
 
 from coherence.errors import RequestError, SchemaError
 from coherence.simulation.families import FAMILIES, Family, family_spec
+from coherence.simulation.staging import Stage, dataset_transaction, pending_commit
 from coherence.simulation.wellformat import WellMetadata, read_metadata, read_well_file
 
 SPLITS = ("train", "valid", "test")
@@ -157,20 +158,42 @@ def generate_dataset(
     Each class gets its own seed (``class_seed``) for initial states and split, so results are
     reproducible class by class. Chunks of ``batch_size`` trajectories run in ``workers``
     processes (default: one per core when the job is big enough to pay for their start-up;
-    1 runs in this process). Existing class files are refused unless ``overwrite``.
+    1 runs in this process). Existing class files are refused unless ``overwrite``. All files
+    are staged and committed together (``coherence.simulation.staging``): a killed run leaves
+    no dataset, or the previous one untouched, never a partial one.
     """
-    from coherence.simulation.wellformat import write_well_file
-
     out = Path(out_dir)
     family = Family(request.family)
     counts = split_counts(request.trajectories, request.split)
+    with dataset_transaction(out) as stage:
+        _check_clash(stage, request.classes, overwrite)
+        _simulate_into(stage, request, family, counts, batch_size, dtype, progress, workers)
+    return out
+
+
+def _check_clash(stage: Stage, classes: Sequence[str], overwrite: bool) -> None:
+    """Refuse to replace existing class files unless ``overwrite``."""
     if not overwrite:
-        existing = [out / "data" / s / f"{c}.hdf5" for s in SPLITS for c in request.classes]
+        existing = [stage.final(s, f"{c}.hdf5") for s in SPLITS for c in classes]
         clash = [p for p in existing if p.exists()]
         if clash:
             raise RequestError(
                 f"{clash[0]} already exists; choose another --out or pass --overwrite"
             )
+
+
+def _simulate_into(
+    stage: Stage,
+    request: SimulationRequest,
+    family: Family,
+    counts: tuple[int, int, int],
+    batch_size: int,
+    dtype: torch.dtype,
+    progress: Progress | None,
+    workers: int | None,
+) -> None:
+    from coherence.simulation.wellformat import write_well_file
+
     jobs = [
         (
             family.value,
@@ -218,14 +241,13 @@ def generate_dataset(
         bounds = np.cumsum((0, *counts))
         for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
             write_well_file(
-                out / "data" / split / f"{class_name}.hdf5",
+                stage.path(split, f"{class_name}.hdf5"),
                 states[np.sort(order[lo:hi])],
                 request.times,
                 family=family,
                 class_name=class_name,
                 dataset_name=request.name,
             )
-    return out
 
 
 @dataclass(frozen=True)
@@ -296,6 +318,13 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
         raise SchemaError(
             f"{root}: no 'data' directory; a Well dataset is laid out as "
             "<dataset>/data/{train,valid,test}/<class>.hdf5 (create one with `coherence simulate`)"
+        )
+    staging = pending_commit(root)
+    if staging is not None:
+        raise SchemaError(
+            f"{root}: a write into this dataset was interrupted while committing "
+            f"({staging.name}); rerun the `coherence simulate` or `coherence import` command "
+            "that wrote it (it finishes the commit first)"
         )
     files: dict[str, dict[str, WellMetadata]] = {}
     for split in SPLITS:

@@ -258,3 +258,25 @@ def test_overwrite_is_atomic_replacement(ce_file, tmp_path):
     )
     assert read_metadata(path).n_trajectories == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CE-RP.hdf5"]
+
+
+def test_streaming_writer_matches_the_one_shot_writer_and_refuses_gaps(ce_file, tmp_path):
+    from coherence.simulation.wellformat import WellWriter
+
+    _, states = ce_file
+    fields = np.swapaxes(states, -1, -2)  # The Well's (x, y) order
+    kwargs = dict(family="euler", class_name="CE-RP", dataset_name="demo", n_trajectories=3)
+    grid = dict(times=np.linspace(0, 1, 4), nx=8, ny=6)
+    target = tmp_path / "streamed" / "CE-RP.hdf5"
+    with WellWriter(target, **kwargs, **grid) as writer:
+        writer.write(2, fields[2:])
+        writer.write(0, fields[:2])
+    np.testing.assert_array_equal(read_well_file(target)[0], states)
+    gap = tmp_path / "gap" / "CE-RP.hdf5"
+    with (
+        pytest.raises(SchemaError, match=r"trajectories 1\.\. were never written"),
+        WellWriter(gap, **kwargs, **grid) as writer,
+    ):
+        writer.write(0, fields[:1])
+        writer.write(2, fields[2:])
+    assert list(gap.parent.iterdir()) == []

@@ -1,0 +1,155 @@
+"""`coherence import pdegym|well-euler`: public datasets into our Well layout.
+
+Each command streams, shows MB/s and the time left, and writes all or nothing (a killed
+import leaves the dataset as it was). Checks refuse bad input with one line naming the file
+and the fix; warnings are printed in yellow and recorded in the files' ``import_checks``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from coherence.cli import console, friendly_errors
+
+import_app = typer.Typer(
+    help="Import public datasets (PDEgym, The Well) as Well-format datasets.",
+    no_args_is_help=True,
+)
+
+
+def _byte_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _warn(message: str) -> None:
+    console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _run(label: str, job) -> object:
+    with _byte_bar() as bar:
+        task = bar.add_task(label, total=None)
+
+        def report(done: int, total: int, message: str) -> None:
+            bar.update(task, completed=done, total=total, description=message)
+
+        return job(report)
+
+
+def _summary(report) -> None:
+    splits = ("train", "valid", "test")
+    counts = ", ".join(f"{n} {s}" for s, n in zip(splits, report.counts, strict=True))
+    console.print(
+        f"imported into [bold]{report.root}[/]: {counts} trajectories "
+        f"({report.mb_per_s:.0f} MB/s)\nsplit: {report.split_label}",
+        highlight=False,
+    )
+    for path in report.files:
+        console.print(f"  {path}", highlight=False)
+
+
+@import_app.command("pdegym")
+@friendly_errors
+def pdegym(
+    src: Annotated[Path, typer.Argument(help="Assembled <CLASS>.nc, or the folder of shards.")],
+    class_name: Annotated[
+        str, typer.Option("--class", help="CE-RP, CE-CRP, CE-RPUI, NS-BB, NS-Sines, NS-Gauss.")
+    ],
+    out: Annotated[Path, typer.Option(help="Dataset directory (created, or added to).")],
+    limit: Annotated[
+        int | None, typer.Option(help="Import only the first N trajectories (a quick look).")
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(help="poseidon: the published index split; random: seeded 65/5/30."),
+    ] = "poseidon",
+    seed: Annotated[int, typer.Option(help="Seed of --split random.")] = 0,
+    keep_pressure: Annotated[
+        bool, typer.Option(help="CE: store the file's pressure instead of recomputing it.")
+    ] = False,
+    swap_xy: Annotated[
+        str, typer.Option(help="auto (NS: from the divergence), no or yes.")
+    ] = "auto",
+    name: Annotated[str, typer.Option(help="dataset_name (default: the --out folder's).")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace this class if present.")] = False,
+) -> None:
+    """Import one PDEgym class (the paper's data, camlab-ethz on Hugging Face)."""
+    from coherence.simulation.importers.pdegym import import_pdegym
+
+    report = _run(
+        f"{class_name}: reading",
+        lambda progress: import_pdegym(
+            src,
+            out,
+            class_name,
+            limit=limit,
+            split=split,
+            seed=seed,
+            keep_pressure=keep_pressure,
+            swap_xy=swap_xy,
+            overwrite=overwrite,
+            name=name,
+            progress=progress,
+            warn=_warn,
+        ),
+    )
+    _summary(report)
+    if report.swap_xy:
+        console.print("x and y were swapped so that 'velocity x' runs along x")
+
+
+@import_app.command("well-euler")
+@friendly_errors
+def well_euler(
+    files: Annotated[list[Path], typer.Argument(help="euler_multi_quadrants .hdf5 files.")],
+    out: Annotated[Path, typer.Option(help="Dataset directory (created, or added to).")],
+    downsample: Annotated[
+        int, typer.Option(help="Block-mean factor (512 → 128 with 4; conserves totals).")
+    ] = 4,
+    allow_open: Annotated[
+        bool, typer.Option(help="Import open-boundary files too (our models are periodic).")
+    ] = False,
+    split: Annotated[
+        str | None, typer.Option(help="train, valid or test (default: the file's folder).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="First N trajectories of each file.")] = None,
+    name: Annotated[str, typer.Option(help="dataset_name (default: the --out folder's).")] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace these classes if present.")] = False,
+) -> None:
+    """Import The Well's euler_multi_quadrants files (one class per γ and gas)."""
+    from coherence.simulation.importers.well_euler import import_well_euler
+
+    report = _run(
+        "reading",
+        lambda progress: import_well_euler(
+            files,
+            out,
+            downsample=downsample,
+            allow_open=allow_open,
+            split=split,
+            limit=limit,
+            overwrite=overwrite,
+            name=name,
+            progress=progress,
+            warn=_warn,
+        ),
+    )
+    _summary(report)

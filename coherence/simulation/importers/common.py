@@ -1,0 +1,307 @@
+"""What the importers share: physics checks, split plans, the target check, block streaming.
+
+Every refusal is a SchemaError/RequestError naming the source file (and trajectory) and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from coherence.errors import RequestError, SchemaError
+from coherence.simulation.dataset import SPLITS, class_seed, open_dataset, split_counts
+from coherence.simulation.families import Family
+from coherence.simulation.staging import Stage
+from coherence.simulation.wellformat import WellWriter
+
+ByteProgress = Callable[[int, int, str], None]  # (bytes read, bytes to read, message)
+Warn = Callable[[str], None]
+BLOCK_BYTES = 64 * 2**20  # source bytes per block: memory stays bounded whatever N is
+GAMMA_TOLERANCE = 0.01
+PAIRING_RATIO = 0.1  # one axis pairing must have < 10 % of the other's divergence
+
+
+# ---------------------------------------------------------------------------------------------
+# physics checks
+
+
+def check_finite_positive(
+    source: str, first: int, named: dict[str, np.ndarray], positive: tuple[str, ...]
+) -> None:
+    """Refuse NaN/inf anywhere and non-positive values in ``positive`` fields.
+
+    Arrays are [b, ...]; ``first`` is the source index of row 0 (for the message).
+    """
+    for name, values in named.items():
+        bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+        if bad.any():
+            raise SchemaError(
+                f"{source}: trajectory {first + int(np.argmax(bad))} has NaN or inf in "
+                f"{name}; the file is damaged: download it again, or import the trajectories "
+                "before it with --limit"
+            )
+    for name in positive:
+        values = named[name]
+        bad = ~(values > 0).reshape(values.shape[0], -1).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise SchemaError(
+                f"{source}: trajectory {first + row} has {name} ≤ 0 (min "
+                f"{float(values[row].min()):.3g}); a physical state has positive {name}: "
+                "check that the channels are in the documented order"
+            )
+
+
+def gamma_hat(rho: np.ndarray, mx: np.ndarray, my: np.ndarray, p: np.ndarray, energy: np.ndarray):
+    """γ̂ = 1 + p / e with e = E − |m|²/(2ρ), fitted by least squares over all cells."""
+    rho, p = rho.astype(np.float64), p.astype(np.float64)
+    internal = (
+        energy.astype(np.float64)
+        - 0.5 * (mx.astype(np.float64) ** 2 + my.astype(np.float64) ** 2) / rho
+    )
+    return 1.0 + float(np.sum(p * internal) / max(float(np.sum(internal**2)), 1e-300))
+
+
+def check_gamma(source: str, first: int, estimate: float, gamma: float, order: str) -> None:
+    if not abs(estimate - gamma) <= GAMMA_TOLERANCE:
+        raise SchemaError(
+            f"{source}: trajectories from {first}: γ recovered from the stored channels is "
+            f"{estimate:.4f}, expected {gamma} (±{GAMMA_TOLERANCE}); the channels are not "
+            f"({order}) with that γ: check the variable and the dataset version"
+        )
+
+
+def _spectral_derivative(field: np.ndarray, axis: int) -> np.ndarray:
+    n = field.shape[axis]
+    k = 2j * np.pi * np.fft.fftfreq(n, d=1.0 / n)
+    shape = [1] * field.ndim
+    shape[axis] = n
+    return np.real(np.fft.ifft(np.fft.fft(field, axis=axis) * k.reshape(shape), axis=axis))
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """Relative periodic divergence of (u, v) for both pairings of components with axes."""
+
+    div_as_stored: float  # u along axis -2 (named x), v along axis -1
+    div_swapped: float  # u along axis -1, v along axis -2
+
+    @property
+    def verdict(self) -> str:
+        """'as-stored', 'swapped' or 'ambiguous'."""
+        if self.div_as_stored < PAIRING_RATIO * self.div_swapped:
+            return "as-stored"
+        if self.div_swapped < PAIRING_RATIO * self.div_as_stored:
+            return "swapped"
+        return "ambiguous"
+
+
+def velocity_pairing(u: np.ndarray, v: np.ndarray) -> Pairing:
+    """Which spatial axis each velocity component runs along: the divergence-free pairing.
+
+    ``u, v`` are [..., X, Y] on the periodic unit square; derivatives are spectral.
+    """
+    u, v = u.astype(np.float64), v.astype(np.float64)
+    du = [_spectral_derivative(u, -2), _spectral_derivative(u, -1)]
+    dv = [_spectral_derivative(v, -2), _spectral_derivative(v, -1)]
+    scale = np.sqrt(sum(float(np.sum(d**2)) for d in (*du, *dv))) or 1.0
+    return Pairing(
+        div_as_stored=float(np.linalg.norm(du[0] + dv[1])) / scale,
+        div_swapped=float(np.linalg.norm(du[1] + dv[0])) / scale,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# splits
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Which split each source trajectory goes to (0 train, 1 valid, 2 test) and why."""
+
+    split_of: np.ndarray  # int8 [n]
+    label: str
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        return tuple(int(np.sum(self.split_of == s)) for s in range(3))  # type: ignore[return-value]
+
+    def rows(self) -> np.ndarray:
+        """Row of each source trajectory inside its split's file (source order kept)."""
+        rows = np.zeros(self.split_of.size, dtype=np.int64)
+        for s in range(3):
+            mask = self.split_of == s
+            rows[mask] = np.arange(int(mask.sum()))
+        return rows
+
+
+def poseidon_split(n: int, n_published: int, valid: int = 120, test: int = 240) -> SplitPlan:
+    """Poseidon's index split: test = the last 240, valid = the 120 before, train = the rest.
+
+    Exact when all ``n_published`` trajectories are imported; on a subset (``--limit``, fewer
+    shards) the same fractions of the end are used, labelled as not the published test set.
+    """
+    if n == n_published:
+        n_valid, n_test, label = valid, test, f"poseidon: index split, test = last {test}, "
+        label += f"valid = the {valid} before, train = the first {n - valid - test}"
+    else:
+        n_valid = max(1, round(n * valid / n_published))
+        n_test = max(1, round(n * test / n_published))
+        label = (
+            f"poseidon-scaled: {n} of {n_published} trajectories, so the last {n_test} are "
+            f"test and the {n_valid} before valid; NOT the published test set"
+        )
+    if n - n_valid - n_test < 1:
+        raise RequestError(f"{n} trajectories cannot fill train, valid and test; use at least 3")
+    split_of = np.zeros(n, dtype=np.int8)
+    split_of[n - n_test - n_valid : n - n_test] = 1
+    split_of[n - n_test :] = 2
+    return SplitPlan(split_of, label)
+
+
+def random_split(n: int, seed: int, class_name: str) -> SplitPlan:
+    """A seeded 65/5/30 split (the paper's ratios; its Julia permutation is not reproducible)."""
+    counts = split_counts(n, (0.65, 0.05, 0.30))
+    order = np.random.default_rng(class_seed(seed, class_name)).permutation(n)
+    split_of = np.zeros(n, dtype=np.int8)
+    split_of[order[counts[0] : counts[0] + counts[1]]] = 1
+    split_of[order[counts[0] + counts[1] :]] = 2
+    label = (
+        f"random: seeded 65/5/30 % split (seed {seed}) with the paper's ratios; NOT the "
+        "paper's exact permutation (Julia Xoshiro, not reproducible in Python)"
+    )
+    return SplitPlan(split_of, label)
+
+
+# ---------------------------------------------------------------------------------------------
+# the target dataset
+
+
+def target_dataset_name(
+    stage: Stage,
+    *,
+    family: Family,
+    nx: int,
+    ny: int,
+    times: np.ndarray,
+    files: list[tuple[str, str]],
+    overwrite: bool,
+    name: str,
+) -> str:
+    """Check that the new files fit the dataset at ``stage.root``; return its dataset_name.
+
+    ``files`` are (split, file name). An import adds class files to an existing dataset, so
+    family, grid and time axis must match it; an existing class is replaced only on request.
+    """
+    root = stage.root
+    existing = sorted((root / "data").glob("*/*.hdf5")) if root.is_dir() else []
+    if not existing:
+        return name or root.name
+    info = open_dataset(root)
+    problems = []
+    if info.family is not family:
+        problems.append(f"family {info.family.value}, the import is {family.value}")
+    if (info.height, info.width) != (ny, nx):
+        problems.append(f"grid {info.width}×{info.height}, the import is {nx}×{ny}")
+    if info.times.shape != times.shape or not np.allclose(info.times, times, atol=1e-6):
+        problems.append(
+            f"{info.times.size} snapshots on [0, {info.times[-1]:g}], the import has "
+            f"{times.size} on [0, {times[-1]:g}]"
+        )
+    if problems:
+        raise RequestError(
+            f"{root} already holds a dataset with " + "; ".join(problems) + "; import into "
+            "another --out"
+        )
+    if name and name != info.name:
+        raise RequestError(
+            f"--name {name!r}: {root} is the dataset {info.name!r}; omit --name to add to it"
+        )
+    if not overwrite:
+        for split, filename in files:
+            if stage.final(split, filename).exists():
+                raise RequestError(
+                    f"{stage.final(split, filename)} already exists; pass --overwrite to "
+                    "replace it, or import into another --out"
+                )
+    return info.name
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming
+
+
+@dataclass
+class ImportReport:
+    """What an import did: for the CLI's summary and the tests."""
+
+    root: Path
+    files: list[Path]
+    counts: tuple[int, int, int]
+    split_label: str
+    swap_xy: bool
+    checks: dict[str, object]
+    warnings: list[str] = field(default_factory=list)
+    mb_per_s: float = 0.0
+
+
+@dataclass
+class Meter:
+    """Bytes read so far, reported through ``progress`` with the message of the moment."""
+
+    total: int
+    progress: ByteProgress | None = None
+    done: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, nbytes: int, message: str) -> None:
+        self.done += nbytes
+        if self.progress:
+            self.progress(self.done, self.total, message)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.done / 2**20 / max(time.perf_counter() - self.started, 1e-9)
+
+
+class SplitWriters:
+    """The three split files of one class, filled row block by row block in source order."""
+
+    def __init__(self, plan: SplitPlan, make: Callable[[str, int], WellWriter]) -> None:
+        self.plan = plan
+        self.rows = plan.rows()
+        self.writers = {s: make(SPLITS[s], n) for s, n in enumerate(plan.counts)}
+
+    def put(self, first: int, fields: np.ndarray, pressure: np.ndarray | None = None) -> None:
+        """Rows for source trajectories first..first+b: consecutive ones of a split are
+        consecutive rows of its file, so each split gets one contiguous write."""
+        split_of = self.plan.split_of[first : first + fields.shape[0]]
+        for s, writer in self.writers.items():
+            mask = split_of == s
+            if mask.any():
+                start = int(self.rows[first + int(np.argmax(mask))])
+                writer.write(start, fields[mask], None if pressure is None else pressure[mask])
+
+    def set_attrs(self, per_split: Callable[[int, np.ndarray], dict[str, object]]) -> None:
+        """Root attributes for each file; ``per_split(s, source_indices)``."""
+        for s, writer in self.writers.items():
+            attrs = per_split(s, np.flatnonzero(self.plan.split_of == s))
+            for key, value in attrs.items():
+                writer.file.attrs[key] = value
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def discard(self) -> None:
+        for writer in self.writers.values():
+            writer._discard()
+
+
+def as_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, default=float)

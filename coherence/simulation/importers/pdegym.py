@@ -1,0 +1,403 @@
+"""Import a PDEgym class (camlab-ethz/<CLASS>, the paper's data) into our Well layout.
+
+Source: an assembled ``<CLASS>.nc`` or a directory of shards, read in lexicographic name order
+(the order of the dataset's own assembly script, which every published index refers to).
+Variable ``data`` (CE: density, vx, vy, pressure[, energy]) or ``velocity`` (NS: vx, vy,
+tracer), axes (sample, time, channel, x, y), float32. CE becomes (ρ, ρu, ρv, E) with γ = 1.4,
+NS becomes (u, v). Trajectories stream in blocks of ≈ 64 MB straight into the staged split
+files, so memory does not grow with the class size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from coherence.errors import RequestError, SchemaError
+from coherence.simulation.families import EULER_GAMMA, Family
+from coherence.simulation.importers.common import (
+    BLOCK_BYTES,
+    ByteProgress,
+    ImportReport,
+    Meter,
+    SplitPlan,
+    SplitWriters,
+    Warn,
+    as_json,
+    check_finite_positive,
+    check_gamma,
+    gamma_hat,
+    poseidon_split,
+    random_split,
+    target_dataset_name,
+    velocity_pairing,
+)
+from coherence.simulation.importers.sniff import require_hdf5
+from coherence.simulation.staging import dataset_transaction
+from coherence.simulation.wellformat import WellWriter
+
+CLASSES = {
+    "CE-RP": Family.EULER,
+    "CE-CRP": Family.EULER,
+    "CE-RPUI": Family.EULER,
+    "NS-BB": Family.NS,
+    "NS-Sines": Family.NS,
+    "NS-Gauss": Family.NS,
+}
+VARIABLE = {Family.EULER: "data", Family.NS: "velocity"}
+PUBLISHED = {Family.EULER: 10_000, Family.NS: 20_000}
+CE_ORDER = "density, velocity x, velocity y, pressure, energy"
+LICENCE = "CC-BY-NC-4.0"
+SPLIT_MODES = ("poseidon", "random")
+SWAP_MODES = ("auto", "no", "yes")
+GAMMA_STRIDE = 4
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    n: int
+
+
+@dataclass(frozen=True)
+class PdegymSource:
+    """The checked source of one class: shards in order and the common per-trajectory shape."""
+
+    class_name: str
+    family: Family
+    shards: tuple[Shard, ...]
+    n_steps: int
+    n_channels: int
+    nx: int
+    ny: int
+
+    @property
+    def variable(self) -> str:
+        return VARIABLE[self.family]
+
+    @property
+    def total(self) -> int:
+        return sum(s.n for s in self.shards)
+
+    @property
+    def trajectory_bytes(self) -> int:
+        return self.n_steps * self.n_channels * self.nx * self.ny * 4
+
+
+def shard_paths(src: Path) -> list[Path]:
+    """An assembled file, or every ``*.nc`` of a directory in lexicographic name order."""
+    if src.is_file():
+        return [src]
+    if src.is_dir():
+        paths = sorted((p for p in src.glob("*.nc") if p.is_file()), key=lambda p: p.name)
+        if not paths:
+            raise SchemaError(
+                f"{src}: no .nc files here; pass the assembled <CLASS>.nc or the directory "
+                "holding data_*.nc / velocity_*.nc"
+            )
+        return paths
+    raise SchemaError(f"{src}: no such file or directory")
+
+
+def class_family(class_name: str) -> Family:
+    if class_name not in CLASSES:
+        raise RequestError(
+            f"--class {class_name!r} is not a PDEgym class; choose one of: {', '.join(CLASSES)}"
+        )
+    return CLASSES[class_name]
+
+
+def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
+    """Check every shard's container, variable, shape and dtype; nothing is read yet."""
+    family = class_family(class_name)
+    variable = VARIABLE[family]
+    shards, tail = [], None
+    for path in shard_paths(Path(src)):
+        require_hdf5(path)
+        with h5py.File(path, "r") as f:
+            if variable not in f or not isinstance(f[variable], h5py.Dataset):
+                held = ", ".join(
+                    f"{k} {tuple(v.shape)}" for k, v in f.items() if isinstance(v, h5py.Dataset)
+                )
+                raise SchemaError(
+                    f"{path}: no variable '{variable}' (a {class_name} file holds "
+                    f"'{variable}'); this file holds: {held or 'nothing'}; is it another "
+                    "class's file?"
+                )
+            ds = f[variable]
+            shape, dtype = tuple(ds.shape), ds.dtype
+        allowed = (4, 5) if family is Family.EULER else (2, 3)
+        if len(shape) != 5 or shape[2] not in allowed or shape[1] < 2:
+            raise SchemaError(
+                f"{path}: '{variable}' has shape {shape}; expected (samples, snapshots, "
+                f"channels ∈ {allowed}, x, y) as published for {class_name}"
+            )
+        if dtype.kind != "f":
+            raise SchemaError(f"{path}: '{variable}' has dtype {dtype}; expected float32")
+        if tail is not None and shape[1:] != tail:
+            raise SchemaError(
+                f"{path}: '{variable}' has per-sample shape {shape[1:]} but "
+                f"{shards[0].path.name} has {tail}; all shards of a class must agree"
+            )
+        tail = shape[1:]
+        shards.append(Shard(path, shape[0]))
+    n_steps, n_channels, nx, ny = tail
+    return PdegymSource(class_name, family, tuple(shards), n_steps, n_channels, nx, ny)
+
+
+def _blocks(source: PdegymSource, limit: int):
+    """(global index of row 0, shard, local start, block) in source order, ≈ BLOCK_BYTES each."""
+    per_block = max(1, BLOCK_BYTES // source.trajectory_bytes)
+    first = 0
+    for file_index, shard in enumerate(source.shards):
+        with h5py.File(shard.path, "r") as f:
+            ds = f[source.variable]
+            for start in range(0, shard.n, per_block):
+                stop = min(start + per_block, shard.n, start + limit - first)
+                if stop <= start:
+                    return
+                yield first, file_index, start, np.asarray(ds[start:stop], dtype=np.float32)
+                first += stop - start
+
+
+def _convert_ce(
+    source: PdegymSource, where: str, first: int, block: np.ndarray, checks: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    rho, u, v, p = (block[:, :, c] for c in range(4))
+    if source.n_channels == 5:
+        energy = block[:, :, 4]
+    else:
+        energy = (p / (EULER_GAMMA - 1.0) + 0.5 * rho * (u * u + v * v)).astype(np.float32)
+    check_finite_positive(
+        where,
+        first,
+        {"density": rho, "pressure": p, "energy": energy, "velocity": block[:, :, 1:3]},
+        ("density", "pressure"),
+    )
+    if source.n_channels == 5:
+        # fitted on every GAMMA_STRIDE-th cell in x and y: a wrong channel order moves γ̂ far,
+        # and the float64 fit over every cell would cost a third of the import
+        cells = (..., slice(None, None, GAMMA_STRIDE), slice(None, None, GAMMA_STRIDE))
+        r, uu, vv = rho[cells], u[cells], v[cells]
+        estimate = gamma_hat(r, r * uu, r * vv, p[cells], energy[cells])
+        check_gamma(where, first, estimate, EULER_GAMMA, CE_ORDER)
+        checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), estimate)
+        checks["gamma_hat_max"] = max(checks.get("gamma_hat_max", -np.inf), estimate)
+    fields = np.stack([rho, rho * u, rho * v, energy], axis=2)
+    return fields, p
+
+
+def _pairing_swap(
+    source: PdegymSource, block: np.ndarray, swap_xy: str, checks: dict, warn: Warn
+) -> bool:
+    """Decide --swap-xy from the first block (NS: the divergence-free pairing)."""
+    if source.family is not Family.NS:
+        checks["velocity_axis_pairing"] = "not checked (CE is not divergence-free)"
+        if swap_xy == "auto":
+            return False
+        return swap_xy == "yes"
+    pairing = velocity_pairing(block[:, :, 0], block[:, :, 1])
+    checks["divergence_as_stored"] = pairing.div_as_stored
+    checks["divergence_swapped"] = pairing.div_swapped
+    checks["velocity_axis_pairing"] = pairing.verdict
+    detected = pairing.verdict == "swapped"
+    if swap_xy == "auto":
+        if pairing.verdict == "ambiguous":
+            warn(
+                f"{source.shards[0].path}: the periodic divergence does not tell which axis "
+                f"'velocity x' runs along (relative divergence {pairing.div_as_stored:.3g} as "
+                f"stored, {pairing.div_swapped:.3g} swapped); keeping the stored axes: pass "
+                "--swap-xy yes if you know otherwise"
+            )
+        return detected
+    forced = swap_xy == "yes"
+    if pairing.verdict != "ambiguous" and forced != detected:
+        warn(
+            f"--swap-xy {swap_xy} contradicts the data: the velocity is divergence-free "
+            f"{'with' if detected else 'without'} swapping x and y (relative divergence "
+            f"{pairing.div_as_stored:.3g} as stored, {pairing.div_swapped:.3g} swapped); "
+            "use --swap-xy auto unless you are sure"
+        )
+    return forced
+
+
+def import_pdegym(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    class_name: str,
+    *,
+    limit: int | None = None,
+    split: str = "poseidon",
+    seed: int = 0,
+    keep_pressure: bool = False,
+    swap_xy: str = "auto",
+    overwrite: bool = False,
+    name: str = "",
+    progress: ByteProgress | None = None,
+    warn: Warn | None = None,
+) -> ImportReport:
+    """Import one PDEgym class into ``out`` (one file per split), all or nothing.
+
+    ``keep_pressure`` stores the source's pressure channel (CE) instead of the pressure
+    recomputed from (ρ, m, E) with γ; ``swap_xy`` 'auto' transposes x and y when the NS
+    velocity is divergence-free only that way.
+    """
+    if split not in SPLIT_MODES:
+        raise RequestError(f"--split {split!r}: choose one of {', '.join(SPLIT_MODES)}")
+    if swap_xy not in SWAP_MODES:
+        raise RequestError(f"--swap-xy {swap_xy!r}: choose one of {', '.join(SWAP_MODES)}")
+    if limit is not None and limit < 3:
+        raise RequestError(f"--limit {limit}: need at least 3 (train, valid and test)")
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        if warn:
+            warn(message)
+
+    source = open_source(src, class_name)
+    n = source.total if limit is None else min(limit, source.total)
+    if n < 3:
+        raise SchemaError(f"{src}: holds {n} trajectories; need at least 3")
+    plan: SplitPlan = (
+        poseidon_split(n, PUBLISHED[source.family])
+        if split == "poseidon"
+        else random_split(n, seed, class_name)
+    )
+    times = np.linspace(0.0, 1.0, source.n_steps)  # uniform on [0, 1], Δt = 1/(T−1)
+    filename = f"{class_name}.hdf5"
+    checks: dict[str, object] = {
+        "container": "HDF5/netCDF4",
+        "variable": source.variable,
+        "shape": [source.total, source.n_steps, source.n_channels, source.nx, source.ny],
+        "finite": True,
+        "positive_density_pressure": source.family is Family.EULER,
+    }
+    if source.family is Family.EULER:
+        checks["gamma_expected"] = EULER_GAMMA
+        checks["gamma_fit"] = (
+            f"least squares over every {GAMMA_STRIDE}th cell in x and y, per block"
+            if source.n_channels == 5
+            else "not checked: 4-channel file, energy computed with γ = 1.4"
+        )
+    meter = Meter(total=n * source.trajectory_bytes, progress=progress)
+    file_index = np.zeros(n, dtype=np.int32)
+    local_index = np.zeros(n, dtype=np.int32)
+    with dataset_transaction(out) as stage:
+        for line in stage.recovered:
+            note(f"{stage.root}: {line}")
+        blocks = _blocks(source, n)
+        first_block = next(blocks)
+        swap = _pairing_swap(source, first_block[3], swap_xy, checks, note)
+        nx, ny = (source.ny, source.nx) if swap else (source.nx, source.ny)
+        dataset_name = target_dataset_name(
+            stage,
+            family=source.family,
+            nx=nx,
+            ny=ny,
+            times=times,
+            files=[(s, filename) for s in ("train", "valid", "test")],
+            overwrite=overwrite,
+            name=name,
+        )
+
+        def make(split_name: str, rows: int) -> WellWriter:
+            return WellWriter(
+                stage.path(split_name, filename),
+                family=source.family,
+                class_name=class_name,
+                dataset_name=dataset_name,
+                n_trajectories=rows,
+                times=times,
+                nx=nx,
+                ny=ny,
+            )
+
+        writers = SplitWriters(plan, make)
+        try:
+            for first, f_index, start, block in _chain(first_block, blocks):
+                b = block.shape[0]
+                file_index[first : first + b] = f_index
+                local_index[first : first + b] = np.arange(start, start + b)
+                where = str(source.shards[f_index].path)
+                if source.family is Family.EULER:
+                    fields, pressure = _convert_ce(source, where, start, block, checks)
+                else:
+                    fields, pressure = block[:, :, :2], None
+                    check_finite_positive(where, start, {"velocity": fields}, ())
+                if swap:
+                    fields = np.swapaxes(fields, -1, -2)
+                    pressure = None if pressure is None else np.swapaxes(pressure, -1, -2)
+                writers.put(first, fields, pressure if keep_pressure else None)
+                meter.add(block.nbytes, f"{class_name}: {first + b}/{n} trajectories")
+            attrs = _provenance(source, plan, swap, keep_pressure, checks)
+            writers.set_attrs(
+                lambda s, idx: {
+                    **attrs,
+                    "source_file_index": file_index[idx],
+                    "source_index": local_index[idx],
+                    "pdegym_index": idx.astype(np.int32),
+                }
+            )
+            writers.close()
+        except BaseException:
+            writers.discard()
+            raise
+    files = [stage.final(s, filename) for s in ("train", "valid", "test")]
+    return ImportReport(
+        root=stage.root,
+        files=files,
+        counts=plan.counts,
+        split_label=plan.label,
+        swap_xy=bool(swap),
+        checks=checks,
+        warnings=warnings,
+        mb_per_s=meter.mb_per_s,
+    )
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _provenance(
+    source: PdegymSource, plan: SplitPlan, swap: bool, keep_pressure: bool, checks: dict
+) -> dict[str, object]:
+    if source.family is Family.EULER:
+        energy = (
+            "energy = data[:, :, 4]"
+            if source.n_channels == 5
+            else ("energy = pressure/(γ−1) + ½ρ|v|² (4-channel file, γ = 1.4)")
+        )
+        mapping = {
+            "density": "data[:, :, 0]",
+            "momentum_x": "data[:, :, 0] * data[:, :, 1]",
+            "momentum_y": "data[:, :, 0] * data[:, :, 2]",
+            "energy": energy,
+            "pressure (t0 field)": "data[:, :, 3] (--keep-pressure)"
+            if keep_pressure
+            else "(γ−1)(E − |m|²/2ρ), recomputed; source pressure dropped",
+        }
+    else:
+        mapping = {
+            "velocity_x": "velocity[:, :, 0]",
+            "velocity_y": "velocity[:, :, 1]",
+            "dropped": "velocity[:, :, 2] (passive tracer)",
+        }
+    return {
+        "source": f"PDEgym camlab-ethz/{source.class_name} (Hugging Face)",
+        "source_url": f"https://huggingface.co/datasets/camlab-ethz/{source.class_name}",
+        "licence": LICENCE,
+        "source_files": [s.path.name for s in source.shards],
+        "source_order": "shards in lexicographic name order (the dataset's assembly order)",
+        "channel_mapping": as_json(mapping),
+        "swap_xy": bool(swap),
+        "split_rule": plan.label,
+        "import_checks": as_json(checks),
+        "imported_with": "coherence import pdegym",
+    }

@@ -1,0 +1,45 @@
+"""What kind of container a file is, from its first bytes (extensions lie)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coherence.errors import SchemaError
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+CLASSIC_NETCDF = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
+
+
+def require_hdf5(path: Path) -> None:
+    """Refuse anything h5py cannot open, saying what it is and how to convert it.
+
+    netCDF4 files are HDF5 inside (h5py reads them); classic netCDF (CDF1/2/5) is not.
+    """
+    if not path.is_file():
+        raise SchemaError(f"{path}: no such file; check the path")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(CLASSIC_NETCDF):
+        raise SchemaError(
+            f"{path}: this is a classic netCDF file (header {head[:4]!r}), not netCDF4/HDF5; "
+            f"convert it once with `nccopy -k nc4 {path.name} {path.stem}.nc4.nc` (netCDF "
+            "tools: apt install netcdf-bin) and import the converted file"
+        )
+    # HDF5 may also start at byte 512, 1024, … (a user block); h5py copes with those.
+    if head != HDF5_MAGIC and not _has_late_superblock(path):
+        raise SchemaError(
+            f"{path}: not an HDF5/netCDF4 file (starts with {head!r}); the download may be "
+            "truncated or an HTML error page: download it again"
+        )
+
+
+def _has_late_superblock(path: Path) -> bool:
+    size = path.stat().st_size
+    offset = 512
+    with open(path, "rb") as handle:
+        while offset + 8 <= size and offset <= 1 << 20:
+            handle.seek(offset)
+            if handle.read(8) == HDF5_MAGIC:
+                return True
+            offset *= 2
+    return False

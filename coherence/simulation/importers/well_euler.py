@@ -1,0 +1,274 @@
+"""Import The Well's euler_multi_quadrants files, down-sampled by block means.
+
+Each file (``data/<split>/euler_multi_quadrants_<BC>_gamma_<γ>_<gas>.hdf5``) becomes our
+``data/<split>/<file stem>.hdf5``: one class per γ and gas. Fields are read by name (the
+metadata lists them in another order). Down-sampling averages k×k blocks of the conserved
+variables (ρ, ρu, ρv, E), which keeps every total exactly (× k²); the pressure is recomputed
+from them with the file's γ. Open boundaries are refused unless asked: our models are periodic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from coherence.errors import RequestError, SchemaError
+from coherence.simulation.dataset import SPLITS
+from coherence.simulation.families import Family
+from coherence.simulation.importers.common import (
+    BLOCK_BYTES,
+    ByteProgress,
+    ImportReport,
+    Meter,
+    Warn,
+    as_json,
+    check_finite_positive,
+    check_gamma,
+    gamma_hat,
+    target_dataset_name,
+)
+from coherence.simulation.importers.sniff import require_hdf5
+from coherence.simulation.staging import dataset_transaction
+from coherence.simulation.wellformat import WellWriter
+
+LICENCE = "CC-BY-4.0"
+SCALAR_FIELDS = ("density", "energy", "pressure")
+
+
+def block_mean(values: np.ndarray, k: int, axes: tuple[int, int]) -> np.ndarray:
+    """Mean over k×k blocks of two adjacent axes (float64 sums: totals kept to round-off)."""
+    if k == 1:
+        return values
+    a, b = axes
+    shape = list(values.shape)
+    new = [*shape[:a], shape[a] // k, k, shape[b] // k, k, *shape[b + 1 :]]
+    return values.astype(np.float64).reshape(new).mean(axis=(a + 1, a + 3))
+
+
+def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
+    require_hdf5(path)
+    with h5py.File(path, "r") as f:
+        missing = [f"t0_fields/{n}" for n in SCALAR_FIELDS if f"t0_fields/{n}" not in f]
+        missing += [] if "t1_fields/momentum" in f else ["t1_fields/momentum"]
+        if missing:
+            raise SchemaError(
+                f"{path}: not a euler_multi_quadrants file: missing {', '.join(missing)} "
+                f"(it holds {', '.join(sorted(f.keys()))})"
+            )
+        if "scalars/gamma" not in f:
+            raise SchemaError(f"{path}: no scalars/gamma; γ must come from the file")
+        # the root attribute keeps γ exactly; scalars/gamma is float32 (1.4 → 1.39999998)
+        stored = float(np.asarray(f["scalars/gamma"][()]).reshape(-1)[0])
+        gamma = float(f.attrs["gamma"]) if "gamma" in f.attrs else round(stored, 6)
+        bc_types = {
+            name: str(np.asarray(g.attrs.get("bc_type", b"")).astype(str)).lower()
+            for name, g in f.get("boundary_conditions", {}).items()
+        }
+        shape = f["t0_fields/density"].shape
+        shapes = {n: f[f"t0_fields/{n}"].shape for n in SCALAR_FIELDS}
+        shapes["momentum"] = f["t1_fields/momentum"].shape[:-1]
+        times = np.asarray(f["dimensions/time"][()], dtype=np.float64)
+    if len(shape) != 4 or len(set(shapes.values())) != 1 or times.shape != (shape[1],):
+        raise SchemaError(
+            f"{path}: field shapes {shapes}; expected one (trajectories, {times.size} "
+            "snapshots, x, y) for density, energy, pressure and momentum (…, 2)"
+        )
+    open_bcs = sorted(n for n, t in bc_types.items() if t == "open")
+    if open_bcs:
+        if not allow_open:
+            raise SchemaError(
+                f"{path}: open boundaries ({', '.join(open_bcs)}); our surrogates and "
+                "responses assume a periodic domain, so these data would be learned wrongly. "
+                "Import the _periodicBC files, or pass --allow-open to import anyway"
+            )
+        warn(f"{path}: importing open-boundary data (--allow-open); models are periodic")
+    return {
+        "gamma": gamma,
+        "shape": shape,
+        "times": times,
+        "bc": "open" if open_bcs else "periodic",
+        "bc_types": bc_types,
+    }
+
+
+def _split_of(path: Path, split: str | None) -> str:
+    chosen = split or path.parent.name
+    if chosen not in SPLITS:
+        raise RequestError(
+            f"{path}: cannot tell its split from the folder {path.parent.name!r} (The Well "
+            f"keeps files in data/train, data/valid, data/test); pass --split {'|'.join(SPLITS)}"
+        )
+    return chosen
+
+
+def import_well_euler(
+    paths: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    downsample: int = 4,
+    allow_open: bool = False,
+    split: str | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    name: str = "",
+    progress: ByteProgress | None = None,
+    warn: Warn | None = None,
+) -> ImportReport:
+    """Import every file of ``paths`` into ``out`` in one all-or-nothing transaction."""
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        if warn:
+            warn(message)
+
+    if not paths:
+        raise RequestError("name at least one euler_multi_quadrants .hdf5 file")
+    if downsample < 1:
+        raise RequestError(f"--downsample {downsample}: use a positive integer (1 keeps 512²)")
+    sources = [Path(p) for p in paths]
+    infos = [_read_info(p, allow_open, note) for p in sources]
+    splits = [_split_of(p, split) for p in sources]
+    keys = [(s, p.stem) for s, p in zip(splits, sources, strict=True)]
+    if len(set(keys)) != len(keys):
+        raise RequestError("the same split/file name is given twice; name each file once")
+    for path, info in zip(sources, infos, strict=True):
+        nx, ny = info["shape"][2:]
+        if nx % downsample or ny % downsample:
+            raise RequestError(
+                f"{path}: grid {nx}×{ny} is not divisible by --downsample {downsample}"
+            )
+        if info["times"].shape != infos[0]["times"].shape:
+            raise SchemaError(
+                f"{path}: {info['times'].size} snapshots, but {sources[0]} has "
+                f"{infos[0]['times'].size}; files of one dataset must share the time axis"
+            )
+    counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
+    traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
+    meter = Meter(
+        total=sum(c * b for c, b in zip(counts, traj_bytes, strict=True)), progress=progress
+    )
+    files, all_checks = [], {}
+    with dataset_transaction(out) as stage:
+        for line in stage.recovered:
+            note(f"{stage.root}: {line}")
+        nx, ny = (n // downsample for n in infos[0]["shape"][2:])
+        dataset_name = target_dataset_name(
+            stage,
+            family=Family.EULER,
+            nx=nx,
+            ny=ny,
+            times=infos[0]["times"],
+            files=[(s, f"{stem}.hdf5") for s, stem in keys],
+            overwrite=overwrite,
+            name=name,
+        )
+        for path, info, (split_name, stem), n in zip(sources, infos, keys, counts, strict=True):
+            checks = _import_file(
+                path,
+                info,
+                stage.path(split_name, f"{stem}.hdf5"),
+                stem,
+                n,
+                downsample,
+                dataset_name,
+                meter,
+            )
+            all_checks[str(path)] = checks
+            files.append(stage.final(split_name, f"{stem}.hdf5"))
+    return ImportReport(
+        root=stage.root,
+        files=files,
+        counts=tuple(sum(c for c, s in zip(counts, splits, strict=True) if s == x) for x in SPLITS),
+        split_label="The Well's own train/valid/test files",
+        swap_xy=False,
+        checks=all_checks,
+        warnings=warnings,
+        mb_per_s=meter.mb_per_s,
+    )
+
+
+def _import_file(
+    path: Path,
+    info: dict,
+    target: Path,
+    class_name: str,
+    n: int,
+    k: int,
+    dataset_name: str,
+    meter: Meter,
+) -> dict:
+    """Stream one file, one trajectory at a time, time blocks of ≈ BLOCK_BYTES."""
+    gamma, (_, n_steps, nx, ny) = info["gamma"], info["shape"]
+    per_block = max(1, BLOCK_BYTES // (nx * ny * 4 * 5))
+    checks: dict[str, object] = {
+        "container": "HDF5",
+        "gamma_file": gamma,
+        "boundary": info["bc_types"],
+        "finite": True,
+        "positive_density_pressure": True,
+        "downsample": k,
+    }
+    source_index = np.arange(n, dtype=np.int32)
+    with (
+        h5py.File(path, "r") as f,
+        WellWriter(
+            target,
+            family=Family.EULER,
+            class_name=class_name,
+            dataset_name=dataset_name,
+            n_trajectories=n,
+            times=info["times"],
+            nx=nx // k,
+            ny=ny // k,
+            scalars={"gamma": gamma},
+            bc_type=info["bc"],
+        ) as writer,
+    ):
+        t0, mom = f["t0_fields"], f["t1_fields/momentum"]
+        for i in range(n):
+            out = np.empty((1, n_steps, 4, nx // k, ny // k), dtype=np.float32)
+            for lo in range(0, n_steps, per_block):
+                hi = min(lo + per_block, n_steps)
+                rho, energy, p = (np.asarray(t0[name][i, lo:hi]) for name in SCALAR_FIELDS)
+                m = np.asarray(mom[i, lo:hi])
+                named = {"density": rho, "pressure": p, "energy": energy, "momentum": m}
+                check_finite_positive(
+                    f"{path} (time {lo}..{hi - 1})",
+                    i,
+                    {k_: v[None] for k_, v in named.items()},
+                    ("density", "pressure"),
+                )
+                estimate = gamma_hat(rho, m[..., 0], m[..., 1], p, energy)
+                check_gamma(str(path), i, estimate, gamma, "density, energy, pressure, momentum")
+                checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), estimate)
+                checks["gamma_hat_max"] = max(checks.get("gamma_hat_max", -np.inf), estimate)
+                for c, values in enumerate((rho, m[..., 0], m[..., 1], energy)):
+                    out[0, lo:hi, c] = block_mean(values, k, (1, 2))
+                meter.add(sum(v.nbytes for v in named.values()), f"{class_name}: {i + 1}/{n}")
+            writer.write(i, out)
+        writer.file.attrs.update(
+            {
+                "source": f"The Well: {f.attrs.get('dataset_name', 'euler_multi_quadrants')}",
+                "source_url": "https://polymathic-ai.org/the_well/",
+                "licence": LICENCE,
+                "source_files": [path.name],
+                "source_file_index": np.zeros(n, dtype=np.int32),
+                "source_index": source_index,
+                "channel_mapping": as_json(
+                    {
+                        "density": f"t0_fields/density, {k}×{k} block mean",
+                        "momentum_x": f"t1_fields/momentum[..., 0], {k}×{k} block mean",
+                        "momentum_y": f"t1_fields/momentum[..., 1], {k}×{k} block mean",
+                        "energy": f"t0_fields/energy, {k}×{k} block mean",
+                        "pressure (t0 field)": "(γ−1)(E − |m|²/2ρ) of the block means",
+                    }
+                ),
+                "import_checks": as_json(checks),
+                "imported_with": "coherence import well-euler",
+            }
+        )
+    return checks

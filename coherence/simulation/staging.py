@@ -1,0 +1,184 @@
+"""All-or-nothing writes of a dataset: what `coherence simulate` and `coherence import` share.
+
+Why: a writer killed half-way must never leave something that looks like a dataset. The
+reader (``open_dataset``) and the dashboard scan list every ``data/<split>/<class>.hdf5`` they
+find, so a kill between two file renames used to publish a dataset with fewer classes or
+splits.
+
+The rules, for a dataset directory ``root`` (``<parent>/<name>``):
+
+1. **One writer at a time.** A writer holds an exclusive ``flock`` on ``<parent>/.<name>.lock``
+   for its whole run (the kernel drops it when the process dies, even on ``kill -9``); a
+   second writer is refused with a message naming the lock.
+2. **Nothing is written under ``data/`` directly.** Every new file is written into a hidden
+   staging directory (``stage.path(split, file)``); each file there is itself written to a
+   temporary name, validated, then renamed.
+3. **Commit, new dataset:** when ``root`` does not exist, the staging directory is the sibling
+   ``<parent>/.<name>.staging-<pid>`` and the commit is one ``rename`` of it to ``root``: the
+   dataset appears complete or not at all.
+4. **Commit, existing dataset** (an import adding classes, ``--overwrite``): the staging
+   directory is ``<root>/.staging-<pid>``. The writer first writes the marker
+   ``<staging>/COMMITTING`` (every staged file is complete by then), then renames the staged
+   files into ``data/`` one by one, then removes the staging directory. While a marker exists
+   the reader refuses the dataset (``pending_commit``), so a kill inside this short window
+   makes the dataset invisible, never partial.
+5. **Recovery** runs when a writer takes the lock: a staging directory with a marker is rolled
+   forward (its files are complete: the commit is finished), one without is deleted (an
+   aborted run; the old dataset is untouched), and stray ``data/<split>/.*.tmp`` files are
+   deleted. Holding the lock proves no other writer owns them.
+
+A class therefore enters a dataset with all its split files at once, and a run that adds
+several classes adds all of them or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from coherence.errors import RequestError
+
+MARKER = "COMMITTING"
+IN_ROOT_PREFIX = ".staging-"
+
+
+def lock_path(root: Path) -> Path:
+    return root.parent / f".{root.name}.lock"
+
+
+def _sibling_prefix(root: Path) -> str:
+    return f".{root.name}.staging-"
+
+
+def pending_commit(root: str | os.PathLike) -> Path | None:
+    """The staging directory of an interrupted commit, if any (the dataset is then hidden)."""
+    for marker in sorted(Path(root).glob(f"{IN_ROOT_PREFIX}*/{MARKER}")):
+        return marker.parent
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _staged_files(staging: Path) -> list[Path]:
+    return sorted(p for p in (staging / "data").glob("*/*") if not p.name.startswith("."))
+
+
+def _roll_forward(root: Path, staging: Path) -> None:
+    for path in _staged_files(staging):
+        target = root / "data" / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    for split_dir in {root / "data" / p.parent.name for p in _staged_files(staging)}:
+        _fsync_dir(split_dir)
+    (staging / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover(root: str | os.PathLike) -> list[str]:
+    """Finish or discard what a killed writer left (call only while holding the lock).
+
+    Returns one line per action, for the log.
+    """
+    root = Path(root)
+    actions: list[str] = []
+    if root.parent.is_dir():
+        for stale in sorted(root.parent.glob(_sibling_prefix(root) + "*")):
+            shutil.rmtree(stale, ignore_errors=True)
+            actions.append(f"removed the unfinished new dataset {stale.name}")
+    if not root.is_dir():
+        return actions
+    for staging in sorted(root.glob(IN_ROOT_PREFIX + "*")):
+        if (staging / MARKER).exists():
+            _roll_forward(root, staging)
+            actions.append(f"finished the interrupted commit {staging.name}")
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+            actions.append(f"removed the aborted staging directory {staging.name}")
+    for tmp in sorted((root / "data").glob("*/.*.tmp")):
+        tmp.unlink(missing_ok=True)
+        actions.append(f"removed the leftover temporary file {tmp.relative_to(root)}")
+    return actions
+
+
+@dataclass
+class Stage:
+    """Where a transaction writes: ``path(split, name)`` in staging, ``final`` in the dataset."""
+
+    root: Path
+    staging: Path
+    new_dataset: bool
+    recovered: tuple[str, ...] = ()
+
+    def path(self, split: str, filename: str) -> Path:
+        path = self.staging / "data" / split / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def final(self, split: str, filename: str) -> Path:
+        return self.root / "data" / split / filename
+
+    def commit(self) -> None:
+        if not _staged_files(self.staging):
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        for split_dir in (self.staging / "data").iterdir():
+            _fsync_dir(split_dir)
+        if self.new_dataset:
+            _fsync_dir(self.staging)
+            os.rename(self.staging, self.root)
+            _fsync_dir(self.root.parent)
+            return
+        marker_tmp = self.staging / f".{MARKER}.tmp"
+        marker_tmp.write_text(str(os.getpid()))
+        os.replace(marker_tmp, self.staging / MARKER)
+        _fsync_dir(self.staging)
+        _roll_forward(self.root, self.staging)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dataset_transaction(root: str | os.PathLike) -> Iterator[Stage]:
+    """Lock ``root``, recover leftovers, stage new files; commit on success, discard on error."""
+    root = Path(root).expanduser().absolute()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path(root), "a")  # noqa: SIM115 - held for the transaction's lifetime
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RequestError(
+                f"{root}: another `coherence simulate` or `coherence import` is writing this "
+                f"dataset (it holds {lock_path(root)}); wait for it to finish"
+            ) from None
+        recovered = tuple(recover(root))
+        new = not root.exists()
+        staging = (
+            root.parent / f"{_sibling_prefix(root)}{os.getpid()}"
+            if new
+            else root / f"{IN_ROOT_PREFIX}{os.getpid()}"
+        )
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        stage = Stage(root=root, staging=staging, new_dataset=new, recovered=recovered)
+        try:
+            yield stage
+        except BaseException:
+            stage.abort()
+            raise
+        stage.commit()
+    finally:
+        handle.close()

@@ -1,0 +1,212 @@
+"""`coherence import pdegym` on files in the published layout, built from our own solvers."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from coherence.cli import app
+from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.errors import CoherenceError, RequestError, SchemaError
+from coherence.simulation import importers
+from coherence.simulation.dataset import SPLITS, open_dataset
+from coherence.simulation.importers import pdegym
+from coherence.simulation.importers.pdegym import import_pdegym
+from tests.simulation.import_fixtures import (
+    ce_published,
+    classic_netcdf_stub,
+    ns_published,
+    solver_states,
+    write_pdegym,
+    write_shards,
+)
+
+N = 12
+RES = 16
+
+
+@pytest.fixture(scope="module")
+def ce_states():
+    return solver_states("euler", "CE-RPUI", N, RES)
+
+
+@pytest.fixture(scope="module")
+def ns_states():
+    return solver_states("ns", "NS-Sines", N, RES)
+
+
+def imported(root, class_name):
+    """All imported trajectories in source order (by the recorded pdegym_index)."""
+    info = open_dataset(root)
+    states, index = [], []
+    for split in SPLITS:
+        states.append(info.load(split, class_name))
+        with h5py.File(info.file(split, class_name).path) as f:
+            index.append(f.attrs["pdegym_index"])
+    order = np.argsort(np.concatenate(index))
+    return np.concatenate(states)[order], np.concatenate(index)[order]
+
+
+def test_shards_are_read_in_lexicographic_order(tmp_path, ce_states, monkeypatch):
+    # 11 shards: data_0, data_1, data_10, data_2, …: piece k of the class is in the k-th name
+    sizes = [1] * 10 + [2]
+    write_shards(tmp_path / "src", "data", "data", ce_published(ce_states), sizes)
+    monkeypatch.setattr(pdegym, "BLOCK_BYTES", 1)  # one trajectory per block
+    report = import_pdegym(tmp_path / "src", tmp_path / "out", "CE-RPUI", split="random")
+    states, index = imported(tmp_path / "out", "CE-RPUI")
+    np.testing.assert_array_equal(index, np.arange(N))
+    np.testing.assert_allclose(states, ce_states, rtol=2e-6, atol=1e-6)
+    assert report.counts == (7, 1, 4) and "NOT the paper's exact permutation" in report.split_label
+    with h5py.File(report.files[0]) as f:
+        names = list(f.attrs["source_files"])
+        assert names[:3] == ["data_0.nc", "data_1.nc", "data_10.nc"]
+        # the recorded (file, index) of each row points back at that row's source trajectory
+        for row, (file_index, local) in enumerate(
+            zip(f.attrs["source_file_index"], f.attrs["source_index"], strict=True)
+        ):
+            with h5py.File(tmp_path / "src" / names[file_index]) as src:
+                rho = src["data"][local, :, 0]
+            np.testing.assert_array_equal(rho, f["t0_fields/density"][row])
+        assert f.attrs["licence"] == "CC-BY-NC-4.0"
+        assert "camlab-ethz/CE-RPUI" in f.attrs["source"]
+        assert json.loads(f.attrs["channel_mapping"])["momentum_x"].startswith("data[:, :, 0] *")
+        checks = json.loads(f.attrs["import_checks"])
+        assert abs(checks["gamma_hat_min"] - 1.4) < 1e-4
+
+
+def test_poseidon_split_is_by_index_and_labelled_when_scaled(tmp_path, ce_states):
+    write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
+    report = import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "out", "CE-RPUI")
+    assert report.counts == (10, 1, 1) and "NOT the published test set" in report.split_label
+    info = open_dataset(tmp_path / "out")
+    with h5py.File(info.file("test", "CE-RPUI").path) as f:
+        assert list(f.attrs["pdegym_index"]) == [N - 1]
+    full = importers.common.poseidon_split(10_000, 10_000)
+    assert full.counts == (9640, 120, 240)
+    assert np.flatnonzero(full.split_of == 2)[0] == 9760 and "poseidon:" in full.label
+
+
+def test_four_channel_file_gets_energy_from_pressure(tmp_path, ce_states):
+    write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states, channels=4))
+    import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "out", "CE-RPUI", limit=5)
+    states, index = imported(tmp_path / "out", "CE-RPUI")
+    np.testing.assert_array_equal(index, np.arange(5))
+    np.testing.assert_allclose(states, ce_states[:5], rtol=1e-5, atol=1e-5)
+
+
+def test_keep_pressure_stores_the_source_channel(tmp_path, ce_states):
+    data = ce_published(ce_states)
+    write_pdegym(tmp_path / "CE-RPUI.nc", "data", data)
+    report = import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "o", "CE-RPUI", keep_pressure=True)
+    with h5py.File(report.files[0]) as f:
+        rows = f.attrs["pdegym_index"]
+        np.testing.assert_array_equal(f["t0_fields/pressure"][()], data[rows, :, 3])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_ns_velocity_axis_pairing_decides_swap(tmp_path, ns_states, transposed):
+    data = ns_published(ns_states)
+    if transposed:  # 'velocity x' now runs along the axis named y
+        data = np.ascontiguousarray(np.swapaxes(data, -1, -2))
+    write_pdegym(tmp_path / "NS-Sines.nc", "velocity", data)
+    report = import_pdegym(tmp_path / "NS-Sines.nc", tmp_path / "out", "NS-Sines")
+    assert report.swap_xy is transposed
+    assert report.checks["velocity_axis_pairing"] == ("swapped" if transposed else "as-stored")
+    states, _ = imported(tmp_path / "out", "NS-Sines")
+    np.testing.assert_array_equal(states, ns_states)  # the solver's own fields, tracer dropped
+    # and the imported velocity is divergence-free in our model layout [.., H=y, W=x]
+    pairing = importers.common.velocity_pairing(states[:, :, 0], states[:, :, 1])
+    assert pairing.div_swapped < 1e-5  # u along W (last axis) = x in model layout
+
+
+def test_forced_swap_against_the_data_warns(tmp_path, ns_states):
+    write_pdegym(tmp_path / "NS-Sines.nc", "velocity", ns_published(ns_states))
+    warnings = []
+    import_pdegym(
+        tmp_path / "NS-Sines.nc", tmp_path / "o", "NS-Sines", swap_xy="yes", warn=warnings.append
+    )
+    assert len(warnings) == 1 and "contradicts the data" in warnings[0]
+
+
+def test_refusals_name_the_file_and_the_fix(tmp_path, ce_states):
+    stub = classic_netcdf_stub(tmp_path / "data_0.nc")
+    with pytest.raises(SchemaError, match=r"classic netCDF.*nccopy -k nc4"):
+        import_pdegym(stub, tmp_path / "o", "CE-RP")
+    good = write_pdegym(tmp_path / "ce.nc", "data", ce_published(ce_states))
+    with pytest.raises(SchemaError, match=r"no variable 'velocity'.*holds: .*data \(12, 21, 5"):
+        import_pdegym(good, tmp_path / "o", "NS-BB")
+    with pytest.raises(RequestError, match=r"not a PDEgym class.*CE-RP"):
+        import_pdegym(good, tmp_path / "o", "CE-XX")
+    bad = ce_published(ce_states)
+    bad[4, 3, 0, 2, 2] = np.nan
+    path = write_pdegym(tmp_path / "nan.nc", "data", bad)
+    with pytest.raises(SchemaError, match=r"nan.nc: trajectory 4 has NaN or inf in density"):
+        import_pdegym(path, tmp_path / "o", "CE-RPUI")
+    bad = ce_published(ce_states)
+    bad[6, :, 3] *= -1
+    path = write_pdegym(tmp_path / "neg.nc", "data", bad)
+    with pytest.raises(SchemaError, match=r"neg.nc: trajectory 6 has pressure ≤ 0"):
+        import_pdegym(path, tmp_path / "o", "CE-RPUI")
+    wrong_gamma = ce_published(ce_states)
+    wrong_gamma[:, :, 3] *= (5 / 3 - 1) / 0.4  # a γ = 5/3 pressure with γ = 1.4 energies
+    path = write_pdegym(tmp_path / "gamma.nc", "data", wrong_gamma)
+    with pytest.raises(SchemaError, match=r"γ recovered .* is 1\.66"):
+        import_pdegym(path, tmp_path / "o", "CE-RPUI")
+    flat = write_pdegym(tmp_path / "flat.nc", "data", ce_published(ce_states)[:, :, :3])
+    with pytest.raises(SchemaError, match=r"shape \(12, 21, 3, 16, 16\).*channels"):
+        import_pdegym(flat, tmp_path / "o", "CE-RPUI")
+    assert not (tmp_path / "o").exists()  # nothing half-written by any refusal
+
+
+def test_classes_add_up_in_one_dataset_listed_by_the_dashboard(tmp_path, ce_states, ns_states):
+    workspace = tmp_path / "ws"
+    out = workspace / "datasets" / "pdegym_ce"
+    rp = solver_states("euler", "CE-RP", N, RES)
+    write_pdegym(tmp_path / "CE-RP.nc", "data", ce_published(rp))
+    write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
+    import_pdegym(tmp_path / "CE-RP.nc", out, "CE-RP")
+    import_pdegym(tmp_path / "CE-RPUI.nc", out, "CE-RPUI")
+    info = open_dataset(out)
+    assert info.classes == ["CE-RP", "CE-RPUI"] and info.name == "pdegym_ce"
+    catalog = scan_workspace(workspace)
+    entry = catalog.dataset("pdegym_ce")
+    assert entry is not None and not catalog.problems
+    assert entry.classes == ("CE-RP", "CE-RPUI") and entry.resolution == (RES, RES)
+    assert entry.counts["test"] == {"CE-RP": 1, "CE-RPUI": 1}
+    with pytest.raises(RequestError, match="already exists; pass --overwrite"):
+        import_pdegym(tmp_path / "CE-RP.nc", out, "CE-RP")
+    import_pdegym(tmp_path / "CE-RP.nc", out, "CE-RP", overwrite=True, split="random")
+    assert open_dataset(out).file("test", "CE-RP").n_trajectories == 4
+    write_pdegym(tmp_path / "NS-Sines.nc", "velocity", ns_published(ns_states))
+    with pytest.raises(RequestError, match="family euler, the import is ns"):
+        import_pdegym(tmp_path / "NS-Sines.nc", out, "NS-Sines")
+    assert open_dataset(out).classes == ["CE-RP", "CE-RPUI"]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+
+
+def test_cli_imports_and_refuses_in_one_line(tmp_path, ce_states):
+    write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
+    runner = CliRunner()
+    head = ["import", "pdegym", str(tmp_path / "CE-RPUI.nc"), "--class", "CE-RPUI"]
+    result = runner.invoke(
+        app,
+        [*head, "--out", str(tmp_path / "out"), "--split", "random", "--limit", "8"],
+    )
+    assert result.exit_code == 0, result.output
+    assert open_dataset(tmp_path / "out").file("train", "CE-RPUI").n_trajectories == 5
+    stub = classic_netcdf_stub(tmp_path / "old.nc")
+    result = runner.invoke(
+        app, ["import", "pdegym", str(stub), "--class", "CE-RP", "--out", str(tmp_path / "x")]
+    )
+    assert result.exit_code == 2 and "nccopy -k nc4" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(
+        app,
+        [*head, "--out", str(tmp_path / "y"), "--split", "alphabetical"],
+    )
+    assert result.exit_code == 2 and "poseidon, random" in result.output
+    assert issubclass(SchemaError, CoherenceError)

@@ -1,0 +1,94 @@
+"""`coherence import well-euler`: down-sampling conserves totals, γ from the file, open BCs."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from coherence.cli import app
+from coherence.errors import RequestError, SchemaError
+from coherence.simulation.dataset import open_dataset
+from coherence.simulation.importers.well_euler import block_mean, import_well_euler
+from tests.simulation.import_fixtures import solver_states, write_well_euler
+
+STEM = "euler_multi_quadrants_periodicBC_gamma_1.13_Dry_air"
+
+
+@pytest.fixture(scope="module")
+def states():
+    return solver_states("euler", "CE-RPUI", 3, 32)
+
+
+def test_block_means_conserve_every_total(tmp_path, states):
+    gamma = 1.13  # the state's pressure is recomputed with this γ by the fixture
+    path = write_well_euler(tmp_path / "data" / "train" / f"{STEM}.hdf5", states, gamma=gamma)
+    report = import_well_euler([path], tmp_path / "out", downsample=4)
+    info = open_dataset(tmp_path / "out")
+    meta = info.file("train", STEM)
+    assert (meta.height, meta.width, meta.n_steps) == (8, 8, 21)
+    assert meta.scalars["gamma"] == gamma and meta.bc_types == ("periodic", "periodic")
+    coarse = info.load("train", STEM)
+    # totals per (trajectory, time, channel): coarse sum × 16 = fine sum, to float32 round-off
+    np.testing.assert_allclose(
+        coarse.astype(np.float64).sum(axis=(-2, -1)) * 16,
+        states.astype(np.float64).sum(axis=(-2, -1)),
+        rtol=1e-6,
+    )
+    # each coarse cell is the mean of its 4×4 block (independent reshape-free reference)
+    expected = np.mean([states[..., i::4, j::4] for i in range(4) for j in range(4)], axis=0)
+    np.testing.assert_allclose(coarse, expected, rtol=1e-6, atol=1e-6)
+    with h5py.File(meta.path) as f:
+        rho, m = f["t0_fields/density"][()], f["t1_fields/momentum"][()]
+        energy = f["t0_fields/energy"][()]
+        np.testing.assert_allclose(
+            f["t0_fields/pressure"][()],
+            (gamma - 1) * (energy - 0.5 * (m[..., 0] ** 2 + m[..., 1] ** 2) / rho),
+            rtol=1e-5,
+        )
+        assert f.attrs["licence"] == "CC-BY-4.0"
+        assert list(f.attrs["source_index"]) == [0, 1, 2]
+        assert json.loads(f.attrs["import_checks"])["downsample"] == 4
+    assert report.counts == (3, 0, 0)
+
+
+def test_block_mean_on_a_known_array():
+    values = np.arange(16.0).reshape(1, 4, 4)
+    np.testing.assert_array_equal(block_mean(values, 2, (1, 2)), [[[2.5, 4.5], [10.5, 12.5]]])
+
+
+def test_open_boundaries_are_refused_unless_asked(tmp_path, states):
+    stem = "euler_multi_quadrants_openBC_gamma_1.4_Dry_air"
+    path = write_well_euler(tmp_path / "data" / "valid" / f"{stem}.hdf5", states, bc="OPEN")
+    with pytest.raises(SchemaError, match=r"open boundaries .*periodic.*--allow-open"):
+        import_well_euler([path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    warnings = []
+    import_well_euler([path], tmp_path / "out", allow_open=True, warn=warnings.append)
+    assert open_dataset(tmp_path / "out").file("valid", stem).bc_types == ("open", "open")
+    assert "open-boundary" in warnings[0]
+
+
+def test_refusals(tmp_path, states):
+    path = write_well_euler(tmp_path / "elsewhere" / f"{STEM}.hdf5", states)
+    with pytest.raises(RequestError, match=r"cannot tell its split.*--split"):
+        import_well_euler([path], tmp_path / "out")
+    with pytest.raises(RequestError, match="not divisible by --downsample 3"):
+        import_well_euler([path], tmp_path / "out", split="test", downsample=3)
+    bad = write_well_euler(tmp_path / "data" / "test" / "bad.hdf5", states, gamma=1.4)
+    with h5py.File(bad, "a") as f:
+        f.attrs["gamma"] = 5 / 3  # the file's γ disagrees with its own channels
+    with pytest.raises(SchemaError, match=r"γ recovered .* is 1\.4000, expected 1\.66"):
+        import_well_euler([bad], tmp_path / "out")
+
+
+def test_cli_well_euler(tmp_path, states):
+    path = write_well_euler(tmp_path / "data" / "test" / f"{STEM}.hdf5", states)
+    result = CliRunner().invoke(
+        app, ["import", "well-euler", str(path), "--out", str(tmp_path / "o"), "--downsample", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert open_dataset(tmp_path / "o").file("test", STEM).width == 16

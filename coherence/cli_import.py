@@ -20,7 +20,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from coherence.cli import console, friendly_errors
+from coherence.cli_common import console, friendly_errors
 
 import_app = typer.Typer(
     help="Import public datasets (PDEgym, The Well) as Well-format datasets.",

@@ -1,0 +1,90 @@
+"""What every `coherence` sub-command shares: the console, one-line errors, progress bars,
+compute slots and the confirmation of long jobs."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from coherence.errors import CoherenceError, RequestError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def friendly_errors(func: F) -> F:
+    """Turn CoherenceError into one red line and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CoherenceError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def compute_slot(label: str):
+    """Hold one of the machine's compute slots while a command computes (coherence.cache.slots:
+    COHERENCE_MAX_JOBS at once, each on its share of the cores); says so while it waits."""
+    from coherence.cache.slots import compute_slot as slot
+
+    shown = [0]
+
+    def show(position: int) -> None:
+        if position != shown[0]:
+            console.print(f"queued, position {position}: waiting for a free compute slot")
+            shown[0] = position
+
+    return slot(label, on_wait=show)
+
+
+def confirm_long_job(seconds: float) -> None:
+    """Ask before a job estimated above COHERENCE_CONFIRM_MINUTES; without a terminal, refuse
+    unless --yes was given."""
+    from coherence.cache.cost import CONFIRM_ENV, confirm_seconds, format_seconds
+
+    limit = format_seconds(confirm_seconds())
+    if sys.stdin.isatty():
+        typer.confirm(
+            f"this job is estimated at {format_seconds(seconds)} (over {limit}); start it?",
+            abort=True,
+            err=True,
+        )
+        return
+    raise RequestError(
+        f"this job is estimated at {format_seconds(seconds)}, over the {limit} that needs a "
+        f"confirmation ({CONFIRM_ENV}); pass --yes to start it, or make it smaller (fewer "
+        "checkpoints, trajectories or steps)"
+    )
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -282,20 +282,28 @@ def run_analysis(
     progress: Progress | None = None,
     trust_code: bool = False,
     check_memory: bool = True,
+    known_units: Mapping[tuple[int, int], UnitResult] | None = None,
+    on_unit: Callable[[UnitResult], None] | None = None,
 ) -> AnalysisResult:
     """Compute the whole request here, unit by unit; ``progress(fraction, stage)`` after each
-    step. Each checkpoint is loaded once for all its batches."""
+    step. Each checkpoint is loaded once for all its batches. ``known_units`` ((s, b) → unit,
+    e.g. from the cache) are reused, not recomputed; ``on_unit`` sees each new unit as soon
+    as it is done (the job runner stores it, so a killed or cancelled job resumes there)."""
     report = progress or (lambda fraction, stage: None)
     started = time.perf_counter()
     info, batches = prepare(request)
     device = request.torch_device
     S, B = len(request.checkpoints), len(batches)
-    units = []
+    units = dict(known_units or {})
+    checked = not check_memory
     for s, directory in enumerate(request.checkpoints):
+        if all((s, b) in units for b in range(B)):
+            continue
         model, _ = load_checked(directory, info, device, trust_code=trust_code)
         fingerprint = checkpoint_fingerprint(directory)
         dtype = next(model.parameters()).dtype
-        if s == 0 and check_memory:
+        if not checked:
+            checked = True
             cost = estimate_cost(model, request, batches[0].inputs.to(device, dtype))
             if not cost.fits:
                 raise RequestError(
@@ -304,15 +312,22 @@ def run_analysis(
                 )
         name = Path(directory).name
         for b, batch in enumerate(batches):
-            job = s * B + b
+            if (s, b) in units:
+                continue
+            done = len(units)
 
             def inner(
-                fraction: float, stage: str, job: int = job, b: int = b, name: str = name
+                fraction: float, stage: str, done: int = done, b: int = b, name: str = name
             ) -> None:
-                report((job + fraction) / (S * B), f"{name}, batch {b + 1}/{B}: {stage}")
+                report((done + fraction) / (S * B), f"{name}, batch {b + 1}/{B}: {stage}")
 
             unit = compute_unit(model, batch, request, s, b, progress=inner)
-            units.append(replace(unit, checkpoint_fingerprint=fingerprint))
-            report((job + 1) / (S * B), f"{name}, batch {b + 1}/{B} done")
+            unit = replace(unit, checkpoint_fingerprint=fingerprint)
+            units[s, b] = unit
+            if on_unit is not None:
+                on_unit(unit)
+            report(len(units) / (S * B), f"{name}, batch {b + 1}/{B} done")
     seconds = time.perf_counter() - started
-    return assemble(request, info, batches, units, device=str(device), seconds=seconds)
+    return assemble(
+        request, info, batches, list(units.values()), device=str(device), seconds=seconds
+    )

@@ -27,10 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from coherence.analysis.pipeline import AnalysisResult, run_analysis
+from coherence.analysis.pipeline import AnalysisResult, assemble, prepare, run_analysis
 from coherence.analysis.request import AnalysisRequest
+from coherence.analysis.results import UnitResult
 from coherence.cache import slots
-from coherence.cache.keys import request_key, validate_key
+from coherence.cache.keys import request_key, unit_keys, validate_key
 from coherence.cache.locks import KeyLock, acquire_soon, lock_is_held
 from coherence.cache.store import ProgressRecord, ResultStore
 from coherence.errors import CoherenceError, RequestError
@@ -160,7 +161,15 @@ def compute_job(
     store.record_computation(key)
     tracker.write("running")
     try:
-        result = run_analysis(request, progress=tracker, trust_code=trust_code)
+        keys = unit_keys(request)
+        known = cached_units(store, request, keys)
+
+        def keep(unit: UnitResult) -> None:
+            store.put_unit(keys[unit.checkpoint_index][unit.batch_index], unit)
+
+        result = run_analysis(
+            request, progress=tracker, trust_code=trust_code, known_units=known, on_unit=keep
+        )
         if request_key(request) != key:
             raise RequestError(
                 "a checkpoint or dataset file changed while the analysis ran, so the result "
@@ -180,6 +189,43 @@ def compute_job(
     tracker.write("done")
     store.clear_cancel(key)
     return result
+
+
+def cached_units(
+    store: ResultStore, request: AnalysisRequest, keys: list[list[str]] | None = None
+) -> dict[tuple[int, int], UnitResult]:
+    """The request's units already in the store, (s, b) → unit. A unit computed with every
+    response of the family (e.g. SMSE, mass and energy) serves a request for fewer: its extra
+    responses are dropped."""
+    keys = unit_keys(request) if keys is None else keys
+    found: dict[tuple[int, int], UnitResult] = {}
+    for s, row in enumerate(keys):
+        for b, key in enumerate(row):
+            unit = store.get_unit(key)
+            if unit is not None:  # stored at its position in another request: move it
+                found[s, b] = replace(unit, checkpoint_index=s, batch_index=b)
+    wider = _wider_responses(request)
+    if wider is not None and len(found) < len(keys) * len(request.trajectories):
+        for s, row in enumerate(unit_keys(request, responses=wider)):
+            for b, key in enumerate(row):
+                if (s, b) not in found and (unit := store.get_unit(key)) is not None:
+                    unit = replace(unit, checkpoint_index=s, batch_index=b)
+                    found[s, b] = _only_responses(unit, request.responses)
+    return found
+
+
+def _wider_responses(request: AnalysisRequest) -> tuple[str, ...] | None:
+    """The responses a wider unit may hold: SMSE, mass and energy (compressible Euler)."""
+    everything = ("smse", "mass", "energy")
+    return everything if set(request.responses) < set(everything) else None
+
+
+def _only_responses(unit: UnitResult, responses: tuple[str, ...]) -> UnitResult:
+    return replace(
+        unit,
+        H={r: unit.H[r] for r in responses},
+        H_std={r: unit.H_std[r] for r in responses},
+    )
 
 
 def relabel(result: AnalysisResult, request: AnalysisRequest) -> AnalysisResult:
@@ -217,7 +263,7 @@ class JobRunner:
         request is stored and a detached worker started, holding the lock it inherits.
         """
         key = request_key(request)
-        if self.store.age(key) is not None:
+        if self.store.age(key) is not None or self.materialize(request) is not None:
             return key
         lock = KeyLock(self.store.lock_path(key))
         if not acquire_soon(lock):
@@ -325,6 +371,31 @@ class JobRunner:
             return result
         return relabel(result, request)
 
+    def materialize(self, request: AnalysisRequest) -> AnalysisResult | None:
+        """The result of ``request`` assembled from cached units when every unit is there
+        (a subset of a cached selection: fewer seeds, batches or responses), stored under the
+        request's key so its status is "done"; None when a unit is missing. Cheap on a miss
+        (a few key lookups), so the dashboard asks it before offering to compute."""
+        key = request_key(request)
+        cached = self.store.get(key)
+        if cached is not None:
+            return relabel(cached, request)
+        units = cached_units(self.store, request)
+        if len(units) < len(request.checkpoints) * len(request.trajectories):
+            return None
+        started = time.perf_counter()
+        info, batches = prepare(request)
+        result = assemble(
+            request,
+            info,
+            batches,
+            list(units.values()),
+            device="(assembled from cached units)",
+            seconds=time.perf_counter() - started,
+        )
+        self.store.put(key, result)
+        return result
+
     def run(
         self,
         request: AnalysisRequest,
@@ -335,9 +406,9 @@ class JobRunner:
         """Blocking: the cached result, or wait for the job computing it, or compute it here
         (under the key's lock, in a compute slot: see ``slots``) and store it."""
         key = request_key(request)
-        cached = self.store.get(key)
+        cached = self.materialize(request)
         if cached is not None:
-            return relabel(cached, request)
+            return cached
         lock = KeyLock(self.store.lock_path(key))
 
         def show_other_job() -> None:

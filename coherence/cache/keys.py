@@ -103,3 +103,39 @@ def request_key(request: AnalysisRequest, *, code_version: str = ANALYSIS_CODE_V
     """sha256 hex digest of ``key_material`` (see the module docstring)."""
     material = key_material(request, code_version=code_version)
     return hashlib.sha256(canonical_json(material).encode()).hexdigest()
+
+
+def unit_keys(
+    request: AnalysisRequest,
+    *,
+    responses: tuple[str, ...] | None = None,
+    code_version: str = ANALYSIS_CODE_VERSION,
+) -> list[list[str]]:
+    """Content keys of the request's units, ``[s][b]`` for checkpoint s and batch b.
+
+    A unit (one checkpoint × one test trajectory) depends on everything a request key does
+    except the other checkpoints and trajectories, so the same unit key comes back for any
+    request that contains it: a subset of seeds or batches is assembled from cached units, and
+    a killed job resumes from its finished ones. ``responses`` overrides the request's (a
+    unit computed with more responses serves a request for fewer).
+    """
+    material = key_material(request, code_version=code_version)
+    fields = dict(material["request"])
+    del fields["trajectories"]
+    if responses is not None:
+        fields["responses"] = list(responses)
+    keys = []
+    for digest in material["checkpoints"]:
+        row = []
+        for trajectory in request.trajectories:
+            unit = {
+                "unit": fields,
+                "checkpoint": digest,
+                "trajectory": trajectory,
+                "dataset": material["dataset"],
+                "code_version": material["code_version"],
+                "package_version": material["package_version"],
+            }
+            row.append(hashlib.sha256(canonical_json(unit).encode()).hexdigest())
+        keys.append(row)
+    return keys

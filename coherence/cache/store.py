@@ -16,7 +16,9 @@ live writer commits within it) whenever the store is opened and before each evic
 
 Layout of the cache directory: ``store/`` (diskcache), ``locks/`` (per-key flock files),
 ``logs/`` (worker logs). Record keys inside the store: ``result:<key>``, ``progress:<key>``,
-``request:<key>``, ``cancel:<key>``, ``computations:<key>``.
+``request:<key>``, ``cancel:<key>``, ``computations:<key>``, and ``unit:<unit key>`` for each
+finished (checkpoint, batch) unit (``keys.unit_keys``): evicted like results, they let a
+subset of a cached selection be assembled without computing and a killed job resume.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ from diskcache.core import MODE_BINARY, MODE_PICKLE, MODE_RAW
 
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
-from coherence.analysis.results import RESULT_SCHEMA, result_arrays, result_from_parts
+from coherence.analysis.results import (
+    RESULT_SCHEMA,
+    UnitResult,
+    result_arrays,
+    result_from_parts,
+)
 from coherence.cache import layout
 from coherence.cache.layout import validate_key
 from coherence.errors import CoherenceError, RequestError
@@ -233,6 +240,33 @@ def decode_result(key: str, blob: bytes) -> AnalysisResult:
         raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
 
 
+def encode_unit(key: str, unit: UnitResult, created: float) -> bytes:
+    """A unit as one npz blob with its JSON metadata (same safe form as a result)."""
+    arrays, metadata = unit.to_parts()
+    metadata = {**metadata, "cache": {"key": key, "created": created}}
+    arrays[METADATA_ARRAY] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def decode_unit(key: str, blob: bytes) -> UnitResult:
+    """Parse a blob written by ``encode_unit`` (no pickle); CacheCorruptionError if not."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+            if METADATA_ARRAY not in archive.files:
+                raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
+            metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
+            arrays = {name: archive[name] for name in archive.files if name != METADATA_ARRAY}
+        if not isinstance(metadata, dict) or metadata.get("cache", {}).get("key") != key:
+            raise CacheCorruptionError("metadata does not name this key")
+        return UnitResult.from_parts(arrays, metadata)
+    except CacheCorruptionError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, EOFError) as error:
+        raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
+
+
 class ResultStore:
     """Analysis results by request key, plus the small records background jobs share."""
 
@@ -275,6 +309,28 @@ class ResultStore:
         name = f"result:{validate_key(key)}"
         self._cache.set(name, encode_result(key, result, time.time()), retry=True)
         self._evict(keep=name)
+
+    def put_unit(self, key: str, unit: UnitResult) -> None:
+        """Store one finished (checkpoint, batch) unit under its unit key."""
+        name = f"unit:{validate_key(key)}"
+        self._cache.set(name, encode_unit(key, unit, time.time()), retry=True)
+        self._evict(keep=name)
+
+    def get_unit(self, key: str) -> UnitResult | None:
+        """A cached unit, or None (missing, or not in the safe form: reported and deleted)."""
+        name = f"unit:{validate_key(key)}"
+        try:
+            blob = self._cache.get(name, retry=True)
+            return None if blob is None else decode_unit(key, blob)
+        except CacheCorruptionError as error:
+            self._refuse(name, error)
+            return None
+
+    def delete_unit(self, key: str) -> bool:
+        return bool(self._cache.delete(f"unit:{validate_key(key)}", retry=True))
+
+    def has_unit(self, key: str) -> bool:
+        return f"unit:{validate_key(key)}" in self._cache
 
     def contains(self, key: str) -> bool:
         """Whether an entry exists (not validated: ``get`` may still refuse it)."""
@@ -324,7 +380,8 @@ class ResultStore:
         while self._cache.volume() > self.size_limit:
             # diskcache keeps access_time per row (updated on every get under this policy)
             rows = self._cache._sql(
-                "SELECT key FROM Cache WHERE raw = 1 AND key LIKE 'result:%' AND key != ?"
+                "SELECT key FROM Cache WHERE raw = 1 AND key != ?"
+                " AND (key LIKE 'result:%' OR key LIKE 'unit:%')"
                 " ORDER BY access_time LIMIT 1",
                 (keep,),
             ).fetchall()

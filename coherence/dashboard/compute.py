@@ -69,6 +69,8 @@ def group_states(root: Path, catalog: Catalog, selection: Selection) -> tuple[Gr
             request = selection.to_request(root, names)
             key = runner.key(request)
             status = runner.status(key)
+            if status.state == "missing" and runner.materialize(request) is not None:
+                status = runner.status(key)  # a subset of cached work: assembled, no compute
         except CoherenceError as error:
             states.append(GroupState(label, names, error=str(error)))
             continue

@@ -2,7 +2,8 @@
 when other jobs share the machine; spinning OpenMP threads slow down badly when oversubscribed).
 
 Compute slots (coherence.cache.slots) of a test session live in a private directory, so tests
-neither queue behind real work on the machine nor hold up anyone else's.
+neither queue behind real work on the machine nor hold up anyone else's; so do the on-disk
+memos of file digests (coherence.digests), which stay out of the user's cache directory.
 """
 
 from __future__ import annotations
@@ -13,5 +14,6 @@ import tempfile
 import torch
 
 os.environ.setdefault("COHERENCE_SLOTS_DIR", tempfile.mkdtemp(prefix="coherence-test-slots-"))
+os.environ.setdefault("COHERENCE_DIGEST_CACHE", tempfile.mkdtemp(prefix="coherence-test-digests-"))
 
 torch.set_num_threads(int(os.environ.get("COHERENCE_TORCH_THREADS", "2")))

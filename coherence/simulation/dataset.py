@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coherence.digests import file_digest
 from coherence.errors import RequestError, SchemaError
 from coherence.simulation.families import FAMILIES, Family, family_spec
 from coherence.simulation.staging import Stage, dataset_transaction, pending_commit
@@ -358,23 +359,6 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
         times=first.times,
         files=files,
     )
-
-
-_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, memoized on (path, size, mtime) so reloads stay cheap."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _FINGERPRINTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _FINGERPRINTS[key] = digest.hexdigest()
-    return _FINGERPRINTS[key]
 
 
 def files_fingerprint(paths: Sequence[str | os.PathLike]) -> str:

@@ -218,16 +218,23 @@ def _train_cost(
 ) -> tuple[float, int]:
     """Seconds for the remaining epochs; peak bytes: weights, grads and AdamW moments, one
     batch's activations (kept for backward, ≈ 2× the forward outputs) and the pairs in
-    memory."""
+    memory (none past the budget of ``pairs.memory_budget``: then they are streamed)."""
     train_pairs, valid_pairs = pairs
     epoch = train_pairs * probe.train_step_seconds + valid_pairs * probe.forward_seconds
     itemsize = 4
     peak = (
         4 * probe.n_params * itemsize
         + 2 * args.batch_size * probe.activation_bytes
-        + 2 * (train_pairs + valid_pairs) * state * itemsize
+        + _pairs_in_memory(2 * train_pairs * state * itemsize)
+        + _pairs_in_memory(2 * valid_pairs * state * itemsize)
     )
     return remaining * epoch, int(peak)
+
+
+def _pairs_in_memory(nbytes: int) -> int:
+    from coherence.surrogates.pairs import memory_budget
+
+    return nbytes if nbytes <= memory_budget() else 0
 
 
 def _selection(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, classes):

@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from coherence.errors import CheckpointError, RequestError
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.losses import evaluate_smse, smse
+from coherence.surrogates.pairs import TransitionPairs
 from coherence.surrogates.registry import build_model
 
 Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
@@ -77,7 +78,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_transitions(args: TrainingArgs, info: DatasetInfo, log=None) -> TrainingArgs:
-    """``args`` with ``transitions`` set: an explicit request is kept (``transition_pairs``
+    """``args`` with ``transitions`` set: an explicit request is kept (``TransitionPairs``
     refuses one the dataset cannot fit); none asked takes every transition the dataset
     has, at most DEFAULT_TRANSITIONS, and says so."""
     if args.transitions is not None:
@@ -97,24 +98,6 @@ def resolve_transitions(args: TrainingArgs, info: DatasetInfo, log=None) -> Trai
         )
         log(f"using {chosen} transitions per trajectory ({scope}; set --transitions to choose)")
     return replace(args, transitions=chosen)
-
-
-def transition_pairs(
-    info: DatasetInfo, split: str, classes: Sequence[str], transitions: int
-) -> tuple[Tensor, Tensor]:
-    """All one-step pairs (s_t, s_t+1), t < transitions, of the given classes and split."""
-    n_steps = len(info.times)
-    if transitions + 1 > n_steps:
-        raise RequestError(
-            f"transitions={transitions} needs {transitions + 1} snapshots but {info.root} has "
-            f"{n_steps}; use transitions ≤ {n_steps - 1}"
-        )
-    inputs, targets = [], []
-    for class_name in classes:
-        states = info.load(split, class_name, steps=slice(0, transitions + 1))  # (B,T+1,F,H,W)
-        inputs.append(states[:, :-1].reshape(-1, *states.shape[2:]))
-        targets.append(states[:, 1:].reshape(-1, *states.shape[2:]))
-    return torch.from_numpy(np.concatenate(inputs)), torch.from_numpy(np.concatenate(targets))
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -150,6 +133,23 @@ def _check_steps(out: Path, state: dict[str, Tensor], expected: int, epochs: int
         )
 
 
+def validation(pairs: TransitionPairs, device: torch.device) -> Callable[[nn.Module], float]:
+    """Mean one-step SMSE over the validation pairs: on the device once when they are in
+    memory, batch by batch from the files when streamed."""
+    if not pairs.streamed:
+        inputs, targets = pairs.inputs.to(device), pairs.targets.to(device)
+        return lambda model: evaluate_smse(model, inputs, targets)
+
+    def streamed(model: nn.Module) -> float:
+        total = 0.0
+        for start in range(0, len(pairs), 64):
+            x, y = pairs.get(torch.arange(start, min(start + 64, len(pairs))))
+            total += evaluate_smse(model, x.to(device), y.to(device)) * x.shape[0]
+        return total / max(len(pairs), 1)
+
+    return streamed
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -167,8 +167,10 @@ def train(
             info.file(split, class_name)  # raises with the available classes
     args = resolve_transitions(args, info, log)
     device = resolve_device(args.device)
-    train_x, train_y = transition_pairs(info, "train", classes, args.transitions)
-    valid_x, valid_y = transition_pairs(info, "valid", classes, args.transitions)
+    train_pairs = TransitionPairs(info, "train", classes, args.transitions)
+    valid_pairs = TransitionPairs(info, "valid", classes, args.transitions)
+    if log and train_pairs.streamed:
+        log(f"{len(train_pairs)} training pairs exceed the memory budget: read batch by batch")
 
     torch.manual_seed(args.seed)
     model = build_model(
@@ -178,8 +180,8 @@ def train(
         resolution=info.height,
         **args.overrides,
     )
-    flat = train_x.transpose(0, 1).reshape(train_x.shape[1], -1).double()
-    model.set_normalization(flat.mean(dim=1), flat.std(dim=1).clamp_min(1e-6))
+    mean, std = train_pairs.channel_stats()
+    model.set_normalization(mean, std.clamp_min(1e-6))
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
@@ -209,7 +211,7 @@ def train(
         )
         state = ckpt.load_training_state(out)
         if state is not None:
-            steps = len(history) * math.ceil(train_x.shape[0] / args.batch_size)
+            steps = len(history) * math.ceil(len(train_pairs) / args.batch_size)
             _check_steps(out, state, steps, len(history))
             _restore_optimizer(optimizer, state)
         if log:
@@ -228,21 +230,21 @@ def train(
         seed=args.seed,
         training={
             "args": args.to_dict(),
-            "train_pairs": int(train_x.shape[0]),
-            "valid_pairs": int(valid_x.shape[0]),
+            "train_pairs": len(train_pairs),
+            "valid_pairs": len(valid_pairs),
         },
     )
-    valid_x, valid_y = valid_x.to(device), valid_y.to(device)
+    validate = validation(valid_pairs, device)
     for epoch in range(len(history), args.epochs):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(
-            train_x.shape[0], generator=torch.Generator().manual_seed(args.seed * 100003 + epoch)
+            len(train_pairs), generator=torch.Generator().manual_seed(args.seed * 100003 + epoch)
         )
         running, seen = 0.0, 0
         for begin in range(0, len(order), args.batch_size):
             index = order[begin : begin + args.batch_size]
-            x, y = train_x[index].to(device), train_y[index].to(device)
+            x, y = (t.to(device) for t in train_pairs.get(index))
             loss = smse(model(x), y)
             if not torch.isfinite(loss):
                 raise RequestError(
@@ -259,7 +261,7 @@ def train(
         record = {
             "epoch": epoch + 1,
             "train_smse": running / seen,
-            "valid_smse": evaluate_smse(model, valid_x, valid_y),
+            "valid_smse": validate(model),
             "seconds": time.perf_counter() - start,
         }
         history.append(record)

@@ -90,12 +90,22 @@ def available_memory(device: torch.device) -> int:
 
 
 # Costs in one example's forward pass (measured on the demo and paper presets, METHOD.md §4):
-VJP_PASSES = 3.0  # a per-example gradient: forward + backward
+VJP_PASSES = 5.0  # a per-example gradient through vmap: 4–6 on the demo and paper UNets
+VJP_CHUNK_BYTES = 512 * 2**20  # activations of one vmapped chunk of per-example gradients
 EXTRA_RESPONSE_PASSES = 2.0  # each further response reuses the forward
 JVP_PASSES = 2.2  # one tangent of the traced program, per example of the batch
 PRIMAL_PASSES = 3.0  # the traced program's primal part, per example, once per unit
 CG_ITERATIONS_QUOTED = 10  # cg's iterations are unknown in advance: quoted for 10
 LANCZOS_STEPS = 6  # top eigenvalue of η + λI at tol 1e-4: median steps on the presets
+
+
+def vjp_chunk_size(activation_bytes: int, responses: int, n: int) -> int | None:
+    """Examples per vmapped per-example-gradient call, so one call's activations stay within
+    VJP_CHUNK_BYTES (None: the whole batch at once). Measured on the paper UNet at 128²
+    (130 MB of activations an example): 4 forwards per example in chunks of 2–4, 6 in a chunk
+    of 8, and memory growing with the chunk; small models are unaffected (one chunk)."""
+    chunk = max(1, VJP_CHUNK_BYTES // max(activation_bytes * responses, 1))
+    return None if chunk >= n else int(chunk)
 
 
 def estimate_cost(
@@ -126,7 +136,11 @@ def estimate_cost(
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
     gradient_bytes = (k + 2) * n * p * itemsize
-    activations = 3 * n * activation_bytes(model, example[:1])
+    one = activation_bytes(model, example[:1])
+    chunk = vjp_chunk_size(one, k, n) or n
+    # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);
+    # the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
+    activations = max(2 * n * one, 3 * chunk * k * one)
     jobs = len(request.checkpoints) * len(request.trajectories)
     return CostEstimate(
         n_examples=n,
@@ -190,6 +204,9 @@ def compute_unit(
     dtype = next(model.parameters()).dtype
     T, C = request.n_steps, len(request.classes)
     inputs, targets = batch.inputs.to(device, dtype), batch.targets.to(device, dtype)
+    chunk = vjp_chunk_size(
+        activation_bytes(model, inputs[:1]), len(request.responses), inputs.shape[0]
+    )
     result = compute_influence(
         model,
         inputs,
@@ -198,6 +215,7 @@ def compute_unit(
         estimator=request.estimator,
         damping=request.damping,
         rtol=request.rtol,
+        chunk_size=chunk,
         progress=report,
     )
     H, H_std = {}, {}

@@ -12,6 +12,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "AnalysisRequest": "coherence.analysis.request",
+    "AnalysisResult": "coherence.analysis.results",
+    "UnitResult": "coherence.analysis.results",
+    "load_result": "coherence.analysis.results",
+    "save_result": "coherence.analysis.results",
+    "run_analysis": "coherence.analysis.pipeline",
     "Estimator": "coherence.analysis.estimators",
     "InfluenceDiagnostics": "coherence.analysis.influence",
     "InfluenceResult": "coherence.analysis.influence",
@@ -19,7 +25,7 @@ _EXPORTS = {
     "influence_matrix": "coherence.analysis.influence",
     "top_eigenvalue": "coherence.analysis.influence",
     "Response": "coherence.analysis.observables",
-    "standardize": "coherence.analysis.standardize",
+    "standardize": "coherence.analysis.standardization",
 }
 
 __all__ = sorted(_EXPORTS)

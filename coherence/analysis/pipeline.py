@@ -22,7 +22,7 @@ from coherence.analysis.estimators import Estimator, parse_estimator
 from coherence.analysis.influence import compute_influence, top_eigenvalue
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
-from coherence.analysis.standardize import standardize
+from coherence.analysis.standardization import standardize
 from coherence.analysis.summaries import input_distances
 from coherence.errors import RequestError
 from coherence.probe import activation_bytes

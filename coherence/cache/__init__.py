@@ -19,6 +19,7 @@ _EXPORTS = {
     "ResultStore": "coherence.cache.store",
     "parse_size": "coherence.cache.store",
     "request_key": "coherence.cache.keys",
+    "unit_keys": "coherence.cache.keys",
     "validate_key": "coherence.cache.layout",
 }
 

@@ -1,1 +1,29 @@
-"""PDE solvers, initial-condition classes and The Well HDF5 datasets (stage 1: simulate)."""
+"""PDE solvers, initial-condition classes and The Well HDF5 datasets (stage 1: simulate).
+
+The contracts of ARCHITECTURE.md live in their modules (``euler.evolve``,
+``navier_stokes.evolve``, the Well schema in ``wellformat``); the names a user reaches for are
+exported here, loaded on first use (PEP 562) so that importing the package stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DatasetInfo": "coherence.simulation.dataset",
+    "SimulationRequest": "coherence.simulation.dataset",
+    "generate_dataset": "coherence.simulation.dataset",
+    "open_dataset": "coherence.simulation.dataset",
+    "read_well_file": "coherence.simulation.wellformat",
+    "write_well_file": "coherence.simulation.wellformat",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

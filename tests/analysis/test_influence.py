@@ -29,7 +29,7 @@ from coherence.analysis.influence import (
     top_eigenvalue,
     unconverged_solves,
 )
-from coherence.analysis.standardize import standardize
+from coherence.analysis.standardization import standardize
 from coherence.errors import ConvergenceWarning, RequestError
 from tests.analysis.conftest import SmallerConv, dense_reference
 

@@ -15,7 +15,7 @@ from coherence.analysis.influence import influence_matrix
 from coherence.analysis.pipeline import estimate_cost, prepare, run_analysis
 from coherence.analysis.request import AnalysisRequest, parse_window
 from coherence.analysis.results import load_result, save_result
-from coherence.analysis.standardize import standardize
+from coherence.analysis.standardization import standardize
 from coherence.cli import app
 from coherence.errors import CheckpointError, RequestError
 from coherence.simulation.dataset import SPLITS, open_dataset

@@ -48,7 +48,7 @@ from coherence.analysis.results import (
     result_arrays,
     result_from_parts,
 )
-from coherence.cache import layout
+from coherence.cache import layout, sqlview
 from coherence.cache.layout import validate_key
 from coherence.errors import CoherenceError, RequestError
 
@@ -379,13 +379,8 @@ class ResultStore:
         removed = 0
         while self._cache.volume() > self.size_limit:
             # diskcache keeps access_time per row (updated on every get under this policy)
-            rows = self._cache._sql(
-                "SELECT key FROM Cache WHERE raw = 1 AND key != ?"
-                " AND (key LIKE 'result:%' OR key LIKE 'unit:%')"
-                " ORDER BY access_time LIMIT 1",
-                (keep,),
-            ).fetchall()
-            if not rows:
+            oldest = sqlview.least_recently_used(self._cache, keep)
+            if oldest is None:
                 log.warning(
                     "the cache holds %s bytes, over its limit of %s, with only the newest "
                     "result left; raise %s to keep more",
@@ -394,7 +389,7 @@ class ResultStore:
                     SIZE_ENV,
                 )
                 break
-            self._cache.delete(rows[0][0], retry=True)
+            self._cache.delete(oldest, retry=True)
             removed += 1
         return removed
 
@@ -476,14 +471,7 @@ class ResultStore:
 
     def entries(self) -> list[dict[str, Any]]:
         """Every result: key, bytes on disk, stored and last-used unix times (newest first)."""
-        rows = self._cache._sql(
-            "SELECT key, size, length(value), store_time, access_time FROM Cache"
-            " WHERE raw = 1 AND key LIKE 'result:%' ORDER BY access_time DESC"
-        ).fetchall()
-        return [
-            {"key": k.split(":", 1)[1], "bytes": size or inline or 0, "stored": s, "used": a}
-            for k, size, inline, s, a in rows
-        ]
+        return sqlview.result_rows(self._cache)
 
     def info(self) -> dict[str, Any]:
         """Results and other records held, bytes on disk against the limit, and how many
@@ -518,8 +506,7 @@ class ResultStore:
         ``grace_seconds`` (left by a writer killed between writing the file and committing
         its row); returns how many. Younger ones may belong to a write in progress."""
         store_dir = Path(self._cache.directory)
-        rows = self._cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL")
-        referenced = {name for (name,) in rows.fetchall()}
+        referenced = sqlview.referenced_files(self._cache)
         cutoff = time.time() - grace_seconds
         removed = 0
         for path in store_dir.glob("*/*/*.val"):

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from coherence.cache import jobs
+from coherence.cache import jobs, sqlview
 from coherence.cache.jobs import JobRunner
 from coherence.cache.keys import unit_keys
 from coherence.cache.store import ORPHAN_GRACE_SECONDS, ResultStore
@@ -108,12 +108,7 @@ def kill_and_check(campaign, reference, moment: str, rng: random.Random, span: f
 
 def orphan_files(runner: JobRunner) -> list:
     store_dir = runner.store.directory / "store"
-    referenced = {
-        name
-        for (name,) in runner.store._cache._sql(
-            "SELECT filename FROM Cache WHERE filename IS NOT NULL"
-        ).fetchall()
-    }
+    referenced = sqlview.referenced_files(runner.store._cache)
     return [
         p
         for p in store_dir.glob("*/*/*.val")

@@ -22,7 +22,13 @@ from coherence.analysis.batch import check_window
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.layout import validate_key  # noqa: F401 (re-exported: keys.validate_key)
 from coherence.errors import CheckpointError
-from coherence.simulation.dataset import SPLITS, DatasetInfo, file_digest, open_dataset
+from coherence.simulation.dataset import (
+    DatasetInfo,
+    dataset_files,
+    file_digest,
+    open_dataset,
+    stat_signature,
+)
 from coherence.surrogates import checkpoint as ckpt
 
 # Bump whenever the numbers an analysis produces would change (estimators, observables,
@@ -53,18 +59,10 @@ _DATASETS: dict[tuple, DatasetInfo] = {}
 def _open_dataset_memo(root: str) -> DatasetInfo:
     """open_dataset reads and validates every file's metadata (≈ 4 ms a file); the dashboard
     keys a request on every rerun, so reuse the result while no file's size or mtime moved."""
-    data_dir = Path(root) / "data"
-    files = sorted(
-        p
-        for split in SPLITS
-        for pattern in ("*.hdf5", "*.h5")
-        for p in (data_dir / split).glob(pattern)
-    )
-    try:
-        stats = [(str(p), st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()]]
-    except OSError:  # a file vanished while listing: no memo
+    stats = stat_signature(dataset_files(root))
+    if any(size is None for _, size, _ in stats):  # a file vanished while listing: no memo
         return open_dataset(root)
-    signature = (str(data_dir.resolve()), *stats)
+    signature = (str((Path(root) / "data").resolve()), *stats)
     if signature not in _DATASETS:
         if len(_DATASETS) >= 16:
             _DATASETS.clear()

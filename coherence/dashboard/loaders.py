@@ -30,7 +30,7 @@ from coherence.cache.jobs import JobRunner
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, scan_signature, scan_workspace
 from coherence.errors import CoherenceError
-from coherence.simulation.dataset import DatasetInfo, open_dataset
+from coherence.simulation.dataset import DatasetInfo, dataset_files, open_dataset, stat_signature
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import parameter_count
 from coherence.surrogates.rollout import rollout_errors
@@ -38,15 +38,8 @@ from coherence.workspace import cache_dir, secure_tree
 
 
 def file_signature(*paths: str | os.PathLike) -> tuple:
-    """(path, size, mtime) of each existing file: changes when a file is rewritten."""
-    out = []
-    for path in paths:
-        try:
-            stat = Path(path).stat()
-            out.append((str(path), stat.st_size, stat.st_mtime_ns))
-        except OSError:
-            out.append((str(path), None, None))
-    return tuple(out)
+    """(path, size, mtime) of each file: changes when a file is rewritten."""
+    return stat_signature(paths)
 
 
 # --------------------------------------------------------------------------- workspace ---
@@ -117,9 +110,7 @@ def _dataset(path: str, signature: tuple) -> DatasetInfo:
 
 
 def dataset(path: str | os.PathLike) -> DatasetInfo:
-    data = Path(path) / "data"
-    files = sorted(data.glob("*/*.hdf5")) + sorted(data.glob("*/*.h5"))
-    return _dataset(str(path), file_signature(*files))
+    return _dataset(str(path), stat_signature(dataset_files(path)))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -144,8 +135,7 @@ def _batch_inputs(request_json: str, signature: tuple) -> np.ndarray:
 def batch_inputs(request: AnalysisRequest) -> np.ndarray:
     """Raw inputs [B, N, F, H, W] of every batch of the request (for the distance panel)."""
     text = json.dumps(request.to_dict(), sort_keys=True)
-    files = sorted((Path(request.data) / "data" / request.split).glob("*.hdf5"))
-    return _batch_inputs(text, file_signature(*files))
+    return _batch_inputs(text, stat_signature(dataset_files(request.data, request.split)))
 
 
 # --------------------------------------------------------------------------- models -----

@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 
 from coherence.errors import CheckpointError, CoherenceError
 from coherence.simulation.classes import CLASSES
-from coherence.simulation.dataset import SPLITS, open_dataset
+from coherence.simulation.dataset import SPLITS, dataset_files, open_dataset, stat_signature
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import ARCHITECTURES, model_from_config_dict
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
@@ -307,20 +307,15 @@ def scan_signature(workspace: str | os.PathLike | None = None) -> tuple:
     the cache key of the dashboard's catalog loader. A few stats per entry."""
     root = workspace_root(workspace)
     items: list[tuple] = [(str(root), root.is_dir())]
-    for parent, patterns in (
-        (datasets_dir(root), ("data/*/*.hdf5", "data/*/*.h5")),
-        (checkpoints_dir(root), (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE)),
+    for parent, files in (
+        (datasets_dir(root), dataset_files),
+        (checkpoints_dir(root), lambda e: [e / ckpt.CONFIG_FILE, e / ckpt.WEIGHTS_FILE]),
     ):
         if not parent.is_dir():
             items.append((str(parent), None))
             continue
         for entry in sorted(parent.iterdir()):
-            for pattern in patterns:
-                for path in sorted(entry.glob(pattern)) if entry.is_dir() else ():
-                    try:
-                        stat = path.stat()
-                    except OSError:
-                        continue
-                    items.append((str(path), stat.st_size, stat.st_mtime_ns))
+            if entry.is_dir():
+                items.extend(s for s in stat_signature(files(entry)) if s[1] is not None)
             items.append((entry.name,))
     return tuple(items)

@@ -311,6 +311,37 @@ class DatasetInfo:
         return files_fingerprint(paths)
 
 
+WELL_SUFFIXES = (".hdf5", ".h5")
+
+
+def dataset_files(root: str | os.PathLike, split: str | None = None) -> list[Path]:
+    """The Well files of a dataset (``data/<split>/<class>.hdf5`` or ``.h5``), one split or
+    all, sorted: the one definition every reader, cache key and signature uses."""
+    data_dir = Path(root) / "data"
+    splits = SPLITS if split is None else (split,)
+    return sorted(
+        path
+        for s in splits
+        for suffix in WELL_SUFFIXES
+        for path in (data_dir / s).glob(f"*{suffix}")
+        if not path.name.startswith(".")
+    )
+
+
+def stat_signature(paths: Sequence[str | os.PathLike]) -> tuple:
+    """(path, size, mtime) of each file, (path, None, None) if missing: changes whenever a
+    file is rewritten, for a few stats (the key of in-memory caches; content keys use
+    ``files_fingerprint``)."""
+    out = []
+    for path in paths:
+        try:
+            stat = Path(path).stat()
+            out.append((str(path), stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            out.append((str(path), None, None))
+    return tuple(out)
+
+
 def open_dataset(root: str | os.PathLike) -> DatasetInfo:
     """Find and validate every ``data/<split>/<class>.hdf5`` under root; check consistency."""
     root = Path(root)
@@ -329,9 +360,7 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
         )
     files: dict[str, dict[str, WellMetadata]] = {}
     for split in SPLITS:
-        for path in sorted((data_dir / split).glob("*.hdf5")) + sorted(
-            (data_dir / split).glob("*.h5")
-        ):
+        for path in dataset_files(root, split):
             meta = read_metadata(path)
             files.setdefault(split, {})[meta.class_name] = meta
     if not files:

@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from coherence.errors import RequestError, SchemaError
-from coherence.simulation.dataset import SPLITS, class_seed, open_dataset, split_counts
+from coherence.simulation.dataset import (
+    SPLITS,
+    class_seed,
+    dataset_files,
+    open_dataset,
+    split_counts,
+)
 from coherence.simulation.families import Family
 from coherence.simulation.staging import Stage
 from coherence.simulation.wellformat import WellWriter
@@ -199,7 +205,7 @@ def target_dataset_name(
     family, grid and time axis must match it; an existing class is replaced only on request.
     """
     root = stage.root
-    existing = sorted((root / "data").glob("*/*.hdf5")) if root.is_dir() else []
+    existing = dataset_files(root) if root.is_dir() else []
     if not existing:
         return name or root.name
     info = open_dataset(root)

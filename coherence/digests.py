@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
+
+from coherence.io import atomic_write_bytes
 
 ENV_VAR = "COHERENCE_DIGEST_CACHE"
 DISK_MEMO_MIN_BYTES = 64 * 2**20
@@ -59,10 +60,7 @@ def _write_memo(identity: tuple, digest: str) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(memo_directory(), 0o700)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".digest.")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(digest)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, digest.encode())
     except OSError:
         pass  # a read-only home: the digest is recomputed next time
 

@@ -24,11 +24,12 @@ import torch
 from coherence.analysis.pipeline import available_memory, estimate_cost
 from coherence.analysis.request import AnalysisRequest
 from coherence.errors import CoherenceError, RequestError
+from coherence.io import resolve_device
 from coherence.probe import ModelProbe, probe_model
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import build_model
-from coherence.surrogates.training import TrainingArgs, resolve_device, train
+from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
 Log = Callable[[str], None]

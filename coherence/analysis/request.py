@@ -15,6 +15,7 @@ import torch
 from coherence.analysis.estimators import Estimator, parse_estimator
 from coherence.analysis.observables import parse_responses
 from coherence.errors import RequestError
+from coherence.io import resolve_device
 
 MAX_EXAMPLES = 512  # N = classes × steps; the N×N solves and N JVPs grow fast past this
 
@@ -80,9 +81,7 @@ class AnalysisRequest:
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-ready form (lists, not tuples; rtol recorded only for cg)."""

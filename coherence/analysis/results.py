@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from coherence.analysis.request import AnalysisRequest
 from coherence.errors import RequestError
+from coherence.io import atomic_write_bytes
 
 RESULT_SCHEMA = 1
 
@@ -145,14 +145,7 @@ def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
         sidecar_path(path): (json.dumps(result_metadata(result), indent=2) + "\n").encode(),
     }
     for target, data in payloads.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_bytes(target, data)
     return path
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from coherence.errors import CheckpointError, RequestError
+from coherence.io import resolve_device
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.losses import evaluate_smse, smse
@@ -69,12 +70,6 @@ class TrainingArgs:
         data = asdict(self)
         data["classes"] = list(self.classes)
         return data
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_transitions(args: TrainingArgs, info: DatasetInfo, log=None) -> TrainingArgs:

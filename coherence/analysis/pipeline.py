@@ -299,7 +299,6 @@ def run_analysis(
     *,
     progress: Progress | None = None,
     trust_code: bool = False,
-    check_memory: bool = True,
     known_units: Mapping[tuple[int, int], UnitResult] | None = None,
     on_unit: Callable[[UnitResult], None] | None = None,
 ) -> AnalysisResult:
@@ -313,7 +312,7 @@ def run_analysis(
     device = request.torch_device
     S, B = len(request.checkpoints), len(batches)
     units = dict(known_units or {})
-    checked = not check_memory
+    checked = False
     for s, directory in enumerate(request.checkpoints):
         if all((s, b) in units for b in range(B)):
             continue

@@ -4,7 +4,8 @@
                                 fingerprint and classes, seed, training arguments, versions
     <name>/model.safetensors    weights (normalization buffers included)
     <name>/history.json         per-epoch train and validation SMSE
-    <name>/training_state.safetensors   optimizer moments + RNG state, for resume (optional)
+    <name>/training_state.safetensors   optimizer moments, for resume (optional; the data order is
+                                        re-derived from the seed, so no RNG state is kept)
     <name>/manifest.json        size and SHA-256 of each file above, epochs trained
 
 A save replaces the whole set at once (``fileset``: written into a staging directory, committed

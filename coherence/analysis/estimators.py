@@ -43,9 +43,9 @@ class Estimator(StrEnum):
     conjugate gradients, identity."""
 
     SUBSPACE = "subspace"
-    KRYLOV = "krylov"
     CG = "cg"
     EUCLIDEAN = "euclidean"
+    KRYLOV = "krylov"
 
 
 class CGStart(StrEnum):
@@ -234,10 +234,10 @@ def block_cg(
     k = rhs.shape[0]
     dtype = rhs.dtype
     b_norm = torch.linalg.vector_norm(rhs, dim=1).double()  # (K,)
-    keep = project if project is not None else (lambda rows: rows)
+    keep = project if project is not None else (lambda rows: rows.clone())
     y, r = (torch.zeros_like(rhs), rhs.clone()) if start is None else (start[0].clone(), start[1])
     r = r.clone()
-    d = keep(r)
+    d = keep(r)  # a new tensor: r is updated in place
     rr = _rowdot(r, r)  # (K,)
     iterations = torch.zeros(k, dtype=torch.long)
     active = rr.sqrt() > rtol * b_norm

@@ -204,25 +204,35 @@ class _Counted:
         }
 
 
-def _estimate(
+@dataclass(frozen=True)
+class MetricSolve:
+    """M⁻¹ applied to the perturbation gradients: ``influence(ga)`` gives H·D = G_A Yᵀ
+    (float64 [N, N]), ``solution()`` the rows y_p = M⁻¹ g_B(p) [N, P] (model dtype; the
+    counterfactual check steps along them), ``fields`` the estimator's diagnostics."""
+
+    influence: Callable[[Tensor], Tensor]
+    solution: Callable[[], Tensor]
+    fields: dict[str, Any]
+
+
+def solve_metric(
     est: Estimator,
     fm: FlatModel,
     inputs: Tensor,
-    grads: Mapping[Response, Tensor],
-    responses: Sequence[Response],
+    g: Tensor,
     *,
     damping: float,
     rtol: float | None,
-    energy_threshold: float,
-    max_iter: int,
-    depth: int,
-    cg_start: CGStart,
-    progress: Callable[[float, str], None],
-) -> tuple[dict[Response, Tensor], dict[str, Any]]:
-    """H·D (float64) per response and the estimator's own diagnostics fields."""
-    g = grads[Response.SMSE]
+    energy_threshold: float = DEFAULT_ENERGY_THRESHOLD,
+    max_iter: int = 500,
+    depth: int = DEFAULT_DEPTH,
+    cg_start: CGStart = CGStart.DEFLATED,
+    progress: Callable[[float, str], None] = lambda fraction, stage: None,
+) -> MetricSolve:
+    """Solve M y_p = g_B(p) for the rows of g [N, P] with estimator ``est`` (options checked
+    by the caller); shared by ``compute_influence`` and ``verify``."""
     if est is Estimator.EUCLIDEAN:
-        return {r: euclidean_influence(grads[r], g) for r in responses}, {}
+        return MetricSolve(lambda ga: euclidean_influence(ga, g), lambda: g, {})
     products = _Counted(BatchJacobian(fm, inputs))
     shape = inputs.shape
     if est is Estimator.KRYLOV:
@@ -245,20 +255,29 @@ def _estimate(
             damping,
             progress=lambda x: progress(0.8 + 0.2 * x, "full-system residual"),
         )
-        return {r: ksolve.influence(grads[r]) for r in responses}, {
-            "energy_threshold": energy_threshold,
-            "depth": depth,
-            "rank": kbasis.rank,
-            "block_ranks": kbasis.block_ranks,
-            "subspace_eigenvalues": tuple(kbasis.first_block_eigenvalues.tolist()),
-            "residuals": tuple(kres.relative.tolist()),
-            **products.report(),
-        }
+        return MetricSolve(
+            ksolve.influence,
+            ksolve.solution,
+            {
+                "energy_threshold": energy_threshold,
+                "depth": depth,
+                "rank": kbasis.rank,
+                "block_ranks": kbasis.block_ranks,
+                "subspace_eigenvalues": tuple(kbasis.first_block_eigenvalues.tolist()),
+                "residuals": tuple(kres.relative.tolist()),
+                **products.report(),
+            },
+        )
     deflated = est is Estimator.CG and cg_start is CGStart.DEFLATED
     if est is Estimator.SUBSPACE or deflated:
+        share = 0.3 if deflated else 1.0  # of the progress bar; the rest is cg's
         basis = subspace_basis(g, energy_threshold)
         solve = subspace_solve(
-            basis, g, products.jvp, damping, progress=lambda x: progress(0.5 * x, "subspace JVPs")
+            basis,
+            g,
+            products.jvp,
+            damping,
+            progress=lambda x: progress(share * 0.5 * x, "subspace JVPs"),
         )
         y0 = solve.solution()
         res = full_residual(
@@ -268,21 +287,25 @@ def _estimate(
             products.vjp,
             shape,
             damping,
-            progress=lambda x: progress(0.5 + 0.5 * x, "full-system residual"),
+            progress=lambda x: progress(share * (0.5 + 0.5 * x), "full-system residual"),
         )
         subspace_fields = {
             "energy_threshold": energy_threshold,
             "subspace_eigenvalues": tuple(solve.metric_eigenvalues.tolist()),
         }
         if est is Estimator.SUBSPACE:
-            return {r: solve.influence(grads[r]) for r in responses}, {
-                **subspace_fields,
-                "rank": basis.rank,
-                "residuals": tuple(res.relative.tolist()),
-                **products.report(),
-            }
+            return MetricSolve(
+                solve.influence,
+                lambda: y0,
+                {
+                    **subspace_fields,
+                    "rank": basis.rank,
+                    "residuals": tuple(res.relative.tolist()),
+                    **products.report(),
+                },
+            )
     assert rtol is not None  # checked by _check_options
-    start, project, start_fields = None, None, {}
+    start, project, start_fields, head = None, None, {}, 0.3 if deflated else 0.0
     if deflated:
         # the Galerkin residual is orthogonal to span(Q): CG continues on the complement
         if basis.rank and solve.pushed is not None:
@@ -291,29 +314,30 @@ def _estimate(
                 whiten @ basis.q, whiten @ solve.pushed, products.vjp, shape, damping
             )
         start = (y0, res.rows)
-        start_fields = {
-            **subspace_fields,
-            "start_residuals": tuple(res.relative.tolist()),
-        }
+        start_fields = {**subspace_fields, "start_residuals": tuple(res.relative.tolist())}
     cg = block_cg(
         products.metric_rows(damping),
         g,
         rtol,
         max_iter,
-        progress=lambda x: progress(x, "conjugate gradients"),
+        progress=lambda x: progress(head + (1 - head) * x, "conjugate gradients"),
         start=start,
         project=project,
     )
-    return {r: gram64(grads[r], cg.solution) for r in responses}, {
-        "rtol": rtol,
-        "max_iter": max_iter,
-        "iterations": cg.iterations,
-        "residuals": cg.residuals,
-        "converged": cg.converged,
-        "cg_start": cg_start.value,
-        **start_fields,
-        **products.report(),
-    }
+    return MetricSolve(
+        lambda ga: gram64(ga, cg.solution),
+        lambda: cg.solution,
+        {
+            "rtol": rtol,
+            "max_iter": max_iter,
+            "iterations": cg.iterations,
+            "residuals": cg.residuals,
+            "converged": cg.converged,
+            "cg_start": cg_start.value,
+            **start_fields,
+            **products.report(),
+        },
+    )
 
 
 def compute_influence(
@@ -397,12 +421,11 @@ def compute_influence(
         )
         stages["gradients"] = time.perf_counter() - start
         start = time.perf_counter()
-        raw, extra = _estimate(
+        solved = solve_metric(
             est,
             fm,
             inputs,
-            grads,
-            responses,
+            grads[Response.SMSE],
             damping=damping,
             rtol=rtol,
             energy_threshold=energy_threshold,
@@ -411,6 +434,7 @@ def compute_influence(
             cg_start=cg_mode,
             progress=lambda x, stage: report(weight + (1 - weight) * x, stage),
         )
+        raw = {r: solved.influence(grads[r]) for r in responses}
         stages["solve"] = time.perf_counter() - start
     report(1.0, "done")
 
@@ -426,7 +450,7 @@ def compute_influence(
         dtype=str(dtype).removeprefix("torch."),
         seconds=time.perf_counter() - clock,
         stage_seconds=stages,
-        **extra,
+        **solved.fields,
     )
     return InfluenceResult(h_by[responses[0].value], h_by, diagnostics)
 

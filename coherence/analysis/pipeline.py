@@ -128,8 +128,10 @@ def estimate_cost(
 ) -> CostEstimate:
     """Forward-pass equivalents per (checkpoint, batch), counted per example:
     N VJPs (3 each, +2 per extra response); subspace: the primal part (3 per example) and
-    s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all); cg:
-    10 iterations × N columns × (JVP + VJP) through the batch; the top eigenvalue: a few
+    s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all), plus
+    N batch VJPs for its full-system residual (≈ 3 N²); krylov: depth × as many tangents and
+    VJPs; cg: 10 iterations × N columns × (JVP + VJP) through the batch (deflated start: plus
+    the subspace solve and N VJPs for AQ); the top eigenvalue: a few
     Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each) plus the batch's
     activations kept by vmap / the tangent program (≈ 3 copies).
     """
@@ -140,9 +142,12 @@ def estimate_cost(
     vjp_passes = n * (VJP_PASSES + EXTRA_RESPONSE_PASSES * (k - 1))
     matvec = n * (JVP_PASSES + VJP_PASSES)  # one (η + λI) v through the batch
     estimator = parse_estimator(request.estimator)
+    galerkin = n * PRIMAL_PASSES + n * n * (JVP_PASSES + VJP_PASSES)  # s ≤ N JVPs, residual
     solve_passes = {
-        Estimator.SUBSPACE: n * PRIMAL_PASSES + n * n * JVP_PASSES,
-        Estimator.CG: CG_ITERATIONS_QUOTED * n * matvec,
+        Estimator.SUBSPACE: galerkin,
+        Estimator.KRYLOV: n * PRIMAL_PASSES + request.depth * n * n * (JVP_PASSES + VJP_PASSES),
+        Estimator.CG: CG_ITERATIONS_QUOTED * n * matvec
+        + (galerkin + n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
@@ -241,6 +246,9 @@ def run_analysis(
                 estimator=request.estimator,
                 damping=request.damping,
                 rtol=request.rtol,
+                energy_threshold=request.energy_threshold,
+                depth=request.depth,
+                cg_start=request.cg_start,
                 progress=inner,
             )
             for response, matrix in result.H_by_response.items():

@@ -39,7 +39,7 @@ from coherence.errors import RequestError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
 RESPONSES = ("smse", "mass", "energy")
-ESTIMATORS = ("subspace", "krylov", "cg", "euclidean")
+ESTIMATORS = ("subspace", "cg", "euclidean", "krylov")
 DEVICES = ("auto", "cpu", "cuda")
 # The paper uses 6 test trajectories per seed; 2 keep the demo's precompute within its budget
 # on 2 CPU cores, and more are one sidebar pick away.

@@ -104,9 +104,7 @@ def child(request_json: str) -> None:
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     gpu = (
-        torch.cuda.max_memory_allocated() / 1024**3
-        if request.torch_device.type == "cuda"
-        else None
+        torch.cuda.max_memory_allocated() / 1024**3 if request.torch_device.type == "cuda" else None
     )
     diagnostics = result.diagnostics[0][0]
     print(

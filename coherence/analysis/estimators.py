@@ -56,6 +56,16 @@ class CGStart(StrEnum):
 
 
 DEFAULT_ENERGY_THRESHOLD = 1 - 1e-4  # share of Σσ² of G kept in span(Q)
+# krylov keeps every numerically non-zero direction of G: measured on small trained models,
+# truncating block 1 at 1 − 1e-4 (rank 14 of 48) cut Pearson vs the exact solve 0.967 → 0.931
+KRYLOV_ENERGY_THRESHOLD = 1.0
+
+
+def default_energy_threshold(estimator: Estimator) -> float:
+    """The energy threshold an estimator uses when none is given."""
+    return KRYLOV_ENERGY_THRESHOLD if estimator is Estimator.KRYLOV else DEFAULT_ENERGY_THRESHOLD
+
+
 DEFAULT_DEPTH = 4  # krylov: blocks of span{G, ηG, η²G, η³G}
 
 

@@ -35,6 +35,7 @@ from coherence.analysis.estimators import (
     CGStart,
     Estimator,
     block_cg,
+    default_energy_threshold,
     euclidean_influence,
     gram64,
     lanczos_top,
@@ -349,7 +350,7 @@ def compute_influence(
     estimator: str = "subspace",
     damping: float = 1e-4,
     rtol: float | None = None,
-    energy_threshold: float = DEFAULT_ENERGY_THRESHOLD,
+    energy_threshold: float | None = None,
     max_iter: int = 500,
     depth: int = DEFAULT_DEPTH,
     cg_start: str = "deflated",
@@ -378,6 +379,8 @@ def compute_influence(
     """
     est = parse_estimator(estimator)
     cg_mode = parse_cg_start(cg_start)
+    if energy_threshold is None:  # 1 − 1e-4; krylov: 1 (every non-zero direction of G)
+        energy_threshold = default_energy_threshold(est)
     responses = parse_responses(response)
     _check_options(est, damping, rtol, energy_threshold, max_iter, chunk_size, depth)
     device, dtype = _model_place(model)

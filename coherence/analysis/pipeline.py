@@ -246,7 +246,7 @@ def run_analysis(
                 estimator=request.estimator,
                 damping=request.damping,
                 rtol=request.rtol,
-                energy_threshold=request.energy_threshold,
+                energy_threshold=request.resolved_energy_threshold,
                 depth=request.depth,
                 cg_start=request.cg_start,
                 progress=inner,

@@ -16,6 +16,7 @@ from coherence.analysis.estimators import (
     DEFAULT_DEPTH,
     DEFAULT_ENERGY_THRESHOLD,
     Estimator,
+    default_energy_threshold,
     parse_cg_start,
     parse_estimator,
 )
@@ -39,7 +40,7 @@ class AnalysisRequest:
     estimator: str = "subspace"
     damping: float = 1e-4
     rtol: float | None = None  # cg only
-    energy_threshold: float = DEFAULT_ENERGY_THRESHOLD  # subspace, krylov, deflated cg
+    energy_threshold: float | None = None  # None: 1 − 1e-4 (krylov: 1); subspace, krylov, cg
     depth: int = DEFAULT_DEPTH  # krylov only: blocks of span{G, ηG, …}
     cg_start: str = "deflated"  # cg only: "deflated" (from the subspace solution) or "cold"
     device: str = "auto"  # auto | cpu | cuda
@@ -78,7 +79,7 @@ class AnalysisRequest:
             )
         if self.rtol is not None and not 0 < self.rtol < 1:
             raise RequestError(f"rtol={self.rtol}: must lie in (0, 1)")
-        if not 0 < self.energy_threshold <= 1:
+        if self.energy_threshold is not None and not 0 < self.energy_threshold <= 1:
             raise RequestError(
                 f"energy_threshold={self.energy_threshold}: must lie in (0, 1] "
                 f"(default {DEFAULT_ENERGY_THRESHOLD})"
@@ -90,6 +91,13 @@ class AnalysisRequest:
             raise RequestError(f"device={self.device!r}: choose auto, cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RequestError("device cuda was asked for but no CUDA GPU is visible; use cpu")
+
+    @property
+    def resolved_energy_threshold(self) -> float:
+        """The energy threshold the estimator will use (its default when None was given)."""
+        if self.energy_threshold is not None:
+            return self.energy_threshold
+        return default_energy_threshold(parse_estimator(self.estimator))
 
     @property
     def n_examples(self) -> int:
@@ -119,7 +127,7 @@ class AnalysisRequest:
             "estimator": self.estimator,
             "damping": self.damping,
             "rtol": self.rtol if cg else None,
-            "energy_threshold": self.energy_threshold if uses_basis else None,
+            "energy_threshold": self.resolved_energy_threshold if uses_basis else None,
             "depth": self.depth if estimator is Estimator.KRYLOV else None,
             "cg_start": self.cg_start if cg else None,
             "device": self.device,

@@ -146,9 +146,15 @@ def analyze(
     response: Annotated[
         list[str], typer.Option(help="smse, mass or energy (repeat for several).")
     ] = ["smse"],  # noqa: B006 - typer reads the default, never mutates it
-    estimator: Annotated[str, typer.Option(help="subspace, cg or euclidean.")] = "subspace",
+    estimator: Annotated[str, typer.Option(help="subspace, krylov, cg or euclidean.")] = "subspace",
     damping: Annotated[float, typer.Option(help="λ in η + λI.")] = 1e-4,
     rtol: Annotated[float | None, typer.Option(help="CG relative tolerance (cg only).")] = None,
+    depth: Annotated[int, typer.Option(help="krylov: blocks of span{G, ηG, …}.")] = 4,
+    cg_start: Annotated[
+        str, typer.Option(help="cg: deflated (from the subspace solution) or cold.")
+    ] = "deflated",
+    energy_threshold: Annotated[float, typer.Option(help="Share of Σσ² of G kept in span(Q).")] = 1
+    - 1e-4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     split: Annotated[str, typer.Option(help="Dataset split the batches come from.")] = "test",
     trust_code: Annotated[
@@ -191,6 +197,9 @@ def analyze(
         estimator=estimator,
         damping=damping,
         rtol=rtol,
+        energy_threshold=energy_threshold,
+        depth=depth,
+        cg_start=cg_start,
         device=device,
         split=split,
     )

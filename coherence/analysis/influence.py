@@ -3,7 +3,7 @@
 H[r, p] = g_A(r)ᵀ M⁻¹ g_B(p) / D, rows = response example r, columns = perturbation example p,
 D = F·H·W. g_A(n) = J_nᵀ r_A(n) with the residual r_A evaluated at the current parameters and
 held fixed as the VJP cotangent (see observables.py); B is always SMSE; M = η + λI with
-η = Σ_n J_nᵀ J_n (``subspace`` and ``cg``) or M = I (``euclidean``). Positive H[r, p]: a
+η = Σ_n J_nᵀ J_n (``subspace``, ``krylov`` and ``cg``) or M = I (``euclidean``). Positive H[r, p]: a
 proximal descent step on example p lowers the response at r.
 
 Pipeline: validate → one batch forward (residuals, frozen) → per-example VJPs for SMSE and each
@@ -31,14 +31,25 @@ from coherence.analysis.autodiff import (
     per_example_vjps,
 )
 from coherence.analysis.estimators import (
+    DEFAULT_DEPTH,
+    DEFAULT_ENERGY_THRESHOLD,
+    CGStart,
     Estimator,
     block_cg,
+    default_energy_threshold,
     euclidean_influence,
     gram64,
     lanczos_top,
+    parse_cg_start,
     parse_estimator,
     subspace_basis,
     subspace_solve,
+)
+from coherence.analysis.krylov import (
+    block_krylov_basis,
+    deflation,
+    full_residual,
+    galerkin_solve,
 )
 from coherence.analysis.observables import (
     Response,
@@ -68,14 +79,21 @@ class InfluenceDiagnostics:
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
     rtol: float | None = None  # cg only
     max_iter: int | None = None  # cg only
-    energy_threshold: float | None = None  # subspace only
-    rank: int | None = None  # subspace: s, the dimension of the Galerkin subspace
-    subspace_eigenvalues: tuple[float, ...] | None = None  # subspace: eig(QᵀηQ), descending
+    energy_threshold: float | None = None  # subspace, krylov, deflated cg: share of Σσ² of G
+    rank: int | None = None  # subspace, krylov: s, the dimension of the Galerkin subspace
+    subspace_eigenvalues: tuple[float, ...] | None = None  # eig(QᵀηQ), Q of span(G), descending
     iterations: tuple[int, ...] | None = None  # cg: per perturbation column
-    residuals: tuple[float, ...] | None = None  # cg: true final ‖b − (η+λI)y‖/‖b‖ per column
+    # every estimator but euclidean: the true final ‖g_B(p) − (η+λI)y_p‖/‖g_B(p)‖ per column
+    residuals: tuple[float, ...] | None = None
     converged: bool | None = None  # cg: every column reached rtol within max_iter
     worst_residual: float | None = None  # cg: max of residuals (> rtol when not converged)
     jvp_method: str | None = None  # "traced", or "jvp" after a failed check; None: unused
+    depth: int | None = None  # krylov: number of blocks of span{G, ηG, …}
+    block_ranks: tuple[int, ...] | None = None  # krylov: rank of each block
+    cg_start: str | None = None  # cg: "deflated" (from the subspace solution) or "cold"
+    start_residuals: tuple[float, ...] | None = None  # deflated cg: residuals at the start
+    batch_jvps: int | None = None  # products with the batch Jacobian J (≈ 2.2 forwards each)
+    batch_vjps: int | None = None  # products with Jᵀ (≈ 2 forwards each)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -102,6 +120,7 @@ def _check_options(
     energy_threshold: float,
     max_iter: int,
     chunk_size: int | None,
+    depth: int = DEFAULT_DEPTH,
 ) -> None:
     if not (math.isfinite(damping) and damping > 0):
         raise RequestError(f"damping must be a finite number > 0 (e.g. 1e-4); got {damping}")
@@ -118,6 +137,11 @@ def _check_options(
         )
     if max_iter < 1:
         raise RequestError(f"max_iter must be at least 1; got {max_iter}")
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 16:
+        raise RequestError(
+            f"depth must be an integer from 1 to 16 (blocks of span{{G, ηG, …}}; e.g. "
+            f"{DEFAULT_DEPTH}); got {depth!r}"
+        )
     if chunk_size is not None and chunk_size < 1:
         raise RequestError(f"chunk_size must be None or at least 1; got {chunk_size}")
 
@@ -151,53 +175,174 @@ def _check_batch(
     return inputs, targets
 
 
-def _estimate(
+class _Counted:
+    """The batch Jacobian's products, counted for the cost report (diagnostics)."""
+
+    def __init__(self, jacobian: BatchJacobian) -> None:
+        self.jacobian = jacobian
+        self.jvps = 0
+        self.vjps = 0
+
+    def jvp(self, v: Tensor) -> Tensor:
+        self.jvps += 1
+        return self.jacobian.jvp(v)
+
+    def vjp(self, u: Tensor) -> Tensor:
+        self.vjps += 1
+        return self.jacobian.vjp(u)
+
+    def metric_rows(self, damping: float) -> Callable[[Tensor], Tensor]:
+        """Rows v_k [k, P] → rows (η + λI) v_k (one JVP + one VJP each)."""
+
+        def apply(vs: Tensor) -> Tensor:
+            rows = [self.vjp(self.jvp(v)) + damping * v for v in vs.unbind(0)]
+            return torch.stack(rows) if rows else vs.clone()
+
+        return apply
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "jvp_method": self.jacobian.jvp_method,
+            "batch_jvps": self.jvps,
+            "batch_vjps": self.vjps,
+        }
+
+
+@dataclass(frozen=True)
+class MetricSolve:
+    """M⁻¹ applied to the perturbation gradients: ``influence(ga)`` gives H·D = G_A Yᵀ
+    (float64 [N, N]), ``solution()`` the rows y_p = M⁻¹ g_B(p) [N, P] (model dtype; the
+    counterfactual check steps along them), ``fields`` the estimator's diagnostics."""
+
+    influence: Callable[[Tensor], Tensor]
+    solution: Callable[[], Tensor]
+    fields: dict[str, Any]
+
+
+def solve_metric(
     est: Estimator,
     fm: FlatModel,
     inputs: Tensor,
-    grads: Mapping[Response, Tensor],
-    responses: Sequence[Response],
+    g: Tensor,
     *,
     damping: float,
     rtol: float | None,
-    energy_threshold: float,
-    max_iter: int,
-    progress: Callable[[float, str], None],
-) -> tuple[dict[Response, Tensor], dict[str, Any]]:
-    """H·D (float64) per response and the estimator's own diagnostics fields."""
-    g = grads[Response.SMSE]
+    energy_threshold: float = DEFAULT_ENERGY_THRESHOLD,
+    max_iter: int = 500,
+    depth: int = DEFAULT_DEPTH,
+    cg_start: CGStart = CGStart.DEFLATED,
+    progress: Callable[[float, str], None] = lambda fraction, stage: None,
+) -> MetricSolve:
+    """Solve M y_p = g_B(p) for the rows of g [N, P] with estimator ``est`` (options checked
+    by the caller); shared by ``compute_influence`` and ``verify``."""
     if est is Estimator.EUCLIDEAN:
-        return {r: euclidean_influence(grads[r], g) for r in responses}, {}
-    jacobian = BatchJacobian(fm, inputs)
-    if est is Estimator.SUBSPACE:
+        return MetricSolve(lambda ga: euclidean_influence(ga, g), lambda: g, {})
+    products = _Counted(BatchJacobian(fm, inputs))
+    shape = inputs.shape
+    if est is Estimator.KRYLOV:
+        kbasis = block_krylov_basis(
+            g,
+            products.jvp,
+            products.vjp,
+            shape,
+            depth=depth,
+            energy_threshold=energy_threshold,
+            progress=lambda x: progress(0.8 * x, "block Krylov basis"),
+        )
+        ksolve = galerkin_solve(kbasis, g, damping)
+        kres = full_residual(
+            g,
+            ksolve.solution(),
+            ksolve.pushed_solution(),
+            products.vjp,
+            shape,
+            damping,
+            progress=lambda x: progress(0.8 + 0.2 * x, "full-system residual"),
+        )
+        return MetricSolve(
+            ksolve.influence,
+            ksolve.solution,
+            {
+                "energy_threshold": energy_threshold,
+                "depth": depth,
+                "rank": kbasis.rank,
+                "block_ranks": kbasis.block_ranks,
+                "subspace_eigenvalues": tuple(kbasis.first_block_eigenvalues.tolist()),
+                "residuals": tuple(kres.relative.tolist()),
+                **products.report(),
+            },
+        )
+    deflated = est is Estimator.CG and cg_start is CGStart.DEFLATED
+    if est is Estimator.SUBSPACE or deflated:
+        share = 0.3 if deflated else 1.0  # of the progress bar; the rest is cg's
         basis = subspace_basis(g, energy_threshold)
         solve = subspace_solve(
-            basis, g, jacobian.jvp, damping, progress=lambda x: progress(x, "subspace JVPs")
+            basis,
+            g,
+            products.jvp,
+            damping,
+            progress=lambda x: progress(share * 0.5 * x, "subspace JVPs"),
         )
-        return {r: solve.influence(grads[r]) for r in responses}, {
+        y0 = solve.solution()
+        res = full_residual(
+            g,
+            y0,
+            solve.pushed_solution(),
+            products.vjp,
+            shape,
+            damping,
+            progress=lambda x: progress(share * (0.5 + 0.5 * x), "full-system residual"),
+        )
+        subspace_fields = {
             "energy_threshold": energy_threshold,
-            "rank": basis.rank,
             "subspace_eigenvalues": tuple(solve.metric_eigenvalues.tolist()),
-            "jvp_method": jacobian.jvp_method,
         }
+        if est is Estimator.SUBSPACE:
+            return MetricSolve(
+                solve.influence,
+                lambda: y0,
+                {
+                    **subspace_fields,
+                    "rank": basis.rank,
+                    "residuals": tuple(res.relative.tolist()),
+                    **products.report(),
+                },
+            )
     assert rtol is not None  # checked by _check_options
-    operator = GaussNewtonOperator(jacobian, damping)
+    start, project, start_fields, head = None, None, {}, 0.3 if deflated else 0.0
+    if deflated:
+        # the Galerkin residual is orthogonal to span(Q): CG continues on the complement
+        if basis.rank and solve.pushed is not None:
+            whiten = basis.whiten.T.to(g.dtype)  # rows of whitenᵀq: orthonormal basis of span(Q)
+            project = deflation(
+                whiten @ basis.q, whiten @ solve.pushed, products.vjp, shape, damping
+            )
+        start = (y0, res.rows)
+        start_fields = {**subspace_fields, "start_residuals": tuple(res.relative.tolist())}
     cg = block_cg(
-        operator.apply_rows,
+        products.metric_rows(damping),
         g,
         rtol,
         max_iter,
-        progress=lambda x: progress(x, "conjugate gradients"),
+        progress=lambda x: progress(head + (1 - head) * x, "conjugate gradients"),
+        start=start,
+        project=project,
     )
-    return {r: gram64(grads[r], cg.solution) for r in responses}, {
-        "rtol": rtol,
-        "max_iter": max_iter,
-        "iterations": cg.iterations,
-        "residuals": cg.residuals,
-        "converged": cg.converged,
-        "worst_residual": max(cg.residuals, default=0.0),
-        "jvp_method": jacobian.jvp_method,
-    }
+    return MetricSolve(
+        lambda ga: gram64(ga, cg.solution),
+        lambda: cg.solution,
+        {
+            "rtol": rtol,
+            "max_iter": max_iter,
+            "iterations": cg.iterations,
+            "residuals": cg.residuals,
+            "converged": cg.converged,
+            "worst_residual": max(cg.residuals, default=0.0),
+            "cg_start": cg_start.value,
+            **start_fields,
+            **products.report(),
+        },
+    )
 
 
 def compute_influence(
@@ -209,8 +354,10 @@ def compute_influence(
     estimator: str = "subspace",
     damping: float = 1e-4,
     rtol: float | None = None,
-    energy_threshold: float = 1 - 1e-4,
+    energy_threshold: float | None = None,
     max_iter: int = CG_MAX_ITER,
+    depth: int = DEFAULT_DEPTH,
+    cg_start: str = "deflated",
     chunk_size: int | None = None,
     progress: Progress | None = None,
 ) -> InfluenceResult:
@@ -219,18 +366,27 @@ def compute_influence(
 
     ``response``: "smse" | "mass" | "energy" or a sequence of them (mass/energy need F = 4).
     ``estimator``: "subspace" (Galerkin solve in span(G), ``energy_threshold`` of Σσ² kept),
-    "cg" (full solve, ``rtol`` required, ``max_iter`` per column), "euclidean" (M = I).
+    "krylov" (Galerkin solve in span{G, ηG, …}, ``depth`` blocks), "cg" (full solve, ``rtol``
+    required, ``max_iter`` per column; ``cg_start`` "deflated" continues from the subspace
+    solution on the complement of span(Q), "cold" starts from zero), "euclidean" (M = I).
+    Every estimator but euclidean reports each column's full-system residual
+    ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ in ``diagnostics.residuals``.
     ``rtol`` is used by cg only (validated if given, recorded as None otherwise).
     ``chunk_size`` bounds the examples per vmapped VJP call. ``progress(fraction, stage)``.
     The model runs in eval mode (restored afterwards) at its own device and dtype; H is
     returned in that dtype and device (accumulated in float64).
 
     Cost: one forward + (1 + #extra responses) backwards per example, then subspace: one
-    traced primal part + s ≤ N JVPs; cg: Σ_p iterations_p × (JVP + VJP); euclidean: nothing more.
+    traced primal part + s ≤ N JVPs + N VJPs (residual); krylov: ≤ depth·N JVPs +
+    depth·N VJPs; cg: Σ_p iterations_p × (JVP + VJP) (deflated: + the subspace solve, its
+    residual and s VJPs for AQ); euclidean: nothing more. The counts are in the diagnostics.
     """
     est = parse_estimator(estimator)
+    cg_mode = parse_cg_start(cg_start)
+    if energy_threshold is None:  # 1 − 1e-4; krylov: 1 (every non-zero direction of G)
+        energy_threshold = default_energy_threshold(est)
     responses = parse_responses(response)
-    _check_options(est, damping, rtol, energy_threshold, max_iter, chunk_size)
+    _check_options(est, damping, rtol, energy_threshold, max_iter, chunk_size, depth)
     device, dtype = _model_place(model)
     inputs, targets = _check_batch(inputs, targets, device, dtype)
     n, f = inputs.shape[:2]
@@ -272,18 +428,20 @@ def compute_influence(
         )
         stages["gradients"] = time.perf_counter() - start
         start = time.perf_counter()
-        raw, extra = _estimate(
+        solved = solve_metric(
             est,
             fm,
             inputs,
-            grads,
-            responses,
+            grads[Response.SMSE],
             damping=damping,
             rtol=rtol,
             energy_threshold=energy_threshold,
             max_iter=max_iter,
+            depth=depth,
+            cg_start=cg_mode,
             progress=lambda x, stage: report(weight + (1 - weight) * x, stage),
         )
+        raw = {r: solved.influence(grads[r]) for r in responses}
         stages["solve"] = time.perf_counter() - start
     report(1.0, "done")
 
@@ -299,7 +457,7 @@ def compute_influence(
         dtype=str(dtype).removeprefix("torch."),
         seconds=time.perf_counter() - clock,
         stage_seconds=stages,
-        **extra,
+        **solved.fields,
     )
     if diagnostics.converged is False:
         warnings.warn(ConvergenceWarning(unconverged_message(diagnostics)), stacklevel=2)
@@ -373,8 +531,10 @@ def influence_matrix(
     estimator: str = "subspace",
     damping: float = 1e-4,
     rtol: float | None = None,
+    **options: Any,
 ) -> Tensor:
-    """Raw H [N, N] (rows = response, columns = perturbation); see compute_influence."""
+    """Raw H [N, N] (rows = response, columns = perturbation); see compute_influence, which
+    takes the ``options`` (energy_threshold, depth, cg_start, max_iter, …)."""
     return compute_influence(
         model,
         inputs,
@@ -383,6 +543,7 @@ def influence_matrix(
         estimator=estimator,
         damping=damping,
         rtol=rtol,
+        **options,
     ).H
 
 

@@ -117,10 +117,12 @@ def estimate_cost(
 ) -> CostEstimate:
     """Forward-pass equivalents per (checkpoint, batch), counted per example:
     N VJPs (3 each, +2 per extra response); subspace: the primal part (3 per example) and
-    s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all); cg:
-    ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch; the top
-    eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each)
-    plus the batch's activations kept by vmap / the tangent program (≈ 3 copies).
+    s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all), plus
+    N batch VJPs for its full-system residual (≈ 3 N²); krylov: depth × as many tangents and
+    VJPs; cg: ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch
+    (deflated start: plus the subspace solve and N VJPs for AQ); the top eigenvalue: a few
+    Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each) plus the batch's
+    activations kept by vmap / the tangent program (≈ 3 copies).
     """
     n = request.n_examples
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
@@ -129,9 +131,12 @@ def estimate_cost(
     vjp_passes = n * (VJP_PASSES + EXTRA_RESPONSE_PASSES * (k - 1))
     matvec = n * (JVP_PASSES + VJP_PASSES)  # one (η + λI) v through the batch
     estimator = parse_estimator(request.estimator)
+    galerkin = n * PRIMAL_PASSES + n * n * (JVP_PASSES + VJP_PASSES)  # s ≤ N JVPs, residual
     solve_passes = {
-        Estimator.SUBSPACE: n * PRIMAL_PASSES + n * n * JVP_PASSES,
-        Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec,
+        Estimator.SUBSPACE: galerkin,
+        Estimator.KRYLOV: n * PRIMAL_PASSES + request.depth * n * n * (JVP_PASSES + VJP_PASSES),
+        Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec
+        + (galerkin + n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
@@ -215,6 +220,9 @@ def compute_unit(
         estimator=request.estimator,
         damping=request.damping,
         rtol=request.rtol,
+        energy_threshold=request.resolved_energy_threshold,
+        depth=request.depth,
+        cg_start=request.cg_start,
         chunk_size=chunk,
         progress=report,
     )

@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-from coherence.analysis.estimators import Estimator, parse_estimator
+from coherence.analysis.estimators import (
+    DEFAULT_DEPTH,
+    DEFAULT_ENERGY_THRESHOLD,
+    Estimator,
+    default_energy_threshold,
+    parse_cg_start,
+    parse_estimator,
+)
 from coherence.analysis.observables import parse_responses
 from coherence.errors import RequestError
 from coherence.io import resolve_device
@@ -34,6 +41,9 @@ class AnalysisRequest:
     estimator: str = "subspace"
     damping: float = 1e-4
     rtol: float | None = None  # cg only
+    energy_threshold: float | None = None  # None: 1 − 1e-4 (krylov: 1); subspace, krylov, cg
+    depth: int = DEFAULT_DEPTH  # krylov only: blocks of span{G, ηG, …}
+    cg_start: str = "deflated"  # cg only: "deflated" (from the subspace solution) or "cold"
     device: str = "auto"  # auto | cpu | cuda
     split: str = "test"
     top_eigenvalue: bool = True  # Lanczos on η + λI per (checkpoint, batch)
@@ -70,10 +80,27 @@ class AnalysisRequest:
             )
         if self.rtol is not None and not 0 < self.rtol < 1:
             raise RequestError(f"rtol={self.rtol}: must lie in (0, 1)")
+        if self.energy_threshold is not None and not 0 < self.energy_threshold <= 1:
+            raise RequestError(
+                f"energy_threshold={self.energy_threshold}: must lie in (0, 1] "
+                f"(default {DEFAULT_ENERGY_THRESHOLD})"
+            )
+        if not isinstance(self.depth, int) or not 1 <= self.depth <= 16:
+            raise RequestError(f"depth={self.depth!r}: an integer from 1 to 16 (default 4)")
+        parse_cg_start(self.cg_start)
         if self.device not in ("auto", "cpu", "cuda"):
             raise RequestError(f"device={self.device!r}: choose auto, cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RequestError("device cuda was asked for but no CUDA GPU is visible; use cpu")
+        # one canonical value per meaning, so a request equals its own round trip through JSON
+        object.__setattr__(self, "energy_threshold", self.to_dict()["energy_threshold"])
+
+    @property
+    def resolved_energy_threshold(self) -> float:
+        """The energy threshold the estimator will use (its default when None was given)."""
+        if self.energy_threshold is not None:
+            return self.energy_threshold
+        return default_energy_threshold(parse_estimator(self.estimator))
 
     @property
     def n_examples(self) -> int:
@@ -84,7 +111,12 @@ class AnalysisRequest:
         return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-ready form (lists, not tuples; rtol recorded only for cg)."""
+        """Canonical JSON-ready form (lists, not tuples; each estimator option recorded only
+        for the estimators that use it, None otherwise)."""
+        estimator = parse_estimator(self.estimator)
+        cg = estimator is Estimator.CG
+        uses_basis = estimator is Estimator.SUBSPACE or estimator is Estimator.KRYLOV
+        uses_basis = uses_basis or (cg and self.cg_start == "deflated")
         return {
             "checkpoints": list(self.checkpoints),
             "data": self.data,
@@ -95,7 +127,10 @@ class AnalysisRequest:
             "responses": list(self.responses),
             "estimator": self.estimator,
             "damping": self.damping,
-            "rtol": self.rtol if parse_estimator(self.estimator) is Estimator.CG else None,
+            "rtol": self.rtol if cg else None,
+            "energy_threshold": self.resolved_energy_threshold if uses_basis else None,
+            "depth": self.depth if estimator is Estimator.KRYLOV else None,
+            "cg_start": self.cg_start if cg else None,
             "device": self.device,
             "split": self.split,
             "top_eigenvalue": self.top_eigenvalue,
@@ -107,6 +142,9 @@ class AnalysisRequest:
         for key in ("checkpoints", "classes", "trajectories", "responses"):
             if key in fields:
                 fields[key] = tuple(fields[key])
+        for key in ("energy_threshold", "depth", "cg_start"):  # None: not used, default
+            if fields.get(key, 0) is None:
+                del fields[key]
         return cls(**fields)
 
 

@@ -22,21 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from coherence.analysis.autodiff import (
-    BatchJacobian,
-    FlatModel,
-    GaussNewtonOperator,
-    evaluation_mode,
-    per_example_vjps,
-)
+from coherence.analysis.autodiff import FlatModel, evaluation_mode, per_example_vjps
 from coherence.analysis.estimators import (
+    DEFAULT_DEPTH,
     Estimator,
-    block_cg,
+    parse_cg_start,
     parse_estimator,
-    subspace_basis,
-    subspace_solve,
 )
-from coherence.analysis.influence import compute_influence
+from coherence.analysis.influence import compute_influence, solve_metric
 from coherence.analysis.observables import Response, parse_response, residual
 from coherence.errors import RequestError
 
@@ -76,11 +69,14 @@ def preconditioned_gradients(
     rtol: float | None = None,
     energy_threshold: float = 1 - 1e-4,
     max_iter: int = 500,
+    depth: int = DEFAULT_DEPTH,
+    cg_start: str = "deflated",
 ) -> Tensor:
     """M⁻¹ g_B(p) for the perturbation columns p, as rows [k, P] (the proximal directions).
 
-    subspace: Q̃ᵀ(Q̃ηQ̃ᵀ + λI)⁻¹Q̃ g_B(p) from the same basis as ``compute_influence``;
-    cg: the CG solution at ``rtol`` (solved for all N columns, as for H); euclidean: g_B(p).
+    The same solve as ``compute_influence`` (``influence.solve_metric``, all N columns: the
+    same arithmetic gives the same y_p): subspace and krylov their Galerkin solutions, cg the
+    CG solution at ``rtol``, euclidean g_B(p).
     """
     est = parse_estimator(estimator)
     if est is Estimator.CG and rtol is None:
@@ -91,18 +87,19 @@ def preconditioned_gradients(
             prediction = fm(fm.theta, inputs)
         (g,) = per_example_vjps(fm, inputs, [residual(Response.SMSE, prediction, inputs, targets)])
         index = torch.as_tensor(list(columns), device=g.device)
-        if est is Estimator.EUCLIDEAN:
-            return g[index]
-        jacobian = BatchJacobian(fm, inputs)
-        if est is Estimator.SUBSPACE:
-            basis = subspace_basis(g, energy_threshold)
-            solve = subspace_solve(basis, g, jacobian.jvp, damping)
-            coefficients = basis.whiten @ solve.solved[:, index]  # (s, k) float64
-            return (coefficients.T.to(g.dtype) @ basis.q).detach()  # (k, P)
-        # All N columns, as compute_influence solves them: the same arithmetic gives the
-        # same y_p (a single-column run would stop at a different rtol-sized error).
-        operator = GaussNewtonOperator(jacobian, damping)
-        return block_cg(operator.apply_rows, g, rtol, max_iter).solution[index].detach()
+        solved = solve_metric(
+            est,
+            fm,
+            inputs,
+            g,
+            damping=damping,
+            rtol=rtol,
+            energy_threshold=energy_threshold,
+            max_iter=max_iter,
+            depth=depth,
+            cg_start=parse_cg_start(cg_start),
+        )
+        return solved.solution()[index].detach()
 
 
 def counterfactual_check(

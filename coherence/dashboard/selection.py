@@ -39,7 +39,7 @@ from coherence.errors import RequestError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
 RESPONSES = ("smse", "mass", "energy")
-ESTIMATORS = ("subspace", "cg", "euclidean")
+ESTIMATORS = ("subspace", "cg", "euclidean", "krylov")
 DEVICES = ("auto", "cpu", "cuda")
 # The paper uses 6 test trajectories per seed; 2 keep the demo's precompute within its budget
 # on 2 CPU cores, and more are one sidebar pick away.
@@ -79,7 +79,7 @@ class Selection:
     t_start: int  # first transition of the window
     n_steps: int  # transitions per batch (T); N = classes × T
     responses: tuple[str, ...] = ("smse",)  # smse first fills the influence panels
-    estimator: str = "subspace"  # subspace | cg | euclidean
+    estimator: str = "subspace"  # subspace | krylov | cg | euclidean
     damping: float = DEFAULT_DAMPING  # λ in η + λI
     rtol: float | None = None  # cg only
     device: str = "auto"  # auto | cpu | cuda

@@ -37,6 +37,7 @@ from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 
 ESTIMATOR_LABELS = {
     "subspace": "subspace (exact, default)",
+    "krylov": "krylov (span{G, ηG, …}, closer to the full solve)",
     "cg": "cg (paper v2, iterative)",
     "euclidean": "euclidean (gradient dot product)",
 }
@@ -307,8 +308,9 @@ def draw(catalog: Catalog, *, cuda_available: bool) -> None:
             ESTIMATORS,
             key="sb_est",
             format_func=ESTIMATOR_LABELS.get,
-            help="subspace: exact Galerkin solve on the span of the gradients; cg: conjugate "
-            "gradients to a tolerance (the paper's v2); euclidean: M = I (TracIn-style).",
+            help="subspace: exact Galerkin solve on the span of the gradients; krylov: the "
+            "same in span{G, ηG, η²G, η³G} (≈ 4× the cost, closer to the full solve); cg: "
+            "conjugate gradients to a tolerance (the paper's v2); euclidean: M = I.",
         )
         st.number_input(
             "Damping λ",

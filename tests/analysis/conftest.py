@@ -180,3 +180,55 @@ def dense_reference(model: nn.Module, inputs: Tensor, targets: Tensor) -> DenseR
         for r in responses
     }
     return DenseReference(jac, residuals)
+
+
+# ------------------------------------------------- small trained models (fidelity) -------
+
+
+@dataclass
+class TrainedSmall:
+    """A TinyConv trained on compressible-Euler transitions at 8², an analysis batch of
+    3 classes × 16 steps (N = 48, time-major) and its dense float64 reference."""
+
+    model: nn.Module
+    inputs: Tensor
+    targets: Tensor
+    reference: DenseReference
+
+
+def train_small(hidden: int, seed: int, resolution: int = 8, steps: int = 400) -> TrainedSmall:
+    """Full-batch Adam on 12 training trajectories (4 per class); test trajectory seed 7."""
+    from coherence.simulation.classes import get_class
+    from coherence.simulation.euler import evolve
+
+    classes = ("CE-RP", "CE-CRP", "CE-RPUI")
+
+    def trajectory(c: int, sample_seed: int) -> Tensor:
+        initial = get_class(classes[c]).sample(1, resolution, seed=sample_seed).double()
+        return evolve(initial, torch.linspace(0, 16 * 0.05, 17))[0]  # (17, 4, H, W)
+
+    train = [trajectory(c, 100 + k) for c in range(3) for k in range(4)]
+    x_train = torch.cat([t[:-1] for t in train])
+    y_train = torch.cat([t[1:] for t in train])
+    torch.manual_seed(seed)
+    model = TinyConv(4, hidden).double()
+    optimiser = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        ((model(x_train) - y_train) ** 2).mean().backward()
+        optimiser.step()
+    stacked = torch.stack([trajectory(c, 7) for c in range(3)], dim=1)  # (17, C, 4, H, W)
+    x = stacked[:-1].reshape(-1, 4, resolution, resolution)
+    y = stacked[1:].reshape(-1, 4, resolution, resolution)
+    return TrainedSmall(model, x, y, dense_reference(model, x, y))
+
+
+@pytest.fixture(scope="session")
+def trained_small() -> TrainedSmall:
+    """P = 880 (hidden 12), trained; built once per session (≈ 15 s on one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_small(hidden=12, seed=2)
+    finally:
+        torch.set_num_threads(before)

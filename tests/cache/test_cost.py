@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from coherence.analysis.influence import CG_MAX_ITER, compute_influence
 from coherence.analysis.pipeline import (
     JVP_PASSES,
+    PRIMAL_PASSES,
     VJP_PASSES,
     estimate_cost,
     load_checked,
@@ -52,7 +53,10 @@ def test_estimate_totals_every_unit(checkpoint, tiny_dataset, tmp_path, monkeypa
     assert n == 4 and per_unit.forward_passes == VJP_PASSES * n  # euclidean: N VJPs
     # + N columns × (JVP + VJP) through the batch per iteration, at the iteration cap
     matvec = n * (JVP_PASSES + VJP_PASSES)
-    assert cg.unit_passes == pytest.approx(VJP_PASSES * n + CG_MAX_ITER * n * matvec)
+    # deflated start (the default): plus the Galerkin solve and N VJPs for AQ
+    galerkin = n * PRIMAL_PASSES + n * n * (JVP_PASSES + VJP_PASSES)
+    start = galerkin + n * n * VJP_PASSES
+    assert cg.unit_passes == pytest.approx(VJP_PASSES * n + CG_MAX_ITER * n * matvec + start)
     assert cg.upper_bound and "whole job up to" in cg.describe()
     assert cg.unit_seconds / cg.unit_passes > 0
 

@@ -1,0 +1,214 @@
+"""Block Krylov estimator, full-system residuals and deflated cg against dense float64
+references (tests/analysis/conftest.py): every J_n by jacrev, η formed densely, solves by
+torch.linalg.solve, the Krylov basis by a QR of the dense block [G, ηG, …]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from coherence.analysis.standardization import standardize
+from scipy.stats import spearmanr
+from torch import Tensor
+
+from coherence.analysis.influence import compute_influence
+from coherence.analysis.request import AnalysisRequest
+from coherence.errors import RequestError
+from tests.analysis.conftest import DenseReference, dense_reference
+
+REL_EXACT = 1e-8  # float64 agreement of exact formulas
+PEARSON_TARGET, SPEARMAN_TARGET = 0.95, 0.9  # issue 14: vs the exact solve
+FEWER_ITERATIONS = 3  # deflated vs cold start, summed over columns (measured 3.6–3.7×)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def rel_err(actual: Tensor, expected: Tensor) -> float:
+    return float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
+
+
+def damped(ref: DenseReference, damping: float) -> Tensor:
+    return ref.eta + damping * torch.eye(ref.jac.shape[2], dtype=torch.float64)
+
+
+def dense_relative_residuals(ref: DenseReference, y: Tensor, damping: float) -> Tensor:
+    """‖g_p − (η + λI) y_p‖ / ‖g_p‖ for solutions y [P, N] as columns."""
+    g = ref.grads("smse").T  # (P, N)
+    return torch.linalg.vector_norm(g - damped(ref, damping) @ y, dim=0) / g.norm(dim=0)
+
+
+def dense_krylov_solution(ref: DenseReference, depth: int, damping: float) -> Tensor:
+    """Galerkin solution in span{G, ηG, …, η^{depth−1}G}: QR of the column-normalised power
+    block (independent of the package's block Lanczos), y = Q (QᵀAQ)⁻¹ QᵀG, [P, N]."""
+    g = ref.grads("smse").T
+    blocks = [g]
+    for _ in range(depth - 1):
+        blocks.append(ref.eta @ blocks[-1])
+    power = torch.cat([b / b.norm(dim=0) for b in blocks], dim=1)
+    q, r = torch.linalg.qr(power)
+    q = q[:, r.diagonal().abs() > 1e-10 * r.diagonal().abs().max()]
+    return q @ torch.linalg.solve(q.T @ damped(ref, damping) @ q, q.T @ g)
+
+
+@pytest.fixture
+def ce_reference(ce_model, ce_batch):
+    return dense_reference(ce_model, *ce_batch)
+
+
+# ------------------------------------------------------------- residual reporting --------
+
+
+def test_subspace_reports_its_dense_full_system_residual(ce_model, ce_batch, ce_reference):
+    result = compute_influence(ce_model, *ce_batch, estimator="subspace")
+    q = torch.from_numpy(ce_reference.basis(1 - 1e-4))
+    g = ce_reference.grads("smse").T
+    y = q @ torch.linalg.solve(q.T @ damped(ce_reference, 1e-4) @ q, q.T @ g)
+    expected = dense_relative_residuals(ce_reference, y, 1e-4)
+    got = torch.tensor(result.diagnostics.residuals, dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=REL_EXACT, atol=0)
+    assert result.diagnostics.batch_vjps == 6  # one per column, no extra JVP
+    assert result.diagnostics.batch_jvps == result.diagnostics.rank
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_krylov_matches_dense_galerkin_in_the_power_basis(ce_model, ce_batch, ce_reference, depth):
+    result = compute_influence(
+        ce_model, *ce_batch, estimator="krylov", depth=depth, response=("smse", "mass")
+    )
+    y = dense_krylov_solution(ce_reference, depth, 1e-4)
+    for response in ("smse", "mass"):
+        expected = ce_reference.grads(response) @ y / ce_reference.d
+        assert rel_err(result.H_by_response[response], expected) <= 1e-7
+    got = torch.tensor(result.diagnostics.residuals, dtype=torch.float64)
+    torch.testing.assert_close(
+        got, dense_relative_residuals(ce_reference, y, 1e-4), rtol=1e-7, atol=0
+    )
+    diag = result.diagnostics
+    assert diag.block_ranks == (6,) * depth and diag.rank == 6 * depth and diag.depth == depth
+
+
+def test_krylov_depth_one_is_subspace(ce_model, ce_batch):
+    sub = compute_influence(ce_model, *ce_batch, estimator="subspace")
+    kry = compute_influence(
+        ce_model, *ce_batch, estimator="krylov", depth=1, energy_threshold=1 - 1e-4
+    )
+    assert rel_err(kry.H, sub.H) <= REL_EXACT
+    assert kry.diagnostics.subspace_eigenvalues == pytest.approx(
+        sub.diagnostics.subspace_eigenvalues, rel=1e-10
+    )
+
+
+def test_krylov_residual_and_error_fall_with_depth(ce_model, ce_batch, ce_reference):
+    """K_d grows by one block of 6 per step: the residual and the distance of H to the full
+    solve fall with every block (observed 0.65, 0.37, 0.14, 0.02)."""
+    full = ce_reference.full("smse", 0.1)
+    residuals, errors = [], []
+    for depth in (1, 3, 6, 12):
+        result = compute_influence(
+            ce_model, *ce_batch, estimator="krylov", depth=depth, damping=0.1
+        )
+        residuals.append(max(result.diagnostics.residuals))
+        errors.append(rel_err(result.H, full))
+    assert residuals == sorted(residuals, reverse=True), residuals
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.05, errors
+
+
+# ---------------------------------------------------------------- deflated cg ------------
+
+
+@pytest.mark.parametrize("start", ["deflated", "cold"])
+def test_cg_tends_to_the_dense_solve_as_rtol_falls(ce_model, ce_batch, ce_reference, start):
+    full = ce_reference.full("smse", 0.1)
+    errors = []
+    for rtol in (1e-2, 1e-5, 1e-10):
+        result = compute_influence(
+            ce_model,
+            *ce_batch,
+            estimator="cg",
+            damping=0.1,
+            rtol=rtol,
+            cg_start=start,
+            max_iter=3000,
+        )
+        diag = result.diagnostics
+        assert diag.converged and diag.cg_start == start and max(diag.residuals) <= 1.5 * rtol
+        errors.append(rel_err(result.H, full))
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-7, errors
+
+
+def test_deflated_cg_starts_from_the_subspace_residual(ce_model, ce_batch):
+    sub = compute_influence(ce_model, *ce_batch, estimator="subspace")
+    cg = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-3, max_iter=3000)
+    assert cg.diagnostics.start_residuals == pytest.approx(sub.diagnostics.residuals, rel=1e-10)
+    # a column the Galerkin solve already meets at rtol costs no iteration
+    easy = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=0.99, max_iter=10)
+    assert easy.diagnostics.iterations == (0,) * 6
+
+
+# ------------------------------------------------- small trained model (N = 48) ----------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rtol", [5e-2, 1.5e-2, 1e-4])
+def test_deflated_cg_needs_far_fewer_iterations_on_a_trained_model(trained_small, rtol):
+    t = trained_small
+    runs = {
+        start: compute_influence(
+            t.model,
+            t.inputs,
+            t.targets,
+            estimator="cg",
+            rtol=rtol,
+            cg_start=start,
+            max_iter=5000,
+        ).diagnostics
+        for start in ("cold", "deflated")
+    }
+    assert runs["cold"].converged and runs["deflated"].converged
+    cold, warm = sum(runs["cold"].iterations), sum(runs["deflated"].iterations)
+    assert warm * FEWER_ITERATIONS <= cold, (cold, warm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damping", [1e-4, 1e-2])
+def test_krylov_fidelity_to_the_exact_solve(trained_small, damping):
+    """The issue's target: standardised Ĥ vs the exact dense (η + λI)⁻¹ solve, Pearson ≥ 0.95
+    over all entries and median per-row Spearman ≥ 0.9; subspace falls short here."""
+    t = trained_small
+    exact = standardize(t.reference.full("smse", damping))
+    scores = {}
+    for estimator in ("subspace", "krylov"):
+        h = standardize(
+            compute_influence(t.model, t.inputs, t.targets, estimator=estimator, damping=damping).H
+        )
+        pearson = float(np.corrcoef(h.flatten(), exact.flatten())[0, 1])
+        spearman = float(np.median([spearmanr(h[i], exact[i])[0] for i in range(len(h))]))
+        scores[estimator] = (pearson, spearman)
+    assert scores["krylov"][0] >= PEARSON_TARGET and scores["krylov"][1] >= SPEARMAN_TARGET, scores
+    assert scores["subspace"][0] < scores["krylov"][0], scores
+
+
+# ------------------------------------------------------------------- options -------------
+
+
+def test_bad_krylov_and_cg_options_raise_with_the_fix(ce_model, ce_batch):
+    with pytest.raises(RequestError, match="depth must be an integer from 1 to 16"):
+        compute_influence(ce_model, *ce_batch, estimator="krylov", depth=0)
+    with pytest.raises(RequestError, match="unknown cg_start 'warm'; choose one of"):
+        compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-2, cg_start="warm")
+
+
+def test_request_records_each_option_only_where_it_is_used():
+    base = {"checkpoints": ("a",), "data": "d", "classes": ("CE-RP",), "n_steps": 4}
+    sub = AnalysisRequest(**base, energy_threshold=0.99).to_dict()
+    assert sub["energy_threshold"] == 0.99 and sub["depth"] is None and sub["cg_start"] is None
+    kry = AnalysisRequest(**base, estimator="krylov", depth=3).to_dict()
+    assert kry["depth"] == 3 and kry["energy_threshold"] == 1.0
+    cold = AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="cold").to_dict()
+    assert cold["cg_start"] == "cold" and cold["energy_threshold"] is None
+    assert AnalysisRequest.from_dict(cold).to_dict() == cold
+    assert AnalysisRequest.from_dict(kry).to_dict() == kry
+    with pytest.raises(RequestError, match=r"energy_threshold=1\.5"):
+        AnalysisRequest(**base, energy_threshold=1.5)
+    with pytest.raises(RequestError, match="cg_start"):
+        AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="hot")

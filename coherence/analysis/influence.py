@@ -170,6 +170,7 @@ def _estimate(
         return {r: euclidean_influence(grads[r], g) for r in responses}, {}
     jacobian = BatchJacobian(fm, inputs)
     if est is Estimator.SUBSPACE:
+        progress(0.0, "subspace basis; tracing the tangent program (first batch of a model)")
         basis = subspace_basis(g, energy_threshold)
         solve = subspace_solve(
             basis, g, jacobian.jvp, damping, progress=lambda x: progress(x, "subspace JVPs")

@@ -258,7 +258,7 @@ def test_subset_stale_link_choices_and_cached_list(server, browser):
     pair = "CE-CRP ← CE-RP"
     linked = new_page(browser, f"{server}/?two_time_pair={pair}&two_time_seed=unet_tiny_s2")
     settle(linked, 1.0)
-    title = linked.locator(".js-plotly-plot .gtitle").first.inner_text()
+    title = linked.locator(".js-plotly-plot .gtitle").first.text_content()
     assert "perturbation CE-RP" in title
     box = linked.locator("[data-testid=stSelectbox]", has_text="Class pair").first
     assert "CE-RP" in box.locator("input").input_value()

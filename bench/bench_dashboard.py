@@ -15,6 +15,9 @@ exact shapes (S = 3 × B = 6 × N = 48, three responses) with synthetic numbers:
 not depend on them. ``--workspace`` measures an existing workspace instead (e.g. the demo
 after ``coherence demo``, whose default analysis is cached for real).
 
+A second figure (issue 16): switching to a subset of the cached view (one seed dropped in
+the sidebar) until the heatmap is redrawn, served from the cached units with no job.
+
 Run: python -m bench.bench_dashboard [--workspace PATH] [--loads 5]
 """
 
@@ -36,7 +39,9 @@ import numpy as np
 
 from bench.common import write_result
 from coherence.analysis.pipeline import AnalysisResult
+from coherence.analysis.results import UnitResult
 from coherence.cache.jobs import JobRunner
+from coherence.cache.keys import unit_keys
 from coherence.dashboard.selection import default_selection
 from coherence.demo import DemoSpec
 from coherence.simulation.dataset import generate_dataset
@@ -97,8 +102,58 @@ def build_workspace(root: Path) -> Path:
         train(data, checkpoints_dir(root) / spec.checkpoint_name("unet", seed), args)
     runner = JobRunner(root)
     analysis = default_selection(root).to_request(root)
-    runner.store.put(runner.key(analysis), synthetic_result(analysis))
+    result = synthetic_result(analysis)
+    runner.store.put(runner.key(analysis), result)
+    store_units(runner, analysis, result)
     return root
+
+
+def store_units(runner: JobRunner, request, result: AnalysisResult) -> None:
+    """The result's (checkpoint, batch) units, as a real job leaves them: what a subset of
+    the selection (fewer seeds, batches or responses) is assembled from."""
+    for s, row in enumerate(unit_keys(request)):
+        for b, key in enumerate(row):
+            unit = UnitResult(
+                checkpoint_index=s,
+                batch_index=b,
+                H={r: result.H[r][s, b] for r in request.responses},
+                H_std={r: result.H_std[r][s, b] for r in request.responses},
+                top_eigenvalue=float(result.top_eigenvalues[s, b]),
+                spectrum=result.subspace_spectra[s, b],
+                diagnostics=result.diagnostics[s][b],
+            )
+            runner.store.put_unit(key, unit)
+
+
+SUBSET_CHIP = "[data-testid=stMultiSelect]"
+HEATMAP_HREF = (
+    "() => { const i = document.querySelector('.js-plotly-plot .heatmaplayer image');"
+    " return i ? i.getAttribute('href') : null; }"
+)
+
+
+def subset_switch_seconds(browser, url: str) -> float:
+    """One session: drop the last seed of the cached default view (Backspace in the Seeds
+    multiselect) → the two-time heatmap redrawn from the subset (its image changes)."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    try:
+        page.goto(url)
+        page.wait_for_function(HEATMAP_DRAWN, timeout=180_000, polling="raf")
+        page.wait_for_function(
+            "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=60_000
+        )
+        time.sleep(1.0)
+        before = page.evaluate(HEATMAP_HREF)
+        seeds = page.locator(SUBSET_CHIP, has_text="Seeds").first.locator("input")
+        seeds.click()
+        started = page.evaluate("() => performance.now()")
+        seeds.press("Backspace")
+        page.wait_for_function(
+            f"old => ({HEATMAP_HREF})() !== old", arg=before, timeout=120_000, polling="raf"
+        )
+        return (page.evaluate("() => performance.now()") - started) / 1000.0
+    finally:
+        page.close()
 
 
 def free_port() -> int:
@@ -170,6 +225,13 @@ def main() -> None:
             try:
                 cold = first_heatmap_seconds(browser, url)
                 warm = [first_heatmap_seconds(browser, url) for _ in range(args.loads)]
+                switches = []
+                for _ in range(args.loads):
+                    subset = replace(selection, checkpoints=selection.checkpoints[:-1])
+                    runner.store.delete(runner.key(subset.to_request(workspace)))
+                    switches.append(subset_switch_seconds(browser, url))
+                subset_key = runner.key(subset.to_request(workspace))
+                computed = runner.store.computations(subset_key)
             finally:
                 process.terminate()
                 process.wait(timeout=30)
@@ -189,6 +251,12 @@ def main() -> None:
         {"load": f"warm, best of {len(warm)}", "seconds": min(warm), "what": shape},
         {"load": f"warm, worst of {len(warm)}", "seconds": max(warm), "what": shape},
         {
+            "load": f"drop a seed → heatmap redrawn, median of {len(switches)}",
+            "seconds": statistics.median(switches),
+            "what": f"subset of the cached view, worst {max(switches):.2f} s, "
+            f"{computed} computations",
+        },
+        {
             "load": f"floor, median of {len(floor)}",
             "seconds": statistics.median(floor),
             "what": "a Streamlit page holding only a title and one plotly heatmap",
@@ -203,7 +271,12 @@ def main() -> None:
         "server's first imports (torch, plotly) and the first hashing of the checkpoint and "
         "dataset files for the cache key. The floor row is the same measurement on a page "
         "with nothing but a title and one plotly heatmap (Streamlit's frontend plus its "
-        "4.7 MB plotly.js chunk): what any Streamlit + plotly page costs on this machine."
+        "4.7 MB plotly.js chunk): what any Streamlit + plotly page costs on this machine. "
+        "The 'drop a seed' row: in a loaded page, Backspace in the Seeds multiselect drops "
+        "the last seed; timed from the key press to the two-time heatmap's image changing "
+        "(the subset's result is deleted first, so each switch assembles it from the cached "
+        "(checkpoint, batch) units; no job is started: computations of the subset key "
+        f"= {computed}). Target ≤ 1 s."
     )
     for row in rows:
         print(f"{row['load']:32s} {row['seconds']:.2f} s")

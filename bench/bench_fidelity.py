@@ -22,12 +22,12 @@ import argparse
 from typing import Any
 
 import numpy as np
-from coherence.analysis.standardization import standardize
 from scipy.stats import spearmanr
 
 from bench.bench_influence import demo_model, euler_batch
 from bench.common import write_result
 from coherence.analysis.influence import compute_influence
+from coherence.analysis.standardization import standardize
 from coherence.surrogates import checkpoint as ckpt
 from tests.analysis.conftest import train_small
 

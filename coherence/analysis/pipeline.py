@@ -324,6 +324,7 @@ def run_analysis(
     for s, directory in enumerate(request.checkpoints):
         if all((s, b) in units for b in range(B)):
             continue
+        report(len(units) / (S * B), f"{Path(directory).name}: loading the checkpoint")
         model, _ = load_checked(directory, info, device, trust_code=trust_code)
         fingerprint = checkpoint_fingerprint(directory)
         dtype = next(model.parameters()).dtype
@@ -346,12 +347,14 @@ def run_analysis(
             ) -> None:
                 report((done + fraction) / (S * B), f"{name}, batch {b + 1}/{B}: {stage}")
 
+            inner(0.0, "forward pass and per-example gradients")
             unit = compute_unit(model, batch, request, s, b, progress=inner)
             unit = replace(unit, checkpoint_fingerprint=fingerprint)
             units[s, b] = unit
             if on_unit is not None:
                 on_unit(unit)
             report(len(units) / (S * B), f"{name}, batch {b + 1}/{B} done")
+    report(1.0, "assembling the result (input distances)")
     seconds = time.perf_counter() - started
     return assemble(
         request, info, batches, list(units.values()), device=str(device), seconds=seconds

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,12 +113,15 @@ def counterfactual_check(
     damping: float = 1e-4,
     rtol: float | None = None,
     relative_steps: Sequence[float] = (1e-1, 1e-2, 1e-3, 1e-4),
+    progress: Callable[[float, str], None] | None = None,
 ) -> CounterfactualResult:
     """Compare −ε·D·H[:, p] with the measured change under δθ = −ε M⁻¹ g_B(p), in float64.
 
     ε is chosen so that ‖δθ‖ = step · ‖θ‖ for each relative step. The model is not modified
-    (a float64 deep copy is evaluated through functional_call).
+    (a float64 deep copy is evaluated through functional_call). ``progress(fraction,
+    stage)``, as for ``compute_influence`` (a background job checks for cancel there).
     """
+    report = progress or (lambda fraction, stage: None)
     n = inputs.shape[0]
     if not 0 <= perturbation < n:
         raise RequestError(f"perturbation={perturbation}: choose an example 0..{n - 1}")
@@ -130,12 +133,21 @@ def counterfactual_check(
     x = inputs.to(device, torch.float64)
     y = targets.to(device, torch.float64)
     influence = compute_influence(
-        model64, x, y, response=resp.value, estimator=estimator, damping=damping, rtol=rtol
+        model64,
+        x,
+        y,
+        response=resp.value,
+        estimator=estimator,
+        damping=damping,
+        rtol=rtol,
+        progress=lambda f, stage: report(0.6 * f, f"influence H: {stage}"),
     )
     column = influence.H[:, perturbation].double()  # (N,)
+    report(0.6, f"preconditioned gradient M⁻¹g of example {perturbation} (one solve)")
     direction = preconditioned_gradients(
         model64, x, y, [perturbation], estimator=estimator, damping=damping, rtol=rtol
     )[0]
+    report(0.95, "perturbed forward passes")
     d = math.prod(x.shape[1:])
     with evaluation_mode(model64), torch.no_grad():
         fm = FlatModel(model64)

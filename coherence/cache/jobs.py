@@ -30,7 +30,7 @@ from pathlib import Path
 from coherence.analysis.pipeline import AnalysisResult, assemble, prepare, run_analysis
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import UnitResult
-from coherence.cache import slots
+from coherence.cache import slots, tasks
 from coherence.cache.keys import request_key, unit_keys, validate_key
 from coherence.cache.locks import KeyLock, acquire_soon, lock_is_held
 from coherence.cache.store import ProgressRecord, ResultStore
@@ -66,6 +66,9 @@ class JobStatus:
     age_seconds: float | None = None  # of the cached result, when done
     log: str | None = None  # the worker's log file
     queue_position: int | None = None  # running but waiting for a compute slot: 1 = next
+    units_done: int | None = None  # (checkpoint, batch) units finished, cached ones included
+    units_total: int | None = None
+    units_cached: int | None = None  # found in the cache when the job started (resumed)
 
     @property
     def active(self) -> bool:
@@ -79,7 +82,17 @@ class JobStatus:
 class ProgressTracker:
     """The ``progress`` callback a job passes to ``run_analysis``: checks the cancel flag on
     every call (a SELECT), writes a progress record at most every ``interval`` seconds, and
-    forwards to ``forward`` (the CLI's progress bar)."""
+    forwards to ``forward`` (the CLI's progress bar).
+
+    ETA: once a (checkpoint, batch) unit has been computed, from the unit durations (mean of
+    the last few: the first of a model includes loading and tracing) times the units left,
+    less the time already spent in the current unit; before that, from the pace of the
+    fraction of the work to compute (cached units excluded). Each new figure is blended with
+    the last one counted down (``SMOOTHING``), so the estimate does not swing with the
+    uneven pace inside a unit (gradients fast, JVPs slow)."""
+
+    SMOOTHING = 0.3  # weight of a new raw estimate
+    RECENT_UNITS = 5
 
     def __init__(
         self,
@@ -95,14 +108,31 @@ class ProgressTracker:
         self.interval = interval
         self.started = time.time()
         self.fraction, self.stage = 0.0, "starting"
+        self.units_total: int | None = None
+        self.units_cached = 0
+        self.units_done = 0
+        self.unit_seconds: list[float] = []
+        self._unit_started = self.started
+        self._eta: tuple[float, float] | None = None  # (eta, when)
         self._written = float("-inf")
         self._delay = float(os.environ.get(TEST_DELAY_ENV) or 0.0)
 
+    def set_units(self, total: int, cached: int) -> None:
+        """The job has ``total`` units, ``cached`` of them already in the cache."""
+        self.units_total, self.units_cached, self.units_done = total, cached, cached
+        self._unit_started = time.time()
+
+    def unit_done(self) -> None:
+        """One more unit computed (not counted for cached units)."""
+        now = time.time()
+        self.unit_seconds.append(now - self._unit_started)
+        self._unit_started = now
+        self.units_done += 1
+        self._eta = None  # the first per-unit figure replaces the fraction-based one
+
     def __call__(self, fraction: float, stage: str) -> None:
         if self.store.cancel_requested(self.key):
-            raise JobCancelled(
-                f"analysis {self.key[:12]} was cancelled; submit it again to recompute"
-            )
+            raise JobCancelled(f"job {self.key[:12]} was cancelled; submit it again to recompute")
         self.fraction, self.stage = float(fraction), stage
         now = time.time()
         if now - self._written >= self.interval:
@@ -112,11 +142,33 @@ class ProgressTracker:
         if self._delay > 0:
             time.sleep(self._delay)
 
-    def eta(self, now: float) -> float | None:
-        """elapsed · (1 − f) / f: assumes the rest runs at the average pace so far."""
-        if self.fraction < 0.01:
+    def raw_eta(self, now: float) -> float | None:
+        """Seconds left by the unit durations, else by the pace of the computed fraction."""
+        total = self.units_total
+        if total and self.unit_seconds:
+            recent = self.unit_seconds[-self.RECENT_UNITS :]
+            if len(recent) > 1:
+                recent = recent[1:] if len(self.unit_seconds) <= self.RECENT_UNITS else recent
+            per_unit = sum(recent) / len(recent)
+            left = max(total - self.units_done, 0)
+            in_unit = min(now - self._unit_started, 0.95 * per_unit)
+            return max(left * per_unit - in_unit, 0.0)
+        cached = self.units_cached / total if total else 0.0
+        fraction = (self.fraction - cached) / (1.0 - cached) if cached < 1.0 else 1.0
+        if fraction < 0.01:
             return None
-        return (now - self.started) * (1.0 - self.fraction) / self.fraction
+        return (now - self._unit_started) * (1.0 - fraction) / fraction
+
+    def eta(self, now: float) -> float | None:
+        raw = self.raw_eta(now)
+        if raw is None:
+            return None
+        if self._eta is not None:
+            previous, when = self._eta
+            counted_down = max(previous - (now - when), 0.0)
+            raw = self.SMOOTHING * raw + (1.0 - self.SMOOTHING) * counted_down
+        self._eta = (raw, now)
+        return raw
 
     def write(self, state: str, *, error: str | None = None, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -131,6 +183,9 @@ class ProgressTracker:
             error=error,
             pid=os.getpid(),
             log=self.log,
+            units_done=self.units_done if self.units_total else None,
+            units_total=self.units_total,
+            units_cached=self.units_cached if self.units_total else None,
         )
         self.store.set_progress(self.key, record)
         self._written = now
@@ -163,13 +218,18 @@ def compute_job(
     try:
         keys = unit_keys(request)
         known = cached_units(store, request, keys)
+        tracker.set_units(len(request.checkpoints) * len(request.trajectories), len(known))
+        if known:
+            tracker(tracker.units_done / tracker.units_total, f"{len(known)} units cached")
 
         def keep(unit: UnitResult) -> None:
             store.put_unit(keys[unit.checkpoint_index][unit.batch_index], unit)
+            tracker.unit_done()
 
         result = run_analysis(
             request, progress=tracker, trust_code=trust_code, known_units=known, on_unit=keep
         )
+        tracker(1.0, "checking the inputs and storing the result")
         if request_key(request) != key:
             raise RequestError(
                 "a checkpoint or dataset file changed while the analysis ran, so the result "
@@ -189,6 +249,44 @@ def compute_job(
     tracker.write("done")
     store.clear_cancel(key)
     return result
+
+
+def compute_task(
+    store: ResultStore,
+    key: str,
+    name: str,
+    spec: dict,
+    *,
+    progress: Progress | None = None,
+    log_path: Path | None = None,
+) -> tuple[dict, dict]:
+    """Compute a job of another kind (``tasks``) and store its artifact under ``key``; the
+    caller holds the key's lock. Ends recorded as for an analysis (done, failed, cancelled)."""
+    tracker = ProgressTracker(store, key, forward=progress, log_path=log_path)
+    store.record_computation(key)
+    tracker.write("running")
+    try:
+        arrays, metadata = tasks.kind(name).compute(spec, tracker)
+        tracker(1.0, "checking the inputs and storing the result")
+        if tasks.task_key(name, spec) != key:
+            raise RequestError(
+                "a checkpoint or dataset file changed while the job ran, so its result was "
+                "not cached; run it again"
+            )
+        store.put_artifact(key, arrays, {**metadata, "kind": name})
+    except JobCancelled as error:
+        tracker.write("cancelled", error=str(error))
+        store.clear_cancel(key)
+        raise
+    except CoherenceError as error:
+        tracker.write("failed", error=str(error))
+        raise
+    except Exception as error:
+        tracker.write("failed", error=internal_error_message(error, log_path))
+        raise
+    tracker.write("done")
+    store.clear_cancel(key)
+    return arrays, metadata
 
 
 def cached_units(
@@ -265,13 +363,38 @@ class JobRunner:
         key = request_key(request)
         if self.store.age(key) is not None or self.materialize(request) is not None:
             return key
+        return self._start(
+            key, lambda: self.store.put_request(key, request), "analysis", trust_code
+        )
+
+    def task_key(self, name: str, spec: dict) -> str:
+        """The content key of a job of another kind (``tasks``); validates its inputs."""
+        return tasks.task_key(name, spec)
+
+    def submit_task(self, name: str, spec: dict) -> str:
+        """``submit`` for a job of another kind: its artifact cached, or a worker started
+        (or joined); returns the key at once."""
+        key = tasks.task_key(name, spec)
+        if self.store.artifact_age(key) is not None:
+            return key
+        return self._start(key, lambda: self.store.put_task(key, name, spec), name, False)
+
+    def artifact(self, key: str) -> tuple[dict, dict] | None:
+        """(arrays, metadata) of a finished job of another kind, or None."""
+        return self.store.get_artifact(key)
+
+    def _done_age(self, key: str) -> float | None:
+        age = self.store.age(key)
+        return age if age is not None else self.store.artifact_age(key)
+
+    def _start(self, key: str, put_spec: Callable[[], None], kind: str, trust_code: bool) -> str:
         lock = KeyLock(self.store.lock_path(key))
         if not acquire_soon(lock):
             return key  # a job for this key is running: share it
         try:
-            if self.store.age(key) is not None:
+            if self._done_age(key) is not None:
                 return key  # finished between the first look and the lock
-            self.store.put_request(key, request)
+            put_spec()
             self.store.clear_cancel(key)
             log_path = self.store.log_path(key)
             now = time.time()
@@ -280,7 +403,7 @@ class JobRunner:
             )
             self.store.set_progress(key, starting)
             try:
-                self._spawn(key, lock, log_path, trust_code)
+                self._spawn(key, lock, log_path, trust_code, kind)
             except OSError as error:
                 failed = replace(
                     starting, state="failed", error=internal_error_message(error, None)
@@ -291,7 +414,9 @@ class JobRunner:
             lock.release()  # the worker keeps its inherited copy of the lock
         return key
 
-    def _spawn(self, key: str, lock: KeyLock, log_path: Path, trust_code: bool) -> None:
+    def _spawn(
+        self, key: str, lock: KeyLock, log_path: Path, trust_code: bool, kind: str = "analysis"
+    ) -> None:
         command = [
             sys.executable,
             "-m",
@@ -302,6 +427,8 @@ class JobRunner:
             key,
             "--lock-fd",
             str(lock.fd),
+            "--kind",
+            kind,
         ]
         if trust_code:
             command.append("--trust-code")
@@ -324,7 +451,7 @@ class JobRunner:
         held = lock_is_held(lock_path)
         record = self.store.get_progress(key)
         if not held or (record is not None and record.state == "done"):
-            age = self.store.age(key)
+            age = self._done_age(key)
             if age is not None:
                 return _status(key, "done", record, age_seconds=age)
         if held:
@@ -370,6 +497,23 @@ class JobRunner:
         if result is None or request is None:
             return result
         return relabel(result, request)
+
+    def cached_unit_count(self, request: AnalysisRequest) -> tuple[int, int]:
+        """(units of ``request`` already cached, all its units): what a job would resume
+        from. Key lookups only, no unit is read."""
+        total = len(request.checkpoints) * len(request.trajectories)
+        try:
+            rows = unit_keys(request)
+            wider = _wider_responses(request)
+            wide = unit_keys(request, responses=wider) if wider else rows
+        except CoherenceError:
+            return 0, total
+        found = sum(
+            self.store.has_unit(k) or self.store.has_unit(w)
+            for row, wide_row in zip(rows, wide, strict=True)
+            for k, w in zip(row, wide_row, strict=True)
+        )
+        return found, total
 
     def materialize(self, request: AnalysisRequest) -> AnalysisResult | None:
         """The result of ``request`` assembled from cached units when every unit is there
@@ -463,4 +607,7 @@ def _status(
         updated=record.updated,
         age_seconds=age_seconds,
         log=record.log,
+        units_done=record.units_done,
+        units_total=record.units_total,
+        units_cached=record.units_cached,
     )

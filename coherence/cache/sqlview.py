@@ -17,7 +17,7 @@ from typing import Any
 import diskcache
 
 COLUMNS = ("key", "raw", "size", "value", "store_time", "access_time", "filename")
-EVICTABLE = ("result:", "unit:")
+EVICTABLE = ("result:", "unit:", "artifact:")
 
 
 def table_columns(cache: diskcache.Cache) -> set[str]:
@@ -25,10 +25,12 @@ def table_columns(cache: diskcache.Cache) -> set[str]:
 
 
 def least_recently_used(cache: diskcache.Cache, keep: str) -> str | None:
-    """The evictable row (a result or a unit) used longest ago, never ``keep``."""
+    """The evictable row (a result, a unit or a task artifact) used longest ago, never
+    ``keep``."""
+    kinds = " OR ".join(f"key LIKE '{prefix}%'" for prefix in EVICTABLE)
     rows = cache._sql(
-        "SELECT key FROM Cache WHERE raw = 1 AND key != ?"
-        " AND (key LIKE 'result:%' OR key LIKE 'unit:%') ORDER BY access_time LIMIT 1",
+        f"SELECT key FROM Cache WHERE raw = 1 AND key != ? AND ({kinds})"
+        " ORDER BY access_time LIMIT 1",
         (keep,),
     ).fetchall()
     return rows[0][0] if rows else None

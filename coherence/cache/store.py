@@ -18,7 +18,9 @@ Layout of the cache directory: ``store/`` (diskcache), ``locks/`` (per-key flock
 ``logs/`` (worker logs). Record keys inside the store: ``result:<key>``, ``progress:<key>``,
 ``request:<key>``, ``cancel:<key>``, ``computations:<key>``, and ``unit:<unit key>`` for each
 finished (checkpoint, batch) unit (``keys.unit_keys``): evicted like results, they let a
-subset of a cached selection be assembled without computing and a killed job resume.
+subset of a cached selection be assembled without computing and a killed job resume. Jobs of
+another kind (``tasks``, e.g. the counterfactual check) keep their spec under ``task:<key>``
+and their result under ``artifact:<key>`` (npz arrays + JSON, the same safe form).
 """
 
 from __future__ import annotations
@@ -114,6 +116,9 @@ class ProgressRecord:
     error: str | None = None
     pid: int | None = None
     log: str | None = None  # worker log path
+    units_done: int | None = None  # (checkpoint, batch) units finished, cached ones included
+    units_total: int | None = None
+    units_cached: int | None = None  # found in the cache when the job started
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -124,7 +129,15 @@ class ProgressRecord:
         if not isinstance(fields, dict) or fields.get("state") not in JOB_RECORD_STATES:
             raise ValueError("not a progress record")
         record = cls(**fields)
-        optional = {"eta_seconds": float, "error": str, "pid": int, "log": str}
+        optional = {
+            "eta_seconds": float,
+            "error": str,
+            "pid": int,
+            "log": str,
+            "units_done": int,
+            "units_total": int,
+            "units_cached": int,
+        }
         return replace(
             record,
             fraction=float(record.fraction),
@@ -361,6 +374,89 @@ class ResultStore:
 
     def delete(self, key: str) -> bool:
         return bool(self._cache.delete(f"result:{validate_key(key)}", retry=True))
+
+    def result_request(self, key: str) -> dict[str, Any] | None:
+        """The request (as a dict) a cached result was computed for, read from its JSON
+        metadata only (no arrays); None if missing or not in the safe form."""
+        name = f"result:{validate_key(key)}"
+        try:
+            handle = self._cache.get(name, read=True, retry=True)
+            if handle is None:
+                return None
+            source = io.BytesIO(handle) if isinstance(handle, bytes) else handle
+            try:
+                with np.load(source, allow_pickle=False) as archive:
+                    return dict(_read_metadata(archive, key)["request"])
+            finally:
+                source.close()
+        except (CacheCorruptionError, ValueError, KeyError, TypeError, EOFError, OSError):
+            return None
+
+    # ---------------------------------------------------------------- artifacts ------
+    # The result of a job of another kind than an analysis (``coherence.cache.tasks``): named
+    # arrays plus a JSON object, in the same safe form as a result (one npz blob, no pickle).
+
+    def put_artifact(self, key: str, arrays: dict[str, np.ndarray], metadata: dict) -> None:
+        name = f"artifact:{validate_key(key)}"
+        text = json.dumps({**metadata, "cache": {"key": key, "created": time.time()}})
+        payload = {k: np.asarray(v) for k, v in arrays.items()}
+        if METADATA_ARRAY in payload or any(v.dtype.hasobject for v in payload.values()):
+            raise TypeError("artifact arrays must be plain numeric arrays")
+        payload[METADATA_ARRAY] = np.frombuffer(text.encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **payload)
+        self._cache.set(name, buffer.getvalue(), retry=True)
+        self._evict(keep=name)
+
+    def get_artifact(self, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """(arrays, metadata) of a stored artifact, or None (missing or refused)."""
+        name = f"artifact:{validate_key(key)}"
+        blob = self._safe_get(name)
+        if blob is None:
+            return None
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+                if METADATA_ARRAY not in archive.files:
+                    raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
+                metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
+                arrays = {n: archive[n] for n in archive.files if n != METADATA_ARRAY}
+            cache = metadata.get("cache") if isinstance(metadata, dict) else None
+            if not isinstance(cache, dict) or cache.get("key") != key:
+                raise CacheCorruptionError("metadata does not name this key")
+            if not isinstance(cache.get("created"), float | int):
+                raise CacheCorruptionError("metadata has no creation time")
+        except CacheCorruptionError as error:
+            self._refuse(name, error)
+            return None
+        except (ValueError, KeyError, TypeError, EOFError, OSError) as error:
+            self._refuse(name, CacheCorruptionError(f"{type(error).__name__}: {error}"))
+            return None
+        return arrays, metadata
+
+    def artifact_age(self, key: str) -> float | None:
+        found = self.get_artifact(key)
+        if found is None:
+            return None
+        return max(time.time() - float(found[1]["cache"]["created"]), 0.0)
+
+    def put_task(self, key: str, kind: str, spec: dict[str, Any]) -> None:
+        """The spec of a job of another kind (JSON), read back by its worker."""
+        record = json.dumps({"kind": kind, "spec": spec}).encode()
+        self._cache.set(f"task:{validate_key(key)}", record, retry=True)
+
+    def get_task(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        name = f"task:{validate_key(key)}"
+        data = self._safe_get(name)
+        if data is None:
+            return None
+        try:
+            record = json.loads(data.decode())
+            if not isinstance(record.get("spec"), dict) or not isinstance(record.get("kind"), str):
+                raise TypeError("not a task record")
+            return record["kind"], record["spec"]
+        except (ValueError, TypeError, AttributeError) as error:
+            self._refuse(name, CacheCorruptionError(f"bad task record: {error}"))
+            return None
 
     def _refuse(self, name: str, error: CacheCorruptionError) -> None:
         log.warning(

@@ -8,6 +8,9 @@ reads the request stored under the key, checks that it still hashes to the key, 
 the slot's torch threads, stores the result and records how it ended. ``--trust-code`` comes
 only from the command line, never from the cache directory.
 
+``--kind`` names a job of another kind (``coherence.cache.tasks``): its spec is read from
+``task:<K>`` and its result stored as an npz + JSON artifact; everything else is the same.
+
 Exit status: 0 done (or nothing to do), 1 failed, 3 cancelled.
 """
 
@@ -37,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--trust-code", action="store_true", help="allow custom architecture modules"
     )
+    parser.add_argument(
+        "--kind", default="analysis", help="job kind: analysis, or one of coherence.cache.tasks"
+    )
     return parser.parse_args(argv)
 
 
@@ -54,12 +60,44 @@ def _fail(store: Any, key: str, message: str) -> int:
     return 1
 
 
-def work(store: Any, key: str, *, trust_code: bool) -> int:
+def work_task(store: Any, key: str, kind: str) -> int:
+    """A job of another kind (``tasks``): its stored spec, checked against the key."""
+    from coherence.cache.jobs import compute_task
+    from coherence.cache.tasks import task_key
+    from coherence.errors import CoherenceError
+
+    if store.artifact_age(key) is not None:
+        log.info("%s is already cached; nothing to do", key)
+        return 0
+    found = store.get_task(key)
+    if found is None or found[0] != kind:
+        return _fail(store, key, f"no {kind} job is stored for this key; submit it again")
+    try:
+        current = task_key(kind, found[1])
+    except CoherenceError as error:
+        return _fail(store, key, str(error))
+    if current != key:
+        return _fail(
+            store,
+            key,
+            "the stored job no longer matches its key (a checkpoint or dataset file changed "
+            "since it was submitted); submit it again",
+        )
+    log.info("computing %s %s: %s", kind, key, found[1])
+    started = time.perf_counter()
+    compute_task(store, key, kind, found[1], log_path=store.log_path(key))
+    log.info("done in %.1f s", time.perf_counter() - started)
+    return 0
+
+
+def work(store: Any, key: str, *, trust_code: bool, kind: str = "analysis") -> int:
     """The job itself; the caller holds the key's lock and a compute slot."""
     from coherence.cache.jobs import compute_job
     from coherence.cache.keys import request_key
     from coherence.errors import CoherenceError
 
+    if kind != "analysis":
+        return work_task(store, key, kind)
     if store.age(key) is not None:
         log.info("%s is already cached; nothing to do", key)
         return 0
@@ -84,7 +122,9 @@ def work(store: Any, key: str, *, trust_code: bool) -> int:
     return 0
 
 
-def compute(workspace: str, key: str, slot: slots.Slot, *, trust_code: bool) -> int:
+def compute(
+    workspace: str, key: str, slot: slots.Slot, *, trust_code: bool, kind: str = "analysis"
+) -> int:
     """Open the store and run the job, mapping how it ended to the exit status."""
     from coherence.cache.jobs import JobCancelled, internal_error_message
     from coherence.cache.store import ResultStore
@@ -93,7 +133,7 @@ def compute(workspace: str, key: str, slot: slots.Slot, *, trust_code: bool) -> 
     log.info("compute slot %d of %d, %d torch threads", slot.index + 1, slot.max_jobs, slot.threads)
     store = ResultStore(cache_dir(workspace))
     try:
-        return work(store, key, trust_code=trust_code)
+        return work(store, key, trust_code=trust_code, kind=kind)
     except JobCancelled as error:
         log.info("%s", error)
         return 3
@@ -143,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with slots.compute_slot(key, on_wait=show_queue, cancellable=True) as slot:
-            return compute(args.workspace, key, slot, trust_code=args.trust_code)
+            return compute(args.workspace, key, slot, trust_code=args.trust_code, kind=args.kind)
     except slots.QueueCancelled:
         return cancelled_while_queued(args.workspace, key)
     finally:

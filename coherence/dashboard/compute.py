@@ -25,7 +25,7 @@ from coherence.cache.cost import confirm_seconds, estimate_job
 from coherence.cache.jobs import JobStatus
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import code, literal
-from coherence.dashboard.selection import Selection
+from coherence.dashboard.selection import Selection, describe, differences
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
 
@@ -79,6 +79,48 @@ def group_states(root: Path, catalog: Catalog, selection: Selection) -> tuple[Gr
     return tuple(states)
 
 
+LAST_VIEW = "last_computed_view"
+
+
+def displayed(
+    root: Path,
+    catalog: Catalog,
+    selection: Selection,
+    states: Sequence[GroupState],
+    problems: Sequence[str] = (),
+) -> tuple[Selection, tuple[GroupState, ...], str | None]:
+    """What the panels draw: the selection's own results when any is there (remembered as
+    this session's last computed view); else the last computed view's figures with a
+    banner saying they are stale (None when they are not)."""
+    if any(g.result is not None for g in states):
+        if all(g.result is not None for g in states):
+            st.session_state[LAST_VIEW] = selection
+        return selection, tuple(states), None
+    last = st.session_state.get(LAST_VIEW)
+    if not isinstance(last, Selection) or last == selection:
+        return selection, tuple(states), None
+    try:
+        previous = group_states(root, catalog, last)
+    except (CoherenceError, OSError):
+        previous = ()
+    if not previous or any(g.result is None for g in previous):
+        st.session_state.pop(LAST_VIEW, None)  # evicted, or its files changed
+        return selection, tuple(states), None
+    changed = differences(last, selection)
+    what = "; ".join(changed) if changed else "another selection"
+    if problems:
+        action = "fix the selection above to compute it"
+    elif any(g.status is not None and g.status.active for g in states):
+        action = "the current one is being computed"
+    else:
+        action = "press **Compute** above for the current one"
+    banner = (
+        f"**Stale figures**: showing the last computed selection ({literal(last.dataset)}, "
+        f"{literal(describe(last))}), not the current one (changed: {literal(what)}); {action}."
+    )
+    return last, previous, banner
+
+
 def submit(root: str, requests: Sequence[AnalysisRequest]) -> None:
     """Button callback: start (or join) a job per request that is not cached."""
     runner = loaders.job_runner(root)
@@ -92,11 +134,11 @@ def submit(root: str, requests: Sequence[AnalysisRequest]) -> None:
         st.session_state.compute_error = f"could not start the analysis worker: {error}"
 
 
-def _cancel(root: str, keys: Sequence[str]) -> None:
+def _cancel(root: str, keys: Sequence[str], prefix: str = "") -> None:
     runner = loaders.job_runner(root)
     for key in keys:
         runner.cancel(key)
-    st.session_state.cancel_requested = time.time()
+    st.session_state[f"{prefix}cancel_requested"] = time.time()
 
 
 @st.cache_data(show_spinner="Estimating the job…", max_entries=64)
@@ -125,36 +167,55 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+SILENT_AFTER_S = 15.0  # a running job that reported nothing for this long is in a silent phase
+
+
+def progress_text(label: str, status: JobStatus, now: float | None = None) -> str:
+    """'**UNet** · <stage> · 40% · 2 of 6 units done (1 cached) · about 3 min left'; a job
+    quiet for a while says so (trace, Lanczos, assembly and storing report no steps)."""
+    now = time.time() if now is None else now
+    parts = [f"**{literal(label)}**", literal(status.stage or "starting")]
+    if not status.queued:
+        parts.append(f"{100 * status.fraction:.0f}%")
+    if status.units_total:
+        units = f"{status.units_done or 0} of {status.units_total} units done"
+        if status.units_cached:
+            units += f" ({status.units_cached} of {status.units_total} units cached)"
+        parts.append(units)
+    if status.eta_seconds is not None and not status.queued:
+        parts.append(f"about {format_duration(status.eta_seconds)} left")
+    if status.updated is not None and not status.queued:
+        quiet = now - status.updated
+        if quiet > SILENT_AFTER_S:
+            parts.append(f"still working: this phase reports no steps ({format_duration(quiet)})")
+    return " · ".join(parts)
+
+
 @st.fragment(run_every=POLL_SECONDS)
-def progress_panel(root: str, labels: tuple[str, ...], keys: tuple[str, ...]) -> None:
-    """Live progress of the running jobs of this view; reruns the page when they end."""
+def progress_panel(
+    root: str, labels: tuple[str, ...], keys: tuple[str, ...], prefix: str = ""
+) -> None:
+    """Live progress of the running jobs of this view; reruns the page when they end.
+    ``prefix`` keeps the widget keys of several panels apart (analysis jobs, the check)."""
     runner = loaders.job_runner(root)
     statuses = [runner.status(key) for key in keys]
     if not any(s.active for s in statuses):
         st.rerun(scope="app")
     for label, status in zip(labels, statuses, strict=True):
         if status.active:
-            eta = (
-                f" · about {format_duration(status.eta_seconds)} left"
-                if status.eta_seconds is not None
-                else ""
-            )
-            st.progress(
-                min(max(status.fraction, 0.0), 1.0),
-                text=f"**{literal(label)}** · {literal(status.stage or 'starting')} · "
-                f"{100 * status.fraction:.0f}%{eta}",
-            )
+            st.progress(min(max(status.fraction, 0.0), 1.0), text=progress_text(label, status))
         else:
             st.caption(literal(f"{label}: {status.state}"))
-    asked = st.session_state.get("cancel_requested")
+    asked = st.session_state.get(f"{prefix}cancel_requested")
     cancelling = asked is not None and time.time() - asked < 30
     st.button(
         "Cancelling…" if cancelling else "Cancel",
-        key="cancel_jobs",
+        key=f"{prefix}cancel_jobs",
         disabled=cancelling,
         on_click=_cancel,
-        args=(root, tuple(k for k, s in zip(keys, statuses, strict=True) if s.active)),
-        help="Stops the job at its next progress step; a later Compute starts it afresh.",
+        args=(root, tuple(k for k, s in zip(keys, statuses, strict=True) if s.active), prefix),
+        help="Stops the job at its next progress step; finished (checkpoint, batch) units "
+        "stay cached, so a later Compute resumes from them.",
     )
 
 
@@ -194,13 +255,23 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
         todo.append(group)
         if status.state == "failed":
             st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")
-        elif status.state == "cancelled":
-            st.warning(f"**{literal(group.label)}**: the analysis was cancelled; compute it again.")
         else:
-            st.info(
-                f"**{literal(group.label)}**: not computed yet for this selection.",
-                icon=":material/info:",
+            cached, total = loaders.job_runner(str(root)).cached_unit_count(group.request)
+            resume = (
+                f" {cached} of {total} units cached: Compute computes only the rest."
+                if cached
+                else ""
             )
+            if status.state == "cancelled":
+                st.warning(
+                    f"**{literal(group.label)}**: the analysis was cancelled; compute it "
+                    f"again.{resume}"
+                )
+            else:
+                st.info(
+                    f"**{literal(group.label)}**: not computed yet for this selection.{resume}",
+                    icon=":material/info:",
+                )
     if error := st.session_state.get("compute_error"):
         st.error(literal(error))
     if todo:

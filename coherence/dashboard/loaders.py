@@ -101,6 +101,40 @@ def result(root: str | os.PathLike, key: str, request: AnalysisRequest) -> Analy
         return None
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _artifact(root: str, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    found = job_runner(root).artifact(key)
+    if found is None:
+        raise _NotCached(key)
+    return found
+
+
+def artifact(root: str | os.PathLike, key: str) -> tuple[dict[str, np.ndarray], dict] | None:
+    """(arrays, metadata) of a finished background job of another kind (the counterfactual
+    check), shared read-only by every session; None if not cached."""
+    try:
+        return _artifact(str(root), key)
+    except _NotCached:
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _stored_request(root: str, key: str, stored: float) -> dict[str, Any] | None:
+    return job_runner(root).store.result_request(key)
+
+
+def cached_analyses(root: str | os.PathLike, limit: int = 50) -> list[tuple[str, float, dict]]:
+    """The workspace's cached analyses, most recently used first: (key, stored unix time,
+    request as a dict). Each request is read once (from its result's JSON metadata only)."""
+    runner = job_runner(str(root))
+    out = []
+    for entry in runner.store.entries()[:limit]:
+        request = _stored_request(str(root), entry["key"], float(entry["stored"] or 0.0))
+        if request is not None:
+            out.append((entry["key"], float(entry["stored"] or 0.0), request))
+    return out
+
+
 # ----------------------------------------------------------------------------- data -----
 
 

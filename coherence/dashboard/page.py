@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from coherence.dashboard import compute, loaders, sidebar
+from coherence.dashboard import compute, loaders, panel_links, sidebar
 from coherence.dashboard.checks import problems
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import code, literal
@@ -47,7 +47,8 @@ def run() -> None:
         return
     cuda = torch.cuda.is_available()
     if "sb_dataset" not in st.session_state:  # a new session: the URL decides
-        for warning in sidebar.init_from_url(catalog, cuda_available=cuda):
+        warnings = sidebar.init_from_url(catalog, cuda_available=cuda) + panel_links.restore()
+        for warning in warnings:
             st.warning(literal(warning), icon=":material/link_off:")
     selection = sidebar.prepare(catalog)
     if selection is None:
@@ -72,16 +73,24 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool) -> Non
         states = compute.group_states(root, catalog, selection)
     st.caption(f"**{literal(selection.dataset)}** · {literal(sidebar.describe(selection))}")
     compute.render_status(root, states, issues)
-    ctx = PanelContext(root, catalog, selection, catalog.dataset(selection.dataset), states)
+    shown, states, stale = compute.displayed(root, catalog, selection, states, issues)
+    if stale:  # the last computed figures stay until this selection is computed
+        st.warning(stale, icon=":material/history:")
+    ctx = PanelContext(root, catalog, shown, catalog.dataset(shown.dataset), states)
+    notes = st.container()  # warnings about the link's panel choices
     scores_row = st.container()  # filled after the open tab: its chart is sent first
     tabs = st.tabs(
         [label for label, _ in PANELS], key="panel", bind="query-params", default=DEFAULT_PANEL
     )
-    for tab, (_, render) in zip(tabs, PANELS, strict=True):
+    opened = None
+    for tab, (label, render) in zip(tabs, PANELS, strict=True):
         if tab.open is False:  # lazy: only the open tab runs
             continue
+        opened = label
         with tab:
             _guarded(render, ctx)
+    for warning in panel_links.settle(opened):
+        notes.warning(literal(warning), icon=":material/link_off:")
     if ctx.ready:
         with scores_row:
             _guarded(headline, ctx)

@@ -47,6 +47,9 @@ DEFAULT_BATCHES = 2
 DEFAULT_STEPS = 16  # the paper's T = 16 transitions
 DEFAULT_DAMPING = 1e-4
 DAMPING_RANGE = (1e-12, 1e6)
+# What the sidebar's tolerance field accepts, and so what a link may hold: a link must not
+# show one value while the widget shows another.
+RTOL_RANGE = (1e-8, 0.99)
 PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4, cg
 FALLBACK_RTOL = 1e-2
 QUERY_KEYS = (
@@ -172,6 +175,50 @@ class Selection:
         if self.compare:
             query["vs"] = ",".join(self.compare)
         return query
+
+
+def describe(selection: Selection) -> str:
+    """One line for captions: what the analysis covers."""
+    return (
+        f"{len(selection.checkpoints)} seed(s) × {len(selection.trajectories)} batch(es) "
+        f"(trajectories {format_ranges(selection.trajectories)}), N = "
+        f"{len(selection.classes)} classes × {selection.n_steps} steps = "
+        f"{selection.n_examples}, {selection.estimator}, λ = {selection.damping:g}"
+    )
+
+
+_FIELD_NAMES = {
+    "dataset": "dataset",
+    "checkpoints": "seeds",
+    "compare": "comparison",
+    "classes": "classes",
+    "trajectories": "trajectories",
+    "t_start": "window start",
+    "n_steps": "window steps",
+    "responses": "responses",
+    "estimator": "estimator",
+    "damping": "damping λ",
+    "rtol": "cg tolerance",
+    "device": "device",
+}
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+def differences(old: Selection, new: Selection) -> list[str]:
+    """'damping λ 0.0001 → 0.001' for every field in which ``new`` differs from ``old``."""
+    out = []
+    for name, label in _FIELD_NAMES.items():
+        before, after = getattr(old, name), getattr(new, name)
+        if before != after:
+            out.append(f"{label} {_field_text(before)} → {_field_text(after)}")
+    return out
 
 
 # ------------------------------------------------------------------------ defaults -------
@@ -422,8 +469,10 @@ def decode_query(
     if (raw := _last(params, "rtol")) is not None:
         try:
             value = _float(raw)
-            if not 0 < value < 1:
-                raise RequestError("the cg tolerance must lie in (0, 1)")
+            if not RTOL_RANGE[0] <= value <= RTOL_RANGE[1]:
+                raise RequestError(
+                    f"the cg tolerance must lie in [{RTOL_RANGE[0]:g}, {RTOL_RANGE[1]:g}]"
+                )
             rtol = value
         except RequestError as exc:
             warn("rtol", raw, str(exc), repr(rtol))
@@ -437,6 +486,51 @@ def decode_query(
         else:
             values["device"] = raw
     return Selection(**values), warnings
+
+
+def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | None:
+    """The selection that makes ``request`` (a stored analysis request as a dict), or None
+    when its dataset or a checkpoint is not (or no longer) in the workspace's catalog, or
+    its fields are not a dashboard selection (another split, no top eigenvalue)."""
+
+    def inside(path: Any, parent: os.PathLike) -> str | None:
+        """The directory name of ``path`` when it lies directly in ``parent``."""
+        real = os.path.realpath(str(path))
+        if os.path.dirname(real) != os.path.realpath(parent):
+            return None
+        return os.path.basename(real)
+
+    try:
+        name = inside(request["data"], datasets_dir(catalog.root))
+        entry = catalog.dataset(name) if name else None
+        names = []
+        for path in request["checkpoints"]:
+            found = inside(path, checkpoints_dir(catalog.root))
+            if found is None or catalog.checkpoint(found) is None:
+                return None
+            names.append(found)
+        if entry is None or request.get("split", "test") != "test":
+            return None
+        if not request.get("top_eigenvalue", True):
+            return None
+        selection = Selection(
+            dataset=entry.name,
+            checkpoints=tuple(names),
+            classes=tuple(request["classes"]),
+            trajectories=tuple(int(t) for t in request["trajectories"]),
+            t_start=int(request["t_start"]),
+            n_steps=int(request["n_steps"]),
+            responses=tuple(request["responses"]),
+            estimator=str(request["estimator"]),
+            damping=float(request["damping"]),
+            rtol=None if request.get("rtol") is None else float(request["rtol"]),
+            device=str(request.get("device", "auto")),
+        )
+    except (KeyError, TypeError, ValueError):  # RequestError is a ValueError
+        return None
+    if check_group(catalog, entry, selection.checkpoints):
+        return None
+    return selection
 
 
 def with_dataset(

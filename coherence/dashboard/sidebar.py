@@ -13,12 +13,12 @@ without a GPU) are explained by ``selection.problems``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import streamlit as st
 
 from coherence.dashboard import loaders
-from coherence.dashboard.checks import format_ranges
 from coherence.dashboard.markup import code
 from coherence.dashboard.selection import (
     DAMPING_RANGE,
@@ -27,10 +27,13 @@ from coherence.dashboard.selection import (
     ESTIMATORS,
     QUERY_KEYS,
     RESPONSES,
+    RTOL_RANGE,
     Selection,
     dataset_defaults,
     decode_query,
     default_rtol,
+    describe,
+    from_request,
     with_dataset,
 )
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
@@ -153,10 +156,23 @@ def _dataset_label(catalog: Catalog):
     return label
 
 
-def _checkpoint_label(catalog: Catalog):
+def plural(n: int, noun: str) -> str:
+    """'1 dataset', '2 datasets'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _checkpoint_label(catalog: Catalog, names: Sequence[str] = ()):
+    """A seed chip's text: 'seed 42' when that tells the group's checkpoints apart (the
+    sidebar's chips are narrow: 'unet_demo_s42 (seed 42)' was cut to 'unet_dem…'), else
+    the checkpoint name."""
+    seeds = [e.seed if (e := catalog.checkpoint(n)) else None for n in names]
+    unique = None not in seeds and len(set(seeds)) == len(seeds)
+
     def label(name: str) -> str:
         entry = catalog.checkpoint(name)
-        return f"{name} (seed {entry.seed})" if entry else name
+        if entry is None:
+            return name
+        return f"seed {entry.seed}" if unique else f"{name} (seed {entry.seed})"
 
     return label
 
@@ -209,7 +225,10 @@ def prepare(catalog: Catalog) -> Selection | None:
     damping = state.get("sb_damping")
     if not isinstance(damping, float) or not DAMPING_RANGE[0] <= damping <= DAMPING_RANGE[1]:
         state.sb_damping = DEFAULT_DAMPING
-    if state.sb_est == "cg" and "sb_rtol" not in state:  # dropped while cg was not chosen
+    rtol = state.get("sb_rtol")
+    if state.sb_est == "cg" and (  # dropped while cg was not chosen, or out of the range
+        not isinstance(rtol, float) or not RTOL_RANGE[0] <= rtol <= RTOL_RANGE[1]
+    ):
         group = catalog.group_of(entry, (state.sb_ckpts or [""])[0])
         state.sb_rtol = default_rtol(group.arch if group else "")
     _keep_valid("sb_device", DEVICES, "auto")
@@ -233,7 +252,7 @@ def _group_widgets(catalog: Catalog, entry: DatasetEntry, suffix: str, title: st
         "Seeds" if not suffix else "Seeds (second group)",
         list(group.checkpoints),
         key=ckpt_key,
-        format_func=_checkpoint_label(catalog),
+        format_func=_checkpoint_label(catalog, group.checkpoints),
         help="Bands in the panels are median and Q1–Q3 across the selected seeds.",
     )
 
@@ -324,8 +343,8 @@ def draw(catalog: Catalog, *, cuda_available: bool) -> None:
         if state.sb_est == "cg":
             st.number_input(
                 "CG relative tolerance",
-                min_value=1e-8,
-                max_value=0.99,
+                min_value=RTOL_RANGE[0],
+                max_value=RTOL_RANGE[1],
                 key="sb_rtol",
                 format="%.1e",
                 step=1e-3,
@@ -338,9 +357,56 @@ def draw(catalog: Catalog, *, cuda_available: bool) -> None:
             format_func=_device_label(cuda_available),
             help="Where the background job computes; auto uses a GPU when one is visible.",
         )
+        _cached_analyses(catalog)
         st.caption(
-            f"Workspace {code(catalog.root)} · {len(catalog.datasets)} datasets · "
-            f"{len(catalog.checkpoints)} checkpoints"
+            f"Workspace {code(catalog.root)} · {plural(len(catalog.datasets), 'dataset')} · "
+            f"{plural(len(catalog.checkpoints), 'checkpoint')}"
+        )
+
+
+def _switch(catalog: Catalog, choices: dict[str, Selection]) -> None:
+    """Callback: the chosen cached analysis into the widgets (device kept)."""
+    chosen = choices.get(st.session_state.get("cached_pick"))
+    if chosen is None:
+        return
+    current = current_selection_or_none(catalog)
+    if current is not None:
+        chosen = replace(chosen, device=current.device)
+    load_state(chosen, catalog)
+
+
+def _cached_analyses(catalog: Catalog) -> None:
+    """The workspace's cached analyses (any visitor's, the CLI's, the demo's), one pick and
+    a button away: switching to one draws it from the cache, no computation."""
+    choices: dict[str, Selection] = {}
+    for key, _stored, request in loaders.cached_analyses(catalog.root):
+        selection = from_request(catalog, request)
+        if selection is None:
+            continue
+        group = _group_label(catalog, selection.dataset, selection.checkpoints) or "?"
+        label = f"{selection.dataset} · {group} · {describe(selection)} · {key[:8]}"
+        choices.setdefault(label, selection)
+    with st.expander(f"Cached analyses ({len(choices)})", icon=":material/history:"):
+        if not choices:
+            st.caption("Nothing is cached in this workspace yet.")
+            return
+        current = current_selection_or_none(catalog)
+        labels = list(choices)
+        st.selectbox(
+            "Cached analysis",
+            labels,
+            key="cached_pick",
+            help="Every analysis in this workspace's cache, most recently used first.",
+        )
+        picked = choices.get(st.session_state.get("cached_pick"))
+        st.button(
+            "Show it" if picked != current else "Shown",
+            key="cached_switch",
+            icon=":material/swap_horiz:",
+            disabled=picked == current,
+            on_click=_switch,
+            args=(catalog, choices),
+            width="stretch",
         )
 
 
@@ -382,13 +448,3 @@ def _in_group_order(catalog: Catalog, dataset: str, names: Sequence[str]) -> tup
     group = catalog.group_of(dataset, names[0])
     order = group.checkpoints if group else tuple(names)
     return tuple(n for n in order if n in names) + tuple(n for n in names if n not in order)
-
-
-def describe(selection: Selection) -> str:
-    """One line for captions: what the analysis covers."""
-    return (
-        f"{len(selection.checkpoints)} seed(s) × {len(selection.trajectories)} batch(es) "
-        f"(trajectories {format_ranges(selection.trajectories)}), N = "
-        f"{len(selection.classes)} classes × {selection.n_steps} steps = "
-        f"{selection.n_examples}, {selection.estimator}, λ = {selection.damping:g}"
-    )

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from coherence.analysis.standardization import standardize
 from scipy.stats import spearmanr
 from torch import Tensor
 
 from coherence.analysis.influence import compute_influence
 from coherence.analysis.request import AnalysisRequest
+from coherence.analysis.standardization import standardize
 from coherence.errors import RequestError
 from tests.analysis.conftest import DenseReference, dense_reference
 

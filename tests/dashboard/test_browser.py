@@ -215,3 +215,53 @@ def test_load_panels_download_compute_share_compare(server, browser):
     shot(compare, "16_compare_time_lag")
     compare.close()
     page.close()
+
+
+HEATMAP_HREF = (
+    "() => { const i = document.querySelector('.js-plotly-plot .heatmaplayer image');"
+    " return i ? i.getAttribute('href') : null; }"
+)
+
+
+def test_subset_stale_and_link_choices(server, browser):
+    """Issue 16: a subset of the cached view redraws with no job; an uncached selection keeps
+    the last figures under a stale banner; a link carries the panel's choices. (The cached
+    analyses switch is covered by the AppTest in test_ux.py.)"""
+    page = new_page(browser, server)
+    settle(page, 1.0)
+    assert page.get_by_text("seed 1", exact=True).count() >= 1  # short chips, not cut names
+    assert page.get_by_text("2 datasets").count() == 1
+    before = page.evaluate(HEATMAP_HREF)
+    seeds = page.locator("[data-testid=stMultiSelect]", has_text="Seeds").first.locator("input")
+    seeds.click()
+    started = time.monotonic()
+    seeds.press("Backspace")  # drop the last seed: a subset of the cached result
+    page.wait_for_function(f"old => ({HEATMAP_HREF})() !== old", arg=before)
+    redrawn = time.monotonic() - started
+    settle(page)
+    assert page.get_by_text("cached result").count() >= 1
+    assert page.get_by_role("button", name="Compute").count() == 0
+    assert re.search(r"ckpt=unet_tiny_s1(&|$)", page.url)
+    assert redrawn < 5.0, f"the subset took {redrawn:.1f} s to redraw"
+    shot(page, "17_subset_from_cache")
+
+    damping = page.locator("[data-testid=stNumberInput]", has_text="Damping").locator("input")
+    damping.fill("1.0e-03")
+    damping.press("Enter")
+    page.get_by_text("Stale figures").wait_for()
+    settle(page)
+    assert page.locator(HEATMAP).count() == 1  # the last figures stay
+    assert page.get_by_role("button", name="Compute").count() == 1
+    shot(page, "18_stale_figures")
+    page.close()
+
+    pair = "CE-CRP ← CE-RP"
+    linked = new_page(browser, f"{server}/?two_time_pair={pair}&two_time_seed=unet_tiny_s2")
+    settle(linked, 1.0)
+    title = linked.locator(".js-plotly-plot .gtitle").first.text_content()
+    assert "perturbation CE-RP" in title
+    box = linked.locator("[data-testid=stSelectbox]", has_text="Class pair").first
+    assert "CE-RP" in box.locator("input").input_value()
+    shot(linked, "19_link_with_panel_choices")
+
+    linked.close()

@@ -96,9 +96,16 @@ def need_results(ctx: PanelContext) -> bool:
             icon=":material/hourglass_top:",
         )
         return False
+    if all(g.status is None for g in ctx.groups):  # not computable: no Compute button
+        st.info(
+            "Nothing to show: this selection cannot be computed as it stands; fix what the "
+            "message above names in the sidebar (or pick a cached analysis there).",
+            icon=":material/block:",
+        )
+        return False
     st.info(
         "Nothing to show yet: compute this selection with the **Compute** button above "
-        "(or pick a cached one).",
+        "(or pick a cached one in the sidebar).",
         icon=":material/hourglass_empty:",
     )
     return False

@@ -21,6 +21,7 @@ from coherence.analysis.figures import (
 from coherence.analysis.summaries import rollout_summary, spectrum_summary
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
+from coherence.dashboard.panel_links import keep_in_range
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
@@ -152,6 +153,7 @@ def rollout(ctx: PanelContext) -> None:
     group, runs = next(v for v in per_group.values() if name in v[0].checkpoints)
     run = runs[group.checkpoints.index(name)]
     horizon_max = run["prediction"].shape[1] - 1
+    keep_in_range("field_h", 1, max(horizon_max, 1), horizon_max)  # a link's h may not fit
     horizon = cols[4].slider("Horizon h", 1, max(horizon_max, 1), horizon_max, key="field_h")
     row = ctx.selection.classes.index(class_name) * len(ctx.selection.trajectories) + list(
         ctx.selection.trajectories

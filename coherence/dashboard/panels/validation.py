@@ -2,22 +2,22 @@
 
 Apply δθ_p = −ε M⁻¹ g_B(p) for a few ε and compare the measured change of every example's
 response with the prediction −ε·D·H[r, p]; the relative error must fall with ε. Runs here,
-on the CPU, when asked (one influence solve plus a few forward passes per ε).
+as a background job when asked (one influence solve plus a few forward passes per ε), on
+the analysis jobs' machinery (``coherence.cache.tasks``): progress, cancel, re-attach, and
+a cached result under the check's content key.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from coherence.analysis.batch import assemble_batch
 from coherence.analysis.exports import counterfactual_csv, figure_html, panel_npz
 from coherence.analysis.figures import counterfactual_figures
-from coherence.dashboard import loaders
+from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
+from coherence.dashboard import compute, loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
@@ -30,8 +30,6 @@ from coherence.dashboard.panels.common import (
 from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
 
-RESULTS_KEY = "counterfactual_results"
-
 
 def _check_function():
     """The engine's counterfactual check, or None when this installation lacks it."""
@@ -42,41 +40,33 @@ def _check_function():
     return counterfactual_check
 
 
-def _run(ctx: PanelContext, params: dict[str, Any]) -> dict[str, Any]:
-    check = _check_function()
-    if check is None:
-        raise CoherenceError(
-            "the counterfactual check (coherence.analysis.verify) is not part of this "
-            "installation; update Coherence Explorer to use this panel"
-        )
-    info = loaders.dataset(resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset))
-    batch = assemble_batch(
-        info,
-        ctx.selection.classes,
-        params["trajectory"],
-        ctx.selection.t_start,
-        ctx.selection.n_steps,
-    )
-    net, _ = loaders.model(resolve_inside(checkpoints_dir(ctx.root), params["checkpoint"]))
-    net = copy.deepcopy(net)  # the check moves parameters; the cached model is shared
-    started = time.perf_counter()
-    out = check(
-        net,
-        batch.inputs,
-        batch.targets,
+def _spec(ctx: PanelContext, params: dict[str, Any]) -> dict[str, Any]:
+    """The check as a background job's spec (paths resolved inside the workspace)."""
+    selection = ctx.selection
+    return counterfactual_spec(
+        checkpoint=resolve_inside(checkpoints_dir(ctx.root), params["checkpoint"]),
+        data=resolve_inside(datasets_dir(ctx.root), selection.dataset),
+        classes=selection.classes,
+        trajectory=params["trajectory"],
+        t_start=selection.t_start,
+        n_steps=selection.n_steps,
         perturbation=params["perturbation"],
-        estimator=ctx.selection.estimator,
         response=params["response"],
-        damping=ctx.selection.damping,
-        rtol=ctx.selection.rtol,
+        estimator=selection.estimator,
+        damping=selection.damping,
+        rtol=selection.rtol,
     )
-    return {
-        "epsilons": np.asarray(out.epsilons, dtype=np.float64),
-        "predicted": np.asarray(out.predicted, dtype=np.float64),
-        "measured": np.asarray(out.measured, dtype=np.float64),
-        "rel_errors": np.asarray(out.rel_errors, dtype=np.float64),
-        "seconds": time.perf_counter() - started,
-    }
+
+
+def _submit(root: str, spec: dict[str, Any]) -> None:
+    """Button callback: start (or join) the check's background job."""
+    try:
+        loaders.job_runner(root).submit_task(COUNTERFACTUAL.name, spec)
+        st.session_state.pop("cf_error", None)
+    except CoherenceError as error:
+        st.session_state.cf_error = str(error)
+    except OSError as error:
+        st.session_state.cf_error = f"could not start the check's worker: {error}"
 
 
 def _example_label(ctx: PanelContext, n: int) -> str:
@@ -86,7 +76,8 @@ def _example_label(ctx: PanelContext, n: int) -> str:
 
 
 def validation(ctx: PanelContext) -> None:
-    """Controls, a Run button, and the two figures of the last run for these controls."""
+    """Controls; then the cached check for them, its running job's progress, or a Run
+    button that starts it in the background."""
     st.caption(how_to_read(counterfactual_figures))
     if _check_function() is None:
         st.warning(
@@ -110,29 +101,43 @@ def validation(ctx: PanelContext) -> None:
         "trajectory": int(trajectory),
         "perturbation": int(perturbation),
         "response": response,
-        "estimator": ctx.selection.estimator,
-        "damping": ctx.selection.damping,
-        "rtol": ctx.selection.rtol,
-        "window": (ctx.selection.t_start, ctx.selection.n_steps),
-        "classes": ctx.selection.classes,
-        "dataset": ctx.selection.dataset,
     }
-    token = repr(sorted(params.items()))
-    results = st.session_state.setdefault(RESULTS_KEY, {})
-    if st.button("Run check", key="cf_run", icon=":material/science:", type="primary"):
-        with st.spinner(f"Perturbing {literal(checkpoint)} along example {perturbation}…"):
-            try:
-                results[token] = _run(ctx, params)
-            except CoherenceError as error:
-                st.error(literal(error))
-                return
-    found = results.get(token)
+    runner = loaders.job_runner(str(ctx.root))
+    try:
+        spec = _spec(ctx, params)
+        key = runner.task_key(COUNTERFACTUAL.name, spec)
+    except CoherenceError as error:
+        st.error(literal(error))
+        return
+    status = runner.status(key)
+    if status.active:  # a background job: reload, other tabs and visitors re-attach to it
+        compute.progress_panel(str(ctx.root), (f"Check on {checkpoint}",), (key,), "cf_")
+        return
+    st.session_state.pop("cf_cancel_requested", None)
+    found = loaders.artifact(str(ctx.root), key) if status.state == "done" else None
     if found is None:
+        if status.state == "failed":
+            st.error(f"The check failed: {literal(status.error)}")
+        elif status.state == "cancelled":
+            st.warning("The check was cancelled; run it again.")
+        if error := st.session_state.get("cf_error"):
+            st.error(literal(error))
         st.info(
             f"Press **Run check** to validate the {ctx.selection.estimator} estimator on "
-            f"{literal(checkpoint)} (λ = {ctx.selection.damping:g})."
+            f"{literal(checkpoint)} (λ = {ctx.selection.damping:g}). It runs as a background "
+            "job (progress, cancel; the page stays usable) and its result is cached."
+        )
+        st.button(
+            "Run check",
+            key="cf_run",
+            icon=":material/science:",
+            type="primary",
+            on_click=_submit,
+            args=(str(ctx.root), spec),
         )
         return
+    arrays, metadata = found
+    found = {**arrays, "seconds": float(metadata.get("seconds", float("nan")))}
     eps, errors = found["epsilons"], found["rel_errors"]
     smallest = int(np.argmin(eps))
     st.caption(

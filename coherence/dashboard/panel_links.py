@@ -1,0 +1,106 @@
+"""The panels' own choices (class pair, single seed, rollout and field settings, the
+Validation check's example) in the URL, so that a shared link shows the same figure.
+
+The URL holds the choices of the open panel only (the other tabs' widgets do not exist in a
+run, and their state goes with them). On a session's first run ``restore`` puts the link's
+values into the widgets' state; a malformed value (not a whole number where one is due) is
+refused at once. After the open panel has run, ``settle`` compares each restored value with
+what its widget kept: a selectbox resets a value it does not offer (a seed that is not
+selected, a class pair of other classes), and that is explained in a warning naming the
+parameter and the value used instead, exactly as for the sidebar's keys. Then the open
+panel's current choices are written back into the address bar.
+
+A panel with choices of its own lists its widget keys in ``PANEL_PARAMS`` (key → type).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import streamlit as st
+
+PANEL_PARAMS: dict[str, dict[str, type]] = {
+    "Overview": {"ov_class": str, "ov_traj": int, "ov_channel": str},
+    "Two-time influence": {"two_time_pair": str, "two_time_seed": str},
+    "Rollout": {
+        "field_ckpt": str,
+        "field_class": str,
+        "field_traj": int,
+        "field_channel": str,
+        "field_h": int,
+    },
+    "Validation": {"cf_ckpt": str, "cf_traj": int, "cf_p": int, "cf_response": str},
+}
+_PENDING = "_panel_link_pending"
+_INT = re.compile(r"[0-9]{1,9}")
+MAX_TEXT = 200
+
+
+def _all_params() -> dict[str, type]:
+    return {key: kind for params in PANEL_PARAMS.values() for key, kind in params.items()}
+
+
+def _shown(raw: str) -> str:
+    return raw if len(raw) <= 60 else raw[:57] + "…"
+
+
+def restore() -> list[str]:
+    """A session's first run: the link's panel choices into the widgets' state; returns a
+    warning per malformed value (its widget then starts at its default)."""
+    warnings, pending = [], {}
+    for key, kind in _all_params().items():
+        raw = st.query_params.get(key)
+        if raw is None:
+            continue
+        if kind is int:
+            if not _INT.fullmatch(raw):
+                warnings.append(
+                    f"URL parameter {key}={_shown(raw)!r}: not a whole number; using the "
+                    "panel's default instead"
+                )
+                continue
+            value: Any = int(raw)
+        elif len(raw) > MAX_TEXT:
+            warnings.append(f"URL parameter {key}={_shown(raw)!r}: too long; using the default")
+            continue
+        else:
+            value = raw
+        st.session_state[key] = value
+        pending[key] = value
+    st.session_state[_PENDING] = pending
+    return warnings
+
+
+def settle(panel: str | None) -> list[str]:
+    """After the open ``panel`` ran: a warning per restored value its widget did not keep,
+    then the panel's choices into the URL (and other panels' choices out of it)."""
+    pending = st.session_state.pop(_PENDING, {})
+    params = PANEL_PARAMS.get(panel or "", {})
+    warnings = []
+    for key, value in pending.items():
+        if key not in params:
+            continue
+        kept = st.session_state.get(key)
+        if kept != value:
+            instead = "the panel's default" if kept is None else repr(kept)
+            warnings.append(
+                f"URL parameter {key}={_shown(str(value))!r}: not offered for this "
+                f"selection; using {instead} instead"
+            )
+    for key in _all_params():
+        value = st.session_state.get(key) if key in params else None
+        if value is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != str(value):
+            st.query_params[key] = str(value)
+    return warnings
+
+
+def keep_in_range(key: str, low: int, high: int, default: int) -> None:
+    """A slider's state within [low, high] before it is drawn (Streamlit raises on a value
+    outside its range, e.g. from a link made for a longer trajectory)."""
+    value = st.session_state.get(key)
+    if value is not None and not (isinstance(value, int) and low <= value <= high):
+        st.session_state[key] = default

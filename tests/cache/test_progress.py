@@ -1,0 +1,108 @@
+"""Job progress (issue 16): the ETA from per-unit durations, smoothed; the units a resumed job
+found cached, shown in its progress text; a job's silent phases labelled."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from coherence.cache import jobs
+from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner, JobStatus, ProgressTracker
+from coherence.cache.store import ResultStore
+from coherence.dashboard.compute import progress_text
+
+from .conftest import quick_request
+
+KEY = "a" * 64
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(jobs.time, "time", clock)
+    return clock
+
+
+def test_eta_follows_unit_durations_not_the_uneven_pace_inside_a_unit(tmp_path, clock):
+    tracker = ProgressTracker(ResultStore(tmp_path / "cache"), KEY, interval=0.0)
+    tracker.set_units(total=4, cached=1)
+    # before a unit is done: from the computed fraction's pace, cached units left out
+    clock.now += 10
+    tracker((1 + 0.5) / 4, "per-example gradients")  # half of the first unit in 10 s
+    # a sixth of the work to compute (3 units) in 10 s: 50 s left
+    assert tracker.raw_eta(clock.now) == pytest.approx(50)
+    clock.now += 10  # the unit took 20 s in all
+    tracker.unit_done()
+    assert tracker.eta(clock.now) == pytest.approx(2 * 20)  # two units left
+    # inside the next unit the fraction jumps (gradients fast, JVPs slow): the ETA counts down
+    etas = []
+    for seconds, fraction in [(1, 0.3), (2, 0.31), (10, 0.35), (5, 0.9)]:
+        clock.now += seconds
+        tracker((2 + fraction) / 4, "subspace JVPs")
+        etas.append(tracker.eta(clock.now))
+    assert all(a > b for a, b in itertools.pairwise(etas))  # never climbs
+    assert etas[-1] == pytest.approx(40 - 18, abs=2.0)
+    record = tracker.store.get_progress(KEY)
+    assert (record.units_done, record.units_total, record.units_cached) == (2, 4, 1)
+
+
+def test_progress_text_names_units_cached_and_silent_phases():
+    status = JobStatus(
+        KEY,
+        "running",
+        fraction=0.5,
+        stage="assembling the result (input distances)",
+        eta_seconds=90,
+        updated=100.0,
+        units_done=3,
+        units_total=6,
+        units_cached=2,
+    )
+    text = progress_text("UNet", status, now=130.0)
+    assert "3 of 6 units done (2 of 6 units cached)" in text
+    assert "about 2 min left" in text and "50%" in text
+    assert "still working: this phase reports no steps (30 s)" in text
+    assert "still working" not in progress_text("UNet", status, now=105.0)
+
+
+@pytest.mark.slow
+def test_a_cancelled_job_resumes_from_its_finished_units(
+    workspace, checkpoint, tiny_dataset, monkeypatch
+):
+    runner = JobRunner(workspace)
+    request = quick_request(checkpoint, tiny_dataset, trajectories=(0, 1))
+    monkeypatch.setenv(TEST_DELAY_ENV, "0.4")
+    key = runner.submit(request)
+    deadline = time.monotonic() + 120
+    while (runner.status(key).units_done or 0) < 1:
+        assert runner.status(key).state in ("running", "missing"), runner.status(key)
+        assert time.monotonic() < deadline, "no unit finished"
+        time.sleep(0.1)
+    runner.cancel(key)
+    while runner.status(key).active:
+        assert time.monotonic() < deadline, "the job did not stop"
+        time.sleep(0.1)
+    assert runner.status(key).state == "cancelled"
+    cached, total = runner.cached_unit_count(request)
+    assert (cached, total) == (1, 2)
+    runner.submit(request)  # resubmitted: computes only the missing units
+    seen = None
+    while (status := runner.status(key)).state != "done":
+        assert status.state == "running", status
+        if status.units_total:
+            seen = status
+        assert time.monotonic() < deadline, "the resumed job did not finish"
+        time.sleep(0.1)
+    assert seen is not None and seen.units_cached == cached
+    assert f"{cached} of 2 units cached" in progress_text("UNet", seen)
+    assert runner.store.computations(key) == 2

@@ -1,0 +1,79 @@
+"""Jobs of another kind (coherence.cache.tasks): the counterfactual check keyed by content,
+run by the same worker machinery, stored as npz + JSON (a planted entry is refused)."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from coherence.analysis.verify import counterfactual_check
+from coherence.cache import JobRunner
+from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
+from coherence.errors import RequestError
+
+from .conftest import CLASSES
+
+
+def spec(checkpoint, data, **changes) -> dict:
+    fields = dict(
+        checkpoint=checkpoint,
+        data=data,
+        classes=CLASSES,
+        trajectory=0,
+        t_start=0,
+        n_steps=2,
+        perturbation=1,
+        response="smse",
+        estimator="subspace",
+        damping=1e-4,
+        rtol=None,
+    )
+    return counterfactual_spec(**{**fields, **changes})
+
+
+def test_task_keys_follow_content_and_refuse_bad_specs(checkpoint, tiny_dataset, workspace):
+    runner = JobRunner(workspace)
+    key = runner.task_key(COUNTERFACTUAL.name, spec(checkpoint, tiny_dataset))
+    moved = checkpoint.parent / "renamed"
+    checkpoint.rename(moved)
+    assert runner.task_key(COUNTERFACTUAL.name, spec(moved, tiny_dataset)) == key
+    other = runner.task_key(COUNTERFACTUAL.name, spec(moved, tiny_dataset, perturbation=0))
+    assert other != key
+    with pytest.raises(RequestError, match="perturbation=9"):
+        runner.task_key(COUNTERFACTUAL.name, spec(moved, tiny_dataset, perturbation=9))
+    with pytest.raises(RequestError, match="job kind 'nope'"):
+        runner.task_key("nope", spec(moved, tiny_dataset))
+
+
+def test_a_check_job_runs_in_the_worker_and_matches_the_engine(checkpoint, tiny_dataset, workspace):
+    from coherence.analysis.batch import assemble_batch
+    from coherence.simulation.dataset import open_dataset
+    from coherence.surrogates import checkpoint as ckpt
+
+    runner = JobRunner(workspace)
+    job = spec(checkpoint, tiny_dataset)
+    key = runner.submit_task(COUNTERFACTUAL.name, job)
+    assert runner.submit_task(COUNTERFACTUAL.name, job) == key  # joins, no second job
+    deadline = time.monotonic() + 120
+    while (status := runner.status(key)).state != "done":
+        assert status.state == "running", status
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    arrays, metadata = runner.artifact(key)
+    assert metadata["kind"] == "counterfactual" and metadata["spec"] == job
+    batch = assemble_batch(open_dataset(tiny_dataset), CLASSES, 0, 0, 2)
+    model, _ = ckpt.load(checkpoint)
+    direct = counterfactual_check(model, batch.inputs, batch.targets, perturbation=1)
+    np.testing.assert_allclose(arrays["rel_errors"], direct.rel_errors, rtol=1e-6)
+    assert runner.store.computations(key) == 1
+
+
+def test_a_pickled_artifact_is_never_loaded(workspace):
+    runner = JobRunner(workspace)
+    key = "b" * 64
+    runner.store._cache.set(f"artifact:{key}", pickle.dumps({"x": 1}), retry=True)
+    assert runner.artifact(key) is None
+    assert runner.status(key).state == "missing"

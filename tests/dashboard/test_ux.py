@@ -1,0 +1,212 @@
+"""Issue 16's dashboard items under AppTest, on the session's real workspace (conftest.py):
+subsets of a cached selection drawn without computing, stale figures kept with a banner, the
+counterfactual check as a background job, panel choices in the link, the rtol range, the
+CUDA message, the cached-analyses switch, plural and seed chips."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
+from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
+from coherence.dashboard.selection import default_selection
+from coherence.dashboard.sidebar import plural
+from coherence.workspace import checkpoints_dir, datasets_dir
+
+from .test_app import assert_clean, charts, open_app, texts
+
+
+def _key(workspace, selection) -> str:
+    return JobRunner(workspace).key(selection.to_request(workspace))
+
+
+@pytest.mark.parametrize(
+    ("widget", "value", "change"),
+    [
+        ("sb_ckpts", ["unet_tiny_s1"], {"checkpoints": ("unet_tiny_s1",)}),
+        ("sb_resp", ["smse", "mass"], {"responses": ("smse", "mass")}),
+    ],
+    ids=["drop_a_seed", "drop_energy"],
+)
+def test_a_subset_of_the_cached_view_draws_at_once_without_a_job(
+    workspace, monkeypatch, widget, value, change
+):
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    subset = replace(default_selection(workspace), **change)
+    key = _key(workspace, subset)
+    runner = JobRunner(workspace)
+    runner.store.delete(key)  # an earlier test may have assembled it already
+    at.multiselect(key=widget).set_value(value)
+    started = time.perf_counter()
+    at.run()
+    seconds = time.perf_counter() - started
+    assert_clean(at)
+    assert "cached result" in texts(at.caption)
+    assert "not computed yet" not in texts(at.info) and "Stale" not in texts(at.warning)
+    assert not at.get("progress") and not [b for b in at.button if b.key == "compute"]
+    (figure,) = charts(at)
+    assert figure["data"][0]["type"] == "heatmap"
+    assert runner.store.computations(key) == 0  # assembled from cached units, no job
+    assert runner.status(key).state == "done"
+    assert seconds < 1.0, f"the subset took {seconds:.2f} s to draw"
+
+
+def test_an_uncached_selection_keeps_the_last_figures_marked_stale(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    (before,) = charts(at)
+    at.number_input(key="sb_damping").set_value(1e-3).run()
+    assert not at.exception
+    banner = texts(at.warning)
+    assert "Stale figures" in banner and "damping λ 0.0001 → 0.001" in banner
+    assert "press **Compute** above for the current one" in banner
+    assert at.button(key="compute")  # the current selection is offered for computing
+    (after,) = charts(at)  # the last computed heatmap is still there
+    assert after["data"][0]["z"] == before["data"][0]["z"]
+    assert "Diagonal dominance" in [m.label for m in at.metric]
+    at.number_input(key="sb_damping").set_value(1e-4).run()  # back: current, not stale
+    assert "Stale" not in texts(at.warning)
+
+
+def test_cuda_on_a_cpu_machine_names_no_missing_button(workspace, monkeypatch):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is visible: cuda is a valid choice here")
+    at = open_app(workspace, monkeypatch)
+    at.selectbox(key="sb_device").set_value("cuda").run()
+    assert not at.exception
+    assert "no CUDA GPU is visible" in texts(at.error)
+    assert not [b for b in at.button if b.key == "compute"]
+    shown = texts(at.info) + texts(at.warning)
+    assert "Compute button above" not in shown and "press Compute" not in shown
+    assert "fix the selection above" in texts(at.warning)  # the stale banner says what to do
+
+
+def test_a_link_rtol_outside_the_widgets_range_is_refused(workspace, monkeypatch):
+    query = default_selection(workspace).to_query() | {"est": "cg", "rtol": "1e-30"}
+    at = open_app(workspace, monkeypatch, query)
+    assert not at.exception
+    assert "rtol='1e-30': the cg tolerance must lie in [1e-08, 0.99]" in texts(at.warning)
+    assert at.number_input(key="sb_rtol").value == pytest.approx(1.5e-2)  # UNet default
+    assert at.query_params["rtol"] == "0.015"  # the link now says what the screen shows
+
+
+def test_panel_choices_travel_in_the_link(workspace, monkeypatch):
+    pair = "CE-CRP ← CE-RP"
+    at = open_app(workspace, monkeypatch, {"two_time_pair": pair, "two_time_seed": "unet_tiny_s2"})
+    assert_clean(at)
+    assert not at.warning
+    assert at.selectbox(key="two_time_pair").value == pair
+    assert at.selectbox(key="two_time_seed").value == "unet_tiny_s2"
+    (figure,) = charts(at)
+    assert "perturbation CE-RP" in figure["layout"]["title"]["text"]
+    # a choice made on the page goes into the link
+    at.selectbox(key="two_time_seed").set_value("mean").run()
+    assert "two_time_seed" in at.query_params and at.query_params["two_time_seed"] == "mean"
+    assert at.query_params["two_time_pair"] == pair
+
+
+def test_bad_panel_choices_in_a_link_warn_and_use_the_default(workspace, monkeypatch):
+    at = open_app(
+        workspace,
+        monkeypatch,
+        {"two_time_seed": "no_such_seed", "two_time_pair": "x ← y", "field_h": "abc"},
+    )
+    assert not at.exception
+    warnings = texts(at.warning)
+    assert "two_time_seed='no_such_seed': not offered for this selection; using 'mean'" in warnings
+    assert "two_time_pair='x ← y': not offered" in warnings
+    assert "field_h='abc': not a whole number" in warnings
+    assert at.query_params["two_time_seed"] == "mean"
+    assert "field_h" not in at.query_params  # not the open panel's choice
+    rollout = open_app(workspace, monkeypatch, {"panel": "Rollout", "field_h": "999"})
+    assert not rollout.exception
+    assert "field_h='999': not offered for this selection" in texts(rollout.warning)
+    assert rollout.slider(key="field_h").value == 5  # the whole trajectory, the default
+
+
+def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    pick = at.selectbox(key="cached_pick")
+    vit = next(o for o in pick.options if "ViT" in o)
+    pick.set_value(vit).run()
+    at.button(key="cached_switch").click().run()
+    assert_clean(at)
+    assert at.selectbox(key="sb_group").value == "ViT"
+    assert at.query_params["ckpt"] == "vit_tiny_s1"
+    assert "**ViT**: cached result" in texts(at.caption)
+    assert charts(at)
+
+
+def test_plural_and_seed_chips(workspace, monkeypatch):
+    assert plural(1, "dataset") == "1 dataset" and plural(2, "dataset") == "2 datasets"
+    at = open_app(workspace, monkeypatch)
+    caption = texts(at.sidebar.caption)
+    assert "2 datasets" in caption and "3 checkpoints" in caption
+    assert at.multiselect(key="sb_ckpts").options == ["seed 1", "seed 2"]
+
+
+def _check_spec(workspace, perturbation: int = 0) -> dict:
+    selection = default_selection(workspace)
+    return counterfactual_spec(
+        checkpoint=checkpoints_dir(workspace) / "unet_tiny_s1",
+        data=datasets_dir(workspace) / selection.dataset,
+        classes=selection.classes,
+        trajectory=0,
+        t_start=selection.t_start,
+        n_steps=selection.n_steps,
+        perturbation=perturbation,
+        response="smse",
+        estimator=selection.estimator,
+        damping=selection.damping,
+        rtol=selection.rtol,
+    )
+
+
+@pytest.mark.slow
+def test_the_check_runs_as_a_background_job_with_progress_cancel_and_reattach(
+    workspace, monkeypatch
+):
+    runner = JobRunner(workspace)
+    key = runner.task_key(COUNTERFACTUAL.name, _check_spec(workspace, perturbation=2))
+    monkeypatch.setenv(TEST_DELAY_ENV, "0.5")  # the worker inherits it: a job of seconds
+    params = {"panel": "Validation", "cf_p": "2"}
+    first = open_app(workspace, monkeypatch, params)
+    assert_clean(first)
+    assert first.selectbox(key="cf_p").value == 2  # from the link
+    first.button(key="cf_run").click().run()
+    assert not first.exception
+    assert first.get("progress"), "no progress bar after Run check"
+    second = open_app(workspace, monkeypatch, params)  # a reload re-attaches
+    assert second.get("progress") and not [b for b in second.button if b.key == "cf_run"]
+    assert second.button(key="cf_cancel_jobs")
+    second.button(key="cf_cancel_jobs").click().run()
+    deadline = time.monotonic() + 120
+    while runner.status(key).active:
+        assert time.monotonic() < deadline, "the check did not stop after Cancel"
+        time.sleep(0.25)
+    assert runner.status(key).state == "cancelled"
+    monkeypatch.delenv(TEST_DELAY_ENV)
+    first.run()
+    assert "The check was cancelled" in texts(first.warning)
+    first.button(key="cf_run").click().run()
+    deadline = time.monotonic() + 180
+    while runner.status(key).state != "done":
+        assert runner.status(key).state != "failed", runner.status(key).error
+        assert time.monotonic() < deadline, "the check did not finish"
+        time.sleep(0.5)
+    first.run()
+    assert_clean(first)
+    assert len(charts(first)) == 2  # scatter and error curve
+    assert "Relative error" in texts(first.caption)
+    # stored as npz + JSON under the check's content key, never a pickle
+    blob = runner.store._cache.get(f"artifact:{key}")
+    assert blob[:2] == b"PK"
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        assert set(archive.files) >= {"epsilons", "rel_errors", "__metadata__"}
+    arrays, metadata = runner.artifact(key)
+    assert metadata["kind"] == "counterfactual" and arrays["rel_errors"].shape == (4,)

@@ -23,6 +23,7 @@ import torch
 
 from coherence.analysis.pipeline import available_memory, estimate_cost
 from coherence.analysis.request import AnalysisRequest
+from coherence.cache.cost import format_seconds
 from coherence.errors import CoherenceError, RequestError
 from coherence.io import resolve_device
 from coherence.probe import ModelProbe, probe_model
@@ -141,20 +142,12 @@ class StudyPlan:
             cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
             lines.append(f"  analyse {a.arch} ({len(a.checkpoints)} seeds): {what}{cost}")
         lines.extend(f"  note: {n}" for n in self.notes)
-        lines.append(f"  total to run: ≈ {_duration(self.seconds)}")
+        lines.append(f"  total to run: ≈ {format_seconds(self.seconds)}")
         return lines
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _cost(seconds: float, peak: int) -> str:
-    return f" — ≈ {_duration(seconds)}, peak ≈ {peak / GIB:.2f} GiB"
+    return f" — ≈ {format_seconds(seconds)}, peak ≈ {peak / GIB:.2f} GiB"
 
 
 # --------------------------------------------------------------------------- planning ----

@@ -8,8 +8,7 @@ imported without paying for torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coherence.lazy import lazy_exports
 
 _EXPORTS = {
     "AnalysisRequest": "coherence.analysis.request",
@@ -31,7 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'coherence.analysis' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -128,7 +128,7 @@ class AnalysisRequest:
             "estimator": self.estimator,
             "damping": self.damping,
             "rtol": self.rtol if cg else None,
-            "energy_threshold": self.energy_threshold if uses_basis else None,  # None: default
+            "energy_threshold": self.resolved_energy_threshold if uses_basis else None,
             "depth": self.depth if estimator is Estimator.KRYLOV else None,
             "cg_start": self.cg_start if cg else None,
             "device": self.device,

@@ -6,8 +6,7 @@ waits for a compute slot without importing torch and the analysis stack.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coherence.lazy import lazy_exports
 
 _EXPORTS = {
     "ANALYSIS_CODE_VERSION": "coherence.cache.keys",
@@ -26,8 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -18,6 +18,7 @@ started while every slot is taken waits in a first-come queue, without torch loa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -197,6 +198,28 @@ def internal_error_message(error: BaseException, log_path: Path | None) -> str:
     return f"internal error: {type(error).__name__}: {first_line}{where}"
 
 
+@contextlib.contextmanager
+def recorded(store: ResultStore, key: str, tracker: ProgressTracker, log_path: Path | None):
+    """Run a job's body under its progress record: counted, marked running, and ended as
+    done, cancelled or failed (a one-line message; the log names internal errors)."""
+    store.record_computation(key)
+    tracker.write("running")
+    try:
+        yield
+    except JobCancelled as error:
+        tracker.write("cancelled", error=str(error))
+        store.clear_cancel(key)  # still under the lock: no newer job can own the flag yet
+        raise
+    except CoherenceError as error:
+        tracker.write("failed", error=str(error))
+        raise
+    except Exception as error:
+        tracker.write("failed", error=internal_error_message(error, log_path))
+        raise
+    tracker.write("done")
+    store.clear_cancel(key)
+
+
 def compute_job(
     store: ResultStore,
     key: str,
@@ -213,9 +236,7 @@ def compute_job(
     the result is not stored (it would be served for inputs it was not computed from).
     """
     tracker = ProgressTracker(store, key, forward=progress, log_path=log_path)
-    store.record_computation(key)
-    tracker.write("running")
-    try:
+    with recorded(store, key, tracker, log_path):
         keys = unit_keys(request)
         known = cached_units(store, request, keys)
         tracker.set_units(len(request.checkpoints) * len(request.trajectories), len(known))
@@ -236,18 +257,6 @@ def compute_job(
                 "was not cached; run the analysis again"
             )
         store.put(key, result)
-    except JobCancelled as error:
-        tracker.write("cancelled", error=str(error))
-        store.clear_cancel(key)  # still under the lock: no newer job can own the flag yet
-        raise
-    except CoherenceError as error:
-        tracker.write("failed", error=str(error))
-        raise
-    except Exception as error:
-        tracker.write("failed", error=internal_error_message(error, log_path))
-        raise
-    tracker.write("done")
-    store.clear_cancel(key)
     return result
 
 
@@ -263,9 +272,7 @@ def compute_task(
     """Compute a job of another kind (``tasks``) and store its artifact under ``key``; the
     caller holds the key's lock. Ends recorded as for an analysis (done, failed, cancelled)."""
     tracker = ProgressTracker(store, key, forward=progress, log_path=log_path)
-    store.record_computation(key)
-    tracker.write("running")
-    try:
+    with recorded(store, key, tracker, log_path):
         arrays, metadata = tasks.kind(name).compute(spec, tracker)
         tracker(1.0, "checking the inputs and storing the result")
         if tasks.task_key(name, spec) != key:
@@ -274,18 +281,6 @@ def compute_task(
                 "not cached; run it again"
             )
         store.put_artifact(key, arrays, {**metadata, "kind": name})
-    except JobCancelled as error:
-        tracker.write("cancelled", error=str(error))
-        store.clear_cancel(key)
-        raise
-    except CoherenceError as error:
-        tracker.write("failed", error=str(error))
-        raise
-    except Exception as error:
-        tracker.write("failed", error=internal_error_message(error, log_path))
-        raise
-    tracker.write("done")
-    store.clear_cancel(key)
     return arrays, metadata
 
 

@@ -349,8 +349,9 @@ class ResultStore:
         """Whether an entry exists (not validated: ``get`` may still refuse it)."""
         return f"result:{validate_key(key)}" in self._cache
 
-    def age(self, key: str) -> float | None:
-        """Seconds since the result was stored (reads only its metadata), or None."""
+    def _metadata(self, key: str) -> dict[str, Any] | None:
+        """A result's JSON metadata, read without loading its arrays; None if missing (or
+        deleted meanwhile). An entry not in the safe form is refused (deleted) and None."""
         name = f"result:{validate_key(key)}"
         try:
             handle = self._cache.get(name, read=True, retry=True)
@@ -359,18 +360,23 @@ class ResultStore:
             source = io.BytesIO(handle) if isinstance(handle, bytes) else handle
             try:
                 with np.load(source, allow_pickle=False) as archive:
-                    created = _read_metadata(archive, key)["cache"]["created"]
+                    return _read_metadata(archive, key)
             finally:
                 source.close()
         except CacheCorruptionError as error:
             self._refuse(name, error)
-            return None
         except (ValueError, KeyError, TypeError, EOFError) as error:
             self._refuse(name, CacheCorruptionError(f"{type(error).__name__}: {error}"))
-            return None
         except OSError:
-            return None  # deleted between the lookup and the read
-        return max(time.time() - float(created), 0.0)
+            pass  # deleted between the lookup and the read
+        return None
+
+    def age(self, key: str) -> float | None:
+        """Seconds since the result was stored (reads only its metadata), or None."""
+        metadata = self._metadata(key)
+        if metadata is None:
+            return None
+        return max(time.time() - float(metadata["cache"]["created"]), 0.0)
 
     def delete(self, key: str) -> bool:
         return bool(self._cache.delete(f"result:{validate_key(key)}", retry=True))
@@ -378,19 +384,8 @@ class ResultStore:
     def result_request(self, key: str) -> dict[str, Any] | None:
         """The request (as a dict) a cached result was computed for, read from its JSON
         metadata only (no arrays); None if missing or not in the safe form."""
-        name = f"result:{validate_key(key)}"
-        try:
-            handle = self._cache.get(name, read=True, retry=True)
-            if handle is None:
-                return None
-            source = io.BytesIO(handle) if isinstance(handle, bytes) else handle
-            try:
-                with np.load(source, allow_pickle=False) as archive:
-                    return dict(_read_metadata(archive, key)["request"])
-            finally:
-                source.close()
-        except (CacheCorruptionError, ValueError, KeyError, TypeError, EOFError, OSError):
-            return None
+        metadata = self._metadata(key)
+        return None if metadata is None else dict(metadata["request"])
 
     # ---------------------------------------------------------------- artifacts ------
     # The result of a job of another kind than an analysis (``coherence.cache.tasks``): named

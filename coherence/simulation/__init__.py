@@ -7,8 +7,7 @@ exported here, loaded on first use (PEP 562) so that importing the package stays
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from coherence.lazy import lazy_exports
 
 _EXPORTS = {
     "DatasetInfo": "coherence.simulation.dataset",
@@ -22,8 +21,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

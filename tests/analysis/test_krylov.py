@@ -204,7 +204,11 @@ def test_request_records_each_option_only_where_it_is_used():
     sub = AnalysisRequest(**base, energy_threshold=0.99).to_dict()
     assert sub["energy_threshold"] == 0.99 and sub["depth"] is None and sub["cg_start"] is None
     kry = AnalysisRequest(**base, estimator="krylov", depth=3).to_dict()
-    assert kry["depth"] == 3 and kry["energy_threshold"] is None  # None: the default
+    # the default is recorded as its value: given or defaulted, one solve makes one cache key
+    assert kry["depth"] == 3 and kry["energy_threshold"] == 1.0
+    assert AnalysisRequest(**base, estimator="krylov", depth=3, energy_threshold=1.0) == (
+        AnalysisRequest(**base, estimator="krylov", depth=3)
+    )
     cold = AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="cold").to_dict()
     assert cold["cg_start"] == "cold" and cold["energy_threshold"] is None
     assert AnalysisRequest.from_dict(cold).to_dict() == cold

@@ -461,7 +461,8 @@ def test_log_axes_label_every_tick_in_full():
     wide = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]
     assert wide[0] == "10⁻⁹" and all("×" not in t for t in wide)
     assert F.number_label(2e-5) == "2×10⁻⁵" and F.number_label(0.02) == "0.02"
-    assert F.number_label(1e6) == "10⁶"
+    assert F.number_label(1e6) == "10⁶" and F.number_label(5000) == "5000"
+    assert all("e" not in t for t in F.log_axis([200, 2e4], title="λ")["ticktext"])
 
 
 def test_compare_mode_titles_do_not_overlap(distance_curve):

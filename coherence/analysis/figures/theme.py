@@ -204,12 +204,13 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def number_label(value: float) -> str:
-    """A short unambiguous tick label: '0.02', '500', '2×10⁻⁵', '1×10⁶' (never SI 'M' or a
-    bare mantissa digit)."""
+    """A short unambiguous tick label: '0.02', '5000', '2×10⁻⁵', '10⁶' (never SI 'M', never
+    'e+03', never a bare mantissa digit)."""
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
-    if 1e-3 <= abs(value) < 1e4:
-        return f"{value:.3g}"
+    if 1e-3 <= abs(value) < 1e5:
+        text = f"{value:.3g}"
+        return f"{value:.0f}" if "e" in text else text  # 5000, not 5e+03
     exponent = math.floor(math.log10(abs(value)))
     mantissa = value / 10**exponent
     head = f"{mantissa:.2g}×" if round(mantissa, 2) != 1 else ""

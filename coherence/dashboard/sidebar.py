@@ -155,7 +155,8 @@ def _dataset_label(catalog: Catalog):
 def _checkpoint_label(catalog: Catalog):
     def label(name: str) -> str:
         entry = catalog.checkpoint(name)
-        return f"{name} (seed {entry.seed})" if entry else name
+        # the seed first: a narrow sidebar truncates chips at the end
+        return f"seed {entry.seed} · {name}" if entry else name
 
     return label
 
@@ -337,9 +338,13 @@ def draw(catalog: Catalog, *, cuda_available: bool) -> None:
             help="Where the background job computes; auto uses a GPU when one is visible.",
         )
         st.caption(
-            f"Workspace {code(catalog.root)} · {len(catalog.datasets)} datasets · "
-            f"{len(catalog.checkpoints)} checkpoints"
+            f"Workspace {code(catalog.root)} · {_count(len(catalog.datasets), 'dataset')} · "
+            f"{_count(len(catalog.checkpoints), 'checkpoint')}"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _device_label(cuda_available: bool):

@@ -8,7 +8,7 @@ models (§6.5, 6.7), fields (snapshots, prediction vs truth), validation (§7), 
 from __future__ import annotations
 
 from coherence.analysis.figures.compare import side_by_side
-from coherence.analysis.figures.fields import field_viewer, snapshot_animation
+from coherence.analysis.figures.fields import field_viewer, input_pair_figure, snapshot_animation
 from coherence.analysis.figures.influence import (
     class_transfer_heatmap,
     difference_heatmap,
@@ -52,6 +52,7 @@ __all__ = [
     "field_viewer",
     "heatmap_scale",
     "influence_range",
+    "input_pair_figure",
     "lag_curves_figure",
     "log_axis",
     "number_label",

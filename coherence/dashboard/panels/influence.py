@@ -152,7 +152,19 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
 def _difference(ctx: PanelContext, maps, labels: list[str], option: str) -> None:
     """Compare mode: the first group's map minus the second's, on a diverging scale."""
     (_, V_a), (_, V_b) = maps
-    st.subheader("Difference map", anchor=False)
+    box = st.expander(
+        f"Difference map: {literal(labels[0])} − {literal(labels[1])}",
+        icon=":material/compare:",
+        key="two_time_diff_open",
+        on_change="rerun",  # lazy: drawn only when opened
+    )
+    if box.open is False:
+        return
+    with box:
+        _difference_chart(ctx, V_a, V_b, labels, option)
+
+
+def _difference_chart(ctx: PanelContext, V_a, V_b, labels: list[str], option: str) -> None:
     st.caption(how_to_read(difference_heatmap))
     figure = difference_heatmap(
         V_a,

@@ -180,7 +180,9 @@ def test_load_panels_download_compute_share_compare(server, browser):
         whole.click()
     with zipfile.ZipFile(download.value.path()) as archive:
         names = sorted(archive.namelist())
-        assert names == ["tiny_ce_analysis_UNet.json", "tiny_ce_analysis_UNet.npz"]
+        stem = download.value.suggested_filename.removesuffix(".zip")
+        assert re.fullmatch(r"tiny_ce_w0-4_subspace_lam1e-4_[0-9a-f]{6}_analysis_UNet", stem)
+        assert names == [f"{stem}.json", f"{stem}.npz"]
         with np.load(io.BytesIO(archive.read(names[1])), allow_pickle=False) as arrays:
             assert arrays["H_std"].shape == (2, 1, 5, 3, 5, 3)  # [S, B, T, C, T, C]
         assert json.loads(archive.read(names[0]))["request"]["estimator"] == "subspace"

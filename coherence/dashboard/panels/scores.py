@@ -78,20 +78,22 @@ def _group_scores(group) -> None:
     scores = loaders.scores(group.key, group.result)
     table = {s.name: s for s in scores.as_list()}
     n = len(group.result.checkpoints)
-    columns = st.columns([2, 1, 1, 1, 1])
-    columns[0].markdown(
-        f"**{literal(group.label)}** · {n} seed{'s' if n != 1 else ''}  \n"
-        f"{literal(verdict(scores))}"
+    st.markdown(
+        f"**{literal(group.label)}** · {n} seed{'s' if n != 1 else ''} · {literal(verdict(scores))}"
     )
-    for column, ref in zip(columns[1:], REFERENCES, strict=True):
+    # fixed-width cells in a wrapping row: on a narrow screen they move to the next line
+    # instead of truncating their labels
+    row = st.container(horizontal=True, gap="medium")
+    for ref in REFERENCES:
         score = table.get(ref.name)
-        column.metric(
+        cell = row.container(width=190, gap=None)
+        cell.metric(
             ref.title,
             format_score(score, ref.unit),
             help=f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median; "
             f"{literal(uncertainty(score))}.",
         )
-        column.caption(literal(f"{uncertainty_short(score)} · {ref.marks}"))
+        cell.caption(literal(f"{uncertainty_short(score)} · {ref.marks}"))
 
 
 def uncertainty_short(score) -> str:

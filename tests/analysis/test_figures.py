@@ -480,3 +480,18 @@ def test_compare_mode_titles_do_not_overlap(distance_curve):
 def test_heatmap_hover_has_three_significant_digits():
     trace = F.two_time_heatmap(np.full((2, 2), 0.4), [0.0, 0.1], 4).data[0]
     assert "%{z:.3g}" in trace.hovertemplate and ".4f" not in trace.hovertemplate
+
+
+def test_click_targets_cover_every_cell_with_the_cells_hover():
+    v = np.arange(9.0).reshape(3, 3)
+    fig = F.two_time_heatmap(v, [0.0, 0.1, 0.2], 9, steps=[3, 4, 5])
+    clickable = F.with_click_targets(fig)
+    heatmap, targets = clickable.data
+    assert fig.data[0].hoverinfo is None  # the input stays unchanged
+    assert heatmap.hoverinfo == "skip" and clickable.layout.hoverdistance == -1
+    np.testing.assert_array_equal(targets.x, np.tile([0.0, 0.1, 0.2], 3))
+    np.testing.assert_array_equal(targets.y, np.repeat([0.0, 0.1, 0.2], 3))
+    custom = np.asarray(targets.customdata)
+    np.testing.assert_array_equal(custom[:, 0].astype(float), v.ravel())  # z at (t_r, t_p)
+    assert custom[5, 1] == "step_p = 5, step_r = 4"  # row 1 (t_r), column 2 (t_p)
+    assert "%{customdata[0]:.3g}" in targets.hovertemplate

@@ -15,6 +15,7 @@ from coherence.analysis.figures.influence import (
     distance_figure,
     lag_curves_figure,
     two_time_heatmap,
+    with_click_targets,
 )
 from coherence.analysis.figures.models import (
     rollout_figure,
@@ -67,4 +68,5 @@ __all__ = [
     "top_eigenvalue_box",
     "training_curves_figure",
     "two_time_heatmap",
+    "with_click_targets",
 ]

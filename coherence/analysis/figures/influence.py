@@ -313,3 +313,42 @@ def distance_figure(
     )
     fig.update_yaxes(title=axis_title(f"mean {value_label} (standardized influence)"))
     return fig
+
+
+def with_click_targets(fig: go.Figure) -> go.Figure:
+    """A copy of a two-time heatmap figure with an invisible marker on every cell centre that
+    carries the cell's hover: plotly reports clicks on scatter points, not on heatmap cells,
+    so this is what lets a click pick a cell (the dashboard's drill-down). The nearest
+    centre answers anywhere in the plot (hoverdistance −1). For display only: exports keep
+    the plain figure."""
+    out = go.Figure(fig)
+    for trace in list(out.data):
+        if not isinstance(trace, go.Heatmap) or trace.x is None or trace.y is None:
+            continue
+        x, y = np.meshgrid(np.asarray(trace.x), np.asarray(trace.y))  # [T_r, T_p]
+        z = np.asarray(trace.z, dtype=np.float64)
+        text = np.asarray(trace.text, dtype=object) if trace.text is not None else None
+        custom = np.stack([z.ravel()] + ([text.ravel()] if text is not None else []), axis=-1)
+        hover = (
+            (trace.hovertemplate or "")
+            .replace("%{z", "%{customdata[0]")
+            .replace("%{text}", "%{customdata[1]}")
+        )
+        out.add_trace(
+            go.Scatter(
+                x=x.ravel(),
+                y=y.ravel(),
+                mode="markers",
+                marker={"size": 8, "opacity": 0},
+                customdata=custom,
+                hovertemplate=hover,
+                showlegend=False,
+                name="cells",
+                xaxis=trace.xaxis,
+                yaxis=trace.yaxis,
+            )
+        )
+        trace.hoverinfo = "skip"
+        trace.hovertemplate = None
+    out.update_layout(hoverdistance=-1)
+    return out

@@ -18,6 +18,7 @@ from coherence.analysis.figures import (
     input_pair_figure,
     lag_curves_figure,
     two_time_heatmap,
+    with_click_targets,
 )
 from coherence.analysis.summaries import class_transfer_matrix, lag_curves, two_time_map
 from coherence.dashboard import loaders
@@ -129,7 +130,10 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
     figure = pair_figure(
         figures, labels, zrange=zrange, title=f"Two-time influence, {_pair_label(option)}"
     )
-    chart(figure, key="chart_two_time", clickable=True)
+    if len(figures) == 1:  # a click on a cell drills down (compare mode: the selector)
+        chart(with_click_targets(figure), key="chart_two_time", clickable=True)
+    else:
+        chart(figure, key="chart_two_time")
     files = [
         ctx.group_csv(
             "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)

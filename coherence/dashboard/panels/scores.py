@@ -58,7 +58,7 @@ def tour() -> None:
     """A short, dismissible introduction for first-time visitors (once per session)."""
     if st.session_state.get(TOUR_KEY):
         return
-    with st.container(border=True, horizontal=True, vertical_alignment="center"):
+    with st.container(border=True, horizontal=True, vertical_alignment="center", wrap=False):
         st.markdown(TOUR, width="stretch")
         st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
 
@@ -68,13 +68,15 @@ def headline(ctx: PanelContext) -> None:
     above the tabs (drawn after the open tab's chart, so they never delay it); then the
     one-click report of the whole selection."""
     tour()
+    row = None
     if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
         for group in ctx.ready:
-            _group_scores(group)
-    report_button(ctx)
+            row = _group_scores(group)
+    report_button(ctx, row)
 
 
-def _group_scores(group) -> None:
+def _group_scores(group):
+    """The group's verdict line and metric row (returned: the report button joins it)."""
     scores = loaders.scores(group.key, group.result)
     table = {s.name: s for s in scores.as_list()}
     n = len(group.result.checkpoints)
@@ -94,6 +96,7 @@ def _group_scores(group) -> None:
             f"{literal(uncertainty(score))}.",
         )
         cell.caption(literal(f"{uncertainty_short(score)} · {ref.marks}"))
+    return row
 
 
 def uncertainty_short(score) -> str:
@@ -102,12 +105,13 @@ def uncertainty_short(score) -> str:
     return f"[{score.q1:.2f}, {score.q3:.2f}]"
 
 
-def report_button(ctx: PanelContext) -> None:
-    """The selection's self-contained HTML report (what one emails after a demo)."""
+def report_button(ctx: PanelContext, row=None) -> None:
+    """The selection's self-contained HTML report (what one emails after a demo), at the
+    end of ``row`` when given."""
     if not ctx.ready:
         return
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
-    st.download_button(
+    (row if row is not None else st).download_button(
         "Report (HTML)",
         data=lambda: build_report(ctx.root, ctx.catalog, ctx.selection, groups=groups),
         file_name=report_name(ctx.selection),

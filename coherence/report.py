@@ -347,7 +347,7 @@ def _headline(groups: Sequence[ReportGroup], scores: Mapping[str, Scores]) -> st
     for g in groups:
         table = {s.name: s for s in scores[g.label].as_list()}
         cells = "".join(
-            f"<td><b>{html.escape(format_score(table.get(r.name), r.unit))}</b><br>"
+            f"<td><b>{html.escape(format_score(table.get(r.name)))}</b><br>"
             f"<small>{html.escape(uncertainty(table.get(r.name)))}<br>"
             f"{html.escape(r.marks)}</small></td>"
             for r in REFERENCES

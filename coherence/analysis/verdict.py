@@ -19,29 +19,43 @@ CLASS_TRANSFER, CLASS_SPECIFIC = 0.5, 0.2  # inter/intra ratio above / below
 
 @dataclass(frozen=True)
 class Reference:
-    """How to read one headline score: its title, unit, and the values that anchor it."""
+    """How to read one headline score: its title (with its unit), the values that anchor it
+    (``marks``), and the same in a few words for a narrow metric cell (``short``)."""
 
     name: str
     title: str
-    unit: str
     marks: str  # e.g. "0.5 flat · 1 perfectly local"
+    short: str  # e.g. "0.5 flat · 1 local"
 
 
 REFERENCES = (
-    Reference("diagonal_dominance", "Diagonal dominance", "", "0.5 flat · 1 perfectly local"),
-    Reference("decay_length", "Lag decay length", "steps", "1 step: local · T: never decays"),
-    Reference("inter_intra_ratio", "Inter / intra class", "", "0 class-specific · 1 full transfer"),
-    Reference("toeplitz_defect", "Toeplitz defect", "", "0 depends on the lag only"),
+    Reference(
+        "diagonal_dominance",
+        "Diagonal dominance",
+        "0.5 flat · 1 perfectly local",
+        "0.5 flat · 1 local",
+    ),
+    Reference(
+        "decay_length",
+        "Lag decay (steps)",
+        "1 step: local · T (the window): never decays",
+        "1 local · T flat",
+    ),
+    Reference(
+        "inter_intra_ratio",
+        "Inter / intra class",
+        "0 class-specific · 1 full transfer across classes",
+        "0 none · 1 full",
+    ),
+    Reference("toeplitz_defect", "Toeplitz defect", "0 depends on the lag only", "0 lag only"),
 )
 
 
-def format_score(score: Score | None, unit: str = "") -> str:
-    """'0.82' (or '≥ 5 steps' for a censored decay length, '—' when undefined)."""
+def format_score(score: Score | None) -> str:
+    """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined)."""
     if score is None or not math.isfinite(score.median):
         return "—"
-    text = f"{score.median:.2f}" if abs(score.median) < 100 else f"{score.median:.3g}"
-    if unit:
-        text += f" {unit}"
+    text = f"{score.median:.2f}" if abs(score.median) < 10 else f"{score.median:.3g}"
     if int(score.censored.sum()):
         text = f"≥ {text}"
     return text

@@ -30,7 +30,7 @@ def test_local_maps_read_as_memorization_and_flat_ones_as_transfer():
 
 def test_formatting_units_censoring_and_marks():
     scores = compute_scores(_h(diagonal=1.0, off=1.0, inter=1.0))
-    assert format_score(scores.decay_length, "steps") == "≥ 6.00 steps"  # never decays: T
+    assert format_score(scores.decay_length) == "≥ 6.00"  # never decays: censored at T
     assert format_score(None) == "—"
     assert uncertainty(scores.diagonal_dominance).startswith("Q1–Q3 [0.50, 0.50] over 2")
     assert [r.name for r in REFERENCES] == [
@@ -40,3 +40,5 @@ def test_formatting_units_censoring_and_marks():
         "toeplitz_defect",
     ]
     assert "0.5 flat" in REFERENCES[0].marks and "1 perfectly local" in REFERENCES[0].marks
+    assert REFERENCES[1].title == "Lag decay (steps)"  # the unit on the metric
+    assert all(len(r.short) <= 18 for r in REFERENCES)  # fits a narrow metric cell

@@ -40,10 +40,11 @@ def test_tour_and_verdict_with_reference_marks(workspace, monkeypatch):
     scores = compute_scores(result.H_std[result.primary])
     assert verdict(scores) in markdown  # the plain-language reading of these scores
     captions = texts(at.caption)
-    assert "0.5 flat · 1 perfectly local" in captions
-    assert "0 class-specific · 1 full transfer" in captions
-    decay = next(m for m in at.metric if m.label == "Lag decay length")
-    assert decay.value.endswith("steps")  # units on the metric
+    assert "0.5 flat · 1 local" in captions and "0 none · 1 full" in captions
+    decay = next(m for m in at.metric if m.label == "Lag decay (steps)")  # the unit
+    assert decay.value.startswith("≥")  # censored: the curve never fell to 1/e
+    dd = next(m for m in at.metric if m.label == "Diagonal dominance")
+    assert "0.5 flat · 1 perfectly local" in dd.proto.help.replace("\\", "")
     at.button(key="tour_dismiss").click().run()
     assert_clean(at)
     assert "What am I looking at?" not in texts(at.markdown)

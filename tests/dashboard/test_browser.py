@@ -261,12 +261,13 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     settle(page)
     assert_fits(axis_fit(page))  # the wide tab: the axes span exactly the data
     assert page.get_by_text("What am I looking at?").count() == 1
-    box = page.locator(HEATMAP).first.bounding_box()
-    assert box["y"] < 1000, box  # the headline heatmap is above the fold
     shot(page, "20_tour_verdict_1600")
     page.get_by_role("button", name="Got it").click()
     settle(page)
     assert page.get_by_text("What am I looking at?").count() == 0
+    box = page.locator(HEATMAP).first.bounding_box()
+    assert box["y"] + box["height"] * 0.75 < 1000, box  # the headline heatmap: above the fold
+    shot(page, "20b_after_tour_1600")
 
     with page.expect_download() as download:  # a PNG at publication resolution
         page.get_by_role("button", name="Figure (PNG)").click()
@@ -304,7 +305,10 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     offline.close()
 
     heatmap = page.locator(HEATMAP).first.bounding_box()  # click a cell: drill down
-    page.mouse.click(heatmap["x"] + heatmap["width"] * 0.7, heatmap["y"] + heatmap["height"] * 0.3)
+    x, y = heatmap["x"] + heatmap["width"] * 0.7, heatmap["y"] + heatmap["height"] * 0.3
+    page.mouse.move(x - 4, y - 4)
+    page.mouse.move(x, y, steps=4)  # plotly clicks the point it hovers
+    page.mouse.click(x, y)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
     settle(page)
     assert page.get_by_text("input distance d(r, p)").count() == 1
@@ -313,11 +317,17 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
 
 
 def test_compare_fits_and_reads_at_1024(server, browser):
-    page = browser.new_page(viewport={"width": 1024, "height": 900}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1024, "height": 1800}, accept_downloads=True)
     page.set_default_timeout(SLOW)
     page.goto(f"{server}/?vs={','.join(COMPARE)}")
     page.wait_for_selector(HEATMAP)
     settle(page, 1.0)
+    page.get_by_role("button", name="Got it").click()
+    settle(page)
+    labels = page.locator("[data-testid=stMetricLabel]").all()
+    assert len(labels) == 8  # 4 scores × 2 groups, none cut off
+    for label in labels:
+        assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), label.inner_text()
     fit = axis_fit(page)
     assert len(fit["heatmaps"]) == 2
     assert_fits(fit)

@@ -52,13 +52,15 @@ def _pair_label(option: str) -> str:
 
 
 def two_time(ctx: PanelContext) -> None:
-    """Panel 2: V[t_r, t_p], per class pair, on the fixed range [0, √N]."""
-    st.caption(
+    """Panel 2: V[t_r, t_p], per class pair, on the fixed range [0, √N]. The caption goes
+    under the chart (as in a paper), which keeps the headline heatmap above the fold."""
+    caption = (
         how_to_read(two_time_heatmap)
         + f" Default colour range [0, √N] = [0, {ctx.zrange[1]:.2f}]: a perfectly local row "
-        "reaches √N. Hover shows (t_p, t_r, value)."
+        "reaches √N. Hover shows (t_p, t_r, value); click a cell to drill down."
     )
     if not need_results(ctx):
+        st.caption(caption)
         return
     classes = ctx.selection.classes
     pair_options = _pair_options(classes)
@@ -89,6 +91,7 @@ def two_time(ctx: PanelContext) -> None:
                 key="two_time_seed",
             )
             scale_selector("two_time", third)
+    st.caption(caption)
     _drill_down(ctx, widget_value("two_time_pair", pair_options))
 
 

@@ -88,14 +88,14 @@ def _group_scores(group):
     row = st.container(horizontal=True, gap="medium")
     for ref in REFERENCES:
         score = table.get(ref.name)
-        cell = row.container(width=125, gap=None)
+        cell = row.container(width=155, gap=None)  # "Diagonal dominance" and its help icon
         cell.metric(
             ref.title,
             format_score(score),
             help=f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median; "
             f"{literal(uncertainty(score))}.",
         )
-        cell.caption(literal(f"{uncertainty_short(score)}  \n{ref.short}"))
+        cell.caption(literal(uncertainty_short(score)) + "  \n" + literal(ref.short))
     return row
 
 

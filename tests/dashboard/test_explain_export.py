@@ -119,3 +119,26 @@ def test_export_names_encode_the_selection(workspace):
     assert selection_tag(selection).startswith(f"{selection.dataset}_w{selection.t_start}-")
     assert "subspace" in selection_tag(selection)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", selection_tag(selection))
+
+
+def test_settle_imports_waits_for_another_threads_import(tmp_path, monkeypatch):
+    """A tab click starts the new run while the old one may still import pandas: the panels
+    wait for that import instead of reading a half-initialized module."""
+    import sys
+    import threading
+    import time
+
+    from coherence.dashboard.panels.common import settle_imports
+
+    (tmp_path / "slow_module_16.py").write_text("import time\ntime.sleep(1.0)\nREADY = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    worker = threading.Thread(target=__import__, args=("slow_module_16",))
+    worker.start()
+    while "slow_module_16" not in sys.modules:
+        time.sleep(0.01)
+    assert not hasattr(sys.modules["slow_module_16"], "READY")  # half-initialized
+    settle_imports(("slow_module_16",))
+    assert sys.modules["slow_module_16"].READY
+    worker.join()
+    settle_imports(("a_module_nobody_imports",))  # nothing started: nothing imported
+    assert "a_module_nobody_imports" not in sys.modules

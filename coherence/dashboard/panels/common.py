@@ -5,6 +5,8 @@ File names encode the selection (analysis.names.selection_tag)."""
 
 from __future__ import annotations
 
+import importlib
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,6 +114,21 @@ def scale_selector(key: str, container=None) -> None:
         "row). Auto: this map's own range. Diverging: symmetric around 0, so negative "
         "influence (a step on p that worsens r) shows in blue.",
     )
+
+
+def settle_imports(names: Sequence[str] = ("pandas",)) -> None:
+    """Wait until a pandas import that another script thread has in progress is complete.
+
+    Why: with Streamlit's fast reruns, a click (another tab) starts the new script run while
+    the old one may still be importing pandas (≈ 3 s, for its first st.dataframe); plotly's
+    validators peek at sys.modules['pandas'] and fail on the half-initialized module
+    ("partially initialized module 'pandas' has no attribute 'Series'"). An import statement
+    waits for the other thread's import; nothing happens (and no pandas is loaded) when no
+    thread has started one, so the first chart is never delayed.
+    """
+    for name in names:
+        if name in sys.modules:
+            importlib.import_module(name)  # blocks on the module's import lock until complete
 
 
 def need_results(ctx: PanelContext) -> bool:

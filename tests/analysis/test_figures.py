@@ -479,7 +479,7 @@ def test_compare_mode_titles_do_not_overlap(distance_curve):
 
 def test_heatmap_hover_has_three_significant_digits():
     trace = F.two_time_heatmap(np.full((2, 2), 0.4), [0.0, 0.1], 4).data[0]
-    assert "%{z:.3g}" in trace.hovertemplate and ".4f" not in trace.hovertemplate
+    assert "%{z:.3~g}" in trace.hovertemplate and ".4f" not in trace.hovertemplate  # 0.4
 
 
 def test_click_targets_cover_every_cell_with_the_cells_hover():
@@ -494,4 +494,4 @@ def test_click_targets_cover_every_cell_with_the_cells_hover():
     custom = np.asarray(targets.customdata)
     np.testing.assert_array_equal(custom[:, 0].astype(float), v.ravel())  # z at (t_r, t_p)
     assert custom[5, 1] == "step_p = 5, step_r = 4"  # row 1 (t_r), column 2 (t_p)
-    assert "%{customdata[0]:.3g}" in targets.hovertemplate
+    assert "%{customdata[0]:.3~g}" in targets.hovertemplate

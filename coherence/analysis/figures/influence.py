@@ -79,7 +79,7 @@ def two_time_heatmap(
     if len(t) > 1 and not np.all(np.diff(t) > 0):
         raise RequestError(f"times must increase strictly; got {t.tolist()}")
     lo, hi, colorscale = _zrange(zrange, n_examples, scale, v)
-    hover = f"t_p = %{{x:.3g}}<br>t_r = %{{y:.3g}}<br>{value_label} = %{{z:.3g}}"
+    hover = f"t_p = %{{x:.3~g}}<br>t_r = %{{y:.3~g}}<br>{value_label} = %{{z:.3~g}}"
     text = None
     if steps is not None:
         k = as_array(steps, "steps", 1)
@@ -142,8 +142,8 @@ def difference_heatmap(
     fig.update_traces(
         colorscale=DIVERGING,
         hovertemplate=(
-            f"t_p = %{{x:.3g}}<br>t_r = %{{y:.3g}}<br>{value_label}({first}) − "
-            f"{value_label}({second}) = %{{z:.3g}}<extra></extra>"
+            f"t_p = %{{x:.3~g}}<br>t_r = %{{y:.3~g}}<br>{value_label}({first}) − "
+            f"{value_label}({second}) = %{{z:.3~g}}<extra></extra>"
         ),
         colorbar=_colorbar(f"Δ{value_label} ({first} − {second})"),
     )
@@ -184,7 +184,7 @@ def class_transfer_heatmap(
         texttemplate="%{z:.2f}",
         hovertemplate=(
             "perturbation class = %{x}<br>response class = %{y}<br>"
-            f"mean {value_label} = %{{z:.3g}}<extra></extra>"
+            f"mean {value_label} = %{{z:.3~g}}<extra></extra>"
         ),
     )
     fig = styled(go.Figure(trace), title, height=420)

@@ -340,5 +340,7 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     assert_fits(axis_fit(page))
     shot(page, "24_compare_transfer_1024")
     open_tab(page, "Input distance")
+    page.wait_for_selector(".js-plotly-plot .scatterlayer")  # smoothed on first visit
+    settle(page)
     shot(page, "25_compare_distance_1024")
     page.close()

@@ -470,10 +470,17 @@ def test_compare_mode_titles_do_not_overlap(distance_curve):
     both = F.side_by_side(m, m, ("UNet", "ViT"))
     assert both.layout.yaxis2.showticklabels is False  # the labels are on the left already
     assert both.layout.yaxis2.title.text == "response class (row)"
+    long_x = F.side_by_side(
+        F.two_time_heatmap(np.eye(2), [0, 1], 4), F.two_time_heatmap(np.eye(2), [0, 1], 4)
+    )
+    assert long_x.layout.xaxis.title.text == "perturbation time t_p"  # short: kept per panel
     d = F.distance_figure(distance_curve)
     pair = F.side_by_side(d, d, ("UNet", "ViT"))
-    for axis in (pair.layout.xaxis, pair.layout.xaxis2):
-        assert axis.title.text.count("<br>") == 1  # half a page: two lines each
+    shared = [a.text for a in pair.layout.annotations if a.text not in ("UNet", "ViT")]
+    assert shared == [d.layout.xaxis.title.text]  # one x title under both panels
+    assert not pair.layout.xaxis.title.text and not pair.layout.xaxis2.title.text
+    assert pair.layout.yaxis.title.text and not pair.layout.yaxis2.title.text
+    assert pair.layout.legend.orientation == "h"  # below: the panels keep their width
     assert pair.layout.xaxis.type == "log"
 
 

@@ -109,22 +109,44 @@ def side_by_side(
 
 
 def _dedupe_titles(out: go.Figure, figs: Sequence[go.Figure]) -> None:
-    """Right column: no repeated categorical y labels (they would push its y title over the
-    left panel); long x titles on two lines (side by side in half a page they collide)."""
-    same = [
-        list(t.y) for f in figs for t in f.data if isinstance(t, go.Heatmap) and t.y is not None
-    ]
-    categorical = bool(same) and all(isinstance(v, str) for v in same[0])
-    if categorical and all(y == same[0] for y in same):
-        out.update_layout(yaxis2_showticklabels=False, yaxis2_title_standoff=4)
-    wrapped = False
-    for axis in ("xaxis", "xaxis2"):
-        text = out.layout[axis].title.text or ""
-        if len(text) > LONG_TITLE and "<br>" not in text:
-            out.layout[axis].title.text = _two_lines(text)
-            wrapped = True
-    if wrapped:
-        out.update_layout(margin_b=90)
+    """Titles that fit half a page. Heatmap pairs: the right panel repeats no categorical y
+    labels (they pushed its y title over the left panel) and long x titles break onto two
+    lines. Curve pairs: one shared x title under both panels, the y title once (left), and
+    the legend in a row below, so the two plots keep their width."""
+    heatmaps = [t for f in figs for t in f.data if isinstance(t, go.Heatmap)]
+    if heatmaps:
+        same = [list(t.y) for t in heatmaps if t.y is not None]
+        categorical = bool(same) and all(isinstance(v, str) for v in same[0])
+        if categorical and all(y == same[0] for y in same):
+            out.update_layout(yaxis2_showticklabels=False, yaxis2_title_standoff=4)
+        wrapped = False
+        for axis in ("xaxis", "xaxis2"):
+            text = out.layout[axis].title.text or ""
+            if len(text) > LONG_TITLE and "<br>" not in text:
+                out.layout[axis].title.text = _two_lines(text)
+                wrapped = True
+        if wrapped:
+            out.update_layout(margin_b=90)
+        return
+    left, right = (f.layout for f in figs)
+    if left.yaxis.title.text and left.yaxis.title.text == right.yaxis.title.text:
+        out.update_layout(yaxis2_title_text="")
+    text = left.xaxis.title.text or ""
+    if text and text == right.xaxis.title.text:
+        out.update_layout(xaxis_title_text="", xaxis2_title_text="")
+        out.add_annotation(
+            text=text,
+            x=0.5,
+            y=0,
+            xref="paper",
+            yref="paper",
+            yshift=-36,
+            yanchor="top",
+            showarrow=False,
+            font={"size": 14},
+        )
+    legend = {"orientation": "h", "x": 0, "xanchor": "left", "yref": "container", "y": 0}
+    out.update_layout(legend=legend | {"yanchor": "bottom"}, margin_b=140)
 
 
 def _two_lines(text: str) -> str:

@@ -230,7 +230,8 @@ def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     mantissas = (1,) if hi - lo > 4 else (1, 2, 5) if hi - lo > 1 else (1, 2, 3, 5)
     step = max(1, math.ceil((hi - lo) / 8))
     ticks = [m * 10.0**k for k in decades for m in mantissas if (k - lo) % step == 0]
-    ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
-    if len(ticks) < 2:  # a narrow range: plotly's own ticks, with full labels
+    inside = [v for v in ticks if values.min() <= v <= values.max()]
+    if len(inside) < 2:  # a narrow range: plotly's own ticks, with full labels
         return settings | {"exponentformat": "power", "tickformat": ".3~g"}
+    ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
     return settings | {"tickvals": ticks, "ticktext": [number_label(v) for v in ticks]}

@@ -1,4 +1,5 @@
-"""The `coherence` command line: simulate, import, train, analyze, demo, serve, cache.
+"""The `coherence` command line: simulate, import, train, analyze, study, demo, serve, report,
+cache.
 
 Every long command shows progress; every user error is one line that names the bad input and
 the fix (exit status 2), never a traceback.
@@ -372,6 +373,51 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command, env)
+
+
+@app.command()
+@friendly_errors
+def report(
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    link: Annotated[
+        str, typer.Option(help="A dashboard link (http://…/?data=…) or its query string.")
+    ] = "",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="A URL parameter as KEY=VALUE (data, ckpt, vs, est, …); repeatable."),
+    ] = None,
+    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+) -> None:
+    """Write the selection's report (figures, scores, provenance) as one offline HTML file,
+    from cached results; with no link, the dashboard's default selection."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from coherence.dashboard.selection import default_selection
+    from coherence.dashboard.workspace_scan import scan_workspace
+    from coherence.report import build_report, cached_in, load_groups, selection_from_link
+    from coherence.workspace import workspace_root
+
+    root = workspace_root(workspace)
+    catalog = scan_workspace(root)
+    params = parse_qs(urlsplit(link).query if "://" in link else link.lstrip("?"))
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RequestError(f"--param {item!r}: write KEY=VALUE, e.g. --param est=cg")
+        params[key] = [value]
+    if params:
+        selection, warnings = selection_from_link(params, catalog, cached=cached_in(root))
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    else:
+        selection = default_selection(catalog, cached=cached_in(root))
+        if selection is None:
+            raise RequestError(
+                f"the workspace {root} has no analysis to report; run `coherence demo`"
+            )
+    groups = load_groups(root, catalog, selection)
+    out.write_bytes(build_report(root, catalog, selection, groups=groups, link=link))
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
 
 
 cache_app = typer.Typer(help="Inspect or clear the workspace's result cache.", no_args_is_help=True)

@@ -410,6 +410,10 @@ def _cached_analyses(catalog: Catalog) -> None:
         )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _device_label(cuda_available: bool):
     def label(device: str) -> str:
         if device == "auto":

@@ -9,8 +9,10 @@ import io
 import json
 import math
 import re
+import struct
 import sys
 import types
+import zlib
 
 import numpy as np
 import pytest
@@ -197,3 +199,84 @@ def test_panel_npz_round_trip_without_pickle():
         np.testing.assert_array_equal(npz["V"], v)
         assert npz["classes"].tolist() == ["RP", "CRP"]
         np.testing.assert_array_equal(npz["times"], [0.0, 0.05, 0.1])
+
+
+# -------------------------------------------------- issue 16: images, headers, names ------
+
+needs_chrome = pytest.mark.skipif(
+    E.image_export_problem() is not None, reason=str(E.image_export_problem())
+)
+META = {"Title": "Two-time <map>", "Description": "x = t_p; Ĥ on [0, √N]", "cache key": "ab12"}
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", png[16:24])
+
+
+@needs_chrome
+def test_png_and_svg_at_publication_resolution_carry_caption_and_provenance():
+    fig = F.two_time_heatmap(np.eye(3), [0.0, 0.1, 0.2], 9, title="marker")
+    png = E.figure_image(fig, "png", width=400, height=300, scale=2, meta=META)
+    assert _png_size(png) == (800, 600)  # width × scale, height × scale
+    text = E.png_text(png)
+    assert text["Title"] == META["Title"] and text["Description"] == META["Description"]
+    assert text["cache key"] == "ab12" and text["Software"] == "Coherence Explorer"
+    assert b"pHYs" in png[:200]
+    svg = E.figure_image(fig, "svg", width=400, height=300, meta=META).decode()
+    assert svg.lstrip().startswith("<svg")
+    assert "<title>Two-time &lt;map&gt;</title>" in svg
+    assert "x = t_p; Ĥ on [0, √N]" in svg and "ab12" in svg
+    assert json.loads(E.sidecar_json(META))["cache key"] == "ab12"
+
+
+def test_image_export_without_chrome_is_one_sentence(monkeypatch, tmp_path):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chrome"))
+    monkeypatch.setattr(E, "DEBIAN_CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    fig = F.top_eigenvalue_box({"UNet": [1.0, 2.0]})
+    if E._kaleido_installed():
+        with pytest.raises(E.ExportError, match="apt-get install chromium"):
+            E.figure_image(fig, "png")
+    monkeypatch.setitem(sys.modules, "kaleido", None)
+    with pytest.raises(E.ExportError, match="pip install kaleido"):
+        E.figure_image(fig, "svg")
+    assert E.figure_png(fig) is None
+
+
+def test_png_text_chunks_round_trip_with_valid_crcs():
+    raw = zlib.compress(b"\0\0\0\0")  # one 1×1 RGB row: filter byte + 3 bytes
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + E._chunk(b"IHDR", ihdr) + E._chunk(b"IDAT", raw)
+    png += E._chunk(b"IEND", b"")
+    out = E.png_with_text(png, {"Description": "√N ✓", "provenance": {"λ": 1e-4}})
+    assert E.png_text(out)["Description"] == "√N ✓"
+    assert json.loads(E.png_text(out)["provenance"]) == {"λ": 1e-4}
+    offset = 8
+    while offset < len(out):  # every chunk's CRC checks out
+        (length,) = struct.unpack(">I", out[offset : offset + 4])
+        body = out[offset + 4 : offset + 8 + length]
+        (crc,) = struct.unpack(">I", out[offset + 8 + length : offset + 12 + length])
+        assert zlib.crc32(body) == crc
+        offset += 12 + length
+
+
+def test_csv_parameter_header_and_rounded_times():
+    times = np.cumsum([0.0] + [0.1] * 3)  # 0.30000000000000004 as a float sum
+    data = E.with_header(
+        E.two_time_csv(np.ones((4, 4)), times), {"dataset": "ce", "estimator": "cg"}
+    )
+    lines = data.decode().splitlines()
+    assert lines[:2] == ["# dataset: ce", "# estimator: cg"]
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert sorted({r["t_p"] for r in rows}) == ["0.0", "0.1", "0.2", "0.3"]
+
+
+def test_figure_html_title_caption_and_escaped_footer():
+    fig = F.top_eigenvalue_box({"UNet": [1.0, 2.0]})
+    page = E.figure_html(
+        fig, title="Spectrum <b>", caption="how to read", meta={"dataset": "<img src=x>"}
+    ).decode()
+    assert "<title>Spectrum &lt;b&gt;</title>" in page and "how to read" in page
+    assert "&lt;img src=x&gt;" in page and "<img src=x>" not in page
+    assert "Parameters and provenance" in page

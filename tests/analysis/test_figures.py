@@ -393,14 +393,112 @@ def test_scores_table_rows_and_censoring(h_std):
     assert isinstance(table, go.Table)
     header, rows = F.score_rows({"UNet": scores, "ViT": scores})
     assert header == ["score", "definition", "UNet: median [Q1, Q3]", "ViT: median [Q1, Q3]"]
-    assert [r[0] for r in rows] == [s.name for s in scores.as_list()]
+    assert [r[0] for r in rows] == [F.score_title(s.name) for s in scores.as_list()]
+    assert not any("_" in r[0] for r in rows)  # readable names, not ids
     dd = scores.diagonal_dominance
     assert rows[0][2] == f"{dd.median:.3g} [{dd.q1:.3g}, {dd.q3:.3g}]"
     assert list(table.cells.values[0]) == [r[0] for r in rows]
     flat = np.zeros((1, 1, 3, 1, 3, 1))
     flat[..., :, 0, :, 0] = 1.0  # constant map: decay never reached, censored at T
     _, censored_rows = F.score_rows({"flat": compute_scores(flat)})
-    decay = next(r for r in censored_rows if r[0] == "decay_length")
+    decay = next(r for r in censored_rows if r[0].startswith("lag decay length"))
     assert decay[2] == "3 [3, 3] (1 of 1 lower bounds)"
     with pytest.raises(RequestError, match="Scores"):
         F.scores_table({})
+
+
+# ------------------------------------------------------------- issue 16: fit and scales ---
+
+
+def test_heatmap_axes_span_exactly_the_cells():
+    fig = F.two_time_heatmap(np.ones((5, 5)), TIMES, N)
+    half = 0.025  # half the 0.05 spacing: plotly draws cells centred on the times
+    assert fig.layout.xaxis.range == pytest.approx((-half, 0.2 + half))
+    assert fig.layout.yaxis.range == pytest.approx((-half, 0.2 + half))
+    assert fig.layout.xaxis.constrain == fig.layout.yaxis.constrain == "domain"
+    assert fig.layout.yaxis.scaleanchor == "x"  # square cells: the domain shrinks instead
+    m = F.class_transfer_heatmap(np.eye(3), ["a", "b", "c"], 9)
+    assert m.layout.xaxis.range == (-0.5, 2.5) and m.layout.xaxis.constrain == "domain"
+    both = F.side_by_side(fig, fig, ("A", "B"))
+    assert both.layout.xaxis2.range == pytest.approx((-half, 0.2 + half))
+    assert both.layout.xaxis2.constrain == "domain"
+
+
+def test_colour_scale_modes():
+    v = np.array([[2.0, -1.0], [0.5, 3.0]])
+    paper = F.two_time_heatmap(v, [0, 1], 4).data[0]
+    assert (paper.zmin, paper.zmax) == (0.0, 2.0)  # [0, √N], N = 4
+    auto = F.two_time_heatmap(v, [0, 1], 4, scale="auto").data[0]
+    assert (auto.zmin, auto.zmax) == (-1.0, 3.0)
+    div = F.two_time_heatmap(v, [0, 1], 4, scale="diverging").data[0]
+    assert (div.zmin, div.zmax) == (-3.0, 3.0)
+    assert _colorscale(div.colorscale) == _colorscale(F.DIVERGING)
+    m = F.class_transfer_heatmap(v, ["a", "b"], 4, scale="diverging").data[0]
+    assert (m.zmin, m.zmax) == (-3.0, 3.0)
+    with pytest.raises(RequestError, match="scale='rainbow'"):
+        F.two_time_heatmap(v, [0, 1], 4, scale="rainbow")
+
+
+def test_difference_heatmap_is_a_minus_b_on_a_symmetric_scale():
+    a = np.array([[1.0, 0.0], [0.0, 1.0]])
+    b = np.array([[0.5, 0.2], [0.0, 2.0]])
+    trace = F.difference_heatmap(a, b, [0.0, 0.1], ("UNet", "ViT")).data[0]
+    np.testing.assert_array_equal(np.asarray(trace.z), a - b)
+    assert (trace.zmin, trace.zmax) == (-1.0, 1.0)
+    assert "UNet" in trace.hovertemplate and "ViT" in trace.hovertemplate
+    with pytest.raises(RequestError, match="share"):
+        F.difference_heatmap(a, np.ones((3, 3)), [0.0, 0.1])
+
+
+def test_log_axes_label_every_tick_in_full():
+    settings = F.log_axis(np.array([0.004, 0.3]), title="SMSE")
+    assert settings["type"] == "log"
+    assert settings["ticktext"] == [F.number_label(v) for v in settings["tickvals"]]
+    assert "0.005" in settings["ticktext"] and "0.2" in settings["ticktext"]
+    assert all(len(t) > 1 for t in settings["ticktext"])  # never a bare mantissa digit
+    big = F.log_axis(np.array([2e6, 3e6, 9e6]), title="λ")
+    assert big.get("exponentformat") == "power" or all("M" not in t for t in big["ticktext"])
+    wide = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]
+    assert wide[0] == "10⁻⁹" and all("×" not in t for t in wide)
+    assert F.number_label(2e-5) == "2×10⁻⁵" and F.number_label(0.02) == "0.02"
+    assert F.number_label(1e6) == "10⁶" and F.number_label(5000) == "5000"
+    assert all("e" not in t for t in F.log_axis([200, 2e4], title="λ")["ticktext"])
+
+
+def test_compare_mode_titles_do_not_overlap(distance_curve):
+    m = F.class_transfer_heatmap(np.eye(3), ["a", "b", "c"], 9)
+    both = F.side_by_side(m, m, ("UNet", "ViT"))
+    assert both.layout.yaxis2.showticklabels is False  # the labels are on the left already
+    assert both.layout.yaxis2.title.text == "response class (row)"
+    long_x = F.side_by_side(
+        F.two_time_heatmap(np.eye(2), [0, 1], 4), F.two_time_heatmap(np.eye(2), [0, 1], 4)
+    )
+    assert long_x.layout.xaxis.title.text == "perturbation time t_p"  # short: kept per panel
+    d = F.distance_figure(distance_curve)
+    pair = F.side_by_side(d, d, ("UNet", "ViT"))
+    shared = [a.text for a in pair.layout.annotations if a.text not in ("UNet", "ViT")]
+    assert shared == [d.layout.xaxis.title.text]  # one x title under both panels
+    assert not pair.layout.xaxis.title.text and not pair.layout.xaxis2.title.text
+    assert pair.layout.yaxis.title.text and not pair.layout.yaxis2.title.text
+    assert pair.layout.legend.orientation == "h"  # below: the panels keep their width
+    assert pair.layout.xaxis.type == "log"
+
+
+def test_heatmap_hover_has_three_significant_digits():
+    trace = F.two_time_heatmap(np.full((2, 2), 0.4), [0.0, 0.1], 4).data[0]
+    assert "%{z:.3~g}" in trace.hovertemplate and ".4f" not in trace.hovertemplate  # 0.4
+
+
+def test_click_targets_cover_every_cell_with_the_cells_hover():
+    v = np.arange(9.0).reshape(3, 3)
+    fig = F.two_time_heatmap(v, [0.0, 0.1, 0.2], 9, steps=[3, 4, 5])
+    clickable = F.with_click_targets(fig)
+    heatmap, targets = clickable.data
+    assert fig.data[0].hoverinfo is None  # the input stays unchanged
+    assert heatmap.hoverinfo == "skip" and clickable.layout.hoverdistance == -1
+    np.testing.assert_array_equal(targets.x, np.tile([0.0, 0.1, 0.2], 3))
+    np.testing.assert_array_equal(targets.y, np.repeat([0.0, 0.1, 0.2], 3))
+    custom = np.asarray(targets.customdata)
+    np.testing.assert_array_equal(custom[:, 0].astype(float), v.ravel())  # z at (t_r, t_p)
+    assert custom[5, 1] == "step_p = 5, step_r = 4"  # row 1 (t_r), column 2 (t_p)
+    assert "%{customdata[0]:.3~g}" in targets.hovertemplate

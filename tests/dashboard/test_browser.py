@@ -163,8 +163,13 @@ def test_load_panels_download_compute_share_compare(server, browser):
     open_tab(page, "Two-time influence")
     with page.expect_download() as download:
         page.get_by_role("button", name="Data (CSV)").click()
-    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
-    assert download.value.suggested_filename == "tiny_ce_two_time_UNet.csv"
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith("# dataset: tiny_ce")  # the parameter header
+    rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
+    assert re.fullmatch(
+        r"tiny_ce_w0-4_subspace_lam1e-4_[0-9a-f]{6}_two_time_UNet\.csv",
+        download.value.suggested_filename,
+    )
     assert len(rows) == 25 and set(rows[0]) == {"t_p", "t_r", "step_p", "step_r", "value"}
     assert all(float(row["value"]) == float(row["value"]) for row in rows)  # no NaN
 
@@ -175,7 +180,9 @@ def test_load_panels_download_compute_share_compare(server, browser):
         whole.click()
     with zipfile.ZipFile(download.value.path()) as archive:
         names = sorted(archive.namelist())
-        assert names == ["tiny_ce_analysis_UNet.json", "tiny_ce_analysis_UNet.npz"]
+        stem = download.value.suggested_filename.removesuffix(".zip")
+        assert re.fullmatch(r"tiny_ce_w0-4_subspace_lam1e-4_[0-9a-f]{6}_analysis_UNet", stem)
+        assert names == [f"{stem}.json", f"{stem}.npz"]
         with np.load(io.BytesIO(archive.read(names[1])), allow_pickle=False) as arrays:
             assert arrays["H_std"].shape == (2, 1, 5, 3, 5, 3)  # [S, B, T, C, T, C]
         assert json.loads(archive.read(names[0]))["request"]["estimator"] == "subspace"
@@ -265,3 +272,125 @@ def test_subset_stale_and_link_choices(server, browser):
     shot(linked, "19_link_with_panel_choices")
 
     linked.close()
+
+
+def axis_fit(page, index: int = 0) -> dict:
+    """The drawn x/y ranges of the index-th chart next to its heatmap cells' edges."""
+    return page.evaluate(
+        """i => {
+            const g = document.querySelectorAll('.js-plotly-plot')[i];
+            const L = g._fullLayout, out = {};
+            for (const name of Object.keys(L).filter(k => /^[xy]axis\\d*$/.test(k))) {
+                out[name] = L[name].range.slice();
+            }
+            out.heatmaps = g._fullData.filter(t => t.type === 'heatmap').map(t => {
+                const e = v => [v[0] - (v[1] - v[0]) / 2, v[v.length - 1] +
+                                (v[v.length - 1] - v[v.length - 2]) / 2];
+                return {x: e(t.x), y: e(t.y), xaxis: t.xaxis, yaxis: t.yaxis};
+            });
+            return out;
+        }""",
+        index,
+    )
+
+
+def assert_fits(fit: dict) -> None:
+    assert fit["heatmaps"], fit
+    for h in fit["heatmaps"]:
+        x = fit["xaxis" + h["xaxis"][1:]]
+        y = fit["yaxis" + h["yaxis"][1:]]
+        assert x == pytest.approx(h["x"], abs=1e-6), (x, h)  # no empty axis range
+        assert sorted(y) == pytest.approx(sorted(h["y"]), abs=1e-6), (y, h)
+
+
+def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+    page.set_default_timeout(SLOW)
+    page.goto(server)
+    page.wait_for_selector(HEATMAP)
+    settle(page)
+    assert_fits(axis_fit(page))  # the wide tab: the axes span exactly the data
+    assert page.get_by_text("What am I looking at?").count() == 1
+    shot(page, "20_tour_verdict_1600")
+    page.get_by_role("button", name="Got it").click()
+    page.get_by_text("What am I looking at?").wait_for(state="detached")
+    settle(page, 1.0)
+    shot(page, "20b_after_tour_1600")
+    box = page.locator(HEATMAP).first.bounding_box()
+    assert box["y"] + box["height"] / 2 < 1000, box  # the headline heatmap: above the fold
+
+    with page.expect_download() as download:  # a PNG at publication resolution
+        page.get_by_role("button", name="Figure (PNG)").click()
+    png = Path(download.value.path()).read_bytes()
+    assert download.value.suggested_filename.endswith("_two_time.png")
+    from coherence.analysis.exports import png_text
+
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (3000, 3 * 480)  # 1000 × 480 layout at scale 3
+    text = png_text(png)
+    assert "bright diagonal" in text["Description"] and text["dataset"] == "tiny_ce"
+    assert re.fullmatch(r"[0-9a-f]{64}", text["UNet: cache key"])
+
+    with page.expect_download() as download:  # the report, then offline in chromium
+        page.get_by_role("button", name="Report (HTML)").click()
+    report = tmp_path / download.value.suggested_filename
+    download.value.save_as(report)
+    offline = browser.new_context(offline=True)
+    view = offline.new_page()
+    failed = []
+    view.on("requestfailed", lambda request: failed.append(request.url))
+    view.goto(report.as_uri())
+    view.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].every(g => g._fullLayout)"
+        " && document.querySelectorAll('.js-plotly-plot').length > 0"
+    )
+    drawn = view.evaluate(
+        "() => [...document.querySelectorAll('section.figure')].map(s => "
+        "!!s.querySelector('.js-plotly-plot .main-svg'))"
+    )
+    assert drawn and all(drawn), drawn  # every figure drawn, offline
+    assert not failed, failed
+    assert_fits(axis_fit(view))
+    view.screenshot(path=str(SHOTS / "21_report_offline.png"), full_page=True)
+    offline.close()
+
+    heatmap = page.locator(HEATMAP).first.bounding_box()  # click a cell: drill down
+    x, y = heatmap["x"] + heatmap["width"] * 0.7, heatmap["y"] + heatmap["height"] * 0.3
+    page.mouse.move(x - 4, y - 4)
+    page.mouse.move(x, y, steps=4)  # plotly clicks the point it hovers
+    page.mouse.click(x, y)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
+    settle(page)
+    assert page.get_by_text("input distance d(r, p)").count() == 1
+    shot(page, "22_drill_down")
+    page.close()
+
+
+def test_compare_fits_and_reads_at_1024(server, browser):
+    page = browser.new_page(viewport={"width": 1024, "height": 1800}, accept_downloads=True)
+    page.set_default_timeout(SLOW)
+    page.goto(f"{server}/?vs={','.join(COMPARE)}")
+    page.wait_for_selector(HEATMAP)
+    settle(page, 1.0)
+    page.get_by_role("button", name="Got it").click()
+    settle(page)
+    labels = page.locator("[data-testid=stMetricLabel]").all()
+    assert len(labels) == 8  # 4 scores × 2 groups, none cut off
+    for label in labels:
+        assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), label.inner_text()
+    fit = axis_fit(page)
+    assert len(fit["heatmaps"]) == 2
+    assert_fits(fit)
+    shot(page, "23_compare_1024")
+    page.get_by_text("Difference map").click()
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
+    settle(page)
+    assert_fits(axis_fit(page, 1))
+    open_tab(page, "Class transfer")
+    assert_fits(axis_fit(page))
+    shot(page, "24_compare_transfer_1024")
+    open_tab(page, "Input distance")
+    page.wait_for_selector(".js-plotly-plot .scatterlayer")  # smoothed on first visit
+    settle(page)
+    shot(page, "25_compare_distance_1024")
+    page.close()

@@ -8,12 +8,14 @@ models (§6.5, 6.7), fields (snapshots, prediction vs truth), validation (§7), 
 from __future__ import annotations
 
 from coherence.analysis.figures.compare import side_by_side
-from coherence.analysis.figures.fields import field_viewer, snapshot_animation
+from coherence.analysis.figures.fields import field_viewer, input_pair_figure, snapshot_animation
 from coherence.analysis.figures.influence import (
     class_transfer_heatmap,
+    difference_heatmap,
     distance_figure,
     lag_curves_figure,
     two_time_heatmap,
+    with_click_targets,
 )
 from coherence.analysis.figures.models import (
     rollout_figure,
@@ -25,23 +27,39 @@ from coherence.analysis.figures.theme import (
     COLORSCALE,
     DIVERGING,
     FIELD_COLORSCALE,
+    SCALES,
+    heatmap_scale,
     influence_range,
+    log_axis,
+    number_label,
     shared_zrange,
 )
-from coherence.analysis.figures.validation import counterfactual_figures, score_rows, scores_table
+from coherence.analysis.figures.validation import (
+    counterfactual_figures,
+    score_rows,
+    score_title,
+    scores_table,
+)
 
 __all__ = [
     "COLORSCALE",
     "DIVERGING",
     "FIELD_COLORSCALE",
+    "SCALES",
     "class_transfer_heatmap",
     "counterfactual_figures",
+    "difference_heatmap",
     "distance_figure",
     "field_viewer",
+    "heatmap_scale",
     "influence_range",
+    "input_pair_figure",
     "lag_curves_figure",
+    "log_axis",
+    "number_label",
     "rollout_figure",
     "score_rows",
+    "score_title",
     "scores_table",
     "shared_zrange",
     "side_by_side",
@@ -50,4 +68,5 @@ __all__ = [
     "top_eigenvalue_box",
     "training_curves_figure",
     "two_time_heatmap",
+    "with_click_targets",
 ]

@@ -11,7 +11,20 @@ from plotly.subplots import make_subplots
 from coherence.analysis.figures.theme import COLORSCALE, shared_zrange, styled
 from coherence.errors import RequestError
 
-_AXIS_KEYS = ("title", "type", "autorange", "tickvals", "ticktext", "side", "constrain")
+_AXIS_KEYS = (
+    "title",
+    "type",
+    "autorange",
+    "range",
+    "tickvals",
+    "ticktext",
+    "tickformat",
+    "exponentformat",
+    "dtick",
+    "side",
+    "constrain",
+)
+LONG_TITLE = 30  # characters: longer x titles collide in half a page, so they break in two
 
 
 def _ref(ref: Any, col: int) -> Any:
@@ -51,7 +64,9 @@ def side_by_side(
     (``zrange``, else the union of the inputs' ranges), so equal colours mean equal values.
 
     Made for two figures of the same builder: axis titles, types and reference lines are
-    copied per column; legend entries already shown on the left are hidden on the right.
+    copied per column; legend entries already shown on the left are hidden on the right. A
+    right panel repeats no categorical y labels (they pushed its y title over the left panel)
+    and long x titles break onto two lines.
     """
     if len(titles) != 2:
         raise RequestError(f"titles={titles!r}: give two panel titles")
@@ -88,4 +103,60 @@ def side_by_side(
         if bar is not None and bar.title.text:
             out.update_layout(coloraxis_colorbar={"title": {"text": bar.title.text}})
     height = max(f.layout.height or 420 for f in figs)
-    return styled(out, title or (fig_a.layout.title.text or ""), height=height)
+    styled(out, title or (fig_a.layout.title.text or ""), height=height)
+    _dedupe_titles(out, figs)
+    return out
+
+
+def _dedupe_titles(out: go.Figure, figs: Sequence[go.Figure]) -> None:
+    """Titles that fit half a page. Heatmap pairs: the right panel repeats no categorical y
+    labels (they pushed its y title over the left panel) and long x titles break onto two
+    lines. Curve pairs: one shared x title under both panels, the y title once (left), and
+    the legend in a row below, so the two plots keep their width."""
+    heatmaps = [t for f in figs for t in f.data if isinstance(t, go.Heatmap)]
+    if heatmaps:
+        same = [list(t.y) for t in heatmaps if t.y is not None]
+        categorical = bool(same) and all(isinstance(v, str) for v in same[0])
+        if categorical and all(y == same[0] for y in same):
+            out.update_layout(yaxis2_showticklabels=False, yaxis2_title_standoff=4)
+        wrapped = False
+        for axis in ("xaxis", "xaxis2"):
+            text = out.layout[axis].title.text or ""
+            if len(text) > LONG_TITLE and "<br>" not in text:
+                out.layout[axis].title.text = _two_lines(text)
+                wrapped = True
+        if wrapped:
+            out.update_layout(margin_b=90)
+        return
+    left, right = (f.layout for f in figs)
+    if left.yaxis.title.text and left.yaxis.title.text == right.yaxis.title.text:
+        out.update_layout(yaxis2_title_text="")
+    text = left.xaxis.title.text or ""
+    if text and text == right.xaxis.title.text:
+        out.update_layout(xaxis_title_text="", xaxis2_title_text="")
+        out.add_annotation(
+            text=text,
+            x=0.5,
+            y=0,
+            xref="paper",
+            yref="paper",
+            yshift=-36,
+            yanchor="top",
+            showarrow=False,
+            font={"size": 14},
+        )
+    legend = {"orientation": "h", "x": 0, "xanchor": "left", "yref": "container", "y": 0}
+    out.update_layout(legend=legend | {"yanchor": "bottom"}, margin_b=140)
+
+
+def _two_lines(text: str) -> str:
+    """Break at the space nearest the middle (before a parenthesis when there is one)."""
+    if " (" in text:
+        head, _, tail = text.partition(" (")
+        return f"{head}<br>({tail}"
+    middle = len(text) // 2
+    spaces = [i for i, ch in enumerate(text) if ch == " "]
+    if not spaces:
+        return text
+    cut = min(spaces, key=lambda i: abs(i - middle))
+    return f"{text[:cut]}<br>{text[cut + 1 :]}"

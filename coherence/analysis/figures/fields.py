@@ -219,3 +219,60 @@ def snapshot_animation(
     fig.update_xaxes(title=axis_title("x"), constrain="domain")
     fig.update_yaxes(title=axis_title("y"), scaleanchor="x", constrain="domain")
     return fig
+
+
+def input_pair_figure(
+    state_r: Any,
+    state_p: Any,
+    channel_names: Sequence[str],
+    channel: int | str = 0,
+    *,
+    labels: Sequence[str] = ("response r", "perturbation p"),
+    title: str = "",
+) -> go.Figure:
+    """Read: the input states of the two examples of a heatmap cell, one channel each, on
+    one colour range: how different are the states whose influence the cell measures?
+
+    state_r, state_p: [F, H, W] input states of the response and perturbation examples.
+    """
+    r = as_array(state_r, "state_r", 3)
+    p = as_array(state_p, "state_p", 3)
+    if r.shape != p.shape:
+        raise RequestError(f"state_r {r.shape} and state_p {p.shape} must share [F, H, W]")
+    c = _channel(channel_names, channel, r.shape[0])
+    name = str(channel_names[c])
+    lo, hi = shared_zrange(r[c], p[c])
+    xs, ys = _centres(r.shape[2]), _centres(r.shape[1])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[str(x) for x in labels])
+    for col, z in enumerate((r[c], p[c]), start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=xs,
+                y=ys,
+                coloraxis="coloraxis",
+                hovertemplate=f"x = %{{x:.3f}}<br>y = %{{y:.3f}}<br>{name} = %{{z:.3g}}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        anchor = "x" if col == 1 else f"x{col}"
+        fig.update_xaxes(title=axis_title("x"), constrain="domain", range=[0, 1], row=1, col=col)
+        fig.update_yaxes(
+            title=axis_title("y"),
+            scaleanchor=anchor,
+            constrain="domain",
+            range=[0, 1],
+            row=1,
+            col=col,
+        )
+    fig.update_layout(
+        coloraxis={
+            "colorscale": FIELD_COLORSCALE,
+            "cmin": lo,
+            "cmax": hi,
+            "colorbar": {"title": {"text": name}, "thickness": 12},
+        }
+    )
+    return styled(fig, title, height=360)

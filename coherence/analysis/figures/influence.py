@@ -14,14 +14,18 @@ import numpy as np
 import plotly.graph_objects as go
 
 from coherence.analysis.figures.theme import (
-    COLORSCALE,
+    DIVERGING,
     INFLUENCE_SYMBOL,
     as_array,
     axis_title,
     band_traces,
+    cell_edges,
+    fit_square_axes,
     group_color,
-    influence_range,
+    heatmap_scale,
+    log_axis,
     rgba,
+    shared_zrange,
     styled,
 )
 from coherence.analysis.summaries import DistanceCurve, LagCurves
@@ -30,13 +34,17 @@ from coherence.errors import RequestError
 LagGroups = LagCurves | Sequence[tuple[str, LagCurves]]
 
 
-def _zrange(zrange: tuple[float, float] | None, n_examples: int) -> tuple[float, float]:
+def _zrange(
+    zrange: tuple[float, float] | None, n_examples: int, scale: str, values: np.ndarray
+) -> tuple[float, float, list[list[Any]]]:
+    """(zmin, zmax, colorscale): ``scale`` (theme.SCALES) over ``values``, or ``zrange``."""
+    lo, hi, colorscale = heatmap_scale(scale, values, n_examples)
     if zrange is None:
-        return influence_range(n_examples)
+        return lo, hi, colorscale
     lo, hi = (float(v) for v in zrange)
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise RequestError(f"zrange={zrange!r}: give (low, high) finite with low < high")
-    return lo, hi
+    return lo, hi, colorscale
 
 
 def _colorbar(label: str) -> dict[str, Any]:
@@ -52,13 +60,14 @@ def two_time_heatmap(
     zrange: tuple[float, float] | None = None,
     value_label: str = INFLUENCE_SYMBOL,
     steps: Any = None,
+    scale: str = "paper",
 ) -> go.Figure:
     """Read: x = perturbation time t_p, y = response time t_r (up); a bright diagonal only =
     each time step learns for itself (memorization), bright off-diagonal = learning transfers.
 
     V [T_r, T_p] (summaries.two_time_map), times [T] physical input times, N = T·C examples per
-    batch fixing the default colour range [0, √N]; ``steps`` [T] adds snapshot indices to the
-    hover.
+    batch fixing the default colour range [0, √N] (``scale``: theme.SCALES); ``steps`` [T]
+    adds snapshot indices to the hover. The axes span exactly the cells, which stay square.
     """
     v = as_array(V, "V", 2)
     t = as_array(times, "times", 1)
@@ -69,8 +78,8 @@ def two_time_heatmap(
         )
     if len(t) > 1 and not np.all(np.diff(t) > 0):
         raise RequestError(f"times must increase strictly; got {t.tolist()}")
-    lo, hi = _zrange(zrange, n_examples)
-    hover = f"t_p = %{{x:.4g}}<br>t_r = %{{y:.4g}}<br>{value_label} = %{{z:.4f}}"
+    lo, hi, colorscale = _zrange(zrange, n_examples, scale, v)
+    hover = f"t_p = %{{x:.3~g}}<br>t_r = %{{y:.3~g}}<br>{value_label} = %{{z:.3~g}}"
     text = None
     if steps is not None:
         k = as_array(steps, "steps", 1)
@@ -85,7 +94,7 @@ def two_time_heatmap(
         y=t,
         zmin=lo,
         zmax=hi,
-        colorscale=COLORSCALE,
+        colorscale=colorscale,
         colorbar=_colorbar(value_label),
         text=text,
         hovertemplate=hover + "<extra></extra>",
@@ -93,8 +102,50 @@ def two_time_heatmap(
     fig = styled(go.Figure(trace), title, height=480)
     ticks = {"tickvals": t, "ticktext": [f"{x:.3g}" for x in t]} if len(t) <= 12 else {}
     fig.update_xaxes(title=axis_title("perturbation time t_p"), **ticks)
-    fig.update_yaxes(
-        title=axis_title("response time t_r"), scaleanchor="x", constrain="domain", **ticks
+    fig.update_yaxes(title=axis_title("response time t_r"), **ticks)
+    edges = cell_edges(t)
+    fit_square_axes(fig, edges, edges)
+    return fig
+
+
+def difference_heatmap(
+    V_a: Any,
+    V_b: Any,
+    times: Any,
+    labels: Sequence[str] = ("A", "B"),
+    *,
+    title: str = "",
+    value_label: str = INFLUENCE_SYMBOL,
+) -> go.Figure:
+    """Read: the two-time map of the first group minus the second's (red: the first has more
+    influence there, blue: less) on a symmetric diverging scale; a red diagonal means the
+    first group is more time-local.
+
+    V_a, V_b [T_r, T_p] on the same times [T] (summaries.two_time_map of each group).
+    """
+    a, b = as_array(V_a, "V_a", 2), as_array(V_b, "V_b", 2)
+    if a.shape != b.shape:
+        raise RequestError(f"V_a {a.shape} and V_b {b.shape} must share [T_r, T_p]")
+    if len(labels) != 2:
+        raise RequestError(f"labels={labels!r}: name the two groups")
+    first, second = (str(x) for x in labels)
+    diff = a - b
+    lo, hi = shared_zrange(diff, symmetric=True)
+    fig = two_time_heatmap(
+        diff,
+        times,
+        1,
+        title=title or f"Difference of two-time maps: {first} − {second}",
+        zrange=(lo, hi),
+        value_label=f"Δ{value_label}",
+    )
+    fig.update_traces(
+        colorscale=DIVERGING,
+        hovertemplate=(
+            f"t_p = %{{x:.3~g}}<br>t_r = %{{y:.3~g}}<br>{value_label}({first}) − "
+            f"{value_label}({second}) = %{{z:.3~g}}<extra></extra>"
+        ),
+        colorbar=_colorbar(f"Δ{value_label} ({first} − {second})"),
     )
     return fig
 
@@ -107,6 +158,7 @@ def class_transfer_heatmap(
     title: str = "Class transfer matrix",
     zrange: tuple[float, float] | None = None,
     value_label: str = INFLUENCE_SYMBOL,
+    scale: str = "paper",
 ) -> go.Figure:
     """Read: row = response class, column = perturbation class; cell (r, p) is the mean Ĥ by
     which descent on class p moves class r. Off-diagonal cells near the diagonal's value mean
@@ -120,24 +172,26 @@ def class_transfer_heatmap(
         raise RequestError(
             f"M has shape {m.shape} but {len(names)} classes were named; M is [C_r, C_p]"
         )
-    lo, hi = _zrange(zrange, n_examples)
+    lo, hi, colorscale = _zrange(zrange, n_examples, scale, m)
     trace = go.Heatmap(
         z=m,
         x=names,
         y=names,
         zmin=lo,
         zmax=hi,
-        colorscale=COLORSCALE,
+        colorscale=colorscale,
         colorbar=_colorbar(f"mean {value_label}"),
         texttemplate="%{z:.2f}",
         hovertemplate=(
             "perturbation class = %{x}<br>response class = %{y}<br>"
-            f"mean {value_label} = %{{z:.4f}}<extra></extra>"
+            f"mean {value_label} = %{{z:.3~g}}<extra></extra>"
         ),
     )
     fig = styled(go.Figure(trace), title, height=420)
     fig.update_xaxes(title=axis_title("perturbation class (column)"), side="bottom")
-    fig.update_yaxes(title=axis_title("response class (row)"), autorange="reversed")
+    fig.update_yaxes(title=axis_title("response class (row)"))
+    k = len(names)
+    fit_square_axes(fig, (-0.5, k - 0.5), (-0.5, k - 0.5), reversed_y=True)  # rows top down
     return fig
 
 
@@ -255,7 +309,46 @@ def distance_figure(
     fig.add_hline(y=0, line={"color": "black", "width": 1})
     styled(fig, title, height=420)
     fig.update_xaxes(
-        type="log", title=axis_title("input distance d(r, p) (normalized squared difference)")
+        **log_axis(centers, title="input distance d(r, p) (normalized squared difference)")
     )
     fig.update_yaxes(title=axis_title(f"mean {value_label} (standardized influence)"))
     return fig
+
+
+def with_click_targets(fig: go.Figure) -> go.Figure:
+    """A copy of a two-time heatmap figure with an invisible marker on every cell centre that
+    carries the cell's hover: plotly reports clicks on scatter points, not on heatmap cells,
+    so this is what lets a click pick a cell (the dashboard's drill-down). The nearest
+    centre answers anywhere in the plot (hoverdistance −1). For display only: exports keep
+    the plain figure."""
+    out = go.Figure(fig)
+    for trace in list(out.data):
+        if not isinstance(trace, go.Heatmap) or trace.x is None or trace.y is None:
+            continue
+        x, y = np.meshgrid(np.asarray(trace.x), np.asarray(trace.y))  # [T_r, T_p]
+        z = np.asarray(trace.z, dtype=np.float64)
+        text = np.asarray(trace.text, dtype=object) if trace.text is not None else None
+        custom = np.stack([z.ravel()] + ([text.ravel()] if text is not None else []), axis=-1)
+        hover = (
+            (trace.hovertemplate or "")
+            .replace("%{z", "%{customdata[0]")
+            .replace("%{text}", "%{customdata[1]}")
+        )
+        out.add_trace(
+            go.Scatter(
+                x=x.ravel(),
+                y=y.ravel(),
+                mode="markers",
+                marker={"size": 8, "opacity": 0},
+                customdata=custom,
+                hovertemplate=hover,
+                showlegend=False,
+                name="cells",
+                xaxis=trace.xaxis,
+                yaxis=trace.yaxis,
+            )
+        )
+        trace.hoverinfo = "skip"
+        trace.hovertemplate = None
+    out.update_layout(hoverdistance=-1)
+    return out

@@ -17,6 +17,7 @@ from coherence.analysis.figures.theme import (
     axis_title,
     band_traces,
     group_color,
+    log_axis,
     rgba,
     styled,
 )
@@ -41,6 +42,7 @@ def top_eigenvalue_box(
     (not computed) is dropped, a group with no finite positive value is an error.
     """
     fig = go.Figure()
+    drawn = []
     for i, (name, values) in enumerate(_groups(groups, "top_eigenvalue_box")):
         v = np.asarray(values, dtype=np.float64).ravel()
         v = v[np.isfinite(v) & (v > 0)]
@@ -49,6 +51,7 @@ def top_eigenvalue_box(
                 f"top_eigenvalue_box: group {name!r} has no finite positive eigenvalue; "
                 f"request the top eigenvalue (top_eigenvalue=True) when computing it"
             )
+        drawn.append(v)
         fig.add_trace(
             go.Box(
                 y=v,
@@ -59,12 +62,12 @@ def top_eigenvalue_box(
                 marker={"color": group_color(i), "size": 6},
                 line={"color": group_color(i)},
                 fillcolor=rgba(group_color(i), 0.2),
-                hovertemplate=f"{name}<br>λ_max = %{{y:.4g}}<extra></extra>",
+                hovertemplate=f"{name}<br>λ_max = %{{y:.3g}}<extra></extra>",
             )
         )
     styled(fig, title, height=420)
     fig.update_xaxes(title=axis_title("architecture / checkpoint group"))
-    fig.update_yaxes(type="log", title=axis_title("λ_max(η + λI) (log scale)"))
+    fig.update_yaxes(**log_axis(*drawn, title="λ_max(η + λI) (log scale)"))
     fig.update_layout(showlegend=False)
     return fig
 
@@ -90,13 +93,15 @@ def subspace_spectrum_figure(
     their median per index (NaN-ignoring); values ≤ 0 are not drawn (log axis).
     """
     fig = go.Figure()
+    drawn = []
     for i, (name, values) in enumerate(_groups(spectra, "subspace_spectrum_figure")):
         rows = _spectrum_rows(values, name)
+        drawn.append(rows)
         if not np.any(np.isfinite(rows)):
             raise RequestError(f"spectrum {name!r} has no positive eigenvalue to draw")
         color = group_color(i)
         index = np.arange(1, rows.shape[1] + 1)
-        hover = f"{name}<br>k = %{{x}}<br>λ_k = %{{y:.4g}}"
+        hover = f"{name}<br>k = %{{x}}<br>λ_k = %{{y:.3g}}"
         if len(rows) > 1:
             for j, row in enumerate(rows):
                 fig.add_trace(
@@ -129,7 +134,7 @@ def subspace_spectrum_figure(
         )
     styled(fig, title, height=420)
     fig.update_xaxes(title=axis_title("eigenvalue index k (descending)"))
-    fig.update_yaxes(type="log", title=axis_title("eigenvalue λ_k of QᵀηQ (log scale)"))
+    fig.update_yaxes(**log_axis(*drawn, title="eigenvalue λ_k of QᵀηQ (log scale)"))
     return fig
 
 
@@ -154,6 +159,7 @@ def training_curves_figure(
     curves_by_group: {label: summaries.training_curves(histories)}.
     """
     fig = go.Figure()
+    drawn = []
     for i, (name, curves) in enumerate(_groups(curves_by_group, "training_curves_figure")):
         epochs = as_array(curves.get("epochs"), f"{name} epochs", 1)
         for key, kind, dash, alpha in (
@@ -161,6 +167,7 @@ def training_curves_figure(
             ("train_smse", "train", "dash", 0.1),
         ):
             median, q1, q3 = _band(curves, key, f"training curves {name!r}")
+            drawn += [median, q1, q3]
             fig.add_traces(
                 band_traces(
                     epochs,
@@ -177,7 +184,7 @@ def training_curves_figure(
             )
     styled(fig, title, height=420)
     fig.update_xaxes(title=axis_title("epoch"))
-    fig.update_yaxes(type="log", title=axis_title("SMSE (scaled MSE, log scale)"))
+    fig.update_yaxes(**log_axis(*drawn, title="SMSE (scaled MSE, log scale)"))
     return fig
 
 
@@ -193,10 +200,12 @@ def rollout_figure(
     summary_by_group: {label: summaries.rollout_summary(one_step, rollout)}.
     """
     fig = go.Figure()
+    drawn = []
     for i, (name, summary) in enumerate(_groups(summary_by_group, "rollout_figure")):
         horizons = as_array(summary.get("horizons"), f"{name} horizons", 1)
         for key, kind, dash in (("rollout", "rollout", "solid"), ("one_step", "one-step", "dash")):
             median, q1, q3 = _band(summary, key, f"rollout summary {name!r}")
+            drawn += [median, q1, q3]
             fig.add_traces(
                 band_traces(
                     horizons,
@@ -216,5 +225,5 @@ def rollout_figure(
         title=axis_title("horizon h (steps after the initial state)"),
         dtick=1 if longest <= 25 else None,  # whole steps while they fit
     )
-    fig.update_yaxes(type="log", title=axis_title("SMSE at horizon h (log scale)"))
+    fig.update_yaxes(**log_axis(*drawn, title="SMSE at horizon h (log scale)"))
     return fig

@@ -30,6 +30,13 @@ GROUP_COLORS: tuple[str, ...] = tuple(pcolors.qualitative.D3)
 TEMPLATE = "plotly_white"
 FONT = {"family": "Inter, Helvetica, Arial, sans-serif", "size": 13}
 INFLUENCE_SYMBOL = "Ĥ"
+SCALES: dict[str, str] = {
+    "paper": "[0, √N] (paper)",
+    "auto": "auto (data range)",
+    "diverging": "diverging ± (shows negative influence)",
+}
+"""Colour-scale modes of every influence heatmap: the paper's fixed [0, √N], the data's own
+(min, max), or a symmetric diverging scale on which negative influence is visible."""
 
 
 def influence_range(n_examples: int) -> tuple[float, float]:
@@ -157,3 +164,74 @@ def as_array(x: Any, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
     if a.size == 0:
         raise RequestError(f"{name} is empty (shape {a.shape})")
     return a
+
+
+def heatmap_scale(mode: str, values: Any, n_examples: int) -> tuple[float, float, list[list[Any]]]:
+    """(zmin, zmax, colorscale) of an influence heatmap for a SCALES mode over ``values``."""
+    if mode == "paper":
+        lo, hi = influence_range(n_examples)
+        return lo, hi, COLORSCALE
+    if mode == "auto":
+        return (*shared_zrange(values), COLORSCALE)
+    if mode == "diverging":
+        return (*shared_zrange(values, symmetric=True), DIVERGING)
+    raise RequestError(f"scale={mode!r}: choose one of {', '.join(SCALES)}")
+
+
+def cell_edges(centres: Any) -> tuple[float, float]:
+    """Outer edges of heatmap cells drawn at increasing ``centres`` (half a spacing beyond the
+    first and last centre, as plotly draws them): the axis range that shows exactly the data."""
+    c = np.asarray(centres, dtype=np.float64)
+    if c.size == 1:
+        half = 0.5 * abs(c[0]) if c[0] != 0 else 0.5
+        return float(c[0] - half), float(c[0] + half)
+    return float(c[0] - (c[1] - c[0]) / 2), float(c[-1] + (c[-1] - c[-2]) / 2)
+
+
+def fit_square_axes(
+    fig: go.Figure, x_range: Sequence[float], y_range: Sequence[float], *, reversed_y: bool = False
+) -> None:
+    """Axes that span exactly the data with square cells: the plot area shrinks (constrain =
+    'domain') instead of the range growing, so a wide tab shows no empty axis range.
+    ``reversed_y``: rows top to bottom (a matrix; plotly's reversed autorange of categories
+    is exactly y_range)."""
+    fig.update_xaxes(range=list(x_range), constrain="domain")
+    y = {"autorange": "reversed"} if reversed_y else {"range": list(y_range)}
+    fig.update_yaxes(scaleanchor="x", constrain="domain", **y)
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def number_label(value: float) -> str:
+    """A short unambiguous tick label: '0.02', '5000', '2×10⁻⁵', '10⁶' (never SI 'M', never
+    'e+03', never a bare mantissa digit)."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    if 1e-3 <= abs(value) < 1e5:
+        text = f"{value:.3g}"
+        return f"{value:.0f}" if "e" in text else text  # 5000, not 5e+03
+    exponent = math.floor(math.log10(abs(value)))
+    mantissa = value / 10**exponent
+    head = f"{mantissa:.2g}×" if round(mantissa, 2) != 1 else ""
+    return f"{head}10{str(exponent).translate(_SUPERSCRIPT)}"
+
+
+def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
+    """Settings of a log axis over the positive finite values of ``arrays``: ticks at 1, 2, 5
+    × 10ᵏ (powers of ten only beyond four decades), each labelled in full (number_label)."""
+    settings: dict[str, Any] = {"type": "log", "title": axis_title(title)}
+    values = np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays])
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return settings
+    lo, hi = math.floor(math.log10(values.min())), math.ceil(math.log10(values.max()))
+    decades = range(lo, hi + 1)
+    mantissas = (1,) if hi - lo > 4 else (1, 2, 5) if hi - lo > 1 else (1, 2, 3, 5)
+    step = max(1, math.ceil((hi - lo) / 8))
+    ticks = [m * 10.0**k for k in decades for m in mantissas if (k - lo) % step == 0]
+    inside = [v for v in ticks if values.min() <= v <= values.max()]
+    if len(inside) < 2:  # a narrow range: plotly's own ticks, with full labels
+        return settings | {"exponentformat": "power", "tickformat": ".3~g"}
+    ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
+    return settings | {"tickvals": ticks, "ticktext": [number_label(v) for v in ticks]}

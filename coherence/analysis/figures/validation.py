@@ -14,6 +14,7 @@ from coherence.analysis.figures.theme import (
     axis_title,
     band_traces,
     group_color,
+    log_axis,
     styled,
 )
 from coherence.analysis.scores import Score, Scores
@@ -137,11 +138,25 @@ def counterfactual_figures(
             )
         )
     styled(curve, f"{title}: relative error vs ε", height=440)
-    curve.update_xaxes(type="log", title=axis_title("step size ε (log scale)"))
+    curve.update_xaxes(**log_axis(eps_sorted, title="step size ε (log scale)"))
     curve.update_yaxes(
-        type="log", title=axis_title("relative error |measured − predicted| / |predicted|")
+        **log_axis(rows, title="relative error |measured − predicted| / |predicted|")
     )
     return scatter, curve
+
+
+SCORE_TITLES = {
+    "diagonal_dominance": "diagonal dominance",
+    "decay_length": "lag decay length (steps)",
+    "inter_intra_ratio": "inter / intra class ratio",
+    "toeplitz_defect": "Toeplitz defect",
+    "dominant_share": "dominant eigenvalue share",
+}
+
+
+def score_title(name: str) -> str:
+    """A score's name for readers ('diagonal dominance'), not its id ('diagonal_dominance')."""
+    return SCORE_TITLES.get(name, name.replace("_", " "))
 
 
 def _fmt(x: float) -> str:
@@ -175,7 +190,7 @@ def score_rows(scores_by_group: Mapping[str, Scores]) -> tuple[list[str], list[l
     header = ["score", "definition", *(f"{g}: median [Q1, Q3]" for g in by_group)]
     rows = [
         [
-            name,
+            score_title(name),
             definitions[name],
             *(score_cell(s[name]) if name in s else "—" for s in by_group.values()),
         ]

@@ -6,27 +6,47 @@ figure builders of ``coherence.analysis.figures``; they never compute influence 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
-from coherence.dashboard.panels.common import PanelContext
+from coherence.dashboard.panels.common import PanelContext, settle_imports
 from coherence.dashboard.panels.conservation import conservation
 from coherence.dashboard.panels.influence import class_transfer, distance, time_lag, two_time
 from coherence.dashboard.panels.models import rollout, spectrum
 from coherence.dashboard.panels.overview import overview
-from coherence.dashboard.panels.scores import headline, scores
+from coherence.dashboard.panels.scores import headline as _headline
+from coherence.dashboard.panels.scores import scores
 from coherence.dashboard.panels.validation import validation
 
-PANELS: tuple[tuple[str, Callable[[PanelContext], None]], ...] = (
-    ("Overview", overview),
-    ("Two-time influence", two_time),
-    ("Class transfer", class_transfer),
-    ("Time lag", time_lag),
-    ("Input distance", distance),
-    ("NTK spectrum", spectrum),
-    ("Conservation", conservation),
-    ("Rollout", rollout),
-    ("Validation", validation),
-    ("Scores", scores),
+Render = Callable[[PanelContext], None]
+
+
+def _settled(render: Render) -> Render:
+    """``render`` after any pandas import of another script thread is complete."""
+
+    @functools.wraps(render)
+    def run(ctx: PanelContext) -> None:
+        settle_imports()
+        render(ctx)
+
+    return run
+
+
+headline = _settled(_headline)
+PANELS: tuple[tuple[str, Render], ...] = tuple(
+    (label, _settled(render))
+    for label, render in (
+        ("Overview", overview),
+        ("Two-time influence", two_time),
+        ("Class transfer", class_transfer),
+        ("Time lag", time_lag),
+        ("Input distance", distance),
+        ("NTK spectrum", spectrum),
+        ("Conservation", conservation),
+        ("Rollout", rollout),
+        ("Validation", validation),
+        ("Scores", scores),
+    )
 )
 DEFAULT_PANEL = "Two-time influence"  # the headline figure greets a first visit
 

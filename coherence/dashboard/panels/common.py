@@ -1,25 +1,36 @@
 """What every panel shares: its context, captions from the figure builders, charts and the
-download row (figure as HTML, PNG where kaleido works, data as CSV or npz)."""
+download row (figure as HTML with caption and provenance footer, PNG and SVG at publication
+resolution where kaleido and a Chromium work, data as CSV with a parameter header, or npz).
+File names encode the selection (analysis.names.selection_tag)."""
 
 from __future__ import annotations
 
-import inspect
-import re
+import importlib
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from coherence.analysis.exports import figure_html, figure_png
-from coherence.analysis.figures import influence_range, side_by_side
-from coherence.dashboard import loaders
+from coherence.analysis.exports import (
+    figure_html,
+    figure_image,
+    image_export_problem,
+    with_header,
+)
+from coherence.analysis.figures import SCALES, heatmap_scale, influence_range, side_by_side
+from coherence.analysis.names import safe_name, selection_tag
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
+from coherence.report import how_to_read as how_to_read  # re-exported for the panels
+from coherence.report import provenance
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 FIRST_CHART_PAUSE_S = 0.1  # see _first_chart_pause
@@ -56,29 +67,68 @@ class PanelContext:
         return influence_range(self.n_examples)
 
     def stem(self, panel: str, group: GroupState | None = None) -> str:
-        """A download file name stem: <dataset>_<panel>[_<group>]."""
-        parts = [self.selection.dataset, panel] + ([group.stem] if group else [])
-        return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(parts))
+        """A download file name stem that encodes the selection:
+        <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<panel>[_<group>]."""
+        parts = [selection_tag(self.selection), panel] + ([group.stem] if group else [])
+        return safe_name("_".join(parts))
+
+    def meta(self) -> dict[str, Any]:
+        """Parameters and provenance of the view (dataset, checkpoints, estimator, λ, cache
+        keys): the footer of HTML exports, PNG/SVG metadata and the CSV header."""
+        return provenance(self.selection, self.ready)
 
     def panel_csv(self, panel: str, data: Bytes) -> tuple[str, str, Bytes, str]:
-        """A panel's CSV download, named after the dataset and the panel."""
-        return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", data)
+        """A panel's CSV download (parameter header first), named after the selection."""
+        return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", self._headed(data))
 
     def group_csv(self, panel: str, group: GroupState, data: Bytes) -> tuple[str, str, Bytes, str]:
         """One model group's CSV download: labelled by group in compare mode only."""
         label = f"Data {literal(group.label)} (CSV)" if self.compare else "Data (CSV)"
-        return csv_file(label, f"{self.stem(panel, group)}.csv", data)
+        return csv_file(label, f"{self.stem(panel, group)}.csv", self._headed(data))
+
+    def _headed(self, data: Bytes) -> Bytes:
+        return lambda: with_header(data(), self.meta())
+
+    def scale(self, key: str) -> str:
+        """The colour-scale mode (theme.SCALES) chosen for the heatmap panel ``key``, read
+        before its selector is drawn (see widget_value)."""
+        return widget_value(f"zscale_{key}", list(SCALES))
+
+    def scale_range(self, mode: str, maps: Sequence[Any]) -> tuple[float, float]:
+        """One colour range over every group's map for ``mode`` (compare mode shares it)."""
+        values = np.concatenate([np.ravel(np.asarray(m, dtype=np.float64)) for m in maps])
+        lo, hi, _ = heatmap_scale(mode, values, self.n_examples)
+        return lo, hi
 
 
-def how_to_read(builder: Callable) -> str:
-    """The first paragraph of a figure builder's docstring, without its 'Read:' prefix:
-    the builders document how to read their figure, the panels show it as the caption."""
-    doc = inspect.getdoc(builder) or ""
-    first = doc.split("\n\n", 1)[0]
-    text = " ".join(first.split()).removeprefix("Read:").strip()
-    if len(text) > 1 and text[1].islower():  # a word, not a symbol such as "x = …"
-        text = text[:1].upper() + text[1:]
-    return text
+def scale_selector(key: str, container=None) -> None:
+    """The colour-scale control of a heatmap panel: the paper's [0, √N], the data's range,
+    or a symmetric diverging scale (negative influence in blue)."""
+    where = container if container is not None else st
+    where.selectbox(
+        "Colour scale",
+        list(SCALES),
+        format_func=SCALES.get,
+        key=f"zscale_{key}",
+        help="[0, √N]: the paper's fixed range, comparable across runs (√N = a perfectly local "
+        "row). Auto: this map's own range. Diverging: symmetric around 0, so negative "
+        "influence (a step on p that worsens r) shows in blue.",
+    )
+
+
+def settle_imports(names: Sequence[str] = ("pandas",)) -> None:
+    """Wait until a pandas import that another script thread has in progress is complete.
+
+    Why: with Streamlit's fast reruns, a click (another tab) starts the new script run while
+    the old one may still be importing pandas (≈ 3 s, for its first st.dataframe); plotly's
+    validators peek at sys.modules['pandas'] and fail on the half-initialized module
+    ("partially initialized module 'pandas' has no attribute 'Series'"). An import statement
+    waits for the other thread's import; nothing happens (and no pandas is loaded) when no
+    thread has started one, so the first chart is never delayed.
+    """
+    for name in names:
+        if name in sys.modules:
+            importlib.import_module(name)  # blocks on the module's import lock until complete
 
 
 def need_results(ctx: PanelContext) -> bool:
@@ -123,11 +173,32 @@ def widget_value(key: str, options: Sequence[str]) -> str:
     return value if value in options else options[0]
 
 
-def chart(fig: go.Figure, key: str) -> None:
+def chart(fig: go.Figure, key: str, *, clickable: bool = False) -> None:
     """A plotly figure as the builders made it (their theme, not Streamlit's); the camera
-    icon of its toolbar saves a PNG in the browser."""
-    st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key)
+    icon of its toolbar saves a PNG in the browser. ``clickable``: a click on a point or
+    cell reruns the page with it in ``st.session_state[key].selection`` (see clicked_point)."""
+    if clickable:
+        st.plotly_chart(
+            fig,
+            theme=None,
+            config=PLOTLY_CONFIG,
+            key=key,
+            on_select="rerun",
+            selection_mode="points",
+        )
+    else:
+        st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key)
     _first_chart_pause()
+
+
+def clicked_point(key: str) -> dict[str, Any] | None:
+    """The point last clicked in the clickable chart ``key`` (its x, y, …), or None."""
+    state = st.session_state.get(key)
+    try:
+        points = state["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    return dict(points[0]) if points else None
 
 
 def _first_chart_pause() -> None:
@@ -163,24 +234,46 @@ def downloads(
     *,
     figure: go.Figure | None = None,
     files: Sequence[tuple[str, str, Bytes, str]] = (),
+    caption: str = "",
+    meta: Mapping[str, Any] | None = None,
 ) -> None:
-    """A row of download buttons; every payload is built only when clicked.
+    """A row of download buttons (wrapping on narrow screens); every payload is built only
+    when clicked. The figure comes as HTML (title, ``caption``, ``meta`` footer) and, where
+    kaleido finds a Chromium, as PNG and SVG at publication resolution with caption and
+    ``meta`` embedded; otherwise one sentence says what PNG/SVG export needs.
 
     files: (button label, file name, bytes factory, MIME type).
     """
     buttons: list[tuple[str, str, Bytes, str]] = []
+    problem = None
     if figure is not None:
-        buttons.append(("Figure (HTML)", f"{stem}.html", lambda: figure_html(figure), "text/html"))
-        if loaders.png_available():
-            buttons.append(
-                ("Figure (PNG)", f"{stem}.png", lambda: figure_png(figure) or b"", "image/png")
+        title = figure.layout.title.text or stem
+        info = {"Title": title, "Description": caption, **(meta or {})}
+        buttons.append(
+            (
+                "Figure (HTML)",
+                f"{stem}.html",
+                lambda: figure_html(figure, title=title, caption=caption, meta=meta),
+                "text/html",
             )
+        )
+        problem = image_export_problem()
+        if problem is None:
+            for fmt, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
+                buttons.append(
+                    (
+                        f"Figure ({fmt.upper()})",
+                        f"{stem}.{fmt}",
+                        lambda fmt=fmt: figure_image(figure, fmt, meta=info),
+                        mime,
+                    )
+                )
     buttons.extend(files)
     if not buttons:
         return
-    columns = st.columns(len(buttons) + max(0, 4 - len(buttons)))
-    for i, (column, (label, name, data, mime)) in enumerate(zip(columns, buttons, strict=False)):
-        column.download_button(
+    row = st.container(horizontal=True, gap="small")
+    for i, (label, name, data, mime) in enumerate(buttons):
+        row.download_button(
             label,
             data=data,
             file_name=name,
@@ -188,8 +281,9 @@ def downloads(
             key=f"dl_{key}_{i}",
             on_click="ignore",
             icon=":material/download:",
-            width="stretch",
         )
+    if problem is not None:
+        st.caption(literal(problem))
 
 
 def csv_file(label: str, name: str, data: Bytes) -> tuple[str, str, Bytes, str]:

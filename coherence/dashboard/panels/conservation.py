@@ -12,8 +12,10 @@ from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
     downloads,
+    how_to_read,
     need_results,
     pair_figure,
+    scale_selector,
 )
 
 CONSERVED = ("mass", "energy")
@@ -50,28 +52,34 @@ def conservation(ctx: PanelContext) -> None:
 
 def _one_response(ctx: PanelContext, response: str) -> None:
     symbol = f"Ĥ_{response}"
+    controls = st.container()  # above the chart, filled after it
+    scale = ctx.scale(response)
     maps, figures = [], []
     for group in ctx.ready:
-        result = group.result
-        V = two_time_map(result.H_std[response])
-        maps.append((group, V))
+        maps.append((group, two_time_map(group.result.H_std[response])))
+    zrange = ctx.scale_range(scale, [V for _, V in maps])
+    for group, V in maps:
         figures.append(
             two_time_heatmap(
                 V,
-                result.times,
+                group.result.times,
                 ctx.n_examples,
                 title=f"Two-time influence on {response}" if len(ctx.ready) == 1 else "",
                 value_label=symbol,
-                steps=result.steps,
+                steps=group.result.steps,
+                scale=scale,
+                zrange=zrange,
             )
         )
     figure = pair_figure(
         figures,
         [g.label for g in ctx.ready],
-        zrange=ctx.zrange,
+        zrange=zrange,
         title=f"Two-time influence on {response}",
     )
     chart(figure, key=f"chart_{response}_map")
+    with controls:
+        scale_selector(response, st.columns(3)[0])
     downloads(
         f"{response}_map",
         ctx.stem(f"{response}_two_time"),
@@ -84,6 +92,8 @@ def _one_response(ctx: PanelContext, response: str) -> None:
             )
             for g, V in maps
         ],
+        caption=how_to_read(two_time_heatmap),
+        meta=ctx.meta(),
     )
     groups = [(g.label, lag_curves(g.result.H_std[response])) for g in ctx.ready]
     lags = lag_curves_figure(
@@ -95,4 +105,6 @@ def _one_response(ctx: PanelContext, response: str) -> None:
         ctx.stem(f"{response}_time_lag"),
         figure=lags,
         files=[ctx.panel_csv(f"{response}_time_lag", lambda: lag_curves_csv(groups))],
+        caption=how_to_read(lag_curves_figure),
+        meta=ctx.meta(),
     )

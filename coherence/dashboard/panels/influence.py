@@ -13,9 +13,12 @@ from coherence.analysis.exports import (
 )
 from coherence.analysis.figures import (
     class_transfer_heatmap,
+    difference_heatmap,
     distance_figure,
+    input_pair_figure,
     lag_curves_figure,
     two_time_heatmap,
+    with_click_targets,
 )
 from coherence.analysis.summaries import class_transfer_matrix, lag_curves, two_time_map
 from coherence.dashboard import loaders
@@ -23,11 +26,13 @@ from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
+    clicked_point,
     downloads,
     how_to_read,
     need_results,
     pair_figure,
     response_title,
+    scale_selector,
     widget_value,
 )
 from coherence.errors import CoherenceError
@@ -47,13 +52,15 @@ def _pair_label(option: str) -> str:
 
 
 def two_time(ctx: PanelContext) -> None:
-    """Panel 2: V[t_r, t_p], per class pair, on the fixed range [0, √N]."""
-    st.caption(
+    """Panel 2: V[t_r, t_p], per class pair, on the fixed range [0, √N]. The caption goes
+    under the chart (as in a paper), which keeps the headline heatmap above the fold."""
+    caption = (
         how_to_read(two_time_heatmap)
-        + f" Colour range [0, √N] = [0, {ctx.zrange[1]:.2f}]: a perfectly local row reaches "
-        "√N. Hover shows (t_p, t_r, value)."
+        + f" Default colour range [0, √N] = [0, {ctx.zrange[1]:.2f}]: a perfectly local row "
+        "reaches √N. Hover shows (t_p, t_r, value); click a cell to drill down."
     )
     if not need_results(ctx):
+        st.caption(caption)
         return
     classes = ctx.selection.classes
     pair_options = _pair_options(classes)
@@ -70,7 +77,7 @@ def two_time(ctx: PanelContext) -> None:
         )
     finally:  # the selectors stay usable when the chosen view fails to draw
         with controls:
-            left, right = st.columns(2)
+            left, right, third = st.columns([3, 2, 2])
             left.selectbox(
                 "Class pair (rows = response, columns = perturbation)",
                 pair_options,
@@ -83,6 +90,9 @@ def two_time(ctx: PanelContext) -> None:
                 format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
                 key="two_time_seed",
             )
+            scale_selector("two_time", third)
+    st.caption(caption)
+    _drill_down(ctx, widget_value("two_time_pair", pair_options))
 
 
 def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
@@ -93,6 +103,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
         response, perturbation = option.split(" ← ")
         pair = (classes.index(response), classes.index(perturbation))
     maps, figures = [], []
+    scale = ctx.scale("two_time")
     for group in ctx.ready:
         result = group.result
         if seed == "mean":
@@ -103,6 +114,9 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
             )
             V = per_seed[result.checkpoints.index(seed)]
         maps.append((group, V))
+    zrange = ctx.scale_range(scale, [V for _, V in maps])
+    for group, V in maps:
+        result = group.result
         title = f"Two-time influence ({response_title(result.primary)}), {_pair_label(option)}"
         figures.append(
             two_time_heatmap(
@@ -111,55 +125,212 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
                 ctx.n_examples,
                 title=title if len(ctx.ready) == 1 else "",
                 steps=result.steps,
+                scale=scale,
+                zrange=zrange,
             )
         )
     labels = [g.label for g in ctx.ready]
     figure = pair_figure(
-        figures, labels, zrange=ctx.zrange, title=f"Two-time influence, {_pair_label(option)}"
+        figures, labels, zrange=zrange, title=f"Two-time influence, {_pair_label(option)}"
     )
-    chart(figure, key="chart_two_time")
+    if len(figures) == 1:  # a click on a cell drills down (compare mode: the selector)
+        chart(with_click_targets(figure), key="chart_two_time", clickable=True)
+    else:
+        chart(figure, key="chart_two_time")
     files = [
         ctx.group_csv(
             "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)
         )
         for g, V in maps
     ]
-    downloads("two_time", ctx.stem("two_time"), figure=figure, files=files)
+    caption = how_to_read(two_time_heatmap)
+    downloads(
+        "two_time",
+        ctx.stem("two_time"),
+        figure=figure,
+        files=files,
+        caption=caption,
+        meta=ctx.meta(),
+    )
+    if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
+        _difference(ctx, maps, labels, option)
+
+
+def _difference(ctx: PanelContext, maps, labels: list[str], option: str) -> None:
+    """Compare mode: the first group's map minus the second's, on a diverging scale."""
+    (_, V_a), (_, V_b) = maps
+    box = st.expander(
+        f"Difference map: {literal(labels[0])} − {literal(labels[1])}",
+        icon=":material/compare:",
+        key="two_time_diff_open",
+        on_change="rerun",  # lazy: drawn only when opened
+    )
+    if box.open is False:
+        return
+    with box:
+        _difference_chart(ctx, V_a, V_b, labels, option)
+
+
+def _difference_chart(ctx: PanelContext, V_a, V_b, labels: list[str], option: str) -> None:
+    st.caption(how_to_read(difference_heatmap))
+    figure = difference_heatmap(
+        V_a,
+        V_b,
+        ctx.ready[0].result.times,
+        labels,
+        title=f"{labels[0]} − {labels[1]}, {_pair_label(option)}",
+    )
+    chart(figure, key="chart_two_time_diff")
+    downloads(
+        "two_time_diff",
+        ctx.stem("two_time_difference"),
+        figure=figure,
+        caption=how_to_read(difference_heatmap),
+        meta=ctx.meta(),
+    )
+
+
+CELL_KEY = "two_time_cell"
+_CLICK_KEY = "_two_time_click"
+NO_CELL = "none"
+
+
+def _apply_click(times: np.ndarray) -> None:
+    """A new click on the two-time chart picks its cell in the drill-down selector (once per
+    click, so a later pick in the selector is not overridden by the old click)."""
+    point = clicked_point("chart_two_time")
+    if point is None or "x" not in point or "y" not in point:
+        return
+    token = (point["x"], point["y"])
+    if st.session_state.get(_CLICK_KEY) == token:
+        return
+    st.session_state[_CLICK_KEY] = token
+    try:
+        j = int(np.argmin(np.abs(times - float(point["x"]))))
+        i = int(np.argmin(np.abs(times - float(point["y"]))))
+    except (TypeError, ValueError):
+        return
+    st.session_state[CELL_KEY] = f"{i},{j}"
+
+
+def _drill_down(ctx: PanelContext, option: str) -> None:
+    """One cell of the two-time map: the two input states, their distance, and the value of
+    every seed and batch behind the mean."""
+    if not ctx.ready:
+        return
+    result = ctx.ready[0].result
+    times, steps = np.asarray(result.times), np.asarray(result.steps)
+    _apply_click(times)
+    st.subheader("Drill down: one cell", anchor=False)
+    st.caption(
+        "Click a cell of the map (or pick it here): the input states of its response example "
+        "r and perturbation example p, their distance d(r, p), and Ĥ[r, p] of every seed and "
+        "batch (the map shows their mean)."
+    )
+    classes = ctx.selection.classes
+    options = [NO_CELL] + [f"{i},{j}" for i in range(len(times)) for j in range(len(times))]
+
+    def label(cell: str) -> str:
+        if cell == NO_CELL:
+            return "no cell (click the map)"
+        i, j = map(int, cell.split(","))
+        return f"t_r = {times[i]:.3g} (step {steps[i]}), t_p = {times[j]:.3g} (step {steps[j]})"
+
+    cols = st.columns(4)
+    cell = cols[0].selectbox("Cell", options, format_func=label, key=CELL_KEY)
+    if option == INTRA:
+        name = cols[1].selectbox("Class (r and p)", classes, key="two_time_cell_class")
+        c_r = c_p = classes.index(name)
+    else:
+        response, perturbation = option.split(" ← ")
+        c_r, c_p = classes.index(response), classes.index(perturbation)
+    trajectories = list(ctx.selection.trajectories)
+    batch = cols[2].selectbox("Batch (test trajectory)", trajectories, key="two_time_cell_batch")
+    channel = cols[3].selectbox("Channel", ctx.dataset.channels, key="two_time_cell_channel")
+    if cell == NO_CELL or cell is None:
+        return
+    i, j = map(int, cell.split(","))
+    b = trajectories.index(batch)
+    n_r, n_p = i * len(classes) + c_r, j * len(classes) + c_p
+    distance = float(result.distances[b, n_r, n_p])
+    st.markdown(
+        f"**r** = {literal(classes[c_r])} at t = {times[i]:.3g} (step {steps[i]}) · "
+        f"**p** = {literal(classes[c_p])} at t = {times[j]:.3g} (step {steps[j]}) · "
+        f"input distance d(r, p) = **{distance:.3g}**"
+    )
+    inputs = loaders.batch_inputs(result.request)  # [B, N, F, H, W]
+    figure = input_pair_figure(
+        inputs[b, n_r],
+        inputs[b, n_p],
+        ctx.dataset.channels,
+        channel,
+        labels=(
+            f"response r: {classes[c_r]}, t = {times[i]:.3g}",
+            f"perturbation p: {classes[c_p]}, t = {times[j]:.3g}",
+        ),
+    )
+    chart(figure, key="chart_two_time_cell")
+    rows = []
+    for group in ctx.ready:
+        H = group.result.H_std[group.result.primary]  # [S, B, T, C, T, C]
+        for s, seed in enumerate(group.result.checkpoints):
+            values = H[s, :, i, c_r, j, c_p]
+            row = {"group": group.label, "seed": seed}
+            pairs = zip(trajectories, values, strict=True)
+            row |= {f"batch {t}": float(f"{v:.3g}") for t, v in pairs}
+            row["mean"] = float(f"{float(np.mean(values)):.3g}")
+            rows.append(row)
+    st.dataframe(rows, hide_index=True)
 
 
 def class_transfer(ctx: PanelContext) -> None:
     """Panel 3: mean Ĥ per (response class, perturbation class)."""
     st.caption(
         how_to_read(class_transfer_heatmap)
-        + " Same colour range [0, √N] as the two-time map; the numbers are the cell means."
+        + " Same default colour range [0, √N] as the two-time map; the numbers are the cell "
+        "means."
     )
     if not need_results(ctx):
         return
+    controls = st.container()  # drawn above the chart, filled after it
+    scale = ctx.scale("transfer")
     matrices, figures = [], []
     for group in ctx.ready:
         result = group.result
-        M = class_transfer_matrix(result.H_std[result.primary])
-        matrices.append((group, M))
+        matrices.append((group, class_transfer_matrix(result.H_std[result.primary])))
+    zrange = ctx.scale_range(scale, [M for _, M in matrices])
+    for group, M in matrices:
         figures.append(
             class_transfer_heatmap(
                 M,
-                result.classes,
+                group.result.classes,
                 ctx.n_examples,
                 title="Class transfer matrix" if len(ctx.ready) == 1 else "",
+                scale=scale,
+                zrange=zrange,
             )
         )
     figure = pair_figure(
         figures,
         [g.label for g in ctx.ready],
-        zrange=ctx.zrange,
+        zrange=zrange,
         title="Class transfer matrix (rows = response, columns = perturbation)",
     )
     chart(figure, key="chart_transfer")
+    with controls:
+        scale_selector("transfer", st.columns(3)[0])
     files = [
         ctx.group_csv("class_transfer", g, lambda M=M, r=g.result: class_matrix_csv(M, r.classes))
         for g, M in matrices
     ]
-    downloads("transfer", ctx.stem("class_transfer"), figure=figure, files=files)
+    downloads(
+        "transfer",
+        ctx.stem("class_transfer"),
+        figure=figure,
+        files=files,
+        caption=how_to_read(class_transfer_heatmap),
+        meta=ctx.meta(),
+    )
 
 
 def time_lag(ctx: PanelContext) -> None:
@@ -174,7 +345,14 @@ def time_lag(ctx: PanelContext) -> None:
     figure = lag_curves_figure(groups, title="Influence vs time lag")
     chart(figure, key="chart_lag")
     files = [ctx.panel_csv("time_lag", lambda: lag_curves_csv(groups))]
-    downloads("lag", ctx.stem("time_lag"), figure=figure, files=files)
+    downloads(
+        "lag",
+        ctx.stem("time_lag"),
+        figure=figure,
+        files=files,
+        caption=how_to_read(lag_curves_figure),
+        meta=ctx.meta(),
+    )
 
 
 def distance(ctx: PanelContext) -> None:
@@ -213,7 +391,14 @@ def distance(ctx: PanelContext) -> None:
         _share_y(figure, [c for _, c in curves])
     chart(figure, key="chart_distance")
     files = [ctx.group_csv("distance", g, lambda c=c: distance_csv(c)) for g, c in curves]
-    downloads("distance", ctx.stem("distance"), figure=figure, files=files)
+    downloads(
+        "distance",
+        ctx.stem("distance"),
+        figure=figure,
+        files=files,
+        caption=how_to_read(distance_figure),
+        meta=ctx.meta(),
+    )
 
 
 def _share_y(figure, curves) -> None:

@@ -50,6 +50,8 @@ def spectrum(ctx: PanelContext) -> None:
             "top_eig",
             ctx.stem("top_eigenvalue"),
             figure=box,
+            caption=how_to_read(top_eigenvalue_box),
+            meta=ctx.meta(),
             files=[ctx.panel_csv("top_eigenvalue", lambda: top_eigenvalues_csv(tops))],
         )
     st.caption(how_to_read(subspace_spectrum_figure))
@@ -73,33 +75,38 @@ def spectrum(ctx: PanelContext) -> None:
         ]
         if not stats:
             continue
+        slopes = [s["decay_slope"] for s in stats if s["decay_slope"] is not None]
         rows.append(
             {
                 "group": group.label,
-                "rank (median)": float(np.median([s["n"] for s in stats])),
-                "participation ratio": float(np.median([s["participation_ratio"] for s in stats])),
-                "entropy rank": float(np.median([s["entropy_rank"] for s in stats])),
-                "dominant share": float(np.median([s["dominant_share"] for s in stats])),
-                "decay slope": float(
-                    np.median([s["decay_slope"] for s in stats if s["decay_slope"] is not None])
-                )
-                if any(s["decay_slope"] is not None for s in stats)
-                else float("nan"),
+                # a rank is a whole number: the lower median is one of the observed ranks
+                "rank": int(np.quantile([s["n"] for s in stats], 0.5, method="lower")),
+                "participation ratio": _sig(np.median([s["participation_ratio"] for s in stats])),
+                "entropy rank": _sig(np.median([s["entropy_rank"] for s in stats])),
+                "dominant share": _sig(np.median([s["dominant_share"] for s in stats])),
+                "decay slope": _sig(np.median(slopes)) if slopes else float("nan"),
             }
         )
     if rows:
         st.caption(
-            "Medians over (seed, batch): participation ratio (Σλ)²/Σλ² and entropy rank are "
-            "effective ranks (N for a flat spectrum, 1 for one direction); decay slope p in "
-            "λ_k ∝ k^p over the top half."
+            "Medians over (seed, batch); rank: the lower median, a whole number. Participation "
+            "ratio (Σλ)²/Σλ² and entropy rank are effective ranks (N for a flat spectrum, 1 "
+            "for one direction); decay slope p in λ_k ∝ k^p over the top half."
         )
         st.dataframe(rows, hide_index=True, width="stretch")
     downloads(
         "spectrum",
         ctx.stem("spectrum"),
         figure=figure,
+        caption=how_to_read(subspace_spectrum_figure),
+        meta=ctx.meta(),
         files=[ctx.panel_csv("spectrum", lambda: spectra_csv(spectra))],
     )
+
+
+def _sig(value: float, digits: int = 3) -> float:
+    """``value`` rounded to ``digits`` significant digits (a table shows 12.3, not 12.345678)."""
+    return float(f"{float(value):.{digits}g}")
 
 
 def _rollouts(ctx: PanelContext, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
@@ -139,6 +146,8 @@ def rollout(ctx: PanelContext) -> None:
         "rollout",
         ctx.stem("rollout"),
         figure=figure,
+        caption=how_to_read(rollout_figure),
+        meta=ctx.meta(),
         files=[ctx.panel_csv("rollout", lambda: rollout_csv(summaries))],
     )
 
@@ -172,6 +181,8 @@ def rollout(ctx: PanelContext) -> None:
         "fields",
         ctx.stem("fields"),
         figure=fields,
+        caption=how_to_read(field_viewer),
+        meta=ctx.meta(),
         files=[
             npz_file(
                 "Fields (npz)",

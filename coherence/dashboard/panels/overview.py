@@ -78,6 +78,8 @@ def _snapshots(ctx: PanelContext) -> None:
         "snapshots",
         stem,
         figure=figure,
+        caption=how_to_read(snapshot_animation),
+        meta=ctx.meta(),
         files=[
             npz_file(
                 "States (npz)",
@@ -139,5 +141,7 @@ def _models(ctx: PanelContext) -> None:
         "training",
         ctx.stem("training"),
         figure=figure,
+        caption=how_to_read(training_curves_figure),
+        meta=ctx.meta(),
         files=[ctx.panel_csv("training", lambda: training_curves_csv(curves))],
     )

@@ -1,5 +1,6 @@
 """Panel 10 (METHOD.md §7): scalar coherence scores with their definitions, per group; and
-the headline metrics shown above the tabs."""
+above the tabs: the first-visit tour, each group's verdict and headline metrics (with units
+and reference marks), and the one-click report."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import streamlit as st
 from coherence.analysis.exports import scores_csv
 from coherence.analysis.figures import score_rows, scores_table
 from coherence.analysis.scores import DEFINITIONS
+from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
-from coherence.dashboard.panels.common import PanelContext, downloads, need_results
+from coherence.dashboard.panels.common import PanelContext, downloads, how_to_read, need_results
+from coherence.report import ReportGroup, build_report, report_name
 
-HEADLINE = (
-    ("diagonal_dominance", "Diagonal dominance", "1 = each time step learns for itself"),
-    ("decay_length", "Lag decay length", "steps until intra-class influence falls to 1/e"),
-    ("inter_intra_ratio", "Inter / intra class", "1 = learning transfers fully across classes"),
-    ("toeplitz_defect", "Toeplitz defect", "0 = influence depends on the lag only"),
+TOUR_KEY = "tour_dismissed"
+TOUR = (
+    "**What am I looking at?** Each heatmap shows how one gradient step on a training "
+    "example (column: perturbation time) moves the model's error on another (row: response "
+    "time). A bright **diagonal ridge** on a dark background is **memorization**: each time "
+    "step learns only for itself; **broad brightness** off the diagonal is "
+    "**generalization**: learning transfers across time and classes. The headline scores "
+    "below read it for you: diagonal dominance 1 = perfectly local, 0.5 = flat."
 )
 
 
@@ -38,32 +44,81 @@ def scores(ctx: PanelContext) -> None:
         "scores",
         ctx.stem("scores"),
         figure=figure,
+        caption=how_to_read(scores_table),
+        meta=ctx.meta(),
         files=[ctx.panel_csv("scores", lambda: scores_csv(by_group))],
     )
 
 
-def headline(ctx: PanelContext) -> None:
-    """Four metrics per group above the tabs: the gist of the analysis at a glance."""
-    if ctx.selection.n_steps < 2:  # one time step: no lag, no diagonal to dominate
+def _dismiss_tour() -> None:
+    st.session_state[TOUR_KEY] = True
+
+
+def tour() -> None:
+    """A short, dismissible introduction for first-time visitors (once per session)."""
+    if st.session_state.get(TOUR_KEY):
         return
-    for group in ctx.ready:
-        table = {s.name: s for s in loaders.scores(group.key, group.result).as_list()}
-        columns = st.columns(len(HEADLINE) + 1)
-        columns[0].markdown(
-            f"**{literal(group.label)}**  \n{len(group.result.checkpoints)} seed(s)"
+    with st.container(border=True, horizontal=True, vertical_alignment="center", wrap=False):
+        st.markdown(TOUR, width="stretch")
+        st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
+
+
+def headline(ctx: PanelContext) -> None:
+    """Per group: a plain-language verdict and four metrics with units and reference marks,
+    above the tabs (drawn after the open tab's chart, so they never delay it); then the
+    one-click report of the whole selection."""
+    tour()
+    row = None
+    if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
+        for group in ctx.ready:
+            row = _group_scores(group)
+    report_button(ctx, row)
+
+
+def _group_scores(group):
+    """The group's verdict line and metric row (returned: the report button joins it)."""
+    scores = loaders.scores(group.key, group.result)
+    table = {s.name: s for s in scores.as_list()}
+    n = len(group.result.checkpoints)
+    st.markdown(
+        f"**{literal(group.label)}** · {n} seed{'s' if n != 1 else ''} · {literal(verdict(scores))}"
+    )
+    # fixed-width cells in a wrapping row: on a narrow screen they move to the next line
+    # instead of truncating their labels
+    row = st.container(horizontal=True, gap="medium")
+    for ref in REFERENCES:
+        score = table.get(ref.name)
+        cell = row.container(width=155, gap=None)  # "Diagonal dominance" and its help icon
+        cell.metric(
+            ref.title,
+            format_score(score),
+            help=f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median; "
+            f"{literal(uncertainty(score))}.",
         )
-        for column, (name, title, meaning) in zip(columns[1:], HEADLINE, strict=True):
-            score = table.get(name)
-            if score is None:
-                continue
-            value = score.median
-            text = "—" if not math.isfinite(value) else f"{value:.2f}"
-            if name == "decay_length" and int(score.censored.sum()):
-                text = f"≥ {text}"
-            column.metric(
-                title,
-                text,
-                help=f"{meaning}. Definition: {DEFINITIONS[name]}. Median over "
-                f"{score.values.size} (seed, batch) values; Q1–Q3 "
-                f"[{score.q1:.2f}, {score.q3:.2f}].",
-            )
+        cell.caption(literal(uncertainty_short(score)) + "  \n" + literal(ref.short))
+    return row
+
+
+def uncertainty_short(score) -> str:
+    if score is None or not math.isfinite(score.median):
+        return "undefined"
+    return f"[{score.q1:.2f}, {score.q3:.2f}]"
+
+
+def report_button(ctx: PanelContext, row=None) -> None:
+    """The selection's self-contained HTML report (what one emails after a demo), at the
+    end of ``row`` when given."""
+    if not ctx.ready:
+        return
+    groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
+    (row if row is not None else st).download_button(
+        "Report (HTML)",
+        data=lambda: build_report(ctx.root, ctx.catalog, ctx.selection, groups=groups),
+        file_name=report_name(ctx.selection),
+        mime="text/html",
+        key="dl_report",
+        on_click="ignore",
+        icon=":material/summarize:",
+        help="One HTML file with every influence panel of this selection (interactive), the "
+        "scores with their uncertainty and the provenance; opens offline in any browser.",
+    )

@@ -155,6 +155,8 @@ def validation(ctx: PanelContext) -> None:
         "cf",
         stem,
         figure=curve,
+        caption=how_to_read(counterfactual_figures),
+        meta=ctx.meta(),
         files=[
             ("Scatter (HTML)", f"{stem}_scatter.html", lambda: figure_html(scatter), "text/html"),
             csv_file("Errors (CSV)", f"{stem}.csv", lambda: counterfactual_csv(eps, errors)),

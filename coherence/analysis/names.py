@@ -1,0 +1,35 @@
+"""Download file names that encode the selection: two windows, estimators or damping values
+never export to the same name.
+
+``selection_tag`` reads the readable parts (dataset, window, estimator, λ) and adds six hex
+digits of a hash over the whole URL form (classes, trajectories, responses, checkpoints…),
+so selections that differ only there differ in the name too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """Letters, digits, '_', '.', '-' only (anything else becomes '_')."""
+    return _UNSAFE.sub("_", text).strip("_") or "export"
+
+
+def selection_tag(selection: Any) -> str:
+    """'<dataset>_w<first>-<last>_<estimator>_lam<λ>_<hash6>' for a dashboard Selection."""
+    first = selection.t_start
+    last = selection.t_start + selection.n_steps - 1
+    digest = hashlib.sha256(json.dumps(selection.to_query(), sort_keys=True).encode()).hexdigest()[
+        :6
+    ]
+    tag = (
+        f"{selection.dataset}_w{first}-{last}_{selection.estimator}"
+        f"_lam{selection.damping:.0e}_{digest}"
+    )
+    return safe_name(tag.replace("e-0", "e-").replace("e+0", "e+"))

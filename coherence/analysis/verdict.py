@@ -1,0 +1,94 @@
+"""A plain-language reading of the headline scores: what a visitor should take away in ten
+seconds, with each score's reference marks and unit.
+
+The thresholds are reading aids chosen on the scores' own scales (diagonal dominance: 0.5 is
+a flat map, 1 a perfectly local one; inter/intra: 0 no transfer across classes, 1 full
+transfer), not results of the paper. Pure: no streamlit, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from coherence.analysis.scores import Score, Scores
+
+LOCAL, TRANSFER = 0.75, 0.6  # diagonal dominance above: time-local; below: transfers
+CLASS_TRANSFER, CLASS_SPECIFIC = 0.5, 0.2  # inter/intra ratio above / below
+
+
+@dataclass(frozen=True)
+class Reference:
+    """How to read one headline score: its title (with its unit), the values that anchor it
+    (``marks``), and the same in a few words for a narrow metric cell (``short``)."""
+
+    name: str
+    title: str
+    marks: str  # e.g. "0.5 flat · 1 perfectly local"
+    short: str  # e.g. "0.5 flat · 1 local"
+
+
+REFERENCES = (
+    Reference(
+        "diagonal_dominance",
+        "Diagonal dominance",
+        "0.5 flat · 1 perfectly local",
+        "0.5 flat · 1 local",
+    ),
+    Reference(
+        "decay_length",
+        "Lag decay (steps)",
+        "1 step: local · T (the window): never decays",
+        "1 local · T flat",
+    ),
+    Reference(
+        "inter_intra_ratio",
+        "Inter / intra class",
+        "0 class-specific · 1 full transfer across classes",
+        "0 none · 1 full",
+    ),
+    Reference("toeplitz_defect", "Toeplitz defect", "0 depends on the lag only", "0 lag only"),
+)
+
+
+def format_score(score: Score | None) -> str:
+    """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined)."""
+    if score is None or not math.isfinite(score.median):
+        return "—"
+    text = f"{score.median:.2f}" if abs(score.median) < 10 else f"{score.median:.3g}"
+    if int(score.censored.sum()):
+        text = f"≥ {text}"
+    return text
+
+
+def uncertainty(score: Score | None) -> str:
+    """'Q1–Q3 [0.78, 0.86] over 6 (seed, batch) values'."""
+    if score is None or not math.isfinite(score.median):
+        return "undefined for this selection"
+    return f"Q1–Q3 [{score.q1:.2f}, {score.q3:.2f}] over {score.values.size} (seed, batch) values"
+
+
+def verdict(scores: Scores) -> str:
+    """One sentence: time-local memorization vs transfer across time, then across classes."""
+    table = {s.name: s for s in scores.as_list()}
+    dd = table.get("diagonal_dominance")
+    parts = []
+    if dd is not None and math.isfinite(dd.median):
+        if dd.median >= LOCAL:
+            parts.append("time-local: memorizes step by step (each time step learns for itself)")
+        elif dd.median <= TRANSFER:
+            parts.append("transfers across time: a step at one time moves the others too")
+        else:
+            parts.append("partly time-local: some learning transfers to nearby times")
+    ratio = table.get("inter_intra_ratio")
+    if ratio is not None and math.isfinite(ratio.median):
+        if ratio.median >= CLASS_TRANSFER:
+            parts.append("transfers across initial-condition classes")
+        elif ratio.median <= CLASS_SPECIFIC:
+            parts.append("class-specific (little transfer between classes)")
+        else:
+            parts.append("some transfer between classes")
+    if not parts:
+        return "not enough time steps or classes for a reading"
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "."

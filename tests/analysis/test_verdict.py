@@ -1,0 +1,44 @@
+"""The plain-language verdict on synthetic influence with a known structure."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from coherence.analysis.scores import compute_scores
+from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
+
+
+def _h(diagonal: float, off: float, inter: float, T: int = 6, C: int = 2) -> np.ndarray:
+    h = np.full((2, 1, T, C, T, C), inter)
+    for c in range(C):
+        h[:, :, :, c, :, c] = off
+        for t in range(T):
+            h[:, :, t, c, t, c] = diagonal
+    return h
+
+
+def test_local_maps_read_as_memorization_and_flat_ones_as_transfer():
+    local = compute_scores(_h(diagonal=4.0, off=0.0, inter=0.0))
+    assert local.diagonal_dominance.median == 1.0
+    assert verdict(local).startswith("Time-local: memorizes step by step")
+    assert "class-specific" in verdict(local)
+    flat = compute_scores(_h(diagonal=1.0, off=1.0, inter=1.0))
+    assert flat.diagonal_dominance.median == 0.5
+    assert verdict(flat).startswith("Transfers across time")
+    assert "transfers across initial-condition classes" in verdict(flat)
+
+
+def test_formatting_units_censoring_and_marks():
+    scores = compute_scores(_h(diagonal=1.0, off=1.0, inter=1.0))
+    assert format_score(scores.decay_length) == "≥ 6.00"  # never decays: censored at T
+    assert format_score(None) == "—"
+    assert uncertainty(scores.diagonal_dominance).startswith("Q1–Q3 [0.50, 0.50] over 2")
+    assert [r.name for r in REFERENCES] == [
+        "diagonal_dominance",
+        "decay_length",
+        "inter_intra_ratio",
+        "toeplitz_defect",
+    ]
+    assert "0.5 flat" in REFERENCES[0].marks and "1 perfectly local" in REFERENCES[0].marks
+    assert REFERENCES[1].title == "Lag decay (steps)"  # the unit on the metric
+    assert all(len(r.short) <= 18 for r in REFERENCES)  # fits a narrow metric cell

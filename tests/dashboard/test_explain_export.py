@@ -1,0 +1,144 @@
+"""Issue 16 under AppTest: the first-visit tour, the verdict with reference marks, colour-scale
+control, drill-down into one cell, the difference map, and export names and contents.
+
+Drives the real app.py on the session's small real workspace (tests/dashboard/conftest.py);
+references are the cached result's own arrays (H_std, distances) and numpy recomputations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from coherence.analysis.names import selection_tag
+from coherence.analysis.scores import compute_scores
+from coherence.analysis.summaries import two_time_map
+from coherence.analysis.verdict import verdict
+from coherence.cache.jobs import JobRunner
+from coherence.dashboard.selection import default_selection
+
+from .conftest import COMPARE
+from .test_app import assert_clean, charts, open_app, texts
+
+
+def cached_result(workspace):
+    selection = default_selection(workspace)
+    runner = JobRunner(workspace)
+    request = selection.to_request(workspace)
+    return selection, runner.result(runner.key(request), request)
+
+
+def test_tour_and_verdict_with_reference_marks(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    markdown = texts(at.markdown)
+    assert "What am I looking at?" in markdown and "diagonal ridge" in markdown
+    _, result = cached_result(workspace)
+    scores = compute_scores(result.H_std[result.primary])
+    assert verdict(scores) in markdown  # the plain-language reading of these scores
+    captions = texts(at.caption)
+    assert "0.5 flat · 1 local" in captions and "0 none · 1 full" in captions
+    decay = next(m for m in at.metric if m.label == "Lag decay (steps)")  # the unit
+    assert decay.value.startswith("≥")  # censored: the curve never fell to 1/e
+    dd = next(m for m in at.metric if m.label == "Diagonal dominance")
+    assert "0.5 flat · 1 perfectly local" in dd.proto.help.replace("\\", "")
+    at.button(key="tour_dismiss").click().run()
+    assert_clean(at)
+    assert "What am I looking at?" not in texts(at.markdown)
+    assert "Diagonal dominance" in [m.label for m in at.metric]  # the scores stay
+
+
+def test_colour_scale_control_paper_auto_diverging(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    (paper,) = charts(at)
+    z = (
+        np.asarray(paper["data"][0]["z"], dtype=float)
+        if isinstance(paper["data"][0]["z"], list)
+        else None
+    )
+    at.selectbox(key="zscale_two_time").set_value("auto").run()
+    assert_clean(at)
+    (auto,) = charts(at)
+    _, result = cached_result(workspace)
+    V = two_time_map(result.H_std[result.primary])
+    assert auto["data"][0]["zmin"] == pytest.approx(V.min())
+    assert auto["data"][0]["zmax"] == pytest.approx(V.max())
+    at.selectbox(key="zscale_two_time").set_value("diverging").run()
+    (div,) = charts(at)
+    trace = div["data"][0]
+    assert trace["zmin"] == pytest.approx(-np.abs(V).max())
+    assert trace["zmax"] == pytest.approx(np.abs(V).max())
+    assert trace["colorscale"][0][1] != paper["data"][0]["colorscale"][0][1]
+    assert z is None or z.shape == V.shape
+    # the class-transfer panel has its own control
+    at = open_app(workspace, monkeypatch, {"panel": "Class transfer"})
+    at.selectbox(key="zscale_transfer").set_value("diverging").run()
+    assert_clean(at)
+    (matrix,) = charts(at)
+    assert matrix["data"][0]["zmin"] == pytest.approx(-matrix["data"][0]["zmax"])
+
+
+def test_drill_down_shows_inputs_distance_and_every_seed(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch)
+    assert len(charts(at)) == 1  # no cell picked yet: only the map
+    at.selectbox(key="two_time_cell").set_value("1,3").run()
+    at.selectbox(key="two_time_cell_class").set_value("CE-CRP").run()
+    assert_clean(at)
+    _, pair = charts(at)
+    selection, result = cached_result(workspace)
+    c = selection.classes.index("CE-CRP")
+    C = len(selection.classes)
+    n_r, n_p = 1 * C + c, 3 * C + c
+    expected = result.distances[0, n_r, n_p]
+    match = re.search(r"input distance d\(r, p\) = \*\*([^*]+)\*\*", texts(at.markdown))
+    assert match and float(match.group(1)) == pytest.approx(expected, rel=1e-2)
+    assert len(pair["data"]) == 2 and pair["layout"]["coloraxis"]["cmin"] is not None
+    (table,) = at.dataframe
+    rows = table.value
+    assert list(rows["seed"]) == list(result.checkpoints)
+    H = result.H_std[result.primary]
+    np.testing.assert_allclose(
+        rows["mean"].to_numpy(), H[:, :, 1, c, 3, c].mean(axis=1), rtol=2e-3, atol=1e-6
+    )
+
+
+def test_compare_offers_the_difference_map_and_keeps_one_colour_axis(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch, {"vs": ",".join(COMPARE)})
+    assert_clean(at)
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("Difference map") for label in labels), labels
+
+
+def test_export_names_encode_the_selection(workspace):
+    selection = default_selection(workspace)
+    other = replace(selection, t_start=selection.t_start + 1, n_steps=selection.n_steps - 1)
+    assert selection_tag(selection) != selection_tag(other)
+    assert selection_tag(selection).startswith(f"{selection.dataset}_w{selection.t_start}-")
+    assert "subspace" in selection_tag(selection)
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", selection_tag(selection))
+
+
+def test_settle_imports_waits_for_another_threads_import(tmp_path, monkeypatch):
+    """A tab click starts the new run while the old one may still import pandas: the panels
+    wait for that import instead of reading a half-initialized module."""
+    import sys
+    import threading
+    import time
+
+    from coherence.dashboard.panels.common import settle_imports
+
+    (tmp_path / "slow_module_16.py").write_text("import time\ntime.sleep(1.0)\nREADY = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    worker = threading.Thread(target=__import__, args=("slow_module_16",))
+    worker.start()
+    while "slow_module_16" not in sys.modules:
+        time.sleep(0.01)
+    assert not hasattr(sys.modules["slow_module_16"], "READY")  # half-initialized
+    settle_imports(("slow_module_16",))
+    assert sys.modules["slow_module_16"].READY
+    worker.join()
+    settle_imports(("a_module_nobody_imports",))  # nothing started: nothing imported
+    assert "a_module_nobody_imports" not in sys.modules

@@ -1,0 +1,84 @@
+"""The static report (coherence.report and `coherence report`): one self-contained HTML file
+from cached results, every influence panel drawn, scores with Q1–Q3, provenance; a clear
+sentence when the selection is not computed yet."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+from coherence.analysis.scores import compute_scores
+from coherence.cache.jobs import JobRunner
+from coherence.cli import app
+from coherence.dashboard.selection import default_selection
+from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.report import (
+    ReportError,
+    build_report,
+    load_groups,
+    report_name,
+    sections,
+    selection_from_link,
+)
+
+from .conftest import COMPARE
+
+
+def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspace):
+    catalog = scan_workspace(workspace)
+    selection = replace(default_selection(workspace), compare=COMPARE)
+    groups = load_groups(workspace, catalog, selection)
+    assert [g.label for g in groups] == ["UNet", "ViT"]
+    parts = sections(groups, selection)
+    titles = [p.title for p in parts]
+    assert titles[0].startswith("Two-time influence") and titles[1].startswith("Difference map")
+    for needed in ("Class transfer", "Time lag", "Input distance", "Scores"):
+        assert needed in titles
+    page = build_report(workspace, catalog, selection, groups=groups).decode()
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)  # nothing fetched
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1  # plotly.js inlined once
+    assert page.count("Plotly.newPlot(") == len(parts)
+    for g in groups:
+        assert g.key in page  # provenance: cache keys, checkpoints
+        for name in g.result.checkpoints:
+            assert name in page
+        dd = compute_scores(g.result.H_std[g.result.primary]).diagonal_dominance
+        assert f"{dd.median:.2f}" in page and f"Q1–Q3 [{dd.q1:.2f}, {dd.q3:.2f}]" in page
+    assert "diagonal ridge" in page and "damping λ" in page
+
+
+def test_report_of_an_uncomputed_selection_says_so(workspace):
+    catalog = scan_workspace(workspace)
+    selection, warnings = selection_from_link("http://host/?est=cg&rtol=0.2", catalog)
+    assert not warnings
+    with pytest.raises(ReportError, match="not computed yet for UNet"):
+        load_groups(workspace, catalog, selection)
+
+
+def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", "--workspace", str(workspace), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    selection = default_selection(workspace)
+    key = JobRunner(workspace).key(selection.to_request(workspace))
+    assert key in page and page.startswith("<!DOCTYPE html>")
+    assert report_name(selection).endswith("_report.html")
+    link = f"http://127.0.0.1:8501/?vs={','.join(COMPARE)}&panel=Scores"
+    result = runner.invoke(
+        app, ["report", "--workspace", str(workspace), "--out", str(out), "--link", link]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ViT" in out.read_text()
+    result = runner.invoke(
+        app,
+        ["report", "--workspace", str(workspace), "--out", str(out), "--param", "est=euclidean"],
+    )
+    assert result.exit_code == 2 and "not computed yet" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["report", "--workspace", str(workspace), "--param", "est"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output

@@ -24,15 +24,17 @@ ARG PIP_VERSION=26.3
 ARG APP_UID=1000
 
 # tini as PID 1: forwards SIGTERM to streamlit (docker stop takes a second, not ten) and reaps
-# the dashboard's background analysis workers.
+# the dashboard's background analysis workers. Debian's chromium: kaleido renders the PNG/SVG
+# figure exports with it (BROWSER_PATH below; nothing is downloaded at run time).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini chromium \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 RUN useradd --uid "$APP_UID" --user-group --create-home --shell /bin/bash coherence
 
-ENV VIRTUAL_ENV=/opt/venv \
+ENV BROWSER_PATH=/usr/bin/chromium \
+    VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

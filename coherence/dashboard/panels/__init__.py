@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 from coherence.dashboard.panels.common import PanelContext
 from coherence.dashboard.panels.conservation import conservation
+from coherence.dashboard.panels.dynamics import dynamics
 from coherence.dashboard.panels.influence import class_transfer, distance, time_lag, two_time
 from coherence.dashboard.panels.models import rollout, spectrum
 from coherence.dashboard.panels.overview import overview
 from coherence.dashboard.panels.scores import headline, scores
+from coherence.dashboard.panels.sensitivity import sensitivity
 from coherence.dashboard.panels.validation import validation
 
 PANELS: tuple[tuple[str, Callable[[PanelContext], None]], ...] = (
@@ -27,6 +29,8 @@ PANELS: tuple[tuple[str, Callable[[PanelContext], None]], ...] = (
     ("Rollout", rollout),
     ("Validation", validation),
     ("Scores", scores),
+    ("Training dynamics", dynamics),
+    ("Sensitivity", sensitivity),
 )
 DEFAULT_PANEL = "Two-time influence"  # the headline figure greets a first visit
 

@@ -54,6 +54,14 @@ class StudySpec:
     device: str = "auto"
     naming: str = "{dataset}_{arch}_{preset}_s{seed}"  # checkpoint directory names
     replace_foreign: bool = False  # retrain a same-named checkpoint trained on other data
+    keep_epochs: tuple[int, ...] | None = None  # training snapshots; None: powers of 2 + last
+    # Sweeps precomputed for the dashboard's 'Training dynamics' and 'Sensitivity' panels,
+    # on the same selection as the main analysis (``dashboard.sweeps``): the architectures
+    # whose snapshot epochs are analysed, and those swept over ``sweep_dampings`` with the
+    # default estimators of ``sweeps.SWEEP_ESTIMATORS`` (cg stays on demand).
+    dynamics_archs: tuple[str, ...] = ()
+    sweep_archs: tuple[str, ...] = ()
+    sweep_dampings: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.preset not in ("demo", "paper"):
@@ -105,6 +113,17 @@ class AnalysisStep:
 
 
 @dataclass(frozen=True)
+class SweepStep:
+    """One architecture's sweep for a dashboard panel: ``requests`` more analyses like the
+    main one (snapshot epochs, or other λ and estimators), each its own cache entry."""
+
+    kind: str  # dynamics | sensitivity
+    arch: str
+    requests: int  # analyses in the sweep besides the main one (an upper bound if untrained)
+    seconds: float  # ≈ requests × the main analysis's estimate
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     workspace: Path
     spec: StudySpec
@@ -114,11 +133,13 @@ class StudyPlan:
     train: tuple[TrainStep, ...]
     analyses: tuple[AnalysisStep, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    sweeps: tuple[SweepStep, ...] = ()
 
     @property
     def seconds(self) -> float:
         todo = [s.seconds for s in self.train if s.state != "done"]
-        return sum(todo) + sum(a.seconds for a in self.analyses if a.state != "cached")
+        analyses = sum(a.seconds for a in self.analyses if a.state != "cached")
+        return sum(todo) + analyses + sum(s.seconds for s in self.sweeps)
 
     def describe(self) -> list[str]:
         """The plan as lines for a terminal: one per step, then the total."""
@@ -139,6 +160,12 @@ class StudyPlan:
             what = "cached" if a.state == "cached" else f"{a.units} units, N = {a.n_examples}"
             cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
             lines.append(f"  analyse {a.arch} ({len(a.checkpoints)} seeds): {what}{cost}")
+        for sweep in self.sweeps:
+            what = "snapshot epochs" if sweep.kind == "dynamics" else "λ / estimator settings"
+            lines.append(
+                f"  {sweep.kind} {sweep.arch}: up to {sweep.requests} analyses of {what} (cached "
+                f"ones skipped) — ≈ {_duration(sweep.seconds)} if none is cached"
+            )
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  total to run: ≈ {_duration(self.seconds)}")
         return lines
@@ -305,6 +332,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
                 epochs=spec.epochs_for(family),
                 batch_size=spec.batch_size,
                 transitions=transitions,
+                keep_epochs=spec.keep_epochs,
                 device=spec.device,
             )
             out = checkpoints_dir(root) / spec.checkpoint_name(arch, seed)
@@ -346,6 +374,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
                 peak_bytes=peak,
             )
         )
+    sweep_steps = _sweep_steps(spec, family, analyses)
     available = available_memory(device)
     for step in steps:
         if step.state != "done" and step.peak_bytes > 0.8 * available:
@@ -363,7 +392,35 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         train=tuple(steps),
         analyses=tuple(analyses),
         notes=tuple(notes),
+        sweeps=sweep_steps,
     )
+
+
+def _sweep_steps(
+    spec: StudySpec, family: str, analyses: list[AnalysisStep]
+) -> tuple[SweepStep, ...]:
+    """The sweeps' sizes (the main analysis excluded: it is one of their points) and their
+    cost at the main analysis's estimate per request (euclidean counted as a full one)."""
+    from coherence.dashboard import sweeps
+    from coherence.surrogates.snapshots import resolve_keep
+
+    per_arch = {a.arch: a.seconds for a in analyses}
+    epochs = spec.epochs_for(family)
+    out = []
+    for arch in spec.dynamics_archs:
+        if arch in per_arch:
+            n = len([e for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs])
+            out.append(SweepStep("dynamics", arch, n, n * per_arch[arch]))
+    for arch in spec.sweep_archs:
+        if arch in per_arch and spec.sweep_dampings:
+            n = sum(
+                len(spec.sweep_dampings) if s.uses_damping else 1
+                for s in sweeps.SWEEP_ESTIMATORS
+                if not s.on_demand
+            )
+            n -= sweeps.PAPER_DAMPING in spec.sweep_dampings  # the main analysis
+            out.append(SweepStep("sensitivity", arch, n, n * per_arch[arch]))
+    return tuple(out)
 
 
 def _with_units(request: AnalysisRequest, seeds: int) -> AnalysisRequest:
@@ -418,4 +475,40 @@ def run_study(
             runner.run(request, progress=progress)
             log(f"  done in {time.perf_counter() - started:.0f} s")
         links.append(urlencode(selection.to_query()))
+    for sweep in plan.sweeps:
+        _run_sweep(plan, sweep, runner, info, log, analysis_progress)
     return links
+
+
+def _run_sweep(plan: StudyPlan, sweep: SweepStep, runner, info, log: Log, progress) -> None:
+    """Compute the sweep's uncached points, keyed exactly as the dashboard's panels ask."""
+    from coherence.dashboard import sweeps
+
+    root, spec = plan.workspace, plan.spec
+    step = next(a for a in plan.analyses if a.arch == sweep.arch)
+    classes = tuple(step.query["classes"].split(","))
+    selection = _selection(spec, root, info, sweep.arch, classes)
+    if sweep.kind == "dynamics":
+        points, problems = sweeps.dynamics_points(root, selection, runner)
+    else:
+        catalog = _catalog(root)
+        points, problems = sweeps.sensitivity_points(
+            root, selection, catalog, runner, dampings=spec.sweep_dampings
+        )
+    for problem in problems:
+        log(f"  {sweep.kind} {sweep.arch}: {problem}")
+    todo = [p for p in points if runner.status(p.key).state != "done"]
+    started = time.perf_counter()
+    log(f"{sweep.kind} {sweep.arch}: {len(points) - len(todo)} of {len(points)} cached")
+    for point in todo:
+        what = f"epoch {point.x:g}" if sweep.kind == "dynamics" else f"{point.series} λ={point.x:g}"
+        log(f"  analysing {sweep.arch} {what}")
+        runner.run(point.request, progress=progress(step) if progress else None)
+    if todo:
+        log(f"  done in {time.perf_counter() - started:.0f} s")
+
+
+def _catalog(root: Path):
+    from coherence.dashboard.workspace_scan import scan_workspace
+
+    return scan_workspace(root)

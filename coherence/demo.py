@@ -40,6 +40,14 @@ class DemoSpec:
     # The paper analyses 6 test trajectories per seed; 2 keep the precompute within the demo's
     # budget on 2 CPU cores (the dashboard's default view), and more are one sidebar pick away.
     batches: int = 2
+    # The 'Training dynamics' and 'Sensitivity' panels: training keeps snapshots of epochs
+    # 1, 2, 4, 8 and 12 (powers of two plus the last); the demo analyses them, and a small λ
+    # sweep (subspace at 1e-6, 1e-4, 1e-2; euclidean), for the ViT, whose analysis costs a
+    # few seconds a unit on 2 cores. The UNet's (≈ 10× dearer) are one click away in each
+    # panel; cg is on demand everywhere.
+    dynamics_archs: tuple[str, ...] = ("vit",)
+    sweep_archs: tuple[str, ...] = ("vit",)
+    sweep_dampings: tuple[float, ...] = (1e-6, 1e-4, 1e-2)
 
     def checkpoint_name(self, arch: str, seed: int) -> str:
         return f"{arch}_demo_s{seed}"
@@ -79,6 +87,9 @@ class DemoSpec:
             device="cpu",
             naming="{arch}_demo_s{seed}",
             replace_foreign=True,  # the demo's own names: retrain on regenerated data
+            dynamics_archs=self.dynamics_archs,
+            sweep_archs=self.sweep_archs,
+            sweep_dampings=self.sweep_dampings,
         )
 
 

@@ -28,9 +28,9 @@ PANELS: tuple[tuple[str, Callable[[PanelContext], None]], ...] = (
     ("Conservation", conservation),
     ("Rollout", rollout),
     ("Validation", validation),
-    ("Scores", scores),
     ("Training dynamics", dynamics),
     ("Sensitivity", sensitivity),
+    ("Scores", scores),
 )
 DEFAULT_PANEL = "Two-time influence"  # the headline figure greets a first visit
 

@@ -59,6 +59,10 @@ def dynamics(ctx: PanelContext) -> None:
     states = sweep_jobs.statuses(root, points)
     sweep_jobs.status_bar(root, points, states, key="dyn", what="epoch analyses")
     done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
+    if len(done) <= len(labels):
+        sweep_jobs.elsewhere(
+            ctx, lambda s: sweeps.dynamics_points(ctx.root, s, runner)[0], "Training dynamics"
+        )
     if not done:
         st.info(
             "No epoch is analysed yet for this selection: compute them with the button above.",

@@ -43,6 +43,12 @@ def sensitivity(ctx: PanelContext) -> None:
     states = sweep_jobs.statuses(root, points)
     sweep_jobs.status_bar(root, points, states, key="sens", what="sweep settings")
     done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
+    if len(done) <= len(ctx.selection.groups):
+        sweep_jobs.elsewhere(
+            ctx,
+            lambda s: sweeps.sensitivity_points(ctx.root, s, ctx.catalog, runner)[0],
+            "Sensitivity",
+        )
     if not done:
         st.info(
             "No setting of the sweep is cached yet: compute them with the button above.",

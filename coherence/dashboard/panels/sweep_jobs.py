@@ -19,6 +19,7 @@ from coherence.cache.jobs import JobStatus
 from coherence.dashboard import compute, loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.sweeps import SweepPoint
+from coherence.errors import CoherenceError
 
 POLL_SECONDS = 1.0
 
@@ -112,3 +113,40 @@ def status_bar(
         help="Each setting is its own cached analysis: only the missing ones run, in the "
         "background worker, and every later visitor finds them in the cache.",
     )
+
+
+MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)
+
+
+def elsewhere(ctx, points_of, panel: str) -> None:
+    """When this view's sweep has at most one cached point per group, link the default view
+    of another model group of the dataset whose sweep is cached (``coherence demo``
+    precomputes the ViT's), so a first visit finds a filled panel one click away.
+
+    ``points_of(selection) -> list[SweepPoint]`` builds the sweep of a selection."""
+    from urllib.parse import urlencode
+
+    from coherence.dashboard.selection import group_defaults
+
+    shown = set(ctx.selection.groups)
+    root = str(ctx.root)
+    links = []
+    for group in ctx.catalog.groups(ctx.dataset)[: MAX_OTHER_GROUPS + len(shown)]:
+        if group.checkpoints in shown:
+            continue
+        selection = group_defaults(ctx.dataset, group)
+        if selection is None:
+            continue
+        try:
+            points = points_of(selection)
+        except CoherenceError:
+            continue
+        done = sum(s.state == "done" for s in statuses(root, points))
+        if done >= 2:
+            query = urlencode(selection.to_query() | {"panel": panel})
+            links.append(f"[{literal(group.label)}](?{query}) ({done} of {len(points)} cached)")
+    if links:
+        st.info(
+            "Cached for another model group of this dataset: " + ", ".join(links) + ".",
+            icon=":material/arrow_forward:",
+        )

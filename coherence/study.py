@@ -374,7 +374,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
                 peak_bytes=peak,
             )
         )
-    sweep_steps = _sweep_steps(spec, family, analyses)
+    sweep_steps = _sweep_steps(spec, family, analyses, root, info, classes)
     available = available_memory(device)
     for step in steps:
         if step.state != "done" and step.peak_bytes > 0.8 * available:
@@ -397,30 +397,70 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
 
 
 def _sweep_steps(
-    spec: StudySpec, family: str, analyses: list[AnalysisStep]
+    spec: StudySpec,
+    family: str,
+    analyses: list[AnalysisStep],
+    root: Path,
+    info: DatasetInfo,
+    classes: tuple[str, ...],
 ) -> tuple[SweepStep, ...]:
-    """The sweeps' sizes (the main analysis excluded: it is one of their points) and their
-    cost at the main analysis's estimate per request (euclidean counted as a full one)."""
+    """The sweeps' uncached analyses (the main analysis excluded: it is one of their points;
+    before training, every planned one) and their cost at the main analysis's estimate per
+    request (euclidean counted as a full one)."""
     from coherence.dashboard import sweeps
     from coherence.surrogates.snapshots import resolve_keep
 
     per_arch = {a.arch: a.seconds for a in analyses}
     epochs = spec.epochs_for(family)
     out = []
-    for arch in spec.dynamics_archs:
-        if arch in per_arch:
-            n = len([e for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs])
-            out.append(SweepStep("dynamics", arch, n, n * per_arch[arch]))
-    for arch in spec.sweep_archs:
-        if arch in per_arch and spec.sweep_dampings:
-            n = sum(
-                len(spec.sweep_dampings) if s.uses_damping else 1
-                for s in sweeps.SWEEP_ESTIMATORS
-                if not s.on_demand
-            )
-            n -= sweeps.PAPER_DAMPING in spec.sweep_dampings  # the main analysis
-            out.append(SweepStep("sensitivity", arch, n, n * per_arch[arch]))
+    for kind, archs in (("dynamics", spec.dynamics_archs), ("sensitivity", spec.sweep_archs)):
+        for arch in archs:
+            if arch not in per_arch or (kind == "sensitivity" and not spec.sweep_dampings):
+                continue
+            if kind == "dynamics":
+                n = len([e for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs])
+            else:
+                n = sum(
+                    len(spec.sweep_dampings) if s.uses_damping else 1
+                    for s in sweeps.SWEEP_ESTIMATORS
+                    if not s.on_demand
+                )
+                n -= sweeps.PAPER_DAMPING in spec.sweep_dampings  # the main analysis
+            pending = _pending(spec, root, info, arch, classes, kind)
+            n = n if pending is None else pending
+            out.append(SweepStep(kind, arch, n, n * per_arch[arch]))
     return tuple(out)
+
+
+def _sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, classes, kind, runner):
+    """The sweep's points, keyed as the dashboard's panels key them."""
+    from coherence.dashboard import sweeps
+
+    selection = _selection(spec, root, info, arch, classes)
+    if kind == "dynamics":
+        return sweeps.dynamics_points(root, selection, runner)
+    return sweeps.sensitivity_points(
+        root, selection, _catalog(root), runner, dampings=spec.sweep_dampings
+    )
+
+
+def _pending(spec, root, info, arch, classes, kind) -> int | None:
+    """Uncached points of a sweep whose checkpoints exist (the main analysis excluded, as
+    the main step counts it); None before the checkpoints are trained."""
+    from coherence.cache import JobRunner
+
+    names = [spec.checkpoint_name(arch, s) for s in spec.seeds]
+    if not all((checkpoints_dir(root) / n / ckpt.CONFIG_FILE).is_file() for n in names):
+        return None
+    try:
+        runner = JobRunner(root)
+        points, problems = _sweep_points(spec, root, info, arch, classes, kind, runner)
+        main = runner.key(_selection(spec, root, info, arch, classes).to_request(root))
+    except CoherenceError:
+        return None
+    if problems:
+        return None
+    return sum(1 for p in points if p.key != main and runner.status(p.key).state != "done")
 
 
 def _with_units(request: AnalysisRequest, seeds: int) -> AnalysisRequest:
@@ -482,19 +522,11 @@ def run_study(
 
 def _run_sweep(plan: StudyPlan, sweep: SweepStep, runner, info, log: Log, progress) -> None:
     """Compute the sweep's uncached points, keyed exactly as the dashboard's panels ask."""
-    from coherence.dashboard import sweeps
 
     root, spec = plan.workspace, plan.spec
     step = next(a for a in plan.analyses if a.arch == sweep.arch)
     classes = tuple(step.query["classes"].split(","))
-    selection = _selection(spec, root, info, sweep.arch, classes)
-    if sweep.kind == "dynamics":
-        points, problems = sweeps.dynamics_points(root, selection, runner)
-    else:
-        catalog = _catalog(root)
-        points, problems = sweeps.sensitivity_points(
-            root, selection, catalog, runner, dampings=spec.sweep_dampings
-        )
+    points, problems = _sweep_points(spec, root, info, sweep.arch, classes, sweep.kind, runner)
     for problem in problems:
         log(f"  {sweep.kind} {sweep.arch}: {problem}")
     todo = [p for p in points if runner.status(p.key).state != "done"]

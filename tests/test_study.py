@@ -197,3 +197,5 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     assert len(sensitivity) == 3
     for point in dynamics + sensitivity:  # the panels' own keys find every point cached
         assert runner.status(point.key).state == "done", (point.series, point.x)
+    again = plan_study(chosen, root)
+    assert [s.requests for s in again.sweeps] == [0, 0] and again.seconds == 0

@@ -10,15 +10,14 @@ points:
 - sensitivity: the same request with another (estimator, λ, rtol) from ``SWEEP_ESTIMATORS``
   × ``DAMPING_GRID``. Adding an estimator or a λ is one line of these tables.
 
-``coherence study``/``coherence demo`` precompute ``DEMO_SWEEP`` with the same functions, so
-the panels find the demo's points in the cache.
+``coherence study``/``coherence demo`` precompute sweeps (``StudySpec.dynamics_archs``,
+``sweep_archs``, ``sweep_dampings``) with the same functions, so the panels find them cached.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from coherence.analysis.request import AnalysisRequest
 from coherence.dashboard.selection import DEFAULT_DAMPING, Selection, default_rtol
@@ -174,7 +173,3 @@ def sensitivity_points(
         except (CoherenceError, OSError) as error:
             problems.append(str(error))
     return points, problems
-
-
-def checkpoint_path(root: str | os.PathLike, name: str) -> Path:
-    return checkpoints_dir(workspace_root(root)) / name

@@ -86,6 +86,7 @@ def dynamics_figure(
                 trace.showlegend = trace.showlegend is not False and p == 0
                 fig.add_trace(trace, row=row, col=col)
     styled(fig, title, height=260 * rows + 60)
+    fig.update_xaxes(showticklabels=True)  # every panel readable on its own
     fig.update_xaxes(title=axis_title("epoch"), row=rows)
     if valid_by_group:
         p = len(panels) - 1

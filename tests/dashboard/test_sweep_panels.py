@@ -135,6 +135,10 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert names == {"subspace", "euclidean"}
     assert "Median per-row Spearman" in texts(at.caption)
     assert [t["type"] for t in agreement["data"]] == ["histogram", "heatmap"]
+    at.toggle(key="sens_cg").set_value(True).run()  # cg on demand: 2 tolerances × 6 λ
+    assert_clean(at)
+    assert "7 of 19 sweep settings cached" in texts(at.caption)
+    assert at.button(key="sens_compute")
 
 
 @pytest.mark.parametrize("panel", [DYNAMICS, SENSITIVITY], ids=["dynamics", "sensitivity"])

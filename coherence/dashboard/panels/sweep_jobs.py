@@ -15,6 +15,7 @@ import streamlit as st
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult
 from coherence.analysis.trends import point_scores
+from coherence.cache.cost import confirm_seconds
 from coherence.cache.jobs import JobStatus
 from coherence.dashboard import compute, loaders
 from coherence.dashboard.markup import literal
@@ -96,7 +97,7 @@ def status_bar(
     missing = [p for p, s in zip(points, states, strict=True) if s.state != "done"]
     if not missing:
         return
-    seconds = compute.job_seconds(json.dumps(missing[0].request.to_dict(), sort_keys=True))
+    seconds = _estimate(missing)
     estimate = (
         f" (≈ {compute.format_duration(seconds * len(missing))} on this machine)"
         if seconds > 0
@@ -104,8 +105,15 @@ def status_bar(
     )
     if error := st.session_state.get("compute_error"):
         st.error(literal(error))
+    confirmed = True
+    if seconds * len(missing) > confirm_seconds():
+        confirmed = st.checkbox(
+            f"Start jobs estimated at {compute.format_duration(seconds * len(missing))}",
+            key=f"{key}_confirm",
+        )
     st.button(
         f"Compute the {len(missing)} missing {what}{estimate}",
+        disabled=not confirmed,
         key=f"{key}_compute",
         icon=":material/play_arrow:",
         on_click=compute.submit,
@@ -113,6 +121,21 @@ def status_bar(
         help="Each setting is its own cached analysis: only the missing ones run, in the "
         "background worker, and every later visitor finds them in the cache.",
     )
+
+
+def _estimate(missing: Sequence[SweepPoint]) -> float:
+    """Mean estimated seconds per missing point: one estimate per series (estimator), so a
+    cg setting (its iteration cap counted in full) is not priced like a subspace one."""
+    first: dict[tuple[int, str], tuple[SweepPoint, int]] = {}
+    for point in missing:
+        series = (point.group, point.series)
+        found, count = first.get(series, (point, 0))
+        first[series] = (found, count + 1)
+    total = sum(
+        count * compute.job_seconds(json.dumps(point.request.to_dict(), sort_keys=True))
+        for point, count in first.values()
+    )
+    return total / max(len(missing), 1)
 
 
 MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)

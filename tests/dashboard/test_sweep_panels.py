@@ -61,7 +61,7 @@ def _wait_done(root, points, timeout: float = 300) -> None:
 def test_without_snapshots_the_panels_explain_and_offer_compute(workspace, monkeypatch):
     at = open_app(workspace, monkeypatch, DYNAMICS)
     assert_clean(at)
-    assert "keep no training snapshots" in texts(at.info)
+    assert "keep no snapshot of an earlier epoch" in texts(at.info)
     assert charts(at), "the one cached epoch is still drawn"
     at = open_app(workspace, monkeypatch, SENSITIVITY)
     assert_clean(at)

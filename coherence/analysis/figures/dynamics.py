@@ -139,7 +139,12 @@ def epoch_heatmaps(
             col=i % cols + 1,
         )
     styled(fig, title, height=240 * rows + 80)
-    fig.update_yaxes(scaleanchor=None)
+    for i in range(n):  # square cells: one time step is as long on both axes
+        suffix = "" if i == 0 else str(i + 1)
+        fig.update_yaxes(
+            scaleanchor=f"x{suffix}", constrain="domain", row=i // cols + 1, col=i % cols + 1
+        )
+        fig.update_xaxes(constrain="domain", row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(title=axis_title("perturbation time t_p"), row=rows)
     fig.update_yaxes(title=axis_title("response time t_r"), col=1)
     return fig
@@ -150,6 +155,7 @@ def sensitivity_figure(
     *,
     paper_damping: float,
     flat: Sequence[str] = (),
+    x_span: tuple[float, float] | None = None,
     title: str = "Scores against λ",
 ) -> go.Figure:
     """Read: each score against the damping λ (log axis) per estimator, median over seeds
@@ -158,7 +164,8 @@ def sensitivity_figure(
     conclusion depends on the solver; where a curve bends near the paper's λ, on λ.
 
     trends_by_series: {series label (e.g. "UNet · subspace"): {score: Trend}}; ``flat``:
-    labels drawn as horizontal lines across the λ range of the others.
+    labels drawn as horizontal lines across the λ range of the others; ``x_span``: the λ
+    range the axis covers at least (the sweep's grid, so missing settings show as gaps).
     """
     if not trends_by_series:
         raise RequestError("sensitivity_figure needs at least one series")
@@ -214,7 +221,11 @@ def sensitivity_figure(
         xanchor="right",
     )
     styled(fig, title, height=260 * rows + 60)
-    fig.update_xaxes(type="log", exponentformat="power")
+    # whole decades around the data and the paper's λ: one point still gets a readable axis
+    wanted = x_span or span
+    low = math.floor(math.log10(min(span[0], wanted[0], paper_damping))) - 0.5
+    high = math.ceil(math.log10(max(span[1], wanted[1], paper_damping))) + 0.5
+    fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
     fig.update_xaxes(title=axis_title("damping λ"), row=rows)
     return fig
 

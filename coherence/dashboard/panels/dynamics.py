@@ -45,9 +45,9 @@ def dynamics(ctx: PanelContext) -> None:
     if all(len(group) <= 1 for group in per_group.values()):
         name = ctx.selection.checkpoints[0]
         st.info(
-            "These checkpoints keep no training snapshots, so there is one epoch to show. "
-            "Checkpoints trained by this version keep them; to add them, retrain into a new "
-            "directory, e.g. "
+            "These checkpoints keep no snapshot of an earlier epoch, so there is one epoch "
+            "to show. Checkpoints trained by this version keep them; to add them, retrain "
+            "into a new directory, e.g. "
             + code(f"coherence train … --keep-epochs 1,2,4,8,16 --out {name}_dyn")
             + f". {EXPLAIN}",
             icon=":material/timeline:",

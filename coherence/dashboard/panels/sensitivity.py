@@ -66,7 +66,10 @@ def sensitivity(ctx: PanelContext) -> None:
         for name, members in series.items()
     }
     flat = [name for name in series if name.endswith("euclidean")]
-    figure = sensitivity_figure(by_series, paper_damping=sweeps.PAPER_DAMPING, flat=flat)
+    grid = (min(sweeps.DAMPING_GRID), max(sweeps.DAMPING_GRID))
+    figure = sensitivity_figure(
+        by_series, paper_damping=sweeps.PAPER_DAMPING, flat=flat, x_span=grid
+    )
     chart(figure, key="chart_sensitivity")
     downloads(
         "sensitivity",

@@ -100,8 +100,16 @@ def train_command(
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Save every k epochs.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    keep_epochs: Annotated[
+        str,
+        typer.Option(
+            help="Epochs whose weights are kept as snapshots under <out>/epochs/NNNN, e.g. "
+            "1,2,4,8,16; 'default': powers of two plus the last; 'none': no snapshots."
+        ),
+    ] = "default",
 ) -> None:
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
+    from coherence.surrogates.snapshots import parse_keep_epochs
     from coherence.surrogates.training import TrainingArgs, train
 
     args = TrainingArgs(
@@ -115,6 +123,7 @@ def train_command(
         weight_decay=weight_decay,
         transitions=transitions,
         checkpoint_every=checkpoint_every,
+        keep_epochs=parse_keep_epochs(keep_epochs),
         device=device,
     )
     with compute_slot("train"), progress_bar() as bar:

@@ -40,6 +40,16 @@ class DemoSpec:
     # The paper analyses 6 test trajectories per seed; 2 keep the precompute within the demo's
     # budget on 2 CPU cores (the dashboard's default view), and more are one sidebar pick away.
     batches: int = 2
+    # The 'Training dynamics' and 'Sensitivity' panels: training keeps snapshots of epochs
+    # 1, 4 and 12 (fewer than `coherence train`'s powers of two plus the last: each snapshot
+    # analysed costs a whole analysis), and the demo analyses them, and a small λ sweep
+    # (subspace at 1e-4, 1e-2; euclidean), for the ViT only: 4 ViT analyses besides the
+    # default ones, ≈ 45 CPU-seconds each (the UNet's ≈ 4× more). The rest of the λ grid
+    # and the UNet's are one click away in each panel; cg is on demand everywhere.
+    keep_epochs: tuple[int, ...] = (1, 4, 12)
+    dynamics_archs: tuple[str, ...] = ("vit",)
+    sweep_archs: tuple[str, ...] = ("vit",)
+    sweep_dampings: tuple[float, ...] = (1e-4, 1e-2)
 
     def checkpoint_name(self, arch: str, seed: int) -> str:
         return f"{arch}_demo_s{seed}"
@@ -63,6 +73,7 @@ class DemoSpec:
             seed=seed,
             epochs=self.epochs,
             batch_size=self.batch_size,
+            keep_epochs=self.keep_epochs,
             device="cpu",
         )
 
@@ -79,6 +90,10 @@ class DemoSpec:
             device="cpu",
             naming="{arch}_demo_s{seed}",
             replace_foreign=True,  # the demo's own names: retrain on regenerated data
+            keep_epochs=self.keep_epochs,
+            dynamics_archs=self.dynamics_archs,
+            sweep_archs=self.sweep_archs,
+            sweep_dampings=self.sweep_dampings,
         )
 
 

@@ -56,6 +56,14 @@ class StudySpec:
     device: str = "auto"
     naming: str = "{dataset}_{arch}_{preset}_s{seed}"  # checkpoint directory names
     replace_foreign: bool = False  # retrain a same-named checkpoint trained on other data
+    keep_epochs: tuple[int, ...] | None = None  # training snapshots; None: powers of 2 + last
+    # Sweeps precomputed for the dashboard's 'Training dynamics' and 'Sensitivity' panels,
+    # on the same selection as the main analysis (``dashboard.sweeps``): the architectures
+    # whose snapshot epochs are analysed, and those swept over ``sweep_dampings`` with the
+    # default estimators of ``sweeps.SWEEP_ESTIMATORS`` (cg stays on demand).
+    dynamics_archs: tuple[str, ...] = ()
+    sweep_archs: tuple[str, ...] = ()
+    sweep_dampings: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.preset not in ("demo", "paper"):
@@ -107,6 +115,17 @@ class AnalysisStep:
 
 
 @dataclass(frozen=True)
+class SweepStep:
+    """One architecture's sweep for a dashboard panel: ``requests`` more analyses like the
+    main one (snapshot epochs, or other λ and estimators), each its own cache entry."""
+
+    kind: str  # dynamics | sensitivity
+    arch: str
+    requests: int  # analyses in the sweep besides the main one (an upper bound if untrained)
+    seconds: float  # ≈ requests × the main analysis's estimate
+
+
+@dataclass(frozen=True)
 class StudyPlan:
     workspace: Path
     spec: StudySpec
@@ -116,11 +135,13 @@ class StudyPlan:
     train: tuple[TrainStep, ...]
     analyses: tuple[AnalysisStep, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    sweeps: tuple[SweepStep, ...] = ()
 
     @property
     def seconds(self) -> float:
         todo = [s.seconds for s in self.train if s.state != "done"]
-        return sum(todo) + sum(a.seconds for a in self.analyses if a.state != "cached")
+        analyses = sum(a.seconds for a in self.analyses if a.state != "cached")
+        return sum(todo) + analyses + sum(s.seconds for s in self.sweeps)
 
     def describe(self) -> list[str]:
         """The plan as lines for a terminal: one per step, then the total."""
@@ -141,6 +162,12 @@ class StudyPlan:
             what = "cached" if a.state == "cached" else f"{a.units} units, N = {a.n_examples}"
             cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
             lines.append(f"  analyse {a.arch} ({len(a.checkpoints)} seeds): {what}{cost}")
+        for sweep in self.sweeps:
+            what = "snapshot epochs" if sweep.kind == "dynamics" else "λ / estimator settings"
+            lines.append(
+                f"  {sweep.kind} {sweep.arch}: up to {sweep.requests} analyses of {what} (cached "
+                f"ones skipped) — ≈ {format_seconds(sweep.seconds)} if none is cached"
+            )
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  total to run: ≈ {format_seconds(self.seconds)}")
         return lines
@@ -306,6 +333,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
                 epochs=spec.epochs_for(family),
                 batch_size=spec.batch_size,
                 transitions=transitions,
+                keep_epochs=spec.keep_epochs,
                 device=spec.device,
             )
             out = checkpoints_dir(root) / spec.checkpoint_name(arch, seed)
@@ -347,6 +375,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
                 peak_bytes=peak,
             )
         )
+    sweep_steps = _sweep_steps(spec, family, analyses, root, info, classes)
     available = available_memory(device)
     for step in steps:
         if step.state != "done" and step.peak_bytes > 0.8 * available:
@@ -364,7 +393,75 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         train=tuple(steps),
         analyses=tuple(analyses),
         notes=tuple(notes),
+        sweeps=sweep_steps,
     )
+
+
+def _sweep_steps(
+    spec: StudySpec,
+    family: str,
+    analyses: list[AnalysisStep],
+    root: Path,
+    info: DatasetInfo,
+    classes: tuple[str, ...],
+) -> tuple[SweepStep, ...]:
+    """The sweeps' uncached analyses (the main analysis excluded: it is one of their points;
+    before training, every planned one) and their cost at the main analysis's estimate per
+    request (euclidean counted as a full one)."""
+    from coherence.dashboard import sweeps
+    from coherence.surrogates.snapshots import resolve_keep
+
+    per_arch = {a.arch: a.seconds for a in analyses}
+    epochs = spec.epochs_for(family)
+    out = []
+    for kind, archs in (("dynamics", spec.dynamics_archs), ("sensitivity", spec.sweep_archs)):
+        for arch in archs:
+            if arch not in per_arch or (kind == "sensitivity" and not spec.sweep_dampings):
+                continue
+            if kind == "dynamics":
+                n = len([e for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs])
+            else:
+                n = sum(
+                    len(spec.sweep_dampings) if s.uses_damping else 1
+                    for s in sweeps.SWEEP_ESTIMATORS
+                    if not s.on_demand
+                )
+                n -= sweeps.PAPER_DAMPING in spec.sweep_dampings  # the main analysis
+            pending = _pending(spec, root, info, arch, classes, kind)
+            n = n if pending is None else pending
+            out.append(SweepStep(kind, arch, n, n * per_arch[arch]))
+    return tuple(out)
+
+
+def _sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, classes, kind, runner):
+    """The sweep's points, keyed as the dashboard's panels key them."""
+    from coherence.dashboard import sweeps
+
+    selection = _selection(spec, root, info, arch, classes)
+    if kind == "dynamics":
+        return sweeps.dynamics_points(root, selection, runner)
+    return sweeps.sensitivity_points(
+        root, selection, _catalog(root), runner, dampings=spec.sweep_dampings
+    )
+
+
+def _pending(spec, root, info, arch, classes, kind) -> int | None:
+    """Uncached points of a sweep whose checkpoints exist (the main analysis excluded, as
+    the main step counts it); None before the checkpoints are trained."""
+    from coherence.cache import JobRunner
+
+    names = [spec.checkpoint_name(arch, s) for s in spec.seeds]
+    if not all((checkpoints_dir(root) / n / ckpt.CONFIG_FILE).is_file() for n in names):
+        return None
+    try:
+        runner = JobRunner(root)
+        points, problems = _sweep_points(spec, root, info, arch, classes, kind, runner)
+        main = runner.key(_selection(spec, root, info, arch, classes).to_request(root))
+    except CoherenceError:
+        return None
+    if problems:
+        return None
+    return sum(1 for p in points if p.key != main and runner.status(p.key).state != "done")
 
 
 def _with_units(request: AnalysisRequest, seeds: int) -> AnalysisRequest:
@@ -419,4 +516,32 @@ def run_study(
             runner.run(request, progress=progress)
             log(f"  done in {time.perf_counter() - started:.0f} s")
         links.append(urlencode(selection.to_query()))
+    for sweep in plan.sweeps:
+        _run_sweep(plan, sweep, runner, info, log, analysis_progress)
     return links
+
+
+def _run_sweep(plan: StudyPlan, sweep: SweepStep, runner, info, log: Log, progress) -> None:
+    """Compute the sweep's uncached points, keyed exactly as the dashboard's panels ask."""
+
+    root, spec = plan.workspace, plan.spec
+    step = next(a for a in plan.analyses if a.arch == sweep.arch)
+    classes = tuple(step.query["classes"].split(","))
+    points, problems = _sweep_points(spec, root, info, sweep.arch, classes, sweep.kind, runner)
+    for problem in problems:
+        log(f"  {sweep.kind} {sweep.arch}: {problem}")
+    todo = [p for p in points if runner.status(p.key).state != "done"]
+    started = time.perf_counter()
+    log(f"{sweep.kind} {sweep.arch}: {len(points) - len(todo)} of {len(points)} cached")
+    for point in todo:
+        what = f"epoch {point.x:g}" if sweep.kind == "dynamics" else f"{point.series} λ={point.x:g}"
+        log(f"  analysing {sweep.arch} {what}")
+        runner.run(point.request, progress=progress(step) if progress else None)
+    if todo:
+        log(f"  done in {time.perf_counter() - started:.0f} s")
+
+
+def _catalog(root: Path):
+    from coherence.dashboard.workspace_scan import scan_workspace
+
+    return scan_workspace(root)

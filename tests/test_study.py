@@ -170,3 +170,32 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(work
     )
     with pytest.raises(RequestError, match="trained with other data"):
         plan_study(spec(), other)
+
+
+def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
+    from coherence.dashboard import sweeps
+    from coherence.dashboard.selection import default_selection
+
+    root = tmp_path / "ws"
+    make_dataset(root)
+    chosen = spec(
+        epochs=2, dynamics_archs=("vit",), sweep_archs=("vit",), sweep_dampings=(1e-4, 1e-2)
+    )
+    plan = plan_study(chosen, root)
+    # epoch 1 besides the last; subspace at 1e-2 and euclidean besides the main analysis
+    assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 1), ("sensitivity", 2)]
+    assert "dynamics vit: up to 1 analyses" in "\n".join(plan.describe())
+    run_study(plan, log=lambda _: None)
+    catalog = scan_workspace(root)
+    selection = default_selection(catalog)
+    runner = JobRunner(root)
+    dynamics, _ = sweeps.dynamics_points(root, selection, runner)
+    assert [p.x for p in dynamics] == [1.0, 2.0]
+    sensitivity, _ = sweeps.sensitivity_points(
+        root, selection, catalog, runner, dampings=(1e-4, 1e-2)
+    )
+    assert len(sensitivity) == 3
+    for point in dynamics + sensitivity:  # the panels' own keys find every point cached
+        assert runner.status(point.key).state == "done", (point.series, point.x)
+    again = plan_study(chosen, root)
+    assert [s.requests for s in again.sweeps] == [0, 0] and again.seconds == 0

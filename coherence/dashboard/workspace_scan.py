@@ -1,7 +1,8 @@
 """What the workspace holds: datasets and checkpoints, checkpoints grouped by architecture.
 
 Pure (no streamlit). Only directories directly under ``<workspace>/datasets`` and
-``<workspace>/checkpoints`` are listed, each resolved with ``resolve_inside`` so a symlink
+``<workspace>/checkpoints`` are listed (a checkpoint's training snapshots ``epochs/NNNN`` are
+its ``epochs``, not checkpoints of their own), each resolved with ``resolve_inside`` so a symlink
 that leaves the workspace is skipped, never opened. A broken entry (bad HDF5, bad
 config.json) becomes a one-line problem in ``Catalog.problems`` instead of an exception.
 
@@ -27,6 +28,7 @@ from coherence.errors import CheckpointError, CoherenceError
 from coherence.simulation.classes import CLASSES
 from coherence.simulation.dataset import SPLITS, dataset_files, open_dataset, stat_signature
 from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates import snapshots
 from coherence.surrogates.registry import ARCHITECTURES, model_from_config_dict
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
@@ -89,6 +91,7 @@ class CheckpointEntry:
     seed: int
     dataset_name: str  # dataset_name it was trained on
     model_json: str  # canonical JSON of the architecture config: the group identity
+    epochs: tuple[int, ...] = ()  # training snapshots kept under epochs/NNNN (``snapshots``)
 
     def fits(self, dataset: DatasetEntry) -> bool:
         """Same family, channels and grid (what ``check_compatible`` demands)."""
@@ -268,6 +271,7 @@ def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
         seed=config.seed,
         dataset_name=str(config.dataset.get("name", "")),
         model_json=json.dumps(config.model, sort_keys=True),
+        epochs=tuple(snapshots.list_snapshots(path)),
     )
 
 
@@ -302,6 +306,12 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
     )
 
 
+def _checkpoint_files(entry: Path) -> list[Path]:
+    """What decides a checkpoint's catalog entry: config, weights, each snapshot's manifest."""
+    snapshots = sorted(entry.glob("epochs/*/manifest.json"))
+    return [entry / ckpt.CONFIG_FILE, entry / ckpt.WEIGHTS_FILE, *snapshots]
+
+
 def scan_signature(workspace: str | os.PathLike | None = None) -> tuple:
     """A cheap fingerprint (names, sizes, mtimes) that changes when the catalog may have:
     the cache key of the dashboard's catalog loader. A few stats per entry."""
@@ -309,7 +319,7 @@ def scan_signature(workspace: str | os.PathLike | None = None) -> tuple:
     items: list[tuple] = [(str(root), root.is_dir())]
     for parent, files in (
         (datasets_dir(root), dataset_files),
-        (checkpoints_dir(root), lambda e: [e / ckpt.CONFIG_FILE, e / ckpt.WEIGHTS_FILE]),
+        (checkpoints_dir(root), _checkpoint_files),
     ):
         if not parent.is_dir():
             items.append((str(parent), None))

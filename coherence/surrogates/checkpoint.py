@@ -7,6 +7,7 @@
     <name>/training_state.safetensors   optimizer moments, for resume (optional; the data order is
                                         re-derived from the seed, so no RNG state is kept)
     <name>/manifest.json        size and SHA-256 of each file above, epochs trained
+    <name>/epochs/NNNN/         snapshots of chosen epochs, each a checkpoint (``snapshots``)
 
 A save replaces the whole set at once (``fileset``: written into a staging directory, committed
 by one rename), so a kill leaves the previous complete set or the new one, never weights of
@@ -169,6 +170,25 @@ def save_checkpoint(
         files[STATE_FILE] = _tensor_bytes(training_state)
     fileset.write_set(directory, files, {"epochs": len(history)}, SET_FILES)
     return directory
+
+
+def save_snapshot(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    config: CheckpointConfig,
+    history: list[dict[str, float]],
+) -> bool:
+    """Keep the weights of epoch ``len(history)`` as ``<directory>/epochs/NNNN``: a checkpoint
+    of its own (config, weights, history; no optimizer state), committed by one rename.
+    False when that snapshot exists already (a resumed run passes the epoch again)."""
+    from coherence.surrogates import snapshots
+
+    files = {
+        WEIGHTS_FILE: _tensor_bytes(model.state_dict()),
+        HISTORY_FILE: _json_bytes(history),
+        CONFIG_FILE: _json_bytes(config.to_dict()),
+    }
+    return snapshots.write_snapshot(Path(directory), len(history), files)
 
 
 def recover(directory: str | os.PathLike) -> None:

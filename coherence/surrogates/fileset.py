@@ -79,7 +79,35 @@ def write_set(
     """
     directory.mkdir(parents=True, exist_ok=True)
     finish_pending(directory, managed)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=directory))
+    _stage_and_rename(directory, files, meta, directory / COMMIT_DIR)
+    _fsync_dir(directory)
+    _test_delay()
+    finish_pending(directory, managed)
+
+
+def write_new_directory(target: Path, files: Mapping[str, bytes], meta: Mapping[str, Any]) -> bool:
+    """Create ``target`` holding ``files`` plus a manifest, all or nothing: the set is staged
+    beside it (``<parent>/.staging-XXXX``) and renamed to ``target`` in one step, so a kill
+    leaves no ``target`` or a complete one. An existing ``target`` is kept (False returned):
+    snapshots are written once. Abandoned staging directories of the parent are removed."""
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(STAGING_PREFIX + "*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    if target.exists():
+        return False
+    _stage_and_rename(parent, files, meta, target)
+    _fsync_dir(parent)
+    return True
+
+
+def _stage_and_rename(
+    parent: Path, files: Mapping[str, bytes], meta: Mapping[str, Any], target: Path
+) -> None:
+    """Write ``files`` and their manifest into a new staging directory under ``parent``,
+    then rename it to ``target`` (the commit point); on any failure the staging goes."""
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
     try:
         entries = {}
         for name, data in files.items():
@@ -90,13 +118,10 @@ def write_set(
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         _write_synced(staging / MANIFEST_FILE, text.encode())
         _fsync_dir(staging)
-        os.rename(staging, directory / COMMIT_DIR)  # the commit point
+        os.rename(staging, target)  # the commit point
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(directory)
-    _test_delay()
-    finish_pending(directory, managed)
 
 
 def finish_pending(directory: Path, managed: Iterable[str]) -> None:

@@ -2,7 +2,8 @@
 
 Seeded initialization and shuffling (epoch e shuffles with seed·100003 + e, so a resumed run
 sees the same batches as an uninterrupted one), SMSE loss, AdamW, validation SMSE per epoch,
-a checkpoint every ``checkpoint_every`` epochs, and resume from the last one.
+a checkpoint every ``checkpoint_every`` epochs, snapshots of the ``keep_epochs`` (default:
+powers of two plus the last) under ``epochs/NNNN``, and resume from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from coherence.errors import CheckpointError, RequestError
 from coherence.io import resolve_device
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates import snapshots
 from coherence.surrogates.losses import evaluate_smse, smse
 from coherence.surrogates.pairs import TransitionPairs
 from coherence.surrogates.registry import build_model
@@ -45,6 +47,8 @@ class TrainingArgs:
     weight_decay: float = 1e-4
     transitions: int | None = None  # pairs (s_t, s_t+1), t < transitions; None: all, ≤ 16
     checkpoint_every: int = 1
+    # epochs whose weights are kept under epochs/NNNN; None: powers of two plus the last
+    keep_epochs: tuple[int, ...] | None = None
     device: str = "auto"  # auto | cpu | cuda
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config fields
 
@@ -55,6 +59,10 @@ class TrainingArgs:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RequestError(f"{name}={value!r}: must be a positive integer")
+        if self.keep_epochs is not None and any(
+            isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in self.keep_epochs
+        ):
+            raise RequestError(f"keep_epochs={self.keep_epochs!r}: must be positive integers")
         if self.epochs > 100_000 or self.batch_size > 65_536:
             raise RequestError(f"epochs={self.epochs}, batch_size={self.batch_size}: too large")
         if not (np.isfinite(self.lr) and self.lr > 0):
@@ -69,6 +77,10 @@ class TrainingArgs:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["classes"] = list(self.classes)
+        if self.keep_epochs is None:
+            del data["keep_epochs"]  # the default rule; configs of older versions match
+        else:
+            data["keep_epochs"] = list(self.keep_epochs)
         return data
 
 
@@ -185,7 +197,7 @@ def train(
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     if (out / ckpt.CONFIG_FILE).is_file():
         previous = ckpt.read_config(out).training.get("args", {})
-        resumable = ("epochs", "device", "checkpoint_every")
+        resumable = ("epochs", "device", "checkpoint_every", "keep_epochs")
         current = json.loads(json.dumps(args.to_dict()))  # tuples -> lists, as stored
         changed = sorted(
             k
@@ -201,6 +213,7 @@ def train(
         ckpt.verify(out)
         model, _ = ckpt.load(out, device=device)
         history = ckpt.read_history(out)
+        snapshots.prune_after(out, len(history))  # written by a run killed before its save
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=args.lr, weight_decay=args.weight_decay
         )
@@ -230,6 +243,9 @@ def train(
         },
     )
     validate = validation(valid_pairs, device)
+    if not history:
+        snapshots.prune_after(out, 0)  # a fresh run in a directory a killed run began
+    keep = set(snapshots.resolve_keep(args.keep_epochs, args.epochs))
     for epoch in range(len(history), args.epochs):
         start = time.perf_counter()
         model.train()
@@ -265,6 +281,8 @@ def train(
                 f"epoch {epoch + 1}/{args.epochs}: train SMSE {record['train_smse']:.4g}, "
                 f"valid SMSE {record['valid_smse']:.4g}"
             )
+        if epoch + 1 in keep:  # before the save: a resume never lacks a snapshot it passed
+            ckpt.save_snapshot(out, model, config, history)
         if (epoch + 1) % args.checkpoint_every == 0 or epoch + 1 == args.epochs:
             ckpt.save_checkpoint(out, model, config, history, _optimizer_tensors(optimizer))
     return out

@@ -155,6 +155,8 @@ def test_load_panels_download_compute_share_compare(server, browser):
             page.get_by_role("button", name="Run check").click()
             page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
             settle(page, 1.0)
+        if label in ("Training dynamics", "Sensitivity"):  # the cached epoch / λ drawn
+            page.wait_for_selector(".js-plotly-plot")
         assert page.locator("[data-testid=stException]").count() == 0, label
         name = re.sub(r"\W+", "_", label).lower()
         shot(page, f"{i:02d}_{name}")

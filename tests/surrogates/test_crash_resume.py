@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from coherence.surrogates import checkpoint as ckpt
-from coherence.surrogates import fileset
+from coherence.surrogates import fileset, snapshots
 from coherence.surrogates.training import TrainingArgs, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,6 +148,12 @@ def test_kill_inside_saves_then_resume_is_bit_exact(tiny_dataset, reference, tmp
     assert [h["epoch"] for h in ckpt.read_history(out)] == list(range(1, EPOCHS + 1))
     assert not list(out.glob(".*"))  # no staging or commit directory left behind
     ckpt.verify(out)
+    # training snapshots (powers of two plus the last): complete, none half-written
+    assert list(snapshots.list_snapshots(out)) == [1, 2, 4]
+    assert not list((out / snapshots.EPOCHS_DIR).glob(".*"))
+    assert (snapshots.snapshot_dir(out, EPOCHS) / ckpt.WEIGHTS_FILE).read_bytes() == reference
+    for path in snapshots.list_snapshots(out).values():
+        ckpt.verify(path)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from .conftest import tiny_args
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "unet_s3"
-    train(tiny_dataset, out, tiny_args())
+    train(tiny_dataset, out, tiny_args(keep_epochs=()))  # snapshots: test_snapshots.py
     return out
 
 

@@ -1,0 +1,285 @@
+"""Training dynamics and sensitivity figures (METHOD.md §7: influence across checkpoints, and
+the sensitivity of H to λ and the solver). Pure builders: data → go.Figure, no streamlit.
+
+Inputs come from ``coherence.analysis.trends``: {group label: {score name: Trend}}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from coherence.analysis.figures.theme import (
+    COLORSCALE,
+    DIVERGING,
+    axis_title,
+    band_traces,
+    group_color,
+    influence_range,
+    styled,
+)
+from coherence.analysis.trends import TREND_SCORES, Agreement, Trend
+from coherence.errors import RequestError
+
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+
+
+def _grid(n_panels: int) -> tuple[int, int]:
+    cols = 2 if n_panels > 1 else 1
+    return math.ceil(n_panels / cols), cols
+
+
+def dynamics_figure(
+    trends_by_group: Mapping[str, Mapping[str, Trend]],
+    valid_by_group: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    title: str = "Scores across training",
+) -> go.Figure:
+    """Read: each coherence score against the training epoch (median over seeds, Q1–Q3 band;
+    each seed's score is first averaged over its batches); the last panel is the validation
+    SMSE on the same epoch axis. A diagonal dominance that rises while the validation error
+    falls means the model improves by memorizing time steps; a decay length or inter/intra
+    ratio that grows means it learns transferable dynamics.
+
+    trends_by_group: {label: {score: Trend}}; valid_by_group: {label:
+    summaries.training_curves(histories)} (its ``epochs`` and ``valid_smse`` band).
+    """
+    if not trends_by_group:
+        raise RequestError("dynamics_figure needs at least one group of trends")
+    names = [(n, t) for n, t in TREND_SCORES if any(n in g for g in trends_by_group.values())]
+    panels = [*names, ("valid_smse", "Validation SMSE")] if valid_by_group else names
+    rows, cols = _grid(len(panels))
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        shared_xaxes=True,
+        subplot_titles=[t for _, t in panels],
+        vertical_spacing=0.08,
+        horizontal_spacing=0.1,
+    )
+    for g, (label, trends) in enumerate(trends_by_group.items()):
+        color = group_color(g)
+        for p, (name, _) in enumerate(panels):
+            row, col = p // cols + 1, p % cols + 1
+            if name == "valid_smse":
+                curves = (valid_by_group or {}).get(label)
+                if not curves:
+                    continue
+                x = np.asarray(curves["epochs"], dtype=np.float64)
+                band = curves["valid_smse"]
+                median, q1, q3 = (
+                    np.asarray(band[q], dtype=np.float64) for q in ("median", "q1", "q3")
+                )
+            elif name in trends:
+                trend = trends[name]
+                x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
+            else:
+                continue
+            for trace in band_traces(
+                x, median, q1, q3, name=label, color=color, x_hover="epoch %{x}", group=label
+            ):
+                trace.showlegend = trace.showlegend is not False and p == 0
+                fig.add_trace(trace, row=row, col=col)
+    styled(fig, title, height=260 * rows + 60)
+    fig.update_xaxes(showticklabels=True)  # every panel readable on its own
+    fig.update_xaxes(title=axis_title("epoch"), row=rows)
+    if valid_by_group:
+        p = len(panels) - 1
+        fig.update_yaxes(type="log", row=p // cols + 1, col=p % cols + 1)
+    return fig
+
+
+def epoch_heatmaps(
+    maps: Sequence[np.ndarray],
+    epochs: Sequence[float],
+    n_examples: int,
+    *,
+    times: Sequence[float] | None = None,
+    title: str = "Two-time map across epochs",
+) -> go.Figure:
+    """Read: the intra-class two-time map V[t_r, t_p] (x = perturbation time, y = response
+    time) at each snapshot epoch, on one colour scale [0, √N]: a ridge that narrows over
+    training means influence becomes local in time (memorization); one that widens means
+    transfer across time steps."""
+    if len(maps) != len(epochs) or not maps:
+        raise RequestError("epoch_heatmaps needs one map per epoch and at least one")
+    lo, hi = influence_range(n_examples)
+    n = len(maps)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[f"epoch {e:g}" for e in epochs],
+        horizontal_spacing=0.04,
+        vertical_spacing=0.12,
+    )
+    for i, v in enumerate(maps):
+        v = np.asarray(v, dtype=np.float64)
+        axis = np.asarray(times if times is not None else np.arange(v.shape[0]), dtype=float)
+        fig.add_trace(
+            go.Heatmap(
+                z=v,
+                x=axis,
+                y=axis,
+                zmin=lo,
+                zmax=hi,
+                colorscale=COLORSCALE,
+                showscale=i == 0,
+                colorbar={"title": {"text": "Ĥ"}},
+                hovertemplate="t_p %{x}<br>t_r %{y}<br>Ĥ %{z:.3g}<extra>epoch "
+                f"{epochs[i]:g}</extra>",
+            ),
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
+    styled(fig, title, height=240 * rows + 80)
+    for i in range(n):  # square cells: one time step is as long on both axes
+        suffix = "" if i == 0 else str(i + 1)
+        fig.update_yaxes(
+            scaleanchor=f"x{suffix}", constrain="domain", row=i // cols + 1, col=i % cols + 1
+        )
+        fig.update_xaxes(constrain="domain", row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(title=axis_title("perturbation time t_p"), row=rows)
+    fig.update_yaxes(title=axis_title("response time t_r"), col=1)
+    return fig
+
+
+def sensitivity_figure(
+    trends_by_series: Mapping[str, Mapping[str, Trend]],
+    *,
+    paper_damping: float,
+    flat: Sequence[str] = (),
+    x_span: tuple[float, float] | None = None,
+    title: str = "Scores against λ",
+) -> go.Figure:
+    """Read: each score against the damping λ (log axis) per estimator, median over seeds
+    with the Q1–Q3 band; the dotted vertical line is the paper's λ. Flat (dashed) lines are
+    estimators that ignore λ (euclidean). Where the curves of two estimators sit apart, the
+    conclusion depends on the solver; where a curve bends near the paper's λ, on λ.
+
+    trends_by_series: {series label (e.g. "UNet · subspace"): {score: Trend}}; ``flat``:
+    labels drawn as horizontal lines across the λ range of the others; ``x_span``: the λ
+    range the axis covers at least (the sweep's grid, so missing settings show as gaps).
+    """
+    if not trends_by_series:
+        raise RequestError("sensitivity_figure needs at least one series")
+    names = [(n, t) for n, t in TREND_SCORES if any(n in s for s in trends_by_series.values())]
+    rows, cols = _grid(len(names))
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=[t for _, t in names], vertical_spacing=0.1
+    )
+    xs = [t.x for s in trends_by_series.values() for t in s.values()]
+    span = (
+        (float(min(x.min() for x in xs)), float(max(x.max() for x in xs)))
+        if xs
+        else (paper_damping, paper_damping)
+    )
+    for i, (label, trends) in enumerate(trends_by_series.items()):
+        color = group_color(i)
+        is_flat = label in flat
+        for p, (name, _) in enumerate(names):
+            if name not in trends:
+                continue
+            trend = trends[name]
+            x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
+            if is_flat and len(x) == 1:
+                x = np.array(span)
+                median, q1, q3 = (np.repeat(a, 2) for a in (median, q1, q3))
+            for trace in band_traces(
+                x,
+                median,
+                q1,
+                q3,
+                name=label,
+                color=color,
+                dash="dash" if is_flat else _DASHES[0],
+                x_hover="λ %{x:.0e}",
+                group=label,
+            ):
+                trace.showlegend = trace.showlegend is not False and p == 0
+                fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
+    for p in range(len(names)):
+        fig.add_vline(
+            x=paper_damping,
+            line={"dash": "dot", "color": "gray"},
+            row=p // cols + 1,
+            col=p % cols + 1,
+        )
+    fig.add_annotation(
+        text=f"dotted line: the paper's λ = {paper_damping:g}",
+        xref="paper",
+        yref="paper",
+        x=1.0,
+        y=1.06,
+        showarrow=False,
+        xanchor="right",
+    )
+    styled(fig, title, height=260 * rows + 60)
+    # whole decades around the data and the paper's λ: one point still gets a readable axis
+    wanted = x_span or span
+    low = math.floor(math.log10(min(span[0], wanted[0], paper_damping))) - 0.5
+    high = math.ceil(math.log10(max(span[1], wanted[1], paper_damping))) + 0.5
+    fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
+    fig.update_xaxes(title=axis_title("damping λ"), row=rows)
+    return fig
+
+
+def agreement_figure(
+    result: Agreement, labels: tuple[str, str], *, times: Sequence[float] | None = None
+) -> go.Figure:
+    """Read: left, the distribution of the per-row rank correlation of Ĥ between two
+    estimators (1: every row ranks the perturbations identically); right, the difference of
+    their intra-class two-time maps on a symmetric scale (white: no difference). High
+    correlation and a pale map mean the conclusion does not depend on the solver."""
+    a, b = labels
+    corr = result.rank_correlation[np.isfinite(result.rank_correlation)].ravel()
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            f"Per-row rank correlation of Ĥ (median {result.median_correlation:.2f})",
+            f"Two-time map: {a} − {b}",
+        ),
+        horizontal_spacing=0.14,
+    )
+    fig.add_trace(
+        go.Histogram(
+            x=corr,
+            xbins={"start": -1.0, "end": 1.0001, "size": 0.05},
+            marker={"color": group_color(0)},
+            name="rows",
+            showlegend=False,
+            hovertemplate="ρ %{x}<br>%{y} rows<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    v = result.map_difference
+    axis = np.asarray(times if times is not None else np.arange(v.shape[0]), dtype=float)
+    m = max(result.max_difference, 1e-12)
+    fig.add_trace(
+        go.Heatmap(
+            z=v,
+            x=axis,
+            y=axis,
+            zmin=-m,
+            zmax=m,
+            colorscale=DIVERGING,
+            colorbar={"title": {"text": "ΔĤ"}},
+            hovertemplate="t_p %{x}<br>t_r %{y}<br>ΔĤ %{z:.3g}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    styled(fig, f"Agreement: {a} vs {b}", height=380)
+    fig.update_xaxes(title=axis_title("Spearman ρ per response row"), range=[-1, 1], row=1, col=1)
+    fig.update_yaxes(title=axis_title("rows"), row=1, col=1)
+    fig.update_xaxes(title=axis_title("perturbation time t_p"), row=1, col=2)
+    fig.update_yaxes(title=axis_title("response time t_r"), row=1, col=2)
+    return fig

@@ -1,0 +1,151 @@
+"""Panel 'Training dynamics' (METHOD.md §7, influence across training): every score against
+the epoch of the training snapshots, the validation SMSE on the same axis, and the two-time
+map at each snapshot on one colour scale. Compare mode overlays the two groups."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import streamlit as st
+
+from coherence.analysis.figures.dynamics import dynamics_figure, epoch_heatmaps
+from coherence.analysis.summaries import training_curves, two_time_map
+from coherence.analysis.trends import trends
+from coherence.dashboard import compute, loaders, sweeps
+from coherence.dashboard.markup import code, literal
+from coherence.dashboard.panels import sweep_jobs
+from coherence.dashboard.panels.common import (
+    PanelContext,
+    chart,
+    downloads,
+    how_to_read,
+    widget_value,
+)
+from coherence.errors import CoherenceError
+from coherence.workspace import checkpoints_dir
+
+EXPLAIN = (
+    "Each point is the analysis of this selection on the weights of one training epoch "
+    "(the snapshots `coherence train` keeps under `epochs/NNNN`, by default powers of two "
+    "plus the last), every seed of the group at the same epoch, cached like any analysis."
+)
+
+
+def dynamics(ctx: PanelContext) -> None:
+    st.caption(how_to_read(dynamics_figure))
+    root = str(ctx.root)
+    runner = loaders.job_runner(root)
+    points, problems = sweeps.dynamics_points(ctx.root, ctx.selection, runner)
+    for problem in problems:
+        st.warning(literal(problem), icon=":material/warning:")
+    labels = compute.group_labels(ctx.catalog, ctx.selection)
+    per_group = {g: [p for p in points if p.group == g] for g in range(len(labels))}
+    if all(len(group) <= 1 for group in per_group.values()):
+        name = ctx.selection.checkpoints[0]
+        st.info(
+            "These checkpoints keep no snapshot of an earlier epoch, so there is one epoch "
+            "to show. Checkpoints trained by this version keep them; to add them, retrain "
+            "into a new directory, e.g. "
+            + code(f"coherence train … --keep-epochs 1,2,4,8,16 --out {name}_dyn")
+            + f". {EXPLAIN}",
+            icon=":material/timeline:",
+        )
+        if not points:
+            return
+    else:
+        st.caption(EXPLAIN)
+    states = sweep_jobs.statuses(root, points)
+    sweep_jobs.status_bar(root, points, states, key="dyn", what="epoch analyses")
+    done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
+    if len(done) <= len(labels):
+        sweep_jobs.elsewhere(
+            ctx, lambda s: sweeps.dynamics_points(ctx.root, s, runner)[0], "Training dynamics"
+        )
+    if not done:
+        st.info(
+            "No epoch is analysed yet for this selection: compute them with the button above.",
+            icon=":material/hourglass_empty:",
+        )
+        return
+    response = ctx.selection.responses[0]
+    by_group, valid = {}, {}
+    for g, label in enumerate(labels):
+        mine = [p for p in done if p.group == g]
+        if not mine:
+            continue
+        by_group[label] = trends([(p.x, sweep_jobs.scores(root, p, response)) for p in mine])
+        try:
+            histories = [
+                loaders.history(checkpoints_dir(ctx.root) / n) for n in ctx.selection.groups[g]
+            ]
+            if all(histories):
+                valid[label] = training_curves(histories)
+        except CoherenceError as error:
+            st.warning(f"{literal(label)}: no validation curve ({literal(error)})")
+    figure = dynamics_figure(by_group, valid or None)
+    chart(figure, key="chart_dynamics")
+    downloads(
+        "dynamics",
+        ctx.stem("dynamics"),
+        figure=figure,
+        files=[ctx.panel_csv("dynamics", lambda: trends_csv(by_group, "epoch"))],
+    )
+    _heatmaps(ctx, labels, done)
+
+
+def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
+    st.caption(how_to_read(epoch_heatmaps))
+    shown = [label for g, label in enumerate(labels) if any(p.group == g for p in done)]
+    slot = st.container()
+    label = widget_value("dyn_group", shown) if len(shown) > 1 else shown[0]
+    g = labels.index(label)
+    mine = sorted((p for p in done if p.group == g), key=lambda p: p.x)
+    maps, epochs = [], []
+    for point in mine:
+        result = sweep_jobs.result(str(ctx.root), point)
+        if result is None:
+            continue
+        maps.append(two_time_map(result.H_std[result.primary]))
+        epochs.append(point.x)
+        times = result.steps
+    if not maps:
+        return
+    figure = epoch_heatmaps(
+        maps, epochs, ctx.n_examples, times=times, title=f"{label}: two-time map across epochs"
+    )
+    chart(figure, key="chart_dynamics_maps")
+    if len(shown) > 1:
+        slot.selectbox("Group", shown, key="dyn_group")
+
+
+def trends_csv(by_series: dict, x_name: str) -> bytes:
+    """series, score, x, median, q1, q3, then each seed's value."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    width = max(
+        (t.per_seed.shape[1] for series in by_series.values() for t in series.values()),
+        default=0,
+    )
+    writer.writerow(
+        ["series", "score", x_name, "median", "q1", "q3", *[f"seed_{i}" for i in range(width)]]
+    )
+    for label, series in by_series.items():
+        for name, trend in series.items():
+            for i, x in enumerate(trend.x):
+                row = trend.per_seed[i]
+                writer.writerow(
+                    [
+                        label,
+                        name,
+                        f"{x:g}",
+                        *(_num(v) for v in (trend.median[i], trend.q1[i], trend.q3[i])),
+                        *(_num(v) for v in row),
+                    ]
+                )
+    return buffer.getvalue().encode()
+
+
+def _num(value: float) -> str:
+    return "" if not np.isfinite(value) else repr(float(value))

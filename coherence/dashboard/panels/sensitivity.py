@@ -1,0 +1,151 @@
+"""Panel 'Sensitivity' (METHOD.md §7): the scores against the damping λ per estimator, the
+paper's setting marked, and how far two estimators agree (per-row rank correlation of Ĥ,
+difference of the two-time maps): does a conclusion depend on the solver?"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from coherence.analysis.figures.dynamics import agreement_figure, sensitivity_figure
+from coherence.analysis.trends import agreement, trends
+from coherence.dashboard import compute, loaders, sweeps
+from coherence.dashboard.markup import literal
+from coherence.dashboard.panels import sweep_jobs
+from coherence.dashboard.panels.common import (
+    PanelContext,
+    chart,
+    downloads,
+    how_to_read,
+    widget_value,
+)
+from coherence.dashboard.panels.dynamics import trends_csv
+from coherence.errors import CoherenceError
+
+
+def sensitivity(ctx: PanelContext) -> None:
+    st.caption(how_to_read(sensitivity_figure))
+    root = str(ctx.root)
+    runner = loaders.job_runner(root)
+    with_cg = st.toggle(
+        "Include cg (the paper's solver, at rtol 1.5e-2 and 5e-2)",
+        key="sens_cg",
+        help="Conjugate gradients on the full system: many JVP + VJP per column on a "
+        "trained model, so it is computed only on demand; its iteration cap is reported.",
+    )
+    points, problems = sweeps.sensitivity_points(
+        ctx.root, ctx.selection, ctx.catalog, runner, include_on_demand=with_cg
+    )
+    for problem in problems:
+        st.warning(literal(problem), icon=":material/warning:")
+    if not points:
+        return
+    states = sweep_jobs.statuses(root, points)
+    sweep_jobs.status_bar(root, points, states, key="sens", what="sweep settings")
+    done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
+    if len(done) <= len(ctx.selection.groups):
+        sweep_jobs.elsewhere(
+            ctx,
+            lambda s: sweeps.sensitivity_points(ctx.root, s, ctx.catalog, runner)[0],
+            "Sensitivity",
+        )
+    if not done:
+        st.info(
+            "No setting of the sweep is cached yet: compute them with the button above.",
+            icon=":material/hourglass_empty:",
+        )
+        return
+    labels = compute.group_labels(ctx.catalog, ctx.selection)
+    response = ctx.selection.responses[0]
+    series: dict[str, list] = {}
+    for point in done:
+        name = _series(labels, point) if ctx.compare else point.series
+        series.setdefault(name, []).append(point)
+    by_series = {
+        name: trends([(p.x, sweep_jobs.scores(root, p, response)) for p in members])
+        for name, members in series.items()
+    }
+    flat = [name for name in series if name.endswith("euclidean")]
+    grid = (min(sweeps.DAMPING_GRID), max(sweeps.DAMPING_GRID))
+    figure = sensitivity_figure(
+        by_series, paper_damping=sweeps.PAPER_DAMPING, flat=flat, x_span=grid
+    )
+    chart(figure, key="chart_sensitivity")
+    downloads(
+        "sensitivity",
+        ctx.stem("sensitivity"),
+        figure=figure,
+        files=[ctx.panel_csv("sensitivity", lambda: trends_csv(by_series, "damping"))],
+    )
+    _cg_report(root, done)
+    _agreement(ctx, labels, done)
+
+
+def _series(labels: list[str], point: sweeps.SweepPoint) -> str:
+    return f"{labels[point.group]} · {point.series}"
+
+
+def _cg_report(root: str, done) -> None:
+    """The cg iteration cap and how many columns reached rtol, per setting."""
+    lines = []
+    for point in done:
+        if point.request.estimator != "cg":
+            continue
+        result = sweep_jobs.result(root, point)
+        if result is None:
+            continue
+        diags = [d for row in result.diagnostics for d in row]
+        cap = max((int(d.get("max_iter") or 0) for d in diags), default=0)
+        iterations = [i for d in diags for i in (d.get("iterations") or ())]
+        unconverged = sum(1 for d in diags if d.get("converged") is False)
+        lines.append(
+            f"- {literal(point.series)}, λ = {point.x:g}: iteration cap {cap}, at most "
+            f"{max(iterations, default=0)} iterations per column; {unconverged} of "
+            f"{len(diags)} (seed, batch) units did not reach the tolerance"
+        )
+    if lines:
+        st.markdown("**cg convergence**\n" + "\n".join(lines))
+
+
+def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
+    """Two estimators at the same λ and group: rank correlation and map difference."""
+    st.subheader("Agreement between estimators", anchor=False)
+    st.caption(how_to_read(agreement_figure))
+    damping = ctx.selection.damping
+    candidates = {}
+    for point in done:
+        if np.isclose(point.x, damping) or point.series == "euclidean":
+            candidates.setdefault(point.group, {})[point.series] = point
+    options = [
+        (g, a, b)
+        for g, by_name in candidates.items()
+        for i, a in enumerate(by_name)
+        for b in list(by_name)[i + 1 :]
+    ]
+    if not options:
+        st.info(
+            f"Needs two estimators cached at λ = {damping:g} for one group (e.g. subspace and "
+            "euclidean): compute the sweep above."
+        )
+        return
+    names = [f"{labels[g]}: {a} vs {b}" if ctx.compare else f"{a} vs {b}" for g, a, b in options]
+    slot = st.container()
+    chosen = widget_value("sens_pair", names)
+    g, a, b = options[names.index(chosen)]
+    first = sweep_jobs.result(str(ctx.root), candidates[g][a])
+    second = sweep_jobs.result(str(ctx.root), candidates[g][b])
+    if first is None or second is None:
+        return
+    response = first.primary
+    try:
+        found = agreement(first.H_std[response], second.H_std[response])
+    except CoherenceError as error:
+        st.warning(literal(error))
+        return
+    figure = agreement_figure(found, (a, b), times=first.steps)
+    chart(figure, key="chart_agreement")
+    slot.selectbox("Compare", names, key="sens_pair")
+    st.caption(
+        f"Median per-row Spearman ρ = {found.median_correlation:.3f}; largest |ΔV| = "
+        f"{found.max_difference:.3g} (maps reach {found.scale:.3g})."
+    )

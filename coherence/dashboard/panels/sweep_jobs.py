@@ -1,0 +1,175 @@
+"""What the sweep panels (training dynamics, sensitivity) share: cached loading of each
+point's result, the status line "k of n settings cached", a button that submits the missing
+ones through ``JobRunner.submit`` and a live progress bar. Nothing is computed on page load:
+statuses are cache look-ups, results are read only for points that are done.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from coherence.analysis.request import AnalysisRequest
+from coherence.analysis.results import AnalysisResult
+from coherence.analysis.trends import point_scores
+from coherence.cache.cost import confirm_seconds
+from coherence.cache.jobs import JobStatus
+from coherence.dashboard import compute, loaders
+from coherence.dashboard.markup import literal
+from coherence.dashboard.sweeps import SweepPoint
+from coherence.errors import CoherenceError
+
+POLL_SECONDS = 1.0
+
+
+class _NotCached(LookupError):
+    """Raised inside the cached loader so that a miss is never cached."""
+
+
+@st.cache_resource(show_spinner=False, max_entries=96)
+def _result(root: str, key: str, request_json: str) -> AnalysisResult:
+    request = AnalysisRequest.from_dict(json.loads(request_json))
+    result = loaders.job_runner(root).result(key, request)
+    if result is None:
+        raise _NotCached(key)
+    return result
+
+
+def result(root: str, point: SweepPoint) -> AnalysisResult | None:
+    """The cached result of one sweep point (its own loader cache: a sweep has many points
+    and must not evict the main view's results), or None."""
+    try:
+        return _result(root, point.key, json.dumps(point.request.to_dict(), sort_keys=True))
+    except _NotCached:
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _scores(root: str, key: str, request_json: str, response: str) -> dict[str, np.ndarray]:
+    request = AnalysisRequest.from_dict(json.loads(request_json))
+    found = _result(root, key, request_json)
+    return point_scores(found, response if response in request.responses else None)
+
+
+def scores(root: str, point: SweepPoint, response: str) -> dict[str, np.ndarray]:
+    """Per-seed trend scores of a done point (``trends.point_scores``), cached by key."""
+    return _scores(root, point.key, json.dumps(point.request.to_dict(), sort_keys=True), response)
+
+
+def statuses(root: str, points: Sequence[SweepPoint]) -> list[JobStatus]:
+    runner = loaders.job_runner(root)
+    return [runner.status(p.key) for p in points]
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _progress(root: str, keys: tuple[str, ...], what: str) -> None:
+    """Live progress of the sweep's jobs; reruns the page when none is running any more."""
+    runner = loaders.job_runner(root)
+    states = [runner.status(k) for k in keys]
+    if not any(s.active for s in states):
+        st.rerun(scope="app")
+    done = sum(s.state == "done" for s in states)
+    running = [s for s in states if s.active]
+    fraction = (done + sum(min(max(s.fraction, 0.0), 1.0) for s in running)) / len(states)
+    stage = next((s.stage for s in running if s.stage), "queued")
+    st.progress(
+        min(fraction, 1.0),
+        text=f"{literal(what)}: {done} of {len(states)} done · {literal(stage)}",
+    )
+
+
+def status_bar(
+    root: str, points: Sequence[SweepPoint], states: Sequence[JobStatus], *, key: str, what: str
+) -> None:
+    """'k of n cached', failures, progress of running points, and a button for the rest."""
+    done = sum(s.state == "done" for s in states)
+    active = [p.key for p, s in zip(points, states, strict=True) if s.active]
+    failed = [s for s in states if s.state == "failed"]
+    st.caption(f"{done} of {len(points)} {literal(what)} cached.")
+    for status in failed[:3]:
+        st.error(f"A {literal(what)} analysis failed: {literal(status.error)}")
+    if active:
+        _progress(root, tuple(p.key for p in points if p.key in set(active)), what)
+        return
+    missing = [p for p, s in zip(points, states, strict=True) if s.state != "done"]
+    if not missing:
+        return
+    seconds = _estimate(missing)
+    estimate = (
+        f" (≈ {compute.format_duration(seconds * len(missing))} on this machine)"
+        if seconds > 0
+        else ""
+    )
+    if error := st.session_state.get("compute_error"):
+        st.error(literal(error))
+    confirmed = True
+    if seconds * len(missing) > confirm_seconds():
+        confirmed = st.checkbox(
+            f"Start jobs estimated at {compute.format_duration(seconds * len(missing))}",
+            key=f"{key}_confirm",
+        )
+    st.button(
+        f"Compute the {len(missing)} missing {what}{estimate}",
+        disabled=not confirmed,
+        key=f"{key}_compute",
+        icon=":material/play_arrow:",
+        on_click=compute.submit,
+        args=(root, tuple(p.request for p in missing)),
+        help="Each setting is its own cached analysis: only the missing ones run, in the "
+        "background worker, and every later visitor finds them in the cache.",
+    )
+
+
+def _estimate(missing: Sequence[SweepPoint]) -> float:
+    """Mean estimated seconds per missing point: one estimate per series (estimator), so a
+    cg setting (its iteration cap counted in full) is not priced like a subspace one."""
+    first: dict[tuple[int, str], tuple[SweepPoint, int]] = {}
+    for point in missing:
+        series = (point.group, point.series)
+        found, count = first.get(series, (point, 0))
+        first[series] = (found, count + 1)
+    total = sum(
+        count * compute.job_seconds(json.dumps(point.request.to_dict(), sort_keys=True))
+        for point, count in first.values()
+    )
+    return total / max(len(missing), 1)
+
+
+MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)
+
+
+def elsewhere(ctx, points_of, panel: str) -> None:
+    """When this view's sweep has at most one cached point per group, link the default view
+    of another model group of the dataset whose sweep is cached (``coherence demo``
+    precomputes the ViT's), so a first visit finds a filled panel one click away.
+
+    ``points_of(selection) -> list[SweepPoint]`` builds the sweep of a selection."""
+    from urllib.parse import urlencode
+
+    from coherence.dashboard.selection import group_defaults
+
+    shown = set(ctx.selection.groups)
+    root = str(ctx.root)
+    links = []
+    for group in ctx.catalog.groups(ctx.dataset)[: MAX_OTHER_GROUPS + len(shown)]:
+        if group.checkpoints in shown:
+            continue
+        selection = group_defaults(ctx.dataset, group)
+        if selection is None:
+            continue
+        try:
+            points = points_of(selection)
+        except CoherenceError:
+            continue
+        done = sum(s.state == "done" for s in statuses(root, points))
+        if done >= 2:
+            query = urlencode(selection.to_query() | {"panel": panel})
+            links.append(f"[{literal(group.label)}](?{query}) ({done} of {len(points)} cached)")
+    if links:
+        st.info(
+            "Cached for another model group of this dataset: " + ", ".join(links) + ".",
+            icon=":material/arrow_forward:",
+        )

@@ -1,0 +1,182 @@
+"""The requests behind the 'Training dynamics' and 'Sensitivity' panels (pure, no streamlit).
+
+Both are families of ordinary analysis requests derived from the user's Selection, so every
+point is its own cache entry (``JobRunner.key``) and extending a sweep computes only the new
+points:
+
+- dynamics: the same request with each checkpoint replaced by its snapshot of one epoch
+  (``<name>/epochs/NNNN``, see ``surrogates.snapshots``); the epochs are those every seed of
+  the group kept, plus the trained checkpoints themselves as the last epoch;
+- sensitivity: the same request with another (estimator, λ, rtol, energy threshold) from
+  ``SWEEP_ESTIMATORS`` × ``DAMPING_GRID``. Adding an estimator or a λ is one line of these
+  tables.
+
+``coherence study``/``coherence demo`` precompute sweeps (``StudySpec.dynamics_archs``,
+``sweep_archs``, ``sweep_dampings``) with the same functions, so the panels find them cached.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from coherence.analysis.request import AnalysisRequest
+from coherence.dashboard.selection import DEFAULT_DAMPING, Selection, default_rtol
+from coherence.dashboard.workspace_scan import Catalog
+from coherence.errors import CoherenceError
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates import snapshots
+from coherence.workspace import checkpoints_dir, workspace_root
+
+# λ grid of the sensitivity sweep (log-spaced around the paper's 1e-4, METHOD.md §4)
+DAMPING_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+PAPER_DAMPING = DEFAULT_DAMPING
+PAPER_ESTIMATOR = "subspace"
+
+
+@dataclass(frozen=True)
+class EstimatorSetting:
+    """One row of the sensitivity table: an estimator and its options.
+
+    ``rtol``: cg tolerance; "paper" takes the architecture's (1.5e-2 UNet, 5e-2 ViT).
+    ``uses_damping``: False for an estimator whose Ĥ ignores λ (euclidean): computed once,
+    at the paper's λ, and drawn as a flat line. ``on_demand``: not in the default sweep
+    (cg: its iteration count is large on trained models; computed when the user asks).
+    """
+
+    estimator: str
+    rtol: float | str | None = None
+    uses_damping: bool = True
+    on_demand: bool = False
+    energy_threshold: float | None = None  # subspace: share of Σσ² of G kept (None: default)
+
+    def label(self, arch: str | None = None) -> str:
+        if self.estimator == "cg":
+            return f"cg rtol {self.resolve_rtol(arch):g}"
+        if self.energy_threshold is not None:
+            return f"{self.estimator} energy 1 − {1 - self.energy_threshold:.0e}"
+        return self.estimator
+
+    def resolve_rtol(self, arch: str | None) -> float | None:
+        if self.rtol == "paper":
+            return default_rtol(arch or "")
+        return self.rtol  # type: ignore[return-value]
+
+
+# The sensitivity table: one line per estimator setting. cg's iteration cap is the engine's
+# (influence.CG_MAX_ITER), reported with each result; an explicit cap per setting waits for a
+# request field (follow-up).
+SWEEP_ESTIMATORS = (
+    EstimatorSetting("subspace"),
+    EstimatorSetting("euclidean", uses_damping=False),
+    EstimatorSetting("cg", rtol=1.5e-2, on_demand=True),
+    EstimatorSetting("cg", rtol=5e-2, on_demand=True),
+    EstimatorSetting("krylov", on_demand=True),
+    # the subspace's energy threshold (default 1 − 1e-4): a coarser and a finer basis
+    EstimatorSetting("subspace", energy_threshold=1 - 1e-2, on_demand=True),
+    EstimatorSetting("subspace", energy_threshold=1 - 1e-6, on_demand=True),
+)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of a sweep: what it varies, the request and its cache key."""
+
+    group: int  # index into Selection.groups
+    x: float  # epoch (dynamics) or λ (sensitivity)
+    series: str  # "" (dynamics) or the estimator label (sensitivity)
+    request: AnalysisRequest
+    key: str
+
+
+# ---------------------------------------------------------------------------- dynamics ---
+
+
+def snapshot_names(name: str, epoch: int) -> str:
+    """The selection name of a checkpoint's snapshot (a path under <workspace>/checkpoints)."""
+    return f"{name}/{snapshots.EPOCHS_DIR}/{snapshots.snapshot_name(epoch)}"
+
+
+def group_epochs(root: str | os.PathLike, names: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
+    """Epoch → the group's checkpoint names at that epoch: every snapshot epoch all seeds
+    kept, then the trained checkpoints at their last epoch (when all seeds trained the same
+    number of epochs; a snapshot of that epoch is the same files, hence the same key)."""
+    base = checkpoints_dir(workspace_root(root))
+    paths = [base / n for n in names]
+    out = {e: tuple(snapshot_names(n, e) for n in names) for e in snapshots.common_epochs(paths)}
+    lengths = {len(ckpt.read_history(p)) for p in paths}
+    if len(lengths) == 1 and (last := lengths.pop()) > 0:
+        out[last] = tuple(names)
+    return dict(sorted(out.items()))
+
+
+def dynamics_points(
+    root: str | os.PathLike, selection: Selection, runner
+) -> tuple[list[SweepPoint], list[str]]:
+    """Every (group, epoch) request of the selection and the problems met (one sentence each)."""
+    points, problems = [], []
+    for g, names in enumerate(selection.groups):
+        try:
+            epochs = group_epochs(root, names)
+            for epoch, members in epochs.items():
+                request = selection.to_request(root, members)
+                points.append(SweepPoint(g, float(epoch), "", request, runner.key(request)))
+        except (CoherenceError, OSError) as error:
+            problems.append(str(error))
+    return points, problems
+
+
+# ------------------------------------------------------------------------- sensitivity ---
+
+
+def sensitivity_settings(
+    selection: Selection,
+    arch: str | None,
+    *,
+    dampings: tuple[float, ...] = DAMPING_GRID,
+    include_on_demand: bool = False,
+) -> list[tuple[str, Selection, EstimatorSetting]]:
+    """(estimator label, selection, setting) of every setting, the selection's own λ
+    included."""
+    out = []
+    grid = tuple(sorted({*dampings, selection.damping}))
+    for setting in SWEEP_ESTIMATORS:
+        if setting.on_demand and not include_on_demand:
+            continue
+        values = grid if setting.uses_damping else (PAPER_DAMPING,)
+        for damping in values:
+            chosen = replace(
+                selection,
+                estimator=setting.estimator,
+                damping=damping,
+                rtol=setting.resolve_rtol(arch),
+            )
+            out.append((setting.label(arch), chosen, setting))
+    return out
+
+
+def sensitivity_points(
+    root: str | os.PathLike,
+    selection: Selection,
+    catalog: Catalog,
+    runner,
+    *,
+    dampings: tuple[float, ...] = DAMPING_GRID,
+    include_on_demand: bool = False,
+) -> tuple[list[SweepPoint], list[str]]:
+    """Every (group, estimator, λ) request and the problems met."""
+    points, problems = [], []
+    for g, names in enumerate(selection.groups):
+        entry = catalog.checkpoint(names[0]) if names else None
+        arch = entry.arch if entry else None
+        try:
+            for label, chosen, setting in sensitivity_settings(
+                selection, arch, dampings=dampings, include_on_demand=include_on_demand
+            ):
+                request = chosen.to_request(root, names)
+                if setting.energy_threshold is not None:
+                    request = replace(request, energy_threshold=setting.energy_threshold)
+                points.append(SweepPoint(g, chosen.damping, label, request, runner.key(request)))
+        except (CoherenceError, OSError) as error:
+            problems.append(str(error))
+    return points, problems

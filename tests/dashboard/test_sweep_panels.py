@@ -1,0 +1,158 @@
+"""The 'Training dynamics' and 'Sensitivity' panels under AppTest: empty, partial, complete
+(after the panel's own Compute button) and compare mode, on a copy of the session's small
+real workspace whose UNets were trained on to 3 epochs (snapshots 1, 2, 3)."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from coherence.cache.jobs import JobRunner
+from coherence.dashboard import sweeps
+from coherence.dashboard.selection import default_selection
+from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.surrogates import snapshots
+from coherence.surrogates.training import TrainingArgs, train
+from coherence.workspace import checkpoints_dir, datasets_dir
+from tests.surrogates.conftest import TINY_OVERRIDES
+
+from .conftest import COMPARE
+from .test_app import assert_clean, charts, open_app, texts
+
+DYNAMICS = {"panel": "Training dynamics"}
+SENSITIVITY = {"panel": "Sensitivity"}
+
+
+@pytest.fixture(scope="module")
+def trained_on(workspace, tmp_path_factory):
+    """The workspace with both UNets resumed from 1 to 3 epochs (default keep: 1, 2, 3)."""
+    root = tmp_path_factory.mktemp("sweeps") / "workspace"
+    shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("*.lock", "slots"))
+    common = dict(epochs=3, batch_size=8, transitions=4, device="cpu", lr=3e-3)
+    for seed in (1, 2):
+        args = TrainingArgs(arch="unet", seed=seed, overrides=TINY_OVERRIDES, **common)
+        train(datasets_dir(root) / "tiny_ce", checkpoints_dir(root) / f"unet_tiny_s{seed}", args)
+    return root
+
+
+def _array(value) -> list[float]:
+    """A plotly JSON array: a list, or typed base64 data {"dtype", "bdata"}."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+    return list(value)
+
+
+def _wait_done(root, points, timeout: float = 300) -> None:
+    runner = JobRunner(root)
+    deadline = time.monotonic() + timeout
+    while any(runner.status(p.key).state != "done" for p in points):
+        failed = [
+            runner.status(p.key).error for p in points if runner.status(p.key).state == "failed"
+        ]
+        assert not failed, failed
+        assert time.monotonic() < deadline, "the sweep's jobs did not finish"
+        time.sleep(0.5)
+
+
+def test_without_snapshots_the_panels_explain_and_offer_compute(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch, DYNAMICS)
+    assert_clean(at)
+    assert "keep no snapshot of an earlier epoch" in texts(at.info)
+    assert charts(at), "the one cached epoch is still drawn"
+    at = open_app(workspace, monkeypatch, SENSITIVITY)
+    assert_clean(at)
+    assert "1 of 7 sweep settings cached" in texts(at.caption)
+    assert at.button(key="sens_compute")
+    assert "Needs two estimators" in texts(at.info)
+
+
+def test_snapshot_epochs_are_not_checkpoints_and_partial_cache_shows(trained_on, monkeypatch):
+    catalog = scan_workspace(trained_on)
+    assert [c.name for c in catalog.checkpoints] == ["unet_tiny_s1", "unet_tiny_s2", "vit_tiny_s1"]
+    assert catalog.checkpoint("unet_tiny_s1").epochs == (1, 2, 3)
+    selection = default_selection(catalog)
+    epochs = sweeps.group_epochs(trained_on, selection.checkpoints)
+    assert list(epochs) == [1, 2, 3]
+    assert epochs[3] == selection.checkpoints  # the last epoch is the checkpoints themselves
+    # epoch 1's snapshot holds the files the session fixture analysed: already cached
+    at = open_app(trained_on, monkeypatch, DYNAMICS | selection.to_query())
+    assert_clean(at)
+    assert "1 of 3 epoch analyses cached" in texts(at.caption)
+    assert at.button(key="dyn_compute")
+    assert charts(at)
+
+
+def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
+    selection = default_selection(scan_workspace(trained_on))
+    at = open_app(trained_on, monkeypatch, DYNAMICS | selection.to_query())
+    at.button(key="dyn_compute").click().run()
+    assert not at.exception, texts(at.exception)
+    points, _ = sweeps.dynamics_points(trained_on, selection, JobRunner(trained_on))
+    _wait_done(trained_on, points)
+    at = open_app(trained_on, monkeypatch, DYNAMICS | selection.to_query())
+    assert_clean(at)
+    assert "3 of 3 epoch analyses cached" in texts(at.caption)
+    assert not [b for b in at.button if b.key == "dyn_compute"]
+    scores, maps = charts(at)
+    panels = [a["text"] for a in scores["layout"]["annotations"]]
+    for title in ("Diagonal dominance", "Lag decay length", "Validation SMSE"):
+        assert title in panels
+    medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
+    assert any(_array(t["x"]) == [1, 2, 3] for t in medians)
+    heatmaps = [t for t in maps["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 3
+    for trace in heatmaps:  # one colour scale, [0, √N]
+        assert (trace["zmin"], trace["zmax"]) == (0.0, pytest.approx(15**0.5))
+
+
+def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypatch):
+    selection = default_selection(scan_workspace(trained_on))
+    runner = JobRunner(trained_on)
+    small = (1e-4, 1e-2)
+    points, _ = sweeps.sensitivity_points(
+        trained_on, selection, scan_workspace(trained_on), runner, dampings=small
+    )
+    for point in points:
+        runner.run(point.request)
+    extended, _ = sweeps.sensitivity_points(
+        trained_on, selection, scan_workspace(trained_on), runner
+    )
+    missing = [p for p in extended if runner.status(p.key).state != "done"]
+    assert len(extended) == 7 and len(missing) == 4  # only the new λ values
+    for point in missing:
+        runner.run(point.request)
+    at = open_app(trained_on, monkeypatch, SENSITIVITY | selection.to_query())
+    assert_clean(at)
+    assert "7 of 7 sweep settings cached" in texts(at.caption)
+    lambdas, agreement = charts(at)
+    assert lambdas["layout"]["xaxis"]["type"] == "log"
+    assert any("paper's λ = 0.0001" in a["text"] for a in lambdas["layout"]["annotations"])
+    names = {t["name"] for t in lambdas["data"] if t.get("mode") == "lines+markers"}
+    assert names == {"subspace", "euclidean"}
+    assert "Median per-row Spearman" in texts(at.caption)
+    assert [t["type"] for t in agreement["data"]] == ["histogram", "heatmap"]
+    at.toggle(key="sens_cg").set_value(True).run()  # cg on demand: 2 tolerances × 6 λ
+    assert_clean(at)
+    assert "7 of 19 sweep settings cached" in texts(at.caption)
+    assert at.button(key="sens_compute")
+
+
+@pytest.mark.parametrize("panel", [DYNAMICS, SENSITIVITY], ids=["dynamics", "sensitivity"])
+def test_compare_mode(trained_on, monkeypatch, panel):
+    selection = default_selection(scan_workspace(trained_on))
+    at = open_app(trained_on, monkeypatch, panel | selection.to_query() | {"vs": ",".join(COMPARE)})
+    assert_clean(at)
+    figure = charts(at)[0]
+    groups = {t.get("legendgroup") for t in figure["data"] if t.get("mode") == "lines+markers"}
+    assert len(groups) >= 2, groups  # both model groups drawn
+
+
+def test_snapshot_names_resolve_inside_the_workspace(trained_on):
+    name = sweeps.snapshot_names("unet_tiny_s1", 2)
+    assert (checkpoints_dir(trained_on) / name) == snapshots.snapshot_dir(
+        checkpoints_dir(trained_on) / "unet_tiny_s1", 2
+    )

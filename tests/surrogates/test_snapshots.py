@@ -1,0 +1,138 @@
+"""Training snapshots (epochs/NNNN): bit-exact, loadable wherever a checkpoint is, atomic,
+and kept right across resumes and killed runs."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from coherence.analysis.pipeline import load_checked, run_analysis
+from coherence.analysis.request import AnalysisRequest
+from coherence.cache.keys import request_key
+from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.errors import RequestError
+from coherence.simulation.dataset import open_dataset
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates import fileset, snapshots
+from coherence.surrogates.training import train
+
+from .conftest import tiny_args
+
+
+def _weights(directory: Path) -> bytes:
+    return (directory / ckpt.WEIGHTS_FILE).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory) -> Path:
+    """5 epochs with the default keep rule: snapshots 1, 2, 4, 5."""
+    out = tmp_path_factory.mktemp("snap") / "ckpt"
+    return train(tiny_dataset, out, tiny_args(epochs=5))
+
+
+def test_default_keep_is_powers_of_two_plus_the_last():
+    assert snapshots.default_keep(12) == (1, 2, 4, 8, 12)
+    assert snapshots.default_keep(16) == (1, 2, 4, 8, 16)
+    assert snapshots.default_keep(1) == (1,)
+    assert snapshots.resolve_keep((1, 2, 4, 8, 16), 5) == (1, 2, 4)
+    assert snapshots.parse_keep_epochs("8,1,2") == (1, 2, 8)
+    assert snapshots.parse_keep_epochs("default") is None
+    assert snapshots.parse_keep_epochs("none") == ()
+    with pytest.raises(RequestError, match="--keep-epochs"):
+        snapshots.parse_keep_epochs("1,x")
+
+
+def test_snapshots_are_bit_exact_checkpoints(trained, tiny_dataset, tmp_path):
+    found = snapshots.list_snapshots(trained)
+    assert list(found) == [1, 2, 4, 5]
+    assert not list((trained / snapshots.EPOCHS_DIR).glob(".*"))  # no staging left
+    # the last epoch's snapshot is the checkpoint's own files (hence one cache entry)
+    for name in (ckpt.WEIGHTS_FILE, ckpt.CONFIG_FILE):
+        assert (found[5] / name).read_bytes() == (trained / name).read_bytes()
+    # an independent run stopped after 2 epochs ends with exactly snapshot 2's weights
+    short = train(tiny_dataset, tmp_path / "short", tiny_args(epochs=2))
+    assert _weights(found[2]) == _weights(short)
+    for epoch, path in found.items():
+        ckpt.verify(path)  # the manifest matches its files
+        assert len(ckpt.read_history(path)) == epoch
+        assert ckpt.load_training_state(path) is None
+        model, config = ckpt.load(path)
+        stored = load_safetensors(_weights(path))
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, stored[key]), key
+        assert config.seed == 3
+
+
+def test_snapshots_load_through_every_checkpoint_path(trained, tiny_dataset, tmp_path):
+    snap = snapshots.snapshot_dir(trained, 2)
+    info = open_dataset(tiny_dataset)
+    load_checked(snap, info, torch.device("cpu"))  # what `coherence analyze` loads
+    request = AnalysisRequest(
+        checkpoints=(str(snap),),
+        data=str(tiny_dataset),
+        classes=("CE-RP", "CE-CRP"),
+        n_steps=2,
+        trajectories=(0,),
+        device="cpu",
+        top_eigenvalue=False,
+    )
+    result = run_analysis(request)
+    assert result.H["smse"].shape == (1, 1, 2, 2, 2, 2)
+    # same files → same cache key as the checkpoint at that epoch
+    last = replace(request, checkpoints=(str(trained),))
+    as_snapshot = replace(request, checkpoints=(str(snapshots.snapshot_dir(trained, 5)),))
+    assert request_key(last) == request_key(as_snapshot)
+    # the workspace lists the checkpoint once, with its epochs, never the snapshots
+    root = tmp_path / "ws"
+    shutil.copytree(trained, root / "checkpoints" / "model")
+    catalog = scan_workspace(root)
+    assert [c.name for c in catalog.checkpoints] == ["model"]
+    assert catalog.checkpoints[0].epochs == (1, 2, 4, 5)
+
+
+def test_resume_keeps_the_snapshot_list_right(trained, tiny_dataset, tmp_path):
+    out = tmp_path / "ckpt"
+    train(tiny_dataset, out, tiny_args(epochs=2))
+    assert list(snapshots.list_snapshots(out)) == [1, 2]
+    # a run killed after writing snapshot 4 but before its checkpoint save of epoch 4,
+    # and one killed while staging a snapshot
+    shutil.copytree(snapshots.snapshot_dir(trained, 4), snapshots.snapshot_dir(out, 4))
+    (out / snapshots.EPOCHS_DIR / (fileset.STAGING_PREFIX + "x")).mkdir()
+    (snapshots.snapshot_dir(out, 4) / ckpt.WEIGHTS_FILE).write_bytes(b"stale")
+    train(tiny_dataset, out, tiny_args(epochs=5))
+    found = snapshots.list_snapshots(out)
+    assert list(found) == [1, 2, 4, 5]
+    assert not list((out / snapshots.EPOCHS_DIR).glob(".*"))
+    for epoch in (1, 2, 4, 5):  # bit-identical to the uninterrupted run
+        assert _weights(found[epoch]) == _weights(snapshots.snapshot_dir(trained, epoch))
+    assert _weights(out) == _weights(trained)
+
+
+def test_keep_none_and_explicit_lists(tiny_dataset, tmp_path):
+    none = train(tiny_dataset, tmp_path / "none", tiny_args(epochs=2, keep_epochs=()))
+    assert snapshots.list_snapshots(none) == {}
+    chosen = train(tiny_dataset, tmp_path / "some", tiny_args(epochs=3, keep_epochs=(2, 9)))
+    assert list(snapshots.list_snapshots(chosen)) == [2]
+    assert ckpt.read_config(chosen).training["args"]["keep_epochs"] == [2, 9]
+
+
+def test_a_snapshot_commit_is_one_rename(tmp_path):
+    """write_new_directory: a failure while staging leaves no snapshot and no staging."""
+    target = tmp_path / "epochs" / "0003"
+
+    class Boom(dict):
+        def items(self):
+            yield "a.bin", b"1"
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        fileset.write_new_directory(target, Boom(), {})
+    assert not target.exists() and not list(target.parent.iterdir())
+    assert fileset.write_new_directory(target, {"a.bin": b"1"}, {"epochs": 3})
+    assert not fileset.write_new_directory(target, {"a.bin": b"2"}, {"epochs": 3})  # kept
+    assert (target / "a.bin").read_bytes() == b"1"

@@ -34,6 +34,14 @@ app = typer.Typer(
 )
 app.add_typer(import_app, name="import")
 
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Compute on this Ray cluster (HOST:PORT); default $COHERENCE_RAY_ADDRESS, else here.",
+    ),
+]
+
 
 @app.command()
 @friendly_errors
@@ -99,8 +107,10 @@ def train_command(
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Save every k epochs.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    ray_address: RayAddress = None,
 ) -> None:
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
+    from coherence.executors import TrainRun, get_executor
     from coherence.surrogates.training import TrainingArgs, train
 
     args = TrainingArgs(
@@ -116,6 +126,12 @@ def train_command(
         checkpoint_every=checkpoint_every,
         device=device,
     )
+    executor = get_executor(ray_address)
+    executor.connect()  # an unreachable cluster fails here, in seconds
+    if not executor.local:
+        executor.train([TrainRun(data, out, args)], log=console.print)
+        console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
+        return
     with compute_slot("train"), progress_bar() as bar:
         task = bar.add_task("training", total=epochs)
 
@@ -160,6 +176,7 @@ def analyze(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Start a long job without asking.")
     ] = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Compute influence matrices for checkpoints × batches and write the result file.
 
@@ -172,6 +189,7 @@ def analyze(
     from coherence.analysis.results import save_result
     from coherence.cache import JobRunner
     from coherence.cache.cost import estimate_job
+    from coherence.executors import get_executor
 
     t_start, n_steps = parse_window(window)
     try:
@@ -194,6 +212,8 @@ def analyze(
         device=device,
         split=split,
     )
+    executor = get_executor(ray_address)
+    executor.connect()  # an unreachable cluster fails here, in seconds
     info, batches = prepare(request)
     runner = JobRunner(workspace)
     if runner.store.age(runner.key(request)) is not None:
@@ -216,7 +236,7 @@ def analyze(
         def report(fraction: float, stage: str) -> None:
             bar.update(task, completed=fraction, description=stage[:60])
 
-        result = runner.run(request, progress=report, trust_code=trust_code)
+        result = runner.run(request, progress=report, trust_code=trust_code, executor=executor)
     path = save_result(result, out)
     if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
         console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
@@ -246,9 +266,11 @@ def study(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and stop.")] = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Train every missing (architecture, seed), then compute the paper's analyses into the
     cache, so the dashboard opens on the finished study. Rerun after a kill to resume."""
+    from coherence.executors import get_executor
     from coherence.study import StudySpec, plan_study, run_study
 
     try:
@@ -266,6 +288,9 @@ def study(
         batch_size=batch_size,
         device=device,
     )
+    executor = get_executor(ray_address)
+    if not plan_only:
+        executor.connect()  # an unreachable cluster fails here, in seconds
     console.print("planning (probing the models on this device)…")
     plan = plan_study(spec, workspace)
     for line in plan.describe():
@@ -292,7 +317,11 @@ def study(
             return report
 
         links = run_study(
-            plan, log=bar.console.print, train_progress=on_train, analysis_progress=on_analysis
+            plan,
+            log=bar.console.print,
+            train_progress=on_train,
+            analysis_progress=on_analysis,
+            executor=executor,
         )
     root = plan.workspace
     console.print(

@@ -51,7 +51,7 @@ GPUS_ENV = "COHERENCE_RAY_GPUS"
 SHIP_BYTES_ENV = "COHERENCE_RAY_SHIP_BYTES"
 POLL_SECONDS = 0.5  # between checks of the cancel flag while units run
 # Test hooks only (set in the workers through runtime_env): every unit task appends its pid
-# to <dir>/unit-<s>-<b>.pid and, on its first attempt, sleeps the delay, so tests can kill a
+# to <dir>/<checkpoint>-t<trajectory>.pid and, on its first attempt, sleeps the delay, so tests can kill a
 # worker or cancel a job mid-unit. Never set them in production.
 TEST_UNIT_DIR_ENV = "COHERENCE_TEST_RAY_UNIT_DIR"
 TEST_UNIT_DELAY_ENV = "COHERENCE_TEST_RAY_UNIT_DELAY"
@@ -174,11 +174,11 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(int(configured) if configured.isdigit() else max(1, threads))
 
 
-def _test_hook(s: int, b: int) -> None:
+def _test_hook(checkpoint: str, trajectory: int) -> None:
     directory = os.environ.get(TEST_UNIT_DIR_ENV)
     if not directory:
         return
-    marker = Path(directory) / f"unit-{s}-{b}.pid"
+    marker = Path(directory) / f"{checkpoint}-t{trajectory}.pid"
     first = not marker.exists()
     with open(marker, "a") as handle:
         handle.write(f"{os.getpid()}\n")
@@ -214,7 +214,7 @@ def analysis_unit_task(
     started = time.perf_counter()
     s, b = meta["s"], meta["b"]
     _set_threads(meta["threads"])
-    _test_hook(s, b)
+    _test_hook(meta["checkpoint_name"], meta["trajectory"])
     request = AnalysisRequest.from_dict(meta["request"])
     device = request.torch_device
     with tempfile.TemporaryDirectory(prefix="coherence-unit-") as tmp:

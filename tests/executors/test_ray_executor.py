@@ -112,6 +112,7 @@ def test_analysis_on_ray_equals_local_and_lands_in_the_same_cache_entry(
     np.testing.assert_array_equal(served.H["smse"][0, 0], local.H["smse"][0, 1])
 
 
+@pytest.mark.slow
 def test_a_dashboard_job_with_the_address_set_computes_on_the_cluster(
     ray_address, checkpoint, tiny_dataset, workspace, monkeypatch
 ):
@@ -161,6 +162,7 @@ def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_datase
     )
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_exhausted_retries_name_the_unit(
     ray_address, checkpoint, tiny_dataset, workspace, tmp_path
 ):
@@ -194,6 +196,7 @@ def test_a_killed_worker_is_retried_and_exhausted_retries_name_the_unit(
     assert runner.store.get_unit(unit_keys(request)[0][0]) is None
 
 
+@pytest.mark.slow
 def test_cancel_cancels_the_cluster_tasks(
     ray_address, checkpoint, tiny_dataset, workspace, tmp_path
 ):

@@ -51,8 +51,8 @@ GPUS_ENV = "COHERENCE_RAY_GPUS"
 SHIP_BYTES_ENV = "COHERENCE_RAY_SHIP_BYTES"
 POLL_SECONDS = 0.5  # between checks of the cancel flag while units run
 # Test hooks only (set in the workers through runtime_env): every unit task appends its pid
-# to <dir>/<checkpoint>-t<trajectory>.pid and, on its first attempt, sleeps the delay, so tests can kill a
-# worker or cancel a job mid-unit. Never set them in production.
+# to <dir>/<checkpoint>-t<trajectory>.pid and, on its first attempt, sleeps the delay, so
+# tests can kill a worker or cancel a job mid-unit. Never set them in production.
 TEST_UNIT_DIR_ENV = "COHERENCE_TEST_RAY_UNIT_DIR"
 TEST_UNIT_DELAY_ENV = "COHERENCE_TEST_RAY_UNIT_DELAY"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -111,7 +112,7 @@ def train_command(
 ) -> None:
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
     from coherence.executors import TrainRun, get_executor
-    from coherence.surrogates.training import TrainingArgs, train
+    from coherence.surrogates.training import TrainingArgs
 
     args = TrainingArgs(
         arch=arch,
@@ -128,11 +129,8 @@ def train_command(
     )
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
-    if not executor.local:
-        executor.train([TrainRun(data, out, args)], log=console.print)
-        console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
-        return
-    with compute_slot("train"), progress_bar() as bar:
+    slot = compute_slot("train") if executor.local else nullcontext()
+    with slot, progress_bar() as bar:
         task = bar.add_task("training", total=epochs)
 
         def report(epoch: int, total: int, fraction: float, loss: float) -> None:
@@ -142,7 +140,7 @@ def train_command(
                 description=f"epoch {epoch + 1}/{total} SMSE {loss:.4g}",
             )
 
-        train(data, out, args, progress=report, log=bar.console.print)
+        executor.train([TrainRun(data, out, args, progress=report)], log=bar.console.print)
     console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
 
 

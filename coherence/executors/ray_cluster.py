@@ -22,11 +22,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
-import socket
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -39,261 +35,26 @@ import coherence
 from coherence.executors import (
     AnalysisProgress,
     ClusterError,
-    ClusterUnreachable,
     TrainRun,
-    VersionMismatch,
+)
+from coherence.executors.ray_connect import (
+    _remote,
+    check_versions,
+    connect,
+    env_number,
+    worker_versions,
+)
+from coherence.executors.ray_tasks import (
+    SHIP_BYTES_ENV,
+    ProgressBoard,
+    analysis_unit_task,
+    training_task,
 )
 
-TIMEOUT_ENV = "COHERENCE_RAY_TIMEOUT"
 RETRIES_ENV = "COHERENCE_RAY_RETRIES"
 CPUS_ENV = "COHERENCE_RAY_CPUS"
 GPUS_ENV = "COHERENCE_RAY_GPUS"
-SHIP_BYTES_ENV = "COHERENCE_RAY_SHIP_BYTES"
 POLL_SECONDS = 0.5  # between checks of the cancel flag while units run
-# Test hooks only (set in the workers through runtime_env): every unit task appends its pid
-# to <dir>/<checkpoint>-t<trajectory>.pid and, on its first attempt, sleeps the delay, so
-# tests can kill a worker or cancel a job mid-unit. Never set them in production.
-TEST_UNIT_DIR_ENV = "COHERENCE_TEST_RAY_UNIT_DIR"
-TEST_UNIT_DELAY_ENV = "COHERENCE_TEST_RAY_UNIT_DELAY"
-
-
-def _number(name: str, default: float, *, minimum: float = 0.0) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = minimum - 1
-    if not value >= minimum:
-        raise ClusterError(f"{name}={text!r}: expected a number ≥ {minimum:g}")
-    return value
-
-
-def worker_versions() -> dict[str, str]:
-    """What must agree between driver and worker for a unit to land in the same cache entry."""
-    from coherence.cache.keys import ANALYSIS_CODE_VERSION
-
-    return {"coherence": coherence.__version__, "analysis_code": ANALYSIS_CODE_VERSION}
-
-
-def check_versions(worker: Mapping[str, Any], where: str) -> None:
-    """Refuse a reply from a worker whose versions differ from this driver's."""
-    mine = worker_versions()
-    if dict(worker) != mine:
-        theirs = ", ".join(f"{k} {worker.get(k)!r}" for k in mine)
-        ours = ", ".join(f"{k} {v!r}" for k, v in mine.items())
-        raise VersionMismatch(
-            f"{where}: the Ray worker runs {theirs} but this driver runs {ours}; install the "
-            f"same coherence-explorer on every node (pip install 'coherence-explorer[cluster]"
-            f"=={coherence.__version__}') and restart its Ray workers"
-        )
-
-
-# ------------------------------------------------------------------------- connecting ----
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    """(host, port) of a HOST:PORT or ray://HOST:PORT address; None for auto / local."""
-    text = address.removeprefix("ray://")
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return None
-    try:
-        return host.strip("[]"), int(port)
-    except ValueError:
-        return None
-
-
-def connect(address: str, timeout: float | None = None) -> Any:
-    """The ``ray`` module, connected to ``address`` (a connection made earlier in this process
-    is reused). Raises ClusterUnreachable within ``timeout`` seconds when nothing answers."""
-    try:
-        import ray
-    except ImportError:
-        raise ClusterUnreachable(
-            f"--ray-address {address}: Ray is not installed here; install it with "
-            "pip install 'coherence-explorer[cluster]' (on this machine and every node)"
-        ) from None
-    if ray.is_initialized():
-        return ray
-    timeout = _number(TIMEOUT_ENV, 10.0, minimum=0.1) if timeout is None else timeout
-    endpoint = _host_port(address)
-    fix = (
-        "start it with `ray start --head` there, or correct --ray-address / "
-        "COHERENCE_RAY_ADDRESS (unset it to compute locally)"
-    )
-    if endpoint is not None:
-        try:
-            socket.create_connection(endpoint, timeout=timeout).close()
-        except OSError as error:
-            reason = error.strerror or type(error).__name__
-            raise ClusterUnreachable(
-                f"cannot reach the Ray cluster at {address} ({reason}); {fix}"
-            ) from None
-    outcome: dict[str, BaseException] = {}
-
-    def init() -> None:
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        except BaseException as error:  # reported below, in the caller's thread
-            outcome["error"] = error
-
-    thread = threading.Thread(target=init, name="ray-connect", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise ClusterUnreachable(
-            f"the Ray cluster at {address} did not answer within {timeout:g} s (is it a Ray "
-            f"head's GCS port, 6379 by default?); {fix}"
-        )
-    if "error" in outcome:
-        error = outcome["error"]
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address} ({first}); {fix}")
-    return ray
-
-
-_REMOTE: dict[str, Any] = {}
-
-
-def _remote(ray: Any, function: Callable) -> Any:
-    """``ray.remote(function)``, made once per process (Ray exports it once)."""
-    if function.__name__ not in _REMOTE:
-        _REMOTE[function.__name__] = ray.remote(function)
-    return _REMOTE[function.__name__]
-
-
-# ----------------------------------------------------------------------- worker side ----
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    configured = os.environ.get("COHERENCE_TORCH_THREADS", "").strip()
-    torch.set_num_threads(int(configured) if configured.isdigit() else max(1, threads))
-
-
-def _test_hook(checkpoint: str, trajectory: int) -> None:
-    directory = os.environ.get(TEST_UNIT_DIR_ENV)
-    if not directory:
-        return
-    marker = Path(directory) / f"{checkpoint}-t{trajectory}.pid"
-    first = not marker.exists()
-    with open(marker, "a") as handle:
-        handle.write(f"{os.getpid()}\n")
-    if first:
-        time.sleep(float(os.environ.get(TEST_UNIT_DELAY_ENV) or 30))
-
-
-def _write_files(directory: Path, files: Mapping[str, bytes]) -> None:
-    for name, data in files.items():
-        path = directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-
-
-def analysis_unit_task(
-    meta: dict[str, Any], checkpoint_files: dict[str, bytes], batch: dict[str, np.ndarray]
-) -> dict[str, Any]:
-    """On a Ray worker: one (checkpoint, batch) unit from shipped files and arrays; returns
-    the unit as npz bytes + JSON with the worker's versions (or only the versions, without
-    computing, when they differ from the driver's)."""
-    reply: dict[str, Any] = {"versions": worker_versions(), "host": socket.gethostname()}
-    if meta["driver_versions"] != reply["versions"]:
-        return reply
-    import torch
-
-    from coherence.analysis.batch import AnalysisBatch
-    from coherence.analysis.pipeline import compute_unit, estimate_cost
-    from coherence.analysis.request import AnalysisRequest
-    from coherence.analysis.results import npz_bytes
-    from coherence.errors import RequestError
-    from coherence.surrogates import checkpoint as ckpt
-
-    started = time.perf_counter()
-    s, b = meta["s"], meta["b"]
-    _set_threads(meta["threads"])
-    _test_hook(meta["checkpoint_name"], meta["trajectory"])
-    request = AnalysisRequest.from_dict(meta["request"])
-    device = request.torch_device
-    with tempfile.TemporaryDirectory(prefix="coherence-unit-") as tmp:
-        directory = Path(tmp) / meta["checkpoint_name"]
-        directory.mkdir()
-        _write_files(directory, checkpoint_files)
-        model, _ = ckpt.load(directory, device=device, trust_code=meta["trust_code"])
-    dtype = next(model.parameters()).dtype
-    inputs = torch.from_numpy(np.array(batch["inputs"]))
-    targets = torch.from_numpy(np.array(batch["targets"]))
-    cost = estimate_cost(model, request, inputs[:1].to(device, dtype))
-    if not cost.fits:
-        raise RequestError(
-            f"on Ray worker {reply['host']} this unit would not fit in memory "
-            f"({cost.describe()}); shrink the window or classes, or use larger workers"
-        )
-    unit_batch = AnalysisBatch(
-        inputs=inputs,
-        targets=targets,
-        classes=tuple(request.classes),
-        trajectory=int(meta["trajectory"]),
-        steps=tuple(meta["steps"]),
-        times=tuple(meta["times"]),
-    )
-    unit = compute_unit(model, unit_batch, request, s, b)
-    arrays, metadata = unit.to_parts()
-    reply.update(
-        npz=npz_bytes(arrays),
-        json=json.dumps(metadata),
-        device=str(device),
-        seconds=time.perf_counter() - started,
-    )
-    return reply
-
-
-def training_task(
-    meta: dict[str, Any],
-    dataset_files: dict[str, bytes] | None,
-    resume_files: dict[str, bytes] | None,
-) -> dict[str, Any]:
-    """On a Ray worker: one training run on shipped (or same-path) data, resumed from the
-    shipped checkpoint set if any; returns the checkpoint's files."""
-    reply: dict[str, Any] = {"versions": worker_versions(), "host": socket.gethostname()}
-    if meta["driver_versions"] != reply["versions"]:
-        return reply
-    from coherence.errors import RequestError
-    from coherence.surrogates import checkpoint as ckpt
-    from coherence.surrogates.training import TrainingArgs, train
-
-    started = time.perf_counter()
-    _set_threads(meta["threads"])
-    fields = dict(meta["args"])
-    fields["classes"] = tuple(fields["classes"])
-    args = TrainingArgs(**fields)
-    with tempfile.TemporaryDirectory(prefix="coherence-train-") as tmp:
-        if dataset_files is None:
-            data = Path(meta["data_path"])
-            if not data.is_dir():
-                raise RequestError(
-                    f"dataset {meta['data_path']} is larger than {SHIP_BYTES_ENV} allows to "
-                    f"ship, and Ray worker {reply['host']} has no such directory: mount it at "
-                    f"the same path on every node, or raise {SHIP_BYTES_ENV}"
-                )
-        else:
-            data = Path(tmp) / "data" / meta["data_name"]
-            _write_files(data, dataset_files)
-        out = Path(tmp) / "out" / meta["out_name"]
-        out.mkdir(parents=True)
-        _write_files(out, resume_files or {})
-        train(data, out, args, dataset_root=meta["data_path"])
-        files = {
-            name: (out / name).read_bytes() for name in ckpt.SET_FILES if (out / name).is_file()
-        }
-        reply.update(files=files, epochs=len(ckpt.read_history(out)))
-    reply["seconds"] = time.perf_counter() - started
-    return reply
-
-
-# ----------------------------------------------------------------------- driver side ----
 
 
 def _checkpoint_files(directory: str | Path, names: Sequence[str]) -> dict[str, bytes]:
@@ -346,9 +107,9 @@ class RayExecutor:
     ) -> None:
         self.address = address
         self.runtime_env = runtime_env
-        self.cpus = _number(CPUS_ENV, 1.0, minimum=0.01) if cpus is None else cpus
+        self.cpus = env_number(CPUS_ENV, 1.0, minimum=0.01) if cpus is None else cpus
         self.gpus = gpus if gpus is not None else os.environ.get(GPUS_ENV)
-        self.retries = int(_number(RETRIES_ENV, 3.0)) if retries is None else retries
+        self.retries = int(env_number(RETRIES_ENV, 3.0)) if retries is None else retries
         self.timeout = timeout
 
     def connect(self) -> Any:
@@ -356,19 +117,19 @@ class RayExecutor:
 
     def _gpus(self, ray: Any, device: str) -> float:
         if isinstance(self.gpus, str) and self.gpus.strip():
-            return _number(GPUS_ENV, 0.0)
+            return env_number(GPUS_ENV, 0.0)
         if isinstance(self.gpus, int | float):
             return float(self.gpus)
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         return 1.0 if has_gpu and device != "cpu" else 0.0
 
-    def _options(self, ray: Any, device: str, name: str) -> dict[str, Any]:
+    def _options(self, ray: Any, device: str) -> dict[str, Any]:
+        """Ray task options: the resource request, retries on worker death only."""
         options: dict[str, Any] = {
             "num_cpus": self.cpus,
             "num_gpus": self._gpus(ray, device),
             "max_retries": self.retries,
             "retry_exceptions": False,
-            "name": name,
         }
         if self.runtime_env:
             options["runtime_env"] = self.runtime_env
@@ -456,6 +217,7 @@ class RayExecutor:
             "trust_code": trust_code,
             "threads": max(1, int(self.cpus)),
         }
+        options = self._options(ray, request.device)
         pending = {}
         for s, b in todo:
             meta = {
@@ -468,8 +230,8 @@ class RayExecutor:
                 "times": list(batches[b].times),
             }
             label = f"coherence unit {names[s]} trajectory {request.trajectories[b]}"
-            options = self._options(ray, request.device, label)
-            pending[task.options(**options).remote(meta, checkpoints[s], arrays[b])] = (s, b)
+            submit = task.options(**options, name=label).remote
+            pending[submit(meta, checkpoints[s], arrays[b])] = (s, b)
         devices = set()
         try:
             while pending:
@@ -505,6 +267,20 @@ class RayExecutor:
 
     # -------------------------------------------------------------------- training ----
 
+    @staticmethod
+    def _show_progress(ray: Any, board: Any, runs: Sequence[TrainRun], running: set[int]) -> None:
+        """Forward what the running trainings posted to their progress callbacks."""
+        watched = {str(i): run for i, run in enumerate(runs) if id(run) in running and run.progress}
+        if not watched:
+            return
+        try:
+            latest = ray.get(board.read.remote(), timeout=5)
+        except Exception:  # progress is best effort: a slow board must not fail the runs
+            return
+        for name, (epoch, epochs, fraction, loss) in latest.items():
+            if name in watched:
+                watched[name].progress(epoch, epochs, fraction, loss)
+
     def train(self, runs: Sequence[TrainRun], *, log: Callable[[str], None] | None = None) -> None:
         """Every run as its own task, all at once; each checkpoint is written (one atomic
         set) as soon as its run finishes. A failed run does not stop the others."""
@@ -515,10 +291,11 @@ class RayExecutor:
         if not runs:
             return
         ray = self.connect()
-        limit = _number(SHIP_BYTES_ENV, 2.0 * 1024**3)
+        limit = env_number(SHIP_BYTES_ENV, 2.0 * 1024**3)
         task = _remote(ray, training_task)
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
         pending = {}
-        for run in runs:
+        for index, run in enumerate(runs):
             paths, size = _dataset_files(Path(run.data), run.args.classes)
             shipped = None
             if size <= limit:
@@ -534,15 +311,18 @@ class RayExecutor:
                 "data_path": str(Path(run.data)),
                 "data_name": Path(run.data).name,
                 "out_name": run.out.name,
+                "run": str(index),
                 "threads": max(1, int(self.cpus)),
             }
-            options = self._options(ray, run.args.device, f"coherence train {run.out.name}")
-            pending[task.options(**options).remote(meta, shipped, resume)] = run
+            options = self._options(ray, run.args.device)
+            submit = task.options(**options, name=f"coherence train {run.out.name}").remote
+            pending[submit(meta, shipped, resume, board)] = run
             say(f"submitted training {run.out.name} to the Ray cluster at {self.address}")
         errors: list[ClusterError] = []
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+                self._show_progress(ray, board, runs, {id(r) for r in pending.values()})
                 for ref in ready:
                     run = pending.pop(ref)
                     try:
@@ -565,6 +345,8 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
+        finally:
+            ray.kill(board)
         if errors:
             more = f" ({len(errors)} of {len(runs)} runs failed)" if len(errors) > 1 else ""
             raise ClusterError(f"{errors[0]}{more}")

@@ -24,7 +24,8 @@ from coherence.cache.jobs import JobCancelled
 from coherence.cache.keys import request_key, unit_keys
 from coherence.executors import ADDRESS_ENV, ClusterError, TrainRun, get_executor
 from coherence.executors.local import LocalExecutor
-from coherence.executors.ray_cluster import TEST_UNIT_DELAY_ENV, TEST_UNIT_DIR_ENV, RayExecutor
+from coherence.executors.ray_cluster import RayExecutor
+from coherence.executors.ray_tasks import TEST_UNIT_DELAY_ENV, TEST_UNIT_DIR_ENV
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.training import train
 from tests.cache.conftest import quick_request
@@ -310,7 +311,7 @@ def test_a_port_that_is_not_ray_times_out():
         server.listen()
         script = (
             "import time\n"
-            "from coherence.executors.ray_cluster import connect\n"
+            "from coherence.executors.ray_connect import connect\n"
             "started = time.monotonic()\n"
             "try:\n"
             f"    connect('127.0.0.1:{server.getsockname()[1]}', timeout=2)\n"

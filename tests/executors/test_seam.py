@@ -13,6 +13,7 @@ from coherence.executors.local import LocalExecutor
 from tests.cache.conftest import quick_request
 
 ray_cluster = pytest.importorskip("coherence.executors.ray_cluster")
+ray_connect = pytest.importorskip("coherence.executors.ray_connect")
 
 
 def test_the_address_comes_from_the_option_then_the_environment(monkeypatch):
@@ -25,24 +26,24 @@ def test_the_address_comes_from_the_option_then_the_environment(monkeypatch):
 
 
 def test_addresses_are_parsed_for_the_reachability_probe():
-    assert ray_cluster._host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
-    assert ray_cluster._host_port("ray://head:10001") == ("head", 10001)
-    assert ray_cluster._host_port("[::1]:6379") == ("::1", 6379)
-    assert ray_cluster._host_port("auto") is None
+    assert ray_connect._host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert ray_connect._host_port("ray://head:10001") == ("head", 10001)
+    assert ray_connect._host_port("[::1]:6379") == ("::1", 6379)
+    assert ray_connect._host_port("auto") is None
 
 
 def test_a_reply_of_another_version_is_refused_naming_both():
-    mine = ray_cluster.worker_versions()
-    ray_cluster.check_versions(dict(mine), "unit x")  # the same: accepted
+    mine = ray_connect.worker_versions()
+    ray_connect.check_versions(dict(mine), "unit x")  # the same: accepted
     other = {**mine, "coherence": "0.0.1"}
-    with pytest.raises(ray_cluster.VersionMismatch) as caught:
-        ray_cluster.check_versions(other, "unit (checkpoint a, trajectory 3)")
+    with pytest.raises(ray_connect.VersionMismatch) as caught:
+        ray_connect.check_versions(other, "unit (checkpoint a, trajectory 3)")
     message = str(caught.value)
     assert "unit (checkpoint a, trajectory 3)" in message
     assert "coherence '0.0.1'" in message and f"coherence {mine['coherence']!r}" in message
     code = {**mine, "analysis_code": "0"}
-    with pytest.raises(ray_cluster.VersionMismatch, match="analysis_code '0'"):
-        ray_cluster.check_versions(code, "unit")
+    with pytest.raises(ray_connect.VersionMismatch, match="analysis_code '0'"):
+        ray_connect.check_versions(code, "unit")
 
 
 def test_bad_settings_are_refused_with_the_variable_named(monkeypatch):

@@ -111,6 +111,8 @@ class RayExecutor:
         self.gpus = gpus if gpus is not None else os.environ.get(GPUS_ENV)
         self.retries = int(env_number(RETRIES_ENV, 3.0)) if retries is None else retries
         self.timeout = timeout
+        # per unit computed: where, task seconds on the worker, of which compute_unit
+        self.timings: list[dict[str, Any]] = []
 
     def connect(self) -> Any:
         return connect(self.address, self.timeout)
@@ -163,8 +165,8 @@ class RayExecutor:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ClusterError(
                 f"{where} failed on the Ray cluster after {self.retries} retries "
-                f"({type(error).__name__}: {first[:200]}); units finished so far are cached: "
-                "run it again to resume"
+                f"({type(error).__name__}: {first[:200]}); what finished is kept (cached units, "
+                "written checkpoints): run it again to resume"
             ) from None
         check_versions(reply.get("versions", {}), where)
         return reply
@@ -248,6 +250,14 @@ class RayExecutor:
                     unit = replace(unit, checkpoint_fingerprint=fingerprints[s])
                     units[s, b] = unit
                     devices.add(f"{reply['device']} on {reply['host']}")
+                    self.timings.append(
+                        {
+                            "unit": where,
+                            "host": reply["host"],
+                            "task_seconds": reply["seconds"],
+                            "compute_seconds": reply.get("compute_seconds"),
+                        }
+                    )
                     if on_unit is not None:
                         on_unit(unit)
                 running = f", {len(pending)} running or queued" if pending else ""

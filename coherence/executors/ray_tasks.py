@@ -97,13 +97,16 @@ def analysis_unit_task(
         steps=tuple(meta["steps"]),
         times=tuple(meta["times"]),
     )
+    computing = time.perf_counter()
     unit = compute_unit(model, unit_batch, request, s, b)
+    computed = time.perf_counter() - computing
     arrays, metadata = unit.to_parts()
     reply.update(
         npz=npz_bytes(arrays),
         json=json.dumps(metadata),
         device=str(device),
         seconds=time.perf_counter() - started,
+        compute_seconds=computed,
     )
     return reply
 

@@ -147,9 +147,14 @@ def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_datase
     finally:
         torch.set_num_threads(before)
     fresh = tmp_path / "cluster" / "unet_s7_fresh"
+    seen = []
     RayExecutor(ray_address).train(
-        [TrainRun(tiny_dataset, fresh, args), TrainRun(tiny_dataset, resumed, args)]
+        [
+            TrainRun(tiny_dataset, fresh, args, progress=lambda *event: seen.append(event)),
+            TrainRun(tiny_dataset, resumed, args),
+        ]
     )
+    assert seen and seen[-1][:3] == (1, 2, 1.0)  # the last epoch, complete
     for out in (fresh, resumed):
         for name in (ckpt.WEIGHTS_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE):
             assert (out / name).read_bytes() == (local / name).read_bytes(), (out, name)

@@ -3,6 +3,7 @@
 #   CPU (default):  docker build -t coherence-explorer .
 #   CUDA:           docker build -t coherence-explorer:cuda \
 #                     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
+#   With Ray:       docker build -t coherence-explorer:cluster --build-arg EXTRAS=cluster .
 #   Local wheel:    podman build -v /opt/wheels:/wheels:ro --build-arg TORCH_INDEX_URL= \
 #                     --build-arg PIP_FIND_LINKS=/wheels .   (what scripts/docker-test.sh does)
 #   Run:            docker run --rm -p 8501:8501 coherence-explorer   → http://localhost:8501
@@ -22,6 +23,9 @@ ARG PIP_FIND_LINKS
 ARG PIP_INDEX_URL
 ARG PIP_VERSION=26.3
 ARG APP_UID=1000
+# Optional extras of pyproject.toml to install, comma-separated: "cluster" adds Ray (the
+# docker-compose `cluster` profile builds with it).
+ARG EXTRAS=
 
 # tini as PID 1: forwards SIGTERM to streamlit (docker stop takes a second, not ten) and reaps
 # the dashboard's background analysis workers. Debian's chromium: kaleido renders the PNG/SVG
@@ -44,7 +48,7 @@ ENV BROWSER_PATH=/usr/bin/chromium \
 COPY pyproject.toml docker/constraints.txt /tmp/deps/
 RUN python -m venv "$VIRTUAL_ENV" \
  && pip install --upgrade "pip==$PIP_VERSION" \
- && python -c "import tomllib; deps = tomllib.load(open('/tmp/deps/pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/deps/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+ && python -c "import os, tomllib; p = tomllib.load(open('/tmp/deps/pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + [d for e in os.environ.get('EXTRAS', '').split(',') if e for d in p['optional-dependencies'][e]]; open('/tmp/deps/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
  && pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -r /tmp/deps/requirements.txt -c /tmp/deps/constraints.txt \
  && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \

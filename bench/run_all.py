@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench_concurrency",
     "bench_import",
     "bench_sweeps",
+    "bench_ray",
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +35,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(import_app, name="import")
+
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Compute on this Ray cluster (HOST:PORT); default $COHERENCE_RAY_ADDRESS, else here.",
+    ),
+]
 
 
 @app.command()
@@ -107,10 +116,12 @@ def train_command(
             "1,2,4,8,16; 'default': powers of two plus the last; 'none': no snapshots."
         ),
     ] = "default",
+    ray_address: RayAddress = None,
 ) -> None:
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
+    from coherence.executors import TrainRun, get_executor
     from coherence.surrogates.snapshots import parse_keep_epochs
-    from coherence.surrogates.training import TrainingArgs, train
+    from coherence.surrogates.training import TrainingArgs
 
     args = TrainingArgs(
         arch=arch,
@@ -126,7 +137,10 @@ def train_command(
         keep_epochs=parse_keep_epochs(keep_epochs),
         device=device,
     )
-    with compute_slot("train"), progress_bar() as bar:
+    executor = get_executor(ray_address)
+    executor.connect()  # an unreachable cluster fails here, in seconds
+    slot = compute_slot("train") if executor.local else nullcontext()
+    with slot, progress_bar() as bar:
         task = bar.add_task("training", total=epochs)
 
         def report(epoch: int, total: int, fraction: float, loss: float) -> None:
@@ -136,7 +150,7 @@ def train_command(
                 description=f"epoch {epoch + 1}/{total} SMSE {loss:.4g}",
             )
 
-        train(data, out, args, progress=report, log=bar.console.print)
+        executor.train([TrainRun(data, out, args, progress=report)], log=bar.console.print)
     console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
 
 
@@ -176,6 +190,7 @@ def analyze(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Start a long job without asking.")
     ] = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Compute influence matrices for checkpoints × batches and write the result file.
 
@@ -188,6 +203,7 @@ def analyze(
     from coherence.analysis.results import save_result
     from coherence.cache import JobRunner
     from coherence.cache.cost import estimate_job
+    from coherence.executors import get_executor
 
     t_start, n_steps = parse_window(window)
     try:
@@ -213,6 +229,8 @@ def analyze(
         device=device,
         split=split,
     )
+    executor = get_executor(ray_address)
+    executor.connect()  # an unreachable cluster fails here, in seconds
     info, batches = prepare(request)
     runner = JobRunner(workspace)
     if runner.store.age(runner.key(request)) is not None:
@@ -221,7 +239,7 @@ def analyze(
         model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
         cost = estimate_job(model, request, batches[0].inputs.to(request.torch_device))
         console.print(f"cost estimate: {cost.describe()}")
-        if not cost.fits:
+        if not cost.fits and executor.local:  # on a cluster, each worker checks its own
             raise RequestError(
                 "this analysis would not fit in memory; shrink the window (--window) or the "
                 "number of classes, or use a device with more memory"
@@ -235,7 +253,7 @@ def analyze(
         def report(fraction: float, stage: str) -> None:
             bar.update(task, completed=fraction, description=stage[:60])
 
-        result = runner.run(request, progress=report, trust_code=trust_code)
+        result = runner.run(request, progress=report, trust_code=trust_code, executor=executor)
     path = save_result(result, out)
     if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
         console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
@@ -265,9 +283,11 @@ def study(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and stop.")] = False,
+    ray_address: RayAddress = None,
 ) -> None:
     """Train every missing (architecture, seed), then compute the paper's analyses into the
     cache, so the dashboard opens on the finished study. Rerun after a kill to resume."""
+    from coherence.executors import get_executor
     from coherence.study import StudySpec, plan_study, run_study
 
     try:
@@ -285,6 +305,9 @@ def study(
         batch_size=batch_size,
         device=device,
     )
+    executor = get_executor(ray_address)
+    if not plan_only:
+        executor.connect()  # an unreachable cluster fails here, in seconds
     console.print("planning (probing the models on this device)…")
     plan = plan_study(spec, workspace)
     for line in plan.describe():
@@ -311,7 +334,11 @@ def study(
             return report
 
         links = run_study(
-            plan, log=bar.console.print, train_progress=on_train, analysis_progress=on_analysis
+            plan,
+            log=bar.console.print,
+            train_progress=on_train,
+            analysis_progress=on_analysis,
+            executor=executor,
         )
     root = plan.workspace
     console.print(

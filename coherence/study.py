@@ -25,6 +25,7 @@ from coherence.analysis.pipeline import available_memory, estimate_cost
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.cost import format_seconds
 from coherence.errors import CoherenceError, RequestError
+from coherence.executors import Executor, TrainRun
 from coherence.io import resolve_device
 from coherence.probe import ModelProbe, probe_model
 from coherence.simulation.dataset import DatasetInfo, open_dataset
@@ -480,16 +481,27 @@ def run_study(
     log: Log = print,
     train_progress=None,
     analysis_progress=None,
+    executor: Executor | None = None,
 ) -> list[str]:
-    """Carry the plan out; returns the dashboard URLs (query strings) of its analyses."""
+    """Carry the plan out; returns the dashboard URLs (query strings) of its analyses.
+
+    ``executor`` (default: here, one step after another): on a Ray cluster every pending
+    training runs at once as its own task, then each analysis's units do."""
     from coherence.cache import JobRunner
 
     root, spec = plan.workspace, plan.spec
-    for step in plan.train:
-        if step.state == "done":
-            continue
+    pending = [step for step in plan.train if step.state != "done"]
+    for step in pending:
         if step.state == "retrain":
             shutil.rmtree(step.out)  # ours by name, trained on other data (demo only)
+    if executor is not None and not executor.local and pending:
+        runs = [
+            TrainRun(plan.dataset, s.out, s.args, train_progress(s) if train_progress else None)
+            for s in pending
+        ]
+        executor.train(runs, log=log)
+        pending = []
+    for step in pending:
         started = time.perf_counter()
         log(f"training {step.out.name} ({step.args.epochs} epochs)")
         progress = train_progress(step) if train_progress else None
@@ -513,7 +525,7 @@ def run_study(
             started = time.perf_counter()
             log(f"analysing {step.arch}: {step.units} units, N = {step.n_examples}")
             progress = analysis_progress(step) if analysis_progress else None
-            runner.run(request, progress=progress)
+            runner.run(request, progress=progress, executor=executor)
             log(f"  done in {time.perf_counter() - started:.0f} s")
         links.append(urlencode(selection.to_query()))
     for sweep in plan.sweeps:

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from coherence.cache.keys import request_key, unit_keys, validate_key
 from coherence.cache.locks import KeyLock, acquire_soon, lock_is_held
 from coherence.cache.store import ProgressRecord, ResultStore
 from coherence.errors import CoherenceError, RequestError
+from coherence.executors import Executor, get_executor
 from coherence.workspace import cache_dir, workspace_root
 
 WORKER_MODULE = "coherence.cache.worker"
@@ -228,8 +230,12 @@ def compute_job(
     trust_code: bool = False,
     progress: Progress | None = None,
     log_path: Path | None = None,
+    executor: Executor | None = None,
 ) -> AnalysisResult:
     """Compute ``request`` and store it under ``key``; the caller holds the key's lock.
+
+    The missing units are computed by ``executor`` (default: a Ray cluster when
+    COHERENCE_RAY_ADDRESS is set, else this process); each finished unit is stored here.
 
     Records how the job ended (done, failed with a one-line message, or cancelled). The key
     is recomputed at the end: if a checkpoint or dataset file changed while the analysis ran,
@@ -247,7 +253,9 @@ def compute_job(
             store.put_unit(keys[unit.checkpoint_index][unit.batch_index], unit)
             tracker.unit_done()
 
-        result = run_analysis(
+        executor = executor or get_executor()
+        compute = run_analysis if executor.local else executor.run_analysis
+        result = compute(
             request, progress=tracker, trust_code=trust_code, known_units=known, on_unit=keep
         )
         tracker(1.0, "checking the inputs and storing the result")
@@ -541,9 +549,11 @@ class JobRunner:
         *,
         progress: Progress | None = None,
         trust_code: bool = False,
+        executor: Executor | None = None,
     ) -> AnalysisResult:
         """Blocking: the cached result, or wait for the job computing it, or compute it here
-        (under the key's lock, in a compute slot: see ``slots``) and store it."""
+        (under the key's lock, in a compute slot: see ``slots``) and store it. ``executor``:
+        where the units compute (default ``get_executor()``); a cluster needs no local slot."""
         key = request_key(request)
         cached = self.materialize(request)
         if cached is not None:
@@ -565,9 +575,16 @@ class JobRunner:
             if cached is not None:
                 return relabel(cached, request)
             self.store.clear_cancel(key)
-            with slots.compute_slot(key, on_wait=show_queue):  # after the key lock, always
+            executor = executor or get_executor()
+            slot = slots.compute_slot(key, on_wait=show_queue) if executor.local else nullcontext()
+            with slot:  # after the key lock, always
                 return compute_job(
-                    self.store, key, request, trust_code=trust_code, progress=progress
+                    self.store,
+                    key,
+                    request,
+                    trust_code=trust_code,
+                    progress=progress,
+                    executor=executor,
                 )
         finally:
             lock.release()

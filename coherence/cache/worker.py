@@ -5,8 +5,9 @@ It holds the key's lock for the whole job (inherited via ``--lock-fd``, or taken
 another worker holds it, this one exits quietly), then waits for a compute slot (``slots``:
 a first-come queue, torch not yet imported; SIGUSR1 from ``JobRunner.cancel`` ends the wait),
 reads the request stored under the key, checks that it still hashes to the key, computes on
-the slot's torch threads, stores the result and records how it ended. ``--trust-code`` comes
-only from the command line, never from the cache directory.
+the slot's torch threads, stores the result and records how it ended. With
+COHERENCE_RAY_ADDRESS set the units compute on that Ray cluster instead, without a slot.
+``--trust-code`` comes only from the command line, never from the cache directory.
 
 ``--kind`` names a job of another kind (``coherence.cache.tasks``): its spec is read from
 ``task:<K>`` and its result stored as an npz + JSON artifact; everything else is the same.
@@ -24,6 +25,7 @@ from typing import Any
 
 from coherence.cache import layout, slots
 from coherence.cache.locks import KeyLock, acquire_soon
+from coherence.executors import ray_address
 from coherence.workspace import cache_dir
 
 log = logging.getLogger("coherence.cache.worker")
@@ -123,14 +125,25 @@ def work(store: Any, key: str, *, trust_code: bool, kind: str = "analysis") -> i
 
 
 def compute(
-    workspace: str, key: str, slot: slots.Slot, *, trust_code: bool, kind: str = "analysis"
+    workspace: str,
+    key: str,
+    slot: slots.Slot | None,
+    *,
+    trust_code: bool,
+    kind: str = "analysis",
 ) -> int:
-    """Open the store and run the job, mapping how it ended to the exit status."""
+    """Open the store and run the job, mapping how it ended to the exit status (``slot``
+    None: the units compute on the Ray cluster of COHERENCE_RAY_ADDRESS)."""
     from coherence.cache.jobs import JobCancelled, internal_error_message
     from coherence.cache.store import ResultStore
     from coherence.errors import CoherenceError
 
-    log.info("compute slot %d of %d, %d torch threads", slot.index + 1, slot.max_jobs, slot.threads)
+    if slot is None:
+        log.info("computing on the Ray cluster at %s", ray_address())
+    else:
+        log.info(
+            "compute slot %d of %d, %d torch threads", slot.index + 1, slot.max_jobs, slot.threads
+        )
     store = ResultStore(cache_dir(workspace))
     try:
         return work(store, key, trust_code=trust_code, kind=kind)
@@ -182,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             last[0] = position
 
     try:
+        if ray_address() is not None:  # the cluster schedules the units: no local slot
+            return compute(args.workspace, key, None, trust_code=args.trust_code, kind=args.kind)
         with slots.compute_slot(key, on_wait=show_queue, cancellable=True) as slot:
             return compute(args.workspace, key, slot, trust_code=args.trust_code, kind=args.kind)
     except slots.QueueCancelled:

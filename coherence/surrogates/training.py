@@ -164,8 +164,13 @@ def train(
     *,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    dataset_root: str | None = None,
 ) -> Path:
-    """Train (or resume) and write the checkpoint directory ``out``; returns it."""
+    """Train (or resume) and write the checkpoint directory ``out``; returns it.
+
+    ``dataset_root``: the dataset path recorded in config.json when ``data`` is a copy (a
+    cluster worker trains on the files shipped to it), so the checkpoint is the same bytes
+    as one trained on the original."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     info = open_dataset(data)
     classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
@@ -231,7 +236,7 @@ def train(
         resolution=(info.height, info.width),
         dataset={
             "name": info.name,
-            "root": str(info.root),
+            "root": dataset_root if dataset_root is not None else str(info.root),
             "classes": classes,
             "fingerprint": info.fingerprint(split="train", classes=classes),
         },

@@ -1,0 +1,362 @@
+"""The Ray executor: every missing (checkpoint, batch) unit and every training run is one Ray
+task on the cluster at ``address``; the driver keeps the cache work.
+
+What travels, through Ray's object store only (workers need no shared filesystem):
+checkpoint files (config.json + model.safetensors, and the whole set for a resumed
+training), batch arrays, the dataset files a training reads (up to ``COHERENCE_RAY_SHIP_BYTES``,
+default 2 GiB; larger datasets are read from the same path on every node), and back the unit
+as the npz + JSON the cache stores (``UnitResult.to_parts``) or the checkpoint's files.
+
+Each task asks for ``COHERENCE_RAY_CPUS`` CPUs (default 1; torch runs on that many threads)
+and ``COHERENCE_RAY_GPUS`` GPUs (fractional allowed; default 1 when the cluster has GPUs and
+the device is not ``cpu``, else 0). A task whose worker dies is retried up to
+``COHERENCE_RAY_RETRIES`` times (default 3); a unit whose retries are exhausted fails the job
+with a message naming it, and only whole units are ever stored. Every reply carries the
+worker's versions, compared before the result is trusted. Connecting is bounded by
+``COHERENCE_RAY_TIMEOUT`` seconds (default 10): an unreachable address is one sentence.
+
+Ray's ports carry no authentication: run the cluster on a private network only (README).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import coherence
+from coherence.executors import (
+    AnalysisProgress,
+    ClusterError,
+    TrainRun,
+)
+from coherence.executors.ray_connect import (
+    _remote,
+    check_versions,
+    connect,
+    env_number,
+    worker_versions,
+)
+from coherence.executors.ray_tasks import (
+    SHIP_BYTES_ENV,
+    ProgressBoard,
+    analysis_unit_task,
+    training_task,
+)
+
+RETRIES_ENV = "COHERENCE_RAY_RETRIES"
+CPUS_ENV = "COHERENCE_RAY_CPUS"
+GPUS_ENV = "COHERENCE_RAY_GPUS"
+POLL_SECONDS = 0.5  # between checks of the cancel flag while units run
+
+
+def _checkpoint_files(directory: str | Path, names: Sequence[str]) -> dict[str, bytes]:
+    from coherence.surrogates import fileset
+
+    directory = Path(directory)
+    out = {}
+    for name in names:
+        try:
+            out[name] = fileset.read_bytes(directory, name)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def _dataset_files(data: Path, classes: Sequence[str]) -> tuple[dict[str, Path], int]:
+    """The train and valid files a training of ``classes`` (all if empty) reads, by relative
+    path, and their total size."""
+    from coherence.simulation.dataset import open_dataset
+
+    info = open_dataset(data)
+    wanted = list(classes) or [c for c in info.classes if c in info.files.get("train", {})]
+    paths = {}
+    for split in ("train", "valid"):
+        for name in wanted:
+            path = Path(info.file(split, name).path)
+            paths[f"data/{split}/{path.name}"] = path
+    return paths, sum(p.stat().st_size for p in paths.values())
+
+
+class RayExecutor:
+    """Computes units and training runs as Ray tasks on the cluster at ``address``.
+
+    ``runtime_env`` is passed to every task (e.g. ``{"env_vars": {...}}``); ``cpus``,
+    ``gpus`` and ``retries`` override the environment settings (see the module docstring).
+    """
+
+    name = "ray"
+    local = False
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        runtime_env: dict[str, Any] | None = None,
+        cpus: float | None = None,
+        gpus: float | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.address = address
+        self.runtime_env = runtime_env
+        self.cpus = env_number(CPUS_ENV, 1.0, minimum=0.01) if cpus is None else cpus
+        self.gpus = gpus if gpus is not None else os.environ.get(GPUS_ENV)
+        self.retries = int(env_number(RETRIES_ENV, 3.0)) if retries is None else retries
+        self.timeout = timeout
+        # per unit computed: where, task seconds on the worker, of which compute_unit
+        self.timings: list[dict[str, Any]] = []
+
+    def connect(self) -> Any:
+        return connect(self.address, self.timeout)
+
+    def _gpus(self, ray: Any, device: str) -> float:
+        if isinstance(self.gpus, str) and self.gpus.strip():
+            return env_number(GPUS_ENV, 0.0)
+        if isinstance(self.gpus, int | float):
+            return float(self.gpus)
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        return 1.0 if has_gpu and device != "cpu" else 0.0
+
+    def _options(self, ray: Any, device: str) -> dict[str, Any]:
+        """Ray task options: the resource request, retries on worker death only."""
+        options: dict[str, Any] = {
+            "num_cpus": self.cpus,
+            "num_gpus": self._gpus(ray, device),
+            "max_retries": self.retries,
+            "retry_exceptions": False,
+        }
+        if self.runtime_env:
+            options["runtime_env"] = self.runtime_env
+        return options
+
+    def _reply(self, ray: Any, ref: Any, where: str) -> dict[str, Any]:
+        """ray.get with every failure turned into one sentence naming ``where``."""
+        from ray import exceptions
+
+        from coherence.errors import CoherenceError
+
+        try:
+            reply = ray.get(ref)
+        except exceptions.RayTaskError as error:
+            cause = error.cause
+            if isinstance(cause, CoherenceError):
+                raise ClusterError(f"{where}: {cause}") from None
+            if isinstance(cause, ImportError):
+                raise ClusterError(
+                    f"{where}: the Ray worker cannot import what it needs ({cause}); install "
+                    f"coherence-explorer {coherence.__version__} with the [cluster] extra on "
+                    "every node"
+                ) from None
+            first = (str(cause).strip().splitlines() or [""])[0]
+            raise ClusterError(
+                f"{where} failed on the Ray cluster: {type(cause).__name__}: {first}"
+            ) from None
+        except exceptions.TaskCancelledError:
+            raise ClusterError(f"{where} was cancelled on the Ray cluster") from None
+        except exceptions.RayError as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ClusterError(
+                f"{where} failed on the Ray cluster after {self.retries} retries "
+                f"({type(error).__name__}: {first[:200]}); what finished is kept (cached units, "
+                "written checkpoints): run it again to resume"
+            ) from None
+        check_versions(reply.get("versions", {}), where)
+        return reply
+
+    # -------------------------------------------------------------------- analysis ----
+
+    def run_analysis(
+        self,
+        request: Any,
+        *,
+        progress: AnalysisProgress | None = None,
+        trust_code: bool = False,
+        known_units: Mapping[tuple[int, int], Any] | None = None,
+        on_unit: Callable[[Any], None] | None = None,
+    ) -> Any:
+        from coherence.analysis.pipeline import assemble, checkpoint_fingerprint, prepare
+        from coherence.analysis.results import UnitResult
+        from coherence.surrogates import checkpoint as ckpt
+
+        report = progress or (lambda fraction, stage: None)
+        started = time.perf_counter()
+        ray = self.connect()
+        info, batches = prepare(request)
+        S, B = len(request.checkpoints), len(batches)
+        units = dict(known_units or {})
+        todo = [(s, b) for s in range(S) for b in range(B) if (s, b) not in units]
+        report(len(units) / (S * B), f"submitting {len(todo)} units to the Ray cluster")
+        names = [Path(c).name for c in request.checkpoints]
+        checkpoints, fingerprints = {}, {}
+        for s in sorted({s for s, _ in todo}):
+            directory = request.checkpoints[s]
+            ckpt.check_compatible(
+                ckpt.read_config(directory),
+                family=info.family.value,
+                channels=info.channels,
+                resolution=(info.height, info.width),
+                where=f"checkpoint {names[s]}",
+            )
+            files = _checkpoint_files(directory, (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE))
+            checkpoints[s] = ray.put(files)
+            fingerprints[s] = checkpoint_fingerprint(directory)
+        arrays = {
+            b: ray.put({"inputs": batches[b].inputs.numpy(), "targets": batches[b].targets.numpy()})
+            for b in sorted({b for _, b in todo})
+        }
+        task = _remote(ray, analysis_unit_task)
+        base = {
+            "driver_versions": worker_versions(),
+            "request": request.to_dict(),
+            "trust_code": trust_code,
+            "threads": max(1, int(self.cpus)),
+        }
+        options = self._options(ray, request.device)
+        pending = {}
+        for s, b in todo:
+            meta = {
+                **base,
+                "s": s,
+                "b": b,
+                "checkpoint_name": names[s],
+                "trajectory": batches[b].trajectory,
+                "steps": list(batches[b].steps),
+                "times": list(batches[b].times),
+            }
+            label = f"coherence unit {names[s]} trajectory {request.trajectories[b]}"
+            submit = task.options(**options, name=label).remote
+            pending[submit(meta, checkpoints[s], arrays[b])] = (s, b)
+        devices = set()
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+                for ref in ready:
+                    s, b = pending.pop(ref)
+                    where = f"unit (checkpoint {names[s]}, trajectory {request.trajectories[b]})"
+                    reply = self._reply(ray, ref, where)
+                    with np.load(io.BytesIO(reply["npz"]), allow_pickle=False) as data:
+                        parts = {key: data[key] for key in data.files}
+                    unit = UnitResult.from_parts(parts, json.loads(reply["json"]))
+                    if (unit.checkpoint_index, unit.batch_index) != (s, b):
+                        raise ClusterError(f"{where}: the worker returned another unit")
+                    unit = replace(unit, checkpoint_fingerprint=fingerprints[s])
+                    units[s, b] = unit
+                    devices.add(f"{reply['device']} on {reply['host']}")
+                    self.timings.append(
+                        {
+                            "unit": where,
+                            "host": reply["host"],
+                            "task_seconds": reply["seconds"],
+                            "compute_seconds": reply.get("compute_seconds"),
+                        }
+                    )
+                    if on_unit is not None:
+                        on_unit(unit)
+                running = f", {len(pending)} running or queued" if pending else ""
+                report(
+                    len(units) / (S * B),
+                    f"{len(units)}/{S * B} units done on the Ray cluster{running}",
+                )
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        device = "ray " + self.address + (f" ({', '.join(sorted(devices))})" if devices else "")
+        seconds = time.perf_counter() - started
+        return assemble(
+            request, info, batches, list(units.values()), device=device, seconds=seconds
+        )
+
+    # -------------------------------------------------------------------- training ----
+
+    @staticmethod
+    def _show_progress(ray: Any, board: Any, runs: Sequence[TrainRun], running: set[int]) -> None:
+        """Forward what the running trainings posted to their progress callbacks."""
+        watched = {str(i): run for i, run in enumerate(runs) if id(run) in running and run.progress}
+        if not watched:
+            return
+        try:
+            latest = ray.get(board.read.remote(), timeout=5)
+        except Exception:  # progress is best effort: a slow board must not fail the runs
+            return
+        for name, (epoch, epochs, fraction, loss) in latest.items():
+            if name in watched:
+                watched[name].progress(epoch, epochs, fraction, loss)
+
+    def train(self, runs: Sequence[TrainRun], *, log: Callable[[str], None] | None = None) -> None:
+        """Every run as its own task, all at once; each checkpoint is written (one atomic
+        set) as soon as its run finishes. A failed run does not stop the others."""
+        from coherence.surrogates import checkpoint as ckpt
+        from coherence.surrogates import fileset
+
+        say = log or (lambda message: None)
+        if not runs:
+            return
+        ray = self.connect()
+        limit = env_number(SHIP_BYTES_ENV, 2.0 * 1024**3)
+        task = _remote(ray, training_task)
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        pending = {}
+        for index, run in enumerate(runs):
+            paths, size = _dataset_files(Path(run.data), run.args.classes)
+            shipped = None
+            if size <= limit:
+                shipped = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
+            ckpt.recover(run.out)
+            resume = None
+            if (run.out / ckpt.CONFIG_FILE).is_file():
+                ckpt.verify(run.out)
+                resume = _checkpoint_files(run.out, (*ckpt.SET_FILES, ckpt.MANIFEST_FILE))
+            meta = {
+                "driver_versions": worker_versions(),
+                "args": json.loads(json.dumps(run.args.to_dict())),
+                "data_path": str(Path(run.data)),
+                "data_name": Path(run.data).name,
+                "out_name": run.out.name,
+                "run": str(index),
+                "threads": max(1, int(self.cpus)),
+            }
+            options = self._options(ray, run.args.device)
+            submit = task.options(**options, name=f"coherence train {run.out.name}").remote
+            pending[submit(meta, shipped, resume, board)] = run
+            say(f"submitted training {run.out.name} to the Ray cluster at {self.address}")
+        errors: list[ClusterError] = []
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+                self._show_progress(ray, board, runs, {id(r) for r in pending.values()})
+                for ref in ready:
+                    run = pending.pop(ref)
+                    try:
+                        reply = self._reply(ray, ref, f"training {run.out.name}")
+                    except ClusterError as error:
+                        errors.append(error)
+                        say(str(error))
+                        continue
+                    files = reply["files"]
+                    fileset.write_set(run.out, files, {"epochs": reply["epochs"]}, ckpt.SET_FILES)
+                    if run.progress is not None:
+                        history = ckpt.read_history(run.out)
+                        loss = history[-1]["train_smse"] if history else float("nan")
+                        run.progress(run.args.epochs - 1, run.args.epochs, 1.0, loss)
+                    say(
+                        f"trained {run.out.name} on {reply['host']} in "
+                        f"{reply['seconds']:.0f} s ({reply['epochs']} epochs)"
+                    )
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            ray.kill(board)
+        if errors:
+            more = f" ({len(errors)} of {len(runs)} runs failed)" if len(errors) > 1 else ""
+            raise ClusterError(f"{errors[0]}{more}")

@@ -1,0 +1,122 @@
+"""Reaching a Ray cluster within a timeout, and the versions a worker must share with the
+driver. Ray is imported only inside ``connect``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import coherence
+from coherence.executors import ClusterError, ClusterUnreachable, VersionMismatch
+
+TIMEOUT_ENV = "COHERENCE_RAY_TIMEOUT"
+
+
+def env_number(name: str, default: float, *, minimum: float = 0.0) -> float:
+    """A numeric setting from the environment (``default`` when unset), refused in one
+    sentence naming the variable when it is not a number ≥ ``minimum``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = minimum - 1
+    if not value >= minimum:
+        raise ClusterError(f"{name}={text!r}: expected a number ≥ {minimum:g}")
+    return value
+
+
+def worker_versions() -> dict[str, str]:
+    """What must agree between driver and worker for a unit to land in the same cache entry."""
+    from coherence.cache.keys import ANALYSIS_CODE_VERSION
+
+    return {"coherence": coherence.__version__, "analysis_code": ANALYSIS_CODE_VERSION}
+
+
+def check_versions(worker: Mapping[str, Any], where: str) -> None:
+    """Refuse a reply from a worker whose versions differ from this driver's."""
+    mine = worker_versions()
+    if dict(worker) != mine:
+        theirs = ", ".join(f"{k} {worker.get(k)!r}" for k in mine)
+        ours = ", ".join(f"{k} {v!r}" for k, v in mine.items())
+        raise VersionMismatch(
+            f"{where}: the Ray worker runs {theirs} but this driver runs {ours}; install the "
+            f"same coherence-explorer on every node (pip install 'coherence-explorer[cluster]"
+            f"=={coherence.__version__}') and restart its Ray workers"
+        )
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a HOST:PORT or ray://HOST:PORT address; None for auto / local."""
+    text = address.removeprefix("ray://")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return None
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
+
+
+def connect(address: str, timeout: float | None = None) -> Any:
+    """The ``ray`` module, connected to ``address`` (a connection made earlier in this process
+    is reused). Raises ClusterUnreachable within ``timeout`` seconds when nothing answers."""
+    try:
+        import ray
+    except ImportError:
+        raise ClusterUnreachable(
+            f"--ray-address {address}: Ray is not installed here; install it with "
+            "pip install 'coherence-explorer[cluster]' (on this machine and every node)"
+        ) from None
+    if ray.is_initialized():
+        return ray
+    timeout = env_number(TIMEOUT_ENV, 10.0, minimum=0.1) if timeout is None else timeout
+    endpoint = _host_port(address)
+    fix = (
+        "start it with `ray start --head` there, or correct --ray-address / "
+        "COHERENCE_RAY_ADDRESS (unset it to compute locally)"
+    )
+    if endpoint is not None:
+        try:
+            socket.create_connection(endpoint, timeout=timeout).close()
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise ClusterUnreachable(
+                f"cannot reach the Ray cluster at {address} ({reason}); {fix}"
+            ) from None
+    outcome: dict[str, BaseException] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+        except BaseException as error:  # reported below, in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=init, name="ray-connect", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ClusterUnreachable(
+            f"the Ray cluster at {address} did not answer within {timeout:g} s (is it a Ray "
+            f"head's GCS port, 6379 by default?); {fix}"
+        )
+    if "error" in outcome:
+        error = outcome["error"]
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address} ({first}); {fix}")
+    return ray
+
+
+_REMOTE: dict[str, Any] = {}
+
+
+def _remote(ray: Any, function: Callable) -> Any:
+    """``ray.remote(function)``, made once per process (Ray exports it once)."""
+    if function.__name__ not in _REMOTE:
+        _REMOTE[function.__name__] = ray.remote(function)
+    return _REMOTE[function.__name__]

@@ -1,0 +1,359 @@
+"""The Ray executor on a real local cluster (2 CPUs, started once per session): the same
+numbers and cache entries as the local executor, identical training checkpoints, retry after
+a killed worker, cancel, refused versions and a fast refusal of an unreachable address."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coherence.analysis import pipeline
+from coherence.cache import JobRunner
+from coherence.cache.jobs import JobCancelled
+from coherence.cache.keys import request_key, unit_keys
+from coherence.executors import ADDRESS_ENV, ClusterError, TrainRun, get_executor
+from coherence.executors.local import LocalExecutor
+from coherence.executors.ray_cluster import RayExecutor
+from coherence.executors.ray_tasks import TEST_UNIT_DELAY_ENV, TEST_UNIT_DIR_ENV
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.training import train
+from tests.cache.conftest import quick_request
+from tests.surrogates.conftest import tiny_args
+
+from .conftest import ROOT, free_port
+
+pytest.importorskip("ray")
+
+
+def assert_same_result(a, b) -> None:
+    """Equal to float64 round-off (in practice bit for bit: same code, same threads)."""
+    for response in a.request.responses:
+        np.testing.assert_allclose(a.H[response], b.H[response], rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(a.H_std[response], b.H_std[response], rtol=1e-12)
+    np.testing.assert_allclose(a.top_eigenvalues, b.top_eigenvalues, rtol=1e-12)
+    np.testing.assert_allclose(a.subspace_spectra, b.subspace_spectra, rtol=1e-12)
+
+
+def renamed(checkpoint: Path, name: str) -> Path:
+    """The checkpoint under another directory name (same bytes, same cache keys)."""
+    target = checkpoint.parent / name
+    shutil.copytree(checkpoint, target)
+    return target
+
+
+def hooked(ray_address: str, directory: Path, **options) -> RayExecutor:
+    """A Ray executor whose unit tasks record their pid and sleep on their first attempt."""
+    directory.mkdir(exist_ok=True)
+    env = {TEST_UNIT_DIR_ENV: str(directory), TEST_UNIT_DELAY_ENV: "120"}
+    return RayExecutor(ray_address, runtime_env={"env_vars": env}, **options)
+
+
+def in_thread(function) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = function()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for(path: Path, timeout: float = 120) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().strip():
+            return [int(line) for line in path.read_text().split()]
+        time.sleep(0.1)
+    raise AssertionError(f"{path} did not appear within {timeout} s")
+
+
+def test_analysis_on_ray_equals_local_and_lands_in_the_same_cache_entry(
+    ray_address, checkpoint, tiny_dataset, tmp_path
+):
+    request = quick_request(
+        checkpoint, tiny_dataset, trajectories=(0, 1), estimator="subspace", top_eigenvalue=True
+    )
+    local = JobRunner(tmp_path / "local").run(request, executor=LocalExecutor())
+    runner = JobRunner(tmp_path / "cluster")
+    stages = []
+    on_ray = runner.run(
+        request, executor=RayExecutor(ray_address), progress=lambda f, s: stages.append((f, s))
+    )
+    assert_same_result(on_ray, local)
+    assert on_ray.provenance["device"].startswith(f"ray {ray_address}")
+    assert stages[-1] == (1.0, "2/2 units done on the Ray cluster")
+    # the same content key, and the same unit entries, as a local run
+    key = request_key(request)
+    assert runner.status(key).state == "done"
+    assert runner.store.get(key) is not None
+    for row in unit_keys(request):
+        for unit_key in row:
+            assert runner.store.get_unit(unit_key) is not None
+    # a local job on that workspace is served from the cluster's units without computing
+    subset = quick_request(
+        checkpoint, tiny_dataset, trajectories=(1,), estimator="subspace", top_eigenvalue=True
+    )
+    served = runner.materialize(subset)
+    assert served is not None
+    np.testing.assert_array_equal(served.H["smse"][0, 0], local.H["smse"][0, 1])
+
+
+@pytest.mark.slow
+def test_a_dashboard_job_with_the_address_set_computes_on_the_cluster(
+    ray_address, checkpoint, tiny_dataset, workspace, monkeypatch
+):
+    """JobRunner.submit → detached worker → compute_job: COHERENCE_RAY_ADDRESS is all it takes."""
+    monkeypatch.setenv(ADDRESS_ENV, ray_address)
+    runner = JobRunner(workspace)
+    request = quick_request(checkpoint, tiny_dataset)
+    key = runner.submit(request)
+    deadline = time.monotonic() + 180
+    while (status := runner.status(key)).active and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert status.state == "done", status
+    log = Path(status.log).read_text()
+    assert f"computing on the Ray cluster at {ray_address}" in log
+    result = runner.result(key, request)
+    assert result.provenance["device"].startswith("ray ")
+    assert_same_result(result, pipeline.run_analysis(request))
+
+
+def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_dataset, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's thread count: the same reductions, the same bits
+    try:
+        args = tiny_args(seed=7, epochs=2)
+        local = train(tiny_dataset, tmp_path / "local" / "unet_s7", args)
+        # trained for one epoch here, resumed to two on the cluster: the set travels both ways
+        resumed = tmp_path / "cluster" / "unet_s7"
+        train(tiny_dataset, resumed, tiny_args(seed=7, epochs=1))
+    finally:
+        torch.set_num_threads(before)
+    fresh = tmp_path / "cluster" / "unet_s7_fresh"
+    seen = []
+    RayExecutor(ray_address).train(
+        [
+            TrainRun(tiny_dataset, fresh, args, progress=lambda *event: seen.append(event)),
+            TrainRun(tiny_dataset, resumed, args),
+        ]
+    )
+    assert seen and seen[-1][:3] == (1, 2, 1.0)  # the last epoch, complete
+    for out in (fresh, resumed):
+        for name in (ckpt.WEIGHTS_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE):
+            assert (out / name).read_bytes() == (local / name).read_bytes(), (out, name)
+        strip = [{k: v for k, v in e.items() if k != "seconds"} for e in ckpt.read_history(out)]
+        assert strip == [
+            {k: v for k, v in e.items() if k != "seconds"} for e in ckpt.read_history(local)
+        ]
+        ckpt.verify(out)  # the manifest matches the files written on the driver
+    assert json.loads((fresh / ckpt.CONFIG_FILE).read_text())["dataset"]["root"] == str(
+        tiny_dataset
+    )
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_exhausted_retries_name_the_unit(
+    ray_address, checkpoint, tiny_dataset, workspace, tmp_path
+):
+    runner = JobRunner(workspace)
+    hooks = tmp_path / "hooks"
+    request = quick_request(checkpoint, tiny_dataset, trajectories=(0,))
+    thread, outcome = in_thread(lambda: runner.run(request, executor=hooked(ray_address, hooks)))
+    marker = hooks / f"{checkpoint.name}-t0.pid"
+    (pid,) = wait_for(marker)
+    os.kill(pid, signal.SIGKILL)  # the worker dies mid-unit
+    thread.join(180)
+    assert "result" in outcome, outcome.get("error")
+    pids = wait_for(marker)
+    assert len(pids) == 2 and pids[0] != pids[1]  # retried in a new worker process
+    assert_same_result(outcome["result"], pipeline.run_analysis(request))
+
+    # no retry left: the job fails with the unit named, and nothing of it is stored
+    request = quick_request(checkpoint, tiny_dataset, trajectories=(1,))
+    executor = hooked(ray_address, hooks, retries=0)
+    thread, outcome = in_thread(lambda: runner.run(request, executor=executor))
+    (pid,) = wait_for(hooks / f"{checkpoint.name}-t1.pid")
+    os.kill(pid, signal.SIGKILL)
+    thread.join(120)
+    error = outcome.get("error")
+    assert isinstance(error, ClusterError), outcome
+    assert f"unit (checkpoint {checkpoint.name}, trajectory 1)" in str(error)
+    assert "\n" not in str(error)
+    key = request_key(request)
+    assert runner.status(key).state == "failed"
+    assert runner.store.get(key) is None
+    assert runner.store.get_unit(unit_keys(request)[0][0]) is None
+
+
+@pytest.mark.slow
+def test_cancel_cancels_the_cluster_tasks(
+    ray_address, checkpoint, tiny_dataset, workspace, tmp_path
+):
+    runner = JobRunner(workspace)
+    hooks = tmp_path / "hooks"
+    request = quick_request(checkpoint, tiny_dataset, trajectories=(0, 1))
+    key = request_key(request)
+    thread, outcome = in_thread(lambda: runner.run(request, executor=hooked(ray_address, hooks)))
+    pids = [wait_for(hooks / f"{checkpoint.name}-t{t}.pid")[0] for t in (0, 1)]
+    status = runner.status(key)
+    assert status.active and "0/2 units done on the Ray cluster" in status.stage
+    cancelled_at = time.monotonic()
+    assert runner.cancel(key)
+    thread.join(60)
+    assert isinstance(outcome.get("error"), JobCancelled), outcome
+    assert time.monotonic() - cancelled_at < 15  # not the 120 s the units would sleep
+    assert runner.status(key).state == "cancelled"
+    deadline = time.monotonic() + 30
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:  # ray.cancel(force=True) kills the workers
+        for pid in list(alive):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive.discard(pid)
+        time.sleep(0.2)
+    assert not alive, f"cluster workers {alive} still run the cancelled units"
+    assert all(runner.store.get_unit(k) is None for row in unit_keys(request) for k in row)
+
+
+@pytest.mark.slow
+def test_a_worker_of_another_version_is_refused(ray_address, checkpoint, tiny_dataset, tmp_path):
+    """A driver (its own process) ships another coherence to its workers (Ray's py_modules):
+    every reply is refused, naming both versions. Its working directory is empty because Ray
+    puts the driver's working directory first on the workers' sys.path."""
+    other = tmp_path / "other" / "coherence"
+    shutil.copytree(ROOT / "coherence", other, ignore=shutil.ignore_patterns("__pycache__"))
+    init = other / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "9.9.9"'))
+    request = quick_request(checkpoint, tiny_dataset)
+    script = (
+        "import json, sys, ray\n"
+        f"ray.init(address={ray_address!r}, runtime_env={{'py_modules': [{str(other)!r}]}},"
+        " log_to_driver=False, logging_level='ERROR')\n"
+        "from coherence.analysis.request import AnalysisRequest\n"
+        "from coherence.executors.ray_cluster import RayExecutor\n"
+        "request = AnalysisRequest.from_dict(json.loads(sys.argv[1]))\n"
+        "try:\n"
+        f"    RayExecutor({ray_address!r}).run_analysis(request)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(request.to_dict())],
+        capture_output=True,
+        text=True,
+        cwd=empty,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"},
+        timeout=240,
+    )
+    out = done.stdout.strip()
+    assert out.startswith("VersionMismatch"), out + done.stderr[-2000:]
+    assert "coherence '9.9.9'" in out and "coherence '0.1.0'" in out, out
+    assert f"unit (checkpoint {checkpoint.name}, trajectory 0)" in out
+
+
+def test_an_unreachable_address_is_refused_in_seconds(checkpoint, tiny_dataset, tmp_path):
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coherence.cli",
+            "analyze",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            str(tiny_dataset),
+            "--classes",
+            "CE-RP,CE-CRP",
+            "--window",
+            "0:2",
+            "--out",
+            str(tmp_path / "r.npz"),
+            "--workspace",
+            str(tmp_path / "ws"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COHERENCE_RAY_TIMEOUT": "5"},
+        timeout=120,
+    )
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())
+    assert f"error: cannot reach the Ray cluster at 127.0.0.1:{port}" in message
+    assert "Traceback" not in done.stderr
+    assert elapsed < 60  # interpreter and torch start-up included; Ray itself would hang
+    assert not (tmp_path / "r.npz").exists()
+
+
+def test_a_port_that_is_not_ray_times_out():
+    """Something listens but never speaks Ray: connect gives up after its timeout."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        script = (
+            "import time\n"
+            "from coherence.executors.ray_connect import connect\n"
+            "started = time.monotonic()\n"
+            "try:\n"
+            f"    connect('127.0.0.1:{server.getsockname()[1]}', timeout=2)\n"
+            "except Exception as error:\n"
+            "    print(type(error).__name__, round(time.monotonic() - started), error)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+        )
+    words = done.stdout.split()
+    assert words[:1] == ["ClusterUnreachable"], done.stdout + done.stderr
+    assert int(words[1]) <= 4 and "did not answer within 2 s" in done.stdout
+
+
+def test_without_an_address_the_local_executor_runs_and_ray_is_not_imported(monkeypatch):
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    assert isinstance(get_executor(), LocalExecutor)
+    assert isinstance(get_executor("127.0.0.1:1"), RayExecutor)
+    monkeypatch.setenv(ADDRESS_ENV, "10.0.0.1:6379")
+    assert get_executor().address == "10.0.0.1:6379"
+    script = (
+        "import sys\n"
+        "import coherence.cache.jobs, coherence.cache.worker, coherence.executors.local\n"
+        "from coherence.executors import get_executor\n"
+        "get_executor()\n"
+        "print('ray' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != ADDRESS_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert done.stdout.strip() == "False", done.stderr

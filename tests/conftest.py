@@ -13,5 +13,7 @@ import tempfile
 import torch
 
 os.environ.setdefault("COHERENCE_SLOTS_DIR", tempfile.mkdtemp(prefix="coherence-test-slots-"))
+# jobs compute here unless a test points them at its own Ray cluster (tests/executors)
+os.environ.pop("COHERENCE_RAY_ADDRESS", None)
 
 torch.set_num_threads(int(os.environ.get("COHERENCE_TORCH_THREADS", "2")))

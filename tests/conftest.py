@@ -15,5 +15,7 @@ import torch
 
 os.environ.setdefault("COHERENCE_SLOTS_DIR", tempfile.mkdtemp(prefix="coherence-test-slots-"))
 os.environ.setdefault("COHERENCE_DIGEST_CACHE", tempfile.mkdtemp(prefix="coherence-test-digests-"))
+# jobs compute here unless a test points them at its own Ray cluster (tests/executors)
+os.environ.pop("COHERENCE_RAY_ADDRESS", None)
 
 torch.set_num_threads(int(os.environ.get("COHERENCE_TORCH_THREADS", "2")))

@@ -25,6 +25,7 @@ BENCHMARKS = (
     "bench_dashboard_concurrency",
     "bench_concurrency",
     "bench_import",
+    "bench_fidelity",
     "bench_sweeps",
     "bench_ray",
 )

@@ -286,8 +286,10 @@ def axis_fit(page, index: int = 0) -> dict:
                 out[name] = L[name].range.slice();
             }
             out.heatmaps = g._fullData.filter(t => t.type === 'heatmap').map(t => {
-                const e = v => [v[0] - (v[1] - v[0]) / 2, v[v.length - 1] +
-                                (v[v.length - 1] - v[v.length - 2]) / 2];
+                // categories (class names) sit at 0..n-1; numbers at their values
+                const e = v => typeof v[0] === 'string' ? [-0.5, v.length - 0.5] :
+                    [v[0] - (v[1] - v[0]) / 2, v[v.length - 1] +
+                     (v[v.length - 1] - v[v.length - 2]) / 2];
                 return {x: e(t.x), y: e(t.y), xaxis: t.xaxis, yaxis: t.yaxis};
             });
             return out;

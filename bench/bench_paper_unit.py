@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import write_result
+from bench.common import drifting_euler_states, write_result
 
 CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI")
 RESOLUTION = 128
@@ -32,20 +32,7 @@ SNAPSHOTS = 21
 
 def synthetic_states(n: int, seed: int) -> np.ndarray:
     """Positive Euler states (ρ, ρu, ρv, E) [n, 21, 4, 128, 128] that drift in time."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(RESOLUTION) / RESOLUTION
-    xx, yy = np.meshgrid(x, x, indexing="ij")
-    out = np.empty((n, SNAPSHOTS, 4, RESOLUTION, RESOLUTION), dtype=np.float32)
-    for b in range(n):
-        phase = rng.uniform(0, 2 * np.pi, 4)
-        for t in range(SNAPSHOTS):
-            shift = 0.05 * t
-            rho = 1.0 + 0.3 * np.sin(2 * np.pi * (xx + shift) + phase[0])
-            u = 0.3 * np.cos(2 * np.pi * (yy - shift) + phase[1])
-            v = 0.2 * np.sin(2 * np.pi * (xx + yy) + phase[2])
-            p = 1.0 + 0.2 * np.cos(2 * np.pi * (xx - yy + shift) + phase[3])
-            out[b, t] = np.stack([rho, rho * u, rho * v, p / 0.4 + 0.5 * rho * (u**2 + v**2)])
-    return out
+    return drifting_euler_states(n, SNAPSHOTS, RESOLUTION, seed)
 
 
 def build_workspace(root: Path, arch: str) -> tuple[Path, Path]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import write_result
+from bench.common import drifting_euler_states, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI")
@@ -41,20 +41,7 @@ BUDGET_SECONDS = 300.0
 
 def states(n: int, seed: int) -> np.ndarray:
     """Smooth positive Euler states [n, SNAPSHOTS, 4, SIZE, SIZE] that drift in time."""
-    rng = np.random.default_rng(seed)
-    x = np.arange(SIZE) / SIZE
-    xx, yy = np.meshgrid(x, x, indexing="ij")
-    out = np.empty((n, SNAPSHOTS, 4, SIZE, SIZE), dtype=np.float32)
-    for b in range(n):
-        phase = rng.uniform(0, 2 * np.pi, 4)
-        for t in range(SNAPSHOTS):
-            s = 0.05 * t
-            rho = 1.0 + 0.3 * np.sin(2 * np.pi * (xx + s) + phase[0])
-            u = 0.3 * np.cos(2 * np.pi * (yy - s) + phase[1])
-            v = 0.2 * np.sin(2 * np.pi * (xx + yy) + phase[2])
-            p = 1.0 + 0.2 * np.cos(2 * np.pi * (xx - yy + s) + phase[3])
-            out[b, t] = np.stack([rho, rho * u, rho * v, p / 0.4 + 0.5 * rho * (u**2 + v**2)])
-    return out
+    return drifting_euler_states(n, SNAPSHOTS, SIZE, seed)
 
 
 def build(root: Path) -> tuple[Path, Path]:

@@ -87,3 +87,24 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.3e}"
     return str(value)
+
+
+def drifting_euler_states(n: int, snapshots: int, size: int, seed: int):
+    """Smooth positive Euler states (ρ, ρu, ρv, E) [n, snapshots, 4, size, size] that drift in
+    time (γ = 1.4): the synthetic data of the benchmarks whose cost does not depend on values."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = np.arange(size) / size
+    xx, yy = np.meshgrid(x, x, indexing="ij")
+    out = np.empty((n, snapshots, 4, size, size), dtype=np.float32)
+    for b in range(n):
+        phase = rng.uniform(0, 2 * np.pi, 4)
+        for t in range(snapshots):
+            shift = 0.05 * t
+            rho = 1.0 + 0.3 * np.sin(2 * np.pi * (xx + shift) + phase[0])
+            u = 0.3 * np.cos(2 * np.pi * (yy - shift) + phase[1])
+            v = 0.2 * np.sin(2 * np.pi * (xx + yy) + phase[2])
+            p = 1.0 + 0.2 * np.cos(2 * np.pi * (xx - yy + shift) + phase[3])
+            out[b, t] = np.stack([rho, rho * u, rho * v, p / 0.4 + 0.5 * rho * (u**2 + v**2)])
+    return out

@@ -263,20 +263,35 @@ def encode_unit(key: str, unit: UnitResult, created: float) -> bytes:
     return buffer.getvalue()
 
 
-def decode_unit(key: str, blob: bytes) -> UnitResult:
-    """Parse a blob written by ``encode_unit`` (no pickle); CacheCorruptionError if not."""
+def unpack_blob(key: str, blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, metadata) of a unit or artifact blob (npz + JSON, no pickle); the metadata
+    must name ``key`` and its creation time. CacheCorruptionError otherwise."""
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
             if METADATA_ARRAY not in archive.files:
                 raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
             metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
             arrays = {name: archive[name] for name in archive.files if name != METADATA_ARRAY}
-        if not isinstance(metadata, dict) or metadata.get("cache", {}).get("key") != key:
-            raise CacheCorruptionError("metadata does not name this key")
-        return UnitResult.from_parts(arrays, metadata)
     except CacheCorruptionError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, OSError, EOFError) as error:
+        raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
+    cache = metadata.get("cache") if isinstance(metadata, dict) else None
+    if not isinstance(cache, dict) or cache.get("key") != key:
+        raise CacheCorruptionError("metadata does not name this key")
+    if not isinstance(cache.get("created"), float | int):
+        raise CacheCorruptionError("metadata has no creation time")
+    return arrays, metadata
+
+
+def decode_unit(key: str, blob: bytes) -> UnitResult:
+    """Parse a blob written by ``encode_unit`` (no pickle); CacheCorruptionError if not."""
+    arrays, metadata = unpack_blob(key, blob)
+    try:
+        return UnitResult.from_parts(arrays, metadata)
+    except CacheCorruptionError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
 
 
@@ -410,21 +425,9 @@ class ResultStore:
         if blob is None:
             return None
         try:
-            with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
-                if METADATA_ARRAY not in archive.files:
-                    raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
-                metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
-                arrays = {n: archive[n] for n in archive.files if n != METADATA_ARRAY}
-            cache = metadata.get("cache") if isinstance(metadata, dict) else None
-            if not isinstance(cache, dict) or cache.get("key") != key:
-                raise CacheCorruptionError("metadata does not name this key")
-            if not isinstance(cache.get("created"), float | int):
-                raise CacheCorruptionError("metadata has no creation time")
+            arrays, metadata = unpack_blob(key, blob)
         except CacheCorruptionError as error:
             self._refuse(name, error)
-            return None
-        except (ValueError, KeyError, TypeError, EOFError, OSError) as error:
-            self._refuse(name, CacheCorruptionError(f"{type(error).__name__}: {error}"))
             return None
         return arrays, metadata
 

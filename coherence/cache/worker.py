@@ -62,11 +62,30 @@ def _fail(store: Any, key: str, message: str) -> int:
     return 1
 
 
+def _stale(store: Any, key: str, current_key: Any, what: str) -> int | None:
+    """1 (recorded as failed) when the stored job's inputs no longer give ``key`` (a file
+    changed since it was submitted, or its key cannot be computed); None when they do."""
+    from coherence.errors import CoherenceError
+
+    try:
+        current = current_key()
+    except CoherenceError as error:
+        return _fail(store, key, str(error))
+    if current != key:
+        return _fail(
+            store,
+            key,
+            f"the stored {what} no longer matches its key (a checkpoint or dataset file "
+            f"changed since it was submitted); submit {'it' if what == 'job' else 'the analysis'}"
+            " again",
+        )
+    return None
+
+
 def work_task(store: Any, key: str, kind: str) -> int:
     """A job of another kind (``tasks``): its stored spec, checked against the key."""
     from coherence.cache.jobs import compute_task
     from coherence.cache.tasks import task_key
-    from coherence.errors import CoherenceError
 
     if store.artifact_age(key) is not None:
         log.info("%s is already cached; nothing to do", key)
@@ -74,17 +93,8 @@ def work_task(store: Any, key: str, kind: str) -> int:
     found = store.get_task(key)
     if found is None or found[0] != kind:
         return _fail(store, key, f"no {kind} job is stored for this key; submit it again")
-    try:
-        current = task_key(kind, found[1])
-    except CoherenceError as error:
-        return _fail(store, key, str(error))
-    if current != key:
-        return _fail(
-            store,
-            key,
-            "the stored job no longer matches its key (a checkpoint or dataset file changed "
-            "since it was submitted); submit it again",
-        )
+    if (failed := _stale(store, key, lambda: task_key(kind, found[1]), "job")) is not None:
+        return failed
     log.info("computing %s %s: %s", kind, key, found[1])
     started = time.perf_counter()
     compute_task(store, key, kind, found[1], log_path=store.log_path(key))
@@ -96,7 +106,6 @@ def work(store: Any, key: str, *, trust_code: bool, kind: str = "analysis") -> i
     """The job itself; the caller holds the key's lock and a compute slot."""
     from coherence.cache.jobs import compute_job
     from coherence.cache.keys import request_key
-    from coherence.errors import CoherenceError
 
     if kind != "analysis":
         return work_task(store, key, kind)
@@ -106,17 +115,8 @@ def work(store: Any, key: str, *, trust_code: bool, kind: str = "analysis") -> i
     request = store.get_request(key)
     if request is None:
         return _fail(store, key, "no request is stored for this key; submit the analysis again")
-    try:
-        current = request_key(request)
-    except CoherenceError as error:
-        return _fail(store, key, str(error))
-    if current != key:
-        return _fail(
-            store,
-            key,
-            "the stored request no longer matches its key (a checkpoint or dataset file "
-            "changed since it was submitted); submit the analysis again",
-        )
+    if (failed := _stale(store, key, lambda: request_key(request), "request")) is not None:
+        return failed
     log.info("computing %s: %s", key, request.to_dict())
     started = time.perf_counter()
     compute_job(store, key, request, trust_code=trust_code, log_path=store.log_path(key))

@@ -157,6 +157,151 @@ def validation(pairs: TransitionPairs, device: torch.device) -> Callable[[nn.Mod
     return streamed
 
 
+def _new_model(
+    info: DatasetInfo, args: TrainingArgs, train_pairs: TransitionPairs, device: torch.device
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The seeded model, normalized by the training pairs' channel statistics, and its
+    optimizer (a resumed run builds them too, then replaces both from the checkpoint)."""
+    torch.manual_seed(args.seed)
+    model = build_model(
+        args.arch,
+        args.preset,
+        channels=len(info.channels),
+        resolution=info.height,
+        **args.overrides,
+    )
+    mean, std = train_pairs.channel_stats()
+    model.set_normalization(mean, std.clamp_min(1e-6))
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    return model, optimizer
+
+
+def _check_same_arguments(out: Path, args: TrainingArgs) -> None:
+    """Refuse to resume a checkpoint trained with other arguments than those that may change
+    between runs (epochs, device, checkpoint_every, keep_epochs)."""
+    previous = ckpt.read_config(out).training.get("args", {})
+    resumable = ("epochs", "device", "checkpoint_every", "keep_epochs")
+    current = json.loads(json.dumps(args.to_dict()))  # tuples -> lists, as stored
+    changed = sorted(
+        k
+        for k in set(previous) | set(current)
+        if k not in resumable and previous.get(k) != current.get(k)
+    )
+    if changed:
+        detail = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in changed)
+        raise RequestError(
+            f"{out} holds a checkpoint trained with other arguments ({detail}); choose a "
+            "new --out or repeat the same arguments (only --epochs may grow) to resume"
+        )
+
+
+def _resume(
+    out: Path,
+    args: TrainingArgs,
+    train_pairs: TransitionPairs,
+    device: torch.device,
+    log: Callable[[str], None] | None,
+) -> tuple[nn.Module, torch.optim.Optimizer, list[dict[str, float]]]:
+    """Model, optimizer and history of the checkpoint in ``out`` (which must exist), after
+    checking that the arguments match and the files are one saved set."""
+    _check_same_arguments(out, args)
+    ckpt.verify(out)
+    model, _ = ckpt.load(out, device=device)
+    history = ckpt.read_history(out)
+    snapshots.prune_after(out, len(history))  # written by a run killed before its save
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    state = ckpt.load_training_state(out)
+    if state is not None:
+        steps = len(history) * math.ceil(len(train_pairs) / args.batch_size)
+        _check_steps(out, state, steps, len(history))
+        _restore_optimizer(optimizer, state)
+    if log:
+        log(f"resuming {out} after epoch {len(history)} of {args.epochs}")
+    return model, optimizer, history
+
+
+def _run_config(
+    model: nn.Module,
+    info: DatasetInfo,
+    args: TrainingArgs,
+    classes: list[str],
+    pairs: tuple[TransitionPairs, TransitionPairs],
+    dataset_root: str | None,
+) -> ckpt.CheckpointConfig:
+    """config.json of this run: the model, the dataset it learns and the training arguments."""
+    train_pairs, valid_pairs = pairs
+    return ckpt.new_config(
+        model,
+        family=info.family.value,
+        channels=info.channels,
+        resolution=(info.height, info.width),
+        dataset={
+            "name": info.name,
+            "root": dataset_root if dataset_root is not None else str(info.root),
+            "classes": classes,
+            "fingerprint": info.fingerprint(split="train", classes=classes),
+        },
+        seed=args.seed,
+        training={
+            "args": args.to_dict(),
+            "train_pairs": len(train_pairs),
+            "valid_pairs": len(valid_pairs),
+        },
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pairs: TransitionPairs,
+    args: TrainingArgs,
+    epoch: int,
+    device: torch.device,
+    progress: Progress | None,
+) -> float:
+    """One pass over the training pairs in the epoch's seeded order; the mean train SMSE."""
+    model.train()
+    order = torch.randperm(
+        len(pairs), generator=torch.Generator().manual_seed(args.seed * 100003 + epoch)
+    )
+    running, seen = 0.0, 0
+    for begin in range(0, len(order), args.batch_size):
+        index = order[begin : begin + args.batch_size]
+        x, y = (t.to(device) for t in pairs.get(index))
+        loss = smse(model(x), y)
+        if not torch.isfinite(loss):
+            raise RequestError(
+                f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += loss.item() * x.shape[0]
+        seen += x.shape[0]
+        if progress:
+            progress(epoch, args.epochs, seen / len(order), running / seen)
+    model.eval()
+    return running / seen
+
+
+def _save_epoch(
+    out: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: ckpt.CheckpointConfig,
+    history: list[dict[str, float]],
+    args: TrainingArgs,
+    keep: set[int],
+) -> None:
+    """Snapshot the epoch just trained when it is kept, then checkpoint when one is due."""
+    epoch = len(history)
+    if epoch in keep:  # before the save: a resume never lacks a snapshot it passed
+        ckpt.save_snapshot(out, model, config, history)
+    if epoch % args.checkpoint_every == 0 or epoch == args.epochs:
+        ckpt.save_checkpoint(out, model, config, history, _optimizer_tensors(optimizer))
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -184,99 +329,23 @@ def train(
     if log and train_pairs.streamed:
         log(f"{len(train_pairs)} training pairs exceed the memory budget: read batch by batch")
 
-    torch.manual_seed(args.seed)
-    model = build_model(
-        args.arch,
-        args.preset,
-        channels=len(info.channels),
-        resolution=info.height,
-        **args.overrides,
-    )
-    mean, std = train_pairs.channel_stats()
-    model.set_normalization(mean, std.clamp_min(1e-6))
-    model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-
+    model, optimizer = _new_model(info, args, train_pairs, device)
     out = Path(out)
     history: list[dict[str, float]] = []
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     if (out / ckpt.CONFIG_FILE).is_file():
-        previous = ckpt.read_config(out).training.get("args", {})
-        resumable = ("epochs", "device", "checkpoint_every", "keep_epochs")
-        current = json.loads(json.dumps(args.to_dict()))  # tuples -> lists, as stored
-        changed = sorted(
-            k
-            for k in set(previous) | set(current)
-            if k not in resumable and previous.get(k) != current.get(k)
-        )
-        if changed:
-            detail = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in changed)
-            raise RequestError(
-                f"{out} holds a checkpoint trained with other arguments ({detail}); choose a "
-                "new --out or repeat the same arguments (only --epochs may grow) to resume"
-            )
-        ckpt.verify(out)
-        model, _ = ckpt.load(out, device=device)
-        history = ckpt.read_history(out)
-        snapshots.prune_after(out, len(history))  # written by a run killed before its save
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=args.lr, weight_decay=args.weight_decay
-        )
-        state = ckpt.load_training_state(out)
-        if state is not None:
-            steps = len(history) * math.ceil(len(train_pairs) / args.batch_size)
-            _check_steps(out, state, steps, len(history))
-            _restore_optimizer(optimizer, state)
-        if log:
-            log(f"resuming {out} after epoch {len(history)} of {args.epochs}")
-    config = ckpt.new_config(
-        model,
-        family=info.family.value,
-        channels=info.channels,
-        resolution=(info.height, info.width),
-        dataset={
-            "name": info.name,
-            "root": dataset_root if dataset_root is not None else str(info.root),
-            "classes": classes,
-            "fingerprint": info.fingerprint(split="train", classes=classes),
-        },
-        seed=args.seed,
-        training={
-            "args": args.to_dict(),
-            "train_pairs": len(train_pairs),
-            "valid_pairs": len(valid_pairs),
-        },
-    )
+        model, optimizer, history = _resume(out, args, train_pairs, device, log)
+    config = _run_config(model, info, args, classes, (train_pairs, valid_pairs), dataset_root)
     validate = validation(valid_pairs, device)
     if not history:
         snapshots.prune_after(out, 0)  # a fresh run in a directory a killed run began
     keep = set(snapshots.resolve_keep(args.keep_epochs, args.epochs))
     for epoch in range(len(history), args.epochs):
         start = time.perf_counter()
-        model.train()
-        order = torch.randperm(
-            len(train_pairs), generator=torch.Generator().manual_seed(args.seed * 100003 + epoch)
-        )
-        running, seen = 0.0, 0
-        for begin in range(0, len(order), args.batch_size):
-            index = order[begin : begin + args.batch_size]
-            x, y = (t.to(device) for t in train_pairs.get(index))
-            loss = smse(model(x), y)
-            if not torch.isfinite(loss):
-                raise RequestError(
-                    f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.item() * x.shape[0]
-            seen += x.shape[0]
-            if progress:
-                progress(epoch, args.epochs, seen / len(order), running / seen)
-        model.eval()
+        train_smse = _train_epoch(model, optimizer, train_pairs, args, epoch, device, progress)
         record = {
             "epoch": epoch + 1,
-            "train_smse": running / seen,
+            "train_smse": train_smse,
             "valid_smse": validate(model),
             "seconds": time.perf_counter() - start,
         }
@@ -286,8 +355,5 @@ def train(
                 f"epoch {epoch + 1}/{args.epochs}: train SMSE {record['train_smse']:.4g}, "
                 f"valid SMSE {record['valid_smse']:.4g}"
             )
-        if epoch + 1 in keep:  # before the save: a resume never lacks a snapshot it passed
-            ckpt.save_snapshot(out, model, config, history)
-        if (epoch + 1) % args.checkpoint_every == 0 or epoch + 1 == args.epochs:
-            ckpt.save_checkpoint(out, model, config, history, _optimizer_tensors(optimizer))
+        _save_epoch(out, model, optimizer, config, history, args, keep)
     return out

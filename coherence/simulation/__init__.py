@@ -12,7 +12,7 @@ from coherence.lazy import lazy_exports
 _EXPORTS = {
     "DatasetInfo": "coherence.simulation.dataset",
     "SimulationRequest": "coherence.simulation.dataset",
-    "generate_dataset": "coherence.simulation.dataset",
+    "generate_dataset": "coherence.simulation.generate",
     "open_dataset": "coherence.simulation.dataset",
     "read_well_file": "coherence.simulation.wellformat",
     "write_well_file": "coherence.simulation.wellformat",

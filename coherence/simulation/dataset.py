@@ -1,4 +1,5 @@
-"""Datasets on disk: generate them from the solvers, open and check them, fingerprint them.
+"""Datasets on disk: the simulation request, open and check them, fingerprint them (they are
+generated from the solvers in ``generate``, whose names are re-exported here).
 
 Layout (The Well): ``<dataset>/data/{train,valid,test}/<class>.hdf5``, one file per class and
 split, all files sharing one dataset_name, family, grid and time axis.
@@ -7,20 +8,18 @@ split, all files sharing one dataset_name, family, grid and time axis.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from coherence.digests import file_digest
 from coherence.errors import RequestError, SchemaError
+from coherence.lazy import lazy_exports
 from coherence.simulation.families import FAMILIES, Family, family_spec
-from coherence.simulation.staging import Stage, dataset_transaction, pending_commit
+from coherence.simulation.staging import pending_commit
 from coherence.simulation.wellformat import WellMetadata, read_metadata, read_well_file
 
 SPLITS = ("train", "valid", "test")
@@ -28,6 +27,18 @@ MAX_RESOLUTION = 1024
 MAX_TRAJECTORIES = 100_000
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)
+
+# generation lives in ``generate`` (which imports this module), loaded on first use
+_GENERATE = "coherence.simulation.generate"
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "PARALLEL_MIN_CELLS": _GENERATE,
+        "evolve_states": _GENERATE,
+        "generate_dataset": _GENERATE,
+        "simulate_chunk": _GENERATE,
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -102,153 +113,6 @@ def class_seed(seed: int, class_name: str) -> int:
     """A per-class seed that does not change when other classes are added or removed."""
     digest = hashlib.sha256(f"{seed}:{class_name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def evolve_states(family: Family, states: torch.Tensor, times: np.ndarray) -> torch.Tensor:
-    """Run the family's solver: [B, F, H, W] -> [B, T, F, H, W]."""
-    times_t = torch.as_tensor(times, dtype=states.dtype)
-    if family is Family.EULER:
-        from coherence.simulation import euler
-
-        return euler.evolve(states, times_t, gamma=FAMILIES[family].scalars["gamma"])
-    from coherence.simulation import navier_stokes
-
-    return navier_stokes.evolve(states, times_t, nu=FAMILIES[family].scalars["nu"])
-
-
-PARALLEL_MIN_CELLS = 16 * 64 * 64  # per class: below this, worker start-up costs more
-
-
-def simulate_chunk(
-    family: str,
-    class_name: str,
-    n: int,
-    resolution: int,
-    seed: int,
-    start: int,
-    stop: int,
-    times: np.ndarray,
-    dtype: torch.dtype = torch.float32,
-) -> np.ndarray:
-    """Trajectories start..stop of one class (initial states drawn for all n, then sliced, so
-    a chunk does not change what any trajectory is). One torch thread: chunks run side by side.
-    """
-    from coherence.simulation.classes import get_class
-
-    initial = get_class(class_name).sample(n, resolution, seed)[start:stop].to(dtype)
-    return evolve_states(Family(family), initial, times).cpu().numpy()
-
-
-def _simulate_chunk_in_worker(*args) -> np.ndarray:
-    torch.set_num_threads(1)
-    return simulate_chunk(*args)
-
-
-def generate_dataset(
-    request: SimulationRequest,
-    out_dir: str | os.PathLike,
-    *,
-    batch_size: int = 16,
-    dtype: torch.dtype = torch.float32,
-    progress: Progress | None = None,
-    overwrite: bool = False,
-    workers: int | None = None,
-) -> Path:
-    """Simulate every class and write the Well layout under ``out_dir``; returns out_dir.
-
-    Each class gets its own seed (``class_seed``) for initial states and split, so results are
-    reproducible class by class. Chunks of ``batch_size`` trajectories run in ``workers``
-    processes (default: one per core when the job is big enough to pay for their start-up;
-    1 runs in this process). Existing class files are refused unless ``overwrite``. All files
-    are staged and committed together (``coherence.simulation.staging``): a killed run leaves
-    no dataset, or the previous one untouched, never a partial one.
-    """
-    out = Path(out_dir)
-    family = Family(request.family)
-    counts = split_counts(request.trajectories, request.split)
-    with dataset_transaction(out) as stage:
-        _check_clash(stage, request.classes, overwrite)
-        _simulate_into(stage, request, family, counts, batch_size, dtype, progress, workers)
-    return out
-
-
-def _check_clash(stage: Stage, classes: Sequence[str], overwrite: bool) -> None:
-    """Refuse to replace existing class files unless ``overwrite``."""
-    if not overwrite:
-        existing = [stage.final(s, f"{c}.hdf5") for s in SPLITS for c in classes]
-        clash = [p for p in existing if p.exists()]
-        if clash:
-            raise RequestError(
-                f"{clash[0]} already exists; choose another --out or pass --overwrite"
-            )
-
-
-def _simulate_into(
-    stage: Stage,
-    request: SimulationRequest,
-    family: Family,
-    counts: tuple[int, int, int],
-    batch_size: int,
-    dtype: torch.dtype,
-    progress: Progress | None,
-    workers: int | None,
-) -> None:
-    from coherence.simulation.wellformat import write_well_file
-
-    jobs = [
-        (
-            family.value,
-            c,
-            request.trajectories,
-            request.resolution,
-            class_seed(request.seed, c),
-            start,
-            min(start + batch_size, request.trajectories),
-            request.times,
-            dtype,
-        )
-        for c in request.classes
-        for start in range(0, request.trajectories, batch_size)
-    ]
-    if workers is None:
-        big = request.trajectories * request.resolution**2 >= PARALLEL_MIN_CELLS
-        workers = min(os.cpu_count() or 1, len(jobs)) if big else 1
-    total = len(request.classes) * request.trajectories
-    done = 0
-    results: dict[tuple[str, int], np.ndarray] = {}
-
-    def record(job: tuple, states: np.ndarray) -> None:
-        nonlocal done
-        results[(job[1], job[5])] = states
-        done += job[6] - job[5]
-        if progress:
-            progress(done, total, f"{job[1]}: {done}/{total} trajectories")
-
-    if workers <= 1:
-        for job in jobs:
-            record(job, simulate_chunk(*job))
-    else:
-        context = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_simulate_chunk_in_worker, *job): job for job in jobs}
-            for future in as_completed(futures):
-                record(futures[future], future.result())
-    for class_name in request.classes:
-        seed = class_seed(request.seed, class_name)
-        states = np.concatenate(
-            [results[(class_name, job[5])] for job in jobs if job[1] == class_name]
-        )
-        order = np.random.default_rng(seed).permutation(request.trajectories)
-        bounds = np.cumsum((0, *counts))
-        for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
-            write_well_file(
-                stage.path(split, f"{class_name}.hdf5"),
-                states[np.sort(order[lo:hi])],
-                request.times,
-                family=family,
-                class_name=class_name,
-                dataset_name=request.name,
-            )
 
 
 @dataclass(frozen=True)

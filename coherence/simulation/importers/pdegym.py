@@ -11,8 +11,8 @@ files, so memory does not grow with the class size.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -36,117 +36,36 @@ from coherence.simulation.importers.common import (
     target_dataset_name,
     velocity_pairing,
 )
-from coherence.simulation.importers.sniff import require_hdf5
-from coherence.simulation.staging import dataset_transaction
+from coherence.simulation.importers.pdegym_source import (
+    CLASSES,
+    PUBLISHED,
+    VARIABLE,
+    PdegymSource,
+    Shard,
+    class_family,
+    open_source,
+    shard_paths,
+)
+from coherence.simulation.staging import Stage, dataset_transaction
 from coherence.simulation.wellformat import WellWriter
 
-CLASSES = {
-    "CE-RP": Family.EULER,
-    "CE-CRP": Family.EULER,
-    "CE-RPUI": Family.EULER,
-    "NS-BB": Family.NS,
-    "NS-Sines": Family.NS,
-    "NS-Gauss": Family.NS,
-}
-VARIABLE = {Family.EULER: "data", Family.NS: "velocity"}
-PUBLISHED = {Family.EULER: 10_000, Family.NS: 20_000}
+__all__ = [
+    "CLASSES",
+    "PUBLISHED",
+    "VARIABLE",
+    "PdegymSource",
+    "Shard",
+    "class_family",
+    "import_pdegym",
+    "open_source",
+    "shard_paths",
+]
+
 CE_ORDER = "density, velocity x, velocity y, pressure, energy"
 LICENCE = "CC-BY-NC-4.0"
 SPLIT_MODES = ("poseidon", "random")
 SWAP_MODES = ("auto", "no", "yes")
 GAMMA_STRIDE = 4
-
-
-@dataclass(frozen=True)
-class Shard:
-    path: Path
-    n: int
-
-
-@dataclass(frozen=True)
-class PdegymSource:
-    """The checked source of one class: shards in order and the common per-trajectory shape."""
-
-    class_name: str
-    family: Family
-    shards: tuple[Shard, ...]
-    n_steps: int
-    n_channels: int
-    nx: int
-    ny: int
-
-    @property
-    def variable(self) -> str:
-        return VARIABLE[self.family]
-
-    @property
-    def total(self) -> int:
-        return sum(s.n for s in self.shards)
-
-    @property
-    def trajectory_bytes(self) -> int:
-        return self.n_steps * self.n_channels * self.nx * self.ny * 4
-
-
-def shard_paths(src: Path) -> list[Path]:
-    """An assembled file, or every ``*.nc`` of a directory in lexicographic name order."""
-    if src.is_file():
-        return [src]
-    if src.is_dir():
-        paths = sorted((p for p in src.glob("*.nc") if p.is_file()), key=lambda p: p.name)
-        if not paths:
-            raise SchemaError(
-                f"{src}: no .nc files here; pass the assembled <CLASS>.nc or the directory "
-                "holding data_*.nc / velocity_*.nc"
-            )
-        return paths
-    raise SchemaError(f"{src}: no such file or directory")
-
-
-def class_family(class_name: str) -> Family:
-    if class_name not in CLASSES:
-        raise RequestError(
-            f"--class {class_name!r} is not a PDEgym class; choose one of: {', '.join(CLASSES)}"
-        )
-    return CLASSES[class_name]
-
-
-def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
-    """Check every shard's container, variable, shape and dtype; nothing is read yet."""
-    family = class_family(class_name)
-    variable = VARIABLE[family]
-    shards, tail = [], None
-    for path in shard_paths(Path(src)):
-        require_hdf5(path)
-        with h5py.File(path, "r") as f:
-            if variable not in f or not isinstance(f[variable], h5py.Dataset):
-                held = ", ".join(
-                    f"{k} {tuple(v.shape)}" for k, v in f.items() if isinstance(v, h5py.Dataset)
-                )
-                raise SchemaError(
-                    f"{path}: no variable '{variable}' (a {class_name} file holds "
-                    f"'{variable}'); this file holds: {held or 'nothing'}; is it another "
-                    "class's file?"
-                )
-            ds = f[variable]
-            shape, dtype = tuple(ds.shape), ds.dtype
-        allowed = (4, 5) if family is Family.EULER else (2, 3)
-        if len(shape) != 5 or shape[2] not in allowed or shape[1] < 2:
-            raise SchemaError(
-                f"{path}: '{variable}' has shape {shape}; expected (samples, snapshots, "
-                f"channels ∈ {allowed}, x, y) as published for {class_name}"
-            )
-        if dtype.kind != "f":
-            raise SchemaError(f"{path}: '{variable}' has dtype {dtype}; expected float32")
-        if tail is not None and shape[1:] != tail:
-            raise SchemaError(
-                f"{path}: '{variable}' has per-sample shape {shape[1:]} but "
-                f"{shards[0].path.name} has {tail}; all shards of a class must agree"
-            )
-        tail = shape[1:]
-        shards.append(Shard(path, shape[0]))
-    n_steps, n_channels, nx, ny = tail
-    return PdegymSource(class_name, family, tuple(shards), n_steps, n_channels, nx, ny)
 
 
 def _blocks(source: PdegymSource, limit: int):
@@ -225,6 +144,161 @@ def _pairing_swap(
     return forced
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The choices of one import, checked before any file is opened."""
+
+    limit: int | None
+    split: str
+    seed: int
+    keep_pressure: bool
+    swap_xy: str
+    overwrite: bool
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLIT_MODES:
+            raise RequestError(f"--split {self.split!r}: choose one of {', '.join(SPLIT_MODES)}")
+        if self.swap_xy not in SWAP_MODES:
+            raise RequestError(f"--swap-xy {self.swap_xy!r}: choose one of {', '.join(SWAP_MODES)}")
+        if self.limit is not None and self.limit < 3:
+            raise RequestError(f"--limit {self.limit}: need at least 3 (train, valid and test)")
+
+
+def _plan(src: str | os.PathLike, source: PdegymSource, options: _Options) -> tuple[int, SplitPlan]:
+    """How many trajectories to import and which split each one goes to."""
+    n = source.total if options.limit is None else min(options.limit, source.total)
+    if n < 3:
+        raise SchemaError(f"{src}: holds {n} trajectories; need at least 3")
+    plan: SplitPlan = (
+        poseidon_split(n, PUBLISHED[source.family])
+        if options.split == "poseidon"
+        else random_split(n, options.seed, source.class_name)
+    )
+    return n, plan
+
+
+def _initial_checks(source: PdegymSource) -> dict[str, object]:
+    """The checks recorded in the provenance before any block is read (blocks add γ̂ and the
+    velocity axis pairing)."""
+    checks: dict[str, object] = {
+        "container": "HDF5/netCDF4",
+        "variable": source.variable,
+        "shape": [source.total, source.n_steps, source.n_channels, source.nx, source.ny],
+        "finite": True,
+        "positive_density_pressure": source.family is Family.EULER,
+    }
+    if source.family is Family.EULER:
+        checks["gamma_expected"] = EULER_GAMMA
+        checks["gamma_fit"] = (
+            f"least squares over every {GAMMA_STRIDE}th cell in x and y, per block"
+            if source.n_channels == 5
+            else "not checked: 4-channel file, energy computed with γ = 1.4"
+        )
+    return checks
+
+
+def _write_blocks(
+    writers: SplitWriters,
+    blocks: Iterator[tuple[int, int, int, np.ndarray]],
+    source: PdegymSource,
+    n: int,
+    swap: bool,
+    keep_pressure: bool,
+    checks: dict,
+    meter: Meter,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Convert, check and store every block; returns each trajectory's shard and row there."""
+    file_index = np.zeros(n, dtype=np.int32)
+    local_index = np.zeros(n, dtype=np.int32)
+    for first, f_index, start, block in blocks:
+        b = block.shape[0]
+        file_index[first : first + b] = f_index
+        local_index[first : first + b] = np.arange(start, start + b)
+        where = str(source.shards[f_index].path)
+        if source.family is Family.EULER:
+            fields, pressure = _convert_ce(source, where, start, block, checks)
+        else:
+            fields, pressure = block[:, :, :2], None
+            check_finite_positive(where, start, {"velocity": fields}, ())
+        if swap:
+            fields = np.swapaxes(fields, -1, -2)
+            pressure = None if pressure is None else np.swapaxes(pressure, -1, -2)
+        writers.put(first, fields, pressure if keep_pressure else None)
+        meter.add(block.nbytes, f"{source.class_name}: {first + b}/{n} trajectories")
+    return file_index, local_index
+
+
+def _split_writer(
+    stage: Stage, source: PdegymSource, dataset_name: str, times: np.ndarray, grid: tuple[int, int]
+) -> Callable[[str, int], WellWriter]:
+    """The factory of one split's staged Well file (``SplitWriters`` calls it per split)."""
+
+    def make(split_name: str, rows: int) -> WellWriter:
+        return WellWriter(
+            stage.path(split_name, f"{source.class_name}.hdf5"),
+            family=source.family,
+            class_name=source.class_name,
+            dataset_name=dataset_name,
+            n_trajectories=rows,
+            times=times,
+            nx=grid[0],
+            ny=grid[1],
+        )
+
+    return make
+
+
+def _import_into(
+    stage: Stage,
+    source: PdegymSource,
+    plan: SplitPlan,
+    n: int,
+    options: _Options,
+    checks: dict,
+    meter: Meter,
+    note: Warn,
+) -> bool:
+    """Stream the first ``n`` trajectories into the staged split files; returns whether x and
+    y were swapped (decided from the first block)."""
+    times = np.linspace(0.0, 1.0, source.n_steps)  # uniform on [0, 1], Δt = 1/(T−1)
+    filename = f"{source.class_name}.hdf5"
+    blocks = _blocks(source, n)
+    first_block = next(blocks)
+    swap = _pairing_swap(source, first_block[3], options.swap_xy, checks, note)
+    nx, ny = (source.ny, source.nx) if swap else (source.nx, source.ny)
+    dataset_name = target_dataset_name(
+        stage,
+        family=source.family,
+        nx=nx,
+        ny=ny,
+        times=times,
+        files=[(s, filename) for s in ("train", "valid", "test")],
+        overwrite=options.overwrite,
+        name=options.name,
+    )
+    writers = SplitWriters(plan, _split_writer(stage, source, dataset_name, times, (nx, ny)))
+    try:
+        rows = _chain(first_block, blocks)
+        file_index, local_index = _write_blocks(
+            writers, rows, source, n, swap, options.keep_pressure, checks, meter
+        )
+        attrs = _provenance(source, plan, swap, options.keep_pressure, checks)
+        writers.set_attrs(
+            lambda s, idx: {
+                **attrs,
+                "source_file_index": file_index[idx],
+                "source_index": local_index[idx],
+                "pdegym_index": idx.astype(np.int32),
+            }
+        )
+        writers.close()
+    except BaseException:
+        writers.discard()
+        raise
+    return swap
+
+
 def import_pdegym(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -246,12 +320,7 @@ def import_pdegym(
     recomputed from (ρ, m, E) with γ; ``swap_xy`` 'auto' transposes x and y when the NS
     velocity is divergence-free only that way.
     """
-    if split not in SPLIT_MODES:
-        raise RequestError(f"--split {split!r}: choose one of {', '.join(SPLIT_MODES)}")
-    if swap_xy not in SWAP_MODES:
-        raise RequestError(f"--swap-xy {swap_xy!r}: choose one of {', '.join(SWAP_MODES)}")
-    if limit is not None and limit < 3:
-        raise RequestError(f"--limit {limit}: need at least 3 (train, valid and test)")
+    options = _Options(limit, split, seed, keep_pressure, swap_xy, overwrite, name)
     warnings: list[str] = []
 
     def note(message: str) -> None:
@@ -260,97 +329,17 @@ def import_pdegym(
             warn(message)
 
     source = open_source(src, class_name)
-    n = source.total if limit is None else min(limit, source.total)
-    if n < 3:
-        raise SchemaError(f"{src}: holds {n} trajectories; need at least 3")
-    plan: SplitPlan = (
-        poseidon_split(n, PUBLISHED[source.family])
-        if split == "poseidon"
-        else random_split(n, seed, class_name)
-    )
-    times = np.linspace(0.0, 1.0, source.n_steps)  # uniform on [0, 1], Δt = 1/(T−1)
-    filename = f"{class_name}.hdf5"
-    checks: dict[str, object] = {
-        "container": "HDF5/netCDF4",
-        "variable": source.variable,
-        "shape": [source.total, source.n_steps, source.n_channels, source.nx, source.ny],
-        "finite": True,
-        "positive_density_pressure": source.family is Family.EULER,
-    }
-    if source.family is Family.EULER:
-        checks["gamma_expected"] = EULER_GAMMA
-        checks["gamma_fit"] = (
-            f"least squares over every {GAMMA_STRIDE}th cell in x and y, per block"
-            if source.n_channels == 5
-            else "not checked: 4-channel file, energy computed with γ = 1.4"
-        )
+    n, plan = _plan(src, source, options)
+    checks = _initial_checks(source)
     meter = Meter(total=n * source.trajectory_bytes, progress=progress)
-    file_index = np.zeros(n, dtype=np.int32)
-    local_index = np.zeros(n, dtype=np.int32)
     with dataset_transaction(out) as stage:
         for line in stage.recovered:
             note(f"{stage.root}: {line}")
-        blocks = _blocks(source, n)
-        first_block = next(blocks)
-        swap = _pairing_swap(source, first_block[3], swap_xy, checks, note)
-        nx, ny = (source.ny, source.nx) if swap else (source.nx, source.ny)
-        dataset_name = target_dataset_name(
-            stage,
-            family=source.family,
-            nx=nx,
-            ny=ny,
-            times=times,
-            files=[(s, filename) for s in ("train", "valid", "test")],
-            overwrite=overwrite,
-            name=name,
-        )
-
-        def make(split_name: str, rows: int) -> WellWriter:
-            return WellWriter(
-                stage.path(split_name, filename),
-                family=source.family,
-                class_name=class_name,
-                dataset_name=dataset_name,
-                n_trajectories=rows,
-                times=times,
-                nx=nx,
-                ny=ny,
-            )
-
-        writers = SplitWriters(plan, make)
-        try:
-            for first, f_index, start, block in _chain(first_block, blocks):
-                b = block.shape[0]
-                file_index[first : first + b] = f_index
-                local_index[first : first + b] = np.arange(start, start + b)
-                where = str(source.shards[f_index].path)
-                if source.family is Family.EULER:
-                    fields, pressure = _convert_ce(source, where, start, block, checks)
-                else:
-                    fields, pressure = block[:, :, :2], None
-                    check_finite_positive(where, start, {"velocity": fields}, ())
-                if swap:
-                    fields = np.swapaxes(fields, -1, -2)
-                    pressure = None if pressure is None else np.swapaxes(pressure, -1, -2)
-                writers.put(first, fields, pressure if keep_pressure else None)
-                meter.add(block.nbytes, f"{class_name}: {first + b}/{n} trajectories")
-            attrs = _provenance(source, plan, swap, keep_pressure, checks)
-            writers.set_attrs(
-                lambda s, idx: {
-                    **attrs,
-                    "source_file_index": file_index[idx],
-                    "source_index": local_index[idx],
-                    "pdegym_index": idx.astype(np.int32),
-                }
-            )
-            writers.close()
-        except BaseException:
-            writers.discard()
-            raise
-    files = [stage.final(s, filename) for s in ("train", "valid", "test")]
+        swap = _import_into(stage, source, plan, n, options, checks, meter, note)
+    filename = f"{class_name}.hdf5"
     return ImportReport(
         root=stage.root,
-        files=files,
+        files=[stage.final(s, filename) for s in ("train", "valid", "test")],
         counts=plan.counts,
         split_label=plan.label,
         swap_xy=bool(swap),

@@ -31,7 +31,7 @@ from coherence.simulation.importers.common import (
     target_dataset_name,
 )
 from coherence.simulation.importers.sniff import require_hdf5
-from coherence.simulation.staging import dataset_transaction
+from coherence.simulation.staging import Stage, dataset_transaction
 from coherence.simulation.wellformat import WellWriter
 
 LICENCE = "CC-BY-4.0"
@@ -104,6 +104,67 @@ def _split_of(path: Path, split: str | None) -> str:
     return chosen
 
 
+def _check_files(
+    sources: list[Path], infos: list[dict], keys: list[tuple[str, str]], downsample: int
+) -> None:
+    """Refuse a file named twice, a grid the down-sampling does not divide, or time axes of
+    different lengths (one dataset shares one time axis)."""
+    if len(set(keys)) != len(keys):
+        raise RequestError("the same split/file name is given twice; name each file once")
+    for path, info in zip(sources, infos, strict=True):
+        nx, ny = info["shape"][2:]
+        if nx % downsample or ny % downsample:
+            raise RequestError(
+                f"{path}: grid {nx}×{ny} is not divisible by --downsample {downsample}"
+            )
+        if info["times"].shape != infos[0]["times"].shape:
+            raise SchemaError(
+                f"{path}: {info['times'].size} snapshots, but {sources[0]} has "
+                f"{infos[0]['times'].size}; files of one dataset must share the time axis"
+            )
+
+
+def _import_all(
+    stage: Stage,
+    sources: list[Path],
+    infos: list[dict],
+    keys: list[tuple[str, str]],
+    counts: list[int],
+    meter: Meter,
+    *,
+    downsample: int,
+    overwrite: bool,
+    name: str,
+) -> tuple[list[Path], dict[str, dict]]:
+    """Write every source into the stage; returns the final paths and each source's checks."""
+    nx, ny = (n // downsample for n in infos[0]["shape"][2:])
+    dataset_name = target_dataset_name(
+        stage,
+        family=Family.EULER,
+        nx=nx,
+        ny=ny,
+        times=infos[0]["times"],
+        files=[(s, f"{stem}.hdf5") for s, stem in keys],
+        overwrite=overwrite,
+        name=name,
+    )
+    files, all_checks = [], {}
+    for path, info, (split_name, stem), n in zip(sources, infos, keys, counts, strict=True):
+        checks = _import_file(
+            path,
+            info,
+            stage.path(split_name, f"{stem}.hdf5"),
+            stem,
+            n,
+            downsample,
+            dataset_name,
+            meter,
+        )
+        all_checks[str(path)] = checks
+        files.append(stage.final(split_name, f"{stem}.hdf5"))
+    return files, all_checks
+
+
 def import_well_euler(
     paths: list[str | os.PathLike],
     out: str | os.PathLike,
@@ -133,52 +194,26 @@ def import_well_euler(
     infos = [_read_info(p, allow_open, note) for p in sources]
     splits = [_split_of(p, split) for p in sources]
     keys = [(s, p.stem) for s, p in zip(splits, sources, strict=True)]
-    if len(set(keys)) != len(keys):
-        raise RequestError("the same split/file name is given twice; name each file once")
-    for path, info in zip(sources, infos, strict=True):
-        nx, ny = info["shape"][2:]
-        if nx % downsample or ny % downsample:
-            raise RequestError(
-                f"{path}: grid {nx}×{ny} is not divisible by --downsample {downsample}"
-            )
-        if info["times"].shape != infos[0]["times"].shape:
-            raise SchemaError(
-                f"{path}: {info['times'].size} snapshots, but {sources[0]} has "
-                f"{infos[0]['times'].size}; files of one dataset must share the time axis"
-            )
+    _check_files(sources, infos, keys, downsample)
     counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
     traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
     meter = Meter(
         total=sum(c * b for c, b in zip(counts, traj_bytes, strict=True)), progress=progress
     )
-    files, all_checks = [], {}
     with dataset_transaction(out) as stage:
         for line in stage.recovered:
             note(f"{stage.root}: {line}")
-        nx, ny = (n // downsample for n in infos[0]["shape"][2:])
-        dataset_name = target_dataset_name(
+        files, all_checks = _import_all(
             stage,
-            family=Family.EULER,
-            nx=nx,
-            ny=ny,
-            times=infos[0]["times"],
-            files=[(s, f"{stem}.hdf5") for s, stem in keys],
+            sources,
+            infos,
+            keys,
+            counts,
+            meter,
+            downsample=downsample,
             overwrite=overwrite,
             name=name,
         )
-        for path, info, (split_name, stem), n in zip(sources, infos, keys, counts, strict=True):
-            checks = _import_file(
-                path,
-                info,
-                stage.path(split_name, f"{stem}.hdf5"),
-                stem,
-                n,
-                downsample,
-                dataset_name,
-                meter,
-            )
-            all_checks[str(path)] = checks
-            files.append(stage.final(split_name, f"{stem}.hdf5"))
     return ImportReport(
         root=stage.root,
         files=files,
@@ -189,6 +224,66 @@ def import_well_euler(
         warnings=warnings,
         mb_per_s=meter.mb_per_s,
     )
+
+
+def _trajectory(
+    t0: h5py.Group,
+    mom: h5py.Dataset,
+    i: int,
+    path: Path,
+    info: dict,
+    k: int,
+    checks: dict,
+    progress: tuple[Meter, str],
+) -> np.ndarray:
+    """Trajectory ``i`` checked (finite, positive, γ̂ per time block of ≈ BLOCK_BYTES) and
+    block-averaged k×k: (1, T, 4, x/k, y/k) conserved channels."""
+    gamma, (_, n_steps, nx, ny) = info["gamma"], info["shape"]
+    per_block = max(1, BLOCK_BYTES // (nx * ny * 4 * 5))
+    meter, message = progress
+    out = np.empty((1, n_steps, 4, nx // k, ny // k), dtype=np.float32)
+    for lo in range(0, n_steps, per_block):
+        hi = min(lo + per_block, n_steps)
+        rho, energy, p = (np.asarray(t0[name][i, lo:hi]) for name in SCALAR_FIELDS)
+        m = np.asarray(mom[i, lo:hi])
+        named = {"density": rho, "pressure": p, "energy": energy, "momentum": m}
+        check_finite_positive(
+            f"{path} (time {lo}..{hi - 1})",
+            i,
+            {k_: v[None] for k_, v in named.items()},
+            ("density", "pressure"),
+        )
+        estimate = gamma_hat(rho, m[..., 0], m[..., 1], p, energy)
+        check_gamma(str(path), i, estimate, gamma, "density, energy, pressure, momentum")
+        checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), estimate)
+        checks["gamma_hat_max"] = max(checks.get("gamma_hat_max", -np.inf), estimate)
+        for c, values in enumerate((rho, m[..., 0], m[..., 1], energy)):
+            out[0, lo:hi, c] = block_mean(values, k, (1, 2))
+        meter.add(sum(v.nbytes for v in named.values()), message)
+    return out
+
+
+def _provenance(f: h5py.File, path: Path, n: int, k: int, checks: dict) -> dict[str, object]:
+    """Root attributes recording where the imported file came from and how it was mapped."""
+    return {
+        "source": f"The Well: {f.attrs.get('dataset_name', 'euler_multi_quadrants')}",
+        "source_url": "https://polymathic-ai.org/the_well/",
+        "licence": LICENCE,
+        "source_files": [path.name],
+        "source_file_index": np.zeros(n, dtype=np.int32),
+        "source_index": np.arange(n, dtype=np.int32),
+        "channel_mapping": as_json(
+            {
+                "density": f"t0_fields/density, {k}×{k} block mean",
+                "momentum_x": f"t1_fields/momentum[..., 0], {k}×{k} block mean",
+                "momentum_y": f"t1_fields/momentum[..., 1], {k}×{k} block mean",
+                "energy": f"t0_fields/energy, {k}×{k} block mean",
+                "pressure (t0 field)": "(γ−1)(E − |m|²/2ρ) of the block means",
+            }
+        ),
+        "import_checks": as_json(checks),
+        "imported_with": "coherence import well-euler",
+    }
 
 
 def _import_file(
@@ -202,8 +297,7 @@ def _import_file(
     meter: Meter,
 ) -> dict:
     """Stream one file, one trajectory at a time, time blocks of ≈ BLOCK_BYTES."""
-    gamma, (_, n_steps, nx, ny) = info["gamma"], info["shape"]
-    per_block = max(1, BLOCK_BYTES // (nx * ny * 4 * 5))
+    gamma, (_, _, nx, ny) = info["gamma"], info["shape"]
     checks: dict[str, object] = {
         "container": "HDF5",
         "gamma_file": gamma,
@@ -212,7 +306,6 @@ def _import_file(
         "positive_density_pressure": True,
         "downsample": k,
     }
-    source_index = np.arange(n, dtype=np.int32)
     with (
         h5py.File(path, "r") as f,
         WellWriter(
@@ -230,45 +323,7 @@ def _import_file(
     ):
         t0, mom = f["t0_fields"], f["t1_fields/momentum"]
         for i in range(n):
-            out = np.empty((1, n_steps, 4, nx // k, ny // k), dtype=np.float32)
-            for lo in range(0, n_steps, per_block):
-                hi = min(lo + per_block, n_steps)
-                rho, energy, p = (np.asarray(t0[name][i, lo:hi]) for name in SCALAR_FIELDS)
-                m = np.asarray(mom[i, lo:hi])
-                named = {"density": rho, "pressure": p, "energy": energy, "momentum": m}
-                check_finite_positive(
-                    f"{path} (time {lo}..{hi - 1})",
-                    i,
-                    {k_: v[None] for k_, v in named.items()},
-                    ("density", "pressure"),
-                )
-                estimate = gamma_hat(rho, m[..., 0], m[..., 1], p, energy)
-                check_gamma(str(path), i, estimate, gamma, "density, energy, pressure, momentum")
-                checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), estimate)
-                checks["gamma_hat_max"] = max(checks.get("gamma_hat_max", -np.inf), estimate)
-                for c, values in enumerate((rho, m[..., 0], m[..., 1], energy)):
-                    out[0, lo:hi, c] = block_mean(values, k, (1, 2))
-                meter.add(sum(v.nbytes for v in named.values()), f"{class_name}: {i + 1}/{n}")
-            writer.write(i, out)
-        writer.file.attrs.update(
-            {
-                "source": f"The Well: {f.attrs.get('dataset_name', 'euler_multi_quadrants')}",
-                "source_url": "https://polymathic-ai.org/the_well/",
-                "licence": LICENCE,
-                "source_files": [path.name],
-                "source_file_index": np.zeros(n, dtype=np.int32),
-                "source_index": source_index,
-                "channel_mapping": as_json(
-                    {
-                        "density": f"t0_fields/density, {k}×{k} block mean",
-                        "momentum_x": f"t1_fields/momentum[..., 0], {k}×{k} block mean",
-                        "momentum_y": f"t1_fields/momentum[..., 1], {k}×{k} block mean",
-                        "energy": f"t0_fields/energy, {k}×{k} block mean",
-                        "pressure (t0 field)": "(γ−1)(E − |m|²/2ρ) of the block means",
-                    }
-                ),
-                "import_checks": as_json(checks),
-                "imported_with": "coherence import well-euler",
-            }
-        )
+            progress = (meter, f"{class_name}: {i + 1}/{n}")
+            writer.write(i, _trajectory(t0, mom, i, path, info, k, checks, progress))
+        writer.file.attrs.update(_provenance(f, path, n, k, checks))
     return checks

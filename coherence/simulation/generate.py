@@ -1,0 +1,204 @@
+"""Generate a dataset from the solvers: every class simulated in chunks (in worker processes
+when large enough), shuffled by its class seed, split and written as Well files, all staged and
+committed together (``staging``). ``dataset`` re-exports ``generate_dataset`` and
+``simulate_chunk``, the names callers import.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coherence.errors import RequestError
+from coherence.simulation.dataset import (
+    SPLITS,
+    Progress,
+    SimulationRequest,
+    class_seed,
+    split_counts,
+)
+from coherence.simulation.families import FAMILIES, Family
+from coherence.simulation.staging import Stage, dataset_transaction
+from coherence.simulation.wellformat import write_well_file
+
+
+def evolve_states(family: Family, states: torch.Tensor, times: np.ndarray) -> torch.Tensor:
+    """Run the family's solver: [B, F, H, W] -> [B, T, F, H, W]."""
+    times_t = torch.as_tensor(times, dtype=states.dtype)
+    if family is Family.EULER:
+        from coherence.simulation import euler
+
+        return euler.evolve(states, times_t, gamma=FAMILIES[family].scalars["gamma"])
+    from coherence.simulation import navier_stokes
+
+    return navier_stokes.evolve(states, times_t, nu=FAMILIES[family].scalars["nu"])
+
+
+PARALLEL_MIN_CELLS = 16 * 64 * 64  # per class: below this, worker start-up costs more
+
+
+def simulate_chunk(
+    family: str,
+    class_name: str,
+    n: int,
+    resolution: int,
+    seed: int,
+    start: int,
+    stop: int,
+    times: np.ndarray,
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """Trajectories start..stop of one class (initial states drawn for all n, then sliced, so
+    a chunk does not change what any trajectory is). One torch thread: chunks run side by side.
+    """
+    from coherence.simulation.classes import get_class
+
+    initial = get_class(class_name).sample(n, resolution, seed)[start:stop].to(dtype)
+    return evolve_states(Family(family), initial, times).cpu().numpy()
+
+
+def _simulate_chunk_in_worker(*args) -> np.ndarray:
+    torch.set_num_threads(1)
+    return simulate_chunk(*args)
+
+
+def generate_dataset(
+    request: SimulationRequest,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 16,
+    dtype: torch.dtype = torch.float32,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+) -> Path:
+    """Simulate every class and write the Well layout under ``out_dir``; returns out_dir.
+
+    Each class gets its own seed (``class_seed``) for initial states and split, so results are
+    reproducible class by class. Chunks of ``batch_size`` trajectories run in ``workers``
+    processes (default: one per core when the job is big enough to pay for their start-up;
+    1 runs in this process). Existing class files are refused unless ``overwrite``. All files
+    are staged and committed together (``coherence.simulation.staging``): a killed run leaves
+    no dataset, or the previous one untouched, never a partial one.
+    """
+    out = Path(out_dir)
+    family = Family(request.family)
+    counts = split_counts(request.trajectories, request.split)
+    with dataset_transaction(out) as stage:
+        _check_clash(stage, request.classes, overwrite)
+        _simulate_into(stage, request, family, counts, batch_size, dtype, progress, workers)
+    return out
+
+
+def _check_clash(stage: Stage, classes: Sequence[str], overwrite: bool) -> None:
+    """Refuse to replace existing class files unless ``overwrite``."""
+    if not overwrite:
+        existing = [stage.final(s, f"{c}.hdf5") for s in SPLITS for c in classes]
+        clash = [p for p in existing if p.exists()]
+        if clash:
+            raise RequestError(
+                f"{clash[0]} already exists; choose another --out or pass --overwrite"
+            )
+
+
+def _simulate_into(
+    stage: Stage,
+    request: SimulationRequest,
+    family: Family,
+    counts: tuple[int, int, int],
+    batch_size: int,
+    dtype: torch.dtype,
+    progress: Progress | None,
+    workers: int | None,
+) -> None:
+    """Simulate every class in chunks and write its split files into the stage."""
+    jobs = _chunk_jobs(request, family, batch_size, dtype)
+    results = _run_jobs(jobs, request, workers, progress)
+    for class_name in request.classes:
+        _write_class(stage, request, family, counts, class_name, jobs, results)
+
+
+def _chunk_jobs(
+    request: SimulationRequest, family: Family, batch_size: int, dtype: torch.dtype
+) -> list[tuple]:
+    """``simulate_chunk`` arguments of each chunk of ``batch_size`` trajectories, class by class."""
+    return [
+        (
+            family.value,
+            c,
+            request.trajectories,
+            request.resolution,
+            class_seed(request.seed, c),
+            start,
+            min(start + batch_size, request.trajectories),
+            request.times,
+            dtype,
+        )
+        for c in request.classes
+        for start in range(0, request.trajectories, batch_size)
+    ]
+
+
+def _run_jobs(
+    jobs: list[tuple],
+    request: SimulationRequest,
+    workers: int | None,
+    progress: Progress | None,
+) -> dict[tuple[str, int], np.ndarray]:
+    """States of every chunk, keyed (class, first trajectory): in this process, or in
+    ``workers`` spawned processes (default: one per core when the job is big enough)."""
+    if workers is None:
+        big = request.trajectories * request.resolution**2 >= PARALLEL_MIN_CELLS
+        workers = min(os.cpu_count() or 1, len(jobs)) if big else 1
+    total = len(request.classes) * request.trajectories
+    done = 0
+    results: dict[tuple[str, int], np.ndarray] = {}
+
+    def record(job: tuple, states: np.ndarray) -> None:
+        nonlocal done
+        results[(job[1], job[5])] = states
+        done += job[6] - job[5]
+        if progress:
+            progress(done, total, f"{job[1]}: {done}/{total} trajectories")
+
+    if workers <= 1:
+        for job in jobs:
+            record(job, simulate_chunk(*job))
+    else:
+        context = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {pool.submit(_simulate_chunk_in_worker, *job): job for job in jobs}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    return results
+
+
+def _write_class(
+    stage: Stage,
+    request: SimulationRequest,
+    family: Family,
+    counts: tuple[int, int, int],
+    class_name: str,
+    jobs: list[tuple],
+    results: dict[tuple[str, int], np.ndarray],
+) -> None:
+    """One class's trajectories, shuffled by its seed, written as one file per split."""
+    seed = class_seed(request.seed, class_name)
+    states = np.concatenate([results[(class_name, job[5])] for job in jobs if job[1] == class_name])
+    order = np.random.default_rng(seed).permutation(request.trajectories)
+    bounds = np.cumsum((0, *counts))
+    for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
+        write_well_file(
+            stage.path(split, f"{class_name}.hdf5"),
+            states[np.sort(order[lo:hi])],
+            request.times,
+            family=family,
+            class_name=class_name,
+            dataset_name=request.name,
+        )

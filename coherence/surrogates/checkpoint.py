@@ -4,25 +4,26 @@
                                 fingerprint and classes, seed, training arguments, versions
     <name>/model.safetensors    weights (normalization buffers included)
     <name>/history.json         per-epoch train and validation SMSE
-    <name>/training_state.safetensors   optimizer moments, for resume (optional; the data order is
-                                        re-derived from the seed, so no RNG state is kept)
+    <name>/training_state.safetensors   AdamW state for resume (optional): optim.<i>.step,
+                                        .exp_avg, .exp_avg_sq of parameter i. No RNG state
+                                        is saved: epoch e's data order is re-derived from
+                                        the seed (seed·100003 + e), and the built-in models
+                                        draw no random numbers after initialization
     <name>/manifest.json        size and SHA-256 of each file above, epochs trained
     <name>/epochs/NNNN/         snapshots of chosen epochs, each a checkpoint (``snapshots``)
 
 A save replaces the whole set at once (``fileset``: written into a staging directory, committed
 by one rename), so a kill leaves the previous complete set or the new one, never weights of
 one epoch beside the history of another. Directories written before the manifest existed
-(the four files alone) still load. Every field of config.json and history.json is
-type-checked (``jsonfields``); the model's memory is counted on the meta device and refused
-before anything is allocated when it cannot fit (``footprint``).
+(the four files alone) still load. Every field of config.json (``checkpoint_config``) and
+history.json is type-checked (``jsonfields``); the model's memory is counted on the meta
+device and refused before anything is allocated when it cannot fit (``footprint``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,17 @@ from torch import nn
 
 from coherence.errors import CheckpointError
 from coherence.surrogates import fileset
+from coherence.surrogates.checkpoint_config import (
+    FORMAT,
+    FORMAT_VERSION,
+    CheckpointConfig,
+    new_config,
+    package_versions,
+)
 from coherence.surrogates.footprint import check_model_fits
 from coherence.surrogates.jsonfields import JsonObject, json_list
-from coherence.surrogates.registry import model_config_dict, model_from_config_dict
+from coherence.surrogates.registry import model_from_config_dict
 
-FORMAT = "coherence-checkpoint"
-FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 HISTORY_FILE = "history.json"
@@ -48,100 +54,29 @@ MANIFEST_FILE = fileset.MANIFEST_FILE
 SET_FILES = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, STATE_FILE)  # what a save may write
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    """Everything needed to rebuild and judge a model, read from config.json."""
-
-    model: dict[str, Any]
-    family: str
-    channels: tuple[str, ...]
-    resolution: tuple[int, int]
-    dataset: dict[str, Any]
-    seed: int
-    training: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def arch(self) -> str:
-        return str(self.model["arch"])
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return tuple(self.dataset.get("classes", ()))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": self.model,
-            "family": self.family,
-            "channels": list(self.channels),
-            "resolution": list(self.resolution),
-            "dataset": self.dataset,
-            "seed": self.seed,
-            "training": self.training,
-            "versions": self.versions,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: Path) -> CheckpointConfig:
-        if data.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{where}: not a Coherence checkpoint config (format is "
-                f"{data.get('format')!r}, expected {FORMAT!r})"
-            )
-        if data.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{where}: checkpoint format version "
-                f"{data.get('format_version')!r} is not supported (this "
-                f"version reads {FORMAT_VERSION}); re-save it"
-            )
-        missing = [
-            k
-            for k in ("model", "family", "channels", "resolution", "dataset", "seed")
-            if k not in data
-        ]
-        if missing:
-            raise CheckpointError(f"{where}: config.json lacks {', '.join(missing)}; re-save it")
-        doc = JsonObject(data, where)
-        model = doc.object("model")
-        model.string("arch")
-        model.optional_string("preset")
-        model.object("config")
-        dataset = doc.object("dataset")
-        for name in ("name", "root", "fingerprint"):
-            if dataset.has(name):
-                dataset.string(name)
-        if dataset.has("classes"):
-            dataset.string_list("classes")
-        training = doc.object("training", default={})
-        if training.has("args"):
-            training.object("args")
-        return cls(
-            model=model.to_dict(),
-            family=doc.string("family"),
-            channels=doc.string_list("channels"),
-            resolution=doc.integer_list("resolution", length=2, minimum=1),
-            dataset=dataset.to_dict(),
-            seed=doc.integer("seed"),
-            training=training.to_dict(),
-            versions=doc.string_map("versions"),
-        )
-
-
-def package_versions() -> dict[str, str]:
-    """Versions that decide whether a result can be reproduced."""
-    import numpy
-
-    import coherence
-
-    return {
-        "coherence": coherence.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HISTORY_FILE",
+    "MANIFEST_FILE",
+    "PICKLE_SUFFIXES",
+    "SET_FILES",
+    "STATE_FILE",
+    "WEIGHTS_FILE",
+    "CheckpointConfig",
+    "check_compatible",
+    "load",
+    "load_training_state",
+    "new_config",
+    "package_versions",
+    "read_config",
+    "read_history",
+    "recover",
+    "save_checkpoint",
+    "save_snapshot",
+    "verify",
+]
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -204,28 +139,6 @@ def recover(directory: str | os.PathLike) -> None:
                 f"{exc}; the interrupted save cannot be completed: delete {directory} and "
                 "train again"
             ) from exc
-
-
-def new_config(
-    model: nn.Module,
-    *,
-    family: str,
-    channels: tuple[str, ...],
-    resolution: tuple[int, int],
-    dataset: dict[str, Any],
-    seed: int,
-    training: dict[str, Any],
-) -> CheckpointConfig:
-    return CheckpointConfig(
-        model=model_config_dict(model),
-        family=family,
-        channels=channels,
-        resolution=resolution,
-        dataset=dataset,
-        seed=seed,
-        training=training,
-        versions=package_versions(),
-    )
 
 
 def _read_json(directory: Path, name: str) -> Any:
@@ -342,21 +255,11 @@ def _checked_directory(directory: Path) -> Path:
     return directory
 
 
-def load(
-    path: str | os.PathLike,
-    *,
-    trust_code: bool = False,
-    device: str | torch.device = "cpu",
-) -> tuple[nn.Module, CheckpointConfig]:
-    """Load a checkpoint: (model in eval mode, mapping physical state -> next state, config).
-
-    Refuses, with the reason and the fix: missing files, pickle files, symbolic links,
-    fields of the wrong type, a model too large for the free memory of ``device`` (counted
-    before anything is allocated), weights that do not match the config, an untrusted
-    custom architecture.
-    """
-    directory = Path(path)
-    config = read_config(directory)
+def _model_for(
+    directory: Path, config: CheckpointConfig, device: str | torch.device, trust_code: bool
+) -> nn.Module:
+    """The untrained model config.json describes, after checking that it fits ``device``;
+    errors name config.json."""
     where = directory / CONFIG_FILE
     try:
         check_model_fits(
@@ -367,20 +270,18 @@ def load(
             where,
             trust_code=trust_code,
         )
-        model = model_from_config_dict(config.model, trust_code=trust_code)
+        return model_from_config_dict(config.model, trust_code=trust_code)
     except CheckpointError as exc:
         message = str(exc)
         raise CheckpointError(
             message if message.startswith(str(where)) else f"{where}: {message}"
         ) from exc
-    weights_path = directory / WEIGHTS_FILE
-    try:
-        tensors = load_safetensors(fileset.read_bytes(directory, WEIGHTS_FILE))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{weights_path}: not a readable safetensors file ({exc}); re-save the checkpoint"
-        ) from exc
-    expected = model.state_dict()
+
+
+def _weight_mismatches(
+    expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
+) -> list[str]:
+    """Names missing or unexpected and shapes that differ (three of each at most)."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong_shape = sorted(
@@ -388,17 +289,31 @@ def load(
         for k in set(expected) & set(tensors)
         if tuple(expected[k].shape) != tuple(tensors[k].shape)
     )
-    if missing or unexpected or wrong_shape:
-        details = []
-        if missing:
-            details.append(f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}")
-        if unexpected:
-            details.append(f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}")
-        for key in wrong_shape[:3]:
-            details.append(
-                f"{key} has shape {tuple(tensors[key].shape)}, config implies "
-                f"{tuple(expected[key].shape)}"
-            )
+    details = []
+    if missing:
+        details.append(f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}")
+    if unexpected:
+        details.append(f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}")
+    for key in wrong_shape[:3]:
+        details.append(
+            f"{key} has shape {tuple(tensors[key].shape)}, config implies "
+            f"{tuple(expected[key].shape)}"
+        )
+    return details
+
+
+def _read_weights(directory: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """model.safetensors, refused unless it is readable, matches ``model`` name for name and
+    shape for shape, and holds only finite values."""
+    weights_path = directory / WEIGHTS_FILE
+    try:
+        tensors = load_safetensors(fileset.read_bytes(directory, WEIGHTS_FILE))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{weights_path}: not a readable safetensors file ({exc}); re-save the checkpoint"
+        ) from exc
+    details = _weight_mismatches(model.state_dict(), tensors)
+    if details:
         raise CheckpointError(
             f"{weights_path}: weights do not match the architecture in {CONFIG_FILE} ("
             + "; ".join(details)
@@ -410,7 +325,27 @@ def load(
             f"{weights_path}: weights {bad[:3]} hold NaN or inf; the training "
             "diverged or the file is corrupt: retrain or restore it"
         )
-    model.load_state_dict(tensors, strict=True)
+    return tensors
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    trust_code: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, CheckpointConfig]:
+    """Load a checkpoint: (the model in eval mode on ``device``, which maps a state to the
+    next one; its config).
+
+    Refuses, with the reason and the fix: missing files, pickle files, symbolic links,
+    fields of the wrong type, a model too large for the free memory of ``device`` (counted
+    before anything is allocated), weights that do not match the config, an untrusted
+    custom architecture.
+    """
+    directory = Path(path)
+    config = read_config(directory)
+    model = _model_for(directory, config, device, trust_code)
+    model.load_state_dict(_read_weights(directory, model), strict=True)
     model.to(device)
     model.eval()
     return model, config
@@ -439,6 +374,7 @@ def check_compatible(
 
 
 def load_training_state(directory: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The optimizer tensors of training_state.safetensors (None when there is none)."""
     directory = Path(directory)
     path = directory / STATE_FILE
     _refuse_links(directory, (STATE_FILE,))

@@ -1,0 +1,137 @@
+"""A checkpoint's config.json: everything needed to rebuild and judge a model, every field
+type-checked on reading (``jsonfields``). ``checkpoint`` re-exports these names.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from coherence.errors import CheckpointError
+from coherence.surrogates.jsonfields import JsonObject
+from coherence.surrogates.registry import model_config_dict
+
+FORMAT = "coherence-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Everything needed to rebuild and judge a model, read from config.json."""
+
+    model: dict[str, Any]
+    family: str
+    channels: tuple[str, ...]
+    resolution: tuple[int, int]
+    dataset: dict[str, Any]
+    seed: int
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return str(self.model["arch"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.dataset.get("classes", ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.model,
+            "family": self.family,
+            "channels": list(self.channels),
+            "resolution": list(self.resolution),
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "training": self.training,
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path) -> CheckpointConfig:
+        if data.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{where}: not a Coherence checkpoint config (format is "
+                f"{data.get('format')!r}, expected {FORMAT!r})"
+            )
+        if data.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{where}: checkpoint format version "
+                f"{data.get('format_version')!r} is not supported (this "
+                f"version reads {FORMAT_VERSION}); re-save it"
+            )
+        missing = [
+            k
+            for k in ("model", "family", "channels", "resolution", "dataset", "seed")
+            if k not in data
+        ]
+        if missing:
+            raise CheckpointError(f"{where}: config.json lacks {', '.join(missing)}; re-save it")
+        doc = JsonObject(data, where)
+        model = doc.object("model")
+        model.string("arch")
+        model.optional_string("preset")
+        model.object("config")
+        dataset = doc.object("dataset")
+        for name in ("name", "root", "fingerprint"):
+            if dataset.has(name):
+                dataset.string(name)
+        if dataset.has("classes"):
+            dataset.string_list("classes")
+        training = doc.object("training", default={})
+        if training.has("args"):
+            training.object("args")
+        return cls(
+            model=model.to_dict(),
+            family=doc.string("family"),
+            channels=doc.string_list("channels"),
+            resolution=doc.integer_list("resolution", length=2, minimum=1),
+            dataset=dataset.to_dict(),
+            seed=doc.integer("seed"),
+            training=training.to_dict(),
+            versions=doc.string_map("versions"),
+        )
+
+
+def package_versions() -> dict[str, str]:
+    """Versions that decide whether a result can be reproduced."""
+    import numpy
+
+    import coherence
+
+    return {
+        "coherence": coherence.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def new_config(
+    model: nn.Module,
+    *,
+    family: str,
+    channels: tuple[str, ...],
+    resolution: tuple[int, int],
+    dataset: dict[str, Any],
+    seed: int,
+    training: dict[str, Any],
+) -> CheckpointConfig:
+    return CheckpointConfig(
+        model=model_config_dict(model),
+        family=family,
+        channels=channels,
+        resolution=resolution,
+        dataset=dataset,
+        seed=seed,
+        training=training,
+        versions=package_versions(),
+    )

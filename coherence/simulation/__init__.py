@@ -1,8 +1,9 @@
 """PDE solvers, initial-condition classes and The Well HDF5 datasets (stage 1: simulate).
 
 The contracts of ARCHITECTURE.md live in their modules (``euler.evolve``,
-``navier_stokes.evolve``, the Well schema in ``wellformat``); the names a user reaches for are
-exported here, loaded on first use (PEP 562) so that importing the package stays light.
+``navier_stokes.evolve``, the Well format in ``wellformat``: its schema and validator in
+``wellschema``, its writer in ``wellwriter``; generation in ``generate``); the names a user
+reaches for are exported here, loaded on first use (PEP 562) so importing stays light.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Which selections can be computed: one sentence per problem, naming the value and the fix.
 
-Pure (no streamlit). Used twice: ``selection.decode_query`` explains and replaces every bad
-value of a shared link, and the page lists ``problems`` of the sidebar's selection instead
-of computing it (too few classes, a window past the trajectories or beyond N ≤ 512, a
-trajectory that does not exist, CUDA without a GPU, a model that does not fit the data).
+Pure (no streamlit). Used twice: the controls' table (``controls.read_query``) explains and
+replaces every bad value of a shared link, and the page lists ``problems`` of the sidebar's
+selection instead of computing it (too few classes, a window past the trajectories or beyond
+N ≤ 512, a trajectory that does not exist, CUDA without a GPU, a model that does not fit the
+data). The rules the engine owns are asked of it, not restated: the window of
+``batch.check_window``, and N, damping, rtol, estimator, responses and device of the
+AnalysisRequest (``request_problem``).
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 
 Each row of ``CONTROLS`` ties a Selection field to its URL key, its session-state key, its
 default, how a link's text is parsed and written, and its widget. Reading a link
-(``decode_query``), writing one (``encode``: ``Selection.to_query``), and the sidebar's
-session state (``load_state``, ``prepare_state``, ``read_state``) and drawing walk the rows
-in order, each row seeing the fields of the rows before it. A new control is one row (plus
-its Selection field); the rows whose rules are their own (dataset, model groups, window,
-trajectories, responses) are kinds in ``control_rows``.
+(``read_query``, i.e. ``selection.decode_query``), writing one (``encode``, i.e.
+``Selection.to_query``), the sidebar's session state (``load_state``, ``prepare_state``,
+``read_state``) and its drawing (``walk``) go through the rows in order, each row seeing the
+fields of the rows before it. A new control is one row (plus its Selection field); the rows
+whose rules are their own (dataset, model groups, window, trajectories, responses) are kinds
+in ``control_rows``.
 
 Pure (no streamlit).
 """
@@ -179,7 +180,7 @@ def _warning(key: str, raw: str, why: str, instead: str) -> str:
     return f"URL parameter {key}={shown!r}: {why}; using {instead} instead"
 
 
-def decode_query(
+def read_query(
     params: Mapping[str, Any],
     catalog: Catalog,
     *,

@@ -301,10 +301,10 @@ def decode_query(
 ) -> tuple[Selection | None, list[str]]:
     """A Selection from URL parameters plus one warning per value that was invalid and
     replaced by its default (never raises); None when the workspace offers no selection.
-    The controls' table reads the link (``controls.decode_query``)."""
-    from coherence.dashboard.controls import decode_query as decode  # it imports this module
+    The controls' table reads the link (``controls.read_query``)."""
+    from coherence.dashboard.controls import read_query  # it imports this module
 
-    return decode(params, catalog, cuda_available=cuda_available, cached=cached)
+    return read_query(params, catalog, cuda_available=cuda_available, cached=cached)
 
 
 def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | None:

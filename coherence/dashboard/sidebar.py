@@ -20,7 +20,7 @@ import streamlit as st
 from coherence.dashboard import controls, loaders
 from coherence.dashboard.control_kinds import Control, Scope
 from coherence.dashboard.control_rows import Group, group_label, offered_datasets
-from coherence.dashboard.controls import QUERY_KEYS, decode_query
+from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import code
 from coherence.dashboard.selection import (
     Selection,
@@ -34,7 +34,7 @@ from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 __all__ = ["current_selection_or_none", "describe", "draw", "init_from_url", "prepare"]
 
 
-def load_state(selection: Selection, catalog: Catalog) -> None:
+def _into_widgets(selection: Selection, catalog: Catalog) -> None:
     """Put a selection into the widgets' session state (before they are drawn)."""
     controls.load_state(st.session_state, selection, catalog)
 
@@ -42,11 +42,11 @@ def load_state(selection: Selection, catalog: Catalog) -> None:
 def init_from_url(catalog: Catalog, *, cuda_available: bool) -> list[str]:
     """On a session's first run: the URL's selection into the widgets; returns warnings."""
     params = {key: st.query_params.get_all(key) for key in QUERY_KEYS if key in st.query_params}
-    selection, warnings = decode_query(
+    selection, warnings = controls.read_query(
         params, catalog, cuda_available=cuda_available, cached=loaders.is_cached(catalog.root)
     )
     if selection is not None:
-        load_state(selection, catalog)
+        _into_widgets(selection, catalog)
     return warnings
 
 
@@ -71,7 +71,7 @@ def _on_dataset(catalog: Catalog) -> None:
     if defaults is not None:
         current = current_selection_or_none(catalog)
         chosen = with_dataset(catalog, current, name, cached=cached) if current else defaults
-        load_state(chosen, catalog)
+        _into_widgets(chosen, catalog)
         st.session_state.sb_dataset = name
 
 
@@ -222,7 +222,7 @@ def _switch(catalog: Catalog, choices: dict[str, Selection]) -> None:
     current = current_selection_or_none(catalog)
     if current is not None:
         chosen = replace(chosen, device=current.device)
-    load_state(chosen, catalog)
+    _into_widgets(chosen, catalog)
 
 
 def _cached_analyses(catalog: Catalog) -> None:

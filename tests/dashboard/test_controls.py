@@ -13,13 +13,17 @@ from coherence.dashboard.checks import problems, window_problem
 from coherence.dashboard.controls import (
     CONTROLS,
     QUERY_KEYS,
-    decode_query,
     encode,
     load_state,
     prepare_state,
     read_state,
 )
-from coherence.dashboard.selection import DEFAULT_DAMPING, Selection, default_selection
+from coherence.dashboard.selection import (
+    DEFAULT_DAMPING,
+    Selection,
+    decode_query,
+    default_selection,
+)
 from coherence.errors import RequestError
 
 from .test_selection import synthetic_catalog

@@ -88,7 +88,7 @@ def validation(ctx: PanelContext) -> None:
     if found is None:
         _not_computed(ctx, status, checkpoint, spec)
     else:
-        _result(ctx, *found)
+        _show_result(ctx, *found)
 
 
 def _controls(ctx: PanelContext) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def _not_computed(ctx: PanelContext, status: Any, checkpoint: str, spec: dict[st
     )
 
 
-def _result(ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, Any]) -> None:
+def _show_result(ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, Any]) -> None:
     """The cached check: the error at the smallest ε, both figures, the downloads."""
     found = {**arrays, "seconds": float(metadata.get("seconds", float("nan")))}
     eps, errors = found["epsilons"], found["rel_errors"]

@@ -19,7 +19,7 @@ import streamlit as st
 
 from coherence.dashboard import controls, loaders
 from coherence.dashboard.control_kinds import Control, Scope
-from coherence.dashboard.control_rows import Group, group_label, offered_datasets
+from coherence.dashboard.control_rows import Dataset, Group, group_label, offered_datasets
 from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import code
 from coherence.dashboard.selection import (
@@ -175,7 +175,7 @@ def _draw(control: Control, scope: Scope) -> None:
         st.divider()
     if isinstance(control, Group):
         _group_control(control, scope)
-    elif control.key == "data":
+    elif isinstance(control, Dataset):
         _dataset_widget(control, scope)
     elif control.drawn(scope):
         draw_widget = getattr(st, control.widget)

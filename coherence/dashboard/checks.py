@@ -1,18 +1,24 @@
 """Which selections can be computed: one sentence per problem, naming the value and the fix.
 
-Pure (no streamlit). Used twice: ``selection.decode_query`` explains and replaces every bad
-value of a shared link, and the page lists ``problems`` of the sidebar's selection instead
-of computing it (too few classes, a window past the trajectories or beyond N ≤ 512, a
-trajectory that does not exist, CUDA without a GPU, a model that does not fit the data).
+Pure (no streamlit). Used twice: the controls' table (``controls.read_query``) explains and
+replaces every bad value of a shared link, and the page lists ``problems`` of the sidebar's
+selection instead of computing it (too few classes, a window past the trajectories or beyond
+N ≤ 512, a trajectory that does not exist, CUDA without a GPU, a model that does not fit the
+data). The rules the engine owns are asked of it, not restated: the window of
+``batch.check_window``, and N, damping, rtol, estimator, responses and device of the
+AnalysisRequest (``request_problem``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from coherence.analysis.request import MAX_EXAMPLES
+from coherence.analysis.batch import check_window
+from coherence.analysis.request import AnalysisRequest
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 from coherence.errors import RequestError
 
@@ -126,21 +132,39 @@ def _count_trajectories(n: int) -> str:
     return f"there are {n} test trajectories per class (0..{n - 1})"
 
 
-def check_window(entry: DatasetEntry, n_classes: int, t_start: int, n_steps: int) -> str | None:
-    if t_start < 0 or n_steps < 1:
-        return f"window {t_start}:{n_steps}: start ≥ 0 and at least one step"
-    if t_start + n_steps > entry.transitions:
-        return (
-            f"window {t_start}:{n_steps} needs snapshots {t_start}..{t_start + n_steps}, but "
-            f"{entry.name} has {len(entry.times)} (0..{entry.transitions})"
-        )
-    n = n_classes * n_steps
-    if not 2 <= n <= MAX_EXAMPLES:
-        return (
-            f"{n_classes} classes × {n_steps} steps = {n} examples per batch; influence needs "
-            f"2 ≤ N ≤ {MAX_EXAMPLES}: shorten the window or drop a class"
-        )
+def request_problem(**settings: Any) -> str | None:
+    """What the AnalysisRequest says about ``settings`` (None: it accepts them). The rules on
+    damping, rtol, estimator, responses, device and the batch size N live once, in the
+    request; the dashboard asks it instead of re-checking. Names stand in for the paths
+    (a request does not read them), two classes and one step for what is not asked about."""
+    try:
+        AnalysisRequest(**{**_PROBE, **settings})
+    except RequestError as exc:
+        return str(exc)
     return None
+
+
+_PROBE: dict[str, Any] = {
+    "checkpoints": ("probe",),
+    "data": "probe",
+    "classes": ("probe-a", "probe-b"),
+    "n_steps": 1,
+    "trajectories": (0,),
+}
+
+
+def window_problem(entry: DatasetEntry, n_classes: int, t_start: int, n_steps: int) -> str | None:
+    """The engine's rules on a window, as one sentence (None: it fits): inside the
+    trajectories (``batch.check_window``), and 2 ≤ N = classes × steps ≤ MAX_EXAMPLES (the
+    request's rule; not asked without classes, whose own problem is reported)."""
+    try:  # batch.check_window reads only the time axis and the directory name
+        check_window(SimpleNamespace(times=entry.times, root=Path(entry.name)), t_start, n_steps)
+    except RequestError as exc:
+        return str(exc)
+    if n_classes < 1:
+        return None
+    classes = tuple(f"class-{i}" for i in range(n_classes))
+    return request_problem(classes=classes, t_start=t_start, n_steps=n_steps)
 
 
 def check_responses(entry: DatasetEntry, responses: Sequence[str]) -> str | None:
@@ -163,7 +187,7 @@ def problems(selection: Selection, catalog: Catalog, *, cuda_available: bool = F
         check_group(catalog, entry, selection.checkpoints),
         check_classes(entry, selection.classes),
         check_trajectories(entry, selection.classes, selection.trajectories),
-        check_window(entry, len(selection.classes), selection.t_start, selection.n_steps),
+        window_problem(entry, len(selection.classes), selection.t_start, selection.n_steps),
         check_responses(entry, selection.responses),
     ]
     if selection.compare:

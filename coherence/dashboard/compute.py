@@ -237,60 +237,61 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
         progress_panel(str(root), tuple(g.label for g in running), tuple(g.key for g in running))
         return
     st.session_state.pop("cancel_requested", None)
-    todo = []
-    for group in states:
-        status = group.status
-        if status is None:
-            continue
-        if status.state == "done" and group.result is not None:
-            st.caption(
-                f":material/check_circle: **{literal(group.label)}**: cached result, computed "
-                f"{format_duration(status.age_seconds)} ago "
-                f"(key {code(group.key[:12])})"
-            )
-            result = group.result
-            if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
-                st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
-            continue
-        todo.append(group)
-        if status.state == "failed":
-            st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")
-        else:
-            cached, total = loaders.job_runner(str(root)).cached_unit_count(group.request)
-            resume = (
-                f" {cached} of {total} units cached: Compute computes only the rest."
-                if cached
-                else ""
-            )
-            if status.state == "cancelled":
-                st.warning(
-                    f"**{literal(group.label)}**: the analysis was cancelled; compute it "
-                    f"again.{resume}"
-                )
-            else:
-                st.info(
-                    f"**{literal(group.label)}**: not computed yet for this selection.{resume}",
-                    icon=":material/info:",
-                )
+    todo = [g for g in states if g.status is not None and not _group_status(root, g)]
     if error := st.session_state.get("compute_error"):
         st.error(literal(error))
     if todo:
-        seconds = sum(job_seconds(json.dumps(g.request.to_dict(), sort_keys=True)) for g in todo)
-        confirmed = True
-        if seconds > 0:
-            st.caption(f"Estimated time for the whole job: {format_duration(seconds)}.")
-        if seconds > confirm_seconds():
-            confirmed = st.checkbox(
-                f"Start a job estimated at {format_duration(seconds)}", key="confirm_long_job"
-            )
-        st.button(
-            "Compute" if len(todo) == 1 else f"Compute {len(todo)} analyses",
-            type="primary",
-            key="compute",
-            icon=":material/play_arrow:",
-            disabled=not confirmed,
-            on_click=submit,
-            args=(str(root), tuple(g.request for g in todo)),
-            help="Runs in a background worker; progress shows here, and the result is "
-            "cached for everyone who asks for the same analysis.",
+        _compute_button(root, todo)
+
+
+def _group_status(root: Path, group: GroupState) -> bool:
+    """One group's line: its cached result (True), or why it is still to compute (False)."""
+    status = group.status
+    if status.state == "done" and group.result is not None:
+        st.caption(
+            f":material/check_circle: **{literal(group.label)}**: cached result, computed "
+            f"{format_duration(status.age_seconds)} ago "
+            f"(key {code(group.key[:12])})"
         )
+        result = group.result
+        if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
+            st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
+        return True
+    if status.state == "failed":
+        st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")
+        return False
+    cached, total = loaders.job_runner(str(root)).cached_unit_count(group.request)
+    resume = f" {cached} of {total} units cached: Compute computes only the rest." if cached else ""
+    if status.state == "cancelled":
+        st.warning(
+            f"**{literal(group.label)}**: the analysis was cancelled; compute it again.{resume}"
+        )
+    else:
+        st.info(
+            f"**{literal(group.label)}**: not computed yet for this selection.{resume}",
+            icon=":material/info:",
+        )
+    return False
+
+
+def _compute_button(root: Path, todo: Sequence[GroupState]) -> None:
+    """The estimated time (a confirmation past the threshold) and the Compute button."""
+    seconds = sum(job_seconds(json.dumps(g.request.to_dict(), sort_keys=True)) for g in todo)
+    confirmed = True
+    if seconds > 0:
+        st.caption(f"Estimated time for the whole job: {format_duration(seconds)}.")
+    if seconds > confirm_seconds():
+        confirmed = st.checkbox(
+            f"Start a job estimated at {format_duration(seconds)}", key="confirm_long_job"
+        )
+    st.button(
+        "Compute" if len(todo) == 1 else f"Compute {len(todo)} analyses",
+        type="primary",
+        key="compute",
+        icon=":material/play_arrow:",
+        disabled=not confirmed,
+        on_click=submit,
+        args=(str(root), tuple(g.request for g in todo)),
+        help="Runs in a background worker; progress shows here, and the result is "
+        "cached for everyone who asks for the same analysis.",
+    )

@@ -1,33 +1,25 @@
 """The dashboard's selection: a frozen dataclass, its URL form, its checks and its requests.
 
 Pure (no streamlit): the sidebar builds a Selection, the URL stores ``to_query()``,
-``decode_query`` reads a link back (explaining and replacing every bad value), and
-``to_request`` / ``to_requests`` are the one way the dashboard (and ``coherence demo``, which
-precomputes ``default_selection(ws).to_request(ws)``) turn a selection into analysis requests.
+``decode_query`` reads a link back (explaining and replacing every bad value; both walk the
+table in ``controls``), and ``to_request`` / ``to_requests`` are the one way the dashboard
+(and ``coherence demo``, which precomputes ``default_selection(ws).to_request(ws)``) turn a
+selection into analysis requests.
 Names in a selection are directory names relative to ``<workspace>/datasets`` and
 ``<workspace>/checkpoints``; ``to_request`` resolves them with ``resolve_inside``.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from coherence.analysis.estimators import Estimator
+from coherence.analysis.observables import Response
 from coherence.analysis.request import MAX_EXAMPLES, AnalysisRequest
-from coherence.dashboard.checks import (
-    check_classes,
-    check_group,
-    check_responses,
-    check_trajectories,
-    check_window,
-    format_ranges,
-    parse_ranges,
-    split_list,
-)
+from coherence.dashboard.checks import check_group, format_ranges, request_problem
 from coherence.dashboard.workspace_scan import (
     Catalog,
     DatasetEntry,
@@ -38,8 +30,8 @@ from coherence.dashboard.workspace_scan import (
 from coherence.errors import RequestError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
-RESPONSES = ("smse", "mass", "energy")
-ESTIMATORS = ("subspace", "cg", "euclidean", "krylov")
+RESPONSES = tuple(r.value for r in Response)  # smse, mass, energy
+ESTIMATORS = tuple(e.value for e in Estimator)  # subspace, cg, euclidean, krylov
 DEVICES = ("auto", "cpu", "cuda")
 # The paper uses 6 test trajectories per seed; 2 keep the demo's precompute within its budget
 # on 2 CPU cores, and more are one sidebar pick away.
@@ -52,19 +44,6 @@ DAMPING_RANGE = (1e-12, 1e6)
 RTOL_RANGE = (1e-8, 0.99)
 PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4, cg
 FALLBACK_RTOL = 1e-2
-QUERY_KEYS = (
-    "data",
-    "ckpt",
-    "vs",
-    "classes",
-    "traj",
-    "window",
-    "resp",
-    "est",
-    "damping",
-    "rtol",
-    "device",
-)
 # How many candidate defaults ``prefer_cached`` asks about: each question may hash the
 # candidate's checkpoint files once (the cache key), so a huge workspace is not read whole.
 MAX_CACHE_LOOKUPS = 8
@@ -95,25 +74,30 @@ class Selection:
                 raise RequestError(f"Selection.{name}={value!r}: give a tuple of names")
         object.__setattr__(self, "classes", class_order(self.classes))
         object.__setattr__(self, "trajectories", tuple(sorted({int(t) for t in self.trajectories})))
-        unknown = [r for r in self.responses if r not in RESPONSES]
-        if unknown:
-            raise RequestError(f"responses {unknown}: choose among {', '.join(RESPONSES)}")
+        self._check_settings()
         object.__setattr__(self, "responses", tuple(r for r in RESPONSES if r in self.responses))
         object.__setattr__(self, "checkpoints", tuple(dict.fromkeys(self.checkpoints)))
         object.__setattr__(self, "compare", tuple(dict.fromkeys(self.compare)))
-        if self.estimator not in ESTIMATORS:
-            raise RequestError(
-                f"estimator={self.estimator!r}: choose one of {', '.join(ESTIMATORS)}"
-            )
-        if self.device not in DEVICES:
-            raise RequestError(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
-        if not (math.isfinite(self.damping) and self.damping > 0):
-            raise RequestError(f"damping={self.damping}: must be a positive number (λ > 0)")
-        if self.estimator == "cg":
-            if self.rtol is None or not 0 < self.rtol < 1:
-                raise RequestError(f"rtol={self.rtol}: cg needs a tolerance in (0, 1)")
-        else:
+        if self.estimator != "cg":
             object.__setattr__(self, "rtol", None)
+
+    def _check_settings(self) -> None:
+        """The request's rules on the estimator settings (one validator: the request).
+        Empty responses and CUDA without a GPU are the page's ``problems``, not errors."""
+        cg = self.estimator == "cg"
+        error = request_problem(
+            responses=self.responses or ("smse",),
+            estimator=self.estimator,
+            damping=self.damping,
+            rtol=self.rtol if cg else None,
+            device="auto" if self.device == "cuda" else self.device,
+        )
+        if error:
+            tolerance = f", rtol={self.rtol} (cg needs a tolerance in (0, 1))" if cg else ""
+            raise RequestError(
+                f"selection estimator={self.estimator!r}, damping={self.damping:g}{tolerance}, "
+                f"device={self.device!r}: {error}"
+            )
 
     # -------------------------------------------------------------------- requests ----
 
@@ -158,23 +142,11 @@ class Selection:
     # ------------------------------------------------------------------------- URL ----
 
     def to_query(self) -> dict[str, str]:
-        """The URL form: short keys, comma lists, ranges for trajectories, exact floats."""
-        query = {
-            "data": self.dataset,
-            "ckpt": ",".join(self.checkpoints),
-            "classes": ",".join(self.classes),
-            "traj": format_ranges(self.trajectories),
-            "window": f"{self.t_start}:{self.n_steps}",
-            "resp": ",".join(self.responses),
-            "est": self.estimator,
-            "damping": repr(float(self.damping)),
-            "device": self.device,
-        }
-        if self.rtol is not None:
-            query["rtol"] = repr(float(self.rtol))
-        if self.compare:
-            query["vs"] = ",".join(self.compare)
-        return query
+        """The URL form: short keys, comma lists, ranges for trajectories, exact floats
+        (written by the controls' table, ``controls.encode``)."""
+        from coherence.dashboard.controls import encode  # it imports this module
+
+        return encode(self)
 
 
 def describe(selection: Selection) -> str:
@@ -317,29 +289,7 @@ def default_selection(
     return prefer_cached(_candidates(catalog, names), cached)
 
 
-# ------------------------------------------------------------------------- decode --------
-
-
-def _last(params: Mapping[str, Any], key: str) -> str | None:
-    value = params.get(key)
-    if isinstance(value, (list, tuple)):
-        value = value[-1] if value else None
-    return None if value is None else str(value)
-
-
-# The URL form is ASCII (``to_query`` writes it): Python's float() and int() would also take
-# "１", "٣", "1_0" or " 1 ", which no link of ours holds.
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?|[+-]?(?:nan|inf)")
-_WINDOW = re.compile(r"([0-9]{1,9}):([0-9]{1,9})")
-
-
-def _float(text: str) -> float:
-    if not _NUMBER.fullmatch(text):
-        raise RequestError("not a number")
-    value = float(text)
-    if not math.isfinite(value):
-        raise RequestError("not a finite number")
-    return value
+# ------------------------------------------------------------------------- URL -----------
 
 
 def decode_query(
@@ -350,142 +300,11 @@ def decode_query(
     cached: Cached | None = None,
 ) -> tuple[Selection | None, list[str]]:
     """A Selection from URL parameters plus one warning per value that was invalid and
-    replaced by its default (never raises). None when the workspace offers no selection.
-    ``cached`` lets the defaults prefer analyses already computed (``default_selection``)."""
-    warnings: list[str] = []
-    base = default_selection(catalog, cached=cached)
-    if base is None:
-        if any(_last(params, k) for k in QUERY_KEYS):
-            warnings.append(
-                "the link names an analysis, but this workspace has no dataset with a "
-                "compatible checkpoint to show it"
-            )
-        return None, warnings
+    replaced by its default (never raises); None when the workspace offers no selection.
+    The controls' table reads the link (``controls.read_query``)."""
+    from coherence.dashboard.controls import read_query  # it imports this module
 
-    def warn(key: str, raw: str, why: str, instead: str) -> None:
-        shown = raw if len(raw) <= 60 else raw[:57] + "…"
-        why = why if len(why) <= 200 else why[:197] + "…"
-        warnings.append(f"URL parameter {key}={shown!r}: {why}; using {instead} instead")
-
-    raw = _last(params, "data")
-    if raw is not None and raw != base.dataset:
-        if catalog.dataset(raw) is None:
-            names = ", ".join(d.name for d in catalog.datasets)
-            warn("data", raw, f"no such dataset (the workspace has {names})", base.dataset)
-        elif (defaults := dataset_defaults(catalog, raw, cached=cached)) is None:
-            warn("data", raw, "no checkpoint in the workspace fits this dataset", base.dataset)
-        else:
-            base = defaults
-    entry = catalog.dataset(base.dataset)
-    values: dict[str, Any] = {f.name: getattr(base, f.name) for f in fields(Selection)}
-
-    def group(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        raw = _last(params, key)
-        if raw is None:
-            return default
-        names = split_list(raw)
-        error = check_group(catalog, entry, names)
-        if error:
-            warn(key, raw, error, ",".join(default) or "no comparison")
-            return default
-        order = catalog.group_of(entry, names[0]).checkpoints
-        return tuple(n for n in order if n in names)
-
-    values["checkpoints"] = group("ckpt", base.checkpoints)
-    compare = group("vs", ())
-    if compare and compare == values["checkpoints"]:
-        warn("vs", _last(params, "vs"), "it repeats the first group", "no comparison")
-        compare = ()
-    values["compare"] = compare
-
-    if (raw := _last(params, "classes")) is not None:
-        classes = class_order(split_list(raw))
-        error = check_classes(entry, classes)
-        if error:
-            warn("classes", raw, error, ",".join(base.classes))
-        else:
-            values["classes"] = classes
-    classes = values["classes"]
-    n_test = entry.n_test(classes)
-    if (raw := _last(params, "traj")) is not None:
-        try:
-            trajectories = parse_ranges(raw, n_test)
-            error = check_trajectories(entry, classes, trajectories)
-        except RequestError as exc:
-            error = str(exc)
-        if error:
-            fallback = tuple(range(min(DEFAULT_BATCHES, n_test)))
-            warn("traj", raw, error, format_ranges(fallback))
-            values["trajectories"] = fallback
-        else:
-            values["trajectories"] = trajectories
-    elif any(t >= n_test for t in values["trajectories"]):
-        values["trajectories"] = tuple(range(min(DEFAULT_BATCHES, n_test)))
-
-    window = default_window(entry, len(classes))
-    raw = _last(params, "window")
-    if raw is not None:
-        if match := _WINDOW.fullmatch(raw):
-            start, steps = int(match.group(1)), int(match.group(2))
-            error = check_window(entry, len(classes), start, steps)
-        else:
-            error = "expected START:STEPS (two whole numbers), e.g. 0:16"
-        if error:
-            warn("window", raw, error, f"{window[0]}:{window[1]}")
-        else:
-            window = (start, steps)
-    values["t_start"], values["n_steps"] = window
-
-    if (raw := _last(params, "resp")) is not None:
-        names = split_list(raw)
-        unknown = [r for r in names if r not in RESPONSES]
-        error = (
-            f"unknown response(s) {', '.join(unknown)} (choose among {', '.join(RESPONSES)})"
-            if unknown
-            else check_responses(entry, names)
-        )
-        if error:
-            warn("resp", raw, error, ",".join(base.responses))
-        else:
-            values["responses"] = tuple(names)
-
-    if (raw := _last(params, "est")) is not None:
-        if raw in ESTIMATORS:
-            values["estimator"] = raw
-        else:
-            warn("est", raw, f"choose one of {', '.join(ESTIMATORS)}", base.estimator)
-
-    if (raw := _last(params, "damping")) is not None:
-        try:
-            damping = _float(raw)
-            if not DAMPING_RANGE[0] <= damping <= DAMPING_RANGE[1]:
-                raise RequestError(f"λ must lie in [{DAMPING_RANGE[0]:g}, {DAMPING_RANGE[1]:g}]")
-            values["damping"] = damping
-        except RequestError as exc:
-            warn("damping", raw, str(exc), repr(DEFAULT_DAMPING))
-
-    arch = catalog.checkpoint(values["checkpoints"][0]).arch
-    rtol = default_rtol(arch)
-    if (raw := _last(params, "rtol")) is not None:
-        try:
-            value = _float(raw)
-            if not RTOL_RANGE[0] <= value <= RTOL_RANGE[1]:
-                raise RequestError(
-                    f"the cg tolerance must lie in [{RTOL_RANGE[0]:g}, {RTOL_RANGE[1]:g}]"
-                )
-            rtol = value
-        except RequestError as exc:
-            warn("rtol", raw, str(exc), repr(rtol))
-    values["rtol"] = rtol if values["estimator"] == "cg" else None
-
-    if (raw := _last(params, "device")) is not None:
-        if raw not in DEVICES:
-            warn("device", raw, f"choose one of {', '.join(DEVICES)}", "auto")
-        elif raw == "cuda" and not cuda_available:
-            warn("device", raw, "no CUDA GPU is visible on the server", "auto")
-        else:
-            values["device"] = raw
-    return Selection(**values), warnings
+    return read_query(params, catalog, cuda_available=cuda_available, cached=cached)
 
 
 def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | None:

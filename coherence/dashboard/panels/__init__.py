@@ -12,12 +12,13 @@ from collections.abc import Callable
 from coherence.dashboard.panels.common import PanelContext, settle_imports
 from coherence.dashboard.panels.conservation import conservation
 from coherence.dashboard.panels.dynamics import dynamics
-from coherence.dashboard.panels.influence import class_transfer, distance, time_lag, two_time
+from coherence.dashboard.panels.influence import class_transfer, distance, time_lag
 from coherence.dashboard.panels.models import rollout, spectrum
 from coherence.dashboard.panels.overview import overview
 from coherence.dashboard.panels.scores import headline as _headline
 from coherence.dashboard.panels.scores import scores
 from coherence.dashboard.panels.sensitivity import sensitivity
+from coherence.dashboard.panels.two_time import two_time
 from coherence.dashboard.panels.validation import validation
 
 Render = Callable[[PanelContext], None]

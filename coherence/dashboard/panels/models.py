@@ -3,6 +3,8 @@ field viewer comparing prediction and truth."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import streamlit as st
 
@@ -20,6 +22,7 @@ from coherence.analysis.figures import (
 )
 from coherence.analysis.summaries import rollout_summary, spectrum_summary
 from coherence.dashboard import loaders
+from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panel_links import keep_in_range
 from coherence.dashboard.panels.common import (
@@ -38,22 +41,7 @@ def spectrum(ctx: PanelContext) -> None:
     """Panel 6: λ_max(η + λI) per group (box) and the full subspace spectrum."""
     if not need_results(ctx):
         return
-    st.caption(how_to_read(top_eigenvalue_box))
-    tops = {g.label: g.result.top_eigenvalues for g in ctx.ready}
-    try:
-        box = top_eigenvalue_box(tops)
-    except CoherenceError as error:
-        st.info(f"No top eigenvalue in this result: {literal(error)}")
-    else:
-        chart(box, key="chart_top_eigenvalue")
-        downloads(
-            "top_eig",
-            ctx.stem("top_eigenvalue"),
-            figure=box,
-            caption=how_to_read(top_eigenvalue_box),
-            meta=ctx.meta(),
-            files=[ctx.panel_csv("top_eigenvalue", lambda: top_eigenvalues_csv(tops))],
-        )
+    _top_eigenvalues(ctx)
     st.caption(how_to_read(subspace_spectrum_figure))
     spectra = {g.label: g.result.subspace_spectra for g in ctx.ready}
     try:
@@ -65,28 +53,7 @@ def spectrum(ctx: PanelContext) -> None:
         )
         return
     chart(figure, key="chart_spectrum")
-    rows = []
-    for group in ctx.ready:
-        stats = [
-            spectrum_summary(e[np.isfinite(e)])
-            for per_batch in group.result.subspace_spectra
-            for e in per_batch
-            if np.any(np.isfinite(e) & (e > 0))
-        ]
-        if not stats:
-            continue
-        slopes = [s["decay_slope"] for s in stats if s["decay_slope"] is not None]
-        rows.append(
-            {
-                "group": group.label,
-                # a rank is a whole number: the lower median is one of the observed ranks
-                "rank": int(np.quantile([s["n"] for s in stats], 0.5, method="lower")),
-                "participation ratio": _sig(np.median([s["participation_ratio"] for s in stats])),
-                "entropy rank": _sig(np.median([s["entropy_rank"] for s in stats])),
-                "dominant share": _sig(np.median([s["dominant_share"] for s in stats])),
-                "decay slope": _sig(np.median(slopes)) if slopes else float("nan"),
-            }
-        )
+    rows = [row for group in ctx.ready if (row := _spectrum_row(group))]
     if rows:
         st.caption(
             "Medians over (seed, batch); rank: the lower median, a whole number. Participation "
@@ -102,6 +69,48 @@ def spectrum(ctx: PanelContext) -> None:
         meta=ctx.meta(),
         files=[ctx.panel_csv("spectrum", lambda: spectra_csv(spectra))],
     )
+
+
+def _top_eigenvalues(ctx: PanelContext) -> None:
+    """λ_max(η + λI) per group as a box, or why the result has none."""
+    st.caption(how_to_read(top_eigenvalue_box))
+    tops = {g.label: g.result.top_eigenvalues for g in ctx.ready}
+    try:
+        box = top_eigenvalue_box(tops)
+    except CoherenceError as error:
+        st.info(f"No top eigenvalue in this result: {literal(error)}")
+        return
+    chart(box, key="chart_top_eigenvalue")
+    downloads(
+        "top_eig",
+        ctx.stem("top_eigenvalue"),
+        figure=box,
+        caption=how_to_read(top_eigenvalue_box),
+        meta=ctx.meta(),
+        files=[ctx.panel_csv("top_eigenvalue", lambda: top_eigenvalues_csv(tops))],
+    )
+
+
+def _spectrum_row(group: GroupState) -> dict[str, Any] | None:
+    """One group's spectrum statistics, medians over (seed, batch); None without any."""
+    stats = [
+        spectrum_summary(e[np.isfinite(e)])
+        for per_batch in group.result.subspace_spectra
+        for e in per_batch
+        if np.any(np.isfinite(e) & (e > 0))
+    ]
+    if not stats:
+        return None
+    slopes = [s["decay_slope"] for s in stats if s["decay_slope"] is not None]
+    return {
+        "group": group.label,
+        # a rank is a whole number: the lower median is one of the observed ranks
+        "rank": int(np.quantile([s["n"] for s in stats], 0.5, method="lower")),
+        "participation ratio": _sig(np.median([s["participation_ratio"] for s in stats])),
+        "entropy rank": _sig(np.median([s["entropy_rank"] for s in stats])),
+        "dominant share": _sig(np.median([s["dominant_share"] for s in stats])),
+        "decay slope": _sig(np.median(slopes)) if slopes else float("nan"),
+    }
 
 
 def _sig(value: float, digits: int = 3) -> float:
@@ -150,7 +159,11 @@ def rollout(ctx: PanelContext) -> None:
         meta=ctx.meta(),
         files=[ctx.panel_csv("rollout", lambda: rollout_csv(summaries))],
     )
+    _field_viewer(ctx, per_group)
 
+
+def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list]]) -> None:
+    """Prediction vs truth of one rollout: checkpoint, class, trajectory, channel, horizon."""
     st.subheader("Prediction vs truth", anchor=False)
     st.caption(how_to_read(field_viewer))
     names = [n for g, _ in per_group.values() for n in g.checkpoints]

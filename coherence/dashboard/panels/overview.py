@@ -21,8 +21,6 @@ from coherence.dashboard.panels.common import (
 from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
 
-FAMILY_NAMES = {"euler": "Euler", "ns": "Navier–Stokes"}
-
 
 def overview(ctx: PanelContext) -> None:
     entry = ctx.dataset

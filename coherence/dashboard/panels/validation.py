@@ -31,15 +31,6 @@ from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
 
 
-def _check_function():
-    """The engine's counterfactual check, or None when this installation lacks it."""
-    try:
-        from coherence.analysis.verify import counterfactual_check
-    except ImportError:
-        return None
-    return counterfactual_check
-
-
 def _spec(ctx: PanelContext, params: dict[str, Any]) -> dict[str, Any]:
     """The check as a background job's spec (paths resolved inside the workspace)."""
     selection = ctx.selection
@@ -79,12 +70,29 @@ def validation(ctx: PanelContext) -> None:
     """Controls; then the cached check for them, its running job's progress, or a Run
     button that starts it in the background."""
     st.caption(how_to_read(counterfactual_figures))
-    if _check_function() is None:
-        st.warning(
-            "The counterfactual check (coherence.analysis.verify) is not part of this "
-            "installation yet, so this panel cannot run it."
-        )
+    params = _controls(ctx)
+    runner = loaders.job_runner(str(ctx.root))
+    try:
+        spec = _spec(ctx, params)
+        key = runner.task_key(COUNTERFACTUAL.name, spec)
+    except CoherenceError as error:
+        st.error(literal(error))
         return
+    status = runner.status(key)
+    checkpoint = params["checkpoint"]
+    if status.active:  # a background job: reload, other tabs and visitors re-attach to it
+        compute.progress_panel(str(ctx.root), (f"Check on {checkpoint}",), (key,), "cf_")
+        return
+    st.session_state.pop("cf_cancel_requested", None)
+    found = loaders.artifact(str(ctx.root), key) if status.state == "done" else None
+    if found is None:
+        _not_computed(ctx, status, checkpoint, spec)
+    else:
+        _show_result(ctx, *found)
+
+
+def _controls(ctx: PanelContext) -> dict[str, Any]:
+    """The check's choices: checkpoint, batch, perturbed example, response."""
     cols = st.columns(4)
     names = [n for g in ctx.groups for n in g.checkpoints]
     checkpoint = cols[0].selectbox("Checkpoint", names, key="cf_ckpt")
@@ -96,47 +104,39 @@ def validation(ctx: PanelContext) -> None:
         key="cf_p",
     )
     response = cols[3].selectbox("Response", ctx.selection.responses, key="cf_response")
-    params = {
+    return {
         "checkpoint": checkpoint,
         "trajectory": int(trajectory),
         "perturbation": int(perturbation),
         "response": response,
     }
-    runner = loaders.job_runner(str(ctx.root))
-    try:
-        spec = _spec(ctx, params)
-        key = runner.task_key(COUNTERFACTUAL.name, spec)
-    except CoherenceError as error:
+
+
+def _not_computed(ctx: PanelContext, status: Any, checkpoint: str, spec: dict[str, Any]) -> None:
+    """Why there is no result (failed, cancelled, not started) and the Run button."""
+    if status.state == "failed":
+        st.error(f"The check failed: {literal(status.error)}")
+    elif status.state == "cancelled":
+        st.warning("The check was cancelled; run it again.")
+    if error := st.session_state.get("cf_error"):
         st.error(literal(error))
-        return
-    status = runner.status(key)
-    if status.active:  # a background job: reload, other tabs and visitors re-attach to it
-        compute.progress_panel(str(ctx.root), (f"Check on {checkpoint}",), (key,), "cf_")
-        return
-    st.session_state.pop("cf_cancel_requested", None)
-    found = loaders.artifact(str(ctx.root), key) if status.state == "done" else None
-    if found is None:
-        if status.state == "failed":
-            st.error(f"The check failed: {literal(status.error)}")
-        elif status.state == "cancelled":
-            st.warning("The check was cancelled; run it again.")
-        if error := st.session_state.get("cf_error"):
-            st.error(literal(error))
-        st.info(
-            f"Press **Run check** to validate the {ctx.selection.estimator} estimator on "
-            f"{literal(checkpoint)} (λ = {ctx.selection.damping:g}). It runs as a background "
-            "job (progress, cancel; the page stays usable) and its result is cached."
-        )
-        st.button(
-            "Run check",
-            key="cf_run",
-            icon=":material/science:",
-            type="primary",
-            on_click=_submit,
-            args=(str(ctx.root), spec),
-        )
-        return
-    arrays, metadata = found
+    st.info(
+        f"Press **Run check** to validate the {ctx.selection.estimator} estimator on "
+        f"{literal(checkpoint)} (λ = {ctx.selection.damping:g}). It runs as a background "
+        "job (progress, cancel; the page stays usable) and its result is cached."
+    )
+    st.button(
+        "Run check",
+        key="cf_run",
+        icon=":material/science:",
+        type="primary",
+        on_click=_submit,
+        args=(str(ctx.root), spec),
+    )
+
+
+def _show_result(ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """The cached check: the error at the smallest ε, both figures, the downloads."""
     found = {**arrays, "seconds": float(metadata.get("seconds", float("nan")))}
     eps, errors = found["epsilons"], found["rel_errors"]
     smallest = int(np.argmin(eps))

@@ -1,0 +1,265 @@
+"""The sidebar's controls as one table, and the walks over it.
+
+Each row of ``CONTROLS`` ties a Selection field to its URL key, its session-state key, its
+default, how a link's text is parsed and written, and its widget. Reading a link
+(``read_query``, i.e. ``selection.decode_query``), writing one (``encode``, i.e.
+``Selection.to_query``), the sidebar's session state (``load_state``, ``prepare_state``,
+``read_state``) and its drawing (``walk``) go through the rows in order, each row seeing the
+fields of the rows before it. A new control is one row (plus its Selection field); the rows
+whose rules are their own (dataset, model groups, window, trajectories, responses) are kinds
+in ``control_rows``.
+
+Pure (no streamlit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from coherence.dashboard.control_kinds import Choice, Control, Number, Scope, State
+from coherence.dashboard.control_rows import (
+    RESPONSE_LABELS,
+    Classes,
+    Dataset,
+    Group,
+    Responses,
+    Trajectories,
+    Window,
+)
+from coherence.dashboard.selection import (
+    DAMPING_RANGE,
+    DEFAULT_DAMPING,
+    DEVICES,
+    ESTIMATORS,
+    RTOL_RANGE,
+    Cached,
+    Selection,
+    default_rtol,
+    default_selection,
+)
+from coherence.dashboard.workspace_scan import Catalog
+from coherence.errors import RequestError
+
+ESTIMATOR_LABELS = {
+    "subspace": "subspace (exact, default)",
+    "krylov": "krylov (span{G, ηG, …}, closer to the full solve)",
+    "cg": "cg (paper v2, iterative)",
+    "euclidean": "euclidean (gradient dot product)",
+}
+
+
+class Device(Choice):
+    """Where the job computes; CUDA only when the server sees a GPU."""
+
+    def parse(self, raw: str, scope: Scope) -> Any:
+        value = super().parse(raw, scope)
+        if value == "cuda" and not scope.cuda_available:
+            raise RequestError("no CUDA GPU is visible on the server")
+        return value
+
+
+def device_labels(scope: Scope) -> Callable[[str], str]:
+    def label(device: str) -> str:
+        if device == "auto":
+            return f"auto (→ {'cuda' if scope.cuda_available else 'cpu'})"
+        if device == "cuda" and not scope.cuda_available:
+            return "cuda (no GPU visible)"
+        return device
+
+    return label
+
+
+class Tolerance(Number):
+    """cg's relative tolerance: only for cg; its default is the paper's for the model."""
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return values.get("estimator") == "cg"
+
+    def reset(self, scope: Scope) -> float:
+        return default_rtol(scope.arch)
+
+    absent = fallback = reset
+
+    def to_state(self, value: Any, scope: Scope) -> Any:
+        return self.reset(scope) if value is None else float(value)
+
+
+CONTROLS: tuple[Control, ...] = (
+    Dataset(key="data", field="dataset", state="sb_dataset", label="Dataset"),
+    Group(key="ckpt", field="checkpoints", state="sb_ckpts", label="Seeds", suffix=""),
+    Group(
+        key="vs",
+        field="compare",
+        state="sb_ckpts_b",
+        label="Seeds (second group)",
+        suffix="_b",
+        url_rank=2,
+    ),
+    Classes(key="classes", field="classes", state="sb_classes", label="Classes", divider=True),
+    Trajectories(
+        key="traj",
+        field="trajectories",
+        state="sb_traj",
+        label="Test trajectories (one batch each)",
+    ),
+    Window(
+        key="window",
+        field="t_start",  # and n_steps
+        state="sb_window",
+        label="Time window (snapshot indices)",
+    ),
+    Responses(
+        key="resp",
+        field="responses",
+        state="sb_resp",
+        label="Response observables",
+        labels=lambda scope: RESPONSE_LABELS.get,
+        divider=True,
+    ),
+    Choice(
+        key="est",
+        field="estimator",
+        state="sb_est",
+        label="Estimator of M⁻¹",
+        choices=ESTIMATORS,
+        default="subspace",
+        labels=lambda scope: ESTIMATOR_LABELS.get,
+        help="subspace: exact Galerkin solve on the span of the gradients; krylov: the "
+        "same in span{G, ηG, η²G, η³G} (≈ 4× the cost, closer to the full solve); cg: "
+        "conjugate gradients to a tolerance (the paper's v2); euclidean: M = I.",
+    ),
+    Number(
+        key="damping",
+        field="damping",
+        state="sb_damping",
+        label="Damping λ",
+        bounds=DAMPING_RANGE,
+        what="λ",
+        default=DEFAULT_DAMPING,
+        help="λ in η + λI (default 1e-4).",
+    ),
+    Tolerance(
+        key="rtol",
+        field="rtol",
+        state="sb_rtol",
+        label="CG relative tolerance",
+        bounds=RTOL_RANGE,
+        what="the cg tolerance",
+        step=1e-3,
+        url_rank=1,
+        help="Paper: 1.5e-2 for UNet, 5e-2 for ViT.",
+    ),
+    Device(
+        key="device",
+        field="device",
+        state="sb_device",
+        label="Device",
+        choices=DEVICES,
+        default="auto",
+        labels=device_labels,
+        help="Where the background job computes; auto uses a GPU when one is visible.",
+    ),
+)
+QUERY_KEYS = tuple(control.key for control in CONTROLS)
+
+
+# ------------------------------------------------------------------------------ URL ----
+
+
+def _last(params: Mapping[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    if isinstance(value, (list, tuple)):
+        value = value[-1] if value else None
+    return None if value is None else str(value)
+
+
+def _warning(key: str, raw: str, why: str, instead: str) -> str:
+    shown = raw if len(raw) <= 60 else raw[:57] + "…"
+    why = why if len(why) <= 200 else why[:197] + "…"
+    return f"URL parameter {key}={shown!r}: {why}; using {instead} instead"
+
+
+def read_query(
+    params: Mapping[str, Any],
+    catalog: Catalog,
+    *,
+    cuda_available: bool = False,
+    cached: Cached | None = None,
+) -> tuple[Selection | None, list[str]]:
+    """A Selection from URL parameters plus one warning per value that was invalid and
+    replaced by its default (never raises). None when the workspace offers no selection.
+    ``cached`` lets the defaults prefer analyses already computed (``default_selection``)."""
+    base = default_selection(catalog, cached=cached)
+    if base is None:
+        if any(_last(params, k) for k in QUERY_KEYS):
+            return None, [
+                "the link names an analysis, but this workspace has no dataset with a "
+                "compatible checkpoint to show it"
+            ]
+        return None, []
+    warnings: list[str] = []
+    scope = Scope(catalog, dict(vars(base)), cuda_available, cached)
+    for control in CONTROLS:
+        raw = _last(params, control.key)
+        if raw is None:
+            scope.values.update(control.assign(control.absent(scope)))
+            continue
+        try:
+            update = control.decode(raw, scope)
+        except RequestError as exc:
+            warnings.append(_warning(control.key, raw, str(exc), control.fallback_text(scope)))
+            update = control.assign(control.fallback(scope))
+        scope.values.update(update)
+    return Selection(**scope.values), warnings
+
+
+def encode(selection: Selection) -> dict[str, str]:
+    """The URL form: short keys, comma lists, ranges for trajectories, exact floats; the
+    keys a link always holds first, in table order."""
+    values = vars(selection)
+    query = {}
+    for control in sorted(CONTROLS, key=lambda c: c.url_rank):
+        text = control.text(control.value(values))
+        if text is not None:
+            query[control.key] = text
+    return query
+
+
+# ---------------------------------------------------------------------- session state ----
+
+
+def load_state(state: State, selection: Selection, catalog: Catalog) -> None:
+    """Put a selection into the widgets' session state (before they are drawn)."""
+    scope = Scope(catalog, dict(vars(selection)))
+    for control in CONTROLS:
+        control.load(state, scope)
+
+
+Visit = Callable[[Control, Scope], None]
+
+
+def walk(
+    state: State, catalog: Catalog, visit: Visit | None = None, *, cuda_available: bool = False
+) -> dict[str, Any]:
+    """The Selection fields the session state describes, read row by row; ``visit`` sees
+    each active control (with the fields read before it) before its own fields are read, so
+    it may repair or draw it first. An inactive control's field is None."""
+    scope = Scope(catalog, {}, cuda_available)
+    for control in CONTROLS:
+        active = control.active(scope.values)
+        if active and visit is not None:
+            visit(control, scope)
+        scope.values.update(control.read(state, scope) if active else control.assign(None))
+    return scope.values
+
+
+def prepare_state(state: State, catalog: Catalog) -> None:
+    """Make the session state valid for the workspace as it is now (it may have changed
+    since the values were chosen): each stale value is replaced by the control's reset."""
+    walk(state, catalog, lambda control, scope: control.prepare(state, scope))
+
+
+def read_state(state: State, catalog: Catalog) -> Selection:
+    """The Selection the session state describes (raises when it describes none)."""
+    return Selection(**walk(state, catalog))

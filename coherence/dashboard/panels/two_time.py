@@ -1,0 +1,310 @@
+"""Panel 2 (METHOD.md §6.1): the two-time influence map V[t_r, t_p] per class pair, its
+difference between two model groups, and the drill down into one clicked cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from coherence.analysis.exports import (
+    two_time_csv,
+)
+from coherence.analysis.figures import (
+    difference_heatmap,
+    input_pair_figure,
+    two_time_heatmap,
+    with_click_targets,
+)
+from coherence.analysis.summaries import two_time_map
+from coherence.dashboard import loaders
+from coherence.dashboard.markup import literal
+from coherence.dashboard.panels.common import (
+    PanelContext,
+    chart,
+    clicked_point,
+    downloads,
+    how_to_read,
+    need_results,
+    pair_figure,
+    response_title,
+    scale_selector,
+    widget_value,
+)
+
+INTRA = "intra"
+
+
+def _pair_options(classes: tuple[str, ...]) -> list[str]:
+    return [INTRA] + [f"{r} ← {p}" for r in classes for p in classes]
+
+
+def _pair_label(option: str) -> str:
+    if option == INTRA:
+        return "intra-class mean (each class on itself)"
+    response, perturbation = option.split(" ← ")
+    return f"response {response} ← perturbation {perturbation}"
+
+
+def two_time(ctx: PanelContext) -> None:
+    """Panel 2: V[t_r, t_p], per class pair, on the fixed range [0, √N]. The caption goes
+    under the chart (as in a paper), which keeps the headline heatmap above the fold."""
+    caption = (
+        how_to_read(two_time_heatmap)
+        + f" Default colour range [0, √N] = [0, {ctx.zrange[1]:.2f}]: a perfectly local row "
+        "reaches √N. Hover shows (t_p, t_r, value); click a cell to drill down."
+    )
+    if not need_results(ctx):
+        st.caption(caption)
+        return
+    classes = ctx.selection.classes
+    pair_options = _pair_options(classes)
+    seed_options = ["mean"] + ([] if ctx.compare else list(ctx.ready[0].result.checkpoints))
+    # The chart is sent before its selectors (which are drawn above it): the browser then
+    # fetches plotly's 4.7 MB chunk first instead of queueing it behind the widgets' chunks
+    # (six connections per host). The values come from the widgets' state of the last run.
+    controls = st.container()
+    try:
+        _two_time_chart(
+            ctx,
+            widget_value("two_time_pair", pair_options),
+            widget_value("two_time_seed", seed_options),
+        )
+    finally:  # the selectors stay usable when the chosen view fails to draw
+        with controls:
+            left, right, third = st.columns([3, 2, 2])
+            left.selectbox(
+                "Class pair (rows = response, columns = perturbation)",
+                pair_options,
+                format_func=_pair_label,
+                key="two_time_pair",
+            )
+            right.selectbox(
+                "Seeds",
+                seed_options,
+                format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
+                key="two_time_seed",
+            )
+            scale_selector("two_time", third)
+    st.caption(caption)
+    _drill_down(ctx, widget_value("two_time_pair", pair_options))
+
+
+def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
+    """The two-time map of the chosen class pair and seed (or seed mean), and its downloads."""
+    classes = ctx.selection.classes
+    pair = None
+    if option != INTRA:
+        response, perturbation = option.split(" ← ")
+        pair = (classes.index(response), classes.index(perturbation))
+    maps, figures = [], []
+    scale = ctx.scale("two_time")
+    for group in ctx.ready:
+        result = group.result
+        if seed == "mean":
+            V = two_time_map(result.H_std[result.primary], class_pair=pair)
+        else:
+            per_seed = two_time_map(
+                result.H_std[result.primary], class_pair=pair, per_checkpoint=True
+            )
+            V = per_seed[result.checkpoints.index(seed)]
+        maps.append((group, V))
+    zrange = ctx.scale_range(scale, [V for _, V in maps])
+    for group, V in maps:
+        result = group.result
+        title = f"Two-time influence ({response_title(result.primary)}), {_pair_label(option)}"
+        figures.append(
+            two_time_heatmap(
+                V,
+                result.times,
+                ctx.n_examples,
+                title=title if len(ctx.ready) == 1 else "",
+                steps=result.steps,
+                scale=scale,
+                zrange=zrange,
+            )
+        )
+    labels = [g.label for g in ctx.ready]
+    figure = pair_figure(
+        figures, labels, zrange=zrange, title=f"Two-time influence, {_pair_label(option)}"
+    )
+    if len(figures) == 1:  # a click on a cell drills down (compare mode: the selector)
+        chart(with_click_targets(figure), key="chart_two_time", clickable=True)
+    else:
+        chart(figure, key="chart_two_time")
+    files = [
+        ctx.group_csv(
+            "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)
+        )
+        for g, V in maps
+    ]
+    caption = how_to_read(two_time_heatmap)
+    downloads(
+        "two_time",
+        ctx.stem("two_time"),
+        figure=figure,
+        files=files,
+        caption=caption,
+        meta=ctx.meta(),
+    )
+    if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
+        _difference(ctx, maps, labels, option)
+
+
+def _difference(ctx: PanelContext, maps, labels: list[str], option: str) -> None:
+    """Compare mode: the first group's map minus the second's, on a diverging scale."""
+    (_, V_a), (_, V_b) = maps
+    box = st.expander(
+        f"Difference map: {literal(labels[0])} − {literal(labels[1])}",
+        icon=":material/compare:",
+        key="two_time_diff_open",
+        on_change="rerun",  # lazy: drawn only when opened
+    )
+    if box.open is False:
+        return
+    with box:
+        _difference_chart(ctx, V_a, V_b, labels, option)
+
+
+def _difference_chart(ctx: PanelContext, V_a, V_b, labels: list[str], option: str) -> None:
+    st.caption(how_to_read(difference_heatmap))
+    figure = difference_heatmap(
+        V_a,
+        V_b,
+        ctx.ready[0].result.times,
+        labels,
+        title=f"{labels[0]} − {labels[1]}, {_pair_label(option)}",
+    )
+    chart(figure, key="chart_two_time_diff")
+    downloads(
+        "two_time_diff",
+        ctx.stem("two_time_difference"),
+        figure=figure,
+        caption=how_to_read(difference_heatmap),
+        meta=ctx.meta(),
+    )
+
+
+CELL_KEY = "two_time_cell"
+_CLICK_KEY = "_two_time_click"
+NO_CELL = "none"
+
+
+def _apply_click(times: np.ndarray) -> None:
+    """A new click on the two-time chart picks its cell in the drill-down selector (once per
+    click, so a later pick in the selector is not overridden by the old click)."""
+    point = clicked_point("chart_two_time")
+    if point is None or "x" not in point or "y" not in point:
+        return
+    token = (point["x"], point["y"])
+    if st.session_state.get(_CLICK_KEY) == token:
+        return
+    st.session_state[_CLICK_KEY] = token
+    try:
+        j = int(np.argmin(np.abs(times - float(point["x"]))))
+        i = int(np.argmin(np.abs(times - float(point["y"]))))
+    except (TypeError, ValueError):
+        return
+    st.session_state[CELL_KEY] = f"{i},{j}"
+
+
+def _drill_down(ctx: PanelContext, option: str) -> None:
+    """One cell of the two-time map: the two input states, their distance, and the value of
+    every seed and batch behind the mean."""
+    if not ctx.ready:
+        return
+    result = ctx.ready[0].result
+    _apply_click(np.asarray(result.times))
+    st.subheader("Drill down: one cell", anchor=False)
+    st.caption(
+        "Click a cell of the map (or pick it here): the input states of its response example "
+        "r and perturbation example p, their distance d(r, p), and Ĥ[r, p] of every seed and "
+        "batch (the map shows their mean)."
+    )
+    cell = _cell_controls(ctx, option, result)
+    if cell is not None:
+        _cell_states(ctx, result, cell)
+        _cell_values(ctx, cell)
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """A picked cell: snapshot rows i (t_r) and j (t_p), classes c_r and c_p, batch b."""
+
+    i: int
+    j: int
+    c_r: int
+    c_p: int
+    b: int
+    channel: str
+
+
+def _cell_controls(ctx: PanelContext, option: str, result) -> _Cell | None:
+    """The cell, class, batch and channel pickers; None until a cell is picked."""
+    times, steps = np.asarray(result.times), np.asarray(result.steps)
+    classes = ctx.selection.classes
+    options = [NO_CELL] + [f"{i},{j}" for i in range(len(times)) for j in range(len(times))]
+
+    def label(cell: str) -> str:
+        if cell == NO_CELL:
+            return "no cell (click the map)"
+        i, j = map(int, cell.split(","))
+        return f"t_r = {times[i]:.3g} (step {steps[i]}), t_p = {times[j]:.3g} (step {steps[j]})"
+
+    cols = st.columns(4)
+    cell = cols[0].selectbox("Cell", options, format_func=label, key=CELL_KEY)
+    if option == INTRA:
+        name = cols[1].selectbox("Class (r and p)", classes, key="two_time_cell_class")
+        c_r = c_p = classes.index(name)
+    else:
+        response, perturbation = option.split(" ← ")
+        c_r, c_p = classes.index(response), classes.index(perturbation)
+    trajectories = list(ctx.selection.trajectories)
+    batch = cols[2].selectbox("Batch (test trajectory)", trajectories, key="two_time_cell_batch")
+    channel = cols[3].selectbox("Channel", ctx.dataset.channels, key="two_time_cell_channel")
+    if cell == NO_CELL or cell is None:
+        return None
+    i, j = map(int, cell.split(","))
+    return _Cell(i, j, c_r, c_p, trajectories.index(batch), channel)
+
+
+def _cell_states(ctx: PanelContext, result, cell: _Cell) -> None:
+    """The input states of r and p side by side, and their distance."""
+    times, steps = np.asarray(result.times), np.asarray(result.steps)
+    classes, i, j = ctx.selection.classes, cell.i, cell.j
+    n_r, n_p = i * len(classes) + cell.c_r, j * len(classes) + cell.c_p
+    distance = float(result.distances[cell.b, n_r, n_p])
+    st.markdown(
+        f"**r** = {literal(classes[cell.c_r])} at t = {times[i]:.3g} (step {steps[i]}) · "
+        f"**p** = {literal(classes[cell.c_p])} at t = {times[j]:.3g} (step {steps[j]}) · "
+        f"input distance d(r, p) = **{distance:.3g}**"
+    )
+    inputs = loaders.batch_inputs(result.request)  # [B, N, F, H, W]
+    figure = input_pair_figure(
+        inputs[cell.b, n_r],
+        inputs[cell.b, n_p],
+        ctx.dataset.channels,
+        cell.channel,
+        labels=(
+            f"response r: {classes[cell.c_r]}, t = {times[i]:.3g}",
+            f"perturbation p: {classes[cell.c_p]}, t = {times[j]:.3g}",
+        ),
+    )
+    chart(figure, key="chart_two_time_cell")
+
+
+def _cell_values(ctx: PanelContext, cell: _Cell) -> None:
+    """Ĥ[r, p] of every seed (rows) and batch (columns), and their mean."""
+    trajectories = list(ctx.selection.trajectories)
+    rows = []
+    for group in ctx.ready:
+        H = group.result.H_std[group.result.primary]  # [S, B, T, C, T, C]
+        for s, seed in enumerate(group.result.checkpoints):
+            values = H[s, :, cell.i, cell.c_r, cell.j, cell.c_p]
+            row = {"group": group.label, "seed": seed}
+            pairs = zip(trajectories, values, strict=True)
+            row |= {f"batch {t}": float(f"{v:.3g}") for t, v in pairs}
+            row["mean"] = float(f"{float(np.mean(values)):.3g}")
+            rows.append(row)
+    st.dataframe(rows, hide_index=True)

@@ -1,0 +1,173 @@
+"""The table of sidebar controls: every row decodes what it encodes, the session state holds
+what the URL holds, stale state is repaired, and the rules the request owns are reported in
+the request's words (no streamlit involved)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from coherence.analysis.request import MAX_EXAMPLES
+from coherence.dashboard.checks import problems, window_problem
+from coherence.dashboard.controls import (
+    CONTROLS,
+    QUERY_KEYS,
+    encode,
+    load_state,
+    prepare_state,
+    read_state,
+)
+from coherence.dashboard.selection import (
+    DEFAULT_DAMPING,
+    Selection,
+    decode_query,
+    default_selection,
+)
+from coherence.errors import RequestError
+
+from .test_selection import synthetic_catalog
+
+# The URL's key order before the table (links in study reports keep their form).
+URL_ORDER = ["data", "ckpt", "classes", "traj", "window", "resp", "est", "damping", "device"]
+
+SELECTIONS = [
+    Selection(
+        dataset="ce_demo",
+        checkpoints=("unet_s10", "unet_s42"),
+        classes=("CE-RP", "CE-RPUI"),
+        trajectories=(0, 1, 2, 5),
+        t_start=3,
+        n_steps=7,
+        responses=("smse", "mass"),
+        estimator="cg",
+        damping=3.0000000000000004e-05,
+        rtol=0.015,
+        compare=("vit_s10",),
+    ),
+    Selection(
+        dataset="ce_demo",
+        checkpoints=("vit_s10",),
+        classes=("CE-CRP", "CE-RPUI"),
+        trajectories=(4,),
+        t_start=0,
+        n_steps=20,
+        responses=("energy",),
+        estimator="krylov",
+        damping=1e-12,
+        device="cpu",
+    ),
+]
+
+
+def test_table_keys_are_unique_and_cover_the_selection():
+    assert len(set(QUERY_KEYS)) == len(QUERY_KEYS) == len(CONTROLS)
+    assert len({c.state for c in CONTROLS}) == len(CONTROLS)
+    fields = {f for c in CONTROLS for f in c.assign((0, 0))}
+    assert fields == set(vars(SELECTIONS[0]))
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_every_row_decodes_what_it_encodes(selection):
+    catalog = synthetic_catalog()
+    query = encode(selection)
+    decoded, warnings = decode_query(query, catalog)
+    assert warnings == []
+    assert decoded == selection
+    assert encode(decoded) == query
+    for control in CONTROLS:  # row by row: the value its text stands for
+        text = query.get(control.key)
+        assert text == control.text(control.value(vars(selection)))
+
+
+def test_url_keeps_its_key_order():
+    cg_compare, plain = (encode(s) for s in SELECTIONS)
+    assert list(cg_compare) == [*URL_ORDER, "rtol", "vs"]
+    assert list(plain) == URL_ORDER
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_session_state_holds_what_the_url_holds(selection):
+    catalog = synthetic_catalog()
+    state: dict = {}
+    load_state(state, selection, catalog)
+    assert state["sb_window"] == (selection.t_start, selection.t_start + selection.n_steps)
+    before = dict(state)
+    prepare_state(state, catalog)  # a valid state is left as it is
+    assert state == before
+    assert read_state(state, catalog) == selection
+
+
+def test_stale_session_state_is_repaired():
+    catalog = synthetic_catalog()
+    state: dict = {}
+    load_state(state, default_selection(catalog), catalog)
+    state |= {
+        "sb_est": "newton",
+        "sb_damping": 1e300,
+        "sb_classes": ["CE-RP", "ghost"],
+        "sb_device": "tpu",
+        "sb_window": (5, 2),
+        "sb_ckpts": ["unet_s10", "vit_s10"],
+    }
+    prepare_state(state, catalog)
+    selection = read_state(state, catalog)
+    assert selection.estimator == "subspace" and selection.device == "auto"
+    assert selection.damping == DEFAULT_DAMPING
+    assert selection.classes == ("CE-RP",)
+    assert (selection.t_start, selection.n_steps) == (0, 16)
+    assert selection.checkpoints == ("unet_s10",)  # a seed of another group is dropped
+
+
+def test_empty_session_state_gets_every_default():
+    catalog = synthetic_catalog()
+    state: dict = {}
+    prepare_state(state, catalog)
+    selection = read_state(state, catalog)
+    assert selection.dataset == "ce_demo" and selection.compare == ()
+    assert "sb_rtol" not in state  # cg is not chosen: its tolerance is not asked for
+    state["sb_est"] = "cg"
+    prepare_state(state, catalog)
+    assert read_state(state, catalog).rtol == 1.5e-2  # the paper's, for the UNet group
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "why"),
+    [
+        ("rtol", "5", "the cg tolerance must lie in [1e-08, 0.99]"),
+        ("rtol", "0x1", "not a number"),
+        ("damping", "-1", "λ must lie in [1e-12, 1e+06]"),
+        ("vs", "ghost", "not in the workspace"),
+        ("resp", "", "no response observable selected"),
+        ("window", "0:300", "needs snapshots 0..300"),
+    ],
+)
+def test_more_bad_values_are_explained_and_replaced(key, value, why):
+    catalog = synthetic_catalog()
+    selection, warnings = decode_query({key: value, "est": "cg"}, catalog)
+    assert len(warnings) == 1 and why in warnings[0], warnings
+    expected, _ = decode_query({"est": "cg"}, catalog)
+    assert selection == expected
+
+
+def test_the_batch_size_rule_is_the_requests():
+    catalog = synthetic_catalog(snapshots=300)
+    _, warnings = decode_query({"window": "0:200"}, catalog)
+    assert len(warnings) == 1 and f"2 ≤ N ≤ {MAX_EXAMPLES}" in warnings[0]
+    assert "a batch of 3 classes × 200 steps has N = 600" in warnings[0]  # request's words
+    entry = catalog.dataset("ce_demo")
+    assert window_problem(entry, 3, 0, 170) is None  # N = 510
+    assert "N = 513" in window_problem(entry, 3, 0, 171)
+    assert "use a start ≤" in window_problem(entry, 1, 290, 20)  # batch.check_window's advice
+
+
+def test_selection_reports_the_requests_verdict():
+    base = default_selection(synthetic_catalog())
+    with pytest.raises(RequestError, match=r"damping=-1.*must be > 0"):
+        replace(base, damping=-1.0)
+    with pytest.raises(RequestError, match=r"rtol=1\.5.*must lie in \(0, 1\)"):
+        replace(base, estimator="cg", rtol=1.5)
+    with pytest.raises(RequestError, match="device='tpu'"):
+        replace(base, device="tpu")
+    cuda = replace(base, device="cuda")  # valid without a GPU: the page explains it
+    assert "no CUDA GPU is visible" in problems(cuda, synthetic_catalog())[0]

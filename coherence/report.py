@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -28,7 +28,7 @@ from plotly.offline import get_plotlyjs
 from coherence.analysis import figures as F
 from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
 from coherence.analysis.names import selection_tag
-from coherence.analysis.pipeline import AnalysisResult
+from coherence.analysis.results import AnalysisResult
 from coherence.analysis.scores import Scores, compute_scores
 from coherence.analysis.summaries import (
     DistanceCurve,
@@ -37,9 +37,11 @@ from coherence.analysis.summaries import (
     two_time_map,
 )
 from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
-from coherence.dashboard.selection import Selection
-from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
+
+if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
+    from coherence.dashboard.selection import Selection
+    from coherence.dashboard.workspace_scan import Catalog
 
 TITLE = "Coherence Explorer report"
 RESPONSE_TITLES = {"smse": "SMSE", "mass": "mass", "energy": "energy"}

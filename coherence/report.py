@@ -26,16 +26,12 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from coherence.analysis import figures as F
+from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
 from coherence.analysis.names import selection_tag
 from coherence.analysis.results import AnalysisResult
 from coherence.analysis.scores import Scores, compute_scores
-from coherence.analysis.summaries import (
-    DistanceCurve,
-    class_transfer_matrix,
-    lag_curves,
-    two_time_map,
-)
+from coherence.analysis.summaries import class_transfer_matrix, lag_curves, two_time_map
 from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
 from coherence.errors import CoherenceError
 
@@ -163,8 +159,8 @@ def load_groups(
 
 def distance_from_inputs(group: ReportGroup) -> DistanceCurve:
     """The distance curve from the request's batches (read from the dataset files)."""
+    from coherence.analysis.distance import influence_vs_distance
     from coherence.analysis.pipeline import prepare
-    from coherence.analysis.summaries import influence_vs_distance
 
     _, batches = prepare(group.result.request)
     inputs = np.stack([b.inputs.double().numpy() for b in batches])

@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from coherence.analysis.arrays import to_numpy
+from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.figures.influence import LagGroups, lag_groups
 from coherence.analysis.figures.validation import score_rows
 from coherence.analysis.results import npz_bytes
 from coherence.analysis.scores import Scores
-from coherence.analysis.summaries import DistanceCurve, to_numpy
 from coherence.errors import RequestError
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.figures.theme import (
     DIVERGING,
     INFLUENCE_SYMBOL,
@@ -28,7 +29,7 @@ from coherence.analysis.figures.theme import (
     shared_zrange,
     styled,
 )
-from coherence.analysis.summaries import DistanceCurve, LagCurves
+from coherence.analysis.summaries import LagCurves
 from coherence.errors import RequestError
 
 LagGroups = LagCurves | Sequence[tuple[str, LagCurves]]

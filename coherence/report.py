@@ -5,44 +5,65 @@ their uncertainty and a plain-language verdict, and the provenance of every numb
 Built from cached results only (never computes an analysis): the dashboard's Report button
 and ``coherence report --out report.html`` call ``build_report``. plotly.js is inlined once
 in the page head (no CDN, no other file), so it opens offline in any browser, without
-Python. Panels that need a model run (rollout, validation) are not part of it.
+Python. Panels that need a model run (rollout, validation) are not part of it. The panels
+themselves are built in ``coherence.report_panels`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import html
-import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
-import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from coherence.analysis import figures as F
+from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
 from coherence.analysis.names import selection_tag
-from coherence.analysis.pipeline import AnalysisResult
-from coherence.analysis.scores import Scores, compute_scores
-from coherence.analysis.summaries import (
-    DistanceCurve,
-    class_transfer_matrix,
-    lag_curves,
-    two_time_map,
-)
+from coherence.analysis.scores import Scores
 from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
-from coherence.dashboard.selection import Selection
-from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
+from coherence.report_panels import (
+    RESPONSE_TITLES,
+    ReportError,
+    ReportGroup,
+    Section,
+    distance_from_inputs,
+    how_to_read,
+    score_table,
+    sections,
+)
+
+if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
+    from coherence.dashboard.selection import Selection
+    from coherence.dashboard.workspace_scan import Catalog
+
+__all__ = [  # what callers import from here, the panels' names included
+    "RESPONSE_TITLES",
+    "TITLE",
+    "TOUR",
+    "ReportError",
+    "ReportGroup",
+    "Section",
+    "build_report",
+    "cached_in",
+    "distance_from_inputs",
+    "group_labels",
+    "how_to_read",
+    "load_groups",
+    "provenance",
+    "render_html",
+    "report_name",
+    "score_table",
+    "sections",
+    "selection_from_link",
+]
 
 TITLE = "Coherence Explorer report"
-RESPONSE_TITLES = {"smse": "SMSE", "mass": "mass", "energy": "energy"}
 TOUR = (
     "Each heatmap shows how a gradient step on one training example (column: perturbation "
     "time t_p) moves the model's error on another (row: response time t_r). A bright diagonal "
@@ -51,37 +72,6 @@ TOUR = (
     "(and, in the class-transfer matrix, across initial-condition families); the headline "
     "scores below put a number on it (diagonal dominance: 0.5 flat, 1 perfectly local)."
 )
-
-
-class ReportError(CoherenceError):
-    """The report cannot be built for this selection (not computed yet, bad link)."""
-
-
-@dataclass(frozen=True)
-class ReportGroup:
-    """One checkpoint group of the selection with its cached result."""
-
-    label: str
-    key: str
-    result: AnalysisResult
-
-
-@dataclass(frozen=True)
-class Section:
-    """One figure of the report: heading, how to read it, the figure."""
-
-    title: str
-    caption: str
-    figure: go.Figure
-
-
-def how_to_read(builder: Callable) -> str:
-    """The first paragraph of a figure builder's docstring without its 'Read:' prefix."""
-    doc = inspect.getdoc(builder) or ""
-    text = " ".join(doc.split("\n\n", 1)[0].split()).removeprefix("Read:").strip()
-    if len(text) > 1 and text[1].islower():  # a word, not a symbol such as "x = …"
-        text = text[:1].upper() + text[1:]
-    return text
 
 
 # ---------------------------------------------------------------------- selection ------
@@ -157,157 +147,6 @@ def load_groups(
             "then build the report again"
         )
     return tuple(groups)
-
-
-def distance_from_inputs(group: ReportGroup) -> DistanceCurve:
-    """The distance curve from the request's batches (read from the dataset files)."""
-    from coherence.analysis.pipeline import prepare
-    from coherence.analysis.summaries import influence_vs_distance
-
-    _, batches = prepare(group.result.request)
-    inputs = np.stack([b.inputs.double().numpy() for b in batches])
-    return influence_vs_distance(group.result.H_std[group.result.primary], inputs)
-
-
-# ------------------------------------------------------------------------ figures ------
-
-
-def _pair(figures: list[go.Figure], labels: list[str], title: str, zrange=None) -> go.Figure:
-    if len(figures) == 1:
-        return figures[0]
-    return F.side_by_side(figures[0], figures[1], tuple(labels), zrange=zrange, title=title)
-
-
-def _two_time(
-    groups: Sequence[ReportGroup], selection: Selection, response: str, scale: str
-) -> list[Section]:
-    symbol = "Ĥ" if response == groups[0].result.primary else f"Ĥ_{response}"
-    maps = [two_time_map(g.result.H_std[response]) for g in groups]
-    lo, hi, _ = F.heatmap_scale(scale, np.stack(maps), selection.n_examples)
-    name = RESPONSE_TITLES.get(response, response)
-    title = f"Two-time influence ({name}), intra-class mean"
-    figures = [
-        F.two_time_heatmap(
-            V,
-            g.result.times,
-            selection.n_examples,
-            title=title if len(groups) == 1 else "",
-            value_label=symbol,
-            steps=g.result.steps,
-            scale=scale,
-            zrange=(lo, hi),
-        )
-        for g, V in zip(groups, maps, strict=True)
-    ]
-    labels = [g.label for g in groups]
-    sections = [
-        Section(title, how_to_read(F.two_time_heatmap), _pair(figures, labels, title, (lo, hi)))
-    ]
-    if len(groups) == 2 and maps[0].shape == maps[1].shape:
-        sections.append(
-            Section(
-                f"Difference map ({name}): {labels[0]} − {labels[1]}",
-                how_to_read(F.difference_heatmap),
-                F.difference_heatmap(
-                    maps[0], maps[1], groups[0].result.times, labels, value_label=symbol
-                ),
-            )
-        )
-    return sections
-
-
-def sections(
-    groups: Sequence[ReportGroup],
-    selection: Selection,
-    *,
-    distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
-    scale: str = "paper",
-) -> list[Section]:
-    """Every influence panel of the selection, in the dashboard's tab order."""
-    if not groups:
-        raise ReportError("no computed group to report on")
-    labels = [g.label for g in groups]
-    primary = groups[0].result.primary
-    out = _two_time(groups, selection, primary, scale)
-
-    matrices = [class_transfer_matrix(g.result.H_std[primary]) for g in groups]
-    lo, hi, _ = F.heatmap_scale(scale, np.stack(matrices), selection.n_examples)
-    title = "Class transfer matrix (rows = response, columns = perturbation)"
-    figures = [
-        F.class_transfer_heatmap(
-            M,
-            g.result.classes,
-            selection.n_examples,
-            title=title if len(groups) == 1 else "",
-            scale=scale,
-            zrange=(lo, hi),
-        )
-        for g, M in zip(groups, matrices, strict=True)
-    ]
-    out.append(
-        Section(
-            "Class transfer", how_to_read(F.class_transfer_heatmap), _pair(figures, labels, title)
-        )
-    )
-
-    lag = F.lag_curves_figure(
-        [(g.label, lag_curves(g.result.H_std[primary])) for g in groups],
-        title="Influence vs time lag",
-    )
-    out.append(Section("Time lag", how_to_read(F.lag_curves_figure), lag))
-
-    if distance is not None:
-        curves = []
-        for i, g in enumerate(groups):
-            try:
-                curve = distance(g)
-            except CoherenceError:
-                continue  # too few distinct pairs: the panel is skipped, as in the dashboard
-            curves.append(
-                F.distance_figure(
-                    curve,
-                    seed_labels=list(g.result.checkpoints),
-                    label=g.label if len(groups) > 1 else "",
-                    color_index=i,
-                    title="Influence vs input distance" if len(groups) == 1 else "",
-                )
-            )
-        if len(curves) == len(groups):
-            figure = _pair(curves, labels, "Influence vs input distance")
-            out.append(Section("Input distance", how_to_read(F.distance_figure), figure))
-
-    tops = {g.label: g.result.top_eigenvalues for g in groups}
-    with contextlib.suppress(CoherenceError):  # no top eigenvalue computed
-        box = F.top_eigenvalue_box(tops)
-        out.append(Section("NTK top eigenvalue", how_to_read(F.top_eigenvalue_box), box))
-    try:
-        spectrum = F.subspace_spectrum_figure({g.label: g.result.subspace_spectra for g in groups})
-        out.append(Section("NTK spectrum", how_to_read(F.subspace_spectrum_figure), spectrum))
-    except CoherenceError:
-        pass  # not the subspace estimator
-
-    for response in ("mass", "energy"):
-        if all(response in g.result.H_std for g in groups) and response != primary:
-            out += _two_time(groups, selection, response, scale)[:1]
-
-    table = F.scores_table(score_table(groups))
-    out.append(Section("Scores", how_to_read(F.scores_table), table))
-    return out
-
-
-def _spectra(result: AnalysisResult) -> list[list[np.ndarray]] | None:
-    rows = [[e[np.isfinite(e)] for e in per_batch] for per_batch in result.subspace_spectra]
-    if any(e.size == 0 or not np.any(e > 0) for row in rows for e in row):
-        return None
-    return rows
-
-
-def score_table(groups: Sequence[ReportGroup]) -> dict[str, Scores]:
-    """{label: the §7 scores of the group's primary response}."""
-    return {
-        g.label: compute_scores(g.result.H_std[g.result.primary], _spectra(g.result))
-        for g in groups
-    }
 
 
 # ---------------------------------------------------------------------- provenance -----

@@ -13,13 +13,15 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from coherence.analysis.request import AnalysisRequest
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes
+
+if TYPE_CHECKING:  # request.py imports torch; result data and exports do not need it
+    from coherence.analysis.request import AnalysisRequest
 
 RESULT_SCHEMA = 1
 
@@ -155,6 +157,8 @@ def result_from_parts(arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -
         raise RequestError(
             f"result schema {metadata.get('schema')!r} is not {RESULT_SCHEMA}; recompute it"
         )
+    from coherence.analysis.request import AnalysisRequest
+
     request = AnalysisRequest.from_dict(metadata["request"])
     return AnalysisResult(
         request=request,

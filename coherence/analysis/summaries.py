@@ -8,6 +8,9 @@ two_time_map and lag_curves unchanged). numpy arrays or torch tensors are accept
 
 "Across seeds" means across the S checkpoints: batches are averaged within a checkpoint first,
 then the median and quartiles Q1, Q3 are taken with np.percentile (linear interpolation).
+
+The validation and JSON plumbing live in ``arrays`` and the §6.4 distance curve in
+``distance``; both are re-exported here, so ``summaries`` stays the one import for panels.
 """
 
 from __future__ import annotations
@@ -19,88 +22,31 @@ from typing import Any
 
 import numpy as np
 
-from coherence.analysis.spline import whittaker, whittaker_gcv
+from coherence.analysis.arrays import LAYOUT, Band, as_influence, json_safe, quartiles, to_numpy
+from coherence.analysis.distance import DistanceCurve, influence_vs_distance, input_distances
 from coherence.errors import RequestError
 
-LAYOUT = "[checkpoints, batches, t_r, c_r, t_p, c_p]"
-
-
-# ------------------------------------------------------------------------- plumbing -------
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """float64 numpy copy of an array or a (CPU/GPU, grad-tracking) torch tensor."""
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu()
-        if x.is_floating_point() or x.is_complex():
-            x = x.double()
-        x = x.numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def as_influence(H: Any, name: str = "H_std") -> np.ndarray:
-    """Validate an influence tensor [S, B, T, C, T, C] and return it as float64 numpy."""
-    try:
-        h = to_numpy(H)
-    except (TypeError, ValueError) as error:
-        raise RequestError(f"{name} is not a numeric array ({error})") from error
-    if h.ndim != 6:
-        raise RequestError(
-            f"{name} has shape {h.shape}; expected {LAYOUT} (6 axes). Wrap one batch "
-            f"[T, C, T, C] as {name}[None, None]; reshape an N×N matrix to [T, C, T, C] "
-            f"with example n = t·C + c."
-        )
-    _, _, t, c, t2, c2 = h.shape
-    if (t, c) != (t2, c2):
-        raise RequestError(
-            f"{name} has shape {h.shape}: response axes (T, C) = {(t, c)} differ from "
-            f"perturbation axes {(t2, c2)}; one batch must be square, laid out {LAYOUT}"
-        )
-    if min(h.shape) == 0:
-        raise RequestError(f"{name} has an empty axis (shape {h.shape}); layout {LAYOUT}")
-    bad = ~np.isfinite(h)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise RequestError(
-            f"{name} has {int(bad.sum())} NaN/inf entries (first at {LAYOUT} = {first}); "
-            f"recompute that checkpoint's influence or drop it"
-        )
-    return h
-
-
-def json_safe(x: Any) -> Any:
-    """JSON-safe copy: arrays → lists, NaN/inf → None, numpy scalars → Python."""
-    if isinstance(x, np.ndarray):
-        return json_safe(x.tolist())
-    if isinstance(x, Mapping):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
-@dataclass(frozen=True)
-class Band:
-    """Median and interquartile band (Q1, Q3) across seeds, elementwise."""
-
-    median: np.ndarray
-    q1: np.ndarray
-    q3: np.ndarray
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe({"median": self.median, "q1": self.q1, "q3": self.q3})
-
-
-def quartiles(values: Any, axis: int = 0) -> Band:
-    """Band of np.percentile(values, [25, 50, 75], axis) (NaN propagates)."""
-    q1, median, q3 = np.percentile(np.asarray(values, dtype=np.float64), [25, 50, 75], axis=axis)
-    return Band(median=median, q1=q1, q3=q3)
+__all__ = [  # the summaries below, and the plumbing and §6.4 curve they build on
+    "LAYOUT",
+    "Band",
+    "DistanceCurve",
+    "LagCurves",
+    "as_influence",
+    "class_transfer_matrix",
+    "influence_vs_distance",
+    "input_distances",
+    "inter_class_maps",
+    "intra_class_maps",
+    "json_safe",
+    "lag_curves",
+    "lag_profile",
+    "quartiles",
+    "rollout_summary",
+    "spectrum_summary",
+    "to_numpy",
+    "training_curves",
+    "two_time_map",
+]
 
 
 def _band_dict(values: np.ndarray) -> dict[str, np.ndarray]:
@@ -208,154 +154,6 @@ def lag_curves(H_std: Any) -> LagCurves:
     inter = lag_profile(inter_class_maps(h)).mean(axis=1)
     t = h.shape[2]
     return LagCurves(np.arange(1 - t, t), quartiles(intra), quartiles(inter), intra, inter)
-
-
-# ----------------------------------------------------------------- input distance ---------
-
-
-def input_distances(inputs: Any) -> np.ndarray:
-    """d(n, m) = mean_{x,y,c} (x_n − x_m)² / (½(RMS(x_n^c) + RMS(x_m^c)) + 1e-6) (§6.4).
-
-    inputs [B, N, F, H, W] raw input states, n = t·C + c as in H → [B, N, N], symmetric, zero
-    diagonal. RMS is per example and channel over pixels. As METHOD.md writes it, the squared
-    difference is divided by an RMS, not an RMS², so d carries the units of the field. Cost
-    B·N²·F·H·W flops, memory N·F·H·W per step (one example against the batch at a time).
-    """
-    x = to_numpy(inputs)
-    if x.ndim != 5 or min(x.shape) == 0:
-        raise RequestError(
-            f"inputs have shape {x.shape}; expected raw input states [batches, N, F, H, W]"
-        )
-    if not np.all(np.isfinite(x)):
-        raise RequestError("inputs contain NaN/inf; the distance needs finite input states")
-    flat = x.reshape(*x.shape[:3], -1)  # (B, N, F, HW)
-    rms = np.sqrt(np.mean(flat**2, axis=-1))  # (B, N, F)
-    out = np.empty((*x.shape[:2], x.shape[1]))
-    for n in range(x.shape[1]):
-        sq = np.mean((flat - flat[:, n : n + 1]) ** 2, axis=-1)  # (B, N, F)
-        scale = 0.5 * (rms + rms[:, n : n + 1]) + 1e-6
-        out[:, n] = np.mean(sq / scale, axis=-1)
-    return out
-
-
-@dataclass(frozen=True)
-class DistanceCurve:
-    """Ĥ versus input distance d (§6.4): window means per seed, smoothed, then quartiles.
-
-    Windows: log-spaced edges e_0 < … < e_K (K = bins) between the 0.5% and 99.5% quantiles of
-    the pooled positive d; window k covers bins k and k+1, i.e. [e_k, e_{k+2}) (the last one
-    closed), centred at e_{k+1}: K − 1 half-overlapping windows.
-    """
-
-    centers: np.ndarray  # [K−1] window centres e_1..e_{K−1}
-    edges: np.ndarray  # [K+1]
-    window_means: np.ndarray  # [S, K−1] mean Ĥ per window, NaN where empty
-    counts: np.ndarray  # [S, K−1] pairs per window
-    bin_means: np.ndarray  # [S, K] mean Ĥ per (non-overlapping) bin, NaN where empty
-    smoothed: np.ndarray  # [S, K−1] Whittaker smooth of window_means at λ = lams
-    lams: np.ndarray  # [S] the GCV-chosen λ per seed
-    gcv_on: str  # "bins" or "windows": the series whose GCV chose λ
-    band: Band  # quartiles of `smoothed` across seeds
-    dropped_zero: int  # pairs with d = 0 dropped (diagonal included), all seeds
-
-    def to_dict(self) -> dict[str, Any]:
-        keys = ("centers", "edges", "window_means", "counts", "bin_means", "smoothed", "lams")
-        out = json_safe({k: getattr(self, k) for k in keys})
-        return out | {
-            "gcv_on": self.gcv_on,
-            "band": self.band.to_dict(),
-            "dropped_zero": self.dropped_zero,
-        }
-
-
-def influence_vs_distance(
-    H_std: Any,
-    inputs: Any,
-    bins: int = 25,
-    quantile_range: tuple[float, float] = (0.005, 0.995),
-    gcv_on: str = "bins",
-) -> DistanceCurve:
-    """Pool (Ĥ[r, p], d(r, p)) over batches per seed, window-average in log d, smooth, summarize.
-
-    inputs: [B, N, F, H, W] (shared by all checkpoints) or [S, B, N, F, H, W]. Pairs with
-    d = 0 (the diagonal, duplicated inputs) are dropped. Each seed's window means are smoothed
-    by ``whittaker`` (weight 1 per non-empty window, 0 per empty one) at the λ that
-    ``whittaker_gcv`` picks. ``gcv_on="bins"`` (default) runs GCV on the non-overlapping bin
-    means, whose errors are independent, and applies that λ to the windows (same log-d spacing,
-    so λ means the same bandwidth); GCV assumes independent errors, and on the overlapping
-    windows (adjacent means share half their pairs) it undersmooths, often to λ → 0, i.e. no
-    smoothing at all. ``gcv_on="windows"`` is the literal reading of METHOD.md §6.4.
-    """
-    if gcv_on not in ("bins", "windows"):
-        raise RequestError(f"gcv_on={gcv_on!r}: choose 'bins' or 'windows'")
-    h = as_influence(H_std)
-    s, b, t, c = h.shape[:4]
-    n = t * c
-    x = to_numpy(inputs)
-    if x.ndim == 6:
-        if x.shape[0] != s:
-            raise RequestError(f"inputs have {x.shape[0]} checkpoints, H_std has {s}")
-        d = np.stack([input_distances(xi) for xi in x])
-    else:
-        d = np.broadcast_to(input_distances(x), (s, *x.shape[:2], x.shape[1]))
-    if d.shape[1:] != (b, n, n):
-        raise RequestError(
-            f"inputs give {d.shape[1]} batches of {d.shape[2]} examples; H_std has {b} batches "
-            f"of N = T·C = {n} (order n = t·C + c)"
-        )
-    if not (isinstance(bins, (int, np.integer)) and bins >= 4):
-        raise RequestError(f"bins={bins}: need an integer ≥ 4 (3 windows for the smoother)")
-    lo_q, hi_q = quantile_range
-    if not 0 <= lo_q < hi_q <= 1:
-        raise RequestError(f"quantile_range={quantile_range}: need 0 ≤ low < high ≤ 1")
-    values = h.reshape(s, b * n * n)
-    dist = d.reshape(s, b * n * n)
-    keep = dist > 0
-    positive = dist[keep]
-    if positive.size == 0:
-        raise RequestError("every input distance is 0: the batch inputs are all identical")
-    lo, hi = np.quantile(positive, [lo_q, hi_q])
-    if not hi > lo:
-        raise RequestError(f"input distances span no range ({lo:.3g}); vary the batch inputs")
-    edges = np.geomspace(lo, hi, bins + 1)
-    sums, counts = np.zeros((s, bins)), np.zeros((s, bins))
-    for i in range(s):
-        inside = keep[i] & (dist[i] >= lo) & (dist[i] <= hi)
-        index = np.searchsorted(edges, dist[i][inside], side="right") - 1
-        index = np.minimum(index, bins - 1)  # d = hi belongs to the last bin
-        sums[i] = np.bincount(index, weights=values[i][inside], minlength=bins)
-        counts[i] = np.bincount(index, minlength=bins)
-    win_sum, win_count = sums[:, :-1] + sums[:, 1:], counts[:, :-1] + counts[:, 1:]
-    window_means, bin_means = _safe_mean(win_sum, win_count), _safe_mean(sums, counts)
-    smoothed, lams = np.empty_like(window_means), np.empty(s)
-    for i in range(s):
-        series, count = (
-            (bin_means[i], counts[i]) if gcv_on == "bins" else (window_means[i], win_count[i])
-        )
-        if np.count_nonzero(count) < 3:
-            raise RequestError(
-                f"checkpoint {i}: only {np.count_nonzero(count)} non-empty distance {gcv_on}; "
-                f"use fewer bins or larger batches"
-            )
-        lams[i] = whittaker_gcv(series, (count > 0).astype(float))[1]
-        smoothed[i] = whittaker(window_means[i], lams[i], (win_count[i] > 0).astype(float))
-    return DistanceCurve(
-        centers=edges[1:-1],
-        edges=edges,
-        window_means=window_means,
-        counts=win_count.astype(np.int64),
-        bin_means=bin_means,
-        smoothed=smoothed,
-        lams=lams,
-        gcv_on=gcv_on,
-        band=quartiles(smoothed),
-        dropped_zero=int((~keep).sum()),
-    )
-
-
-def _safe_mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
-    out = np.full(total.shape, np.nan)
-    return np.divide(total, count, out=out, where=count > 0)
 
 
 # ------------------------------------------------------------------------ spectrum --------

@@ -148,6 +148,40 @@ def counterfactual_check(
         model64, x, y, [perturbation], estimator=estimator, damping=damping, rtol=rtol
     )[0]
     report(0.95, "perturbed forward passes")
+    epsilons, predicted, measured = _measure_steps(
+        model64, x, y, resp, direction, column, relative_steps
+    )
+    return CounterfactualResult(
+        perturbation=perturbation,
+        estimator=parse_estimator(estimator).value,
+        response=resp.value,
+        relative_steps=np.asarray(relative_steps, dtype=float),
+        epsilons=epsilons,
+        predicted=predicted,
+        measured=measured,
+        rel_errors=_relative_errors(measured, predicted),
+    )
+
+
+def _relative_errors(measured: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """‖measured − predicted‖ / ‖predicted‖ over the responses r, per step [K]."""
+    return np.linalg.norm(measured - predicted, axis=1) / np.maximum(
+        np.linalg.norm(predicted, axis=1), 1e-300
+    )
+
+
+def _measure_steps(
+    model64: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    resp: Response,
+    direction: Tensor,
+    column: Tensor,
+    relative_steps: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each step, ε with ‖ε·direction‖ = step·‖θ‖, the predicted change −ε·D·H[:, p] and
+    the measured Δ⟨r_A(r), ŷ_r⟩ after θ − ε·direction (r_A frozen at θ, as in H):
+    (ε [K], predicted [K, N], measured [K, N])."""
     d = math.prod(x.shape[1:])
     with evaluation_mode(model64), torch.no_grad():
         fm = FlatModel(model64)
@@ -163,16 +197,4 @@ def counterfactual_check(
             epsilons.append(eps)
     predicted_np = torch.stack(predicted).cpu().numpy()
     measured_np = torch.stack(measured).cpu().numpy()
-    errors = np.linalg.norm(measured_np - predicted_np, axis=1) / np.maximum(
-        np.linalg.norm(predicted_np, axis=1), 1e-300
-    )
-    return CounterfactualResult(
-        perturbation=perturbation,
-        estimator=parse_estimator(estimator).value,
-        response=resp.value,
-        relative_steps=np.asarray(relative_steps, dtype=float),
-        epsilons=np.asarray(epsilons),
-        predicted=predicted_np,
-        measured=measured_np,
-        rel_errors=errors,
-    )
+    return np.asarray(epsilons), predicted_np, measured_np

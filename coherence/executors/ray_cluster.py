@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-import coherence
 from coherence.executors import (
     AnalysisProgress,
     ClusterError,
@@ -39,9 +38,9 @@ from coherence.executors import (
 )
 from coherence.executors.ray_connect import (
     _remote,
-    check_versions,
     connect,
     env_number,
+    get_reply,
     worker_versions,
 )
 from coherence.executors.ray_tasks import (
@@ -83,6 +82,30 @@ def _dataset_files(data: Path, classes: Sequence[str]) -> tuple[dict[str, Path],
             path = Path(info.file(split, name).path)
             paths[f"data/{split}/{path.name}"] = path
     return paths, sum(p.stat().st_size for p in paths.values())
+
+
+def _ship_checkpoints(
+    ray: Any, request: Any, info: Any, indices: set[int]
+) -> tuple[dict[int, Any], dict[int, str]]:
+    """Each needed checkpoint, checked against the dataset, put in the object store once:
+    ({s: reference to its config and weights}, {s: its fingerprint})."""
+    from coherence.analysis.pipeline import checkpoint_fingerprint
+    from coherence.surrogates import checkpoint as ckpt
+
+    checkpoints, fingerprints = {}, {}
+    for s in sorted(indices):
+        directory = request.checkpoints[s]
+        ckpt.check_compatible(
+            ckpt.read_config(directory),
+            family=info.family.value,
+            channels=info.channels,
+            resolution=(info.height, info.width),
+            where=f"checkpoint {Path(directory).name}",
+        )
+        files = _checkpoint_files(directory, (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE))
+        checkpoints[s] = ray.put(files)
+        fingerprints[s] = checkpoint_fingerprint(directory)
+    return checkpoints, fingerprints
 
 
 class RayExecutor:
@@ -137,40 +160,6 @@ class RayExecutor:
             options["runtime_env"] = self.runtime_env
         return options
 
-    def _reply(self, ray: Any, ref: Any, where: str) -> dict[str, Any]:
-        """ray.get with every failure turned into one sentence naming ``where``."""
-        from ray import exceptions
-
-        from coherence.errors import CoherenceError
-
-        try:
-            reply = ray.get(ref)
-        except exceptions.RayTaskError as error:
-            cause = error.cause
-            if isinstance(cause, CoherenceError):
-                raise ClusterError(f"{where}: {cause}") from None
-            if isinstance(cause, ImportError):
-                raise ClusterError(
-                    f"{where}: the Ray worker cannot import what it needs ({cause}); install "
-                    f"coherence-explorer {coherence.__version__} with the [cluster] extra on "
-                    "every node"
-                ) from None
-            first = (str(cause).strip().splitlines() or [""])[0]
-            raise ClusterError(
-                f"{where} failed on the Ray cluster: {type(cause).__name__}: {first}"
-            ) from None
-        except exceptions.TaskCancelledError:
-            raise ClusterError(f"{where} was cancelled on the Ray cluster") from None
-        except exceptions.RayError as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ClusterError(
-                f"{where} failed on the Ray cluster after {self.retries} retries "
-                f"({type(error).__name__}: {first[:200]}); what finished is kept (cached units, "
-                "written checkpoints): run it again to resume"
-            ) from None
-        check_versions(reply.get("versions", {}), where)
-        return reply
-
     # -------------------------------------------------------------------- analysis ----
 
     def run_analysis(
@@ -182,9 +171,7 @@ class RayExecutor:
         known_units: Mapping[tuple[int, int], Any] | None = None,
         on_unit: Callable[[Any], None] | None = None,
     ) -> Any:
-        from coherence.analysis.pipeline import assemble, checkpoint_fingerprint, prepare
-        from coherence.analysis.results import UnitResult
-        from coherence.surrogates import checkpoint as ckpt
+        from coherence.analysis.pipeline import assemble, prepare
 
         report = progress or (lambda fraction, stage: None)
         started = time.perf_counter()
@@ -194,24 +181,51 @@ class RayExecutor:
         units = dict(known_units or {})
         todo = [(s, b) for s in range(S) for b in range(B) if (s, b) not in units]
         report(len(units) / (S * B), f"submitting {len(todo)} units to the Ray cluster")
-        names = [Path(c).name for c in request.checkpoints]
-        checkpoints, fingerprints = {}, {}
-        for s in sorted({s for s, _ in todo}):
-            directory = request.checkpoints[s]
-            ckpt.check_compatible(
-                ckpt.read_config(directory),
-                family=info.family.value,
-                channels=info.channels,
-                resolution=(info.height, info.width),
-                where=f"checkpoint {names[s]}",
-            )
-            files = _checkpoint_files(directory, (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE))
-            checkpoints[s] = ray.put(files)
-            fingerprints[s] = checkpoint_fingerprint(directory)
+        checkpoints, fingerprints = _ship_checkpoints(ray, request, info, {s for s, _ in todo})
         arrays = {
             b: ray.put({"inputs": batches[b].inputs.numpy(), "targets": batches[b].targets.numpy()})
             for b in sorted({b for _, b in todo})
         }
+        pending = self._submit_units(ray, request, batches, todo, checkpoints, arrays, trust_code)
+        devices: set[str] = set()
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+                for ref in ready:
+                    s, b = pending.pop(ref)
+                    unit, ran_on = self._unit_reply(ray, ref, request, s, b, fingerprints[s])
+                    units[s, b] = unit
+                    devices.add(ran_on)
+                    if on_unit is not None:
+                        on_unit(unit)
+                running = f", {len(pending)} running or queued" if pending else ""
+                report(
+                    len(units) / (S * B),
+                    f"{len(units)}/{S * B} units done on the Ray cluster{running}",
+                )
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        device = "ray " + self.address + (f" ({', '.join(sorted(devices))})" if devices else "")
+        seconds = time.perf_counter() - started
+        return assemble(
+            request, info, batches, list(units.values()), device=device, seconds=seconds
+        )
+
+    def _submit_units(
+        self,
+        ray: Any,
+        request: Any,
+        batches: Sequence[Any],
+        todo: Sequence[tuple[int, int]],
+        checkpoints: Mapping[int, Any],
+        arrays: Mapping[int, Any],
+        trust_code: bool,
+    ) -> dict[Any, tuple[int, int]]:
+        """One task per missing unit (s, b), its checkpoint and batch by object reference:
+        {task reference: (s, b)}."""
+        names = [Path(c).name for c in request.checkpoints]
         task = _remote(ray, analysis_unit_task)
         base = {
             "driver_versions": worker_versions(),
@@ -234,46 +248,33 @@ class RayExecutor:
             label = f"coherence unit {names[s]} trajectory {request.trajectories[b]}"
             submit = task.options(**options, name=label).remote
             pending[submit(meta, checkpoints[s], arrays[b])] = (s, b)
-        devices = set()
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
-                for ref in ready:
-                    s, b = pending.pop(ref)
-                    where = f"unit (checkpoint {names[s]}, trajectory {request.trajectories[b]})"
-                    reply = self._reply(ray, ref, where)
-                    with np.load(io.BytesIO(reply["npz"]), allow_pickle=False) as data:
-                        parts = {key: data[key] for key in data.files}
-                    unit = UnitResult.from_parts(parts, json.loads(reply["json"]))
-                    if (unit.checkpoint_index, unit.batch_index) != (s, b):
-                        raise ClusterError(f"{where}: the worker returned another unit")
-                    unit = replace(unit, checkpoint_fingerprint=fingerprints[s])
-                    units[s, b] = unit
-                    devices.add(f"{reply['device']} on {reply['host']}")
-                    self.timings.append(
-                        {
-                            "unit": where,
-                            "host": reply["host"],
-                            "task_seconds": reply["seconds"],
-                            "compute_seconds": reply.get("compute_seconds"),
-                        }
-                    )
-                    if on_unit is not None:
-                        on_unit(unit)
-                running = f", {len(pending)} running or queued" if pending else ""
-                report(
-                    len(units) / (S * B),
-                    f"{len(units)}/{S * B} units done on the Ray cluster{running}",
-                )
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
-        device = "ray " + self.address + (f" ({', '.join(sorted(devices))})" if devices else "")
-        seconds = time.perf_counter() - started
-        return assemble(
-            request, info, batches, list(units.values()), device=device, seconds=seconds
+        return pending
+
+    def _unit_reply(
+        self, ray: Any, ref: Any, request: Any, s: int, b: int, fingerprint: str
+    ) -> tuple[Any, str]:
+        """The finished unit (s, b), checked to be that unit and stamped with the driver's
+        checkpoint fingerprint, and where it ran ('<device> on <host>'); records its timing."""
+        from coherence.analysis.results import UnitResult
+
+        name = Path(request.checkpoints[s]).name
+        where = f"unit (checkpoint {name}, trajectory {request.trajectories[b]})"
+        reply = get_reply(ray, ref, where, retries=self.retries)
+        with np.load(io.BytesIO(reply["npz"]), allow_pickle=False) as data:
+            parts = {key: data[key] for key in data.files}
+        unit = UnitResult.from_parts(parts, json.loads(reply["json"]))
+        if (unit.checkpoint_index, unit.batch_index) != (s, b):
+            raise ClusterError(f"{where}: the worker returned another unit")
+        self.timings.append(
+            {
+                "unit": where,
+                "host": reply["host"],
+                "task_seconds": reply["seconds"],
+                "compute_seconds": reply.get("compute_seconds"),
+            }
         )
+        device = f"{reply['device']} on {reply['host']}"
+        return replace(unit, checkpoint_fingerprint=fingerprint), device
 
     # -------------------------------------------------------------------- training ----
 
@@ -294,9 +295,6 @@ class RayExecutor:
     def train(self, runs: Sequence[TrainRun], *, log: Callable[[str], None] | None = None) -> None:
         """Every run as its own task, all at once; each checkpoint is written (one atomic
         set) as soon as its run finishes. A failed run does not stop the others."""
-        from coherence.surrogates import checkpoint as ckpt
-        from coherence.surrogates import fileset
-
         say = log or (lambda message: None)
         if not runs:
             return
@@ -306,27 +304,7 @@ class RayExecutor:
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
         pending = {}
         for index, run in enumerate(runs):
-            paths, size = _dataset_files(Path(run.data), run.args.classes)
-            shipped = None
-            if size <= limit:
-                shipped = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
-            ckpt.recover(run.out)
-            resume = None
-            if (run.out / ckpt.CONFIG_FILE).is_file():
-                ckpt.verify(run.out)
-                resume = _checkpoint_files(run.out, (*ckpt.SET_FILES, ckpt.MANIFEST_FILE))
-            meta = {
-                "driver_versions": worker_versions(),
-                "args": json.loads(json.dumps(run.args.to_dict())),
-                "data_path": str(Path(run.data)),
-                "data_name": Path(run.data).name,
-                "out_name": run.out.name,
-                "run": str(index),
-                "threads": max(1, int(self.cpus)),
-            }
-            options = self._options(ray, run.args.device)
-            submit = task.options(**options, name=f"coherence train {run.out.name}").remote
-            pending[submit(meta, shipped, resume, board)] = run
+            pending[self._submit_training(ray, task, board, str(index), run, limit)] = run
             say(f"submitted training {run.out.name} to the Ray cluster at {self.address}")
         errors: list[ClusterError] = []
         try:
@@ -336,21 +314,13 @@ class RayExecutor:
                 for ref in ready:
                     run = pending.pop(ref)
                     try:
-                        reply = self._reply(ray, ref, f"training {run.out.name}")
+                        where = f"training {run.out.name}"
+                        reply = get_reply(ray, ref, where, retries=self.retries)
                     except ClusterError as error:
                         errors.append(error)
                         say(str(error))
                         continue
-                    files = reply["files"]
-                    fileset.write_set(run.out, files, {"epochs": reply["epochs"]}, ckpt.SET_FILES)
-                    if run.progress is not None:
-                        history = ckpt.read_history(run.out)
-                        loss = history[-1]["train_smse"] if history else float("nan")
-                        run.progress(run.args.epochs - 1, run.args.epochs, 1.0, loss)
-                    say(
-                        f"trained {run.out.name} on {reply['host']} in "
-                        f"{reply['seconds']:.0f} s ({reply['epochs']} epochs)"
-                    )
+                    _save_training(run, reply, say)
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -360,3 +330,48 @@ class RayExecutor:
         if errors:
             more = f" ({len(errors)} of {len(runs)} runs failed)" if len(errors) > 1 else ""
             raise ClusterError(f"{errors[0]}{more}")
+
+    def _submit_training(
+        self, ray: Any, task: Any, board: Any, name: str, run: TrainRun, limit: float
+    ) -> Any:
+        """Submit one run: its dataset files (when at most ``limit`` bytes, else read on the
+        node) and, to resume, its verified checkpoint set; returns the task reference."""
+        from coherence.surrogates import checkpoint as ckpt
+
+        paths, size = _dataset_files(Path(run.data), run.args.classes)
+        shipped = None
+        if size <= limit:
+            shipped = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
+        ckpt.recover(run.out)
+        resume = None
+        if (run.out / ckpt.CONFIG_FILE).is_file():
+            ckpt.verify(run.out)
+            resume = _checkpoint_files(run.out, (*ckpt.SET_FILES, ckpt.MANIFEST_FILE))
+        meta = {
+            "driver_versions": worker_versions(),
+            "args": json.loads(json.dumps(run.args.to_dict())),
+            "data_path": str(Path(run.data)),
+            "data_name": Path(run.data).name,
+            "out_name": run.out.name,
+            "run": name,
+            "threads": max(1, int(self.cpus)),
+        }
+        options = self._options(ray, run.args.device)
+        submit = task.options(**options, name=f"coherence train {run.out.name}").remote
+        return submit(meta, shipped, resume, board)
+
+
+def _save_training(run: TrainRun, reply: Mapping[str, Any], say: Callable[[str], None]) -> None:
+    """Write a finished run's checkpoint set atomically and report its last epoch."""
+    from coherence.surrogates import checkpoint as ckpt
+    from coherence.surrogates import fileset
+
+    fileset.write_set(run.out, reply["files"], {"epochs": reply["epochs"]}, ckpt.SET_FILES)
+    if run.progress is not None:
+        history = ckpt.read_history(run.out)
+        loss = history[-1]["train_smse"] if history else float("nan")
+        run.progress(run.args.epochs - 1, run.args.epochs, 1.0, loss)
+    say(
+        f"trained {run.out.name} on {reply['host']} in "
+        f"{reply['seconds']:.0f} s ({reply['epochs']} epochs)"
+    )

@@ -1,5 +1,6 @@
-"""Reaching a Ray cluster within a timeout, and the versions a worker must share with the
-driver. Ray is imported only inside ``connect``."""
+"""Reaching a Ray cluster within a timeout, the versions a worker must share with the driver,
+and a task's reply read back as one sentence per failure. Ray is imported only inside
+``connect`` and ``get_reply``."""
 
 from __future__ import annotations
 
@@ -49,6 +50,42 @@ def check_versions(worker: Mapping[str, Any], where: str) -> None:
             f"same coherence-explorer on every node (pip install 'coherence-explorer[cluster]"
             f"=={coherence.__version__}') and restart its Ray workers"
         )
+
+
+def get_reply(ray: Any, ref: Any, where: str, *, retries: int) -> dict[str, Any]:
+    """ray.get with every failure turned into one sentence naming ``where`` (``retries``: how
+    often Ray retried a dead worker), and the reply's versions checked against this driver."""
+    from ray import exceptions
+
+    from coherence.errors import CoherenceError
+
+    try:
+        reply = ray.get(ref)
+    except exceptions.RayTaskError as error:
+        cause = error.cause
+        if isinstance(cause, CoherenceError):
+            raise ClusterError(f"{where}: {cause}") from None
+        if isinstance(cause, ImportError):
+            raise ClusterError(
+                f"{where}: the Ray worker cannot import what it needs ({cause}); install "
+                f"coherence-explorer {coherence.__version__} with the [cluster] extra on "
+                "every node"
+            ) from None
+        first = (str(cause).strip().splitlines() or [""])[0]
+        raise ClusterError(
+            f"{where} failed on the Ray cluster: {type(cause).__name__}: {first}"
+        ) from None
+    except exceptions.TaskCancelledError:
+        raise ClusterError(f"{where} was cancelled on the Ray cluster") from None
+    except exceptions.RayError as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ClusterError(
+            f"{where} failed on the Ray cluster after {retries} retries "
+            f"({type(error).__name__}: {first[:200]}); what finished is kept (cached units, "
+            "written checkpoints): run it again to resume"
+        ) from None
+    check_versions(reply.get("versions", {}), where)
+    return reply
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

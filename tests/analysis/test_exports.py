@@ -10,6 +10,7 @@ import json
 import math
 import re
 import struct
+import subprocess
 import sys
 import types
 import zlib
@@ -280,3 +281,17 @@ def test_figure_html_title_caption_and_escaped_footer():
     assert "<title>Spectrum &lt;b&gt;</title>" in page and "how to read" in page
     assert "&lt;img src=x&gt;" in page and "<img src=x>" not in page
     assert "Parameters and provenance" in page
+
+
+def test_exports_and_report_never_import_torch():
+    """Downloads and the report read results only: importing them, reading a result's npz
+    and writing panel data (npz, CSV) must not pull in torch (seconds and ~1 GB per process)."""
+    code = (
+        "import sys\n"
+        "import coherence.analysis.exports as E, coherence.analysis.results, coherence.report\n"
+        "E.panel_npz({'a': [1.0, 2.0], 'names': ['x', 'y']})\n"
+        "E.table_csv({'a': [1.0]})\n"
+        "print(sorted(m for m in ('torch', 'streamlit') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

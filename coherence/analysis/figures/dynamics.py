@@ -181,30 +181,60 @@ def sensitivity_figure(
         else (paper_damping, paper_damping)
     )
     for i, (label, trends) in enumerate(trends_by_series.items()):
-        color = group_color(i)
-        is_flat = label in flat
-        for p, (name, _) in enumerate(names):
-            if name not in trends:
-                continue
-            trend = trends[name]
-            x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
-            if is_flat and len(x) == 1:
-                x = np.array(span)
-                median, q1, q3 = (np.repeat(a, 2) for a in (median, q1, q3))
-            for trace in band_traces(
-                x,
-                median,
-                q1,
-                q3,
-                name=label,
-                color=color,
-                dash="dash" if is_flat else _DASHES[0],
-                x_hover="λ %{x:.0e}",
-                group=label,
-            ):
-                trace.showlegend = trace.showlegend is not False and p == 0
-                fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
-    for p in range(len(names)):
+        flat_span = span if label in flat else None
+        _add_series(
+            fig, trends, names, cols, label=label, color=group_color(i), flat_span=flat_span
+        )
+    _mark_paper_damping(fig, paper_damping, len(names), cols)
+    styled(fig, title, height=260 * rows + 60)
+    # whole decades around the data and the paper's λ: one point still gets a readable axis
+    wanted = x_span or span
+    low = math.floor(math.log10(min(span[0], wanted[0], paper_damping))) - 0.5
+    high = math.ceil(math.log10(max(span[1], wanted[1], paper_damping))) + 0.5
+    fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
+    fig.update_xaxes(title=axis_title("damping λ"), row=rows)
+    return fig
+
+
+def _add_series(
+    fig: go.Figure,
+    trends: Mapping[str, Trend],
+    names: Sequence[tuple[str, str]],
+    cols: int,
+    *,
+    label: str,
+    color: str,
+    flat_span: tuple[float, float] | None,
+) -> None:
+    """One series' median and Q1–Q3 band in each score's panel (legend entry once); a flat
+    series (``flat_span`` given) with one λ is drawn dashed across that span."""
+    is_flat = flat_span is not None
+    for p, (name, _) in enumerate(names):
+        if name not in trends:
+            continue
+        trend = trends[name]
+        x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
+        if flat_span is not None and len(x) == 1:
+            x = np.array(flat_span)
+            median, q1, q3 = (np.repeat(a, 2) for a in (median, q1, q3))
+        for trace in band_traces(
+            x,
+            median,
+            q1,
+            q3,
+            name=label,
+            color=color,
+            dash="dash" if is_flat else _DASHES[0],
+            x_hover="λ %{x:.0e}",
+            group=label,
+        ):
+            trace.showlegend = trace.showlegend is not False and p == 0
+            fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
+
+
+def _mark_paper_damping(fig: go.Figure, paper_damping: float, n: int, cols: int) -> None:
+    """A dotted vertical line at the paper's λ in each of the n panels, named once above."""
+    for p in range(n):
         fig.add_vline(
             x=paper_damping,
             line={"dash": "dot", "color": "gray"},
@@ -220,14 +250,6 @@ def sensitivity_figure(
         showarrow=False,
         xanchor="right",
     )
-    styled(fig, title, height=260 * rows + 60)
-    # whole decades around the data and the paper's λ: one point still gets a readable axis
-    wanted = x_span or span
-    low = math.floor(math.log10(min(span[0], wanted[0], paper_damping))) - 0.5
-    high = math.ceil(math.log10(max(span[1], wanted[1], paper_damping))) + 0.5
-    fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
-    fig.update_xaxes(title=axis_title("damping λ"), row=rows)
-    return fig
 
 
 def agreement_figure(

@@ -75,14 +75,27 @@ def field_viewer(
         subplot_titles=(f"truth: {name}", f"prediction: {name}", "prediction − truth"),
         horizontal_spacing=0.11,  # room for the shared colour bar between 2 and 3
     )
-    for col, (z, label, axis) in enumerate(
-        (
-            (y[c], "truth", "coloraxis"),
-            (p[c], "prediction", "coloraxis"),
-            (diff, "diff", "coloraxis2"),
-        ),
-        start=1,
-    ):
+    panels = (
+        (y[c], "truth", "coloraxis"),
+        (p[c], "prediction", "coloraxis"),
+        (diff, "diff", "coloraxis2"),
+    )
+    _add_field_panels(fig, panels, name, xs, ys)
+    _field_colorbars(fig, name, (lo, hi), (dmin, dmax))
+    styled(fig, title, height=420)
+    fig.update_layout(margin={"r": 80})
+    return fig
+
+
+def _add_field_panels(
+    fig: go.Figure,
+    panels: Sequence[tuple[np.ndarray, str, str]],
+    name: str,
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> None:
+    """One heatmap per (field, label, colour axis) in columns 1, 2, ... on square axes."""
+    for col, (z, label, axis) in enumerate(panels, start=1):
         symbol = f"{name} {label}" if label != "diff" else f"Δ{name} (prediction − truth)"
         fig.add_trace(
             go.Heatmap(
@@ -106,26 +119,29 @@ def field_viewer(
             row=1,
             col=col,
         )
-    # vertical bars: the shared one in the gap right of the prediction, the diff one at the end
+
+
+def _field_colorbars(
+    fig: go.Figure, name: str, zrange: tuple[float, float], drange: tuple[float, float]
+) -> None:
+    """Vertical bars: the shared one in the gap right of the prediction, the diff one at the
+    end."""
     bar = {"thickness": 12, "len": 0.85, "xanchor": "left", "xpad": 4}
     shared_x = fig.layout.xaxis2.domain[1] + 0.005
     fig.update_layout(
         coloraxis={
             "colorscale": FIELD_COLORSCALE,
-            "cmin": lo,
-            "cmax": hi,
+            "cmin": zrange[0],
+            "cmax": zrange[1],
             "colorbar": {**bar, "x": shared_x, "title": {"text": name}},
         },
         coloraxis2={
             "colorscale": DIVERGING,
-            "cmin": dmin,
-            "cmax": dmax,
+            "cmin": drange[0],
+            "cmax": drange[1],
             "colorbar": {**bar, "x": 1.005, "title": {"text": f"Δ{name}"}},
         },
     )
-    styled(fig, title, height=420)
-    fig.update_layout(margin={"r": 80})
-    return fig
 
 
 def snapshot_animation(
@@ -173,52 +189,51 @@ def snapshot_animation(
         )
         for k in range(len(t))
     ]
-    play = {"frame": {"duration": 300, "redraw": True}, "fromcurrent": True, "mode": "immediate"}
-    pause = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}
     fig = go.Figure(data=[heatmap(0)], frames=frames)
     styled(fig, f"{title} {labels[0]}".strip(), height=520)
-    fig.update_layout(
-        updatemenus=[
-            {
-                "type": "buttons",
-                "direction": "left",
-                "x": 0.1,
-                "y": 0,
-                "xanchor": "right",
-                "yanchor": "top",
-                "pad": {"r": 10, "t": 70},
-                "showactive": False,
-                "buttons": [
-                    {"label": "▶", "method": "animate", "args": [None, play]},
-                    {"label": "❚❚", "method": "animate", "args": [[None], pause]},
-                ],
-            }
-        ],
-        sliders=[
-            {
-                "active": 0,
-                "x": 0.1,
-                "y": 0,
-                "len": 0.9,
-                "xanchor": "left",
-                "yanchor": "top",
-                "pad": {"b": 10, "t": 50},
-                "currentvalue": {"prefix": "time: "},
-                "steps": [
-                    {
-                        "label": labels[k],
-                        "method": "animate",
-                        "args": [[str(k)], {**pause, "frame": {"duration": 0, "redraw": True}}],
-                    }
-                    for k in range(len(t))
-                ],
-            }
-        ],
-        margin={"b": 140},
-    )
+    fig.update_layout(**_player_controls(labels), margin={"b": 140})
     fig.update_xaxes(title=axis_title("x"), constrain="domain")
     fig.update_yaxes(title=axis_title("y"), scaleanchor="x", constrain="domain")
     return fig
+
+
+def _player_controls(labels: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Layout of the animation's play/pause buttons and time slider, one step per frame."""
+    play = {"frame": {"duration": 300, "redraw": True}, "fromcurrent": True, "mode": "immediate"}
+    pause = {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}
+    buttons = {
+        "type": "buttons",
+        "direction": "left",
+        "x": 0.1,
+        "y": 0,
+        "xanchor": "right",
+        "yanchor": "top",
+        "pad": {"r": 10, "t": 70},
+        "showactive": False,
+        "buttons": [
+            {"label": "▶", "method": "animate", "args": [None, play]},
+            {"label": "❚❚", "method": "animate", "args": [[None], pause]},
+        ],
+    }
+    slider = {
+        "active": 0,
+        "x": 0.1,
+        "y": 0,
+        "len": 0.9,
+        "xanchor": "left",
+        "yanchor": "top",
+        "pad": {"b": 10, "t": 50},
+        "currentvalue": {"prefix": "time: "},
+        "steps": [
+            {
+                "label": label,
+                "method": "animate",
+                "args": [[str(k)], {**pause, "frame": {"duration": 0, "redraw": True}}],
+            }
+            for k, label in enumerate(labels)
+        ],
+    }
+    return {"updatemenus": [buttons], "sliders": [slider]}
 
 
 def input_pair_figure(

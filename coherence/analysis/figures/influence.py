@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.figures.theme import (
     DIVERGING,
     INFLUENCE_SYMBOL,
@@ -28,7 +29,7 @@ from coherence.analysis.figures.theme import (
     shared_zrange,
     styled,
 )
-from coherence.analysis.summaries import DistanceCurve, LagCurves
+from coherence.analysis.summaries import LagCurves
 from coherence.errors import RequestError
 
 LagGroups = LagCurves | Sequence[tuple[str, LagCurves]]
@@ -277,23 +278,7 @@ def distance_figure(
     color = group_color(color_index)
     prefix = f"{label}: " if label else ""
     fig = go.Figure()
-    for i, (row, name) in enumerate(zip(means, seeds, strict=True)):
-        fig.add_trace(
-            go.Scatter(
-                x=centers,
-                y=row,
-                mode="markers",
-                name=f"{prefix}window means (per seed)",
-                legendgroup=f"{prefix}windows",
-                showlegend=i == 0,
-                marker={"color": rgba(color, 0.35), "size": 6},
-                customdata=counts[i],
-                hovertemplate=(
-                    f"{name}<br>d = %{{x:.4g}}<br>window mean {value_label} = %{{y:.4g}}<br>"
-                    "pairs = %{customdata}<extra></extra>"
-                ),
-            )
-        )
+    _add_window_means(fig, centers, means, counts, seeds, prefix, color, value_label)
     fig.add_traces(
         band_traces(
             centers,
@@ -313,6 +298,36 @@ def distance_figure(
     )
     fig.update_yaxes(title=axis_title(f"mean {value_label} (standardized influence)"))
     return fig
+
+
+def _add_window_means(
+    fig: go.Figure,
+    centers: np.ndarray,
+    means: np.ndarray,
+    counts: np.ndarray,
+    seeds: Sequence[str],
+    prefix: str,
+    color: str,
+    value_label: str,
+) -> None:
+    """Faint markers: each seed's overlapping-window means, one legend entry for all seeds."""
+    for i, (row, name) in enumerate(zip(means, seeds, strict=True)):
+        fig.add_trace(
+            go.Scatter(
+                x=centers,
+                y=row,
+                mode="markers",
+                name=f"{prefix}window means (per seed)",
+                legendgroup=f"{prefix}windows",
+                showlegend=i == 0,
+                marker={"color": rgba(color, 0.35), "size": 6},
+                customdata=counts[i],
+                hovertemplate=(
+                    f"{name}<br>d = %{{x:.4g}}<br>window mean {value_label} = %{{y:.4g}}<br>"
+                    "pairs = %{customdata}<extra></extra>"
+                ),
+            )
+        )
 
 
 def with_click_targets(fig: go.Figure) -> go.Figure:

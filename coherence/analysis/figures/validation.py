@@ -57,7 +57,13 @@ def counterfactual_figures(
     y = _smallest_eps_pairs(measured, "measured", eps)
     if x.shape != y.shape:
         raise RequestError(f"predicted {x.shape} and measured {y.shape} must pair up one to one")
-    eps_min = float(eps.min())
+    scatter = _pairs_scatter(x, y, f"{title}: predicted vs measured, ε = {float(eps.min()):.1e}")
+    curve = _error_curve(eps, rel_errors, f"{title}: relative error vs ε")
+    return scatter, curve
+
+
+def _pairs_scatter(x: np.ndarray, y: np.ndarray, title: str) -> go.Figure:
+    """Panel (a): measured vs predicted change per pair, with the y = x line of exact order 1."""
     scatter = go.Figure(
         go.Scatter(
             x=x,
@@ -84,12 +90,17 @@ def counterfactual_figures(
             hoverinfo="skip",
         )
     )
-    styled(scatter, f"{title}: predicted vs measured, ε = {eps_min:.1e}", height=440)
+    styled(scatter, title, height=440)
     scatter.update_xaxes(title=axis_title("predicted change −ε·D·H[r, p]"))
     scatter.update_yaxes(
         title=axis_title("measured change of ⟨r_A(r), ŷ_r⟩"), scaleanchor="x", constrain="domain"
     )
+    return scatter
 
+
+def _error_curve(eps: np.ndarray, rel_errors: Any, title: str) -> go.Figure:
+    """Panel (b): relative error vs ε on log-log axes (a median band over trailing entries)
+    with the slope-1 reference through the largest ε that has a finite error."""
     errors = as_array(rel_errors, "rel_errors", (1, 2, 3))
     if errors.shape[0] != len(eps):
         raise RequestError(f"rel_errors has {errors.shape[0]} rows for {len(eps)} epsilons")
@@ -97,33 +108,7 @@ def counterfactual_figures(
     order = np.argsort(eps)
     eps_sorted, rows = eps[order], rows[order]
     curve = go.Figure()
-    if rows.shape[1] == 1:
-        median = rows[:, 0]
-        curve.add_trace(
-            go.Scatter(
-                x=eps_sorted,
-                y=median,
-                mode="lines+markers",
-                name="relative error",
-                line={"color": group_color(0), "width": 2},
-                hovertemplate="ε = %{x:.3g}<br>relative error = %{y:.3g}<extra></extra>",
-            )
-        )
-    else:
-        with np.errstate(all="ignore"):
-            q1, median, q3 = np.nanpercentile(rows, [25, 50, 75], axis=1)
-        curve.add_traces(
-            band_traces(
-                eps_sorted,
-                median,
-                q1,
-                q3,
-                name="relative error",
-                color=group_color(0),
-                value="relative error",
-                x_hover="ε = %{x:.3g}",
-            )
-        )
+    median = _add_error_traces(curve, eps_sorted, rows)
     anchor = np.flatnonzero(np.isfinite(median))
     if anchor.size:
         k = anchor[-1]  # the largest ε with a finite error: slope-1 line through it
@@ -137,12 +122,45 @@ def counterfactual_figures(
                 hoverinfo="skip",
             )
         )
-    styled(curve, f"{title}: relative error vs ε", height=440)
+    styled(curve, title, height=440)
     curve.update_xaxes(**log_axis(eps_sorted, title="step size ε (log scale)"))
     curve.update_yaxes(
         **log_axis(rows, title="relative error |measured − predicted| / |predicted|")
     )
-    return scatter, curve
+    return curve
+
+
+def _add_error_traces(curve: go.Figure, eps_sorted: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """One line when each ε has one error, else the median with its Q1–Q3 band; returns the
+    median per ε (E,)."""
+    if rows.shape[1] == 1:
+        median = rows[:, 0]
+        curve.add_trace(
+            go.Scatter(
+                x=eps_sorted,
+                y=median,
+                mode="lines+markers",
+                name="relative error",
+                line={"color": group_color(0), "width": 2},
+                hovertemplate="ε = %{x:.3g}<br>relative error = %{y:.3g}<extra></extra>",
+            )
+        )
+        return median
+    with np.errstate(all="ignore"):
+        q1, median, q3 = np.nanpercentile(rows, [25, 50, 75], axis=1)
+    curve.add_traces(
+        band_traces(
+            eps_sorted,
+            median,
+            q1,
+            q3,
+            name="relative error",
+            color=group_color(0),
+            value="relative error",
+            x_hover="ε = %{x:.3g}",
+        )
+    )
+    return median
 
 
 SCORE_TITLES = {

@@ -2,30 +2,33 @@
 cache.
 
 Every long command shows progress; every user error is one line that names the bad input and
-the fix (exit status 2), never a traceback.
+the fix (exit status 2), never a traceback. Larger commands live beside this file:
+``cli_analyze``, ``cli_study``, ``cli_cache`` and ``cli_import`` (shared parts: ``cli_common``).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from coherence.cli_analyze import analyze
+from coherence.cli_cache import cache_app
 from coherence.cli_common import (
+    RayAddress,
     compute_slot,
-    confirm_long_job,
     console,
     friendly_errors,
     progress_bar,
     split_list,
 )
 from coherence.cli_import import import_app
-from coherence.errors import ConvergenceWarning, RequestError
+from coherence.cli_study import study
+from coherence.errors import RequestError
 
 app = typer.Typer(
     name="coherence",
@@ -35,14 +38,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(import_app, name="import")
-
-RayAddress = Annotated[
-    str | None,
-    typer.Option(
-        "--ray-address",
-        help="Compute on this Ray cluster (HOST:PORT); default $COHERENCE_RAY_ADDRESS, else here.",
-    ),
-]
 
 
 @app.command()
@@ -154,199 +149,8 @@ def train_command(
     console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
 
 
-@app.command()
-@friendly_errors
-def analyze(
-    checkpoint: Annotated[
-        list[Path], typer.Option(help="Checkpoint directory (repeat for several seeds).")
-    ],
-    data: Annotated[Path, typer.Option(help="Dataset directory (Well layout).")],
-    out: Annotated[Path, typer.Option(help="Result file R.npz (a sidecar R.json is written).")],
-    classes: Annotated[str, typer.Option(help="Comma-separated classes (2+ for transfer).")],
-    window: Annotated[str, typer.Option(help="START:STEPS transitions per batch.")] = "0:16",
-    trajectories: Annotated[
-        str, typer.Option(help="Comma-separated test trajectory indices, one batch each.")
-    ] = "0",
-    response: Annotated[
-        list[str], typer.Option(help="smse, mass or energy (repeat for several).")
-    ] = ["smse"],  # noqa: B006 - typer reads the default, never mutates it
-    estimator: Annotated[str, typer.Option(help="subspace, krylov, cg or euclidean.")] = "subspace",
-    damping: Annotated[float, typer.Option(help="λ in η + λI.")] = 1e-4,
-    rtol: Annotated[float | None, typer.Option(help="CG relative tolerance (cg only).")] = None,
-    depth: Annotated[int, typer.Option(help="krylov: blocks of span{G, ηG, …}.")] = 4,
-    cg_start: Annotated[
-        str, typer.Option(help="cg: deflated (from the subspace solution) or cold.")
-    ] = "deflated",
-    energy_threshold: Annotated[float, typer.Option(help="Share of Σσ² of G kept in span(Q).")] = 1
-    - 1e-4,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    split: Annotated[str, typer.Option(help="Dataset split the batches come from.")] = "test",
-    trust_code: Annotated[
-        bool, typer.Option(help="Allow checkpoints that name a custom architecture module.")
-    ] = False,
-    workspace: Annotated[
-        Path | None, typer.Option(help="Workspace whose cache/ stores and serves results.")
-    ] = None,
-    yes: Annotated[
-        bool, typer.Option("--yes", "-y", help="Start a long job without asking.")
-    ] = False,
-    ray_address: RayAddress = None,
-) -> None:
-    """Compute influence matrices for checkpoints × batches and write the result file.
-
-    Results are cached in the workspace (content-addressed): repeating a request with the
-    same checkpoints and data is served from the cache.
-    """
-    from coherence.analysis.influence import convergence_summary
-    from coherence.analysis.pipeline import load_checked, prepare
-    from coherence.analysis.request import AnalysisRequest, parse_window
-    from coherence.analysis.results import save_result
-    from coherence.cache import JobRunner
-    from coherence.cache.cost import estimate_job
-    from coherence.executors import get_executor
-
-    t_start, n_steps = parse_window(window)
-    try:
-        trajectory_list = tuple(int(t) for t in split_list(trajectories))
-    except ValueError:
-        raise RequestError(
-            f"--trajectories {trajectories!r}: expected comma-separated integers, e.g. 0,1,2"
-        ) from None
-    request = AnalysisRequest(
-        checkpoints=tuple(str(c) for c in checkpoint),
-        data=str(data),
-        classes=split_list(classes),
-        t_start=t_start,
-        n_steps=n_steps,
-        trajectories=trajectory_list,
-        responses=tuple(response),
-        estimator=estimator,
-        damping=damping,
-        rtol=rtol,
-        energy_threshold=energy_threshold,
-        depth=depth,
-        cg_start=cg_start,
-        device=device,
-        split=split,
-    )
-    executor = get_executor(ray_address)
-    executor.connect()  # an unreachable cluster fails here, in seconds
-    info, batches = prepare(request)
-    runner = JobRunner(workspace)
-    if runner.store.age(runner.key(request)) is not None:
-        console.print("cached result: served without computing")
-    else:
-        model, _ = load_checked(checkpoint[0], info, request.torch_device, trust_code=trust_code)
-        cost = estimate_job(model, request, batches[0].inputs.to(request.torch_device))
-        console.print(f"cost estimate: {cost.describe()}")
-        if not cost.fits and executor.local:  # on a cluster, each worker checks its own
-            raise RequestError(
-                "this analysis would not fit in memory; shrink the window (--window) or the "
-                "number of classes, or use a device with more memory"
-            )
-        if cost.needs_confirmation and not yes:
-            confirm_long_job(cost.total_seconds)
-    with progress_bar() as bar, warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
-        task = bar.add_task("analyzing", total=1.0)
-
-        def report(fraction: float, stage: str) -> None:
-            bar.update(task, completed=fraction, description=stage[:60])
-
-        result = runner.run(request, progress=report, trust_code=trust_code, executor=executor)
-    path = save_result(result, out)
-    if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
-        console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
-    seconds = result.provenance["seconds"]
-    console.print(
-        f"wrote [bold]{path.resolve()}[/] and its sidecar .json "
-        f"({len(request.checkpoints)} checkpoints × {len(batches)} batches, N = "
-        f"{request.n_examples}, {seconds:.1f} s)"
-    )
-
-
-@app.command()
-@friendly_errors
-def study(
-    data: Annotated[str, typer.Option(help="Dataset: a name under <workspace>/datasets.")],
-    preset: Annotated[str, typer.Option(help="Model size preset: demo or paper.")] = "demo",
-    archs: Annotated[str, typer.Option(help="Comma-separated architectures.")] = "unet,vit",
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (paper: 10,35,42).")] = (
-        "10,35,42"
-    ),
-    batches: Annotated[int, typer.Option(help="Test trajectories analysed per seed.")] = 6,
-    classes: Annotated[str, typer.Option(help="Comma-separated classes (default: 3).")] = "",
-    epochs: Annotated[
-        int | None, typer.Option(help="Epochs (default: demo 12, paper 150 CE / 100 NS).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 32,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
-    plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and stop.")] = False,
-    ray_address: RayAddress = None,
-) -> None:
-    """Train every missing (architecture, seed), then compute the paper's analyses into the
-    cache, so the dashboard opens on the finished study. Rerun after a kill to resume."""
-    from coherence.executors import get_executor
-    from coherence.study import StudySpec, plan_study, run_study
-
-    try:
-        seed_list = tuple(int(s) for s in split_list(seeds))
-    except ValueError:
-        raise RequestError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    spec = StudySpec(
-        dataset=data,
-        preset=preset,
-        archs=split_list(archs),
-        seeds=seed_list,
-        batches=batches,
-        classes=split_list(classes),
-        epochs=epochs,
-        batch_size=batch_size,
-        device=device,
-    )
-    executor = get_executor(ray_address)
-    if not plan_only:
-        executor.connect()  # an unreachable cluster fails here, in seconds
-    console.print("planning (probing the models on this device)…")
-    plan = plan_study(spec, workspace)
-    for line in plan.describe():
-        console.print(line, highlight=False)
-    if plan_only:
-        return
-    with progress_bar() as bar:
-        task = bar.add_task("study", total=1.0)
-
-        def on_train(step):
-            def report(epoch: int, total: int, fraction: float, loss: float) -> None:
-                bar.update(
-                    task,
-                    completed=(epoch + fraction) / total,
-                    description=f"{step.out.name} epoch {epoch + 1}/{total} SMSE {loss:.3g}",
-                )
-
-            return report
-
-        def on_analysis(step):
-            def report(fraction: float, stage: str) -> None:
-                bar.update(task, completed=fraction, description=f"{step.arch}: {stage}"[:60])
-
-            return report
-
-        links = run_study(
-            plan,
-            log=bar.console.print,
-            train_progress=on_train,
-            analysis_progress=on_analysis,
-            executor=executor,
-        )
-    root = plan.workspace
-    console.print(
-        f"study done: dataset {plan.dataset}, checkpoints in {root / 'checkpoints'}, results "
-        f"in {root / 'cache'}.\nShow it with:  coherence serve --workspace {root}"
-    )
-    for arch, link in zip((a.arch for a in plan.analyses), links, strict=True):
-        console.print(f"  {arch}: http://127.0.0.1:8501/?{link}", highlight=False, soft_wrap=True)
+app.command()(analyze)
+app.command()(study)
 
 
 @app.command()
@@ -456,46 +260,7 @@ def report(
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
 
 
-cache_app = typer.Typer(help="Inspect or clear the workspace's result cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-
-
-@cache_app.command("info")
-@friendly_errors
-def cache_info(
-    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
-) -> None:
-    """Show where the cache lives, its size and limit, and its entries."""
-    from coherence.cache import ResultStore
-    from coherence.workspace import cache_dir
-
-    store = ResultStore(cache_dir(workspace))
-    info = store.info()
-    mib = 1024**2
-    print(f"cache: {info['directory']}")
-    print(
-        f"entries: {info['entries']} results, {info['records']} job records, "
-        f"{info['bytes'] / mib:.1f} MiB of {info['limit'] / mib:.0f} MiB"
-        + (f", {info['unsafe']} unsafe entries refused" if info.get("unsafe") else "")
-    )
-    for entry in store.entries():
-        minutes = (time.time() - entry["stored"]) / 60
-        print(
-            f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min ago"
-        )
-
-
-@cache_app.command("clear")
-@friendly_errors
-def cache_clear(
-    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
-) -> None:
-    """Delete every cached result and job record (results are recomputed on demand)."""
-    from coherence.cache import ResultStore
-    from coherence.workspace import cache_dir
-
-    removed = ResultStore(cache_dir(workspace)).clear()
-    print(f"removed {removed} cache entries")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,12 +1,12 @@
 """What every `coherence` sub-command shares: the console, one-line errors, progress bars,
-compute slots and the confirmation of long jobs."""
+compute slots, the confirmation of long jobs and the --ray-address option."""
 
 from __future__ import annotations
 
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +23,14 @@ from coherence.errors import CoherenceError, RequestError
 
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable)
+
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="Compute on this Ray cluster (HOST:PORT); default $COHERENCE_RAY_ADDRESS, else here.",
+    ),
+]
 
 
 def friendly_errors(func: F) -> F:

@@ -112,12 +112,13 @@ def cached_in(root: str | Path) -> Callable[[Selection], bool]:
     """Whether a selection's analysis (group A) is cached: lets the default selection prefer
     a computed one, as the dashboard's first page does."""
     from coherence.cache.jobs import JobRunner
+    from coherence.cache.states import JobState
 
     runner = JobRunner(root)
 
     def cached(selection: Selection) -> bool:
         try:
-            return runner.status(runner.key(selection.to_request(root))).state == "done"
+            return runner.status(runner.key(selection.to_request(root))).state == JobState.DONE
         except (CoherenceError, OSError):
             return False
 

@@ -10,11 +10,12 @@ from coherence.lazy import lazy_exports
 
 _EXPORTS = {
     "ANALYSIS_CODE_VERSION": "coherence.cache.keys",
-    "CacheCorruptionError": "coherence.cache.store",
+    "CacheCorruptionError": "coherence.cache.safedisk",
     "JobCancelled": "coherence.cache.jobs",
     "JobRunner": "coherence.cache.jobs",
+    "JobState": "coherence.cache.states",
     "JobStatus": "coherence.cache.jobs",
-    "ProgressRecord": "coherence.cache.store",
+    "ProgressRecord": "coherence.cache.states",
     "ResultStore": "coherence.cache.store",
     "parse_size": "coherence.cache.store",
     "request_key": "coherence.cache.keys",

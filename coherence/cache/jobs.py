@@ -18,7 +18,6 @@ started while every slot is taken waits in a first-come queue, without torch loa
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -26,200 +25,35 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from coherence.analysis.pipeline import AnalysisResult, assemble, prepare, run_analysis
+from coherence.analysis.batch import AnalysisBatch
+from coherence.analysis.pipeline import assemble, prepare, run_analysis
 from coherence.analysis.request import AnalysisRequest
-from coherence.analysis.results import UnitResult
+from coherence.analysis.results import AnalysisResult, UnitResult
 from coherence.cache import slots, tasks
 from coherence.cache.keys import request_key, unit_keys, validate_key
 from coherence.cache.locks import KeyLock, acquire_soon, lock_is_held
-from coherence.cache.store import ProgressRecord, ResultStore
-from coherence.errors import CoherenceError, RequestError
+from coherence.cache.progress import (  # noqa: F401 (re-exported: jobs.TEST_DELAY_ENV, …)
+    TEST_DELAY_ENV,
+    JobCancelled,
+    Progress,
+    ProgressTracker,
+    internal_error_message,
+    recorded,
+)
+from coherence.cache.reuse import cached_unit_count, cached_units, relabel
+from coherence.cache.states import JobState, ProgressRecord
+from coherence.cache.status import JobStatus, done_age, job_status
+from coherence.cache.store import ResultStore
+from coherence.errors import RequestError
 from coherence.executors import Executor, get_executor
+from coherence.simulation.dataset import DatasetInfo
 from coherence.workspace import cache_dir, workspace_root
 
 WORKER_MODULE = "coherence.cache.worker"
-PROGRESS_INTERVAL = 0.5  # seconds between progress records
-# Test hook only: seconds to sleep in every progress callback, so tests can kill or cancel a
-# job mid-way on any machine. Never set it in production.
-TEST_DELAY_ENV = "COHERENCE_TEST_JOB_DELAY"
-JOB_STATES = ("done", "running", "failed", "cancelled", "missing")
-
-Progress = Callable[[float, str], None]  # (fraction, stage)
-
-
-class JobCancelled(CoherenceError):
-    """Raised inside a job's progress callback when someone asked to cancel it."""
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """What the dashboard shows for one key."""
-
-    key: str
-    state: str  # done | running | failed | cancelled | missing
-    fraction: float = 0.0
-    stage: str = ""
-    eta_seconds: float | None = None
-    error: str | None = None  # one sentence, for failed (and cancelled) jobs
-    started: float | None = None  # unix time the computation started
-    updated: float | None = None  # unix time of the last progress record
-    age_seconds: float | None = None  # of the cached result, when done
-    log: str | None = None  # the worker's log file
-    queue_position: int | None = None  # running but waiting for a compute slot: 1 = next
-    units_done: int | None = None  # (checkpoint, batch) units finished, cached ones included
-    units_total: int | None = None
-    units_cached: int | None = None  # found in the cache when the job started (resumed)
-
-    @property
-    def active(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def queued(self) -> bool:
-        return self.queue_position is not None
-
-
-class ProgressTracker:
-    """The ``progress`` callback a job passes to ``run_analysis``: checks the cancel flag on
-    every call (a SELECT), writes a progress record at most every ``interval`` seconds, and
-    forwards to ``forward`` (the CLI's progress bar).
-
-    ETA: once a (checkpoint, batch) unit has been computed, from the unit durations (mean of
-    the last few: the first of a model includes loading and tracing) times the units left,
-    less the time already spent in the current unit; before that, from the pace of the
-    fraction of the work to compute (cached units excluded). Each new figure is blended with
-    the last one counted down (``SMOOTHING``), so the estimate does not swing with the
-    uneven pace inside a unit (gradients fast, JVPs slow)."""
-
-    SMOOTHING = 0.3  # weight of a new raw estimate
-    RECENT_UNITS = 5
-
-    def __init__(
-        self,
-        store: ResultStore,
-        key: str,
-        *,
-        forward: Progress | None = None,
-        log_path: Path | None = None,
-        interval: float = PROGRESS_INTERVAL,
-    ) -> None:
-        self.store, self.key, self.forward = store, key, forward
-        self.log = str(log_path) if log_path is not None else None
-        self.interval = interval
-        self.started = time.time()
-        self.fraction, self.stage = 0.0, "starting"
-        self.units_total: int | None = None
-        self.units_cached = 0
-        self.units_done = 0
-        self.unit_seconds: list[float] = []
-        self._unit_started = self.started
-        self._eta: tuple[float, float] | None = None  # (eta, when)
-        self._written = float("-inf")
-        self._delay = float(os.environ.get(TEST_DELAY_ENV) or 0.0)
-
-    def set_units(self, total: int, cached: int) -> None:
-        """The job has ``total`` units, ``cached`` of them already in the cache."""
-        self.units_total, self.units_cached, self.units_done = total, cached, cached
-        self._unit_started = time.time()
-
-    def unit_done(self) -> None:
-        """One more unit computed (not counted for cached units)."""
-        now = time.time()
-        self.unit_seconds.append(now - self._unit_started)
-        self._unit_started = now
-        self.units_done += 1
-        self._eta = None  # the first per-unit figure replaces the fraction-based one
-
-    def __call__(self, fraction: float, stage: str) -> None:
-        if self.store.cancel_requested(self.key):
-            raise JobCancelled(f"job {self.key[:12]} was cancelled; submit it again to recompute")
-        self.fraction, self.stage = float(fraction), stage
-        now = time.time()
-        if now - self._written >= self.interval:
-            self.write("running", now=now)
-        if self.forward is not None:
-            self.forward(fraction, stage)
-        if self._delay > 0:
-            time.sleep(self._delay)
-
-    def raw_eta(self, now: float) -> float | None:
-        """Seconds left by the unit durations, else by the pace of the computed fraction."""
-        total = self.units_total
-        if total and self.unit_seconds:
-            recent = self.unit_seconds[-self.RECENT_UNITS :]
-            if len(recent) > 1:
-                recent = recent[1:] if len(self.unit_seconds) <= self.RECENT_UNITS else recent
-            per_unit = sum(recent) / len(recent)
-            left = max(total - self.units_done, 0)
-            in_unit = min(now - self._unit_started, 0.95 * per_unit)
-            return max(left * per_unit - in_unit, 0.0)
-        cached = self.units_cached / total if total else 0.0
-        fraction = (self.fraction - cached) / (1.0 - cached) if cached < 1.0 else 1.0
-        if fraction < 0.01:
-            return None
-        return (now - self._unit_started) * (1.0 - fraction) / fraction
-
-    def eta(self, now: float) -> float | None:
-        raw = self.raw_eta(now)
-        if raw is None:
-            return None
-        if self._eta is not None:
-            previous, when = self._eta
-            counted_down = max(previous - (now - when), 0.0)
-            raw = self.SMOOTHING * raw + (1.0 - self.SMOOTHING) * counted_down
-        self._eta = (raw, now)
-        return raw
-
-    def write(self, state: str, *, error: str | None = None, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        done = state == "done"
-        record = ProgressRecord(
-            state=state,
-            fraction=1.0 if done else self.fraction,
-            stage="done" if done else self.stage,
-            started=self.started,
-            updated=now,
-            eta_seconds=0.0 if done else (self.eta(now) if state == "running" else None),
-            error=error,
-            pid=os.getpid(),
-            log=self.log,
-            units_done=self.units_done if self.units_total else None,
-            units_total=self.units_total,
-            units_cached=self.units_cached if self.units_total else None,
-        )
-        self.store.set_progress(self.key, record)
-        self._written = now
-
-
-def internal_error_message(error: BaseException, log_path: Path | None) -> str:
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    where = f", see {log_path}" if log_path is not None else ""
-    return f"internal error: {type(error).__name__}: {first_line}{where}"
-
-
-@contextlib.contextmanager
-def recorded(store: ResultStore, key: str, tracker: ProgressTracker, log_path: Path | None):
-    """Run a job's body under its progress record: counted, marked running, and ended as
-    done, cancelled or failed (a one-line message; the log names internal errors)."""
-    store.record_computation(key)
-    tracker.write("running")
-    try:
-        yield
-    except JobCancelled as error:
-        tracker.write("cancelled", error=str(error))
-        store.clear_cancel(key)  # still under the lock: no newer job can own the flag yet
-        raise
-    except CoherenceError as error:
-        tracker.write("failed", error=str(error))
-        raise
-    except Exception as error:
-        tracker.write("failed", error=internal_error_message(error, log_path))
-        raise
-    tracker.write("done")
-    store.clear_cancel(key)
+Prepared = tuple[DatasetInfo, list[AnalysisBatch]]  # ``pipeline.prepare``'s (info, batches)
 
 
 def compute_job(
@@ -292,55 +126,6 @@ def compute_task(
     return arrays, metadata
 
 
-def cached_units(
-    store: ResultStore, request: AnalysisRequest, keys: list[list[str]] | None = None
-) -> dict[tuple[int, int], UnitResult]:
-    """The request's units already in the store, (s, b) → unit. A unit computed with every
-    response of the family (e.g. SMSE, mass and energy) serves a request for fewer: its extra
-    responses are dropped."""
-    keys = unit_keys(request) if keys is None else keys
-    found: dict[tuple[int, int], UnitResult] = {}
-    for s, row in enumerate(keys):
-        for b, key in enumerate(row):
-            unit = store.get_unit(key)
-            if unit is not None:  # stored at its position in another request: move it
-                found[s, b] = replace(unit, checkpoint_index=s, batch_index=b)
-    wider = _wider_responses(request)
-    if wider is not None and len(found) < len(keys) * len(request.trajectories):
-        for s, row in enumerate(unit_keys(request, responses=wider)):
-            for b, key in enumerate(row):
-                if (s, b) not in found and (unit := store.get_unit(key)) is not None:
-                    unit = replace(unit, checkpoint_index=s, batch_index=b)
-                    found[s, b] = _only_responses(unit, request.responses)
-    return found
-
-
-def _wider_responses(request: AnalysisRequest) -> tuple[str, ...] | None:
-    """The responses a wider unit may hold: SMSE, mass and energy (compressible Euler)."""
-    everything = ("smse", "mass", "energy")
-    return everything if set(request.responses) < set(everything) else None
-
-
-def _only_responses(unit: UnitResult, responses: tuple[str, ...]) -> UnitResult:
-    return replace(
-        unit,
-        H={r: unit.H[r] for r in responses},
-        H_std={r: unit.H_std[r] for r in responses},
-    )
-
-
-def relabel(result: AnalysisResult, request: AnalysisRequest) -> AnalysisResult:
-    """A cached result shown for ``request``: same content hash, so the same numbers, but
-    the checkpoint names, paths and device of this request (provenance keeps the device the
-    result was computed on)."""
-    names = tuple(Path(c).name for c in request.checkpoints)
-    provenance = dict(result.provenance)
-    fingerprints = list(provenance.get("checkpoint_fingerprints", {}).values())
-    if len(fingerprints) == len(names):
-        provenance["checkpoint_fingerprints"] = dict(zip(names, fingerprints, strict=True))
-    return replace(result, request=request, checkpoints=names, provenance=provenance)
-
-
 class JobRunner:
     """Submit, watch, cancel and fetch analyses of one workspace's cache."""
 
@@ -386,30 +171,26 @@ class JobRunner:
         """(arrays, metadata) of a finished job of another kind, or None."""
         return self.store.get_artifact(key)
 
-    def _done_age(self, key: str) -> float | None:
-        age = self.store.age(key)
-        return age if age is not None else self.store.artifact_age(key)
-
     def _start(self, key: str, put_spec: Callable[[], None], kind: str, trust_code: bool) -> str:
         lock = KeyLock(self.store.lock_path(key))
         if not acquire_soon(lock):
             return key  # a job for this key is running: share it
         try:
-            if self._done_age(key) is not None:
+            if done_age(self.store, key) is not None:
                 return key  # finished between the first look and the lock
             put_spec()
             self.store.clear_cancel(key)
             log_path = self.store.log_path(key)
             now = time.time()
             starting = ProgressRecord(
-                "running", 0.0, "starting worker", now, now, log=str(log_path)
+                JobState.RUNNING, 0.0, "starting worker", now, now, log=str(log_path)
             )
             self.store.set_progress(key, starting)
             try:
                 self._spawn(key, lock, log_path, trust_code, kind)
             except OSError as error:
                 failed = replace(
-                    starting, state="failed", error=internal_error_message(error, None)
+                    starting, state=JobState.FAILED, error=internal_error_message(error, None)
                 )
                 self.store.set_progress(key, failed)
                 raise
@@ -449,41 +230,7 @@ class JobRunner:
 
     def status(self, key: str) -> JobStatus:
         """done / running / failed / cancelled / missing, with progress and ETA."""
-        validate_key(key)
-        lock_path = self.store.lock_path(key)
-        held = lock_is_held(lock_path)
-        record = self.store.get_progress(key)
-        if not held or (record is not None and record.state == "done"):
-            age = self._done_age(key)
-            if age is not None:
-                return _status(key, "done", record, age_seconds=age)
-        if held:
-            position = slots.queue_position(key)
-            if position is not None:
-                return JobStatus(
-                    key,
-                    "running",
-                    stage=f"queued, position {position}: waiting for a free compute slot",
-                    started=record.started if record else None,
-                    updated=record.updated if record else None,
-                    log=record.log if record else None,
-                    queue_position=position,
-                )
-            if record is None or record.state != "running":
-                return JobStatus(key, "running", stage="running")
-            return _status(key, "running", record)
-        if record is None or record.state == "done":
-            return JobStatus(key, "missing")  # never computed, or evicted / cleared
-        if record.state == "running":
-            if lock_is_held(lock_path):  # a new job started while we looked
-                return _status(key, "running", record)
-            where = f"; its log is {record.log}" if record.log else ""
-            error = (
-                "the job stopped before finishing (its worker was killed or crashed)"
-                f"{where}; submit the analysis again to recompute it"
-            )
-            return _status(key, "failed", record, error=error)
-        return _status(key, record.state, record)
+        return job_status(self.store, key)
 
     def cancel(self, key: str) -> bool:
         """Ask the running job for ``key`` to stop at its next progress step (a queued
@@ -504,25 +251,16 @@ class JobRunner:
     def cached_unit_count(self, request: AnalysisRequest) -> tuple[int, int]:
         """(units of ``request`` already cached, all its units): what a job would resume
         from. Key lookups only, no unit is read."""
-        total = len(request.checkpoints) * len(request.trajectories)
-        try:
-            rows = unit_keys(request)
-            wider = _wider_responses(request)
-            wide = unit_keys(request, responses=wider) if wider else rows
-        except CoherenceError:
-            return 0, total
-        found = sum(
-            self.store.has_unit(k) or self.store.has_unit(w)
-            for row, wide_row in zip(rows, wide, strict=True)
-            for k, w in zip(row, wide_row, strict=True)
-        )
-        return found, total
+        return cached_unit_count(self.store, request)
 
-    def materialize(self, request: AnalysisRequest) -> AnalysisResult | None:
+    def materialize(
+        self, request: AnalysisRequest, *, prepared: Prepared | None = None
+    ) -> AnalysisResult | None:
         """The result of ``request`` assembled from cached units when every unit is there
         (a subset of a cached selection: fewer seeds, batches or responses), stored under the
         request's key so its status is "done"; None when a unit is missing. Cheap on a miss
-        (a few key lookups), so the dashboard asks it before offering to compute."""
+        (a few key lookups), so the dashboard asks it before offering to compute.
+        ``prepared``: the request's ``pipeline.prepare`` if the caller already has it."""
         key = request_key(request)
         cached = self.store.get(key)
         if cached is not None:
@@ -531,7 +269,7 @@ class JobRunner:
         if len(units) < len(request.checkpoints) * len(request.trajectories):
             return None
         started = time.perf_counter()
-        info, batches = prepare(request)
+        info, batches = prepare(request) if prepared is None else prepared
         result = assemble(
             request,
             info,
@@ -550,19 +288,21 @@ class JobRunner:
         progress: Progress | None = None,
         trust_code: bool = False,
         executor: Executor | None = None,
+        prepared: Prepared | None = None,
     ) -> AnalysisResult:
         """Blocking: the cached result, or wait for the job computing it, or compute it here
         (under the key's lock, in a compute slot: see ``slots``) and store it. ``executor``:
-        where the units compute (default ``get_executor()``); a cluster needs no local slot."""
+        where the units compute (default ``get_executor()``); a cluster needs no local slot.
+        ``prepared``: the request's ``pipeline.prepare`` if the caller already made it."""
         key = request_key(request)
-        cached = self.materialize(request)
+        cached = self.materialize(request, prepared=prepared)
         if cached is not None:
             return cached
         lock = KeyLock(self.store.lock_path(key))
 
         def show_other_job() -> None:
             record = self.store.get_progress(key)
-            if progress is not None and record is not None and record.state == "running":
+            if progress is not None and record is not None and record.state == JobState.RUNNING:
                 progress(record.fraction, f"computed by another process: {record.stage}")
 
         def show_queue(position: int) -> None:
@@ -588,38 +328,3 @@ class JobRunner:
                 )
         finally:
             lock.release()
-
-
-def _status(
-    key: str,
-    state: str,
-    record: ProgressRecord | None,
-    *,
-    age_seconds: float | None = None,
-    error: str | None = None,
-) -> JobStatus:
-    if record is None:
-        return JobStatus(
-            key,
-            state,
-            fraction=1.0 if state == "done" else 0.0,
-            stage=state,
-            age_seconds=age_seconds,
-            error=error,
-        )
-    done = state == "done"
-    return JobStatus(
-        key=key,
-        state=state,
-        fraction=1.0 if done else record.fraction,
-        stage="done" if done else record.stage,
-        eta_seconds=record.eta_seconds if state == "running" else (0.0 if done else None),
-        error=error if error is not None else (None if done else record.error),
-        started=record.started,
-        updated=record.updated,
-        age_seconds=age_seconds,
-        log=record.log,
-        units_done=record.units_done,
-        units_total=record.units_total,
-        units_cached=record.units_cached,
-    )

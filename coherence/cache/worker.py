@@ -25,6 +25,7 @@ from typing import Any
 
 from coherence.cache import layout, slots
 from coherence.cache.locks import KeyLock, acquire_soon
+from coherence.cache.states import JobState, ProgressRecord
 from coherence.executors import ray_address
 from coherence.workspace import cache_dir
 
@@ -48,16 +49,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _record(store: Any, key: str, state: str, message: str) -> None:
-    from coherence.cache.store import ProgressRecord
-
+def _record(store: Any, key: str, state: JobState, message: str) -> None:
     now = time.time()
     log_path = str(store.log_path(key))
     store.set_progress(key, ProgressRecord(state, 0.0, "", now, now, error=message, log=log_path))
 
 
 def _fail(store: Any, key: str, message: str) -> int:
-    _record(store, key, "failed", message)
+    _record(store, key, JobState.FAILED, message)
     log.error("%s", message)
     return 1
 
@@ -166,7 +165,7 @@ def cancelled_while_queued(workspace: str, key: str) -> int:
 
     message = f"analysis {key[:12]} was cancelled while queued; submit it again to compute it"
     with ResultStore(cache_dir(workspace)) as store:
-        _record(store, key, "cancelled", message)
+        _record(store, key, JobState.CANCELLED, message)
         store.clear_cancel(key)
     log.info("%s", message)
     return 3

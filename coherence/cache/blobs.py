@@ -1,0 +1,140 @@
+"""Cache entries as bytes: one uncompressed npz of arrays plus ``__metadata__`` (UTF-8 JSON).
+
+Results, units and task artifacts share this safe form: loaded with ``allow_pickle=False``,
+the metadata must name the entry's key and its creation time (a blob copied under another key
+is refused), and a result's metadata is checked against the expected schema. Anything else
+raises ``CacheCorruptionError``; the store then reports, deletes and treats it as a miss.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from coherence.analysis.results import (
+    RESULT_SCHEMA,
+    AnalysisResult,
+    UnitResult,
+    result_arrays,
+    result_from_parts,
+)
+from coherence.cache.safedisk import CacheCorruptionError
+
+METADATA_ARRAY = "__metadata__"
+
+
+def _pack(arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> bytes:
+    """``arrays`` plus the JSON ``metadata`` as the last member, in one uncompressed npz."""
+    arrays[METADATA_ARRAY] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _check_cache_field(metadata: Any, key: str) -> None:
+    cache = metadata.get("cache") if isinstance(metadata, dict) else None
+    if not isinstance(cache, dict) or cache.get("key") != key:
+        raise CacheCorruptionError("metadata does not name this key")
+    if not isinstance(cache.get("created"), float | int):
+        raise CacheCorruptionError("metadata has no creation time")
+
+
+def encode_result(key: str, result: AnalysisResult, created: float) -> bytes:
+    """One npz blob (uncompressed: float64 influence values barely compress and loading
+    stays a memcpy). ``H``/``H_std`` are dropped: they repeat ``H__<first response>``."""
+    arrays = result_arrays(result)
+    arrays.pop("H")
+    arrays.pop("H_std")
+    metadata = {
+        "schema": RESULT_SCHEMA,
+        "request": result.request.to_dict(),
+        "diagnostics": result.diagnostics,
+        "provenance": result.provenance,
+        "cache": {"key": key, "created": created},
+    }
+    return _pack(arrays, metadata)
+
+
+def read_metadata(archive: Any, key: str) -> dict[str, Any]:
+    """A result's metadata from its open npz, checked against the result schema."""
+    if METADATA_ARRAY not in archive.files:
+        raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
+    raw = archive[METADATA_ARRAY]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CacheCorruptionError(f"{METADATA_ARRAY} is {raw.dtype}{list(raw.shape)}")
+    metadata = json.loads(raw.tobytes().decode())
+    _check_cache_field(metadata, key)
+    expected = {"schema": int, "request": dict, "diagnostics": list, "provenance": dict}
+    for name, kind in expected.items():
+        if not isinstance(metadata.get(name), kind):
+            raise CacheCorruptionError(f"metadata field {name!r} should be a {kind.__name__}")
+    if metadata["schema"] != RESULT_SCHEMA:
+        raise CacheCorruptionError(f"result schema {metadata['schema']} is not {RESULT_SCHEMA}")
+    return metadata
+
+
+def decode_result(key: str, blob: bytes) -> AnalysisResult:
+    """Parse a blob written by ``encode_result`` (no pickle); CacheCorruptionError if not."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+            metadata = read_metadata(archive, key)
+            arrays = {name: archive[name] for name in archive.files if name != METADATA_ARRAY}
+        fields = metadata["request"]
+        if fields.get("device") == "cuda" and not torch.cuda.is_available():
+            # computed on a GPU elsewhere; the device is not part of the key
+            metadata["request"] = {**fields, "device": "auto"}
+        result = result_from_parts(arrays, metadata)
+        return replace(result, provenance={**result.provenance, "cache_key": key})
+    except CacheCorruptionError:
+        raise
+    except (ValueError, KeyError, TypeError, OSError, EOFError) as error:
+        raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
+
+
+def encode_unit(key: str, unit: UnitResult, created: float) -> bytes:
+    """A unit as one npz blob with its JSON metadata (same safe form as a result)."""
+    arrays, metadata = unit.to_parts()
+    return _pack(arrays, {**metadata, "cache": {"key": key, "created": created}})
+
+
+def encode_artifact(
+    key: str, arrays: dict[str, np.ndarray], metadata: dict, created: float
+) -> bytes:
+    """A task's named numeric arrays and JSON object as one blob (same safe form)."""
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    if METADATA_ARRAY in payload or any(v.dtype.hasobject for v in payload.values()):
+        raise TypeError("artifact arrays must be plain numeric arrays")
+    return _pack(payload, {**metadata, "cache": {"key": key, "created": created}})
+
+
+def unpack_blob(key: str, blob: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, metadata) of a unit or artifact blob (npz + JSON, no pickle); the metadata
+    must name ``key`` and its creation time. CacheCorruptionError otherwise."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+            if METADATA_ARRAY not in archive.files:
+                raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
+            metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
+            arrays = {name: archive[name] for name in archive.files if name != METADATA_ARRAY}
+    except CacheCorruptionError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, EOFError) as error:
+        raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
+    _check_cache_field(metadata, key)
+    return arrays, metadata
+
+
+def decode_unit(key: str, blob: bytes) -> UnitResult:
+    """Parse a blob written by ``encode_unit`` (no pickle); CacheCorruptionError if not."""
+    arrays, metadata = unpack_blob(key, blob)
+    try:
+        return UnitResult.from_parts(arrays, metadata)
+    except CacheCorruptionError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None

@@ -1,0 +1,124 @@
+"""The small JSON records background jobs share through the store, beside the results.
+
+Keys: ``progress:<key>`` (a ``ProgressRecord``), ``request:<key>`` (the analysis a worker
+computes), ``task:<key>`` (the spec of a job of another kind), ``cancel:<key>`` (a flag) and
+``computations:<key>`` (a counter). ``JobRecords`` is the base of ``ResultStore``: it reads
+and writes these in the same diskcache, and refuses (logs and deletes) any record that is
+not in its safe form, exactly as the store refuses results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import diskcache
+
+from coherence.analysis.request import AnalysisRequest
+from coherence.cache.layout import validate_key
+from coherence.cache.safedisk import CacheCorruptionError
+from coherence.cache.states import ProgressRecord
+
+log = logging.getLogger("coherence.cache.store")  # one log for everything the store refuses
+
+
+class JobRecords:
+    """Job records by key in ``self._cache`` (set by the subclass)."""
+
+    _cache: diskcache.Cache
+
+    def set_progress(self, key: str, record: ProgressRecord) -> None:
+        self._cache.set(f"progress:{validate_key(key)}", record.to_json(), retry=True)
+
+    def get_progress(self, key: str) -> ProgressRecord | None:
+        name = f"progress:{validate_key(key)}"
+        data = self._safe_get(name)
+        if data is None:
+            return None
+        try:
+            return ProgressRecord.from_json(data)
+        except (ValueError, TypeError) as error:
+            self._refuse(name, CacheCorruptionError(f"bad progress record: {error}"))
+            return None
+
+    def put_request(self, key: str, request: AnalysisRequest) -> None:
+        self._cache.set(
+            f"request:{validate_key(key)}", json.dumps(request.to_dict()).encode(), retry=True
+        )
+
+    def get_request(self, key: str) -> AnalysisRequest | None:
+        """The stored request (validated by AnalysisRequest), or None."""
+        name = f"request:{validate_key(key)}"
+        data = self._safe_get(name)
+        if data is None:
+            return None
+        try:
+            fields = json.loads(data.decode())
+            if not isinstance(fields, dict):
+                raise TypeError("not a JSON object")
+            return AnalysisRequest.from_dict(fields)
+        except (ValueError, TypeError) as error:  # RequestError is a ValueError
+            self._refuse(name, CacheCorruptionError(f"bad request record: {error}"))
+            return None
+
+    def put_task(self, key: str, kind: str, spec: dict[str, Any]) -> None:
+        """The spec of a job of another kind (JSON), read back by its worker."""
+        record = json.dumps({"kind": kind, "spec": spec}).encode()
+        self._cache.set(f"task:{validate_key(key)}", record, retry=True)
+
+    def get_task(self, key: str) -> tuple[str, dict[str, Any]] | None:
+        name = f"task:{validate_key(key)}"
+        data = self._safe_get(name)
+        if data is None:
+            return None
+        try:
+            record = json.loads(data.decode())
+            if not isinstance(record.get("spec"), dict) or not isinstance(record.get("kind"), str):
+                raise TypeError("not a task record")
+            return record["kind"], record["spec"]
+        except (ValueError, TypeError, AttributeError) as error:
+            self._refuse(name, CacheCorruptionError(f"bad task record: {error}"))
+            return None
+
+    def request_cancel(self, key: str) -> None:
+        self._cache.set(f"cancel:{validate_key(key)}", b"1", retry=True)
+
+    def cancel_requested(self, key: str) -> bool:
+        return f"cancel:{validate_key(key)}" in self._cache  # a SELECT, no write transaction
+
+    def clear_cancel(self, key: str) -> None:
+        self._cache.delete(f"cancel:{validate_key(key)}", retry=True)
+
+    def record_computation(self, key: str) -> int:
+        """Count one more computation of ``key`` (atomic); returns the new count."""
+        name = f"computations:{validate_key(key)}"
+        with self._cache.transact(retry=True):
+            count = self.computations(key) + 1
+            self._cache.set(name, str(count).encode(), retry=True)
+        return count
+
+    def computations(self, key: str) -> int:
+        """How many times ``key`` was computed since the store was last cleared."""
+        data = self._safe_get(f"computations:{validate_key(key)}")
+        try:
+            return int(data.decode()) if data is not None else 0
+        except ValueError:
+            return 0
+
+    def _safe_get(self, name: str) -> bytes | None:
+        try:
+            return self._cache.get(name, retry=True)
+        except CacheCorruptionError as error:
+            self._refuse(name, error)
+            return None
+
+    def _refuse(self, name: str, error: CacheCorruptionError) -> None:
+        log.warning(
+            "cache entry %s refused: not in the safe form (raw npz bytes + JSON metadata): %s; "
+            "it was not loaded and has been deleted, the analysis will be recomputed "
+            "(see CVE-2025-69872 for why pickled entries are never read)",
+            name,
+            error,
+        )
+        self._cache.delete(name, retry=True)

@@ -1,0 +1,160 @@
+"""`coherence analyze`: influence matrices for checkpoints × batches, through the cache.
+
+The request is prepared once (dataset opened, every batch assembled: bad classes or windows
+fail here, before anything loads) and that preparation serves the cost estimate and the run.
+A cached result is served without an estimate; a long job asks first (``--yes`` skips it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coherence.cli_common import (
+    RayAddress,
+    confirm_long_job,
+    console,
+    friendly_errors,
+    progress_bar,
+    split_list,
+)
+from coherence.errors import ConvergenceWarning, RequestError
+
+
+@friendly_errors
+def analyze(
+    checkpoint: Annotated[
+        list[Path], typer.Option(help="Checkpoint directory (repeat for several seeds).")
+    ],
+    data: Annotated[Path, typer.Option(help="Dataset directory (Well layout).")],
+    out: Annotated[Path, typer.Option(help="Result file R.npz (a sidecar R.json is written).")],
+    classes: Annotated[str, typer.Option(help="Comma-separated classes (2+ for transfer).")],
+    window: Annotated[str, typer.Option(help="START:STEPS transitions per batch.")] = "0:16",
+    trajectories: Annotated[
+        str, typer.Option(help="Comma-separated test trajectory indices, one batch each.")
+    ] = "0",
+    response: Annotated[
+        list[str], typer.Option(help="smse, mass or energy (repeat for several).")
+    ] = ["smse"],  # noqa: B006 - typer reads the default, never mutates it
+    estimator: Annotated[str, typer.Option(help="subspace, krylov, cg or euclidean.")] = "subspace",
+    damping: Annotated[float, typer.Option(help="λ in η + λI.")] = 1e-4,
+    rtol: Annotated[float | None, typer.Option(help="CG relative tolerance (cg only).")] = None,
+    depth: Annotated[int, typer.Option(help="krylov: blocks of span{G, ηG, …}.")] = 4,
+    cg_start: Annotated[
+        str, typer.Option(help="cg: deflated (from the subspace solution) or cold.")
+    ] = "deflated",
+    energy_threshold: Annotated[float, typer.Option(help="Share of Σσ² of G kept in span(Q).")] = 1
+    - 1e-4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    split: Annotated[str, typer.Option(help="Dataset split the batches come from.")] = "test",
+    trust_code: Annotated[
+        bool, typer.Option(help="Allow checkpoints that name a custom architecture module.")
+    ] = False,
+    workspace: Annotated[
+        Path | None, typer.Option(help="Workspace whose cache/ stores and serves results.")
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Start a long job without asking.")
+    ] = False,
+    ray_address: RayAddress = None,
+) -> None:
+    """Compute influence matrices for checkpoints × batches and write the result file.
+
+    Results are cached in the workspace (content-addressed): repeating a request with the
+    same checkpoints and data is served from the cache.
+    """
+    from coherence.analysis.pipeline import prepare
+    from coherence.analysis.request import AnalysisRequest, parse_window
+    from coherence.cache import JobRunner
+    from coherence.executors import get_executor
+
+    t_start, n_steps = parse_window(window)
+    request = AnalysisRequest(
+        checkpoints=tuple(str(c) for c in checkpoint),
+        data=str(data),
+        classes=split_list(classes),
+        t_start=t_start,
+        n_steps=n_steps,
+        trajectories=_trajectory_list(trajectories),
+        responses=tuple(response),
+        estimator=estimator,
+        damping=damping,
+        rtol=rtol,
+        energy_threshold=energy_threshold,
+        depth=depth,
+        cg_start=cg_start,
+        device=device,
+        split=split,
+    )
+    executor = get_executor(ray_address)
+    executor.connect()  # an unreachable cluster fails here, in seconds
+    prepared = prepare(request)  # once: for the estimate and for the run
+    runner = JobRunner(workspace)
+    if runner.store.age(runner.key(request)) is not None:
+        console.print("cached result: served without computing")
+    else:
+        _check_cost(request, prepared, trust_code=trust_code, local=executor.local, yes=yes)
+    result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
+    _write(result, request, out, batches=len(prepared[1]))
+
+
+def _trajectory_list(trajectories: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in split_list(trajectories))
+    except ValueError:
+        raise RequestError(
+            f"--trajectories {trajectories!r}: expected comma-separated integers, e.g. 0,1,2"
+        ) from None
+
+
+def _check_cost(request, prepared, *, trust_code: bool, local: bool, yes: bool) -> None:
+    """Print the job's estimate; refuse one that cannot fit here, ask before a long one."""
+    from coherence.analysis.pipeline import load_checked
+    from coherence.cache.cost import estimate_job
+
+    info, batches = prepared
+    device = request.torch_device
+    model, _ = load_checked(request.checkpoints[0], info, device, trust_code=trust_code)
+    cost = estimate_job(model, request, batches[0].inputs.to(device))
+    console.print(f"cost estimate: {cost.describe()}")
+    if not cost.fits and local:  # on a cluster, each worker checks its own
+        raise RequestError(
+            "this analysis would not fit in memory; shrink the window (--window) or the "
+            "number of classes, or use a device with more memory"
+        )
+    if cost.needs_confirmation and not yes:
+        confirm_long_job(cost.total_seconds)
+
+
+def _run(runner, request, prepared, *, trust_code: bool, executor):
+    """The result, cached or computed, under a progress bar (convergence warnings are
+    summarised afterwards, not printed as they come)."""
+    with progress_bar() as bar, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
+        task = bar.add_task("analyzing", total=1.0)
+
+        def report(fraction: float, stage: str) -> None:
+            bar.update(task, completed=fraction, description=stage[:60])
+
+        return runner.run(
+            request, progress=report, trust_code=trust_code, executor=executor, prepared=prepared
+        )
+
+
+def _write(result, request, out: Path, *, batches: int) -> None:
+    """Write the result file and its sidecar; warn about unconverged solves."""
+    from coherence.analysis.influence import convergence_summary
+    from coherence.analysis.results import save_result
+
+    path = save_result(result, out)
+    if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
+        console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
+    seconds = result.provenance["seconds"]
+    console.print(
+        f"wrote [bold]{path.resolve()}[/] and its sidecar .json "
+        f"({len(request.checkpoints)} checkpoints × {batches} batches, N = "
+        f"{request.n_examples}, {seconds:.1f} s)"
+    )

@@ -1,0 +1,51 @@
+"""`coherence cache info|clear`: inspect or empty the workspace's result cache."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coherence.cli_common import friendly_errors
+
+cache_app = typer.Typer(help="Inspect or clear the workspace's result cache.", no_args_is_help=True)
+
+
+@cache_app.command("info")
+@friendly_errors
+def cache_info(
+    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+) -> None:
+    """Show where the cache lives, its size and limit, and its entries."""
+    from coherence.cache import ResultStore
+    from coherence.workspace import cache_dir
+
+    store = ResultStore(cache_dir(workspace))
+    info = store.info()
+    mib = 1024**2
+    print(f"cache: {info['directory']}")
+    print(
+        f"entries: {info['entries']} results, {info['records']} job records, "
+        f"{info['bytes'] / mib:.1f} MiB of {info['limit'] / mib:.0f} MiB"
+        + (f", {info['unsafe']} unsafe entries refused" if info.get("unsafe") else "")
+    )
+    for entry in store.entries():
+        minutes = (time.time() - entry["stored"]) / 60
+        print(
+            f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min ago"
+        )
+
+
+@cache_app.command("clear")
+@friendly_errors
+def cache_clear(
+    workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+) -> None:
+    """Delete every cached result and job record (results are recomputed on demand)."""
+    from coherence.cache import ResultStore
+    from coherence.workspace import cache_dir
+
+    removed = ResultStore(cache_dir(workspace)).clear()
+    print(f"removed {removed} cache entries")

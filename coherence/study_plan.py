@@ -1,0 +1,373 @@
+"""``plan_study``: what a study finds, what it will run, and what each step costs here.
+
+Costs are measured, not guessed: each architecture is probed on this device
+(``coherence.probe``) and the probe's timings and memory feed the training and analysis
+estimates. Analyses are planned from the dashboard's own ``Selection``, so their cache keys
+are the ones the dashboard looks up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from coherence.analysis.pipeline import available_memory, estimate_cost
+from coherence.analysis.request import AnalysisRequest
+from coherence.cache.states import JobState
+from coherence.errors import CoherenceError, RequestError
+from coherence.io import resolve_device
+from coherence.probe import ModelProbe, probe_model
+from coherence.simulation.dataset import DatasetInfo, open_dataset
+from coherence.study_spec import (
+    GIB,
+    PAPER_CLASSES_PER_BATCH,
+    AnalysisStep,
+    StudyPlan,
+    StudySpec,
+    SweepStep,
+    TrainStep,
+)
+from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.registry import build_model
+from coherence.surrogates.training import TrainingArgs
+from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
+
+
+def _open(root: Path, spec: StudySpec) -> DatasetInfo:
+    directory = resolve_inside(datasets_dir(root), spec.dataset)
+    if not directory.is_dir():
+        raise RequestError(
+            f"--data {spec.dataset}: no dataset {directory}; import or simulate it into "
+            f"{datasets_dir(root)} first (coherence import … --out {directory})"
+        )
+    return open_dataset(directory)
+
+
+def _classes(info: DatasetInfo, spec: StudySpec) -> tuple[str, ...]:
+    from coherence.dashboard.workspace_scan import class_order
+
+    test = class_order(info.files.get("test", {}))
+    if spec.classes:
+        missing = [c for c in spec.classes if c not in test]
+        if missing:
+            raise RequestError(
+                f"--classes {','.join(missing)}: not in the test split of {info.root} "
+                f"(it holds {', '.join(test) or 'no class'})"
+            )
+        return class_order(spec.classes)
+    for split in ("train", "valid", "test"):
+        if not info.files.get(split):
+            raise RequestError(
+                f"{info.root} has no {split} split; a study needs train, valid and test files"
+            )
+    usable = [c for c in test if all(c in info.files.get(s, {}) for s in ("train", "valid"))]
+    return tuple(usable[:PAPER_CLASSES_PER_BATCH])
+
+
+def _checkpoint_state(out: Path, args: TrainingArgs, fingerprint: str) -> tuple[str, int]:
+    """(done | resume | new | retrain, epochs already trained)."""
+    if not (out / ckpt.CONFIG_FILE).exists():
+        return "new", 0
+    config = ckpt.read_config(out)
+    history = ckpt.read_history(out)
+    if config.dataset.get("fingerprint") != fingerprint:
+        return "retrain", 0
+    stored = config.training.get("args", {})
+    if stored.get("seed") != args.seed or stored.get("preset") != args.preset:
+        return "retrain", 0
+    return ("done" if len(history) >= args.epochs else "resume"), len(history)
+
+
+def _probe(arch: str, spec: StudySpec, info: DatasetInfo, device: torch.device) -> ModelProbe:
+    torch.manual_seed(0)
+    model = build_model(arch, spec.preset, channels=len(info.channels), resolution=info.height)
+    model.to(device)
+    split, name = next((s, c) for s in ("train", "test") for c in info.files.get(s, {}))
+    example = torch.from_numpy(info.load(split, name, trajectories=[0], steps=slice(0, 1))[0, 0])
+    return probe_model(model, example.to(device))
+
+
+def _train_cost(
+    probe: ModelProbe, args: TrainingArgs, pairs: tuple[int, int], remaining: int, state: int
+) -> tuple[float, int]:
+    """Seconds for the remaining epochs; peak bytes: weights, grads and AdamW moments, one
+    batch's activations (kept for backward, ≈ 2× the forward outputs) and the pairs in
+    memory (none past the budget of ``pairs.memory_budget``: then they are streamed)."""
+    train_pairs, valid_pairs = pairs
+    epoch = train_pairs * probe.train_step_seconds + valid_pairs * probe.forward_seconds
+    itemsize = 4
+    peak = (
+        4 * probe.n_params * itemsize
+        + 2 * args.batch_size * probe.activation_bytes
+        + _pairs_in_memory(2 * train_pairs * state * itemsize)
+        + _pairs_in_memory(2 * valid_pairs * state * itemsize)
+    )
+    return remaining * epoch, int(peak)
+
+
+def _pairs_in_memory(nbytes: int) -> int:
+    from coherence.surrogates.pairs import memory_budget
+
+    return nbytes if nbytes <= memory_budget() else 0
+
+
+def selection_for(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, classes):
+    """The dashboard's ``Selection`` for one architecture's analysis (all seeds)."""
+    from coherence.dashboard.selection import RESPONSES, Selection
+    from coherence.dashboard.workspace_scan import scan_workspace
+
+    catalog = scan_workspace(root)
+    entry = catalog.dataset(info.root.name)
+    if entry is None:  # pragma: no cover - _open found it
+        raise RequestError(f"{info.root}: the workspace scan does not list this dataset")
+    from coherence.dashboard.selection import default_window
+
+    n_test = entry.n_test(classes)
+    if n_test == 0:
+        raise RequestError(f"{info.root}: no test trajectory in every class of {classes}")
+    t_start, n_steps = default_window(entry, len(classes))
+    return Selection(
+        dataset=info.root.name,
+        checkpoints=tuple(spec.checkpoint_name(arch, s) for s in sorted(spec.seeds)),  # as grouped
+        classes=classes,
+        trajectories=tuple(range(min(spec.batches, n_test))),
+        t_start=t_start,
+        n_steps=n_steps,
+        responses=RESPONSES if entry.conserved else ("smse",),
+        device=spec.device,
+    )
+
+
+def _analysis_cost(
+    probe: ModelProbe, request: AnalysisRequest, model: torch.nn.Module, example: torch.Tensor
+) -> tuple[float, int]:
+    cost = estimate_cost(model, request, example, forward_seconds=probe.forward_seconds)
+    return float(cost.seconds or 0.0), cost.memory_bytes
+
+
+def _request_state(root: Path, selection) -> str:
+    from coherence.cache import JobRunner
+
+    try:
+        request = selection.to_request(root)
+        runner = JobRunner(root)
+        return "cached" if runner.status(runner.key(request)).state == JobState.DONE else "pending"
+    except CoherenceError:
+        return "pending"  # checkpoints not trained yet: nothing can be cached
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every step of a plan is planned against: the workspace, the dataset and its
+    shape, the classes and the device."""
+
+    root: Path
+    spec: StudySpec
+    info: DatasetInfo
+    classes: tuple[str, ...]
+    device: torch.device
+    transitions: int  # one-step pairs per trajectory (at most 16)
+    fingerprint: str  # of the training data, as a checkpoint records it
+    pairs: tuple[int, int]  # (train, valid) one-step pairs
+    state_size: int  # values in one snapshot
+
+    @property
+    def family(self) -> str:
+        return self.info.family.value
+
+
+def _context(spec: StudySpec, workspace: str | Path | None) -> _Context:
+    root = workspace_root(workspace)
+    info = _open(root, spec)
+    classes = _classes(info, spec)
+    if not classes:
+        raise RequestError(
+            f"{info.root}: no class has train, valid and test files; a study needs all three"
+        )
+    device = resolve_device(spec.device)
+    transitions = min(16, len(info.times) - 1)
+    counts = {s: sum(info.file(s, c).n_trajectories for c in classes) for s in ("train", "valid")}
+    return _Context(
+        root=root,
+        spec=spec,
+        info=info,
+        classes=classes,
+        device=device,
+        transitions=transitions,
+        fingerprint=info.fingerprint(split="train", classes=classes),
+        pairs=(counts["train"] * transitions, counts["valid"] * transitions),
+        state_size=len(info.channels) * info.height * info.width,
+    )
+
+
+def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPlan:
+    """What exists, what will run, and its cost on this device (probes the real models)."""
+    ctx = _context(spec, workspace)
+    notes = []
+    if ctx.transitions < 16:
+        notes.append(
+            f"trajectories have {len(ctx.info.times)} snapshots: {ctx.transitions} transitions"
+        )
+    steps, analyses = [], []
+    for arch in spec.archs:
+        probe = _probe(arch, spec, ctx.info, ctx.device)
+        steps.extend(_train_step(ctx, probe, arch, seed) for seed in spec.seeds)
+        analyses.append(_analysis_step(ctx, probe, arch))
+    sweep_steps = _sweep_steps(spec, ctx.family, analyses, ctx.root, ctx.info, ctx.classes)
+    available = available_memory(ctx.device)
+    notes.extend(_memory_notes(steps, available))
+    return StudyPlan(
+        workspace=ctx.root,
+        spec=spec,
+        dataset=ctx.info.root,
+        device=str(ctx.device),
+        available_bytes=available,
+        train=tuple(steps),
+        analyses=tuple(analyses),
+        notes=tuple(notes),
+        sweeps=sweep_steps,
+    )
+
+
+def _train_step(ctx: _Context, probe: ModelProbe, arch: str, seed: int) -> TrainStep:
+    """One (architecture, seed) run: new, resumed, done or (with ``replace_foreign``)
+    retrained, and the cost of the epochs left."""
+    spec = ctx.spec
+    args = TrainingArgs(
+        arch=arch,
+        preset=spec.preset,
+        classes=ctx.classes,
+        seed=seed,
+        epochs=spec.epochs_for(ctx.family),
+        batch_size=spec.batch_size,
+        transitions=ctx.transitions,
+        keep_epochs=spec.keep_epochs,
+        device=spec.device,
+    )
+    out = checkpoints_dir(ctx.root) / spec.checkpoint_name(arch, seed)
+    state, done = _checkpoint_state(out, args, ctx.fingerprint)
+    if state == "retrain" and not spec.replace_foreign:
+        raise RequestError(
+            f"checkpoint {out} exists but was trained with other data or arguments; "
+            "remove it, or choose other --seeds (names follow the seed)"
+        )
+    remaining = args.epochs - (done if state in ("done", "resume") else 0)
+    seconds, peak = _train_cost(probe, args, ctx.pairs, remaining, ctx.state_size)
+    return TrainStep(arch, seed, out, args, done, state, seconds, peak)
+
+
+def _analysis_step(ctx: _Context, probe: ModelProbe, arch: str) -> AnalysisStep:
+    """One architecture's analysis over every seed, costed on a placeholder request of the
+    same shape (the checkpoints may not be trained yet)."""
+    spec, info = ctx.spec, ctx.info
+    selection = selection_for(spec, ctx.root, info, arch, ctx.classes)
+    model = build_model(arch, spec.preset, channels=len(info.channels), resolution=info.height)
+    request = AnalysisRequest(
+        checkpoints=tuple(f"planned-{i}" for i in range(len(spec.seeds))),
+        data=str(info.root),
+        classes=selection.classes,
+        t_start=selection.t_start,
+        n_steps=selection.n_steps,
+        trajectories=selection.trajectories,
+        responses=selection.responses,
+        device=spec.device,
+    )
+    example = torch.from_numpy(
+        info.load("test", ctx.classes[0], trajectories=[0], steps=slice(0, 1))[0]
+    )
+    seconds, peak = _analysis_cost(probe, request, model.to(ctx.device), example.to(ctx.device))
+    return AnalysisStep(
+        arch=arch,
+        checkpoints=selection.checkpoints,
+        query=selection.to_query(),
+        units=len(spec.seeds) * len(selection.trajectories),
+        n_examples=selection.n_examples,
+        state=_request_state(ctx.root, selection),
+        seconds=seconds,
+        peak_bytes=peak,
+    )
+
+
+def _memory_notes(steps: list[TrainStep], available: int) -> list[str]:
+    return [
+        f"training {step.out.name} needs ≈ {step.peak_bytes / GIB:.1f} GiB of "
+        f"{available / GIB:.1f} GiB: import fewer trajectories (--limit) or use a "
+        "larger machine"
+        for step in steps
+        if step.state != "done" and step.peak_bytes > 0.8 * available
+    ]
+
+
+def _sweep_steps(
+    spec: StudySpec,
+    family: str,
+    analyses: list[AnalysisStep],
+    root: Path,
+    info: DatasetInfo,
+    classes: tuple[str, ...],
+) -> tuple[SweepStep, ...]:
+    """The sweeps' uncached analyses (the main analysis excluded: it is one of their points;
+    before training, every planned one) and their cost at the main analysis's estimate per
+    request (euclidean counted as a full one)."""
+    from coherence.dashboard import sweeps
+    from coherence.surrogates.snapshots import resolve_keep
+
+    per_arch = {a.arch: a.seconds for a in analyses}
+    epochs = spec.epochs_for(family)
+    out = []
+    for kind, archs in (("dynamics", spec.dynamics_archs), ("sensitivity", spec.sweep_archs)):
+        for arch in archs:
+            if arch not in per_arch or (kind == "sensitivity" and not spec.sweep_dampings):
+                continue
+            if kind == "dynamics":
+                n = len([e for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs])
+            else:
+                n = sum(
+                    len(spec.sweep_dampings) if s.uses_damping else 1
+                    for s in sweeps.SWEEP_ESTIMATORS
+                    if not s.on_demand
+                )
+                n -= sweeps.PAPER_DAMPING in spec.sweep_dampings  # the main analysis
+            pending = _pending(spec, root, info, arch, classes, kind)
+            n = n if pending is None else pending
+            out.append(SweepStep(kind, arch, n, n * per_arch[arch]))
+    return tuple(out)
+
+
+def sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, classes, kind, runner):
+    """The sweep's points, keyed as the dashboard's panels key them."""
+    from coherence.dashboard import sweeps
+
+    selection = selection_for(spec, root, info, arch, classes)
+    if kind == "dynamics":
+        return sweeps.dynamics_points(root, selection, runner)
+    return sweeps.sensitivity_points(
+        root, selection, _catalog(root), runner, dampings=spec.sweep_dampings
+    )
+
+
+def _pending(spec, root, info, arch, classes, kind) -> int | None:
+    """Uncached points of a sweep whose checkpoints exist (the main analysis excluded, as
+    the main step counts it); None before the checkpoints are trained."""
+    from coherence.cache import JobRunner
+
+    names = [spec.checkpoint_name(arch, s) for s in spec.seeds]
+    if not all((checkpoints_dir(root) / n / ckpt.CONFIG_FILE).is_file() for n in names):
+        return None
+    try:
+        runner = JobRunner(root)
+        points, problems = sweep_points(spec, root, info, arch, classes, kind, runner)
+        main = runner.key(selection_for(spec, root, info, arch, classes).to_request(root))
+    except CoherenceError:
+        return None
+    if problems:
+        return None
+    return sum(1 for p in points if p.key != main and runner.status(p.key).state != JobState.DONE)
+
+
+def _catalog(root: Path):
+    from coherence.dashboard.workspace_scan import scan_workspace
+
+    return scan_workspace(root)

@@ -1,0 +1,155 @@
+"""What a study trains and analyses (``StudySpec``) and the plan made of it (``StudyPlan``:
+one step per training run, analysis and sweep, each with its estimated cost)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coherence.cache.cost import format_seconds
+from coherence.errors import RequestError
+from coherence.surrogates.training import TrainingArgs
+
+Log = Callable[[str], None]
+PAPER_SEEDS = (10, 35, 42)
+PAPER_EPOCHS = {"euler": 150, "ns": 100}  # METHOD.md §3
+DEMO_EPOCHS = 12
+PAPER_CLASSES_PER_BATCH = 3  # METHOD.md §5: one trajectory of each of 3 classes
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What a study trains and analyses (defaults: the paper's protocol, METHOD.md §3–5)."""
+
+    dataset: str  # directory name under <workspace>/datasets
+    preset: str = "demo"  # model size preset: demo | paper
+    archs: tuple[str, ...] = ("unet", "vit")
+    seeds: tuple[int, ...] = PAPER_SEEDS
+    batches: int = 6  # test trajectories analysed per seed (paper: 6)
+    classes: tuple[str, ...] = ()  # empty: the first 3 test classes of the dataset
+    epochs: int | None = None  # None: demo 12, paper 150 (CE) / 100 (NS)
+    batch_size: int = 32
+    device: str = "auto"
+    naming: str = "{dataset}_{arch}_{preset}_s{seed}"  # checkpoint directory names
+    replace_foreign: bool = False  # retrain a same-named checkpoint trained on other data
+    keep_epochs: tuple[int, ...] | None = None  # training snapshots; None: powers of 2 + last
+    # Sweeps precomputed for the dashboard's 'Training dynamics' and 'Sensitivity' panels,
+    # on the same selection as the main analysis (``dashboard.sweeps``): the architectures
+    # whose snapshot epochs are analysed, and those swept over ``sweep_dampings`` with the
+    # default estimators of ``sweeps.SWEEP_ESTIMATORS`` (cg stays on demand).
+    dynamics_archs: tuple[str, ...] = ()
+    sweep_archs: tuple[str, ...] = ()
+    sweep_dampings: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("demo", "paper"):
+            raise RequestError(f"--preset {self.preset!r}: choose demo or paper")
+        if not self.archs:
+            raise RequestError("--archs is empty: give unet, vit or both, e.g. unet,vit")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise RequestError(f"--seeds {list(self.seeds)}: give distinct seeds, e.g. 10,35,42")
+        if self.batches < 1:
+            raise RequestError(f"--batches {self.batches}: give at least 1 (paper: 6)")
+        if self.epochs is not None and self.epochs < 1:
+            raise RequestError(f"--epochs {self.epochs}: give at least 1")
+
+    def checkpoint_name(self, arch: str, seed: int) -> str:
+        return self.naming.format(dataset=self.dataset, arch=arch, preset=self.preset, seed=seed)
+
+    def epochs_for(self, family: str) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return DEMO_EPOCHS if self.preset == "demo" else PAPER_EPOCHS.get(family, 100)
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """One (architecture, seed) training run and what it will cost."""
+
+    arch: str
+    seed: int
+    out: Path
+    args: TrainingArgs
+    done_epochs: int
+    state: str  # done | resume | new | retrain
+    seconds: float
+    peak_bytes: int
+
+
+@dataclass(frozen=True)
+class AnalysisStep:
+    """One architecture's analyses: all seeds × batches of the window, one cache entry."""
+
+    arch: str
+    checkpoints: tuple[str, ...]  # names under <workspace>/checkpoints
+    query: dict[str, str]  # the dashboard's URL parameters for this selection
+    units: int  # checkpoints × batches
+    n_examples: int
+    state: str  # cached | pending
+    seconds: float
+    peak_bytes: int
+
+
+@dataclass(frozen=True)
+class SweepStep:
+    """One architecture's sweep for a dashboard panel: ``requests`` more analyses like the
+    main one (snapshot epochs, or other λ and estimators), each its own cache entry."""
+
+    kind: str  # dynamics | sensitivity
+    arch: str
+    requests: int  # analyses in the sweep besides the main one (an upper bound if untrained)
+    seconds: float  # ≈ requests × the main analysis's estimate
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    workspace: Path
+    spec: StudySpec
+    dataset: Path
+    device: str
+    available_bytes: int
+    train: tuple[TrainStep, ...]
+    analyses: tuple[AnalysisStep, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    sweeps: tuple[SweepStep, ...] = ()
+
+    @property
+    def seconds(self) -> float:
+        todo = [s.seconds for s in self.train if s.state != "done"]
+        analyses = sum(a.seconds for a in self.analyses if a.state != "cached")
+        return sum(todo) + analyses + sum(s.seconds for s in self.sweeps)
+
+    def describe(self) -> list[str]:
+        """The plan as lines for a terminal: one per step, then the total."""
+        lines = [
+            f"study of {self.dataset.name} on {self.device} "
+            f"({self.available_bytes / GIB:.1f} GiB available), workspace {self.workspace}"
+        ]
+        for step in self.train:
+            what = {
+                "done": f"done ({step.done_epochs} epochs)",
+                "resume": f"resume after epoch {step.done_epochs} of {step.args.epochs}",
+                "new": f"train {step.args.epochs} epochs",
+                "retrain": f"retrain {step.args.epochs} epochs (trained on other data)",
+            }[step.state]
+            cost = "" if step.state == "done" else _cost(step.seconds, step.peak_bytes)
+            lines.append(f"  train {step.out.name}: {what}{cost}")
+        for a in self.analyses:
+            what = "cached" if a.state == "cached" else f"{a.units} units, N = {a.n_examples}"
+            cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
+            lines.append(f"  analyse {a.arch} ({len(a.checkpoints)} seeds): {what}{cost}")
+        for sweep in self.sweeps:
+            what = "snapshot epochs" if sweep.kind == "dynamics" else "λ / estimator settings"
+            lines.append(
+                f"  {sweep.kind} {sweep.arch}: up to {sweep.requests} analyses of {what} (cached "
+                f"ones skipped) — ≈ {format_seconds(sweep.seconds)} if none is cached"
+            )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        lines.append(f"  total to run: ≈ {format_seconds(self.seconds)}")
+        return lines
+
+
+def _cost(seconds: float, peak: int) -> str:
+    return f" — ≈ {format_seconds(seconds)}, peak ≈ {peak / GIB:.2f} GiB"

@@ -1,0 +1,51 @@
+"""`coherence analyze` prepares its request once (dataset opened, batches assembled) and that
+preparation serves the cost estimate and the run: a result assembled from cached units, or
+served whole, does not assemble the batches again."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from coherence.analysis import pipeline
+from coherence.cache import jobs
+from coherence.cli import app
+
+
+@pytest.fixture
+def prepares(monkeypatch):
+    """Every ``pipeline.prepare`` call, wherever it was imported."""
+    calls = []
+
+    def counting(request):
+        calls.append(request.trajectories)
+        return real(request)
+
+    real = pipeline.prepare
+    monkeypatch.setattr(pipeline, "prepare", counting)
+    monkeypatch.setattr(jobs, "prepare", counting)
+    return calls
+
+
+def analyze(checkpoint, data, workspace, out, trajectories: str) -> None:
+    args = [
+        "analyze",
+        *("--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out)),
+        *("--classes", "CE-RP,CE-CRP", "--window", "0:2", "--trajectories", trajectories),
+        *("--estimator", "euclidean", "--device", "cpu", "--workspace", str(workspace), "--yes"),
+    ]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    assert out.exists()
+
+
+def test_analyze_prepares_once_when_served_from_cached_units(
+    checkpoint, tiny_dataset, workspace, tmp_path, prepares
+):
+    analyze(checkpoint, tiny_dataset, workspace, tmp_path / "both.npz", "0,1")  # computes
+    prepares.clear()
+    analyze(checkpoint, tiny_dataset, workspace, tmp_path / "one.npz", "1")  # units cached
+    assert prepares == [(1,)]
+    prepares.clear()
+    analyze(checkpoint, tiny_dataset, workspace, tmp_path / "again.npz", "1")  # result cached
+    assert prepares == [(1,)]

@@ -309,14 +309,16 @@ def run_analysis(
     trust_code: bool = False,
     known_units: Mapping[tuple[int, int], UnitResult] | None = None,
     on_unit: Callable[[UnitResult], None] | None = None,
+    prepared: tuple[DatasetInfo, list[AnalysisBatch]] | None = None,
 ) -> AnalysisResult:
     """Compute the whole request here, unit by unit; ``progress(fraction, stage)`` after each
     step. Each checkpoint is loaded once for all its batches. ``known_units`` ((s, b) → unit,
     e.g. from the cache) are reused, not recomputed; ``on_unit`` sees each new unit as soon
-    as it is done (the job runner stores it, so a killed or cancelled job resumes there)."""
+    as it is done (the job runner stores it, so a killed or cancelled job resumes there).
+    ``prepared``: the request's ``prepare`` when the caller already made it (not again)."""
     report = progress or (lambda fraction, stage: None)
     started = time.perf_counter()
-    info, batches = prepare(request)
+    info, batches = prepare(request) if prepared is None else prepared
     device = request.torch_device
     S, B = len(request.checkpoints), len(batches)
     units = dict(known_units or {})

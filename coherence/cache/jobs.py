@@ -65,6 +65,7 @@ def compute_job(
     progress: Progress | None = None,
     log_path: Path | None = None,
     executor: Executor | None = None,
+    prepared: Prepared | None = None,
 ) -> AnalysisResult:
     """Compute ``request`` and store it under ``key``; the caller holds the key's lock.
 
@@ -90,7 +91,12 @@ def compute_job(
         executor = executor or get_executor()
         compute = run_analysis if executor.local else executor.run_analysis
         result = compute(
-            request, progress=tracker, trust_code=trust_code, known_units=known, on_unit=keep
+            request,
+            progress=tracker,
+            trust_code=trust_code,
+            known_units=known,
+            on_unit=keep,
+            prepared=prepared,
         )
         tracker(1.0, "checking the inputs and storing the result")
         if request_key(request) != key:
@@ -325,6 +331,7 @@ class JobRunner:
                     trust_code=trust_code,
                     progress=progress,
                     executor=executor,
+                    prepared=prepared,
                 )
         finally:
             lock.release()

@@ -73,8 +73,10 @@ class Executor(Protocol):
         trust_code: bool = False,
         known_units: Mapping[tuple[int, int], UnitResult] | None = None,
         on_unit: Callable[[UnitResult], None] | None = None,
+        prepared: tuple[Any, list[Any]] | None = None,
     ) -> AnalysisResult:
-        """The request's result; ``known_units`` are reused, ``on_unit`` sees each new one."""
+        """The request's result; ``known_units`` are reused, ``on_unit`` sees each new one;
+        ``prepared``: the request's ``pipeline.prepare`` if the caller already made it."""
         ...
 
     def train(self, runs: Sequence[TrainRun], *, log: Callable[[str], None] | None = None) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
@@ -27,6 +28,7 @@ class LocalExecutor:
         trust_code: bool = False,
         known_units: Mapping[tuple[int, int], UnitResult] | None = None,
         on_unit: Callable[[UnitResult], None] | None = None,
+        prepared: tuple[Any, list[Any]] | None = None,
     ) -> AnalysisResult:
         from coherence.analysis import pipeline
 
@@ -36,6 +38,7 @@ class LocalExecutor:
             trust_code=trust_code,
             known_units=known_units,
             on_unit=on_unit,
+            prepared=prepared,
         )
 
     def train(self, runs: Sequence[TrainRun], *, log: Callable[[str], None] | None = None) -> None:

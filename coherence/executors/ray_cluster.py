@@ -170,13 +170,14 @@ class RayExecutor:
         trust_code: bool = False,
         known_units: Mapping[tuple[int, int], Any] | None = None,
         on_unit: Callable[[Any], None] | None = None,
+        prepared: tuple[Any, list[Any]] | None = None,
     ) -> Any:
         from coherence.analysis.pipeline import assemble, prepare
 
         report = progress or (lambda fraction, stage: None)
         started = time.perf_counter()
         ray = self.connect()
-        info, batches = prepare(request)
+        info, batches = prepare(request) if prepared is None else prepared
         S, B = len(request.checkpoints), len(batches)
         units = dict(known_units or {})
         todo = [(s, b) for s in range(S) for b in range(B) if (s, b) not in units]

@@ -1,6 +1,6 @@
 """`coherence analyze` prepares its request once (dataset opened, batches assembled) and that
-preparation serves the cost estimate and the run: a result assembled from cached units, or
-served whole, does not assemble the batches again."""
+preparation serves the cost estimate and the run: a computation, a result assembled from
+cached units, or one served whole, does not assemble the batches again."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def test_analyze_prepares_once_when_served_from_cached_units(
     checkpoint, tiny_dataset, workspace, tmp_path, prepares
 ):
     analyze(checkpoint, tiny_dataset, workspace, tmp_path / "both.npz", "0,1")  # computes
+    assert prepares == [(0, 1)]  # the estimate's preparation serves the computation too
     prepares.clear()
     analyze(checkpoint, tiny_dataset, workspace, tmp_path / "one.npz", "1")  # units cached
     assert prepares == [(1,)]

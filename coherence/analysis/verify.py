@@ -76,7 +76,7 @@ def preconditioned_gradients(
 ) -> Tensor:
     """M⁻¹ g_B(p) for the perturbation columns p, as rows [k, P] (the proximal directions).
 
-    The same solve as ``compute_influence`` (``influence.solve_metric``, all N columns: the
+    The same solve as ``compute_influence`` (``metric_solve.solve_metric``, all N columns: the
     same arithmetic gives the same y_p): subspace and krylov their Galerkin solutions, cg the
     CG solution at ``rtol``, euclidean g_B(p). The options are checked by InfluenceOptions.
     """

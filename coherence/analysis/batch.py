@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from coherence.analysis.request import window_error
 from coherence.errors import RequestError
 from coherence.simulation.dataset import DatasetInfo
 
@@ -39,19 +40,11 @@ class AnalysisBatch:
 
 
 def check_window(info: DatasetInfo, t_start: int, n_steps: int) -> None:
-    """Refuse a time window that runs past the trajectories, saying what fits."""
-    transitions = len(info.times) - 1
-    if n_steps < 1 or t_start < 0:
-        raise RequestError(
-            f"window {t_start}:{n_steps}: start must be ≥ 0 and length ≥ 1 (START:STEPS)"
-        )
-    if t_start + n_steps > transitions:
-        raise RequestError(
-            f"window {t_start}:{n_steps} needs snapshots {t_start}..{t_start + n_steps} but the "
-            f"trajectories of {info.root.name} have {transitions + 1} (0..{transitions}); "
-            f"use a start ≤ {max(transitions - n_steps, 0)} or at most "
-            f"{transitions - t_start} steps"
-        )
+    """Refuse a time window that runs past the trajectories, saying what fits (the rule:
+    ``request.window_error``)."""
+    error = window_error(t_start, n_steps, len(info.times) - 1, info.root.name)
+    if error:
+        raise RequestError(error)
 
 
 def assemble_batch(

@@ -28,55 +28,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 from torch import Tensor
 
-from coherence.errors import parse_choice
+# the estimator vocabulary lives in vocabulary.py (torch-free); re-exported for old imports
+from coherence.analysis.vocabulary import (  # noqa: F401
+    DEFAULT_DEPTH,
+    DEFAULT_ENERGY_THRESHOLD,
+    KRYLOV_ENERGY_THRESHOLD,
+    CGStart,
+    Estimator,
+    default_energy_threshold,
+    parse_cg_start,
+    parse_estimator,
+)
 
 _GRAM_CHUNK = 1 << 18  # parameter columns per float64 block: bounds the temporary copies
-
-
-class Estimator(StrEnum):
-    """How M⁻¹ is applied: Galerkin solve in span(G) (default) or in a block Krylov space,
-    conjugate gradients, identity."""
-
-    SUBSPACE = "subspace"
-    CG = "cg"
-    EUCLIDEAN = "euclidean"
-    KRYLOV = "krylov"
-
-
-class CGStart(StrEnum):
-    """Where cg starts: the subspace solution with span(Q) deflated (default), or zero."""
-
-    DEFLATED = "deflated"
-    COLD = "cold"
-
-
-DEFAULT_ENERGY_THRESHOLD = 1 - 1e-4  # share of Σσ² of G kept in span(Q)
-# krylov keeps every numerically non-zero direction of G: measured on small trained models,
-# truncating block 1 at 1 − 1e-4 (rank 14 of 48) cut Pearson vs the exact solve 0.967 → 0.931
-KRYLOV_ENERGY_THRESHOLD = 1.0
-
-
-def default_energy_threshold(estimator: Estimator) -> float:
-    """The energy threshold an estimator uses when none is given."""
-    return KRYLOV_ENERGY_THRESHOLD if estimator is Estimator.KRYLOV else DEFAULT_ENERGY_THRESHOLD
-
-
-DEFAULT_DEPTH = 4  # krylov: blocks of span{G, ηG, η²G, η³G}
-
-
-def parse_estimator(value: str | Estimator) -> Estimator:
-    """An Estimator from its name; unknown names raise RequestError with the allowed list."""
-    return parse_choice(Estimator, value, "estimator")
-
-
-def parse_cg_start(value: str | CGStart) -> CGStart:
-    """A CGStart from its name; unknown names raise RequestError with the allowed list."""
-    return parse_choice(CGStart, value, "cg_start")
 
 
 def gram64(a: Tensor, b: Tensor) -> Tensor:

@@ -10,13 +10,16 @@ form is what the counterfactual check (METHOD.md §7) measures: the change of �
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from enum import StrEnum
-
 import torch
 from torch import Tensor
 
-from coherence.errors import RequestError, parse_choice
+# the response vocabulary lives in vocabulary.py (torch-free); re-exported for old imports
+from coherence.analysis.vocabulary import (  # noqa: F401
+    Response,
+    parse_response,
+    parse_responses,
+)
+from coherence.errors import RequestError
 from coherence.simulation.families import FAMILIES, Family
 
 EPS = 1e-6  # the ε in the SMSE scale and in the conservation denominators (METHOD.md)
@@ -24,31 +27,10 @@ EPS = 1e-6  # the ε in the SMSE scale and in the conservation denominators (MET
 _EULER_CHANNELS = FAMILIES[Family.EULER].channels  # (density, momentum_x, momentum_y, energy)
 
 
-class Response(StrEnum):
-    """Response observable A (the bra of H); the perturbation B is always SMSE."""
-
-    SMSE = "smse"
-    MASS = "mass"
-    ENERGY = "energy"
-
-
 _CONSERVED_CHANNEL = {
     Response.MASS: _EULER_CHANNELS.index("density"),
     Response.ENERGY: _EULER_CHANNELS.index("energy"),
 }
-
-
-def parse_response(value: str | Response) -> Response:
-    """A Response from its name; unknown names raise RequestError with the allowed list."""
-    return parse_choice(Response, value, "response")
-
-
-def parse_responses(value: str | Response | Sequence[str | Response]) -> tuple[Response, ...]:
-    """One response or a sequence of them → tuple without repeats, in the given order."""
-    items = [value] if isinstance(value, str) else list(value)
-    if not items:
-        raise RequestError("response is an empty list; give at least one of: smse, mass, energy")
-    return tuple(dict.fromkeys(parse_response(v) for v in items))
 
 
 def check_response_applies(response: Response, n_channels: int) -> None:

@@ -1,30 +1,138 @@
-"""The analysis request: what `coherence analyze` and the dashboard ask the engine for.
+"""Requests: what `coherence analyze`, the dashboard and the engine ask for, validated once.
 
-A frozen, validated dataclass whose canonical JSON (``to_dict``) is stored beside every result
-and hashed into cache keys.
+``InfluenceOptions`` says how one influence matrix is computed (estimator, its options, the
+responses) and owns the rules for those values; ``AnalysisRequest`` (checkpoints × batches)
+builds one to check its own, and adds the rules for the window, the trajectories and the
+device. The CLI, the dashboard, the pipeline and ``compute_influence`` therefore share one
+rule and one message per value. Both hold enums (vocabulary.py) and accept their names.
+
+``AnalysisRequest.to_dict`` is the canonical JSON stored beside every result and hashed into
+cache keys (plain strings: the same bytes whether the request was built from enums or names).
+Torch-free, so the dashboard can build and check requests without importing torch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from coherence.analysis.estimators import (
+from coherence.analysis.vocabulary import (
+    CG_MAX_ITER,
+    DEFAULT_DAMPING,
     DEFAULT_DEPTH,
     DEFAULT_ENERGY_THRESHOLD,
+    MAX_DEPTH,
+    CGStart,
+    Device,
     Estimator,
+    Response,
     default_energy_threshold,
     parse_cg_start,
     parse_estimator,
+    parse_response,
+    parse_responses,
 )
-from coherence.analysis.observables import parse_responses
 from coherence.errors import RequestError
-from coherence.io import resolve_device
+from coherence.io import check_device, resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_EXAMPLES = 512  # N = classes × steps; the N×N solves and N JVPs grow fast past this
+
+
+def check_damping(damping: float) -> None:
+    """λ in η + λI: a finite number > 0."""
+    if not (math.isfinite(damping) and damping > 0):
+        raise RequestError(
+            f"damping must be a finite number > 0 (default 1e-4); got damping={damping}"
+        )
+
+
+def check_rtol(estimator: Estimator, rtol: float | None) -> None:
+    """cg's relative residual: required by cg, in (0, 1) whenever given."""
+    if estimator is Estimator.CG and rtol is None:
+        raise RequestError(
+            "estimator cg needs rtol, the relative residual at which CG stops (paper: 1.5e-2 "
+            "UNet, 5e-2 ViT; `coherence analyze` needs --rtol), or use estimator subspace"
+        )
+    if rtol is not None and not 0 < rtol < 1:
+        raise RequestError(f"rtol must lie in (0, 1), e.g. 1e-2; got rtol={rtol}")
+
+
+def window_error(
+    t_start: int, n_steps: int, transitions: int | None = None, dataset: str = "the dataset"
+) -> str | None:
+    """What is wrong with the window START:STEPS, or None: start ≥ 0 and at least one step;
+    given a dataset's number of ``transitions``, within its trajectories."""
+    if n_steps < 1 or t_start < 0:
+        return f"window {t_start}:{n_steps}: start must be ≥ 0 and length ≥ 1 (START:STEPS)"
+    if transitions is not None and t_start + n_steps > transitions:
+        return (
+            f"window {t_start}:{n_steps} needs snapshots {t_start}..{t_start + n_steps} but the "
+            f"trajectories of {dataset} have {transitions + 1} (0..{transitions}); "
+            f"use a start ≤ {max(transitions - n_steps, 0)} or at most "
+            f"{transitions - t_start} steps"
+        )
+    return None
+
+
+def examples_error(n_classes: int, n_steps: int) -> str | None:
+    """What is wrong with a batch of N = classes × steps examples, or None."""
+    n = n_classes * n_steps
+    if n < 2 or n > MAX_EXAMPLES:
+        return (
+            f"a batch of {n_classes} classes × {n_steps} steps has N = {n} "
+            f"examples; influence needs 2 ≤ N ≤ {MAX_EXAMPLES}: shrink the window or "
+            "the classes"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class InfluenceOptions:
+    """How one influence matrix is computed: ``compute_influence``'s options, checked here
+    once (names become enums; ``responses`` loses repeats, keeping the order)."""
+
+    estimator: Estimator = Estimator.SUBSPACE
+    responses: tuple[Response, ...] = (Response.SMSE,)  # the first fills H
+    damping: float = DEFAULT_DAMPING
+    rtol: float | None = None  # cg only (checked whenever given)
+    energy_threshold: float | None = None  # None: the estimator's default
+    depth: int = DEFAULT_DEPTH  # krylov only
+    cg_start: CGStart = CGStart.DEFLATED  # cg only
+    max_iter: int = CG_MAX_ITER  # cg only: iteration cap per column
+    chunk_size: int | None = None  # examples per vmapped VJP call; None: all at once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "estimator", parse_estimator(self.estimator))
+        object.__setattr__(self, "cg_start", parse_cg_start(self.cg_start))
+        object.__setattr__(self, "responses", parse_responses(self.responses))
+        check_damping(self.damping)
+        check_rtol(self.estimator, self.rtol)
+        if self.energy_threshold is not None and not 0 < self.energy_threshold <= 1:
+            raise RequestError(
+                f"energy_threshold must lie in (0, 1] (default {DEFAULT_ENERGY_THRESHOLD}); "
+                f"got energy_threshold={self.energy_threshold}"
+            )
+        if self.max_iter < 1:
+            raise RequestError(f"max_iter must be at least 1; got {self.max_iter}")
+        depth = self.depth
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH:
+            raise RequestError(
+                f"depth must be an integer from 1 to {MAX_DEPTH} (blocks of span{{G, ηG, …}}; "
+                f"default {DEFAULT_DEPTH}); got depth={depth!r}"
+            )
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise RequestError(f"chunk_size must be None or at least 1; got {self.chunk_size}")
+
+    @property
+    def resolved_energy_threshold(self) -> float:
+        """The energy threshold the estimator will use (its default when None was given)."""
+        if self.energy_threshold is not None:
+            return self.energy_threshold
+        return default_energy_threshold(self.estimator)
 
 
 @dataclass(frozen=True)
@@ -37,18 +145,31 @@ class AnalysisRequest:
     t_start: int = 0
     n_steps: int = 16
     trajectories: tuple[int, ...] = (0,)  # one batch per trajectory index
-    responses: tuple[str, ...] = ("smse",)  # the first fills H; all are computed in one pass
-    estimator: str = "subspace"
-    damping: float = 1e-4
+    # the first fills H; all are computed in one pass (order and repeats kept: the key has them)
+    responses: tuple[Response, ...] = (Response.SMSE,)
+    estimator: Estimator = Estimator.SUBSPACE
+    damping: float = DEFAULT_DAMPING
     rtol: float | None = None  # cg only
     energy_threshold: float | None = None  # None: 1 − 1e-4 (krylov: 1); subspace, krylov, cg
     depth: int = DEFAULT_DEPTH  # krylov only: blocks of span{G, ηG, …}
-    cg_start: str = "deflated"  # cg only: "deflated" (from the subspace solution) or "cold"
-    device: str = "auto"  # auto | cpu | cuda
+    cg_start: CGStart = CGStart.DEFLATED  # cg only: from the subspace solution, or cold
+    device: Device = Device.AUTO
     split: str = "test"
     top_eigenvalue: bool = True  # Lanczos on η + λI per (checkpoint, batch)
 
     def __post_init__(self) -> None:
+        self._check_selection()
+        options = self.influence_options  # the estimator's rules (InfluenceOptions)
+        given = (self.responses,) if isinstance(self.responses, str) else self.responses
+        object.__setattr__(self, "responses", tuple(parse_response(r) for r in given))
+        object.__setattr__(self, "estimator", options.estimator)
+        object.__setattr__(self, "cg_start", options.cg_start)
+        object.__setattr__(self, "device", check_device(self.device))
+        # one canonical value per meaning, so a request equals its own round trip through JSON
+        object.__setattr__(self, "energy_threshold", self.to_dict()["energy_threshold"])
+
+    def _check_selection(self) -> None:
+        """Checkpoints, classes, trajectories and the window (the dataset checks the rest)."""
         if not self.checkpoints:
             raise RequestError("no checkpoint given; pass at least one --checkpoint")
         if len(set(self.checkpoints)) != len(self.checkpoints):
@@ -63,44 +184,31 @@ class AnalysisRequest:
             raise RequestError(
                 f"trajectories {list(self.trajectories)}: distinct non-negative indices"
             )
-        n = len(self.classes) * self.n_steps
-        if n < 2 or n > MAX_EXAMPLES:
-            raise RequestError(
-                f"a batch of {len(self.classes)} classes × {self.n_steps} steps has N = {n} "
-                f"examples; influence needs 2 ≤ N ≤ {MAX_EXAMPLES}: shrink the window or "
-                "the classes"
-            )
-        parse_responses(self.responses)
-        estimator = parse_estimator(self.estimator)
-        if not (math.isfinite(self.damping) and self.damping > 0):
-            raise RequestError(f"damping={self.damping}: must be > 0 (default 1e-4)")
-        if estimator is Estimator.CG and self.rtol is None:
-            raise RequestError(
-                "estimator cg needs --rtol (paper: 1.5e-2 UNet, 5e-2 ViT), or use subspace"
-            )
-        if self.rtol is not None and not 0 < self.rtol < 1:
-            raise RequestError(f"rtol={self.rtol}: must lie in (0, 1)")
-        if self.energy_threshold is not None and not 0 < self.energy_threshold <= 1:
-            raise RequestError(
-                f"energy_threshold={self.energy_threshold}: must lie in (0, 1] "
-                f"(default {DEFAULT_ENERGY_THRESHOLD})"
-            )
-        if not isinstance(self.depth, int) or not 1 <= self.depth <= 16:
-            raise RequestError(f"depth={self.depth!r}: an integer from 1 to 16 (default 4)")
-        parse_cg_start(self.cg_start)
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise RequestError(f"device={self.device!r}: choose auto, cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RequestError("device cuda was asked for but no CUDA GPU is visible; use cpu")
-        # one canonical value per meaning, so a request equals its own round trip through JSON
-        object.__setattr__(self, "energy_threshold", self.to_dict()["energy_threshold"])
+        error = window_error(self.t_start, self.n_steps) or examples_error(
+            len(self.classes), self.n_steps
+        )
+        if error:
+            raise RequestError(error)
+
+    @property
+    def influence_options(self) -> InfluenceOptions:
+        """The options of each (checkpoint, batch)'s influence computation."""
+        return InfluenceOptions(
+            estimator=self.estimator,
+            responses=self.responses,
+            damping=self.damping,
+            rtol=self.rtol,
+            energy_threshold=self.energy_threshold,
+            depth=self.depth,
+            cg_start=self.cg_start,
+        )
 
     @property
     def resolved_energy_threshold(self) -> float:
         """The energy threshold the estimator will use (its default when None was given)."""
         if self.energy_threshold is not None:
             return self.energy_threshold
-        return default_energy_threshold(parse_estimator(self.estimator))
+        return default_energy_threshold(self.estimator)
 
     @property
     def n_examples(self) -> int:
@@ -111,12 +219,11 @@ class AnalysisRequest:
         return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-ready form (lists, not tuples; each estimator option recorded only
-        for the estimators that use it, None otherwise)."""
-        estimator = parse_estimator(self.estimator)
-        cg = estimator is Estimator.CG
-        uses_basis = estimator is Estimator.SUBSPACE or estimator is Estimator.KRYLOV
-        uses_basis = uses_basis or (cg and self.cg_start == "deflated")
+        """Canonical JSON-ready form (lists, not tuples; names, not enums; each estimator
+        option recorded only for the estimators that use it, None otherwise)."""
+        cg = self.estimator is Estimator.CG
+        uses_basis = self.estimator in (Estimator.SUBSPACE, Estimator.KRYLOV)
+        uses_basis = uses_basis or (cg and self.cg_start is CGStart.DEFLATED)
         return {
             "checkpoints": list(self.checkpoints),
             "data": self.data,
@@ -124,14 +231,14 @@ class AnalysisRequest:
             "t_start": self.t_start,
             "n_steps": self.n_steps,
             "trajectories": list(self.trajectories),
-            "responses": list(self.responses),
-            "estimator": self.estimator,
+            "responses": [r.value for r in self.responses],
+            "estimator": self.estimator.value,
             "damping": self.damping,
             "rtol": self.rtol if cg else None,
             "energy_threshold": self.resolved_energy_threshold if uses_basis else None,
-            "depth": self.depth if estimator is Estimator.KRYLOV else None,
-            "cg_start": self.cg_start if cg else None,
-            "device": self.device,
+            "depth": self.depth if self.estimator is Estimator.KRYLOV else None,
+            "cg_start": self.cg_start.value if cg else None,
+            "device": self.device.value,
             "split": self.split,
             "top_eigenvalue": self.top_eigenvalue,
         }

@@ -23,14 +23,16 @@ import torch
 from torch import Tensor, nn
 
 from coherence.analysis.autodiff import FlatModel, evaluation_mode, per_example_vjps
-from coherence.analysis.estimators import (
+from coherence.analysis.influence import compute_influence
+from coherence.analysis.metric_solve import solve_metric
+from coherence.analysis.observables import residual
+from coherence.analysis.request import InfluenceOptions
+from coherence.analysis.vocabulary import (
     DEFAULT_DEPTH,
-    Estimator,
-    parse_cg_start,
+    Response,
     parse_estimator,
+    parse_response,
 )
-from coherence.analysis.influence import compute_influence, solve_metric
-from coherence.analysis.observables import Response, parse_response, residual
 from coherence.errors import RequestError
 
 
@@ -74,31 +76,26 @@ def preconditioned_gradients(
 ) -> Tensor:
     """M⁻¹ g_B(p) for the perturbation columns p, as rows [k, P] (the proximal directions).
 
-    The same solve as ``compute_influence`` (``influence.solve_metric``, all N columns: the
+    The same solve as ``compute_influence`` (``metric_solve.solve_metric``, all N columns: the
     same arithmetic gives the same y_p): subspace and krylov their Galerkin solutions, cg the
-    CG solution at ``rtol``, euclidean g_B(p).
+    CG solution at ``rtol``, euclidean g_B(p). The options are checked by InfluenceOptions.
     """
-    est = parse_estimator(estimator)
-    if est is Estimator.CG and rtol is None:
-        raise RequestError("estimator cg needs rtol for the counterfactual check")
+    options = InfluenceOptions(
+        estimator=estimator,
+        damping=damping,
+        rtol=rtol,
+        energy_threshold=energy_threshold,
+        max_iter=max_iter,
+        depth=depth,
+        cg_start=cg_start,
+    )
     with evaluation_mode(model):
         fm = FlatModel(model)
         with torch.no_grad():
             prediction = fm(fm.theta, inputs)
         (g,) = per_example_vjps(fm, inputs, [residual(Response.SMSE, prediction, inputs, targets)])
         index = torch.as_tensor(list(columns), device=g.device)
-        solved = solve_metric(
-            est,
-            fm,
-            inputs,
-            g,
-            damping=damping,
-            rtol=rtol,
-            energy_threshold=energy_threshold,
-            max_iter=max_iter,
-            depth=depth,
-            cg_start=parse_cg_start(cg_start),
-        )
+        solved = solve_metric(options, fm, inputs, g)
         return solved.solution()[index].detach()
 
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from coherence.analysis.vocabulary import Device
 from coherence.errors import CheckpointError, RequestError
-from coherence.io import resolve_device
+from coherence.io import check_device, resolve_device
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import snapshots
@@ -49,7 +50,7 @@ class TrainingArgs:
     checkpoint_every: int = 1
     # epochs whose weights are kept under epochs/NNNN; None: powers of two plus the last
     keep_epochs: tuple[int, ...] | None = None
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.AUTO
     overrides: dict[str, Any] = field(default_factory=dict)  # architecture config fields
 
     def __post_init__(self) -> None:
@@ -69,14 +70,12 @@ class TrainingArgs:
             raise RequestError(f"lr={self.lr}: must be a positive number (default 5e-4)")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise RequestError(f"weight_decay={self.weight_decay}: must be ≥ 0 (default 1e-4)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise RequestError(f"device={self.device!r}: choose auto, cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise RequestError("device='cuda' but no CUDA GPU is visible; use auto or cpu")
+        object.__setattr__(self, "device", check_device(self.device))  # the one device rule
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["classes"] = list(self.classes)
+        data["device"] = self.device.value
         if self.keep_epochs is None:
             del data["keep_epochs"]  # the default rule; configs of older versions match
         else:

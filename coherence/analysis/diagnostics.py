@@ -1,0 +1,123 @@
+"""How an influence matrix was obtained, and what to say when a cg solve missed its tolerance.
+
+``InfluenceDiagnostics`` is reported next to every H (cached as JSON via ``to_dict``);
+``convergence_summary`` reads the cached [S][B] diagnostics of a result for the CLI and the
+dashboard. Torch-free (the tensors of ``InfluenceResult`` are only annotated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+@dataclass(frozen=True)
+class InfluenceDiagnostics:
+    """How H was obtained; every field is reported next to the result (JSON via to_dict)."""
+
+    estimator: str
+    responses: tuple[str, ...]
+    damping: float  # λ; for euclidean, recorded but unused
+    n_examples: int
+    output_size: int  # D = F·H·W
+    n_params: int
+    device: str
+    dtype: str
+    seconds: float
+    stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    rtol: float | None = None  # cg only
+    max_iter: int | None = None  # cg only
+    energy_threshold: float | None = None  # subspace, krylov, deflated cg: share of Σσ² of G
+    rank: int | None = None  # subspace, krylov: s, the dimension of the Galerkin subspace
+    subspace_eigenvalues: tuple[float, ...] | None = None  # eig(QᵀηQ), Q of span(G), descending
+    iterations: tuple[int, ...] | None = None  # cg: per perturbation column
+    # every estimator but euclidean: the true final ‖g_B(p) − (η+λI)y_p‖/‖g_B(p)‖ per column
+    residuals: tuple[float, ...] | None = None
+    converged: bool | None = None  # cg: every column reached rtol within max_iter
+    worst_residual: float | None = None  # cg: max of residuals (> rtol when not converged)
+    jvp_method: str | None = None  # "traced", or "jvp" after a failed check; None: unused
+    depth: int | None = None  # krylov: number of blocks of span{G, ηG, …}
+    block_ranks: tuple[int, ...] | None = None  # krylov: rank of each block
+    cg_start: str | None = None  # cg: "deflated" (from the subspace solution) or "cold"
+    start_residuals: tuple[float, ...] | None = None  # deflated cg: residuals at the start
+    batch_jvps: int | None = None  # products with the batch Jacobian J (≈ 2.2 forwards each)
+    batch_vjps: int | None = None  # products with Jᵀ (≈ 2 forwards each)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        out["stage_seconds"] = dict(self.stage_seconds)
+        return out
+
+
+@dataclass(frozen=True)
+class InfluenceResult:
+    """H for the first requested response, H for every response, and the diagnostics."""
+
+    H: Tensor
+    H_by_response: Mapping[str, Tensor]
+    diagnostics: InfluenceDiagnostics
+
+
+def unconverged_message(diagnostics: InfluenceDiagnostics) -> str:
+    """One sentence for an unconverged cg solve: how far off it is and what to change."""
+    assert diagnostics.residuals is not None and diagnostics.rtol is not None
+    bad = sum(r > diagnostics.rtol for r in diagnostics.residuals)
+    return (
+        f"cg did not converge: {bad} of {len(diagnostics.residuals)} columns stopped at "
+        f"max_iter={diagnostics.max_iter} with relative residual up to "
+        f"{diagnostics.worst_residual:.3g} > rtol={diagnostics.rtol:g}, so H is inaccurate; "
+        "raise max_iter, loosen rtol or use estimator 'subspace'"
+    )
+
+
+@dataclass(frozen=True)
+class UnconvergedSolve:
+    """One (checkpoint, batch) cell of an analysis whose cg solve missed its tolerance."""
+
+    checkpoint: int  # index s
+    batch: int  # index b
+    worst_residual: float
+    rtol: float
+
+
+def unconverged_solves(
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]],
+) -> list[UnconvergedSolve]:
+    """The cells of a result's diagnostics ([S][B] dicts, as cached) with ``converged``
+    False, worst first; empty for converged cg and for the other estimators."""
+    found = []
+    for s, row in enumerate(diagnostics):
+        for b, cell in enumerate(row):
+            if cell.get("converged") is not False:
+                continue
+            worst = cell.get("worst_residual")
+            if worst is None:  # results cached before the field existed
+                worst = max(cell.get("residuals") or [float("nan")])
+            found.append(UnconvergedSolve(s, b, float(worst), float(cell.get("rtol") or 0.0)))
+    return sorted(found, key=lambda u: -u.worst_residual)
+
+
+def convergence_summary(
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]], checkpoints: Sequence[str]
+) -> str | None:
+    """What the CLI and the dashboard show for a result whose cg solves did not all reach
+    rtol (None when they did, or for another estimator)."""
+    bad = unconverged_solves(diagnostics)
+    if not bad:
+        return None
+    cells = sum(len(row) for row in diagnostics)
+    worst = bad[0]
+    name = checkpoints[worst.checkpoint] if worst.checkpoint < len(checkpoints) else "?"
+    return (
+        f"cg did not converge in {len(bad)} of {cells} (checkpoint, batch) solves; worst "
+        f"relative residual {worst.worst_residual:.3g} > rtol={worst.rtol:g} ({name}, batch "
+        f"{worst.batch + 1}): these influence values are inaccurate; loosen --rtol or use "
+        "--estimator subspace"
+    )

@@ -10,7 +10,7 @@ from coherence.analysis import pipeline
 from coherence.cache import JobRunner
 from coherence.executors import ADDRESS_ENV, ray_address
 from coherence.executors.local import LocalExecutor
-from tests.cache.conftest import quick_request
+from tests.fixtures import quick_request
 
 ray_cluster = pytest.importorskip("coherence.executors.ray_cluster")
 ray_connect = pytest.importorskip("coherence.executors.ray_connect")

@@ -6,13 +6,23 @@ from __future__ import annotations
 import hashlib
 import os
 
+import pytest
+
 from coherence import digests
 
 
-def test_digest_is_the_sha256_of_the_bytes_and_is_remembered_on_disk(tmp_path, monkeypatch):
+@pytest.fixture
+def disk_memo(tmp_path, monkeypatch):
+    """A fresh memo: on disk under tmp_path/memo for files of 10 bytes or more, none in memory."""
     monkeypatch.setenv(digests.ENV_VAR, str(tmp_path / "memo"))
     monkeypatch.setattr(digests, "DISK_MEMO_MIN_BYTES", 10)
     monkeypatch.setattr(digests, "_MEMO", {})
+    return tmp_path / "memo"
+
+
+def test_digest_is_the_sha256_of_the_bytes_and_is_remembered_on_disk(
+    tmp_path, monkeypatch, disk_memo
+):
     data = tmp_path / "big.hdf5"
     data.write_bytes(b"x" * 1000)
     expected = hashlib.sha256(b"x" * 1000).hexdigest()
@@ -31,10 +41,7 @@ def test_digest_is_the_sha256_of_the_bytes_and_is_remembered_on_disk(tmp_path, m
     monkeypatch.undo()
 
 
-def test_rewritten_bytes_are_hashed_again_even_with_the_old_mtime(tmp_path, monkeypatch):
-    monkeypatch.setenv(digests.ENV_VAR, str(tmp_path / "memo"))
-    monkeypatch.setattr(digests, "DISK_MEMO_MIN_BYTES", 10)
-    monkeypatch.setattr(digests, "_MEMO", {})
+def test_rewritten_bytes_are_hashed_again_even_with_the_old_mtime(tmp_path, disk_memo):
     data = tmp_path / "big.hdf5"
     data.write_bytes(b"a" * 100)
     before = data.stat()

@@ -21,26 +21,16 @@ from coherence.cache.jobs import JobRunner
 from coherence.dashboard.selection import decode_query
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.errors import RequestError
-from coherence.simulation.dataset import SimulationRequest, generate_dataset
 from coherence.study import StudySpec, plan_study, run_study
 from coherence.surrogates import checkpoint as ckpt
 from coherence.workspace import checkpoints_dir, datasets_dir
+from tests.fixtures import CE_CLASSES, simulate
 
-CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI")
 
-
-def make_dataset(root: Path, name: str = "ce_small") -> Path:
-    request = SimulationRequest(
-        family="euler",
-        classes=CLASSES,
-        trajectories=5,
-        resolution=16,
-        snapshots=5,
-        t_end=0.2,
-        split=(0.6, 0.2, 0.2),
-        dataset_name=name,
-    )
-    return generate_dataset(request, datasets_dir(root) / name)
+def make_dataset(root: Path, name: str = "ce_small", **changes) -> Path:
+    """3 CE classes × 5 trajectories (3 train, 1 valid, 1 test) × 5 snapshots at 16²."""
+    directory = datasets_dir(root)
+    return simulate(directory, name, "euler", CE_CLASSES, snapshots=5, t_end=0.2, **changes)
 
 
 def spec(**changes) -> StudySpec:
@@ -153,21 +143,7 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(work
     source = checkpoints_dir(workspace) / "ce_small_vit_demo_s7"
     shutil.copytree(source, foreign)
     # Same name, other data (another simulation seed gives other files): refused by name.
-    generate_dataset(
-        SimulationRequest(
-            family="euler",
-            classes=CLASSES,
-            trajectories=5,
-            resolution=16,
-            snapshots=5,
-            t_end=0.2,
-            split=(0.6, 0.2, 0.2),
-            seed=99,
-            dataset_name="ce_small",
-        ),
-        datasets_dir(other) / "ce_small",
-        overwrite=True,
-    )
+    make_dataset(other, seed=99, overwrite=True)
     with pytest.raises(RequestError, match="trained with other data"):
         plan_study(spec(), other)
 

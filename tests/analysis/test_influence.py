@@ -31,7 +31,7 @@ from coherence.analysis.influence import (
 )
 from coherence.analysis.standardization import standardize
 from coherence.errors import ConvergenceWarning, RequestError
-from tests.analysis.conftest import SmallerConv, dense_reference
+from tests.analysis.fixtures import SmallerConv, dense_reference
 
 REL_EXACT = 1e-8  # float64 agreement of exact formulas (observed ~1e-14)
 CG_DAMPING = 0.1  # κ(η + λI) ≈ 5e4 here: CG reaches rtol 1e-11 in a few hundred iterations

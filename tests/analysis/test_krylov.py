@@ -14,7 +14,7 @@ from coherence.analysis.influence import compute_influence
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.standardization import standardize
 from coherence.errors import RequestError
-from tests.analysis.conftest import DenseReference, dense_reference
+from tests.analysis.fixtures import DenseReference, dense_reference
 
 REL_EXACT = 1e-8  # float64 agreement of exact formulas
 PEARSON_TARGET, SPEARMAN_TARGET = 0.95, 0.9  # issue 14: vs the exact solve

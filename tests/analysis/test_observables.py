@@ -12,7 +12,7 @@ from coherence.analysis.observables import (
     residual,
 )
 from coherence.errors import RequestError
-from tests.analysis.conftest import euler_states, reference_residual
+from tests.analysis.fixtures import euler_states, reference_residual
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

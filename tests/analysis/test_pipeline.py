@@ -22,7 +22,7 @@ from coherence.simulation.dataset import SPLITS, open_dataset
 from coherence.simulation.wellformat import write_well_file
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.training import TrainingArgs, train
-from tests.surrogates.conftest import TINY_OVERRIDES, advected_states
+from tests.fixtures import TINY_OVERRIDES, advected_states
 
 
 def write_dataset(root, classes=("CE-RP", "CE-CRP"), family="euler"):

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from coherence.analysis import tangents
 from coherence.analysis.autodiff import BatchJacobian, FlatModel
 from coherence.analysis.tangents import _wrap_pad
-from tests.analysis.conftest import TinyConv, dense_reference
+from tests.analysis.fixtures import TinyConv, dense_reference
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

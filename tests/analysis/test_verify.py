@@ -15,7 +15,7 @@ from coherence.errors import RequestError
 from coherence.simulation.dataset import SimulationRequest, generate_dataset, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.training import TrainingArgs, train
-from tests.analysis.conftest import dense_reference
+from tests.analysis.fixtures import dense_reference
 
 STEPS = (1e-2, 1e-3, 1e-4)
 

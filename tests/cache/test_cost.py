@@ -23,8 +23,7 @@ from coherence.cache import JobRunner
 from coherence.cache.cost import CONFIRM_ENV, estimate_job
 from coherence.cli import app
 from coherence.errors import ConvergenceWarning, RequestError
-
-from .conftest import quick_request
+from tests.fixtures import quick_request
 
 
 def first_batch(request):

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,32 +20,8 @@ from coherence.analysis.pipeline import run_analysis
 from coherence.cache import jobs, slots
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.errors import RequestError
-
-from .conftest import quick_request
-
-TIMEOUT = 180  # seconds; a worker imports torch first, slow on a loaded machine
-
-
-def wait_for(predicate, what: str, timeout: float = TIMEOUT, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def computing(runner: JobRunner, key: str):
-    """The progress record once the worker is inside run_analysis (a batch stage)."""
-    record = runner.store.get_progress(key)
-    return record if record and record.pid and "batch" in record.stage else None
-
-
-def finished(runner: JobRunner, key: str):
-    status = runner.status(key)
-    return status if not status.active else None
+from tests.fixtures import WORKER_TIMEOUT as TIMEOUT
+from tests.fixtures import computing, finished, quick_request, wait_for
 
 
 @pytest.fixture

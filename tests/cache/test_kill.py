@@ -24,9 +24,8 @@ from coherence.cache.jobs import JobRunner
 from coherence.cache.keys import unit_keys
 from coherence.cache.store import ORPHAN_GRACE_SECONDS, ResultStore
 from coherence.workspace import cache_dir
-
-from .conftest import quick_request
-from .test_jobs import TIMEOUT, computing, finished, wait_for
+from tests.fixtures import WORKER_TIMEOUT as TIMEOUT
+from tests.fixtures import computing, finished, quick_request, wait_for
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from coherence.cache import jobs
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner, JobStatus, ProgressTracker
 from coherence.cache.store import ResultStore
 from coherence.dashboard.compute import progress_text
-
-from .conftest import quick_request
+from tests.fixtures import quick_request
 
 KEY = "a" * 64
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from coherence.cache import slots
 from coherence.cli import app
 from coherence.errors import RequestError
+from tests.fixtures import wait_for
 
 TIMEOUT = 60
 
@@ -43,15 +44,6 @@ def slot_dir(tmp_path, monkeypatch):
     monkeypatch.setenv(slots.DIR_ENV, str(directory))
     monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
     return directory
-
-
-def wait_for(predicate, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-    return value
 
 
 STARTED: list[subprocess.Popen] = []

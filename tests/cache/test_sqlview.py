@@ -7,8 +7,7 @@ import diskcache
 
 from coherence.cache import sqlview
 from coherence.cache.store import ResultStore
-
-from .conftest import synthetic_result
+from tests.fixtures import synthetic_result
 
 
 def test_the_diskcache_table_has_the_columns_we_read(tmp_path):

@@ -28,8 +28,7 @@ from coherence.cache.store import (
     parse_size,
 )
 from coherence.errors import CheckpointError, RequestError
-
-from .conftest import quick_request, synthetic_result
+from tests.fixtures import quick_request, synthetic_result
 
 KEY = "0123456789abcdef" * 4
 OTHER = "fedcba9876543210" * 4

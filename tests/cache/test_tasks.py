@@ -13,15 +13,14 @@ from coherence.analysis.verify import counterfactual_check
 from coherence.cache import JobRunner
 from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
 from coherence.errors import RequestError
-
-from .conftest import CLASSES
+from tests.fixtures import TINY_CLASSES
 
 
 def spec(checkpoint, data, **changes) -> dict:
     fields = dict(
         checkpoint=checkpoint,
         data=data,
-        classes=CLASSES,
+        classes=TINY_CLASSES,
         trajectory=0,
         t_start=0,
         n_steps=2,
@@ -64,7 +63,7 @@ def test_a_check_job_runs_in_the_worker_and_matches_the_engine(checkpoint, tiny_
         time.sleep(0.2)
     arrays, metadata = runner.artifact(key)
     assert metadata["kind"] == "counterfactual" and metadata["spec"] == job
-    batch = assemble_batch(open_dataset(tiny_dataset), CLASSES, 0, 0, 2)
+    batch = assemble_batch(open_dataset(tiny_dataset), TINY_CLASSES, 0, 0, 2)
     model, _ = ckpt.load(checkpoint)
     direct = counterfactual_check(model, batch.inputs, batch.targets, perturbation=1)
     np.testing.assert_allclose(arrays["rel_errors"], direct.rel_errors, rtol=1e-6)

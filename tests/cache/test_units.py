@@ -12,8 +12,7 @@ import pytest
 from coherence.analysis import pipeline
 from coherence.cache import JobRunner
 from coherence.cache.keys import request_key, unit_keys
-
-from .conftest import quick_request
+from tests.fixtures import quick_request
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from coherence.dashboard import loaders
 from coherence.dashboard.panels import PANELS
 from coherence.dashboard.selection import default_selection
 from coherence.workspace import ENV_VAR, datasets_dir
-
-from .conftest import COMPARE, REPO, simulate
+from tests.fixtures import COMPARE, REPO, simulate
 
 TIMEOUT = 120  # seconds per script run: the first one imports torch and plotly
 

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,8 +26,7 @@ import pytest
 from coherence.dashboard.panels import PANELS
 from coherence.workspace import ENV_VAR
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-
-from .conftest import ARTIFACTS, COMPARE, REPO
+from tests.fixtures import ARTIFACTS, COMPARE, REPO, free_port
 
 SHOTS = ARTIFACTS / "dashboard"
 HEATMAP = ".js-plotly-plot .heatmaplayer"
@@ -43,12 +41,6 @@ pytestmark = [
         "chromium; .ci/run installs it)",
     ),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from coherence.analysis.summaries import two_time_map
 from coherence.analysis.verdict import verdict
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard.selection import default_selection
+from tests.fixtures import COMPARE
 
-from .conftest import COMPARE
 from .test_app import assert_clean, charts, open_app, texts
 
 

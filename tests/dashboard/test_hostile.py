@@ -28,7 +28,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.errors import WorkspacePathError
 from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import cache_dir, checkpoints_dir, datasets_dir, secure_tree
-from tests.surrogates.conftest import TINY_OVERRIDES
+from tests.fixtures import TINY_OVERRIDES
 
 from .test_app import assert_clean, open_app, texts
 from .test_selection import synthetic_catalog

@@ -18,13 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures import REPO, free_port
 
 
 def wait_healthy(port: int, process: subprocess.Popen, seconds: float = 90) -> None:

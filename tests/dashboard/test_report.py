@@ -23,8 +23,7 @@ from coherence.report import (
     sections,
     selection_from_link,
 )
-
-from .conftest import COMPARE
+from tests.fixtures import COMPARE
 
 
 def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspace):

@@ -29,8 +29,7 @@ from coherence.dashboard.workspace_scan import (
 )
 from coherence.errors import RequestError, WorkspacePathError
 from coherence.workspace import checkpoints_dir, datasets_dir
-
-from .conftest import CE_CLASSES
+from tests.fixtures import CE_CLASSES
 
 
 def synthetic_catalog(snapshots: int = 21, n_test: int = 6) -> Catalog:

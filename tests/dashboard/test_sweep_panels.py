@@ -18,9 +18,8 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.surrogates import snapshots
 from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import checkpoints_dir, datasets_dir
-from tests.surrogates.conftest import TINY_OVERRIDES
+from tests.fixtures import COMPARE, TINY_OVERRIDES
 
-from .conftest import COMPARE
 from .test_app import assert_clean, charts, open_app, texts
 
 DYNAMICS = {"panel": "Training dynamics"}

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures import REPO
+
 SCRIPT = REPO / "scripts" / "docker-test.sh"
 CONTAINER_BASE = (
     Path(os.environ.get("COHERENCE_SHARED_TOOLS", REPO.parent / "shared" / "tools"))

@@ -1,6 +1,5 @@
 """One local Ray cluster per test session (2 CPUs, no dashboard), started with `ray start
---head --block` in its own process group and stopped by signalling that group only; the
-tiny dataset and checkpoint of the cache tests."""
+--head --block` in its own process group and stopped by signalling that group only."""
 
 from __future__ import annotations
 
@@ -17,16 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cache.conftest import checkpoint, trained_checkpoint, workspace  # noqa: F401
-from tests.surrogates.conftest import tiny_dataset  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures import REPO, free_port
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float) -> None:
@@ -49,7 +39,7 @@ def ray_address():
         pytest.skip(f"no `ray` command beside {sys.executable}")
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
     port = free_port()
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {
         **os.environ,
         "PYTHONPATH": pythonpath,

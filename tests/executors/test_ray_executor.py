@@ -28,10 +28,7 @@ from coherence.executors.ray_cluster import RayExecutor
 from coherence.executors.ray_tasks import TEST_UNIT_DELAY_ENV, TEST_UNIT_DIR_ENV
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.training import train
-from tests.cache.conftest import quick_request
-from tests.surrogates.conftest import tiny_args
-
-from .conftest import ROOT, free_port
+from tests.fixtures import REPO, free_port, quick_request, tiny_args, torch_threads
 
 pytest.importorskip("ray")
 
@@ -134,18 +131,12 @@ def test_a_dashboard_job_with_the_address_set_computes_on_the_cluster(
 
 
 def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_dataset, tmp_path):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the worker's thread count: the same reductions, the same bits
-    try:
+    with torch_threads(1):  # the worker's thread count: the same reductions, the same bits
         args = tiny_args(seed=7, epochs=2)
         local = train(tiny_dataset, tmp_path / "local" / "unet_s7", args)
         # trained for one epoch here, resumed to two on the cluster: the set travels both ways
         resumed = tmp_path / "cluster" / "unet_s7"
         train(tiny_dataset, resumed, tiny_args(seed=7, epochs=1))
-    finally:
-        torch.set_num_threads(before)
     fresh = tmp_path / "cluster" / "unet_s7_fresh"
     seen = []
     RayExecutor(ray_address).train(
@@ -239,7 +230,7 @@ def test_a_worker_of_another_version_is_refused(ray_address, checkpoint, tiny_da
     every reply is refused, naming both versions. Its working directory is empty because Ray
     puts the driver's working directory first on the workers' sys.path."""
     other = tmp_path / "other" / "coherence"
-    shutil.copytree(ROOT / "coherence", other, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "coherence", other, ignore=shutil.ignore_patterns("__pycache__"))
     init = other / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "9.9.9"'))
     request = quick_request(checkpoint, tiny_dataset)
@@ -262,7 +253,7 @@ def test_a_worker_of_another_version_is_refused(ray_address, checkpoint, tiny_da
         capture_output=True,
         text=True,
         cwd=empty,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"},
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
         timeout=240,
     )
     out = done.stdout.strip()
@@ -297,7 +288,7 @@ def test_an_unreachable_address_is_refused_in_seconds(checkpoint, tiny_dataset, 
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COHERENCE_RAY_TIMEOUT": "5"},
+        env={**os.environ, "PYTHONPATH": str(REPO), "COHERENCE_RAY_TIMEOUT": "5"},
         timeout=120,
     )
     elapsed = time.monotonic() - started
@@ -327,7 +318,7 @@ def test_a_port_that_is_not_ray_times_out():
             [sys.executable, "-c", script],
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": str(REPO)},
             timeout=60,
         )
     words = done.stdout.split()
@@ -353,7 +344,7 @@ def test_without_an_address_the_local_executor_runs_and_ray_is_not_imported(monk
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        env={**env, "PYTHONPATH": str(ROOT)},
+        env={**env, "PYTHONPATH": str(REPO)},
         timeout=60,
     )
     assert done.stdout.strip() == "False", done.stderr

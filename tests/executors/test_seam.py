@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from coherence.analysis import pipeline
-from coherence.cache import JobRunner
+from coherence.cache import JobRunner, slots
 from coherence.executors import ADDRESS_ENV, ray_address
 from coherence.executors.local import LocalExecutor
-from tests.cache.conftest import quick_request
+from tests.fixtures import quick_request, torch_threads
 
 ray_cluster = pytest.importorskip("coherence.executors.ray_cluster")
 ray_connect = pytest.importorskip("coherence.executors.ray_connect")
@@ -59,5 +59,6 @@ def test_bad_settings_are_refused_with_the_variable_named(monkeypatch):
 def test_the_local_executor_is_the_pipeline(checkpoint, tiny_dataset, workspace):
     request = quick_request(checkpoint, tiny_dataset)
     via_runner = JobRunner(workspace).run(request, executor=LocalExecutor())
-    direct = pipeline.run_analysis(request)
+    with torch_threads(slots.threads_per_job()):  # the runner's slot threads: the same bits
+        direct = pipeline.run_analysis(request)
     np.testing.assert_array_equal(via_runner.H["smse"], direct.H["smse"])

@@ -22,14 +22,7 @@ from coherence.simulation.families import EULER_GAMMA, FAMILIES, Family
 CE_NAMES = classes_for(Family.EULER)
 NS_NAMES = classes_for(Family.NS)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs gain nothing from threads and crawl when the shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # small FFTs gain nothing from threads
 
 
 def _primitive(state: torch.Tensor) -> tuple[torch.Tensor, ...]:

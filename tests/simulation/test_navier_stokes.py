@@ -10,6 +10,8 @@ import torch
 from coherence.errors import SimulationError
 from coherence.simulation import navier_stokes as ns
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # small FFTs gain nothing from threads
+
 ROUND_OFF = 1e-10  # float64 absolute tolerance for quantities that vanish analytically
 
 
@@ -29,15 +31,6 @@ def _taylor_green(
     x, y = _nodes(n, h)
     a, b = 2 * math.pi * k * (x - shift[0]), 2 * math.pi * k * (y - shift[1])
     return torch.stack((torch.sin(a) * torch.cos(b), -torch.cos(a) * torch.sin(b)))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small FFTs gain nothing from threads and crawl when the shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _random_field(

@@ -18,10 +18,10 @@ from coherence.simulation.dataset import SPLITS, open_dataset
 from coherence.simulation.importers.pdegym import import_pdegym
 from coherence.simulation.staging import MARKER, dataset_transaction, pending_commit, recover
 from coherence.simulation.wellformat import write_well_file
+from tests.fixtures import REPO
 from tests.simulation.import_fixtures import ce_published, solver_states, write_pdegym
 from tests.simulation.test_wellformat import euler_states
 
-REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("CE-RP", "CE-CRP")
 
 

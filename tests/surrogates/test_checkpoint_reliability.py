@@ -19,8 +19,7 @@ from coherence.surrogates import fileset
 from coherence.surrogates.footprint import Footprint, available_bytes, check_fits, model_footprint
 from coherence.surrogates.registry import ARCHITECTURES, build_model, model_config_dict
 from coherence.surrogates.training import train
-
-from .conftest import tiny_args
+from tests.fixtures import tiny_args
 
 
 @pytest.fixture(scope="module")

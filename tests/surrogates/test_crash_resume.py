@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import fileset, snapshots
 from coherence.surrogates.training import TrainingArgs, train
+from tests.fixtures import REPO, torch_threads
 
-ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 ARGS = dict(seed=3, epochs=EPOCHS, batch_size=8, device="cpu")  # demo UNet, 4 transitions
 
@@ -42,7 +41,7 @@ def command(data: Path, out: Path) -> list[str]:
 def environment(delay: float) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=str(ROOT),
+        PYTHONPATH=str(REPO),
         OMP_NUM_THREADS="1",
         COHERENCE_TORCH_THREADS="1",  # the compute slot's threads, else cores // jobs
         COHERENCE_TEST_SAVE_DELAY=str(delay),
@@ -55,13 +54,9 @@ def environment(delay: float) -> dict[str, str]:
 def reference(tiny_dataset, tmp_path_factory) -> bytes:
     """Weights of the uninterrupted run, trained in this process on one thread like the
     subprocesses (a CLI run gives the same bytes: same arguments, same code)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path_factory.mktemp("reference") / "ckpt"
+    out = tmp_path_factory.mktemp("reference") / "ckpt"
+    with torch_threads(1):
         train(tiny_dataset, out, TrainingArgs(**ARGS))
-    finally:
-        torch.set_num_threads(threads)
     return (out / ckpt.WEIGHTS_FILE).read_bytes()
 
 

@@ -71,6 +71,14 @@ def with_random_normalization(model: nn.Module, seed: int = 1) -> nn.Module:
     return model
 
 
+def functional_parts(arch: str) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
+    """A float64 small model with random normalization, and the detached parameters and the
+    buffers that torch.func.functional_call takes for it."""
+    model = with_random_normalization(small_model(arch)).double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    return model, params, dict(model.named_buffers())
+
+
 # ---- registry and presets -------------------------------------------------------------------
 
 
@@ -296,9 +304,7 @@ def test_unet_commutes_with_shifts_by_the_downsampling_factor():
 
 @pytest.mark.parametrize("arch", ["unet", "vit"])
 def test_vmap_over_examples_matches_batched_forward(arch):
-    model = with_random_normalization(small_model(arch)).double()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
+    model, params, buffers = functional_parts(arch)
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
 
     def predict_one(params, buffers, xi):  # xi (F, H, W) → (F, H, W)
@@ -311,9 +317,7 @@ def test_vmap_over_examples_matches_batched_forward(arch):
 @pytest.mark.parametrize("arch", ["unet", "vit"])
 def test_per_example_gradients_match_a_loop(arch):
     """vmap(grad) per example = autograd one example at a time (no coupling across the batch)."""
-    model = with_random_normalization(small_model(arch)).double()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
+    model, params, buffers = functional_parts(arch)
     x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     y = torch.randn(3, 3, 16, 16, dtype=torch.float64)
 
@@ -333,9 +337,7 @@ def test_per_example_gradients_match_a_loop(arch):
 @pytest.mark.parametrize("arch", ["unet", "vit"])
 def test_jvp_and_vjp_match_finite_differences_and_each_other(arch):
     """J v from jvp equals the central difference; ⟨u, J v⟩ = ⟨Jᵀ u, v⟩ with vjp."""
-    model = with_random_normalization(small_model(arch)).double()
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
+    model, params, buffers = functional_parts(arch)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     g = torch.Generator().manual_seed(3)
     tangent = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in params.items()}

@@ -10,8 +10,7 @@ from coherence.simulation.dataset import open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.pairs import MEMORY_ENV, TransitionPairs
 from coherence.surrogates.training import train
-
-from .conftest import tiny_args
+from tests.fixtures import tiny_args
 
 CLASSES = ("CE-RP", "CE-CRP")
 

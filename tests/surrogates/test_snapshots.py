@@ -20,8 +20,7 @@ from coherence.simulation.dataset import open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import fileset, snapshots
 from coherence.surrogates.training import train
-
-from .conftest import tiny_args
+from tests.fixtures import tiny_args
 
 
 def _weights(directory: Path) -> bytes:

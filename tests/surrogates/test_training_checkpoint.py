@@ -15,8 +15,7 @@ from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.losses import scaled_residual, smse
 from coherence.surrogates.rollout import rollout, rollout_errors
 from coherence.surrogates.training import train
-
-from .conftest import tiny_args
+from tests.fixtures import tiny_args
 
 
 @pytest.fixture(scope="module")

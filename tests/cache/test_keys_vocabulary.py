@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from coherence.analysis.vocabulary import CGStart, Device, Estimator, Response
 from coherence.cache.keys import request_key, unit_keys
-from tests.cache.conftest import quick_request
+from tests.fixtures import quick_request
 
 
 def test_keys_from_names_equal_keys_from_enums(checkpoint, tiny_dataset):

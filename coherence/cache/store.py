@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import re
+import sqlite3
 import stat
 import time
 import warnings
@@ -302,7 +303,11 @@ class ResultStore(JobRecords):
         ``grace_seconds`` (left by a writer killed between writing the file and committing
         its row); returns how many. Younger ones may belong to a write in progress."""
         store_dir = Path(self._cache.directory)
-        referenced = sqlview.referenced_files(self._cache)
+        try:
+            referenced = sqlview.referenced_files(self._cache)
+        except sqlite3.OperationalError as exc:  # busy beyond diskcache's timeout: upkeep
+            log.info("skipped the orphan file sweep of %s this time: %s", store_dir, exc)
+            return 0  # only housekeeping: the next open or eviction sweeps again
         cutoff = time.time() - grace_seconds
         removed = 0
         for path in store_dir.glob("*/*/*.val"):

@@ -271,6 +271,36 @@ def test_orphan_value_files_are_removed_after_a_grace_period(tmp_path):
     reopened.close()
 
 
+def test_a_busy_database_skips_the_orphan_sweep_not_the_open(tmp_path, monkeypatch, caplog):
+    """The sweep is upkeep: a database busy beyond diskcache's timeout (another process
+    writing) must not fail opening the store or reading a result; a later open sweeps."""
+    import sqlite3
+
+    from coherence.cache import sqlview
+
+    store = ResultStore(tmp_path / "cache")
+    store.put(KEY, synthetic_result(n_checkpoints=1, n_steps=4))
+    store.close()
+    orphan = tmp_path / "cache" / "store" / "ab" / "cd" / "old.val"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x" * 100)
+    past = time.time() - ORPHAN_GRACE_SECONDS - 60
+    os.utime(orphan, (past, past))
+
+    def busy(cache):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(sqlview, "referenced_files", busy)
+    with caplog.at_level(logging.INFO, logger="coherence.cache.store"):
+        reopened = ResultStore(tmp_path / "cache")
+    assert reopened.get(KEY) is not None and orphan.exists()
+    assert "skipped the orphan file sweep" in caplog.text
+    reopened.close()
+    monkeypatch.undo()
+    ResultStore(tmp_path / "cache").close()
+    assert not orphan.exists()
+
+
 # ------------------------------------------------------------------------- keys ------
 
 

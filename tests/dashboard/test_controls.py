@@ -163,7 +163,7 @@ def test_the_batch_size_rule_is_the_requests():
 
 def test_selection_reports_the_requests_verdict():
     base = default_selection(synthetic_catalog())
-    with pytest.raises(RequestError, match=r"damping=-1.*must be > 0"):
+    with pytest.raises(RequestError, match=r"damping=-1.*must be a finite number > 0"):
         replace(base, damping=-1.0)
     with pytest.raises(RequestError, match=r"rtol=1\.5.*must lie in \(0, 1\)"):
         replace(base, estimator="cg", rtol=1.5)

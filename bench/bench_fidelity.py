@@ -1,7 +1,7 @@
 """Fidelity and cost of the estimators against the paper's full solve (issue 14).
 
 1. ``fidelity``: small trained models where the exact dense (η + λI)⁻¹ solve is computable
-   (TinyConv on compressible Euler at 8², N = 48, P = 0.9k–1.8k; tests/analysis/conftest.py),
+   (TinyConv on compressible Euler at 8², N = 48, P = 0.9k–1.8k; tests/analysis/fixtures.py),
    λ = 1e-4 and 1e-2. Per setting (euclidean, subspace, krylov depth 2/4/6/8): Pearson of the
    standardised Ĥ with the exact one over all entries, median per-row Spearman, the median
    and largest full-system residual, batch JVPs and VJPs and their forward-pass equivalents
@@ -29,7 +29,7 @@ from bench.common import write_result
 from coherence.analysis.influence import compute_influence
 from coherence.analysis.standardization import standardize
 from coherence.surrogates import checkpoint as ckpt
-from tests.analysis.conftest import train_small
+from tests.analysis.fixtures import train_small
 
 JVP_FORWARDS, VJP_FORWARDS = 2.2, 2.0
 MODELS = ((12, 2), (16, 0), (24, 1), (24, 0))  # (hidden, seed): P = 880, 1172, 1756, 1756

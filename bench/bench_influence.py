@@ -178,7 +178,7 @@ class SmallNet(nn.Module):
 
 def dense_rows() -> list[dict]:
     """Subspace and cg (rtol 1.5e-2) against the dense float64 references."""
-    from tests.analysis.conftest import dense_reference
+    from tests.analysis.fixtures import dense_reference
 
     x, y = euler_batch(resolution=8)
     x, y = x.double(), y.double()

@@ -33,6 +33,17 @@ from tests.fixtures import REPO, free_port, quick_request, tiny_args, torch_thre
 pytest.importorskip("ray")
 
 
+@pytest.fixture(autouse=True)
+def one_thread_like_the_workers(monkeypatch):
+    """The cluster's workers compute on one torch thread (COHERENCE_TORCH_THREADS=1 in their
+    environment); so does every local reference here, in this process and in its compute
+    slot: the same reductions give the same bits (CI leaves the variable unset, and a 2-core
+    slot would run two threads)."""
+    monkeypatch.setenv("COHERENCE_TORCH_THREADS", "1")
+    with torch_threads(1):
+        yield
+
+
 def assert_same_result(a, b) -> None:
     """Equal to float64 round-off (in practice bit for bit: same code, same threads)."""
     for response in a.request.responses:

@@ -9,6 +9,7 @@ of the analysis tests lives in tests/analysis/fixtures.py.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -207,6 +208,17 @@ def simulate(
         **changes,
     )
     return generate_dataset(request, root / name, overwrite=overwrite)
+
+
+def copy_workspace(source: Path, target: Path) -> Path:
+    """A copy of a workspace whose cache database this process may hold open, made by another
+    process (``cp -a``). Reading and closing SQLite's files from this process would drop its
+    POSIX locks on them (fcntl locks belong to the process, and any close() of the file
+    releases all of them); a worker's writes could then corrupt the database under this
+    process's open connections ("database disk image is malformed" in a later test)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    return target
 
 
 def build_workspace(root: Path) -> Path:

@@ -26,7 +26,7 @@ import pytest
 from coherence.dashboard.panels import PANELS
 from coherence.workspace import ENV_VAR
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.fixtures import ARTIFACTS, COMPARE, REPO, free_port
+from tests.fixtures import ARTIFACTS, COMPARE, REPO, copy_workspace, free_port
 
 SHOTS = ARTIFACTS / "dashboard"
 HEATMAP = ".js-plotly-plot .heatmaplayer"
@@ -44,10 +44,17 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def server(workspace):
+def own_workspace(workspace, tmp_path_factory):
+    """A copy of the session's workspace, cache included: these tests compute and cache new
+    selections and checks, which must not turn up as "already computed" in later tests."""
+    return copy_workspace(workspace, tmp_path_factory.mktemp("browser") / "workspace")
+
+
+@pytest.fixture(scope="module")
+def server(own_workspace):
     """`streamlit run app.py` on a free loopback port, as `coherence serve` runs it."""
     port = free_port()
-    env = dict(os.environ, **{ENV_VAR: str(workspace)})
+    env = dict(os.environ, **{ENV_VAR: str(own_workspace)})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = open(ARTIFACTS / "streamlit.log", "w")  # noqa: SIM115 (closed in the finally)
     command = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py")]

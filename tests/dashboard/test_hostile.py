@@ -28,6 +28,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.errors import WorkspacePathError
 from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import cache_dir, checkpoints_dir, datasets_dir, secure_tree
+from tests import fixtures
 from tests.fixtures import TINY_OVERRIDES
 
 from .test_app import assert_clean, open_app, texts
@@ -130,9 +131,7 @@ PLANTED = "![p](https:\\\\evil.example\\p.png)"  # a legal directory name that s
 
 def copy_workspace(workspace: Path, tmp_path: Path) -> Path:
     """The session workspace with its cache (keys hash contents, not paths)."""
-    root = tmp_path / "ws"
-    shutil.copytree(workspace, root, symlinks=True)
-    return root
+    return fixtures.copy_workspace(workspace, tmp_path / "ws")
 
 
 def plant(root: Path, name: str, weights: bytes | None = None, base_width: int = 4) -> Path:

@@ -5,7 +5,6 @@ real workspace whose UNets were trained on to 3 epochs (snapshots 1, 2, 3)."""
 from __future__ import annotations
 
 import base64
-import shutil
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.surrogates import snapshots
 from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import checkpoints_dir, datasets_dir
-from tests.fixtures import COMPARE, TINY_OVERRIDES
+from tests.fixtures import COMPARE, TINY_OVERRIDES, copy_workspace
 
 from .test_app import assert_clean, charts, open_app, texts
 
@@ -29,8 +28,7 @@ SENSITIVITY = {"panel": "Sensitivity"}
 @pytest.fixture(scope="module")
 def trained_on(workspace, tmp_path_factory):
     """The workspace with both UNets resumed from 1 to 3 epochs (default keep: 1, 2, 3)."""
-    root = tmp_path_factory.mktemp("sweeps") / "workspace"
-    shutil.copytree(workspace, root, ignore=shutil.ignore_patterns("*.lock", "slots"))
+    root = copy_workspace(workspace, tmp_path_factory.mktemp("sweeps") / "workspace")
     common = dict(epochs=3, batch_size=8, transitions=4, device="cpu", lr=3e-3)
     for seed in (1, 2):
         args = TrainingArgs(arch="unet", seed=seed, overrides=TINY_OVERRIDES, **common)

@@ -189,7 +189,7 @@ def test_the_check_runs_as_a_background_job_with_progress_cancel_and_reattach(
     while runner.status(key).active:
         assert time.monotonic() < deadline, "the check did not stop after Cancel"
         time.sleep(0.25)
-    assert runner.status(key).state == "cancelled"
+    assert runner.status(key).state == "cancelled", runner.status(key).error
     monkeypatch.delenv(TEST_DELAY_ENV)
     first.run()
     assert "The check was cancelled" in texts(first.warning)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from coherence.analysis.estimators import Estimator, parse_estimator
+from coherence.analysis.estimators import Estimator
 from coherence.analysis.influence import CG_MAX_ITER
 from coherence.analysis.pipeline import CostEstimate, estimate_cost
 from coherence.analysis.request import AnalysisRequest
@@ -109,7 +109,7 @@ def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2)
 def estimate_job(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobEstimate:
     """The job's estimate from its first batch's ``inputs`` [N, F, H, W] (on the model's
     device and dtype)."""
-    cg = parse_estimator(request.estimator) is Estimator.CG
+    cg = request.estimator is Estimator.CG  # an enum since the request was built
     per_example = time_batch_forward(model, inputs) / inputs.shape[0]
     cost = estimate_cost(
         model,

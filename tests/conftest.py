@@ -22,6 +22,7 @@ import torch
 
 os.environ.setdefault("COHERENCE_SLOTS_DIR", tempfile.mkdtemp(prefix="coherence-test-slots-"))
 os.environ.setdefault("COHERENCE_DIGEST_CACHE", tempfile.mkdtemp(prefix="coherence-test-digests-"))
+os.environ.setdefault("COHERENCE_FIRST_CHART_PAUSE", "0")  # AppTest has no browser to wait for
 # jobs compute here unless a test points them at its own Ray cluster (tests/executors)
 os.environ.pop("COHERENCE_RAY_ADDRESS", None)
 

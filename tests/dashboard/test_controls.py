@@ -171,3 +171,16 @@ def test_selection_reports_the_requests_verdict():
         replace(base, device="tpu")
     cuda = replace(base, device="cuda")  # valid without a GPU: the page explains it
     assert "no CUDA GPU is visible" in problems(cuda, synthetic_catalog())[0]
+
+
+def test_the_first_chart_pause_reads_its_override(monkeypatch):
+    from coherence.dashboard.panels import common
+
+    for raw, seconds in (("0", 0.0), ("0.25", 0.25), ("60", 5.0), ("-1", 0.0)):
+        monkeypatch.setenv(common.FIRST_CHART_PAUSE_ENV, raw)
+        assert common._pause_seconds() == seconds
+    for bad in ("x", "nan", "inf"):
+        monkeypatch.setenv(common.FIRST_CHART_PAUSE_ENV, bad)
+        assert common._pause_seconds() == common.FIRST_CHART_PAUSE_S
+    monkeypatch.delenv(common.FIRST_CHART_PAUSE_ENV)
+    assert common._pause_seconds() == common.FIRST_CHART_PAUSE_S == 1.0

@@ -104,11 +104,30 @@ def new_page(browser, url: str):
 
 
 def settle(page, seconds: float = 0.5) -> None:
-    """Wait until Streamlit's script run is over (no running indicator), then a moment."""
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=SLOW
+    """Wait until Streamlit's script run is over, then a moment.
+
+    Over means no running indicator and no element left stale from the previous run:
+    during a rerun Streamlit keeps the old elements (data-stale) beside the new ones, and
+    the indicator appears only after a short delay, so either check alone can pass early.
+    """
+    idle = (
+        "() => !document.querySelector('[data-testid=stStatusWidget]')"
+        " && !document.querySelector('[data-stale=true]')"
     )
+    page.wait_for_function(idle, timeout=SLOW)
     time.sleep(seconds)
+    page.wait_for_function(idle, timeout=SLOW)
+
+
+def settled_elements(page, selector: str, expected: int, seconds: float = 15.0) -> list:
+    """The elements matching selector once their count is expected, or after seconds (the
+    caller asserts the count): a rerun may still be replacing the previous run's elements."""
+    deadline = time.monotonic() + seconds
+    while (elements := page.locator(selector).all()) and len(elements) != expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    return elements
 
 
 def shot(page, name: str) -> None:
@@ -377,8 +396,8 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     settle(page, 1.0)
     page.get_by_role("button", name="Got it").click()
     settle(page)
-    labels = page.locator("[data-testid=stMetricLabel]").all()
-    assert len(labels) == 8  # 4 scores × 2 groups, none cut off
+    labels = settled_elements(page, "[data-testid=stMetricLabel]", 8)
+    assert len(labels) == 8, [label.inner_text() for label in labels]  # 4 scores × 2 groups
     for label in labels:
         assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), label.inner_text()
     fit = axis_fit(page)

@@ -37,6 +37,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent not idle so far, summed over cores (Linux)."""
+    counts = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = counts[3] + counts[4]  # idle, iowait
+    return (sum(counts[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
     """Fastest wall time of ``repeats`` calls (seconds): the least disturbed measurement."""
     times = []

@@ -194,6 +194,24 @@ def chart(fig: go.Figure, key: str, *, clickable: bool = False) -> None:
     _first_chart_pause()
 
 
+def shared_figure(ctx: PanelContext, key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure ``build()`` makes for the shown results and ``key`` (the panel's own
+    options), built once per server and shared by every session: building a plotly figure
+    (validation, templates) is most of a page view's script time, and most visitors open
+    the same default view. Keyed on the groups' content-addressed cache keys, so another
+    result never reuses it; a group without a key builds afresh. Never mutate the figure.
+    """
+    groups = tuple((g.key, g.label) for g in ctx.ready)
+    if any(k is None for k, _ in groups):
+        return build()
+    return _shared_figure((groups, ctx.n_examples, *key), build)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _shared_figure(key: tuple, _build: Callable[[], go.Figure]) -> go.Figure:
+    return _build()
+
+
 def clicked_point(key: str) -> dict[str, Any] | None:
     """The point last clicked in the clickable chart ``key`` (its x, y, …), or None."""
     state = st.session_state.get(key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 from coherence.analysis.exports import (
@@ -30,6 +31,7 @@ from coherence.dashboard.panels.common import (
     pair_figure,
     response_title,
     scale_selector,
+    shared_figure,
     widget_value,
 )
 
@@ -98,7 +100,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
     if option != INTRA:
         response, perturbation = option.split(" ← ")
         pair = (classes.index(response), classes.index(perturbation))
-    maps, figures = [], []
+    maps = []
     scale = ctx.scale("two_time")
     for group in ctx.ready:
         result = group.result
@@ -111,28 +113,32 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
             V = per_seed[result.checkpoints.index(seed)]
         maps.append((group, V))
     zrange = ctx.scale_range(scale, [V for _, V in maps])
-    for group, V in maps:
-        result = group.result
-        title = f"Two-time influence ({response_title(result.primary)}), {_pair_label(option)}"
-        figures.append(
-            two_time_heatmap(
-                V,
-                result.times,
-                ctx.n_examples,
-                title=title if len(ctx.ready) == 1 else "",
-                steps=result.steps,
-                scale=scale,
-                zrange=zrange,
+
+    def build() -> go.Figure:
+        figures = []
+        for group, V in maps:
+            result = group.result
+            title = f"Two-time influence ({response_title(result.primary)}), {_pair_label(option)}"
+            figures.append(
+                two_time_heatmap(
+                    V,
+                    result.times,
+                    ctx.n_examples,
+                    title=title if len(ctx.ready) == 1 else "",
+                    steps=result.steps,
+                    scale=scale,
+                    zrange=zrange,
+                )
             )
+        labels = [g.label for g in ctx.ready]
+        figure = pair_figure(
+            figures, labels, zrange=zrange, title=f"Two-time influence, {_pair_label(option)}"
         )
-    labels = [g.label for g in ctx.ready]
-    figure = pair_figure(
-        figures, labels, zrange=zrange, title=f"Two-time influence, {_pair_label(option)}"
-    )
-    if len(figures) == 1:  # a click on a cell drills down (compare mode: the selector)
-        chart(with_click_targets(figure), key="chart_two_time", clickable=True)
-    else:
-        chart(figure, key="chart_two_time")
+        return with_click_targets(figure) if len(figures) == 1 else figure
+
+    figure = shared_figure(ctx, ("two_time", option, seed, scale, tuple(zrange)), build)
+    # one map: a click on a cell drills down (compare mode: the selector)
+    chart(figure, key="chart_two_time", clickable=len(maps) == 1)
     files = [
         ctx.group_csv(
             "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)
@@ -149,7 +155,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
         meta=ctx.meta(),
     )
     if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
-        _difference(ctx, maps, labels, option)
+        _difference(ctx, maps, [g.label for g in ctx.ready], option)
 
 
 def _difference(ctx: PanelContext, maps, labels: list[str], option: str) -> None:

@@ -275,8 +275,9 @@ def main() -> None:
     notes += (
         f" Jobs: {args.jobs} small distinct uncached analyses (1 checkpoint, 2 classes, 4 "
         f"steps, 1 trajectory) submitted through JobRunner.submit from as many threads at "
-        f"once; final states {states}. Health probes every {HEALTH_PERIOD_S:g} s during the "
-        f"loads (browser and replay) and the jobs: "
+        f"once; final states: {', '.join(f'{v} {k}' for k, v in states.items())}. "
+        f"Health probes every {HEALTH_PERIOD_S:g} s during the loads (browser and replay) "
+        f"and the jobs: "
         f"{load_health['probes'] + job_health['probes']} in all, {over} over "
         f"{HEALTH_TARGET_S:g} s, {load_health['failures'] + job_health['failures']} failed. "
         f"Load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other "

@@ -51,13 +51,18 @@ def init_from_url(catalog: Catalog, *, cuda_available: bool) -> list[str]:
 
 
 def sync_url(selection: Selection) -> None:
-    """Write the selection into the address bar (only keys that changed)."""
+    """Write the selection into the address bar (only keys that changed), in one update:
+    each assignment is a message the browser handles before the first chart."""
     wanted = selection.to_query()
+    changed = {
+        key: wanted[key]
+        for key in QUERY_KEYS
+        if key in wanted and st.query_params.get(key) != wanted[key]
+    }
+    if changed:
+        st.query_params.update(changed)
     for key in QUERY_KEYS:
-        if key in wanted:
-            if st.query_params.get(key) != wanted[key]:
-                st.query_params[key] = wanted[key]
-        elif key in st.query_params:
+        if key not in wanted and key in st.query_params:
             del st.query_params[key]
 
 

@@ -69,7 +69,7 @@ def preconditioned_gradients(
     estimator: str = "subspace",
     damping: float = 1e-4,
     rtol: float | None = None,
-    energy_threshold: float = 1 - 1e-4,
+    energy_threshold: float | None = None,
     max_iter: int = 500,
     depth: int = DEFAULT_DEPTH,
     cg_start: str = "deflated",
@@ -78,7 +78,10 @@ def preconditioned_gradients(
 
     The same solve as ``compute_influence`` (``metric_solve.solve_metric``, all N columns: the
     same arithmetic gives the same y_p): subspace and krylov their Galerkin solutions, cg the
-    CG solution at ``rtol``, euclidean g_B(p). The options are checked by InfluenceOptions.
+    CG solution at ``rtol``, euclidean g_B(p). The options are checked by InfluenceOptions;
+    ``energy_threshold`` None is the estimator's default, as in ``compute_influence``
+    (krylov keeps every direction, the others 1 − 1e-4), so that the counterfactual check
+    steps along the very solve behind the H it checks.
     """
     options = InfluenceOptions(
         estimator=estimator,

@@ -44,6 +44,7 @@ from pathlib import Path
 from coherence.errors import RequestError
 
 MARKER = "COMMITTING"
+FINISHED_COMMIT = "finished the interrupted commit"  # recover()'s log line for a roll-forward
 IN_ROOT_PREFIX = ".staging-"
 
 
@@ -102,7 +103,7 @@ def recover(root: str | os.PathLike) -> list[str]:
     for staging in sorted(root.glob(IN_ROOT_PREFIX + "*")):
         if (staging / MARKER).exists():
             _roll_forward(root, staging)
-            actions.append(f"finished the interrupted commit {staging.name}")
+            actions.append(f"{FINISHED_COMMIT} {staging.name}")
         else:
             shutil.rmtree(staging, ignore_errors=True)
             actions.append(f"removed the aborted staging directory {staging.name}")
@@ -120,6 +121,11 @@ class Stage:
     staging: Path
     new_dataset: bool
     recovered: tuple[str, ...] = ()
+
+    @property
+    def finished_a_commit(self) -> bool:
+        """Whether opening this stage rolled an interrupted commit forward."""
+        return any(action.startswith(FINISHED_COMMIT) for action in self.recovered)
 
     def path(self, split: str, filename: str) -> Path:
         path = self.staging / "data" / split / filename

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,3 +238,28 @@ def test_killed_import_adds_all_or_nothing(tmp_path):
 @pytest.mark.slow
 def test_killed_import_adds_all_or_nothing_20_times(tmp_path):
     _import_kills(tmp_path, kills=20, seed=2)
+
+
+def test_rerun_after_a_kill_inside_the_commit_finishes_it_then_says_so(tmp_path):
+    """The reader's advice after a kill inside an import's commit is to rerun the command: the
+    rerun rolls the commit forward (the class is then complete) and its refusal says that
+    this is why the class already exists."""
+    base = write_pdegym(
+        tmp_path / "CE-RP.nc", "data", ce_published(solver_states("euler", "CE-RP", 6, 32))
+    )
+    source = write_pdegym(
+        tmp_path / "CE-RPUI.nc", "data", ce_published(solver_states("euler", "CE-RPUI", 6, 32))
+    )
+    root, finished = tmp_path / "x" / "ds", tmp_path / "y" / "ds"
+    for target in (root, finished):
+        import_pdegym(base, target, "CE-RP")
+    import_pdegym(source, finished, "CE-RPUI")
+    staging = root / ".staging-99999"  # what a kill after the marker, before any move, leaves
+    for path in (finished / "data").glob("*/CE-RPUI.hdf5"):
+        (staging / "data" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, staging / "data" / path.parent.name / path.name)
+    (staging / MARKER).write_text("")
+    add = _cli("import", "pdegym", str(source), "--class", "CE-RPUI", "--out", str(root))
+    _rerun(add, "committing")
+    assert open_dataset(root).classes == ["CE-RP", "CE-RPUI"]
+    assert pending_commit(root) is None

@@ -229,14 +229,13 @@ def target_dataset_name(
             f"--name {name!r}: {root} is the dataset {info.name!r}; omit --name to add to it"
         )
     if not overwrite:
-        finished = any(a.startswith("finished the interrupted commit") for a in stage.recovered)
         for split, filename in files:
             if stage.final(split, filename).exists():
                 raise RequestError(
                     f"{stage.final(split, filename)} already exists"
                     + (
                         " (the interrupted write that was finished just now completed it)"
-                        if finished
+                        if stage.finished_a_commit
                         else ""
                     )
                     + "; pass --overwrite to replace it, or import into another --out"

@@ -42,12 +42,18 @@ def analyze(
     estimator: Annotated[str, typer.Option(help="subspace, krylov, cg or euclidean.")] = "subspace",
     damping: Annotated[float, typer.Option(help="λ in η + λI.")] = 1e-4,
     rtol: Annotated[float | None, typer.Option(help="CG relative tolerance (cg only).")] = None,
-    depth: Annotated[int, typer.Option(help="krylov: blocks of span{G, ηG, …}.")] = 4,
+    depth: Annotated[int, typer.Option(help="krylov, deflated cg: blocks of span{G, ηG, …}.")] = 4,
     cg_start: Annotated[
-        str, typer.Option(help="cg: deflated (from the subspace solution) or cold.")
+        str,
+        typer.Option(help="cg: deflated (from the Galerkin solution in --depth blocks) or cold."),
     ] = "deflated",
-    energy_threshold: Annotated[float, typer.Option(help="Share of Σσ² of G kept in span(Q).")] = 1
-    - 1e-4,
+    energy_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of Σσ² of G kept in span(Q); default 1 − 1e-4 for subspace, 1 for "
+            "krylov and deflated cg."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     split: Annotated[str, typer.Option(help="Dataset split the batches come from.")] = "test",
     trust_code: Annotated[

@@ -18,10 +18,11 @@ holds g_A(r) for one response; η = Σ_n J_nᵀ J_n; λ the damping. Every small
   η^{d−1}G} (block Lanczos, see ``krylov``): d steps of block CG. Cost ≤ N·d JVPs +
   N·(d − 1) VJPs (≈ N·(4.2·d − 2) forwards), plus the residual's N VJPs.
 - ``cg``: the full solve, matrix-free, by N independent conjugate-gradient runs stopped at a
-  relative residual rtol. Default start ``deflated``: from the subspace solution with span(Q)
-  deflated (``krylov.Deflation``), so CG continues on the complement; ``cold``: from zero.
-  Cost: per iteration and unconverged column one batch JVP + one batch VJP (≈ 4 forwards);
-  the deflated start adds the subspace solve, its residual and AQ (s JVPs + N + s VJPs).
+  relative residual rtol. Default start ``deflated``: from the ``krylov`` solution of depth d
+  with that space deflated (``krylov.Deflation``), so CG continues on the complement, where
+  the large eigenvalues of η are gone; ``cold``: from zero. Cost: per iteration and
+  unconverged column one batch JVP + one batch VJP (≈ 4 forwards); the deflated start adds
+  the krylov solve, its residual and AQ (≤ d·N JVPs + (2d + 1)·N VJPs).
 """
 
 from __future__ import annotations

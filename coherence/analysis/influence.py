@@ -107,8 +107,9 @@ def compute_influence(
     ``response``: "smse" | "mass" | "energy" or a sequence of them (mass/energy need F = 4).
     ``estimator``: "subspace" (Galerkin solve in span(G), ``energy_threshold`` of Σσ² kept),
     "krylov" (Galerkin solve in span{G, ηG, …}, ``depth`` blocks), "cg" (full solve, ``rtol``
-    required, ``max_iter`` per column; ``cg_start`` "deflated" continues from the subspace
-    solution on the complement of span(Q), "cold" starts from zero), "euclidean" (M = I).
+    required, ``max_iter`` per column; ``cg_start`` "deflated" continues from the krylov
+    solution of ``depth`` blocks on the complement of that space, "cold" starts from zero),
+    "euclidean" (M = I).
     Every estimator but euclidean reports each column's full-system residual
     ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ in ``diagnostics.residuals``.
     ``rtol`` is used by cg only (validated if given, recorded as None otherwise).
@@ -119,7 +120,7 @@ def compute_influence(
 
     Cost: one forward + (1 + #extra responses) backwards per example, then subspace: one
     traced primal part + s ≤ N JVPs + N VJPs (residual); krylov: ≤ depth·N JVPs +
-    depth·N VJPs; cg: Σ_p iterations_p × (JVP + VJP) (deflated: + the subspace solve, its
+    depth·N VJPs; cg: Σ_p iterations_p × (JVP + VJP) (deflated: + the krylov solve, its
     residual and s VJPs for AQ); euclidean: nothing more. The counts are in the diagnostics.
     """
     options = InfluenceOptions(

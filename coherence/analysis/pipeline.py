@@ -120,9 +120,9 @@ def estimate_cost(
     s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all), plus
     N batch VJPs for its full-system residual (≈ 3 N²); krylov: depth × as many tangents and
     VJPs; cg: ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch
-    (deflated start: plus the subspace solve and N VJPs for AQ); the top eigenvalue: a few
-    Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N each) plus the batch's
-    activations kept by vmap / the tangent program (≈ 3 copies).
+    (deflated start: plus the krylov solve of ``depth`` blocks and its AQ); the top
+    eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N
+    each) plus the batch's activations kept by vmap / the tangent program (≈ 3 copies).
     """
     n = request.n_examples
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
@@ -132,11 +132,12 @@ def estimate_cost(
     matvec = n * (JVP_PASSES + VJP_PASSES)  # one (η + λI) v through the batch
     estimator = parse_estimator(request.estimator)
     galerkin = n * PRIMAL_PASSES + n * n * (JVP_PASSES + VJP_PASSES)  # s ≤ N JVPs, residual
+    krylov = n * PRIMAL_PASSES + request.depth * n * n * (JVP_PASSES + VJP_PASSES)
     solve_passes = {
         Estimator.SUBSPACE: galerkin,
-        Estimator.KRYLOV: n * PRIMAL_PASSES + request.depth * n * n * (JVP_PASSES + VJP_PASSES),
+        Estimator.KRYLOV: krylov,
         Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec
-        + (galerkin + n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
+        + (krylov + request.depth * n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0

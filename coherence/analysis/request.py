@@ -100,7 +100,7 @@ class InfluenceOptions:
     damping: float = DEFAULT_DAMPING
     rtol: float | None = None  # cg only (checked whenever given)
     energy_threshold: float | None = None  # None: the estimator's default
-    depth: int = DEFAULT_DEPTH  # krylov only
+    depth: int = DEFAULT_DEPTH  # krylov, and deflated cg's basis
     cg_start: CGStart = CGStart.DEFLATED  # cg only
     max_iter: int = CG_MAX_ITER  # cg only: iteration cap per column
     chunk_size: int | None = None  # examples per vmapped VJP call; None: all at once
@@ -151,8 +151,8 @@ class AnalysisRequest:
     damping: float = DEFAULT_DAMPING
     rtol: float | None = None  # cg only
     energy_threshold: float | None = None  # None: 1 − 1e-4 (krylov: 1); subspace, krylov, cg
-    depth: int = DEFAULT_DEPTH  # krylov only: blocks of span{G, ηG, …}
-    cg_start: CGStart = CGStart.DEFLATED  # cg only: from the subspace solution, or cold
+    depth: int = DEFAULT_DEPTH  # krylov, deflated cg: blocks of span{G, ηG, …}
+    cg_start: CGStart = CGStart.DEFLATED  # cg only: from the krylov solution, or cold
     device: Device = Device.AUTO
     split: str = "test"
     top_eigenvalue: bool = True  # Lanczos on η + λI per (checkpoint, batch)
@@ -222,8 +222,8 @@ class AnalysisRequest:
         """Canonical JSON-ready form (lists, not tuples; names, not enums; each estimator
         option recorded only for the estimators that use it, None otherwise)."""
         cg = self.estimator is Estimator.CG
-        uses_basis = self.estimator in (Estimator.SUBSPACE, Estimator.KRYLOV)
-        uses_basis = uses_basis or (cg and self.cg_start is CGStart.DEFLATED)
+        deflated = cg and self.cg_start is CGStart.DEFLATED
+        uses_basis = self.estimator in (Estimator.SUBSPACE, Estimator.KRYLOV) or deflated
         return {
             "checkpoints": list(self.checkpoints),
             "data": self.data,
@@ -236,7 +236,7 @@ class AnalysisRequest:
             "damping": self.damping,
             "rtol": self.rtol if cg else None,
             "energy_threshold": self.resolved_energy_threshold if uses_basis else None,
-            "depth": self.depth if self.estimator is Estimator.KRYLOV else None,
+            "depth": self.depth if self.estimator is Estimator.KRYLOV or deflated else None,
             "cg_start": self.cg_start.value if cg else None,
             "device": self.device.value,
             "split": self.split,

@@ -249,7 +249,8 @@ def test_diagnostics_are_json_safe_and_progress_is_reported(ce_model, ce_batch):
     data = json.loads(json.dumps(result.diagnostics.to_dict()))
     assert data["estimator"] == "cg" and data["rtol"] == 1e-1 and data["n_params"] == 296
     assert data["dtype"] == "float64" and data["device"] == "cpu" and data["output_size"] == 64
-    assert len(data["iterations"]) == 6 and data["rank"] is None
+    assert len(data["iterations"]) == 6 and data["depth"] == 4  # the deflated start's basis
+    assert data["rank"] == sum(data["block_ranks"]) and len(data["start_residuals"]) == 6
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and calls[-1][1] == "done"
 

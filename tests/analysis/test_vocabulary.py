@@ -29,7 +29,9 @@ BASE = {
     "trajectories": (0, 2),
 }
 # sha256 of the canonical JSON of these requests, computed before the enums existed (when
-# requests held strings): the cache keys hash exactly this text
+# requests held strings): the cache keys hash exactly this text. cg_deflated changed on
+# purpose in issue 14: the deflated start became a krylov basis, so its key now records the
+# depth and the krylov energy threshold (1.0), and results of the old start are not served.
 CASES = {
     "subspace": ({}, "43364198dbbfc375a75c4d42d67e91614619575ed253f0cfac8493752af11374"),
     "krylov": (
@@ -38,7 +40,7 @@ CASES = {
     ),
     "cg_deflated": (
         {"estimator": "cg", "rtol": 1.5e-2, "damping": 1e-3},
-        "c04cda65633e6762d5a370f7aad1917656cc5551e9c8ca4292888567b33b9644",
+        "e74993d2b76832b915e1ea697c3accac96ea86f7af4de8abc12fd8fc67ae9221",
     ),
     "cg_cold": (
         {"estimator": "cg", "rtol": 5e-2, "cg_start": "cold", "device": "cpu"},

@@ -16,8 +16,6 @@ from torch import Tensor
 
 from coherence.analysis.autodiff import BatchJacobian, FlatModel
 from coherence.analysis.estimators import (
-    SubspaceBasis,
-    SubspaceSolve,
     block_cg,
     euclidean_influence,
     gram64,
@@ -176,31 +174,17 @@ def _krylov(
     )
 
 
-@dataclass(frozen=True)
-class _Galerkin:
-    """The Galerkin solve in span(G): its basis, solve, solution y0 and full residual."""
-
-    basis: SubspaceBasis
-    solve: SubspaceSolve
-    y0: Tensor
-    residual: FullResidual
-
-    def fields(self, energy_threshold: float) -> dict[str, Any]:
-        return {
-            "energy_threshold": energy_threshold,
-            "subspace_eigenvalues": tuple(self.solve.metric_eigenvalues.tolist()),
-        }
-
-
-def _galerkin(
+def _subspace(
     options: InfluenceOptions,
     products: CountedJacobian,
     g: Tensor,
     shape: torch.Size,
     progress: StageProgress,
-) -> _Galerkin:
-    """Solve in span(G) and measure the full-system residual."""
-    basis = subspace_basis(g, options.resolved_energy_threshold)
+) -> MetricSolve:
+    """Galerkin solve in span(G), ``options.energy_threshold`` of Σσ² kept, and its
+    full-system residual."""
+    energy_threshold = options.resolved_energy_threshold
+    basis = subspace_basis(g, energy_threshold)
     solve = subspace_solve(
         basis,
         g,
@@ -218,25 +202,14 @@ def _galerkin(
         options.damping,
         progress=lambda x: progress(0.5 + 0.5 * x, "full-system residual"),
     )
-    return _Galerkin(basis, solve, y0, res)
-
-
-def _subspace(
-    options: InfluenceOptions,
-    products: CountedJacobian,
-    g: Tensor,
-    shape: torch.Size,
-    progress: StageProgress,
-) -> MetricSolve:
-    """Galerkin solve in span(G), ``options.energy_threshold`` of Σσ² kept."""
-    galerkin = _galerkin(options, products, g, shape, progress)
     return MetricSolve(
-        galerkin.solve.influence,
-        lambda: galerkin.y0,
+        solve.influence,
+        lambda: y0,
         {
-            **galerkin.fields(options.resolved_energy_threshold),
-            "rank": galerkin.basis.rank,
-            "residuals": tuple(galerkin.residual.relative.tolist()),
+            "energy_threshold": energy_threshold,
+            "subspace_eigenvalues": tuple(solve.metric_eigenvalues.tolist()),
+            "rank": basis.rank,
+            "residuals": tuple(res.relative.tolist()),
             **products.report(),
         },
     )

@@ -233,3 +233,35 @@ def test_request_records_each_option_only_where_it_is_used():
         AnalysisRequest(**base, energy_threshold=1.5)
     with pytest.raises(RequestError, match="cg_start"):
         AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="hot")
+
+
+# ------------------------------------------------------------------ memory estimate ------
+
+
+def test_memory_estimate_covers_what_the_krylov_solvers_keep(ce_model, ce_batch):
+    """``pipeline.solver_bytes`` against the tensors the solvers actually hold: the block
+    Krylov basis and its pushed tangents beyond one basis of N rows (counted elsewhere)."""
+    from coherence.analysis.autodiff import BatchJacobian, FlatModel
+    from coherence.analysis.krylov import block_krylov_basis
+    from coherence.analysis.pipeline import solver_bytes
+
+    x, _ = ce_batch
+    n, fm = len(x), FlatModel(ce_model)
+    g = torch.randn(n, fm.n_params, dtype=torch.float64)
+    base = {"checkpoints": ("a",), "data": "d", "classes": ("CE-RP",), "n_steps": n}
+    for depth in (1, 3):
+        products = BatchJacobian(fm, x)
+        basis = block_krylov_basis(
+            g, products.jvp, products.vjp, x.shape, depth=depth, energy_threshold=1.0
+        )
+        kept = basis.q.numel() + basis.pushed.numel() - n * fm.n_params
+        request = AnalysisRequest(**base, estimator="krylov", depth=depth)
+        assert kept <= solver_bytes(request, n, fm.n_params, x), depth
+        deflated = AnalysisRequest(**base, estimator="cg", rtol=1e-2, depth=depth)
+        cold = AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="cold")
+        # deflated cg keeps that basis, its AQ (as many rows) and cg's four [N, P] blocks
+        assert solver_bytes(deflated, n, fm.n_params, x) >= (
+            kept + basis.q.numel() + 4 * n * fm.n_params
+        )
+        assert solver_bytes(cold, n, fm.n_params, x) == 4 * n * fm.n_params
+    assert solver_bytes(AnalysisRequest(**base), n, fm.n_params, x) == 0

@@ -78,6 +78,7 @@ class GalerkinBasis:
     pushed: Tensor
     block_ranks: tuple[int, ...]
     first_block_eigenvalues: Tensor  # (s₁,) float64, descending
+    eta_rows: Tensor | None = None  # η q_j for the first rows of q (kept on request), [k, P]
 
     @property
     def rank(self) -> int:
@@ -101,6 +102,7 @@ def block_krylov_basis(
     depth: int,
     energy_threshold: float,
     progress: Callable[[float], None] | None = None,
+    keep_eta: bool = False,
 ) -> GalerkinBasis:
     """Block Lanczos basis of K_depth = span{G, ηG, …} (see the module docstring).
 
@@ -108,7 +110,9 @@ def block_krylov_basis(
     block j+1 is ηQ_j = Jᵀ(JQ_j) projected off every earlier block, keeping directions above
     100·eps of its largest row norm (numerically new). ``jvp``: v [P] → J v (``output_shape``);
     ``vjp``: u (``output_shape``) → Jᵀu [P]. Stops early when a block adds nothing (an
-    invariant subspace: the Galerkin solution is then the full solve).
+    invariant subspace: the Galerkin solution is then the full solve). ``keep_eta`` keeps the
+    products η q_j the construction computes anyway (every block but the last, or all of them
+    after an early stop) as ``eta_rows``: deflation reuses them instead of repeating the VJPs.
     """
     first = subspace_basis(g, energy_threshold)
     block = (first.whiten.T.to(g.dtype) @ first.q) if first.rank else g[:0]  # (s₁, P)
@@ -121,7 +125,7 @@ def block_krylov_basis(
         if progress is not None:
             progress(min(done / total, 1.0))
 
-    blocks, pushed, ranks = [], [], []
+    blocks, pushed, ranks, etas = [], [], [], []
     for level in range(depth):
         if level > 0:
             rows = []
@@ -129,6 +133,8 @@ def block_krylov_basis(
                 rows.append(vjp(u.reshape(output_shape)))  # η q_j = Jᵀ(J q_j), (P,)
                 tick()
             eta_q = torch.stack(rows)  # (s_j, P)
+            if keep_eta:
+                etas.append(eta_q)
             earlier = torch.cat(blocks)
             scale = float(torch.linalg.vector_norm(eta_q, dim=1).max())
             block = orthonormal_rows(project_out(eta_q, earlier), _drop_below(g.dtype), scale)
@@ -144,7 +150,8 @@ def block_krylov_basis(
         return GalerkinBasis(g[:0], g.new_zeros(0, 0), (), empty)
     metric1 = gram64(pushed[0], pushed[0])
     evals = torch.linalg.eigvalsh(0.5 * (metric1 + metric1.T)).flip(0)
-    return GalerkinBasis(torch.cat(blocks), torch.cat(pushed), tuple(ranks), evals)
+    eta_rows = torch.cat(etas) if etas else None
+    return GalerkinBasis(torch.cat(blocks), torch.cat(pushed), tuple(ranks), evals, eta_rows)
 
 
 @dataclass(frozen=True)
@@ -235,10 +242,18 @@ def deflation(
     vjp: Callable[[Tensor], Tensor],
     output_shape: torch.Size,
     damping: float,
+    eta_rows: Tensor | None = None,
 ) -> Deflation:
-    """The deflation of span(q) (rows q [s, P], pushed tangents J q [s, N·D]): AQ from s batch
-    VJPs of the stored tangents (no JVP) and the Cholesky factor of QAQᵀ."""
-    rows = [vjp(u.reshape(output_shape)) + damping * qj for qj, u in zip(q, pushed, strict=True)]
+    """The deflation of span(q) (rows q [s, P], pushed tangents J q [s, N·D]): AQ from batch
+    VJPs of the stored tangents (no JVP) and the Cholesky factor of QAQᵀ. ``eta_rows`` [k, P]
+    holds η q_j for the first k rows when known (``block_krylov_basis(keep_eta=True)``): only
+    the other s − k rows cost a VJP."""
+    known = 0 if eta_rows is None else len(eta_rows)
+    rows = [eta_rows[j] + damping * q[j] for j in range(known)] if eta_rows is not None else []
+    rows += [
+        vjp(u.reshape(output_shape)) + damping * qj
+        for qj, u in zip(q[known:], pushed[known:], strict=True)
+    ]
     a_q = torch.stack(rows) if rows else q.clone()
     e = gram64(q, a_q)
     factor = torch.linalg.cholesky(0.5 * (e + e.T))

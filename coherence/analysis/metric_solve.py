@@ -128,9 +128,11 @@ def _krylov_galerkin(
     shape: torch.Size,
     share: float,
     progress: StageProgress,
+    keep_eta: bool = False,
 ) -> _KrylovGalerkin:
     """Block Lanczos basis of ``options.depth`` blocks, the Galerkin solve in it and its
-    full-system residual (``share`` of the progress bar)."""
+    full-system residual (``share`` of the progress bar); ``keep_eta``: see
+    ``block_krylov_basis``."""
     kbasis = block_krylov_basis(
         g,
         products.jvp,
@@ -139,6 +141,7 @@ def _krylov_galerkin(
         depth=options.depth,
         energy_threshold=options.resolved_energy_threshold,
         progress=lambda x: progress(share * 0.8 * x, "block Krylov basis"),
+        keep_eta=keep_eta,
     )
     ksolve = galerkin_solve(kbasis, g, options.damping)
     y0 = ksolve.solution()
@@ -235,14 +238,17 @@ def deflated_start(
     progress: StageProgress,
 ) -> DeflatedStart:
     """The Galerkin solve in the block Krylov space of ``options.depth`` blocks, its full
-    residual, and the deflation of that space (AQ: one VJP per basis row). Depth 1 is span(G),
-    the ``subspace`` start. Why deeper: every block removes more of the large eigenvalues of η
-    that make cold cg slow (on the P = 880 trained model at rtol 5e-2, summed iterations fall
-    from 1348 cold to 366 at depth 1 and 18 at depth 4)."""
-    galerkin = _krylov_galerkin(options, products, g, shape, 0.8 * share, progress)
+    residual, and the deflation of that space (AQ: the basis construction's η q_j reused, one
+    VJP per row of the last block). Depth 1 is span(G), the ``subspace`` start. Why deeper:
+    every block removes more of the large eigenvalues of η that make cold cg slow (on the
+    P = 880 trained model at rtol 5e-2, summed iterations fall from 1348 cold to 366 at
+    depth 1 and 18 at depth 4)."""
+    galerkin = _krylov_galerkin(options, products, g, shape, 0.8 * share, progress, keep_eta=True)
     kbasis, project = galerkin.basis, None
     if kbasis.rank:
-        project = deflation(kbasis.q, kbasis.pushed, products.vjp, shape, options.damping)
+        project = deflation(
+            kbasis.q, kbasis.pushed, products.vjp, shape, options.damping, kbasis.eta_rows
+        )
     progress(share, "deflation")
     fields = {
         **galerkin.fields(options),

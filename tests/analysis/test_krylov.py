@@ -265,3 +265,31 @@ def test_memory_estimate_covers_what_the_krylov_solvers_keep(ce_model, ce_batch)
         )
         assert solver_bytes(cold, n, fm.n_params, x) == 4 * n * fm.n_params
     assert solver_bytes(AnalysisRequest(**base), n, fm.n_params, x) == 0
+
+
+def test_deflation_reuses_the_basis_products(ce_model, ce_batch):
+    """AQ from the η q_j kept by the basis construction equals AQ from fresh VJPs, and costs
+    only the last block's VJPs."""
+    from coherence.analysis.autodiff import BatchJacobian, FlatModel
+    from coherence.analysis.krylov import block_krylov_basis, deflation
+    from coherence.analysis.metric_solve import CountedJacobian
+
+    x, _ = ce_batch
+    fm = FlatModel(ce_model)
+    g = torch.randn(
+        len(x), fm.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    products = CountedJacobian(BatchJacobian(fm, x))
+    basis = block_krylov_basis(
+        g, products.jvp, products.vjp, x.shape, depth=3, energy_threshold=1.0, keep_eta=True
+    )
+    assert basis.eta_rows is not None and len(basis.eta_rows) == sum(basis.block_ranks[:-1])
+    before = products.vjps
+    fresh = deflation(basis.q, basis.pushed, products.vjp, x.shape, 0.1)
+    assert products.vjps - before == basis.rank
+    before = products.vjps
+    reused = deflation(basis.q, basis.pushed, products.vjp, x.shape, 0.1, basis.eta_rows)
+    assert products.vjps - before == basis.block_ranks[-1]
+    assert rel_err(reused.a_q, fresh.a_q) < REL_EXACT
+    r = torch.randn(4, fm.n_params, dtype=torch.float64)
+    assert rel_err(reused(r), fresh(r)) < REL_EXACT

@@ -22,7 +22,8 @@ holds g_A(r) for one response; η = Σ_n J_nᵀ J_n; λ the damping. Every small
   with that space deflated (``krylov.Deflation``), so CG continues on the complement, where
   the large eigenvalues of η are gone; ``cold``: from zero. Cost: per iteration and
   unconverged column one batch JVP + one batch VJP (≈ 4 forwards); the deflated start adds
-  the krylov solve, its residual and AQ (≤ d·N JVPs + (2d + 1)·N VJPs).
+  the krylov solve, its residual and AQ (≤ d·N JVPs + (d + 1)·N VJPs: AQ reuses the basis
+  construction's products and needs VJPs for its last block only).
 """
 
 from __future__ import annotations

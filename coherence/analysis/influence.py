@@ -121,7 +121,8 @@ def compute_influence(
     Cost: one forward + (1 + #extra responses) backwards per example, then subspace: one
     traced primal part + s ≤ N JVPs + N VJPs (residual); krylov: ≤ depth·N JVPs +
     depth·N VJPs; cg: Σ_p iterations_p × (JVP + VJP) (deflated: + the krylov solve, its
-    residual and s VJPs for AQ); euclidean: nothing more. The counts are in the diagnostics.
+    residual and N VJPs for the last block's AQ); euclidean: nothing more. The counts are in
+    the diagnostics.
     """
     options = InfluenceOptions(
         estimator=estimator,

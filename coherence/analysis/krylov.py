@@ -248,13 +248,13 @@ def deflation(
     VJPs of the stored tangents (no JVP) and the Cholesky factor of QAQᵀ. ``eta_rows`` [k, P]
     holds η q_j for the first k rows when known (``block_krylov_basis(keep_eta=True)``): only
     the other s − k rows cost a VJP."""
-    known = 0 if eta_rows is None else len(eta_rows)
-    rows = [eta_rows[j] + damping * q[j] for j in range(known)] if eta_rows is not None else []
-    rows += [
-        vjp(u.reshape(output_shape)) + damping * qj
-        for qj, u in zip(q[known:], pushed[known:], strict=True)
-    ]
-    a_q = torch.stack(rows) if rows else q.clone()
+    a_q = damping * q  # (s, P), filled in place: no list of rows beside the stacked copy
+    known = 0
+    if eta_rows is not None:
+        known = len(eta_rows)
+        a_q[:known] += eta_rows
+    for j in range(known, len(q)):
+        a_q[j] += vjp(pushed[j].reshape(output_shape))
     e = gram64(q, a_q)
     factor = torch.linalg.cholesky(0.5 * (e + e.T))
     return Deflation(q, a_q, factor)

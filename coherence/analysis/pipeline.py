@@ -111,7 +111,8 @@ def vjp_chunk_size(activation_bytes: int, responses: int, n: int) -> int | None:
 def solver_bytes(request: AnalysisRequest, n: int, p: int, example: torch.Tensor) -> int:
     """Numbers the solver keeps beyond G, g_A and one basis of N rows (counted by the caller):
     krylov: d − 1 more blocks of N rows and the d·N pushed tangents (N·D each); deflated cg:
-    the same basis, its AQ (d·N rows) and cg's four [N, P] blocks; cold cg: the four blocks.
+    the same basis, its AQ (d·N rows), the basis construction's η q_j kept for AQ ((d − 1)·N
+    rows) and cg's four [N, P] blocks; cold cg: the four blocks.
     Why: at paper size (P = 13M) each extra block of 48 rows is 2.5 GB in float32."""
     estimator, depth = parse_estimator(request.estimator), request.depth
     pushed = depth * n * n * example[0].numel()
@@ -120,7 +121,7 @@ def solver_bytes(request: AnalysisRequest, n: int, p: int, example: torch.Tensor
     if estimator is Estimator.CG:
         state = 4 * n * p
         if request.cg_start == "deflated":
-            return state + (2 * depth - 1) * n * p + pushed
+            return state + (3 * depth - 2) * n * p + pushed
         return state
     return 0
 
@@ -155,7 +156,7 @@ def estimate_cost(
         Estimator.SUBSPACE: galerkin,
         Estimator.KRYLOV: krylov,
         Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec
-        + (krylov + request.depth * n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
+        + (krylov + n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0

@@ -259,9 +259,11 @@ def test_memory_estimate_covers_what_the_krylov_solvers_keep(ce_model, ce_batch)
         assert kept <= solver_bytes(request, n, fm.n_params, x), depth
         deflated = AnalysisRequest(**base, estimator="cg", rtol=1e-2, depth=depth)
         cold = AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="cold")
-        # deflated cg keeps that basis, its AQ (as many rows) and cg's four [N, P] blocks
+        # deflated cg keeps that basis, its AQ (as many rows), the η q_j of every block but
+        # the last while AQ is built, and cg's four [N, P] blocks
+        eta_rows = sum(basis.block_ranks[:-1]) * fm.n_params
         assert solver_bytes(deflated, n, fm.n_params, x) >= (
-            kept + basis.q.numel() + 4 * n * fm.n_params
+            kept + basis.q.numel() + eta_rows + 4 * n * fm.n_params
         )
         assert solver_bytes(cold, n, fm.n_params, x) == 4 * n * fm.n_params
     assert solver_bytes(AnalysisRequest(**base), n, fm.n_params, x) == 0

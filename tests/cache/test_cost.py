@@ -52,9 +52,10 @@ def test_estimate_totals_every_unit(checkpoint, tiny_dataset, tmp_path, monkeypa
     assert n == 4 and per_unit.forward_passes == VJP_PASSES * n  # euclidean: N VJPs
     # + N columns × (JVP + VJP) through the batch per iteration, at the iteration cap
     matvec = n * (JVP_PASSES + VJP_PASSES)
-    # deflated start (the default): plus the Galerkin solve and N VJPs for AQ
-    galerkin = n * PRIMAL_PASSES + n * n * (JVP_PASSES + VJP_PASSES)
-    start = galerkin + n * n * VJP_PASSES
+    # deflated start (the default): plus the krylov solve (depth 4) and N VJPs for the last
+    # block's AQ
+    krylov = n * PRIMAL_PASSES + 4 * n * n * (JVP_PASSES + VJP_PASSES)
+    start = krylov + n * n * VJP_PASSES
     assert cg.unit_passes == pytest.approx(VJP_PASSES * n + CG_MAX_ITER * n * matvec + start)
     assert cg.upper_bound and "whole job up to" in cg.describe()
     assert cg.unit_seconds / cg.unit_passes > 0

@@ -207,17 +207,16 @@ def block_cg(
     subspace (r₀ must then be orthogonal to it, as a Galerkin residual is). A column stops
     once its recursive relative residual is ≤ rtol (iterations 0 if it starts there); only
     the unconverged columns are multiplied, so the cost is Σ_k iterations_k matvecs (+ K for
-    the final true residual). State: four [K, P] blocks in the model dtype; row dot products
-    in the model dtype, recursions in float64. A zero right-hand side has solution 0 and
-    residual 0.
+    the final true residual). ``start``'s tensors are updated in place (the caller hands
+    them over). State: y, r, d and A·d, [K, P] each in the model dtype, plus copies of the
+    active rows once some columns have stopped; row dot products in the model dtype,
+    recursions in float64. A zero right-hand side has solution 0 and residual 0.
     """
     k = rhs.shape[0]
-    dtype = rhs.dtype
     b_norm = torch.linalg.vector_norm(rhs, dim=1).double()  # (K,)
-    keep = project if project is not None else (lambda rows: rows.clone())
-    y, r = (torch.zeros_like(rhs), rhs.clone()) if start is None else (start[0].clone(), start[1])
-    r = r.clone()
-    d = keep(r)  # a new tensor: r is updated in place
+    keep = project if project is not None else (lambda rows: rows)
+    y, r = (torch.zeros_like(rhs), rhs.clone()) if start is None else start  # start: owned
+    d = r.clone() if project is None else project(r)  # a new tensor: r is updated in place
     rr = _rowdot(r, r)  # (K,)
     iterations = torch.zeros(k, dtype=torch.long)
     active = rr.sqrt() > rtol * b_norm
@@ -225,14 +224,14 @@ def block_cg(
         idx = torch.nonzero(active).flatten()
         if len(idx) == 0:
             break
-        ad = matvec(d[idx])  # (k_active, P)
-        alpha = rr[idx] / _rowdot(d[idx], ad)
-        y[idx] += alpha.to(dtype)[:, None] * d[idx]
-        r[idx] -= alpha.to(dtype)[:, None] * ad
-        rr_new = _rowdot(r[idx], r[idx])
-        beta = rr_new / rr[idx]
-        d[idx] = keep(r[idx]) + beta.to(dtype)[:, None] * d[idx]
-        rr[idx] = rr_new
+        if len(idx) == k:  # every column active: views, not [k, P] copies
+            _cg_step(matvec, keep, y, r, d, rr)
+        else:
+            ys, rs, ds, rrs = y[idx], r[idx], d[idx], rr[idx]
+            _cg_step(matvec, keep, ys, rs, ds, rrs)
+            y[idx], r[idx], d[idx] = ys, rs, ds
+            rr[idx] = rrs
+        rr_new = rr[idx]
         iterations[idx.cpu()] += 1
         active[idx] = rr_new.sqrt() > rtol * b_norm[idx]
         if progress is not None:
@@ -241,6 +240,26 @@ def block_cg(
     rel = torch.where(b_norm > 0, true_res / b_norm.clamp_min(1e-300), torch.zeros_like(b_norm))
     converged = not bool(active.any())
     return CGResult(y, tuple(int(i) for i in iterations), tuple(rel.tolist()), converged)
+
+
+def _cg_step(
+    matvec: Callable[[Tensor], Tensor],
+    keep: Callable[[Tensor], Tensor],
+    y: Tensor,
+    r: Tensor,
+    d: Tensor,
+    rr: Tensor,
+) -> None:
+    """One CG iteration on rows, in place: y, r, d [k, P] and rr [k] (float64) updated."""
+    ad = matvec(d)  # (k, P)
+    alpha = rr / _rowdot(d, ad)
+    y += alpha.to(y.dtype)[:, None] * d
+    r -= alpha.to(r.dtype)[:, None] * ad
+    del ad
+    rr_new = _rowdot(r, r)
+    beta = rr_new / rr
+    d.mul_(beta.to(d.dtype)[:, None]).add_(keep(r))
+    rr.copy_(rr_new)
 
 
 # ------------------------------------------------------------------ Lanczos ---------------

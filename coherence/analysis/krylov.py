@@ -22,7 +22,8 @@ costs nothing in accuracy.
   residual is orthogonal to span(Q), and keep every search direction A-conjugate to span(Q):
   d ← r + βd − Qᵀ E⁻¹ (AQ) r, E = QAQᵀ. CG then runs on the complement of span(Q), where
   the large eigenvalues of η that dominate the gradients have been removed. Extra cost over
-  cold CG: AQ (s VJPs, once) and s×P products per iteration.
+  cold CG: AQ (the last block's VJPs, once: the basis construction computed η q_j for the
+  others) and s×P products per iteration.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from coherence.analysis.estimators import gram64, subspace_basis
+from coherence.errors import RequestError
 
 Rows = Callable[[Tensor], Tensor]  # rows [k, ·] → rows [k, ·]
 
@@ -85,12 +87,13 @@ class GalerkinBasis:
         return self.q.shape[0]
 
 
-def _push(q: Tensor, jvp: Callable[[Tensor], Tensor], tick: Callable[[], None]) -> Tensor:
-    rows = []
-    for qj in q.unbind(0):
-        rows.append(jvp(qj).reshape(-1))  # (N·D,)
+def _push_into(
+    out: Tensor, q: Tensor, jvp: Callable[[Tensor], Tensor], tick: Callable[[], None]
+) -> None:
+    """Rows J q_j (flattened, N·D each) written into ``out`` [len(q), N·D]."""
+    for j, qj in enumerate(q.unbind(0)):
+        out[j] = jvp(qj).reshape(-1)
         tick()
-    return torch.stack(rows) if rows else q.new_zeros(0, 0)
 
 
 def block_krylov_basis(
@@ -113,10 +116,13 @@ def block_krylov_basis(
     invariant subspace: the Galerkin solution is then the full solve). ``keep_eta`` keeps the
     products η q_j the construction computes anyway (every block but the last, or all of them
     after an early stop) as ``eta_rows``: deflation reuses them instead of repeating the VJPs.
+    Memory: q, the pushed tangents and η q_j are filled into buffers of depth·N rows (the
+    size the cost estimate counts), so no block list is copied into a stacked one.
     """
     first = subspace_basis(g, energy_threshold)
     block = (first.whiten.T.to(g.dtype) @ first.q) if first.rank else g[:0]  # (s₁, P)
-    total = max(1, depth * g.shape[0] + (depth - 1) * g.shape[0])
+    n, p = g.shape
+    total = max(1, depth * n + (depth - 1) * n)
     done = 0
 
     def tick() -> None:
@@ -125,33 +131,47 @@ def block_krylov_basis(
         if progress is not None:
             progress(min(done / total, 1.0))
 
-    blocks, pushed, ranks, etas = [], [], [], []
+    q = g.new_empty(depth * n, p)  # rows 0 … filled − 1 hold the basis
+    eta = g.new_empty((depth - 1) * n if keep_eta else 0, p)  # η q_j of the kept blocks
+    pushed: Tensor | None = None  # (depth·N, N·D), allocated at the first push
+    filled, previous, eta_filled, ranks = 0, 0, 0, []
     for level in range(depth):
         if level > 0:
-            rows = []
-            for u in pushed[-1].unbind(0):
-                rows.append(vjp(u.reshape(output_shape)))  # η q_j = Jᵀ(J q_j), (P,)
+            assert pushed is not None
+            k = filled - previous  # rows of the last block
+            eta_q = eta[eta_filled : eta_filled + k] if keep_eta else g.new_empty(k, p)
+            for j, u in enumerate(pushed[previous:filled].unbind(0)):
+                eta_q[j] = vjp(u.reshape(output_shape))  # η q_j = Jᵀ(J q_j), (P,)
                 tick()
-            eta_q = torch.stack(rows)  # (s_j, P)
-            if keep_eta:
-                etas.append(eta_q)
-            earlier = torch.cat(blocks)
+            eta_filled += k if keep_eta else 0
+            earlier = q[:filled]
             scale = float(torch.linalg.vector_norm(eta_q, dim=1).max())
             block = orthonormal_rows(project_out(eta_q, earlier), _drop_below(g.dtype), scale)
             # normalising amplifies the rounding left along earlier blocks: project once more
             block = orthonormal_rows(project_out(block, earlier), 0.5, 1.0)
         if not len(block):
             break
-        blocks.append(block)
-        pushed.append(_push(block, jvp, tick))
-        ranks.append(block.shape[0])
-    if not blocks:
+        s = block.shape[0]
+        q[filled : filled + s] = block
+        if pushed is None:
+            first_row = jvp(block[0]).reshape(-1)
+            tick()
+            pushed = g.new_empty(depth * n, first_row.numel())
+            pushed[0] = first_row
+            _push_into(pushed[1:s], block[1:], jvp, tick)
+        else:
+            _push_into(pushed[filled : filled + s], block, jvp, tick)
+        previous, filled = filled, filled + s
+        ranks.append(s)
+    if not ranks:
         empty = torch.zeros(0, dtype=torch.float64, device=g.device)
         return GalerkinBasis(g[:0], g.new_zeros(0, 0), (), empty)
-    metric1 = gram64(pushed[0], pushed[0])
+    assert pushed is not None
+    first_pushed = pushed[: ranks[0]]
+    metric1 = gram64(first_pushed, first_pushed)
     evals = torch.linalg.eigvalsh(0.5 * (metric1 + metric1.T)).flip(0)
-    eta_rows = torch.cat(etas) if etas else None
-    return GalerkinBasis(torch.cat(blocks), torch.cat(pushed), tuple(ranks), evals, eta_rows)
+    eta_rows = eta[:eta_filled] if keep_eta else None
+    return GalerkinBasis(q[:filled], pushed[:filled], tuple(ranks), evals, eta_rows)
 
 
 @dataclass(frozen=True)
@@ -208,12 +228,11 @@ def full_residual(
     if pushed_y.shape[1] == 0:  # an empty basis: y = 0, nothing to push
         residual = g - damping * y
     else:
-        rows = []
+        residual = torch.empty_like(g)  # filled row by row: no list beside a stacked copy
         for p, u in enumerate(pushed_y.unbind(0)):
-            rows.append(g[p] - vjp(u.reshape(output_shape)) - damping * y[p])
+            residual[p] = g[p] - vjp(u.reshape(output_shape)) - damping * y[p]
             if progress is not None:
                 progress((p + 1) / len(pushed_y))
-        residual = torch.stack(rows)
     b_norm = torch.linalg.vector_norm(g, dim=1).double()
     r_norm = torch.linalg.vector_norm(residual, dim=1).double()
     relative = torch.where(b_norm > 0, r_norm / b_norm.clamp_min(1e-300), torch.zeros_like(b_norm))
@@ -224,7 +243,8 @@ def full_residual(
 class Deflation:
     """The projection r ↦ r − Qᵀ E⁻¹ (AQ) r that keeps CG directions A-conjugate to span(Q).
 
-    a_q = AQ = ηQ + λQ [s, P] (s VJPs, once); E = Q AQᵀ (float64, s×s, factored once).
+    a_q = AQ = ηQ + λQ [s, P] (VJPs of the last block only, once); E = QAQᵀ (float64, s×s,
+    factored once).
     Per call on k rows: 2·s·k·P multiply-adds, no model evaluations."""
 
     q: Tensor
@@ -255,6 +275,15 @@ def deflation(
         a_q[:known] += eta_rows
     for j in range(known, len(q)):
         a_q[j] += vjp(pushed[j].reshape(output_shape))
-    e = gram64(q, a_q)
-    factor = torch.linalg.cholesky(0.5 * (e + e.T))
+    # E = QAQᵀ as the Galerkin start solved it, (JQ)(JQ)ᵀ + λQQᵀ: positive definite by
+    # construction, where Q·(AQ)ᵀ from float32 VJPs can lose definiteness once the basis
+    # holds directions whose η-energy is below λ at the model's rounding
+    e = gram64(pushed, pushed) + damping * gram64(q, q)
+    factor, info = torch.linalg.cholesky_ex(0.5 * (e + e.T))
+    if int(info) != 0:
+        raise RequestError(
+            f"the deflated cg start's basis ({len(q)} rows) is numerically dependent at "
+            f"damping λ = {damping:g}: raise --damping, or lower --depth or --energy-threshold, "
+            "or use --cg-start cold"
+        )
     return Deflation(q, a_q, factor)

@@ -108,21 +108,26 @@ def vjp_chunk_size(activation_bytes: int, responses: int, n: int) -> int | None:
     return None if chunk >= n else int(chunk)
 
 
-def solver_bytes(request: AnalysisRequest, n: int, p: int, example: torch.Tensor) -> int:
-    """Numbers the solver keeps beyond G, g_A and one basis of N rows (counted by the caller):
-    krylov: d − 1 more blocks of N rows and the d·N pushed tangents (N·D each); deflated cg:
-    the same basis, its AQ (d·N rows), the basis construction's η q_j kept for AQ ((d − 1)·N
-    rows) and cg's four [N, P] blocks; cold cg: the four blocks.
+def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tensor) -> int:
+    """Numbers (multiply by the itemsize for bytes) alive at the solver's peak beyond G, g_A
+    and one basis of N rows (counted by the caller).
+    - krylov (depth d): the basis buffer of d·N rows, the solution and residual rows (2·N)
+      and the d·N pushed tangents (N·D each);
+    - deflated cg: while AQ is built, the basis (d·N rows), the basis construction's η q_j
+      ((d − 1)·N), AQ (d·N), the start's solution and residual (2·N) and the pushed
+      tangents; during cg, the basis and AQ beside y, r, d, A·d and a projected residual;
+    - cold cg: y, r, d and A·d (the final residual's A·y replaces A·d).
     Why: at paper size (P = 13M) each extra block of 48 rows is 2.5 GB in float32."""
     estimator, depth = parse_estimator(request.estimator), request.depth
     pushed = depth * n * n * example[0].numel()
     if estimator is Estimator.KRYLOV:
-        return (depth - 1) * n * p + pushed
+        return (depth + 1) * n * p + pushed
     if estimator is Estimator.CG:
-        state = 4 * n * p
         if request.cg_start == "deflated":
-            return state + (3 * depth - 2) * n * p + pushed
-        return state
+            building = (3 * depth + 1) * n * p + pushed
+            iterating = (2 * depth + 5) * n * p
+            return max(building, iterating) - n * p
+        return 4 * n * p
     return 0
 
 
@@ -140,7 +145,7 @@ def estimate_cost(
     VJPs; cg: ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch
     (deflated start: plus the krylov solve of ``depth`` blocks and its AQ); the top
     eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N
-    each), what the solver keeps beyond them (``solver_bytes``) and the batch's activations
+    each), what the solver keeps beyond them (``solver_numbers``) and the batch's activations
     kept by vmap / the tangent program (≈ 3 copies).
     """
     n = request.n_examples
@@ -160,7 +165,7 @@ def estimate_cost(
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
-    gradient_bytes = (k + 2) * n * p * itemsize + solver_bytes(request, n, p, example) * itemsize
+    gradient_bytes = (k + 2) * n * p * itemsize + solver_numbers(request, n, p, example) * itemsize
     one = activation_bytes(model, example[:1])
     chunk = vjp_chunk_size(one, k, n) or n
     # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);

@@ -21,7 +21,6 @@ from coherence.analysis.vocabulary import (
     CG_MAX_ITER,
     DEFAULT_DAMPING,
     DEFAULT_DEPTH,
-    DEFAULT_ENERGY_THRESHOLD,
     MAX_DEPTH,
     CGStart,
     Device,
@@ -113,7 +112,8 @@ class InfluenceOptions:
         check_rtol(self.estimator, self.rtol)
         if self.energy_threshold is not None and not 0 < self.energy_threshold <= 1:
             raise RequestError(
-                f"energy_threshold must lie in (0, 1] (default {DEFAULT_ENERGY_THRESHOLD}); "
+                "energy_threshold must lie in (0, 1] (--energy-threshold; default "
+                f"{default_energy_threshold(self.estimator)} for {self.estimator.value}); "
                 f"got energy_threshold={self.energy_threshold}"
             )
         if self.max_iter < 1:
@@ -150,7 +150,7 @@ class AnalysisRequest:
     estimator: Estimator = Estimator.SUBSPACE
     damping: float = DEFAULT_DAMPING
     rtol: float | None = None  # cg only
-    energy_threshold: float | None = None  # None: 1 − 1e-4 (krylov: 1); subspace, krylov, cg
+    energy_threshold: float | None = None  # None: 1 − 1e-4 (krylov, cg: 1); subspace, krylov, cg
     depth: int = DEFAULT_DEPTH  # krylov, deflated cg: blocks of span{G, ηG, …}
     cg_start: CGStart = CGStart.DEFLATED  # cg only: from the krylov solution, or cold
     device: Device = Device.AUTO
@@ -166,7 +166,12 @@ class AnalysisRequest:
         object.__setattr__(self, "cg_start", options.cg_start)
         object.__setattr__(self, "device", check_device(self.device))
         # one canonical value per meaning, so a request equals its own round trip through JSON
-        object.__setattr__(self, "energy_threshold", self.to_dict()["energy_threshold"])
+        recorded = self.to_dict()
+        object.__setattr__(self, "energy_threshold", recorded["energy_threshold"])
+        if recorded["depth"] is None:  # unused by this estimator
+            object.__setattr__(self, "depth", DEFAULT_DEPTH)
+        if recorded["cg_start"] is None:
+            object.__setattr__(self, "cg_start", CGStart.DEFLATED)
 
     def _check_selection(self) -> None:
         """Checkpoints, classes, trajectories and the window (the dataset checks the rest)."""
@@ -249,10 +254,24 @@ class AnalysisRequest:
         for key in ("checkpoints", "classes", "trajectories", "responses"):
             if key in fields:
                 fields[key] = tuple(fields[key])
+        if _from_span_g_start(fields):
+            fields["depth"] = 1  # recorded before the Krylov start: span(G) is depth 1
         for key in ("energy_threshold", "depth", "cg_start"):  # None: not used, default
             if fields.get(key, 0) is None:
                 del fields[key]
         return cls(**fields)
+
+
+def _from_span_g_start(fields: dict[str, Any]) -> bool:
+    """A deflated cg request recorded before deflated cg started from the Krylov solution:
+    its start was the Galerkin solution in span(G) at its recorded energy threshold, which
+    is the Krylov start of depth 1 (the record has no depth)."""
+    return (
+        fields.get("estimator") == Estimator.CG.value
+        and fields.get("cg_start") == CGStart.DEFLATED.value
+        and "depth" in fields
+        and fields["depth"] is None
+    )
 
 
 def parse_window(window: str) -> tuple[int, int]:

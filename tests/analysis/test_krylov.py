@@ -239,34 +239,53 @@ def test_request_records_each_option_only_where_it_is_used():
 
 
 def test_memory_estimate_covers_what_the_krylov_solvers_keep(ce_model, ce_batch):
-    """``pipeline.solver_bytes`` against the tensors the solvers actually hold: the block
-    Krylov basis and its pushed tangents beyond one basis of N rows (counted elsewhere)."""
+    """``pipeline.solver_numbers`` against the storage the solvers allocate (whole buffers,
+    not the views they hand out): the basis buffer of depth·N rows and its pushed tangents,
+    the η q_j kept for AQ and AQ itself, beside the start's solution and residual rows,
+    beyond one basis of N rows (counted elsewhere)."""
     from coherence.analysis.autodiff import BatchJacobian, FlatModel
-    from coherence.analysis.krylov import block_krylov_basis
-    from coherence.analysis.pipeline import solver_bytes
+    from coherence.analysis.krylov import block_krylov_basis, deflation
+    from coherence.analysis.pipeline import solver_numbers
 
     x, _ = ce_batch
     n, fm = len(x), FlatModel(ce_model)
-    g = torch.randn(n, fm.n_params, dtype=torch.float64)
+    p = fm.n_params
+    g = torch.randn(n, p, dtype=torch.float64)
     base = {"checkpoints": ("a",), "data": "d", "classes": ("CE-RP",), "n_steps": n}
+
+    def allocated(t: torch.Tensor) -> int:
+        return t.untyped_storage().nbytes() // t.element_size()
+
     for depth in (1, 3):
         products = BatchJacobian(fm, x)
         basis = block_krylov_basis(
-            g, products.jvp, products.vjp, x.shape, depth=depth, energy_threshold=1.0
+            g,
+            products.jvp,
+            products.vjp,
+            x.shape,
+            depth=depth,
+            energy_threshold=1.0,
+            keep_eta=True,
         )
-        kept = basis.q.numel() + basis.pushed.numel() - n * fm.n_params
+        q, pushed = allocated(basis.q), allocated(basis.pushed)
+        assert q == depth * n * p  # one buffer, filled in place
+        start = 2 * n * p  # the Galerkin solution and its residual rows
         request = AnalysisRequest(**base, estimator="krylov", depth=depth)
-        assert kept <= solver_bytes(request, n, fm.n_params, x), depth
-        deflated = AnalysisRequest(**base, estimator="cg", rtol=1e-2, depth=depth)
-        cold = AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="cold")
-        # deflated cg keeps that basis, its AQ (as many rows), the η q_j of every block but
-        # the last while AQ is built, and cg's four [N, P] blocks
-        eta_rows = sum(basis.block_ranks[:-1]) * fm.n_params
-        assert solver_bytes(deflated, n, fm.n_params, x) >= (
-            kept + basis.q.numel() + eta_rows + 4 * n * fm.n_params
+        assert q + pushed + start - n * p <= solver_numbers(request, n, p, x), depth
+        eta = allocated(basis.eta_rows) if basis.eta_rows is not None else 0
+        assert eta == (depth - 1) * n * p
+        a_q = allocated(
+            deflation(basis.q, basis.pushed, products.vjp, x.shape, 1e-4, basis.eta_rows).a_q
         )
-        assert solver_bytes(cold, n, fm.n_params, x) == 4 * n * fm.n_params
-    assert solver_bytes(AnalysisRequest(**base), n, fm.n_params, x) == 0
+        deflated = AnalysisRequest(**base, estimator="cg", rtol=1e-2, depth=depth)
+        # while AQ is built: the basis, the kept η q_j, AQ, the start and the pushed tangents;
+        # during cg: the basis and AQ beside y, r, d, A·d and a projected residual
+        building = q + eta + a_q + start + pushed
+        iterating = q + a_q + 5 * n * p
+        assert max(building, iterating) - n * p <= solver_numbers(deflated, n, p, x), depth
+        cold = AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="cold")
+        assert solver_numbers(cold, n, p, x) == 4 * n * p  # y, r, d, A·d
+    assert solver_numbers(AnalysisRequest(**base), n, p, x) == 0
 
 
 def test_deflation_reuses_the_basis_products(ce_model, ce_batch):
@@ -295,3 +314,26 @@ def test_deflation_reuses_the_basis_products(ce_model, ce_batch):
     assert rel_err(reused.a_q, fresh.a_q) < REL_EXACT
     r = torch.randn(4, fm.n_params, dtype=torch.float64)
     assert rel_err(reused(r), fresh(r)) < REL_EXACT
+
+
+def test_deflation_refuses_a_dependent_basis_with_the_fix():
+    """E = (JQ)(JQ)ᵀ + λQQᵀ (the matrix the Galerkin start solved) is positive definite for
+    independent rows; a dependent basis gets a RequestError naming the options that fix it,
+    not a bare LinAlgError."""
+    from coherence.analysis.krylov import deflation
+    from coherence.errors import RequestError
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.linalg.qr(torch.randn(30, 3, dtype=torch.float64, generator=gen))[0].T  # (3, P)
+    j = torch.randn(8, 30, dtype=torch.float64, generator=gen)  # a linear model's Jacobian
+    pushed, eta = q @ j.T, (q @ j.T) @ j  # J q_j and η q_j = JᵀJ q_j as rows
+    project = deflation(q, pushed, lambda u: None, torch.Size([8]), 1e-4, eta)
+    e_exact = q @ (j.T @ j + 1e-4 * torch.eye(30, dtype=torch.float64)) @ q.T
+    r = torch.randn(2, 30, dtype=torch.float64, generator=gen)
+    # the projected rows are A-conjugate to span(Q): Q A (project r) = 0
+    a = j.T @ j + 1e-4 * torch.eye(30, dtype=torch.float64)
+    assert torch.allclose(q @ a @ project(r).T, torch.zeros(3, 2, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(project.factor @ project.factor.T, e_exact, atol=1e-12)
+    twice = torch.cat([q, q[:1]])
+    with pytest.raises(RequestError, match=r"--damping.*--depth.*--energy-threshold"):
+        deflation(twice, twice @ j.T, lambda u: None, torch.Size([8]), 1e-4, twice @ j.T @ j)

@@ -78,6 +78,34 @@ def test_canonical_json_is_unchanged_from_names_or_enums(case):
     assert type(from_names.to_dict()["estimator"]) is str
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"depth": 2},  # subspace: depth unused
+        {"estimator": "cg", "rtol": 5e-2, "cg_start": "cold", "depth": 7},
+        {"estimator": "euclidean", "cg_start": "cold", "depth": 3},
+    ],
+)
+def test_unused_options_do_not_break_the_round_trip(changes):
+    """An option the estimator does not use is recorded as None and reloads as its default:
+    the request equals its own round trip (and keeps its key)."""
+    request = AnalysisRequest(**BASE, **changes)
+    again = AnalysisRequest.from_dict(json.loads(json.dumps(request.to_dict())))
+    assert again == request and _digest(again) == _digest(request)
+    assert request.depth == V.DEFAULT_DEPTH
+
+
+def test_a_deflated_cg_record_from_before_the_krylov_start_reloads_as_depth_1():
+    """Records of deflated cg written before its start became a Krylov basis have depth None
+    (their start was span(G), the Krylov start of depth 1): they must not reload labelled as
+    the depth-4 start that never ran."""
+    record = AnalysisRequest(**BASE, estimator="cg", rtol=5e-2, depth=1).to_dict()
+    record.update(depth=None, energy_threshold=1 - 1e-4)
+    old = AnalysisRequest.from_dict(record)
+    assert old.depth == 1 and old.energy_threshold == 1 - 1e-4
+    assert old.cg_start is V.CGStart.DEFLATED
+
+
 def test_requests_hold_enums_that_behave_as_their_names():
     request = AnalysisRequest(
         **BASE, estimator="cg", rtol=1e-2, responses=("mass", "smse"), device="cpu"

@@ -13,8 +13,9 @@ costs nothing in accuracy.
   earlier blocks twice, then orthonormalised by the float64 Gram trick). d = 1 is span(G), the
   ``subspace`` estimator's space; the Galerkin solve in K_d is d steps of block CG started
   from zero. Cost in batch forwards (JVP ≈ 2.2, VJP ≈ 2): Σ_j s_j JVPs + Σ_{j<d} s_j VJPs,
-  s_j ≤ N the rank of block j, i.e. ≤ N·(2.2·d + 2·(d − 1)). Memory: Q and one block of
-  ηQ (P × (s + N)) and the pushed tangents (s·N·D numbers).
+  s_j ≤ N the rank of block j, i.e. ≤ N·(2.2·d + 2·(d − 1)). Memory: Q's buffer of d·N rows,
+  one block of ηQ (N rows; all of them when kept for deflation) and the pushed tangents
+  (d·N rows of N·D numbers): ``pipeline.solver_numbers`` counts them.
 - Full-system residual of any Galerkin solution: ρ_p = ‖g_B(p) − (η + λI) y_p‖ / ‖g_B(p)‖.
   J y_p = Σ_j c_jp J q_j comes from the stored pushed tangents (no JVP), so ρ costs N batch
   VJPs (≈ 2N forwards).

@@ -122,6 +122,7 @@ def _column_cg(
         options.max_iter,
         start=start_pair,
         project=project,
+        correct=project.correct if project is not None else None,
     )
     return {
         "iters": list(cg.iterations),

@@ -256,6 +256,13 @@ class Deflation:
         mu = torch.cholesky_solve(gram64(self.a_q, r), self.factor)  # (s, k)
         return r - mu.T.to(r.dtype) @ self.q
 
+    def correct(self, y: Tensor, r: Tensor) -> None:
+        """In place: y += Qᵀμ and r −= (AQ)ᵀμ with μ = E⁻¹Qr, so r = b − Ay stays the
+        residual of y and becomes orthogonal to span(Q) (the Galerkin condition) again."""
+        mu = torch.cholesky_solve(gram64(self.q, r), self.factor).T  # (k, s)
+        y += mu.to(y.dtype) @ self.q
+        r -= mu.to(r.dtype) @ self.a_q
+
 
 def deflation(
     q: Tensor,

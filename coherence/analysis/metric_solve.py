@@ -23,6 +23,7 @@ from coherence.analysis.estimators import (
     subspace_solve,
 )
 from coherence.analysis.krylov import (
+    Deflation,
     FullResidual,
     GalerkinBasis,
     GalerkinSolve,
@@ -227,7 +228,7 @@ class DeflatedStart:
     (``project``) and what the diagnostics report of it (``fields``)."""
 
     start: tuple[Tensor, Tensor]
-    project: Callable[[Tensor], Tensor] | None
+    project: Deflation | None
     fields: dict[str, Any]
 
 
@@ -284,6 +285,7 @@ def _cg(
         progress=lambda x: progress(head + (1 - head) * x, "conjugate gradients"),
         start=start,
         project=project,
+        correct=project.correct if project is not None else None,
     )
     return MetricSolve(
         lambda ga: gram64(ga, cg.solution),

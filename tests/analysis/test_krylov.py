@@ -337,3 +337,66 @@ def test_deflation_refuses_a_dependent_basis_with_the_fix():
     twice = torch.cat([q, q[:1]])
     with pytest.raises(RequestError, match=r"--damping.*--depth.*--energy-threshold"):
         deflation(twice, twice @ j.T, lambda u: None, torch.Size([8]), 1e-4, twice @ j.T @ j)
+
+
+def _deflated_problem(p: int = 60, s: int = 6, k: int = 3):
+    """A small SPD system η + λI (η = BBᵀ, spread spectrum), its top-s eigenvectors as the
+    deflated rows Q, the exact Deflation of span(Q), and right-hand sides, in float64."""
+    from coherence.analysis.estimators import gram64
+    from coherence.analysis.krylov import Deflation
+
+    gen = torch.Generator().manual_seed(3)
+    u = torch.linalg.qr(torch.randn(p, p, dtype=torch.float64, generator=gen))[0]
+    b_mat = u * torch.logspace(1, -3, p, dtype=torch.float64).sqrt()  # η = B Bᵀ
+    a = b_mat @ b_mat.T + 1e-4 * torch.eye(p, dtype=torch.float64)
+    q = u[:, :s].T.contiguous()
+    a_q = q @ a
+    e = gram64(q, a_q)
+    deflation = Deflation(q, a_q, torch.linalg.cholesky(0.5 * (e + e.T)))
+    rhs = torch.randn(k, p, dtype=torch.float64, generator=gen)
+    return a, deflation, rhs
+
+
+def test_deflation_correct_restores_the_galerkin_condition():
+    """Deflation.correct moves y within span(Q) so that r = b − Ay stays its residual and is
+    orthogonal to span(Q) again (what drift in float32 cg destroys)."""
+    a, deflation, rhs = _deflated_problem()
+    y = torch.randn_like(rhs)
+    r = rhs - y @ a
+    deflation.correct(y, r)
+    assert torch.allclose(r, rhs - y @ a, atol=1e-10)
+    assert float((deflation.q @ r.T).abs().max()) < 1e-10 * float(r.abs().max())
+
+
+RTOL_TIGHT = 1e-9
+
+
+def test_cg_refreshes_remove_residual_drift_into_the_deflated_space():
+    """A start whose residual has a part in span(Q) (what float32 drift leaves): the deflated
+    directions can never reduce that part, so without refreshes cg stalls at the cap; the
+    refreshes (true residual, deflation correction) let it converge, and a column is only
+    declared converged when its true residual meets rtol."""
+    from coherence.analysis.estimators import block_cg
+
+    a, deflation, rhs = _deflated_problem()
+    y0 = torch.cholesky_solve(deflation.q @ rhs.T, deflation.factor).T @ deflation.q
+    y0 += 1e-5 * torch.ones(3, 6, dtype=torch.float64) @ deflation.q  # drift inside span(Q)
+
+    def run(refresh_every: int):
+        start = (y0.clone(), rhs - y0 @ a)
+        return block_cg(
+            lambda v: v @ a,
+            rhs,
+            RTOL_TIGHT,
+            400,
+            start=start,
+            project=deflation,
+            correct=deflation.correct,
+            refresh_every=refresh_every,
+        )
+
+    stalled, refreshed = run(0), run(50)
+    assert not stalled.converged and min(stalled.residuals) > RTOL_TIGHT
+    assert refreshed.converged and max(refreshed.residuals) <= RTOL_TIGHT
+    exact = torch.linalg.solve(a, rhs.T).T
+    assert torch.allclose(refreshed.solution, exact, rtol=0, atol=1e-4 * float(exact.abs().max()))

@@ -139,6 +139,7 @@ def cg_rows(
     checkpoints: dict[str, str],
     n_columns: int,
     cold_cap: int | None,
+    starts: tuple[str, ...] = ("cold", "deflated"),
 ) -> list[dict[str, Any]]:
     """Cold vs deflated cg per column, at the paper's tolerances (see the module docstring)."""
     x, y = euler_batch()
@@ -158,7 +159,7 @@ def cg_rows(
         )
         for rtol in rtols:
             cap = cold_cap or (50 if quick else COLD_CAP[rtol])
-            for start in ("cold", "deflated"):
+            for start in starts:
                 options = InfluenceOptions(
                     estimator="cg", rtol=rtol, cg_start=start, max_iter=cap, damping=1e-4
                 )
@@ -194,6 +195,9 @@ def main() -> None:
     parser.add_argument("--arch", action="append", choices=("unet", "vit"), help="cg: models")
     parser.add_argument("--rtol", action="append", type=float, help="cg: tolerances")
     parser.add_argument("--cap", type=int, help="cg: iteration cap per column")
+    parser.add_argument(
+        "--start", action="append", choices=("cold", "deflated"), help="cg: starts to run"
+    )
     args = parser.parse_args()
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     suffix = "_quick" if args.quick else ""
@@ -208,7 +212,7 @@ def main() -> None:
     if args.part in ("cg", "all"):
         archs = args.arch or ["unet", "vit"]
         write_result(
-            "cg_start_" + "_".join(archs) + suffix,
+            "cg_start_" + "_".join(archs + (args.start if args.start else [])) + suffix,
             f"cg: cold vs deflated start, {' and '.join(archs)} (issue 14)",
             cg_rows(
                 archs,
@@ -217,6 +221,7 @@ def main() -> None:
                 checkpoints,
                 args.columns,
                 args.cap,
+                tuple(args.start or ("cold", "deflated")),
             ),
             f"λ = 1e-4, N = 48 at 32²; {args.columns} columns spread over the batch, each an "
             "independent cg run (iterations equal a full run's). Deflated: the Galerkin "

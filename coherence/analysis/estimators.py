@@ -222,8 +222,9 @@ def block_cg(
     residual is ≤ rtol (iterations 0 if it starts there); only the unconverged columns are
     multiplied, so the cost is Σ_k iterations_k matvecs plus the refreshes (+ K for the
     final true residual). ``start``'s tensors are updated in place (the caller hands them
-    over). State: y, r, d and A·d, [K, P] each in the model dtype, plus copies of the
-    active rows once some columns have stopped; row dot products in the model dtype,
+    over). State: y, r, d, [K, P] each in the model dtype, and up to five working blocks of
+    the active rows (A·d or A·y, a projected residual, and copies of y, r, d once some
+    columns have stopped); row dot products in the model dtype,
     recursions in float64. A zero right-hand side has solution 0 and residual 0.
     """
     k = rhs.shape[0]
@@ -249,8 +250,13 @@ def block_cg(
         claims = rr[idx].sqrt() <= rtol * b_norm[idx]
         due = refresh_every > 0 and (it + 1) % refresh_every == 0
         stale = idx if due else idx[claims]
-        if len(stale):
-            _refresh(matvec, rhs, project, correct, stale, y, r, d, rr)
+        if len(stale) == k:  # views, as in the step
+            _refresh(matvec, rhs, project, correct, y, r, d, rr)
+        elif len(stale):
+            ys, rs, ds, rrs = y[stale], r[stale], d[stale], rr[stale]
+            _refresh(matvec, rhs[stale], project, correct, ys, rs, ds, rrs)
+            y[stale], r[stale], d[stale] = ys, rs, ds
+            rr[stale] = rrs
         active[idx] = rr[idx].sqrt() > rtol * b_norm[idx]
         if progress is not None:
             progress((it + 1) / max_iter)
@@ -265,28 +271,26 @@ def _refresh(
     rhs: Tensor,
     project: Callable[[Tensor], Tensor] | None,
     correct: Callable[[Tensor, Tensor], None] | None,
-    idx: Tensor,
     y: Tensor,
     r: Tensor,
     d: Tensor,
     rr: Tensor,
 ) -> None:
-    """Rows idx: r ← rhs − A y (then deflation-corrected) and rr recomputed; d re-projected,
-    or restarted from r where r moved by more than RESTART_DRIFT of its norm (CG's step
-    lengths assume rᵀd = rᵀr, which a large replacement breaks)."""
-    ys = y[idx]
-    rs = rhs[idx] - matvec(ys)
+    """In place on rows: r ← rhs − A y (then deflation-corrected) and rr recomputed; d
+    re-projected, or restarted from r where r moved by more than RESTART_DRIFT of its norm
+    (CG's step lengths assume rᵀd = rᵀr, which a large replacement breaks)."""
+    fresh = rhs - matvec(y)
     if correct is not None:
-        correct(ys, rs)
-        y[idx] = ys
-    moved = torch.linalg.vector_norm(rs - r[idx], dim=1) > RESTART_DRIFT * (
-        torch.linalg.vector_norm(rs, dim=1)
-    )
-    r[idx] = rs
-    ds = d[idx]
-    ds[moved] = rs[moved]
-    d[idx] = project(ds) if project is not None else ds
-    rr[idx] = _rowdot(rs, rs)
+        correct(y, fresh)
+    new_rr = _rowdot(fresh, fresh)
+    moved_sq = new_rr + rr - 2 * _rowdot(fresh, r)  # ‖fresh − r‖² without a [k, P] temporary
+    moved = moved_sq > RESTART_DRIFT**2 * new_rr
+    r.copy_(fresh)
+    del fresh
+    d[moved] = r[moved]
+    if project is not None:
+        d.copy_(project(d))
+    rr.copy_(new_rr)
 
 
 def _cg_step(

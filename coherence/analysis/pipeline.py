@@ -115,8 +115,9 @@ def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tens
       and the d·N pushed tangents (N·D each);
     - deflated cg: while AQ is built, the basis (d·N rows), the basis construction's η q_j
       ((d − 1)·N), AQ (d·N), the start's solution and residual (2·N) and the pushed
-      tangents; during cg, the basis and AQ beside y, r, d, A·d and a projected residual;
-    - cold cg: y, r, d and A·d (the final residual's A·y replaces A·d).
+      tangents; during cg, the basis and AQ beside cg's state (``block_cg``: y, r, d and up
+      to five working blocks: 8·N rows);
+    - cold cg: y, r, d and up to four working blocks (no projection): 7·N rows.
     Why: at paper size (P = 13M) each extra block of 48 rows is 2.5 GB in float32."""
     estimator, depth = parse_estimator(request.estimator), request.depth
     pushed = depth * n * n * example[0].numel()
@@ -125,9 +126,9 @@ def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tens
     if estimator is Estimator.CG:
         if request.cg_start == "deflated":
             building = (3 * depth + 1) * n * p + pushed
-            iterating = (2 * depth + 5) * n * p
+            iterating = (2 * depth + 8) * n * p
             return max(building, iterating) - n * p
-        return 4 * n * p
+        return 7 * n * p
     return 0
 
 

@@ -279,12 +279,12 @@ def test_memory_estimate_covers_what_the_krylov_solvers_keep(ce_model, ce_batch)
         )
         deflated = AnalysisRequest(**base, estimator="cg", rtol=1e-2, depth=depth)
         # while AQ is built: the basis, the kept η q_j, AQ, the start and the pushed tangents;
-        # during cg: the basis and AQ beside y, r, d, A·d and a projected residual
+        # during cg: the basis and AQ beside y, r, d and five working blocks (block_cg)
         building = q + eta + a_q + start + pushed
-        iterating = q + a_q + 5 * n * p
+        iterating = q + a_q + 8 * n * p
         assert max(building, iterating) - n * p <= solver_numbers(deflated, n, p, x), depth
         cold = AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="cold")
-        assert solver_numbers(cold, n, p, x) == 4 * n * p  # y, r, d, A·d
+        assert solver_numbers(cold, n, p, x) == 7 * n * p  # y, r, d, four working blocks
     assert solver_numbers(AnalysisRequest(**base), n, p, x) == 0
 
 

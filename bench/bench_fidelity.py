@@ -14,8 +14,9 @@
    seconds, converged. Target: ≥ 10× fewer iterations.
 
 Run: python -m bench.bench_fidelity [--part fidelity|cg|all] [--quick] [--arch unet|vit]
-     [--checkpoint ARCH=DIR] [--columns K]
-(--quick: one small model, depths 2 and 4, cg on the UNet at rtol 5e-2 with max_iter 50).
+     [--checkpoint ARCH=DIR] [--columns K] [--rtol R] [--cap N] [--start cold|deflated]
+(--start: run one start only, written to cg_start_<arch>_<start>.json; --quick: one small
+model, depths 2 and 4, cg on the UNet at rtol 5e-2 with max_iter 50).
 Figures from a shared or single-threaded machine are indicative only.
 """
 

@@ -122,8 +122,7 @@ def _column_cg(
         options.rtol,
         options.max_iter,
         start=start_pair,
-        project=project,
-        correct=project.correct if project is not None else None,
+        deflation=project,
     )
     return {
         "iters": list(cg.iterations),

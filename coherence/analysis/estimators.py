@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -188,6 +189,15 @@ class CGResult:
     converged: bool
 
 
+class DeflationLike(Protocol):
+    """What cg needs of a deflated space (``krylov.Deflation``): the projection that keeps
+    directions A-conjugate to it, and the correction that restores the Galerkin condition."""
+
+    def __call__(self, r: Tensor) -> Tensor: ...
+
+    def correct(self, y: Tensor, r: Tensor) -> None: ...
+
+
 REFRESH_EVERY = 50  # cg iterations between true-residual refreshes (one matvec each: 2 %)
 RESTART_DRIFT = 0.1  # a refresh that moves r by more than this (relative) restarts d
 
@@ -200,21 +210,20 @@ def block_cg(
     progress: Callable[[float], None] | None = None,
     *,
     start: tuple[Tensor, Tensor] | None = None,
-    project: Callable[[Tensor], Tensor] | None = None,
-    correct: Callable[[Tensor, Tensor], None] | None = None,
+    deflation: DeflationLike | None = None,
     refresh_every: int = REFRESH_EVERY,
 ) -> CGResult:
     """K independent conjugate-gradient runs, vectorised over the rows of rhs [K, P].
 
     ``matvec`` maps rows [k, P] → rows [k, P] (an SPD operator). Cold start (default): y = 0,
-    r = rhs. ``start`` = (y₀, r₀ = rhs − A y₀) warm-starts every column; ``project`` (the
-    deflation of ``krylov.Deflation``) is applied to every residual before it enters a search
-    direction, d ← project(r) + βd, which keeps the directions A-conjugate to a deflated
-    subspace (r₀ must then be orthogonal to it, as a Galerkin residual is).
+    r = rhs. ``start`` = (y₀, r₀ = rhs − A y₀) warm-starts every column; ``deflation``
+    (``krylov.Deflation``) projects every residual before it enters a search direction,
+    d ← deflation(r) + βd, which keeps the directions A-conjugate to a deflated subspace
+    (r₀ must then be orthogonal to it, as a Galerkin residual is).
 
     Finite precision: every ``refresh_every`` iterations, and whenever a column's recursive
     residual claims rtol, its residual is recomputed as rhs − A y (residual replacement),
-    ``correct(y, r)`` (``Deflation.correct``) moves y so that r is orthogonal to the
+    ``deflation.correct(y, r)`` moves y so that r is orthogonal to the
     deflated space again, and d is projected anew. Why: in float32 the deflation's AQ is
     only exact to about eps·λ_max, which at λ = 1e-4 is not small against the complement's
     eigenvalues; without refreshes the drift grew the true residual of a demo ViT column
@@ -224,39 +233,36 @@ def block_cg(
     final true residual). ``start``'s tensors are updated in place (the caller hands them
     over). State: y, r, d, [K, P] each in the model dtype, and up to five working blocks of
     the active rows (A·d or A·y, a projected residual, and copies of y, r, d once some
-    columns have stopped); row dot products in the model dtype,
-    recursions in float64. A zero right-hand side has solution 0 and residual 0.
+    columns have stopped); row dot products in the model dtype, recursions in float64. A
+    zero right-hand side has solution 0 and residual 0.
     """
     k = rhs.shape[0]
     b_norm = torch.linalg.vector_norm(rhs, dim=1).double()  # (K,)
-    keep = project if project is not None else (lambda rows: rows)
+    keep = deflation if deflation is not None else (lambda rows: rows)
     y, r = (torch.zeros_like(rhs), rhs.clone()) if start is None else start  # start: owned
-    d = r.clone() if project is None else project(r)  # a new tensor: r is updated in place
+    d = r.clone() if deflation is None else deflation(r)  # new: r is updated in place
     rr = _rowdot(r, r)  # (K,)
     iterations = torch.zeros(k, dtype=torch.long)
     active = rr.sqrt() > rtol * b_norm
+    state = (y, r, d, rr)
+
+    def step(rows: Tensor | slice, *held: Tensor) -> None:
+        _cg_step(matvec, keep, *held)
+
+    def refresh(rows: Tensor | slice, *held: Tensor) -> None:
+        _refresh(matvec, rhs[rows], deflation, *held)
+
     for it in range(max_iter):
         idx = torch.nonzero(active).flatten()
         if len(idx) == 0:
             break
-        if len(idx) == k:  # every column active: views, not [k, P] copies
-            _cg_step(matvec, keep, y, r, d, rr)
-        else:
-            ys, rs, ds, rrs = y[idx], r[idx], d[idx], rr[idx]
-            _cg_step(matvec, keep, ys, rs, ds, rrs)
-            y[idx], r[idx], d[idx] = ys, rs, ds
-            rr[idx] = rrs
+        _on_rows(idx, state, step)
         iterations[idx.cpu()] += 1
         claims = rr[idx].sqrt() <= rtol * b_norm[idx]
         due = refresh_every > 0 and (it + 1) % refresh_every == 0
         stale = idx if due else idx[claims]
-        if len(stale) == k:  # views, as in the step
-            _refresh(matvec, rhs, project, correct, y, r, d, rr)
-        elif len(stale):
-            ys, rs, ds, rrs = y[stale], r[stale], d[stale], rr[stale]
-            _refresh(matvec, rhs[stale], project, correct, ys, rs, ds, rrs)
-            y[stale], r[stale], d[stale] = ys, rs, ds
-            rr[stale] = rrs
+        if len(stale):
+            _on_rows(stale, state, refresh)
         active[idx] = rr[idx].sqrt() > rtol * b_norm[idx]
         if progress is not None:
             progress((it + 1) / max_iter)
@@ -266,11 +272,24 @@ def block_cg(
     return CGResult(y, tuple(int(i) for i in iterations), tuple(rel.tolist()), converged)
 
 
+def _on_rows(
+    idx: Tensor, state: tuple[Tensor, Tensor, Tensor, Tensor], update: Callable[..., None]
+) -> None:
+    """``update(rows, y, r, d, rr)`` in place on the rows idx of cg's state: on views when
+    idx is every row (no [K, P] copies), else on copies written back."""
+    y, r, d, rr = state
+    if len(idx) == len(y):
+        update(slice(None), y, r, d, rr)
+        return
+    ys, rs, ds, rrs = y[idx], r[idx], d[idx], rr[idx]
+    update(idx, ys, rs, ds, rrs)
+    y[idx], r[idx], d[idx], rr[idx] = ys, rs, ds, rrs
+
+
 def _refresh(
     matvec: Callable[[Tensor], Tensor],
     rhs: Tensor,
-    project: Callable[[Tensor], Tensor] | None,
-    correct: Callable[[Tensor, Tensor], None] | None,
+    deflation: DeflationLike | None,
     y: Tensor,
     r: Tensor,
     d: Tensor,
@@ -280,16 +299,16 @@ def _refresh(
     re-projected, or restarted from r where r moved by more than RESTART_DRIFT of its norm
     (CG's step lengths assume rᵀd = rᵀr, which a large replacement breaks)."""
     fresh = rhs - matvec(y)
-    if correct is not None:
-        correct(y, fresh)
+    if deflation is not None:
+        deflation.correct(y, fresh)
     new_rr = _rowdot(fresh, fresh)
     moved_sq = new_rr + rr - 2 * _rowdot(fresh, r)  # ‖fresh − r‖² without a [k, P] temporary
     moved = moved_sq > RESTART_DRIFT**2 * new_rr
     r.copy_(fresh)
     del fresh
     d[moved] = r[moved]
-    if project is not None:
-        d.copy_(project(d))
+    if deflation is not None:
+        d.copy_(deflation(d))
     rr.copy_(new_rr)
 
 

@@ -134,11 +134,10 @@ def block_krylov_basis(
 
     q = g.new_empty(depth * n, p)  # rows 0 … filled − 1 hold the basis
     eta = g.new_empty((depth - 1) * n if keep_eta else 0, p)  # η q_j of the kept blocks
-    pushed: Tensor | None = None  # (depth·N, N·D), allocated at the first push
+    pushed = g.new_empty(depth * n, output_shape.numel())  # J q_j, flattened (N·D each)
     filled, previous, eta_filled, ranks = 0, 0, 0, []
     for level in range(depth):
         if level > 0:
-            assert pushed is not None
             k = filled - previous  # rows of the last block
             eta_q = eta[eta_filled : eta_filled + k] if keep_eta else g.new_empty(k, p)
             for j, u in enumerate(pushed[previous:filled].unbind(0)):
@@ -154,20 +153,12 @@ def block_krylov_basis(
             break
         s = block.shape[0]
         q[filled : filled + s] = block
-        if pushed is None:
-            first_row = jvp(block[0]).reshape(-1)
-            tick()
-            pushed = g.new_empty(depth * n, first_row.numel())
-            pushed[0] = first_row
-            _push_into(pushed[1:s], block[1:], jvp, tick)
-        else:
-            _push_into(pushed[filled : filled + s], block, jvp, tick)
+        _push_into(pushed[filled : filled + s], block, jvp, tick)
         previous, filled = filled, filled + s
         ranks.append(s)
     if not ranks:
         empty = torch.zeros(0, dtype=torch.float64, device=g.device)
         return GalerkinBasis(g[:0], g.new_zeros(0, 0), (), empty)
-    assert pushed is not None
     first_pushed = pushed[: ranks[0]]
     metric1 = gram64(first_pushed, first_pushed)
     evals = torch.linalg.eigvalsh(0.5 * (metric1 + metric1.T)).flip(0)

@@ -284,8 +284,7 @@ def _cg(
         options.max_iter,
         progress=lambda x: progress(head + (1 - head) * x, "conjugate gradients"),
         start=start,
-        project=project,
-        correct=project.correct if project is not None else None,
+        deflation=project,
     )
     return MetricSolve(
         lambda ga: gram64(ga, cg.solution),

@@ -390,8 +390,7 @@ def test_cg_refreshes_remove_residual_drift_into_the_deflated_space():
             RTOL_TIGHT,
             400,
             start=start,
-            project=deflation,
-            correct=deflation.correct,
+            deflation=deflation,
             refresh_every=refresh_every,
         )
 

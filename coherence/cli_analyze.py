@@ -39,10 +39,14 @@ def analyze(
     response: Annotated[
         list[str], typer.Option(help="smse, mass or energy (repeat for several).")
     ] = ["smse"],  # noqa: B006 - typer reads the default, never mutates it
-    estimator: Annotated[str, typer.Option(help="subspace, krylov, cg or euclidean.")] = "subspace",
+    estimator: Annotated[
+        str, typer.Option(help="subspace, krylov, ekfac-krylov, cg, ekfac or euclidean.")
+    ] = "subspace",
     damping: Annotated[float, typer.Option(help="λ in η + λI.")] = 1e-4,
     rtol: Annotated[float | None, typer.Option(help="CG relative tolerance (cg only).")] = None,
-    depth: Annotated[int, typer.Option(help="krylov, deflated cg: blocks of span{G, ηG, …}.")] = 4,
+    depth: Annotated[
+        int, typer.Option(help="krylov, ekfac-krylov, deflated cg: blocks of the Krylov space.")
+    ] = 4,
     cg_start: Annotated[
         str,
         typer.Option(help="cg: deflated (from the Galerkin solution in --depth blocks) or cold."),

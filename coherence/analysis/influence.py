@@ -3,8 +3,9 @@
 H[r, p] = g_A(r)ᵀ M⁻¹ g_B(p) / D, rows = response example r, columns = perturbation example p,
 D = F·H·W. g_A(n) = J_nᵀ r_A(n) with the residual r_A evaluated at the current parameters and
 held fixed as the VJP cotangent (see observables.py); B is always SMSE; M = η + λI with
-η = Σ_n J_nᵀ J_n (``subspace``, ``krylov`` and ``cg``) or M = I (``euclidean``). Positive H[r, p]: a
-proximal descent step on example p lowers the response at r.
+η = Σ_n J_nᵀ J_n (``subspace``, ``krylov``, ``ekfac-krylov`` and ``cg``), its EK-FAC
+approximation (``ekfac``) or M = I (``euclidean``). Positive H[r, p]: a proximal descent step
+on example p lowers the response at r.
 
 Pipeline: options checked (``request.InfluenceOptions``) → one batch forward (residuals,
 frozen) → per-example VJPs for SMSE and each extra response (one forward + K backwards per
@@ -109,8 +110,10 @@ def compute_influence(
     "krylov" (Galerkin solve in span{G, ηG, …}, ``depth`` blocks), "cg" (full solve, ``rtol``
     required, ``max_iter`` per column; ``cg_start`` "deflated" continues from the krylov
     solution of ``depth`` blocks on the complement of that space, "cold" starts from zero),
+    "ekfac" (η replaced by its EK-FAC approximation, ``kfac``), "ekfac-krylov" (Galerkin solve
+    in the EK-FAC-preconditioned Krylov space span{M̃⁻¹G, …}, ``depth`` blocks),
     "euclidean" (M = I).
-    Every estimator but euclidean reports each column's full-system residual
+    Every estimator but ekfac and euclidean reports each column's full-system residual
     ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ in ``diagnostics.residuals``.
     ``rtol`` is used by cg only (validated if given, recorded as None otherwise).
     ``chunk_size`` bounds the examples per vmapped VJP call. ``progress(fraction, stage)``.
@@ -121,8 +124,9 @@ def compute_influence(
     Cost: one forward + (1 + #extra responses) backwards per example, then subspace: one
     traced primal part + s ≤ N JVPs + N VJPs (residual); krylov: ≤ depth·N JVPs +
     depth·N VJPs; cg: Σ_p iterations_p × (JVP + VJP) (deflated: + the krylov solve, its
-    residual and N VJPs for the last block's AQ); euclidean: nothing more. The counts are in
-    the diagnostics.
+    residual and N VJPs for the last block's AQ); ekfac: a forward with hooks, one backward
+    and one round of per-example VJPs, no batch product; ekfac-krylov: ekfac's fit plus
+    krylov's products; euclidean: nothing more. The counts are in the diagnostics.
     """
     options = InfluenceOptions(
         estimator=estimator,

@@ -107,8 +107,14 @@ def block_krylov_basis(
     energy_threshold: float,
     progress: Callable[[float], None] | None = None,
     keep_eta: bool = False,
+    precondition: Rows | None = None,
+    damping: float = 0.0,
 ) -> GalerkinBasis:
-    """Block Lanczos basis of K_depth = span{G, ηG, …} (see the module docstring).
+    """Block Lanczos basis of K_depth = span{G, ηG, …} (see the module docstring), or with
+    ``precondition`` (rows → M̃⁻¹ rows, e.g. EK-FAC's (η̃ + λI)⁻¹) of the preconditioned
+    space span{M̃⁻¹G, M̃⁻¹A M̃⁻¹G, …}, A = η + ``damping``·I: the space d steps of
+    preconditioned block CG search, so its Galerkin solution is at least as close to the
+    full solve (in A's norm) as M̃⁻¹g_p itself.
 
     Block 1 is the leading span of G holding ``energy_threshold`` of Σσ² (as ``subspace``);
     block j+1 is ηQ_j = Jᵀ(JQ_j) projected off every earlier block, keeping directions above
@@ -120,7 +126,7 @@ def block_krylov_basis(
     Memory: q, the pushed tangents and η q_j are filled into buffers of depth·N rows (the
     size the cost estimate counts), so no block list is copied into a stacked one.
     """
-    first = subspace_basis(g, energy_threshold)
+    first = subspace_basis(g if precondition is None else precondition(g), energy_threshold)
     block = (first.whiten.T.to(g.dtype) @ first.q) if first.rank else g[:0]  # (s₁, P)
     n, p = g.shape
     total = max(1, depth * n + (depth - 1) * n)
@@ -145,6 +151,8 @@ def block_krylov_basis(
                 tick()
             eta_filled += k if keep_eta else 0
             earlier = q[:filled]
+            if precondition is not None:  # M̃⁻¹(η + λI) q_j: λ q_j is not in the span here
+                eta_q = precondition(eta_q + damping * q[previous:filled])
             scale = float(torch.linalg.vector_norm(eta_q, dim=1).max())
             block = orthonormal_rows(project_out(eta_q, earlier), _drop_below(g.dtype), scale)
             # normalising amplifies the rounding left along earlier blocks: project once more

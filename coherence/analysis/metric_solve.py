@@ -1,6 +1,7 @@
 """M⁻¹ applied to the perturbation gradients g_B(p), one solve per estimator (METHOD.md §4).
 
-M = η + λI (``subspace``, ``krylov``, ``cg``) or I (``euclidean``). The batch Jacobian's
+M = η + λI (``subspace``, ``krylov``, ``cg``, ``ekfac-krylov``), its EK-FAC approximation
+(``ekfac``) or I (``euclidean``). The batch Jacobian's
 products are counted for the cost report. Shared by ``compute_influence`` (H = G_A Yᵀ / D)
 and the counterfactual check (it steps along the rows y_p), so both see the same arithmetic.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from coherence.analysis.estimators import (
     subspace_basis,
     subspace_solve,
 )
+from coherence.analysis.kfac import EigenbasisMetric, fit_eigenbasis
 from coherence.analysis.krylov import (
     Deflation,
     FullResidual,
@@ -102,7 +105,19 @@ def solve_metric(
         return _krylov(options, products, g, inputs.shape, progress)
     if est is Estimator.SUBSPACE:
         return _subspace(options, products, g, inputs.shape, progress)
+    if est is Estimator.EKFAC:
+        return _ekfac(options, fit_eigenbasis(fm, inputs), g)
+    if est is Estimator.EKFAC_KRYLOV:
+        return _krylov(options, products, g, inputs.shape, progress, fm)
     return _cg(options, products, g, inputs.shape, progress)
+
+
+def _ekfac(options: InfluenceOptions, metric: EigenbasisMetric, g: Tensor) -> MetricSolve:
+    """y_p = (η̃ + λI)⁻¹ g_B(p) with η̃ the EK-FAC approximation: no product with the batch
+    Jacobian, so no full-system residual either (it would cost N JVPs + N VJPs, more than
+    the estimate: ``ekfac-krylov`` reports it)."""
+    y = metric.solve(g, options.damping)
+    return MetricSolve(lambda ga: gram64(ga, y), lambda: y, {"batch_jvps": 0, "batch_vjps": 0})
 
 
 @dataclass(frozen=True)
@@ -131,11 +146,12 @@ def _krylov_galerkin(
     shape: torch.Size,
     share: float,
     progress: StageProgress,
+    precondition: Callable[[Tensor], Tensor] | None = None,
     keep_eta: bool = False,
 ) -> _KrylovGalerkin:
     """Block Lanczos basis of ``options.depth`` blocks, the Galerkin solve in it and its
-    full-system residual (``share`` of the progress bar); ``keep_eta``: see
-    ``block_krylov_basis``."""
+    full-system residual (``share`` of the progress bar); ``precondition`` and
+    ``keep_eta``: see ``block_krylov_basis``."""
     kbasis = block_krylov_basis(
         g,
         products.jvp,
@@ -145,6 +161,8 @@ def _krylov_galerkin(
         energy_threshold=options.resolved_energy_threshold,
         progress=lambda x: progress(share * 0.8 * x, "block Krylov basis"),
         keep_eta=keep_eta,
+        precondition=precondition,
+        damping=options.damping,
     )
     ksolve = galerkin_solve(kbasis, g, options.damping)
     y0 = ksolve.solution()
@@ -166,14 +184,25 @@ def _krylov(
     g: Tensor,
     shape: torch.Size,
     progress: StageProgress,
+    preconditioned: FlatModel | None = None,
 ) -> MetricSolve:
-    """Galerkin solve in the block Krylov space span{G, ηG, …} (``options.depth`` blocks)."""
-    galerkin = _krylov_galerkin(options, products, g, shape, 1.0, progress)
+    """Galerkin solve in the block Krylov space span{G, ηG, …} (``options.depth`` blocks),
+    or, given the model (``preconditioned``), in span{M̃⁻¹G, M̃⁻¹AM̃⁻¹G, …} with M̃ the
+    damped EK-FAC approximation of the metric fitted on this batch."""
+    precondition = None
+    if preconditioned is not None:
+        progress(0.0, "EK-FAC factors")
+        metric = fit_eigenbasis(preconditioned, products.jacobian.inputs)
+        precondition = partial(metric.solve, damping=options.damping)
+    galerkin = _krylov_galerkin(options, products, g, shape, 1.0, progress, precondition)
+    fields = galerkin.fields(options)
+    if preconditioned is not None:  # its first block is span(M̃⁻¹G), not span(G)
+        del fields["subspace_eigenvalues"]
     return MetricSolve(
         galerkin.solve.influence,
         lambda: galerkin.y0,
         {
-            **galerkin.fields(options),
+            **fields,
             "residuals": tuple(galerkin.residual.relative.tolist()),
             **products.report(),
         },

@@ -121,8 +121,11 @@ def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tens
     Why: at paper size (P = 13M) each extra block of 48 rows is 2.5 GB in float32."""
     estimator, depth = parse_estimator(request.estimator), request.depth
     pushed = depth * n * n * example[0].numel()
-    if estimator is Estimator.KRYLOV:
+    if estimator in (Estimator.KRYLOV, Estimator.EKFAC_KRYLOV):
+        # ekfac-krylov adds the factored metric: Q_A, Q_S and Λ per layer, far below N·P
         return (depth + 1) * n * p + pushed
+    if estimator is Estimator.EKFAC:
+        return n * p  # the solution rows; the factors are per layer, far below N·P
     if estimator is Estimator.CG:
         if request.cg_start == "deflated":
             building = (3 * depth + 1) * n * p + pushed
@@ -158,9 +161,13 @@ def estimate_cost(
     estimator = parse_estimator(request.estimator)
     galerkin = n * PRIMAL_PASSES + n * n * (JVP_PASSES + VJP_PASSES)  # s ≤ N JVPs, residual
     krylov = n * PRIMAL_PASSES + request.depth * n * n * (JVP_PASSES + VJP_PASSES)
+    # EK-FAC's statistics: a forward and a backward with hooks, one round of per-example VJPs
+    ekfac = n * (1 + VJP_PASSES + VJP_PASSES)
     solve_passes = {
         Estimator.SUBSPACE: galerkin,
         Estimator.KRYLOV: krylov,
+        Estimator.EKFAC: ekfac,
+        Estimator.EKFAC_KRYLOV: ekfac + krylov,
         Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec
         + (krylov + n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
         Estimator.EUCLIDEAN: 0.0,

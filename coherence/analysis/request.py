@@ -228,7 +228,8 @@ class AnalysisRequest:
         option recorded only for the estimators that use it, None otherwise)."""
         cg = self.estimator is Estimator.CG
         deflated = cg and self.cg_start is CGStart.DEFLATED
-        uses_basis = self.estimator in (Estimator.SUBSPACE, Estimator.KRYLOV) or deflated
+        krylov = self.estimator in (Estimator.KRYLOV, Estimator.EKFAC_KRYLOV)
+        uses_basis = krylov or self.estimator is Estimator.SUBSPACE or deflated
         return {
             "checkpoints": list(self.checkpoints),
             "data": self.data,
@@ -241,7 +242,7 @@ class AnalysisRequest:
             "damping": self.damping,
             "rtol": self.rtol if cg else None,
             "energy_threshold": self.resolved_energy_threshold if uses_basis else None,
-            "depth": self.depth if self.estimator is Estimator.KRYLOV or deflated else None,
+            "depth": self.depth if krylov or deflated else None,
             "cg_start": self.cg_start.value if cg else None,
             "device": self.device.value,
             "split": self.split,

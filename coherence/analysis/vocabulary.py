@@ -18,13 +18,15 @@ from coherence.errors import RequestError, parse_choice
 
 
 class Estimator(StrEnum):
-    """How M⁻¹ is applied: Galerkin solve in span(G) (default) or in a block Krylov space,
-    conjugate gradients, identity."""
+    """How M⁻¹ is applied: Galerkin solve in span(G) (default) or in a block Krylov space
+    (plain or EK-FAC-preconditioned), conjugate gradients, EK-FAC alone, identity."""
 
     SUBSPACE = "subspace"
     CG = "cg"
     EUCLIDEAN = "euclidean"
     KRYLOV = "krylov"
+    EKFAC = "ekfac"
+    EKFAC_KRYLOV = "ekfac-krylov"
 
 
 class CGStart(StrEnum):
@@ -63,7 +65,8 @@ CG_MAX_ITER = 500  # default iteration cap per cg column
 
 def default_energy_threshold(estimator: Estimator) -> float:
     """The energy threshold an estimator uses when none is given."""
-    krylov_basis = estimator in (Estimator.KRYLOV, Estimator.CG)  # cg deflates a Krylov basis
+    # cg deflates a Krylov basis
+    krylov_basis = estimator in (Estimator.KRYLOV, Estimator.EKFAC_KRYLOV, Estimator.CG)
     return KRYLOV_ENERGY_THRESHOLD if krylov_basis else DEFAULT_ENERGY_THRESHOLD
 
 

@@ -44,6 +44,8 @@ from coherence.errors import RequestError
 ESTIMATOR_LABELS = {
     "subspace": "subspace (exact, default)",
     "krylov": "krylov (span{G, ηG, …}, closer to the full solve)",
+    "ekfac-krylov": "ekfac-krylov (EK-FAC-preconditioned Krylov, most faithful)",
+    "ekfac": "ekfac (Kronecker-factored approximation, fastest)",
     "cg": "cg (paper v2, iterative)",
     "euclidean": "euclidean (gradient dot product)",
 }
@@ -126,8 +128,11 @@ CONTROLS: tuple[Control, ...] = (
         default="subspace",
         labels=lambda scope: ESTIMATOR_LABELS.get,
         help="subspace: exact Galerkin solve on the span of the gradients; krylov: the "
-        "same in span{G, ηG, η²G, η³G} (≈ 4× the cost, closer to the full solve); cg: "
-        "conjugate gradients to a tolerance (the paper's v2); euclidean: M = I.",
+        "same in span{G, ηG, η²G, η³G} (≈ 4× the cost, closer to the full solve); "
+        "ekfac-krylov: the same in the EK-FAC-preconditioned space (closest to the exact "
+        "solve per product); cg: conjugate gradients to a tolerance (the paper's v2); "
+        "ekfac: the Kronecker-factored approximation alone (fast, no residual); "
+        "euclidean: M = I.",
     ),
     Number(
         key="damping",

@@ -31,7 +31,7 @@ from coherence.errors import RequestError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
 RESPONSES = tuple(r.value for r in Response)  # smse, mass, energy
-ESTIMATORS = tuple(e.value for e in Estimator)  # subspace, cg, euclidean, krylov
+ESTIMATORS = tuple(e.value for e in Estimator)  # subspace, cg, euclidean, krylov, ekfac, …
 DEVICES = ("auto", "cpu", "cuda")
 # The paper uses 6 test trajectories per seed; 2 keep the demo's precompute within its budget
 # on 2 CPU cores, and more are one sidebar pick away.

@@ -132,10 +132,11 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert names == {"subspace", "euclidean"}
     assert "Median per-row Spearman" in texts(at.caption)
     assert [t["type"] for t in agreement["data"]] == ["histogram", "heatmap"]
-    # on demand: cg at 2 tolerances, krylov and the subspace at 2 energy thresholds, × 6 λ
+    # on demand: cg at 2 tolerances, krylov, ekfac-krylov, ekfac and the subspace at 2
+    # energy thresholds, × 6 λ
     at.toggle(key="sens_cg").set_value(True).run()
     assert_clean(at)
-    assert "7 of 37 sweep settings cached" in texts(at.caption)
+    assert "7 of 49 sweep settings cached" in texts(at.caption)
     assert at.button(key="sens_compute")
 
 

@@ -28,12 +28,14 @@ def sensitivity(ctx: PanelContext) -> None:
     root = str(ctx.root)
     runner = loaders.job_runner(root)
     with_cg = st.toggle(
-        "Include the costly settings: cg (the paper's solver, rtol 1.5e-2 and 5e-2), krylov, "
-        "and the subspace at energy thresholds 1 − 1e-2 and 1 − 1e-6",
+        "Include the on-demand settings: cg (the paper's solver, rtol 1.5e-2 and 5e-2), "
+        "krylov, ekfac-krylov, ekfac and the subspace at energy thresholds 1 − 1e-2 and "
+        "1 − 1e-6",
         key="sens_cg",
         help="Conjugate gradients on the full system needs many JVP + VJP per column on a "
-        "trained model (its iteration cap is reported); krylov and a finer subspace cost "
-        "several times the default; so they are computed only on demand.",
+        "trained model (its iteration cap is reported); krylov, ekfac-krylov and a finer "
+        "subspace cost several times the default; so they are computed only on demand "
+        "(ekfac is cheap but approximates η itself).",
     )
     points, problems = sweeps.sensitivity_points(
         ctx.root, ctx.selection, ctx.catalog, runner, include_on_demand=with_cg

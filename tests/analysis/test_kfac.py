@@ -1,0 +1,215 @@
+"""EK-FAC (``kfac``) and the EK-FAC-preconditioned Krylov estimator against dense float64
+references: every J_n by jacrev (tests/analysis/fixtures.py), η formed densely, the
+preconditioned Krylov basis by a QR of the dense block [M̃⁻¹G, M̃⁻¹AM̃⁻¹G, …]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch import Tensor, nn
+
+from coherence.analysis.autodiff import FlatModel
+from coherence.analysis.influence import compute_influence
+from coherence.analysis.kfac import EigenbasisMetric, fit_eigenbasis, gaussian_probes
+from coherence.analysis.request import AnalysisRequest
+from coherence.analysis.standardization import standardize
+from tests.analysis.fixtures import TinyConv, dense_reference
+
+REL_EXACT = 1e-8
+PEARSON_TARGET, SPEARMAN_TARGET = 0.95, 0.9  # issue 14: vs the exact solve
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def one_hot_probes(fm: FlatModel, inputs: Tensor) -> list[Tensor]:
+    """The D cotangent fields e_d (the same output position in every example): their outer
+    products sum to I, so every EK-FAC statistic is exact."""
+    with torch.no_grad():
+        shape = fm(fm.theta, inputs).shape
+    d = shape[1:].numel()
+    probes = []
+    for k in range(d):
+        v = torch.zeros(shape[0], d, dtype=inputs.dtype)
+        v[:, k] = 1.0
+        probes.append(v.reshape(shape))
+    return probes
+
+
+def dense_metric(metric: EigenbasisMetric, p: int) -> Tensor:
+    """η̃ as a dense [P, P] matrix (columns: η̃ e_i)."""
+    return metric.apply(torch.eye(p, dtype=torch.float64)).T
+
+
+class RowLinear(nn.Module):
+    """A Linear on the last axis of [N, F, H, W]: weight shared over F·H positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.row = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.row(x)
+
+
+class GainConv(TinyConv):
+    """TinyConv with a scalar gain outside any Linear/Conv2d layer (EK-FAC's diagonal part)."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 3)
+        self.gain = nn.Parameter(torch.tensor(0.7))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.gain * self.conv2(nn.functional.silu(self.conv1(x)))
+
+
+def _batch(generator: torch.Generator, n: int = 5) -> tuple[Tensor, Tensor]:
+    x = torch.randn(n, 2, 4, 4, generator=generator, dtype=torch.float64)
+    return x, x + 0.1 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Conv2d(2, 2, 1), RowLinear], ids=["conv1x1", "linear"])
+def test_exact_statistics_reproduce_a_kronecker_metric(generator, make):
+    """A single 1×1 convolution or Linear whose output is the model's: its Gauss–Newton
+    matrix is exactly A ⊗ I (positions and outputs independent), so EK-FAC with exact
+    statistics (one-hot probes) equals η."""
+    torch.manual_seed(0)
+    model = make().double()
+    x, y = _batch(generator)
+    fm = FlatModel(model)
+    eta = dense_reference(model, x, y).eta
+    metric = fit_eigenbasis(fm, x, probes=one_hot_probes(fm, x))
+    assert len(metric.blocks) == 1 and not len(metric.diagonal_index)
+    approx = dense_metric(metric, fm.n_params)
+    assert float((approx - eta).norm() / eta.norm()) < REL_EXACT
+
+
+def test_corrected_eigenvalues_are_the_exact_diagonal_in_the_eigenbasis(generator):
+    """Λ[i, j] = (q_S,i ⊗ q_A,j)ᵀ η (q_S,i ⊗ q_A,j) for every basis direction of every layer,
+    and the diagonal part (the gain) holds η's diagonal entry."""
+    torch.manual_seed(1)
+    model = GainConv().double()
+    x, y = _batch(generator)
+    fm = FlatModel(model)
+    eta = dense_reference(model, x, y).eta
+    metric = fit_eigenbasis(fm, x, probes=one_hot_probes(fm, x))
+    gain_index = [n for n, _ in model.named_parameters()].index("gain")  # own params first
+    assert len(metric.blocks) == 2 and metric.diagonal_index.tolist() == [gain_index]
+    for block in metric.blocks:
+        out, cols = block.eigenvalues.shape
+        directions = torch.zeros(out * cols, fm.n_params, dtype=torch.float64)
+        basis = torch.einsum("ai,bj->ijab", block.qs, block.qa).reshape(out * cols, out, cols)
+        block.write(directions, basis)
+        quadratic = torch.einsum("kp,pq,kq->k", directions, eta, directions)
+        expected = block.eigenvalues.reshape(-1)
+        assert float((quadratic - expected).norm() / expected.norm()) < REL_EXACT
+        # and η̃ is diagonal in that basis with exactly those values
+        applied = metric.apply(directions)
+        assert float((applied - expected[:, None] * directions).norm()) < REL_EXACT * float(
+            applied.norm()
+        )
+    gain = metric.diagonal_index.item()
+    assert abs(float(metric.diagonal[0]) - float(eta[gain, gain])) < REL_EXACT * float(
+        eta[gain, gain]
+    )
+
+
+def test_gaussian_probes_are_seeded_and_scaled(ce_model, ce_batch):
+    fm = FlatModel(ce_model)
+    first = gaussian_probes(fm, ce_batch[0], samples=3)
+    again = gaussian_probes(fm, ce_batch[0], samples=3)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    spread = torch.stack(first).var().item() * 3  # each field is N(0, 1/samples)
+    assert 0.8 < spread < 1.2
+
+
+def test_ekfac_is_its_own_dense_damped_solve(ce_model, ce_batch):
+    """H of ``ekfac`` = g_Aᵀ (η̃ + λI)⁻¹ g_B / D with η̃ formed densely from the fitted
+    factors and inverted by torch.linalg.solve (checks the eigenbasis inverse)."""
+    damping = 1e-3
+    fm = FlatModel(ce_model)
+    ref = dense_reference(ce_model, *ce_batch)
+    metric = fit_eigenbasis(fm, ce_batch[0])
+    m = dense_metric(metric, fm.n_params) + damping * torch.eye(fm.n_params, dtype=torch.float64)
+    g = ref.grads("smse")
+    expected = g @ torch.linalg.solve(m, g.T) / ref.d
+    result = compute_influence(ce_model, *ce_batch, estimator="ekfac", damping=damping)
+    assert float((result.H - expected).norm() / expected.norm()) < REL_EXACT
+    assert result.diagnostics.residuals is None  # no product with J: nothing to report
+
+
+def dense_preconditioned_solution(ref, metric: EigenbasisMetric, depth: int, damping: float):
+    """Galerkin solution [P, N] in span{M̃⁻¹G, (M̃⁻¹A)M̃⁻¹G, …} from a QR of the dense block."""
+    g = ref.grads("smse")  # (N, P)
+    a = ref.eta + damping * torch.eye(g.shape[1], dtype=torch.float64)
+    blocks = [metric.solve(g, damping)]
+    for _ in range(depth - 1):
+        blocks.append(metric.solve(blocks[-1] @ a, damping))
+    power = torch.cat([b / b.norm(dim=1, keepdim=True) for b in blocks]).T
+    q, r = torch.linalg.qr(power)
+    q = q[:, r.diagonal().abs() > 1e-10 * r.diagonal().abs().max()]
+    return q @ torch.linalg.solve(q.T @ a @ q, q.T @ g.T)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_ekfac_krylov_matches_the_dense_preconditioned_galerkin(ce_model, ce_batch, depth):
+    damping = 1e-3
+    ref = dense_reference(ce_model, *ce_batch)
+    metric = fit_eigenbasis(FlatModel(ce_model), ce_batch[0])
+    y = dense_preconditioned_solution(ref, metric, depth, damping)
+    expected = ref.grads("smse") @ y / ref.d
+    result = compute_influence(
+        ce_model, *ce_batch, estimator="ekfac-krylov", depth=depth, damping=damping
+    )
+    assert float((result.H - expected).norm() / expected.norm()) < 1e-6
+    g = ref.grads("smse").T
+    a = ref.eta + damping * torch.eye(g.shape[0], dtype=torch.float64)
+    dense_residuals = torch.linalg.vector_norm(g - a @ y, dim=0) / g.norm(dim=0)
+    np.testing.assert_allclose(result.diagnostics.residuals, dense_residuals, rtol=1e-5)
+    assert result.diagnostics.subspace_eigenvalues is None  # its first block is not span(G)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damping", [1e-4, 1e-2])
+def test_ekfac_krylov_is_more_faithful_than_ekfac(trained_small, damping):
+    """The preconditioned Galerkin solution is at least as close to the exact solve as EK-FAC
+    in A's norm (M̃⁻¹g_p lies in its space) and, on this trained model, meets the issue's
+    fidelity target at depth 1 (measured 0.977 / 0.971 at λ = 1e-4; EK-FAC 0.957)."""
+    t = trained_small
+    ref = t.reference
+    g = ref.grads("smse")
+    a = ref.eta + damping * torch.eye(g.shape[1], dtype=torch.float64)
+    exact_y = torch.linalg.solve(a, g.T)  # (P, N)
+    exact = standardize(ref.full("smse", damping))
+    metric = fit_eigenbasis(FlatModel(t.model), t.inputs)
+    ekfac_y = metric.solve(g, damping).T
+
+    def a_norm_errors(y: Tensor) -> Tensor:
+        e = y - exact_y
+        return torch.einsum("pn,pq,qn->n", e, a, e).sqrt()
+
+    scores = {}
+    for label, options in (("ekfac", {}), ("ekfac-krylov", {"depth": 1})):
+        h = compute_influence(
+            t.model, t.inputs, t.targets, estimator=label, damping=damping, **options
+        ).H
+        h = standardize(h)
+        pearson = float(np.corrcoef(h.flatten(), exact.flatten())[0, 1])
+        spearman = float(np.median([spearmanr(h[i], exact[i])[0] for i in range(len(h))]))
+        scores[label] = (pearson, spearman)
+    galerkin_y = dense_preconditioned_solution(ref, metric, 1, damping)
+    assert bool((a_norm_errors(galerkin_y) <= a_norm_errors(ekfac_y) * (1 + 1e-9)).all())
+    assert scores["ekfac-krylov"][0] >= PEARSON_TARGET, scores
+    assert scores["ekfac-krylov"][1] >= SPEARMAN_TARGET, scores
+    assert scores["ekfac-krylov"][0] > scores["ekfac"][0], scores
+
+
+def test_requests_record_the_options_the_ekfac_estimators_use():
+    base = {"checkpoints": ("a",), "data": "d", "classes": ("CE-RP",), "n_steps": 4}
+    ekfac = AnalysisRequest(**base, estimator="ekfac").to_dict()
+    assert ekfac["depth"] is None and ekfac["energy_threshold"] is None and ekfac["rtol"] is None
+    pre = AnalysisRequest(**base, estimator="ekfac-krylov", depth=2).to_dict()
+    assert pre["depth"] == 2 and pre["energy_threshold"] == 1.0
+    for recorded in (ekfac, pre):
+        assert AnalysisRequest.from_dict(recorded).to_dict() == recorded

@@ -61,8 +61,16 @@ def _products(diag: Any) -> dict[str, Any]:
 def fidelity_rows(quick: bool) -> list[dict[str, Any]]:
     settings = [("euclidean", {}), ("subspace", {}), ("subspace", {"energy_threshold": 1.0})]
     settings += [("krylov", {"depth": d}) for d in ((2, 4) if quick else (2, 4, 6, 8))]
+    # EK-FAC alone, and the Galerkin solve in its preconditioned Krylov space
+    settings += [("ekfac", {})]
+    settings += [("ekfac-krylov", {"depth": d}) for d in ((1, 2) if quick else (1, 2, 4))]
     # the paper's solve at its own tolerances (deflated start, depth 4): how far from exact
     settings += [("cg", {"rtol": rtol, "max_iter": 5000}) for rtol in (5e-2, 1.5e-2)]
+    # the same tolerances from the EK-FAC-preconditioned start, EK-FAC-preconditioned
+    settings += [
+        ("cg", {"rtol": rtol, "max_iter": 5000, "cg_start": "preconditioned"})
+        for rtol in (5e-2, 1.5e-2)
+    ]
     rows = []
     for hidden, seed in MODELS[:1] if quick else MODELS:
         small = train_small(hidden, seed)

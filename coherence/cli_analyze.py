@@ -49,7 +49,11 @@ def analyze(
     ] = 4,
     cg_start: Annotated[
         str,
-        typer.Option(help="cg: deflated (from the Galerkin solution in --depth blocks) or cold."),
+        typer.Option(
+            help="cg: deflated (from the Galerkin solution in --depth blocks), preconditioned "
+            "(the same from the EK-FAC-preconditioned space, EK-FAC-preconditioned iterations) "
+            "or cold."
+        ),
     ] = "deflated",
     energy_threshold: Annotated[
         float | None,

@@ -42,7 +42,7 @@ class InfluenceDiagnostics:
     jvp_method: str | None = None  # "traced", or "jvp" after a failed check; None: unused
     depth: int | None = None  # krylov: number of blocks of span{G, ηG, …}
     block_ranks: tuple[int, ...] | None = None  # krylov: rank of each block
-    cg_start: str | None = None  # cg: "deflated" (from the krylov solution) or "cold"
+    cg_start: str | None = None  # cg: "deflated" (krylov start), "preconditioned" or "cold"
     start_residuals: tuple[float, ...] | None = None  # deflated cg: residuals at the start
     batch_jvps: int | None = None  # products with the batch Jacobian J (≈ 2.2 forwards each)
     batch_vjps: int | None = None  # products with Jᵀ (≈ 2 forwards each)

@@ -202,6 +202,10 @@ REFRESH_EVERY = 50  # cg iterations between true-residual refreshes (one matvec 
 RESTART_DRIFT = 0.1  # a refresh that moves r by more than this (relative) restarts d
 
 
+def _same(rows: Tensor) -> Tensor:
+    return rows
+
+
 def block_cg(
     matvec: Callable[[Tensor], Tensor],
     rhs: Tensor,
@@ -211,6 +215,7 @@ def block_cg(
     *,
     start: tuple[Tensor, Tensor] | None = None,
     deflation: DeflationLike | None = None,
+    precondition: Callable[[Tensor], Tensor] | None = None,
     refresh_every: int = REFRESH_EVERY,
 ) -> CGResult:
     """K independent conjugate-gradient runs, vectorised over the rows of rhs [K, P].
@@ -219,7 +224,10 @@ def block_cg(
     r = rhs. ``start`` = (y₀, r₀ = rhs − A y₀) warm-starts every column; ``deflation``
     (``krylov.Deflation``) projects every residual before it enters a search direction,
     d ← deflation(r) + βd, which keeps the directions A-conjugate to a deflated subspace
-    (r₀ must then be orthogonal to it, as a Galerkin residual is).
+    (r₀ must then be orthogonal to it, as a Galerkin residual is). ``precondition`` (rows →
+    M̃⁻¹ rows, SPD; e.g. EK-FAC's) makes it preconditioned CG: z = M̃⁻¹r enters the
+    directions instead of r (projected by the deflation in the same way: deflated PCG,
+    Saad et al. 2000), β = r'ᵀz'/rᵀz; convergence is still judged on ‖r‖.
 
     Finite precision: every ``refresh_every`` iterations, and whenever a column's recursive
     residual claims rtol, its residual is recomputed as rhs − A y (residual replacement),
@@ -233,24 +241,27 @@ def block_cg(
     final true residual). ``start``'s tensors are updated in place (the caller hands them
     over). State: y, r, d, [K, P] each in the model dtype, and up to five working blocks of
     the active rows (A·d or A·y, a projected residual, and copies of y, r, d once some
-    columns have stopped); row dot products in the model dtype, recursions in float64. A
-    zero right-hand side has solution 0 and residual 0.
+    columns have stopped; one more, z, when preconditioned); row dot products in the model
+    dtype, recursions in float64. A zero right-hand side has solution 0 and residual 0.
     """
     k = rhs.shape[0]
     b_norm = torch.linalg.vector_norm(rhs, dim=1).double()  # (K,)
-    keep = deflation if deflation is not None else (lambda rows: rows)
+    keep = deflation if deflation is not None else _same
+    solve = precondition if precondition is not None else _same
     y, r = (torch.zeros_like(rhs), rhs.clone()) if start is None else start  # start: owned
-    d = r.clone() if deflation is None else deflation(r)  # new: r is updated in place
-    rr = _rowdot(r, r)  # (K,)
+    z = solve(r)
+    d = z.clone() if deflation is None else deflation(z)  # new: r is updated in place
+    rz, rr = _rowdot(r, z), _rowdot(r, r)  # (K,) each
+    del z
     iterations = torch.zeros(k, dtype=torch.long)
     active = rr.sqrt() > rtol * b_norm
-    state = (y, r, d, rr)
+    state = (y, r, d, rz, rr)
 
     def step(rows: Tensor | slice, *held: Tensor) -> None:
-        _cg_step(matvec, keep, *held)
+        _cg_step(matvec, keep, solve, *held)
 
     def refresh(rows: Tensor | slice, *held: Tensor) -> None:
-        _refresh(matvec, rhs[rows], deflation, *held)
+        _refresh(matvec, rhs[rows], deflation, solve, *held)
 
     for it in range(max_iter):
         idx = torch.nonzero(active).flatten()
@@ -272,32 +283,33 @@ def block_cg(
     return CGResult(y, tuple(int(i) for i in iterations), tuple(rel.tolist()), converged)
 
 
-def _on_rows(
-    idx: Tensor, state: tuple[Tensor, Tensor, Tensor, Tensor], update: Callable[..., None]
-) -> None:
-    """``update(rows, y, r, d, rr)`` in place on the rows idx of cg's state: on views when
-    idx is every row (no [K, P] copies), else on copies written back."""
-    y, r, d, rr = state
-    if len(idx) == len(y):
-        update(slice(None), y, r, d, rr)
+def _on_rows(idx: Tensor, state: tuple[Tensor, ...], update: Callable[..., None]) -> None:
+    """``update(rows, *state)`` in place on the rows idx of cg's state (y, r, d and the
+    per-row scalars): on views when idx is every row (no [K, P] copies), else on copies
+    written back."""
+    if len(idx) == len(state[0]):
+        update(slice(None), *state)
         return
-    ys, rs, ds, rrs = y[idx], r[idx], d[idx], rr[idx]
-    update(idx, ys, rs, ds, rrs)
-    y[idx], r[idx], d[idx], rr[idx] = ys, rs, ds, rrs
+    held = tuple(t[idx] for t in state)
+    update(idx, *held)
+    for whole, part in zip(state, held, strict=True):
+        whole[idx] = part
 
 
 def _refresh(
     matvec: Callable[[Tensor], Tensor],
     rhs: Tensor,
     deflation: DeflationLike | None,
+    solve: Callable[[Tensor], Tensor],
     y: Tensor,
     r: Tensor,
     d: Tensor,
+    rz: Tensor,
     rr: Tensor,
 ) -> None:
-    """In place on rows: r ← rhs − A y (then deflation-corrected) and rr recomputed; d
-    re-projected, or restarted from r where r moved by more than RESTART_DRIFT of its norm
-    (CG's step lengths assume rᵀd = rᵀr, which a large replacement breaks)."""
+    """In place on rows: r ← rhs − A y (then deflation-corrected), rᵀz and rᵀr recomputed;
+    d re-projected, or restarted from z where r moved by more than RESTART_DRIFT of its
+    norm (CG's step lengths assume rᵀd = rᵀz, which a large replacement breaks)."""
     fresh = rhs - matvec(y)
     if deflation is not None:
         deflation.correct(y, fresh)
@@ -306,7 +318,10 @@ def _refresh(
     moved = moved_sq > RESTART_DRIFT**2 * new_rr
     r.copy_(fresh)
     del fresh
-    d[moved] = r[moved]
+    z = solve(r)
+    d[moved] = z[moved]
+    rz.copy_(_rowdot(r, z))
+    del z
     if deflation is not None:
         d.copy_(deflation(d))
     rr.copy_(new_rr)
@@ -315,21 +330,26 @@ def _refresh(
 def _cg_step(
     matvec: Callable[[Tensor], Tensor],
     keep: Callable[[Tensor], Tensor],
+    solve: Callable[[Tensor], Tensor],
     y: Tensor,
     r: Tensor,
     d: Tensor,
+    rz: Tensor,
     rr: Tensor,
 ) -> None:
-    """One CG iteration on rows, in place: y, r, d [k, P] and rr [k] (float64) updated."""
+    """One (preconditioned) CG iteration on rows, in place: y, r, d [k, P] and rᵀz, rᵀr [k]
+    (float64) updated."""
     ad = matvec(d)  # (k, P)
-    alpha = rr / _rowdot(d, ad)
+    alpha = rz / _rowdot(d, ad)
     y += alpha.to(y.dtype)[:, None] * d
     r -= alpha.to(r.dtype)[:, None] * ad
     del ad
-    rr_new = _rowdot(r, r)
-    beta = rr_new / rr
-    d.mul_(beta.to(d.dtype)[:, None]).add_(keep(r))
-    rr.copy_(rr_new)
+    z = solve(r)
+    rz_new = _rowdot(r, z)
+    beta = rz_new / rz
+    d.mul_(beta.to(d.dtype)[:, None]).add_(keep(z))
+    rz.copy_(rz_new)
+    rr.copy_(rz_new if z is r else _rowdot(r, r))
 
 
 # ------------------------------------------------------------------ Lanczos ---------------

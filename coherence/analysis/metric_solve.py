@@ -108,8 +108,17 @@ def solve_metric(
     if est is Estimator.EKFAC:
         return _ekfac(options, fit_eigenbasis(fm, inputs), g)
     if est is Estimator.EKFAC_KRYLOV:
-        return _krylov(options, products, g, inputs.shape, progress, fm)
+        return _krylov(options, products, g, inputs.shape, progress, preconditioned=True)
     return _cg(options, products, g, inputs.shape, progress)
+
+
+def _ekfac_preconditioner(
+    options: InfluenceOptions, products: CountedJacobian, progress: StageProgress
+) -> Callable[[Tensor], Tensor]:
+    """Rows → (η̃ + λI)⁻¹ rows, η̃ the EK-FAC approximation fitted on the products' batch."""
+    progress(0.0, "EK-FAC factors")
+    metric = fit_eigenbasis(products.jacobian.fm, products.jacobian.inputs)
+    return partial(metric.solve, damping=options.damping)
 
 
 def _ekfac(options: InfluenceOptions, metric: EigenbasisMetric, g: Tensor) -> MetricSolve:
@@ -184,19 +193,15 @@ def _krylov(
     g: Tensor,
     shape: torch.Size,
     progress: StageProgress,
-    preconditioned: FlatModel | None = None,
+    preconditioned: bool = False,
 ) -> MetricSolve:
     """Galerkin solve in the block Krylov space span{G, ηG, …} (``options.depth`` blocks),
-    or, given the model (``preconditioned``), in span{M̃⁻¹G, M̃⁻¹AM̃⁻¹G, …} with M̃ the
-    damped EK-FAC approximation of the metric fitted on this batch."""
-    precondition = None
-    if preconditioned is not None:
-        progress(0.0, "EK-FAC factors")
-        metric = fit_eigenbasis(preconditioned, products.jacobian.inputs)
-        precondition = partial(metric.solve, damping=options.damping)
+    or (``preconditioned``) in span{M̃⁻¹G, M̃⁻¹AM̃⁻¹G, …} with M̃ the damped EK-FAC
+    approximation of the metric fitted on this batch."""
+    precondition = _ekfac_preconditioner(options, products, progress) if preconditioned else None
     galerkin = _krylov_galerkin(options, products, g, shape, 1.0, progress, precondition)
     fields = galerkin.fields(options)
-    if preconditioned is not None:  # its first block is span(M̃⁻¹G), not span(G)
+    if preconditioned:  # its first block is span(M̃⁻¹G), not span(G)
         del fields["subspace_eigenvalues"]
     return MetricSolve(
         galerkin.solve.influence,
@@ -268,6 +273,7 @@ def deflated_start(
     shape: torch.Size,
     share: float,
     progress: StageProgress,
+    precondition: Callable[[Tensor], Tensor] | None = None,
 ) -> DeflatedStart:
     """The Galerkin solve in the block Krylov space of ``options.depth`` blocks, its full
     residual, and the deflation of that space (AQ: the basis construction's η q_j reused, one
@@ -275,8 +281,11 @@ def deflated_start(
     energy threshold (cg's default is 1, subspace's 1 − 1e-4). Why deeper:
     every block removes more of the large eigenvalues of η that make cold cg slow (on the
     P = 880 trained model at rtol 5e-2, summed iterations fall from 1348 cold to 366 at
-    depth 1 and 18 at depth 4)."""
-    galerkin = _krylov_galerkin(options, products, g, shape, 0.8 * share, progress, keep_eta=True)
+    depth 1 and 18 at depth 4). ``precondition``: the Krylov space of the preconditioned
+    metric (``block_krylov_basis``)."""
+    galerkin = _krylov_galerkin(
+        options, products, g, shape, 0.8 * share, progress, precondition, keep_eta=True
+    )
     kbasis, project = galerkin.basis, None
     if kbasis.rank:
         project = deflation(
@@ -287,6 +296,8 @@ def deflated_start(
         **galerkin.fields(options),
         "start_residuals": tuple(galerkin.residual.relative.tolist()),
     }
+    if precondition is not None:  # its first block is span(M̃⁻¹G), not span(G)
+        del fields["subspace_eigenvalues"]
     return DeflatedStart((galerkin.y0, galerkin.residual.rows), project, fields)
 
 
@@ -301,10 +312,12 @@ def _cg(
     block Krylov space of ``options.depth`` blocks with that space deflated (its Galerkin
     residual is orthogonal to it: CG continues on the complement)."""
     assert options.rtol is not None  # InfluenceOptions requires it for cg
-    start, project, start_fields, head = None, None, {}, 0.0
-    if options.cg_start is CGStart.DEFLATED:
+    start, project, start_fields, head, precondition = None, None, {}, 0.0, None
+    if options.cg_start is CGStart.PRECONDITIONED:
+        precondition = _ekfac_preconditioner(options, products, progress)
+    if options.cg_start is not CGStart.COLD:
         head = 0.3  # of the progress bar: the Galerkin start's; the rest is cg's
-        begin = deflated_start(options, products, g, shape, head, progress)
+        begin = deflated_start(options, products, g, shape, head, progress, precondition)
         start, project, start_fields = begin.start, begin.project, begin.fields
     cg = block_cg(
         products.metric_rows(options.damping),
@@ -314,6 +327,7 @@ def _cg(
         progress=lambda x: progress(head + (1 - head) * x, "conjugate gradients"),
         start=start,
         deflation=project,
+        precondition=precondition,
     )
     return MetricSolve(
         lambda ga: gram64(ga, cg.solution),

@@ -127,9 +127,11 @@ def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tens
     if estimator is Estimator.EKFAC:
         return n * p  # the solution rows; the factors are per layer, far below N·P
     if estimator is Estimator.CG:
-        if request.cg_start == "deflated":
+        if request.cg_start != "cold":
             building = (3 * depth + 1) * n * p + pushed
-            iterating = (2 * depth + 8) * n * p
+            # preconditioned: z = M̃⁻¹r, one more block while iterating
+            extra = 1 if request.cg_start == "preconditioned" else 0
+            iterating = (2 * depth + 8 + extra) * n * p
             return max(building, iterating) - n * p
         return 7 * n * p
     return 0
@@ -169,7 +171,8 @@ def estimate_cost(
         Estimator.EKFAC: ekfac,
         Estimator.EKFAC_KRYLOV: ekfac + krylov,
         Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec
-        + (krylov + n * n * VJP_PASSES if request.cg_start == "deflated" else 0.0),
+        + (krylov + n * n * VJP_PASSES if request.cg_start != "cold" else 0.0)
+        + (ekfac if request.cg_start == "preconditioned" else 0.0),
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0

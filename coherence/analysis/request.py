@@ -227,7 +227,7 @@ class AnalysisRequest:
         """Canonical JSON-ready form (lists, not tuples; names, not enums; each estimator
         option recorded only for the estimators that use it, None otherwise)."""
         cg = self.estimator is Estimator.CG
-        deflated = cg and self.cg_start is CGStart.DEFLATED
+        deflated = cg and self.cg_start is not CGStart.COLD  # a Krylov start: depth, threshold
         krylov = self.estimator in (Estimator.KRYLOV, Estimator.EKFAC_KRYLOV)
         uses_basis = krylov or self.estimator is Estimator.SUBSPACE or deflated
         return {

@@ -31,10 +31,12 @@ class Estimator(StrEnum):
 
 class CGStart(StrEnum):
     """Where cg starts: the Galerkin solution in span{G, ηG, …} (``depth`` blocks) with that
-    space deflated (default), or zero."""
+    space deflated (default); the Galerkin solution in the EK-FAC-preconditioned Krylov
+    space, deflated, with EK-FAC-preconditioned iterations; or zero."""
 
     DEFLATED = "deflated"
     COLD = "cold"
+    PRECONDITIONED = "preconditioned"
 
 
 class Response(StrEnum):

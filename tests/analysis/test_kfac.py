@@ -211,5 +211,59 @@ def test_requests_record_the_options_the_ekfac_estimators_use():
     assert ekfac["depth"] is None and ekfac["energy_threshold"] is None and ekfac["rtol"] is None
     pre = AnalysisRequest(**base, estimator="ekfac-krylov", depth=2).to_dict()
     assert pre["depth"] == 2 and pre["energy_threshold"] == 1.0
-    for recorded in (ekfac, pre):
+    pcg = AnalysisRequest(
+        **base, estimator="cg", rtol=1e-2, cg_start="preconditioned", depth=2
+    ).to_dict()  # its start is a Krylov basis: depth and threshold make part of the key
+    assert pcg["cg_start"] == "preconditioned" and pcg["depth"] == 2
+    assert pcg["energy_threshold"] == 1.0
+    for recorded in (ekfac, pre, pcg):
         assert AnalysisRequest.from_dict(recorded).to_dict() == recorded
+
+
+def test_preconditioned_cg_solves_the_system_in_fewer_iterations():
+    """block_cg with a preconditioner on a badly scaled SPD system: the exact inverse
+    converges in one iteration, the Jacobi preconditioner in far fewer than plain CG, and
+    every run reaches the dense solve."""
+    from coherence.analysis.estimators import block_cg
+
+    gen = torch.Generator().manual_seed(5)
+    p = 80
+    scale = torch.logspace(0, 4, p, dtype=torch.float64)
+    noise = 0.1 * torch.randn(p, p, dtype=torch.float64, generator=gen)
+    a = torch.diag(scale) + (noise @ noise.T) * scale.sqrt()[:, None] * scale.sqrt()[None, :]
+    a = 0.5 * (a + a.T)
+    rhs = torch.randn(3, p, dtype=torch.float64, generator=gen)
+    exact = torch.linalg.solve(a, rhs.T).T
+    inverse = torch.linalg.inv(a)
+    diagonal = a.diagonal()
+    runs = {
+        "plain": block_cg(lambda v: v @ a, rhs, 1e-10, 2000),
+        "jacobi": block_cg(lambda v: v @ a, rhs, 1e-10, 2000, precondition=lambda r: r / diagonal),
+        "exact": block_cg(lambda v: v @ a, rhs, 1e-10, 2000, precondition=lambda r: r @ inverse),
+    }
+    for run in runs.values():
+        assert run.converged and max(run.residuals) <= 1e-10
+        assert torch.allclose(run.solution, exact, rtol=1e-6, atol=1e-9)
+    assert max(runs["exact"].iterations) == 1
+    assert 3 * max(runs["jacobi"].iterations) < min(runs["plain"].iterations), runs
+
+
+@pytest.mark.slow
+def test_preconditioned_cg_is_closer_to_the_exact_solve_at_the_papers_tolerance(trained_small):
+    """At the same rtol, the EK-FAC-preconditioned cg (from the ekfac-krylov start) lands
+    closer to the exact Ĥ than the plain deflated cg (measured at λ = 1e-4, rtol 1.5e-2:
+    Pearson 0.997 vs 0.975 on this model, 0.957 vs 0.805 on the hardest small model): a
+    residual below rtol leaves the small-eigenvalue error that 1/λ amplifies, and the
+    preconditioner is what reduces it."""
+    t = trained_small
+    exact = standardize(t.reference.full("smse", 1e-4))
+    pearson = {}
+    for start in ("deflated", "preconditioned"):
+        result = compute_influence(
+            t.model, t.inputs, t.targets, estimator="cg", rtol=1.5e-2, cg_start=start
+        )
+        assert result.diagnostics.converged and max(result.diagnostics.residuals) <= 1.5e-2
+        h = standardize(result.H)
+        pearson[start] = float(np.corrcoef(h.flatten(), exact.flatten())[0, 1])
+    assert pearson["preconditioned"] >= PEARSON_TARGET, pearson
+    assert pearson["preconditioned"] > pearson["deflated"], pearson

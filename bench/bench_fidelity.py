@@ -12,8 +12,13 @@
    columns spread over the batch (a cold column costs one batch JVP + VJP per iteration:
    a full cold run on the demo UNet would take hours here): iterations per column, products,
    seconds, converged. Target: ≥ 10× fewer iterations.
+3. ``cost``: seconds of each estimator side by side on the trained demo checkpoints
+   (``workspace/checkpoints/{unet,vit}_demo_s10`` unless --checkpoint names others; N = 48,
+   32², one batch, after one warm-up that traces the tangent program), best of two runs:
+   euclidean, ekfac, subspace, ekfac-krylov (depth 1, 2), krylov (depth 2, 4). The issue's
+   question: is a setting more faithful than EK-FAC also faster than it?
 
-Run: python -m bench.bench_fidelity [--part fidelity|cg|all] [--quick] [--arch unet|vit]
+Run: python -m bench.bench_fidelity [--part fidelity|cg|cost|all] [--quick] [--arch unet|vit]
      [--checkpoint ARCH=DIR] [--columns K] [--rtol R] [--cap N] [--start cold|deflated]
 (--start: run one start only, written to cg_start_<arch>_<start>.json; --quick: one small
 model, depths 2 and 4, cg on the UNet at rtol 5e-2 with max_iter 50).
@@ -140,6 +145,52 @@ def _column_cg(
     }
 
 
+COST_SETTINGS = (
+    ("euclidean", {}),
+    ("ekfac", {}),
+    ("subspace", {}),
+    ("ekfac-krylov", {"depth": 1}),
+    ("ekfac-krylov", {"depth": 2}),
+    ("krylov", {"depth": 2}),
+    ("krylov", {"depth": 4}),
+)
+
+
+def cost_rows(archs: list[str], checkpoints: dict[str, str]) -> list[dict[str, Any]]:
+    """Seconds per estimator on one trained demo checkpoint per architecture (docstring)."""
+    x, y = euler_batch()
+    rows = []
+    for arch in archs:
+        model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
+        compute_influence(model, x, y, estimator="subspace")  # trace once, as a job does
+        for estimator, options in COST_SETTINGS:
+            best, result = float("inf"), None
+            for _ in range(2):
+                clock = time.perf_counter()
+                result = compute_influence(model, x, y, estimator=estimator, **options)
+                best = min(best, time.perf_counter() - clock)
+            assert result is not None
+            rows.append(
+                {
+                    "model": f"{arch} (trained)",
+                    "setting": estimator + "".join(f" {k}={v}" for k, v in options.items()),
+                    "seconds": best,
+                    "jvps": result.diagnostics.batch_jvps or 0,
+                    "vjps": result.diagnostics.batch_vjps or 0,
+                }
+            )
+            print(rows[-1], flush=True)
+        ekfac = next(
+            r["seconds"]
+            for r in rows
+            if r["model"] == f"{arch} (trained)" and r["setting"] == "ekfac"
+        )
+        for row in rows:
+            if row["model"] == f"{arch} (trained)":
+                row["x_ekfac"] = row["seconds"] / ekfac
+    return rows
+
+
 def cg_rows(
     archs: list[str],
     rtols: list[float],
@@ -196,7 +247,7 @@ def cg_rows(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("fidelity", "cg", "all"), default="all")
+    parser.add_argument("--part", choices=("fidelity", "cg", "cost", "all"), default="all")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=DIR")
     parser.add_argument("--columns", type=int, default=6, help="cg: columns solved per model")
@@ -216,6 +267,16 @@ def main() -> None:
             fidelity_rows(args.quick),
             "Pearson / median row Spearman of standardised Ĥ vs the exact (η + λI)⁻¹ solve; "
             "forwards = 2.2·JVPs + 2·VJPs (batch forwards). Target: ≥ 0.95 / ≥ 0.9.",
+        )
+    if args.part in ("cost", "all"):
+        archs = args.arch or ["unet", "vit"]
+        write_result(
+            "estimator_cost",
+            "Estimator seconds side by side on the trained demo models (issue 14)",
+            cost_rows(archs, checkpoints),
+            "N = 48 at 32², one batch, best of two runs after a warm-up that traces the tangent "
+            "program; x_ekfac = seconds / ekfac's seconds in the same run. Fidelity of the "
+            "same settings on the small dense-reference models: fidelity.json.",
         )
     if args.part in ("cg", "all"):
         archs = args.arch or ["unet", "vit"]

@@ -237,7 +237,15 @@ def fit_eigenbasis(
     return EigenbasisMetric(tuple(blocks), index, diagonal, len(cotangents))
 
 
-def parameter_count(metric: EigenbasisMetric) -> int:
-    """Numbers the factored metric holds (for the memory estimate)."""
-    blocks = sum(b.qa.numel() + b.qs.numel() + b.eigenvalues.numel() for b in metric.blocks)
-    return blocks + 2 * metric.diagonal.numel()
+def fit_bytes(model: nn.Module, n: int, itemsize: int) -> int:
+    """Memory of a fit beyond the model's own: the float64 factors and eigenbases (A, Q_A,
+    S, Q_S, Λ per Linear/Conv2d layer) and the probes' per-example gradients (N·P each), for
+    the cost estimate. At paper size the factors of the widest convolutions dominate."""
+    factors = 0
+    for module in model.modules():
+        if _supported(module) and module.weight.requires_grad:
+            out = module.weight.shape[0]
+            cols = module.weight[0].numel() + (module.bias is not None)
+            factors += 2 * cols * cols + 2 * out * out + out * cols
+    p = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    return 8 * factors + SAMPLES * n * p * itemsize

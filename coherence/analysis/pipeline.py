@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from coherence.analysis import kfac
 from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.estimators import Estimator, parse_estimator
 from coherence.analysis.influence import compute_influence, top_eigenvalue
@@ -177,6 +178,9 @@ def estimate_cost(
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
     gradient_bytes = (k + 2) * n * p * itemsize + solver_numbers(request, n, p, example) * itemsize
+    preconditioned_cg = estimator is Estimator.CG and request.cg_start == "preconditioned"
+    if estimator in (Estimator.EKFAC, Estimator.EKFAC_KRYLOV) or preconditioned_cg:
+        gradient_bytes += kfac.fit_bytes(model, n, itemsize)
     one = activation_bytes(model, example[:1])
     chunk = vjp_chunk_size(one, k, n) or n
     # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);

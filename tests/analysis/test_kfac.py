@@ -267,3 +267,21 @@ def test_preconditioned_cg_is_closer_to_the_exact_solve_at_the_papers_tolerance(
         pearson[start] = float(np.corrcoef(h.flatten(), exact.flatten())[0, 1])
     assert pearson["preconditioned"] >= PEARSON_TARGET, pearson
     assert pearson["preconditioned"] > pearson["deflated"], pearson
+
+
+def test_memory_estimate_covers_the_fitted_factors(ce_model, ce_batch):
+    """``kfac.fit_bytes`` (added to the cost estimate of every EK-FAC setting) covers what a
+    fit keeps: the eigenbases and corrected eigenvalues in float64, and the probes'
+    per-example gradients."""
+    from coherence.analysis.kfac import SAMPLES, fit_bytes
+    from coherence.analysis.pipeline import estimate_cost
+
+    fm = FlatModel(ce_model)
+    metric = fit_eigenbasis(fm, ce_batch[0])
+    kept = sum(8 * (b.qa.numel() + b.qs.numel() + b.eigenvalues.numel()) for b in metric.blocks)
+    n, itemsize = len(ce_batch[0]), 8
+    assert kept + SAMPLES * n * fm.n_params * itemsize <= fit_bytes(ce_model, n, itemsize)
+    base = {"checkpoints": ("a",), "data": "d", "classes": ("CE-RP", "CE-CRP"), "n_steps": 3}
+    plain = estimate_cost(ce_model, AnalysisRequest(**base, estimator="krylov"), ce_batch[0])
+    pre = estimate_cost(ce_model, AnalysisRequest(**base, estimator="ekfac-krylov"), ce_batch[0])
+    assert pre.memory_bytes - plain.memory_bytes == fit_bytes(ce_model, 6, itemsize)

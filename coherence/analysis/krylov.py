@@ -16,6 +16,11 @@ costs nothing in accuracy.
   s_j ≤ N the rank of block j, i.e. ≤ N·(2.2·d + 2·(d − 1)). Memory: Q's buffer of d·N rows,
   one block of ηQ (N rows; all of them when kept for deflation) and the pushed tangents
   (d·N rows of N·D numbers): ``pipeline.solver_numbers`` counts them.
+- ``ekfac-krylov``: the same construction for the preconditioned operator M̃⁻¹A (M̃ = η̃ + λI,
+  η̃ the EK-FAC approximation of ``kfac``): block 1 spans M̃⁻¹G, block j+1 is M̃⁻¹(A Q_j)
+  projected off the earlier blocks. d steps of preconditioned block CG; M̃⁻¹g_p lies in the
+  space, so the Galerkin solution is never further from the full solve in A's norm than
+  EK-FAC's own. Same products as ``krylov`` (the preconditioner needs no model evaluation).
 - Full-system residual of any Galerkin solution: ρ_p = ‖g_B(p) − (η + λI) y_p‖ / ‖g_B(p)‖.
   J y_p = Σ_j c_jp J q_j comes from the stored pushed tangents (no JVP), so ρ costs N batch
   VJPs (≈ 2N forwards).

@@ -112,7 +112,7 @@ def solve_metric(
     return _cg(options, products, g, inputs.shape, progress)
 
 
-def _ekfac_preconditioner(
+def ekfac_preconditioner(
     options: InfluenceOptions, products: CountedJacobian, progress: StageProgress
 ) -> Callable[[Tensor], Tensor]:
     """Rows → (η̃ + λI)⁻¹ rows, η̃ the EK-FAC approximation fitted on the products' batch."""
@@ -198,7 +198,7 @@ def _krylov(
     """Galerkin solve in the block Krylov space span{G, ηG, …} (``options.depth`` blocks),
     or (``preconditioned``) in span{M̃⁻¹G, M̃⁻¹AM̃⁻¹G, …} with M̃ the damped EK-FAC
     approximation of the metric fitted on this batch."""
-    precondition = _ekfac_preconditioner(options, products, progress) if preconditioned else None
+    precondition = ekfac_preconditioner(options, products, progress) if preconditioned else None
     galerkin = _krylov_galerkin(options, products, g, shape, 1.0, progress, precondition)
     fields = galerkin.fields(options)
     if preconditioned:  # its first block is span(M̃⁻¹G), not span(G)
@@ -314,7 +314,7 @@ def _cg(
     assert options.rtol is not None  # InfluenceOptions requires it for cg
     start, project, start_fields, head, precondition = None, None, {}, 0.0, None
     if options.cg_start is CGStart.PRECONDITIONED:
-        precondition = _ekfac_preconditioner(options, products, progress)
+        precondition = ekfac_preconditioner(options, products, progress)
     if options.cg_start is not CGStart.COLD:
         head = 0.3  # of the progress bar: the Galerkin start's; the rest is cg's
         begin = deflated_start(options, products, g, shape, head, progress, precondition)

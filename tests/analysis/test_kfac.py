@@ -69,6 +69,13 @@ def _batch(generator: torch.Generator, n: int = 5) -> tuple[Tensor, Tensor]:
     return x, x + 0.1 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
 
 
+def exact_fit(model: nn.Module, generator: torch.Generator):
+    """(FlatModel, dense η, EK-FAC fitted with one-hot probes) on a random batch of five."""
+    x, y = _batch(generator)
+    fm = FlatModel(model)
+    return fm, dense_reference(model, x, y).eta, fit_eigenbasis(fm, x, one_hot_probes(fm, x))
+
+
 @pytest.mark.parametrize("make", [lambda: nn.Conv2d(2, 2, 1), RowLinear], ids=["conv1x1", "linear"])
 def test_exact_statistics_reproduce_a_kronecker_metric(generator, make):
     """A single 1×1 convolution or Linear whose output is the model's: its Gauss–Newton
@@ -76,10 +83,7 @@ def test_exact_statistics_reproduce_a_kronecker_metric(generator, make):
     statistics (one-hot probes) equals η."""
     torch.manual_seed(0)
     model = make().double()
-    x, y = _batch(generator)
-    fm = FlatModel(model)
-    eta = dense_reference(model, x, y).eta
-    metric = fit_eigenbasis(fm, x, probes=one_hot_probes(fm, x))
+    fm, eta, metric = exact_fit(model, generator)
     assert len(metric.blocks) == 1 and not len(metric.diagonal_index)
     approx = dense_metric(metric, fm.n_params)
     assert float((approx - eta).norm() / eta.norm()) < REL_EXACT
@@ -90,10 +94,7 @@ def test_corrected_eigenvalues_are_the_exact_diagonal_in_the_eigenbasis(generato
     and the diagonal part (the gain) holds η's diagonal entry."""
     torch.manual_seed(1)
     model = GainConv().double()
-    x, y = _batch(generator)
-    fm = FlatModel(model)
-    eta = dense_reference(model, x, y).eta
-    metric = fit_eigenbasis(fm, x, probes=one_hot_probes(fm, x))
+    fm, eta, metric = exact_fit(model, generator)
     gain_index = [n for n, _ in model.named_parameters()].index("gain")  # own params first
     assert len(metric.blocks) == 2 and metric.diagonal_index.tolist() == [gain_index]
     for block in metric.blocks:

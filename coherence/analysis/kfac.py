@@ -169,15 +169,16 @@ def _factors(
     for name, module in layers.items():
         for x, _ in seen[name]:
             rows = _with_bias(_patches(module, x), module.bias is not None).flatten(0, 1)
-            rows = rows.double()
-            a_side[name] = a_side.get(name, 0) + rows.T @ rows
+            # products in the model's dtype (float32 BLAS: 2× faster on the demo UNet, whose
+            # patches are 49k × 1153), accumulated in float64; Λ is corrected exactly anyway
+            a_side[name] = a_side.get(name, 0) + (rows.T @ rows).double()
     for v in cotangents:
         deltas = torch.autograd.grad(out, outputs, v, retain_graph=True, allow_unused=True)
         for (name, _), delta in zip(calls, deltas, strict=True):
             if delta is None:
                 continue
-            d = _output_rows(layers[name], delta).flatten(0, 1).double()
-            s_side[name] = s_side.get(name, 0) + d.T @ d
+            d = _output_rows(layers[name], delta).flatten(0, 1)
+            s_side[name] = s_side.get(name, 0) + (d.T @ d).double()
     return {name: (a_side[name], s_side[name]) for name in layers if name in s_side}
 
 

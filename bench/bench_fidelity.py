@@ -7,11 +7,11 @@
    and largest full-system residual, batch JVPs and VJPs and their forward-pass equivalents
    (JVP ≈ 2.2, VJP ≈ 2 batch forwards), seconds. Target (issue 14): Pearson ≥ 0.95,
    Spearman ≥ 0.9.
-2. ``cg``: cold vs deflated-start (and EK-FAC-preconditioned) cg on the demo UNet and ViT (N = 48, 32², untrained demo
-   presets unless --checkpoint names trained ones) at rtol 5e-2 and 1.5e-2, on ``--columns``
-   columns spread over the batch (a cold column costs one batch JVP + VJP per iteration:
-   a full cold run on the demo UNet would take hours here): iterations per column, products,
-   seconds, converged. Target: ≥ 10× fewer iterations.
+2. ``cg``: cold vs deflated-start (and EK-FAC-preconditioned) cg on the demo UNet and ViT
+   (N = 48, 32², untrained demo presets unless --checkpoint names trained ones) at rtol 5e-2
+   and 1.5e-2, on ``--columns`` columns spread over the batch (a cold column costs one batch
+   JVP + VJP per iteration: a full cold run on the demo UNet would take hours here):
+   iterations per column, products, seconds, converged. Target: ≥ 10× fewer iterations.
 3. ``cost``: seconds of each estimator side by side on the trained demo checkpoints
    (``workspace/checkpoints/{unet,vit}_demo_s10`` unless --checkpoint names others; N = 48,
    32², one batch, after one warm-up that traces the tangent program), best of two runs:

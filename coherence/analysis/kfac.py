@@ -36,6 +36,7 @@ from coherence.analysis.autodiff import FlatModel, per_example_vjps
 
 # Gaussian cotangent fields (the Monte Carlo estimate of η's statistics): on the four small
 # dense-reference models, 1, 4 and 16 gave fidelities within 0.005 of each other
+# (changing SAMPLES or SEED changes every EK-FAC result: bump keys.ANALYSIS_CODE_VERSION)
 SAMPLES = 1
 SEED = 0
 
@@ -141,89 +142,124 @@ def _offsets(fm: FlatModel) -> dict[str, slice]:
 
 
 def _factors(
-    fm: FlatModel, inputs: Tensor, layers: dict[str, nn.Module], cotangents: list[Tensor]
+    fm: FlatModel,
+    inputs: Tensor,
+    layers: dict[str, tuple[nn.Module, bool]],
+    cotangents: list[Tensor],
+    chunk_size: int | None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """A = Σ ã ãᵀ and S = Σ over cotangents of Σ δ δᵀ per layer (float64), from one forward
-    with hooks and one backward per cotangent."""
-    seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in layers}
-    handles = []
-    for name, module in layers.items():
-
-        def hook(mod: nn.Module, args: tuple[Tensor, ...], output: Tensor, key: str = name):
-            seen[key].append((args[0].detach(), output))
-
-        handles.append(module.register_forward_hook(hook))
-    try:
-        theta = fm.theta.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = fm(theta, inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    calls = [(name, i) for name in layers for i in range(len(seen[name]))]
-    if not calls:  # no supported layer ran: everything is diagonal
-        return {}
-    outputs = [seen[name][i][1] for name, i in calls]
+    """A = Σ ã ãᵀ and S = Σ over cotangents of Σ δ δᵀ per layer (``layers``: name → (module,
+    bias column)), from a forward with hooks and one backward per cotangent, over chunks of
+    ``chunk_size`` examples (None: all at once) so that one chunk's graph and patches are
+    alive at a time. Each chunk's products run in the model's dtype (float32 BLAS: 2× faster
+    on the demo UNet, whose patches are 49k × 1153 at N = 48); the sum over chunks and calls
+    is float64. Exactness of A and S is not needed: Λ is corrected from per-example
+    gradients."""
     a_side: dict[str, Tensor] = {}
     s_side: dict[str, Tensor] = {}
-    for name, module in layers.items():
-        for x, _ in seen[name]:
-            rows = _with_bias(_patches(module, x), module.bias is not None).flatten(0, 1)
-            # products in the model's dtype (float32 BLAS: 2× faster on the demo UNet, whose
-            # patches are 49k × 1153), accumulated in float64; Λ is corrected exactly anyway
-            a_side[name] = a_side.get(name, 0) + (rows.T @ rows).double()
-    for v in cotangents:
-        deltas = torch.autograd.grad(out, outputs, v, retain_graph=True, allow_unused=True)
-        for (name, _), delta in zip(calls, deltas, strict=True):
-            if delta is None:
-                continue
-            d = _output_rows(layers[name], delta).flatten(0, 1)
-            s_side[name] = s_side.get(name, 0) + (d.T @ d).double()
+    n = inputs.shape[0]
+    step = n if chunk_size is None else chunk_size
+    theta = fm.theta.detach().requires_grad_(True)
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        calls = _hooked_forward(fm, theta, inputs[rows], layers)
+        if not calls.outputs:  # no supported layer ran: everything is diagonal
+            return {}
+        for name, x in calls.inputs:
+            module, bias = layers[name]
+            patches = _with_bias(_patches(module, x), bias).flatten(0, 1)
+            a_side[name] = a_side.get(name, 0) + (patches.T @ patches).double()
+        for v in cotangents:
+            deltas = torch.autograd.grad(
+                calls.result, calls.outputs, v[rows], retain_graph=True, allow_unused=True
+            )
+            for (name, _), delta in zip(calls.inputs, deltas, strict=True):
+                if delta is None:
+                    continue
+                d = _output_rows(layers[name][0], delta).flatten(0, 1)
+                s_side[name] = s_side.get(name, 0) + (d.T @ d).double()
     return {name: (a_side[name], s_side[name]) for name in layers if name in s_side}
 
 
-def gaussian_probes(
-    fm: FlatModel, inputs: Tensor, samples: int = SAMPLES, seed: int = SEED
-) -> list[Tensor]:
-    """``samples`` cotangent fields v/√samples, v ~ N(0, I) of the outputs' shape (seeded):
+@dataclass
+class _Calls:
+    """One hooked forward: the model's result, each supported call's (layer, input) and its
+    output (the tensor S's gradients are taken at)."""
+
+    result: Tensor
+    inputs: list[tuple[str, Tensor]]
+    outputs: list[Tensor]
+
+
+def _hooked_forward(
+    fm: FlatModel, theta: Tensor, x: Tensor, layers: dict[str, tuple[nn.Module, bool]]
+) -> _Calls:
+    """f(θ, x) with every call of a supported layer recorded. The hook hands the rest of the
+    model a copy of the layer's output, so an in-place op downstream (ReLU(inplace=True))
+    cannot change the tensor the gradients are taken at (it would drop the mask from S)."""
+    inputs: list[tuple[str, Tensor]] = []
+    outputs: list[Tensor] = []
+    handles = []
+    for name, (module, _) in layers.items():
+
+        def hook(mod: nn.Module, args: tuple[Tensor, ...], output: Tensor, key: str = name):
+            inputs.append((key, args[0].detach()))
+            outputs.append(output)
+            return output.clone()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.enable_grad():
+            result = fm(theta, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _Calls(result, inputs, outputs)
+
+
+def gaussian_probes(inputs: Tensor, samples: int = SAMPLES, seed: int = SEED) -> list[Tensor]:
+    """``samples`` cotangent fields v/√samples, v ~ N(0, I) of the outputs' shape (the
+    surrogates map [N, F, H, W] to the same shape), seeded, in the inputs' dtype and device:
     Σ_k v_k v_kᵀ has expectation I, so the summed statistics estimate η's."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        shape = fm(fm.theta, inputs).shape
     return [
-        (torch.randn(shape, generator=generator, dtype=torch.float64) / math.sqrt(samples)).to(
-            device=inputs.device, dtype=fm.theta.dtype
-        )
+        (
+            torch.randn(inputs.shape, generator=generator, dtype=torch.float64) / math.sqrt(samples)
+        ).to(device=inputs.device, dtype=inputs.dtype)
         for _ in range(samples)
     ]
 
 
 def fit_eigenbasis(
-    fm: FlatModel, inputs: Tensor, probes: list[Tensor] | None = None
+    fm: FlatModel,
+    inputs: Tensor,
+    probes: list[Tensor] | None = None,
+    *,
+    chunk_size: int | None = None,
 ) -> EigenbasisMetric:
     """EK-FAC approximation of η = Σ_n J_nᵀ J_n for the batch ``inputs`` (module docstring).
 
-    Layers whose weight (and bias, if any) are trainable and which are Linear or Conv2d
-    (groups = 1) get a Kronecker-factored eigenbasis; every other parameter the diagonal.
-    ``probes``: cotangent fields whose outer products sum to I (in expectation); statistics
-    are summed over them. Default: ``gaussian_probes`` (seeded). The D one-hot fields make
-    every statistic exact (tests)."""
-    cotangents = gaussian_probes(fm, inputs) if probes is None else probes
+    Linear and Conv2d (groups = 1) layers with a trainable weight get a Kronecker-factored
+    eigenbasis (a bias column when the bias is trainable too); every other parameter the
+    diagonal. ``probes``: cotangent fields whose outer products sum to I (in expectation);
+    statistics are summed over them. Default: ``gaussian_probes`` (seeded). The D one-hot
+    fields make every statistic exact (tests). ``chunk_size``: examples per forward and
+    per vmapped VJP call, as for the gradients (None: all at once)."""
+    cotangents = gaussian_probes(inputs) if probes is None else probes
     offsets = _offsets(fm)
     layers = {
-        name: module
+        name: (module, module.bias is not None and _param(name, "bias") in offsets)
         for name, module in fm.model.named_modules()
-        if _supported(module)
-        and _param(name, "weight") in offsets
-        and (module.bias is None or _param(name, "bias") in offsets)
+        if _supported(module) and _param(name, "weight") in offsets
     }
-    factors = _factors(fm, inputs, layers, cotangents)
-    grads = per_example_vjps(fm, inputs, cotangents)  # probes × [N, P]: J_nᵀ v_n
+    factors = _factors(fm, inputs, layers, cotangents, chunk_size)
+    # probes × [N, P]: J_nᵀ v_n
+    grads = per_example_vjps(fm, inputs, cotangents, chunk_size=chunk_size)
     blocks, covered = [], torch.zeros(fm.n_params, dtype=torch.bool)
     for name, (a, s) in factors.items():
-        module = layers[name]
+        module, has_bias = layers[name]
         weight = offsets[_param(name, "weight")]
-        bias = offsets[_param(name, "bias")] if module.bias is not None else None
+        bias = offsets[_param(name, "bias")] if has_bias else None
         qa = torch.linalg.eigh(0.5 * (a + a.T)).eigenvectors
         qs = torch.linalg.eigh(0.5 * (s + s.T)).eigenvectors
         empty = qa.new_zeros(0)
@@ -238,15 +274,21 @@ def fit_eigenbasis(
     return EigenbasisMetric(tuple(blocks), index, diagonal, len(cotangents))
 
 
-def fit_bytes(model: nn.Module, n: int, itemsize: int) -> int:
-    """Memory of a fit beyond the model's own: the float64 factors and eigenbases (A, Q_A,
-    S, Q_S, Λ per Linear/Conv2d layer) and the probes' per-example gradients (N·P each), for
-    the cost estimate. At paper size the factors of the widest convolutions dominate."""
-    factors = 0
+def fit_bytes(model: nn.Module, n: int, itemsize: int, chunk_activations: int) -> int:
+    """Memory of a fit beyond the model's own, for the cost estimate: the float64 factors and
+    eigenbases (A, Q_A, S, Q_S, Λ per Linear/Conv2d layer), the probes' per-example
+    gradients (N·P each), and the hooked forward of one chunk (``chunk_activations`` bytes of
+    activations): its graph, the output copies and the largest layer's patches (kh·kw /
+    stride² times that layer's input). At paper size the widest convolutions dominate."""
+    factors, unfold = 0, 1.0
     for module in model.modules():
         if _supported(module) and module.weight.requires_grad:
             out = module.weight.shape[0]
             cols = module.weight[0].numel() + (module.bias is not None)
             factors += 2 * cols * cols + 2 * out * out + out * cols
+            if isinstance(module, nn.Conv2d):
+                kh, kw = module.kernel_size
+                unfold = max(unfold, kh * kw / (module.stride[0] * module.stride[1]))
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
-    return 8 * factors + SAMPLES * n * p * itemsize
+    hooked = (2 + unfold) * chunk_activations
+    return int(8 * factors + SAMPLES * n * p * itemsize + hooked)

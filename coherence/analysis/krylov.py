@@ -18,9 +18,10 @@ costs nothing in accuracy.
   (d·N rows of N·D numbers): ``pipeline.solver_numbers`` counts them.
 - ``ekfac-krylov``: the same construction for the preconditioned operator M̃⁻¹A (M̃ = η̃ + λI,
   η̃ the EK-FAC approximation of ``kfac``): block 1 spans M̃⁻¹G, block j+1 is M̃⁻¹(A Q_j)
-  projected off the earlier blocks. d steps of preconditioned block CG; M̃⁻¹g_p lies in the
-  space, so the Galerkin solution is never further from the full solve in A's norm than
-  EK-FAC's own. Same products as ``krylov`` (the preconditioner needs no model evaluation).
+  projected off the earlier blocks. d steps of preconditioned block CG; at energy threshold 1
+  (its default) M̃⁻¹g_p lies in the space, so the Galerkin solution is never further from
+  the full solve in A's norm than EK-FAC's own. Same products as ``krylov`` (the
+  preconditioner needs no model evaluation).
 - Full-system residual of any Galerkin solution: ρ_p = ‖g_B(p) − (η + λI) y_p‖ / ‖g_B(p)‖.
   J y_p = Σ_j c_jp J q_j comes from the stored pushed tangents (no JVP), so ρ costs N batch
   VJPs (≈ 2N forwards).
@@ -118,8 +119,8 @@ def block_krylov_basis(
     """Block Lanczos basis of K_depth = span{G, ηG, …} (see the module docstring), or with
     ``precondition`` (rows → M̃⁻¹ rows, e.g. EK-FAC's (η̃ + λI)⁻¹) of the preconditioned
     space span{M̃⁻¹G, M̃⁻¹A M̃⁻¹G, …}, A = η + ``damping``·I: the space d steps of
-    preconditioned block CG search, so its Galerkin solution is at least as close to the
-    full solve (in A's norm) as M̃⁻¹g_p itself.
+    preconditioned block CG search, so (at energy threshold 1: no direction of M̃⁻¹G dropped)
+    its Galerkin solution is at least as close to the full solve (in A's norm) as M̃⁻¹g_p.
 
     Block 1 is the leading span of G holding ``energy_threshold`` of Σσ² (as ``subspace``);
     block j+1 is ηQ_j = Jᵀ(JQ_j) projected off every earlier block, keeping directions above

@@ -106,7 +106,7 @@ def solve_metric(
     if est is Estimator.SUBSPACE:
         return _subspace(options, products, g, inputs.shape, progress)
     if est is Estimator.EKFAC:
-        return _ekfac(options, fit_eigenbasis(fm, inputs), g)
+        return _ekfac(options, fit_eigenbasis(fm, inputs, chunk_size=options.chunk_size), g)
     if est is Estimator.EKFAC_KRYLOV:
         return _krylov(options, products, g, inputs.shape, progress, preconditioned=True)
     return _cg(options, products, g, inputs.shape, progress)
@@ -117,7 +117,8 @@ def ekfac_preconditioner(
 ) -> Callable[[Tensor], Tensor]:
     """Rows → (η̃ + λI)⁻¹ rows, η̃ the EK-FAC approximation fitted on the products' batch."""
     progress(0.0, "EK-FAC factors")
-    metric = fit_eigenbasis(products.jacobian.fm, products.jacobian.inputs)
+    jacobian = products.jacobian
+    metric = fit_eigenbasis(jacobian.fm, jacobian.inputs, chunk_size=options.chunk_size)
     return partial(metric.solve, damping=options.damping)
 
 

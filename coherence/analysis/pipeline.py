@@ -150,7 +150,9 @@ def estimate_cost(
     s ≤ N tangents through the whole batch (2.2 per example each, so ≈ 2.2 N² in all), plus
     N batch VJPs for its full-system residual (≈ 3 N²); krylov: depth × as many tangents and
     VJPs; cg: ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch
-    (deflated start: plus the krylov solve of ``depth`` blocks and its AQ); the top
+    (deflated start: plus the krylov solve of ``depth`` blocks and its AQ); ekfac: a forward
+    and backward with hooks and one round of per-example VJPs (ekfac-krylov and the
+    preconditioned cg start add it to their solves; its memory is ``kfac.fit_bytes``); the top
     eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N
     each), what the solver keeps beyond them (``solver_numbers``) and the batch's activations
     kept by vmap / the tangent program (≈ 3 copies).
@@ -178,11 +180,11 @@ def estimate_cost(
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
     gradient_bytes = (k + 2) * n * p * itemsize + solver_numbers(request, n, p, example) * itemsize
-    preconditioned_cg = estimator is Estimator.CG and request.cg_start == "preconditioned"
-    if estimator in (Estimator.EKFAC, Estimator.EKFAC_KRYLOV) or preconditioned_cg:
-        gradient_bytes += kfac.fit_bytes(model, n, itemsize)
     one = activation_bytes(model, example[:1])
     chunk = vjp_chunk_size(one, k, n) or n
+    preconditioned_cg = estimator is Estimator.CG and request.cg_start == "preconditioned"
+    if estimator in (Estimator.EKFAC, Estimator.EKFAC_KRYLOV) or preconditioned_cg:
+        gradient_bytes += kfac.fit_bytes(model, n, itemsize, chunk * one)
     # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);
     # the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
     activations = max(2 * n * one, 3 * chunk * k * one)

@@ -160,12 +160,14 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
 
 def _write(result, request, out: Path, *, batches: int) -> None:
     """Write the result file and its sidecar; warn about unconverged solves."""
-    from coherence.analysis.influence import convergence_summary
+    from coherence.analysis.influence import convergence_summary, residual_summary
     from coherence.analysis.results import save_result
 
     path = save_result(result, out)
     if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
         console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
+    if residuals := residual_summary(result.diagnostics):
+        console.print(residuals, highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     console.print(
         f"wrote [bold]{path.resolve()}[/] and its sidecar .json "

@@ -18,7 +18,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from coherence.analysis.influence import convergence_summary
+from coherence.analysis.influence import convergence_summary, residual_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.cost import confirm_seconds, estimate_job
@@ -256,6 +256,8 @@ def _group_status(root: Path, group: GroupState) -> bool:
         result = group.result
         if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
             st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
+        if residuals := residual_summary(result.diagnostics):
+            st.caption(f"{literal(group.label)}: {literal(residuals)}")
         return True
     if status.state == "failed":
         st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")

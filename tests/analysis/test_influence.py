@@ -26,6 +26,7 @@ from coherence.analysis.influence import (
     compute_influence,
     convergence_summary,
     influence_matrix,
+    residual_summary,
     top_eigenvalue,
     unconverged_solves,
 )
@@ -386,3 +387,15 @@ def test_unconverged_cg_warns_and_records_its_worst_residual(ce_model, ce_batch)
     assert "1 of 4" in summary and f"{diag.worst_residual:.3g}" in summary
     assert "unet_s1, batch 1" in summary
     assert convergence_summary([[quiet.diagnostics.to_dict()]], ("a",)) is None
+
+
+def test_residual_summary_counts_columns_within_the_papers_tolerances():
+    cells = [
+        [{"residuals": [0.01, 0.03, 0.2]}, {"residuals": None}],
+        [{"residuals": [0.04]}, {"estimator": "euclidean"}],
+    ]
+    summary = residual_summary(cells)
+    assert "over 4 columns: median 0.035, worst 0.2" in summary
+    assert "1 at 1.5e-2 (UNet), 3 at 5e-2 (ViT)" in summary
+    assert "not how close Ĥ is" in summary
+    assert residual_summary([[{"residuals": None}], [{}]]) is None  # ekfac, euclidean

@@ -4,6 +4,8 @@ cached units, or one served whole, does not assemble the batches again."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -50,3 +52,25 @@ def test_analyze_prepares_once_when_served_from_cached_units(
     prepares.clear()
     analyze(checkpoint, tiny_dataset, workspace, tmp_path / "again.npz", "1")  # result cached
     assert prepares == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("estimator", "prints"), [("ekfac-krylov", True), ("ekfac", False)], ids=["galerkin", "ekfac"]
+)
+def test_analyze_prints_the_full_system_residuals(
+    checkpoint, tiny_dataset, workspace, tmp_path, estimator, prints
+):
+    """The EK-FAC estimators run end to end from the CLI; a Galerkin result prints its
+    residuals against the paper's tolerances, EK-FAC alone (no residual) does not."""
+    out = tmp_path / f"{estimator}.npz"
+    args = [
+        "analyze",
+        *("--checkpoint", str(checkpoint), "--data", str(tiny_dataset), "--out", str(out)),
+        *("--classes", "CE-RP,CE-CRP", "--window", "0:2", "--trajectories", "0"),
+        *("--estimator", estimator, "--depth", "1", "--device", "cpu"),
+        *("--workspace", str(workspace), "--yes"),
+    ]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    assert ("full-system residual" in run.output) is prints, run.output
+    assert json.loads(out.with_suffix(".json").read_text())["request"]["estimator"] == estimator

@@ -55,6 +55,10 @@ def test_default_view_shows_the_cached_analysis_without_a_click(workspace, monke
     at = open_app(workspace, monkeypatch)
     assert_clean(at)
     assert "cached result" in texts(at.caption)
+    # the default (subspace) reports its full-system residuals against the paper's rtol
+    assert "full-system residual" in texts(at.caption) and "within the paper's rtol" in texts(
+        at.caption
+    )
     assert not [b for b in at.button if b.key == "compute"]
     (figure,) = charts(at)  # the landing tab: the two-time heatmap, on [0, √N]
     heatmap = figure["data"][0]

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from coherence.analysis.vocabulary import PAPER_RTOL
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -121,9 +123,6 @@ def convergence_summary(
         f"{worst.batch + 1}): these influence values are inaccurate; loosen --rtol or use "
         "--estimator subspace"
     )
-
-
-PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # the paper's cg tolerances per architecture
 
 
 def residual_summary(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str | None:

@@ -63,6 +63,7 @@ KRYLOV_ENERGY_THRESHOLD = 1.0
 DEFAULT_DEPTH = 4  # krylov, deflated cg: blocks of span{G, ηG, η²G, η³G}
 MAX_DEPTH = 16
 CG_MAX_ITER = 500  # default iteration cap per cg column
+PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4: the paper's cg tolerances
 
 
 def default_energy_threshold(estimator: Estimator) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 from coherence.analysis.estimators import Estimator
 from coherence.analysis.observables import Response
 from coherence.analysis.request import MAX_EXAMPLES, AnalysisRequest
+from coherence.analysis.vocabulary import PAPER_RTOL
 from coherence.dashboard.checks import check_group, format_ranges, request_problem
 from coherence.dashboard.workspace_scan import (
     Catalog,
@@ -42,7 +43,6 @@ DAMPING_RANGE = (1e-12, 1e6)
 # What the sidebar's tolerance field accepts, and so what a link may hold: a link must not
 # show one value while the widget shows another.
 RTOL_RANGE = (1e-8, 0.99)
-PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4, cg
 FALLBACK_RTOL = 1e-2
 # How many candidate defaults ``prefer_cached`` asks about: each question may hash the
 # candidate's checkpoint files once (the cache key), so a huge workspace is not read whole.

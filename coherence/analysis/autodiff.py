@@ -19,6 +19,7 @@ whose parameters are ALL frozen (loaded for inference) is analysed over all of t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,15 @@ class ParamLayout:
     @property
     def n_params(self) -> int:
         return sum(self.numels)
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        """Where each parameter sits in θ."""
+        ends = itertools.accumulate(self.numels)
+        return {
+            name: slice(end - size, end)
+            for name, size, end in zip(self.names, self.numels, ends, strict=True)
+        }
 
     def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
         """dict name → tensor (shape as in the module) → θ [P]."""

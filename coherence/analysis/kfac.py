@@ -26,7 +26,7 @@ matrix products per layer and row, no model evaluation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -131,14 +131,6 @@ def _with_bias(rows: Tensor, bias: bool) -> Tensor:
 def _param(module_name: str, attribute: str) -> str:
     """The parameter's name in ``named_parameters`` (the root module has no prefix)."""
     return f"{module_name}.{attribute}" if module_name else attribute
-
-
-def _offsets(fm: FlatModel) -> dict[str, slice]:
-    out, start = {}, 0
-    for name, size in zip(fm.layout.names, fm.layout.numels, strict=True):
-        out[name] = slice(start, start + size)
-        start += size
-    return out
 
 
 def _factors(
@@ -246,7 +238,7 @@ def fit_eigenbasis(
     fields make every statistic exact (tests). ``chunk_size``: examples per forward and
     per vmapped VJP call, as for the gradients (None: all at once)."""
     cotangents = gaussian_probes(inputs) if probes is None else probes
-    offsets = _offsets(fm)
+    offsets = fm.layout.slices
     layers = {
         name: (module, module.bias is not None and _param(name, "bias") in offsets)
         for name, module in fm.model.named_modules()
@@ -262,10 +254,9 @@ def fit_eigenbasis(
         bias = offsets[_param(name, "bias")] if has_bias else None
         qa = torch.linalg.eigh(0.5 * (a + a.T)).eigenvectors
         qs = torch.linalg.eigh(0.5 * (s + s.T)).eigenvectors
-        empty = qa.new_zeros(0)
-        block = KroneckerBlock(weight, bias, module.weight.shape[0], qa, qs, empty)
+        block = KroneckerBlock(weight, bias, module.weight.shape[0], qa, qs, qa.new_zeros(0))
         lam = sum(((qs.T @ block.columns(g).double() @ qa) ** 2).sum(0) for g in grads)
-        blocks.append(KroneckerBlock(weight, bias, block.out_features, qa, qs, lam))
+        blocks.append(replace(block, eigenvalues=lam))
         covered[weight] = True
         if bias is not None:
             covered[bias] = True
@@ -274,12 +265,13 @@ def fit_eigenbasis(
     return EigenbasisMetric(tuple(blocks), index, diagonal, len(cotangents))
 
 
-def fit_bytes(model: nn.Module, n: int, itemsize: int, chunk_activations: int) -> int:
+def fit_bytes(model: nn.Module, n: int, p: int, itemsize: int, chunk_activations: int) -> int:
     """Memory of a fit beyond the model's own, for the cost estimate: the float64 factors and
     eigenbases (A, Q_A, S, Q_S, Λ per Linear/Conv2d layer), the probes' per-example
-    gradients (N·P each), and the hooked forward of one chunk (``chunk_activations`` bytes of
-    activations): its graph, the output copies and the largest layer's patches (kh·kw /
-    stride² times that layer's input). At paper size the widest convolutions dominate."""
+    gradients (N·P each, P the trainable parameters), and the hooked forward of one chunk
+    (``chunk_activations`` bytes of activations): its graph, the output copies and the
+    largest layer's patches (kh·kw / stride² times that layer's input). At paper size the
+    widest convolutions dominate."""
     factors, unfold = 0, 1.0
     for module in model.modules():
         if _supported(module) and module.weight.requires_grad:
@@ -289,6 +281,5 @@ def fit_bytes(model: nn.Module, n: int, itemsize: int, chunk_activations: int) -
             if isinstance(module, nn.Conv2d):
                 kh, kw = module.kernel_size
                 unfold = max(unfold, kh * kw / (module.stride[0] * module.stride[1]))
-    p = sum(t.numel() for t in model.parameters() if t.requires_grad)
     hooked = (2 + unfold) * chunk_activations
     return int(8 * factors + SAMPLES * n * p * itemsize + hooked)

@@ -184,7 +184,7 @@ def estimate_cost(
     chunk = vjp_chunk_size(one, k, n) or n
     preconditioned_cg = estimator is Estimator.CG and request.cg_start == "preconditioned"
     if estimator in (Estimator.EKFAC, Estimator.EKFAC_KRYLOV) or preconditioned_cg:
-        gradient_bytes += kfac.fit_bytes(model, n, itemsize, chunk * one)
+        gradient_bytes += kfac.fit_bytes(model, n, p, itemsize, chunk * one)
     # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);
     # the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
     activations = max(2 * n * one, 3 * chunk * k * one)

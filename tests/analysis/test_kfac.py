@@ -322,7 +322,9 @@ def test_memory_estimate_covers_the_fitted_factors(ce_model, ce_batch):
     pre = estimate_cost(ce_model, AnalysisRequest(**base, estimator="ekfac-krylov"), x)
     added = pre.memory_bytes - plain.memory_bytes
     assert kept + SAMPLES * n * fm.n_params * itemsize + patches <= added
-    assert added == fit_bytes(ce_model, n, itemsize, n * activation_bytes(ce_model, x[:1]))
+    assert added == fit_bytes(
+        ce_model, n, fm.n_params, itemsize, n * activation_bytes(ce_model, x[:1])
+    )
 
 
 @pytest.mark.parametrize("arch", ["unet", "vit"])

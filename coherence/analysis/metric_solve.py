@@ -138,15 +138,18 @@ class _KrylovGalerkin:
     solve: GalerkinSolve
     y0: Tensor
     residual: FullResidual
+    preconditioned: bool  # block 1 spans M̃⁻¹G: its spectrum is not span(G)'s
 
     def fields(self, options: InfluenceOptions) -> dict[str, Any]:
-        return {
+        fields = {
             "energy_threshold": options.resolved_energy_threshold,
             "depth": options.depth,
             "rank": self.basis.rank,
             "block_ranks": self.basis.block_ranks,
-            "subspace_eigenvalues": tuple(self.basis.first_block_eigenvalues.tolist()),
         }
+        if not self.preconditioned:  # the subspace spectrum, when block 1 is span(G)
+            fields["subspace_eigenvalues"] = tuple(self.basis.first_block_eigenvalues.tolist())
+        return fields
 
 
 def _krylov_galerkin(
@@ -185,7 +188,7 @@ def _krylov_galerkin(
         options.damping,
         progress=lambda x: progress(share * (0.8 + 0.2 * x), "full-system residual"),
     )
-    return _KrylovGalerkin(kbasis, ksolve, y0, kres)
+    return _KrylovGalerkin(kbasis, ksolve, y0, kres, precondition is not None)
 
 
 def _krylov(
@@ -201,14 +204,11 @@ def _krylov(
     approximation of the metric fitted on this batch."""
     precondition = ekfac_preconditioner(options, products, progress) if preconditioned else None
     galerkin = _krylov_galerkin(options, products, g, shape, 1.0, progress, precondition)
-    fields = galerkin.fields(options)
-    if preconditioned:  # its first block is span(M̃⁻¹G), not span(G)
-        del fields["subspace_eigenvalues"]
     return MetricSolve(
         galerkin.solve.influence,
         lambda: galerkin.y0,
         {
-            **fields,
+            **galerkin.fields(options),
             "residuals": tuple(galerkin.residual.relative.tolist()),
             **products.report(),
         },
@@ -297,8 +297,6 @@ def deflated_start(
         **galerkin.fields(options),
         "start_residuals": tuple(galerkin.residual.relative.tolist()),
     }
-    if precondition is not None:  # its first block is span(M̃⁻¹G), not span(G)
-        del fields["subspace_eigenvalues"]
     return DeflatedStart((galerkin.y0, galerkin.residual.rows), project, fields)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -255,13 +255,13 @@ def block_cg(
     del z
     iterations = torch.zeros(k, dtype=torch.long)
     active = rr.sqrt() > rtol * b_norm
-    state = (y, r, d, rz, rr)
+    state = _CGState(y, r, d, rz, rr)
 
-    def step(rows: Tensor | slice, *held: Tensor) -> None:
-        _cg_step(matvec, keep, solve, *held)
+    def step(rows: Tensor | slice, held: _CGState) -> None:
+        _cg_step(matvec, keep, solve, held)
 
-    def refresh(rows: Tensor | slice, *held: Tensor) -> None:
-        _refresh(matvec, rhs[rows], deflation, solve, *held)
+    def refresh(rows: Tensor | slice, held: _CGState) -> None:
+        _refresh(matvec, rhs[rows], deflation, solve, held)
 
     for it in range(max_iter):
         idx = torch.nonzero(active).flatten()
@@ -283,15 +283,26 @@ def block_cg(
     return CGResult(y, tuple(int(i) for i in iterations), tuple(rel.tolist()), converged)
 
 
-def _on_rows(idx: Tensor, state: tuple[Tensor, ...], update: Callable[..., None]) -> None:
-    """``update(rows, *state)`` in place on the rows idx of cg's state (y, r, d and the
-    per-row scalars): on views when idx is every row (no [K, P] copies), else on copies
-    written back."""
-    if len(idx) == len(state[0]):
-        update(slice(None), *state)
+class _CGState(NamedTuple):
+    """cg's rows, updated in place: y, r, d [k, P] (model dtype) and rᵀz, rᵀr [k] (float64)."""
+
+    y: Tensor
+    r: Tensor
+    d: Tensor
+    rz: Tensor
+    rr: Tensor
+
+
+def _on_rows(
+    idx: Tensor, state: _CGState, update: Callable[[Tensor | slice, _CGState], None]
+) -> None:
+    """``update(rows, state)`` in place on the rows idx of cg's state: on views when idx is
+    every row (no [K, P] copies), else on copies written back."""
+    if len(idx) == len(state.y):
+        update(slice(None), state)
         return
-    held = tuple(t[idx] for t in state)
-    update(idx, *held)
+    held = _CGState(*(t[idx] for t in state))
+    update(idx, held)
     for whole, part in zip(state, held, strict=True):
         whole[idx] = part
 
@@ -301,15 +312,12 @@ def _refresh(
     rhs: Tensor,
     deflation: DeflationLike | None,
     solve: Callable[[Tensor], Tensor],
-    y: Tensor,
-    r: Tensor,
-    d: Tensor,
-    rz: Tensor,
-    rr: Tensor,
+    state: _CGState,
 ) -> None:
     """In place on rows: r ← rhs − A y (then deflation-corrected), rᵀz and rᵀr recomputed;
     d re-projected, or restarted from z where r moved by more than RESTART_DRIFT of its
     norm (CG's step lengths assume rᵀd = rᵀz, which a large replacement breaks)."""
+    y, r, d, rz, rr = state
     fresh = rhs - matvec(y)
     if deflation is not None:
         deflation.correct(y, fresh)
@@ -331,14 +339,10 @@ def _cg_step(
     matvec: Callable[[Tensor], Tensor],
     keep: Callable[[Tensor], Tensor],
     solve: Callable[[Tensor], Tensor],
-    y: Tensor,
-    r: Tensor,
-    d: Tensor,
-    rz: Tensor,
-    rr: Tensor,
+    state: _CGState,
 ) -> None:
-    """One (preconditioned) CG iteration on rows, in place: y, r, d [k, P] and rᵀz, rᵀr [k]
-    (float64) updated."""
+    """One (preconditioned) CG iteration on rows, in place."""
+    y, r, d, rz, rr = state
     ad = matvec(d)  # (k, P)
     alpha = rz / _rowdot(d, ad)
     y += alpha.to(y.dtype)[:, None] * d

@@ -40,13 +40,21 @@ def analyze(
         list[str], typer.Option(help="smse, mass or energy (repeat for several).")
     ] = ["smse"],  # noqa: B006 - typer reads the default, never mutates it
     estimator: Annotated[
-        str, typer.Option(help="subspace, krylov, ekfac-krylov, cg, ekfac or euclidean.")
-    ] = "subspace",
+        str,
+        typer.Option(
+            help="ekfac-krylov (Galerkin in span(G) + the EK-FAC-preconditioned Krylov space), "
+            "subspace (span(G) alone), krylov, cg, ekfac or euclidean."
+        ),
+    ] = "ekfac-krylov",
     damping: Annotated[float, typer.Option(help="λ in η + λI.")] = 1e-4,
     rtol: Annotated[float | None, typer.Option(help="CG relative tolerance (cg only).")] = None,
     depth: Annotated[
-        int, typer.Option(help="krylov, ekfac-krylov, deflated cg: blocks of the Krylov space.")
-    ] = 4,
+        int | None,
+        typer.Option(
+            help="krylov, ekfac-krylov, deflated cg: blocks of the Krylov space; default 1 for "
+            "ekfac-krylov, 4 for the others."
+        ),
+    ] = None,
     cg_start: Annotated[
         str,
         typer.Option(
@@ -59,7 +67,7 @@ def analyze(
         float | None,
         typer.Option(
             help="Share of Σσ² of G kept in span(Q); default 1 − 1e-4 for subspace, 1 for "
-            "krylov and deflated cg."
+            "krylov, ekfac-krylov and deflated cg."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

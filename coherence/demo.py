@@ -43,7 +43,7 @@ class DemoSpec:
     # The 'Training dynamics' and 'Sensitivity' panels: training keeps snapshots of epochs
     # 1, 4 and 12 (fewer than `coherence train`'s powers of two plus the last: each snapshot
     # analysed costs a whole analysis), and the demo analyses them, and a small λ sweep
-    # (subspace at 1e-4, 1e-2; euclidean), for the ViT only: 4 ViT analyses besides the
+    # (ekfac-krylov at 1e-4, 1e-2; euclidean), for the ViT only: 4 ViT analyses besides the
     # default ones, ≈ 45 CPU-seconds each (the UNet's ≈ 4× more). The rest of the λ grid
     # and the UNet's are one click away in each panel; cg is on demand everywhere.
     keep_epochs: tuple[int, ...] = (1, 4, 12)

@@ -200,7 +200,7 @@ def _ntk(groups: Sequence[ReportGroup]) -> list[Section]:
         spectrum = F.subspace_spectrum_figure({g.label: g.result.subspace_spectra for g in groups})
         out.append(Section("NTK spectrum", how_to_read(F.subspace_spectrum_figure), spectrum))
     except CoherenceError:
-        pass  # not the subspace estimator
+        pass  # an estimator without the span(G) spectrum
     return out
 
 

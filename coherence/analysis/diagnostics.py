@@ -75,7 +75,7 @@ def unconverged_message(diagnostics: InfluenceDiagnostics) -> str:
         f"cg did not converge: {bad} of {len(diagnostics.residuals)} columns stopped at "
         f"max_iter={diagnostics.max_iter} with relative residual up to "
         f"{diagnostics.worst_residual:.3g} > rtol={diagnostics.rtol:g}, so H is inaccurate; "
-        "raise max_iter, loosen rtol or use estimator 'subspace'"
+        "raise max_iter, loosen rtol or use estimator 'ekfac-krylov' (the default)"
     )
 
 

@@ -82,6 +82,10 @@ class SubspaceBasis:
     def rank(self) -> int:
         return self.whiten.shape[1]
 
+    def orthonormal_rows(self) -> Tensor:
+        """Q̃ = whitenᵀ q [s', P] in the model dtype (no rows when G is zero)."""
+        return self.whiten.T.to(self.q.dtype) @ self.q if self.rank else self.q[:0]
+
 
 def subspace_basis(g: Tensor, energy_threshold: float) -> SubspaceBasis:
     """Leading singular directions of G (rows g [N, P]) holding ``energy_threshold`` of Σσ².

@@ -49,7 +49,7 @@ from coherence.analysis.request import InfluenceOptions, check_damping
 from coherence.analysis.vocabulary import (
     CG_MAX_ITER,
     DEFAULT_DAMPING,
-    DEFAULT_DEPTH,
+    DEFAULT_ESTIMATOR,
     Estimator,
     Response,
 )
@@ -93,12 +93,12 @@ def compute_influence(
     targets: Tensor,
     *,
     response: str | Sequence[str] = "smse",
-    estimator: str = "subspace",
+    estimator: str = DEFAULT_ESTIMATOR,
     damping: float = DEFAULT_DAMPING,
     rtol: float | None = None,
     energy_threshold: float | None = None,
     max_iter: int = CG_MAX_ITER,
-    depth: int = DEFAULT_DEPTH,
+    depth: int | None = None,
     cg_start: str = "deflated",
     chunk_size: int | None = None,
     progress: Progress | None = None,
@@ -111,9 +111,9 @@ def compute_influence(
     "krylov" (Galerkin solve in span{G, ηG, …}, ``depth`` blocks), "cg" (full solve, ``rtol``
     required, ``max_iter`` per column; ``cg_start`` "deflated" continues from the krylov
     solution of ``depth`` blocks on the complement of that space, "cold" starts from zero),
-    "ekfac" (η replaced by its EK-FAC approximation, ``kfac``), "ekfac-krylov" (Galerkin solve
-    in the EK-FAC-preconditioned Krylov space span{M̃⁻¹G, …}, ``depth`` blocks),
-    "euclidean" (M = I).
+    "ekfac" (η replaced by its EK-FAC approximation, ``kfac``), "ekfac-krylov" (the default:
+    Galerkin solve in span(G) + the EK-FAC-preconditioned Krylov space span{M̃⁻¹G, …},
+    ``depth`` blocks, default 1), "euclidean" (M = I). ``depth`` None: the estimator's default.
     Every estimator but ekfac and euclidean reports each column's full-system residual
     ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ in ``diagnostics.residuals``.
     ``rtol`` is used by cg only (validated if given, recorded as None otherwise).
@@ -126,8 +126,9 @@ def compute_influence(
     traced primal part + s ≤ N JVPs + N VJPs (residual); krylov: ≤ depth·N JVPs +
     depth·N VJPs; cg: Σ_p iterations_p × (JVP + VJP) (deflated: + the krylov solve, its
     residual and N VJPs for the last block's AQ); ekfac: a forward with hooks, one backward
-    and one round of per-example VJPs, no batch product; ekfac-krylov: ekfac's fit plus
-    krylov's products; euclidean: nothing more. The counts are in the diagnostics.
+    and one round of per-example VJPs, no batch product; ekfac-krylov: ekfac's fit, s₁ JVPs
+    for span(G) and krylov's products; euclidean: nothing more. The counts are in the
+    diagnostics.
     """
     options = InfluenceOptions(
         estimator=estimator,
@@ -235,7 +236,7 @@ def influence_matrix(
     targets: Tensor,
     *,
     response: str = "smse",
-    estimator: str = "subspace",
+    estimator: str = DEFAULT_ESTIMATOR,
     damping: float = DEFAULT_DAMPING,
     rtol: float | None = None,
     **options: Any,

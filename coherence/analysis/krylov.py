@@ -20,8 +20,10 @@ costs nothing in accuracy.
   η̃ the EK-FAC approximation of ``kfac``): block 1 spans M̃⁻¹G, block j+1 is M̃⁻¹(A Q_j)
   projected off the earlier blocks. d steps of preconditioned block CG; at energy threshold 1
   (its default) M̃⁻¹g_p lies in the space, so the Galerkin solution is never further from
-  the full solve in A's norm than EK-FAC's own. Same products as ``krylov`` (the
-  preconditioner needs no model evaluation).
+  the full solve in A's norm than EK-FAC's own. As an estimator, block 1 also holds span(G)
+  at 1 − 1e-4 (``span_g_threshold``): the spectrum panel's metric, and a solution never
+  further than ``subspace``'s either, for s₁ ≤ N more JVPs. Otherwise the same products as
+  ``krylov`` (the preconditioner needs no model evaluation).
 - Full-system residual of any Galerkin solution: ρ_p = ‖g_B(p) − (η + λI) y_p‖ / ‖g_B(p)‖.
   J y_p = Σ_j c_jp J q_j comes from the stored pushed tangents (no JVP), so ρ costs N batch
   VJPs (≈ 2N forwards).
@@ -81,7 +83,8 @@ def project_out(w: Tensor, q: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class GalerkinBasis:
     """Rows q [s, P] of the basis, their pushed tangents J q [s, N·D], the rank of each Krylov
-    block, and the eigenvalues of the first block's metric Q₁ηQ₁ᵀ (the ``subspace`` spectrum)."""
+    block, and the eigenvalues of the metric QηQᵀ on span(G)'s rows of the first block (the
+    ``subspace`` spectrum; ekfac-krylov without span(G): on M̃⁻¹G's)."""
 
     q: Tensor
     pushed: Tensor
@@ -115,12 +118,16 @@ def block_krylov_basis(
     keep_eta: bool = False,
     precondition: Rows | None = None,
     damping: float = 0.0,
+    span_g_threshold: float | None = None,
 ) -> GalerkinBasis:
     """Block Lanczos basis of K_depth = span{G, ηG, …} (see the module docstring), or with
     ``precondition`` (rows → M̃⁻¹ rows, e.g. EK-FAC's (η̃ + λI)⁻¹) of the preconditioned
     space span{M̃⁻¹G, M̃⁻¹A M̃⁻¹G, …}, A = η + ``damping``·I: the space d steps of
     preconditioned block CG search, so (at energy threshold 1: no direction of M̃⁻¹G dropped)
     its Galerkin solution is at least as close to the full solve (in A's norm) as M̃⁻¹g_p.
+    ``span_g_threshold`` (with ``precondition``): block 1 also holds span(G) at that
+    threshold, first, so the reported spectrum is ``subspace``'s at that threshold and the
+    solution at least as close as ``subspace``'s too (s₁ more JVPs).
 
     Block 1 is the leading span of G holding ``energy_threshold`` of Σσ² (as ``subspace``);
     block j+1 is ηQ_j = Jᵀ(JQ_j) projected off every earlier block, keeping directions above
@@ -129,13 +136,21 @@ def block_krylov_basis(
     invariant subspace: the Galerkin solution is then the full solve). ``keep_eta`` keeps the
     products η q_j the construction computes anyway (every block but the last, or all of them
     after an early stop) as ``eta_rows``: deflation reuses them instead of repeating the VJPs.
-    Memory: q, the pushed tangents and η q_j are filled into buffers of depth·N rows (the
-    size the cost estimate counts), so no block list is copied into a stacked one.
+    Memory: q, the pushed tangents and η q_j are filled into buffers of depth·N rows (2N a
+    block with span(G) added; the size the cost estimate counts), so no block list is
+    copied into a stacked one.
     """
-    first = subspace_basis(g if precondition is None else precondition(g), energy_threshold)
-    block = (first.whiten.T.to(g.dtype) @ first.q) if first.rank else g[:0]  # (s₁, P)
+    first = g if precondition is None else precondition(g)
+    block = subspace_basis(first, energy_threshold).orthonormal_rows()  # (s₁, P)
+    spectrum_rows = block.shape[0]  # the rows whose metric is the reported spectrum
+    if precondition is not None and span_g_threshold is not None:
+        span_g = subspace_basis(g, span_g_threshold).orthonormal_rows()
+        block = orthonormal_rows(project_out(block, span_g), _drop_below(g.dtype), 1.0)
+        block = orthonormal_rows(project_out(block, span_g), 0.5, 1.0)
+        block, spectrum_rows = torch.cat([span_g, block]), span_g.shape[0]
     n, p = g.shape
-    total = max(1, depth * n + (depth - 1) * n)
+    width = max(n, block.shape[0])  # rows a block can have: ≤ N, ≤ 2N with span(G) added
+    total = max(1, depth * width + (depth - 1) * width)
     done = 0
 
     def tick() -> None:
@@ -144,9 +159,9 @@ def block_krylov_basis(
         if progress is not None:
             progress(min(done / total, 1.0))
 
-    q = g.new_empty(depth * n, p)  # rows 0 … filled − 1 hold the basis
-    eta = g.new_empty((depth - 1) * n if keep_eta else 0, p)  # η q_j of the kept blocks
-    pushed = g.new_empty(depth * n, output_shape.numel())  # J q_j, flattened (N·D each)
+    q = g.new_empty(depth * width, p)  # rows 0 … filled − 1 hold the basis
+    eta = g.new_empty((depth - 1) * width if keep_eta else 0, p)  # η q_j of the kept blocks
+    pushed = g.new_empty(depth * width, output_shape.numel())  # J q_j, flattened (N·D each)
     filled, previous, eta_filled, ranks = 0, 0, 0, []
     for level in range(depth):
         if level > 0:
@@ -173,7 +188,7 @@ def block_krylov_basis(
     if not ranks:
         empty = torch.zeros(0, dtype=torch.float64, device=g.device)
         return GalerkinBasis(g[:0], g.new_zeros(0, 0), (), empty)
-    first_pushed = pushed[: ranks[0]]
+    first_pushed = pushed[:spectrum_rows]
     metric1 = gram64(first_pushed, first_pushed)
     evals = torch.linalg.eigvalsh(0.5 * (metric1 + metric1.T)).flip(0)
     eta_rows = eta[:eta_filled] if keep_eta else None

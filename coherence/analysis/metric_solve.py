@@ -1,8 +1,8 @@
 """M⁻¹ applied to the perturbation gradients g_B(p), one solve per estimator (METHOD.md §4).
 
-M = η + λI (``subspace``, ``krylov``, ``cg``, ``ekfac-krylov``), its EK-FAC approximation
-(``ekfac``) or I (``euclidean``). The batch Jacobian's
-products are counted for the cost report. Shared by ``compute_influence`` (H = G_A Yᵀ / D)
+M = η + λI (``subspace``, ``krylov``, ``cg``, ``ekfac-krylov``: the default), its EK-FAC
+approximation (``ekfac``) or I (``euclidean``). The batch Jacobian's products are counted
+for the cost report. Shared by ``compute_influence`` (H = G_A Yᵀ / D)
 and the counterfactual check (it steps along the rows y_p), so both see the same arithmetic.
 """
 
@@ -36,7 +36,7 @@ from coherence.analysis.krylov import (
     galerkin_solve,
 )
 from coherence.analysis.request import InfluenceOptions
-from coherence.analysis.vocabulary import CGStart, Estimator
+from coherence.analysis.vocabulary import DEFAULT_ENERGY_THRESHOLD, CGStart, Estimator
 
 StageProgress = Callable[[float, str], None]  # (fraction, stage)
 
@@ -138,7 +138,7 @@ class _KrylovGalerkin:
     solve: GalerkinSolve
     y0: Tensor
     residual: FullResidual
-    preconditioned: bool  # block 1 spans M̃⁻¹G: its spectrum is not span(G)'s
+    spans_g: bool  # block 1 starts with span(G): its spectrum is the subspace spectrum
 
     def fields(self, options: InfluenceOptions) -> dict[str, Any]:
         fields = {
@@ -147,7 +147,7 @@ class _KrylovGalerkin:
             "rank": self.basis.rank,
             "block_ranks": self.basis.block_ranks,
         }
-        if not self.preconditioned:  # the subspace spectrum, when block 1 is span(G)
+        if self.spans_g:  # the subspace spectrum, when block 1 starts with span(G)
             fields["subspace_eigenvalues"] = tuple(self.basis.first_block_eigenvalues.tolist())
         return fields
 
@@ -161,10 +161,11 @@ def _krylov_galerkin(
     progress: StageProgress,
     precondition: Callable[[Tensor], Tensor] | None = None,
     keep_eta: bool = False,
+    span_g_threshold: float | None = None,
 ) -> _KrylovGalerkin:
     """Block Lanczos basis of ``options.depth`` blocks, the Galerkin solve in it and its
-    full-system residual (``share`` of the progress bar); ``precondition`` and
-    ``keep_eta``: see ``block_krylov_basis``."""
+    full-system residual (``share`` of the progress bar); ``precondition``, ``keep_eta``
+    and ``span_g_threshold``: see ``block_krylov_basis``."""
     kbasis = block_krylov_basis(
         g,
         products.jvp,
@@ -176,6 +177,7 @@ def _krylov_galerkin(
         keep_eta=keep_eta,
         precondition=precondition,
         damping=options.damping,
+        span_g_threshold=span_g_threshold,
     )
     ksolve = galerkin_solve(kbasis, g, options.damping)
     y0 = ksolve.solution()
@@ -188,7 +190,8 @@ def _krylov_galerkin(
         options.damping,
         progress=lambda x: progress(share * (0.8 + 0.2 * x), "full-system residual"),
     )
-    return _KrylovGalerkin(kbasis, ksolve, y0, kres, precondition is not None)
+    spectrum = precondition is None or span_g_threshold is not None
+    return _KrylovGalerkin(kbasis, ksolve, y0, kres, spectrum)
 
 
 def _krylov(
@@ -200,10 +203,17 @@ def _krylov(
     preconditioned: bool = False,
 ) -> MetricSolve:
     """Galerkin solve in the block Krylov space span{G, ηG, …} (``options.depth`` blocks),
-    or (``preconditioned``) in span{M̃⁻¹G, M̃⁻¹AM̃⁻¹G, …} with M̃ the damped EK-FAC
-    approximation of the metric fitted on this batch."""
-    precondition = ekfac_preconditioner(options, products, progress) if preconditioned else None
-    galerkin = _krylov_galerkin(options, products, g, shape, 1.0, progress, precondition)
+    or (``preconditioned``) in span(G) + span{M̃⁻¹G, M̃⁻¹AM̃⁻¹G, …} with M̃ the damped
+    EK-FAC approximation of the metric fitted on this batch: span(G) at the subspace
+    default threshold, so the spectrum and the dominant-eigenvalue share are reported as
+    ``subspace`` reports them."""
+    precondition, span_g = None, None
+    if preconditioned:
+        precondition = ekfac_preconditioner(options, products, progress)
+        span_g = DEFAULT_ENERGY_THRESHOLD
+    galerkin = _krylov_galerkin(
+        options, products, g, shape, 1.0, progress, precondition, span_g_threshold=span_g
+    )
     return MetricSolve(
         galerkin.solve.influence,
         lambda: galerkin.y0,

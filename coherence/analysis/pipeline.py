@@ -113,7 +113,8 @@ def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tens
     """Numbers (multiply by the itemsize for bytes) alive at the solver's peak beyond G, g_A
     and one basis of N rows (counted by the caller).
     - krylov (depth d): the basis buffer of d·N rows, the solution and residual rows (2·N)
-      and the d·N pushed tangents (N·D each);
+      and the d·N pushed tangents (N·D each); ekfac-krylov twice the buffers (span(G) is
+      added to its first block);
     - deflated cg: while AQ is built, the basis (d·N rows), the basis construction's η q_j
       ((d − 1)·N), AQ (d·N), the start's solution and residual (2·N) and the pushed
       tangents; during cg, the basis and AQ beside cg's state (``block_cg``: y, r, d and up
@@ -122,9 +123,12 @@ def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tens
     Why: at paper size (P = 13M) each extra block of 48 rows is 2.5 GB in float32."""
     estimator, depth = parse_estimator(request.estimator), request.depth
     pushed = depth * n * n * example[0].numel()
-    if estimator in (Estimator.KRYLOV, Estimator.EKFAC_KRYLOV):
-        # ekfac-krylov adds the factored metric: Q_A, Q_S and Λ per layer, far below N·P
+    if estimator is Estimator.KRYLOV:
         return (depth + 1) * n * p + pushed
+    if estimator is Estimator.EKFAC_KRYLOV:
+        # blocks of up to 2N rows (span(G) beside M̃⁻¹G), and the factored metric: Q_A, Q_S
+        # and Λ per layer, far below N·P
+        return (2 * depth + 1) * n * p + 2 * pushed
     if estimator is Estimator.EKFAC:
         return n * p  # the solution rows; the factors are per layer, far below N·P
     if estimator is Estimator.CG:
@@ -172,7 +176,7 @@ def estimate_cost(
         Estimator.SUBSPACE: galerkin,
         Estimator.KRYLOV: krylov,
         Estimator.EKFAC: ekfac,
-        Estimator.EKFAC_KRYLOV: ekfac + krylov,
+        Estimator.EKFAC_KRYLOV: ekfac + krylov + n * n * JVP_PASSES,  # + span(G)'s JVPs
         Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec
         + (krylov + n * n * VJP_PASSES if request.cg_start != "cold" else 0.0)
         + (ekfac if request.cg_start == "preconditioned" else 0.0),

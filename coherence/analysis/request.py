@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 from coherence.analysis.vocabulary import (
     CG_MAX_ITER,
     DEFAULT_DAMPING,
-    DEFAULT_DEPTH,
+    DEFAULT_ESTIMATOR,
     MAX_DEPTH,
     CGStart,
     Device,
     Estimator,
     Response,
+    default_depth,
     default_energy_threshold,
     parse_cg_start,
     parse_estimator,
@@ -94,12 +95,12 @@ class InfluenceOptions:
     """How one influence matrix is computed: ``compute_influence``'s options, checked here
     once (names become enums; ``responses`` loses repeats, keeping the order)."""
 
-    estimator: Estimator = Estimator.SUBSPACE
+    estimator: Estimator = DEFAULT_ESTIMATOR
     responses: tuple[Response, ...] = (Response.SMSE,)  # the first fills H
     damping: float = DEFAULT_DAMPING
     rtol: float | None = None  # cg only (checked whenever given)
     energy_threshold: float | None = None  # None: the estimator's default
-    depth: int = DEFAULT_DEPTH  # krylov, and deflated cg's basis
+    depth: int | None = None  # krylov, ekfac-krylov, deflated cg; None: the estimator's default
     cg_start: CGStart = CGStart.DEFLATED  # cg only
     max_iter: int = CG_MAX_ITER  # cg only: iteration cap per column
     chunk_size: int | None = None  # examples per vmapped VJP call; None: all at once
@@ -118,11 +119,14 @@ class InfluenceOptions:
             )
         if self.max_iter < 1:
             raise RequestError(f"max_iter must be at least 1; got {self.max_iter}")
+        if self.depth is None:
+            object.__setattr__(self, "depth", default_depth(self.estimator))
         depth = self.depth
         if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH:
             raise RequestError(
                 f"depth must be an integer from 1 to {MAX_DEPTH} (blocks of span{{G, ηG, …}}; "
-                f"default {DEFAULT_DEPTH}); got depth={depth!r}"
+                f"default {default_depth(self.estimator)} for {self.estimator.value}); "
+                f"got depth={depth!r}"
             )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise RequestError(f"chunk_size must be None or at least 1; got {self.chunk_size}")
@@ -147,11 +151,12 @@ class AnalysisRequest:
     trajectories: tuple[int, ...] = (0,)  # one batch per trajectory index
     # the first fills H; all are computed in one pass (order and repeats kept: the key has them)
     responses: tuple[Response, ...] = (Response.SMSE,)
-    estimator: Estimator = Estimator.SUBSPACE
+    estimator: Estimator = DEFAULT_ESTIMATOR
     damping: float = DEFAULT_DAMPING
     rtol: float | None = None  # cg only
-    energy_threshold: float | None = None  # None: 1 − 1e-4 (krylov, cg: 1); subspace, krylov, cg
-    depth: int = DEFAULT_DEPTH  # krylov, deflated cg: blocks of span{G, ηG, …}
+    # None: 1 − 1e-4 (subspace), 1 (krylov, ekfac-krylov, cg); all but ekfac and euclidean
+    energy_threshold: float | None = None
+    depth: int | None = None  # krylov, ekfac-krylov, deflated cg; None: 4 (ekfac-krylov: 1)
     cg_start: CGStart = CGStart.DEFLATED  # cg only: from the krylov solution, or cold
     device: Device = Device.AUTO
     split: str = "test"
@@ -164,12 +169,13 @@ class AnalysisRequest:
         object.__setattr__(self, "responses", tuple(parse_response(r) for r in given))
         object.__setattr__(self, "estimator", options.estimator)
         object.__setattr__(self, "cg_start", options.cg_start)
+        object.__setattr__(self, "depth", options.depth)  # resolved: the estimator's default
         object.__setattr__(self, "device", check_device(self.device))
         # one canonical value per meaning, so a request equals its own round trip through JSON
         recorded = self.to_dict()
         object.__setattr__(self, "energy_threshold", recorded["energy_threshold"])
         if recorded["depth"] is None:  # unused by this estimator
-            object.__setattr__(self, "depth", DEFAULT_DEPTH)
+            object.__setattr__(self, "depth", default_depth(self.estimator))
         if recorded["cg_start"] is None:
             object.__setattr__(self, "cg_start", CGStart.DEFLATED)
 

@@ -28,7 +28,7 @@ from coherence.analysis.metric_solve import solve_metric
 from coherence.analysis.observables import residual
 from coherence.analysis.request import InfluenceOptions
 from coherence.analysis.vocabulary import (
-    DEFAULT_DEPTH,
+    DEFAULT_ESTIMATOR,
     Response,
     parse_estimator,
     parse_response,
@@ -66,12 +66,12 @@ def preconditioned_gradients(
     targets: Tensor,
     columns: Sequence[int],
     *,
-    estimator: str = "subspace",
+    estimator: str = DEFAULT_ESTIMATOR,
     damping: float = 1e-4,
     rtol: float | None = None,
     energy_threshold: float | None = None,
     max_iter: int = 500,
-    depth: int = DEFAULT_DEPTH,
+    depth: int | None = None,
     cg_start: str = "deflated",
 ) -> Tensor:
     """M⁻¹ g_B(p) for the perturbation columns p, as rows [k, P] (the proximal directions).
@@ -108,7 +108,7 @@ def counterfactual_check(
     targets: Tensor,
     *,
     perturbation: int,
-    estimator: str = "subspace",
+    estimator: str = DEFAULT_ESTIMATOR,
     response: str = "smse",
     damping: float = 1e-4,
     rtol: float | None = None,

@@ -34,6 +34,9 @@ from coherence.surrogates import checkpoint as ckpt
 # Bump whenever the numbers an analysis produces would change (estimators, observables,
 # standardization, batch assembly, result layout): every older cache entry then misses.
 ANALYSIS_CODE_VERSION = "1"
+# An estimator whose numbers changed gets a revision here instead: only its entries miss.
+# ekfac-krylov 2: block 1 holds span(G) beside M̃⁻¹G (its spectrum; issue 14)
+ESTIMATOR_REVISIONS = {"ekfac-krylov": 2}
 
 
 def _checkpoint_digest(directory: str) -> str:
@@ -83,6 +86,8 @@ def key_material(
     fields = request.to_dict()
     for name in ("checkpoints", "data", "device"):
         del fields[name]
+    if fields["estimator"] in ESTIMATOR_REVISIONS:  # absent for the others: keys unchanged
+        fields["estimator_revision"] = ESTIMATOR_REVISIONS[fields["estimator"]]
     return {
         "request": fields,
         "checkpoints": [_checkpoint_digest(c) for c in request.checkpoints],

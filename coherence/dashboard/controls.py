@@ -30,6 +30,7 @@ from coherence.dashboard.control_rows import (
 from coherence.dashboard.selection import (
     DAMPING_RANGE,
     DEFAULT_DAMPING,
+    DEFAULT_ESTIMATOR,
     DEVICES,
     ESTIMATORS,
     RTOL_RANGE,
@@ -42,9 +43,9 @@ from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import RequestError
 
 ESTIMATOR_LABELS = {
-    "subspace": "subspace (exact, default)",
+    "subspace": "subspace (span(G) alone, the paper's v1)",
     "krylov": "krylov (span{G, ηG, …}, closer to the full solve)",
-    "ekfac-krylov": "ekfac-krylov (EK-FAC-preconditioned Krylov, most faithful)",
+    "ekfac-krylov": "ekfac-krylov (span(G) + EK-FAC-preconditioned, default)",
     "ekfac": "ekfac (Kronecker-factored approximation, fastest)",
     "cg": "cg (paper v2, iterative)",
     "euclidean": "euclidean (gradient dot product)",
@@ -125,12 +126,14 @@ CONTROLS: tuple[Control, ...] = (
         state="sb_est",
         label="Estimator of M⁻¹",
         choices=ESTIMATORS,
-        default="subspace",
+        default=DEFAULT_ESTIMATOR.value,
         labels=lambda scope: ESTIMATOR_LABELS.get,
-        help="subspace: exact Galerkin solve on the span of the gradients; krylov: the "
-        "same in span{G, ηG, η²G, η³G} (≈ 4× the cost, closer to the full solve); "
-        "ekfac-krylov: the same in the EK-FAC-preconditioned space (closest to the exact "
-        "solve per product); cg: conjugate gradients to a tolerance (the paper's v2); "
+        help="ekfac-krylov (default): exact Galerkin solve on the span of the gradients "
+        "and of their EK-FAC-preconditioned images (closest to the full solve per product: "
+        "Pearson 0.88–0.98 against it on small models, where subspace reaches 0.65–0.82); "
+        "subspace: the same on the span of the gradients alone; krylov: the same in "
+        "span{G, ηG, η²G, η³G} (≈ 4× the cost); cg: conjugate gradients to a tolerance "
+        "(the paper's v2); "
         "ekfac: the Kronecker-factored approximation alone (fast, no residual); "
         "euclidean: M = I.",
     ),

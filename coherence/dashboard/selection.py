@@ -19,7 +19,7 @@ from typing import Any
 from coherence.analysis.estimators import Estimator
 from coherence.analysis.observables import Response
 from coherence.analysis.request import MAX_EXAMPLES, AnalysisRequest
-from coherence.analysis.vocabulary import PAPER_RTOL
+from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR, PAPER_RTOL
 from coherence.dashboard.checks import check_group, format_ranges, request_problem
 from coherence.dashboard.workspace_scan import (
     Catalog,
@@ -61,7 +61,7 @@ class Selection:
     t_start: int  # first transition of the window
     n_steps: int  # transitions per batch (T); N = classes × T
     responses: tuple[str, ...] = ("smse",)  # smse first fills the influence panels
-    estimator: str = "subspace"  # subspace | krylov | cg | euclidean
+    estimator: str = DEFAULT_ESTIMATOR.value  # ekfac-krylov | subspace | krylov | cg | …
     damping: float = DEFAULT_DAMPING  # λ in η + λI
     rtol: float | None = None  # cg only
     device: str = "auto"  # auto | cpu | cuda

@@ -21,7 +21,12 @@ import os
 from dataclasses import dataclass, replace
 
 from coherence.analysis.request import AnalysisRequest
-from coherence.dashboard.selection import DEFAULT_DAMPING, Selection, default_rtol
+from coherence.dashboard.selection import (
+    DEFAULT_DAMPING,
+    DEFAULT_ESTIMATOR,
+    Selection,
+    default_rtol,
+)
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
 from coherence.surrogates import checkpoint as ckpt
@@ -31,7 +36,6 @@ from coherence.workspace import checkpoints_dir, workspace_root
 # λ grid of the sensitivity sweep (log-spaced around the paper's 1e-4, METHOD.md §4)
 DAMPING_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 PAPER_DAMPING = DEFAULT_DAMPING
-PAPER_ESTIMATOR = "subspace"
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,9 @@ class EstimatorSetting:
 # (influence.CG_MAX_ITER), reported with each result; an explicit cap per setting waits for a
 # request field (follow-up).
 SWEEP_ESTIMATORS = (
-    EstimatorSetting("subspace"),
+    EstimatorSetting(DEFAULT_ESTIMATOR.value),  # first: at the paper's λ it is the main analysis
     EstimatorSetting("euclidean", uses_damping=False),
+    EstimatorSetting("subspace", on_demand=True),
     EstimatorSetting("cg", rtol=1.5e-2, on_demand=True),
     EstimatorSetting("cg", rtol=5e-2, on_demand=True),
     EstimatorSetting("krylov", on_demand=True),

@@ -16,6 +16,7 @@ from coherence.analysis.kfac import EigenbasisMetric, fit_eigenbasis, gaussian_p
 from coherence.analysis.metric_solve import solve_metric
 from coherence.analysis.request import AnalysisRequest, InfluenceOptions
 from coherence.analysis.standardization import standardize
+from coherence.analysis.vocabulary import DEFAULT_ENERGY_THRESHOLD
 from tests.analysis.fixtures import TinyConv, dense_reference
 
 REL_EXACT = 1e-8
@@ -171,11 +172,20 @@ def test_ekfac_is_its_own_dense_damped_solve(ce_model, ce_batch):
     assert result.diagnostics.residuals is None  # no product with J: nothing to report
 
 
+def dense_span_g(g, energy_threshold: float = DEFAULT_ENERGY_THRESHOLD):
+    """Rows [s, P]: the leading right singular vectors of G holding the threshold of Σσ²."""
+    _, sigma, vh = torch.linalg.svd(g, full_matrices=False)
+    energy = torch.cumsum(sigma**2, 0)
+    s = int(torch.searchsorted(energy, energy_threshold * energy[-1])) + 1
+    return vh[:s]
+
+
 def dense_preconditioned_solution(ref, metric: EigenbasisMetric, depth: int, damping: float):
-    """Galerkin solution [P, N] in span{M̃⁻¹G, (M̃⁻¹A)M̃⁻¹G, …} from a QR of the dense block."""
+    """Galerkin solution [P, N] in span(G) + span{M̃⁻¹G, (M̃⁻¹A)M̃⁻¹G, …} (block 1 holds
+    span(G) at the subspace threshold beside M̃⁻¹G), from a QR of the dense blocks."""
     g = ref.grads("smse")  # (N, P)
     a = ref.eta + damping * torch.eye(g.shape[1], dtype=torch.float64)
-    blocks = [metric.solve(g, damping)]
+    blocks = [torch.cat([dense_span_g(g), metric.solve(g, damping)])]
     for _ in range(depth - 1):
         blocks.append(metric.solve(blocks[-1] @ a, damping))
     power = torch.cat([b / b.norm(dim=1, keepdim=True) for b in blocks]).T
@@ -199,7 +209,10 @@ def test_ekfac_krylov_matches_the_dense_preconditioned_galerkin(ce_model, ce_bat
     a = ref.eta + damping * torch.eye(g.shape[0], dtype=torch.float64)
     dense_residuals = torch.linalg.vector_norm(g - a @ y, dim=0) / g.norm(dim=0)
     np.testing.assert_allclose(result.diagnostics.residuals, dense_residuals, rtol=1e-5)
-    assert result.diagnostics.subspace_eigenvalues is None  # its first block is not span(G)
+    # block 1 starts with span(G): the spectrum is subspace's, the metric QηQᵀ on span(G)
+    q_g = dense_span_g(ref.grads("smse"))
+    spectrum = torch.linalg.eigvalsh(q_g @ ref.eta @ q_g.T).flip(0)
+    np.testing.assert_allclose(result.diagnostics.subspace_eigenvalues, spectrum, rtol=1e-6)
 
 
 @pytest.mark.slow
@@ -308,7 +321,7 @@ def test_memory_estimate_covers_the_fitted_factors(ce_model, ce_batch):
     fit keeps: the eigenbases and corrected eigenvalues in float64, and the probes'
     per-example gradients."""
     from coherence.analysis.kfac import SAMPLES, fit_bytes
-    from coherence.analysis.pipeline import estimate_cost
+    from coherence.analysis.pipeline import estimate_cost, solver_numbers
     from coherence.probe import activation_bytes
 
     fm = FlatModel(ce_model)
@@ -318,9 +331,14 @@ def test_memory_estimate_covers_the_fitted_factors(ce_model, ce_batch):
     n, itemsize = len(x), 8
     patches = n * 16 * (4 * 9 + 1) * itemsize  # the widest layer's unfolded inputs (4×4 grid)
     base = {"checkpoints": ("a",), "data": "d", "classes": ("CE-RP", "CE-CRP"), "n_steps": 3}
-    plain = estimate_cost(ce_model, AnalysisRequest(**base, estimator="krylov"), x)
-    pre = estimate_cost(ce_model, AnalysisRequest(**base, estimator="ekfac-krylov"), x)
-    added = pre.memory_bytes - plain.memory_bytes
+    plain_request = AnalysisRequest(**base, estimator="krylov", depth=1)
+    pre_request = AnalysisRequest(**base, estimator="ekfac-krylov", depth=1)
+    plain = estimate_cost(ce_model, plain_request, x)
+    pre = estimate_cost(ce_model, pre_request, x)
+    # beyond krylov's: the fit, and the span(G) rows beside M̃⁻¹G (solver_numbers)
+    wider_blocks = solver_numbers(pre_request, n, fm.n_params, x)
+    wider_blocks -= solver_numbers(plain_request, n, fm.n_params, x)
+    added = pre.memory_bytes - plain.memory_bytes - wider_blocks * itemsize
     assert kept + SAMPLES * n * fm.n_params * itemsize + patches <= added
     assert added == fit_bytes(
         ce_model, n, fm.n_params, itemsize, n * activation_bytes(ce_model, x[:1])

@@ -125,7 +125,7 @@ def test_pipeline_matches_direct_influence_calls(workspace):
         split="test", classes=request.classes
     )
     assert set(result.provenance["checkpoint_fingerprints"]) == {"unet_s1", "unet_s2"}
-    assert result.diagnostics[0][0]["estimator"] == "subspace"
+    assert result.diagnostics[0][0]["estimator"] == "ekfac-krylov"  # the default
 
 
 def test_result_file_round_trip_without_pickle(workspace, tmp_path):
@@ -140,7 +140,7 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path):
     path = save_result(result, tmp_path / "R.npz")
     side = json.loads((tmp_path / "R.json").read_text())
     assert side["request"]["classes"] == ["CE-RP", "CE-CRP"]
-    assert side["diagnostics"][0][0]["estimator"] == "subspace"
+    assert side["diagnostics"][0][0]["estimator"] == "ekfac-krylov"
     assert "versions" in side["provenance"]
     with np.load(path, allow_pickle=False) as data:
         assert data["H"].shape == (1, 1, 2, 2, 2, 2)

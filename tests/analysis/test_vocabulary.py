@@ -33,7 +33,10 @@ BASE = {
 # purpose in issue 14: the deflated start became a krylov basis, so its key now records the
 # depth and the krylov energy threshold (1.0), and results of the old start are not served.
 CASES = {
-    "subspace": ({}, "43364198dbbfc375a75c4d42d67e91614619575ed253f0cfac8493752af11374"),
+    "subspace": (
+        {"estimator": "subspace"},
+        "43364198dbbfc375a75c4d42d67e91614619575ed253f0cfac8493752af11374",
+    ),
     "krylov": (
         {"estimator": "krylov", "depth": 3, "responses": ("smse", "mass")},
         "8148584d4ff6df850f6e8b094758dfc1cd0bc8cc05dca6b0bddcc1a374d64f6a",
@@ -81,7 +84,7 @@ def test_canonical_json_is_unchanged_from_names_or_enums(case):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"depth": 2},  # subspace: depth unused
+        {"estimator": "subspace", "depth": 2},  # subspace: depth unused
         {"estimator": "cg", "rtol": 5e-2, "cg_start": "cold", "depth": 7},
         {"estimator": "euclidean", "cg_start": "cold", "depth": 3},
     ],

@@ -83,7 +83,7 @@ def test_a_bad_link_is_explained_and_replaced(workspace, monkeypatch):
     assert "window='2:9': window 2:9 needs snapshots 2..11" in warnings
     assert "cached result" in texts(at.caption)  # the defaults took their place
     assert at.query_params["data"] == "tiny_ce" and at.query_params["traj"] == "0"
-    assert at.query_params["window"] == "0:5" and at.query_params["est"] == "subspace"
+    assert at.query_params["window"] == "0:5" and at.query_params["est"] == "ekfac-krylov"
 
 
 def test_a_shared_link_reproduces_its_selection(workspace, monkeypatch):

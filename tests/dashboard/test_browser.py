@@ -205,7 +205,7 @@ def test_load_panels_download_compute_share_compare(server, browser):
         assert names == [f"{stem}.json", f"{stem}.npz"]
         with np.load(io.BytesIO(archive.read(names[1])), allow_pickle=False) as arrays:
             assert arrays["H_std"].shape == (2, 1, 5, 3, 5, 3)  # [S, B, T, C, T, C]
-        assert json.loads(archive.read(names[0]))["request"]["estimator"] == "subspace"
+        assert json.loads(archive.read(names[0]))["request"]["estimator"] == "ekfac-krylov"
     shot(page, "10b_analysis_files")
 
     choose(page, "Estimator", "euclidean")  # a new selection: not in the cache

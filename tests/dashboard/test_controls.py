@@ -112,7 +112,7 @@ def test_stale_session_state_is_repaired():
     }
     prepare_state(state, catalog)
     selection = read_state(state, catalog)
-    assert selection.estimator == "subspace" and selection.device == "auto"
+    assert selection.estimator == "ekfac-krylov" and selection.device == "auto"
     assert selection.damping == DEFAULT_DAMPING
     assert selection.classes == ("CE-RP",)
     assert (selection.t_start, selection.n_steps) == (0, 16)

@@ -117,7 +117,7 @@ def test_export_names_encode_the_selection(workspace):
     other = replace(selection, t_start=selection.t_start + 1, n_steps=selection.n_steps - 1)
     assert selection_tag(selection) != selection_tag(other)
     assert selection_tag(selection).startswith(f"{selection.dataset}_w{selection.t_start}-")
-    assert "subspace" in selection_tag(selection)
+    assert "ekfac-krylov" in selection_tag(selection)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", selection_tag(selection))
 
 

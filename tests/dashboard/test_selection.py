@@ -259,7 +259,7 @@ def test_query_round_trip_is_exact():
         ("window", "10:20", "needs snapshots 10..30", "n_steps", 16),
         ("window", "0", "expected START:STEPS", "n_steps", 16),
         ("resp", "smse,entropy", "unknown response", "responses", ("smse", "mass", "energy")),
-        ("est", "newton", "choose one of subspace, cg, euclidean", "estimator", "subspace"),
+        ("est", "newton", "choose one of subspace, cg, euclidean", "estimator", "ekfac-krylov"),
         ("damping", "nan", "not a finite number", "damping", 1e-4),
         ("damping", "1e300", "λ must lie in", "damping", 1e-4),
         ("device", "tpu", "choose one of auto, cpu, cuda", "device", "auto"),

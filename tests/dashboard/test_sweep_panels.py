@@ -129,10 +129,10 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert lambdas["layout"]["xaxis"]["type"] == "log"
     assert any("paper's λ = 0.0001" in a["text"] for a in lambdas["layout"]["annotations"])
     names = {t["name"] for t in lambdas["data"] if t.get("mode") == "lines+markers"}
-    assert names == {"subspace", "euclidean"}
+    assert names == {"ekfac-krylov", "euclidean"}
     assert "Median per-row Spearman" in texts(at.caption)
     assert [t["type"] for t in agreement["data"]] == ["histogram", "heatmap"]
-    # on demand: cg at 2 tolerances, krylov, ekfac-krylov, ekfac and the subspace at 2
+    # on demand: cg at 2 tolerances, krylov, ekfac, subspace and the subspace at 2 more
     # energy thresholds, × 6 λ
     at.toggle(key="sens_cg").set_value(True).run()
     assert_clean(at)

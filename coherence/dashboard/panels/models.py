@@ -48,8 +48,9 @@ def spectrum(ctx: PanelContext) -> None:
         figure = subspace_spectrum_figure(spectra)
     except CoherenceError:
         st.info(
-            "The full spectrum of QᵀηQ comes with the **subspace** estimator; this result "
-            f"used {ctx.selection.estimator}. Choose subspace in the sidebar to see it."
+            "The full spectrum of QᵀηQ on span(G) comes with the **ekfac-krylov** (default) "
+            f"and **subspace** estimators; this result used {ctx.selection.estimator}. Choose "
+            "one of them in the sidebar to see it."
         )
         return
     chart(figure, key="chart_spectrum")

@@ -29,13 +29,13 @@ def sensitivity(ctx: PanelContext) -> None:
     runner = loaders.job_runner(root)
     with_cg = st.toggle(
         "Include the on-demand settings: cg (the paper's solver, rtol 1.5e-2 and 5e-2), "
-        "krylov, ekfac-krylov, ekfac and the subspace at energy thresholds 1 − 1e-2 and "
-        "1 − 1e-6",
+        "krylov, ekfac and the subspace (span(G) alone) at energy thresholds 1 − 1e-4, "
+        "1 − 1e-2 and 1 − 1e-6",
         key="sens_cg",
         help="Conjugate gradients on the full system needs many JVP + VJP per column on a "
-        "trained model (its iteration cap is reported); krylov, ekfac-krylov and a finer "
-        "subspace cost several times the default; so they are computed only on demand "
-        "(ekfac is cheap but approximates η itself).",
+        "trained model (its iteration cap is reported); krylov costs several times the "
+        "default; so they are computed only on demand (ekfac and subspace are cheaper but "
+        "further from the full solve).",
     )
     points, problems = sweeps.sensitivity_points(
         ctx.root, ctx.selection, ctx.catalog, runner, include_on_demand=with_cg
@@ -128,7 +128,7 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     ]
     if not options:
         st.info(
-            f"Needs two estimators cached at λ = {damping:g} for one group (e.g. subspace and "
+            f"Needs two estimators cached at λ = {damping:g} for one group (e.g. ekfac-krylov and "
             "euclidean): compute the sweep above."
         )
         return

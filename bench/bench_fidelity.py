@@ -20,6 +20,7 @@
 
 Run: python -m bench.bench_fidelity [--part fidelity|cg|cost|all] [--quick] [--arch unet|vit]
      [--checkpoint ARCH=DIR] [--columns K] [--rtol R] [--cap N] [--start cold|deflated]
+     [--only ESTIMATOR ...]
 (--start: run one start only, written to cg_start_<arch>_<start>.json; --quick: one small
 model, depths 2 and 4, cg on the UNet at rtol 5e-2 with max_iter 50).
 Figures from a shared or single-threaded machine are indicative only.
@@ -67,7 +68,8 @@ def _products(diag: Any) -> dict[str, Any]:
     }
 
 
-def fidelity_rows(quick: bool) -> list[dict[str, Any]]:
+def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One row per (model, λ, setting); ``only``: the settings of these estimators alone."""
     settings = [("euclidean", {}), ("subspace", {}), ("subspace", {"energy_threshold": 1.0})]
     settings += [("krylov", {"depth": d}) for d in ((2, 4) if quick else (2, 4, 6, 8))]
     # EK-FAC alone, and the Galerkin solve in its preconditioned Krylov space
@@ -80,6 +82,8 @@ def fidelity_rows(quick: bool) -> list[dict[str, Any]]:
         ("cg", {"rtol": rtol, "max_iter": 5000, "cg_start": "preconditioned"})
         for rtol in (5e-2, 1.5e-2)
     ]
+    if only:
+        settings = [(e, o) for e, o in settings if e in only]
     rows = []
     for hidden, seed in MODELS[:1] if quick else MODELS:
         small = train_small(hidden, seed)
@@ -263,6 +267,12 @@ def main() -> None:
     parser.add_argument("--rtol", action="append", type=float, help="cg: tolerances")
     parser.add_argument("--cap", type=int, help="cg: iteration cap per column")
     parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="fidelity: these estimators' settings alone, written to fidelity_<names>.json",
+    )
+    parser.add_argument(
         "--start",
         action="append",
         choices=("cold", "deflated", "preconditioned"),
@@ -273,9 +283,10 @@ def main() -> None:
     suffix = "_quick" if args.quick else ""
     if args.part in ("fidelity", "all"):
         write_result(
-            "fidelity" + suffix,
-            "Estimator fidelity vs the exact dense solve (issue 14)",
-            fidelity_rows(args.quick),
+            "_".join(["fidelity", *args.only]) + suffix,
+            "Estimator fidelity vs the exact dense solve (issue 14)"
+            + (f": {', '.join(args.only)}" if args.only else ""),
+            fidelity_rows(args.quick, tuple(args.only)),
             "Pearson / median row Spearman of standardised Ĥ vs the exact (η + λI)⁻¹ solve; "
             "forwards = 2.2·JVPs + 2·VJPs (batch forwards). Target: ≥ 0.95 / ≥ 0.9.",
         )

@@ -37,9 +37,10 @@ class DemoSpec:
     epochs: int = 12
     batch_size: int = 32
     data_seed: int = 0
-    # The paper analyses 6 test trajectories per seed; 2 keep the precompute within the demo's
-    # budget on 2 CPU cores (the dashboard's default view), and more are one sidebar pick away.
-    batches: int = 2
+    # The paper analyses 6 test trajectories per seed; 1 keeps the precompute (default
+    # ekfac-krylov estimator) within the demo's 10-minute budget on 2 CPU cores (the
+    # dashboard's default view: dashboard.selection.DEFAULT_BATCHES); more are a pick away.
+    batches: int = 1
     # The 'Training dynamics' and 'Sensitivity' panels: training keeps snapshots of epochs
     # 1, 4 and 12 (fewer than `coherence train`'s powers of two plus the last: each snapshot
     # analysed costs a whole analysis), and the demo analyses them, and a small λ sweep

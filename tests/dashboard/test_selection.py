@@ -148,7 +148,7 @@ def test_default_selection_prefers_ce_demo_and_the_paper_window():
     selection = default_selection(catalog)
     assert selection.dataset == "ce_demo"
     assert selection.checkpoints == ("unet_s10", "unet_s35", "unet_s42")  # all seeds, by seed
-    assert selection.trajectories == (0, 1)  # 0..min(DEFAULT_BATCHES, n_test) − 1
+    assert selection.trajectories == (0,)  # 0..min(DEFAULT_BATCHES, n_test) − 1
     assert (selection.t_start, selection.n_steps) == (0, 16)
     entry = catalog.dataset("ns_data")
     assert default_window(entry, 1) == (0, 16)
@@ -252,10 +252,10 @@ def test_query_round_trip_is_exact():
             "0-999999999",
             "index 999999999 does not exist",
             "trajectories",
-            (0, 1),
+            (0,),
         ),
-        ("traj", "two", "not an index or a range", "trajectories", (0, 1)),
-        ("traj", "3-1", "runs backwards", "trajectories", (0, 1)),
+        ("traj", "two", "not an index or a range", "trajectories", (0,)),
+        ("traj", "3-1", "runs backwards", "trajectories", (0,)),
         ("window", "10:20", "needs snapshots 10..30", "n_steps", 16),
         ("window", "0", "expected START:STEPS", "n_steps", 16),
         ("resp", "smse,entropy", "unknown response", "responses", ("smse", "mass", "energy")),

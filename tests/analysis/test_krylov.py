@@ -258,17 +258,15 @@ def test_memory_estimate_covers_what_the_krylov_solvers_keep(ce_model, ce_batch)
     def allocated(t: torch.Tensor) -> int:
         return t.untyped_storage().nbytes() // t.element_size()
 
-    for depth in (1, 3):
+    def build(depth: int, **options):
         products = BatchJacobian(fm, x)
         basis = block_krylov_basis(
-            g,
-            products.jvp,
-            products.vjp,
-            x.shape,
-            depth=depth,
-            energy_threshold=1.0,
-            keep_eta=True,
+            g, products.jvp, products.vjp, x.shape, depth=depth, energy_threshold=1.0, **options
         )
+        return products, basis
+
+    for depth in (1, 3):
+        products, basis = build(depth, keep_eta=True)
         q, pushed = allocated(basis.q), allocated(basis.pushed)
         assert q == depth * n * p  # one buffer, filled in place
         start = 2 * n * p  # the Galerkin solution and its residual rows
@@ -290,14 +288,8 @@ def test_memory_estimate_covers_what_the_krylov_solvers_keep(ce_model, ce_batch)
     assert solver_numbers(AnalysisRequest(**base, estimator="subspace"), n, p, x) == 0
     # ekfac-krylov: blocks of up to 2N rows (span(G) beside M̃⁻¹G)
     for depth in (1, 2):
-        products = BatchJacobian(fm, x)
-        basis = block_krylov_basis(
-            g,
-            products.jvp,
-            products.vjp,
-            x.shape,
-            depth=depth,
-            energy_threshold=1.0,
+        _, basis = build(
+            depth,
             precondition=lambda rows: 2.0 * rows + 0.1 * rows.flip(1),
             span_g_threshold=1 - 1e-4,
         )

@@ -77,7 +77,6 @@ SWEEP_ESTIMATORS = (
     EstimatorSetting("cg", rtol=1.5e-2, on_demand=True),
     EstimatorSetting("cg", rtol=5e-2, on_demand=True),
     EstimatorSetting("krylov", on_demand=True),
-    EstimatorSetting("ekfac-krylov", on_demand=True),
     EstimatorSetting("ekfac", on_demand=True),
     # the subspace's energy threshold (default 1 − 1e-4): a coarser and a finer basis
     EstimatorSetting("subspace", energy_threshold=1 - 1e-2, on_demand=True),

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard import sweeps
 from coherence.dashboard.selection import default_selection
@@ -155,3 +156,11 @@ def test_snapshot_names_resolve_inside_the_workspace(trained_on):
     assert (checkpoints_dir(trained_on) / name) == snapshots.snapshot_dir(
         checkpoints_dir(trained_on) / "unet_tiny_s1", 2
     )
+
+
+def test_each_sweep_setting_is_listed_once_and_the_default_estimator_leads():
+    """A setting listed twice would be counted twice in 'k of n cached' and drawn twice."""
+    settings = [(s.estimator, s.rtol, s.energy_threshold) for s in sweeps.SWEEP_ESTIMATORS]
+    assert len(settings) == len(set(settings)), settings
+    first = sweeps.SWEEP_ESTIMATORS[0]  # at the paper's λ, the main analysis itself
+    assert first.estimator == DEFAULT_ESTIMATOR.value and not first.on_demand

@@ -55,7 +55,7 @@ def test_default_view_shows_the_cached_analysis_without_a_click(workspace, monke
     at = open_app(workspace, monkeypatch)
     assert_clean(at)
     assert "cached result" in texts(at.caption)
-    # the default (subspace) reports its full-system residuals against the paper's rtol
+    # the default (ekfac-krylov) reports its full-system residuals against the paper's rtol
     assert "full-system residual" in texts(at.caption) and "within the paper's rtol" in texts(
         at.caption
     )

@@ -161,7 +161,7 @@ def choose(page, label: str, option: str) -> None:
 
 def test_load_panels_download_compute_share_compare(server, browser):
     page = new_page(browser, server)  # the cached default: a heatmap with no click
-    assert "data=tiny_ce" in page.url and "est=subspace" in page.url
+    assert "data=tiny_ce" in page.url and "est=ekfac-krylov" in page.url
     assert page.get_by_text("cached result").count() >= 1
     assert page.get_by_text("Deploy").count() == 0  # toolbarMode viewer: no developer menu
     assert page.title() == "Coherence Explorer"
@@ -187,7 +187,7 @@ def test_load_panels_download_compute_share_compare(server, browser):
     assert lines[0].startswith("# dataset: tiny_ce")  # the parameter header
     rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
     assert re.fullmatch(
-        r"tiny_ce_w0-4_subspace_lam1e-4_[0-9a-f]{6}_two_time_UNet\.csv",
+        r"tiny_ce_w0-4_ekfac-krylov_lam1e-4_[0-9a-f]{6}_two_time_UNet\.csv",
         download.value.suggested_filename,
     )
     assert len(rows) == 25 and set(rows[0]) == {"t_p", "t_r", "step_p", "step_r", "value"}
@@ -201,7 +201,7 @@ def test_load_panels_download_compute_share_compare(server, browser):
     with zipfile.ZipFile(download.value.path()) as archive:
         names = sorted(archive.namelist())
         stem = download.value.suggested_filename.removesuffix(".zip")
-        assert re.fullmatch(r"tiny_ce_w0-4_subspace_lam1e-4_[0-9a-f]{6}_analysis_UNet", stem)
+        assert re.fullmatch(r"tiny_ce_w0-4_ekfac-krylov_lam1e-4_[0-9a-f]{6}_analysis_UNet", stem)
         assert names == [f"{stem}.json", f"{stem}.npz"]
         with np.load(io.BytesIO(archive.read(names[1])), allow_pickle=False) as arrays:
             assert arrays["H_std"].shape == (2, 1, 5, 3, 5, 3)  # [S, B, T, C, T, C]

@@ -7,11 +7,12 @@ dashboard. Torch-free (the tensors of ``InfluenceResult`` are only annotated).
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from coherence.analysis.vocabulary import PAPER_RTOL
+from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR, PAPER_RTOL
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -75,7 +76,7 @@ def unconverged_message(diagnostics: InfluenceDiagnostics) -> str:
         f"cg did not converge: {bad} of {len(diagnostics.residuals)} columns stopped at "
         f"max_iter={diagnostics.max_iter} with relative residual up to "
         f"{diagnostics.worst_residual:.3g} > rtol={diagnostics.rtol:g}, so H is inaccurate; "
-        "raise max_iter, loosen rtol or use estimator 'ekfac-krylov' (the default)"
+        f"raise max_iter, loosen rtol or use estimator '{DEFAULT_ESTIMATOR}' (the default)"
     )
 
 
@@ -121,7 +122,7 @@ def convergence_summary(
         f"cg did not converge in {len(bad)} of {cells} (checkpoint, batch) solves; worst "
         f"relative residual {worst.worst_residual:.3g} > rtol={worst.rtol:g} ({name}, batch "
         f"{worst.batch + 1}): these influence values are inaccurate; loosen --rtol or use "
-        "--estimator subspace"
+        f"--estimator {DEFAULT_ESTIMATOR} (the default)"
     )
 
 
@@ -135,8 +136,7 @@ def residual_summary(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str 
     )
     if not values:
         return None
-    half = len(values) // 2
-    median = values[half] if len(values) % 2 else (values[half - 1] + values[half]) / 2
+    median = statistics.median(values)
     within = {arch: sum(v <= rtol for v in values) for arch, rtol in PAPER_RTOL.items()}
     return (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "

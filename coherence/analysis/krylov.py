@@ -84,12 +84,13 @@ def project_out(w: Tensor, q: Tensor) -> Tensor:
 class GalerkinBasis:
     """Rows q [s, P] of the basis, their pushed tangents J q [s, N·D], the rank of each Krylov
     block, and the eigenvalues of the metric QηQᵀ on span(G)'s rows of the first block (the
-    ``subspace`` spectrum; ekfac-krylov without span(G): on M̃⁻¹G's)."""
+    ``subspace`` spectrum; None when block 1 holds no span(G): preconditioned, no
+    ``span_g_threshold``)."""
 
     q: Tensor
     pushed: Tensor
     block_ranks: tuple[int, ...]
-    first_block_eigenvalues: Tensor  # (s₁,) float64, descending
+    first_block_eigenvalues: Tensor | None  # (s₁,) float64, descending
     eta_rows: Tensor | None = None  # η q_j for the first rows of q (kept on request), [k, P]
 
     @property
@@ -142,7 +143,7 @@ def block_krylov_basis(
     """
     first = g if precondition is None else precondition(g)
     block = subspace_basis(first, energy_threshold).orthonormal_rows()  # (s₁, P)
-    spectrum_rows = block.shape[0]  # the rows whose metric is the reported spectrum
+    spectrum_rows = None if precondition is not None else block.shape[0]  # span(G)'s rows
     if precondition is not None and span_g_threshold is not None:
         span_g = subspace_basis(g, span_g_threshold).orthonormal_rows()
         block = orthonormal_rows(project_out(block, span_g), _drop_below(g.dtype), 1.0)
@@ -187,10 +188,13 @@ def block_krylov_basis(
         ranks.append(s)
     if not ranks:
         empty = torch.zeros(0, dtype=torch.float64, device=g.device)
-        return GalerkinBasis(g[:0], g.new_zeros(0, 0), (), empty)
-    first_pushed = pushed[:spectrum_rows]
-    metric1 = gram64(first_pushed, first_pushed)
-    evals = torch.linalg.eigvalsh(0.5 * (metric1 + metric1.T)).flip(0)
+        spectrum = empty if spectrum_rows is not None else None
+        return GalerkinBasis(g[:0], g.new_zeros(0, 0), (), spectrum)
+    evals = None
+    if spectrum_rows is not None:
+        first_pushed = pushed[:spectrum_rows]
+        metric1 = gram64(first_pushed, first_pushed)
+        evals = torch.linalg.eigvalsh(0.5 * (metric1 + metric1.T)).flip(0)
     eta_rows = eta[:eta_filled] if keep_eta else None
     return GalerkinBasis(q[:filled], pushed[:filled], tuple(ranks), evals, eta_rows)
 

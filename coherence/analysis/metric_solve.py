@@ -138,7 +138,6 @@ class _KrylovGalerkin:
     solve: GalerkinSolve
     y0: Tensor
     residual: FullResidual
-    spans_g: bool  # block 1 starts with span(G): its spectrum is the subspace spectrum
 
     def fields(self, options: InfluenceOptions) -> dict[str, Any]:
         fields = {
@@ -147,8 +146,9 @@ class _KrylovGalerkin:
             "rank": self.basis.rank,
             "block_ranks": self.basis.block_ranks,
         }
-        if self.spans_g:  # the subspace spectrum, when block 1 starts with span(G)
-            fields["subspace_eigenvalues"] = tuple(self.basis.first_block_eigenvalues.tolist())
+        spectrum = self.basis.first_block_eigenvalues  # None when block 1 holds no span(G)
+        if spectrum is not None:
+            fields["subspace_eigenvalues"] = tuple(spectrum.tolist())
         return fields
 
 
@@ -190,8 +190,7 @@ def _krylov_galerkin(
         options.damping,
         progress=lambda x: progress(share * (0.8 + 0.2 * x), "full-system residual"),
     )
-    spectrum = precondition is None or span_g_threshold is not None
-    return _KrylovGalerkin(kbasis, ksolve, y0, kres, spectrum)
+    return _KrylovGalerkin(kbasis, ksolve, y0, kres)
 
 
 def _krylov(

@@ -55,7 +55,8 @@ def check_rtol(estimator: Estimator, rtol: float | None) -> None:
     if estimator is Estimator.CG and rtol is None:
         raise RequestError(
             "estimator cg needs rtol, the relative residual at which CG stops (paper: 1.5e-2 "
-            "UNet, 5e-2 ViT; `coherence analyze` needs --rtol), or use estimator subspace"
+            f"UNet, 5e-2 ViT; `coherence analyze` needs --rtol), or use estimator "
+            f"{DEFAULT_ESTIMATOR} (the default)"
         )
     if rtol is not None and not 0 < rtol < 1:
         raise RequestError(f"rtol must lie in (0, 1), e.g. 1e-2; got rtol={rtol}")

@@ -267,6 +267,20 @@ def test_requests_record_the_options_the_ekfac_estimators_use():
         assert AnalysisRequest.from_dict(recorded).to_dict() == recorded
 
 
+def test_only_a_start_that_holds_span_g_reports_the_subspace_spectrum(ce_model, ce_batch):
+    """The spectrum panel's eigenvalues are QηQᵀ on span(G): deflated cg's start holds span(G)
+    as its first block, the preconditioned start's first block is M̃⁻¹G, so it reports none
+    rather than a spectrum of another space."""
+    runs = {
+        start: compute_influence(
+            ce_model, *ce_batch, estimator="cg", rtol=1e-2, cg_start=start, depth=1
+        ).diagnostics
+        for start in ("deflated", "preconditioned")
+    }
+    assert runs["deflated"].subspace_eigenvalues
+    assert runs["preconditioned"].subspace_eigenvalues is None
+
+
 def test_preconditioned_cg_solves_the_system_in_fewer_iterations():
     """block_cg with a preconditioner on a badly scaled SPD system: the exact inverse
     converges in one iteration, the Jacobi preconditioner in far fewer than plain CG, and

@@ -128,7 +128,9 @@ def cached_in(root: str | Path) -> Callable[[Selection], bool]:
 def load_groups(
     root: str | Path, catalog: Catalog, selection: Selection
 ) -> tuple[ReportGroup, ...]:
-    """Every group's cached result; ReportError naming the groups not computed yet."""
+    """Every group's cached result, or one assembled from the cached units of a larger
+    selection (fewer seeds, batches or responses), as the dashboard shows it; ReportError
+    naming the groups not computed yet."""
     from coherence.cache.jobs import JobRunner
 
     runner = JobRunner(root)
@@ -136,7 +138,7 @@ def load_groups(
     for label, names in zip(group_labels(catalog, selection), selection.groups, strict=True):
         request = selection.to_request(root, names)
         key = runner.key(request)
-        result = runner.result(key, request)
+        result = runner.materialize(request)
         if result is None:
             missing.append(label)
         else:

@@ -126,11 +126,20 @@ def convergence_summary(
     )
 
 
-def residual_summary(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str | None:
+RESIDUAL_CAVEAT = (
+    "A residual says how far the system is from solved, not how close Ĥ is to the exact "
+    "solve (README: estimators)"
+)
+
+
+def residual_summary(
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]], *, caveat: bool = True
+) -> str | None:
     """One line on a result's full-system residuals ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ over
     every column of every (checkpoint, batch) solve, against the paper's tolerances, with
-    what it does not say (None for estimators without residuals: ekfac, euclidean). Why
-    shown: issue 14 asks whether the default already meets the paper's tolerance."""
+    what it does not say (``caveat``: RESIDUAL_CAVEAT, which the dashboard shows as help);
+    None for estimators without residuals (ekfac, euclidean). Why shown: issue 14 asks
+    whether the default already meets the paper's tolerance."""
     values = sorted(
         float(r) for row in diagnostics for cell in row for r in (cell.get("residuals") or ())
     )
@@ -138,9 +147,9 @@ def residual_summary(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str 
         return None
     median = statistics.median(values)
     within = {arch: sum(v <= rtol for v in values) for arch, rtol in PAPER_RTOL.items()}
-    return (
+    line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "
         f"{median:.3g}, worst {values[-1]:.3g}; within the paper's rtol: {within['unet']} at "
-        f"1.5e-2 (UNet), {within['vit']} at 5e-2 (ViT). A residual says how far the system is "
-        "from solved, not how close Ĥ is to the exact solve (README: estimators)"
+        f"1.5e-2 (UNet), {within['vit']} at 5e-2 (ViT)"
     )
+    return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line

@@ -18,6 +18,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
+from coherence.analysis.diagnostics import RESIDUAL_CAVEAT
 from coherence.analysis.influence import convergence_summary, residual_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
@@ -142,16 +143,37 @@ def _cancel(root: str, keys: Sequence[str], prefix: str = "") -> None:
 
 
 @st.cache_data(show_spinner="Estimating the job…", max_entries=64)
-def job_seconds(request_json: str) -> float:
-    """The whole job's estimated seconds (cache.cost), 0 if it cannot be estimated here."""
+def job_cost(request_json: str) -> tuple[float, int, bool]:
+    """(estimated seconds per unit, units, whether that is an upper bound: cg counted at its
+    iteration cap) of the job (cache.cost); (0, 0, False) if it cannot be estimated here."""
     request = AnalysisRequest.from_dict(json.loads(request_json))
     try:
         model, _ = loaders.model(request.checkpoints[0])
         dtype = next(model.parameters()).dtype
         inputs = torch.from_numpy(loaders.batch_inputs(request)[0]).to(dtype)
-        return estimate_job(model, request, inputs).total_seconds
+        job = estimate_job(model, request, inputs)
     except CoherenceError:
-        return 0.0  # the job itself will report the problem
+        return 0.0, 0, False  # the job itself will report the problem
+    return job.unit_seconds, job.units, job.upper_bound
+
+
+def job_seconds(request_json: str) -> float:
+    """The whole job's estimated seconds, 0 if it cannot be estimated here."""
+    unit_seconds, units, _ = job_cost(request_json)
+    return unit_seconds * units
+
+
+def missing_seconds(root: Path, todo: Sequence[GroupState]) -> tuple[float, bool]:
+    """Estimated seconds of what Compute would run for ``todo``: only the units not cached
+    yet (a job resumes from the cached ones), and whether that is an upper bound."""
+    runner = loaders.job_runner(str(root))
+    seconds, bound = 0.0, False
+    for group in todo:
+        unit_seconds, _, upper = job_cost(json.dumps(group.request.to_dict(), sort_keys=True))
+        cached, total = runner.cached_unit_count(group.request)
+        seconds += unit_seconds * (total - cached)
+        bound |= upper
+    return seconds, bound
 
 
 def format_duration(seconds: float | None) -> str:
@@ -256,8 +278,8 @@ def _group_status(root: Path, group: GroupState) -> bool:
         result = group.result
         if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
             st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
-        if residuals := residual_summary(result.diagnostics):
-            st.caption(f"{literal(group.label)}: {literal(residuals)}")
+        if residuals := residual_summary(result.diagnostics, caveat=False):
+            st.caption(f"{literal(group.label)}: {literal(residuals)}", help=RESIDUAL_CAVEAT)
         return True
     if status.state == "failed":
         st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")
@@ -278,10 +300,11 @@ def _group_status(root: Path, group: GroupState) -> bool:
 
 def _compute_button(root: Path, todo: Sequence[GroupState]) -> None:
     """The estimated time (a confirmation past the threshold) and the Compute button."""
-    seconds = sum(job_seconds(json.dumps(g.request.to_dict(), sort_keys=True)) for g in todo)
+    seconds, bound = missing_seconds(root, todo)
     confirmed = True
     if seconds > 0:
-        st.caption(f"Estimated time for the whole job: {format_duration(seconds)}.")
+        limit = " (up to: cg counted at its iteration cap)" if bound else ""
+        st.caption(f"Estimated time of what Compute runs: {format_duration(seconds)}{limit}.")
     if seconds > confirm_seconds():
         confirmed = st.checkbox(
             f"Start a job estimated at {format_duration(seconds)}", key="confirm_long_job"

@@ -150,10 +150,16 @@ class Selection:
         return encode(self)
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """'1 dataset', '2 datasets' ('1 batch', '2 batches' with ``many``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {many or noun + 's'}"
+
+
 def describe(selection: Selection) -> str:
     """One line for captions: what the analysis covers."""
     return (
-        f"{len(selection.checkpoints)} seed(s) × {len(selection.trajectories)} batch(es) "
+        f"{plural(len(selection.checkpoints), 'seed')} × "
+        f"{plural(len(selection.trajectories), 'batch', 'batches')} "
         f"(trajectories {format_ranges(selection.trajectories)}), N = "
         f"{len(selection.classes)} classes × {selection.n_steps} steps = "
         f"{selection.n_examples}, {selection.estimator}, λ = {selection.damping:g}"

@@ -27,6 +27,7 @@ from coherence.dashboard.selection import (
     dataset_defaults,
     describe,
     from_request,
+    plural,
     with_dataset,
 )
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
@@ -105,11 +106,6 @@ def _dataset_label(catalog: Catalog):
         return f"{name} · {entry.family} {size}, {len(entry.classes)} classes"
 
     return label
-
-
-def plural(n: int, noun: str) -> str:
-    """'1 dataset', '2 datasets'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _checkpoint_label(catalog: Catalog, names: Sequence[str] = ()):

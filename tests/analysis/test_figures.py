@@ -474,6 +474,11 @@ def test_compare_mode_titles_do_not_overlap(distance_curve):
         F.two_time_heatmap(np.eye(2), [0, 1], 4), F.two_time_heatmap(np.eye(2), [0, 1], 4)
     )
     assert long_x.layout.xaxis.title.text == "perturbation time t_p"  # short: kept per panel
+    assert long_x.layout.yaxis2.showticklabels is False  # numeric rows: the times are left
+    other_rows = F.side_by_side(
+        F.two_time_heatmap(np.eye(2), [0, 1], 4), F.two_time_heatmap(np.eye(2), [0, 2], 4)
+    )
+    assert other_rows.layout.yaxis2.showticklabels is not False  # different times: shown
     d = F.distance_figure(distance_curve)
     pair = F.side_by_side(d, d, ("UNet", "ViT"))
     shared = [a.text for a in pair.layout.annotations if a.text not in ("UNet", "ViT")]

@@ -398,4 +398,6 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     assert "over 4 columns: median 0.035, worst 0.2" in summary
     assert "1 at 1.5e-2 (UNet), 3 at 5e-2 (ViT)" in summary
     assert "not how close Ĥ is" in summary
+    short = residual_summary(cells, caveat=False)  # the dashboard shows the caveat as help
+    assert summary.startswith(short) and "not how close" not in short
     assert residual_summary([[{"residuals": None}], [{}]]) is None  # ekfac, euclidean

@@ -6,6 +6,7 @@ conftest.py), whose default analysis and its UNet-vs-ViT comparison are already 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -44,6 +45,16 @@ def texts(elements) -> str:
 
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def plotly_array(value) -> np.ndarray:
+    """A plotly JSON array as numpy: a (nested) list, or typed base64 data {dtype, bdata,
+    shape} (how plotly 7 writes numpy arrays)."""
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
+    return np.asarray(value, dtype=float)
 
 
 def assert_clean(at: AppTest) -> None:

@@ -316,6 +316,28 @@ def axis_fit(page, index: int = 0) -> dict:
     )
 
 
+def titles_over_plots(page, index: int = 0) -> list:
+    """Axis titles of the index-th chart drawn over a plot area (its own or a neighbour's)."""
+    return page.evaluate(
+        """i => {
+            const g = document.querySelectorAll('.js-plotly-plot')[i];
+            const areas = [...g.querySelectorAll('.draglayer .nsewdrag')]
+                .map(e => e.getBoundingClientRect());
+            const hit = (a, b) => a.left < b.right - 1 && b.left < a.right - 1
+                && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+            const out = [];
+            for (const t of g.querySelectorAll('[class^=g-x] text, [class^=g-y] text')) {
+                const r = t.getBoundingClientRect();
+                areas.forEach((a, k) => {
+                    if (r.width && hit(r, a)) out.push([t.textContent, k]);
+                });
+            }
+            return out;
+        }""",
+        index,
+    )
+
+
 def assert_fits(fit: dict) -> None:
     assert fit["heatmaps"], fit
     for h in fit["heatmaps"]:
@@ -333,6 +355,8 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     settle(page)
     assert_fits(axis_fit(page))  # the wide tab: the axes span exactly the data
     assert page.get_by_text("What am I looking at?").count() == 1
+    box = page.locator(HEATMAP).first.bounding_box()
+    assert box["y"] + box["height"] / 2 < 1000, box  # above the fold with the tour shown
     shot(page, "20_tour_verdict_1600")
     page.get_by_role("button", name="Got it").click()
     page.get_by_text("What am I looking at?").wait_for(state="detached")
@@ -403,6 +427,7 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     fit = axis_fit(page)
     assert len(fit["heatmaps"]) == 2
     assert_fits(fit)
+    assert not titles_over_plots(page)  # the right panel's y title stays off the left one
     shot(page, "23_compare_1024")
     page.get_by_text("Difference map").click()
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
@@ -410,9 +435,11 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     assert_fits(axis_fit(page, 1))
     open_tab(page, "Class transfer")
     assert_fits(axis_fit(page))
+    assert not titles_over_plots(page)
     shot(page, "24_compare_transfer_1024")
     open_tab(page, "Input distance")
     page.wait_for_selector(".js-plotly-plot .scatterlayer")  # smoothed on first visit
     settle(page)
+    assert not titles_over_plots(page)
     shot(page, "25_compare_distance_1024")
     page.close()

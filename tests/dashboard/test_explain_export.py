@@ -7,6 +7,7 @@ references are the cached result's own arrays (H_std, distances) and numpy recom
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import replace
 
@@ -18,10 +19,13 @@ from coherence.analysis.scores import compute_scores
 from coherence.analysis.summaries import two_time_map
 from coherence.analysis.verdict import format_score, verdict
 from coherence.cache.jobs import JobRunner
+from coherence.dashboard import compute
+from coherence.dashboard.panels.common import PanelContext
 from coherence.dashboard.selection import default_selection
+from coherence.dashboard.workspace_scan import scan_workspace
 from tests.fixtures import COMPARE
 
-from .test_app import assert_clean, charts, open_app, texts
+from .test_app import assert_clean, charts, open_app, plotly_array, texts
 
 
 def cached_result(workspace):
@@ -55,16 +59,13 @@ def test_tour_and_verdict_with_reference_marks(workspace, monkeypatch):
 def test_colour_scale_control_paper_auto_diverging(workspace, monkeypatch):
     at = open_app(workspace, monkeypatch)
     (paper,) = charts(at)
-    z = (
-        np.asarray(paper["data"][0]["z"], dtype=float)
-        if isinstance(paper["data"][0]["z"], list)
-        else None
-    )
+    _, result = cached_result(workspace)
+    V = two_time_map(result.H_std[result.primary])
+    np.testing.assert_allclose(plotly_array(paper["data"][0]["z"]), V, rtol=1e-6)
+    assert paper["data"][0]["zmin"] == 0  # the paper's [0, √N]
     at.selectbox(key="zscale_two_time").set_value("auto").run()
     assert_clean(at)
     (auto,) = charts(at)
-    _, result = cached_result(workspace)
-    V = two_time_map(result.H_std[result.primary])
     assert auto["data"][0]["zmin"] == pytest.approx(V.min())
     assert auto["data"][0]["zmax"] == pytest.approx(V.max())
     at.selectbox(key="zscale_two_time").set_value("diverging").run()
@@ -73,7 +74,7 @@ def test_colour_scale_control_paper_auto_diverging(workspace, monkeypatch):
     assert trace["zmin"] == pytest.approx(-np.abs(V).max())
     assert trace["zmax"] == pytest.approx(np.abs(V).max())
     assert trace["colorscale"][0][1] != paper["data"][0]["colorscale"][0][1]
-    assert z is None or z.shape == V.shape
+    np.testing.assert_allclose(plotly_array(trace["z"]), V, rtol=1e-6)  # the same map
     # the class-transfer panel has its own control
     at = open_app(workspace, monkeypatch, {"panel": "Class transfer"})
     at.selectbox(key="zscale_transfer").set_value("diverging").run()
@@ -110,7 +111,24 @@ def test_compare_offers_the_difference_map_and_keeps_one_colour_axis(workspace, 
     at = open_app(workspace, monkeypatch, {"vs": ",".join(COMPARE)})
     assert_clean(at)
     labels = [e.label for e in at.expander]
-    assert any(label.startswith("Difference map") for label in labels), labels
+    assert any(label.startswith("Difference map: UNet − ViT") for label in labels), labels
+    (pair,) = charts(at)  # closed: not drawn
+    heatmaps = [t for t in pair["data"] if t["type"] == "heatmap"]
+    assert len(heatmaps) == 2 and {t.get("coloraxis") for t in heatmaps} == {"coloraxis"}
+    at.session_state["two_time_diff_open"] = True  # open the expander
+    at.run()
+    assert_clean(at)
+    _, difference = charts(at)
+    selection = replace(default_selection(workspace), compare=COMPARE)
+    runner = JobRunner(workspace)
+    V = []
+    for request in selection.to_requests(workspace):
+        result = runner.result(runner.key(request), request)
+        V.append(two_time_map(result.H_std[result.primary]))
+    (trace,) = [t for t in difference["data"] if t["type"] == "heatmap"]
+    np.testing.assert_allclose(plotly_array(trace["z"]), V[0] - V[1], rtol=1e-5, atol=1e-6)
+    top = np.abs(V[0] - V[1]).max()  # diverging, symmetric around 0
+    assert trace["zmin"] == pytest.approx(-trace["zmax"]) and trace["zmax"] >= top * (1 - 1e-6)
 
 
 def test_export_names_encode_the_selection(workspace):
@@ -120,6 +138,38 @@ def test_export_names_encode_the_selection(workspace):
     assert selection_tag(selection).startswith(f"{selection.dataset}_w{selection.t_start}-")
     assert "ekfac-krylov" in selection_tag(selection)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", selection_tag(selection))
+
+
+def test_two_views_of_one_panel_export_under_two_names(workspace, monkeypatch):
+    two_time = importlib.import_module("coherence.dashboard.panels.two_time")  # the module
+    stems: list[str] = []
+    real = two_time.downloads
+
+    def recording(key, stem, **kwargs):  # the names the panel gives its download row
+        stems.append(stem)
+        real(key, stem, **kwargs)
+
+    monkeypatch.setattr(two_time, "downloads", recording)
+    at = open_app(workspace, monkeypatch)
+    default = stems[-1]
+    assert default.endswith("_two_time")
+    at.selectbox(key="two_time_pair").set_value("CE-CRP ← CE-RP").run()
+    at.selectbox(key="zscale_two_time").set_value("diverging").run()
+    assert_clean(at)
+    assert stems[-1] == f"{default}_CE-CRP-from-CE-RP_diverging"
+
+
+def test_a_panels_choices_enter_its_export_names_and_provenance(workspace):
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    states = compute.group_states(workspace, catalog, selection)
+    ctx = PanelContext(workspace, catalog, selection, catalog.dataset(selection.dataset), states)
+    view = ctx.with_choices(class_pair="CE-CRP-from-CE-RP", seed=None, colour_scale="auto")
+    assert view.stem("two_time") == f"{ctx.stem('two_time')}_CE-CRP-from-CE-RP_auto"
+    meta = view.meta()
+    assert meta["class pair"] == "CE-CRP-from-CE-RP" and meta["colour scale"] == "auto"
+    assert "seed" not in meta  # a default choice is left out
+    assert {k: v for k, v in meta.items() if k in ctx.meta()} == ctx.meta()  # nothing lost
 
 
 def test_settle_imports_waits_for_another_threads_import(tmp_path, monkeypatch):

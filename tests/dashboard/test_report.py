@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -47,6 +48,20 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
         dd = compute_scores(g.result.H_std[g.result.primary]).diagonal_dominance
         assert f"{dd.median:.2f}" in page and f"Q1–Q3 [{dd.q1:.2f}, {dd.q3:.2f}]" in page
     assert "diagonal ridge" in page and "damping λ" in page
+
+
+def test_report_of_a_subset_of_the_cached_view_is_assembled_from_its_units(workspace):
+    catalog = scan_workspace(workspace)
+    full = default_selection(workspace)
+    subset = replace(full, checkpoints=full.checkpoints[:1])  # one seed dropped, as on screen
+    runner = JobRunner(workspace)
+    key = runner.key(subset.to_request(workspace))
+    runner.store.delete(key)  # an earlier test may have assembled it already
+    (group,) = load_groups(workspace, catalog, subset)
+    assert group.key == key and group.result.checkpoints == full.checkpoints[:1]
+    assert runner.store.computations(key) == 0  # no job: the cached units only
+    whole = runner.result(runner.key(full.to_request(workspace)))
+    np.testing.assert_array_equal(group.result.H["smse"], whole.H["smse"][:1])
 
 
 def test_report_of_an_uncomputed_selection_says_so(workspace):

@@ -4,10 +4,8 @@ real workspace whose UNets were trained on to 3 epochs (snapshots 1, 2, 3)."""
 
 from __future__ import annotations
 
-import base64
 import time
 
-import numpy as np
 import pytest
 
 from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR
@@ -20,7 +18,7 @@ from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.fixtures import COMPARE, TINY_OVERRIDES, copy_workspace
 
-from .test_app import assert_clean, charts, open_app, texts
+from .test_app import assert_clean, charts, open_app, plotly_array, texts
 
 DYNAMICS = {"panel": "Training dynamics"}
 SENSITIVITY = {"panel": "Sensitivity"}
@@ -35,13 +33,6 @@ def trained_on(workspace, tmp_path_factory):
         args = TrainingArgs(arch="unet", seed=seed, overrides=TINY_OVERRIDES, **common)
         train(datasets_dir(root) / "tiny_ce", checkpoints_dir(root) / f"unet_tiny_s{seed}", args)
     return root
-
-
-def _array(value) -> list[float]:
-    """A plotly JSON array: a list, or typed base64 data {"dtype", "bdata"}."""
-    if isinstance(value, dict):
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
-    return list(value)
 
 
 def _wait_done(root, points, timeout: float = 300) -> None:
@@ -100,7 +91,7 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
     for title in ("Diagonal dominance", "Lag decay length", "Validation SMSE"):
         assert title in panels
     medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
-    assert any(_array(t["x"]) == [1, 2, 3] for t in medians)
+    assert any(plotly_array(t["x"]).tolist() == [1, 2, 3] for t in medians)
     heatmaps = [t for t in maps["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 3
     for trace in heatmaps:  # one colour scale, [0, √N]

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
+from coherence.cache.keys import unit_keys
 from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
-from coherence.dashboard.selection import default_selection
-from coherence.dashboard.sidebar import plural
+from coherence.dashboard import compute
+from coherence.dashboard.selection import default_selection, plural
+from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.workspace import checkpoints_dir, datasets_dir
 
 from .test_app import assert_clean, charts, open_app, texts
@@ -66,11 +68,48 @@ def test_an_uncached_selection_keeps_the_last_figures_marked_stale(workspace, mo
     assert "Stale figures" in banner and "damping λ 0.0001 → 0.001" in banner
     assert "press **Compute** above for the current one" in banner
     assert at.button(key="compute")  # the current selection is offered for computing
+    assert "Estimated time of what Compute runs" in texts(at.caption)
     (after,) = charts(at)  # the last computed heatmap is still there
     assert after["data"][0]["z"] == before["data"][0]["z"]
     assert "Diagonal dominance" in [m.label for m in at.metric]
     at.number_input(key="sb_damping").set_value(1e-4).run()  # back: current, not stale
     assert "Stale" not in texts(at.warning)
+
+
+def test_the_estimate_next_to_compute_counts_only_the_units_not_cached(workspace):
+    catalog = scan_workspace(workspace)
+    base = default_selection(workspace)
+    other = replace(base, damping=3e-3)  # nothing of it is cached: 2 seeds × 1 batch to run
+    states = compute.group_states(workspace, catalog, other)
+    whole, bound = compute.missing_seconds(workspace, states)
+    assert whole > 0 and not bound
+    runner = JobRunner(workspace)
+    done_key = unit_keys(base.to_request(workspace))[0][0]
+    first_key = unit_keys(other.to_request(workspace))[0][0]
+    runner.store.put_unit(first_key, runner.store.get_unit(done_key))  # seed 1: "cached"
+    try:
+        half, _ = compute.missing_seconds(workspace, states)
+    finally:
+        runner.store.delete_unit(first_key)
+    assert half == pytest.approx(whole / 2)  # Compute resumes: only seed 2 is left to run
+    cg = compute.group_states(workspace, catalog, replace(base, estimator="cg", rtol=0.05))
+    assert compute.missing_seconds(workspace, cg)[1]  # cg: counted at its iteration cap
+
+
+@pytest.mark.parametrize(
+    ("params", "button"),
+    [({"panel": "Validation", "cf_p": "7"}, "cf_run"), ({"panel": "Sensitivity"}, "sens_compute")],
+    ids=["validation", "sensitivity"],
+)
+def test_stale_figures_start_no_work_for_the_old_selection(workspace, monkeypatch, params, button):
+    at = open_app(workspace, monkeypatch, params)
+    assert_clean(at)
+    assert at.button(key=button).disabled is False  # current figures: work may start
+    at.number_input(key="sb_damping").set_value(1e-3).run()
+    assert not at.exception
+    assert "Stale figures" in texts(at.warning)
+    assert at.button(key=button).disabled is True  # it would run for λ = 1e-4, not 1e-3
+    assert "These figures are stale" in texts(at.caption)
 
 
 def test_cuda_on_a_cpu_machine_names_no_missing_button(workspace, monkeypatch):
@@ -110,6 +149,22 @@ def test_panel_choices_travel_in_the_link(workspace, monkeypatch):
     assert at.query_params["two_time_pair"] == pair
 
 
+@pytest.mark.parametrize(
+    ("panel", "key"),
+    [("Two-time influence", "zscale_two_time"), ("Conservation", "zscale_mass")],
+)
+def test_the_colour_scale_travels_in_the_link(workspace, monkeypatch, panel, key):
+    at = open_app(workspace, monkeypatch, {"panel": panel, key: "diverging"})
+    assert_clean(at)
+    assert not at.warning
+    assert at.selectbox(key=key).value == "diverging"
+    heatmap = charts(at)[0]["data"][0]
+    assert heatmap["zmin"] == pytest.approx(-heatmap["zmax"])  # symmetric around 0
+    assert at.query_params[key] == "diverging"
+    at.selectbox(key=key).set_value("auto").run()
+    assert at.query_params[key] == "auto"  # a choice made on the page goes into the link
+
+
 def test_bad_panel_choices_in_a_link_warn_and_use_the_default(workspace, monkeypatch):
     at = open_app(
         workspace,
@@ -144,7 +199,9 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
 
 def test_plural_and_seed_chips(workspace, monkeypatch):
     assert plural(1, "dataset") == "1 dataset" and plural(2, "dataset") == "2 datasets"
+    assert plural(2, "batch", "batches") == "2 batches"
     at = open_app(workspace, monkeypatch)
+    assert "2 seeds × 1 batch (" in texts(at.caption)  # the selection line, not 'seed(s)'
     caption = texts(at.sidebar.caption)
     assert "2 datasets" in caption and "3 checkpoints" in caption
     assert at.multiselect(key="sb_ckpts").options == ["seed 1", "seed 2"]

@@ -65,8 +65,8 @@ def side_by_side(
 
     Made for two figures of the same builder: axis titles, types and reference lines are
     copied per column; legend entries already shown on the left are hidden on the right. A
-    right panel repeats no categorical y labels (they pushed its y title over the left panel)
-    and long x titles break onto two lines.
+    right heatmap on the left one's rows repeats no y tick labels (they pushed its y title
+    over the left panel) and long x titles break onto two lines.
     """
     if len(titles) != 2:
         raise RequestError(f"titles={titles!r}: give two panel titles")
@@ -109,15 +109,15 @@ def side_by_side(
 
 
 def _dedupe_titles(out: go.Figure, figs: Sequence[go.Figure]) -> None:
-    """Titles that fit half a page. Heatmap pairs: the right panel repeats no categorical y
-    labels (they pushed its y title over the left panel) and long x titles break onto two
-    lines. Curve pairs: one shared x title under both panels, the y title once (left), and
-    the legend in a row below, so the two plots keep their width."""
+    """Titles that fit half a page. Heatmap pairs on the same rows: the right panel repeats
+    no y tick labels, times or classes (they pushed its y title over the left panel), and
+    long x titles break onto two lines. Curve pairs: one shared x title under both panels,
+    the y title once (left), and the legend in a row below, so the two plots keep their
+    width."""
     heatmaps = [t for f in figs for t in f.data if isinstance(t, go.Heatmap)]
     if heatmaps:
-        same = [list(t.y) for t in heatmaps if t.y is not None]
-        categorical = bool(same) and all(isinstance(v, str) for v in same[0])
-        if categorical and all(y == same[0] for y in same):
+        rows = [list(t.y) for t in heatmaps if t.y is not None]
+        if rows and all(y == rows[0] for y in rows):  # numeric (times) or categorical
             out.update_layout(yaxis2_showticklabels=False, yaxis2_title_standoff=4)
         wrapped = False
         for axis in ("xaxis", "xaxis2"):

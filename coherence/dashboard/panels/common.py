@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,16 @@ Bytes = Callable[[], bytes]
 @dataclass(frozen=True)
 class PanelContext:
     """Everything a panel's render function reads: the selection, the workspace, and each
-    checkpoint group's request and (when cached) result."""
+    checkpoint group's request and (when cached) result. ``stale``: the panels draw the last
+    computed selection, not the sidebar's (compute.displayed), so they start no work."""
 
     root: Path
     catalog: Catalog
     selection: Selection
     dataset: DatasetEntry
     groups: tuple[GroupState, ...]
+    stale: bool = False
+    choices: tuple[tuple[str, str], ...] = ()  # the panel's own non-default choices
 
     @property
     def ready(self) -> tuple[GroupState, ...]:
@@ -69,16 +72,25 @@ class PanelContext:
         """[0, √N]: the one colour range of every standardized-influence heatmap."""
         return influence_range(self.n_examples)
 
+    def with_choices(self, **choices: str | None) -> PanelContext:
+        """This context with the panel's own choices (class pair, seed, colour scale, …; None
+        for a default, which is left out) in its export names and provenance, so two views
+        of one panel never download under one name."""
+        chosen = tuple((name, value) for name, value in choices.items() if value is not None)
+        return replace(self, choices=chosen)
+
     def stem(self, panel: str, group: GroupState | None = None) -> str:
-        """A download file name stem that encodes the selection:
-        <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<panel>[_<group>]."""
-        parts = [selection_tag(self.selection), panel] + ([group.stem] if group else [])
-        return safe_name("_".join(parts))
+        """A download file name stem that encodes the selection and the panel's choices:
+        <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<panel>[_<choice>…][_<group>]."""
+        parts = [selection_tag(self.selection), panel, *(value for _, value in self.choices)]
+        return safe_name("_".join(parts + ([group.stem] if group else [])))
 
     def meta(self) -> dict[str, Any]:
         """Parameters and provenance of the view (dataset, checkpoints, estimator, λ, cache
-        keys): the footer of HTML exports, PNG/SVG metadata and the CSV header."""
-        return provenance(self.selection, self.ready)
+        keys, the panel's choices): the footer of HTML exports, PNG/SVG metadata and the CSV
+        header."""
+        chosen = {name.replace("_", " "): value for name, value in self.choices}
+        return provenance(self.selection, self.ready) | chosen
 
     def panel_csv(self, panel: str, data: Bytes) -> tuple[str, str, Bytes, str]:
         """A panel's CSV download (parameter header first), named after the selection."""
@@ -102,6 +114,13 @@ class PanelContext:
         values = np.concatenate([np.ravel(np.asarray(m, dtype=np.float64)) for m in maps])
         lo, hi, _ = heatmap_scale(mode, values, self.n_examples)
         return lo, hi
+
+
+DEFAULT_SCALE = next(iter(SCALES))  # the paper's [0, √N]
+STALE_ACTION = (
+    "These figures are stale (banner above): compute the sidebar's selection with **Compute** "
+    "above first; work started here would be for the old selection."
+)
 
 
 def scale_selector(key: str, container=None) -> None:

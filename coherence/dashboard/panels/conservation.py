@@ -9,6 +9,7 @@ from coherence.analysis.figures import lag_curves_figure, two_time_heatmap
 from coherence.analysis.summaries import lag_curves, two_time_map
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
+    DEFAULT_SCALE,
     PanelContext,
     chart,
     downloads,
@@ -80,12 +81,13 @@ def _one_response(ctx: PanelContext, response: str) -> None:
     chart(figure, key=f"chart_{response}_map")
     with controls:
         scale_selector(response, st.columns(3)[0])
+    view = ctx.with_choices(colour_scale=None if scale == DEFAULT_SCALE else scale)
     downloads(
         f"{response}_map",
-        ctx.stem(f"{response}_two_time"),
+        view.stem(f"{response}_two_time"),
         figure=figure,
         files=[
-            ctx.group_csv(
+            view.group_csv(
                 f"{response}_two_time",
                 g,
                 lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps),
@@ -93,7 +95,7 @@ def _one_response(ctx: PanelContext, response: str) -> None:
             for g, V in maps
         ],
         caption=how_to_read(two_time_heatmap),
-        meta=ctx.meta(),
+        meta=view.meta(),
     )
     groups = [(g.label, lag_curves(g.result.H_std[response])) for g in ctx.ready]
     lags = lag_curves_figure(

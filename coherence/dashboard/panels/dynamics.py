@@ -57,7 +57,7 @@ def dynamics(ctx: PanelContext) -> None:
     else:
         st.caption(EXPLAIN)
     states = sweep_jobs.statuses(root, points)
-    sweep_jobs.status_bar(root, points, states, key="dyn", what="epoch analyses")
+    sweep_jobs.status_bar(root, points, states, key="dyn", what="epoch analyses", stale=ctx.stale)
     done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
     if len(done) <= len(labels):
         sweep_jobs.elsewhere(

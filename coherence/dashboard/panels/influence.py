@@ -20,6 +20,7 @@ from coherence.analysis.summaries import class_transfer_matrix, lag_curves
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
+    DEFAULT_SCALE,
     PanelContext,
     chart,
     downloads,
@@ -67,17 +68,18 @@ def class_transfer(ctx: PanelContext) -> None:
     chart(figure, key="chart_transfer")
     with controls:
         scale_selector("transfer", st.columns(3)[0])
+    view = ctx.with_choices(colour_scale=None if scale == DEFAULT_SCALE else scale)
     files = [
-        ctx.group_csv("class_transfer", g, lambda M=M, r=g.result: class_matrix_csv(M, r.classes))
+        view.group_csv("class_transfer", g, lambda M=M, r=g.result: class_matrix_csv(M, r.classes))
         for g, M in matrices
     ]
     downloads(
         "transfer",
-        ctx.stem("class_transfer"),
+        view.stem("class_transfer"),
         figure=figure,
         files=files,
         caption=how_to_read(class_transfer_heatmap),
-        meta=ctx.meta(),
+        meta=view.meta(),
     )
 
 

@@ -191,16 +191,23 @@ def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list
         title=f"{name}: {class_name} test #{index}, rollout step {horizon} (t = {time:.3g})",
     )
     chart(fields, key="chart_fields")
+    view = ctx.with_choices(
+        checkpoint=name,
+        class_name=class_name,
+        trajectory=f"test{index}",
+        channel=channel,
+        horizon=f"h{horizon}",
+    )
     downloads(
         "fields",
-        ctx.stem("fields"),
+        view.stem("fields"),
         figure=fields,
         caption=how_to_read(field_viewer),
-        meta=ctx.meta(),
+        meta=view.meta(),
         files=[
             npz_file(
                 "Fields (npz)",
-                f"{ctx.stem('fields')}.npz",
+                f"{view.stem('fields')}.npz",
                 lambda: panel_npz(
                     {
                         "prediction": run["prediction"][row],

@@ -19,12 +19,11 @@ from coherence.report import ReportGroup, build_report, report_name
 
 TOUR_KEY = "tour_dismissed"
 TOUR = (
-    "**What am I looking at?** Each heatmap shows how one gradient step on a training "
-    "example (column: perturbation time) moves the model's error on another (row: response "
-    "time). A bright **diagonal ridge** on a dark background is **memorization**: each time "
-    "step learns only for itself; **broad brightness** off the diagonal is "
-    "**generalization**: learning transfers across time and classes. The headline scores "
-    "below read it for you: diagonal dominance 1 = perfectly local, 0.5 = flat."
+    "**What am I looking at?** Each heatmap shows how a gradient step on one example "
+    "(column: perturbation time) moves the error on another (row: response time). A bright "
+    "**diagonal ridge** is **memorization** (each time step learns for itself); **broad "
+    "brightness** is **generalization** (learning transfers across time and classes). The "
+    "scores read it for you: diagonal dominance 1 = perfectly local, 0.5 = flat."
 )
 
 
@@ -54,11 +53,10 @@ def _dismiss_tour() -> None:
     st.session_state[TOUR_KEY] = True
 
 
-def tour() -> None:
-    """A short, dismissible introduction for first-time visitors (once per session)."""
-    if st.session_state.get(TOUR_KEY):
-        return
-    with st.container(border=True, horizontal=True, vertical_alignment="center", wrap=False):
+def tour(*, beside: bool = False) -> None:
+    """A short, dismissible introduction for first-time visitors (once per session);
+    ``beside``: in a column next to the scores, its button under the text."""
+    with st.container(border=True, horizontal=not beside, vertical_alignment="center"):
         st.markdown(TOUR, width="stretch")
         st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
 
@@ -66,13 +64,23 @@ def tour() -> None:
 def headline(ctx: PanelContext) -> None:
     """Per group: a plain-language verdict and four metrics with units and reference marks,
     above the tabs (drawn after the open tab's chart, so they never delay it); then the
-    one-click report of the whole selection."""
-    tour()
-    row = None
-    if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
-        for group in ctx.ready:
-            row = _group_scores(group)
-    report_button(ctx, row)
+    one-click report of the whole selection. The first-visit tour sits beside one group's
+    scores (above two groups'), so it does not push the headline heatmap below the fold."""
+    first_visit = not st.session_state.get(TOUR_KEY)
+    if first_visit and len(ctx.ready) == 1:
+        scores_at, aside = st.columns([2, 1], gap="medium")
+        with aside:
+            tour(beside=True)
+    else:
+        if first_visit:
+            tour()
+        scores_at = st.container()
+    with scores_at:
+        row = None
+        if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
+            for group in ctx.ready:
+                row = _group_scores(group)
+        report_button(ctx, row)
 
 
 def _group_scores(group):

@@ -45,7 +45,7 @@ def sensitivity(ctx: PanelContext) -> None:
     if not points:
         return
     states = sweep_jobs.statuses(root, points)
-    sweep_jobs.status_bar(root, points, states, key="sens", what="sweep settings")
+    sweep_jobs.status_bar(root, points, states, key="sens", what="sweep settings", stale=ctx.stale)
     done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
     if len(done) <= len(ctx.selection.groups):
         sweep_jobs.elsewhere(

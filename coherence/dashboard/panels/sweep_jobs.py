@@ -19,6 +19,7 @@ from coherence.cache.cost import confirm_seconds
 from coherence.cache.jobs import JobStatus
 from coherence.dashboard import compute, loaders
 from coherence.dashboard.markup import literal
+from coherence.dashboard.panels.common import STALE_ACTION
 from coherence.dashboard.sweeps import SweepPoint
 from coherence.errors import CoherenceError
 
@@ -82,9 +83,16 @@ def _progress(root: str, keys: tuple[str, ...], what: str) -> None:
 
 
 def status_bar(
-    root: str, points: Sequence[SweepPoint], states: Sequence[JobStatus], *, key: str, what: str
+    root: str,
+    points: Sequence[SweepPoint],
+    states: Sequence[JobStatus],
+    *,
+    key: str,
+    what: str,
+    stale: bool = False,
 ) -> None:
-    """'k of n cached', failures, progress of running points, and a button for the rest."""
+    """'k of n cached', failures, progress of running points, and a button for the rest
+    (disabled, with the reason, while the panels show ``stale`` figures)."""
     done = sum(s.state == "done" for s in states)
     active = [p.key for p, s in zip(points, states, strict=True) if s.active]
     failed = [s for s in states if s.state == "failed"]
@@ -105,8 +113,10 @@ def status_bar(
     )
     if error := st.session_state.get("compute_error"):
         st.error(literal(error))
-    confirmed = True
-    if seconds * len(missing) > confirm_seconds():
+    if stale:
+        st.caption(STALE_ACTION)
+    confirmed = not stale
+    if confirmed and seconds * len(missing) > confirm_seconds():
         confirmed = st.checkbox(
             f"Start jobs estimated at {compute.format_duration(seconds * len(missing))}",
             key=f"{key}_confirm",

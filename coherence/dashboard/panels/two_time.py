@@ -22,6 +22,7 @@ from coherence.analysis.summaries import two_time_map
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
+    DEFAULT_SCALE,
     PanelContext,
     chart,
     clicked_point,
@@ -49,6 +50,12 @@ def _pair_label(option: str) -> str:
     return f"response {response} ← perturbation {perturbation}"
 
 
+def _pair_tag(option: str) -> str:
+    """'CE-CRP ← CE-RP' as a file-name part: 'CE-CRP-from-CE-RP'."""
+    response, perturbation = option.split(" ← ")
+    return f"{response}-from-{perturbation}"
+
+
 def two_time(ctx: PanelContext) -> None:
     """Panel 2: V[t_r, t_p], per class pair, on the fixed range [0, √N]. The caption goes
     under the chart (as in a paper), which keeps the headline heatmap above the fold."""
@@ -66,29 +73,35 @@ def two_time(ctx: PanelContext) -> None:
     # The chart is sent before its selectors (which are drawn above it): the browser then
     # fetches plotly's 4.7 MB chunk first instead of queueing it behind the widgets' chunks
     # (six connections per host). The values come from the widgets' state of the last run.
-    controls = st.container()
+    # One map: the selectors stand beside it, in the width a square map leaves empty, so the
+    # headline map starts higher on the page; two maps need the width, so they go above.
+    if ctx.compare:
+        controls, plot = st.container(), st.container()
+        left, right, third = controls.columns([3, 2, 2])
+    else:
+        plot, controls = st.columns([3, 1], gap="medium")
+        left = right = third = controls
     try:
-        _two_time_chart(
-            ctx,
-            widget_value("two_time_pair", pair_options),
-            widget_value("two_time_seed", seed_options),
-        )
+        with plot:
+            _two_time_chart(
+                ctx,
+                widget_value("two_time_pair", pair_options),
+                widget_value("two_time_seed", seed_options),
+            )
     finally:  # the selectors stay usable when the chosen view fails to draw
-        with controls:
-            left, right, third = st.columns([3, 2, 2])
-            left.selectbox(
-                "Class pair (rows = response, columns = perturbation)",
-                pair_options,
-                format_func=_pair_label,
-                key="two_time_pair",
-            )
-            right.selectbox(
-                "Seeds",
-                seed_options,
-                format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
-                key="two_time_seed",
-            )
-            scale_selector("two_time", third)
+        left.selectbox(
+            "Class pair (rows = response, columns = perturbation)",
+            pair_options,
+            format_func=_pair_label,
+            key="two_time_pair",
+        )
+        right.selectbox(
+            "Seeds",
+            seed_options,
+            format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
+            key="two_time_seed",
+        )
+        scale_selector("two_time", third)
     st.caption(caption)
     _drill_down(ctx, widget_value("two_time_pair", pair_options))
 
@@ -134,28 +147,36 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
         figure = pair_figure(
             figures, labels, zrange=zrange, title=f"Two-time influence, {_pair_label(option)}"
         )
-        return with_click_targets(figure) if len(figures) == 1 else figure
+        return figure
 
-    figure = shared_figure(ctx, ("two_time", option, seed, scale, tuple(zrange)), build)
-    # one map: a click on a cell drills down (compare mode: the selector)
-    chart(figure, key="chart_two_time", clickable=len(maps) == 1)
+    key = ("two_time", option, seed, scale, tuple(zrange))
+    figure = shared_figure(ctx, key, build)
+    shown = figure
+    if len(maps) == 1:  # one map: a click on a cell drills down (compare mode: the selector)
+        shown = shared_figure(ctx, (*key, "click targets"), lambda: with_click_targets(figure))
+    chart(shown, key="chart_two_time", clickable=len(maps) == 1)
+    view = ctx.with_choices(
+        class_pair=None if option == INTRA else _pair_tag(option),
+        seed=None if seed == "mean" else seed,
+        colour_scale=None if scale == DEFAULT_SCALE else scale,
+    )
     files = [
-        ctx.group_csv(
+        view.group_csv(
             "two_time", g, lambda V=V, r=g.result: two_time_csv(V, r.times, steps=r.steps)
         )
         for g, V in maps
     ]
     caption = how_to_read(two_time_heatmap)
-    downloads(
+    downloads(  # the exports: the figure without the invisible click targets
         "two_time",
-        ctx.stem("two_time"),
+        view.stem("two_time"),
         figure=figure,
         files=files,
         caption=caption,
-        meta=ctx.meta(),
+        meta=view.meta(),
     )
     if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
-        _difference(ctx, maps, [g.label for g in ctx.ready], option)
+        _difference(view, maps, [g.label for g in ctx.ready], option)
 
 
 def _difference(ctx: PanelContext, maps, labels: list[str], option: str) -> None:

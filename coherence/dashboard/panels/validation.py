@@ -20,6 +20,7 @@ from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
 from coherence.dashboard import compute, loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
+    STALE_ACTION,
     PanelContext,
     chart,
     csv_file,
@@ -125,9 +126,12 @@ def _not_computed(ctx: PanelContext, status: Any, checkpoint: str, spec: dict[st
         f"{literal(checkpoint)} (λ = {ctx.selection.damping:g}). It runs as a background "
         "job (progress, cancel; the page stays usable) and its result is cached."
     )
+    if ctx.stale:
+        st.caption(STALE_ACTION)
     st.button(
         "Run check",
         key="cf_run",
+        disabled=ctx.stale,
         icon=":material/science:",
         type="primary",
         on_click=_submit,

@@ -234,7 +234,13 @@ def report(
 
     from coherence.dashboard.selection import default_selection
     from coherence.dashboard.workspace_scan import scan_workspace
-    from coherence.report import build_report, cached_in, load_groups, selection_from_link
+    from coherence.report import (
+        build_report,
+        cached_in,
+        load_groups,
+        scale_from_params,
+        selection_from_link,
+    )
     from coherence.workspace import workspace_root
 
     root = workspace_root(workspace)
@@ -255,8 +261,12 @@ def report(
             raise RequestError(
                 f"the workspace {root} has no analysis to report; run `coherence demo`"
             )
+    scale, problems = scale_from_params(params)
+    for warning in problems:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     groups = load_groups(root, catalog, selection)
-    out.write_bytes(build_report(root, catalog, selection, groups=groups, link=link))
+    page = build_report(root, catalog, selection, groups=groups, link=link, scale=scale)
+    out.write_bytes(page)
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
 
 

@@ -23,6 +23,7 @@ from plotly.offline import get_plotlyjs
 
 from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
+from coherence.analysis.figures.theme import SCALES
 from coherence.analysis.names import selection_tag
 from coherence.analysis.scores import Scores
 from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
@@ -106,6 +107,21 @@ def selection_from_link(
             "or train a model first"
         )
     return selection, warnings
+
+
+SCALE_PARAM = "zscale_two_time"  # the two-time panel's colour scale in a dashboard link
+
+
+def scale_from_params(params: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """The heatmaps' colour scale a link's two-time panel shows ('paper' when it names
+    none), with a warning when it names one that does not exist."""
+    value = params.get(SCALE_PARAM, "paper")
+    value = value[0] if isinstance(value, list | tuple) else str(value)
+    if value in SCALES:
+        return value, []
+    return "paper", [
+        f"{SCALE_PARAM}={value!r}: not a colour scale ({', '.join(SCALES)}); using 'paper'"
+    ]
 
 
 def cached_in(root: str | Path) -> Callable[[Selection], bool]:
@@ -213,6 +229,7 @@ def render_html(
     *,
     title: str = TITLE,
     link: str = "",
+    scale: str = "paper",
 ) -> bytes:
     """The report page: plotly.js once in <head>, then every section's figure div."""
     scores = score_table(groups)
@@ -238,6 +255,7 @@ def render_html(
             f"<p class='caption'>{html.escape(part.caption)}</p>{div}</section>",
         ]
     meta = provenance(selection, groups)
+    meta["colour scale of the heatmaps"] = SCALES.get(scale, scale)
     if link:
         meta["dashboard link"] = link
     body.append("<h2>Provenance</h2>" + meta_table(meta, heading="Parameters and provenance"))
@@ -260,10 +278,14 @@ def build_report(
     groups: Sequence[ReportGroup] | None = None,
     distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
     link: str = "",
+    scale: str = "paper",
 ) -> bytes:
-    """The report of ``selection`` from the cache (``groups`` when the caller has them)."""
+    """The report of ``selection`` from the cache (``groups`` when the caller has them);
+    ``scale``: the heatmaps' colour scale (figures.SCALES), ``link``: the dashboard view it
+    comes from (both in the provenance)."""
     groups = tuple(groups) if groups is not None else load_groups(root, catalog, selection)
-    return render_html(selection, groups, sections(groups, selection, distance=distance), link=link)
+    parts = sections(groups, selection, distance=distance, scale=scale)
+    return render_html(selection, groups, parts, link=link, scale=scale)
 
 
 def report_name(selection: Selection) -> str:

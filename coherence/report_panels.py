@@ -135,6 +135,10 @@ def sections(
     for response in ("mass", "energy"):
         if all(response in g.result.H_std for g in groups) and response != primary:
             out += _two_time(groups, selection, response, scale)[:1]
+            curves = [(g.label, lag_curves(g.result.H_std[response])) for g in groups]
+            title = f"Influence on {response} vs time lag"
+            figure = F.lag_curves_figure(curves, title=title, value_label=f"Ĥ_{response}")
+            out.append(Section(title, how_to_read(F.lag_curves_figure), figure))
     table = F.scores_table(score_table(groups))
     out.append(Section("Scores", how_to_read(F.scores_table), table))
     return out

@@ -25,6 +25,8 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
     "Two-time influence": {"two_time_pair": str, "two_time_seed": str, "zscale_two_time": str},
     "Class transfer": {"zscale_transfer": str},
     "Conservation": {"zscale_mass": str, "zscale_energy": str},
+    "Training dynamics": {"dyn_group": str},
+    "Sensitivity": {"sens_pair": str},
     "Rollout": {
         "field_ckpt": str,
         "field_class": str,

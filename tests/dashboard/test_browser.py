@@ -381,6 +381,7 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
         page.get_by_role("button", name="Report (HTML)").click()
     report = tmp_path / download.value.suggested_filename
     download.value.save_as(report)
+    assert f"{server}/?" in report.read_text()  # the view it came from, in its provenance
     offline = browser.new_context(offline=True)
     view = offline.new_page()
     failed = []

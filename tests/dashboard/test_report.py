@@ -21,6 +21,7 @@ from coherence.report import (
     build_report,
     load_groups,
     report_name,
+    scale_from_params,
     sections,
     selection_from_link,
 )
@@ -37,6 +38,8 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
     assert titles[0].startswith("Two-time influence") and titles[1].startswith("Difference map")
     for needed in ("Class transfer", "Time lag", "Input distance", "Scores"):
         assert needed in titles
+    for response in ("mass", "energy"):  # the conservation panel: map and lag curves
+        assert f"Influence on {response} vs time lag" in titles
     page = build_report(workspace, catalog, selection, groups=groups).decode()
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)  # nothing fetched
     assert len(re.findall(r"plotly\.js v\d", page)) == 1  # plotly.js inlined once
@@ -64,6 +67,19 @@ def test_report_of_a_subset_of_the_cached_view_is_assembled_from_its_units(works
     np.testing.assert_array_equal(group.result.H["smse"], whole.H["smse"][:1])
 
 
+def test_report_draws_the_chosen_colour_scale_and_names_it(workspace):
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    groups = load_groups(workspace, catalog, selection)
+    first = sections(groups, selection, scale="diverging", distance=None)[0].figure.data[0]
+    assert first.zmin == pytest.approx(-first.zmax) and first.zmin < 0
+    page = build_report(workspace, catalog, selection, groups=groups, scale="diverging").decode()
+    assert "colour scale of the heatmaps" in page and "diverging ±" in page
+    assert scale_from_params({"zscale_two_time": ["auto"]}) == ("auto", [])
+    scale, warnings = scale_from_params({"zscale_two_time": "rainbow"})
+    assert scale == "paper" and "not a colour scale" in warnings[0]
+
+
 def test_report_of_an_uncomputed_selection_says_so(workspace):
     catalog = scan_workspace(workspace)
     selection, warnings = selection_from_link("http://host/?est=cg&rtol=0.2", catalog)
@@ -88,6 +104,20 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "ViT" in out.read_text()
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            "--workspace",
+            str(workspace),
+            "--out",
+            str(out),
+            "--param",
+            "zscale_two_time=diverging",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance
     result = runner.invoke(
         app,
         ["report", "--workspace", str(workspace), "--out", str(out), "--param", "est=euclidean"],

@@ -124,6 +124,7 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert names == {"ekfac-krylov", "euclidean"}
     assert "Median per-row Spearman" in texts(at.caption)
     assert [t["type"] for t in agreement["data"]] == ["histogram", "heatmap"]
+    assert at.query_params["sens_pair"] == "ekfac-krylov vs euclidean"  # the link shows it
     # on demand: cg at 2 tolerances, krylov, ekfac, subspace and the subspace at 2 more
     # energy thresholds, × 6 λ
     at.toggle(key="sens_cg").set_value(True).run()

@@ -91,6 +91,8 @@ def dynamics(ctx: PanelContext) -> None:
         ctx.stem("dynamics"),
         figure=figure,
         files=[ctx.panel_csv("dynamics", lambda: trends_csv(by_group, "epoch"))],
+        caption=how_to_read(dynamics_figure),
+        meta=ctx.meta(),
     )
     _heatmaps(ctx, labels, done)
 
@@ -116,6 +118,14 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
         maps, epochs, ctx.n_examples, times=times, title=f"{label}: two-time map across epochs"
     )
     chart(figure, key="chart_dynamics_maps")
+    view = ctx.with_choices(group=label if len(shown) > 1 else None)
+    downloads(
+        "dynamics_maps",
+        view.stem("epoch_maps"),
+        figure=figure,
+        caption=how_to_read(epoch_heatmaps),
+        meta=view.meta() | {"epochs": [f"{e:g}" for e in epochs]},
+    )
     if len(shown) > 1:
         slot.selectbox("Group", shown, key="dyn_group")
 

@@ -5,6 +5,7 @@ and reference marks), and the one-click report."""
 from __future__ import annotations
 
 import math
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -113,15 +114,26 @@ def uncertainty_short(score) -> str:
     return f"[{score.q1:.2f}, {score.q3:.2f}]"
 
 
+def _page_link() -> str:
+    """This view's address (the page's URL with its query), for the report's provenance."""
+    base = (st.context.url or "").split("?", 1)[0]  # None without a browser (AppTest)
+    query = urlencode(st.query_params.to_dict())
+    return f"{base.rstrip('/')}/?{query}" if base and query else base
+
+
 def report_button(ctx: PanelContext, row=None) -> None:
     """The selection's self-contained HTML report (what one emails after a demo), at the
     end of ``row`` when given."""
     if not ctx.ready:
         return
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
+    scale = ctx.scale("two_time")  # the heatmaps as the two-time panel shows them
+    link = _page_link()
     (row if row is not None else st).download_button(
         "Report (HTML)",
-        data=lambda: build_report(ctx.root, ctx.catalog, ctx.selection, groups=groups),
+        data=lambda: build_report(
+            ctx.root, ctx.catalog, ctx.selection, groups=groups, link=link, scale=scale
+        ),
         file_name=report_name(ctx.selection),
         mime="text/html",
         key="dl_report",

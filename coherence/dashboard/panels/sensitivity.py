@@ -80,6 +80,8 @@ def sensitivity(ctx: PanelContext) -> None:
         ctx.stem("sensitivity"),
         figure=figure,
         files=[ctx.panel_csv("sensitivity", lambda: trends_csv(by_series, "damping"))],
+        caption=how_to_read(sensitivity_figure),
+        meta=ctx.meta(),
     )
     _cg_report(root, done)
     _agreement(ctx, labels, done)
@@ -149,6 +151,14 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     figure = agreement_figure(found, (a, b), times=first.steps)
     chart(figure, key="chart_agreement")
     slot.selectbox("Compare", names, key="sens_pair")
+    view = ctx.with_choices(estimators=f"{a}-vs-{b}", group=labels[g] if ctx.compare else None)
+    downloads(
+        "agreement",
+        view.stem("agreement"),
+        figure=figure,
+        caption=how_to_read(agreement_figure),
+        meta=view.meta(),
+    )
     st.caption(
         f"Median per-row Spearman ρ = {found.median_correlation:.3f}; largest |ΔV| = "
         f"{found.max_difference:.3g} (maps reach {found.scale:.3g})."

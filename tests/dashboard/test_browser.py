@@ -376,6 +376,12 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     text = png_text(png)
     assert "bright diagonal" in text["Description"] and text["dataset"] == "tiny_ce"
     assert re.fullmatch(r"[0-9a-f]{64}", text["UNet: cache key"])
+    with page.expect_download() as download:  # the same figure as SVG, provenance inside
+        page.get_by_role("button", name="Figure (SVG)").click()
+    svg = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename.endswith("_two_time.svg")
+    assert svg.lstrip().startswith(("<svg", "<?xml")) and "<metadata" in svg
+    assert "tiny_ce" in svg and "bright diagonal" in svg
 
     with page.expect_download() as download:  # the report, then offline in chromium
         page.get_by_role("button", name="Report (HTML)").click()

@@ -6,6 +6,7 @@ CUDA message, the cached-analyses switch, plural and seed chips."""
 from __future__ import annotations
 
 import io
+import re
 import time
 from dataclasses import replace
 
@@ -110,6 +111,13 @@ def test_stale_figures_start_no_work_for_the_old_selection(workspace, monkeypatc
     assert "Stale figures" in texts(at.warning)
     assert at.button(key=button).disabled is True  # it would run for λ = 1e-4, not 1e-3
     assert "These figures are stale" in texts(at.caption)
+
+
+def test_the_check_states_its_cost_before_the_click(workspace, monkeypatch):
+    at = open_app(workspace, monkeypatch, {"panel": "Validation", "cf_p": "8"})
+    assert_clean(at)
+    assert at.button(key="cf_run")
+    assert re.search(r"Estimated time: ≈ \d+ (s|min), about one analysis unit", texts(at.caption))
 
 
 def test_cuda_on_a_cpu_machine_names_no_missing_button(workspace, monkeypatch):

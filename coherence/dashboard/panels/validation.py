@@ -9,6 +9,7 @@ a cached result under the check's content key.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,7 @@ def _not_computed(ctx: PanelContext, status: Any, checkpoint: str, spec: dict[st
         f"{literal(checkpoint)} (λ = {ctx.selection.damping:g}). It runs as a background "
         "job (progress, cancel; the page stays usable) and its result is cached."
     )
+    _estimate(ctx, checkpoint)
     if ctx.stale:
         st.caption(STALE_ACTION)
     st.button(
@@ -137,6 +139,21 @@ def _not_computed(ctx: PanelContext, status: Any, checkpoint: str, spec: dict[st
         on_click=_submit,
         args=(str(ctx.root), spec),
     )
+
+
+def _estimate(ctx: PanelContext, checkpoint: str) -> None:
+    """The check's cost before the click: one analysis unit of this checkpoint's group (the
+    solve for one batch), which the ε sweep's forward passes barely add to."""
+    group = next((g for g in ctx.groups if checkpoint in g.checkpoints), None)
+    if group is None or group.request is None:
+        return
+    unit_seconds, _, bound = compute.job_cost(json.dumps(group.request.to_dict(), sort_keys=True))
+    if unit_seconds > 0:
+        limit = " (up to: cg counted at its iteration cap)" if bound else ""
+        st.caption(
+            f"Estimated time: ≈ {compute.format_duration(unit_seconds)}{limit}, about one "
+            "analysis unit (the solve for this batch, then a forward pass per ε)."
+        )
 
 
 def _show_result(ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, Any]) -> None:

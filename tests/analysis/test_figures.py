@@ -507,3 +507,19 @@ def test_click_targets_cover_every_cell_with_the_cells_hover():
     np.testing.assert_array_equal(custom[:, 0].astype(float), v.ravel())  # z at (t_r, t_p)
     assert custom[5, 1] == "step_p = 5, step_r = 4"  # row 1 (t_r), column 2 (t_p)
     assert "%{customdata[0]:.3~g}" in targets.hovertemplate
+
+
+def test_training_dynamics_validation_axis_has_labelled_log_ticks():
+    from coherence.analysis.figures.dynamics import dynamics_figure
+    from coherence.analysis.trends import Trend
+
+    x = np.array([1.0, 2.0, 4.0])
+    trend = Trend("diagonal_dominance", x, np.array([[0.6, 0.62], [0.7, 0.71], [0.8, 0.82]]))
+    band = {"median": [0.3, 0.05, 0.01], "q1": [0.28, 0.04, 0.009], "q3": [0.32, 0.06, 0.012]}
+    fig = dynamics_figure(
+        {"UNet": {"diagonal_dominance": trend}}, {"UNet": {"epochs": x, "valid_smse": band}}
+    )
+    axis = fig.layout.yaxis2  # the second panel: validation SMSE
+    assert axis.type == "log"
+    assert list(axis.ticktext) == [F.number_label(v) for v in axis.tickvals]
+    assert "0.01" in axis.ticktext and "0.1" in axis.ticktext  # every tick in full

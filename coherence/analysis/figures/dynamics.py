@@ -21,6 +21,7 @@ from coherence.analysis.figures.theme import (
     band_traces,
     group_color,
     influence_range,
+    log_axis,
     styled,
 )
 from coherence.analysis.trends import TREND_SCORES, Agreement, Trend
@@ -90,7 +91,14 @@ def dynamics_figure(
     fig.update_xaxes(title=axis_title("epoch"), row=rows)
     if valid_by_group:
         p = len(panels) - 1
-        fig.update_yaxes(type="log", row=p // cols + 1, col=p % cols + 1)
+        values = [
+            np.asarray(c["valid_smse"][q], dtype=np.float64)
+            for c in valid_by_group.values()
+            for q in ("median", "q1", "q3")
+        ]
+        axis = log_axis(*values, title="validation SMSE")
+        axis.pop("title")  # the subplot's title names it
+        fig.update_yaxes(axis, row=p // cols + 1, col=p % cols + 1)
     return fig
 
 

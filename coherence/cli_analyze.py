@@ -66,8 +66,9 @@ def analyze(
     energy_threshold: Annotated[
         float | None,
         typer.Option(
-            help="Share of Σσ² of G kept in span(Q); default 1 − 1e-4 for subspace, 1 for "
-            "krylov, ekfac-krylov and deflated cg."
+            help="Share of Σσ² kept when a Krylov block is orthonormalized: of G for "
+            "subspace (default 1 − 1e-4), krylov and deflated cg (default 1); for ekfac-krylov "
+            "of its M̃⁻¹G block (default 1), while its span(G) block stays at 1 − 1e-4."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

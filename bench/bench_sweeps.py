@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--archs", default="unet,vit", help="model groups to measure")
     options = parser.parse_args()
     source = workspace_root(options.workspace)
-    rows = []
+    rows, shape = [], "no group measured"
     with tempfile.TemporaryDirectory(prefix="bench-sweeps-") as tmp:
         root = Path(tmp) / "workspace"
         _copy(source, root)
@@ -61,11 +61,15 @@ def main() -> None:
             if group.arch not in options.archs.split(","):
                 continue
             selection = group_defaults(entry, group)
+            shape = (
+                f"{len(selection.checkpoints)} seeds × {len(selection.trajectories)} batch(es), "
+                f"N = {selection.n_examples}"
+            )
             points, _ = sweeps.dynamics_points(root, selection, runner)
-            for point, seconds, _ in _run(runner, points):
+            for point, seconds, computed in _run(runner, points):
                 rows.append(
                     {"group": group.label, "sweep": "dynamics", "setting": f"epoch {point.x:g}",
-                     "seconds": round(seconds, 2), "computed": True}
+                     "seconds": round(seconds, 2), "computed": computed}
                 )  # fmt: skip
             for grid, stage in ((FIRST_GRID, "λ sweep"), (sweeps.DAMPING_GRID, "extended")):
                 points, _ = sweeps.sensitivity_points(
@@ -82,9 +86,10 @@ def main() -> None:
         "sweeps",
         "Dynamics and sensitivity sweeps on the demo (seconds per setting)",
         rows,
-        notes="Each setting is one cached analysis of the default selection (3 seeds × 2 "
-        "batches, N = 48, SMSE + mass + energy, top eigenvalue). 'extended' rows with "
-        "computed = False were found in the cache: extending a sweep runs only new settings.",
+        notes=f"Each setting is one cached analysis of the default selection ({shape}, "
+        "SMSE + mass + energy, top eigenvalue). 'extended' rows with computed = False were "
+        "found in the cache: extending a sweep runs only new settings. 2 quiet cores, "
+        "torch threads as the worker's default.",
     )
     for row in rows:
         print(row)

@@ -4,6 +4,8 @@ torch.linalg.solve, the Krylov basis by a QR of the dense block [G, ηG, …].""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,8 @@ from coherence.analysis.influence import compute_influence
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.standardization import standardize
 from coherence.errors import RequestError
-from tests.analysis.fixtures import DenseReference, dense_reference
+from tests.analysis.fixtures import DenseReference, dense_reference, train_small
+from tests.fixtures import torch_threads
 
 REL_EXACT = 1e-8  # float64 agreement of exact formulas
 PEARSON_TARGET, SPEARMAN_TARGET = 0.95, 0.9  # issue 14: vs the exact solve
@@ -200,6 +203,56 @@ def test_krylov_fidelity_to_the_exact_solve(trained_small, damping):
         pearson, spearman = scores[estimator]
         assert pearson >= PEARSON_TARGET and spearman >= SPEARMAN_TARGET, scores
         assert scores["subspace"][0] < pearson, scores
+
+
+# The default's fidelity on each small dense-reference model of bench_fidelity.MODELS
+# ((hidden, seed) → P = 880, 1172, 1756, 1756), as measured in
+# bench/results/fidelity_subspace_ekfac_ekfac-krylov.json: (Pearson, median row Spearman).
+DEFAULT_FIDELITY = {
+    (12, 2, 1e-4): (0.9748, 0.9700),
+    (12, 2, 1e-2): (0.9855, 0.9779),
+    (16, 0, 1e-4): (0.9449, 0.9586),
+    (16, 0, 1e-2): (0.9724, 0.9634),
+    (24, 1, 1e-4): (0.9387, 0.9482),
+    (24, 1, 1e-2): (0.9834, 0.9824),
+    (24, 0, 1e-4): (0.8822, 0.8113),
+    (24, 0, 1e-2): (0.9566, 0.9720),
+}
+REGRESSION_MARGIN = 0.015
+
+
+@functools.lru_cache(maxsize=1)
+def _small_model(hidden: int, seed: int):
+    with torch_threads(1):
+        return train_small(hidden, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("hidden", "seed", "damping"), list(DEFAULT_FIDELITY))
+def test_default_fidelity_on_every_small_model(hidden, seed, damping):
+    """Issue 14's target (Pearson ≥ 0.95, row Spearman ≥ 0.9 against the exact dense solve) on
+    every small model, not only the one where it is met: the default must not fall below
+    its recorded fidelity, must beat EK-FAC, and meets the target exactly where the record
+    says (an improvement fails too, so the table and the README are updated with it)."""
+    t = _small_model(hidden, seed)
+    exact = standardize(t.reference.full("smse", damping))
+
+    def fidelity(**named) -> tuple[float, float]:
+        h = standardize(compute_influence(t.model, t.inputs, t.targets, damping=damping, **named).H)
+        rows = [spearmanr(h[i], exact[i])[0] for i in range(len(h))]
+        return float(np.corrcoef(h.flatten(), exact.flatten())[0, 1]), float(np.median(rows))
+
+    pearson, spearman = fidelity()  # the default estimator, named nowhere
+    recorded = DEFAULT_FIDELITY[(hidden, seed, damping)]
+    assert pearson >= recorded[0] - REGRESSION_MARGIN, (pearson, recorded)
+    assert spearman >= recorded[1] - REGRESSION_MARGIN, (spearman, recorded)
+    assert pearson > fidelity(estimator="ekfac")[0]  # more faithful than EK-FAC
+    target = recorded[0] >= PEARSON_TARGET and recorded[1] >= SPEARMAN_TARGET
+    assert (pearson >= PEARSON_TARGET and spearman >= SPEARMAN_TARGET) == target, (
+        pearson,
+        spearman,
+        "the target is met where the record says it is not, or missed where it was met",
+    )
 
 
 # ------------------------------------------------------------------- options -------------

@@ -4,7 +4,9 @@ real workspace whose UNets were trained on to 3 epochs (snapshots 1, 2, 3)."""
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -131,6 +133,31 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert_clean(at)
     assert "7 of 49 sweep settings cached" in texts(at.caption)
     assert at.button(key="sens_compute")
+
+
+def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeypatch):
+    catalog = scan_workspace(trained_on)
+    selection = default_selection(catalog)
+    runner = JobRunner(trained_on)
+    points, _ = sweeps.sensitivity_points(
+        trained_on, selection, catalog, runner, dampings=(1e-4,), include_on_demand=True
+    )
+    default = next(p for p in points if p.request.estimator == DEFAULT_ESTIMATOR)
+    cg = next(p for p in points if p.request.estimator == "cg")
+    runner.run(default.request)  # cached already when an earlier test ran the sweep
+    found = runner.result(default.key, default.request)
+    unconverged = {"estimator": "cg", "converged": False, "worst_residual": 0.31, "rtol": 0.015}
+    diagnostics = [[{**cell, **unconverged} for cell in row] for row in found.diagnostics]
+    runner.store.put(cg.key, replace(found, request=cg.request, diagnostics=diagnostics))
+    try:
+        at = open_app(trained_on, monkeypatch, SENSITIVITY | selection.to_query())
+        at.toggle(key="sens_cg").set_value(True).run()
+        assert not at.exception
+        warning = texts(at.warning)
+        assert re.search(r"cg did not reach its tolerance in 1 of the \d+ cached sweep", warning)
+        assert f"{cg.series}, λ = 0.0001 (worst residual 0.31)" in warning
+    finally:
+        runner.store.delete(cg.key)
 
 
 @pytest.mark.parametrize("panel", [DYNAMICS, SENSITIVITY], ids=["dynamics", "sensitivity"])

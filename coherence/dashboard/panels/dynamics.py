@@ -69,6 +69,7 @@ def dynamics(ctx: PanelContext) -> None:
             icon=":material/hourglass_empty:",
         )
         return
+    sweep_jobs.warn_unconverged(root, done, lambda p: f"epoch {p.x:g}", "epoch analyses")
     response = ctx.selection.responses[0]
     by_group, valid = {}, {}
     for g, label in enumerate(labels):

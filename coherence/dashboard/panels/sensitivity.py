@@ -60,6 +60,9 @@ def sensitivity(ctx: PanelContext) -> None:
         )
         return
     labels = compute.group_labels(ctx.catalog, ctx.selection)
+    sweep_jobs.warn_unconverged(
+        root, done, lambda p: f"{_series(labels, p)}, λ = {p.x:g}", "sweep settings"
+    )
     response = ctx.selection.responses[0]
     series: dict[str, list] = {}
     for point in done:

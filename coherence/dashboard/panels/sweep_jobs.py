@@ -7,11 +7,12 @@ statuses are cache look-ups, results are read only for points that are done.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import streamlit as st
 
+from coherence.analysis.diagnostics import unconverged_solves
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult
 from coherence.analysis.trends import point_scores
@@ -58,6 +59,26 @@ def _scores(root: str, key: str, request_json: str, response: str) -> dict[str, 
 def scores(root: str, point: SweepPoint, response: str) -> dict[str, np.ndarray]:
     """Per-seed trend scores of a done point (``trends.point_scores``), cached by key."""
     return _scores(root, point.key, json.dumps(point.request.to_dict(), sort_keys=True), response)
+
+
+def warn_unconverged(
+    root: str, done: Sequence[SweepPoint], name: Callable[[SweepPoint], str], what: str
+) -> None:
+    """A warning above the panel's charts naming the cached cg points whose solves did not
+    all reach their tolerance: they are drawn, but their influence values are inaccurate
+    (issue 14: an unconverged cg result is never silent)."""
+    bad = []
+    for point in done:
+        found = result(root, point) if point.request.estimator == "cg" else None
+        if found is not None and (worst := unconverged_solves(found.diagnostics)):
+            bad.append(f"{name(point)} (worst residual {worst[0].worst_residual:.3g})")
+    if bad:
+        st.warning(
+            f"cg did not reach its tolerance in {len(bad)} of the {len(done)} cached {what}: "
+            f"{literal('; '.join(bad))}. Their points are drawn, but their influence values "
+            "are inaccurate; read them against the converged settings.",
+            icon=":material/warning:",
+        )
 
 
 def statuses(root: str, points: Sequence[SweepPoint]) -> list[JobStatus]:

@@ -142,10 +142,17 @@ def _cancel(root: str, keys: Sequence[str], prefix: str = "") -> None:
     st.session_state[f"{prefix}cancel_requested"] = time.time()
 
 
-@st.cache_data(show_spinner="Estimating the job…", max_entries=64)
-def job_cost(request_json: str) -> tuple[float, int, bool]:
+UP_TO = " (up to: cg counted at its iteration cap)"  # after an estimate that is a bound
+
+
+def job_cost(request: AnalysisRequest) -> tuple[float, int, bool]:
     """(estimated seconds per unit, units, whether that is an upper bound: cg counted at its
     iteration cap) of the job (cache.cost); (0, 0, False) if it cannot be estimated here."""
+    return _job_cost(json.dumps(request.to_dict(), sort_keys=True))
+
+
+@st.cache_data(show_spinner="Estimating the job…", max_entries=64)
+def _job_cost(request_json: str) -> tuple[float, int, bool]:
     request = AnalysisRequest.from_dict(json.loads(request_json))
     try:
         model, _ = loaders.model(request.checkpoints[0])
@@ -157,9 +164,9 @@ def job_cost(request_json: str) -> tuple[float, int, bool]:
     return job.unit_seconds, job.units, job.upper_bound
 
 
-def job_seconds(request_json: str) -> float:
+def job_seconds(request: AnalysisRequest) -> float:
     """The whole job's estimated seconds, 0 if it cannot be estimated here."""
-    unit_seconds, units, _ = job_cost(request_json)
+    unit_seconds, units, _ = job_cost(request)
     return unit_seconds * units
 
 
@@ -169,7 +176,7 @@ def missing_seconds(root: Path, todo: Sequence[GroupState]) -> tuple[float, bool
     runner = loaders.job_runner(str(root))
     seconds, bound = 0.0, False
     for group in todo:
-        unit_seconds, _, upper = job_cost(json.dumps(group.request.to_dict(), sort_keys=True))
+        unit_seconds, _, upper = job_cost(group.request)
         cached, total = runner.cached_unit_count(group.request)
         seconds += unit_seconds * (total - cached)
         bound |= upper
@@ -303,7 +310,7 @@ def _compute_button(root: Path, todo: Sequence[GroupState]) -> None:
     seconds, bound = missing_seconds(root, todo)
     confirmed = True
     if seconds > 0:
-        limit = " (up to: cg counted at its iteration cap)" if bound else ""
+        limit = UP_TO if bound else ""
         st.caption(f"Estimated time of what Compute runs: {format_duration(seconds)}{limit}.")
     if seconds > confirm_seconds():
         confirmed = st.checkbox(

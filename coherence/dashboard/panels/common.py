@@ -117,6 +117,13 @@ class PanelContext:
 
 
 DEFAULT_SCALE = next(iter(SCALES))  # the paper's [0, √N]
+
+
+def scale_choice(scale: str) -> str | None:
+    """A colour scale as a panel choice for ``with_choices``: None for the default."""
+    return None if scale == DEFAULT_SCALE else scale
+
+
 STALE_ACTION = (
     "These figures are stale (banner above): compute the sidebar's selection with **Compute** "
     "above first; work started here would be for the old selection."

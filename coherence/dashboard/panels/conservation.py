@@ -9,13 +9,13 @@ from coherence.analysis.figures import lag_curves_figure, two_time_heatmap
 from coherence.analysis.summaries import lag_curves, two_time_map
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
-    DEFAULT_SCALE,
     PanelContext,
     chart,
     downloads,
     how_to_read,
     need_results,
     pair_figure,
+    scale_choice,
     scale_selector,
 )
 
@@ -81,7 +81,7 @@ def _one_response(ctx: PanelContext, response: str) -> None:
     chart(figure, key=f"chart_{response}_map")
     with controls:
         scale_selector(response, st.columns(3)[0])
-    view = ctx.with_choices(colour_scale=None if scale == DEFAULT_SCALE else scale)
+    view = ctx.with_choices(colour_scale=scale_choice(scale))
     downloads(
         f"{response}_map",
         view.stem(f"{response}_two_time"),

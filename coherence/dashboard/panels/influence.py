@@ -20,13 +20,13 @@ from coherence.analysis.summaries import class_transfer_matrix, lag_curves
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
-    DEFAULT_SCALE,
     PanelContext,
     chart,
     downloads,
     how_to_read,
     need_results,
     pair_figure,
+    scale_choice,
     scale_selector,
 )
 from coherence.errors import CoherenceError
@@ -68,7 +68,7 @@ def class_transfer(ctx: PanelContext) -> None:
     chart(figure, key="chart_transfer")
     with controls:
         scale_selector("transfer", st.columns(3)[0])
-    view = ctx.with_choices(colour_scale=None if scale == DEFAULT_SCALE else scale)
+    view = ctx.with_choices(colour_scale=scale_choice(scale))
     files = [
         view.group_csv("class_transfer", g, lambda M=M, r=g.result: class_matrix_csv(M, r.classes))
         for g, M in matrices

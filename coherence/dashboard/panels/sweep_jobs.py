@@ -162,10 +162,7 @@ def _estimate(missing: Sequence[SweepPoint]) -> float:
         series = (point.group, point.series)
         found, count = first.get(series, (point, 0))
         first[series] = (found, count + 1)
-    total = sum(
-        count * compute.job_seconds(json.dumps(point.request.to_dict(), sort_keys=True))
-        for point, count in first.values()
-    )
+    total = sum(count * compute.job_seconds(point.request) for point, count in first.values())
     return total / max(len(missing), 1)
 
 

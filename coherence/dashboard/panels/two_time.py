@@ -22,7 +22,6 @@ from coherence.analysis.summaries import two_time_map
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
-    DEFAULT_SCALE,
     PanelContext,
     chart,
     clicked_point,
@@ -31,6 +30,7 @@ from coherence.dashboard.panels.common import (
     need_results,
     pair_figure,
     response_title,
+    scale_choice,
     scale_selector,
     shared_figure,
     widget_value,
@@ -158,7 +158,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
     view = ctx.with_choices(
         class_pair=None if option == INTRA else _pair_tag(option),
         seed=None if seed == "mean" else seed,
-        colour_scale=None if scale == DEFAULT_SCALE else scale,
+        colour_scale=scale_choice(scale),
     )
     files = [
         view.group_csv(

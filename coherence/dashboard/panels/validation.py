@@ -9,7 +9,6 @@ a cached result under the check's content key.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -147,9 +146,9 @@ def _estimate(ctx: PanelContext, checkpoint: str) -> None:
     group = next((g for g in ctx.groups if checkpoint in g.checkpoints), None)
     if group is None or group.request is None:
         return
-    unit_seconds, _, bound = compute.job_cost(json.dumps(group.request.to_dict(), sort_keys=True))
+    unit_seconds, _, bound = compute.job_cost(group.request)
     if unit_seconds > 0:
-        limit = " (up to: cg counted at its iteration cap)" if bound else ""
+        limit = compute.UP_TO if bound else ""
         st.caption(
             f"Estimated time: ≈ {compute.format_duration(unit_seconds)}{limit}, about one "
             "analysis unit (the solve for this batch, then a forward pass per ε)."

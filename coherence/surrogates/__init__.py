@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from coherence.surrogates.checkpoint import CheckpointConfig
 
 
 def load(
-    path: str | os.PathLike, *, trust_code: bool = False, device: Any = "cpu"
+    path: str | os.PathLike, *, trust_code: bool = False, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, CheckpointConfig]:
     """``surrogates.load(path) -> (model, config)`` (ARCHITECTURE.md): the checkpoint loader,
     ``checkpoint.load``. Imported on first call, so importing a submodule stays light."""

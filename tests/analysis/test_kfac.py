@@ -277,7 +277,10 @@ def test_only_a_start_that_holds_span_g_reports_the_subspace_spectrum(ce_model, 
         ).diagnostics
         for start in ("deflated", "preconditioned")
     }
-    assert runs["deflated"].subspace_eigenvalues
+    krylov = compute_influence(ce_model, *ce_batch, estimator="krylov", depth=1).diagnostics
+    assert runs["deflated"].subspace_eigenvalues == pytest.approx(
+        krylov.subspace_eigenvalues, rel=1e-6
+    )
     assert runs["preconditioned"].subspace_eigenvalues is None
 
 
@@ -389,7 +392,43 @@ def test_demo_architectures_split_into_kronecker_blocks_and_a_diagonal(arch):
     applied = metric.apply(v)
     gram = v @ applied.T
     assert torch.allclose(gram, gram.T, rtol=1e-4, atol=1e-4 * float(gram.abs().max()))
-    assert bool((gram.diagonal() >= 0).all())
+    assert bool((gram.diagonal() > 0).all())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["unet", "vit"])
+def test_demo_architectures_metric_is_exact_where_ekfac_claims_it(arch):
+    """On the demo UNet and ViT (8², float64) fitted with exact statistics (one-hot probes):
+    the diagonal part holds η's exact diagonal entries, and each Kronecker block's corrected
+    eigenvalue Λ[i, j] is dᵀηd = ‖J d‖² for its basis direction d = q_S,i ⊗ q_A,j, both
+    measured independently with plain torch.func.jvp. (≈ 45 s for the UNet: 256 probes.)"""
+    from coherence.surrogates.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, "demo", channels=4, resolution=8).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    fm = FlatModel(model)
+    metric = fit_eigenbasis(fm, x, one_hot_probes(fm, x))
+
+    def quadratic(d: Tensor) -> float:
+        with torch.no_grad():
+            pushed = torch.func.jvp(lambda th: fm(th, x), (fm.theta,), (d,))[1]
+        return float(pushed.pow(2).sum())
+
+    index = metric.diagonal_index
+    for k in index[torch.linspace(0, len(index) - 1, 12).long()].tolist():
+        e = torch.zeros(1, fm.n_params, dtype=torch.float64)
+        e[0, k] = 1.0
+        exact = quadratic(e[0])
+        assert exact > 0
+        assert float(metric.apply(e)[0, k]) == pytest.approx(exact, rel=1e-9)
+    for block in metric.blocks[:: max(1, len(metric.blocks) // 6)]:
+        out, cols = block.eigenvalues.shape
+        for i, j in ((0, 0), (out - 1, cols - 1), (out // 2, cols // 2)):
+            d = torch.zeros(1, fm.n_params, dtype=torch.float64)
+            block.write(d, torch.outer(block.qs[:, i], block.qa[:, j])[None])
+            exact = quadratic(d[0])
+            assert float(block.eigenvalues[i, j]) == pytest.approx(exact, rel=1e-8, abs=1e-12)
 
 
 class InplaceHead(nn.Module):

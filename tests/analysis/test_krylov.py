@@ -155,9 +155,16 @@ def test_deflated_cg_starts_from_the_krylov_residual(ce_model, ce_batch, depth):
 
 
 def test_deflated_cg_meets_an_easy_tolerance_without_iterating(ce_model, ce_batch):
-    # a column the Galerkin solve already meets at rtol costs no iteration
-    easy = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=0.99, max_iter=10)
+    """A column whose Galerkin start already meets rtol costs no iteration; the others do."""
+    start = compute_influence(ce_model, *ce_batch, estimator="krylov", depth=4).diagnostics
+    residuals = sorted(start.residuals)
+    above_all = 1.01 * residuals[-1]
+    easy = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=above_all, max_iter=10)
     assert easy.diagnostics.iterations == (0,) * 6
+    middle = 0.5 * (residuals[2] + residuals[3])  # three columns meet it at the start
+    mixed = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=middle, max_iter=3000)
+    met = [r <= middle for r in start.residuals]
+    assert [n == 0 for n in mixed.diagnostics.iterations] == met
 
 
 # ------------------------------------------------- small trained model (N = 48) ----------

@@ -106,12 +106,35 @@ def test_inter_intra_ratio():
 def test_quartiles_over_checkpoints_and_batches_with_spectra():
     rng = np.random.default_rng(2)
     h = rng.standard_normal((3, 4, 5, 2, 5, 2)) + 3 * np.eye(5)[None, None, :, None, :, None]
+    h *= (
+        1.0
+        + np.arange(3)[:, None, None, None, None, None]
+        + np.arange(4)[:, None, None, None, None]
+    )
     spectra = [
         [rng.uniform(0.1, 1.0, size=int(rng.integers(2, 8))) for _ in range(4)] for _ in range(3)
     ]
     scores = compute_scores(h, spectra)
     shares = np.array([[e.max() / e.sum() for e in row] for row in spectra])
     np.testing.assert_allclose(scores.dominant_share.values, shares, rtol=EXACT)
+    for i in range(3):  # each cell scored from its own map, built here by hand
+        for j in range(4):
+            intra = sum(h[i, j, :, c, :, c] for c in range(2)) / 2
+            inter = (h[i, j, :, 0, :, 1] + h[i, j, :, 1, :, 0]) / 2
+            profile = np.array(
+                [
+                    np.mean([intra[r, r - lag] for r in range(5) if 0 <= r - lag < 5])
+                    for lag in range(-4, 5)
+                ]
+            )
+            expected = {
+                "diagonal_dominance": diagonal_dominance(intra),
+                "toeplitz_defect": toeplitz_defect(intra),
+                "inter_intra_ratio": inter.mean() / intra.mean(),
+                "decay_length": decay_length(profile)[0],
+            }
+            for score in scores.as_list()[:4]:
+                assert score.values[i, j] == pytest.approx(expected[score.name], rel=1e-10)
     for score in scores.as_list():
         assert score.values.shape == (3, 4)
         q1, med, q3 = np.percentile(score.values, [25, 50, 75])

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from coherence.analysis.influence import compute_influence, top_eigenvalue
-from coherence.analysis.scores import compute_scores
+from coherence.analysis.scores import compute_scores, diagonal_dominance
 from coherence.analysis.trends import agreement, point_scores, row_rank_correlation, trends
 
 F, L, T, C = 4, 4, 16, 3  # channels, grid, times, classes: N = 48 examples, D = 64
@@ -125,7 +125,15 @@ def test_trends_average_batches_within_a_seed_then_take_quartiles():
     spectra = np.abs(rng.normal(size=(3, 2, 8))) + 0.1
     values = point_scores(_Result(h, tops, spectra))
     np.testing.assert_allclose(values["top_eigenvalue"], [2.0, 6.0, 10.0])
-    direct = compute_scores(h).diagonal_dominance.values.mean(axis=1)
+    direct = [  # per seed: the mean over its batches of each batch's own score
+        np.mean(
+            [
+                diagonal_dominance(_intra_class_mean_by_hand(h[i : i + 1, j : j + 1]))
+                for j in range(2)
+            ]
+        )
+        for i in range(3)
+    ]
     np.testing.assert_allclose(values["diagonal_dominance"], direct)
     found = trends([(4.0, values), (1.0, {"top_eigenvalue": np.array([1.0, 2.0])})])
     top = found["top_eigenvalue"]
@@ -134,6 +142,17 @@ def test_trends_average_batches_within_a_seed_then_take_quartiles():
     np.testing.assert_allclose(top.q1, [1.25, 4.0])
     np.testing.assert_allclose(top.q3, [1.75, 8.0])
     assert math.isnan(found["diagonal_dominance"].median[0])  # epoch 1 had no such score
+
+
+def _intra_class_mean_by_hand(h: np.ndarray) -> np.ndarray:
+    """V[t_r, t_p] = mean over seeds, batches and classes c of h[s, b, t_r, c, t_p, c]."""
+    s_n, b_n, t_n, c_n = h.shape[:4]
+    v = np.zeros((t_n, h.shape[4]))
+    for s in range(s_n):
+        for b in range(b_n):
+            for c in range(c_n):
+                v += h[s, b, :, c, :, c]
+    return v / (s_n * b_n * c_n)
 
 
 def test_rank_correlation_against_scipy_and_identities():
@@ -153,5 +172,10 @@ def test_rank_correlation_against_scipy_and_identities():
     same = agreement(a, a)
     assert same.median_correlation == pytest.approx(1.0)
     assert same.max_difference == 0.0
+    found = agreement(a, b)
+    hand_a, hand_b = _intra_class_mean_by_hand(a), _intra_class_mean_by_hand(b)
+    np.testing.assert_allclose(found.map_difference, hand_a - hand_b, rtol=1e-12)
+    assert found.scale == pytest.approx(max(np.abs(hand_a).max(), np.abs(hand_b).max()))
+    assert found.max_difference == pytest.approx(np.abs(hand_a - hand_b).max())
     flipped = row_rank_correlation(a, -a)
     np.testing.assert_allclose(flipped, -1.0)

@@ -193,3 +193,68 @@ def test_settle_imports_waits_for_another_threads_import(tmp_path, monkeypatch):
     worker.join()
     settle_imports(("a_module_nobody_imports",))  # nothing started: nothing imported
     assert "a_module_nobody_imports" not in sys.modules
+
+
+def _intra_by_hand(h: np.ndarray) -> np.ndarray:
+    """[S, B, T, C, T, C] → mean over seeds, batches and classes c of h[..., c, :, c]."""
+    return np.mean([h[:, :, :, c, :, c] for c in range(h.shape[3])], axis=(0, 1, 2))
+
+
+def test_each_panel_draws_its_own_numbers(workspace, monkeypatch):
+    """The panels' charts hold the numbers of the view they name, recomputed here by hand
+    from the cached Ĥ: the chosen class pair and the single seed of the two-time map, the
+    class-transfer matrix, the intra-class lag curve and the mass response's map (a panel
+    wired to another response, class pair, seed or the raw H would fail)."""
+    selection, result = cached_result(workspace)
+    h = np.asarray(result.H_std[result.primary])  # [S, B, T, C, T, C]
+    classes = list(selection.classes)
+    at = open_app(workspace, monkeypatch)
+    at.selectbox(key="two_time_pair").set_value("CE-CRP ← CE-RP").run()
+    assert_clean(at)
+    (cross,) = charts(at)
+    r, p = classes.index("CE-CRP"), classes.index("CE-RP")
+    pair = h[:, :, :, r, :, p].mean(axis=(0, 1))
+    np.testing.assert_allclose(plotly_array(cross["data"][0]["z"]), pair, rtol=1e-6)
+    seed = at.selectbox(key="two_time_seed")
+    chosen = seed.options[2]  # the second checkpoint alone
+    seed.set_value(chosen).run()
+    (single,) = charts(at)
+    s = list(result.checkpoints).index(chosen)
+    alone = h[s, :, :, r, :, p].mean(axis=0)
+    np.testing.assert_allclose(plotly_array(single["data"][0]["z"]), alone, rtol=1e-6)
+    assert not np.allclose(alone, pair)
+
+    at = open_app(workspace, monkeypatch, {"panel": "Class transfer"})
+    transfer = charts(at)[0]["data"][0]
+    by_hand = [
+        [h[:, :, :, i, :, j].mean() for j in range(len(classes))] for i in range(len(classes))
+    ]
+    np.testing.assert_allclose(plotly_array(transfer["z"]), by_hand, rtol=1e-6)
+
+    at = open_app(workspace, monkeypatch, {"panel": "Time lag"})
+    lags = charts(at)[0]
+    (intra,) = [t for t in lags["data"] if str(t.get("name", "")).endswith("intra-class")]
+    t = h.shape[2]
+    per_seed = [  # each seed: mean over batches and classes of Ĥ at lag Δ = t_r − t_p
+        [
+            np.mean(
+                [
+                    h[s, :, i, c, i - lag, c]
+                    for i in range(t)
+                    if 0 <= i - lag < t
+                    for c in range(len(classes))
+                ]
+            )
+            for lag in range(1 - t, t)
+        ]
+        for s in range(h.shape[0])
+    ]
+    np.testing.assert_allclose(plotly_array(intra["y"]), np.median(per_seed, axis=0), rtol=1e-6)
+
+    at = open_app(workspace, monkeypatch, {"panel": "Conservation"})
+    mass = np.asarray(result.H_std["mass"])
+    (mass_map,) = [c for c in charts(at) if c["data"][0]["type"] == "heatmap"][:1]
+    np.testing.assert_allclose(
+        plotly_array(mass_map["data"][0]["z"]), _intra_by_hand(mass), rtol=1e-6
+    )
+    assert not np.allclose(_intra_by_hand(mass), _intra_by_hand(h))

@@ -8,8 +8,11 @@ import re
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
+from coherence.analysis.scores import diagonal_dominance
 from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard import sweeps
@@ -35,6 +38,12 @@ def trained_on(workspace, tmp_path_factory):
         args = TrainingArgs(arch="unet", seed=seed, overrides=TINY_OVERRIDES, **common)
         train(datasets_dir(root) / "tiny_ce", checkpoints_dir(root) / f"unet_tiny_s{seed}", args)
     return root
+
+
+def _intra(cell: np.ndarray) -> np.ndarray:
+    """One (checkpoint, batch) cell [T, C, T, C] → its intra-class map: mean over c of
+    cell[:, c, :, c], written as a loop (independent of ``summaries``)."""
+    return sum(cell[:, c, :, c] for c in range(cell.shape[1])) / cell.shape[1]
 
 
 def _wait_done(root, points, timeout: float = 300) -> None:
@@ -94,10 +103,30 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
         assert title in panels
     medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
     assert any(plotly_array(t["x"]).tolist() == [1, 2, 3] for t in medians)
+    # the numbers drawn, from each epoch's cached Ĥ by hand: the first panel's median is the
+    # median over seeds of each seed's batch-mean diagonal dominance; map k is epoch k's V
+    runner = JobRunner(trained_on)
+    ordered = sorted(points, key=lambda p: p.x)
+    found = [runner.result(p.key, p.request) for p in ordered]
+    h_std = [np.asarray(r.H_std[r.primary]) for r in found]
+    dominance = [
+        np.median(
+            [
+                np.mean([diagonal_dominance(_intra(h[i, j])) for j in range(h.shape[1])])
+                for i in range(h.shape[0])
+            ]
+        )
+        for h in h_std
+    ]
+    (first,) = [t for t in medians if t.get("yaxis", "y") == "y"]
+    np.testing.assert_allclose(plotly_array(first["y"]), dominance, rtol=1e-9)
     heatmaps = [t for t in maps["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 3
-    for trace in heatmaps:  # one colour scale, [0, √N]
+    for trace, h in zip(heatmaps, h_std, strict=True):  # one colour scale, [0, √N]
         assert (trace["zmin"], trace["zmax"]) == (0.0, pytest.approx(15**0.5))
+        by_hand = np.mean([_intra(cell) for row in h for cell in row], axis=0)
+        np.testing.assert_allclose(plotly_array(trace["z"]), by_hand, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(plotly_array(heatmaps[0]["z"]), plotly_array(heatmaps[-1]["z"]))
 
 
 def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypatch):
@@ -126,6 +155,29 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert names == {"ekfac-krylov", "euclidean"}
     assert "Median per-row Spearman" in texts(at.caption)
     assert [t["type"] for t in agreement["data"]] == ["histogram", "heatmap"]
+    # the numbers drawn, by hand from the two cached results at the selection's λ
+    at_damping = {p.series: p for p in extended if p.x == selection.damping}
+    at_damping["euclidean"] = next(p for p in extended if p.series == "euclidean")
+    a, b = (
+        np.asarray(runner.result(p.key, p.request).H_std[p.request.responses[0]])
+        for p in (at_damping["ekfac-krylov"], at_damping["euclidean"])
+    )
+    n = a.shape[2] * a.shape[3]
+    rows_a, rows_b = a.reshape(*a.shape[:2], n, n), b.reshape(*b.shape[:2], n, n)
+    rho = [
+        spearmanr(rows_a[i, j, r], rows_b[i, j, r]).statistic
+        for i in range(a.shape[0])
+        for j in range(a.shape[1])
+        for r in range(n)
+    ]
+    drawn = np.sort(plotly_array(agreement["data"][0]["x"]))
+    np.testing.assert_allclose(drawn, np.sort(np.asarray(rho)[np.isfinite(rho)]), atol=1e-9)
+    difference = np.mean([_intra(c) for row in a for c in row], axis=0) - np.mean(
+        [_intra(c) for row in b for c in row], axis=0
+    )
+    np.testing.assert_allclose(
+        plotly_array(agreement["data"][1]["z"]), difference, rtol=1e-6, atol=1e-9
+    )
     assert at.query_params["sens_pair"] == "ekfac-krylov vs euclidean"  # the link shows it
     # on demand: cg at 2 tolerances, krylov, ekfac, subspace and the subspace at 2 more
     # energy thresholds, × 6 λ

@@ -171,11 +171,14 @@ def _write(result, request, out: Path, *, batches: int) -> None:
     """Write the result file and its sidecar; warn about unconverged solves."""
     from coherence.analysis.influence import convergence_summary, residual_summary
     from coherence.analysis.results import save_result
+    from coherence.surrogates.checkpoint import read_config
 
     path = save_result(result, out)
     if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
         console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
-    if residuals := residual_summary(result.diagnostics):
+    if residuals := residual_summary(
+        result.diagnostics, arch=read_config(request.checkpoints[0]).arch
+    ):
         console.print(residuals, highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     console.print(

@@ -7,12 +7,15 @@ dashboard. Torch-free (the tensors of ``InfluenceResult`` are only annotated).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR, PAPER_RTOL
+
+_ARCH_NAMES = {"unet": "UNet", "vit": "ViT"}  # as the paper writes them
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -61,11 +64,14 @@ class InfluenceDiagnostics:
 
 @dataclass(frozen=True)
 class InfluenceResult:
-    """H for the first requested response, H for every response, and the diagnostics."""
+    """H for the first requested response, H for every response, the diagnostics, and the
+    solved rows y_p = M⁻¹ g_B(p) [k, P] of the columns asked for (``influence_with``'s
+    ``direction_columns``: the counterfactual check steps along them; else None)."""
 
     H: Tensor
     H_by_response: Mapping[str, Tensor]
     diagnostics: InfluenceDiagnostics
+    directions: Tensor | None = None
 
 
 def unconverged_message(diagnostics: InfluenceDiagnostics) -> str:
@@ -132,24 +138,45 @@ RESIDUAL_CAVEAT = (
 )
 
 
+def _paper_notation(value: float) -> str:
+    """1.5e-2 as the paper writes it (not 0.015 or 1.5e-02)."""
+    exponent = math.floor(math.log10(value))
+    return f"{round(value / 10**exponent, 6):g}e{exponent}"
+
+
 def residual_summary(
-    diagnostics: Sequence[Sequence[Mapping[str, Any]]], *, caveat: bool = True
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    caveat: bool = True,
+    arch: str | None = None,
 ) -> str | None:
     """One line on a result's full-system residuals ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ over
     every column of every (checkpoint, batch) solve, against the paper's tolerances, with
     what it does not say (``caveat``: RESIDUAL_CAVEAT, which the dashboard shows as help);
     None for estimators without residuals (ekfac, euclidean). Why shown: issue 14 asks
-    whether the default already meets the paper's tolerance."""
+    whether the default already meets the paper's tolerance. ``arch`` ("unet" | "vit"):
+    quote only that architecture's tolerance (both when None or another architecture)."""
     values = sorted(
         float(r) for row in diagnostics for cell in row for r in (cell.get("residuals") or ())
     )
     if not values:
         return None
     median = statistics.median(values)
-    within = {arch: sum(v <= rtol for v in values) for arch, rtol in PAPER_RTOL.items()}
+    quoted = {arch: PAPER_RTOL[arch]} if arch in PAPER_RTOL else PAPER_RTOL
+    within = ", ".join(
+        f"{sum(v <= rtol for v in values)} at {_paper_notation(rtol)}"
+        + ("" if len(quoted) == 1 else f" ({_ARCH_NAMES.get(a, a)})")
+        for a, rtol in quoted.items()
+    )
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "
-        f"{median:.3g}, worst {values[-1]:.3g}; within the paper's rtol: {within['unet']} at "
-        f"1.5e-2 (UNet), {within['vit']} at 5e-2 (ViT)"
+        f"{median:.3g}, worst {values[-1]:.3g}; within the paper's rtol: {within}"
     )
+    if values[-1] >= 1:  # y_p = 0 would have residual 1: say what the number means
+        line += (
+            "; a residual ≥ 1 means that, by this measure, column y_p solves the full system "
+            "no better than "
+            "y = 0: for the paper's full solve choose the cg estimator, and compare the two "
+            "in the Sensitivity panel"
+        )
     return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line

@@ -151,8 +151,11 @@ def influence_with(
     options: InfluenceOptions,
     *,
     progress: Progress | None = None,
+    direction_columns: Sequence[int] = (),
 ) -> InfluenceResult:
-    """``compute_influence`` for options already built (and so already checked)."""
+    """``compute_influence`` for options already built (and so already checked).
+    ``direction_columns``: also return the solved rows y_p of these columns (``directions``),
+    from the same solve, so a caller that steps along them solves nothing twice."""
     device, dtype = _model_place(model)
     inputs, targets = _check_batch(inputs, targets, device, dtype)
     for resp in options.responses:
@@ -175,6 +178,10 @@ def influence_with(
             progress=lambda x, stage: report(weight + (1 - weight) * x, stage),
         )
         raw = {r: solved.influence(grads[r]) for r in options.responses}
+        directions = None
+        if direction_columns:
+            index = torch.as_tensor(list(direction_columns), device=device)
+            directions = solved.solution()[index].detach()
         stages["solve"] = time.perf_counter() - start
     report(1.0, "done")
     h_by = {r.value: (h / math.prod(inputs.shape[1:])).to(dtype) for r, h in raw.items()}
@@ -193,7 +200,7 @@ def influence_with(
     )
     if diagnostics.converged is False:
         warnings.warn(ConvergenceWarning(unconverged_message(diagnostics)), stacklevel=3)
-    return InfluenceResult(h_by[options.responses[0].value], h_by, diagnostics)
+    return InfluenceResult(h_by[options.responses[0].value], h_by, diagnostics, directions)
 
 
 def _gradients(

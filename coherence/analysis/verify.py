@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from coherence.analysis.autodiff import FlatModel, evaluation_mode, per_example_vjps
-from coherence.analysis.influence import compute_influence
+from coherence.analysis.influence import influence_with
 from coherence.analysis.metric_solve import solve_metric
 from coherence.analysis.observables import residual
 from coherence.analysis.request import InfluenceOptions
@@ -132,22 +132,22 @@ def counterfactual_check(
     model64 = copy.deepcopy(model).to(device=device, dtype=torch.float64)
     x = inputs.to(device, torch.float64)
     y = targets.to(device, torch.float64)
-    influence = compute_influence(
+    options = InfluenceOptions(
+        estimator=estimator, responses=resp.value, damping=damping, rtol=rtol
+    )
+    # H and the direction M⁻¹g_B(p) from one solve (as preconditioned_gradients would give)
+    influence = influence_with(
         model64,
         x,
         y,
-        response=resp.value,
-        estimator=estimator,
-        damping=damping,
-        rtol=rtol,
-        progress=lambda f, stage: report(0.6 * f, f"influence H: {stage}"),
+        options,
+        progress=lambda f, stage: report(0.9 * f, f"influence H: {stage}"),
+        direction_columns=[perturbation],
     )
     column = influence.H[:, perturbation].double()  # (N,)
-    report(0.6, f"preconditioned gradient M⁻¹g of example {perturbation} (one solve)")
-    direction = preconditioned_gradients(
-        model64, x, y, [perturbation], estimator=estimator, damping=damping, rtol=rtol
-    )[0]
-    report(0.95, "perturbed forward passes")
+    assert influence.directions is not None
+    direction = influence.directions[0]
+    report(0.9, f"perturbed forward passes ({len(relative_steps)} steps)")
     epsilons, predicted, measured = _measure_steps(
         model64, x, y, resp, direction, column, relative_steps
     )

@@ -132,6 +132,10 @@ def compute_task(
     return arrays, metadata
 
 
+# the provenance "device" of a result assembled from cached units (no computation of its own)
+ASSEMBLED = "(assembled from cached units)"
+
+
 class JobRunner:
     """Submit, watch, cancel and fetch analyses of one workspace's cache."""
 
@@ -281,7 +285,7 @@ class JobRunner:
             info,
             batches,
             list(units.values()),
-            device="(assembled from cached units)",
+            device=ASSEMBLED,
             seconds=time.perf_counter() - started,
         )
         self.store.put(key, result)

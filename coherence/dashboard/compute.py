@@ -9,6 +9,7 @@ whole page once no job of the view is running any more.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from coherence.analysis.influence import convergence_summary, residual_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.cost import confirm_seconds, estimate_job
-from coherence.cache.jobs import JobStatus
+from coherence.cache.jobs import ASSEMBLED, JobStatus
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.selection import Selection, describe, differences
@@ -145,17 +146,21 @@ def _cancel(root: str, keys: Sequence[str], prefix: str = "") -> None:
 UP_TO = " (up to: cg counted at its iteration cap)"  # after an estimate that is a bound
 
 
-def job_cost(request: AnalysisRequest) -> tuple[float, int, bool]:
+def job_cost(request: AnalysisRequest, *, float64: bool = False) -> tuple[float, int, bool]:
     """(estimated seconds per unit, units, whether that is an upper bound: cg counted at its
-    iteration cap) of the job (cache.cost); (0, 0, False) if it cannot be estimated here."""
-    return _job_cost(json.dumps(request.to_dict(), sort_keys=True))
+    iteration cap) of the job (cache.cost); (0, 0, False) if it cannot be estimated here.
+    ``float64``: timed on a float64 copy of the model (the counterfactual check's precision;
+    on a CPU several times slower than float32)."""
+    return _job_cost(json.dumps(request.to_dict(), sort_keys=True), float64)
 
 
 @st.cache_data(show_spinner="Estimating the job…", max_entries=64)
-def _job_cost(request_json: str) -> tuple[float, int, bool]:
+def _job_cost(request_json: str, float64: bool = False) -> tuple[float, int, bool]:
     request = AnalysisRequest.from_dict(json.loads(request_json))
     try:
         model, _ = loaders.model(request.checkpoints[0])
+        if float64:
+            model = copy.deepcopy(model).double()
         dtype = next(model.parameters()).dtype
         inputs = torch.from_numpy(loaders.batch_inputs(request)[0]).to(dtype)
         job = estimate_job(model, request, inputs)
@@ -273,19 +278,32 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
         _compute_button(root, todo)
 
 
+def _arch(root: Path, names: Sequence[str]) -> str | None:
+    """The group's architecture (from the workspace catalog), None if not found."""
+    entry = loaders.catalog(root).checkpoint(names[0]) if names else None
+    return entry.arch if entry is not None else None
+
+
 def _group_status(root: Path, group: GroupState) -> bool:
     """One group's line: its cached result (True), or why it is still to compute (False)."""
     status = group.status
     if status.state == "done" and group.result is not None:
+        result = group.result
+        how = (
+            "assembled from cached units (no computation)"
+            if result.provenance.get("device") == ASSEMBLED
+            else "computed"
+        )
         st.caption(
-            f":material/check_circle: **{literal(group.label)}**: cached result, computed "
+            f":material/check_circle: **{literal(group.label)}**: cached result, {how} "
             f"{format_duration(status.age_seconds)} ago "
             f"(key {code(group.key[:12])})"
         )
-        result = group.result
         if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
             st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
-        if residuals := residual_summary(result.diagnostics, caveat=False):
+        if residuals := residual_summary(
+            result.diagnostics, caveat=False, arch=_arch(root, group.checkpoints)
+        ):
             st.caption(f"{literal(group.label)}: {literal(residuals)}", help=RESIDUAL_CAVEAT)
         return True
     if status.state == "failed":

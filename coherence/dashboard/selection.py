@@ -317,12 +317,21 @@ def decode_query(
 def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | None:
     """The selection that makes ``request`` (a stored analysis request as a dict), or None
     when its dataset or a checkpoint is not (or no longer) in the workspace's catalog, or
-    its fields are not a dashboard selection (another split, no top eigenvalue)."""
+    its fields are not a dashboard selection (another split, no top eigenvalue).
+
+    Paths are matched by their place in the workspace layout (``datasets/<name>``,
+    ``checkpoints/<name>``), so a workspace that was moved, copied or mounted elsewhere (a
+    container) still offers its cached analyses; the caller checks that the selection's key
+    is the stored one (same files, not merely the same names)."""
 
     def inside(path: Any, parent: os.PathLike) -> str | None:
-        """The directory name of ``path`` when it lies directly in ``parent``."""
+        """The directory name of ``path`` when it lies directly in ``parent`` or in a folder
+        of the same name (the same layout under another workspace root)."""
         real = os.path.realpath(str(path))
-        if os.path.dirname(real) != os.path.realpath(parent):
+        folder = os.path.dirname(real)
+        if folder != os.path.realpath(parent) and (
+            os.path.basename(folder) != os.path.basename(os.path.realpath(parent))
+        ):
             return None
         return os.path.basename(real)
 

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import streamlit as st
 
+from coherence.cache.keys import request_key
 from coherence.dashboard import controls, loaders
 from coherence.dashboard.control_kinds import Control, Scope
 from coherence.dashboard.control_rows import Dataset, Group, group_label, offered_datasets
@@ -31,6 +32,7 @@ from coherence.dashboard.selection import (
     with_dataset,
 )
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
+from coherence.errors import CoherenceError
 
 __all__ = ["current_selection_or_none", "describe", "draw", "init_from_url", "prepare"]
 
@@ -226,13 +228,22 @@ def _switch(catalog: Catalog, choices: dict[str, Selection]) -> None:
     _into_widgets(chosen, catalog)
 
 
+def _same_files(catalog: Catalog, selection: Selection, key: str) -> bool:
+    """The selection made here has the stored entry's key: its files are the ones analysed
+    (a moved workspace's entries match; a checkpoint retrained under the same name does not)."""
+    try:
+        return request_key(selection.to_request(catalog.root)) == key
+    except CoherenceError:
+        return False
+
+
 def _cached_analyses(catalog: Catalog) -> None:
     """The workspace's cached analyses (any visitor's, the CLI's, the demo's), one pick and
     a button away: switching to one draws it from the cache, no computation."""
     choices: dict[str, Selection] = {}
     for key, _stored, request in loaders.cached_analyses(catalog.root):
         selection = from_request(catalog, request)
-        if selection is None:
+        if selection is None or not _same_files(catalog, selection, key):
             continue
         group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
         label = f"{selection.dataset} · {group} · {describe(selection)} · {key[:8]}"

@@ -4,7 +4,9 @@ trained demo-preset UNet."""
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -131,3 +133,33 @@ def test_directions_are_the_solve_behind_h(single_thread, ce_model, ce_batch, ge
     H = compute_influence(ce_model, x, y, estimator=estimator).H
     from_directions = ref.grads("smse") @ directions.T / ref.jac.shape[1]
     torch.testing.assert_close(H[:, columns].double(), from_directions, rtol=1e-7, atol=1e-12)
+
+
+def test_the_check_solves_once_and_reports_progress_to_the_end(ce_model, ce_batch, monkeypatch):
+    """H and the step direction come from one solve (a second solve in float64 doubled the
+    check's time and ran without progress, so a cancel waited minutes for it), and the
+    direction is the one preconditioned_gradients gives."""
+    from coherence.analysis import influence, metric_solve, verify
+
+    solves = []
+    real = metric_solve.solve_metric
+    for module in (influence, verify):  # every module that calls it by its own name
+        monkeypatch.setattr(
+            module, "solve_metric", lambda *a, **k: solves.append(1) or real(*a, **k)
+        )
+    fractions = []
+    result = counterfactual_check(
+        ce_model, *ce_batch, perturbation=2, progress=lambda f, stage: fractions.append(f)
+    )
+    assert len(solves) == 1
+    assert fractions == sorted(fractions) and fractions[-1] >= 0.9
+    x, y = (t.double() for t in ce_batch)
+    model64 = copy.deepcopy(ce_model).double()
+    direction = preconditioned_gradients(model64, x, y, [2])[0]
+    column = compute_influence(model64, x, y).H[:, 2].numpy()
+    theta = torch.cat([p.detach().reshape(-1) for p in model64.parameters()])
+    step = 1e-1  # the first default relative step: ‖ε·direction‖ = step·‖θ‖
+    eps = step * float(theta.norm() / direction.norm())
+    assert result.epsilons[0] == pytest.approx(eps, rel=1e-9)
+    d = math.prod(x.shape[1:])
+    np.testing.assert_allclose(result.predicted[0], -eps * d * column, rtol=1e-9)

@@ -20,6 +20,7 @@ from coherence.dashboard import compute
 from coherence.dashboard.selection import default_selection, plural
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.workspace import checkpoints_dir, datasets_dir
+from tests.fixtures import copy_workspace
 
 from .test_app import assert_clean, charts, open_app, texts
 
@@ -45,19 +46,15 @@ def test_a_subset_of_the_cached_view_draws_at_once_without_a_job(
     key = _key(workspace, subset)
     runner = JobRunner(workspace)
     runner.store.delete(key)  # an earlier test may have assembled it already
-    at.multiselect(key=widget).set_value(value)
-    started = time.perf_counter()
-    at.run()
-    seconds = time.perf_counter() - started
+    at.multiselect(key=widget).set_value(value).run()
     assert_clean(at)
-    assert "cached result" in texts(at.caption)
+    assert "cached result, assembled from cached units (no computation)" in texts(at.caption)
     assert "not computed yet" not in texts(at.info) and "Stale" not in texts(at.warning)
     assert not at.get("progress") and not [b for b in at.button if b.key == "compute"]
     (figure,) = charts(at)
     assert figure["data"][0]["type"] == "heatmap"
     assert runner.store.computations(key) == 0  # assembled from cached units, no job
-    assert runner.status(key).state == "done"
-    assert seconds < 1.0, f"the subset took {seconds:.2f} s to draw"
+    assert runner.status(key).state == "done"  # its time: bench/bench_dashboard.py
 
 
 def test_an_uncached_selection_keeps_the_last_figures_marked_stale(workspace, monkeypatch):
@@ -117,7 +114,9 @@ def test_the_check_states_its_cost_before_the_click(workspace, monkeypatch):
     at = open_app(workspace, monkeypatch, {"panel": "Validation", "cf_p": "8"})
     assert_clean(at)
     assert at.button(key="cf_run")
-    assert re.search(r"Estimated time: ≈ \d+ (s|min), about one analysis unit", texts(at.caption))
+    assert re.search(
+        r"Estimated time: ≈ \d+ (s|min): the solve for this batch in float64", texts(at.caption)
+    )
 
 
 def test_cuda_on_a_cpu_machine_names_no_missing_button(workspace, monkeypatch):
@@ -203,6 +202,27 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
     assert at.query_params["ckpt"] == "vit_tiny_s1"
     assert "**ViT**: cached result" in texts(at.caption)
     assert charts(at)
+
+
+def test_a_moved_workspace_still_lists_its_cached_analyses(workspace, tmp_path, monkeypatch):
+    """The stored requests name the files by absolute path; a copy of the workspace under
+    another root (moved, mounted in a container) still offers them, and one switches to a
+    cached result. A checkpoint retrained under the same name drops its entries."""
+    moved = copy_workspace(workspace, tmp_path / "elsewhere" / "ws")
+    at = open_app(moved, monkeypatch)
+    pick = at.selectbox(key="cached_pick")
+    assert len(pick.options) == len(
+        open_app(workspace, monkeypatch).selectbox(key="cached_pick").options
+    )
+    vit = next(o for o in pick.options if "ViT" in o)
+    pick.set_value(vit).run()
+    at.button(key="cached_switch").click().run()
+    assert_clean(at)
+    assert "**ViT**: cached result" in texts(at.caption)
+    weights = checkpoints_dir(moved) / "vit_tiny_s1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # other weights
+    at = open_app(moved, monkeypatch)
+    assert not any("ViT" in o for o in at.selectbox(key="cached_pick").options)
 
 
 def test_plural_and_seed_chips(workspace, monkeypatch):

@@ -142,16 +142,17 @@ def _not_computed(ctx: PanelContext, status: Any, checkpoint: str, spec: dict[st
 
 def _estimate(ctx: PanelContext, checkpoint: str) -> None:
     """The check's cost before the click: one analysis unit of this checkpoint's group (the
-    solve for one batch), which the ε sweep's forward passes barely add to."""
+    solve for one batch) timed in float64, the check's precision; the ε sweep's forward
+    passes barely add to it."""
     group = next((g for g in ctx.groups if checkpoint in g.checkpoints), None)
     if group is None or group.request is None:
         return
-    unit_seconds, _, bound = compute.job_cost(group.request)
+    unit_seconds, _, bound = compute.job_cost(group.request, float64=True)
     if unit_seconds > 0:
         limit = compute.UP_TO if bound else ""
         st.caption(
-            f"Estimated time: ≈ {compute.format_duration(unit_seconds)}{limit}, about one "
-            "analysis unit (the solve for this batch, then a forward pass per ε)."
+            f"Estimated time: ≈ {compute.format_duration(unit_seconds)}{limit}: the solve for "
+            "this batch in float64, then a forward pass per ε."
         )
 
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import struct
 import sys
+import unicodedata
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -222,9 +223,27 @@ def png_with_text(png: bytes, meta: Mapping[str, Any], *, dpi: int = PUBLICATION
     chunks = [_chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1))]
     for key, value in {"Software": SOFTWARE, **meta}.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
-        keyword = str(key).encode("latin-1", "replace")[:79]
+        keyword = png_keyword(str(key)).encode("latin-1")
         chunks.append(_chunk(b"iTXt", keyword + b"\0\0\0\0\0" + text.encode()))
     return png[:ihdr_end] + b"".join(chunks) + png[ihdr_end:]
+
+
+def png_keyword(key: str) -> str:
+    """A PNG text keyword (Latin-1 only, 1–79 characters, PNG spec 11.3.4) naming ``key``:
+    characters outside Latin-1 are spelled out (λ → lambda, √ → square root) instead of
+    becoming '?', so 'damping λ' stays readable in any PNG tool."""
+    spelled = []
+    for ch in key:
+        if ord(ch) < 256:
+            spelled.append(ch)
+            continue
+        base = unicodedata.normalize("NFKD", ch)[0]  # Ĥ → H (the accent dropped)
+        if ord(base) < 256:
+            spelled.append(base)
+            continue
+        name = unicodedata.name(ch, "?").lower().removeprefix("greek small letter ")
+        spelled.append(f" {'lambda' if name == 'lamda' else name} ")
+    return " ".join("".join(spelled).split())[:79] or "key"
 
 
 def png_text(png: bytes) -> dict[str, str]:

@@ -31,8 +31,9 @@ DEFINITIONS = {
         "1 perfectly local, 0.5 flat, ≤ 0 negative diagonal"
     ),
     "decay_length": (
-        "smallest |Δ| ≥ 1 (linearly interpolated) where the symmetrised intra-class lag curve "
-        "drops below 1/e of its Δ = 0 value; T and censored if it never does"
+        "the lag |Δ| in steps, interpolated linearly between whole lags, at which the "
+        "symmetrised intra-class lag curve first falls below 1/e of its Δ = 0 value "
+        "(1 − 1/e ≈ 0.63 for a perfectly local map); T and censored if it never does"
     ),
     "inter_intra_ratio": "mean inter-class Ĥ / mean intra-class Ĥ over all time pairs",
     "toeplitz_defect": (

@@ -42,13 +42,13 @@ from coherence.dashboard.selection import (
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import RequestError
 
-ESTIMATOR_LABELS = {
-    "subspace": "subspace (span(G) alone, the paper's v1)",
-    "krylov": "krylov (span{G, ηG, …}, closer to the full solve)",
-    "ekfac-krylov": "ekfac-krylov (span(G) + EK-FAC-preconditioned, default)",
-    "ekfac": "ekfac (Kronecker-factored approximation, fastest)",
-    "cg": "cg (paper v2, iterative)",
-    "euclidean": "euclidean (gradient dot product)",
+ESTIMATOR_LABELS = {  # short enough for the sidebar's width; the help says what each does
+    "subspace": "subspace (paper v1)",
+    "krylov": "krylov",
+    "ekfac-krylov": "ekfac-krylov (default)",
+    "ekfac": "ekfac (fastest)",
+    "cg": "cg (paper v2)",
+    "euclidean": "euclidean (M = I)",
 }
 
 

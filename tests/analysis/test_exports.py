@@ -250,8 +250,12 @@ def test_png_text_chunks_round_trip_with_valid_crcs():
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
     png = b"\x89PNG\r\n\x1a\n" + E._chunk(b"IHDR", ihdr) + E._chunk(b"IDAT", raw)
     png += E._chunk(b"IEND", b"")
-    out = E.png_with_text(png, {"Description": "√N ✓", "provenance": {"λ": 1e-4}})
+    out = E.png_with_text(
+        png, {"Description": "√N ✓", "provenance": {"λ": 1e-4}, "damping λ": "1e-4"}
+    )
     assert E.png_text(out)["Description"] == "√N ✓"
+    assert E.png_text(out)["damping lambda"] == "1e-4"  # a Latin-1 keyword, spelled out
+    assert E.png_keyword("Ĥ on √N") == "H on square root N"
     assert json.loads(E.png_text(out)["provenance"]) == {"λ": 1e-4}
     offset = 8
     while offset < len(out):  # every chunk's CRC checks out

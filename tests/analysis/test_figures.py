@@ -276,6 +276,9 @@ def test_subspace_spectrum_figure_rows_median_and_padding():
     np.testing.assert_array_equal(fig.data[3].y, [3.0, 1.0, np.nan])  # 0 is off the log axis
     np.testing.assert_array_equal(fig.data[3].x, [1, 2, 3])
     assert fig.layout.yaxis.type == "log"
+    assert tuple(fig.layout.xaxis.range) == (0.5, 4.5)  # k = 1 … 4, fitted
+    single = F.subspace_spectrum_figure({"ViT": [3.0, 1.0, 0.0, np.nan]})
+    assert tuple(single.layout.xaxis.range) == (0.5, 2.5)  # only positive λ_k are drawn
 
 
 def test_training_and_rollout_figures():
@@ -301,6 +304,7 @@ def test_training_and_rollout_figures():
     _check_band(fig.data[0:3], _band_of(roll["rollout"]), [1, 2, 3, 4])
     _check_band(fig.data[3:6], _band_of(roll["one_step"]), [1, 2, 3, 4])
     assert fig.layout.yaxis.type == "log" and "horizon" in fig.layout.xaxis.title.text
+    assert tuple(fig.layout.xaxis.range) == (0.5, 4.5)  # h = 1 … 4, fitted
     with pytest.raises(RequestError, match="rollout"):
         F.rollout_figure({"UNet": {"horizons": [1, 2]}})
 
@@ -523,3 +527,25 @@ def test_training_dynamics_validation_axis_has_labelled_log_ticks():
     assert axis.type == "log"
     assert list(axis.ticktext) == [F.number_label(v) for v in axis.tickvals]
     assert "0.01" in axis.ticktext and "0.1" in axis.ticktext  # every tick in full
+
+
+def test_training_dynamics_panels_share_one_whole_epoch_axis():
+    """One cached epoch (12) beside a validation curve over 1…12: every panel spans the same
+    epochs, with whole-epoch ticks (an axis of its own read 11, 11.5, … 13)."""
+    from coherence.analysis.figures.dynamics import dynamics_figure
+    from coherence.analysis.trends import Trend
+
+    trend = Trend("diagonal_dominance", np.array([12.0]), np.array([[0.6, 0.62]]))
+    epochs = np.arange(1.0, 13.0)
+    band = {q: np.linspace(0.3, 0.01, 12) for q in ("median", "q1", "q3")}
+    fig = dynamics_figure(
+        {"UNet": {"diagonal_dominance": trend, "decay_length": trend}},
+        {"UNet": {"epochs": epochs, "valid_smse": band}},
+    )
+    axes = {name: fig.layout[name] for name in fig.layout if name.startswith("xaxis")}
+    assert sorted(axes) == ["xaxis", "xaxis2", "xaxis3", "xaxis4"]  # a 2 × 2 grid
+    for axis in axes.values():
+        assert tuple(axis.range) == (0.5, 12.5)
+        assert axis.dtick == 2 and axis.tick0 == 0  # ticks 2, 4, … 12: whole epochs
+    assert axes.pop("xaxis").matches is None  # the others follow the first
+    assert all(axis.matches == "x" for axis in axes.values())

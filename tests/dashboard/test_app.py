@@ -190,7 +190,7 @@ def test_a_two_time_choice_that_no_longer_exists_resets_in_the_browser_too(works
     at.toggle(key="sb_compare").set_value(True).run()
     assert_clean(at)
     seed = at.selectbox(key="two_time_seed")
-    assert seed.value == "mean" and seed.options == ["mean over the selected seeds"]
+    assert seed.value == "mean" and seed.options == ["mean of seeds"]
     assert seed.proto.set_value  # the reset value is pushed to the frontend
     (figure,) = charts(at)
     assert figure["layout"]["title"]["text"].startswith("Two-time influence, intra-class")

@@ -280,6 +280,13 @@ def test_subset_stale_and_link_choices(server, browser):
     assert page.locator(HEATMAP).count() == 1  # the last figures stay
     assert page.get_by_role("button", name="Compute").count() == 1
     shot(page, "18_stale_figures")
+    assert "damping=0.001" in page.url  # the sidebar's selection …
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Report (HTML)").click()
+    report = Path(download.value.path()).read_text()
+    # … but the report holds the figures shown, and its link names their selection
+    assert re.search(r"damping=0?\.?0*1e-0?4|damping=0\.0001", report), "the shown λ"
+    assert "damping=0.001" not in report
     page.close()
 
     pair = "CE-CRP ← CE-RP"

@@ -150,7 +150,7 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert "7 of 7 sweep settings cached" in texts(at.caption)
     lambdas, agreement = charts(at)
     assert lambdas["layout"]["xaxis"]["type"] == "log"
-    assert any("paper's λ = 0.0001" in a["text"] for a in lambdas["layout"]["annotations"])
+    assert "dotted line: the paper's λ = 0.0001" in lambdas["layout"]["title"]["text"]
     names = {t["name"] for t in lambdas["data"] if t.get("mode") == "lines+markers"}
     assert names == {"ekfac-krylov", "euclidean"}
     assert "Median per-row Spearman" in texts(at.caption)

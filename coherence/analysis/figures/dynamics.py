@@ -58,7 +58,6 @@ def dynamics_figure(
     fig = make_subplots(
         rows=rows,
         cols=cols,
-        shared_xaxes=True,
         subplot_titles=[t for _, t in panels],
         vertical_spacing=0.08,
         horizontal_spacing=0.1,
@@ -89,6 +88,17 @@ def dynamics_figure(
     styled(fig, title, height=260 * rows + 60)
     fig.update_xaxes(showticklabels=True)  # every panel readable on its own
     fig.update_xaxes(title=axis_title("epoch"), row=rows)
+    epochs = np.concatenate(
+        [np.asarray(t.x, dtype=np.float64) for g in trends_by_group.values() for t in g.values()]
+        + [np.asarray(c["epochs"], dtype=np.float64) for c in (valid_by_group or {}).values()]
+    )
+    epochs = epochs[np.isfinite(epochs)]
+    if epochs.size:  # one epoch axis for every panel, whole epochs only (no "11.5")
+        lo, hi = float(epochs.min()), float(epochs.max())
+        step = max(1, math.ceil((hi - lo) / 6))
+        fig.update_xaxes(range=[lo - 0.5, hi + 0.5], tick0=0, dtick=step)
+        for name in [n for n in fig.layout if n.startswith("xaxis") and n != "xaxis"]:
+            fig.layout[name].matches = "x"  # the others follow the first
     if valid_by_group:
         p = len(panels) - 1
         values = [
@@ -194,7 +204,7 @@ def sensitivity_figure(
             fig, trends, names, cols, label=label, color=group_color(i), flat_span=flat_span
         )
     _mark_paper_damping(fig, paper_damping, len(names), cols)
-    styled(fig, title, height=260 * rows + 60)
+    styled(fig, f"{title} · dotted line: the paper's λ = {paper_damping:g}", height=260 * rows + 60)
     # whole decades around the data and the paper's λ: one point still gets a readable axis
     wanted = x_span or span
     low = math.floor(math.log10(min(span[0], wanted[0], paper_damping))) - 0.5
@@ -241,7 +251,8 @@ def _add_series(
 
 
 def _mark_paper_damping(fig: go.Figure, paper_damping: float, n: int, cols: int) -> None:
-    """A dotted vertical line at the paper's λ in each of the n panels, named once above."""
+    """A dotted vertical line at the paper's λ in each of the n panels (the title names it:
+    a note in the top-right corner sat under the chart's toolbar)."""
     for p in range(n):
         fig.add_vline(
             x=paper_damping,
@@ -249,15 +260,6 @@ def _mark_paper_damping(fig: go.Figure, paper_damping: float, n: int, cols: int)
             row=p // cols + 1,
             col=p % cols + 1,
         )
-    fig.add_annotation(
-        text=f"dotted line: the paper's λ = {paper_damping:g}",
-        xref="paper",
-        yref="paper",
-        x=1.0,
-        y=1.06,
-        showarrow=False,
-        xanchor="right",
-    )
 
 
 def agreement_figure(

@@ -27,6 +27,7 @@ from coherence.analysis.figures.theme import (
     log_axis,
     rgba,
     shared_zrange,
+    square_width,
     styled,
 )
 from coherence.analysis.summaries import LagCurves
@@ -106,6 +107,7 @@ def two_time_heatmap(
     fig.update_yaxes(title=axis_title("response time t_r"), **ticks)
     edges = cell_edges(t)
     fit_square_axes(fig, edges, edges)
+    fig.update_layout(width=square_width(fig))
     return fig
 
 
@@ -148,7 +150,7 @@ def difference_heatmap(
         ),
         colorbar=_colorbar(f"Δ{value_label} ({first} − {second})"),
     )
-    return fig
+    return fig.update_layout(width=square_width(fig, colorbar=160))  # its longer bar title
 
 
 def class_transfer_heatmap(
@@ -193,7 +195,8 @@ def class_transfer_heatmap(
     fig.update_yaxes(title=axis_title("response class (row)"))
     k = len(names)
     fit_square_axes(fig, (-0.5, k - 0.5), (-0.5, k - 0.5), reversed_y=True)  # rows top down
-    return fig
+    longest = max((len(n) for n in names), default=0)  # class names as y tick labels
+    return fig.update_layout(width=square_width(fig) + 7 * max(0, longest - 4))
 
 
 def lag_groups(lag_curves: LagGroups, label: str = "") -> list[tuple[str, LagCurves]]:

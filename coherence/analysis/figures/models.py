@@ -133,7 +133,10 @@ def subspace_spectrum_figure(
             )
         )
     styled(fig, title, height=420)
-    fig.update_xaxes(title=axis_title("eigenvalue index k (descending)"))
+    last = max(int(np.flatnonzero(np.isfinite(r).any(axis=0)).max()) + 1 for r in drawn)
+    fig.update_xaxes(  # fitted to the indices drawn (NaN padding is not data)
+        title=axis_title("eigenvalue index k (descending)"), range=[0.5, last + 0.5]
+    )
     fig.update_yaxes(**log_axis(*drawn, title="eigenvalue λ_k of QᵀηQ (log scale)"))
     return fig
 
@@ -221,9 +224,13 @@ def rollout_figure(
             )
     styled(fig, title, height=420)
     longest = max((len(s.get("horizons", ())) for s in summary_by_group.values()), default=0)
+    horizons = np.concatenate(
+        [np.asarray(s.get("horizons", ()), dtype=np.float64) for s in summary_by_group.values()]
+    )
     fig.update_xaxes(
         title=axis_title("horizon h (steps after the initial state)"),
         dtick=1 if longest <= 25 else None,  # whole steps while they fit
+        range=[horizons.min() - 0.5, horizons.max() + 0.5] if horizons.size else None,
     )
     fig.update_yaxes(**log_axis(*drawn, title="SMSE at horizon h (log scale)"))
     return fig

@@ -31,9 +31,9 @@ TEMPLATE = "plotly_white"
 FONT = {"family": "Inter, Helvetica, Arial, sans-serif", "size": 13}
 INFLUENCE_SYMBOL = "Ĥ"
 SCALES: dict[str, str] = {
-    "paper": "[0, √N] (paper)",
-    "auto": "auto (data range)",
-    "diverging": "diverging ± (shows negative influence)",
+    "paper": "paper [0, √N]",
+    "auto": "auto (data)",
+    "diverging": "diverging ±",
 }
 """Colour-scale modes of every influence heatmap: the paper's fixed [0, √N], the data's own
 (min, max), or a symmetric diverging scale on which negative influence is visible."""
@@ -198,6 +198,15 @@ def fit_square_axes(
     fig.update_xaxes(range=list(x_range), constrain="domain")
     y = {"autorange": "reversed"} if reversed_y else {"range": list(y_range)}
     fig.update_yaxes(scaleanchor="x", constrain="domain", **y)
+
+
+def square_width(fig: go.Figure, *, colorbar: int = 110) -> int:
+    """The figure width at which a square plot area (``fit_square_axes``) fills the plot
+    region exactly: the left margin, the plot's height, the colour bar and the right margin.
+    Drawn at this width (``chart``: Streamlit's width="content") no blank band separates the
+    map from its colour bar, however wide the page."""
+    m = fig.layout.margin
+    return int(m.l + (fig.layout.height - m.t - m.b) + colorbar + m.r)
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")

@@ -206,17 +206,21 @@ def chart(fig: go.Figure, key: str, *, clickable: bool = False) -> None:
     """A plotly figure as the builders made it (their theme, not Streamlit's); the camera
     icon of its toolbar saves a PNG in the browser. ``clickable``: a click on a point or
     cell reruns the page with it in ``st.session_state[key].selection`` (see clicked_point)."""
+    # a figure that sets its own width (a square map with its colour bar) is drawn at it,
+    # or narrower where the column is; the others fill their column
+    width = "content" if fig.layout.width else "stretch"
     if clickable:
         st.plotly_chart(
             fig,
             theme=None,
             config=PLOTLY_CONFIG,
             key=key,
+            width=width,
             on_select="rerun",
             selection_mode="points",
         )
     else:
-        st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key)
+        st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key, width=width)
     _first_chart_pause()
 
 

@@ -14,8 +14,10 @@ from coherence.analysis.figures import score_rows, scores_table
 from coherence.analysis.scores import DEFINITIONS
 from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
 from coherence.dashboard import loaders
+from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import PanelContext, downloads, how_to_read, need_results
+from coherence.dashboard.selection import Selection
 from coherence.report import ReportGroup, build_report, report_name
 
 TOUR_KEY = "tour_dismissed"
@@ -114,10 +116,13 @@ def uncertainty_short(score) -> str:
     return f"[{score.q1:.2f}, {score.q3:.2f}]"
 
 
-def _page_link() -> str:
-    """This view's address (the page's URL with its query), for the report's provenance."""
+def _page_link(shown: Selection) -> str:
+    """The address of the view the report holds, for its provenance: the page's URL with
+    its panel choices, and the selection of the figures shown (while they are stale that is
+    the last computed one, not the sidebar's, which the URL already names)."""
     base = (st.context.url or "").split("?", 1)[0]  # None without a browser (AppTest)
-    query = urlencode(st.query_params.to_dict())
+    params = {k: v for k, v in st.query_params.to_dict().items() if k not in QUERY_KEYS}
+    query = urlencode({**shown.to_query(), **params})
     return f"{base.rstrip('/')}/?{query}" if base and query else base
 
 
@@ -128,7 +133,7 @@ def report_button(ctx: PanelContext, row=None) -> None:
         return
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
     scale = ctx.scale("two_time")  # the heatmaps as the two-time panel shows them
-    link = _page_link()
+    link = _page_link(ctx.selection)
     (row if row is not None else st).download_button(
         "Report (HTML)",
         data=lambda: build_report(
@@ -140,5 +145,11 @@ def report_button(ctx: PanelContext, row=None) -> None:
         on_click="ignore",
         icon=":material/summarize:",
         help="One HTML file with every influence panel of this selection (interactive), the "
-        "scores with their uncertainty and the provenance; opens offline in any browser.",
+        "scores with their uncertainty and the provenance; opens offline in any browser."
+        + (
+            " The figures are stale: it holds the ones shown (the last computed selection), "
+            "not the sidebar's."
+            if ctx.stale
+            else ""
+        ),
     )

@@ -44,10 +44,17 @@ def _pair_options(classes: tuple[str, ...]) -> list[str]:
 
 
 def _pair_label(option: str) -> str:
+    """The class pair in words, for figure titles."""
     if option == INTRA:
-        return "intra-class mean (each class on itself)"
+        return "intra-class mean"  # short: the title fits a 1024 px window
     response, perturbation = option.split(" ← ")
     return f"response {response} ← perturbation {perturbation}"
+
+
+def _pair_choice(option: str) -> str:
+    """The class pair in the selectbox: short enough for the column beside the map (a cut
+    label could show another pair); its label says rows = response, columns = perturbation."""
+    return "intra-class mean" if option == INTRA else option
 
 
 def _pair_tag(option: str) -> str:
@@ -92,13 +99,13 @@ def two_time(ctx: PanelContext) -> None:
         left.selectbox(
             "Class pair (rows = response, columns = perturbation)",
             pair_options,
-            format_func=_pair_label,
+            format_func=_pair_choice,
             key="two_time_pair",
         )
         right.selectbox(
             "Seeds",
             seed_options,
-            format_func=lambda s: "mean over the selected seeds" if s == "mean" else s,
+            format_func=lambda s: "mean of seeds" if s == "mean" else s,
             key="two_time_seed",
         )
         scale_selector("two_time", third)

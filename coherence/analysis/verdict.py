@@ -51,21 +51,47 @@ REFERENCES = (
 )
 
 
+def _decimals(score: Score) -> int:
+    """Decimals shared by a score's median and quartiles: 2, or up to 4 where 2 would print
+    distinct values alike ('0.91 [0.91, 0.93]' for 0.913 [0.906, 0.928]) or a small value
+    as zero."""
+    values = [v for v in (score.q1, score.median, score.q3) if math.isfinite(v)]
+    distinct = len({round(v, 12) for v in values})
+    for decimals in (2, 3):
+        apart = len({round(v, decimals) for v in values}) == distinct
+        if apart and not any(v != 0 and round(v, decimals) == 0 for v in values):  # no "-0.00"
+            return decimals
+    return 4
+
+
+def _number(value: float, decimals: int) -> str:
+    return f"{value:.{decimals}f}" if abs(value) < 10 else f"{value:.3g}"
+
+
 def format_score(score: Score | None) -> str:
-    """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined)."""
+    """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined), with as many
+    decimals as its quartiles need (``uncertainty``)."""
     if score is None or not math.isfinite(score.median):
         return "—"
-    text = f"{score.median:.2f}" if abs(score.median) < 10 else f"{score.median:.3g}"
+    text = _number(score.median, _decimals(score))
     if int(score.censored.sum()):
         text = f"≥ {text}"
     return text
+
+
+def quartile_band(score: Score | None) -> str:
+    """'[0.906, 0.928]': Q1 and Q3 with the median's decimals ('undefined' without one)."""
+    if score is None or not math.isfinite(score.median):
+        return "undefined"
+    decimals = _decimals(score)
+    return f"[{_number(score.q1, decimals)}, {_number(score.q3, decimals)}]"
 
 
 def uncertainty(score: Score | None) -> str:
     """'Q1–Q3 [0.78, 0.86] over 6 (seed, batch) values'."""
     if score is None or not math.isfinite(score.median):
         return "undefined for this selection"
-    return f"Q1–Q3 [{score.q1:.2f}, {score.q3:.2f}] over {score.values.size} (seed, batch) values"
+    return f"Q1–Q3 {quartile_band(score)} over {score.values.size} (seed, batch) values"
 
 
 def verdict(scores: Scores) -> str:

@@ -400,13 +400,13 @@ def test_scores_table_rows_and_censoring(h_std):
     assert [r[0] for r in rows] == [F.score_title(s.name) for s in scores.as_list()]
     assert not any("_" in r[0] for r in rows)  # readable names, not ids
     dd = scores.diagonal_dominance
-    assert rows[0][2] == f"{dd.median:.3g} [{dd.q1:.3g}, {dd.q3:.3g}]"
+    assert rows[0][2] == f"{dd.median:.2f} [{dd.q1:.2f}, {dd.q3:.2f}]"  # one precision
     assert list(table.cells.values[0]) == [r[0] for r in rows]
     flat = np.zeros((1, 1, 3, 1, 3, 1))
     flat[..., :, 0, :, 0] = 1.0  # constant map: decay never reached, censored at T
     _, censored_rows = F.score_rows({"flat": compute_scores(flat)})
     decay = next(r for r in censored_rows if r[0].startswith("lag decay length"))
-    assert decay[2] == "3 [3, 3] (1 of 1 lower bounds)"
+    assert decay[2] == "3.00 [3.00, 3.00] (1 of 1 lower bounds)"
     with pytest.raises(RequestError, match="Scores"):
         F.scores_table({})
 
@@ -460,8 +460,11 @@ def test_log_axes_label_every_tick_in_full():
     assert settings["ticktext"] == [F.number_label(v) for v in settings["tickvals"]]
     assert "0.005" in settings["ticktext"] and "0.2" in settings["ticktext"]
     assert all(len(t) > 1 for t in settings["ticktext"])  # never a bare mantissa digit
-    big = F.log_axis(np.array([2e6, 3e6, 9e6]), title="λ")
-    assert big.get("exponentformat") == "power" or all("M" not in t for t in big["ticktext"])
+    big = F.log_axis(np.array([2.9e6, 3e6, 3.1e6]), title="λ")  # narrow: round values
+    assert big["ticktext"] == ["2.9×10⁶", "3×10⁶", "3.1×10⁶"]
+    assert big["tickvals"] == [2.9e6, 3e6, 3.1e6]
+    mixed = F.log_axis(np.array([2e4, 3e6]), title="λ")["ticktext"]  # one notation
+    assert "2×10⁴" in mixed and "5×10⁴" in mixed and not any(t.isascii() for t in mixed)
     wide = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]
     assert wide[0] == "10⁻⁹" and all("×" not in t for t in wide)
     assert F.number_label(2e-5) == "2×10⁻⁵" and F.number_label(0.02) == "0.02"
@@ -549,3 +552,24 @@ def test_training_dynamics_panels_share_one_whole_epoch_axis():
         assert axis.dtick == 2 and axis.tick0 == 0  # ticks 2, 4, … 12: whole epochs
     assert axes.pop("xaxis").matches is None  # the others follow the first
     assert all(axis.matches == "x" for axis in axes.values())
+
+
+def test_sweep_figures_put_the_top_eigenvalue_on_a_labelled_log_axis():
+    """λ_max spans decades over training and λ: its panel is a log axis whose ticks read in
+    full (a linear axis wrote '2.9M')."""
+    from coherence.analysis.figures.dynamics import dynamics_figure, sensitivity_figure
+    from coherence.analysis.trends import Trend
+
+    x = np.array([1.0, 2.0, 4.0])
+    tops = Trend("top_eigenvalue", x, np.array([[2.9e6, 3.1e6], [4e5, 5e5], [2e4, 3e4]]))
+    dd = Trend("diagonal_dominance", x, np.array([[0.6, 0.62], [0.7, 0.71], [0.8, 0.82]]))
+    for fig in (
+        dynamics_figure({"UNet": {"diagonal_dominance": dd, "top_eigenvalue": tops}}),
+        sensitivity_figure(
+            {"UNet": {"diagonal_dominance": dd, "top_eigenvalue": tops}}, paper_damping=1e-4
+        ),
+    ):
+        axis = fig.layout.yaxis2  # the second panel: top eigenvalue
+        assert axis.type == "log"
+        assert "2×10⁴" in axis.ticktext and all("M" not in t for t in axis.ticktext)
+        assert fig.layout.yaxis.type != "log"  # the dominance panel stays linear

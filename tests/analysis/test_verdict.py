@@ -42,3 +42,20 @@ def test_formatting_units_censoring_and_marks():
     assert "0.5 flat" in REFERENCES[0].marks and "1 perfectly local" in REFERENCES[0].marks
     assert REFERENCES[1].title == "Lag decay (steps)"  # the unit on the metric
     assert all(len(r.short) <= 18 for r in REFERENCES)  # fits a narrow metric cell
+
+
+def test_a_score_and_its_quartiles_share_the_decimals_that_tell_them_apart():
+    from coherence.analysis.scores import Score
+    from coherence.analysis.verdict import quartile_band
+
+    def score(values):
+        v = np.asarray(values, dtype=float).reshape(1, -1)
+        return Score("diagonal_dominance", "", v, np.zeros(v.shape, dtype=bool))
+
+    close = score([0.9061, 0.9128, 0.9130, 0.9282])  # Q1 0.9111, median 0.9129, Q3 0.9168
+    assert format_score(close) == "0.913" and quartile_band(close) == "[0.911, 0.917]"
+    apart = score([0.5, 0.6, 0.7, 0.8])
+    assert format_score(apart) == "0.65" and quartile_band(apart) == "[0.57, 0.72]"
+    small = score([-0.0269, -0.0125, -0.0112, 0.00641])  # Q1 −0.0161, median −0.0119, Q3 −0.0068
+    assert format_score(small) == "-0.012" and quartile_band(small) == "[-0.016, -0.007]"
+    assert quartile_band(None) == "undefined"

@@ -235,3 +235,18 @@ def test_each_sweep_setting_is_listed_once_and_the_default_estimator_leads():
     assert len(settings) == len(set(settings)), settings
     first = sweeps.SWEEP_ESTIMATORS[0]  # at the paper's λ, the main analysis itself
     assert first.estimator == DEFAULT_ESTIMATOR.value and not first.on_demand
+
+
+def test_epoch_maps_download_as_one_long_csv():
+    """The epoch maps' CSV: each epoch's map in two_time_csv's long format, epoch first."""
+    import csv
+    import io
+
+    from coherence.dashboard.panels.dynamics import epoch_maps_csv
+
+    maps = [np.arange(4.0).reshape(2, 2), -np.arange(4.0).reshape(2, 2)]
+    rows = list(csv.DictReader(io.StringIO(epoch_maps_csv(maps, [1.0, 8.0], [0.0, 0.05]).decode())))
+    assert [r["epoch"] for r in rows] == ["1"] * 4 + ["8"] * 4
+    for r in rows:  # value = V[t_r, t_p] of that epoch
+        i, j = int(float(r["t_r"]) / 0.05 + 0.5), int(float(r["t_p"]) / 0.05 + 0.5)
+        assert float(r["value"]) == maps[0 if r["epoch"] == "1" else 1][i, j]

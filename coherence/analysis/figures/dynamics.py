@@ -7,7 +7,7 @@ Inputs come from ``coherence.analysis.trends``: {group label: {score name: Trend
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -109,7 +109,28 @@ def dynamics_figure(
         axis = log_axis(*values, title="validation SMSE")
         axis.pop("title")  # the subplot's title names it
         fig.update_yaxes(axis, row=p // cols + 1, col=p % cols + 1)
+    _log_eigenvalue_axis(fig, trends_by_group.values(), names, cols)
     return fig
+
+
+def _log_eigenvalue_axis(
+    fig: go.Figure,
+    trends: Iterable[Mapping[str, Trend]],
+    names: Sequence[tuple[str, str]],
+    cols: int,
+) -> None:
+    """The top-eigenvalue panel on a labelled log axis (values span decades over training
+    and λ; a linear axis wrote them as '2.9M')."""
+    where = [p for p, (name, _) in enumerate(names) if name == "top_eigenvalue"]
+    values = [
+        np.concatenate([t["top_eigenvalue"].q1, t["top_eigenvalue"].q3])
+        for t in trends
+        if "top_eigenvalue" in t
+    ]
+    if where and values:
+        axis = log_axis(*values, title="")
+        axis.pop("title")  # the subplot's title names it
+        fig.update_yaxes(axis, row=where[0] // cols + 1, col=where[0] % cols + 1)
 
 
 def epoch_heatmaps(
@@ -211,6 +232,7 @@ def sensitivity_figure(
     high = math.ceil(math.log10(max(span[1], wanted[1], paper_damping))) + 0.5
     fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
     fig.update_xaxes(title=axis_title("damping λ"), row=rows)
+    _log_eigenvalue_axis(fig, trends_by_series.values(), names, cols)
     return fig
 
 

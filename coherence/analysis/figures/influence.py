@@ -247,7 +247,8 @@ def lag_curves_figure(
                     x_hover="Δ = t_r − t_p = %{x} steps",
                 )
             )
-    fig.add_hline(y=0, line={"color": "black", "width": 1})
+    # a light zero line under the traces: a curve near 0 (inter-class) stays visible
+    fig.add_hline(y=0, line={"color": "#b0b0b0", "width": 1}, layer="below")
     fig.add_vline(x=0, line={"color": "grey", "width": 1, "dash": "dot"})
     styled(fig, title, height=420)
     fig.update_xaxes(title=axis_title("lag Δ = t_r − t_p (steps)"), zeroline=False)
@@ -294,7 +295,8 @@ def distance_figure(
             x_hover="d = %{x:.4g}",
         )
     )
-    fig.add_hline(y=0, line={"color": "black", "width": 1})
+    # a light zero line under the traces: a curve near 0 (inter-class) stays visible
+    fig.add_hline(y=0, line={"color": "#b0b0b0", "width": 1}, layer="below")
     styled(fig, title, height=420)
     fig.update_xaxes(
         **log_axis(centers, title="input distance d(r, p) (normalized squared difference)")

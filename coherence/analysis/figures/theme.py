@@ -212,12 +212,13 @@ def square_width(fig: go.Figure, *, colorbar: int = 110) -> int:
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
-def number_label(value: float) -> str:
+def number_label(value: float, *, power_from: float = 1e5) -> str:
     """A short unambiguous tick label: '0.02', '5000', '2×10⁻⁵', '10⁶' (never SI 'M', never
-    'e+03', never a bare mantissa digit)."""
+    'e+03', never a bare mantissa digit). ``power_from``: the magnitude from which powers of
+    ten are used (an axis that reaches 10⁵ writes 5×10⁴ too, not 50000 beside 2×10⁶)."""
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
-    if 1e-3 <= abs(value) < 1e5:
+    if 1e-3 <= abs(value) < power_from:
         text = f"{value:.3g}"
         return f"{value:.0f}" if "e" in text else text  # 5000, not 5e+03
     exponent = math.floor(math.log10(abs(value)))
@@ -240,7 +241,15 @@ def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     step = max(1, math.ceil((hi - lo) / 8))
     ticks = [m * 10.0**k for k in decades for m in mantissas if (k - lo) % step == 0]
     inside = [v for v in ticks if values.min() <= v <= values.max()]
-    if len(inside) < 2:  # a narrow range: plotly's own ticks, with full labels
-        return settings | {"exponentformat": "power", "tickformat": ".3~g"}
-    ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
-    return settings | {"tickvals": ticks, "ticktext": [number_label(v) for v in ticks]}
+    if len(inside) < 2:  # a narrow range: a few round values across it
+        spread = (
+            np.geomspace(values.min(), values.max(), 4)
+            if values.max() > values.min()
+            else [values.min()]
+        )
+        ticks = sorted({float(f"{v:.2g}") for v in spread})
+    else:
+        ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
+    power_from = 1e3 if max(ticks) >= 1e5 else 1e5  # one notation along the axis
+    labels = [number_label(v, power_from=power_from) for v in ticks]
+    return settings | {"tickvals": ticks, "ticktext": labels}

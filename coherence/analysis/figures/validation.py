@@ -18,6 +18,7 @@ from coherence.analysis.figures.theme import (
     styled,
 )
 from coherence.analysis.scores import Score, Scores
+from coherence.analysis.verdict import format_score, quartile_band
 from coherence.errors import RequestError
 
 
@@ -177,13 +178,12 @@ def score_title(name: str) -> str:
     return SCORE_TITLES.get(name, name.replace("_", " "))
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.3g}" if math.isfinite(x) else "undefined"
-
-
 def score_cell(score: Score) -> str:
-    """'median [Q1, Q3]' over (checkpoint, batch), with the count of censored values."""
-    text = f"{_fmt(score.median)} [{_fmt(score.q1)}, {_fmt(score.q3)}]"
+    """'median [Q1, Q3]' over (checkpoint, batch), the three with the same decimals, with
+    the count of censored values."""
+    if not math.isfinite(score.median):
+        return "undefined"
+    text = f"{format_score(score).removeprefix('≥ ')} {quartile_band(score)}"
     censored = int(np.sum(score.censored))
     if censored:
         text += f" ({censored} of {score.censored.size} lower bounds)"

@@ -97,9 +97,11 @@ class PanelContext:
         return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", self._headed(data))
 
     def group_csv(self, panel: str, group: GroupState, data: Bytes) -> tuple[str, str, Bytes, str]:
-        """One model group's CSV download: labelled by group in compare mode only."""
+        """One model group's CSV download: labelled and named by group in compare mode only
+        (with one group its name matches the figure's HTML/PNG/SVG beside it)."""
         label = f"Data {literal(group.label)} (CSV)" if self.compare else "Data (CSV)"
-        return csv_file(label, f"{self.stem(panel, group)}.csv", self._headed(data))
+        stem = self.stem(panel, group if self.compare else None)
+        return csv_file(label, f"{stem}.csv", self._headed(data))
 
     def _headed(self, data: Bytes) -> Bytes:
         return lambda: with_header(data(), self.meta())

@@ -12,6 +12,7 @@ import streamlit as st
 
 from coherence.analysis.figures.dynamics import dynamics_figure, epoch_heatmaps
 from coherence.analysis.summaries import training_curves, two_time_map
+from coherence.analysis.tables import two_time_csv
 from coherence.analysis.trends import trends
 from coherence.dashboard import compute, loaders, sweeps
 from coherence.dashboard.markup import code, literal
@@ -112,7 +113,7 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
             continue
         maps.append(two_time_map(result.H_std[result.primary]))
         epochs.append(point.x)
-        times = result.steps
+        times = result.times  # physical time, as the two-time map
     if not maps:
         return
     figure = epoch_heatmaps(
@@ -124,6 +125,7 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
         "dynamics_maps",
         view.stem("epoch_maps"),
         figure=figure,
+        files=[view.panel_csv("epoch_maps", lambda: epoch_maps_csv(maps, epochs, times))],
         caption=how_to_read(epoch_heatmaps),
         meta=view.meta() | {"epochs": [f"{e:g}" for e in epochs]},
     )
@@ -156,6 +158,15 @@ def trends_csv(by_series: dict, x_name: str) -> bytes:
                     ]
                 )
     return buffer.getvalue().encode()
+
+
+def epoch_maps_csv(maps: list[np.ndarray], epochs: list[float], times) -> bytes:
+    """epoch, t_p, t_r, value: each epoch's two-time map in the long format of
+    ``two_time_csv``, one block per epoch."""
+    blocks = [two_time_csv(v, times).decode().splitlines() for v in maps]
+    header = "epoch," + blocks[0][0]
+    lines = [f"{e:g},{line}" for e, block in zip(epochs, blocks, strict=True) for line in block[1:]]
+    return ("\n".join([header, *lines]) + "\n").encode()
 
 
 def _num(value: float) -> str:

@@ -128,7 +128,16 @@ def _models(ctx: PanelContext) -> None:
                 curves[group.label] = training_curves(histories)
             except CoherenceError as error:
                 st.warning(literal(f"{group.label}: no training curves ({error})"))
-    st.dataframe(rows, hide_index=True, width="stretch")
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={  # 273,300 rather than 273300; errors to 3 significant digits
+            "parameters": st.column_config.NumberColumn(format="localized"),
+            "final train SMSE": st.column_config.NumberColumn(format="%.3g"),
+            "final validation SMSE": st.column_config.NumberColumn(format="%.3g"),
+        },
+    )
     if not curves:
         st.info("These checkpoints carry no training history (history.json).")
         return

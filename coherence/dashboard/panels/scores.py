@@ -4,7 +4,6 @@ and reference marks), and the one-click report."""
 
 from __future__ import annotations
 
-import math
 from urllib.parse import urlencode
 
 import streamlit as st
@@ -12,7 +11,13 @@ import streamlit as st
 from coherence.analysis.exports import scores_csv
 from coherence.analysis.figures import score_rows, scores_table
 from coherence.analysis.scores import DEFINITIONS
-from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
+from coherence.analysis.verdict import (
+    REFERENCES,
+    format_score,
+    quartile_band,
+    uncertainty,
+    verdict,
+)
 from coherence.dashboard import loaders
 from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import literal
@@ -106,14 +111,8 @@ def _group_scores(group):
             help=f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median; "
             f"{literal(uncertainty(score))}.",
         )
-        cell.caption(literal(uncertainty_short(score)) + "  \n" + literal(ref.short))
+        cell.caption(literal(quartile_band(score)) + "  \n" + literal(ref.short))
     return row
-
-
-def uncertainty_short(score) -> str:
-    if score is None or not math.isfinite(score.median):
-        return "undefined"
-    return f"[{score.q1:.2f}, {score.q3:.2f}]"
 
 
 def _page_link(shown: Selection) -> str:

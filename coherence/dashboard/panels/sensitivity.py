@@ -151,7 +151,7 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     except CoherenceError as error:
         st.warning(literal(error))
         return
-    figure = agreement_figure(found, (a, b), times=first.steps)
+    figure = agreement_figure(found, (a, b), times=first.times)
     chart(figure, key="chart_agreement")
     slot.selectbox("Compare", names, key="sens_pair")
     view = ctx.with_choices(estimators=f"{a}-vs-{b}", group=labels[g] if ctx.compare else None)

@@ -18,6 +18,7 @@ from coherence.analysis.exports import counterfactual_csv, figure_html, panel_np
 from coherence.analysis.figures import counterfactual_figures
 from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
 from coherence.dashboard import compute, loaders
+from coherence.dashboard.control_rows import RESPONSE_LABELS
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     STALE_ACTION,
@@ -70,7 +71,12 @@ def _example_label(ctx: PanelContext, n: int) -> str:
 def validation(ctx: PanelContext) -> None:
     """Controls; then the cached check for them, its running job's progress, or a Run
     button that starts it in the background."""
-    st.caption(how_to_read(counterfactual_figures))
+    st.caption(
+        "Checks the influence numbers on a checkpoint of yours: the parameters take a step "
+        "θ − ε·M⁻¹g_B(p) along the estimator's own direction for example p, at a few step "
+        "sizes ε, and the measured change of every example's response is compared with the "
+        "change Ĥ[:, p] predicts. An error that falls in proportion to ε validates the numbers."
+    )
     params = _controls(ctx)
     runner = loaders.job_runner(str(ctx.root))
     try:
@@ -104,7 +110,12 @@ def _controls(ctx: PanelContext) -> dict[str, Any]:
         format_func=lambda n: _example_label(ctx, n),
         key="cf_p",
     )
-    response = cols[3].selectbox("Response", ctx.selection.responses, key="cf_response")
+    response = cols[3].selectbox(
+        "Response",
+        ctx.selection.responses,
+        format_func=lambda r: RESPONSE_LABELS.get(r, r),  # as the sidebar names them
+        key="cf_response",
+    )
     return {
         "checkpoint": checkpoint,
         "trajectory": int(trajectory),
@@ -165,6 +176,7 @@ def _show_result(ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, 
         f"Relative error {errors[smallest]:.2g} at ε = {eps[smallest]:.1e} "
         f"(computed in {found['seconds']:.1f} s)."
     )
+    st.caption(how_to_read(counterfactual_figures))  # the two charts below
     scatter, curve = counterfactual_figures(eps, found["predicted"], found["measured"], errors)
     left, right = st.columns(2)
     with left:

@@ -173,10 +173,15 @@ def residual_summary(
         f"{median:.3g}, worst {values[-1]:.3g}; within the paper's rtol: {within}"
     )
     if values[-1] >= 1:  # y_p = 0 would have residual 1: say what the number means
+        cg = all(cell.get("estimator") == "cg" for row in diagnostics for cell in row)
         line += (
             "; a residual ≥ 1 means that, by this measure, column y_p solves the full system "
-            "no better than "
-            "y = 0: for the paper's full solve choose the cg estimator, and compare the two "
-            "in the Sensitivity panel"
+            "no better than y = 0"
+            + (
+                ": cg stopped far from its tolerance there (raise max_iter or use the "
+                "deflated start)"
+                if cg
+                else ": for the paper's full solve choose the cg estimator"
+            )
         )
     return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line

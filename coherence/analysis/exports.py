@@ -232,18 +232,23 @@ def png_keyword(key: str) -> str:
     """A PNG text keyword (Latin-1 only, 1–79 characters, PNG spec 11.3.4) naming ``key``:
     characters outside Latin-1 are spelled out (λ → lambda, √ → square root) instead of
     becoming '?', so 'damping λ' stays readable in any PNG tool."""
+
+    def printable(c: str) -> bool:  # the keyword's character set: Latin-1 32–126, 161–255
+        return 32 <= ord(c) <= 126 or 161 <= ord(c) <= 255
+
     spelled = []
     for ch in key:
-        if ord(ch) < 256:
+        if printable(ch):
             spelled.append(ch)
             continue
         base = unicodedata.normalize("NFKD", ch)[0]  # Ĥ → H (the accent dropped)
-        if ord(base) < 256:
+        if printable(base):
             spelled.append(base)
             continue
-        name = unicodedata.name(ch, "?").lower().removeprefix("greek small letter ")
-        spelled.append(f" {'lambda' if name == 'lamda' else name} ")
-    return " ".join("".join(spelled).split())[:79] or "key"
+        name = unicodedata.name(ch, "").lower().removeprefix("greek small letter ")
+        spelled.append(f" {'lambda' if name == 'lamda' else name} ")  # controls: a space
+    # no leading, trailing or consecutive spaces, 1–79 characters
+    return " ".join("".join(spelled).split())[:79].strip() or "key"
 
 
 def png_text(png: bytes) -> dict[str, str]:

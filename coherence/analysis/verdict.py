@@ -9,6 +9,7 @@ transfer), not results of the paper. Pure: no streamlit, no I/O.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from coherence.analysis.scores import Score, Scores
@@ -51,40 +52,44 @@ REFERENCES = (
 )
 
 
-def _decimals(score: Score) -> int:
-    """Decimals shared by a score's median and quartiles: 2, or up to 4 where 2 would print
-    distinct values alike ('0.91 [0.91, 0.93]' for 0.913 [0.906, 0.928]) or a small value
-    as zero."""
+def _formatter(score: Score) -> Callable[[float], str]:
+    """One number format for a score's median and quartiles, the shortest that keeps distinct
+    values apart and prints no non-zero value as zero: 2, 3 or 4 decimals below 10 ('0.913
+    [0.911, 0.917]', not '0.91 [0.91, 0.93]'), else significant digits ('2e-05', '10.42')."""
     values = [v for v in (score.q1, score.median, score.q3) if math.isfinite(v)]
     distinct = len({round(v, 12) for v in values})
-    for decimals in (2, 3):
-        apart = len({round(v, decimals) for v in values}) == distinct
-        if apart and not any(v != 0 and round(v, decimals) == 0 for v in values):  # no "-0.00"
-            return decimals
-    return 4
 
+    def works(texts: list[str]) -> bool:
+        zero = any(v != 0 and float(t) == 0 for v, t in zip(values, texts, strict=True))
+        return len(set(texts)) == distinct and not zero
 
-def _number(value: float, decimals: int) -> str:
-    return f"{value:.{decimals}f}" if abs(value) < 10 else f"{value:.3g}"
+    if all(abs(v) < 10 for v in values):
+        for decimals in (2, 3, 4):
+            if works([f"{v:.{decimals}f}" for v in values]):
+                return lambda v, d=decimals: f"{v:.{d}f}"
+    for digits in range(3, 8):
+        if works([f"{v:.{digits}g}" for v in values]):
+            return lambda v, d=digits: f"{v:.{d}g}"
+    return lambda v: f"{v:.8g}"
 
 
 def format_score(score: Score | None) -> str:
-    """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined), with as many
-    decimals as its quartiles need (``uncertainty``)."""
+    """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined), in the format
+    its quartiles share (``quartile_band``)."""
     if score is None or not math.isfinite(score.median):
         return "—"
-    text = _number(score.median, _decimals(score))
+    text = _formatter(score)(score.median)
     if int(score.censored.sum()):
         text = f"≥ {text}"
     return text
 
 
 def quartile_band(score: Score | None) -> str:
-    """'[0.906, 0.928]': Q1 and Q3 with the median's decimals ('undefined' without one)."""
+    """'[0.911, 0.917]': Q1 and Q3 in the median's format ('undefined' without one)."""
     if score is None or not math.isfinite(score.median):
         return "undefined"
-    decimals = _decimals(score)
-    return f"[{_number(score.q1, decimals)}, {_number(score.q3, decimals)}]"
+    number = _formatter(score)
+    return f"[{number(score.q1)}, {number(score.q3)}]"
 
 
 def uncertainty(score: Score | None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from coherence.analysis.estimators import Estimator
@@ -324,14 +325,12 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
     container) still offers its cached analyses; the caller checks that the selection's key
     is the stored one (same files, not merely the same names)."""
 
-    def inside(path: Any, parent: os.PathLike) -> str | None:
+    def inside(path: Any, parent: Path) -> str | None:
         """The directory name of ``path`` when it lies directly in ``parent`` or in a folder
-        of the same name (the same layout under another workspace root)."""
+        of the layout's name (``parent.name``: the same layout under another root)."""
         real = os.path.realpath(str(path))
         folder = os.path.dirname(real)
-        if folder != os.path.realpath(parent) and (
-            os.path.basename(folder) != os.path.basename(os.path.realpath(parent))
-        ):
+        if folder != os.path.realpath(parent) and os.path.basename(folder) != parent.name:
             return None
         return os.path.basename(real)
 

@@ -217,11 +217,21 @@ def _group_control(control: Group, scope: Scope) -> None:
         _group_widgets(scope.catalog, entry, control, "Second model group")
 
 
-def _switch(catalog: Catalog, choices: dict[str, Selection]) -> None:
-    """Callback: the chosen cached analysis into the widgets (device kept)."""
-    chosen = choices.get(st.session_state.get("cached_pick"))
+def _switch(catalog: Catalog, choices: dict[str, Selection], keys: dict[str, str]) -> None:
+    """Callback: the chosen cached analysis into the widgets (device kept). Its files are
+    checked here, on the click, not for every listed entry on every page load (that hashes
+    each entry's checkpoints and dataset files: minutes for a large dataset that was moved)."""
+    label = st.session_state.get("cached_pick")
+    chosen = choices.get(label)
     if chosen is None:
         return
+    st.session_state.pop("cached_note", None)
+    if not _same_files(catalog, chosen, keys[label]):
+        st.session_state.cached_note = (
+            "The files behind this entry changed since it was analysed (a checkpoint or "
+            "dataset rewritten under the same name), so its cached result is not served for "
+            "them: Compute analyses the files as they are now."
+        )
     current = current_selection_or_none(catalog)
     if current is not None:
         chosen = replace(chosen, device=current.device)
@@ -230,10 +240,11 @@ def _switch(catalog: Catalog, choices: dict[str, Selection]) -> None:
 
 def _same_files(catalog: Catalog, selection: Selection, key: str) -> bool:
     """The selection made here has the stored entry's key: its files are the ones analysed
-    (a moved workspace's entries match; a checkpoint retrained under the same name does not)."""
+    (a moved workspace's entries match; a checkpoint retrained under the same name does not).
+    The device is not part of the key: an entry computed on a GPU matches on a CPU machine."""
     try:
-        return request_key(selection.to_request(catalog.root)) == key
-    except CoherenceError:
+        return request_key(replace(selection, device="auto").to_request(catalog.root)) == key
+    except (CoherenceError, OSError):
         return False
 
 
@@ -241,13 +252,15 @@ def _cached_analyses(catalog: Catalog) -> None:
     """The workspace's cached analyses (any visitor's, the CLI's, the demo's), one pick and
     a button away: switching to one draws it from the cache, no computation."""
     choices: dict[str, Selection] = {}
+    keys: dict[str, str] = {}
     for key, _stored, request in loaders.cached_analyses(catalog.root):
         selection = from_request(catalog, request)
-        if selection is None or not _same_files(catalog, selection, key):
+        if selection is None:
             continue
         group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
         label = f"{selection.dataset} · {group} · {describe(selection)} · {key[:8]}"
         choices.setdefault(label, selection)
+        keys.setdefault(label, key)
     with st.expander(f"Cached analyses ({len(choices)})", icon=":material/history:"):
         if not choices:
             st.caption("Nothing is cached in this workspace yet.")
@@ -267,6 +280,8 @@ def _cached_analyses(catalog: Catalog) -> None:
             icon=":material/swap_horiz:",
             disabled=picked == current,
             on_click=_switch,
-            args=(catalog, choices),
+            args=(catalog, choices, keys),
             width="stretch",
         )
+        if note := st.session_state.get("cached_note"):
+            st.warning(note, icon=":material/warning:")

@@ -256,6 +256,9 @@ def test_png_text_chunks_round_trip_with_valid_crcs():
     assert E.png_text(out)["Description"] == "√N ✓"
     assert E.png_text(out)["damping lambda"] == "1e-4"  # a Latin-1 keyword, spelled out
     assert E.png_keyword("Ĥ on √N") == "H on square root N"
+    assert E.png_keyword("a\x00b\tc") == "a b c"  # no NUL (it ends the keyword) or control
+    long = E.png_keyword("x" * 78 + " λ")
+    assert len(long) <= 79 and long == long.strip()
     assert json.loads(E.png_text(out)["provenance"]) == {"λ": 1e-4}
     offset = 8
     while offset < len(out):  # every chunk's CRC checks out

@@ -465,6 +465,13 @@ def test_log_axes_label_every_tick_in_full():
     assert big["tickvals"] == [2.9e6, 3e6, 3.1e6]
     mixed = F.log_axis(np.array([2e4, 3e6]), title="λ")["ticktext"]  # one notation
     assert "2×10⁴" in mixed and "5×10⁴" in mixed and not any(t.isascii() for t in mixed)
+    for data in ([0.9131, 0.9135], [2.93e6, 2.96e6], [41.2, 41.9]):  # between round values
+        axis = F.log_axis(np.array(data), title="λ")
+        inside = [v for v in axis["tickvals"] if data[0] <= v <= data[1]]
+        assert len(inside) >= 2, (data, axis["tickvals"])  # plotly draws only the data range
+        assert len(set(axis["ticktext"])) == len(axis["ticktext"]), axis["ticktext"]
+    small_and_large = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]
+    assert not any(t.isascii() for t in small_and_large)  # 10⁻³, not 0.001 beside 10⁻⁵
     wide = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]
     assert wide[0] == "10⁻⁹" and all("×" not in t for t in wide)
     assert F.number_label(2e-5) == "2×10⁻⁵" and F.number_label(0.02) == "0.02"

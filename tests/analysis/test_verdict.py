@@ -59,3 +59,8 @@ def test_a_score_and_its_quartiles_share_the_decimals_that_tell_them_apart():
     small = score([-0.0269, -0.0125, -0.0112, 0.00641])  # Q1 −0.0161, median −0.0119, Q3 −0.0068
     assert format_score(small) == "-0.012" and quartile_band(small) == "[-0.016, -0.007]"
     assert quartile_band(None) == "undefined"
+    tiny = score([1e-5, 3e-5, 5e-5, 7e-5])  # e.g. the inter/intra ratio of unrelated classes
+    assert format_score(tiny) == "4e-05" and quartile_band(tiny) == "[2.5e-05, 5.5e-05]"
+    assert "0.0000" not in quartile_band(score([-1e-5, -2e-5, -3e-5]))
+    large = score([10.41, 10.43, 10.45])  # above 10: significant digits, still apart
+    assert format_score(large) == "10.43" and quartile_band(large) == "[10.42, 10.44]"

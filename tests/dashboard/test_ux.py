@@ -207,22 +207,41 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
 def test_a_moved_workspace_still_lists_its_cached_analyses(workspace, tmp_path, monkeypatch):
     """The stored requests name the files by absolute path; a copy of the workspace under
     another root (moved, mounted in a container) still offers them, and one switches to a
-    cached result. A checkpoint retrained under the same name drops its entries."""
+    cached result. An entry whose checkpoint was rewritten under the same name is still
+    listed, but the click says its files changed (checked then, not on every page load)."""
     moved = copy_workspace(workspace, tmp_path / "elsewhere" / "ws")
     at = open_app(moved, monkeypatch)
     pick = at.selectbox(key="cached_pick")
-    assert len(pick.options) == len(
-        open_app(workspace, monkeypatch).selectbox(key="cached_pick").options
-    )
+    here = open_app(workspace, monkeypatch).selectbox(key="cached_pick")
+    assert len(pick.options) == len(here.options) > 0
     vit = next(o for o in pick.options if "ViT" in o)
     pick.set_value(vit).run()
     at.button(key="cached_switch").click().run()
     assert_clean(at)
     assert "**ViT**: cached result" in texts(at.caption)
+    assert "files behind this entry changed" not in texts(at.warning)
     weights = checkpoints_dir(moved) / "vit_tiny_s1" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # other weights
     at = open_app(moved, monkeypatch)
-    assert not any("ViT" in o for o in at.selectbox(key="cached_pick").options)
+    at.selectbox(key="cached_pick").set_value(vit).run()
+    at.button(key="cached_switch").click().run()
+    assert "files behind this entry changed" in texts(at.warning)
+    assert "**ViT**: cached result" not in texts(at.caption)
+
+
+def test_an_entry_computed_on_a_gpu_is_offered_on_a_cpu_machine(workspace, monkeypatch):
+    """The device is not part of the cache key: a request stored with device cuda (computed
+    on a GPU box, the workspace then mounted on a laptop) is listed and served here."""
+    from coherence.dashboard import sidebar
+    from coherence.dashboard.selection import from_request
+
+    catalog = scan_workspace(workspace)
+    runner = JobRunner(workspace)
+    request = default_selection(workspace).to_request(workspace)
+    stored = request.to_dict() | {"device": "cuda"}
+    selection = from_request(catalog, stored)
+    assert selection is not None and selection.device == "cuda"
+    assert sidebar._same_files(catalog, selection, runner.key(request))
 
 
 def test_plural_and_seed_chips(workspace, monkeypatch):

@@ -212,24 +212,40 @@ def square_width(fig: go.Figure, *, colorbar: int = 110) -> int:
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
-def number_label(value: float, *, power_from: float = 1e5) -> str:
+def number_label(value: float, *, power_from: float = 1e5, digits: int = 3) -> str:
     """A short unambiguous tick label: '0.02', '5000', '2×10⁻⁵', '10⁶' (never SI 'M', never
     'e+03', never a bare mantissa digit). ``power_from``: the magnitude from which powers of
-    ten are used (an axis that reaches 10⁵ writes 5×10⁴ too, not 50000 beside 2×10⁶)."""
+    ten are used (0: always). ``digits``: significant digits, more where ticks are close
+    together."""
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
     if 1e-3 <= abs(value) < power_from:
-        text = f"{value:.3g}"
+        text = f"{value:.{digits}g}"
         return f"{value:.0f}" if "e" in text else text  # 5000, not 5e+03
     exponent = math.floor(math.log10(abs(value)))
     mantissa = value / 10**exponent
-    head = f"{mantissa:.2g}×" if round(mantissa, 2) != 1 else ""
+    head = f"{mantissa:.{digits}g}×" if round(mantissa, 6) != 1 else ""
     return f"{head}10{str(exponent).translate(_SUPERSCRIPT)}"
+
+
+def _narrow_ticks(low: float, high: float) -> tuple[list[float], int]:
+    """Two to four round values inside [low, high] (a range holding fewer than two 1-2-5
+    ticks) and the significant digits that keep them apart and inside the range."""
+    if high <= low:
+        return [low], 3
+    for digits in range(2, 8):
+        ticks = sorted({float(f"{v:.{digits}g}") for v in np.geomspace(low, high, 4)})
+        inside = [v for v in ticks if low <= v <= high]
+        if len(inside) >= 2:
+            return inside, digits
+    return [low, high], 8
 
 
 def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     """Settings of a log axis over the positive finite values of ``arrays``: ticks at 1, 2, 5
-    × 10ᵏ (powers of ten only beyond four decades), each labelled in full (number_label)."""
+    × 10ᵏ (powers of ten only beyond four decades), or round values inside a narrow range,
+    each labelled in full (number_label) and in one notation along the axis: powers of ten
+    throughout where one tick needs one (10⁻⁹ … 10³, not 10⁻⁵ beside 0.001)."""
     settings: dict[str, Any] = {"type": "log", "title": axis_title(title)}
     values = np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays])
     values = values[np.isfinite(values) & (values > 0)]
@@ -241,15 +257,11 @@ def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     step = max(1, math.ceil((hi - lo) / 8))
     ticks = [m * 10.0**k for k in decades for m in mantissas if (k - lo) % step == 0]
     inside = [v for v in ticks if values.min() <= v <= values.max()]
-    if len(inside) < 2:  # a narrow range: a few round values across it
-        spread = (
-            np.geomspace(values.min(), values.max(), 4)
-            if values.max() > values.min()
-            else [values.min()]
-        )
-        ticks = sorted({float(f"{v:.2g}") for v in spread})
+    digits = 3
+    if len(inside) < 2:  # a narrow range: round values inside it, as precise as needed
+        ticks, digits = _narrow_ticks(float(values.min()), float(values.max()))
     else:
         ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
-    power_from = 1e3 if max(ticks) >= 1e5 else 1e5  # one notation along the axis
-    labels = [number_label(v, power_from=power_from) for v in ticks]
+    powers = any(not 1e-3 <= v < 1e5 for v in ticks)
+    labels = [number_label(v, power_from=0 if powers else 1e5, digits=digits) for v in ticks]
     return settings | {"tickvals": ticks, "ticktext": labels}

@@ -136,10 +136,17 @@ PAGE_STYLE = (
 
 
 def meta_table(meta: Mapping[str, Any], *, heading: str = "Parameters and provenance") -> str:
-    """An HTML table of key → value (every value escaped): the footer of an HTML export."""
+    """An HTML table of key → value (every value escaped; an http(s) address as a link):
+    the footer of an HTML export."""
+
+    def cell(value: Any) -> str:
+        text = html.escape(as_text(value))
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            return f"<a href='{html.escape(value, quote=True)}'>{text}</a>"
+        return text
+
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(as_text(v))}</td></tr>"
-        for k, v in meta.items()
+        f"<tr><th>{html.escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in meta.items()
     )
     return f"<table class='meta'><caption>{html.escape(heading)}</caption>{rows}</table>"
 

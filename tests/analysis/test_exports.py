@@ -302,3 +302,16 @@ def test_exports_and_report_never_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_meta_table_links_web_addresses_and_escapes_everything():
+    table = E.meta_table(
+        {
+            "dashboard link": "http://host:8501/?data=a&est=b",
+            "note": "<script>x</script>",
+            "path": "javascript:alert(1)",
+        }
+    )
+    assert "<a href='http://host:8501/?data=a&amp;est=b'>" in table  # clickable, escaped
+    assert "<script>" not in table and "&lt;script&gt;" in table
+    assert "href='javascript" not in table  # only http(s) becomes a link

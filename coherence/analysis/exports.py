@@ -192,14 +192,20 @@ def figure_image(
     fig: go.Figure,
     fmt: str = "png",
     *,
-    width: int = PUBLICATION_WIDTH,
+    width: int | None = None,
     height: int | None = None,
-    scale: float = PUBLICATION_SCALE,
+    scale: float | None = None,
     meta: Mapping[str, Any] | None = None,
 ) -> bytes:
     """PNG or SVG bytes of ``fig`` at publication resolution, with ``meta`` (caption,
     provenance) embedded: PNG text chunks (iTXt) plus a 300 dpi pHYs chunk, SVG <title>,
-    <desc> and <metadata>. Raises ExportError (one sentence) when it cannot render here."""
+    <desc> and <metadata>. Raises ExportError (one sentence) when it cannot render here.
+
+    Default size: the figure's own layout width (a square map with its colour bar, drawn
+    without blank bands) or PUBLICATION_WIDTH, scaled so a PNG is always 3000 px wide."""
+    width = width or fig.layout.width or PUBLICATION_WIDTH
+    if scale is None:
+        scale = PUBLICATION_WIDTH * PUBLICATION_SCALE / width
     if fmt not in ("png", "svg"):
         raise RequestError(f"format={fmt!r}: choose png or svg")
     problem = image_export_problem()

@@ -57,12 +57,35 @@ def scores(ctx: PanelContext) -> None:
     )
 
 
+TOUR_COOKIE = "coherence_tour"  # "off" once dismissed in this browser
+
+
 def _dismiss_tour() -> None:
     st.session_state[TOUR_KEY] = True
 
 
+def tour_dismissed() -> bool:
+    """Dismissed in this session, or earlier in this browser (a cookie: the tour is for a
+    first visit, not for every reload)."""
+    return bool(st.session_state.get(TOUR_KEY)) or st.context.cookies.get(TOUR_COOKIE) == "off"
+
+
+def remember_tour_dismissal() -> None:
+    """Once dismissed in this session, set the browser's cookie (once): later visits from
+    this browser open without the tour. A link shared with a collaborator still shows it."""
+    dismissed_now = st.session_state.get(TOUR_KEY) and not st.session_state.get("tour_cookie")
+    if dismissed_now and st.context.cookies.get(TOUR_COOKIE) != "off":
+        st.session_state.tour_cookie = True
+        st.html(
+            f"<script>document.cookie = '{TOUR_COOKIE}=off; max-age=31536000; path=/; "
+            "SameSite=Lax';</script>",
+            unsafe_allow_javascript=True,
+        )
+
+
 def tour(*, beside: bool = False) -> None:
-    """A short, dismissible introduction for first-time visitors (once per session);
+    """A short, dismissible introduction for first-time visitors (until dismissed in this
+    browser);
     ``beside``: in a column next to the scores, its button under the text."""
     with st.container(border=True, horizontal=not beside, vertical_alignment="center"):
         st.markdown(TOUR, width="stretch")
@@ -74,7 +97,8 @@ def headline(ctx: PanelContext) -> None:
     above the tabs (drawn after the open tab's chart, so they never delay it); then the
     one-click report of the whole selection. The first-visit tour sits beside one group's
     scores (above two groups'), so it does not push the headline heatmap below the fold."""
-    first_visit = not st.session_state.get(TOUR_KEY)
+    first_visit = not tour_dismissed()
+    remember_tour_dismissal()
     if first_visit and len(ctx.ready) == 1:
         scores_at, aside = st.columns([2, 1], gap="medium")
         with aside:

@@ -13,9 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR, PAPER_RTOL
-
-_ARCH_NAMES = {"unet": "UNet", "vit": "ViT"}  # as the paper writes them
+from coherence.analysis.vocabulary import ARCH_LABELS, DEFAULT_ESTIMATOR, PAPER_RTOL
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -165,7 +163,7 @@ def residual_summary(
     quoted = {arch: PAPER_RTOL[arch]} if arch in PAPER_RTOL else PAPER_RTOL
     within = ", ".join(
         f"{sum(v <= rtol for v in values)} at {_paper_notation(rtol)}"
-        + ("" if len(quoted) == 1 else f" ({_ARCH_NAMES.get(a, a)})")
+        + ("" if len(quoted) == 1 else f" ({ARCH_LABELS.get(a, a)})")
         for a, rtol in quoted.items()
     )
     line = (

@@ -81,6 +81,21 @@ def table_csv(columns: Mapping[str, Any]) -> bytes:
 
 def two_time_csv(V: Any, times: Any, *, steps: Any = None) -> bytes:
     """Long format of V [T_r, T_p]: t_p, t_r, value (plus step_p, step_r with ``steps``)."""
+    return table_csv(_two_time_columns(V, times, steps))
+
+
+def epoch_maps_csv(maps: Sequence[Any], epochs: Sequence[float], times: Any) -> bytes:
+    """epoch, t_p, t_r, value: each epoch's two-time map V [T_r, T_p] in ``two_time_csv``'s
+    long format, one block per epoch (the training-dynamics panel's maps)."""
+    if len(maps) != len(epochs) or not maps:
+        raise RequestError(f"{len(maps)} maps for {len(epochs)} epochs: give one map per epoch")
+    blocks = [_two_time_columns(v, times) for v in maps]
+    cells = len(blocks[0]["value"])
+    columns = {"epoch": np.repeat([f"{e:g}" for e in epochs], cells)}
+    return table_csv(columns | {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]})
+
+
+def _two_time_columns(V: Any, times: Any, steps: Any = None) -> dict[str, Any]:
     v, t = to_numpy(V), to_numpy(times)
     if v.shape != (len(t), len(t)):
         raise RequestError(f"V has shape {v.shape}; expected [T_r, T_p] = {(len(t), len(t))}")
@@ -92,7 +107,7 @@ def two_time_csv(V: Any, times: Any, *, steps: Any = None) -> bytes:
         if k.shape != t.shape:
             raise RequestError(f"steps has shape {k.shape}; give one step per time ({len(t)})")
         columns |= {"step_p": k[p.ravel()], "step_r": k[r.ravel()]}
-    return table_csv(columns | {"value": v.ravel()})
+    return columns | {"value": v.ravel()}
 
 
 def class_matrix_csv(M: Any, classes: Sequence[str]) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from types import MappingProxyType
 
 from coherence.errors import RequestError, parse_choice
 
@@ -71,6 +72,7 @@ EKFAC_KRYLOV_DEPTH = 1
 MAX_DEPTH = 16
 CG_MAX_ITER = 500  # default iteration cap per cg column
 PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4: the paper's cg tolerances
+ARCH_LABELS = MappingProxyType({"unet": "UNet", "vit": "ViT"})  # as the paper writes them
 
 
 def default_energy_threshold(estimator: Estimator) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from coherence.analysis.vocabulary import ARCH_LABELS
 from coherence.errors import CheckpointError, CoherenceError
 from coherence.simulation.classes import CLASSES
 from coherence.simulation.dataset import SPLITS, dataset_files, open_dataset, stat_signature
@@ -32,7 +33,6 @@ from coherence.surrogates import snapshots
 from coherence.surrogates.registry import ARCHITECTURES, model_from_config_dict
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
-ARCH_LABELS = MappingProxyType({"unet": "UNet", "vit": "ViT"})
 ARCH_ORDER = ("unet", "vit")
 CONSERVED_FAMILY = "euler"  # mass and energy responses exist for compressible Euler only
 

@@ -242,7 +242,7 @@ def test_epoch_maps_download_as_one_long_csv():
     import csv
     import io
 
-    from coherence.dashboard.panels.dynamics import epoch_maps_csv
+    from coherence.analysis.tables import epoch_maps_csv
 
     maps = [np.arange(4.0).reshape(2, 2), -np.arange(4.0).reshape(2, 2)]
     rows = list(csv.DictReader(io.StringIO(epoch_maps_csv(maps, [1.0, 8.0], [0.0, 0.05]).decode())))

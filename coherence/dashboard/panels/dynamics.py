@@ -12,7 +12,7 @@ import streamlit as st
 
 from coherence.analysis.figures.dynamics import dynamics_figure, epoch_heatmaps
 from coherence.analysis.summaries import training_curves, two_time_map
-from coherence.analysis.tables import two_time_csv
+from coherence.analysis.tables import epoch_maps_csv
 from coherence.analysis.trends import trends
 from coherence.dashboard import compute, loaders, sweeps
 from coherence.dashboard.markup import code, literal
@@ -158,15 +158,6 @@ def trends_csv(by_series: dict, x_name: str) -> bytes:
                     ]
                 )
     return buffer.getvalue().encode()
-
-
-def epoch_maps_csv(maps: list[np.ndarray], epochs: list[float], times) -> bytes:
-    """epoch, t_p, t_r, value: each epoch's two-time map in the long format of
-    ``two_time_csv``, one block per epoch."""
-    blocks = [two_time_csv(v, times).decode().splitlines() for v in maps]
-    header = "epoch," + blocks[0][0]
-    lines = [f"{e:g},{line}" for e, block in zip(epochs, blocks, strict=True) for line in block[1:]]
-    return ("\n".join([header, *lines]) + "\n").encode()
 
 
 def _num(value: float) -> str:

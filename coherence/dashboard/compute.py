@@ -294,17 +294,18 @@ def _group_status(root: Path, group: GroupState) -> bool:
             if result.provenance.get("device") == ASSEMBLED
             else "computed"
         )
+        residuals = residual_summary(
+            result.diagnostics, caveat=False, arch=_arch(root, group.checkpoints)
+        )
+        # one caption, not two: every line above the tabs pushes the heatmap down
         st.caption(
             f":material/check_circle: **{literal(group.label)}**: cached result, {how} "
             f"{format_duration(status.age_seconds)} ago "
-            f"(key {code(group.key[:12])})"
+            f"(key {code(group.key[:12])})" + (f" · {literal(residuals)}" if residuals else ""),
+            help=RESIDUAL_CAVEAT if residuals else None,
         )
         if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
             st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
-        if residuals := residual_summary(
-            result.diagnostics, caveat=False, arch=_arch(root, group.checkpoints)
-        ):
-            st.caption(f"{literal(group.label)}: {literal(residuals)}", help=RESIDUAL_CAVEAT)
         return True
     if status.state == "failed":
         st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")

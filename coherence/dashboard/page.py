@@ -29,6 +29,17 @@ TAGLINE = (
     "Influence diagnostics for autoregressive PDE surrogates: did the model learn the "
     "dynamics, or memorize its training data one time step at a time?"
 )
+# Streamlit's wide layout leaves 6rem above the title and 5rem either side: on a 1024×768
+# laptop that pushed the headline heatmap 45 px below the fold. Tighter margins (the top one
+# still clears the toolbar) and a
+# smaller title) keep the verdict, the scores in one row and the heatmap's top in view.
+COMPACT_STYLE = """<style>
+[data-testid="stMainBlockContainer"] { padding-top: 4rem; }
+[data-testid="stMainBlockContainer"] h1 { font-size: 2.1rem; padding: 0.25rem 0; }
+@media (max-width: 1280px) {
+  [data-testid="stMainBlockContainer"] { padding-left: 2rem; padding-right: 2rem; }
+}
+</style>"""
 
 
 _startup_heap = threading.Event()
@@ -61,7 +72,10 @@ def _run() -> None:
     st.set_page_config(
         page_title=TITLE, page_icon="🌀", layout="wide", initial_sidebar_state="expanded"
     )
-    st.title(TITLE, anchor=False)
+    st.html(COMPACT_STYLE)  # styles only: Streamlit gives it no space on the page
+    header = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    header.title(TITLE, anchor=False, width="content")
+    report_slot = header.container(width="content", horizontal_alignment="right")
     st.caption(TAGLINE)
     root = workspace_root()
     catalog = loaders.catalog(root)
@@ -83,14 +97,15 @@ def _run() -> None:
         st.error("The sidebar holds an incomplete selection; pick a dataset and a model.")
     else:
         sidebar.sync_url(selection)
-        _main(root, catalog, selection, cuda)
+        _main(root, catalog, selection, cuda, report_slot)
     sidebar.draw(catalog, cuda_available=cuda)  # last: the heatmap reaches the browser first
     with st.sidebar:
         _skipped_entries(catalog)
 
 
-def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool) -> None:
-    """Status and compute bar, headline scores, the tabs of panels, the analysis files."""
+def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool, report_slot) -> None:
+    """Status and compute bar, headline scores, the tabs of panels, the analysis files;
+    the report button goes to ``report_slot`` beside the title."""
     issues = problems(selection, catalog, cuda_available=cuda)
     if issues:
         labels = compute.group_labels(catalog, selection)
@@ -123,7 +138,7 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool) -> Non
         notes.warning(literal(warning), icon=":material/link_off:")
     if ctx.ready:
         with scores_row:
-            _guarded(headline, ctx)
+            _guarded(lambda c: headline(c, report_slot), ctx)
     _details(ctx)
 
 

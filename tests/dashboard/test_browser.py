@@ -377,7 +377,18 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     assert again.get_by_text("What am I looking at?").count() == 0
     again.close()
     box = page.locator(HEATMAP).first.bounding_box()
-    assert box["y"] + box["height"] / 2 < 1000, box  # the headline heatmap: above the fold
+    assert box["y"] + box["height"] <= 1000, box  # the headline heatmap: wholly above the fold
+    report = page.get_by_role("button", name="Report (HTML)").bounding_box()
+    title = page.get_by_role("heading", name="Coherence Explorer").bounding_box()
+    assert abs(report["y"] + report["height"] / 2 - (title["y"] + title["height"] / 2)) < 12
+    page.set_viewport_size({"width": 1024, "height": 768})  # a small laptop
+    settle(page, 1.0)
+    labels = settled_elements(page, "[data-testid=stMetricLabel]", 4)
+    assert len({round(label.bounding_box()["y"]) for label in labels}) == 1  # one row
+    box = page.locator(HEATMAP).first.bounding_box()
+    assert box["y"] + box["height"] / 4 < 768, box  # the map's top rows in view
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    settle(page, 1.0)
 
     with page.expect_download() as download:  # a PNG at publication resolution
         page.get_by_role("button", name="Figure (PNG)").click()

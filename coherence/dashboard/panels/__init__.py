@@ -28,9 +28,9 @@ def _settled(render: Render) -> Render:
     """``render`` after any pandas import of another script thread is complete."""
 
     @functools.wraps(render)
-    def run(ctx: PanelContext) -> None:
+    def run(ctx: PanelContext, *args: object) -> None:
         settle_imports()
-        render(ctx)
+        render(ctx, *args)
 
     return run
 

@@ -92,11 +92,12 @@ def tour(*, beside: bool = False) -> None:
         st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
 
 
-def headline(ctx: PanelContext) -> None:
+def headline(ctx: PanelContext, report_slot=None) -> None:
     """Per group: a plain-language verdict and four metrics with units and reference marks,
-    above the tabs (drawn after the open tab's chart, so they never delay it); then the
-    one-click report of the whole selection. The first-visit tour sits beside one group's
-    scores (above two groups'), so it does not push the headline heatmap below the fold."""
+    above the tabs (drawn after the open tab's chart, so they never delay it); and the
+    one-click report of the whole selection, in ``report_slot`` (beside the page title) or
+    after the scores. The first-visit tour sits beside one group's scores (above two
+    groups'), so it does not push the headline heatmap below the fold."""
     first_visit = not tour_dismissed()
     remember_tour_dismissal()
     if first_visit and len(ctx.ready) == 1:
@@ -108,15 +109,14 @@ def headline(ctx: PanelContext) -> None:
             tour()
         scores_at = st.container()
     with scores_at:
-        row = None
         if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
             for group in ctx.ready:
-                row = _group_scores(group)
-        report_button(ctx, row)
+                _group_scores(group)
+    report_button(ctx, report_slot)
 
 
-def _group_scores(group):
-    """The group's verdict line and metric row (returned: the report button joins it)."""
+def _group_scores(group) -> None:
+    """The group's verdict line and metric row."""
     scores = loaders.scores(group.key, group.result)
     table = {s.name: s for s in scores.as_list()}
     n = len(group.result.checkpoints)
@@ -124,11 +124,11 @@ def _group_scores(group):
         f"**{literal(group.label)}** · {n} seed{'s' if n != 1 else ''} · {literal(verdict(scores))}"
     )
     # fixed-width cells in a wrapping row: on a narrow screen they move to the next line
-    # instead of truncating their labels
-    row = st.container(horizontal=True, gap="medium")
+    # instead of truncating their labels (all four fit one row from a 1024 px window)
+    row = st.container(horizontal=True, gap="small")
     for ref in REFERENCES:
         score = table.get(ref.name)
-        cell = row.container(width=155, gap=None)  # "Diagonal dominance" and its help icon
+        cell = row.container(width=150, gap=None)  # "Diagonal dominance" and its help icon
         cell.metric(
             ref.title,
             format_score(score),
@@ -136,7 +136,6 @@ def _group_scores(group):
             f"{literal(uncertainty(score))}.",
         )
         cell.caption(literal(quartile_band(score)) + "  \n" + literal(ref.short))
-    return row
 
 
 def _page_link(shown: Selection) -> str:
@@ -149,15 +148,15 @@ def _page_link(shown: Selection) -> str:
     return f"{base.rstrip('/')}/?{query}" if base and query else base
 
 
-def report_button(ctx: PanelContext, row=None) -> None:
-    """The selection's self-contained HTML report (what one emails after a demo), at the
-    end of ``row`` when given."""
+def report_button(ctx: PanelContext, slot=None) -> None:
+    """The selection's self-contained HTML report (what one emails after a demo), in
+    ``slot`` when given."""
     if not ctx.ready:
         return
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
     scale = ctx.scale("two_time")  # the heatmaps as the two-time panel shows them
     link = _page_link(ctx.selection)
-    (row if row is not None else st).download_button(
+    (slot if slot is not None else st).download_button(
         "Report (HTML)",
         data=lambda: build_report(
             ctx.root, ctx.catalog, ctx.selection, groups=groups, link=link, scale=scale

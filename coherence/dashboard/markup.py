@@ -6,7 +6,9 @@ widget labels, help tooltips and progress texts. A value such as ``![x](https://
 in a URL parameter would otherwise make every visitor's browser fetch from that server, and
 ``[x](https://evil)`` would render a clickable link. The rule: every such text passes
 through ``literal`` (or ``code``) where it is interpolated into markdown; constant prose
-written here may use markdown freely. HTML is never rendered (no ``unsafe_allow_html``).
+written here may use markdown freely. No text from outside reaches HTML: markdown is never
+rendered with ``unsafe_allow_html``, and the two ``st.html`` blocks (the page's style sheet,
+the tour's cookie) are constants.
 """
 
 from __future__ import annotations

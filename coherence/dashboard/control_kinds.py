@@ -224,6 +224,7 @@ class Number(Control):
     default: float = 0.0
     format: str = "%.1e"
     step: float = 1e-4
+    decades: bool = False  # − / + divide / multiply by 10 (see ``step_decade``)
     widget: str = "number_input"
 
     def parse(self, raw: str, scope: Scope) -> float:
@@ -237,9 +238,6 @@ class Number(Control):
 
     def to_state(self, value: Any, scope: Scope) -> Any:
         return float(value)
-
-    def read(self, state: State, scope: Scope) -> dict[str, Any]:
-        return self.assign(float(state[self.state]))
 
     def reset(self, scope: Scope) -> float:
         return self.default
@@ -255,6 +253,40 @@ class Number(Control):
             "min_value": lo,
             "max_value": hi,
             "format": self.format,
-            "step": self.step,
+            "step": self.nudge if self.decades else self.step,
             "help": self.help,
         }
+
+    @property
+    def nudge(self) -> float:
+        """The widget's own step when ``decades``: the smallest value, which ``step_decade``
+        recognises and turns into a decade (a typed value never differs by exactly that)."""
+        return self.bounds[0]
+
+    def step_decade(self, state: State) -> None:
+        """The widget's on_change when ``decades``: a value one ``nudge`` above or below the
+        last becomes ten times or a tenth of it, within bounds.
+
+        Why: λ spans decades (1e-6 … 1e-1), and a linear step of 1e-4 turned the default into
+        2e-4, 3e-4 on "+" while "−" stayed disabled (1e-4 − 1e-4 is under the bound).
+        """
+        value, last = state[self.state], state.get(self._last_key)
+        if isinstance(last, float) and last > 0:
+            change = value - last
+            if abs(abs(change) - self.nudge) <= 0.5 * self.nudge:
+                lo, hi = self.bounds
+                stepped = last * 10.0 if change > 0 else last / 10.0
+                value = min(hi, max(lo, float(f"{stepped:.6g}")))  # 1e-6, not 1.0…02e-06
+                state[self.state] = value
+        state[self._last_key] = value
+
+    def remember(self, state: State) -> None:
+        """Before drawing the widget: the value the next − / + steps from."""
+        state[self._last_key] = state[self.state]
+
+    @property
+    def _last_key(self) -> str:
+        return f"{self.state}_last"
+
+    def read(self, state: State, scope: Scope) -> dict[str, Any]:
+        return self.assign(float(state[self.state]))

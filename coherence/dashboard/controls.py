@@ -145,7 +145,9 @@ CONTROLS: tuple[Control, ...] = (
         bounds=DAMPING_RANGE,
         what="λ",
         default=DEFAULT_DAMPING,
-        help="λ in η + λI (default 1e-4).",
+        decades=True,
+        help="λ in η + λI (default 1e-4, the paper's). − and + divide and multiply by 10; "
+        "type any other value.",
     ),
     Tolerance(
         key="rtol",

@@ -19,7 +19,7 @@ import streamlit as st
 
 from coherence.cache.keys import request_key
 from coherence.dashboard import controls, loaders
-from coherence.dashboard.control_kinds import Control, Scope
+from coherence.dashboard.control_kinds import Control, Number, Scope
 from coherence.dashboard.control_rows import Dataset, Group, group_label, offered_datasets
 from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import code
@@ -182,7 +182,11 @@ def _draw(control: Control, scope: Scope) -> None:
         _dataset_widget(control, scope)
     elif control.drawn(scope):
         draw_widget = getattr(st, control.widget)
-        draw_widget(control.label, key=control.state, **control.widget_args(scope))
+        args = control.widget_args(scope)
+        if isinstance(control, Number) and control.decades:
+            control.remember(st.session_state)
+            args |= {"on_change": control.step_decade, "args": (st.session_state,)}
+        draw_widget(control.label, key=control.state, **args)
     caption = control.caption(st.session_state, scope)
     if caption:
         st.caption(caption)

@@ -74,6 +74,26 @@ def test_an_uncached_selection_keeps_the_last_figures_marked_stale(workspace, mo
     assert "Stale" not in texts(at.warning)
 
 
+def test_damping_steps_by_decades_and_keeps_typed_values(workspace, monkeypatch):
+    """λ's − / + divide / multiply by 10 (not ±1e-4: "−" was disabled at the default and
+    "+" gave 2e-4); a typed value is kept as typed, and the URL follows."""
+    at = open_app(workspace, monkeypatch)
+    damping = at.number_input(key="sb_damping")
+    assert damping.value == 1e-4
+    damping.increment().run()
+    assert at.number_input(key="sb_damping").value == 1e-3
+    expected_link = replace(default_selection(workspace), damping=1e-3).to_query()
+    assert at.query_params["damping"] == expected_link["damping"]
+    for expected in (1e-4, 1e-5, 1e-6):
+        at.number_input(key="sb_damping").decrement().run()
+        assert at.number_input(key="sb_damping").value == expected  # 1e-6, not 1.0…02e-06
+    at.number_input(key="sb_damping").set_value(3.5e-3).run()  # typed: kept as typed
+    assert at.number_input(key="sb_damping").value == 3.5e-3
+    at.number_input(key="sb_damping").increment().run()  # and steps from there
+    assert at.number_input(key="sb_damping").value == 3.5e-2
+    assert not at.exception
+
+
 def test_the_estimate_next_to_compute_counts_only_the_units_not_cached(workspace):
     catalog = scan_workspace(workspace)
     base = default_selection(workspace)

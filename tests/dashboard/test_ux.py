@@ -139,6 +139,34 @@ def test_the_check_states_its_cost_before_the_click(workspace, monkeypatch):
     )
 
 
+def test_the_check_estimate_times_a_float64_copy_and_leaves_the_cached_model(
+    workspace, monkeypatch
+):
+    """The check's estimate times the solve in float64 (its precision), on a copy: the model
+    every other job and panel loads stays float32."""
+    import torch
+
+    from coherence.dashboard import loaders
+
+    timed = []
+
+    def spy(model, request, inputs):
+        timed.append((next(model.parameters()).dtype, inputs.dtype))
+        return real(model, request, inputs)
+
+    real = compute.estimate_job
+    monkeypatch.setattr(compute, "estimate_job", spy)
+    request = default_selection(workspace).to_request(workspace)
+    compute._job_cost.clear()
+    f32 = compute.job_cost(request)
+    f64 = compute.job_cost(request, float64=True)
+    assert timed == [(torch.float32, torch.float32), (torch.float64, torch.float64)]
+    assert f64[1] == f32[1] and f64[0] > 0  # the same units, timed separately
+    model, _ = loaders.model(request.checkpoints[0])
+    assert next(model.parameters()).dtype == torch.float32
+    compute._job_cost.clear()
+
+
 def test_cuda_on_a_cpu_machine_names_no_missing_button(workspace, monkeypatch):
     if __import__("torch").cuda.is_available():
         pytest.skip("a GPU is visible: cuda is a valid choice here")

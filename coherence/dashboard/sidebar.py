@@ -221,16 +221,16 @@ def _group_control(control: Group, scope: Scope) -> None:
         _group_widgets(scope.catalog, entry, control, "Second model group")
 
 
-def _switch(catalog: Catalog, choices: dict[str, Selection], keys: dict[str, str]) -> None:
+def _switch(catalog: Catalog, choices: dict[str, tuple[Selection, str]]) -> None:
     """Callback: the chosen cached analysis into the widgets (device kept). Its files are
     checked here, on the click, not for every listed entry on every page load (that hashes
     each entry's checkpoints and dataset files: minutes for a large dataset that was moved)."""
-    label = st.session_state.get("cached_pick")
-    chosen = choices.get(label)
-    if chosen is None:
+    entry = choices.get(st.session_state.get("cached_pick"))
+    if entry is None:
         return
+    chosen, key = entry
     st.session_state.pop("cached_note", None)
-    if not _same_files(catalog, chosen, keys[label]):
+    if not _same_files(catalog, chosen, key):
         st.session_state.cached_note = (
             "The files behind this entry changed since it was analysed (a checkpoint or "
             "dataset rewritten under the same name), so its cached result is not served for "
@@ -255,16 +255,14 @@ def _same_files(catalog: Catalog, selection: Selection, key: str) -> bool:
 def _cached_analyses(catalog: Catalog) -> None:
     """The workspace's cached analyses (any visitor's, the CLI's, the demo's), one pick and
     a button away: switching to one draws it from the cache, no computation."""
-    choices: dict[str, Selection] = {}
-    keys: dict[str, str] = {}
+    choices: dict[str, tuple[Selection, str]] = {}  # label → (selection, its cache key)
     for key, _stored, request in loaders.cached_analyses(catalog.root):
         selection = from_request(catalog, request)
         if selection is None:
             continue
         group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
         label = f"{selection.dataset} · {group} · {describe(selection)} · {key[:8]}"
-        choices.setdefault(label, selection)
-        keys.setdefault(label, key)
+        choices.setdefault(label, (selection, key))
     with st.expander(f"Cached analyses ({len(choices)})", icon=":material/history:"):
         if not choices:
             st.caption("Nothing is cached in this workspace yet.")
@@ -277,14 +275,14 @@ def _cached_analyses(catalog: Catalog) -> None:
             key="cached_pick",
             help="Every analysis in this workspace's cache, most recently used first.",
         )
-        picked = choices.get(st.session_state.get("cached_pick"))
+        picked, _ = choices.get(st.session_state.get("cached_pick"), (None, None))
         st.button(
             "Show it" if picked != current else "Shown",
             key="cached_switch",
             icon=":material/swap_horiz:",
             disabled=picked == current,
             on_click=_switch,
-            args=(catalog, choices, keys),
+            args=(catalog, choices),
             width="stretch",
         )
         if note := st.session_state.get("cached_note"):

@@ -345,6 +345,27 @@ def titles_over_plots(page, index: int = 0) -> list:
     )
 
 
+def title_gaps(page, index: int = 0) -> list:
+    """Pixels between each panel title (an annotation) of the index-th chart and the top of
+    the plot area under it: a square map in a half-width column keeps its top there."""
+    return page.evaluate(
+        """i => {
+            const g = document.querySelectorAll('.js-plotly-plot')[i];
+            const areas = [...g.querySelectorAll('.draglayer .nsewdrag')]
+                .map(e => e.getBoundingClientRect());
+            const out = [];
+            for (const t of g.querySelectorAll('.annotation')) {
+                const r = t.getBoundingClientRect();
+                const below = areas.filter(a => a.left < r.right && r.left < a.right
+                    && a.top >= r.bottom - 1);
+                if (below.length) out.push(Math.min(...below.map(a => a.top - r.bottom)));
+            }
+            return out;
+        }""",
+        index,
+    )
+
+
 def assert_fits(fit: dict) -> None:
     assert fit["heatmaps"], fit
     for h in fit["heatmaps"]:
@@ -461,6 +482,8 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     assert len(fit["heatmaps"]) == 2
     assert_fits(fit)
     assert not titles_over_plots(page)  # the right panel's y title stays off the left one
+    gaps = title_gaps(page)
+    assert len(gaps) == 2 and all(g < 24 for g in gaps), gaps  # "UNet", "ViT" on their maps
     shot(page, "23_compare_1024")
     page.get_by_text("Difference map").click()
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
@@ -469,6 +492,8 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     open_tab(page, "Class transfer")
     assert_fits(axis_fit(page))
     assert not titles_over_plots(page)
+    gaps = title_gaps(page)
+    assert len(gaps) == 2 and all(g < 24 for g in gaps), gaps
     shot(page, "24_compare_transfer_1024")
     open_tab(page, "Input distance")
     page.wait_for_selector(".js-plotly-plot .scatterlayer")  # smoothed on first visit

@@ -89,8 +89,10 @@ def side_by_side(
         for axis in ("xaxis", "yaxis"):
             source = fig.layout[axis].to_plotly_json()
             settings = {k: source[k] for k in _AXIS_KEYS if k in source}
-            if "scaleanchor" in source:
+            if "scaleanchor" in source:  # a square map: in a half-width column the
+                # plot shrinks; it keeps its top under its title, the space goes below
                 settings |= {"scaleanchor": _ref(source["scaleanchor"], col)}
+                settings |= {"constraintoward": "top"}
             out.update_layout({axis if col == 1 else f"{axis}{col}": settings})
         for shape in fig.layout.shapes:
             spec = shape.to_plotly_json()

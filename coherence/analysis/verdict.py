@@ -39,8 +39,8 @@ REFERENCES = (
     Reference(
         "decay_length",
         "Lag decay (steps)",
-        "1 step: local · T (the window): never decays",
-        "1 local · T flat",
+        "1 − 1/e ≈ 0.63: perfectly local · T (the window): never decays",
+        "0.63 local · T flat",
     ),
     Reference(
         "inter_intra_ratio",

@@ -252,6 +252,19 @@ def _same_files(catalog: Catalog, selection: Selection, key: str) -> bool:
         return False
 
 
+def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
+    """What tells cached entries apart first (a narrow sidebar cuts the end): the model
+    group, estimator and λ; then the dataset, seeds, batches, window and key."""
+    group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
+    window = f"{selection.t_start}:{selection.t_start + selection.n_steps}"
+    return (
+        f"{group} · {selection.estimator} λ={selection.damping:g} · {selection.dataset} · "
+        f"{plural(len(selection.checkpoints), 'seed')} × "
+        f"{plural(len(selection.trajectories), 'batch', 'batches')} · window {window} · "
+        f"{key[:8]}"
+    )
+
+
 def _cached_analyses(catalog: Catalog) -> None:
     """The workspace's cached analyses (any visitor's, the CLI's, the demo's), one pick and
     a button away: switching to one draws it from the cache, no computation."""
@@ -260,9 +273,7 @@ def _cached_analyses(catalog: Catalog) -> None:
         selection = from_request(catalog, request)
         if selection is None:
             continue
-        group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
-        label = f"{selection.dataset} · {group} · {describe(selection)} · {key[:8]}"
-        choices.setdefault(label, (selection, key))
+        choices.setdefault(_cached_label(catalog, selection, key), (selection, key))
     with st.expander(f"Cached analyses ({len(choices)})", icon=":material/history:"):
         if not choices:
             st.caption("Nothing is cached in this workspace yet.")
@@ -276,11 +287,13 @@ def _cached_analyses(catalog: Catalog) -> None:
             help="Every analysis in this workspace's cache, most recently used first.",
         )
         picked, _ = choices.get(st.session_state.get("cached_pick"), (None, None))
+        shown = picked is not None and current is not None
+        shown = shown and replace(picked, device=current.device) == current  # any device
         st.button(
-            "Show it" if picked != current else "Shown",
+            "Shown" if shown else "Show it",
             key="cached_switch",
             icon=":material/swap_horiz:",
-            disabled=picked == current,
+            disabled=shown,
             on_click=_switch,
             args=(catalog, choices),
             width="stretch",

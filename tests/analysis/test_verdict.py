@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coherence.analysis.scores import compute_scores
+from coherence.analysis.scores import compute_scores, decay_length
 from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
 
 
@@ -41,7 +41,9 @@ def test_formatting_units_censoring_and_marks():
     ]
     assert "0.5 flat" in REFERENCES[0].marks and "1 perfectly local" in REFERENCES[0].marks
     assert REFERENCES[1].title == "Lag decay (steps)"  # the unit on the metric
-    assert all(len(r.short) <= 18 for r in REFERENCES)  # fits a narrow metric cell
+    local, _ = decay_length(np.array([0.0, 0.0, 1.0, 0.0, 0.0]))  # a perfectly local map
+    assert f"{local:.2f} local" in REFERENCES[1].short and f"{local:.2f}" in REFERENCES[1].marks
+    assert all(len(r.short) <= 20 for r in REFERENCES)  # fits a 150 px metric cell
 
 
 def test_a_score_and_its_quartiles_share_the_decimals_that_tell_them_apart():

@@ -250,6 +250,12 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
     assert at.query_params["ckpt"] == "vit_tiny_s1"
     assert "**ViT**: cached result" in texts(at.caption)
     assert charts(at)
+    at.selectbox(key="sb_device").set_value("cpu").run()  # stored with another device
+    shown = at.button(key="cached_switch")
+    assert shown.label == "Shown" and shown.disabled  # the device is not part of the entry
+    # what tells the entries apart comes first (the sidebar cuts long labels)
+    assert all(re.match(r"(UNet|ViT) · \S+ λ=\S+ · ", o) for o in pick.options), pick.options
+    assert len(set(pick.options)) == len(pick.options)
 
 
 def test_a_moved_workspace_still_lists_its_cached_analyses(workspace, tmp_path, monkeypatch):

@@ -385,8 +385,19 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     assert_fits(axis_fit(page))  # the wide tab: the axes span exactly the data
     assert page.get_by_text("What am I looking at?").count() == 1
     box = page.locator(HEATMAP).first.bounding_box()
-    assert box["y"] + box["height"] / 2 < 1000, box  # above the fold with the tour shown
+    assert box["y"] + box["height"] <= 1000, box  # wholly above the fold with the tour shown
+    tour_box = page.get_by_text("What am I looking at?").bounding_box()
+    assert tour_box["x"] > box["x"] + box["width"] / 2, (tour_box, box)  # beside the map
     shot(page, "20_tour_verdict_1600")
+    page.set_viewport_size({"width": 1024, "height": 768})  # a first visit on a small laptop
+    settle(page, 1.0)
+    labels = settled_elements(page, "[data-testid=stMetricLabel]", 4)
+    assert len({round(label.bounding_box()["y"]) for label in labels}) == 1  # one row
+    box = page.locator(HEATMAP).first.bounding_box()
+    assert box["y"] + box["height"] / 4 < 768, box  # the map's top rows in view
+    shot(page, "20a_tour_verdict_1024")
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    settle(page, 1.0)
     page.get_by_role("button", name="Got it").click()
     page.get_by_text("What am I looking at?").wait_for(state="detached")
     settle(page, 1.0)

@@ -26,6 +26,7 @@ from coherence.dashboard.selection import Selection
 from coherence.report import ReportGroup, build_report, report_name
 
 TOUR_KEY = "tour_dismissed"
+TOUR_SHOWN = "tour_shown_in_panel"  # this run's open panel showed the tour (two-time map)
 TOUR = (
     "**What am I looking at?** Each heatmap shows how a gradient step on one example "
     "(column: perturbation time) moves the error on another (row: response time). A bright "
@@ -86,7 +87,7 @@ def remember_tour_dismissal() -> None:
 def tour(*, beside: bool = False) -> None:
     """A short, dismissible introduction for first-time visitors (until dismissed in this
     browser);
-    ``beside``: in a column next to the scores, its button under the text."""
+    ``beside``: in a narrow column (beside the two-time map), its button under the text."""
     with st.container(border=True, horizontal=not beside, vertical_alignment="center"):
         st.markdown(TOUR, width="stretch")
         st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
@@ -96,22 +97,15 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
     """Per group: a plain-language verdict and four metrics with units and reference marks,
     above the tabs (drawn after the open tab's chart, so they never delay it); and the
     one-click report of the whole selection, in ``report_slot`` (beside the page title) or
-    after the scores. The first-visit tour sits beside one group's scores (above two
-    groups'), so it does not push the headline heatmap below the fold."""
-    first_visit = not tour_dismissed()
+    after the scores. The first-visit tour stands beside the two-time map when that panel
+    showed it (one group), otherwise above the scores, never squeezing their row."""
+    in_panel = st.session_state.pop(TOUR_SHOWN, False)
+    if not tour_dismissed() and not in_panel:
+        tour()
     remember_tour_dismissal()
-    if first_visit and len(ctx.ready) == 1:
-        scores_at, aside = st.columns([2, 1], gap="medium")
-        with aside:
-            tour(beside=True)
-    else:
-        if first_visit:
-            tour()
-        scores_at = st.container()
-    with scores_at:
-        if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
-            for group in ctx.ready:
-                _group_scores(group)
+    if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
+        for group in ctx.ready:
+            _group_scores(group)
     report_button(ctx, report_slot)
 
 

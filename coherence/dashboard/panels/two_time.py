@@ -35,6 +35,7 @@ from coherence.dashboard.panels.common import (
     shared_figure,
     widget_value,
 )
+from coherence.dashboard.panels.scores import TOUR_SHOWN, tour, tour_dismissed
 
 INTRA = "intra"
 
@@ -88,6 +89,7 @@ def two_time(ctx: PanelContext) -> None:
     else:
         plot, controls = st.columns([3, 1], gap="medium")
         left = right = third = controls
+    tour_at = controls.container()  # first in the column beside the map, above the selectors
     try:
         with plot:
             _two_time_chart(
@@ -109,6 +111,10 @@ def two_time(ctx: PanelContext) -> None:
             key="two_time_seed",
         )
         scale_selector("two_time", third)
+    if not ctx.compare and not tour_dismissed():  # beside the map it explains: the scores
+        with tour_at:  # above keep their one row and the map stays above the fold
+            tour(beside=True)
+        st.session_state[TOUR_SHOWN] = True
     st.caption(caption)
     _drill_down(ctx, widget_value("two_time_pair", pair_options))
 

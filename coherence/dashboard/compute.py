@@ -297,9 +297,10 @@ def _group_status(root: Path, group: GroupState) -> bool:
         residuals = residual_summary(
             result.diagnostics, caveat=False, arch=_arch(root, group.checkpoints)
         )
-        # one caption, not two: every line above the tabs pushes the heatmap down
+        # one caption, not two: every line above the tabs pushes the heatmap down; a cache
+        # icon, not a check mark, which read as a pass beside residuals that miss the rtol
         st.caption(
-            f":material/check_circle: **{literal(group.label)}**: cached result, {how} "
+            f":material/database: **{literal(group.label)}**: cached result, {how} "
             f"{format_duration(status.age_seconds)} ago "
             f"(key {code(group.key[:12])})" + (f" · {literal(residuals)}" if residuals else ""),
             help=RESIDUAL_CAVEAT if residuals else None,

@@ -270,3 +270,18 @@ def test_each_panel_draws_its_own_numbers(workspace, monkeypatch):
         plotly_array(mass_map["data"][0]["z"]), _intra_by_hand(mass), rtol=1e-6
     )
     assert not np.allclose(_intra_by_hand(mass), _intra_by_hand(h))
+
+
+def test_the_overview_line_names_the_dataset_as_the_catalog_reads_it(workspace, monkeypatch):
+    """Family, grid, snapshots and classes in one line that no narrow column cuts."""
+    from coherence.dashboard.workspace_scan import scan_workspace
+
+    at = open_app(workspace, monkeypatch, {"panel": "Overview"})
+    assert_clean(at)
+    entry = scan_workspace(workspace).datasets[0]
+    h, w = entry.resolution
+    line = (
+        f"**Compressible Euler** · grid {h} × {w} · {len(entry.times)} snapshots "
+        f"(t ≤ {entry.times[-1]:.3g}) · {len(entry.classes)} classes"
+    )
+    assert entry.family == "euler" and line in texts(at.markdown)

@@ -22,18 +22,19 @@ from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
 
 
+FAMILIES = {"euler": "Compressible Euler", "ns": "Incompressible Navier–Stokes"}
+
+
 def overview(ctx: PanelContext) -> None:
     entry = ctx.dataset
     st.subheader(f"Dataset {literal(entry.name)}", anchor=False)
-    cols = st.columns(4)
     h, w = entry.resolution
-    cols[0].metric(
-        "PDE family",
-        {"euler": "Compressible Euler", "ns": "Navier–Stokes"}.get(entry.family, entry.family),
+    family = FAMILIES.get(entry.family, entry.family)
+    # one line, not four metrics: a metric cut "Compressible Euler" to "Compr…" at 1024 px
+    st.markdown(
+        f"**{literal(family)}** · grid {h} × {w} · {len(entry.times)} snapshots "
+        f"(t ≤ {entry.times[-1]:.3g}) · {len(entry.classes)} classes"
     )
-    cols[1].metric("Grid", f"{h} × {w}")
-    cols[2].metric("Snapshots", f"{len(entry.times)} (t ≤ {entry.times[-1]:.3g})")
-    cols[3].metric("Classes", len(entry.classes))
     st.dataframe(
         [
             {"class": c, **{split: entry.counts.get(split, {}).get(c, 0) for split in entry.counts}}

@@ -21,7 +21,6 @@ from coherence.dashboard.panels.common import (
 from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
 
-
 FAMILIES = {"euler": "Compressible Euler", "ns": "Incompressible Navier–Stokes"}
 
 

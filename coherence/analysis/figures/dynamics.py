@@ -296,9 +296,9 @@ def agreement_figure(
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=(
-            f"Per-row rank correlation of Ĥ (median {result.median_correlation:.2f})",
-            f"Two-time map: {a} − {b}",
+        subplot_titles=(  # two lines each: one line ran into the other at 1024 px
+            f"Per-row rank correlation of Ĥ<br>(median {result.median_correlation:.2f})",
+            f"Two-time map:<br>{a} − {b}",
         ),
         horizontal_spacing=0.14,
     )
@@ -331,7 +331,8 @@ def agreement_figure(
         row=1,
         col=2,
     )
-    styled(fig, f"Agreement: {a} vs {b}", height=380)
+    styled(fig, f"Agreement: {a} vs {b}", height=400)
+    fig.update_layout(margin_t=100)  # the title above the two-line panel titles
     fig.update_xaxes(title=axis_title("Spearman ρ per response row"), range=[-1, 1], row=1, col=1)
     fig.update_yaxes(title=axis_title("rows"), row=1, col=1)
     fig.update_xaxes(title=axis_title("perturbation time t_p"), row=1, col=2)

@@ -112,7 +112,7 @@ def _add_field_panels(
         fig.update_xaxes(title=axis_title("x"), constrain="domain", row=1, col=col)
         anchor = "x" if col == 1 else f"x{col}"
         fig.update_yaxes(
-            title=axis_title("y"),
+            title=axis_title("y" if col == 1 else ""),  # a later y title sat under a bar
             scaleanchor=anchor,
             constrain="domain",
             showticklabels=col == 1,  # same grid in every panel: ticks once, on the left
@@ -275,7 +275,7 @@ def input_pair_figure(
         anchor = "x" if col == 1 else f"x{col}"
         fig.update_xaxes(title=axis_title("x"), constrain="domain", range=[0, 1], row=1, col=col)
         fig.update_yaxes(
-            title=axis_title("y"),
+            title=axis_title("y" if col == 1 else ""),  # a later y title sat under a bar
             scaleanchor=anchor,
             constrain="domain",
             range=[0, 1],

@@ -496,6 +496,12 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     gaps = title_gaps(page)
     assert len(gaps) == 2 and all(g < 24 for g in gaps), gaps  # "UNet", "ViT" on their maps
     shot(page, "23_compare_1024")
+    with page.expect_download() as download:  # a group's CSV says whose values it holds
+        page.get_by_role("button", name="Data ViT (CSV)").click()
+    header = [
+        line for line in Path(download.value.path()).read_text().splitlines() if line[:1] == "#"
+    ]
+    assert "# values of: ViT" in header and any("UNet" in line for line in header), header
     page.get_by_text("Difference map").click()
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
     settle(page)

@@ -101,10 +101,13 @@ class PanelContext:
         (with one group its name matches the figure's HTML/PNG/SVG beside it)."""
         label = f"Data {literal(group.label)} (CSV)" if self.compare else "Data (CSV)"
         stem = self.stem(panel, group if self.compare else None)
-        return csv_file(label, f"{stem}.csv", self._headed(data))
+        return csv_file(label, f"{stem}.csv", self._headed(data, group))
 
-    def _headed(self, data: Bytes) -> Bytes:
-        return lambda: with_header(data(), self.meta())
+    def _headed(self, data: Bytes, group: GroupState | None = None) -> Bytes:
+        """The CSV under its parameter header; a group's file also says whose values it
+        holds (the provenance above it names every group of the view)."""
+        values_of = {"values of": group.label} if group is not None else {}
+        return lambda: with_header(data(), self.meta() | values_of)
 
     def scale(self, key: str) -> str:
         """The colour-scale mode (theme.SCALES) chosen for the heatmap panel ``key``, read

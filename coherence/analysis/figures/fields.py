@@ -73,7 +73,7 @@ def field_viewer(
         rows=1,
         cols=3,
         subplot_titles=(f"truth: {name}", f"prediction: {name}", "prediction − truth"),
-        horizontal_spacing=0.11,  # room for the shared colour bar between 2 and 3
+        horizontal_spacing=0.14,  # room for the shared colour bar (and y title) before 3
     )
     panels = (
         (y[c], "truth", "coloraxis"),
@@ -112,7 +112,8 @@ def _add_field_panels(
         fig.update_xaxes(title=axis_title("x"), constrain="domain", row=1, col=col)
         anchor = "x" if col == 1 else f"x{col}"
         fig.update_yaxes(
-            title=axis_title("y" if col == 1 else ""),  # a later y title sat under a bar
+            title=axis_title("y"),
+            title_standoff=2 if col > 1 else None,  # no tick labels there: hug the map
             scaleanchor=anchor,
             constrain="domain",
             showticklabels=col == 1,  # same grid in every panel: ticks once, on the left
@@ -275,7 +276,8 @@ def input_pair_figure(
         anchor = "x" if col == 1 else f"x{col}"
         fig.update_xaxes(title=axis_title("x"), constrain="domain", range=[0, 1], row=1, col=col)
         fig.update_yaxes(
-            title=axis_title("y" if col == 1 else ""),  # a later y title sat under a bar
+            title=axis_title("y"),
+            title_standoff=2 if col > 1 else None,  # no tick labels there: hug the map
             scaleanchor=anchor,
             constrain="domain",
             range=[0, 1],

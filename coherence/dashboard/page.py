@@ -31,8 +31,8 @@ TAGLINE = (
 )
 # Streamlit's wide layout leaves 6rem above the title and 5rem either side: on a 1024×768
 # laptop that pushed the headline heatmap 45 px below the fold. Tighter margins (the top one
-# still clears the toolbar) and a
-# smaller title) keep the verdict, the scores in one row and the heatmap's top in view.
+# still clears the toolbar) and a smaller title keep the verdict, the scores in one row and
+# the heatmap's top in view.
 COMPACT_STYLE = """<style>
 [data-testid="stMainBlockContainer"] { padding-top: 4rem; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 2.1rem; padding: 0.25rem 0; }

@@ -277,7 +277,6 @@ def input_pair_figure(
         fig.update_xaxes(title=axis_title("x"), constrain="domain", range=[0, 1], row=1, col=col)
         fig.update_yaxes(
             title=axis_title("y"),
-            title_standoff=2 if col > 1 else None,  # no tick labels there: hug the map
             scaleanchor=anchor,
             constrain="domain",
             range=[0, 1],

@@ -83,13 +83,14 @@ def two_time(ctx: PanelContext) -> None:
     # (six connections per host). The values come from the widgets' state of the last run.
     # One map: the selectors stand beside it, in the width a square map leaves empty, so the
     # headline map starts higher on the page; two maps need the width, so they go above.
+    tour_at = None  # one map only: the first-visit tour, beside it above the selectors
     if ctx.compare:
         controls, plot = st.container(), st.container()
         left, right, third = controls.columns([3, 2, 2])
     else:
         plot, controls = st.columns([3, 1], gap="medium")
         left = right = third = controls
-    tour_at = controls.container()  # first in the column beside the map, above the selectors
+        tour_at = controls.container()
     try:
         with plot:
             _two_time_chart(
@@ -111,8 +112,8 @@ def two_time(ctx: PanelContext) -> None:
             key="two_time_seed",
         )
         scale_selector("two_time", third)
-    if not ctx.compare and not tour_dismissed():  # beside the map it explains: the scores
-        with tour_at:  # above keep their one row and the map stays above the fold
+    if tour_at is not None and not tour_dismissed():  # beside the map it explains: the
+        with tour_at:  # scores above keep their one row and the map stays above the fold
             tour(beside=True)
         st.session_state[TOUR_SHOWN] = True
     st.caption(caption)

@@ -1,5 +1,6 @@
-"""The panels' own choices (class pair, single seed, colour scale, rollout and field
-settings, the Validation check's example) in the URL, so that a shared link shows the same figure.
+"""The panels' own choices (class pair, single seed, colour scale, the Conservation panel's
+response tab, rollout and field settings, the Validation check's example) in the URL, so that
+a shared link shows the same figure.
 
 The URL holds the choices of the open panel only (the other tabs' widgets do not exist in a
 run, and their state goes with them). On a session's first run ``restore`` puts the link's
@@ -24,7 +25,7 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
     "Overview": {"ov_class": str, "ov_traj": int, "ov_channel": str},
     "Two-time influence": {"two_time_pair": str, "two_time_seed": str, "zscale_two_time": str},
     "Class transfer": {"zscale_transfer": str},
-    "Conservation": {"zscale_mass": str, "zscale_energy": str},
+    "Conservation": {"cons_response": str, "zscale_mass": str, "zscale_energy": str},
     "Training dynamics": {"dyn_group": str},
     "Sensitivity": {"sens_pair": str},
     "Rollout": {

@@ -220,6 +220,33 @@ def test_the_colour_scale_travels_in_the_link(workspace, monkeypatch, panel, key
     assert at.query_params[key] == "auto"  # a choice made on the page goes into the link
 
 
+def test_the_conservation_response_tab_travels_in_the_link(workspace, monkeypatch):
+    """Mass or Energy: a link opens the sub-tab it names, only that response is drawn, and
+    switching tabs on the page rewrites the link."""
+
+    def titles(at):
+        return [c["layout"]["title"]["text"] for c in charts(at)]
+
+    at = open_app(workspace, monkeypatch, {"panel": "Conservation", "cons_response": "Energy"})
+    assert_clean(at)
+    assert not at.warning
+    assert any("on energy" in t for t in titles(at)) and not any("mass" in t for t in titles(at))
+    assert at.query_params["cons_response"] == "Energy"
+    at = open_app(workspace, monkeypatch, {"panel": "Conservation"})
+    assert any("on mass" in t for t in titles(at)) and not any("energy" in t for t in titles(at))
+    assert at.query_params["cons_response"] == "Mass"  # the default, written back
+    at.session_state["cons_response"] = "Energy"  # AppTest cannot click a tab
+    at.run()
+    assert any("on energy" in t for t in titles(at))
+    assert at.query_params["cons_response"] == "Energy"
+    other = open_app(workspace, monkeypatch, {"panel": "Two-time influence"})
+    assert "cons_response" not in other.query_params  # not the open panel's choice
+    bad = open_app(workspace, monkeypatch, {"panel": "Conservation", "cons_response": "Entropy"})
+    assert not bad.exception
+    assert "cons_response='Entropy': not offered" in texts(bad.warning)
+    assert bad.query_params["cons_response"] == "Mass"
+
+
 def test_bad_panel_choices_in_a_link_warn_and_use_the_default(workspace, monkeypatch):
     at = open_app(
         workspace,

@@ -20,6 +20,7 @@ from coherence.dashboard.panels.common import (
 )
 
 CONSERVED = ("mass", "energy")
+RESPONSE_TAB = "cons_response"  # the open sub-tab: "Mass" or "Energy"
 
 
 def conservation(ctx: PanelContext) -> None:
@@ -45,8 +46,11 @@ def conservation(ctx: PanelContext) -> None:
     responses = [r for r in CONSERVED if r in ctx.selection.responses]
     if not responses or not need_results(ctx):
         return
-    tabs = st.tabs([r.capitalize() for r in responses])
+    # keyed, so the open one travels in the link (panel_links) and only it runs
+    tabs = st.tabs([r.capitalize() for r in responses], key=RESPONSE_TAB, on_change="rerun")
     for tab, response in zip(tabs, responses, strict=True):
+        if tab.open is False:
+            continue
         with tab:
             _one_response(ctx, response)
 

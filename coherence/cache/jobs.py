@@ -66,6 +66,7 @@ def compute_job(
     log_path: Path | None = None,
     executor: Executor | None = None,
     prepared: Prepared | None = None,
+    startup_seconds: float | None = None,
 ) -> AnalysisResult:
     """Compute ``request`` and store it under ``key``; the caller holds the key's lock.
 
@@ -75,6 +76,9 @@ def compute_job(
     Records how the job ended (done, failed with a one-line message, or cancelled). The key
     is recomputed at the end: if a checkpoint or dataset file changed while the analysis ran,
     the result is not stored (it would be served for inputs it was not computed from).
+
+    ``startup_seconds``: a background worker's start before this call (imports); with it, a
+    local job of two or more computed units records its setup time for the next estimates.
     """
     tracker = ProgressTracker(store, key, forward=progress, log_path=log_path)
     with recorded(store, key, tracker, log_path):
@@ -105,6 +109,10 @@ def compute_job(
                 "was not cached; run the analysis again"
             )
         store.put(key, result)
+    if startup_seconds is not None and executor.local:
+        setup = tracker.setup_seconds(startup_seconds)
+        if setup is not None:
+            store.record_job_setup(setup)
     return result
 
 
@@ -223,6 +231,8 @@ class JobRunner:
             str(lock.fd),
             "--kind",
             kind,
+            "--spawned",
+            repr(time.time()),
         ]
         if trust_code:
             command.append("--trust-code")

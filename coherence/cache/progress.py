@@ -81,6 +81,19 @@ class ProgressTracker:
         self.units_done += 1
         self._eta = None  # the first per-unit figure replaces the fraction-based one
 
+    def setup_seconds(self, before: float, now: float | None = None) -> float | None:
+        """Seconds of this job outside its units' steady work: ``before`` (worker start and
+        imports, measured by the worker) plus what the job took beyond its computed units at
+        the pace of all but the first (loading, tracing, storing). None with fewer than two
+        computed units (the first one's tracing cannot be told apart)."""
+        if len(self.unit_seconds) < 2:
+            return None
+        now = time.time() if now is None else now
+        later = sorted(self.unit_seconds[1:])
+        steady = later[len(later) // 2]
+        extra = (now - self.started) - steady * len(self.unit_seconds)
+        return before + max(extra, 0.0)
+
     def __call__(self, fraction: float, stage: str) -> None:
         if self.store.cancel_requested(self.key):
             raise JobCancelled(f"job {self.key[:12]} was cancelled; submit it again to recompute")

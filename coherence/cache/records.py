@@ -1,16 +1,18 @@
 """The small JSON records background jobs share through the store, beside the results.
 
 Keys: ``progress:<key>`` (a ``ProgressRecord``), ``request:<key>`` (the analysis a worker
-computes), ``task:<key>`` (the spec of a job of another kind), ``cancel:<key>`` (a flag) and
-``computations:<key>`` (a counter). ``JobRecords`` is the base of ``ResultStore``: it reads
-and writes these in the same diskcache, and refuses (logs and deletes) any record that is
-not in its safe form, exactly as the store refuses results.
+computes), ``task:<key>`` (the spec of a job of another kind), ``cancel:<key>`` (a flag),
+``computations:<key>`` (a counter), and one workspace-wide ``timing:job_setup`` (the seconds
+a job spends outside its units: worker start, imports, loading, tracing). ``JobRecords`` is
+the base of ``ResultStore``: it reads and writes these in the same diskcache, and refuses
+(logs and deletes) any record that is not in its safe form, as the store refuses results.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 import diskcache
@@ -20,6 +22,8 @@ from coherence.cache.layout import validate_key
 from coherence.cache.safedisk import CacheCorruptionError
 from coherence.cache.states import ProgressRecord
 
+SETUP_RECORD = "timing:job_setup"
+MAX_SETUP = 3600.0  # seconds; a larger figure is a broken record, not a start
 log = logging.getLogger("coherence.cache.store")  # one log for everything the store refuses
 
 
@@ -105,6 +109,31 @@ class JobRecords:
             return int(data.decode()) if data is not None else 0
         except ValueError:
             return 0
+
+    def record_job_setup(self, seconds: float) -> float:
+        """Fold one job's measured setup seconds into the workspace's figure (the mean of
+        this and the last figure, so one slow start does not stick); returns the new figure."""
+        if not (math.isfinite(seconds) and seconds >= 0):
+            return self.job_setup() or 0.0
+        previous = self.job_setup()
+        figure = min(seconds if previous is None else (previous + seconds) / 2, MAX_SETUP)
+        self._cache.set(SETUP_RECORD, json.dumps({"seconds": figure}).encode(), retry=True)
+        return figure
+
+    def job_setup(self) -> float | None:
+        """Seconds a job here spends outside its units, as last measured; None before any
+        job with two computed units finished."""
+        data = self._safe_get(SETUP_RECORD)
+        if data is None:
+            return None
+        try:
+            seconds = float(json.loads(data.decode())["seconds"])
+            if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SETUP):
+                raise ValueError(f"seconds {seconds} out of range")
+            return seconds
+        except (ValueError, TypeError, KeyError) as error:
+            self._refuse(SETUP_RECORD, CacheCorruptionError(f"bad setup record: {error}"))
+            return None
 
     def _safe_get(self, name: str) -> bytes | None:
         try:

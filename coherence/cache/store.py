@@ -12,7 +12,8 @@ live writer commits within it) whenever the store is opened and before each evic
 
 Layout of the cache directory: ``store/`` (diskcache), ``locks/`` (per-key flock files),
 ``logs/`` (worker logs). Record keys inside the store: ``result:<key>``, ``progress:<key>``,
-``request:<key>``, ``cancel:<key>``, ``computations:<key>``, and ``unit:<unit key>`` for each
+``request:<key>``, ``cancel:<key>``, ``computations:<key>``, ``timing:job_setup`` (records),
+and ``unit:<unit key>`` for each
 finished (checkpoint, batch) unit (``keys.unit_keys``): evicted like results, they let a
 subset of a cached selection be assembled without computing and a killed job resume. Jobs of
 another kind (``tasks``, e.g. the counterfactual check) keep their spec under ``task:<key>``

@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--trust-code", action="store_true", help="allow custom architecture modules"
     )
     parser.add_argument(
+        "--spawned", type=float, default=None, help="unix time the runner started this process"
+    )
+    parser.add_argument(
         "--kind", default="analysis", help="job kind: analysis, or one of coherence.cache.tasks"
     )
     return parser.parse_args(argv)
@@ -101,8 +104,12 @@ def work_task(store: Any, key: str, kind: str) -> int:
     return 0
 
 
-def work(store: Any, key: str, *, trust_code: bool, kind: str = "analysis") -> int:
-    """The job itself; the caller holds the key's lock and a compute slot."""
+def work(
+    store: Any, key: str, *, trust_code: bool, kind: str = "analysis", spawned: float | None = None
+) -> int:
+    """The job itself; the caller holds the key's lock and a compute slot. ``spawned``: when
+    the runner spawned this worker, less its wait for the slot (the job's setup counts from
+    there: interpreter, imports, loading, tracing); None when not known."""
     from coherence.cache.jobs import compute_job
     from coherence.cache.keys import request_key
 
@@ -117,8 +124,16 @@ def work(store: Any, key: str, *, trust_code: bool, kind: str = "analysis") -> i
     if (failed := _stale(store, key, lambda: request_key(request), "request")) is not None:
         return failed
     log.info("computing %s: %s", key, request.to_dict())
+    startup = None if spawned is None else max(time.time() - spawned, 0.0)
     started = time.perf_counter()
-    compute_job(store, key, request, trust_code=trust_code, log_path=store.log_path(key))
+    compute_job(
+        store,
+        key,
+        request,
+        trust_code=trust_code,
+        log_path=store.log_path(key),
+        startup_seconds=startup,
+    )
     log.info("done in %.1f s", time.perf_counter() - started)
     return 0
 
@@ -130,6 +145,7 @@ def compute(
     *,
     trust_code: bool,
     kind: str = "analysis",
+    spawned: float | None = None,
 ) -> int:
     """Open the store and run the job, mapping how it ended to the exit status (``slot``
     None: the units compute on the Ray cluster of COHERENCE_RAY_ADDRESS)."""
@@ -145,7 +161,7 @@ def compute(
         )
     store = ResultStore(cache_dir(workspace))
     try:
-        return work(store, key, trust_code=trust_code, kind=kind)
+        return work(store, key, trust_code=trust_code, kind=kind, spawned=spawned)
     except JobCancelled as error:
         log.info("%s", error)
         return 3
@@ -196,8 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ray_address() is not None:  # the cluster schedules the units: no local slot
             return compute(args.workspace, key, None, trust_code=args.trust_code, kind=args.kind)
+        waiting = time.time()
         with slots.compute_slot(key, on_wait=show_queue, cancellable=True) as slot:
-            return compute(args.workspace, key, slot, trust_code=args.trust_code, kind=args.kind)
+            # the wait for a slot is not part of the job's setup
+            spawned = None if args.spawned is None else args.spawned + time.time() - waiting
+            return compute(
+                args.workspace,
+                key,
+                slot,
+                trust_code=args.trust_code,
+                kind=args.kind,
+                spawned=spawned,
+            )
     except slots.QueueCancelled:
         return cancelled_while_queued(args.workspace, key)
     finally:

@@ -325,13 +325,33 @@ def _group_status(root: Path, group: GroupState) -> bool:
     return False
 
 
+# a job's start outside its units (worker, imports, loading, tracing) on a 2-core machine,
+# until a job in this workspace has measured it (``ResultStore.job_setup``)
+DEFAULT_SETUP_SECONDS = 5.0
+
+
+def setup_seconds(root: Path) -> tuple[float, bool]:
+    """Seconds each background job spends outside its units, and whether that was measured
+    in this workspace (else a first guess): on small models it outweighs the units."""
+    measured = loaders.job_runner(str(root)).store.job_setup()
+    return (DEFAULT_SETUP_SECONDS, False) if measured is None else (measured, True)
+
+
 def _compute_button(root: Path, todo: Sequence[GroupState]) -> None:
     """The estimated time (a confirmation past the threshold) and the Compute button."""
     seconds, bound = missing_seconds(root, todo)
     confirmed = True
     if seconds > 0:
+        setup, measured = setup_seconds(root)
+        setup *= len(todo)  # one worker per analysis
+        seconds += setup
         limit = UP_TO if bound else ""
-        st.caption(f"Estimated time of what Compute runs: {format_duration(seconds)}{limit}.")
+        how = "as measured on the last jobs here" if measured else "a first guess"
+        st.caption(
+            f"Estimated time of what Compute runs: {format_duration(seconds)}{limit}, "
+            f"{format_duration(setup)} of it to start the worker"
+            f"{'s' if len(todo) > 1 else ''} and load the models ({how})."
+        )
     if seconds > confirm_seconds():
         confirmed = st.checkbox(
             f"Start a job estimated at {format_duration(seconds)}", key="confirm_long_job"

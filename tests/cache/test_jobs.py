@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +108,25 @@ def test_concurrent_requests_share_one_computation(
     assert result.H["smse"].shape == (1, 1, 2, 2, 2, 2) and np.isfinite(result.H["smse"]).all()
     assert runner.status(key).state == "done"
     assert runner.submit(request) == key and runner.store.computations(key) == 1
+
+
+def test_a_worker_job_measures_its_setup_for_the_next_estimates(
+    workspace, checkpoint, tiny_dataset
+):
+    """A background job of two computed units records the seconds it spent outside them
+    (interpreter, imports, loading): positive, and less than the job's whole wall time."""
+    runner = JobRunner(workspace)
+    request = quick_request(checkpoint, tiny_dataset, trajectories=(0, 1))
+    started = time.time()
+    key = runner.submit(request)
+    assert wait_for(lambda: finished(runner, key), "the job").state == "done"
+    wall = time.time() - started
+    setup = runner.store.job_setup()
+    assert setup is not None and 0.5 < setup < wall  # importing torch alone takes longer
+    single = quick_request(checkpoint, tiny_dataset, damping=1e-3)
+    key = runner.submit(single)
+    assert wait_for(lambda: finished(runner, key), "the second job").state == "done"
+    assert runner.store.job_setup() == setup  # one unit: nothing to tell its setup from
 
 
 def test_two_worker_processes_compute_once(workspace, checkpoint, tiny_dataset):

@@ -105,3 +105,21 @@ def test_a_cancelled_job_resumes_from_its_finished_units(
     assert seen is not None and seen.units_cached == cached
     assert f"{cached} of 2 units cached" in progress_text("UNet", seen)
     assert runner.store.computations(key) == 2
+
+
+def test_a_jobs_setup_is_the_time_beyond_its_steady_units(tmp_path, clock):
+    """Setup = the worker's start before the job + the job's time beyond its computed units at
+    the pace of all but the first (which includes loading and tracing)."""
+    tracker = ProgressTracker(ResultStore(tmp_path / "cache"), KEY, interval=0.0)
+    tracker.set_units(total=4, cached=1)
+    clock.now += 10  # the first computed unit: 4 s of work + 6 s loading and tracing
+    tracker.unit_done()
+    assert tracker.setup_seconds(3.0) is None  # one unit: its tracing cannot be told apart
+    for seconds in (4, 5):
+        clock.now += seconds
+        tracker.unit_done()
+    clock.now += 1  # storing the result
+    # 20 s in all, 3 computed units at the steady 5 s (median of the later ones): 5 s beyond
+    assert tracker.setup_seconds(3.0) == pytest.approx(3.0 + 20 - 3 * 5)
+    clock.now -= 30  # a clock that went back: never a negative setup
+    assert tracker.setup_seconds(3.0) == pytest.approx(3.0)

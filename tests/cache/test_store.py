@@ -95,6 +95,24 @@ def test_job_records_round_trip(store):
     assert store.computations(KEY) == 3 and store.computations(OTHER) == 0
 
 
+def test_the_measured_job_setup_is_folded_and_validated(store, caplog):
+    """The workspace's job setup figure: the mean of the last figure and a new measurement,
+    nothing recorded for a value that is not a duration, a broken record refused."""
+    assert store.job_setup() is None
+    assert store.record_job_setup(10.0) == 10.0
+    assert store.record_job_setup(20.0) == pytest.approx(15.0)
+    for bad in (float("nan"), -1.0, float("inf")):
+        assert store.record_job_setup(bad) == pytest.approx(15.0)
+    assert store.job_setup() == pytest.approx(15.0)
+    store._cache.set("timing:job_setup", b'{"seconds": -4}')
+    with caplog.at_level("WARNING"):
+        assert store.job_setup() is None
+    assert "timing:job_setup refused" in caplog.text
+    assert "timing:job_setup" not in store._cache  # deleted, measured afresh by the next job
+    store._cache.set("timing:job_setup", b"not json")
+    assert store.job_setup() is None
+
+
 def test_only_bytes_values_and_str_keys(store):
     with pytest.raises(TypeError, match="values must be bytes"):
         store._cache.set("result:x", {"x": 1})

@@ -114,6 +114,31 @@ def test_the_estimate_next_to_compute_counts_only_the_units_not_cached(workspace
     assert compute.missing_seconds(workspace, cg)[1]  # cg: counted at its iteration cap
 
 
+def test_the_estimate_adds_each_workers_setup_as_measured_here(workspace, monkeypatch):
+    """Two uncached analyses (UNet vs ViT at another λ): the caption adds one setup per worker,
+    a first guess until a job here has measured it, then the measured figure."""
+    runner = JobRunner(workspace)
+    store = runner.store
+    saved = store.job_setup()
+    store._cache.delete("timing:job_setup")
+    try:
+        params = {"damping": "0.003", "vs": "vit_tiny_s1"}
+        at = open_app(workspace, monkeypatch, params)
+        assert at.button(key="compute").label == "Compute 2 analyses"
+        (line,) = [t for t in texts(at.caption).split("\n") if "Estimated time" in t]
+        guess = compute.format_duration(2 * compute.DEFAULT_SETUP_SECONDS)
+        assert f"{guess} of it to start the workers and load the models (a first guess)" in line
+        store.record_job_setup(45.0)
+        at = open_app(workspace, monkeypatch, params)
+        (line,) = [t for t in texts(at.caption).split("\n") if "Estimated time" in t]
+        measured = compute.format_duration(2 * 45.0)
+        assert f"{measured} of it to start the workers and load the models (as measured" in line
+    finally:
+        store._cache.delete("timing:job_setup")
+        if saved is not None:
+            store.record_job_setup(saved)
+
+
 @pytest.mark.parametrize(
     ("params", "button"),
     [({"panel": "Validation", "cf_p": "7"}, "cf_run"), ({"panel": "Sensitivity"}, "sens_compute")],

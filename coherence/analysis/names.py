@@ -22,9 +22,11 @@ def safe_name(text: str) -> str:
 
 
 def selection_tag(selection: Any) -> str:
-    """'<dataset>_w<first>-<last>_<estimator>_lam<λ>_<hash6>' for a dashboard Selection."""
+    """'<dataset>_w<start>-<end>_<estimator>_lam<λ>_<hash6>' for a dashboard Selection;
+    start and end are the snapshot indices the sidebar's window slider shows (the window's
+    transitions run from snapshot start to snapshot end)."""
     first = selection.t_start
-    last = selection.t_start + selection.n_steps - 1
+    last = selection.t_start + selection.n_steps
     digest = hashlib.sha256(json.dumps(selection.to_query(), sort_keys=True).encode()).hexdigest()[
         :6
     ]

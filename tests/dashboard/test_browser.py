@@ -187,7 +187,7 @@ def test_load_panels_download_compute_share_compare(server, browser):
     assert lines[0].startswith("# dataset: tiny_ce")  # the parameter header
     rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
     assert re.fullmatch(
-        r"tiny_ce_w0-4_ekfac-krylov_lam1e-4_[0-9a-f]{6}_two_time\.csv",  # as its figure
+        r"tiny_ce_w0-5_ekfac-krylov_lam1e-4_[0-9a-f]{6}_two_time\.csv",  # as its figure
         download.value.suggested_filename,
     )
     assert len(rows) == 25 and set(rows[0]) == {"t_p", "t_r", "step_p", "step_r", "value"}
@@ -201,7 +201,7 @@ def test_load_panels_download_compute_share_compare(server, browser):
     with zipfile.ZipFile(download.value.path()) as archive:
         names = sorted(archive.namelist())
         stem = download.value.suggested_filename.removesuffix(".zip")
-        assert re.fullmatch(r"tiny_ce_w0-4_ekfac-krylov_lam1e-4_[0-9a-f]{6}_analysis_UNet", stem)
+        assert re.fullmatch(r"tiny_ce_w0-5_ekfac-krylov_lam1e-4_[0-9a-f]{6}_analysis_UNet", stem)
         assert names == [f"{stem}.json", f"{stem}.npz"]
         with np.load(io.BytesIO(archive.read(names[1])), allow_pickle=False) as arrays:
             assert arrays["H_std"].shape == (2, 1, 5, 3, 5, 3)  # [S, B, T, C, T, C]

@@ -147,7 +147,10 @@ def test_export_names_encode_the_selection(workspace):
     selection = default_selection(workspace)
     other = replace(selection, t_start=selection.t_start + 1, n_steps=selection.n_steps - 1)
     assert selection_tag(selection) != selection_tag(other)
-    assert selection_tag(selection).startswith(f"{selection.dataset}_w{selection.t_start}-")
+    # the window as the sidebar's slider shows it: from snapshot start to snapshot end
+    start, end = selection.t_start, selection.t_start + selection.n_steps
+    assert selection_tag(selection).startswith(f"{selection.dataset}_w{start}-{end}_")
+    assert selection_tag(other).startswith(f"{selection.dataset}_w{start + 1}-{end}_")
     assert "ekfac-krylov" in selection_tag(selection)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", selection_tag(selection))
 
@@ -180,8 +183,33 @@ def test_a_panels_choices_enter_its_export_names_and_provenance(workspace):
     assert view.stem("two_time") == f"{ctx.stem('two_time')}_CE-CRP-from-CE-RP_auto"
     meta = view.meta()
     assert meta["class pair"] == "CE-CRP-from-CE-RP" and meta["colour scale"] == "auto"
-    assert "seed" not in meta  # a default choice is left out
+    assert "seed" not in meta  # a default the panel does not name is left out
     assert {k: v for k, v in meta.items() if k in ctx.meta()} == ctx.meta()  # nothing lost
+    # a default the panel names: out of the file name, in the provenance (the CSV header)
+    named = ctx.with_choices({"seed": "mean over seeds"}, seed=None, colour_scale=None)
+    assert named.stem("two_time") == ctx.stem("two_time")
+    assert named.meta()["seed"] == "mean over seeds" and named.meta()["colour scale"] == "paper"
+
+
+def test_the_default_two_time_csv_says_which_view_it_holds(workspace, monkeypatch):
+    """The intra-class mean over seeds on the paper's scale: its CSV names the class pair,
+    seed and colour scale although its file name (the common view) leaves them out."""
+    two_time = importlib.import_module("coherence.dashboard.panels.two_time")  # the module
+
+    files = []
+    real = two_time.downloads
+
+    def recording(key, stem, **kwargs):
+        files.extend(kwargs["files"])
+        real(key, stem, **kwargs)
+
+    monkeypatch.setattr(two_time, "downloads", recording)
+    open_app(workspace, monkeypatch)
+    (_, name, data, _) = files[-1]
+    header = [line for line in data().decode().splitlines() if line.startswith("#")]
+    assert "# class pair: intra-class mean" in header
+    assert "# seed: mean over seeds" in header and "# colour scale: paper" in header
+    assert not re.search(r"intra|mean|paper", name)
 
 
 def test_settle_imports_waits_for_another_threads_import(tmp_path, monkeypatch):

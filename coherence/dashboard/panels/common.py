@@ -54,6 +54,7 @@ class PanelContext:
     groups: tuple[GroupState, ...]
     stale: bool = False
     choices: tuple[tuple[str, str], ...] = ()  # the panel's own non-default choices
+    settings: tuple[tuple[str, str], ...] = ()  # its choices, defaults named, for provenance
 
     @property
     def ready(self) -> tuple[GroupState, ...]:
@@ -72,12 +73,22 @@ class PanelContext:
         """[0, √N]: the one colour range of every standardized-influence heatmap."""
         return influence_range(self.n_examples)
 
-    def with_choices(self, **choices: str | None) -> PanelContext:
+    def with_choices(
+        self, defaults: Mapping[str, str] | None = None, **choices: str | None
+    ) -> PanelContext:
         """This context with the panel's own choices (class pair, seed, colour scale, …; None
-        for a default, which is left out) in its export names and provenance, so two views
-        of one panel never download under one name."""
+        for a default) in its export names, so two views of one panel never download under
+        one name, and in its provenance. A default is left out of the name (short names for
+        the common view) but named in the provenance (a CSV header, a PNG's metadata) when
+        ``defaults`` says what it is, so a file says which view it holds on its own."""
+        defaults = {"colour_scale": DEFAULT_SCALE} | dict(defaults or {})
         chosen = tuple((name, value) for name, value in choices.items() if value is not None)
-        return replace(self, choices=chosen)
+        settings = tuple(
+            (name, value if value is not None else defaults[name])
+            for name, value in choices.items()
+            if value is not None or name in defaults
+        )
+        return replace(self, choices=chosen, settings=settings)
 
     def stem(self, panel: str, group: GroupState | None = None) -> str:
         """A download file name stem that encodes the selection and the panel's choices:
@@ -89,7 +100,7 @@ class PanelContext:
         """Parameters and provenance of the view (dataset, checkpoints, estimator, λ, cache
         keys, the panel's choices): the footer of HTML exports, PNG/SVG metadata and the CSV
         header."""
-        chosen = {name.replace("_", " "): value for name, value in self.choices}
+        chosen = {name.replace("_", " "): value for name, value in self.settings}
         return provenance(self.selection, self.ready) | chosen
 
     def panel_csv(self, panel: str, data: Bytes) -> tuple[str, str, Bytes, str]:

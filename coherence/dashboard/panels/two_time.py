@@ -170,6 +170,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
         shown = shared_figure(ctx, (*key, "click targets"), lambda: with_click_targets(figure))
     chart(shown, key="chart_two_time", clickable=len(maps) == 1)
     view = ctx.with_choices(
+        {"class_pair": _pair_label(INTRA), "seed": "mean over seeds"},
         class_pair=None if option == INTRA else _pair_tag(option),
         seed=None if seed == "mean" else seed,
         colour_scale=scale_choice(scale),

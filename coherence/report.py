@@ -202,11 +202,16 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
 
 def _headline(groups: Sequence[ReportGroup], scores: Mapping[str, Scores]) -> str:
     rows = []
+    tables = {g.label: {s.name: s for s in scores[g.label].as_list()} for g in groups}
     for g in groups:
-        table = {s.name: s for s in scores[g.label].as_list()}
+        table = tables[g.label]
+
+        def peers(name: str, me: str = g.label) -> list:
+            return [t.get(name) for label, t in tables.items() if label != me]
+
         cells = "".join(
-            f"<td><b>{html.escape(format_score(table.get(r.name)))}</b><br>"
-            f"<small>{html.escape(uncertainty(table.get(r.name)))}<br>"
+            f"<td><b>{html.escape(format_score(table.get(r.name), peers(r.name)))}</b><br>"
+            f"<small>{html.escape(uncertainty(table.get(r.name), peers(r.name)))}<br>"
             f"{html.escape(r.marks)}</small></td>"
             for r in REFERENCES
         )

@@ -9,7 +9,7 @@ transfer), not results of the paper. Pure: no streamlit, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from coherence.analysis.scores import Score, Scores
@@ -52,51 +52,65 @@ REFERENCES = (
 )
 
 
-def _formatter(score: Score) -> Callable[[float], str]:
+def _spec(score: Score) -> str:
     """One number format for a score's median and quartiles, the shortest that keeps distinct
     values apart and prints no non-zero value as zero: 2, 3 or 4 decimals below 10 ('0.913
     [0.911, 0.917]', not '0.91 [0.91, 0.93]'), else significant digits ('2e-05', '10.42')."""
     values = [v for v in (score.q1, score.median, score.q3) if math.isfinite(v)]
     distinct = len({round(v, 12) for v in values})
 
-    def works(texts: list[str]) -> bool:
+    def works(spec: str) -> bool:
+        texts = [format(v, spec) for v in values]
         zero = any(v != 0 and float(t) == 0 for v, t in zip(values, texts, strict=True))
         return len(set(texts)) == distinct and not zero
 
     if all(abs(v) < 10 for v in values):
         for decimals in (2, 3, 4):
-            if works([f"{v:.{decimals}f}" for v in values]):
-                return lambda v, d=decimals: f"{v:.{d}f}"
+            if works(f".{decimals}f"):
+                return f".{decimals}f"
     for digits in range(3, 8):
-        if works([f"{v:.{digits}g}" for v in values]):
-            return lambda v, d=digits: f"{v:.{d}g}"
-    return lambda v: f"{v:.8g}"
+        if works(f".{digits}g"):
+            return f".{digits}g"
+    return ".8g"
 
 
-def format_score(score: Score | None) -> str:
+def _formatter(score: Score, peers: Sequence[Score | None] = ()) -> Callable[[float], str]:
+    """The score's format (``_spec``), widened to its ``peers`` (the same score of the other
+    model groups on the page) when all use the same kind, so two groups' values line up:
+    '0.620' beside '0.913', not '0.62' beside '0.913'."""
+    own = _spec(score)
+    specs = [own] + [_spec(p) for p in peers if p is not None and math.isfinite(p.median)]
+    kinds = {spec[-1] for spec in specs}
+    if len(kinds) == 1:
+        widest = max(int(spec[1:-1]) for spec in specs)
+        own = f".{widest}{own[-1]}"
+    return lambda v: format(v, own)
+
+
+def format_score(score: Score | None, peers: Sequence[Score | None] = ()) -> str:
     """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined), in the format
-    its quartiles share (``quartile_band``)."""
+    its quartiles share (``quartile_band``), as wide as its ``peers``' (other groups)."""
     if score is None or not math.isfinite(score.median):
         return "—"
-    text = _formatter(score)(score.median)
+    text = _formatter(score, peers)(score.median)
     if int(score.censored.sum()):
         text = f"≥ {text}"
     return text
 
 
-def quartile_band(score: Score | None) -> str:
+def quartile_band(score: Score | None, peers: Sequence[Score | None] = ()) -> str:
     """'[0.911, 0.917]': Q1 and Q3 in the median's format ('undefined' without one)."""
     if score is None or not math.isfinite(score.median):
         return "undefined"
-    number = _formatter(score)
+    number = _formatter(score, peers)
     return f"[{number(score.q1)}, {number(score.q3)}]"
 
 
-def uncertainty(score: Score | None) -> str:
+def uncertainty(score: Score | None, peers: Sequence[Score | None] = ()) -> str:
     """'Q1–Q3 [0.78, 0.86] over 6 (seed, batch) values'."""
     if score is None or not math.isfinite(score.median):
         return "undefined for this selection"
-    return f"Q1–Q3 {quartile_band(score)} over {score.values.size} (seed, batch) values"
+    return f"Q1–Q3 {quartile_band(score, peers)} over {score.values.size} (seed, batch) values"
 
 
 def verdict(scores: Scores) -> str:

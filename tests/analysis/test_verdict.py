@@ -66,3 +66,24 @@ def test_a_score_and_its_quartiles_share_the_decimals_that_tell_them_apart():
     assert "0.0000" not in quartile_band(score([-1e-5, -2e-5, -3e-5]))
     large = score([10.41, 10.43, 10.45])  # above 10: significant digits, still apart
     assert format_score(large) == "10.43" and quartile_band(large) == "[10.42, 10.44]"
+
+
+def test_two_groups_show_a_score_with_the_same_decimals():
+    """Compare mode: each group's score as wide as the other's ('0.650' beside '0.913'), the
+    wider one unchanged; formats of another kind (significant digits) are left alone."""
+    from coherence.analysis.scores import Score
+    from coherence.analysis.verdict import quartile_band
+
+    def score(values):
+        v = np.asarray(values, dtype=float).reshape(1, -1)
+        return Score("diagonal_dominance", "", v, np.zeros(v.shape, dtype=bool))
+
+    close = score([0.9061, 0.9128, 0.9130, 0.9282])
+    apart = score([0.5, 0.6, 0.7, 0.8])
+    assert format_score(apart, [close]) == "0.650"
+    assert quartile_band(apart, [close]) == "[0.575, 0.725]"
+    assert format_score(close, [apart]) == "0.913"  # already the wider
+    assert uncertainty(apart, [close]).startswith("Q1–Q3 [0.575, 0.725]")
+    tiny = score([1e-5, 3e-5, 5e-5, 7e-5])
+    assert format_score(apart, [tiny, None]) == "0.65"  # another kind: own format
+    assert format_score(tiny, [apart]) == "4e-05"

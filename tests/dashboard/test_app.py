@@ -210,6 +210,13 @@ def test_every_panel_renders(workspace, monkeypatch, panel, compare):
         assert figure["layout"]["coloraxis"]["cmin"] == 0
         assert figure["layout"]["coloraxis"]["cmax"] == pytest.approx(math.sqrt(15))
         assert [t["coloraxis"] for t in figure["data"]] == ["coloraxis", "coloraxis"]
+        # the two groups' rows of scores line up: each score with the same decimals
+        by_label: dict[str, set[int]] = {}
+        for metric in at.metric:
+            if re.fullmatch(r"≥? ?-?\d+\.\d+", metric.value):
+                decimals = len(metric.value.split(".")[1])
+                by_label.setdefault(metric.label, set()).add(decimals)
+        assert len(by_label) == 4 and all(len(d) == 1 for d in by_label.values()), by_label
 
 
 def test_compute_shows_progress_reattaches_and_cancels(workspace, monkeypatch):

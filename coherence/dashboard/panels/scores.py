@@ -10,7 +10,7 @@ import streamlit as st
 
 from coherence.analysis.exports import scores_csv
 from coherence.analysis.figures import score_rows, scores_table
-from coherence.analysis.scores import DEFINITIONS
+from coherence.analysis.scores import DEFINITIONS, Scores
 from coherence.analysis.verdict import (
     REFERENCES,
     format_score,
@@ -104,15 +104,18 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
         tour()
     remember_tour_dismissal()
     if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
+        scores = {g.key: loaders.scores(g.key, g.result) for g in ctx.ready}
         for group in ctx.ready:
-            _group_scores(group)
+            others = [s for key, s in scores.items() if key != group.key]
+            _group_scores(group, scores[group.key], others)
     report_button(ctx, report_slot)
 
 
-def _group_scores(group) -> None:
-    """The group's verdict line and metric row."""
-    scores = loaders.scores(group.key, group.result)
+def _group_scores(group, scores: Scores, others: list[Scores]) -> None:
+    """The group's verdict line and metric row, each score as wide as the other groups'
+    (``others``), so the two rows of compare mode line up."""
     table = {s.name: s for s in scores.as_list()}
+    peer_tables = [{s.name: s for s in other.as_list()} for other in others]
     n = len(group.result.checkpoints)
     st.markdown(
         f"**{literal(group.label)}** · {n} seed{'s' if n != 1 else ''} · {literal(verdict(scores))}"
@@ -122,14 +125,15 @@ def _group_scores(group) -> None:
     row = st.container(horizontal=True, gap="small")
     for ref in REFERENCES:
         score = table.get(ref.name)
+        peers = [t.get(ref.name) for t in peer_tables]
         cell = row.container(width=150, gap=None)  # "Diagonal dominance" and its help icon
         cell.metric(
             ref.title,
-            format_score(score),
+            format_score(score, peers),
             help=f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median; "
-            f"{literal(uncertainty(score))}.",
+            f"{literal(uncertainty(score, peers))}.",
         )
-        cell.caption(literal(quartile_band(score)) + "  \n" + literal(ref.short))
+        cell.caption(literal(quartile_band(score, peers)) + "  \n" + literal(ref.short))
 
 
 def _page_link(shown: Selection) -> str:

@@ -108,6 +108,9 @@ def test_every_axis_titled_and_every_hover_explicit(h_std, distance_curve):
                 continue
             assert trace.hovertemplate and "%{" in trace.hovertemplate, (name, trace.name)
         assert fig.layout.template.layout.paper_bgcolor is not None, name  # theme applied
+        if fig.layout.title.text and fig.layout.title.xanchor == "left":
+            # an exported PNG has no page margin: the title stands clear of the left edge
+            assert fig.layout.title.x > 0 or fig.layout.title.pad.l >= 8, name
 
 
 def test_builders_import_neither_streamlit_nor_torch():

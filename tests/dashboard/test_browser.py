@@ -366,6 +366,22 @@ def title_gaps(page, index: int = 0) -> list:
     )
 
 
+def bar_and_maps(page, index: int = 0) -> tuple[dict, list]:
+    """The colour bar's fill and the plot areas of the index-th chart (page pixels): square
+    maps in half-width columns are shorter than the plot area, and the bar is to end with
+    them, not overhang them."""
+    return page.evaluate(
+        """i => {
+            const g = document.querySelectorAll('.js-plotly-plot')[i];
+            const box = e => { const r = e.getBoundingClientRect();
+                               return {top: r.top, bottom: r.bottom}; };
+            return [box(g.querySelector('.colorbar .cbfills')),
+                    [...g.querySelectorAll('.draglayer .nsewdrag')].map(box)];
+        }""",
+        index,
+    )
+
+
 def assert_fits(fit: dict) -> None:
     assert fit["heatmaps"], fit
     for h in fit["heatmaps"]:
@@ -495,6 +511,8 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     assert not titles_over_plots(page)  # the right panel's y title stays off the left one
     gaps = title_gaps(page)
     assert len(gaps) == 2 and all(g < 24 for g in gaps), gaps  # "UNet", "ViT" on their maps
+    bar, maps = bar_and_maps(page)
+    assert len(maps) == 2 and bar["bottom"] <= min(m["bottom"] for m in maps) + 4, (bar, maps)
     shot(page, "23_compare_1024")
     with page.expect_download() as download:  # a group's CSV says whose values it holds
         page.get_by_role("button", name="Data ViT (CSV)").click()

@@ -52,6 +52,9 @@ def _heatmap_range(figs: Sequence[go.Figure]) -> tuple[float, float]:
     return min(lows), max(highs)
 
 
+SQUARE_BAR_LEN = 0.66  # of the plot height: a pair of square maps at a 1024 px window
+
+
 def side_by_side(
     fig_a: go.Figure,
     fig_b: go.Figure,
@@ -104,6 +107,10 @@ def side_by_side(
         bar = next((t.colorbar for f in figs for t in f.data if isinstance(t, go.Heatmap)), None)
         if bar is not None and bar.title.text:
             out.update_layout(coloraxis_colorbar={"title": {"text": bar.title.text}})
+        if any("scaleanchor" in f.layout.yaxis.to_plotly_json() for f in figs):
+            # square maps in half-width columns keep their top under the titles and are often
+            # shorter than the plot area: a bar from the top, 2/3 of it, never overhangs them
+            out.update_layout(coloraxis_colorbar={"len": SQUARE_BAR_LEN, "yanchor": "top", "y": 1})
     height = max(f.layout.height or 420 for f in figs)
     styled(out, title or (fig_a.layout.title.text or ""), height=height)
     _dedupe_titles(out, figs)

@@ -84,7 +84,8 @@ def styled(fig: go.Figure, title: str = "", *, height: int | None = None) -> go.
     fig.update_layout(
         template=TEMPLATE,
         font=FONT,
-        title={"text": title, "x": 0.0, "xanchor": "left", "font": {"size": 16}},
+        # left-aligned, 12 px in from the edge: an exported PNG/SVG has no page margin
+        title={"text": title, "x": 0.0, "xanchor": "left", "pad": {"l": 12}, "font": {"size": 16}},
         margin={"l": 70, "r": 30, "t": 60 if title else 30, "b": 60},
         hoverlabel={"font": {"family": FONT["family"]}},
         legend={"bgcolor": "rgba(255, 255, 255, 0.6)"},

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
@@ -248,8 +249,12 @@ def render_html(
         _headline(groups, scores),
     ]
     for i, part in enumerate(parts):
+        figure = part.figure
+        if (figure.layout.title.text or "").strip() == part.title.strip():
+            # the section's heading says it: the same words inside the plot only repeat it
+            figure = go.Figure(figure).update_layout(title_text="", margin_t=30)
         div = pio.to_html(
-            part.figure,
+            figure,
             include_plotlyjs=False,
             full_html=False,
             config=HTML_CONFIG,

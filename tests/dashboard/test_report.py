@@ -4,6 +4,8 @@ sentence when the selection is not computed yet."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 from dataclasses import replace
 
@@ -26,6 +28,19 @@ from coherence.report import (
     selection_from_link,
 )
 from tests.fixtures import COMPARE
+
+
+def drawn_layout(div: str) -> dict:
+    """The layout a report's figure div hands to Plotly.newPlot(id, data, layout, config)."""
+    decoder = json.JSONDecoder()
+    rest = div[div.index("Plotly.newPlot(") + len("Plotly.newPlot(") :]
+    values = []
+    for _ in range(3):
+        rest = rest.lstrip(" \n,")
+        value, end = decoder.raw_decode(rest)
+        values.append(value)
+        rest = rest[end:]
+    return values[2]
 
 
 def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspace):
@@ -51,6 +66,12 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
         dd = compute_scores(g.result.H_std[g.result.primary]).diagonal_dominance
         assert f"{dd.median:.2f}" in page and f"Q1–Q3 [{dd.q1:.2f}, {dd.q3:.2f}]" in page
     assert "diagonal ridge" in page and "damping λ" in page
+    # a figure's own title does not repeat its section's heading (the PNG export keeps it)
+    for part in parts:
+        heading = page.index(f"<h2>{html.escape(part.title)}</h2>")
+        div = page[heading : page.index("</section>", heading)]
+        assert drawn_layout(div)["title"].get("text", "") != part.title, part.title
+    assert parts[0].figure.layout.title.text == parts[0].title  # the figure itself unchanged
 
 
 def test_report_of_a_subset_of_the_cached_view_is_assembled_from_its_units(workspace):

@@ -179,8 +179,10 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
         "dataset": selection.dataset,
         "classes": list(selection.classes),
         "test trajectories (batches)": list(selection.trajectories),
-        "window": f"transitions {selection.t_start}…{selection.t_start + selection.n_steps - 1}"
-        f" (T = {selection.n_steps}, N = {selection.n_examples})",
+        # as the sidebar's slider and the export names give it (snapshots), then what it means
+        "window": f"snapshots {selection.t_start}–{selection.t_start + selection.n_steps}: "
+        f"transitions {selection.t_start}…{selection.t_start + selection.n_steps - 1} "
+        f"(T = {selection.n_steps}, N = {selection.n_examples})",
         "responses": list(selection.responses),
         "estimator": selection.estimator,
         "damping λ": selection.damping,

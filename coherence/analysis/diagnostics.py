@@ -132,7 +132,10 @@ def convergence_summary(
 
 RESIDUAL_CAVEAT = (
     "A residual says how far the system is from solved, not how close Ĥ is to the exact "
-    "solve (README: estimators)"
+    "solve: on small models where the exact solve is computable, the default estimator's Ĥ "
+    "correlated with it at Pearson 0.88–0.98 (λ = 1e-4), closer than EK-FAC's, while its "
+    "residuals missed the paper's rtol (README: estimators). For the paper's own solve, "
+    "choose cg at its rtol"
 )
 
 
@@ -162,13 +165,13 @@ def residual_summary(
     median = statistics.median(values)
     quoted = {arch: PAPER_RTOL[arch]} if arch in PAPER_RTOL else PAPER_RTOL
     within = ", ".join(
-        f"{sum(v <= rtol for v in values)} at {_paper_notation(rtol)}"
+        f"{sum(v <= rtol for v in values)} of {len(values)} at {_paper_notation(rtol)}"
         + ("" if len(quoted) == 1 else f" ({ARCH_LABELS.get(a, a)})")
         for a, rtol in quoted.items()
     )
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "
-        f"{median:.3g}, worst {values[-1]:.3g}; within the paper's rtol: {within}"
+        f"{median:.3g}, worst {values[-1]:.3g}; columns within the paper's rtol: {within}"
     )
     if values[-1] >= 1:  # y_p = 0 would have residual 1: say what the number means
         cg = all(cell.get("estimator") == "cg" for row in diagnostics for cell in row)

@@ -80,6 +80,7 @@ class ProgressTracker:
         self._unit_started = now
         self.units_done += 1
         self._eta = None  # the first per-unit figure replaces the fraction-based one
+        self.write(JobState.RUNNING, now=now)  # the count shows at once, not at the next step
 
     def setup_seconds(self, before: float, now: float | None = None) -> float | None:
         """Seconds of this job outside its units' steady work: ``before`` (worker start and

@@ -205,8 +205,10 @@ SILENT_AFTER_S = 15.0  # a running job that reported nothing for this long is in
 
 
 def progress_text(label: str, status: JobStatus, now: float | None = None) -> str:
-    """'**UNet** · <stage> · 40% · 2 of 6 units done (1 cached) · about 3 min left'; a job
-    quiet for a while says so (trace, Lanczos, assembly and storing report no steps)."""
+    """'**UNet** · <stage> · 40% · 2 of 6 units done (1 cached) · about 3 min left'; the time
+    left counts down from the job's last report (a figure that stood still for a silent phase
+    read as a hang) and, once spent, says so; a job quiet for a while says so (trace, Lanczos,
+    assembly and storing report no steps)."""
     now = time.time() if now is None else now
     parts = [f"**{literal(label)}**", literal(status.stage or "starting")]
     if not status.queued:
@@ -216,12 +218,15 @@ def progress_text(label: str, status: JobStatus, now: float | None = None) -> st
         if status.units_cached:
             units += f" ({status.units_cached} of {status.units_total} units cached)"
         parts.append(units)
+    quiet = 0.0 if status.updated is None else max(now - status.updated, 0.0)
     if status.eta_seconds is not None and not status.queued:
-        parts.append(f"about {format_duration(status.eta_seconds)} left")
-    if status.updated is not None and not status.queued:
-        quiet = now - status.updated
-        if quiet > SILENT_AFTER_S:
-            parts.append(f"still working: this phase reports no steps ({format_duration(quiet)})")
+        left = status.eta_seconds - quiet  # counted down since the job last reported
+        if left >= 1:
+            parts.append(f"about {format_duration(left)} left")
+        else:
+            parts.append("taking longer than estimated")
+    if quiet > SILENT_AFTER_S and not status.queued:
+        parts.append(f"still working: this phase reports no steps ({format_duration(quiet)})")
     return " · ".join(parts)
 
 

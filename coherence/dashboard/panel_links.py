@@ -37,6 +37,9 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
     },
     "Validation": {"cf_ckpt": str, "cf_traj": int, "cf_p": int, "cf_response": str},
 }
+# values a link may spell in another case: the Conservation tab by its response's name,
+# lower-case as in resp=smse,mass,energy, opens the tab labelled "Energy"
+SPELLINGS = {"cons_response": str.capitalize}
 _PENDING = "_panel_link_pending"
 _INT = re.compile(r"[0-9]{1,9}")
 MAX_TEXT = 200
@@ -70,7 +73,7 @@ def restore() -> list[str]:
             warnings.append(f"URL parameter {key}={_shown(raw)!r}: too long; using the default")
             continue
         else:
-            value = raw
+            value = SPELLINGS.get(key, str)(raw)
         st.session_state[key] = value
         pending[key] = value
     st.session_state[_PENDING] = pending

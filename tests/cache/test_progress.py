@@ -69,9 +69,12 @@ def test_progress_text_names_units_cached_and_silent_phases():
     )
     text = progress_text("UNet", status, now=130.0)
     assert "3 of 6 units done (2 of 6 units cached)" in text
-    assert "about 2 min left" in text and "50%" in text
+    assert "about 1 min left" in text and "50%" in text  # 90 s, counted down by 30 s quiet
     assert "still working: this phase reports no steps (30 s)" in text
     assert "still working" not in progress_text("UNet", status, now=105.0)
+    assert "about 2 min left" in progress_text("UNet", status, now=100.0)
+    late = progress_text("UNet", status, now=200.0)  # the 90 s have run out
+    assert "left" not in late and "taking longer than estimated" in late
 
 
 @pytest.mark.slow
@@ -123,3 +126,16 @@ def test_a_jobs_setup_is_the_time_beyond_its_steady_units(tmp_path, clock):
     assert tracker.setup_seconds(3.0) == pytest.approx(3.0 + 20 - 3 * 5)
     clock.now -= 30  # a clock that went back: never a negative setup
     assert tracker.setup_seconds(3.0) == pytest.approx(3.0)
+
+
+def test_a_finished_unit_shows_at_once(tmp_path, clock):
+    """The unit count is written when a unit finishes, not at the next rate-limited step
+    (the last unit's count lagged behind a job at 100 %)."""
+    tracker = ProgressTracker(ResultStore(tmp_path / "cache"), KEY, interval=60.0)
+    tracker.set_units(total=3, cached=0)
+    tracker(0.1, "per-example gradients")  # written: the first record
+    clock.now += 1
+    tracker(0.3, "subspace JVPs")  # within the interval: not written
+    assert tracker.store.get_progress(KEY).stage == "per-example gradients"
+    tracker.unit_done()
+    assert tracker.store.get_progress(KEY).units_done == 1

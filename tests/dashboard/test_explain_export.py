@@ -209,6 +209,8 @@ def test_the_default_two_time_csv_says_which_view_it_holds(workspace, monkeypatc
     header = [line for line in data().decode().splitlines() if line.startswith("#")]
     assert "# class pair: intra-class mean" in header
     assert "# seed: mean over seeds" in header and "# colour scale: paper" in header
+    # the window as the slider and the file name give it (snapshots 0–5 of the tiny data)
+    assert "_w0-5_" in name and "# window: snapshots 0–5: transitions 0…4 (T = 5, N = 15)" in header
     assert not re.search(r"intra|mean|paper", name)
 
 

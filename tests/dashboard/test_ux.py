@@ -266,6 +266,8 @@ def test_the_conservation_response_tab_travels_in_the_link(workspace, monkeypatc
     assert at.query_params["cons_response"] == "Energy"
     other = open_app(workspace, monkeypatch, {"panel": "Two-time influence"})
     assert "cons_response" not in other.query_params  # not the open panel's choice
+    lower = open_app(workspace, monkeypatch, {"panel": "Conservation", "cons_response": "energy"})
+    assert not lower.warning and lower.query_params["cons_response"] == "Energy"  # as in resp=
     bad = open_app(workspace, monkeypatch, {"panel": "Conservation", "cons_response": "Entropy"})
     assert not bad.exception
     assert "cons_response='Entropy': not offered" in texts(bad.warning)

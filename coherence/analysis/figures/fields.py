@@ -127,7 +127,9 @@ def _field_colorbars(
 ) -> None:
     """Vertical bars: the shared one in the gap right of the prediction, the diff one at the
     end."""
-    bar = {"thickness": 12, "len": 0.85, "xanchor": "left", "xpad": 4}
+    # half the plot height, centred as the maps are: three square maps across a 1024 px page
+    # fill about half of it (a longer bar overhung them there); at 1600 px they fill it all
+    bar = {"thickness": 12, "len": 0.5, "xanchor": "left", "xpad": 4}
     shared_x = fig.layout.xaxis2.domain[1] + 0.005
     fig.update_layout(
         coloraxis={

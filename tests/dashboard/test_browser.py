@@ -411,6 +411,8 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     assert len({round(label.bounding_box()["y"]) for label in labels}) == 1  # one row
     box = page.locator(HEATMAP).first.bounding_box()
     assert box["y"] + box["height"] / 4 < 768, box  # the map's top rows in view
+    text = page.locator("[data-testid=stMarkdownContainer]", has_text="What am I looking at?")
+    assert text.bounding_box()["height"] < 450, text.bounding_box()  # short, in a narrow column
     shot(page, "20a_tour_verdict_1024")
     page.set_viewport_size({"width": 1600, "height": 1000})
     settle(page, 1.0)

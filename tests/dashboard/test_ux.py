@@ -70,8 +70,10 @@ def test_an_uncached_selection_keeps_the_last_figures_marked_stale(workspace, mo
     (after,) = charts(at)  # the last computed heatmap is still there
     assert after["data"][0]["z"] == before["data"][0]["z"]
     assert "Diagonal dominance" in [m.label for m in at.metric]
+    assert "**stale**, the last computed selection's" in texts(at.markdown)  # on the scores
     at.number_input(key="sb_damping").set_value(1e-4).run()  # back: current, not stale
     assert "Stale" not in texts(at.warning)
+    assert "**stale**" not in texts(at.markdown)
 
 
 def test_damping_steps_by_decades_and_keeps_typed_values(workspace, monkeypatch):

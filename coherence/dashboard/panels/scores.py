@@ -34,6 +34,14 @@ TOUR = (
     "brightness** is **generalization** (learning transfers across time and classes). The "
     "scores read it for you: diagonal dominance 1 = perfectly local, 0.5 = flat."
 )
+# the same three sentences, shorter, for the narrow column beside the two-time map (at a
+# 1024 px window it is about 150 px wide, and the long text stood 700 px tall there)
+TOUR_SHORT = (
+    "**What am I looking at?** Each cell: how a gradient step at one time (column) moves "
+    "the error at another (row). A bright **diagonal ridge** is **memorization**; **broad "
+    "brightness** is **generalization**. The scores above read it: diagonal dominance "
+    "1 = local, 0.5 = flat."
+)
 
 
 def scores(ctx: PanelContext) -> None:
@@ -89,7 +97,7 @@ def tour(*, beside: bool = False) -> None:
     browser);
     ``beside``: in a narrow column (beside the two-time map), its button under the text."""
     with st.container(border=True, horizontal=not beside, vertical_alignment="center"):
-        st.markdown(TOUR, width="stretch")
+        st.markdown(TOUR_SHORT if beside else TOUR, width="stretch")
         st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
 
 
@@ -107,18 +115,21 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
         scores = {g.key: loaders.scores(g.key, g.result) for g in ctx.ready}
         for group in ctx.ready:
             others = [s for key, s in scores.items() if key != group.key]
-            _group_scores(group, scores[group.key], others)
+            _group_scores(group, scores[group.key], others, stale=ctx.stale)
     report_button(ctx, report_slot)
 
 
-def _group_scores(group, scores: Scores, others: list[Scores]) -> None:
+def _group_scores(group, scores: Scores, others: list[Scores], *, stale: bool = False) -> None:
     """The group's verdict line and metric row, each score as wide as the other groups'
-    (``others``), so the two rows of compare mode line up."""
+    (``others``), so the two rows of compare mode line up; ``stale``: the scores are the last
+    computed selection's (the banner above says which), and the line says so too."""
     table = {s.name: s for s in scores.as_list()}
     peer_tables = [{s.name: s for s in other.as_list()} for other in others]
     n = len(group.result.checkpoints)
+    mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
     st.markdown(
-        f"**{literal(group.label)}** · {n} seed{'s' if n != 1 else ''} · {literal(verdict(scores))}"
+        f"**{literal(group.label)}** · {mark}{n} seed{'s' if n != 1 else ''} · "
+        f"{literal(verdict(scores))}"
     )
     # fixed-width cells in a wrapping row: on a narrow screen they move to the next line
     # instead of truncating their labels (all four fit one row from a 1024 px window)

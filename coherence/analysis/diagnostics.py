@@ -164,14 +164,18 @@ def residual_summary(
         return None
     median = statistics.median(values)
     quoted = {arch: PAPER_RTOL[arch]} if arch in PAPER_RTOL else PAPER_RTOL
-    within = ", ".join(
-        f"{sum(v <= rtol for v in values)} of {len(values)} at {_paper_notation(rtol)}"
-        + ("" if len(quoted) == 1 else f" ({ARCH_LABELS.get(a, a)})")
-        for a, rtol in quoted.items()
-    )
+    counts = {a: f"{sum(v <= rtol for v in values)} of {len(values)}" for a, rtol in quoted.items()}
+    if len(quoted) == 1:  # 'within the paper's rtol 1.5e-2: 0 of 144' (one line at 1600 px)
+        ((a, rtol),) = quoted.items()
+        within = f"within the paper's rtol {_paper_notation(rtol)}: {counts[a]}"
+    else:
+        within = "within the paper's rtol: " + ", ".join(
+            f"{counts[a]} at {_paper_notation(rtol)} ({ARCH_LABELS.get(a, a)})"
+            for a, rtol in quoted.items()
+        )
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "
-        f"{median:.3g}, worst {values[-1]:.3g}; columns within the paper's rtol: {within}"
+        f"{median:.3g}, worst {values[-1]:.3g}; {within}"
     )
     if values[-1] >= 1:  # y_p = 0 would have residual 1: say what the number means
         cg = all(cell.get("estimator") == "cg" for row in diagnostics for cell in row)

@@ -396,16 +396,16 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     ]
     summary = residual_summary(cells)
     assert "over 4 columns: median 0.035, worst 0.2" in summary
-    within = "columns within the paper's rtol: 1 of 4 at 1.5e-2 (UNet), 3 of 4 at 5e-2 (ViT)"
+    within = "within the paper's rtol: 1 of 4 at 1.5e-2 (UNet), 3 of 4 at 5e-2 (ViT)"
     assert within in summary
     assert "not how close Ĥ is" in summary
     short = residual_summary(cells, caveat=False)  # the dashboard shows the caveat as help
     assert summary.startswith(short) and "not how close" not in short
     assert "no better than y = 0" not in summary  # every residual below 1
     # one architecture: its own tolerance only
-    assert "within the paper's rtol: 3 of 4 at 5e-2." in residual_summary(cells, arch="vit")
+    assert "within the paper's rtol 5e-2: 3 of 4." in residual_summary(cells, arch="vit")
     assert "(UNet)" not in residual_summary(cells, arch="vit")
-    assert "within the paper's rtol: 1 of 4 at 1.5e-2" in residual_summary(cells, arch="unet")
+    assert "within the paper's rtol 1.5e-2: 1 of 4" in residual_summary(cells, arch="unet")
     worse = [[{"residuals": [0.5, 1.3]}]]  # a column worse than y = 0: say so, name cg
     assert "no better than y = 0" in residual_summary(worse)
     assert "choose the cg estimator" in residual_summary(worse)

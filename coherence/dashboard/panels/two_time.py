@@ -88,7 +88,7 @@ def two_time(ctx: PanelContext) -> None:
         controls, plot = st.container(), st.container()
         left, right, third = controls.columns([3, 2, 2])
     else:
-        plot, controls = st.columns([3, 1], gap="medium")
+        plot, controls = st.columns([5, 2], gap="medium")
         left = right = third = controls
         tour_at = controls.container()
     try:

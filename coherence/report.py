@@ -27,7 +27,13 @@ from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
 from coherence.analysis.figures.theme import SCALES
 from coherence.analysis.names import selection_tag
 from coherence.analysis.scores import Scores
-from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
+from coherence.analysis.verdict import (
+    REFERENCES,
+    format_score,
+    score_peers,
+    uncertainty,
+    verdict,
+)
 from coherence.errors import CoherenceError
 from coherence.report_panels import (
     RESPONSE_TITLES,
@@ -205,16 +211,12 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
 
 def _headline(groups: Sequence[ReportGroup], scores: Mapping[str, Scores]) -> str:
     rows = []
-    tables = {g.label: {s.name: s for s in scores[g.label].as_list()} for g in groups}
     for g in groups:
-        table = tables[g.label]
-
-        def peers(name: str, me: str = g.label) -> list:
-            return [t.get(name) for label, t in tables.items() if label != me]
-
+        table = {s.name: s for s in scores[g.label].as_list()}
+        peers = score_peers(scores, g.label)
         cells = "".join(
-            f"<td><b>{html.escape(format_score(table.get(r.name), peers(r.name)))}</b><br>"
-            f"<small>{html.escape(uncertainty(table.get(r.name), peers(r.name)))}<br>"
+            f"<td><b>{html.escape(format_score(table.get(r.name), peers[r.name]))}</b><br>"
+            f"<small>{html.escape(uncertainty(table.get(r.name), peers[r.name]))}<br>"
             f"{html.escape(r.marks)}</small></td>"
             for r in REFERENCES
         )

@@ -9,10 +9,13 @@ transfer), not results of the paper. Pure: no streamlit, no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from coherence.analysis.scores import Score, Scores
+
+K = TypeVar("K", bound=Hashable)  # a model group's label or cache key
 
 LOCAL, TRANSFER = 0.75, 0.6  # diagonal dominance above: time-local; below: transfers
 CLASS_TRANSFER, CLASS_SPECIFIC = 0.5, 0.2  # inter/intra ratio above / below
@@ -52,39 +55,45 @@ REFERENCES = (
 )
 
 
-def _spec(score: Score) -> str:
-    """One number format for a score's median and quartiles, the shortest that keeps distinct
-    values apart and prints no non-zero value as zero: 2, 3 or 4 decimals below 10 ('0.913
-    [0.911, 0.917]', not '0.91 [0.91, 0.93]'), else significant digits ('2e-05', '10.42')."""
+def _spec(score: Score) -> tuple[int, str]:
+    """One number format for a score's median and quartiles, as (digits, kind): the shortest
+    that keeps distinct values apart and prints no non-zero value as zero: 2, 3 or 4 decimals
+    ("f") below 10 ('0.913 [0.911, 0.917]', not '0.91 [0.91, 0.93]'), else significant
+    digits ("g": '2e-05', '10.42')."""
     values = [v for v in (score.q1, score.median, score.q3) if math.isfinite(v)]
     distinct = len({round(v, 12) for v in values})
 
-    def works(spec: str) -> bool:
-        texts = [format(v, spec) for v in values]
+    def works(digits: int, kind: str) -> bool:
+        texts = [format(v, f".{digits}{kind}") for v in values]
         zero = any(v != 0 and float(t) == 0 for v, t in zip(values, texts, strict=True))
         return len(set(texts)) == distinct and not zero
 
     if all(abs(v) < 10 for v in values):
         for decimals in (2, 3, 4):
-            if works(f".{decimals}f"):
-                return f".{decimals}f"
+            if works(decimals, "f"):
+                return decimals, "f"
     for digits in range(3, 8):
-        if works(f".{digits}g"):
-            return f".{digits}g"
-    return ".8g"
+        if works(digits, "g"):
+            return digits, "g"
+    return 8, "g"
 
 
 def _formatter(score: Score, peers: Sequence[Score | None] = ()) -> Callable[[float], str]:
     """The score's format (``_spec``), widened to its ``peers`` (the same score of the other
     model groups on the page) when all use the same kind, so two groups' values line up:
     '0.620' beside '0.913', not '0.62' beside '0.913'."""
-    own = _spec(score)
-    specs = [own] + [_spec(p) for p in peers if p is not None and math.isfinite(p.median)]
-    kinds = {spec[-1] for spec in specs}
-    if len(kinds) == 1:
-        widest = max(int(spec[1:-1]) for spec in specs)
-        own = f".{widest}{own[-1]}"
-    return lambda v: format(v, own)
+    digits, kind = _spec(score)
+    others = [_spec(p) for p in peers if p is not None and math.isfinite(p.median)]
+    if all(k == kind for _, k in others):
+        digits = max([digits] + [d for d, _ in others])
+    return lambda v: format(v, f".{digits}{kind}")
+
+
+def score_peers(by_group: Mapping[K, Scores], own: K) -> dict[str, list[Score | None]]:
+    """Per score name, the same score of every group in ``by_group`` but ``own``: the
+    ``peers`` whose format a group's values share (compare mode, the report's table)."""
+    tables = [{s.name: s for s in scores.as_list()} for g, scores in by_group.items() if g != own]
+    return {ref.name: [t.get(ref.name) for t in tables] for ref in REFERENCES}
 
 
 def format_score(score: Score | None, peers: Sequence[Score | None] = ()) -> str:

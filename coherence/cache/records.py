@@ -113,9 +113,9 @@ class JobRecords:
     def record_job_setup(self, seconds: float) -> float:
         """Fold one job's measured setup seconds into the workspace's figure (the mean of
         this and the last figure, so one slow start does not stick); returns the new figure."""
-        if not (math.isfinite(seconds) and seconds >= 0):
-            return self.job_setup() or 0.0
         previous = self.job_setup()
+        if not (math.isfinite(seconds) and seconds >= 0):
+            return previous or 0.0
         figure = min(seconds if previous is None else (previous + seconds) / 2, MAX_SETUP)
         self._cache.set(SETUP_RECORD, json.dumps({"seconds": figure}).encode(), retry=True)
         return figure

@@ -4,17 +4,19 @@ and reference marks), and the one-click report."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlencode
 
 import streamlit as st
 
 from coherence.analysis.exports import scores_csv
 from coherence.analysis.figures import score_rows, scores_table
-from coherence.analysis.scores import DEFINITIONS, Scores
+from coherence.analysis.scores import DEFINITIONS, Score, Scores
 from coherence.analysis.verdict import (
     REFERENCES,
     format_score,
     quartile_band,
+    score_peers,
     uncertainty,
     verdict,
 )
@@ -114,17 +116,19 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
     if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
         scores = {g.key: loaders.scores(g.key, g.result) for g in ctx.ready}
         for group in ctx.ready:
-            others = [s for key, s in scores.items() if key != group.key]
-            _group_scores(group, scores[group.key], others, stale=ctx.stale)
+            peers = score_peers(scores, group.key)
+            _group_scores(group, scores[group.key], peers, stale=ctx.stale)
     report_button(ctx, report_slot)
 
 
-def _group_scores(group, scores: Scores, others: list[Scores], *, stale: bool = False) -> None:
+def _group_scores(
+    group, scores: Scores, peers: Mapping[str, list[Score | None]], *, stale: bool = False
+) -> None:
     """The group's verdict line and metric row, each score as wide as the other groups'
-    (``others``), so the two rows of compare mode line up; ``stale``: the scores are the last
-    computed selection's (the banner above says which), and the line says so too."""
+    (``peers``: ``score_peers``), so the two rows of compare mode line up; ``stale``: the
+    scores are the last computed selection's (the banner above says which), and the line
+    says so too."""
     table = {s.name: s for s in scores.as_list()}
-    peer_tables = [{s.name: s for s in other.as_list()} for other in others]
     n = len(group.result.checkpoints)
     mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
     st.markdown(
@@ -135,16 +139,15 @@ def _group_scores(group, scores: Scores, others: list[Scores], *, stale: bool = 
     # instead of truncating their labels (all four fit one row from a 1024 px window)
     row = st.container(horizontal=True, gap="small")
     for ref in REFERENCES:
-        score = table.get(ref.name)
-        peers = [t.get(ref.name) for t in peer_tables]
+        score, others = table.get(ref.name), peers[ref.name]
         cell = row.container(width=150, gap=None)  # "Diagonal dominance" and its help icon
         cell.metric(
             ref.title,
-            format_score(score, peers),
+            format_score(score, others),
             help=f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median; "
-            f"{literal(uncertainty(score, peers))}.",
+            f"{literal(uncertainty(score, others))}.",
         )
-        cell.caption(literal(quartile_band(score, peers)) + "  \n" + literal(ref.short))
+        cell.caption(literal(quartile_band(score, others)) + "  \n" + literal(ref.short))
 
 
 def _page_link(shown: Selection) -> str:

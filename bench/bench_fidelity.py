@@ -3,7 +3,8 @@
 1. ``fidelity``: small trained models where the exact dense (η + λI)⁻¹ solve is computable
    (TinyConv on compressible Euler at 8², N = 48, P = 0.9k–1.8k; tests/analysis/fixtures.py),
    λ = 1e-4 and 1e-2. Per setting (euclidean, subspace, krylov depth 2/4/6/8): Pearson of the
-   standardised Ĥ with the exact one over all entries, median per-row Spearman, the median
+   standardised Ĥ with the exact one over all entries, median per-row Spearman (SMSE, and the
+   same for the mass and energy maps), ekfac-krylov's residual-correction share, the median
    and largest full-system residual, batch JVPs and VJPs and their forward-pass equivalents
    (JVP ≈ 2.2, VJP ≈ 2 batch forwards), seconds. Target (issue 14): Pearson ≥ 0.95,
    Spearman ≥ 0.9.
@@ -56,6 +57,8 @@ from tests.analysis.fixtures import train_small
 JVP_FORWARDS, VJP_FORWARDS = 2.2, 2.0
 COLD_CAP = {5e-2: 400, 1.5e-2: 800}  # cg iterations per column: a capped cold run is a bound
 MODELS = ((12, 2), (16, 0), (24, 1), (24, 0))  # (hidden, seed): P = 880, 1172, 1756, 1756
+# every response: SMSE is the target's; mass and energy say how far the conservation panels are
+RESPONSES = ("smse", "mass", "energy")
 
 
 def _products(diag: Any) -> dict[str, Any]:
@@ -66,6 +69,12 @@ def _products(diag: Any) -> dict[str, Any]:
         "forwards": JVP_FORWARDS * jvps + VJP_FORWARDS * vjps,
         "seconds": diag.seconds,
     }
+
+
+def _agreement(h: torch.Tensor, exact: torch.Tensor) -> tuple[float, float]:
+    """Pearson over all entries and median per-row Spearman of two standardised maps."""
+    rows = [spearmanr(h[i], exact[i])[0] for i in range(len(h))]
+    return float(np.corrcoef(h.flatten(), exact.flatten())[0, 1]), float(np.median(rows))
 
 
 def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
@@ -89,17 +98,20 @@ def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any
         small = train_small(hidden, seed)
         p = small.reference.jac.shape[2]
         for damping in (1e-4, 1e-2):
-            exact = standardize(small.reference.full("smse", damping))
+            exact = {r: standardize(small.reference.full(r, damping)) for r in RESPONSES}
             for estimator, options in settings:
                 result = compute_influence(
                     small.model,
                     small.inputs,
                     small.targets,
+                    response=RESPONSES,
                     estimator=estimator,
                     damping=damping,
                     **options,
                 )
-                h = standardize(result.H)
+                scores = {
+                    r: _agreement(standardize(result.H_by_response[r]), exact[r]) for r in RESPONSES
+                }
                 res = result.diagnostics.residuals or [float("nan")]
                 rows.append(
                     {
@@ -107,10 +119,14 @@ def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any
                         "seed": seed,
                         "lambda": damping,
                         "setting": estimator + "".join(f" {k}={v}" for k, v in options.items()),
-                        "pearson": float(np.corrcoef(h.flatten(), exact.flatten())[0, 1]),
-                        "spearman": float(
-                            np.median([spearmanr(h[i], exact[i])[0] for i in range(len(h))])
-                        ),
+                        "pearson": scores["smse"][0],
+                        "spearman": scores["smse"][1],
+                        **{
+                            f"{name}_{r}": scores[r][i]
+                            for r in RESPONSES[1:]
+                            for i, name in enumerate(("pearson", "spearman"))
+                        },
+                        "residual_correction": result.diagnostics.residual_correction,
                         "residual_median": float(np.median(res)),
                         "residual_max": float(np.max(res)),
                         **_products(result.diagnostics),

@@ -177,11 +177,11 @@ def influence_with(
             grads[Response.SMSE],
             progress=lambda x, stage: report(weight + (1 - weight) * x, stage),
         )
-        raw = {r: solved.influence(grads[r]) for r in options.responses}
+        raw = {r: solved.response_influence(r, grads[r]) for r in options.responses}
         directions = None
         if direction_columns:
             index = torch.as_tensor(list(direction_columns), device=device)
-            directions = solved.solution()[index].detach()
+            directions = solved.directions(index, options.responses[0]).detach()
         stages["solve"] = time.perf_counter() - start
     report(1.0, "done")
     h_by = {r.value: (h / math.prod(inputs.shape[1:])).to(dtype) for r, h in raw.items()}

@@ -27,6 +27,12 @@ costs nothing in accuracy.
 - Full-system residual of any Galerkin solution: ρ_p = ‖g_B(p) − (η + λI) y_p‖ / ‖g_B(p)‖.
   J y_p = Σ_j c_jp J q_j comes from the stored pushed tangents (no JVP), so ρ costs N batch
   VJPs (≈ 2N forwards).
+- Residual correction (``ekfac-krylov``): for Galerkin solutions x_r, y_p in one space with
+  residuals r_r, r_p (both orthogonal to it), g_rᵀA⁻¹g_p = g_rᵀy_p + r_rᵀA⁻¹r_p exactly; the
+  estimator adds r_rᵀM̃⁻¹r_p, EK-FAC's estimate of the remainder, from the residual rows it
+  already computes (no model evaluation). It is the first-order effect of the step
+  z_p = y_p + P M̃⁻¹r_p, P = I − QᵀE⁻¹QA (M̃⁻¹r_p made A-orthogonal to the space), on every
+  SMSE response, so the counterfactual check steps along z_p (one JVP + one VJP per column).
 - Deflated CG (Saad, Yeung, Erhel & Guyomarc'h 2000): start from the Galerkin solution, whose
   residual is orthogonal to span(Q), and keep every search direction A-conjugate to span(Q):
   d ← r + βd − Qᵀ E⁻¹ (AQ) r, E = QAQᵀ. CG then runs on the complement of span(Q), where
@@ -219,15 +225,20 @@ class GalerkinSolve:
         return self.coefficients.T.to(self.basis.pushed.dtype) @ self.basis.pushed
 
 
+def galerkin_system(q: Tensor, pushed: Tensor, damping: float) -> Tensor:
+    """E = QAQᵀ = (JQ)(JQ)ᵀ + λQQᵀ in float64, symmetrised (s×s): positive definite by
+    construction, where Q·(AQ)ᵀ from float32 VJPs can lose definiteness."""
+    system = gram64(pushed, pushed) + damping * gram64(q, q)
+    return 0.5 * (system + system.T)
+
+
 def galerkin_solve(basis: GalerkinBasis, g: Tensor, damping: float) -> GalerkinSolve:
     """Solve (QηQᵀ + λQQᵀ) C = Q Gᵀ in float64 (an s×s system; s ≤ depth·N)."""
-    metric = gram64(basis.pushed, basis.pushed)  # (s, s) = QηQᵀ
-    overlap = gram64(basis.q, basis.q)  # (s, s) = QQᵀ ≈ I
-    system = metric + damping * overlap
     rhs = gram64(basis.q, g)  # (s, N)
     if not len(rhs):
         return GalerkinSolve(basis, rhs.new_zeros(0, g.shape[0]))
-    return GalerkinSolve(basis, torch.linalg.solve(0.5 * (system + system.T), rhs))
+    system = galerkin_system(basis.q, basis.pushed, damping)
+    return GalerkinSolve(basis, torch.linalg.solve(system, rhs))
 
 
 @dataclass(frozen=True)
@@ -307,11 +318,9 @@ def deflation(
         a_q[:known] += eta_rows
     for j in range(known, len(q)):
         a_q[j] += vjp(pushed[j].reshape(output_shape))
-    # E = QAQᵀ as the Galerkin start solved it, (JQ)(JQ)ᵀ + λQQᵀ: positive definite by
-    # construction, where Q·(AQ)ᵀ from float32 VJPs can lose definiteness once the basis
-    # holds directions whose η-energy is below λ at the model's rounding
-    e = gram64(pushed, pushed) + damping * gram64(q, q)
-    factor, info = torch.linalg.cholesky_ex(0.5 * (e + e.T))
+    # E = QAQᵀ as the Galerkin start solved it (not Q·(AQ)ᵀ, which loses definiteness once
+    # the basis holds directions whose η-energy is below λ at the model's rounding)
+    factor, info = torch.linalg.cholesky_ex(galerkin_system(q, pushed, damping))
     if int(info) != 0:
         raise RequestError(
             f"the deflated cg start's basis ({len(q)} rows) is numerically dependent at "
@@ -319,3 +328,43 @@ def deflation(
             "or use --cg-start cold"
         )
     return Deflation(q, a_q, factor)
+
+
+@dataclass(frozen=True)
+class ResidualCorrection:
+    """The SMSE pairing's remainder estimate R M̃⁻¹Rᵀ (float64 [N, N], ``matrix``) and the
+    step that realises it: ``steps(index)`` gives P M̃⁻¹r_p [k, P] for those columns, so that
+    g_rᵀ(y_p + P M̃⁻¹r_p) = g_rᵀy_p + r_rᵀM̃⁻¹r_p for every response example r."""
+
+    matrix: Tensor
+    steps: Callable[[Tensor], Tensor]
+
+
+def residual_correction(
+    basis: GalerkinBasis,
+    residual_rows: Tensor,
+    precondition: Rows,
+    metric_rows: Rows,
+    damping: float,
+    chunk: int = 8,
+) -> ResidualCorrection:
+    """R M̃⁻¹Rᵀ from the Galerkin solution's residual rows R [N, P] (one preconditioner
+    application, no model evaluation, ``chunk`` rows of M̃⁻¹R at a time: no second N×P
+    buffer); the steps cost one JVP + one VJP per column asked for (``metric_rows``: rows
+    v ↦ (η + λI)v)."""
+    n = len(residual_rows)
+    matrix = residual_rows.new_zeros(n, n, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        block = precondition(residual_rows[start : start + chunk])  # M̃⁻¹r_p
+        matrix[:, start : start + chunk] = gram64(residual_rows, block)
+    matrix = 0.5 * (matrix + matrix.T)  # symmetric in exact arithmetic (M̃ is)
+
+    def steps(index: Tensor) -> Tensor:
+        w = precondition(residual_rows[index])
+        if not basis.rank:
+            return w
+        system = galerkin_system(basis.q, basis.pushed, damping)
+        mu = torch.linalg.solve(system, gram64(basis.q, metric_rows(w)))  # (s, k)
+        return w - mu.T.to(w.dtype) @ basis.q
+
+    return ResidualCorrection(matrix, steps)

@@ -30,13 +30,20 @@ from coherence.analysis.krylov import (
     FullResidual,
     GalerkinBasis,
     GalerkinSolve,
+    ResidualCorrection,
     block_krylov_basis,
     deflation,
     full_residual,
     galerkin_solve,
+    residual_correction,
 )
 from coherence.analysis.request import InfluenceOptions
-from coherence.analysis.vocabulary import DEFAULT_ENERGY_THRESHOLD, CGStart, Estimator
+from coherence.analysis.vocabulary import (
+    DEFAULT_ENERGY_THRESHOLD,
+    CGStart,
+    Estimator,
+    Response,
+)
 
 StageProgress = Callable[[float, str], None]  # (fraction, stage)
 
@@ -78,13 +85,31 @@ class CountedJacobian:
 
 @dataclass(frozen=True)
 class MetricSolve:
-    """M⁻¹ applied to the perturbation gradients: ``influence(ga)`` gives H·D = G_A Yᵀ
-    (float64 [N, N]), ``solution()`` the rows y_p = M⁻¹ g_B(p) [N, P] (model dtype; the
-    counterfactual check steps along them), ``fields`` the estimator's diagnostics."""
+    """M⁻¹ applied to the perturbation gradients: ``influence(ga)`` gives G_A Yᵀ (float64
+    [N, N]), ``solution()`` the rows y_p = M⁻¹ g_B(p) [N, P] (model dtype), ``fields`` the
+    estimator's diagnostics; ``correction`` (``ekfac-krylov``): the SMSE pairing's residual
+    correction. ``response_influence`` and ``directions`` apply it: H·D of a response and
+    the steps whose first-order effect it is (the counterfactual check steps along them)."""
 
     influence: Callable[[Tensor], Tensor]
     solution: Callable[[], Tensor]
     fields: dict[str, Any]
+    correction: ResidualCorrection | None = None
+
+    def response_influence(self, response: Response, ga: Tensor) -> Tensor:
+        """H·D [N, N] of ``response`` (gradients ga [N, P]) against every perturbation."""
+        h = self.influence(ga)
+        if response is Response.SMSE and self.correction is not None:
+            h = h + self.correction.matrix
+        return h
+
+    def directions(self, index: Tensor, response: Response) -> Tensor:
+        """The steps [k, P] of the columns ``index`` whose first-order effect on ``response``
+        is ``response_influence``'s (y_p, plus the corrected step for SMSE)."""
+        y = self.solution()[index]
+        if response is Response.SMSE and self.correction is not None:
+            y = y + self.correction.steps(index).to(y.dtype)
+        return y
 
 
 def solve_metric(
@@ -206,22 +231,30 @@ def _krylov(
     EK-FAC approximation of the metric fitted on this batch: span(G) at the subspace
     default threshold, so the spectrum and the dominant-eigenvalue share are reported as
     ``subspace`` reports them."""
-    precondition, span_g = None, None
+    precondition, span_g, correction = None, None, None
     if preconditioned:
         precondition = ekfac_preconditioner(options, products, progress)
         span_g = DEFAULT_ENERGY_THRESHOLD
     galerkin = _krylov_galerkin(
         options, products, g, shape, 1.0, progress, precondition, span_g_threshold=span_g
     )
-    return MetricSolve(
-        galerkin.solve.influence,
-        lambda: galerkin.y0,
-        {
-            **galerkin.fields(options),
-            "residuals": tuple(galerkin.residual.relative.tolist()),
-            **products.report(),
-        },
-    )
+    fields = {
+        **galerkin.fields(options),
+        "residuals": tuple(galerkin.residual.relative.tolist()),
+        **products.report(),
+    }
+    if precondition is not None:
+        correction = residual_correction(
+            galerkin.basis,
+            galerkin.residual.rows,
+            precondition,
+            products.metric_rows(options.damping),
+            options.damping,
+        )
+        uncorrected = torch.linalg.matrix_norm(galerkin.solve.influence(g))
+        share = torch.linalg.matrix_norm(correction.matrix) / uncorrected.clamp_min(1e-300)
+        fields["residual_correction"] = float(share)
+    return MetricSolve(galerkin.solve.influence, lambda: galerkin.y0, fields, correction)
 
 
 def _subspace(

@@ -99,7 +99,7 @@ def preconditioned_gradients(
         (g,) = per_example_vjps(fm, inputs, [residual(Response.SMSE, prediction, inputs, targets)])
         index = torch.as_tensor(list(columns), device=g.device)
         solved = solve_metric(options, fm, inputs, g)
-        return solved.solution()[index].detach()
+        return solved.directions(index, Response.SMSE).detach()
 
 
 def counterfactual_check(

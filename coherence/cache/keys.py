@@ -36,11 +36,12 @@ from coherence.surrogates import checkpoint as ckpt
 ANALYSIS_CODE_VERSION = "1"
 # An estimator whose numbers changed gets a revision here instead: only its entries miss.
 # ekfac-krylov 2: block 1 holds span(G) beside M̃⁻¹G (its spectrum; issue 14)
+# ekfac-krylov 3: the SMSE map adds the residual correction R M̃⁻¹Rᵀ (krylov.residual_correction)
 # cg 2: the true residual is refreshed every 50 iterations and decides convergence (f713e1f)
 # ekfac 2: factors accumulated in float64, probes from the inputs' shape, a frozen bias keeps
 #   its weight's block (fa921aa, 62a7389); also the preconditioner of `cg --cg-start
 #   preconditioned`, which cg's revision covers
-ESTIMATOR_REVISIONS = {"ekfac-krylov": 2, "cg": 2, "ekfac": 2}
+ESTIMATOR_REVISIONS = {"ekfac-krylov": 3, "cg": 2, "ekfac": 2}
 
 
 def _checkpoint_digest(directory: str) -> str:

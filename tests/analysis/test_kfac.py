@@ -200,14 +200,28 @@ def test_ekfac_krylov_matches_the_dense_preconditioned_galerkin(ce_model, ce_bat
     ref = dense_reference(ce_model, *ce_batch)
     metric = fit_eigenbasis(FlatModel(ce_model), ce_batch[0])
     y = dense_preconditioned_solution(ref, metric, depth, damping)
-    expected = ref.grads("smse") @ y / ref.d
-    result = compute_influence(
-        ce_model, *ce_batch, estimator="ekfac-krylov", depth=depth, damping=damping
-    )
-    assert float((result.H - expected).norm() / expected.norm()) < 1e-6
     g = ref.grads("smse").T
     a = ref.eta + damping * torch.eye(g.shape[0], dtype=torch.float64)
-    dense_residuals = torch.linalg.vector_norm(g - a @ y, dim=0) / g.norm(dim=0)
+    r = g - a @ y  # (P, N): the Galerkin residuals
+    m = dense_metric(metric, g.shape[0]) + damping * torch.eye(g.shape[0], dtype=torch.float64)
+    # the Galerkin map plus the residual correction r_rᵀM̃⁻¹r_p (SMSE only; mass has none)
+    expected = (g.T @ y + r.T @ torch.linalg.solve(m, r)) / ref.d
+    expected_mass = ref.grads("mass") @ y / ref.d
+    result = compute_influence(
+        ce_model,
+        *ce_batch,
+        estimator="ekfac-krylov",
+        depth=depth,
+        damping=damping,
+        response=("smse", "mass"),
+    )
+    assert float((result.H - expected).norm() / expected.norm()) < 1e-6
+    mass = result.H_by_response["mass"]
+    assert float((mass - expected_mass).norm() / expected_mass.norm()) < 1e-6
+    correction = torch.linalg.matrix_norm(r.T @ torch.linalg.solve(m, r))
+    share = float(correction / torch.linalg.matrix_norm(g.T @ y))
+    assert result.diagnostics.residual_correction == pytest.approx(share, rel=1e-6)
+    dense_residuals = torch.linalg.vector_norm(r, dim=0) / g.norm(dim=0)
     np.testing.assert_allclose(result.diagnostics.residuals, dense_residuals, rtol=1e-5)
     # block 1 starts with span(G): the spectrum is subspace's, the metric QηQᵀ on span(G)
     q_g = dense_span_g(ref.grads("smse"))

@@ -117,7 +117,7 @@ def test_counterfactual_on_a_trained_demo_unet(tmp_path):
     assert_first_order(result)
 
 
-@pytest.mark.parametrize("estimator", ["subspace", "krylov"])
+@pytest.mark.parametrize("estimator", ["subspace", "krylov", "ekfac-krylov"])
 def test_directions_are_the_solve_behind_h(single_thread, ce_model, ce_batch, generator, estimator):
     """The counterfactual check steps along preconditioned_gradients and compares with
     compute_influence's H: with every option left at its default, both must come from one

@@ -61,7 +61,18 @@ def spectrum(ctx: PanelContext) -> None:
             "ratio (Σλ)²/Σλ² and entropy rank are effective ranks (N for a flat spectrum, 1 "
             "for one direction); decay slope p in λ_k ∝ k^p over the top half."
         )
-        st.dataframe(rows, hide_index=True, width="stretch")
+        st.dataframe(
+            rows,
+            hide_index=True,
+            width="stretch",
+            # fixed decimals: the share reads 0.30 as the scores above write it, not 0.3
+            column_config={
+                "participation ratio": st.column_config.NumberColumn(format="%.1f"),
+                "entropy rank": st.column_config.NumberColumn(format="%.1f"),
+                "dominant share": st.column_config.NumberColumn(format="%.2f"),
+                "decay slope": st.column_config.NumberColumn(format="%.2f"),
+            },
+        )
     downloads(
         "spectrum",
         ctx.stem("spectrum"),

@@ -71,13 +71,10 @@ def test_residual_correction_with_the_exact_inverse_is_the_full_solve(
     from coherence.analysis import metric_solve, verify
 
     a = damped(ce_reference, damping)
-    exact_inverse = lambda options, products, progress: (
-        lambda rows: (
-            torch.linalg.solve(  # noqa: E731
-                a, rows.T
-            ).T
-        )
-    )
+
+    def exact_inverse(options, products, progress):  # ekfac_preconditioner's signature
+        return lambda rows: torch.linalg.solve(a, rows.T).T
+
     monkeypatch.setattr(metric_solve, "ekfac_preconditioner", exact_inverse)
     h = compute_influence(ce_model, *ce_batch, estimator="ekfac-krylov", damping=damping).H
     expected = ce_reference.full("smse", damping)

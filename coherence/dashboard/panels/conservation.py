@@ -29,7 +29,11 @@ def conservation(ctx: PanelContext) -> None:
         "How a descent step on example p (SMSE) moves the relative error of total mass or "
         "energy at example r: the same two-time map and lag curves as for SMSE, with the "
         "response A = mass or energy (r_M = (M[ŷ] − M[x]) / M[x]). A model that learned the "
-        "conservation law shows transfer here across times and classes."
+        "conservation law shows transfer here across times and classes. Read these maps as "
+        "the estimator's own: on small models where the full solve is computable, the "
+        "default's mass and energy maps agreed with it far less than its SMSE map (Pearson "
+        "−0.02–0.70 against 0.94–0.98; `coherence analyze --depth 4`: 0.38–0.81; README: "
+        "estimators)."
     )
     if not ctx.dataset.conserved:
         st.info(

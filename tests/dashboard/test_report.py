@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coherence.analysis.scores import compute_scores
+from coherence.analysis.verdict import format_score, quartile_band, score_peers
 from coherence.cache.jobs import JobRunner
 from coherence.cli import app
 from coherence.dashboard.selection import default_selection
@@ -59,12 +60,18 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)  # nothing fetched
     assert len(re.findall(r"plotly\.js v\d", page)) == 1  # plotly.js inlined once
     assert page.count("Plotly.newPlot(") == len(parts)
+    scores = {g.label: compute_scores(g.result.H_std[g.result.primary]) for g in groups}
     for g in groups:
         assert g.key in page  # provenance: cache keys, checkpoints
         for name in g.result.checkpoints:
             assert name in page
-        dd = compute_scores(g.result.H_std[g.result.primary]).diagonal_dominance
-        assert f"{dd.median:.2f}" in page and f"Q1–Q3 [{dd.q1:.2f}, {dd.q3:.2f}]" in page
+        dd = scores[g.label].diagonal_dominance
+        peers = score_peers(scores, g.label)["diagonal_dominance"]
+        # the median and its band, in the decimals the page uses (2–4: as many as keep the
+        # quartiles apart, as wide as the other group's)
+        text = format_score(dd, peers)
+        assert abs(float(text) - dd.median) <= 0.5 * 10 ** -(len(text.split(".")[1]))
+        assert text in page and f"Q1–Q3 {quartile_band(dd, peers)}" in page
     assert "diagonal ridge" in page and "damping λ" in page
     # a figure's own title does not repeat its section's heading (the PNG export keeps it)
     for part in parts:

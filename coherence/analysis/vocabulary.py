@@ -59,7 +59,7 @@ class Device(StrEnum):
 # the default solve: Galerkin in span(G) + span(M̃⁻¹G), its SMSE map plus the residual
 # correction R M̃⁻¹Rᵀ. On four small trained models against the exact dense solve
 # (bench/results/fidelity_subspace_ekfac_ekfac-krylov.json, λ = 1e-4) its Ĥ correlates at
-# Pearson 0.94–0.98 where subspace's does at 0.65–0.82, for 1.6–2.0×
+# Pearson 0.94–0.98 where subspace's does at 0.65–0.82, for 1.8–2.1×
 # subspace's time on the demo models (estimator_cost.json; README, issue 14)
 DEFAULT_ESTIMATOR = Estimator.EKFAC_KRYLOV
 DEFAULT_DAMPING = 1e-4  # λ in η + λI

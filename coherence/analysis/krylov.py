@@ -211,10 +211,15 @@ class GalerkinSolve:
 
     basis: GalerkinBasis
     coefficients: Tensor
+    rhs: Tensor  # Q Gᵀ [s, N] (float64): the right-hand side the coefficients solve
 
     def influence(self, ga: Tensor) -> Tensor:
         """H·D = G_A Y ᵀ = (Q g_A)ᵀ C for response gradients ga [N, P], float64 [N, N]."""
         return gram64(self.basis.q, ga).T @ self.coefficients
+
+    def own_influence(self) -> Tensor:
+        """G Yᵀ = (Q G)ᵀ C for the solved gradients themselves, without a pass over P."""
+        return self.rhs.T @ self.coefficients
 
     def solution(self) -> Tensor:
         """Y [N, P] in the model dtype: row p is y_p."""
@@ -236,9 +241,9 @@ def galerkin_solve(basis: GalerkinBasis, g: Tensor, damping: float) -> GalerkinS
     """Solve (QηQᵀ + λQQᵀ) C = Q Gᵀ in float64 (an s×s system; s ≤ depth·N)."""
     rhs = gram64(basis.q, g)  # (s, N)
     if not len(rhs):
-        return GalerkinSolve(basis, rhs.new_zeros(0, g.shape[0]))
+        return GalerkinSolve(basis, rhs.new_zeros(0, g.shape[0]), rhs)
     system = galerkin_system(basis.q, basis.pushed, damping)
-    return GalerkinSolve(basis, torch.linalg.solve(system, rhs))
+    return GalerkinSolve(basis, torch.linalg.solve(system, rhs), rhs)
 
 
 @dataclass(frozen=True)

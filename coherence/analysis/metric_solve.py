@@ -251,7 +251,7 @@ def _krylov(
             products.metric_rows(options.damping),
             options.damping,
         )
-        uncorrected = torch.linalg.matrix_norm(galerkin.solve.influence(g))
+        uncorrected = torch.linalg.matrix_norm(galerkin.solve.own_influence())
         share = torch.linalg.matrix_norm(correction.matrix) / uncorrected.clamp_min(1e-300)
         fields["residual_correction"] = float(share)
     return MetricSolve(galerkin.solve.influence, lambda: galerkin.y0, fields, correction)

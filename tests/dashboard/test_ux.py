@@ -424,3 +424,21 @@ def test_the_check_runs_as_a_background_job_with_progress_cancel_and_reattach(
         assert set(archive.files) >= {"epsilons", "rel_errors", "__metadata__"}
     arrays, metadata = runner.artifact(key)
     assert metadata["kind"] == "counterfactual" and arrays["rel_errors"].shape == (4,)
+
+
+def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, monkeypatch):
+    """The spectrum table writes the dominant share with two decimals (0.30, as the scores do,
+    not 0.3), and the Conservation panel says its maps are the estimator's own reading."""
+    import json
+
+    at = open_app(workspace, monkeypatch, {"panel": "NTK spectrum"})
+    assert_clean(at)
+    (table,) = [t for t in at.dataframe if "dominant share" in t.value.columns]
+    formats = {
+        name: config.get("type_config", {}).get("format")
+        for name, config in json.loads(table.proto.columns).items()
+    }
+    assert formats["dominant share"] == "%.2f" and formats["decay slope"] == "%.2f"
+    assert formats["participation ratio"] == "%.1f" and formats["entropy rank"] == "%.1f"
+    at = open_app(workspace, monkeypatch, {"panel": "Conservation"})
+    assert "Read these maps as the estimator's own" in texts(at.caption)

@@ -195,6 +195,8 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
     }
     if selection.rtol is not None:
         meta["cg rtol"] = selection.rtol
+    if selection.resolved_depth is not None:
+        meta["Krylov depth"] = selection.resolved_depth
     for g in groups:
         meta[f"{g.label}: checkpoints"] = list(g.result.checkpoints)
         meta[f"{g.label}: cache key"] = g.key

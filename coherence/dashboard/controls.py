@@ -15,8 +15,10 @@ Pure (no streamlit).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from coherence.analysis.vocabulary import MAX_DEPTH, default_depth, parse_estimator
 from coherence.dashboard.control_kinds import Choice, Control, Number, Scope, State
 from coherence.dashboard.control_rows import (
     RESPONSE_LABELS,
@@ -31,6 +33,7 @@ from coherence.dashboard.selection import (
     DAMPING_RANGE,
     DEFAULT_DAMPING,
     DEFAULT_ESTIMATOR,
+    DEPTH_ESTIMATORS,
     DEVICES,
     ESTIMATORS,
     RTOL_RANGE,
@@ -86,6 +89,63 @@ class Tolerance(Number):
 
     def to_state(self, value: Any, scope: Scope) -> Any:
         return self.reset(scope) if value is None else float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Depth(Control):
+    """The Krylov depth (blocks of the basis): only for the estimators that have one. Its
+    value follows the estimator: a depth chosen for one estimator is not carried to another
+    (ekfac-krylov's 1 would make krylov the span(G) solve), so switching estimators resets it
+    to the new one's default."""
+
+    bounds: tuple[int, int] = (1, MAX_DEPTH)
+    widget: str = "number_input"
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return values.get("estimator") in DEPTH_ESTIMATORS
+
+    def parse(self, raw: str, scope: Scope) -> int:
+        lo, hi = self.bounds
+        if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+            raise RequestError(f"the Krylov depth must be a whole number from {lo} to {hi}")
+        return int(raw)
+
+    def reset(self, scope: Scope) -> int:
+        estimator = scope.values.get("estimator")
+        if estimator not in DEPTH_ESTIMATORS:
+            return default_depth(DEFAULT_ESTIMATOR)
+        return default_depth(parse_estimator(estimator))
+
+    def to_state(self, value: Any, scope: Scope) -> Any:
+        return self.reset(scope) if value is None else int(value)
+
+    @property
+    def _owner_key(self) -> str:
+        return f"{self.state}_for"  # the estimator the value was chosen for
+
+    def load(self, state: State, scope: Scope) -> None:
+        super().load(state, scope)
+        state[self._owner_key] = scope.values.get("estimator")
+
+    def prepare(self, state: State, scope: Scope) -> None:
+        value, (lo, hi) = state.get(self.state), self.bounds
+        valid = isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+        estimator = scope.values.get("estimator")
+        if not valid or state.get(self._owner_key) != estimator:
+            state[self.state] = self.reset(scope)
+        state[self._owner_key] = estimator
+
+    def read(self, state: State, scope: Scope) -> dict[str, Any]:
+        return self.assign(int(state[self.state]))
+
+    def fallback_text(self, scope: Scope) -> str:
+        if self.fallback(scope) is not None:
+            return super().fallback_text(scope)
+        return f"the estimator's default depth ({self.reset(scope)})"
+
+    def widget_args(self, scope: Scope) -> dict[str, Any]:
+        lo, hi = self.bounds
+        return {"min_value": lo, "max_value": hi, "step": 1, "format": "%d", "help": self.help}
 
 
 CONTROLS: tuple[Control, ...] = (
@@ -160,6 +220,19 @@ CONTROLS: tuple[Control, ...] = (
         step=1e-3,
         url_rank=1,
         help="Paper: 1.5e-2 for UNet, 5e-2 for ViT.",
+    ),
+    Depth(
+        key="depth",
+        field="depth",
+        state="sb_depth",
+        label="Krylov depth (blocks)",
+        url_rank=1,
+        help="Blocks of the basis the solve is exact on: span{G, ηG, …} (ekfac-krylov: "
+        "its EK-FAC-preconditioned form; default 1; krylov: default 4; cg: the depth of its "
+        "deflated start). Each block costs about as much again and brings the maps closer "
+        "to the full solve, the mass and energy maps most: on small models at λ = 1e-4 their "
+        "Pearson correlation with it rises from −0.02–0.59 (mass) and 0.19–0.70 (energy) at "
+        "ekfac-krylov depth 1 to 0.38–0.76 and 0.46–0.81 at depth 4 (bench/results).",
     ),
     Device(
         key="device",

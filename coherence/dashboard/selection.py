@@ -20,7 +20,12 @@ from typing import Any
 from coherence.analysis.estimators import Estimator
 from coherence.analysis.observables import Response
 from coherence.analysis.request import MAX_EXAMPLES, AnalysisRequest
-from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR, PAPER_RTOL
+from coherence.analysis.vocabulary import (
+    DEFAULT_ESTIMATOR,
+    PAPER_RTOL,
+    default_depth,
+    parse_estimator,
+)
 from coherence.dashboard.checks import check_group, format_ranges, request_problem
 from coherence.dashboard.workspace_scan import (
     Catalog,
@@ -35,6 +40,9 @@ from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, w
 RESPONSES = tuple(r.value for r in Response)  # smse, mass, energy
 ESTIMATORS = tuple(e.value for e in Estimator)  # subspace, cg, euclidean, krylov, ekfac, …
 DEVICES = ("auto", "cpu", "cuda")
+# The estimators whose Krylov basis has a depth (cg: its deflated start's), and so a depth
+# control; every other estimator ignores it.
+DEPTH_ESTIMATORS = ("krylov", "ekfac-krylov", "cg")
 # The paper uses 6 test trajectories per seed; 1 keeps the demo's precompute (with the default
 # ekfac-krylov estimator) within its 10-minute budget on 2 CPU cores, the spread over the 3
 # seeds still shows, and more batches are one sidebar pick away.
@@ -68,6 +76,7 @@ class Selection:
     rtol: float | None = None  # cg only
     device: str = "auto"  # auto | cpu | cuda
     compare: tuple[str, ...] = ()  # group B for compare mode; empty: no compare
+    depth: int | None = None  # Krylov blocks (DEPTH_ESTIMATORS); None: the estimator's default
 
     def __post_init__(self) -> None:
         for name in ("checkpoints", "classes", "trajectories", "responses", "compare"):
@@ -82,6 +91,10 @@ class Selection:
         object.__setattr__(self, "compare", tuple(dict.fromkeys(self.compare)))
         if self.estimator != "cg":
             object.__setattr__(self, "rtol", None)
+        # canonical: None stands for the estimator's default (a link without depth, and one
+        # selection per request key)
+        if self.estimator not in DEPTH_ESTIMATORS or self.depth == self._default_depth():
+            object.__setattr__(self, "depth", None)
 
     def _check_settings(self) -> None:
         """The request's rules on the estimator settings (one validator: the request).
@@ -92,14 +105,26 @@ class Selection:
             estimator=self.estimator,
             damping=self.damping,
             rtol=self.rtol if cg else None,
+            depth=self.depth if self.estimator in DEPTH_ESTIMATORS else None,
             device="auto" if self.device == "cuda" else self.device,
         )
         if error:
             tolerance = f", rtol={self.rtol} (cg needs a tolerance in (0, 1))" if cg else ""
+            depth = f", depth={self.depth!r}" if self.depth is not None else ""
             raise RequestError(
-                f"selection estimator={self.estimator!r}, damping={self.damping:g}{tolerance}, "
-                f"device={self.device!r}: {error}"
+                f"selection estimator={self.estimator!r}, damping={self.damping:g}{tolerance}"
+                f"{depth}, device={self.device!r}: {error}"
             )
+
+    def _default_depth(self) -> int:
+        return default_depth(parse_estimator(self.estimator))
+
+    @property
+    def resolved_depth(self) -> int | None:
+        """The Krylov depth the request uses (None: the estimator has none)."""
+        if self.estimator not in DEPTH_ESTIMATORS:
+            return None
+        return self._default_depth() if self.depth is None else self.depth
 
     # -------------------------------------------------------------------- requests ----
 
@@ -130,6 +155,7 @@ class Selection:
             estimator=self.estimator,
             damping=self.damping,
             rtol=self.rtol,
+            depth=self.depth,
             device=self.device,
             split="test",
             top_eigenvalue=True,
@@ -163,8 +189,14 @@ def describe(selection: Selection) -> str:
         f"{plural(len(selection.trajectories), 'batch', 'batches')} "
         f"(trajectories {format_ranges(selection.trajectories)}), N = "
         f"{len(selection.classes)} classes × {selection.n_steps} steps = "
-        f"{selection.n_examples}, {selection.estimator}, λ = {selection.damping:g}"
+        f"{selection.n_examples}, {selection.estimator}{depth_text(selection)}, "
+        f"λ = {selection.damping:g}"
     )
+
+
+def depth_text(selection: Selection) -> str:
+    """' depth 4' after an estimator whose depth was chosen (the default goes unsaid)."""
+    return "" if selection.depth is None else f" depth {selection.depth}"
 
 
 _FIELD_NAMES = {
@@ -179,6 +211,7 @@ _FIELD_NAMES = {
     "estimator": "estimator",
     "damping": "damping λ",
     "rtol": "cg tolerance",
+    "depth": "Krylov depth",
     "device": "device",
 }
 
@@ -196,6 +229,8 @@ def differences(old: Selection, new: Selection) -> list[str]:
     out = []
     for name, label in _FIELD_NAMES.items():
         before, after = getattr(old, name), getattr(new, name)
+        if name == "depth":  # the depth each runs at: "4 → 2", not "none → 2"
+            before, after = old.resolved_depth, new.resolved_depth
         if before != after:
             out.append(f"{label} {_field_text(before)} → {_field_text(after)}")
     return out
@@ -358,6 +393,7 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
             estimator=str(request["estimator"]),
             damping=float(request["damping"]),
             rtol=None if request.get("rtol") is None else float(request["rtol"]),
+            depth=None if request.get("depth") is None else int(request["depth"]),
             device=str(request.get("device", "auto")),
         )
     except (KeyError, TypeError, ValueError):  # RequestError is a ValueError
@@ -379,5 +415,6 @@ def with_dataset(
         estimator=selection.estimator,
         damping=selection.damping,
         rtol=selection.rtol,
+        depth=selection.depth,
         device=selection.device,
     )

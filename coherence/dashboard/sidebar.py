@@ -26,6 +26,7 @@ from coherence.dashboard.markup import code
 from coherence.dashboard.selection import (
     Selection,
     dataset_defaults,
+    depth_text,
     describe,
     from_request,
     plural,
@@ -258,7 +259,8 @@ def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
     group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
     window = f"{selection.t_start}:{selection.t_start + selection.n_steps}"
     return (
-        f"{group} · {selection.estimator} λ={selection.damping:g} · {selection.dataset} · "
+        f"{group} · {selection.estimator}{depth_text(selection)} λ={selection.damping:g} · "
+        f"{selection.dataset} · "
         f"{plural(len(selection.checkpoints), 'seed')} × "
         f"{plural(len(selection.trajectories), 'batch', 'batches')} · window {window} · "
         f"{key[:8]}"

@@ -156,6 +156,8 @@ def sensitivity_settings(
                 estimator=setting.estimator,
                 damping=damping,
                 rtol=setting.resolve_rtol(arch),
+                # the sidebar's depth is the selection's estimator's; the others run at theirs
+                depth=selection.depth if setting.estimator == selection.estimator else None,
             )
             out.append((setting.label(arch), chosen, setting))
     return out

@@ -56,6 +56,7 @@ SELECTIONS = [
         estimator="krylov",
         damping=1e-12,
         device="cpu",
+        depth=3,
     ),
 ]
 
@@ -83,7 +84,7 @@ def test_every_row_decodes_what_it_encodes(selection):
 def test_url_keeps_its_key_order():
     cg_compare, plain = (encode(s) for s in SELECTIONS)
     assert list(cg_compare) == [*URL_ORDER, "rtol", "vs"]
-    assert list(plain) == URL_ORDER
+    assert list(plain) == [*URL_ORDER, "depth"]  # a depth other than the estimator's own
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)
@@ -140,6 +141,9 @@ def test_empty_session_state_gets_every_default():
         ("vs", "ghost", "not in the workspace"),
         ("resp", "", "no response observable selected"),
         ("window", "0:300", "needs snapshots 0..300"),
+        ("depth", "17", "the Krylov depth must be a whole number from 1 to 16"),
+        ("depth", "2.5", "whole number"),
+        ("depth", "٣", "whole number"),  # str.isdigit() takes it; int() would too
     ],
 )
 def test_more_bad_values_are_explained_and_replaced(key, value, why):
@@ -148,6 +152,42 @@ def test_more_bad_values_are_explained_and_replaced(key, value, why):
     assert len(warnings) == 1 and why in warnings[0], warnings
     expected, _ = decode_query({"est": "cg"}, catalog)
     assert selection == expected
+
+
+def test_the_depth_follows_the_estimator():
+    """The depth widget belongs to the estimator it was set for: ekfac-krylov's depth 2 is
+    not carried to krylov (whose default is 4), coming back restores ekfac-krylov's default,
+    an estimator without a Krylov basis reads no depth, and a stale value is repaired."""
+    catalog = synthetic_catalog()
+    state: dict = {}
+    load_state(state, replace(default_selection(catalog), depth=2), catalog)
+    assert state["sb_depth"] == 2 and read_state(state, catalog).depth == 2
+    state["sb_est"] = "krylov"
+    prepare_state(state, catalog)
+    assert state["sb_depth"] == 4 and read_state(state, catalog).resolved_depth == 4
+    state["sb_depth"] = 6
+    prepare_state(state, catalog)
+    assert read_state(state, catalog).depth == 6  # a choice for krylov stays
+    state["sb_est"] = "subspace"
+    prepare_state(state, catalog)
+    assert read_state(state, catalog).depth is None
+    state["sb_est"] = "ekfac-krylov"
+    prepare_state(state, catalog)
+    assert read_state(state, catalog).resolved_depth == 1
+    for stale in (0, 17, True, "3", 2.5):
+        state["sb_depth"] = stale
+        prepare_state(state, catalog)
+        assert state["sb_depth"] == 1, stale
+
+
+def test_a_bad_link_depth_names_the_default_it_falls_back_to():
+    catalog = synthetic_catalog()
+    selection, warnings = decode_query({"est": "krylov", "depth": "0"}, catalog)
+    assert warnings == [
+        "URL parameter depth='0': the Krylov depth must be a whole number from 1 to 16; "
+        "using the estimator's default depth (4) instead"
+    ]
+    assert selection.estimator == "krylov" and selection.resolved_depth == 4
 
 
 def test_the_batch_size_rule_is_the_requests():

@@ -72,7 +72,7 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
         text = format_score(dd, peers)
         assert abs(float(text) - dd.median) <= 0.5 * 10 ** -(len(text.split(".")[1]))
         assert text in page and f"Q1–Q3 {quartile_band(dd, peers)}" in page
-    assert "diagonal ridge" in page and "damping λ" in page
+    assert "diagonal ridge" in page and "damping λ" in page and "Krylov depth" in page
     # a figure's own title does not repeat its section's heading (the PNG export keeps it)
     for part in parts:
         heading = page.index(f"<h2>{html.escape(part.title)}</h2>")

@@ -7,18 +7,23 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 
 from coherence.analysis.request import MAX_EXAMPLES
+from coherence.cache.keys import request_key
 from coherence.dashboard.checks import format_ranges, parse_ranges, problems
 from coherence.dashboard.selection import (
     Selection,
     decode_query,
     default_selection,
     default_window,
+    describe,
+    differences,
+    from_request,
 )
 from coherence.dashboard.workspace_scan import (
     Catalog,
@@ -198,6 +203,30 @@ def test_selection_refuses_impossible_settings():
     with pytest.raises(RequestError, match="cg needs a tolerance"):
         Selection(**base, estimator="cg")
     assert Selection(**base, rtol=0.1).rtol is None  # rtol only means something for cg
+    with pytest.raises(RequestError, match="depth=17"):
+        Selection(**base, estimator="krylov", depth=17)
+
+
+def test_depth_is_canonical_and_reaches_the_request(workspace):
+    """None stands for the estimator's default (one selection per request key, no depth in
+    the link); a chosen depth reaches the request, its key, its description and what the
+    compute banner says changed; a stored request reads back to the same selection."""
+    base = Selection("tiny_ce", ("unet_tiny_s1",), CE_CLASSES, (0,), 0, 2)
+    assert base.estimator == "ekfac-krylov" and base.depth is None and base.resolved_depth == 1
+    assert replace(base, depth=1) == base and "depth" not in base.to_query()
+    assert replace(base, estimator="subspace", depth=4).depth is None  # subspace has none
+    assert replace(base, estimator="subspace").resolved_depth is None
+    assert replace(base, estimator="krylov", depth=4).depth is None  # krylov's default
+    deep = replace(base, depth=4)
+    assert deep.to_query()["depth"] == "4"
+    request = deep.to_request(workspace)
+    assert request.depth == 4 and base.to_request(workspace).depth == 1
+    assert request_key(request) != request_key(base.to_request(workspace))
+    assert "ekfac-krylov depth 4" in describe(deep) and "depth" not in describe(base)
+    assert differences(base, deep) == ["Krylov depth 1 → 4"]
+    catalog = scan_workspace(workspace)
+    assert from_request(catalog, request.to_dict()) == deep
+    assert from_request(catalog, base.to_request(workspace).to_dict()) == base
 
 
 # ------------------------------------------------------------------------------- URL -----

@@ -237,6 +237,28 @@ def test_each_sweep_setting_is_listed_once_and_the_default_estimator_leads():
     assert first.estimator == DEFAULT_ESTIMATOR.value and not first.on_demand
 
 
+def test_the_sidebar_depth_goes_to_its_own_estimator_only():
+    """The sensitivity rows of the selection's estimator run at the sidebar's depth (so the
+    main analysis is one of them, from the cache); every other estimator at its own."""
+    from .test_selection import synthetic_catalog
+
+    deep = replace(default_selection(synthetic_catalog()), depth=3)
+    rows = sweeps.sensitivity_settings(deep, "unet", include_on_demand=True)
+    depths = {(label, chosen.resolved_depth) for label, chosen, _ in rows}
+    assert depths == {
+        ("ekfac-krylov", 3),
+        ("euclidean", None),
+        ("subspace", None),
+        ("subspace energy 1 − 1e-02", None),
+        ("subspace energy 1 − 1e-06", None),
+        ("cg rtol 0.015", 4),
+        ("cg rtol 0.05", 4),
+        ("krylov", 4),
+        ("ekfac", None),
+    }
+    assert (replace(deep, damping=1e-4), "ekfac-krylov") in {(c, lab) for lab, c, _ in rows}
+
+
 def test_epoch_maps_download_as_one_long_csv():
     """The epoch maps' CSV: each epoch's map in two_time_csv's long format, epoch first."""
     import csv

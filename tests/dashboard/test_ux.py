@@ -442,3 +442,26 @@ def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, mon
     assert formats["participation ratio"] == "%.1f" and formats["entropy rank"] == "%.1f"
     at = open_app(workspace, monkeypatch, {"panel": "Conservation"})
     assert "Read these maps as the estimator's own" in texts(at.caption)
+
+
+def test_krylov_depth_is_a_sidebar_control_that_travels_in_the_link(workspace, monkeypatch):
+    """The depth is drawn for the estimators that have one (ekfac-krylov's default 1), a
+    chosen depth goes into the link and asks for its own analysis, a link with it
+    reproduces it, and an estimator without a Krylov basis draws no depth and drops it."""
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    assert at.number_input(key="sb_depth").value == 1 and "depth" not in at.query_params
+    at.number_input(key="sb_depth").set_value(3).run()
+    assert not at.exception
+    assert at.query_params["depth"] == "3"
+    assert "not computed yet" in texts(at.info)  # another request key: nothing cached
+    link = {key: at.query_params[key] for key in at.query_params}
+    shared = open_app(workspace, monkeypatch, link)
+    assert not shared.exception and not shared.warning
+    assert shared.number_input(key="sb_depth").value == 3
+    at.selectbox(key="sb_est").set_value("subspace").run()
+    assert not at.exception
+    assert not [n for n in at.number_input if n.key == "sb_depth"]
+    assert "depth" not in at.query_params
+    conservation = open_app(workspace, monkeypatch, {"panel": "Conservation"})
+    assert "Raise **Krylov depth** in the sidebar" in texts(conservation.caption)

@@ -32,8 +32,9 @@ def conservation(ctx: PanelContext) -> None:
         "conservation law shows transfer here across times and classes. Read these maps as "
         "the estimator's own: on small models where the full solve is computable, the "
         "default's mass and energy maps agreed with it far less than its SMSE map (Pearson "
-        "−0.02–0.70 against 0.94–0.98; `coherence analyze --depth 4`: 0.38–0.81; README: "
-        "estimators)."
+        "−0.02–0.70 against 0.94–0.98; at Krylov depth 4: 0.38–0.81; README: estimators). "
+        "Raise **Krylov depth** in the sidebar to bring them closer (each block costs about "
+        "as much again)."
     )
     if not ctx.dataset.conserved:
         st.info(

@@ -32,9 +32,12 @@ TAGLINE = (
 # Streamlit's wide layout leaves 6rem above the title and 5rem either side: on a 1024×768
 # laptop that pushed the headline heatmap 45 px below the fold. Tighter margins (the top one
 # still clears the toolbar) and a smaller title keep the verdict, the scores in one row and
-# the heatmap's top in view.
+# the heatmap's top in view. The panels' tab strip wraps onto a second row where the page is
+# narrow (12 tabs need ≈ 1100 px): scrolled, a link's open tab (Sensitivity at 1024 px) was
+# off-screen behind an arrow, and nothing showed which panel was open.
 COMPACT_STYLE = """<style>
 [data-testid="stMainBlockContainer"] { padding-top: 4rem; }
+[data-testid="stTabs"].st-key-panel [role="tablist"] { flex-wrap: wrap; row-gap: 0.25rem; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 2.1rem; padding: 0.25rem 0; }
 @media (max-width: 1280px) {
   [data-testid="stMainBlockContainer"] { padding-left: 2rem; padding-right: 2rem; }

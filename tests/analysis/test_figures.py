@@ -468,11 +468,19 @@ def test_log_axes_label_every_tick_in_full():
     assert big["tickvals"] == [2.9e6, 3e6, 3.1e6]
     mixed = F.log_axis(np.array([2e4, 3e6]), title="λ")["ticktext"]  # one notation
     assert "2×10⁴" in mixed and "5×10⁴" in mixed and not any(t.isascii() for t in mixed)
-    for data in ([0.9131, 0.9135], [2.93e6, 2.96e6], [41.2, 41.9]):  # between round values
+    for data in ([0.9131, 0.9135], [2.93e6, 2.96e6], [41.2, 41.9], [2310, 2470]):  # narrow
         axis = F.log_axis(np.array(data), title="λ")
-        inside = [v for v in axis["tickvals"] if data[0] <= v <= data[1]]
-        assert len(inside) >= 2, (data, axis["tickvals"])  # plotly draws only the data range
+        ticks = axis["tickvals"]
+        inside = [v for v in ticks if data[0] <= v <= data[1]]
+        assert len(inside) >= 2 or len(ticks) >= 3, (data, ticks)
         assert len(set(axis["ticktext"])) == len(axis["ticktext"]), axis["ticktext"]
+        # the first and last labels frame the data, and the axis spans exactly them: no value
+        # lies above the top label or below the bottom one
+        assert ticks[0] <= data[0] and ticks[-1] >= data[-1], (data, ticks)
+        low, high = axis["range"]
+        assert low <= np.log10(ticks[0]) < np.log10(ticks[-1]) <= high
+        assert high - low < 1.1 * (np.log10(ticks[-1]) - np.log10(ticks[0]))
+        assert np.allclose(np.diff(ticks), ticks[1] - ticks[0])  # evenly spaced round values
     small_and_large = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]
     assert not any(t.isascii() for t in small_and_large)  # 10⁻³, not 0.001 beside 10⁻⁵
     wide = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]

@@ -537,4 +537,13 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     settle(page)
     assert not titles_over_plots(page)
     shot(page, "25_compare_distance_1024")
+    # the panels' tab strip wraps instead of scrolling: every tab, the open one included, is
+    # on screen (12 tabs need ≈ 1100 px; here the main column has ≈ 660)
+    strip = page.locator("[data-testid=stTabs].st-key-panel [role=tablist]").first
+    assert strip.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    box = strip.bounding_box()
+    for tab in strip.locator("[data-testid=stTab]").all():
+        t = tab.bounding_box()
+        assert box["x"] <= t["x"] and t["x"] + t["width"] <= box["x"] + box["width"] + 1
+    assert strip.locator("[aria-selected=true]").inner_text() == "Input distance"
     page.close()

@@ -229,22 +229,28 @@ def number_label(value: float, *, power_from: float = 1e5, digits: int = 3) -> s
     return f"{head}10{str(exponent).translate(_SUPERSCRIPT)}"
 
 
-def _narrow_ticks(low: float, high: float) -> tuple[list[float], int]:
-    """Two to four round values inside [low, high] (a range holding fewer than two 1-2-5
-    ticks) and the significant digits that keep them apart and inside the range."""
+def _framing_ticks(low: float, high: float) -> tuple[list[float], int]:
+    """Evenly spaced round values (a 1, 2, 2.5 or 5 × 10ᵏ step, at most three steps across
+    the data) from the last one at or below ``low`` to the first one at or above ``high``,
+    and the significant digits that keep their labels apart. Why framing: a narrow range
+    (less than two 1-2-5 ticks inside) labelled only inside the data left its top and bottom
+    values above and below the last labels."""
     if high <= low:
         return [low], 3
-    for digits in range(2, 8):
-        ticks = sorted({float(f"{v:.{digits}g}") for v in np.geomspace(low, high, 4)})
-        inside = [v for v in ticks if low <= v <= high]
-        if len(inside) >= 2:
-            return inside, digits
-    return [low, high], 8
+    span = high - low
+    magnitude = 10.0 ** math.floor(math.log10(span / 3))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if span / (m * magnitude) <= 3)
+    first, last = math.floor(low / step), math.ceil(high / step)
+    ticks = [float(f"{k * step:.12g}") for k in range(first, last + 1) if k * step > 0]
+    top = max(abs(t) for t in ticks)
+    digits = math.floor(math.log10(top)) - math.floor(math.log10(step)) + 1
+    return ticks, digits + (1 if f"{step / magnitude:g}" == "2.5" else 0)
 
 
 def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     """Settings of a log axis over the positive finite values of ``arrays``: ticks at 1, 2, 5
-    × 10ᵏ (powers of ten only beyond four decades), or round values inside a narrow range,
+    × 10ᵏ (powers of ten only beyond four decades), or round values framing a narrow range
+    (with the axis range set to them),
     each labelled in full (number_label) and in one notation along the axis: powers of ten
     throughout where one tick needs one (10⁻⁹ … 10³, not 10⁻⁵ beside 0.001)."""
     settings: dict[str, Any] = {"type": "log", "title": axis_title(title)}
@@ -259,8 +265,12 @@ def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     ticks = [m * 10.0**k for k in decades for m in mantissas if (k - lo) % step == 0]
     inside = [v for v in ticks if values.min() <= v <= values.max()]
     digits = 3
-    if len(inside) < 2:  # a narrow range: round values inside it, as precise as needed
-        ticks, digits = _narrow_ticks(float(values.min()), float(values.max()))
+    if len(inside) < 2:  # a narrow range: round values framing it, as precise as needed
+        ticks, digits = _framing_ticks(float(values.min()), float(values.max()))
+        ends = np.log10([ticks[0], ticks[-1]]) if ticks[0] < ticks[-1] else None
+        if ends is not None:  # the axis spans the framing ticks: every value between labels
+            pad = 0.02 * (ends[1] - ends[0])
+            settings["range"] = [float(ends[0] - pad), float(ends[1] + pad)]
     else:
         ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
     powers = any(not 1e-3 <= v < 1e5 for v in ticks)

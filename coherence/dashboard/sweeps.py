@@ -53,10 +53,13 @@ class EstimatorSetting:
     uses_damping: bool = True
     on_demand: bool = False
     energy_threshold: float | None = None  # subspace: share of Σσ² of G kept (None: default)
+    depth: int | None = None  # Krylov blocks (None: the sidebar's for its estimator, else default)
 
     def label(self, arch: str | None = None) -> str:
         if self.estimator == "cg":
             return f"cg rtol {self.resolve_rtol(arch):g}"
+        if self.depth is not None:
+            return f"{self.estimator} depth {self.depth}"
         if self.energy_threshold is not None:
             return f"{self.estimator} energy 1 − {1 - self.energy_threshold:.0e}"
         return self.estimator
@@ -77,6 +80,8 @@ SWEEP_ESTIMATORS = (
     EstimatorSetting("cg", rtol=1.5e-2, on_demand=True),
     EstimatorSetting("cg", rtol=5e-2, on_demand=True),
     EstimatorSetting("krylov", on_demand=True),
+    # the default deepened: its mass and energy maps come much closer to the full solve
+    EstimatorSetting(DEFAULT_ESTIMATOR.value, depth=4, on_demand=True),
     EstimatorSetting("ekfac", on_demand=True),
     # the subspace's energy threshold (default 1 − 1e-4): a coarser and a finer basis
     EstimatorSetting("subspace", energy_threshold=1 - 1e-2, on_demand=True),
@@ -143,22 +148,28 @@ def sensitivity_settings(
     include_on_demand: bool = False,
 ) -> list[tuple[str, Selection, EstimatorSetting]]:
     """(estimator label, selection, setting) of every setting, the selection's own λ
-    included."""
-    out = []
+    included. The sidebar's depth goes to the selection's estimator only (the others run at
+    their own); a setting that repeats an earlier one (``ekfac-krylov depth 4`` when the
+    sidebar already asks for depth 4) is left out, so no line is drawn twice."""
+    out, seen = [], set()
     grid = tuple(sorted({*dampings, selection.damping}))
     for setting in SWEEP_ESTIMATORS:
         if setting.on_demand and not include_on_demand:
             continue
         values = grid if setting.uses_damping else (PAPER_DAMPING,)
+        depth = selection.depth if setting.estimator == selection.estimator else None
         for damping in values:
             chosen = replace(
                 selection,
                 estimator=setting.estimator,
                 damping=damping,
                 rtol=setting.resolve_rtol(arch),
-                # the sidebar's depth is the selection's estimator's; the others run at theirs
-                depth=selection.depth if setting.estimator == selection.estimator else None,
+                depth=setting.depth if setting.depth is not None else depth,
             )
+            same = (chosen.estimator, chosen.resolved_depth, chosen.rtol, damping)
+            if (*same, setting.energy_threshold) in seen:
+                continue
+            seen.add((*same, setting.energy_threshold))
             out.append((setting.label(arch), chosen, setting))
     return out
 

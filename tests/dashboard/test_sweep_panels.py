@@ -179,11 +179,11 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
         plotly_array(agreement["data"][1]["z"]), difference, rtol=1e-6, atol=1e-9
     )
     assert at.query_params["sens_pair"] == "ekfac-krylov vs euclidean"  # the link shows it
-    # on demand: cg at 2 tolerances, krylov, ekfac, subspace and the subspace at 2 more
-    # energy thresholds, × 6 λ
+    # on demand: cg at 2 tolerances, krylov, ekfac-krylov at depth 4, ekfac, subspace and the
+    # subspace at 2 more energy thresholds, × 6 λ
     at.toggle(key="sens_cg").set_value(True).run()
     assert_clean(at)
-    assert "7 of 49 sweep settings cached" in texts(at.caption)
+    assert "7 of 55 sweep settings cached" in texts(at.caption)
     assert at.button(key="sens_compute")
 
 
@@ -231,7 +231,7 @@ def test_snapshot_names_resolve_inside_the_workspace(trained_on):
 
 def test_each_sweep_setting_is_listed_once_and_the_default_estimator_leads():
     """A setting listed twice would be counted twice in 'k of n cached' and drawn twice."""
-    settings = [(s.estimator, s.rtol, s.energy_threshold) for s in sweeps.SWEEP_ESTIMATORS]
+    settings = [(s.estimator, s.rtol, s.energy_threshold, s.depth) for s in sweeps.SWEEP_ESTIMATORS]
     assert len(settings) == len(set(settings)), settings
     first = sweeps.SWEEP_ESTIMATORS[0]  # at the paper's λ, the main analysis itself
     assert first.estimator == DEFAULT_ESTIMATOR.value and not first.on_demand
@@ -254,9 +254,17 @@ def test_the_sidebar_depth_goes_to_its_own_estimator_only():
         ("cg rtol 0.015", 4),
         ("cg rtol 0.05", 4),
         ("krylov", 4),
+        ("ekfac-krylov depth 4", 4),
         ("ekfac", None),
     }
     assert (replace(deep, damping=1e-4), "ekfac-krylov") in {(c, lab) for lab, c, _ in rows}
+    # with the sidebar at depth 4 the on-demand depth-4 line would repeat the main one
+    four = replace(deep, depth=4)
+    labels = [
+        label for label, _, _ in sweeps.sensitivity_settings(four, "unet", include_on_demand=True)
+    ]
+    assert "ekfac-krylov depth 4" not in labels and "ekfac-krylov" in labels
+    assert len(labels) == len(rows) - len(sweeps.DAMPING_GRID)
 
 
 def test_epoch_maps_download_as_one_long_csv():

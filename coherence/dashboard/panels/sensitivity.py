@@ -29,13 +29,14 @@ def sensitivity(ctx: PanelContext) -> None:
     runner = loaders.job_runner(root)
     with_cg = st.toggle(
         "Include the on-demand settings: cg (the paper's solver, rtol 1.5e-2 and 5e-2), "
-        "krylov, ekfac and the subspace (span(G) alone) at energy thresholds 1 − 1e-4, "
-        "1 − 1e-2 and 1 − 1e-6",
+        "krylov, ekfac-krylov at depth 4, ekfac and the subspace (span(G) alone) at energy "
+        "thresholds 1 − 1e-4, 1 − 1e-2 and 1 − 1e-6",
         key="sens_cg",
         help="Conjugate gradients on the full system needs many JVP + VJP per column on a "
         "trained model (its iteration cap is reported); krylov costs several times the "
-        "default; so they are computed only on demand (ekfac and subspace are cheaper but "
-        "further from the full solve).",
+        "default, and so does ekfac-krylov at depth 4 (closer to the full solve, its mass "
+        "and energy maps most); so they are computed only on demand (ekfac and subspace "
+        "are cheaper but further from the full solve).",
     )
     points, problems = sweeps.sensitivity_points(
         ctx.root, ctx.selection, ctx.catalog, runner, include_on_demand=with_cg

@@ -34,13 +34,16 @@ TAGLINE = (
 # still clears the toolbar) and a smaller title keep the verdict, the scores in one row and
 # the heatmap's top in view. The panels' tab strip wraps onto a second row where the page is
 # narrow (12 tabs need ≈ 1100 px): scrolled, a link's open tab (Sensitivity at 1024 px) was
-# off-screen behind an arrow, and nothing showed which panel was open.
+# off-screen behind an arrow, and nothing showed which panel was open; its rows are lower there,
+# so the heatmap's top stays above a 768 px fold.
 COMPACT_STYLE = """<style>
 [data-testid="stMainBlockContainer"] { padding-top: 4rem; }
 [data-testid="stTabs"].st-key-panel [role="tablist"] { flex-wrap: wrap; row-gap: 0.25rem; }
 [data-testid="stMainBlockContainer"] h1 { font-size: 2.1rem; padding: 0.25rem 0; }
 @media (max-width: 1280px) {
   [data-testid="stMainBlockContainer"] { padding-left: 2rem; padding-right: 2rem; }
+  [data-testid="stTabs"].st-key-panel [role="tab"] { height: 2rem; }
+  [data-testid="stTabs"].st-key-panel [role="tablist"] { row-gap: 0; }
 }
 </style>"""
 

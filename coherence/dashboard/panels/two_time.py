@@ -284,17 +284,17 @@ class _Cell:
 
 def _cell_controls(ctx: PanelContext, option: str, result) -> _Cell | None:
     """The cell, class, batch and channel pickers; None until a cell is picked."""
-    times, steps = np.asarray(result.times), np.asarray(result.steps)
+    times = np.asarray(result.times)
     classes = ctx.selection.classes
     options = [NO_CELL] + [f"{i},{j}" for i in range(len(times)) for j in range(len(times))]
 
-    def label(cell: str) -> str:
+    def label(cell: str) -> str:  # short: at 1024 px the column is ≈ 250 px wide
         if cell == NO_CELL:
-            return "no cell (click the map)"
+            return "none: click the map"
         i, j = map(int, cell.split(","))
-        return f"t_r = {times[i]:.3g} (step {steps[i]}), t_p = {times[j]:.3g} (step {steps[j]})"
+        return f"t_r = {times[i]:.3g} · t_p = {times[j]:.3g}"  # the steps: in the line below
 
-    cols = st.columns(4)
+    cols = st.columns([2, 1, 1, 1])
     cell = cols[0].selectbox("Cell", options, format_func=label, key=CELL_KEY)
     if option == INTRA:
         name = cols[1].selectbox("Class (r and p)", classes, key="two_time_cell_class")
@@ -303,7 +303,7 @@ def _cell_controls(ctx: PanelContext, option: str, result) -> _Cell | None:
         response, perturbation = option.split(" ← ")
         c_r, c_p = classes.index(response), classes.index(perturbation)
     trajectories = list(ctx.selection.trajectories)
-    batch = cols[2].selectbox("Batch (test trajectory)", trajectories, key="two_time_cell_batch")
+    batch = cols[2].selectbox("Test trajectory", trajectories, key="two_time_cell_batch")
     channel = cols[3].selectbox("Channel", ctx.dataset.channels, key="two_time_cell_channel")
     if cell == NO_CELL or cell is None:
         return None

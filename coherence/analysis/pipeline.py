@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,6 +142,15 @@ def solver_numbers(request: AnalysisRequest, n: int, p: int, example: torch.Tens
     return 0
 
 
+def krylov_products(ranks: Sequence[int], n: int) -> tuple[int, int]:
+    """Batch JVPs and VJPs of a Galerkin solve whose Krylov blocks have ``ranks`` rows (as
+    ``diagnostics.block_ranks`` reports them): every row pushed once (a JVP), every block but
+    the last pulled back once (η q_j: a VJP each), and the full-system residual of the N
+    columns (N VJPs). With each block at its full width (N; 2N for ekfac-krylov) it is the
+    bound the cost estimate counts."""
+    return sum(ranks), sum(ranks[:-1]) + n
+
+
 def estimate_cost(
     model: nn.Module,
     request: AnalysisRequest,
@@ -155,11 +164,12 @@ def estimate_cost(
     N batch VJPs for its full-system residual (≈ 3 N²); krylov: depth × as many tangents and
     VJPs; cg: ``cg_iterations`` (default 10) × N columns × (JVP + VJP) through the batch
     (deflated start: plus the krylov solve of ``depth`` blocks and its AQ); ekfac: a forward
-    and backward with hooks and one round of per-example VJPs (ekfac-krylov and the
-    preconditioned cg start add it to their solves; its memory is ``kfac.fit_bytes``); the top
-    eigenvalue: a few Lanczos steps of one batch JVP + VJP. Memory: G, g_A and Q (P × N
-    each), what the solver keeps beyond them (``solver_numbers``) and the batch's activations
-    kept by vmap / the tangent program (≈ 3 copies).
+    and backward with hooks and one round of per-example VJPs (ekfac-krylov, whose blocks
+    are 2N wide (``krylov_products``), and the preconditioned cg start add it to their
+    solves; its memory is ``kfac.fit_bytes``); the top eigenvalue: a few Lanczos steps of one
+    batch JVP + VJP. Memory: G, g_A and Q (P × N each), what the solver keeps beyond them
+    (``solver_numbers``) and the batch's activations kept by vmap / the tangent program
+    (≈ 3 copies).
     """
     n = request.n_examples
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
@@ -168,15 +178,21 @@ def estimate_cost(
     vjp_passes = n * (VJP_PASSES + EXTRA_RESPONSE_PASSES * (k - 1))
     matvec = n * (JVP_PASSES + VJP_PASSES)  # one (η + λI) v through the batch
     estimator = parse_estimator(request.estimator)
-    galerkin = n * PRIMAL_PASSES + n * n * (JVP_PASSES + VJP_PASSES)  # s ≤ N JVPs, residual
-    krylov = n * PRIMAL_PASSES + request.depth * n * n * (JVP_PASSES + VJP_PASSES)
+
+    def galerkin(depth: int, width: int) -> float:
+        """The traced primal part and the batch products of ``depth`` full blocks."""
+        jvps, vjps = krylov_products([width] * depth, n)
+        return n * PRIMAL_PASSES + n * (jvps * JVP_PASSES + vjps * VJP_PASSES)
+
+    krylov = galerkin(request.depth, n)
     # EK-FAC's statistics: a forward and a backward with hooks, one round of per-example VJPs
     ekfac = n * (1 + VJP_PASSES + VJP_PASSES)
     solve_passes = {
-        Estimator.SUBSPACE: galerkin,
+        Estimator.SUBSPACE: galerkin(1, n),
         Estimator.KRYLOV: krylov,
         Estimator.EKFAC: ekfac,
-        Estimator.EKFAC_KRYLOV: ekfac + krylov + n * n * JVP_PASSES,  # + span(G)'s JVPs
+        # its blocks are twice as wide: span(G) beside M̃⁻¹G, and each later block as wide
+        Estimator.EKFAC_KRYLOV: ekfac + galerkin(request.depth, 2 * n),
         Estimator.CG: (cg_iterations or CG_ITERATIONS_QUOTED) * n * matvec
         + (krylov + n * n * VJP_PASSES if request.cg_start != "cold" else 0.0)
         + (ekfac if request.cg_start == "preconditioned" else 0.0),

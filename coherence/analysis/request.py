@@ -14,6 +14,7 @@ Torch-free, so the dashboard can build and check requests without importing torc
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -268,6 +269,12 @@ class AnalysisRequest:
             if fields.get(key, 0) is None:
                 del fields[key]
         return cls(**fields)
+
+
+def stored_depth(fields: Mapping[str, Any]) -> Any:
+    """The depth a stored request's record stands for, as ``from_dict`` reads it (None: the
+    estimator's default; not checked here)."""
+    return 1 if _from_span_g_start(dict(fields)) else fields.get("depth")
 
 
 def _from_span_g_start(fields: dict[str, Any]) -> bool:

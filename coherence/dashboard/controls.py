@@ -95,8 +95,8 @@ class Tolerance(Number):
 class Depth(Control):
     """The Krylov depth (blocks of the basis): only for the estimators that have one. Its
     value follows the estimator: a depth chosen for one estimator is not carried to another
-    (ekfac-krylov's 1 would make krylov the span(G) solve), so switching estimators resets it
-    to the new one's default."""
+    that has one (ekfac-krylov's 1 would make krylov the span(G) solve), so switching between
+    them resets it to the new one's default."""
 
     bounds: tuple[int, int] = (1, MAX_DEPTH)
     widget: str = "number_input"
@@ -106,7 +106,10 @@ class Depth(Control):
 
     def parse(self, raw: str, scope: Scope) -> int:
         lo, hi = self.bounds
-        if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+        # the length first: int() of thousands of digits raises ValueError, not RequestError
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(hi))):
+            raise RequestError(f"the Krylov depth must be a whole number from {lo} to {hi}")
+        if not lo <= int(raw) <= hi:
             raise RequestError(f"the Krylov depth must be a whole number from {lo} to {hi}")
         return int(raw)
 
@@ -139,6 +142,8 @@ class Depth(Control):
         return self.assign(int(state[self.state]))
 
     def fallback_text(self, scope: Scope) -> str:
+        if not self.active(scope.values):
+            return f"none ({scope.values.get('estimator')} has no Krylov depth)"
         if self.fallback(scope) is not None:
             return super().fallback_text(scope)
         return f"the estimator's default depth ({self.reset(scope)})"

@@ -19,7 +19,7 @@ from typing import Any
 
 from coherence.analysis.estimators import Estimator
 from coherence.analysis.observables import Response
-from coherence.analysis.request import MAX_EXAMPLES, AnalysisRequest
+from coherence.analysis.request import MAX_EXAMPLES, AnalysisRequest, stored_depth
 from coherence.analysis.vocabulary import (
     DEFAULT_ESTIMATOR,
     PAPER_RTOL,
@@ -393,7 +393,7 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
             estimator=str(request["estimator"]),
             damping=float(request["damping"]),
             rtol=None if request.get("rtol") is None else float(request["rtol"]),
-            depth=None if request.get("depth") is None else int(request["depth"]),
+            depth=stored_depth(request),  # an old deflated-cg record's None means 1
             device=str(request.get("device", "auto")),
         )
     except (KeyError, TypeError, ValueError):  # RequestError is a ValueError

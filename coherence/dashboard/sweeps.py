@@ -7,9 +7,10 @@ points:
 - dynamics: the same request with each checkpoint replaced by its snapshot of one epoch
   (``<name>/epochs/NNNN``, see ``surrogates.snapshots``); the epochs are those every seed of
   the group kept, plus the trained checkpoints themselves as the last epoch;
-- sensitivity: the same request with another (estimator, λ, rtol, energy threshold) from
-  ``SWEEP_ESTIMATORS`` × ``DAMPING_GRID``. Adding an estimator or a λ is one line of these
-  tables.
+- sensitivity: the same request with another (estimator, λ, rtol, energy threshold, Krylov
+  depth) from ``SWEEP_ESTIMATORS`` × ``DAMPING_GRID``; the sidebar's depth stays with the
+  selection's own estimator (and is named in its lines' labels). Adding an estimator or a λ
+  is one line of these tables.
 
 ``coherence study``/``coherence demo`` precompute sweeps (``StudySpec.dynamics_archs``,
 ``sweep_archs``, ``sweep_dampings``) with the same functions, so the panels find them cached.
@@ -170,7 +171,10 @@ def sensitivity_settings(
             if (*same, setting.energy_threshold) in seen:
                 continue
             seen.add((*same, setting.energy_threshold))
-            out.append((setting.label(arch), chosen, setting))
+            label = setting.label(arch)
+            if setting.depth is None and chosen.depth is not None:  # the sidebar's, not default
+                label = f"{label} depth {chosen.depth}"
+            out.append((label, chosen, setting))
     return out
 
 

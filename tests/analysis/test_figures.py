@@ -481,6 +481,20 @@ def test_log_axes_label_every_tick_in_full():
         assert low <= np.log10(ticks[0]) < np.log10(ticks[-1]) <= high
         assert high - low < 1.1 * (np.log10(ticks[-1]) - np.log10(ticks[0]))
         assert np.allclose(np.diff(ticks), ticks[1] - ticks[0])  # evenly spaced round values
+    rng = np.random.default_rng(1)  # any narrow range, any magnitude: framed, 2–6 ticks
+    for _ in range(3000):
+        low = 10 ** rng.uniform(-300, 300)
+        high = low * (1 + 10 ** rng.uniform(-14, 0.4))
+        axis = F.log_axis(np.array([low, high]), title="λ")
+        if "range" not in axis:  # two 1-2-5 ticks inside: the wide form
+            continue
+        ticks = axis["tickvals"]
+        assert ticks[0] <= low and ticks[-1] >= high and 2 <= len(ticks) <= 6, (low, high)
+        assert len(set(axis["ticktext"])) == len(ticks), (low, high, axis["ticktext"])
+    assert F.log_axis(np.array([5e-324, 1e-323]), title="λ") == {  # subnormal: nothing to draw
+        "type": "log",
+        "title": {"text": "λ"},
+    }
     small_and_large = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]
     assert not any(t.isascii() for t in small_and_large)  # 10⁻³, not 0.001 beside 10⁻⁵
     wide = F.log_axis(np.array([1e-9, 1e3]), title="λ")["ticktext"]

@@ -227,6 +227,12 @@ def test_depth_is_canonical_and_reaches_the_request(workspace):
     catalog = scan_workspace(workspace)
     assert from_request(catalog, request.to_dict()) == deep
     assert from_request(catalog, base.to_request(workspace).to_dict()) == base
+    # a deflated-cg record from before the Krylov start (depth None) stands for depth 1, as
+    # the request reads it; a depth that is not a whole number is no selection
+    old_cg = replace(base, estimator="cg", rtol=0.02).to_request(workspace).to_dict()
+    assert from_request(catalog, {**old_cg, "depth": None}).resolved_depth == 1
+    assert from_request(catalog, old_cg).resolved_depth == 4
+    assert from_request(catalog, {**request.to_dict(), "depth": 2.7}) is None
 
 
 # ------------------------------------------------------------------------------- URL -----

@@ -246,7 +246,7 @@ def test_the_sidebar_depth_goes_to_its_own_estimator_only():
     rows = sweeps.sensitivity_settings(deep, "unet", include_on_demand=True)
     depths = {(label, chosen.resolved_depth) for label, chosen, _ in rows}
     assert depths == {
-        ("ekfac-krylov", 3),
+        ("ekfac-krylov depth 3", 3),  # the sidebar's depth, named
         ("euclidean", None),
         ("subspace", None),
         ("subspace energy 1 − 1e-02", None),
@@ -257,13 +257,13 @@ def test_the_sidebar_depth_goes_to_its_own_estimator_only():
         ("ekfac-krylov depth 4", 4),
         ("ekfac", None),
     }
-    assert (replace(deep, damping=1e-4), "ekfac-krylov") in {(c, lab) for lab, c, _ in rows}
+    assert (replace(deep, damping=1e-4), "ekfac-krylov depth 3") in {(c, lab) for lab, c, _ in rows}
     # with the sidebar at depth 4 the on-demand depth-4 line would repeat the main one
     four = replace(deep, depth=4)
     labels = [
         label for label, _, _ in sweeps.sensitivity_settings(four, "unet", include_on_demand=True)
     ]
-    assert "ekfac-krylov depth 4" not in labels and "ekfac-krylov" in labels
+    assert labels.count("ekfac-krylov depth 4") == len(sweeps.DAMPING_GRID)  # the main line
     assert len(labels) == len(rows) - len(sweeps.DAMPING_GRID)
 
 

@@ -465,3 +465,14 @@ def test_krylov_depth_is_a_sidebar_control_that_travels_in_the_link(workspace, m
     assert "depth" not in at.query_params
     conservation = open_app(workspace, monkeypatch, {"panel": "Conservation"})
     assert "Raise **Krylov depth** in the sidebar" in texts(conservation.caption)
+
+
+def test_cell_labels_keep_close_times_apart():
+    """The drill-down's cell picker writes times with as many digits as keep them apart
+    (12.30 and 12.35 both read 12.3 at three)."""
+    from coherence.dashboard.panels.two_time import distinct_times
+
+    assert distinct_times(np.array([12.30, 12.35, 12.40])) == ["12.3", "12.35", "12.4"]
+    assert distinct_times(np.linspace(0, 0.75, 16))[:3] == ["0", "0.05", "0.1"]
+    close = np.array([0.5120, 0.5125, 0.5130])
+    assert len(set(distinct_times(close))) == 3

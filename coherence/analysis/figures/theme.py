@@ -238,13 +238,17 @@ def _framing_ticks(low: float, high: float) -> tuple[list[float], int]:
     if high <= low:
         return [low], 3
     span = high - low
+    if not span / 3 > 0 or span < 1e-9 * high:  # below float precision: the ends, in full
+        return [low, high], 17
     magnitude = 10.0 ** math.floor(math.log10(span / 3))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if span / (m * magnitude) <= 3)
+    nice = [m * magnitude for m in (10, 5, 2.5, 2, 1, 0.5, 0.25, 0.2, 0.1)]  # descending
+    start = max(i for i, h in enumerate(nice) if span / h <= 3)  # finest with ≤ 3 steps
+    # a first tick of 0 has no place on a log axis: then the next finer step without one
+    step = next((h for h in nice[start:] if math.floor(low / h) > 0), nice[-1])
     first, last = math.floor(low / step), math.ceil(high / step)
-    ticks = [float(f"{k * step:.12g}") for k in range(first, last + 1) if k * step > 0]
-    top = max(abs(t) for t in ticks)
-    digits = math.floor(math.log10(top)) - math.floor(math.log10(step)) + 1
-    return ticks, digits + (1 if f"{step / magnitude:g}" == "2.5" else 0)
+    ticks = [float(f"{k * step:.12g}") for k in range(first, last + 1)]
+    digits = math.floor(math.log10(ticks[-1])) - math.floor(math.log10(step)) + 1
+    return ticks, digits + (1 if f"{step / magnitude:g}" in ("2.5", "0.25") else 0)
 
 
 def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
@@ -255,7 +259,7 @@ def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     throughout where one tick needs one (10⁻⁹ … 10³, not 10⁻⁵ beside 0.001)."""
     settings: dict[str, Any] = {"type": "log", "title": axis_title(title)}
     values = np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays])
-    values = values[np.isfinite(values) & (values > 0)]
+    values = values[np.isfinite(values) & (values >= np.finfo(np.float64).tiny)]  # not subnormal
     if values.size == 0:
         return settings
     lo, hi = math.floor(math.log10(values.min())), math.ceil(math.log10(values.max()))

@@ -111,12 +111,14 @@ def _error_curve(eps: np.ndarray, rel_errors: Any, title: str) -> go.Figure:
     curve = go.Figure()
     median = _add_error_traces(curve, eps_sorted, rows)
     anchor = np.flatnonzero(np.isfinite(median))
+    reference = np.empty(0)
     if anchor.size:
         k = anchor[-1]  # the largest ε with a finite error: slope-1 line through it
+        reference = median[k] * eps_sorted / eps_sorted[k]
         curve.add_trace(
             go.Scatter(
                 x=eps_sorted,
-                y=median[k] * eps_sorted / eps_sorted[k],
+                y=reference,
                 mode="lines",
                 name="slope 1 (error ∝ ε)",
                 line={"color": "grey", "dash": "dot", "width": 1},
@@ -126,7 +128,7 @@ def _error_curve(eps: np.ndarray, rel_errors: Any, title: str) -> go.Figure:
     styled(curve, title, height=440)
     curve.update_xaxes(**log_axis(eps_sorted, title="step size ε (log scale)"))
     curve.update_yaxes(
-        **log_axis(rows, title="relative error |measured − predicted| / |predicted|")
+        **log_axis(rows, reference, title="relative error |measured − predicted| / |predicted|")
     )
     return curve
 

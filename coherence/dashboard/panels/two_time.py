@@ -282,17 +282,29 @@ class _Cell:
     channel: str
 
 
+def distinct_times(times: np.ndarray) -> list[str]:
+    """The times written with the fewest significant digits (3 or more) that keep them all
+    apart (t = 12.30 and 12.35 both read 12.3 at 3 digits)."""
+    for digits in range(3, 17):
+        written = [f"{t:.{digits}g}" for t in times]
+        if len(set(written)) == len(written):
+            return written
+    return [repr(float(t)) for t in times]
+
+
 def _cell_controls(ctx: PanelContext, option: str, result) -> _Cell | None:
     """The cell, class, batch and channel pickers; None until a cell is picked."""
     times = np.asarray(result.times)
     classes = ctx.selection.classes
     options = [NO_CELL] + [f"{i},{j}" for i in range(len(times)) for j in range(len(times))]
 
+    written = distinct_times(times)
+
     def label(cell: str) -> str:  # short: at 1024 px the column is ≈ 250 px wide
         if cell == NO_CELL:
             return "none: click the map"
         i, j = map(int, cell.split(","))
-        return f"t_r = {times[i]:.3g} · t_p = {times[j]:.3g}"  # the steps: in the line below
+        return f"t_r = {written[i]} · t_p = {written[j]}"  # the steps: in the line below
 
     cols = st.columns([2, 1, 1, 1])
     cell = cols[0].selectbox("Cell", options, format_func=label, key=CELL_KEY)

@@ -195,8 +195,10 @@ def describe(selection: Selection) -> str:
 
 
 def depth_text(selection: Selection) -> str:
-    """' depth 4' after an estimator whose depth was chosen (the default goes unsaid)."""
-    return "" if selection.depth is None else f" depth {selection.depth}"
+    """' depth 4' after an estimator that has a Krylov depth, its default included: a depth
+    chosen for one estimator is not carried to another, so the page always says which."""
+    depth = selection.resolved_depth
+    return "" if depth is None else f" depth {depth}"
 
 
 _FIELD_NAMES = {
@@ -231,6 +233,8 @@ def differences(old: Selection, new: Selection) -> list[str]:
         before, after = getattr(old, name), getattr(new, name)
         if name == "depth":  # the depth each runs at: "4 → 2", not "none → 2"
             before, after = old.resolved_depth, new.resolved_depth
+            if before is None or after is None:  # an estimator without one: said above
+                continue
         if before != after:
             out.append(f"{label} {_field_text(before)} → {_field_text(after)}")
     return out

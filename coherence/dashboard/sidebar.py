@@ -255,12 +255,14 @@ def _same_files(catalog: Catalog, selection: Selection, key: str) -> bool:
 
 def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
     """What tells cached entries apart first (a narrow sidebar cuts the end): the model
-    group, estimator and λ; then the dataset, seeds, batches, window and key."""
+    group, estimator and λ, its Krylov depth; then the dataset, seeds, batches, window and
+    key."""
     group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
     window = f"{selection.t_start}:{selection.t_start + selection.n_steps}"
+    depth = depth_text(selection).strip()
     return (
-        f"{group} · {selection.estimator}{depth_text(selection)} λ={selection.damping:g} · "
-        f"{selection.dataset} · "
+        f"{group} · {selection.estimator} λ={selection.damping:g} · "
+        f"{depth + ' · ' if depth else ''}{selection.dataset} · "
         f"{plural(len(selection.checkpoints), 'seed')} × "
         f"{plural(len(selection.trajectories), 'batch', 'batches')} · window {window} · "
         f"{key[:8]}"

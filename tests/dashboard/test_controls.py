@@ -186,8 +186,8 @@ def test_a_bad_link_depth_names_the_default_it_falls_back_to():
     selection, warnings = decode_query({"est": "krylov", "depth": "9" * 5000}, catalog)
     assert len(warnings) == 1 and "whole number from 1 to 16" in warnings[0]
     assert selection.resolved_depth == 4
-    _, warnings = decode_query({"est": "euclidean", "depth": "abc"}, catalog)
-    assert warnings[0].endswith("using none (euclidean has no Krylov depth) instead")
+    euclidean, warnings = decode_query({"est": "euclidean", "depth": "abc"}, catalog)
+    assert warnings == [] and euclidean.depth is None  # ignored, as the request ignores it
     selection, warnings = decode_query({"est": "krylov", "depth": "0"}, catalog)
     assert warnings == [
         "URL parameter depth='0': the Krylov depth must be a whole number from 1 to 16; "

@@ -222,8 +222,13 @@ def test_depth_is_canonical_and_reaches_the_request(workspace):
     request = deep.to_request(workspace)
     assert request.depth == 4 and base.to_request(workspace).depth == 1
     assert request_key(request) != request_key(base.to_request(workspace))
-    assert "ekfac-krylov depth 4" in describe(deep) and "depth" not in describe(base)
+    # the page always says the depth an estimator runs at (it is not carried between them)
+    assert "ekfac-krylov depth 4" in describe(deep) and "ekfac-krylov depth 1" in describe(base)
+    assert "depth" not in describe(replace(base, estimator="subspace"))
     assert differences(base, deep) == ["Krylov depth 1 → 4"]
+    assert differences(base, replace(base, estimator="subspace")) == [
+        "estimator ekfac-krylov → subspace"
+    ]
     catalog = scan_workspace(workspace)
     assert from_request(catalog, request.to_dict()) == deep
     assert from_request(catalog, base.to_request(workspace).to_dict()) == base

@@ -476,3 +476,13 @@ def test_cell_labels_keep_close_times_apart():
     assert distinct_times(np.linspace(0, 0.75, 16))[:3] == ["0", "0.05", "0.1"]
     close = np.array([0.5120, 0.5125, 0.5130])
     assert len(set(distinct_times(close))) == 3
+
+
+def test_the_conservation_advice_follows_the_views_depth():
+    """'Raise Krylov depth' only where it is low; at depth 4 the caption says what the view
+    runs at; an estimator without a depth is pointed to ekfac-krylov."""
+    from coherence.dashboard.panels.conservation import _depth_advice
+
+    assert "Raise **Krylov depth**" in _depth_advice("ekfac-krylov", 1)
+    assert _depth_advice("ekfac-krylov", 4) == "This view runs at ekfac-krylov depth 4."
+    assert _depth_advice("subspace", None).startswith("Choose ekfac-krylov")

@@ -253,8 +253,9 @@ def _framing_ticks(low: float, high: float) -> tuple[list[float], int]:
 
 def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     """Settings of a log axis over the positive finite values of ``arrays``: ticks at 1, 2, 5
-    × 10ᵏ (powers of ten only beyond four decades), or round values framing a narrow range
-    (with the axis range set to them),
+    × 10ᵏ (powers of ten only beyond four decades) from the last one at or below the data to
+    the first at or above it, or round values framing a narrow range, with the axis range set
+    to the outer ticks (a value above the top label read as unlabelled),
     each labelled in full (number_label) and in one notation along the axis: powers of ten
     throughout where one tick needs one (10⁻⁹ … 10³, not 10⁻⁵ beside 0.001)."""
     settings: dict[str, Any] = {"type": "log", "title": axis_title(title)}
@@ -269,14 +270,20 @@ def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
     ticks = [m * 10.0**k for k in decades for m in mantissas if (k - lo) % step == 0]
     inside = [v for v in ticks if values.min() <= v <= values.max()]
     digits = 3
+    framed = True
     if len(inside) < 2:  # a narrow range: round values framing it, as precise as needed
         ticks, digits = _framing_ticks(float(values.min()), float(values.max()))
-        ends = np.log10([ticks[0], ticks[-1]]) if ticks[0] < ticks[-1] else None
-        if ends is not None:  # the axis spans the framing ticks: every value between labels
-            pad = 0.02 * (ends[1] - ends[0])
-            settings["range"] = [float(ends[0] - pad), float(ends[1] + pad)]
-    else:
-        ticks = [v for v in ticks if values.min() / 1.5 <= v <= values.max() * 1.5]
+    else:  # from the last tick at or below the data to the first at or above it
+        below = [v for v in ticks if v <= values.min()]
+        above = [v for v in ticks if v >= values.max()]
+        framed = bool(below and above)  # not when the decade step skips the one above
+        low = max(below) if below else values.min() / 1.5
+        high = min(above) if above else values.max() * 1.5
+        ticks = [v for v in ticks if low <= v <= high]
+    if framed and ticks[0] < ticks[-1]:  # the axis spans the outer ticks, a 2% margin
+        ends = np.log10([ticks[0], ticks[-1]])
+        pad = 0.02 * (ends[1] - ends[0])
+        settings["range"] = [float(ends[0] - pad), float(ends[1] + pad)]
     powers = any(not 1e-3 <= v < 1e5 for v in ticks)
     labels = [number_label(v, power_from=0 if powers else 1e5, digits=digits) for v in ticks]
     return settings | {"tickvals": ticks, "ticktext": labels}

@@ -33,8 +33,7 @@ def conservation(ctx: PanelContext) -> None:
         "the estimator's own: on small models where the full solve is computable, the "
         "default's mass and energy maps agreed with it far less than its SMSE map (Pearson "
         "−0.02–0.70 against 0.94–0.98; at Krylov depth 4: 0.38–0.81; README: estimators). "
-        "Raise **Krylov depth** in the sidebar to bring them closer (each block costs about "
-        "as much again)."
+        + _depth_advice(ctx.selection.estimator, ctx.selection.resolved_depth)
     )
     if not ctx.dataset.conserved:
         st.info(
@@ -58,6 +57,18 @@ def conservation(ctx: PanelContext) -> None:
             continue
         with tab:
             _one_response(ctx, response)
+
+
+def _depth_advice(estimator: str, depth: int | None) -> str:
+    """What to do about the caveat, given the view's estimator and Krylov depth."""
+    if depth is None:
+        return "Choose ekfac-krylov and raise **Krylov depth** in the sidebar to bring them closer."
+    if depth < 4:
+        return (
+            f"Raise **Krylov depth** in the sidebar (this view: {estimator} depth {depth}) to "
+            "bring them closer; each block costs about as much again."
+        )
+    return f"This view runs at {estimator} depth {depth}."
 
 
 def _one_response(ctx: PanelContext, response: str) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from coherence.analysis.vocabulary import MAX_DEPTH, default_depth, parse_estimator
+from coherence.analysis.vocabulary import MAX_DEPTH, default_depth
 from coherence.dashboard.control_kinds import Choice, Control, Number, Scope, State
 from coherence.dashboard.control_rows import (
     RESPONSE_LABELS,
@@ -41,6 +41,7 @@ from coherence.dashboard.selection import (
     Selection,
     default_rtol,
     default_selection,
+    estimator_default_depth,
 )
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import RequestError
@@ -113,17 +114,14 @@ class Depth(Control):
     def parse(self, raw: str, scope: Scope) -> int:
         lo, hi = self.bounds
         # the length first: int() of thousands of digits raises ValueError, not RequestError
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(hi))):
-            raise RequestError(f"the Krylov depth must be a whole number from {lo} to {hi}")
-        if not lo <= int(raw) <= hi:
+        digits = raw.isascii() and raw.isdigit() and len(raw) <= len(str(hi))
+        if not digits or not lo <= int(raw) <= hi:
             raise RequestError(f"the Krylov depth must be a whole number from {lo} to {hi}")
         return int(raw)
 
     def reset(self, scope: Scope) -> int:
-        estimator = scope.values.get("estimator")
-        if estimator not in DEPTH_ESTIMATORS:
-            return default_depth(DEFAULT_ESTIMATOR)
-        return default_depth(parse_estimator(estimator))
+        own = estimator_default_depth(scope.values.get("estimator"))
+        return default_depth(DEFAULT_ESTIMATOR) if own is None else own
 
     def to_state(self, value: Any, scope: Scope) -> Any:
         return self.reset(scope) if value is None else int(value)

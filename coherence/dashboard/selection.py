@@ -93,7 +93,8 @@ class Selection:
             object.__setattr__(self, "rtol", None)
         # canonical: None stands for the estimator's default (a link without depth, and one
         # selection per request key)
-        if self.estimator not in DEPTH_ESTIMATORS or self.depth == self._default_depth():
+        default = estimator_default_depth(self.estimator)
+        if default is None or self.depth == default:
             object.__setattr__(self, "depth", None)
 
     def _check_settings(self) -> None:
@@ -116,15 +117,10 @@ class Selection:
                 f"{depth}, device={self.device!r}: {error}"
             )
 
-    def _default_depth(self) -> int:
-        return default_depth(parse_estimator(self.estimator))
-
     @property
     def resolved_depth(self) -> int | None:
         """The Krylov depth the request uses (None: the estimator has none)."""
-        if self.estimator not in DEPTH_ESTIMATORS:
-            return None
-        return self._default_depth() if self.depth is None else self.depth
+        return estimator_default_depth(self.estimator) if self.depth is None else self.depth
 
     # -------------------------------------------------------------------- requests ----
 
@@ -175,6 +171,13 @@ class Selection:
         from coherence.dashboard.controls import encode  # it imports this module
 
         return encode(self)
+
+
+def estimator_default_depth(estimator: str | None) -> int | None:
+    """The Krylov depth an estimator runs at when none is chosen (None: it has no depth)."""
+    if estimator not in DEPTH_ESTIMATORS:
+        return None
+    return default_depth(parse_estimator(estimator))
 
 
 def plural(n: int, noun: str, many: str | None = None) -> str:

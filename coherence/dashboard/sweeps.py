@@ -59,8 +59,6 @@ class EstimatorSetting:
     def label(self, arch: str | None = None) -> str:
         if self.estimator == "cg":
             return f"cg rtol {self.resolve_rtol(arch):g}"
-        if self.depth is not None:
-            return f"{self.estimator} depth {self.depth}"
         if self.energy_threshold is not None:
             return f"{self.estimator} energy 1 − {1 - self.energy_threshold:.0e}"
         return self.estimator
@@ -167,14 +165,14 @@ def sensitivity_settings(
                 rtol=setting.resolve_rtol(arch),
                 depth=setting.depth if setting.depth is not None else depth,
             )
-            same = (chosen.estimator, chosen.resolved_depth, chosen.rtol, damping)
-            if (*same, setting.energy_threshold) in seen:
+            key = (chosen.estimator, chosen.resolved_depth, chosen.rtol, damping)
+            key += (setting.energy_threshold,)
+            if key in seen:
                 continue
-            seen.add((*same, setting.energy_threshold))
-            label = setting.label(arch)
-            if setting.depth is None and chosen.depth is not None:  # the sidebar's, not default
-                label = f"{label} depth {chosen.depth}"
-            out.append((label, chosen, setting))
+            seen.add(key)
+            # a depth other than the estimator's default (the setting's or the sidebar's)
+            depth_label = "" if chosen.depth is None else f" depth {chosen.depth}"
+            out.append((setting.label(arch) + depth_label, chosen, setting))
     return out
 
 

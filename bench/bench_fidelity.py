@@ -184,18 +184,23 @@ COST_SETTINGS = (
 )
 
 
-def cost_rows(archs: list[str], checkpoints: dict[str, str]) -> list[dict[str, Any]]:
+def cost_rows(
+    archs: list[str], checkpoints: dict[str, str], device: str = "cpu"
+) -> list[dict[str, Any]]:
     """Seconds per estimator on one trained demo checkpoint per architecture (docstring)."""
-    x, y = euler_batch()
+    x, y = (t.to(device) for t in euler_batch())
     rows = []
     for arch in archs:
         model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
+        model.to(device)
         compute_influence(model, x, y, estimator="subspace")  # trace once, as a job does
         for estimator, options in COST_SETTINGS:
             best, result = float("inf"), None
             for _ in range(2):
                 clock = time.perf_counter()
                 result = compute_influence(model, x, y, estimator=estimator, **options)
+                if x.is_cuda:
+                    torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - clock)
             assert result is not None
             rows.append(
@@ -282,6 +287,7 @@ def main() -> None:
     parser.add_argument("--arch", action="append", choices=("unet", "vit"), help="cg: models")
     parser.add_argument("--rtol", action="append", type=float, help="cg: tolerances")
     parser.add_argument("--cap", type=int, help="cg: iteration cap per column")
+    parser.add_argument("--device", default="cpu", help="cost: cpu or cuda")
     parser.add_argument(
         "--only",
         action="append",
@@ -308,10 +314,12 @@ def main() -> None:
         )
     if args.part in ("cost", "all"):
         archs = args.arch or ["unet", "vit"]
+        on_gpu = args.device != "cpu"
         write_result(
-            "estimator_cost",
-            "Estimator seconds side by side on the trained demo models (issue 14)",
-            cost_rows(archs, checkpoints),
+            "estimator_cost" + ("_cuda" if on_gpu else ""),
+            "Estimator seconds side by side on the trained demo models (issue 14)"
+            + (", GPU" if on_gpu else ""),
+            cost_rows(archs, checkpoints, args.device),
             "N = 48 at 32², one batch, best of two runs after a warm-up that traces the tangent "
             "program; x_ekfac = seconds / ekfac's seconds in the same run. Fidelity of the "
             "same settings on the small dense-reference models: fidelity.json.",

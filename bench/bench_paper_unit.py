@@ -172,7 +172,13 @@ def main() -> None:
         "activations of one example). Target: both ratios within [0.5, 2]. "
         + ("" if torch.cuda.is_available() else "No GPU was lent for this run: CPU figures only.")
     )
-    write_result(f"paper_unit_{options.arch}", "Paper-scale analysis unit", [row], notes)
+    on_gpu = row["device"].startswith("cuda")
+    write_result(
+        f"paper_unit_{options.arch}" + ("_cuda" if on_gpu else ""),
+        "Paper-scale analysis unit" + (" on the GPU" if on_gpu else ""),
+        [row],
+        notes,
+    )
 
 
 if __name__ == "__main__":

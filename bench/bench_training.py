@@ -1,7 +1,8 @@
 """Training throughput (samples/s, one AdamW step on SMSE) per architecture and preset, and
 the demo workspace build time.
 
-Run: python -m bench.bench_training [--demo]   (--demo also times `coherence demo` from scratch)
+Run: python -m bench.bench_training [--demo] [--cuda]   (--demo also times `coherence demo` from
+scratch; --cuda measures on the GPU instead, TF32 as PyTorch's default leaves it)
 """
 
 from __future__ import annotations
@@ -24,18 +25,20 @@ CASES = (
 )
 
 
-def throughput(arch: str, preset: str, resolution: int, batch: int) -> dict:
+def throughput(arch: str, preset: str, resolution: int, batch: int, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    model = build_model(arch, preset, channels=4, resolution=resolution)
+    model = build_model(arch, preset, channels=4, resolution=resolution).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
-    x = torch.randn(batch, 4, resolution, resolution)
-    y = torch.randn(batch, 4, resolution, resolution)
+    x = torch.randn(batch, 4, resolution, resolution, device=device)
+    y = torch.randn(batch, 4, resolution, resolution, device=device)
 
     def step() -> None:
         loss = smse(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     for _ in range(3):  # warm-up: allocator, oneDNN primitives, autograd graph caches
         step()
@@ -64,6 +67,14 @@ def demo_build_time() -> dict:
 
 
 def main() -> None:
+    if "--cuda" in sys.argv:  # the GPU figures, with the paper's batch of 32 added
+        cases = [*CASES, ("unet", "paper", 128, 32), ("vit", "paper", 128, 32)]
+        rows = [throughput(*case, device="cuda") for case in cases]
+        write_result(
+            "training_cuda", "Training throughput (float32, GPU, AdamW step on SMSE)", rows
+        )
+        print(*rows, sep="\n")
+        return
     torch.set_num_threads(2)
     rows = [throughput(*case) for case in CASES]
     write_result("training", "Training throughput (float32, CPU, AdamW step on SMSE)", rows)

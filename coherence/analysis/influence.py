@@ -45,6 +45,7 @@ from coherence.analysis.diagnostics import (  # noqa: F401
 from coherence.analysis.estimators import lanczos_top
 from coherence.analysis.metric_solve import MetricSolve, solve_metric  # noqa: F401
 from coherence.analysis.observables import check_response_applies, residual
+from coherence.analysis.precision import ieee_float32
 from coherence.analysis.request import InfluenceOptions, check_damping
 from coherence.analysis.vocabulary import (
     CG_MAX_ITER,
@@ -163,7 +164,7 @@ def influence_with(
     report = progress or (lambda fraction, stage: None)
     clock = time.perf_counter()
     stages: dict[str, float] = {}
-    with evaluation_mode(model):
+    with evaluation_mode(model), ieee_float32():
         fm = FlatModel(model)
         weight = 0.1 if options.estimator is Estimator.EUCLIDEAN else 0.3
         grads = _gradients(
@@ -283,7 +284,7 @@ def top_eigenvalue(
         raise RequestError(f"iters must be at least 1; got {iters}")
     device, dtype = _model_place(model)
     inputs, _ = _check_batch(inputs, inputs, device, dtype)
-    with evaluation_mode(model):
+    with evaluation_mode(model), ieee_float32():
         fm = FlatModel(model)
         operator = GaussNewtonOperator(BatchJacobian(fm, inputs), damping)
         generator = torch.Generator().manual_seed(seed)

@@ -26,6 +26,7 @@ from coherence.analysis.autodiff import FlatModel, evaluation_mode, per_example_
 from coherence.analysis.influence import influence_with
 from coherence.analysis.metric_solve import solve_metric
 from coherence.analysis.observables import residual
+from coherence.analysis.precision import ieee_float32
 from coherence.analysis.request import InfluenceOptions
 from coherence.analysis.vocabulary import (
     DEFAULT_ESTIMATOR,
@@ -92,7 +93,7 @@ def preconditioned_gradients(
         depth=depth,
         cg_start=cg_start,
     )
-    with evaluation_mode(model):
+    with evaluation_mode(model), ieee_float32():
         fm = FlatModel(model)
         with torch.no_grad():
             prediction = fm(fm.theta, inputs)

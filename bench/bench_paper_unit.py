@@ -6,13 +6,14 @@ the cost estimate that `coherence analyze` and `coherence study` print (target: 
 
 The checkpoint is trained for one epoch on a synthetic 128² dataset (the cost of a unit does
 not depend on the weights' values). Run: python -m bench.bench_paper_unit [--arch unet]
-[--steps 16] [--responses smse] [--device auto]
+[--steps 16] [--responses smse] [--device auto] [--tf32]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -58,16 +59,16 @@ def build_workspace(root: Path, arch: str) -> tuple[Path, Path]:
 
 
 def estimate(data: Path, checkpoint: Path, request_json: str) -> dict:
-    """The figures `coherence analyze` prints before it starts (same functions)."""
-    from coherence.analysis.pipeline import estimate_cost, load_checked, prepare
+    """The figures `coherence analyze` prints before it starts (same function: the batch's
+    forward timed on the device, scaled by the counted passes)."""
+    from coherence.analysis.pipeline import load_checked, prepare
     from coherence.analysis.request import AnalysisRequest
-    from coherence.probe import probe_forward
+    from coherence.cache.cost import estimate_job
 
     request = AnalysisRequest.from_dict(json.loads(request_json))
     info, batches = prepare(request)
     model, _ = load_checked(checkpoint, info, request.torch_device)
-    example = batches[0].inputs.to(request.torch_device)
-    cost = estimate_cost(model, request, example, forward_seconds=probe_forward(model, example[0]))
+    cost = estimate_job(model, request, batches[0].inputs.to(request.torch_device)).cost
     return {
         "estimate_s": cost.seconds,
         "estimate_gib": cost.memory_bytes / 1024**3,
@@ -114,8 +115,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--responses", default="smse")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--tf32", action="store_true", help="keep TF32 on (COHERENCE_TF32=1): its speed on a GPU"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.tf32:
+        os.environ["COHERENCE_TF32"] = "1"  # the child inherits it
     if options.child is not None:
         child(options.child)
         return
@@ -173,8 +179,11 @@ def main() -> None:
         + ("" if torch.cuda.is_available() else "No GPU was lent for this run: CPU figures only.")
     )
     on_gpu = row["device"].startswith("cuda")
+    row["float32"] = "tf32" if options.tf32 else "ieee"
     write_result(
-        f"paper_unit_{options.arch}" + ("_cuda" if on_gpu else ""),
+        f"paper_unit_{options.arch}"
+        + ("_cuda" if on_gpu else "")
+        + ("_tf32" if options.tf32 else ""),
         "Paper-scale analysis unit" + (" on the GPU" if on_gpu else ""),
         [row],
         notes,

@@ -16,9 +16,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         --target /tmp/site .whl/*.whl && export PYTHONPATH="$PWD:/tmp/site"
 fi
 
+STEPS=${STEPS:-all}  # or a list, e.g. STEPS="tests paper_vit"
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log to $OUT/logs/NAME.log
     local name=$1 limit=$2 start=$SECONDS
     shift 2
+    [[ $STEPS == all || " $STEPS " == *" $name "* ]] || return 0
     timeout "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
     local rc=$?
     printf '== %-12s rc=%-3s %4ss\n' "$name" "$rc" "$((SECONDS - start))"
@@ -38,12 +40,14 @@ step tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
 step analyze 45 "${cli[@]}"
 step analyze_cached 20 "${cli[@]}"
 step cost 70 python3 -m bench.bench_fidelity --part cost --device cuda
-step paper_unet 90 python3 -m bench.bench_paper_unit --arch unet --device cuda \
+step paper_unet 100 python3 -m bench.bench_paper_unit --arch unet --device cuda \
     --responses smse,mass,energy
 step precision 120 python3 -m bench.bench_gpu_precision
-step paper_vit 60 python3 -m bench.bench_paper_unit --arch vit --device cuda \
+step paper_vit 75 python3 -m bench.bench_paper_unit --arch vit --device cuda \
     --responses smse,mass,energy
 step training 45 python3 -m bench.bench_training --cuda
+step paper_unet_tf32 100 python3 -m bench.bench_paper_unit --arch unet --device cuda \
+    --responses smse,mass,energy --tf32
 
 tar -czf "$OUT/results.tar.gz" bench/results/*cuda*.json bench/results/gpu_precision.json \
     -C "$OUT" logs 2>/dev/null

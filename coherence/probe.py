@@ -45,27 +45,49 @@ class ModelProbe:
 
 
 def activation_bytes(model: nn.Module, example: torch.Tensor) -> int:
-    """Bytes of every module output for one example: the activations a pass keeps alive."""
-    total = 0
+    """Bytes one example's forward keeps for a backward: the distinct storages autograd
+    saves (weights excluded), or the module outputs where those are more. Module outputs
+    alone miss what a module computes inside: the paper ViT saves 3.5× its module outputs
+    (attention scores, softmax, GELU inputs), and the cost estimate came out 3× below the
+    58 GiB a paper ViT unit took on an H200 (bench/results/paper_unit_vit_cuda.json)."""
+    outputs = 0
 
     def hook(_module, _inputs, output):
-        nonlocal total
+        nonlocal outputs
         if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
+            outputs += output.numel() * output.element_size()
+
+    weights = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
-        with torch.no_grad():
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(example)
     finally:
         for handle in handles:
             handle.remove()
-    return total
+    return max(outputs, sum(saved.values()))
 
 
-def probe_forward(model: nn.Module, example: torch.Tensor, *, batch: int = 4) -> float:
-    """Seconds of one example's no-grad forward within a batch of ``batch`` copies."""
+def default_batch(device: torch.device) -> int:
+    """Copies a probe times: 4 fill two CPU cores, but a GPU needs more before the time per
+    example stops falling (with 4, the paper UNet's unit on an H200 was estimated at 2.4×
+    the 60 s it took: bench/results/paper_unit_unet_cuda.json)."""
+    return 16 if device.type == "cuda" else 4
+
+
+def probe_forward(model: nn.Module, example: torch.Tensor, *, batch: int | None = None) -> float:
+    """Seconds of one example's no-grad forward within a batch of ``batch`` copies (None:
+    ``default_batch`` for the model's device)."""
     device = next(model.parameters()).device
+    batch = batch or default_batch(device)
     x = example.to(device).unsqueeze(0).expand(batch, *example.shape).contiguous()
     was_training = model.training
     model.eval()
@@ -81,14 +103,16 @@ def probe_forward(model: nn.Module, example: torch.Tensor, *, batch: int = 4) ->
 
 
 def probe_model(
-    model: nn.Module, example: torch.Tensor, *, batch: int = 4, repeats: int = 2
+    model: nn.Module, example: torch.Tensor, *, batch: int | None = None, repeats: int = 2
 ) -> ModelProbe:
-    """Time ``batch`` copies of ``example`` [F, H, W] through ``model`` (already on its device).
+    """Time ``batch`` copies of ``example`` [F, H, W] through ``model`` (already on its device;
+    None: ``default_batch`` for that device).
 
     Training is timed with a plain SGD step on a copy of the parameters' values restored
     afterwards, so the probe never changes the model.
     """
     device = next(model.parameters()).device
+    batch = batch or default_batch(device)
     x = example.to(device).unsqueeze(0).expand(batch, *example.shape).contiguous()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training

@@ -90,16 +90,20 @@ class JobEstimate:
 
 def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2) -> float:
     """Fastest of ``repeats`` no-grad forwards of the batch (after one warm-up), on a job's
-    share of the threads (what the computation will get)."""
+    share of the threads (what the computation will get); on a GPU each waits for its
+    kernels, or it would time their launch alone."""
     before = torch.get_num_threads()
     torch.set_num_threads(slots.threads_per_job())
+    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
     try:
         with torch.no_grad():
             model(inputs)
+            sync()
             best = float("inf")
             for _ in range(repeats):
                 start = time.perf_counter()
                 model(inputs)
+                sync()
                 best = min(best, time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)

@@ -173,9 +173,10 @@ def main() -> None:
                 jvp_method=measured["jvp_method"],
             )
     notes = (
-        "Estimate = what `coherence analyze` prints (forward-pass equivalents × a timed "
-        "forward of one example on the device; memory from the parameter count and the "
-        "activations of one example). Target: both ratios within [0.5, 2]. "
+        "Estimate = what `coherence analyze` prints before it starts: the counted forward-pass "
+        "equivalents × the batch's forward timed on the device ÷ N (× GPU_PASS_SCALE on a "
+        "GPU); memory from the parameter count and the bytes autograd saves for one example. "
+        "Target: both ratios within [0.5, 2]. "
         + ("" if torch.cuda.is_available() else "No GPU was lent for this run: CPU figures only.")
     )
     on_gpu = row["device"].startswith("cuda")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from coherence.probe import activation_bytes, default_batch
+from coherence.probe import activation_bytes
 
 
 class Inside(nn.Module):
@@ -28,7 +28,3 @@ def test_counts_what_a_module_computes_inside():
 def test_module_outputs_are_the_floor_when_nothing_is_saved():
     model = Inside().requires_grad_(False)
     assert activation_bytes(model, torch.randn(1, 64)) == 4 * (256 + 4 + 4)
-
-
-def test_a_gpu_probe_times_more_copies():
-    assert default_batch(torch.device("cuda")) > default_batch(torch.device("cpu")) == 4

@@ -22,6 +22,7 @@ from coherence.cli_common import (
     split_list,
 )
 from coherence.errors import ConvergenceWarning, RequestError
+from coherence.wording import plural
 
 
 @friendly_errors
@@ -183,6 +184,7 @@ def _write(result, request, out: Path, *, batches: int) -> None:
     seconds = result.provenance["seconds"]
     console.print(
         f"wrote [bold]{path.resolve()}[/] and its sidecar .json "
-        f"({len(request.checkpoints)} checkpoints × {batches} batches, N = "
+        f"({plural(len(request.checkpoints), 'checkpoint')} × "
+        f"{plural(batches, 'batch', 'batches')}, N = "
         f"{request.n_examples}, {seconds:.1f} s)"
     )

@@ -35,6 +35,7 @@ from coherence.dashboard.workspace_scan import (
     scan_workspace,
 )
 from coherence.errors import RequestError
+from coherence.wording import plural
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
 RESPONSES = tuple(r.value for r in Response)  # smse, mass, energy
@@ -178,11 +179,6 @@ def estimator_default_depth(estimator: str | None) -> int | None:
     if estimator not in DEPTH_ESTIMATORS:
         return None
     return default_depth(parse_estimator(estimator))
-
-
-def plural(n: int, noun: str, many: str | None = None) -> str:
-    """'1 dataset', '2 datasets' ('1 batch', '2 batches' with ``many``)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {many or noun + 's'}"
 
 
 def describe(selection: Selection) -> str:

@@ -5,6 +5,8 @@ Each runs with its default options (the quick set); the slow extras are opt-in o
 module itself: ``bench_training --demo`` (``coherence demo`` from scratch), ``bench_influence
 --cg-demo vit`` (≈ 20 minutes). The container figures (bench/results/docker.json) come from
 scripts/docker-test.sh. Benchmark on a quiet machine: the figures are wall-clock times.
+GPU_BENCHMARKS run only where a CUDA GPU is visible; bench/gpu_check.sh runs them with the GPU
+options of the others (``--device cuda``, ``--cuda``) and the CUDA tests.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ BENCHMARKS = (
     "bench_sweeps",
     "bench_ray",
 )
+GPU_BENCHMARKS = ("bench_gpu_precision",)
 
 
 def main() -> None:
-    for name in BENCHMARKS:
+    import torch
+
+    gpu = GPU_BENCHMARKS if torch.cuda.is_available() else ()
+    for name in BENCHMARKS + gpu:
         started = time.perf_counter()
         print(f"== bench.{name}", flush=True)
         subprocess.run([sys.executable, "-m", f"bench.{name}"], check=True)

@@ -40,7 +40,7 @@ class ModelProbe:
     n_params: int
     forward_seconds: float  # one example's no-grad forward, within a batch
     train_step_seconds: float  # one example's forward + backward + optimizer share
-    activation_bytes: int  # module outputs of one example's forward (kept for backward)
+    activation_bytes: int  # what one example's forward keeps for a backward (activation_bytes)
     device: str
 
 
@@ -66,6 +66,7 @@ def activation_bytes(model: nn.Module, example: torch.Tensor) -> int:
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
+    example = example.detach().clone()  # a view (inputs[:1]) would count its whole batch
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -78,8 +79,8 @@ def activation_bytes(model: nn.Module, example: torch.Tensor) -> int:
 
 def probe_forward(model: nn.Module, example: torch.Tensor, *, batch: int = 4) -> float:
     """Seconds of one example's no-grad forward within a batch of ``batch`` copies. On an
-    H200 a batch of 4 does not fill the GPU: a study plan priced from it came out 1.5× (paper
-    ViT) and 2.5× (paper UNet) above the measured unit, on the safe side."""
+    H200 a batch of 4 does not fill the GPU: a study plan priced from it came out 1.3× (paper
+    ViT) and 2.4× (paper UNet) above the measured unit, on the safe side."""
     device = next(model.parameters()).device
     x = example.to(device).unsqueeze(0).expand(batch, *example.shape).contiguous()
     was_training = model.training

@@ -93,7 +93,8 @@ def _train_cost(
     probe: ModelProbe, args: TrainingArgs, pairs: tuple[int, int], remaining: int, state: int
 ) -> tuple[float, int]:
     """Seconds for the remaining epochs; peak bytes: weights, grads and AdamW moments, one
-    batch's activations (kept for backward, ≈ 2× the forward outputs) and the pairs in
+    batch's activations (2× what autograd keeps for the backward, ``activation_bytes``: the
+    kept tensors and the gradients flowing back, an upper bound) and the pairs in
     memory (none past the budget of ``pairs.memory_budget``: then they are streamed)."""
     train_pairs, valid_pairs = pairs
     epoch = train_pairs * probe.train_step_seconds + valid_pairs * probe.forward_seconds

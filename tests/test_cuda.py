@@ -96,6 +96,7 @@ def test_float32_on_cuda_keeps_float32_accuracy(problem, monkeypatch):
     """The CPU test's tolerance (1e-3 of the float64 reference) holds on the GPU: TF32 is
     off inside the analysis unless COHERENCE_TF32=1."""
     monkeypatch.delenv("COHERENCE_TF32", raising=False)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     model, x, y, ref = problem
     model32 = copy.deepcopy(model).float().to(CUDA)
     for estimator, want in (
@@ -107,7 +108,8 @@ def test_float32_on_cuda_keeps_float32_accuracy(problem, monkeypatch):
         )
         assert result.H.dtype == torch.float32
         assert rel_err(result.H, want) < 1e-3, estimator
-    assert torch.backends.cudnn.allow_tf32  # the caller's setting is restored
+    # the caller's settings are restored
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
 
 
 def test_top_eigenvalue_on_cuda_matches_dense_eigvalsh(problem):

@@ -28,3 +28,8 @@ def test_counts_what_a_module_computes_inside():
 def test_module_outputs_are_the_floor_when_nothing_is_saved():
     model = Inside().requires_grad_(False)
     assert activation_bytes(model, torch.randn(1, 64)) == 4 * (256 + 4 + 4)
+
+
+def test_a_view_counts_one_example_not_its_batch():
+    batch = torch.randn(48, 64)
+    assert activation_bytes(Inside(), batch[:1]) == activation_bytes(Inside(), batch[:1].clone())

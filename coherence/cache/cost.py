@@ -21,6 +21,7 @@ from torch import nn
 from coherence.analysis.estimators import Estimator
 from coherence.analysis.influence import CG_MAX_ITER
 from coherence.analysis.pipeline import CostEstimate, estimate_cost
+from coherence.analysis.precision import ieee_float32
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
 from coherence.errors import RequestError
@@ -94,9 +95,13 @@ def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2)
     kernels, or it would time their launch alone."""
     before = torch.get_num_threads()
     torch.set_num_threads(slots.threads_per_job())
-    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
+
+    def sync() -> None:
+        if inputs.is_cuda:
+            torch.cuda.synchronize(inputs.device)
+
     try:
-        with torch.no_grad():
+        with torch.no_grad(), ieee_float32():
             model(inputs)
             sync()
             best = float("inf")
@@ -114,7 +119,8 @@ def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2)
 # CPUs. On an H200, a whole batch's forward fills the GPU far better than the Jacobian
 # products do: a paper unit took 5.0× (UNet, 13.5M) and 1.25× (ViT, 4.5M) the time the CPU
 # weights give from the batch's forward (bench/results/paper_unit_*_cuda.json). 2.5 brings
-# both within 2× (UNet 0.5, ViT 2.0): fitted to those two models, so a first estimate only.
+# both to about 2× (UNet 0.50, ViT 2.0; no one scale does better, their ratios differ 4×):
+# fitted to those two models, so a first estimate only.
 GPU_PASS_SCALE = 2.5
 
 

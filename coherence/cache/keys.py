@@ -19,6 +19,7 @@ from typing import Any
 
 import coherence
 from coherence.analysis.batch import check_window
+from coherence.analysis.precision import tf32_allowed
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.layout import validate_key  # noqa: F401 (re-exported: keys.validate_key)
 from coherence.errors import CheckpointError
@@ -93,6 +94,8 @@ def key_material(
         del fields[name]
     if fields["estimator"] in ESTIMATOR_REVISIONS:  # absent for the others: keys unchanged
         fields["estimator_revision"] = ESTIMATOR_REVISIONS[fields["estimator"]]
+    if tf32_allowed():  # COHERENCE_TF32=1: results from TF32 products never serve IEEE ones
+        fields["float32"] = "tf32"
     return {
         "request": fields,
         "checkpoints": [_checkpoint_digest(c) for c in request.checkpoints],

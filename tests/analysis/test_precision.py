@@ -57,3 +57,38 @@ def test_analysis_runs_with_tf32_off(gpu_visible, ce_model, ce_batch):
     handle.remove()
     assert seen and not any(seen)
     assert flags() == (True, True)
+
+
+def test_nested_and_overlapping_blocks_restore_once_at_the_last_exit(gpu_visible):
+    outer = precision.ieee_float32()
+    outer.__enter__()
+    with precision.ieee_float32():
+        assert flags() == (False, False)
+    assert flags() == (False, False)  # the outer block still runs
+    outer.__exit__(None, None, None)
+    assert flags() == (True, True)
+
+
+def test_a_switch_already_off_keeps_its_setting(gpu_visible):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.fp32_precision = "none"
+    with precision.ieee_float32():
+        assert flags() == (False, False)
+    assert torch.backends.cuda.matmul.fp32_precision == "none"
+
+
+def test_a_caller_on_the_per_operator_api_is_served_by_it(gpu_visible):
+    """torch ≥ 2.9 refuses to read allow_tf32 once conv alone was set by fp32_precision
+    (conv and rnn then differ): the block must neither fail nor leave matmul on TF32."""
+    saved = torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    with pytest.raises(RuntimeError, match="mix of the legacy and new APIs"):
+        _ = torch.backends.cudnn.allow_tf32
+    try:
+        with precision.ieee_float32():
+            assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision = saved

@@ -45,3 +45,18 @@ def test_a_revised_estimator_gets_new_keys_and_the_others_keep_theirs(
         revised = estimator in ("ekfac-krylov", "cg", "ekfac")
         assert (now[estimator][0] != before[estimator][0]) is revised, estimator
         assert (now[estimator][1] != before[estimator][1]) is revised, estimator
+
+
+def test_tf32_results_have_their_own_keys(checkpoint, tiny_dataset, monkeypatch):
+    """COHERENCE_TF32=1 (TF32 products on a GPU) must not serve or overwrite IEEE entries;
+    unset or 0, the keys are the ones requests always had."""
+    request = quick_request(checkpoint, tiny_dataset)
+    monkeypatch.delenv("COHERENCE_TF32", raising=False)
+    ieee = request_key(request), unit_keys(request)
+    monkeypatch.setenv("COHERENCE_TF32", "0")
+    assert (request_key(request), unit_keys(request)) == ieee
+    monkeypatch.setenv("COHERENCE_TF32", "1")
+    tf32 = request_key(request), unit_keys(request)
+    assert tf32[0] != ieee[0]
+    flat = [{key for row in keys for key in row} for keys in (tf32[1], ieee[1])]
+    assert not flat[0] & flat[1]

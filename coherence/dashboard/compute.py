@@ -150,7 +150,9 @@ def job_cost(request: AnalysisRequest, *, float64: bool = False) -> tuple[float,
     """(estimated seconds per unit, units, whether that is an upper bound: cg counted at its
     iteration cap) of the job (cache.cost); (0, 0, False) if it cannot be estimated here.
     ``float64``: timed on a float64 copy of the model (the counterfactual check's precision;
-    on a CPU several times slower than float32)."""
+    on a CPU several times slower than float32). Timed on the device the job will use (a
+    copy on the GPU for a cuda or auto request where one is visible), not on the CPU copy the
+    page keeps."""
     return _job_cost(json.dumps(request.to_dict(), sort_keys=True), float64)
 
 
@@ -159,10 +161,11 @@ def _job_cost(request_json: str, float64: bool = False) -> tuple[float, int, boo
     request = AnalysisRequest.from_dict(json.loads(request_json))
     try:
         model, _ = loaders.model(request.checkpoints[0])
-        if float64:
-            model = copy.deepcopy(model).double()
+        device = request.torch_device
+        if float64 or device.type != "cpu":
+            model = copy.deepcopy(model).to(device, torch.float64 if float64 else None)
         dtype = next(model.parameters()).dtype
-        inputs = torch.from_numpy(loaders.batch_inputs(request)[0]).to(dtype)
+        inputs = torch.from_numpy(loaders.batch_inputs(request)[0]).to(device, dtype)
         job = estimate_job(model, request, inputs)
     except CoherenceError:
         return 0.0, 0, False  # the job itself will report the problem

@@ -21,7 +21,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(run, device: torch.device, repeats: int) -> float:
+def best_time(run, device: torch.device, repeats: int) -> float:
+    """Fastest of ``repeats`` calls of ``run`` after one warm-up, each waiting for the
+    device's kernels (on a GPU, a call returns before its work is done)."""
     run()  # warm-up: allocator, kernels, lazy init
     _sync(device)
     best = float("inf")
@@ -91,7 +93,7 @@ def probe_forward(model: nn.Module, example: torch.Tensor, *, batch: int = 4) ->
             model(x)
 
     try:
-        return _timed(forward, device, repeats=2) / batch
+        return best_time(forward, device, repeats=2) / batch
     finally:
         model.train(was_training)
 
@@ -121,7 +123,7 @@ def probe_model(
     try:
         forward_seconds = probe_forward(model, example, batch=batch)
         model.train()
-        step_seconds = _timed(train_step, device, repeats) / batch
+        step_seconds = best_time(train_step, device, repeats) / batch
     finally:
         model.zero_grad(set_to_none=True)
         model.load_state_dict(saved)

@@ -12,7 +12,6 @@ runs to the cap) and shown as "up to". Above ``confirm_seconds()``
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from coherence.analysis.precision import ieee_float32
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
 from coherence.errors import RequestError
+from coherence.probe import best_time
 
 CONFIRM_ENV = "COHERENCE_CONFIRM_MINUTES"
 DEFAULT_CONFIRM_MINUTES = 30.0
@@ -95,24 +95,11 @@ def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2)
     kernels, or it would time their launch alone."""
     before = torch.get_num_threads()
     torch.set_num_threads(slots.threads_per_job())
-
-    def sync() -> None:
-        if inputs.is_cuda:
-            torch.cuda.synchronize(inputs.device)
-
     try:
         with torch.no_grad(), ieee_float32():
-            model(inputs)
-            sync()
-            best = float("inf")
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(inputs)
-                sync()
-                best = min(best, time.perf_counter() - start)
+            return best_time(lambda: model(inputs), inputs.device, repeats)
     finally:
         torch.set_num_threads(before)
-    return best
 
 
 # The pass weights of the cost model (pipeline.JVP_PASSES, VJP_PASSES, …) were measured on

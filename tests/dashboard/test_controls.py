@@ -220,13 +220,13 @@ def test_selection_reports_the_requests_verdict():
 
 
 def test_the_first_chart_pause_reads_its_override(monkeypatch):
-    from coherence.dashboard.panels import common
+    from coherence.dashboard import first_paint
 
     for raw, seconds in (("0", 0.0), ("0.25", 0.25), ("60", 5.0), ("-1", 0.0)):
-        monkeypatch.setenv(common.FIRST_CHART_PAUSE_ENV, raw)
-        assert common._pause_seconds() == seconds
+        monkeypatch.setenv(first_paint.FIRST_CHART_PAUSE_ENV, raw)
+        assert first_paint.pause_seconds() == seconds
     for bad in ("x", "nan", "inf"):
-        monkeypatch.setenv(common.FIRST_CHART_PAUSE_ENV, bad)
-        assert common._pause_seconds() == common.FIRST_CHART_PAUSE_S
-    monkeypatch.delenv(common.FIRST_CHART_PAUSE_ENV)
-    assert common._pause_seconds() == common.FIRST_CHART_PAUSE_S == 1.0
+        monkeypatch.setenv(first_paint.FIRST_CHART_PAUSE_ENV, bad)
+        assert first_paint.pause_seconds() == first_paint.FIRST_CHART_PAUSE_S
+    monkeypatch.delenv(first_paint.FIRST_CHART_PAUSE_ENV)
+    assert first_paint.pause_seconds() == first_paint.FIRST_CHART_PAUSE_S == 1.4

@@ -6,10 +6,7 @@ File names encode the selection (analysis.names.selection_tag)."""
 from __future__ import annotations
 
 import importlib
-import math
-import os
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +24,7 @@ from coherence.analysis.exports import (
 )
 from coherence.analysis.figures import SCALES, heatmap_scale, influence_range, side_by_side
 from coherence.analysis.names import safe_name, selection_tag
+from coherence.dashboard import first_paint
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
 from coherence.dashboard.selection import Selection
@@ -35,9 +33,6 @@ from coherence.report import how_to_read as how_to_read  # re-exported for the p
 from coherence.report import provenance
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
-FIRST_CHART_PAUSE_S = 1.0  # see _first_chart_pause
-FIRST_CHART_PAUSE_ENV = "COHERENCE_FIRST_CHART_PAUSE"  # seconds; the tests set 0
-_FIRST_CHART_SENT = "_first_chart_sent"
 Bytes = Callable[[], bytes]
 
 
@@ -237,7 +232,7 @@ def chart(fig: go.Figure, key: str, *, clickable: bool = False) -> None:
         )
     else:
         st.plotly_chart(fig, theme=None, config=PLOTLY_CONFIG, key=key, width=width)
-    _first_chart_pause()
+    first_paint.after_chart()
 
 
 def shared_figure(ctx: PanelContext, key: tuple, build: Callable[[], go.Figure]) -> go.Figure:
@@ -266,36 +261,6 @@ def clicked_point(key: str) -> dict[str, Any] | None:
     except (KeyError, TypeError):
         return None
     return dict(points[0]) if points else None
-
-
-def _first_chart_pause() -> None:
-    """Once per session, pause briefly after the first chart is sent (on the first run that
-    draws one: a fresh page load, or the rerun that shows a first result).
-
-    Why: a fresh page still has to fetch the frontend code of every element it shows, over
-    six connections per host, and parse it on one thread. Elements that arrive together are
-    fetched and parsed together: plotly's 4.7 MB chunk then shares the connections and the
-    parser with ~40 widget chunks (sidebar, scores) and took ≈ 0.6 s instead of 0.14 s to
-    arrive. Pausing lets the browser fetch, parse and draw the chart first; the sidebar and
-    the remaining widgets follow FIRST_CHART_PAUSE_S later. Page load → first heatmap
-    measured side by side on 2 cores (bench_dashboard's workspace): pause 0.1 s → 3.7 s,
-    0.5 s → 3.0 s, 0.8 s → 2.8–3.1 s, 1.2 s → 2.3–2.9 s. Later charts and runs never pause.
-    ``COHERENCE_FIRST_CHART_PAUSE`` (seconds) overrides it; the tests set 0 (AppTest has no
-    browser to wait for).
-    """
-    if st.session_state.get(_FIRST_CHART_SENT):
-        return
-    st.session_state[_FIRST_CHART_SENT] = True
-    time.sleep(_pause_seconds())
-
-
-def _pause_seconds() -> float:
-    """FIRST_CHART_PAUSE_S, or the override clamped to 0..5 s (a bad value is ignored)."""
-    try:
-        value = float(os.environ.get(FIRST_CHART_PAUSE_ENV, FIRST_CHART_PAUSE_S))
-    except ValueError:
-        return FIRST_CHART_PAUSE_S
-    return min(max(value, 0.0), 5.0) if math.isfinite(value) else FIRST_CHART_PAUSE_S
 
 
 def pair_figure(

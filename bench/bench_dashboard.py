@@ -27,6 +27,7 @@ Run: python -m bench.bench_dashboard [--workspace PATH] [--loads 5] [--pauses 1,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -171,7 +173,10 @@ def free_port() -> int:
 
 
 def start_server(
-    workspace: Path, log_path: Path, app: Path = REPO / "app.py", env: dict | None = None
+    workspace: Path,
+    log_path: Path,
+    app: Path = REPO / "app.py",
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "streamlit", "run", str(app)]
@@ -189,8 +194,28 @@ def start_server(
                 return process, url
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
+                stop_server(process)
                 raise RuntimeError(f"streamlit did not start; see {log_path}") from None
             time.sleep(0.25)
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def served(workspace: Path, log_path: Path, **options) -> Iterator[str]:
+    """A server's URL for the block; the server is stopped however the block ends."""
+    process, url = start_server(workspace, log_path, **options)
+    try:
+        yield url
+    finally:
+        stop_server(process)
 
 
 def first_heatmap_seconds(browser, url: str) -> float:
@@ -214,24 +239,32 @@ def page_seconds(browser, url: str, *, whole: bool = False) -> tuple[float, floa
         page.close()
 
 
-def pause_rows(browser, workspace: Path, tmp: Path, pauses: list[float], loads: int) -> list:
+def rotated(items: list, k: int) -> list:
+    """``items`` starting at index k (mod len): each round of interleaved loads starts with
+    another server, so none is always first."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def pause_rows(
+    browser, workspace: Path, tmp: Path, pauses: list[float], loads: int
+) -> list[dict[str, object]]:
     """The first-chart pause (coherence.dashboard.first_paint) side by side: one server per
-    value, their loads interleaved; first heatmap and whole first view, medians."""
-    servers = [
-        start_server(workspace, tmp / f"pause_{p}.log", env={FIRST_CHART_PAUSE_ENV: str(p)})
-        for p in pauses
-    ]
-    try:
-        times: dict[float, list] = {p: [] for p in pauses}
-        for _, url in servers:
+    value, their loads interleaved; medians of the first heatmap and of the first view
+    (a headline metric and the sidebar's first multiselect drawn)."""
+    times: dict[float, list] = {p: [] for p in pauses}
+    with contextlib.ExitStack() as stack:
+        urls = {
+            p: stack.enter_context(
+                served(workspace, tmp / f"pause_{p}.log", env={FIRST_CHART_PAUSE_ENV: str(p)})
+            )
+            for p in pauses
+        }
+        for url in urls.values():
             page_seconds(browser, url, whole=True)  # each server's cold start
-        for _ in range(loads):
-            for (_, url), p in zip(servers, pauses, strict=True):
-                times[p].append(page_seconds(browser, url, whole=True))
-    finally:
-        for process, _ in servers:
-            process.terminate()
-            process.wait(timeout=30)
+        for k in range(loads):
+            for p in rotated(pauses, k):
+                times[p].append(page_seconds(browser, urls[p], whole=True))
     rows = []
     for p in pauses:
         heatmap = statistics.median(h for h, _ in times[p])
@@ -240,23 +273,47 @@ def pause_rows(browser, workspace: Path, tmp: Path, pauses: list[float], loads: 
             {
                 "load": f"first-chart pause {p:g} s, median of {loads}",
                 "seconds": heatmap,
-                "what": f"first heatmap; whole first view (scores, sidebar) {whole:.2f} s",
+                "what": f"first heatmap; first view (scores, sidebar) {whole:.2f} s",
             }
         )
     return rows
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give at least 1")
+    return value
+
+
+def pause_list(text: str) -> list[float]:
+    """Distinct pauses in seconds, each within the 0–5 s the dashboard accepts (outside it the
+    page would run another pause than the row names)."""
+    pauses: list[float] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a number of seconds") from None
+        if not 0.0 <= value <= 5.0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{part}: a pause is 0–5 s")
+        if value not in pauses:
+            pauses.append(value)
+    return pauses
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", type=Path, help="measure this workspace (cached default)")
-    parser.add_argument("--loads", type=int, default=5, help="warm page loads to time")
+    parser.add_argument("--loads", type=positive_int, default=5, help="warm page loads to time")
     parser.add_argument(
         "--pauses",
+        type=pause_list,
         default="1,1.4,2",
-        help="first-chart pauses (seconds, comma-separated) to compare side by side; '' skips",
+        help="first-chart pauses (seconds, 0–5, comma-separated) to compare side by side; '' skips",
     )
     args = parser.parse_args()
-    pauses = [float(p) for p in args.pauses.split(",") if p.strip()]
+    pauses = args.pauses
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="bench_dashboard_") as tmp:
@@ -277,15 +334,18 @@ def main() -> None:
         floor_app.write_text(FLOOR_APP)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            process, url = start_server(workspace, Path(tmp) / "streamlit.log")
-            floor_process, floor_url = start_server(workspace, Path(tmp) / "floor.log", floor_app)
-            try:
+            with contextlib.ExitStack() as stack:
+                url = stack.enter_context(served(workspace, Path(tmp) / "streamlit.log"))
+                floor_url = stack.enter_context(
+                    served(workspace, Path(tmp) / "floor.log", app=floor_app)
+                )
                 cold = first_heatmap_seconds(browser, url)
                 first_heatmap_seconds(browser, floor_url)  # the floor's own cold start
-                warm, floor = [], []
-                for _ in range(args.loads):  # interleaved: both see the machine's same moods
-                    warm.append(first_heatmap_seconds(browser, url))
-                    floor.append(first_heatmap_seconds(browser, floor_url))
+                loads: dict[str, list[float]] = {url: [], floor_url: []}
+                for k in range(args.loads):  # interleaved: both see the machine's same moods
+                    for target in rotated([url, floor_url], k):
+                        loads[target].append(first_heatmap_seconds(browser, target))
+                warm, floor = loads[url], loads[floor_url]
                 switches = []
                 for _ in range(args.loads):
                     subset = replace(selection, checkpoints=selection.checkpoints[:-1])
@@ -293,10 +353,6 @@ def main() -> None:
                     switches.append(subset_switch_seconds(browser, url))
                 subset_key = runner.key(subset.to_request(workspace))
                 computed = runner.store.computations(subset_key)
-            finally:
-                for server in (process, floor_process):
-                    server.terminate()
-                    server.wait(timeout=30)
             paused = pause_rows(browser, workspace, Path(tmp), pauses, args.loads)
             browser.close()
     n = selection.n_examples

@@ -6,6 +6,7 @@ sidebar controls that reads and writes the URL and the session state; its kinds 
 ``control_kinds`` and ``control_rows``) and ``checks`` (why a selection cannot be computed,
 asking the request for the rules it owns). Streamlit modules: ``loaders``
 (cached readers), ``sidebar`` (widgets → Selection), ``compute`` (jobs: submit, progress,
-cancel, attach), ``panels`` (one render function per tab) and ``page`` (the router that the
-repository's ``app.py`` calls).
+cancel, attach), ``panels`` (one render function per tab), ``first_paint`` (a new page's
+headline chart before the rest) and ``page`` (the router that the repository's ``app.py``
+calls).
 """

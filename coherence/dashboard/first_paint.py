@@ -1,21 +1,16 @@
 """The order of a new page's first paint: the headline chart before the rest of the page.
 
-Why a pause: a fresh page has to fetch the frontend code of every element it shows, over six
-connections per host, and parse and run it on one thread. Elements that arrive together are
-fetched and parsed together: plotly's 4.7 MB chunk then shared the connections and the parser
-with ~40 widget chunks (sidebar, scores) and took ≈ 0.6 s instead of 0.14 s to arrive. So the
-first run of a session pauses once after its first chart is sent; the sidebar and the other
-widgets follow FIRST_CHART_PAUSE_S later. Page load → first heatmap, side by side on 2 cores
-(bench_dashboard's workspace, an earlier build): 0.1 s → 3.7 s, 0.5 s → 3.0 s, 0.8 s →
-2.8–3.1 s, 1.2 s → 2.3–2.9 s.
+Why a pause: a fresh page fetches the frontend code of every element it shows (six
+connections per host) and parses and runs it on one thread. Sent together, plotly's 4.7 MB
+chunk competed with ~40 widget chunks (sidebar, scores) and arrived ≈ 0.6 s instead of
+0.14 s after it was asked for. So a session's first run pauses once after its first chart;
+the sidebar and the other widgets follow FIRST_CHART_PAUSE_S later.
 
-Why 1.4 s: a CPU profile of the page with a 1 s pause showed the rest of the page arriving
-while plotly was still compiling, and its rendering ran before the chart's draw. Side by side
-on the demo workspace (median of 9, interleaved, Streamlit 1.67): 1.0 s → 2.05 s, 1.2 s →
-1.88 s, 1.4 s → 1.84 s, 1.6 s → 1.85 s; the whole first view (scores, sidebar) at 2.38 s for
-1.0 s and 2.63 s for 1.4 s. bench_dashboard's pause rows repeat this on every run. A fixed
-pause is a compromise: Streamlit tells the server nothing when a chart has been drawn, so a
-faster browser waits longer than it needs for the sidebar.
+Why 1.4 s: with 1 s, a CPU profile of the page showed the rest of the page arriving while
+plotly was still compiling, so its rendering ran before the chart's draw. A longer pause only
+delays the rest of the page. bench/bench_dashboard.py compares pauses side by side
+(bench/RESULTS.md). Streamlit tells the server nothing when a chart has been drawn, so the
+pause is fixed: a faster browser waits longer than it needs for the sidebar.
 """
 
 from __future__ import annotations

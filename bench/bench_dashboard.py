@@ -28,15 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,8 +46,9 @@ from coherence.dashboard.selection import default_selection
 from coherence.demo import DemoSpec
 from coherence.simulation.dataset import generate_dataset
 from coherence.surrogates.training import train
-from coherence.workspace import ENV_VAR, checkpoints_dir, datasets_dir
+from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import streamlit_served as served
 
 REPO = Path(__file__).resolve().parent.parent
 FLOOR_APP = """
@@ -164,58 +159,6 @@ def subset_switch_seconds(browser, url: str) -> float:
         return (page.evaluate("() => performance.now()") - started) / 1000.0
     finally:
         page.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(
-    workspace: Path,
-    log_path: Path,
-    app: Path = REPO / "app.py",
-    env: Mapping[str, str] | None = None,
-) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", str(app)]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    command += ["--client.toolbarMode", "viewer", "--server.fileWatcherType", "none"]
-    env = dict(os.environ, **{ENV_VAR: str(workspace)}, **(env or {}))
-    log = open(log_path, "w")  # noqa: SIM115 (lives as long as the server)
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop_server(process)
-                raise RuntimeError(f"streamlit did not start; see {log_path}") from None
-            time.sleep(0.25)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@contextlib.contextmanager
-def served(workspace: Path, log_path: Path, **options) -> Iterator[str]:
-    """A server's URL for the block; the server is stopped however the block ends."""
-    process, url = start_server(workspace, log_path, **options)
-    try:
-        yield url
-    finally:
-        stop_server(process)
 
 
 def first_heatmap_seconds(browser, url: str) -> float:

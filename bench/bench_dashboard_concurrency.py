@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.bench_dashboard import HEATMAP_DRAWN, build_workspace, start_server
+from bench.bench_dashboard import HEATMAP_DRAWN, build_workspace
 from bench.common import machine_busy_seconds, process_cpu_seconds, write_result
 from bench.streamlit_client import PageRequests, page_load, record_requests, use_threads_for
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard.selection import default_selection
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, start_streamlit, stop_streamlit
 
 HEALTH_PERIOD_S = 0.1
 HEALTH_TARGET_S = 1.0
@@ -243,7 +243,7 @@ def main() -> None:
             what = "demo-sized stand-in (synthetic cached result)"
         if default_selection(workspace) is None:
             raise SystemExit(f"{workspace}: no default analysis; run `coherence demo` first")
-        process, url = start_server(workspace, Path(tmp) / "streamlit.log")
+        process, url = start_streamlit(workspace, Path(tmp) / "streamlit.log")
         try:
             with HealthProbe(url) as loading:
                 cold, browser, requests = asyncio.run(
@@ -255,8 +255,7 @@ def main() -> None:
             with HealthProbe(url) as submitting:
                 _, job_seconds, states = submit_at_once(workspace, args.jobs)
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_streamlit(process)
     rows, notes = _report(args, what, cold, browser, replayed, requests)
     load_health, job_health = loading.summary(), submitting.summary()
     rows += [

@@ -11,12 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -24,9 +20,8 @@ import numpy as np
 import pytest
 
 from coherence.dashboard.panels import PANELS
-from coherence.workspace import ENV_VAR
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.fixtures import ARTIFACTS, COMPARE, REPO, copy_workspace, free_port
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_served
+from tests.fixtures import ARTIFACTS, COMPARE, copy_workspace
 
 SHOTS = ARTIFACTS / "dashboard"
 HEATMAP = ".js-plotly-plot .heatmaplayer"
@@ -53,36 +48,9 @@ def own_workspace(workspace, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(own_workspace):
     """`streamlit run app.py` on a free loopback port, as `coherence serve` runs it."""
-    port = free_port()
-    env = dict(os.environ, **{ENV_VAR: str(own_workspace)})
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "streamlit.log", "w")  # noqa: SIM115 (closed in the finally)
-    command = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py")]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    command += ["--client.toolbarMode", "viewer", "--server.fileWatcherType", "none"]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {log.name}")
-            time.sleep(0.25)
+    with streamlit_served(own_workspace, ARTIFACTS / "streamlit.log") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

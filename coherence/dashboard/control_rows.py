@@ -286,9 +286,13 @@ class Window(Control):
         start, steps = self.value(self.read(state, scope))
         times: Sequence[float] = scope.entry.times
         n_classes = len(scope.values["classes"])
+        per_batch = f"N = {n_classes} × {steps} = {n_classes * steps} examples per batch"
+        if steps < 1:  # both slider ends together: the checks say what is wrong
+            return f"0 steps; {per_batch}"
+        # the maps' axes are the input times; the last step's target lies one step later
         return (
-            f"{steps} steps, t = {times[start]:.3g} … {times[start + steps]:.3g}; "
-            f"N = {n_classes} × {steps} = {n_classes * steps} examples per batch"
+            f"{steps} steps: inputs at t = {times[start]:.3g} … {times[start + steps - 1]:.3g}, "
+            f"targets up to {times[start + steps]:.3g}; {per_batch}"
         )
 
 

@@ -1,6 +1,6 @@
-"""The panels' own choices (class pair, single seed, colour scale, the Conservation panel's
-response tab, rollout and field settings, the Validation check's example) in the URL, so that
-a shared link shows the same figure.
+"""The panels' own choices (class pair, single seed, colour scale, the drill-down's cell, the
+Conservation panel's response tab, rollout and field settings, the Validation check's example)
+in the URL, so that a shared link shows the same figure.
 
 The URL holds the choices of the open panel only (the other tabs' widgets do not exist in a
 run, and their state goes with them). On a session's first run ``restore`` puts the link's
@@ -11,7 +11,10 @@ selected, a class pair of other classes), and that is explained in a warning nam
 parameter and the value used instead, exactly as for the sidebar's keys. Then the open
 panel's current choices are written back into the address bar.
 
-A panel with choices of its own lists its widget keys in ``PANEL_PARAMS`` (key → type).
+A panel with choices of its own lists its widget keys in ``PANEL_PARAMS`` (key → type). A key
+in ``UNSET`` is left out of the URL while it holds its "nothing picked" value, and a key in
+``REQUIRES`` only goes in with the key it refines (the drill-down's class, trajectory and
+channel mean nothing until a cell is picked): the default link stays short.
 """
 
 from __future__ import annotations
@@ -23,7 +26,15 @@ import streamlit as st
 
 PANEL_PARAMS: dict[str, dict[str, type]] = {
     "Overview": {"ov_class": str, "ov_traj": int, "ov_channel": str},
-    "Two-time influence": {"two_time_pair": str, "two_time_seed": str, "zscale_two_time": str},
+    "Two-time influence": {
+        "two_time_pair": str,
+        "two_time_seed": str,
+        "zscale_two_time": str,
+        "two_time_cell": str,
+        "two_time_cell_class": str,
+        "two_time_cell_batch": int,
+        "two_time_cell_channel": str,
+    },
     "Class transfer": {"zscale_transfer": str},
     "Conservation": {"cons_response": str, "zscale_mass": str, "zscale_energy": str},
     "Training dynamics": {"dyn_group": str},
@@ -36,6 +47,12 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
         "field_h": int,
     },
     "Validation": {"cf_ckpt": str, "cf_traj": int, "cf_p": int, "cf_response": str},
+}
+UNSET = {"two_time_cell": "none"}  # the drill-down before a cell is clicked
+REQUIRES = {
+    "two_time_cell_class": "two_time_cell",
+    "two_time_cell_batch": "two_time_cell",
+    "two_time_cell_channel": "two_time_cell",
 }
 # values a link may spell in another case: the Conservation tab by its response's name,
 # lower-case as in resp=smse,mass,energy, opens the tab labelled "Energy"
@@ -96,8 +113,14 @@ def settle(panel: str | None) -> list[str]:
                 f"URL parameter {key}={_shown(str(value))!r}: not offered for this "
                 f"selection; using {instead} instead"
             )
+    written: dict[str, Any] = {}
     for key in _all_params():
         value = st.session_state.get(key) if key in params else None
+        if value is not None and key in UNSET and value == UNSET[key]:
+            value = None
+        if key in REQUIRES and written.get(REQUIRES[key]) is None:
+            value = None
+        written[key] = value
         if value is None:
             if key in st.query_params:
                 del st.query_params[key]

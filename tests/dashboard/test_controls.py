@@ -230,3 +230,22 @@ def test_the_first_chart_pause_reads_its_override(monkeypatch):
         assert first_paint.pause_seconds() == first_paint.FIRST_CHART_PAUSE_S
     monkeypatch.delenv(first_paint.FIRST_CHART_PAUSE_ENV)
     assert first_paint.pause_seconds() == first_paint.FIRST_CHART_PAUSE_S == 1.4
+
+
+def test_the_window_caption_names_input_and_target_times():
+    """The maps' axes are the input times; the caption says where they end and where the last
+    target lies (a researcher saw "t = 0 … 0.8" beside axes that stop at 0.75)."""
+    from coherence.dashboard.control_kinds import Scope
+    from coherence.dashboard.control_rows import Window
+
+    catalog = synthetic_catalog(snapshots=17)  # times 0, 1/16, …, 1
+    scope = Scope(catalog, {"dataset": "ce_demo", "classes": ("CE-RP", "CE-CRP", "CE-RPUI")})
+    window = next(c for c in CONTROLS if isinstance(c, Window))
+    state = {window.state: (0, 16)}
+    assert window.caption(state, scope) == (
+        "16 steps: inputs at t = 0 … 0.938, targets up to 1; N = 3 × 16 = 48 examples per batch"
+    )
+    state = {window.state: (4, 8)}
+    assert window.caption(state, scope).startswith("4 steps: inputs at t = 0.25 … 0.438, ")
+    state = {window.state: (5, 5)}  # both ends together
+    assert window.caption(state, scope) == "0 steps; N = 3 × 0 = 0 examples per batch"

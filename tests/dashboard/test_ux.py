@@ -486,3 +486,38 @@ def test_the_conservation_advice_follows_the_views_depth():
     assert "Raise **Krylov depth**" in _depth_advice("ekfac-krylov", 1)
     assert _depth_advice("ekfac-krylov", 4) == "This view runs at ekfac-krylov depth 4."
     assert _depth_advice("subspace", None).startswith("Choose ekfac-krylov")
+
+
+def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
+    """A picked cell (and its class, trajectory and channel) goes into the link and comes back
+    from it; before a cell is picked the link carries none of the four."""
+    from coherence.dashboard import panel_links
+    from coherence.dashboard.panels.two_time import CELL_KEY, NO_CELL
+
+    assert panel_links.UNSET[CELL_KEY] == NO_CELL  # the two modules agree
+    assert set(panel_links.REQUIRES.values()) == {CELL_KEY}
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    assert not any(k.startswith("two_time_cell") for k in at.query_params)
+    at.selectbox(key=CELL_KEY).set_value("2,3").run()
+    link = {k: at.query_params[k] for k in at.query_params if k.startswith("two_time_cell")}
+    assert link["two_time_cell"] == "2,3"
+    assert set(link) == {
+        "two_time_cell",
+        "two_time_cell_class",
+        "two_time_cell_batch",
+        "two_time_cell_channel",
+    }
+    last_channel = at.selectbox(key="two_time_cell_channel").options[-1]
+    query = default_selection(workspace).to_query() | link
+    query["two_time_cell_channel"] = last_channel
+    shared = open_app(workspace, monkeypatch, query)
+    assert_clean(shared)
+    assert not shared.warning, texts(shared.warning)
+    assert shared.selectbox(key=CELL_KEY).value == "2,3"
+    assert shared.selectbox(key="two_time_cell_channel").value == last_channel
+    assert "input distance d(r, p) = " in texts(shared.markdown)  # the cell is drilled into
+    bad = open_app(workspace, monkeypatch, {"two_time_cell": "99,99"})
+    assert not bad.exception
+    assert "two_time_cell='99,99': not offered for this selection" in texts(bad.warning)
+    assert "two_time_cell" not in bad.query_params

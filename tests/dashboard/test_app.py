@@ -258,3 +258,18 @@ def test_whole_analysis_download_is_the_result_file_pair(workspace):
         metadata = json.loads(archive.read("tiny_ce_analysis.json"))
     assert metadata["request"] == request.to_dict()
     assert set(metadata["provenance"]["checkpoint_fingerprints"]) == set(selection.checkpoints)
+
+
+def test_the_scores_tab_exports_a_table_not_a_figure(workspace, monkeypatch):
+    """The Scores tab has no chart: its downloads say "Table", where other tabs say
+    "Figure" (a first-time user looked for the figure the buttons named)."""
+    labels = {
+        panel: [
+            b.proto.label
+            for b in open_app(workspace, monkeypatch, {"panel": panel}).get("download_button")
+        ]
+        for panel in ("Scores", "Time lag")
+    }
+    assert "Table (HTML)" in labels["Scores"]
+    assert not any(label.startswith("Figure") for label in labels["Scores"])
+    assert "Figure (HTML)" in labels["Time lag"]

@@ -280,13 +280,15 @@ def downloads(
     files: Sequence[tuple[str, str, Bytes, str]] = (),
     caption: str = "",
     meta: Mapping[str, Any] | None = None,
+    what: str = "Figure",
 ) -> None:
     """A row of download buttons (wrapping on narrow screens); every payload is built only
     when clicked. The figure comes as HTML (title, ``caption``, ``meta`` footer) and, where
     kaleido finds a Chromium, as PNG and SVG at publication resolution with caption and
     ``meta`` embedded; otherwise one sentence says what PNG/SVG export needs.
 
-    files: (button label, file name, bytes factory, MIME type).
+    files: (button label, file name, bytes factory, MIME type). what: the buttons' word for
+    the figure ("Table" where the figure draws a table).
     """
     buttons: list[tuple[str, str, Bytes, str]] = []
     problem = None
@@ -295,7 +297,7 @@ def downloads(
         info = {"Title": title, "Description": caption, **(meta or {})}
         buttons.append(
             (
-                "Figure (HTML)",
+                f"{what} (HTML)",
                 f"{stem}.html",
                 lambda: figure_html(figure, title=title, caption=caption, meta=meta),
                 "text/html",
@@ -306,7 +308,7 @@ def downloads(
             for fmt, mime in (("png", "image/png"), ("svg", "image/svg+xml")):
                 buttons.append(
                     (
-                        f"Figure ({fmt.upper()})",
+                        f"{what} ({fmt.upper()})",
                         f"{stem}.{fmt}",
                         lambda fmt=fmt: figure_image(figure, fmt, meta=info),
                         mime,

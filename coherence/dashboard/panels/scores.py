@@ -65,6 +65,7 @@ def scores(ctx: PanelContext) -> None:
         caption=how_to_read(scores_table),
         meta=ctx.meta(),
         files=[ctx.panel_csv("scores", lambda: scores_csv(by_group))],
+        what="Table",  # the figure draws the table above, and nothing else
     )
 
 

@@ -50,7 +50,6 @@ from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.browser import streamlit_served as served
 
-REPO = Path(__file__).resolve().parent.parent
 FLOOR_APP = """
 import numpy as np
 import streamlit as st
@@ -256,7 +255,6 @@ def main() -> None:
         help="first-chart pauses (seconds, 0–5, comma-separated) to compare side by side; '' skips",
     )
     args = parser.parse_args()
-    pauses = args.pauses
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory(prefix="bench_dashboard_") as tmp:
@@ -296,7 +294,7 @@ def main() -> None:
                     switches.append(subset_switch_seconds(browser, url))
                 subset_key = runner.key(subset.to_request(workspace))
                 computed = runner.store.computations(subset_key)
-            paused = pause_rows(browser, workspace, Path(tmp), pauses, args.loads)
+            paused = pause_rows(browser, workspace, Path(tmp), args.pauses, args.loads)
             browser.close()
     n = selection.n_examples
     shape = f"S={len(selection.checkpoints)} × B={len(selection.trajectories)} × N={n}"

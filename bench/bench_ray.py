@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from bench.common import drifting_euler_states, write_result
+from tests.fixtures import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI")
@@ -83,12 +84,6 @@ def timed(function) -> float:
     started = time.perf_counter()
     function()
     return time.perf_counter() - started
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

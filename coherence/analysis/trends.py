@@ -164,6 +164,7 @@ class Agreement:
     rank_correlation: np.ndarray  # [S, B, N] per-row Spearman
     map_difference: np.ndarray  # [T_r, T_p] two-time map of a minus that of b
     scale: float  # max |V| of the two maps (for a symmetric colour range)
+    pearson: float = math.nan  # over every entry of Ĥ (the README's fidelity measure)
 
     @property
     def median_correlation(self) -> float:
@@ -176,9 +177,19 @@ class Agreement:
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> Agreement:
-    """Per-row rank correlation and the difference of the intra-class two-time maps of two
-    standardized influence arrays [S, B, T, C, T, C] of the same request."""
+    """Per-row rank correlation, Pearson correlation over all entries and the difference of
+    the intra-class two-time maps of two standardized influence arrays [S, B, T, C, T, C] of
+    the same request.
+
+    Why both correlations: the per-row rank correlation weighs the many near-zero
+    off-diagonal entries of a row as much as its ridge, so two solves that agree on the
+    ridge can still rank the rest differently; the Pearson correlation over all entries
+    (what ``bench_fidelity`` scores against the exact solve) is dominated by the ridge."""
     corr = row_rank_correlation(a, b)
     va, vb = two_time_map(a), two_time_map(b)
     scale = float(max(np.abs(va).max(), np.abs(vb).max()))
-    return Agreement(corr, va - vb, scale)
+    flat_a = np.asarray(a, dtype=np.float64).ravel()
+    flat_b = np.asarray(b, dtype=np.float64).ravel()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pearson = float(np.corrcoef(flat_a, flat_b)[0, 1]) if flat_a.size > 1 else math.nan
+    return Agreement(corr, va - vb, scale, pearson)

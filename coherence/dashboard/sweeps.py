@@ -97,6 +97,7 @@ class SweepPoint:
     series: str  # "" (dynamics) or the estimator label (sensitivity)
     request: AnalysisRequest
     key: str
+    on_demand: bool = False  # sensitivity: not in the default sweep (computed when asked)
 
 
 # ---------------------------------------------------------------------------- dynamics ---
@@ -197,7 +198,8 @@ def sensitivity_points(
                 request = chosen.to_request(root, names)
                 if setting.energy_threshold is not None:
                     request = replace(request, energy_threshold=setting.energy_threshold)
-                points.append(SweepPoint(g, chosen.damping, label, request, runner.key(request)))
+                key = runner.key(request)
+                points.append(SweepPoint(g, chosen.damping, label, request, key, setting.on_demand))
         except (CoherenceError, OSError) as error:
             problems.append(str(error))
     return points, problems

@@ -608,3 +608,84 @@ def test_sweep_figures_put_the_top_eigenvalue_on_a_labelled_log_axis():
         assert axis.type == "log"
         assert "2×10⁴" in axis.ticktext and all("M" not in t for t in axis.ticktext)
         assert fig.layout.yaxis.type != "log"  # the dominance panel stays linear
+
+
+def _dd_trend(x, values):
+    from coherence.analysis.trends import Trend
+
+    return Trend("diagonal_dominance", np.asarray(x, dtype=float), np.asarray(values, dtype=float))
+
+
+def test_sensitivity_flat_series_spans_the_whole_axis_and_marks_both_lambdas():
+    """euclidean ignores λ: computed at one λ, it is a line across the whole axis (a dot
+    where the other series had one λ), its hover says so; the sidebar's λ gets its own mark
+    where it differs from the paper's, and the marks sit behind the data."""
+    from coherence.analysis.figures.dynamics import sensitivity_figure
+
+    series = {
+        "ekfac-krylov": {"diagonal_dominance": _dd_trend([1e-4], [[0.9, 0.92]])},
+        "euclidean": {"diagonal_dominance": _dd_trend([1e-4], [[0.7, 0.72]])},
+    }
+    fig = sensitivity_figure(
+        series,
+        paper_damping=1e-4,
+        flat=["euclidean"],
+        x_span=(1e-6, 1e-1),
+        selected_damping=1e-2,
+    )
+    low, high = fig.layout.xaxis.range
+    assert (low, high) == (-6.5, -0.5)
+    (flat,) = [t for t in fig.data if t.name == "euclidean" and t.mode == "lines+markers"]
+    np.testing.assert_allclose(np.log10(np.asarray(flat.x)), [low, high])
+    np.testing.assert_allclose(flat.y, [0.71, 0.71])
+    assert "independent of λ" in flat.hovertemplate and flat.line.dash == "dash"
+    (point,) = [t for t in fig.data if t.name == "ekfac-krylov" and t.mode == "lines+markers"]
+    assert list(point.x) == [1e-4] and "median Diagonal dominance" in point.hovertemplate
+    marks = {(s.x0, s.line.dash, s.layer) for s in fig.layout.shapes}
+    assert marks == {(1e-4, "dot", "below"), (1e-2, "dash", "below")}
+    assert "dashed: the sidebar's λ = 0.01" in fig.layout.title.text
+    same = sensitivity_figure(series, paper_damping=1e-4, selected_damping=1e-4)
+    assert {s.line.dash for s in same.layout.shapes} == {"dot"}  # one mark when they agree
+
+
+def test_sensitivity_compare_mode_colours_by_group_and_styles_by_estimator():
+    """Compare mode: a group keeps its colour across the panels (its estimators differ by
+    line style), where a single group's estimators each get a colour."""
+    from coherence.analysis.figures.dynamics import sensitivity_figure
+    from coherence.analysis.figures.theme import group_color
+
+    trend = {"diagonal_dominance": _dd_trend([1e-4, 1e-2], [[0.9, 0.92], [0.8, 0.82]])}
+    labels = ["UNet · ekfac-krylov", "UNet · krylov", "ViT · ekfac-krylov", "ViT · euclidean"]
+    colors = {"UNet · ekfac-krylov": 0, "UNet · krylov": 0, "ViT · ekfac-krylov": 1}
+    colors["ViT · euclidean"] = 1
+    fig = sensitivity_figure(
+        dict.fromkeys(labels, trend), paper_damping=1e-4, flat=["ViT · euclidean"], colors=colors
+    )
+    lines = {t.name: t.line for t in fig.data if t.mode == "lines+markers"}
+    assert {name: line.color for name, line in lines.items()} == {
+        name: group_color(colors[name]) for name in labels
+    }
+    assert [lines[n].dash for n in labels] == ["solid", "dot", "solid", "dash"]
+    single = sensitivity_figure(dict.fromkeys(labels[:2], trend), paper_damping=1e-4)
+    assert len({t.line.color for t in single.data if t.mode == "lines+markers"}) == 2
+
+
+def test_agreement_map_is_drawn_on_the_maps_own_scale():
+    """A small difference stays pale: the colour range is ±max|V| of the two maps (not
+    ±max|ΔV|, which painted any difference at full strength), and the titles give both
+    correlations and the largest difference as a share of the maps."""
+    from coherence.analysis.figures.dynamics import agreement_figure
+    from coherence.analysis.trends import agreement
+
+    rng = np.random.default_rng(0)
+    a = np.abs(rng.normal(size=(1, 1, 4, 2, 4, 2))) * 3
+    b = a + 0.01 * rng.normal(size=a.shape)
+    found = agreement(a, b)
+    fig = agreement_figure(found, ("x", "y"), damping=1e-2)
+    (heatmap,) = [t for t in fig.data if t.type == "heatmap"]
+    assert (heatmap.zmin, heatmap.zmax) == (-found.scale, found.scale)
+    assert found.max_difference < 0.05 * found.scale
+    titles = " ".join(a.text for a in fig.layout.annotations)
+    assert f"Pearson over all entries {found.pearson:.2f}" in titles
+    assert f"{found.max_difference / found.scale:.0%} of the maps'" in titles
+    assert fig.layout.title.text.startswith("Agreement at λ = 0.01: x vs y")

@@ -177,5 +177,11 @@ def test_rank_correlation_against_scipy_and_identities():
     np.testing.assert_allclose(found.map_difference, hand_a - hand_b, rtol=1e-12)
     assert found.scale == pytest.approx(max(np.abs(hand_a).max(), np.abs(hand_b).max()))
     assert found.max_difference == pytest.approx(np.abs(hand_a - hand_b).max())
+    # Pearson over every entry, against numpy's textbook formula on the raw arrays
+    da, db = a.ravel() - a.mean(), b.ravel() - b.mean()
+    expected = (da @ db) / np.sqrt((da @ da) * (db @ db))
+    assert found.pearson == pytest.approx(expected, rel=1e-12)
+    assert same.pearson == pytest.approx(1.0)
+    assert agreement(a, -a).pearson == pytest.approx(-1.0)
     flipped = row_rank_correlation(a, -a)
     np.testing.assert_allclose(flipped, -1.0)

@@ -153,7 +153,7 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert "dotted line: the paper's λ = 0.0001" in lambdas["layout"]["title"]["text"]
     names = {t["name"] for t in lambdas["data"] if t.get("mode") == "lines+markers"}
     assert names == {"ekfac-krylov", "euclidean"}
-    assert "Median per-row Spearman" in texts(at.caption)
+    assert "median per-row Spearman" in texts(at.caption)
     assert [t["type"] for t in agreement["data"]] == ["histogram", "heatmap"]
     # the numbers drawn, by hand from the two cached results at the selection's λ
     at_damping = {p.series: p for p in extended if p.x == selection.damping}
@@ -178,6 +178,16 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     np.testing.assert_allclose(
         plotly_array(agreement["data"][1]["z"]), difference, rtol=1e-6, atol=1e-9
     )
+    # drawn on the maps' own scale, the Pearson correlation over all entries beside ρ
+    maps_max = max(
+        np.abs(np.mean([_intra(c) for row in h for c in row], axis=0)).max() for h in (a, b)
+    )
+    heatmap = agreement["data"][1]
+    assert (heatmap["zmin"], heatmap["zmax"]) == pytest.approx((-maps_max, maps_max))
+    pearson = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    assert f"Pearson over all entries {pearson:.3f}" in texts(at.caption)
+    csv_labels = [b.proto.label for b in at.get("download_button")]
+    assert csv_labels.count("Data (CSV)") == 2  # the λ chart's and the agreement's
     assert at.query_params["sens_pair"] == "ekfac-krylov vs euclidean"  # the link shows it
     # on demand: cg at 2 tolerances, krylov, ekfac-krylov at depth 4, ekfac, subspace and the
     # subspace at 2 more energy thresholds, × 6 λ
@@ -202,12 +212,18 @@ def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeyp
     diagnostics = [[{**cell, **unconverged} for cell in row] for row in found.diagnostics]
     runner.store.put(cg.key, replace(found, request=cg.request, diagnostics=diagnostics))
     try:
+        # the on-demand toggle is off: a cached on-demand setting is drawn all the same (it
+        # only decides what the button computes), and its warning is shown
         at = open_app(trained_on, monkeypatch, SENSITIVITY | selection.to_query())
-        at.toggle(key="sens_cg").set_value(True).run()
         assert not at.exception
+        assert not at.toggle(key="sens_cg").value
         warning = texts(at.warning)
         assert re.search(r"cg did not reach its tolerance in 1 of the \d+ cached sweep", warning)
         assert f"{cg.series}, λ = 0.0001 (worst residual 0.31)" in warning
+        assert "Also drawn: 1 cached on-demand setting " in texts(at.caption)
+        lines = {t["name"] for t in charts(at)[0]["data"] if t.get("mode") == "lines+markers"}
+        assert cg.series in lines
+        assert re.search(r"\d+ of 7 sweep settings cached", texts(at.caption))  # toggle off
     finally:
         runner.store.delete(cg.key)
 
@@ -280,3 +296,18 @@ def test_epoch_maps_download_as_one_long_csv():
     for r in rows:  # value = V[t_r, t_p] of that epoch
         i, j = int(float(r["t_r"]) / 0.05 + 0.5), int(float(r["t_p"]) / 0.05 + 0.5)
         assert float(r["value"]) == maps[0 if r["epoch"] == "1" else 1][i, j]
+
+
+def test_the_progress_line_names_the_computing_job_before_the_queued_ones():
+    """A job waiting for a compute slot said "queued, position 1" while another computed,
+    and the line read as if nothing ran."""
+    from coherence.cache.status import JobStatus
+    from coherence.dashboard.panels.sweep_jobs import running_text
+
+    computing = JobStatus("a" * 64, "running", stage="ekfac-krylov: batch JVPs")
+    waiting = JobStatus("b" * 64, "running", stage="queued, position 1", queue_position=1)
+    assert running_text([waiting, computing]) == (
+        "1 computing (ekfac-krylov: batch JVPs), 1 queued for a free compute slot"
+    )
+    assert running_text([waiting]) == "1 queued for a free compute slot"
+    assert running_text([]) == "starting"

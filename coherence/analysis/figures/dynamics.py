@@ -27,7 +27,9 @@ from coherence.analysis.figures.theme import (
 from coherence.analysis.trends import TREND_SCORES, Agreement, Trend
 from coherence.errors import RequestError
 
-_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+# line styles of the estimators in compare mode (colour is the group's there); "dash" is
+# kept for the flat lines of estimators that ignore λ
+ESTIMATOR_DASHES = ("solid", "dot", "dashdot", "longdash")
 
 
 def _grid(n_panels: int) -> tuple[int, int]:
@@ -64,7 +66,7 @@ def dynamics_figure(
     )
     for g, (label, trends) in enumerate(trends_by_group.items()):
         color = group_color(g)
-        for p, (name, _) in enumerate(panels):
+        for p, (name, title) in enumerate(panels):
             row, col = p // cols + 1, p % cols + 1
             if name == "valid_smse":
                 curves = (valid_by_group or {}).get(label)
@@ -81,7 +83,15 @@ def dynamics_figure(
             else:
                 continue
             for trace in band_traces(
-                x, median, q1, q3, name=label, color=color, x_hover="epoch %{x}", group=label
+                x,
+                median,
+                q1,
+                q3,
+                name=label,
+                color=color,
+                value=title.lower() if name == "valid_smse" else title,
+                x_hover="epoch %{x}",
+                group=label,
             ):
                 trace.showlegend = trace.showlegend is not False and p == 0
                 fig.add_trace(trace, row=row, col=col)
@@ -195,16 +205,22 @@ def sensitivity_figure(
     paper_damping: float,
     flat: Sequence[str] = (),
     x_span: tuple[float, float] | None = None,
+    selected_damping: float | None = None,
+    colors: Mapping[str, int] | None = None,
     title: str = "Scores against λ",
 ) -> go.Figure:
     """Read: each score against the damping λ (log axis) per estimator, median over seeds
-    with the Q1–Q3 band; the dotted vertical line is the paper's λ. Flat (dashed) lines are
-    estimators that ignore λ (euclidean). Where the curves of two estimators sit apart, the
-    conclusion depends on the solver; where a curve bends near the paper's λ, on λ.
+    with the Q1–Q3 band; the dotted vertical line is the paper's λ (a dashed one, the
+    sidebar's λ where it differs). Flat (dashed) lines across the whole axis are estimators
+    that ignore λ (euclidean). Where the curves of two estimators sit apart, the conclusion
+    depends on the solver; where a curve bends near the paper's λ, on λ.
 
     trends_by_series: {series label (e.g. "UNet · subspace"): {score: Trend}}; ``flat``:
-    labels drawn as horizontal lines across the λ range of the others; ``x_span``: the λ
-    range the axis covers at least (the sweep's grid, so missing settings show as gaps).
+    labels computed at one λ and drawn as horizontal lines across the axis; ``x_span``: the
+    λ range the axis covers at least (the sweep's grid, so missing settings show as gaps);
+    ``colors``: {label: colour index} (compare mode: the group's colour, as on the other
+    panels, each estimator of a group then in its own line style); default: one colour per
+    series.
     """
     if not trends_by_series:
         raise RequestError("sensitivity_figure needs at least one series")
@@ -213,23 +229,40 @@ def sensitivity_figure(
     fig = make_subplots(
         rows=rows, cols=cols, subplot_titles=[t for _, t in names], vertical_spacing=0.1
     )
-    xs = [t.x for s in trends_by_series.values() for t in s.values()]
+    xs = [t.x for label, s in trends_by_series.items() if label not in flat for t in s.values()]
     span = (
         (float(min(x.min() for x in xs)), float(max(x.max() for x in xs)))
         if xs
         else (paper_damping, paper_damping)
     )
-    for i, (label, trends) in enumerate(trends_by_series.items()):
-        flat_span = span if label in flat else None
-        _add_series(
-            fig, trends, names, cols, label=label, color=group_color(i), flat_span=flat_span
-        )
-    _mark_paper_damping(fig, paper_damping, len(names), cols)
-    styled(fig, f"{title} · dotted line: the paper's λ = {paper_damping:g}", height=260 * rows + 60)
     # whole decades around the data and the paper's λ: one point still gets a readable axis
     wanted = x_span or span
-    low = math.floor(math.log10(min(span[0], wanted[0], paper_damping))) - 0.5
-    high = math.ceil(math.log10(max(span[1], wanted[1], paper_damping))) + 0.5
+    marks = [paper_damping] + ([selected_damping] if selected_damping is not None else [])
+    low = math.floor(math.log10(min(span[0], wanted[0], *marks))) - 0.5
+    high = math.ceil(math.log10(max(span[1], wanted[1], *marks))) + 0.5
+    styles: dict[int, int] = {}  # colour index → series drawn in it so far
+    for i, (label, trends) in enumerate(trends_by_series.items()):
+        flat_span = (10.0**low, 10.0**high) if label in flat else None
+        color = colors[label] if colors is not None else i
+        nth = styles.get(color, 0)
+        styles[color] = nth + (label not in flat)
+        dash = "dash" if label in flat else ESTIMATOR_DASHES[nth % len(ESTIMATOR_DASHES)]
+        _add_series(
+            fig,
+            trends,
+            names,
+            cols,
+            label=label,
+            color=group_color(color),
+            dash=dash,
+            flat_span=flat_span,
+        )
+    _mark_damping(fig, paper_damping, len(names), cols, dash="dot")
+    note = f"dotted line: the paper's λ = {paper_damping:g}"
+    if selected_damping is not None and not math.isclose(selected_damping, paper_damping):
+        _mark_damping(fig, selected_damping, len(names), cols, dash="dash")
+        note += f"; dashed: the sidebar's λ = {selected_damping:g}"
+    styled(fig, f"{title} · {note}", height=260 * rows + 60)
     fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
     fig.update_xaxes(title=axis_title("damping λ"), row=rows)
     _log_eigenvalue_axis(fig, trends_by_series.values(), names, cols)
@@ -244,19 +277,22 @@ def _add_series(
     *,
     label: str,
     color: str,
+    dash: str,
     flat_span: tuple[float, float] | None,
 ) -> None:
     """One series' median and Q1–Q3 band in each score's panel (legend entry once); a flat
-    series (``flat_span`` given) with one λ is drawn dashed across that span."""
-    is_flat = flat_span is not None
-    for p, (name, _) in enumerate(names):
+    series (``flat_span`` given) with one λ is drawn across that span, its hover saying that
+    λ does not enter it."""
+    for p, (name, title) in enumerate(names):
         if name not in trends:
             continue
         trend = trends[name]
         x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
+        hover = "λ %{x:.0e}"
         if flat_span is not None and len(x) == 1:
             x = np.array(flat_span)
             median, q1, q3 = (np.repeat(a, 2) for a in (median, q1, q3))
+            hover = "any λ (independent of λ)"
         for trace in band_traces(
             x,
             median,
@@ -264,41 +300,53 @@ def _add_series(
             q3,
             name=label,
             color=color,
-            dash="dash" if is_flat else _DASHES[0],
-            x_hover="λ %{x:.0e}",
+            dash=dash,
+            value=title,
+            x_hover=hover,
             group=label,
         ):
             trace.showlegend = trace.showlegend is not False and p == 0
             fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
 
 
-def _mark_paper_damping(fig: go.Figure, paper_damping: float, n: int, cols: int) -> None:
-    """A dotted vertical line at the paper's λ in each of the n panels (the title names it:
-    a note in the top-right corner sat under the chart's toolbar)."""
+def _mark_damping(fig: go.Figure, damping: float, n: int, cols: int, *, dash: str) -> None:
+    """A vertical line at λ in each of the n panels, behind the data (a point on it stayed
+    visible); the title names it (a note in the top-right corner sat under the toolbar)."""
     for p in range(n):
         fig.add_vline(
-            x=paper_damping,
-            line={"dash": "dot", "color": "gray"},
+            x=damping,
+            line={"dash": dash, "color": "gray"},
+            layer="below",
             row=p // cols + 1,
             col=p % cols + 1,
         )
 
 
 def agreement_figure(
-    result: Agreement, labels: tuple[str, str], *, times: Sequence[float] | None = None
+    result: Agreement,
+    labels: tuple[str, str],
+    *,
+    times: Sequence[float] | None = None,
+    damping: float | None = None,
 ) -> go.Figure:
     """Read: left, the distribution of the per-row rank correlation of Ĥ between two
-    estimators (1: every row ranks the perturbations identically); right, the difference of
-    their intra-class two-time maps on a symmetric scale (white: no difference). High
-    correlation and a pale map mean the conclusion does not depend on the solver."""
+    estimators (1: every row ranks the perturbations identically; the title adds the Pearson
+    correlation over all entries, which the ridge dominates); right, the difference of
+    their intra-class two-time maps on the maps' own symmetric scale ±max|V| (white: no
+    difference; full colour: a difference as large as the maps themselves). High
+    correlations and a pale map mean the conclusion does not depend on the solver."""
     a, b = labels
     corr = result.rank_correlation[np.isfinite(result.rank_correlation)].ravel()
+    m = max(result.scale, 1e-12)
+    share = result.max_difference / m
     fig = make_subplots(
         rows=1,
         cols=2,
         subplot_titles=(  # two lines each: one line ran into the other at 1024 px
-            f"Per-row rank correlation of Ĥ<br>(median {result.median_correlation:.2f})",
-            f"Two-time map:<br>{a} − {b}",
+            f"Per-row rank correlation of Ĥ (median {result.median_correlation:.2f})"
+            f"<br>Pearson over all entries {result.pearson:.2f}",
+            f"Two-time map: {a} − {b}<br>max |ΔV| {result.max_difference:.2g} "
+            f"= {share:.0%} of the maps' {m:.2g}",
         ),
         horizontal_spacing=0.14,
     )
@@ -316,7 +364,6 @@ def agreement_figure(
     )
     v = result.map_difference
     axis = np.asarray(times if times is not None else np.arange(v.shape[0]), dtype=float)
-    m = max(result.max_difference, 1e-12)
     fig.add_trace(
         go.Heatmap(
             z=v,
@@ -331,7 +378,8 @@ def agreement_figure(
         row=1,
         col=2,
     )
-    styled(fig, f"Agreement: {a} vs {b}", height=400)
+    at = f" at λ = {damping:g}" if damping is not None else ""
+    styled(fig, f"Agreement{at}: {a} vs {b}", height=400)
     fig.update_layout(margin_t=100)  # the title above the two-line panel titles
     fig.update_xaxes(title=axis_title("Spearman ρ per response row"), range=[-1, 1], row=1, col=1)
     fig.update_yaxes(title=axis_title("rows"), row=1, col=1)

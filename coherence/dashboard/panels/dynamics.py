@@ -101,7 +101,10 @@ def dynamics(ctx: PanelContext) -> None:
 
 def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     st.caption(how_to_read(epoch_heatmaps))
-    shown = [label for g, label in enumerate(labels) if any(p.group == g for p in done)]
+    epochs_of = {label: sum(p.group == g for p in done) for g, label in enumerate(labels)}
+    # the group with the most analysed epochs first: the default view shows the evolution
+    # (the demo's UNet has only its last epoch analysed, its ViT three)
+    shown = sorted((label for label, n in epochs_of.items() if n), key=lambda x: -epochs_of[x])
     slot = st.container()
     label = widget_value("dyn_group", shown) if len(shown) > 1 else shown[0]
     g = labels.index(label)

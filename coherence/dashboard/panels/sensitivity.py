@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from coherence.analysis.exports import two_time_csv, with_header
 from coherence.analysis.figures.dynamics import agreement_figure, sensitivity_figure
 from coherence.analysis.trends import agreement, trends
 from coherence.dashboard import compute, loaders, sweeps
@@ -15,6 +16,7 @@ from coherence.dashboard.panels import sweep_jobs
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
+    csv_file,
     downloads,
     how_to_read,
     widget_value,
@@ -38,16 +40,26 @@ def sensitivity(ctx: PanelContext) -> None:
         "and energy maps most); so they are computed only on demand (ekfac and subspace "
         "are cheaper but further from the full solve).",
     )
-    points, problems = sweeps.sensitivity_points(
-        ctx.root, ctx.selection, ctx.catalog, runner, include_on_demand=with_cg
+    # every setting's cache is looked up: an on-demand one computed earlier (or by a study)
+    # is drawn whether or not the toggle asks to compute the missing ones
+    every, problems = sweeps.sensitivity_points(
+        ctx.root, ctx.selection, ctx.catalog, runner, include_on_demand=True
     )
     for problem in problems:
         st.warning(literal(problem), icon=":material/warning:")
-    if not points:
+    if not every:
         return
-    states = sweep_jobs.statuses(root, points)
+    every_state = sweep_jobs.statuses(root, every)
+    asked = [i for i, p in enumerate(every) if with_cg or not p.on_demand]
+    points, states = [every[i] for i in asked], [every_state[i] for i in asked]
     sweep_jobs.status_bar(root, points, states, key="sens", what="sweep settings", stale=ctx.stale)
-    done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
+    done = [p for p, s in zip(every, every_state, strict=True) if s.state == "done"]
+    extra = sum(1 for p in done if p not in points)
+    if extra:
+        st.caption(
+            f"Also drawn: {extra} cached on-demand setting{'s' if extra != 1 else ''} "
+            "(the toggle above only decides which missing settings the button computes)."
+        )
     if len(done) <= len(ctx.selection.groups):
         sweep_jobs.elsewhere(
             ctx,
@@ -76,16 +88,36 @@ def sensitivity(ctx: PanelContext) -> None:
     flat = [name for name in series if name.endswith("euclidean")]
     grid = (min(sweeps.DAMPING_GRID), max(sweeps.DAMPING_GRID))
     figure = sensitivity_figure(
-        by_series, paper_damping=sweeps.PAPER_DAMPING, flat=flat, x_span=grid
+        by_series,
+        paper_damping=sweeps.PAPER_DAMPING,
+        flat=flat,
+        x_span=grid,
+        selected_damping=ctx.selection.damping,
+        colors={_series(labels, p): p.group for p in done} if ctx.compare else None,
     )
     chart(figure, key="chart_sensitivity")
+    # the files hold the sweep, not the sidebar's one estimator and λ
+    dampings = sorted({p.x for p in done if p.series not in flat})
+    meta = ctx.meta() | {
+        "estimator": f"sweep: {', '.join(series)}",
+        "damping λ": f"sweep: {', '.join(f'{d:g}' for d in dampings)}"
+        + (f" ({', '.join(flat)}: independent of λ)" if flat else ""),
+        "selection's own setting": f"{ctx.selection.estimator}, λ = {ctx.selection.damping:g}",
+    }
+    stem = ctx.stem("sensitivity")
     downloads(
         "sensitivity",
-        ctx.stem("sensitivity"),
+        stem,
         figure=figure,
-        files=[ctx.panel_csv("sensitivity", lambda: trends_csv(by_series, "damping"))],
+        files=[
+            csv_file(
+                "Data (CSV)",
+                f"{stem}.csv",
+                lambda: with_header(trends_csv(by_series, "damping"), meta),
+            )
+        ],
         caption=how_to_read(sensitivity_figure),
-        meta=ctx.meta(),
+        meta=meta,
     )
     _cg_report(root, done)
     _agreement(ctx, labels, done)
@@ -152,18 +184,37 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     except CoherenceError as error:
         st.warning(literal(error))
         return
-    figure = agreement_figure(found, (a, b), times=first.times)
+    figure = agreement_figure(found, (a, b), times=first.times, damping=damping)
     chart(figure, key="chart_agreement")
     slot.selectbox("Compare", names, key="sens_pair")
     view = ctx.with_choices(estimators=f"{a}-vs-{b}", group=labels[g] if ctx.compare else None)
+    summary = {
+        "compared": f"{a} vs {b}",
+        "damping λ": f"{damping:g}",
+        "median per-row Spearman": f"{found.median_correlation:.4f}",
+        "Pearson over all entries": f"{found.pearson:.4f}",
+        "max |ΔV|": f"{found.max_difference:.4g}",
+        "max |V| of the two maps": f"{found.scale:.4g}",
+        f"cache key of {b}": candidates[g][b].key,
+    }
+    meta = view.meta() | summary
     downloads(
         "agreement",
         view.stem("agreement"),
         figure=figure,
         caption=how_to_read(agreement_figure),
-        meta=view.meta(),
+        meta=meta,
+        files=[
+            csv_file(
+                "Data (CSV)",
+                f"{view.stem('agreement')}.csv",
+                lambda: with_header(two_time_csv(found.map_difference, first.times), meta),
+            )
+        ],
     )
     st.caption(
-        f"Median per-row Spearman ρ = {found.median_correlation:.3f}; largest |ΔV| = "
-        f"{found.max_difference:.3g} (maps reach {found.scale:.3g})."
+        f"At λ = {damping:g}: median per-row Spearman ρ = {found.median_correlation:.3f}, "
+        f"Pearson over all entries {found.pearson:.3f}; largest |ΔV| = "
+        f"{found.max_difference:.3g} ({found.max_difference / max(found.scale, 1e-12):.0%} of "
+        f"the maps' {found.scale:.3g}). The CSV holds the difference map."
     )

@@ -96,11 +96,24 @@ def _progress(root: str, keys: tuple[str, ...], what: str) -> None:
     done = sum(s.state == "done" for s in states)
     running = [s for s in states if s.active]
     fraction = (done + sum(min(max(s.fraction, 0.0), 1.0) for s in running)) / len(states)
-    stage = next((s.stage for s in running if s.stage), "queued")
     st.progress(
         min(fraction, 1.0),
-        text=f"{literal(what)}: {done} of {len(states)} done · {literal(stage)}",
+        text=f"{literal(what)}: {done} of {len(states)} done · {literal(running_text(running))}",
     )
+
+
+def running_text(running: Sequence[JobStatus]) -> str:
+    """What the active jobs are doing: the computing one's stage first, then how many wait
+    for a compute slot (a waiting job's "queued, position 1" read as if nothing ran)."""
+    computing = [s for s in running if not s.queued]
+    waiting = len(running) - len(computing)
+    parts = []
+    if computing:
+        stage = next((s.stage for s in computing if s.stage), "")
+        parts.append(f"{len(computing)} computing" + (f" ({stage})" if stage else ""))
+    if waiting:
+        parts.append(f"{waiting} queued for a free compute slot")
+    return ", ".join(parts) or "starting"
 
 
 def status_bar(

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from coherence.analysis.verdict import REFERENCES
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.dashboard import loaders
 from coherence.dashboard.panels import PANELS
@@ -158,7 +159,14 @@ def test_switching_the_model_group_selects_its_seeds(workspace, monkeypatch):
     assert at.selectbox(key="sb_group_b").value == "ViT"  # the other group by default
     assert at.query_params["vs"] == "vit_tiny_s1"
     assert texts(at.caption).count("cached result") == 2
-    assert [m.label for m in at.metric].count("Diagonal dominance") == 2
+    # one table of scores for both groups (a row each), not a row of metric cards per group
+    assert not at.metric
+    cells = [texts([m]) for m in at.markdown]
+    assert all(f"**{ref.title}**" in cells for ref in REFERENCES)
+    value = r"\*\*(≥ )?(-?[\d.]+|—)\*\* :gray\[(\[.+\]|undefined)\]"  # median [Q1, Q3]
+    bands = [c for c in cells if re.fullmatch(value, c)]
+    assert len(bands) == 2 * len(REFERENCES), cells
+    assert "**UNet**" in cells and "**ViT**" in cells
 
 
 def test_two_time_selectors_drive_the_chart_drawn_before_them(workspace, monkeypatch):
@@ -210,13 +218,17 @@ def test_every_panel_renders(workspace, monkeypatch, panel, compare):
         assert figure["layout"]["coloraxis"]["cmin"] == 0
         assert figure["layout"]["coloraxis"]["cmax"] == pytest.approx(math.sqrt(15))
         assert [t["coloraxis"] for t in figure["data"]] == ["coloraxis", "coloraxis"]
-        # the two groups' rows of scores line up: each score with the same decimals
-        by_label: dict[str, set[int]] = {}
-        for metric in at.metric:
-            if re.fullmatch(r"≥? ?-?\d+\.\d+", metric.value):
-                decimals = len(metric.value.split(".")[1])
-                by_label.setdefault(metric.label, set()).add(decimals)
-        assert len(by_label) == 4 and all(len(d) == 1 for d in by_label.values()), by_label
+        # the two groups' rows of the score table line up: each score with the same decimals
+        medians = [
+            found.group(1)
+            for m in at.markdown
+            if (found := re.fullmatch(r"\*\*(?:≥ )?(-?\d+\.\d+)\*\* :gray\[.*", texts([m])))
+        ]
+        assert len(medians) == 2 * len(REFERENCES), medians  # a row per group, in order
+        by_column: dict[int, set[int]] = {}
+        for i, median in enumerate(medians):
+            by_column.setdefault(i % len(REFERENCES), set()).add(len(median.split(".")[1]))
+        assert all(len(d) == 1 for d in by_column.values()), medians
 
 
 def test_compute_shows_progress_reattaches_and_cancels(workspace, monkeypatch):

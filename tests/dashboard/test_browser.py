@@ -471,10 +471,12 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     settle(page, 1.0)
     page.get_by_role("button", name="Got it").click()
     settle(page)
-    labels = settled_elements(page, "[data-testid=stMetricLabel]", 8)
-    assert len(labels) == 8, [label.inner_text() for label in labels]  # 4 scores × 2 groups
-    for label in labels:
-        assert label.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), label.inner_text()
+    # the scores as one table, a row per group: every cell's text wraps inside its column
+    cells = settled_elements(page, ".st-key-compare_scores [data-testid=stMarkdownContainer]", 14)
+    assert len(cells) == 14, [c.inner_text() for c in cells]  # 4 titles + 2 × (group + 4)
+    for cell in cells:
+        assert cell.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), cell.inner_text()
+    assert any(c.inner_text().startswith("Diagonal dominance") for c in cells)
     fit = axis_fit(page)
     assert len(fit["heatmaps"]) == 2
     assert_fits(fit)
@@ -515,3 +517,16 @@ def test_compare_fits_and_reads_at_1024(server, browser):
         assert box["x"] <= t["x"] and t["x"] + t["width"] <= box["x"] + box["width"] + 1
     assert strip.locator("[aria-selected=true]").inner_text() == "Input distance"
     page.close()
+    # at 1500×1000 the two maps start above the fold (two rows of metric cards had pushed
+    # them to its edge)
+    wide = browser.new_page(viewport={"width": 1500, "height": 1000})
+    wide.set_default_timeout(SLOW)
+    wide.goto(f"{server}/?vs={','.join(COMPARE)}")
+    wide.wait_for_selector(HEATMAP)
+    settle(wide, 1.0)
+    if wide.get_by_role("button", name="Got it").count():
+        wide.get_by_role("button", name="Got it").click()
+        settle(wide)
+    _, maps = bar_and_maps(wide)
+    assert len(maps) == 2 and max(m["top"] for m in maps) < 1000 - 200, maps
+    wide.close()

@@ -4,7 +4,7 @@ and reference marks), and the one-click report."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlencode
 
 import streamlit as st
@@ -116,10 +116,56 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
     remember_tour_dismissal()
     if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
         scores = {g.key: loaders.scores(g.key, g.result) for g in ctx.ready}
-        for group in ctx.ready:
-            peers = score_peers(scores, group.key)
-            _group_scores(group, scores[group.key], peers, stale=ctx.stale)
+        if len(ctx.ready) > 1:
+            _compare_scores(ctx.ready, scores, stale=ctx.stale)
+        else:
+            for group in ctx.ready:
+                peers = score_peers(scores, group.key)
+                _group_scores(group, scores[group.key], peers, stale=ctx.stale)
     report_button(ctx, report_slot)
+
+
+def _verdict_line(group, scores: Scores, *, stale: bool) -> str:
+    n = len(group.result.checkpoints)
+    mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
+    return (
+        f"**{literal(group.label)}** · {mark}{n} seed{'s' if n != 1 else ''} · "
+        f"{literal(verdict(scores))}"
+    )
+
+
+def _score_help(ref, score: Score | None = None, others: Sequence[Score | None] = ()) -> str:
+    """A score's reference marks and definition, and with ``score`` its spread."""
+    text = f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median"
+    return text + (f"; {literal(uncertainty(score, others))}." if score is not None else ".")
+
+
+COMPARE_COLUMNS = [0.55, 1.0, 1.0, 1.0, 1.0]  # the group's name, then the four scores
+
+
+def _compare_scores(groups, scores: Mapping[str, Scores], *, stale: bool) -> None:
+    """Compare mode: the verdicts, then one table (a row per group, a column per score,
+    median and [Q1, Q3]) in place of a row of metric cards per group. Why: two rows of
+    cards stood 330 px tall and pushed the two maps below a 1000 px fold; the table is
+    about half as tall and lines the groups' values up for reading across."""
+    st.markdown("  \n".join(_verdict_line(g, scores[g.key], stale=stale) for g in groups))
+    grid = st.container(key="compare_scores")
+    header = grid.columns(COMPARE_COLUMNS, gap="small", vertical_alignment="bottom")
+    header[0].caption("median [Q1, Q3]")
+    for cell, ref in zip(header[1:], REFERENCES, strict=True):
+        cell.markdown(f"**{ref.title}**", help=_score_help(ref))
+        cell.caption(literal(ref.short))
+    for group in groups:
+        peers = score_peers(scores, group.key)
+        table = {s.name: s for s in scores[group.key].as_list()}
+        row = grid.columns(COMPARE_COLUMNS, gap="small", vertical_alignment="center")
+        row[0].markdown(f"**{literal(group.label)}**")
+        for cell, ref in zip(row[1:], REFERENCES, strict=True):
+            score, others = table.get(ref.name), peers[ref.name]
+            cell.markdown(  # the header's help defines the score; the band is its spread
+                f"**{literal(format_score(score, others))}** "
+                f":gray[{literal(quartile_band(score, others))}]"
+            )
 
 
 def _group_scores(
@@ -130,24 +176,14 @@ def _group_scores(
     scores are the last computed selection's (the banner above says which), and the line
     says so too."""
     table = {s.name: s for s in scores.as_list()}
-    n = len(group.result.checkpoints)
-    mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
-    st.markdown(
-        f"**{literal(group.label)}** · {mark}{n} seed{'s' if n != 1 else ''} · "
-        f"{literal(verdict(scores))}"
-    )
+    st.markdown(_verdict_line(group, scores, stale=stale))
     # fixed-width cells in a wrapping row: on a narrow screen they move to the next line
     # instead of truncating their labels (all four fit one row from a 1024 px window)
     row = st.container(horizontal=True, gap="small")
     for ref in REFERENCES:
         score, others = table.get(ref.name), peers[ref.name]
         cell = row.container(width=150, gap=None)  # "Diagonal dominance" and its help icon
-        cell.metric(
-            ref.title,
-            format_score(score, others),
-            help=f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median; "
-            f"{literal(uncertainty(score, others))}.",
-        )
+        cell.metric(ref.title, format_score(score, others), help=_score_help(ref, score, others))
         cell.caption(literal(quartile_band(score, others)) + "  \n" + literal(ref.short))
 
 

@@ -195,6 +195,13 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert_clean(at)
     assert "7 of 55 sweep settings cached" in texts(at.caption)
     assert at.button(key="sens_compute")
+    # a slice of the grid: one estimator setting at one λ, without the rest of it
+    at.multiselect(key="sens_pick_series").set_value(["cg rtol 0.015"])
+    at.multiselect(key="sens_pick_damping").set_value(["0.0001"]).run()
+    assert_clean(at)
+    assert "0 of 1 sweep settings cached" in texts(at.caption)
+    assert "Compute the 1 missing sweep settings" in at.button(key="sens_compute").label
+    assert "Also drawn: 7 cached settings outside the sweep" in texts(at.caption)
 
 
 def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeypatch):
@@ -220,7 +227,7 @@ def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeyp
         warning = texts(at.warning)
         assert re.search(r"cg did not reach its tolerance in 1 of the \d+ cached sweep", warning)
         assert f"{cg.series}, λ = 0.0001 (worst residual 0.31)" in warning
-        assert "Also drawn: 1 cached on-demand setting " in texts(at.caption)
+        assert "Also drawn: 1 cached setting outside the sweep" in texts(at.caption)
         lines = {t["name"] for t in charts(at)[0]["data"] if t.get("mode") == "lines+markers"}
         assert cg.series in lines
         assert re.search(r"\d+ of 7 sweep settings cached", texts(at.caption))  # toggle off

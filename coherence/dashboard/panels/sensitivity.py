@@ -51,14 +51,18 @@ def sensitivity(ctx: PanelContext) -> None:
         return
     every_state = sweep_jobs.statuses(root, every)
     asked = [i for i, p in enumerate(every) if with_cg or not p.on_demand]
+    if with_cg:  # the full grid is days of work: let the user pick a slice of it
+        asked = _picked(ctx, every, asked)
     points, states = [every[i] for i in asked], [every_state[i] for i in asked]
     sweep_jobs.status_bar(root, points, states, key="sens", what="sweep settings", stale=ctx.stale)
     done = [p for p, s in zip(every, every_state, strict=True) if s.state == "done"]
     extra = sum(1 for p in done if p not in points)
     if extra:
+        which = "the pickers above" if with_cg else "the toggle above"
         st.caption(
-            f"Also drawn: {extra} cached on-demand setting{'s' if extra != 1 else ''} "
-            "(the toggle above only decides which missing settings the button computes)."
+            f"Also drawn: {extra} cached setting{'s' if extra != 1 else ''} outside the "
+            f"sweep counted above ({which} only decides which missing settings the button "
+            "computes)."
         )
     if len(done) <= len(ctx.selection.groups):
         sweep_jobs.elsewhere(
@@ -121,6 +125,31 @@ def sensitivity(ctx: PanelContext) -> None:
     )
     _cg_report(root, done)
     _agreement(ctx, labels, done)
+
+
+def _picked(ctx: PanelContext, every, asked: list[int]) -> list[int]:
+    """The indices of ``asked`` whose estimator setting and λ the user kept in two pickers
+    (default: all), so that one setting (cg at the paper's λ, say) is computed without the
+    rest of a grid of days."""
+    names = list(dict.fromkeys(every[i].series for i in asked))
+    values = [f"{x:g}" for x in sorted({every[i].x for i in asked})]
+    left, right = st.columns(2)
+    series = left.multiselect(
+        "Estimator settings to compute",
+        names,
+        default=names,
+        key="sens_pick_series",
+        help="The button below computes the missing settings among these (and the λ values "
+        "beside); cached settings are drawn whatever is picked.",
+    )
+    dampings = right.multiselect(
+        "λ values to compute",
+        values,
+        default=values,
+        key="sens_pick_damping",
+        help="euclidean ignores λ: it is computed once, at the paper's λ.",
+    )
+    return [i for i in asked if every[i].series in series and f"{every[i].x:g}" in dampings]
 
 
 def _series(labels: list[str], point: sweeps.SweepPoint) -> str:

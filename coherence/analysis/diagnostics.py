@@ -189,7 +189,9 @@ def residual_summary(
                 ": cg stopped far from its tolerance there (raise max_iter or use the "
                 "deflated start)"
                 if cg
-                else ": for the paper's full solve choose the cg estimator"
+                else ": common for a Galerkin solve at small λ, whose Ĥ can still be close "
+                "to the full solve's (help: how close on small models); for the paper's full "
+                "solve choose the cg estimator, many times slower"
             )
         )
     return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line

@@ -689,3 +689,19 @@ def test_agreement_map_is_drawn_on_the_maps_own_scale():
     assert f"Pearson over all entries {found.pearson:.2f}" in titles
     assert f"{found.max_difference / found.scale:.0%} of the maps'" in titles
     assert fig.layout.title.text.startswith("Agreement at λ = 0.01: x vs y")
+
+
+def test_epoch_maps_share_one_scale_and_label_times_on_the_first_column_only():
+    """Small multiples across epochs: one colour range [0, √N] (a ridge's change reads across
+    maps), square cells, and time ticks on the first column only (at 1024 px a map's labels
+    touched its left neighbour)."""
+    from coherence.analysis.figures.dynamics import epoch_heatmaps
+
+    maps = [np.full((3, 3), float(k)) for k in range(5)]
+    fig = epoch_heatmaps(maps, [1, 2, 4, 8, 12], 16, times=[0.0, 0.05, 0.1])
+    heatmaps = [t for t in fig.data if t.type == "heatmap"]
+    assert {(t.zmin, t.zmax) for t in heatmaps} == {(0.0, 4.0)}
+    assert [t.showscale for t in heatmaps] == [True] + [False] * 4
+    shown = [fig.layout[f"yaxis{'' if i == 0 else i + 1}"].showticklabels for i in range(5)]
+    assert shown == [True, False, False, False, True]  # 4 per row: maps 1 and 5 start rows
+    assert [a.text for a in fig.layout.annotations][:5] == [f"epoch {e}" for e in (1, 2, 4, 8, 12)]

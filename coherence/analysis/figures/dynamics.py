@@ -190,8 +190,13 @@ def epoch_heatmaps(
     styled(fig, title, height=240 * rows + 80)
     for i in range(n):  # square cells: one time step is as long on both axes
         suffix = "" if i == 0 else str(i + 1)
-        fig.update_yaxes(
-            scaleanchor=f"x{suffix}", constrain="domain", row=i // cols + 1, col=i % cols + 1
+        fig.update_yaxes(  # time ticks on the first column only: at 1024 px a map's
+            # labels touched its left neighbour
+            scaleanchor=f"x{suffix}",
+            constrain="domain",
+            showticklabels=i % cols == 0,
+            row=i // cols + 1,
+            col=i % cols + 1,
         )
         fig.update_xaxes(constrain="domain", row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(title=axis_title("perturbation time t_p"), row=rows)

@@ -318,3 +318,33 @@ def test_the_progress_line_names_the_computing_job_before_the_queued_ones():
     )
     assert running_text([waiting]) == "1 queued for a free compute slot"
     assert running_text([]) == "starting"
+
+
+def test_the_dynamics_csv_holds_the_validation_curve_of_the_figure():
+    """The figure's last panel (validation SMSE per epoch) is in its CSV too, per seed."""
+    import csv
+    import io
+
+    from coherence.analysis.summaries import training_curves
+    from coherence.analysis.trends import Trend
+    from coherence.dashboard.panels.dynamics import trends_csv, with_validation
+
+    histories = [
+        [
+            {"epoch": e, "train_smse": 1.0, "valid_smse": v}
+            for e, v in zip((1, 2), vals, strict=True)
+        ]
+        for vals in ((0.5, 0.25), (0.7, 0.35))
+    ]
+    dd = Trend("diagonal_dominance", np.array([2.0]), np.array([[0.8, 0.9]]))
+    data = with_validation(
+        {"UNet": {"diagonal_dominance": dd}}, {"UNet": training_curves(histories)}
+    )
+    rows = list(csv.DictReader(io.StringIO(trends_csv(data, "epoch").decode())))
+    valid = [r for r in rows if r["score"] == "valid_smse"]
+    assert [(r["epoch"], float(r["seed_0"]), float(r["seed_1"])) for r in valid] == [
+        ("1", 0.5, 0.7),
+        ("2", 0.25, 0.35),
+    ]
+    assert float(valid[1]["median"]) == pytest.approx(0.3)
+    assert [r["score"] for r in rows if r["score"] != "valid_smse"] == ["diagonal_dominance"]

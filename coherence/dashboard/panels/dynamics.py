@@ -13,7 +13,7 @@ import streamlit as st
 from coherence.analysis.figures.dynamics import dynamics_figure, epoch_heatmaps
 from coherence.analysis.summaries import training_curves, two_time_map
 from coherence.analysis.tables import epoch_maps_csv
-from coherence.analysis.trends import trends
+from coherence.analysis.trends import Trend, trends
 from coherence.dashboard import compute, loaders, sweeps
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.panels import sweep_jobs
@@ -92,7 +92,9 @@ def dynamics(ctx: PanelContext) -> None:
         "dynamics",
         ctx.stem("dynamics"),
         figure=figure,
-        files=[ctx.panel_csv("dynamics", lambda: trends_csv(by_group, "epoch"))],
+        files=[
+            ctx.panel_csv("dynamics", lambda: trends_csv(with_validation(by_group, valid), "epoch"))
+        ],
         caption=how_to_read(dynamics_figure),
         meta=ctx.meta(),
     )
@@ -134,6 +136,17 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     )
     if len(shown) > 1:
         slot.selectbox("Group", shown, key="dyn_group")
+
+
+def with_validation(by_group: dict, valid: dict) -> dict:
+    """The trends plus each group's validation SMSE per epoch as a ``valid_smse`` trend
+    (per seed), so the CSV holds every panel of the figure."""
+    out = {label: dict(series) for label, series in by_group.items()}
+    for label, curves in valid.items():
+        per_seed = np.asarray(curves["valid_smse"]["per_seed"], dtype=np.float64).T  # [E, S]
+        epochs = np.asarray(curves["epochs"], dtype=np.float64)
+        out.setdefault(label, {})["valid_smse"] = Trend("valid_smse", epochs, per_seed)
+    return out
 
 
 def trends_csv(by_series: dict, x_name: str) -> bytes:

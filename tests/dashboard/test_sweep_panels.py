@@ -200,7 +200,7 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     at.multiselect(key="sens_pick_damping").set_value(["0.0001"]).run()
     assert_clean(at)
     assert "0 of 1 sweep settings cached" in texts(at.caption)
-    assert "Compute the 1 missing sweep settings" in at.button(key="sens_compute").label
+    assert "Compute the 1 missing sweep setting " in at.button(key="sens_compute").label
     assert "Also drawn: 7 cached settings outside the sweep" in texts(at.caption)
 
 

@@ -156,7 +156,7 @@ def status_bar(
             key=f"{key}_confirm",
         )
     st.button(
-        f"Compute the {len(missing)} missing {what}{estimate}",
+        f"Compute the {len(missing)} missing {counted(len(missing), what)}{estimate}",
         disabled=not confirmed,
         key=f"{key}_compute",
         icon=":material/play_arrow:",
@@ -165,6 +165,14 @@ def status_bar(
         help="Each setting is its own cached analysis: only the missing ones run, in the "
         "background worker, and every later visitor finds them in the cache.",
     )
+
+
+SINGULAR = {"sweep settings": "sweep setting", "epoch analyses": "epoch analysis"}
+
+
+def counted(n: int, what: str) -> str:
+    """``what`` (a plural) in the number of ``n``: '1 missing sweep setting'."""
+    return SINGULAR.get(what, what) if n == 1 else what
 
 
 def _estimate(missing: Sequence[SweepPoint]) -> float:

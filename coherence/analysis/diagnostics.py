@@ -182,16 +182,11 @@ def residual_summary(
     )
     if values[-1] >= 1:  # y_p = 0 would have residual 1: say what the number means
         cg = all(cell.get("estimator") == "cg" for row in diagnostics for cell in row)
-        line += (
-            "; a residual ≥ 1 means that, by this measure, column y_p solves the full system "
-            "no better than y = 0"
-            + (
-                ": cg stopped far from its tolerance there (raise max_iter or use the "
-                "deflated start)"
-                if cg
-                else ": common for a Galerkin solve at small λ, whose Ĥ can still be close "
-                "to the full solve's (help: how close on small models); for the paper's full "
-                "solve choose the cg estimator, many times slower"
-            )
+        line += "; a residual ≥ 1 is no better than y = 0 by this measure" + (
+            ": cg stopped far from its tolerance there (raise max_iter or use the deflated "
+            "start)"
+            if cg
+            else ", common for a Galerkin solve at small λ and no verdict on Ĥ (help); the "
+            "paper's own solve is the cg estimator"
         )
     return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line

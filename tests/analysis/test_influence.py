@@ -408,7 +408,8 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     assert "within the paper's rtol 1.5e-2: 1 of 4" in residual_summary(cells, arch="unet")
     worse = [[{"residuals": [0.5, 1.3]}]]  # a column worse than y = 0: say so, name cg
     assert "no better than y = 0" in residual_summary(worse)
-    assert "choose the cg estimator" in residual_summary(worse)
+    assert "no verdict on Ĥ" in residual_summary(worse)
+    assert "the paper's own solve is the cg estimator" in residual_summary(worse)
     cg = [[{"estimator": "cg", "residuals": [0.5, 1.3]}]]  # cg itself: not "choose cg"
-    assert "choose the cg" not in residual_summary(cg) and "max_iter" in residual_summary(cg)
+    assert "is the cg estimator" not in residual_summary(cg) and "max_iter" in residual_summary(cg)
     assert residual_summary([[{"residuals": None}], [{}]]) is None  # ekfac, euclidean

@@ -183,8 +183,7 @@ def residual_summary(
     if values[-1] >= 1:  # y_p = 0 would have residual 1: say what the number means
         cg = all(cell.get("estimator") == "cg" for row in diagnostics for cell in row)
         line += "; a residual ≥ 1 is no better than y = 0 by this measure" + (
-            ": cg stopped far from its tolerance there (raise max_iter or use the deflated "
-            "start)"
+            ": cg stopped far from its tolerance there (raise max_iter or use the deflated start)"
             if cg
             else ", common for a Galerkin solve at small λ and no verdict on Ĥ (help); the "
             "paper's own solve is the cg estimator"

@@ -666,6 +666,8 @@ def test_sensitivity_compare_mode_colours_by_group_and_styles_by_estimator():
         name: group_color(colors[name]) for name in labels
     }
     assert [lines[n].dash for n in labels] == ["solid", "dot", "solid", "dash"]
+    symbols = {t.name: t.marker.symbol for t in fig.data if t.mode == "lines+markers"}
+    assert [symbols[n] for n in labels[:3]] == ["circle", "diamond", "circle"]
     single = sensitivity_figure(dict.fromkeys(labels[:2], trend), paper_damping=1e-4)
     assert len({t.line.color for t in single.data if t.mode == "lines+markers"}) == 2
 

@@ -30,6 +30,8 @@ from coherence.errors import RequestError
 # line styles of the estimators in compare mode (colour is the group's there); "dash" is
 # kept for the flat lines of estimators that ignore λ
 ESTIMATOR_DASHES = ("solid", "dot", "dashdot", "longdash")
+# and marker symbols: a setting cached at one λ is a lone marker, whose line style is unseen
+ESTIMATOR_SYMBOLS = ("circle", "diamond", "square", "triangle-up")
 
 
 def _grid(n_panels: int) -> tuple[int, int]:
@@ -260,6 +262,7 @@ def sensitivity_figure(
             label=label,
             color=group_color(color),
             dash=dash,
+            symbol=ESTIMATOR_SYMBOLS[nth % len(ESTIMATOR_SYMBOLS)],
             flat_span=flat_span,
         )
     _mark_damping(fig, paper_damping, len(names), cols, dash="dot")
@@ -283,6 +286,7 @@ def _add_series(
     label: str,
     color: str,
     dash: str,
+    symbol: str,
     flat_span: tuple[float, float] | None,
 ) -> None:
     """One series' median and Q1–Q3 band in each score's panel (legend entry once); a flat
@@ -311,6 +315,8 @@ def _add_series(
             group=label,
         ):
             trace.showlegend = trace.showlegend is not False and p == 0
+            if trace.mode == "lines+markers":
+                trace.marker.update(symbol=symbol, size=7)
             fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
 
 
@@ -386,7 +392,9 @@ def agreement_figure(
     at = f" at λ = {damping:g}" if damping is not None else ""
     styled(fig, f"Agreement{at}: {a} vs {b}", height=400)
     fig.update_layout(margin_t=100)  # the title above the two-line panel titles
-    fig.update_xaxes(title=axis_title("Spearman ρ per response row"), range=[-1, 1], row=1, col=1)
+    fig.update_xaxes(  # a margin beyond ±1: the "−1" tick ran into the y axis's "0"
+        title=axis_title("Spearman ρ per response row"), range=[-1.08, 1.08], row=1, col=1
+    )
     fig.update_yaxes(title=axis_title("rows"), row=1, col=1)
     fig.update_xaxes(title=axis_title("perturbation time t_p"), row=1, col=2)
     fig.update_yaxes(title=axis_title("response time t_r"), row=1, col=2)

@@ -37,7 +37,7 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
     },
     "Class transfer": {"zscale_transfer": str},
     "Conservation": {"cons_response": str, "zscale_mass": str, "zscale_energy": str},
-    "Training dynamics": {"dyn_group": str},
+    "Training dynamics": {"dyn_group": str, "dyn_vs_damping": str},
     "Sensitivity": {"sens_pair": str},
     "Rollout": {
         "field_ckpt": str,
@@ -48,7 +48,10 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
     },
     "Validation": {"cf_ckpt": str, "cf_traj": int, "cf_p": int, "cf_response": str},
 }
-UNSET = {"two_time_cell": "none"}  # the drill-down before a cell is clicked
+UNSET = {
+    "two_time_cell": "none",  # the drill-down before a cell is clicked
+    "dyn_vs_damping": "none",  # training dynamics at the selection's λ only
+}
 REQUIRES = {
     "two_time_cell_class": "two_time_cell",
     "two_time_cell_batch": "two_time_cell",

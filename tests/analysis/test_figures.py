@@ -604,6 +604,7 @@ def test_sweep_figures_put_the_top_eigenvalue_on_a_labelled_log_axis():
             {"UNet": {"diagonal_dominance": dd, "top_eigenvalue": tops}}, paper_damping=1e-4
         ),
     ):
+        assert fig.layout.title.text.startswith("Scores a")  # not a panel's title
         axis = fig.layout.yaxis2  # the second panel: top eigenvalue
         assert axis.type == "log"
         assert "2×10⁴" in axis.ticktext and all("M" not in t for t in axis.ticktext)

@@ -129,6 +129,54 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
     assert not np.allclose(plotly_array(heatmaps[0]["z"]), plotly_array(heatmaps[-1]["z"]))
 
 
+def _dominance_by_hand(result) -> float:
+    """Median over seeds of each seed's batch-mean diagonal dominance of the intra map."""
+    h = np.asarray(result.H_std[result.primary])
+    return float(
+        np.median(
+            [
+                np.mean([diagonal_dominance(_intra(h[i, j])) for j in range(h.shape[1])])
+                for i in range(h.shape[0])
+            ]
+        )
+    )
+
+
+def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
+    """'Overlay the same epochs at another λ': the link's dyn_vs_damping adds that λ's
+    epoch analyses to the count and the button; once computed, each λ is its own line
+    (validation once, with the selection's), and the link keeps the choice."""
+    selection = default_selection(scan_workspace(trained_on))
+    runner = JobRunner(trained_on)
+    own, _ = sweeps.dynamics_points(trained_on, selection, runner)
+    other, _ = sweeps.dynamics_points(trained_on, replace(selection, damping=1e-2), runner)
+    for point in own + other:
+        runner.run(point.request)
+    query = DYNAMICS | selection.to_query() | {"dyn_vs_damping": "0.01"}
+    at = open_app(trained_on, monkeypatch, query)
+    assert_clean(at)
+    assert at.selectbox(key="dyn_vs_damping").value == "0.01"
+    assert "6 of 6 epoch analyses cached" in texts(at.caption)
+    scores = charts(at)[0]
+    first = {
+        t["name"]: t
+        for t in scores["data"]
+        if t.get("mode") == "lines+markers" and t.get("yaxis", "y") == "y"
+    }
+    assert set(first) == {"UNet · λ = 0.0001", "UNet · λ = 0.01"}
+    for name, points in (("UNet · λ = 0.0001", own), ("UNet · λ = 0.01", other)):
+        ordered = sorted(points, key=lambda p: p.x)
+        expected = [_dominance_by_hand(runner.result(p.key, p.request)) for p in ordered]
+        np.testing.assert_allclose(plotly_array(first[name]["y"]), expected, rtol=1e-9)
+    names = [t["name"] for t in scores["data"] if t.get("mode") == "lines+markers"]
+    # a line per score panel for each λ, and the validation curve once (it ignores λ)
+    assert names.count("UNet · λ = 0.0001") == names.count("UNet · λ = 0.01") + 1
+    assert at.query_params["dyn_vs_damping"] == "0.01"
+    at.selectbox(key="dyn_vs_damping").set_value("none").run()
+    assert "dyn_vs_damping" not in at.query_params  # the default link stays short
+    assert "3 of 3 epoch analyses cached" in texts(at.caption)
+
+
 def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypatch):
     selection = default_selection(scan_workspace(trained_on))
     runner = JobRunner(trained_on)

@@ -68,7 +68,7 @@ def dynamics_figure(
     )
     for g, (label, trends) in enumerate(trends_by_group.items()):
         color = group_color(g)
-        for p, (name, title) in enumerate(panels):
+        for p, (name, panel_title) in enumerate(panels):
             row, col = p // cols + 1, p % cols + 1
             if name == "valid_smse":
                 curves = (valid_by_group or {}).get(label)
@@ -91,7 +91,7 @@ def dynamics_figure(
                 q3,
                 name=label,
                 color=color,
-                value=title.lower() if name == "valid_smse" else title,
+                value=panel_title.lower() if name == "valid_smse" else panel_title,
                 x_hover="epoch %{x}",
                 group=label,
             ):
@@ -292,7 +292,7 @@ def _add_series(
     """One series' median and Q1–Q3 band in each score's panel (legend entry once); a flat
     series (``flat_span`` given) with one λ is drawn across that span, its hover saying that
     λ does not enter it."""
-    for p, (name, title) in enumerate(names):
+    for p, (name, panel_title) in enumerate(names):
         if name not in trends:
             continue
         trend = trends[name]
@@ -310,7 +310,7 @@ def _add_series(
             name=label,
             color=color,
             dash=dash,
-            value=title,
+            value=panel_title,
             x_hover=hover,
             group=label,
         ):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+from dataclasses import replace
 
 import numpy as np
 import streamlit as st
@@ -34,15 +36,44 @@ EXPLAIN = (
 )
 
 
+NO_OTHER_DAMPING = "none"
+
+
+def _other_damping(ctx: PanelContext) -> float | None:
+    """The second λ the user asked to overlay (None: only the selection's): does the shape
+    of the curves over training depend on λ? One value keeps the chart and the link plain."""
+    options = [NO_OTHER_DAMPING] + [
+        f"{d:g}" for d in sweeps.DAMPING_GRID if not math.isclose(d, ctx.selection.damping)
+    ]
+    chosen = st.columns([1, 2])[0].selectbox(
+        "Overlay the same epochs at another λ",
+        options,
+        key="dyn_vs_damping",
+        help="Each epoch's analysis repeated at this damping, drawn beside the selection's "
+        f"λ = {ctx.selection.damping:g} (the maps below stay at the selection's λ). Missing "
+        "epochs are computed by the button, each its own cached analysis.",
+    )
+    return None if chosen == NO_OTHER_DAMPING else float(chosen)
+
+
 def dynamics(ctx: PanelContext) -> None:
     st.caption(how_to_read(dynamics_figure))
     root = str(ctx.root)
     runner = loaders.job_runner(root)
+    other = _other_damping(ctx)
     points, problems = sweeps.dynamics_points(ctx.root, ctx.selection, runner)
+    if other is not None:
+        more, more_problems = sweeps.dynamics_points(
+            ctx.root, replace(ctx.selection, damping=other), runner
+        )
+        points += [replace(p, series=f"λ = {other:g}") for p in more]
+        problems += more_problems
     for problem in problems:
         st.warning(literal(problem), icon=":material/warning:")
     labels = compute.group_labels(ctx.catalog, ctx.selection)
-    per_group = {g: [p for p in points if p.group == g] for g in range(len(labels))}
+    per_group = {
+        g: [p for p in points if p.group == g and not p.series] for g in range(len(labels))
+    }
     if all(len(group) <= 1 for group in per_group.values()):
         name = ctx.selection.checkpoints[0]
         st.info(
@@ -70,22 +101,36 @@ def dynamics(ctx: PanelContext) -> None:
             icon=":material/hourglass_empty:",
         )
         return
-    sweep_jobs.warn_unconverged(root, done, lambda p: f"epoch {p.x:g}", "epoch analyses")
+    sweep_jobs.warn_unconverged(
+        root,
+        done,
+        lambda p: f"epoch {p.x:g}" + (f", {p.series}" if p.series else ""),
+        "epoch analyses",
+    )
     response = ctx.selection.responses[0]
     by_group, valid = {}, {}
+    own = f" · λ = {ctx.selection.damping:g}" if other is not None else ""
+    overlaid = {}  # the other λ's lines, after the selection's: the groups keep their colours
     for g, label in enumerate(labels):
-        mine = [p for p in done if p.group == g]
+        mine = [p for p in done if p.group == g and not p.series]
+        theirs = [p for p in done if p.group == g and p.series]
+        if theirs:
+            curve = trends([(p.x, sweep_jobs.scores(root, p, response)) for p in theirs])
+            overlaid[f"{label} · {theirs[0].series}"] = curve
         if not mine:
             continue
-        by_group[label] = trends([(p.x, sweep_jobs.scores(root, p, response)) for p in mine])
+        by_group[f"{label}{own}"] = trends(
+            [(p.x, sweep_jobs.scores(root, p, response)) for p in mine]
+        )
         try:
             histories = [
                 loaders.history(checkpoints_dir(ctx.root) / n) for n in ctx.selection.groups[g]
             ]
-            if all(histories):
-                valid[label] = training_curves(histories)
+            if all(histories):  # independent of λ: drawn once, with the selection's line
+                valid[f"{label}{own}"] = training_curves(histories)
         except CoherenceError as error:
             st.warning(f"{literal(label)}: no validation curve ({literal(error)})")
+    by_group |= overlaid
     figure = dynamics_figure(by_group, valid or None)
     chart(figure, key="chart_dynamics")
     downloads(
@@ -96,9 +141,9 @@ def dynamics(ctx: PanelContext) -> None:
             ctx.panel_csv("dynamics", lambda: trends_csv(with_validation(by_group, valid), "epoch"))
         ],
         caption=how_to_read(dynamics_figure),
-        meta=ctx.meta(),
+        meta=ctx.meta() | ({"overlaid λ": f"{other:g}"} if other is not None else {}),
     )
-    _heatmaps(ctx, labels, done)
+    _heatmaps(ctx, labels, [p for p in done if not p.series])
 
 
 def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:

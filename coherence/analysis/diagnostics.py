@@ -185,7 +185,7 @@ def residual_summary(
         line += "; a residual ≥ 1 is no better than y = 0 by this measure" + (
             ": cg stopped far from its tolerance there (raise max_iter or use the deflated start)"
             if cg
-            else ", common for a Galerkin solve at small λ and no verdict on Ĥ (help); the "
-            "paper's own solve is the cg estimator"
+            else ", common for Galerkin solves and no verdict on Ĥ; the paper's own solve is "
+            "the cg estimator"
         )
     return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line

@@ -164,7 +164,7 @@ class Agreement:
     rank_correlation: np.ndarray  # [S, B, N] per-row Spearman
     map_difference: np.ndarray  # [T_r, T_p] two-time map of a minus that of b
     scale: float  # max |V| of the two maps (for a symmetric colour range)
-    pearson: float = math.nan  # over every entry of Ĥ (the README's fidelity measure)
+    pearson: float = math.nan  # over every entry of Ĥ, all seeds and batches pooled
 
     @property
     def median_correlation(self) -> float:
@@ -184,7 +184,8 @@ def agreement(a: np.ndarray, b: np.ndarray) -> Agreement:
     Why both correlations: the per-row rank correlation weighs the many near-zero
     off-diagonal entries of a row as much as its ridge, so two solves that agree on the
     ridge can still rank the rest differently; the Pearson correlation over all entries
-    (what ``bench_fidelity`` scores against the exact solve) is dominated by the ridge."""
+    (pooled over seeds and batches; ``bench_fidelity`` scores one batch's map this way
+    against the exact solve) is dominated by the ridge."""
     corr = row_rank_correlation(a, b)
     va, vb = two_time_map(a), two_time_map(b)
     scale = float(max(np.abs(va).max(), np.abs(vb).max()))

@@ -98,6 +98,7 @@ class SweepPoint:
     request: AnalysisRequest
     key: str
     on_demand: bool = False  # sensitivity: not in the default sweep (computed when asked)
+    uses_damping: bool = True  # sensitivity: False for an estimator whose Ĥ ignores λ
 
 
 # ---------------------------------------------------------------------------- dynamics ---
@@ -192,14 +193,22 @@ def sensitivity_points(
         entry = catalog.checkpoint(names[0]) if names else None
         arch = entry.arch if entry else None
         try:
-            for label, chosen, setting in sensitivity_settings(
+            settings = sensitivity_settings(
                 selection, arch, dampings=dampings, include_on_demand=include_on_demand
-            ):
+            )
+        except (CoherenceError, OSError) as error:
+            problems.append(str(error))
+            continue
+        for label, chosen, setting in settings:
+            try:  # one setting's problem leaves the group's others in the sweep
                 request = chosen.to_request(root, names)
                 if setting.energy_threshold is not None:
                     request = replace(request, energy_threshold=setting.energy_threshold)
                 key = runner.key(request)
-                points.append(SweepPoint(g, chosen.damping, label, request, key, setting.on_demand))
-        except (CoherenceError, OSError) as error:
-            problems.append(str(error))
+            except (CoherenceError, OSError) as error:
+                if str(error) not in problems:
+                    problems.append(str(error))
+                continue
+            point = SweepPoint(g, chosen.damping, label, request, key, setting.on_demand)
+            points.append(replace(point, uses_damping=setting.uses_damping))
     return points, problems

@@ -637,13 +637,15 @@ def test_sensitivity_flat_series_spans_the_whole_axis_and_marks_both_lambdas():
     low, high = fig.layout.xaxis.range
     assert (low, high) == (-6.5, -0.5)
     (flat,) = [t for t in fig.data if t.name == "euclidean" and t.mode == "lines+markers"]
-    np.testing.assert_allclose(np.log10(np.asarray(flat.x)), [low, high])
-    np.testing.assert_allclose(flat.y, [0.71, 0.71])
-    assert "independent of λ" in flat.hovertemplate and flat.line.dash == "dash"
+    np.testing.assert_allclose(np.log10(np.asarray(flat.x)), [low, -4, high])
+    np.testing.assert_allclose(flat.y, [0.71, 0.71, 0.71])
+    assert list(flat.marker.size) == [0, 7, 0]  # one marker: the λ it was computed at
+    assert "computed at λ 1e-04, independent of λ" in flat.hovertemplate
+    assert flat.line.dash == "dash"
     (point,) = [t for t in fig.data if t.name == "ekfac-krylov" and t.mode == "lines+markers"]
     assert list(point.x) == [1e-4] and "median Diagonal dominance" in point.hovertemplate
     marks = {(s.x0, s.line.dash, s.layer) for s in fig.layout.shapes}
-    assert marks == {(1e-4, "dot", "below"), (1e-2, "dash", "below")}
+    assert marks == {(1e-4, "dot", "between"), (1e-2, "dash", "between")}  # grid < mark < data
     assert "dashed: the sidebar's λ = 0.01" in fig.layout.title.text
     same = sensitivity_figure(series, paper_damping=1e-4, selected_damping=1e-4)
     assert {s.line.dash for s in same.layout.shapes} == {"dot"}  # one mark when they agree
@@ -660,7 +662,11 @@ def test_sensitivity_compare_mode_colours_by_group_and_styles_by_estimator():
     colors = {"UNet · ekfac-krylov": 0, "UNet · krylov": 0, "ViT · ekfac-krylov": 1}
     colors["ViT · euclidean"] = 1
     fig = sensitivity_figure(
-        dict.fromkeys(labels, trend), paper_damping=1e-4, flat=["ViT · euclidean"], colors=colors
+        dict.fromkeys(labels, trend),
+        paper_damping=1e-4,
+        flat=["ViT · euclidean"],
+        colors=colors,
+        estimators={label: label.split(" · ")[1] for label in labels},
     )
     lines = {t.name: t.line for t in fig.data if t.mode == "lines+markers"}
     assert {name: line.color for name, line in lines.items()} == {
@@ -669,6 +675,27 @@ def test_sensitivity_compare_mode_colours_by_group_and_styles_by_estimator():
     assert [lines[n].dash for n in labels] == ["solid", "dot", "solid", "dash"]
     symbols = {t.name: t.marker.symbol for t in fig.data if t.mode == "lines+markers"}
     assert [symbols[n] for n in labels[:3]] == ["circle", "diamond", "circle"]
+    # styles follow the estimator, not its place in a group: here the groups list
+    # different estimators, and krylov is drawn alike in both
+    groups = {
+        "UNet · ekfac-krylov": ("ekfac-krylov", 0),
+        "UNet · krylov": ("krylov", 0),
+        "ViT · ekfac-krylov": ("ekfac-krylov", 1),
+        "ViT · cg rtol 0.015": ("cg rtol 0.015", 1),
+        "ViT · krylov": ("krylov", 1),
+    }
+    mixed = sensitivity_figure(
+        dict.fromkeys(groups, trend),
+        paper_damping=1e-4,
+        colors={k: g for k, (_, g) in groups.items()},
+        estimators={k: e for k, (e, _) in groups.items()},
+    )
+    style = {
+        t.name: (t.line.dash, t.marker.symbol) for t in mixed.data if t.mode == "lines+markers"
+    }
+    assert style["UNet · krylov"] == style["ViT · krylov"] == ("dot", "diamond")
+    assert style["ViT · cg rtol 0.015"] == ("dashdot", "square")
+    assert style["UNet · ekfac-krylov"] == style["ViT · ekfac-krylov"] == ("solid", "circle")
     single = sensitivity_figure(dict.fromkeys(labels[:2], trend), paper_damping=1e-4)
     assert len({t.line.color for t in single.data if t.mode == "lines+markers"}) == 2
 
@@ -708,3 +735,17 @@ def test_epoch_maps_share_one_scale_and_label_times_on_the_first_column_only():
     shown = [fig.layout[f"yaxis{'' if i == 0 else i + 1}"].showticklabels for i in range(5)]
     assert shown == [True, False, False, False, True]  # 4 per row: maps 1 and 5 start rows
     assert [a.text for a in fig.layout.annotations][:5] == [f"epoch {e}" for e in (1, 2, 4, 8, 12)]
+
+
+def test_dynamics_lines_at_another_lambda_keep_their_groups_colour_dashed():
+    from coherence.analysis.figures.dynamics import dynamics_figure
+    from coherence.analysis.figures.theme import group_color
+
+    line = {"diagonal_dominance": _dd_trend([1.0, 2.0], [[0.9, 0.91], [0.8, 0.82]])}
+    labels = ["UNet · λ = 0.0001", "ViT · λ = 0.0001", "UNet · λ = 0.01", "ViT · λ = 0.01"]
+    colors = dict(zip(labels, (0, 1, 0, 1), strict=True))
+    fig = dynamics_figure(dict.fromkeys(labels, line), colors=colors, dashed=labels[2:])
+    drawn = {t.name: t.line for t in fig.data if t.mode == "lines+markers"}
+    assert {n: (ln.color, ln.dash) for n, ln in drawn.items()} == {
+        n: (group_color(colors[n]), "dash" if n in labels[2:] else "solid") for n in labels
+    }

@@ -175,6 +175,16 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     at.selectbox(key="dyn_vs_damping").set_value("none").run()
     assert "dyn_vs_damping" not in at.query_params  # the default link stays short
     assert "3 of 3 epoch analyses cached" in texts(at.caption)
+    # only the overlaid λ analysed (the sidebar's λ = 1e-3 is not): its lines, no maps
+    elsewhere = replace(selection, damping=1e-3).to_query() | {"dyn_vs_damping": "0.01"}
+    at = open_app(trained_on, monkeypatch, DYNAMICS | elsewhere)
+    assert_clean(at)
+    assert "3 of 6 epoch analyses cached" in texts(at.caption)
+    (scores,) = charts(at)
+    assert {t["name"] for t in scores["data"] if t.get("mode") == "lines+markers"} == {
+        "UNet · λ = 0.01"
+    }
+    assert "No epoch is analysed at the selection's λ = 0.001 yet" in texts(at.info)
 
 
 def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypatch):
@@ -247,9 +257,12 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     at.multiselect(key="sens_pick_series").set_value(["cg rtol 0.015"])
     at.multiselect(key="sens_pick_damping").set_value(["0.0001"]).run()
     assert_clean(at)
-    assert "0 of 1 sweep settings cached" in texts(at.caption)
-    assert "Compute the 1 missing sweep setting " in at.button(key="sens_compute").label
+    assert "0 of 1 sweep setting cached" in texts(at.caption)
+    assert "Compute the missing 1 sweep setting " in at.button(key="sens_compute").label
     assert "Also drawn: 7 cached settings outside the sweep" in texts(at.caption)
+    at.multiselect(key="sens_pick_series").set_value([]).run()
+    assert "Nothing is picked" in texts(at.caption)
+    assert not [b for b in at.button if b.key == "sens_compute"]
 
 
 def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeypatch):

@@ -31,7 +31,8 @@ from coherence.errors import RequestError
 # kept for the flat lines of estimators that ignore λ
 ESTIMATOR_DASHES = ("solid", "dot", "dashdot", "longdash")
 # and marker symbols: a setting cached at one λ is a lone marker, whose line style is unseen
-ESTIMATOR_SYMBOLS = ("circle", "diamond", "square", "triangle-up")
+# (five against four dashes: the pair repeats only after twenty estimators)
+ESTIMATOR_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "x")
 
 
 def _grid(n_panels: int) -> tuple[int, int]:
@@ -43,6 +44,8 @@ def dynamics_figure(
     trends_by_group: Mapping[str, Mapping[str, Trend]],
     valid_by_group: Mapping[str, Mapping[str, Any]] | None = None,
     *,
+    colors: Mapping[str, int] | None = None,
+    dashed: Sequence[str] = (),
     title: str = "Scores across training",
 ) -> go.Figure:
     """Read: each coherence score against the training epoch (median over seeds, Q1–Q3 band;
@@ -52,7 +55,9 @@ def dynamics_figure(
     ratio that grows means it learns transferable dynamics.
 
     trends_by_group: {label: {score: Trend}}; valid_by_group: {label:
-    summaries.training_curves(histories)} (its ``epochs`` and ``valid_smse`` band).
+    summaries.training_curves(histories)} (its ``epochs`` and ``valid_smse`` band);
+    ``colors``: {label: colour index} (default: one per line); ``dashed``: labels drawn dashed
+    (the same group at another λ keeps the group's colour).
     """
     if not trends_by_group:
         raise RequestError("dynamics_figure needs at least one group of trends")
@@ -67,7 +72,8 @@ def dynamics_figure(
         horizontal_spacing=0.1,
     )
     for g, (label, trends) in enumerate(trends_by_group.items()):
-        color = group_color(g)
+        color = group_color(colors[label] if colors is not None else g)
+        dash = "dash" if label in dashed else "solid"
         for p, (name, panel_title) in enumerate(panels):
             row, col = p // cols + 1, p % cols + 1
             if name == "valid_smse":
@@ -91,7 +97,8 @@ def dynamics_figure(
                 q3,
                 name=label,
                 color=color,
-                value=panel_title.lower() if name == "valid_smse" else panel_title,
+                dash=dash,
+                value="validation SMSE" if name == "valid_smse" else panel_title,
                 x_hover="epoch %{x}",
                 group=label,
             ):
@@ -214,6 +221,7 @@ def sensitivity_figure(
     x_span: tuple[float, float] | None = None,
     selected_damping: float | None = None,
     colors: Mapping[str, int] | None = None,
+    estimators: Mapping[str, str] | None = None,
     title: str = "Scores against λ",
 ) -> go.Figure:
     """Read: each score against the damping λ (log axis) per estimator, median over seeds
@@ -226,8 +234,8 @@ def sensitivity_figure(
     labels computed at one λ and drawn as horizontal lines across the axis; ``x_span``: the
     λ range the axis covers at least (the sweep's grid, so missing settings show as gaps);
     ``colors``: {label: colour index} (compare mode: the group's colour, as on the other
-    panels, each estimator of a group then in its own line style); default: one colour per
-    series.
+    panels); default: one colour per series. ``estimators``: {label: estimator setting}: one
+    line style and marker symbol per setting, the same in every group (default: per label).
     """
     if not trends_by_series:
         raise RequestError("sensitivity_figure needs at least one series")
@@ -247,12 +255,12 @@ def sensitivity_figure(
     marks = [paper_damping] + ([selected_damping] if selected_damping is not None else [])
     low = math.floor(math.log10(min(span[0], wanted[0], *marks))) - 0.5
     high = math.ceil(math.log10(max(span[1], wanted[1], *marks))) + 0.5
-    styles: dict[int, int] = {}  # colour index → series drawn in it so far
+    setting_of = dict(estimators or {})
+    settings = list(dict.fromkeys(setting_of.get(label, label) for label in trends_by_series))
     for i, (label, trends) in enumerate(trends_by_series.items()):
         flat_span = (10.0**low, 10.0**high) if label in flat else None
         color = colors[label] if colors is not None else i
-        nth = styles.get(color, 0)
-        styles[color] = nth + (label not in flat)
+        nth = settings.index(setting_of.get(label, label))
         dash = "dash" if label in flat else ESTIMATOR_DASHES[nth % len(ESTIMATOR_DASHES)]
         _add_series(
             fig,
@@ -297,11 +305,12 @@ def _add_series(
             continue
         trend = trends[name]
         x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
-        hover = "λ %{x:.0e}"
-        if flat_span is not None and len(x) == 1:
-            x = np.array(flat_span)
-            median, q1, q3 = (np.repeat(a, 2) for a in (median, q1, q3))
-            hover = "any λ (independent of λ)"
+        hover, sizes = "λ %{x:.0e}", None
+        if flat_span is not None and len(x) == 1:  # edges of the axis, and the λ computed
+            hover = f"computed at λ {x[0]:.0e}, independent of λ"
+            x = np.array([flat_span[0], x[0], flat_span[1]])
+            median, q1, q3 = (np.repeat(a, 3) for a in (median, q1, q3))
+            sizes = [0, 7, 0]
         for trace in band_traces(
             x,
             median,
@@ -316,18 +325,19 @@ def _add_series(
         ):
             trace.showlegend = trace.showlegend is not False and p == 0
             if trace.mode == "lines+markers":
-                trace.marker.update(symbol=symbol, size=7)
+                trace.marker.update(symbol=symbol, size=sizes or 7)
             fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
 
 
 def _mark_damping(fig: go.Figure, damping: float, n: int, cols: int, *, dash: str) -> None:
-    """A vertical line at λ in each of the n panels, behind the data (a point on it stayed
-    visible); the title names it (a note in the top-right corner sat under the toolbar)."""
+    """A vertical line at λ in each of the n panels, above the grid (λ sits on a decade's
+    grid line) and behind the data (a point on it stayed visible); the title names it (a
+    note in the top-right corner sat under the toolbar)."""
     for p in range(n):
         fig.add_vline(
             x=damping,
             line={"dash": dash, "color": "gray"},
-            layer="below",
+            layer="between",
             row=p // cols + 1,
             col=p % cols + 1,
         )
@@ -356,7 +366,7 @@ def agreement_figure(
         subplot_titles=(  # two lines each: one line ran into the other at 1024 px
             f"Per-row rank correlation of Ĥ (median {result.median_correlation:.2f})"
             f"<br>Pearson over all entries {result.pearson:.2f}",
-            f"Two-time map: {a} − {b}<br>max |ΔV| {result.max_difference:.2g} "
+            f"Two-time map: {a} − {b}<br>max |ΔĤ| {result.max_difference:.2g} "
             f"= {share:.0%} of the maps' {m:.2g}",
         ),
         horizontal_spacing=0.14,

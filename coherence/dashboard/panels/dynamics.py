@@ -89,7 +89,9 @@ def dynamics(ctx: PanelContext) -> None:
     else:
         st.caption(EXPLAIN)
     states = sweep_jobs.statuses(root, points)
-    sweep_jobs.status_bar(root, points, states, key="dyn", what="epoch analyses", stale=ctx.stale)
+    sweep_jobs.status_bar(
+        root, points, states, key="dyn", what=("epoch analysis", "epoch analyses"), stale=ctx.stale
+    )
     done = [p for p, s in zip(points, states, strict=True) if s.state == "done"]
     if len(done) <= len(labels):
         sweep_jobs.elsewhere(
@@ -110,7 +112,7 @@ def dynamics(ctx: PanelContext) -> None:
     response = ctx.selection.responses[0]
     by_group, valid = {}, {}
     own = f" · λ = {ctx.selection.damping:g}" if other is not None else ""
-    overlaid = {}  # the other λ's lines, after the selection's: the groups keep their colours
+    overlaid = {}  # the other λ's lines, dashed in their group's colour
     for g, label in enumerate(labels):
         mine = [p for p in done if p.group == g and not p.series]
         theirs = [p for p in done if p.group == g and p.series]
@@ -130,18 +132,24 @@ def dynamics(ctx: PanelContext) -> None:
                 valid[f"{label}{own}"] = training_curves(histories)
         except CoherenceError as error:
             st.warning(f"{literal(label)}: no validation curve ({literal(error)})")
+    colors = {label: g for g, label in enumerate(labels)}  # each group's own colour
+    colors |= {f"{label}{own}": g for g, label in enumerate(labels)}
+    colors |= {line: colors[line.rsplit(" · λ = ", 1)[0]] for line in overlaid}
     by_group |= overlaid
-    figure = dynamics_figure(by_group, valid or None)
+    figure = dynamics_figure(by_group, valid or None, colors=colors, dashed=list(overlaid))
     chart(figure, key="chart_dynamics")
+    view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
     downloads(
         "dynamics",
-        ctx.stem("dynamics"),
+        view.stem("dynamics"),
         figure=figure,
         files=[
-            ctx.panel_csv("dynamics", lambda: trends_csv(with_validation(by_group, valid), "epoch"))
+            view.panel_csv(
+                "dynamics", lambda: trends_csv(with_validation(by_group, valid), "epoch")
+            )
         ],
         caption=how_to_read(dynamics_figure),
-        meta=ctx.meta() | ({"overlaid λ": f"{other:g}"} if other is not None else {}),
+        meta=view.meta(),
     )
     _heatmaps(ctx, labels, [p for p in done if not p.series])
 
@@ -152,6 +160,13 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     # the group with the most analysed epochs first: the default view shows the evolution
     # (the demo's UNet has only its last epoch analysed, its ViT three)
     shown = sorted((label for label, n in epochs_of.items() if n), key=lambda x: -epochs_of[x])
+    if not shown:  # only the overlaid λ is analysed: its maps are not drawn
+        st.info(
+            f"No epoch is analysed at the selection's λ = {ctx.selection.damping:g} yet, so "
+            "there are no maps to show: compute them with the button above.",
+            icon=":material/hourglass_empty:",
+        )
+        return
     slot = st.container()
     label = widget_value("dyn_group", shown) if len(shown) > 1 else shown[0]
     g = labels.index(label)

@@ -136,8 +136,10 @@ def _verdict_line(group, scores: Scores, *, stale: bool) -> str:
 
 def _score_help(ref, score: Score | None = None, others: Sequence[Score | None] = ()) -> str:
     """A score's reference marks and definition, and with ``score`` its spread."""
-    text = f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. Median"
-    return text + (f"; {literal(uncertainty(score, others))}." if score is not None else ".")
+    text = f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. "
+    if score is None:  # the compare table's column title: its cells are the groups' values
+        return text + "Each cell: the group's median and [Q1, Q3] over its (seed, batch) values."
+    return text + f"Median; {literal(uncertainty(score, others))}."
 
 
 COMPARE_COLUMNS = [0.55, 1.0, 1.0, 1.0, 1.0]  # the group's name, then the four scores

@@ -23,6 +23,7 @@ from coherence.dashboard.panels.common import (
 )
 from coherence.dashboard.panels.dynamics import trends_csv
 from coherence.errors import CoherenceError
+from coherence.wording import plural
 
 
 def sensitivity(ctx: PanelContext) -> None:
@@ -53,16 +54,20 @@ def sensitivity(ctx: PanelContext) -> None:
     asked = [i for i, p in enumerate(every) if with_cg or not p.on_demand]
     if with_cg:  # the full grid is days of work: let the user pick a slice of it
         asked = _picked(ctx, every, asked)
+    # a running job stays in the count (its progress shown, the page rerun when it ends)
+    # even when a picker no longer holds its setting
+    asked = sorted(set(asked) | {i for i, s in enumerate(every_state) if s.active})
     points, states = [every[i] for i in asked], [every_state[i] for i in asked]
-    sweep_jobs.status_bar(root, points, states, key="sens", what="sweep settings", stale=ctx.stale)
+    sweep_jobs.status_bar(
+        root, points, states, key="sens", what=("sweep setting", "sweep settings"), stale=ctx.stale
+    )
     done = [p for p, s in zip(every, every_state, strict=True) if s.state == "done"]
     extra = sum(1 for p in done if p not in points)
     if extra:
-        which = "the pickers above" if with_cg else "the toggle above"
+        which = "the pickers above decide" if with_cg else "the toggle above decides"
         st.caption(
-            f"Also drawn: {extra} cached setting{'s' if extra != 1 else ''} outside the "
-            f"sweep counted above ({which} only decides which missing settings the button "
-            "computes)."
+            f"Also drawn: {plural(extra, 'cached setting')} outside the sweep counted above "
+            f"({which} only which missing settings the button computes)."
         )
     if len(done) <= len(ctx.selection.groups):
         sweep_jobs.elsewhere(
@@ -89,7 +94,7 @@ def sensitivity(ctx: PanelContext) -> None:
         name: trends([(p.x, sweep_jobs.scores(root, p, response)) for p in members])
         for name, members in series.items()
     }
-    flat = [name for name in series if name.endswith("euclidean")]
+    flat = [name for name, members in series.items() if not members[0].uses_damping]
     grid = (min(sweeps.DAMPING_GRID), max(sweeps.DAMPING_GRID))
     figure = sensitivity_figure(
         by_series,
@@ -98,10 +103,11 @@ def sensitivity(ctx: PanelContext) -> None:
         x_span=grid,
         selected_damping=ctx.selection.damping,
         colors={_series(labels, p): p.group for p in done} if ctx.compare else None,
+        estimators={_series(labels, p): p.series for p in done} if ctx.compare else None,
     )
     chart(figure, key="chart_sensitivity")
     # the files hold the sweep, not the sidebar's one estimator and λ
-    dampings = sorted({p.x for p in done if p.series not in flat})
+    dampings = sorted({p.x for p in done if p.uses_damping})
     meta = ctx.meta() | {
         "estimator": f"sweep: {', '.join(series)}",
         "damping λ": f"sweep: {', '.join(f'{d:g}' for d in dampings)}"
@@ -149,6 +155,11 @@ def _picked(ctx: PanelContext, every, asked: list[int]) -> list[int]:
         key="sens_pick_damping",
         help="euclidean ignores λ: it is computed once, at the paper's λ.",
     )
+    if not series or not dampings:
+        st.caption(
+            "Nothing is picked: pick at least one estimator setting and one λ value above "
+            "to compute missing settings."
+        )
     return [i for i in asked if every[i].series in series and f"{every[i].x:g}" in dampings]
 
 
@@ -222,9 +233,11 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
         "damping λ": f"{damping:g}",
         "median per-row Spearman": f"{found.median_correlation:.4f}",
         "Pearson over all entries": f"{found.pearson:.4f}",
-        "max |ΔV|": f"{found.max_difference:.4g}",
-        "max |V| of the two maps": f"{found.scale:.4g}",
+        "max |ΔĤ|": f"{found.max_difference:.4g}",
+        "max |Ĥ| of the two maps": f"{found.scale:.4g}",
+        f"cache key of {a}": candidates[g][a].key,
         f"cache key of {b}": candidates[g][b].key,
+        "value": f"two-time map of {a} minus that of {b} (ΔĤ)",
     }
     meta = view.meta() | summary
     downloads(
@@ -243,7 +256,7 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     )
     st.caption(
         f"At λ = {damping:g}: median per-row Spearman ρ = {found.median_correlation:.3f}, "
-        f"Pearson over all entries {found.pearson:.3f}; largest |ΔV| = "
+        f"Pearson over all entries {found.pearson:.3f}; largest |ΔĤ| of the maps = "
         f"{found.max_difference:.3g} ({found.max_difference / max(found.scale, 1e-12):.0%} of "
         f"the maps' {found.scale:.3g}). The CSV holds the difference map."
     )

@@ -23,6 +23,7 @@ from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import STALE_ACTION
 from coherence.dashboard.sweeps import SweepPoint
 from coherence.errors import CoherenceError
+from coherence.wording import plural
 
 POLL_SECONDS = 1.0
 
@@ -122,19 +123,21 @@ def status_bar(
     states: Sequence[JobStatus],
     *,
     key: str,
-    what: str,
+    what: tuple[str, str],
     stale: bool = False,
 ) -> None:
     """'k of n cached', failures, progress of running points, and a button for the rest
-    (disabled, with the reason, while the panels show ``stale`` figures)."""
+    (disabled, with the reason, while the panels show ``stale`` figures); ``what``: the
+    noun and its plural ("sweep setting", "sweep settings")."""
+    one, many = what
     done = sum(s.state == "done" for s in states)
     active = [p.key for p, s in zip(points, states, strict=True) if s.active]
     failed = [s for s in states if s.state == "failed"]
-    st.caption(f"{done} of {len(points)} {literal(what)} cached.")
+    st.caption(f"{done} of {literal(plural(len(points), one, many))} cached.")
     for status in failed[:3]:
-        st.error(f"A {literal(what)} analysis failed: {literal(status.error)}")
+        st.error(f"A {literal(one)} analysis failed: {literal(status.error)}")
     if active:
-        _progress(root, tuple(p.key for p in points if p.key in set(active)), what)
+        _progress(root, tuple(p.key for p in points if p.key in set(active)), many)
         return
     missing = [p for p, s in zip(points, states, strict=True) if s.state != "done"]
     if not missing:
@@ -156,7 +159,7 @@ def status_bar(
             key=f"{key}_confirm",
         )
     st.button(
-        f"Compute the {len(missing)} missing {counted(len(missing), what)}{estimate}",
+        f"Compute the missing {literal(plural(len(missing), one, many))}{estimate}",
         disabled=not confirmed,
         key=f"{key}_compute",
         icon=":material/play_arrow:",
@@ -165,14 +168,6 @@ def status_bar(
         help="Each setting is its own cached analysis: only the missing ones run, in the "
         "background worker, and every later visitor finds them in the cache.",
     )
-
-
-SINGULAR = {"sweep settings": "sweep setting", "epoch analyses": "epoch analysis"}
-
-
-def counted(n: int, what: str) -> str:
-    """``what`` (a plural) in the number of ``n``: '1 missing sweep setting'."""
-    return SINGULAR.get(what, what) if n == 1 else what
 
 
 def _estimate(missing: Sequence[SweepPoint]) -> float:

@@ -27,6 +27,7 @@ TREND_SCORES = (
     ("top_eigenvalue", "Top eigenvalue of η + λI"),
     ("dominant_share", "Dominant-eigenvalue share"),
 )
+CENSORED = ":censored"  # point_scores' key suffix for the share of bounded values
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,20 @@ class Trend:
     name: str
     x: np.ndarray
     per_seed: np.ndarray
+    # [X, S] share of each seed's batches whose value is only a bound (the lag decay length
+    # censored at the window: it never fell to 1/e); None for scores that are never bounds
+    censored: np.ndarray | None = None
+
+    def notes(self) -> list[str]:
+        """Per x, a hover note when some values are bounds ('' otherwise): a lag decay length
+        at the window length T reads as T, and means 'at least T'."""
+        if self.censored is None:
+            return [""] * len(self.x)
+        share = _nanmean_rows(self.censored)
+        return [
+            f"≥: {c:.0%} of the (seed, batch) values censored at the window" if c > 0 else ""
+            for c in share
+        ]
 
     @property
     def median(self) -> np.ndarray:
@@ -59,6 +74,13 @@ def _nanpercentile(values: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Mean of each row's finite entries (0 for a row with none)."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    return np.where(finite, v, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
+
+
 def _seed_means(values: np.ndarray) -> np.ndarray:
     """[S, B] → [S]: mean over the finite batches of each seed (NaN if none)."""
     v = np.asarray(values, dtype=np.float64)
@@ -78,7 +100,8 @@ def spectra_lists(result: AnalysisResult) -> list[list[np.ndarray]] | None:
 
 
 def point_scores(result: AnalysisResult, response: str | None = None) -> dict[str, np.ndarray]:
-    """Score name → per-seed values [S] of one result (the trend scores that apply)."""
+    """Score name → per-seed values [S] of one result (the trend scores that apply); for a
+    score with bounded values, name + CENSORED → each seed's share of its batches that are."""
     response = response or result.primary
     h = result.H_std[response]
     out: dict[str, np.ndarray] = {}
@@ -86,10 +109,20 @@ def point_scores(result: AnalysisResult, response: str | None = None) -> dict[st
         scores = compute_scores(h, spectra_lists(result))
         for score in scores.as_list():
             out[score.name] = _seed_means(score.values)
+            if score.censored.any():  # the share of each seed's batches that are bounds
+                out[score.name + CENSORED] = _seed_means(score.censored.astype(np.float64))
     top = np.asarray(result.top_eigenvalues, dtype=np.float64)
     if top.size and np.isfinite(top).any():
         out["top_eigenvalue"] = _seed_means(top)
     return out
+
+
+def _table(rows: Sequence[np.ndarray | None], width: int) -> np.ndarray:
+    table = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        if row is not None:
+            table[i, : len(row)] = row
+    return table
 
 
 def trends(points: Sequence[tuple[float, dict[str, np.ndarray]]]) -> dict[str, Trend]:
@@ -103,11 +136,14 @@ def trends(points: Sequence[tuple[float, dict[str, np.ndarray]]]) -> dict[str, T
         if all(r is None for r in rows):
             continue
         width = max(len(r) for r in rows if r is not None)
-        table = np.full((len(rows), width), np.nan)
-        for i, row in enumerate(rows):
-            if row is not None:
-                table[i, : len(row)] = row
-        out[name] = Trend(name, x, table)
+        flags = [p[1].get(name + CENSORED) for p in ordered]
+        censored = None
+        if any(f is not None for f in flags):  # missing flags: no value was a bound
+            censored = np.zeros((len(rows), width))
+            for i, f in enumerate(flags):
+                if f is not None:
+                    censored[i, : len(f)] = f
+        out[name] = Trend(name, x, _table(rows, width), censored)
     return out
 
 

@@ -749,3 +749,23 @@ def test_dynamics_lines_at_another_lambda_keep_their_groups_colour_dashed():
     assert {n: (ln.color, ln.dash) for n, ln in drawn.items()} == {
         n: (group_color(colors[n]), "dash" if n in labels[2:] else "solid") for n in labels
     }
+
+
+def test_a_censored_decay_length_says_so_on_hover():
+    from coherence.analysis.figures.dynamics import dynamics_figure, sensitivity_figure
+    from coherence.analysis.trends import Trend
+
+    x = np.array([1.0, 2.0])
+    decay = Trend(
+        "decay_length", x, np.array([[16.0, 16.0], [3.0, 4.0]]), np.array([[1, 1], [0, 0]])
+    )
+    for fig in (
+        dynamics_figure({"ViT": {"decay_length": decay}}),
+        sensitivity_figure({"ViT": {"decay_length": decay}}, paper_damping=1e-4),
+    ):
+        (line,) = [t for t in fig.data if t.mode == "lines+markers"]
+        assert list(line.text) == [
+            "<br>≥: 100% of the (seed, batch) values censored at the window",
+            "",
+        ]
+        assert "%{text}" in line.hovertemplate

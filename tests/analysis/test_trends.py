@@ -144,6 +144,34 @@ def test_trends_average_batches_within_a_seed_then_take_quartiles():
     assert math.isnan(found["diagonal_dominance"].median[0])  # epoch 1 had no such score
 
 
+def test_a_lag_decay_censored_at_the_window_is_flagged_along_the_trend():
+    """A perfectly flat map never decays to 1/e: its decay length is the window T and only a
+    bound. The trend keeps the share of such values per point, and its hover note says ≥."""
+    from coherence.analysis.trends import CENSORED
+
+    flat = np.ones((2, 2, 4, 2, 4, 2))  # 2 seeds × 2 batches, every map flat: censored
+    local = np.zeros((2, 2, 4, 2, 4, 2))
+    for t in range(4):
+        local[:, :, t, :, t, :] = 1.0  # a perfect ridge: decays at once
+    local[1, 1] = 1.0  # one (seed, batch) of the four flat
+    spectra = np.ones((2, 2, 4))
+    tops = np.ones((2, 2))
+    censored = point_scores(_Result(flat, tops, spectra))
+    np.testing.assert_allclose(censored["decay_length"], [4.0, 4.0])  # the window T
+    np.testing.assert_allclose(censored["decay_length" + CENSORED], [1.0, 1.0])
+    mixed = point_scores(_Result(local, tops, spectra))
+    np.testing.assert_allclose(mixed["decay_length" + CENSORED], [0.0, 0.5])
+    plain = {"decay_length": np.array([1.0, 1.0])}  # a point whose values are all exact
+    trend = trends([(1.0, censored), (2.0, mixed), (3.0, plain)])["decay_length"]
+    np.testing.assert_allclose(trend.censored, [[1.0, 1.0], [0.0, 0.5], [0.0, 0.0]])
+    assert trend.notes() == [
+        "≥: 100% of the (seed, batch) values censored at the window",
+        "≥: 25% of the (seed, batch) values censored at the window",
+        "",
+    ]
+    assert trends([(1.0, plain)])["decay_length"].notes() == [""]
+
+
 def _intra_class_mean_by_hand(h: np.ndarray) -> np.ndarray:
     """V[t_r, t_p] = mean over seeds, batches and classes c of h[s, b, t_r, c, t_p, c]."""
     s_n, b_n, t_n, c_n = h.shape[:4]

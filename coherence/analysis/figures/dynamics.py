@@ -76,6 +76,7 @@ def dynamics_figure(
         dash = "dash" if label in dashed else "solid"
         for p, (name, panel_title) in enumerate(panels):
             row, col = p // cols + 1, p % cols + 1
+            notes = None
             if name == "valid_smse":
                 curves = (valid_by_group or {}).get(label)
                 if not curves:
@@ -88,6 +89,7 @@ def dynamics_figure(
             elif name in trends:
                 trend = trends[name]
                 x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
+                notes = trend.notes()
             else:
                 continue
             for trace in band_traces(
@@ -101,6 +103,7 @@ def dynamics_figure(
                 value="validation SMSE" if name == "valid_smse" else panel_title,
                 x_hover="epoch %{x}",
                 group=label,
+                notes=notes,
             ):
                 trace.showlegend = trace.showlegend is not False and p == 0
                 fig.add_trace(trace, row=row, col=col)
@@ -305,12 +308,12 @@ def _add_series(
             continue
         trend = trends[name]
         x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
-        hover, sizes = "λ %{x:.0e}", None
+        hover, sizes, notes = "λ %{x:.0e}", None, trend.notes()
         if flat_span is not None and len(x) == 1:  # edges of the axis, and the λ computed
             hover = f"computed at λ {x[0]:.0e}, independent of λ"
             x = np.array([flat_span[0], x[0], flat_span[1]])
             median, q1, q3 = (np.repeat(a, 3) for a in (median, q1, q3))
-            sizes = [0, 7, 0]
+            sizes, notes = [0, 7, 0], notes * 3
         for trace in band_traces(
             x,
             median,
@@ -322,6 +325,7 @@ def _add_series(
             value=panel_title,
             x_hover=hover,
             group=label,
+            notes=notes,
         ):
             trace.showlegend = trace.showlegend is not False and p == 0
             if trace.mode == "lines+markers":

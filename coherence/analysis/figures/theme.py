@@ -112,11 +112,13 @@ def band_traces(
     x_hover: str = "x = %{x}",
     group: str | None = None,
     band_alpha: float = 0.2,
+    notes: Sequence[str] | None = None,
 ) -> list[go.Scatter]:
     """Q3 edge, Q1 edge filled up to it ('tonexty'), then the median line, in drawing order.
 
     The edges are invisible and hover-silent; the median's hover shows the median and [Q1, Q3]
-    of ``value`` at ``x_hover``. NaN points (an undefined curve) break the line and the band.
+    of ``value`` at ``x_hover``, and a point's ``notes`` entry where one is given. NaN points
+    (an undefined curve) break the line and the band.
     """
     x = np.asarray(x)
     median, q1, q3 = (np.asarray(a, dtype=np.float64) for a in (median, q1, q3))
@@ -141,9 +143,12 @@ def band_traces(
         marker={"size": 5},
         line={"color": color, "dash": dash, "width": 2},
         customdata=np.stack([q1, q3], axis=-1),
+        text=[f"<br>{n}" if n else "" for n in notes] if notes is not None else None,
         hovertemplate=(
             f"{x_hover}<br>median {value} = %{{y:.4g}}<br>"
-            f"Q1–Q3 = [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}}]<extra>{name}</extra>"
+            f"Q1–Q3 = [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}}]"
+            + ("%{text}" if notes is not None else "")
+            + f"<extra>{name}</extra>"
         ),
     )
     return [upper, lower, line]

@@ -726,6 +726,7 @@ def test_epoch_maps_share_one_scale_and_label_times_on_the_first_column_only():
     maps), square cells, and time ticks on the first column only (at 1024 px a map's labels
     touched its left neighbour)."""
     from coherence.analysis.figures.dynamics import epoch_heatmaps
+    from coherence.analysis.figures.theme import square_width
 
     maps = [np.full((3, 3), float(k)) for k in range(5)]
     fig = epoch_heatmaps(maps, [1, 2, 4, 8, 12], 16, times=[0.0, 0.05, 0.1])
@@ -735,6 +736,9 @@ def test_epoch_maps_share_one_scale_and_label_times_on_the_first_column_only():
     shown = [fig.layout[f"yaxis{'' if i == 0 else i + 1}"].showticklabels for i in range(5)]
     assert shown == [True, False, False, False, True]  # 4 per row: maps 1 and 5 start rows
     assert [a.text for a in fig.layout.annotations][:5] == [f"epoch {e}" for e in (1, 2, 4, 8, 12)]
+    assert fig.layout.width is None  # several maps fill the tab
+    one = epoch_heatmaps(maps[:1], [12], 16, times=[0.0, 0.05, 0.1])
+    assert one.layout.width == square_width(one)  # one map keeps its colour bar beside it
 
 
 def test_dynamics_lines_at_another_lambda_keep_their_groups_colour_dashed():

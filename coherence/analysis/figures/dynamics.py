@@ -22,6 +22,7 @@ from coherence.analysis.figures.theme import (
     group_color,
     influence_range,
     log_axis,
+    square_width,
     styled,
 )
 from coherence.analysis.trends import TREND_SCORES, Agreement, Trend
@@ -213,6 +214,8 @@ def epoch_heatmaps(
         fig.update_xaxes(constrain="domain", row=i // cols + 1, col=i % cols + 1)
     fig.update_xaxes(title=axis_title("perturbation time t_p"), row=rows)
     fig.update_yaxes(title=axis_title("response time t_r"), col=1)
+    if n == 1:  # one map: drawn at its own width, beside its colour bar (not across the tab)
+        fig.update_layout(width=square_width(fig))
     return fig
 
 

@@ -409,3 +409,14 @@ def test_the_dynamics_csv_holds_the_validation_curve_of_the_figure():
     ]
     assert float(valid[1]["median"]) == pytest.approx(0.3)
     assert [r["score"] for r in rows if r["score"] != "valid_smse"] == ["diagonal_dominance"]
+    # the seed columns named: each series' checkpoints in their order, padded to one width
+    three = {
+        "ViT": {"diagonal_dominance": Trend("diagonal_dominance", np.array([2.0]), np.ones((1, 3)))}
+    }
+    named = trends_csv(
+        data | three, "epoch", {"UNet": ["u_s10", "u_s35"], "ViT": ["v1", "v2", "v3"]}
+    )
+    rows = list(csv.reader(io.StringIO(named.decode())))
+    assert rows[0][-2:] == ["seed_2", "checkpoints (seed_0, seed_1, …)"]
+    assert {len(r) for r in rows} == {len(rows[0])}
+    assert rows[1][-2:] == ["", "u_s10 u_s35"] and rows[-1][-1] == "v1 v2 v3"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -136,6 +137,9 @@ def dynamics(ctx: PanelContext) -> None:
     colors |= {f"{label}{own}": g for g, label in enumerate(labels)}
     colors |= {line: colors[line.rsplit(" · λ = ", 1)[0]] for line in overlaid}
     by_group |= overlaid
+    members = {  # each line's checkpoints, the seed columns' order (snapshots share them)
+        line: ctx.selection.groups[labels.index(line.rsplit(" · λ = ", 1)[0])] for line in by_group
+    }
     figure = dynamics_figure(by_group, valid or None, colors=colors, dashed=list(overlaid))
     chart(figure, key="chart_dynamics")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
@@ -145,7 +149,8 @@ def dynamics(ctx: PanelContext) -> None:
         figure=figure,
         files=[
             view.panel_csv(
-                "dynamics", lambda: trends_csv(with_validation(by_group, valid), "epoch")
+                "dynamics",
+                lambda: trends_csv(with_validation(by_group, valid), "epoch", members),
             )
         ],
         caption=how_to_read(dynamics_figure),
@@ -209,18 +214,25 @@ def with_validation(by_group: dict, valid: dict) -> dict:
     return out
 
 
-def trends_csv(by_series: dict, x_name: str) -> bytes:
-    """series, score, x, median, q1, q3, then each seed's value."""
+def trends_csv(
+    by_series: dict, x_name: str, members: Mapping[str, Sequence[str]] | None = None
+) -> bytes:
+    """series, score, x, median, q1, q3, then each seed's value; with ``members`` ({series:
+    its checkpoints, in the seed columns' order}) a last column names them, so seed_0… can
+    be read as the seeds they are."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     width = max(
         (t.per_seed.shape[1] for series in by_series.values() for t in series.values()),
         default=0,
     )
+    seeds = [f"seed_{i}" for i in range(width)]
     writer.writerow(
-        ["series", "score", x_name, "median", "q1", "q3", *[f"seed_{i}" for i in range(width)]]
+        ["series", "score", x_name, "median", "q1", "q3", *seeds]
+        + (["checkpoints (seed_0, seed_1, …)"] if members is not None else [])
     )
     for label, series in by_series.items():
+        names = [" ".join(members.get(label, ()))] if members is not None else []
         for name, trend in series.items():
             for i, x in enumerate(trend.x):
                 row = trend.per_seed[i]
@@ -231,6 +243,8 @@ def trends_csv(by_series: dict, x_name: str) -> bytes:
                         f"{x:g}",
                         *(_num(v) for v in (trend.median[i], trend.q1[i], trend.q3[i])),
                         *(_num(v) for v in row),
+                        *([""] * (width - len(row))),
+                        *names,
                     ]
                 )
     return buffer.getvalue().encode()

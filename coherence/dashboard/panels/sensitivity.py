@@ -94,7 +94,8 @@ def sensitivity(ctx: PanelContext) -> None:
         name: trends([(p.x, sweep_jobs.scores(root, p, response)) for p in members])
         for name, members in series.items()
     }
-    flat = [name for name, members in series.items() if not members[0].uses_damping]
+    flat = [name for name, points in series.items() if not points[0].uses_damping]
+    members = {name: ctx.selection.groups[points[0].group] for name, points in series.items()}
     grid = (min(sweeps.DAMPING_GRID), max(sweeps.DAMPING_GRID))
     figure = sensitivity_figure(
         by_series,
@@ -123,7 +124,7 @@ def sensitivity(ctx: PanelContext) -> None:
             csv_file(
                 "Data (CSV)",
                 f"{stem}.csv",
-                lambda: with_header(trends_csv(by_series, "damping"), meta),
+                lambda: with_header(trends_csv(by_series, "damping", members), meta),
             )
         ],
         caption=how_to_read(sensitivity_figure),

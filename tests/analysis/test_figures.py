@@ -645,7 +645,10 @@ def test_sensitivity_flat_series_spans_the_whole_axis_and_marks_both_lambdas():
     (point,) = [t for t in fig.data if t.name == "ekfac-krylov" and t.mode == "lines+markers"]
     assert list(point.x) == [1e-4] and "median Diagonal dominance" in point.hovertemplate
     marks = {(s.x0, s.line.dash, s.layer) for s in fig.layout.shapes}
-    assert marks == {(1e-4, "dot", "between"), (1e-2, "dash", "between")}  # grid < mark < data
+    # behind the data, not "between" (plotly.js throws on it and draws no hover layer)
+    assert marks == {(1e-4, "dot", "below"), (1e-2, "dash", "below")}
+    assert {s.line.width for s in fig.layout.shapes} == {2}  # wider than the grid line
+    assert fig.layout.legend.itemsizing == "constant"  # the flat line's symbol is shown
     assert "dashed: the sidebar's λ = 0.01" in fig.layout.title.text
     same = sensitivity_figure(series, paper_damping=1e-4, selected_damping=1e-4)
     assert {s.line.dash for s in same.layout.shapes} == {"dot"}  # one mark when they agree
@@ -719,6 +722,8 @@ def test_agreement_map_is_drawn_on_the_maps_own_scale():
     assert f"Pearson over all entries {found.pearson:.2f}" in titles
     assert f"{found.max_difference / found.scale:.0%} of the maps'" in titles
     assert fig.layout.title.text.startswith("Agreement at λ = 0.01: x vs y")
+    grouped = agreement_figure(found, ("x", "y"), group="ViT")  # compare mode names it
+    assert grouped.layout.title.text.startswith("Agreement: ViT · x vs y")
 
 
 def test_epoch_maps_share_one_scale_and_label_times_on_the_first_column_only():

@@ -129,6 +129,8 @@ def choose(page, label: str, option: str) -> None:
 
 def test_load_panels_download_compute_share_compare(server, browser):
     page = new_page(browser, server)  # the cached default: a heatmap with no click
+    errors: list[str] = []  # plotly.js errors stop a figure half drawn, with no hover
+    page.on("pageerror", lambda error: errors.append(str(error)))
     assert "data=tiny_ce" in page.url and "est=ekfac-krylov" in page.url
     assert page.get_by_text("cached result").count() >= 1
     assert page.get_by_text("Deploy").count() == 0  # toolbarMode viewer: no developer menu
@@ -144,9 +146,15 @@ def test_load_panels_download_compute_share_compare(server, browser):
         if label in ("Training dynamics", "Sensitivity"):  # the cached epoch / λ drawn
             page.wait_for_selector(".js-plotly-plot")
         assert page.locator("[data-testid=stException]").count() == 0, label
+        # every chart drawn to the end: its hover and zoom layer exists
+        assert page.evaluate(
+            "() => [...document.querySelectorAll('.js-plotly-plot')]"
+            ".every(g => g.querySelector('.draglayer .nsewdrag'))"
+        ), label
         name = re.sub(r"\W+", "_", label).lower()
         shot(page, f"{i:02d}_{name}")
     assert "panel=Scores" in page.url  # the open tab is part of the link
+    assert not errors, errors
 
     open_tab(page, "Two-time influence")
     with page.expect_download() as download:

@@ -261,7 +261,7 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert "Compute the missing 1 sweep setting " in at.button(key="sens_compute").label
     assert "Also drawn: 7 cached settings outside the sweep" in texts(at.caption)
     at.multiselect(key="sens_pick_series").set_value([]).run()
-    assert "Nothing is picked" in texts(at.caption)
+    assert "Nothing to compute: pick at least one" in texts(at.caption)
     assert not [b for b in at.button if b.key == "sens_compute"]
 
 

@@ -285,6 +285,9 @@ def sensitivity_figure(
         _mark_damping(fig, selected_damping, len(names), cols, dash="dash")
         note += f"; dashed: the sidebar's λ = {selected_damping:g}"
     styled(fig, f"{title} · {note}", height=260 * rows + 60)
+    # legend symbols at one size: a flat line's only marker is its middle point's (its
+    # array of sizes starts at 0, and the legend drew no symbol)
+    fig.update_layout(legend_itemsizing="constant")
     fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
     fig.update_xaxes(title=axis_title("damping λ"), row=rows)
     _log_eigenvalue_axis(fig, trends_by_series.values(), names, cols)
@@ -337,14 +340,16 @@ def _add_series(
 
 
 def _mark_damping(fig: go.Figure, damping: float, n: int, cols: int, *, dash: str) -> None:
-    """A vertical line at λ in each of the n panels, above the grid (λ sits on a decade's
-    grid line) and behind the data (a point on it stayed visible); the title names it (a
-    note in the top-right corner sat under the toolbar)."""
+    """A vertical line at λ in each of the n panels, behind the data (a point on it stayed
+    visible), twice the grid's width so that the decade's grid line it sits on does not hide
+    it; the title names it (a note in the top-right corner sat under the toolbar). Not
+    layer="between": plotly.js throws on a y-domain line in that layer and draws none of
+    the figure's shapes and no hover layer."""
     for p in range(n):
         fig.add_vline(
             x=damping,
-            line={"dash": dash, "color": "gray"},
-            layer="between",
+            line={"dash": dash, "color": "gray", "width": 2},
+            layer="below",
             row=p // cols + 1,
             col=p % cols + 1,
         )
@@ -356,6 +361,7 @@ def agreement_figure(
     *,
     times: Sequence[float] | None = None,
     damping: float | None = None,
+    group: str | None = None,
 ) -> go.Figure:
     """Read: left, the distribution of the per-row rank correlation of Ĥ between two
     estimators (1: every row ranks the perturbations identically; the title adds the Pearson
@@ -407,7 +413,8 @@ def agreement_figure(
         col=2,
     )
     at = f" at λ = {damping:g}" if damping is not None else ""
-    styled(fig, f"Agreement{at}: {a} vs {b}", height=400)
+    whose = f"{group} · " if group else ""  # compare mode: which model group
+    styled(fig, f"Agreement{at}: {whose}{a} vs {b}", height=400)
     fig.update_layout(margin_t=100)  # the title above the two-line panel titles
     fig.update_xaxes(  # a margin beyond ±1: the "−1" tick ran into the y axis's "0"
         title=axis_title("Spearman ρ per response row"), range=[-1.08, 1.08], row=1, col=1

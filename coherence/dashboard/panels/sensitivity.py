@@ -157,10 +157,7 @@ def _picked(ctx: PanelContext, every, asked: list[int]) -> list[int]:
         help="euclidean ignores λ: it is computed once, at the paper's λ.",
     )
     if not series or not dampings:
-        st.caption(
-            "Nothing is picked: pick at least one estimator setting and one λ value above "
-            "to compute missing settings."
-        )
+        st.caption("Nothing to compute: pick at least one estimator setting and one λ value above.")
     return [i for i in asked if every[i].series in series and f"{every[i].x:g}" in dampings]
 
 
@@ -225,7 +222,13 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     except CoherenceError as error:
         st.warning(literal(error))
         return
-    figure = agreement_figure(found, (a, b), times=first.times, damping=damping)
+    figure = agreement_figure(
+        found,
+        (a, b),
+        times=first.times,
+        damping=damping,
+        group=labels[g] if ctx.compare else None,
+    )
     chart(figure, key="chart_agreement")
     slot.selectbox("Compare", names, key="sens_pair")
     view = ctx.with_choices(estimators=f"{a}-vs-{b}", group=labels[g] if ctx.compare else None)

@@ -46,7 +46,7 @@ class Trend:
         at the window length T reads as T, and means 'at least T'."""
         if self.censored is None:
             return [""] * len(self.x)
-        share = _nanmean_rows(self.censored)
+        share = _seed_means(self.censored)  # NaN (no note) where no seed has a value
         return [
             f"≥: {c:.0%} of the (seed, batch) values censored at the window" if c > 0 else ""
             for c in share
@@ -72,13 +72,6 @@ def _nanpercentile(values: np.ndarray, q: float) -> np.ndarray:
         if finite.size:
             out[i] = np.percentile(finite, q)
     return out
-
-
-def _nanmean_rows(values: np.ndarray) -> np.ndarray:
-    """Mean of each row's finite entries (0 for a row with none)."""
-    v = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(v)
-    return np.where(finite, v, 0.0).sum(axis=1) / np.maximum(finite.sum(axis=1), 1)
 
 
 def _seed_means(values: np.ndarray) -> np.ndarray:
@@ -139,10 +132,7 @@ def trends(points: Sequence[tuple[float, dict[str, np.ndarray]]]) -> dict[str, T
         flags = [p[1].get(name + CENSORED) for p in ordered]
         censored = None
         if any(f is not None for f in flags):  # missing flags: no value was a bound
-            censored = np.zeros((len(rows), width))
-            for i, f in enumerate(flags):
-                if f is not None:
-                    censored[i, : len(f)] = f
+            censored = np.nan_to_num(_table(flags, width), nan=0.0)
         out[name] = Trend(name, x, _table(rows, width), censored)
     return out
 

@@ -209,6 +209,15 @@ def sensitivity_points(
                 if str(error) not in problems:
                     problems.append(str(error))
                 continue
-            point = SweepPoint(g, chosen.damping, label, request, key, setting.on_demand)
-            points.append(replace(point, uses_damping=setting.uses_damping))
+            points.append(
+                SweepPoint(
+                    g,
+                    chosen.damping,
+                    label,
+                    request,
+                    key,
+                    on_demand=setting.on_demand,
+                    uses_damping=setting.uses_damping,
+                )
+            )
     return points, problems

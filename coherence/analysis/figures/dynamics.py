@@ -93,21 +93,19 @@ def dynamics_figure(
                 notes = trend.notes()
             else:
                 continue
-            for trace in band_traces(
-                x,
-                median,
-                q1,
-                q3,
-                name=label,
+            value = "validation SMSE" if name == "valid_smse" else panel_title
+            _add_band(
+                fig,
+                (row, col),
+                (x, median, q1, q3),
+                label=label,
                 color=color,
                 dash=dash,
-                value="validation SMSE" if name == "valid_smse" else panel_title,
+                value=value,
                 x_hover="epoch %{x}",
-                group=label,
                 notes=notes,
-            ):
-                trace.showlegend = trace.showlegend is not False and p == 0
-                fig.add_trace(trace, row=row, col=col)
+                legend=p == 0,
+            )
     styled(fig, title, height=260 * rows + 60)
     fig.update_xaxes(showticklabels=True)  # every panel readable on its own
     fig.update_xaxes(title=axis_title("epoch"), row=rows)
@@ -320,23 +318,52 @@ def _add_series(
             x = np.array([flat_span[0], x[0], flat_span[1]])
             median, q1, q3 = (np.repeat(a, 3) for a in (median, q1, q3))
             sizes, notes = [0, 7, 0], notes * 3
-        for trace in band_traces(
-            x,
-            median,
-            q1,
-            q3,
-            name=label,
+        _add_band(
+            fig,
+            (p // cols + 1, p % cols + 1),
+            (x, median, q1, q3),
+            label=label,
             color=color,
             dash=dash,
             value=panel_title,
             x_hover=hover,
-            group=label,
             notes=notes,
-        ):
-            trace.showlegend = trace.showlegend is not False and p == 0
-            if trace.mode == "lines+markers":
-                trace.marker.update(symbol=symbol, size=sizes or 7)
-            fig.add_trace(trace, row=p // cols + 1, col=p % cols + 1)
+            legend=p == 0,
+            marker={"symbol": symbol, "size": sizes or 7},
+        )
+
+
+def _add_band(
+    fig: go.Figure,
+    cell: tuple[int, int],
+    curve: tuple[Any, Any, Any, Any],
+    *,
+    label: str,
+    color: str,
+    dash: str,
+    value: str,
+    x_hover: str,
+    notes: Sequence[str] | None,
+    legend: bool,
+    marker: Mapping[str, Any] | None = None,
+) -> None:
+    """One line's median and Q1–Q3 band (``curve``: x, median, q1, q3) in the subplot at
+    ``cell`` (row, col); its legend entry only where ``legend`` (the first panel), its
+    median's markers styled by ``marker``. Both sweep figures draw their lines this way."""
+    for trace in band_traces(
+        *curve,
+        name=label,
+        color=color,
+        dash=dash,
+        value=value,
+        x_hover=x_hover,
+        group=label,
+        notes=notes,
+    ):
+        trace.showlegend = trace.showlegend is not False and legend
+        if marker is not None and trace.mode == "lines+markers":
+            trace.marker.update(marker)
+        fig.add_trace(trace, row=cell[0], col=cell[1])
 
 
 def _mark_damping(fig: go.Figure, damping: float, n: int, cols: int, *, dash: str) -> None:

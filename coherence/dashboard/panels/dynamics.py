@@ -114,17 +114,20 @@ def dynamics(ctx: PanelContext) -> None:
     by_group, valid = {}, {}
     own = f" · λ = {ctx.selection.damping:g}" if other is not None else ""
     overlaid = {}  # the other λ's lines, dashed in their group's colour
+    group_of = {}  # each line's group: its colour, and its checkpoints for the CSV
     for g, label in enumerate(labels):
         mine = [p for p in done if p.group == g and not p.series]
         theirs = [p for p in done if p.group == g and p.series]
         if theirs:
-            curve = trends([(p.x, sweep_jobs.scores(root, p, response)) for p in theirs])
-            overlaid[f"{label} · {theirs[0].series}"] = curve
+            line = f"{label} · {theirs[0].series}"
+            overlaid[line] = trends([(p.x, sweep_jobs.scores(root, p, response)) for p in theirs])
+            group_of[line] = g
         if not mine:
             continue
         by_group[f"{label}{own}"] = trends(
             [(p.x, sweep_jobs.scores(root, p, response)) for p in mine]
         )
+        group_of[f"{label}{own}"] = g
         try:
             histories = [
                 loaders.history(checkpoints_dir(ctx.root) / n) for n in ctx.selection.groups[g]
@@ -133,14 +136,10 @@ def dynamics(ctx: PanelContext) -> None:
                 valid[f"{label}{own}"] = training_curves(histories)
         except CoherenceError as error:
             st.warning(f"{literal(label)}: no validation curve ({literal(error)})")
-    colors = {label: g for g, label in enumerate(labels)}  # each group's own colour
-    colors |= {f"{label}{own}": g for g, label in enumerate(labels)}
-    colors |= {line: colors[line.rsplit(" · λ = ", 1)[0]] for line in overlaid}
     by_group |= overlaid
-    members = {  # each line's checkpoints, the seed columns' order (snapshots share them)
-        line: ctx.selection.groups[labels.index(line.rsplit(" · λ = ", 1)[0])] for line in by_group
-    }
-    figure = dynamics_figure(by_group, valid or None, colors=colors, dashed=list(overlaid))
+    # the seed columns' order: the group's checkpoints (its snapshots follow them)
+    members = {line: ctx.selection.groups[g] for line, g in group_of.items()}
+    figure = dynamics_figure(by_group, valid or None, colors=group_of, dashed=list(overlaid))
     chart(figure, key="chart_dynamics")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
     downloads(

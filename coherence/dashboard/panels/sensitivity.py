@@ -62,7 +62,8 @@ def sensitivity(ctx: PanelContext) -> None:
         root, points, states, key="sens", what=("sweep setting", "sweep settings"), stale=ctx.stale
     )
     done = [p for p, s in zip(every, every_state, strict=True) if s.state == "done"]
-    extra = sum(1 for p in done if p not in points)
+    counted = {p.key for p in points}
+    extra = sum(1 for p in done if p.key not in counted)
     if extra:
         which = "the pickers above decide" if with_cg else "the toggle above decides"
         st.caption(
@@ -243,17 +244,17 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
         f"cache key of {b}": candidates[g][b].key,
         "value": f"two-time map of {a} minus that of {b} (ΔĤ)",
     }
-    meta = view.meta() | summary
+    meta, stem = view.meta() | summary, view.stem("agreement")
     downloads(
         "agreement",
-        view.stem("agreement"),
+        stem,
         figure=figure,
         caption=how_to_read(agreement_figure),
         meta=meta,
         files=[
             csv_file(
                 "Data (CSV)",
-                f"{view.stem('agreement')}.csv",
+                f"{stem}.csv",
                 lambda: with_header(two_time_csv(found.map_difference, first.times), meta),
             )
         ],

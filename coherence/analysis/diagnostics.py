@@ -148,21 +148,40 @@ def _paper_notation(value: float) -> str:
     return f"{round(value / 10**exponent, 6):g}e{exponent}"
 
 
+def _residuals(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> list[float]:
+    """Every column's full-system residual over every (checkpoint, batch) solve, sorted."""
+    return sorted(
+        float(r) for row in diagnostics for cell in row for r in (cell.get("residuals") or ())
+    )
+
+
+def _worse_than_zero(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str:
+    """What a residual ≥ 1 means (y_p = 0 would have residual 1), and what to do about it."""
+    cg = all(cell.get("estimator") == "cg" for row in diagnostics for cell in row)
+    return "a residual ≥ 1 is no better than y = 0 by this measure" + (
+        ": cg stopped far from its tolerance there (raise max_iter or use the deflated start)"
+        if cg
+        else ", common for Galerkin solves and no verdict on Ĥ; the paper's own solve is "
+        "the cg estimator"
+    )
+
+
 def residual_summary(
     diagnostics: Sequence[Sequence[Mapping[str, Any]]],
     *,
     caveat: bool = True,
     arch: str | None = None,
+    brief: bool = False,
 ) -> str | None:
     """One line on a result's full-system residuals ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ over
     every column of every (checkpoint, batch) solve, against the paper's tolerances, with
-    what it does not say (``caveat``: RESIDUAL_CAVEAT, which the dashboard shows as help);
-    None for estimators without residuals (ekfac, euclidean). Why shown: issue 14 asks
-    whether the default already meets the paper's tolerance. ``arch`` ("unet" | "vit"):
-    quote only that architecture's tolerance (both when None or another architecture)."""
-    values = sorted(
-        float(r) for row in diagnostics for cell in row for r in (cell.get("residuals") or ())
-    )
+    what it does not say (``caveat``: RESIDUAL_CAVEAT); None for estimators without
+    residuals (ekfac, euclidean). Why shown: issue 14 asks whether the default already meets
+    the paper's tolerance. ``arch`` ("unet" | "vit"): quote only that architecture's
+    tolerance (both when None or another architecture). ``brief``: the numbers alone, for
+    a caption whose help holds the rest (``residual_help``): every line above the dashboard's
+    tabs pushes the maps down, and compare mode has one per group."""
+    values = _residuals(diagnostics)
     if not values:
         return None
     median = statistics.median(values)
@@ -176,16 +195,26 @@ def residual_summary(
             f"{counts[a]} at {_paper_notation(rtol)} ({ARCH_LABELS.get(a, a)})"
             for a, rtol in quoted.items()
         )
+    if brief:
+        return f"full-system residual median {median:.3g}, worst {values[-1]:.3g}; {within}"
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "
         f"{median:.3g}, worst {values[-1]:.3g}; {within}"
     )
-    if values[-1] >= 1:  # y_p = 0 would have residual 1: say what the number means
-        cg = all(cell.get("estimator") == "cg" for row in diagnostics for cell in row)
-        line += "; a residual ≥ 1 is no better than y = 0 by this measure" + (
-            ": cg stopped far from its tolerance there (raise max_iter or use the deflated start)"
-            if cg
-            else ", common for Galerkin solves and no verdict on Ĥ; the paper's own solve is "
-            "the cg estimator"
-        )
+    if values[-1] >= 1:
+        line += "; " + _worse_than_zero(diagnostics)
     return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line
+
+
+def residual_help(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str | None:
+    """What ``residual_summary(..., brief=True)`` leaves to its help: the definition, what a
+    residual ≥ 1 means when there is one, and RESIDUAL_CAVEAT; None without residuals."""
+    values = _residuals(diagnostics)
+    if not values:
+        return None
+    worst = values[-1]
+    worse = f" The worst is {worst:.3g}: {_worse_than_zero(diagnostics)}." if worst >= 1 else ""
+    return (
+        "Full-system residual ‖g − (η + λI)y‖/‖g‖ of each column y of each (checkpoint, "
+        f"batch) solve, {len(values)} in all.{worse} {RESIDUAL_CAVEAT}."
+    )

@@ -38,6 +38,7 @@ from coherence.analysis.diagnostics import (  # noqa: F401
     InfluenceResult,
     UnconvergedSolve,
     convergence_summary,
+    residual_help,
     residual_summary,
     unconverged_message,
     unconverged_solves,

@@ -19,8 +19,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from coherence.analysis.diagnostics import RESIDUAL_CAVEAT
-from coherence.analysis.influence import convergence_summary, residual_summary
+from coherence.analysis.influence import convergence_summary, residual_help, residual_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.cost import confirm_seconds, estimate_job
@@ -303,15 +302,16 @@ def _group_status(root: Path, group: GroupState) -> bool:
             else "computed"
         )
         residuals = residual_summary(
-            result.diagnostics, caveat=False, arch=_arch(root, group.checkpoints)
+            result.diagnostics, brief=True, arch=_arch(root, group.checkpoints)
         )
-        # one caption, not two: every line above the tabs pushes the heatmap down; a cache
-        # icon, not a check mark, which read as a pass beside residuals that miss the rtol
+        # one caption, not two, its numbers only (their meaning in its help): every line
+        # above the tabs pushes the heatmap down; a cache icon, not a check mark, which read
+        # as a pass beside residuals that miss the rtol
         st.caption(
             f":material/database: **{literal(group.label)}**: cached result, {how} "
             f"{format_duration(status.age_seconds)} ago "
             f"(key {code(group.key[:12])})" + (f" · {literal(residuals)}" if residuals else ""),
-            help=RESIDUAL_CAVEAT if residuals else None,
+            help=literal(residual_help(result.diagnostics)) if residuals else None,
         )
         if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
             st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")

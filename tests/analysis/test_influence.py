@@ -22,10 +22,12 @@ from coherence.analysis.autodiff import (
     GaussNewtonOperator,
     per_example_vjps,
 )
+from coherence.analysis.diagnostics import RESIDUAL_CAVEAT
 from coherence.analysis.influence import (
     compute_influence,
     convergence_summary,
     influence_matrix,
+    residual_help,
     residual_summary,
     top_eigenvalue,
     unconverged_solves,
@@ -413,3 +415,22 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     cg = [[{"estimator": "cg", "residuals": [0.5, 1.3]}]]  # cg itself: not "choose cg"
     assert "is the cg estimator" not in residual_summary(cg) and "max_iter" in residual_summary(cg)
     assert residual_summary([[{"residuals": None}], [{}]]) is None  # ekfac, euclidean
+
+
+def test_brief_residual_summary_leaves_its_meaning_to_the_help():
+    """The dashboard's caption: the numbers and the paper's rtol on one short line; the
+    definition, the ≥ 1 note and the caveat in its help, nothing of them lost."""
+    worse = [[{"residuals": [0.01, 0.5]}], [{"residuals": [1.3]}]]
+    brief = residual_summary(worse, brief=True, arch="unet")
+    assert brief == (
+        "full-system residual median 0.5, worst 1.3; within the paper's rtol 1.5e-2: 1 of 3"
+    )
+    help_text = residual_help(worse)
+    assert "‖g − (η + λI)y‖/‖g‖" in help_text and "3 in all" in help_text
+    assert "The worst is 1.3: a residual ≥ 1 is no better than y = 0" in help_text
+    assert "the paper's own solve is the cg estimator" in help_text
+    assert help_text.endswith(RESIDUAL_CAVEAT + ".")
+    fine = [[{"residuals": [0.01, 0.02]}]]
+    assert "no better than" not in residual_help(fine)
+    assert "no better than" not in residual_summary(fine, brief=True)
+    assert residual_help([[{"residuals": None}]]) is None

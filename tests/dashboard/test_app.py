@@ -14,6 +14,7 @@ import re
 import time
 import zipfile
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,6 +72,11 @@ def test_default_view_shows_the_cached_analysis_without_a_click(workspace, monke
     assert "full-system residual" in texts(at.caption) and "within the paper's rtol" in texts(
         at.caption
     )
+    # its numbers on the caption, their definition and the caveat in the caption's help
+    (line,) = [c for c in at.caption if "full-system residual median" in texts([c])]
+    help_text = texts([SimpleNamespace(value=line.proto.help)])
+    assert "Full-system residual ‖g − (η + λI)y‖/‖g‖" in help_text
+    assert "not how close Ĥ is" in help_text
     assert not [b for b in at.button if b.key == "compute"]
     (figure,) = charts(at)  # the landing tab: the two-time heatmap, on [0, √N]
     heatmap = figure["data"][0]

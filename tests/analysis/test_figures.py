@@ -758,6 +758,19 @@ def test_dynamics_lines_at_another_lambda_keep_their_groups_colour_dashed():
     assert {n: (ln.color, ln.dash) for n, ln in drawn.items()} == {
         n: (group_color(colors[n]), "dash" if n in labels[2:] else "solid") for n in labels
     }
+    # the validation curve, drawn once with the selection's lines, says it has no λ
+    band = {"median": [0.3, 0.2], "q1": [0.25, 0.15], "q3": [0.35, 0.25]}
+    valid = {labels[0]: {"epochs": [1.0, 2.0], "valid_smse": band}}
+    fig = dynamics_figure(dict.fromkeys(labels, line), valid, colors=colors, dashed=labels[2:])
+    (curve,) = [
+        t for t in fig.data if t.mode == "lines+markers" and "validation" in t.hovertemplate
+    ]
+    assert list(curve.text) == ["<br>training's validation error, independent of λ"] * 2
+    alone = dynamics_figure({labels[0]: line}, valid)  # no overlay: nothing to say
+    (curve,) = [
+        t for t in alone.data if t.mode == "lines+markers" and "validation" in t.hovertemplate
+    ]
+    assert curve.text is None
 
 
 def test_a_censored_decay_length_says_so_on_hover():

@@ -87,6 +87,8 @@ def dynamics_figure(
                 median, q1, q3 = (
                     np.asarray(band[q], dtype=np.float64) for q in ("median", "q1", "q3")
                 )
+                if dashed:  # drawn once beside lines at two λ: it belongs to neither
+                    notes = ["training's validation error, independent of λ"] * len(x)
             elif name in trends:
                 trend = trends[name]
                 x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3

@@ -11,6 +11,10 @@ import typer
 from coherence.cli_common import RayAddress, console, friendly_errors, progress_bar, split_list
 from coherence.errors import RequestError
 
+# the Sensitivity panel's λ grid (dashboard.sweeps.DAMPING_GRID), written out so that --help
+# needs no import of the dashboard
+DAMPING_GRID_TEXT = "1e-6,1e-5,1e-4,1e-3,1e-2,1e-1"
+
 
 @friendly_errors
 def study(
@@ -29,17 +33,52 @@ def study(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
     plan_only: Annotated[bool, typer.Option("--plan", help="Print the plan and stop.")] = False,
+    keep_epochs: Annotated[
+        str,
+        typer.Option(
+            help="Training snapshots kept per model, e.g. 1,2,4,8,16; 'default': powers of "
+            "two plus the last; 'none': no snapshots."
+        ),
+    ] = "default",
+    dynamics: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated architectures whose kept epochs are analysed too, with the "
+            "main analysis's request (the dashboard's Training dynamics panel), e.g. vit."
+        ),
+    ] = "",
+    sweep: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated architectures whose main analysis is repeated over "
+            "--sweep-dampings with the sweep's default estimators (the dashboard's "
+            "Sensitivity panel; its on-demand settings, cg among them, stay in the "
+            "dashboard)."
+        ),
+    ] = "",
+    sweep_dampings: Annotated[
+        str, typer.Option(help="The λ values of --sweep, comma-separated.")
+    ] = DAMPING_GRID_TEXT,
     ray_address: RayAddress = None,
 ) -> None:
     """Train every missing (architecture, seed), then compute the paper's analyses into the
-    cache, so the dashboard opens on the finished study. Rerun after a kill to resume."""
+    cache, so the dashboard opens on the finished study; with --dynamics and --sweep also its
+    Training dynamics and Sensitivity panels. Rerun after a kill to resume."""
     from coherence.executors import get_executor
     from coherence.study import StudySpec, plan_study
+    from coherence.surrogates.snapshots import parse_keep_epochs
 
     try:
         seed_list = tuple(int(s) for s in split_list(seeds))
     except ValueError:
         raise RequestError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    try:
+        dampings = tuple(float(d) for d in split_list(sweep_dampings))
+    except ValueError:
+        raise RequestError(
+            f"--sweep-dampings {sweep_dampings!r}: expected comma-separated numbers, e.g. "
+            f"{DAMPING_GRID_TEXT}"
+        ) from None
     spec = StudySpec(
         dataset=data,
         preset=preset,
@@ -50,6 +89,10 @@ def study(
         epochs=epochs,
         batch_size=batch_size,
         device=device,
+        keep_epochs=parse_keep_epochs(keep_epochs),
+        dynamics_archs=split_list(dynamics),
+        sweep_archs=split_list(sweep),
+        sweep_dampings=dampings if sweep else (),
     )
     executor = get_executor(ray_address)
     if not plan_only:
@@ -68,6 +111,10 @@ def study(
     )
     for arch, link in zip((a.arch for a in plan.analyses), links, strict=True):
         console.print(f"  {arch}: http://127.0.0.1:8501/?{link}", highlight=False, soft_wrap=True)
+    panels = {"dynamics": "Training dynamics", "sensitivity": "Sensitivity"}
+    for kind in dict.fromkeys(s.kind for s in plan.sweeps):
+        archs = ", ".join(s.arch for s in plan.sweeps if s.kind == kind)
+        console.print(f"  {kind} ({archs}): the {panels[kind]} tab of the view above")
 
 
 def _run(plan, executor) -> list[str]:

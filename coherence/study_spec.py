@@ -3,6 +3,7 @@ one step per training run, analysis and sweep, each with its estimated cost)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,34 @@ class StudySpec:
             raise RequestError(f"--batches {self.batches}: give at least 1 (paper: 6)")
         if self.epochs is not None and self.epochs < 1:
             raise RequestError(f"--epochs {self.epochs}: give at least 1")
+        self._check_sweeps()
+
+    def _check_sweeps(self) -> None:
+        """A sweep names architectures the study trains, and the λ sweep positive λ values;
+        the dynamics need snapshots to analyse. Why here: a typo would otherwise skip its
+        sweep silently after hours of training."""
+        for flag, archs in (("--dynamics", self.dynamics_archs), ("--sweep", self.sweep_archs)):
+            if unknown := [a for a in archs if a not in self.archs]:
+                raise RequestError(
+                    f"{flag} {','.join(unknown)}: not among the study's --archs "
+                    f"{','.join(self.archs)}; name architectures the study trains"
+                )
+        if self.dynamics_archs and self.keep_epochs == ():
+            raise RequestError(
+                f"--dynamics {','.join(self.dynamics_archs)} with --keep-epochs none: the "
+                "training dynamics analyse the kept snapshots; keep some (e.g. 'default')"
+            )
+        bad = [d for d in self.sweep_dampings if not (math.isfinite(d) and d > 0)]
+        if bad:
+            raise RequestError(
+                f"--sweep-dampings {','.join(f'{d:g}' for d in bad)}: λ must be a finite "
+                "number > 0 (e.g. 1e-6,1e-4,1e-2)"
+            )
+        if self.sweep_archs and not self.sweep_dampings:
+            raise RequestError(
+                f"--sweep {','.join(self.sweep_archs)} with no --sweep-dampings: give the λ "
+                "values to sweep (e.g. 1e-6,1e-5,1e-4,1e-3,1e-2,1e-1)"
+            )
 
     def checkpoint_name(self, arch: str, seed: int) -> str:
         return self.naming.format(dataset=self.dataset, arch=arch, preset=self.preset, seed=seed)

@@ -175,3 +175,48 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
         assert runner.status(point.key).state == "done", (point.series, point.x)
     again = plan_study(chosen, root)
     assert [s.requests for s in again.sweeps] == [0, 0] and again.seconds == 0
+
+
+def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
+    """`coherence study --dynamics/--sweep`: the CLI's way to the two sweep panels, planned
+    with their counts (epoch 1 besides the last; subspace at 1e-2 and euclidean besides the
+    main analysis); a grid given as text reaches the spec as the panel's own λ values."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+    from coherence.cli_study import DAMPING_GRID_TEXT
+    from coherence.dashboard.sweeps import DAMPING_GRID
+
+    assert tuple(float(d) for d in DAMPING_GRID_TEXT.split(",")) == DAMPING_GRID
+    root = tmp_path / "ws"
+    make_dataset(root)
+    base = ["study", "--data", "ce_small", "--workspace", str(root), "--archs", "vit"]
+    base += ["--seeds", "7", "--batches", "1", "--epochs", "2", "--plan"]
+    sweeps = ["--dynamics", "vit", "--sweep", "vit", "--sweep-dampings", "1e-4,1e-2"]
+    run = CliRunner().invoke(app, [*base, *sweeps], env={"COLUMNS": "200"})
+    assert run.exit_code == 0, run.output
+    assert "dynamics vit: up to 1 analyses of snapshot epochs" in run.output
+    assert "sensitivity vit: up to 2 analyses of λ / estimator settings" in run.output
+    quiet = CliRunner().invoke(app, base, env={"COLUMNS": "200"})
+    assert quiet.exit_code == 0 and "dynamics" not in quiet.output  # none unless asked
+    bad = CliRunner().invoke(app, [*base, "--sweep", "vit", "--sweep-dampings", "1e-4,small"])
+    assert bad.exit_code != 0 and "--sweep-dampings '1e-4,small'" in bad.output
+    assert not checkpoints_dir(root).exists() or not any(checkpoints_dir(root).iterdir())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dynamics_archs": ("unet",)}, r"--dynamics unet: not among the study's --archs vit"),
+        ({"sweep_archs": ("vitt",), "sweep_dampings": (1e-4,)}, r"--sweep vitt: not among"),
+        ({"dynamics_archs": ("vit",), "keep_epochs": ()}, r"--keep-epochs none"),
+        ({"sweep_archs": ("vit",), "sweep_dampings": (1e-4, -1.0)}, r"--sweep-dampings -1"),
+        ({"sweep_archs": ("vit",), "sweep_dampings": (float("nan"),)}, r"--sweep-dampings nan"),
+        ({"sweep_archs": ("vit",)}, r"--sweep vit with no --sweep-dampings"),
+    ],
+)
+def test_study_refuses_sweeps_it_could_not_run(changes, message):
+    """Before any training: a typo in a sweep's architecture would otherwise skip it
+    silently hours later."""
+    with pytest.raises(RequestError, match=message):
+        spec(**changes)

@@ -57,8 +57,11 @@ def study(
         ),
     ] = "",
     sweep_dampings: Annotated[
-        str, typer.Option(help="The λ values of --sweep, comma-separated.")
-    ] = DAMPING_GRID_TEXT,
+        str,
+        typer.Option(
+            help=f"The λ values of --sweep, comma-separated (default {DAMPING_GRID_TEXT})."
+        ),
+    ] = "",
     ray_address: RayAddress = None,
 ) -> None:
     """Train every missing (architecture, seed), then compute the paper's analyses into the
@@ -72,8 +75,13 @@ def study(
         seed_list = tuple(int(s) for s in split_list(seeds))
     except ValueError:
         raise RequestError(f"--seeds {seeds!r}: expected comma-separated integers") from None
+    if sweep_dampings and not sweep:
+        raise RequestError(
+            f"--sweep-dampings {sweep_dampings}: it sets the λ values of --sweep, which is not "
+            "given; add --sweep ARCHS (e.g. --sweep vit)"
+        )
     try:
-        dampings = tuple(float(d) for d in split_list(sweep_dampings))
+        dampings = tuple(float(d) for d in split_list(sweep_dampings or DAMPING_GRID_TEXT))
     except ValueError:
         raise RequestError(
             f"--sweep-dampings {sweep_dampings!r}: expected comma-separated numbers, e.g. "

@@ -70,7 +70,7 @@ def run_study(
         for step in plan.analyses
     ]
     for sweep in plan.sweeps:
-        _run_sweep(plan, sweep, runner, info, log, analysis_progress)
+        _run_sweep(plan, sweep, runner, info, log, analysis_progress, executor)
     return links
 
 
@@ -119,8 +119,12 @@ def _analyse(
     return urlencode(selection.to_query())
 
 
-def _run_sweep(plan: StudyPlan, sweep: SweepStep, runner, info, log: Log, progress) -> None:
-    """Compute the sweep's uncached points, keyed exactly as the dashboard's panels ask."""
+def _run_sweep(
+    plan: StudyPlan, sweep: SweepStep, runner, info, log: Log, progress, executor
+) -> None:
+    """Compute the sweep's uncached points, keyed exactly as the dashboard's panels ask, on
+    the study's executor (a Ray cluster's workers take each point's units, as they take the
+    main analysis's)."""
 
     root, spec = plan.workspace, plan.spec
     step = next(a for a in plan.analyses if a.arch == sweep.arch)
@@ -134,6 +138,6 @@ def _run_sweep(plan: StudyPlan, sweep: SweepStep, runner, info, log: Log, progre
     for point in todo:
         what = f"epoch {point.x:g}" if sweep.kind == "dynamics" else f"{point.series} λ={point.x:g}"
         log(f"  analysing {sweep.arch} {what}")
-        runner.run(point.request, progress=progress(step) if progress else None)
+        runner.run(point.request, progress=progress(step) if progress else None, executor=executor)
     if todo:
         log(f"  done in {time.perf_counter() - started:.0f} s")

@@ -201,6 +201,11 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     assert quiet.exit_code == 0 and "dynamics" not in quiet.output  # none unless asked
     bad = CliRunner().invoke(app, [*base, "--sweep", "vit", "--sweep-dampings", "1e-4,small"])
     assert bad.exit_code != 0 and "--sweep-dampings '1e-4,small'" in bad.output
+    alone = CliRunner().invoke(app, [*base, "--sweep-dampings", "1e-3"], env={"COLUMNS": "200"})
+    assert alone.exit_code != 0 and "add --sweep ARCHS" in alone.output
+    grid = CliRunner().invoke(app, [*base, "--sweep", "vit"], env={"COLUMNS": "200"})
+    # the panel's grid: ekfac-krylov at 6 λ less the main analysis's, and euclidean once
+    assert "sensitivity vit: up to 6 analyses" in grid.output
     assert not checkpoints_dir(root).exists() or not any(checkpoints_dir(root).iterdir())
 
 

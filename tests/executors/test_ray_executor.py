@@ -141,6 +141,33 @@ def test_a_dashboard_job_with_the_address_set_computes_on_the_cluster(
     assert_same_result(result, pipeline.run_analysis(request))
 
 
+@pytest.mark.slow
+def test_a_study_on_ray_computes_its_sweeps_on_the_cluster(ray_address, tmp_path):
+    """`coherence study --ray-address … --dynamics … --sweep …`: every sweep point is a
+    cluster result, under the key the dashboard's panels look up."""
+    from coherence.dashboard import sweeps
+    from coherence.dashboard.selection import default_selection
+    from coherence.dashboard.workspace_scan import scan_workspace
+    from coherence.study import plan_study, run_study
+    from tests.test_study import make_dataset, spec
+
+    root = tmp_path / "ws"
+    make_dataset(root)
+    chosen = spec(epochs=2, dynamics_archs=("vit",), sweep_archs=("vit",), sweep_dampings=(1e-2,))
+    run_study(plan_study(chosen, root), log=lambda _: None, executor=RayExecutor(ray_address))
+    catalog = scan_workspace(root)
+    selection = default_selection(catalog)
+    runner = JobRunner(root)
+    dynamics, _ = sweeps.dynamics_points(root, selection, runner)
+    sensitivity, _ = sweeps.sensitivity_points(root, selection, catalog, runner, dampings=(1e-2,))
+    points = dynamics + sensitivity
+    assert len(points) == 4  # epochs 1 and 2 (the main analysis); ekfac-krylov, euclidean
+    for point in points:
+        result = runner.result(point.key, point.request)
+        assert result is not None, (point.series, point.x)
+        assert result.provenance["device"].startswith("ray "), (point.series, point.x)
+
+
 def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_dataset, tmp_path):
     with torch_threads(1):  # the worker's thread count: the same reductions, the same bits
         args = tiny_args(seed=7, epochs=2)

@@ -77,7 +77,7 @@ def study(
         raise RequestError(f"--seeds {seeds!r}: expected comma-separated integers") from None
     if sweep_dampings and not sweep:
         raise RequestError(
-            f"--sweep-dampings {sweep_dampings}: it sets the λ values of --sweep, which is not "
+            f"--sweep-dampings {sweep_dampings!r}: it sets the λ values of --sweep, which is not "
             "given; add --sweep ARCHS (e.g. --sweep vit)"
         )
     try:
@@ -98,9 +98,9 @@ def study(
         batch_size=batch_size,
         device=device,
         keep_epochs=parse_keep_epochs(keep_epochs),
-        dynamics_archs=split_list(dynamics),
-        sweep_archs=split_list(sweep),
-        sweep_dampings=dampings if sweep else (),
+        dynamics_archs=_distinct(split_list(dynamics)),
+        sweep_archs=_distinct(split_list(sweep)),
+        sweep_dampings=_distinct(dampings) if sweep else (),
     )
     executor = get_executor(ray_address)
     if not plan_only:
@@ -123,6 +123,11 @@ def study(
     for kind in dict.fromkeys(s.kind for s in plan.sweeps):
         archs = ", ".join(s.arch for s in plan.sweeps if s.kind == kind)
         console.print(f"  {kind} ({archs}): the {panels[kind]} tab of the view above")
+
+
+def _distinct(values: tuple) -> tuple:
+    """In the given order, each once: 'vit,vit' would plan (and print) its sweep twice."""
+    return tuple(dict.fromkeys(values))
 
 
 def _run(plan, executor) -> list[str]:

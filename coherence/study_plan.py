@@ -216,7 +216,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         probe = _probe(arch, spec, ctx.info, ctx.device)
         steps.extend(_train_step(ctx, probe, arch, seed) for seed in spec.seeds)
         analyses.append(_analysis_step(ctx, probe, arch))
-    sweep_steps = _sweep_steps(spec, ctx.family, analyses, ctx.root, ctx.info, ctx.classes)
+    sweep_steps = _sweep_steps(spec, ctx.family, analyses, ctx.root, ctx.info, ctx.classes, notes)
     available = available_memory(ctx.device)
     notes.extend(_memory_notes(steps, available))
     return StudyPlan(
@@ -308,10 +308,12 @@ def _sweep_steps(
     root: Path,
     info: DatasetInfo,
     classes: tuple[str, ...],
+    notes: list[str],
 ) -> tuple[SweepStep, ...]:
     """The sweeps' uncached analyses (the main analysis excluded: it is one of their points;
     before training, every planned one) and their cost at the main analysis's estimate per
-    request (euclidean counted as a full one)."""
+    request (euclidean counted as a full one). A dynamics sweep with nothing to trace is
+    refused before training, or noted (in ``notes``) where the checkpoints exist already."""
     from coherence.dashboard import sweeps
     from coherence.surrogates.snapshots import resolve_keep
 
@@ -331,8 +333,21 @@ def _sweep_steps(
                     if not s.on_demand
                 )
                 n -= sweeps.PAPER_DAMPING in spec.sweep_dampings  # the main analysis
-            pending = _pending(spec, root, info, arch, classes, kind)
-            n = n if pending is None else pending
+            found = _pending(spec, root, info, arch, classes, kind)
+            if found is not None:
+                n, points = found
+                if kind == "dynamics" and not points:
+                    notes.append(
+                        f"dynamics {arch}: its checkpoints kept no snapshot before their last "
+                        "epoch, so there is no epoch to compare (--keep-epochs applies to "
+                        "training still to run)"
+                    )
+            elif kind == "dynamics" and not n:
+                raise RequestError(
+                    f"--dynamics {arch}: --keep-epochs keeps no epoch of the {epochs} before "
+                    "the last, so there is no epoch to compare; keep earlier ones (e.g. "
+                    "'default', powers of two plus the last)"
+                )
             out.append(SweepStep(kind, arch, n, n * per_arch[arch]))
     return tuple(out)
 
@@ -349,9 +364,9 @@ def sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, clas
     )
 
 
-def _pending(spec, root, info, arch, classes, kind) -> int | None:
-    """Uncached points of a sweep whose checkpoints exist (the main analysis excluded, as
-    the main step counts it); None before the checkpoints are trained."""
+def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int] | None:
+    """(uncached, all) points of a sweep whose checkpoints exist, the main analysis excluded
+    (the main step counts it); None before the checkpoints are trained."""
     from coherence.cache import JobRunner
 
     names = [spec.checkpoint_name(arch, s) for s in spec.seeds]
@@ -365,7 +380,8 @@ def _pending(spec, root, info, arch, classes, kind) -> int | None:
         return None
     if problems:
         return None
-    return sum(1 for p in points if p.key != main and runner.status(p.key).state != JobState.DONE)
+    others = [p for p in points if p.key != main]
+    return sum(runner.status(p.key).state != JobState.DONE for p in others), len(others)
 
 
 def _catalog(root: Path):

@@ -11,6 +11,7 @@ from pathlib import Path
 from coherence.cache.cost import format_seconds
 from coherence.errors import RequestError
 from coherence.surrogates.training import TrainingArgs
+from coherence.wording import plural
 
 Log = Callable[[str], None]
 PAPER_SEEDS = (10, 35, 42)
@@ -171,9 +172,10 @@ class StudyPlan:
             lines.append(f"  analyse {a.arch} ({len(a.checkpoints)} seeds): {what}{cost}")
         for sweep in self.sweeps:
             what = "snapshot epochs" if sweep.kind == "dynamics" else "λ / estimator settings"
+            count = plural(sweep.requests, "analysis", "analyses")
             lines.append(
-                f"  {sweep.kind} {sweep.arch}: up to {sweep.requests} analyses of {what} (cached "
-                f"ones skipped) — ≈ {format_seconds(sweep.seconds)} if none is cached"
+                f"  {sweep.kind} {sweep.arch}: up to {count} of {what} (cached ones skipped) — "
+                f"≈ {format_seconds(sweep.seconds)} if none is cached"
             )
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  total to run: ≈ {format_seconds(self.seconds)}")

@@ -158,9 +158,9 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
         epochs=2, dynamics_archs=("vit",), sweep_archs=("vit",), sweep_dampings=(1e-4, 1e-2)
     )
     plan = plan_study(chosen, root)
-    # epoch 1 besides the last; subspace at 1e-2 and euclidean besides the main analysis
+    # epoch 1 besides the last; ekfac-krylov at 1e-2 and euclidean besides the main analysis
     assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 1), ("sensitivity", 2)]
-    assert "dynamics vit: up to 1 analyses" in "\n".join(plan.describe())
+    assert "dynamics vit: up to 1 analysis of snapshot epochs" in "\n".join(plan.describe())
     run_study(plan, log=lambda _: None)
     catalog = scan_workspace(root)
     selection = default_selection(catalog)
@@ -179,7 +179,7 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
 
 def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     """`coherence study --dynamics/--sweep`: the CLI's way to the two sweep panels, planned
-    with their counts (epoch 1 besides the last; subspace at 1e-2 and euclidean besides the
+    with their counts (epoch 1 besides the last; ekfac-krylov at 1e-2 and euclidean besides the
     main analysis); a grid given as text reaches the spec as the panel's own λ values."""
     from typer.testing import CliRunner
 
@@ -195,7 +195,7 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     sweeps = ["--dynamics", "vit", "--sweep", "vit", "--sweep-dampings", "1e-4,1e-2"]
     run = CliRunner().invoke(app, [*base, *sweeps], env={"COLUMNS": "200"})
     assert run.exit_code == 0, run.output
-    assert "dynamics vit: up to 1 analyses of snapshot epochs" in run.output
+    assert "dynamics vit: up to 1 analysis of snapshot epochs" in run.output
     assert "sensitivity vit: up to 2 analyses of λ / estimator settings" in run.output
     quiet = CliRunner().invoke(app, base, env={"COLUMNS": "200"})
     assert quiet.exit_code == 0 and "dynamics" not in quiet.output  # none unless asked
@@ -206,6 +206,13 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     grid = CliRunner().invoke(app, [*base, "--sweep", "vit"], env={"COLUMNS": "200"})
     # the panel's grid: ekfac-krylov at 6 λ less the main analysis's, and euclidean once
     assert "sensitivity vit: up to 6 analyses" in grid.output
+    twice = ["--sweep", "vit,vit", "--sweep-dampings", "1e-2,1e-2"]
+    once = CliRunner().invoke(app, [*base, *twice], env={"COLUMNS": "200"})
+    assert once.output.count("sensitivity vit: up to 2 analyses") == 1, once.output
+    # refused before any training, without --plan: nothing trained, nothing cached
+    for wrong in (["--dynamics", "unet"], ["--dynamics", "vit", "--keep-epochs", "2"]):
+        refused = CliRunner().invoke(app, [*base[:-1], *wrong], env={"COLUMNS": "200"})
+        assert refused.exit_code != 0 and "--dynamics" in refused.output, refused.output
     assert not checkpoints_dir(root).exists() or not any(checkpoints_dir(root).iterdir())
 
 
@@ -225,3 +232,12 @@ def test_study_refuses_sweeps_it_could_not_run(changes, message):
     silently hours later."""
     with pytest.raises(RequestError, match=message):
         spec(**changes)
+
+
+def test_dynamics_of_checkpoints_without_snapshots_is_noted_not_silent(tmp_path):
+    root = tmp_path / "ws"
+    make_dataset(root)
+    run_study(plan_study(spec(epochs=2, keep_epochs=()), root), log=lambda _: None)
+    plan = plan_study(spec(epochs=2, dynamics_archs=("vit",)), root)
+    assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 0)]
+    assert any("kept no snapshot before their last epoch" in n for n in plan.notes), plan.notes

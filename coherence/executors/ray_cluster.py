@@ -5,7 +5,8 @@ What travels, through Ray's object store only (workers need no shared filesystem
 checkpoint files (config.json + model.safetensors, and the whole set for a resumed
 training), batch arrays, the dataset files a training reads (up to ``COHERENCE_RAY_SHIP_BYTES``,
 default 2 GiB; larger datasets are read from the same path on every node), and back the unit
-as the npz + JSON the cache stores (``UnitResult.to_parts``) or the checkpoint's files.
+as the npz + JSON the cache stores (``UnitResult.to_parts``) or the checkpoint's files with
+the training snapshots the run wrote (``snapshots.snapshot_files``).
 
 Each task asks for ``COHERENCE_RAY_CPUS`` CPUs (default 1; torch runs on that many threads)
 and ``COHERENCE_RAY_GPUS`` GPUs (fractional allowed; default 1 when the cluster has GPUs and
@@ -338,6 +339,7 @@ class RayExecutor:
         """Submit one run: its dataset files (when at most ``limit`` bytes, else read on the
         node) and, to resume, its verified checkpoint set; returns the task reference."""
         from coherence.surrogates import checkpoint as ckpt
+        from coherence.surrogates import snapshots
 
         paths, size = _dataset_files(Path(run.data), run.args.classes)
         shipped = None
@@ -348,6 +350,9 @@ class RayExecutor:
         if (run.out / ckpt.CONFIG_FILE).is_file():
             ckpt.verify(run.out)
             resume = _checkpoint_files(run.out, (*ckpt.SET_FILES, ckpt.MANIFEST_FILE))
+        # as a local resume does: snapshots a killed run wrote past its saved history go
+        # (the worker writes them again and sends them back)
+        snapshots.prune_after(run.out, len(ckpt.read_history(run.out)) if resume else 0)
         meta = {
             "driver_versions": worker_versions(),
             "args": json.loads(json.dumps(run.args.to_dict())),
@@ -363,10 +368,13 @@ class RayExecutor:
 
 
 def _save_training(run: TrainRun, reply: Mapping[str, Any], say: Callable[[str], None]) -> None:
-    """Write a finished run's checkpoint set atomically and report its last epoch."""
+    """Write a finished run's snapshots (each committed by one rename), then its checkpoint
+    set atomically, as a local run orders them, and report its last epoch."""
     from coherence.surrogates import checkpoint as ckpt
-    from coherence.surrogates import fileset
+    from coherence.surrogates import fileset, snapshots
 
+    for epoch, files in sorted(reply.get("snapshots", {}).items()):
+        snapshots.write_snapshot(run.out, int(epoch), files)
     fileset.write_set(run.out, reply["files"], {"epochs": reply["epochs"]}, ckpt.SET_FILES)
     if run.progress is not None:
         history = ckpt.read_history(run.out)

@@ -136,12 +136,13 @@ def training_task(
 ) -> dict[str, Any]:
     """On a Ray worker: one training run on shipped (or same-path) data, resumed from the
     shipped checkpoint set if any, posting its progress to ``board`` (a ProgressBoard actor);
-    returns the checkpoint's files."""
+    returns the checkpoint's files and the training snapshots it wrote."""
     reply: dict[str, Any] = {"versions": worker_versions(), "host": socket.gethostname()}
     if meta["driver_versions"] != reply["versions"]:
         return reply
     from coherence.errors import RequestError
     from coherence.surrogates import checkpoint as ckpt
+    from coherence.surrogates import snapshots
     from coherence.surrogates.training import TrainingArgs, train
 
     started = time.perf_counter()
@@ -176,6 +177,11 @@ def training_task(
         files = {
             name: (out / name).read_bytes() for name in ckpt.SET_FILES if (out / name).is_file()
         }
-        reply.update(files=files, epochs=len(ckpt.read_history(out)))
+        # the snapshots this run wrote (a resumed one: those after its start) travel too
+        reply.update(
+            files=files,
+            epochs=len(ckpt.read_history(out)),
+            snapshots=snapshots.snapshot_files(out),
+        )
     reply["seconds"] = time.perf_counter() - started
     return reply

@@ -93,6 +93,20 @@ def write_snapshot(checkpoint: str | Path, epoch: int, files: dict[str, bytes]) 
     )
 
 
+def snapshot_files(checkpoint: str | Path) -> dict[int, dict[str, bytes]]:
+    """Every committed snapshot's files, epoch → {name: bytes}, its manifest excluded
+    (``write_snapshot`` writes a new one): how a training on another machine (a Ray worker)
+    sends its snapshots back with the checkpoint."""
+    return {
+        epoch: {
+            path.name: path.read_bytes()
+            for path in sorted(directory.iterdir())
+            if path.is_file() and path.name != fileset.MANIFEST_FILE
+        }
+        for epoch, directory in list_snapshots(checkpoint).items()
+    }
+
+
 def prune_after(checkpoint: str | Path, epoch: int) -> list[int]:
     """Delete snapshots of epochs after ``epoch`` (written by a run killed before its
     checkpoint save); returns the epochs removed."""

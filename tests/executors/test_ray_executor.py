@@ -27,6 +27,7 @@ from coherence.executors.local import LocalExecutor
 from coherence.executors.ray_cluster import RayExecutor
 from coherence.executors.ray_tasks import TEST_UNIT_DELAY_ENV, TEST_UNIT_DIR_ENV
 from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates import snapshots
 from coherence.surrogates.training import train
 from tests.fixtures import REPO, free_port, quick_request, tiny_args, torch_threads
 
@@ -161,7 +162,9 @@ def test_a_study_on_ray_computes_its_sweeps_on_the_cluster(ray_address, tmp_path
     dynamics, _ = sweeps.dynamics_points(root, selection, runner)
     sensitivity, _ = sweeps.sensitivity_points(root, selection, catalog, runner, dampings=(1e-2,))
     points = dynamics + sensitivity
-    assert len(points) == 4  # epochs 1 and 2 (the main analysis); ekfac-krylov, euclidean
+    # epoch 1 and the main analysis (epoch 2 = ekfac-krylov at the selection's λ 1e-4, in
+    # both sweeps), ekfac-krylov at 1e-2, euclidean
+    assert len({p.key for p in points}) == 4, [(p.series, p.x, p.key[:8]) for p in points]
     for point in points:
         result = runner.result(point.key, point.request)
         assert result is not None, (point.series, point.x)
@@ -192,6 +195,14 @@ def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_datase
             {k: v for k, v in e.items() if k != "seconds"} for e in ckpt.read_history(local)
         ]
         ckpt.verify(out)  # the manifest matches the files written on the driver
+        # the training snapshots travel back too: epoch 1 (fresh) or 2 (resumed) from the
+        # worker, bit for bit the local run's
+        kept = snapshots.list_snapshots(out)
+        assert list(kept) == list(snapshots.list_snapshots(local)) == [1, 2], out
+        for epoch, directory in kept.items():
+            mine = snapshots.snapshot_dir(local, epoch) / ckpt.WEIGHTS_FILE
+            assert (directory / ckpt.WEIGHTS_FILE).read_bytes() == mine.read_bytes()
+            ckpt.verify(directory)
     assert json.loads((fresh / ckpt.CONFIG_FILE).read_text())["dataset"]["root"] == str(
         tiny_dataset
     )

@@ -57,11 +57,11 @@ def study(
         ),
     ] = "",
     sweep_dampings: Annotated[
-        str,
+        str | None,
         typer.Option(
             help=f"The λ values of --sweep, comma-separated (default {DAMPING_GRID_TEXT})."
         ),
-    ] = "",
+    ] = None,
     ray_address: RayAddress = None,
 ) -> None:
     """Train every missing (architecture, seed), then compute the paper's analyses into the
@@ -75,13 +75,15 @@ def study(
         seed_list = tuple(int(s) for s in split_list(seeds))
     except ValueError:
         raise RequestError(f"--seeds {seeds!r}: expected comma-separated integers") from None
-    if sweep_dampings and not sweep:
+    if sweep_dampings is not None and not sweep:
         raise RequestError(
             f"--sweep-dampings {sweep_dampings!r}: it sets the λ values of --sweep, which is not "
             "given; add --sweep ARCHS (e.g. --sweep vit)"
         )
     try:
         dampings = tuple(float(d) for d in split_list(sweep_dampings or DAMPING_GRID_TEXT))
+        if sweep_dampings is not None and not split_list(sweep_dampings):
+            raise ValueError("empty")  # '' is a mistake, not a request for the default
     except ValueError:
         raise RequestError(
             f"--sweep-dampings {sweep_dampings!r}: expected comma-separated numbers, e.g. "

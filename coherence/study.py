@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from coherence.cache.states import JobState
 from coherence.executors import Executor, TrainRun
 from coherence.simulation.dataset import open_dataset
-from coherence.study_plan import plan_study, selection_for, sweep_points
+from coherence.study_plan import plan_study, point_label, selection_for, sweep_points
 from coherence.study_spec import (
     DEMO_EPOCHS,
     PAPER_EPOCHS,
@@ -136,7 +136,8 @@ def _run_sweep(
     started = time.perf_counter()
     log(f"{sweep.kind} {sweep.arch}: {len(points) - len(todo)} of {len(points)} cached")
     for point in todo:
-        what = f"epoch {point.x:g}" if sweep.kind == "dynamics" else f"{point.series} λ={point.x:g}"
+        label = point_label(sweep.kind, point)
+        what = f"epoch {label}" if sweep.kind == "dynamics" else label
         log(f"  analysing {sweep.arch} {what}")
         runner.run(point.request, progress=progress(step) if progress else None, executor=executor)
     if todo:

@@ -325,31 +325,62 @@ def _sweep_steps(
             if arch not in per_arch or (kind == "sensitivity" and not spec.sweep_dampings):
                 continue
             if kind == "dynamics":
-                n = len([e for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs])
+                what = [f"{e}" for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs]
             else:
-                n = sum(
-                    len(spec.sweep_dampings) if s.uses_damping else 1
+                what = [
+                    s.label(arch) + (f" λ={d:g}" if s.uses_damping else "")
                     for s in sweeps.SWEEP_ESTIMATORS
                     if not s.on_demand
-                )
-                n -= sweeps.PAPER_DAMPING in spec.sweep_dampings  # the main analysis
+                    for d in (spec.sweep_dampings if s.uses_damping else (None,))
+                    # the main analysis: the default estimator at the paper's λ
+                    if not (s == sweeps.SWEEP_ESTIMATORS[0] and d == sweeps.PAPER_DAMPING)
+                ]
+            n = len(what)
             found = _pending(spec, root, info, arch, classes, kind)
             if found is not None:
-                n, points = found
-                if kind == "dynamics" and not points:
-                    notes.append(
-                        f"dynamics {arch}: its checkpoints kept no snapshot before their last "
-                        "epoch, so there is no epoch to compare (--keep-epochs applies to "
-                        "training still to run)"
-                    )
+                n, points, what = found
+                if kind == "dynamics":
+                    notes.extend(_kept_epochs_notes(spec, root, arch, epochs, points))
             elif kind == "dynamics" and not n:
                 raise RequestError(
-                    f"--dynamics {arch}: --keep-epochs keeps no epoch of the {epochs} before "
-                    "the last, so there is no epoch to compare; keep earlier ones (e.g. "
-                    "'default', powers of two plus the last)"
+                    f"--dynamics {arch}: --keep-epochs {_keep_text(spec)} keeps no epoch "
+                    f"before the last of the {epochs} trained, so there is no epoch to "
+                    "compare; keep earlier ones (e.g. 'default', powers of two plus the last)"
                 )
-            out.append(SweepStep(kind, arch, n, n * per_arch[arch]))
+            out.append(SweepStep(kind, arch, n, n * per_arch[arch], tuple(what)))
     return tuple(out)
+
+
+def _keep_text(spec: StudySpec) -> str:
+    return "default" if spec.keep_epochs is None else ",".join(map(str, spec.keep_epochs)) or "none"
+
+
+def _kept_epochs_notes(
+    spec: StudySpec, root: Path, arch: str, epochs: int, points: int
+) -> list[str]:
+    """What a dynamics sweep over trained checkpoints will trace when their snapshots are
+    not the ones --keep-epochs asks for: it applies to training still to run, and a rerun
+    with other epochs would otherwise look as if it had traced them."""
+    from coherence.surrogates.snapshots import common_epochs, resolve_keep
+
+    names = [checkpoints_dir(root) / spec.checkpoint_name(arch, s) for s in spec.seeds]
+    trained = min(len(ckpt.read_history(n)) for n in names)
+    kept = [e for e in common_epochs(names) if e < trained]
+    wanted = [e for e in resolve_keep(spec.keep_epochs, epochs) if e < trained]
+    if not points:
+        return [
+            f"dynamics {arch}: its checkpoints kept no snapshot before their last epoch, so "
+            "there is no epoch to compare; --keep-epochs applies to training still to run "
+            "(new checkpoints: another workspace or other --seeds)"
+        ]
+    if kept != wanted:
+        return [
+            f"dynamics {arch}: the checkpoints kept epochs {', '.join(map(str, kept))} (all "
+            f"seeds), not the {', '.join(map(str, wanted)) or 'none'} of --keep-epochs "
+            f"{_keep_text(spec)}, which applies to training still to run; the dynamics trace "
+            "the kept ones"
+        ]
+    return []
 
 
 def sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, classes, kind, runner):
@@ -364,9 +395,16 @@ def sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, clas
     )
 
 
-def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int] | None:
-    """(uncached, all) points of a sweep whose checkpoints exist, the main analysis excluded
-    (the main step counts it); None before the checkpoints are trained."""
+def point_label(kind: str, point) -> str:
+    """'1' (an epoch) or 'ekfac-krylov λ=0.01' ('euclidean': no λ, which it ignores)."""
+    if kind == "dynamics":
+        return f"{point.x:g}"
+    return point.series + (f" λ={point.x:g}" if point.uses_damping else "")
+
+
+def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str]] | None:
+    """(uncached, all, the uncached ones' labels) points of a sweep whose checkpoints exist,
+    the main analysis excluded (the main step counts it); None before they are trained."""
     from coherence.cache import JobRunner
 
     names = [spec.checkpoint_name(arch, s) for s in spec.seeds]
@@ -381,7 +419,8 @@ def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int] | None:
     if problems:
         return None
     others = [p for p in points if p.key != main]
-    return sum(runner.status(p.key).state != JobState.DONE for p in others), len(others)
+    todo = [p for p in others if runner.status(p.key).state != JobState.DONE]
+    return len(todo), len(others), [point_label(kind, p) for p in todo]
 
 
 def _catalog(root: Path):

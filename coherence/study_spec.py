@@ -131,6 +131,7 @@ class SweepStep:
     arch: str
     requests: int  # analyses in the sweep besides the main one (an upper bound if untrained)
     seconds: float  # ≈ requests × the main analysis's estimate
+    what: tuple[str, ...] = ()  # their labels: epochs, or 'ekfac-krylov λ=0.01', 'euclidean'
 
 
 @dataclass(frozen=True)
@@ -173,9 +174,13 @@ class StudyPlan:
         for sweep in self.sweeps:
             what = "snapshot epochs" if sweep.kind == "dynamics" else "λ / estimator settings"
             count = plural(sweep.requests, "analysis", "analyses")
+            shown = sweep.what if len(sweep.what) <= 8 else (*sweep.what[:6], "…", sweep.what[-1])
+            which = f" ({', '.join(shown)})" if sweep.what else ""
             lines.append(
-                f"  {sweep.kind} {sweep.arch}: up to {count} of {what} (cached ones skipped) — "
-                f"≈ {format_seconds(sweep.seconds)} if none is cached"
+                f"  {sweep.kind} {sweep.arch}: up to {count} of {what}{which} (cached ones "
+                f"skipped) — ≈ {format_seconds(sweep.seconds)} if none is cached"
+                if sweep.requests
+                else f"  {sweep.kind} {sweep.arch}: nothing to compute (cached)"
             )
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append(f"  total to run: ≈ {format_seconds(self.seconds)}")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -21,7 +22,7 @@ from coherence.cache.jobs import JobRunner
 from coherence.dashboard.selection import decode_query
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.errors import RequestError
-from coherence.study import StudySpec, plan_study, run_study
+from coherence.study import StudySpec, SweepStep, plan_study, run_study
 from coherence.surrogates import checkpoint as ckpt
 from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.fixtures import CE_CLASSES, simulate
@@ -160,7 +161,7 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     plan = plan_study(chosen, root)
     # epoch 1 besides the last; ekfac-krylov at 1e-2 and euclidean besides the main analysis
     assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 1), ("sensitivity", 2)]
-    assert "dynamics vit: up to 1 analysis of snapshot epochs" in "\n".join(plan.describe())
+    assert "dynamics vit: up to 1 analysis of snapshot epochs (1)" in "\n".join(plan.describe())
     run_study(plan, log=lambda _: None)
     catalog = scan_workspace(root)
     selection = default_selection(catalog)
@@ -175,6 +176,11 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
         assert runner.status(point.key).state == "done", (point.series, point.x)
     again = plan_study(chosen, root)
     assert [s.requests for s in again.sweeps] == [0, 0] and again.seconds == 0
+    assert "  dynamics vit: nothing to compute (cached)" in again.describe()
+    many = replace(
+        again, sweeps=(SweepStep("dynamics", "vit", 20, 1.0, tuple(map(str, range(20)))),)
+    )
+    assert "snapshot epochs (0, 1, 2, 3, 4, 5, …, 19)" in "\n".join(many.describe())
 
 
 def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
@@ -197,12 +203,20 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     assert run.exit_code == 0, run.output
     assert "dynamics vit: up to 1 analysis of snapshot epochs" in run.output
     assert "sensitivity vit: up to 2 analyses of λ / estimator settings" in run.output
+    # which ones: epoch 1; the default estimator at the other λ, euclidean once (no λ)
+    assert "snapshot epochs (1) (cached" in run.output
+    assert "settings (ekfac-krylov λ=0.01, euclidean) (cached" in run.output
     quiet = CliRunner().invoke(app, base, env={"COLUMNS": "200"})
     assert quiet.exit_code == 0 and "dynamics" not in quiet.output  # none unless asked
     bad = CliRunner().invoke(app, [*base, "--sweep", "vit", "--sweep-dampings", "1e-4,small"])
     assert bad.exit_code != 0 and "--sweep-dampings '1e-4,small'" in bad.output
     alone = CliRunner().invoke(app, [*base, "--sweep-dampings", "1e-3"], env={"COLUMNS": "200"})
     assert alone.exit_code != 0 and "add --sweep ARCHS" in alone.output
+    empty = CliRunner().invoke(app, [*base, "--sweep", "vit", "--sweep-dampings", ""])
+    assert empty.exit_code != 0 and "--sweep-dampings ''" in empty.output  # not the default
+    past = ["--dynamics", "vit", "--keep-epochs", "9"]  # past --epochs 2: names what was asked
+    late = CliRunner().invoke(app, [*base, *past], env={"COLUMNS": "200"})
+    assert late.exit_code != 0 and "--keep-epochs 9 keeps no epoch before the last" in late.output
     grid = CliRunner().invoke(app, [*base, "--sweep", "vit"], env={"COLUMNS": "200"})
     # the panel's grid: ekfac-krylov at 6 λ less the main analysis's, and euclidean once
     assert "sensitivity vit: up to 6 analyses" in grid.output
@@ -241,3 +255,17 @@ def test_dynamics_of_checkpoints_without_snapshots_is_noted_not_silent(tmp_path)
     plan = plan_study(spec(epochs=2, dynamics_archs=("vit",)), root)
     assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 0)]
     assert any("kept no snapshot before their last epoch" in n for n in plan.notes), plan.notes
+
+
+def test_dynamics_over_snapshots_other_than_asked_says_which_it_traces(tmp_path):
+    """--keep-epochs applies to training: on trained checkpoints another list would
+    otherwise look as if it had been traced."""
+    root = tmp_path / "ws"
+    make_dataset(root)
+    run_study(plan_study(spec(epochs=3, keep_epochs=(1,)), root), log=lambda _: None)
+    other = plan_study(spec(epochs=3, keep_epochs=(2,), dynamics_archs=("vit",)), root)
+    (note,) = [n for n in other.notes if n.startswith("dynamics vit")]
+    assert "kept epochs 1 (all seeds), not the 2 of --keep-epochs 2" in note
+    assert [s.requests for s in other.sweeps] == [1]  # epoch 1, the one kept
+    same = plan_study(spec(epochs=3, keep_epochs=(1,), dynamics_archs=("vit",)), root)
+    assert not [n for n in same.notes if n.startswith("dynamics")], same.notes

@@ -21,17 +21,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MIN_WINDOW_SECONDS = 0.1  # one timing window: a millisecond call repeated until it lasts this
+MAX_CALLS_PER_WINDOW = 256
+
+
 def best_time(run, device: torch.device, repeats: int) -> float:
-    """Fastest of ``repeats`` calls of ``run`` after one warm-up, each waiting for the
-    device's kernels (on a GPU, a call returns before its work is done)."""
+    """Seconds per call of ``run``: the fastest of ``repeats`` windows after one warm-up,
+    each window repeating the call until it lasts MIN_WINDOW_SECONDS and waiting for the
+    device's kernels (on a GPU, a call returns before its work is done).
+
+    Why windows: on a busy machine one scheduler delay is tens of milliseconds, so a
+    millisecond forward timed alone, best of two, read 200× slow, and a study's plan quoted
+    5.8 h for a 3-minute job. Within a window a delay costs its share only; a call slower
+    than the window is timed once per window, as before."""
     run()  # warm-up: allocator, kernels, lazy init
     _sync(device)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
+        calls, start = 0, time.perf_counter()
+        while True:
+            run()
+            calls += 1
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= MIN_WINDOW_SECONDS or calls >= MAX_CALLS_PER_WINDOW:
+                break
+        best = min(best, elapsed / calls)
     return best
 
 
@@ -93,13 +108,13 @@ def probe_forward(model: nn.Module, example: torch.Tensor, *, batch: int = 4) ->
             model(x)
 
     try:
-        return best_time(forward, device, repeats=2) / batch
+        return best_time(forward, device, repeats=3) / batch
     finally:
         model.train(was_training)
 
 
 def probe_model(
-    model: nn.Module, example: torch.Tensor, *, batch: int = 4, repeats: int = 2
+    model: nn.Module, example: torch.Tensor, *, batch: int = 4, repeats: int = 3
 ) -> ModelProbe:
     """Time ``batch`` copies of ``example`` [F, H, W] through ``model`` (already on its device).
 

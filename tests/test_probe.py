@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -33,3 +35,32 @@ def test_module_outputs_are_the_floor_when_nothing_is_saved():
 def test_a_view_counts_one_example_not_its_batch():
     batch = torch.randn(48, 64)
     assert activation_bytes(Inside(), batch[:1]) == activation_bytes(Inside(), batch[:1].clone())
+
+
+def test_a_scheduler_delay_does_not_decide_a_millisecond_timing():
+    """Two 50 ms stalls among 2 ms calls (a busy machine's scheduler): timed alone, best of
+    two, the call read 50 ms; the windows see the 2 ms it takes."""
+    from coherence.probe import best_time
+
+    calls = []
+
+    def run() -> None:
+        calls.append(None)
+        time.sleep(0.05 if len(calls) in (2, 3) else 0.002)
+
+    seconds = best_time(run, torch.device("cpu"), repeats=2)
+    assert 0.002 <= seconds < 0.01, seconds
+    assert len(calls) > 3  # the windows repeated the call
+
+
+def test_a_slow_call_is_timed_once_per_window():
+    from coherence.probe import MIN_WINDOW_SECONDS, best_time
+
+    calls = []
+
+    def run() -> None:
+        calls.append(None)
+        time.sleep(MIN_WINDOW_SECONDS * 1.2)
+
+    assert best_time(run, torch.device("cpu"), repeats=2) >= MIN_WINDOW_SECONDS * 1.2
+    assert len(calls) == 3  # the warm-up, then one call per window

@@ -80,15 +80,16 @@ def study(
             f"--sweep-dampings {sweep_dampings!r}: it sets the λ values of --sweep, which is not "
             "given; add --sweep ARCHS (e.g. --sweep vit)"
         )
-    try:
-        dampings = tuple(float(d) for d in split_list(sweep_dampings or DAMPING_GRID_TEXT))
-        if sweep_dampings is not None and not split_list(sweep_dampings):
-            raise ValueError("empty")  # '' is a mistake, not a request for the default
+    try:  # an explicit '' is a mistake, not a request for the default grid
+        text = DAMPING_GRID_TEXT if sweep_dampings is None else sweep_dampings
+        dampings = tuple(float(d) for d in split_list(text))
     except ValueError:
+        dampings = ()
+    if not dampings:
         raise RequestError(
             f"--sweep-dampings {sweep_dampings!r}: expected comma-separated numbers, e.g. "
             f"{DAMPING_GRID_TEXT}"
-        ) from None
+        )
     spec = StudySpec(
         dataset=data,
         preset=preset,

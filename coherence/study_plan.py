@@ -328,7 +328,7 @@ def _sweep_steps(
                 what = [f"{e}" for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs]
             else:
                 what = [
-                    s.label(arch) + (f" λ={d:g}" if s.uses_damping else "")
+                    _setting_label(s.label(arch), d, s.uses_damping)
                     for s in sweeps.SWEEP_ESTIMATORS
                     if not s.on_demand
                     for d in (spec.sweep_dampings if s.uses_damping else (None,))
@@ -396,10 +396,15 @@ def sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, clas
 
 
 def point_label(kind: str, point) -> str:
-    """'1' (an epoch) or 'ekfac-krylov λ=0.01' ('euclidean': no λ, which it ignores)."""
+    """'1' (an epoch) or the setting's label (``_setting_label``)."""
     if kind == "dynamics":
         return f"{point.x:g}"
-    return point.series + (f" λ={point.x:g}" if point.uses_damping else "")
+    return _setting_label(point.series, point.x, point.uses_damping)
+
+
+def _setting_label(series: str, damping: float | None, uses_damping: bool) -> str:
+    """'ekfac-krylov λ=0.01'; 'euclidean' alone: no λ, which it ignores."""
+    return series + (f" λ={damping:g}" if uses_damping else "")
 
 
 def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str]] | None:

@@ -78,6 +78,7 @@ def simulate(
 
         workers = None if slot.max_jobs == 1 else slot.threads  # its share of the cores
         generate_dataset(request, out, progress=report, overwrite=overwrite, workers=workers)
+        bar.update(task, description=f"{bar.tasks[0].total:g} trajectories simulated and written")
     console.print(
         f"wrote dataset [bold]{request.name}[/] ({len(request.classes)} classes × "
         f"{trajectories} trajectories, {resolution}², {snapshots} snapshots) to "

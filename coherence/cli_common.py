@@ -47,7 +47,9 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def progress_bar() -> Progress:
+def progress_bar(transient: bool = False) -> Progress:
+    """A bar for one command's work; ``transient`` removes it when done (for commands whose
+    log lines already say what finished, where a last frame would repeat a stale stage)."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -55,7 +57,7 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
+        transient=transient,
     )
 
 

@@ -134,10 +134,12 @@ def _distinct(values: tuple) -> tuple:
 
 
 def _run(plan, executor) -> list[str]:
-    """``run_study`` under one progress bar: each training's epochs, then each analysis."""
+    """``run_study`` under one progress bar: each training's epochs, then each analysis. The bar
+    goes when the study ends: its last frame would name a finished (or, fully cached, never
+    started) stage after the log's own "done" lines."""
     from coherence.study import run_study
 
-    with progress_bar() as bar:
+    with progress_bar(transient=True) as bar:
         task = bar.add_task("study", total=1.0)
 
         def on_train(step):

@@ -120,7 +120,10 @@ def _simulate_into(
     """Simulate every class in chunks and write its split files into the stage."""
     jobs = _chunk_jobs(request, family, batch_size, dtype)
     results = _run_jobs(jobs, request, workers, progress)
+    total = len(request.classes) * request.trajectories
     for class_name in request.classes:
+        if progress:  # the count is of all classes, the class is the one being written
+            progress(total, total, f"writing {class_name} ({request.trajectories} trajectories)")
         _write_class(stage, request, family, counts, class_name, jobs, results)
 
 
@@ -165,7 +168,7 @@ def _run_jobs(
         results[(job[1], job[5])] = states
         done += job[6] - job[5]
         if progress:
-            progress(done, total, f"{job[1]}: {done}/{total} trajectories")
+            progress(done, total, f"simulated {done}/{total} trajectories (last: {job[1]})")
 
     if workers <= 1:
         for job in jobs:

@@ -35,8 +35,13 @@ def ce_dataset(tmp_path_factory):
         t_end=0.2,
         seed=7,
     )
-    generate_dataset(request, root)
+    reports: list[tuple[int, int, str]] = []
+    generate_dataset(request, root, progress=lambda *r: reports.append(r))
+    ce_dataset_progress.extend(reports)
     return root, request
+
+
+ce_dataset_progress: list[tuple[int, int, str]] = []
 
 
 def test_split_counts_cover_every_split():
@@ -44,6 +49,20 @@ def test_split_counts_cover_every_split():
     assert split_counts(32, (0.65, 0.05, 0.30)) == (20, 2, 10)
     assert split_counts(3, (0.65, 0.05, 0.30)) == (1, 1, 1)
     assert sum(split_counts(97, (0.65, 0.05, 0.30))) == 97
+
+
+def test_progress_counts_trajectories_of_all_classes_then_names_each_file_written(ce_dataset):
+    """The label says what is counted: a class name next to "8/8" once read as that class
+    having 8 trajectories (it has 4)."""
+    done = [r for r in ce_dataset_progress if r[2].startswith("simulated")]
+    writing = [r for r in ce_dataset_progress if r[2].startswith("writing")]
+    assert [d for d, _, _ in done] == sorted(d for d, _, _ in done) and done[-1][:2] == (8, 8)
+    assert all(f"{d}/8 trajectories" in label for d, _, label in done)
+    assert [label for _, _, label in writing] == [
+        "writing CE-RP (4 trajectories)",
+        "writing CE-RPUI (4 trajectories)",
+    ]
+    assert ce_dataset_progress[-len(writing) :] == writing  # writing comes last
 
 
 def test_generated_dataset_layout_and_contents(ce_dataset):

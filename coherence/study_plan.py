@@ -8,7 +8,7 @@ are the ones the dashboard looks up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -211,12 +211,13 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         notes.append(
             f"trajectories have {len(ctx.info.times)} snapshots: {ctx.transitions} transitions"
         )
-    steps, analyses = [], []
+    steps, analyses, series_seconds = [], [], {}
     for arch in spec.archs:
         probe = _probe(arch, spec, ctx.info, ctx.device)
         steps.extend(_train_step(ctx, probe, arch, seed) for seed in spec.seeds)
-        analyses.append(_analysis_step(ctx, probe, arch))
-    sweep_steps = _sweep_steps(spec, ctx.family, analyses, ctx.root, ctx.info, ctx.classes, notes)
+        analysis, series_seconds[arch] = _analysis_step(ctx, probe, arch)
+        analyses.append(analysis)
+    sweep_steps = _sweep_steps(ctx, analyses, series_seconds, notes)
     available = available_memory(ctx.device)
     notes.extend(_memory_notes(steps, available))
     return StudyPlan(
@@ -259,12 +260,19 @@ def _train_step(ctx: _Context, probe: ModelProbe, arch: str, seed: int) -> Train
     return TrainStep(arch, seed, out, args, done, state, seconds, peak)
 
 
-def _analysis_step(ctx: _Context, probe: ModelProbe, arch: str) -> AnalysisStep:
+def _analysis_step(
+    ctx: _Context, probe: ModelProbe, arch: str
+) -> tuple[AnalysisStep, dict[str, float]]:
     """One architecture's analysis over every seed, costed on a placeholder request of the
-    same shape (the checkpoints may not be trained yet)."""
+    same shape (the checkpoints may not be trained yet), and the cost of the same request
+    with each setting of the default sensitivity sweep, by its series label (a sweep point
+    costs its own estimator's time: euclidean is a fraction of the default's)."""
+    from coherence.dashboard import sweeps
+
     spec, info = ctx.spec, ctx.info
     selection = selection_for(spec, ctx.root, info, arch, ctx.classes)
     model = build_model(arch, spec.preset, channels=len(info.channels), resolution=info.height)
+    model = model.to(ctx.device)
     request = AnalysisRequest(
         checkpoints=tuple(f"planned-{i}" for i in range(len(spec.seeds))),
         data=str(info.root),
@@ -277,9 +285,16 @@ def _analysis_step(ctx: _Context, probe: ModelProbe, arch: str) -> AnalysisStep:
     )
     example = torch.from_numpy(
         info.load("test", ctx.classes[0], trajectories=[0], steps=slice(0, 1))[0]
-    )
-    seconds, peak = _analysis_cost(probe, request, model.to(ctx.device), example.to(ctx.device))
-    return AnalysisStep(
+    ).to(ctx.device)
+    seconds, peak = _analysis_cost(probe, request, model, example)
+    series_seconds = {
+        setting.label(arch): _analysis_cost(
+            probe, _setting_request(request, setting, arch), model, example
+        )[0]
+        for setting in sweeps.SWEEP_ESTIMATORS
+        if not setting.on_demand
+    }
+    step = AnalysisStep(
         arch=arch,
         checkpoints=selection.checkpoints,
         query=selection.to_query(),
@@ -288,6 +303,18 @@ def _analysis_step(ctx: _Context, probe: ModelProbe, arch: str) -> AnalysisStep:
         state=_request_state(ctx.root, selection),
         seconds=seconds,
         peak_bytes=peak,
+    )
+    return step, series_seconds
+
+
+def _setting_request(request: AnalysisRequest, setting, arch: str) -> AnalysisRequest:
+    """``request`` with a sensitivity setting's estimator and options (for its cost)."""
+    return replace(
+        request,
+        estimator=setting.estimator,
+        depth=setting.depth,
+        rtol=setting.resolve_rtol(arch),
+        energy_threshold=setting.energy_threshold,
     )
 
 
@@ -302,23 +329,22 @@ def _memory_notes(steps: list[TrainStep], available: int) -> list[str]:
 
 
 def _sweep_steps(
-    spec: StudySpec,
-    family: str,
+    ctx: _Context,
     analyses: list[AnalysisStep],
-    root: Path,
-    info: DatasetInfo,
-    classes: tuple[str, ...],
+    series_seconds: dict[str, dict[str, float]],
     notes: list[str],
 ) -> tuple[SweepStep, ...]:
     """The sweeps' uncached analyses (the main analysis excluded: it is one of their points;
-    before training, every planned one) and their cost at the main analysis's estimate per
-    request (euclidean counted as a full one). A dynamics sweep with nothing to trace is
-    refused before training, or noted (in ``notes``) where the checkpoints exist already."""
+    before training, every planned one) and their cost: a snapshot costs the main analysis's
+    estimate, a sensitivity point its own setting's (``series_seconds``). A dynamics sweep
+    with nothing to trace is refused before training, or noted (in ``notes``) where the
+    checkpoints exist already."""
     from coherence.dashboard import sweeps
     from coherence.surrogates.snapshots import resolve_keep
 
+    spec = ctx.spec
     per_arch = {a.arch: a.seconds for a in analyses}
-    epochs = spec.epochs_for(family)
+    epochs = spec.epochs_for(ctx.family)
     out = []
     for kind, archs in (("dynamics", spec.dynamics_archs), ("sensitivity", spec.sweep_archs)):
         for arch in archs:
@@ -326,28 +352,33 @@ def _sweep_steps(
                 continue
             if kind == "dynamics":
                 what = [f"{e}" for e in resolve_keep(spec.keep_epochs, epochs) if e != epochs]
+                series = [""] * len(what)
             else:
-                what = [
-                    _setting_label(s.label(arch), d, s.uses_damping)
+                planned = [
+                    (s.label(arch), d, s.uses_damping)
                     for s in sweeps.SWEEP_ESTIMATORS
                     if not s.on_demand
                     for d in (spec.sweep_dampings if s.uses_damping else (None,))
                     # the main analysis: the default estimator at the paper's λ
                     if not (s == sweeps.SWEEP_ESTIMATORS[0] and d == sweeps.PAPER_DAMPING)
                 ]
+                what = [_setting_label(*p) for p in planned]
+                series = [label for label, _, _ in planned]
             n = len(what)
-            found = _pending(spec, root, info, arch, classes, kind)
+            found = _pending(spec, ctx.root, ctx.info, arch, ctx.classes, kind)
             if found is not None:
-                n, points, what = found
+                n, points, what, series = found
                 if kind == "dynamics":
-                    notes.extend(_kept_epochs_notes(spec, root, arch, epochs, points))
+                    notes.extend(_kept_epochs_notes(spec, ctx.root, arch, epochs, points))
             elif kind == "dynamics" and not n:
                 raise RequestError(
                     f"--dynamics {arch}: --keep-epochs {_keep_text(spec)} keeps no epoch "
                     f"before the last of the {epochs} trained, so there is no epoch to "
                     "compare; keep earlier ones (e.g. 'default', powers of two plus the last)"
                 )
-            out.append(SweepStep(kind, arch, n, n * per_arch[arch], tuple(what)))
+            costs = series_seconds.get(arch, {})
+            seconds = sum(costs.get(label, per_arch[arch]) for label in series)
+            out.append(SweepStep(kind, arch, n, seconds, tuple(what)))
     return tuple(out)
 
 
@@ -407,9 +438,10 @@ def _setting_label(series: str, damping: float | None, uses_damping: bool) -> st
     return series + (f" λ={damping:g}" if uses_damping else "")
 
 
-def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str]] | None:
-    """(uncached, all, the uncached ones' labels) points of a sweep whose checkpoints exist,
-    the main analysis excluded (the main step counts it); None before they are trained."""
+def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str], list[str]] | None:
+    """(uncached, all, the uncached ones' labels, their series) points of a sweep whose
+    checkpoints exist, the main analysis excluded (the main step counts it); None before
+    they are trained."""
     from coherence.cache import JobRunner
 
     names = [spec.checkpoint_name(arch, s) for s in spec.seeds]
@@ -425,7 +457,7 @@ def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str]
         return None
     others = [p for p in points if p.key != main]
     todo = [p for p in others if runner.status(p.key).state != JobState.DONE]
-    return len(todo), len(others), [point_label(kind, p) for p in todo]
+    return len(todo), len(others), [point_label(kind, p) for p in todo], [p.series for p in todo]
 
 
 def _catalog(root: Path):

@@ -130,7 +130,7 @@ class SweepStep:
     kind: str  # dynamics | sensitivity
     arch: str
     requests: int  # analyses in the sweep besides the main one (an upper bound if untrained)
-    seconds: float  # ≈ requests × the main analysis's estimate
+    seconds: float  # each point at its own setting's estimate (a snapshot: the main one's)
     what: tuple[str, ...] = ()  # their labels: epochs, or 'ekfac-krylov λ=0.01', 'euclidean'
 
 

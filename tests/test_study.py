@@ -162,6 +162,10 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     # epoch 1 besides the last; ekfac-krylov at 1e-2 and euclidean besides the main analysis
     assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 1), ("sensitivity", 2)]
     assert "dynamics vit: up to 1 analysis of snapshot epochs (1)" in "\n".join(plan.describe())
+    # a snapshot costs the main analysis; euclidean (no solve, no η) far less than a second one
+    main = plan.analyses[0].seconds
+    assert plan.sweeps[0].seconds == main
+    assert main < plan.sweeps[1].seconds < 1.5 * main
     run_study(plan, log=lambda _: None)
     catalog = scan_workspace(root)
     selection = default_selection(catalog)

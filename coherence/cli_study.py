@@ -122,10 +122,28 @@ def study(
     )
     for arch, link in zip((a.arch for a in plan.analyses), links, strict=True):
         console.print(f"  {arch}: http://127.0.0.1:8501/?{link}", highlight=False, soft_wrap=True)
+    _print_panels(plan)
+
+
+def _print_panels(plan) -> None:
+    """Where each sweep shows; a dynamics sweep with no snapshot before the last epoch has
+    nothing to show there, which the plan's note explained."""
+    from coherence.study_plan import kept_epochs
+
     panels = {"dynamics": "Training dynamics", "sensitivity": "Sensitivity"}
     for kind in dict.fromkeys(s.kind for s in plan.sweeps):
-        archs = ", ".join(s.arch for s in plan.sweeps if s.kind == kind)
-        console.print(f"  {kind} ({archs}): the {panels[kind]} tab of the view above")
+        archs = [s.arch for s in plan.sweeps if s.kind == kind]
+        if kind == "dynamics":
+            empty = [a for a in archs if not kept_epochs(plan.spec, plan.workspace, a)[1]]
+            archs = [a for a in archs if a not in empty]
+            if empty:
+                console.print(
+                    f"  dynamics ({', '.join(empty)}): nothing to show, the checkpoints kept "
+                    "no snapshot before their last epoch (see the plan's note)"
+                )
+        if archs:
+            shown = ", ".join(archs)
+            console.print(f"  {kind} ({shown}): the {panels[kind]} tab of the view above")
 
 
 def _distinct(values: tuple) -> tuple:

@@ -386,17 +386,25 @@ def _keep_text(spec: StudySpec) -> str:
     return "default" if spec.keep_epochs is None else ",".join(map(str, spec.keep_epochs)) or "none"
 
 
+def kept_epochs(spec: StudySpec, root: Path, arch: str) -> tuple[int, list[int]]:
+    """(epochs trained, the snapshot epochs before the last that every seed kept) of an
+    architecture's trained checkpoints: the epochs its Training dynamics can compare."""
+    from coherence.surrogates.snapshots import common_epochs
+
+    names = [checkpoints_dir(root) / spec.checkpoint_name(arch, s) for s in spec.seeds]
+    trained = min(len(ckpt.read_history(n)) for n in names)
+    return trained, [e for e in common_epochs(names) if e < trained]
+
+
 def _kept_epochs_notes(
     spec: StudySpec, root: Path, arch: str, epochs: int, points: int
 ) -> list[str]:
     """What a dynamics sweep over trained checkpoints will trace when their snapshots are
     not the ones --keep-epochs asks for: it applies to training still to run, and a rerun
     with other epochs would otherwise look as if it had traced them."""
-    from coherence.surrogates.snapshots import common_epochs, resolve_keep
+    from coherence.surrogates.snapshots import resolve_keep
 
-    names = [checkpoints_dir(root) / spec.checkpoint_name(arch, s) for s in spec.seeds]
-    trained = min(len(ckpt.read_history(n)) for n in names)
-    kept = [e for e in common_epochs(names) if e < trained]
+    trained, kept = kept_epochs(spec, root, arch)
     wanted = [e for e in resolve_keep(spec.keep_epochs, epochs) if e < trained]
     if not points:
         return [

@@ -19,6 +19,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from coherence.cache.jobs import JobRunner
+from coherence.cli_common import console
+from coherence.cli_study import _print_panels
 from coherence.dashboard.selection import decode_query
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.errors import RequestError
@@ -167,6 +169,10 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     assert plan.sweeps[0].seconds == main
     assert main < plan.sweeps[1].seconds < 1.5 * main
     run_study(plan, log=lambda _: None)
+    with console.capture() as captured:
+        _print_panels(plan)
+    assert "dynamics (vit): the Training dynamics tab" in captured.get()
+    assert "sensitivity (vit): the Sensitivity tab" in captured.get()
     catalog = scan_workspace(root)
     selection = default_selection(catalog)
     runner = JobRunner(root)
@@ -259,6 +265,10 @@ def test_dynamics_of_checkpoints_without_snapshots_is_noted_not_silent(tmp_path)
     plan = plan_study(spec(epochs=2, dynamics_archs=("vit",)), root)
     assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 0)]
     assert any("kept no snapshot before their last epoch" in n for n in plan.notes), plan.notes
+    with console.capture() as captured:  # the study's last lines: no tab to open for it
+        _print_panels(plan)
+    assert "dynamics (vit): nothing to show" in captured.get()
+    assert "Training dynamics tab" not in captured.get()
 
 
 def test_dynamics_over_snapshots_other_than_asked_says_which_it_traces(tmp_path):

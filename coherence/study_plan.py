@@ -32,7 +32,13 @@ from coherence.study_spec import (
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import build_model
 from coherence.surrogates.training import TrainingArgs
-from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
+from coherence.workspace import (
+    cache_dir,
+    checkpoints_dir,
+    datasets_dir,
+    resolve_inside,
+    workspace_root,
+)
 
 
 def _open(root: Path, spec: StudySpec) -> DatasetInfo:
@@ -148,13 +154,43 @@ def _analysis_cost(
     return float(cost.seconds or 0.0), cost.memory_bytes
 
 
-def _request_state(root: Path, selection) -> str:
-    from coherence.cache import JobRunner
+class _KeysOnly:
+    """The runner of a workspace with no cache yet: keys, and nothing cached. A plan (--plan
+    above all) reads the cache and must not create the workspace's cache/."""
 
+    def key(self, request: AnalysisRequest) -> str:
+        from coherence.cache.keys import request_key
+
+        return request_key(request)
+
+    def is_done(self, key: str) -> bool:
+        return False
+
+
+class _Runner:
+    """The workspace's cache, read (``JobRunner``'s keys and states)."""
+
+    def __init__(self, root: Path) -> None:
+        from coherence.cache import JobRunner
+
+        self.runner = JobRunner(root)
+
+    def key(self, request: AnalysisRequest) -> str:
+        return self.runner.key(request)
+
+    def is_done(self, key: str) -> bool:
+        return self.runner.status(key).state == JobState.DONE
+
+
+def _read_runner(root: Path) -> _KeysOnly | _Runner:
+    return _Runner(root) if cache_dir(root).is_dir() else _KeysOnly()
+
+
+def _request_state(root: Path, selection) -> str:
     try:
         request = selection.to_request(root)
-        runner = JobRunner(root)
-        return "cached" if runner.status(runner.key(request)).state == JobState.DONE else "pending"
+        runner = _read_runner(root)
+        return "cached" if runner.is_done(runner.key(request)) else "pending"
     except CoherenceError:
         return "pending"  # checkpoints not trained yet: nothing can be cached
 
@@ -450,13 +486,11 @@ def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str]
     """(uncached, all, the uncached ones' labels, their series) points of a sweep whose
     checkpoints exist, the main analysis excluded (the main step counts it); None before
     they are trained."""
-    from coherence.cache import JobRunner
-
     names = [spec.checkpoint_name(arch, s) for s in spec.seeds]
     if not all((checkpoints_dir(root) / n / ckpt.CONFIG_FILE).is_file() for n in names):
         return None
     try:
-        runner = JobRunner(root)
+        runner = _read_runner(root)
         points, problems = sweep_points(spec, root, info, arch, classes, kind, runner)
         main = runner.key(selection_for(spec, root, info, arch, classes).to_request(root))
     except CoherenceError:
@@ -464,7 +498,7 @@ def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str]
     if problems:
         return None
     others = [p for p in points if p.key != main]
-    todo = [p for p in others if runner.status(p.key).state != JobState.DONE]
+    todo = [p for p in others if not runner.is_done(p.key)]
     return len(todo), len(others), [point_label(kind, p) for p in todo], [p.series for p in todo]
 
 

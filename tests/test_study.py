@@ -161,6 +161,7 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
         epochs=2, dynamics_archs=("vit",), sweep_archs=("vit",), sweep_dampings=(1e-4, 1e-2)
     )
     plan = plan_study(chosen, root)
+    assert not (root / "cache").exists()  # planning reads the cache, never creates it
     # epoch 1 besides the last; ekfac-krylov at 1e-2 and euclidean besides the main analysis
     assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 1), ("sensitivity", 2)]
     assert "dynamics vit: up to 1 analysis of snapshot epochs (1)" in "\n".join(plan.describe())

@@ -195,8 +195,9 @@ def residual_summary(
             f"{counts[a]} at {_paper_notation(rtol)} ({ARCH_LABELS.get(a, a)})"
             for a, rtol in quoted.items()
         )
-    if brief:
-        return f"full-system residual median {median:.3g}, worst {values[-1]:.3g}; {within}"
+    if brief:  # a worst ≥ 1 read as a number alone looks like a mere large error
+        worst = f"{values[-1]:.3g}" + (" (≥ 1: no better than y = 0)" if values[-1] >= 1 else "")
+        return f"full-system residual median {median:.3g}, worst {worst}; {within}"
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "
         f"{median:.3g}, worst {values[-1]:.3g}; {within}"

@@ -418,12 +418,14 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
 
 
 def test_brief_residual_summary_leaves_its_meaning_to_the_help():
-    """The dashboard's caption: the numbers and the paper's rtol on one short line; the
-    definition, the ≥ 1 note and the caveat in its help, nothing of them lost."""
+    """The dashboard's caption: the numbers and the paper's rtol on one short line (a worst
+    ≥ 1 flagged in a few words); the definition, the ≥ 1 note in full and the caveat in its
+    help, nothing of them lost."""
     worse = [[{"residuals": [0.01, 0.5]}], [{"residuals": [1.3]}]]
     brief = residual_summary(worse, brief=True, arch="unet")
     assert brief == (
-        "full-system residual median 0.5, worst 1.3; within the paper's rtol 1.5e-2: 1 of 3"
+        "full-system residual median 0.5, worst 1.3 (≥ 1: no better than y = 0); within the "
+        "paper's rtol 1.5e-2: 1 of 3"
     )
     help_text = residual_help(worse)
     assert "‖g − (η + λI)y‖/‖g‖" in help_text and "3 in all" in help_text

@@ -8,6 +8,7 @@ are the ones the dashboard looks up.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,19 +37,42 @@ from coherence.workspace import (
     cache_dir,
     checkpoints_dir,
     datasets_dir,
-    resolve_inside,
     workspace_root,
 )
 
 
-def _open(root: Path, spec: StudySpec) -> DatasetInfo:
-    directory = resolve_inside(datasets_dir(root), spec.dataset)
-    if not directory.is_dir():
+def dataset_dir(root: Path, dataset: str) -> Path:
+    """The study's dataset: a folder directly in <workspace>/datasets (the ones the dashboard
+    lists), given by name or by path. Why its name matters: the checkpoints are named after
+    it, and a path there put them under datasets/ (and missed the trained ones)."""
+    parent = datasets_dir(root).resolve()
+    candidate = Path(dataset).expanduser()
+    resolved = (candidate if candidate.is_absolute() else parent / candidate).resolve()
+    here = candidate.resolve()  # a relative path from the current directory also names it
+    if not candidate.is_absolute() and here.parent == parent and here.is_dir():
+        resolved = here
+    names = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    have = f"the workspace has {', '.join(names)}" if names else "the workspace has none yet"
+    if resolved.parent != parent:
         raise RequestError(
-            f"--data {spec.dataset}: no dataset {directory}; import or simulate it into "
-            f"{datasets_dir(root)} first (coherence import … --out {directory})"
+            f"--data {dataset}: a study's dataset is a folder directly in {parent}, given by "
+            f"its name ({have}); import or simulate it there first "
+            f"(coherence import … --out {parent / (resolved.name or 'NAME')})"
         )
-    return open_dataset(directory)
+    if not resolved.is_dir():
+        close = difflib.get_close_matches(resolved.name, names, n=1)
+        hint = f"did you mean {close[0]}? {have}" if close else have
+        raise RequestError(
+            f"--data {dataset}: no dataset {resolved} ({hint}); import or simulate it there "
+            f"first (coherence import … --out {resolved})"
+        )
+    return resolved
+
+
+def _open(root: Path, spec: StudySpec) -> tuple[DatasetInfo, StudySpec]:
+    """The dataset, and ``spec`` with the dataset given by its name."""
+    directory = dataset_dir(root, spec.dataset)
+    return open_dataset(directory), replace(spec, dataset=directory.name)
 
 
 def _classes(info: DatasetInfo, spec: StudySpec) -> tuple[str, ...]:
@@ -217,7 +241,7 @@ class _Context:
 
 def _context(spec: StudySpec, workspace: str | Path | None) -> _Context:
     root = workspace_root(workspace)
-    info = _open(root, spec)
+    info, spec = _open(root, spec)
     classes = _classes(info, spec)
     if not classes:
         raise RequestError(
@@ -242,6 +266,7 @@ def _context(spec: StudySpec, workspace: str | Path | None) -> _Context:
 def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPlan:
     """What exists, what will run, and its cost on this device (probes the real models)."""
     ctx = _context(spec, workspace)
+    spec = ctx.spec  # the dataset by its name
     notes = []
     if ctx.transitions < 16:
         notes.append(

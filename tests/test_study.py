@@ -127,9 +127,16 @@ def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path):
     assert states == ["cached"]
 
 
-def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(workspace, tmp_path):
+def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
+    workspace, tmp_path, monkeypatch
+):
     with pytest.raises(RequestError, match=r"no dataset .*nothing_here.*import or simulate"):
         plan_study(spec(dataset="nothing_here"), workspace)
+    with pytest.raises(RequestError, match=r"--data ce_smal: .*did you mean ce_small\?"):
+        plan_study(spec(dataset="ce_smal"), workspace)
+    for outside in ("/etc", "ce_small/data", "."):  # not a folder directly in datasets/
+        with pytest.raises(RequestError, match=rf"--data {outside}: a study's dataset is a "):
+            plan_study(spec(dataset=outside), workspace)
     with pytest.raises(RequestError, match="NS-Sines: not in the test split"):
         plan_study(spec(classes=("NS-Sines",)), workspace)
     with pytest.raises(RequestError, match="--seeds"):
@@ -142,6 +149,12 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(work
     foreign = checkpoints_dir(other) / "ce_small_vit_demo_s7"
     plan = plan_study(spec(), workspace)
     run_study(plan, log=lambda _: None)
+    # the dataset by its path: the same study (it trained into datasets/ and then failed)
+    by_path = plan_study(spec(dataset=str(datasets_dir(workspace) / "ce_small")), workspace)
+    assert by_path.spec.dataset == "ce_small"
+    assert [(t.out, t.state) for t in by_path.train] == [(t.out, "done") for t in plan.train]
+    monkeypatch.chdir(workspace)  # and by a path from the current directory
+    assert plan_study(spec(dataset="datasets/ce_small"), workspace).spec.dataset == "ce_small"
     foreign.parent.mkdir(parents=True)
     source = checkpoints_dir(workspace) / "ce_small_vit_demo_s7"
     shutil.copytree(source, foreign)

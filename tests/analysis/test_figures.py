@@ -791,3 +791,26 @@ def test_a_censored_decay_length_says_so_on_hover():
             "",
         ]
         assert "%{text}" in line.hovertemplate
+
+
+def test_a_lone_point_shows_its_quartiles_as_a_bar():
+    """A fill has no area at a lone x (one epoch cached, one λ): its Q1–Q3 is drawn as a
+    bar from Q1 to Q3 there, and nowhere a band can show it."""
+    from coherence.analysis.figures.theme import band_traces
+
+    x = np.array([1.0, 2.0, 4.0, 8.0])
+    median = np.array([0.5, np.nan, 0.6, 0.7])
+    q1, q3 = median - 0.1, median + np.array([0.2, 0.2, 0.3, 0.3])
+    traces = band_traces(x, median, q1, q3, name="ViT", color=group_color(0))
+    assert [t.name for t in traces] == ["ViT Q3", "ViT Q1–Q3", "ViT Q1–Q3", "ViT"]
+    (bars,) = [t for t in traces if t.error_y.array is not None]
+    np.testing.assert_array_equal(bars.x, [1.0])  # epoch 1 only: 4 and 8 form a band
+    np.testing.assert_allclose(bars.y, [0.5])
+    np.testing.assert_allclose(bars.error_y.array, [0.2])  # up to Q3
+    np.testing.assert_allclose(bars.error_y.arrayminus, [0.1])  # down to Q1
+    assert bars.legendgroup == "ViT" and bars.hoverinfo == "skip"
+    assert traces[-1].mode == "lines+markers"  # the median on top, its hover intact
+    one = band_traces([12.0], [0.3], [0.29], [0.31], name="UNet", color=group_color(1))
+    assert len(one) == 4 and one[2].error_y.array is not None
+    full = band_traces(x[2:], median[2:], q1[2:], q3[2:], name="ViT", color=group_color(0))
+    assert len(full) == 3  # every point has a neighbour: the band alone

@@ -114,7 +114,8 @@ def band_traces(
     band_alpha: float = 0.2,
     notes: Sequence[str] | None = None,
 ) -> list[go.Scatter]:
-    """Q3 edge, Q1 edge filled up to it ('tonexty'), then the median line, in drawing order.
+    """Q3 edge, Q1 edge filled up to it ('tonexty'), bars for points a fill cannot show
+    (``_isolated_bars``), then the median line, in drawing order.
 
     The edges are invisible and hover-silent; the median's hover shows the median and [Q1, Q3]
     of ``value`` at ``x_hover``, and a point's ``notes`` entry where one is given. NaN points
@@ -151,7 +152,53 @@ def band_traces(
             + f"<extra>{name}</extra>"
         ),
     )
-    return [upper, lower, line]
+    bars = _isolated_bars(
+        x, median, q1, q3, color=color, band_alpha=band_alpha, name=name, group=legendgroup
+    )
+    return [upper, lower, *bars, line]
+
+
+def _isolated_bars(
+    x: np.ndarray,
+    median: np.ndarray,
+    q1: np.ndarray,
+    q3: np.ndarray,
+    *,
+    color: str,
+    band_alpha: float,
+    name: str,
+    group: str,
+) -> list[go.Scatter]:
+    """The Q1–Q3 of points with no defined neighbour, as thick bars in the band's colour:
+    a fill has no area at a lone x (one epoch cached, one λ), so the spread showed in the
+    hover only. Empty when every point has a neighbour."""
+    defined = np.isfinite(median) & np.isfinite(q1) & np.isfinite(q3)
+    before = np.concatenate([[False], defined[:-1]])
+    after = np.concatenate([defined[1:], [False]])
+    alone = defined & ~before & ~after
+    if not alone.any():
+        return []
+    return [
+        go.Scatter(
+            x=x[alone],
+            y=median[alone],
+            mode="markers",
+            marker={"size": 0.1, "color": color, "opacity": 0},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (q3 - median)[alone],
+                "arrayminus": (median - q1)[alone],
+                "color": rgba(color, max(2 * band_alpha, 0.4)),
+                "thickness": 8,
+                "width": 0,
+            },
+            name=f"{name} Q1–Q3",
+            legendgroup=group,
+            hoverinfo="skip",
+            showlegend=False,
+        )
+    ]
 
 
 def as_array(x: Any, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:

@@ -158,21 +158,31 @@ def _run(plan, executor) -> list[str]:
     from coherence.study import run_study
 
     with progress_bar(transient=True) as bar:
-        task = bar.add_task("study", total=1.0)
+        task = bar.add_task("study", total=1.0, visible=False)  # shown by the first step
+
+        def fit(text: str) -> str:
+            """The description's share of the line, so that the bar and times fit; cut at
+            the front, where the model's name is, not at the stage's end."""
+            width = max(20, bar.console.width - 45)
+            return text if len(text) <= width else "…" + text[-(width - 1) :]
 
         def on_train(step):
+            # each run starts its own count: elapsed and time left are the run's, not the study's
+            name = step.out.name
+            bar.reset(task, total=1.0, description=fit(f"{name}: starting"), visible=True)
+
             def report(epoch: int, total: int, fraction: float, loss: float) -> None:
-                bar.update(
-                    task,
-                    completed=(epoch + fraction) / total,
-                    description=f"{step.out.name} epoch {epoch + 1}/{total} SMSE {loss:.3g}",
-                )
+                description = fit(f"{name} epoch {epoch + 1}/{total} SMSE {loss:.3g}")
+                bar.update(task, completed=(epoch + fraction) / total, description=description)
 
             return report
 
         def on_analysis(step):
+            bar.reset(task, total=1.0, description=fit(f"{step.arch}: starting"), visible=True)
+
             def report(fraction: float, stage: str) -> None:
-                bar.update(task, completed=fraction, description=f"{step.arch}: {stage}"[:60])
+                description = fit(f"{step.arch}: {stage}")
+                bar.update(task, completed=fraction, description=description)
 
             return report
 

@@ -175,6 +175,37 @@ def estimate_cost(
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
     k = len(request.responses)
     itemsize = next(model.parameters()).element_size()
+    estimator = parse_estimator(request.estimator)
+    vjp_passes, solve_passes, lanczos = unit_passes(request, cg_iterations)
+    gradient_bytes = (k + 2) * n * p * itemsize + solver_numbers(request, n, p, example) * itemsize
+    one = activation_bytes(model, example[:1])
+    chunk = vjp_chunk_size(one, k, n) or n
+    preconditioned_cg = estimator is Estimator.CG and request.cg_start == "preconditioned"
+    if estimator in (Estimator.EKFAC, Estimator.EKFAC_KRYLOV) or preconditioned_cg:
+        gradient_bytes += kfac.fit_bytes(model, n, p, itemsize, chunk * one)
+    # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);
+    # the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
+    activations = max(2 * n * one, 3 * chunk * k * one)
+    jobs = len(request.checkpoints) * len(request.trajectories)
+    return CostEstimate(
+        n_examples=n,
+        n_params=p,
+        forward_passes=vjp_passes + solve_passes + lanczos,
+        memory_bytes=int(gradient_bytes + activations),
+        available_bytes=available_memory(request.torch_device),
+        jobs=jobs,
+        forward_seconds=forward_seconds,
+    )
+
+
+def unit_passes(
+    request: AnalysisRequest, cg_iterations: int | None = None
+) -> tuple[float, float, float]:
+    """Forward-pass equivalents of one (checkpoint, batch) in its three parts: the
+    per-example gradients, the solve and the top eigenvalue's Lanczos (``estimate_cost``
+    explains the counts; they depend on the request alone, not on the model)."""
+    n = request.n_examples
+    k = len(request.responses)
     vjp_passes = n * (VJP_PASSES + EXTRA_RESPONSE_PASSES * (k - 1))
     matvec = n * (JVP_PASSES + VJP_PASSES)  # one (η + λI) v through the batch
     estimator = parse_estimator(request.estimator)
@@ -199,25 +230,7 @@ def estimate_cost(
         Estimator.EUCLIDEAN: 0.0,
     }[estimator]
     lanczos = LANCZOS_STEPS * matvec if request.top_eigenvalue else 0.0
-    gradient_bytes = (k + 2) * n * p * itemsize + solver_numbers(request, n, p, example) * itemsize
-    one = activation_bytes(model, example[:1])
-    chunk = vjp_chunk_size(one, k, n) or n
-    preconditioned_cg = estimator is Estimator.CG and request.cg_start == "preconditioned"
-    if estimator in (Estimator.EKFAC, Estimator.EKFAC_KRYLOV) or preconditioned_cg:
-        gradient_bytes += kfac.fit_bytes(model, n, p, itemsize, chunk * one)
-    # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);
-    # the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
-    activations = max(2 * n * one, 3 * chunk * k * one)
-    jobs = len(request.checkpoints) * len(request.trajectories)
-    return CostEstimate(
-        n_examples=n,
-        n_params=p,
-        forward_passes=vjp_passes + solve_passes + lanczos,
-        memory_bytes=int(gradient_bytes + activations),
-        available_bytes=available_memory(request.torch_device),
-        jobs=jobs,
-        forward_seconds=forward_seconds,
-    )
+    return vjp_passes, solve_passes, lanczos
 
 
 def checkpoint_fingerprint(directory: str | Path) -> str:
@@ -266,7 +279,15 @@ def compute_unit(
     """One (checkpoint s, batch b): H for every response in one pass, standardized, the
     subspace spectrum and (if asked) the top eigenvalue of η + λI. Pure computation on the
     model's device: the same function runs in this process, a job worker or a cluster task."""
-    report = progress or (lambda fraction, stage: None)
+    forward = progress or (lambda fraction, stage: None)
+    passes = unit_passes(request)
+    # the Lanczos steps' share of the unit (most of a euclidean one, which has no solve):
+    # reported at a fixed 99% they held the bar there for most of such a unit
+    lanczos_share = passes[2] / max(sum(passes), 1e-12)
+
+    def report(fraction: float, stage: str) -> None:
+        forward(fraction * (1 - lanczos_share), stage)
+
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     T, C = request.n_steps, len(request.classes)
@@ -294,7 +315,7 @@ def compute_unit(
         H_std[str(response)] = standardize(matrix).double().cpu().numpy().reshape(T, C, T, C)
     top = float("nan")
     if request.top_eigenvalue:
-        report(0.99, "top eigenvalue (Lanczos)")
+        forward(1 - lanczos_share, "top eigenvalue (Lanczos)")
         # tol 1e-4: ample for a box plot across seeds
         top = top_eigenvalue(model, inputs, damping=request.damping, tol=1e-4)
     spectrum = np.asarray(result.diagnostics.subspace_eigenvalues or (), dtype=np.float64)

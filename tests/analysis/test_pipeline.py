@@ -300,3 +300,25 @@ def test_influence_matrix_runs_in_float64_and_agrees_with_float32(workspace):
     H32, H64 = found[torch.float32], found[torch.float64]
     assert H64.dtype == torch.float64 and H32.dtype == torch.float32 and H64.shape == (4, 4)
     assert float((H32.double() - H64).norm() / H64.norm()) < 1e-3
+
+
+def test_progress_gives_the_top_eigenvalue_its_share_of_the_unit(workspace):
+    """The Lanczos steps start where the cost model puts them: late in a unit with a solve,
+    early in a euclidean one (no solve), where a fixed 99% held the bar for most of the
+    analysis. Fractions only grow and stay within [0, 1]."""
+    from coherence.analysis.pipeline import compute_unit, unit_passes
+
+    model, _ = ckpt.load(workspace["ckpts"][0])
+    starts = {}
+    for estimator in ("euclidean", "ekfac-krylov"):
+        request = request_for(workspace, estimator=estimator, trajectories=(0,))
+        batch = assemble_batch(open_dataset(workspace["data"]), request.classes, 0, 1, 2)
+        reports: list[tuple[float, str]] = []
+        compute_unit(model, batch, request, 0, 0, progress=lambda f, s: reports.append((f, s)))
+        fractions = [f for f, _ in reports]
+        assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
+        (starts[estimator],) = [f for f, stage in reports if stage == "top eigenvalue (Lanczos)"]
+        gradients, solve, lanczos = unit_passes(request)
+        share = (gradients + solve) / (gradients + solve + lanczos)
+        assert starts[estimator] == pytest.approx(share)
+    assert starts["euclidean"] < 0.2 < starts["ekfac-krylov"]

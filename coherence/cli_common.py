@@ -21,7 +21,8 @@ from rich.progress import (
 
 from coherence.errors import CoherenceError, RequestError
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # messages and progress: stdout stays for a command's product
+product = Console()  # what a command was asked for, e.g. `study --plan`'s plan (redirectable)
 F = TypeVar("F", bound=Callable)
 
 RayAddress = Annotated[

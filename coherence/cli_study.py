@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from coherence.cli_common import RayAddress, console, friendly_errors, progress_bar, split_list
+from coherence.cli_common import (
+    RayAddress,
+    console,
+    friendly_errors,
+    product,
+    progress_bar,
+    split_list,
+)
 from coherence.errors import RequestError
 
 # the Sensitivity panel's λ grid (dashboard.sweeps.DAMPING_GRID), written out so that --help
@@ -111,7 +118,7 @@ def study(
     console.print("planning (probing the models on this device)…")
     plan = plan_study(spec, workspace)
     for line in plan.describe():
-        console.print(line, highlight=False)
+        (product if plan_only else console).print(line, highlight=False)
     if plan_only:
         return
     links = _run(plan, executor)

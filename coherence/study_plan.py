@@ -33,6 +33,7 @@ from coherence.study_spec import (
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import build_model
 from coherence.surrogates.training import TrainingArgs
+from coherence.wording import plural
 from coherence.workspace import (
     cache_dir,
     checkpoints_dir,
@@ -278,6 +279,12 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         steps.extend(_train_step(ctx, probe, arch, seed) for seed in spec.seeds)
         analysis, series_seconds[arch] = _analysis_step(ctx, probe, arch)
         analyses.append(analysis)
+    used = min((a.units // len(spec.seeds) for a in analyses), default=spec.batches)
+    if used < spec.batches:  # one batch per test trajectory: there are no more
+        notes.append(
+            f"--batches {spec.batches}: the test split has {used} trajectories in every "
+            f"class, so {plural(used, 'batch', 'batches')} per seed"
+        )
     sweep_steps = _sweep_steps(ctx, analyses, series_seconds, notes)
     available = available_memory(ctx.device)
     notes.extend(_memory_notes(steps, available))
@@ -474,11 +481,11 @@ def _kept_epochs_notes(
             "(new checkpoints: another workspace or other --seeds)"
         ]
     if kept != wanted:
+        asked = f"epochs {', '.join(map(str, wanted))}" if wanted else "none"
         return [
-            f"dynamics {arch}: the checkpoints kept epochs {', '.join(map(str, kept))} (all "
-            f"seeds), not the {', '.join(map(str, wanted)) or 'none'} of --keep-epochs "
-            f"{_keep_text(spec)}, which applies to training still to run; the dynamics trace "
-            "the kept ones"
+            f"dynamics {arch}: the trained checkpoints kept epochs {', '.join(map(str, kept))} "
+            f"before their last (all seeds); --keep-epochs {_keep_text(spec)} keeps {asked} "
+            "there, but it applies to training still to run: the dynamics trace the kept ones"
         ]
     return []
 

@@ -170,7 +170,8 @@ class StudyPlan:
         for a in self.analyses:
             what = "cached" if a.state == "cached" else f"{a.units} units, N = {a.n_examples}"
             cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
-            lines.append(f"  analyse {a.arch} ({len(a.checkpoints)} seeds): {what}{cost}")
+            seeds = plural(len(a.checkpoints), "seed")
+            lines.append(f"  analyse {a.arch} ({seeds}): {what}{cost}")
         for sweep in self.sweeps:
             what = "snapshot epochs" if sweep.kind == "dynamics" else "λ / estimator settings"
             count = plural(sweep.requests, "analysis", "analyses")

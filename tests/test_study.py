@@ -230,6 +230,13 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     # which ones: epoch 1; the default estimator at the other λ, euclidean once (no λ)
     assert "snapshot epochs (1) (cached" in run.output
     assert "settings (ekfac-krylov λ=0.01, euclidean) (cached" in run.output
+    # the plan is --plan's product: on stdout (`> plan.txt`), the rest on stderr
+    assert "sensitivity vit: up to 2 analyses" in run.stdout
+    assert "planning (probing" not in run.stdout
+    more = [*base[: base.index("--batches")], "--batches", "99", *base[base.index("--epochs") :]]
+    cut = CliRunner().invoke(app, more, env={"COLUMNS": "200"})
+    assert cut.exit_code == 0 and "--batches 99: the test split has " in cut.stdout, cut.output
+    assert "(1 seed)" in cut.stdout  # not '(1 seeds)'
     quiet = CliRunner().invoke(app, base, env={"COLUMNS": "200"})
     assert quiet.exit_code == 0 and "dynamics" not in quiet.output  # none unless asked
     bad = CliRunner().invoke(app, [*base, "--sweep", "vit", "--sweep-dampings", "1e-4,small"])
@@ -293,7 +300,11 @@ def test_dynamics_over_snapshots_other_than_asked_says_which_it_traces(tmp_path)
     run_study(plan_study(spec(epochs=3, keep_epochs=(1,)), root), log=lambda _: None)
     other = plan_study(spec(epochs=3, keep_epochs=(2,), dynamics_archs=("vit",)), root)
     (note,) = [n for n in other.notes if n.startswith("dynamics vit")]
-    assert "kept epochs 1 (all seeds), not the 2 of --keep-epochs 2" in note
+    assert "kept epochs 1 before their last (all seeds); --keep-epochs 2 keeps epochs 2" in note
+    assert note.endswith("applies to training still to run: the dynamics trace the kept ones")
+    last = plan_study(spec(epochs=3, keep_epochs=(3,), dynamics_archs=("vit",)), root)
+    (note,) = [n for n in last.notes if n.startswith("dynamics vit")]
+    assert "--keep-epochs 3 keeps none there" in note  # was 'not the none of
     assert [s.requests for s in other.sweeps] == [1]  # epoch 1, the one kept
     same = plan_study(spec(epochs=3, keep_epochs=(1,), dynamics_archs=("vit",)), root)
     assert not [n for n in same.notes if n.startswith("dynamics")], same.notes

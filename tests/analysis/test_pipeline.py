@@ -314,9 +314,9 @@ def test_progress_gives_the_top_eigenvalue_its_share_of_the_unit(workspace):
         request = request_for(workspace, estimator=estimator, trajectories=(0,))
         batch = assemble_batch(open_dataset(workspace["data"]), request.classes, 0, 1, 2)
         reports: list[tuple[float, str]] = []
-        compute_unit(model, batch, request, 0, 0, progress=lambda f, s: reports.append((f, s)))
+        compute_unit(model, batch, request, 0, 0, progress=lambda *r, into=reports: into.append(r))
         fractions = [f for f, _ in reports]
-        assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1
+        assert fractions == sorted(fractions) and fractions[0] >= 0 and fractions[-1] <= 1
         (starts[estimator],) = [f for f, stage in reports if stage == "top eigenvalue (Lanczos)"]
         gradients, solve, lanczos = unit_passes(request)
         share = (gradients + solve) / (gradients + solve + lanczos)

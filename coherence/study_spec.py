@@ -50,6 +50,13 @@ class StudySpec:
             raise RequestError(f"--preset {self.preset!r}: choose demo or paper")
         if not self.archs:
             raise RequestError("--archs is empty: give unet, vit or both, e.g. unet,vit")
+        from coherence.surrogates.registry import ARCHITECTURES
+
+        if unknown := [a for a in self.archs if a not in ARCHITECTURES and ":" not in a]:
+            raise RequestError(
+                f"--archs {','.join(unknown)}: unknown architecture; choose among "
+                f"{', '.join(ARCHITECTURES)} (or a custom 'package.module:factory')"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise RequestError(f"--seeds {list(self.seeds)}: give distinct seeds, e.g. 10,35,42")
         if self.batches < 1:

@@ -41,8 +41,8 @@ def resolve_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
     if resolved != base and base not in resolved.parents:
         raise WorkspacePathError(
-            f"{path}: this path is outside the workspace {base}; copy or link the file into "
-            f"the workspace (or point {ENV_VAR} at a directory that contains it)"
+            f"{path}: this path is outside the workspace ({base}); copy it in there, or use "
+            f"a workspace that contains it (--workspace or {ENV_VAR})"
         )
     return resolved
 

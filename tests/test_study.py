@@ -265,6 +265,7 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     ("changes", "message"),
     [
         ({"dynamics_archs": ("unet",)}, r"--dynamics unet: not among the study's --archs vit"),
+        ({"archs": ("vit", "foo")}, r"--archs foo: unknown architecture; choose among unet, vit"),
         ({"sweep_archs": ("vitt",), "sweep_dampings": (1e-4,)}, r"--sweep vitt: not among"),
         ({"dynamics_archs": ("vit",), "keep_epochs": ()}, r"--keep-epochs none"),
         ({"sweep_archs": ("vit",), "sweep_dampings": (1e-4, -1.0)}, r"--sweep-dampings -1"),

@@ -814,3 +814,29 @@ def test_a_lone_point_shows_its_quartiles_as_a_bar():
     assert len(one) == 4 and one[2].error_y.array is not None
     full = band_traces(x[2:], median[2:], q1[2:], q3[2:], name="ViT", color=group_color(0))
     assert len(full) == 3  # every point has a neighbour: the band alone
+
+
+def test_a_near_constant_score_is_not_stretched_over_its_whole_panel():
+    """A share that moved 0.457 → 0.473 filled its panel under autorange and read as a large
+    change: a linear panel spans at least 20% of its values' magnitude; a score that moves
+    more keeps autorange, and the log panels their own range."""
+    from coherence.analysis.figures.dynamics import sensitivity_figure
+    from coherence.analysis.trends import Trend
+
+    x = np.array([1e-4, 1e-2])
+    flat = Trend("dominant_share", x, np.array([[0.457, 0.46, 0.465], [0.47, 0.473, 0.468]]))
+    moving = _dd_trend(x, [[0.3, 0.32], [0.8, 0.82]])
+    tops = Trend("top_eigenvalue", x, np.array([[2.9e6, 3.0e6], [2.95e6, 3.0e6]]))
+    fig = sensitivity_figure(
+        {"ViT": {"diagonal_dominance": moving, "dominant_share": flat, "top_eigenvalue": tops}},
+        paper_damping=1e-4,
+    )
+    titles = [a.text for a in fig.layout.annotations]
+    axes = {t: fig.layout["yaxis" + (str(i + 1) if i else "")] for i, t in enumerate(titles[:3])}
+    share = next(a for t, a in axes.items() if "share" in t.lower())
+    lo, hi = share.range
+    assert hi - lo == pytest.approx(0.2 * (0.457 + 0.473) / 2)  # the data's middle ± 10%
+    assert lo < 0.457 and hi > 0.473  # every value inside
+    dominance = next(a for t, a in axes.items() if "dominance" in t.lower())
+    assert dominance.range is None  # it moves 0.3 → 0.8: autorange
+    assert next(a for t, a in axes.items() if "eigenvalue" in t.lower()).type == "log"

@@ -156,6 +156,7 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     at = open_app(trained_on, monkeypatch, query)
     assert_clean(at)
     assert at.selectbox(key="dyn_vs_damping").value == "0.01"
+    assert any("lies on, and hides under" in c.value for c in at.caption)  # why one line
     assert "6 of 6 epoch analyses cached" in texts(at.caption)
     scores = charts(at)[0]
     first = {

@@ -133,6 +133,7 @@ def dynamics_figure(
         axis.pop("title")  # the subplot's title names it
         fig.update_yaxes(axis, row=p // cols + 1, col=p % cols + 1)
     _log_eigenvalue_axis(fig, trends_by_group.values(), names, cols)
+    floor_y_spans(fig)
     return fig
 
 
@@ -154,6 +155,39 @@ def _log_eigenvalue_axis(
         axis = log_axis(*values, title="")
         axis.pop("title")  # the subplot's title names it
         fig.update_yaxes(axis, row=where[0] // cols + 1, col=where[0] % cols + 1)
+
+
+MIN_RELATIVE_SPAN = 0.2  # a linear panel spans at least this share of its values' magnitude
+
+
+def floor_y_spans(fig: go.Figure, relative: float = MIN_RELATIVE_SPAN) -> None:
+    """Give each linear panel a y range of at least ``relative`` × |its values' middle|.
+
+    Why: autorange fits a near-constant score to the whole panel, so a share that moved
+    0.46 → 0.47 across λ (or did not move, its Q1–Q3 band filling the panel) looked like a
+    large change. Panels whose values already span more, and log axes, keep autorange."""
+    values: dict[str, list[np.ndarray]] = {}
+    for trace in fig.data:
+        if trace.y is None:
+            continue
+        y = np.asarray(trace.y, dtype=np.float64)
+        parts = [y]
+        bars = trace.error_y
+        if bars is not None and bars.array is not None:
+            parts += [y + np.asarray(bars.array), y - np.asarray(bars.arrayminus)]
+        values.setdefault(trace.yaxis or "y", []).extend(parts)
+    for axis, parts in values.items():
+        name = "yaxis" + axis[1:]
+        if fig.layout[name].type == "log":
+            continue
+        y = np.concatenate(parts)
+        y = y[np.isfinite(y)]
+        if not y.size:
+            continue
+        lo, hi = float(y.min()), float(y.max())
+        middle, floor = (lo + hi) / 2, relative * abs((lo + hi) / 2)
+        if hi - lo < floor:
+            fig.layout[name].range = [middle - floor / 2, middle + floor / 2]
 
 
 def epoch_heatmaps(
@@ -291,6 +325,7 @@ def sensitivity_figure(
     fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
     fig.update_xaxes(title=axis_title("damping λ"), row=rows)
     _log_eigenvalue_axis(fig, trends_by_series.values(), names, cols)
+    floor_y_spans(fig)
     return fig
 
 

@@ -38,6 +38,12 @@ EXPLAIN = (
 
 
 NO_OTHER_DAMPING = "none"
+# why two of the six panels show one line where the overlay draws two
+SAME_AT_ANY_DAMPING = (
+    "The top eigenvalue and the dominant-eigenvalue share barely depend on λ: they come "
+    "from η's own spectrum (λ adds λ to each eigenvalue), so in those two panels the other "
+    "λ's line lies on, and hides under, the selection's."
+)
 
 
 def _other_damping(ctx: PanelContext) -> float | None:
@@ -52,9 +58,13 @@ def _other_damping(ctx: PanelContext) -> float | None:
         key="dyn_vs_damping",
         help="Each epoch's analysis repeated at this damping, drawn beside the selection's "
         f"λ = {ctx.selection.damping:g} (the maps below stay at the selection's λ). Missing "
-        "epochs are computed by the button, each its own cached analysis.",
+        "epochs are computed by the button, each its own cached analysis. "
+        + SAME_AT_ANY_DAMPING,
     )
-    return None if chosen == NO_OTHER_DAMPING else float(chosen)
+    if chosen == NO_OTHER_DAMPING:
+        return None
+    st.caption(SAME_AT_ANY_DAMPING)
+    return float(chosen)
 
 
 def dynamics(ctx: PanelContext) -> None:

@@ -151,7 +151,9 @@ def train_command(
 
 
 app.command()(analyze)
-app.command()(study)
+app.command(
+    short_help="Train what is missing, then cache the paper's analyses (and any sweeps asked for)."
+)(study)
 
 
 @app.command()
@@ -216,7 +218,7 @@ def serve(
     os.execve(sys.executable, command, env)
 
 
-@app.command()
+@app.command(short_help="Write a selection's report as one offline HTML file.")
 @friendly_errors
 def report(
     out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),

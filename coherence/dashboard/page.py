@@ -22,6 +22,7 @@ from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, head
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
+from coherence.wording import plural
 from coherence.workspace import ENV_VAR, workspace_root
 
 TITLE = "Coherence Explorer"
@@ -197,7 +198,10 @@ def empty_state(catalog: Catalog) -> None:
 
 def _skipped_entries(catalog: Catalog) -> None:
     if catalog.problems:
-        with st.expander(f"{len(catalog.problems)} workspace entries skipped", icon="⚠️"):
+        with st.expander(
+            f"{plural(len(catalog.problems), 'workspace entry', 'workspace entries')} skipped",
+            icon="⚠️",
+        ):
             st.markdown("\n".join(f"- {literal(problem)}" for problem in catalog.problems))
 
 

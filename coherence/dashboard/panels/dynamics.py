@@ -58,8 +58,7 @@ def _other_damping(ctx: PanelContext) -> float | None:
         key="dyn_vs_damping",
         help="Each epoch's analysis repeated at this damping, drawn beside the selection's "
         f"λ = {ctx.selection.damping:g} (the maps below stay at the selection's λ). Missing "
-        "epochs are computed by the button, each its own cached analysis. "
-        + SAME_AT_ANY_DAMPING,
+        "epochs are computed by the button, each its own cached analysis. " + SAME_AT_ANY_DAMPING,
     )
     if chosen == NO_OTHER_DAMPING:
         return None

@@ -33,6 +33,7 @@ from coherence.study_spec import (
 )
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.training import train
+from coherence.wording import plural
 
 __all__ = [
     "DEMO_EPOCHS",
@@ -112,7 +113,7 @@ def _analyse(
         log(f"analysis of {step.arch} is cached ({key[:12]})")
     else:
         started = time.perf_counter()
-        log(f"analysing {step.arch}: {step.units} units, N = {step.n_examples}")
+        log(f"analysing {step.arch}: {plural(step.units, 'unit')}, N = {step.n_examples}")
         report = progress(step) if progress else None
         runner.run(request, progress=report, executor=executor)
         log(f"  done in {time.perf_counter() - started:.0f} s")

@@ -175,7 +175,8 @@ class StudyPlan:
             cost = "" if step.state == "done" else _cost(step.seconds, step.peak_bytes)
             lines.append(f"  train {step.out.name}: {what}{cost}")
         for a in self.analyses:
-            what = "cached" if a.state == "cached" else f"{a.units} units, N = {a.n_examples}"
+            units = f"{plural(a.units, 'unit')}, N = {a.n_examples}"
+            what = "cached" if a.state == "cached" else units
             cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
             seeds = plural(len(a.checkpoints), "seed")
             lines.append(f"  analyse {a.arch} ({seeds}): {what}{cost}")

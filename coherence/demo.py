@@ -91,6 +91,7 @@ class DemoSpec:
             device="cpu",
             naming="{arch}_demo_s{seed}",
             replace_foreign=True,  # the demo's own names: retrain on regenerated data
+            adopt=False,  # and only those: a study's would bring other snapshots
             keep_epochs=self.keep_epochs,
             dynamics_archs=self.dynamics_archs,
             sweep_archs=self.sweep_archs,

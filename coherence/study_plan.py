@@ -111,6 +111,62 @@ def _checkpoint_state(out: Path, args: TrainingArgs, fingerprint: str) -> tuple[
     return ("done" if len(history) >= args.epochs else "resume"), len(history)
 
 
+def adopt_trained(ctx: _Context, notes: list[str]) -> StudySpec:
+    """The spec with every (arch, seed) that has no checkpoint under the study's name but a
+    finished one under another: same architecture, preset, seed, batch size and training
+    data, trained for the study's epochs (the demo's vit_demo_s10 in a study of ce_demo).
+    Why: the study would train a duplicate, and the dashboard list both. Only finished ones,
+    and they are never resumed or retrained: they are not the study's to change."""
+    spec, directory = ctx.spec, checkpoints_dir(ctx.root)
+    if not directory.is_dir():
+        return spec
+    epochs = spec.epochs_for(ctx.family)
+    adopted = []
+    for arch in spec.archs:
+        for seed in spec.seeds:
+            if (directory / spec.checkpoint_name(arch, seed) / ckpt.CONFIG_FILE).exists():
+                continue
+            found = next(
+                (
+                    c.name
+                    for c in sorted(directory.iterdir())
+                    if _same_training(c, arch, seed, spec, ctx.fingerprint, epochs)
+                ),
+                None,
+            )
+            if found is not None:
+                adopted.append((arch, seed, found))
+    for arch in dict.fromkeys(a for a, _, _ in adopted):
+        names = [name for a, _, name in adopted if a == arch]
+        notes.append(
+            f"{arch}: uses the trained {', '.join(names)} (this data, the same settings, "
+            f"{plural(epochs, 'epoch')}) instead of training {plural(len(names), 'duplicate')}"
+        )
+    return replace(spec, adopted=tuple(adopted)) if adopted else spec
+
+
+def _same_training(
+    directory: Path, arch: str, seed: int, spec: StudySpec, fingerprint: str, epochs: int
+) -> bool:
+    if not (directory / ckpt.CONFIG_FILE).is_file():
+        return False
+    try:
+        config = ckpt.read_config(directory)
+        history = ckpt.read_history(directory)
+    except (CoherenceError, OSError):
+        return False  # unreadable: the workspace scan reports it
+    stored = config.training.get("args", {})
+    return (
+        config.arch == arch
+        and config.dataset.get("fingerprint") == fingerprint
+        and stored.get("seed") == seed
+        and stored.get("preset") == spec.preset
+        and stored.get("batch_size") == spec.batch_size
+        and stored.get("epochs") == epochs
+        and len(history) == epochs
+    )
+
+
 def _probe(arch: str, spec: StudySpec, info: DatasetInfo, device: torch.device) -> ModelProbe:
     torch.manual_seed(0)
     model = build_model(arch, spec.preset, channels=len(info.channels), resolution=info.height)
@@ -267,8 +323,10 @@ def _context(spec: StudySpec, workspace: str | Path | None) -> _Context:
 def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPlan:
     """What exists, what will run, and its cost on this device (probes the real models)."""
     ctx = _context(spec, workspace)
-    spec = ctx.spec  # the dataset by its name
     notes = []
+    if ctx.spec.adopt:
+        ctx = replace(ctx, spec=adopt_trained(ctx, notes))
+    spec = ctx.spec  # the dataset by its name, adopted checkpoints named
     if ctx.transitions < 16:
         notes.append(
             f"trajectories have {len(ctx.info.times)} snapshots: {ctx.transitions} transitions"

@@ -44,6 +44,11 @@ class StudySpec:
     dynamics_archs: tuple[str, ...] = ()
     sweep_archs: tuple[str, ...] = ()
     sweep_dampings: tuple[float, ...] = ()
+    # Trained checkpoints of other names that are this study's own, (arch, seed, name): set
+    # by planning (``study_plan.adopt_trained``), e.g. the demo's vit_demo_s10 in a study of
+    # ce_demo; ``adopt`` False keeps every checkpoint under ``naming`` (the demo's own).
+    adopted: tuple[tuple[str, int, str], ...] = ()
+    adopt: bool = True
 
     def __post_init__(self) -> None:
         if self.preset not in ("demo", "paper"):
@@ -93,6 +98,9 @@ class StudySpec:
             )
 
     def checkpoint_name(self, arch: str, seed: int) -> str:
+        for adopted_arch, adopted_seed, name in self.adopted:
+            if (adopted_arch, adopted_seed) == (arch, seed):
+                return name
         return self.naming.format(dataset=self.dataset, arch=arch, preset=self.preset, seed=seed)
 
     def epochs_for(self, family: str) -> int:

@@ -309,3 +309,28 @@ def test_dynamics_over_snapshots_other_than_asked_says_which_it_traces(tmp_path)
     assert [s.requests for s in other.sweeps] == [1]  # epoch 1, the one kept
     same = plan_study(spec(epochs=3, keep_epochs=(1,), dynamics_archs=("vit",)), root)
     assert not [n for n in same.notes if n.startswith("dynamics")], same.notes
+
+
+def test_a_study_uses_finished_checkpoints_of_the_same_training_under_other_names(tmp_path):
+    """The demo's vit_demo_s10 is a study of ce_demo's own checkpoint: the study uses it
+    instead of training a duplicate, and says so; one trained otherwise (other epochs) is
+    not adopted, nor by a spec that keeps its own names (the demo's)."""
+    root = tmp_path / "ws"
+    make_dataset(root)
+    demo_named = spec(naming="{arch}_demo_s{seed}", adopt=False)
+    run_study(plan_study(demo_named, root), log=lambda _: None)
+    trained = checkpoints_dir(root) / "vit_demo_s7"
+    history = ckpt.read_history(trained)
+    plan = plan_study(spec(), root)
+    assert plan.spec.checkpoint_name("vit", 7) == "vit_demo_s7"
+    assert [(t.out, t.state) for t in plan.train] == [(trained, "done")]
+    assert "vit: uses the trained vit_demo_s7 (this data, the same settings, 1 epoch)" in (
+        "\n".join(plan.notes)
+    )
+    run_study(plan, log=lambda _: None)
+    assert sorted(p.name for p in checkpoints_dir(root).iterdir()) == ["vit_demo_s7"]
+    assert ckpt.read_history(trained) == history  # untouched
+    longer = plan_study(spec(epochs=2), root)  # trained for 1 epoch: not this study's
+    assert [(t.out.name, t.state) for t in longer.train] == [("ce_small_vit_demo_s7", "new")]
+    assert not longer.spec.adopted
+    assert not plan_study(demo_named, root).spec.adopted

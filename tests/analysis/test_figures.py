@@ -636,6 +636,8 @@ def test_sensitivity_flat_series_spans_the_whole_axis_and_marks_both_lambdas():
     )
     low, high = fig.layout.xaxis.range
     assert (low, high) == (-6.5, -0.5)
+    # six decades: a label every other one (upright in narrow panels), a grid line at each
+    assert (fig.layout.xaxis.dtick, fig.layout.xaxis.minor.dtick) == (2, 1)
     (flat,) = [t for t in fig.data if t.name == "euclidean" and t.mode == "lines+markers"]
     np.testing.assert_allclose(np.log10(np.asarray(flat.x)), [low, -4, high])
     np.testing.assert_allclose(flat.y, [0.71, 0.71, 0.71])

@@ -322,7 +322,17 @@ def sensitivity_figure(
     # legend symbols at one size: a flat line's only marker is its middle point's (its
     # array of sizes starts at 0, and the legend drew no symbol)
     fig.update_layout(legend_itemsizing="constant")
-    fig.update_xaxes(type="log", exponentformat="power", dtick=1, range=[low, high])
+    # a label every other decade past 4 (a grid line at each): two panels a row at 1024 px
+    # gave each decade ≈ 30 px, and plotly turned the labels on end
+    step = 2 if high - low > 5 else 1
+    fig.update_xaxes(
+        type="log",
+        exponentformat="power",
+        dtick=step,
+        tick0=0,
+        range=[low, high],
+        minor={"dtick": 1, "showgrid": True} if step > 1 else None,
+    )
     fig.update_xaxes(title=axis_title("damping λ"), row=rows)
     _log_eigenvalue_axis(fig, trends_by_series.values(), names, cols)
     floor_y_spans(fig)

@@ -176,6 +176,20 @@ def _new_model(
     return model, optimizer
 
 
+def _check_same_data(out: Path, info: DatasetInfo, classes: list[str]) -> None:
+    """Refuse to resume a checkpoint on other training data: its first epochs would be one
+    dataset's, its later ones another's, and config.json would name the second alone."""
+    trained_on = ckpt.read_config(out).dataset
+    fingerprint = info.fingerprint(split="train", classes=classes)
+    if trained_on.get("fingerprint") != fingerprint:
+        raise RequestError(
+            f"{out} holds a checkpoint trained on other data ({trained_on.get('name')!r} at "
+            f"{trained_on.get('root')}, classes {', '.join(trained_on.get('classes', []))}); "
+            f"--data {info.root} differs in its training files. Resume with the same --data, "
+            "or choose a new --out"
+        )
+
+
 def _check_same_arguments(out: Path, args: TrainingArgs) -> None:
     """Refuse to resume a checkpoint trained with other arguments than those that may change
     between runs (epochs, device, checkpoint_every, keep_epochs)."""
@@ -333,6 +347,7 @@ def train(
     history: list[dict[str, float]] = []
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     if (out / ckpt.CONFIG_FILE).is_file():
+        _check_same_data(out, info, classes)
         model, optimizer, history = _resume(out, args, train_pairs, device, log)
     config = _run_config(model, info, args, classes, (train_pairs, valid_pairs), dataset_root)
     validate = validation(valid_pairs, device)

@@ -97,6 +97,32 @@ def test_resume_with_other_arguments_is_refused(trained, tiny_dataset):
         train(tiny_dataset, trained, tiny_args(lr=1e-2))
 
 
+def test_resume_on_other_training_data_is_refused(trained, tiny_dataset, tmp_path):
+    """Same grid and classes, other training trajectories: resuming would train its first
+    epochs on one dataset and its later ones on another, and config.json name the second."""
+    import shutil
+
+    from coherence.simulation.wellformat import write_well_file
+    from tests.fixtures import TINY_CLASSES, advected_states
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other)
+    write_well_file(
+        other / "data" / "train" / f"{TINY_CLASSES[0]}.hdf5",
+        advected_states(4, 5, 16, seed=99),
+        np.linspace(0, 0.2, 5),
+        family="euler",
+        class_name=TINY_CLASSES[0],
+        dataset_name="tiny",
+    )
+    copy = tmp_path / "ckpt"
+    shutil.copytree(trained, copy)
+    before = (copy / ckpt.CONFIG_FILE).read_bytes()
+    with pytest.raises(RequestError, match=r"trained on other data \('tiny'.*Resume with the"):
+        train(other, copy, tiny_args(epochs=3))
+    assert (copy / ckpt.CONFIG_FILE).read_bytes() == before  # nothing written
+
+
 def test_training_rejects_bad_arguments(tiny_dataset, tmp_path):
     with pytest.raises(RequestError, match="lr="):
         tiny_args(lr=-1.0)

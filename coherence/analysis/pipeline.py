@@ -242,7 +242,10 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
 def load_checked(
     directory: str | Path, info: DatasetInfo, device: torch.device, trust_code: bool = False
 ) -> tuple[nn.Module, ckpt.CheckpointConfig]:
-    """Load a checkpoint and refuse it for a dataset of other channels or grid."""
+    """Load a checkpoint and refuse it for a dataset of other channels or grid, or when its
+    files are not the set its manifest records (weights changed after the save gave a
+    result, and a cache entry, for weights nobody trained)."""
+    ckpt.verify(directory)
     model, config = ckpt.load(directory, device=device, trust_code=trust_code)
     ckpt.check_compatible(
         config,

@@ -96,6 +96,7 @@ def _ship_checkpoints(
     checkpoints, fingerprints = {}, {}
     for s in sorted(indices):
         directory = request.checkpoints[s]
+        ckpt.verify(directory)  # the files shipped are the set saved together
         ckpt.check_compatible(
             ckpt.read_config(directory),
             family=info.family.value,

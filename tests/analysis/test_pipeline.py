@@ -322,3 +322,19 @@ def test_progress_gives_the_top_eigenvalue_its_share_of_the_unit(workspace):
         share = (gradients + solve) / (gradients + solve + lanczos)
         assert starts[estimator] == pytest.approx(share)
     assert starts["euclidean"] < 0.2 < starts["ekfac-krylov"]
+
+
+def test_weights_changed_after_the_save_are_refused_not_analysed(workspace, tmp_path):
+    """A byte flipped in the weights keeps every value finite and the file readable: without
+    the manifest check the analysis ran on weights nobody trained and cached the result."""
+    import shutil
+
+    copy = tmp_path / "flipped"
+    shutil.copytree(workspace["ckpts"][0], copy)
+    weights = copy / ckpt.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # the last float's lowest mantissa bit
+    weights.write_bytes(bytes(data))
+    ckpt.load(copy)  # still loads: only the manifest tells
+    with pytest.raises(CheckpointError, match="not the set that was saved together"):
+        run_analysis(request_for(workspace, checkpoints=(str(copy),), trajectories=(0,)))

@@ -328,7 +328,7 @@ def test_a_study_uses_finished_checkpoints_of_the_same_training_under_other_name
         "\n".join(plan.notes)
     )
     run_study(plan, log=lambda _: None)
-    assert sorted(p.name for p in checkpoints_dir(root).iterdir()) == ["vit_demo_s7"]
+    assert [p.name for p in checkpoints_dir(root).glob("[!.]*")] == ["vit_demo_s7"]
     assert ckpt.read_history(trained) == history  # untouched
     longer = plan_study(spec(epochs=2), root)  # trained for 1 epoch: not this study's
     assert [(t.out.name, t.state) for t in longer.train] == [("ce_small_vit_demo_s7", "new")]

@@ -8,10 +8,11 @@ powers of two plus the last) under ``epochs/NNNN``, and resume from the last che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,38 @@ def train(
     ``dataset_root``: the dataset path recorded in config.json when ``data`` is a copy (a
     cluster worker trains on the files shipped to it), so the checkpoint is the same bytes
     as one trained on the original."""
+    with _training_lock(Path(out)):
+        return _train(data, Path(out), args, progress=progress, log=log, dataset_root=dataset_root)
+
+
+@contextlib.contextmanager
+def _training_lock(out: Path) -> Iterator[None]:
+    """Hold ``.<name>.train.lock`` beside the checkpoint while training into it. Why: two
+    runs into one --out both finished, the checkpoint from one and the snapshots (kept when
+    present) from the other. A killed run's lock goes with it (flock)."""
+    from coherence.cache.locks import KeyLock
+
+    lock = KeyLock(out.parent / f".{out.name}.train.lock")
+    if not lock.acquire():
+        raise RequestError(
+            f"{out}: another `coherence train` or study is training into this checkpoint (it "
+            f"holds {lock.path}); wait for it to finish, or choose another --out"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(
+    data: str | Path,
+    out: Path,
+    args: TrainingArgs,
+    *,
+    progress: Progress | None,
+    log: Callable[[str], None] | None,
+    dataset_root: str | None,
+) -> Path:
     torch.use_deterministic_algorithms(True, warn_only=True)
     info = open_dataset(data)
     classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
@@ -343,7 +376,6 @@ def train(
         log(f"{len(train_pairs)} training pairs exceed the memory budget: read batch by batch")
 
     model, optimizer = _new_model(info, args, train_pairs, device)
-    out = Path(out)
     history: list[dict[str, float]] = []
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     if (out / ckpt.CONFIG_FILE).is_file():

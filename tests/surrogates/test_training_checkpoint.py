@@ -224,3 +224,21 @@ def test_rollout_shapes_and_errors(trained, tiny_dataset):
         rollout_errors(model, truth, start=1, horizon=7)
     with pytest.raises(RequestError, match="start=4"):
         rollout_errors(model, truth, start=4)
+
+
+def test_a_second_run_into_the_same_checkpoint_is_refused_while_one_trains(tiny_dataset, tmp_path):
+    """Two runs into one --out both finished: the checkpoint from one, the snapshots from the
+    other. The lock beside the checkpoint refuses the second while the first holds it, and
+    goes with the first (a killed run's too: flock)."""
+    from coherence.cache.locks import KeyLock
+
+    out = tmp_path / "ckpt"
+    held = KeyLock(tmp_path / ".ckpt.train.lock")  # what a run in progress holds
+    assert held.acquire()
+    try:
+        with pytest.raises(RequestError, match=r"another `coherence train` or study is training"):
+            train(tiny_dataset, out, tiny_args())
+        assert not out.exists()  # nothing written
+    finally:
+        held.release()
+    assert train(tiny_dataset, out, tiny_args()) == out  # free again

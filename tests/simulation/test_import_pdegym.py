@@ -210,3 +210,28 @@ def test_cli_imports_and_refuses_in_one_line(tmp_path, ce_states):
     )
     assert result.exit_code == 2 and "poseidon, random" in result.output
     assert issubclass(SchemaError, CoherenceError)
+
+
+def test_a_bad_trajectory_in_a_shard_is_named_by_its_class_index_and_its_row(tmp_path, ce_states):
+    """In 3 shards of 4, trajectory 5 is row 1 of the second: the message gives both, and
+    the --limit that imports the trajectories before it (it gave the row alone: --limit 1)."""
+    bad = ce_published(ce_states)
+    bad[5, 2, 0, 3, 3] = np.nan
+    write_shards(tmp_path / "src", "data", "data", bad, [4, 4, 4])
+    with pytest.raises(SchemaError) as refused:
+        import_pdegym(tmp_path / "src", tmp_path / "o", "CE-RPUI")
+    message = str(refused.value)
+    assert "data_1.nc: trajectory 5 (row 1 of this file) has NaN or inf in density" in message
+    assert message.endswith("with --limit 5")
+    report = import_pdegym(tmp_path / "src", tmp_path / "ok", "CE-RPUI", limit=5)
+    assert sum(report.counts) == 5  # the hint's --limit imports the good ones
+
+
+def test_a_truncated_file_is_refused_by_name(tmp_path, ce_states):
+    """Its header is HDF5 but its body is cut (an interrupted download): a one-line refusal
+    naming the file, not h5py's traceback."""
+    good = write_pdegym(tmp_path / "ce.nc", "data", ce_published(ce_states))
+    cut = tmp_path / "cut.nc"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SchemaError, match=r"cut.nc: HDF5 cannot read this file .*truncated"):
+        import_pdegym(cut, tmp_path / "o", "CE-RPUI")

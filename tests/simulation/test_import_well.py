@@ -78,6 +78,10 @@ def test_refusals(tmp_path, states):
         import_well_euler([path], tmp_path / "out")
     with pytest.raises(RequestError, match="not divisible by --downsample 3"):
         import_well_euler([path], tmp_path / "out", split="test", downsample=3)
+    for limit in (0, -3):  # 0 wrote empty class files, -3 raised numpy's ValueError
+        with pytest.raises(RequestError, match=rf"--limit {limit}: keep at least 1"):
+            import_well_euler([path], tmp_path / "out", split="test", limit=limit)
+    assert not (tmp_path / "out").exists()
     bad = write_well_euler(tmp_path / "data" / "test" / "bad.hdf5", states, gamma=1.4)
     with h5py.File(bad, "a") as f:
         f.attrs["gamma"] = 5 / 3  # the file's γ disagrees with its own channels

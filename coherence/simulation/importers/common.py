@@ -36,20 +36,33 @@ PAIRING_RATIO = 0.1  # one axis pairing must have < 10 % of the other's divergen
 # physics checks
 
 
+def _which(first: int, row: int, file_first: int | None) -> str:
+    """'trajectory 5', or in a shard 'trajectory 5 (row 0 of this file)'."""
+    local = "" if file_first is None else f" (row {file_first + row} of this file)"
+    return f"trajectory {first + row}{local}"
+
+
 def check_finite_positive(
-    source: str, first: int, named: dict[str, np.ndarray], positive: tuple[str, ...]
+    source: str,
+    first: int,
+    named: dict[str, np.ndarray],
+    positive: tuple[str, ...],
+    *,
+    file_first: int | None = None,
 ) -> None:
     """Refuse NaN/inf anywhere and non-positive values in ``positive`` fields.
 
-    Arrays are [b, ...]; ``first`` is the source index of row 0 (for the message).
+    Arrays are [b, ...]; ``first`` is the index of row 0 among all the source's trajectories
+    (what --limit counts), ``file_first`` its row in ``source`` when that is one shard.
     """
     for name, values in named.items():
         bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
         if bad.any():
+            row = int(np.argmax(bad))
             raise SchemaError(
-                f"{source}: trajectory {first + int(np.argmax(bad))} has NaN or inf in "
-                f"{name}; the file is damaged: download it again, or import the trajectories "
-                "before it with --limit"
+                f"{source}: {_which(first, row, file_first)} has NaN or inf in {name}; the "
+                "file is damaged: download it again, or import the trajectories before it "
+                f"with --limit {first + row}"
             )
     for name in positive:
         values = named[name]
@@ -57,7 +70,7 @@ def check_finite_positive(
         if bad.any():
             row = int(np.argmax(bad))
             raise SchemaError(
-                f"{source}: trajectory {first + row} has {name} ≤ 0 (min "
+                f"{source}: {_which(first, row, file_first)} has {name} ≤ 0 (min "
                 f"{float(values[row].min()):.3g}); a physical state has positive {name}: "
                 "check that the channels are in the documented order"
             )
@@ -73,10 +86,19 @@ def gamma_hat(rho: np.ndarray, mx: np.ndarray, my: np.ndarray, p: np.ndarray, en
     return 1.0 + float(np.sum(p * internal) / max(float(np.sum(internal**2)), 1e-300))
 
 
-def check_gamma(source: str, first: int, estimate: float, gamma: float, order: str) -> None:
+def check_gamma(
+    source: str,
+    first: int,
+    estimate: float,
+    gamma: float,
+    order: str,
+    *,
+    file_first: int | None = None,
+) -> None:
     if not abs(estimate - gamma) <= GAMMA_TOLERANCE:
+        local = "" if file_first is None else f" (rows from {file_first} of this file)"
         raise SchemaError(
-            f"{source}: trajectories from {first}: γ recovered from the stored channels is "
+            f"{source}: trajectories from {first}{local}: γ recovered from the stored channels is "
             f"{estimate:.4f}, expected {gamma} (±{GAMMA_TOLERANCE}); the channels are not "
             f"({order}) with that γ: check the variable and the dataset version"
         )

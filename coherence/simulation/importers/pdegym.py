@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
 from coherence.errors import RequestError, SchemaError
@@ -46,6 +45,7 @@ from coherence.simulation.importers.pdegym_source import (
     open_source,
     shard_paths,
 )
+from coherence.simulation.importers.sniff import open_hdf5
 from coherence.simulation.staging import Stage, dataset_transaction
 from coherence.simulation.wellformat import WellWriter
 
@@ -73,7 +73,7 @@ def _blocks(source: PdegymSource, limit: int):
     per_block = max(1, BLOCK_BYTES // source.trajectory_bytes)
     first = 0
     for file_index, shard in enumerate(source.shards):
-        with h5py.File(shard.path, "r") as f:
+        with open_hdf5(shard.path) as f:
             ds = f[source.variable]
             for start in range(0, shard.n, per_block):
                 stop = min(start + per_block, shard.n, start + limit - first)
@@ -84,8 +84,15 @@ def _blocks(source: PdegymSource, limit: int):
 
 
 def _convert_ce(
-    source: PdegymSource, where: str, first: int, block: np.ndarray, checks: dict
+    source: PdegymSource,
+    where: str,
+    first: int,
+    block: np.ndarray,
+    checks: dict,
+    file_first: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """(fields, pressure) of a block; ``first``: its first trajectory's index in the class
+    (what --limit counts), ``file_first``: its row in ``where`` when that is one shard."""
     rho, u, v, p = (block[:, :, c] for c in range(4))
     if source.n_channels == 5:
         energy = block[:, :, 4]
@@ -96,6 +103,7 @@ def _convert_ce(
         first,
         {"density": rho, "pressure": p, "energy": energy, "velocity": block[:, :, 1:3]},
         ("density", "pressure"),
+        file_first=file_first,
     )
     if source.n_channels == 5:
         # fitted on every GAMMA_STRIDE-th cell in x and y: a wrong channel order moves γ̂ far,
@@ -103,7 +111,7 @@ def _convert_ce(
         cells = (..., slice(None, None, GAMMA_STRIDE), slice(None, None, GAMMA_STRIDE))
         r, uu, vv = rho[cells], u[cells], v[cells]
         estimate = gamma_hat(r, r * uu, r * vv, p[cells], energy[cells])
-        check_gamma(where, first, estimate, EULER_GAMMA, CE_ORDER)
+        check_gamma(where, first, estimate, EULER_GAMMA, CE_ORDER, file_first=file_first)
         checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), estimate)
         checks["gamma_hat_max"] = max(checks.get("gamma_hat_max", -np.inf), estimate)
     fields = np.stack([rho, rho * u, rho * v, energy], axis=2)
@@ -216,11 +224,13 @@ def _write_blocks(
         file_index[first : first + b] = f_index
         local_index[first : first + b] = np.arange(start, start + b)
         where = str(source.shards[f_index].path)
+        # the class's index (what --limit counts) and, across shards, the row in this one
+        local = start if len(source.shards) > 1 else None
         if source.family is Family.EULER:
-            fields, pressure = _convert_ce(source, where, start, block, checks)
+            fields, pressure = _convert_ce(source, where, first, block, checks, local)
         else:
             fields, pressure = block[:, :, :2], None
-            check_finite_positive(where, start, {"velocity": fields}, ())
+            check_finite_positive(where, first, {"velocity": fields}, (), file_first=local)
         if swap:
             fields = np.swapaxes(fields, -1, -2)
             pressure = None if pressure is None else np.swapaxes(pressure, -1, -2)

@@ -15,7 +15,7 @@ import h5py
 
 from coherence.errors import RequestError, SchemaError
 from coherence.simulation.families import Family
-from coherence.simulation.importers.sniff import require_hdf5
+from coherence.simulation.importers.sniff import open_hdf5
 
 CLASSES = {
     "CE-RP": Family.EULER,
@@ -89,8 +89,7 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
     variable = VARIABLE[family]
     shards, tail = [], None
     for path in shard_paths(Path(src)):
-        require_hdf5(path)
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path) as f:
             if variable not in f or not isinstance(f[variable], h5py.Dataset):
                 held = ", ".join(
                     f"{k} {tuple(v.shape)}" for k, v in f.items() if isinstance(v, h5py.Dataset)

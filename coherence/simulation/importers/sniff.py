@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
+
 from coherence.errors import SchemaError
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -31,6 +33,19 @@ def require_hdf5(path: Path) -> None:
             f"{path}: not an HDF5/netCDF4 file (starts with {head!r}); the download may be "
             "truncated or an HTML error page: download it again"
         )
+
+
+def open_hdf5(path: Path) -> h5py.File:
+    """``require_hdf5``, then open it read-only; a file whose header is right but whose body
+    h5py cannot read (a download cut short) is refused by name instead of a traceback."""
+    require_hdf5(path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise SchemaError(
+            f"{path}: HDF5 cannot read this file ({exc}); it is likely truncated (an "
+            "interrupted download or copy): download or copy it again"
+        ) from None
 
 
 def _has_late_superblock(path: Path) -> bool:

@@ -30,7 +30,7 @@ from coherence.simulation.importers.common import (
     gamma_hat,
     target_dataset_name,
 )
-from coherence.simulation.importers.sniff import require_hdf5
+from coherence.simulation.importers.sniff import open_hdf5
 from coherence.simulation.staging import Stage, dataset_transaction
 from coherence.simulation.wellformat import WellWriter
 
@@ -49,8 +49,7 @@ def block_mean(values: np.ndarray, k: int, axes: tuple[int, int]) -> np.ndarray:
 
 
 def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
-    require_hdf5(path)
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         missing = [f"t0_fields/{n}" for n in SCALAR_FIELDS if f"t0_fields/{n}" not in f]
         missing += [] if "t1_fields/momentum" in f else ["t1_fields/momentum"]
         if missing:
@@ -190,6 +189,8 @@ def import_well_euler(
         raise RequestError("name at least one euler_multi_quadrants .hdf5 file")
     if downsample < 1:
         raise RequestError(f"--downsample {downsample}: use a positive integer (1 keeps 512²)")
+    if limit is not None and limit < 1:  # 0 wrote empty class files that training then broke on
+        raise RequestError(f"--limit {limit}: keep at least 1 trajectory of each file")
     sources = [Path(p) for p in paths]
     infos = [_read_info(p, allow_open, note) for p in sources]
     splits = [_split_of(p, split) for p in sources]
@@ -307,7 +308,7 @@ def _import_file(
         "downsample": k,
     }
     with (
-        h5py.File(path, "r") as f,
+        open_hdf5(path) as f,
         WellWriter(
             target,
             family=Family.EULER,

@@ -89,6 +89,10 @@ def _check_batch(
     return inputs, targets
 
 
+class NonFiniteModelError(RequestError):
+    """The model's gradients on a batch are NaN or inf: no influence can be computed."""
+
+
 def compute_influence(
     model: nn.Module,
     inputs: Tensor,
@@ -171,6 +175,13 @@ def influence_with(
         grads = _gradients(
             fm, inputs, targets, options, stages, lambda x, stage: report(weight * x, stage)
         )
+        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+            # a solve on them fails deep in an eigensolver (LinAlgError), or returns NaN
+            raise NonFiniteModelError(
+                "the model's per-example gradients on this batch are not finite (NaN or "
+                "inf): its outputs overflow or divide by zero, e.g. a normalization std of 0 "
+                "saved with the weights, or weights that diverged; retrain the checkpoint"
+            )
         start = time.perf_counter()
         solved = solve_metric(
             options,

@@ -20,7 +20,7 @@ from torch import nn
 from coherence.analysis import kfac
 from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.estimators import Estimator, parse_estimator
-from coherence.analysis.influence import compute_influence, top_eigenvalue
+from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigenvalue
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
 from coherence.analysis.standardization import standardize
@@ -436,7 +436,10 @@ def run_analysis(
                 report((done + fraction) / (S * B), f"{name}, batch {b + 1}/{B}: {stage}")
 
             inner(0.0, "forward pass and per-example gradients")
-            unit = compute_unit(model, batch, request, s, b, progress=inner)
+            try:
+                unit = compute_unit(model, batch, request, s, b, progress=inner)
+            except NonFiniteModelError as error:
+                raise NonFiniteModelError(f"checkpoint {directory}: {error}") from None
             unit = replace(unit, checkpoint_fingerprint=fingerprint)
             units[s, b] = unit
             if on_unit is not None:

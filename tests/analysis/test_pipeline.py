@@ -338,3 +338,28 @@ def test_weights_changed_after_the_save_are_refused_not_analysed(workspace, tmp_
     ckpt.load(copy)  # still loads: only the manifest tells
     with pytest.raises(CheckpointError, match="not the set that was saved together"):
         run_analysis(request_for(workspace, checkpoints=(str(copy),), trajectories=(0,)))
+
+
+def test_a_model_with_non_finite_gradients_is_refused_by_name(workspace, tmp_path):
+    """Finite weights, NaN outputs (a normalization std of 0 saved with them): every
+    estimator's solve failed deep in an eigensolver with a LinAlgError traceback."""
+    import shutil
+
+    from coherence.analysis.influence import NonFiniteModelError
+
+    copy = tmp_path / "zero_std"
+    shutil.copytree(workspace["ckpts"][0], copy)
+    model, config = ckpt.load(copy)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if "std" in name:
+                buffer.zero_()
+    assert not torch.isfinite(model(torch.ones(1, 4, 16, 16))).all()
+    ckpt.save_checkpoint(copy, model, config, ckpt.read_history(copy), None)
+    for estimator in ("ekfac-krylov", "euclidean"):
+        with pytest.raises(NonFiniteModelError, match=rf"checkpoint {copy}: the model's"):
+            run_analysis(
+                request_for(
+                    workspace, checkpoints=(str(copy),), trajectories=(0,), estimator=estimator
+                )
+            )

@@ -4,6 +4,7 @@ compute slots, the confirmation of long jobs and the --ray-address option."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, TypeVar
@@ -34,8 +35,13 @@ RayAddress = Annotated[
 ]
 
 
+DEBUG_ENV = "COHERENCE_DEBUG"  # set: a file-system error shows its traceback too
+
+
 def friendly_errors(func: F) -> F:
-    """Turn CoherenceError into one red line and exit status 2."""
+    """Turn CoherenceError into one red line and exit status 2; a file-system error the
+    checks did not foresee (an --out that is a file, a folder that is missing) too, naming
+    the path, rather than a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -43,6 +49,23 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except CoherenceError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except (
+            FileExistsError,
+            FileNotFoundError,
+            NotADirectoryError,
+            IsADirectoryError,
+            PermissionError,
+        ) as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            console.print(
+                f"[bold red]error:[/] {exc.strerror or exc}{where}; check the paths given "
+                f"(set {DEBUG_ENV}=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

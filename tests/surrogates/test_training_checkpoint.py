@@ -242,3 +242,22 @@ def test_a_second_run_into_the_same_checkpoint_is_refused_while_one_trains(tiny_
     finally:
         held.release()
     assert train(tiny_dataset, out, tiny_args()) == out  # free again
+
+
+def test_cli_turns_a_path_error_into_one_line(tiny_dataset, tmp_path, monkeypatch):
+    """An --out below a file: one red line naming the path, exit status 2 (it was a
+    traceback); COHERENCE_DEBUG=1 gives the traceback back."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    command = ["train", "--data", str(tiny_dataset), "--out", str(a_file / "ckpt"), "--epochs", "1"]
+    monkeypatch.delenv("COHERENCE_DEBUG", raising=False)
+    result = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert f"{a_file}; check the paths given" in result.output
+    assert "Traceback" not in result.output
+    debug = CliRunner().invoke(app, command, env={"COHERENCE_DEBUG": "1"})
+    assert isinstance(debug.exception, OSError)

@@ -45,7 +45,14 @@ def cache_clear(
 ) -> None:
     """Delete every cached result and job record (results are recomputed on demand)."""
     from coherence.cache import ResultStore
+    from coherence.cache.store import DamagedCacheError, discard_damaged
     from coherence.workspace import cache_dir
 
-    removed = ResultStore(cache_dir(workspace)).clear()
+    try:
+        store = ResultStore(cache_dir(workspace))
+    except DamagedCacheError as error:  # the one command that must still work then
+        files = discard_damaged(cache_dir(workspace))
+        print(f"{error.args[0].split(';')[0]}: removed it and its {files} files")
+        store = ResultStore(cache_dir(workspace))
+    removed = store.clear()
     print(f"removed {removed} cache entries")

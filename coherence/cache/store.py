@@ -102,6 +102,21 @@ def private_directory(path: str | os.PathLike) -> Path:
     return path
 
 
+class DamagedCacheError(CoherenceError):
+    """The cache's sqlite database cannot be read; ``discard_damaged`` removes it."""
+
+
+def discard_damaged(directory: str | os.PathLike) -> int:
+    """Remove the results store of a cache whose database is damaged (the locks of running
+    jobs and the logs stay); returns the files removed. Only ``cache clear`` calls this."""
+    import shutil
+
+    store_dir = Path(directory) / "store"
+    files = sum(1 for p in store_dir.rglob("*") if p.is_file()) if store_dir.is_dir() else 0
+    shutil.rmtree(store_dir, ignore_errors=True)
+    return files
+
+
 class ResultStore(JobRecords):
     """Analysis results by request key, plus the small records background jobs share
     (``JobRecords``)."""
@@ -114,17 +129,25 @@ class ResultStore(JobRecords):
         self.logs_dir = private_directory(self.directory / "logs")
         # cull_limit=0: diskcache's own culling deletes 10 rows at a time, job records and the
         # entry just written included; ``_evict`` below removes results only, oldest use first.
-        self._cache = diskcache.Cache(
-            str(store_dir),
-            disk=SafeDisk,
-            size_limit=self.size_limit,
-            eviction_policy="least-recently-used",
-            cull_limit=0,
-            statistics=0,
-            tag_index=0,
-            disk_min_file_size=2**15,
-        )
-        self.remove_orphans()
+        try:
+            self._cache = diskcache.Cache(
+                str(store_dir),
+                disk=SafeDisk,
+                size_limit=self.size_limit,
+                eviction_policy="least-recently-used",
+                cull_limit=0,
+                statistics=0,
+                tag_index=0,
+                disk_min_file_size=2**15,
+            )
+            self.remove_orphans()
+        except sqlite3.DatabaseError as error:  # a disk fault, or a file written over
+            raise DamagedCacheError(
+                f"{store_dir / 'cache.db'}: the cache's database is damaged ({error}); "
+                f"`coherence cache clear --workspace {self.directory.parent}` starts it "
+                "afresh (results are recomputed on demand; checkpoints and data are not "
+                "touched)"
+            ) from None
 
     # ------------------------------------------------------------------ results ------
 

@@ -394,3 +394,33 @@ def test_key_refuses_missing_inputs(checkpoint, tiny_dataset, tmp_path):
     empty.mkdir()
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         request_key(quick_request(empty, tiny_dataset))
+
+
+def test_a_damaged_database_is_named_and_cache_clear_starts_afresh(tmp_path):
+    """Bytes of cache.db overwritten (a disk fault): every command ended in sqlite's
+    traceback, `cache clear` too. Opening names the file and the fix; clear removes the
+    store, keeps the rest of the workspace, and leaves a working cache."""
+    from typer.testing import CliRunner
+
+    from coherence.cache.store import DamagedCacheError
+    from coherence.cli import app
+
+    workspace = tmp_path / "ws"
+    with ResultStore(workspace / "cache") as opened:
+        opened.put(KEY, synthetic_result())
+    database = workspace / "cache" / "store" / "cache.db"
+    data = bytearray(database.read_bytes())
+    data[100:4000] = bytes(3900)
+    database.write_bytes(bytes(data))
+    (workspace / "datasets").mkdir()  # the workspace beside the cache: never touched
+    with pytest.raises(DamagedCacheError, match=r"cache.db: the cache's database is damaged"):
+        ResultStore(workspace / "cache")
+    info = CliRunner().invoke(app, ["cache", "info", "--workspace", str(workspace)])
+    assert info.exit_code == 2 and "coherence cache clear --workspace" in info.output
+    cleared = CliRunner().invoke(app, ["cache", "clear", "--workspace", str(workspace)])
+    assert cleared.exit_code == 0, cleared.output
+    assert "damaged" in cleared.output and (workspace / "datasets").is_dir()
+    with ResultStore(workspace / "cache") as fresh:  # works again, empty
+        assert fresh.get(KEY) is None
+        fresh.put(KEY, synthetic_result())
+        assert fresh.get(KEY) is not None

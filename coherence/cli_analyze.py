@@ -141,7 +141,9 @@ def _check_cost(request, prepared, *, trust_code: bool, local: bool, yes: bool) 
 
     info, batches = prepared
     device = request.torch_device
-    model, _ = load_checked(request.checkpoints[0], info, device, trust_code=trust_code)
+    model, _ = load_checked(
+        request.checkpoints[0], info, device, trust_code=trust_code, split=request.split
+    )
     cost = estimate_job(model, request, batches[0].inputs.to(device))
     console.print(f"cost estimate: {cost.describe()}")
     if not cost.fits and local:  # on a cluster, each worker checks its own

@@ -240,7 +240,11 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
 
 
 def load_checked(
-    directory: str | Path, info: DatasetInfo, device: torch.device, trust_code: bool = False
+    directory: str | Path,
+    info: DatasetInfo,
+    device: torch.device,
+    trust_code: bool = False,
+    split: str = "test",
 ) -> tuple[nn.Module, ckpt.CheckpointConfig]:
     """Load a checkpoint and refuse it for a dataset of other channels or grid, or when its
     files are not the set its manifest records (weights changed after the save gave a
@@ -253,6 +257,7 @@ def load_checked(
         channels=info.channels,
         resolution=(info.height, info.width),
         where=f"checkpoint {Path(directory).name}",
+        physics=info.physics(split, config.classes),
     )
     return model, config
 
@@ -413,7 +418,7 @@ def run_analysis(
         if all((s, b) in units for b in range(B)):
             continue
         report(len(units) / (S * B), f"{Path(directory).name}: loading the checkpoint")
-        model, _ = load_checked(directory, info, device, trust_code=trust_code)
+        model, _ = load_checked(directory, info, device, trust_code=trust_code, split=request.split)
         fingerprint = checkpoint_fingerprint(directory)
         dtype = next(model.parameters()).dtype
         if not checked:

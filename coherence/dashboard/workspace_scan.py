@@ -56,6 +56,7 @@ class DatasetEntry:
     resolution: tuple[int, int]
     times: tuple[float, ...]
     counts: Mapping[str, Mapping[str, int]] = field(repr=False)  # split → class → trajectories
+    physics: Mapping[str, float] = field(default_factory=dict)  # Δt, γ / ν (DatasetInfo.physics)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -92,13 +93,15 @@ class CheckpointEntry:
     dataset_name: str  # dataset_name it was trained on
     model_json: str  # canonical JSON of the architecture config: the group identity
     epochs: tuple[int, ...] = ()  # training snapshots kept under epochs/NNNN (``snapshots``)
+    physics: Mapping[str, float] = field(default_factory=dict)  # what it was trained with
 
     def fits(self, dataset: DatasetEntry) -> bool:
-        """Same family, channels and grid (what ``check_compatible`` demands)."""
+        """Same family, channels, grid, Δt and constants (what ``check_compatible`` demands)."""
         return (
             self.family == dataset.family
             and self.channels == dataset.channels
             and self.resolution == dataset.resolution
+            and not ckpt.physics_differences(dict(self.physics), dict(dataset.physics))
         )
 
 
@@ -213,6 +216,7 @@ def _dataset_entry(name: str, path: Path) -> DatasetEntry:
         resolution=(info.height, info.width),
         times=tuple(float(t) for t in info.times),
         counts=MappingProxyType(counts),
+        physics=MappingProxyType(info.physics("test", info.classes)),
     )
 
 
@@ -272,6 +276,7 @@ def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
         dataset_name=str(config.dataset.get("name", "")),
         model_json=json.dumps(config.model, sort_keys=True),
         epochs=tuple(snapshots.list_snapshots(path)),
+        physics=MappingProxyType(ckpt.recorded_physics(config.dataset.get("physics"))),
     )
 
 

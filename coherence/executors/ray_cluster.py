@@ -97,12 +97,14 @@ def _ship_checkpoints(
     for s in sorted(indices):
         directory = request.checkpoints[s]
         ckpt.verify(directory)  # the files shipped are the set saved together
+        config = ckpt.read_config(directory)
         ckpt.check_compatible(
-            ckpt.read_config(directory),
+            config,
             family=info.family.value,
             channels=info.channels,
             resolution=(info.height, info.width),
             where=f"checkpoint {Path(directory).name}",
+            physics=info.physics(request.split, config.classes),
         )
         files = _checkpoint_files(directory, (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE))
         checkpoints[s] = ray.put(files)

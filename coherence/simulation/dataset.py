@@ -163,6 +163,18 @@ class DatasetInfo:
         )
         return states
 
+    def physics(self, split: str, classes: Sequence[str]) -> dict[str, float]:
+        """What a one-step surrogate is tied to beyond channels and grid: the snapshot
+        spacing ``dt`` and the physical constants of the files (gamma, nu: of the first of
+        ``classes`` in ``split``, or of any file there). Recorded with a checkpoint and
+        compared when it meets a dataset (``checkpoint.check_compatible``)."""
+        out = {"dt": float(self.times[1] - self.times[0])} if len(self.times) > 1 else {}
+        per_class = self.files.get(split, {})
+        meta = next((per_class[c] for c in classes if c in per_class), None)
+        if meta is None and per_class:
+            meta = next(iter(per_class.values()))
+        return out | (dict(meta.scalars) if meta is not None else {})
+
     def fingerprint(self, split: str | None = None, classes: Sequence[str] | None = None) -> str:
         """Content hash of the files (optionally one split / some classes) for cache keys."""
         paths = [

@@ -23,6 +23,7 @@ device and refused before anything is allocated when it cannot fit (``footprint`
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,29 @@ def load(
     return model, config
 
 
+def recorded_physics(recorded: object) -> dict[str, float]:
+    """The numeric entries of a config.json's recorded physics (Δt, γ, ν); anything else
+    there (a hand-edited or foreign file) is not compared."""
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in recorded.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def physics_differences(trained: object, data: dict[str, float]) -> list[str]:
+    """'dt 0.05 (the dataset's: 0.075)' for each quantity both record and that differs;
+    ``trained``: what a config.json recorded (``recorded_physics``)."""
+    numbers = recorded_physics(trained)
+    return [
+        f"{name} {numbers[name]:g} (the dataset's: {value:g})"
+        for name, value in data.items()
+        if name in numbers and not math.isclose(numbers[name], value, rel_tol=1e-5)
+    ]
+
+
 def check_compatible(
     config: CheckpointConfig,
     *,
@@ -358,8 +382,13 @@ def check_compatible(
     channels: tuple[str, ...],
     resolution: tuple[int, int],
     where: str = "checkpoint",
+    physics: dict[str, float] | None = None,
 ) -> None:
-    """Refuse a checkpoint for a dataset whose channels or grid it was not trained on."""
+    """Refuse a checkpoint for a dataset whose channels or grid it was not trained on, or
+    (``physics``: ``DatasetInfo.physics``) whose snapshot spacing Δt or physical constants
+    differ from those it learnt to step with: a one-step surrogate of Δt = 0.05 at γ = 1.4
+    analysed on Δt = 0.075 or γ = 1.3 gave numbers about another map. Checkpoints written
+    before the physics was recorded are not checked for it."""
     if config.family != family or tuple(config.channels) != tuple(channels):
         raise CheckpointError(
             f"{where} was trained on {config.family} data with channels "
@@ -370,6 +399,13 @@ def check_compatible(
         raise CheckpointError(
             f"{where} was trained at {config.resolution[0]}×{config.resolution[1]}, the "
             f"dataset is {resolution[0]}×{resolution[1]}; choose a matching dataset or retrain"
+        )
+    differ = physics_differences(config.dataset.get("physics") or {}, physics or {})
+    if differ:
+        raise CheckpointError(
+            f"{where} was trained on data with {', '.join(differ)}; a one-step surrogate "
+            "steps the Δt and physics it learnt: choose a dataset made the same way (e.g. the "
+            "same --downsample or simulation settings) or a checkpoint trained on this one"
         )
 
 

@@ -255,6 +255,7 @@ def _run_config(
             "root": dataset_root if dataset_root is not None else str(info.root),
             "classes": classes,
             "fingerprint": info.fingerprint(split="train", classes=classes),
+            "physics": info.physics("train", classes),  # Δt and γ / ν it steps with
         },
         seed=args.seed,
         training={

@@ -33,8 +33,8 @@ from coherence.surrogates.training import TrainingArgs, train
 from tests.fixtures import TINY_OVERRIDES, advected_states
 
 
-def write_dataset(root, classes=("CE-RP", "CE-CRP"), family="euler"):
-    times = np.linspace(0, 0.2, 5)
+def write_dataset(root, classes=("CE-RP", "CE-CRP"), family="euler", t_end=0.2):
+    times = np.linspace(0, t_end, 5)
     for c, name in enumerate(classes):
         for s, (split, n) in enumerate(zip(SPLITS, (3, 1, 2), strict=True)):
             states = advected_states(n, 5, 16, seed=10 * c + s)
@@ -363,3 +363,32 @@ def test_a_model_with_non_finite_gradients_is_refused_by_name(workspace, tmp_pat
                     workspace, checkpoints=(str(copy),), trajectories=(0,), estimator=estimator
                 )
             )
+
+
+def test_a_checkpoint_meets_only_data_of_its_time_step(workspace, tmp_path):
+    """Trained on snapshots 0.05 apart: the same states 0.1 apart (another --downsample of a
+    Well file, say) are another map to learn; the analysis refused nothing and the dashboard
+    offered the pair. A checkpoint that recorded no physics (older) is not checked."""
+    from coherence.dashboard.workspace_scan import scan_workspace
+
+    config = ckpt.read_config(workspace["ckpts"][0])
+    assert config.dataset["physics"]["dt"] == pytest.approx(0.05)
+    coarse = write_dataset(tmp_path / "ws" / "datasets" / "coarse", t_end=0.4)
+    assert open_dataset(coarse).physics("test", ("CE-RP",))["dt"] == pytest.approx(0.1)
+    with pytest.raises(
+        CheckpointError, match=r"trained on data with dt 0.05 \(the dataset's: 0.1\)"
+    ):
+        run_analysis(request_for(workspace, data=str(coarse), trajectories=(0,)))
+    import shutil
+
+    shutil.copytree(workspace["ckpts"][0], tmp_path / "ws" / "checkpoints" / "unet_s1")
+    catalog = scan_workspace(tmp_path / "ws")
+    (entry,) = catalog.checkpoints
+    assert not entry.fits(catalog.dataset("coarse"))  # not offered together
+    same = write_dataset(tmp_path / "ws" / "datasets" / "same", t_end=0.2)
+    assert entry.fits(scan_workspace(tmp_path / "ws").dataset("same"))
+    assert ckpt.physics_differences({}, {"dt": 0.1}) == []  # nothing recorded: not checked
+    assert ckpt.physics_differences({"dt": "x", "gamma": 1.4}, {"dt": 0.1, "gamma": 1.3}) == [
+        "gamma 1.4 (the dataset's: 1.3)"
+    ]
+    assert same.is_dir()

@@ -71,11 +71,15 @@ def window_error(
     if n_steps < 1 or t_start < 0:
         return f"window {t_start}:{n_steps}: start must be ≥ 0 and length ≥ 1 (START:STEPS)"
     if transitions is not None and t_start + n_steps > transitions:
+        fixes = [f"a start ≤ {transitions - n_steps}"] if n_steps <= transitions else []
+        if t_start < transitions:  # at least one step left after this start
+            fixes.append(f"at most {transitions - t_start} steps")
+        if not fixes:
+            fixes.append(f"a start < {transitions}")
         return (
             f"window {t_start}:{n_steps} needs snapshots {t_start}..{t_start + n_steps} but the "
             f"trajectories of {dataset} have {transitions + 1} (0..{transitions}); "
-            f"use a start ≤ {max(transitions - n_steps, 0)} or at most "
-            f"{transitions - t_start} steps"
+            f"use {' or '.join(fixes)}"
         )
     return None
 
@@ -84,10 +88,10 @@ def examples_error(n_classes: int, n_steps: int) -> str | None:
     """What is wrong with a batch of N = classes × steps examples, or None."""
     n = n_classes * n_steps
     if n < 2 or n > MAX_EXAMPLES:
+        fix = "widen the window or add classes" if n < 2 else "shrink the window or the classes"
         return (
             f"a batch of {n_classes} classes × {n_steps} steps has N = {n} "
-            f"examples; influence needs 2 ≤ N ≤ {MAX_EXAMPLES}: shrink the window or "
-            "the classes"
+            f"examples; influence needs 2 ≤ N ≤ {MAX_EXAMPLES}: {fix}"
         )
     return None
 

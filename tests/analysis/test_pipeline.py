@@ -392,3 +392,16 @@ def test_a_checkpoint_meets_only_data_of_its_time_step(workspace, tmp_path):
         "gamma 1.4 (the dataset's: 1.3)"
     ]
     assert same.is_dir()
+
+
+def test_window_and_batch_size_messages_advise_what_can_work():
+    """'shrink' for an N that is too small and 'at most 0 steps' were advice that cannot
+    work; each message now offers only fixes that are valid."""
+    from coherence.analysis.request import examples_error, window_error
+
+    assert examples_error(1, 1).endswith("widen the window or add classes")
+    assert examples_error(40, 16).endswith("shrink the window or the classes")
+    assert window_error(20, 1, transitions=20).endswith("use a start ≤ 19")
+    assert window_error(18, 4, transitions=20).endswith("use a start ≤ 16 or at most 2 steps")
+    assert window_error(0, 25, transitions=20).endswith("use at most 20 steps")
+    assert window_error(25, 30, transitions=20).endswith("use a start < 20")

@@ -262,8 +262,28 @@ def load_checked(
     return model, config
 
 
+def check_seeds(checkpoints: Sequence[str]) -> None:
+    """An analysis pools its checkpoints as seeds of one model: refuse two architectures or
+    sizes (a UNet and a ViT gave one result, their difference read as the spread across
+    seeds)."""
+    first = None
+    for directory in checkpoints:
+        name = Path(directory).name
+        model = ckpt.read_config(directory).model
+        if first is None:
+            first = (name, model)
+        elif model != first[1]:
+            raise RequestError(
+                f"checkpoints {first[0]} ({first[1].get('arch')}) and {name} "
+                f"({model.get('arch')}) are not seeds of one model (other architecture or "
+                "size); analyse each model on its own, or compare them in the dashboard"
+            )
+
+
 def prepare(request: AnalysisRequest) -> tuple[DatasetInfo, list[AnalysisBatch]]:
-    """Open the dataset and assemble every batch (fails fast on bad classes or windows)."""
+    """Open the dataset and assemble every batch (fails fast on bad classes or windows, and
+    on checkpoints that are not seeds of one model)."""
+    check_seeds(request.checkpoints)
     info = open_dataset(request.data)
     check_window(info, request.t_start, request.n_steps)
     batches = [

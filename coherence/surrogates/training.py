@@ -230,7 +230,9 @@ def _resume(
         steps = len(history) * math.ceil(len(train_pairs) / args.batch_size)
         _check_steps(out, state, steps, len(history))
         _restore_optimizer(optimizer, state)
-    if log:
+    if log and len(history) >= args.epochs:  # 'resuming after epoch 3 of 2' read as a bug
+        log(f"{out} is trained for {len(history)} epochs (--epochs {args.epochs}): nothing to do")
+    elif log:
         log(f"resuming {out} after epoch {len(history)} of {args.epochs}")
     return model, optimizer, history
 

@@ -405,3 +405,20 @@ def test_window_and_batch_size_messages_advise_what_can_work():
     assert window_error(18, 4, transitions=20).endswith("use a start ≤ 16 or at most 2 steps")
     assert window_error(0, 25, transitions=20).endswith("use at most 20 steps")
     assert window_error(25, 30, transitions=20).endswith("use a start < 20")
+
+
+def test_an_analysis_pools_seeds_of_one_model_only(workspace, tmp_path):
+    """A UNet beside a wider UNet (or a ViT) was pooled as seeds of one model."""
+    from coherence.analysis.pipeline import check_seeds
+
+    first, second = (str(c) for c in workspace["ckpts"])
+    check_seeds((first, second))  # two seeds of one model: fine
+    wider = tmp_path / "wider"
+    info = open_dataset(workspace["data"])
+    overrides = {**TINY_OVERRIDES, "base_width": 16}
+    args = TrainingArgs(
+        seed=3, epochs=1, batch_size=8, transitions=4, device="cpu", overrides=overrides
+    )
+    train(info.root, wider, args)
+    with pytest.raises(RequestError, match=r"unet_s1 \(unet\) and wider \(unet\) are not seeds"):
+        run_analysis(request_for(workspace, checkpoints=(first, str(wider)), trajectories=(0,)))

@@ -261,3 +261,11 @@ def test_cli_turns_a_path_error_into_one_line(tiny_dataset, tmp_path, monkeypatc
     assert "Traceback" not in result.output
     debug = CliRunner().invoke(app, command, env={"COHERENCE_DEBUG": "1"})
     assert isinstance(debug.exception, OSError)
+
+
+def test_fewer_epochs_than_trained_says_nothing_is_to_do(trained, tiny_dataset):
+    lines: list[str] = []
+    before = ckpt.read_history(trained)
+    train(tiny_dataset, trained, tiny_args(epochs=1), log=lines.append)
+    assert lines == [f"{trained} is trained for {len(before)} epochs (--epochs 1): nothing to do"]
+    assert ckpt.read_history(trained) == before

@@ -113,6 +113,8 @@ def analyze(
         device=device,
         split=split,
     )
+    for warning in _option_warnings(request, rtol):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     prepared = prepare(request)  # once: for the estimate and for the run
@@ -123,6 +125,26 @@ def analyze(
         _check_cost(request, prepared, trust_code=trust_code, local=executor.local, yes=yes)
     result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
     _write(result, request, out, batches=len(prepared[1]))
+
+
+FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here
+
+
+def _option_warnings(request, rtol: float | None) -> list[str]:
+    """Options that will not do what they say, said before the job starts: an --rtol the
+    estimator ignores, or one below what float32 residuals reach (cg then runs to its
+    iteration cap: ≈ 100 s on the demo UNet, and only then said it had not converged)."""
+    out = []
+    if rtol is not None and request.estimator != "cg":
+        out.append(
+            f"--rtol {rtol:g} applies to the cg estimator only; {request.estimator} ignores it"
+        )
+    elif request.estimator == "cg" and rtol is not None and rtol < FLOAT32_RTOL_FLOOR:
+        out.append(
+            f"--rtol {rtol:g} is below what float32 residuals reach (≈ {FLOAT32_RTOL_FLOOR:g}): "
+            "cg will run every column to its iteration cap and report it unconverged"
+        )
+    return out
 
 
 def _trajectory_list(trajectories: str) -> tuple[int, ...]:

@@ -422,3 +422,16 @@ def test_an_analysis_pools_seeds_of_one_model_only(workspace, tmp_path):
     train(info.root, wider, args)
     with pytest.raises(RequestError, match=r"unet_s1 \(unet\) and wider \(unet\) are not seeds"):
         run_analysis(request_for(workspace, checkpoints=(first, str(wider)), trajectories=(0,)))
+
+
+def test_analyze_warns_before_starting_about_an_rtol_that_cannot_act(workspace):
+    from coherence.cli_analyze import _option_warnings
+
+    default = request_for(workspace)
+    assert _option_warnings(default, None) == []
+    (ignored,) = _option_warnings(default, 1e-3)
+    assert ignored == "--rtol 0.001 applies to the cg estimator only; ekfac-krylov ignores it"
+    tiny = request_for(workspace, estimator="cg", rtol=1e-12)
+    (unreachable,) = _option_warnings(tiny, 1e-12)
+    assert "below what float32 residuals reach" in unreachable
+    assert _option_warnings(request_for(workspace, estimator="cg", rtol=1e-2), 1e-2) == []

@@ -78,6 +78,8 @@ def test_refusals(tmp_path, states):
         import_well_euler([path], tmp_path / "out")
     with pytest.raises(RequestError, match="not divisible by --downsample 3"):
         import_well_euler([path], tmp_path / "out", split="test", downsample=3)
+    with pytest.raises(RequestError, match=r"--split 'bogus': choose train, valid, test"):
+        import_well_euler([path], tmp_path / "out", split="bogus")
     for limit in (0, -3):  # 0 wrote empty class files, -3 raised numpy's ValueError
         with pytest.raises(RequestError, match=rf"--limit {limit}: keep at least 1"):
             import_well_euler([path], tmp_path / "out", split="test", limit=limit)

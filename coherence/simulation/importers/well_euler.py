@@ -94,6 +94,8 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
 
 
 def _split_of(path: Path, split: str | None) -> str:
+    if split is not None and split not in SPLITS:
+        raise RequestError(f"--split {split!r}: choose {', '.join(SPLITS)}")
     chosen = split or path.parent.name
     if chosen not in SPLITS:
         raise RequestError(

@@ -247,6 +247,14 @@ def report(
     from coherence.workspace import workspace_root
 
     root = workspace_root(workspace)
+    if not root.is_dir():  # reading a report must not create a workspace (or its cache)
+        raise RequestError(f"workspace {root}: no such directory; give --workspace of a study")
+    if out.is_dir() or not out.parent.is_dir():  # before building the page, not after
+        raise RequestError(
+            f"--out {out}: that is a folder; give a file, e.g. {out / 'report.html'}"
+            if out.is_dir()
+            else f"--out {out}: the folder {out.parent} does not exist; create it first"
+        )
     catalog = scan_workspace(root)
     params = parse_qs(urlsplit(link).query if "://" in link else link.lstrip("?"))
     for item in param or []:

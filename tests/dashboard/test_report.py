@@ -154,3 +154,11 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     assert "Traceback" not in result.output
     result = runner.invoke(app, ["report", "--workspace", str(workspace), "--param", "est"])
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    # refused before the page is built, and without creating anything
+    missing = tmp_path / "no_workspace"
+    result = runner.invoke(app, ["report", "--workspace", str(missing), "--out", str(out)])
+    assert result.exit_code == 2 and "no such directory" in result.output
+    assert not missing.exists()
+    for bad, says in ((tmp_path, "that is a folder"), (tmp_path / "x" / "r.html", "create it")):
+        result = runner.invoke(app, ["report", "--workspace", str(workspace), "--out", str(bad)])
+        assert result.exit_code == 2 and says in result.output, result.output

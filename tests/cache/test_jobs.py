@@ -15,12 +15,13 @@ import time
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+import torch
 
 from coherence.analysis.pipeline import run_analysis
 from coherence.cache import jobs, slots
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.errors import RequestError
+from coherence.surrogates import checkpoint as ckpt
 from tests.fixtures import WORKER_TIMEOUT as TIMEOUT
 from tests.fixtures import computing, finished, quick_request, wait_for
 
@@ -69,11 +70,12 @@ def test_second_request_is_served_from_cache(workspace, checkpoint, tiny_dataset
     runner.run(quick_request(renamed, tiny_dataset, damping=1e-3))
     assert len(counted) == 2
 
-    # one changed weight misses, and gives different numbers
-    weights = load_file(renamed / "model.safetensors")
-    name = sorted(weights)[-1]
-    weights[name] = weights[name] + np.float32(0.05)
-    save_file(weights, renamed / "model.safetensors")
+    # one changed weight (saved as a checkpoint: a hand-edited file is refused by its
+    # manifest) misses, and gives different numbers
+    model, config = ckpt.load(renamed)
+    with torch.no_grad():
+        list(model.parameters())[-1].add_(0.05)
+    ckpt.save_checkpoint(renamed, model, config, ckpt.read_history(renamed), None)
     changed = quick_request(renamed, tiny_dataset)
     assert runner.status(runner.key(changed)).state == "missing"
     fourth = runner.run(changed)

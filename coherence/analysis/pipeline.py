@@ -281,9 +281,7 @@ def check_seeds(checkpoints: Sequence[str]) -> None:
 
 
 def prepare(request: AnalysisRequest) -> tuple[DatasetInfo, list[AnalysisBatch]]:
-    """Open the dataset and assemble every batch (fails fast on bad classes or windows, and
-    on checkpoints that are not seeds of one model)."""
-    check_seeds(request.checkpoints)
+    """Open the dataset and assemble every batch (fails fast on bad classes or windows)."""
     info = open_dataset(request.data)
     check_window(info, request.t_start, request.n_steps)
     batches = [
@@ -429,6 +427,7 @@ def run_analysis(
     ``prepared``: the request's ``prepare`` when the caller already made it (not again)."""
     report = progress or (lambda fraction, stage: None)
     started = time.perf_counter()
+    check_seeds(request.checkpoints)
     info, batches = prepare(request) if prepared is None else prepared
     device = request.torch_device
     S, B = len(request.checkpoints), len(batches)

@@ -176,11 +176,12 @@ class RayExecutor:
         on_unit: Callable[[Any], None] | None = None,
         prepared: tuple[Any, list[Any]] | None = None,
     ) -> Any:
-        from coherence.analysis.pipeline import assemble, prepare
+        from coherence.analysis.pipeline import assemble, check_seeds, prepare
 
         report = progress or (lambda fraction, stage: None)
         started = time.perf_counter()
         ray = self.connect()
+        check_seeds(request.checkpoints)
         info, batches = prepare(request) if prepared is None else prepared
         S, B = len(request.checkpoints), len(batches)
         units = dict(known_units or {})

@@ -121,21 +121,21 @@ def adopt_trained(ctx: _Context, notes: list[str]) -> StudySpec:
     if not directory.is_dir():
         return spec
     epochs = spec.epochs_for(ctx.family)
-    adopted = []
-    for arch in spec.archs:
-        for seed in spec.seeds:
-            if (directory / spec.checkpoint_name(arch, seed) / ckpt.CONFIG_FILE).exists():
-                continue
-            found = next(
-                (
-                    c.name
-                    for c in sorted(directory.iterdir())
-                    if _same_training(c, arch, seed, spec, ctx.fingerprint, epochs)
-                ),
-                None,
-            )
-            if found is not None:
-                adopted.append((arch, seed, found))
+    missing = [
+        (arch, seed)
+        for arch in spec.archs
+        for seed in spec.seeds
+        if not (directory / spec.checkpoint_name(arch, seed) / ckpt.CONFIG_FILE).exists()
+    ]
+    finished = {}  # (arch, seed) → the first checkpoint, by name, of this study's training
+    if missing:
+        for candidate in sorted(directory.iterdir()):  # each config read once
+            trained = _finished_training(candidate, spec, ctx.fingerprint, epochs)
+            if trained is not None:
+                finished.setdefault(trained, candidate.name)
+    adopted = [
+        (arch, seed, finished[arch, seed]) for arch, seed in missing if (arch, seed) in finished
+    ]
     for arch in dict.fromkeys(a for a, _, _ in adopted):
         names = [name for a, _, name in adopted if a == arch]
         notes.append(
@@ -145,26 +145,27 @@ def adopt_trained(ctx: _Context, notes: list[str]) -> StudySpec:
     return replace(spec, adopted=tuple(adopted)) if adopted else spec
 
 
-def _same_training(
-    directory: Path, arch: str, seed: int, spec: StudySpec, fingerprint: str, epochs: int
-) -> bool:
+def _finished_training(
+    directory: Path, spec: StudySpec, fingerprint: str, epochs: int
+) -> tuple[str, int] | None:
+    """(arch, seed) of a checkpoint trained as this study trains (its preset and batch size,
+    this data, exactly ``epochs`` epochs, all done); None for any other directory."""
     if not (directory / ckpt.CONFIG_FILE).is_file():
-        return False
+        return None
     try:
         config = ckpt.read_config(directory)
         history = ckpt.read_history(directory)
     except (CoherenceError, OSError):
-        return False  # unreadable: the workspace scan reports it
+        return None  # unreadable: the workspace scan reports it
     stored = config.training.get("args", {})
-    return (
-        config.arch == arch
-        and config.dataset.get("fingerprint") == fingerprint
-        and stored.get("seed") == seed
+    same = (
+        config.dataset.get("fingerprint") == fingerprint
         and stored.get("preset") == spec.preset
         and stored.get("batch_size") == spec.batch_size
         and stored.get("epochs") == epochs
         and len(history) == epochs
     )
+    return (config.arch, stored.get("seed")) if same else None
 
 
 def _probe(arch: str, spec: StudySpec, info: DatasetInfo, device: torch.device) -> ModelProbe:

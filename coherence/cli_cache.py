@@ -52,7 +52,9 @@ def cache_clear(
         store = ResultStore(cache_dir(workspace))
     except DamagedCacheError as error:  # the one command that must still work then
         files = discard_damaged(cache_dir(workspace))
-        print(f"{error.args[0].split(';')[0]}: removed it and its {files} files")
+        print(
+            f"{error.database}: the cache's database was damaged; removed it and its {files} files"
+        )
         store = ResultStore(cache_dir(workspace))
     removed = store.clear()
     print(f"removed {removed} cache entries")

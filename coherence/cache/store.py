@@ -103,7 +103,12 @@ def private_directory(path: str | os.PathLike) -> Path:
 
 
 class DamagedCacheError(CoherenceError):
-    """The cache's sqlite database cannot be read; ``discard_damaged`` removes it."""
+    """The cache's sqlite database (``database``) cannot be read; ``discard_damaged``
+    removes it."""
+
+    def __init__(self, message: str, database: Path) -> None:
+        super().__init__(message)
+        self.database = database
 
 
 def discard_damaged(directory: str | os.PathLike) -> int:
@@ -146,7 +151,8 @@ class ResultStore(JobRecords):
                 f"{store_dir / 'cache.db'}: the cache's database is damaged ({error}); "
                 f"`coherence cache clear --workspace {self.directory.parent}` starts it "
                 "afresh (results are recomputed on demand; checkpoints and data are not "
-                "touched)"
+                "touched)",
+                database=store_dir / "cache.db",
             ) from None
 
     # ------------------------------------------------------------------ results ------

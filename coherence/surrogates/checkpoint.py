@@ -400,7 +400,7 @@ def check_compatible(
             f"{where} was trained at {config.resolution[0]}×{config.resolution[1]}, the "
             f"dataset is {resolution[0]}×{resolution[1]}; choose a matching dataset or retrain"
         )
-    differ = physics_differences(config.dataset.get("physics") or {}, physics or {})
+    differ = physics_differences(config.dataset.get("physics"), physics or {})
     if differ:
         raise CheckpointError(
             f"{where} was trained on data with {', '.join(differ)}; a one-step surrogate "

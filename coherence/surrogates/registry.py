@@ -120,9 +120,15 @@ def build_model(
                 f"custom architecture {arch!r} has no presets (got preset={preset!r}); "
                 "pass its settings as overrides instead"
             )
-        model = _import_factory(arch, error=RequestError)(
-            channels=channels, resolution=resolution, **overrides
-        )
+        factory = _import_factory(arch, error=RequestError)
+        try:
+            model = factory(channels=channels, resolution=resolution, **overrides)
+        except TypeError as exc:  # e.g. a function that is no model factory: os:system
+            raise RequestError(
+                f"custom architecture {arch!r}: calling it as factory(channels={channels}, "
+                f"resolution={resolution}) failed ({exc}); name a function that takes those "
+                "keywords and returns an nn.Module"
+            ) from exc
         return _checked_custom(model, arch, error=RequestError)
     spec = _architecture(arch)
     config = spec.config(preset, channels=channels, resolution=resolution, **overrides)

@@ -177,6 +177,27 @@ def _new_model(
     return model, optimizer
 
 
+def _check_checkpoint_folder(out: Path) -> None:
+    """Refuse an --out folder that holds something other than a checkpoint (a dataset, a
+    project): training wrote its weights, history and snapshots in among those files."""
+    if not out.is_dir() or (out / ckpt.CONFIG_FILE).is_file():
+        return
+    ours = {*ckpt.SET_FILES, ckpt.MANIFEST_FILE, snapshots.EPOCHS_DIR}
+    foreign = sorted(
+        entry.name
+        for entry in out.iterdir()
+        if entry.name not in ours and not entry.name.startswith(".")  # staging, temp files
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise RequestError(
+            f"--out {out}: the folder holds other files ({shown}) and no checkpoint; training "
+            f"would write among them. Choose a new or an empty folder for --out"
+        )
+
+
 def _check_same_data(out: Path, info: DatasetInfo, classes: list[str]) -> None:
     """Refuse to resume a checkpoint on other training data: its first epochs would be one
     dataset's, its later ones another's, and config.json would name the second alone."""
@@ -366,6 +387,8 @@ def _train(
     dataset_root: str | None,
 ) -> Path:
     torch.use_deterministic_algorithms(True, warn_only=True)
+    ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
+    _check_checkpoint_folder(out)
     info = open_dataset(data)
     classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
     for split in ("train", "valid"):
@@ -380,7 +403,6 @@ def _train(
 
     model, optimizer = _new_model(info, args, train_pairs, device)
     history: list[dict[str, float]] = []
-    ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     if (out / ckpt.CONFIG_FILE).is_file():
         _check_same_data(out, info, classes)
         model, optimizer, history = _resume(out, args, train_pairs, device, log)

@@ -123,6 +123,23 @@ def test_resume_on_other_training_data_is_refused(trained, tiny_dataset, tmp_pat
     assert (copy / ckpt.CONFIG_FILE).read_bytes() == before  # nothing written
 
 
+def test_training_into_a_folder_of_other_files_is_refused(tiny_dataset, tmp_path):
+    """`--out` pointed at a dataset (or any folder of other files) wrote the checkpoint in
+    among them; an empty folder, or one a killed run began, is still trained into."""
+    import shutil
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(tiny_dataset, dataset)
+    listing = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
+    with pytest.raises(RequestError, match=r"--out .*dataset: the folder holds other files \(data"):
+        train(tiny_dataset, dataset, tiny_args(epochs=1))
+    assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == listing
+    empty = tmp_path / "empty"
+    (empty / "epochs").mkdir(parents=True)  # a run killed before its first checkpoint
+    train(tiny_dataset, empty, tiny_args(epochs=1))
+    assert (empty / ckpt.CONFIG_FILE).is_file()
+
+
 def test_training_rejects_bad_arguments(tiny_dataset, tmp_path):
     with pytest.raises(RequestError, match="lr="):
         tiny_args(lr=-1.0)

@@ -243,6 +243,7 @@ def report(
         load_groups,
         scale_from_params,
         selection_from_link,
+        unknown_params,
     )
     from coherence.workspace import workspace_root
 
@@ -264,7 +265,7 @@ def report(
         params[key] = [value]
     if params:
         selection, warnings = selection_from_link(params, catalog, cached=cached_in(root))
-        for warning in warnings:
+        for warning in unknown_params(params) + warnings:
             console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     else:
         selection = default_selection(catalog, cached=cached_in(root))

@@ -69,6 +69,7 @@ __all__ = [  # what callers import from here, the panels' names included
     "score_table",
     "sections",
     "selection_from_link",
+    "unknown_params",
 ]
 
 TITLE = "Coherence Explorer report"
@@ -117,6 +118,26 @@ def selection_from_link(
 
 
 SCALE_PARAM = "zscale_two_time"  # the two-time panel's colour scale in a dashboard link
+
+
+def unknown_params(params: Mapping[str, Any]) -> list[str]:
+    """A warning per key of a link that the dashboard does not know (a misspelled ``lamda``
+    was ignored without a word, and the report showed the default damping)."""
+    import difflib
+
+    from coherence.dashboard.controls import QUERY_KEYS
+    from coherence.dashboard.panel_links import PANEL_PARAMS
+
+    page_keys = ("panel", "embed", "embed_options")  # the open tab (page.py), Streamlit's
+    known = [*QUERY_KEYS, *page_keys, *(key for keys in PANEL_PARAMS.values() for key in keys)]
+    warnings = []
+    for key in params:
+        if key not in known:
+            close = ["damping"] if key.lower() in ("lambda", "lamda", "lam") else []
+            close = close or difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(QUERY_KEYS)}"
+            warnings.append(f"{key!r} is no parameter of a dashboard link ({hint}); ignored")
+    return warnings
 
 
 def scale_from_params(params: Mapping[str, Any]) -> tuple[str, list[str]]:

@@ -131,7 +131,23 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
         app, ["report", "--workspace", str(workspace), "--out", str(out), "--link", link]
     )
     assert result.exit_code == 0, result.output
-    assert "ViT" in out.read_text()
+    assert "ViT" in out.read_text() and "no parameter" not in result.output
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            "--workspace",
+            str(workspace),
+            "--out",
+            str(out),
+            "--link",
+            "?lamda=1e-2&dampng=1e-3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "'lamda' is no parameter of a dashboard link (did you mean 'damping'?)" in said
+    assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?)" in said
     result = runner.invoke(
         app,
         [

@@ -92,6 +92,7 @@ def analyze(
     """
     from coherence.analysis.pipeline import prepare
     from coherence.analysis.request import AnalysisRequest, parse_window
+    from coherence.analysis.results import check_result_path
     from coherence.cache import JobRunner
     from coherence.executors import get_executor
 
@@ -113,6 +114,7 @@ def analyze(
         device=device,
         split=split,
     )
+    check_result_path(out)
     for warning in _option_warnings(request, rtol):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     executor = get_executor(ray_address)

@@ -136,11 +136,20 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
-    """Write R.npz and R.json atomically (each to a temporary name, then renamed)."""
+def check_result_path(path: str | os.PathLike) -> Path:
+    """The result file's path, refused when it cannot be written as one: checked before a
+    job starts, so a typo is not found only after minutes of computing."""
     path = Path(path)
     if path.suffix != ".npz":
         raise RequestError(f"--out {path}: result files end in .npz (e.g. results.npz)")
+    if path.is_dir():
+        raise RequestError(f"--out {path}: that is a folder; give a file, e.g. {path / 'R.npz'}")
+    return path
+
+
+def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
+    """Write R.npz and R.json atomically (each to a temporary name, then renamed)."""
+    path = check_result_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payloads = {
         path: npz_bytes(result_arrays(result)),

@@ -75,3 +75,21 @@ def test_analyze_prints_the_full_system_residuals(
     assert ("full-system residual" in run.output) is prints, run.output
     assert "(1 checkpoint × 1 batch, N = 4" in " ".join(run.output.split())  # singular nouns
     assert json.loads(out.with_suffix(".json").read_text())["request"]["estimator"] == estimator
+
+
+@pytest.mark.parametrize("out", ["R.txt", "folder.npz"])
+def test_a_result_path_that_cannot_be_written_is_refused_before_computing(
+    checkpoint, tiny_dataset, workspace, tmp_path, prepares, out
+):
+    """`--out R.txt` was refused only after the analysis had run (and been cached)."""
+    (tmp_path / "folder.npz").mkdir()
+    args = [
+        "analyze",
+        *("--checkpoint", str(checkpoint), "--data", str(tiny_dataset)),
+        *("--out", str(tmp_path / out), "--classes", "CE-RP", "--window", "0:2"),
+        *("--estimator", "euclidean", "--workspace", str(workspace), "--yes"),
+    ]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 2, run.output
+    assert f"--out {tmp_path / out}:" in " ".join(run.output.split())
+    assert prepares == []  # refused before the data were even read

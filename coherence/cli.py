@@ -61,7 +61,7 @@ def simulate(
 
     request = SimulationRequest(
         family=family,
-        classes=split_list(classes),
+        classes=split_list(classes, "--classes"),
         trajectories=trajectories,
         resolution=resolution,
         snapshots=snapshots,
@@ -122,7 +122,7 @@ def train_command(
     args = TrainingArgs(
         arch=arch,
         preset=preset,
-        classes=split_list(classes),
+        classes=split_list(classes, "--classes"),
         seed=seed,
         epochs=epochs,
         batch_size=batch_size,

@@ -100,7 +100,7 @@ def analyze(
     request = AnalysisRequest(
         checkpoints=tuple(str(c) for c in checkpoint),
         data=str(data),
-        classes=split_list(classes),
+        classes=split_list(classes, "--classes"),
         t_start=t_start,
         n_steps=n_steps,
         trajectories=_trajectory_list(trajectories),
@@ -150,8 +150,9 @@ def _option_warnings(request, rtol: float | None) -> list[str]:
 
 
 def _trajectory_list(trajectories: str) -> tuple[int, ...]:
+    items = split_list(trajectories, "--trajectories")
     try:
-        return tuple(int(t) for t in split_list(trajectories))
+        return tuple(int(t) for t in items)
     except ValueError:
         raise RequestError(
             f"--trajectories {trajectories!r}: expected comma-separated integers, e.g. 0,1,2"

@@ -120,5 +120,13 @@ def confirm_long_job(seconds: float) -> None:
     )
 
 
-def split_list(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def split_list(value: str, option: str | None = None) -> tuple[str, ...]:
+    """The comma-separated items of ``value``. With ``option`` (a CLI flag), an empty item
+    between two others is refused: in ``1e-3,,1e-2`` a value was likely lost."""
+    items = [v.strip() for v in value.split(",")]
+    if option and "" in items[1:-1] and any(items):
+        raise RequestError(
+            f"{option} {value!r}: an empty item between two commas; remove the extra comma "
+            "or write the missing value"
+        )
+    return tuple(v for v in items if v)

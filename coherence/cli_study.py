@@ -78,8 +78,9 @@ def study(
     from coherence.study import StudySpec, plan_study
     from coherence.surrogates.snapshots import parse_keep_epochs
 
+    seed_items = split_list(seeds, "--seeds")
     try:
-        seed_list = tuple(int(s) for s in split_list(seeds))
+        seed_list = tuple(int(s) for s in seed_items)
     except ValueError:
         raise RequestError(f"--seeds {seeds!r}: expected comma-separated integers") from None
     if sweep_dampings is not None and not sweep:
@@ -87,9 +88,10 @@ def study(
             f"--sweep-dampings {sweep_dampings!r}: it sets the λ values of --sweep, which is not "
             "given; add --sweep ARCHS (e.g. --sweep vit)"
         )
+    text = DAMPING_GRID_TEXT if sweep_dampings is None else sweep_dampings
+    items = split_list(text, "--sweep-dampings")
     try:  # an explicit '' is a mistake, not a request for the default grid
-        text = DAMPING_GRID_TEXT if sweep_dampings is None else sweep_dampings
-        dampings = tuple(float(d) for d in split_list(text))
+        dampings = tuple(float(d) for d in items)
     except ValueError:
         dampings = ()
     if not dampings:
@@ -100,16 +102,16 @@ def study(
     spec = StudySpec(
         dataset=data,
         preset=preset,
-        archs=split_list(archs),
+        archs=split_list(archs, "--archs"),
         seeds=seed_list,
         batches=batches,
-        classes=split_list(classes),
+        classes=split_list(classes, "--classes"),
         epochs=epochs,
         batch_size=batch_size,
         device=device,
         keep_epochs=parse_keep_epochs(keep_epochs),
-        dynamics_archs=_distinct(split_list(dynamics)),
-        sweep_archs=_distinct(split_list(sweep)),
+        dynamics_archs=_distinct(split_list(dynamics, "--dynamics")),
+        sweep_archs=_distinct(split_list(sweep, "--sweep")),
         sweep_dampings=_distinct(dampings) if sweep else (),
     )
     executor = get_executor(ray_address)

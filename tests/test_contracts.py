@@ -48,3 +48,15 @@ def test_contract_functions_behave_as_documented():
     H = torch.diag(torch.arange(1.0, 5.0, dtype=torch.float64))
     # a perfectly local row standardizes to √N (METHOD.md §4)
     torch.testing.assert_close(torch.diag(standardize(H)), torch.full((4,), 2.0, dtype=H.dtype))
+
+
+def test_cli_lists_refuse_an_empty_item_between_two_others():
+    """`--sweep-dampings 1e-3,,1e-2` was read as two values: one was likely lost. A trailing
+    comma, or a list read from a dashboard link, is still accepted."""
+    from coherence.cli_common import split_list
+    from coherence.errors import RequestError
+
+    assert split_list(" a, b ,") == ("a", "b") == split_list("a,,b")
+    assert split_list("a,b,", "--classes") == ("a", "b") and split_list("", "--seeds") == ()
+    with pytest.raises(RequestError, match=r"--seeds '1,,2': an empty item between two commas"):
+        split_list("1,,2", "--seeds")

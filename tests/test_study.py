@@ -245,6 +245,8 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     assert alone.exit_code != 0 and "add --sweep ARCHS" in alone.output
     empty = CliRunner().invoke(app, [*base, "--sweep", "vit", "--sweep-dampings", ""])
     assert empty.exit_code != 0 and "--sweep-dampings ''" in empty.output  # not the default
+    gap = CliRunner().invoke(app, [*base, "--sweep", "vit", "--sweep-dampings", "1e-3,,1e-2"])
+    assert gap.exit_code != 0 and "an empty item between two commas" in gap.output
     past = ["--dynamics", "vit", "--keep-epochs", "9"]  # past --epochs 2: names what was asked
     late = CliRunner().invoke(app, [*base, *past], env={"COLUMNS": "200"})
     assert late.exit_code != 0 and "--keep-epochs 9 keeps no epoch before the last" in late.output

@@ -235,3 +235,38 @@ def test_a_truncated_file_is_refused_by_name(tmp_path, ce_states):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(SchemaError, match=r"cut.nc: HDF5 cannot read this file .*truncated"):
         import_pdegym(cut, tmp_path / "o", "CE-RPUI")
+
+
+def test_the_files_own_snapshot_times_are_kept_and_said(tmp_path, ce_states):
+    """The importer set t = linspace(0, 1, T) whatever the file's 'time' scale held: a file
+    on another clock was imported at Δt = 0.05, and a checkpoint then recorded the wrong Δt."""
+    source = write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
+    with h5py.File(source, "r+") as f:
+        f["time"][...] = np.linspace(0.0, 2.0, 21)
+    report = import_pdegym(source, tmp_path / "slow", "CE-RPUI", limit=3)
+    np.testing.assert_allclose(open_dataset(tmp_path / "slow").times, np.linspace(0, 2, 21))
+    assert open_dataset(tmp_path / "slow").physics("train", ["CE-RPUI"])["dt"] == pytest.approx(0.1)
+    assert any("Δt = 0.1 (the published classes: [0, 1], Δt = 0.05)" in w for w in report.warnings)
+
+    with h5py.File(source, "r+") as f:  # netCDF4's bare dimension: no values, the published clock
+        f["time"][...] = 0.0
+        f["time"].attrs["NAME"] = b"This is a netCDF dimension but not a netCDF variable.  21"
+    report = import_pdegym(source, tmp_path / "bare", "CE-RPUI", limit=3)
+    np.testing.assert_allclose(open_dataset(tmp_path / "bare").times, np.linspace(0, 1, 21))
+    assert not any("snapshot times" in w for w in report.warnings)
+
+    with h5py.File(source, "r+") as f:
+        f["time"][...] = np.linspace(0.0, 1.0, 21) ** 2
+        f["time"].attrs["NAME"] = b"time"
+    with pytest.raises(SchemaError, match=r"CE-RPUI.nc: its 'time' scale is not evenly spaced"):
+        import_pdegym(source, tmp_path / "uneven", "CE-RPUI", limit=3)
+    assert not (tmp_path / "uneven").exists()
+
+
+def test_a_float16_source_is_imported_and_said(tmp_path, ce_states):
+    with h5py.File(tmp_path / "CE-RPUI.nc", "w") as f:
+        f.create_dataset("data", data=ce_published(ce_states)[:3].astype(np.float16))
+    report = import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "out", "CE-RPUI", split="random")
+    assert any("'data' is float16 (published: float32)" in w for w in report.warnings)
+    states, _ = imported(tmp_path / "out", "CE-RPUI")
+    np.testing.assert_allclose(states, ce_states[:3], rtol=5e-3, atol=5e-3)

@@ -259,6 +259,28 @@ def _split_writer(
     return make
 
 
+def snapshot_times(source: PdegymSource, note: Warn) -> np.ndarray:
+    """The file's own times where its 'time' scale holds them, else the published clock:
+    uniform on [0, 1], Δt = 1/(T−1). A float16 source is said: its rounding reaches the
+    data (imported as float32, it stays at about 3 significant digits)."""
+    published = np.linspace(0.0, 1.0, source.n_steps)
+    if np.dtype(source.dtype).itemsize < 4:
+        note(
+            f"'{source.variable}' is {source.dtype} (published: float32): imported as float32, "
+            "with the source's ≈3 significant digits"
+        )
+    if source.times is None:
+        return published
+    times = source.times
+    if not np.allclose(times, published, rtol=0.0, atol=1e-6):
+        note(
+            f"snapshot times from the files' 'time' scale: t ∈ [{times[0]:g}, {times[-1]:g}], "
+            f"Δt = {(times[-1] - times[0]) / (len(times) - 1):g} (the published classes: "
+            f"[0, 1], Δt = {published[1]:g})"
+        )
+    return times
+
+
 def _import_into(
     stage: Stage,
     source: PdegymSource,
@@ -271,7 +293,7 @@ def _import_into(
 ) -> bool:
     """Stream the first ``n`` trajectories into the staged split files; returns whether x and
     y were swapped (decided from the first block)."""
-    times = np.linspace(0.0, 1.0, source.n_steps)  # uniform on [0, 1], Δt = 1/(T−1)
+    times = snapshot_times(source, note)
     filename = f"{source.class_name}.hdf5"
     blocks = _blocks(source, n)
     first_block = next(blocks)

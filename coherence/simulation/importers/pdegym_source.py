@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from coherence.errors import RequestError, SchemaError
 from coherence.simulation.families import Family
@@ -46,6 +47,8 @@ class PdegymSource:
     n_channels: int
     nx: int
     ny: int
+    times: np.ndarray | None = None  # the 'time' scale's values, None when it holds none
+    dtype: str = "float32"
 
     @property
     def variable(self) -> str:
@@ -87,7 +90,7 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
     """Check every shard's container, variable, shape and dtype; nothing is read yet."""
     family = class_family(class_name)
     variable = VARIABLE[family]
-    shards, tail = [], None
+    shards, tail, times = [], None, None
     for path in shard_paths(Path(src)):
         with open_hdf5(path) as f:
             if variable not in f or not isinstance(f[variable], h5py.Dataset):
@@ -101,6 +104,7 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
                 )
             ds = f[variable]
             shape, dtype = tuple(ds.shape), ds.dtype
+            file_times = _file_times(path, f, shape[1] if len(shape) == 5 else 0)
         allowed = (4, 5) if family is Family.EULER else (2, 3)
         if len(shape) != 5 or shape[2] not in allowed or shape[1] < 2:
             raise SchemaError(
@@ -114,7 +118,55 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
                 f"{path}: '{variable}' has per-sample shape {shape[1:]} but "
                 f"{shards[0].path.name} has {tail}; all shards of a class must agree"
             )
-        tail = shape[1:]
+        if shards and not _same_times(file_times, times):
+            raise SchemaError(
+                f"{path}: its 'time' scale differs from {shards[0].path.name}'s; all shards of "
+                "a class must share their snapshot times"
+            )
+        tail, times = shape[1:], file_times
         shards.append(Shard(path, shape[0]))
     n_steps, n_channels, nx, ny = tail
-    return PdegymSource(class_name, family, tuple(shards), n_steps, n_channels, nx, ny)
+    return PdegymSource(
+        class_name, family, tuple(shards), n_steps, n_channels, nx, ny, times, str(dtype)
+    )
+
+
+NETCDF_BARE_DIMENSION = "not a netCDF variable"  # netCDF4's NAME of a dimension without values
+
+
+def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
+    """The snapshot times a file's ``time`` scale holds, or None where it holds none (absent,
+    a bare netCDF dimension, constant, or the indices 0 … T−1). Why: the published classes
+    are on [0, 1] (Δt = 0.05), and a file on another clock must not be imported at that Δt
+    (a checkpoint records its Δt and refuses data of another)."""
+    scale = f.get("time")
+    if not isinstance(scale, h5py.Dataset) or scale.shape != (n_steps,) or n_steps < 2:
+        return None
+    if NETCDF_BARE_DIMENSION in str(scale.attrs.get("NAME", b"")):
+        return None
+    values = np.asarray(scale[()], dtype=np.float64)
+    if np.ptp(values) == 0 or np.array_equal(values, np.arange(n_steps)):
+        return None
+    steps = np.diff(values)
+    if not np.all(np.isfinite(values)) or np.any(steps <= 0):
+        raise SchemaError(
+            f"{path}: its 'time' scale is not increasing ({_shown(values)}); the importer "
+            "needs snapshot times in order"
+        )
+    if np.ptp(steps) > 1e-3 * np.mean(steps):
+        raise SchemaError(
+            f"{path}: its 'time' scale is not evenly spaced ({_shown(values)}); the "
+            "surrogates step by one constant Δt"
+        )
+    return values
+
+
+def _same_times(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.allclose(a, b, rtol=1e-6, atol=0.0))
+
+
+def _shown(values: np.ndarray) -> str:
+    head = ", ".join(f"{v:g}" for v in values[:4])
+    return f"{head}, …, {values[-1]:g}" if len(values) > 4 else head

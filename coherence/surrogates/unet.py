@@ -179,7 +179,8 @@ class UNet(NormalizedSurrogate):
         if height % factor or width % factor:
             raise RequestError(
                 f"UNet with n_down = {self.config.n_down} needs grid sides divisible by "
-                f"{factor}; got {height}×{width}: resample the data or lower n_down"
+                f"{factor}; got {height}×{width}: resample the data to a multiple of {factor} (or, "
+                "from Python, build the UNet with a smaller n_down)"
             )
 
     def forward_normalized(self, z: Tensor) -> Tensor:

@@ -140,7 +140,8 @@ class ViT(NormalizedSurrogate):
         if (height, width) != (size, size):
             raise RequestError(
                 f"ViT built for {size}×{size} got a {height}×{width} grid; its positional "
-                f"embedding fixes the resolution: rebuild with resolution={height}"
+                f"embedding fixes the resolution: use data on the {size}×{size} grid, or train "
+                "a ViT on this data (`coherence train --arch vit` sizes it to the data's grid)"
             )
 
     def forward_normalized(self, z: Tensor) -> Tensor:

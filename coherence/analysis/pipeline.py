@@ -265,8 +265,8 @@ def load_checked(
 def check_seeds(checkpoints: Sequence[str]) -> None:
     """An analysis pools its checkpoints as seeds of one model: refuse two architectures or
     sizes (a UNet and a ViT gave one result, their difference read as the spread across
-    seeds)."""
-    first = None
+    seeds), and one model twice (a copy under another name)."""
+    first, weights = None, {}
     for directory in checkpoints:
         name = Path(directory).name
         model = ckpt.read_config(directory).model
@@ -278,6 +278,15 @@ def check_seeds(checkpoints: Sequence[str]) -> None:
                 f"({model.get('arch')}) are not seeds of one model (other architecture or "
                 "size); analyse each model on its own, or compare them in the dashboard"
             )
+        digest = ckpt.weights_digest(directory)
+        if digest in weights:
+            raise RequestError(
+                f"checkpoints {weights[digest]} and {name} hold the same weights (one is a "
+                "copy of the other): pooled, one model counts as two seeds and the spread "
+                "across seeds shrinks; analyse one of them, or a model trained with another "
+                "--seed"
+            )
+        weights[digest] = name
 
 
 def prepare(request: AnalysisRequest) -> tuple[DatasetInfo, list[AnalysisBatch]]:

@@ -185,6 +185,20 @@ def read_history(directory: str | os.PathLike) -> list[dict[str, float]]:
     return history
 
 
+def weights_digest(directory: str | os.PathLike) -> str:
+    """SHA-256 of the weights file: the manifest's record where there is one (no rehash of
+    a paper-size model), else the file's own digest (checkpoints saved without one)."""
+    directory = Path(directory)
+    try:
+        manifest = fileset.read_manifest(directory)
+    except ValueError:  # damaged: ``verify`` refuses it by name before any analysis
+        manifest = None
+    entry = (manifest or {}).get("files", {}).get(WEIGHTS_FILE)
+    if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    return fileset.digest(fileset.read_bytes(directory, WEIGHTS_FILE))
+
+
 def verify(directory: str | os.PathLike) -> None:
     """Refuse a checkpoint whose files are not the set its manifest records (a file changed
     after the save, or a save by an older version was interrupted). Resume calls this:

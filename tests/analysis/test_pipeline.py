@@ -422,6 +422,14 @@ def test_an_analysis_pools_seeds_of_one_model_only(workspace, tmp_path):
     train(info.root, wider, args)
     with pytest.raises(RequestError, match=r"unet_s1 \(unet\) and wider \(unet\) are not seeds"):
         run_analysis(request_for(workspace, checkpoints=(first, str(wider)), trajectories=(0,)))
+    import shutil
+
+    copy = shutil.copytree(first, tmp_path / "unet_s9")  # one model under a second name
+    with pytest.raises(RequestError, match=r"unet_s1 and unet_s9 hold the same weights"):
+        run_analysis(request_for(workspace, checkpoints=(first, str(copy)), trajectories=(0,)))
+    (copy / ckpt.MANIFEST_FILE).unlink()  # saved without a manifest: the file's own digest
+    with pytest.raises(RequestError, match=r"unet_s1 and unet_s9 hold the same weights"):
+        check_seeds((first, str(copy)))
 
 
 def test_analyze_warns_before_starting_about_an_rtol_that_cannot_act(workspace):

@@ -235,7 +235,9 @@ def test_wrong_input_shapes_are_rejected():
     unet, vit = small_model("unet"), small_model("vit")
     with pytest.raises(RequestError, match="divisible by 4"):
         unet(torch.randn(1, 3, 18, 18))
-    with pytest.raises(RequestError, match=r"use data on the 16×16 grid, or train a ViT on this data"):
+    with pytest.raises(
+        RequestError, match=r"use data on the 16×16 grid, or train a ViT on this data"
+    ):
         vit(torch.randn(1, 3, 32, 32))
     with pytest.raises(RequestError, match=r"\[N, 3, H, W\]"):
         unet(torch.randn(1, 2, 16, 16))

@@ -117,64 +117,42 @@ def test_report_of_an_uncomputed_selection_says_so(workspace):
 
 
 def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
-    runner = CliRunner()
     out = tmp_path / "report.html"
-    result = runner.invoke(app, ["report", "--workspace", str(workspace), "--out", str(out)])
+
+    def report(*options: str):
+        base = ["report", "--workspace", str(workspace), "--out", str(out)]
+        return CliRunner().invoke(app, [*base, *options])
+
+    result = report()
     assert result.exit_code == 0, result.output
     page = out.read_text()
     selection = default_selection(workspace)
     key = JobRunner(workspace).key(selection.to_request(workspace))
     assert key in page and page.startswith("<!DOCTYPE html>")
     assert report_name(selection).endswith("_report.html")
-    link = f"http://127.0.0.1:8501/?vs={','.join(COMPARE)}&panel=Scores"
-    result = runner.invoke(
-        app, ["report", "--workspace", str(workspace), "--out", str(out), "--link", link]
-    )
+    result = report("--link", f"http://127.0.0.1:8501/?vs={','.join(COMPARE)}&panel=Scores")
     assert result.exit_code == 0, result.output
     assert "ViT" in out.read_text() and "no parameter" not in result.output
-    result = runner.invoke(
-        app,
-        [
-            "report",
-            "--workspace",
-            str(workspace),
-            "--out",
-            str(out),
-            "--link",
-            "?lamda=1e-2&dampng=1e-3",
-        ],
-    )
+    result = report("--link", "?lamda=1e-2&dampng=1e-3")
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "'lamda' is no parameter of a dashboard link (did you mean 'damping'?)" in said
     assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?)" in said
-    result = runner.invoke(
-        app,
-        [
-            "report",
-            "--workspace",
-            str(workspace),
-            "--out",
-            str(out),
-            "--param",
-            "zscale_two_time=diverging",
-        ],
-    )
+    result = report("--param", "zscale_two_time=diverging")
     assert result.exit_code == 0, result.output
     assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance
-    result = runner.invoke(
-        app,
-        ["report", "--workspace", str(workspace), "--out", str(out), "--param", "est=euclidean"],
-    )
+    result = report("--param", "est=euclidean")
     assert result.exit_code == 2 and "not computed yet" in result.output
     assert "Traceback" not in result.output
-    result = runner.invoke(app, ["report", "--workspace", str(workspace), "--param", "est"])
+    result = report("--param", "est")
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
     # refused before the page is built, and without creating anything
     missing = tmp_path / "no_workspace"
-    result = runner.invoke(app, ["report", "--workspace", str(missing), "--out", str(out)])
+    result = CliRunner().invoke(app, ["report", "--workspace", str(missing), "--out", str(out)])
     assert result.exit_code == 2 and "no such directory" in result.output
     assert not missing.exists()
     for bad, says in ((tmp_path, "that is a folder"), (tmp_path / "x" / "r.html", "create it")):
-        result = runner.invoke(app, ["report", "--workspace", str(workspace), "--out", str(bad)])
+        result = CliRunner().invoke(
+            app, ["report", "--workspace", str(workspace), "--out", str(bad)]
+        )
         assert result.exit_code == 2 and says in result.output, result.output

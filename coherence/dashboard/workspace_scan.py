@@ -306,9 +306,37 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
         root=root,
         exists=True,
         datasets=tuple(datasets),
-        checkpoints=tuple(checkpoints),
+        checkpoints=_without_copies(checkpoints, checkpoints_dir(root), problems),
         problems=tuple(problems),
     )
+
+
+def _without_copies(
+    entries: list[CheckpointEntry], parent: Path, problems: list[str]
+) -> tuple[CheckpointEntry, ...]:
+    """Skip a checkpoint that holds the same weights as one listed before it (a backup copy
+    under another name): offered both, the sidebar selected one model as two seeds, which an
+    analysis refuses. Only entries of one config and weights size are compared (digests from
+    their manifests), so a workspace of distinct models hashes nothing."""
+    seen: dict[tuple[str, int], list[CheckpointEntry]] = {}
+    out = []
+    for entry in entries:
+        try:
+            size = (parent / entry.name / ckpt.WEIGHTS_FILE).stat().st_size
+            twins = seen.setdefault((entry.model_json, size), [])
+            digest = ckpt.weights_digest(parent / entry.name) if twins else ""
+            same = next((t for t in twins if ckpt.weights_digest(parent / t.name) == digest), None)
+        except OSError:
+            twins, same = [], None
+        if same is not None:
+            problems.append(
+                f"checkpoint {entry.name}: holds the same weights as {same.name} (a copy); "
+                "skipped, so that one model is not pooled as two seeds"
+            )
+            continue
+        twins.append(entry)
+        out.append(entry)
+    return tuple(out)
 
 
 def _checkpoint_files(entry: Path) -> list[Path]:

@@ -152,6 +152,22 @@ def plant(root: Path, name: str, weights: bytes | None = None, base_width: int =
     return target
 
 
+def test_a_copy_of_a_checkpoint_is_not_offered_as_another_seed(workspace, tmp_path):
+    """`cp -r unet_tiny_s1 unet_tiny_s1_backup` put one model in the group twice; the
+    default selection pooled it as two seeds (the analysis now refuses that)."""
+    root = copy_workspace(workspace, tmp_path)
+    backup = checkpoints_dir(root) / "unet_tiny_s1_backup"
+    shutil.copytree(checkpoints_dir(root) / "unet_tiny_s1", backup)
+    catalog = scan_workspace(root)
+    assert [c.name for c in catalog.checkpoints] == ["unet_tiny_s1", "unet_tiny_s2", "vit_tiny_s1"]
+    assert (
+        "checkpoint unet_tiny_s1_backup: holds the same weights as unet_tiny_s1 (a copy); "
+        "skipped, so that one model is not pooled as two seeds"
+    ) in catalog.problems
+    selection = default_selection(root)
+    assert selection is not None and "unet_tiny_s1_backup" not in selection.checkpoints
+
+
 def test_a_planted_broken_checkpoint_is_skipped_with_a_reason(workspace, tmp_path, monkeypatch):
     root = copy_workspace(workspace, tmp_path)
     plant(root, PLANTED, weights=b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")

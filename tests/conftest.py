@@ -20,8 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("COHERENCE_SLOTS_DIR", tempfile.mkdtemp(prefix="coherence-test-slots-"))
-os.environ.setdefault("COHERENCE_DIGEST_CACHE", tempfile.mkdtemp(prefix="coherence-test-digests-"))
+_PRIVATE_DIRS = []  # made by this session (not given by the caller): removed at its end
+for _variable, _prefix in (
+    ("COHERENCE_SLOTS_DIR", "coherence-test-slots-"),
+    ("COHERENCE_DIGEST_CACHE", "coherence-test-digests-"),
+):
+    if _variable not in os.environ:
+        os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
+        _PRIVATE_DIRS.append(os.environ[_variable])
 os.environ.setdefault("COHERENCE_FIRST_CHART_PAUSE", "0")  # AppTest has no browser to wait for
 # jobs compute here unless a test points them at its own Ray cluster (tests/executors)
 os.environ.pop("COHERENCE_RAY_ADDRESS", None)
@@ -32,6 +38,12 @@ from coherence.simulation.dataset import SPLITS  # noqa: E402 (after the environ
 from coherence.simulation.wellformat import write_well_file  # noqa: E402
 from coherence.surrogates.training import train  # noqa: E402
 from tests.fixtures import TINY_CLASSES, advected_states, tiny_args, torch_threads  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's private slot and digest directories: every run left two in /tmp."""
+    for directory in _PRIVATE_DIRS:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -182,7 +182,12 @@ def _run(plan, executor) -> list[str]:
 
             def report(epoch: int, total: int, fraction: float, loss: float) -> None:
                 description = fit(f"{name} epoch {epoch + 1}/{total} SMSE {loss:.3g}")
-                bar.update(task, completed=(epoch + fraction) / total, description=description)
+                bar.update(
+                    task,
+                    completed=(epoch + fraction) / total,
+                    description=description,
+                    visible=True,
+                )
 
             return report
 
@@ -191,13 +196,19 @@ def _run(plan, executor) -> list[str]:
 
             def report(fraction: float, stage: str) -> None:
                 description = fit(f"{step.arch}: {stage}")
-                bar.update(task, completed=fraction, description=description)
+                bar.update(task, completed=fraction, description=description, visible=True)
 
             return report
 
+        def log(message: str) -> None:
+            """A line of the study's log, then no bar until the next report: after a step's
+            "done" line the bar still named that step's last stage until the next began."""
+            bar.console.print(message)
+            bar.update(task, visible=False)
+
         return run_study(
             plan,
-            log=bar.console.print,
+            log=log,
             train_progress=on_train,
             analysis_progress=on_analysis,
             executor=executor,

@@ -90,7 +90,7 @@ def _train(plan: StudyPlan, log: Log, train_progress, executor: Executor | None)
         return
     for step in pending:
         started = time.perf_counter()
-        log(f"training {step.out.name} ({step.args.epochs} epochs)")
+        log(f"training {step.out.name} ({plural(step.args.epochs, 'epoch')})")
         progress = train_progress(step) if train_progress else None
         train(plan.dataset, step.out, step.args, progress=progress, log=log)
         history = ckpt.read_history(step.out)

@@ -175,10 +175,10 @@ class StudyPlan:
         ]
         for step in self.train:
             what = {
-                "done": f"done ({step.done_epochs} epochs)",
+                "done": f"done ({plural(step.done_epochs, 'epoch')})",
                 "resume": f"resume after epoch {step.done_epochs} of {step.args.epochs}",
-                "new": f"train {step.args.epochs} epochs",
-                "retrain": f"retrain {step.args.epochs} epochs (trained on other data)",
+                "new": plural(step.args.epochs, "epoch"),
+                "retrain": f"retrain {plural(step.args.epochs, 'epoch')} (trained on other data)",
             }[step.state]
             cost = "" if step.state == "done" else _cost(step.seconds, step.peak_bytes)
             lines.append(f"  train {step.out.name}: {what}{cost}")

@@ -56,7 +56,7 @@ def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
     assert all(s.seconds > 0 and s.peak_bytes > 0 for s in plan.train)
     assert all(a.seconds > 0 and a.peak_bytes > 0 for a in plan.analyses)
     text = "\n".join(plan.describe())
-    assert "train ce_small_vit_demo_s7: train 1 epochs" in text and "total to run" in text
+    assert "train ce_small_vit_demo_s7: 1 epoch —" in text and "total to run" in text
 
     links = run_study(plan, log=lambda _: None)
     history = ckpt.read_history(checkpoints_dir(workspace) / "ce_small_vit_demo_s7")

@@ -15,6 +15,7 @@ import typer
 
 from coherence.cli_common import (
     RayAddress,
+    compute_slot,
     confirm_long_job,
     console,
     friendly_errors,
@@ -169,7 +170,11 @@ def _check_cost(request, prepared, *, trust_code: bool, local: bool, yes: bool) 
     model, _ = load_checked(
         request.checkpoints[0], info, device, trust_code=trust_code, split=request.split
     )
-    cost = estimate_job(model, request, batches[0].inputs.to(device))
+    inputs = batches[0].inputs.to(device)
+    cost = estimate_job(model, request, inputs)
+    if cost.beside_other_job and local:  # timed oversubscribed: wait our turn, time it alone
+        with compute_slot("estimate"):  # no key lock is held here (slot after key lock)
+            cost = estimate_job(model, request, inputs)
     console.print(f"cost estimate: {cost.describe()}")
     if not cost.fits and local:  # on a cluster, each worker checks its own
         raise RequestError(

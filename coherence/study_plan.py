@@ -16,6 +16,7 @@ import torch
 
 from coherence.analysis.pipeline import available_memory, estimate_cost
 from coherence.analysis.request import AnalysisRequest
+from coherence.cache import slots
 from coherence.cache.states import JobState
 from coherence.errors import CoherenceError, RequestError
 from coherence.io import resolve_device
@@ -332,9 +333,11 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         notes.append(
             f"trajectories have {len(ctx.info.times)} snapshots: {ctx.transitions} transitions"
         )
-    steps, analyses, series_seconds = [], [], {}
+    steps, analyses, series_seconds, crowded = [], [], {}, False
     for arch in spec.archs:
-        probe = _probe(arch, spec, ctx.info, ctx.device)
+        with slots.measuring_slot() as quiet:
+            probe = _probe(arch, spec, ctx.info, ctx.device)
+        crowded |= not quiet
         steps.extend(_train_step(ctx, probe, arch, seed) for seed in spec.seeds)
         analysis, series_seconds[arch] = _analysis_step(ctx, probe, arch)
         analyses.append(analysis)
@@ -343,6 +346,11 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         notes.append(
             f"--batches {spec.batches}: the test split has {used} trajectories in every "
             f"class, so {plural(used, 'batch', 'batches')} per seed"
+        )
+    if crowded:
+        notes.append(
+            "the models were timed while another job computes on this machine: the times "
+            "below are likely over-estimates"
         )
     sweep_steps = _sweep_steps(ctx, analyses, series_seconds, notes)
     available = available_memory(ctx.device)

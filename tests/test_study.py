@@ -57,6 +57,7 @@ def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
     assert all(a.seconds > 0 and a.peak_bytes > 0 for a in plan.analyses)
     text = "\n".join(plan.describe())
     assert "train ce_small_vit_demo_s7: 1 epoch —" in text and "total to run" in text
+    assert "timed while another job computes" not in text
 
     links = run_study(plan, log=lambda _: None)
     history = ckpt.read_history(checkpoints_dir(workspace) / "ce_small_vit_demo_s7")
@@ -336,3 +337,20 @@ def test_a_study_uses_finished_checkpoints_of_the_same_training_under_other_name
     assert [(t.out.name, t.state) for t in longer.train] == [("ce_small_vit_demo_s7", "new")]
     assert not longer.spec.adopted
     assert not plan_study(demo_named, root).spec.adopted
+
+
+def test_a_plan_timed_beside_another_job_says_its_times_are_high(workspace, tmp_path, monkeypatch):
+    """The plan's probes ran oversubscribed beside a running job (a 25 s analysis was quoted
+    at 26 min); they never wait for a slot, so the plan says so instead."""
+    import os
+
+    from coherence.cache import slots
+
+    monkeypatch.setenv(slots.DIR_ENV, str(tmp_path / "slots"))
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    _, fd = slots.acquire("another job")
+    try:
+        text = "\n".join(plan_study(spec(), workspace).describe())
+    finally:
+        os.close(fd)
+    assert "timed while another job computes on this machine" in text

@@ -52,6 +52,9 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+BESIDE_OTHER_JOB = "; timed while another job computes on this machine, so likely an over-estimate"
+
+
 @dataclass(frozen=True)
 class JobEstimate:
     """Units, seconds per unit, the total, and the memory peak of one analysis job."""
@@ -60,6 +63,7 @@ class JobEstimate:
     unit_passes: float  # forward-pass equivalents per unit, solve and Lanczos included
     unit_seconds: float
     upper_bound: bool  # cg: counted at its iteration cap
+    beside_other_job: bool = False  # timed while another process computed: an over-estimate
 
     @property
     def units(self) -> int:
@@ -85,7 +89,7 @@ class JobEstimate:
             f"(checkpoint, batch) at {bound}{format_seconds(self.unit_seconds)} each, N = "
             f"{self.cost.n_examples}, P = {self.cost.n_params:,}), peak memory ≈ "
             f"{self.cost.memory_bytes / gib:.2f} GiB of {self.cost.available_bytes / gib:.1f} "
-            "GiB available"
+            "GiB available" + (BESIDE_OTHER_JOB if self.beside_other_job else "")
         )
 
 
@@ -115,7 +119,8 @@ def estimate_job(model: nn.Module, request: AnalysisRequest, inputs: torch.Tenso
     """The job's estimate from its first batch's ``inputs`` [N, F, H, W] (on the model's
     device and dtype)."""
     cg = request.estimator is Estimator.CG  # an enum since the request was built
-    per_example = time_batch_forward(model, inputs) / inputs.shape[0]
+    with slots.measuring_slot() as quiet:
+        per_example = time_batch_forward(model, inputs) / inputs.shape[0]
     if inputs.is_cuda:
         per_example *= GPU_PASS_SCALE
     cost = estimate_cost(
@@ -125,4 +130,7 @@ def estimate_job(model: nn.Module, request: AnalysisRequest, inputs: torch.Tenso
         forward_seconds=per_example,
         cg_iterations=CG_MAX_ITER if cg else None,
     )
-    return JobEstimate(cost, cost.forward_passes, float(cost.seconds_per_unit), upper_bound=cg)
+    seconds = float(cost.seconds_per_unit)
+    return JobEstimate(
+        cost, cost.forward_passes, seconds, upper_bound=cg, beside_other_job=not quiet
+    )

@@ -300,6 +300,51 @@ def compute_slot(
         os.close(fd)
 
 
+def _free_slot_now() -> tuple[int, int] | None:
+    """A free slot taken without queuing (index, descriptor), or None when every slot is
+    held or other processes queue for the next one (they go first)."""
+    directory = slots_dir()
+    return None if waiting(directory) else _take_free_slot(directory, max_jobs())
+
+
+def busy() -> bool:
+    """Whether other processes hold every compute slot (or queue for one) right now."""
+    if held_slot() is not None:
+        return False
+    taken = _free_slot_now()
+    if taken is None:
+        return True
+    os.close(taken[1])
+    return False
+
+
+@contextlib.contextmanager
+def measuring_slot() -> Iterator[bool]:
+    """Hold a free compute slot, without queuing, while a cost probe times a model, on the
+    job's share of the threads; yields whether it could (or this process holds one already).
+
+    Why: a probe beside another process's computation runs oversubscribed (on 2 cores 5-10×
+    slow), and the estimate it gave (a 25 s analysis quoted at 26 min) asked for a
+    confirmation or refused the job. A False yield says the timing is not to be trusted; the
+    probe never waits for a slot, so a plan is not held up by a long job."""
+    if held_slot() is not None:
+        yield True
+        return
+    taken = _free_slot_now()
+    if taken is None:  # every slot computes, or others queue for the next one
+        yield False
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads_per_job())
+    try:
+        yield True
+    finally:
+        torch.set_num_threads(before)
+        os.close(taken[1])
+
+
 def held_slot() -> Slot | None:
     """The slot this process holds, if any."""
     with _state_lock:

@@ -22,6 +22,7 @@ import torch
 from coherence.analysis.influence import convergence_summary, residual_help, residual_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
+from coherence.cache import slots
 from coherence.cache.cost import confirm_seconds, estimate_job
 from coherence.cache.jobs import ASSEMBLED, JobStatus
 from coherence.dashboard import loaders
@@ -145,6 +146,11 @@ def _cancel(root: str, keys: Sequence[str], prefix: str = "") -> None:
 UP_TO = " (up to: cg counted at its iteration cap)"  # after an estimate that is a bound
 
 
+class MachineBusy(Exception):
+    """Another process computes in every slot: a timing now would read several times slow
+    (and slow that job down), so there is no estimate until it is done."""
+
+
 def job_cost(request: AnalysisRequest, *, float64: bool = False) -> tuple[float, int, bool]:
     """(estimated seconds per unit, units, whether that is an upper bound: cg counted at its
     iteration cap) of the job (cache.cost); (0, 0, False) if it cannot be estimated here.
@@ -152,12 +158,17 @@ def job_cost(request: AnalysisRequest, *, float64: bool = False) -> tuple[float,
     on a CPU several times slower than float32). Timed on the device the job will use (a
     copy on the GPU for a cuda or auto request where one is visible), not on the CPU copy the
     page keeps."""
-    return _job_cost(json.dumps(request.to_dict(), sort_keys=True), float64)
+    try:
+        return _job_cost(json.dumps(request.to_dict(), sort_keys=True), float64)
+    except MachineBusy:  # not cached: timed once the machine is free
+        return 0.0, 0, False
 
 
 @st.cache_data(show_spinner="Estimating the job…", max_entries=64)
 def _job_cost(request_json: str, float64: bool = False) -> tuple[float, int, bool]:
     request = AnalysisRequest.from_dict(json.loads(request_json))
+    if slots.busy():
+        raise MachineBusy
     try:
         model, _ = loaders.model(request.checkpoints[0])
         device = request.torch_device
@@ -349,6 +360,11 @@ def _compute_button(root: Path, todo: Sequence[GroupState]) -> None:
     """The estimated time (a confirmation past the threshold) and the Compute button."""
     seconds, bound = missing_seconds(root, todo)
     confirmed = True
+    if seconds == 0 and slots.busy():
+        st.caption(
+            "Another job is computing on this machine: this one is estimated once it is "
+            "done (timing it now would read slow and slow that job down). Compute queues it."
+        )
     if seconds > 0:
         setup, measured = setup_seconds(root)
         setup *= len(todo)  # one worker per analysis

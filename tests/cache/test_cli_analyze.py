@@ -93,3 +93,51 @@ def test_a_result_path_that_cannot_be_written_is_refused_before_computing(
     assert run.exit_code == 2, run.output
     assert f"--out {tmp_path / out}:" in " ".join(run.output.split())
     assert prepares == []  # refused before the data were even read
+
+
+def test_analyze_times_its_estimate_alone_when_another_job_computes(
+    checkpoint, tiny_dataset, workspace, tmp_path, monkeypatch
+):
+    """The estimate was timed beside the running job (oversubscribed, several times slow)
+    and asked for --yes. It is flagged as such, and the CLI waits its turn to time it alone;
+    it holds no key lock while it waits (the slot is taken after the key lock)."""
+    import os
+    import threading
+
+    import torch
+
+    from coherence.analysis.pipeline import load_checked, prepare
+    from coherence.analysis.request import AnalysisRequest
+    from coherence.cache import slots
+    from coherence.cache.cost import BESIDE_OTHER_JOB, estimate_job
+    from tests.fixtures import wait_for
+
+    monkeypatch.setenv(slots.DIR_ENV, str(tmp_path / "slots"))
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    request = AnalysisRequest(
+        checkpoints=(str(checkpoint),), data=str(tiny_dataset), classes=("CE-RP",), n_steps=2
+    )
+    info, batches = prepare(request)
+    model, _ = load_checked(checkpoint, info, torch.device("cpu"))
+    _, fd = slots.acquire("another job")
+    outcome = {}
+    try:
+        assert estimate_job(model, request, batches[0].inputs).describe().endswith(BESIDE_OTHER_JOB)
+        out = tmp_path / "R.npz"
+        args = [
+            "analyze",
+            *("--checkpoint", str(checkpoint), "--data", str(tiny_dataset), "--out", str(out)),
+            *("--classes", "CE-RP", "--window", "0:2", "--estimator", "euclidean"),
+            *("--device", "cpu", "--workspace", str(workspace)),
+        ]
+        worker = threading.Thread(target=lambda: outcome.update(r=CliRunner().invoke(app, args)))
+        worker.start()
+        wait_for(lambda: slots.queue_position("estimate") == 1, "the estimate to queue")
+    finally:
+        os.close(fd)
+    worker.join(180)
+    run = outcome["r"]
+    assert run.exit_code == 0, run.output
+    said = " ".join(run.output.split())
+    assert "queued, position 1" in said and "cost estimate: whole job" in said
+    assert "over-estimate" not in said and out.exists()

@@ -170,3 +170,27 @@ def test_cli_train_waits_for_a_slot(slot_dir, tiny_dataset, tmp_path):
     result = outcome["r"]
     assert result.exit_code == 0, result.output
     assert "queued, position 1" in result.output and (out / "model.safetensors").exists()
+
+
+def test_a_cost_probe_takes_a_free_slot_and_says_when_another_job_holds_them(slot_dir, monkeypatch):
+    """A probe timed beside another process's computation ran oversubscribed: a 25 s
+    analysis was quoted at 26 min (and asked for a confirmation). A probe now holds a free
+    slot, on a job's threads, while it times, says when there was none, and never waits."""
+    monkeypatch.setenv(slots.THREADS_ENV, "1")
+    before = torch.get_num_threads()
+    with slots.measuring_slot() as quiet:
+        assert quiet and torch.get_num_threads() == 1
+        waiter = start_waiter("next", 0)  # queues behind the probe's slot
+        wait_for(lambda: slots.queue_position("next") == 1, "the next job to queue")
+    assert torch.get_num_threads() == before
+    assert waiter.stdout.readline().strip() == "got 0" and waiter.wait(TIMEOUT) == 0
+    _, fd = slots.acquire("another job")
+    try:
+        assert slots.busy()
+        with slots.measuring_slot() as quiet:
+            assert not quiet  # at once, without queuing
+    finally:
+        os.close(fd)
+    assert not slots.busy()
+    with slots.compute_slot("this job"), slots.measuring_slot() as quiet:
+        assert quiet and not slots.busy()  # its own slot

@@ -116,6 +116,31 @@ def test_the_estimate_next_to_compute_counts_only_the_units_not_cached(workspace
     assert compute.missing_seconds(workspace, cg)[1]  # cg: counted at its iteration cap
 
 
+def test_no_estimate_is_timed_while_another_job_holds_the_machine(workspace, monkeypatch, tmp_path):
+    """Timed beside a running job, an estimate read several times slow (and was cached for
+    the session, and asked for a confirmation); now none is timed until the machine is free,
+    the page says why, and the estimate is timed then."""
+    import os
+
+    from coherence.cache import slots
+
+    monkeypatch.setenv(slots.DIR_ENV, str(tmp_path / "slots"))
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    request = replace(default_selection(workspace), damping=3e-3).to_request(workspace)
+    compute._job_cost.clear()
+    _, fd = slots.acquire("another job")
+    try:
+        assert compute.job_cost(request) == (0.0, 0, False)
+        at = open_app(workspace, monkeypatch, {"damping": "3e-3"})
+        said = " ".join(c.value for c in at.caption)
+        assert "Another job is computing on this machine" in said and not at.exception
+    finally:
+        os.close(fd)
+    seconds, units, _ = compute.job_cost(request)  # not cached while busy: timed now
+    assert seconds > 0 and units > 0
+    compute._job_cost.clear()
+
+
 def test_the_estimate_adds_each_workers_setup_as_measured_here(workspace, monkeypatch):
     """Two uncached analyses (UNet vs ViT at another λ): the caption adds one setup per worker,
     a first guess until a job here has measured it, then the measured figure."""

@@ -8,6 +8,7 @@ npz keys: ``H`` and ``H_std`` [checkpoints, batches, T, C, T, C] for the first r
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -98,6 +99,9 @@ class UnitResult:
         )
 
 
+ARRAYS_DIGEST = "npz_sha256"  # the sidecar's record of the R.npz it describes
+
+
 def sidecar_path(npz_path: str | os.PathLike) -> Path:
     path = Path(npz_path)
     return path.with_suffix(".json")
@@ -151,13 +155,11 @@ def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
     """Write R.npz and R.json atomically (each to a temporary name, then renamed)."""
     path = check_result_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payloads = {
-        path: npz_bytes(result_arrays(result)),
-        sidecar_path(path): (json.dumps(result_metadata(result), indent=2) + "\n").encode(),
-    }
-    for target, data in payloads.items():
-        atomic_write_bytes(target, data)
-    return path
+    arrays = npz_bytes(result_arrays(result))
+    metadata = {**result_metadata(result), ARRAYS_DIGEST: hashlib.sha256(arrays).hexdigest()}
+    atomic_write_bytes(path, arrays)  # a kill here leaves the new R.npz beside the old R.json:
+    atomic_write_bytes(sidecar_path(path), (json.dumps(metadata, indent=2) + "\n").encode())
+    return path  # ... which ``load_result`` refuses by the digest the sidecar records
 
 
 def result_from_parts(arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> AnalysisResult:
@@ -193,9 +195,17 @@ def load_result(path: str | os.PathLike) -> AnalysisResult:
         if not item.is_file():
             raise RequestError(f"{item}: missing; a result is R.npz plus its sidecar R.json")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        raw = path.read_bytes()
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         metadata = json.loads(side.read_text())
     except (ValueError, OSError) as exc:
         raise RequestError(f"{path}: unreadable result ({exc}); recompute it") from exc
+    recorded = metadata.get(ARRAYS_DIGEST) if isinstance(metadata, dict) else None
+    if recorded is not None and recorded != hashlib.sha256(raw).hexdigest():
+        raise RequestError(
+            f"{side} does not describe {path} (a write of the pair was interrupted, or one "
+            "file was replaced); rerun the same `coherence analyze` to write both again (the "
+            "result is cached, so it costs seconds)"
+        )
     return result_from_parts(arrays, metadata)

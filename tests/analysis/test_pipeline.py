@@ -4,6 +4,7 @@ tensors against direct influence calls, result files, `coherence analyze`, and r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -161,6 +162,16 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path):
     assert np.isnan(back.top_eigenvalues).all()
     with pytest.raises(RequestError, match=r"end in \.npz"):
         save_result(result, tmp_path / "R.pkl")
+    # a kill between the two renames of an overwrite left the new R.npz beside the old
+    # R.json, read as one result (the request said two checkpoints, the arrays held one)
+    old_sidecar = (tmp_path / "R.json").read_bytes()
+    other = save_result(
+        replace(result, H_std={k: v + 1 for k, v in result.H_std.items()}), tmp_path / "S.npz"
+    )
+    (tmp_path / "R.npz").write_bytes(other.read_bytes())
+    assert (tmp_path / "R.json").read_bytes() == old_sidecar
+    with pytest.raises(RequestError, match=r"R.json does not describe .*R.npz .*rerun the same"):
+        load_result(path)
 
 
 def test_cli_analyze_writes_result(workspace, tmp_path):

@@ -68,6 +68,24 @@ def _simulate_chunk_in_worker(*args) -> np.ndarray:
     return simulate_chunk(*args)
 
 
+ORPHAN_POLL_SECONDS = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker's initializer: exit once its parent is gone. Why: a `coherence
+    simulate` killed with SIGKILL left its spawned workers (≈ 300 MB each) computing their
+    chunks, then waiting for work forever, reparented to init."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def generate_dataset(
     request: SimulationRequest,
     out_dir: str | os.PathLike,
@@ -175,7 +193,12 @@ def _run_jobs(
             record(job, simulate_chunk(*job))
     else:
         context = multiprocessing.get_context("spawn")  # fork after torch init is unsafe
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = {pool.submit(_simulate_chunk_in_worker, *job): job for job in jobs}
             for future in as_completed(futures):
                 record(futures[future], future.result())

@@ -263,3 +263,54 @@ def test_rerun_after_a_kill_inside_the_commit_finishes_it_then_says_so(tmp_path)
     _rerun(add, "committing")
     assert open_dataset(root).classes == ["CE-RP", "CE-RPUI"]
     assert pending_commit(root) is None
+
+
+WORKERS_SCRIPT = """
+import sys
+from coherence.simulation.dataset import SimulationRequest, generate_dataset
+request = SimulationRequest(family="euler", classes=("CE-RP", "CE-CRP"), trajectories=16,
+                            resolution=64, snapshots=11)  # minutes: killed long before
+generate_dataset(request, sys.argv[1], workers=2)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads processes from /proc")
+def test_simulation_workers_exit_when_their_parent_is_killed(tmp_path):
+    """kill -9 of a simulation left its spawned pool workers (≈ 300 MB each) running, then
+    waiting for work forever, reparented to init."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKERS_SCRIPT, str(tmp_path / "ds")], cwd=REPO, env=_env()
+    )
+    deadline = time.monotonic() + 120
+    while len(workers := [c for c in _children(proc.pid) if _alive(c)]) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no pool workers started"
+        time.sleep(0.05)
+    time.sleep(2.0)  # computing their chunks
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [w for w in workers if _alive(w)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"pool workers {left} outlived their killed parent"

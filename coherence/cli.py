@@ -136,18 +136,31 @@ def train_command(
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     slot = compute_slot("train") if executor.local else nullcontext()
+    before = _epochs_trained(out)
     with slot, progress_bar() as bar:
-        task = bar.add_task("training", total=epochs)
+        task = bar.add_task("training", total=epochs, visible=False)  # shown by an epoch
 
         def report(epoch: int, total: int, fraction: float, loss: float) -> None:
             bar.update(
                 task,
                 completed=epoch + fraction,
                 description=f"epoch {epoch + 1}/{total} SMSE {loss:.4g}",
+                visible=True,
             )
 
         executor.train([TrainRun(data, out, args, progress=report)], log=bar.console.print)
-    console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
+    if _epochs_trained(out) != before:  # a finished one is not written again: its log said so
+        console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
+
+
+def _epochs_trained(out: Path) -> int:
+    """Epochs the checkpoint at ``out`` holds (0 where there is none, or none readable)."""
+    from coherence.surrogates import checkpoint as ckpt
+
+    try:
+        return len(ckpt.read_history(out))
+    except (OSError, ValueError):  # CoherenceError is a ValueError
+        return 0
 
 
 app.command()(analyze)

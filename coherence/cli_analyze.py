@@ -186,9 +186,10 @@ def _check_cost(request, prepared, *, trust_code: bool, local: bool, yes: bool) 
 
 
 def _run(runner, request, prepared, *, trust_code: bool, executor):
-    """The result, cached or computed, under a progress bar (convergence warnings are
-    summarised afterwards, not printed as they come)."""
-    with progress_bar() as bar, warnings.catch_warnings():
+    """The result, cached or computed, under a progress bar that goes when it is done (a
+    cached result left it at 0 %; the "wrote …" line says what was done); convergence
+    warnings are summarised afterwards, not printed as they come."""
+    with progress_bar(transient=True) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
         task = bar.add_task("analyzing", total=1.0)
 

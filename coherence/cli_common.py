@@ -67,8 +67,19 @@ def friendly_errors(func: F) -> F:
                 soft_wrap=True,
             )
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# what Ctrl-C leaves: every command saves whole pieces (checkpoints, cached units, staged
+# datasets committed in one rename), so a rerun goes on from the last one
+INTERRUPTED = (
+    "interrupted: what was finished is saved (checkpoint epochs, cached units, committed "
+    "files); rerun the same command to go on from there"
+)
 
 
 def progress_bar(transient: bool = False) -> Progress:

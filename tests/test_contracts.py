@@ -60,3 +60,18 @@ def test_cli_lists_refuse_an_empty_item_between_two_others():
     assert split_list("a,b,", "--classes") == ("a", "b") and split_list("", "--seeds") == ()
     with pytest.raises(RequestError, match=r"--seeds '1,,2': an empty item between two commas"):
         split_list("1,,2", "--seeds")
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_go_on():
+    """Ctrl-C ended a command with status 130 and not a word."""
+    import typer
+
+    from coherence.cli_common import INTERRUPTED, friendly_errors
+
+    @friendly_errors
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as stopped:
+        interrupted()
+    assert stopped.value.exit_code == 130 and "rerun the same command" in INTERRUPTED

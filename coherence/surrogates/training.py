@@ -30,6 +30,7 @@ from coherence.surrogates import snapshots
 from coherence.surrogates.losses import evaluate_smse, smse
 from coherence.surrogates.pairs import TransitionPairs
 from coherence.surrogates.registry import build_model
+from coherence.wording import plural
 
 Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
 DEFAULT_TRANSITIONS = 16  # the paper's T: one-step pairs per trajectory when none is asked
@@ -252,7 +253,8 @@ def _resume(
         _check_steps(out, state, steps, len(history))
         _restore_optimizer(optimizer, state)
     if log and len(history) >= args.epochs:  # 'resuming after epoch 3 of 2' read as a bug
-        log(f"{out} is trained for {len(history)} epochs (--epochs {args.epochs}): nothing to do")
+        trained = plural(len(history), "epoch")
+        log(f"{out} is trained for {trained} (--epochs {args.epochs}): nothing to do")
     elif log:
         log(f"resuming {out} after epoch {len(history)} of {args.epochs}")
     return model, optimizer, history

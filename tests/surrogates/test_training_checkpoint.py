@@ -286,3 +286,22 @@ def test_fewer_epochs_than_trained_says_nothing_is_to_do(trained, tiny_dataset):
     train(tiny_dataset, trained, tiny_args(epochs=1), log=lines.append)
     assert lines == [f"{trained} is trained for {len(before)} epochs (--epochs 1): nothing to do"]
     assert ckpt.read_history(trained) == before
+
+
+def test_cli_rerun_of_a_finished_training_writes_nothing_and_says_so(tiny_dataset, tmp_path):
+    """The rerun said "nothing to do", then drew a 0 % bar and "checkpoint written to"."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    out = tmp_path / "ckpt"
+    command = ["train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1"]
+    command += ["--batch-size", "8", "--transitions", "4", "--device", "cpu"]
+    first = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert first.exit_code == 0 and "checkpoint written to" in first.output, first.output
+    weights = (out / ckpt.WEIGHTS_FILE).read_bytes()
+    again = CliRunner().invoke(app, command, env={"COLUMNS": "200"})
+    assert again.exit_code == 0, again.output
+    assert "is trained for 1 epoch (--epochs 1): nothing to do" in again.output
+    assert "checkpoint written" not in again.output and "0%" not in again.output
+    assert (out / ckpt.WEIGHTS_FILE).read_bytes() == weights

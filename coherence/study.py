@@ -113,7 +113,8 @@ def _analyse(
         log(f"analysis of {step.arch} is cached ({key[:12]})")
     else:
         started = time.perf_counter()
-        log(f"analysing {step.arch}: {plural(step.units, 'unit')}, N = {step.n_examples}")
+        done = f" ({step.cached_units} cached)" if 0 < step.cached_units < step.units else ""
+        log(f"analysing {step.arch}: {plural(step.units, 'unit')}{done}, N = {step.n_examples}")
         report = progress(step) if progress else None
         runner.run(request, progress=report, executor=executor)
         log(f"  done in {time.perf_counter() - started:.0f} s")

@@ -249,6 +249,9 @@ class _KeysOnly:
     def is_done(self, key: str) -> bool:
         return False
 
+    def cached_units(self, request: AnalysisRequest) -> int:
+        return 0
+
 
 class _Runner:
     """The workspace's cache, read (``JobRunner``'s keys and states)."""
@@ -264,18 +267,25 @@ class _Runner:
     def is_done(self, key: str) -> bool:
         return self.runner.status(key).state == JobState.DONE
 
+    def cached_units(self, request: AnalysisRequest) -> int:
+        return self.runner.cached_unit_count(request)[0]
+
 
 def _read_runner(root: Path) -> _KeysOnly | _Runner:
     return _Runner(root) if cache_dir(root).is_dir() else _KeysOnly()
 
 
-def _request_state(root: Path, selection) -> str:
+def _request_state(root: Path, selection) -> tuple[str, int]:
+    """'cached' or 'pending', and how many of its units are cached already (a killed study
+    left some: the rerun resumes from them, so the plan costs only the others)."""
     try:
         request = selection.to_request(root)
         runner = _read_runner(root)
-        return "cached" if runner.is_done(runner.key(request)) else "pending"
+        if runner.is_done(runner.key(request)):
+            return "cached", len(request.checkpoints) * len(request.trajectories)
+        return "pending", runner.cached_units(request)
     except CoherenceError:
-        return "pending"  # checkpoints not trained yet: nothing can be cached
+        return "pending", 0  # checkpoints not trained yet: nothing can be cached
 
 
 @dataclass(frozen=True)
@@ -429,15 +439,18 @@ def _analysis_step(
         for setting in sweeps.SWEEP_ESTIMATORS
         if not setting.on_demand
     }
+    units = len(spec.seeds) * len(selection.trajectories)
+    state, cached = _request_state(ctx.root, selection)
     step = AnalysisStep(
         arch=arch,
         checkpoints=selection.checkpoints,
         query=selection.to_query(),
-        units=len(spec.seeds) * len(selection.trajectories),
+        units=units,
         n_examples=selection.n_examples,
-        state=_request_state(ctx.root, selection),
-        seconds=seconds,
+        state=state,
+        seconds=seconds * (units - min(cached, units)) / units,
         peak_bytes=peak,
+        cached_units=cached,
     )
     return step, series_seconds
 

@@ -133,8 +133,9 @@ class AnalysisStep:
     units: int  # checkpoints × batches
     n_examples: int
     state: str  # cached | pending
-    seconds: float
+    seconds: float  # of the units not cached yet
     peak_bytes: int
+    cached_units: int = 0  # a killed study's finished units: the rerun resumes from them
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ class StudyPlan:
             cost = "" if step.state == "done" else _cost(step.seconds, step.peak_bytes)
             lines.append(f"  train {step.out.name}: {what}{cost}")
         for a in self.analyses:
-            units = f"{plural(a.units, 'unit')}, N = {a.n_examples}"
+            done = f" ({a.cached_units} cached)" if 0 < a.cached_units < a.units else ""
+            units = f"{plural(a.units, 'unit')}{done}, N = {a.n_examples}"
             what = "cached" if a.state == "cached" else units
             cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
             seeds = plural(len(a.checkpoints), "seed")

@@ -127,6 +127,28 @@ def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path):
     states = [a.state for a in plan_study(spec(seeds=(1, 2), epochs=2), root).analyses]
     assert states == ["cached"]
 
+    # killed between its two units: the plan quoted both; the rerun resumes from the first
+    from coherence.cache.keys import unit_keys
+    from coherence.simulation.dataset import open_dataset
+    from coherence.study_plan import selection_for
+
+    (step,) = plan_study(spec(seeds=(1, 2), epochs=2), root).analyses
+    classes = tuple(step.query["classes"].split(","))
+    info = open_dataset(datasets_dir(root) / "ce_small")
+    selection = selection_for(spec(seeds=(1, 2), epochs=2), root, info, "vit", classes)
+    request = selection.to_request(root)
+    runner = JobRunner(root)
+    (seed_1,), (seed_2,) = unit_keys(request)
+    runner.store.delete(runner.key(request))
+    runner.store.delete_unit(seed_2)
+    (half,) = plan_study(spec(seeds=(1, 2), epochs=2), root).analyses
+    assert (half.state, half.cached_units) == ("pending", 1)
+    runner.store.delete_unit(seed_1)
+    (whole,) = plan_study(spec(seeds=(1, 2), epochs=2), root).analyses
+    assert whole.cached_units == 0 and half.seconds == pytest.approx(
+        whole.seconds / 2, rel=0.4
+    )  # two probes
+
 
 def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
     workspace, tmp_path, monkeypatch

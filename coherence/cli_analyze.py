@@ -172,7 +172,9 @@ def _check_cost(request, prepared, *, trust_code: bool, local: bool, yes: bool) 
     )
     inputs = batches[0].inputs.to(device)
     cost = estimate_job(model, request, inputs)
-    if cost.beside_other_job and local:  # timed oversubscribed: wait our turn, time it alone
+    if cost.beside_other_job and local and cost.needs_confirmation and not yes:
+        # timed oversubscribed, and the figure would ask: wait our turn and time it alone
+        console.print("another job is computing: waiting for it to time this one's estimate")
         with compute_slot("estimate"):  # no key lock is held here (slot after key lock)
             cost = estimate_job(model, request, inputs)
     console.print(f"cost estimate: {cost.describe()}")

@@ -135,7 +135,9 @@ def split_list(value: str, option: str | None = None) -> tuple[str, ...]:
     """The comma-separated items of ``value``. With ``option`` (a CLI flag), an empty item
     between two others is refused: in ``1e-3,,1e-2`` a value was likely lost."""
     items = [v.strip() for v in value.split(",")]
-    if option and "" in items[1:-1] and any(items):
+    filled = [i for i, item in enumerate(items) if item]
+    gaps = [i for i in range(filled[0], filled[-1]) if not items[i]] if filled else []
+    if option and gaps:
         raise RequestError(
             f"{option} {value!r}: an empty item between two commas; remove the extra comma "
             "or write the missing value"

@@ -348,8 +348,10 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         with slots.measuring_slot() as quiet:
             probe = _probe(arch, spec, ctx.info, ctx.device)
         crowded |= not quiet
-        steps.extend(_train_step(ctx, probe, arch, seed) for seed in spec.seeds)
-        analysis, series_seconds[arch] = _analysis_step(ctx, probe, arch)
+        trains = [_train_step(ctx, probe, arch, seed) for seed in spec.seeds]
+        steps.extend(trains)
+        trained = all(step.state == "done" for step in trains)
+        analysis, series_seconds[arch] = _analysis_step(ctx, probe, arch, trained)
         analyses.append(analysis)
     used = min((a.units // len(spec.seeds) for a in analyses), default=spec.batches)
     if used < spec.batches:  # one batch per test trajectory: there are no more
@@ -406,7 +408,7 @@ def _train_step(ctx: _Context, probe: ModelProbe, arch: str, seed: int) -> Train
 
 
 def _analysis_step(
-    ctx: _Context, probe: ModelProbe, arch: str
+    ctx: _Context, probe: ModelProbe, arch: str, trained: bool
 ) -> tuple[AnalysisStep, dict[str, float]]:
     """One architecture's analysis over every seed, costed on a placeholder request of the
     same shape (the checkpoints may not be trained yet), and the cost of the same request
@@ -440,7 +442,8 @@ def _analysis_step(
         if not setting.on_demand
     }
     units = len(spec.seeds) * len(selection.trajectories)
-    state, cached = _request_state(ctx.root, selection)
+    # what is cached belongs to today's weights: a resumed or retrained seed replaces them
+    state, cached = _request_state(ctx.root, selection) if trained else ("pending", 0)
     step = AnalysisStep(
         arch=arch,
         checkpoints=selection.checkpoints,

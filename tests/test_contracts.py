@@ -58,6 +58,7 @@ def test_cli_lists_refuse_an_empty_item_between_two_others():
 
     assert split_list(" a, b ,") == ("a", "b") == split_list("a,,b")
     assert split_list("a,b,", "--classes") == ("a", "b") and split_list("", "--seeds") == ()
+    assert split_list("a,,", "--classes") == ("a",) == split_list(",,a", "--classes")
     with pytest.raises(RequestError, match=r"--seeds '1,,2': an empty item between two commas"):
         split_list("1,,2", "--seeds")
 

@@ -157,9 +157,17 @@ def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = npz_bytes(result_arrays(result))
     metadata = {**result_metadata(result), ARRAYS_DIGEST: hashlib.sha256(arrays).hexdigest()}
-    atomic_write_bytes(path, arrays)  # a kill here leaves the new R.npz beside the old R.json:
-    atomic_write_bytes(sidecar_path(path), (json.dumps(metadata, indent=2) + "\n").encode())
-    return path  # ... which ``load_result`` refuses by the digest the sidecar records
+    # a kill between the two writes leaves the new R.npz beside the old R.json, which
+    # ``load_result`` refuses by the digest the sidecar records (one without it goes first)
+    sidecar = sidecar_path(path)
+    try:
+        if ARRAYS_DIGEST not in json.loads(sidecar.read_text()):
+            sidecar.unlink()
+    except (OSError, ValueError, TypeError):
+        pass  # none, or not a sidecar of ours: replaced below
+    atomic_write_bytes(path, arrays)
+    atomic_write_bytes(sidecar, (json.dumps(metadata, indent=2) + "\n").encode())
+    return path
 
 
 def result_from_parts(arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> AnalysisResult:
@@ -205,7 +213,7 @@ def load_result(path: str | os.PathLike) -> AnalysisResult:
     if recorded is not None and recorded != hashlib.sha256(raw).hexdigest():
         raise RequestError(
             f"{side} does not describe {path} (a write of the pair was interrupted, or one "
-            "file was replaced); rerun the same `coherence analyze` to write both again (the "
-            "result is cached, so it costs seconds)"
+            "file was replaced); rerun the `coherence analyze` that wrote them to write both "
+            "again (in its workspace the result is cached and served in seconds)"
         )
     return result_from_parts(arrays, metadata)

@@ -259,6 +259,7 @@ def acquire(
 
 
 _state_lock = threading.Lock()
+_measuring = threading.Lock()  # one cost probe at a time per process (``measuring_slot``)
 _held: list = []  # [Slot, descriptor, depth, torch threads before] while this process holds one
 
 
@@ -330,19 +331,25 @@ def measuring_slot() -> Iterator[bool]:
     if held_slot() is not None:
         yield True
         return
-    taken = _free_slot_now()
-    if taken is None:  # every slot computes, or others queue for the next one
-        yield False
+    if not _measuring.acquire(blocking=False):  # another thread of this process times now
+        yield False  # (two pages of one dashboard): the thread count is the process's own
         return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads_per_job())
     try:
-        yield True
+        taken = _free_slot_now()
+        if taken is None:  # every slot computes, or others queue for the next one
+            yield False
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads_per_job())
+        try:
+            yield True
+        finally:
+            torch.set_num_threads(before)
+            os.close(taken[1])
     finally:
-        torch.set_num_threads(before)
-        os.close(taken[1])
+        _measuring.release()
 
 
 def held_slot() -> Slot | None:

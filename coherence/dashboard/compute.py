@@ -179,6 +179,8 @@ def _job_cost(request_json: str, float64: bool = False) -> tuple[float, int, boo
         job = estimate_job(model, request, inputs)
     except CoherenceError:
         return 0.0, 0, False  # the job itself will report the problem
+    if job.beside_other_job:  # a job started (or another page timed) meanwhile: not cached
+        raise MachineBusy
     return job.unit_seconds, job.units, job.upper_bound
 
 
@@ -360,11 +362,12 @@ def _compute_button(root: Path, todo: Sequence[GroupState]) -> None:
     """The estimated time (a confirmation past the threshold) and the Compute button."""
     seconds, bound = missing_seconds(root, todo)
     confirmed = True
-    if seconds == 0 and slots.busy():
+    if seconds == 0 and slots.busy():  # nothing to confirm against: ask before queuing
         st.caption(
             "Another job is computing on this machine: this one is estimated once it is "
-            "done (timing it now would read slow and slow that job down). Compute queues it."
+            "done (timing it now would read slow and slow that job down)."
         )
+        confirmed = st.checkbox("Queue it behind that job without an estimate", key="unestimated")
     if seconds > 0:
         setup, measured = setup_seconds(root)
         setup *= len(todo)  # one worker per analysis

@@ -314,29 +314,38 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
 def _without_copies(
     entries: list[CheckpointEntry], parent: Path, problems: list[str]
 ) -> tuple[CheckpointEntry, ...]:
-    """Skip a checkpoint that holds the same weights as one listed before it (a backup copy
-    under another name): offered both, the sidebar selected one model as two seeds, which an
-    analysis refuses. Only entries of one config and weights size are compared (digests from
-    their manifests), so a workspace of distinct models hashes nothing."""
-    seen: dict[tuple[str, int], list[CheckpointEntry]] = {}
-    out = []
+    """Skip a checkpoint that holds the same weights as another (a backup copy under another
+    name): offered both, the sidebar selected one model as two seeds, which an analysis
+    refuses. Only entries of one config, seed and weights size are compared (digests from
+    their manifests), so distinct seeds are never hashed; of a pair the one written first
+    (weights' mtime; `cp -r` makes the copy newer) is kept, so its links keep working."""
+    buckets: dict[tuple[str, int, int], list[tuple[float, str, CheckpointEntry]]] = {}
     for entry in entries:
         try:
-            size = (parent / entry.name / ckpt.WEIGHTS_FILE).stat().st_size
-            twins = seen.setdefault((entry.model_json, size), [])
-            digest = ckpt.weights_digest(parent / entry.name) if twins else ""
-            same = next((t for t in twins if ckpt.weights_digest(parent / t.name) == digest), None)
+            weights = (parent / entry.name / ckpt.WEIGHTS_FILE).stat()
         except OSError:
-            twins, same = [], None
-        if same is not None:
-            problems.append(
-                f"checkpoint {entry.name}: holds the same weights as {same.name} (a copy); "
-                "skipped, so that one model is not pooled as two seeds"
-            )
             continue
-        twins.append(entry)
-        out.append(entry)
-    return tuple(out)
+        key = (entry.model_json, entry.seed, weights.st_size)
+        buckets.setdefault(key, []).append((weights.st_mtime, entry.name, entry))
+    skipped: set[str] = set()
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        kept: dict[str, str] = {}  # digest → name of the first written
+        for _, name, _ in sorted(members):
+            try:
+                digest = ckpt.weights_digest(parent / name)
+            except OSError:
+                continue
+            if digest in kept:
+                skipped.add(name)
+                problems.append(
+                    f"checkpoint {name}: holds the same weights as {kept[digest]} (a copy); "
+                    "skipped, so that one model is not pooled as two seeds"
+                )
+            else:
+                kept[digest] = name
+    return tuple(entry for entry in entries if entry.name not in skipped)
 
 
 def _checkpoint_files(entry: Path) -> list[Path]:

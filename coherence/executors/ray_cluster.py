@@ -344,12 +344,14 @@ class RayExecutor:
         node) and, to resume, its verified checkpoint set; returns the task reference."""
         from coherence.surrogates import checkpoint as ckpt
         from coherence.surrogates import snapshots
+        from coherence.surrogates.training import check_checkpoint_folder
 
         paths, size = _dataset_files(Path(run.data), run.args.classes)
         shipped = None
         if size <= limit:
             shipped = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
         ckpt.recover(run.out)
+        check_checkpoint_folder(run.out)  # as a local run does: not into a dataset folder
         resume = None
         if (run.out / ckpt.CONFIG_FILE).is_file():
             ckpt.verify(run.out)

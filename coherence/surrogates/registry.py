@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -121,14 +122,17 @@ def build_model(
                 "pass its settings as overrides instead"
             )
         factory = _import_factory(arch, error=RequestError)
-        try:
-            model = factory(channels=channels, resolution=resolution, **overrides)
-        except TypeError as exc:  # e.g. a function that is no model factory: os:system
+        try:  # e.g. a function that is no model factory: os:system
+            inspect.signature(factory).bind(channels=channels, resolution=resolution, **overrides)
+        except TypeError as exc:
             raise RequestError(
-                f"custom architecture {arch!r}: calling it as factory(channels={channels}, "
-                f"resolution={resolution}) failed ({exc}); name a function that takes those "
-                "keywords and returns an nn.Module"
+                f"custom architecture {arch!r} cannot be called as factory(channels="
+                f"{channels}, resolution={resolution}) ({exc}); name a function that takes "
+                "those keywords and returns an nn.Module"
             ) from exc
+        except ValueError:  # no signature to read (some builtins): the call will tell
+            pass
+        model = factory(channels=channels, resolution=resolution, **overrides)
         return _checked_custom(model, arch, error=RequestError)
     spec = _architecture(arch)
     config = spec.config(preset, channels=channels, resolution=resolution, **overrides)

@@ -178,7 +178,7 @@ def _new_model(
     return model, optimizer
 
 
-def _check_checkpoint_folder(out: Path) -> None:
+def check_checkpoint_folder(out: Path) -> None:
     """Refuse an --out folder that holds something other than a checkpoint (a dataset, a
     project): training wrote its weights, history and snapshots in among those files."""
     if not out.is_dir() or (out / ckpt.CONFIG_FILE).is_file():
@@ -390,7 +390,7 @@ def _train(
 ) -> Path:
     torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
-    _check_checkpoint_folder(out)
+    check_checkpoint_folder(out)
     info = open_dataset(data)
     classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
     for split in ("train", "valid"):

@@ -99,8 +99,9 @@ def test_analyze_times_its_estimate_alone_when_another_job_computes(
     checkpoint, tiny_dataset, workspace, tmp_path, monkeypatch
 ):
     """The estimate was timed beside the running job (oversubscribed, several times slow)
-    and asked for --yes. It is flagged as such, and the CLI waits its turn to time it alone;
-    it holds no key lock while it waits (the slot is taken after the key lock)."""
+    and asked for --yes. It is flagged as such, and where that figure would ask, the CLI
+    waits its turn to time it alone; it holds no key lock while it waits (the slot is taken
+    after the key lock)."""
     import os
     import threading
 
@@ -109,11 +110,13 @@ def test_analyze_times_its_estimate_alone_when_another_job_computes(
     from coherence.analysis.pipeline import load_checked, prepare
     from coherence.analysis.request import AnalysisRequest
     from coherence.cache import slots
-    from coherence.cache.cost import BESIDE_OTHER_JOB, estimate_job
+    from coherence.cache.cost import BESIDE_OTHER_JOB, JobEstimate, estimate_job
     from tests.fixtures import wait_for
 
     monkeypatch.setenv(slots.DIR_ENV, str(tmp_path / "slots"))
     monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    # the oversubscribed figure crosses the threshold (a tiny model's would not), the alone one not
+    monkeypatch.setattr(JobEstimate, "needs_confirmation", property(lambda e: e.beside_other_job))
     request = AnalysisRequest(
         checkpoints=(str(checkpoint),), data=str(tiny_dataset), classes=("CE-RP",), n_steps=2
     )

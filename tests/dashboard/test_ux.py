@@ -134,6 +134,9 @@ def test_no_estimate_is_timed_while_another_job_holds_the_machine(workspace, mon
         at = open_app(workspace, monkeypatch, {"damping": "3e-3"})
         said = " ".join(c.value for c in at.caption)
         assert "Another job is computing on this machine" in said and not at.exception
+        assert at.button(key="compute").disabled  # a job of unknown size: asked first
+        at.checkbox(key="unestimated").check().run()
+        assert not at.button(key="compute").disabled
     finally:
         os.close(fd)
     seconds, units, _ = compute.job_cost(request)  # not cached while busy: timed now

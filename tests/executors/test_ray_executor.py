@@ -22,6 +22,7 @@ from coherence.analysis import pipeline
 from coherence.cache import JobRunner
 from coherence.cache.jobs import JobCancelled
 from coherence.cache.keys import request_key, unit_keys
+from coherence.errors import RequestError
 from coherence.executors import ADDRESS_ENV, ClusterError, TrainRun, get_executor
 from coherence.executors.local import LocalExecutor
 from coherence.executors.ray_cluster import RayExecutor
@@ -206,6 +207,19 @@ def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_datase
     assert json.loads((fresh / ckpt.CONFIG_FILE).read_text())["dataset"]["root"] == str(
         tiny_dataset
     )
+
+
+def test_training_on_ray_into_a_folder_of_other_files_is_refused(
+    ray_address, tiny_dataset, tmp_path
+):
+    """The local refusal of an --out folder holding other files (a dataset) held on Ray too:
+    the driver wrote the worker's checkpoint in among them."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("mine")
+    with pytest.raises(RequestError, match=r"the folder holds other files \(readme.txt\)"):
+        RayExecutor(ray_address).train([TrainRun(tiny_dataset, folder, tiny_args())])
+    assert [p.name for p in folder.iterdir()] == ["readme.txt"]
 
 
 @pytest.mark.slow

@@ -248,16 +248,31 @@ def test_the_files_own_snapshot_times_are_kept_and_said(tmp_path, ce_states):
     assert open_dataset(tmp_path / "slow").physics("train", ["CE-RPUI"])["dt"] == pytest.approx(0.1)
     assert any("Δt = 0.1 (the published classes: [0, 1], Δt = 0.05)" in w for w in report.warnings)
 
-    with h5py.File(source, "r+") as f:  # netCDF4's bare dimension: no values, the published clock
-        f["time"][...] = 0.0
+    with h5py.File(source, "r+") as f:  # netCDF4's bare dimension: no times, the published clock
+        f["time"][...] = np.linspace(0.0, 2.0, 21)  # whatever it holds is no coordinate
         f["time"].attrs["NAME"] = b"This is a netCDF dimension but not a netCDF variable.  21"
     report = import_pdegym(source, tmp_path / "bare", "CE-RPUI", limit=3)
     np.testing.assert_allclose(open_dataset(tmp_path / "bare").times, np.linspace(0, 1, 21))
     assert not any("snapshot times" in w for w in report.warnings)
 
+    for stored, values, dt in (
+        (np.float16, np.linspace(0.0, 1.0, 21), None),  # rounded to float16: still even
+        (np.float32, 1000.0 + np.linspace(0.0, 1.0, 21), 0.05),
+    ):
+        with h5py.File(source, "r+") as f:
+            del f["time"]
+            f.create_dataset("time", data=values.astype(stored))
+            f["time"].make_scale("time")
+        target = tmp_path / f"clock_{np.dtype(stored).name}"
+        report = import_pdegym(source, target, "CE-RPUI", limit=3)
+        times = open_dataset(target).times
+        said = any("snapshot times" in w for w in report.warnings)
+        assert said == (dt is not None) and times[1] - times[0] == pytest.approx(0.05, rel=1e-3)
+
     with h5py.File(source, "r+") as f:
-        f["time"][...] = np.linspace(0.0, 1.0, 21) ** 2
-        f["time"].attrs["NAME"] = b"time"
+        del f["time"]
+        f.create_dataset("time", data=np.linspace(0.0, 1.0, 21) ** 2)
+        f["time"].make_scale("time")
     with pytest.raises(SchemaError, match=r"CE-RPUI.nc: its 'time' scale is not evenly spaced"):
         import_pdegym(source, tmp_path / "uneven", "CE-RPUI", limit=3)
     assert not (tmp_path / "uneven").exists()

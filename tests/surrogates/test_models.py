@@ -214,7 +214,7 @@ def test_custom_architecture_needs_trust_to_load(tmp_path, monkeypatch):
 
 def test_a_function_that_is_no_model_factory_is_refused_by_name():
     """`--arch os:system` raised a TypeError from deep inside the call."""
-    with pytest.raises(RequestError, match=r"'os:system': calling it as factory\(channels=3"):
+    with pytest.raises(RequestError, match=r"'os:system' cannot be called as factory\(channels=3"):
         build_model("os:system", channels=3, resolution=8)
 
 

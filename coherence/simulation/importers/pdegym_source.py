@@ -144,7 +144,14 @@ def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
         return None
     if NETCDF_BARE_DIMENSION in str(scale.attrs.get("NAME", b"")):
         return None
-    values = np.asarray(scale[()], dtype=np.float64)
+    try:
+        values = np.asarray(scale[()], dtype=np.float64)
+        stored = np.finfo(scale.dtype).eps if scale.dtype.kind == "f" else 0.0
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(
+            f"{path}: its 'time' scale holds {scale.dtype}, not numbers ({exc}); write the "
+            "snapshot times as numbers, or drop the scale to use the published clock"
+        ) from None
     if np.ptp(values) == 0 or np.array_equal(values, np.arange(n_steps)):
         return None
     steps = np.diff(values)
@@ -153,12 +160,17 @@ def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
             f"{path}: its 'time' scale is not increasing ({_shown(values)}); the importer "
             "needs snapshot times in order"
         )
-    if np.ptp(steps) > 1e-3 * np.mean(steps):
+    # what the stored precision allows (a float16 clock on [0, 1] is even to ≈ 1e-2 Δt)
+    tolerance = max(1e-3 * np.mean(steps), 8 * stored * np.abs(values).max())
+    if np.ptp(steps) > tolerance:
         raise SchemaError(
             f"{path}: its 'time' scale is not evenly spaced ({_shown(values)}); the "
             "surrogates step by one constant Δt"
         )
-    return values
+    published = np.linspace(0.0, 1.0, n_steps)
+    if np.abs(values - published).max() <= tolerance:
+        return None  # the published clock, as stored: use it exactly
+    return np.linspace(values[0], values[-1], n_steps)  # even, without the storage rounding
 
 
 def _same_times(a: np.ndarray | None, b: np.ndarray | None) -> bool:

@@ -377,3 +377,31 @@ def test_a_plan_timed_beside_another_job_says_its_times_are_high(workspace, tmp_
     finally:
         os.close(fd)
     assert "timed while another job computes on this machine" in text
+
+
+def test_a_study_trains_in_a_compute_slot(tmp_path, monkeypatch):
+    """A study's training held no compute slot: beside a dashboard job (or another study)
+    both ran on every core, several times slower than one after the other."""
+    import os
+    import threading
+
+    from coherence.cache import slots
+    from tests.fixtures import wait_for
+
+    monkeypatch.setenv(slots.DIR_ENV, str(tmp_path / "slots"))
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    root = tmp_path / "ws"
+    make_dataset(root)
+    plan = plan_study(spec(seeds=(5,)), root)
+    lines: list[str] = []
+    _, fd = slots.acquire("another job")
+    try:
+        worker = threading.Thread(target=lambda: run_study(plan, log=lines.append))
+        worker.start()
+        wait_for(lambda: slots.queue_position("train-ce_small_vit_demo_s5") == 1, "to queue")
+        assert not (checkpoints_dir(root) / "ce_small_vit_demo_s5" / ckpt.CONFIG_FILE).exists()
+    finally:
+        os.close(fd)
+    worker.join(300)
+    assert "  queued, position 1: waiting for a free compute slot" in lines
+    assert len(ckpt.read_history(checkpoints_dir(root) / "ce_small_vit_demo_s5")) == 1

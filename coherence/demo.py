@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coherence.cache import slots
 from coherence.errors import CoherenceError
 from coherence.simulation.dataset import SimulationRequest, generate_dataset, open_dataset
 from coherence.study import StudySpec, plan_study, run_study
@@ -125,7 +126,8 @@ def build_demo(
         log(f"dataset {data_dir} is ready")
     else:
         log(f"simulating dataset {data_dir} ({len(spec.classes)} classes × {spec.trajectories})")
-        generate_dataset(spec.simulation_request(), data_dir, overwrite=True)
+        with slots.compute_slot("simulate-demo"):  # as `coherence simulate` does
+            generate_dataset(spec.simulation_request(), data_dir, overwrite=True)
         log(f"  done in {time.perf_counter() - started:.0f} s")
     plan = plan_study(spec.study_spec(), root)
     for line in plan.describe():

@@ -100,15 +100,9 @@ def compute_slot(label: str):
     """Hold one of the machine's compute slots while a command computes (coherence.cache.slots:
     COHERENCE_MAX_JOBS at once, each on its share of the cores); says so while it waits."""
     from coherence.cache.slots import compute_slot as slot
+    from coherence.cache.slots import queue_notice
 
-    shown = [0]
-
-    def show(position: int) -> None:
-        if position != shown[0]:
-            console.print(f"queued, position {position}: waiting for a free compute slot")
-            shown[0] = position
-
-    return slot(label, on_wait=show)
+    return slot(label, on_wait=queue_notice(console.print))
 
 
 def confirm_long_job(seconds: float) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from urllib.parse import urlencode
 
 from coherence.cache import slots
@@ -77,18 +76,6 @@ def run_study(
     return links
 
 
-def _say_queued(log: Log) -> Callable[[int], None]:
-    """A slot's ``on_wait``: one log line per queue position."""
-    said = [0]
-
-    def on_wait(position: int) -> None:
-        if position != said[0]:
-            log(f"  queued, position {position}: waiting for a free compute slot")
-            said[0] = position
-
-    return on_wait
-
-
 def _train(plan: StudyPlan, log: Log, train_progress, executor: Executor | None) -> None:
     """Train (or resume) every step not done: on a Ray cluster all at once, else in turn."""
     pending = [step for step in plan.train if step.state != "done"]
@@ -107,7 +94,8 @@ def _train(plan: StudyPlan, log: Log, train_progress, executor: Executor | None)
         progress = train_progress(step) if train_progress else None
         # in a compute slot, as `coherence train` trains: beside a dashboard job or another
         # study, two trainings on all cores each ran several times slower than in turn
-        with slots.compute_slot(f"train-{step.out.name}", on_wait=_say_queued(log)):
+        waiting = slots.queue_notice(lambda line: log(f"  {line}"))
+        with slots.compute_slot(f"train-{step.out.name}", on_wait=waiting):
             started = time.perf_counter()
             train(plan.dataset, step.out, step.args, progress=progress, log=log)
         history = ckpt.read_history(step.out)

@@ -301,6 +301,19 @@ def compute_slot(
         os.close(fd)
 
 
+def queue_notice(say: Callable[[str], None]) -> Callable[[int], None]:
+    """An ``on_wait`` for ``compute_slot`` that says each new queue position once (the wait
+    polls every POLL_SECONDS; the line would repeat at that rate)."""
+    said = [0]
+
+    def on_wait(position: int) -> None:
+        if position != said[0]:
+            say(f"queued, position {position}: waiting for a free compute slot")
+            said[0] = position
+
+    return on_wait
+
+
 def _free_slot_now() -> tuple[int, int] | None:
     """A free slot taken without queuing (index, descriptor), or None when every slot is
     held or other processes queue for the next one (they go first)."""

@@ -269,15 +269,14 @@ def snapshot_times(source: PdegymSource, note: Warn) -> np.ndarray:
             f"'{source.variable}' is {source.dtype} (published: float32): imported as float32, "
             "with the source's ≈3 significant digits"
         )
-    if source.times is None:
+    if source.times is None:  # none held, or the published clock as stored
         return published
-    times = source.times
-    if not np.allclose(times, published, rtol=0.0, atol=1e-6):
-        note(
-            f"snapshot times from the files' 'time' scale: t ∈ [{times[0]:g}, {times[-1]:g}], "
-            f"Δt = {(times[-1] - times[0]) / (len(times) - 1):g} (the published classes: "
-            f"[0, 1], Δt = {published[1]:g})"
-        )
+    times = source.times  # another clock (``pdegym_source._file_times``)
+    note(
+        f"snapshot times from the files' 'time' scale: t ∈ [{times[0]:g}, {times[-1]:g}], "
+        f"Δt = {(times[-1] - times[0]) / (len(times) - 1):g} (the published classes: "
+        f"[0, 1], Δt = {published[1]:g})"
+    )
     return times
 
 

@@ -47,7 +47,7 @@ class PdegymSource:
     n_channels: int
     nx: int
     ny: int
-    times: np.ndarray | None = None  # the 'time' scale's values, None when it holds none
+    times: np.ndarray | None = None  # the files' own clock; None: none, or the published one
     dtype: str = "float32"
 
     @property

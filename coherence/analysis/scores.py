@@ -1,6 +1,7 @@
-"""Scalar scores with uncertainty (METHOD.md §7): one number per (checkpoint, batch), then
-the median and Q1–Q3 over all S·B values. The paper reports only figures; these make runs
-comparable in a table.
+"""Scalar scores with uncertainty (METHOD.md §7): one number per (checkpoint, batch), each
+seed's batches averaged, then the median and Q1–Q3 across seeds (§6's convention, as the
+training-dynamics trends take it; one checkpoint: across its batches). The paper reports
+only figures; these make runs comparable in a table.
 
 Every score is computed on one batch's intra-class two-time map V[t_r, t_p] = mean_b
 Ĥ[t_r, b, t_p, b] (or its lag profile) unless stated; input layout as in summaries.py.
@@ -108,21 +109,61 @@ def decay_length(profile: np.ndarray) -> tuple[float, bool]:
 # ---------------------------------------------------------------------- the table ---------
 
 
+def seed_means(values: np.ndarray) -> np.ndarray:
+    """[S, B] → [S]: mean over the finite batches of each seed (NaN if none)."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    counts = finite.sum(axis=1)
+    sums = np.where(finite, v, 0.0).sum(axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
 @dataclass(frozen=True)
 class Score:
-    """One scalar score: its values per (checkpoint, batch) and their median and quartiles."""
+    """One scalar score: its values per (checkpoint, batch) and their median and quartiles
+    across seeds (``summarized``)."""
 
     name: str
     definition: str
     values: np.ndarray  # [S, B]; NaN where undefined (excluded from the quartiles)
     censored: np.ndarray  # bool [S, B]: the value is a bound (included in the quartiles)
 
+    @property
+    def across_seeds(self) -> bool:
+        """The quartiles are across seeds (S ≥ 2); with one checkpoint, across its batches."""
+        return self.values.shape[0] > 1
+
+    def summarized(self) -> tuple[np.ndarray, np.ndarray]:
+        """The finite values the median and quartiles are taken over, and which are lower
+        bounds: each seed's mean over its batches (a mean over a censored batch is itself a
+        bound), so the spread is the seeds', not the batches' (METHOD.md §6); with one
+        checkpoint its batches, the only spread there is."""
+        if self.across_seeds:
+            finite = np.isfinite(self.values)
+            values, bounds = seed_means(self.values), (self.censored & finite).any(axis=1)
+        else:
+            values, bounds = self.values[0], self.censored[0]
+        keep = np.isfinite(values)
+        return values[keep], bounds[keep]
+
     def _quartiles(self) -> tuple[float, float, float]:
-        finite = self.values[np.isfinite(self.values)]
-        if finite.size == 0:
+        values, _ = self.summarized()
+        if values.size == 0:
             return math.nan, math.nan, math.nan
-        q1, median, q3 = np.percentile(finite, [25, 50, 75])
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
         return float(median), float(q1), float(q3)
+
+    def bounds(self) -> tuple[bool, bool, bool]:
+        """(median, Q1, Q3): whether each is only a lower bound, i.e. it would move if the
+        censored values (bounds themselves) were larger; a median above every censored
+        value is exact even when some values are censored."""
+        values, bounds = self.summarized()
+        if not bounds.any():
+            return False, False, False
+        larger = np.where(bounds, 1e6 * (np.abs(values).max() + 1.0), values)
+        q1, median, q3 = np.percentile(larger, [25, 50, 75])
+        exact = self._quartiles()
+        return median != exact[0], q1 != exact[1], q3 != exact[2]
 
     @property
     def median(self) -> float:

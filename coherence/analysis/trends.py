@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coherence.analysis.results import AnalysisResult
-from coherence.analysis.scores import compute_scores
+from coherence.analysis.scores import compute_scores, seed_means
 from coherence.analysis.summaries import as_influence, two_time_map
 from coherence.errors import RequestError
 
@@ -46,7 +46,7 @@ class Trend:
         at the window length T reads as T, and means 'at least T'."""
         if self.censored is None:
             return [""] * len(self.x)
-        share = _seed_means(self.censored)  # NaN (no note) where no seed has a value
+        share = seed_means(self.censored)  # NaN (no note) where no seed has a value
         return [
             f"≥: {c:.0%} of the (seed, batch) values censored at the window" if c > 0 else ""
             for c in share
@@ -74,15 +74,6 @@ def _nanpercentile(values: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
-def _seed_means(values: np.ndarray) -> np.ndarray:
-    """[S, B] → [S]: mean over the finite batches of each seed (NaN if none)."""
-    v = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(v)
-    counts = finite.sum(axis=1)
-    sums = np.where(finite, v, 0.0).sum(axis=1)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
 def spectra_lists(result: AnalysisResult) -> list[list[np.ndarray]] | None:
     """eig(QᵀηQ) per (checkpoint, batch) without NaN padding; None when absent (euclidean,
     cg) or degenerate."""
@@ -101,12 +92,12 @@ def point_scores(result: AnalysisResult, response: str | None = None) -> dict[st
     if as_influence(h).shape[2] >= 2:
         scores = compute_scores(h, spectra_lists(result))
         for score in scores.as_list():
-            out[score.name] = _seed_means(score.values)
+            out[score.name] = seed_means(score.values)
             if score.censored.any():  # the share of each seed's batches that are bounds
-                out[score.name + CENSORED] = _seed_means(score.censored.astype(np.float64))
+                out[score.name + CENSORED] = seed_means(score.censored.astype(np.float64))
     top = np.asarray(result.top_eigenvalues, dtype=np.float64)
     if top.size and np.isfinite(top).any():
-        out["top_eigenvalue"] = _seed_means(top)
+        out["top_eigenvalue"] = seed_means(top)
     return out
 
 

@@ -97,29 +97,40 @@ def score_peers(by_group: Mapping[K, Scores], own: K) -> dict[str, list[Score | 
 
 
 def format_score(score: Score | None, peers: Sequence[Score | None] = ()) -> str:
-    """'0.82' (or '≥ 5.0' for a censored decay length, '—' when undefined), in the format
-    its quartiles share (``quartile_band``), as wide as its ``peers``' (other groups)."""
+    """'0.82' (or '≥ 5.0' where the median is a lower bound: censored decay lengths it
+    depends on; '—' when undefined), in the format its quartiles share (``quartile_band``),
+    as wide as its ``peers``' (other groups)."""
     if score is None or not math.isfinite(score.median):
         return "—"
     text = _formatter(score, peers)(score.median)
-    if int(score.censored.sum()):
-        text = f"≥ {text}"
-    return text
+    return f"≥ {text}" if score.bounds()[0] else text
 
 
 def quartile_band(score: Score | None, peers: Sequence[Score | None] = ()) -> str:
-    """'[0.911, 0.917]': Q1 and Q3 in the median's format ('undefined' without one)."""
+    """'[0.911, 0.917]': Q1 and Q3 in the median's format ('undefined' without one); '≥'
+    before a quartile that is a lower bound ('[2.18, ≥ 5.72]')."""
     if score is None or not math.isfinite(score.median):
         return "undefined"
     number = _formatter(score, peers)
-    return f"[{number(score.q1)}, {number(score.q3)}]"
+    _, low, high = score.bounds()
+    q1, q3 = ("≥ " if b else "" for b in (low, high))
+    return f"[{q1}{number(score.q1)}, {q3}{number(score.q3)}]"
+
+
+def spread_of(score: Score) -> str:
+    """What the quartiles are taken over: '3 seeds (each the mean of its 6 batches)', '3
+    seeds', or '6 batches of one checkpoint'."""
+    seeds, batches = score.values.shape
+    if not score.across_seeds:
+        return f"{batches} batch{'es' if batches != 1 else ''} of one checkpoint"
+    return f"{seeds} seeds" + (f" (each the mean of its {batches} batches)" if batches > 1 else "")
 
 
 def uncertainty(score: Score | None, peers: Sequence[Score | None] = ()) -> str:
-    """'Q1–Q3 [0.78, 0.86] over 6 (seed, batch) values'."""
+    """'Q1–Q3 [0.78, 0.86] over 3 seeds (each the mean of its 2 batches)'."""
     if score is None or not math.isfinite(score.median):
         return "undefined for this selection"
-    return f"Q1–Q3 {quartile_band(score, peers)} over {score.values.size} (seed, batch) values"
+    return f"Q1–Q3 {quartile_band(score, peers)} over {spread_of(score)}"
 
 
 def verdict(scores: Scores) -> str:

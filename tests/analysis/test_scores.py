@@ -10,12 +10,14 @@ import pytest
 from scipy.linalg import toeplitz
 
 from coherence.analysis.scores import (
+    Score,
     compute_scores,
     decay_length,
     diagonal_dominance,
     toeplitz_defect,
     toeplitz_projection,
 )
+from coherence.analysis.verdict import format_score, quartile_band, uncertainty
 from coherence.errors import RequestError
 
 EXACT = 1e-12
@@ -103,7 +105,7 @@ def test_inter_intra_ratio():
     assert scores.inter_intra_ratio.median == pytest.approx(0.25, rel=EXACT)
 
 
-def test_quartiles_over_checkpoints_and_batches_with_spectra():
+def test_quartiles_across_seeds_of_their_batch_means_with_spectra():
     rng = np.random.default_rng(2)
     h = rng.standard_normal((3, 4, 5, 2, 5, 2)) + 3 * np.eye(5)[None, None, :, None, :, None]
     h *= (
@@ -135,10 +137,12 @@ def test_quartiles_over_checkpoints_and_batches_with_spectra():
             }
             for score in scores.as_list()[:4]:
                 assert score.values[i, j] == pytest.approx(expected[score.name], rel=1e-10)
-    for score in scores.as_list():
+    for score in scores.as_list():  # METHOD §6: batches averaged within a seed, then seeds
         assert score.values.shape == (3, 4)
-        q1, med, q3 = np.percentile(score.values, [25, 50, 75])
+        q1, med, q3 = np.percentile(score.values.mean(axis=1), [25, 50, 75])
         assert (score.q1, score.median, score.q3) == pytest.approx((q1, med, q3), rel=EXACT)
+        pooled = np.median(score.values)  # the old convention: all S·B values pooled
+        assert score.median != pytest.approx(pooled, rel=1e-6)
     table = scores.to_dict()
     assert list(table) == [
         "diagonal_dominance",
@@ -164,3 +168,37 @@ def test_single_class_ratio_is_undefined_but_json_safe():
 def test_scores_need_two_times():
     with pytest.raises(RequestError, match="T ≥ 2"):
         compute_scores(np.ones((1, 1, 1, 2, 1, 2)))
+
+
+def test_one_checkpoint_spreads_over_its_batches_and_seeds_skip_undefined_batches():
+    one = Score("decay_length", "", np.array([[1.0, 2.0, 3.0, 10.0]]), np.zeros((1, 4), bool))
+    assert not one.across_seeds
+    assert (one.q1, one.median, one.q3) == pytest.approx((1.75, 2.5, 4.75), rel=EXACT)
+    values = np.array([[1.0, np.nan], [2.0, 4.0], [np.nan, np.nan]])  # seed 3: no value
+    seeds = Score("decay_length", "", values, np.zeros((3, 2), bool))
+    assert seeds.summarized()[0].tolist() == [1.0, 3.0]
+    assert seeds.median == pytest.approx(2.0, rel=EXACT)
+
+
+def test_only_quantiles_that_depend_on_a_censored_value_are_bounds():
+    """A censored decay length is a lower bound (the curve never fell below 1/e within the
+    window); a median that larger true values would not move is exact."""
+    flags = np.array([[False, False, False, True]])
+    above = Score("decay_length", "", np.array([[2.1, 2.3, 2.2, 16.0]]), flags)
+    assert above.bounds() == (False, False, True)  # only Q3 reaches the censored value
+    assert format_score(above) == "2.25" and quartile_band(above) == "[2.18, ≥ 5.72]"
+    under = Score(
+        "decay_length", "", np.array([[5.0, 5.0, 2.0, 3.0]]), np.array([[1, 1, 0, 0]]) > 0
+    )
+    assert under.bounds() == (True, False, True)  # [2, 3, 5*, 5*]: the median needs 5*
+    assert format_score(under).startswith("≥ ")
+    seeds = Score(  # seed 2's mean includes a bound, so it is one; seed 1's does not
+        "decay_length",
+        "",
+        np.array([[1.0, 2.0], [3.0, 6.0], [9.0, 9.0], [2.0, 2.0]]),
+        np.array([[False, False], [False, True], [False, False], [False, False]]),
+    )
+    assert seeds.summarized()[1].tolist() == [False, True, False, False]
+    assert seeds.bounds() == (True, False, True)  # [1.5, 2, 4.5*, 9]
+    assert uncertainty(seeds).endswith("over 4 seeds (each the mean of its 2 batches)")
+    assert uncertainty(above).endswith("over 4 batches of one checkpoint")

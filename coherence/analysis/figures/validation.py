@@ -181,11 +181,11 @@ def score_title(name: str) -> str:
 
 
 def score_cell(score: Score) -> str:
-    """'median [Q1, Q3]' over (checkpoint, batch), the three with the same decimals, with
-    the count of censored values."""
+    """'median [Q1, Q3]' across seeds (``Score.summarized``), the three with the same
+    decimals, with the count of censored (seed, batch) values."""
     if not math.isfinite(score.median):
         return "undefined"
-    text = f"{format_score(score).removeprefix('≥ ')} {quartile_band(score)}"
+    text = f"{format_score(score)} {quartile_band(score)}"
     censored = int(np.sum(score.censored))
     if censored:
         text += f" ({censored} of {score.censored.size} lower bounds)"
@@ -222,8 +222,8 @@ def score_rows(scores_by_group: Mapping[str, Scores]) -> tuple[list[str], list[l
 def scores_table(
     scores_by_group: Mapping[str, Scores], *, title: str = "Coherence scores"
 ) -> go.Figure:
-    """Read: each §7 score's median and interquartile range over (checkpoint, batch) per
-    group, beside its definition; compare groups across a row."""
+    """Read: each §7 score's median and interquartile range across seeds (each seed's
+    batches averaged) per group, beside its definition; compare groups across a row."""
     header, rows = score_rows(scores_by_group)
     columns = [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in header]
     widths = [1.2, 3.0, *([1.6] * (len(header) - 2))]

@@ -47,10 +47,11 @@ TOUR_SHORT = (
 
 
 def scores(ctx: PanelContext) -> None:
-    """The score table (median [Q1, Q3] over checkpoint × batch) and each definition."""
+    """The score table (median [Q1, Q3] across seeds) and each definition."""
     st.caption(
-        "One number per (seed, batch), summarized as median [Q1, Q3]; compare groups across "
-        "a row. The paper reports only figures: these make runs comparable in a table."
+        "One number per (seed, batch); each seed's batches are averaged, then summarized as "
+        "median [Q1, Q3] across seeds (one checkpoint: across its batches); compare groups "
+        "across a row. The paper reports only figures: these make runs comparable in a table."
     )
     if not need_results(ctx):
         return
@@ -138,7 +139,10 @@ def _score_help(ref, score: Score | None = None, others: Sequence[Score | None] 
     """A score's reference marks and definition, and with ``score`` its spread."""
     text = f"{literal(ref.marks)}. Definition: {literal(DEFINITIONS[ref.name])}. "
     if score is None:  # the compare table's column title: its cells are the groups' values
-        return text + "Each cell: the group's median and [Q1, Q3] over its (seed, batch) values."
+        return text + (
+            "Each cell: the group's median and [Q1, Q3] across its seeds, each seed's "
+            "batches averaged (one checkpoint: across its batches)."
+        )
     return text + f"Median; {literal(uncertainty(score, others))}."
 
 

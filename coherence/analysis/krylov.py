@@ -126,6 +126,7 @@ def block_krylov_basis(
     precondition: Rows | None = None,
     damping: float = 0.0,
     span_g_threshold: float | None = None,
+    spectrum_threshold: float | None = None,
 ) -> GalerkinBasis:
     """Block Lanczos basis of K_depth = span{G, ηG, …} (see the module docstring), or with
     ``precondition`` (rows → M̃⁻¹ rows, e.g. EK-FAC's (η̃ + λI)⁻¹) of the preconditioned
@@ -134,7 +135,10 @@ def block_krylov_basis(
     its Galerkin solution is at least as close to the full solve (in A's norm) as M̃⁻¹g_p.
     ``span_g_threshold`` (with ``precondition``): block 1 also holds span(G) at that
     threshold, first, so the reported spectrum is ``subspace``'s at that threshold and the
-    solution at least as close as ``subspace``'s too (s₁ more JVPs).
+    solution at least as close as ``subspace``'s too (s₁ more JVPs). ``spectrum_threshold``
+    (without ``precondition``, below ``energy_threshold``): the reported spectrum is that of
+    span(G) at this threshold, as ``subspace`` reports it (METHOD.md keeps 1 − 1e-4), not of
+    the fuller block 1 the solve uses; its metric is block 1's, restricted (no JVP).
 
     Block 1 is the leading span of G holding ``energy_threshold`` of Σσ² (as ``subspace``);
     block j+1 is ηQ_j = Jᵀ(JQ_j) projected off every earlier block, keeping directions above
@@ -200,6 +204,11 @@ def block_krylov_basis(
     if spectrum_rows is not None:
         first_pushed = pushed[:spectrum_rows]
         metric1 = gram64(first_pushed, first_pushed)
+        narrower = spectrum_threshold is not None and spectrum_threshold < energy_threshold
+        if precondition is None and narrower:  # span(G) at that threshold lies in block 1
+            leading = subspace_basis(g, spectrum_threshold).orthonormal_rows()
+            within = gram64(leading, q[:spectrum_rows])  # its rows in block 1's basis
+            metric1 = within @ metric1 @ within.T
         evals = torch.linalg.eigvalsh(0.5 * (metric1 + metric1.T)).flip(0)
     eta_rows = eta[:eta_filled] if keep_eta else None
     return GalerkinBasis(q[:filled], pushed[:filled], tuple(ranks), evals, eta_rows)

@@ -203,6 +203,7 @@ def _krylov_galerkin(
         precondition=precondition,
         damping=options.damping,
         span_g_threshold=span_g_threshold,
+        spectrum_threshold=min(options.resolved_energy_threshold, DEFAULT_ENERGY_THRESHOLD),
     )
     ksolve = galerkin_solve(kbasis, g, options.damping)
     y0 = ksolve.solution()

@@ -27,7 +27,7 @@ def test_keys_from_names_equal_keys_from_enums(checkpoint, tiny_dataset):
 def test_a_revised_estimator_gets_new_keys_and_the_others_keep_theirs(
     checkpoint, tiny_dataset, monkeypatch
 ):
-    """ekfac-krylov's, cg's and ekfac's numbers changed (keys.ESTIMATOR_REVISIONS): their
+    """ekfac-krylov's, cg's, ekfac's and krylov's numbers changed (keys.ESTIMATOR_REVISIONS): their
     entries must miss, through the request key and the unit keys alike, while every other
     estimator's keys are the ones its requests always hashed to (as without any revision
     table)."""
@@ -42,7 +42,7 @@ def test_a_revised_estimator_gets_new_keys_and_the_others_keep_theirs(
     monkeypatch.setattr(keys, "ESTIMATOR_REVISIONS", {})
     before = {e: (request_key(r), unit_keys(r)) for e, r in requests.items()}
     for estimator in requests:
-        revised = estimator in ("ekfac-krylov", "cg", "ekfac")
+        revised = estimator in ("ekfac-krylov", "cg", "ekfac", "krylov")
         assert (now[estimator][0] != before[estimator][0]) is revised, estimator
         assert (now[estimator][1] != before[estimator][1]) is revised, estimator
 

@@ -3,6 +3,7 @@ compute slots, the confirmation of long jobs and the --ray-address option."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -67,11 +68,45 @@ def friendly_errors(func: F) -> F:
                 soft_wrap=True,
             )
             raise typer.Exit(code=2) from None
+        except OSError as exc:  # after the subclasses above
+            if not disk_full(exc) or os.environ.get(DEBUG_ENV):
+                raise
+            where = f" writing {exc.filename}" if exc.filename else ""
+            console.print(f"[bold red]error:[/] {DISK_FULL}{where}; {AFTER_FULL}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        except MemoryError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            what = str(exc) or "an allocation failed"
+            console.print(
+                f"[bold red]error:[/] out of memory ({what}); {AFTER_OOM}", soft_wrap=True
+            )
+            raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             console.print(INTERRUPTED, highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+DISK_FULL = "the disk is full"
+AFTER_FULL = (
+    "free space there, or write to another disk (--workspace, --out); what was finished is "
+    f"kept and a rerun goes on from it (set {DEBUG_ENV}=1 for the traceback)"
+)
+AFTER_OOM = (
+    "this step needs more memory than is free: use smaller pieces (import --limit, train "
+    "--batch-size, analyze a shorter --window or fewer --trajectories) or a machine with more "
+    f"memory (set {DEBUG_ENV}=1 for the traceback)"
+)
+
+
+def disk_full(exc: OSError) -> bool:
+    """ENOSPC / EDQUOT, also where h5py reports it only in its message (errno None)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 # what Ctrl-C leaves: every command saves whole pieces (checkpoints, cached units, staged

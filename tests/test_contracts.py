@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 CONTRACTS = {
@@ -76,3 +78,45 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on():
     with pytest.raises(typer.Exit) as stopped:
         interrupted()
     assert stopped.value.exit_code == 130 and "rerun the same command" in INTERRUPTED
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_or_exhausted_memory_ends_in_one_line_not_a_traceback(capfd, monkeypatch):
+    """A full disk (h5py says so only in its message) and numpy's allocation error printed
+    tracebacks; /dev/full answers every write with ENOSPC, as a full disk does."""
+    import typer
+
+    from coherence.cli_common import DEBUG_ENV, friendly_errors
+
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+    @friendly_errors
+    def write_to_a_full_disk() -> None:
+        with open("/dev/full", "wb") as sink:
+            sink.write(b"x" * 4096)
+            sink.flush()
+
+    @friendly_errors
+    def h5py_on_a_full_disk() -> None:
+        raise OSError(
+            "Can't synchronously write data (file write failed: errno = 28, "
+            "error message = 'No space left on device')"
+        )
+
+    @friendly_errors
+    def allocate_too_much() -> None:
+        np.empty(2**62, dtype=np.uint8)
+
+    @friendly_errors
+    def another_os_error() -> None:
+        raise OSError(5, "Input/output error")
+
+    for command in (write_to_a_full_disk, h5py_on_a_full_disk, allocate_too_much):
+        with pytest.raises(typer.Exit) as stopped:
+            command()
+        assert stopped.value.exit_code == 2
+    out = " ".join(capfd.readouterr().err.split())  # messages go to stderr; rich wraps them
+    assert out.count("the disk is full") == 2 and "free space there" in out
+    assert "out of memory" in out and "--batch-size" in out and "Traceback" not in out
+    with pytest.raises(OSError, match="Input/output"):  # not a disk-full error: unchanged
+        another_os_error()

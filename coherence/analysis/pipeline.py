@@ -7,7 +7,6 @@ top eigenvalue of η + λI. Results are shaped [S, B, T, C, T, C] (rows = respon
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ from coherence.errors import RequestError
 from coherence.probe import activation_bytes
 from coherence.simulation.dataset import DatasetInfo, files_fingerprint, open_dataset
 from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.footprint import available_bytes
 
 Progress = Callable[[float, str], None]  # (fraction of the whole job, stage)
 
@@ -78,16 +78,9 @@ class CostEstimate:
 
 
 def available_memory(device: torch.device) -> int:
-    """Free bytes on the device (CUDA: driver's free memory; CPU: MemAvailable)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    """Free bytes on the device (CUDA: the driver's free memory; CPU: MemAvailable, within a
+    container's cgroup limit, as the model loader counts it)."""
+    return available_bytes(device)
 
 
 # Costs in one example's forward pass (measured on the demo and paper presets, METHOD.md §4):

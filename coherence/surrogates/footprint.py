@@ -16,7 +16,6 @@ process runs in a container, else ``os.sysconf``; CUDA from ``torch.cuda.mem_get
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from coherence.errors import CheckpointError, CoherenceError
+from coherence.resources import UNKNOWN, free_memory
 from coherence.surrogates.registry import model_from_config_dict
 
 
@@ -100,43 +100,17 @@ def _activation_bytes(model: torch.nn.Module, channels: int, resolution: tuple[i
     return kept[0]
 
 
-def _cgroup_free() -> int | None:
-    """Bytes left under a cgroup v2 memory limit (containers), or None without one."""
-    base = Path("/sys/fs/cgroup")
-    try:
-        limit = (base / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int((base / "memory.current").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def available_bytes(device: str | torch.device) -> int:
     """Memory free for new tensors on ``device`` now."""
     device = torch.device(device)
-    unknown = 2**63 - 1  # no reading: refuse nothing
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            return unknown  # moving the model there fails later with its own message
+            return UNKNOWN  # moving the model there fails later with its own message
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     if device.type != "cpu":
-        return unknown
-    free = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        free = None
-    if free is None:
-        try:
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return unknown
-    cgroup = _cgroup_free()
-    return min(free, cgroup) if cgroup is not None else free
+        return UNKNOWN
+    return free_memory()
 
 
 def _gib(n: int) -> str:

@@ -285,3 +285,33 @@ def test_a_float16_source_is_imported_and_said(tmp_path, ce_states):
     assert any("'data' is float16 (published: float32)" in w for w in report.warnings)
     states, _ = imported(tmp_path / "out", "CE-RPUI")
     np.testing.assert_allclose(states, ce_states[:3], rtol=5e-3, atol=5e-3)
+
+
+def test_an_import_the_disk_cannot_hold_is_refused_before_writing(tmp_path, ce_states, monkeypatch):
+    """A paper class is ≈ 55 GB: with too little room the import filled the disk and ended
+    in h5py's traceback. The free-space reading is set to room for 3 trajectories."""
+    from coherence.simulation.importers import common
+
+    src = write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
+    per_trajectory = int(np.prod(ce_published(ce_states).shape[1:])) * 4
+    room = 3 * per_trajectory + common.DISK_MARGIN
+    monkeypatch.setattr(common, "free_disk", lambda path: room)
+    with pytest.raises(RequestError, match=r"free on that disk.*--limit 3 fits") as refused:
+        import_pdegym(src, tmp_path / "ws" / "ds", "CE-RPUI")
+    assert str(tmp_path / "ws" / "ds") in str(refused.value)
+    assert not (tmp_path / "ws").exists()  # nothing staged, nothing written
+    report = import_pdegym(src, tmp_path / "ws" / "ds", "CE-RPUI", limit=3, split="random")
+    assert sum(report.counts) == 3  # the hint's --limit imports
+
+
+def test_a_trajectory_larger_than_memory_is_refused_by_its_shape(tmp_path):
+    """A file declaring 10⁶ snapshots per trajectory (its data never written: a small file)
+    ended in numpy's allocation error for 300 GB; the import reads whole trajectories."""
+    path = tmp_path / "CE-RP.nc"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "data", shape=(3, 10**6, 5, 128, 128), dtype="f4", chunks=(1, 1, 5, 128, 128)
+        )
+    with pytest.raises(SchemaError, match=r"CE-RP.nc: one trajectory is 1000000 × 5 × 128 × 128"):
+        import_pdegym(path, tmp_path / "o", "CE-RP")
+    assert not (tmp_path / "o").exists()

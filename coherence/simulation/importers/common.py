@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from coherence.errors import RequestError, SchemaError
+from coherence.resources import free_disk, free_memory, size_text
 from coherence.simulation.dataset import (
     SPLITS,
     class_seed,
@@ -30,6 +31,43 @@ Warn = Callable[[str], None]
 BLOCK_BYTES = 64 * 2**20  # source bytes per block: memory stays bounded whatever N is
 GAMMA_TOLERANCE = 0.01
 PAIRING_RATIO = 0.1  # one axis pairing must have < 10 % of the other's divergence
+
+
+# ---------------------------------------------------------------------------------------------
+# room: checked before anything is written
+
+DISK_MARGIN = 64 * 2**20  # HDF5 metadata, the provenance and the file system's own needs
+MEMORY_COPIES = 2  # one trajectory read and its converted copy are held at once
+
+
+def check_room(out: str | Path, n: int, written_per_trajectory: int, what: str) -> None:
+    """Refuse an import the disk under ``out`` cannot hold, before writing: a full disk used
+    to stop it half way (the staging is removed, but an hour is lost) with h5py's traceback."""
+    needed, free = n * written_per_trajectory + DISK_MARGIN, free_disk(out)
+    if needed <= free:
+        return
+    fits = max(0, (free - DISK_MARGIN) // max(written_per_trajectory, 1))
+    raise RequestError(
+        f"{out}: importing {what} ({n} trajectories) writes ≈ {size_text(needed)}, but "
+        f"{size_text(free)} are free on that disk; free space there, import fewer "
+        f"trajectories (--limit {fits} fits), or import into a workspace on a larger disk"
+    )
+
+
+def check_trajectory_fits(src: str | Path, shape: tuple[int, ...], trajectory_bytes: int) -> None:
+    """Refuse a source whose single trajectory cannot be held in memory (the importers read
+    whole trajectories), naming its shape, instead of numpy's allocation error."""
+    needed, free = MEMORY_COPIES * trajectory_bytes, free_memory()
+    if needed <= free:
+        return
+    dims = " × ".join(str(d) for d in shape)
+    raise SchemaError(
+        f"{src}: one trajectory is {dims} values ({size_text(trajectory_bytes)} as float32) "
+        f"and the import holds ≈ {MEMORY_COPIES} copies of one at a time, but "
+        f"{size_text(free)} of memory are free; check that this is the file you meant (its "
+        "time axis or grid is far beyond the published 21 × 128²), or import on a machine "
+        "with more memory"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

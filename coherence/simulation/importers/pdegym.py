@@ -29,6 +29,8 @@ from coherence.simulation.importers.common import (
     as_json,
     check_finite_positive,
     check_gamma,
+    check_room,
+    check_trajectory_fits,
     gamma_hat,
     poseidon_split,
     random_split,
@@ -361,6 +363,9 @@ def import_pdegym(
 
     source = open_source(src, class_name)
     n, plan = _plan(src, source, options)
+    shape = (source.n_steps, source.n_channels, source.nx, source.ny)
+    check_trajectory_fits(src, shape, source.trajectory_bytes)
+    check_room(out, n, source.trajectory_bytes, f"{class_name} from {src}")
     checks = _initial_checks(source)
     meter = Meter(total=n * source.trajectory_bytes, progress=progress)
     with dataset_transaction(out) as stage:

@@ -27,6 +27,8 @@ from coherence.simulation.importers.common import (
     as_json,
     check_finite_positive,
     check_gamma,
+    check_room,
+    check_trajectory_fits,
     gamma_hat,
     target_dataset_name,
 )
@@ -200,6 +202,10 @@ def import_well_euler(
     _check_files(sources, infos, keys, downsample)
     counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
     traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
+    for path, info, size in zip(sources, infos, traj_bytes, strict=True):
+        check_trajectory_fits(path, (*info["shape"][1:], 5), size)
+    written = sum(c * b // downsample**2 for c, b in zip(counts, traj_bytes, strict=True))
+    check_room(out, sum(counts), written // max(sum(counts), 1), "these Well files")
     meter = Meter(
         total=sum(c * b for c, b in zip(counts, traj_bytes, strict=True)), progress=progress
     )

@@ -140,7 +140,9 @@ class DatasetInfo:
         """The metadata of one split/class file, or a RequestError listing what exists."""
         if split not in self.files:
             raise RequestError(
-                f"dataset {self.root} has no '{split}' split; it has: {', '.join(self.files)}"
+                f"dataset {self.root} has no '{split}' split; it has: {', '.join(self.files)}; "
+                f"import a {split} file into it (coherence import … --out {self.root}; for The "
+                f"Well, the {split}/ file of the same name)"
             )
         per_class = self.files[split]
         if class_name not in per_class:

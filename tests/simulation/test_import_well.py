@@ -98,3 +98,20 @@ def test_cli_well_euler(tmp_path, states):
     )
     assert result.exit_code == 0, result.output
     assert open_dataset(tmp_path / "o").file("test", STEM).width == 16
+
+
+def test_an_import_without_a_valid_file_says_training_needs_one(tmp_path, states):
+    """The README's train + test import gave a dataset `coherence train` refused later ('has
+    no valid split'): the import says so, and the refusal names the fix."""
+    paths = [
+        write_well_euler(tmp_path / "data" / split / f"{STEM}.hdf5", states)
+        for split in ("train", "test")
+    ]
+    report = import_well_euler(paths, tmp_path / "o", downsample=2)
+    (note,) = [w for w in report.warnings if "no valid split" in w]
+    assert "valid/ file of the same name" in note
+    with pytest.raises(RequestError, match=r"no 'valid' split.*import a valid file into it"):
+        open_dataset(tmp_path / "o").file("valid", STEM)
+    valid = write_well_euler(tmp_path / "data" / "valid" / f"{STEM}.hdf5", states)
+    again = import_well_euler([valid], tmp_path / "o", downsample=2)
+    assert not [w for w in again.warnings if "split yet" in w]  # train and valid now there

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from coherence.errors import RequestError, SchemaError
-from coherence.simulation.dataset import SPLITS
+from coherence.simulation.dataset import SPLITS, open_dataset
 from coherence.simulation.families import Family
 from coherence.simulation.importers.common import (
     BLOCK_BYTES,
@@ -222,6 +222,13 @@ def import_well_euler(
             downsample=downsample,
             overwrite=overwrite,
             name=name,
+        )
+    missing = [x for x in ("train", "valid") if x not in open_dataset(stage.root).files]
+    if missing:  # training reads both: say so now, not at `coherence train`
+        note(
+            f"{stage.root} has no {' or '.join(missing)} split yet, which training needs: "
+            f"import The Well's {missing[0]}/ file of the same name into it too (the split is "
+            "the file's folder; --split names it for a file kept elsewhere)"
         )
     return ImportReport(
         root=stage.root,

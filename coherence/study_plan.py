@@ -98,18 +98,38 @@ def _classes(info: DatasetInfo, spec: StudySpec) -> tuple[str, ...]:
     return tuple(usable[:PAPER_CLASSES_PER_BATCH])
 
 
-def _checkpoint_state(out: Path, args: TrainingArgs, fingerprint: str) -> tuple[str, int]:
-    """(done | resume | new | retrain, epochs already trained)."""
+# training arguments a checkpoint must share to be the study's model (the data and classes
+# are in the dataset fingerprint; the epochs decide done or resume)
+SAME_TRAINING = ("preset", "seed", "batch_size", "transitions", "lr", "weight_decay")
+
+
+def training_difference(
+    config: ckpt.CheckpointConfig, args: TrainingArgs, fingerprint: str, fields=SAME_TRAINING
+) -> str | None:
+    """How a checkpoint's training differs from ``args`` ('transitions 4, not 16'), or None.
+    A stored ``transitions`` of None (every pair, ≤ 16) is the study's own count."""
+    if config.dataset.get("fingerprint") != fingerprint:
+        return "other training data or classes"
+    stored = config.training.get("args", {})
+    for name in fields:
+        value = stored.get(name)
+        if name == "transitions" and value is None:
+            value = args.transitions
+        if value != getattr(args, name):
+            return f"{name.replace('_', ' ')} {value}, not {getattr(args, name)}"
+    return None
+
+
+def _checkpoint_state(out: Path, args: TrainingArgs, fingerprint: str) -> tuple[str, int, str]:
+    """(done | resume | new | retrain, epochs already trained, why retrain)."""
     if not (out / ckpt.CONFIG_FILE).exists():
-        return "new", 0
+        return "new", 0, ""
     config = ckpt.read_config(out)
     history = ckpt.read_history(out)
-    if config.dataset.get("fingerprint") != fingerprint:
-        return "retrain", 0
-    stored = config.training.get("args", {})
-    if stored.get("seed") != args.seed or stored.get("preset") != args.preset:
-        return "retrain", 0
-    return ("done" if len(history) >= args.epochs else "resume"), len(history)
+    differs = training_difference(config, args, fingerprint)
+    if differs is not None:
+        return "retrain", 0, differs
+    return ("done" if len(history) >= args.epochs else "resume"), len(history), ""
 
 
 def adopt_trained(ctx: _Context, notes: list[str]) -> StudySpec:
@@ -131,7 +151,7 @@ def adopt_trained(ctx: _Context, notes: list[str]) -> StudySpec:
     finished = {}  # (arch, seed) → the first checkpoint, by name, of this study's training
     if missing:
         for candidate in sorted(directory.iterdir()):  # each config read once
-            trained = _finished_training(candidate, spec, ctx.fingerprint, epochs)
+            trained = _finished_training(candidate, spec, ctx.fingerprint, epochs, ctx.transitions)
             if trained is not None:
                 finished.setdefault(trained, candidate.name)
     adopted = [
@@ -147,10 +167,11 @@ def adopt_trained(ctx: _Context, notes: list[str]) -> StudySpec:
 
 
 def _finished_training(
-    directory: Path, spec: StudySpec, fingerprint: str, epochs: int
+    directory: Path, spec: StudySpec, fingerprint: str, epochs: int, transitions: int
 ) -> tuple[str, int] | None:
-    """(arch, seed) of a checkpoint trained as this study trains (its preset and batch size,
-    this data, exactly ``epochs`` epochs, all done); None for any other directory."""
+    """(arch, seed) of a checkpoint trained as this study trains (its preset, batch size,
+    transitions and optimizer, this data, exactly ``epochs`` epochs, all done); None for any
+    other directory."""
     if not (directory / ckpt.CONFIG_FILE).is_file():
         return None
     try:
@@ -159,10 +180,12 @@ def _finished_training(
     except (CoherenceError, OSError):
         return None  # unreadable: the workspace scan reports it
     stored = config.training.get("args", {})
+    study_args = TrainingArgs(
+        preset=spec.preset, batch_size=spec.batch_size, transitions=transitions, epochs=epochs
+    )
+    fields = tuple(f for f in SAME_TRAINING if f != "seed")  # any seed: it is returned
     same = (
-        config.dataset.get("fingerprint") == fingerprint
-        and stored.get("preset") == spec.preset
-        and stored.get("batch_size") == spec.batch_size
+        training_difference(config, study_args, fingerprint, fields) is None
         and stored.get("epochs") == epochs
         and len(history) == epochs
     )
@@ -366,7 +389,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         )
     sweep_steps = _sweep_steps(ctx, analyses, series_seconds, notes)
     available = available_memory(ctx.device)
-    notes.extend(_memory_notes(steps, available))
+    notes.extend(_memory_notes(steps, analyses, available))
     return StudyPlan(
         workspace=ctx.root,
         spec=spec,
@@ -396,15 +419,16 @@ def _train_step(ctx: _Context, probe: ModelProbe, arch: str, seed: int) -> Train
         device=spec.device,
     )
     out = checkpoints_dir(ctx.root) / spec.checkpoint_name(arch, seed)
-    state, done = _checkpoint_state(out, args, ctx.fingerprint)
+    state, done, differs = _checkpoint_state(out, args, ctx.fingerprint)
     if state == "retrain" and not spec.replace_foreign:
         raise RequestError(
-            f"checkpoint {out} exists but was trained with other data or arguments; "
-            "remove it, or choose other --seeds (names follow the seed)"
+            f"checkpoint {out} exists but was trained otherwise ({differs}); remove it, or "
+            "choose other --seeds (names follow the seed)"
         )
     remaining = args.epochs - (done if state in ("done", "resume") else 0)
     seconds, peak = _train_cost(probe, args, ctx.pairs, remaining, ctx.state_size)
-    return TrainStep(arch, seed, out, args, done, state, seconds, peak)
+    per_example = 2 * probe.activation_bytes  # as _train_cost counts a batch
+    return TrainStep(arch, seed, out, args, done, state, seconds, peak, per_example)
 
 
 def _analysis_step(
@@ -469,14 +493,38 @@ def _setting_request(request: AnalysisRequest, setting, arch: str) -> AnalysisRe
     )
 
 
-def _memory_notes(steps: list[TrainStep], available: int) -> list[str]:
-    return [
-        f"training {step.out.name} needs ≈ {step.peak_bytes / GIB:.1f} GiB of "
-        f"{available / GIB:.1f} GiB: import fewer trajectories (--limit) or use a "
-        "larger machine"
-        for step in steps
-        if step.state != "done" and step.peak_bytes > 0.8 * available
+def _memory_notes(
+    steps: list[TrainStep], analyses: list[AnalysisStep], available: int
+) -> list[str]:
+    """What will not fit, with the fix that makes it fit: for training the --batch-size
+    that does where a batch's activations are the excess (--limit only shrinks the pairs
+    held in memory); for an analysis, which `analyze` would refuse mid-study."""
+    notes = []
+    for step in steps:
+        if step.state == "done" or step.peak_bytes <= 0.8 * available:
+            continue
+        need = f"training {step.out.name} needs ≈ {step.peak_bytes / GIB:.1f} GiB of "
+        need += f"{available / GIB:.1f} GiB"
+        fixed = step.peak_bytes - step.args.batch_size * step.per_example_bytes
+        fits = (
+            int((0.8 * available - fixed) // step.per_example_bytes)
+            if step.per_example_bytes
+            else 0
+        )
+        if fits >= 1:
+            peak = (fixed + fits * step.per_example_bytes) / GIB
+            notes.append(f"{need}: use --batch-size {fits} (≈ {peak:.1f} GiB) or a larger machine")
+        else:
+            notes.append(f"{need}: import fewer trajectories (--limit) or use a larger machine")
+    notes += [
+        f"analysing {a.arch} needs ≈ {a.peak_bytes / GIB:.1f} GiB of {available / GIB:.1f} "
+        "GiB: analyze would refuse it and the study stop there; analyse fewer classes "
+        "(--classes: N = classes × 16 transitions) or on a machine with more memory (a GPU: "
+        "--device cuda)"
+        for a in analyses
+        if a.state != "cached" and a.peak_bytes > available
     ]
+    return notes
 
 
 def _sweep_steps(

@@ -121,6 +121,7 @@ class TrainStep:
     state: str  # done | resume | new | retrain
     seconds: float
     peak_bytes: int
+    per_example_bytes: int = 0  # of peak_bytes, what each example of a batch adds
 
 
 @dataclass(frozen=True)

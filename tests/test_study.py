@@ -6,6 +6,7 @@ epoch, real analyses; the dashboard's own URL decoding finds the study's results
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -184,8 +185,18 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
     shutil.copytree(source, foreign)
     # Same name, other data (another simulation seed gives other files): refused by name.
     make_dataset(other, seed=99, overwrite=True)
-    with pytest.raises(RequestError, match="trained with other data"):
+    with pytest.raises(RequestError, match=r"trained otherwise \(other training data or classes"):
         plan_study(spec(), other)
+    # Same name and data, trained on 2 of the 4 transitions a trajectory: not the study's model (the
+    # plan called it done and would have analysed it as the study's)
+    third = tmp_path / "third"
+    shutil.copytree(workspace, third)
+    config_path = checkpoints_dir(third) / "ce_small_vit_demo_s7" / ckpt.CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["training"]["args"]["transitions"] = 2
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(RequestError, match=r"trained otherwise \(transitions 2, not 4\)"):
+        plan_study(spec(), third)
 
 
 def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
@@ -405,3 +416,34 @@ def test_a_study_trains_in_a_compute_slot(tmp_path, monkeypatch):
     worker.join(300)
     assert "  queued, position 1: waiting for a free compute slot" in lines
     assert len(ckpt.read_history(checkpoints_dir(root) / "ce_small_vit_demo_s5")) == 1
+
+
+def test_memory_notes_give_the_fix_that_makes_the_step_fit(tmp_path):
+    """A paper ViT at --batch-size 32 needed 22.6 GiB of 19.5: the plan said 'import fewer
+    trajectories (--limit)', which does not shrink a batch's activations; analyses over
+    memory, which analyze refuses mid-study, were listed without a word."""
+    from coherence.study_plan import GIB, _memory_notes
+    from coherence.study_spec import AnalysisStep, TrainStep
+    from coherence.surrogates.training import TrainingArgs
+
+    def train(peak_gib: float, per_example_gib: float, state: str = "new") -> TrainStep:
+        args = TrainingArgs(arch="vit", batch_size=32)
+        out = tmp_path / f"vit_{peak_gib}"
+        return TrainStep(
+            "vit", 10, out, args, 0, state, 60.0, int(peak_gib * GIB), int(per_example_gib * GIB)
+        )
+
+    def analysis(peak_gib: float, state: str = "pending") -> AnalysisStep:
+        return AnalysisStep("vit", ("c",), {}, 6, 48, state, 60.0, int(peak_gib * GIB))
+
+    available = int(19.5 * GIB)
+    (batch,) = _memory_notes([train(22.6, 0.6)], [], available)  # 3.4 GiB fixed + 32 × 0.6
+    assert "needs ≈ 22.6 GiB of 19.5 GiB: use --batch-size 20 (≈ 15.4 GiB)" in batch
+    (pairs,) = _memory_notes([train(22.6, 0.01)], [], available)  # the pairs are the excess
+    assert "--limit" in pairs and "--batch-size" not in pairs
+    assert _memory_notes([train(22.6, 0.6, state="done"), train(10.0, 0.2)], [], available) == []
+    (over,) = _memory_notes(
+        [], [analysis(43.1), analysis(43.1, "cached"), analysis(5.0)], available
+    )
+    assert over.startswith("analysing vit needs ≈ 43.1 GiB of 19.5 GiB: analyze would refuse")
+    assert "--classes" in over

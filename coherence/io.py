@@ -21,11 +21,34 @@ if TYPE_CHECKING:
     import torch
 
 
+def _process_umask() -> int:
+    """The umask, read once at import (reading it means setting it: not from threads)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _process_umask()
+FILE_MODE = 0o666 & ~UMASK  # what open() would give: mkstemp's 0600 hid results from a group
+DIR_MODE = 0o777 & ~UMASK  # what mkdir() would give, for mkdtemp's 0700 staging folders
+
+
+def shared_mode(fd_or_path: int | str | os.PathLike, *, directory: bool = False) -> None:
+    """Give a temporary file (by descriptor) or folder the mode a plain open()/mkdir() would
+    have: a workspace shared by a group stays readable by it once the file is renamed."""
+    mode = DIR_MODE if directory else FILE_MODE
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` whole or not at all; returns the path."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
+        shared_mode(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, target)

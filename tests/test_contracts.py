@@ -120,3 +120,37 @@ def test_a_full_disk_or_exhausted_memory_ends_in_one_line_not_a_traceback(capfd,
     assert "out of memory" in out and "--batch-size" in out and "Traceback" not in out
     with pytest.raises(OSError, match="Input/output"):  # not a disk-full error: unchanged
         another_os_error()
+
+
+def test_results_checkpoints_and_datasets_get_the_modes_open_and_mkdir_would(tmp_path):
+    """Temporary names (mkstemp 0600, mkdtemp 0700) became the final files: a result, a
+    checkpoint folder and an imported dataset were unreadable to the rest of a group
+    sharing the workspace, whatever its umask."""
+    import stat
+
+    from coherence.io import DIR_MODE, FILE_MODE, atomic_write_bytes
+    from coherence.simulation.wellwriter import WellWriter
+    from coherence.surrogates.fileset import write_new_directory
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    result = atomic_write_bytes(tmp_path / "R.npz", b"arrays")
+    assert mode(result) == FILE_MODE
+    folder = tmp_path / "checkpoint"
+    write_new_directory(folder, {"config.json": b"{}"}, {})
+    assert mode(folder) == DIR_MODE and mode(folder / "config.json") == FILE_MODE
+    writer = WellWriter(
+        tmp_path / "train" / "CE-RP.hdf5",
+        family="euler",
+        class_name="CE-RP",
+        dataset_name="d",
+        n_trajectories=1,
+        times=np.linspace(0, 1, 3),
+        nx=4,
+        ny=4,
+        scalars={"gamma": 1.4},
+    )
+    density = np.ones((1, 3, 1, 4, 4))
+    writer.write(0, np.concatenate([density, 0 * density, 0 * density, 2.5 * density], axis=2))
+    assert mode(writer.close()) == FILE_MODE

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from coherence.errors import SchemaError
+from coherence.io import shared_mode
 from coherence.simulation.families import FAMILIES, Family
 from coherence.simulation.wellschema import CLASS_ATTR, FIELD_GROUPS, validate_well_file
 
@@ -100,6 +101,7 @@ class WellWriter:
         fd, self.tmp_name = tempfile.mkstemp(
             prefix=f".{self.path.stem}.", suffix=".tmp", dir=self.path.parent
         )
+        shared_mode(fd)  # the dataset file it becomes: readable as open() would make it
         os.close(fd)
         try:
             # v108: attributes above 64 KiB (per-trajectory provenance) need dense storage

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from coherence.io import shared_mode
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "coherence-file-set"
 STAGING_PREFIX = ".staging-"
@@ -109,6 +111,7 @@ def _stage_and_rename(
     then rename it to ``target`` (the commit point); on any failure the staging goes."""
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
     try:
+        shared_mode(staging, directory=True)  # it becomes the checkpoint or snapshot folder
         entries = {}
         for name, data in files.items():
             _write_synced(staging / name, data)

@@ -415,6 +415,15 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     cg = [[{"estimator": "cg", "residuals": [0.5, 1.3]}]]  # cg itself: not "choose cg"
     assert "is the cg estimator" not in residual_summary(cg) and "max_iter" in residual_summary(cg)
     assert residual_summary([[{"residuals": None}], [{}]]) is None  # ekfac, euclidean
+    # the default's residual correction: its size beside the Galerkin map is said
+    corrected = [[{"residuals": [0.4], "residual_correction": c}] for c in (90.0, 110.0, 100.0)]
+    note = "here 100× the Galerkin part's norm (median of 3 solves): the map is then mostly"
+    for text in (residual_summary(corrected), residual_help(corrected)):
+        assert note in text
+    assert note in residual_summary(corrected, caveat=False)
+    small = [[{"residuals": [0.1], "residual_correction": 0.8}]]
+    assert "0.8× the Galerkin part's norm (median of 1 solve)." in residual_summary(small)
+    assert "mostly" not in residual_summary(small) and "residual correction" not in summary
 
 
 def test_brief_residual_summary_leaves_its_meaning_to_the_help():

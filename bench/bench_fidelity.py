@@ -16,15 +16,21 @@
    and 1.5e-2, on ``--columns`` columns spread over the batch (a cold column costs one batch
    JVP + VJP per iteration: a full cold run on the demo UNet would take hours here):
    iterations per column, products, seconds, converged. Target: ≥ 10× fewer iterations.
+2b. ``columns`` (opt-in, not in ``all``): the demo UNet and ViT have no dense reference, so a
+   few columns of H (``--column``, default 6 spread over the batch) are solved near-exactly
+   by EK-FAC-preconditioned cg to ``--rtol`` (default 1e-3, cap ``--cap`` 3000), and each
+   estimator's same columns are compared with them (Pearson over the block, median
+   per-column Spearman); first on the hardest small model, where the exact H checks that
+   reference. Does the default's fidelity carry over from the small models?
 3. ``cost``: seconds of each estimator side by side on the trained demo checkpoints
    (``workspace/checkpoints/{unet,vit}_demo_s10`` unless --checkpoint names others; N = 48,
    32², one batch, after one warm-up that traces the tangent program), best of two runs:
    euclidean, ekfac, subspace, ekfac-krylov (depth 1, 2), krylov (depth 2, 4). The issue's
    question: is a setting more faithful than EK-FAC also faster than it?
 
-Run: python -m bench.bench_fidelity [--part fidelity|tolerance|cg|cost|all] [--quick]
+Run: python -m bench.bench_fidelity [--part fidelity|tolerance|cg|cost|columns|all] [--quick]
      [--arch unet|vit] [--checkpoint ARCH=DIR] [--columns K] [--rtol R] [--cap N]
-     [--start cold|deflated] [--only ESTIMATOR ...]
+     [--start cold|deflated|preconditioned] [--column C ...] [--only ESTIMATOR ...]
 (--start: run one start only, written to cg_start_<arch>_<start>.json; --quick: one small
 model, depths 2 and 4, cg on the UNet at rtol 5e-2 with max_iter 50).
 Figures from a shared or single-threaded machine are indicative only.
@@ -214,6 +220,7 @@ def _column_cg(
         precondition=precondition,
     )
     return {
+        "solution": cg.solution,
         "iters": list(cg.iterations),
         "converged": cg.converged,
         "residual_max": max(cg.residuals),
@@ -280,6 +287,7 @@ def cg_rows(
     n_columns: int,
     cold_cap: int | None,
     starts: tuple[str, ...] = ("cold", "deflated"),
+    chosen: tuple[int, ...] = (),
 ) -> list[dict[str, Any]]:
     """Cold vs deflated cg per column, at the paper's tolerances (see the module docstring)."""
     x, y = euler_batch()
@@ -295,7 +303,8 @@ def cg_rows(
             prediction = fm(fm.theta, x)
         (g,) = per_example_vjps(fm, x, [residual(Response.SMSE, prediction, x, y)])
         columns = sorted(
-            {round(i * (len(x) - 1) / max(n_columns - 1, 1)) for i in range(n_columns)}
+            set(chosen)
+            or {round(i * (len(x) - 1) / max(n_columns - 1, 1)) for i in range(n_columns)}
         )
         for rtol in rtols:
             cap = cold_cap or (50 if quick else COLD_CAP[rtol])
@@ -326,14 +335,139 @@ def cg_rows(
     return rows
 
 
+# settings compared with a near-exact solve of a few columns on the demo models
+COLUMN_SETTINGS = (
+    ("euclidean", {}),
+    ("subspace", {}),
+    ("ekfac", {}),
+    ("ekfac-krylov", {}),
+    ("ekfac-krylov", {"depth": 2}),
+    ("krylov", {"depth": 4}),
+)
+
+
+def column_reference(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    columns: list[int],
+    rtol: float,
+    cap: int,
+) -> dict[str, Any]:
+    """H[:, columns]·D of the full solve, from EK-FAC-preconditioned cg (deflated start) to
+    ``rtol``: the reference where no dense solve fits (the demo models, P ≈ 0.15M–0.3M)."""
+    model.eval()
+    fm = FlatModel(model)
+    with torch.no_grad():
+        prediction = fm(fm.theta, x)
+    (g,) = per_example_vjps(fm, x, [residual(Response.SMSE, prediction, x, y)])
+    options = InfluenceOptions(
+        estimator="cg", rtol=rtol, cg_start="preconditioned", max_iter=cap, damping=1e-4
+    )
+    out = _column_cg(options, CountedJacobian(BatchJacobian(fm, x)), g, columns, x.shape)
+    h = g.double() @ out.pop("solution").double().T  # [N, K]: rows = responses
+    return {"h": h, **out}
+
+
+def column_agreement(h: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """Pearson over the N×K entries and median per-column Spearman (over the N responses) of
+    two column blocks of H: no row standardisation, which needs every column."""
+    h, reference = h.double(), reference.double()
+    per_column = [spearmanr(h[:, k], reference[:, k])[0] for k in range(h.shape[1])]
+    pearson = np.corrcoef(h.flatten().numpy(), reference.flatten().numpy())[0, 1]
+    return float(pearson), float(np.median(per_column))
+
+
+def _column_rows(
+    label: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    columns: list[int],
+    rtol: float,
+    cap: int,
+    exact: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """Each COLUMN_SETTINGS estimate's columns against the cg reference (and, where given,
+    the reference itself against the exact dense H: how near-exact it is)."""
+    ref = column_reference(model, x, y, columns, rtol, cap)
+    meta = {"model": label, "columns": columns, "reference_rtol": rtol}
+    rows = [
+        {
+            **meta,
+            "setting": f"reference: cg --cg-start preconditioned rtol={rtol}",
+            "iters": ref["iters"],
+            "converged": ref["converged"],
+            "residual_max": ref["residual_max"],
+            "seconds": ref["seconds"],
+        }
+    ]
+    if exact is not None:
+        pearson, spearman = column_agreement(ref["h"], exact[:, columns])
+        rows[0] |= {"pearson_vs_exact": pearson, "spearman_vs_exact": spearman}
+    print(rows[-1], flush=True)
+    for estimator, options in COLUMN_SETTINGS:
+        result = compute_influence(model, x, y, estimator=estimator, **options)
+        h = result.H_by_response["smse"][:, columns]
+        pearson, spearman = column_agreement(h, ref["h"])
+        row = {
+            **meta,
+            "setting": estimator + "".join(f" {k}={v}" for k, v in options.items()),
+            "pearson": pearson,
+            "spearman": spearman,
+            "residual_correction": result.diagnostics.residual_correction,
+            "seconds": result.diagnostics.seconds,
+        }
+        if exact is not None:  # the same block against the exact solve
+            row["pearson_vs_exact"], row["spearman_vs_exact"] = column_agreement(
+                h, exact[:, columns]
+            )
+        rows.append(row)
+        print(rows[-1], flush=True)
+    return rows
+
+
+def columns_rows(
+    archs: list[str], checkpoints: dict[str, str], columns: list[int], rtol: float, cap: int
+) -> list[dict[str, Any]]:
+    """Fidelity on the trained demo models against a near-exact solve of a few columns, after
+    the same procedure on the hardest small model, where the exact dense H checks it."""
+    small = train_small(*MODELS[-1])
+    exact = small.reference.full("smse", 1e-4)
+    rows = _column_rows(
+        f"small P = {small.reference.jac.shape[2]} (seed {MODELS[-1][1]})",
+        small.model,
+        small.inputs,
+        small.targets,
+        columns,
+        rtol,
+        cap,
+        exact,
+    )
+    x, y = euler_batch()
+    for arch in archs:
+        model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
+        rows += _column_rows(f"{arch} (trained)", model, x, y, columns, rtol, cap)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", choices=("fidelity", "tolerance", "cg", "cost", "all"), default="all"
+        "--part",
+        choices=("fidelity", "tolerance", "cg", "cost", "columns", "all"),
+        default="all",
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=DIR")
     parser.add_argument("--columns", type=int, default=6, help="cg: columns solved per model")
+    parser.add_argument(
+        "--column",
+        action="append",
+        type=int,
+        default=[],
+        help="cg: solve these columns (0 … N-1) instead of --columns spread over the batch",
+    )
     parser.add_argument("--arch", action="append", choices=("unet", "vit"), help="cg: models")
     parser.add_argument("--rtol", action="append", type=float, help="cg: tolerances")
     parser.add_argument("--cap", type=int, help="cg: iteration cap per column")
@@ -384,10 +518,27 @@ def main() -> None:
             "program; x_ekfac = seconds / ekfac's seconds in the same run. Fidelity of the "
             "same settings on the small dense-reference models: fidelity.json.",
         )
+    if args.part == "columns":  # opt-in: ≈ 30 minutes on 2 cores
+        archs = args.arch or ["unet", "vit"]
+        chosen = args.column or [0, 9, 19, 28, 38, 47]
+        rtol = (args.rtol or [1e-3])[0]
+        write_result(
+            "fidelity_columns" + suffix,
+            "Estimator fidelity on the demo models against a near-exact solve of a few "
+            "columns (issue 14)",
+            columns_rows(archs, checkpoints, chosen, rtol, args.cap or 3000),
+            f"λ = 1e-4, N = 48; columns {chosen} of H (perturbations) solved by "
+            f"EK-FAC-preconditioned cg to rtol {rtol}; Pearson over the N×K block of H (no "
+            "row standardisation: it needs every column) and median per-column Spearman over "
+            "the N responses. First the same on the hardest small model, where the exact "
+            "dense H checks the reference (pearson_vs_exact).",
+        )
     if args.part in ("cg", "all"):
         archs = args.arch or ["unet", "vit"]
         write_result(
-            "cg_start_" + "_".join(archs + (args.start if args.start else [])) + suffix,
+            "cg_start_"
+            + "_".join(archs + (args.start or []) + [f"c{c}" for c in args.column])
+            + suffix,
             f"cg: cold vs deflated start, {' and '.join(archs)} (issue 14)",
             cg_rows(
                 archs,
@@ -397,8 +548,15 @@ def main() -> None:
                 args.columns,
                 args.cap,
                 tuple(args.start or ("cold", "deflated")),
+                tuple(args.column),
             ),
-            f"λ = 1e-4, N = 48 at 32²; {args.columns} columns spread over the batch, each an "
+            "λ = 1e-4, N = 48 at 32²; "
+            + (
+                f"columns {args.column}"
+                if args.column
+                else f"{args.columns} columns spread over the batch"
+            )
+            + ", each an "
             "independent cg run (iterations equal a full run's). Deflated: the Galerkin "
             "solve in span{G, ηG, η²G, η³G} (depth 4) and that space deflated; its products "
             "include the basis, its residual and AQ, for all N columns. Preconditioned: the "

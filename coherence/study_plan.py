@@ -107,12 +107,14 @@ def training_difference(
     config: ckpt.CheckpointConfig, args: TrainingArgs, fingerprint: str, fields=SAME_TRAINING
 ) -> str | None:
     """How a checkpoint's training differs from ``args`` ('transitions 4, not 16'), or None.
-    A stored ``transitions`` of None (every pair, ≤ 16) is the study's own count."""
+    A stored ``transitions`` of None (every pair, ≤ 16) is the study's own count; a field the
+    config lacks (saved before it existed) is taken at its default."""
     if config.dataset.get("fingerprint") != fingerprint:
         return "other training data or classes"
     stored = config.training.get("args", {})
+    defaults = TrainingArgs()  # a key an older version did not store had its default
     for name in fields:
-        value = stored.get(name)
+        value = stored.get(name, getattr(defaults, name))
         if name == "transitions" and value is None:
             value = args.transitions
         if value != getattr(args, name):

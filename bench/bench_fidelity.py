@@ -354,7 +354,7 @@ def column_reference(
     rtol: float,
     cap: int,
 ) -> dict[str, Any]:
-    """H[:, columns]·D of the full solve, from EK-FAC-preconditioned cg (deflated start) to
+    """H[:, columns]·D of the full solve, from cg --cg-start preconditioned (EK-FAC) to
     ``rtol``: the reference where no dense solve fits (the demo models, P ≈ 0.15M–0.3M)."""
     model.eval()
     fm = FlatModel(model)

@@ -74,10 +74,10 @@ def friendly_errors(func: F) -> F:
             where = f" writing {exc.filename}" if exc.filename else ""
             console.print(f"[bold red]error:[/] {DISK_FULL}{where}; {AFTER_FULL}", soft_wrap=True)
             raise typer.Exit(code=2) from None
-        except MemoryError as exc:
-            if os.environ.get(DEBUG_ENV):
+        except (MemoryError, RuntimeError) as exc:  # torch's allocators raise RuntimeError
+            if not out_of_memory(exc) or os.environ.get(DEBUG_ENV):
                 raise
-            what = str(exc) or "an allocation failed"
+            what = str(exc).splitlines()[0][:200] if str(exc) else "an allocation failed"
             console.print(
                 f"[bold red]error:[/] out of memory ({what}); {AFTER_OOM}", soft_wrap=True
             )
@@ -99,6 +99,15 @@ AFTER_OOM = (
     "--batch-size, analyze a shorter --window or fewer --trajectories) or a machine with more "
     f"memory (set {DEBUG_ENV}=1 for the traceback)"
 )
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """MemoryError (numpy, Python), torch's CPU allocator failing (a RuntimeError naming
+    DefaultCPUAllocator) and CUDA's OutOfMemoryError (a RuntimeError subclass)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return "DefaultCPUAllocator: can't allocate memory" in text or "CUDA out of memory" in text
 
 
 def disk_full(exc: OSError) -> bool:

@@ -37,10 +37,13 @@ def shared_mode(fd_or_path: int | str | os.PathLike, *, directory: bool = False)
     """Give a temporary file (by descriptor) or folder the mode a plain open()/mkdir() would
     have: a workspace shared by a group stays readable by it once the file is renamed."""
     mode = DIR_MODE if directory else FILE_MODE
-    if isinstance(fd_or_path, int):
-        os.fchmod(fd_or_path, mode)
-    else:
-        os.chmod(fd_or_path, mode)
+    try:
+        if isinstance(fd_or_path, int):
+            os.fchmod(fd_or_path, mode)
+        else:
+            os.chmod(fd_or_path, mode)
+    except OSError:  # a file system without POSIX modes (vfat, some FUSE mounts): keep going
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -272,7 +272,7 @@ def render_html(
         f"<p class='caption'>{html.escape(selection.dataset)} · "
         f"{html.escape(' vs '.join(g.label for g in groups))} · generated {when}</p>",
         f"<p class='caption'>{html.escape(TOUR)}</p>",
-        "<h2>Headline scores (median, Q1–Q3 over seeds × batches)</h2>",
+        "<h2>Headline scores (median, Q1–Q3 across seeds, each seed's batches averaged)</h2>",
         _headline(groups, scores),
     ]
     for i, part in enumerate(parts):

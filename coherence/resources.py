@@ -15,15 +15,25 @@ UNKNOWN = 2**63 - 1  # no reading: refuse nothing
 
 
 def cgroup_free() -> int | None:
-    """Bytes left under a cgroup v2 memory limit (containers), or None without one."""
+    """Bytes left under a cgroup v2 memory limit (containers), or None without one. The
+    page cache the kernel can drop (``inactive_file``) counts as free: after reading a
+    55 GB file, memory.current alone says the container is full."""
     base = Path("/sys/fs/cgroup")
     try:
         limit = (base / "memory.max").read_text().strip()
         if limit == "max":
             return None
-        return int(limit) - int((base / "memory.current").read_text())
+        used = int((base / "memory.current").read_text())
     except (OSError, ValueError):
         return None
+    try:
+        for line in (base / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "inactive_file":
+                used -= int(value)
+    except (OSError, ValueError):
+        pass
+    return int(limit) - max(used, 0)
 
 
 def free_memory() -> int:
@@ -47,13 +57,14 @@ def free_memory() -> int:
 
 def free_disk(path: str | os.PathLike) -> int:
     """Bytes free on the file system that holds ``path`` (its nearest existing ancestor)."""
-    here = Path(path).absolute()
+    here = Path(path).expanduser().absolute()
     while not here.exists() and here != here.parent:
         here = here.parent
     try:
-        return shutil.disk_usage(here).free
+        usage = shutil.disk_usage(here)
     except OSError:
         return UNKNOWN
+    return usage.free if usage.total > 0 else UNKNOWN  # pseudo / FUSE file systems say 0
 
 
 def size_text(n: int) -> str:

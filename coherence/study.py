@@ -81,7 +81,7 @@ def _train(plan: StudyPlan, log: Log, train_progress, executor: Executor | None)
     pending = [step for step in plan.train if step.state != "done"]
     for step in pending:
         if step.state == "retrain":
-            shutil.rmtree(step.out)  # ours by name, trained on other data (demo only)
+            shutil.rmtree(step.out)  # ours by name, trained otherwise (demo only)
     if executor is not None and not executor.local and pending:
         runs = [
             TrainRun(plan.dataset, s.out, s.args, train_progress(s) if train_progress else None)

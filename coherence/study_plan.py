@@ -33,7 +33,7 @@ from coherence.study_spec import (
 )
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import build_model
-from coherence.surrogates.training import TrainingArgs
+from coherence.surrogates.training import TrainingArgs, stored_arguments
 from coherence.wording import plural
 from coherence.workspace import (
     cache_dir,
@@ -106,17 +106,16 @@ SAME_TRAINING = ("preset", "seed", "batch_size", "transitions", "lr", "weight_de
 def training_difference(
     config: ckpt.CheckpointConfig, args: TrainingArgs, fingerprint: str, fields=SAME_TRAINING
 ) -> str | None:
-    """How a checkpoint's training differs from ``args`` ('transitions 4, not 16'), or None.
-    A stored ``transitions`` of None (every pair, ≤ 16) is the study's own count; a field the
-    config lacks (saved before it existed) is taken at its default."""
+    """How a checkpoint's training differs from ``args`` ('transitions 4, not 16'), or None;
+    the stored arguments read as the resume check reads them (``stored_arguments``: a field
+    saved before it existed at its default, transitions None as every pair), so a plan that
+    says resume is not refused by the trainer."""
     if config.dataset.get("fingerprint") != fingerprint:
         return "other training data or classes"
-    stored = config.training.get("args", {})
-    defaults = TrainingArgs()  # a key an older version did not store had its default
+    assert args.transitions is not None  # the study's count: every pair, at most 16
+    stored = stored_arguments(config.training.get("args", {}), args.transitions)
     for name in fields:
-        value = stored.get(name, getattr(defaults, name))
-        if name == "transitions" and value is None:
-            value = args.transitions
+        value = stored.get(name)
         if value != getattr(args, name):
             return f"{name.replace('_', ' ')} {value}, not {getattr(args, name)}"
     return None
@@ -391,7 +390,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         )
     sweep_steps = _sweep_steps(ctx, analyses, series_seconds, notes)
     available = available_memory(ctx.device)
-    notes.extend(_memory_notes(steps, analyses, available))
+    notes.extend(_memory_notes(steps, analyses, available, ctx.transitions))
     return StudyPlan(
         workspace=ctx.root,
         spec=spec,
@@ -496,7 +495,7 @@ def _setting_request(request: AnalysisRequest, setting, arch: str) -> AnalysisRe
 
 
 def _memory_notes(
-    steps: list[TrainStep], analyses: list[AnalysisStep], available: int
+    steps: list[TrainStep], analyses: list[AnalysisStep], available: int, transitions: int = 16
 ) -> list[str]:
     """What will not fit, with the fix that makes it fit: for training the --batch-size
     that does where a batch's activations are the excess (--limit only shrinks the pairs
@@ -508,23 +507,20 @@ def _memory_notes(
         need = f"training {step.out.name} needs ≈ {step.peak_bytes / GIB:.1f} GiB of "
         need += f"{available / GIB:.1f} GiB"
         fixed = step.peak_bytes - step.args.batch_size * step.per_example_bytes
-        fits = (
-            int((0.8 * available - fixed) // step.per_example_bytes)
-            if step.per_example_bytes
-            else 0
-        )
-        if fits >= 1:
+        per_example = step.per_example_bytes
+        fits = int((0.8 * available - fixed) // per_example) if per_example else 0
+        if fits >= 1 and step.state != "resume":  # a resume keeps its batch size
             peak = (fixed + fits * step.per_example_bytes) / GIB
             notes.append(f"{need}: use --batch-size {fits} (≈ {peak:.1f} GiB) or a larger machine")
         else:
             notes.append(f"{need}: import fewer trajectories (--limit) or use a larger machine")
     notes += [
         f"analysing {a.arch} needs ≈ {a.peak_bytes / GIB:.1f} GiB of {available / GIB:.1f} "
-        "GiB: analyze would refuse it and the study stop there; analyse fewer classes "
-        "(--classes: N = classes × 16 transitions) or on a machine with more memory (a GPU: "
-        "--device cuda)"
+        "GiB: analyze would refuse it (it keeps a fifth free) and the study stop there; "
+        f"analyse fewer classes (--classes: N = classes × {transitions} transitions) or on a "
+        "machine with more memory (a GPU: --device cuda)"
         for a in analyses
-        if a.state != "cached" and a.peak_bytes > available
+        if a.state != "cached" and a.peak_bytes > 0.8 * available  # analyze's own rule
     ]
     return notes
 

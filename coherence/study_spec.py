@@ -35,7 +35,7 @@ class StudySpec:
     batch_size: int = 32
     device: str = "auto"
     naming: str = "{dataset}_{arch}_{preset}_s{seed}"  # checkpoint directory names
-    replace_foreign: bool = False  # retrain a same-named checkpoint trained on other data
+    replace_foreign: bool = False  # retrain a same-named checkpoint trained otherwise
     keep_epochs: tuple[int, ...] | None = None  # training snapshots; None: powers of 2 + last
     # Sweeps precomputed for the dashboard's 'Training dynamics' and 'Sensitivity' panels,
     # on the same selection as the main analysis (``dashboard.sweeps``): the architectures
@@ -180,7 +180,7 @@ class StudyPlan:
                 "done": f"done ({plural(step.done_epochs, 'epoch')})",
                 "resume": f"resume after epoch {step.done_epochs} of {step.args.epochs}",
                 "new": plural(step.args.epochs, "epoch"),
-                "retrain": f"retrain {plural(step.args.epochs, 'epoch')} (trained on other data)",
+                "retrain": f"retrain {plural(step.args.epochs, 'epoch')} (trained otherwise)",
             }[step.state]
             cost = "" if step.state == "done" else _cost(step.seconds, step.peak_bytes)
             lines.append(f"  train {step.out.name}: {what}{cost}")

@@ -108,16 +108,29 @@ def test_a_full_disk_or_exhausted_memory_ends_in_one_line_not_a_traceback(capfd,
         np.empty(2**62, dtype=np.uint8)
 
     @friendly_errors
+    def torch_allocates_too_much() -> None:
+        import torch
+
+        torch.empty(2**52, dtype=torch.uint8)  # a RuntimeError from DefaultCPUAllocator
+
+    @friendly_errors
+    def another_runtime_error() -> None:
+        raise RuntimeError("shape mismatch")
+
+    @friendly_errors
     def another_os_error() -> None:
         raise OSError(5, "Input/output error")
 
-    for command in (write_to_a_full_disk, h5py_on_a_full_disk, allocate_too_much):
+    commands = (write_to_a_full_disk, h5py_on_a_full_disk, allocate_too_much)
+    for command in (*commands, torch_allocates_too_much):
         with pytest.raises(typer.Exit) as stopped:
             command()
         assert stopped.value.exit_code == 2
     out = " ".join(capfd.readouterr().err.split())  # messages go to stderr; rich wraps them
     assert out.count("the disk is full") == 2 and "free space there" in out
-    assert "out of memory" in out and "--batch-size" in out and "Traceback" not in out
+    assert out.count("out of memory") == 2 and "--batch-size" in out and "Traceback" not in out
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # not memory: unchanged
+        another_runtime_error()
     with pytest.raises(OSError, match="Input/output"):  # not a disk-full error: unchanged
         another_os_error()
 

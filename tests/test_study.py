@@ -27,6 +27,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.errors import RequestError
 from coherence.study import StudySpec, SweepStep, plan_study, run_study
 from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.fileset import digest
 from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.fixtures import CE_CLASSES, simulate
 
@@ -447,3 +448,25 @@ def test_memory_notes_give_the_fix_that_makes_the_step_fit(tmp_path):
     )
     assert over.startswith("analysing vit needs ≈ 43.1 GiB of 19.5 GiB: analyze would refuse")
     assert "--classes" in over
+
+
+def test_a_checkpoint_saved_by_an_older_version_resumes_as_planned(workspace, tmp_path):
+    """Its config lacks lr and has transitions None (saved before either was resolved): the
+    plan said resume and the trainer then refused it, '(transitions: None → 4)'."""
+    older = tmp_path / "older"
+    shutil.copytree(workspace, older)
+    run_study(plan_study(spec(), older), log=lambda _: None)  # 1 epoch (done if it was)
+    config_path = checkpoints_dir(older) / "ce_small_vit_demo_s7" / ckpt.CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["training"]["args"]["transitions"] = None
+    del config["training"]["args"]["lr"]
+    data = json.dumps(config).encode()
+    config_path.write_bytes(data)
+    manifest_path = config_path.parent / "manifest.json"  # as that version saved the set
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][ckpt.CONFIG_FILE] = {"bytes": len(data), "sha256": digest(data)}
+    manifest_path.write_text(json.dumps(manifest))
+    plan = plan_study(spec(epochs=2, batches=1), older)
+    assert [t.state for t in plan.train] == ["resume"]
+    run_study(plan, log=lambda _: None)
+    assert len(ckpt.read_history(checkpoints_dir(older) / "ce_small_vit_demo_s7")) == 2

@@ -120,10 +120,12 @@ def quartile_band(score: Score | None, peers: Sequence[Score | None] = ()) -> st
 def spread_of(score: Score) -> str:
     """What the quartiles are taken over: '3 seeds (each the mean of its 6 batches)', '3
     seeds', or '6 batches of one checkpoint'."""
-    seeds, batches = score.values.shape
+    batches = score.values.shape[1]
+    count = len(score.summarized()[0])  # the seeds (or batches) with a value
     if not score.across_seeds:
-        return f"{batches} batch{'es' if batches != 1 else ''} of one checkpoint"
-    return f"{seeds} seeds" + (f" (each the mean of its {batches} batches)" if batches > 1 else "")
+        return f"{count} batch{'es' if count != 1 else ''} of one checkpoint"
+    seeds = f"{count} seed{'s' if count != 1 else ''}"
+    return seeds + (f" (each the mean of its {batches} batches)" if batches > 1 else "")
 
 
 def uncertainty(score: Score | None, peers: Sequence[Score | None] = ()) -> str:

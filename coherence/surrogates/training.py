@@ -213,10 +213,22 @@ def _check_same_data(out: Path, info: DatasetInfo, classes: list[str]) -> None:
         )
 
 
-def _check_same_arguments(out: Path, args: TrainingArgs) -> None:
+def stored_arguments(stored: dict[str, Any], all_transitions: int) -> dict[str, Any]:
+    """A checkpoint's stored training arguments as this version writes them: a key saved
+    before it existed at its default, and ``transitions`` None (saved before it was
+    resolved: every pair, at most DEFAULT_TRANSITIONS) as ``all_transitions``, the count it
+    meant. The study's plan and the resume check read them alike."""
+    full = {**json.loads(json.dumps(TrainingArgs().to_dict())), **stored}
+    if full.get("transitions") is None:
+        full["transitions"] = all_transitions
+    return full
+
+
+def _check_same_arguments(out: Path, args: TrainingArgs, all_transitions: int) -> None:
     """Refuse to resume a checkpoint trained with other arguments than those that may change
     between runs (epochs, device, checkpoint_every, keep_epochs)."""
-    previous = ckpt.read_config(out).training.get("args", {})
+    stored = ckpt.read_config(out).training.get("args", {})
+    previous = stored_arguments(stored, all_transitions)
     resumable = ("epochs", "device", "checkpoint_every", "keep_epochs")
     current = json.loads(json.dumps(args.to_dict()))  # tuples -> lists, as stored
     changed = sorted(
@@ -238,10 +250,12 @@ def _resume(
     train_pairs: TransitionPairs,
     device: torch.device,
     log: Callable[[str], None] | None,
+    all_transitions: int,
 ) -> tuple[nn.Module, torch.optim.Optimizer, list[dict[str, float]]]:
     """Model, optimizer and history of the checkpoint in ``out`` (which must exist), after
-    checking that the arguments match and the files are one saved set."""
-    _check_same_arguments(out, args)
+    checking that the arguments match and the files are one saved set; ``all_transitions``:
+    what a stored ``transitions`` of None meant (``stored_arguments``)."""
+    _check_same_arguments(out, args, all_transitions)
     ckpt.verify(out)
     model, _ = ckpt.load(out, device=device)
     history = ckpt.read_history(out)
@@ -407,7 +421,8 @@ def _train(
     history: list[dict[str, float]] = []
     if (out / ckpt.CONFIG_FILE).is_file():
         _check_same_data(out, info, classes)
-        model, optimizer, history = _resume(out, args, train_pairs, device, log)
+        every = resolve_transitions(replace(args, transitions=None), info).transitions
+        model, optimizer, history = _resume(out, args, train_pairs, device, log, every)
     config = _run_config(model, info, args, classes, (train_pairs, valid_pairs), dataset_root)
     validate = validation(valid_pairs, device)
     if not history:

@@ -202,3 +202,6 @@ def test_only_quantiles_that_depend_on_a_censored_value_are_bounds():
     assert seeds.bounds() == (True, False, True)  # [1.5, 2, 4.5*, 9]
     assert uncertainty(seeds).endswith("over 4 seeds (each the mean of its 2 batches)")
     assert uncertainty(above).endswith("over 4 batches of one checkpoint")
+    undefined = np.array([[2.5, np.nan], [np.nan, np.nan], [np.nan, np.nan]])
+    one_seed = Score("inter_intra_ratio", "", undefined, np.zeros((3, 2), bool))
+    assert uncertainty(one_seed).endswith("over 1 seed (each the mean of its 2 batches)")

@@ -115,3 +115,21 @@ def test_an_import_without_a_valid_file_says_training_needs_one(tmp_path, states
     valid = write_well_euler(tmp_path / "data" / "valid" / f"{STEM}.hdf5", states)
     again = import_well_euler([valid], tmp_path / "o", downsample=2)
     assert not [w for w in again.warnings if "split yet" in w]  # train and valid now there
+
+
+def test_the_limit_a_full_disk_suggests_imports(tmp_path, states, monkeypatch):
+    """--limit caps each file: with room for 3 trajectories over 3 files the hint said
+    '--limit 3 fits', which the same check then refused."""
+    from coherence.simulation.importers import common
+
+    paths = [
+        write_well_euler(tmp_path / "data" / split / f"{STEM}.hdf5", states)
+        for split in ("train", "valid", "test")
+    ]
+    per_trajectory = int(np.prod(states.shape[1:])) * 4 * 5 // 4 // 4  # 5 fields at 16²
+    monkeypatch.setattr(common, "free_disk", lambda path: 3 * per_trajectory + common.DISK_MARGIN)
+    with pytest.raises(RequestError, match=r"--limit 1 fits") as refused:
+        import_well_euler(paths, tmp_path / "o", downsample=2)
+    assert "(9 trajectories)" in str(refused.value)  # 3 files of 3: room for 3 in all
+    report = import_well_euler(paths, tmp_path / "o", downsample=2, limit=1)
+    assert report.counts == (1, 1, 1)

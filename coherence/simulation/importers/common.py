@@ -37,36 +37,52 @@ PAIRING_RATIO = 0.1  # one axis pairing must have < 10 % of the other's divergen
 # room: checked before anything is written
 
 DISK_MARGIN = 64 * 2**20  # HDF5 metadata, the provenance and the file system's own needs
-MEMORY_COPIES = 2  # one trajectory read and its converted copy are held at once
 
 
-def check_room(out: str | Path, n: int, written_per_trajectory: int, what: str) -> None:
+def check_room(
+    out: str | Path,
+    n: int,
+    written_per_trajectory: int,
+    what: str,
+    *,
+    files: int = 1,
+    minimum: int = 1,
+) -> None:
     """Refuse an import the disk under ``out`` cannot hold, before writing: a full disk used
-    to stop it half way (the staging is removed, but an hour is lost) with h5py's traceback."""
+    to stop it half way (the staging is removed, but an hour is lost) with h5py's traceback.
+    The hint's --limit caps each of ``files`` source files, and is offered only from
+    ``minimum`` trajectories (PDEgym needs 3 for its splits; 1 everywhere else)."""
     needed, free = n * written_per_trajectory + DISK_MARGIN, free_disk(out)
     if needed <= free:
         return
-    fits = max(0, (free - DISK_MARGIN) // max(written_per_trajectory, 1))
+    fits = max(0, (free - DISK_MARGIN) // max(written_per_trajectory, 1)) // max(files, 1)
+    fewer = (
+        f"import fewer trajectories (--limit {fits} fits), "
+        if fits >= minimum
+        else f"(not even the {minimum} trajectories an import needs fit) "
+    )
     raise RequestError(
         f"{out}: importing {what} ({n} trajectories) writes ≈ {size_text(needed)}, but "
-        f"{size_text(free)} are free on that disk; free space there, import fewer "
-        f"trajectories (--limit {fits} fits), or import into a workspace on a larger disk"
+        f"{size_text(free)} are free on that disk; free space there, {fewer}or import into "
+        "a workspace on a larger disk"
     )
 
 
-def check_trajectory_fits(src: str | Path, shape: tuple[int, ...], trajectory_bytes: int) -> None:
-    """Refuse a source whose single trajectory cannot be held in memory (the importers read
-    whole trajectories), naming its shape, instead of numpy's allocation error."""
-    needed, free = MEMORY_COPIES * trajectory_bytes, free_memory()
-    if needed <= free:
+def check_trajectory_fits(
+    src: str | Path, shape: tuple[int, ...], held_bytes: int, published: str
+) -> None:
+    """Refuse a source of which one trajectory's working set (``held_bytes``: what the
+    importer holds at once for it) cannot be held in memory, naming its shape, instead of
+    numpy's allocation error."""
+    free = free_memory()
+    if held_bytes <= free:
         return
     dims = " × ".join(str(d) for d in shape)
     raise SchemaError(
-        f"{src}: one trajectory is {dims} values ({size_text(trajectory_bytes)} as float32) "
-        f"and the import holds ≈ {MEMORY_COPIES} copies of one at a time, but "
-        f"{size_text(free)} of memory are free; check that this is the file you meant (its "
-        "time axis or grid is far beyond the published 21 × 128²), or import on a machine "
-        "with more memory"
+        f"{src}: one trajectory is {dims} values and importing it holds ≈ "
+        f"{size_text(held_bytes)} at once, but {size_text(free)} of memory are free; check "
+        f"that this is the file you meant (its time axis or grid is far beyond the published "
+        f"{published}), or import on a machine with more memory"
     )
 
 

@@ -364,8 +364,9 @@ def import_pdegym(
     source = open_source(src, class_name)
     n, plan = _plan(src, source, options)
     shape = (source.n_steps, source.n_channels, source.nx, source.ny)
-    check_trajectory_fits(src, shape, source.trajectory_bytes)
-    check_room(out, n, source.trajectory_bytes, f"{class_name} from {src}")
+    # a block of whole trajectories is read, then converted: two copies of one at least
+    check_trajectory_fits(src, shape, 2 * source.trajectory_bytes, "21 × 128²")
+    check_room(out, n, source.trajectory_bytes, f"{class_name} from {src}", minimum=3)
     checks = _initial_checks(source)
     meter = Meter(total=n * source.trajectory_bytes, progress=progress)
     with dataset_transaction(out) as stage:

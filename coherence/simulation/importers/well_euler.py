@@ -203,9 +203,12 @@ def import_well_euler(
     counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
     traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
     for path, info, size in zip(sources, infos, traj_bytes, strict=True):
-        check_trajectory_fits(path, (*info["shape"][1:], 5), size)
+        # the block-averaged trajectory, and one time block read at full resolution
+        held = size // downsample**2 + 3 * BLOCK_BYTES
+        check_trajectory_fits(path, (*info["shape"][1:], 5), held, "101 × 512²")
     written = sum(c * b // downsample**2 for c, b in zip(counts, traj_bytes, strict=True))
-    check_room(out, sum(counts), written // max(sum(counts), 1), "these Well files")
+    per_trajectory = written // max(sum(counts), 1)
+    check_room(out, sum(counts), per_trajectory, "these Well files", files=len(sources))
     meter = Meter(
         total=sum(c * b for c, b in zip(counts, traj_bytes, strict=True)), progress=progress
     )

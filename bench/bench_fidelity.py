@@ -279,6 +279,19 @@ def cost_rows(
     return rows
 
 
+def smse_gradients(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[FlatModel, torch.Tensor]:
+    """The flat model (eval mode) and the per-example SMSE gradients g_B(n) [N, P]: the
+    right-hand sides every cg column solves."""
+    model.eval()
+    fm = FlatModel(model)
+    with torch.no_grad():
+        prediction = fm(fm.theta, x)
+    (g,) = per_example_vjps(fm, x, [residual(Response.SMSE, prediction, x, y)])
+    return fm, g
+
+
 def cg_rows(
     archs: list[str],
     rtols: list[float],
@@ -297,11 +310,7 @@ def cg_rows(
             model, _ = ckpt.load(checkpoints[arch])
         else:
             model = demo_model(arch, 10, x)
-        model.eval()
-        fm = FlatModel(model)
-        with torch.no_grad():
-            prediction = fm(fm.theta, x)
-        (g,) = per_example_vjps(fm, x, [residual(Response.SMSE, prediction, x, y)])
+        fm, g = smse_gradients(model, x, y)
         columns = sorted(
             set(chosen)
             or {round(i * (len(x) - 1) / max(n_columns - 1, 1)) for i in range(n_columns)}
@@ -356,11 +365,7 @@ def column_reference(
 ) -> dict[str, Any]:
     """H[:, columns]·D of the full solve, from cg --cg-start preconditioned (EK-FAC) to
     ``rtol``: the reference where no dense solve fits (the demo models, P ≈ 0.15M–0.3M)."""
-    model.eval()
-    fm = FlatModel(model)
-    with torch.no_grad():
-        prediction = fm(fm.theta, x)
-    (g,) = per_example_vjps(fm, x, [residual(Response.SMSE, prediction, x, y)])
+    fm, g = smse_gradients(model, x, y)
     options = InfluenceOptions(
         estimator="cg", rtol=rtol, cg_start="preconditioned", max_iter=cap, damping=1e-4
     )
@@ -380,9 +385,7 @@ def column_agreement(h: torch.Tensor, reference: torch.Tensor) -> tuple[float, f
 
 def _column_rows(
     label: str,
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    batch: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
     columns: list[int],
     rtol: float,
     cap: int,
@@ -390,6 +393,7 @@ def _column_rows(
 ) -> list[dict[str, Any]]:
     """Each COLUMN_SETTINGS estimate's columns against the cg reference (and, where given,
     the reference itself against the exact dense H: how near-exact it is)."""
+    model, x, y = batch
     ref = column_reference(model, x, y, columns, rtol, cap)
     meta = {"model": label, "columns": columns, "reference_rtol": rtol}
     rows = [
@@ -434,20 +438,13 @@ def columns_rows(
     the same procedure on the hardest small model, where the exact dense H checks it."""
     small = train_small(*MODELS[-1])
     exact = small.reference.full("smse", 1e-4)
-    rows = _column_rows(
-        f"small P = {small.reference.jac.shape[2]} (seed {MODELS[-1][1]})",
-        small.model,
-        small.inputs,
-        small.targets,
-        columns,
-        rtol,
-        cap,
-        exact,
-    )
+    label = f"small P = {small.reference.jac.shape[2]} (seed {MODELS[-1][1]})"
+    batch = (small.model, small.inputs, small.targets)
+    rows = _column_rows(label, batch, columns, rtol, cap, exact)
     x, y = euler_batch()
     for arch in archs:
         model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
-        rows += _column_rows(f"{arch} (trained)", model, x, y, columns, rtol, cap)
+        rows += _column_rows(f"{arch} (trained)", (model, x, y), columns, rtol, cap)
     return rows
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from coherence.analysis.pipeline import available_memory, estimate_cost
+from coherence.analysis.pipeline import estimate_cost
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
 from coherence.cache.states import JobState
@@ -32,6 +32,7 @@ from coherence.study_spec import (
     TrainStep,
 )
 from coherence.surrogates import checkpoint as ckpt
+from coherence.surrogates.footprint import available_bytes
 from coherence.surrogates.registry import build_model
 from coherence.surrogates.training import TrainingArgs, stored_arguments
 from coherence.wording import plural
@@ -389,7 +390,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
             "below are likely over-estimates"
         )
     sweep_steps = _sweep_steps(ctx, analyses, series_seconds, notes)
-    available = available_memory(ctx.device)
+    available = available_bytes(ctx.device)
     notes.extend(_memory_notes(steps, analyses, available, ctx.transitions))
     return StudyPlan(
         workspace=ctx.root,
@@ -506,11 +507,11 @@ def _memory_notes(
             continue
         need = f"training {step.out.name} needs ≈ {step.peak_bytes / GIB:.1f} GiB of "
         need += f"{available / GIB:.1f} GiB"
-        fixed = step.peak_bytes - step.args.batch_size * step.per_example_bytes
         per_example = step.per_example_bytes
+        fixed = step.peak_bytes - step.args.batch_size * per_example
         fits = int((0.8 * available - fixed) // per_example) if per_example else 0
         if fits >= 1 and step.state != "resume":  # a resume keeps its batch size
-            peak = (fixed + fits * step.per_example_bytes) / GIB
+            peak = (fixed + fits * per_example) / GIB
             notes.append(f"{need}: use --batch-size {fits} (≈ {peak:.1f} GiB) or a larger machine")
         else:
             notes.append(f"{need}: import fewer trajectories (--limit) or use a larger machine")

@@ -157,9 +157,10 @@ def _residuals(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> list[float
 
 def correction_note(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str:
     """How large the default's residual correction is beside its Galerkin map (median of
-    ``residual_correction`` over the solves), '' without one. Why: on small models it is
-    about the Galerkin map's size, on the demo models 50–170× it, and then the SMSE map is
-    mostly EK-FAC's reading of the residuals (README: estimators)."""
+    ``residual_correction`` over the solves), a sentence without its full stop; '' without
+    one. Why: on small models it is about the Galerkin map's size, on the demo models
+    50–170× it, and then the SMSE map is mostly EK-FAC's reading of the residuals (README:
+    estimators)."""
     shares = sorted(
         float(c["residual_correction"])
         for row in diagnostics
@@ -179,7 +180,7 @@ def correction_note(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str:
             ": the map is then mostly EK-FAC's reading of the residuals; a deeper space "
             "(--depth) shrinks that share"
         )
-    return text + "."
+    return text
 
 
 def _worse_than_zero(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str:
@@ -231,11 +232,9 @@ def residual_summary(
     )
     if values[-1] >= 1:
         line += "; " + _worse_than_zero(diagnostics)
-    correction = correction_note(diagnostics)
-    line += f". {correction}" if correction else ""
-    if not caveat:
-        return line.removesuffix(".")
-    return f"{line.removesuffix('.')}. {RESIDUAL_CAVEAT}"
+    if correction := correction_note(diagnostics):
+        line += f". {correction}"
+    return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line
 
 
 def residual_help(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str | None:
@@ -249,6 +248,6 @@ def residual_help(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str | N
     correction = correction_note(diagnostics)
     return (
         "Full-system residual ‖g − (η + λI)y‖/‖g‖ of each column y of each (checkpoint, "
-        f"batch) solve, {len(values)} in all.{worse} {correction + ' ' if correction else ''}"
+        f"batch) solve, {len(values)} in all.{worse} {correction + '. ' if correction else ''}"
         f"{RESIDUAL_CAVEAT}."
     )

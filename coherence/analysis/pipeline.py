@@ -77,12 +77,6 @@ class CostEstimate:
         )
 
 
-def available_memory(device: torch.device) -> int:
-    """Free bytes on the device (CUDA: the driver's free memory; CPU: MemAvailable, within a
-    container's cgroup limit, as the model loader counts it)."""
-    return available_bytes(device)
-
-
 # Costs in one example's forward pass (measured on the demo and paper presets, METHOD.md §4):
 VJP_PASSES = 5.0  # a per-example gradient through vmap: 4–6 on the demo and paper UNets
 VJP_CHUNK_BYTES = 512 * 2**20  # activations of one vmapped chunk of per-example gradients
@@ -185,7 +179,7 @@ def estimate_cost(
         n_params=p,
         forward_passes=vjp_passes + solve_passes + lanczos,
         memory_bytes=int(gradient_bytes + activations),
-        available_bytes=available_memory(request.torch_device),
+        available_bytes=available_bytes(request.torch_device),
         jobs=jobs,
         forward_seconds=forward_seconds,
     )

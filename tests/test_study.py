@@ -411,6 +411,11 @@ def test_a_study_trains_in_a_compute_slot(tmp_path, monkeypatch):
         worker = threading.Thread(target=lambda: run_study(plan, log=lines.append))
         worker.start()
         wait_for(lambda: slots.queue_position("train-ce_small_vit_demo_s5") == 1, "to queue")
+        # and until it has said so: its ticket is in the queue a poll before it first
+        # reports, and a slot freed in between was taken without a word (a flaky failure)
+        wait_for(
+            lambda: "  queued, position 1: waiting for a free compute slot" in lines, "its line"
+        )
         assert not (checkpoints_dir(root) / "ce_small_vit_demo_s5" / ckpt.CONFIG_FILE).exists()
     finally:
         os.close(fd)

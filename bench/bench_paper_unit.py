@@ -1,7 +1,8 @@
 """One paper-scale analysis unit (METHOD.md §5): a paper-preset checkpoint (UNet 13.5M or ViT
 4.5M parameters) on one batch of 3 classes × 16 transitions at 128² (N = 48), subspace, the
 three responses or SMSE alone, the top eigenvalue as the dashboard asks for it. Measured:
-seconds and peak memory (RSS on CPU, allocated memory on CUDA) in a fresh process, against
+seconds and peak memory (on CPU the peak of the tensors alive at once, counted op by op in a
+second run, beside the RSS; on CUDA the allocated peak) in a fresh process, against
 the cost estimate that `coherence analyze` and `coherence study` print (target: within 2×).
 
 The checkpoint is trained for one epoch on a synthetic 128² dataset (the cost of a unit does
@@ -12,6 +13,7 @@ not depend on the weights' values). Run: python -m bench.bench_paper_unit [--arc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import drifting_euler_states, write_result
+from bench.common import RESULTS_DIR, drifting_euler_states, write_result
+from bench.live_memory import LiveTensorBytes
 
 CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI")
 RESOLUTION = 128
@@ -78,22 +81,28 @@ def estimate(data: Path, checkpoint: Path, request_json: str) -> dict:
     }
 
 
-def child(request_json: str) -> None:
-    """Run the unit in this fresh process and print its seconds and peak memory as JSON."""
+def child(request_json: str, count: bool) -> None:
+    """Run the unit in this fresh process and print its seconds and peak memory as JSON;
+    ``count``: the peak of its CPU tensors instead (``LiveTensorBytes``, which slows every op,
+    so a run of its own)."""
     from coherence.analysis.pipeline import run_analysis
     from coherence.analysis.request import AnalysisRequest
 
     request = AnalysisRequest.from_dict(json.loads(request_json))
-    if request.torch_device.type == "cuda":
+    on_gpu = request.torch_device.type == "cuda"
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tensors = LiveTensorBytes() if count else contextlib.nullcontext()
     start = time.perf_counter()
-    result = run_analysis(request)
+    with tensors:
+        result = run_analysis(request)
     seconds = time.perf_counter() - start
+    if count:
+        print(json.dumps({"peak_tensor_gib": tensors.peak / 1024**3}))
+        return
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    gpu = (
-        torch.cuda.max_memory_allocated() / 1024**3 if request.torch_device.type == "cuda" else None
-    )
+    gpu = torch.cuda.max_memory_allocated() / 1024**3 if on_gpu else None
     diagnostics = result.diagnostics[0][0]
     print(
         json.dumps(
@@ -109,6 +118,53 @@ def child(request_json: str) -> None:
     )
 
 
+def run_child(request_json: str, *extra: str) -> dict:
+    command = [sys.executable, "-m", "bench.bench_paper_unit", "--child", request_json, *extra]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def recorded_estimates() -> list[dict]:
+    """Today's memory estimate of the paper units measured on a GPU (N = 48, all three
+    responses, the default estimator), recomputed here from the model's shapes (the estimate
+    needs no GPU and no weights), beside the estimate and the allocated peak those runs
+    recorded (``paper_unit_*_cuda.json``)."""
+    from coherence.analysis.pipeline import estimate_cost
+    from coherence.analysis.request import AnalysisRequest
+    from coherence.surrogates.registry import build_model
+
+    rows = []
+    for arch in ("unet", "vit"):
+        recorded = json.loads(RESULTS_DIR.joinpath(f"paper_unit_{arch}_cuda.json").read_text())
+        run = recorded["rows"][0]
+        model = build_model(arch, "paper", channels=4, resolution=RESOLUTION).eval()
+        request = AnalysisRequest(
+            checkpoints=("-",),
+            data="-",
+            classes=CLASSES,
+            n_steps=run["N"] // len(CLASSES),
+            trajectories=(0,),
+            responses=tuple(run["responses"].split(",")),
+            device="cpu",
+        )
+        example = torch.zeros(1, 4, RESOLUTION, RESOLUTION)
+        estimate = estimate_cost(model, request, example).memory_bytes / 1024**3
+        rows.append(
+            {
+                "arch": arch,
+                "N": run["N"],
+                "responses": run["responses"],
+                "measured_gib": run["peak_gpu_gib"],
+                "measured_on": recorded["machine"]["gpu"] or "cuda",
+                "recorded_estimate_gib": run["estimate_gib"],
+                "recorded_ratio": run["estimate_gib"] / run["peak_gpu_gib"],
+                "estimate_gib": estimate,
+                "ratio": estimate / run["peak_gpu_gib"],
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="unet", choices=("unet", "vit"))
@@ -119,11 +175,30 @@ def main() -> None:
         "--tf32", action="store_true", help="keep TF32 on (COHERENCE_TF32=1): its speed on a GPU"
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--recorded",
+        action="store_true",
+        help="recompute the memory estimate of the units measured on a GPU, no run",
+    )
     options = parser.parse_args()
+    if options.recorded:
+        write_result(
+            "paper_unit_memory_estimates",
+            "Memory estimate of the paper units against their measured GPU peak",
+            recorded_estimates(),
+            "estimate_gib: what `coherence analyze` estimates today (no GPU needed: shapes "
+            "only), against measured_gib, the allocated peak recorded on the GPU "
+            "(paper_unit_*_cuda.json), and recorded_estimate_gib, the estimate printed then. "
+            "Since then the estimate counts the tangent program's kept values from its trace "
+            "instead of a second copy of autograd's. Target: ratio within [0.5, 2], ≥ 1 "
+            "preferred (a low estimate lets a job start that then runs out of memory).",
+        )
+        return
     if options.tf32:
         os.environ["COHERENCE_TF32"] = "1"  # the child inherits it
     if options.child is not None:
-        child(options.child)
+        child(options.child, options.count)
         return
     from coherence.analysis.request import AnalysisRequest
 
@@ -156,9 +231,11 @@ def main() -> None:
             row.update(estimate_s=predicted["estimate_s"], estimate_gib=predicted["estimate_gib"])
             row["measured_s"] = "refused: does not fit"
         else:
-            command = [sys.executable, "-m", "bench.bench_paper_unit", "--child", request_json]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            measured = json.loads(output.strip().splitlines()[-1])
+            measured = run_child(request_json)
+            on_cpu = request.torch_device.type == "cpu"
+            measured["peak_tensor_gib"] = (
+                run_child(request_json, "--count")["peak_tensor_gib"] if on_cpu else None
+            )
             print(measured, flush=True)
             row.update(
                 estimate_s=predicted["estimate_s"],
@@ -167,15 +244,18 @@ def main() -> None:
                 estimate_gib=predicted["estimate_gib"],
                 peak_rss_gib=measured["peak_rss_gib"],
                 peak_gpu_gib=measured["peak_gpu_gib"],
+                peak_tensor_gib=measured["peak_tensor_gib"],
                 memory_ratio=predicted["estimate_gib"]
-                / (measured["peak_gpu_gib"] or measured["peak_rss_gib"]),
+                / (measured["peak_gpu_gib"] or measured["peak_tensor_gib"]),
                 rank=measured["rank"],
                 jvp_method=measured["jvp_method"],
             )
     notes = (
         "Estimate = what `coherence analyze` prints before it starts: the counted forward-pass "
         "equivalents × the batch's forward timed on the device ÷ N (× GPU_PASS_SCALE on a "
-        "GPU); memory from the parameter count and the bytes autograd saves for one example. "
+        "GPU); memory from the parameter count, the bytes autograd saves for one example and the "
+        "tangent program's traced values. Measured memory: CUDA's allocated peak, or on a CPU "
+        "the peak of the tensors alive at once (bench.live_memory, a second run); RSS beside. "
         "Target: both ratios within [0.5, 2]. "
         + ("" if torch.cuda.is_available() else "No GPU was lent for this run: CPU figures only.")
     )

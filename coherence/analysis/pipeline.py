@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from coherence.analysis import kfac
+from coherence.analysis import kfac, tangents
+from coherence.analysis.autodiff import FlatModel, evaluation_mode
 from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.estimators import Estimator, parse_estimator
 from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigenvalue
@@ -170,19 +171,40 @@ def estimate_cost(
     preconditioned_cg = estimator is Estimator.CG and request.cg_start == "preconditioned"
     if estimator in (Estimator.EKFAC, Estimator.EKFAC_KRYLOV) or preconditioned_cg:
         gradient_bytes += kfac.fit_bytes(model, n, p, itemsize, chunk * one)
-    # the tangent program keeps the batch's primal values (≈ 2 copies of its activations);
-    # the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
-    activations = max(2 * n * one, 3 * chunk * k * one)
+    # the batch products hold the VJP's graph and the tangent program's primal values at
+    # once; the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
+    products = batch_product_bytes(model, n, example, one)
+    solving = products if estimator not in (Estimator.EKFAC, Estimator.EUCLIDEAN) else 0
+    activations = max(solving, 3 * chunk * k * one)
+    memory = max(gradient_bytes + activations, products if request.top_eigenvalue else 0)
     jobs = len(request.checkpoints) * len(request.trajectories)
     return CostEstimate(
         n_examples=n,
         n_params=p,
         forward_passes=vjp_passes + solve_passes + lanczos,
-        memory_bytes=int(gradient_bytes + activations),
+        memory_bytes=int(memory),
         available_bytes=available_bytes(request.torch_device),
         jobs=jobs,
         forward_seconds=forward_seconds,
     )
+
+
+def batch_product_bytes(model: nn.Module, n: int, example: torch.Tensor, one: int) -> int:
+    """Bytes the batch products (``BatchJacobian``) hold while a solve or Lanczos uses them:
+    the VJP's retained graph (N × ``one``, what autograd saves for one example) beside the
+    tangent program's primal values and one product's working values, both counted from the
+    program's trace at this batch shape (traced here if not yet: ≈ 1–2 s, cached for the
+    analysis that follows in this process). Why not a multiple of ``one``: forward mode keeps
+    1.5–1.8× what autograd does on the demo and paper UNet and ViT, and counted as 1× the
+    paper ViT's unit came out at 43 GiB for the 58.6 GiB it took on an H200. A model torch cannot
+    trace runs plain jvp, counted as one more copy of the graph."""
+    batch = example[:1].expand(n, *example.shape[1:]).contiguous()
+    with evaluation_mode(model):  # the program's key includes the mode, as the analysis runs it
+        try:
+            program = tangents.cached_program(FlatModel(model), batch)
+        except tangents.TraceError:
+            return 2 * n * one
+    return n * one + program.boundary_bytes + program.tangent_bytes
 
 
 def unit_passes(

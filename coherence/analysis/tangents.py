@@ -109,11 +109,15 @@ class TangentProgram:
     """The traced JVP of f(θ, x), split by dependence on the tangent.
 
     ``primal(θ, x, *constants)`` → boundary values; ``tangent(*boundary, v)`` → J v.
+    The byte counts come from the trace's shapes (no tensor is allocated to count them), for
+    the cost estimate: what a binding keeps, and what one product needs on top of it.
     """
 
     primal: fx.GraphModule
     tangent: fx.GraphModule
     output_is_boundary: bool  # J v does not depend on v (e.g. J = 0): copy before returning
+    boundary_bytes: int = 0  # primal values a binding keeps (storage of the inputs excluded)
+    tangent_bytes: int = 0  # the peak of one product's values beyond them, output included
 
     def bind(self, fm: FlatModel, inputs: Tensor) -> Callable[[Tensor], Tensor]:
         """J v at (fm.theta, inputs) for any v [P]; runs the primal part now (no grad).
@@ -130,6 +134,50 @@ class TangentProgram:
             return out.clone() if self.output_is_boundary else out
 
         return push
+
+
+def _storage(node: fx.Node) -> torch.UntypedStorage | None:
+    """The (fake) storage of a node's traced value; views share their base's."""
+    value = node.meta.get("val")
+    return value.untyped_storage() if isinstance(value, Tensor) else None
+
+
+def _kept_bytes(values: Sequence[fx.Node], inputs: Sequence[fx.Node]) -> int:
+    """Bytes of the distinct storages of ``values`` that are not storages of ``inputs``."""
+    shared = {id(s) for s in map(_storage, inputs) if s is not None}
+    kept: dict[int, int] = {}
+    for storage in map(_storage, values):
+        if storage is not None and id(storage) not in shared:
+            kept[id(storage)] = storage.nbytes()
+    return sum(kept.values())
+
+
+def _peak_bytes(graph: fx.Graph) -> int:
+    """The most bytes a run of ``graph`` holds at once beyond its inputs: each new storage from
+    the node that creates it to the last use of the last node that refers to it (the code fx
+    generates frees a value after its last use; outputs live to the end)."""
+    nodes = list(graph.nodes)
+    last_use = {node: i for i, user in enumerate(nodes) for node in user.all_input_nodes}
+    inputs = {id(s) for n in nodes if n.op == "placeholder" and (s := _storage(n)) is not None}
+    holders: dict[int, set[fx.Node]] = {}
+    sizes: dict[int, int] = {}
+    live = peak = 0
+    for i, node in enumerate(nodes):
+        storage = _storage(node) if node.op != "placeholder" else None
+        if storage is not None and id(storage) not in inputs:
+            if id(storage) not in holders:
+                holders[id(storage)], sizes[id(storage)] = set(), storage.nbytes()
+                live += sizes[id(storage)]
+            holders[id(storage)].add(node)
+        peak = max(peak, live)
+        for used in node.all_input_nodes:
+            key = id(s) if last_use[used] == i and (s := _storage(used)) is not None else None
+            if key in holders:
+                holders[key].discard(used)
+                if not holders[key]:
+                    del holders[key]
+                    live -= sizes.pop(key)
+    return peak
 
 
 def _split(graph_module: fx.GraphModule) -> TangentProgram:
@@ -168,9 +216,10 @@ def _split(graph_module: fx.GraphModule) -> TangentProgram:
     primal_graph.eliminate_dead_code(is_impure_node=_keep)
 
     tangent_graph, tangent_env = fx.Graph(), {}
-    for node in boundary:
-        tangent_env[node] = tangent_graph.placeholder(f"boundary_{len(tangent_env)}")
-    tangent_env[tangent_input] = tangent_graph.placeholder("tangent")
+    for node in [*boundary, tangent_input]:
+        name = "tangent" if node is tangent_input else f"boundary_{len(tangent_env)}"
+        tangent_env[node] = tangent_graph.placeholder(name)
+        tangent_env[node].meta = dict(node.meta)  # its traced value: views of it allocate nothing
     for node in graph.nodes:
         if node in depends and node is not tangent_input:
             tangent_env[node] = tangent_graph.node_copy(node, lambda a: tangent_env[a])
@@ -181,6 +230,8 @@ def _split(graph_module: fx.GraphModule) -> TangentProgram:
         fx.GraphModule(root, primal_graph),
         fx.GraphModule(root, tangent_graph),
         output_is_boundary=isinstance(result, fx.Node) and result not in depends,
+        boundary_bytes=_kept_bytes(boundary, placeholders),
+        tangent_bytes=_peak_bytes(tangent_graph),
     )
 
 

@@ -34,6 +34,7 @@ from coherence.simulation.dataset import DatasetInfo, dataset_files, open_datase
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import parameter_count
 from coherence.surrogates.rollout import rollout_errors
+from coherence.surrogates.training import trained_transitions
 from coherence.workspace import cache_dir, secure_tree
 
 
@@ -206,6 +207,19 @@ def _history(path: str, signature: tuple) -> list[dict[str, float]]:
 
 def history(path: str | os.PathLike) -> list[dict[str, float]]:
     return _history(str(path), file_signature(Path(path) / ckpt.HISTORY_FILE))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _trained_horizon(path: str, signature: tuple, snapshots: int) -> int | None:
+    return trained_transitions(path, snapshots)
+
+
+def trained_horizon(path: str | os.PathLike, data: str | os.PathLike) -> int | None:
+    """The last rollout horizon a checkpoint was trained to predict (its transitions per
+    trajectory, the rollout starting at the first snapshot); None where its config does not
+    say."""
+    snapshots = len(dataset(data).times)
+    return _trained_horizon(str(path), file_signature(Path(path) / ckpt.CONFIG_FILE), snapshots)
 
 
 @st.cache_resource(show_spinner="Rolling the model out over the test trajectories…", max_entries=8)

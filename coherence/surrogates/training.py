@@ -224,6 +224,18 @@ def stored_arguments(stored: dict[str, Any], all_transitions: int) -> dict[str, 
     return full
 
 
+def trained_transitions(directory: str | Path, snapshots: int) -> int | None:
+    """One-step pairs per trajectory a checkpoint was trained on (pairs t → t + 1, t < the
+    count), for a dataset of ``snapshots`` per trajectory where the config left it to the
+    default; None for a checkpoint whose config records no training (e.g. converted from
+    elsewhere)."""
+    stored = ckpt.read_config(directory).training.get("args")
+    if not stored:
+        return None
+    default = min(DEFAULT_TRANSITIONS, max(snapshots - 1, 1))
+    return int(stored_arguments(stored, default)["transitions"])
+
+
 def _check_same_arguments(out: Path, args: TrainingArgs, all_transitions: int) -> None:
     """Refuse to resume a checkpoint trained with other arguments than those that may change
     between runs (epochs, device, checkpoint_every, keep_epochs)."""

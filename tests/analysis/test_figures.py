@@ -310,6 +310,22 @@ def test_training_and_rollout_figures():
     assert tuple(fig.layout.xaxis.range) == (0.5, 4.5)  # h = 1 … 4, fitted
     with pytest.raises(RequestError, match="rollout"):
         F.rollout_figure({"UNet": {"horizons": [1, 2]}})
+    assert not fig.layout.shapes  # no training horizon given, none marked
+
+
+def test_the_rollout_figure_marks_where_training_stopped():
+    one = np.full((3, 6), 0.01)
+    roll = rollout_summary(one, np.cumsum(one, axis=1))
+    same = F.rollout_figure({"UNet": roll, "ViT": roll}, trained_horizons={"UNet": 4, "ViT": 4})
+    assert [(s.x0, s.line.dash) for s in same.layout.shapes] == [(4, "dot")]
+    assert [a.text for a in same.layout.annotations if "trained" in a.text] == [
+        "trained up to h = 4"
+    ]
+    apart = F.rollout_figure({"UNet": roll, "ViT": roll}, trained_horizons={"UNet": 2, "ViT": 5})
+    assert [s.x0 for s in apart.layout.shapes] == [2, 5]
+    labels = [a.text for a in apart.layout.annotations if "trained" in a.text]
+    assert labels == ["trained up to h = 2 (UNet)", "trained up to h = 5 (ViT)"]
+    assert [s.line.color for s in apart.layout.shapes] == [group_color(0), group_color(1)]
 
 
 def _band_of(d):

@@ -218,6 +218,12 @@ def test_every_panel_renders(workspace, monkeypatch, panel, compare):
     assert_clean(at)
     if panel not in ("Validation", "Scores"):
         assert charts(at), f"{panel} drew no figure"
+    if panel == "Rollout":
+        # every checkpoint here was trained on 4 transitions: pairs up to snapshot 4
+        shapes = charts(at)[0]["layout"]["shapes"]
+        assert [(s["x0"], s["line"]["dash"]) for s in shapes] == [(4, "dot")]
+        notes = [a["text"] for a in charts(at)[0]["layout"]["annotations"]]
+        assert "trained up to h = 4" in notes
     if compare and panel == "Two-time influence":
         (figure,) = charts(at)
         # both groups on one colour axis, [0, √N]

@@ -195,12 +195,16 @@ def rollout_figure(
     summary_by_group: Mapping[str, Mapping[str, Any]],
     *,
     title: str = "One-step vs rollout error",
+    trained_horizons: Mapping[str, int] | None = None,
 ) -> go.Figure:
     """Read: SMSE against horizon h, teacher-forced one-step (dashed) vs autoregressive rollout
     (solid), median and Q1–Q3 over trajectories (log y); a low one-step error with a rollout
     error that grows fast means one-step accuracy does not predict long-horizon reliability.
+    The dotted line marks the last snapshot the models were trained to predict: beyond it the
+    states lie later in time than any training pair.
 
-    summary_by_group: {label: summaries.rollout_summary(one_step, rollout)}.
+    summary_by_group: {label: summaries.rollout_summary(one_step, rollout)};
+    trained_horizons: {label: transitions per trajectory the group was trained on}.
     """
     fig = go.Figure()
     drawn = []
@@ -233,4 +237,25 @@ def rollout_figure(
         range=[horizons.min() - 0.5, horizons.max() + 0.5] if horizons.size else None,
     )
     fig.update_yaxes(**log_axis(*drawn, title="SMSE at horizon h (log scale)"))
+    _mark_trained_horizons(fig, trained_horizons or {}, list(summary_by_group))
     return fig
+
+
+def _mark_trained_horizons(fig: go.Figure, horizons: Mapping[str, int], groups: list[str]) -> None:
+    """A dotted line at each distinct trained horizon, named in the title's colour or, where
+    groups differ, in each group's colour (one line per horizon, naming its groups)."""
+    by_horizon: dict[int, list[str]] = {}
+    for name in groups:
+        if name in horizons:
+            by_horizon.setdefault(int(horizons[name]), []).append(name)
+    shared = len(by_horizon) == 1
+    for horizon, names in sorted(by_horizon.items()):
+        color = "gray" if shared else group_color(groups.index(names[0]))
+        label = f"trained up to h = {horizon}" + ("" if shared else f" ({', '.join(names)})")
+        fig.add_vline(
+            x=horizon,
+            line={"dash": "dot", "color": color, "width": 2},
+            layer="below",
+            annotation={"text": label, "font": {"color": color}},
+            annotation_position="top left",
+        )

@@ -143,6 +143,15 @@ def _rollouts(ctx: PanelContext, names: tuple[str, ...]) -> list[dict[str, np.nd
     ]
 
 
+def _trained_horizons(ctx: PanelContext, names: tuple[str, ...]) -> list[int]:
+    data = resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset)
+    found = (
+        loaders.trained_horizon(resolve_inside(checkpoints_dir(ctx.root), name), data)
+        for name in names
+    )
+    return [h for h in found if h is not None]
+
+
 def rollout(ctx: PanelContext) -> None:
     """Panel 8: one-step vs rollout SMSE by horizon; prediction vs truth field viewer."""
     st.caption(
@@ -150,7 +159,7 @@ def rollout(ctx: PanelContext) -> None:
         + " Whole test trajectories of the selected classes and trajectories, from the first "
         "snapshot; computed here on the CPU."
     )
-    summaries, per_group = {}, {}
+    summaries, per_group, horizons = {}, {}, {}
     try:
         for group in ctx.groups:
             runs = _rollouts(ctx, group.checkpoints)
@@ -158,10 +167,13 @@ def rollout(ctx: PanelContext) -> None:
             summaries[group.label] = rollout_summary(
                 np.stack([r["one_step"] for r in runs]), np.stack([r["rollout"] for r in runs])
             )
+            trained = _trained_horizons(ctx, group.checkpoints)
+            if trained:
+                horizons[group.label] = min(trained)  # seeds trained alike; else the shortest
     except CoherenceError as error:
         st.warning(f"Rollouts are not available for this selection: {literal(error)}")
         return
-    figure = rollout_figure(summaries)
+    figure = rollout_figure(summaries, trained_horizons=horizons)
     chart(figure, key="chart_rollout")
     downloads(
         "rollout",

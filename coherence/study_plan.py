@@ -34,7 +34,12 @@ from coherence.study_spec import (
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.footprint import available_bytes
 from coherence.surrogates.registry import build_model
-from coherence.surrogates.training import TrainingArgs, stored_arguments
+from coherence.surrogates.training import (
+    DEFAULT_TRANSITIONS,
+    TrainingArgs,
+    resolve_transitions,
+    stored_arguments,
+)
 from coherence.wording import plural
 from coherence.workspace import (
     cache_dir,
@@ -342,7 +347,7 @@ def _context(spec: StudySpec, workspace: str | Path | None) -> _Context:
             f"{info.root}: no class has train, valid and test files; a study needs all three"
         )
     device = resolve_device(spec.device)
-    transitions = min(16, len(info.times) - 1)
+    transitions = resolve_transitions(TrainingArgs(), info).transitions
     counts = {s: sum(info.file(s, c).n_trajectories for c in classes) for s in ("train", "valid")}
     return _Context(
         root=root,
@@ -364,7 +369,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
     if ctx.spec.adopt:
         ctx = replace(ctx, spec=adopt_trained(ctx, notes))
     spec = ctx.spec  # the dataset by its name, adopted checkpoints named
-    if ctx.transitions < 16:
+    if ctx.transitions < DEFAULT_TRANSITIONS:
         notes.append(
             f"trajectories have {len(ctx.info.times)} snapshots: {ctx.transitions} transitions"
         )
@@ -496,7 +501,10 @@ def _setting_request(request: AnalysisRequest, setting, arch: str) -> AnalysisRe
 
 
 def _memory_notes(
-    steps: list[TrainStep], analyses: list[AnalysisStep], available: int, transitions: int = 16
+    steps: list[TrainStep],
+    analyses: list[AnalysisStep],
+    available: int,
+    transitions: int = DEFAULT_TRANSITIONS,
 ) -> list[str]:
     """What will not fit, with the fix that makes it fit: for training the --batch-size
     that does where a batch's activations are the excess (--limit only shrinks the pairs

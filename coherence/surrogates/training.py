@@ -85,6 +85,11 @@ class TrainingArgs:
         return data
 
 
+def default_transitions(snapshots: int) -> int:
+    """One-step pairs per trajectory when none is asked: every one, at most the paper's T."""
+    return min(DEFAULT_TRANSITIONS, snapshots - 1)
+
+
 def resolve_transitions(args: TrainingArgs, info: DatasetInfo, log=None) -> TrainingArgs:
     """``args`` with ``transitions`` set: an explicit request is kept (``TransitionPairs``
     refuses one the dataset cannot fit); none asked takes every transition the dataset
@@ -97,7 +102,7 @@ def resolve_transitions(args: TrainingArgs, info: DatasetInfo, log=None) -> Trai
             f"{info.root} has {len(info.times)} snapshot per trajectory; training needs at "
             "least 2 (one transition): simulate more snapshots"
         )
-    chosen = min(DEFAULT_TRANSITIONS, available)
+    chosen = default_transitions(len(info.times))
     if log:
         scope = (
             f"all {available} the dataset has"
@@ -232,7 +237,7 @@ def trained_transitions(directory: str | Path, snapshots: int) -> int | None:
     stored = ckpt.read_config(directory).training.get("args")
     if not stored:
         return None
-    default = min(DEFAULT_TRANSITIONS, max(snapshots - 1, 1))
+    default = max(default_transitions(snapshots), 1)
     return int(stored_arguments(stored, default)["transitions"])
 
 

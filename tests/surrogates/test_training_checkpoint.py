@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from coherence.simulation.dataset import open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.losses import scaled_residual, smse
 from coherence.surrogates.rollout import rollout, rollout_errors
-from coherence.surrogates.training import train
+from coherence.surrogates.training import train, trained_transitions
 from tests.fixtures import tiny_args
 
 
@@ -305,3 +306,18 @@ def test_cli_rerun_of_a_finished_training_writes_nothing_and_says_so(tiny_datase
     assert "is trained for 1 epoch (--epochs 1): nothing to do" in again.output
     assert "checkpoint written" not in again.output and "0%" not in again.output
     assert (out / ckpt.WEIGHTS_FILE).read_bytes() == weights
+
+
+def test_the_transitions_a_checkpoint_was_trained_on(trained, tmp_path):
+    """What the rollout panel marks as the trained horizon: the stored count, the default
+    for this dataset where the config left it unset, nothing where it records no training."""
+    assert trained_transitions(trained, 21) == 4  # tiny_args: 4 transitions
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    config = json.loads((copy / ckpt.CONFIG_FILE).read_text())
+    config["training"]["args"]["transitions"] = None  # saved before it was resolved
+    (copy / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    assert trained_transitions(copy, 21) == 16 and trained_transitions(copy, 6) == 5
+    config["training"] = {}
+    (copy / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    assert trained_transitions(copy, 21) is None

@@ -19,7 +19,7 @@ from torch import nn
 
 from coherence.analysis.estimators import Estimator
 from coherence.analysis.influence import CG_MAX_ITER
-from coherence.analysis.pipeline import CostEstimate, estimate_cost
+from coherence.analysis.pipeline import CostEstimate, estimate_cost, unit_passes
 from coherence.analysis.precision import ieee_float32
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
@@ -115,22 +115,46 @@ def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2)
 GPU_PASS_SCALE = 2.5
 
 
+def _example_seconds(model: nn.Module, inputs: torch.Tensor) -> tuple[float, bool]:
+    """One example's forward in seconds (the batch's, ÷ N; GPU-scaled) and whether it was
+    timed on a quiet machine."""
+    with slots.measuring_slot() as quiet:
+        per_example = time_batch_forward(model, inputs) / inputs.shape[0]
+    return per_example * (GPU_PASS_SCALE if inputs.is_cuda else 1.0), quiet
+
+
+def _cg_cap(request: AnalysisRequest) -> int | None:
+    """cg is counted at its iteration cap (an upper bound); None for every other estimator."""
+    return CG_MAX_ITER if request.estimator is Estimator.CG else None  # an enum once built
+
+
 def estimate_job(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobEstimate:
     """The job's estimate from its first batch's ``inputs`` [N, F, H, W] (on the model's
     device and dtype)."""
-    cg = request.estimator is Estimator.CG  # an enum since the request was built
-    with slots.measuring_slot() as quiet:
-        per_example = time_batch_forward(model, inputs) / inputs.shape[0]
-    if inputs.is_cuda:
-        per_example *= GPU_PASS_SCALE
-    cost = estimate_cost(
-        model,
-        request,
-        inputs,
-        forward_seconds=per_example,
-        cg_iterations=CG_MAX_ITER if cg else None,
-    )
+    per_example, quiet = _example_seconds(model, inputs)
+    cap = _cg_cap(request)
+    cost = estimate_cost(model, request, inputs, forward_seconds=per_example, cg_iterations=cap)
     seconds = float(cost.seconds_per_unit)
     return JobEstimate(
-        cost, cost.forward_passes, seconds, upper_bound=cg, beside_other_job=not quiet
+        cost, cost.forward_passes, seconds, upper_bound=cap is not None, beside_other_job=not quiet
     )
+
+
+@dataclass(frozen=True)
+class JobTime:
+    """The time half of ``JobEstimate``, for a caller that does not need the memory (whose
+    count traces the model's tangent program: seconds a page need not spend)."""
+
+    unit_seconds: float
+    units: int
+    upper_bound: bool  # cg: counted at its iteration cap
+    beside_other_job: bool
+
+
+def estimate_time(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobTime:
+    """``estimate_job``'s seconds alone (the same passes and the same timed forward)."""
+    per_example, quiet = _example_seconds(model, inputs)
+    cap = _cg_cap(request)
+    passes = sum(unit_passes(request, cap))
+    units = len(request.checkpoints) * len(request.trajectories)
+    return JobTime(passes * per_example, units, cap is not None, not quiet)

@@ -23,7 +23,7 @@ from coherence.analysis.influence import convergence_summary, residual_help, res
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
-from coherence.cache.cost import confirm_seconds, estimate_job
+from coherence.cache.cost import confirm_seconds, estimate_time
 from coherence.cache.jobs import ASSEMBLED, JobStatus
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import code, literal
@@ -176,7 +176,7 @@ def _job_cost(request_json: str, float64: bool = False) -> tuple[float, int, boo
             model = copy.deepcopy(model).to(device, torch.float64 if float64 else None)
         dtype = next(model.parameters()).dtype
         inputs = torch.from_numpy(loaders.batch_inputs(request)[0]).to(device, dtype)
-        job = estimate_job(model, request, inputs)
+        job = estimate_time(model, request, inputs)
     except CoherenceError:
         return 0.0, 0, False  # the job itself will report the problem
     if job.beside_other_job:  # a job started (or another page timed) meanwhile: not cached

@@ -19,8 +19,8 @@ from coherence.analysis.pipeline import (
     load_checked,
     prepare,
 )
-from coherence.cache import JobRunner
-from coherence.cache.cost import CONFIRM_ENV, estimate_job
+from coherence.cache import JobRunner, cost
+from coherence.cache.cost import CONFIRM_ENV, estimate_job, estimate_time
 from coherence.cli import app
 from coherence.errors import ConvergenceWarning, RequestError
 from tests.fixtures import quick_request
@@ -129,3 +129,19 @@ def test_cli_warns_about_unconverged_cg_from_the_cached_diagnostics(
     assert "cached result" in run.output and "warning:" in run.output
     assert "cg did not converge in 1 of 1" in run.output
     assert f"worst relative residual {cell['worst_residual']:.3g}" in run.output
+
+
+def test_the_time_alone_is_the_jobs_time(checkpoint, tiny_dataset, monkeypatch):
+    """The dashboard's estimate (seconds only, no memory count and so no trace) gives the
+    figures the command line's full estimate gives, for every estimator kind."""
+    monkeypatch.setattr(cost, "time_batch_forward", lambda model, inputs: 0.25)
+    for changes in ({}, {"estimator": "cg", "rtol": 0.1}, {"estimator": "ekfac-krylov"}):
+        request = quick_request(checkpoint, tiny_dataset, trajectories=(0, 1), **changes)
+        model, inputs = first_batch(request)
+        full, alone = estimate_job(model, request, inputs), estimate_time(model, request, inputs)
+        assert (
+            (alone.units, alone.upper_bound)
+            == (full.units, full.upper_bound)
+            == (2, "rtol" in changes)
+        )
+        assert alone.unit_seconds == pytest.approx(full.unit_seconds) and alone.unit_seconds > 0

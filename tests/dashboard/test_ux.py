@@ -209,8 +209,8 @@ def test_the_check_estimate_times_a_float64_copy_and_leaves_the_cached_model(
         timed.append((next(model.parameters()).dtype, inputs.dtype))
         return real(model, request, inputs)
 
-    real = compute.estimate_job
-    monkeypatch.setattr(compute, "estimate_job", spy)
+    real = compute.estimate_time
+    monkeypatch.setattr(compute, "estimate_time", spy)
     request = default_selection(workspace).to_request(workspace)
     compute._job_cost.clear()
     f32 = compute.job_cost(request)

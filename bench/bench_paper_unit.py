@@ -146,6 +146,8 @@ def recorded_estimates() -> list[dict]:
             trajectories=(0,),
             responses=tuple(run["responses"].split(",")),
             device="cpu",
+            estimator="ekfac-krylov",  # what those runs used (the default then), depth 1
+            depth=1,
         )
         example = torch.zeros(1, 4, RESOLUTION, RESOLUTION)
         estimate = estimate_cost(model, request, example).memory_bytes / 1024**3

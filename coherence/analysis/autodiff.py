@@ -160,8 +160,9 @@ class BatchJacobian:
     key cannot tell apart); a mismatch of a fresh trace, a replay error, or a model torch
     cannot trace makes every product of this binding use plain jvp (``jvp_method``), and the
     structure is not traced again in this process. ``vjp``: one reverse graph retained across
-    calls, ≈ two forwards per cotangent. Both are built lazily. Memory: the batch activations,
-    once for each product kind in use.
+    calls, ≈ two forwards per cotangent. Both are built lazily. Memory: the VJP's graph (what
+    autograd saves for the batch) and the program's primal values (1.5–1.8× that on the demo
+    and paper models; ``TangentProgram.boundary_bytes``), each once its product kind is used.
     """
 
     def __init__(self, fm: FlatModel, inputs: Tensor) -> None:

@@ -156,8 +156,9 @@ def estimate_cost(
     are 2N wide (``krylov_products``), and the preconditioned cg start add it to their
     solves; its memory is ``kfac.fit_bytes``); the top eigenvalue: a few Lanczos steps of one
     batch JVP + VJP. Memory: G, g_A and Q (P × N each), what the solver keeps beyond them
-    (``solver_numbers``) and the batch's activations kept by vmap / the tangent program
-    (≈ 3 copies).
+    (``solver_numbers``), and the larger of the per-example gradients' activations (≈ 3
+    copies of one chunk's per response) and what the batch products hold
+    (``batch_product_bytes``).
     """
     n = request.n_examples
     p = sum(t.numel() for t in model.parameters() if t.requires_grad)
@@ -173,10 +174,14 @@ def estimate_cost(
         gradient_bytes += kfac.fit_bytes(model, n, p, itemsize, chunk * one)
     # the batch products hold the VJP's graph and the tangent program's primal values at
     # once; the per-example gradients keep ≈ 3 copies of one chunk's, not at the same time
-    products = batch_product_bytes(model, n, example, one)
-    solving = products if estimator not in (Estimator.EKFAC, Estimator.EUCLIDEAN) else 0
-    activations = max(solving, 3 * chunk * k * one)
-    memory = max(gradient_bytes + activations, products if request.top_eigenvalue else 0)
+    solve_products = estimator not in (Estimator.EKFAC, Estimator.EUCLIDEAN)
+    products = (
+        batch_product_bytes(model, n, example, one)
+        if solve_products or request.top_eigenvalue
+        else 0
+    )  # counted (and the program traced) only where the unit makes batch products
+    activations = max(products if solve_products else 0, 3 * chunk * k * one)
+    memory = max(gradient_bytes + activations, products)
     jobs = len(request.checkpoints) * len(request.trajectories)
     return CostEstimate(
         n_examples=n,
@@ -193,8 +198,9 @@ def batch_product_bytes(model: nn.Module, n: int, example: torch.Tensor, one: in
     """Bytes the batch products (``BatchJacobian``) hold while a solve or Lanczos uses them:
     the VJP's retained graph (N × ``one``, what autograd saves for one example) beside the
     tangent program's primal values and one product's working values, both counted from the
-    program's trace at this batch shape (traced here if not yet: ≈ 1–2 s, cached for the
-    analysis that follows in this process). Why not a multiple of ``one``: forward mode keeps
+    program's trace at this batch shape (traced here if not yet: 2–8 s for the demo and
+    paper models on this project's 2-core box, cached for the analysis that follows in this
+    process). Why not a multiple of ``one``: forward mode keeps
     1.5–1.8× what autograd does on the demo and paper UNet and ViT, and counted as 1× the
     paper ViT's unit came out at 43 GiB for the 58.6 GiB it took on an H200. A model torch cannot
     trace runs plain jvp, counted as one more copy of the graph."""

@@ -210,16 +210,19 @@ def history(path: str | os.PathLike) -> list[dict[str, float]]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _trained_horizon(path: str, signature: tuple, snapshots: int) -> int | None:
-    return trained_transitions(path, snapshots)
+def _trained_horizon(path: str, signature: tuple, name: str, snapshots: int) -> int | None:
+    trained_here = ckpt.read_config(path).dataset.get("name") == name
+    return trained_transitions(path, snapshots if trained_here else None)
 
 
 def trained_horizon(path: str | os.PathLike, data: str | os.PathLike) -> int | None:
     """The last rollout horizon a checkpoint was trained to predict (its transitions per
     trajectory, the rollout starting at the first snapshot); None where its config does not
-    say."""
-    snapshots = len(dataset(data).times)
-    return _trained_horizon(str(path), file_signature(Path(path) / ckpt.CONFIG_FILE), snapshots)
+    say (nor, for an older config that left the count to the default, where it was trained
+    on another dataset, whose snapshots decided it)."""
+    info = dataset(data)
+    signature = file_signature(Path(path) / ckpt.CONFIG_FILE)
+    return _trained_horizon(str(path), signature, info.name, len(info.times))
 
 
 @st.cache_resource(show_spinner="Rolling the model out over the test trajectories…", max_entries=8)

@@ -229,15 +229,18 @@ def stored_arguments(stored: dict[str, Any], all_transitions: int) -> dict[str, 
     return full
 
 
-def trained_transitions(directory: str | Path, snapshots: int) -> int | None:
+def trained_transitions(directory: str | Path, snapshots: int | None) -> int | None:
     """One-step pairs per trajectory a checkpoint was trained on (pairs t → t + 1, t < the
-    count), for a dataset of ``snapshots`` per trajectory where the config left it to the
-    default; None for a checkpoint whose config records no training (e.g. converted from
-    elsewhere)."""
+    count). A config saved before the count was resolved left it to the default, which
+    depends on the training data's snapshots per trajectory: ``snapshots`` where the caller
+    knows them (the checkpoint was trained on the dataset at hand), else None. None for a
+    checkpoint whose config records no training (e.g. converted from elsewhere)."""
     stored = ckpt.read_config(directory).training.get("args")
     if not stored:
         return None
-    default = max(default_transitions(snapshots), 1)
+    if stored.get("transitions") is None and snapshots is None:
+        return None
+    default = max(default_transitions(snapshots or 2), 1)
     return int(stored_arguments(stored, default)["transitions"])
 
 

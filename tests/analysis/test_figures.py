@@ -326,6 +326,12 @@ def test_the_rollout_figure_marks_where_training_stopped():
     labels = [a.text for a in apart.layout.annotations if "trained" in a.text]
     assert labels == ["trained up to h = 2 (UNet)", "trained up to h = 5 (ViT)"]
     assert [s.line.color for s in apart.layout.shapes] == [group_color(0), group_color(1)]
+    # a group whose horizon is unknown (converted checkpoints): the line names its group
+    partial = F.rollout_figure({"UNet": roll, "ViT": roll}, trained_horizons={"ViT": 4})
+    assert [a.text for a in partial.layout.annotations if "trained" in a.text] == [
+        "trained up to h = 4 (ViT)"
+    ]
+    assert [s.line.color for s in partial.layout.shapes] == [group_color(1)]
 
 
 def _band_of(d):

@@ -294,6 +294,8 @@ def test_the_memory_estimate_of_a_paper_unit_covers_its_peak_on_a_gpu(arch):
         classes=("CE-RP", "CE-CRP", "CE-RPUI"),
         n_steps=recorded["N"] // 3,
         responses=tuple(recorded["responses"].split(",")),
+        estimator="ekfac-krylov",  # what those runs used (the default then), at its depth 1
+        depth=1,
     )
     estimate = estimate_cost(model, request, torch.zeros(1, 4, 128, 128)).memory_bytes
     assert 1.0 <= estimate / 1024**3 / recorded["peak_gpu_gib"] <= 1.5

@@ -318,6 +318,8 @@ def test_the_transitions_a_checkpoint_was_trained_on(trained, tmp_path):
     config["training"]["args"]["transitions"] = None  # saved before it was resolved
     (copy / ckpt.CONFIG_FILE).write_text(json.dumps(config))
     assert trained_transitions(copy, 21) == 16 and trained_transitions(copy, 6) == 5
+    assert trained_transitions(copy, None) is None  # trained on data whose length is unknown
+    assert trained_transitions(trained, None) == 4  # a resolved count needs no dataset
     config["training"] = {}
     (copy / ckpt.CONFIG_FILE).write_text(json.dumps(config))
     assert trained_transitions(copy, 21) is None

@@ -248,7 +248,8 @@ def _mark_trained_horizons(fig: go.Figure, horizons: Mapping[str, int], groups: 
     for name in groups:
         if name in horizons:
             by_horizon.setdefault(int(horizons[name]), []).append(name)
-    shared = len(by_horizon) == 1
+    # one gray line only where every group is known to share it; else each names its groups
+    shared = len(by_horizon) == 1 and sum(map(len, by_horizon.values())) == len(groups)
     for horizon, names in sorted(by_horizon.items()):
         color = "gray" if shared else group_color(groups.index(names[0]))
         label = f"trained up to h = {horizon}" + ("" if shared else f" ({', '.join(names)})")

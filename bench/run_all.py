@@ -28,6 +28,7 @@ BENCHMARKS = (
     "bench_concurrency",
     "bench_import",
     "bench_fidelity",
+    "bench_twolevel",
     "bench_sweeps",
     "bench_ray",
 )

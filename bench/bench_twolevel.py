@@ -12,10 +12,12 @@ default's fidelity, and what does it cost against EK-FAC side by side?
 Parts: ``fidelity`` (the four small dense-reference models of bench_fidelity, λ = 1e-4 and
 1e-2, Pearson / median row Spearman of the standardised Ĥ against the exact solve, beside
 EK-FAC and the default); ``cost`` (seconds on the trained demo checkpoints, N = 48 at 32²,
-best of two, beside ``ekfac`` and the default in the same run). What it leaves out: the
+best of two, beside ``ekfac`` and the default in the same run); ``columns`` (opt-in: the
+demo models against bench_fidelity's near-exact column reference). What it leaves out: the
 subspace spectrum (the dominant-eigenvalue share is defined on span(G): s more JVPs). Its
 full-system residuals come free (R is g − Ay exactly). Both parts by default (``all``).
-Run: python -m bench.bench_twolevel [--part fidelity|cost|all] [--checkpoint ARCH=DIR]
+Run: python -m bench.bench_twolevel [--part fidelity|cost|all|columns] [--checkpoint ARCH=DIR]
+[--column C ...]
 """
 
 from __future__ import annotations
@@ -150,9 +152,50 @@ def cost_rows(checkpoints: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
+def columns_rows(checkpoints: dict[str, str], columns: list[int]) -> list[dict[str, Any]]:
+    """The rank-k form at demo scale against the near-exact column reference of
+    bench_fidelity's ``columns`` part (EK-FAC-preconditioned cg to rtol 3e-3, cap 800),
+    beside EK-FAC and the default on the same columns."""
+    from bench.bench_fidelity import column_agreement, column_reference, smse_gradients
+
+    x, y = euler_batch()
+    rows = []
+    for arch in ("unet", "vit"):
+        model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
+        reference = column_reference(model, x, y, columns, 3e-3, 800)
+        _, g = smse_gradients(model, x, y)
+        default = compute_influence(model, x, y).H_by_response["smse"][:, columns]
+        cases = [("ekfac-krylov (default)", default)]
+        cases += [
+            (
+                f"two-level k={k}" + (" (= ekfac)" * (k == 0)),
+                two_level_influence(model, x, g, 1e-4, k)[:, columns],
+            )
+            for k in (0, 8, 16, 32)
+        ]
+        for setting, h in cases:
+            pearson, spearman = column_agreement(h, reference["h"])
+            rows.append(
+                {
+                    "model": f"{arch} (trained)",
+                    "columns": columns,
+                    "setting": setting,
+                    "pearson": pearson,
+                    "spearman": spearman,
+                    "reference_converged": reference["converged"],
+                    "reference_residual_max": reference["residual_max"],
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("fidelity", "cost", "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("fidelity", "cost", "all", "columns"), default="all"
+    )  # columns: opt-in (≈ 15 minutes on 2 cores), not in all
+    parser.add_argument("--column", type=int, action="append", help="columns: which (0 … N-1)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=DIR")
     args = parser.parse_args()
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
@@ -164,6 +207,16 @@ def main() -> None:
             "Pearson / median row Spearman of standardised Ĥ vs the exact (η + λI)⁻¹ solve on "
             "the four small models of fidelity.json. jvps/vjps: batch products (k each for "
             "the two-level form; k = 0 is EK-FAC). Target: ≥ 0.95 / ≥ 0.9.",
+        )
+    if args.part == "columns":
+        chosen = args.column or [0, 24, 47]
+        write_result(
+            "twolevel_columns",
+            "Two-level form with a rank-k Galerkin space at demo scale (issue 14 prototype)",
+            columns_rows(checkpoints, chosen),
+            f"λ = 1e-4, N = 48; columns {chosen} of H solved by EK-FAC-preconditioned cg to "
+            "rtol 3e-3 (cap 800) as in fidelity_columns.json; Pearson over the N×K block, "
+            "median per-column Spearman over the N responses.",
         )
     if args.part in ("cost", "all"):
         write_result(

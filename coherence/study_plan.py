@@ -312,7 +312,7 @@ def _request_state(root: Path, selection) -> tuple[str, int]:
         request = selection.to_request(root)
         runner = _read_runner(root)
         if runner.is_done(runner.key(request)):
-            return "cached", len(request.checkpoints) * len(request.trajectories)
+            return "cached", request.n_units
         return "pending", runner.cached_units(request)
     except CoherenceError:
         return "pending", 0  # checkpoints not trained yet: nothing can be cached

@@ -232,6 +232,11 @@ class AnalysisRequest:
         return len(self.classes) * self.n_steps
 
     @property
+    def n_units(self) -> int:
+        """(checkpoint, batch) units: what a job computes, caches and is estimated by."""
+        return len(self.checkpoints) * len(self.trajectories)
+
+    @property
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 

@@ -156,5 +156,4 @@ def estimate_time(model: nn.Module, request: AnalysisRequest, inputs: torch.Tens
     per_example, quiet = _example_seconds(model, inputs)
     cap = _cg_cap(request)
     passes = sum(unit_passes(request, cap))
-    units = len(request.checkpoints) * len(request.trajectories)
-    return JobTime(passes * per_example, units, cap is not None, not quiet)
+    return JobTime(passes * per_example, request.n_units, cap is not None, not quiet)

@@ -84,7 +84,7 @@ def compute_job(
     with recorded(store, key, tracker, log_path):
         keys = unit_keys(request)
         known = cached_units(store, request, keys)
-        tracker.set_units(len(request.checkpoints) * len(request.trajectories), len(known))
+        tracker.set_units(request.n_units, len(known))
         if known:
             tracker(tracker.units_done / tracker.units_total, f"{len(known)} units cached")
 
@@ -286,7 +286,7 @@ class JobRunner:
         if cached is not None:
             return relabel(cached, request)
         units = cached_units(self.store, request)
-        if len(units) < len(request.checkpoints) * len(request.trajectories):
+        if len(units) < request.n_units:
             return None
         started = time.perf_counter()
         info, batches = prepare(request) if prepared is None else prepared

@@ -41,7 +41,7 @@ def cached_units(
 def cached_unit_count(store: ResultStore, request: AnalysisRequest) -> tuple[int, int]:
     """(units of ``request`` already cached, all its units): what a job would resume from.
     Key lookups only, no unit is read."""
-    total = len(request.checkpoints) * len(request.trajectories)
+    total = request.n_units
     try:
         rows = unit_keys(request)
         wider = wider_responses(request)

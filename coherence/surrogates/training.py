@@ -238,10 +238,9 @@ def trained_transitions(directory: str | Path, snapshots: int | None) -> int | N
     stored = ckpt.read_config(directory).training.get("args")
     if not stored:
         return None
-    if stored.get("transitions") is None and snapshots is None:
-        return None
-    default = max(default_transitions(snapshots or 2), 1)
-    return int(stored_arguments(stored, default)["transitions"])
+    if stored.get("transitions") is not None:
+        return int(stored["transitions"])
+    return None if snapshots is None else max(default_transitions(snapshots), 1)
 
 
 def _check_same_arguments(out: Path, args: TrainingArgs, all_transitions: int) -> None:
@@ -441,7 +440,7 @@ def _train(
     history: list[dict[str, float]] = []
     if (out / ckpt.CONFIG_FILE).is_file():
         _check_same_data(out, info, classes)
-        every = resolve_transitions(replace(args, transitions=None), info).transitions
+        every = default_transitions(len(info.times))  # what a stored None meant here
         model, optimizer, history = _resume(out, args, train_pairs, device, log, every)
     config = _run_config(model, info, args, classes, (train_pairs, valid_pairs), dataset_root)
     validate = validation(valid_pairs, device)

@@ -124,47 +124,42 @@ def run_child(request_json: str, *extra: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def recorded_estimates() -> list[dict]:
-    """Today's memory estimate of the paper units measured on a GPU (N = 48, all three
-    responses, the default estimator), recomputed here from the model's shapes (the estimate
-    needs no GPU and no weights), beside the estimate and the allocated peak those runs
-    recorded (``paper_unit_*_cuda.json``)."""
+def recorded_estimate(arch: str) -> dict:
+    """Today's memory estimate of the paper unit of ``arch`` measured on a GPU (N = 48, all
+    three responses, the default estimator then), recomputed here from the model's shapes
+    (the estimate needs no GPU and no weights), beside the estimate and the allocated peak
+    that run recorded (``paper_unit_<arch>_cuda.json``)."""
     from coherence.analysis.pipeline import estimate_cost
     from coherence.analysis.request import AnalysisRequest
     from coherence.surrogates.registry import build_model
 
-    rows = []
-    for arch in ("unet", "vit"):
-        recorded = json.loads(RESULTS_DIR.joinpath(f"paper_unit_{arch}_cuda.json").read_text())
-        run = recorded["rows"][0]
-        model = build_model(arch, "paper", channels=4, resolution=RESOLUTION).eval()
-        request = AnalysisRequest(
-            checkpoints=("-",),
-            data="-",
-            classes=CLASSES,
-            n_steps=run["N"] // len(CLASSES),
-            trajectories=(0,),
-            responses=tuple(run["responses"].split(",")),
-            device="cpu",
-            estimator="ekfac-krylov",  # what those runs used (the default then), depth 1
-            depth=1,
-        )
-        example = torch.zeros(1, 4, RESOLUTION, RESOLUTION)
-        estimate = estimate_cost(model, request, example).memory_bytes / 1024**3
-        rows.append(
-            {
-                "arch": arch,
-                "N": run["N"],
-                "responses": run["responses"],
-                "measured_gib": run["peak_gpu_gib"],
-                "measured_on": recorded["machine"]["gpu"] or "cuda",
-                "recorded_estimate_gib": run["estimate_gib"],
-                "recorded_ratio": run["estimate_gib"] / run["peak_gpu_gib"],
-                "estimate_gib": estimate,
-                "ratio": estimate / run["peak_gpu_gib"],
-            }
-        )
-    return rows
+    recorded = json.loads(RESULTS_DIR.joinpath(f"paper_unit_{arch}_cuda.json").read_text())
+    run = recorded["rows"][0]
+    model = build_model(arch, "paper", channels=4, resolution=RESOLUTION).eval()
+    request = AnalysisRequest(
+        checkpoints=("-",),
+        data="-",
+        classes=CLASSES,
+        n_steps=run["N"] // len(CLASSES),
+        trajectories=(0,),
+        responses=tuple(run["responses"].split(",")),
+        device="cpu",
+        estimator="ekfac-krylov",  # what those runs used (the default then), depth 1
+        depth=1,
+    )
+    example = torch.zeros(1, 4, RESOLUTION, RESOLUTION)
+    estimate = estimate_cost(model, request, example).memory_bytes / 1024**3
+    return {
+        "arch": arch,
+        "N": run["N"],
+        "responses": run["responses"],
+        "measured_gib": run["peak_gpu_gib"],
+        "measured_on": recorded["machine"]["gpu"] or "cuda",
+        "recorded_estimate_gib": run["estimate_gib"],
+        "recorded_ratio": run["estimate_gib"] / run["peak_gpu_gib"],
+        "estimate_gib": estimate,
+        "ratio": estimate / run["peak_gpu_gib"],
+    }
 
 
 def main() -> None:
@@ -188,7 +183,7 @@ def main() -> None:
         write_result(
             "paper_unit_memory_estimates",
             "Memory estimate of the paper units against their measured GPU peak",
-            recorded_estimates(),
+            [recorded_estimate(arch) for arch in ("unet", "vit")],
             "estimate_gib: what `coherence analyze` estimates today (no GPU needed: shapes "
             "only), against measured_gib, the allocated peak recorded on the GPU "
             "(paper_unit_*_cuda.json), and recorded_estimate_gib, the estimate printed then. "

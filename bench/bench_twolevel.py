@@ -64,6 +64,10 @@ def two_level_influence(
         return (g @ q.T) @ c + r @ metric.solve(r, damping).T
 
 
+def _label(rank: int) -> str:
+    return f"two-level k={rank}" + (" (= ekfac)" if rank == 0 else "")
+
+
 def fidelity_rows() -> list[dict[str, Any]]:
     rows = []
     for hidden, seed in MODELS:
@@ -73,17 +77,13 @@ def fidelity_rows() -> list[dict[str, Any]]:
         for damping in DAMPINGS:
             exact = standardize(reference.full("smse", damping))
             default = compute_influence(small.model, small.inputs, small.targets, damping=damping)
-            cases = [("ekfac-krylov (default)", default.H, default.diagnostics)]
-            for rank in RANKS:
+            counts = (default.diagnostics.batch_jvps, default.diagnostics.batch_vjps)
+            cases = [("ekfac-krylov (default)", default.H, counts)]
+            for rank in RANKS:  # k JVPs and k VJPs
                 h = two_level_influence(small.model, small.inputs, g, damping, rank) / reference.d
-                cases.append((f"two-level k={rank}" + (" (= ekfac)" * (rank == 0)), h, None))
-            for setting, h, diagnostics in cases:
+                cases.append((_label(rank), h, (rank, rank)))
+            for setting, h, products in cases:
                 pearson, spearman = _agreement(standardize(h), exact)
-                products = (
-                    (diagnostics.batch_jvps, diagnostics.batch_vjps)
-                    if diagnostics
-                    else (int(setting.split("=")[1].split()[0]),) * 2
-                )
                 rows.append(
                     {
                         "P": g.shape[1],
@@ -127,7 +127,7 @@ def _model_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
         "ekfac-krylov (default)": _best_of_two(lambda: compute_influence(model, x, y)),
     }
     for rank in RANKS[1:]:
-        timed[f"two-level k={rank}"] = _best_of_two(lambda rank=rank: two_level(rank))
+        timed[_label(rank)] = _best_of_two(lambda rank=rank: two_level(rank))
     return timed
 
 
@@ -167,10 +167,7 @@ def columns_rows(checkpoints: dict[str, str], columns: list[int]) -> list[dict[s
         default = compute_influence(model, x, y).H_by_response["smse"][:, columns]
         cases = [("ekfac-krylov (default)", default)]
         cases += [
-            (
-                f"two-level k={k}" + (" (= ekfac)" * (k == 0)),
-                two_level_influence(model, x, g, 1e-4, k)[:, columns],
-            )
+            (_label(k), two_level_influence(model, x, g, 1e-4, k)[:, columns])
             for k in (0, 8, 16, 32)
         ]
         for setting, h in cases:

@@ -182,14 +182,13 @@ def estimate_cost(
     )  # counted (and the program traced) only where the unit makes batch products
     activations = max(products if solve_products else 0, 3 * chunk * k * one)
     memory = max(gradient_bytes + activations, products)
-    jobs = len(request.checkpoints) * len(request.trajectories)
     return CostEstimate(
         n_examples=n,
         n_params=p,
         forward_passes=vjp_passes + solve_passes + lanczos,
         memory_bytes=int(memory),
         available_bytes=available_bytes(request.torch_device),
-        jobs=jobs,
+        jobs=request.n_units,
         forward_seconds=forward_seconds,
     )
 
@@ -200,10 +199,10 @@ def batch_product_bytes(model: nn.Module, n: int, example: torch.Tensor, one: in
     tangent program's primal values and one product's working values, both counted from the
     program's trace at this batch shape (traced here if not yet: 2–8 s for the demo and
     paper models on this project's 2-core box, cached for the analysis that follows in this
-    process). Why not a multiple of ``one``: forward mode keeps
-    1.5–1.8× what autograd does on the demo and paper UNet and ViT, and counted as 1× the
-    paper ViT's unit came out at 43 GiB for the 58.6 GiB it took on an H200. A model torch cannot
-    trace runs plain jvp, counted as one more copy of the graph."""
+    process). Why not a multiple of ``one``: forward mode keeps 1.5–1.8× what autograd does
+    on the demo and paper UNet and ViT, and counted as 1× the paper ViT's unit came out at
+    43 GiB for the 58.6 GiB it took on an H200. A model torch cannot trace runs plain jvp,
+    counted as one more copy of the graph."""
     batch = example[:1].expand(n, *example.shape[1:]).contiguous()
     with evaluation_mode(model):  # the program's key includes the mode, as the analysis runs it
         try:

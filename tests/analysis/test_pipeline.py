@@ -283,22 +283,10 @@ def test_the_memory_estimate_of_a_paper_unit_covers_its_peak_on_a_gpu(arch):
     estimate needs shapes only, so it is recomputed here. It must not be below the peak (a
     job it lets start would run out of memory) nor far above it. Before it counted the
     tangent program's kept values from the trace, the ViT's came out at 43.1 GiB for 58.6."""
-    from bench.common import RESULTS_DIR
-    from coherence.surrogates.registry import build_model
+    from bench.bench_paper_unit import recorded_estimate
 
-    recorded = json.loads((RESULTS_DIR / f"paper_unit_{arch}_cuda.json").read_text())["rows"][0]
-    model = build_model(arch, "paper", channels=4, resolution=128).eval()
-    request = AnalysisRequest(
-        checkpoints=("c",),
-        data="d",
-        classes=("CE-RP", "CE-CRP", "CE-RPUI"),
-        n_steps=recorded["N"] // 3,
-        responses=tuple(recorded["responses"].split(",")),
-        estimator="ekfac-krylov",  # what those runs used (the default then), at its depth 1
-        depth=1,
-    )
-    estimate = estimate_cost(model, request, torch.zeros(1, 4, 128, 128)).memory_bytes
-    assert 1.0 <= estimate / 1024**3 / recorded["peak_gpu_gib"] <= 1.5
+    row = recorded_estimate(arch)  # what `bench_paper_unit --recorded` writes
+    assert 1.0 <= row["estimate_gib"] / row["measured_gib"] <= 1.5
 
 
 @pytest.mark.parametrize(

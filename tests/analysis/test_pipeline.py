@@ -289,6 +289,38 @@ def test_the_memory_estimate_of_a_paper_unit_covers_its_peak_on_a_gpu(arch):
     assert 1.0 <= row["estimate_gib"] / row["measured_gib"] <= 1.5
 
 
+def test_the_memory_count_traces_only_where_the_unit_makes_batch_products(
+    ce_model, ce_batch, monkeypatch
+):
+    """ekfac and euclidean without the top eigenvalue make no batch JVP: their estimate must
+    not trace the tangent program (seconds, for a trace nothing would reuse); every other
+    request counts the program's bytes, so it traces once (then the analysis reuses it)."""
+    from coherence.analysis import tangents
+
+    traced: list[tuple[int, ...]] = []
+    original = tangents.trace_program
+    monkeypatch.setattr(
+        tangents, "trace_program", lambda fm, x: traced.append(tuple(x.shape)) or original(fm, x)
+    )
+    x, _ = ce_batch
+    n = len(x)
+
+    def request(estimator: str, top: bool) -> AnalysisRequest:
+        return AnalysisRequest(
+            checkpoints=("c",), data="d", classes=("CE-RP",), n_steps=n, estimator=estimator,
+            top_eigenvalue=top,
+        )  # fmt: skip
+
+    tangents.clear_programs()
+    for estimator in ("ekfac", "euclidean"):
+        estimate_cost(ce_model, request(estimator, top=False), x)
+    assert traced == []
+    estimate_cost(ce_model, request("ekfac", top=True), x)  # Lanczos makes batch products
+    estimate_cost(ce_model, request("ekfac-krylov", top=False), x)
+    assert traced == [tuple(x.shape)]  # traced once, at the batch's shape, then cached
+    tangents.clear_programs()
+
+
 @pytest.mark.parametrize(
     ("estimator", "depth", "width"),
     [("subspace", 1, 1), ("krylov", 2, 1), ("ekfac-krylov", 1, 2), ("ekfac-krylov", 3, 2)],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from coherence.analysis.pipeline import estimate_cost
+from coherence.analysis.pipeline import estimate_cost, unit_passes
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
 from coherence.cache.states import JobState
@@ -267,6 +267,12 @@ def _analysis_cost(
     return float(cost.seconds or 0.0), cost.memory_bytes
 
 
+def _analysis_seconds(probe: ModelProbe, request: AnalysisRequest) -> float:
+    """``_analysis_cost``'s seconds alone: the pass count needs the request, not the model,
+    so a sweep setting's time costs no memory count."""
+    return sum(unit_passes(request)) * probe.forward_seconds * request.n_units
+
+
 class _KeysOnly:
     """The runner of a workspace with no cache yet: keys, and nothing cached. A plan (--plan
     above all) reads the cache and must not create the workspace's cache/."""
@@ -466,9 +472,7 @@ def _analysis_step(
     ).to(ctx.device)
     seconds, peak = _analysis_cost(probe, request, model, example)
     series_seconds = {
-        setting.label(arch): _analysis_cost(
-            probe, _setting_request(request, setting, arch), model, example
-        )[0]
+        setting.label(arch): _analysis_seconds(probe, _setting_request(request, setting, arch))
         for setting in sweeps.SWEEP_ESTIMATORS
         if not setting.on_demand
     }

@@ -475,3 +475,30 @@ def test_a_checkpoint_saved_by_an_older_version_resumes_as_planned(workspace, tm
     assert [t.state for t in plan.train] == ["resume"]
     run_study(plan, log=lambda _: None)
     assert len(ckpt.read_history(checkpoints_dir(older) / "ce_small_vit_demo_s7")) == 2
+
+
+def test_a_sweep_settings_seconds_are_the_full_estimates_seconds():
+    """The plan times each sensitivity setting from its pass count alone (no memory count):
+    the same seconds ``estimate_cost`` gives that setting, for every setting of the sweep."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from coherence.analysis.request import AnalysisRequest
+    from coherence.dashboard import sweeps
+    from coherence.study_plan import _analysis_cost, _analysis_seconds, _setting_request
+    from coherence.surrogates.registry import build_model
+
+    model = build_model("vit", "demo", channels=4, resolution=16)
+    example = torch.zeros(1, 4, 16, 16)
+    probe = SimpleNamespace(forward_seconds=0.013)
+    base = AnalysisRequest(
+        checkpoints=("a", "b"), data="d", classes=("x", "y"), t_start=0, n_steps=3,
+        trajectories=(0, 1), responses=("smse",),
+    )  # fmt: skip
+    settings = [s for s in sweeps.SWEEP_ESTIMATORS if not s.on_demand]
+    assert len({s.estimator for s in settings}) > 1  # the sweep's estimators differ in cost
+    for setting in settings:
+        request = _setting_request(base, setting, "vit")
+        full = _analysis_cost(probe, request, model, example)[0]
+        assert _analysis_seconds(probe, request) == pytest.approx(full, rel=1e-12), setting

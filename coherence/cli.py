@@ -25,6 +25,7 @@ from coherence.cli_common import (
     friendly_errors,
     progress_bar,
     split_list,
+    warn,
 )
 from coherence.cli_import import import_app
 from coherence.cli_study import study
@@ -117,7 +118,7 @@ def train_command(
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
     from coherence.executors import TrainRun, get_executor
     from coherence.surrogates.snapshots import parse_keep_epochs
-    from coherence.surrogates.training import TrainingArgs
+    from coherence.surrogates.training import WARNING, TrainingArgs
 
     args = TrainingArgs(
         arch=arch,
@@ -148,7 +149,13 @@ def train_command(
                 visible=True,
             )
 
-        executor.train([TrainRun(data, out, args, progress=report)], log=bar.console.print)
+        def log(line: str) -> None:
+            if line.startswith(WARNING):
+                warn(line.removeprefix(WARNING), to=bar.console)
+            else:
+                bar.console.print(line)
+
+        executor.train([TrainRun(data, out, args, progress=report)], log=log)
     if _epochs_trained(out) != before:  # a finished one is not written again: its log said so
         console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
 
@@ -279,7 +286,7 @@ def report(
     if params:
         selection, warnings = selection_from_link(params, catalog, cached=cached_in(root))
         for warning in unknown_params(params) + warnings:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+            warn(warning)
     else:
         selection = default_selection(catalog, cached=cached_in(root))
         if selection is None:
@@ -288,7 +295,7 @@ def report(
             )
     scale, problems = scale_from_params(params)
     for warning in problems:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        warn(warning)
     groups = load_groups(root, catalog, selection)
     page = build_report(root, catalog, selection, groups=groups, link=link, scale=scale)
     out.write_bytes(page)

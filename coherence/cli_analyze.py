@@ -21,6 +21,7 @@ from coherence.cli_common import (
     friendly_errors,
     progress_bar,
     split_list,
+    warn,
 )
 from coherence.errors import ConvergenceWarning, RequestError
 from coherence.wording import plural
@@ -117,7 +118,7 @@ def analyze(
     )
     check_result_path(out)
     for warning in _option_warnings(request, rtol):
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        warn(warning)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     prepared = prepare(request)  # once: for the estimate and for the run
@@ -211,7 +212,7 @@ def _write(result, request, out: Path, *, batches: int) -> None:
 
     path = save_result(result, out)
     if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
-        console.print(f"[bold yellow]warning:[/] {unconverged}", highlight=False, soft_wrap=True)
+        warn(unconverged, loud=True)
     if residuals := residual_summary(
         result.diagnostics, arch=read_config(request.checkpoints[0]).arch
     ):

@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -124,6 +125,13 @@ INTERRUPTED = (
     "interrupted: what was finished is saved (checkpoint epochs, cached units, committed "
     "files); rerun the same command to go on from there"
 )
+
+
+def warn(message: str, *, loud: bool = False, to: Console = console) -> None:
+    """One warning line on the console (stderr): yellow "warning:", bold where it qualifies
+    a result (an unconverged solve), the message printed as it is (no markup read in it)."""
+    style = "bold yellow" if loud else "yellow"
+    to.print(f"[{style}]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def progress_bar(transient: bool = False) -> Progress:

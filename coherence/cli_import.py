@@ -7,6 +7,7 @@ and the fix; warnings are printed in yellow and recorded in the files' ``import_
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from coherence.cli_common import console, friendly_errors
+from coherence.cli_common import console, friendly_errors, warn
 
 import_app = typer.Typer(
     help="Import public datasets (PDEgym, The Well) as Well-format datasets.",
@@ -38,10 +39,6 @@ def _byte_bar() -> Progress:
         console=console,
         transient=False,
     )
-
-
-def _warn(message: str) -> None:
-    console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _run(label: str, job) -> object:
@@ -108,7 +105,7 @@ def pdegym(
             overwrite=overwrite,
             name=name,
             progress=progress,
-            warn=_warn,
+            warn=partial(warn, loud=True),
         ),
     )
     _summary(report)
@@ -149,7 +146,7 @@ def well_euler(
             overwrite=overwrite,
             name=name,
             progress=progress,
-            warn=_warn,
+            warn=partial(warn, loud=True),
         ),
     )
     _summary(report)

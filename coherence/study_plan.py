@@ -32,7 +32,11 @@ from coherence.study_spec import (
     TrainStep,
 )
 from coherence.surrogates import checkpoint as ckpt
-from coherence.surrogates.footprint import available_bytes
+from coherence.surrogates.footprint import (
+    available_bytes,
+    batch_size_that_fits,
+    training_step_bytes,
+)
 from coherence.surrogates.registry import build_model
 from coherence.surrogates.training import (
     DEFAULT_TRANSITIONS,
@@ -211,16 +215,14 @@ def _probe(arch: str, spec: StudySpec, info: DatasetInfo, device: torch.device) 
 def _train_cost(
     probe: ModelProbe, args: TrainingArgs, pairs: tuple[int, int], remaining: int, state: int
 ) -> tuple[float, int]:
-    """Seconds for the remaining epochs; peak bytes: weights, grads and AdamW moments, one
-    batch's activations (2× what autograd keeps for the backward, ``activation_bytes``: the
-    kept tensors and the gradients flowing back, an upper bound) and the pairs in
-    memory (none past the budget of ``pairs.memory_budget``: then they are streamed)."""
+    """Seconds for the remaining epochs; peak bytes: one optimizer step's
+    (``training_step_bytes``) and the pairs in memory (none past the budget of
+    ``pairs.memory_budget``: then they are streamed)."""
     train_pairs, valid_pairs = pairs
     epoch = train_pairs * probe.train_step_seconds + valid_pairs * probe.forward_seconds
     itemsize = 4
     peak = (
-        4 * probe.n_params * itemsize
-        + 2 * args.batch_size * probe.activation_bytes
+        training_step_bytes(probe.n_params, args.batch_size, probe.activation_bytes, itemsize)
         + _pairs_in_memory(2 * train_pairs * state * itemsize)
         + _pairs_in_memory(2 * valid_pairs * state * itemsize)
     )
@@ -521,7 +523,7 @@ def _memory_notes(
         need += f"{available / GIB:.1f} GiB"
         per_example = step.per_example_bytes
         fixed = step.peak_bytes - step.args.batch_size * per_example
-        fits = int((0.8 * available - fixed) // per_example) if per_example else 0
+        fits = batch_size_that_fits(fixed, per_example, 0.8 * available)
         if fits >= 1 and step.state != "resume":  # a resume keeps its batch size
             peak = (fixed + fits * per_example) / GIB
             notes.append(f"{need}: use --batch-size {fits} (≈ {peak:.1f} GiB) or a larger machine")

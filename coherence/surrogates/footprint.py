@@ -113,7 +113,24 @@ def available_bytes(device: str | torch.device) -> int:
     return free_memory()
 
 
-def _gib(n: int) -> str:
+def training_step_bytes(
+    n_params: int, batch_size: int, activation_bytes: int, itemsize: int = 4
+) -> int:
+    """Bytes one optimizer step holds: the weights, their gradients and AdamW's two moments
+    (4 copies of the parameters) and one batch's activations at 2× what autograd keeps for
+    the backward (``coherence.probe.activation_bytes``; the kept tensors and the gradients
+    flowing back: an upper bound). Shared by ``coherence train``'s check and a study's plan."""
+    return 4 * n_params * itemsize + 2 * batch_size * activation_bytes
+
+
+def batch_size_that_fits(fixed: int, per_example: int, budget: float) -> int:
+    """The largest batch whose ``fixed + batch · per_example`` bytes stay within ``budget``
+    (0: not even one example)."""
+    return max(0, int((budget - fixed) // per_example)) if per_example else 0
+
+
+def memory_text(n: int) -> str:
+    """'1.25 GiB' / '380.2 MiB': memory in binary units, MiB below an eighth of a GiB."""
     return f"{n / 2**30:,.2f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"
 
 
@@ -127,8 +144,8 @@ def check_fits(
     """Refuse (CheckpointError naming ``where``, the estimate and the limit) a model that
     cannot be loaded on ``device``; ``limit`` replaces the free-memory reading (tests)."""
     device = torch.device(device)
-    params = f"{footprint.parameters:,} parameters = {_gib(footprint.state_bytes)}"
-    acts = f"{_gib(footprint.activation_bytes)} of activations for one example"
+    params = f"{footprint.parameters:,} parameters = {memory_text(footprint.state_bytes)}"
+    acts = f"{memory_text(footprint.activation_bytes)} of activations for one example"
     cpu_only = device.type == "cpu"
     needs = [
         (
@@ -147,7 +164,7 @@ def check_fits(
         free = available_bytes(dev) if limit is None else limit
         if estimate > free:
             raise CheckpointError(
-                f"{where}: this model needs about {_gib(estimate)} of {label} memory "
-                f"({detail}) but only {_gib(free)} is free; its sizes in config.json are "
+                f"{where}: this model needs about {memory_text(estimate)} of {label} memory "
+                f"({detail}) but only {memory_text(free)} is free; its sizes in config.json are "
                 "wrong or the machine is too small: fix the config or use a larger machine"
             )

@@ -293,6 +293,57 @@ def _resume(
     return model, optimizer, history
 
 
+WARNING = "warning: "  # a log line so marked is a warning (the CLI colours it)
+
+
+def _warn_if_a_step_may_not_fit(
+    model: nn.Module,
+    pairs: TransitionPairs,
+    args: TrainingArgs,
+    device: torch.device,
+    *,
+    resumed: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Say before the first epoch that one optimizer step may exceed the free memory (kept
+    to four fifths, as ``analyze`` keeps), with the --batch-size that fits: an out-of-memory
+    kill mid-epoch loses the epoch. Counted as a study plans it (``training_step_bytes``),
+    less the weights and pairs already loaded; an upper bound, so a warning, not a refusal."""
+    from coherence.probe import activation_bytes
+    from coherence.resources import UNKNOWN
+    from coherence.surrogates.footprint import (
+        available_bytes,
+        batch_size_that_fits,
+        memory_text,
+        training_step_bytes,
+    )
+
+    available = available_bytes(device)
+    if available == UNKNOWN:
+        return
+    n_params = sum(p.numel() for p in model.parameters())
+    itemsize = next(model.parameters()).element_size()
+    example = pairs.get(torch.tensor([0]))[0].to(device)
+    per_example = 2 * activation_bytes(model, example)
+    step = training_step_bytes(n_params, args.batch_size, per_example // 2, itemsize)
+    need = step - n_params * itemsize  # the weights are on the device already
+    if need <= 0.8 * available:
+        return
+    fixed = need - args.batch_size * per_example
+    fits = batch_size_that_fits(fixed, per_example, 0.8 * available)
+    if fits >= 1 and not resumed:  # a resume keeps its batch size
+        fix = f"train with --batch-size {fits} (≈ {memory_text(fixed + fits * per_example)})"
+    elif device.type == "cpu":
+        fix = "train on a machine with more memory or a GPU (--device cuda)"
+    else:
+        fix = "train on a GPU with more memory"
+    log(
+        f"{WARNING}one training step at --batch-size {args.batch_size} needs ≈ "
+        f"{memory_text(need)} of {device.type} memory beyond what is loaded, and "
+        f"{memory_text(available)} is free: it may run out of memory mid-epoch; {fix}"
+    )
+
+
 def _run_config(
     model: nn.Module,
     info: DatasetInfo,
@@ -442,6 +493,10 @@ def _train(
         _check_same_data(out, info, classes)
         every = default_transitions(len(info.times))  # what a stored None meant here
         model, optimizer, history = _resume(out, args, train_pairs, device, log, every)
+    if log and len(history) < args.epochs:
+        _warn_if_a_step_may_not_fit(
+            model, train_pairs, args, device, resumed=bool(history), log=log
+        )
     config = _run_config(model, info, args, classes, (train_pairs, valid_pairs), dataset_root)
     validate = validation(valid_pairs, device)
     if not history:

@@ -323,3 +323,56 @@ def test_the_transitions_a_checkpoint_was_trained_on(trained, tmp_path):
     config["training"] = {}
     (copy / ckpt.CONFIG_FILE).write_text(json.dumps(config))
     assert trained_transitions(copy, 21) is None
+
+
+def test_training_warns_before_a_step_that_may_not_fit_with_the_batch_size_that_does(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    """With the free memory set between what batches of 3 and 4 need, a run at batch 8 is
+    warned before its first epoch and told --batch-size 3; at 3 it is not warned, at 4 it
+    is; plenty of memory says nothing. A resume keeps its batch size: the fix is a machine."""
+    from coherence.probe import activation_bytes
+    from coherence.surrogates import footprint
+    from coherence.surrogates.registry import build_model
+
+    info = open_dataset(tiny_dataset)
+    args = tiny_args(epochs=1)
+    model = build_model(
+        args.arch, args.preset, channels=len(info.channels), resolution=info.height,
+        **args.overrides,
+    )  # fmt: skip
+    n_params = sum(p.numel() for p in model.parameters())
+    per_example = 2 * activation_bytes(model, torch.zeros(1, len(info.channels), 16, 16))
+    # beyond the loaded weights: gradients and two AdamW moments, and the batch's activations
+    free = (3 * 4 * n_params + 3.5 * per_example) / 0.8
+    monkeypatch.setattr(footprint, "available_bytes", lambda device: int(free))
+
+    def warnings(batch_size: int, out: str) -> list[str]:
+        lines: list[str] = []
+        train(
+            tiny_dataset,
+            tmp_path / out,
+            tiny_args(epochs=1, batch_size=batch_size),
+            log=lines.append,
+        )
+        return [line for line in lines if line.startswith("warning: one training step")]
+
+    (warned,) = warnings(8, "b8")
+    assert "--batch-size 8 needs" in warned and "train with --batch-size 3 (≈" in warned
+    assert warnings(3, "b3") == []
+    assert "train with --batch-size 3" in warnings(4, "b4")[0]
+    lines: list[str] = []
+    train(tiny_dataset, tmp_path / "b8", tiny_args(epochs=2, batch_size=8), log=lines.append)
+    assert "train on a machine with more memory" in "\n".join(lines)  # resumed: no batch fix
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    command = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "cli"), "--epochs"]
+    command += ["1", "--batch-size", "8", "--transitions", "4", "--device", "cpu"]
+    shown = CliRunner().invoke(app, command, env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert "warning: one training step at --batch-size 8" in shown.output  # before epoch 1
+    assert shown.output.index("warning:") < shown.output.index("epoch 1/1")
+    monkeypatch.setattr(footprint, "available_bytes", lambda device: 2**40)
+    assert warnings(8, "plenty") == []

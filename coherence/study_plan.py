@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from coherence.analysis.pipeline import estimate_cost, unit_passes
+from coherence.analysis.pipeline import estimate_cost, unit_seconds
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
 from coherence.cache.states import JobState
@@ -272,7 +272,7 @@ def _analysis_cost(
 def _analysis_seconds(probe: ModelProbe, request: AnalysisRequest) -> float:
     """``_analysis_cost``'s seconds alone: the pass count needs the request, not the model,
     so a sweep setting's time costs no memory count."""
-    return sum(unit_passes(request)) * probe.forward_seconds * request.n_units
+    return unit_seconds(request, probe.forward_seconds) * request.n_units
 
 
 class _KeysOnly:

@@ -247,6 +247,14 @@ def unit_passes(
     return vjp_passes, solve_passes, lanczos
 
 
+def unit_seconds(
+    request: AnalysisRequest, forward_seconds: float, cg_iterations: int | None = None
+) -> float:
+    """``estimate_cost``'s seconds per unit without its memory count (which may trace the
+    model): the passes depend on the request alone, times one example's forward."""
+    return sum(unit_passes(request, cg_iterations)) * forward_seconds
+
+
 def checkpoint_fingerprint(directory: str | Path) -> str:
     """Content hash of a checkpoint's config and weights."""
     directory = Path(directory)

@@ -19,7 +19,7 @@ from torch import nn
 
 from coherence.analysis.estimators import Estimator
 from coherence.analysis.influence import CG_MAX_ITER
-from coherence.analysis.pipeline import CostEstimate, estimate_cost, unit_passes
+from coherence.analysis.pipeline import CostEstimate, estimate_cost, unit_seconds
 from coherence.analysis.precision import ieee_float32
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
@@ -155,5 +155,5 @@ def estimate_time(model: nn.Module, request: AnalysisRequest, inputs: torch.Tens
     """``estimate_job``'s seconds alone (the same passes and the same timed forward)."""
     per_example, quiet = _example_seconds(model, inputs)
     cap = _cg_cap(request)
-    passes = sum(unit_passes(request, cap))
-    return JobTime(passes * per_example, request.n_units, cap is not None, not quiet)
+    seconds = unit_seconds(request, per_example, cap)
+    return JobTime(seconds, request.n_units, cap is not None, not quiet)

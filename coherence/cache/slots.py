@@ -260,6 +260,7 @@ def acquire(
 
 _state_lock = threading.Lock()
 _measuring = threading.Lock()  # one cost probe at a time per process (``measuring_slot``)
+MEASURING_WAIT_SECONDS = 60.0  # a probe times one batch's forward twice: seconds, not minutes
 _held: list = []  # [Slot, descriptor, depth, torch threads before] while this process holds one
 
 
@@ -322,8 +323,11 @@ def _free_slot_now() -> tuple[int, int] | None:
 
 
 def busy() -> bool:
-    """Whether other processes hold every compute slot (or queue for one) right now."""
-    if held_slot() is not None:
+    """Whether other processes hold every compute slot (or queue for one) right now. A slot
+    this process holds, for a job or for another thread's cost probe (a dashboard rerun that
+    overlaps the one before it), is not another process's: reading it so told the page that
+    another job was computing and greyed out Compute."""
+    if held_slot() is not None or _measuring.locked():
         return False
     taken = _free_slot_now()
     if taken is None:
@@ -335,7 +339,8 @@ def busy() -> bool:
 @contextlib.contextmanager
 def measuring_slot() -> Iterator[bool]:
     """Hold a free compute slot, without queuing, while a cost probe times a model, on the
-    job's share of the threads; yields whether it could (or this process holds one already).
+    job's share of the threads; yields whether it could (or this process holds one already);
+    a probe in another thread of this process is waited for, not read as another job.
 
     Why: a probe beside another process's computation runs oversubscribed (on 2 cores 5-10×
     slow), and the estimate it gave (a 25 s analysis quoted at 26 min) asked for a
@@ -344,8 +349,10 @@ def measuring_slot() -> Iterator[bool]:
     if held_slot() is not None:
         yield True
         return
-    if not _measuring.acquire(blocking=False):  # another thread of this process times now
-        yield False  # (two pages of one dashboard): the thread count is the process's own
+    # another thread of this process times now (two pages of one dashboard, or a rerun
+    # overlapping the one before it): the thread count is the process's own, so wait for it
+    if not _measuring.acquire(timeout=MEASURING_WAIT_SECONDS):
+        yield False
         return
     try:
         taken = _free_slot_now()

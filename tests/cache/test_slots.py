@@ -194,3 +194,41 @@ def test_a_cost_probe_takes_a_free_slot_and_says_when_another_job_holds_them(slo
     assert not slots.busy()
     with slots.compute_slot("this job"), slots.measuring_slot() as quiet:
         assert quiet and not slots.busy()  # its own slot
+
+
+def test_a_probe_in_another_thread_of_this_process_is_not_another_job(slot_dir, monkeypatch):
+    """Two dashboard reruns overlapped: the older one's cost probe held the only slot, and
+    the newer one read it as another process's job ("Another job is computing on this
+    machine", Compute greyed out) while nothing else ran. The slot is this process's own:
+    busy() says no, and a second probe waits for the first instead of giving up."""
+    import threading
+
+    monkeypatch.setenv(slots.THREADS_ENV, "1")
+    inside, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def first_probe() -> None:
+        with slots.measuring_slot() as quiet:
+            assert quiet
+            inside.set()
+            release.wait(TIMEOUT)
+            order.append("first done")
+
+    thread = threading.Thread(target=first_probe)
+    thread.start()
+    try:
+        assert inside.wait(TIMEOUT)
+        assert not slots.busy()  # held by this process's own probe
+        threading.Timer(0.3, release.set).start()
+        with slots.measuring_slot() as quiet:  # waits for the first, then times quietly
+            order.append("second timed")
+            assert quiet
+    finally:
+        release.set()
+        thread.join(TIMEOUT)
+    assert order == ["first done", "second timed"]
+    _, fd = slots.acquire("another process's job")  # a real holder still counts
+    try:
+        assert slots.busy()
+    finally:
+        os.close(fd)

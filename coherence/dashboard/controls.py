@@ -93,6 +93,42 @@ class Tolerance(Number):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Damping(Number):
+    """λ, which euclidean (M = I) does not use: for it the widget is greyed out at the
+    default λ, so every euclidean selection is the one result the Sensitivity sweep computes
+    too; a changed λ had recomputed the same influence under a new key."""
+
+    ignored_by: str = "euclidean"
+
+    def _ignored(self, scope: Scope) -> bool:
+        return scope.values.get("estimator") == self.ignored_by
+
+    def decode(self, raw: str, scope: Scope) -> dict[str, Any]:
+        if self._ignored(scope):
+            return self.assign(self.default)  # a link's λ is not its result's
+        return super().decode(raw, scope)
+
+    def prepare(self, state: State, scope: Scope) -> None:
+        super().prepare(state, scope)
+        if self._ignored(scope):
+            state[self.state] = self.default
+
+    def read(self, state: State, scope: Scope) -> dict[str, Any]:
+        return self.assign(self.default if self._ignored(scope) else float(state[self.state]))
+
+    def widget_args(self, scope: Scope) -> dict[str, Any]:
+        args = super().widget_args(scope)
+        if self._ignored(scope):
+            args["disabled"] = True
+            args["help"] = (
+                f"euclidean (M = I) does not use λ: its influence is the plain gradient dot "
+                f"product, computed once at λ = {self.default:g} (only the top eigenvalue of "
+                "η + λI carries it)."
+            )
+        return args
+
+
+@dataclass(frozen=True, kw_only=True)
 class Depth(Control):
     """The Krylov depth (blocks of the basis): only for the estimators that have one. Its
     value follows the estimator: a depth chosen for one estimator is not carried to another
@@ -205,7 +241,7 @@ CONTROLS: tuple[Control, ...] = (
         "ekfac: the Kronecker-factored approximation alone (fast, no residual); "
         "euclidean: M = I.",
     ),
-    Number(
+    Damping(
         key="damping",
         field="damping",
         state="sb_damping",

@@ -180,6 +180,35 @@ def test_the_depth_follows_the_estimator():
         assert state["sb_depth"] == 1, stale
 
 
+def test_euclidean_reads_the_default_damping_whatever_the_widget_or_link_held():
+    """euclidean does not use λ; a changed λ recomputed its one result under a new key. Its
+    widget is greyed out at the default, a link's λ is ignored, and another estimator reads
+    λ again."""
+    from coherence.dashboard.control_kinds import Scope
+    from coherence.dashboard.controls import Damping
+
+    catalog = synthetic_catalog()
+    state: dict = {}
+    load_state(state, replace(default_selection(catalog), damping=1e-2), catalog)
+    assert read_state(state, catalog).damping == 1e-2
+    state["sb_est"] = "euclidean"
+    prepare_state(state, catalog)
+    assert state["sb_damping"] == DEFAULT_DAMPING
+    state["sb_damping"] = 1e-3  # as a stale widget value would be
+    assert read_state(state, catalog).damping == DEFAULT_DAMPING
+    state["sb_est"] = "subspace"
+    state["sb_damping"] = 1e-3
+    prepare_state(state, catalog)
+    assert read_state(state, catalog).damping == 1e-3
+    linked, warnings = decode_query({"est": "euclidean", "damping": "0.01"}, catalog)
+    assert warnings == [] and linked.damping == DEFAULT_DAMPING
+    assert decode_query({"est": "ekfac", "damping": "0.01"}, catalog)[0].damping == 1e-2
+    (damping,) = [c for c in CONTROLS if isinstance(c, Damping)]
+    scope = Scope(catalog=catalog, values={"estimator": "euclidean"})
+    assert damping.widget_args(scope)["disabled"] is True
+    assert "disabled" not in damping.widget_args(replace(scope, values={"estimator": "cg"}))
+
+
 def test_a_bad_link_depth_names_the_default_it_falls_back_to():
     """Never raises (a 5000-digit depth raised int()'s ValueError), and says what is used."""
     catalog = synthetic_catalog()

@@ -117,6 +117,16 @@ def test_drill_down_shows_inputs_distance_and_every_seed(workspace, monkeypatch)
     np.testing.assert_allclose(
         rows["mean"].to_numpy(), H[:, :, 1, c, 3, c].mean(axis=1), rtol=2e-3, atol=1e-6
     )
+    # the intra-class map's cell averages the classes too: its value and each class's mean
+    (line,) = [t for t in texts(at.caption).split("\n") if "Intra-class mean at this cell" in t]
+    cell = re.search(r"the map's cell is ([-0-9.e]+), the mean of the classes' (.*)\.$", line)
+    assert cell, line
+    per_class = [np.mean([H[:, :, 1, k, 3, k]]) for k in range(C)]
+    assert float(cell.group(1)) == pytest.approx(np.mean(per_class), rel=2e-3, abs=1e-6)
+    shown = re.findall(r"(\S+) ([-0-9.e]+)", cell.group(2))
+    assert [name for name, _ in shown] == list(selection.classes)
+    np.testing.assert_allclose([float(v) for _, v in shown], per_class, rtol=2e-3, atol=1e-6)
+    assert float(cell.group(1)) == pytest.approx(two_time_map(H)[1, 3], rel=2e-3, abs=1e-6)
 
 
 def test_compare_offers_the_difference_map_and_keeps_one_colour_axis(workspace, monkeypatch):

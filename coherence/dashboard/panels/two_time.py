@@ -262,12 +262,15 @@ def _drill_down(ctx: PanelContext, option: str) -> None:
     st.caption(
         "Click a cell of the map (or pick it here): the input states of its response example "
         "r and perturbation example p, their distance d(r, p), and Ĥ[r, p] of every seed and "
-        "batch (the map shows their mean)."
+        "batch (the map of one class pair shows their mean; the intra-class mean map also "
+        "averages over the classes: the line under the table gives each class's mean)."
     )
     cell = _cell_controls(ctx, option, result)
     if cell is not None:
         _cell_states(ctx, result, cell)
         _cell_values(ctx, cell)
+        if option == INTRA:
+            st.caption(_intra_cell_text(ctx, cell))
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,24 @@ def _cell_states(ctx: PanelContext, result, cell: _Cell) -> None:
         ),
     )
     chart(figure, key="chart_two_time_cell")
+
+
+def _intra_cell_text(ctx: PanelContext, cell: _Cell) -> str:
+    """What the intra-class mean map holds at the cell, per group: the mean over seeds,
+    batches and classes (two_time_map's own value) and each class's mean, so the table's one
+    class and the map's number can be reconciled."""
+    classes = ctx.selection.classes
+    parts = []
+    for group in ctx.ready:
+        H = group.result.H_std[group.result.primary]  # [S, B, T, C, T, C]
+        whole = float(two_time_map(H)[cell.i, cell.j])
+        each = ", ".join(
+            f"{literal(name)} {float(np.mean(H[:, :, cell.i, c, cell.j, c])):.3g}"
+            for c, name in enumerate(classes)
+        )
+        who = f"**{literal(group.label)}**: " if len(ctx.ready) > 1 else ""
+        parts.append(f"{who}the map's cell is {whole:.3g}, the mean of the classes' {each}")
+    return "Intra-class mean at this cell: " + "; ".join(parts) + "."
 
 
 def _cell_values(ctx: PanelContext, cell: _Cell) -> None:

@@ -75,16 +75,27 @@ def test_colour_scale_control_paper_auto_diverging(workspace, monkeypatch):
     V = two_time_map(result.H_std[result.primary])
     np.testing.assert_allclose(plotly_array(paper["data"][0]["z"]), V, rtol=1e-6)
     assert paper["data"][0]["zmin"] == 0  # the paper's [0, √N]
+    top = paper["data"][0]["zmax"]  # √N of this workspace's batch
+    assert f"Colour range [0, √N] = [0, {top:.2f}], the paper's" in texts(at.caption)
     at.selectbox(key="zscale_two_time").set_value("auto").run()
     assert_clean(at)
     (auto,) = charts(at)
     assert auto["data"][0]["zmin"] == pytest.approx(V.min())
     assert auto["data"][0]["zmax"] == pytest.approx(V.max())
+    # the caption names the range on screen, not the default one
+    assert f"Colour range from the data: [{V.min():.3g}, {V.max():.3g}]" in texts(at.caption)
+    assert "√N] = [0" not in texts(at.caption)
     at.selectbox(key="zscale_two_time").set_value("diverging").run()
     (div,) = charts(at)
     trace = div["data"][0]
     assert trace["zmin"] == pytest.approx(-np.abs(V).max())
     assert trace["zmax"] == pytest.approx(np.abs(V).max())
+    m = np.abs(V).max()
+    assert f"Diverging colour range [−{m:.3g}, {m:.3g}]" in texts(at.caption)
+    seed = result.checkpoints[0]  # one seed's map is titled with it
+    at.selectbox(key="two_time_seed").set_value(seed).run()
+    (one,) = charts(at)
+    assert one["layout"]["title"]["text"].endswith(f"intra-class mean, {seed}")
     assert trace["colorscale"][0][1] != paper["data"][0]["colorscale"][0][1]
     np.testing.assert_allclose(plotly_array(trace["z"]), V, rtol=1e-6)  # the same map
     # the class-transfer panel has its own control

@@ -141,6 +141,19 @@ STALE_ACTION = (
 )
 
 
+def scale_text(mode: str, zrange: Sequence[float]) -> str:
+    """The colour range a heatmap is drawn on, in words, for the scale ``mode`` in use (a
+    caption that named [0, √N] under a diverging map misread it)."""
+    lo, hi = zrange
+    if mode == DEFAULT_SCALE:
+        return (
+            f"Colour range [0, √N] = [0, {hi:.2f}], the paper's: a perfectly local row reaches √N."
+        )
+    if mode == "diverging":
+        return f"Diverging colour range [−{hi:.3g}, {hi:.3g}]: negative influence shows in blue."
+    return f"Colour range from the data: [{lo:.3g}, {hi:.3g}]."
+
+
 def scale_selector(key: str, container=None) -> None:
     """The colour-scale control of a heatmap panel: the paper's [0, √N], the data's range,
     or a symmetric diverging scale (negative influence in blue)."""

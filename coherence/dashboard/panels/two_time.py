@@ -22,6 +22,7 @@ from coherence.analysis.summaries import two_time_map
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
+    DEFAULT_SCALE,
     PanelContext,
     chart,
     clicked_point,
@@ -32,6 +33,7 @@ from coherence.dashboard.panels.common import (
     response_title,
     scale_choice,
     scale_selector,
+    scale_text,
     shared_figure,
     widget_value,
 )
@@ -67,13 +69,15 @@ def _pair_tag(option: str) -> str:
 def two_time(ctx: PanelContext) -> None:
     """Panel 2: V[t_r, t_p], per class pair, on the fixed range [0, √N]. The caption goes
     under the chart (as in a paper), which keeps the headline heatmap above the fold."""
-    caption = (
-        how_to_read(two_time_heatmap)
-        + f" Default colour range [0, √N] = [0, {ctx.zrange[1]:.2f}]: a perfectly local row "
-        "reaches √N. Hover shows (t_p, t_r, value); click a cell to drill down."
-    )
+
+    def caption(scale: str, zrange: tuple[float, float]) -> str:
+        return (
+            f"{how_to_read(two_time_heatmap)} {scale_text(scale, zrange)} Hover shows (t_p, "
+            "t_r, value); click a cell to drill down."
+        )
+
     if not need_results(ctx):
-        st.caption(caption)
+        st.caption(caption(DEFAULT_SCALE, ctx.zrange))
         return
     classes = ctx.selection.classes
     pair_options = _pair_options(classes)
@@ -91,9 +95,10 @@ def two_time(ctx: PanelContext) -> None:
         plot, controls = st.columns([5, 2], gap="medium")
         left = right = third = controls
         tour_at = controls.container()
+    drawn = DEFAULT_SCALE, ctx.zrange
     try:
         with plot:
-            _two_time_chart(
+            drawn = _two_time_chart(
                 ctx,
                 widget_value("two_time_pair", pair_options),
                 widget_value("two_time_seed", seed_options),
@@ -116,12 +121,13 @@ def two_time(ctx: PanelContext) -> None:
         with tour_at:  # scores above keep their one row and the map stays above the fold
             tour(beside=True)
         st.session_state[TOUR_SHOWN] = True
-    st.caption(caption)
+    st.caption(caption(*drawn))
     _drill_down(ctx, widget_value("two_time_pair", pair_options))
 
 
-def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
-    """The two-time map of the chosen class pair and seed (or seed mean), and its downloads."""
+def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tuple[float, float]]:
+    """The two-time map of the chosen class pair and seed (or seed mean), and its downloads;
+    returns the colour scale and range it was drawn on."""
     classes = ctx.selection.classes
     pair = None
     if option != INTRA:
@@ -140,12 +146,13 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
             V = per_seed[result.checkpoints.index(seed)]
         maps.append((group, V))
     zrange = ctx.scale_range(scale, [V for _, V in maps])
+    view_label = _pair_label(option) + ("" if seed == "mean" else f", {seed}")
 
     def build() -> go.Figure:
         figures = []
         for group, V in maps:
             result = group.result
-            title = f"Two-time influence ({response_title(result.primary)}), {_pair_label(option)}"
+            title = f"Two-time influence ({response_title(result.primary)}), {view_label}"
             figures.append(
                 two_time_heatmap(
                     V,
@@ -159,7 +166,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
             )
         labels = [g.label for g in ctx.ready]
         figure = pair_figure(
-            figures, labels, zrange=zrange, title=f"Two-time influence, {_pair_label(option)}"
+            figures, labels, zrange=zrange, title=f"Two-time influence, {view_label}"
         )
         return figure
 
@@ -192,6 +199,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> None:
     )
     if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
         _difference(view, maps, [g.label for g in ctx.ready], option)
+    return scale, zrange
 
 
 def _difference(ctx: PanelContext, maps, labels: list[str], option: str) -> None:

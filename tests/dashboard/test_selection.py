@@ -352,6 +352,8 @@ def test_problems_explain_invalid_combinations():
     assert problems(base, catalog) == []
     one_class = Selection(**{**base.__dict__, "classes": ("CE-RP",)})
     assert "at least 2 classes" in problems(one_class, catalog)[0]
+    no_class = Selection(**{**base.__dict__, "classes": ()})  # one reason, not a data problem
+    assert len(problems(no_class, catalog)) == 1, problems(no_class, catalog)
     long = Selection(**{**base.__dict__, "n_steps": 200})
     assert f"2 ≤ N ≤ {MAX_EXAMPLES}" in problems(long, catalog)[0]
     cuda = Selection(**{**base.__dict__, "device": "cuda"})

@@ -141,6 +141,15 @@ def test_drill_down_shows_inputs_distance_and_every_seed(workspace, monkeypatch)
 
 
 def test_compare_offers_the_difference_map_and_keeps_one_colour_axis(workspace, monkeypatch):
+    two_time = importlib.import_module("coherence.dashboard.panels.two_time")  # the module
+    rows: dict[str, list] = {}
+    real = two_time.downloads
+
+    def recording(key, stem, **kwargs):
+        rows[key] = list(kwargs.get("files", ()))
+        real(key, stem, **kwargs)
+
+    monkeypatch.setattr(two_time, "downloads", recording)
     at = open_app(workspace, monkeypatch, {"vs": ",".join(COMPARE)})
     assert_clean(at)
     labels = [e.label for e in at.expander]
@@ -162,6 +171,19 @@ def test_compare_offers_the_difference_map_and_keeps_one_colour_axis(workspace, 
     np.testing.assert_allclose(plotly_array(trace["z"]), V[0] - V[1], rtol=1e-5, atol=1e-6)
     top = np.abs(V[0] - V[1]).max()  # diverging, symmetric around 0
     assert trace["zmin"] == pytest.approx(-trace["zmax"]) and trace["zmax"] >= top * (1 - 1e-6)
+    # its values download as a CSV too, like every other chart's
+    ((label, name, data, mime),) = rows["two_time_diff"]
+    assert label == "Data UNet − ViT (CSV)" and mime == "text/csv"
+    assert name.endswith("_two_time_difference.csv")
+    text = data().decode()
+    assert "# class pair: intra-class mean" in text
+    values = [line.split(",") for line in text.splitlines() if line and not line.startswith("#")]
+    header, body = values[0], values[1:]
+    assert len(body) == V[0].size, header
+    column = header.index("value")
+    np.testing.assert_allclose(
+        sorted(float(r[column]) for r in body), np.sort((V[0] - V[1]).ravel()), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_export_names_encode_the_selection(workspace):

@@ -109,6 +109,11 @@ class PanelContext:
         stem = self.stem(panel, group if self.compare else None)
         return csv_file(label, f"{stem}.csv", self._headed(data, group))
 
+    def view_csv(self, label: str, stem: str, data: Bytes) -> tuple[str, str, Bytes, str]:
+        """A CSV of what the view derives from every group (a difference map), under the
+        view's parameter header."""
+        return csv_file(label, f"{stem}.csv", self._headed(data))
+
     def _headed(self, data: Bytes, group: GroupState | None = None) -> Bytes:
         """The CSV under its parameter header; a group's file also says whose values it
         holds (the provenance above it names every group of the view)."""

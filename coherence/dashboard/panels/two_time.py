@@ -227,10 +227,15 @@ def _difference_chart(ctx: PanelContext, V_a, V_b, labels: list[str], option: st
         title=f"{labels[0]} − {labels[1]}, {_pair_label(option)}",
     )
     chart(figure, key="chart_two_time_diff")
+    result = ctx.ready[0].result
+    stem = ctx.stem("two_time_difference")
+    label = f"Data {literal(labels[0])} − {literal(labels[1])} (CSV)"
+    data = lambda: two_time_csv(V_a - V_b, result.times, steps=result.steps)  # noqa: E731
     downloads(
         "two_time_diff",
-        ctx.stem("two_time_difference"),
+        stem,
         figure=figure,
+        files=[ctx.view_csv(label, stem, data)],
         caption=how_to_read(difference_heatmap),
         meta=ctx.meta(),
     )

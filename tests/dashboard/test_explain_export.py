@@ -154,6 +154,7 @@ def test_compare_offers_the_difference_map_and_keeps_one_colour_axis(workspace, 
     assert_clean(at)
     labels = [e.label for e in at.expander]
     assert any(label.startswith("Difference map: UNet − ViT") for label in labels), labels
+    assert "two_time_seed" not in [box.key for box in at.selectbox]  # one option: not drawn
     (pair,) = charts(at)  # closed: not drawn
     heatmaps = [t for t in pair["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 2 and {t.get("coloraxis") for t in heatmaps} == {"coloraxis"}

@@ -88,9 +88,10 @@ def two_time(ctx: PanelContext) -> None:
     # One map: the selectors stand beside it, in the width a square map leaves empty, so the
     # headline map starts higher on the page; two maps need the width, so they go above.
     tour_at = None  # one map only: the first-visit tour, beside it above the selectors
-    if ctx.compare:
+    if ctx.compare:  # no seed choice: each group is its seeds' mean
         controls, plot = st.container(), st.container()
-        left, right, third = controls.columns([3, 2, 2])
+        left, third = controls.columns([3, 2])
+        right = None
     else:
         plot, controls = st.columns([5, 2], gap="medium")
         left = right = third = controls
@@ -110,12 +111,13 @@ def two_time(ctx: PanelContext) -> None:
             format_func=_pair_choice,
             key="two_time_pair",
         )
-        right.selectbox(
-            "Seeds",
-            seed_options,
-            format_func=lambda s: "mean of seeds" if s == "mean" else s,
-            key="two_time_seed",
-        )
+        if right is not None:
+            right.selectbox(
+                "Seeds",
+                seed_options,
+                format_func=lambda s: "mean of seeds" if s == "mean" else s,
+                key="two_time_seed",
+            )
         scale_selector("two_time", third)
     if tour_at is not None and not tour_dismissed():  # beside the map it explains: the
         with tour_at:  # scores above keep their one row and the map stays above the fold

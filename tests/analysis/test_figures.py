@@ -411,6 +411,16 @@ def test_counterfactual_figures_pick_smallest_eps_and_log_axes():
     assert curve.layout.xaxis.type == curve.layout.yaxis.type == "log"
     banded = F.counterfactual_figures(eps, predicted[1], measured[1], np.ones((3, 4)))[1]
     assert len(banded.data) == 3 + 1 and banded.data[1].fill == "tonexty"
+    # half a page wide: powers of ten only over four decades of ε (1, 2, 5 × 10ᵏ wrote
+    # eleven labels into each other), and the y axis spans the band, not every pair
+    wide = np.logspace(-2, np.log10(5e-6), 11)
+    errors = np.outer(wide, [1e-3, 1.0, 2.0, 3.0, 1e3])  # one pair far below, one far above
+    _, spread = F.counterfactual_figures(wide, wide, wide, errors)
+    ticks = np.log10(spread.layout.xaxis.tickvals)
+    np.testing.assert_allclose(ticks, np.round(ticks))
+    lo, hi = spread.layout.yaxis.range
+    assert 10**lo > 1e-3 * wide.min() and 10**hi < 1e3 * wide.max()
+    assert spread.layout.legend.orientation == "h"
     with pytest.raises(RequestError, match="leading axis"):
         F.counterfactual_figures(eps, np.zeros((2, 4)), np.zeros((2, 4)), rel)
 

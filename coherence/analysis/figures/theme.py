@@ -303,9 +303,10 @@ def _framing_ticks(low: float, high: float) -> tuple[list[float], int]:
     return ticks, digits + (1 if f"{step / magnitude:g}" in ("2.5", "0.25") else 0)
 
 
-def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
+def log_axis(*arrays: Any, title: str, dense_decades: int = 4) -> dict[str, Any]:
     """Settings of a log axis over the positive finite values of ``arrays``: ticks at 1, 2, 5
-    × 10ᵏ (powers of ten only beyond four decades) from the last one at or below the data to
+    × 10ᵏ (powers of ten only beyond ``dense_decades`` decades: a narrow chart passes fewer)
+    from the last one at or below the data to
     the first at or above it, or round values framing a narrow range, with the axis range set
     to the outer ticks (a value above the top label read as unlabelled),
     each labelled in full (number_label) and in one notation along the axis: powers of ten
@@ -317,7 +318,7 @@ def log_axis(*arrays: Any, title: str) -> dict[str, Any]:
         return settings
     lo, hi = math.floor(math.log10(values.min())), math.ceil(math.log10(values.max()))
     decades = range(lo, hi + 1)
-    mantissas = (1,) if hi - lo > 4 else (1, 2, 5) if hi - lo > 1 else (1, 2, 3, 5)
+    mantissas = (1,) if hi - lo > dense_decades else (1, 2, 5) if hi - lo > 1 else (1, 2, 3, 5)
     step = max(1, math.ceil((hi - lo) / 8))
     ticks = [m * 10.0**k for k in decades for m in mantissas if (k - lo) % step == 0]
     inside = [v for v in ticks if values.min() <= v <= values.max()]

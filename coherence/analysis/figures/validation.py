@@ -44,8 +44,9 @@ def counterfactual_figures(
     title: str = "Counterfactual check",
 ) -> tuple[go.Figure, go.Figure]:
     """Read: (a) measured vs predicted change of ⟨r_A(r), ŷ_r⟩ at the smallest ε (points on
-    y = x validate the estimator); (b) relative error vs ε, log-log: it must fall with ε along
-    the slope-1 reference (first-order Taylor remainder) until round-off takes over.
+    y = x validate the estimator); (b) relative error |measured − predicted| / |predicted| vs
+    ε, log-log: it must fall with ε along the slope-1 reference (first-order Taylor
+    remainder) until round-off takes over.
 
     epsilons [E]; predicted, measured: [E, ...] (ε leading; pairs (r, p) after) or 1-D, the
     pairs at the smallest ε; predicted = −ε·D·H[r, p]. rel_errors [E] or [E, ...] (median and
@@ -91,7 +92,7 @@ def _pairs_scatter(x: np.ndarray, y: np.ndarray, title: str) -> go.Figure:
             hoverinfo="skip",
         )
     )
-    styled(scatter, title, height=440)
+    _legend_above(styled(scatter, title, height=440))
     scatter.update_xaxes(title=axis_title("predicted change −ε·D·H[r, p]"))
     scatter.update_yaxes(
         title=axis_title("measured change of ⟨r_A(r), ŷ_r⟩"), scaleanchor="x", constrain="domain"
@@ -109,7 +110,7 @@ def _error_curve(eps: np.ndarray, rel_errors: Any, title: str) -> go.Figure:
     order = np.argsort(eps)
     eps_sorted, rows = eps[order], rows[order]
     curve = go.Figure()
-    median = _add_error_traces(curve, eps_sorted, rows)
+    median, drawn = _add_error_traces(curve, eps_sorted, rows)
     anchor = np.flatnonzero(np.isfinite(median))
     reference = np.empty(0)
     if anchor.size:
@@ -125,17 +126,31 @@ def _error_curve(eps: np.ndarray, rel_errors: Any, title: str) -> go.Figure:
                 hoverinfo="skip",
             )
         )
-    styled(curve, title, height=440)
-    curve.update_xaxes(**log_axis(eps_sorted, title="step size ε (log scale)"))
+    _legend_above(styled(curve, title, height=440))
+    # powers of ten only: the chart is half a page wide, and 1, 2, 5 × 10ᵏ over the usual
+    # four decades of ε wrote eleven tilted labels into each other
+    curve.update_xaxes(**log_axis(eps_sorted, title="step size ε (log scale)", dense_decades=2))
     curve.update_yaxes(
-        **log_axis(rows, reference, title="relative error |measured − predicted| / |predicted|")
+        **log_axis(drawn, reference, title="relative error (log scale)", dense_decades=2)
     )
     return curve
 
 
-def _add_error_traces(curve: go.Figure, eps_sorted: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _legend_above(fig: go.Figure) -> go.Figure:
+    """The legend in a row between title and plot: at the side it took a third of a
+    half-page chart's width (the square scatter shrank to fit what was left)."""
+    return fig.update_layout(
+        legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"},
+        margin={"t": 90},
+    )
+
+
+def _add_error_traces(
+    curve: go.Figure, eps_sorted: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """One line when each ε has one error, else the median with its Q1–Q3 band; returns the
-    median per ε (E,)."""
+    median per ε (E,) and every value drawn (the axis spans those, not the pairs outside the
+    band)."""
     if rows.shape[1] == 1:
         median = rows[:, 0]
         curve.add_trace(
@@ -148,7 +163,7 @@ def _add_error_traces(curve: go.Figure, eps_sorted: np.ndarray, rows: np.ndarray
                 hovertemplate="ε = %{x:.3g}<br>relative error = %{y:.3g}<extra></extra>",
             )
         )
-        return median
+        return median, median
     with np.errstate(all="ignore"):
         q1, median, q3 = np.nanpercentile(rows, [25, 50, 75], axis=1)
     curve.add_traces(
@@ -163,7 +178,7 @@ def _add_error_traces(curve: go.Figure, eps_sorted: np.ndarray, rows: np.ndarray
             x_hover="ε = %{x:.3g}",
         )
     )
-    return median
+    return median, np.concatenate([q1, median, q3])
 
 
 SCORE_TITLES = {

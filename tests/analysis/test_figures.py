@@ -447,6 +447,30 @@ def test_scores_table_rows_and_censoring(h_std):
         F.scores_table({})
 
 
+def test_score_table_cells_share_the_other_groups_precision_as_the_page_header_does(h_std):
+    """The header wrote ViT's 0.038 beside UNet's 0.9324 while the Scores tab's table said
+    0.04: a group's cell is now as wide as the other groups', as ``format_score`` with peers
+    writes it on the page."""
+    from coherence.analysis.verdict import format_score, quartile_band, score_peers
+
+    coarse = compute_scores(h_std)
+    # seeds that nearly agree: quartiles a few 1e-3 apart need more decimals
+    jitter = 2e-2 * np.random.default_rng(5).normal(size=h_std.shape)
+    fine = compute_scores(np.broadcast_to(h_std[:1], h_std.shape) + jitter)
+    by_group = {"UNet": fine, "ViT": coarse}
+    _, rows = F.score_rows(by_group)
+    widened = 0
+    for g, (label, scores) in enumerate(by_group.items()):
+        peers = score_peers(by_group, label)
+        for ref_name, others in peers.items():
+            score = getattr(scores, ref_name)
+            row = next(r for r in rows if r[0] == F.score_title(ref_name))
+            cell = row[2 + g].split(" (")[0]  # censoring note aside
+            assert cell == f"{format_score(score, others)} {quartile_band(score, others)}"
+            widened += format_score(score, others) != format_score(score)
+    assert widened  # the case arises here: some cell took its peer's precision
+
+
 # ------------------------------------------------------------- issue 16: fit and scales ---
 
 

@@ -24,6 +24,7 @@ from coherence.dashboard.control_rows import Dataset, Group, group_label, offere
 from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import code
 from coherence.dashboard.selection import (
+    RESPONSES,
     Selection,
     dataset_defaults,
     depth_text,
@@ -255,18 +256,39 @@ def _same_files(catalog: Catalog, selection: Selection, key: str) -> bool:
 
 def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
     """What tells cached entries apart first (a narrow sidebar cuts the end): the model
-    group, estimator and λ, its Krylov depth; then the dataset, seeds, batches, window and
-    key."""
+    group (with the seeds where not all of it: a subset assembled from a larger analysis
+    read like the whole), estimator and λ, its Krylov depth; then the dataset, seeds,
+    batches, responses where not all, window and key."""
     group = group_label(catalog, selection.dataset, selection.checkpoints) or "?"
+    members = catalog.group_of(selection.dataset, selection.checkpoints[0])
+    if members is not None and len(selection.checkpoints) < len(members.checkpoints):
+        group += " " + ", ".join(_seed_names(members.checkpoints, selection.checkpoints))
     window = f"{selection.t_start}:{selection.t_start + selection.n_steps}"
     depth = depth_text(selection).strip()
+    entry = catalog.dataset(selection.dataset)
+    every = RESPONSES if entry is not None and entry.conserved else ("smse",)
+    responses = (
+        ""
+        if set(selection.responses) >= set(every)
+        else " · " + "+".join("SMSE" if r == "smse" else r for r in selection.responses)
+    )
     return (
         f"{group} · {selection.estimator} λ={selection.damping:g} · "
         f"{depth + ' · ' if depth else ''}{selection.dataset} · "
         f"{plural(len(selection.checkpoints), 'seed')} × "
-        f"{plural(len(selection.trajectories), 'batch', 'batches')} · window {window} · "
-        f"{key[:8]}"
+        f"{plural(len(selection.trajectories), 'batch', 'batches')}{responses} · "
+        f"window {window} · {key[:8]}"
     )
+
+
+def _seed_names(group: Sequence[str], chosen: Sequence[str]) -> list[str]:
+    """The chosen checkpoints' names without the prefix their whole group shares, cut at an
+    underscore ('s10' of unet_demo_s10 among unet_demo_s35, …); whole names otherwise."""
+    parts = [name.split("_") for name in group]
+    shared = 0  # leading underscore-separated words every name shares, one word left each
+    while shared < min(map(len, parts)) - 1 and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    return ["_".join(name.split("_")[shared:]) for name in chosen]
 
 
 def _cached_analyses(catalog: Catalog) -> None:

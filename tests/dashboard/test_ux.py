@@ -338,8 +338,29 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
     shown = at.button(key="cached_switch")
     assert shown.label == "Shown" and shown.disabled  # the device is not part of the entry
     # what tells the entries apart comes first (the sidebar cuts long labels)
-    assert all(re.match(r"(UNet|ViT) · \S+ λ=\S+ · ", o) for o in pick.options), pick.options
+    assert all(re.match(r"(UNet|ViT)( [^·]+)? · \S+ λ=\S+ · ", o) for o in pick.options), (
+        pick.options
+    )
     assert len(set(pick.options)) == len(pick.options)
+
+
+def test_a_cached_subset_names_its_seeds_and_responses(workspace):
+    """A subset assembled from a cached analysis (one seed, no mass) read like the whole
+    group's entry: its label names the seed, after the group, and the responses it holds."""
+    from coherence.dashboard.sidebar import _cached_label
+
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    group = catalog.group_of(selection.dataset, selection.checkpoints[0])
+    assert len(group.checkpoints) > 1 and selection.checkpoints == group.checkpoints
+    whole = _cached_label(catalog, selection, "k" * 8)
+    first = group.checkpoints[0]
+    subset = replace(selection, checkpoints=(first,), responses=("smse",))
+    part = _cached_label(catalog, subset, "k" * 8)
+    seed = first.split("_")[-1]  # unet_tiny_s2 → s2: the words every name shares dropped
+    assert part.startswith(f"UNet {seed} · ") and whole.startswith("UNet · ")
+    assert "1 seed × " in part and " · SMSE · window" in part
+    assert "SMSE" not in whole  # every response: not named
 
 
 def test_a_moved_workspace_still_lists_its_cached_analyses(workspace, tmp_path, monkeypatch):

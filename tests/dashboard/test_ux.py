@@ -475,6 +475,23 @@ def test_the_check_runs_as_a_background_job_with_progress_cancel_and_reattach(
     assert metadata["kind"] == "counterfactual" and arrays["rel_errors"].shape == (4,)
 
 
+def test_the_conservation_hint_says_when_adding_the_responses_needs_no_computation(
+    workspace, monkeypatch, tmp_path
+):
+    """SMSE alone, where the cached result holds mass and energy too: the hint said
+    "… and compute" for what shows at once. Without that result, computing is the way."""
+    at = open_app(workspace, monkeypatch, {"panel": "Conservation", "resp": "smse"})
+    assert_clean(at)
+    hint = next(t for t in texts(at.info).split("\n") if "to the response observables" in t)
+    assert "Add mass and energy" in hint.replace("*", "")
+    assert "its result is cached already" in hint and "compute" not in hint
+    bare = copy_workspace(workspace, tmp_path / "bare")
+    JobRunner(bare).store.clear()
+    at = open_app(bare, monkeypatch, {"panel": "Conservation", "resp": "smse"})
+    hint = next(t for t in texts(at.info).split("\n") if "to the response observables" in t)
+    assert "compute: all responses come from one pass" in hint
+
+
 def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, monkeypatch):
     """The spectrum table writes the dominant share with two decimals (0.30, as the scores do,
     not 0.3), and the Conservation panel says its maps are the estimator's own reading."""

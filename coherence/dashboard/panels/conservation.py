@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from coherence.analysis.exports import lag_curves_csv, two_time_csv
 from coherence.analysis.figures import lag_curves_figure, two_time_heatmap
 from coherence.analysis.summaries import lag_curves, two_time_map
+from coherence.dashboard import loaders
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     PanelContext,
@@ -18,6 +21,7 @@ from coherence.dashboard.panels.common import (
     scale_choice,
     scale_selector,
 )
+from coherence.errors import CoherenceError
 
 CONSERVED = ("mass", "energy")
 RESPONSE_TAB = "cons_response"  # the open sub-tab: "Mass" or "Energy"
@@ -43,9 +47,13 @@ def conservation(ctx: PanelContext) -> None:
         return
     missing = [r for r in CONSERVED if r not in ctx.selection.responses]
     if missing:
+        then = (
+            "its result is cached already, so it shows at once"
+            if _cached_with(ctx, missing)
+            else "compute: all responses come from one pass over the batch"
+        )
         st.info(
-            f"Add **{' and '.join(missing)}** to the response observables in the sidebar and "
-            "compute: all responses come from one pass over the batch."
+            f"Add **{' and '.join(missing)}** to the response observables in the sidebar; {then}."
         )
     responses = [r for r in CONSERVED if r in ctx.selection.responses]
     if not responses or not need_results(ctx):
@@ -57,6 +65,18 @@ def conservation(ctx: PanelContext) -> None:
             continue
         with tab:
             _one_response(ctx, response)
+
+
+def _cached_with(ctx: PanelContext, responses: list[str]) -> bool:
+    """Whether the selection with ``responses`` added is cached for every group (whole, or
+    assembled from cached units): then adding them needs no computation."""
+    wider = replace(ctx.selection, responses=(*ctx.selection.responses, *responses))
+    runner = loaders.job_runner(str(ctx.root))
+    try:
+        counts = [runner.cached_unit_count(r) for r in wider.to_requests(ctx.root)]
+    except (CoherenceError, OSError):
+        return False
+    return all(cached == total for cached, total in counts)
 
 
 def _depth_advice(estimator: str, depth: int | None) -> str:

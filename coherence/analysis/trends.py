@@ -21,7 +21,7 @@ from coherence.errors import RequestError
 # (name, title) of the scores drawn against the sweep variable, in panel order
 TREND_SCORES = (
     ("diagonal_dominance", "Diagonal dominance"),
-    ("decay_length", "Lag decay length"),
+    ("decay_length", "Lag decay (steps)"),  # as the page's header names it
     ("inter_intra_ratio", "Inter / intra class"),
     ("toeplitz_defect", "Toeplitz defect"),
     ("top_eigenvalue", "Top eigenvalue of η + λI"),

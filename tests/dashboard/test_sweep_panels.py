@@ -99,7 +99,7 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
     assert not [b for b in at.button if b.key == "dyn_compute"]
     scores, maps = charts(at)
     panels = [a["text"] for a in scores["layout"]["annotations"]]
-    for title in ("Diagonal dominance", "Lag decay length", "Validation SMSE"):
+    for title in ("Diagonal dominance", "Lag decay (steps)", "Validation SMSE"):
         assert title in panels
     medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
     assert any(plotly_array(t["x"]).tolist() == [1, 2, 3] for t in medians)

@@ -95,23 +95,38 @@ class Tolerance(Number):
 @dataclass(frozen=True, kw_only=True)
 class Damping(Number):
     """λ, which euclidean (M = I) does not use: for it the widget is greyed out at the
-    default λ, so every euclidean selection is the one result the Sensitivity sweep computes
-    too; a changed λ had recomputed the same influence under a new key."""
+    default λ (``Selection`` holds that λ for euclidean), so every euclidean selection is the
+    one result the Sensitivity sweep computes too; a changed λ had recomputed the same
+    influence under a new key. The λ chosen before is kept aside and comes back with the
+    next estimator that uses it."""
 
     ignored_by: str = "euclidean"
 
     def _ignored(self, scope: Scope) -> bool:
         return scope.values.get("estimator") == self.ignored_by
 
-    def decode(self, raw: str, scope: Scope) -> dict[str, Any]:
-        if self._ignored(scope):
-            return self.assign(self.default)  # a link's λ is not its result's
-        return super().decode(raw, scope)
+    @property
+    def _kept_key(self) -> str:
+        return f"{self.state}_kept"  # the λ chosen before switching to euclidean
+
+    def parse(self, raw: str, scope: Scope) -> float:
+        value = super().parse(raw, scope)
+        if self._ignored(scope) and value != self.default:  # said, then the default used
+            raise RequestError(f"{self.ignored_by} (M = I) does not use λ")
+        return value
+
+    def load(self, state: State, scope: Scope) -> None:
+        super().load(state, scope)
+        state.pop(self._kept_key, None)  # a new selection: nothing to bring back
 
     def prepare(self, state: State, scope: Scope) -> None:
         super().prepare(state, scope)
         if self._ignored(scope):
+            if state[self.state] != self.default:
+                state[self._kept_key] = state[self.state]
             state[self.state] = self.default
+        elif self._kept_key in state:
+            state[self.state] = state.pop(self._kept_key)
 
     def read(self, state: State, scope: Scope) -> dict[str, Any]:
         return self.assign(self.default if self._ignored(scope) else float(state[self.state]))

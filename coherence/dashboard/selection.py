@@ -92,6 +92,8 @@ class Selection:
         object.__setattr__(self, "compare", tuple(dict.fromkeys(self.compare)))
         if self.estimator != "cg":
             object.__setattr__(self, "rtol", None)
+        if self.estimator == "euclidean":  # M = I: λ unused, one selection per result
+            object.__setattr__(self, "damping", DEFAULT_DAMPING)
         # canonical: None stands for the estimator's default (a link without depth, and one
         # selection per request key)
         default = estimator_default_depth(self.estimator)
@@ -401,6 +403,8 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
         )
     except (KeyError, TypeError, ValueError):  # RequestError is a ValueError
         return None
+    if selection.damping != float(request["damping"]):  # euclidean at another λ (the CLI's)
+        return None  # is not a selection the page makes: it would show another analysis
     if check_group(catalog, entry, selection.checkpoints):
         return None
     return selection

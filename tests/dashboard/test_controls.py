@@ -182,8 +182,8 @@ def test_the_depth_follows_the_estimator():
 
 def test_euclidean_reads_the_default_damping_whatever_the_widget_or_link_held():
     """euclidean does not use λ; a changed λ recomputed its one result under a new key. Its
-    widget is greyed out at the default, a link's λ is ignored, and another estimator reads
-    λ again."""
+    widget is greyed out at the default, the λ chosen before comes back with the next
+    estimator, a link's other λ is named and replaced, and a Selection holds the default."""
     from coherence.dashboard.control_kinds import Scope
     from coherence.dashboard.controls import Damping
 
@@ -194,19 +194,39 @@ def test_euclidean_reads_the_default_damping_whatever_the_widget_or_link_held():
     state["sb_est"] = "euclidean"
     prepare_state(state, catalog)
     assert state["sb_damping"] == DEFAULT_DAMPING
-    state["sb_damping"] = 1e-3  # as a stale widget value would be
     assert read_state(state, catalog).damping == DEFAULT_DAMPING
     state["sb_est"] = "subspace"
-    state["sb_damping"] = 1e-3
     prepare_state(state, catalog)
-    assert read_state(state, catalog).damping == 1e-3
+    assert read_state(state, catalog).damping == 1e-2  # the λ chosen before is back
+    load_state(state, replace(default_selection(catalog), estimator="euclidean"), catalog)
+    state["sb_est"] = "cg"
+    prepare_state(state, catalog)
+    assert read_state(state, catalog).damping == DEFAULT_DAMPING  # a new selection: no λ kept
+    euclidean = replace(default_selection(catalog), estimator="euclidean", damping=1e-2)
+    assert euclidean.damping == DEFAULT_DAMPING  # one selection per result
+    assert decode_query(encode(euclidean), catalog) == (euclidean, [])  # round trip
     linked, warnings = decode_query({"est": "euclidean", "damping": "0.01"}, catalog)
-    assert warnings == [] and linked.damping == DEFAULT_DAMPING
+    assert linked.damping == DEFAULT_DAMPING
+    assert warnings == [
+        "URL parameter damping='0.01': euclidean (M = I) does not use λ; using 0.0001 instead"
+    ]
     assert decode_query({"est": "ekfac", "damping": "0.01"}, catalog)[0].damping == 1e-2
     (damping,) = [c for c in CONTROLS if isinstance(c, Damping)]
     scope = Scope(catalog=catalog, values={"estimator": "euclidean"})
     assert damping.widget_args(scope)["disabled"] is True
     assert "disabled" not in damping.widget_args(replace(scope, values={"estimator": "cg"}))
+
+
+def test_a_cached_euclidean_result_at_another_damping_is_not_offered():
+    """The CLI may cache euclidean at λ = 1e-2; the page's euclidean is at the default, so
+    that entry would open another analysis: from_request leaves it out."""
+    from coherence.dashboard.selection import from_request
+
+    catalog = synthetic_catalog()
+    base = replace(default_selection(catalog), estimator="euclidean")
+    request = base.to_request(catalog.root).to_dict()
+    assert from_request(catalog, request) == base
+    assert from_request(catalog, request | {"damping": 1e-2}) is None
 
 
 def test_a_bad_link_depth_names_the_default_it_falls_back_to():

@@ -259,7 +259,8 @@ def acquire(
 
 
 _state_lock = threading.Lock()
-_measuring = threading.Lock()  # one cost probe at a time per process (``measuring_slot``)
+_measuring = threading.RLock()  # one cost probe at a time per process (``measuring_slot``)
+_probe_holds_slot = threading.Event()  # set while this process's probe holds a slot
 MEASURING_WAIT_SECONDS = 60.0  # a probe times one batch's forward twice: seconds, not minutes
 _held: list = []  # [Slot, descriptor, depth, torch threads before] while this process holds one
 
@@ -327,7 +328,7 @@ def busy() -> bool:
     this process holds, for a job or for another thread's cost probe (a dashboard rerun that
     overlaps the one before it), is not another process's: reading it so told the page that
     another job was computing and greyed out Compute."""
-    if held_slot() is not None or _measuring.locked():
+    if held_slot() is not None or _probe_holds_slot.is_set():
         return False
     taken = _free_slot_now()
     if taken is None:
@@ -355,18 +356,25 @@ def measuring_slot() -> Iterator[bool]:
         yield False
         return
     try:
+        if _probe_holds_slot.is_set():  # this thread's own probe, nested (an RLock)
+            yield True
+            return
         taken = _free_slot_now()
         if taken is None:  # every slot computes, or others queue for the next one
             yield False
             return
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads_per_job())
+        _probe_holds_slot.set()
         try:
-            yield True
+            import torch
+
+            before = torch.get_num_threads()
+            torch.set_num_threads(threads_per_job())
+            try:
+                yield True
+            finally:
+                torch.set_num_threads(before)
         finally:
-            torch.set_num_threads(before)
+            _probe_holds_slot.clear()
             os.close(taken[1])
     finally:
         _measuring.release()

@@ -230,5 +230,26 @@ def test_a_probe_in_another_thread_of_this_process_is_not_another_job(slot_dir, 
     _, fd = slots.acquire("another process's job")  # a real holder still counts
     try:
         assert slots.busy()
+        # ... also while a probe of this process runs without a slot (it yielded False)
+        probing, done = threading.Event(), threading.Event()
+
+        def slotless_probe() -> None:
+            with slots.measuring_slot() as quiet:
+                order.append(f"slotless quiet={quiet}")
+                probing.set()
+                done.wait(TIMEOUT)
+
+        other = threading.Thread(target=slotless_probe)
+        other.start()
+        try:
+            assert probing.wait(TIMEOUT)
+            assert slots.busy()
+        finally:
+            done.set()
+            other.join(TIMEOUT)
+        assert order[-1] == "slotless quiet=False"
     finally:
         os.close(fd)
+    with slots.measuring_slot() as outer, slots.measuring_slot() as inner:  # nested: no wait
+        assert outer and inner
+    assert not slots.busy()

@@ -216,16 +216,18 @@ def _train_cost(
     probe: ModelProbe, args: TrainingArgs, pairs: tuple[int, int], remaining: int, state: int
 ) -> tuple[float, int]:
     """Seconds for the remaining epochs; peak bytes: one optimizer step's
-    (``training_step_bytes``) and the pairs in memory (none past the budget of
-    ``pairs.memory_budget``: then they are streamed)."""
+    (``training_step_bytes``, at most as many examples as there are pairs) and, on a CPU,
+    the pairs in memory (none past the budget of ``pairs.memory_budget``: then they are
+    streamed; on a GPU they stay in the host's memory). ``coherence train`` warns by the
+    same count."""
     train_pairs, valid_pairs = pairs
     epoch = train_pairs * probe.train_step_seconds + valid_pairs * probe.forward_seconds
     itemsize = 4
-    peak = (
-        training_step_bytes(probe.n_params, args.batch_size, probe.activation_bytes, itemsize)
-        + _pairs_in_memory(2 * train_pairs * state * itemsize)
-        + _pairs_in_memory(2 * valid_pairs * state * itemsize)
-    )
+    batch = min(args.batch_size, train_pairs)
+    peak = training_step_bytes(probe.n_params, batch, probe.activation_bytes, itemsize)
+    if probe.device == "cpu":
+        peak += _pairs_in_memory(2 * train_pairs * state * itemsize)
+        peak += _pairs_in_memory(2 * valid_pairs * state * itemsize)
     return remaining * epoch, int(peak)
 
 
@@ -443,7 +445,7 @@ def _train_step(ctx: _Context, probe: ModelProbe, arch: str, seed: int) -> Train
     remaining = args.epochs - (done if state in ("done", "resume") else 0)
     seconds, peak = _train_cost(probe, args, ctx.pairs, remaining, ctx.state_size)
     per_example = 2 * probe.activation_bytes  # as _train_cost counts a batch
-    return TrainStep(arch, seed, out, args, done, state, seconds, peak, per_example)
+    return TrainStep(arch, seed, out, args, done, state, seconds, peak, per_example, ctx.pairs[0])
 
 
 def _analysis_step(
@@ -522,7 +524,8 @@ def _memory_notes(
         need = f"training {step.out.name} needs ≈ {step.peak_bytes / GIB:.1f} GiB of "
         need += f"{available / GIB:.1f} GiB"
         per_example = step.per_example_bytes
-        fixed = step.peak_bytes - step.args.batch_size * per_example
+        examples = min(step.args.batch_size, step.pairs or step.args.batch_size)
+        fixed = step.peak_bytes - examples * per_example
         fits = batch_size_that_fits(fixed, per_example, 0.8 * available)
         if fits >= 1 and step.state != "resume":  # a resume keeps its batch size
             peak = (fixed + fits * per_example) / GIB

@@ -122,6 +122,7 @@ class TrainStep:
     seconds: float
     peak_bytes: int
     per_example_bytes: int = 0  # of peak_bytes, what each example of a batch adds
+    pairs: int | None = None  # training pairs, a batch holds at most these (None: unknown)
 
 
 @dataclass(frozen=True)

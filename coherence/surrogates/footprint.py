@@ -107,7 +107,9 @@ def available_bytes(device: str | torch.device) -> int:
         if not torch.cuda.is_available():
             return UNKNOWN  # moving the model there fails later with its own message
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # blocks torch's caching allocator holds but no tensor uses are free to this process
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
     if device.type != "cpu":
         return UNKNOWN
     return free_memory()

@@ -298,17 +298,19 @@ WARNING = "warning: "  # a log line so marked is a warning (the CLI colours it)
 
 def _warn_if_a_step_may_not_fit(
     model: nn.Module,
-    pairs: TransitionPairs,
+    pairs: tuple[TransitionPairs, TransitionPairs],
     args: TrainingArgs,
     device: torch.device,
     *,
     resumed: bool,
     log: Callable[[str], None],
 ) -> None:
-    """Say before the first epoch that one optimizer step may exceed the free memory (kept
-    to four fifths, as ``analyze`` keeps), with the --batch-size that fits: an out-of-memory
-    kill mid-epoch loses the epoch. Counted as a study plans it (``training_step_bytes``),
-    less the weights and pairs already loaded; an upper bound, so a warning, not a refusal."""
+    """Say before the first epoch that one optimizer step may not fit, with the --batch-size
+    that does: an out-of-memory kill mid-epoch loses the epoch. The rule is a study plan's
+    (``training_step_bytes`` plus the pairs held on that device, within four fifths of the
+    memory, as ``analyze`` keeps), applied to the memory this run had before it loaded the
+    weights, the pairs and (resumed) the optimizer's moments; an upper bound, so a warning,
+    not a refusal."""
     from coherence.probe import activation_bytes
     from coherence.resources import UNKNOWN
     from coherence.surrogates.footprint import (
@@ -321,16 +323,19 @@ def _warn_if_a_step_may_not_fit(
     available = available_bytes(device)
     if available == UNKNOWN:
         return
+    train_pairs, valid_pairs = pairs
     n_params = sum(p.numel() for p in model.parameters())
     itemsize = next(model.parameters()).element_size()
-    example = pairs.get(torch.tensor([0]))[0].to(device)
-    per_example = 2 * activation_bytes(model, example)
-    step = training_step_bytes(n_params, args.batch_size, per_example // 2, itemsize)
-    need = step - n_params * itemsize  # the weights are on the device already
-    if need <= 0.8 * available:
+    batch = min(args.batch_size, len(train_pairs))  # no step holds more than the pairs
+    per_example = 2 * activation_bytes(model, train_pairs.get(torch.tensor([0]))[0].to(device))
+    held = train_pairs.nbytes + valid_pairs.nbytes if device.type == "cpu" else 0
+    total = training_step_bytes(n_params, batch, per_example // 2, itemsize) + held
+    loaded = n_params * itemsize * (3 if resumed else 1) + held  # weights (+ AdamW moments)
+    budget = 0.8 * (available + loaded)
+    if total <= budget:
         return
-    fixed = need - args.batch_size * per_example
-    fits = batch_size_that_fits(fixed, per_example, 0.8 * available)
+    fixed = total - batch * per_example
+    fits = batch_size_that_fits(fixed, per_example, budget)
     if fits >= 1 and not resumed:  # a resume keeps its batch size
         fix = f"train with --batch-size {fits} (≈ {memory_text(fixed + fits * per_example)})"
     elif device.type == "cpu":
@@ -338,9 +343,10 @@ def _warn_if_a_step_may_not_fit(
     else:
         fix = "train on a GPU with more memory"
     log(
-        f"{WARNING}one training step at --batch-size {args.batch_size} needs ≈ "
-        f"{memory_text(need)} of {device.type} memory beyond what is loaded, and "
-        f"{memory_text(available)} is free: it may run out of memory mid-epoch; {fix}"
+        f"{WARNING}one training step of {batch} examples needs ≈ {memory_text(total)} of "
+        f"{device.type} memory with the weights, optimizer and pairs, more than the "
+        f"{memory_text(int(budget))} it keeps to (four fifths of {memory_text(available)} free "
+        f"and {memory_text(loaded)} loaded): it may run out of memory mid-epoch; {fix}"
     )
 
 
@@ -494,9 +500,8 @@ def _train(
         every = default_transitions(len(info.times))  # what a stored None meant here
         model, optimizer, history = _resume(out, args, train_pairs, device, log, every)
     if log and len(history) < args.epochs:
-        _warn_if_a_step_may_not_fit(
-            model, train_pairs, args, device, resumed=bool(history), log=log
-        )
+        both = (train_pairs, valid_pairs)
+        _warn_if_a_step_may_not_fit(model, both, args, device, resumed=bool(history), log=log)
     config = _run_config(model, info, args, classes, (train_pairs, valid_pairs), dataset_root)
     validate = validation(valid_pairs, device)
     if not history:

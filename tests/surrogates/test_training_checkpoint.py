@@ -14,6 +14,7 @@ from coherence.errors import CheckpointError, RequestError
 from coherence.simulation.dataset import open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.losses import scaled_residual, smse
+from coherence.surrogates.pairs import TransitionPairs
 from coherence.surrogates.rollout import rollout, rollout_errors
 from coherence.surrogates.training import train, trained_transitions
 from tests.fixtures import tiny_args
@@ -343,8 +344,12 @@ def test_training_warns_before_a_step_that_may_not_fit_with_the_batch_size_that_
     )  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
     per_example = 2 * activation_bytes(model, torch.zeros(1, len(info.channels), 16, 16))
-    # beyond the loaded weights: gradients and two AdamW moments, and the batch's activations
-    free = (3 * 4 * n_params + 3.5 * per_example) / 0.8
+    classes = list(info.classes)
+    held = sum(TransitionPairs(info, s, classes, 4).nbytes for s in ("train", "valid"))
+    # a step: weights, gradients, two AdamW moments, the batch's activations and the pairs,
+    # within four fifths of the memory before the weights and pairs were loaded
+    step_of_3_and_a_half = 4 * 4 * n_params + held + 3.5 * per_example
+    free = step_of_3_and_a_half / 0.8 - (4 * n_params + held)
     monkeypatch.setattr(footprint, "available_bytes", lambda device: int(free))
 
     def warnings(batch_size: int, out: str) -> list[str]:
@@ -358,7 +363,8 @@ def test_training_warns_before_a_step_that_may_not_fit_with_the_batch_size_that_
         return [line for line in lines if line.startswith("warning: one training step")]
 
     (warned,) = warnings(8, "b8")
-    assert "--batch-size 8 needs" in warned and "train with --batch-size 3 (≈" in warned
+    assert "one training step of 8 examples needs" in warned
+    assert "train with --batch-size 3 (≈" in warned
     assert warnings(3, "b3") == []
     assert "train with --batch-size 3" in warnings(4, "b4")[0]
     lines: list[str] = []
@@ -372,7 +378,12 @@ def test_training_warns_before_a_step_that_may_not_fit_with_the_batch_size_that_
     command += ["1", "--batch-size", "8", "--transitions", "4", "--device", "cpu"]
     shown = CliRunner().invoke(app, command, env={"COLUMNS": "300"})
     assert shown.exit_code == 0, shown.output
-    assert "warning: one training step at --batch-size 8" in shown.output  # before epoch 1
+    assert "warning: one training step of 8 examples" in shown.output  # before epoch 1
     assert shown.output.index("warning:") < shown.output.index("epoch 1/1")
     monkeypatch.setattr(footprint, "available_bytes", lambda device: 2**40)
     assert warnings(8, "plenty") == []
+    # a batch larger than the pairs holds only the pairs: counted at what a step holds
+    n_pairs = len(TransitionPairs(info, "train", classes, 4))
+    assert n_pairs < 64
+    monkeypatch.setattr(footprint, "available_bytes", lambda device: int(free))
+    assert warnings(n_pairs + 56, "huge") == warnings(n_pairs, "exact")

@@ -177,7 +177,8 @@ def test_compare_offers_the_difference_map_and_keeps_one_colour_axis(workspace, 
     assert label == "Data UNet − ViT (CSV)" and mime == "text/csv"
     assert name.endswith("_two_time_difference.csv")
     text = data().decode()
-    assert "# class pair: intra-class mean" in text
+    assert "# class pair: intra-class mean" in text and "# values of: UNet − ViT" in text
+    assert "# colour scale: diverging" in text  # the difference map's own, not the maps'
     values = [line.split(",") for line in text.splitlines() if line and not line.startswith("#")]
     header, body = values[0], values[1:]
     assert len(body) == V[0].size, header

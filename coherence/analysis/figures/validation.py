@@ -44,9 +44,9 @@ def counterfactual_figures(
     title: str = "Counterfactual check",
 ) -> tuple[go.Figure, go.Figure]:
     """Read: (a) measured vs predicted change of ⟨r_A(r), ŷ_r⟩ at the smallest ε (points on
-    y = x validate the estimator); (b) relative error |measured − predicted| / |predicted| vs
-    ε, log-log: it must fall with ε along the slope-1 reference (first-order Taylor
-    remainder) until round-off takes over.
+    y = x validate the estimator); (b) relative error ‖measured − predicted‖ / ‖predicted‖
+    (norms over the responses r) vs ε, log-log: it must fall with ε along the slope-1
+    reference (first-order Taylor remainder) until round-off takes over.
 
     epsilons [E]; predicted, measured: [E, ...] (ε leading; pairs (r, p) after) or 1-D, the
     pairs at the smallest ε; predicted = −ε·D·H[r, p]. rel_errors [E] or [E, ...] (median and

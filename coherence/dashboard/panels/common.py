@@ -109,10 +109,14 @@ class PanelContext:
         stem = self.stem(panel, group if self.compare else None)
         return csv_file(label, f"{stem}.csv", self._headed(data, group))
 
-    def view_csv(self, label: str, stem: str, data: Bytes) -> tuple[str, str, Bytes, str]:
+    def view_csv(
+        self, label: str, stem: str, data: Bytes, holds: str
+    ) -> tuple[str, str, Bytes, str]:
         """A CSV of what the view derives from every group (a difference map), under the
-        view's parameter header."""
-        return csv_file(label, f"{stem}.csv", self._headed(data))
+        view's parameter header and a line saying what its values are (``holds``)."""
+        return csv_file(
+            label, f"{stem}.csv", lambda: with_header(data(), self.meta() | {"values of": holds})
+        )
 
     def _headed(self, data: Bytes, group: GroupState | None = None) -> Bytes:
         """The CSV under its parameter header; a group's file also says whose values it

@@ -200,7 +200,12 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
         meta=view.meta(),
     )
     if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
-        _difference(view, maps, [g.label for g in ctx.ready], option)
+        difference = ctx.with_choices(  # always diverging: not the maps' colour scale
+            {"class_pair": _pair_label(INTRA), "colour_scale": "diverging"},
+            class_pair=None if option == INTRA else _pair_tag(option),
+            colour_scale=None,
+        )
+        _difference(difference, maps, [g.label for g in ctx.ready], option)
     return scale, zrange
 
 
@@ -237,7 +242,7 @@ def _difference_chart(ctx: PanelContext, V_a, V_b, labels: list[str], option: st
         "two_time_diff",
         stem,
         figure=figure,
-        files=[ctx.view_csv(label, stem, data)],
+        files=[ctx.view_csv(label, stem, data, f"{labels[0]} − {labels[1]}")],
         caption=how_to_read(difference_heatmap),
         meta=ctx.meta(),
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
+import zlib
 from dataclasses import replace
 from typing import Any
 
@@ -78,6 +80,20 @@ def read_metadata(archive: Any, key: str) -> dict[str, Any]:
     return metadata
 
 
+# what reading a damaged npz raises: a truncated or bit-flipped blob fails in zipfile (bad
+# archive, CRC mismatch) or zlib, not only in numpy's own checks
+READ_ERRORS = (
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
+
+
 def decode_result(key: str, blob: bytes) -> AnalysisResult:
     """Parse a blob written by ``encode_result`` (no pickle); CacheCorruptionError if not."""
     try:
@@ -92,7 +108,7 @@ def decode_result(key: str, blob: bytes) -> AnalysisResult:
         return replace(result, provenance={**result.provenance, "cache_key": key})
     except CacheCorruptionError:
         raise
-    except (ValueError, KeyError, TypeError, OSError, EOFError) as error:
+    except READ_ERRORS as error:
         raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
 
 
@@ -123,7 +139,7 @@ def unpack_blob(key: str, blob: bytes) -> tuple[dict[str, np.ndarray], dict[str,
             arrays = {name: archive[name] for name in archive.files if name != METADATA_ARRAY}
     except CacheCorruptionError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, OSError, EOFError) as error:
+    except READ_ERRORS as error:
         raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
     _check_cache_field(metadata, key)
     return arrays, metadata

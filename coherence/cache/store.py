@@ -39,6 +39,7 @@ import numpy as np
 from coherence.analysis.results import AnalysisResult, UnitResult
 from coherence.cache import layout, sqlview
 from coherence.cache.blobs import (
+    READ_ERRORS,
     decode_result,
     decode_unit,
     encode_artifact,
@@ -217,10 +218,10 @@ class ResultStore(JobRecords):
                 source.close()
         except CacheCorruptionError as error:
             self._refuse(name, error)
-        except (ValueError, KeyError, TypeError, EOFError) as error:
-            self._refuse(name, CacheCorruptionError(f"{type(error).__name__}: {error}"))
         except OSError:
             pass  # deleted between the lookup and the read
+        except READ_ERRORS as error:
+            self._refuse(name, CacheCorruptionError(f"{type(error).__name__}: {error}"))
         return None
 
     def age(self, key: str) -> float | None:

@@ -177,6 +177,31 @@ def test_entries_not_in_the_result_form_are_refused(store, caplog):
     plain.close()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
+def test_a_damaged_blob_is_refused_not_raised(store, caplog, damage):
+    """A truncated or bit-flipped npz fails in zipfile (BadZipFile, a CRC mismatch), which
+    reached `analyze` and `report` as a traceback on every rerun. The entry is refused
+    (deleted, so the next run recomputes or reassembles it), through every reader."""
+    plain = diskcache.Cache(str(store.directory / "store"), disk=SafeDisk)
+    store.put(KEY, synthetic_result())
+    blob = bytearray(plain.get(f"result:{KEY}"))
+    if damage == "truncated":
+        blob = blob[: len(blob) // 2]
+    else:
+        middle = len(blob) // 2
+        blob[middle : middle + 100] = bytes(b ^ 0xFF for b in blob[middle : middle + 100])
+    readers = [store.get, store.get_unit]  # the metadata alone may survive a flip elsewhere
+    readers += [store.result_request] if damage == "truncated" else []
+    for reader in readers:
+        name = "unit" if reader == store.get_unit else "result"
+        plain.set(f"{name}:{KEY}", bytes(blob))
+        with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
+            assert reader(KEY) is None, reader
+        assert f"{name}:{KEY}" not in plain  # refused: gone, so a rerun rebuilds it
+    assert "not in the safe form" in caplog.text
+    plain.close()
+
+
 def test_decode_refuses_object_arrays_and_bad_metadata(tmp_path):
     import io
 

@@ -118,9 +118,19 @@ def discard_damaged(directory: str | os.PathLike) -> int:
     import shutil
 
     store_dir = Path(directory) / "store"
-    files = sum(1 for p in store_dir.rglob("*") if p.is_file()) if store_dir.is_dir() else 0
+
+    def count() -> int:
+        return sum(1 for p in store_dir.rglob("*") if p.is_file()) if store_dir.is_dir() else 0
+
+    before = count()
     shutil.rmtree(store_dir, ignore_errors=True)
-    return files
+    left = count()
+    if left:  # a read-only or foreign store: say so, not "removed"
+        raise CoherenceError(
+            f"{store_dir}: could not remove {left} of its {before} files (read-only, or not "
+            "yours); remove the folder with the rights to, or use another workspace"
+        )
+    return before
 
 
 class ResultStore(JobRecords):
@@ -147,6 +157,13 @@ class ResultStore(JobRecords):
                 disk_min_file_size=2**15,
             )
             self.remove_orphans()
+        except sqlite3.OperationalError as error:  # locked, read-only, not ours: not damaged
+            raise CoherenceError(
+                f"{store_dir / 'cache.db'}: the cache's database cannot be used now ({error}): "
+                "another process may hold it locked, or the workspace is read-only or not "
+                "yours; wait for that process and rerun, or use a workspace you can write "
+                "(COHERENCE_WORKSPACE). The cache is not damaged: do not clear it"
+            ) from None
         except sqlite3.DatabaseError as error:  # a disk fault, or a file written over
             raise DamagedCacheError(
                 f"{store_dir / 'cache.db'}: the cache's database is damaged ({error}); "

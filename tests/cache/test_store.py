@@ -421,6 +421,37 @@ def test_key_refuses_missing_inputs(checkpoint, tiny_dataset, tmp_path):
         request_key(quick_request(empty, tiny_dataset))
 
 
+@pytest.mark.slow  # diskcache retries a locked database for 60 s before it gives up
+def test_a_locked_database_is_not_called_damaged_and_clear_removes_nothing(tmp_path):
+    """A database another process holds locked (or one on a read-only mount) was reported as
+    damaged, and the advice, `cache clear`, deleted a healthy cache. Now `cache clear`
+    names it as busy or unwritable, says it is not damaged, and leaves every file."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    workspace = tmp_path / "ws"
+    with ResultStore(workspace / "cache") as opened:
+        opened.put(KEY, synthetic_result())
+    store_dir = workspace / "cache" / "store"
+    files = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    holder = sqlite3.connect(store_dir / "cache.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # as a long write of another process would
+    try:
+        cleared = CliRunner().invoke(app, ["cache", "clear", "--workspace", str(workspace)])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert cleared.exit_code == 2, cleared.output
+    assert "database is locked" in cleared.output and "not damaged" in cleared.output
+    assert "removed" not in cleared.output
+    assert all(p.read_bytes() == data for p, data in files.items())  # nothing deleted
+    with ResultStore(workspace / "cache") as reopened:
+        assert reopened.get(KEY) is not None  # the cache was fine all along
+
+
 def test_a_damaged_database_is_named_and_cache_clear_starts_afresh(tmp_path):
     """Bytes of cache.db overwritten (a disk fault): every command ended in sqlite's
     traceback, `cache clear` too. Opening names the file and the fix; clear removes the

@@ -200,7 +200,21 @@ def _finished_training(
         and stored.get("epochs") == epochs
         and len(history) == epochs
     )
-    return (config.arch, stored.get("seed")) if same else None
+    if not same or not _loads(directory):
+        return None
+    return config.arch, stored.get("seed")
+
+
+def _loads(directory: Path) -> bool:
+    """Whether a checkpoint the study would adopt is whole: its files the set saved together
+    and its weights the architecture's. A copy with an edited config was adopted, and the
+    study then failed on a checkpoint the user never named."""
+    try:
+        ckpt.verify(directory)
+        ckpt.load(directory, device="cpu")
+    except (CoherenceError, OSError):
+        return False
+    return True
 
 
 def _probe(arch: str, spec: StudySpec, info: DatasetInfo, device: torch.device) -> ModelProbe:

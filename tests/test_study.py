@@ -359,7 +359,21 @@ def test_a_study_uses_finished_checkpoints_of_the_same_training_under_other_name
     run_study(plan_study(demo_named, root), log=lambda _: None)
     trained = checkpoints_dir(root) / "vit_demo_s7"
     history = ckpt.read_history(trained)
+    # broken copies that sort first are not adopted: changed weights (the manifest says
+    # so), and an edited config without a manifest (the weights do not fit it)
+    flipped, edited = checkpoints_dir(root) / "aaa_flipped", checkpoints_dir(root) / "aab_edited"
+    for copy in (flipped, edited):
+        shutil.copytree(trained, copy)
+    weights = bytearray((flipped / ckpt.WEIGHTS_FILE).read_bytes())
+    weights[-8:] = bytes(8)
+    (flipped / ckpt.WEIGHTS_FILE).write_bytes(bytes(weights))
+    (edited / ckpt.MANIFEST_FILE).unlink()
+    config = json.loads((edited / ckpt.CONFIG_FILE).read_text())
+    config["model"]["config"]["width"] = 2 * config["model"]["config"]["width"]
+    (edited / ckpt.CONFIG_FILE).write_text(json.dumps(config))
     plan = plan_study(spec(), root)
+    shutil.rmtree(flipped)
+    shutil.rmtree(edited)
     assert plan.spec.checkpoint_name("vit", 7) == "vit_demo_s7"
     assert [(t.out, t.state) for t in plan.train] == [(trained, "done")]
     assert "vit: uses the trained vit_demo_s7 (this data, the same settings, 1 epoch)" in (

@@ -473,6 +473,7 @@ def _analysis_step(
 
     spec, info = ctx.spec, ctx.info
     selection = selection_for(spec, ctx.root, info, arch, ctx.classes)
+    _check_test_batches(info, selection)
     model = build_model(arch, spec.preset, channels=len(info.channels), resolution=info.height)
     model = model.to(ctx.device)
     request = AnalysisRequest(
@@ -509,6 +510,15 @@ def _analysis_step(
         cached_units=cached,
     )
     return step, series_seconds
+
+
+def _check_test_batches(info: DatasetInfo, selection) -> None:
+    """Read the test states the analyses will use, before any training: a NaN in a test
+    trajectory was found only after the models had trained (hours with the paper preset).
+    The reader refuses it with the file, the trajectory and the fix."""
+    window = slice(selection.t_start, selection.t_start + selection.n_steps + 1)
+    for name in selection.classes:
+        info.load("test", name, trajectories=list(selection.trajectories), steps=window)
 
 
 def _setting_request(request: AnalysisRequest, setting, arch: str) -> AnalysisRequest:

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import numpy as np
 import pytest
 
 from coherence.cache.jobs import JobRunner
@@ -24,7 +25,7 @@ from coherence.cli_common import console
 from coherence.cli_study import _print_panels
 from coherence.dashboard.selection import decode_query
 from coherence.dashboard.workspace_scan import scan_workspace
-from coherence.errors import RequestError
+from coherence.errors import CoherenceError, RequestError
 from coherence.study import StudySpec, SweepStep, plan_study, run_study
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.fileset import digest
@@ -151,6 +152,21 @@ def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path, monkeyp
     runner.store.delete_unit(seed_1)
     (whole,) = plan_study(spec(seeds=(1, 2), epochs=2), root).analyses
     assert whole.cached_units == 0 and (half.seconds, whole.seconds) == (30.0, 60.0)
+
+
+def test_a_nan_in_the_test_split_is_refused_by_the_plan_before_any_training(tmp_path):
+    """NaN in a test trajectory was found only by the analysis, after training; the plan
+    reads the test states the analyses use and names the file and trajectory."""
+    import h5py
+
+    root = tmp_path / "ws"
+    make_dataset(root)
+    test_file = datasets_dir(root) / "ce_small" / "data" / "test" / "CE-RP.hdf5"
+    with h5py.File(test_file, "r+") as f:
+        f["t0_fields/density"][0, 1, 0, 0] = np.nan
+    with pytest.raises(CoherenceError, match=r"CE-RP\.hdf5: trajectory 0 contains NaN"):
+        plan_study(spec(), root)
+    assert not checkpoints_dir(root).exists() or not any(checkpoints_dir(root).iterdir())
 
 
 def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(

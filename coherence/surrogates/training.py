@@ -400,10 +400,8 @@ def _train_epoch(
         index = order[begin : begin + args.batch_size]
         x, y = (t.to(device) for t in pairs.get(index))
         loss = smse(model(x), y)
-        if not torch.isfinite(loss):
-            raise RequestError(
-                f"training diverged at epoch {epoch + 1} (loss {float(loss)}); lower --lr"
-            )
+        if not torch.isfinite(loss):  # diverged: the epoch is refused (_refuse_divergence)
+            return float(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -516,6 +514,7 @@ def _train(
             "valid_smse": validate(model),
             "seconds": time.perf_counter() - start,
         }
+        _refuse_divergence(out, record, args, saved=len(history))
         history.append(record)
         if log:
             log(
@@ -524,3 +523,18 @@ def _train(
             )
         _save_epoch(out, model, optimizer, config, history, args, keep)
     return out
+
+
+def _refuse_divergence(out: Path, record: dict[str, float], args: TrainingArgs, saved: int) -> None:
+    """Stop at an epoch whose loss is NaN or infinite (a learning rate too large), before
+    it is saved: it was written as a finished checkpoint (history.json with a bare NaN,
+    which is not JSON) that every analysis then refused."""
+    bad = [k for k in ("train_smse", "valid_smse") if not math.isfinite(record[k])]
+    if not bad:
+        return
+    kept = f"{out} keeps epoch {saved}" if saved else f"nothing was saved to {out}"
+    raise RequestError(
+        f"epoch {record['epoch']}: the {' and '.join(k.replace('_', ' ') for k in bad)} is "
+        f"{record[bad[0]]} (training diverged); {kept}. Train again with a smaller --lr "
+        f"(this run: {args.lr:g}) into a new --out"
+    )

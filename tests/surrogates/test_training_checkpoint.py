@@ -387,3 +387,35 @@ def test_training_warns_before_a_step_that_may_not_fit_with_the_batch_size_that_
     assert n_pairs < 64
     monkeypatch.setattr(footprint, "available_bytes", lambda device: int(free))
     assert warnings(n_pairs + 56, "huge") == warnings(n_pairs, "exact")
+
+
+def test_a_diverged_epoch_stops_training_before_it_is_saved(tiny_dataset, tmp_path):
+    """--lr 1e6 made the loss NaN: it was saved as a finished checkpoint whose history.json
+    held a bare NaN (not JSON), refused by every analysis later. Training stops at that
+    epoch with the fix, and what was saved before stays as it was."""
+    out = tmp_path / "diverged"
+    with pytest.raises(
+        RequestError,
+        match=r"epoch 1: the .* is nan \(training diverged\); "
+        r"nothing was saved .* smaller --lr \(this run: 1e\+06\)",
+    ):
+        train(tiny_dataset, out, tiny_args(epochs=1, lr=1e6))
+    assert not (out / ckpt.CONFIG_FILE).exists()
+
+
+def test_a_diverged_resumed_epoch_leaves_the_saved_epochs_as_they_were(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    """The refusal comes before the save: a run resumed from epoch 1 whose epoch 2 diverges
+    (its validation loss made NaN here) keeps epoch 1's files byte for byte."""
+    from coherence.surrogates import training
+
+    good = tmp_path / "good"
+    train(tiny_dataset, good, tiny_args(epochs=1))
+    before = {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()}
+    monkeypatch.setattr(training, "validation", lambda pairs, device: lambda m: float("nan"))
+    with pytest.raises(
+        RequestError, match=rf"epoch 2: the valid smse is nan .*{good} keeps epoch 1"
+    ):
+        train(tiny_dataset, good, tiny_args(epochs=2))
+    assert {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()} == before

@@ -70,10 +70,16 @@ def friendly_errors(func: F) -> F:
             )
             raise typer.Exit(code=2) from None
         except OSError as exc:  # after the subclasses above
-            if not disk_full(exc) or os.environ.get(DEBUG_ENV):
+            if os.environ.get(DEBUG_ENV):
                 raise
             where = f" writing {exc.filename}" if exc.filename else ""
-            console.print(f"[bold red]error:[/] {DISK_FULL}{where}; {AFTER_FULL}", soft_wrap=True)
+            if disk_full(exc):
+                message = f"{DISK_FULL}{where}; {AFTER_FULL}"
+            elif exc.errno == errno.EROFS:  # a read-only mount (a shared or archived workspace)
+                message = f"the file system is read-only{where}; {AFTER_READ_ONLY}"
+            else:
+                raise
+            console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
             raise typer.Exit(code=2) from None
         except (MemoryError, RuntimeError) as exc:  # torch's allocators raise RuntimeError
             if not out_of_memory(exc) or os.environ.get(DEBUG_ENV):
@@ -94,6 +100,10 @@ DISK_FULL = "the disk is full"
 AFTER_FULL = (
     "free space there, or write to another disk (--workspace, --out); what was finished is "
     f"kept and a rerun goes on from it (set {DEBUG_ENV}=1 for the traceback)"
+)
+AFTER_READ_ONLY = (
+    "write to a place you can write (--out, --workspace, COHERENCE_WORKSPACE) (set "
+    f"{DEBUG_ENV}=1 for the traceback)"
 )
 AFTER_OOM = (
     "this step needs more memory than is free: use smaller pieces (import --limit, train "

@@ -4,6 +4,7 @@ target's exact signature."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 from pathlib import Path
@@ -121,14 +122,19 @@ def test_a_full_disk_or_exhausted_memory_ends_in_one_line_not_a_traceback(capfd,
     def another_os_error() -> None:
         raise OSError(5, "Input/output error")
 
+    @friendly_errors
+    def write_on_a_read_only_mount() -> None:  # `train` in a read-only workspace: its lock
+        raise OSError(errno.EROFS, "Read-only file system", "/ws/checkpoints/.u.train.lock")
+
     commands = (write_to_a_full_disk, h5py_on_a_full_disk, allocate_too_much)
-    for command in (*commands, torch_allocates_too_much):
+    for command in (*commands, torch_allocates_too_much, write_on_a_read_only_mount):
         with pytest.raises(typer.Exit) as stopped:
             command()
         assert stopped.value.exit_code == 2
     out = " ".join(capfd.readouterr().err.split())  # messages go to stderr; rich wraps them
     assert out.count("the disk is full") == 2 and "free space there" in out
     assert out.count("out of memory") == 2 and "--batch-size" in out and "Traceback" not in out
+    assert "the file system is read-only writing /ws/checkpoints/.u.train.lock; write to" in out
     with pytest.raises(RuntimeError, match="shape mismatch"):  # not memory: unchanged
         another_runtime_error()
     with pytest.raises(OSError, match="Input/output"):  # not a disk-full error: unchanged

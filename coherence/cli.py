@@ -191,7 +191,7 @@ def demo(
 @friendly_errors
 def serve(
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    port: Annotated[int, typer.Option(help="Port to serve on.", min=1, max=65535)] = 8501,
     address: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
 ) -> None:
     """Serve the dashboard (Streamlit) on the workspace.
@@ -206,6 +206,7 @@ def serve(
 
     env = dict(os.environ)
     env[ENV_VAR] = str(workspace_root(workspace))
+    _check_serve_target(Path(env[ENV_VAR]), address, port)
     app_file = Path(coherence.dashboard.__file__).resolve().parent / "app.py"
     command = [
         sys.executable,
@@ -236,6 +237,36 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command, env)
+
+
+def _check_serve_target(root: Path, address: str, port: int) -> None:
+    """Refuse what Streamlit would meet with a traceback (an address that does not resolve,
+    a port in use) or serve uselessly (a workspace that is a file); a missing workspace is
+    only said, since the page tells how to fill it."""
+    import socket
+
+    if root.exists() and not root.is_dir():
+        raise RequestError(f"--workspace {root}: a file, not a folder; give the workspace folder")
+    if not root.exists():
+        warn(f"the workspace {root} does not exist yet; `coherence demo` builds one there")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[
+            0
+        ]
+    except (socket.gaierror, UnicodeError) as error:
+        raise RequestError(
+            f"--address {address}: not an address this machine can bind ({error}); use "
+            "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(where)
+        except OSError as error:
+            raise RequestError(
+                f"--address {address} --port {port}: cannot listen there ({error.strerror}); "
+                "choose another --port (another server may use this one) or address"
+            ) from None
 
 
 @app.command(short_help="Write a selection's report as one offline HTML file.")

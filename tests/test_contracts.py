@@ -173,3 +173,32 @@ def test_results_checkpoints_and_datasets_get_the_modes_open_and_mkdir_would(tmp
     density = np.ones((1, 3, 1, 4, 4))
     writer.write(0, np.concatenate([density, 0 * density, 0 * density, 2.5 * density], axis=2))
     assert mode(writer.close()) == FILE_MODE
+
+
+def test_serve_refuses_what_streamlit_would_meet_with_a_traceback(tmp_path):
+    """A port out of range, an address that does not resolve, a port another server
+    listens on and a workspace that is a file: one line each and exit status 2, before
+    Streamlit starts (it printed an OverflowError or gaierror traceback)."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    a_file = tmp_path / "passwd"
+    a_file.write_text("not a workspace")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = str(busy.getsockname()[1])
+        cases = {
+            ("--port", "99999"): "--port",
+            ("--address", "999.1.1.1"): "--address 999.1.1.1: not an address",
+            ("--port", taken): f"--port {taken}: cannot listen there",
+            ("--workspace", str(a_file)): "a file, not a folder",
+        }
+        for options, message in cases.items():
+            shown = CliRunner().invoke(app, ["serve", *options], env={"COLUMNS": "300"})
+            assert shown.exit_code == 2, (options, shown.output)
+            assert message in " ".join(shown.output.split()), (options, shown.output)
+            assert "Traceback" not in shown.output

@@ -315,8 +315,10 @@ def evolve(
             pool.submit(run.evolve_block, state[index].transpose(0, 1).contiguous(), index.tolist())
             for index in blocks
         ]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        run.stop.set()  # after a failure, the other blocks stop at their next step
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # after a failure or Ctrl-C the other blocks stop at their next step: the
+            run.stop.set()  # pool's exit waits for them (a Ctrl-C had waited for the run)
         for index, future in zip(blocks, futures, strict=True):
             out[index] = future.result()
     if torch.get_num_threads() != threads:  # OpenMP runtimes with a process-wide setting

@@ -186,6 +186,8 @@ def _new_model(
 def check_checkpoint_folder(out: Path) -> None:
     """Refuse an --out folder that holds something other than a checkpoint (a dataset, a
     project): training wrote its weights, history and snapshots in among those files."""
+    if out.exists() and not out.is_dir():  # found only after an epoch, at the first save
+        raise RequestError(f"--out {out}: a file, not a folder; choose a new folder for --out")
     if not out.is_dir() or (out / ckpt.CONFIG_FILE).is_file():
         return
     ours = {*ckpt.SET_FILES, ckpt.MANIFEST_FILE, snapshots.EPOCHS_DIR}
@@ -444,6 +446,7 @@ def train(
     ``dataset_root``: the dataset path recorded in config.json when ``data`` is a copy (a
     cluster worker trains on the files shipped to it), so the checkpoint is the same bytes
     as one trained on the original."""
+    check_checkpoint_folder(Path(out))  # before the lock file beside it is made
     with _training_lock(Path(out)):
         return _train(data, Path(out), args, progress=progress, log=log, dataset_root=dataset_root)
 

@@ -140,6 +140,13 @@ def test_training_into_a_folder_of_other_files_is_refused(tiny_dataset, tmp_path
     (empty / "epochs").mkdir(parents=True)  # a run killed before its first checkpoint
     train(tiny_dataset, empty, tiny_args(epochs=1))
     assert (empty / ckpt.CONFIG_FILE).is_file()
+    # a file as --out failed only at the first save, after an epoch, and left a lock file
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0")
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(RequestError, match=r"--out .*passwd: a file, not a folder"):
+        train(tiny_dataset, a_file, tiny_args(epochs=1))
+    assert sorted(tmp_path.iterdir()) == before and a_file.read_text() == "root:x:0:0"
 
 
 def test_training_rejects_bad_arguments(tiny_dataset, tmp_path):

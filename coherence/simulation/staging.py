@@ -156,10 +156,28 @@ class Stage:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+# what marks a folder as a checkpoint (coherence.surrogates.checkpoint's files)
+CHECKPOINT_MARKS = ("config.json", "model.safetensors")
+
+
+def check_dataset_folder(root: Path) -> None:
+    """Refuse a dataset --out that is a file, or a checkpoint's folder: simulate wrote its
+    data/ into a checkpoint, which then read as neither."""
+    if root.exists() and not root.is_dir():
+        raise RequestError(f"--out {root}: a file, not a folder; choose a folder for the dataset")
+    marks = [name for name in CHECKPOINT_MARKS if (root / name).exists()]
+    if marks:
+        raise RequestError(
+            f"--out {root}: the folder holds a checkpoint ({', '.join(marks)}); write the "
+            "dataset to its own folder (e.g. <workspace>/datasets/NAME)"
+        )
+
+
 @contextlib.contextmanager
 def dataset_transaction(root: str | os.PathLike) -> Iterator[Stage]:
     """Lock ``root``, recover leftovers, stage new files; commit on success, discard on error."""
     root = Path(root).expanduser().absolute()
+    check_dataset_folder(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock_path(root), "a")  # noqa: SIM115 - held for the transaction's lifetime
     try:

@@ -314,3 +314,26 @@ def test_simulation_workers_exit_when_their_parent_is_killed(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"pool workers {left} outlived their killed parent"
+
+
+def test_a_dataset_is_not_written_into_a_checkpoint_or_over_a_file(tmp_path):
+    """simulate --out <a checkpoint> wrote data/ into it (rc 0), and a file as --out left a
+    lock file beside it; both are refused before anything is written."""
+    checkpoint = tmp_path / "unet_s1"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    a_file = tmp_path / "hostname"
+    a_file.write_text("box")
+    before = sorted(tmp_path.rglob("*"))
+    with (
+        pytest.raises(RequestError, match=r"holds a checkpoint \(config.json, model.safetensors\)"),
+        dataset_transaction(checkpoint),
+    ):
+        pass
+    with (
+        pytest.raises(RequestError, match=r"hostname: a file, not a folder"),
+        dataset_transaction(a_file),
+    ):
+        pass
+    assert sorted(tmp_path.rglob("*")) == before

@@ -245,13 +245,19 @@ def trained_transitions(directory: str | Path, snapshots: int | None) -> int | N
     return None if snapshots is None else max(default_transitions(snapshots), 1)
 
 
-def _check_same_arguments(out: Path, args: TrainingArgs, all_transitions: int) -> None:
+def _check_same_arguments(
+    out: Path, args: TrainingArgs, all_transitions: int, classes: list[str]
+) -> None:
     """Refuse to resume a checkpoint trained with other arguments than those that may change
-    between runs (epochs, device, checkpoint_every, keep_epochs)."""
+    between runs (epochs, device, checkpoint_every, keep_epochs). The classes are compared
+    as trained (``classes``: no --classes means every training class), so a resume without
+    --classes of a run that named them all is not refused for "[...] → []"."""
     stored = ckpt.read_config(out).training.get("args", {})
     previous = stored_arguments(stored, all_transitions)
+    previous["classes"] = previous.get("classes") or list(classes)  # [] stood for all
     resumable = ("epochs", "device", "checkpoint_every", "keep_epochs")
     current = json.loads(json.dumps(args.to_dict()))  # tuples -> lists, as stored
+    current["classes"] = list(classes)
     changed = sorted(
         k
         for k in set(previous) | set(current)
@@ -259,9 +265,10 @@ def _check_same_arguments(out: Path, args: TrainingArgs, all_transitions: int) -
     )
     if changed:
         detail = ", ".join(f"{k}: {previous.get(k)!r} → {current.get(k)!r}" for k in changed)
+        same = f" (--classes {','.join(previous['classes'])})" if "classes" in changed else ""
         raise RequestError(
             f"{out} holds a checkpoint trained with other arguments ({detail}); choose a "
-            "new --out or repeat the same arguments (only --epochs may grow) to resume"
+            f"new --out or repeat the same arguments{same} (only --epochs may grow) to resume"
         )
 
 
@@ -272,11 +279,13 @@ def _resume(
     device: torch.device,
     log: Callable[[str], None] | None,
     all_transitions: int,
+    classes: list[str],
 ) -> tuple[nn.Module, torch.optim.Optimizer, list[dict[str, float]]]:
     """Model, optimizer and history of the checkpoint in ``out`` (which must exist), after
     checking that the arguments match and the files are one saved set; ``all_transitions``:
-    what a stored ``transitions`` of None meant (``stored_arguments``)."""
-    _check_same_arguments(out, args, all_transitions)
+    what a stored ``transitions`` of None meant (``stored_arguments``); ``classes``: the
+    training classes as resolved."""
+    _check_same_arguments(out, args, all_transitions, classes)
     ckpt.verify(out)
     model, _ = ckpt.load(out, device=device)
     history = ckpt.read_history(out)
@@ -499,7 +508,7 @@ def _train(
     if (out / ckpt.CONFIG_FILE).is_file():
         _check_same_data(out, info, classes)
         every = default_transitions(len(info.times))  # what a stored None meant here
-        model, optimizer, history = _resume(out, args, train_pairs, device, log, every)
+        model, optimizer, history = _resume(out, args, train_pairs, device, log, every, classes)
     if log and len(history) < args.epochs:
         both = (train_pairs, valid_pairs)
         _warn_if_a_step_may_not_fit(model, both, args, device, resumed=bool(history), log=log)

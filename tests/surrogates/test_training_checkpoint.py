@@ -99,6 +99,24 @@ def test_resume_with_other_arguments_is_refused(trained, tiny_dataset):
         train(tiny_dataset, trained, tiny_args(lr=1e-2))
 
 
+def test_a_resume_without_classes_of_a_run_that_named_them_all_goes_on(tiny_dataset, tmp_path):
+    """No --classes means every training class: a run that named them all, in the data's
+    order, resumed without --classes was refused ("classes: [...] → []"). Another order
+    trains otherwise (the pairs' order), so it is refused, with the --classes that resume."""
+    info = open_dataset(tiny_dataset)
+    every = tuple(c for c in info.classes if c in info.files["train"])
+    named = tmp_path / "named"
+    train(tiny_dataset, named, tiny_args(epochs=1, classes=every))
+    train(tiny_dataset, named, tiny_args(epochs=2))  # goes on
+    assert len(ckpt.read_history(named)) == 2
+    swapped = tmp_path / "swapped"
+    train(tiny_dataset, swapped, tiny_args(epochs=1, classes=every[::-1]))
+    expected = rf"classes: {list(every[::-1])!r} → {list(every)!r}".replace("[", r"\[")
+    with pytest.raises(RequestError, match=expected.replace("]", r"\]")) as refused:
+        train(tiny_dataset, swapped, tiny_args(epochs=2))
+    assert f"(--classes {','.join(every[::-1])})" in str(refused.value)
+
+
 def test_resume_on_other_training_data_is_refused(trained, tiny_dataset, tmp_path):
     """Same grid and classes, other training trajectories: resuming would train its first
     epochs on one dataset and its later ones on another, and config.json name the second."""

@@ -59,13 +59,13 @@ def analyze(
         ),
     ] = None,
     cg_start: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="cg: deflated (from the Galerkin solution in --depth blocks), preconditioned "
-            "(the same from the EK-FAC-preconditioned space, EK-FAC-preconditioned iterations) "
-            "or cold."
+            help="cg: deflated (from the Galerkin solution in --depth blocks; the default), "
+            "preconditioned (the same from the EK-FAC-preconditioned space, "
+            "EK-FAC-preconditioned iterations) or cold."
         ),
-    ] = "deflated",
+    ] = None,
     energy_threshold: Annotated[
         float | None,
         typer.Option(
@@ -112,12 +112,13 @@ def analyze(
         rtol=rtol,
         energy_threshold=energy_threshold,
         depth=depth,
-        cg_start=cg_start,
+        cg_start=cg_start or "deflated",
         device=device,
         split=split,
     )
     check_result_path(out)
-    for warning in _option_warnings(request, rtol):
+    given = {"depth": depth, "cg_start": cg_start, "energy_threshold": energy_threshold}
+    for warning in _option_warnings(request, rtol, given):
         warn(warning)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
@@ -134,11 +135,18 @@ def analyze(
 FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here
 
 
-def _option_warnings(request, rtol: float | None) -> list[str]:
-    """Options that will not do what they say, said before the job starts: an --rtol the
-    estimator ignores, or one below what float32 residuals reach (cg then runs to its
+def _option_warnings(request, rtol: float | None, given: dict | None = None) -> list[str]:
+    """Options that will not do what they say, said before the job starts: an --rtol, a
+    --depth, a --cg-start or an --energy-threshold (``given``: as typed, None when not) the
+    estimator ignores, or an --rtol below what float32 residuals reach (cg then runs to its
     iteration cap: ≈ 100 s on the demo UNet, and only then said it had not converged)."""
     out = []
+    estimator = request.estimator.value
+    record = request.to_dict()  # each option recorded only where the estimator uses it
+    for name, value in (given or {}).items():
+        if value is not None and record.get(name) is None:
+            flag = "--" + name.replace("_", "-")
+            out.append(f"{flag} {value} does not apply to {estimator}; it is ignored")
     if rtol is not None and request.estimator != "cg":
         out.append(
             f"--rtol {rtol:g} applies to the cg estimator only; {request.estimator} ignores it"

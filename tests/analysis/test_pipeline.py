@@ -515,3 +515,20 @@ def test_analyze_warns_before_starting_about_an_rtol_that_cannot_act(workspace):
     (unreachable,) = _option_warnings(tiny, 1e-12)
     assert "below what float32 residuals reach" in unreachable
     assert _option_warnings(request_for(workspace, estimator="cg", rtol=1e-2), 1e-2) == []
+    # options an estimator does not use were dropped without a word
+    euclidean = request_for(workspace, estimator="euclidean")
+    given = {"depth": 3, "cg_start": None, "energy_threshold": 0.99}
+    assert _option_warnings(euclidean, None, given) == [
+        "--depth 3 does not apply to euclidean; it is ignored",
+        "--energy-threshold 0.99 does not apply to euclidean; it is ignored",
+    ]
+    cold = {"depth": None, "cg_start": "cold", "energy_threshold": None}
+    assert _option_warnings(default, None, cold) == [
+        "--cg-start cold does not apply to ekfac-krylov; it is ignored"
+    ]
+    used = {"depth": 2, "cg_start": None, "energy_threshold": 0.99}
+    assert _option_warnings(default, None, used) == []  # ekfac-krylov uses both
+    cold_cg = request_for(workspace, estimator="cg", rtol=1e-2, cg_start="cold")
+    assert _option_warnings(cold_cg, 1e-2, {"depth": 2, "cg_start": "cold"}) == [
+        "--depth 2 does not apply to cg; it is ignored"  # a cold start has no Krylov space
+    ]

@@ -145,6 +145,16 @@ def read_well_file(
             f"{path}: trajectory {first} contains NaN or inf values; regenerate the file or "
             "exclude that trajectory"
         )
+    if meta.family is Family.EULER:  # channel 0: a compressible flow's density is positive
+        positive = (states[:, :, 0] > 0).reshape(len(traj_idx), -1).all(axis=1)
+        if not positive.all():
+            k = int(np.argmin(positive))
+            raise SchemaError(
+                f"{path}: trajectory {traj_idx[k]} has a density ≤ 0 (min "
+                f"{float(states[k, :, 0].min()):.3g}), which no compressible Euler state has; "
+                "the file is damaged or not a CE dataset: regenerate it or exclude that "
+                "trajectory"
+            )
     return states, meta
 
 

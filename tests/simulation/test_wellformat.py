@@ -209,6 +209,16 @@ def test_reader_refuses_nan_naming_the_trajectory(ce_file):
     assert states.shape[0] == 2
 
 
+def test_reader_refuses_a_non_positive_density_naming_the_trajectory(ce_file):
+    """A CE file with a negative density was analysed without complaint (rc 0)."""
+    path, _ = ce_file
+    _corrupt(path, lambda f: f["t0_fields/density"].__setitem__((1, 2, 3, 4), -0.5))
+    with pytest.raises(SchemaError, match=r"trajectory 1 has a density ≤ 0 \(min -0\.5\)"):
+        read_well_file(path)
+    states, _ = read_well_file(path, trajectories=[0, 2])  # the clean ones still read
+    assert states.shape[0] == 2 and (states[:, :, 0] > 0).all()
+
+
 def test_reader_refuses_out_of_range_requests(ce_file):
     path, _ = ce_file
     with pytest.raises(SchemaError, match=r"trajectories 0\.\.2"):

@@ -65,9 +65,11 @@ def assemble_batch(
     for class_name in classes:
         meta = info.file(split, class_name)
         if not 0 <= trajectory < meta.n_trajectories:
+            count = meta.n_trajectories
+            held = f"{count} trajectories: 0..{count - 1}" if count else "it holds none"
             raise RequestError(
                 f"trajectory {trajectory} does not exist in the {split} split of {class_name} "
-                f"({meta.n_trajectories} trajectories: 0..{meta.n_trajectories - 1})"
+                f"({held})"
             )
         states = info.load(split, class_name, [trajectory], slice(t_start, t_start + n_steps + 1))
         per_class.append(states[0])  # (T+1, F, H, W)

@@ -34,6 +34,7 @@ from coherence.wording import plural
 
 Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
 DEFAULT_TRANSITIONS = 16  # the paper's T: one-step pairs per trajectory when none is asked
+MAX_EPOCHS, MAX_BATCH_SIZE = 100_000, 65_536  # beyond: a typo, not a training run
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,11 @@ class TrainingArgs:
             isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in self.keep_epochs
         ):
             raise RequestError(f"keep_epochs={self.keep_epochs!r}: must be positive integers")
-        if self.epochs > 100_000 or self.batch_size > 65_536:
-            raise RequestError(f"epochs={self.epochs}, batch_size={self.batch_size}: too large")
+        if self.epochs > MAX_EPOCHS or self.batch_size > MAX_BATCH_SIZE:
+            raise RequestError(
+                f"epochs={self.epochs}, batch_size={self.batch_size}: too large; give at most "
+                f"{MAX_EPOCHS:,} epochs and a batch of at most {MAX_BATCH_SIZE:,} examples"
+            )
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise RequestError(f"lr={self.lr}: must be a positive number (default 5e-4)")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -146,6 +146,11 @@ def test_refusals_name_the_file_and_the_fix(tmp_path, ce_states):
     path = write_pdegym(tmp_path / "nan.nc", "data", bad)
     with pytest.raises(SchemaError, match=r"nan.nc: trajectory 4 has NaN or inf in density"):
         import_pdegym(path, tmp_path / "o", "CE-RPUI")
+    bad[4, 3, 0, 2, 2] = 1.0
+    bad[0, 1, 0, 1, 1] = np.inf  # the first trajectory: no --limit imports what is before it
+    path = write_pdegym(tmp_path / "first.nc", "data", bad)
+    with pytest.raises(SchemaError, match=r"trajectory 0 has NaN .* download it again$"):
+        import_pdegym(path, tmp_path / "o", "CE-RPUI")
     bad = ce_published(ce_states)
     bad[6, :, 3] *= -1
     path = write_pdegym(tmp_path / "neg.nc", "data", bad)

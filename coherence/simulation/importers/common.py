@@ -113,10 +113,14 @@ def check_finite_positive(
         bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
+            before = (
+                f", or import the trajectories before it with --limit {first + row}"
+                if first + row > 0
+                else ""  # --limit 0 imports nothing
+            )
             raise SchemaError(
                 f"{source}: {_which(first, row, file_first)} has NaN or inf in {name}; the "
-                "file is damaged: download it again, or import the trajectories before it "
-                f"with --limit {first + row}"
+                f"file is damaged: download it again{before}"
             )
     for name in positive:
         values = named[name]

@@ -124,10 +124,17 @@ def analyze(
     executor.connect()  # an unreachable cluster fails here, in seconds
     prepared = prepare(request)  # once: for the estimate and for the run
     runner = JobRunner(workspace)
+    cached, total = runner.cached_unit_count(request)
     if runner.store.age(runner.key(request)) is not None:
         console.print("cached result: served without computing")
+    elif cached == total:  # a subset of a cached analysis, or a killed job's every unit
+        console.print(
+            f"every unit is cached ({plural(total, 'unit')}): assembled without computing"
+        )
     else:
-        _check_cost(request, prepared, trust_code=trust_code, local=executor.local, yes=yes)
+        _check_cost(
+            request, prepared, trust_code=trust_code, local=executor.local, yes=yes, cached=cached
+        )
     result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
     _write(result, request, out, batches=len(prepared[1]))
 
@@ -169,8 +176,13 @@ def _trajectory_list(trajectories: str) -> tuple[int, ...]:
         ) from None
 
 
-def _check_cost(request, prepared, *, trust_code: bool, local: bool, yes: bool) -> None:
-    """Print the job's estimate; refuse one that cannot fit here, ask before a long one."""
+def _check_cost(
+    request, prepared, *, trust_code: bool, local: bool, yes: bool, cached: int = 0
+) -> None:
+    """Print the job's estimate of the units left (``cached`` are assembled from the cache);
+    refuse one that cannot fit here, ask before a long one."""
+    from dataclasses import replace
+
     from coherence.analysis.pipeline import load_checked
     from coherence.cache.cost import estimate_job
 
@@ -180,12 +192,12 @@ def _check_cost(request, prepared, *, trust_code: bool, local: bool, yes: bool) 
         request.checkpoints[0], info, device, trust_code=trust_code, split=request.split
     )
     inputs = batches[0].inputs.to(device)
-    cost = estimate_job(model, request, inputs)
+    cost = replace(estimate_job(model, request, inputs), cached_units=cached)
     if cost.beside_other_job and local and cost.needs_confirmation and not yes:
         # timed oversubscribed, and the figure would ask: wait our turn and time it alone
         console.print("another job is computing: waiting for it to time this one's estimate")
         with compute_slot("estimate"):  # no key lock is held here (slot after key lock)
-            cost = estimate_job(model, request, inputs)
+            cost = replace(estimate_job(model, request, inputs), cached_units=cached)
     console.print(f"cost estimate: {cost.describe()}")
     if not cost.fits and local:  # on a cluster, each worker checks its own
         raise RequestError(

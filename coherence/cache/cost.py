@@ -64,10 +64,12 @@ class JobEstimate:
     unit_seconds: float
     upper_bound: bool  # cg: counted at its iteration cap
     beside_other_job: bool = False  # timed while another process computed: an over-estimate
+    cached_units: int = 0  # units the cache holds already: the job assembles them
 
     @property
     def units(self) -> int:
-        return self.cost.jobs
+        """The units left to compute."""
+        return self.cost.jobs - self.cached_units
 
     @property
     def total_seconds(self) -> float:
@@ -84,9 +86,12 @@ class JobEstimate:
     def describe(self) -> str:
         gib = 1024**3
         bound = "up to " if self.upper_bound else "≈ "
+        left = (
+            f" left of {self.cost.jobs} ({self.cached_units} cached)" if self.cached_units else ""
+        )
         return (
             f"whole job {bound}{format_seconds(self.total_seconds)} ({self.units} × "
-            f"(checkpoint, batch) at {bound}{format_seconds(self.unit_seconds)} each, N = "
+            f"(checkpoint, batch){left} at {bound}{format_seconds(self.unit_seconds)} each, N = "
             f"{self.cost.n_examples}, P = {self.cost.n_params:,}), peak memory ≈ "
             f"{self.cost.memory_bytes / gib:.2f} GiB of {self.cost.available_bytes / gib:.1f} "
             "GiB available" + (BESIDE_OTHER_JOB if self.beside_other_job else "")

@@ -29,29 +29,41 @@ def prepares(monkeypatch):
     return calls
 
 
-def analyze(checkpoint, data, workspace, out, trajectories: str) -> None:
+def analyze(checkpoint, data, workspace, out, trajectories: str) -> str:
     args = [
         "analyze",
         *("--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out)),
         *("--classes", "CE-RP,CE-CRP", "--window", "0:2", "--trajectories", trajectories),
         *("--estimator", "euclidean", "--device", "cpu", "--workspace", str(workspace), "--yes"),
     ]
-    run = CliRunner().invoke(app, args)
+    run = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert run.exit_code == 0, run.output
     assert out.exists()
+    return " ".join(run.output.split())
 
 
 def test_analyze_prepares_once_when_served_from_cached_units(
     checkpoint, tiny_dataset, workspace, tmp_path, prepares
 ):
-    analyze(checkpoint, tiny_dataset, workspace, tmp_path / "both.npz", "0,1")  # computes
+    said = analyze(checkpoint, tiny_dataset, workspace, tmp_path / "both.npz", "0,1")  # computes
     assert prepares == [(0, 1)]  # the estimate's preparation serves the computation too
+    assert "cost estimate: whole job" in said and "cached)" not in said
     prepares.clear()
-    analyze(checkpoint, tiny_dataset, workspace, tmp_path / "one.npz", "1")  # units cached
+    said = analyze(checkpoint, tiny_dataset, workspace, tmp_path / "one.npz", "1")  # units cached
     assert prepares == [(1,)]
+    # every unit cached: no estimate of a computation that will not happen (it said ≈ 2 min)
+    assert "every unit is cached (1 unit): assembled without computing" in said
+    assert "cost estimate" not in said
     prepares.clear()
     analyze(checkpoint, tiny_dataset, workspace, tmp_path / "again.npz", "1")  # result cached
     assert prepares == [(1,)]
+
+
+def test_analyze_estimates_only_the_units_left_to_compute(checkpoint, tiny_dataset, tmp_path):
+    fresh = tmp_path / "ws"
+    analyze(checkpoint, tiny_dataset, fresh, tmp_path / "first.npz", "0")
+    said = analyze(checkpoint, tiny_dataset, fresh, tmp_path / "both.npz", "0,1")  # 1 of 2
+    assert "(1 × (checkpoint, batch) left of 2 (1 cached)" in said
 
 
 @pytest.mark.parametrize(

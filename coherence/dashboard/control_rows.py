@@ -74,6 +74,10 @@ class Dataset(Control):
         catalog = scope.catalog
         if catalog.dataset(raw) is None:
             names = ", ".join(d.name for d in catalog.datasets)
+            # one the scan skipped: it exists, and "no such dataset" sent users looking for it
+            why = next((p for p in catalog.problems if p.startswith(f"dataset {raw}: ")), None)
+            if why is not None:
+                raise RequestError(f"the workspace's {why} (it offers {names})")
             raise RequestError(f"no such dataset (the workspace has {names})")
         defaults = dataset_defaults(catalog, raw, cached=scope.cached)
         if defaults is None:

@@ -265,6 +265,21 @@ def test_query_round_trip_is_exact():
     assert decoded == selection
 
 
+def test_a_link_to_a_dataset_the_scan_skipped_says_why_not_that_it_does_not_exist():
+    """An unreadable dataset is in the workspace: "no such dataset" sent users looking for
+    it; the warning now gives the scan's reason."""
+    catalog = replace(
+        synthetic_catalog(), problems=("dataset broken: data/test/CE-RP.hdf5: truncated",)
+    )
+    selection, warnings = decode_query({"data": "broken"}, catalog)
+    assert selection.dataset == "ce_demo"
+    assert (
+        len(warnings) == 1
+        and "the workspace's dataset broken: data/test/CE-RP.hdf5: truncated" in warnings[0]
+    )
+    assert "no such dataset" not in warnings[0]
+
+
 @pytest.mark.parametrize(
     ("key", "value", "why", "field", "expected"),
     [

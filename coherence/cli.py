@@ -309,6 +309,11 @@ def report(
         )
     catalog = scan_workspace(root)
     params = parse_qs(urlsplit(link).query if "://" in link else link.lstrip("?"))
+    if link.strip() and not params:  # "not a url at all" printed the default report
+        raise RequestError(
+            f"--link {link!r}: no dashboard parameters in it; copy the page's address (it "
+            "ends in ?data=…&ckpt=…) or leave --link out for the default selection"
+        )
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep:

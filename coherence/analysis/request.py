@@ -36,6 +36,7 @@ from coherence.analysis.vocabulary import (
 )
 from coherence.errors import RequestError
 from coherence.io import check_device, resolve_device
+from coherence.simulation.families import SPLITS
 
 if TYPE_CHECKING:
     import torch
@@ -206,6 +207,8 @@ class AnalysisRequest:
         )
         if error:
             raise RequestError(error)
+        if self.split not in SPLITS:  # the dataset's message asked to import "nope"
+            raise RequestError(f"split {self.split!r}: choose one of {', '.join(SPLITS)}")
 
     @property
     def influence_options(self) -> InfluenceOptions:

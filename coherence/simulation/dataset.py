@@ -18,11 +18,10 @@ import numpy as np
 from coherence.digests import file_digest
 from coherence.errors import RequestError, SchemaError
 from coherence.lazy import lazy_exports
-from coherence.simulation.families import FAMILIES, Family, family_spec
+from coherence.simulation.families import FAMILIES, SPLITS, Family, family_spec
 from coherence.simulation.staging import pending_commit
 from coherence.simulation.wellformat import WellMetadata, read_metadata, read_well_file
 
-SPLITS = ("train", "valid", "test")
 MAX_RESOLUTION = 1024
 MAX_TRAJECTORIES = 100_000
 

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 from coherence.errors import parse_choice
 
+SPLITS = ("train", "valid", "test")  # the Well layout's splits, in its order
+
 
 class Family(StrEnum):
     EULER = "euler"

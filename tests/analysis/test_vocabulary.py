@@ -193,3 +193,12 @@ def test_requests_import_without_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_request_names_the_splits_it_can_read():
+    """--split nope was met with "import a nope file into it"."""
+    from coherence.analysis.request import AnalysisRequest
+    from coherence.errors import RequestError
+
+    with pytest.raises(RequestError, match=r"split 'nope': choose one of train, valid, test"):
+        AnalysisRequest(checkpoints=("a",), data="d", classes=("CE-RP",), n_steps=2, split="nope")

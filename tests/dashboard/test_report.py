@@ -146,6 +146,8 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     assert "Traceback" not in result.output
     result = report("--param", "est")
     assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    result = report("--link", "not a url at all")  # it printed the default report
+    assert result.exit_code == 2 and "no dashboard parameters in it" in result.output
     # refused before the page is built, and without creating anything
     missing = tmp_path / "no_workspace"
     result = CliRunner().invoke(app, ["report", "--workspace", str(missing), "--out", str(out)])

@@ -148,7 +148,27 @@ def check_result_path(path: str | os.PathLike) -> Path:
         raise RequestError(f"--out {path}: result files end in .npz (e.g. results.npz)")
     if path.is_dir():
         raise RequestError(f"--out {path}: that is a folder; give a file, e.g. {path / 'R.npz'}")
+    if (path.parent / "config.json").is_file() and (path.parent / "model.safetensors").exists():
+        raise RequestError(
+            f"--out {path}: that folder is a checkpoint; write results outside it, e.g. "
+            f"{path.parent.parent / path.name}"
+        )
+    sidecar = sidecar_path(path)
+    if sidecar.exists() and not _is_result_sidecar(sidecar):  # --out <ckpt>/config.npz
+        raise RequestError(  # replaced a checkpoint's config.json with the result's
+            f"--out {path}: its sidecar {sidecar} exists and is not a result's; writing the "
+            "result would replace it. Choose another file name"
+        )
     return path
+
+
+def _is_result_sidecar(path: Path) -> bool:
+    """Whether ``path`` holds a result's JSON metadata (this version's or an older one's)."""
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metadata, dict) and {"request", "provenance"} <= set(metadata)
 
 
 def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
@@ -159,12 +179,12 @@ def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
     metadata = {**result_metadata(result), ARRAYS_DIGEST: hashlib.sha256(arrays).hexdigest()}
     # a kill between the two writes leaves the new R.npz beside the old R.json, which
     # ``load_result`` refuses by the digest the sidecar records (one without it goes first)
-    sidecar = sidecar_path(path)
+    sidecar = sidecar_path(path)  # none, or a result's (check_result_path): replaced below
     try:
         if ARRAYS_DIGEST not in json.loads(sidecar.read_text()):
             sidecar.unlink()
     except (OSError, ValueError, TypeError):
-        pass  # none, or not a sidecar of ours: replaced below
+        pass
     atomic_write_bytes(path, arrays)
     atomic_write_bytes(sidecar, (json.dumps(metadata, indent=2) + "\n").encode())
     return path

@@ -162,6 +162,19 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
     assert np.isnan(back.top_eigenvalues).all()
     with pytest.raises(RequestError, match=r"end in \.npz"):
         save_result(result, tmp_path / "R.pkl")
+    # --out <checkpoint>/config.npz replaced the checkpoint's config.json with the sidecar
+    checkpoint = tmp_path / "unet_s1"
+    checkpoint.mkdir()
+    config = b'{"format": "coherence-checkpoint"}'
+    (checkpoint / "config.json").write_bytes(config)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(RequestError, match=r"that folder is a checkpoint; write results outside"):
+        save_result(result, checkpoint / "config.npz")
+    (checkpoint / "model.safetensors").unlink()  # any JSON not a result's, anywhere
+    with pytest.raises(RequestError, match=r"config.json exists and is not a result's"):
+        save_result(result, checkpoint / "config.npz")
+    assert (checkpoint / "config.json").read_bytes() == config
+    assert not (checkpoint / "config.npz").exists()
     # a kill between the two renames of an overwrite left the new R.npz beside the old
     # R.json, read as one result (the request said two checkpoints, the arrays held one)
     old_sidecar = (tmp_path / "R.json").read_bytes()

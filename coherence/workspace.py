@@ -75,3 +75,19 @@ def secure_tree(path: str | os.PathLike) -> list[str]:
                 item.chmod(stat.S_IMODE(info.st_mode) & ~loose)
                 notes.append(f"{item}: removed group/other write permission")
     return notes
+
+
+# the files that make a folder a checkpoint (coherence.surrogates.checkpoint writes both; a
+# snapshot under epochs/NNNN is one too)
+CHECKPOINT_FILES = ("config.json", "model.safetensors")
+
+
+def enclosing_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The outermost checkpoint folder that ``path`` is or lies in, None if none: what a
+    command must not write its own files into (a result's .json sidecar named config.json
+    replaced a checkpoint's config)."""
+    found = None
+    for folder in [Path(path).resolve(), *Path(path).resolve().parents]:
+        if all((folder / name).is_file() for name in CHECKPOINT_FILES):
+            found = folder
+    return found

@@ -20,6 +20,7 @@ import numpy as np
 
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes
+from coherence.workspace import enclosing_checkpoint
 
 if TYPE_CHECKING:  # request.py imports torch; result data and exports do not need it
     from coherence.analysis.request import AnalysisRequest
@@ -148,27 +149,32 @@ def check_result_path(path: str | os.PathLike) -> Path:
         raise RequestError(f"--out {path}: result files end in .npz (e.g. results.npz)")
     if path.is_dir():
         raise RequestError(f"--out {path}: that is a folder; give a file, e.g. {path / 'R.npz'}")
-    if (path.parent / "config.json").is_file() and (path.parent / "model.safetensors").exists():
+    checkpoint = enclosing_checkpoint(path.parent)
+    if checkpoint is not None:
         raise RequestError(
-            f"--out {path}: that folder is a checkpoint; write results outside it, e.g. "
-            f"{path.parent.parent / path.name}"
+            f"--out {path}: {checkpoint} is a checkpoint; write results outside it, e.g. "
+            f"{checkpoint.parent / path.name}"
         )
     sidecar = sidecar_path(path)
-    if sidecar.exists() and not _is_result_sidecar(sidecar):  # --out <ckpt>/config.npz
+    if sidecar.exists() and _sidecar_kind(sidecar) != "result":  # --out <dir>/config.npz
         raise RequestError(  # replaced a checkpoint's config.json with the result's
-            f"--out {path}: its sidecar {sidecar} exists and is not a result's; writing the "
-            "result would replace it. Choose another file name"
+            f"--out {path}: its sidecar {sidecar} exists and "
+            f"{_sidecar_kind(sidecar)}; writing the result would replace it. Choose another "
+            "file name, or remove that file if it is an old result's"
         )
     return path
 
 
-def _is_result_sidecar(path: Path) -> bool:
-    """Whether ``path`` holds a result's JSON metadata (this version's or an older one's)."""
+def _sidecar_kind(path: Path) -> str:
+    """'result' when ``path`` holds a result's JSON metadata (this version's or an older
+    one's), else what it is, as the refusal says it."""
     try:
         metadata = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(metadata, dict) and {"request", "provenance"} <= set(metadata)
+        return "cannot be read as JSON"
+    if isinstance(metadata, dict) and {"request", "provenance"} <= set(metadata):
+        return "result"
+    return "is not a result's"
 
 
 def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coherence.errors import RequestError
+from coherence.workspace import enclosing_checkpoint
 
 MARKER = "COMMITTING"
 FINISHED_COMMIT = "finished the interrupted commit"  # recover()'s log line for a roll-forward
@@ -156,20 +157,16 @@ class Stage:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-# what marks a folder as a checkpoint (coherence.surrogates.checkpoint's files)
-CHECKPOINT_MARKS = ("config.json", "model.safetensors")
-
-
 def check_dataset_folder(root: Path) -> None:
-    """Refuse a dataset --out that is a file, or a checkpoint's folder: simulate wrote its
-    data/ into a checkpoint, which then read as neither."""
+    """Refuse a dataset --out that is a file, or lies in a checkpoint's folder: simulate
+    wrote its data/ into a checkpoint, which then read as neither."""
     if root.exists() and not root.is_dir():
         raise RequestError(f"--out {root}: a file, not a folder; choose a folder for the dataset")
-    marks = [name for name in CHECKPOINT_MARKS if (root / name).exists()]
-    if marks:
+    checkpoint = enclosing_checkpoint(root)
+    if checkpoint is not None:
         raise RequestError(
-            f"--out {root}: the folder holds a checkpoint ({', '.join(marks)}); write the "
-            "dataset to its own folder (e.g. <workspace>/datasets/NAME)"
+            f"--out {root}: {checkpoint} is a checkpoint; write the dataset to its own folder "
+            "(e.g. <workspace>/datasets/NAME)"
         )
 
 

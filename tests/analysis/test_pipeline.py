@@ -168,8 +168,11 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
     config = b'{"format": "coherence-checkpoint"}'
     (checkpoint / "config.json").write_bytes(config)
     (checkpoint / "model.safetensors").write_bytes(b"weights")
-    with pytest.raises(RequestError, match=r"that folder is a checkpoint; write results outside"):
+    outside = rf"unet_s1 is a checkpoint; write results outside it, e.g. {tmp_path}/R.npz"
+    with pytest.raises(RequestError, match=r"unet_s1 is a checkpoint; write results outside"):
         save_result(result, checkpoint / "config.npz")
+    with pytest.raises(RequestError, match=outside):  # a folder in it (a snapshot's), too
+        save_result(result, checkpoint / "epochs" / "0004" / "R.npz")
     (checkpoint / "model.safetensors").unlink()  # any JSON not a result's, anywhere
     with pytest.raises(RequestError, match=r"config.json exists and is not a result's"):
         save_result(result, checkpoint / "config.npz")

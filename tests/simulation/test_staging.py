@@ -326,11 +326,12 @@ def test_a_dataset_is_not_written_into_a_checkpoint_or_over_a_file(tmp_path):
     a_file = tmp_path / "hostname"
     a_file.write_text("box")
     before = sorted(tmp_path.rglob("*"))
-    with (
-        pytest.raises(RequestError, match=r"holds a checkpoint \(config.json, model.safetensors\)"),
-        dataset_transaction(checkpoint),
-    ):
-        pass
+    for inside in (checkpoint, checkpoint / "data_here"):  # the folder, or one in it
+        with (
+            pytest.raises(RequestError, match=r"unet_s1 is a checkpoint; write the dataset"),
+            dataset_transaction(inside),
+        ):
+            pass
     with (
         pytest.raises(RequestError, match=r"hostname: a file, not a folder"),
         dataset_transaction(a_file),

@@ -530,7 +530,7 @@ def _train(
             "valid_smse": validate(model),
             "seconds": time.perf_counter() - start,
         }
-        _refuse_divergence(out, record, args, saved=len(history))
+        _refuse_divergence(out, record, args)
         history.append(record)
         if log:
             log(
@@ -541,14 +541,15 @@ def _train(
     return out
 
 
-def _refuse_divergence(out: Path, record: dict[str, float], args: TrainingArgs, saved: int) -> None:
+def _refuse_divergence(out: Path, record: dict[str, float], args: TrainingArgs) -> None:
     """Stop at an epoch whose loss is NaN or infinite (a learning rate too large), before
     it is saved: it was written as a finished checkpoint (history.json with a bare NaN,
     which is not JSON) that every analysis then refused."""
     bad = [k for k in ("train_smse", "valid_smse") if not math.isfinite(record[k])]
     if not bad:
         return
-    kept = f"{out} keeps epoch {saved}" if saved else f"nothing was saved to {out}"
+    saved = len(ckpt.read_history(out)) if (out / ckpt.CONFIG_FILE).is_file() else 0
+    kept = f"{out} keeps epoch {saved}" if saved else f"nothing was saved to {out}"  # on disk
     raise RequestError(
         f"epoch {record['epoch']}: the {' and '.join(k.replace('_', ' ') for k in bad)} is "
         f"{record[bad[0]]} (training diverged); {kept}. Train again with a smaller --lr "

@@ -446,3 +446,9 @@ def test_a_diverged_resumed_epoch_leaves_the_saved_epochs_as_they_were(
     ):
         train(tiny_dataset, good, tiny_args(epochs=2))
     assert {p.name: p.read_bytes() for p in good.iterdir() if p.is_file()} == before
+    # saved every 5 epochs: epoch 1 trained but never written, so it is not said to be kept
+    calls = iter([0.5, float("nan")])
+    monkeypatch.setattr(training, "validation", lambda pairs, device: lambda m: next(calls))
+    sparse = tmp_path / "sparse"
+    with pytest.raises(RequestError, match=r"epoch 2: .*nothing was saved to"):
+        train(tiny_dataset, sparse, tiny_args(epochs=2, checkpoint_every=5))

@@ -124,14 +124,15 @@ def analyze(
     executor.connect()  # an unreachable cluster fails here, in seconds
     prepared = prepare(request)  # once: for the estimate and for the run
     runner = JobRunner(workspace)
-    cached, total = runner.cached_unit_count(request)
+    cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
     if runner.store.age(runner.key(request)) is not None:
         console.print("cached result: served without computing")
-    elif cached == total:  # a subset of a cached analysis, or a killed job's every unit
+    elif cached == total and runner.materialize(request, prepared=prepared) is not None:
         console.print(
             f"every unit is cached ({plural(total, 'unit')}): assembled without computing"
         )
     else:
+        cached, _ = runner.cached_unit_count(request)  # a damaged unit was dropped just now
         _check_cost(
             request, prepared, trust_code=trust_code, local=executor.local, yes=yes, cached=cached
         )

@@ -30,6 +30,7 @@ from coherence.cli_common import (
 from coherence.cli_import import import_app
 from coherence.cli_study import study
 from coherence.errors import RequestError
+from coherence.io import atomic_write_bytes
 
 app = typer.Typer(
     name="coherence",
@@ -239,6 +240,36 @@ def serve(
     os.execve(sys.executable, command, env)
 
 
+def _check_report_path(out: Path) -> None:
+    """Refuse an --out the report must not be written to: a folder, a missing folder, a
+    file that is not an HTML report (`--out <checkpoint>/config.json` replaced a checkpoint's
+    config with the page) or a path inside a checkpoint."""
+    from coherence.workspace import enclosing_checkpoint
+
+    if out.is_dir():
+        raise RequestError(
+            f"--out {out}: that is a folder; give a file, e.g. {out / 'report.html'}"
+        )
+    if not out.parent.is_dir():
+        raise RequestError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise RequestError(f"--out {out}: a report is an HTML file; give a name ending in .html")
+    checkpoint = enclosing_checkpoint(out.parent)
+    if checkpoint is not None:
+        raise RequestError(
+            f"--out {out}: {checkpoint} is a checkpoint; write the report outside it, e.g. "
+            f"{checkpoint.parent / out.name}"
+        )
+    if out.exists():
+        with open(out, "rb") as existing:
+            head = existing.read(64).lstrip().lower()
+        if not head.startswith((b"<!doctype html", b"<html")):
+            raise RequestError(
+                f"--out {out}: the file exists and is not an HTML page; writing the report "
+                "would replace it. Choose another name"
+            )
+
+
 def _check_serve_target(root: Path, address: str, port: int) -> None:
     """Refuse what Streamlit would meet with a traceback (an address that does not resolve,
     a port in use) or serve uselessly (a workspace that is a file); a missing workspace is
@@ -301,12 +332,7 @@ def report(
     root = workspace_root(workspace)
     if not root.is_dir():  # reading a report must not create a workspace (or its cache)
         raise RequestError(f"workspace {root}: no such directory; give --workspace of a study")
-    if out.is_dir() or not out.parent.is_dir():  # before building the page, not after
-        raise RequestError(
-            f"--out {out}: that is a folder; give a file, e.g. {out / 'report.html'}"
-            if out.is_dir()
-            else f"--out {out}: the folder {out.parent} does not exist; create it first"
-        )
+    _check_report_path(out)  # before building the page, not after
     catalog = scan_workspace(root)
     params = parse_qs(urlsplit(link).query if "://" in link else link.lstrip("?"))
     if link.strip() and not params:  # "not a url at all" printed the default report
@@ -334,7 +360,7 @@ def report(
         warn(warning)
     groups = load_groups(root, catalog, selection)
     page = build_report(root, catalog, selection, groups=groups, link=link, scale=scale)
-    out.write_bytes(page)
+    atomic_write_bytes(out, page)  # a kill mid-write leaves the old report, not half of one
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
 
 

@@ -153,8 +153,28 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     result = CliRunner().invoke(app, ["report", "--workspace", str(missing), "--out", str(out)])
     assert result.exit_code == 2 and "no such directory" in result.output
     assert not missing.exists()
-    for bad, says in ((tmp_path, "that is a folder"), (tmp_path / "x" / "r.html", "create it")):
+    # ... nor over a file that is not a report: --out <checkpoint>/config.json replaced the
+    # checkpoint's config with the page
+    checkpoint = tmp_path / "unet_s1"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"format": "coherence-checkpoint"}')
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    notes = tmp_path / "notes.html"
+    notes.write_text("my own notes, not a page")
+    refusals = (
+        (tmp_path, "that is a folder"),
+        (tmp_path / "x" / "r.html", "create it"),
+        (checkpoint / "config.json", "a report is an HTML file"),
+        (checkpoint / "report.html", "unet_s1 is a checkpoint; write the report outside it"),
+        (notes, "the file exists and is not an HTML page"),
+    )
+    for bad, says in refusals:
         result = CliRunner().invoke(
-            app, ["report", "--workspace", str(workspace), "--out", str(bad)]
+            app,
+            ["report", "--workspace", str(workspace), "--out", str(bad)],
+            env={"COLUMNS": "300"},
         )
         assert result.exit_code == 2 and says in result.output, result.output
+    assert (checkpoint / "config.json").read_text() == '{"format": "coherence-checkpoint"}'
+    assert notes.read_text() == "my own notes, not a page"
+    assert not (checkpoint / "report.html").exists()

@@ -232,9 +232,8 @@ def serve(
         "--theme.primaryColor",
         "#1F77B4",
     ]
-    console.print(
-        f"serving Coherence Explorer on http://{address}:{port} (workspace {env[ENV_VAR]})"
-    )
+    host = f"[{address}]" if ":" in address else address or "0.0.0.0"  # a URL's form
+    console.print(f"serving Coherence Explorer on http://{host}:{port} (workspace {env[ENV_VAR]})")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, command, env)
@@ -272,28 +271,31 @@ def _check_report_path(out: Path) -> None:
 
 def _check_serve_target(root: Path, address: str, port: int) -> None:
     """Refuse what Streamlit would meet with a traceback (an address that does not resolve,
-    a port in use) or serve uselessly (a workspace that is a file); a missing workspace is
-    only said, since the page tells how to fill it."""
+    a port in use or not ours) or serve uselessly (a workspace that is a file); a missing
+    workspace is only said, since the page tells how to fill it. The port is tried as
+    Streamlit binds it: IPv6 only for an address with a colon, "" for every interface."""
+    import errno
     import socket
 
     if root.exists() and not root.is_dir():
         raise RequestError(f"--workspace {root}: a file, not a folder; give the workspace folder")
     if not root.exists():
         warn(f"the workspace {root} does not exist yet; `coherence demo` builds one there")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        family, kind, proto, _, where = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[
-            0
-        ]
+        where = socket.getaddrinfo(address or "0.0.0.0", port, family, socket.SOCK_STREAM)[0][4]
     except (socket.gaierror, UnicodeError) as error:
         raise RequestError(
             f"--address {address}: not an address this machine can bind ({error}); use "
             "127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
         ) from None
-    with socket.socket(family, kind, proto) as probe:
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
         try:
             probe.bind(where)
         except OSError as error:
+            if error.errno not in (errno.EADDRINUSE, errno.EACCES):
+                return  # anything else: Streamlit's own attempt decides and says so
             raise RequestError(
                 f"--address {address} --port {port}: cannot listen there ({error.strerror}); "
                 "choose another --port (another server may use this one) or address"

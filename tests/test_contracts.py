@@ -197,8 +197,20 @@ def test_serve_refuses_what_streamlit_would_meet_with_a_traceback(tmp_path):
             ("--port", taken): f"--port {taken}: cannot listen there",
             ("--workspace", str(a_file)): "a file, not a folder",
         }
+        busy6 = None
+        if socket.has_ipv6:  # the IPv6 form is tried as IPv6, as Streamlit binds it
+            try:
+                busy6 = socket.socket(socket.AF_INET6)
+                busy6.bind(("::1", 0))
+                busy6.listen()
+                port6 = str(busy6.getsockname()[1])
+                cases[("--address", "::1", "--port", port6)] = f"--port {port6}: cannot listen"
+            except OSError:
+                busy6 = None  # no IPv6 loopback here
         for options, message in cases.items():
             shown = CliRunner().invoke(app, ["serve", *options], env={"COLUMNS": "300"})
             assert shown.exit_code == 2, (options, shown.output)
             assert message in " ".join(shown.output.split()), (options, shown.output)
             assert "Traceback" not in shown.output
+        if busy6 is not None:
+            busy6.close()

@@ -75,7 +75,8 @@ class Dataset(Control):
         if catalog.dataset(raw) is None:
             names = ", ".join(d.name for d in catalog.datasets)
             # one the scan skipped: it exists, and "no such dataset" sent users looking for it
-            why = next((p for p in catalog.problems if p.startswith(f"dataset {raw}: ")), None)
+            said = (f"dataset {raw}: ", f"datasets/{raw}: ")  # unreadable, or a link outside
+            why = next((p for p in catalog.problems if p.startswith(said)), None)
             if why is not None:
                 raise RequestError(f"the workspace's {why} (it offers {names})")
             raise RequestError(f"no such dataset (the workspace has {names})")

@@ -278,6 +278,9 @@ def test_a_link_to_a_dataset_the_scan_skipped_says_why_not_that_it_does_not_exis
         and "the workspace's dataset broken: data/test/CE-RP.hdf5: truncated" in warnings[0]
     )
     assert "no such dataset" not in warnings[0]
+    outside = "datasets/linked: points outside the workspace; skipped"
+    _, warnings = decode_query({"data": "linked"}, replace(catalog, problems=(outside,)))
+    assert f"the workspace's {outside}" in warnings[0]
 
 
 @pytest.mark.parametrize(

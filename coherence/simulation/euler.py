@@ -316,7 +316,12 @@ def evolve(
             for index in blocks
         ]
         try:
-            wait(futures, return_when=FIRST_EXCEPTION)
+            # short waits: the kernel may hand Ctrl-C to a worker thread, and a main thread
+            # blocked in one long wait never looked at it (the run went on to its end)
+            while True:
+                done, running = wait(futures, timeout=0.25, return_when=FIRST_EXCEPTION)
+                if not running or any(f.exception() is not None for f in done):
+                    break
         finally:  # after a failure or Ctrl-C the other blocks stop at their next step: the
             run.stop.set()  # pool's exit waits for them (a Ctrl-C had waited for the run)
         for index, future in zip(blocks, futures, strict=True):

@@ -22,6 +22,7 @@ def test_ctrl_c_stops_simulate_at_once_and_leaves_no_dataset(tmp_path):
     command += ["--trajectories", "4", "--resolution", "64", "--snapshots", "3"]
     command += ["--t-end", "1e6", "--classes", "CE-RP"]
     env = {**os.environ, "COHERENCE_TORCH_THREADS": "2", "COLUMNS": "300"}
+    env["PYTHONFAULTHANDLER"] = "1"  # a hang below is shown: SIGABRT dumps every thread
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120  # imports, then the staging folder, then the solve
@@ -31,7 +32,12 @@ def test_ctrl_c_stops_simulate_at_once_and_leaves_no_dataset(tmp_path):
         time.sleep(3)  # the solve under way
         sent = time.monotonic()
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        try:
+            _, err = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, err = process.communicate(timeout=30)
+            pytest.fail(f"no exit 60 s after Ctrl-C; its threads:\n{err[-6000:]}")
     finally:
         process.kill()
     assert time.monotonic() - sent < 15, err

@@ -416,7 +416,7 @@ def _train_epoch(
         x, y = (t.to(device) for t in pairs.get(index))
         loss = smse(model(x), y)
         if not torch.isfinite(loss):  # diverged: the epoch is refused (_refuse_divergence)
-            return float(loss)
+            return float(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

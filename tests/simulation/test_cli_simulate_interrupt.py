@@ -23,7 +23,13 @@ def test_ctrl_c_stops_simulate_at_once_and_leaves_no_dataset(tmp_path):
     command += ["--t-end", "1e6", "--classes", "CE-RP"]
     env = {**os.environ, "COHERENCE_TORCH_THREADS": "2", "COLUMNS": "300"}
     env["PYTHONFAULTHANDLER"] = "1"  # a hang below is shown: SIGABRT dumps every thread
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(  # Ctrl-C as a terminal gives it: a shell's `cmd &` (a CI
+        command,  # runner's) leaves SIGINT ignored, and Python then keeps it ignored
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120  # imports, then the staging folder, then the solve
         while not list(tmp_path.glob(".sim.staging-*")) and time.monotonic() < deadline:

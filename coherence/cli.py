@@ -243,7 +243,7 @@ def _check_report_path(out: Path) -> None:
     """Refuse an --out the report must not be written to: a folder, a missing folder, a
     file that is not an HTML report (`--out <checkpoint>/config.json` replaced a checkpoint's
     config with the page) or a path inside a checkpoint."""
-    from coherence.workspace import enclosing_checkpoint
+    from coherence.workspace import refuse_inside_checkpoint
 
     if out.is_dir():
         raise RequestError(
@@ -253,12 +253,7 @@ def _check_report_path(out: Path) -> None:
         raise RequestError(f"--out {out}: the folder {out.parent} does not exist; create it first")
     if out.suffix.lower() not in (".html", ".htm"):
         raise RequestError(f"--out {out}: a report is an HTML file; give a name ending in .html")
-    checkpoint = enclosing_checkpoint(out.parent)
-    if checkpoint is not None:
-        raise RequestError(
-            f"--out {out}: {checkpoint} is a checkpoint; write the report outside it, e.g. "
-            f"{checkpoint.parent / out.name}"
-        )
+    refuse_inside_checkpoint(out, "the report")
     if out.exists():
         with open(out, "rb") as existing:
             head = existing.read(64).lstrip().lower()

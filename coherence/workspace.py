@@ -91,3 +91,16 @@ def enclosing_checkpoint(path: str | os.PathLike) -> Path | None:
         if all((folder / name).is_file() for name in CHECKPOINT_FILES):
             found = folder
     return found
+
+
+def refuse_inside_checkpoint(out: Path, what: str) -> None:
+    """RequestError when ``out`` (a file to write) lies in a checkpoint, naming an example
+    path beside it: ``what`` is the thing written ("results", "the report")."""
+    checkpoint = enclosing_checkpoint(out.parent)
+    if checkpoint is not None:
+        from coherence.errors import RequestError
+
+        raise RequestError(
+            f"--out {out}: {checkpoint} is a checkpoint; write {what} outside it, e.g. "
+            f"{checkpoint.parent / out.name}"
+        )

@@ -20,7 +20,7 @@ import numpy as np
 
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes
-from coherence.workspace import enclosing_checkpoint
+from coherence.workspace import refuse_inside_checkpoint
 
 if TYPE_CHECKING:  # request.py imports torch; result data and exports do not need it
     from coherence.analysis.request import AnalysisRequest
@@ -149,12 +149,7 @@ def check_result_path(path: str | os.PathLike) -> Path:
         raise RequestError(f"--out {path}: result files end in .npz (e.g. results.npz)")
     if path.is_dir():
         raise RequestError(f"--out {path}: that is a folder; give a file, e.g. {path / 'R.npz'}")
-    checkpoint = enclosing_checkpoint(path.parent)
-    if checkpoint is not None:
-        raise RequestError(
-            f"--out {path}: {checkpoint} is a checkpoint; write results outside it, e.g. "
-            f"{checkpoint.parent / path.name}"
-        )
+    refuse_inside_checkpoint(path, "results")
     sidecar = sidecar_path(path)
     if sidecar.exists() and _sidecar_kind(sidecar) != "result":  # --out <dir>/config.npz
         raise RequestError(  # replaced a checkpoint's config.json with the result's

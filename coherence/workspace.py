@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from coherence.errors import WorkspacePathError
+from coherence.errors import RequestError, WorkspacePathError
 
 ENV_VAR = "COHERENCE_WORKSPACE"
 
@@ -98,8 +98,6 @@ def refuse_inside_checkpoint(out: Path, what: str) -> None:
     path beside it: ``what`` is the thing written ("results", "the report")."""
     checkpoint = enclosing_checkpoint(out.parent)
     if checkpoint is not None:
-        from coherence.errors import RequestError
-
         raise RequestError(
             f"--out {out}: {checkpoint} is a checkpoint; write {what} outside it, e.g. "
             f"{checkpoint.parent / out.name}"

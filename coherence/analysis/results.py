@@ -151,11 +151,12 @@ def check_result_path(path: str | os.PathLike) -> Path:
         raise RequestError(f"--out {path}: that is a folder; give a file, e.g. {path / 'R.npz'}")
     refuse_inside_checkpoint(path, "results")
     sidecar = sidecar_path(path)
-    if sidecar.exists() and _sidecar_kind(sidecar) != "result":  # --out <dir>/config.npz
-        raise RequestError(  # replaced a checkpoint's config.json with the result's
-            f"--out {path}: its sidecar {sidecar} exists and "
-            f"{_sidecar_kind(sidecar)}; writing the result would replace it. Choose another "
-            "file name, or remove that file if it is an old result's"
+    kind = _sidecar_kind(sidecar) if sidecar.exists() else "result"
+    if kind != "result":  # --out <dir>/config.npz replaced a checkpoint's config.json
+        raise RequestError(
+            f"--out {path}: its sidecar {sidecar} exists and {kind}; writing the result "
+            "would replace it. Choose another file name, or remove that file if it is an old "
+            "result's"
         )
     return path
 

@@ -494,7 +494,6 @@ def _train(
 ) -> Path:
     torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
-    check_checkpoint_folder(out)
     info = open_dataset(data)
     classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
     for split in ("train", "valid"):

@@ -313,10 +313,12 @@ class RayExecutor:
             pending[self._submit_training(ray, task, board, str(index), run, limit)] = run
             say(f"submitted training {run.out.name} to the Ray cluster at {self.address}")
         errors: list[ClusterError] = []
+        heard = [0]  # log lines of the runs read so far
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
                 self._show_progress(ray, board, runs, {id(r) for r in pending.values()})
+                _show_lines(ray, board, runs, heard, say)
                 for ref in ready:
                     run = pending.pop(ref)
                     try:
@@ -326,6 +328,7 @@ class RayExecutor:
                         errors.append(error)
                         say(str(error))
                         continue
+                    _show_lines(ray, board, runs, heard, say)  # its last lines before its result
                     _save_training(run, reply, say)
         except BaseException:
             for ref in pending:
@@ -365,12 +368,32 @@ class RayExecutor:
             "data_path": str(Path(run.data)),
             "data_name": Path(run.data).name,
             "out_name": run.out.name,
+            "out_path": str(run.out),
             "run": name,
             "threads": max(1, int(self.cpus)),
         }
         options = self._options(ray, run.args.device)
         submit = task.options(**options, name=f"coherence train {run.out.name}").remote
         return submit(meta, shipped, resume, board)
+
+
+def _show_lines(
+    ray: Any, board: Any, runs: Sequence[TrainRun], heard: list[int], say: Callable[[str], None]
+) -> None:
+    """Say the log lines the trainings posted since the last call (``heard[0]`` counts them),
+    each under its run's name, as a local run says them: the memory warning before the first
+    epoch is worth most while the run can still be stopped."""
+    try:
+        lines = ray.get(board.said.remote(heard[0]), timeout=5)
+    except Exception:  # best effort, as progress is: a slow board must not fail the runs
+        return
+    from coherence.surrogates.training import WARNING
+
+    heard[0] += len(lines)
+    for name, message in lines:
+        warning = message.startswith(WARNING)  # kept first: the CLI colours such a line
+        text = f"training {runs[int(name)].out.name}: {message.removeprefix(WARNING)}"
+        say(WARNING + text if warning else text)
 
 
 def _save_training(run: TrainRun, reply: Mapping[str, Any], say: Callable[[str], None]) -> None:

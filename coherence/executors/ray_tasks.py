@@ -112,17 +112,26 @@ def analysis_unit_task(
 
 
 class ProgressBoard:
-    """A Ray actor (no CPU) where training tasks post their latest progress and the driver
-    reads it: progress bars for runs that compute elsewhere."""
+    """A Ray actor (no CPU) where training tasks post their latest progress and their log
+    lines, and the driver reads them: progress bars, and the warnings a local run prints (a
+    step that may not fit in memory), for runs that compute elsewhere, while they run."""
 
     def __init__(self) -> None:
         self.latest: dict[str, tuple[int, int, float, float]] = {}
+        self.lines: list[tuple[str, str]] = []
 
     def post(self, run: str, epoch: int, epochs: int, fraction: float, loss: float) -> None:
         self.latest[run] = (epoch, epochs, fraction, loss)
 
     def read(self) -> dict[str, tuple[int, int, float, float]]:
         return dict(self.latest)
+
+    def say(self, run: str, message: str) -> None:
+        self.lines.append((run, message))
+
+    def said(self, start: int) -> list[tuple[str, str]]:
+        """The log lines posted since the first ``start`` (the driver counts what it read)."""
+        return self.lines[start:]
 
 
 PROGRESS_INTERVAL = 1.0  # seconds between posts of one training run
@@ -173,7 +182,13 @@ def training_task(
                 last[0] = now
                 board.post.remote(meta["run"], epoch, epochs, fraction, loss)
 
-        train(data, out, args, progress=post, dataset_root=meta["data_path"])
+        def say(message: str) -> None:
+            """A training log line, with the driver's paths for this worker's copies."""
+            if board is not None:
+                text = message.replace(str(out), meta["out_path"])
+                board.say.remote(meta["run"], text.replace(str(data), meta["data_path"]))
+
+        train(data, out, args, progress=post, log=say, dataset_root=meta["data_path"])
         files = {
             name: (out / name).read_bytes() for name in ckpt.SET_FILES if (out / name).is_file()
         }

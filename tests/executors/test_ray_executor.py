@@ -180,14 +180,18 @@ def test_a_training_seed_on_ray_is_the_local_checkpoint(ray_address, tiny_datase
         resumed = tmp_path / "cluster" / "unet_s7"
         train(tiny_dataset, resumed, tiny_args(seed=7, epochs=1))
     fresh = tmp_path / "cluster" / "unet_s7_fresh"
-    seen = []
+    seen, said = [], []
     RayExecutor(ray_address).train(
         [
             TrainRun(tiny_dataset, fresh, args, progress=lambda *event: seen.append(event)),
             TrainRun(tiny_dataset, resumed, args),
-        ]
+        ],
+        log=said.append,
     )
     assert seen and seen[-1][:3] == (1, 2, 1.0)  # the last epoch, complete
+    # the worker's log lines reach the driver, with the driver's paths, not its own copies
+    assert f"training unet_s7: resuming {resumed} after epoch 1 of 2" in said, said
+    assert not any("coherence-train-" in line for line in said), said
     for out in (fresh, resumed):
         for name in (ckpt.WEIGHTS_FILE, ckpt.STATE_FILE, ckpt.CONFIG_FILE):
             assert (out / name).read_bytes() == (local / name).read_bytes(), (out, name)

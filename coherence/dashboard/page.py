@@ -127,7 +127,13 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool, report
     if stale:  # the last computed figures stay until this selection is computed
         st.warning(stale, icon=":material/history:")
     ctx = PanelContext(
-        root, catalog, shown, catalog.dataset(shown.dataset), states, stale=stale is not None
+        root,
+        catalog,
+        shown,
+        catalog.dataset(shown.dataset),
+        states,
+        stale=stale is not None,
+        sidebar=selection if stale else None,
     )
     notes = st.container()  # warnings about the link's panel choices
     scores_row = st.container()  # filled after the open tab: its chart is sent first

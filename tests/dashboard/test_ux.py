@@ -485,6 +485,14 @@ def test_the_conservation_hint_says_when_adding_the_responses_needs_no_computati
     hint = next(t for t in texts(at.info).split("\n") if "to the response observables" in t)
     assert "Add mass and energy" in hint.replace("*", "")
     assert "its result is cached already" in hint and "compute" not in hint
+    # stale: the panel shows the last computed selection, but the sidebar's λ is another, and
+    # that is where the responses would be added: nothing cached there (the review's item)
+    at.number_input(key="sb_damping").set_value(1e-3).run()
+    assert "Stale figures" in texts(at.warning)
+    hint = next(t for t in texts(at.info).split("\n") if "to the response observables" in t)
+    assert "compute: all responses come from one pass" in hint, hint
+    at.multiselect(key="sb_resp").set_value(["smse", "mass", "energy"]).run()
+    assert "are chosen in the sidebar but not in the selection shown" in texts(at.info)
     bare = copy_workspace(workspace, tmp_path / "bare")
     JobRunner(bare).store.clear()
     at = open_app(bare, monkeypatch, {"panel": "Conservation", "resp": "smse"})

@@ -50,6 +50,13 @@ class PanelContext:
     stale: bool = False
     choices: tuple[tuple[str, str], ...] = ()  # the panel's own non-default choices
     settings: tuple[tuple[str, str], ...] = ()  # its choices, defaults named, for provenance
+    sidebar: Selection | None = None  # the sidebar's selection where it differs (stale)
+
+    @property
+    def chosen(self) -> Selection:
+        """The sidebar's selection: what advice to change a control acts on (stale pages
+        show another, the last computed)."""
+        return self.sidebar or self.selection
 
     @property
     def ready(self) -> tuple[GroupState, ...]:

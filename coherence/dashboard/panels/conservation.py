@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import streamlit as st
 
@@ -21,6 +22,7 @@ from coherence.dashboard.panels.common import (
     scale_choice,
     scale_selector,
 )
+from coherence.dashboard.selection import Selection
 from coherence.errors import CoherenceError
 
 CONSERVED = ("mass", "energy")
@@ -46,14 +48,20 @@ def conservation(ctx: PanelContext) -> None:
         )
         return
     missing = [r for r in CONSERVED if r not in ctx.selection.responses]
-    if missing:
+    to_add = [r for r in missing if r not in ctx.chosen.responses]  # the sidebar may have them
+    if to_add:
         then = (
             "its result is cached already, so it shows at once"
-            if _cached_with(ctx, missing)
+            if _cached_with(ctx.chosen, ctx.root, to_add)
             else "compute: all responses come from one pass over the batch"
         )
         st.info(
-            f"Add **{' and '.join(missing)}** to the response observables in the sidebar; {then}."
+            f"Add **{' and '.join(to_add)}** to the response observables in the sidebar; {then}."
+        )
+    elif missing:
+        st.info(
+            f"**{' and '.join(missing)}** are chosen in the sidebar but not in the selection "
+            "shown: compute it to see them."
         )
     responses = [r for r in CONSERVED if r in ctx.selection.responses]
     if not responses or not need_results(ctx):
@@ -67,13 +75,13 @@ def conservation(ctx: PanelContext) -> None:
             _one_response(ctx, response)
 
 
-def _cached_with(ctx: PanelContext, responses: list[str]) -> bool:
-    """Whether the selection with ``responses`` added is cached for every group (whole, or
-    assembled from cached units): then adding them needs no computation."""
-    wider = replace(ctx.selection, responses=(*ctx.selection.responses, *responses))
-    runner = loaders.job_runner(str(ctx.root))
+def _cached_with(selection: Selection, root: Path, responses: list[str]) -> bool:
+    """Whether ``selection`` (the sidebar's) with ``responses`` added is cached for every
+    group (whole, or assembled from cached units): then adding them needs no computation."""
+    wider = replace(selection, responses=(*selection.responses, *responses))
+    runner = loaders.job_runner(str(root))
     try:
-        counts = [runner.cached_unit_count(r) for r in wider.to_requests(ctx.root)]
+        counts = [runner.cached_unit_count(r) for r in wider.to_requests(root)]
     except (CoherenceError, OSError):
         return False
     return all(cached == total for cached, total in counts)

@@ -22,6 +22,11 @@
    estimator's same columns are compared with them (Pearson over the block, median
    per-column Spearman); first on the hardest small model, where the exact H checks that
    reference. Does the default's fidelity carry over from the small models?
+2c. ``rows`` (opt-in): the issue's own measure (row-standardised Ĥ, per-row Spearman) on the
+   demo models, from reference columns kept on disk and added to run by run
+   (``bench/reference_rows.py``: H is symmetric, so a solved column is a whole row); first the
+   sampled measure against the whole one on the hardest small model. ``--max-columns`` bounds
+   the columns one run solves (Ctrl-C keeps every finished chunk); ``--cap`` defaults to 1200.
 3. ``cost``: seconds of each estimator side by side on the trained demo checkpoints
    (``workspace/checkpoints/{unet,vit}_demo_s10`` unless --checkpoint names others; N = 48,
    32², one batch, after one warm-up that traces the tangent program), best of two runs:
@@ -31,6 +36,7 @@
 Run: python -m bench.bench_fidelity [--part fidelity|tolerance|cg|cost|columns|all] [--quick]
      [--arch unet|vit] [--checkpoint ARCH=DIR] [--columns K] [--rtol R] [--cap N]
      [--start cold|deflated|preconditioned] [--column C ...] [--only ESTIMATOR ...]
+     [--max-columns K]  (rows)
 (--start: run one start only, written to cg_start_<arch>_<start>.json; --quick: one small
 model, depths 2 and 4, cg on the UNet at rtol 5e-2 with max_iter 50).
 Figures from a shared or single-threaded machine are indicative only.
@@ -48,6 +54,14 @@ from scipy.stats import spearmanr
 
 from bench.bench_influence import demo_model, euler_batch
 from bench.common import write_result
+from bench.reference_rows import (
+    ReferenceStore,
+    fingerprint,
+    reference_summary,
+    row_agreement,
+    solve_columns,
+    store_path,
+)
 from coherence.analysis.autodiff import BatchJacobian, FlatModel, per_example_vjps
 from coherence.analysis.estimators import block_cg
 from coherence.analysis.influence import compute_influence
@@ -448,11 +462,96 @@ def columns_rows(
     return rows
 
 
+def spread_order(times: int = 16, classes: int = 3) -> list[int]:
+    """All N = times·classes columns (time-major: p = t·classes + c) in an order whose every
+    prefix spreads over the window and the classes: times in van der Corput order, the class
+    shifted on each pass, so that a run stopped early still samples the whole batch."""
+    bits = max(times - 1, 1).bit_length()
+    by_time = sorted(range(times), key=lambda t: int(f"{t:0{bits}b}"[::-1], 2))
+    return [
+        by_time[k % times] * classes + (k + k // times) % classes for k in range(times * classes)
+    ]
+
+
+def _row_settings(
+    label: str,
+    batch: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    reference: torch.Tensor,
+    solved: list[int],
+    exact: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """Each COLUMN_SETTINGS estimate on the solved rows against the reference rows (and, on a
+    small model, against the exact H: on the same rows and on all of them)."""
+    model, x, y = batch
+    rows = []
+    for estimator, options in COLUMN_SETTINGS:
+        result = compute_influence(model, x, y, estimator=estimator, **options)
+        h = result.H_by_response["smse"]
+        pearson, spearman = row_agreement(h[solved], reference)
+        row = {
+            "model": label,
+            "setting": estimator + "".join(f" {k}={v}" for k, v in options.items()),
+            "rows": len(solved),
+            "pearson": pearson,
+            "spearman": spearman,
+            "seconds": result.diagnostics.seconds,
+        }
+        if exact is not None:
+            row["pearson_vs_exact"], row["spearman_vs_exact"] = row_agreement(
+                h[solved], exact[solved]
+            )
+            row["pearson_all_rows"], row["spearman_all_rows"] = row_agreement(h, exact)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def _rows_for(
+    label: str,
+    batch: tuple[torch.nn.Module, torch.Tensor, torch.Tensor],
+    wanted: list[int],
+    rtol: float,
+    cap: int,
+    exact: torch.Tensor | None = None,
+) -> list[dict[str, Any]]:
+    """Solve the wanted reference columns the store lacks, then compare every setting on all
+    the rows solved so far."""
+    model, x, y = batch
+    key = fingerprint(model, x, y, rtol, cap)
+    store = ReferenceStore(store_path(label.split()[0]), key)
+    fm, g = smse_gradients(model, x, y)
+    solve_columns(store, fm, x, g, wanted, rtol, cap, chunk=3)
+    solved = sorted(store.columns)
+    reference = store.rows(solved)
+    meta = {"model": label, "setting": f"reference: cg --cg-start preconditioned rtol={rtol}"}
+    row = {**meta, "cap": cap, **reference_summary(store, solved)}
+    if exact is not None:
+        row["pearson_vs_exact"], row["spearman_vs_exact"] = row_agreement(reference, exact[solved])
+    print(row, flush=True)
+    return [row, *_row_settings(label, batch, reference, solved, exact)]
+
+
+def rows_rows(
+    archs: list[str], checkpoints: dict[str, str], wanted: list[int], rtol: float, cap: int
+) -> list[dict[str, Any]]:
+    """The issue's measure on the rows solved so far: the hardest small model first (sampled
+    and whole, against the exact H), then the trained demo models against their references."""
+    small = train_small(*MODELS[-1])
+    exact = small.reference.full("smse", 1e-4)
+    batch = (small.model, small.inputs, small.targets)
+    rows = _rows_for(f"small P = {small.reference.jac.shape[2]}", batch, wanted, rtol, cap, exact)
+    x, y = euler_batch()
+    for arch in archs:
+        model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
+        rows += _rows_for(f"{arch} (trained)", (model, x, y), wanted, rtol, cap)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=("fidelity", "tolerance", "cg", "cost", "columns", "all"),
+        choices=("fidelity", "tolerance", "cg", "cost", "columns", "rows", "all"),
         default="all",
     )
     parser.add_argument("--quick", action="store_true")
@@ -469,6 +568,9 @@ def main() -> None:
     parser.add_argument("--rtol", action="append", type=float, help="cg: tolerances")
     parser.add_argument("--cap", type=int, help="cg: iteration cap per column")
     parser.add_argument("--device", default="cpu", help="cost: cpu or cuda")
+    parser.add_argument(
+        "--max-columns", type=int, help="rows: solve at most this many new columns per model"
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -529,6 +631,24 @@ def main() -> None:
             "row standardisation: it needs every column) and median per-column Spearman over "
             "the N responses. First the same on the hardest small model, where the exact "
             "dense H checks the reference (pearson_vs_exact).",
+        )
+    if args.part == "rows":  # opt-in: minutes per column and model on 2 cores
+        archs = args.arch or ["unet", "vit"]
+        rtol = (args.rtol or [3e-3])[0]
+        wanted = args.column or spread_order()
+        if args.max_columns is not None:
+            wanted = wanted[: args.max_columns]
+        write_result(
+            "fidelity_rows",
+            "The issue's fidelity measure on the demo models, on the rows solved so far (issue 14)",
+            rows_rows(archs, checkpoints, wanted, rtol, args.cap or 1200),
+            f"λ = 1e-4, N = 48; reference: EK-FAC-preconditioned cg to rtol {rtol} "
+            "(bench/results/reference_columns_*.json, added to run by run). H is symmetric, "
+            "so each solved column is a whole row: Pearson of the row-standardised Ĥ over "
+            "the solved rows and the median per-row Spearman, the issue's measure on a "
+            "sample of rows (all 48: the whole measure). On the small model, the same "
+            "sample against the exact H and the whole measure beside it; asymmetry: "
+            "‖B − Bᵀ‖/‖B + Bᵀ‖ of the reference's solved block (0 for an exact solve).",
         )
     if args.part in ("cg", "all"):
         archs = args.arch or ["unet", "vit"]

@@ -16,6 +16,19 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPORT = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+def _honour_thread_setting() -> None:
+    """COHERENCE_TORCH_THREADS holds for a benchmark as for the product: two benchmarks run
+    side by side with one thread each must not oversubscribe the cores (torch's default is
+    every core per process). Unset, torch's default stays: a figure uses the whole machine."""
+    from coherence.cache.slots import THREADS_ENV, threads_per_job
+
+    if os.environ.get(THREADS_ENV, "").strip():
+        torch.set_num_threads(threads_per_job())
+
+
+_honour_thread_setting()
+
+
 def machine() -> dict[str, Any]:
     """Where the figures came from: quote ratios only between runs on the same machine."""
     cpu = platform.processor() or platform.machine()

@@ -1,0 +1,117 @@
+"""bench.reference_rows: the issue's measure on a sample of rows, from reference columns kept on
+disk. References: the standardize-based whole measure, the exact dense solve of a small model,
+and the symmetry of H = G A⁻¹ Gᵀ."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from bench.bench_fidelity import smse_gradients, spread_order
+from bench.reference_rows import (
+    ReferenceStore,
+    block_asymmetry,
+    fingerprint,
+    row_agreement,
+    solve_columns,
+)
+from coherence.analysis.standardization import standardize
+from tests.analysis.fixtures import TinyConv, dense_reference
+
+
+def _symmetric_h(n: int = 12, p: int = 30, seed: int = 0) -> torch.Tensor:
+    """H = G A⁻¹ Gᵀ for a random SPD A: the shape of the SMSE map."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, p, generator=gen, dtype=torch.float64)
+    root = torch.randn(p, p, generator=gen, dtype=torch.float64)
+    return g @ torch.linalg.solve(root @ root.T + 1e-2 * torch.eye(p, dtype=torch.float64), g.T)
+
+
+def test_all_rows_give_the_whole_measure():
+    exact = _symmetric_h()
+    estimate = exact + 0.3 * _symmetric_h(seed=1)
+    a, b = standardize(estimate).numpy(), standardize(exact).numpy()
+    whole = (
+        float(np.corrcoef(a.ravel(), b.ravel())[0, 1]),
+        float(np.median([spearmanr(a[i], b[i])[0] for i in range(len(a))])),
+    )
+    assert row_agreement(estimate, exact) == pytest.approx(whole, abs=1e-12)
+    assert row_agreement(exact, exact) == pytest.approx((1.0, 1.0))
+    # a row's measure is blind to its scale, as Ĥ is: the reference may be stored as H·D
+    assert row_agreement(estimate[:4], 7.0 * exact[:4]) == pytest.approx(
+        row_agreement(estimate[:4], exact[:4]), abs=1e-12
+    )
+
+
+def test_store_keeps_columns_per_system_and_reads_them_as_rows(tmp_path):
+    h = _symmetric_h()
+    path = tmp_path / "reference_columns_x.json"
+    store = ReferenceStore(path, "key-a")
+    store.add(
+        {
+            p: {"h": h[:, p].tolist(), "iterations": 3, "residual": 1e-4, "seconds": 1.0}
+            for p in (5, 1)
+        }
+    )
+    other = ReferenceStore(path, "key-b")
+    assert other.columns == {}
+    other.add({0: {"h": [0.0] * 12, "iterations": 1, "residual": 0.0, "seconds": 0.0}})
+    reopened = ReferenceStore(path, "key-a")
+    assert sorted(reopened.columns) == [1, 5]  # the other system's write kept these
+    assert torch.equal(reopened.rows([1, 5]), h[:, [1, 5]].T)  # bit-exact through the JSON
+    torch.testing.assert_close(reopened.rows([1, 5]), h[[1, 5]])  # column p of H is row p
+    assert set(json.loads(path.read_text())["systems"]) == {"key-a", "key-b"}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_block_asymmetry_is_zero_for_a_symmetric_solve():
+    h = _symmetric_h()
+    solved = [0, 3, 7]
+    assert block_asymmetry(h[solved], solved) == pytest.approx(0.0, abs=1e-14)
+    skewed = h.clone()
+    skewed[0, 3] *= 1.1
+    assert block_asymmetry(skewed[solved], solved) > 1e-3
+
+
+def test_fingerprint_names_the_system():
+    torch.manual_seed(0)
+    model = TinyConv(2)
+    x = torch.randn(3, 2, 4, 4)
+    base = fingerprint(model, x, x, 1e-3, 100)
+    assert base == fingerprint(model, x.clone(), x, 1e-3, 100)
+    assert base != fingerprint(model, x, x + 1, 1e-3, 100)
+    assert base != fingerprint(model, x, x, 3e-3, 100)
+    assert base != fingerprint(model, x, x, 1e-3, 200)
+    with torch.no_grad():
+        model.conv1.bias.add_(1e-3)
+    assert base != fingerprint(model, x, x, 1e-3, 100)
+
+
+def test_spread_order_is_a_permutation_whose_prefixes_spread():
+    order = spread_order()
+    assert sorted(order) == list(range(48))
+    assert {p // 3 for p in order[:16]} == set(range(16))  # every time in the first 16
+    assert {p % 3 for p in order[:3]} == {0, 1, 2}  # every class in the first 3
+
+
+def test_solved_columns_are_rows_of_the_exact_solve_and_are_not_solved_twice(tmp_path):
+    torch.manual_seed(3)
+    model = TinyConv(2, hidden=3).double()  # P = 113
+    x = torch.randn(8, 2, 5, 5, dtype=torch.float64)
+    y = x + 0.1 * torch.randn_like(x)
+    dense = dense_reference(model, x, y)
+    exact = dense.full("smse", 1e-4) * dense.d  # H·D, as the store keeps it
+    store = ReferenceStore(tmp_path / "r.json", fingerprint(model, x, y, 1e-8, 500))
+    kept = {"h": [1.0] * 8, "iterations": 0, "residual": 0.0, "seconds": 0.0}
+    store.add({6: dict(kept)})  # already solved: must be left as it is
+    fm, g = smse_gradients(model, x, y)
+    messages = []
+    solve_columns(store, fm, x, g, [2, 6, 5], 1e-8, 500, chunk=1, log=messages.append)
+    assert store.columns[6] == kept
+    assert "[2, 5]" in messages[0]
+    torch.testing.assert_close(store.rows([2, 5]), exact[[2, 5]], rtol=1e-5, atol=1e-8)
+    assert max(store.columns[p]["residual"] for p in (2, 5)) <= 1e-8

@@ -532,7 +532,12 @@ def _rows_for(
 
 
 def rows_rows(
-    archs: list[str], checkpoints: dict[str, str], wanted: list[int], rtol: float, cap: int
+    archs: list[str],
+    checkpoints: dict[str, str],
+    wanted: list[int],
+    rtol: float,
+    cap: int,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
     """The issue's measure on the rows solved so far: the hardest small model first (sampled
     and whole, against the exact H), then the trained demo models against their references."""
@@ -540,9 +545,10 @@ def rows_rows(
     exact = small.reference.full("smse", 1e-4)
     batch = (small.model, small.inputs, small.targets)
     rows = _rows_for(f"small P = {small.reference.jac.shape[2]}", batch, wanted, rtol, cap, exact)
-    x, y = euler_batch()
+    x, y = (t.to(device) for t in euler_batch())
     for arch in archs:
         model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
+        model.to(device)  # the same system on any device: its columns share one store
         rows += _rows_for(f"{arch} (trained)", (model, x, y), wanted, rtol, cap)
     return rows
 
@@ -567,7 +573,7 @@ def main() -> None:
     parser.add_argument("--arch", action="append", choices=("unet", "vit"), help="cg: models")
     parser.add_argument("--rtol", action="append", type=float, help="cg: tolerances")
     parser.add_argument("--cap", type=int, help="cg: iteration cap per column")
-    parser.add_argument("--device", default="cpu", help="cost: cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cost, rows: cpu or cuda")
     parser.add_argument(
         "--max-columns", type=int, help="rows: solve at most this many new columns per model"
     )
@@ -639,9 +645,9 @@ def main() -> None:
         if args.max_columns is not None:
             wanted = wanted[: args.max_columns]
         write_result(
-            "fidelity_rows",
+            "fidelity_rows_" + "_".join(archs),
             "The issue's fidelity measure on the demo models, on the rows solved so far (issue 14)",
-            rows_rows(archs, checkpoints, wanted, rtol, args.cap or 1200),
+            rows_rows(archs, checkpoints, wanted, rtol, args.cap or 1200, args.device),
             f"λ = 1e-4, N = 48; reference: EK-FAC-preconditioned cg to rtol {rtol} "
             "(bench/results/reference_columns_*.json, added to run by run). H is symmetric, "
             "so each solved column is a whole row: Pearson of the row-standardised Ĥ over "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one run, for a machine with a CUDA GPU (README, "On a GPU"): the CUDA tests,
 # `coherence analyze --device cuda` twice (the second from the cache), then the GPU benchmarks
-# (estimator cost, paper-scale units, float32 precision, training throughput). Each step has
+# (estimator cost, paper-scale units, float32 precision, training throughput, reference
+# columns for the fidelity measure). Each step has
 # its own time limit, so one slow step cannot take the others' figures with it. Results land
 # in bench/results/*cuda*.json and gpu_precision.json, copied with the logs to $OUT.
 #
@@ -49,6 +50,15 @@ step training 45 python3 -m bench.bench_training --cuda
 step paper_unet_tf32 100 python3 -m bench.bench_paper_unit --arch unet --device cuda \
     --responses smse,mass,energy --tf32
 
+# last, with what time is left: reference columns for the issue's fidelity measure at demo
+# scale (each finished chunk of 3 columns is kept, so a stop at the limit loses one chunk);
+# rtol and caps as on the CPU runs, whose stores they extend (a system's key names them)
+step rows_unet 70 python3 -m bench.bench_fidelity --part rows --arch unet --rtol 1e-3 \
+    --cap 2000 --device cuda
+step rows_vit 50 python3 -m bench.bench_fidelity --part rows --arch vit --rtol 1e-3 \
+    --cap 3000 --device cuda
+
 tar -czf "$OUT/results.tar.gz" bench/results/*cuda*.json bench/results/gpu_precision.json \
+    bench/results/reference_columns_*.json bench/results/fidelity_rows_*.json \
     -C "$OUT" logs 2>/dev/null
 ls -la "$OUT"

@@ -55,7 +55,10 @@ def simulate(
     snapshots: Annotated[int, typer.Option(help="Snapshots uniform on [0, t-end].")] = 21,
     t_end: Annotated[float, typer.Option(help="Final time.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed for initial states and splits.")] = 0,
-    name: Annotated[str, typer.Option(help="dataset_name attribute (default from family).")] = "",
+    name: Annotated[
+        str,
+        typer.Option(help="dataset_name attribute (default: FAMILY_RESOLUTION, e.g. euler_64)."),
+    ] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace existing class files.")] = False,
 ) -> None:
     """Simulate PDE trajectories and write them as a Well-format dataset."""
@@ -182,7 +185,9 @@ app.command(
 def demo(
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
 ) -> None:
-    """Build the demo workspace (CE data, UNet and ViT for three seeds); skips what exists."""
+    """Build or complete the demo workspace: CE data, UNet and ViT for three seeds, the
+    default analyses, the ViT dynamics and λ sweep. Keeps what matches; replaces its own
+    dataset and checkpoints where they do not (other files are never touched)."""
     from coherence.demo import build_demo
 
     build_demo(workspace, log=console.print)

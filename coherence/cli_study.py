@@ -32,7 +32,9 @@ def study(
         "10,35,42"
     ),
     batches: Annotated[int, typer.Option(help="Test trajectories analysed per seed.")] = 6,
-    classes: Annotated[str, typer.Option(help="Comma-separated classes (default: 3).")] = "",
+    classes: Annotated[
+        str, typer.Option(help="Comma-separated classes (default: the dataset's first 3).")
+    ] = "",
     epochs: Annotated[
         int | None, typer.Option(help="Epochs (default: demo 12, paper 150 CE / 100 NS).")
     ] = None,

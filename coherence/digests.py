@@ -1,6 +1,6 @@
 """Content digests of files (sha256), the identity behind every cache key.
 
-Hashing is the price of content addressing: a PDEgym class imported at 128² is ≈ 55 GB, and
+Hashing is the price of content addressing: a PDEgym class imported at 128² is ≈ 69 GB, and
 every fresh process (each dashboard job is one) would re-read it. So a digest is memoized in
 the process and, for files of 64 MiB and more, on disk under the user's cache directory
 (``$COHERENCE_DIGEST_CACHE``, else ``$XDG_CACHE_HOME/coherence/digests``, mode 0700), keyed

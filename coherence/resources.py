@@ -17,7 +17,7 @@ UNKNOWN = 2**63 - 1  # no reading: refuse nothing
 def cgroup_free() -> int | None:
     """Bytes left under a cgroup v2 memory limit (containers), or None without one. The
     page cache the kernel can drop (``inactive_file``) counts as free: after reading a
-    55 GB file, memory.current alone says the container is full."""
+    69 GB file, memory.current alone says the container is full."""
     base = Path("/sys/fs/cgroup")
     try:
         limit = (base / "memory.max").read_text().strip()

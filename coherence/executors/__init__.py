@@ -7,7 +7,7 @@ keeps every cache duty: keys, the store, assembly. An executor only computes.
 - ``local`` (the default): today's behaviour, nothing to install.
 - ``ray``: ``--ray-address HOST:PORT`` on ``coherence analyze|train|study``, or
   ``COHERENCE_RAY_ADDRESS`` (which the dashboard's job workers inherit). Needs the
-  ``cluster`` extra (``pip install 'coherence-explorer[cluster]'``); Ray is imported only then.
+  ``cluster`` extra (``pip install -e '.[cluster]'`` from the checkout); Ray is imported only then.
 
 This module imports nothing heavy: the job worker reads it before it takes a compute slot.
 """

@@ -21,6 +21,7 @@ Ray's ports carry no authentication: run the cluster on a private network only (
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -304,17 +305,25 @@ class RayExecutor:
         say = log or (lambda message: None)
         if not runs:
             return
+        from coherence.surrogates.training import check_checkpoint_folder, training_lock
+
         ray = self.connect()
         limit = env_number(SHIP_BYTES_ENV, 2.0 * 1024**3)
         task = _remote(ray, training_task)
         board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-        pending = {}
-        for index, run in enumerate(runs):
-            pending[self._submit_training(ray, task, board, str(index), run, limit)] = run
-            say(f"submitted training {run.out.name} to the Ray cluster at {self.address}")
+        pending: dict[Any, TrainRun] = {}
         errors: list[ClusterError] = []
         heard = [0]  # log lines of the runs read so far
+        # every run's checkpoint lock, as a local run holds it, from before the driver touches
+        # the folder (recover, prune) until its files are written: a local `coherence train`
+        # or another study into the same --out is refused, and so is one --out given twice
+        held = contextlib.ExitStack()
         try:
+            for index, run in enumerate(runs):
+                check_checkpoint_folder(run.out)  # as a local run does: not into a dataset
+                held.enter_context(training_lock(run.out))
+                pending[self._submit_training(ray, task, board, str(index), run, limit)] = run
+                say(f"submitted training {run.out.name} to the Ray cluster at {self.address}")
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
                 self._show_progress(ray, board, runs, {id(r) for r in pending.values()})
@@ -335,6 +344,7 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             raise
         finally:
+            held.close()
             ray.kill(board)
         if errors:
             more = f" ({len(errors)} of {len(runs)} runs failed)" if len(errors) > 1 else ""
@@ -347,14 +357,12 @@ class RayExecutor:
         node) and, to resume, its verified checkpoint set; returns the task reference."""
         from coherence.surrogates import checkpoint as ckpt
         from coherence.surrogates import snapshots
-        from coherence.surrogates.training import check_checkpoint_folder
 
         paths, size = _dataset_files(Path(run.data), run.args.classes)
         shipped = None
         if size <= limit:
             shipped = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
         ckpt.recover(run.out)
-        check_checkpoint_folder(run.out)  # as a local run does: not into a dataset folder
         resume = None
         if (run.out / ckpt.CONFIG_FILE).is_file():
             ckpt.verify(run.out)

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import coherence
@@ -47,8 +48,8 @@ def check_versions(worker: Mapping[str, Any], where: str) -> None:
         ours = ", ".join(f"{k} {v!r}" for k, v in mine.items())
         raise VersionMismatch(
             f"{where}: the Ray worker runs {theirs} but this driver runs {ours}; install the "
-            f"same coherence-explorer on every node (pip install 'coherence-explorer[cluster]"
-            f"=={coherence.__version__}') and restart its Ray workers"
+            f"same coherence-explorer ({coherence.__version__}, the same checkout) on every node "
+            "(pip install -e '.[cluster]') and restart its Ray workers"
         )
 
 
@@ -100,15 +101,47 @@ def _host_port(address: str) -> tuple[str, int] | None:
         return None
 
 
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def _token_at_hand() -> bool:
+    """Whether Ray's token for token authentication is here: ``RAY_AUTH_TOKEN``, the file
+    ``RAY_AUTH_TOKEN_PATH`` names, or ``~/.ray/auth_token`` (where a local ``ray.init()``
+    writes one)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return True
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    return (Path(named).expanduser() if named else Path.home() / ".ray" / "auth_token").is_file()
+
+
+def _use_token_auth_if_at_hand() -> None:
+    """Why: ``ray start --head`` turns token authentication on when a token is at hand and
+    ``RAY_AUTH_MODE`` is unset (Ray ≥ 2.5x), but a driver's ``ray.init(address=…)`` does not,
+    and then hangs against that cluster as if nothing answered (seen with a token a local
+    ``ray.init()`` had left in ~/.ray). Do for the driver what ``ray start`` does for the
+    head; a token-mode driver connects to a cluster without authentication as well. An
+    explicit ``RAY_AUTH_MODE`` is left as it is."""
+    if os.environ.get(AUTH_MODE_ENV) is not None or not _token_at_hand():
+        return
+    os.environ[AUTH_MODE_ENV] = "token"  # read when ray is first imported, and by children
+    try:  # ray imported already: refresh its cached config, as `ray start` does (Ray 2.60)
+        from ray._private.authentication import authentication_token_setup
+
+        authentication_token_setup._enable_token_auth()
+    except (ImportError, AttributeError):
+        pass
+
+
 def connect(address: str, timeout: float | None = None) -> Any:
     """The ``ray`` module, connected to ``address`` (a connection made earlier in this process
     is reused). Raises ClusterUnreachable within ``timeout`` seconds when nothing answers."""
+    _use_token_auth_if_at_hand()
     try:
         import ray
     except ImportError:
         raise ClusterUnreachable(
             f"--ray-address {address}: Ray is not installed here; install it with "
-            "pip install 'coherence-explorer[cluster]' (on this machine and every node)"
+            "pip install -e '.[cluster]' from the checkout (on this machine and every node)"
         ) from None
     if ray.is_initialized():
         return ray
@@ -140,13 +173,23 @@ def connect(address: str, timeout: float | None = None) -> Any:
     if thread.is_alive():
         raise ClusterUnreachable(
             f"the Ray cluster at {address} did not answer within {timeout:g} s (is it a Ray "
-            f"head's GCS port, 6379 by default?); {fix}"
+            f"head's GCS port, 6379 by default?{_token_hint()}); {fix}"
         )
     if "error" in outcome:
         error = outcome["error"]
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address} ({first}); {fix}")
     return ray
+
+
+def _token_hint() -> str:
+    """What to check when a cluster hangs up on a driver that has no token to show."""
+    if os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
+        return " Is this machine's Ray token the cluster's?"
+    return (
+        " A cluster with token authentication needs its token here: set RAY_AUTH_TOKEN or "
+        "copy the head's ~/.ray/auth_token"
+    )
 
 
 _REMOTE: dict[str, Any] = {}

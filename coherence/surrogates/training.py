@@ -460,15 +460,16 @@ def train(
     cluster worker trains on the files shipped to it), so the checkpoint is the same bytes
     as one trained on the original."""
     check_checkpoint_folder(Path(out))  # before the lock file beside it is made
-    with _training_lock(Path(out)):
+    with training_lock(Path(out)):
         return _train(data, Path(out), args, progress=progress, log=log, dataset_root=dataset_root)
 
 
 @contextlib.contextmanager
-def _training_lock(out: Path) -> Iterator[None]:
+def training_lock(out: Path) -> Iterator[None]:
     """Hold ``.<name>.train.lock`` beside the checkpoint while training into it. Why: two
     runs into one --out both finished, the checkpoint from one and the snapshots (kept when
-    present) from the other. A killed run's lock goes with it (flock)."""
+    present) from the other. A killed run's lock goes with it (flock). A Ray driver holds it
+    for its runs as a local run does (``executors.ray_cluster``)."""
     from coherence.cache.locks import KeyLock
 
     lock = KeyLock(out.parent / f".{out.name}.train.lock")

@@ -30,18 +30,20 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: flo
     raise RuntimeError(f"the Ray head did not open port {port} in {timeout} s: {log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def ray_address():
-    """HOST:PORT of a fresh local Ray cluster whose workers import this checkout."""
+@contextlib.contextmanager
+def local_head(env: dict[str, str] | None = None):
+    """HOST:PORT of a fresh local Ray head (2 CPUs) whose workers import this checkout, in
+    the environment ``env`` (default: this one), stopped on exit."""
     pytest.importorskip("ray")
     ray_bin = Path(sys.executable).parent / "ray"
     if not ray_bin.exists():
         pytest.skip(f"no `ray` command beside {sys.executable}")
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
     port = free_port()
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    base = dict(os.environ if env is None else env)
+    pythonpath = os.pathsep.join(p for p in (str(REPO), base.get("PYTHONPATH")) if p)
     env = {
-        **os.environ,
+        **base,
         "PYTHONPATH": pythonpath,
         "RAY_USAGE_STATS_ENABLED": "0",
         "OMP_NUM_THREADS": "1",
@@ -71,12 +73,21 @@ def ray_address():
         _wait_for_port(port, process, log, timeout=90)
         yield f"127.0.0.1:{port}"
     finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
         _stop_group(process)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """HOST:PORT of the session's local Ray cluster; this process disconnects at the end."""
+    with local_head() as address:
+        try:
+            yield address
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
 
 
 def _stop_group(process: subprocess.Popen) -> None:

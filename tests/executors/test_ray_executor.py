@@ -29,7 +29,8 @@ from coherence.executors.ray_cluster import RayExecutor
 from coherence.executors.ray_tasks import TEST_UNIT_DELAY_ENV, TEST_UNIT_DIR_ENV
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import snapshots
-from coherence.surrogates.training import train
+from coherence.surrogates.training import train, training_lock
+from tests.executors.conftest import local_head
 from tests.fixtures import REPO, free_port, quick_request, tiny_args, torch_threads
 
 pytest.importorskip("ray")
@@ -226,6 +227,24 @@ def test_training_on_ray_into_a_folder_of_other_files_is_refused(
     assert [p.name for p in folder.iterdir()] == ["readme.txt"]
 
 
+def test_training_on_ray_holds_the_checkpoint_lock_as_a_local_run_does(
+    ray_address, tiny_dataset, tmp_path
+):
+    """A checkpoint a local `coherence train` is writing (it holds the lock) was trained
+    over on Ray: the driver pruned its snapshots and wrote its own set (the review's item).
+    One --out given twice is the same race within one driver."""
+    out = tmp_path / "cluster" / "unet_s7"
+    refused = pytest.raises(RequestError, match="another `coherence train` or study")
+    with training_lock(out), refused:
+        RayExecutor(ray_address).train([TrainRun(tiny_dataset, out, tiny_args())])
+    assert not out.exists()
+    twice = [TrainRun(tiny_dataset, out, tiny_args()), TrainRun(tiny_dataset, out, tiny_args())]
+    with pytest.raises(RequestError, match="another `coherence train` or study"):
+        RayExecutor(ray_address).train(twice)
+    with training_lock(out):  # released by the refused driver
+        pass
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_and_exhausted_retries_name_the_unit(
     ray_address, checkpoint, tiny_dataset, workspace, tmp_path
@@ -327,6 +346,33 @@ def test_a_worker_of_another_version_is_refused(ray_address, checkpoint, tiny_da
     assert out.startswith("VersionMismatch"), out + done.stderr[-2000:]
     assert "coherence '9.9.9'" in out and "coherence '0.1.0'" in out, out
     assert f"unit (checkpoint {checkpoint.name}, trajectory 0)" in out
+
+
+@pytest.mark.slow
+def test_a_driver_with_a_ray_token_at_hand_connects_to_a_token_auth_head(tmp_path):
+    """`ray start` turns token authentication on when ~/.ray/auth_token exists (a local
+    `ray.init()` writes one), but `ray.init(address=…)` in a driver does not: every Ray test
+    here then failed as "did not answer within 10 s". connect() does what `ray start` does."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("f" * 64)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(home)
+    with local_head(env) as address:
+        script = (
+            "import os\n"
+            "from coherence.executors.ray_connect import connect\n"
+            f"ray = connect({address!r}, timeout=60)\n"
+            "print(os.environ['RAY_AUTH_MODE'], ray.cluster_resources()['CPU'])\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env={**env, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
+            timeout=120,
+        )
+    assert done.stdout.split() == ["token", "2.0"], done.stdout + done.stderr[-2000:]
 
 
 def test_an_unreachable_address_is_refused_in_seconds(checkpoint, tiny_dataset, tmp_path):

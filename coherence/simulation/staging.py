@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
 from collections.abc import Iterator
@@ -96,7 +97,8 @@ def recover(root: str | os.PathLike) -> list[str]:
     root = Path(root)
     actions: list[str] = []
     if root.parent.is_dir():
-        for stale in sorted(root.parent.glob(_sibling_prefix(root) + "*")):
+        # escaped: a name like ds[12] must not match (and delete) ds1's staging
+        for stale in sorted(root.parent.glob(glob.escape(_sibling_prefix(root)) + "*")):
             shutil.rmtree(stale, ignore_errors=True)
             actions.append(f"removed the unfinished new dataset {stale.name}")
     if not root.is_dir():
@@ -173,7 +175,9 @@ def check_dataset_folder(root: Path) -> None:
 @contextlib.contextmanager
 def dataset_transaction(root: str | os.PathLike) -> Iterator[Stage]:
     """Lock ``root``, recover leftovers, stage new files; commit on success, discard on error."""
-    root = Path(root).expanduser().absolute()
+    # resolved: a symlinked --out and its target must share one lock (else the second
+    # writer's recovery deletes the first one's staging)
+    root = Path(root).expanduser().resolve()
     check_dataset_folder(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock_path(root), "a")  # noqa: SIM115 - held for the transaction's lifetime

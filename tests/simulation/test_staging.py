@@ -59,6 +59,28 @@ def test_one_writer_at_a_time(tmp_path):
         pass
 
 
+def test_a_symlinked_out_shares_its_targets_lock(tmp_path):
+    """The second writer, through a link to the first one's folder, was admitted and its
+    recovery deleted the first one's staged files (the review's item)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with dataset_transaction(tmp_path / "real") as stage:
+        for split in SPLITS:
+            _write(stage, split, "CE-RP")
+        with pytest.raises(RequestError, match="another"), dataset_transaction(tmp_path / "link"):
+            pass
+        assert stage.staging.is_dir()  # the first writer's staging is still there
+    assert open_dataset(tmp_path / "real").classes == ["CE-RP"]
+
+
+def test_recovery_of_a_glob_like_name_leaves_other_datasets_staging_alone(tmp_path):
+    other = tmp_path / ".ds1.staging-424242"  # ds1's new dataset, being written
+    other.mkdir()
+    assert recover(tmp_path / "ds[12]") == []
+    assert other.is_dir()
+    assert recover(tmp_path / "ds1") == ["removed the unfinished new dataset .ds1.staging-424242"]
+
+
 def test_interrupted_commit_hides_the_dataset_until_recovery_finishes_it(tmp_path):
     workspace = tmp_path / "ws"
     root = workspace / "datasets" / "d"

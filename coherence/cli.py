@@ -25,6 +25,7 @@ from coherence.cli_common import (
     friendly_errors,
     progress_bar,
     split_list,
+    styled,
     warn,
 )
 from coherence.cli_import import import_app
@@ -85,9 +86,14 @@ def simulate(
         generate_dataset(request, out, progress=report, overwrite=overwrite, workers=workers)
         bar.update(task, description=f"{bar.tasks[0].total:g} trajectories simulated and written")
     console.print(
-        f"wrote dataset [bold]{request.name}[/] ({len(request.classes)} classes × "
-        f"{trajectories} trajectories, {resolution}², {snapshots} snapshots) to "
-        f"[bold]{out.resolve()}[/] in {time.perf_counter() - start:.1f} s"
+        styled(
+            "wrote dataset ",
+            (request.name, "bold"),
+            f" ({len(request.classes)} classes × {trajectories} trajectories, {resolution}², "
+            f"{snapshots} snapshots) to ",
+            (str(out.resolve()), "bold"),
+            f" in {time.perf_counter() - start:.1f} s",
+        )
     )
 
 
@@ -161,7 +167,7 @@ def train_command(
 
         executor.train([TrainRun(data, out, args, progress=report)], log=log)
     if _epochs_trained(out) != before:  # a finished one is not written again: its log said so
-        console.print(f"checkpoint written to [bold]{out.resolve()}[/]")
+        console.print(styled("checkpoint written to ", (str(out.resolve()), "bold")))
 
 
 def _epochs_trained(out: Path) -> int:

@@ -21,6 +21,7 @@ from coherence.cli_common import (
     friendly_errors,
     progress_bar,
     split_list,
+    styled,
     warn,
 )
 from coherence.errors import ConvergenceWarning, RequestError
@@ -246,8 +247,8 @@ def _write(result, request, out: Path, *, batches: int) -> None:
         console.print(residuals, highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     console.print(
-        f"wrote [bold]{path.resolve()}[/] and its sidecar .json "
-        f"({plural(len(request.checkpoints), 'checkpoint')} × "
+        styled("wrote ", (str(path.resolve()), "bold")),
+        f"and its sidecar .json ({plural(len(request.checkpoints), 'checkpoint')} × "
         f"{plural(batches, 'batch', 'batches')}, N = "
-        f"{request.n_examples}, {seconds:.1f} s)"
+        f"{request.n_examples}, {seconds:.1f} s)",
     )

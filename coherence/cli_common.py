@@ -12,7 +12,6 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -21,11 +20,16 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from coherence.errors import CoherenceError, RequestError
 
-console = Console(stderr=True)  # messages and progress: stdout stays for a command's product
-product = Console()  # what a command was asked for, e.g. `study --plan`'s plan (redirectable)
+# markup off: messages carry paths and user text ("run[gas]/…", "[/x]"), which markup ate or
+# crashed on; styled parts are rich Text (``styled``).
+# console: messages and progress (stderr: stdout stays for a command's product);
+# product: what a command was asked for, e.g. `study --plan`'s plan (redirectable)
+console = Console(stderr=True, markup=False)
+product = Console(markup=False)
 F = TypeVar("F", bound=Callable)
 
 RayAddress = Annotated[
@@ -50,7 +54,8 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CoherenceError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            line = styled(("error:", "bold red"), f" {exc}")
+            console.print(line, highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except (
             FileExistsError,
@@ -63,8 +68,11 @@ def friendly_errors(func: F) -> F:
                 raise
             where = f": {exc.filename}" if exc.filename else ""
             console.print(
-                f"[bold red]error:[/] {exc.strerror or exc}{where}; check the paths given "
-                f"(set {DEBUG_ENV}=1 for the traceback)",
+                styled(
+                    ("error:", "bold red"),
+                    f" {exc.strerror or exc}{where}; check the paths given "
+                    f"(set {DEBUG_ENV}=1 for the traceback)",
+                ),
                 highlight=False,
                 soft_wrap=True,
             )
@@ -79,14 +87,15 @@ def friendly_errors(func: F) -> F:
                 message = f"the file system is read-only{where}; {AFTER_READ_ONLY}"
             else:
                 raise
-            console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+            console.print(styled(("error:", "bold red"), f" {message}"), soft_wrap=True)
             raise typer.Exit(code=2) from None
         except (MemoryError, RuntimeError) as exc:  # torch's allocators raise RuntimeError
             if not out_of_memory(exc) or os.environ.get(DEBUG_ENV):
                 raise
             what = str(exc).splitlines()[0][:200] if str(exc) else "an allocation failed"
             console.print(
-                f"[bold red]error:[/] out of memory ({what}); {AFTER_OOM}", soft_wrap=True
+                styled(("error:", "bold red"), f" out of memory ({what}); {AFTER_OOM}"),
+                soft_wrap=True,
             )
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
@@ -141,14 +150,20 @@ def warn(message: str, *, loud: bool = False, to: Console = console) -> None:
     """One warning line on the console (stderr): yellow "warning:", bold where it qualifies
     a result (an unconverged solve), the message printed as it is (no markup read in it)."""
     style = "bold yellow" if loud else "yellow"
-    to.print(f"[{style}]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    to.print(styled(("warning:", style), f" {message}"), highlight=False, soft_wrap=True)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line of plain strings and (text, style) pairs: styles without markup, so nothing in
+    a path or message is read as markup."""
+    return Text.assemble(*parts)
 
 
 def progress_bar(transient: bool = False) -> Progress:
     """A bar for one command's work; ``transient`` removes it when done (for commands whose
     log lines already say what finished, where a last frame would repeat a stale stage)."""
     return Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         TaskProgressColumn(),
         TimeElapsedColumn(),

@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from coherence.cli_common import console, friendly_errors, warn
+from coherence.cli_common import console, friendly_errors, styled, warn
 
 import_app = typer.Typer(
     help="Import public datasets (PDEgym, The Well) as Well-format datasets.",
@@ -31,7 +31,7 @@ import_app = typer.Typer(
 
 def _byte_bar() -> Progress:
     return Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -55,8 +55,11 @@ def _summary(report) -> None:
     splits = ("train", "valid", "test")
     counts = ", ".join(f"{n} {s}" for s, n in zip(splits, report.counts, strict=True))
     console.print(
-        f"imported into [bold]{report.root}[/]: {counts} trajectories "
-        f"({report.mb_per_s:.0f} MB/s)\nsplit: {report.split_label}",
+        styled(
+            "imported into ",
+            (str(report.root), "bold"),
+            f": {counts} trajectories ({report.mb_per_s:.0f} MB/s)\nsplit: {report.split_label}",
+        ),
         highlight=False,
     )
     for path in report.files:

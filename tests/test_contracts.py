@@ -214,3 +214,23 @@ def test_serve_refuses_what_streamlit_would_meet_with_a_traceback(tmp_path):
             assert "Traceback" not in shown.output
         if busy6 is not None:
             busy6.close()
+
+
+def test_messages_print_paths_as_they_are_not_as_markup(tmp_path):
+    """Errors went through rich markup: a path holding "[/x]" crashed the error line itself
+    (MarkupError), "run[gas]" lost its brackets, and the hint "pip install -e '.[cluster]'"
+    lost its extra."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    for folder in ("weird[/x]", "run[gas]"):
+        missing = tmp_path / folder / "train" / "f.hdf5"
+        shown = CliRunner().invoke(
+            app,
+            ["import", "well-euler", str(missing), "--out", str(tmp_path / "o")],
+            env={"COLUMNS": "300"},
+        )
+        assert shown.exit_code == 2, shown.output
+        assert f"error: {missing}: no such file" in shown.output, shown.output
+        assert "Traceback" not in shown.output

@@ -86,7 +86,11 @@ def test_refusals(tmp_path, states):
     assert not (tmp_path / "out").exists()
     bad = write_well_euler(tmp_path / "data" / "test" / "bad.hdf5", states, gamma=1.4)
     with h5py.File(bad, "a") as f:
-        f.attrs["gamma"] = 5 / 3  # the file's γ disagrees with its own channels
+        f.attrs["gamma"] = 5 / 3  # the root attribute disagrees with scalars/gamma
+    with pytest.raises(SchemaError, match=r"γ is 1\.666.* in the root attribute but 1\.4 in"):
+        import_well_euler([bad], tmp_path / "out")
+    with h5py.File(bad, "a") as f:
+        f["scalars/gamma"][...] = 5 / 3  # the file's γ disagrees with its own channels
     with pytest.raises(SchemaError, match=r"γ recovered .* is 1\.4000, expected 1\.66"):
         import_well_euler([bad], tmp_path / "out")
 
@@ -133,3 +137,113 @@ def test_the_limit_a_full_disk_suggests_imports(tmp_path, states, monkeypatch):
     assert "(9 trajectories)" in str(refused.value)  # 3 files of 3: room for 3 in all
     report = import_well_euler(paths, tmp_path / "o", downsample=2, limit=1)
     assert report.counts == (1, 1, 1)
+
+
+def _replace(f: h5py.File, name: str, value) -> None:
+    del f[name]
+    f[name] = value
+
+
+MALFORMED = {  # what a damaged or foreign source holds → the words of its refusal
+    "no time axis": (lambda f: f.__delitem__("dimensions/time"), "dimensions/time is missing"),
+    "one snapshot": (lambda f: _replace(f, "dimensions/time", [0.0]), "at least 2 finite"),
+    "NaN time": (
+        lambda f: f["dimensions/time"].__setitem__(1, np.nan),
+        "strictly increasing times",
+    ),
+    "time backwards": (
+        lambda f: _replace(f, "dimensions/time", np.linspace(1, 0, 21)),
+        "strictly increasing",
+    ),
+    "time as text": (
+        lambda f: _replace(f, "dimensions/time", np.array([b"a"] * 21)),
+        "not numeric",
+    ),
+    "empty scalars/gamma": (
+        lambda f: _replace(f, "scalars/gamma", np.zeros(0, np.float32)),
+        "scalars/gamma is empty",
+    ),
+    "scalars/gamma a group": (
+        lambda f: (f.__delitem__("scalars/gamma"), f.create_group("scalars/gamma")),
+        "scalars/gamma is a Group",
+    ),
+    "root gamma text": (lambda f: f.attrs.__setitem__("gamma", "abc"), "not a number"),
+    "gamma NaN": (
+        lambda f: (f.attrs.__setitem__("gamma", np.nan), _replace(f, "scalars/gamma", np.nan)),
+        "finite γ > 1",
+    ),
+    "density a group": (
+        lambda f: (f.__delitem__("t0_fields/density"), f.create_group("t0_fields/density")),
+        "t0_fields/density is a Group",
+    ),
+    "density as text": (
+        lambda f: _replace(f, "t0_fields/density", np.full((3, 21, 32, 32), b"x")),
+        "not floating-point",
+    ),
+    "density as integers": (
+        lambda f: _replace(f, "t0_fields/density", np.ones((3, 21, 32, 32), np.int32)),
+        "int32 values, not floating-point",
+    ),
+    "momentum of 1 component": (
+        lambda f: _replace(f, "t1_fields/momentum", np.ones((3, 21, 32, 32, 1), np.float32)),
+        "(…, 2) for momentum",
+    ),
+    "momentum of 3 components": (
+        lambda f: _replace(f, "t1_fields/momentum", np.ones((3, 21, 32, 32, 3), np.float32)),
+        "(…, 2) for momentum",
+    ),
+    "boundaries a dataset": (
+        lambda f: _replace(f, "boundary_conditions", [1, 2]),
+        "boundary_conditions is not a group",
+    ),
+    "no boundaries": (
+        lambda f: f.__delitem__("boundary_conditions"),
+        "no boundary_conditions group",
+    ),
+    "wall boundaries": (
+        lambda f: [
+            g.attrs.__setitem__("bc_type", "WALL") for g in f["boundary_conditions"].values()
+        ],
+        "x_periodic (wall)",
+    ),
+    "no trajectories": (
+        lambda f: [
+            _replace(f, name, np.zeros((0, *f[name].shape[1:]), np.float32))
+            for name in (
+                "t0_fields/density",
+                "t0_fields/energy",
+                "t0_fields/pressure",
+                "t1_fields/momentum",
+            )
+        ],
+        "0 trajectories on a 32×32 grid",
+    ),
+    "an empty grid": (
+        lambda f: [
+            _replace(f, name, np.zeros((3, 21, 0, 0, *f[name].shape[4:]), np.float32))
+            for name in (
+                "t0_fields/density",
+                "t0_fields/energy",
+                "t0_fields/pressure",
+                "t1_fields/momentum",
+            )
+        ],
+        "on a 0×0 grid",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_source_is_refused_naming_the_file_and_what_is_wrong(tmp_path, states, case):
+    """Each of these crashed with KeyError, IndexError, AttributeError, TypeError or
+    ZeroDivisionError, or imported silently (wall boundaries relabelled periodic, an empty
+    class committed, a time axis refused only after streaming the whole file)."""
+    mutate, words = MALFORMED[case]
+    path = write_well_euler(tmp_path / "data" / "test" / f"{STEM}.hdf5", states)
+    with h5py.File(path, "a") as f:
+        mutate(f)
+    with pytest.raises(SchemaError) as refused:
+        import_well_euler([path], tmp_path / "out")
+    message = str(refused.value)
+    assert str(path) in message and words in message, message
+    assert not (tmp_path / "out").exists()

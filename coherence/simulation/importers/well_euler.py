@@ -50,6 +50,89 @@ def block_mean(values: np.ndarray, k: int, axes: tuple[int, int]) -> np.ndarray:
     return values.astype(np.float64).reshape(new).mean(axis=(a + 1, a + 3))
 
 
+def _dataset(f: h5py.File, name: str, path: Path) -> h5py.Dataset:
+    """The HDF5 dataset ``name``, or a SchemaError naming what is there instead."""
+    found = f.get(name)
+    if not isinstance(found, h5py.Dataset):
+        what = "missing" if found is None else f"a {type(found).__name__}, not an array"
+        raise SchemaError(
+            f"{path}: {name} is {what}; not a euler_multi_quadrants file as The Well publishes "
+            "it (re-download it, or check that the path names the right file)"
+        )
+    return found
+
+
+def _numbers(dataset: h5py.Dataset, path: Path, float_only: bool = False) -> None:
+    """Refuse an array that does not hold numbers (strings, compounds), or integers where the
+    physics needs floats (a field), naming it and its type."""
+    kind = dataset.dtype.kind
+    if kind not in ("f" if float_only else "fiu"):
+        wanted = "floating-point" if float_only else "numeric"
+        raise SchemaError(
+            f"{path}: {dataset.name} holds {dataset.dtype} values, not {wanted} ones; "
+            "the file is not as The Well publishes it (re-download it)"
+        )
+
+
+def _gamma(f: h5py.File, path: Path) -> float:
+    """γ of the file: the root attribute keeps it exactly, ``scalars/gamma`` in float32
+    (1.4 → 1.39999998); where both exist they must agree, and γ must be a finite number > 1."""
+    scalars = _dataset(f, "scalars/gamma", path)
+    _numbers(scalars, path)
+    values = np.asarray(scalars[()], dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise SchemaError(f"{path}: scalars/gamma is empty; γ must come from the file")
+    stored = float(values[0])
+    gamma = round(stored, 6)
+    if "gamma" in f.attrs:
+        try:
+            gamma = float(np.asarray(f.attrs["gamma"]).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError):
+            raise SchemaError(
+                f"{path}: the root attribute gamma is {f.attrs['gamma']!r}, not a number"
+            ) from None
+        if np.isfinite(stored) and abs(gamma - stored) > 1e-6 * max(abs(gamma), 1.0):
+            raise SchemaError(
+                f"{path}: γ is {gamma} in the root attribute but {stored:.7g} in scalars/gamma; "
+                "the file contradicts itself (re-download it)"
+            )
+    if not (np.isfinite(gamma) and gamma > 1):
+        raise SchemaError(f"{path}: γ = {gamma}; an ideal gas needs a finite γ > 1")
+    return gamma
+
+
+def _boundaries(f: h5py.File, path: Path) -> dict[str, str]:
+    """bc_type of each boundary group, lower case ('periodic', 'open', 'wall', …)."""
+    groups = f.get("boundary_conditions")
+    if groups is None:
+        raise SchemaError(
+            f"{path}: no boundary_conditions group; The Well's files name their boundaries "
+            "(x_periodic, y_periodic or x_open, y_open): re-download the file"
+        )
+    if not isinstance(groups, h5py.Group):
+        raise SchemaError(f"{path}: boundary_conditions is not a group")
+    types = {}
+    for name, group in groups.items():
+        raw = getattr(group, "attrs", {}).get("bc_type", b"")
+        types[name] = str(np.asarray(raw).astype(str)).lower()
+    return types
+
+
+def _times(f: h5py.File, path: Path) -> np.ndarray:
+    """The time axis, checked before any data is read: ≥ 2 finite, strictly increasing values
+    (found only after the whole file had streamed, and then blamed on our own staging file)."""
+    dataset = _dataset(f, "dimensions/time", path)
+    _numbers(dataset, path)
+    times = np.asarray(dataset[()], dtype=np.float64).reshape(-1)
+    if times.size < 2 or not np.all(np.isfinite(times)) or np.any(np.diff(times) <= 0):
+        raise SchemaError(
+            f"{path}: dimensions/time holds {times.size} value(s) "
+            f"({', '.join(f'{t:g}' for t in times[:4])}{', …' if times.size > 4 else ''}); "
+            "a trajectory needs at least 2 finite, strictly increasing times"
+        )
+    return times
+
+
 def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
     with open_hdf5(path) as f:
         missing = [f"t0_fields/{n}" for n in SCALAR_FIELDS if f"t0_fields/{n}" not in f]
@@ -59,25 +142,42 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
                 f"{path}: not a euler_multi_quadrants file: missing {', '.join(missing)} "
                 f"(it holds {', '.join(sorted(f.keys()))})"
             )
-        if "scalars/gamma" not in f:
-            raise SchemaError(f"{path}: no scalars/gamma; γ must come from the file")
-        # the root attribute keeps γ exactly; scalars/gamma is float32 (1.4 → 1.39999998)
-        stored = float(np.asarray(f["scalars/gamma"][()]).reshape(-1)[0])
-        gamma = float(f.attrs["gamma"]) if "gamma" in f.attrs else round(stored, 6)
-        bc_types = {
-            name: str(np.asarray(g.attrs.get("bc_type", b"")).astype(str)).lower()
-            for name, g in f.get("boundary_conditions", {}).items()
-        }
-        shape = f["t0_fields/density"].shape
-        shapes = {n: f[f"t0_fields/{n}"].shape for n in SCALAR_FIELDS}
-        shapes["momentum"] = f["t1_fields/momentum"].shape[:-1]
-        times = np.asarray(f["dimensions/time"][()], dtype=np.float64)
-    if len(shape) != 4 or len(set(shapes.values())) != 1 or times.shape != (shape[1],):
+        fields = {n: _dataset(f, f"t0_fields/{n}", path) for n in SCALAR_FIELDS}
+        fields["momentum"] = _dataset(f, "t1_fields/momentum", path)
+        for dataset in fields.values():
+            _numbers(dataset, path, float_only=True)
+        gamma = _gamma(f, path)
+        bc_types = _boundaries(f, path)
+        times = _times(f, path)
+        shapes = {n: d.shape for n, d in fields.items()}
+        momentum = shapes.pop("momentum")
+    shape = shapes["density"]
+    if (
+        len(shape) != 4
+        or len(set(shapes.values())) != 1
+        or momentum != (*shape, 2)
+        or times.shape != (shape[1],)
+    ):
         raise SchemaError(
-            f"{path}: field shapes {shapes}; expected one (trajectories, {times.size} "
-            "snapshots, x, y) for density, energy, pressure and momentum (…, 2)"
+            f"{path}: field shapes {shapes}, momentum {momentum}; expected one (trajectories, "
+            f"{times.size} snapshots, x, y) for density, energy and pressure and (…, 2) for "
+            "momentum"
+        )
+    if min(shape[0], shape[2], shape[3]) < 1:
+        raise SchemaError(
+            f"{path}: {shape[0]} trajectories on a {shape[2]}×{shape[3]} grid; there is nothing "
+            "to import (an empty or truncated file: re-download it)"
         )
     open_bcs = sorted(n for n, t in bc_types.items() if t == "open")
+    other = sorted(
+        f"{n} ({t or 'no bc_type'})" for n, t in bc_types.items() if t not in ("open", "periodic")
+    )
+    if other or not bc_types:
+        raise SchemaError(
+            f"{path}: boundaries {', '.join(other) or 'none named'}; our surrogates and "
+            "responses assume a periodic domain (open ones with --allow-open): import the "
+            "_periodicBC files"
+        )
     if open_bcs:
         if not allow_open:
             raise SchemaError(

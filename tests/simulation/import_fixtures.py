@@ -54,7 +54,8 @@ def write_pdegym(path: Path, variable: str, data: np.ndarray) -> Path:
             values = TIMES[:size] if name == "time" and size == 21 else np.arange(size)
             scales[name] = f.create_dataset(name, data=np.asarray(values, dtype=np.float64))
             scales[name].make_scale(name)
-        ds = f.create_dataset(variable, data=data.astype(np.float32), chunks=(1, 1, c, nx, ny))
+        chunks = (1, 1, c, nx, ny) if data.size else None  # HDF5 has no empty chunks
+        ds = f.create_dataset(variable, data=data.astype(np.float32), chunks=chunks)
         for axis, name in enumerate(scales):
             ds.dims[axis].attach_scale(scales[name])
     return path

@@ -164,6 +164,15 @@ def test_refusals_name_the_file_and_the_fix(tmp_path, ce_states):
     flat = write_pdegym(tmp_path / "flat.nc", "data", ce_published(ce_states)[:, :, :3])
     with pytest.raises(SchemaError, match=r"shape \(12, 21, 3, 16, 16\).*channels"):
         import_pdegym(flat, tmp_path / "o", "CE-RPUI")
+    empty_grid = write_pdegym(tmp_path / "empty.nc", "data", np.zeros((4, 21, 5, 0, 0), "f4"))
+    with pytest.raises(SchemaError, match=r"empty.nc: 'data' has shape \(4, 21, 5, 0, 0\)"):
+        import_pdegym(empty_grid, tmp_path / "o", "CE-RPUI")  # was a ZeroDivisionError
+    shards = tmp_path / "shards"
+    write_shards(shards, "data", "data", ce_published(ce_states), [4, 4, 4])
+    (shards / "data_1.nc").unlink()
+    (shards / "data_1.nc").symlink_to(tmp_path / "gone.nc")  # a shard lost: a gap, not skipped
+    with pytest.raises(SchemaError, match=r"shards: data_1.nc is not a readable file"):
+        import_pdegym(shards, tmp_path / "o", "CE-RPUI")
     assert not (tmp_path / "o").exists()  # nothing half-written by any refusal
 
 

@@ -68,7 +68,14 @@ def shard_paths(src: Path) -> list[Path]:
     if src.is_file():
         return [src]
     if src.is_dir():
-        paths = sorted((p for p in src.glob("*.nc") if p.is_file()), key=lambda p: p.name)
+        found = sorted(src.glob("*.nc"), key=lambda p: p.name)
+        broken = [p.name for p in found if not p.is_file()]
+        if broken:  # a shard left out would shift every published index after it
+            raise SchemaError(
+                f"{src}: {', '.join(broken)} is not a readable file (a broken link or a "
+                "folder); restore the shard, or the class would be imported with a gap"
+            )
+        paths = found
         if not paths:
             raise SchemaError(
                 f"{src}: no .nc files here; pass the assembled <CLASS>.nc or the directory "
@@ -106,10 +113,10 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
             shape, dtype = tuple(ds.shape), ds.dtype
             file_times = _file_times(path, f, shape[1] if len(shape) == 5 else 0)
         allowed = (4, 5) if family is Family.EULER else (2, 3)
-        if len(shape) != 5 or shape[2] not in allowed or shape[1] < 2:
+        if len(shape) != 5 or shape[2] not in allowed or shape[1] < 2 or min(shape[3:]) < 1:
             raise SchemaError(
-                f"{path}: '{variable}' has shape {shape}; expected (samples, snapshots, "
-                f"channels ∈ {allowed}, x, y) as published for {class_name}"
+                f"{path}: '{variable}' has shape {shape}; expected (samples, snapshots ≥ 2, "
+                f"channels ∈ {allowed}, x ≥ 1, y ≥ 1) as published for {class_name}"
             )
         if dtype.kind != "f":
             raise SchemaError(f"{path}: '{variable}' has dtype {dtype}; expected float32")

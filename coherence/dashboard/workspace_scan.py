@@ -293,7 +293,7 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
             if link := _links_out(path, root):
                 raise CoherenceError(f"{link} points outside the workspace; skipped")
             datasets.append(_dataset_entry(path.name, path))
-        except (CoherenceError, OSError) as error:
+        except (CoherenceError, OSError, KeyError, TypeError, ValueError) as error:
             problems.append(f"dataset {path.name}: {error}")
     for path in _entries(checkpoints_dir(root), root, problems):
         try:

@@ -58,6 +58,37 @@ def _attr(obj: h5py.HLObject, name: str, default: object = None) -> object:
     return _decode(obj.attrs[name]) if name in obj.attrs else default
 
 
+def _names(obj: h5py.HLObject, name: str) -> list[str] | None:
+    """A list-of-strings attribute (field_names, spatial_dims), or None when it is not one."""
+    value = _attr(obj, name)
+    if isinstance(value, str):
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def _not_an_array(group: h5py.Group, name: str) -> str | None:
+    """Why ``name`` is not a dataset of this file (None when it is one): missing, a group, or
+    data kept in another file. A dangling external link raised KeyError; a live one read data
+    from outside the workspace, which the scan refuses for symlinks."""
+    link = group.get(name, getlink=True)
+    if link is None:
+        return "it is missing"
+    if isinstance(link, h5py.ExternalLink):
+        return f"it links to {link.filename}; the data must be in the file itself"
+    found = group.get(name)
+    if not isinstance(found, h5py.Dataset):
+        return "it is a group"
+    if found.is_virtual:
+        return "it is a virtual dataset reading other files; the data must be in the file itself"
+    return None
+
+
+def _numeric(ds: h5py.Dataset) -> bool:
+    return ds.dtype.kind in "fiu"
+
+
 def validate_well_file(path: str | os.PathLike, *, stem: str | None = None) -> list[str]:
     """Check every rule of the schema and return all problems (empty list: the file is valid).
 
@@ -72,7 +103,14 @@ def validate_well_file(path: str | os.PathLike, *, stem: str | None = None) -> l
     except OSError as exc:
         return [f"{path}: not a readable HDF5 file ({exc}); regenerate or re-download it"]
     with f:
-        return _validate_open_file(path, f, stem or path.stem)
+        try:
+            return _validate_open_file(path, f, stem or path.stem)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError) as exc:
+            # a layout no rule foresaw: still one problem line, never a traceback
+            return [
+                f"{path}: cannot be read as a Well file ({type(exc).__name__}: {exc}); "
+                "regenerate or re-download it"
+            ]
 
 
 def _structure_problems(where: str, f: h5py.File) -> list[str]:
@@ -82,7 +120,8 @@ def _structure_problems(where: str, f: h5py.File) -> list[str]:
         if name not in f.attrs:
             problems.append(f"{where}: root should contain attribute '{name}'")
     for name in REQUIRED_GROUPS:
-        if name not in f or not isinstance(f[name], h5py.Group):
+        external = isinstance(f.get(name, getlink=True), h5py.ExternalLink)
+        if external or name not in f or not isinstance(f[name], h5py.Group):
             problems.append(f"{where}: root should contain group '{name}'")
     return problems
 
@@ -94,6 +133,12 @@ def _root_problems(where: str, f: h5py.File, stem: str) -> list[str]:
         problems.append(
             f"{where}: @grid_type is {_attr(f, 'grid_type')!r}; only 'cartesian' "
             "grids are supported"
+        )
+    n_traj = _attr(f, "n_trajectories")
+    if isinstance(n_traj, bool) or not isinstance(n_traj, int) or n_traj < 1:
+        problems.append(
+            f"{where}: @n_trajectories is {n_traj!r}; it should be the number of trajectories "
+            "(an integer ≥ 1)"
         )
     if _attr(f, "n_spatial_dims") != 2:
         problems.append(
@@ -118,13 +163,19 @@ def _group_header_problems(where: str, f: h5py.File) -> list[str]:
     """dimensions/, boundary_conditions/ and scalars/: their attributes and listed datasets."""
     problems = []
     dims = f["dimensions"]
-    spatial = _attr(dims, "spatial_dims")
-    if list(spatial or []) != ["x", "y"]:
+    if _names(dims, "spatial_dims") != ["x", "y"]:
+        spatial = _attr(dims, "spatial_dims")
         problems.append(f"{where}: dimensions/@spatial_dims should be ['x', 'y'], got {spatial!r}")
     for name in ("time", "x", "y"):
-        if name not in dims:
-            problems.append(f"{where}: dimensions should contain dataset '{name}'")
-    for bc_name, bc in f["boundary_conditions"].items():
+        if why := _not_an_array(dims, name):
+            problems.append(f"{where}: dimensions should contain dataset '{name}' ({why})")
+        elif not _numeric(dims[name]):
+            problems.append(f"{where}: dimensions/{name} holds {dims[name].dtype}, not numbers")
+    for bc_name in f["boundary_conditions"]:
+        bc = f["boundary_conditions"].get(bc_name)
+        if not isinstance(bc, h5py.Group):
+            problems.append(f"{where}: boundary_conditions/{bc_name} should be a group")
+            continue
         bc_type = _attr(bc, "bc_type")
         if str(bc_type).lower() not in BC_TYPES:
             problems.append(
@@ -132,9 +183,14 @@ def _group_header_problems(where: str, f: h5py.File) -> list[str]:
                 f"allowed: {', '.join(BC_TYPES)}"
             )
     scalars = f["scalars"]
-    for name in _attr(scalars, "field_names", []) or []:
-        if name not in scalars:
-            problems.append(f"{where}: scalars lists '{name}' but has no dataset '{name}'")
+    names = _names(scalars, "field_names") if "field_names" in scalars.attrs else []
+    if names is None:
+        problems.append(f"{where}: scalars/@field_names should be a list of names")
+    for name in names or []:
+        if why := _not_an_array(scalars, name):
+            problems.append(f"{where}: scalars lists '{name}' but has no dataset '{name}' ({why})")
+        elif not _numeric(scalars[name]) or scalars[name].size < 1:
+            problems.append(f"{where}: scalars/{name} should hold a number")
     return problems
 
 
@@ -157,14 +213,17 @@ def _field_group_problems(
 ) -> list[str]:
     """Every listed field of one tN_fields group exists, has shape grid + (2,)·rank, is float."""
     problems = []
-    names = _attr(group, "field_names")
-    if names is None:
+    if "field_names" not in group.attrs:
         problems.append(f"{where}: {group_name} should contain attribute 'field_names'")
         names = list(group.keys())
+    else:
+        names = _names(group, "field_names")
+        if names is None:
+            return [f"{where}: {group_name}/@field_names should be a list of field names"]
     for name in names:
-        if name not in group:
+        if why := _not_an_array(group, name):
             problems.append(
-                f"{where}: {group_name} lists field '{name}' but has no dataset '{name}'"
+                f"{where}: {group_name} lists field '{name}' but has no dataset '{name}' ({why})"
             )
             continue
         ds = group[name]

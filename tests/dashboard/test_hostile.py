@@ -333,6 +333,23 @@ def test_hostile_links_in_the_app(workspace, monkeypatch, params):
 # ----------------------------------------------------------------- workspace links -----
 
 
+def test_a_malformed_dataset_file_is_skipped_and_the_others_listed(workspace, tmp_path):
+    """One file with @n_trajectories = 'three' anywhere under datasets/ raised ValueError out
+    of the scan: the dashboard and `study` of another dataset failed with it."""
+    import h5py
+
+    root = copy_workspace(workspace, tmp_path)
+    bad = datasets_dir(root) / "aaa_bad"
+    shutil.copytree(datasets_dir(root) / "tiny_ce", bad)
+    hdf5 = next((bad / "data" / "test").glob("*.hdf5"))
+    with h5py.File(hdf5, "a") as f:
+        f.attrs["n_trajectories"] = "three"
+    catalog = scan_workspace(root)
+    assert [d.name for d in catalog.datasets] == ["tiny_ce", "tiny_ns"]
+    assert "dataset aaa_bad: " in "\n".join(catalog.problems)
+    assert "@n_trajectories is 'three'" in "\n".join(catalog.problems)
+
+
 def test_links_out_of_the_workspace_are_skipped_with_a_reason(workspace, tmp_path):
     root = copy_workspace(workspace, tmp_path)
     targets = outside_copies(workspace, tmp_path)

@@ -181,6 +181,50 @@ def _corrupt(path, action):
             lambda f: f["t1_fields"].__delitem__("momentum"),
             "t1_fields lists field 'momentum' but has no dataset",
         ),
+        # each of these raised AttributeError, TypeError, ValueError or KeyError (a review)
+        (
+            lambda f: (f.__delitem__("dimensions/x"), f.create_group("dimensions/x")),
+            "dimensions should contain dataset 'x'",
+        ),
+        (
+            lambda f: (f.__delitem__("dimensions/time"), f.create_group("dimensions/time")),
+            "dimensions should contain dataset 'time'",
+        ),
+        (lambda f: f.attrs.__setitem__("n_trajectories", "three"), "@n_trajectories is 'three'"),
+        (lambda f: f.attrs.__setitem__("n_trajectories", 0), "an integer ≥ 1"),
+        (
+            lambda f: (
+                f["t0_fields"].__delitem__("density"),
+                f["t0_fields"].create_group("density"),
+            ),
+            "t0_fields lists field 'density' but has no dataset",
+        ),
+        (
+            lambda f: f["t0_fields"].attrs.__setitem__("field_names", 5),
+            "t0_fields/@field_names should be a list of field names",
+        ),
+        (
+            lambda f: f["dimensions"].attrs.__setitem__("spatial_dims", 7),
+            "dimensions/@spatial_dims should be ['x', 'y'], got 7",
+        ),
+        (
+            lambda f: (
+                f.__delitem__("dimensions/time"),
+                f["dimensions"].create_dataset("time", data=np.array([b"a", b"b", b"c", b"d"])),
+            ),
+            "dimensions/time holds |S1, not numbers",
+        ),
+        (
+            lambda f: (f.__delitem__("scalars/gamma"), f.create_group("scalars/gamma")),
+            "scalars lists 'gamma' but has no dataset 'gamma'",
+        ),
+        (
+            lambda f: (
+                f["t0_fields"].__delitem__("density"),
+                f["t0_fields"].__setitem__("density", h5py.ExternalLink("/nowhere.h5", "d")),
+            ),
+            "no dataset 'density' (it links to /nowhere.h5",
+        ),
     ],
 )
 def test_validator_names_file_rule_and_fix(ce_file, action, expected):
@@ -191,6 +235,24 @@ def test_validator_names_file_rule_and_fix(ce_file, action, expected):
     assert all(p.startswith(str(path)) for p in problems)
     with pytest.raises(SchemaError, match=str(path)):
         read_well_file(path)
+
+
+def test_a_field_linked_to_another_file_is_refused(ce_file, tmp_path):
+    """An external link read data from outside the workspace (the scan refuses symlinks that
+    point outside, so a link inside the file must not do what a symlink may not)."""
+    path, _ = ce_file
+    outside = tmp_path / "outside.h5"
+    with h5py.File(path) as f, h5py.File(outside, "w") as o:
+        o["density"] = f["t0_fields/density"][()]
+    _corrupt(
+        path,
+        lambda f: (
+            f["t0_fields"].__delitem__("density"),
+            f["t0_fields"].__setitem__("density", h5py.ExternalLink(str(outside), "density")),
+        ),
+    )
+    problems = validate_well_file(path)
+    assert any(f"density' (it links to {outside}; the data must be" in p for p in problems)
 
 
 def test_validator_reports_every_problem_at_once(ce_file):

@@ -62,12 +62,18 @@ class StudySpec:
                 f"--archs {','.join(unknown)}: unknown architecture; choose among "
                 f"{', '.join(ARCHITECTURES)} (or a custom 'package.module:factory')"
             )
+        if len(set(self.archs)) != len(self.archs):  # twice: two runs into one checkpoint
+            raise RequestError(
+                f"--archs {','.join(self.archs)}: name each architecture once, e.g. unet,vit"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise RequestError(f"--seeds {list(self.seeds)}: give distinct seeds, e.g. 10,35,42")
         if self.batches < 1:
             raise RequestError(f"--batches {self.batches}: give at least 1 (paper: 6)")
         if self.epochs is not None and self.epochs < 1:
             raise RequestError(f"--epochs {self.epochs}: give at least 1")
+        if self.batch_size < 1:
+            raise RequestError(f"--batch-size {self.batch_size}: give at least 1 (default 32)")
         self._check_sweeps()
 
     def _check_sweeps(self) -> None:

@@ -185,6 +185,10 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
         spec(seeds=(1, 1))
     with pytest.raises(RequestError, match="--preset 'huge'"):
         spec(preset="huge")
+    with pytest.raises(RequestError, match="--archs unet,unet: name each architecture once"):
+        spec(archs=("unet", "unet"))  # was planned and trained twice, into one checkpoint
+    with pytest.raises(RequestError, match=r"--batch-size 0: give at least 1"):
+        spec(batch_size=0)  # was 'batch_size=0', after opening the dataset
 
     other = tmp_path / "other"
     make_dataset(other)

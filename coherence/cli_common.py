@@ -44,7 +44,13 @@ RayAddress = Annotated[
 DEBUG_ENV = "COHERENCE_DEBUG"  # set: a file-system error shows its traceback too
 
 
-def friendly_errors(func: F) -> F:
+def all_or_nothing(func: F) -> F:
+    """``friendly_errors`` for a command that commits all its files or none (an import): its
+    Ctrl-C says that nothing was written, not that a rerun goes on from there."""
+    return friendly_errors(func, interrupted=IMPORT_INTERRUPTED)
+
+
+def friendly_errors(func: F, interrupted: str | None = None) -> F:
     """Turn CoherenceError into one red line and exit status 2; a file-system error the
     checks did not foresee (an --out that is a file, a folder that is missing) too, naming
     the path, rather than a traceback."""
@@ -99,7 +105,7 @@ def friendly_errors(func: F) -> F:
             )
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
-            console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            console.print(interrupted or INTERRUPTED, highlight=False, soft_wrap=True)
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
@@ -143,6 +149,10 @@ def disk_full(exc: OSError) -> bool:
 INTERRUPTED = (
     "interrupted: what was finished is saved (checkpoint epochs, cached units, committed "
     "files); rerun the same command to go on from there"
+)
+IMPORT_INTERRUPTED = (
+    "interrupted: nothing was imported (an import commits all its files or none); rerun the "
+    "same command to import from the start"
 )
 
 

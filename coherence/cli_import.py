@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from coherence.cli_common import console, friendly_errors, styled, warn
+from coherence.cli_common import all_or_nothing, console, styled, warn
 
 import_app = typer.Typer(
     help="Import public datasets (PDEgym, The Well) as Well-format datasets.",
@@ -67,7 +67,7 @@ def _summary(report) -> None:
 
 
 @import_app.command("pdegym")
-@friendly_errors
+@all_or_nothing
 def pdegym(
     src: Annotated[Path, typer.Argument(help="Assembled <CLASS>.nc, or the folder of shards.")],
     class_name: Annotated[
@@ -117,7 +117,7 @@ def pdegym(
 
 
 @import_app.command("well-euler")
-@friendly_errors
+@all_or_nothing
 def well_euler(
     files: Annotated[list[Path], typer.Argument(help="euler_multi_quadrants .hdf5 files.")],
     out: Annotated[Path, typer.Option(help="Dataset directory (created, or added to).")],

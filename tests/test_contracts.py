@@ -234,3 +234,20 @@ def test_messages_print_paths_as_they_are_not_as_markup(tmp_path):
         assert shown.exit_code == 2, shown.output
         assert f"error: {missing}: no such file" in shown.output, shown.output
         assert "Traceback" not in shown.output
+
+
+def test_an_interrupted_import_says_that_nothing_was_imported(capsys):
+    """Ctrl-C on an import said "what was finished is saved … rerun to go on from there"; an
+    import commits all its files or none, and a rerun starts again."""
+    import typer
+
+    from coherence.cli_common import all_or_nothing, friendly_errors
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    for wrap, words in ((all_or_nothing, "nothing was imported"), (friendly_errors, "saved")):
+        with pytest.raises(typer.Exit) as stopped:
+            wrap(interrupted)()
+        assert stopped.value.exit_code == 130
+        assert words in capsys.readouterr().err

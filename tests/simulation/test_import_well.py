@@ -247,3 +247,17 @@ def test_a_malformed_source_is_refused_naming_the_file_and_what_is_wrong(tmp_pat
     message = str(refused.value)
     assert str(path) in message and words in message, message
     assert not (tmp_path / "out").exists()
+
+
+def test_two_files_that_would_share_a_name_are_named(tmp_path, states):
+    """train/X and valid/X forced into one split by --split said "the same split/file name is
+    given twice", though each file was given once."""
+    train = write_well_euler(tmp_path / "data" / "train" / f"{STEM}.hdf5", states)
+    valid = write_well_euler(tmp_path / "data" / "valid" / f"{STEM}.hdf5", states)
+    with pytest.raises(RequestError) as refused:
+        import_well_euler([train, valid], tmp_path / "out", split="train")
+    message = str(refused.value)
+    assert f"{train} and {valid} would both become data/train/{STEM}.hdf5" in message
+    assert "--split puts every file into that split" in message
+    with pytest.raises(RequestError, match="the same file given twice"):
+        import_well_euler([train, train], tmp_path / "out")

@@ -212,8 +212,19 @@ def _check_files(
 ) -> None:
     """Refuse a file named twice, a grid the down-sampling does not divide, or time axes of
     different lengths (one dataset shares one time axis)."""
-    if len(set(keys)) != len(keys):
-        raise RequestError("the same split/file name is given twice; name each file once")
+    seen: dict[tuple[str, str], Path] = {}
+    for path, key in zip(sources, keys, strict=True):
+        if key in seen:
+            same = (
+                "the same file given twice"
+                if path.resolve() == seen[key].resolve()
+                else ("one name in one split (--split puts every file into that split)")
+            )
+            raise RequestError(
+                f"{seen[key]} and {path} would both become data/{key[0]}/{key[1]}.hdf5 "
+                f"({same}); give each file once, or import these into separate datasets"
+            )
+        seen[key] = path
     for path, info in zip(sources, infos, strict=True):
         nx, ny = info["shape"][2:]
         if nx % downsample or ny % downsample:

@@ -49,6 +49,7 @@ from coherence.workspace import (
     cache_dir,
     checkpoints_dir,
     datasets_dir,
+    link_out_of,
     workspace_root,
 )
 
@@ -84,6 +85,11 @@ def dataset_dir(root: Path, dataset: str) -> Path:
 def _open(root: Path, spec: StudySpec) -> tuple[DatasetInfo, StudySpec]:
     """The dataset, and ``spec`` with the dataset given by its name."""
     directory = dataset_dir(root, spec.dataset)
+    if link := link_out_of(root, directory):  # as the scan skips it: before reading a file
+        raise RequestError(
+            f"--data {spec.dataset}: {link} points outside the workspace, so the dashboard "
+            "would not list this dataset's analyses; copy or import the files into the workspace"
+        )
     return open_dataset(directory), replace(spec, dataset=directory.name)
 
 
@@ -258,8 +264,12 @@ def selection_for(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, cla
 
     catalog = scan_workspace(root)
     entry = catalog.dataset(info.root.name)
-    if entry is None:  # pragma: no cover - _open found it
-        raise RequestError(f"{info.root}: the workspace scan does not list this dataset")
+    if entry is None:  # _open found it; the scan's reason, where it gives one
+        reasons = [p for p in catalog.problems if p.startswith(f"dataset {info.root.name}:")]
+        raise RequestError(
+            f"{info.root}: the workspace scan does not list this dataset"
+            + (f" ({'; '.join(reasons)})" if reasons else "")
+        )
     from coherence.dashboard.selection import default_window
 
     n_test = entry.n_test(classes)

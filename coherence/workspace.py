@@ -34,6 +34,21 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
     return workspace_root(root) / "cache"
 
 
+def link_out_of(root: str | os.PathLike, path: str | os.PathLike) -> str | None:
+    """The first file or directory under ``path`` that is a link resolving outside ``root``
+    (a dataset or checkpoint directory inside the workspace may still link a file out), as a
+    path relative to root; None when there is none."""
+    for directory, subdirs, files in os.walk(path):
+        for name in (*subdirs, *files):
+            item = Path(directory) / name
+            if stat.S_ISLNK(item.lstat().st_mode):
+                try:
+                    resolve_inside(root, item)
+                except WorkspacePathError:
+                    return str(item.relative_to(root))
+    return None
+
+
 def resolve_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Resolve ``path`` (relative to root, or absolute) and refuse it if it leaves root."""
     base = Path(root).expanduser().resolve()

@@ -181,6 +181,16 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
             plan_study(spec(dataset=outside), workspace)
     with pytest.raises(RequestError, match="NS-Sines: not in the test split"):
         plan_study(spec(classes=("NS-Sines",)), workspace)
+    linked = datasets_dir(workspace) / "linked"  # files that live outside the workspace
+    outside_copy = tmp_path / "outside_ds"
+    shutil.copytree(datasets_dir(workspace) / "ce_small", outside_copy)
+    linked.mkdir()
+    (linked / "data").symlink_to(outside_copy / "data")
+    try:
+        with pytest.raises(RequestError, match=r"--data linked: datasets/linked/data points "):
+            plan_study(spec(dataset="linked"), workspace)  # was: no reason, after reading
+    finally:
+        shutil.rmtree(linked)
     with pytest.raises(RequestError, match="--seeds"):
         spec(seeds=(1, 1))
     with pytest.raises(RequestError, match="--preset 'huge'"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,13 @@ from coherence.simulation.dataset import SPLITS, dataset_files, open_dataset, st
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import snapshots
 from coherence.surrogates.registry import ARCHITECTURES, model_from_config_dict
-from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
+from coherence.workspace import (
+    checkpoints_dir,
+    datasets_dir,
+    link_out_of,
+    resolve_inside,
+    workspace_root,
+)
 
 ARCH_ORDER = ("unet", "vit")
 CONSERVED_FAMILY = "euler"  # mass and energy responses exist for compressible Euler only
@@ -220,20 +225,6 @@ def _dataset_entry(name: str, path: Path) -> DatasetEntry:
     )
 
 
-def _links_out(path: Path, root: Path) -> str | None:
-    """The first file or directory under ``path`` that is a link resolving outside ``root``
-    (a dataset or checkpoint directory inside the workspace may still link a file out)."""
-    for directory, subdirs, files in os.walk(path):
-        for name in (*subdirs, *files):
-            item = Path(directory) / name
-            if stat.S_ISLNK(item.lstat().st_mode):
-                try:
-                    resolve_inside(root, item)
-                except CoherenceError:
-                    return str(item.relative_to(root))
-    return None
-
-
 def _check_weights(path: Path, config: ckpt.CheckpointConfig) -> None:
     """Refuse weights that ``checkpoint.load`` would refuse, reading only the header: not a
     safetensors file (empty, truncated, garbage), or, for a built-in architecture, tensor
@@ -290,14 +281,14 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
     datasets, checkpoints = [], []
     for path in _entries(datasets_dir(root), root, problems):
         try:
-            if link := _links_out(path, root):
+            if link := link_out_of(root, path):
                 raise CoherenceError(f"{link} points outside the workspace; skipped")
             datasets.append(_dataset_entry(path.name, path))
         except (CoherenceError, OSError, KeyError, TypeError, ValueError) as error:
             problems.append(f"dataset {path.name}: {error}")
     for path in _entries(checkpoints_dir(root), root, problems):
         try:
-            if link := _links_out(path, root):
+            if link := link_out_of(root, path):
                 raise CoherenceError(f"{link} points outside the workspace; skipped")
             checkpoints.append(_checkpoint_entry(path.name, path))
         except (CoherenceError, OSError, KeyError, TypeError) as error:

@@ -355,13 +355,16 @@ class RayExecutor:
     ) -> Any:
         """Submit one run: its dataset files (when at most ``limit`` bytes, else read on the
         node) and, to resume, its verified checkpoint set; returns the task reference."""
+        from coherence.simulation.dataset import files_fingerprint
         from coherence.surrogates import checkpoint as ckpt
         from coherence.surrogates import snapshots
 
         paths, size = _dataset_files(Path(run.data), run.args.classes)
-        shipped = None
+        shipped, expected = None, None
         if size <= limit:
             shipped = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
+        else:  # read on the node: its copy must be this one (else the checkpoint records it)
+            expected = {"files": sorted(paths), "fingerprint": files_fingerprint(paths.values())}
         ckpt.recover(run.out)
         resume = None
         if (run.out / ckpt.CONFIG_FILE).is_file():
@@ -377,6 +380,7 @@ class RayExecutor:
             "data_name": Path(run.data).name,
             "out_name": run.out.name,
             "out_path": str(run.out),
+            "data_expected": expected,
             "run": name,
             "threads": max(1, int(self.cpus)),
         }

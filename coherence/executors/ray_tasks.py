@@ -137,6 +137,27 @@ class ProgressBoard:
 PROGRESS_INTERVAL = 1.0  # seconds between posts of one training run
 
 
+def _check_node_copy(data: Path, meta: dict[str, Any], host: str) -> None:
+    """Refuse a node's copy of the dataset that is not the driver's: trained on it, the
+    checkpoint recorded the node's files, and a study refused it as "trained otherwise"
+    only after the training."""
+    from coherence.errors import RequestError
+    from coherence.simulation.dataset import files_fingerprint
+
+    expected = meta.get("data_expected")
+    if not expected:
+        return
+    paths = [data / rel for rel in expected["files"]]
+    missing = [rel for rel in expected["files"] if not (data / rel).is_file()]
+    if missing or files_fingerprint(paths) != expected["fingerprint"]:
+        what = f"lacks {', '.join(missing)}" if missing else "holds other files than the driver's"
+        raise RequestError(
+            f"dataset {meta['data_path']} on Ray worker {host} {what} (it is read on the node: "
+            f"larger than {SHIP_BYTES_ENV} allows to ship); make every node's copy the "
+            f"driver's, or raise {SHIP_BYTES_ENV}"
+        )
+
+
 def training_task(
     meta: dict[str, Any],
     dataset_files: dict[str, bytes] | None,
@@ -168,6 +189,7 @@ def training_task(
                     f"ship, and Ray worker {reply['host']} has no such directory: mount it at "
                     f"the same path on every node, or raise {SHIP_BYTES_ENV}"
                 )
+            _check_node_copy(data, meta, reply["host"])
         else:
             data = Path(tmp) / "data" / meta["data_name"]
             _write_files(data, dataset_files)

@@ -62,3 +62,30 @@ def test_the_local_executor_is_the_pipeline(checkpoint, tiny_dataset, workspace)
     with torch_threads(slots.threads_per_job()):  # the runner's slot threads: the same bits
         direct = pipeline.run_analysis(request)
     np.testing.assert_array_equal(via_runner.H["smse"], direct.H["smse"])
+
+
+def test_a_nodes_copy_of_unshipped_data_must_be_the_drivers(tiny_dataset, tmp_path):
+    """Data too large to ship is read on the node at the same path; a different copy there
+    was trained on silently, and a study then refused the checkpoint as "trained otherwise"
+    after the training."""
+    import shutil
+
+    from coherence.errors import RequestError
+    from coherence.executors.ray_tasks import _check_node_copy
+    from coherence.simulation.dataset import files_fingerprint
+
+    paths, _ = ray_cluster._dataset_files(tiny_dataset, ())
+    meta = {
+        "data_path": str(tiny_dataset),
+        "data_expected": {"files": sorted(paths), "fingerprint": files_fingerprint(paths.values())},
+    }
+    _check_node_copy(tiny_dataset, meta, "node-a")  # the same files: accepted
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, copy)
+    first = copy / sorted(paths)[0]
+    first.write_bytes(first.read_bytes()[:-1] + b"\x00")  # one byte differs
+    with pytest.raises(RequestError, match="on Ray worker node-b holds other files than the"):
+        _check_node_copy(copy, meta, "node-b")
+    first.unlink()
+    with pytest.raises(RequestError, match=f"lacks {sorted(paths)[0]}"):
+        _check_node_copy(copy, meta, "node-b")

@@ -261,3 +261,24 @@ def test_two_files_that_would_share_a_name_are_named(tmp_path, states):
     assert "--split puts every file into that split" in message
     with pytest.raises(RequestError, match="the same file given twice"):
         import_well_euler([train, train], tmp_path / "out")
+
+
+def test_a_grid_whose_one_snapshot_exceeds_the_block_is_counted_whole(
+    tmp_path, states, monkeypatch
+):
+    """One snapshot larger than the read block is read whole, with float64 temporaries: a
+    4096² grid peaked at 1.06 GB where the check had allowed 232 MiB (3 blocks), so an
+    import could be killed for memory instead of refused."""
+    from coherence.simulation.importers import common
+
+    path = write_well_euler(tmp_path / "data" / "test" / f"{STEM}.hdf5", states)
+    with h5py.File(path, "a") as f:  # declared, never written: no disk, no memory
+        for name in ("t0_fields/density", "t0_fields/energy", "t0_fields/pressure"):
+            del f[name]
+            f.create_dataset(name, shape=(1, 2, 4096, 4096), dtype="f4", chunks=True)
+        del f["t1_fields/momentum"]
+        f.create_dataset("t1_fields/momentum", shape=(1, 2, 4096, 4096, 2), dtype="f4", chunks=True)
+        _replace(f, "dimensions/time", np.array([0.0, 1.0], np.float32))
+    monkeypatch.setattr(common, "free_memory", lambda: 600 * 2**20)
+    with pytest.raises(SchemaError, match=r"one trajectory is 2 × 4096 × 4096 × 5 values"):
+        import_well_euler([path], tmp_path / "out", downsample=4)

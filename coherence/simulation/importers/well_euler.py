@@ -314,8 +314,13 @@ def import_well_euler(
     counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
     traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
     for path, info, size in zip(sources, infos, traj_bytes, strict=True):
-        # the block-averaged trajectory, and one time block read at full resolution
-        held = size // downsample**2 + 3 * BLOCK_BYTES
+        # the block-averaged trajectory, one time block read at full resolution (at least one
+        # snapshot, however large: _trajectory's per_block) and the float64 temporaries of its
+        # checks and means, about twice the block (a 4096² grid peaked at 1.06 GB where
+        # 3 × BLOCK_BYTES had allowed 232 MiB)
+        step = int(np.prod(info["shape"][2:])) * 4 * 5
+        block = max(1, BLOCK_BYTES // step) * step
+        held = size // downsample**2 + 3 * block
         check_trajectory_fits(path, (*info["shape"][1:], 5), held, "101 × 512²")
     written = sum(c * b // downsample**2 for c, b in zip(counts, traj_bytes, strict=True))
     per_trajectory = written // max(sum(counts), 1)

@@ -206,6 +206,18 @@ MALFORMED = {  # what a damaged or foreign source holds → the words of its ref
         ],
         "x_periodic (wall)",
     ),
+    "unwritten data": (
+        lambda f: [
+            f[name].__setitem__(1, 0.0)
+            for name in (
+                "t0_fields/density",
+                "t0_fields/energy",
+                "t0_fields/pressure",
+                "t1_fields/momentum",
+            )
+        ],
+        "trajectory 1 is all zeros in every field: data never written",
+    ),
     "no trajectories": (
         lambda f: [
             _replace(f, name, np.zeros((0, *f[name].shape[1:]), np.float32))

@@ -127,10 +127,16 @@ def check_finite_positive(
         bad = ~(values > 0).reshape(values.shape[0], -1).all(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
+            which = _which(first, row, file_first)
+            if not any(np.any(v[row]) for v in named.values()):  # every field exactly 0
+                raise SchemaError(
+                    f"{source}: {which} is all zeros in every field: data never written "
+                    "(a truncated or partly downloaded file); download it again"
+                )
             raise SchemaError(
-                f"{source}: {_which(first, row, file_first)} has {name} ≤ 0 (min "
-                f"{float(values[row].min()):.3g}); a physical state has positive {name}: "
-                "check that the channels are in the documented order"
+                f"{source}: {which} has {name} ≤ 0 (min {float(values[row].min()):.3g}); a "
+                f"physical state has positive {name}: check that the channels are in the "
+                "documented order"
             )
 
 

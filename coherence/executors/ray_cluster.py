@@ -318,11 +318,13 @@ class RayExecutor:
         # the folder (recover, prune) until its files are written: a local `coherence train`
         # or another study into the same --out is refused, and so is one --out given twice
         held = contextlib.ExitStack()
+        puts: dict[tuple[str, ...], Any] = {}  # one object-store copy of each dataset
         try:
             for index, run in enumerate(runs):
                 check_checkpoint_folder(run.out)  # as a local run does: not into a dataset
                 held.enter_context(training_lock(run.out))
-                pending[self._submit_training(ray, task, board, str(index), run, limit)] = run
+                submitted = self._submit_training(ray, task, board, str(index), run, limit, puts)
+                pending[submitted] = run
                 say(f"submitted training {run.out.name} to the Ray cluster at {self.address}")
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
@@ -351,10 +353,18 @@ class RayExecutor:
             raise ClusterError(f"{errors[0]}{more}")
 
     def _submit_training(
-        self, ray: Any, task: Any, board: Any, name: str, run: TrainRun, limit: float
+        self,
+        ray: Any,
+        task: Any,
+        board: Any,
+        name: str,
+        run: TrainRun,
+        limit: float,
+        puts: dict[tuple[str, ...], Any],
     ) -> Any:
         """Submit one run: its dataset files (when at most ``limit`` bytes, else read on the
-        node) and, to resume, its verified checkpoint set; returns the task reference."""
+        node; put in the object store once for every run that reads the same files, ``puts``)
+        and, to resume, its verified checkpoint set; returns the task reference."""
         from coherence.simulation.dataset import files_fingerprint
         from coherence.surrogates import checkpoint as ckpt
         from coherence.surrogates import snapshots
@@ -362,7 +372,10 @@ class RayExecutor:
         paths, size = _dataset_files(Path(run.data), run.args.classes)
         shipped, expected = None, None
         if size <= limit:
-            shipped = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
+            files = tuple(str(path) for _, path in sorted(paths.items()))
+            if files not in puts:  # three seeds of a study: one copy, not three
+                puts[files] = ray.put({rel: path.read_bytes() for rel, path in paths.items()})
+            shipped = puts[files]
         else:  # read on the node: its copy must be this one (else the checkpoint records it)
             expected = {"files": sorted(paths), "fingerprint": files_fingerprint(paths.values())}
         ckpt.recover(run.out)

@@ -42,17 +42,27 @@ DAMPING = 1e-4
 
 
 def standardized_rows(rows: torch.Tensor) -> np.ndarray:
-    """Ĥ for K full rows [K, N]: each row over its own sample std (METHOD.md §4, no centring)."""
-    rows = rows.double()
-    return (rows / rows.std(dim=1, keepdim=True, correction=1)).numpy()
+    """Ĥ for K full rows [K, N] on any device: each row over its own sample std (METHOD.md §4,
+    no centring); a flat row (std 0) gives zeros, as ``standardize`` does."""
+    rows = rows.detach().double().cpu()
+    std = rows.std(dim=1, keepdim=True, correction=1)
+    flat = std <= 8 * torch.finfo(rows.dtype).eps * rows.abs().amax(dim=1, keepdim=True)
+    return torch.where(flat, 0.0, rows / torch.where(flat, 1.0, std)).numpy()
+
+
+def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """Pearson over all entries and median per-row Spearman of two standardised maps (the
+    issue's fidelity measure)."""
+    a, b = np.asarray(a), np.asarray(b)
+    ranked = [k for k in range(len(a)) if np.ptp(a[k]) > 0 and np.ptp(b[k]) > 0]  # not flat
+    rows = [spearmanr(a[k], b[k])[0] for k in ranked]
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), float(np.median(rows))
 
 
 def row_agreement(rows: torch.Tensor, reference_rows: torch.Tensor) -> tuple[float, float]:
-    """The issue's measure on K rows [K, N]: Pearson of the standardised rows over all K·N
-    entries and the median per-row Spearman. With all N rows it is the whole measure."""
-    a, b = standardized_rows(rows), standardized_rows(reference_rows)
-    pearson = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
-    return pearson, float(np.median([spearmanr(a[k], b[k])[0] for k in range(len(a))]))
+    """The issue's measure on K rows [K, N]: ``agreement`` of the standardised rows. With all
+    N rows it is the whole measure."""
+    return agreement(standardized_rows(rows), standardized_rows(reference_rows))
 
 
 def block_asymmetry(reference_rows: torch.Tensor, solved: list[int]) -> float:
@@ -112,10 +122,12 @@ def solve_columns(
     cap: int,
     chunk: int,
     log: Any = print,
+    most: int | None = None,
 ) -> None:
-    """Solve the wanted columns the store lacks with EK-FAC-preconditioned cg (deflated start of
-    depth 4, built once from all N columns as a full run builds it), ``chunk`` at a time."""
-    missing = [p for p in wanted if p not in store.columns]
+    """Solve the wanted columns the store lacks, at most ``most`` of them, with
+    EK-FAC-preconditioned cg (deflated start of depth 4, built once from all N columns as a
+    full run builds it), ``chunk`` at a time."""
+    missing = [p for p in wanted if p not in store.columns][:most]
     if not missing:
         return
     options = InfluenceOptions(

@@ -41,6 +41,9 @@ def test_all_rows_give_the_whole_measure():
     )
     assert row_agreement(estimate, exact) == pytest.approx(whole, abs=1e-12)
     assert row_agreement(exact, exact) == pytest.approx((1.0, 1.0))
+    flat = exact.clone()
+    flat[3] = 2.0  # a flat row carries no ranking: zeros, as standardize makes it, not NaN
+    assert np.isfinite(row_agreement(estimate, flat)[0])
     # a row's measure is blind to its scale, as Ĥ is: the reference may be stored as H·D
     assert row_agreement(estimate[:4], 7.0 * exact[:4]) == pytest.approx(
         row_agreement(estimate[:4], exact[:4]), abs=1e-12
@@ -113,5 +116,7 @@ def test_solved_columns_are_rows_of_the_exact_solve_and_are_not_solved_twice(tmp
     solve_columns(store, fm, x, g, [2, 6, 5], 1e-8, 500, chunk=1, log=messages.append)
     assert store.columns[6] == kept
     assert "[2, 5]" in messages[0]
+    solve_columns(store, fm, x, g, [2, 6, 5, 0, 1], 1e-8, 500, chunk=1, log=print, most=1)
+    assert sorted(store.columns) == [0, 2, 5, 6]  # at most one NEW column: 0, not 1
     torch.testing.assert_close(store.rows([2, 5]), exact[[2, 5]], rtol=1e-5, atol=1e-8)
     assert max(store.columns[p]["residual"] for p in (2, 5)) <= 1e-8

@@ -151,8 +151,8 @@ INTERRUPTED = (
     "files); rerun the same command to go on from there"
 )
 IMPORT_INTERRUPTED = (
-    "interrupted: nothing was imported (an import commits all its files or none); rerun the "
-    "same command to import from the start"
+    "interrupted: an import keeps all its files or none, so nothing was imported unless it "
+    "had begun its commit; rerun the same command: it finishes a begun commit, or starts again"
 )
 
 

@@ -15,6 +15,7 @@ from coherence.cli_common import (
     product,
     progress_bar,
     split_list,
+    warn,
 )
 from coherence.errors import RequestError
 
@@ -202,10 +203,15 @@ def _run(plan, executor) -> list[str]:
 
             return report
 
+        from coherence.surrogates.training import WARNING
+
         def log(message: str) -> None:
             """A line of the study's log, then no bar until the next report: after a step's
             "done" line the bar still named that step's last stage until the next began."""
-            bar.console.print(message)
+            if message.startswith(WARNING):  # a training's (a worker's) memory warning
+                warn(message.removeprefix(WARNING), to=bar.console)
+            else:
+                bar.console.print(message)
             bar.update(task, visible=False)
 
         return run_study(

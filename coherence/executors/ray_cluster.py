@@ -4,7 +4,8 @@ task on the cluster at ``address``; the driver keeps the cache work.
 What travels, through Ray's object store only (workers need no shared filesystem):
 checkpoint files (config.json + model.safetensors, and the whole set for a resumed
 training), batch arrays, the dataset files a training reads (up to ``COHERENCE_RAY_SHIP_BYTES``,
-default 2 GiB; larger datasets are read from the same path on every node), and back the unit
+default 2 GiB; larger datasets are read from the same path on every node, which must hold the
+driver's very files), and back the unit
 as the npz + JSON the cache stores (``UnitResult.to_parts``) or the checkpoint's files with
 the training snapshots the run wrote (``snapshots.snapshot_files``).
 
@@ -16,7 +17,8 @@ with a message naming it, and only whole units are ever stored. Every reply carr
 worker's versions, compared before the result is trusted. Connecting is bounded by
 ``COHERENCE_RAY_TIMEOUT`` seconds (default 10): an unreachable address is one sentence.
 
-Ray's ports carry no authentication: run the cluster on a private network only (README).
+Ray's ports carry no authentication unless token authentication is on (README, Security): run
+the cluster on a private network only.
 """
 
 from __future__ import annotations

@@ -78,10 +78,16 @@ def _not_an_array(group: h5py.Group, name: str) -> str | None:
     if isinstance(link, h5py.ExternalLink):
         return f"it links to {link.filename}; the data must be in the file itself"
     found = group.get(name)
+    if found is None:
+        return f"it links to {getattr(link, 'path', 'a path')}, which does not exist"
     if not isinstance(found, h5py.Dataset):
         return "it is a group"
     if found.is_virtual:
         return "it is a virtual dataset reading other files; the data must be in the file itself"
+    if found.external:
+        return (
+            f"its values are stored in {found.external[0][0]}; the data must be in the file itself"
+        )
     return None
 
 

@@ -472,7 +472,8 @@ def training_lock(out: Path) -> Iterator[None]:
     for its runs as a local run does (``executors.ray_cluster``)."""
     from coherence.cache.locks import KeyLock
 
-    lock = KeyLock(out.parent / f".{out.name}.train.lock")
+    real = Path(out).expanduser().resolve()  # a symlinked --out shares its target's lock
+    lock = KeyLock(real.parent / f".{real.name}.train.lock")
     if not lock.acquire():
         raise RequestError(
             f"{out}: another `coherence train` or study is training into this checkpoint (it "

@@ -245,6 +245,35 @@ def test_training_on_ray_holds_the_checkpoint_lock_as_a_local_run_does(
         pass
 
 
+def test_runs_share_one_copy_of_their_data_and_unshipped_data_is_read_on_the_node(
+    ray_address, tiny_dataset, tmp_path, monkeypatch
+):
+    """A study's seeds each put the dataset in the object store (N copies); data above the
+    ship limit is read at the node's same path, checked against the driver's files."""
+    import ray
+
+    from coherence.executors.ray_tasks import SHIP_BYTES_ENV
+
+    puts = []
+    real_put = ray.put
+
+    def counting_put(value, **options):
+        puts.append(type(value).__name__)
+        return real_put(value, **options)
+
+    monkeypatch.setattr(ray, "put", counting_put)
+    runs = [TrainRun(tiny_dataset, tmp_path / f"unet_s{s}", tiny_args(seed=s)) for s in (1, 2)]
+    RayExecutor(ray_address).train(runs)
+    assert puts == ["dict"]  # one copy of the files for both runs
+    monkeypatch.setenv(SHIP_BYTES_ENV, "0")
+    puts.clear()
+    unshipped = TrainRun(tiny_dataset, tmp_path / "unet_s3", tiny_args(seed=3))
+    RayExecutor(ray_address).train([unshipped])
+    assert puts == []  # read on the node, which holds the driver's very files here
+    for run in (*runs, unshipped):
+        ckpt.verify(run.out)
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_and_exhausted_retries_name_the_unit(
     ray_address, checkpoint, tiny_dataset, workspace, tmp_path

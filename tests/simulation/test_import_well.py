@@ -168,9 +168,13 @@ MALFORMED = {  # what a damaged or foreign source holds → the words of its ref
         "scalars/gamma is a Group",
     ),
     "root gamma text": (lambda f: f.attrs.__setitem__("gamma", "abc"), "not a number"),
+    "scalars/gamma NaN": (
+        lambda f: f["scalars/gamma"].__setitem__((), np.nan),
+        "scalars/gamma is nan",
+    ),
     "gamma NaN": (
         lambda f: (f.attrs.__setitem__("gamma", np.nan), _replace(f, "scalars/gamma", np.nan)),
-        "finite γ > 1",
+        "γ must be a finite number > 1",
     ),
     "density a group": (
         lambda f: (f.__delitem__("t0_fields/density"), f.create_group("t0_fields/density")),
@@ -216,7 +220,19 @@ MALFORMED = {  # what a damaged or foreign source holds → the words of its ref
                 "t1_fields/momentum",
             )
         ],
-        "trajectory 1 is all zeros in every field: data never written",
+        "trajectory 1 is all zeros in every field at 21 snapshot(s) (0–20): data never",
+    ),
+    "trailing snapshots unwritten": (
+        lambda f: [
+            f[name].__setitem__((1, slice(10, None)), 0.0)
+            for name in (
+                "t0_fields/density",
+                "t0_fields/energy",
+                "t0_fields/pressure",
+                "t1_fields/momentum",
+            )
+        ],
+        "trajectory 1 is all zeros in every field at 11 snapshot(s) (10–20)",
     ),
     "no trajectories": (
         lambda f: [
@@ -270,7 +286,10 @@ def test_two_files_that_would_share_a_name_are_named(tmp_path, states):
         import_well_euler([train, valid], tmp_path / "out", split="train")
     message = str(refused.value)
     assert f"{train} and {valid} would both become data/train/{STEM}.hdf5" in message
-    assert "--split puts every file into that split" in message
+    assert "--split train puts every file into that split" in message
+    other = write_well_euler(tmp_path / "b" / "train" / f"{STEM}.hdf5", states)
+    with pytest.raises(RequestError, match=f"two files named {STEM}.hdf5 in folders named train"):
+        import_well_euler([train, other], tmp_path / "out")
     with pytest.raises(RequestError, match="the same file given twice"):
         import_well_euler([train, train], tmp_path / "out")
 

@@ -253,6 +253,21 @@ def test_a_field_linked_to_another_file_is_refused(ce_file, tmp_path):
     )
     problems = validate_well_file(path)
     assert any(f"density' (it links to {outside}; the data must be" in p for p in problems)
+    raw = tmp_path / "outside.raw"
+    raw.write_bytes(b"\0" * 4 * 3 * 4 * 8 * 6)
+
+    def external_raw(f):
+        shape = f["t0_fields/energy"].shape
+        del f["t0_fields/energy"]
+        f["t0_fields"].create_dataset("energy", shape, "f4", external=[(str(raw), 0, 2**20)])
+
+    _corrupt(path, external_raw)
+    problems = validate_well_file(path)
+    assert any(f"energy' (its values are stored in {raw}" in p for p in problems), problems
+    _corrupt(path, lambda f: f["t1_fields"].__setitem__("momentum2", h5py.SoftLink("/gone")))
+    _corrupt(path, lambda f: f["t1_fields"].attrs.__setitem__("field_names", ["momentum2"]))
+    problems = validate_well_file(path)
+    assert any("(it links to /gone, which does not exist)" in p for p in problems), problems
 
 
 def test_validator_reports_every_problem_at_once(ce_file):

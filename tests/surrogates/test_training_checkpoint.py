@@ -288,6 +288,15 @@ def test_a_second_run_into_the_same_checkpoint_is_refused_while_one_trains(tiny_
     finally:
         held.release()
     assert train(tiny_dataset, out, tiny_args()) == out  # free again
+    link = tmp_path / "link"
+    link.symlink_to(out)  # the same checkpoint through a link: the same lock (a review)
+    held = KeyLock(tmp_path / ".ckpt.train.lock")
+    assert held.acquire()
+    try:
+        with pytest.raises(RequestError, match=r"another `coherence train` or study is training"):
+            train(tiny_dataset, link, tiny_args(epochs=2))
+    finally:
+        held.release()
 
 
 def test_cli_turns_a_path_error_into_one_line(tiny_dataset, tmp_path, monkeypatch):

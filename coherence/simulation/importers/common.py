@@ -103,11 +103,13 @@ def check_finite_positive(
     positive: tuple[str, ...],
     *,
     file_first: int | None = None,
+    time_offset: int = 0,
 ) -> None:
     """Refuse NaN/inf anywhere and non-positive values in ``positive`` fields.
 
-    Arrays are [b, ...]; ``first`` is the index of row 0 among all the source's trajectories
-    (what --limit counts), ``file_first`` its row in ``source`` when that is one shard.
+    Arrays are [b, T, ...]; ``first`` is the index of row 0 among all the source's trajectories
+    (what --limit counts), ``file_first`` its row in ``source`` when that is one shard,
+    ``time_offset`` the snapshot index of axis 1's first entry (a time block's start).
     """
     for name, values in named.items():
         bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
@@ -128,16 +130,30 @@ def check_finite_positive(
         if bad.any():
             row = int(np.argmax(bad))
             which = _which(first, row, file_first)
-            if not any(np.any(v[row]) for v in named.values()):  # every field exactly 0
+            zero = _zero_snapshots(named, row)
+            if zero.size:  # every field exactly 0 there: never written, not a channel mix-up
+                span = f"{zero[0] + time_offset}" + (
+                    f"–{zero[-1] + time_offset}" if zero.size > 1 else ""
+                )
                 raise SchemaError(
-                    f"{source}: {which} is all zeros in every field: data never written "
-                    "(a truncated or partly downloaded file); download it again"
+                    f"{source}: {which} is all zeros in every field at {zero.size} snapshot(s) "
+                    f"({span}): data never written (a truncated or partly downloaded file); "
+                    "download it again"
                 )
             raise SchemaError(
                 f"{source}: {which} has {name} ≤ 0 (min {float(values[row].min()):.3g}); a "
                 f"physical state has positive {name}: check that the channels are in the "
                 "documented order"
             )
+
+
+def _zero_snapshots(named: dict[str, np.ndarray], row: int) -> np.ndarray:
+    """Indices along axis 1 (time) where every field of trajectory ``row`` is exactly 0."""
+    zero = None
+    for values in named.values():
+        here = ~np.asarray(values[row]).reshape(values.shape[1], -1).any(axis=1)
+        zero = here if zero is None else zero & here
+    return np.flatnonzero(zero) if zero is not None else np.zeros(0, dtype=int)
 
 
 def gamma_hat(rho: np.ndarray, mx: np.ndarray, my: np.ndarray, p: np.ndarray, energy: np.ndarray):

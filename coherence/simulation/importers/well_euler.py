@@ -83,6 +83,8 @@ def _gamma(f: h5py.File, path: Path) -> float:
     if values.size == 0:
         raise SchemaError(f"{path}: scalars/gamma is empty; γ must come from the file")
     stored = float(values[0])
+    if not np.isfinite(stored):
+        raise SchemaError(f"{path}: scalars/gamma is {stored}; γ must be a finite number > 1")
     gamma = round(stored, 6)
     if "gamma" in f.attrs:
         try:
@@ -91,7 +93,7 @@ def _gamma(f: h5py.File, path: Path) -> float:
             raise SchemaError(
                 f"{path}: the root attribute gamma is {f.attrs['gamma']!r}, not a number"
             ) from None
-        if np.isfinite(stored) and abs(gamma - stored) > 1e-6 * max(abs(gamma), 1.0):
+        if abs(gamma - stored) > 1e-6 * max(abs(gamma), 1.0):
             raise SchemaError(
                 f"{path}: γ is {gamma} in the root attribute but {stored:.7g} in scalars/gamma; "
                 "the file contradicts itself (re-download it)"
@@ -208,18 +210,23 @@ def _split_of(path: Path, split: str | None) -> str:
 
 
 def _check_files(
-    sources: list[Path], infos: list[dict], keys: list[tuple[str, str]], downsample: int
+    sources: list[Path],
+    infos: list[dict],
+    keys: list[tuple[str, str]],
+    downsample: int,
+    split: str | None = None,
 ) -> None:
     """Refuse a file named twice, a grid the down-sampling does not divide, or time axes of
     different lengths (one dataset shares one time axis)."""
     seen: dict[tuple[str, str], Path] = {}
     for path, key in zip(sources, keys, strict=True):
         if key in seen:
-            same = (
-                "the same file given twice"
-                if path.resolve() == seen[key].resolve()
-                else ("one name in one split (--split puts every file into that split)")
-            )
+            if path.resolve() == seen[key].resolve():
+                same = "the same file given twice"
+            elif split is not None:
+                same = f"--split {split} puts every file into that split"
+            else:
+                same = f"two files named {path.name} in folders named {key[0]}"
             raise RequestError(
                 f"{seen[key]} and {path} would both become data/{key[0]}/{key[1]}.hdf5 "
                 f"({same}); give each file once, or import these into separate datasets"
@@ -310,7 +317,7 @@ def import_well_euler(
     infos = [_read_info(p, allow_open, note) for p in sources]
     splits = [_split_of(p, split) for p in sources]
     keys = [(s, p.stem) for s, p in zip(splits, sources, strict=True)]
-    _check_files(sources, infos, keys, downsample)
+    _check_files(sources, infos, keys, downsample, split)
     counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
     traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
     for path, info, size in zip(sources, infos, traj_bytes, strict=True):
@@ -387,6 +394,7 @@ def _trajectory(
             i,
             {k_: v[None] for k_, v in named.items()},
             ("density", "pressure"),
+            time_offset=lo,
         )
         estimate = gamma_hat(rho, m[..., 0], m[..., 1], p, energy)
         check_gamma(str(path), i, estimate, gamma, "density, energy, pressure, momentum")

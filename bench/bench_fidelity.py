@@ -523,7 +523,7 @@ def _rows_for(
     solved = sorted(store.columns)
     reference = store.rows(solved)
     meta = {"model": label, "setting": f"reference: cg --cg-start preconditioned rtol={rtol}"}
-    row = {**meta, "cap": cap, **reference_summary(store, solved)}
+    row = {**meta, "cap": cap, **reference_summary(store, solved, rtol)}
     if exact is not None:
         row["pearson_vs_exact"], row["spearman_vs_exact"] = row_agreement(reference, exact[solved])
     print(row, flush=True)

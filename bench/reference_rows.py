@@ -44,9 +44,10 @@ DAMPING = 1e-4
 def standardized_rows(rows: torch.Tensor) -> np.ndarray:
     """Ĥ for K full rows [K, N] on any device: each row over its own sample std (METHOD.md §4,
     no centring); a flat row (std 0) gives zeros, as ``standardize`` does."""
+    eps = torch.finfo(rows.dtype if rows.is_floating_point() else torch.float64).eps
     rows = rows.detach().double().cpu()
     std = rows.std(dim=1, keepdim=True, correction=1)
-    flat = std <= 8 * torch.finfo(rows.dtype).eps * rows.abs().amax(dim=1, keepdim=True)
+    flat = std <= 8 * eps * rows.abs().amax(dim=1, keepdim=True)  # the input's precision
     return torch.where(flat, 0.0, rows / torch.where(flat, 1.0, std)).numpy()
 
 
@@ -54,9 +55,19 @@ def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> tup
     """Pearson over all entries and median per-row Spearman of two standardised maps (the
     issue's fidelity measure)."""
     a, b = np.asarray(a), np.asarray(b)
-    ranked = [k for k in range(len(a)) if np.ptp(a[k]) > 0 and np.ptp(b[k]) > 0]  # not flat
-    rows = [spearmanr(a[k], b[k])[0] for k in ranked]
+    rows = [_row_spearman(a[k], b[k]) for k in range(len(a)) if np.ptp(b[k]) > 0]
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), float(np.median(rows))
+
+
+def _row_spearman(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """Spearman of one row against a non-flat reference row (a flat reference carries no
+    order and is left out by the caller): 0 for a flat estimate, which orders nothing, and
+    NaN for a non-finite one, so neither passes for agreement."""
+    if not np.all(np.isfinite(estimate)):
+        return float("nan")
+    if np.ptp(estimate) == 0:
+        return 0.0
+    return float(spearmanr(estimate, reference)[0])
 
 
 def row_agreement(rows: torch.Tensor, reference_rows: torch.Tensor) -> tuple[float, float]:
@@ -168,11 +179,14 @@ def solve_columns(
         log(f"columns {part}: iterations {list(cg.iterations)}, {seconds:.0f} s each")
 
 
-def reference_summary(store: ReferenceStore, solved: list[int]) -> dict[str, Any]:
-    """How good the stored reference is: iterations, worst residual, asymmetry of H[S, S]."""
+def reference_summary(store: ReferenceStore, solved: list[int], rtol: float) -> dict[str, Any]:
+    """How good the stored reference is: columns that missed rtol, iterations, worst
+    residual, asymmetry of H[S, S]."""
     columns = [store.columns[p] for p in solved]
     return {
         "rows": len(solved),
+        # columns stopped at the cap above rtol: a rougher reference (their residuals say how)
+        "unconverged": sum(c["residual"] > rtol for c in columns),
         "iterations_max": max(c["iterations"] for c in columns),
         "residual_max": max(c["residual"] for c in columns),
         "asymmetry": block_asymmetry(store.rows(solved), solved),

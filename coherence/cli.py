@@ -23,6 +23,7 @@ from coherence.cli_common import (
     compute_slot,
     console,
     friendly_errors,
+    log_line,
     progress_bar,
     split_list,
     styled,
@@ -128,7 +129,7 @@ def train_command(
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
     from coherence.executors import TrainRun, get_executor
     from coherence.surrogates.snapshots import parse_keep_epochs
-    from coherence.surrogates.training import WARNING, TrainingArgs
+    from coherence.surrogates.training import TrainingArgs
 
     args = TrainingArgs(
         arch=arch,
@@ -160,10 +161,7 @@ def train_command(
             )
 
         def log(line: str) -> None:
-            if line.startswith(WARNING):
-                warn(line.removeprefix(WARNING), to=bar.console)
-            else:
-                bar.console.print(line)
+            log_line(line, to=bar.console)
 
         executor.train([TrainRun(data, out, args, progress=report)], log=log)
     if _epochs_trained(out) != before:  # a finished one is not written again: its log said so

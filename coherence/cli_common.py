@@ -163,6 +163,17 @@ def warn(message: str, *, loud: bool = False, to: Console = console) -> None:
     to.print(styled(("warning:", style), f" {message}"), highlight=False, soft_wrap=True)
 
 
+def log_line(line: str, *, to: Console = console) -> None:
+    """A training's log line as the CLI shows it: one marked as a warning (training.WARNING,
+    a worker's relayed ones too) as ``warn`` does, the rest as it is."""
+    from coherence.surrogates.training import WARNING
+
+    if line.startswith(WARNING):
+        warn(line.removeprefix(WARNING), to=to)
+    else:
+        to.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def styled(*parts: str | tuple[str, str]) -> Text:
     """A line of plain strings and (text, style) pairs: styles without markup, so nothing in
     a path or message is read as markup."""

@@ -12,10 +12,10 @@ from coherence.cli_common import (
     RayAddress,
     console,
     friendly_errors,
+    log_line,
     product,
     progress_bar,
     split_list,
-    warn,
 )
 from coherence.errors import RequestError
 
@@ -203,15 +203,11 @@ def _run(plan, executor) -> list[str]:
 
             return report
 
-        from coherence.surrogates.training import WARNING
-
         def log(message: str) -> None:
-            """A line of the study's log, then no bar until the next report: after a step's
-            "done" line the bar still named that step's last stage until the next began."""
-            if message.startswith(WARNING):  # a training's (a worker's) memory warning
-                warn(message.removeprefix(WARNING), to=bar.console)
-            else:
-                bar.console.print(message)
+            """A line of the study's log (a training's warning, a worker's too, as one), then
+            no bar until the next report: after a step's "done" line the bar still named that
+            step's last stage until the next began."""
+            log_line(message, to=bar.console)
             bar.update(task, visible=False)
 
         return run_study(

@@ -258,3 +258,24 @@ def test_an_interrupted_import_says_that_nothing_was_imported(tmp_path, monkeypa
         )
         assert shown.exit_code == 130, shown.output
         assert "nothing was imported unless it had begun its commit" in shown.output
+
+
+def test_a_training_warning_line_is_shown_as_a_warning_by_train_and_study():
+    """`coherence train` coloured a training's warning line, a study printed it plainly (a
+    worker's relayed memory warning among them): both now go through one log_line."""
+    import io
+
+    from rich.console import Console
+
+    from coherence import cli, cli_study
+    from coherence.cli_common import log_line
+    from coherence.surrogates.training import WARNING
+
+    out = io.StringIO()
+    screen = Console(file=out, force_terminal=True, color_system="standard", width=200)
+    log_line(f"{WARNING}training unet_s7: one step may not fit", to=screen)
+    log_line("resuming run[gas] after epoch 1", to=screen)
+    text = out.getvalue()
+    assert "\x1b[33mwarning:\x1b[0m training unet_s7: one step may not fit" in text, repr(text)
+    assert "resuming run[gas] after epoch 1" in text  # as it is, brackets kept
+    assert "log_line" in vars(cli) and "log_line" in vars(cli_study)  # both commands use it

@@ -34,6 +34,7 @@ several classes adds all of them or none.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import os
@@ -177,10 +178,15 @@ def dataset_transaction(root: str | os.PathLike) -> Iterator[Stage]:
     """Lock ``root``, recover leftovers, stage new files; commit on success, discard on error."""
     # resolved: a symlinked --out and its target must share one lock (else the second
     # writer's recovery deletes the first one's staging)
-    root = Path(root).expanduser().resolve()
+    given, root = Path(root).expanduser().absolute(), Path(root).expanduser().resolve()
     check_dataset_folder(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path(root), "a")  # noqa: SIM115 - held for the transaction's lifetime
+    try:
+        handle = open(lock_path(root), "a")  # noqa: SIM115 - held for the transaction's lifetime
+    except OSError as error:  # the target's folder not writable: beside the link, as before
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        handle = open(lock_path(given), "a")  # noqa: SIM115
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

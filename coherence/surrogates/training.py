@@ -9,6 +9,7 @@ powers of two plus the last) under ``epochs/NNNN``, and resume from the last che
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import time
@@ -472,9 +473,20 @@ def training_lock(out: Path) -> Iterator[None]:
     for its runs as a local run does (``executors.ray_cluster``)."""
     from coherence.cache.locks import KeyLock
 
-    real = Path(out).expanduser().resolve()  # a symlinked --out shares its target's lock
+    # beside the resolved target, so a symlinked --out and its target share one lock; beside
+    # the link where the target's folder is not writable (training writes only inside the
+    # checkpoint). No expanduser: training writes to `out` as given, so does the lock.
+    real = Path(out).resolve()
     lock = KeyLock(real.parent / f".{real.name}.train.lock")
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        given = Path(out).absolute()
+        lock = KeyLock(given.parent / f".{given.name}.train.lock")
+        acquired = lock.acquire()
+    if not acquired:
         raise RequestError(
             f"{out}: another `coherence train` or study is training into this checkpoint (it "
             f"holds {lock.path}); wait for it to finish, or choose another --out"

@@ -18,6 +18,7 @@ from bench.reference_rows import (
     fingerprint,
     row_agreement,
     solve_columns,
+    standardized_rows,
 )
 from coherence.analysis.standardization import standardize
 from tests.analysis.fixtures import TinyConv, dense_reference
@@ -42,8 +43,22 @@ def test_all_rows_give_the_whole_measure():
     assert row_agreement(estimate, exact) == pytest.approx(whole, abs=1e-12)
     assert row_agreement(exact, exact) == pytest.approx((1.0, 1.0))
     flat = exact.clone()
-    flat[3] = 2.0  # a flat row carries no ranking: zeros, as standardize makes it, not NaN
+    flat[3] = 2.0  # a flat reference row carries no ranking: left out, not NaN
+    others = [k for k in range(12) if k != 3]
+    assert row_agreement(estimate, flat)[1] == pytest.approx(
+        row_agreement(estimate[others], exact[others])[1]
+    )
     assert np.isfinite(row_agreement(estimate, flat)[0])
+    collapsed = exact.clone()
+    collapsed[1:] = 0.0  # an estimator that collapsed scores 0 on those rows, not 1
+    assert row_agreement(collapsed, exact)[1] == 0.0
+    noisy = torch.ones(2, 6, dtype=torch.float32)
+    noisy[0, 2] += 1e-7  # float32 round-off on a constant row: flat, as standardize finds it
+    assert standardized_rows(noisy)[0].tolist() == [0.0] * 6
+    assert (
+        standardized_rows(noisy).tolist()
+        == standardize(torch.cat([noisy, torch.ones(4, 6)]))[:2].tolist()
+    )
     # a row's measure is blind to its scale, as Ĥ is: the reference may be stored as H·D
     assert row_agreement(estimate[:4], 7.0 * exact[:4]) == pytest.approx(
         row_agreement(estimate[:4], exact[:4]), abs=1e-12

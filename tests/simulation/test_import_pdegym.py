@@ -329,3 +329,14 @@ def test_a_trajectory_larger_than_memory_is_refused_by_its_shape(tmp_path):
     with pytest.raises(SchemaError, match=r"CE-RP.nc: one trajectory is 1000000 × 5 × 128 × 128"):
         import_pdegym(path, tmp_path / "o", "CE-RP")
     assert not (tmp_path / "o").exists()
+
+
+def test_unwritten_ns_snapshots_are_refused(tmp_path, ns_states):
+    """NS has no positive field, so a trajectory whose last snapshots were never written (all
+    zeros) imported silently (a review)."""
+    data = ns_published(ns_states)
+    data[2, 15:] = 0.0
+    path = write_pdegym(tmp_path / "NS-Sines.nc", "velocity", data)
+    with pytest.raises(SchemaError, match=r"trajectory 2 is all zeros in every field at snapshot"):
+        import_pdegym(path, tmp_path / "out", "NS-Sines")
+    assert not (tmp_path / "out").exists()

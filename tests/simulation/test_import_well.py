@@ -220,7 +220,7 @@ MALFORMED = {  # what a damaged or foreign source holds → the words of its ref
                 "t1_fields/momentum",
             )
         ],
-        "trajectory 1 is all zeros in every field at 21 snapshot(s) (0–20): data never",
+        "trajectory 1 is all zeros in every field at snapshot(s) 0, 1, 2, 3, 4, …: data",
     ),
     "trailing snapshots unwritten": (
         lambda f: [
@@ -232,7 +232,7 @@ MALFORMED = {  # what a damaged or foreign source holds → the words of its ref
                 "t1_fields/momentum",
             )
         ],
-        "trajectory 1 is all zeros in every field at 11 snapshot(s) (10–20)",
+        "trajectory 1 is all zeros in every field at snapshot(s) 10, 11, 12, 13, 14, …",
     ),
     "no trajectories": (
         lambda f: [
@@ -288,8 +288,9 @@ def test_two_files_that_would_share_a_name_are_named(tmp_path, states):
     assert f"{train} and {valid} would both become data/train/{STEM}.hdf5" in message
     assert "--split train puts every file into that split" in message
     other = write_well_euler(tmp_path / "b" / "train" / f"{STEM}.hdf5", states)
-    with pytest.raises(RequestError, match=f"two files named {STEM}.hdf5 in folders named train"):
-        import_well_euler([train, other], tmp_path / "out")
+    for forced in (None, "train"):  # the folders collide by themselves: --split is not why
+        with pytest.raises(RequestError, match=f"two files named {STEM}.hdf5 in folders named"):
+            import_well_euler([train, other], tmp_path / "out", split=forced)
     with pytest.raises(RequestError, match="the same file given twice"):
         import_well_euler([train, train], tmp_path / "out")
 
@@ -313,3 +314,20 @@ def test_a_grid_whose_one_snapshot_exceeds_the_block_is_counted_whole(
     monkeypatch.setattr(common, "free_memory", lambda: 600 * 2**20)
     with pytest.raises(SchemaError, match=r"one trajectory is 2 × 4096 × 4096 × 5 values"):
         import_well_euler([path], tmp_path / "out", downsample=4)
+
+
+def test_unwritten_snapshots_are_named_by_their_index_in_the_trajectory(
+    tmp_path, states, monkeypatch
+):
+    """The Well import checks one time block at a time: the snapshot named is the
+    trajectory's, not the block's (one snapshot per block here)."""
+    from coherence.simulation.importers import well_euler
+
+    monkeypatch.setattr(well_euler, "BLOCK_BYTES", 1)
+    path = write_well_euler(tmp_path / "data" / "test" / f"{STEM}.hdf5", states)
+    with h5py.File(path, "a") as f:
+        for name in ("t0_fields/density", "t0_fields/energy", "t0_fields/pressure"):
+            f[name][1, 10:] = 0.0
+        f["t1_fields/momentum"][1, 10:] = 0.0
+    with pytest.raises(SchemaError, match=r"\(time 10\.\.10\): trajectory 1 is all zeros .* 10:"):
+        import_well_euler([path], tmp_path / "out")

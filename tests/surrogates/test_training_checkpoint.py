@@ -299,6 +299,32 @@ def test_a_second_run_into_the_same_checkpoint_is_refused_while_one_trains(tiny_
         held.release()
 
 
+def test_a_link_into_a_folder_it_cannot_write_locks_beside_the_link(tmp_path, monkeypatch):
+    """Training writes only inside the checkpoint, so a link into a read-only shared folder
+    worked until the lock moved beside the target (a review): the lock goes beside the link
+    when the target's folder refuses it."""
+    import errno
+
+    from coherence.cache.locks import KeyLock
+    from coherence.surrogates.training import training_lock
+
+    shared = tmp_path / "shared"
+    (shared / "ckpt").mkdir(parents=True)
+    link = tmp_path / "home" / "link"
+    link.parent.mkdir()
+    link.symlink_to(shared / "ckpt")
+    acquire = KeyLock.acquire
+
+    def read_only_shared(self, **options):
+        if self.path.parent == shared:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
+        return acquire(self, **options)
+
+    monkeypatch.setattr(KeyLock, "acquire", read_only_shared)
+    with training_lock(link):
+        assert (link.parent / ".link.train.lock").exists()
+
+
 def test_cli_turns_a_path_error_into_one_line(tiny_dataset, tmp_path, monkeypatch):
     """An --out below a file: one red line naming the path, exit status 2 (it was a
     traceback); COHERENCE_DEBUG=1 gives the traceback back."""

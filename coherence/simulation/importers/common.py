@@ -124,22 +124,22 @@ def check_finite_positive(
                 f"{source}: {_which(first, row, file_first)} has NaN or inf in {name}; the "
                 f"file is damaged: download it again{before}"
             )
+    rows = next(iter(named.values())).shape[0] if named else 0
+    for row in range(rows):  # every field exactly 0: never written (no family's real state)
+        zero = _zero_snapshots(named, row) + time_offset
+        if zero.size:
+            shown = ", ".join(str(t) for t in zero[:5]) + (", …" if zero.size > 5 else "")
+            raise SchemaError(
+                f"{source}: {_which(first, row, file_first)} is all zeros in every field at "
+                f"snapshot(s) {shown}: data never written (a truncated or partly downloaded "
+                "file); download it again"
+            )
     for name in positive:
         values = named[name]
         bad = ~(values > 0).reshape(values.shape[0], -1).all(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
             which = _which(first, row, file_first)
-            zero = _zero_snapshots(named, row)
-            if zero.size:  # every field exactly 0 there: never written, not a channel mix-up
-                span = f"{zero[0] + time_offset}" + (
-                    f"–{zero[-1] + time_offset}" if zero.size > 1 else ""
-                )
-                raise SchemaError(
-                    f"{source}: {which} is all zeros in every field at {zero.size} snapshot(s) "
-                    f"({span}): data never written (a truncated or partly downloaded file); "
-                    "download it again"
-                )
             raise SchemaError(
                 f"{source}: {which} has {name} ≤ 0 (min {float(values[row].min()):.3g}); a "
                 f"physical state has positive {name}: check that the channels are in the "

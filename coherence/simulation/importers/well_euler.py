@@ -223,10 +223,10 @@ def _check_files(
         if key in seen:
             if path.resolve() == seen[key].resolve():
                 same = "the same file given twice"
-            elif split is not None:
+            elif split is not None and path.parent.name != seen[key].parent.name:
                 same = f"--split {split} puts every file into that split"
             else:
-                same = f"two files named {path.name} in folders named {key[0]}"
+                same = f"two files named {path.name} in folders named {path.parent.name}"
             raise RequestError(
                 f"{seen[key]} and {path} would both become data/{key[0]}/{key[1]}.hdf5 "
                 f"({same}); give each file once, or import these into separate datasets"

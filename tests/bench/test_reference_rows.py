@@ -135,3 +135,17 @@ def test_solved_columns_are_rows_of_the_exact_solve_and_are_not_solved_twice(tmp
     assert sorted(store.columns) == [0, 2, 5, 6]  # at most one NEW column: 0, not 1
     torch.testing.assert_close(store.rows([2, 5]), exact[[2, 5]], rtol=1e-5, atol=1e-8)
     assert max(store.columns[p]["residual"] for p in (2, 5)) <= 1e-8
+
+
+def test_the_results_report_skips_the_reference_data_beside_the_results(tmp_path, monkeypatch):
+    """RESULTS.md is rendered from every bench/results/*.json: the reference columns kept
+    there (no machine, no rows) made write_result fail after writing its file."""
+    import bench.common as common
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(common, "REPORT", tmp_path / "RESULTS.md")
+    ReferenceStore(tmp_path / "reference_columns_x.json", "k").add(
+        {0: {"h": [1.0], "iterations": 1, "residual": 0.0, "seconds": 0.0}}
+    )
+    common.write_result("t", "A table", [{"a": 1}])
+    assert "## A table" in (tmp_path / "RESULTS.md").read_text()

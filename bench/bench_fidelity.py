@@ -95,9 +95,6 @@ def _products(diag: Any) -> dict[str, Any]:
     }
 
 
-_agreement = agreement  # Pearson and median per-row Spearman of two standardised maps
-
-
 def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """One row per (model, λ, setting); ``only``: the settings of these estimators alone."""
     settings = [("euclidean", {}), ("subspace", {}), ("subspace", {"energy_threshold": 1.0})]
@@ -131,7 +128,7 @@ def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any
                     **options,
                 )
                 scores = {
-                    r: _agreement(standardize(result.H_by_response[r]), exact[r]) for r in RESPONSES
+                    r: agreement(standardize(result.H_by_response[r]), exact[r]) for r in RESPONSES
                 }
                 res = result.diagnostics.residuals or [float("nan")]
                 rows.append(
@@ -185,7 +182,7 @@ def tolerance_rows(quick: bool) -> list[dict[str, Any]]:
                 cases.append((f"residual {rho:g} (random direction)", draws))
             for setting, solutions in cases:
                 scores = np.array(
-                    [_agreement(standardize(g @ x / reference.d), exact) for x in solutions]
+                    [agreement(standardize(g @ x / reference.d), exact) for x in solutions]
                 )
                 pearson, spearman = np.median(scores, axis=0)
                 rows.append(

@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 
-from bench.bench_fidelity import MODELS, _agreement
+from bench.bench_fidelity import MODELS
 from bench.bench_influence import euler_batch
 from bench.common import write_result
+from bench.reference_rows import agreement
 from coherence.analysis.autodiff import BatchJacobian, FlatModel, evaluation_mode
 from coherence.analysis.influence import compute_influence
 from coherence.analysis.kfac import fit_eigenbasis
@@ -83,7 +84,7 @@ def fidelity_rows() -> list[dict[str, Any]]:
                 h = two_level_influence(small.model, small.inputs, g, damping, rank) / reference.d
                 cases.append((_label(rank), h, (rank, rank)))
             for setting, h, products in cases:
-                pearson, spearman = _agreement(standardize(h), exact)
+                pearson, spearman = agreement(standardize(h), exact)
                 rows.append(
                     {
                         "P": g.shape[1],

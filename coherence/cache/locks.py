@@ -10,11 +10,15 @@ are empty.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+# a folder that refuses a new file: no permission, or a read-only mount
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class KeyLock:
@@ -92,6 +96,23 @@ class KeyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def try_lock_beside(out: Path, lock_name: Callable[[Path], Path]) -> tuple[KeyLock, bool]:
+    """The lock guarding writes into ``out``, taken without blocking: ``(lock, acquired)``.
+
+    It lies at ``lock_name(the resolved out)``, so a symlinked ``out`` and its target share one
+    lock (two writers through different names would otherwise clean up each other's files);
+    at ``lock_name(out as given)`` where the target's folder refuses a new file, e.g. a link
+    into a read-only share whose inside the writer may still write to."""
+    lock = KeyLock(lock_name(out.resolve()))
+    try:
+        return lock, lock.acquire()
+    except OSError as error:
+        if error.errno not in _UNWRITABLE:
+            raise
+    lock = KeyLock(lock_name(out.absolute()))
+    return lock, lock.acquire()
 
 
 def lock_is_held(path: str | os.PathLike) -> bool:

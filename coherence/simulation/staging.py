@@ -34,8 +34,6 @@ several classes adds all of them or none.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import glob
 import os
 import shutil
@@ -43,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from coherence.cache.locks import try_lock_beside
 from coherence.errors import RequestError
 from coherence.workspace import enclosing_checkpoint
 
@@ -177,24 +176,17 @@ def check_dataset_folder(root: Path) -> None:
 def dataset_transaction(root: str | os.PathLike) -> Iterator[Stage]:
     """Lock ``root``, recover leftovers, stage new files; commit on success, discard on error."""
     # resolved: a symlinked --out and its target must share one lock (else the second
-    # writer's recovery deletes the first one's staging)
+    # writer's recovery deletes the first one's staging; try_lock_beside)
     given, root = Path(root).expanduser().absolute(), Path(root).expanduser().resolve()
     check_dataset_folder(root)
     root.parent.mkdir(parents=True, exist_ok=True)
+    lock, acquired = try_lock_beside(given, lock_path)
     try:
-        handle = open(lock_path(root), "a")  # noqa: SIM115 - held for the transaction's lifetime
-    except OSError as error:  # the target's folder not writable: beside the link, as before
-        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        handle = open(lock_path(given), "a")  # noqa: SIM115
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not acquired:
             raise RequestError(
                 f"{root}: another `coherence simulate` or `coherence import` is writing this "
-                f"dataset (it holds {lock_path(root)}); wait for it to finish"
-            ) from None
+                f"dataset (it holds {lock.path}); wait for it to finish"
+            )
         recovered = tuple(recover(root))
         new = not root.exists()
         staging = (
@@ -212,4 +204,4 @@ def dataset_transaction(root: str | os.PathLike) -> Iterator[Stage]:
             raise
         stage.commit()
     finally:
-        handle.close()
+        lock.release()

@@ -9,7 +9,6 @@ powers of two plus the last) under ``epochs/NNNN``, and resume from the last che
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import time
@@ -471,21 +470,10 @@ def training_lock(out: Path) -> Iterator[None]:
     runs into one --out both finished, the checkpoint from one and the snapshots (kept when
     present) from the other. A killed run's lock goes with it (flock). A Ray driver holds it
     for its runs as a local run does (``executors.ray_cluster``)."""
-    from coherence.cache.locks import KeyLock
+    from coherence.cache.locks import try_lock_beside
 
-    # beside the resolved target, so a symlinked --out and its target share one lock; beside
-    # the link where the target's folder is not writable (training writes only inside the
-    # checkpoint). No expanduser: training writes to `out` as given, so does the lock.
-    real = Path(out).resolve()
-    lock = KeyLock(real.parent / f".{real.name}.train.lock")
-    try:
-        acquired = lock.acquire()
-    except OSError as error:
-        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        given = Path(out).absolute()
-        lock = KeyLock(given.parent / f".{given.name}.train.lock")
-        acquired = lock.acquire()
+    # No expanduser: training writes to `out` as given, so does the lock.
+    lock, acquired = try_lock_beside(Path(out), lambda at: at.parent / f".{at.name}.train.lock")
     if not acquired:
         raise RequestError(
             f"{out}: another `coherence train` or study is training into this checkpoint (it "

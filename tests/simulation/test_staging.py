@@ -73,6 +73,39 @@ def test_a_symlinked_out_shares_its_targets_lock(tmp_path):
     assert open_dataset(tmp_path / "real").classes == ["CE-RP"]
 
 
+def test_a_link_into_a_folder_that_refuses_the_lock_locks_beside_the_link(tmp_path, monkeypatch):
+    """Adding classes through a link to a dataset in a shared folder whose own folder is not
+    ours to write: the lock goes beside the link (cache.locks.try_lock_beside), and a
+    second writer through the same link is still refused."""
+    import errno
+
+    from coherence.cache.locks import KeyLock
+
+    shared = tmp_path / "shared"
+    (shared / "real").mkdir(parents=True)
+    link = tmp_path / "home" / "link"
+    link.parent.mkdir()
+    link.symlink_to(shared / "real")
+    acquire = KeyLock.acquire
+
+    def read_only_shared(self, **options):
+        if self.path.parent == shared:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
+        return acquire(self, **options)
+
+    monkeypatch.setattr(KeyLock, "acquire", read_only_shared)
+    with dataset_transaction(link) as stage:
+        assert (link.parent / ".link.lock").exists() and not (shared / ".real.lock").exists()
+        with (
+            pytest.raises(RequestError, match=r"another .*holds .*home/\.link\.lock"),
+            dataset_transaction(link),
+        ):
+            pass
+        for split in SPLITS:
+            _write(stage, split, "CE-RP")
+    assert open_dataset(shared / "real").classes == ["CE-RP"]
+
+
 def test_recovery_of_a_glob_like_name_leaves_other_datasets_staging_alone(tmp_path):
     other = tmp_path / ".ds1.staging-424242"  # ds1's new dataset, being written
     other.mkdir()

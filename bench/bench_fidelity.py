@@ -57,6 +57,7 @@ from bench.common import write_result
 from bench.reference_rows import (
     ReferenceStore,
     agreement,
+    column_solver,
     fingerprint,
     reference_summary,
     row_agreement,
@@ -64,17 +65,11 @@ from bench.reference_rows import (
     store_path,
 )
 from coherence.analysis.autodiff import BatchJacobian, FlatModel, per_example_vjps
-from coherence.analysis.estimators import block_cg
 from coherence.analysis.influence import compute_influence
-from coherence.analysis.metric_solve import (
-    CountedJacobian,
-    deflated_start,
-    ekfac_preconditioner,
-)
+from coherence.analysis.metric_solve import CountedJacobian
 from coherence.analysis.observables import Response, residual
 from coherence.analysis.request import InfluenceOptions
 from coherence.analysis.standardization import standardize
-from coherence.analysis.vocabulary import CGStart
 from coherence.surrogates import checkpoint as ckpt
 from tests.analysis.fixtures import train_small
 
@@ -206,28 +201,9 @@ def _column_cg(
     columns: list[int],
     shape: torch.Size,
 ) -> dict[str, Any]:
-    """cg on the columns ``columns`` only, from zero or from the product's deflated start
-    (``metric_solve.deflated_start``, built from all N columns as a full run builds it).
-    Columns are independent CG runs, so each column's iterations equal a full run's."""
+    """``reference_rows.column_solver`` on ``columns``, timed, as a result row."""
     clock = time.perf_counter()
-    start_pair, project, precondition = None, None, None
-    quiet = lambda x, stage: None  # noqa: E731
-    if options.cg_start is CGStart.PRECONDITIONED:
-        precondition = ekfac_preconditioner(options, products, quiet)
-    if options.cg_start is not CGStart.COLD:
-        begin = deflated_start(options, products, g, shape, 1.0, quiet, precondition)
-        start_pair = (begin.start[0][columns], begin.start[1][columns])
-        project = begin.project
-    assert options.rtol is not None
-    cg = block_cg(
-        products.metric_rows(options.damping),
-        g[columns],
-        options.rtol,
-        options.max_iter,
-        start=start_pair,
-        deflation=project,
-        precondition=precondition,
-    )
+    cg = column_solver(options, products, g, shape)(columns)
     return {
         "solution": cg.solution,
         "iters": list(cg.iterations),

@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 
 from bench.common import RESULTS_DIR
 from coherence.analysis.autodiff import BatchJacobian
-from coherence.analysis.estimators import block_cg
+from coherence.analysis.estimators import CGResult, block_cg
 from coherence.analysis.metric_solve import CountedJacobian, deflated_start, ekfac_preconditioner
 from coherence.analysis.request import InfluenceOptions
 from coherence.analysis.vocabulary import CGStart
@@ -123,6 +123,36 @@ class ReferenceStore:
         return torch.tensor([self.columns[p]["h"] for p in columns], dtype=torch.float64)
 
 
+def column_solver(
+    options: InfluenceOptions, products: CountedJacobian, g: torch.Tensor, shape: torch.Size
+) -> Callable[[list[int]], CGResult]:
+    """cg on chosen columns only, from the start ``options.cg_start`` names: the deflated
+    start (``metric_solve.deflated_start``) is built once from all N columns, as a full run
+    builds it. Columns are independent CG runs, so each column's iterations equal a full
+    run's."""
+    quiet = lambda fraction, stage: None  # noqa: E731
+    start, project, precondition = None, None, None
+    if options.cg_start is CGStart.PRECONDITIONED:
+        precondition = ekfac_preconditioner(options, products, quiet)
+    if options.cg_start is not CGStart.COLD:
+        start = deflated_start(options, products, g, shape, 1.0, quiet, precondition)
+        project = start.project
+    assert options.rtol is not None
+
+    def solve(columns: list[int]) -> CGResult:
+        return block_cg(
+            products.metric_rows(options.damping),
+            g[columns],
+            options.rtol,
+            options.max_iter,
+            start=None if start is None else (start.start[0][columns], start.start[1][columns]),
+            deflation=project,
+            precondition=precondition,
+        )
+
+    return solve
+
+
 def solve_columns(
     store: ReferenceStore,
     fm: Any,
@@ -144,25 +174,13 @@ def solve_columns(
     options = InfluenceOptions(
         estimator="cg", rtol=rtol, cg_start="preconditioned", max_iter=cap, damping=DAMPING
     )
-    assert options.cg_start is CGStart.PRECONDITIONED
-    products = CountedJacobian(BatchJacobian(fm, x))
-    quiet = lambda fraction, stage: None  # noqa: E731
     clock = time.perf_counter()
-    precondition = ekfac_preconditioner(options, products, quiet)
-    begin = deflated_start(options, products, g, x.shape, 1.0, quiet, precondition)
+    solve = column_solver(options, CountedJacobian(BatchJacobian(fm, x)), g, x.shape)
     log(f"deflated start: {time.perf_counter() - clock:.0f} s; solving {missing}")
     for first in range(0, len(missing), chunk):
         part = missing[first : first + chunk]
         clock = time.perf_counter()
-        cg = block_cg(
-            products.metric_rows(DAMPING),
-            g[part],
-            rtol,
-            cap,
-            start=(begin.start[0][part], begin.start[1][part]),
-            deflation=begin.project,
-            precondition=precondition,
-        )
+        cg = solve(part)
         h = (g.double() @ cg.solution.double().T).T  # [K, N]: column p of H·D as a row
         seconds = (time.perf_counter() - clock) / len(part)
         store.add(

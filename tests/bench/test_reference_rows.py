@@ -15,11 +15,15 @@ from bench.bench_fidelity import smse_gradients, spread_order
 from bench.reference_rows import (
     ReferenceStore,
     block_asymmetry,
+    column_solver,
     fingerprint,
     row_agreement,
     solve_columns,
     standardized_rows,
 )
+from coherence.analysis.autodiff import BatchJacobian
+from coherence.analysis.metric_solve import CountedJacobian
+from coherence.analysis.request import InfluenceOptions
 from coherence.analysis.standardization import standardize
 from tests.analysis.fixtures import TinyConv, dense_reference
 
@@ -135,6 +139,29 @@ def test_solved_columns_are_rows_of_the_exact_solve_and_are_not_solved_twice(tmp
     assert sorted(store.columns) == [0, 2, 5, 6]  # at most one NEW column: 0, not 1
     torch.testing.assert_close(store.rows([2, 5]), exact[[2, 5]], rtol=1e-5, atol=1e-8)
     assert max(store.columns[p]["residual"] for p in (2, 5)) <= 1e-8
+
+
+@pytest.mark.parametrize("start", ["cold", "deflated", "preconditioned"])
+def test_column_solver_solves_chosen_columns_from_every_start(start):
+    """The columns part (bench_fidelity) and the reference store share this solver: each
+    start must reach the exact columns, and a chosen column must not depend on which others
+    are solved with it."""
+    torch.manual_seed(4)
+    model = TinyConv(2, hidden=3).double()
+    x = torch.randn(8, 2, 5, 5, dtype=torch.float64)
+    y = x + 0.1 * torch.randn_like(x)
+    dense = dense_reference(model, x, y)
+    exact = dense.full("smse", 1e-4) * dense.d  # H·D, as the solve gives it
+    fm, g = smse_gradients(model, x, y)
+    options = InfluenceOptions(
+        estimator="cg", rtol=1e-9, cg_start=start, max_iter=500, damping=1e-4
+    )
+    solve = column_solver(options, CountedJacobian(BatchJacobian(fm, x)), g, x.shape)
+    alone, together = solve([5]), solve([1, 5, 3])
+    assert alone.converged and together.converged
+    h = (g @ together.solution.T).T  # rows: columns 1, 5, 3 of H·D
+    torch.testing.assert_close(h, exact[[1, 5, 3]], rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(alone.solution[0], together.solution[1], rtol=1e-7, atol=1e-12)
 
 
 def test_the_results_report_skips_the_reference_data_beside_the_results(tmp_path, monkeypatch):

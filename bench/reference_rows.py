@@ -36,19 +36,17 @@ from coherence.analysis.autodiff import BatchJacobian
 from coherence.analysis.estimators import CGResult, block_cg
 from coherence.analysis.metric_solve import CountedJacobian, deflated_start, ekfac_preconditioner
 from coherence.analysis.request import InfluenceOptions
+from coherence.analysis.standardization import standardize_rows
 from coherence.analysis.vocabulary import CGStart
 
 DAMPING = 1e-4
 
 
 def standardized_rows(rows: torch.Tensor) -> np.ndarray:
-    """Ĥ for K full rows [K, N] on any device: each row over its own sample std (METHOD.md §4,
-    no centring); a flat row (std 0) gives zeros, as ``standardize`` does."""
-    eps = torch.finfo(rows.dtype if rows.is_floating_point() else torch.float64).eps
-    rows = rows.detach().double().cpu()
-    std = rows.std(dim=1, keepdim=True, correction=1)
-    flat = std <= 8 * eps * rows.abs().amax(dim=1, keepdim=True)  # the input's precision
-    return torch.where(flat, 0.0, rows / torch.where(flat, 1.0, std)).numpy()
+    """Ĥ for K full rows [K, N] on any device, in float64 (``standardize_rows``: a flat row
+    gives zeros, judged at the input's own precision)."""
+    precision = rows.dtype if rows.is_floating_point() else torch.float64
+    return standardize_rows(rows.detach().double().cpu(), precision=precision).numpy()
 
 
 def agreement(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> tuple[float, float]:

@@ -23,11 +23,18 @@ def standardize(H: Tensor) -> Tensor:
     """
     if H.ndim < 2 or H.shape[-1] != H.shape[-2]:
         raise RequestError(f"standardize needs square matrices [..., N, N]; got {tuple(H.shape)}")
+    return standardize_rows(H)
+
+
+def standardize_rows(H: Tensor, *, precision: torch.dtype | None = None) -> Tensor:
+    """``standardize``'s rule for any rows [..., K, N], square or not (a sample of K rows of
+    an N × N map: bench's reference rows). ``precision``: the dtype whose eps judges a row
+    flat (default H's own), for rows computed in float32 and standardised in float64."""
     if H.shape[-1] < 2:
         raise RequestError("standardize needs N ≥ 2 columns (a sample std over one is undefined)")
     if not H.is_floating_point():
         H = H.double()
-    std = H.std(dim=-1, keepdim=True, correction=1)  # (..., N, 1)
+    std = H.std(dim=-1, keepdim=True, correction=1)  # (..., K, 1)
     scale = H.abs().amax(dim=-1, keepdim=True)
-    flat = std <= 8 * torch.finfo(H.dtype).eps * scale
+    flat = std <= 8 * torch.finfo(precision or H.dtype).eps * scale
     return torch.where(flat, torch.zeros_like(H), H / torch.where(flat, 1, std))

@@ -104,6 +104,30 @@ def tiny_args(**changes) -> TrainingArgs:
     return TrainingArgs(**{**base, **changes})
 
 
+def link_into_a_folder_refusing_locks(tmp_path: Path, monkeypatch, name: str) -> tuple[Path, Path]:
+    """``tmp_path/home/link`` → ``tmp_path/shared/<name>`` (a folder made here), where
+    every KeyLock taken in ``shared`` itself fails with EACCES, as in a read-only share:
+    (link, shared)."""
+    import errno
+
+    from coherence.cache.locks import KeyLock
+
+    shared = tmp_path / "shared"
+    (shared / name).mkdir(parents=True)
+    link = tmp_path / "home" / "link"
+    link.parent.mkdir()
+    link.symlink_to(shared / name)
+    acquire = KeyLock.acquire
+
+    def read_only_shared(self, **options):
+        if self.path.parent == shared:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
+        return acquire(self, **options)
+
+    monkeypatch.setattr(KeyLock, "acquire", read_only_shared)
+    return link, shared
+
+
 def advected_states(n: int, steps: int, size: int, seed: int) -> np.ndarray:
     """Smooth positive Euler states translated one cell per snapshot (a learnable map)."""
     rng = np.random.default_rng(seed)

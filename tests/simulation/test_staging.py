@@ -19,7 +19,7 @@ from coherence.simulation.dataset import SPLITS, open_dataset
 from coherence.simulation.importers.pdegym import import_pdegym
 from coherence.simulation.staging import MARKER, dataset_transaction, pending_commit, recover
 from coherence.simulation.wellformat import write_well_file
-from tests.fixtures import REPO
+from tests.fixtures import REPO, link_into_a_folder_refusing_locks
 from tests.simulation.import_fixtures import ce_published, solver_states, write_pdegym
 from tests.simulation.test_wellformat import euler_states
 
@@ -77,23 +77,7 @@ def test_a_link_into_a_folder_that_refuses_the_lock_locks_beside_the_link(tmp_pa
     """Adding classes through a link to a dataset in a shared folder whose own folder is not
     ours to write: the lock goes beside the link (cache.locks.try_lock_beside), and a
     second writer through the same link is still refused."""
-    import errno
-
-    from coherence.cache.locks import KeyLock
-
-    shared = tmp_path / "shared"
-    (shared / "real").mkdir(parents=True)
-    link = tmp_path / "home" / "link"
-    link.parent.mkdir()
-    link.symlink_to(shared / "real")
-    acquire = KeyLock.acquire
-
-    def read_only_shared(self, **options):
-        if self.path.parent == shared:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
-        return acquire(self, **options)
-
-    monkeypatch.setattr(KeyLock, "acquire", read_only_shared)
+    link, shared = link_into_a_folder_refusing_locks(tmp_path, monkeypatch, "real")
     with dataset_transaction(link) as stage:
         assert (link.parent / ".link.lock").exists() and not (shared / ".real.lock").exists()
         with (

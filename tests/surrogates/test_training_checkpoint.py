@@ -303,24 +303,10 @@ def test_a_link_into_a_folder_it_cannot_write_locks_beside_the_link(tmp_path, mo
     """Training writes only inside the checkpoint, so a link into a read-only shared folder
     worked until the lock moved beside the target (a review): the lock goes beside the link
     when the target's folder refuses it."""
-    import errno
-
-    from coherence.cache.locks import KeyLock
     from coherence.surrogates.training import training_lock
+    from tests.fixtures import link_into_a_folder_refusing_locks
 
-    shared = tmp_path / "shared"
-    (shared / "ckpt").mkdir(parents=True)
-    link = tmp_path / "home" / "link"
-    link.parent.mkdir()
-    link.symlink_to(shared / "ckpt")
-    acquire = KeyLock.acquire
-
-    def read_only_shared(self, **options):
-        if self.path.parent == shared:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
-        return acquire(self, **options)
-
-    monkeypatch.setattr(KeyLock, "acquire", read_only_shared)
+    link, _ = link_into_a_folder_refusing_locks(tmp_path, monkeypatch, "ckpt")
     with training_lock(link):
         assert (link.parent / ".link.train.lock").exists()
 

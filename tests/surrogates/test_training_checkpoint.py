@@ -17,7 +17,7 @@ from coherence.surrogates.losses import scaled_residual, smse
 from coherence.surrogates.pairs import TransitionPairs
 from coherence.surrogates.rollout import rollout, rollout_errors
 from coherence.surrogates.training import train, trained_transitions
-from tests.fixtures import tiny_args
+from tests.fixtures import link_into_a_folder_refusing_locks, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +304,6 @@ def test_a_link_into_a_folder_it_cannot_write_locks_beside_the_link(tmp_path, mo
     worked until the lock moved beside the target (a review): the lock goes beside the link
     when the target's folder refuses it."""
     from coherence.surrogates.training import training_lock
-    from tests.fixtures import link_into_a_folder_refusing_locks
 
     link, _ = link_into_a_folder_refusing_locks(tmp_path, monkeypatch, "ckpt")
     with training_lock(link):

@@ -39,7 +39,8 @@ class InfluenceDiagnostics:
     rank: int | None = None  # subspace, krylov: s, the dimension of the Galerkin subspace
     subspace_eigenvalues: tuple[float, ...] | None = None  # eig(QᵀηQ), Q of span(G), descending
     iterations: tuple[int, ...] | None = None  # cg: per perturbation column
-    # every estimator but euclidean: the true final ‖g_B(p) − (η+λI)y_p‖/‖g_B(p)‖ per column
+    # every estimator but euclidean and ekfac (whose residual would cost more than its
+    # estimate): the true final ‖g_B(p) − (η+λI)y_p‖/‖g_B(p)‖ per column
     residuals: tuple[float, ...] | None = None
     converged: bool | None = None  # cg: every column reached rtol within max_iter
     worst_residual: float | None = None  # cg: max of residuals (> rtol when not converged)

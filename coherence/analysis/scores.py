@@ -34,7 +34,8 @@ DEFINITIONS = {
     "decay_length": (
         "the lag |Δ| in steps, interpolated linearly between whole lags, at which the "
         "symmetrised intra-class lag curve first falls below 1/e of its Δ = 0 value "
-        "(1 − 1/e ≈ 0.63 for a perfectly local map); T and censored if it never does"
+        "(1 − 1/e ≈ 0.63 for a perfectly local map); T − 1, the last lag observed, and "
+        "censored (a lower bound) if it never does"
     ),
     "inter_intra_ratio": "mean inter-class Ĥ / mean intra-class Ĥ over all time pairs",
     "toeplitz_defect": (
@@ -89,7 +90,10 @@ def decay_length(profile: np.ndarray) -> tuple[float, bool]:
 
     c(k) = ½(profile(k) + profile(−k)) for k ≥ 1, c(0) = profile(0); threshold c(0)/e. At the
     first k with c(k) < threshold: (k − 1) + (c(k−1) − thr)/(c(k−1) − c(k)). Never below:
-    (T, True), a lower bound. c(0) ≤ 0: (NaN, False). A perfectly local map gives 1 − 1/e.
+    (T − 1, True), a lower bound: only lags up to T − 1 are observed and c(T − 1) is still
+    above the threshold, so the crossing lies beyond T − 1 (T was reported until a review
+    found a profile crossing at 15.5 < T = 16). c(0) ≤ 0: (NaN, False). A perfectly local
+    map gives 1 − 1/e.
     """
     p = np.asarray(profile, dtype=np.float64)
     if p.ndim != 1 or len(p) < 3 or len(p) % 2 == 0:
@@ -101,7 +105,7 @@ def decay_length(profile: np.ndarray) -> tuple[float, bool]:
     threshold = c[0] / math.e
     below = np.flatnonzero(c[1:] < threshold)
     if below.size == 0:
-        return float(t), True
+        return float(t - 1), True
     k = int(below[0]) + 1
     return (k - 1) + float((c[k - 1] - threshold) / (c[k - 1] - c[k])), False
 

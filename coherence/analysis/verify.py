@@ -81,8 +81,8 @@ def preconditioned_gradients(
     same arithmetic gives the same y_p): subspace and krylov their Galerkin solutions, cg the
     CG solution at ``rtol``, euclidean g_B(p). The options are checked by InfluenceOptions;
     ``energy_threshold`` None is the estimator's default, as in ``compute_influence``
-    (krylov keeps every direction, the others 1 − 1e-4), so that the counterfactual check
-    steps along the very solve behind the H it checks.
+    (krylov, ekfac-krylov and cg keep every direction, subspace 1 − 1e-4), so that the
+    counterfactual check steps along the very solve behind the H it checks.
     """
     options = InfluenceOptions(
         estimator=estimator,

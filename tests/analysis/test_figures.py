@@ -439,10 +439,10 @@ def test_scores_table_rows_and_censoring(h_std):
     assert rows[0][2] == f"{dd.median:.{digits}f} [{dd.q1:.{digits}f}, {dd.q3:.{digits}f}]"
     assert list(table.cells.values[0]) == [r[0] for r in rows]
     flat = np.zeros((1, 1, 3, 1, 3, 1))
-    flat[..., :, 0, :, 0] = 1.0  # constant map: decay never reached, censored at T
+    flat[..., :, 0, :, 0] = 1.0  # constant map: decay never reached, censored at T − 1
     _, censored_rows = F.score_rows({"flat": compute_scores(flat)})
     decay = next(r for r in censored_rows if r[0].startswith("lag decay length"))
-    assert decay[2] == "≥ 3.00 [≥ 3.00, ≥ 3.00] (1 of 1 lower bounds)"
+    assert decay[2] == "≥ 2.00 [≥ 2.00, ≥ 2.00] (1 of 1 lower bounds)"
     with pytest.raises(RequestError, match="Scores"):
         F.scores_table({})
 

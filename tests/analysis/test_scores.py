@@ -92,10 +92,15 @@ def test_decay_length_of_exponential_maps():
 
 def test_decay_length_is_censored_when_the_curve_never_drops():
     scores = compute_scores(intra_tensor(np.ones((5, 5))))
-    assert scores.decay_length.median == 5.0
+    assert scores.decay_length.median == 4.0  # T − 1, the last lag observed
     assert scores.decay_length.censored.all()
     assert scores.decay_length.to_dict()["n_censored"] == 1
     assert math.isnan(decay_length(np.array([1.0, -2.0, 1.0]))[0])  # c(0) ≤ 0: undefined
+    # a review's profile: exp(−|k|/15.5) over T = 16 crosses 1/e at 15.5, beyond the last lag
+    # observed (15); the bound must not exceed the crossing (T = 16 did)
+    lags = np.arange(-15, 16)
+    bound, censored = decay_length(np.exp(-np.abs(lags) / 15.5))
+    assert censored and bound == 15.0 <= 15.5
     with pytest.raises(RequestError, match="2T − 1"):
         decay_length(np.ones(4))
 

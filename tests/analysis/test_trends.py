@@ -145,8 +145,8 @@ def test_trends_average_batches_within_a_seed_then_take_quartiles():
 
 
 def test_a_lag_decay_censored_at_the_window_is_flagged_along_the_trend():
-    """A perfectly flat map never decays to 1/e: its decay length is the window T and only a
-    bound. The trend keeps the share of such values per point, and its hover note says ≥."""
+    """A perfectly flat map never decays to 1/e: its decay length is the window's last lag
+    T − 1 and only a bound. The trend keeps the share of such values per point, and its hover note says ≥."""
     from coherence.analysis.trends import CENSORED
 
     flat = np.ones((2, 2, 4, 2, 4, 2))  # 2 seeds × 2 batches, every map flat: censored
@@ -157,7 +157,7 @@ def test_a_lag_decay_censored_at_the_window_is_flagged_along_the_trend():
     spectra = np.ones((2, 2, 4))
     tops = np.ones((2, 2))
     censored = point_scores(_Result(flat, tops, spectra))
-    np.testing.assert_allclose(censored["decay_length"], [4.0, 4.0])  # the window T
+    np.testing.assert_allclose(censored["decay_length"], [3.0, 3.0])  # the window's T − 1
     np.testing.assert_allclose(censored["decay_length" + CENSORED], [1.0, 1.0])
     mixed = point_scores(_Result(local, tops, spectra))
     np.testing.assert_allclose(mixed["decay_length" + CENSORED], [0.0, 0.5])

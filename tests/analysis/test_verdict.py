@@ -30,7 +30,7 @@ def test_local_maps_read_as_memorization_and_flat_ones_as_transfer():
 
 def test_formatting_units_censoring_and_marks():
     scores = compute_scores(_h(diagonal=1.0, off=1.0, inter=1.0))
-    assert format_score(scores.decay_length) == "≥ 6.00"  # never decays: censored at T
+    assert format_score(scores.decay_length) == "≥ 5.00"  # never decays: censored at T − 1
     assert format_score(None) == "—"
     assert uncertainty(scores.diagonal_dominance).startswith("Q1–Q3 [0.50, 0.50] over 2")
     assert [r.name for r in REFERENCES] == [

@@ -31,7 +31,8 @@ def sensitivity(ctx: PanelContext) -> None:
     root = str(ctx.root)
     runner = loaders.job_runner(root)
     with_cg = st.toggle(
-        "Include the on-demand settings: cg (the paper's solver, rtol 1.5e-2 and 5e-2), "
+        "Include the on-demand settings: cg (the paper's CG and rtol, 1.5e-2 and 5e-2, from a "
+        "Krylov start), "
         "krylov, ekfac-krylov at depth 4, ekfac and the subspace (span(G) alone) at energy "
         "thresholds 1 − 1e-4, 1 − 1e-2 and 1 − 1e-6",
         key="sens_cg",
@@ -39,7 +40,9 @@ def sensitivity(ctx: PanelContext) -> None:
         "trained model (its iteration cap is reported); krylov costs several times the "
         "default, and so does ekfac-krylov at depth 4 (closer to the full solve, its mass "
         "and energy maps most); so they are computed only on demand (ekfac and subspace "
-        "are cheaper but further from the full solve).",
+        "are cheaper but further from the full solve). cg starts from the krylov solution: "
+        "where that already meets rtol it runs no iteration (`coherence analyze --cg-start "
+        "cold` gives the paper's own iterate).",
     )
     # every setting's cache is looked up: an on-demand one computed earlier (or by a study)
     # is drawn whether or not the toggle asks to compute the missing ones

@@ -173,12 +173,19 @@ def _sidecar_kind(path: Path) -> str:
     return "is not a result's"
 
 
+def result_file_pair(result: AnalysisResult) -> tuple[bytes, dict[str, Any]]:
+    """The bytes of R.npz and the metadata of R.json, which records the digest of those
+    bytes (``ARRAYS_DIGEST``): what `coherence analyze` writes and the dashboard's zip
+    holds, so that either pair is checked the same way by ``load_result``."""
+    arrays = npz_bytes(result_arrays(result))
+    return arrays, {**result_metadata(result), ARRAYS_DIGEST: hashlib.sha256(arrays).hexdigest()}
+
+
 def save_result(result: AnalysisResult, path: str | os.PathLike) -> Path:
     """Write R.npz and R.json atomically (each to a temporary name, then renamed)."""
     path = check_result_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = npz_bytes(result_arrays(result))
-    metadata = {**result_metadata(result), ARRAYS_DIGEST: hashlib.sha256(arrays).hexdigest()}
+    arrays, metadata = result_file_pair(result)
     # a kill between the two writes leaves the new R.npz beside the old R.json, which
     # ``load_result`` refuses by the digest the sidecar records (one without it goes first)
     sidecar = sidecar_path(path)  # none, or a result's (check_result_path): replaced below

@@ -163,6 +163,11 @@ def window_problem(entry: DatasetEntry, n_classes: int, t_start: int, n_steps: i
         check_window(SimpleNamespace(times=entry.times, root=Path(entry.name)), t_start, n_steps)
     except RequestError as exc:
         return str(exc)
+    if n_steps < 2:  # the engine computes it, but every score and curve compares times
+        return (
+            f"a window of {n_steps} time step has no time structure: the scores, lag curves "
+            "and two-time map compare times; choose at least 2 steps"
+        )
     if n_classes < 1:
         return None
     classes = tuple(f"class-{i}" for i in range(n_classes))
@@ -171,7 +176,10 @@ def window_problem(entry: DatasetEntry, n_classes: int, t_start: int, n_steps: i
 
 def check_responses(entry: DatasetEntry, responses: Sequence[str]) -> str | None:
     if not responses:
-        return "no response observable selected; pick SMSE at least"
+        return (
+            "no response observable selected; pick one (SMSE is the paper's, and the scores "
+            "read it)"
+        )
     if not entry.conserved and any(r in ("mass", "energy") for r in responses):
         return (
             f"mass and energy responses need compressible-Euler data; {entry.name} is "

@@ -38,6 +38,7 @@ from coherence.dashboard.selection import (
 )
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry, class_order
 from coherence.errors import RequestError
+from coherence.wording import plural
 
 RESPONSE_LABELS = {"smse": "SMSE (scaled MSE)", "mass": "mass", "energy": "energy"}
 
@@ -274,6 +275,14 @@ class Window(Control):
     def prepare(self, state: State, scope: Scope) -> None:
         transitions, window = scope.entry.transitions, state.get(self.state)
         if (
+            isinstance(window, (tuple, list))
+            and len(window) == 2
+            and 0 <= window[0] == window[1] <= transitions
+            and transitions >= 2
+        ):  # both ends dragged together: the user's start kept, 2 steps (the fewest allowed)
+            end = min(window[0] + 2, transitions)
+            state[self.state] = (end - 2, end)
+        elif (
             not isinstance(window, (tuple, list))
             or len(window) != 2
             or not 0 <= window[0] < window[1] <= transitions
@@ -296,8 +305,8 @@ class Window(Control):
             return f"0 steps; {per_batch}"
         # the maps' axes are the input times; the last step's target lies one step later
         return (
-            f"{steps} steps: inputs at t = {times[start]:.3g} … {times[start + steps - 1]:.3g}, "
-            f"targets up to {times[start + steps]:.3g}; {per_batch}"
+            f"{plural(steps, 'step')}: inputs at t = {times[start]:.3g} … "
+            f"{times[start + steps - 1]:.3g}, targets up to {times[start + steps]:.3g}; {per_batch}"
         )
 
 

@@ -23,7 +23,7 @@ import torch
 
 from coherence.analysis.pipeline import AnalysisResult, prepare
 from coherence.analysis.request import AnalysisRequest
-from coherence.analysis.results import npz_bytes, result_arrays, result_metadata
+from coherence.analysis.results import result_file_pair
 from coherence.analysis.scores import Scores, compute_scores
 from coherence.analysis.summaries import DistanceCurve, influence_vs_distance
 from coherence.cache.jobs import JobRunner
@@ -290,10 +290,11 @@ def analysis_zip(result: AnalysisResult, stem: str) -> bytes:
     """The whole analysis as one zip: ``<stem>.npz`` (arrays) + ``<stem>.json`` (request,
     diagnostics, provenance): the result-file pair of `coherence analyze`."""
     buffer = io.BytesIO()
+    arrays, metadata = result_file_pair(result)
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(f"{stem}.npz", npz_bytes(result_arrays(result)))
-        metadata = json.dumps(result_metadata(result), indent=2, default=_json_default)
-        archive.writestr(f"{stem}.json", metadata + "\n")
+        archive.writestr(f"{stem}.npz", arrays)
+        text = json.dumps(metadata, indent=2, default=_json_default)
+        archive.writestr(f"{stem}.json", text + "\n")
     return buffer.getvalue()
 
 

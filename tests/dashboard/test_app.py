@@ -271,7 +271,13 @@ def test_compute_shows_progress_reattaches_and_cancels(workspace, monkeypatch):
     assert second.button(key="compute")
 
 
-def test_whole_analysis_download_is_the_result_file_pair(workspace):
+def test_whole_analysis_download_is_the_result_file_pair(workspace, tmp_path):
+    """The zip holds what `coherence analyze` writes, the arrays' digest included (a
+    walk-through found it missing), so ``load_result`` checks and reads it the same way."""
+    import hashlib
+
+    from coherence.analysis.results import load_result
+
     selection = default_selection(workspace)
     runner = JobRunner(workspace)
     request = selection.to_request(workspace)
@@ -284,8 +290,13 @@ def test_whole_analysis_download_is_the_result_file_pair(workspace):
             np.testing.assert_array_equal(npz["H"], result.H["smse"])
             assert list(npz["classes"]) == list(selection.classes)
         metadata = json.loads(archive.read("tiny_ce_analysis.json"))
+        digest = hashlib.sha256(archive.read("tiny_ce_analysis.npz")).hexdigest()
+        archive.extractall(tmp_path)
     assert metadata["request"] == request.to_dict()
     assert set(metadata["provenance"]["checkpoint_fingerprints"]) == set(selection.checkpoints)
+    assert metadata["npz_sha256"] == digest
+    loaded = load_result(tmp_path / "tiny_ce_analysis.npz")
+    np.testing.assert_array_equal(loaded.H_std["smse"], result.H_std["smse"])
 
 
 def test_the_scores_tab_exports_a_table_not_a_figure(workspace, monkeypatch):

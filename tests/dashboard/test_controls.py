@@ -120,6 +120,33 @@ def test_stale_session_state_is_repaired():
     assert selection.checkpoints == ("unet_s10",)  # a seed of another group is dropped
 
 
+def test_a_window_with_both_ends_together_keeps_its_start():
+    """Pressing ArrowLeft on the end handle of 3–4 reset the window to 0–16 and the user's
+    start was lost (a walk-through): it keeps the start with the fewest steps allowed, 2."""
+    catalog = synthetic_catalog(snapshots=17)  # 16 transitions
+    for together, kept in (((3, 3), (3, 5)), ((16, 16), (14, 16)), ((0, 0), (0, 2))):
+        state: dict = {}
+        load_state(state, default_selection(catalog), catalog)
+        state["sb_window"] = together
+        prepare_state(state, catalog)
+        assert state["sb_window"] == kept
+        selection = read_state(state, catalog)
+        assert (selection.t_start, selection.n_steps) == (kept[0], 2)
+        assert problems(selection, catalog) == []
+
+
+def test_a_one_step_window_is_refused_before_computing():
+    """One step was computed, and then the verdict and the four scores vanished without a
+    word (every score compares times): the checks refuse it, in the sidebar and in a link."""
+    catalog = synthetic_catalog()
+    entry = catalog.dataset("ce_demo")
+    assert "a window of 1 time step has no time structure" in window_problem(entry, 3, 4, 1)
+    assert window_problem(entry, 3, 4, 2) is None
+    selection, warnings = decode_query({"window": "4:1"}, catalog)
+    assert len(warnings) == 1 and "choose at least 2 steps" in warnings[0]
+    assert selection.n_steps >= 2
+
+
 def test_empty_session_state_gets_every_default():
     catalog = synthetic_catalog()
     state: dict = {}

@@ -500,6 +500,20 @@ def test_the_conservation_hint_says_when_adding_the_responses_needs_no_computati
     assert "compute: all responses come from one pass" in hint
 
 
+def test_scores_of_another_map_than_smse_say_so(workspace, monkeypatch):
+    """Without SMSE among the responses the scores read the first one selected: the mass
+    map's 0.85 stood under the plain name "Diagonal dominance" as the headline (a
+    walk-through). The verdict line and the Scores panel now name the map."""
+    at = open_app(workspace, monkeypatch, {"resp": "smse"})
+    assert_clean(at)
+    assert "the scores read" not in texts(at.markdown)
+    at = open_app(workspace, monkeypatch, {"resp": "mass", "panel": "Scores"})
+    assert_clean(at)
+    note = "the scores read the mass map, not SMSE's: SMSE is not among the selected responses"
+    assert note in texts(at.markdown)  # the verdict line
+    assert note in texts(at.info)  # the Scores panel
+
+
 def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, monkeypatch):
     """The spectrum table writes the dominant share with two decimals (0.30, as the scores do,
     not 0.3), and the Conservation panel says its maps are the estimator's own reading."""

@@ -23,7 +23,13 @@ from coherence.analysis.verdict import (
 from coherence.dashboard import loaders
 from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import literal
-from coherence.dashboard.panels.common import PanelContext, downloads, how_to_read, need_results
+from coherence.dashboard.panels.common import (
+    PanelContext,
+    downloads,
+    how_to_read,
+    need_results,
+    response_title,
+)
 from coherence.dashboard.selection import Selection
 from coherence.report import ReportGroup, build_report, report_name
 
@@ -56,6 +62,9 @@ def scores(ctx: PanelContext) -> None:
     if not need_results(ctx):
         return
     by_group = {g.label: loaders.scores(g.key, g.result) for g in ctx.ready}
+    for group in ctx.ready:
+        if group.result.primary != "smse":
+            st.info(literal(f"{group.label}: {_response_note(group.result.primary)}"))
     header, rows = score_rows(by_group)
     st.table([dict(zip(header, row, strict=True)) for row in rows])  # wraps the definitions
     figure = scores_table(by_group)  # the same table as a figure, for the HTML download
@@ -126,11 +135,23 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
     report_button(ctx, report_slot)
 
 
+def _response_note(response: str) -> str:
+    """Why scores read another map than SMSE's: without SMSE among the responses they read
+    the first one selected, and the cards' names do not say so (a walk-through found the
+    mass map's scores shown as the headline)."""
+    return (
+        f"the scores read the {response_title(response)} map, not SMSE's: SMSE is not among "
+        "the selected responses"
+    )
+
+
 def _verdict_line(group, scores: Scores, *, stale: bool) -> str:
     n = len(group.result.checkpoints)
     mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
+    response = group.result.primary
+    other = f":orange[{literal(_response_note(response))}] · " if response != "smse" else ""
     return (
-        f"**{literal(group.label)}** · {mark}{n} seed{'s' if n != 1 else ''} · "
+        f"**{literal(group.label)}** · {mark}{other}{n} seed{'s' if n != 1 else ''} · "
         f"{literal(verdict(scores))}"
     )
 

@@ -151,11 +151,18 @@ FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here
 
 
 def _option_warnings(request, rtol: float | None, given: dict | None = None) -> list[str]:
-    """Options that will not do what they say, said before the job starts: an --rtol, a
+    """Options that will not do what they say, said before the job starts: a 1-step
+    --window (no score reads it), an --rtol, a
     --depth, a --cg-start or an --energy-threshold (``given``: as typed, None when not) the
     estimator ignores, or an --rtol below what float32 residuals reach (cg then runs to its
     iteration cap: ≈ 100 s on the demo UNet, and only then said it had not converged)."""
     out = []
+    if request.n_steps < 2:  # the dashboard refuses it; a file for other uses is still wanted
+        out.append(
+            f"--window {request.t_start}:{request.n_steps} has 1 time step: the result holds "
+            "the class-to-class map only; the scores, lag curves and two-time map need at "
+            "least 2 steps"
+        )
     estimator = request.estimator.value
     record = request.to_dict()  # each option recorded only where the estimator uses it
     for name, value in (given or {}).items():

@@ -548,3 +548,5 @@ def test_analyze_warns_before_starting_about_an_rtol_that_cannot_act(workspace):
     assert _option_warnings(cold_cg, 1e-2, {"depth": 2, "cg_start": "cold"}) == [
         "--depth 2 does not apply to cg; it is ignored"  # a cold start has no Krylov space
     ]
+    (one_step,) = _option_warnings(request_for(workspace, t_start=3, n_steps=1), None)
+    assert one_step.startswith("--window 3:1 has 1 time step: the result holds the class-to")

@@ -146,7 +146,8 @@ def test_trends_average_batches_within_a_seed_then_take_quartiles():
 
 def test_a_lag_decay_censored_at_the_window_is_flagged_along_the_trend():
     """A perfectly flat map never decays to 1/e: its decay length is the window's last lag
-    T − 1 and only a bound. The trend keeps the share of such values per point, and its hover note says ≥."""
+    T − 1 and only a bound. The trend keeps the share of such values per point, and its
+    hover note says ≥."""
     from coherence.analysis.trends import CENSORED
 
     flat = np.ones((2, 2, 4, 2, 4, 2))  # 2 seeds × 2 batches, every map flat: censored

@@ -22,6 +22,7 @@ from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, head
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
+from coherence.report import unknown_params
 from coherence.wording import plural
 from coherence.workspace import ENV_VAR, workspace_root
 
@@ -96,7 +97,11 @@ def _run() -> None:
         return
     cuda = torch.cuda.is_available()
     if "sb_dataset" not in st.session_state:  # a new session: the URL decides
-        warnings = sidebar.init_from_url(catalog, cuda_available=cuda) + panel_links.restore()
+        warnings = (
+            unknown_params(st.query_params.to_dict())  # a misspelled key: not silently ignored
+            + sidebar.init_from_url(catalog, cuda_available=cuda)
+            + panel_links.restore()
+        )
         for warning in warnings:
             st.warning(literal(warning), icon=":material/link_off:")
     selection = sidebar.prepare(catalog)

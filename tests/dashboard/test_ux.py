@@ -514,6 +514,18 @@ def test_scores_of_another_map_than_smse_say_so(workspace, monkeypatch):
     assert note in texts(at.info)  # the Scores panel
 
 
+def test_a_misspelled_link_key_is_named_with_its_likely_spelling(workspace, monkeypatch):
+    """``dampng=0.01`` left λ at 1e-4 without a word (a walk-through); report links warned
+    already, the dashboard now warns the same way, and a correct link gets no warning."""
+    at = open_app(workspace, monkeypatch, {"dampng": "0.01", "panel": "Scores"})
+    assert_clean(at)
+    assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?); ignored" in (
+        texts(at.warning)
+    )
+    at = open_app(workspace, monkeypatch, {"damping": "0.0001", "panel": "Scores"})
+    assert "no parameter of a dashboard link" not in texts(at.warning)
+
+
 def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, monkeypatch):
     """The spectrum table writes the dominant share with two decimals (0.30, as the scores do,
     not 0.3), and the Conservation panel says its maps are the estimator's own reading."""

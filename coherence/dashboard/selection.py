@@ -185,13 +185,16 @@ def estimator_default_depth(estimator: str | None) -> int | None:
 
 def describe(selection: Selection) -> str:
     """One line for captions: what the analysis covers."""
+    trajectories = format_ranges(selection.trajectories)
+    # euclidean uses no damping: a λ beside it read as if it mattered (a walk-through)
+    damping = "" if selection.estimator == "euclidean" else f", λ = {selection.damping:g}"
     return (
         f"{plural(len(selection.checkpoints), 'seed')} × "
         f"{plural(len(selection.trajectories), 'batch', 'batches')} "
-        f"(trajectories {format_ranges(selection.trajectories)}), N = "
-        f"{len(selection.classes)} classes × {selection.n_steps} steps = "
-        f"{selection.n_examples}, {selection.estimator}{depth_text(selection)}, "
-        f"λ = {selection.damping:g}"
+        f"({'trajectories ' + trajectories if trajectories else 'no trajectory'}), N = "
+        f"{plural(len(selection.classes), 'class', 'classes')} × "
+        f"{plural(selection.n_steps, 'step')} = "
+        f"{selection.n_examples}, {selection.estimator}{depth_text(selection)}{damping}"
     )
 
 

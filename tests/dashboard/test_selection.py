@@ -225,6 +225,14 @@ def test_depth_is_canonical_and_reaches_the_request(workspace):
     # the page always says the depth an estimator runs at (it is not carried between them)
     assert "ekfac-krylov depth 4" in describe(deep) and "ekfac-krylov depth 1" in describe(base)
     assert "depth" not in describe(replace(base, estimator="subspace"))
+    # counted nouns agree; euclidean, which uses no λ, shows none (a walk-through)
+    assert describe(base) == (
+        "1 seed × 1 batch (trajectories 0), N = 3 classes × 2 steps = 6, ekfac-krylov depth 1, "
+        "λ = 0.0001"
+    )
+    one = replace(base, classes=base.classes[:1])
+    assert "N = 1 class × 2 steps = 2" in describe(one)
+    assert describe(replace(base, estimator="euclidean")).endswith("= 6, euclidean")
     assert differences(base, deep) == ["Krylov depth 1 → 4"]
     assert differences(base, replace(base, estimator="subspace")) == [
         "estimator ekfac-krylov → subspace"

@@ -30,6 +30,7 @@ from coherence.probe import activation_bytes
 from coherence.simulation.dataset import DatasetInfo, files_fingerprint, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.footprint import available_bytes
+from coherence.surrogates.snapshots import display_name
 
 Progress = Callable[[float, str], None]  # (fraction of the whole job, stage)
 
@@ -467,7 +468,8 @@ def run_analysis(
     for s, directory in enumerate(request.checkpoints):
         if all((s, b) in units for b in range(B)):
             continue
-        report(len(units) / (S * B), f"{Path(directory).name}: loading the checkpoint")
+        name = display_name(directory)
+        report(len(units) / (S * B), f"{name}: loading the checkpoint")
         model, _ = load_checked(directory, info, device, trust_code=trust_code, split=request.split)
         fingerprint = checkpoint_fingerprint(directory)
         dtype = next(model.parameters()).dtype
@@ -479,7 +481,6 @@ def run_analysis(
                     f"this analysis would not fit in memory ({cost.describe()}); shrink the "
                     "time window or the number of classes, or use a device with more memory"
                 )
-        name = Path(directory).name
         for b, batch in enumerate(batches):
             if (s, b) in units:
                 continue

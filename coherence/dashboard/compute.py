@@ -220,10 +220,10 @@ SILENT_AFTER_S = 15.0  # a running job that reported nothing for this long is in
 
 
 def progress_text(label: str, status: JobStatus, now: float | None = None) -> str:
-    """'**UNet** · <stage> · 40% · 2 of 6 units done (1 cached) · about 3 min left'; the time
-    left counts down from the job's last report (a figure that stood still for a silent phase
-    read as a hang) and, once spent, says so; a job quiet for a while says so (trace, Lanczos,
-    assembly and storing report no steps)."""
+    """'**UNet** · <stage> · 40% · 2 of 6 units done (1 from the cache) · about 3 min left';
+    the time left counts down from the job's last report (a figure that stood still for a
+    silent phase read as a hang) and, once spent, says so; a job quiet for a while says so
+    (trace, Lanczos, assembly and storing report no steps)."""
     now = time.time() if now is None else now
     parts = [f"**{literal(label)}**", literal(status.stage or "starting")]
     if not status.queued:
@@ -231,7 +231,7 @@ def progress_text(label: str, status: JobStatus, now: float | None = None) -> st
     if status.units_total:
         units = f"{status.units_done or 0} of {status.units_total} units done"
         if status.units_cached:
-            units += f" ({status.units_cached} of {status.units_total} units cached)"
+            units += f" ({status.units_cached} from the cache)"
         parts.append(units)
     quiet = 0.0 if status.updated is None else max(now - status.updated, 0.0)
     if status.eta_seconds is not None and not status.queued:

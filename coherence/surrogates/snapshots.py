@@ -68,6 +68,15 @@ def snapshot_name(epoch: int) -> str:
     return f"{epoch:04d}"
 
 
+def display_name(directory: str | Path) -> str:
+    """A checkpoint's name in progress lines: 'unet_s10 epoch 4' for a snapshot (its folder
+    alone, '0004', named no model), else the folder's name."""
+    path = Path(directory)
+    if path.parent.name == EPOCHS_DIR and path.name.isdigit():
+        return f"{path.parent.parent.name} epoch {int(path.name)}"
+    return path.name
+
+
 def snapshot_dir(checkpoint: str | Path, epoch: int) -> Path:
     return Path(checkpoint) / EPOCHS_DIR / snapshot_name(epoch)
 

@@ -68,7 +68,7 @@ def test_progress_text_names_units_cached_and_silent_phases():
         units_cached=2,
     )
     text = progress_text("UNet", status, now=130.0)
-    assert "3 of 6 units done (2 of 6 units cached)" in text
+    assert "3 of 6 units done (2 from the cache)" in text
     assert "about 1 min left" in text and "50%" in text  # 90 s, counted down by 30 s quiet
     assert "still working: this phase reports no steps (30 s)" in text
     assert "still working" not in progress_text("UNet", status, now=105.0)

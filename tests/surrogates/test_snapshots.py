@@ -80,8 +80,11 @@ def test_snapshots_load_through_every_checkpoint_path(trained, tiny_dataset, tmp
         device="cpu",
         top_eigenvalue=False,
     )
-    result = run_analysis(request)
+    stages = []
+    result = run_analysis(request, progress=lambda fraction, stage: stages.append(stage))
     assert result.H["smse"].shape == (1, 1, 2, 2, 2, 2)
+    # progress names the model and the epoch, not the snapshot's folder "0002" alone
+    assert f"{trained.name} epoch 2, batch 1/1 done" in stages
     # same files → same cache key as the checkpoint at that epoch
     last = replace(request, checkpoints=(str(trained),))
     as_snapshot = replace(request, checkpoints=(str(snapshots.snapshot_dir(trained, 5)),))

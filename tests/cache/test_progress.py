@@ -106,7 +106,7 @@ def test_a_cancelled_job_resumes_from_its_finished_units(
         assert time.monotonic() < deadline, "the resumed job did not finish"
         time.sleep(0.1)
     assert seen is not None and seen.units_cached == cached
-    assert f"{cached} of 2 units cached" in progress_text("UNet", seen)
+    assert f"({cached} from the cache)" in progress_text("UNet", seen)
     assert runner.store.computations(key) == 2
 
 

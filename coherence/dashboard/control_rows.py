@@ -237,7 +237,8 @@ class Window(Control):
     widget: str = "slider"
     help: str = (
         "Transitions from the first to the last selected snapshot; N = classes × steps "
-        "examples per batch."
+        "examples per batch. A link writes it as window=START:STEPS, as the CLI's --window "
+        "does: snapshots 3–16 are window=3:13."
     )
 
     def value(self, values: Mapping[str, Any]) -> tuple[int, int]:

@@ -263,7 +263,9 @@ def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
     members = catalog.group_of(selection.dataset, selection.checkpoints[0])
     if members is not None and len(selection.checkpoints) < len(members.checkpoints):
         group += " " + ", ".join(_seed_names(members.checkpoints, selection.checkpoints))
-    window = f"{selection.t_start}:{selection.t_start + selection.n_steps}"
+    # first–last snapshot, as the slider shows it (a colon is the link's START:STEPS, and
+    # "window 3:16" here beside "window=3:13" in the link read as two windows)
+    window = f"{selection.t_start}–{selection.t_start + selection.n_steps}"
     depth = depth_text(selection).strip()
     entry = catalog.dataset(selection.dataset)
     every = RESPONSES if entry is not None and entry.conserved else ("smse",)
@@ -277,7 +279,7 @@ def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
         f"{depth + ' · ' if depth else ''}{selection.dataset} · "
         f"{plural(len(selection.checkpoints), 'seed')} × "
         f"{plural(len(selection.trajectories), 'batch', 'batches')}{responses} · "
-        f"window {window} · {key[:8]}"
+        f"snapshots {window} · {key[:8]}"
     )
 
 

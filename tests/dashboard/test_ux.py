@@ -359,7 +359,7 @@ def test_a_cached_subset_names_its_seeds_and_responses(workspace):
     part = _cached_label(catalog, subset, "k" * 8)
     seed = first.split("_")[-1]  # unet_tiny_s2 → s2: the words every name shares dropped
     assert part.startswith(f"UNet {seed} · ") and whole.startswith("UNet · ")
-    assert "1 seed × " in part and " · SMSE · window" in part
+    assert "1 seed × " in part and " · SMSE · snapshots" in part
     assert "SMSE" not in whole  # every response: not named
 
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from coherence.errors import RequestError
+
 # a folder that refuses a new file: no permission, or a read-only mount
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -25,8 +27,12 @@ class KeyLock:
     """An exclusive, non-reentrant lock on one file; ``acquire`` and ``probe`` never block
     unless asked to."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, mode: int = 0o600) -> None:
+        """``mode``: of a lock file this creates (before the umask). 0o600 for the cache's
+        per-key locks; 0o666 (the umask decides) for a lock beside a shared dataset or
+        checkpoint, which other users' writers must be able to open."""
         self.path = Path(path)
+        self.mode = mode
         self._fd: int | None = None
 
     @classmethod
@@ -66,7 +72,12 @@ class KeyLock:
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        except OSError as error:  # another user's lock file, or a read-only mount:
+            if error.errno not in _UNWRITABLE or not self.path.is_file():
+                raise
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # flock needs no write access
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,17 +113,26 @@ def try_lock_beside(out: Path, lock_name: Callable[[Path], Path]) -> tuple[KeyLo
     """The lock guarding writes into ``out``, taken without blocking: ``(lock, acquired)``.
 
     It lies at ``lock_name(the resolved out)``, so a symlinked ``out`` and its target share one
-    lock (two writers through different names would otherwise clean up each other's files);
-    at ``lock_name(out as given)`` where the target's folder refuses a new file, e.g. a link
-    into a read-only share whose inside the writer may still write to."""
-    lock = KeyLock(lock_name(out.resolve()))
+    lock (two writers through different names would otherwise clean up each other's files),
+    created readable to others (another user's writer opens it read-only: flock needs no
+    more); at ``lock_name(out as given)`` only where the target's folder refuses to create
+    it, e.g. a link into a read-only share whose inside the writer may still write to. An
+    existing lock there that cannot even be read is refused by name: a private lock beside
+    the link would let two writers in at once."""
+    shared = KeyLock(lock_name(out.resolve()), mode=0o666)
     try:
-        return lock, lock.acquire()
+        return shared, shared.acquire()
     except OSError as error:
         if error.errno not in _UNWRITABLE:
             raise
-    lock = KeyLock(lock_name(out.absolute()))
-    return lock, lock.acquire()
+        if shared.path.exists():
+            raise RequestError(
+                f"{out}: cannot open its lock {shared.path} ({error.strerror}); another "
+                "user's writer holds it private: ask them to make it readable (chmod a+r) so "
+                "that writers take turns"
+            ) from None
+    beside = KeyLock(lock_name(out.absolute()), mode=0o666)
+    return beside, beside.acquire()
 
 
 def lock_is_held(path: str | os.PathLike) -> bool:

@@ -1,0 +1,83 @@
+"""cache.locks: the lock beside a dataset or checkpoint that writers share, across links and
+users. Other users are played by os.open refusing access (the tests may run as root, whom
+file modes do not stop)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from coherence.cache.locks import KeyLock, try_lock_beside
+from coherence.errors import RequestError
+from coherence.simulation.staging import dataset_transaction, lock_path
+
+
+def _beside(at):
+    return at.parent / f".{at.name}.lock"
+
+
+def test_a_shared_lock_file_is_as_open_as_the_umask_allows(tmp_path):
+    """Datasets' locks were made by open(…, "a"), so the umask decided (0664 under umask
+    002); the shared helper made them 0600, and another user's writer could not open them (a
+    review). The cache's own per-key locks stay private."""
+    old = os.umask(0o002)
+    try:
+        with pytest.raises(InterruptedError), dataset_transaction(tmp_path / "d"):
+            raise InterruptedError  # nothing committed: only the lock file is of interest
+        lock, acquired = try_lock_beside(tmp_path / "ckpt", _beside)
+        lock.release()
+        private = KeyLock(tmp_path / "key.lock")
+        assert private.acquire()
+        private.release()
+    finally:
+        os.umask(old)
+    assert acquired
+    assert stat.S_IMODE(lock_path(tmp_path / "d").stat().st_mode) == 0o664
+    assert stat.S_IMODE(lock.path.stat().st_mode) == 0o664
+    assert stat.S_IMODE((tmp_path / "key.lock").stat().st_mode) == 0o600
+
+
+def _refusing(monkeypatch, path, *, read_too: bool) -> None:
+    """os.open refuses ``path`` for writing (and for reading with ``read_too``), as another
+    user's lock file does."""
+    real_open = os.open
+
+    def another_users(file, flags, *args, **kwargs):
+        writing = flags & (os.O_RDWR | os.O_WRONLY)
+        if os.fspath(file) == os.fspath(path) and (writing or read_too):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", another_users)
+
+
+def test_another_users_lock_is_taken_read_only_and_still_excludes(tmp_path, monkeypatch):
+    """flock needs no write access: a lock file another user made (readable, not writable
+    here) is opened read-only, and a second writer is still refused."""
+    out = tmp_path / "real"
+    out.mkdir()
+    (tmp_path / "link").symlink_to(out)
+    _beside(out).touch()
+    _refusing(monkeypatch, _beside(out), read_too=False)
+    first, acquired = try_lock_beside(out, _beside)
+    assert acquired and first.path == _beside(out)
+    second, again = try_lock_beside(tmp_path / "link", _beside)  # through the link: same lock
+    assert second.path == _beside(out) and not again
+    first.release()
+    assert not (tmp_path / ".link.lock").exists()  # no private lock beside the link
+
+
+def test_an_unreadable_lock_of_another_user_is_refused_by_name(tmp_path, monkeypatch):
+    """Falling back to a private lock beside the link would let two writers in at once (a
+    review): the lock is named instead, with the fix."""
+    out = tmp_path / "real"
+    out.mkdir()
+    (tmp_path / "link").symlink_to(out)
+    _beside(out).touch()
+    _refusing(monkeypatch, _beside(out), read_too=True)
+    with pytest.raises(RequestError, match=r"cannot open its lock .*\.real\.lock.*chmod a\+r"):
+        try_lock_beside(tmp_path / "link", _beside)
+    assert not (tmp_path / ".link.lock").exists()

@@ -30,6 +30,7 @@ from coherence.analysis.scores import Scores
 from coherence.analysis.verdict import (
     REFERENCES,
     format_score,
+    response_note,
     score_peers,
     uncertainty,
     verdict,
@@ -120,6 +121,10 @@ def selection_from_link(
 SCALE_PARAM = "zscale_two_time"  # the two-time panel's colour scale in a dashboard link
 
 
+# keys some sites append to a shared link (utm_source, fbclid, …): not the user's spelling
+TRACKING_PREFIXES = ("utm_", "fbclid", "gclid", "mc_")
+
+
 def unknown_params(params: Mapping[str, Any]) -> list[str]:
     """A warning per key of a link that the dashboard does not know (a misspelled ``lamda``
     was ignored without a word, and the report showed the default damping)."""
@@ -132,7 +137,7 @@ def unknown_params(params: Mapping[str, Any]) -> list[str]:
     known = [*QUERY_KEYS, *page_keys, *(key for keys in PANEL_PARAMS.values() for key in keys)]
     warnings = []
     for key in params:
-        if key not in known:
+        if key not in known and not key.startswith(TRACKING_PREFIXES):
             close = ["damping"] if key.lower() in ("lambda", "lamda", "lam") else []
             close = close or difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(QUERY_KEYS)}"
@@ -237,6 +242,8 @@ def _headline(groups: Sequence[ReportGroup], scores: Mapping[str, Scores]) -> st
     for g in groups:
         table = {s.name: s for s in scores[g.label].as_list()}
         peers = score_peers(scores, g.label)
+        other = response_note(g.result.primary)
+        note = f"<br><small><b>{html.escape(other)}</b></small>" if other else ""
         cells = "".join(
             f"<td><b>{html.escape(format_score(table.get(r.name), peers[r.name]))}</b><br>"
             f"<small>{html.escape(uncertainty(table.get(r.name), peers[r.name]))}<br>"
@@ -246,7 +253,7 @@ def _headline(groups: Sequence[ReportGroup], scores: Mapping[str, Scores]) -> st
         rows.append(
             f"<tr><th>{html.escape(g.label)}<br><small>{len(g.result.checkpoints)} "
             f"seed{'s' if len(g.result.checkpoints) != 1 else ''}</small></th>{cells}"
-            f"<td class='verdict'>{html.escape(verdict(scores[g.label]))}</td></tr>"
+            f"<td class='verdict'>{html.escape(verdict(scores[g.label]))}{note}</td></tr>"
         )
     head = "".join(f"<th>{html.escape(r.title)}</th>" for r in REFERENCES)
     return (

@@ -279,7 +279,7 @@ def load_checked(
         family=info.family.value,
         channels=info.channels,
         resolution=(info.height, info.width),
-        where=f"checkpoint {Path(directory).name}",
+        where=f"checkpoint {display_name(directory)}",
         physics=info.physics(split, config.classes),
     )
     return model, config
@@ -291,7 +291,7 @@ def check_seeds(checkpoints: Sequence[str]) -> None:
     seeds), and one model twice (a copy under another name)."""
     first, weights = None, {}
     for directory in checkpoints:
-        name = Path(directory).name
+        name = display_name(directory)
         model = ckpt.read_config(directory).model
         if first is None:
             first = (name, model)

@@ -32,6 +32,17 @@ class Reference:
     short: str  # e.g. "0.5 flat · 1 local"
 
 
+def response_note(response: str) -> str | None:
+    """Why scores read another map than SMSE's, or None for SMSE's: without SMSE among the
+    responses they read the first one selected, and the scores' names do not say so (a
+    walk-through found the mass map's scores shown as the headline)."""
+    if response == "smse":
+        return None
+    return (
+        f"the scores read the {response} map, not SMSE's: SMSE is not among the selected responses"
+    )
+
+
 REFERENCES = (
     Reference(
         "diagonal_dominance",
@@ -42,8 +53,8 @@ REFERENCES = (
     Reference(
         "decay_length",
         "Lag decay (steps)",
-        "1 − 1/e ≈ 0.63: perfectly local · T (the window): never decays",
-        "0.63 local · T flat",
+        "1 − 1/e ≈ 0.63: perfectly local · ≥ T − 1 (the last lag of the window): never decays",
+        "0.63 local, T−1 flat",
     ),
     Reference(
         "inter_intra_ratio",

@@ -86,7 +86,12 @@ def compute_job(
         known = cached_units(store, request, keys)
         tracker.set_units(request.n_units, len(known))
         if known:
-            tracker(tracker.units_done / tracker.units_total, f"{len(known)} units cached")
+            # the stage the CLI shows (the dashboard's line also counts them): brief until the
+            # first unit to compute reports its own
+            tracker(
+                tracker.units_done / tracker.units_total,
+                f"resuming: {len(known)} of {tracker.units_total} units from the cache",
+            )
 
         def keep(unit: UnitResult) -> None:
             store.put_unit(keys[unit.checkpoint_index][unit.batch_index], unit)

@@ -156,14 +156,17 @@ _PROBE: dict[str, Any] = {
 
 
 def window_problem(entry: DatasetEntry, n_classes: int, t_start: int, n_steps: int) -> str | None:
-    """The engine's rules on a window, as one sentence (None: it fits): inside the
-    trajectories (``batch.check_window``), and 2 ≤ N = classes × steps ≤ MAX_EXAMPLES (the
-    request's rule; not asked without classes, whose own problem is reported)."""
+    """The rules on a window, as one sentence (None: it fits): the engine's, inside the
+    trajectories (``batch.check_window``) and 2 ≤ N = classes × steps ≤ MAX_EXAMPLES (the
+    request's rule; not asked without classes, whose own problem is reported); and the
+    dashboard's own, at least 2 steps where the dataset has them (every score, lag curve
+    and the two-time map compare times; `coherence analyze` only warns)."""
     try:  # batch.check_window reads only the time axis and the directory name
         check_window(SimpleNamespace(times=entry.times, root=Path(entry.name)), t_start, n_steps)
     except RequestError as exc:
         return str(exc)
-    if n_steps < 2:  # the engine computes it, but every score and curve compares times
+    if n_steps < 2 <= entry.transitions:  # the engine computes it, but the scores compare
+        # times; a dataset of one transition keeps its one-step view (class transfer)
         return (
             f"a window of {n_steps} time step has no time structure: the scores, lag curves "
             "and two-time map compare times; choose at least 2 steps"

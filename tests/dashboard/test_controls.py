@@ -145,6 +145,10 @@ def test_a_one_step_window_is_refused_before_computing():
     selection, warnings = decode_query({"window": "4:1"}, catalog)
     assert len(warnings) == 1 and "choose at least 2 steps" in warnings[0]
     assert selection.n_steps >= 2
+    # a dataset of one transition keeps its only window (a review: it became unusable)
+    single = synthetic_catalog(snapshots=2)
+    assert window_problem(single.dataset("ce_demo"), 3, 0, 1) is None
+    assert problems(default_selection(single), single) == []
 
 
 def test_empty_session_state_gets_every_default():

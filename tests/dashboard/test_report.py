@@ -95,6 +95,16 @@ def test_report_of_a_subset_of_the_cached_view_is_assembled_from_its_units(works
     np.testing.assert_array_equal(group.result.H["smse"], whole.H["smse"][:1])
 
 
+def test_report_of_scores_of_another_map_than_smse_says_so(workspace):
+    """The dashboard's note (the scores read the mass map) goes into the report too."""
+    catalog = scan_workspace(workspace)
+    mass = replace(default_selection(workspace), responses=("mass",))
+    page = build_report(workspace, catalog, mass).decode()
+    assert "the scores read the mass map, not SMSE&#x27;s" in page
+    smse = build_report(workspace, catalog, default_selection(workspace)).decode()
+    assert "the scores read" not in smse
+
+
 def test_report_draws_the_chosen_colour_scale_and_names_it(workspace):
     catalog = scan_workspace(workspace)
     selection = default_selection(workspace)

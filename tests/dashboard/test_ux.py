@@ -522,8 +522,10 @@ def test_a_misspelled_link_key_is_named_with_its_likely_spelling(workspace, monk
     assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?); ignored" in (
         texts(at.warning)
     )
-    at = open_app(workspace, monkeypatch, {"damping": "0.0001", "panel": "Scores"})
-    assert "no parameter of a dashboard link" not in texts(at.warning)
+    at = open_app(
+        workspace, monkeypatch, {"damping": "0.0001", "panel": "Scores", "utm_source": "x"}
+    )
+    assert "no parameter of a dashboard link" not in texts(at.warning)  # nor a tracking key
 
 
 def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, monkeypatch):

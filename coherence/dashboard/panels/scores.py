@@ -16,6 +16,7 @@ from coherence.analysis.verdict import (
     REFERENCES,
     format_score,
     quartile_band,
+    response_note,
     score_peers,
     uncertainty,
     verdict,
@@ -28,7 +29,6 @@ from coherence.dashboard.panels.common import (
     downloads,
     how_to_read,
     need_results,
-    response_title,
 )
 from coherence.dashboard.selection import Selection
 from coherence.report import ReportGroup, build_report, report_name
@@ -63,8 +63,8 @@ def scores(ctx: PanelContext) -> None:
         return
     by_group = {g.label: loaders.scores(g.key, g.result) for g in ctx.ready}
     for group in ctx.ready:
-        if group.result.primary != "smse":
-            st.info(literal(f"{group.label}: {_response_note(group.result.primary)}"))
+        if note := response_note(group.result.primary):
+            st.info(literal(f"{group.label}: {note}"))
     header, rows = score_rows(by_group)
     st.table([dict(zip(header, row, strict=True)) for row in rows])  # wraps the definitions
     figure = scores_table(by_group)  # the same table as a figure, for the HTML download
@@ -114,6 +114,12 @@ def tour(*, beside: bool = False) -> None:
         st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
 
 
+ONE_STEP = (
+    "One time step: no scores, lag curves or two-time structure (they compare times); the "
+    "Class transfer tab shows how the classes influence each other at this step."
+)
+
+
 def headline(ctx: PanelContext, report_slot=None) -> None:
     """Per group: a plain-language verdict and four metrics with units and reference marks,
     above the tabs (drawn after the open tab's chart, so they never delay it); and the
@@ -132,24 +138,16 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
             for group in ctx.ready:
                 peers = score_peers(scores, group.key)
                 _group_scores(group, scores[group.key], peers, stale=ctx.stale)
+    else:  # a dataset of one transition (the only one-step window the sidebar allows)
+        st.info(ONE_STEP, icon=":material/info:")
     report_button(ctx, report_slot)
-
-
-def _response_note(response: str) -> str:
-    """Why scores read another map than SMSE's: without SMSE among the responses they read
-    the first one selected, and the cards' names do not say so (a walk-through found the
-    mass map's scores shown as the headline)."""
-    return (
-        f"the scores read the {response_title(response)} map, not SMSE's: SMSE is not among "
-        "the selected responses"
-    )
 
 
 def _verdict_line(group, scores: Scores, *, stale: bool) -> str:
     n = len(group.result.checkpoints)
     mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
-    response = group.result.primary
-    other = f":orange[{literal(_response_note(response))}] · " if response != "smse" else ""
+    note = response_note(group.result.primary)
+    other = f":orange[{literal(note)}] · " if note else ""
     return (
         f"**{literal(group.label)}** · {mark}{other}{n} seed{'s' if n != 1 else ''} · "
         f"{literal(verdict(scores))}"

@@ -13,8 +13,10 @@ kaleido (pinned in pyproject.toml) drives a Chrome through choreographer, which 
 from __future__ import annotations
 
 import html
+import importlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import struct
@@ -188,6 +190,19 @@ def _kaleido_installed() -> bool:
     return importlib.util.find_spec("kaleido") is not None
 
 
+class _QuietIgnoredMessages(logging.Filter):
+    """Drops choreographer's "JSONError decoding message. Ignoring", which it logs with a
+    traceback for a browser message it then ignores (seen once per dashboard session in a
+    walk-through: a traceback in the serve terminal after a PNG that downloaded fine)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("JSONError decoding message")
+
+
+IGNORED_MESSAGES = _QuietIgnoredMessages()
+CHOREOGRAPHER_PIPE = "choreographer.channels.pipe"  # the logger that reports them
+
+
 def figure_image(
     fig: go.Figure,
     fmt: str = "png",
@@ -213,6 +228,10 @@ def figure_image(
         raise ExportError(problem)
     browser = chrome_path()
     os.environ["BROWSER_PATH"] = str(browser)  # choreographer reads it; no download
+    # the module first: it makes its logger (logistro's class); asked before, logging makes
+    # a plain one, which choreographer's debug2 calls then fail on
+    importlib.import_module(CHOREOGRAPHER_PIPE)
+    logging.getLogger(CHOREOGRAPHER_PIPE).addFilter(IGNORED_MESSAGES)  # once: a set
     size = {"width": width, "height": height or fig.layout.height or 500}
     try:
         data = fig.to_image(format=fmt, scale=scale if fmt == "png" else 1, **size)

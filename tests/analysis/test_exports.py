@@ -231,6 +231,27 @@ def test_png_and_svg_at_publication_resolution_carry_caption_and_provenance():
     assert json.loads(E.sidecar_json(META))["cache key"] == "ab12"
 
 
+@needs_chrome
+def test_choreographers_ignored_message_leaves_no_traceback(caplog):
+    """choreographer logs a message it ignores with a traceback ("JSONError decoding
+    message. Ignoring"); after an export the serve terminal shows no such line, and the
+    pipe's other records still pass."""
+    import logging
+
+    fig = F.two_time_heatmap(np.eye(2), [0.0, 0.1], 4, title="quiet")
+    E.figure_image(fig, "png", width=200, height=200, scale=1)
+    pipe = logging.getLogger(E.CHOREOGRAPHER_PIPE)
+    with caplog.at_level(logging.WARNING, logger=E.CHOREOGRAPHER_PIPE):
+        try:
+            raise ValueError("{bye}")
+        except ValueError:
+            pipe.exception("JSONError decoding message. Ignoring")
+        pipe.error("Error in trying to decode JSON off our read.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Error in trying to decode JSON off our read."
+    ]
+
+
 def test_image_export_without_chrome_is_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chrome"))
     monkeypatch.setattr(E, "DEBIAN_CHROMIUM", tmp_path / "no-chromium")

@@ -10,6 +10,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,11 @@ from coherence.simulation.dataset import (
     Progress,
     SimulationRequest,
     class_seed,
+    dataset_files,
     split_counts,
 )
 from coherence.simulation.families import FAMILIES, Family
+from coherence.simulation.importers.common import target_dataset_name
 from coherence.simulation.staging import Stage, dataset_transaction
 from coherence.simulation.wellformat import write_well_file
 
@@ -110,6 +113,21 @@ def generate_dataset(
     counts = split_counts(request.trajectories, request.split)
     with dataset_transaction(out) as stage:
         _check_clash(stage, request.classes, overwrite)
+        if dataset_files(stage.root):
+            # classes added to a dataset share its grid and time axis, and its name (a
+            # walk-through added a 32² class to a 16² dataset, which then opened nowhere)
+            name = target_dataset_name(
+                stage,
+                family=family,
+                nx=request.resolution,
+                ny=request.resolution,
+                times=np.asarray(request.times, dtype=np.float64),
+                files=[],  # clashes: _check_clash's words
+                overwrite=True,
+                name=request.dataset_name,
+                command="simulate",
+            )
+            request = replace(request, dataset_name=name)
         _simulate_into(stage, request, family, counts, batch_size, dtype, progress, workers)
     return out
 

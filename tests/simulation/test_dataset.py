@@ -105,6 +105,27 @@ def test_generation_is_reproducible_and_refuses_to_overwrite(ce_dataset, tmp_pat
         np.testing.assert_array_equal(a["t0_fields/density"][()], b["t0_fields/density"][()])
 
 
+def test_classes_added_to_a_dataset_share_its_grid_time_axis_and_name(ce_dataset, tmp_path):
+    """A 32² class simulated into a 16² dataset was written (exit 0) and the dataset then
+    opened nowhere (a walk-through): a class of another grid or time axis is refused before
+    anything is simulated, and a matching one joins under the dataset's own name."""
+    import shutil
+
+    root = shutil.copytree(ce_dataset[0], tmp_path / "ce")
+    base = {**ce_dataset[1].to_dict(), "classes": ("CE-CRP",), "trajectories": 3}
+    for change, words in (
+        ({"resolution": 32}, r"grid 16×16, the simulation is 32×32"),
+        ({"snapshots": 9, "t_end": 0.8}, r"5 snapshots on \[0, 0.2\], the simulation has 9"),
+    ):
+        with pytest.raises(RequestError, match=words + r".*simulate into another --out"):
+            generate_dataset(SimulationRequest(**{**base, **change}), root)
+        assert open_dataset(root).classes == ["CE-RP", "CE-RPUI"]  # untouched
+    generate_dataset(SimulationRequest(**base), root)
+    info = open_dataset(root)
+    assert sorted(info.classes) == ["CE-CRP", "CE-RP", "CE-RPUI"]
+    assert info.name == open_dataset(ce_dataset[0]).name
+
+
 def test_ns_dataset_is_divergence_free(tmp_path):
     request = SimulationRequest(
         family="ns", classes=("NS-Gauss",), trajectories=3, resolution=16, snapshots=3, t_end=0.1

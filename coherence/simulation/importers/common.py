@@ -300,31 +300,34 @@ def target_dataset_name(
     files: list[tuple[str, str]],
     overwrite: bool,
     name: str,
+    command: str = "import",
 ) -> str:
     """Check that the new files fit the dataset at ``stage.root``; return its dataset_name.
 
-    ``files`` are (split, file name). An import adds class files to an existing dataset, so
-    family, grid and time axis must match it; an existing class is replaced only on request.
+    ``files`` are (split, file name). An import (or a simulation: ``command``) adds class
+    files to an existing dataset, so family, grid and time axis must match it; an existing
+    class is replaced only on request.
     """
     root = stage.root
     existing = dataset_files(root) if root.is_dir() else []
     if not existing:
         return name or root.name
+    new = "the simulation" if command == "simulate" else f"the {command}"
     info = open_dataset(root)
     problems = []
     if info.family is not family:
-        problems.append(f"family {info.family.value}, the import is {family.value}")
+        problems.append(f"family {info.family.value}, {new} is {family.value}")
     if (info.height, info.width) != (ny, nx):
-        problems.append(f"grid {info.width}×{info.height}, the import is {nx}×{ny}")
+        problems.append(f"grid {info.width}×{info.height}, {new} is {nx}×{ny}")
     if info.times.shape != times.shape or not np.allclose(info.times, times, atol=1e-6):
         problems.append(
-            f"{info.times.size} snapshots on [0, {info.times[-1]:g}], the import has "
+            f"{info.times.size} snapshots on [0, {info.times[-1]:g}], {new} has "
             f"{times.size} on [0, {times[-1]:g}]"
         )
     if problems:
         raise RequestError(
-            f"{root} already holds a dataset with " + "; ".join(problems) + "; import into "
-            "another --out"
+            f"{root} already holds a dataset with " + "; ".join(problems) + f"; {command} "
+            "into another --out"
         )
     if name and name != info.name:
         raise RequestError(

@@ -30,7 +30,7 @@ from coherence.probe import activation_bytes
 from coherence.simulation.dataset import DatasetInfo, files_fingerprint, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.footprint import available_bytes
-from coherence.surrogates.snapshots import display_name
+from coherence.surrogates.snapshots import checkpoint_labels, display_name
 
 Progress = Callable[[float, str], None]  # (fraction of the whole job, stage)
 
@@ -410,6 +410,7 @@ def assemble(
     spectra = np.full((S, B, N), np.nan)
     diagnostics = [[by_position[s, b].diagnostics for b in range(B)] for s in range(S)]
     fingerprints = {}
+    labels = checkpoint_labels(request.checkpoints)
     for (s, b), unit in by_position.items():
         for response in request.responses:
             H[response][s, b] = unit.H[response]
@@ -417,7 +418,7 @@ def assemble(
         tops[s, b] = unit.top_eigenvalue
         spectra[s, b, : len(unit.spectrum)] = unit.spectrum
         if unit.checkpoint_fingerprint:
-            fingerprints[Path(request.checkpoints[s]).name] = unit.checkpoint_fingerprint
+            fingerprints[labels[s]] = unit.checkpoint_fingerprint
     distances = input_distances(np.stack([batch.inputs.double().numpy() for batch in batches]))
     provenance = {
         "checkpoint_fingerprints": fingerprints,
@@ -434,7 +435,7 @@ def assemble(
         steps=np.asarray(batches[0].steps),
         times=np.asarray(batches[0].times),
         classes=tuple(request.classes),
-        checkpoints=tuple(Path(c).name for c in request.checkpoints),
+        checkpoints=labels,
         distances=distances,
         top_eigenvalues=tops,
         subspace_spectra=spectra,

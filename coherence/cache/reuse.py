@@ -4,13 +4,13 @@ computed with more responses), and a cached result relabelled with this request'
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
 from coherence.cache.keys import unit_keys
 from coherence.cache.store import ResultStore
 from coherence.errors import CoherenceError
+from coherence.surrogates.snapshots import checkpoint_labels
 
 WIDEST_RESPONSES = ("smse", "mass", "energy")  # what a unit of compressible Euler may hold
 
@@ -73,7 +73,7 @@ def relabel(result: AnalysisResult, request: AnalysisRequest) -> AnalysisResult:
     """A cached result shown for ``request``: same content hash, so the same numbers, but
     the checkpoint names, paths and device of this request (provenance keeps the device the
     result was computed on)."""
-    names = tuple(Path(c).name for c in request.checkpoints)
+    names = checkpoint_labels(request.checkpoints)
     provenance = dict(result.provenance)
     fingerprints = list(provenance.get("checkpoint_fingerprints", {}).values())
     if len(fingerprints) == len(names):

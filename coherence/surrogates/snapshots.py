@@ -77,6 +77,24 @@ def display_name(directory: str | Path) -> str:
     return path.name
 
 
+def checkpoint_labels(paths: Sequence[str | Path]) -> tuple[str, ...]:
+    """One distinct name per checkpoint of an analysis: ``display_name``, and where two still
+    agree (x/a and y/a) as many trailing parts of their paths as tell them apart. Why: the
+    result's seeds and its provenance's fingerprints are keyed by name, and two snapshots of
+    one epoch ('0002') or two folders 'a' became one entry, a fingerprint lost."""
+    given = [Path(p) for p in paths]
+    labels = [display_name(p) for p in given]
+    for depth in range(2, max((len(p.parts) for p in given), default=0) + 1):
+        clash = {label for label in labels if labels.count(label) > 1}
+        if not clash:
+            break
+        labels = [
+            "/".join(p.parts[-depth:]) if label in clash else label
+            for p, label in zip(given, labels, strict=True)
+        ]
+    return tuple(labels)
+
+
 def snapshot_dir(checkpoint: str | Path, epoch: int) -> Path:
     return Path(checkpoint) / EPOCHS_DIR / snapshot_name(epoch)
 

@@ -97,6 +97,33 @@ def test_snapshots_load_through_every_checkpoint_path(trained, tiny_dataset, tmp
     assert catalog.checkpoints[0].epochs == (1, 2, 4, 5)
 
 
+def test_checkpoints_that_share_a_folder_name_keep_distinct_labels(trained, tiny_dataset, tmp_path):
+    """Two seeds' snapshots of one epoch ('0002') or two folders named 'a' gave one label,
+    and the provenance kept one fingerprint for two models (a walk-through)."""
+    labels = snapshots.checkpoint_labels
+    assert labels(["w/vit_s10/epochs/0002", "w/vit_s35/epochs/0002"]) == (
+        "vit_s10 epoch 2",
+        "vit_s35 epoch 2",
+    )
+    assert labels(["x/a", "y/a", "z/b"]) == ("x/a", "y/a", "b")
+    assert labels(["p/x/a", "q/x/a"]) == ("p/x/a", "q/x/a")
+    first = shutil.copytree(snapshots.snapshot_dir(trained, 1), tmp_path / "x" / "a")
+    second = shutil.copytree(snapshots.snapshot_dir(trained, 2), tmp_path / "y" / "a")
+    request = AnalysisRequest(
+        checkpoints=(str(first), str(second)),
+        data=str(tiny_dataset),
+        classes=("CE-RP", "CE-CRP"),
+        n_steps=2,
+        trajectories=(0,),
+        device="cpu",
+        top_eigenvalue=False,
+    )
+    result = run_analysis(request)
+    assert result.checkpoints == ("x/a", "y/a")
+    fingerprints = result.provenance["checkpoint_fingerprints"]
+    assert list(fingerprints) == ["x/a", "y/a"] and len(set(fingerprints.values())) == 2
+
+
 def test_resume_keeps_the_snapshot_list_right(trained, tiny_dataset, tmp_path):
     out = tmp_path / "ckpt"
     train(tiny_dataset, out, tiny_args(epochs=2))

@@ -50,8 +50,12 @@ def simulate(
     out: Annotated[Path, typer.Option(help="Dataset directory to create (Well layout).")],
     family: Annotated[str, typer.Option(help="PDE family: euler or ns.")] = "euler",
     classes: Annotated[
-        str, typer.Option(help="Comma-separated initial-condition classes.")
-    ] = "CE-RP,CE-CRP,CE-RPUI",
+        str,
+        typer.Option(
+            help="Comma-separated initial-condition classes (default: the family's first "
+            "three: CE-RP,CE-CRP,CE-RPUI for euler, NS-Sines,NS-Gauss,NS-BB for ns)."
+        ),
+    ] = "",
     trajectories: Annotated[int, typer.Option(help="Trajectories per class.")] = 32,
     resolution: Annotated[int, typer.Option(help="Grid points per side.")] = 64,
     snapshots: Annotated[int, typer.Option(help="Snapshots uniform on [0, t-end].")] = 21,
@@ -64,11 +68,13 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace existing class files.")] = False,
 ) -> None:
     """Simulate PDE trajectories and write them as a Well-format dataset."""
+    from coherence.simulation.classes import classes_for
     from coherence.simulation.dataset import SimulationRequest, generate_dataset
 
     request = SimulationRequest(
         family=family,
-        classes=split_list(classes, "--classes"),
+        # the family's own: CE-RP was the default whatever --family said (a walk-through)
+        classes=split_list(classes, "--classes") or tuple(classes_for(family)[:3]),
         trajectories=trajectories,
         resolution=resolution,
         snapshots=snapshots,

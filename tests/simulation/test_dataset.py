@@ -210,6 +210,12 @@ def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
     assert result.exit_code == 0, result.output
     assert "wrote dataset" in result.output
     assert open_dataset(out).classes == ["NS-Sines"]
+    # without --classes, the family's own first three (CE-RP was asked of ns: a walk-through)
+    command = ["simulate", "--out", str(tmp_path / "ns3"), "--family", "ns", "--trajectories"]
+    small = ["3", "--resolution", "16", "--snapshots", "3", "--t-end", "0.05"]
+    result = runner.invoke(app, command + small)
+    assert result.exit_code == 0, result.output
+    assert sorted(open_dataset(tmp_path / "ns3").classes) == ["NS-BB", "NS-Gauss", "NS-Sines"]
     bad = runner.invoke(app, ["simulate", "--out", str(tmp_path / "x"), "--classes", "CE-NOPE"])
     assert bad.exit_code == 2
     assert "error:" in bad.output and "CE-NOPE" in bad.output

@@ -132,7 +132,8 @@ def analyze(
     prepared = prepare(request)  # once: for the estimate and for the run
     runner = JobRunner(workspace)
     cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
-    if runner.store.age(runner.key(request)) is not None:
+    served = runner.store.age(runner.key(request)) is not None
+    if served:
         console.print("cached result: served without computing")
     elif cached == total and runner.materialize(request, prepared=prepared) is not None:
         console.print(
@@ -144,7 +145,9 @@ def analyze(
             request, prepared, trust_code=trust_code, local=executor.local, yes=yes, cached=cached
         )
     result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
-    _write(result, request, out, batches=len(prepared[1]))
+    _write(result, request, out, batches=len(prepared[1]), served=served)
+    # where the cache is: without --workspace it is ./workspace, which a user may not expect
+    console.print(f"cached in {runner.store.directory}", highlight=False, soft_wrap=True)
 
 
 FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here
@@ -239,7 +242,7 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
         )
 
 
-def _write(result, request, out: Path, *, batches: int) -> None:
+def _write(result, request, out: Path, *, batches: int, served: bool = False) -> None:
     """Write the result file and its sidecar; warn about unconverged solves."""
     from coherence.analysis.influence import convergence_summary, residual_summary
     from coherence.analysis.results import save_result
@@ -253,9 +256,11 @@ def _write(result, request, out: Path, *, batches: int) -> None:
     ):
         console.print(residuals, highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
+    # a result served from the cache took its seconds when it was computed, not now
+    timing = f"computed earlier in {seconds:.1f} s" if served else f"{seconds:.1f} s"
     console.print(
         styled("wrote ", (str(path.resolve()), "bold")),
         f"and its sidecar .json ({plural(len(request.checkpoints), 'checkpoint')} × "
         f"{plural(batches, 'batch', 'batches')}, N = "
-        f"{request.n_examples}, {seconds:.1f} s)",
+        f"{request.n_examples}, {timing})",
     )

@@ -13,6 +13,21 @@ from coherence.cli_common import friendly_errors
 cache_app = typer.Typer(help="Inspect or clear the workspace's result cache.", no_args_is_help=True)
 
 
+def _existing(workspace: Path | None) -> Path:
+    """The workspace, which must exist: a mistyped path made an empty cache there and
+    reported nothing cached (a walk-through)."""
+    from coherence.errors import RequestError
+    from coherence.workspace import workspace_root
+
+    root = workspace_root(workspace)
+    if not root.is_dir():
+        raise RequestError(
+            f"--workspace {root}: no such folder; name the workspace that holds the cache "
+            "(it has checkpoints/, datasets/ and cache/)"
+        )
+    return root
+
+
 @cache_app.command("info")
 @friendly_errors
 def cache_info(
@@ -22,7 +37,7 @@ def cache_info(
     from coherence.cache import ResultStore
     from coherence.workspace import cache_dir
 
-    store = ResultStore(cache_dir(workspace))
+    store = ResultStore(cache_dir(_existing(workspace)))
     info = store.info()
     mib = 1024**2
     print(f"cache: {info['directory']}")
@@ -48,6 +63,7 @@ def cache_clear(
     from coherence.cache.store import DamagedCacheError, discard_damaged
     from coherence.workspace import cache_dir
 
+    workspace = _existing(workspace)
     try:
         store = ResultStore(cache_dir(workspace))
     except DamagedCacheError as error:  # the one command that must still work then

@@ -232,6 +232,7 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "cost estimate" in result.output and "wrote" in result.output
+    assert f"cached in {tmp_path / 'ws' / 'cache'}" in result.output  # where, said
     loaded = load_result(out)
     assert loaded.H["energy"].shape == (2, 2, 2, 2, 2, 2)
     bad = runner.invoke(app, [a if a != "0:2" else "3:4" for a in args])
@@ -241,11 +242,16 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     assert info.exit_code == 0 and "entries: 1 results" in info.output, info.output
     again = runner.invoke(app, [a if a != str(out) else str(tmp_path / "again.npz") for a in args])
     assert again.exit_code == 0, again.output
+    assert "served without computing" in again.output and "computed earlier in" in again.output
     np.testing.assert_array_equal(load_result(tmp_path / "again.npz").H["smse"], loaded.H["smse"])
     cleared = runner.invoke(app, ["cache", "clear", "--workspace", str(tmp_path / "ws")])
     assert cleared.exit_code == 0 and "removed" in cleared.output
     info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
     assert "entries: 0 results" in info.output
+    for command in ("info", "clear"):  # a mistyped workspace: named, nothing made there
+        typo = runner.invoke(app, ["cache", command, "--workspace", str(tmp_path / "wss")])
+        assert typo.exit_code == 2 and "no such folder" in typo.output, typo.output
+        assert not (tmp_path / "wss").exists()
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,12 @@ def train_command(
         keep_epochs=parse_keep_epochs(keep_epochs),
         device=device,
     )
+    beyond = [e for e in args.keep_epochs or () if e > epochs]
+    if beyond:  # kept nothing without a word (a walk-through)
+        warn(
+            f"--keep-epochs {','.join(map(str, beyond))}: beyond --epochs {epochs}, so no "
+            "snapshot is kept for them"
+        )
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     slot = compute_slot("train") if executor.local else nullcontext()

@@ -165,3 +165,17 @@ def test_a_snapshot_commit_is_one_rename(tmp_path):
     assert fileset.write_new_directory(target, {"a.bin": b"1"}, {"epochs": 3})
     assert not fileset.write_new_directory(target, {"a.bin": b"2"}, {"epochs": 3})  # kept
     assert (target / "a.bin").read_bytes() == b"1"
+
+
+def test_keep_epochs_beyond_the_run_are_named(tiny_dataset, tmp_path):
+    """`--epochs 2 --keep-epochs 5` kept nothing and said nothing (a walk-through)."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    out = tmp_path / "m"
+    command = ["train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1"]
+    result = CliRunner().invoke(app, [*command, "--keep-epochs", "1,5", "--transitions", "2"])
+    assert result.exit_code == 0, result.output
+    assert "--keep-epochs 5: beyond --epochs 1, so no snapshot is kept for them" in result.output
+    assert sorted(snapshots.list_snapshots(out)) == [1]

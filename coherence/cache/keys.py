@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +133,31 @@ def unit_keys(
     a killed job resumes from its finished ones. ``responses`` overrides the request's (a
     unit computed with more responses serves a request for fewer).
     """
+    return unit_keys_of_responses(request, [responses], code_version=code_version)[0]
+
+
+def unit_keys_of_responses(
+    request: AnalysisRequest,
+    options: Sequence[tuple[str, ...] | None],
+    *,
+    code_version: str = ANALYSIS_CODE_VERSION,
+) -> list[list[list[str]]]:
+    """``unit_keys`` for each tuple of responses in ``options`` (None: the request's own),
+    reading the checkpoints' and the dataset's fingerprints once."""
     material = key_material(request, code_version=code_version)
-    fields = dict(material["request"])
-    del fields["trajectories"]
-    if responses is not None:
-        fields["responses"] = list(responses)
+    out = []
+    for responses in options:
+        fields = dict(material["request"])
+        del fields["trajectories"]
+        if responses is not None:
+            fields["responses"] = list(responses)
+        out.append(_unit_rows(request, material, fields))
+    return out
+
+
+def _unit_rows(
+    request: AnalysisRequest, material: dict[str, Any], fields: dict[str, Any]
+) -> list[list[str]]:
     keys = []
     for digest in material["checkpoints"]:
         row = []

@@ -3,11 +3,12 @@ computed with more responses), and a cached result relabelled with this request'
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
-from coherence.cache.keys import unit_keys
+from coherence.cache.keys import unit_keys, unit_keys_of_responses
 from coherence.cache.store import ResultStore
 from coherence.errors import CoherenceError
 from coherence.surrogates.snapshots import checkpoint_labels
@@ -18,9 +19,9 @@ WIDEST_RESPONSES = ("smse", "mass", "energy")  # what a unit of compressible Eul
 def cached_units(
     store: ResultStore, request: AnalysisRequest, keys: list[list[str]] | None = None
 ) -> dict[tuple[int, int], UnitResult]:
-    """The request's units already in the store, (s, b) → unit. A unit computed with every
-    response of the family (e.g. SMSE, mass and energy) serves a request for fewer: its extra
-    responses are dropped."""
+    """The request's units already in the store, (s, b) → unit. A unit computed with more
+    responses of the family (SMSE with mass, or all three), or with the same ones in another
+    order, serves a request for fewer: its extra responses are dropped."""
     keys = unit_keys(request) if keys is None else keys
     found: dict[tuple[int, int], UnitResult] = {}
     for s, row in enumerate(keys):
@@ -28,9 +29,11 @@ def cached_units(
             unit = store.get_unit(key)
             if unit is not None:  # stored at its position in another request: move it
                 found[s, b] = replace(unit, checkpoint_index=s, batch_index=b)
-    wider = wider_responses(request)
-    if wider is not None and len(found) < len(keys) * len(request.trajectories):
-        for s, row in enumerate(unit_keys(request, responses=wider)):
+    options = wider_responses(request)
+    if not options or len(found) == len(keys) * len(request.trajectories):
+        return found
+    for rows in unit_keys_of_responses(request, options):
+        for s, row in enumerate(rows):
             for b, key in enumerate(row):
                 if (s, b) not in found and (unit := store.get_unit(key)) is not None:
                     unit = replace(unit, checkpoint_index=s, batch_index=b)
@@ -43,22 +46,32 @@ def cached_unit_count(store: ResultStore, request: AnalysisRequest) -> tuple[int
     Key lookups only, no unit is read."""
     total = request.n_units
     try:
-        rows = unit_keys(request)
-        wider = wider_responses(request)
-        wide = unit_keys(request, responses=wider) if wider else rows
+        every = unit_keys_of_responses(request, [None, *wider_responses(request)])
     except CoherenceError:
         return 0, total
     found = sum(
-        store.has_unit(k) or store.has_unit(w)
-        for row, wide_row in zip(rows, wide, strict=True)
-        for k, w in zip(row, wide_row, strict=True)
+        any(store.has_unit(rows[s][b]) for rows in every)
+        for s in range(len(request.checkpoints))
+        for b in range(len(request.trajectories))
     )
     return found, total
 
 
-def wider_responses(request: AnalysisRequest) -> tuple[str, ...] | None:
-    """The responses a wider unit may hold: SMSE, mass and energy (compressible Euler)."""
-    return WIDEST_RESPONSES if set(request.responses) < set(WIDEST_RESPONSES) else None
+def wider_responses(request: AnalysisRequest) -> list[tuple[str, ...]]:
+    """The responses of units that hold the request's too: every ordering of every set of
+    SMSE, mass and energy (compressible Euler) that contains them, the request's own tuple
+    excepted. Why all: a unit computed for (smse, mass) served no request for smse alone, only
+    the full three did (a walk-through recomputed it)."""
+    wanted = {str(r) for r in request.responses}
+    if not wanted <= set(WIDEST_RESPONSES):
+        return []
+    own = tuple(str(r) for r in request.responses)
+    return [
+        combo
+        for size in range(len(wanted), len(WIDEST_RESPONSES) + 1)
+        for combo in itertools.permutations(WIDEST_RESPONSES, size)
+        if wanted <= set(combo) and combo != own
+    ]
 
 
 def _only_responses(unit: UnitResult, responses: tuple[str, ...]) -> UnitResult:

@@ -59,6 +59,29 @@ def test_a_subset_of_seeds_batches_and_responses_is_assembled_without_computing(
     np.testing.assert_allclose(assembled.H["mass"], fresh.H["mass"], rtol=1e-12, atol=0)
 
 
+def test_units_of_two_responses_serve_one_and_another_order(
+    checkpoint, tiny_dataset, workspace, monkeypatch
+):
+    """Units computed for SMSE and mass served only a request for all three responses'
+    subsets; SMSE alone was recomputed (a walk-through). Any cached superset, in any
+    order, serves now, and the count of cached units says so before the job."""
+    runner = JobRunner(workspace)
+    runner.store.clear()
+    two = quick_request(checkpoint, tiny_dataset, trajectories=(0,), responses=("smse", "mass"))
+    whole = runner.run(two)
+    calls = count_units(monkeypatch)
+    for responses in (("smse",), ("mass", "smse"), ("mass",)):
+        fewer = quick_request(checkpoint, tiny_dataset, trajectories=(0,), responses=responses)
+        assert runner.cached_unit_count(fewer) == (1, 1)
+        assembled = runner.materialize(fewer)
+        assert assembled is not None and set(assembled.H) == set(responses)
+        for response in responses:
+            np.testing.assert_array_equal(assembled.H[response], whole.H[response])
+    assert calls == []  # nothing computed
+    energy = quick_request(checkpoint, tiny_dataset, trajectories=(0,), responses=("energy",))
+    assert runner.cached_unit_count(energy) == (0, 1)  # not held by the SMSE + mass units
+
+
 def test_a_job_resumes_from_its_finished_units(checkpoint, tiny_dataset, workspace, monkeypatch):
     runner = JobRunner(workspace)
     first = quick_request(checkpoint, tiny_dataset, trajectories=(0,))

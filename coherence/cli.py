@@ -327,7 +327,11 @@ def report(
     ] = "",
     param: Annotated[
         list[str] | None,
-        typer.Option(help="A URL parameter as KEY=VALUE (data, ckpt, vs, est, …); repeatable."),
+        typer.Option(
+            help="A URL parameter as KEY=VALUE, repeatable: data, ckpt, vs, classes, traj, "
+            "window (START:STEPS), resp, est, damping, depth, rtol, device, or a panel's own "
+            "(e.g. zscale_two_time)."
+        ),
     ] = None,
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
 ) -> None:

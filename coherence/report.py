@@ -181,6 +181,7 @@ def load_groups(
     selection (fewer seeds, batches or responses), as the dashboard shows it; ReportError
     naming the groups not computed yet."""
     from coherence.cache.jobs import JobRunner
+    from coherence.dashboard.selection import describe
 
     runner = JobRunner(root)
     groups, missing = [], []
@@ -193,10 +194,16 @@ def load_groups(
         else:
             groups.append(ReportGroup(label, key, result))
     if missing:
+        # the selection in full: "the same options" could not be acted on without it (a
+        # walk-through guessed the classes' order)
         raise ReportError(
-            f"the selection is not computed yet for {', '.join(missing)}: press Compute in "
-            "the dashboard for this link, or run `coherence analyze` with the same options, "
-            "then build the report again"
+            f"the selection is not computed yet for {', '.join(missing)} "
+            f"({selection.dataset}: {describe(selection)}; classes "
+            f"{','.join(selection.classes)}, window {selection.t_start}:{selection.n_steps}, "
+            f"responses {','.join(str(r) for r in selection.responses)}): press Compute in "
+            "the dashboard for this link, or run `coherence analyze` with these options "
+            "(--classes, --window, --trajectories, --response, --estimator, --damping), then "
+            "build the report again"
         )
     return tuple(groups)
 

@@ -153,6 +153,9 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance
     result = report("--param", "est=euclidean")
     assert result.exit_code == 2 and "not computed yet" in result.output
+    said = " ".join(result.output.split())  # the selection it looked for, in full
+    assert f"classes {','.join(selection.classes)}, window {selection.t_start}:" in said
+    assert "euclidean" in said and "responses smse" in said
     assert "Traceback" not in result.output
     result = report("--param", "est")
     assert result.exit_code == 2 and "KEY=VALUE" in result.output

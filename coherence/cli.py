@@ -20,6 +20,7 @@ from coherence.cli_analyze import analyze
 from coherence.cli_cache import cache_app
 from coherence.cli_common import (
     RayAddress,
+    all_or_nothing,
     compute_slot,
     console,
     friendly_errors,
@@ -45,7 +46,7 @@ app.add_typer(import_app, name="import")
 
 
 @app.command()
-@friendly_errors
+@all_or_nothing
 def simulate(
     out: Annotated[Path, typer.Option(help="Dataset directory to create (Well layout).")],
     family: Annotated[str, typer.Option(help="PDE family: euler or ns.")] = "euler",

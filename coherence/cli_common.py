@@ -45,8 +45,9 @@ DEBUG_ENV = "COHERENCE_DEBUG"  # set: a file-system error shows its traceback to
 
 
 def all_or_nothing(func: F) -> F:
-    """``friendly_errors`` for a command that commits all its files or none (an import): its
-    Ctrl-C says that nothing was written, not that a rerun goes on from there."""
+    """``friendly_errors`` for a command that commits all its files or none (an import, a
+    simulation): its Ctrl-C says that nothing was written, not that a rerun goes on from
+    there (a simulate's spoke of checkpoint epochs and cached units)."""
     return friendly_errors(func, interrupted=IMPORT_INTERRUPTED)
 
 
@@ -151,8 +152,9 @@ INTERRUPTED = (
     "files); rerun the same command to go on from there"
 )
 IMPORT_INTERRUPTED = (
-    "interrupted: an import keeps all its files or none, so nothing was imported unless it "
-    "had begun its commit; rerun the same command: it finishes a begun commit, or starts again"
+    "interrupted: a dataset is written all at once or not at all, so nothing was written "
+    "unless the commit had begun; rerun the same command: it finishes a begun commit, or "
+    "starts again"
 )
 
 

@@ -257,7 +257,7 @@ def test_an_interrupted_import_says_that_nothing_was_imported(tmp_path, monkeypa
             app, ["import", *command, "--out", str(tmp_path / "o")], env={"COLUMNS": "300"}
         )
         assert shown.exit_code == 130, shown.output
-        assert "nothing was imported unless it had begun its commit" in shown.output
+        assert "nothing was written unless the commit had begun" in shown.output
 
 
 def test_a_training_warning_line_is_shown_as_a_warning_by_train_and_study():

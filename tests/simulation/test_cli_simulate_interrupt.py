@@ -12,14 +12,17 @@ import pytest
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_simulate_at_once_and_leaves_no_dataset(tmp_path):
+@pytest.mark.parametrize("trajectories", [4, 32])  # in this process; two worker processes
+def test_ctrl_c_stops_simulate_at_once_and_leaves_no_dataset(tmp_path, trajectories):
     """SIGINT during the Euler solve waited for the whole run (43 s at 128², for ever with
     a long --t-end: the pool's exit waited for blocks that never looked at the stop flag),
     and a second Ctrl-C aborted the interpreter. One Ctrl-C now ends it in seconds with the
-    interrupted line and status 130, and the unfinished dataset is not committed."""
+    interrupted line and status 130, and the unfinished dataset is not committed. With
+    worker processes (32 trajectories: two chunks) it waited for their chunks (33 s in a
+    walk-through): they are ended now."""
     out = tmp_path / "sim"
     command = [sys.executable, "-m", "coherence.cli", "simulate", "--out", str(out)]
-    command += ["--trajectories", "4", "--resolution", "64", "--snapshots", "3"]
+    command += ["--trajectories", str(trajectories), "--resolution", "64", "--snapshots", "3"]
     command += ["--t-end", "1e6", "--classes", "CE-RP"]
     env = {**os.environ, "COHERENCE_TORCH_THREADS": "2", "COLUMNS": "300"}
     env["PYTHONFAULTHANDLER"] = "1"  # a hang below is shown: SIGABRT dumps every thread
@@ -49,5 +52,6 @@ def test_ctrl_c_stops_simulate_at_once_and_leaves_no_dataset(tmp_path):
     assert time.monotonic() - sent < 15, err
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err and "terminate called" not in err
+    assert "nothing was written" in " ".join(err.split())  # not "checkpoint epochs, …"
     assert not (out / "data" / "train" / "CE-RP.hdf5").exists()
     assert not list(tmp_path.glob(".sim.staging-*"))  # the unfinished files are gone

@@ -244,6 +244,7 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
 
 def _write(result, request, out: Path, *, batches: int, served: bool = False) -> None:
     """Write the result file and its sidecar; warn about unconverged solves."""
+    from coherence.analysis.diagnostics import RESIDUAL_POINTER
     from coherence.analysis.influence import convergence_summary, residual_summary
     from coherence.analysis.results import save_result
     from coherence.surrogates.checkpoint import read_config
@@ -252,9 +253,9 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
     if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
         warn(unconverged, loud=True)
     if residuals := residual_summary(
-        result.diagnostics, arch=read_config(request.checkpoints[0]).arch
+        result.diagnostics, arch=read_config(request.checkpoints[0]).arch, brief=True
     ):
-        console.print(residuals, highlight=False, soft_wrap=True)
+        console.print(f"{residuals}; {RESIDUAL_POINTER}", highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     # a result served from the cache took its seconds when it was computed, not now
     timing = f"computed earlier in {seconds:.1f} s" if served else f"{seconds:.1f} s"

@@ -518,6 +518,7 @@ def _analysis_step(
         seconds=seconds * (units - min(cached, units)) / units,
         peak_bytes=peak,
         cached_units=cached,
+        whole_seconds=seconds,
     )
     return step, series_seconds
 
@@ -592,7 +593,7 @@ def _sweep_steps(
     from coherence.surrogates.snapshots import resolve_keep
 
     spec = ctx.spec
-    per_arch = {a.arch: a.seconds for a in analyses}
+    per_arch = {a.arch: a.whole_seconds or a.seconds for a in analyses}
     epochs = spec.epochs_for(ctx.family)
     out = []
     for kind, archs in (("dynamics", spec.dynamics_archs), ("sensitivity", spec.sweep_archs)):

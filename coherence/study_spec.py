@@ -144,6 +144,9 @@ class AnalysisStep:
     seconds: float  # of the units not cached yet
     peak_bytes: int
     cached_units: int = 0  # a killed study's finished units: the rerun resumes from them
+    # all its units, cached or not: what one more like it costs (a dynamics snapshot); the
+    # plan priced snapshots at 0 s once the main analysis was cached (a walk-through)
+    whole_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -267,6 +267,12 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     again = plan_study(chosen, root)
     assert [s.requests for s in again.sweeps] == [0, 0] and again.seconds == 0
     assert "  dynamics vit: nothing to compute (cached)" in again.describe()
+    # a snapshot still to analyse beside a cached main analysis cost "≈ 0 s" (a walk-through)
+    runner.store.delete(dynamics[0].key)
+    third = plan_study(chosen, root)
+    assert third.analyses[0].state == "cached"
+    (snapshot,) = [s for s in third.sweeps if s.kind == "dynamics"]
+    assert snapshot.requests == 1 and snapshot.seconds > 0
     many = replace(
         again, sweeps=(SweepStep("dynamics", "vit", 20, 1.0, tuple(map(str, range(20)))),)
     )

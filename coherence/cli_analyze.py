@@ -249,6 +249,7 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
     from coherence.analysis.results import save_result
     from coherence.surrogates.checkpoint import read_config
 
+    replaced = Path(out).exists()  # said: a result there was overwritten without a word
     path = save_result(result, out)
     if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
         warn(unconverged, loud=True)
@@ -263,5 +264,5 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
         styled("wrote ", (str(path.resolve()), "bold")),
         f"and its sidecar .json ({plural(len(request.checkpoints), 'checkpoint')} × "
         f"{plural(batches, 'batch', 'batches')}, N = "
-        f"{request.n_examples}, {timing})",
+        f"{request.n_examples}, {timing})" + ("; it replaced the file there" if replaced else ""),
     )

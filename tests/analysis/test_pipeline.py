@@ -240,6 +240,8 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     # the result was cached in the workspace: listed, served again, then cleared
     info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
     assert info.exit_code == 0 and "entries: 1 results" in info.output, info.output
+    same = runner.invoke(app, args)  # the same --out again: said, not silent
+    assert same.exit_code == 0 and "it replaced the file there" in same.output, same.output
     again = runner.invoke(app, [a if a != str(out) else str(tmp_path / "again.npz") for a in args])
     assert again.exit_code == 0, again.output
     assert "served without computing" in again.output and "computed earlier in" in again.output

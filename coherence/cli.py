@@ -34,6 +34,7 @@ from coherence.cli_import import import_app
 from coherence.cli_study import study
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes
+from coherence.wording import plural
 
 app = typer.Typer(
     name="coherence",
@@ -70,7 +71,7 @@ def simulate(
 ) -> None:
     """Simulate PDE trajectories and write them as a Well-format dataset."""
     from coherence.simulation.classes import classes_for
-    from coherence.simulation.dataset import SimulationRequest, generate_dataset
+    from coherence.simulation.dataset import SimulationRequest, generate_dataset, open_dataset
 
     request = SimulationRequest(
         family=family,
@@ -96,8 +97,9 @@ def simulate(
     console.print(
         styled(
             "wrote dataset ",
-            (request.name, "bold"),
-            f" ({len(request.classes)} classes × {trajectories} trajectories, {resolution}², "
+            (open_dataset(out).name, "bold"),  # an existing dataset's own, classes added
+            f" ({plural(len(request.classes), 'class', 'classes')} × "
+            f"{plural(trajectories, 'trajectory', 'trajectories')}, {resolution}², "
             f"{snapshots} snapshots) to ",
             (str(out.resolve()), "bold"),
             f" in {time.perf_counter() - start:.1f} s",

@@ -67,19 +67,24 @@ def test_snapshots_are_bit_exact_checkpoints(trained, tiny_dataset, tmp_path):
         assert config.seed == 3
 
 
-def test_snapshots_load_through_every_checkpoint_path(trained, tiny_dataset, tmp_path):
-    snap = snapshots.snapshot_dir(trained, 2)
-    info = open_dataset(tiny_dataset)
-    load_checked(snap, info, torch.device("cpu"))  # what `coherence analyze` loads
-    request = AnalysisRequest(
-        checkpoints=(str(snap),),
-        data=str(tiny_dataset),
+def _request(data, *checkpoints) -> AnalysisRequest:
+    """The cheapest analysis of ``checkpoints`` on the tiny dataset."""
+    return AnalysisRequest(
+        checkpoints=tuple(str(c) for c in checkpoints),
+        data=str(data),
         classes=("CE-RP", "CE-CRP"),
         n_steps=2,
         trajectories=(0,),
         device="cpu",
         top_eigenvalue=False,
     )
+
+
+def test_snapshots_load_through_every_checkpoint_path(trained, tiny_dataset, tmp_path):
+    snap = snapshots.snapshot_dir(trained, 2)
+    info = open_dataset(tiny_dataset)
+    load_checked(snap, info, torch.device("cpu"))  # what `coherence analyze` loads
+    request = _request(tiny_dataset, snap)
     stages = []
     result = run_analysis(request, progress=lambda fraction, stage: stages.append(stage))
     assert result.H["smse"].shape == (1, 1, 2, 2, 2, 2)
@@ -109,16 +114,7 @@ def test_checkpoints_that_share_a_folder_name_keep_distinct_labels(trained, tiny
     assert labels(["p/x/a", "q/x/a"]) == ("p/x/a", "q/x/a")
     first = shutil.copytree(snapshots.snapshot_dir(trained, 1), tmp_path / "x" / "a")
     second = shutil.copytree(snapshots.snapshot_dir(trained, 2), tmp_path / "y" / "a")
-    request = AnalysisRequest(
-        checkpoints=(str(first), str(second)),
-        data=str(tiny_dataset),
-        classes=("CE-RP", "CE-CRP"),
-        n_steps=2,
-        trajectories=(0,),
-        device="cpu",
-        top_eigenvalue=False,
-    )
-    result = run_analysis(request)
+    result = run_analysis(_request(tiny_dataset, first, second))
     assert result.checkpoints == ("x/a", "y/a")
     fingerprints = result.provenance["checkpoint_fingerprints"]
     assert list(fingerprints) == ["x/a", "y/a"] and len(set(fingerprints.values())) == 2

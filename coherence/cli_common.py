@@ -6,8 +6,9 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Annotated, TypeVar
 
 import typer
@@ -51,6 +52,21 @@ def all_or_nothing(func: F) -> F:
     return friendly_errors(func, interrupted=IMPORT_INTERRUPTED)
 
 
+_FIELD = re.compile(r"([a-z][a-z0-9_]*)=(\S+?):")
+
+
+def as_flag(message: str, options: Collection[str]) -> str:
+    """A message that opens with a request's field (``epochs=0: …``, the words of the
+    library's checks) opened with the command's own flag instead (``--epochs 0: …``), where
+    the command has a parameter of that name (``options``: its function's; Typer spells the
+    flag with dashes); any other message as it is."""
+    match = _FIELD.match(message)
+    if match is None or match.group(1) not in options:
+        return message
+    flag = "--" + match.group(1).replace("_", "-")
+    return f"{flag} {match.group(2)}:{message[match.end() :]}"
+
+
 def friendly_errors(func: F, interrupted: str | None = None) -> F:
     """Turn CoherenceError into one red line and exit status 2; a file-system error the
     checks did not foresee (an --out that is a file, a folder that is missing) too, naming
@@ -61,7 +77,7 @@ def friendly_errors(func: F, interrupted: str | None = None) -> F:
         try:
             return func(*args, **kwargs)
         except CoherenceError as exc:
-            line = styled(("error:", "bold red"), f" {exc}")
+            line = styled(("error:", "bold red"), f" {as_flag(str(exc), kwargs)}")
             console.print(line, highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except (

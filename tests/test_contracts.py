@@ -279,3 +279,14 @@ def test_a_training_warning_line_is_shown_as_a_warning_by_train_and_study():
     assert "\x1b[33mwarning:\x1b[0m training unet_s7: one step may not fit" in text, repr(text)
     assert "resuming run[gas] after epoch 1" in text  # as it is, brackets kept
     assert "log_line" in vars(cli) and "log_line" in vars(cli_study)  # both commands use it
+
+
+def test_a_checks_field_name_is_shown_as_the_commands_flag():
+    """Library checks name request fields (``batch_size=0: …``); the CLI shows the flag that
+    set it, and leaves alone what the command has no parameter for, or any other message."""
+    from coherence.cli_common import as_flag
+
+    options = {"batch_size": 0, "epochs": 1}
+    assert as_flag("batch_size=0: must be positive", options) == "--batch-size 0: must be positive"
+    assert as_flag("lr=0.0: must be positive", options) == "lr=0.0: must be positive"
+    assert as_flag("/a/b=c: no such file", options) == "/a/b=c: no such file"

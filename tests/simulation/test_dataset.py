@@ -216,6 +216,10 @@ def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
     result = runner.invoke(app, command + small)
     assert result.exit_code == 0, result.output
     assert sorted(open_dataset(tmp_path / "ns3").classes) == ["NS-BB", "NS-Gauss", "NS-Sines"]
+    # a check's field name reads as the flag that set it (it said "t_end=-1.0: …")
+    negative = runner.invoke(app, ["simulate", "--out", str(tmp_path / "y"), "--t-end", "-1"])
+    assert negative.exit_code == 2
+    assert "error: --t-end -1.0: must be a positive number" in negative.output
     bad = runner.invoke(app, ["simulate", "--out", str(tmp_path / "x"), "--classes", "CE-NOPE"])
     assert bad.exit_code == 2
     assert "error:" in bad.output and "CE-NOPE" in bad.output

@@ -99,6 +99,17 @@ def _architecture(arch: str) -> Architecture:
     return ARCHITECTURES[arch]
 
 
+def check_arch(arch: str, preset: str) -> None:
+    """Refuse an unknown built-in architecture or preset before any work (a training
+    printed its transitions first); a custom factory is checked when it is imported."""
+    if not _CUSTOM_ARCH.match(arch):
+        spec = _architecture(arch)
+        if preset not in spec.presets:
+            raise RequestError(
+                f"unknown {arch} preset {preset!r}; choose one of: {', '.join(spec.presets)}"
+            )
+
+
 def _check_size(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise RequestError(f"{name} = {value!r}; it must be a positive integer")

@@ -29,7 +29,7 @@ from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import snapshots
 from coherence.surrogates.losses import evaluate_smse, smse
 from coherence.surrogates.pairs import TransitionPairs
-from coherence.surrogates.registry import build_model
+from coherence.surrogates.registry import build_model, check_arch
 from coherence.wording import plural
 
 Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
@@ -77,6 +77,7 @@ class TrainingArgs:
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise RequestError(f"weight_decay={self.weight_decay}: must be ≥ 0 (default 1e-4)")
         object.__setattr__(self, "device", check_device(self.device))  # the one device rule
+        check_arch(self.arch, self.preset)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -170,6 +170,11 @@ def test_training_into_a_folder_of_other_files_is_refused(tiny_dataset, tmp_path
 def test_training_rejects_bad_arguments(tiny_dataset, tmp_path):
     with pytest.raises(RequestError, match="lr="):
         tiny_args(lr=-1.0)
+    # an unknown architecture or preset, before any work (it came after the transitions line)
+    with pytest.raises(RequestError, match=r"unknown architecture 'unett'; choose one of"):
+        tiny_args(arch="unett")
+    with pytest.raises(RequestError, match=r"unknown vit preset 'tiny'; choose one of"):
+        tiny_args(arch="vit", preset="tiny")
     with pytest.raises(RequestError, match="epochs="):
         tiny_args(epochs=0)
     with pytest.raises(RequestError, match=r"too large; give .* a batch of at most 65,536"):

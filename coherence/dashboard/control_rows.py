@@ -275,20 +275,12 @@ class Window(Control):
 
     def prepare(self, state: State, scope: Scope) -> None:
         transitions, window = scope.entry.transitions, state.get(self.state)
-        if (
-            isinstance(window, (tuple, list))
-            and len(window) == 2
-            and 0 <= window[0] == window[1] <= transitions
-            and transitions >= 2
-        ):  # both ends dragged together: the user's start kept, 2 steps (the fewest allowed)
+        pair = isinstance(window, (tuple, list)) and len(window) == 2 and transitions >= 2
+        if pair and 0 <= window[0] == window[1] <= transitions:
+            # both ends dragged together: the user's start kept, 2 steps (the fewest allowed)
             end = min(window[0] + 2, transitions)
             state[self.state] = (end - 2, end)
-        elif (
-            not isinstance(window, (tuple, list))
-            or len(window) != 2
-            or not 0 <= window[0] < window[1] <= transitions
-            or transitions < 2
-        ):
+        elif not (pair and 0 <= window[0] < window[1] <= transitions):
             state[self.state] = (0, min(16, transitions))
 
     def drawn(self, scope: Scope) -> bool:

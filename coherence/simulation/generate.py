@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coherence.errors import RequestError
 from coherence.simulation.dataset import (
     SPLITS,
     Progress,
@@ -112,35 +110,24 @@ def generate_dataset(
     family = Family(request.family)
     counts = split_counts(request.trajectories, request.split)
     with dataset_transaction(out) as stage:
-        _check_clash(stage, request.classes, overwrite)
         if dataset_files(stage.root):
             # classes added to a dataset share its grid and time axis, and its name (a
-            # walk-through added a 32² class to a 16² dataset, which then opened nowhere)
+            # walk-through added a 32² class to a 16² dataset, which then opened nowhere);
+            # an existing class is replaced only with --overwrite: the import's one check
             name = target_dataset_name(
                 stage,
                 family=family,
                 nx=request.resolution,
                 ny=request.resolution,
                 times=np.asarray(request.times, dtype=np.float64),
-                files=[],  # clashes: _check_clash's words
-                overwrite=True,
+                files=[(split, f"{c}.hdf5") for split in SPLITS for c in request.classes],
+                overwrite=overwrite,
                 name=request.dataset_name,
                 command="simulate",
             )
             request = replace(request, dataset_name=name)
         _simulate_into(stage, request, family, counts, batch_size, dtype, progress, workers)
     return out
-
-
-def _check_clash(stage: Stage, classes: Sequence[str], overwrite: bool) -> None:
-    """Refuse to replace existing class files unless ``overwrite``."""
-    if not overwrite:
-        existing = [stage.final(s, f"{c}.hdf5") for s in SPLITS for c in classes]
-        clash = [p for p in existing if p.exists()]
-        if clash:
-            raise RequestError(
-                f"{clash[0]} already exists; choose another --out or pass --overwrite"
-            )
 
 
 def _simulate_into(

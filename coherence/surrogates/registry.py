@@ -44,12 +44,15 @@ class Architecture:
     presets: Mapping[str, Any]  # preset name → frozen config (channels/resolution replaced)
     uses_resolution: bool  # whether the config has a `resolution` field
 
-    def config(self, preset: str, *, channels: int, resolution: int, **overrides: Any):
-        """A new config: the preset with channels, resolution and overrides replaced."""
+    def check_preset(self, preset: str) -> None:
         if preset not in self.presets:
             raise RequestError(
                 f"unknown {self.name} preset {preset!r}; choose one of: {', '.join(self.presets)}"
             )
+
+    def config(self, preset: str, *, channels: int, resolution: int, **overrides: Any):
+        """A new config: the preset with channels, resolution and overrides replaced."""
+        self.check_preset(preset)
         fields = [f.name for f in dataclasses.fields(self.config_cls)]
         fixed = {"channels", "resolution"}
         unknown = sorted(k for k in overrides if k not in fields or k in fixed)
@@ -103,11 +106,7 @@ def check_arch(arch: str, preset: str) -> None:
     """Refuse an unknown built-in architecture or preset before any work (a training
     printed its transitions first); a custom factory is checked when it is imported."""
     if not _CUSTOM_ARCH.match(arch):
-        spec = _architecture(arch)
-        if preset not in spec.presets:
-            raise RequestError(
-                f"unknown {arch} preset {preset!r}; choose one of: {', '.join(spec.presets)}"
-            )
+        _architecture(arch).check_preset(preset)
 
 
 def _check_size(name: str, value: Any) -> None:

@@ -24,12 +24,7 @@ from coherence.analysis.verdict import (
 from coherence.dashboard import loaders
 from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import literal
-from coherence.dashboard.panels.common import (
-    PanelContext,
-    downloads,
-    how_to_read,
-    need_results,
-)
+from coherence.dashboard.panels.common import PanelContext, downloads, how_to_read, need_results
 from coherence.dashboard.selection import Selection
 from coherence.report import ReportGroup, build_report, report_name
 

@@ -343,7 +343,7 @@ def target_dataset_name(
                         if stage.finished_a_commit
                         else ""
                     )
-                    + "; pass --overwrite to replace it, or import into another --out"
+                    + f"; pass --overwrite to replace it, or {command} into another --out"
                 )
     return info.name
 

@@ -33,7 +33,7 @@ from coherence.cli_common import (
 from coherence.cli_import import import_app
 from coherence.cli_study import study
 from coherence.errors import RequestError
-from coherence.io import atomic_write_bytes
+from coherence.io import atomic_write_bytes, check_folder_for
 from coherence.wording import plural
 
 app = typer.Typer(
@@ -264,7 +264,7 @@ def serve(
 
 
 def _check_report_path(out: Path) -> None:
-    """Refuse an --out the report must not be written to: a folder, a missing folder, a
+    """Refuse an --out the report must not be written to: a folder, a path under a file, a
     file that is not an HTML report (`--out <checkpoint>/config.json` replaced a checkpoint's
     config with the page) or a path inside a checkpoint."""
     from coherence.workspace import refuse_inside_checkpoint
@@ -273,8 +273,7 @@ def _check_report_path(out: Path) -> None:
         raise RequestError(
             f"--out {out}: that is a folder; give a file, e.g. {out / 'report.html'}"
         )
-    if not out.parent.is_dir():
-        raise RequestError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    check_folder_for(out)  # a missing folder is made when the report is written
     if out.suffix.lower() not in (".html", ".htm"):
         raise RequestError(f"--out {out}: a report is an HTML file; give a name ending in .html")
     refuse_inside_checkpoint(out, "the report")
@@ -385,6 +384,7 @@ def report(
         warn(warning)
     groups = load_groups(root, catalog, selection)
     page = build_report(root, catalog, selection, groups=groups, link=link, scale=scale)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its result's folder
     atomic_write_bytes(out, page)  # a kill mid-write leaves the old report, not half of one
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
 

@@ -99,7 +99,7 @@ def analyze(
     Results are cached in the workspace (content-addressed): repeating a request with the
     same checkpoints and data is served from the cache.
     """
-    from coherence.analysis.pipeline import prepare
+    from coherence.analysis.pipeline import check_request, prepare
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import check_result_path
     from coherence.cache import JobRunner
@@ -130,6 +130,7 @@ def analyze(
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     prepared = prepare(request)  # once: for the estimate and for the run
+    check_request(request, prepared[0])  # from configs: before the estimate, in a second
     runner = JobRunner(workspace)
     cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
     served = runner.store.age(runner.key(request)) is not None

@@ -61,6 +61,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return target
 
 
+def check_folder_for(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse a file path whose folder cannot be made: a missing folder is created when
+    the file is written, but one under a file (``--out notes.txt/r.npz``) would fail only
+    then, after the work."""
+    target = Path(path)
+    ancestor = target.parent.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RequestError(
+            f"{flag} {target}: {ancestor} is a file, not a folder; give a path in a folder"
+        )
+    return target
+
+
 def check_device(device: str | Device) -> Device:
     """The Device named ``device``; RequestError for an unknown name, or for cuda when no
     CUDA GPU is visible (torch is imported only to ask that)."""

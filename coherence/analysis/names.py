@@ -3,7 +3,9 @@ never export to the same name.
 
 ``selection_tag`` reads the readable parts (dataset, window, estimator, λ) and adds six hex
 digits of a hash over the whole URL form (classes, trajectories, responses, checkpoints…),
-so selections that differ only there differ in the name too.
+so selections that differ only there differ in the name too. ``models_tag`` names the
+panels that read no analysis (training curves, rollouts): no window, estimator or λ, which
+would name the same file differently.
 """
 
 from __future__ import annotations
@@ -35,3 +37,14 @@ def selection_tag(selection: Any) -> str:
         f"_lam{selection.damping:.0e}_{digest}"
     )
     return safe_name(tag.replace("e-0", "e-").replace("e+0", "e+"))
+
+
+MODEL_KEYS = ("data", "ckpt", "vs", "classes", "traj")  # what training and rollouts read
+
+
+def models_tag(selection: Any) -> str:
+    """'<dataset>_<hash6>' for a panel that reads the checkpoints and data but no analysis:
+    the hash covers only those parts of the URL form, so another λ keeps the name."""
+    query = {key: value for key, value in selection.to_query().items() if key in MODEL_KEYS}
+    digest = hashlib.sha256(json.dumps(query, sort_keys=True).encode()).hexdigest()[:6]
+    return safe_name(f"{selection.dataset}_{digest}")

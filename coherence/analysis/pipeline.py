@@ -21,6 +21,7 @@ from coherence.analysis.autodiff import FlatModel, evaluation_mode
 from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.estimators import Estimator, parse_estimator
 from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigenvalue
+from coherence.analysis.observables import check_response_applies
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
 from coherence.analysis.standardization import standardize
@@ -262,6 +263,32 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
     return files_fingerprint([directory / ckpt.CONFIG_FILE, directory / ckpt.WEIGHTS_FILE])
 
 
+def check_checkpoint(directory: str | Path, info: DatasetInfo, split: str = "test") -> None:
+    """Refuse, from its config alone, a checkpoint made for a dataset of other channels,
+    grid or physics (no weights are read: it runs before any estimate or load)."""
+    config = ckpt.read_config(directory)
+    ckpt.check_compatible(
+        config,
+        family=info.family.value,
+        channels=info.channels,
+        resolution=(info.height, info.width),
+        where=f"checkpoint {display_name(directory)}",
+        physics=info.physics(split, config.classes),
+    )
+
+
+def check_request(request: AnalysisRequest, info: DatasetInfo) -> None:
+    """Everything about a request that configs and the dataset can refuse, at once and
+    before the cost estimate (a refusal after it had kept the user waiting for nothing):
+    the checkpoints as seeds of one model, each against the dataset, and every response
+    against the dataset's channels."""
+    check_seeds(request.checkpoints)
+    for response in request.responses:
+        check_response_applies(response, len(info.channels))
+    for directory in request.checkpoints:
+        check_checkpoint(directory, info, request.split)
+
+
 def load_checked(
     directory: str | Path,
     info: DatasetInfo,
@@ -273,16 +300,8 @@ def load_checked(
     files are not the set its manifest records (weights changed after the save gave a
     result, and a cache entry, for weights nobody trained)."""
     ckpt.verify(directory)
-    model, config = ckpt.load(directory, device=device, trust_code=trust_code)
-    ckpt.check_compatible(
-        config,
-        family=info.family.value,
-        channels=info.channels,
-        resolution=(info.height, info.width),
-        where=f"checkpoint {display_name(directory)}",
-        physics=info.physics(split, config.classes),
-    )
-    return model, config
+    check_checkpoint(directory, info, split)
+    return ckpt.load(directory, device=device, trust_code=trust_code)
 
 
 def check_seeds(checkpoints: Sequence[str]) -> None:
@@ -460,8 +479,8 @@ def run_analysis(
     ``prepared``: the request's ``prepare`` when the caller already made it (not again)."""
     report = progress or (lambda fraction, stage: None)
     started = time.perf_counter()
-    check_seeds(request.checkpoints)
     info, batches = prepare(request) if prepared is None else prepared
+    check_request(request, info)
     device = request.torch_device
     S, B = len(request.checkpoints), len(batches)
     units = dict(known_units or {})

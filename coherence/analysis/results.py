@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from coherence.errors import RequestError
-from coherence.io import atomic_write_bytes
+from coherence.io import atomic_write_bytes, check_folder_for
 from coherence.workspace import refuse_inside_checkpoint
 
 if TYPE_CHECKING:  # request.py imports torch; result data and exports do not need it
@@ -150,6 +150,7 @@ def check_result_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise RequestError(f"--out {path}: that is a folder; give a file, e.g. {path / 'R.npz'}")
     refuse_inside_checkpoint(path, "results")
+    check_folder_for(path)
     sidecar = sidecar_path(path)
     kind = _sidecar_kind(sidecar) if sidecar.exists() else "result"
     if kind != "result":  # --out <dir>/config.npz replaced a checkpoint's config.json

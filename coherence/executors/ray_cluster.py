@@ -93,22 +93,14 @@ def _ship_checkpoints(
 ) -> tuple[dict[int, Any], dict[int, str]]:
     """Each needed checkpoint, checked against the dataset, put in the object store once:
     ({s: reference to its config and weights}, {s: its fingerprint})."""
-    from coherence.analysis.pipeline import checkpoint_fingerprint
+    from coherence.analysis.pipeline import check_checkpoint, checkpoint_fingerprint
     from coherence.surrogates import checkpoint as ckpt
 
     checkpoints, fingerprints = {}, {}
     for s in sorted(indices):
         directory = request.checkpoints[s]
         ckpt.verify(directory)  # the files shipped are the set saved together
-        config = ckpt.read_config(directory)
-        ckpt.check_compatible(
-            config,
-            family=info.family.value,
-            channels=info.channels,
-            resolution=(info.height, info.width),
-            where=f"checkpoint {Path(directory).name}",
-            physics=info.physics(request.split, config.classes),
-        )
+        check_checkpoint(directory, info, request.split)
         files = _checkpoint_files(directory, (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE))
         checkpoints[s] = ray.put(files)
         fingerprints[s] = checkpoint_fingerprint(directory)
@@ -179,13 +171,13 @@ class RayExecutor:
         on_unit: Callable[[Any], None] | None = None,
         prepared: tuple[Any, list[Any]] | None = None,
     ) -> Any:
-        from coherence.analysis.pipeline import assemble, check_seeds, prepare
+        from coherence.analysis.pipeline import assemble, check_request, prepare
 
         report = progress or (lambda fraction, stage: None)
         started = time.perf_counter()
         ray = self.connect()
-        check_seeds(request.checkpoints)
         info, batches = prepare(request) if prepared is None else prepared
+        check_request(request, info)
         S, B = len(request.checkpoints), len(batches)
         units = dict(known_units or {})
         todo = [(s, b) for s in range(S) for b in range(B) if (s, b) not in units]

@@ -289,6 +289,32 @@ def test_mass_on_navier_stokes_and_mismatched_checkpoint(workspace):
         run_analysis(mismatched)
 
 
+def test_analyze_refuses_what_configs_refuse_before_its_cost_estimate(workspace, tmp_path):
+    """Mass on NS data, a checkpoint of another family, and two models pooled as seeds were
+    refused only after the cost estimate had loaded a model and timed it (7 s on the demo)."""
+    from coherence.analysis.pipeline import check_request
+
+    def analyze(checkpoints, data, classes, response="smse"):
+        args = ["analyze", "--data", str(data), "--classes", classes, "--window", "1:2"]
+        for checkpoint in checkpoints:
+            args += ["--checkpoint", str(checkpoint)]
+        args += ["--response", response, "--out", str(tmp_path / "r.npz"), "--yes"]
+        args += ["--workspace", str(tmp_path / "ws"), "--device", "cpu"]
+        run = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+        assert run.exit_code != 0
+        assert "cost estimate" not in run.output and not (tmp_path / "r.npz").exists()
+        return " ".join(run.output.split())
+
+    ns_ckpt, ns_data, (first, _) = workspace["ns_ckpt"], workspace["ns_data"], workspace["ckpts"]
+    said = analyze([ns_ckpt], ns_data, "NS-Sines,NS-Gauss", response="mass")
+    assert "mass response needs compressible-Euler data" in said
+    said = analyze([ns_ckpt], workspace["data"], "CE-RP,CE-CRP")
+    assert "trained on ns data" in said
+    said = analyze([first, ns_ckpt], workspace["data"], "CE-RP,CE-CRP")
+    assert "unet_s1 (unet) and ns_unet (unet) are not seeds" in said
+    check_request(request_for(workspace), open_dataset(workspace["data"]))  # a good one passes
+
+
 def test_cost_estimate_counts_passes_and_memory(workspace):
     request = request_for(workspace)
     model, _ = ckpt.load(workspace["ckpts"][0])

@@ -106,12 +106,13 @@ def test_analyze_prints_the_full_system_residuals(
     assert json.loads(out.with_suffix(".json").read_text())["request"]["estimator"] == estimator
 
 
-@pytest.mark.parametrize("out", ["R.txt", "folder.npz"])
+@pytest.mark.parametrize("out", ["R.txt", "folder.npz", "notes.txt/R.npz"])
 def test_a_result_path_that_cannot_be_written_is_refused_before_computing(
     checkpoint, tiny_dataset, workspace, tmp_path, prepares, out
 ):
     """`--out R.txt` was refused only after the analysis had run (and been cached)."""
     (tmp_path / "folder.npz").mkdir()
+    (tmp_path / "notes.txt").write_text("a file, where a folder would be made")
     args = [
         "analyze",
         *("--checkpoint", str(checkpoint), "--data", str(tiny_dataset)),

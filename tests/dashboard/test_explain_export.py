@@ -198,6 +198,21 @@ def test_export_names_encode_the_selection(workspace):
     assert selection_tag(other).startswith(f"{selection.dataset}_w{start + 1}-{end}_")
     assert "ekfac-krylov" in selection_tag(selection)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", selection_tag(selection))
+    # panels that read no analysis: another window, estimator or λ named one file two ways
+    catalog = scan_workspace(workspace)
+    states = compute.group_states(workspace, catalog, selection)
+    ctx = PanelContext(workspace, catalog, selection, catalog.dataset(selection.dataset), states)
+    cg = replace(other, estimator="cg", damping=1e-2, rtol=1.5e-2)
+    moved = PanelContext(workspace, catalog, cg, catalog.dataset(selection.dataset), states)
+    for panel in ("training", "rollout", "fields"):
+        assert ctx.stem(panel) == moved.stem(panel) and "lam" not in ctx.stem(panel)
+        assert ctx.stem(panel).startswith(f"{selection.dataset}_") and "_w" not in ctx.stem(panel)
+    assert ctx.stem("scores") != moved.stem("scores")
+    fewer = replace(
+        selection, trajectories=selection.trajectories[:1], classes=selection.classes[:1]
+    )
+    fewer_ctx = PanelContext(workspace, catalog, fewer, catalog.dataset(selection.dataset), states)
+    assert fewer_ctx.stem("rollout") != ctx.stem("rollout")  # what rollouts read: in the name
 
 
 def test_two_views_of_one_panel_export_under_two_names(workspace, monkeypatch):

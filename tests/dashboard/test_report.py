@@ -176,7 +176,7 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     notes.write_text("my own notes, not a page")
     refusals = (
         (tmp_path, "that is a folder"),
-        (tmp_path / "x" / "r.html", "create it"),
+        (notes / "r.html", "is a file, not a folder"),
         (checkpoint / "config.json", "a report is an HTML file"),
         (checkpoint / "report.html", "unet_s1 is a checkpoint; write the report outside it"),
         (notes, "the file exists and is not an HTML page"),
@@ -190,4 +190,10 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
         assert result.exit_code == 2 and says in result.output, result.output
     assert (checkpoint / "config.json").read_text() == '{"format": "coherence-checkpoint"}'
     assert notes.read_text() == "my own notes, not a page"
+    # a missing folder is made, as analyze makes its result's (it was refused)
+    nested = tmp_path / "reports" / "today" / "r.html"
+    result = CliRunner().invoke(
+        app, ["report", "--workspace", str(workspace), "--out", str(nested)]
+    )
+    assert result.exit_code == 0 and nested.read_text().startswith("<!DOCTYPE html>")
     assert not (checkpoint / "report.html").exists()

@@ -23,7 +23,7 @@ from coherence.analysis.exports import (
     with_header,
 )
 from coherence.analysis.figures import SCALES, heatmap_scale, influence_range, side_by_side
-from coherence.analysis.names import safe_name, selection_tag
+from coherence.analysis.names import models_tag, safe_name, selection_tag
 from coherence.dashboard import first_paint
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
@@ -33,6 +33,7 @@ from coherence.report import how_to_read as how_to_read  # re-exported for the p
 from coherence.report import provenance
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
+MODEL_PANELS = frozenset({"training", "rollout", "fields"})  # read no analysis: no λ in names
 Bytes = Callable[[], bytes]
 
 
@@ -94,8 +95,10 @@ class PanelContext:
 
     def stem(self, panel: str, group: GroupState | None = None) -> str:
         """A download file name stem that encodes the selection and the panel's choices:
-        <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<panel>[_<choice>…][_<group>]."""
-        parts = [selection_tag(self.selection), panel, *(value for _, value in self.choices)]
+        <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<panel>[_<choice>…][_<group>]; a panel
+        that reads no analysis (``MODEL_PANELS``) names only <dataset>_<hash>."""
+        tag = models_tag if panel in MODEL_PANELS else selection_tag
+        parts = [tag(self.selection), panel, *(value for _, value in self.choices)]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 
     def meta(self) -> dict[str, Any]:

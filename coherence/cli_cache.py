@@ -33,7 +33,7 @@ def _existing(workspace: Path | None) -> Path:
 def cache_info(
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
 ) -> None:
-    """Show where the cache lives, its size and limit, and its entries."""
+    """Show where the cache lives, its size and limit, and what each result holds."""
     from coherence.cache import ResultStore
     from coherence.workspace import cache_dir
 
@@ -49,28 +49,66 @@ def cache_info(
     for entry in store.entries():
         minutes = (time.time() - entry["stored"]) / 60
         print(
-            f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min ago"
+            f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min "
+            f"ago  {_described(store.result_request(entry['key']))}"
         )
+
+
+def _described(request: dict | None) -> str:
+    """What a cached result holds, in the dashboard's words (a key alone told nothing):
+    checkpoints, dataset, classes, snapshots first–last, estimator and λ."""
+    from coherence.surrogates.snapshots import checkpoint_labels
+
+    if request is None:
+        return "(unreadable: dropped from the cache)"
+    start, steps = request.get("t_start", 0), request.get("n_steps", 0)
+    damping = "" if request.get("estimator") == "euclidean" else f" λ={request.get('damping'):g}"
+    return (
+        f"{','.join(checkpoint_labels(request.get('checkpoints', ())))} · "
+        f"{Path(str(request.get('data', '?'))).name} · {','.join(request.get('classes', ()))} · "
+        f"snapshots {start}–{start + steps} · {request.get('estimator')}{damping}"
+    )
 
 
 @cache_app.command("clear")
 @friendly_errors
 def cache_clear(
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Clear without asking.")] = False,
 ) -> None:
-    """Delete every cached result and job record (results are recomputed on demand)."""
+    """Delete every cached result and job record (results are recomputed on demand). Asks
+    first on a terminal; elsewhere it needs --yes."""
     from coherence.cache import ResultStore
     from coherence.cache.store import DamagedCacheError, discard_damaged
+    from coherence.cli_common import ask_or_refuse
+    from coherence.wording import plural
     from coherence.workspace import cache_dir
 
     workspace = _existing(workspace)
     try:
         store = ResultStore(cache_dir(workspace))
     except DamagedCacheError as error:  # the one command that must still work then
+        if not yes:
+            ask_or_refuse(
+                f"{error.database}: the cache's database is damaged; remove the cache?",
+                f"{error.database}: the cache's database is damaged; pass --yes to remove it",
+            )
         files = discard_damaged(cache_dir(workspace))
         print(
             f"{error.database}: the cache's database was damaged; removed it and its {files} files"
         )
         store = ResultStore(cache_dir(workspace))
+    info = store.info()
+    held = info["entries"] + info["records"] + info["unsafe"]
+    if held and not yes:  # hours of computing went with one mistyped command
+        size = f"{info['bytes'] / 1024**2:.1f} MiB"
+        what = (
+            f"{plural(info['entries'], 'result')} and "
+            f"{plural(info['records'], 'job record')} ({size})"
+        )
+        ask_or_refuse(
+            f"remove {what} from {info['directory']}?",
+            f"{info['directory']} holds {what}; pass --yes to remove them",
+        )
     removed = store.clear()
     print(f"removed {removed} cache entries")

@@ -227,18 +227,21 @@ def confirm_long_job(seconds: float) -> None:
     from coherence.cache.cost import CONFIRM_ENV, confirm_seconds, format_seconds
 
     limit = format_seconds(confirm_seconds())
-    if sys.stdin.isatty():
-        typer.confirm(
-            f"this job is estimated at {format_seconds(seconds)} (over {limit}); start it?",
-            abort=True,
-            err=True,
-        )
-        return
-    raise RequestError(
+    ask_or_refuse(
+        f"this job is estimated at {format_seconds(seconds)} (over {limit}); start it?",
         f"this job is estimated at {format_seconds(seconds)}, over the {limit} that needs a "
         f"confirmation ({CONFIRM_ENV}); pass --yes to start it, or make it smaller (fewer "
-        "checkpoints, trajectories or steps)"
+        "checkpoints, trajectories or steps)",
     )
+
+
+def ask_or_refuse(question: str, refusal: str) -> None:
+    """Ask ``question`` on a terminal (no: abort); without one nobody can answer, so
+    refuse with ``refusal``, which names --yes."""
+    if sys.stdin.isatty():
+        typer.confirm(question, abort=True, err=True)
+        return
+    raise RequestError(refusal)
 
 
 def split_list(value: str, option: str | None = None) -> tuple[str, ...]:

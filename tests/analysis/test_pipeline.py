@@ -240,13 +240,20 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     # the result was cached in the workspace: listed, served again, then cleared
     info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
     assert info.exit_code == 0 and "entries: 1 results" in info.output, info.output
+    listed = " ".join(info.output.split())  # what the entry holds, not its key alone
+    assert "unet_s1,unet_s2 · ce · CE-RP,CE-CRP · snapshots 0–2 · ekfac-krylov λ=0.0001" in listed
     same = runner.invoke(app, args)  # the same --out again: said, not silent
     assert same.exit_code == 0 and "it replaced the file there" in same.output, same.output
     again = runner.invoke(app, [a if a != str(out) else str(tmp_path / "again.npz") for a in args])
     assert again.exit_code == 0, again.output
     assert "served without computing" in again.output and "computed earlier in" in again.output
     np.testing.assert_array_equal(load_result(tmp_path / "again.npz").H["smse"], loaded.H["smse"])
-    cleared = runner.invoke(app, ["cache", "clear", "--workspace", str(tmp_path / "ws")])
+    clear = ["cache", "clear", "--workspace", str(tmp_path / "ws")]
+    asked = runner.invoke(app, clear)  # no terminal to ask on: refused, nothing removed
+    assert asked.exit_code == 2 and "holds 1 result and" in asked.output, asked.output
+    assert "pass --yes to remove them" in " ".join(asked.output.split())
+    assert "entries: 1 results" in runner.invoke(app, [*clear[:1], "info", *clear[2:]]).output
+    cleared = runner.invoke(app, [*clear, "--yes"])
     assert cleared.exit_code == 0 and "removed" in cleared.output
     info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
     assert "entries: 0 results" in info.output

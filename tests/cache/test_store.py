@@ -440,7 +440,9 @@ def test_a_locked_database_is_not_called_damaged_and_clear_removes_nothing(tmp_p
     holder = sqlite3.connect(store_dir / "cache.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # as a long write of another process would
     try:
-        cleared = CliRunner().invoke(app, ["cache", "clear", "--workspace", str(workspace)])
+        cleared = CliRunner().invoke(
+            app, ["cache", "clear", "--workspace", str(workspace), "--yes"]
+        )
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -473,7 +475,10 @@ def test_a_damaged_database_is_named_and_cache_clear_starts_afresh(tmp_path):
         ResultStore(workspace / "cache")
     info = CliRunner().invoke(app, ["cache", "info", "--workspace", str(workspace)])
     assert info.exit_code == 2 and "coherence cache clear --workspace" in info.output
-    cleared = CliRunner().invoke(app, ["cache", "clear", "--workspace", str(workspace)])
+    asked = CliRunner().invoke(app, ["cache", "clear", "--workspace", str(workspace)])
+    assert asked.exit_code == 2 and "pass --yes to remove it" in " ".join(asked.output.split())
+    assert database.exists()  # no terminal to ask on: nothing removed
+    cleared = CliRunner().invoke(app, ["cache", "clear", "--workspace", str(workspace), "--yes"])
     assert cleared.exit_code == 0, cleared.output
     assert "damaged" in cleared.output and (workspace / "datasets").is_dir()
     with ResultStore(workspace / "cache") as fresh:  # works again, empty

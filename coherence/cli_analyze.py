@@ -245,15 +245,15 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
 
 def _write(result, request, out: Path, *, batches: int, served: bool = False) -> None:
     """Write the result file and its sidecar; warn about unconverged solves."""
-    from coherence.analysis.diagnostics import RESIDUAL_POINTER
-    from coherence.analysis.influence import convergence_summary, residual_summary
+    from coherence.analysis.diagnostics import RESIDUAL_POINTER, result_warnings
+    from coherence.analysis.influence import residual_summary
     from coherence.analysis.results import save_result
     from coherence.surrogates.checkpoint import read_config
 
     replaced = Path(out).exists()  # said: a result there was overwritten without a word
     path = save_result(result, out)
-    if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
-        warn(unconverged, loud=True)
+    for warning in result_warnings(result.diagnostics, result.checkpoints):
+        warn(warning, loud=True)
     if residuals := residual_summary(
         result.diagnostics, arch=read_config(request.checkpoints[0]).arch, brief=True
     ):

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from coherence.analysis.diagnostics import result_warnings
 from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
 from coherence.analysis.figures.theme import SCALES
@@ -288,6 +289,11 @@ def render_html(
         f"<p class='caption'>{html.escape(TOUR)}</p>",
         "<h2>Headline scores (median, Q1–Q3 across seeds, each seed's batches averaged)</h2>",
         _headline(groups, scores),
+    ]
+    body += [  # unconverged solves: said here as on the dashboard, never silent
+        f"<p class='caption'><b>{html.escape(g.label)}: {html.escape(warning)}</b></p>"
+        for g in groups
+        for warning in result_warnings(g.result.diagnostics, g.result.checkpoints)
     ]
     for i, part in enumerate(parts):
         figure = part.figure

@@ -133,6 +133,47 @@ def convergence_summary(
     )
 
 
+TOP_EIGEN_TOL = 1e-4  # the top eigenvalue's relative Lanczos tol: ample for a box plot
+
+
+def top_eigenvalue_summary(
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]],
+    checkpoints: Sequence[str],
+    tol: float = TOP_EIGEN_TOL,
+) -> str | None:
+    """What the CLI and the dashboard show when Lanczos stopped at its cap before the top
+    eigenvalue met ``tol`` (relative) in some unit: the value is then a lower bound only.
+    None when every unit converged, or for results cached before the bound was kept."""
+    bounds = [
+        (float(cell["top_eigenvalue_bound"]), s)
+        for s, row in enumerate(diagnostics)
+        for cell in row
+        if "top_eigenvalue_bound" in cell
+    ]
+    loose = sorted((b for b in bounds if not b[0] <= tol), reverse=True)  # NaN counts loose
+    if not loose:
+        return None
+    worst, s = loose[0]
+    name = checkpoints[s] if s < len(checkpoints) else "?"
+    return (
+        f"the top eigenvalue's Lanczos stopped at its step cap unconverged in {len(loose)} of "
+        f"{len(bounds)} (checkpoint, batch) units (worst relative bound {worst:.2g} > {tol:g}, "
+        f"{name}): read those top eigenvalues as lower bounds"
+    )
+
+
+def result_warnings(
+    diagnostics: Sequence[Sequence[Mapping[str, Any]]], checkpoints: Sequence[str]
+) -> list[str]:
+    """Every warning a result's diagnostics call for, for the CLI, the dashboard and the
+    report alike: unconverged cg solves, then an unconverged top eigenvalue."""
+    found = (
+        convergence_summary(diagnostics, checkpoints),
+        top_eigenvalue_summary(diagnostics, checkpoints),
+    )
+    return [message for message in found if message]
+
+
 RESIDUAL_CAVEAT = (  # what ekfac-krylov's residuals are, correction_note says (its alone)
     "A residual says how far the system is from solved, not how close Ĥ is to the exact "
     "solve: on small models where the exact solve is computable, the default estimator's Ĥ "

@@ -43,7 +43,7 @@ from coherence.analysis.diagnostics import (  # noqa: F401
     unconverged_message,
     unconverged_solves,
 )
-from coherence.analysis.estimators import lanczos_top
+from coherence.analysis.estimators import TopEigen, lanczos_top
 from coherence.analysis.metric_solve import MetricSolve, solve_metric  # noqa: F401
 from coherence.analysis.observables import check_response_applies, residual
 from coherence.analysis.precision import ieee_float32
@@ -275,7 +275,7 @@ def influence_matrix(
     ).H
 
 
-def top_eigenvalue(
+def top_eigen(
     model: nn.Module,
     inputs: Tensor,
     damping: float = DEFAULT_DAMPING,
@@ -283,8 +283,9 @@ def top_eigenvalue(
     *,
     tol: float = 1e-6,
     seed: int = 0,
-) -> float:
-    """Largest eigenvalue of η + λI for the batch (METHOD.md §6.5), by Lanczos.
+) -> TopEigen:
+    """Largest eigenvalue of η + λI for the batch (METHOD.md §6.5), by Lanczos, with its
+    residual bound and steps (``bound > tol·value``: it stopped at ``iters`` unconverged).
 
     Matrix-free: each step is one batch JVP + one VJP (≈ 4 forwards); at most ``iters`` steps,
     stopping when the Ritz residual bound is ≤ tol·θ. The returned Ritz value is a lower bound
@@ -302,4 +303,18 @@ def top_eigenvalue(
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(fm.n_params, generator=generator, dtype=torch.float64)
         result = lanczos_top(operator, start.to(device, dtype), iters=iters, tol=tol)
-    return result.value
+    return result
+
+
+def top_eigenvalue(
+    model: nn.Module,
+    inputs: Tensor,
+    damping: float = DEFAULT_DAMPING,
+    iters: int = 50,
+    *,
+    tol: float = 1e-6,
+    seed: int = 0,
+) -> float:
+    """``top_eigen``'s value alone: a lower bound on λ_max of η + λI, tight to ``tol``
+    where Lanczos converged within ``iters`` steps."""
+    return top_eigen(model, inputs, damping, iters, tol=tol, seed=seed).value

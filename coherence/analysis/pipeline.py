@@ -19,8 +19,9 @@ from torch import nn
 from coherence.analysis import kfac, tangents
 from coherence.analysis.autodiff import FlatModel, evaluation_mode
 from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
+from coherence.analysis.diagnostics import TOP_EIGEN_TOL
 from coherence.analysis.estimators import Estimator, parse_estimator
-from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigenvalue
+from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigen
 from coherence.analysis.observables import check_response_applies
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
@@ -88,6 +89,7 @@ JVP_PASSES = 2.2  # one tangent of the traced program, per example of the batch
 PRIMAL_PASSES = 3.0  # the traced program's primal part, per example, once per unit
 CG_ITERATIONS_QUOTED = 10  # cg's iterations are unknown in advance: quoted for 10
 LANCZOS_STEPS = 10  # top eigenvalue of η + λI at tol 1e-4: 9 steps (demo UNet), 6 (demo ViT)
+TOP_EIGEN_STEPS = 50  # Lanczos' cap; a unit that reaches it unconverged says so
 
 
 def vjp_chunk_size(activation_bytes: int, responses: int, n: int) -> int | None:
@@ -390,11 +392,15 @@ def compute_unit(
     for response, matrix in result.H_by_response.items():
         H[str(response)] = matrix.double().cpu().numpy().reshape(T, C, T, C)
         H_std[str(response)] = standardize(matrix).double().cpu().numpy().reshape(T, C, T, C)
-    top = float("nan")
+    top, diagnostics = float("nan"), result.diagnostics.to_dict()
     if request.top_eigenvalue:
         forward(1 - lanczos_share, "top eigenvalue (Lanczos)")
-        # tol 1e-4: ample for a box plot across seeds
-        top = top_eigenvalue(model, inputs, damping=request.damping, tol=1e-4)
+        found = top_eigen(
+            model, inputs, damping=request.damping, iters=TOP_EIGEN_STEPS, tol=TOP_EIGEN_TOL
+        )
+        top = found.value
+        diagnostics["top_eigenvalue_bound"] = found.bound / abs(found.value)  # relative
+        diagnostics["top_eigenvalue_steps"] = found.steps
     spectrum = np.asarray(result.diagnostics.subspace_eigenvalues or (), dtype=np.float64)
     return UnitResult(
         checkpoint_index=s,
@@ -403,7 +409,7 @@ def compute_unit(
         H_std=H_std,
         top_eigenvalue=top,
         spectrum=spectrum,
-        diagnostics=result.diagnostics.to_dict(),
+        diagnostics=diagnostics,
     )
 
 

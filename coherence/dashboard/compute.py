@@ -19,7 +19,8 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from coherence.analysis.influence import convergence_summary, residual_help, residual_summary
+from coherence.analysis.diagnostics import result_warnings
+from coherence.analysis.influence import residual_help, residual_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
@@ -326,8 +327,8 @@ def _group_status(root: Path, group: GroupState) -> bool:
             f"(key {code(group.key[:12])})" + (f" · {literal(residuals)}" if residuals else ""),
             help=literal(residual_help(result.diagnostics)) if residuals else None,
         )
-        if unconverged := convergence_summary(result.diagnostics, result.checkpoints):
-            st.warning(f"**{group.label}**: {unconverged}", icon=":material/warning:")
+        for warning in result_warnings(result.diagnostics, result.checkpoints):
+            st.warning(f"**{group.label}**: {warning}", icon=":material/warning:")
         return True
     if status.state == "failed":
         st.error(f"**{literal(group.label)}**: the analysis failed: {literal(status.error)}")

@@ -431,6 +431,40 @@ def test_influence_matrix_runs_in_float64_and_agrees_with_float32(workspace):
     assert float((H32.double() - H64).norm() / H64.norm()) < 1e-3
 
 
+def test_a_top_eigenvalue_stopped_at_its_cap_is_never_silent(workspace, tmp_path, monkeypatch):
+    """Lanczos stopped at its step cap gave a lower bound read as the value, without a word.
+    Each unit keeps its relative bound; the CLI, the dashboard and the report warn from it."""
+    from coherence.analysis import pipeline
+    from coherence.analysis.diagnostics import result_warnings
+
+    request = request_for(workspace, trajectories=(0,), responses=("smse",))
+    converged = run_analysis(request)
+    cells = [cell for row in converged.diagnostics for cell in row]
+    assert all(cell["top_eigenvalue_bound"] <= 1e-4 for cell in cells)
+    assert result_warnings(converged.diagnostics, converged.checkpoints) == []
+    monkeypatch.setattr(pipeline, "TOP_EIGEN_STEPS", 1)  # one step cannot meet 1e-4
+    capped = run_analysis(request)
+    assert all(cell["top_eigenvalue_steps"] == 1 for row in capped.diagnostics for cell in row)
+    assert (capped.top_eigenvalues <= converged.top_eigenvalues * (1 + 1e-6)).all()  # below
+    (said,) = result_warnings(capped.diagnostics, capped.checkpoints)
+    assert said.startswith("the top eigenvalue's Lanczos stopped at its step cap unconverged")
+    assert "in 2 of 2 (checkpoint, batch) units" in said and "lower bounds" in said
+    old = [
+        [{k: v for k, v in c.items() if not k.startswith("top_")} for c in row]
+        for row in capped.diagnostics
+    ]  # cached before the bound was kept: nothing to say
+    assert result_warnings(old, capped.checkpoints) == []
+    out = tmp_path / "capped.npz"
+    args = ["analyze", "--data", str(workspace["data"]), "--classes", "CE-RP,CE-CRP"]
+    args += ["--window", "1:2", "--trajectories", "0", "--response", "smse", "--yes"]
+    args += ["--out", str(out), "--workspace", str(tmp_path / "ws"), "--device", "cpu"]
+    for checkpoint in workspace["ckpts"]:
+        args += ["--checkpoint", str(checkpoint)]
+    run = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert run.exit_code == 0, run.output
+    assert "Lanczos stopped at its step cap" in " ".join(run.output.split())
+
+
 def test_progress_gives_the_top_eigenvalue_its_share_of_the_unit(workspace):
     """The Lanczos steps start where the cost model puts them: late in a unit with a solve,
     early in a euclidean one (no solve), where a fixed 99% held the bar for most of the

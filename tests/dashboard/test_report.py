@@ -58,6 +58,22 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
         assert f"Influence on {response} vs time lag" in titles
     page = build_report(workspace, catalog, selection, groups=groups).decode()
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)  # nothing fetched
+    assert "Lanczos" not in page  # the demo's top eigenvalues converged
+    capped = [  # as if Lanczos had stopped at its cap: the page says so, as the CLI does
+        replace(
+            g,
+            result=replace(
+                g.result,
+                diagnostics=[
+                    [{**cell, "top_eigenvalue_bound": 0.5} for cell in row]
+                    for row in g.result.diagnostics
+                ],
+            ),
+        )
+        for g in groups
+    ]
+    warned = build_report(workspace, catalog, selection, groups=capped[:1]).decode()
+    assert "UNet: the top eigenvalue" in warned and "stopped at its step cap" in warned
     assert len(re.findall(r"plotly\.js v\d", page)) == 1  # plotly.js inlined once
     assert page.count("Plotly.newPlot(") == len(parts)
     scores = {g.label: compute_scores(g.result.H_std[g.result.primary]) for g in groups}

@@ -129,6 +129,40 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
     assert not np.allclose(plotly_array(heatmaps[0]["z"]), plotly_array(heatmaps[-1]["z"]))
 
 
+def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
+    trained_on, monkeypatch
+):
+    """The demo precomputes the ViT's sweeps while the page opens on the UNet, so both sweep
+    panels showed one point on a first visit. A group whose own sweep has at most one cached
+    point now draws a filled group's, said in a banner, with a button back to its own."""
+    from coherence.dashboard.selection import group_defaults
+
+    catalog = scan_workspace(trained_on)
+    unet = default_selection(catalog)
+    runner = JobRunner(trained_on)
+    points, _ = sweeps.dynamics_points(trained_on, unet, runner)
+    for point in points:  # the UNets' epochs, as the compute button's test leaves them
+        if runner.status(point.key).state != "done":
+            runner.submit(point.request)
+    _wait_done(trained_on, points)
+    entry = catalog.dataset(unet.dataset)
+    vit = next(g for g in catalog.groups(entry) if g.checkpoints != unet.checkpoints)
+    at = open_app(trained_on, monkeypatch, DYNAMICS | group_defaults(entry, vit).to_query())
+    assert_clean(at)
+    said = texts(at.info)
+    assert "**ViT**: 1 of 1 epoch analysis cached. Shown below instead: **UNet**'s" in said
+    assert "(3 of 3 cached)" in said and "keep no snapshot" not in said
+    scores, _maps = charts(at)
+    medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
+    assert any(plotly_array(t["x"]).tolist() == [1, 2, 3] for t in medians)
+    at.button(key="dyn_show_own").click().run()  # the ViT's own: one epoch, said so
+    assert_clean(at)
+    assert "Shown below instead" not in texts(at.info)
+    assert "keep no snapshot of an earlier epoch" in texts(at.info)
+    at = open_app(trained_on, monkeypatch, DYNAMICS | unet.to_query())  # a filled one: itself
+    assert "Shown below instead" not in texts(at.info)
+
+
 def _dominance_by_hand(result) -> float:
     """Median over seeds of each seed's batch-mean diagonal dominance of the intra map."""
     h = np.asarray(result.H_std[result.primary])

@@ -70,6 +70,12 @@ def dynamics(ctx: PanelContext) -> None:
     st.caption(how_to_read(dynamics_figure))
     root = str(ctx.root)
     runner = loaders.job_runner(root)
+    ctx = sweep_jobs.filled_view(
+        ctx,
+        lambda s: sweeps.dynamics_points(ctx.root, s, runner)[0],
+        key="dyn",
+        what=("epoch analysis", "epoch analyses"),
+    )
     other = _other_damping(ctx)
     points, problems = sweeps.dynamics_points(ctx.root, ctx.selection, runner)
     if other is not None:

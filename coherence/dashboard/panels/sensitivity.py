@@ -30,6 +30,12 @@ def sensitivity(ctx: PanelContext) -> None:
     st.caption(how_to_read(sensitivity_figure))
     root = str(ctx.root)
     runner = loaders.job_runner(root)
+    ctx = sweep_jobs.filled_view(
+        ctx,
+        lambda s: sweeps.sensitivity_points(ctx.root, s, ctx.catalog, runner)[0],
+        key="sens",
+        what=("sweep setting", "sweep settings"),
+    )
     with_cg = st.toggle(
         "Include the on-demand settings: cg (the paper's CG and rtol, 1.5e-2 and 5e-2, from a "
         "Krylov start), "

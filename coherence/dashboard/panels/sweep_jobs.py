@@ -185,19 +185,14 @@ def _estimate(missing: Sequence[SweepPoint]) -> float:
 MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)
 
 
-def elsewhere(ctx, points_of, panel: str) -> None:
-    """When this view's sweep has at most one cached point per group, link the default view
-    of another model group of the dataset whose sweep is cached (``coherence demo``
-    precomputes the ViT's), so a first visit finds a filled panel one click away.
-
-    ``points_of(selection) -> list[SweepPoint]`` builds the sweep of a selection."""
-    from urllib.parse import urlencode
-
+def _filled_groups(ctx, points_of) -> list[tuple[str, object, int, int]]:
+    """Other model groups of the dataset whose default view has ≥ 2 cached sweep points:
+    (label, selection, cached, total) each. ``points_of(selection)`` builds a sweep."""
     from coherence.dashboard.selection import group_defaults
 
     shown = set(ctx.selection.groups)
     root = str(ctx.root)
-    links = []
+    found = []
     for group in ctx.catalog.groups(ctx.dataset)[: MAX_OTHER_GROUPS + len(shown)]:
         if group.checkpoints in shown:
             continue
@@ -210,8 +205,62 @@ def elsewhere(ctx, points_of, panel: str) -> None:
             continue
         done = sum(s.state == "done" for s in statuses(root, points))
         if done >= 2:
-            query = urlencode(selection.to_query() | {"panel": panel})
-            links.append(f"[{literal(group.label)}](?{query}) ({done} of {len(points)} cached)")
+            found.append((group.label, selection, done, len(points)))
+    return found
+
+
+def filled_view(ctx, points_of, *, key: str, what: tuple[str, str]):
+    """The context a sweep panel draws: its own, or, where its own sweep has at most one
+    cached point and another model group's has more (``coherence demo`` precomputes the
+    ViT's, and the page opens on the UNet), that group's default view under a banner that
+    says so, with a button back to this selection's own (to compute it). A first visit
+    found one point in each panel (an audit); now it finds the demo's curves."""
+    from coherence.dashboard.panels.common import PanelContext
+
+    own_key = f"{key}_own_sweep"
+    if ctx.compare or ctx.stale or st.session_state.get(own_key):
+        return ctx
+    try:
+        points = points_of(ctx.selection)
+    except CoherenceError:
+        return ctx
+    cached = sum(s.state == "done" for s in statuses(str(ctx.root), points))
+    if cached >= 2:
+        return ctx
+    others = _filled_groups(ctx, points_of)
+    if not others:
+        return ctx
+    label, selection, done, total = others[0]
+    mine = compute.group_labels(ctx.catalog, ctx.selection)[0]
+    st.info(
+        f"**{literal(mine)}**: {cached} of {plural(len(points), *what)} cached. Shown below "
+        f"instead: **{literal(label)}**'s default view ({done} of {total} cached); the headline "
+        "and the other tabs stay on the sidebar's selection.",
+        icon=":material/swap_horiz:",
+    )
+    st.button(
+        f"Show {mine}'s own (to compute it)",
+        key=f"{key}_show_own",
+        on_click=lambda: st.session_state.__setitem__(own_key, True),
+        icon=":material/undo:",
+    )
+    states = compute.group_states(ctx.root, ctx.catalog, selection)
+    return PanelContext(ctx.root, ctx.catalog, selection, ctx.dataset, states)
+
+
+def elsewhere(ctx, points_of, panel: str) -> None:
+    """When this view's sweep has at most one cached point per group, link the default view
+    of another model group of the dataset whose sweep is cached, so a visitor who chose to
+    see this selection's own sweep finds the filled one a click away.
+
+    ``points_of(selection) -> list[SweepPoint]`` builds the sweep of a selection."""
+    from urllib.parse import urlencode
+
+    links = [
+        f"[{literal(label)}](?{urlencode(selection.to_query() | {'panel': panel})}) "
+        f"({done} of {total} cached)"
+        for label, selection, done, total in _filled_groups(ctx, points_of)
+    ]
     if links:
         st.info(
             "Cached for another model group of this dataset: " + ", ".join(links) + ".",

@@ -270,3 +270,35 @@ def build_workspace(root: Path) -> Path:
     for request in replace(selection, compare=COMPARE).to_requests(root):
         runner.run(request)  # the default view and its UNet-vs-ViT comparison
     return root
+
+
+def train_on_with_snapshots(root: Path) -> Path:
+    """The dashboard workspace's two UNets resumed from 1 to 3 epochs, which keeps snapshots
+    of epochs 1, 2 and 3 (training's default: powers of two plus the last)."""
+    from coherence.workspace import checkpoints_dir, datasets_dir
+
+    common = dict(epochs=3, batch_size=8, transitions=4, device="cpu", lr=3e-3)
+    for seed in (1, 2):
+        args = TrainingArgs(arch="unet", seed=seed, overrides=TINY_OVERRIDES, **common)
+        train(datasets_dir(root) / "tiny_ce", checkpoints_dir(root) / f"unet_tiny_s{seed}", args)
+    return root
+
+
+def fill_sweeps(root: Path) -> Path:
+    """Cache the default view's whole training dynamics and two sensitivity settings besides
+    the default one (ekfac-krylov at λ = 1e-2, euclidean), as `coherence demo` does for the
+    ViT: both sweep panels then draw curves, maps and the agreement of two estimators."""
+    from coherence.cache.jobs import JobRunner
+    from coherence.dashboard import sweeps
+    from coherence.dashboard.selection import default_selection
+    from coherence.dashboard.workspace_scan import scan_workspace
+
+    catalog = scan_workspace(root)
+    selection = default_selection(catalog)
+    runner = JobRunner(root)
+    epochs, _ = sweeps.dynamics_points(root, selection, runner)
+    settings, _ = sweeps.sensitivity_points(root, selection, catalog, runner)
+    wanted = [p for p in settings if not p.uses_damping or p.x in (1e-4, 1e-2)]
+    for point in epochs + wanted:
+        runner.run(point.request)
+    return root

@@ -21,7 +21,13 @@ import pytest
 
 from coherence.dashboard.panels import PANELS
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_served
-from tests.fixtures import ARTIFACTS, COMPARE, copy_workspace
+from tests.fixtures import (
+    ARTIFACTS,
+    COMPARE,
+    copy_workspace,
+    fill_sweeps,
+    train_on_with_snapshots,
+)
 
 SHOTS = ARTIFACTS / "dashboard"
 HEATMAP = ".js-plotly-plot .heatmaplayer"
@@ -538,3 +544,55 @@ def test_compare_fits_and_reads_at_1024(server, browser):
     _, maps = bar_and_maps(wide)
     assert len(maps) == 2 and max(m["top"] for m in maps) < 1000 - 200, maps
     wide.close()
+
+
+@pytest.fixture(scope="module")
+def swept_server(workspace, tmp_path_factory):
+    """A server on a copy of the workspace whose UNets keep snapshots of epochs 1–3, with
+    the default view's dynamics and two more sensitivity settings cached (as the demo has
+    them for its ViT): the sweep panels drawn filled, not in their one-point state."""
+    root = copy_workspace(workspace, tmp_path_factory.mktemp("swept") / "workspace")
+    fill_sweeps(train_on_with_snapshots(root))
+    with streamlit_served(root, ARTIFACTS / "streamlit_sweeps.log") as url:
+        yield url
+
+
+TRACES = (  # [type, mode, points] of every trace of every chart, as plotly.js drew it (its
+    # full data: the spec's arrays arrive base64-encoded, decoded there)
+    "() => [...document.querySelectorAll('.js-plotly-plot')].map(g => (g._fullData || []).map("
+    "t => [t.type, t.mode || '', t.x && t.x.length !== undefined ? t.x.length : 0]))"
+)
+
+
+def test_filled_sweep_panels_draw_curves_epoch_maps_and_agreement(swept_server, browser):
+    """The browser drew the sweep panels only in their one-point state (an audit): the
+    trends over three epochs, one map per epoch, the λ curves and the estimators' agreement
+    are drawn to the end here, with no page error."""
+    page = new_page(browser, f"{swept_server}/?panel=Training+dynamics")
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    settle(page, 1.0)
+    page.wait_for_function(f"() => ({TRACES})().flat().filter(t => t[0] === 'heatmap').length >= 3")
+    charts = page.evaluate(TRACES)
+    trends = [t for chart in charts for t in chart if t[1] == "lines+markers"]
+    assert trends and all(points == 3 for _, _, points in trends), trends  # epochs 1, 2, 3
+    maps = [chart for chart in charts if sum(t[0] == "heatmap" for t in chart) == 3]
+    assert len(maps) == 1, charts  # the two-time map of each epoch, side by side
+    assert page.get_by_text("3 of 3 epoch analyses cached").count() == 1
+    shot(page, "20_training_dynamics_filled")
+
+    open_tab(page, "Sensitivity")
+    page.wait_for_function(f"() => ({TRACES})().flat().some(t => t[0] === 'histogram')")
+    charts = page.evaluate(TRACES)
+    lines = [t for chart in charts for t in chart if t[1] == "lines+markers" and t[2] == 2]
+    assert lines, charts  # ekfac-krylov at λ = 1e-4 and 1e-2
+    assert any(t[0] == "histogram" for chart in charts for t in chart)  # per-row ρ
+    assert page.get_by_text("Needs two estimators").count() == 0
+    assert page.locator("[data-testid=stException]").count() == 0
+    assert page.evaluate(
+        "() => [...document.querySelectorAll('.js-plotly-plot')]"
+        ".every(g => g.querySelector('.draglayer .nsewdrag'))"
+    )
+    shot(page, "21_sensitivity_filled")
+    assert not errors, errors
+    page.close()

@@ -19,9 +19,8 @@ from coherence.dashboard import sweeps
 from coherence.dashboard.selection import default_selection
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.surrogates import snapshots
-from coherence.surrogates.training import TrainingArgs, train
-from coherence.workspace import checkpoints_dir, datasets_dir
-from tests.fixtures import COMPARE, TINY_OVERRIDES, copy_workspace
+from coherence.workspace import checkpoints_dir
+from tests.fixtures import COMPARE, copy_workspace, train_on_with_snapshots
 
 from .test_app import assert_clean, charts, open_app, plotly_array, texts
 
@@ -33,11 +32,7 @@ SENSITIVITY = {"panel": "Sensitivity"}
 def trained_on(workspace, tmp_path_factory):
     """The workspace with both UNets resumed from 1 to 3 epochs (default keep: 1, 2, 3)."""
     root = copy_workspace(workspace, tmp_path_factory.mktemp("sweeps") / "workspace")
-    common = dict(epochs=3, batch_size=8, transitions=4, device="cpu", lr=3e-3)
-    for seed in (1, 2):
-        args = TrainingArgs(arch="unet", seed=seed, overrides=TINY_OVERRIDES, **common)
-        train(datasets_dir(root) / "tiny_ce", checkpoints_dir(root) / f"unet_tiny_s{seed}", args)
-    return root
+    return train_on_with_snapshots(root)
 
 
 def _intra(cell: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ def selection_tag(selection: Any) -> str:
     return safe_name(tag.replace("e-0", "e-").replace("e+0", "e+"))
 
 
-MODEL_KEYS = ("data", "ckpt", "vs", "classes", "traj")  # what training and rollouts read
+MODEL_KEYS = ("data", "ckpt", "vs", "epoch", "classes", "traj")  # what rollouts read
 
 
 def models_tag(selection: Any) -> str:

@@ -92,6 +92,31 @@ def check_group(catalog: Catalog, entry: DatasetEntry, names: Sequence[str]) -> 
     return None
 
 
+def earlier_epochs(catalog: Catalog, names: Sequence[str]) -> tuple[int, ...]:
+    """The snapshot epochs every checkpoint of ``names`` kept, before the last trained one
+    (whose snapshot holds the checkpoint's own weights: its analysis is the final one)."""
+    entries = [catalog.checkpoint(n) for n in names]
+    if not entries or None in entries:
+        return ()
+    common = set.intersection(*(set(e.epochs) for e in entries))
+    last = min(e.trained_epochs for e in entries)
+    return tuple(sorted(e for e in common if not last or e < last))
+
+
+def epoch_problem(catalog: Catalog, selection: Selection) -> str | None:
+    """None when every checkpoint of every shown group kept the selection's epoch."""
+    for names in selection.groups:
+        if names and selection.epoch not in earlier_epochs(catalog, names):
+            offered = earlier_epochs(catalog, names)
+            return (
+                f"checkpoint(s) {', '.join(names)} keep no common snapshot of epoch "
+                f"{selection.epoch} (they share "
+                + (", ".join(map(str, offered)) or "none")
+                + "); choose another epoch, or the final weights"
+            )
+    return None
+
+
 def min_classes(entry: DatasetEntry) -> int:
     """Class transfer and inter-class curves need 2 classes (when the dataset has them)."""
     return min(2, len(entry.classes))
@@ -206,6 +231,8 @@ def problems(selection: Selection, catalog: Catalog, *, cuda_available: bool = F
     if selection.compare:
         error = check_group(catalog, entry, selection.compare)
         checks.append(f"compare group: {error}" if error else None)
+    if selection.epoch is not None:
+        checks.append(epoch_problem(catalog, selection))
     if selection.device == "cuda" and not cuda_available:
         checks.append("device cuda was chosen but no CUDA GPU is visible; use auto or cpu")
     return [c for c in checks if c]

@@ -14,11 +14,12 @@ Pure (no streamlit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from coherence.analysis.vocabulary import MAX_DEPTH, default_depth
+from coherence.dashboard.checks import earlier_epochs
 from coherence.dashboard.control_kinds import Choice, Control, Number, Scope, State
 from coherence.dashboard.control_rows import (
     RESPONSE_LABELS,
@@ -206,6 +207,62 @@ class Depth(Control):
         return {"min_value": lo, "max_value": hi, "step": 1, "format": "%d", "help": self.help}
 
 
+FINAL_WEIGHTS = "final"  # the Epoch control's value for the checkpoints' own weights
+
+
+@dataclass(frozen=True, kw_only=True)
+class Epoch(Choice):
+    """Which weights of the chosen seeds are analysed: their own (final) or a training
+    snapshot every seed of every shown group kept (``coherence train --keep-epochs``), so a
+    snapshot opens in every panel, not only in the Training dynamics maps. Drawn only where
+    such a snapshot exists; a link's ``epoch=4``; the last epoch is the final weights."""
+
+    default: str = FINAL_WEIGHTS
+    url_rank: int = 1
+
+    def options(self, scope: Scope) -> Sequence[Any]:
+        groups = [scope.values.get("checkpoints") or ()]
+        if scope.values.get("compare"):
+            groups.append(scope.values["compare"])
+        shared = set.intersection(*(set(earlier_epochs(scope.catalog, g)) for g in groups))
+        return (FINAL_WEIGHTS, *(str(e) for e in sorted(shared)))
+
+    def parse(self, raw: str, scope: Scope) -> int | None:
+        names = scope.values.get("checkpoints") or ()
+        entries = [scope.catalog.checkpoint(n) for n in names]
+        last = {e.trained_epochs for e in entries if e is not None}
+        if raw.isascii() and raw.isdigit() and len(raw) <= 6 and last == {int(raw)}:
+            return None  # the last epoch's snapshot is the checkpoints' own weights
+        options = self.options(scope)
+        if raw not in options[1:]:
+            offered = ", ".join(options[1:]) or "none (these checkpoints keep no snapshot)"
+            raise RequestError(f"no snapshot of that epoch in every seed; epochs kept: {offered}")
+        return int(raw)
+
+    def text(self, value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    def fallback_text(self, scope: Scope) -> str:
+        return "the final weights"
+
+    def to_state(self, value: Any, scope: Scope) -> Any:
+        return FINAL_WEIGHTS if value is None else str(value)
+
+    def read(self, state: State, scope: Scope) -> dict[str, Any]:
+        value = state[self.state]
+        return self.assign(None if value == FINAL_WEIGHTS else int(value))
+
+    def drawn(self, scope: Scope) -> bool:
+        return len(self.options(scope)) > 1
+
+
+def epoch_labels(scope: Scope) -> Callable[[str], str]:
+    def label(option: str) -> str:
+        return "final weights" if option == FINAL_WEIGHTS else f"epoch {option} (snapshot)"
+
+    return label
+
+
 CONTROLS: tuple[Control, ...] = (
     Dataset(key="data", field="dataset", state="sb_dataset", label="Dataset"),
     Group(key="ckpt", field="checkpoints", state="sb_ckpts", label="Seeds", suffix=""),
@@ -216,6 +273,16 @@ CONTROLS: tuple[Control, ...] = (
         label="Seeds (second group)",
         suffix="_b",
         url_rank=2,
+    ),
+    Epoch(
+        key="epoch",
+        field="epoch",
+        state="sb_epoch",
+        label="Weights",
+        labels=epoch_labels,
+        help="The seeds' own weights (final), or the snapshot of an earlier training epoch "
+        "that every seed kept (`coherence train --keep-epochs`): every panel then reads that "
+        "epoch's weights. The Training dynamics tab shows all epochs at once.",
     ),
     Classes(key="classes", field="classes", state="sb_classes", label="Classes", divider=True),
     Trajectories(

@@ -35,6 +35,7 @@ from coherence.dashboard.workspace_scan import (
     scan_workspace,
 )
 from coherence.errors import RequestError
+from coherence.surrogates import snapshots
 from coherence.wording import plural
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
@@ -78,6 +79,7 @@ class Selection:
     device: str = "auto"  # auto | cpu | cuda
     compare: tuple[str, ...] = ()  # group B for compare mode; empty: no compare
     depth: int | None = None  # Krylov blocks (DEPTH_ESTIMATORS); None: the estimator's default
+    epoch: int | None = None  # the training snapshot analysed (epochs/NNNN); None: final weights
 
     def __post_init__(self) -> None:
         for name in ("checkpoints", "classes", "trajectories", "responses", "compare"):
@@ -90,6 +92,10 @@ class Selection:
         object.__setattr__(self, "responses", tuple(r for r in RESPONSES if r in self.responses))
         object.__setattr__(self, "checkpoints", tuple(dict.fromkeys(self.checkpoints)))
         object.__setattr__(self, "compare", tuple(dict.fromkeys(self.compare)))
+        if self.epoch is not None and (
+            isinstance(self.epoch, bool) or not isinstance(self.epoch, int) or self.epoch < 1
+        ):
+            raise RequestError(f"Selection.epoch={self.epoch!r}: give an epoch ≥ 1, or None")
         if self.estimator != "cg":
             object.__setattr__(self, "rtol", None)
         if self.estimator == "euclidean":  # M = I: λ unused, one selection per result
@@ -144,7 +150,9 @@ class Selection:
         root = workspace_root(workspace)
         names = self.checkpoints if checkpoints is None else tuple(checkpoints)
         return AnalysisRequest(
-            checkpoints=tuple(str(resolve_inside(checkpoints_dir(root), n)) for n in names),
+            checkpoints=tuple(
+                str(resolve_inside(checkpoints_dir(root), self.weights(n))) for n in names
+            ),
             data=str(resolve_inside(datasets_dir(root), self.dataset)),
             classes=self.classes,
             t_start=self.t_start,
@@ -159,6 +167,11 @@ class Selection:
             split="test",
             top_eigenvalue=True,
         )
+
+    def weights(self, name: str) -> str:
+        """Where checkpoint ``name``'s analysed weights lie under <workspace>/checkpoints:
+        itself, or its snapshot of ``epoch``."""
+        return name if self.epoch is None else snapshot_path_name(name, self.epoch)
 
     def to_requests(
         self, workspace: str | os.PathLike | None = None
@@ -195,6 +208,7 @@ def describe(selection: Selection) -> str:
         f"{plural(len(selection.classes), 'class', 'classes')} × "
         f"{plural(selection.n_steps, 'step')} = "
         f"{selection.n_examples}, {selection.estimator}{depth_text(selection)}{damping}"
+        + ("" if selection.epoch is None else f", weights of epoch {selection.epoch}")
     )
 
 
@@ -219,7 +233,14 @@ _FIELD_NAMES = {
     "rtol": "cg tolerance",
     "depth": "Krylov depth",
     "device": "device",
+    "epoch": "weights of epoch",
 }
+
+
+def snapshot_path_name(name: str, epoch: int) -> str:
+    """The name under <workspace>/checkpoints of checkpoint ``name``'s snapshot of
+    ``epoch`` (``<name>/epochs/NNNN``)."""
+    return f"{name}/{snapshots.EPOCHS_DIR}/{snapshots.snapshot_name(epoch)}"
 
 
 def _field_text(value: Any) -> str:
@@ -239,6 +260,8 @@ def differences(old: Selection, new: Selection) -> list[str]:
             before, after = old.resolved_depth, new.resolved_depth
             if before is None or after is None:  # an estimator without one: said above
                 continue
+        if name == "epoch":  # None: the checkpoints' own weights
+            before, after = before or "final", after or "final"
         if before != after:
             out.append(f"{label} {_field_text(before)} → {_field_text(after)}")
     return out
@@ -380,12 +403,16 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
     try:
         name = inside(request["data"], datasets_dir(catalog.root))
         entry = catalog.dataset(name) if name else None
-        names = []
+        names, epochs = [], set()
         for path in request["checkpoints"]:
+            path, epoch = _snapshot_of(str(path))
             found = inside(path, checkpoints_dir(catalog.root))
             if found is None or catalog.checkpoint(found) is None:
                 return None
             names.append(found)
+            epochs.add(epoch)
+        if len(epochs) != 1:  # seeds at different epochs: not a selection the page makes
+            return None
         if entry is None or request.get("split", "test") != "test":
             return None
         if not request.get("top_eigenvalue", True):
@@ -403,6 +430,7 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
             rtol=None if request.get("rtol") is None else float(request["rtol"]),
             depth=stored_depth(request),  # an old deflated-cg record's None means 1
             device=str(request.get("device", "auto")),
+            epoch=epochs.pop(),
         )
     except (KeyError, TypeError, ValueError):  # RequestError is a ValueError
         return None
@@ -411,6 +439,16 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
     if check_group(catalog, entry, selection.checkpoints):
         return None
     return selection
+
+
+def _snapshot_of(path: str) -> tuple[str, int | None]:
+    """(checkpoint directory, epoch) of a snapshot's path ``<ckpt>/epochs/NNNN``; the path
+    itself and None for a checkpoint."""
+    folder, name = os.path.split(os.path.normpath(path))
+    parent, epochs = os.path.split(folder)
+    if epochs == snapshots.EPOCHS_DIR and name.isdigit() and int(name) >= 1:
+        return parent, int(name)
+    return path, None
 
 
 def with_dataset(

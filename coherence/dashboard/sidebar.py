@@ -263,6 +263,8 @@ def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
     members = catalog.group_of(selection.dataset, selection.checkpoints[0])
     if members is not None and len(selection.checkpoints) < len(members.checkpoints):
         group += " " + ", ".join(_seed_names(members.checkpoints, selection.checkpoints))
+    if selection.epoch is not None:  # a training snapshot's analysis (Training dynamics)
+        group += f" epoch {selection.epoch}"
     # first–last snapshot, as the slider shows it (a colon is the link's START:STEPS, and
     # "window 3:16" here beside "window=3:13" in the link read as two windows)
     window = f"{selection.t_start}–{selection.t_start + selection.n_steps}"

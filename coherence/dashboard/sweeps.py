@@ -27,6 +27,7 @@ from coherence.dashboard.selection import (
     DEFAULT_ESTIMATOR,
     Selection,
     default_rtol,
+    snapshot_path_name,
 )
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
@@ -104,18 +105,15 @@ class SweepPoint:
 # ---------------------------------------------------------------------------- dynamics ---
 
 
-def snapshot_names(name: str, epoch: int) -> str:
-    """The selection name of a checkpoint's snapshot (a path under <workspace>/checkpoints)."""
-    return f"{name}/{snapshots.EPOCHS_DIR}/{snapshots.snapshot_name(epoch)}"
-
-
 def group_epochs(root: str | os.PathLike, names: tuple[str, ...]) -> dict[int, tuple[str, ...]]:
     """Epoch → the group's checkpoint names at that epoch: every snapshot epoch all seeds
     kept, then the trained checkpoints at their last epoch (when all seeds trained the same
     number of epochs; a snapshot of that epoch is the same files, hence the same key)."""
     base = checkpoints_dir(workspace_root(root))
     paths = [base / n for n in names]
-    out = {e: tuple(snapshot_names(n, e) for n in names) for e in snapshots.common_epochs(paths)}
+    out = {
+        e: tuple(snapshot_path_name(n, e) for n in names) for e in snapshots.common_epochs(paths)
+    }
     lengths = {len(ckpt.read_history(p)) for p in paths}
     if len(lengths) == 1 and (last := lengths.pop()) > 0:
         out[last] = tuple(names)
@@ -127,11 +125,12 @@ def dynamics_points(
 ) -> tuple[list[SweepPoint], list[str]]:
     """Every (group, epoch) request of the selection and the problems met (one sentence each)."""
     points, problems = [], []
+    every = replace(selection, epoch=None)  # the whole training, whichever epoch is shown
     for g, names in enumerate(selection.groups):
         try:
             epochs = group_epochs(root, names)
             for epoch, members in epochs.items():
-                request = selection.to_request(root, members)
+                request = every.to_request(root, members)
                 points.append(SweepPoint(g, float(epoch), "", request, runner.key(request)))
         except (CoherenceError, OSError) as error:
             problems.append(str(error))

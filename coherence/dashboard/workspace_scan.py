@@ -98,6 +98,7 @@ class CheckpointEntry:
     dataset_name: str  # dataset_name it was trained on
     model_json: str  # canonical JSON of the architecture config: the group identity
     epochs: tuple[int, ...] = ()  # training snapshots kept under epochs/NNNN (``snapshots``)
+    trained_epochs: int = 0  # epochs in history.json: the last one is the weights themselves
     physics: Mapping[str, float] = field(default_factory=dict)  # what it was trained with
 
     def fits(self, dataset: DatasetEntry) -> bool:
@@ -267,8 +268,18 @@ def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
         dataset_name=str(config.dataset.get("name", "")),
         model_json=json.dumps(config.model, sort_keys=True),
         epochs=tuple(snapshots.list_snapshots(path)),
+        trained_epochs=_trained_epochs(path),
         physics=MappingProxyType(ckpt.recorded_physics(config.dataset.get("physics"))),
     )
+
+
+def _trained_epochs(path: Path) -> int:
+    """Epochs the checkpoint was trained for (0: no readable history: a bad history.json
+    hides the training curves, it does not hide the checkpoint)."""
+    try:
+        return len(ckpt.read_history(path))
+    except (CoherenceError, OSError, ValueError):
+        return 0
 
 
 def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:

@@ -16,7 +16,7 @@ from coherence.analysis.scores import diagonal_dominance
 from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard import sweeps
-from coherence.dashboard.selection import default_selection
+from coherence.dashboard.selection import default_selection, snapshot_path_name
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.surrogates import snapshots
 from coherence.workspace import checkpoints_dir
@@ -156,6 +156,47 @@ def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
     assert "keep no snapshot of an earlier epoch" in texts(at.info)
     at = open_app(trained_on, monkeypatch, DYNAMICS | unet.to_query())  # a filled one: itself
     assert "Shown below instead" not in texts(at.info)
+
+
+def test_a_snapshot_opens_as_the_selection_in_every_panel(trained_on, monkeypatch):
+    """A snapshot was loadable everywhere but in the dashboard's selection: a link to one
+    was refused. The sidebar's Weights control (a link's ``epoch=``) analyses every seed at a
+    kept epoch, under the key of the Training dynamics point of that epoch."""
+    from coherence.dashboard.selection import decode_query, from_request
+
+    catalog = scan_workspace(trained_on)
+    final = default_selection(catalog)
+    query = final.to_query()
+    selection, warnings = decode_query(query | {"epoch": "2"}, catalog)
+    assert warnings == [] and selection.epoch == 2
+    assert selection.to_query()["epoch"] == "2" and "epoch" not in query
+    request = selection.to_request(trained_on)
+    assert all(c.endswith("/epochs/0002") for c in request.checkpoints)
+    runner = JobRunner(trained_on)
+    points, _ = sweeps.dynamics_points(trained_on, selection, runner)  # whole training
+    assert [p.x for p in points] == [1, 2, 3]
+    assert runner.key(request) == next(p.key for p in points if p.x == 2)
+    assert from_request(catalog, request.to_dict()) == selection  # the cached list's way back
+    last, warnings = decode_query(query | {"epoch": "3"}, catalog)  # the last: final weights
+    assert warnings == [] and last == final
+    bad, warnings = decode_query(query | {"epoch": "7"}, catalog)
+    assert bad == final
+    assert warnings == [
+        "URL parameter epoch='7': no snapshot of that epoch in every seed; epochs kept: 1, 2; "
+        "using the final weights instead"
+    ]
+    for point in points:  # the page serves the epoch from the cache, every panel on it
+        if runner.status(point.key).state != "done":
+            runner.submit(point.request)
+    _wait_done(trained_on, points)
+    at = open_app(trained_on, monkeypatch, {"panel": "Scores"} | selection.to_query())
+    assert_clean(at)
+    assert at.selectbox(key="sb_epoch").value == "2"
+    assert "weights of epoch 2" in texts(at.caption) and "cached result" in texts(at.caption)
+    at.selectbox(key="sb_epoch").set_value("final").run()
+    assert_clean(at)
+    assert "weights of epoch" not in texts(at.caption)
+    assert "epoch" not in at.query_params
 
 
 def _dominance_by_hand(result) -> float:
@@ -329,15 +370,34 @@ def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeyp
 @pytest.mark.parametrize("panel", [DYNAMICS, SENSITIVITY], ids=["dynamics", "sensitivity"])
 def test_compare_mode(trained_on, monkeypatch, panel):
     selection = default_selection(scan_workspace(trained_on))
+    JobRunner(trained_on).run(selection.to_request(trained_on))  # alone too: a UNet point
     at = open_app(trained_on, monkeypatch, panel | selection.to_query() | {"vs": ",".join(COMPARE)})
     assert_clean(at)
     figure = charts(at)[0]
     groups = {t.get("legendgroup") for t in figure["data"] if t.get("mode") == "lines+markers"}
     assert len(groups) >= 2, groups  # both model groups drawn
+    if panel is not DYNAMICS:
+        return
+    # each group's line: its own cached epochs, each median computed by hand from its Ĥ
+    from coherence.dashboard import compute
+
+    both = replace(selection, compare=COMPARE)
+    runner = JobRunner(trained_on)
+    points, _ = sweeps.dynamics_points(trained_on, both, runner)
+    medians = [
+        t for t in figure["data"] if t.get("mode") == "lines+markers" and t.get("yaxis", "y") == "y"
+    ]
+    for g, label in enumerate(compute.group_labels(scan_workspace(trained_on), both)):
+        done = [p for p in points if p.group == g and runner.status(p.key).state == "done"]
+        done.sort(key=lambda p: p.x)
+        (line,) = [t for t in medians if t.get("legendgroup") == label]
+        assert plotly_array(line["x"]).tolist() == [p.x for p in done]
+        expected = [_dominance_by_hand(runner.result(p.key, p.request)) for p in done]
+        np.testing.assert_allclose(plotly_array(line["y"]), expected, rtol=1e-9)
 
 
 def test_snapshot_names_resolve_inside_the_workspace(trained_on):
-    name = sweeps.snapshot_names("unet_tiny_s1", 2)
+    name = snapshot_path_name("unet_tiny_s1", 2)
     assert (checkpoints_dir(trained_on) / name) == snapshots.snapshot_dir(
         checkpoints_dir(trained_on) / "unet_tiny_s1", 2
     )

@@ -134,7 +134,7 @@ def _rollouts(ctx: PanelContext, names: tuple[str, ...]) -> list[dict[str, np.nd
     data = resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset)
     return [
         loaders.rollout(
-            resolve_inside(checkpoints_dir(ctx.root), name),
+            resolve_inside(checkpoints_dir(ctx.root), ctx.selection.weights(name)),
             data,
             ctx.selection.classes,
             ctx.selection.trajectories,

@@ -37,7 +37,9 @@ def _spec(ctx: PanelContext, params: dict[str, Any]) -> dict[str, Any]:
     """The check as a background job's spec (paths resolved inside the workspace)."""
     selection = ctx.selection
     return counterfactual_spec(
-        checkpoint=resolve_inside(checkpoints_dir(ctx.root), params["checkpoint"]),
+        checkpoint=resolve_inside(
+            checkpoints_dir(ctx.root), selection.weights(params["checkpoint"])
+        ),
         data=resolve_inside(datasets_dir(ctx.root), selection.dataset),
         classes=selection.classes,
         trajectory=params["trajectory"],

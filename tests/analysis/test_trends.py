@@ -8,7 +8,9 @@ W ↦ W S with S = Σ_n X_n X_nᵀ (X_n the [F, pixels] input), so with g_n = r_
     H[r, p] = ⟨g_r, g_p (S + λI)⁻¹⟩_F / D,   λ_max(η + λI) = λ_max(S) + λ,
 
 and every eigenvalue of S appears F times in η. Nothing of the engine is used to build the
-reference; G spans all of R^P here, so the subspace solve is the full solve.
+reference; G spans all of R^P here, so the subspace solve is the full solve, and so is every
+estimator whose space holds span(G): the default ekfac-krylov (the one the Sensitivity panel
+sweeps) and krylov as well as subspace, and cg to its tolerance.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def as_6d(h: np.ndarray) -> np.ndarray:
     return h.reshape(1, 1, T, C, T, C)  # n = t·C + c (time-major)
 
 
-@pytest.mark.parametrize("estimator", ["subspace", "cg"])
+@pytest.mark.parametrize("estimator", ["ekfac-krylov", "subspace", "krylov", "cg"])
 def test_scores_against_lambda_follow_the_closed_form(linear, estimator):
     model, inputs, targets = linear
     options = {"rtol": 1e-12, "max_iter": 400} if estimator == "cg" else {}

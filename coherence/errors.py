@@ -49,4 +49,21 @@ def parse_choice(kind: type[E], value: object, what: str) -> E:
 class ConvergenceWarning(UserWarning):
     """An iterative solve (cg) stopped at its iteration cap before reaching its tolerance, so
     the result is less accurate than asked. Filter it with ``warnings.filterwarnings``, or
-    turn it into an error with ``warnings.simplefilter("error", ConvergenceWarning)``."""
+    turn it into an error with ``warnings.simplefilter("error", ConvergenceWarning)``.
+
+    Its numbers travel with it, so a caller of ``influence_matrix`` (which returns H alone)
+    reads them from ``warnings.catch_warnings(record=True)`` without parsing the text:
+    ``worst_residual``, ``rtol`` and ``residuals`` (one per column)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worst_residual: float | None = None,
+        rtol: float | None = None,
+        residuals: tuple[float, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.worst_residual = worst_residual
+        self.rtol = rtol
+        self.residuals = tuple(residuals)

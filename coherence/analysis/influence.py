@@ -212,7 +212,13 @@ def influence_with(
         **solved.fields,
     )
     if diagnostics.converged is False:
-        warnings.warn(ConvergenceWarning(unconverged_message(diagnostics)), stacklevel=3)
+        warning = ConvergenceWarning(
+            unconverged_message(diagnostics),
+            worst_residual=diagnostics.worst_residual,
+            rtol=diagnostics.rtol,
+            residuals=tuple(diagnostics.residuals or ()),
+        )
+        warnings.warn(warning, stacklevel=3)
     return InfluenceResult(h_by[options.responses[0].value], h_by, diagnostics, directions)
 
 

@@ -373,8 +373,11 @@ def test_unconverged_cg_warns_and_records_its_worst_residual(ce_model, ce_batch)
         result = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-6, max_iter=3)
     diag = result.diagnostics
     assert diag.worst_residual == max(diag.residuals) > 1e-6
-    with pytest.warns(ConvergenceWarning):  # the plain API too: never silent
+    with pytest.warns(ConvergenceWarning) as said:  # the plain API too: never silent
         influence_matrix(ce_model, *ce_batch, estimator="cg", rtol=1e-12)
+    (caught,) = [w.message for w in said if isinstance(w.message, ConvergenceWarning)]
+    assert caught.rtol == 1e-12 and len(caught.residuals) == len(ce_batch[0])  # its numbers
+    assert caught.worst_residual == max(caught.residuals) > 1e-12
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # a converged solve is quiet
         quiet = compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-2, damping=1e-2)

@@ -362,6 +362,9 @@ def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeyp
         assert "Also drawn: 1 cached setting outside the sweep" in texts(at.caption)
         lines = {t["name"] for t in charts(at)[0]["data"] if t.get("mode") == "lines+markers"}
         assert cg.series in lines
+        rings = [t for t in charts(at)[0]["data"] if t.get("name") == "cg not converged"]
+        assert rings and all(plotly_array(t["x"]).tolist() == [1e-4] for t in rings)  # marked
+        assert sum(t.get("showlegend", True) for t in rings) == 1
         assert re.search(r"\d+ of 7 sweep settings cached", texts(at.caption))  # toggle off
     finally:
         runner.store.delete(cg.key)

@@ -262,6 +262,7 @@ def sensitivity_figure(
     selected_damping: float | None = None,
     colors: Mapping[str, int] | None = None,
     estimators: Mapping[str, str] | None = None,
+    unconverged: Mapping[str, Sequence[float]] | None = None,
     title: str = "Scores against λ",
 ) -> go.Figure:
     """Read: each score against the damping λ (log axis) per estimator, median over seeds
@@ -276,6 +277,8 @@ def sensitivity_figure(
     ``colors``: {label: colour index} (compare mode: the group's colour, as on the other
     panels); default: one colour per series. ``estimators``: {label: estimator setting}: one
     line style and marker symbol per setting, the same in every group (default: per label).
+    ``unconverged``: {label: the λ values whose cg solve stopped at its cap}: those points
+    get a red ring, so an inaccurate point is told apart on the chart itself.
     """
     if not trends_by_series:
         raise RequestError("sensitivity_figure needs at least one series")
@@ -313,6 +316,7 @@ def sensitivity_figure(
             symbol=ESTIMATOR_SYMBOLS[nth % len(ESTIMATOR_SYMBOLS)],
             flat_span=flat_span,
         )
+    _ring_unconverged(fig, trends_by_series, dict(unconverged or {}), names, cols)
     _mark_damping(fig, paper_damping, len(names), cols, dash="dot")
     note = f"dotted line: the paper's λ = {paper_damping:g}"
     if selected_damping is not None and not math.isclose(selected_damping, paper_damping):
@@ -337,6 +341,46 @@ def sensitivity_figure(
     _log_eigenvalue_axis(fig, trends_by_series.values(), names, cols)
     floor_y_spans(fig)
     return fig
+
+
+UNCONVERGED_NAME = "cg not converged"
+
+
+def _ring_unconverged(
+    fig: go.Figure,
+    trends_by_series: Mapping[str, Mapping[str, Trend]],
+    unconverged: Mapping[str, Sequence[float]],
+    names: Sequence[tuple[str, str]],
+    cols: int,
+) -> None:
+    """A red ring around each median whose cg solve did not reach its tolerance (one legend
+    entry): the warning above the chart names them, the chart shows which they are."""
+    shown = False
+    for label, dampings in unconverged.items():
+        for p, (name, _) in enumerate(names):
+            trend = trends_by_series.get(label, {}).get(name)
+            if trend is None:
+                continue
+            keep = np.isin(trend.x, np.asarray(dampings, dtype=float))
+            if not keep.any():
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=trend.x[keep],
+                    y=trend.median[keep],
+                    mode="markers",
+                    marker={"symbol": "circle-open", "size": 15, "color": "#d62728"},
+                    marker_line_width=2,
+                    name=UNCONVERGED_NAME,
+                    legendgroup=UNCONVERGED_NAME,
+                    showlegend=not shown,
+                    hovertemplate=f"{label}: cg stopped at its iteration cap above its "
+                    "tolerance; this value is inaccurate<extra></extra>",
+                ),
+                row=p // cols + 1,
+                col=p % cols + 1,
+            )
+            shown = True
 
 
 def _add_series(

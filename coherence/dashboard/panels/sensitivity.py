@@ -115,6 +115,7 @@ def sensitivity(ctx: PanelContext) -> None:
         selected_damping=ctx.selection.damping,
         colors={_series(labels, p): p.group for p in done} if ctx.compare else None,
         estimators={_series(labels, p): p.series for p in done} if ctx.compare else None,
+        unconverged=_unconverged_by_series(root, done, labels, ctx.compare),
     )
     chart(figure, key="chart_sensitivity")
     # the files hold the sweep, not the sidebar's one estimator and λ
@@ -173,6 +174,16 @@ def _picked(ctx: PanelContext, every, asked: list[int]) -> list[int]:
 
 def _series(labels: list[str], point: sweeps.SweepPoint) -> str:
     return f"{labels[point.group]} · {point.series}"
+
+
+def _unconverged_by_series(root: str, done, labels: list[str], compare: bool) -> dict:
+    """{series label: the λ of its cg points that stopped unconverged}, as the chart names
+    its series."""
+    found: dict[str, list[float]] = {}
+    for point, _ in sweep_jobs.unconverged_points(root, done):
+        name = _series(labels, point) if compare else point.series
+        found.setdefault(name, []).append(point.x)
+    return found
 
 
 def _cg_report(root: str, done) -> None:

@@ -62,17 +62,27 @@ def scores(root: str, point: SweepPoint, response: str) -> dict[str, np.ndarray]
     return _scores(root, point.key, json.dumps(point.request.to_dict(), sort_keys=True), response)
 
 
+def unconverged_points(root: str, done: Sequence[SweepPoint]) -> list[tuple[SweepPoint, float]]:
+    """The cached cg points whose solves did not all reach their tolerance, each with its
+    worst residual."""
+    bad = []
+    for point in done:
+        found = result(root, point) if point.request.estimator == "cg" else None
+        if found is not None and (worst := unconverged_solves(found.diagnostics)):
+            bad.append((point, worst[0].worst_residual))
+    return bad
+
+
 def warn_unconverged(
     root: str, done: Sequence[SweepPoint], name: Callable[[SweepPoint], str], what: str
 ) -> None:
     """A warning above the panel's charts naming the cached cg points whose solves did not
     all reach their tolerance: they are drawn, but their influence values are inaccurate
     (issue 14: an unconverged cg result is never silent)."""
-    bad = []
-    for point in done:
-        found = result(root, point) if point.request.estimator == "cg" else None
-        if found is not None and (worst := unconverged_solves(found.diagnostics)):
-            bad.append(f"{name(point)} (worst residual {worst[0].worst_residual:.3g})")
+    bad = [
+        f"{name(point)} (worst residual {worst:.3g})"
+        for point, worst in unconverged_points(root, done)
+    ]
     if bad:
         st.warning(
             f"cg did not reach its tolerance in {len(bad)} of the {len(done)} cached {what}: "

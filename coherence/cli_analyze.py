@@ -73,6 +73,13 @@ def analyze(
             "EK-FAC-preconditioned iterations) or cold."
         ),
     ] = None,
+    max_iter: Annotated[
+        int | None,
+        typer.Option(
+            help="cg: iterations per column before it stops unconverged (default 500; "
+            "reported, and warned about, when a column reaches it)."
+        ),
+    ] = None,
     energy_threshold: Annotated[
         float | None,
         typer.Option(
@@ -102,6 +109,7 @@ def analyze(
     from coherence.analysis.pipeline import check_request, prepare
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import check_result_path
+    from coherence.analysis.vocabulary import CG_MAX_ITER
     from coherence.cache import JobRunner
     from coherence.executors import get_executor
 
@@ -120,11 +128,17 @@ def analyze(
         energy_threshold=energy_threshold,
         depth=depth,
         cg_start=cg_start or "deflated",
+        max_iter=CG_MAX_ITER if max_iter is None else max_iter,
         device=device,
         split=split,
     )
     check_result_path(out)
-    given = {"depth": depth, "cg_start": cg_start, "energy_threshold": energy_threshold}
+    given = {
+        "depth": depth,
+        "cg_start": cg_start,
+        "energy_threshold": energy_threshold,
+        "max_iter": max_iter,
+    }
     for warning in _option_warnings(request, rtol, given):
         warn(warning)
     executor = get_executor(ray_address)
@@ -157,7 +171,8 @@ FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here
 def _option_warnings(request, rtol: float | None, given: dict | None = None) -> list[str]:
     """Options that will not do what they say, said before the job starts: a 1-step
     --window (no score reads it), an --rtol, a
-    --depth, a --cg-start or an --energy-threshold (``given``: as typed, None when not) the
+    --depth, a --cg-start, a --max-iter or an --energy-threshold (``given``: as typed, None
+    when not) the
     estimator ignores, or an --rtol below what float32 residuals reach (cg then runs to its
     iteration cap: ≈ 100 s on the demo UNet, and only then said it had not converged)."""
     out = []
@@ -170,7 +185,9 @@ def _option_warnings(request, rtol: float | None, given: dict | None = None) -> 
     estimator = request.estimator.value
     record = request.to_dict()  # each option recorded only where the estimator uses it
     for name, value in (given or {}).items():
-        if value is not None and record.get(name) is None:
+        # max_iter is recorded only where it is not the default: cg is what uses it
+        used = request.estimator == "cg" if name == "max_iter" else record.get(name) is not None
+        if value is not None and not used:
             flag = "--" + name.replace("_", "-")
             out.append(f"{flag} {value} does not apply to {estimator}; it is ignored")
     if rtol is not None and request.estimator != "cg":

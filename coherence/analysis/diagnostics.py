@@ -128,8 +128,8 @@ def convergence_summary(
     return (
         f"cg did not converge in {len(bad)} of {cells} (checkpoint, batch) solves; worst "
         f"relative residual {worst.worst_residual:.3g} > rtol={worst.rtol:g} ({name}, batch "
-        f"{worst.batch + 1}): these influence values are inaccurate; loosen --rtol or use "
-        f"--estimator {DEFAULT_ESTIMATOR} (the default)"
+        f"{worst.batch + 1}): these influence values are inaccurate; raise --max-iter, loosen "
+        f"--rtol or use --estimator {DEFAULT_ESTIMATOR} (the default)"
     )
 
 

@@ -385,6 +385,7 @@ def compute_unit(
         energy_threshold=request.resolved_energy_threshold,
         depth=request.depth,
         cg_start=request.cg_start,
+        max_iter=request.max_iter,
         chunk_size=chunk,
         progress=report,
     )

@@ -22,6 +22,7 @@ from coherence.analysis.vocabulary import (
     CG_MAX_ITER,
     DEFAULT_DAMPING,
     DEFAULT_ESTIMATOR,
+    MAX_CG_ITER,
     MAX_DEPTH,
     CGStart,
     Device,
@@ -124,8 +125,12 @@ class InfluenceOptions:
                 f"{default_energy_threshold(self.estimator)} for {self.estimator.value}); "
                 f"got energy_threshold={self.energy_threshold}"
             )
-        if self.max_iter < 1:
-            raise RequestError(f"max_iter must be at least 1; got {self.max_iter}")
+        cap = self.max_iter
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= MAX_CG_ITER:
+            raise RequestError(
+                f"max_iter must be a whole number from 1 to {MAX_CG_ITER} (cg's iterations per "
+                f"column; default {CG_MAX_ITER}); got max_iter={cap!r}"
+            )
         if self.depth is None:
             object.__setattr__(self, "depth", default_depth(self.estimator))
         depth = self.depth
@@ -165,6 +170,7 @@ class AnalysisRequest:
     energy_threshold: float | None = None
     depth: int | None = None  # krylov, ekfac-krylov, deflated cg; None: 4 (ekfac-krylov: 1)
     cg_start: CGStart = CGStart.DEFLATED  # cg only: from the krylov solution, or cold
+    max_iter: int = CG_MAX_ITER  # cg only: iteration cap per column (reported, never silent)
     device: Device = Device.AUTO
     split: str = "test"
     top_eigenvalue: bool = True  # Lanczos on η + λI per (checkpoint, batch)
@@ -185,6 +191,8 @@ class AnalysisRequest:
             object.__setattr__(self, "depth", default_depth(self.estimator))
         if recorded["cg_start"] is None:
             object.__setattr__(self, "cg_start", CGStart.DEFLATED)
+        if "max_iter" not in recorded:  # the default, or unused by this estimator
+            object.__setattr__(self, "max_iter", CG_MAX_ITER)
 
     def _check_selection(self) -> None:
         """Checkpoints, classes, trajectories and the window (the dataset checks the rest)."""
@@ -221,6 +229,7 @@ class AnalysisRequest:
             energy_threshold=self.energy_threshold,
             depth=self.depth,
             cg_start=self.cg_start,
+            max_iter=self.max_iter,
         )
 
     @property
@@ -245,7 +254,9 @@ class AnalysisRequest:
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-ready form (lists, not tuples; names, not enums; each estimator
-        option recorded only for the estimators that use it, None otherwise)."""
+        option recorded only for the estimators that use it, None otherwise; cg's
+        ``max_iter`` only when it is not the default, so the keys of every request made
+        before it could be chosen stay the same)."""
         cg = self.estimator is Estimator.CG
         deflated = cg and self.cg_start is not CGStart.COLD  # a Krylov start: depth, threshold
         krylov = self.estimator in (Estimator.KRYLOV, Estimator.EKFAC_KRYLOV)
@@ -267,7 +278,7 @@ class AnalysisRequest:
             "device": self.device.value,
             "split": self.split,
             "top_eigenvalue": self.top_eigenvalue,
-        }
+        } | ({"max_iter": self.max_iter} if cg and self.max_iter != CG_MAX_ITER else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnalysisRequest:

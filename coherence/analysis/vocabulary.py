@@ -72,6 +72,7 @@ DEFAULT_DEPTH = 4  # krylov, deflated cg: blocks of span{G, ηG, η²G, η³G}
 EKFAC_KRYLOV_DEPTH = 1
 MAX_DEPTH = 16
 CG_MAX_ITER = 500  # default iteration cap per cg column
+MAX_CG_ITER = 100_000  # the largest cap accepted: days of work per column at demo scale
 PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4: the paper's cg tolerances
 ARCH_LABELS = MappingProxyType({"unet": "UNet", "vit": "ViT"})  # as the paper writes them
 

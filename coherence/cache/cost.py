@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from coherence.analysis.estimators import Estimator
-from coherence.analysis.influence import CG_MAX_ITER
 from coherence.analysis.pipeline import CostEstimate, estimate_cost, unit_seconds
 from coherence.analysis.precision import ieee_float32
 from coherence.analysis.request import AnalysisRequest
@@ -130,7 +129,7 @@ def _example_seconds(model: nn.Module, inputs: torch.Tensor) -> tuple[float, boo
 
 def _cg_cap(request: AnalysisRequest) -> int | None:
     """cg is counted at its iteration cap (an upper bound); None for every other estimator."""
-    return CG_MAX_ITER if request.estimator is Estimator.CG else None  # an enum once built
+    return request.max_iter if request.estimator is Estimator.CG else None  # an enum once built
 
 
 def estimate_job(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobEstimate:

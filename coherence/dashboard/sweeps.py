@@ -70,9 +70,9 @@ class EstimatorSetting:
         return self.rtol  # type: ignore[return-value]
 
 
-# The sensitivity table: one line per estimator setting. cg's iteration cap is the engine's
-# (influence.CG_MAX_ITER), reported with each result; an explicit cap per setting waits for a
-# request field (follow-up).
+# The sensitivity table: one line per estimator setting. cg's iteration cap is the request's
+# default (vocabulary.CG_MAX_ITER), reported with each result; `coherence analyze --max-iter`
+# runs cg with another (its own cache key).
 SWEEP_ESTIMATORS = (
     EstimatorSetting(DEFAULT_ESTIMATOR.value),  # first: at the paper's λ it is the main analysis
     EstimatorSetting("euclidean", uses_damping=False),

@@ -625,3 +625,43 @@ def test_analyze_warns_before_starting_about_an_rtol_that_cannot_act(workspace):
     ]
     (one_step,) = _option_warnings(request_for(workspace, t_start=3, n_steps=1), None)
     assert one_step.startswith("--window 3:1 has 1 time step: the result holds the class-to")
+    cg = request_for(workspace, estimator="cg", rtol=1e-2)
+    assert _option_warnings(cg, 1e-2, {"max_iter": 500}) == []  # the default, typed: used
+    assert _option_warnings(default, None, {"max_iter": 2000}) == [
+        "--max-iter 2000 does not apply to ekfac-krylov; it is ignored"
+    ]
+
+
+def test_cg_iteration_cap_is_a_request_field_keyed_only_where_it_differs(workspace, tmp_path):
+    """cg stopped at a fixed 500 iterations per column: the demo ViT needs up to 1324 at the
+    paper's 5e-2 even from the deflated start. The cap is the request's (`--max-iter`), its
+    own cache key, and the keys of every earlier request (the default cap) are unchanged."""
+    from coherence.analysis.vocabulary import CG_MAX_ITER
+    from coherence.cache.keys import request_key
+
+    cg = request_for(workspace, estimator="cg", rtol=1e-9, trajectories=(0,), responses=("smse",))
+    assert "max_iter" not in cg.to_dict() and cg.max_iter == CG_MAX_ITER  # keys as before
+    capped = replace(cg, max_iter=2)
+    assert capped.to_dict()["max_iter"] == 2
+    assert AnalysisRequest.from_dict(capped.to_dict()) == capped
+    assert request_key(capped) != request_key(cg)
+    assert replace(request_for(workspace), max_iter=2).max_iter == CG_MAX_ITER  # unused: default
+    for bad in (0, 10**6, 2.5, True):
+        with pytest.raises(RequestError, match="max_iter must be a whole number from 1 to"):
+            replace(cg, max_iter=bad)
+    result = run_analysis(capped)
+    cells = [cell for row in result.diagnostics for cell in row]
+    assert all(cell["max_iter"] == 2 and max(cell["iterations"]) <= 2 for cell in cells)
+    assert all(cell["converged"] is False for cell in cells)  # 1e-9 in two iterations: no
+    out = tmp_path / "capped.npz"
+    args = ["analyze", "--data", str(workspace["data"]), "--classes", "CE-RP,CE-CRP"]
+    args += ["--window", "1:2", "--trajectories", "0", "--response", "smse", "--yes"]
+    args += ["--estimator", "cg", "--rtol", "1e-9", "--max-iter", "2", "--out", str(out)]
+    args += ["--workspace", str(tmp_path / "ws"), "--device", "cpu"]
+    for checkpoint in workspace["ckpts"]:
+        args += ["--checkpoint", str(checkpoint)]
+    run = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert run.exit_code == 0, run.output
+    said = " ".join(run.output.split())
+    assert "cg did not converge" in said and "raise --max-iter" in said
+    assert load_result(out).request.max_iter == 2

@@ -58,6 +58,12 @@ def test_estimate_totals_every_unit(checkpoint, tiny_dataset, tmp_path, monkeypa
     start = krylov + n * n * VJP_PASSES
     assert cg.unit_passes == pytest.approx(VJP_PASSES * n + CG_MAX_ITER * n * matvec + start)
     assert cg.upper_bound and "whole job up to" in cg.describe()
+    capped = estimate_job(  # --max-iter: counted at the request's own cap
+        model,
+        quick_request(checkpoint, tiny_dataset, estimator="cg", rtol=0.1, max_iter=2000),
+        inputs,
+    )
+    assert capped.unit_passes == pytest.approx(VJP_PASSES * n + 2000 * n * matvec + start)
     assert cg.unit_seconds / cg.unit_passes > 0
 
     monkeypatch.setenv(CONFIRM_ENV, "0")

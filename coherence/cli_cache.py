@@ -50,7 +50,7 @@ def cache_info(
         minutes = (time.time() - entry["stored"]) / 60
         print(
             f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min "
-            f"ago  {_described(store.result_request(entry['key']))}"
+            f"ago  {_described(store.peek_request(entry['key']))}"
         )
 
 

@@ -52,3 +52,16 @@ def referenced_files(cache: diskcache.Cache) -> set[str]:
     """Value files (relative to the cache directory) that some row points to."""
     rows = cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL").fetchall()
     return {name for (name,) in rows}
+
+
+def access_time(cache: diskcache.Cache, name: str) -> float | None:
+    """A row's last-use time (None: no such row)."""
+    rows = cache._sql("SELECT access_time FROM Cache WHERE key = ? AND raw = 1", (name,))
+    found = rows.fetchall()
+    return found[0][0] if found else None
+
+
+def set_access_time(cache: diskcache.Cache, name: str, when: float) -> None:
+    """Put back a row's last-use time after a read that only looked at it (diskcache's
+    least-recently-used ``get`` marks every read as a use, and eviction goes by it)."""
+    cache._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (when, name))

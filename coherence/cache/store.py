@@ -251,6 +251,17 @@ class ResultStore(JobRecords):
     def delete(self, key: str) -> bool:
         return bool(self._cache.delete(f"result:{validate_key(key)}", retry=True))
 
+    def peek_request(self, key: str) -> dict[str, Any] | None:
+        """``result_request`` for a listing (``coherence cache info``): the read is not a
+        use, so the least-recently-used order eviction follows stays as it was (a listing
+        read every entry and made the oldest the newest)."""
+        name = f"result:{validate_key(key)}"
+        used = sqlview.access_time(self._cache, name)
+        request = self.result_request(key)
+        if used is not None and request is not None:
+            sqlview.set_access_time(self._cache, name, used)
+        return request
+
     def result_request(self, key: str) -> dict[str, Any] | None:
         """The request (as a dict) a cached result was computed for, read from its JSON
         metadata only (no arrays); None if missing or not in the safe form."""

@@ -288,6 +288,24 @@ def test_info_and_clear(store):
     assert not orphan.exists() and not store.log_path(KEY).exists()
 
 
+def test_listing_what_results_hold_is_not_a_use(store):
+    """`cache info` reads each result's request to say what it holds; diskcache's
+    least-recently-used reads marked each one used, so after a listing the oldest result was
+    the newest and the next eviction removed the results used most recently."""
+    other = "fedcba9876543210" * 4
+    store.put(KEY, synthetic_result())
+    time.sleep(0.01)
+    store.put(other, synthetic_result())
+    assert store.get(KEY) is not None  # KEY used last: the other result is the oldest
+    order = [entry["key"] for entry in store.entries()]
+    assert order == [KEY, other]
+    for key in order:  # as the listing reads them: newest use first
+        assert store.peek_request(key) is not None
+    assert [entry["key"] for entry in store.entries()] == order  # as before the listing
+    store.result_request(other)  # a real read is a use, as before
+    assert [entry["key"] for entry in store.entries()] == [other, KEY]
+
+
 def test_orphan_value_files_are_removed_after_a_grace_period(tmp_path):
     """A writer killed between writing a value file and committing its row leaves a file no
     entry points to; it must not outlive the grace period (it escapes the size limit)."""

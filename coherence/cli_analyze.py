@@ -144,7 +144,7 @@ def analyze(
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     prepared = prepare(request)  # once: for the estimate and for the run
-    check_request(request, prepared[0])  # from configs: before the estimate, in a second
+    check_request(request, prepared[0])  # configs and manifests: before the estimate
     runner = JobRunner(workspace)
     cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
     served = runner.store.age(runner.key(request)) is not None

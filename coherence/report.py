@@ -231,6 +231,11 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
         meta["cg rtol"] = selection.rtol
     if selection.resolved_depth is not None:
         meta["Krylov depth"] = selection.resolved_depth
+    meta["weights"] = (  # an export before any result is ready names them too
+        "final (the checkpoints' own)"
+        if selection.epoch is None
+        else f"epoch {selection.epoch} (training snapshots epochs/{selection.epoch:04d})"
+    )
     for g in groups:
         meta[f"{g.label}: checkpoints"] = list(g.result.checkpoints)
         meta[f"{g.label}: cache key"] = g.key

@@ -150,7 +150,12 @@ def top_eigenvalue_summary(
         for cell in row
         if "top_eigenvalue_bound" in cell
     ]
-    loose = sorted((b for b in bounds if not b[0] <= tol), reverse=True)  # NaN counts loose
+    # NaN counts as loose, and as the worst (a sort of tuples with NaN has no order)
+    loose = sorted(
+        (b for b in bounds if not b[0] <= tol),
+        key=lambda b: math.inf if math.isnan(b[0]) else b[0],
+        reverse=True,
+    )
     if not loose:
         return None
     worst, s = loose[0]

@@ -39,12 +39,14 @@ def selection_tag(selection: Any) -> str:
     return safe_name(tag.replace("e-0", "e-").replace("e+0", "e+"))
 
 
-MODEL_KEYS = ("data", "ckpt", "vs", "epoch", "classes", "traj")  # what rollouts read
+ROLLOUT_KEYS = ("data", "ckpt", "vs", "epoch", "classes", "traj")  # what rollouts read
+TRAINING_KEYS = ("data", "ckpt", "vs")  # what the training curves read
 
 
-def models_tag(selection: Any) -> str:
+def models_tag(selection: Any, keys: tuple[str, ...] = ROLLOUT_KEYS) -> str:
     """'<dataset>_<hash6>' for a panel that reads the checkpoints and data but no analysis:
-    the hash covers only those parts of the URL form, so another λ keeps the name."""
-    query = {key: value for key, value in selection.to_query().items() if key in MODEL_KEYS}
+    the hash covers only the parts of the URL form in ``keys`` (what the panel reads), so
+    another λ (or, for training curves, another class) keeps the name."""
+    query = {key: value for key, value in selection.to_query().items() if key in keys}
     digest = hashlib.sha256(json.dumps(query, sort_keys=True).encode()).hexdigest()[:6]
     return safe_name(f"{selection.dataset}_{digest}")

@@ -283,7 +283,8 @@ def check_request(request: AnalysisRequest, info: DatasetInfo) -> None:
     """Everything about a request that configs and the dataset can refuse, at once and
     before the cost estimate (a refusal after it had kept the user waiting for nothing):
     the checkpoints as seeds of one model, each against the dataset, and every response
-    against the dataset's channels."""
+    against the dataset's channels. No model is loaded; the seeds' weights digests come
+    from their manifests (a checkpoint saved without one has its weights file hashed)."""
     check_seeds(request.checkpoints)
     for response in request.responses:
         check_response_applies(response, len(info.channels))

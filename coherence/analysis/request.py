@@ -126,7 +126,9 @@ class InfluenceOptions:
                 f"got energy_threshold={self.energy_threshold}"
             )
         cap = self.max_iter
-        if not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= MAX_CG_ITER:
+        if self.estimator is not Estimator.CG:  # unused: a cap given anyway is ignored
+            object.__setattr__(self, "max_iter", CG_MAX_ITER)
+        elif not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= MAX_CG_ITER:
             raise RequestError(
                 f"max_iter must be a whole number from 1 to {MAX_CG_ITER} (cg's iterations per "
                 f"column; default {CG_MAX_ITER}); got max_iter={cap!r}"
@@ -183,6 +185,7 @@ class AnalysisRequest:
         object.__setattr__(self, "estimator", options.estimator)
         object.__setattr__(self, "cg_start", options.cg_start)
         object.__setattr__(self, "depth", options.depth)  # resolved: the estimator's default
+        object.__setattr__(self, "max_iter", options.max_iter)  # the default where unused
         object.__setattr__(self, "device", check_device(self.device))
         # one canonical value per meaning, so a request equals its own round trip through JSON
         recorded = self.to_dict()

@@ -167,7 +167,7 @@ class ResultStore(JobRecords):
         except sqlite3.DatabaseError as error:  # a disk fault, or a file written over
             raise DamagedCacheError(
                 f"{store_dir / 'cache.db'}: the cache's database is damaged ({error}); "
-                f"`coherence cache clear --workspace {self.directory.parent}` starts it "
+                f"`coherence cache clear --workspace {self.directory.parent} --yes` starts it "
                 "afresh (results are recomputed on demand; checkpoints and data are not "
                 "touched)",
                 database=store_dir / "cache.db",

@@ -93,14 +93,23 @@ def check_group(catalog: Catalog, entry: DatasetEntry, names: Sequence[str]) -> 
 
 
 def earlier_epochs(catalog: Catalog, names: Sequence[str]) -> tuple[int, ...]:
-    """The snapshot epochs every checkpoint of ``names`` kept, before the last trained one
-    (whose snapshot holds the checkpoint's own weights: its analysis is the final one)."""
+    """The snapshot epochs every checkpoint of ``names`` kept, but the last epoch when every
+    seed trained to it (that snapshot holds the checkpoints' own weights: the final
+    analysis). The Training dynamics points follow the same rule (``sweeps.group_epochs``),
+    so every epoch drawn there opens here."""
     entries = [catalog.checkpoint(n) for n in names]
     if not entries or None in entries:
         return ()
     common = set.intersection(*(set(e.epochs) for e in entries))
-    last = min(e.trained_epochs for e in entries)
-    return tuple(sorted(e for e in common if not last or e < last))
+    final = final_epoch(catalog, names)
+    return tuple(sorted(e for e in common if e != final))
+
+
+def final_epoch(catalog: Catalog, names: Sequence[str]) -> int | None:
+    """The epoch whose weights are the checkpoints' own: the one every seed trained to
+    (None when they differ, or have no history)."""
+    trained = {e.trained_epochs for n in names if (e := catalog.checkpoint(n)) is not None}
+    return trained.pop() if len(trained) == 1 and 0 not in trained else None
 
 
 def epoch_problem(catalog: Catalog, selection: Selection) -> str | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coherence.analysis.vocabulary import MAX_DEPTH, default_depth
-from coherence.dashboard.checks import earlier_epochs
+from coherence.dashboard.checks import earlier_epochs, final_epoch
 from coherence.dashboard.control_kinds import Choice, Control, Number, Scope, State
 from coherence.dashboard.control_rows import (
     RESPONSE_LABELS,
@@ -228,10 +228,8 @@ class Epoch(Choice):
         return (FINAL_WEIGHTS, *(str(e) for e in sorted(shared)))
 
     def parse(self, raw: str, scope: Scope) -> int | None:
-        names = scope.values.get("checkpoints") or ()
-        entries = [scope.catalog.checkpoint(n) for n in names]
-        last = {e.trained_epochs for e in entries if e is not None}
-        if raw.isascii() and raw.isdigit() and len(raw) <= 6 and last == {int(raw)}:
+        final = final_epoch(scope.catalog, scope.values.get("checkpoints") or ())
+        if raw.isascii() and raw.isdigit() and len(raw) <= 6 and int(raw) == final:
             return None  # the last epoch's snapshot is the checkpoints' own weights
         options = self.options(scope)
         if raw not in options[1:]:

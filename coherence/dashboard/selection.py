@@ -26,7 +26,7 @@ from coherence.analysis.vocabulary import (
     default_depth,
     parse_estimator,
 )
-from coherence.dashboard.checks import check_group, format_ranges, request_problem
+from coherence.dashboard.checks import check_group, final_epoch, format_ranges, request_problem
 from coherence.dashboard.workspace_scan import (
     Catalog,
     DatasetEntry,
@@ -34,7 +34,7 @@ from coherence.dashboard.workspace_scan import (
     class_order,
     scan_workspace,
 )
-from coherence.errors import RequestError
+from coherence.errors import CoherenceError, RequestError
 from coherence.surrogates import snapshots
 from coherence.wording import plural
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
@@ -240,7 +240,7 @@ _FIELD_NAMES = {
 def snapshot_path_name(name: str, epoch: int) -> str:
     """The name under <workspace>/checkpoints of checkpoint ``name``'s snapshot of
     ``epoch`` (``<name>/epochs/NNNN``)."""
-    return f"{name}/{snapshots.EPOCHS_DIR}/{snapshots.snapshot_name(epoch)}"
+    return snapshots.snapshot_dir(name, epoch).as_posix()
 
 
 def _field_text(value: Any) -> str:
@@ -405,7 +405,7 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
         entry = catalog.dataset(name) if name else None
         names, epochs = [], set()
         for path in request["checkpoints"]:
-            path, epoch = _snapshot_of(str(path))
+            path, epoch = snapshots.split_snapshot(os.path.normpath(str(path)))
             found = inside(path, checkpoints_dir(catalog.root))
             if found is None or catalog.checkpoint(found) is None:
                 return None
@@ -430,25 +430,27 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
             rtol=None if request.get("rtol") is None else float(request["rtol"]),
             depth=stored_depth(request),  # an old deflated-cg record's None means 1
             device=str(request.get("device", "auto")),
-            epoch=epochs.pop(),
+            epoch=_shown_epoch(catalog, names, epochs.pop()),
         )
-    except (KeyError, TypeError, ValueError):  # RequestError is a ValueError
-        return None
-    if selection.damping != float(request["damping"]):  # euclidean at another λ (the CLI's)
-        return None  # is not a selection the page makes: it would show another analysis
-    if check_group(catalog, entry, selection.checkpoints):
+        if check_group(catalog, entry, selection.checkpoints):
+            return None
+        # a request the page would not make (euclidean at another λ, cg from a cold start or
+        # with another --max-iter, another energy threshold) is not offered: its click would
+        # show another analysis, said to be "files changed"
+        ignored = ("checkpoints", "data", "device")
+        made = selection.to_request(catalog.root).to_dict()
+        stored = AnalysisRequest.from_dict(dict(request)).to_dict()
+        if any(made.get(k) != stored.get(k) for k in (made.keys() | stored.keys()) - set(ignored)):
+            return None
+    except (KeyError, TypeError, ValueError, CoherenceError):  # RequestError is a ValueError
         return None
     return selection
 
 
-def _snapshot_of(path: str) -> tuple[str, int | None]:
-    """(checkpoint directory, epoch) of a snapshot's path ``<ckpt>/epochs/NNNN``; the path
-    itself and None for a checkpoint."""
-    folder, name = os.path.split(os.path.normpath(path))
-    parent, epochs = os.path.split(folder)
-    if epochs == snapshots.EPOCHS_DIR and name.isdigit() and int(name) >= 1:
-        return parent, int(name)
-    return path, None
+def _shown_epoch(catalog: Catalog, names: Sequence[str], epoch: int | None) -> int | None:
+    """A snapshot epoch as the page names it: the last trained epoch of every seed is their
+    own weights (None), as a link's ``epoch=`` of it reads."""
+    return None if epoch is not None and epoch == final_epoch(catalog, names) else epoch
 
 
 def with_dataset(

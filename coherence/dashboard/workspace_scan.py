@@ -351,9 +351,11 @@ def _without_copies(
 
 
 def _checkpoint_files(entry: Path) -> list[Path]:
-    """What decides a checkpoint's catalog entry: config, weights, each snapshot's manifest."""
+    """What decides a checkpoint's catalog entry: config, weights, history (its trained
+    epochs), each snapshot's manifest."""
     snapshots = sorted(entry.glob("epochs/*/manifest.json"))
-    return [entry / ckpt.CONFIG_FILE, entry / ckpt.WEIGHTS_FILE, *snapshots]
+    files = (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.HISTORY_FILE)
+    return [*(entry / name for name in files), *snapshots]
 
 
 def scan_signature(workspace: str | os.PathLike | None = None) -> tuple:

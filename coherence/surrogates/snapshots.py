@@ -68,13 +68,20 @@ def snapshot_name(epoch: int) -> str:
     return f"{epoch:04d}"
 
 
+def split_snapshot(directory: str | Path) -> tuple[Path, int | None]:
+    """(checkpoint, epoch) of a snapshot's path ``<checkpoint>/epochs/NNNN``; the path itself
+    and None for anything else."""
+    path = Path(directory)
+    if path.parent.name == EPOCHS_DIR and path.name.isdigit() and int(path.name) >= 1:
+        return path.parent.parent, int(path.name)
+    return path, None
+
+
 def display_name(directory: str | Path) -> str:
     """A checkpoint's name in progress lines: 'unet_s10 epoch 4' for a snapshot (its folder
     alone, '0004', named no model), else the folder's name."""
-    path = Path(directory)
-    if path.parent.name == EPOCHS_DIR and path.name.isdigit():
-        return f"{path.parent.parent.name} epoch {int(path.name)}"
-    return path.name
+    checkpoint, epoch = split_snapshot(directory)
+    return checkpoint.name if epoch is None else f"{checkpoint.name} epoch {epoch}"
 
 
 def checkpoint_labels(paths: Sequence[str | Path]) -> tuple[str, ...]:

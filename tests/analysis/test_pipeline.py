@@ -454,6 +454,11 @@ def test_a_top_eigenvalue_stopped_at_its_cap_is_never_silent(workspace, tmp_path
         for row in capped.diagnostics
     ]  # cached before the bound was kept: nothing to say
     assert result_warnings(old, capped.checkpoints) == []
+    cells = [[{"top_eigenvalue_bound": b}] for b in (0.5, 0.9, 1e-6, float("nan"))]
+    (worst,) = result_warnings(cells, ("a", "b", "c", "d"))  # NaN: loose, and named worst
+    assert "in 3 of 4 (checkpoint, batch) units (worst relative bound nan > 0.0001, d)" in worst
+    (worst,) = result_warnings(cells[:3], ("a", "b", "c"))
+    assert "(worst relative bound 0.9 > 0.0001, b)" in worst
     out = tmp_path / "capped.npz"
     args = ["analyze", "--data", str(workspace["data"]), "--classes", "CE-RP,CE-CRP"]
     args += ["--window", "1:2", "--trajectories", "0", "--response", "smse", "--yes"]
@@ -646,6 +651,7 @@ def test_cg_iteration_cap_is_a_request_field_keyed_only_where_it_differs(workspa
     assert AnalysisRequest.from_dict(capped.to_dict()) == capped
     assert request_key(capped) != request_key(cg)
     assert replace(request_for(workspace), max_iter=2).max_iter == CG_MAX_ITER  # unused: default
+    assert replace(request_for(workspace), max_iter=0).max_iter == CG_MAX_ITER  # ignored, as said
     for bad in (0, 10**6, 2.5, True):
         with pytest.raises(RequestError, match="max_iter must be a whole number from 1 to"):
             replace(cg, max_iter=bad)

@@ -258,6 +258,17 @@ def test_a_cached_euclidean_result_at_another_damping_is_not_offered():
     request = base.to_request(catalog.root).to_dict()
     assert from_request(catalog, request) == base
     assert from_request(catalog, request | {"damping": 1e-2}) is None
+    # nor any other request the page does not make: its click showed another analysis as
+    # "files changed" (a cg with --max-iter, a cold start, another energy threshold)
+    cg = replace(base, estimator="cg", rtol=1.5e-2)
+    stored = cg.to_request(catalog.root).to_dict()
+    assert from_request(catalog, stored) == cg
+    for other in (
+        {"max_iter": 2000},
+        {"cg_start": "cold", "depth": None},
+        {"energy_threshold": 0.5},
+    ):
+        assert from_request(catalog, stored | other) is None, other
 
 
 def test_a_bad_link_depth_names_the_default_it_falls_back_to():

@@ -213,6 +213,7 @@ def test_export_names_encode_the_selection(workspace):
     )
     fewer_ctx = PanelContext(workspace, catalog, fewer, catalog.dataset(selection.dataset), states)
     assert fewer_ctx.stem("rollout") != ctx.stem("rollout")  # what rollouts read: in the name
+    assert fewer_ctx.stem("training") == ctx.stem("training")  # curves read no class
 
 
 def test_two_views_of_one_panel_export_under_two_names(workspace, monkeypatch):

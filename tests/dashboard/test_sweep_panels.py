@@ -19,8 +19,14 @@ from coherence.dashboard import sweeps
 from coherence.dashboard.selection import default_selection, snapshot_path_name
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.surrogates import snapshots
-from coherence.workspace import checkpoints_dir
-from tests.fixtures import COMPARE, copy_workspace, train_on_with_snapshots
+from coherence.surrogates.training import TrainingArgs, train
+from coherence.workspace import checkpoints_dir, datasets_dir
+from tests.fixtures import (
+    COMPARE,
+    VIT_OVERRIDES,
+    copy_workspace,
+    train_on_with_snapshots,
+)
 
 from .test_app import assert_clean, charts, open_app, plotly_array, texts
 
@@ -125,36 +131,47 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
 
 
 def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
-    trained_on, monkeypatch
+    trained_on, monkeypatch, tmp_path
 ):
     """The demo precomputes the ViT's sweeps while the page opens on the UNet, so both sweep
     panels showed one point on a first visit. A group whose own sweep has at most one cached
-    point now draws a filled group's, said in a banner, with a button back to its own."""
+    point, more to compute and nothing computing now draws a filled group's, said in a
+    banner, with a button back to its own (for this selection only); a complete one (a
+    checkpoint without snapshots) keeps its own."""
     from coherence.dashboard.selection import group_defaults
 
-    catalog = scan_workspace(trained_on)
+    root = copy_workspace(trained_on, tmp_path / "workspace")
+    common = dict(epochs=3, batch_size=8, transitions=4, device="cpu", lr=3e-3)
+    args = TrainingArgs(arch="vit", seed=1, overrides=VIT_OVERRIDES, **common)
+    # before: the ViT keeps no snapshot, its one epoch is cached: its own panel, no banner
+    catalog = scan_workspace(root)
     unet = default_selection(catalog)
-    runner = JobRunner(trained_on)
-    points, _ = sweeps.dynamics_points(trained_on, unet, runner)
-    for point in points:  # the UNets' epochs, as the compute button's test leaves them
-        if runner.status(point.key).state != "done":
-            runner.submit(point.request)
-    _wait_done(trained_on, points)
     entry = catalog.dataset(unet.dataset)
-    vit = next(g for g in catalog.groups(entry) if g.checkpoints != unet.checkpoints)
-    at = open_app(trained_on, monkeypatch, DYNAMICS | group_defaults(entry, vit).to_query())
+    vit_group = next(g for g in catalog.groups(entry) if g.checkpoints != unet.checkpoints)
+    vit = group_defaults(entry, vit_group)
+    at = open_app(root, monkeypatch, DYNAMICS | vit.to_query())
+    assert "Shown below instead" not in texts(at.info)
+    train(datasets_dir(root) / "tiny_ce", checkpoints_dir(root) / "vit_tiny_s1", args)
+    runner = JobRunner(root)
+    points, _ = sweeps.dynamics_points(root, unet, runner)
+    for point in points:  # the UNets' epochs, as the demo has the ViT's
+        runner.run(point.request)
+    vit = group_defaults(scan_workspace(root).dataset(unet.dataset), vit_group)
+    # 3 epochs, the first cached (its snapshot holds the weights the fixture analysed)
+    at = open_app(root, monkeypatch, DYNAMICS | vit.to_query())
     assert_clean(at)
     said = texts(at.info)
-    assert "**ViT**: 1 of 1 epoch analysis cached. Shown below instead: **UNet**'s" in said
-    assert "(3 of 3 cached)" in said and "keep no snapshot" not in said
+    assert "**ViT**: 1 epoch analysis cached. Shown below instead: **UNet**'s" in said
+    assert "(3 epoch analyses cached)" in said
     scores, _maps = charts(at)
     medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
     assert any(plotly_array(t["x"]).tolist() == [1, 2, 3] for t in medians)
-    at.button(key="dyn_show_own").click().run()  # the ViT's own: one epoch, said so
+    at.button(key="dyn_show_own").click().run()  # the ViT's own, with its compute button
     assert_clean(at)
     assert "Shown below instead" not in texts(at.info)
-    assert "keep no snapshot of an earlier epoch" in texts(at.info)
-    at = open_app(trained_on, monkeypatch, DYNAMICS | unet.to_query())  # a filled one: itself
+    assert "1 of 3 epoch analyses cached" in texts(at.caption)
+    assert at.button(key="dyn_compute")
+    at = open_app(root, monkeypatch, DYNAMICS | unet.to_query())  # a filled one: itself
     assert "Shown below instead" not in texts(at.info)
 
 
@@ -177,6 +194,16 @@ def test_a_snapshot_opens_as_the_selection_in_every_panel(trained_on, monkeypatc
     assert [p.x for p in points] == [1, 2, 3]
     assert runner.key(request) == next(p.key for p in points if p.x == 2)
     assert from_request(catalog, request.to_dict()) == selection  # the cached list's way back
+    from coherence.report import provenance
+
+    assert provenance(selection, ())["weights"].startswith("epoch 2 (training snapshots")
+    # compare mode: the epoch must be kept by both groups (the tiny ViT keeps none)
+    both, warnings = decode_query(query | {"vs": ",".join(COMPARE), "epoch": "2"}, catalog)
+    assert both.compare == COMPARE and both.epoch is None
+    assert len(warnings) == 1 and "epochs kept: none" in warnings[0]
+    last = final.to_request(trained_on).to_dict()  # the CLI on the last epoch's snapshots
+    last["checkpoints"] = [f"{c}/epochs/0003" for c in last["checkpoints"]]
+    assert from_request(catalog, last) == final  # the final weights, as epoch=3 reads
     last, warnings = decode_query(query | {"epoch": "3"}, catalog)  # the last: final weights
     assert warnings == [] and last == final
     bad, warnings = decode_query(query | {"epoch": "7"}, catalog)

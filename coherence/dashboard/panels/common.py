@@ -23,7 +23,13 @@ from coherence.analysis.exports import (
     with_header,
 )
 from coherence.analysis.figures import SCALES, heatmap_scale, influence_range, side_by_side
-from coherence.analysis.names import models_tag, safe_name, selection_tag
+from coherence.analysis.names import (
+    ROLLOUT_KEYS,
+    TRAINING_KEYS,
+    models_tag,
+    safe_name,
+    selection_tag,
+)
 from coherence.dashboard import first_paint
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
@@ -33,7 +39,8 @@ from coherence.report import how_to_read as how_to_read  # re-exported for the p
 from coherence.report import provenance
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
-MODEL_PANELS = frozenset({"training", "rollout", "fields"})  # read no analysis: no λ in names
+# panels that read no analysis (no window, estimator or λ in their names): what they read
+MODEL_PANELS = {"training": TRAINING_KEYS, "rollout": ROLLOUT_KEYS, "fields": ROLLOUT_KEYS}
 Bytes = Callable[[], bytes]
 
 
@@ -97,8 +104,11 @@ class PanelContext:
         """A download file name stem that encodes the selection and the panel's choices:
         <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<panel>[_<choice>…][_<group>]; a panel
         that reads no analysis (``MODEL_PANELS``) names only <dataset>_<hash>."""
-        tag = models_tag if panel in MODEL_PANELS else selection_tag
-        parts = [tag(self.selection), panel, *(value for _, value in self.choices)]
+        if panel in MODEL_PANELS:
+            tag = models_tag(self.selection, MODEL_PANELS[panel])
+        else:
+            tag = selection_tag(self.selection)
+        parts = [tag, panel, *(value for _, value in self.choices)]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 
     def meta(self) -> dict[str, Any]:

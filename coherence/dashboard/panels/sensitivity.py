@@ -30,9 +30,11 @@ def sensitivity(ctx: PanelContext) -> None:
     st.caption(how_to_read(sensitivity_figure))
     root = str(ctx.root)
     runner = loaders.job_runner(root)
-    ctx = sweep_jobs.filled_view(
+    ctx = sweep_jobs.filled_view(  # every cached setting counts: the panel draws them all
         ctx,
-        lambda s: sweeps.sensitivity_points(ctx.root, s, ctx.catalog, runner)[0],
+        lambda s: sweeps.sensitivity_points(
+            ctx.root, s, ctx.catalog, runner, include_on_demand=True
+        )[0],
         key="sens",
         what=("sweep setting", "sweep settings"),
     )

@@ -20,7 +20,8 @@ from coherence.cache.cost import confirm_seconds
 from coherence.cache.jobs import JobStatus
 from coherence.dashboard import compute, loaders
 from coherence.dashboard.markup import literal
-from coherence.dashboard.panels.common import STALE_ACTION
+from coherence.dashboard.panels.common import STALE_ACTION, PanelContext
+from coherence.dashboard.selection import Selection
 from coherence.dashboard.sweeps import SweepPoint
 from coherence.errors import CoherenceError
 from coherence.wording import plural
@@ -193,9 +194,10 @@ def _estimate(missing: Sequence[SweepPoint]) -> float:
 
 
 MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)
+PointsOf = Callable[[Selection], list[SweepPoint]]  # a selection's sweep
 
 
-def _filled_groups(ctx, points_of) -> list[tuple[str, object, int, int]]:
+def _filled_groups(ctx: PanelContext, points_of: PointsOf) -> list[tuple[str, Selection, int, int]]:
     """Other model groups of the dataset whose default view has ≥ 2 cached sweep points:
     (label, selection, cached, total) each. ``points_of(selection)`` builds a sweep."""
     from coherence.dashboard.selection import group_defaults
@@ -219,46 +221,56 @@ def _filled_groups(ctx, points_of) -> list[tuple[str, object, int, int]]:
     return found
 
 
-def filled_view(ctx, points_of, *, key: str, what: tuple[str, str]):
+def filled_view(
+    ctx: PanelContext, points_of: PointsOf, *, key: str, what: tuple[str, str]
+) -> PanelContext:
     """The context a sweep panel draws: its own, or, where its own sweep has at most one
-    cached point and another model group's has more (``coherence demo`` precomputes the
-    ViT's, and the page opens on the UNet), that group's default view under a banner that
-    says so, with a button back to this selection's own (to compute it). A first visit
-    found one point in each panel (an audit); now it finds the demo's curves."""
-    from coherence.dashboard.panels.common import PanelContext
+    cached point, none computing and more to compute, while another model group's has more
+    (``coherence demo`` precomputes the ViT's, and the page opens on the UNet), that group's
+    default view under a banner that says so, with a button back to this selection's own
+    (to compute it, kept for this selection only). A first visit found one point in each
+    panel (an audit); now it finds the demo's curves."""
+    from coherence.analysis.names import selection_tag
 
-    own_key = f"{key}_own_sweep"
-    if ctx.compare or ctx.stale or st.session_state.get(own_key):
+    own_key, tag = f"{key}_own_sweep", selection_tag(ctx.selection)
+    if ctx.compare or ctx.stale or tag in st.session_state.get(own_key, ()):
         return ctx
     try:
         points = points_of(ctx.selection)
     except CoherenceError:
         return ctx
-    cached = sum(s.state == "done" for s in statuses(str(ctx.root), points))
-    if cached >= 2:
-        return ctx
-    others = _filled_groups(ctx, points_of)
+    states = statuses(str(ctx.root), points)
+    cached = sum(s.state == "done" for s in states)
+    if cached >= 2 or cached == len(points) or any(s.active for s in states):
+        return ctx  # drawn, complete, or computing: its own
+    mine = compute.group_labels(ctx.catalog, ctx.selection)[0]
+    # another group, not the whole of this one (a subset of seeds is the user's own choice)
+    others = [found for found in _filled_groups(ctx, points_of) if found[0] != mine]
     if not others:
         return ctx
-    label, selection, done, total = others[0]
-    mine = compute.group_labels(ctx.catalog, ctx.selection)[0]
+    label, selection, done, _ = others[0]
+    weights = "" if ctx.selection.epoch is None else " (at its final weights)"
     st.info(
-        f"**{literal(mine)}**: {cached} of {plural(len(points), *what)} cached. Shown below "
-        f"instead: **{literal(label)}**'s default view ({done} of {total} cached); the headline "
-        "and the other tabs stay on the sidebar's selection.",
+        f"**{literal(mine)}**: {plural(cached, *what)} cached. Shown below instead: "
+        f"**{literal(label)}**'s default view{weights} ({plural(done, *what)} cached); the "
+        "headline and the other tabs stay on the sidebar's selection.",
         icon=":material/swap_horiz:",
     )
+
+    def show_own() -> None:
+        st.session_state[own_key] = {*st.session_state.get(own_key, ()), tag}
+
     st.button(
         f"Show {mine}'s own (to compute it)",
         key=f"{key}_show_own",
-        on_click=lambda: st.session_state.__setitem__(own_key, True),
+        on_click=show_own,
         icon=":material/undo:",
     )
     states = compute.group_states(ctx.root, ctx.catalog, selection)
     return PanelContext(ctx.root, ctx.catalog, selection, ctx.dataset, states)
 
 
-def elsewhere(ctx, points_of, panel: str) -> None:
+def elsewhere(ctx: PanelContext, points_of: PointsOf, panel: str) -> None:
     """When this view's sweep has at most one cached point per group, link the default view
     of another model group of the dataset whose sweep is cached, so a visitor who chose to
     see this selection's own sweep finds the filled one a click away.

@@ -281,7 +281,7 @@ def influence_matrix(
     ).H
 
 
-def top_eigen(
+def top_eigenvalue(
     model: nn.Module,
     inputs: Tensor,
     damping: float = DEFAULT_DAMPING,
@@ -290,8 +290,9 @@ def top_eigen(
     tol: float = 1e-6,
     seed: int = 0,
 ) -> TopEigen:
-    """Largest eigenvalue of η + λI for the batch (METHOD.md §6.5), by Lanczos, with its
-    residual bound and steps (``bound > tol·value``: it stopped at ``iters`` unconverged).
+    """Largest eigenvalue of η + λI for the batch (METHOD.md §6.5), by Lanczos: ``.value``,
+    with its residual bound and steps (``bound > tol·value``: it stopped at ``iters``
+    unconverged, and ``.value`` is only a lower bound).
 
     Matrix-free: each step is one batch JVP + one VJP (≈ 4 forwards); at most ``iters`` steps,
     stopping when the Ritz residual bound is ≤ tol·θ. The returned Ritz value is a lower bound
@@ -310,17 +311,3 @@ def top_eigen(
         start = torch.randn(fm.n_params, generator=generator, dtype=torch.float64)
         result = lanczos_top(operator, start.to(device, dtype), iters=iters, tol=tol)
     return result
-
-
-def top_eigenvalue(
-    model: nn.Module,
-    inputs: Tensor,
-    damping: float = DEFAULT_DAMPING,
-    iters: int = 50,
-    *,
-    tol: float = 1e-6,
-    seed: int = 0,
-) -> float:
-    """``top_eigen``'s value alone: a lower bound on λ_max of η + λI, tight to ``tol``
-    where Lanczos converged within ``iters`` steps."""
-    return top_eigen(model, inputs, damping, iters, tol=tol, seed=seed).value

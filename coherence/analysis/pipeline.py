@@ -21,7 +21,7 @@ from coherence.analysis.autodiff import FlatModel, evaluation_mode
 from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.diagnostics import TOP_EIGEN_TOL
 from coherence.analysis.estimators import Estimator, parse_estimator
-from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigen
+from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigenvalue
 from coherence.analysis.observables import check_response_applies
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
@@ -397,7 +397,7 @@ def compute_unit(
     top, diagnostics = float("nan"), result.diagnostics.to_dict()
     if request.top_eigenvalue:
         forward(1 - lanczos_share, "top eigenvalue (Lanczos)")
-        found = top_eigen(
+        found = top_eigenvalue(
             model, inputs, damping=request.damping, iters=TOP_EIGEN_STEPS, tol=TOP_EIGEN_TOL
         )
         top = found.value

@@ -438,8 +438,9 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
         # with another --max-iter, another energy threshold) is not offered: its click would
         # show another analysis, said to be "files changed"
         ignored = ("checkpoints", "data", "device")
-        made = selection.to_request(catalog.root).to_dict()
-        stored = AnalysisRequest.from_dict(dict(request)).to_dict()
+        # device auto: a request computed on a GPU is offered on a machine without one
+        made = replace(selection, device="auto").to_request(catalog.root).to_dict()
+        stored = AnalysisRequest.from_dict(dict(request) | {"device": "auto"}).to_dict()
         if any(made.get(k) != stored.get(k) for k in (made.keys() | stored.keys()) - set(ignored)):
             return None
     except (KeyError, TypeError, ValueError, CoherenceError):  # RequestError is a ValueError

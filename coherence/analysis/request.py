@@ -126,9 +126,7 @@ class InfluenceOptions:
                 f"got energy_threshold={self.energy_threshold}"
             )
         cap = self.max_iter
-        if self.estimator is not Estimator.CG:  # unused: a cap given anyway is ignored
-            object.__setattr__(self, "max_iter", CG_MAX_ITER)
-        elif not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= MAX_CG_ITER:
+        if not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= MAX_CG_ITER:
             raise RequestError(
                 f"max_iter must be a whole number from 1 to {MAX_CG_ITER} (cg's iterations per "
                 f"column; default {CG_MAX_ITER}); got max_iter={cap!r}"
@@ -179,6 +177,8 @@ class AnalysisRequest:
 
     def __post_init__(self) -> None:
         self._check_selection()
+        if parse_estimator(self.estimator) is not Estimator.CG:  # --max-iter: ignored, as said
+            object.__setattr__(self, "max_iter", CG_MAX_ITER)
         options = self.influence_options  # the estimator's rules (InfluenceOptions)
         given = (self.responses,) if isinstance(self.responses, str) else self.responses
         object.__setattr__(self, "responses", tuple(parse_response(r) for r in given))

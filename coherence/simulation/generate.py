@@ -221,9 +221,17 @@ def _stop_now(pool: ProcessPoolExecutor) -> None:
     workers only compute and return arrays, so ending them loses nothing; the pool's
     process table is private, hence the guard."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown drops it
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
+    # let the pool's manager thread see the ended workers and close its wake-up pipe before
+    # the interpreter exits: at exit, concurrent.futures writes to that pipe, and a close
+    # racing the write printed "OSError: Bad file descriptor" with a traceback (a CI run)
+    for process in processes:
+        process.join(timeout=5)
+    if manager is not None:
+        manager.join(timeout=10)
 
 
 def _write_class(

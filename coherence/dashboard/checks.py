@@ -115,8 +115,8 @@ def final_epoch(catalog: Catalog, names: Sequence[str]) -> int | None:
 def epoch_problem(catalog: Catalog, selection: Selection) -> str | None:
     """None when every checkpoint of every shown group kept the selection's epoch."""
     for names in selection.groups:
-        if names and selection.epoch not in earlier_epochs(catalog, names):
-            offered = earlier_epochs(catalog, names)
+        offered = earlier_epochs(catalog, names) if names else ()
+        if names and selection.epoch not in offered:
             return (
                 f"checkpoint(s) {', '.join(names)} keep no common snapshot of epoch "
                 f"{selection.epoch} (they share "

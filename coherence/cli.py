@@ -267,7 +267,7 @@ def _check_report_path(out: Path) -> None:
     """Refuse an --out the report must not be written to: a folder, a path under a file, a
     file that is not an HTML report (`--out <checkpoint>/config.json` replaced a checkpoint's
     config with the page) or a path inside a checkpoint."""
-    from coherence.workspace import refuse_inside_checkpoint
+    from coherence.workspace import refuse_inside_inputs
 
     if out.is_dir():
         raise RequestError(
@@ -276,7 +276,7 @@ def _check_report_path(out: Path) -> None:
     check_folder_for(out)  # a missing folder is made when the report is written
     if out.suffix.lower() not in (".html", ".htm"):
         raise RequestError(f"--out {out}: a report is an HTML file; give a name ending in .html")
-    refuse_inside_checkpoint(out, "the report")
+    refuse_inside_inputs(out, "the report")
     if out.exists():
         with open(out, "rb") as existing:
             head = existing.read(64).lstrip().lower()
@@ -285,6 +285,24 @@ def _check_report_path(out: Path) -> None:
                 f"--out {out}: the file exists and is not an HTML page; writing the report "
                 "would replace it. Choose another name"
             )
+
+
+def _refuse_link_problems(problems: list[str]) -> None:
+    """A report is the file that gets sent on: where the dashboard would replace a bad link
+    value by its default and say so, the report is not written (it showed other weights,
+    classes or models than the link's, and exited 0)."""
+    import re
+
+    if not problems:
+        return
+    lines = "\n".join(
+        "  - " + re.sub(r"; using (.+?)(?: instead)?$", r" (the dashboard would show \1)", p)
+        for p in problems
+    )
+    raise RequestError(
+        f"the link has values the dashboard would replace, so no report was written:\n"
+        f"{lines}\nCorrect these parameters, or leave them out for the default"
+    )
 
 
 def _check_serve_target(root: Path, address: str, port: int) -> None:
@@ -369,19 +387,18 @@ def report(
         if not sep:
             raise RequestError(f"--param {item!r}: write KEY=VALUE, e.g. --param est=cg")
         params[key] = [value]
+    problems: list[str] = []
     if params:
-        selection, warnings = selection_from_link(params, catalog, cached=cached_in(root))
-        for warning in unknown_params(params) + warnings:
-            warn(warning)
+        selection, replaced = selection_from_link(params, catalog, cached=cached_in(root))
+        problems += unknown_params(params) + replaced
     else:
         selection = default_selection(catalog, cached=cached_in(root))
         if selection is None:
             raise RequestError(
                 f"the workspace {root} has no analysis to report; run `coherence demo`"
             )
-    scale, problems = scale_from_params(params)
-    for warning in problems:
-        warn(warning)
+    scale, bad_scale = scale_from_params(params)
+    _refuse_link_problems(problems + bad_scale)
     groups = load_groups(root, catalog, selection)
     page = build_report(root, catalog, selection, groups=groups, link=link, scale=scale)
     out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its result's folder

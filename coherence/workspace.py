@@ -108,12 +108,34 @@ def enclosing_checkpoint(path: str | os.PathLike) -> Path | None:
     return found
 
 
-def refuse_inside_checkpoint(out: Path, what: str) -> None:
-    """RequestError when ``out`` (a file to write) lies in a checkpoint, naming an example
-    path beside it: ``what`` is the thing written ("results", "the report")."""
+# a Well dataset folder: data/ holding at least one of its split folders
+DATASET_SPLITS = ("train", "valid", "test")
+
+
+def enclosing_dataset(path: str | os.PathLike) -> Path | None:
+    """The Well dataset folder (HDF5 files under ``data/<split>/``) that ``path`` is, or lies
+    in as ``data/`` or ``data/<split>/``; None if none. A result or report written there sits
+    among the dataset's own files. Only those three levels: a project folder far above a
+    dataset is not one."""
+    folder = Path(path).resolve()
+    for candidate in (folder, *list(folder.parents)[:2]):
+        if any(any((candidate / "data" / split).glob("*.h*5")) for split in DATASET_SPLITS):
+            return candidate
+    return None
+
+
+def refuse_inside_inputs(out: Path, what: str) -> None:
+    """RequestError when ``out`` (a file to write) lies in a checkpoint or a dataset, naming
+    an example path beside it: ``what`` is the thing written ("results", "the report")."""
     checkpoint = enclosing_checkpoint(out.parent)
     if checkpoint is not None:
         raise RequestError(
             f"--out {out}: {checkpoint} is a checkpoint; write {what} outside it, e.g. "
             f"{checkpoint.parent / out.name}"
+        )
+    dataset = enclosing_dataset(out.parent)
+    if dataset is not None:
+        raise RequestError(
+            f"--out {out}: {dataset} is a dataset; write {what} outside it, e.g. "
+            f"{dataset.parent / out.name}"
         )

@@ -20,7 +20,7 @@ import numpy as np
 
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes, check_folder_for
-from coherence.workspace import refuse_inside_checkpoint
+from coherence.workspace import refuse_inside_inputs
 
 if TYPE_CHECKING:  # request.py imports torch; result data and exports do not need it
     from coherence.analysis.request import AnalysisRequest
@@ -149,7 +149,7 @@ def check_result_path(path: str | os.PathLike) -> Path:
         raise RequestError(f"--out {path}: result files end in .npz (e.g. results.npz)")
     if path.is_dir():
         raise RequestError(f"--out {path}: that is a folder; give a file, e.g. {path / 'R.npz'}")
-    refuse_inside_checkpoint(path, "results")
+    refuse_inside_inputs(path, "results")
     check_folder_for(path)
     sidecar = sidecar_path(path)
     kind = _sidecar_kind(sidecar) if sidecar.exists() else "result"

@@ -178,6 +178,18 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
         save_result(result, checkpoint / "config.npz")
     assert (checkpoint / "config.json").read_bytes() == config
     assert not (checkpoint / "config.npz").exists()
+    # nor among a dataset's own files, at its top or in its split folders
+    dataset = tmp_path / "ce"
+    (dataset / "data" / "train").mkdir(parents=True)
+    (dataset / "data" / "train" / "CE-RP.hdf5").write_bytes(b"")
+    for inside in (dataset / "R.npz", dataset / "data" / "train" / "R.npz"):
+        with pytest.raises(
+            RequestError,
+            match=rf"ce is a dataset; write results outside it, e\.g\. {tmp_path}/R\.npz",
+        ):
+            save_result(result, inside)
+        assert not inside.exists()
+    save_result(result, tmp_path / "beside" / "R.npz")  # a folder beside it is fine
     # a kill between the two renames of an overwrite left the new R.npz beside the old
     # R.json, read as one result (the request said two checkpoints, the arrays held one)
     old_sidecar = (tmp_path / "R.json").read_bytes()

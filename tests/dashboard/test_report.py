@@ -159,11 +159,26 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     result = report("--link", f"http://127.0.0.1:8501/?vs={','.join(COMPARE)}&panel=Scores")
     assert result.exit_code == 0, result.output
     assert "ViT" in out.read_text() and "no parameter" not in result.output
+    # a link value the dashboard would replace by its default is refused, with every
+    # problem named: the report (the file one sends) showed other weights, classes or
+    # models than the link's, and exited 0
+    before = out.read_bytes()
     result = report("--link", "?lamda=1e-2&dampng=1e-3")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
     assert "'lamda' is no parameter of a dashboard link (did you mean 'damping'?)" in said
     assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?)" in said
+    assert "no report was written" in said
+    for bad, says in (
+        ("ckpt=foo", "checkpoint(s) foo are not in the workspace (the dashboard would show"),
+        ("epoch=7", "epoch='7': no snapshot of that epoch"),
+        ("zscale_two_time=rainbow", "not a colour scale"),
+    ):
+        result = report("--param", bad)
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and says in said, result.output
+        assert "instead" not in said and "Traceback" not in result.output
+    assert out.read_bytes() == before  # the last good report stays
     result = report("--param", "zscale_two_time=diverging")
     assert result.exit_code == 0, result.output
     assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance
@@ -190,8 +205,12 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     (checkpoint / "model.safetensors").write_bytes(b"weights")
     notes = tmp_path / "notes.html"
     notes.write_text("my own notes, not a page")
+    dataset = tmp_path / "ce"
+    (dataset / "data" / "valid").mkdir(parents=True)
+    (dataset / "data" / "valid" / "CE-RP.hdf5").write_bytes(b"")
     refusals = (
         (tmp_path, "that is a folder"),
+        (dataset / "r.html", "ce is a dataset; write the report outside it"),
         (notes / "r.html", "is a file, not a folder"),
         (checkpoint / "config.json", "a report is an HTML file"),
         (checkpoint / "report.html", "unet_s1 is a checkpoint; write the report outside it"),

@@ -26,7 +26,13 @@ from coherence.analysis.vocabulary import (
     default_depth,
     parse_estimator,
 )
-from coherence.dashboard.checks import check_group, final_epoch, format_ranges, request_problem
+from coherence.dashboard.checks import (
+    check_group,
+    final_epoch,
+    format_ranges,
+    problems,
+    request_problem,
+)
 from coherence.dashboard.workspace_scan import (
     Catalog,
     DatasetEntry,
@@ -432,7 +438,9 @@ def from_request(catalog: Catalog, request: Mapping[str, Any]) -> Selection | No
             device=str(request.get("device", "auto")),
             epoch=_shown_epoch(catalog, names, epochs.pop()),
         )
-        if check_group(catalog, entry, selection.checkpoints):
+        # a selection the page refuses (one class of several, a trajectory it lacks) is not
+        # offered: its click showed "cannot be computed" for a result already computed
+        if problems(replace(selection, device="auto"), catalog):
             return None
         # a request the page would not make (euclidean at another λ, cg from a cold start or
         # with another --max-iter, another energy threshold) is not offered: its click would

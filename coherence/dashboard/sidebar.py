@@ -276,11 +276,20 @@ def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
         if set(selection.responses) >= set(every)
         else " · " + "+".join("SMSE" if r == "smse" else r for r in selection.responses)
     )
+    # euclidean ignores λ; batches by number, as the sidebar picks them (two one-batch
+    # entries of trajectories 0 and 1 read the same); classes where not all of them
+    damping = "" if selection.estimator == "euclidean" else f" λ={selection.damping:g}"
+    batches = ",".join(map(str, selection.trajectories))
+    classes = (
+        ""
+        if entry is None or set(selection.classes) >= set(entry.classes)
+        else " · " + ",".join(selection.classes)
+    )
     return (
-        f"{group} · {selection.estimator} λ={selection.damping:g} · "
-        f"{depth + ' · ' if depth else ''}{selection.dataset} · "
+        f"{group} · {selection.estimator}{damping} · "
+        f"{depth + ' · ' if depth else ''}{selection.dataset}{classes} · "
         f"{plural(len(selection.checkpoints), 'seed')} × "
-        f"{plural(len(selection.trajectories), 'batch', 'batches')}{responses} · "
+        f"{'batch' if len(selection.trajectories) == 1 else 'batches'} {batches}{responses} · "
         f"snapshots {window} · {key[:8]}"
     )
 
@@ -299,12 +308,20 @@ def _cached_analyses(catalog: Catalog) -> None:
     """The workspace's cached analyses (any visitor's, the CLI's, the demo's), one pick and
     a button away: switching to one draws it from the cache, no computation."""
     choices: dict[str, tuple[Selection, str]] = {}  # label → (selection, its cache key)
+    others = 0  # results no selection of this page makes (one class, a removed checkpoint)
     for key, _stored, request in loaders.cached_analyses(catalog.root):
         selection = from_request(catalog, request)
         if selection is None:
+            others += 1
             continue
         choices.setdefault(_cached_label(catalog, selection, key), (selection, key))
     with st.expander(f"Cached analyses ({len(choices)})", icon=":material/history:"):
+        if others:
+            st.caption(
+                f"{plural(others, 'other cached result')} (the command line's: one class, "
+                "another split or cg setting; or of files no longer here) cannot be shown "
+                "on this page; `coherence cache info` lists every one."
+            )
         if not choices:
             st.caption("Nothing is cached in this workspace yet.")
             return

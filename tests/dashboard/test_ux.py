@@ -338,10 +338,32 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
     shown = at.button(key="cached_switch")
     assert shown.label == "Shown" and shown.disabled  # the device is not part of the entry
     # what tells the entries apart comes first (the sidebar cuts long labels)
-    assert all(re.match(r"(UNet|ViT)( [^·]+)? · \S+ λ=\S+ · ", o) for o in pick.options), (
-        pick.options
-    )
+    assert all(
+        re.match(r"(UNet|ViT)( [^·]+)? · (euclidean|\S+ λ=\S+) · ", o) for o in pick.options
+    ), pick.options
     assert len(set(pick.options)) == len(pick.options)
+
+
+def test_cached_results_the_page_cannot_show_are_counted_not_offered(workspace, monkeypatch):
+    """A one-class analysis from the command line was offered, and its click said "cannot
+    be computed" for a computed result: it is left out of the list, and counted."""
+    from coherence.dashboard import loaders
+
+    listed = loaders.cached_analyses
+    one_class = default_selection(workspace).to_request(workspace).to_dict()
+    one_class["classes"] = one_class["classes"][:1]
+    monkeypatch.setattr(
+        loaders,
+        "cached_analyses",
+        lambda root, *a, **k: [*listed(root, *a, **k), ("f" * 16, 0.0, one_class)],
+    )
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    options = at.selectbox(key="cached_pick").options
+    assert len(options) == len(listed(workspace)) and not any("f" * 8 in o for o in options)
+    said = " ".join(texts(at.sidebar.caption).split())
+    assert "1 other cached result (the command line's: one class" in said
+    assert "`coherence cache info` lists every one" in said
 
 
 def test_a_cached_subset_names_its_seeds_and_responses(workspace):
@@ -361,6 +383,15 @@ def test_a_cached_subset_names_its_seeds_and_responses(workspace):
     assert part.startswith(f"UNet {seed} · ") and whole.startswith("UNet · ")
     assert "1 seed × " in part and " · SMSE · snapshots" in part
     assert "SMSE" not in whole  # every response: not named
+    # the batches by number (trajectories 0 and 1 read alike as "1 batch"), the classes
+    # where not all, and no λ for euclidean, which ignores it
+    assert f"× batch {selection.trajectories[0]} · " in whole
+    other = _cached_label(catalog, replace(selection, trajectories=(1,)), "k" * 8)
+    assert "× batch 1 · " in other and other != whole
+    two = replace(selection, classes=selection.classes[:2], estimator="euclidean")
+    label = _cached_label(catalog, two, "k" * 8)
+    assert f" · {','.join(selection.classes[:2])} · " in label and "λ" not in label
+    assert "λ=" in whole and f"{selection.dataset} · " in whole  # all classes: not named
 
 
 def test_a_moved_workspace_still_lists_its_cached_analyses(workspace, tmp_path, monkeypatch):

@@ -27,7 +27,6 @@ from coherence.analysis.vocabulary import (
     parse_estimator,
 )
 from coherence.dashboard.checks import (
-    check_group,
     final_epoch,
     format_ranges,
     problems,

@@ -262,7 +262,7 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
 
 def _write(result, request, out: Path, *, batches: int, served: bool = False) -> None:
     """Write the result file and its sidecar; warn about unconverged solves."""
-    from coherence.analysis.diagnostics import RESIDUAL_POINTER, result_warnings
+    from coherence.analysis.diagnostics import RESIDUAL_POINTER, correction_note, result_warnings
     from coherence.analysis.influence import residual_summary
     from coherence.analysis.results import save_result
     from coherence.surrogates.checkpoint import read_config
@@ -275,6 +275,8 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
         result.diagnostics, arch=read_config(request.checkpoints[0]).arch, brief=True
     ):
         console.print(f"{residuals}; {RESIDUAL_POINTER}", highlight=False, soft_wrap=True)
+    if correction := correction_note(result.diagnostics):  # how much of the map it is
+        console.print(f"{correction}.", highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     # a result served from the cache took its seconds when it was computed, not now
     timing = f"computed earlier in {seconds:.1f} s" if served else f"{seconds:.1f} s"

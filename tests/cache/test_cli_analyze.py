@@ -5,6 +5,7 @@ cached units, or one served whole, does not assemble the batches again."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 from typer.testing import CliRunner
@@ -102,6 +103,11 @@ def test_analyze_prints_the_full_system_residuals(
     if prints:  # one short line, pointing to the rest (it stood 900 characters long)
         (line,) = [x for x in run.output.splitlines() if "full-system residual" in x]
         assert len(" ".join(line.split())) < 300 and "README: estimators" in line
+        # and how much of the SMSE map the residual correction is, from the result itself
+        solves = json.loads(out.with_suffix(".json").read_text())["diagnostics"]
+        median = statistics.median(c["residual_correction"] for row in solves for c in row)
+        said = " ".join(run.output.split())
+        assert f"(the residual correction), here {median:.3g}× the Galerkin part's norm" in said
     assert "(1 checkpoint × 1 batch, N = 4" in " ".join(run.output.split())  # singular nouns
     assert json.loads(out.with_suffix(".json").read_text())["request"]["estimator"] == estimator
 

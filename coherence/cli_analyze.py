@@ -107,6 +107,7 @@ def analyze(
     same checkpoints and data is served from the cache.
     """
     from coherence.analysis.pipeline import check_request, prepare
+    from coherence.simulation.dataset import open_dataset
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import check_result_path
     from coherence.analysis.vocabulary import CG_MAX_ITER
@@ -143,8 +144,11 @@ def analyze(
         warn(warning)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
-    prepared = prepare(request)  # once: for the estimate and for the run
-    check_request(request, prepared[0])  # configs and manifests: before the estimate
+    info = open_dataset(request.data)
+    # configs and manifests first: a checkpoint of another PDE was refused for its window
+    # (the dataset's length) before its channels; and all of it before the estimate
+    check_request(request, info)
+    prepared = prepare(request, info)  # once: for the estimate and for the run
     runner = JobRunner(workspace)
     cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
     served = runner.store.age(runner.key(request)) is not None

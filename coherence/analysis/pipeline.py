@@ -334,9 +334,12 @@ def check_seeds(checkpoints: Sequence[str]) -> None:
         weights[digest] = name
 
 
-def prepare(request: AnalysisRequest) -> tuple[DatasetInfo, list[AnalysisBatch]]:
-    """Open the dataset and assemble every batch (fails fast on bad classes or windows)."""
-    info = open_dataset(request.data)
+def prepare(
+    request: AnalysisRequest, info: DatasetInfo | None = None
+) -> tuple[DatasetInfo, list[AnalysisBatch]]:
+    """Open the dataset (unless ``info`` is it, already opened) and assemble every batch
+    (fails fast on bad classes or windows)."""
+    info = open_dataset(request.data) if info is None else info
     check_window(info, request.t_start, request.n_steps)
     batches = [
         assemble_batch(

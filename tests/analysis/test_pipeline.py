@@ -313,8 +313,8 @@ def test_analyze_refuses_what_configs_refuse_before_its_cost_estimate(workspace,
     refused only after the cost estimate had loaded a model and timed it (7 s on the demo)."""
     from coherence.analysis.pipeline import check_request
 
-    def analyze(checkpoints, data, classes, response="smse"):
-        args = ["analyze", "--data", str(data), "--classes", classes, "--window", "1:2"]
+    def analyze(checkpoints, data, classes, response="smse", window="1:2"):
+        args = ["analyze", "--data", str(data), "--classes", classes, "--window", window]
         for checkpoint in checkpoints:
             args += ["--checkpoint", str(checkpoint)]
         args += ["--response", response, "--out", str(tmp_path / "r.npz"), "--yes"]
@@ -329,6 +329,9 @@ def test_analyze_refuses_what_configs_refuse_before_its_cost_estimate(workspace,
     assert "mass response needs compressible-Euler data" in said
     said = analyze([ns_ckpt], workspace["data"], "CE-RP,CE-CRP")
     assert "trained on ns data" in said
+    # before the window: "use at most 5 steps" came first, then, the window mended, the PDE
+    said = analyze([ns_ckpt], workspace["data"], "CE-RP,CE-CRP", window="0:100")
+    assert "trained on ns data" in said and "window" not in said
     said = analyze([first, ns_ckpt], workspace["data"], "CE-RP,CE-CRP")
     assert "unet_s1 (unet) and ns_unet (unet) are not seeds" in said
     check_request(request_for(workspace), open_dataset(workspace["data"]))  # a good one passes

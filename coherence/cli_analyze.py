@@ -107,12 +107,12 @@ def analyze(
     same checkpoints and data is served from the cache.
     """
     from coherence.analysis.pipeline import check_request, prepare
-    from coherence.simulation.dataset import open_dataset
     from coherence.analysis.request import AnalysisRequest, parse_window
     from coherence.analysis.results import check_result_path
     from coherence.analysis.vocabulary import CG_MAX_ITER
     from coherence.cache import JobRunner
     from coherence.executors import get_executor
+    from coherence.simulation.dataset import open_dataset
 
     t_start, n_steps = parse_window(window)
     request = AnalysisRequest(

@@ -73,6 +73,15 @@ def check_folder_for(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise RequestError(
             f"{flag} {target}: {ancestor} is a file, not a folder; give a path in a folder"
         )
+    try:  # a probe, as the write will be: permissions alone miss /proc, read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".coherence-probe.", dir=ancestor)
+    except OSError as error:
+        raise RequestError(
+            f"{flag} {target}: cannot write in {ancestor} ({error.strerror or error}); give "
+            "a path in a folder you can write to"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
     return target
 
 

@@ -112,7 +112,7 @@ def test_analyze_prints_the_full_system_residuals(
     assert json.loads(out.with_suffix(".json").read_text())["request"]["estimator"] == estimator
 
 
-@pytest.mark.parametrize("out", ["R.txt", "folder.npz", "notes.txt/R.npz"])
+@pytest.mark.parametrize("out", ["R.txt", "folder.npz", "notes.txt/R.npz", "/proc/new/R.npz"])
 def test_a_result_path_that_cannot_be_written_is_refused_before_computing(
     checkpoint, tiny_dataset, workspace, tmp_path, prepares, out
 ):
@@ -127,8 +127,11 @@ def test_a_result_path_that_cannot_be_written_is_refused_before_computing(
     ]
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 2, run.output
-    assert f"--out {tmp_path / out}:" in " ".join(run.output.split())
+    said = " ".join(run.output.split())
+    assert f"--out {tmp_path / out}:" in said and ".R.npz." not in said  # not a temp name
     assert prepares == []  # refused before the data were even read
+    if out.startswith("/proc"):  # writable by its permissions (root), not by its kind
+        assert "cannot write in /proc (" in said and "a folder you can write to" in said
 
 
 def test_analyze_times_its_estimate_alone_when_another_job_computes(

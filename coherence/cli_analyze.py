@@ -113,6 +113,7 @@ def analyze(
     from coherence.cache import JobRunner
     from coherence.executors import get_executor
     from coherence.simulation.dataset import open_dataset
+    from coherence.workspace import workspace_root
 
     t_start, n_steps = parse_window(window)
     request = AnalysisRequest(
@@ -149,6 +150,12 @@ def analyze(
     # (the dataset's length) before its channels; and all of it before the estimate
     check_request(request, info)
     prepared = prepare(request, info)  # once: for the estimate and for the run
+    root = workspace_root(workspace)
+    if not root.exists():  # a mistyped --workspace computed afresh into a new, empty one
+        warn(
+            f"the workspace {root} does not exist yet: it is created for this result's "
+            "cache, and nothing cached elsewhere is reused (check --workspace for a typo)"
+        )
     runner = JobRunner(workspace)
     cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
     served = runner.store.age(runner.key(request)) is not None

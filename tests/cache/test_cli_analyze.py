@@ -20,9 +20,9 @@ def prepares(monkeypatch):
     """Every ``pipeline.prepare`` call, wherever it was imported."""
     calls = []
 
-    def counting(request):
+    def counting(request, info=None):
         calls.append(request.trajectories)
-        return real(request)
+        return real(request, info)
 
     real = pipeline.prepare
     monkeypatch.setattr(pipeline, "prepare", counting)
@@ -110,6 +110,25 @@ def test_analyze_prints_the_full_system_residuals(
         assert f"(the residual correction), here {median:.3g}× the Galerkin part's norm" in said
     assert "(1 checkpoint × 1 batch, N = 4" in " ".join(run.output.split())  # singular nouns
     assert json.loads(out.with_suffix(".json").read_text())["request"]["estimator"] == estimator
+
+
+def test_analyze_says_when_its_workspace_is_new(checkpoint, tiny_dataset, tmp_path):
+    """A mistyped --workspace computed afresh into a new, empty workspace without a word
+    (`serve` says so); said once, when it is created."""
+    new = tmp_path / "wrokspace"
+    args = [
+        "analyze",
+        *("--checkpoint", str(checkpoint), "--data", str(tiny_dataset)),
+        *("--out", str(tmp_path / "R.npz"), "--classes", "CE-RP,CE-CRP", "--window", "0:2"),
+        *("--trajectories", "0", "--estimator", "euclidean", "--device", "cpu"),
+        *("--workspace", str(new), "--yes"),
+    ]
+    run = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert run.exit_code == 0, run.output
+    said = " ".join(run.output.split())
+    assert f"the workspace {new} does not exist yet" in said and "for a typo" in said
+    run = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert run.exit_code == 0 and "does not exist yet" not in run.output, run.output
 
 
 @pytest.mark.parametrize("out", ["R.txt", "folder.npz", "notes.txt/R.npz", "/proc/new/R.npz"])

@@ -26,14 +26,22 @@ from coherence.cli_common import (
 )
 from coherence.errors import ConvergenceWarning, RequestError
 from coherence.wording import plural
+from coherence.workspace import checkpoints_dir, datasets_dir
 
 
 @friendly_errors
 def analyze(
     checkpoint: Annotated[
-        list[Path], typer.Option(help="Checkpoint directory (repeat for several seeds).")
+        list[Path],
+        typer.Option(
+            help="Checkpoint directory, or a checkpoint's name in the workspace (repeat for "
+            "several seeds)."
+        ),
     ],
-    data: Annotated[Path, typer.Option(help="Dataset directory (Well layout).")],
+    data: Annotated[
+        Path,
+        typer.Option(help="Dataset directory (Well layout), or a dataset's name in the workspace."),
+    ],
     out: Annotated[Path, typer.Option(help="Result file R.npz (a sidecar R.json is written).")],
     classes: Annotated[str, typer.Option(help="Comma-separated classes (2+ for transfer).")],
     window: Annotated[str, typer.Option(help="START:STEPS transitions per batch.")] = "0:16",
@@ -115,10 +123,11 @@ def analyze(
     from coherence.simulation.dataset import open_dataset
     from coherence.workspace import workspace_root
 
+    root = workspace_root(workspace)
     t_start, n_steps = parse_window(window)
     request = AnalysisRequest(
-        checkpoints=tuple(str(c) for c in checkpoint),
-        data=str(data),
+        checkpoints=tuple(str(named_in(root, c, "--checkpoint")) for c in checkpoint),
+        data=str(named_in(root, data, "--data")),
         classes=split_list(classes, "--classes"),
         t_start=t_start,
         n_steps=n_steps,
@@ -150,7 +159,6 @@ def analyze(
     # (the dataset's length) before its channels; and all of it before the estimate
     check_request(request, info)
     prepared = prepare(request, info)  # once: for the estimate and for the run
-    root = workspace_root(workspace)
     if not root.exists():  # a mistyped --workspace computed afresh into a new, empty one
         warn(
             f"the workspace {root} does not exist yet: it is created for this result's "
@@ -174,6 +182,31 @@ def analyze(
     _write(result, request, out, batches=len(prepared[1]), served=served)
     # where the cache is: without --workspace it is ./workspace, which a user may not expect
     console.print(f"cached in {runner.store.directory}", highlight=False, soft_wrap=True)
+
+
+def named_in(root: Path, path: Path, flag: str) -> Path:
+    """``path`` as given, or, where nothing is there and it is a bare name, the workspace's
+    dataset (``--data``) or checkpoint (``--checkpoint``) of that name, as ``study --data``
+    takes one; a path that is neither is refused naming the flag (and a swap of the two)."""
+    if path.exists():
+        return path
+    kind, folder, other = (
+        ("dataset", datasets_dir(root), checkpoints_dir(root))
+        if flag == "--data"
+        else ("checkpoint", checkpoints_dir(root), datasets_dir(root))
+    )
+    if len(path.parts) == 1 and (folder / path).is_dir():
+        return folder / path
+    other_kind = "checkpoint" if kind == "dataset" else "dataset"
+    swapped = len(path.parts) == 1 and (other / path).is_dir()
+    raise RequestError(
+        f"{flag} {path}: no such folder, nor a {kind} of that name in {folder}; "
+        + (
+            f"the workspace has a {other_kind} of that name: were --data and --checkpoint swapped?"
+            if swapped
+            else "give the folder's path"
+        )
+    )
 
 
 FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here

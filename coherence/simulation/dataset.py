@@ -21,6 +21,7 @@ from coherence.lazy import lazy_exports
 from coherence.simulation.families import FAMILIES, SPLITS, Family, family_spec
 from coherence.simulation.staging import pending_commit
 from coherence.simulation.wellformat import WellMetadata, read_metadata, read_well_file
+from coherence.workspace import enclosing_checkpoint
 
 MAX_RESOLUTION = 1024
 MAX_TRAJECTORIES = 100_000
@@ -224,9 +225,15 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
     root = Path(root)
     data_dir = root / "data"
     if not data_dir.is_dir():
+        swapped = (
+            " This folder is a checkpoint: were --data and --checkpoint swapped?"
+            if enclosing_checkpoint(root) == root.resolve()
+            else ""
+        )
         raise SchemaError(
             f"{root}: no 'data' directory; a Well dataset is laid out as "
-            "<dataset>/data/{train,valid,test}/<class>.hdf5 (create one with `coherence simulate`)"
+            "<dataset>/data/{train,valid,test}/<class>.hdf5 (create one with `coherence "
+            f"simulate`).{swapped}"
         )
     staging = pending_commit(root)
     if staging is not None:

@@ -46,6 +46,7 @@ from coherence.surrogates.checkpoint_config import (
 from coherence.surrogates.footprint import check_model_fits
 from coherence.surrogates.jsonfields import JsonObject, json_list
 from coherence.surrogates.registry import model_from_config_dict
+from coherence.workspace import enclosing_dataset
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -263,6 +264,11 @@ def _checked_directory(directory: Path) -> Path:
             if pickles
             else ""
         )
+        if enclosing_dataset(directory) == directory.resolve():
+            hint += (
+                " It is a dataset (data/<split>/*.hdf5), not a checkpoint: were --data and "
+                "--checkpoint swapped?"
+            )
         raise CheckpointError(
             f"{directory}: missing {', '.join(missing)}; a checkpoint needs {CONFIG_FILE} and "
             f"{WEIGHTS_FILE}.{hint}"

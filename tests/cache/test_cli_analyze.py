@@ -5,6 +5,7 @@ cached units, or one served whole, does not assemble the batches again."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -129,6 +130,41 @@ def test_analyze_says_when_its_workspace_is_new(checkpoint, tiny_dataset, tmp_pa
     assert f"the workspace {new} does not exist yet" in said and "for a typo" in said
     run = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert run.exit_code == 0 and "does not exist yet" not in run.output, run.output
+
+
+def test_analyze_takes_workspace_names_and_says_when_data_and_checkpoint_are_swapped(
+    checkpoint, tiny_dataset, tmp_path
+):
+    """`--data ce_demo` (a name, as `study --data` takes it) was "no 'data' directory";
+    a checkpoint given as --data, or a dataset as --checkpoint, now says they are swapped."""
+    root = tmp_path / "ws"
+    shutil.copytree(tiny_dataset, root / "datasets" / "tiny")
+    shutil.copytree(checkpoint, root / "checkpoints" / "unet_tiny")
+
+    def analyze(ckpt: str, data: str) -> tuple[int, str]:
+        args = [
+            "analyze",
+            *("--checkpoint", ckpt, "--data", data, "--out", str(tmp_path / "R.npz")),
+            *("--classes", "CE-RP,CE-CRP", "--window", "0:2", "--trajectories", "0"),
+            *("--estimator", "euclidean", "--device", "cpu", "--workspace", str(root)),
+        ]
+        run = CliRunner().invoke(app, [*args, "--yes"], env={"COLUMNS": "300"})
+        return run.exit_code, " ".join(run.output.split())
+
+    code, said = analyze("unet_tiny", "tiny")
+    assert code == 0, said
+    request = json.loads((tmp_path / "R.json").read_text())["request"]
+    assert request["data"] == str(root / "datasets" / "tiny")
+    assert request["checkpoints"] == [str(root / "checkpoints" / "unet_tiny")]
+    code, said = analyze("tiny", "unet_tiny")
+    assert code == 2 and "--checkpoint tiny: no such folder, nor a checkpoint of that" in said
+    assert "the workspace has a dataset of that name: were --data and --checkpoint swapped?" in said
+    code, said = analyze("unet_tiny", "nowhere")
+    assert code == 2 and "--data nowhere: no such folder" in said and "give the folder's" in said
+    code, said = analyze(str(root / "datasets" / "tiny"), "tiny")
+    assert code == 2 and "It is a dataset (data/<split>/*.hdf5), not a checkpoint" in said
+    code, said = analyze("unet_tiny", str(root / "checkpoints" / "unet_tiny"))
+    assert code == 2 and "This folder is a checkpoint: were --data and --checkpoint" in said
 
 
 @pytest.mark.parametrize("out", ["R.txt", "folder.npz", "notes.txt/R.npz", "/proc/new/R.npz"])

@@ -48,9 +48,7 @@ MAX_EXAMPLES = 512  # N = classes × steps; the N×N solves and N JVPs grow fast
 def check_damping(damping: float) -> None:
     """λ in η + λI: a finite number > 0."""
     if not (math.isfinite(damping) and damping > 0):
-        raise RequestError(
-            f"damping must be a finite number > 0 (default 1e-4); got damping={damping}"
-        )
+        raise RequestError(f"damping={damping}: must be a finite number > 0 (default 1e-4)")
 
 
 def check_rtol(estimator: Estimator, rtol: float | None) -> None:
@@ -62,7 +60,7 @@ def check_rtol(estimator: Estimator, rtol: float | None) -> None:
             f"{DEFAULT_ESTIMATOR} (the default)"
         )
     if rtol is not None and not 0 < rtol < 1:
-        raise RequestError(f"rtol must lie in (0, 1), e.g. 1e-2; got rtol={rtol}")
+        raise RequestError(f"rtol={rtol}: must lie in (0, 1), e.g. 1e-2")
 
 
 def window_error(
@@ -121,24 +119,23 @@ class InfluenceOptions:
         check_rtol(self.estimator, self.rtol)
         if self.energy_threshold is not None and not 0 < self.energy_threshold <= 1:
             raise RequestError(
-                "energy_threshold must lie in (0, 1] (--energy-threshold; default "
-                f"{default_energy_threshold(self.estimator)} for {self.estimator.value}); "
-                f"got energy_threshold={self.energy_threshold}"
+                f"energy_threshold={self.energy_threshold}: must lie in (0, 1] (default "
+                f"{default_energy_threshold(self.estimator)} for {self.estimator.value})"
             )
         cap = self.max_iter
         if not isinstance(cap, int) or isinstance(cap, bool) or not 1 <= cap <= MAX_CG_ITER:
             raise RequestError(
-                f"max_iter must be a whole number from 1 to {MAX_CG_ITER} (cg's iterations per "
-                f"column; default {CG_MAX_ITER}); got max_iter={cap!r}"
+                f"max_iter={cap!r}: must be a whole number from 1 to {MAX_CG_ITER} (cg's "
+                f"iterations per column; default {CG_MAX_ITER})"
             )
         if self.depth is None:
             object.__setattr__(self, "depth", default_depth(self.estimator))
         depth = self.depth
         if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= MAX_DEPTH:
             raise RequestError(
-                f"depth must be an integer from 1 to {MAX_DEPTH} (blocks of span{{G, ηG, …}}; "
-                f"default {default_depth(self.estimator)} for {self.estimator.value}); "
-                f"got depth={depth!r}"
+                f"depth={depth!r}: must be an integer from 1 to {MAX_DEPTH} (blocks of "
+                f"span{{G, ηG, …}}; default {default_depth(self.estimator)} for "
+                f"{self.estimator.value})"
             )
         if self.chunk_size is not None and self.chunk_size < 1:
             raise RequestError(f"chunk_size must be None or at least 1; got {self.chunk_size}")

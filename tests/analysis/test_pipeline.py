@@ -668,7 +668,7 @@ def test_cg_iteration_cap_is_a_request_field_keyed_only_where_it_differs(workspa
     assert replace(request_for(workspace), max_iter=2).max_iter == CG_MAX_ITER  # unused: default
     assert replace(request_for(workspace), max_iter=0).max_iter == CG_MAX_ITER  # ignored, as said
     for bad in (0, 10**6, 2.5, True):
-        with pytest.raises(RequestError, match="max_iter must be a whole number from 1 to"):
+        with pytest.raises(RequestError, match=r"max_iter=\S+: must be a whole number from 1 to"):
             replace(cg, max_iter=bad)
     result = run_analysis(capped)
     cells = [cell for row in result.diagnostics for cell in row]
@@ -686,3 +686,8 @@ def test_cg_iteration_cap_is_a_request_field_keyed_only_where_it_differs(workspa
     said = " ".join(run.output.split())
     assert "cg did not converge" in said and "raise --max-iter" in said
     assert load_result(out).request.max_iter == 2
+    # a bad cap is named by its flag (it read "max_iter must be …; got max_iter=-5")
+    bad = [a if a != "2" else "-5" for a in args]
+    run = CliRunner().invoke(app, bad, env={"COLUMNS": "300"})
+    said = " ".join(run.output.split())
+    assert run.exit_code == 2 and "error: --max-iter -5: must be a whole number" in said, said

@@ -130,12 +130,12 @@ def test_requests_hold_enums_that_behave_as_their_names():
         ({"estimator": "newton"}, "unknown estimator 'newton'; choose one of: 'subspace'"),
         ({"responses": ("vorticity",)}, "unknown response 'vorticity'"),
         ({"cg_start": "warm", "estimator": "cg", "rtol": 0.1}, "unknown cg_start 'warm'"),
-        ({"damping": 0.0}, "damping must be a finite number > 0"),
-        ({"damping": float("nan")}, "damping must be a finite number > 0"),
+        ({"damping": 0.0}, "damping=0.0: must be a finite number > 0"),
+        ({"damping": float("nan")}, "damping=nan: must be a finite number > 0"),
         ({"estimator": "cg"}, "estimator cg needs rtol"),
-        ({"rtol": 1.5}, "rtol must lie in (0, 1)"),
-        ({"energy_threshold": 1.5}, "energy_threshold must lie in (0, 1]"),
-        ({"depth": 0}, "depth must be an integer from 1 to 16"),
+        ({"rtol": 1.5}, "rtol=1.5: must lie in (0, 1)"),
+        ({"energy_threshold": 1.5}, "energy_threshold=1.5: must lie in (0, 1]"),
+        ({"depth": 0}, "depth=0: must be an integer from 1 to 16"),
     ],
 )
 def test_one_rule_one_message_for_request_options_and_engine(changes, message):

@@ -309,6 +309,7 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
     from coherence.analysis.diagnostics import RESIDUAL_POINTER, correction_note, result_warnings
     from coherence.analysis.influence import residual_summary
     from coherence.analysis.results import save_result
+    from coherence.cache.jobs import ASSEMBLED
     from coherence.surrogates.checkpoint import read_config
 
     replaced = Path(out).exists()  # said: a result there was overwritten without a word
@@ -324,6 +325,8 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
     seconds = result.provenance["seconds"]
     # a result served from the cache took its seconds when it was computed, not now
     timing = f"computed earlier in {seconds:.1f} s" if served else f"{seconds:.1f} s"
+    if not served and str(result.provenance.get("device", "")).endswith(ASSEMBLED):
+        timing = f"assembled from cached units in {seconds:.1f} s"
     console.print(
         styled("wrote ", (str(path.resolve()), "bold")),
         f"and its sidecar .json ({plural(len(request.checkpoints), 'checkpoint')} × "

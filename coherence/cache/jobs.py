@@ -295,12 +295,16 @@ class JobRunner:
             return None
         started = time.perf_counter()
         info, batches = prepare(request) if prepared is None else prepared
+        # the devices the units ran on stay in the provenance ("cpu (assembled …)")
+        ran_on = sorted(
+            {str(u.diagnostics["device"]) for u in units.values() if u.diagnostics.get("device")}
+        )
         result = assemble(
             request,
             info,
             batches,
             list(units.values()),
-            device=ASSEMBLED,
+            device=" ".join([", ".join(ran_on), ASSEMBLED]).strip(),
             seconds=time.perf_counter() - started,
         )
         self.store.put(key, result)

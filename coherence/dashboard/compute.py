@@ -312,7 +312,7 @@ def _group_status(root: Path, group: GroupState) -> bool:
         result = group.result
         how = (
             "assembled from cached units (no computation)"
-            if result.provenance.get("device") == ASSEMBLED
+            if str(result.provenance.get("device", "")).endswith(ASSEMBLED)
             else "computed"
         )
         residuals = residual_summary(

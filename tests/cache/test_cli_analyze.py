@@ -56,6 +56,10 @@ def test_analyze_prepares_once_when_served_from_cached_units(
     # every unit cached: no estimate of a computation that will not happen (it said ≈ 2 min)
     assert "every unit is cached (1 unit): assembled without computing" in said
     assert "cost estimate" not in said
+    # said as such (it read "N = 8, 0.0 s"), and the units' device kept in the provenance
+    assert "assembled from cached units in " in said
+    provenance = json.loads((tmp_path / "one.json").read_text())["provenance"]
+    assert provenance["device"] == "cpu (assembled from cached units)"
     prepares.clear()
     analyze(checkpoint, tiny_dataset, workspace, tmp_path / "again.npz", "1")  # result cached
     assert prepares == [(1,)]

@@ -382,7 +382,8 @@ def _compute_button(root: Path, todo: Sequence[GroupState]) -> None:
         )
     if seconds > confirm_seconds():
         confirmed = st.checkbox(
-            f"Start a job estimated at {format_duration(seconds)}", key="confirm_long_job"
+            f"Start a job estimated at {'up to ' if bound else ''}{format_duration(seconds)}",
+            key="confirm_long_job",
         )
     st.button(
         "Compute" if len(todo) == 1 else f"Compute {len(todo)} analyses",

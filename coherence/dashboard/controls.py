@@ -315,9 +315,10 @@ CONTROLS: tuple[Control, ...] = (
         "and of their EK-FAC-preconditioned images, plus EK-FAC's estimate of what it leaves "
         "out (closest to the full solve per product: Pearson 0.94–0.98 against it on small "
         "models, where subspace reaches 0.65–0.82); "
-        "subspace: the same on the span of the gradients alone; krylov: the same in "
-        "span{G, ηG, η²G, η³G} (≈ 4× the cost); cg: conjugate gradients to a tolerance "
-        "(the paper's v2); "
+        "subspace: the same on the span of the gradients alone (the solve of the paper's "
+        "first version, v1); krylov: the same in span{G, ηG, η²G, η³G} (≈ 4× the cost); "
+        "cg: conjugate gradients to a relative tolerance, the solve of the paper's second "
+        "version (v2: rtol 1.5e-2 UNet, 5e-2 ViT), from a Krylov start here; "
         "ekfac: the Kronecker-factored approximation alone (fast, no residual); "
         "euclidean: M = I.",
     ),

@@ -206,6 +206,8 @@ def describe(selection: Selection) -> str:
     trajectories = format_ranges(selection.trajectories)
     # euclidean uses no damping: a λ beside it read as if it mattered (a walk-through)
     damping = "" if selection.estimator == "euclidean" else f", λ = {selection.damping:g}"
+    if selection.estimator == "cg" and selection.rtol is not None:  # what it stopped at
+        damping += f", rtol {selection.rtol:g}"
     return (
         f"{plural(len(selection.checkpoints), 'seed')} × "
         f"{plural(len(selection.trajectories), 'batch', 'batches')} "

@@ -233,6 +233,8 @@ def test_depth_is_canonical_and_reaches_the_request(workspace):
     one = replace(base, classes=base.classes[:1])
     assert "N = 1 class × 2 steps = 2" in describe(one)
     assert describe(replace(base, estimator="euclidean")).endswith("= 6, euclidean")
+    cg = replace(base, estimator="cg", rtol=1.5e-2)  # the tolerance it stopped at, too
+    assert describe(cg).endswith("cg depth 4, λ = 0.0001, rtol 0.015"), describe(cg)
     assert differences(base, deep) == ["Krylov depth 1 → 4"]
     assert differences(base, replace(base, estimator="subspace")) == [
         "estimator ekfac-krylov → subspace"

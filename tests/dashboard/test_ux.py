@@ -654,3 +654,17 @@ def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
     assert not bad.exception
     assert "two_time_cell='99,99': not offered for this selection" in texts(bad.warning)
     assert "two_time_cell" not in bad.query_params
+
+
+def test_a_cg_job_past_the_confirmation_says_its_estimate_is_a_bound(workspace, monkeypatch):
+    """cg is estimated at its iteration cap: the caption said "up to", but the checkbox
+    asked to "Start a job estimated at 13.4 h" (a walk-through) as if that were expected."""
+    monkeypatch.setenv("COHERENCE_CONFIRM_MINUTES", "0")
+    at = open_app(workspace, monkeypatch, {"est": "cg", "rtol": "0.05"})
+    assert_clean(at)
+    (box,) = [c for c in at.checkbox if c.key == "confirm_long_job"]
+    assert box.label.startswith("Start a job estimated at up to "), box.label
+    assert "(up to: cg counted at its iteration cap)" in texts(at.caption)
+    at = open_app(workspace, monkeypatch, {"est": "subspace", "damping": "0.01"})
+    (box,) = [c for c in at.checkbox if c.key == "confirm_long_job"]
+    assert "up to" not in box.label, box.label

@@ -42,6 +42,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # docstrings' line breaks joined ("rich" kept them: mid-sentence breaks at 80 columns)
+    rich_markup_mode="markdown",
 )
 app.add_typer(import_app, name="import")
 
@@ -129,7 +131,7 @@ def train_command(
     keep_epochs: Annotated[
         str,
         typer.Option(
-            help="Epochs whose weights are kept as snapshots under <out>/epochs/NNNN, e.g. "
+            help="Epochs whose weights are kept as snapshots under `<out>/epochs/NNNN`, e.g. "
             "1,2,4,8,16; 'default': powers of two plus the last; 'none': no snapshots."
         ),
     ] = "default",

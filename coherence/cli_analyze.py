@@ -99,7 +99,10 @@ def analyze(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     split: Annotated[str, typer.Option(help="Dataset split the batches come from.")] = "test",
     trust_code: Annotated[
-        bool, typer.Option(help="Allow checkpoints that name a custom architecture module.")
+        bool,
+        typer.Option(
+            "--trust-code", help="Allow checkpoints that name a custom architecture module."
+        ),
     ] = False,
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace whose cache/ stores and serves results.")

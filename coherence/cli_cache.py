@@ -10,7 +10,11 @@ import typer
 
 from coherence.cli_common import friendly_errors
 
-cache_app = typer.Typer(help="Inspect or clear the workspace's result cache.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="Inspect or clear the workspace's result cache.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 
 
 def _existing(workspace: Path | None) -> Path:

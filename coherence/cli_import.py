@@ -26,6 +26,7 @@ from coherence.cli_common import all_or_nothing, console, styled, warn
 import_app = typer.Typer(
     help="Import public datasets (PDEgym, The Well) as Well-format datasets.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 
 
@@ -69,7 +70,7 @@ def _summary(report) -> None:
 @import_app.command("pdegym")
 @all_or_nothing
 def pdegym(
-    src: Annotated[Path, typer.Argument(help="Assembled <CLASS>.nc, or the folder of shards.")],
+    src: Annotated[Path, typer.Argument(help="Assembled `<CLASS>.nc`, or the folder of shards.")],
     class_name: Annotated[
         str, typer.Option("--class", help="CE-RP, CE-CRP, CE-RPUI, NS-BB, NS-Sines, NS-Gauss.")
     ],

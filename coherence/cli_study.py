@@ -26,7 +26,7 @@ DAMPING_GRID_TEXT = "1e-6,1e-5,1e-4,1e-3,1e-2,1e-1"
 
 @friendly_errors
 def study(
-    data: Annotated[str, typer.Option(help="Dataset: a name under <workspace>/datasets.")],
+    data: Annotated[str, typer.Option(help="Dataset: a name under `<workspace>/datasets`.")],
     preset: Annotated[str, typer.Option(help="Model size preset: demo or paper.")] = "demo",
     archs: Annotated[str, typer.Option(help="Comma-separated architectures.")] = "unet,vit",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (paper: 10,35,42).")] = (

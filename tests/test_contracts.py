@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +291,33 @@ def test_a_checks_field_name_is_shown_as_the_commands_flag():
     assert as_flag("batch_size=0: must be positive", options) == "--batch-size 0: must be positive"
     assert as_flag("lr=0.0: must be positive", options) == "lr=0.0: must be positive"
     assert as_flag("/a/b=c: no such file", options) == "/a/b=c: no such file"
+
+
+def test_every_help_page_reads_whole_at_80_columns():
+    """At 80 columns `analyze --help` cut an option to `--energy-thresh…` (a --trust-code /
+    --no-trust-code pair widened the name columns), and `coherence --help` broke the demo's
+    text mid-sentence (the docstrings' line breaks were kept)."""
+    import click
+    import typer
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    def commands(group: click.Group, path: tuple[str, ...] = ()):
+        for name, command in group.commands.items():
+            yield (*path, name), command
+            if isinstance(command, click.Group):
+                yield from commands(command, (*path, name))
+
+    root = typer.main.get_command(app)
+    for path, command in [((), root), *commands(root)]:
+        shown = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert shown.exit_code == 0, (path, shown.output)
+        assert not re.search(r"-[\w-]+…", shown.output), (path, shown.output)  # a name cut
+        for param in command.params:
+            for flag in param.opts:
+                if flag.startswith("--"):
+                    assert flag in shown.output, (path, flag)
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
+    lines = [line.strip("│ ") for line in shown.splitlines()]
+    assert not any(line.endswith("three seeds, the") for line in lines), shown  # mid-sentence

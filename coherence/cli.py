@@ -96,11 +96,13 @@ def simulate(
         workers = None if slot.max_jobs == 1 else slot.threads  # its share of the cores
         generate_dataset(request, out, progress=report, overwrite=overwrite, workers=workers)
         bar.update(task, description=f"{bar.tasks[0].total:g} trajectories simulated and written")
+    well_name = open_dataset(out).name  # an existing dataset's own, classes added
     console.print(
         styled(
             "wrote dataset ",
-            (open_dataset(out).name, "bold"),  # an existing dataset's own, classes added
-            f" ({plural(len(request.classes), 'class', 'classes')} × "
+            (out.name, "bold"),  # the folder's name: the one the dashboard lists
+            f" ({'' if well_name == out.name else f'Well name {well_name}; '}"
+            f"{plural(len(request.classes), 'class', 'classes')} × "
             f"{plural(trajectories, 'trajectory', 'trajectories')}, {resolution}², "
             f"{snapshots} snapshots) to ",
             (str(out.resolve()), "bold"),

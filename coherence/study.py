@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from coherence.cache import slots
 from coherence.cache.states import JobState
+from coherence.cache.tasks import ROLLOUT
 from coherence.executors import Executor, TrainRun
 from coherence.simulation.dataset import open_dataset
 from coherence.study_plan import plan_study, point_label, selection_for, sweep_points
@@ -122,6 +123,13 @@ def _analyse(
         log(f"analysing {step.arch}: {plural(step.units, 'unit')}{done}, N = {step.n_examples}")
         report = progress(step) if progress else None
         runner.run(request, progress=report, executor=executor)
+        log(f"  done in {time.perf_counter() - started:.0f} s")
+    # its rollouts too (seconds, here): the dashboard's Rollout panel then opens at once
+    rollout = selection.rollout_spec(root)
+    if runner.store.artifact_age(runner.task_key(ROLLOUT.name, rollout)) is None:
+        started = time.perf_counter()
+        log(f"rolling out {step.arch} over its test trajectories")
+        runner.run_task(ROLLOUT.name, rollout)
         log(f"  done in {time.perf_counter() - started:.0f} s")
     return urlencode(selection.to_query())
 

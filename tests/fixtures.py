@@ -251,7 +251,7 @@ def build_workspace(root: Path) -> Path:
     tiny_ce: 3 CE classes × 5 trajectories (3 train, 1 valid, 1 test) × 6 snapshots at 16².
     tiny_ns: 2 NS classes, no checkpoint fits it (a dataset the sidebar must not offer).
     Checkpoints: two 1-epoch tiny UNets (seeds 1, 2) and one tiny ViT, all on tiny_ce; the
-    default analysis and its UNet-vs-ViT comparison already in the cache.
+    default analysis and its UNet-vs-ViT comparison, and their rollouts, already in the cache.
     """
     from coherence.cache.jobs import JobRunner
     from coherence.dashboard.selection import default_selection
@@ -267,8 +267,11 @@ def build_workspace(root: Path) -> Path:
     train(data, checkpoints_dir(root) / "vit_tiny_s1", args)
     selection = default_selection(root)
     runner = JobRunner(root)
-    for request in replace(selection, compare=COMPARE).to_requests(root):
+    compared = replace(selection, compare=COMPARE)
+    for request in compared.to_requests(root):
         runner.run(request)  # the default view and its UNet-vs-ViT comparison
+    for group in compared.groups:  # and their rollouts, as `coherence study` leaves them
+        runner.run_task("rollout", compared.rollout_spec(root, group))
     return root
 
 

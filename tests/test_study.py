@@ -78,6 +78,10 @@ def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
     assert warnings == []
     runner = JobRunner(workspace)
     assert runner.status(runner.key(selection.to_request(workspace))).state == "done"
+    # and its rollouts, which the Rollout panel draws at once, computed once (not again
+    # by the second run)
+    rollout = runner.task_key("rollout", selection.rollout_spec(workspace))
+    assert runner.artifact(rollout) is not None and runner.store.computations(rollout) == 1
 
 
 def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path, monkeypatch):

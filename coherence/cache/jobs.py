@@ -190,6 +190,30 @@ class JobRunner:
             return key
         return self._start(key, lambda: self.store.put_task(key, name, spec), name, False)
 
+    def run_task(self, name: str, spec: dict) -> tuple[dict, dict]:
+        """Blocking ``submit_task``: the cached artifact, or compute it here (under the key's
+        lock, in a compute slot) and store it; what `coherence study` (and so the demo)
+        precomputes for the dashboard's panels."""
+        key = tasks.task_key(name, spec)
+        found = self.store.get_artifact(key)
+        if found is not None:
+            return found
+        lock = KeyLock(self.store.lock_path(key))
+        lock.acquire(blocking=True)
+        try:
+            found = self.store.get_artifact(key)
+            if found is not None:
+                return found
+            self.store.clear_cancel(key)
+            with slots.compute_slot(key):
+                compute_task(self.store, key, name, spec)
+            found = self.store.get_artifact(key)
+            if found is None:  # stored and evicted at once: a cache far too small
+                raise RequestError(f"the {name} result could not be kept in the cache")
+            return found
+        finally:
+            lock.release()
+
     def artifact(self, key: str) -> tuple[dict, dict] | None:
         """(arrays, metadata) of a finished job of another kind, or None."""
         return self.store.get_artifact(key)

@@ -7,7 +7,9 @@ and cancel flag as an analysis; the result is stored as an npz + JSON artifact (
 pickle) under the key, so a reload, a second tab or another visitor re-attaches to it.
 
 Kinds: ``counterfactual`` (the Validation panel's check, METHOD.md §7): one perturbation of
-one checkpoint along one example's preconditioned gradient.
+one checkpoint along one example's preconditioned gradient; ``rollout`` (the Rollout panel,
+METHOD.md §6.7): one-step and autoregressive errors of a model group's seeds over whole test
+trajectories, and the rollout states the field viewer draws.
 """
 
 from __future__ import annotations
@@ -149,7 +151,79 @@ def _counterfactual_compute(
 
 
 COUNTERFACTUAL = TaskKind("counterfactual", _counterfactual_material, _counterfactual_compute)
-KINDS: dict[str, TaskKind] = {COUNTERFACTUAL.name: COUNTERFACTUAL}
+
+
+# ------------------------------------------------------------------------- rollout -------
+
+
+def rollout_spec(
+    checkpoints: tuple[str | Path, ...] | list[str | Path],
+    data: str | Path,
+    classes: tuple[str, ...] | list[str],
+    trajectories: tuple[int, ...] | list[int],
+) -> dict[str, Any]:
+    """The JSON spec of one group's rollouts (paths absolute): every seed over whole test
+    trajectories of the classes, from the first snapshot."""
+    return {
+        "checkpoints": [str(c) for c in checkpoints],
+        "data": str(data),
+        "classes": list(classes),
+        "trajectories": [int(t) for t in trajectories],
+    }
+
+
+def _rollout_material(spec: dict[str, Any]) -> dict[str, Any]:
+    from coherence.cache.keys import _checkpoint_digest, _open_dataset_memo
+
+    fields = {"checkpoints": list, "data": str, "classes": list, "trajectories": list}
+    for name, kind in fields.items():
+        if not isinstance(spec.get(name), kind) or not spec[name]:
+            raise RequestError(f"rollout: field {name!r} is missing or malformed")
+    info = _open_dataset_memo(spec["data"])
+    for class_name in spec["classes"]:
+        info.file("test", class_name)  # raises, naming the available classes
+    for index in spec["trajectories"]:
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise RequestError(f"rollout: trajectory {index!r} is not an index")
+    return {
+        "classes": spec["classes"],
+        "trajectories": spec["trajectories"],
+        "checkpoints": [_checkpoint_digest(c) for c in spec["checkpoints"]],
+        "dataset": info.fingerprint(split="test", classes=tuple(spec["classes"])),
+    }
+
+
+def _rollout_compute(
+    spec: dict[str, Any], progress: Progress
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays [S, C·B, H] (one_step, rollout) and [S, C·B, H + 1, F, H, W] (prediction,
+    float32), rows class-major as the panel reads them."""
+    import time
+
+    import torch
+
+    from coherence.simulation.dataset import open_dataset
+    from coherence.surrogates import checkpoint as ckpt
+    from coherence.surrogates.rollout import rollout_errors
+
+    started = time.perf_counter()
+    info = open_dataset(spec["data"])
+    states = np.concatenate([info.load("test", c, spec["trajectories"]) for c in spec["classes"]])
+    runs = []
+    for s, path in enumerate(spec["checkpoints"]):
+        progress(s / len(spec["checkpoints"]), f"rolling out {Path(path).name}")
+        net, _ = ckpt.load(path, device="cpu")
+        runs.append(rollout_errors(net, torch.from_numpy(states).float()))
+    arrays = {
+        "one_step": np.stack([r.one_step for r in runs]).astype(np.float64),
+        "rollout": np.stack([r.rollout for r in runs]).astype(np.float64),
+        "prediction": np.stack([r.prediction for r in runs]).astype(np.float32),
+    }
+    return arrays, {"seconds": time.perf_counter() - started, "spec": spec}
+
+
+ROLLOUT = TaskKind("rollout", _rollout_material, _rollout_compute)
+KINDS: dict[str, TaskKind] = {COUNTERFACTUAL.name: COUNTERFACTUAL, ROLLOUT.name: ROLLOUT}
 
 
 def kind(name: str) -> TaskKind:

@@ -33,7 +33,6 @@ from coherence.errors import CoherenceError
 from coherence.simulation.dataset import DatasetInfo, dataset_files, open_dataset, stat_signature
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import parameter_count
-from coherence.surrogates.rollout import rollout_errors
 from coherence.surrogates.training import trained_transitions
 from coherence.workspace import cache_dir, secure_tree
 
@@ -225,30 +224,17 @@ def trained_horizon(path: str | os.PathLike, data: str | os.PathLike) -> int | N
     return _trained_horizon(str(path), signature, info.name, len(info.times))
 
 
-@st.cache_resource(show_spinner="Rolling the model out over the test trajectories…", max_entries=8)
-def _rollout(
-    path: str, signature: tuple, data: str, classes: tuple[str, ...], trajectories: tuple
-) -> dict[str, np.ndarray]:
-    states = np.concatenate(
-        [dataset(data).load("test", c, list(trajectories)) for c in classes]
-    )  # (C·B, T, F, H, W), class-major
-    net, _ = model(path)
-    with torch.no_grad():
-        errors = rollout_errors(net, torch.from_numpy(states).float())
-    return {
-        "one_step": errors.one_step,
-        "rollout": errors.rollout,
-        "prediction": errors.prediction,
-        "truth": states,
-    }
+@st.cache_data(show_spinner=False, max_entries=16)
+def _test_states(
+    path: str, signature: tuple, classes: tuple[str, ...], trajectories: tuple
+) -> np.ndarray:
+    return np.concatenate([dataset(path).load("test", c, list(trajectories)) for c in classes])
 
 
-def rollout(
-    path: str | os.PathLike, data: str | os.PathLike, classes: tuple, trajectories: tuple
-) -> dict[str, np.ndarray]:
-    """Teacher-forced and autoregressive errors over whole test trajectories of one
-    checkpoint: one_step/rollout [C·B, H], prediction [C·B, H + 1, F, H, W], truth alike."""
-    return _rollout(str(path), checkpoint_signature(path), str(data), classes, trajectories)
+def test_states(path: str | os.PathLike, classes: tuple, trajectories: tuple) -> np.ndarray:
+    """Whole test trajectories [C·B, T, F, H, W], class-major: the truth the rollouts of
+    ``coherence.cache.tasks.ROLLOUT`` are drawn against."""
+    return _test_states(str(path), stat_signature(dataset_files(path)), classes, trajectories)
 
 
 # ---------------------------------------------------------------------- derived ---------

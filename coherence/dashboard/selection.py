@@ -173,6 +173,22 @@ class Selection:
             top_eigenvalue=True,
         )
 
+    def rollout_spec(
+        self, workspace: str | os.PathLike | None = None, checkpoints: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """The rollout job of group A (or of ``checkpoints``): what the Rollout panel shows
+        and `coherence study` precomputes (``coherence.cache.tasks.ROLLOUT``)."""
+        from coherence.cache.tasks import rollout_spec
+
+        root = workspace_root(workspace)
+        names = self.checkpoints if checkpoints is None else tuple(checkpoints)
+        return rollout_spec(
+            [resolve_inside(checkpoints_dir(root), self.weights(n)) for n in names],
+            resolve_inside(datasets_dir(root), self.dataset),
+            self.classes,
+            self.trajectories,
+        )
+
     def weights(self, name: str) -> str:
         """Where checkpoint ``name``'s analysed weights lie under <workspace>/checkpoints:
         itself, or its snapshot of ``epoch``."""

@@ -78,3 +78,54 @@ def test_a_pickled_artifact_is_never_loaded(workspace):
     runner.store._cache.set(f"artifact:{key}", pickle.dumps({"x": 1}), retry=True)
     assert runner.artifact(key) is None
     assert runner.status(key).state == "missing"
+
+
+def test_rollouts_are_keyed_by_content_and_match_the_model_rolled_out_directly(
+    checkpoint, tiny_dataset, workspace
+):
+    """The Rollout panel's job: every seed's one-step and rollout errors over whole test
+    trajectories, cached on disk (it lived in the server's memory, recomputed after every
+    restart), keyed by the files' contents, computed once."""
+    import shutil
+
+    import torch
+
+    from coherence.cache.tasks import ROLLOUT, rollout_spec
+    from coherence.simulation.dataset import open_dataset
+    from coherence.surrogates import checkpoint as ckpt
+    from coherence.surrogates.rollout import rollout_errors
+
+    runner = JobRunner(workspace)
+    twin = checkpoint.parent / "twin"
+    shutil.copytree(checkpoint, twin)  # the same weights under another name: same rollouts
+    job = rollout_spec([checkpoint, twin], tiny_dataset, TINY_CLASSES, [0])
+    key = runner.task_key(ROLLOUT.name, job)
+    assert (
+        runner.task_key(
+            ROLLOUT.name, rollout_spec([twin, checkpoint], tiny_dataset, TINY_CLASSES, [0])
+        )
+        == key
+    )
+    assert (
+        runner.task_key(
+            ROLLOUT.name, rollout_spec([checkpoint], tiny_dataset, TINY_CLASSES[:2], [0])
+        )
+        != key
+    )
+    with pytest.raises(RequestError, match=r"CE-XX"):
+        runner.task_key(ROLLOUT.name, rollout_spec([checkpoint], tiny_dataset, ["CE-XX"], [0]))
+    with pytest.raises(RequestError, match="'trajectories' is missing or malformed"):
+        runner.task_key(ROLLOUT.name, rollout_spec([checkpoint], tiny_dataset, TINY_CLASSES, []))
+    arrays, metadata = runner.run_task(ROLLOUT.name, job)
+    assert metadata["kind"] == "rollout" and runner.store.computations(key) == 1
+    info = open_dataset(tiny_dataset)
+    states = np.concatenate([info.load("test", c, [0]) for c in TINY_CLASSES])
+    model, _ = ckpt.load(checkpoint)
+    direct = rollout_errors(model, torch.from_numpy(states).float())
+    for s in range(2):  # both seeds (here one model twice), rows class-major
+        np.testing.assert_allclose(arrays["one_step"][s], direct.one_step, rtol=1e-5)
+        np.testing.assert_allclose(arrays["rollout"][s], direct.rollout, rtol=1e-5)
+        np.testing.assert_allclose(arrays["prediction"][s], direct.prediction, rtol=1e-5)
+    again, _ = runner.run_task(ROLLOUT.name, job)  # from the disk cache, not recomputed
+    assert runner.store.computations(key) == 1
+    np.testing.assert_array_equal(again["rollout"], arrays["rollout"])

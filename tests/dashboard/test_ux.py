@@ -668,3 +668,37 @@ def test_a_cg_job_past_the_confirmation_says_its_estimate_is_a_bound(workspace, 
     at = open_app(workspace, monkeypatch, {"est": "subspace", "damping": "0.01"})
     (box,) = [c for c in at.checkbox if c.key == "confirm_long_job"]
     assert "up to" not in box.label, box.label
+
+
+def test_rollouts_run_as_a_background_job_on_the_first_visit_and_then_come_from_the_cache(
+    workspace, monkeypatch, tmp_path
+):
+    """The Rollout panel rolled the models out in the page's own process (39 s of a frozen
+    page on the demo at one thread, beside any job, and again after every restart). It
+    starts a background job on the first visit, shows its progress, and draws the cached
+    result; the test workspace (as `coherence study` leaves one) has its default's already."""
+    at = open_app(workspace, monkeypatch, {"panel": "Rollout"})
+    assert_clean(at)
+    assert not at.get("progress") and len(charts(at)) == 2  # cached: curves and fields
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    runner = JobRunner(moved)
+    selection = default_selection(moved)
+    key = runner.task_key("rollout", selection.rollout_spec(moved))
+    runner.store._cache.delete(f"artifact:{key}")  # as before a restart of the old page
+    before = runner.store.computations(key)
+    monkeypatch.setenv(TEST_DELAY_ENV, "0.3")  # the worker inherits it: a job of seconds
+    first = open_app(moved, monkeypatch, {"panel": "Rollout"})
+    assert not first.exception
+    assert first.get("progress") or runner.status(key).state == "done"
+    assert runner.status(key).state in ("running", "done")
+    deadline = time.monotonic() + 180
+    while runner.status(key).state != "done":
+        assert runner.status(key).state != "failed", runner.status(key).error
+        assert time.monotonic() < deadline, "the rollouts did not finish"
+        time.sleep(0.5)
+    assert runner.store.computations(key) == before + 1
+    first.run()
+    assert_clean(first)
+    assert len(charts(first)) == 2
+    again = open_app(moved, monkeypatch, {"panel": "Rollout"})  # no second job
+    assert len(charts(again)) == 2 and runner.store.computations(key) == before + 1

@@ -21,11 +21,13 @@ from coherence.analysis.figures import (
     top_eigenvalue_box,
 )
 from coherence.analysis.summaries import rollout_summary, spectrum_summary
-from coherence.dashboard import loaders
+from coherence.cache.tasks import ROLLOUT
+from coherence.dashboard import compute, loaders
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panel_links import keep_in_range
 from coherence.dashboard.panels.common import (
+    STALE_ACTION,
     PanelContext,
     chart,
     downloads,
@@ -130,17 +132,99 @@ def _sig(value: float, digits: int = 3) -> float:
     return float(f"{float(value):.{digits}g}")
 
 
-def _rollouts(ctx: PanelContext, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
-    data = resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset)
-    return [
-        loaders.rollout(
-            resolve_inside(checkpoints_dir(ctx.root), ctx.selection.weights(name)),
-            data,
-            ctx.selection.classes,
-            ctx.selection.trajectories,
+def _rollout_jobs(ctx: PanelContext) -> list[tuple[GroupState, dict[str, Any], str]]:
+    """Each shown group's rollout job: (group, spec, key). The key is the seeds' and the
+    data's contents, so it is shared by every page and survives a restart (disk cache)."""
+    runner = loaders.job_runner(str(ctx.root))
+    jobs = []
+    for group in ctx.groups:
+        spec = ctx.selection.rollout_spec(ctx.root, group.checkpoints)
+        jobs.append((group, spec, runner.task_key(ROLLOUT.name, spec)))
+    return jobs
+
+
+def _submit_rollouts(root: str, jobs: tuple[tuple[dict[str, Any], str], ...]) -> None:
+    """Start (or join) the background rollout jobs; a refusal is kept for the page."""
+    runner = loaders.job_runner(root)
+    try:
+        for spec, _key in jobs:
+            runner.submit_task(ROLLOUT.name, spec)
+        st.session_state.pop("ro_error", None)
+    except CoherenceError as error:
+        st.session_state.ro_error = str(error)
+    except OSError as error:
+        st.session_state.ro_error = f"could not start the rollout's worker: {error}"
+
+
+def _asked_before(missing: list[tuple[dict[str, Any], str]]) -> bool:
+    """Whether this session already started these jobs on its own: a job that then neither
+    runs nor is cached (its worker died at start) is offered as a button, not restarted on
+    every rerun."""
+    asked = st.session_state.setdefault("ro_auto", set())
+    keys = {key for _, key in missing}
+    if keys & asked:
+        return True
+    asked.update(keys)
+    return False
+
+
+def _rollout_runs(ctx: PanelContext) -> dict[str, tuple[GroupState, list]] | None:
+    """Every group's rollouts from the cache, one dict per seed (one_step, rollout,
+    prediction, truth); None while they compute: a background job per group (progress,
+    cancel, a slot of the machine's own like any job), started on the first visit."""
+    jobs = _rollout_jobs(ctx)
+    root = str(ctx.root)
+    runner = loaders.job_runner(root)
+    statuses = [runner.status(key) for _, _, key in jobs]
+    if any(s.active for s in statuses):
+        labels = tuple(f"Rollouts of {g.label}" for g, _, _ in jobs)
+        compute.progress_panel(root, labels, tuple(k for _, _, k in jobs), "ro_")
+        return None
+    st.session_state.pop("ro_cancel_requested", None)
+    found = [loaders.artifact(root, key) for _, _, key in jobs]
+    missing = [(spec, key) for (_, spec, key), f in zip(jobs, found, strict=True) if f is None]
+    if missing:
+        ended = {s.state for s, f in zip(statuses, found, strict=True) if f is None}
+        error = st.session_state.get("ro_error")
+        if ctx.stale:
+            st.info("No rollouts are cached for these figures' selection.")
+            st.caption(STALE_ACTION)
+        elif ended & {"failed", "cancelled"} or error or _asked_before(missing):
+            # said, and started again on a click (never resubmitted on every rerun)
+            for (group, _, _), status in zip(jobs, statuses, strict=True):
+                if status.state == "failed":
+                    st.error(f"Rollouts of {literal(group.label)} failed: {literal(status.error)}")
+            if "cancelled" in ended:
+                st.warning("The rollouts were cancelled.")
+            if error:
+                st.error(literal(error))
+            st.button(
+                "Roll out again",
+                key="ro_run",
+                icon=":material/replay:",
+                on_click=_submit_rollouts,
+                args=(root, tuple(missing)),
+            )
+        else:  # the first visit: start them (seconds on the demo), then show their progress
+            _submit_rollouts(root, tuple(missing))
+            st.rerun(scope="app")
+        return None
+    truth = loaders.test_states(
+        resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset),
+        ctx.selection.classes,
+        ctx.selection.trajectories,
+    )
+    return {
+        group.label: (
+            group,
+            [
+                {name: arrays[name][s] for name in ("one_step", "rollout", "prediction")}
+                | {"truth": truth}
+                for s in range(len(group.checkpoints))
+            ],
         )
-        for name in names
-    ]
+        for (group, _, _), (arrays, _) in zip(jobs, found, strict=True)
+    }
 
 
 def _trained_horizons(ctx: PanelContext, names: tuple[str, ...]) -> list[int]:
@@ -157,13 +241,15 @@ def rollout(ctx: PanelContext) -> None:
     st.caption(
         how_to_read(rollout_figure)
         + " Whole test trajectories of the selected classes and trajectories, from the first "
-        "snapshot; computed here on the CPU."
+        "snapshot; rolled out once, as a background job on this machine's CPU, and cached "
+        "(`coherence study` and the demo roll out their models' default selections)."
     )
-    summaries, per_group, horizons = {}, {}, {}
+    summaries, horizons = {}, {}
     try:
-        for group in ctx.groups:
-            runs = _rollouts(ctx, group.checkpoints)
-            per_group[group.label] = (group, runs)
+        per_group = _rollout_runs(ctx)
+        if per_group is None:
+            return
+        for group, runs in per_group.values():
             summaries[group.label] = rollout_summary(
                 np.stack([r["one_step"] for r in runs]), np.stack([r["rollout"] for r in runs])
             )

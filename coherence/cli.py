@@ -97,11 +97,12 @@ def simulate(
         generate_dataset(request, out, progress=report, overwrite=overwrite, workers=workers)
         bar.update(task, description=f"{bar.tasks[0].total:g} trajectories simulated and written")
     well_name = open_dataset(out).name  # an existing dataset's own, classes added
+    folder = out.resolve().name  # `--out .` has no name of its own
     console.print(
         styled(
             "wrote dataset ",
-            (out.name, "bold"),  # the folder's name: the one the dashboard lists
-            f" ({'' if well_name == out.name else f'Well name {well_name}; '}"
+            (folder, "bold"),  # the folder's name: the one the dashboard lists
+            f" ({'' if well_name == folder else f'Well name {well_name}; '}"
             f"{plural(len(request.classes), 'class', 'classes')} × "
             f"{plural(trajectories, 'trajectory', 'trajectories')}, {resolution}², "
             f"{snapshots} snapshots) to ",
@@ -277,10 +278,10 @@ def _check_report_path(out: Path) -> None:
         raise RequestError(
             f"--out {out}: that is a folder; give a file, e.g. {out / 'report.html'}"
         )
-    check_folder_for(out)  # a missing folder is made when the report is written
     if out.suffix.lower() not in (".html", ".htm"):
         raise RequestError(f"--out {out}: a report is an HTML file; give a name ending in .html")
-    refuse_inside_inputs(out, "the report")
+    refuse_inside_inputs(out, "the report")  # before the folder's write probe
+    check_folder_for(out)  # a missing folder is made when the report is written
     if out.exists():
         with open(out, "rb") as existing:
             head = existing.read(64).lstrip().lower()
@@ -304,7 +305,8 @@ def _refuse_link_problems(problems: list[str]) -> None:
         for p in problems
     )
     raise RequestError(
-        f"the link has values the dashboard would replace, so no report was written:\n"
+        f"the link has values the dashboard would replace or ignore, so no report was "
+        f"written:\n"
         f"{lines}\nCorrect these parameters, or leave them out for the default"
     )
 

@@ -124,7 +124,7 @@ def analyze(
     from coherence.cache import JobRunner
     from coherence.executors import get_executor
     from coherence.simulation.dataset import open_dataset
-    from coherence.workspace import workspace_root
+    from coherence.workspace import ENV_VAR, workspace_root
 
     root = workspace_root(workspace)
     t_start, n_steps = parse_window(window)
@@ -163,9 +163,14 @@ def analyze(
     check_request(request, info)
     prepared = prepare(request, info)  # once: for the estimate and for the run
     if not root.exists():  # a mistyped --workspace computed afresh into a new, empty one
+        where = (
+            "check --workspace for a typo"
+            if workspace is not None
+            else f"it is the default (./workspace, or ${ENV_VAR}); give --workspace for another"
+        )
         warn(
             f"the workspace {root} does not exist yet: it is created for this result's "
-            "cache, and nothing cached elsewhere is reused (check --workspace for a typo)"
+            f"cache, and nothing cached elsewhere is reused ({where})"
         )
     runner = JobRunner(workspace)
     cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
@@ -312,7 +317,7 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
     from coherence.analysis.diagnostics import RESIDUAL_POINTER, correction_note, result_warnings
     from coherence.analysis.influence import residual_summary
     from coherence.analysis.results import save_result
-    from coherence.cache.jobs import ASSEMBLED
+    from coherence.cache.jobs import is_assembled
     from coherence.surrogates.checkpoint import read_config
 
     replaced = Path(out).exists()  # said: a result there was overwritten without a word
@@ -323,12 +328,13 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
         result.diagnostics, arch=read_config(request.checkpoints[0]).arch, brief=True
     ):
         console.print(f"{residuals}; {RESIDUAL_POINTER}", highlight=False, soft_wrap=True)
-    if correction := correction_note(result.diagnostics):  # how much of the map it is
+    correction = correction_note(result.diagnostics) if "smse" in request.responses else ""
+    if correction:  # how much of the SMSE map it is
         console.print(f"{correction}.", highlight=False, soft_wrap=True)
     seconds = result.provenance["seconds"]
     # a result served from the cache took its seconds when it was computed, not now
     timing = f"computed earlier in {seconds:.1f} s" if served else f"{seconds:.1f} s"
-    if not served and str(result.provenance.get("device", "")).endswith(ASSEMBLED):
+    if not served and is_assembled(result):
         timing = f"assembled from cached units in {seconds:.1f} s"
     console.print(
         styled("wrote ", (str(path.resolve()), "bold")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -110,13 +111,15 @@ def selection_from_link(
     from coherence.dashboard.selection import decode_query
 
     params = parse_qs(urlsplit(link).query) if isinstance(link, str) else dict(link)
-    selection, warnings = decode_query(params, catalog, cached=cached)
+    # cuda_available: a link from a GPU session names device=cuda; the report computes
+    # nothing and the device is no part of a result's key, so it reads that link anywhere
+    selection, warnings = decode_query(params, catalog, cuda_available=True, cached=cached)
     if selection is None:
         raise ReportError(
             "this workspace has no dataset with a compatible checkpoint; run `coherence demo` "
             "or train a model first"
         )
-    return selection, warnings
+    return replace(selection, device="auto"), warnings
 
 
 SCALE_PARAM = "zscale_two_time"  # the two-time panel's colour scale in a dashboard link

@@ -108,18 +108,16 @@ def enclosing_checkpoint(path: str | os.PathLike) -> Path | None:
     return found
 
 
-# a Well dataset folder: data/ holding at least one of its split folders
-DATASET_SPLITS = ("train", "valid", "test")
-
-
 def enclosing_dataset(path: str | os.PathLike) -> Path | None:
-    """The Well dataset folder (HDF5 files under ``data/<split>/``) that ``path`` is, or lies
+    """The Well dataset folder (its files under ``data/<split>/``) that ``path`` is, or lies
     in as ``data/`` or ``data/<split>/``; None if none. A result or report written there sits
     among the dataset's own files. Only those three levels: a project folder far above a
     dataset is not one."""
+    from coherence.simulation.dataset import dataset_files  # it imports this module
+
     folder = Path(path).resolve()
     for candidate in (folder, *list(folder.parents)[:2]):
-        if any(any((candidate / "data" / split).glob("*.h*5")) for split in DATASET_SPLITS):
+        if dataset_files(candidate):
             return candidate
     return None
 

@@ -141,12 +141,19 @@ def compute_task(
                 "a checkpoint or dataset file changed while the job ran, so its result was "
                 "not cached; run it again"
             )
-        store.put_artifact(key, arrays, {**metadata, "kind": name})
+        metadata = {**metadata, "kind": name}
+        store.put_artifact(key, arrays, metadata)
     return arrays, metadata
 
 
-# the provenance "device" of a result assembled from cached units (no computation of its own)
+# the provenance "device" of a result assembled from cached units (no computation of its
+# own), after the devices its units ran on: "cpu (assembled from cached units)"
 ASSEMBLED = "(assembled from cached units)"
+
+
+def is_assembled(result: AnalysisResult) -> bool:
+    """Whether ``result`` was assembled from cached units rather than computed as a whole."""
+    return str(result.provenance.get("device", "")).endswith(ASSEMBLED)
 
 
 class JobRunner:
@@ -206,11 +213,7 @@ class JobRunner:
                 return found
             self.store.clear_cancel(key)
             with slots.compute_slot(key):
-                compute_task(self.store, key, name, spec)
-            found = self.store.get_artifact(key)
-            if found is None:  # stored and evicted at once: a cache far too small
-                raise RequestError(f"the {name} result could not be kept in the cache")
-            return found
+                return compute_task(self.store, key, name, spec)
         finally:
             lock.release()
 

@@ -25,7 +25,7 @@ from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
 from coherence.cache.cost import confirm_seconds, estimate_time
-from coherence.cache.jobs import ASSEMBLED, JobStatus
+from coherence.cache.jobs import JobStatus, is_assembled
 from coherence.dashboard import loaders
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.selection import Selection, describe, differences
@@ -135,6 +135,20 @@ def submit(root: str, requests: Sequence[AnalysisRequest]) -> None:
         st.session_state.compute_error = str(error)
     except OSError as error:  # the worker process could not start
         st.session_state.compute_error = f"could not start the analysis worker: {error}"
+
+
+def submit_tasks(root: str, kind: str, specs: Sequence[dict], error_key: str, worker: str) -> None:
+    """Start (or join) background jobs of another kind (``coherence.cache.tasks``); a
+    refusal is kept under ``error_key`` for the page to show (``worker``: whose, in it)."""
+    runner = loaders.job_runner(root)
+    try:
+        for spec in specs:
+            runner.submit_task(kind, spec)
+        st.session_state.pop(error_key, None)
+    except CoherenceError as error:
+        st.session_state[error_key] = str(error)
+    except OSError as error:  # the worker process could not start
+        st.session_state[error_key] = f"could not start {worker}: {error}"
 
 
 def _cancel(root: str, keys: Sequence[str], prefix: str = "") -> None:
@@ -310,11 +324,7 @@ def _group_status(root: Path, group: GroupState) -> bool:
     status = group.status
     if status.state == "done" and group.result is not None:
         result = group.result
-        how = (
-            "assembled from cached units (no computation)"
-            if str(result.provenance.get("device", "")).endswith(ASSEMBLED)
-            else "computed"
-        )
+        how = "assembled from cached units (no computation)" if is_assembled(result) else "computed"
         residuals = residual_summary(
             result.diagnostics, brief=True, arch=_arch(root, group.checkpoints)
         )

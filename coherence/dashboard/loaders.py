@@ -224,7 +224,7 @@ def trained_horizon(path: str | os.PathLike, data: str | os.PathLike) -> int | N
     return _trained_horizon(str(path), signature, info.name, len(info.times))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=8)  # shared read-only: no copy per call
 def _test_states(
     path: str, signature: tuple, classes: tuple[str, ...], trajectories: tuple
 ) -> np.ndarray:

@@ -19,6 +19,7 @@ import streamlit as st
 
 from coherence.cache.keys import request_key
 from coherence.dashboard import controls, loaders
+from coherence.dashboard.checks import format_ranges
 from coherence.dashboard.control_kinds import Control, Number, Scope
 from coherence.dashboard.control_rows import Dataset, Group, group_label, offered_datasets
 from coherence.dashboard.controls import QUERY_KEYS
@@ -279,7 +280,7 @@ def _cached_label(catalog: Catalog, selection: Selection, key: str) -> str:
     # euclidean ignores λ; batches by number, as the sidebar picks them (two one-batch
     # entries of trajectories 0 and 1 read the same); classes where not all of them
     damping = "" if selection.estimator == "euclidean" else f" λ={selection.damping:g}"
-    batches = ",".join(map(str, selection.trajectories))
+    batches = format_ranges(selection.trajectories)  # 0-29, not thirty numbers
     classes = (
         ""
         if entry is None or set(selection.classes) >= set(entry.classes)
@@ -323,7 +324,8 @@ def _cached_analyses(catalog: Catalog) -> None:
                 "on this page; `coherence cache info` lists every one."
             )
         if not choices:
-            st.caption("Nothing is cached in this workspace yet.")
+            if not others:  # "nothing cached" beside "1 other cached result" contradicted it
+                st.caption("Nothing is cached in this workspace yet.")
             return
         current = current_selection_or_none(catalog)
         labels = list(choices)

@@ -226,7 +226,8 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
     data_dir = root / "data"
     if not data_dir.is_dir():
         swapped = (
-            " This folder is a checkpoint: were --data and --checkpoint swapped?"
+            " This folder is a checkpoint, not a dataset (on the command line: were --data "
+            "and --checkpoint swapped?)"
             if enclosing_checkpoint(root) == root.resolve()
             else ""
         )

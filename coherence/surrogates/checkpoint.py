@@ -266,8 +266,8 @@ def _checked_directory(directory: Path) -> Path:
         )
         if enclosing_dataset(directory) == directory.resolve():
             hint += (
-                " It is a dataset (data/<split>/*.hdf5), not a checkpoint: were --data and "
-                "--checkpoint swapped?"
+                " It is a dataset (data/<split>/*.hdf5), not a checkpoint (on the command "
+                "line: were --data and --checkpoint swapped?)"
             )
         raise CheckpointError(
             f"{directory}: missing {', '.join(missing)}; a checkpoint needs {CONFIG_FILE} and "

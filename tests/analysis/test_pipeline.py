@@ -687,7 +687,8 @@ def test_cg_iteration_cap_is_a_request_field_keyed_only_where_it_differs(workspa
     assert "cg did not converge" in said and "raise --max-iter" in said
     assert load_result(out).request.max_iter == 2
     # a bad cap is named by its flag (it read "max_iter must be …; got max_iter=-5")
-    bad = [a if a != "2" else "-5" for a in args]
+    at = args.index("--max-iter") + 1
+    bad = [*args[:at], "-5", *args[at + 1 :]]
     run = CliRunner().invoke(app, bad, env={"COLUMNS": "300"})
     said = " ".join(run.output.split())
     assert run.exit_code == 2 and "error: --max-iter -5: must be a whole number" in said, said

@@ -168,7 +168,10 @@ def test_analyze_takes_workspace_names_and_says_when_data_and_checkpoint_are_swa
     code, said = analyze(str(root / "datasets" / "tiny"), "tiny")
     assert code == 2 and "It is a dataset (data/<split>/*.hdf5), not a checkpoint" in said
     code, said = analyze("unet_tiny", str(root / "checkpoints" / "unet_tiny"))
-    assert code == 2 and "This folder is a checkpoint: were --data and --checkpoint" in said
+    assert (
+        code == 2
+        and "This folder is a checkpoint, not a dataset (on the command line: were --data" in said
+    )
 
 
 @pytest.mark.parametrize("out", ["R.txt", "folder.npz", "notes.txt/R.npz", "/proc/new/R.npz"])

@@ -179,6 +179,10 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
         assert result.exit_code == 2 and says in said, result.output
         assert "instead" not in said and "Traceback" not in result.output
     assert out.read_bytes() == before  # the last good report stays
+    # a link from a GPU session (device=cuda) reads anywhere: the device is no part of a
+    # result's key, and the report computes nothing
+    result = report("--param", "device=cuda")
+    assert result.exit_code == 0, result.output
     result = report("--param", "zscale_two_time=diverging")
     assert result.exit_code == 0, result.output
     assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance

@@ -364,6 +364,12 @@ def test_cached_results_the_page_cannot_show_are_counted_not_offered(workspace, 
     said = " ".join(texts(at.sidebar.caption).split())
     assert "1 other cached result (the command line's: one class" in said
     assert "`coherence cache info` lists every one" in said
+    # that entry alone: counted, and not also "nothing is cached" (it said both)
+    monkeypatch.setattr(
+        loaders, "cached_analyses", lambda root, *a, **k: [("f" * 16, 0.0, one_class)]
+    )
+    said = " ".join(texts(open_app(workspace, monkeypatch).sidebar.caption).split())
+    assert "1 other cached result" in said and "Nothing is cached" not in said
 
 
 def test_a_cached_subset_names_its_seeds_and_responses(workspace):

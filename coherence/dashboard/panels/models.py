@@ -3,6 +3,7 @@ field viewer comparing prediction and truth."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -143,26 +144,22 @@ def _rollout_jobs(ctx: PanelContext) -> list[tuple[GroupState, dict[str, Any], s
     return jobs
 
 
-def _submit_rollouts(root: str, jobs: tuple[tuple[dict[str, Any], str], ...]) -> None:
-    """Start (or join) the background rollout jobs; a refusal is kept for the page."""
-    runner = loaders.job_runner(root)
-    try:
-        for spec, _key in jobs:
-            runner.submit_task(ROLLOUT.name, spec)
-        st.session_state.pop("ro_error", None)
-    except CoherenceError as error:
-        st.session_state.ro_error = str(error)
-    except OSError as error:
-        st.session_state.ro_error = f"could not start the rollout's worker: {error}"
+def _error_key(keys: Sequence[str]) -> str:
+    """Where a refused start of these jobs is kept: said for them, not for every later
+    selection."""
+    return "ro_error:" + ",".join(sorted(key[:16] for key in keys))
 
 
-def _asked_before(missing: list[tuple[dict[str, Any], str]]) -> bool:
+def _submit_rollouts(root: str, specs: tuple[dict[str, Any], ...], keys: tuple[str, ...]) -> None:
+    compute.submit_tasks(root, ROLLOUT.name, specs, _error_key(keys), "the rollout's worker")
+
+
+def _asked_before(keys: Sequence[str]) -> bool:
     """Whether this session already started these jobs on its own: a job that then neither
     runs nor is cached (its worker died at start) is offered as a button, not restarted on
     every rerun."""
     asked = st.session_state.setdefault("ro_auto", set())
-    keys = {key for _, key in missing}
-    if keys & asked:
+    if set(keys) & asked:
         return True
     asked.update(keys)
     return False
@@ -171,44 +168,54 @@ def _asked_before(missing: list[tuple[dict[str, Any], str]]) -> bool:
 def _rollout_runs(ctx: PanelContext) -> dict[str, tuple[GroupState, list]] | None:
     """Every group's rollouts from the cache, one dict per seed (one_step, rollout,
     prediction, truth); None while they compute: a background job per group (progress,
-    cancel, a slot of the machine's own like any job), started on the first visit."""
+    cancel, a slot of the machine's own like any job), started on the first visit. The
+    cached ones are read from memory first: a job's status reads its stored result whole."""
     jobs = _rollout_jobs(ctx)
     root = str(ctx.root)
+    found = [loaders.artifact(root, key) for _, _, key in jobs]
+    if all(f is not None for f in found):
+        st.session_state.pop("ro_cancel_requested", None)
+        return _runs(ctx, jobs, found)
     runner = loaders.job_runner(root)
-    statuses = [runner.status(key) for _, _, key in jobs]
+    missing = [
+        (group, spec, key) for (group, spec, key), f in zip(jobs, found, strict=True) if f is None
+    ]
+    statuses = [runner.status(key) for _, _, key in missing]
     if any(s.active for s in statuses):
-        labels = tuple(f"Rollouts of {g.label}" for g, _, _ in jobs)
-        compute.progress_panel(root, labels, tuple(k for _, _, k in jobs), "ro_")
+        labels = tuple(f"Rollouts of {group.label}" for group, _, _ in missing)
+        compute.progress_panel(root, labels, tuple(key for _, _, key in missing), "ro_")
         return None
     st.session_state.pop("ro_cancel_requested", None)
-    found = [loaders.artifact(root, key) for _, _, key in jobs]
-    missing = [(spec, key) for (_, spec, key), f in zip(jobs, found, strict=True) if f is None]
-    if missing:
-        ended = {s.state for s, f in zip(statuses, found, strict=True) if f is None}
-        error = st.session_state.get("ro_error")
-        if ctx.stale:
-            st.info("No rollouts are cached for these figures' selection.")
-            st.caption(STALE_ACTION)
-        elif ended & {"failed", "cancelled"} or error or _asked_before(missing):
-            # said, and started again on a click (never resubmitted on every rerun)
-            for (group, _, _), status in zip(jobs, statuses, strict=True):
-                if status.state == "failed":
-                    st.error(f"Rollouts of {literal(group.label)} failed: {literal(status.error)}")
-            if "cancelled" in ended:
-                st.warning("The rollouts were cancelled.")
-            if error:
-                st.error(literal(error))
-            st.button(
-                "Roll out again",
-                key="ro_run",
-                icon=":material/replay:",
-                on_click=_submit_rollouts,
-                args=(root, tuple(missing)),
-            )
-        else:  # the first visit: start them (seconds on the demo), then show their progress
-            _submit_rollouts(root, tuple(missing))
-            st.rerun(scope="app")
-        return None
+    specs, keys = tuple(spec for _, spec, _ in missing), tuple(key for _, _, key in missing)
+    ended = {status.state for status in statuses}
+    error = st.session_state.get(_error_key(keys))
+    if ctx.stale:
+        st.info("No rollouts are cached for these figures' selection.")
+        st.caption(STALE_ACTION)
+    elif ended & {"failed", "cancelled"} or error or _asked_before(keys):
+        # said, and started again on a click (never resubmitted on every rerun)
+        for (group, _, _), status in zip(missing, statuses, strict=True):
+            if status.state == "failed":
+                st.error(f"Rollouts of {literal(group.label)} failed: {literal(status.error)}")
+        if "cancelled" in ended:
+            st.warning("The rollouts were cancelled.")
+        if error:
+            st.error(literal(error))
+        st.button(
+            "Roll out again",
+            key="ro_run",
+            icon=":material/replay:",
+            on_click=_submit_rollouts,
+            args=(root, specs, keys),
+        )
+    else:  # the first visit: start them (seconds on the demo), then show their progress
+        _submit_rollouts(root, specs, keys)
+        st.rerun(scope="app")
+    return None
+
+
+def _runs(ctx: PanelContext, jobs: list, found: list) -> dict[str, tuple[GroupState, list]]:
+    """The panel's per-seed dicts from the cached rollouts and the dataset's truth."""
     truth = loaders.test_states(
         resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset),
         ctx.selection.classes,

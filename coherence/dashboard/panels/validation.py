@@ -55,13 +55,7 @@ def _spec(ctx: PanelContext, params: dict[str, Any]) -> dict[str, Any]:
 
 def _submit(root: str, spec: dict[str, Any]) -> None:
     """Button callback: start (or join) the check's background job."""
-    try:
-        loaders.job_runner(root).submit_task(COUNTERFACTUAL.name, spec)
-        st.session_state.pop("cf_error", None)
-    except CoherenceError as error:
-        st.session_state.cf_error = str(error)
-    except OSError as error:
-        st.session_state.cf_error = f"could not start the check's worker: {error}"
+    compute.submit_tasks(root, COUNTERFACTUAL.name, (spec,), "cf_error", "the check's worker")
 
 
 def _example_label(ctx: PanelContext, n: int) -> str:

@@ -248,8 +248,8 @@ def rollout(ctx: PanelContext) -> None:
     st.caption(
         how_to_read(rollout_figure)
         + " Whole test trajectories of the selected classes and trajectories, from the first "
-        "snapshot; rolled out once, as a background job on this machine's CPU, and cached "
-        "(`coherence study` and the demo roll out their models' default selections)."
+        "snapshot; rolled out once, as a background job on this machine's CPU, and cached; "
+        "`coherence study` and the demo roll out their models' default selections."
     )
     summaries, horizons = {}, {}
     try:

@@ -104,6 +104,9 @@ def analyze(
             "--trust-code", help="Allow checkpoints that name a custom architecture module."
         ),
     ] = False,
+    # the old --trust-code/--no-trust-code pair's second half, kept for scripts; hidden, as
+    # its column cut option names at 80 columns
+    no_trust_code: Annotated[bool, typer.Option("--no-trust-code", hidden=True)] = False,
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace whose cache/ stores and serves results.")
     ] = None,
@@ -127,6 +130,7 @@ def analyze(
     from coherence.workspace import ENV_VAR, workspace_root
 
     root = workspace_root(workspace)
+    trust_code = trust_code and not no_trust_code
     t_start, n_steps = parse_window(window)
     request = AnalysisRequest(
         checkpoints=tuple(str(named_in(root, c, "--checkpoint")) for c in checkpoint),

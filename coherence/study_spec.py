@@ -201,6 +201,11 @@ class StudyPlan:
             cost = "" if a.state == "cached" else _cost(a.seconds, a.peak_bytes)
             seeds = plural(len(a.checkpoints), "seed")
             lines.append(f"  analyse {a.arch} ({seeds}): {what}{cost}")
+        if self.analyses:  # the Rollout panel's job, as the dashboard keys it
+            lines.append(
+                "  roll out each analysed model group over its test trajectories (seconds at "
+                "demo size; cached ones skipped)"
+            )
         for sweep in self.sweeps:
             what = "snapshot epochs" if sweep.kind == "dynamics" else "λ / estimator settings"
             count = plural(sweep.requests, "analysis", "analyses")

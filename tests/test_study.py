@@ -60,6 +60,7 @@ def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
     assert all(a.seconds > 0 and a.peak_bytes > 0 for a in plan.analyses)
     text = "\n".join(plan.describe())
     assert "train ce_small_vit_demo_s7: 1 epoch —" in text and "total to run" in text
+    assert "roll out each analysed model group over its test trajectories" in text
     assert "timed while another job computes" not in text
 
     links = run_study(plan, log=lambda _: None)

@@ -125,15 +125,10 @@ def enclosing_dataset(path: str | os.PathLike) -> Path | None:
 def refuse_inside_inputs(out: Path, what: str) -> None:
     """RequestError when ``out`` (a file to write) lies in a checkpoint or a dataset, naming
     an example path beside it: ``what`` is the thing written ("results", "the report")."""
-    checkpoint = enclosing_checkpoint(out.parent)
-    if checkpoint is not None:
-        raise RequestError(
-            f"--out {out}: {checkpoint} is a checkpoint; write {what} outside it, e.g. "
-            f"{checkpoint.parent / out.name}"
-        )
-    dataset = enclosing_dataset(out.parent)
-    if dataset is not None:
-        raise RequestError(
-            f"--out {out}: {dataset} is a dataset; write {what} outside it, e.g. "
-            f"{dataset.parent / out.name}"
-        )
+    for kind, enclosing in (("checkpoint", enclosing_checkpoint), ("dataset", enclosing_dataset)):
+        folder = enclosing(out.parent)
+        if folder is not None:
+            raise RequestError(
+                f"--out {out}: {folder} is a {kind}; write {what} outside it, e.g. "
+                f"{folder.parent / out.name}"
+            )

@@ -62,8 +62,9 @@ def encode_result(key: str, result: AnalysisResult, created: float) -> bytes:
     return _pack(arrays, metadata)
 
 
-def read_metadata(archive: Any, key: str) -> dict[str, Any]:
-    """A result's metadata from its open npz, checked against the result schema."""
+def read_entry_metadata(archive: Any, key: str) -> dict[str, Any]:
+    """Any entry's metadata (result, unit or task artifact) from its open npz, without
+    reading its arrays; it must name ``key`` and its creation time."""
     if METADATA_ARRAY not in archive.files:
         raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
     raw = archive[METADATA_ARRAY]
@@ -71,6 +72,12 @@ def read_metadata(archive: Any, key: str) -> dict[str, Any]:
         raise CacheCorruptionError(f"{METADATA_ARRAY} is {raw.dtype}{list(raw.shape)}")
     metadata = json.loads(raw.tobytes().decode())
     _check_cache_field(metadata, key)
+    return metadata
+
+
+def read_metadata(archive: Any, key: str) -> dict[str, Any]:
+    """A result's metadata from its open npz, checked against the result schema."""
+    metadata = read_entry_metadata(archive, key)
     expected = {"schema": int, "request": dict, "diagnostics": list, "provenance": dict}
     for name, kind in expected.items():
         if not isinstance(metadata.get(name), kind):

@@ -30,6 +30,7 @@ import sqlite3
 import stat
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from coherence.cache.blobs import (
     encode_artifact,
     encode_result,
     encode_unit,
+    read_entry_metadata,
     read_metadata,
     unpack_blob,
 )
@@ -219,10 +221,13 @@ class ResultStore(JobRecords):
         """Whether an entry exists (not validated: ``get`` may still refuse it)."""
         return f"result:{validate_key(key)}" in self._cache
 
-    def _metadata(self, key: str) -> dict[str, Any] | None:
-        """A result's JSON metadata, read without loading its arrays; None if missing (or
+    def _metadata(
+        self, key: str, kind: str = "result", reader: Callable = read_metadata
+    ) -> dict[str, Any] | None:
+        """An entry's JSON metadata (a result's, or a task ``artifact``'s with
+        ``read_entry_metadata``), read without loading its arrays; None if missing (or
         deleted meanwhile). An entry not in the safe form is refused (deleted) and None."""
-        name = f"result:{validate_key(key)}"
+        name = f"{kind}:{validate_key(key)}"
         try:
             handle = self._cache.get(name, read=True, retry=True)
             if handle is None:
@@ -230,7 +235,7 @@ class ResultStore(JobRecords):
             source = io.BytesIO(handle) if isinstance(handle, bytes) else handle
             try:
                 with np.load(source, allow_pickle=False) as archive:
-                    return read_metadata(archive, key)
+                    return reader(archive, key)
             finally:
                 source.close()
         except CacheCorruptionError as error:
@@ -291,10 +296,13 @@ class ResultStore(JobRecords):
         return arrays, metadata
 
     def artifact_age(self, key: str) -> float | None:
-        found = self.get_artifact(key)
-        if found is None:
+        """Seconds since the task artifact was stored (reads only its metadata, as ``age``
+        does: a job's status asked it on every page run, and unpacked every array), or
+        None."""
+        metadata = self._metadata(key, "artifact", read_entry_metadata)
+        if metadata is None:
             return None
-        return max(time.time() - float(found[1]["cache"]["created"]), 0.0)
+        return max(time.time() - float(metadata["cache"]["created"]), 0.0)
 
     def _evict(self, keep: str) -> int:
         """Delete results, least recently used first (never ``keep``), until the volume

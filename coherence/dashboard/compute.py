@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 import torch
@@ -124,31 +125,31 @@ def displayed(
     return last, previous, banner
 
 
-def submit(root: str, requests: Sequence[AnalysisRequest]) -> None:
-    """Button callback: start (or join) a job per request that is not cached."""
-    runner = loaders.job_runner(root)
+def _start_jobs(
+    submit_one: Callable[[Any], object], items: Sequence, error_key: str, worker: str
+) -> None:
+    """Start (or join) a job per item; a refusal is kept under ``error_key`` for the page
+    to show (``worker``: whose, in the message), a success clears it."""
     try:
-        for request in requests:
-            runner.submit(request)
-        st.session_state.pop("compute_error", None)
-    except CoherenceError as error:
-        st.session_state.compute_error = str(error)
-    except OSError as error:  # the worker process could not start
-        st.session_state.compute_error = f"could not start the analysis worker: {error}"
-
-
-def submit_tasks(root: str, kind: str, specs: Sequence[dict], error_key: str, worker: str) -> None:
-    """Start (or join) background jobs of another kind (``coherence.cache.tasks``); a
-    refusal is kept under ``error_key`` for the page to show (``worker``: whose, in it)."""
-    runner = loaders.job_runner(root)
-    try:
-        for spec in specs:
-            runner.submit_task(kind, spec)
+        for item in items:
+            submit_one(item)
         st.session_state.pop(error_key, None)
     except CoherenceError as error:
         st.session_state[error_key] = str(error)
     except OSError as error:  # the worker process could not start
         st.session_state[error_key] = f"could not start {worker}: {error}"
+
+
+def submit(root: str, requests: Sequence[AnalysisRequest]) -> None:
+    """Button callback: start (or join) a job per request that is not cached."""
+    runner = loaders.job_runner(root)
+    _start_jobs(runner.submit, requests, "compute_error", "the analysis worker")
+
+
+def submit_tasks(root: str, kind: str, specs: Sequence[dict], error_key: str, worker: str) -> None:
+    """Start (or join) background jobs of another kind (``coherence.cache.tasks``)."""
+    runner = loaders.job_runner(root)
+    _start_jobs(lambda spec: runner.submit_task(kind, spec), specs, error_key, worker)
 
 
 def _cancel(root: str, keys: Sequence[str], prefix: str = "") -> None:

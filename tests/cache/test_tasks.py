@@ -129,3 +129,25 @@ def test_rollouts_are_keyed_by_content_and_match_the_model_rolled_out_directly(
     again, _ = runner.run_task(ROLLOUT.name, job)  # from the disk cache, not recomputed
     assert runner.store.computations(key) == 1
     np.testing.assert_array_equal(again["rollout"], arrays["rollout"])
+
+
+def test_a_task_status_reads_only_its_metadata(checkpoint, tiny_dataset, workspace, monkeypatch):
+    """A done job's status (asked on every run of the Rollout and Validation tabs) unpacked
+    its whole stored result, every seed's predicted fields; it reads the metadata alone, as
+    an analysis's status does."""
+    from coherence.cache import blobs, store
+    from coherence.cache.tasks import ROLLOUT, rollout_spec
+
+    runner = JobRunner(workspace)
+    job = rollout_spec([checkpoint], tiny_dataset, TINY_CLASSES, [0])
+    runner.run_task(ROLLOUT.name, job)
+    key = runner.task_key(ROLLOUT.name, job)
+
+    def unpacked(*args, **kwargs):
+        raise AssertionError("the arrays were read")
+
+    monkeypatch.setattr(store, "unpack_blob", unpacked)
+    monkeypatch.setattr(blobs, "unpack_blob", unpacked)
+    status = runner.status(key)
+    assert status.state == "done" and 0 <= runner.store.artifact_age(key) < 600
+    assert runner.store.artifact_age("c" * 64) is None

@@ -169,7 +169,7 @@ def _rollout_runs(ctx: PanelContext) -> dict[str, tuple[GroupState, list]] | Non
     """Every group's rollouts from the cache, one dict per seed (one_step, rollout,
     prediction, truth); None while they compute: a background job per group (progress,
     cancel, a slot of the machine's own like any job), started on the first visit. The
-    cached ones are read from memory first: a job's status reads its stored result whole."""
+    cached ones come from memory; a status is asked only for the others."""
     jobs = _rollout_jobs(ctx)
     root = str(ctx.root)
     found = [loaders.artifact(root, key) for _, _, key in jobs]

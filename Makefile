@@ -7,7 +7,7 @@ WORKSPACE ?= $(or $(COHERENCE_WORKSPACE),workspace)
 PORT ?= 8501
 export COHERENCE_WORKSPACE := $(abspath $(WORKSPACE))
 
-.PHONY: run test test-fast lint bench demo docker docker-test clean
+.PHONY: run test test-fast lint bench bench-peers demo docker docker-test clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ test-fast: $(BIN)/activate
 bench: $(BIN)/activate
 	$(BIN)/python -m bench.run_all
 
+PEERS := .peers
+$(PEERS)/.installed: bench/requirements-peers.txt | $(BIN)/activate
+	$(BIN)/pip install --quiet --no-deps --target $(PEERS) -r bench/requirements-peers.txt
+	touch $@
+
+# our EK-FAC beside Kronfluence's (bench/bench_kronfluence.py); the peers live in .peers/ only
+bench-peers: $(BIN)/activate $(PEERS)/.installed
+	PYTHONPATH=$(abspath $(PEERS)):$(CURDIR) $(BIN)/python bench/bench_kronfluence.py
+
 DOCKER ?= docker
 IMAGE ?= coherence-explorer:latest
 
@@ -47,4 +56,4 @@ docker-test: $(BIN)/activate
 	bash scripts/docker-test.sh --image $(IMAGE)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache

@@ -310,18 +310,28 @@ def load_checked(
 def check_seeds(checkpoints: Sequence[str]) -> None:
     """An analysis pools its checkpoints as seeds of one model: refuse two architectures or
     sizes (a UNet and a ViT gave one result, their difference read as the spread across
-    seeds), and one model twice (a copy under another name)."""
+    seeds), two training recipes (another epoch, learning rate, …: a snapshot of epoch 1
+    beside the trained weights pooled training's effect into the seeds' spread), and one
+    model twice (a copy under another name)."""
     first, weights = None, {}
     for directory in checkpoints:
         name = display_name(directory)
         model = ckpt.read_config(directory).model
+        recipe = ckpt.training_recipe(directory)
         if first is None:
-            first = (name, model)
+            first = (name, model, recipe)
         elif model != first[1]:
             raise RequestError(
                 f"checkpoints {first[0]} ({first[1].get('arch')}) and {name} "
                 f"({model.get('arch')}) are not seeds of one model (other architecture or "
                 "size); analyse each model on its own, or compare them in the dashboard"
+            )
+        elif differ := _recipe_differences(first[2], recipe):
+            raise RequestError(
+                f"checkpoints {first[0]} and {name} were trained differently ({differ}), so "
+                "they are not seeds of one model: pooled, the difference reads as spread "
+                "across seeds; give checkpoints of one recipe (for one run across epochs, "
+                "the dashboard's Training dynamics panel, or each epoch on its own)"
             )
         digest = ckpt.weights_digest(directory)
         if digest in weights:
@@ -332,6 +342,12 @@ def check_seeds(checkpoints: Sequence[str]) -> None:
                 "--seed"
             )
         weights[digest] = name
+
+
+def _recipe_differences(a: dict, b: dict) -> str:
+    """``epochs 1 vs 12; lr 0.001 vs 0.0005``: the recipe fields both record that differ
+    (a field one checkpoint does not record, an imported one's, is no evidence)."""
+    return "; ".join(f"{k} {a[k]} vs {b[k]}" for k in a if k in b and a[k] != b[k])
 
 
 def prepare(

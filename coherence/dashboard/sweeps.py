@@ -40,6 +40,12 @@ DAMPING_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 PAPER_DAMPING = DEFAULT_DAMPING
 
 
+def short_float(value: float) -> str:
+    """1.5e-2, 5e-2, 1e-6: two significant digits at most, no padded exponent."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
 @dataclass(frozen=True)
 class EstimatorSetting:
     """One row of the sensitivity table: an estimator and its options.
@@ -58,10 +64,11 @@ class EstimatorSetting:
     depth: int | None = None  # Krylov blocks (None: the sidebar's for its estimator, else default)
 
     def label(self, arch: str | None = None) -> str:
+        """The series' name, its numbers written as the panel's help writes them (1.5e-2)."""
         if self.estimator == "cg":
-            return f"cg rtol {self.resolve_rtol(arch):g}"
+            return f"cg rtol {short_float(self.resolve_rtol(arch) or 0.0)}"
         if self.energy_threshold is not None:
-            return f"{self.estimator} energy 1 − {1 - self.energy_threshold:.0e}"
+            return f"{self.estimator} energy 1 − {short_float(1 - self.energy_threshold)}"
         return self.estimator
 
     def resolve_rtol(self, arch: str | None) -> float | None:
@@ -87,6 +94,16 @@ SWEEP_ESTIMATORS = (
     EstimatorSetting("subspace", energy_threshold=1 - 1e-2, on_demand=True),
     EstimatorSetting("subspace", energy_threshold=1 - 1e-6, on_demand=True),
 )
+
+
+def _depth_label(depth: int | None) -> str:
+    """A depth other than the estimator's default, as the series' label names it."""
+    return "" if depth is None else f" depth {depth}"
+
+
+# the table's series labels in its order: what fixes each setting's line style and symbol on
+# the chart (figures.dynamics.setting_style), whatever subset of it is cached
+SETTING_ORDER = tuple(s.label() + _depth_label(s.depth) for s in SWEEP_ESTIMATORS)
 
 
 @dataclass(frozen=True)
@@ -172,8 +189,7 @@ def sensitivity_settings(
                 continue
             seen.add(key)
             # a depth other than the estimator's default (the setting's or the sidebar's)
-            depth_label = "" if chosen.depth is None else f" depth {chosen.depth}"
-            out.append((setting.label(arch) + depth_label, chosen, setting))
+            out.append((setting.label(arch) + _depth_label(chosen.depth), chosen, setting))
     return out
 
 

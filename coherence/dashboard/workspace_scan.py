@@ -97,6 +97,7 @@ class CheckpointEntry:
     seed: int
     dataset_name: str  # dataset_name it was trained on
     model_json: str  # canonical JSON of the architecture config: the group identity
+    recipe_json: str = "{}"  # and of the training recipe (ckpt.recipe_of): seeds share it
     epochs: tuple[int, ...] = ()  # training snapshots kept under epochs/NNNN (``snapshots``)
     trained_epochs: int = 0  # epochs in history.json: the last one is the weights themselves
     physics: Mapping[str, float] = field(default_factory=dict)  # what it was trained with
@@ -148,30 +149,33 @@ class Catalog:
         return next((g for g in self.groups(dataset) if checkpoint in g.checkpoints), None)
 
 
-def _label_fields(model_json: str) -> dict[str, Any]:
+def _label_fields(model_json: str, recipe_json: str = "{}") -> dict[str, Any]:
     """The architecture's fields, ``config`` flattened (``{"arch", "config": {…}, "preset"}``
-    as checkpoints store it), so a label names ``base_width=8``, not a whole dict."""
+    as checkpoints store it), so a label names ``base_width=8``, not a whole dict; then the
+    training recipe's (``epochs=6``)."""
     data = json.loads(model_json)
     fields = {k: v for k, v in data.items() if k != "config"}
     if isinstance(data.get("config"), dict):
         fields.update(data["config"])
-    return fields
+    return fields | json.loads(recipe_json)
 
 
 def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[ModelGroup, ...]:
-    """Group by (architecture, architecture config); label by the config fields that differ."""
-    by_key: dict[tuple[str, str], list[CheckpointEntry]] = {}
+    """Group by (architecture, architecture config, training recipe): the seeds of one model
+    (ViTs trained for 6 and 12 epochs had joined one group, their difference read as the
+    spread across seeds); label by the fields that differ."""
+    by_key: dict[tuple[str, str, str], list[CheckpointEntry]] = {}
     for entry in entries:
-        by_key.setdefault((entry.arch, entry.model_json), []).append(entry)
+        by_key.setdefault((entry.arch, entry.model_json, entry.recipe_json), []).append(entry)
     configs_per_arch: dict[str, list[dict]] = {}
-    for arch, model_json in by_key:
-        configs_per_arch.setdefault(arch, []).append(_label_fields(model_json))
+    for arch, model_json, recipe_json in by_key:
+        configs_per_arch.setdefault(arch, []).append(_label_fields(model_json, recipe_json))
     groups = []
-    for (arch, model_json), members in by_key.items():
+    for (arch, model_json, recipe_json), members in by_key.items():
         label = ARCH_LABELS.get(arch, arch)
         siblings = configs_per_arch[arch]
         if len(siblings) > 1:
-            config = _label_fields(model_json)
+            config = _label_fields(model_json, recipe_json)
             differing = [
                 k
                 for k in sorted(config)
@@ -258,6 +262,7 @@ def _check_weights(path: Path, config: ckpt.CheckpointConfig) -> None:
 def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
     config = ckpt.read_config(path)  # also refuses a directory without weights
     _check_weights(path, config)
+    trained = _trained_epochs(path)
     return CheckpointEntry(
         name=name,
         arch=config.arch,
@@ -267,8 +272,9 @@ def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
         seed=config.seed,
         dataset_name=str(config.dataset.get("name", "")),
         model_json=json.dumps(config.model, sort_keys=True),
+        recipe_json=json.dumps(ckpt.recipe_of(config, trained), sort_keys=True),
         epochs=tuple(snapshots.list_snapshots(path)),
-        trained_epochs=_trained_epochs(path),
+        trained_epochs=trained,
         physics=MappingProxyType(ckpt.recorded_physics(config.dataset.get("physics"))),
     )
 

@@ -34,7 +34,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from coherence.errors import CheckpointError
+from coherence.errors import CheckpointError, CoherenceError
 from coherence.surrogates import fileset
 from coherence.surrogates.checkpoint_config import (
     FORMAT,
@@ -184,6 +184,35 @@ def read_history(directory: str | os.PathLike) -> list[dict[str, float]]:
             record.number("seconds")
         history.append(record.to_dict())
     return history
+
+
+# training arguments that change the model a run ends with: seeds of one model share them
+# (the device, the snapshots kept and the checkpoint cadence do not change it)
+RECIPE_ARGS = ("lr", "batch_size", "weight_decay", "transitions", "classes", "overrides")
+
+
+def recipe_of(config: CheckpointConfig, trained_epochs: int) -> dict[str, Any]:
+    """What a run was trained with besides its seed: the recorded ``RECIPE_ARGS`` and the
+    epochs its weights have seen (``trained_epochs``, history.json's length; 0: unknown, then
+    the epochs it was asked for). A snapshot's is its own epoch. Checkpoints whose recipes
+    differ are not seeds of one model."""
+    training = config.training if isinstance(config.training, dict) else {}
+    args = training.get("args") if isinstance(training.get("args"), dict) else {}
+    recipe = {key: args[key] for key in RECIPE_ARGS if key in args}
+    epochs = trained_epochs or args.get("epochs")
+    if epochs:
+        recipe["epochs"] = epochs
+    return recipe
+
+
+def training_recipe(directory: str | os.PathLike) -> dict[str, Any]:
+    """``recipe_of`` for a checkpoint directory (a history that cannot be read counts as
+    unknown, as it hides the training curves and not the checkpoint)."""
+    try:
+        trained = len(read_history(directory))
+    except (CoherenceError, OSError, ValueError):
+        trained = 0
+    return recipe_of(read_config(directory), trained)
 
 
 def weights_digest(directory: str | os.PathLike) -> str:

@@ -723,27 +723,29 @@ def test_sensitivity_compare_mode_colours_by_group_and_styles_by_estimator():
     labels = ["UNet · ekfac-krylov", "UNet · krylov", "ViT · ekfac-krylov", "ViT · euclidean"]
     colors = {"UNet · ekfac-krylov": 0, "UNet · krylov": 0, "ViT · ekfac-krylov": 1}
     colors["ViT · euclidean"] = 1
+    order = ("ekfac-krylov", "euclidean", "krylov", "cg rtol 1.5e-2")
     fig = sensitivity_figure(
         dict.fromkeys(labels, trend),
         paper_damping=1e-4,
         flat=["ViT · euclidean"],
         colors=colors,
         estimators={label: label.split(" · ")[1] for label in labels},
+        order=order,
     )
     lines = {t.name: t.line for t in fig.data if t.mode == "lines+markers"}
     assert {name: line.color for name, line in lines.items()} == {
         name: group_color(colors[name]) for name in labels
     }
-    assert [lines[n].dash for n in labels] == ["solid", "dot", "solid", "dash"]
+    assert [lines[n].dash for n in labels] == ["solid", "dashdot", "solid", "dash"]
     symbols = {t.name: t.marker.symbol for t in fig.data if t.mode == "lines+markers"}
-    assert [symbols[n] for n in labels[:3]] == ["circle", "diamond", "circle"]
+    assert [symbols[n] for n in labels[:3]] == ["circle", "square", "circle"]
     # styles follow the estimator, not its place in a group: here the groups list
     # different estimators, and krylov is drawn alike in both
     groups = {
         "UNet · ekfac-krylov": ("ekfac-krylov", 0),
         "UNet · krylov": ("krylov", 0),
         "ViT · ekfac-krylov": ("ekfac-krylov", 1),
-        "ViT · cg rtol 0.015": ("cg rtol 0.015", 1),
+        "ViT · cg rtol 1.5e-2": ("cg rtol 1.5e-2", 1),
         "ViT · krylov": ("krylov", 1),
     }
     mixed = sensitivity_figure(
@@ -751,15 +753,45 @@ def test_sensitivity_compare_mode_colours_by_group_and_styles_by_estimator():
         paper_damping=1e-4,
         colors={k: g for k, (_, g) in groups.items()},
         estimators={k: e for k, (e, _) in groups.items()},
+        order=order,
     )
     style = {
         t.name: (t.line.dash, t.marker.symbol) for t in mixed.data if t.mode == "lines+markers"
     }
-    assert style["UNet · krylov"] == style["ViT · krylov"] == ("dot", "diamond")
-    assert style["ViT · cg rtol 0.015"] == ("dashdot", "square")
+    assert style["UNet · krylov"] == style["ViT · krylov"] == ("dashdot", "square")
+    assert style["ViT · cg rtol 1.5e-2"] == ("longdash", "triangle-up")
     assert style["UNet · ekfac-krylov"] == style["ViT · ekfac-krylov"] == ("solid", "circle")
     single = sensitivity_figure(dict.fromkeys(labels[:2], trend), paper_damping=1e-4)
     assert len({t.line.color for t in single.data if t.mode == "lines+markers"}) == 2
+
+
+def test_a_settings_style_is_fixed_by_the_sweeps_table_whatever_is_drawn():
+    """A setting keeps its line style and symbol whatever else is cached (styles by place
+    among the drawn settings changed between views), the table's settings never share a
+    symbol (five symbols made ekfac-krylov and a subspace threshold both circles), and a
+    setting outside the table (a sidebar's depth) gets an open symbol of its own."""
+    from coherence.analysis.figures.dynamics import sensitivity_figure, setting_style
+    from coherence.dashboard.sweeps import SETTING_ORDER
+
+    styles = [setting_style(name, SETTING_ORDER) for name in SETTING_ORDER]
+    assert len({symbol for _, symbol in styles}) == len(SETTING_ORDER)
+    assert len(set(styles)) == len(SETTING_ORDER)
+    extra = setting_style("ekfac-krylov depth 2", SETTING_ORDER)
+    assert extra[1].endswith("-open") and extra == setting_style("ekfac-krylov depth 2")
+    trend = {"diagonal_dominance": _dd_trend([1e-4, 1e-2], [[0.9, 0.92], [0.8, 0.82]])}
+
+    def drawn(names: list[str]) -> dict[str, tuple[str, str]]:
+        fig = sensitivity_figure(
+            dict.fromkeys(names, trend), paper_damping=1e-4, order=SETTING_ORDER
+        )
+        return {
+            t.name: (t.line.dash, t.marker.symbol) for t in fig.data if t.mode == "lines+markers"
+        }
+
+    alone = drawn(["cg rtol 1.5e-2"])
+    beside = drawn(["ekfac-krylov", "subspace", "cg rtol 1.5e-2"])
+    assert alone["cg rtol 1.5e-2"] == beside["cg rtol 1.5e-2"]
+    assert beside["ekfac-krylov"] != drawn(["subspace energy 1 − 1e-2"])["subspace energy 1 − 1e-2"]
 
 
 def test_agreement_map_is_drawn_on_the_maps_own_scale():

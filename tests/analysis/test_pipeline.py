@@ -4,6 +4,7 @@ tensors against direct influence calls, result files, `coherence analyze`, and r
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -613,6 +614,38 @@ def test_an_analysis_pools_seeds_of_one_model_only(workspace, tmp_path):
     (copy / ckpt.MANIFEST_FILE).unlink()  # saved without a manifest: the file's own digest
     with pytest.raises(RequestError, match=r"unet_s1 and unet_s9 hold the same weights"):
         check_seeds((first, str(copy)))
+
+
+def test_seeds_of_one_model_share_a_training_recipe(workspace, tmp_path):
+    """A run of another length (or its snapshot of another epoch) was pooled as a seed: the
+    difference training makes read as the spread across seeds. A snapshot at the seeds' own
+    epoch is one of them; a checkpoint that records no recipe (imported) is no evidence."""
+    from coherence.analysis.pipeline import check_seeds
+
+    first, _ = (str(c) for c in workspace["ckpts"])  # 1 epoch each
+    longer = tmp_path / "unet_s3"
+    args = TrainingArgs(
+        seed=3, epochs=2, batch_size=8, transitions=4, device="cpu", overrides=TINY_OVERRIDES
+    )
+    train(open_dataset(workspace["data"]).root, longer, args)
+    with pytest.raises(
+        RequestError,
+        match=r"unet_s1 and unet_s3 were trained differently "
+        r"\(epochs 1 vs 2\)",
+    ) as refused:
+        run_analysis(request_for(workspace, checkpoints=(first, str(longer)), trajectories=(0,)))
+    assert "Training dynamics" in str(refused.value)
+    check_seeds((first, str(longer / "epochs" / "0001")))  # the same recipe at epoch 1
+    other_lr = shutil.copytree(longer / "epochs" / "0001", tmp_path / "unet_lr")
+    config = json.loads((other_lr / ckpt.CONFIG_FILE).read_text())
+    config["training"]["args"]["lr"] = 1e-2
+    (other_lr / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(RequestError, match=r"trained differently \(lr 0.0005 vs 0.01\)"):
+        check_seeds((first, str(other_lr)))
+    del config["training"]  # imported: no recipe recorded, nothing to compare
+    (other_lr / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    (other_lr / ckpt.HISTORY_FILE).unlink()
+    check_seeds((first, str(other_lr)))
 
 
 def test_analyze_warns_before_starting_about_an_rtol_that_cannot_act(workspace):

@@ -126,6 +126,21 @@ def test_groups_of_one_architecture_are_labelled_by_what_differs():
     assert labels == ["UNet (width=16)", "UNet (width=32)", "ViT"]
 
 
+def test_runs_of_another_training_recipe_are_another_group():
+    """ViTs trained for 6 epochs had joined the 12-epoch seeds as more seeds of one model."""
+    catalog = synthetic_catalog()
+    vit = catalog.checkpoint("vit_s10")
+    recipe = {"epochs": 12, "lr": 5e-4}
+    runs = [
+        replace(vit, name=f"vit_s{seed}", seed=seed, recipe_json=json.dumps(recipe | changes))
+        for seed, changes in ((10, {}), (35, {}), (1, {"epochs": 6}))
+    ]
+    others = tuple(c for c in catalog.checkpoints if c.arch != "vit")
+    grouped = replace(catalog, checkpoints=others + tuple(runs)).groups("ce_demo")
+    vits = {g.label: g.checkpoints for g in grouped if g.arch == "vit"}
+    assert vits == {"ViT (epochs=12)": ("vit_s10", "vit_s35"), "ViT (epochs=6)": ("vit_s1",)}
+
+
 # ---------------------------------------------------------------------------- defaults ---
 
 

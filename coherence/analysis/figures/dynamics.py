@@ -7,6 +7,7 @@ Inputs come from ``coherence.analysis.trends``: {group label: {score name: Trend
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,12 +29,40 @@ from coherence.analysis.figures.theme import (
 from coherence.analysis.trends import TREND_SCORES, Agreement, Trend
 from coherence.errors import RequestError
 
-# line styles of the estimators in compare mode (colour is the group's there); "dash" is
+# line styles of the estimator settings (colour is the group's in compare mode); "dash" is
 # kept for the flat lines of estimators that ignore λ
 ESTIMATOR_DASHES = ("solid", "dot", "dashdot", "longdash")
-# and marker symbols: a setting cached at one λ is a lone marker, whose line style is unseen
-# (five against four dashes: the pair repeats only after twenty estimators)
-ESTIMATOR_SYMBOLS = ("circle", "diamond", "square", "triangle-up", "x")
+# and marker symbols: a setting cached at one λ is a lone marker, whose line style is unseen,
+# so each setting of the sweep's table gets a symbol of its own
+ESTIMATOR_SYMBOLS = (
+    "circle",
+    "diamond",
+    "square",
+    "triangle-up",
+    "x",
+    "star",
+    "cross",
+    "hexagon",
+    "triangle-down",
+    "pentagon",
+    "hourglass",
+    "bowtie",
+)
+
+
+def setting_style(setting: str, order: Sequence[str] = ()) -> tuple[str, str]:
+    """(line dash, marker symbol) of one estimator setting, the same in every view and group:
+    a setting of ``order`` (the sweep's table) by its place there, so the table's settings
+    never share a symbol; any other (a sidebar's depth) an open symbol picked by its name.
+    Styles by place among the settings drawn changed with what was cached, and two settings
+    shared a symbol once more than five were drawn."""
+    if setting in order:
+        n = list(order).index(setting)
+        symbol = ESTIMATOR_SYMBOLS[n % len(ESTIMATOR_SYMBOLS)]
+    else:
+        n = zlib.crc32(setting.encode())
+        symbol = ESTIMATOR_SYMBOLS[n % len(ESTIMATOR_SYMBOLS)] + "-open"
+    return ESTIMATOR_DASHES[n % len(ESTIMATOR_DASHES)], symbol
 
 
 def _grid(n_panels: int) -> tuple[int, int]:
@@ -262,6 +291,7 @@ def sensitivity_figure(
     selected_damping: float | None = None,
     colors: Mapping[str, int] | None = None,
     estimators: Mapping[str, str] | None = None,
+    order: Sequence[str] = (),
     unconverged: Mapping[str, Sequence[float]] | None = None,
     title: str = "Scores against λ",
 ) -> go.Figure:
@@ -276,7 +306,9 @@ def sensitivity_figure(
     λ range the axis covers at least (the sweep's grid, so missing settings show as gaps);
     ``colors``: {label: colour index} (compare mode: the group's colour, as on the other
     panels); default: one colour per series. ``estimators``: {label: estimator setting}: one
-    line style and marker symbol per setting, the same in every group (default: per label).
+    line style and marker symbol per setting, the same in every group (default: per label);
+    ``order``: every setting of the sweep's table, which fixes each one's style
+    (``setting_style``) whatever subset is drawn.
     ``unconverged``: {label: the λ values whose cg solve stopped at its cap}: those points
     get a red ring, so an inaccurate point is told apart on the chart itself.
     """
@@ -299,12 +331,11 @@ def sensitivity_figure(
     low = math.floor(math.log10(min(span[0], wanted[0], *marks))) - 0.5
     high = math.ceil(math.log10(max(span[1], wanted[1], *marks))) + 0.5
     setting_of = dict(estimators or {})
-    settings = list(dict.fromkeys(setting_of.get(label, label) for label in trends_by_series))
     for i, (label, trends) in enumerate(trends_by_series.items()):
         flat_span = (10.0**low, 10.0**high) if label in flat else None
         color = colors[label] if colors is not None else i
-        nth = settings.index(setting_of.get(label, label))
-        dash = "dash" if label in flat else ESTIMATOR_DASHES[nth % len(ESTIMATOR_DASHES)]
+        dash, symbol = setting_style(setting_of.get(label, label), order)
+        dash = "dash" if label in flat else dash
         _add_series(
             fig,
             trends,
@@ -313,7 +344,7 @@ def sensitivity_figure(
             label=label,
             color=group_color(color),
             dash=dash,
-            symbol=ESTIMATOR_SYMBOLS[nth % len(ESTIMATOR_SYMBOLS)],
+            symbol=symbol,
             flat_span=flat_span,
         )
     _ring_unconverged(fig, trends_by_series, dict(unconverged or {}), names, cols)

@@ -91,15 +91,7 @@ def dynamics(ctx: PanelContext) -> None:
         g: [p for p in points if p.group == g and not p.series] for g in range(len(labels))
     }
     if all(len(group) <= 1 for group in per_group.values()):
-        name = ctx.selection.checkpoints[0]
-        st.info(
-            "These checkpoints keep no snapshot of an earlier epoch, so there is one epoch "
-            "to show. Checkpoints trained by this version keep them; to add them, retrain "
-            "into a new directory, e.g. "
-            + code(f"coherence train … --keep-epochs 1,2,4,8,16 --out {name}_dyn")
-            + f". {EXPLAIN}",
-            icon=":material/timeline:",
-        )
+        st.info(_one_epoch_reason(ctx) + f" {EXPLAIN}", icon=":material/timeline:")
         if not points:
             return
     else:
@@ -266,3 +258,29 @@ def trends_csv(
 
 def _num(value: float) -> str:
     return "" if not np.isfinite(value) else repr(float(value))
+
+
+def _one_epoch_reason(ctx: PanelContext) -> str:
+    """Why there is one epoch to show: no snapshots, or seeds whose snapshots share no
+    epoch (said as "no snapshot" before, although each seed kept some)."""
+    name = ctx.selection.checkpoints[0]
+    entries = [ctx.catalog.checkpoint(n) for n in ctx.selection.checkpoints]
+    kept = {
+        n: e.epochs if e else () for n, e in zip(ctx.selection.checkpoints, entries, strict=True)
+    }
+    # a snapshot of the last epoch is the weights themselves: an earlier one is what counts
+    if any(e and any(k < e.trained_epochs for k in e.epochs) for e in entries):
+        listed = "; ".join(f"{n}: {', '.join(map(str, e)) or 'none'}" for n, e in kept.items())
+        return (
+            f"The seeds keep snapshots, but of no epoch they all share ({listed}), so there "
+            "is one epoch to show: train the seeds with one --keep-epochs list, e.g. "
+            + code(f"coherence train … --keep-epochs 1,2,4,8,16 --out {name}_dyn")
+            + "."
+        )
+    return (
+        "These checkpoints keep no snapshot of an earlier epoch, so there is one epoch to "
+        "show. Checkpoints trained by this version keep them; to add them, retrain into a new "
+        "directory, e.g. "
+        + code(f"coherence train … --keep-epochs 1,2,4,8,16 --out {name}_dyn")
+        + "."
+    )

@@ -117,6 +117,7 @@ def sensitivity(ctx: PanelContext) -> None:
         selected_damping=ctx.selection.damping,
         colors={_series(labels, p): p.group for p in done} if ctx.compare else None,
         estimators={_series(labels, p): p.series for p in done} if ctx.compare else None,
+        order=sweeps.SETTING_ORDER,
         unconverged=_unconverged_by_series(root, done, labels, ctx.compare),
     )
     chart(figure, key="chart_sensitivity")

@@ -25,6 +25,7 @@ from coherence.cli_common import (
     warn,
 )
 from coherence.errors import ConvergenceWarning, RequestError
+from coherence.surrogates import snapshots
 from coherence.wording import plural
 from coherence.workspace import checkpoints_dir, datasets_dir
 
@@ -207,10 +208,19 @@ def named_in(root: Path, path: Path, flag: str) -> Path:
         if flag == "--data"
         else ("checkpoint", checkpoints_dir(root), datasets_dir(root))
     )
-    if len(path.parts) == 1 and (folder / path).is_dir():
+    if not path.is_absolute() and (folder / path).is_dir():  # a name, or name/epochs/0004
         return folder / path
     other_kind = "checkpoint" if kind == "dataset" else "dataset"
     swapped = len(path.parts) == 1 and (other / path).is_dir()
+    checkpoint, epoch = snapshots.split_snapshot(path)
+    if flag == "--checkpoint" and epoch is not None:
+        found = next((p for p in (checkpoint, folder / checkpoint) if p.is_dir()), None)
+        if found is not None:  # a snapshot of a checkpoint that is there: say which are
+            kept = ", ".join(map(str, snapshots.list_snapshots(found))) or "none"
+            raise RequestError(
+                f"{flag} {path}: {found.name} keeps no snapshot of epoch {epoch} (epochs "
+                f"kept: {kept}); give one of those, or the checkpoint itself for its last epoch"
+            )
     raise RequestError(
         f"{flag} {path}: no such folder, nor a {kind} of that name in {folder}; "
         + (
@@ -326,7 +336,9 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
 
     replaced = Path(out).exists()  # said: a result there was overwritten without a word
     path = save_result(result, out)
-    for warning in result_warnings(result.diagnostics, result.checkpoints):
+    for warning in result_warnings(
+        result.diagnostics, result.checkpoints, result.request.trajectories
+    ):
         warn(warning, loud=True)
     if residuals := residual_summary(
         result.diagnostics, arch=read_config(request.checkpoints[0]).arch, brief=True

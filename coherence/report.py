@@ -301,7 +301,9 @@ def render_html(
     body += [  # unconverged solves: said here as on the dashboard, never silent
         f"<p class='caption'><b>{html.escape(g.label)}: {html.escape(warning)}</b></p>"
         for g in groups
-        for warning in result_warnings(g.result.diagnostics, g.result.checkpoints)
+        for warning in result_warnings(
+            g.result.diagnostics, g.result.checkpoints, g.result.request.trajectories
+        )
     ]
     for i, part in enumerate(parts):
         figure = part.figure

@@ -338,7 +338,9 @@ def _group_status(root: Path, group: GroupState) -> bool:
             f"(key {code(group.key[:12])})" + (f" · {literal(residuals)}" if residuals else ""),
             help=literal(residual_help(result.diagnostics)) if residuals else None,
         )
-        for warning in result_warnings(result.diagnostics, result.checkpoints):
+        for warning in result_warnings(
+            result.diagnostics, result.checkpoints, result.request.trajectories
+        ):
             st.warning(f"**{group.label}**: {warning}", icon=":material/warning:")
         return True
     if status.state == "failed":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
+from coherence.analysis.diagnostics import paper_notation
 from coherence.analysis.request import AnalysisRequest
 from coherence.dashboard.selection import (
     DEFAULT_DAMPING,
@@ -38,12 +39,6 @@ from coherence.workspace import checkpoints_dir, workspace_root
 # λ grid of the sensitivity sweep (log-spaced around the paper's 1e-4, METHOD.md §4)
 DAMPING_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 PAPER_DAMPING = DEFAULT_DAMPING
-
-
-def short_float(value: float) -> str:
-    """1.5e-2, 5e-2, 1e-6: two significant digits at most, no padded exponent."""
-    mantissa, exponent = f"{value:.1e}".split("e")
-    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 @dataclass(frozen=True)
@@ -66,9 +61,9 @@ class EstimatorSetting:
     def label(self, arch: str | None = None) -> str:
         """The series' name, its numbers written as the panel's help writes them (1.5e-2)."""
         if self.estimator == "cg":
-            return f"cg rtol {short_float(self.resolve_rtol(arch) or 0.0)}"
+            return f"cg rtol {paper_notation(self.resolve_rtol(arch) or 0.0)}"
         if self.energy_threshold is not None:
-            return f"{self.estimator} energy 1 − {short_float(1 - self.energy_threshold)}"
+            return f"{self.estimator} energy 1 − {paper_notation(1 - self.energy_threshold)}"
         return self.estimator
 
     def resolve_rtol(self, arch: str | None) -> float | None:

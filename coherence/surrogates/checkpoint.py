@@ -35,7 +35,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from coherence.errors import CheckpointError, CoherenceError
-from coherence.surrogates import fileset
+from coherence.surrogates import fileset, snapshots
 from coherence.surrogates.checkpoint_config import (
     FORMAT,
     FORMAT_VERSION,
@@ -118,8 +118,6 @@ def save_snapshot(
     """Keep the weights of epoch ``len(history)`` as ``<directory>/epochs/NNNN``: a checkpoint
     of its own (config, weights, history; no optimizer state), committed by one rename.
     False when that snapshot exists already (a resumed run passes the epoch again)."""
-    from coherence.surrogates import snapshots
-
     files = {
         WEIGHTS_FILE: _tensor_bytes(model.state_dict()),
         HISTORY_FILE: _json_bytes(history),
@@ -297,6 +295,13 @@ def _checked_directory(directory: Path) -> Path:
             hint += (
                 " It is a dataset (data/<split>/*.hdf5), not a checkpoint (on the command "
                 "line: were --data and --checkpoint swapped?)"
+            )
+        kept = snapshots.list_snapshots(directory.parent)
+        if directory.name == snapshots.EPOCHS_DIR and kept:
+            hint += (
+                f" It is the folder of {directory.parent.name}'s training snapshots: give one "
+                f"of them, e.g. {next(reversed(kept.values()))} (epochs kept: "
+                f"{', '.join(map(str, kept))})."
             )
         raise CheckpointError(
             f"{directory}: missing {', '.join(missing)}; a checkpoint needs {CONFIG_FILE} and "

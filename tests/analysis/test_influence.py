@@ -390,7 +390,12 @@ def test_unconverged_cg_warns_and_records_its_worst_residual(ce_model, ce_batch)
     assert unconverged_solves([[old]])[0].worst_residual == diag.worst_residual
     summary = convergence_summary(cells, ("unet_s1", "unet_s2"))
     assert "1 of 4" in summary and f"{diag.worst_residual:.3g}" in summary
-    assert "unet_s1, batch 1" in summary
+    assert "unet_s1, batch 1" in summary  # no trajectories known: the batch's place
+    # the trajectory as --trajectories names it (0-based: "batch 1" was read as trajectory 1),
+    # and no advice to switch to the default, whose residuals are larger still
+    named = convergence_summary(cells, ("unet_s1", "unet_s2"), trajectories=(4, 7))
+    assert "unet_s1, test trajectory 4" in named and "--cg-start preconditioned" in named
+    assert "the default" not in named
     assert convergence_summary([[quiet.diagnostics.to_dict()]], ("a",)) is None
 
 
@@ -418,6 +423,13 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     cg = [[{"estimator": "cg", "residuals": [0.5, 1.3]}]]  # cg itself: not "choose cg"
     assert "is the cg estimator" not in residual_summary(cg) and "max_iter" in residual_summary(cg)
     assert residual_summary([[{"residuals": None}], [{}]]) is None  # ekfac, euclidean
+    # cg at another rtol than the paper's: its own count first (a ViT's 5e-2 count beside
+    # --rtol 1.5e-2 read as the solve's)
+    tight = [[{"estimator": "cg", "rtol": 1.5e-2, "residuals": [0.01, 0.03, 0.04, 0.2]}]]
+    said = residual_summary(tight, arch="vit")
+    assert "within the solve's rtol 1.5e-2: 1 of 4; within the paper's rtol 5e-2: 3 of 4" in said
+    paper = [[{"estimator": "cg", "rtol": 5e-2, "residuals": [0.01, 0.2]}]]
+    assert "the solve's" not in residual_summary(paper, arch="vit")  # the same: said once
     # the default's residual correction: its size beside the Galerkin map is said
     corrected = [[{"residuals": [0.4], "residual_correction": c}] for c in (90.0, 110.0, 100.0)]
     note = "here 100× the Galerkin part's norm (median of 3 solves): the map is then mostly"

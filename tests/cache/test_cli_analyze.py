@@ -161,6 +161,18 @@ def test_analyze_takes_workspace_names_and_says_when_data_and_checkpoint_are_swa
     request = json.loads((tmp_path / "R.json").read_text())["request"]
     assert request["data"] == str(root / "datasets" / "tiny")
     assert request["checkpoints"] == [str(root / "checkpoints" / "unet_tiny")]
+    # a snapshot by its path inside the workspace, as the dashboard lists it
+    code, said = analyze("unet_tiny/epochs/0001", "tiny")
+    assert code == 0, said
+    request = json.loads((tmp_path / "R.json").read_text())["request"]
+    assert request["checkpoints"] == [str(root / "checkpoints" / "unet_tiny/epochs/0001")]
+    code, said = analyze("unet_tiny/epochs/0005", "tiny")
+    assert code == 2 and "unet_tiny keeps no snapshot of epoch 5 (epochs kept: 1, 2)" in said
+    code, said = analyze(str(root / "checkpoints" / "unet_tiny" / "epochs"), "tiny")
+    assert code == 2 and "It is the folder of unet_tiny's training snapshots" in said
+    assert (
+        f"e.g. {root / 'checkpoints' / 'unet_tiny' / 'epochs' / '0002'} (epochs kept: 1, 2)" in said
+    )
     code, said = analyze("tiny", "unet_tiny")
     assert code == 2 and "--checkpoint tiny: no such folder, nor a checkpoint of that" in said
     assert "the workspace has a dataset of that name: were --data and --checkpoint swapped?" in said

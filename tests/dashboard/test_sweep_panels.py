@@ -557,3 +557,38 @@ def test_the_dynamics_csv_holds_the_validation_curve_of_the_figure():
     assert rows[0][-2:] == ["seed_2", "checkpoints (seed_0, seed_1, …)"]
     assert {len(r) for r in rows} == {len(rows[0])}
     assert rows[1][-2:] == ["", "u_s10 u_s35"] and rows[-1][-1] == "v1 v2 v3"
+    # a censored lag decay length is flagged as a bound ("≥ T"), not written as a measured T
+    lag = Trend(
+        "lag_decay_length",
+        np.array([1.0, 2.0]),
+        np.array([[15.0, 15.0], [3.0, 4.0]]),
+        censored=np.array([[1.0, 0.5], [0.0, 0.0]]),
+    )
+    flagged = trends_csv({"UNet": {"lag_decay_length": lag, "diagonal_dominance": dd}}, "epoch")
+    rows = list(csv.DictReader(io.StringIO(flagged.decode())))
+    assert [r["censored"] for r in rows] == ["0.75", "0.0", ""]
+
+
+def test_sweep_exports_name_every_points_key_and_settings(trained_on):
+    """A sweep's files named the final weights' cache key alone beside a chart of three
+    epochs, and the sidebar's Krylov depth beside a krylov line computed at depth 4."""
+    from coherence.dashboard.panels.sweep_jobs import sweep_meta
+
+    catalog = scan_workspace(trained_on)
+    selection = default_selection(catalog)
+    runner = JobRunner(trained_on)
+    view = {"dataset": "tiny_ce", "UNet: cache key": "abc", "Krylov depth": 1, "weights": "final"}
+    points, _ = sweeps.dynamics_points(trained_on, selection, runner)
+    meta = sweep_meta(view, points, ["UNet"], "epoch")
+    assert meta["dataset"] == "tiny_ce" and "UNet: cache key" not in meta
+    assert "Krylov depth" not in meta and meta["weights"].startswith("epochs 1, 2, 3 (")
+    assert meta["cache keys"] == {f"UNet · epoch {p.x:g}": p.key[:16] for p in points}
+    sens, _ = sweeps.sensitivity_points(
+        trained_on, selection, catalog, runner, include_on_demand=True
+    )
+    settings = sweep_meta(view, sens, ["UNet"], "λ")["settings per line"]
+    assert settings["UNet · krylov"] == "krylov, depth 4"
+    assert settings["UNet · ekfac-krylov"] == "ekfac-krylov, depth 1"
+    assert settings["UNet · cg rtol 1.5e-2"].startswith("cg, depth 4, rtol 0.015, max-iter ")
+    assert settings["UNet · subspace energy 1 − 1e-2"] == "subspace, energy threshold 0.99"
+    assert settings["UNet · euclidean"] == "euclidean"

@@ -13,7 +13,9 @@ from dataclasses import replace
 import numpy as np
 import streamlit as st
 
+from coherence.analysis.exports import with_header
 from coherence.analysis.figures.dynamics import dynamics_figure, epoch_heatmaps
+from coherence.analysis.scores import seed_means
 from coherence.analysis.summaries import training_curves, two_time_map
 from coherence.analysis.tables import epoch_maps_csv
 from coherence.analysis.trends import Trend, trends
@@ -23,6 +25,7 @@ from coherence.dashboard.panels import sweep_jobs
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
+    csv_file,
     downloads,
     how_to_read,
     widget_value,
@@ -149,18 +152,23 @@ def dynamics(ctx: PanelContext) -> None:
     figure = dynamics_figure(by_group, valid or None, colors=group_of, dashed=list(overlaid))
     chart(figure, key="chart_dynamics")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
+    meta = sweep_jobs.sweep_meta(view.meta(), done, labels, "epoch")
+    stem = view.stem("dynamics")
     downloads(
         "dynamics",
-        view.stem("dynamics"),
+        stem,
         figure=figure,
         files=[
-            view.panel_csv(
-                "dynamics",
-                lambda: trends_csv(with_validation(by_group, valid), "epoch", members),
+            csv_file(
+                "Data (CSV)",
+                f"{stem}.csv",
+                lambda: with_header(
+                    trends_csv(with_validation(by_group, valid), "epoch", members), meta
+                ),
             )
         ],
         caption=how_to_read(dynamics_figure),
-        meta=view.meta(),
+        meta=meta,
     )
     _heatmaps(ctx, labels, [p for p in done if not p.series])
 
@@ -182,13 +190,14 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     label = widget_value("dyn_group", shown) if len(shown) > 1 else shown[0]
     g = labels.index(label)
     mine = sorted((p for p in done if p.group == g), key=lambda p: p.x)
-    maps, epochs = [], []
+    maps, epochs, drawn = [], [], []
     for point in mine:
         result = sweep_jobs.result(str(ctx.root), point)
         if result is None:
             continue
         maps.append(two_time_map(result.H_std[result.primary]))
         epochs.append(point.x)
+        drawn.append(point)
         times = result.times  # physical time, as the two-time map
     if not maps:
         return
@@ -197,13 +206,21 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     )
     chart(figure, key="chart_dynamics_maps")
     view = ctx.with_choices(group=label if len(shown) > 1 else None)
+    meta = sweep_jobs.sweep_meta(view.meta(), drawn, labels, "epoch")
+    stem = view.stem("epoch_maps")
     downloads(
         "dynamics_maps",
-        view.stem("epoch_maps"),
+        stem,
         figure=figure,
-        files=[view.panel_csv("epoch_maps", lambda: epoch_maps_csv(maps, epochs, times))],
+        files=[
+            csv_file(
+                "Data (CSV)",
+                f"{stem}.csv",
+                lambda: with_header(epoch_maps_csv(maps, epochs, times), meta),
+            )
+        ],
         caption=how_to_read(epoch_heatmaps),
-        meta=view.meta() | {"epochs": [f"{e:g}" for e in epochs]},
+        meta=meta,
     )
     if len(shown) > 1:
         slot.selectbox("Group", shown, key="dyn_group")
@@ -223,9 +240,11 @@ def with_validation(by_group: dict, valid: dict) -> dict:
 def trends_csv(
     by_series: dict, x_name: str, members: Mapping[str, Sequence[str]] | None = None
 ) -> bytes:
-    """series, score, x, median, q1, q3, then each seed's value; with ``members`` ({series:
-    its checkpoints, in the seed columns' order}) a last column names them, so seed_0… can
-    be read as the seeds they are."""
+    """series, score, x, median, q1, q3, censored, then each seed's value; with ``members``
+    ({series: its checkpoints, in the seed columns' order}) a last column names them, so
+    seed_0… can be read as the seeds they are. ``censored``: the share of the (seed, batch)
+    values that are bounds (a lag decay length at the window: "≥ T"), empty for scores that
+    never are (a censored 15.0 had read as a measured 15)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     width = max(
@@ -234,12 +253,13 @@ def trends_csv(
     )
     seeds = [f"seed_{i}" for i in range(width)]
     writer.writerow(
-        ["series", "score", x_name, "median", "q1", "q3", *seeds]
+        ["series", "score", x_name, "median", "q1", "q3", "censored", *seeds]
         + (["checkpoints (seed_0, seed_1, …)"] if members is not None else [])
     )
     for label, series in by_series.items():
         names = [" ".join(members.get(label, ()))] if members is not None else []
         for name, trend in series.items():
+            bounds = seed_means(trend.censored) if trend.censored is not None else None
             for i, x in enumerate(trend.x):
                 row = trend.per_seed[i]
                 writer.writerow(
@@ -248,6 +268,7 @@ def trends_csv(
                         name,
                         f"{x:g}",
                         *(_num(v) for v in (trend.median[i], trend.q1[i], trend.q3[i])),
+                        _num(bounds[i]) if bounds is not None else "",
                         *(_num(v) for v in row),
                         *([""] * (width - len(row))),
                         *names,

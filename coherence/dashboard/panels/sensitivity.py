@@ -123,7 +123,7 @@ def sensitivity(ctx: PanelContext) -> None:
     chart(figure, key="chart_sensitivity")
     # the files hold the sweep, not the sidebar's one estimator and λ
     dampings = sorted({p.x for p in done if p.uses_damping})
-    meta = ctx.meta() | {
+    meta = sweep_jobs.sweep_meta(ctx.meta(), done, labels, "λ") | {
         "estimator": f"sweep: {', '.join(series)}",
         "damping λ": f"sweep: {', '.join(f'{d:g}' for d in dampings)}"
         + (f" ({', '.join(flat)}: independent of λ)" if flat else ""),

@@ -93,6 +93,43 @@ def warn_unconverged(
         )
 
 
+def sweep_meta(
+    meta: dict, points: Sequence[SweepPoint], labels: Sequence[str], x_name: str
+) -> dict:
+    """A sweep's export provenance: the view's ``meta`` without its one analysis's cache
+    keys and settings, plus every drawn point's key and, per series, the settings it ran
+    at. The files had named the final weights' key alone beside a chart of three epochs, and
+    the sidebar's Krylov depth beside a krylov line computed at depth 4."""
+    out = {
+        k: v
+        for k, v in meta.items()
+        if not k.endswith(": cache key") and k not in ("Krylov depth", "cg rtol")
+    }
+    settings: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for point in sorted(points, key=lambda p: (p.group, p.series, p.x)):
+        line = " · ".join(part for part in (labels[point.group], point.series) if part)
+        request, recorded = point.request, point.request.to_dict()
+        ran = [request.estimator.value]
+        if recorded["depth"] is not None:  # used by this estimator
+            ran.append(f"depth {recorded['depth']}")
+        if request.rtol is not None:
+            ran.append(f"rtol {request.rtol:g}, max-iter {request.max_iter}")
+        if recorded["energy_threshold"] not in (None, 1, 1.0):  # 1: nothing truncated
+            ran.append(f"energy threshold {request.resolved_energy_threshold:g}")
+        settings[line] = ", ".join(ran)
+        keys[f"{line} · {x_name} {point.x:g}"] = point.key[:16]
+    if x_name == "epoch":
+        epochs = sorted({p.x for p in points})
+        out["weights"] = (
+            f"epochs {', '.join(f'{e:g}' for e in epochs)} (the training snapshots "
+            "epochs/NNNN; a group's last epoch is its checkpoints' own weights)"
+        )
+    out["settings per line"] = settings
+    out["cache keys"] = keys
+    return out
+
+
 def statuses(root: str, points: Sequence[SweepPoint]) -> list[JobStatus]:
     runner = loaders.job_runner(root)
     return [runner.status(p.key) for p in points]

@@ -368,9 +368,11 @@ def report(
     from coherence.dashboard.selection import default_selection
     from coherence.dashboard.workspace_scan import scan_workspace
     from coherence.report import (
+        NOT_IN_REPORT,
         build_report,
         cached_in,
         load_groups,
+        panel_value_problems,
         scale_from_params,
         selection_from_link,
         unknown_params,
@@ -397,6 +399,7 @@ def report(
     if params:
         selection, replaced = selection_from_link(params, catalog, cached=cached_in(root))
         problems += unknown_params(params) + replaced
+        problems += panel_value_problems(params, selection.damping)
     else:
         selection = default_selection(catalog, cached=cached_in(root))
         if selection is None:
@@ -410,6 +413,12 @@ def report(
     out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its result's folder
     atomic_write_bytes(out, page)  # a kill mid-write leaves the old report, not half of one
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
+    panel = params.get("panel", [""])[0]
+    if panel in NOT_IN_REPORT:
+        warn(
+            f"the link opens the {panel} panel, which the report does not hold (it holds the "
+            "selection's own analysis); export that panel's chart and CSV from the dashboard"
+        )
 
 
 app.add_typer(cache_app, name="cache")

@@ -149,6 +149,48 @@ def unknown_params(params: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
+# tabs whose figures the report does not hold (it holds the selection's influence panels)
+NOT_IN_REPORT = ("Overview", "Rollout", "Validation", "Training dynamics", "Sensitivity")
+
+
+def _first(params: Mapping[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    return value[0] if isinstance(value, list | tuple) else value
+
+
+def unknown_panel(params: Mapping[str, Any]) -> list[str]:
+    """A warning when a link's ``panel`` names no tab (``panel=Sensitivty`` opened the
+    default tab without a word)."""
+    import difflib
+
+    from coherence.dashboard.panel_links import DEFAULT_PANEL, PANEL_LABELS
+
+    panel = _first(params, "panel")
+    if panel is None or panel in PANEL_LABELS:
+        return []
+    close = difflib.get_close_matches(panel, PANEL_LABELS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"tabs: {', '.join(PANEL_LABELS)}"
+    return [f"panel={panel!r}: no such tab ({hint}); using {DEFAULT_PANEL!r} instead"]
+
+
+def panel_value_problems(params: Mapping[str, Any], damping: float) -> list[str]:
+    """``unknown_panel``, and an overlay λ that the Training dynamics panel does not offer
+    (the dashboard says that one when the panel opens)."""
+    import math
+
+    from coherence.dashboard.sweeps import DAMPING_GRID
+
+    offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]
+    overlay = _first(params, "dyn_vs_damping")
+    if overlay is None or overlay == "none" or overlay in offered:
+        return unknown_panel(params)
+    return [
+        *unknown_panel(params),
+        f"dyn_vs_damping={overlay!r}: not an overlay λ the Training dynamics panel offers "
+        f"({', '.join(offered)}); using none instead",
+    ]
+
+
 def scale_from_params(params: Mapping[str, Any]) -> tuple[str, list[str]]:
     """The heatmaps' colour scale a link's two-time panel shows ('paper' when it names
     none), with a warning when it names one that does not exist."""

@@ -22,7 +22,7 @@ from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, head
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
-from coherence.report import unknown_params
+from coherence.report import unknown_panel, unknown_params
 from coherence.wording import plural
 from coherence.workspace import ENV_VAR, workspace_root
 
@@ -99,6 +99,7 @@ def _run() -> None:
     if "sb_dataset" not in st.session_state:  # a new session: the URL decides
         warnings = (
             unknown_params(st.query_params.to_dict())  # a misspelled key: not silently ignored
+            + unknown_panel(st.query_params.to_dict())
             + sidebar.init_from_url(catalog, cuda_available=cuda)
             + panel_links.restore()
         )

@@ -24,6 +24,22 @@ from typing import Any
 
 import streamlit as st
 
+# the tabs, in their order (``panels.PANELS`` pairs each with its render): a link's panel=
+PANEL_LABELS = (
+    "Overview",
+    "Two-time influence",
+    "Class transfer",
+    "Time lag",
+    "Input distance",
+    "NTK spectrum",
+    "Conservation",
+    "Rollout",
+    "Validation",
+    "Training dynamics",
+    "Sensitivity",
+    "Scores",
+)
+DEFAULT_PANEL = "Two-time influence"  # the headline figure greets a first visit
 PANEL_PARAMS: dict[str, dict[str, type]] = {
     "Overview": {"ov_class": str, "ov_traj": int, "ov_channel": str},
     "Two-time influence": {

@@ -173,6 +173,9 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
         ("ckpt=foo", "checkpoint(s) foo are not in the workspace (the dashboard would show"),
         ("epoch=7", "epoch='7': no snapshot of that epoch"),
         ("zscale_two_time=rainbow", "not a colour scale"),
+        # a tab that does not exist, and an overlay λ the dynamics panel does not offer
+        ("panel=Sensitivty", "panel='Sensitivty': no such tab (did you mean 'Sensitivity'?)"),
+        ("dyn_vs_damping=7", "dyn_vs_damping='7': not an overlay λ the Training dynamics"),
     ):
         result = report("--param", bad)
         said = " ".join(result.output.split())
@@ -183,6 +186,10 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     # result's key, and the report computes nothing
     result = report("--param", "device=cuda")
     assert result.exit_code == 0, result.output
+    # a tab the report does not hold is said (the report holds the influence panels)
+    result = report("--param", "panel=Sensitivity", "--param", "dyn_vs_damping=0.01")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "opens the Sensitivity panel, which the report" in said
     result = report("--param", "zscale_two_time=diverging")
     assert result.exit_code == 0, result.output
     assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance

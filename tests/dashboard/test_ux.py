@@ -563,6 +563,10 @@ def test_a_misspelled_link_key_is_named_with_its_likely_spelling(workspace, monk
         workspace, monkeypatch, {"damping": "0.0001", "panel": "Scores", "utm_source": "x"}
     )
     assert "no parameter of a dashboard link" not in texts(at.warning)  # nor a tracking key
+    assert "no such tab" not in texts(at.warning)
+    # a misspelled tab opened the default one without a word
+    at = open_app(workspace, monkeypatch, {"panel": "Sensitivty"})
+    assert "panel='Sensitivty': no such tab (did you mean 'Sensitivity'?)" in texts(at.warning)
 
 
 def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from coherence.dashboard.panel_links import DEFAULT_PANEL, PANEL_LABELS
 from coherence.dashboard.panels.common import PanelContext, settle_imports
 from coherence.dashboard.panels.conservation import conservation
 from coherence.dashboard.panels.dynamics import dynamics
@@ -36,23 +37,23 @@ def _settled(render: Render) -> Render:
 
 
 headline = _settled(_headline)
+_RENDERS: dict[str, Render] = {
+    "Overview": overview,
+    "Two-time influence": two_time,
+    "Class transfer": class_transfer,
+    "Time lag": time_lag,
+    "Input distance": distance,
+    "NTK spectrum": spectrum,
+    "Conservation": conservation,
+    "Rollout": rollout,
+    "Validation": validation,
+    "Training dynamics": dynamics,
+    "Sensitivity": sensitivity,
+    "Scores": scores,
+}
+# in the order of panel_links.PANEL_LABELS, where a link's panel= is checked (torch-free)
 PANELS: tuple[tuple[str, Render], ...] = tuple(
-    (label, _settled(render))
-    for label, render in (
-        ("Overview", overview),
-        ("Two-time influence", two_time),
-        ("Class transfer", class_transfer),
-        ("Time lag", time_lag),
-        ("Input distance", distance),
-        ("NTK spectrum", spectrum),
-        ("Conservation", conservation),
-        ("Rollout", rollout),
-        ("Validation", validation),
-        ("Training dynamics", dynamics),
-        ("Sensitivity", sensitivity),
-        ("Scores", scores),
-    )
+    (label, _settled(_RENDERS[label])) for label in PANEL_LABELS
 )
-DEFAULT_PANEL = "Two-time influence"  # the headline figure greets a first visit
 
 __all__ = ["DEFAULT_PANEL", "PANELS", "PanelContext", "headline"]

@@ -592,3 +592,23 @@ def test_sweep_exports_name_every_points_key_and_settings(trained_on):
     assert settings["UNet · cg rtol 1.5e-2"].startswith("cg, depth 4, rtol 0.015, max-iter ")
     assert settings["UNet · subspace energy 1 − 1e-2"] == "subspace, energy threshold 0.99"
     assert settings["UNet · euclidean"] == "euclidean"
+
+
+def test_a_subset_of_seeds_is_pointed_to_its_own_groups_full_sweep(
+    trained_on, monkeypatch, tmp_path
+):
+    """One seed of the UNets was told the sweep was 'cached for another model group': the
+    UNets' own default view (all seeds), which is no other group."""
+    root = copy_workspace(trained_on, tmp_path / "workspace")
+    selection = default_selection(scan_workspace(root))
+    runner = JobRunner(root)
+    points, _ = sweeps.dynamics_points(root, selection, runner)
+    for point in points:
+        runner.run(point.request)
+    one = replace(selection, checkpoints=selection.checkpoints[:1])
+    at = open_app(root, monkeypatch, DYNAMICS | one.to_query())
+    assert_clean(at)
+    told = texts(at.info)
+    assert "Cached for this model group's default view: [UNet]" in told
+    assert f"({len(points)} of {len(points)} cached, all 2 seeds)" in told
+    assert "another model group" not in told

@@ -315,13 +315,21 @@ def elsewhere(ctx: PanelContext, points_of: PointsOf, panel: str) -> None:
     ``points_of(selection) -> list[SweepPoint]`` builds the sweep of a selection."""
     from urllib.parse import urlencode
 
-    links = [
-        f"[{literal(label)}](?{urlencode(selection.to_query() | {'panel': panel})}) "
-        f"({done} of {total} cached)"
-        for label, selection, done, total in _filled_groups(ctx, points_of)
-    ]
-    if links:
-        st.info(
-            "Cached for another model group of this dataset: " + ", ".join(links) + ".",
-            icon=":material/arrow_forward:",
+    mine = set(compute.group_labels(ctx.catalog, ctx.selection))
+    links = {True: [], False: []}  # a subset of seeds: its own group's full view is no other
+    for label, selection, done, total in _filled_groups(ctx, points_of):
+        seeds = f", all {len(selection.checkpoints)} seeds" if label in mine else ""
+        links[label in mine].append(
+            f"[{literal(label)}](?{urlencode(selection.to_query() | {'panel': panel})}) "
+            f"({done} of {total} cached{seeds})"
         )
+    said = [
+        f"{lead}: {', '.join(found)}."
+        for lead, found in (
+            ("Cached for this model group's default view", links[True]),
+            ("Cached for another model group of this dataset", links[False]),
+        )
+        if found
+    ]
+    if said:
+        st.info(" ".join(said), icon=":material/arrow_forward:")

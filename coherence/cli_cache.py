@@ -60,18 +60,43 @@ def cache_info(
 
 def _described(request: dict | None) -> str:
     """What a cached result holds, in the dashboard's words (a key alone told nothing):
-    checkpoints, dataset, classes, snapshots first–last, estimator and λ."""
+    checkpoints, dataset, classes, snapshots first–last, batches, responses, and the
+    estimator with every option that sets it apart (three subspace results at three energy
+    thresholds read alike)."""
     from coherence.surrogates.snapshots import checkpoint_labels
+    from coherence.wording import format_ranges
 
     if request is None:
         return "(unreadable: dropped from the cache)"
     start, steps = request.get("t_start", 0), request.get("n_steps", 0)
-    damping = "" if request.get("estimator") == "euclidean" else f" λ={request.get('damping'):g}"
+    batches = request.get("trajectories", ())
     return (
         f"{','.join(checkpoint_labels(request.get('checkpoints', ())))} · "
         f"{Path(str(request.get('data', '?'))).name} · {','.join(request.get('classes', ()))} · "
-        f"snapshots {start}–{start + steps} · {request.get('estimator')}{damping}"
+        f"snapshots {start}–{start + steps} · "
+        f"{'batch' if len(batches) == 1 else 'batches'} {format_ranges(batches)} · "
+        f"{'+'.join(request.get('responses', ()))} · {_estimator_text(request)}"
     )
+
+
+def _estimator_text(request: dict) -> str:
+    """``cg depth 4 rtol 0.015 cap 100 λ=0.0001``: the estimator and the options it uses (a
+    stored request records None for the ones it does not)."""
+    estimator = request.get("estimator")
+    parts = [str(estimator)]
+    if request.get("depth") is not None:
+        parts.append(f"depth {request['depth']}")
+    if request.get("rtol") is not None:
+        parts.append(f"rtol {request['rtol']:g}")
+    if request.get("cg_start") not in (None, "deflated"):
+        parts.append(f"{request['cg_start']} start")
+    if request.get("max_iter") is not None:
+        parts.append(f"cap {request['max_iter']}")
+    if request.get("energy_threshold") not in (None, 1, 1.0):
+        parts.append(f"energy {request['energy_threshold']:g}")
+    if estimator != "euclidean":  # its Ĥ ignores λ
+        parts.append(f"λ={request.get('damping'):g}")
+    return " ".join(parts)
 
 
 @cache_app.command("clear")

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def plural(n: int, noun: str, many: str | None = None) -> str:
     """'1 dataset', '2 datasets' ('1 batch', '2 batches' with ``many``)."""
     return f"{n} {noun}" if n == 1 else f"{n} {many or noun + 's'}"
+
+
+def format_ranges(values: Sequence[int]) -> str:
+    """(0, 1, 2, 3, 7) → '0-3,7'."""
+    parts, values = [], sorted(values)
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ",".join(parts)

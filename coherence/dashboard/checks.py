@@ -32,19 +32,6 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in str(text).split(",") if part.strip()]
 
 
-def format_ranges(values: Sequence[int]) -> str:
-    """(0, 1, 2, 3, 7) → '0-3,7'."""
-    parts, values = [], sorted(values)
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
-            j += 1
-        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
 _RANGE = re.compile(r"([0-9]{1,9})(?:-([0-9]{1,9}))?")  # ASCII digits only, as written
 
 

@@ -17,7 +17,6 @@ from coherence.dashboard.checks import (
     check_group,
     check_responses,
     check_trajectories,
-    format_ranges,
     parse_ranges,
     split_list,
     window_problem,
@@ -38,7 +37,7 @@ from coherence.dashboard.selection import (
 )
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry, class_order
 from coherence.errors import RequestError
-from coherence.wording import plural
+from coherence.wording import format_ranges, plural
 
 RESPONSE_LABELS = {"smse": "SMSE (scaled MSE)", "mass": "mass", "energy": "energy"}
 

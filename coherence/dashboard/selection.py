@@ -28,7 +28,6 @@ from coherence.analysis.vocabulary import (
 )
 from coherence.dashboard.checks import (
     final_epoch,
-    format_ranges,
     problems,
     request_problem,
 )
@@ -41,7 +40,7 @@ from coherence.dashboard.workspace_scan import (
 )
 from coherence.errors import CoherenceError, RequestError
 from coherence.surrogates import snapshots
-from coherence.wording import plural
+from coherence.wording import format_ranges, plural
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside, workspace_root
 
 RESPONSES = tuple(r.value for r in Response)  # smse, mass, energy

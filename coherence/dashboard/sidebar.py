@@ -19,7 +19,6 @@ import streamlit as st
 
 from coherence.cache.keys import request_key
 from coherence.dashboard import controls, loaders
-from coherence.dashboard.checks import format_ranges
 from coherence.dashboard.control_kinds import Control, Number, Scope
 from coherence.dashboard.control_rows import Dataset, Group, group_label, offered_datasets
 from coherence.dashboard.controls import QUERY_KEYS
@@ -36,6 +35,7 @@ from coherence.dashboard.selection import (
 )
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 from coherence.errors import CoherenceError
+from coherence.wording import format_ranges
 
 __all__ = ["current_selection_or_none", "describe", "draw", "init_from_url", "prepare"]
 
@@ -320,8 +320,8 @@ def _cached_analyses(catalog: Catalog) -> None:
         if others:
             st.caption(
                 f"{plural(others, 'other cached result')} (the command line's: one class, "
-                "another split or cg setting; or of files no longer here) cannot be shown "
-                "on this page; `coherence cache info` lists every one."
+                "another split, cg start or cap, or energy threshold; or of files no longer "
+                "here) cannot be shown on this page; `coherence cache info` lists every one."
             )
         if not choices:
             if not others:  # "nothing cached" beside "1 other cached result" contradicted it

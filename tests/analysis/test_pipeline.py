@@ -254,7 +254,10 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
     assert info.exit_code == 0 and "entries: 1 results" in info.output, info.output
     listed = " ".join(info.output.split())  # what the entry holds, not its key alone
-    assert "unet_s1,unet_s2 · ce · CE-RP,CE-CRP · snapshots 0–2 · ekfac-krylov λ=0.0001" in listed
+    assert (
+        "unet_s1,unet_s2 · ce · CE-RP,CE-CRP · snapshots 0–2 · batches 0-1 · smse+energy · "
+        "ekfac-krylov depth 1 λ=0.0001" in listed
+    )
     same = runner.invoke(app, args)  # the same --out again: said, not silent
     assert same.exit_code == 0 and "it replaced the file there" in same.output, same.output
     again = runner.invoke(app, [a if a != str(out) else str(tmp_path / "again.npz") for a in args])

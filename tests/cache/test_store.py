@@ -503,3 +503,24 @@ def test_a_damaged_database_is_named_and_cache_clear_starts_afresh(tmp_path):
         assert fresh.get(KEY) is None
         fresh.put(KEY, synthetic_result())
         assert fresh.get(KEY) is not None
+
+
+def test_cache_info_tells_results_of_other_options_apart():
+    """Three subspace results at three energy thresholds, and euclidean at two λ, read
+    alike: every option the estimator uses is named (and λ not for euclidean, which
+    ignores it)."""
+    from coherence.analysis.request import AnalysisRequest
+    from coherence.cli_cache import _described
+
+    def said(**options) -> str:
+        base = dict(data="/w/datasets/ce", checkpoints=("/w/checkpoints/u_s1",), classes=("CE-RP",))
+        return _described(AnalysisRequest(**base, **options).to_dict())
+
+    thresholds = {said(estimator="subspace", energy_threshold=e) for e in (0.99, 0.9999, 0.999999)}
+    assert len(thresholds) == 3 and any("subspace energy 0.99 λ=0.0001" in t for t in thresholds)
+    assert said(estimator="krylov").endswith("krylov depth 4 λ=0.0001")
+    cg = said(estimator="cg", rtol=0.05, max_iter=100, cg_start="cold")
+    assert cg.endswith("cg rtol 0.05 cold start cap 100 λ=0.0001")  # cold: no Krylov depth
+    assert said(estimator="cg", rtol=0.05).endswith("cg depth 4 rtol 0.05 λ=0.0001")
+    assert said(estimator="euclidean").endswith("· batch 0 · smse · euclidean")
+    assert _described(None) == "(unreadable: dropped from the cache)"

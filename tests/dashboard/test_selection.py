@@ -15,7 +15,7 @@ import pytest
 
 from coherence.analysis.request import MAX_EXAMPLES
 from coherence.cache.keys import request_key
-from coherence.dashboard.checks import format_ranges, parse_ranges, problems
+from coherence.dashboard.checks import parse_ranges, problems
 from coherence.dashboard.selection import (
     Selection,
     decode_query,
@@ -33,6 +33,7 @@ from coherence.dashboard.workspace_scan import (
     scan_workspace,
 )
 from coherence.errors import RequestError, WorkspacePathError
+from coherence.wording import format_ranges
 from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.fixtures import CE_CLASSES
 

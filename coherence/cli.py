@@ -142,7 +142,7 @@ def train_command(
 ) -> None:
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
     from coherence.executors import TrainRun, get_executor
-    from coherence.surrogates.snapshots import parse_keep_epochs
+    from coherence.surrogates.snapshots import list_snapshots, parse_keep_epochs
     from coherence.surrogates.training import TrainingArgs
 
     args = TrainingArgs(
@@ -159,16 +159,12 @@ def train_command(
         keep_epochs=parse_keep_epochs(keep_epochs),
         device=device,
     )
-    beyond = [e for e in args.keep_epochs or () if e > epochs]
-    if beyond:  # kept nothing without a word (a walk-through)
-        warn(
-            f"--keep-epochs {','.join(map(str, beyond))}: beyond --epochs {epochs}, so no "
-            "snapshot is kept for them"
-        )
+    before = _epochs_trained(out)
+    for warning in _keep_epochs_warnings(args.keep_epochs or (), epochs, before, out):
+        warn(warning)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     slot = compute_slot("train") if executor.local else nullcontext()
-    before = _epochs_trained(out)
     with slot, progress_bar() as bar:
         task = bar.add_task("training", total=epochs, visible=False)  # shown by an epoch
 
@@ -186,6 +182,34 @@ def train_command(
         executor.train([TrainRun(data, out, args, progress=report)], log=log)
     if _epochs_trained(out) != before:  # a finished one is not written again: its log said so
         console.print(styled("checkpoint written to ", (str(out.resolve()), "bold")))
+        kept = ", ".join(map(str, list_snapshots(out))) or "none"
+        console.print(f"snapshots kept (epochs/NNNN): {kept}", highlight=False)
+
+
+def _keep_epochs_warnings(keep: tuple[int, ...], epochs: int, trained: int, out: Path) -> list[str]:
+    """What --keep-epochs cannot do in this run, said before it starts: epochs past --epochs
+    (kept only by a resumed run that reaches them and names them: each run's --keep-epochs,
+    'default' included, is its own), and epochs a resumed run has already passed without
+    keeping them (their weights are gone)."""
+    from coherence.surrogates.snapshots import list_snapshots
+
+    out_list = []
+    if beyond := [e for e in keep if e > epochs]:
+        out_list.append(
+            f"--keep-epochs {','.join(map(str, beyond))}: beyond --epochs {epochs}; kept only "
+            f"by a resumed run that reaches {'it' if len(beyond) == 1 else 'them'} and names "
+            f"{'it' if len(beyond) == 1 else 'them'} (train again with --epochs {max(beyond)} "
+            "and the same --keep-epochs)"
+        )
+    kept = list_snapshots(out) if trained else {}
+    if passed := [e for e in keep if e <= trained and e not in kept]:
+        out_list.append(
+            f"--keep-epochs {','.join(map(str, passed))}: {out.name} is already trained past "
+            f"{'that epoch' if len(passed) == 1 else 'those epochs'} ({trained} epochs), so "
+            f"no snapshot of them can be kept; the snapshots kept so far stay "
+            f"({', '.join(map(str, kept)) or 'none'})"
+        )
+    return out_list
 
 
 def _epochs_trained(out: Path) -> int:

@@ -112,8 +112,9 @@ def test_checkpoints_that_share_a_folder_name_keep_distinct_labels(trained, tiny
     )
     assert labels(["x/a", "y/a", "z/b"]) == ("x/a", "y/a", "b")
     assert labels(["p/x/a", "q/x/a"]) == ("p/x/a", "q/x/a")
-    first = shutil.copytree(snapshots.snapshot_dir(trained, 1), tmp_path / "x" / "a")
-    second = shutil.copytree(snapshots.snapshot_dir(trained, 2), tmp_path / "y" / "a")
+    # two seeds at one epoch (seeds of one model share a training recipe)
+    first = shutil.copytree(snapshots.snapshot_dir(trained, 2), tmp_path / "x" / "a")
+    second = train(tiny_dataset, tmp_path / "y" / "a", tiny_args(seed=4))  # 2 epochs
     result = run_analysis(_request(tiny_dataset, first, second))
     assert result.checkpoints == ("x/a", "y/a")
     fingerprints = result.provenance["checkpoint_fingerprints"]
@@ -173,5 +174,23 @@ def test_keep_epochs_beyond_the_run_are_named(tiny_dataset, tmp_path):
     command = ["train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1"]
     result = CliRunner().invoke(app, [*command, "--keep-epochs", "1,5", "--transitions", "2"])
     assert result.exit_code == 0, result.output
-    assert "--keep-epochs 5: beyond --epochs 1, so no snapshot is kept for them" in result.output
+    said = " ".join(result.output.split())
+    assert "--keep-epochs 5: beyond --epochs 1; kept only by a resumed run that reaches it" in said
+    assert "(train again with --epochs 5 and the same --keep-epochs)" in said
+    assert "snapshots kept (epochs/NNNN): 1" in said
     assert sorted(snapshots.list_snapshots(out)) == [1]
+    # resumed to epoch 5 with the same list, it keeps epoch 5 ...
+    result = CliRunner().invoke(
+        app, [*command[:-1], "5", "--keep-epochs", "1,5", "--transitions", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "snapshots kept (epochs/NNNN): 1, 5" in " ".join(result.output.split())
+    # ... and a resumed run with a new list says which epochs it has passed already
+    result = CliRunner().invoke(
+        app, [*command[:-1], "6", "--keep-epochs", "3,6", "--transitions", "2"]
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "--keep-epochs 3: m is already trained past that epoch (5 epochs), so no" in said
+    assert "the snapshots kept so far stay (1, 5)" in said
+    assert sorted(snapshots.list_snapshots(out)) == [1, 5, 6]

@@ -931,3 +931,30 @@ def test_a_near_constant_score_is_not_stretched_over_its_whole_panel():
     dominance = next(a for t, a in axes.items() if "dominance" in t.lower())
     assert dominance.range is None  # it moves 0.3 → 0.8: autorange
     assert next(a for t, a in axes.items() if "eigenvalue" in t.lower()).type == "log"
+
+
+def test_share_panels_stop_at_one_and_a_flat_eigenvalue_reads_flat():
+    """The diagonal dominance's axis ran to 1.05 (a score that cannot pass 1), and a top
+    eigenvalue constant to 8 digits got ticks "2.82527635×10⁵": a flat line read as a jump."""
+    from coherence.analysis.figures.dynamics import dynamics_figure, sensitivity_figure
+    from coherence.analysis.trends import Trend
+
+    x = np.array([1e-4, 1e-2])
+    trends = {
+        "diagonal_dominance": Trend(
+            "diagonal_dominance", x, np.array([[0.93, 0.95], [0.92, 0.96]])
+        ),
+        "top_eigenvalue": Trend(
+            "top_eigenvalue", x, np.array([[282527.63, 282527.64], [282527.64, 282527.65]])
+        ),
+    }
+    for fig in (
+        sensitivity_figure({"a": trends}, paper_damping=1e-4),
+        dynamics_figure({"a": trends}),
+    ):
+        dominance, eigen = fig.layout.yaxis, fig.layout.yaxis2
+        assert dominance.autorangeoptions.maxallowed == 1.0
+        assert dominance.range is None or dominance.range[1] <= 1.0
+        assert all(len(text) <= 8 for text in eigen.ticktext), eigen.ticktext
+        low, high = (10**v for v in eigen.range)
+        assert high / low >= 1.2

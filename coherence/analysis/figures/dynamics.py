@@ -163,6 +163,7 @@ def dynamics_figure(
         fig.update_yaxes(axis, row=p // cols + 1, col=p % cols + 1)
     _log_eigenvalue_axis(fig, trends_by_group.values(), names, cols)
     floor_y_spans(fig)
+    _cap_shares(fig, names, cols)
     return fig
 
 
@@ -181,12 +182,36 @@ def _log_eigenvalue_axis(
         if "top_eigenvalue" in t
     ]
     if where and values:
+        # a near-constant eigenvalue (λ-free, or one setting alone) framed to its 8th digit
+        # (ticks "2.82527635×10⁵") made a flat line read as a jump: frame ±10% at least
+        every = np.concatenate(values)
+        every = every[np.isfinite(every) & (every > 0)]
+        if every.size and every.max() < MIN_EIGEN_RATIO * every.min():
+            middle = math.sqrt(every.min() * every.max())
+            values.append(np.array([middle / 1.1, middle * 1.1]))
         axis = log_axis(*values, title="")
         axis.pop("title")  # the subplot's title names it
         fig.update_yaxes(axis, row=where[0] // cols + 1, col=where[0] % cols + 1)
 
 
 MIN_RELATIVE_SPAN = 0.2  # a linear panel spans at least this share of its values' magnitude
+MIN_EIGEN_RATIO = 1.2  # and the top eigenvalue's log panel at least this ratio
+
+
+SHARES = ("diagonal_dominance", "dominant_share")  # scores that never exceed 1
+
+
+def _cap_shares(fig: go.Figure, names: Sequence[tuple[str, str]], cols: int) -> None:
+    """Keep the panels of scores bounded by 1 at or below 1: autorange (or a floored span)
+    drew the diagonal dominance's axis to 1.05, as if the score could pass 1."""
+    for p, (name, _) in enumerate(names):
+        if name not in SHARES:
+            continue
+        axis = fig.get_subplot(p // cols + 1, p % cols + 1).yaxis
+        axis.autorangeoptions = {"maxallowed": 1.0}
+        if axis.range is not None and axis.range[1] > 1:
+            low, high = axis.range
+            axis.range = [low - (high - 1), 1.0]
 
 
 def floor_y_spans(fig: go.Figure, relative: float = MIN_RELATIVE_SPAN) -> None:
@@ -371,6 +396,7 @@ def sensitivity_figure(
     fig.update_xaxes(title=axis_title("damping λ"), row=rows)
     _log_eigenvalue_axis(fig, trends_by_series.values(), names, cols)
     floor_y_spans(fig)
+    _cap_shares(fig, names, cols)
     return fig
 
 

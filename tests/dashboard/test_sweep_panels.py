@@ -612,3 +612,22 @@ def test_a_subset_of_seeds_is_pointed_to_its_own_groups_full_sweep(
     assert "Cached for this model group's default view: [UNet]" in told
     assert f"({len(points)} of {len(points)} cached, all 2 seeds)" in told
     assert "another model group" not in told
+
+
+def test_a_sweep_estimate_with_an_untimed_setting_is_no_estimate(trained_on, monkeypatch):
+    """While another job ran, the settings that could not be timed counted 0 s: the button
+    read '≈ 3 min' for 18. Now any untimed setting leaves the whole sweep unestimated."""
+    from coherence.dashboard import compute
+    from coherence.dashboard.panels import sweep_jobs
+
+    catalog = scan_workspace(trained_on)
+    points, _ = sweeps.sensitivity_points(
+        trained_on, default_selection(catalog), catalog, JobRunner(trained_on)
+    )
+    timed = {"ekfac-krylov": 10.0, "euclidean": 2.0}
+    monkeypatch.setattr(compute, "job_seconds", lambda r: timed.get(r.estimator.value, 0.0))
+    both = [p for p in points if p.series in timed]
+    per_point = sum(timed[p.series] for p in both) / len(both)
+    assert sweep_jobs._estimate(both) == pytest.approx(per_point)
+    timed["euclidean"] = 0.0  # the machine busy: not timed
+    assert sweep_jobs._estimate(both) == 0.0

@@ -16,6 +16,7 @@ from coherence.analysis.diagnostics import unconverged_solves
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult
 from coherence.analysis.trends import point_scores
+from coherence.cache import slots
 from coherence.cache.cost import confirm_seconds
 from coherence.cache.jobs import JobStatus
 from coherence.dashboard import compute, loaders
@@ -196,6 +197,8 @@ def status_bar(
         if seconds > 0
         else ""
     )
+    if seconds <= 0 and slots.busy():
+        st.caption("No time estimate while another job computes: it is timed once it is done.")
     if error := st.session_state.get("compute_error"):
         st.error(literal(error))
     if stale:
@@ -220,14 +223,18 @@ def status_bar(
 
 def _estimate(missing: Sequence[SweepPoint]) -> float:
     """Mean estimated seconds per missing point: one estimate per series (estimator), so a
-    cg setting (its iteration cap counted in full) is not priced like a subspace one."""
+    cg setting (its iteration cap counted in full) is not priced like a subspace one; 0 (no
+    estimate) when any series cannot be timed now (the machine busy): the others' sum alone
+    read 3 minutes for 18."""
     first: dict[tuple[int, str], tuple[SweepPoint, int]] = {}
     for point in missing:
         series = (point.group, point.series)
         found, count = first.get(series, (point, 0))
         first[series] = (found, count + 1)
-    total = sum(count * compute.job_seconds(point.request) for point, count in first.values())
-    return total / max(len(missing), 1)
+    each = [(compute.job_seconds(point.request), count) for point, count in first.values()]
+    if any(seconds <= 0 for seconds, _ in each):
+        return 0.0
+    return sum(seconds * count for seconds, count in each) / max(len(missing), 1)
 
 
 MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)

@@ -358,3 +358,27 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
         f"{plural(batches, 'batch', 'batches')}, N = "
         f"{request.n_examples}, {timing})" + ("; it replaced the file there" if replaced else ""),
     )
+    for line in score_lines(result):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def score_lines(result) -> list[str]:
+    """The headline scores with their Q1–Q3 and the verdict, as the dashboard's row reads
+    them (a researcher on the command line had to call compute_scores in Python); none for
+    a 1-step window, whose scores are undefined."""
+    from coherence.analysis.verdict import REFERENCES, format_score, response_note, uncertainty
+    from coherence.analysis.verdict import verdict as verdict_of
+    from coherence.report_panels import result_scores
+
+    if result.request.n_steps < 2:
+        return []
+    scores = result_scores(result)
+    table = {s.name: s for s in scores.as_list()}
+    lines = [f"scores of Ĥ_{result.primary}:"]
+    for ref in REFERENCES:
+        score = table.get(ref.name)
+        lines.append(f"  {ref.title}: {format_score(score)}  {uncertainty(score)}  ({ref.short})")
+    lines.append(f"  verdict: {verdict_of(scores)}")
+    if note := response_note(result.primary):
+        lines.append(f"  {note}")
+    return lines

@@ -215,9 +215,11 @@ def _spectra(result: AnalysisResult) -> list[list[np.ndarray]] | None:
     return rows
 
 
+def result_scores(result: AnalysisResult) -> Scores:
+    """The §7 scores of a result's primary response (the dashboard's headline row)."""
+    return compute_scores(result.H_std[result.primary], _spectra(result))
+
+
 def score_table(groups: Sequence[ReportGroup]) -> dict[str, Scores]:
     """{label: the §7 scores of the group's primary response}."""
-    return {
-        g.label: compute_scores(g.result.H_std[g.result.primary], _spectra(g.result))
-        for g in groups
-    }
+    return {g.label: result_scores(g.result) for g in groups}

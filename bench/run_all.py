@@ -6,7 +6,9 @@ module itself: ``bench_training --demo`` (``coherence demo`` from scratch), ``be
 --cg-demo vit`` (≈ 20 minutes). The container figures (bench/results/docker.json) come from
 scripts/docker-test.sh. Benchmark on a quiet machine: the figures are wall-clock times.
 GPU_BENCHMARKS run only where a CUDA GPU is visible; bench/gpu_check.sh runs them with the GPU
-options of the others (``--device cuda``, ``--cuda``) and the CUDA tests.
+options of the others (``--device cuda``, ``--cuda``) and the CUDA tests. PEER_BENCHMARKS
+compare with other libraries, which are no dependency: ``make bench-peers`` installs them
+beside the project and runs these.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ BENCHMARKS = (
     "bench_ray",
 )
 GPU_BENCHMARKS = ("bench_gpu_precision",)
+# against libraries that are no dependency (installed into .peers/): `make bench-peers`
+PEER_BENCHMARKS = ("bench_kronfluence",)
 
 
 def main() -> None:

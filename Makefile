@@ -40,11 +40,12 @@ bench: $(BIN)/activate
 PEERS := .peers
 $(PEERS)/.installed: bench/requirements-peers.txt | $(BIN)/activate
 	$(BIN)/pip install --quiet --no-deps --target $(PEERS) -r bench/requirements-peers.txt
+	rm -rf $(PEERS)/tests $(PEERS)/examples  # kronfluence's own, which shadowed ours
 	touch $@
 
 # our EK-FAC beside Kronfluence's (bench/bench_kronfluence.py); the peers live in .peers/ only
 bench-peers: $(BIN)/activate $(PEERS)/.installed
-	PYTHONPATH=$(abspath $(PEERS)):$(CURDIR) $(BIN)/python bench/bench_kronfluence.py
+	PYTHONPATH=$(CURDIR):$(abspath $(PEERS)) $(BIN)/python -m bench.bench_kronfluence
 
 DOCKER ?= docker
 IMAGE ?= coherence-explorer:latest

@@ -24,8 +24,8 @@ Kronfluence is not a dependency of the product: its own requirements pull torchv
 through it, a CUDA build of another torch. ``make bench-peers`` installs it and its imports
 with ``--no-deps`` into ``.peers/`` (``bench/requirements-peers.txt``) and runs this script.
 
-Run: ``PYTHONPATH=.peers:. python bench/bench_kronfluence.py [--part fidelity|cost|all]
-[--checkpoint ARCH=DIR]``
+Run: ``PYTHONPATH=.:.peers python -m bench.bench_kronfluence [--part fidelity|cost|all]
+[--checkpoint ARCH=DIR]`` (the project first: Kronfluence's wheel ships a ``tests`` package)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from bench.bench_fidelity import MODELS
 from bench.bench_influence import euler_batch
-from bench.common import write_result
+from bench.common import ratio_rows, write_result
 from bench.reference_rows import agreement
 from coherence.analysis.influence import compute_influence
 from coherence.analysis.observables import smse_residual
@@ -240,16 +240,7 @@ def cost_rows(checkpoints: dict[str, str]) -> list[dict[str, Any]]:
                     seconds = time.perf_counter() - clock
                 best = min(best, seconds)
             timings[setting] = best
-        for setting, seconds in timings.items():
-            rows.append(
-                {
-                    "model": f"{arch} (trained)",
-                    "setting": setting,
-                    "seconds": seconds,
-                    "x_kronfluence": seconds / timings["kronfluence ekfac"],
-                }
-            )
-            print(rows[-1], flush=True)
+        rows += ratio_rows(f"{arch} (trained)", timings, "kronfluence ekfac", "x_kronfluence")
     return rows
 
 

@@ -30,7 +30,7 @@ import torch
 
 from bench.bench_fidelity import MODELS
 from bench.bench_influence import euler_batch
-from bench.common import write_result
+from bench.common import ratio_rows, write_result
 from bench.reference_rows import agreement
 from coherence.analysis.autodiff import BatchJacobian, FlatModel, evaluation_mode
 from coherence.analysis.influence import compute_influence
@@ -139,17 +139,7 @@ def cost_rows(checkpoints: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for arch in ("unet", "vit"):
         model, _ = ckpt.load(checkpoints.get(arch, f"workspace/checkpoints/{arch}_demo_s10"))
-        timed = _model_seconds(model, x, y)
-        for setting, seconds in timed.items():
-            rows.append(
-                {
-                    "model": f"{arch} (trained)",
-                    "setting": setting,
-                    "seconds": seconds,
-                    "x_ekfac": seconds / timed["ekfac"],
-                }
-            )
-            print(rows[-1], flush=True)
+        rows += ratio_rows(f"{arch} (trained)", _model_seconds(model, x, y), "ekfac", "x_ekfac")
     return rows
 
 

@@ -75,6 +75,25 @@ def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
     return min(times)
 
 
+def ratio_rows(
+    model: str, seconds: dict[str, float], reference: str, ratio: str
+) -> list[dict[str, Any]]:
+    """One printed row per setting: its seconds and, as ``ratio``, their multiple of
+    ``reference``'s (side by side in one run, as every quoted ratio is)."""
+    rows = []
+    for setting, taken in seconds.items():
+        rows.append(
+            {
+                "model": model,
+                "setting": setting,
+                "seconds": taken,
+                ratio: taken / seconds[reference],
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def write_result(name: str, title: str, rows: list[dict[str, Any]], notes: str = "") -> Path:
     """Store one benchmark's rows with the machine, then refresh RESULTS.md."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

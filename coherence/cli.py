@@ -142,6 +142,7 @@ def train_command(
 ) -> None:
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
     from coherence.executors import TrainRun, get_executor
+    from coherence.surrogates.checkpoint import trained_epochs
     from coherence.surrogates.snapshots import list_snapshots, parse_keep_epochs
     from coherence.surrogates.training import TrainingArgs
 
@@ -159,7 +160,7 @@ def train_command(
         keep_epochs=parse_keep_epochs(keep_epochs),
         device=device,
     )
-    before = _epochs_trained(out)
+    before = trained_epochs(out)
     for warning in _keep_epochs_warnings(args.keep_epochs or (), epochs, before, out):
         warn(warning)
     executor = get_executor(ray_address)
@@ -180,7 +181,7 @@ def train_command(
             log_line(line, to=bar.console)
 
         executor.train([TrainRun(data, out, args, progress=report)], log=log)
-    if _epochs_trained(out) != before:  # a finished one is not written again: its log said so
+    if trained_epochs(out) != before:  # a finished one is not written again: its log said so
         console.print(styled("checkpoint written to ", (str(out.resolve()), "bold")))
         kept = ", ".join(map(str, list_snapshots(out))) or "none"
         console.print(f"snapshots kept (epochs/NNNN): {kept}", highlight=False)
@@ -193,9 +194,9 @@ def _keep_epochs_warnings(keep: tuple[int, ...], epochs: int, trained: int, out:
     keeping them (their weights are gone)."""
     from coherence.surrogates.snapshots import list_snapshots
 
-    out_list = []
+    said = []
     if beyond := [e for e in keep if e > epochs]:
-        out_list.append(
+        said.append(
             f"--keep-epochs {','.join(map(str, beyond))}: beyond --epochs {epochs}; kept only "
             f"by a resumed run that reaches {'it' if len(beyond) == 1 else 'them'} and names "
             f"{'it' if len(beyond) == 1 else 'them'} (train again with --epochs {max(beyond)} "
@@ -203,23 +204,13 @@ def _keep_epochs_warnings(keep: tuple[int, ...], epochs: int, trained: int, out:
         )
     kept = list_snapshots(out) if trained else {}
     if passed := [e for e in keep if e <= trained and e not in kept]:
-        out_list.append(
+        said.append(
             f"--keep-epochs {','.join(map(str, passed))}: {out.name} is already trained past "
             f"{'that epoch' if len(passed) == 1 else 'those epochs'} ({trained} epochs), so "
             f"no snapshot of them can be kept; the snapshots kept so far stay "
             f"({', '.join(map(str, kept)) or 'none'})"
         )
-    return out_list
-
-
-def _epochs_trained(out: Path) -> int:
-    """Epochs the checkpoint at ``out`` holds (0 where there is none, or none readable)."""
-    from coherence.surrogates import checkpoint as ckpt
-
-    try:
-        return len(ckpt.read_history(out))
-    except (OSError, ValueError):  # CoherenceError is a ValueError
-        return 0
+    return said
 
 
 app.command()(analyze)

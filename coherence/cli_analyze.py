@@ -198,9 +198,11 @@ def analyze(
 
 
 def named_in(root: Path, path: Path, flag: str) -> Path:
-    """``path`` as given, or, where nothing is there and it is a bare name, the workspace's
-    dataset (``--data``) or checkpoint (``--checkpoint``) of that name, as ``study --data``
-    takes one; a path that is neither is refused naming the flag (and a swap of the two)."""
+    """``path`` as given, or, where nothing is there and it is relative, the workspace's
+    dataset (``--data``) or checkpoint (``--checkpoint``) there, as ``study --data`` takes a
+    name (``unet_s10``, or a snapshot ``unet_s10/epochs/0004``, its epoch also written
+    ``epochs/4``); a path that is neither is refused naming the flag (and a swap of the
+    two), a snapshot that is not kept listing the epochs that are."""
     if path.exists():
         return path
     kind, folder, other = (
@@ -215,6 +217,8 @@ def named_in(root: Path, path: Path, flag: str) -> Path:
     checkpoint, epoch = snapshots.split_snapshot(path)
     if flag == "--checkpoint" and epoch is not None:
         found = next((p for p in (checkpoint, folder / checkpoint) if p.is_dir()), None)
+        if found is not None and snapshots.snapshot_dir(found, epoch).is_dir():
+            return snapshots.snapshot_dir(found, epoch)  # epochs/4 for epochs/0004
         if found is not None:  # a snapshot of a checkpoint that is there: say which are
             kept = ", ".join(map(str, snapshots.list_snapshots(found))) or "none"
             raise RequestError(

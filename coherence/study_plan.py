@@ -114,9 +114,10 @@ def _classes(info: DatasetInfo, spec: StudySpec) -> tuple[str, ...]:
     return tuple(usable[:PAPER_CLASSES_PER_BATCH])
 
 
-# training arguments a checkpoint must share to be the study's model (the data and classes
-# are in the dataset fingerprint; the epochs decide done or resume)
-SAME_TRAINING = ("preset", "seed", "batch_size", "transitions", "lr", "weight_decay")
+# training arguments a checkpoint must share to be the study's model: the preset, the seed and
+# the recipe seeds of one model share (ckpt.RECIPE_ARGS; the data and classes are in the
+# dataset fingerprint; the epochs decide done or resume)
+SAME_TRAINING = ("preset", "seed", *ckpt.RECIPE_ARGS)
 
 
 def training_difference(
@@ -144,9 +145,11 @@ def _checkpoint_state(out: Path, args: TrainingArgs, fingerprint: str) -> tuple[
     config = ckpt.read_config(out)
     history = ckpt.read_history(out)
     differs = training_difference(config, args, fingerprint)
+    if differs is None and len(history) > args.epochs:  # not the study's model: its seeds
+        differs = f"{len(history)} epochs, not {args.epochs}"  # would not pool with it
     if differs is not None:
         return "retrain", 0, differs
-    return ("done" if len(history) >= args.epochs else "resume"), len(history), ""
+    return ("done" if len(history) == args.epochs else "resume"), len(history), ""
 
 
 def adopt_trained(ctx: _Context, notes: list[str]) -> StudySpec:

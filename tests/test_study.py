@@ -233,6 +233,15 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
     config_path.write_text(json.dumps(config))
     with pytest.raises(RequestError, match=r"trained otherwise \(transitions 2, not 4\)"):
         plan_study(spec(), third)
+    # Trained past the study's epochs: not its model either (it was 'done', and its seeds of
+    # the study's length were then refused as seeds of one model, after their training)
+    fourth = tmp_path / "fourth"
+    shutil.copytree(workspace, fourth)
+    history_path = checkpoints_dir(fourth) / "ce_small_vit_demo_s7" / ckpt.HISTORY_FILE
+    history = json.loads(history_path.read_text())
+    history_path.write_text(json.dumps([*history, {**history[-1], "epoch": 2}]))
+    with pytest.raises(RequestError, match=r"trained otherwise \(2 epochs, not 1\)"):
+        plan_study(spec(), fourth)
 
 
 def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):

@@ -83,8 +83,16 @@ def unconverged_message(diagnostics: InfluenceDiagnostics) -> str:
         f"cg did not converge: {bad} of {len(diagnostics.residuals)} columns stopped at "
         f"max_iter={diagnostics.max_iter} with relative residual up to "
         f"{diagnostics.worst_residual:.3g} > rtol={diagnostics.rtol:g}, so H is inaccurate; "
-        f"raise max_iter, loosen rtol or start closer (cg_start='preconditioned')"
+        + _cg_advice(diagnostics.cg_start, "max_iter", "rtol", "cg_start='preconditioned'")
     )
+
+
+def _cg_advice(start: str | None, cap: str, rtol: str, closer: str) -> str:
+    """What may bring an unconverged cg to its tolerance: a larger cap, a looser rtol, and
+    the EK-FAC-preconditioned start unless the solve already used it."""
+    if start == "preconditioned":
+        return f"raise {cap} or loosen {rtol}"
+    return f"raise {cap}, loosen {rtol} or start closer ({closer})"
 
 
 @dataclass(frozen=True)
@@ -135,11 +143,12 @@ def convergence_summary(
         else f"batch {worst.batch + 1}"
     )
     # not "use the default estimator": its residuals are larger still, and reported, not bound
+    start = diagnostics[worst.checkpoint][worst.batch].get("cg_start")
     return (
         f"cg did not converge in {len(bad)} of {cells} (checkpoint, batch) solves; worst "
         f"relative residual {worst.worst_residual:.3g} > rtol={worst.rtol:g} ({name}, {where}): "
-        "these influence values are inaccurate; raise --max-iter, loosen --rtol or start "
-        "closer (--cg-start preconditioned)"
+        "these influence values are inaccurate; "
+        + _cg_advice(start, "--max-iter", "--rtol", "--cg-start preconditioned")
     )
 
 

@@ -313,26 +313,30 @@ def check_seeds(checkpoints: Sequence[str]) -> None:
     seeds), two training recipes (another epoch, learning rate, …: a snapshot of epoch 1
     beside the trained weights pooled training's effect into the seeds' spread), and one
     model twice (a copy under another name)."""
-    first, weights = None, {}
+    first, weights, recipes = None, {}, []
     for directory in checkpoints:
         name = display_name(directory)
         model = ckpt.read_config(directory).model
-        recipe = ckpt.training_recipe(directory)
         if first is None:
-            first = (name, model, recipe)
+            first = (name, model)
         elif model != first[1]:
             raise RequestError(
                 f"checkpoints {first[0]} ({first[1].get('arch')}) and {name} "
                 f"({model.get('arch')}) are not seeds of one model (other architecture or "
                 "size); analyse each model on its own, or compare them in the dashboard"
             )
-        elif differ := _recipe_differences(first[2], recipe):
-            raise RequestError(
-                f"checkpoints {first[0]} and {name} were trained differently ({differ}), so "
-                "they are not seeds of one model: pooled, the difference reads as spread "
-                "across seeds; give checkpoints of one recipe (for one run across epochs, "
-                "the dashboard's Training dynamics panel, or each epoch on its own)"
-            )
+        recipe = ckpt.training_recipe(directory)
+        # against every earlier one: a first checkpoint that records no recipe is no
+        # evidence about the others
+        for other, theirs in recipes:
+            if differ := _recipe_differences(theirs, recipe):
+                raise RequestError(
+                    f"checkpoints {other} and {name} were trained differently ({differ}), so "
+                    "they are not seeds of one model: pooled, the difference reads as spread "
+                    "across seeds; give checkpoints of one recipe (for one run across epochs, "
+                    "the dashboard's Training dynamics panel, or each epoch on its own)"
+                )
+        recipes.append((name, recipe))
         digest = ckpt.weights_digest(directory)
         if digest in weights:
             raise RequestError(

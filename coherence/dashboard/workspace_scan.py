@@ -160,6 +160,27 @@ def _label_fields(model_json: str, recipe_json: str = "{}") -> dict[str, Any]:
     return fields | json.loads(recipe_json)
 
 
+def _group_label(key: tuple[str, str, str], siblings: list[dict], most: int | None) -> str:
+    """'ViT (epochs=6)': the architecture, and where it has sibling groups the first ``most``
+    fields (None: all) in which this group differs from any of them; a group whose checkpoints
+    record no training recipe (imported) says so."""
+    arch, model_json, recipe_json = key
+    label = ARCH_LABELS.get(arch, arch)
+    if len(siblings) < 2:
+        return label
+    config = _label_fields(model_json, recipe_json)
+    fields = sorted({k for sibling in siblings for k in sibling} - {"arch"})
+    recipe_keys = {*ckpt.RECIPE_ARGS, "data", "epochs"}  # what a recipe records
+    recorded = any(recipe_keys & set(sibling) for sibling in siblings)
+    shown = ["training not recorded"] if recipe_json == "{}" and recorded else []
+    shown += [
+        f"{k}={config[k]}"
+        for k in fields
+        if k in config and any(s.get(k) != config[k] for s in siblings)
+    ]
+    return f"{label} ({', '.join(shown[:most])})" if shown else label
+
+
 def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[ModelGroup, ...]:
     """Group by (architecture, architecture config, training recipe): the seeds of one model
     (ViTs trained for 6 and 12 epochs had joined one group, their difference read as the
@@ -170,23 +191,22 @@ def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[Mod
     configs_per_arch: dict[str, list[dict]] = {}
     for arch, model_json, recipe_json in by_key:
         configs_per_arch.setdefault(arch, []).append(_label_fields(model_json, recipe_json))
+    labels = {key: _group_label(key, configs_per_arch[key[0]], 2) for key in by_key}
+    # the sidebar picks a group by its label: where two read alike (more than two fields
+    # differ), every field; where they still do, a checkpoint's name as well
+    for relabel in (
+        lambda key, _: _group_label(key, configs_per_arch[key[0]], None),
+        lambda key, label: f"{label} [{min(c.name for c in by_key[key])}]",
+    ):
+        alike = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+        labels = {k: relabel(k, v) if v in alike else v for k, v in labels.items()}
     groups = []
-    for (arch, model_json, recipe_json), members in by_key.items():
-        label = ARCH_LABELS.get(arch, arch)
-        siblings = configs_per_arch[arch]
-        if len(siblings) > 1:
-            config = _label_fields(model_json, recipe_json)
-            differing = [
-                k
-                for k in sorted(config)
-                if k != "arch" and any(s.get(k) != config.get(k) for s in siblings)
-            ]
-            label += " (" + ", ".join(f"{k}={config[k]}" for k in differing[:2]) + ")"
+    for key, members in by_key.items():
         members = sorted(members, key=lambda c: (c.seed, c.name))
         groups.append(
             ModelGroup(
-                label=label,
-                arch=arch,
+                label=labels[key],
+                arch=key[0],
                 checkpoints=tuple(c.name for c in members),
                 trained_here=all(c.dataset_name == dataset_name for c in members),
             )
@@ -262,7 +282,7 @@ def _check_weights(path: Path, config: ckpt.CheckpointConfig) -> None:
 def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
     config = ckpt.read_config(path)  # also refuses a directory without weights
     _check_weights(path, config)
-    trained = _trained_epochs(path)
+    trained = ckpt.trained_epochs(path)
     return CheckpointEntry(
         name=name,
         arch=config.arch,
@@ -277,15 +297,6 @@ def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
         trained_epochs=trained,
         physics=MappingProxyType(ckpt.recorded_physics(config.dataset.get("physics"))),
     )
-
-
-def _trained_epochs(path: Path) -> int:
-    """Epochs the checkpoint was trained for (0: no readable history: a bad history.json
-    hides the training curves, it does not hide the checkpoint)."""
-    try:
-        return len(ckpt.read_history(path))
-    except (CoherenceError, OSError, ValueError):
-        return 0
 
 
 def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:

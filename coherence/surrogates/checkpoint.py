@@ -185,32 +185,42 @@ def read_history(directory: str | os.PathLike) -> list[dict[str, float]]:
 
 
 # training arguments that change the model a run ends with: seeds of one model share them
-# (the device, the snapshots kept and the checkpoint cadence do not change it)
-RECIPE_ARGS = ("lr", "batch_size", "weight_decay", "transitions", "classes", "overrides")
+# (the study's plan compares the same ones, with the preset and the seed). The data and its
+# classes are the dataset fingerprint (order-free: `--classes` omitted or listed in another
+# order is the same data); the architecture's overrides are in its config; the device, the
+# snapshots kept and the checkpoint cadence do not change the model.
+RECIPE_ARGS = ("batch_size", "transitions", "lr", "weight_decay")
 
 
 def recipe_of(config: CheckpointConfig, trained_epochs: int) -> dict[str, Any]:
-    """What a run was trained with besides its seed: the recorded ``RECIPE_ARGS`` and the
-    epochs its weights have seen (``trained_epochs``, history.json's length; 0: unknown, then
-    the epochs it was asked for). A snapshot's is its own epoch. Checkpoints whose recipes
-    differ are not seeds of one model."""
+    """What a run was trained with besides its seed: the recorded ``RECIPE_ARGS`` (a value
+    saved as None, such as transitions before it was resolved, is unknown and left out), the
+    training data's fingerprint and the epochs its weights have seen (``trained_epochs``,
+    history.json's length; 0: unknown, then the epochs it was asked for). A snapshot's is its
+    own epoch. Checkpoints whose recipes differ in a field both record are not seeds of one
+    model."""
     training = config.training if isinstance(config.training, dict) else {}
     args = training.get("args") if isinstance(training.get("args"), dict) else {}
-    recipe = {key: args[key] for key in RECIPE_ARGS if key in args}
-    epochs = trained_epochs or args.get("epochs")
-    if epochs:
+    recipe = {key: args[key] for key in RECIPE_ARGS if args.get(key) is not None}
+    if fingerprint := config.dataset.get("fingerprint"):
+        recipe["data"] = str(fingerprint)[:12]
+    if epochs := trained_epochs or args.get("epochs"):
         recipe["epochs"] = epochs
     return recipe
 
 
-def training_recipe(directory: str | os.PathLike) -> dict[str, Any]:
-    """``recipe_of`` for a checkpoint directory (a history that cannot be read counts as
-    unknown, as it hides the training curves and not the checkpoint)."""
+def trained_epochs(directory: str | os.PathLike) -> int:
+    """Epochs in a checkpoint's history.json (0: none, or none readable: a bad history hides
+    the training curves, not the checkpoint)."""
     try:
-        trained = len(read_history(directory))
+        return len(read_history(directory))
     except (CoherenceError, OSError, ValueError):
-        trained = 0
-    return recipe_of(read_config(directory), trained)
+        return 0
+
+
+def training_recipe(directory: str | os.PathLike) -> dict[str, Any]:
+    """``recipe_of`` for a checkpoint directory."""
+    return recipe_of(read_config(directory), trained_epochs(directory))
 
 
 def weights_digest(directory: str | os.PathLike) -> str:

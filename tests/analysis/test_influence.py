@@ -396,6 +396,9 @@ def test_unconverged_cg_warns_and_records_its_worst_residual(ce_model, ce_batch)
     named = convergence_summary(cells, ("unet_s1", "unet_s2"), trajectories=(4, 7))
     assert "unet_s1, test trajectory 4" in named and "--cg-start preconditioned" in named
     assert "the default" not in named
+    started = [[{**cells[0][0], "cg_start": "preconditioned"}]]  # already: not advised again
+    said = convergence_summary(started, ("unet_s1",))
+    assert "raise --max-iter or loosen --rtol" in said and "--cg-start" not in said
     assert convergence_summary([[quiet.diagnostics.to_dict()]], ("a",)) is None
 
 

@@ -648,6 +648,20 @@ def test_seeds_of_one_model_share_a_training_recipe(workspace, tmp_path):
         run_analysis(request_for(workspace, checkpoints=(first, str(longer)), trajectories=(0,)))
     assert "Training dynamics" in str(refused.value)
     check_seeds((first, str(longer / "epochs" / "0001")))  # the same recipe at epoch 1
+    # the classes named (in another order) are the same data as none named (all of them)
+    info = open_dataset(workspace["data"])
+    named = tmp_path / "unet_s4"
+    args = TrainingArgs(
+        seed=4,
+        epochs=1,
+        batch_size=8,
+        transitions=4,
+        device="cpu",
+        overrides=TINY_OVERRIDES,
+        classes=tuple(reversed(info.classes)),
+    )
+    train(info.root, named, args)
+    check_seeds((first, str(named)))
     other_lr = shutil.copytree(longer / "epochs" / "0001", tmp_path / "unet_lr")
     config = json.loads((other_lr / ckpt.CONFIG_FILE).read_text())
     config["training"]["args"]["lr"] = 1e-2

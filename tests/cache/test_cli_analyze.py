@@ -166,6 +166,10 @@ def test_analyze_takes_workspace_names_and_says_when_data_and_checkpoint_are_swa
     assert code == 0, said
     request = json.loads((tmp_path / "R.json").read_text())["request"]
     assert request["checkpoints"] == [str(root / "checkpoints" / "unet_tiny/epochs/0001")]
+    code, said = analyze("unet_tiny/epochs/1", "tiny")  # the epoch unpadded: the same
+    assert code == 0, said
+    request = json.loads((tmp_path / "R.json").read_text())["request"]
+    assert request["checkpoints"] == [str(root / "checkpoints" / "unet_tiny/epochs/0001")]
     code, said = analyze("unet_tiny/epochs/0005", "tiny")
     assert code == 2 and "unet_tiny keeps no snapshot of epoch 5 (epochs kept: 1, 2)" in said
     code, said = analyze(str(root / "checkpoints" / "unet_tiny" / "epochs"), "tiny")

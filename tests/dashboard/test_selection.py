@@ -140,6 +140,22 @@ def test_runs_of_another_training_recipe_are_another_group():
     grouped = replace(catalog, checkpoints=others + tuple(runs)).groups("ce_demo")
     vits = {g.label: g.checkpoints for g in grouped if g.arch == "vit"}
     assert vits == {"ViT (epochs=12)": ("vit_s10", "vit_s35"), "ViT (epochs=6)": ("vit_s1",)}
+    # labels stay distinct where more than two fields differ (the sidebar picks by label),
+    # and a checkpoint that records no recipe (imported) says so
+    recipes = (
+        {"batch_size": 8, "epochs": 1, "lr": 1e-3},
+        {"batch_size": 8, "epochs": 1, "lr": 2e-3},
+        {"batch_size": 16, "epochs": 2, "lr": 2e-3},
+    )
+    runs = [
+        replace(vit, name=f"vit_r{i}", seed=i, recipe_json=json.dumps(r))
+        for i, r in enumerate(recipes)
+    ] + [replace(vit, name="vit_imported", seed=99, recipe_json="{}")]
+    grouped = replace(catalog, checkpoints=others + tuple(runs)).groups("ce_demo")
+    labels = [g.label for g in grouped if g.arch == "vit"]
+    assert len(set(labels)) == 4, labels
+    assert "ViT (batch_size=8, epochs=1, lr=0.001)" in labels
+    assert "ViT (batch_size=16, epochs=2)" in labels and "ViT (training not recorded)" in labels
 
 
 # ---------------------------------------------------------------------------- defaults ---

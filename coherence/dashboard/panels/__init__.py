@@ -51,6 +51,8 @@ _RENDERS: dict[str, Render] = {
     "Sensitivity": sensitivity,
     "Scores": scores,
 }
+if set(_RENDERS) != set(PANEL_LABELS):  # a tab left out of one of them would vanish
+    raise RuntimeError(f"tabs without a label or a render: {set(_RENDERS) ^ set(PANEL_LABELS)}")
 # in the order of panel_links.PANEL_LABELS, where a link's panel= is checked (torch-free)
 PANELS: tuple[tuple[str, Render], ...] = tuple(
     (label, _settled(_RENDERS[label])) for label in PANEL_LABELS

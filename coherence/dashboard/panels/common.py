@@ -118,9 +118,14 @@ class PanelContext:
         chosen = {name.replace("_", " "): value for name, value in self.settings}
         return provenance(self.selection, self.ready) | chosen
 
-    def panel_csv(self, panel: str, data: Bytes) -> tuple[str, str, Bytes, str]:
-        """A panel's CSV download (parameter header first), named after the selection."""
-        return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", self._headed(data))
+    def panel_csv(
+        self, panel: str, data: Bytes, meta: dict[str, Any] | None = None
+    ) -> tuple[str, str, Bytes, str]:
+        """A panel's CSV download (parameter header first: ``meta``, default the view's),
+        named after the selection."""
+        if meta is None:
+            return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", self._headed(data))
+        return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", lambda: with_header(data(), meta))
 
     def group_csv(self, panel: str, group: GroupState, data: Bytes) -> tuple[str, str, Bytes, str]:
         """One model group's CSV download: labelled and named by group in compare mode only

@@ -13,7 +13,6 @@ from dataclasses import replace
 import numpy as np
 import streamlit as st
 
-from coherence.analysis.exports import with_header
 from coherence.analysis.figures.dynamics import dynamics_figure, epoch_heatmaps
 from coherence.analysis.scores import seed_means
 from coherence.analysis.summaries import training_curves, two_time_map
@@ -25,7 +24,6 @@ from coherence.dashboard.panels import sweep_jobs
 from coherence.dashboard.panels.common import (
     PanelContext,
     chart,
-    csv_file,
     downloads,
     how_to_read,
     widget_value,
@@ -153,18 +151,15 @@ def dynamics(ctx: PanelContext) -> None:
     chart(figure, key="chart_dynamics")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
     meta = sweep_jobs.sweep_meta(view.meta(), done, labels, "epoch")
-    stem = view.stem("dynamics")
     downloads(
         "dynamics",
-        stem,
+        view.stem("dynamics"),
         figure=figure,
         files=[
-            csv_file(
-                "Data (CSV)",
-                f"{stem}.csv",
-                lambda: with_header(
-                    trends_csv(with_validation(by_group, valid), "epoch", members), meta
-                ),
+            view.panel_csv(
+                "dynamics",
+                lambda: trends_csv(with_validation(by_group, valid), "epoch", members),
+                meta,
             )
         ],
         caption=how_to_read(dynamics_figure),
@@ -207,18 +202,11 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     chart(figure, key="chart_dynamics_maps")
     view = ctx.with_choices(group=label if len(shown) > 1 else None)
     meta = sweep_jobs.sweep_meta(view.meta(), drawn, labels, "epoch")
-    stem = view.stem("epoch_maps")
     downloads(
         "dynamics_maps",
-        stem,
+        view.stem("epoch_maps"),
         figure=figure,
-        files=[
-            csv_file(
-                "Data (CSV)",
-                f"{stem}.csv",
-                lambda: with_header(epoch_maps_csv(maps, epochs, times), meta),
-            )
-        ],
+        files=[view.panel_csv("epoch_maps", lambda: epoch_maps_csv(maps, epochs, times), meta)],
         caption=how_to_read(epoch_heatmaps),
         meta=meta,
     )

@@ -114,8 +114,8 @@ def sweep_meta(
         ran = [request.estimator.value]
         if recorded["depth"] is not None:  # used by this estimator
             ran.append(f"depth {recorded['depth']}")
-        if request.rtol is not None:
-            ran.append(f"rtol {request.rtol:g}, max-iter {request.max_iter}")
+        if recorded["rtol"] is not None:
+            ran.append(f"rtol {recorded['rtol']:g}, max-iter {request.max_iter}")
         if recorded["energy_threshold"] not in (None, 1, 1.0):  # 1: nothing truncated
             ran.append(f"energy threshold {request.resolved_energy_threshold:g}")
         settings[line] = ", ".join(ran)

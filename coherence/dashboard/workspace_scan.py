@@ -149,30 +149,34 @@ class Catalog:
         return next((g for g in self.groups(dataset) if checkpoint in g.checkpoints), None)
 
 
-def _label_fields(model_json: str, recipe_json: str = "{}") -> dict[str, Any]:
+def _label_fields(model_json: str, recipe_json: str | None = None) -> dict[str, Any]:
     """The architecture's fields, ``config`` flattened (``{"arch", "config": {…}, "preset"}``
-    as checkpoints store it), so a label names ``base_width=8``, not a whole dict; then the
-    training recipe's (``epochs=6``)."""
+    as checkpoints store it), so a label names ``base_width=8``, not a whole dict; then, with
+    ``recipe_json``, the training recipe's (``epochs=6``)."""
     data = json.loads(model_json)
     fields = {k: v for k, v in data.items() if k != "config"}
     if isinstance(data.get("config"), dict):
         fields.update(data["config"])
-    return fields | json.loads(recipe_json)
+    return fields | (json.loads(recipe_json) if recipe_json is not None else {})
 
 
-def _group_label(key: tuple[str, str, str], siblings: list[dict], most: int | None) -> str:
-    """'ViT (epochs=6)': the architecture, and where it has sibling groups the first ``most``
-    fields (None: all) in which this group differs from any of them; a group whose checkpoints
-    record no training recipe (imported) says so."""
+def _group_label(
+    key: tuple[str, str, str], keys: list[tuple[str, str, str]], most: int | None, recipe: bool
+) -> str:
+    """'ViT (epochs=6)': the architecture, and where it has sibling groups (``keys`` of its
+    architecture) the first ``most`` fields (None: all) in which this group differs from any
+    of them: of the architecture alone, or with ``recipe`` of the training recipe too; a
+    group whose checkpoints record no recipe (imported) says so."""
     arch, model_json, recipe_json = key
     label = ARCH_LABELS.get(arch, arch)
-    if len(siblings) < 2:
+    if len(keys) < 2:
         return label
-    config = _label_fields(model_json, recipe_json)
+    config = _label_fields(model_json, recipe_json if recipe else None)
+    siblings = [_label_fields(k[1], k[2] if recipe else None) for k in keys]
     fields = sorted({k for sibling in siblings for k in sibling} - {"arch"})
-    recipe_keys = {*ckpt.RECIPE_ARGS, "data", "epochs"}  # what a recipe records
-    recorded = any(recipe_keys & set(sibling) for sibling in siblings)
-    shown = ["training not recorded"] if recipe_json == "{}" and recorded else []
+    shown = ["training not recorded"] if recipe and recipe_json == "{}" else []
+    if any(k[2] == recipe_json for k in keys if k != key) or not recipe:
+        shown = []  # said only where it tells this group apart
     shown += [
         f"{k}={config[k]}"
         for k in fields
@@ -188,14 +192,16 @@ def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[Mod
     by_key: dict[tuple[str, str, str], list[CheckpointEntry]] = {}
     for entry in entries:
         by_key.setdefault((entry.arch, entry.model_json, entry.recipe_json), []).append(entry)
-    configs_per_arch: dict[str, list[dict]] = {}
-    for arch, model_json, recipe_json in by_key:
-        configs_per_arch.setdefault(arch, []).append(_label_fields(model_json, recipe_json))
-    labels = {key: _group_label(key, configs_per_arch[key[0]], 2) for key in by_key}
-    # the sidebar picks a group by its label: where two read alike (more than two fields
-    # differ), every field; where they still do, a checkpoint's name as well
+    keys_per_arch: dict[str, list[tuple[str, str, str]]] = {}
+    for key in by_key:
+        keys_per_arch.setdefault(key[0], []).append(key)
+    # the architecture's own differences first (a narrower UNet is "UNet (base_width=4)"),
+    # the recipe's where they alone tell groups apart; the sidebar picks a group by its
+    # label, so where two still read alike: every field, then a checkpoint's name as well
+    labels = {key: _group_label(key, keys_per_arch[key[0]], 2, False) for key in by_key}
     for relabel in (
-        lambda key, _: _group_label(key, configs_per_arch[key[0]], None),
+        lambda key, _: _group_label(key, keys_per_arch[key[0]], 2, True),
+        lambda key, _: _group_label(key, keys_per_arch[key[0]], None, True),
         lambda key, label: f"{label} [{min(c.name for c in by_key[key])}]",
     ):
         alike = {label for label in labels.values() if list(labels.values()).count(label) > 1}

@@ -180,15 +180,15 @@ def panel_value_problems(params: Mapping[str, Any], damping: float) -> list[str]
 
     from coherence.dashboard.sweeps import DAMPING_GRID
 
+    problems = unknown_panel(params)
     offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]
     overlay = _first(params, "dyn_vs_damping")
-    if overlay is None or overlay == "none" or overlay in offered:
-        return unknown_panel(params)
-    return [
-        *unknown_panel(params),
-        f"dyn_vs_damping={overlay!r}: not an overlay λ the Training dynamics panel offers "
-        f"({', '.join(offered)}); using none instead",
-    ]
+    if overlay not in (None, "none", *offered):
+        problems.append(
+            f"dyn_vs_damping={overlay!r}: not an overlay λ the Training dynamics panel offers "
+            f"({', '.join(offered)}); using none instead"
+        )
+    return problems
 
 
 def scale_from_params(params: Mapping[str, Any]) -> tuple[str, list[str]]:

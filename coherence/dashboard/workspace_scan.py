@@ -174,9 +174,9 @@ def _group_label(
     config = _label_fields(model_json, recipe_json if recipe else None)
     siblings = [_label_fields(k[1], k[2] if recipe else None) for k in keys]
     fields = sorted({k for sibling in siblings for k in sibling} - {"arch"})
-    shown = ["training not recorded"] if recipe and recipe_json == "{}" else []
-    if any(k[2] == recipe_json for k in keys if k != key) or not recipe:
-        shown = []  # said only where it tells this group apart
+    # said only where it tells this group apart: no sibling lacks a recipe too
+    unrecorded = recipe and recipe_json == "{}" and all(k[2] != "{}" for k in keys if k != key)
+    shown = ["training not recorded"] if unrecorded else []
     shown += [
         f"{k}={config[k]}"
         for k in fields

@@ -272,7 +272,9 @@ def _num(value: float) -> str:
 def _one_epoch_reason(ctx: PanelContext) -> str:
     """Why there is one epoch to show: no snapshots, or seeds whose snapshots share no
     epoch (said as "no snapshot" before, although each seed kept some)."""
-    name = ctx.selection.checkpoints[0]
+    retrain = code(
+        f"coherence train … --keep-epochs 1,2,4,8,16 --out {ctx.selection.checkpoints[0]}_dyn"
+    )
     entries = [ctx.catalog.checkpoint(n) for n in ctx.selection.checkpoints]
     kept = {
         n: e.epochs if e else () for n, e in zip(ctx.selection.checkpoints, entries, strict=True)
@@ -282,14 +284,10 @@ def _one_epoch_reason(ctx: PanelContext) -> str:
         listed = "; ".join(f"{n}: {', '.join(map(str, e)) or 'none'}" for n, e in kept.items())
         return (
             f"The seeds keep snapshots, but of no epoch they all share ({listed}), so there "
-            "is one epoch to show: train the seeds with one --keep-epochs list, e.g. "
-            + code(f"coherence train … --keep-epochs 1,2,4,8,16 --out {name}_dyn")
-            + "."
+            f"is one epoch to show: train the seeds with one --keep-epochs list, e.g. {retrain}."
         )
     return (
         "These checkpoints keep no snapshot of an earlier epoch, so there is one epoch to "
         "show. Checkpoints trained by this version keep them; to add them, retrain into a new "
-        "directory, e.g. "
-        + code(f"coherence train … --keep-epochs 1,2,4,8,16 --out {name}_dyn")
-        + "."
+        f"directory, e.g. {retrain}."
     )

@@ -384,7 +384,7 @@ def report(
     from coherence.dashboard.workspace_scan import scan_workspace
     from coherence.report import (
         NOT_IN_REPORT,
-        build_report,
+        assemble_report,
         cached_in,
         load_groups,
         panel_value_problems,
@@ -424,16 +424,23 @@ def report(
     scale, bad_scale = scale_from_params(params)
     _refuse_link_problems(problems + bad_scale)
     groups = load_groups(root, catalog, selection)
-    page = build_report(root, catalog, selection, groups=groups, link=link, scale=scale)
+    built = assemble_report(
+        root, catalog, selection, groups=groups, link=link, scale=scale, params=params
+    )
     out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its result's folder
-    atomic_write_bytes(out, page)  # a kill mid-write leaves the old report, not half of one
+    atomic_write_bytes(out, built.page)  # a kill mid-write leaves the old report, not half
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
+    for note in built.notes:  # a sweep left out, and what to compute for it
+        console.print(note, markup=False, highlight=False)
     panel = params.get("panel", [""])[0]
     if panel in NOT_IN_REPORT:
         warn(
             f"the link opens the {panel} panel, which the report does not hold (it holds the "
-            "selection's own analysis); export that panel's chart and CSV from the dashboard"
+            "selection's own analysis and its cached sweeps); export that panel's chart and "
+            "CSV from the dashboard"
         )
+    elif panel and any(note.startswith(f"{panel}:") for note in built.notes):
+        warn(f"the link opens the {panel} panel, which this report leaves out (see above)")
 
 
 app.add_typer(cache_app, name="cache")

@@ -5,8 +5,9 @@ their uncertainty and a plain-language verdict, and the provenance of every numb
 Built from cached results only (never computes an analysis): the dashboard's Report button
 and ``coherence report --out report.html`` call ``build_report``. plotly.js is inlined once
 in the page head (no CDN, no other file), so it opens offline in any browser, without
-Python. Panels that need a model run (rollout, validation) are not part of it. The panels
-themselves are built in ``coherence.report_panels`` (re-exported here).
+Python. Panels that need a model run (rollout, validation) are not part of it; the Training
+dynamics and Sensitivity sweeps are, where their points are cached. The panels themselves are
+built in ``coherence.report_panels`` (re-exported here) and ``coherence.report_sweeps``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +49,7 @@ from coherence.report_panels import (
     score_table,
     sections,
 )
+from coherence.report_sweeps import sweep_sections
 
 if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -57,9 +59,11 @@ __all__ = [  # what callers import from here, the panels' names included
     "RESPONSE_TITLES",
     "TITLE",
     "TOUR",
+    "Report",
     "ReportError",
     "ReportGroup",
     "Section",
+    "assemble_report",
     "build_report",
     "cached_in",
     "distance_from_inputs",
@@ -149,8 +153,9 @@ def unknown_params(params: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
-# tabs whose figures the report does not hold (it holds the selection's influence panels)
-NOT_IN_REPORT = ("Overview", "Rollout", "Validation", "Training dynamics", "Sensitivity")
+# tabs whose figures the report does not hold (it holds the selection's influence panels and,
+# where cached, the Training dynamics and Sensitivity sweeps: report_sweeps)
+NOT_IN_REPORT = ("Overview", "Rollout", "Validation")
 
 
 def _first(params: Mapping[str, Any], key: str) -> str | None:
@@ -328,8 +333,12 @@ def render_html(
     title: str = TITLE,
     link: str = "",
     scale: str = "paper",
+    notes: Sequence[str] = (),
+    more_provenance: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """The report page: plotly.js once in <head>, then every section's figure div."""
+    """The report page: plotly.js once in <head>, then every section's figure div; ``notes``
+    (what the report leaves out and why) and ``more_provenance`` (the sweeps' keys) before
+    and in the provenance table."""
     scores = score_table(groups)
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
@@ -363,7 +372,8 @@ def render_html(
             f"<section class='figure'><h2>{html.escape(part.title)}</h2>",
             f"<p class='caption'>{html.escape(part.caption)}</p>{div}</section>",
         ]
-    meta = provenance(selection, groups)
+    body += [f"<p class='caption'><b>{html.escape(note)}</b></p>" for note in notes]
+    meta = provenance(selection, groups) | dict(more_provenance or {})
     meta["colour scale of the heatmaps"] = SCALES.get(scale, scale)
     if link:
         meta["dashboard link"] = link
@@ -379,6 +389,48 @@ def render_html(
     return page.encode()
 
 
+@dataclass(frozen=True)
+class Report:
+    """A built report: the page, and one sentence per sweep it leaves out (what to compute)."""
+
+    page: bytes
+    notes: tuple[str, ...]
+
+
+def assemble_report(
+    root: str | Path,
+    catalog: Catalog,
+    selection: Selection,
+    *,
+    groups: Sequence[ReportGroup] | None = None,
+    distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
+    link: str = "",
+    scale: str = "paper",
+    params: Mapping[str, Any] | None = None,
+) -> Report:
+    """The report of ``selection`` from the cache (``groups`` when the caller has them):
+    its influence panels, then the Training dynamics and Sensitivity sweeps where cached,
+    in the dashboard's tab order (the scores table last). ``scale``: the heatmaps' colour
+    scale (figures.SCALES), ``link``: the dashboard view it comes from (both in the
+    provenance), ``params``: the link's panel choices (``dyn_vs_damping``, ``sens_pair``)."""
+    groups = tuple(groups) if groups is not None else load_groups(root, catalog, selection)
+    parts = sections(groups, selection, distance=distance, scale=scale)
+    swept = sweep_sections(root, catalog, selection, group_labels(catalog, selection), params)
+    scores = [i for i, part in enumerate(parts) if part.title == "Scores"]
+    at = scores[0] if scores else len(parts)  # the dashboard's last tab, after the sweeps
+    parts = parts[:at] + swept.sections + parts[at:]
+    page = render_html(
+        selection,
+        groups,
+        parts,
+        link=link,
+        scale=scale,
+        notes=swept.notes,
+        more_provenance=swept.provenance,
+    )
+    return Report(page, tuple(swept.notes))
+
+
 def build_report(
     root: str | Path,
     catalog: Catalog,
@@ -388,13 +440,19 @@ def build_report(
     distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
     link: str = "",
     scale: str = "paper",
+    params: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """The report of ``selection`` from the cache (``groups`` when the caller has them);
-    ``scale``: the heatmaps' colour scale (figures.SCALES), ``link``: the dashboard view it
-    comes from (both in the provenance)."""
-    groups = tuple(groups) if groups is not None else load_groups(root, catalog, selection)
-    parts = sections(groups, selection, distance=distance, scale=scale)
-    return render_html(selection, groups, parts, link=link, scale=scale)
+    """``assemble_report``'s page."""
+    return assemble_report(
+        root,
+        catalog,
+        selection,
+        groups=groups,
+        distance=distance,
+        link=link,
+        scale=scale,
+        params=params,
+    ).page
 
 
 def report_name(selection: Selection) -> str:

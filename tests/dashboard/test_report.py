@@ -186,10 +186,11 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     # result's key, and the report computes nothing
     result = report("--param", "device=cuda")
     assert result.exit_code == 0, result.output
-    # a tab the report does not hold is said (the report holds the influence panels)
-    result = report("--param", "panel=Sensitivity", "--param", "dyn_vs_damping=0.01")
+    # a tab the report does not hold is said (it holds the influence panels and the cached
+    # sweeps: tests/dashboard/test_sweep_panels.py); an overlay λ the panel offers is accepted
+    result = report("--param", "panel=Validation", "--param", "dyn_vs_damping=0.01")
     said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "opens the Sensitivity panel, which the report" in said
+    assert result.exit_code == 0 and "opens the Validation panel, which the report" in said
     result = report("--param", "zscale_two_time=diverging")
     assert result.exit_code == 0, result.output
     assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance

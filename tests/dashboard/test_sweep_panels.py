@@ -4,6 +4,8 @@ real workspace whose UNets were trained on to 3 epochs (snapshots 1, 2, 3)."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import time
 from dataclasses import replace
@@ -11,13 +13,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
+from typer.testing import CliRunner
 
 from coherence.analysis.scores import diagonal_dominance
 from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR
 from coherence.cache.jobs import JobRunner
+from coherence.cli import app
 from coherence.dashboard import sweeps
 from coherence.dashboard.selection import default_selection, snapshot_path_name
 from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.report import assemble_report
 from coherence.surrogates import snapshots
 from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import checkpoints_dir, datasets_dir
@@ -25,6 +30,7 @@ from tests.fixtures import (
     COMPARE,
     VIT_OVERRIDES,
     copy_workspace,
+    fill_sweeps,
     train_on_with_snapshots,
 )
 
@@ -572,7 +578,7 @@ def test_the_dynamics_csv_holds_the_validation_curve_of_the_figure():
 def test_sweep_exports_name_every_points_key_and_settings(trained_on):
     """A sweep's files named the final weights' cache key alone beside a chart of three
     epochs, and the sidebar's Krylov depth beside a krylov line computed at depth 4."""
-    from coherence.dashboard.panels.sweep_jobs import sweep_meta
+    from coherence.dashboard.sweep_views import sweep_meta
 
     catalog = scan_workspace(trained_on)
     selection = default_selection(catalog)
@@ -632,3 +638,109 @@ def test_a_sweep_estimate_with_an_untimed_setting_is_no_estimate(trained_on, mon
     assert sweep_jobs._estimate(both) == pytest.approx(per_point)
     timed["euclidean"] = 0.0  # the machine busy: not timed
     assert sweep_jobs._estimate(both) == 0.0
+
+
+def _figure_of(page: str, heading: str) -> tuple[list, dict]:
+    """The (data, layout) that a report section's div hands to Plotly.newPlot."""
+    start = page.index(f"<h2>{heading}</h2>")
+    div = page[start : page.index("</section>", start)]
+    decoder, values = json.JSONDecoder(), []
+    rest = div[div.index("Plotly.newPlot(") + len("Plotly.newPlot(") :]
+    for _ in range(3):
+        rest = rest.lstrip(" \n,")
+        value, end = decoder.raw_decode(rest)
+        values.append(value)
+        rest = rest[end:]
+    return values[1], values[2]
+
+
+def test_the_report_holds_the_cached_sweeps_as_the_panels_draw_them(trained_on):
+    """`coherence report` and the Report button: the Training dynamics and Sensitivity
+    charts of the selection (the link's overlay λ and estimator pair), from the cache, with
+    every point's key in the provenance; their numbers checked by hand."""
+    fill_sweeps(trained_on)  # 3 epochs; ekfac-krylov at 1e-4 and 1e-2; euclidean
+    catalog = scan_workspace(trained_on)
+    selection = default_selection(catalog)
+    runner = JobRunner(trained_on)
+    own, _ = sweeps.dynamics_points(trained_on, selection, runner)
+    other, _ = sweeps.dynamics_points(trained_on, replace(selection, damping=1e-2), runner)
+    every, _ = sweeps.sensitivity_points(
+        trained_on, selection, catalog, runner, include_on_demand=True
+    )
+    ekfac = next(p for p in every if p.series == "ekfac" and p.x == selection.damping)
+    for point in [*other, ekfac]:  # ekfac: a third estimator, so the link picks a pair
+        runner.run(point.request)
+    params = {"dyn_vs_damping": ["0.01"], "sens_pair": ["euclidean vs ekfac"]}
+    built = assemble_report(trained_on, catalog, selection, distance=None, params=params)
+    page = built.page.decode()
+    assert built.notes == ()
+    titles = re.findall(r"<h2>(.*?)</h2>", page)
+    sweep_titles = [
+        "Training dynamics",
+        "UNet: two-time map across epochs",
+        "Sensitivity",
+        "Agreement between estimators",
+    ]
+    at = titles.index("Training dynamics")
+    assert titles[at : at + 5] == [*sweep_titles, "Scores"]  # the dashboard's tab order
+    data, _ = _figure_of(page, "Training dynamics")
+    first = {
+        t["name"]: t
+        for t in data
+        if t.get("mode") == "lines+markers" and t.get("yaxis", "y") == "y"
+    }
+    assert set(first) == {"UNet · λ = 0.0001", "UNet · λ = 0.01"}
+    for name, points in (("UNet · λ = 0.0001", own), ("UNet · λ = 0.01", other)):
+        ordered = sorted(points, key=lambda p: p.x)
+        expected = [_dominance_by_hand(runner.result(p.key, p.request)) for p in ordered]
+        np.testing.assert_allclose(plotly_array(first[name]["y"]), expected, rtol=1e-9)
+    # the maps across epochs: one heatmap per epoch, each the intra-class mean by hand
+    maps, _ = _figure_of(page, "UNet: two-time map across epochs")
+    heatmaps = [t for t in maps if t["type"] == "heatmap"]
+    assert len(heatmaps) == len(own)
+    for trace, point in zip(heatmaps, sorted(own, key=lambda p: p.x), strict=True):
+        h = np.asarray(runner.result(point.key, point.request).H_std["smse"])
+        by_hand = np.mean([_intra(c) for row in h for c in row], axis=0)
+        np.testing.assert_allclose(plotly_array(trace["z"]), by_hand, rtol=1e-6, atol=1e-9)
+    # the sensitivity chart draws every cached setting, as the panel does
+    done = [p for p in every if runner.status(p.key).state == "done"]
+    data, _ = _figure_of(page, "Sensitivity")
+    assert {t["name"] for t in data if t.get("mode") == "lines+markers"} == {p.series for p in done}
+    euclidean = next(p for p in done if p.series == "euclidean")
+    a, b = (np.asarray(runner.result(p.key, p.request).H_std["smse"]) for p in (euclidean, ekfac))
+    pearson = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    assert f"Pearson over all entries {pearson:.3f}" in page
+    for point in [*own, *other, *done]:
+        assert point.key[:16] in page  # provenance: every point drawn
+
+
+def test_a_report_without_sweeps_says_what_to_compute(workspace, tmp_path):
+    """Without snapshots or a second setting cached, the report leaves the sweeps out and
+    says what to compute; `coherence report` prints it, and warns when the link opens one."""
+    root = copy_workspace(workspace, tmp_path / "workspace")
+    catalog = scan_workspace(root)
+    selection = default_selection(catalog)
+    runner = JobRunner(root)
+    own = runner.key(selection.to_request(root))
+    every, _ = sweeps.sensitivity_points(root, selection, catalog, runner, include_on_demand=True)
+    for point in every:
+        if point.key != own:
+            runner.store.delete(point.key)
+    built = assemble_report(root, catalog, selection, distance=None)
+    dynamics, sensitivity = built.notes
+    assert dynamics.startswith("Training dynamics: not in this report")
+    assert "keep no earlier snapshot" in dynamics
+    assert sensitivity.startswith("Sensitivity: not in this report")
+    assert "(1 of the tab's 7 default settings, 55 with the on-demand ones)" in sensitivity
+    page = built.page.decode()
+    assert html.escape(dynamics) in page and "<h2>Sensitivity</h2>" not in page
+    out = tmp_path / "report.html"
+    base = ["report", "--workspace", str(root), "--out", str(out)]
+    result = CliRunner().invoke(app, [*base, "--param", "panel=Training dynamics"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "Training dynamics: not in this report" in said
+    assert "opens the Training dynamics panel, which this report leaves out" in said
+    result = CliRunner().invoke(app, [*base, "--param", "panel=Rollout"])
+    said = " ".join(result.output.split())
+    assert "opens the Rollout panel, which the report does not hold" in said

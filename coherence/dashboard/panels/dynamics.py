@@ -8,17 +8,15 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 import numpy as np
 import streamlit as st
 
 from coherence.analysis.figures.dynamics import dynamics_figure, epoch_heatmaps
 from coherence.analysis.scores import seed_means
-from coherence.analysis.summaries import training_curves, two_time_map
 from coherence.analysis.tables import epoch_maps_csv
-from coherence.analysis.trends import Trend, trends
-from coherence.dashboard import compute, loaders, sweeps
+from coherence.analysis.trends import Trend
+from coherence.dashboard import compute, loaders, sweep_views, sweeps
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.panels import sweep_jobs
 from coherence.dashboard.panels.common import (
@@ -28,7 +26,6 @@ from coherence.dashboard.panels.common import (
     how_to_read,
     widget_value,
 )
-from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir
 
 EXPLAIN = (
@@ -78,13 +75,7 @@ def dynamics(ctx: PanelContext) -> None:
         what=("epoch analysis", "epoch analyses"),
     )
     other = _other_damping(ctx)
-    points, problems = sweeps.dynamics_points(ctx.root, ctx.selection, runner)
-    if other is not None:
-        more, more_problems = sweeps.dynamics_points(
-            ctx.root, replace(ctx.selection, damping=other), runner
-        )
-        points += [replace(p, series=f"λ = {other:g}") for p in more]
-        problems += more_problems
+    points, problems = sweep_views.dynamics_points(ctx.root, ctx.selection, runner, other)
     for problem in problems:
         st.warning(literal(problem), icon=":material/warning:")
     labels = compute.group_labels(ctx.catalog, ctx.selection)
@@ -119,38 +110,26 @@ def dynamics(ctx: PanelContext) -> None:
         "epoch analyses",
     )
     response = ctx.selection.responses[0]
-    by_group, valid = {}, {}
     own = f" · λ = {ctx.selection.damping:g}" if other is not None else ""
-    overlaid = {}  # the other λ's lines, dashed in their group's colour
-    group_of = {}  # each line's group: its colour, and its checkpoints for the CSV
-    for g, label in enumerate(labels):
-        mine = [p for p in done if p.group == g and not p.series]
-        theirs = [p for p in done if p.group == g and p.series]
-        if theirs:
-            line = f"{label} · {theirs[0].series}"
-            overlaid[line] = trends([(p.x, sweep_jobs.scores(root, p, response)) for p in theirs])
-            group_of[line] = g
-        if not mine:
-            continue
-        by_group[f"{label}{own}"] = trends(
-            [(p.x, sweep_jobs.scores(root, p, response)) for p in mine]
-        )
-        group_of[f"{label}{own}"] = g
-        try:
-            histories = [
-                loaders.history(checkpoints_dir(ctx.root) / n) for n in ctx.selection.groups[g]
-            ]
-            if all(histories):  # independent of λ: drawn once, with the selection's line
-                valid[f"{label}{own}"] = training_curves(histories)
-        except CoherenceError as error:
-            st.warning(f"{literal(label)}: no validation curve ({literal(error)})")
-    by_group |= overlaid
+    lines = sweep_views.dynamics_lines(
+        done,
+        labels,
+        ctx.selection.groups,
+        checkpoints_dir(ctx.root),
+        lambda p: sweep_jobs.scores(root, p, response),
+        loaders.history,
+        own_suffix=own,
+    )
+    for problem in lines.problems:
+        st.warning(literal(problem))
     # the seed columns' order: the group's checkpoints (its snapshots follow them)
-    members = {line: ctx.selection.groups[g] for line, g in group_of.items()}
-    figure = dynamics_figure(by_group, valid or None, colors=group_of, dashed=list(overlaid))
+    members = {line: ctx.selection.groups[g] for line, g in lines.group_of.items()}
+    figure = dynamics_figure(
+        lines.trends, lines.validation or None, colors=lines.group_of, dashed=lines.dashed
+    )
     chart(figure, key="chart_dynamics")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
-    meta = sweep_jobs.sweep_meta(view.meta(), done, labels, "epoch")
+    meta = sweep_views.sweep_meta(view.meta(), done, labels, "epoch")
     downloads(
         "dynamics",
         view.stem("dynamics"),
@@ -158,7 +137,9 @@ def dynamics(ctx: PanelContext) -> None:
         files=[
             view.panel_csv(
                 "dynamics",
-                lambda: trends_csv(with_validation(by_group, valid), "epoch", members),
+                lambda: trends_csv(
+                    with_validation(lines.trends, lines.validation), "epoch", members
+                ),
                 meta,
             )
         ],
@@ -170,10 +151,7 @@ def dynamics(ctx: PanelContext) -> None:
 
 def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     st.caption(how_to_read(epoch_heatmaps))
-    epochs_of = {label: sum(p.group == g for p in done) for g, label in enumerate(labels)}
-    # the group with the most analysed epochs first: the default view shows the evolution
-    # (the demo's UNet has only its last epoch analysed, its ViT three)
-    shown = sorted((label for label, n in epochs_of.items() if n), key=lambda x: -epochs_of[x])
+    shown = list(sweep_views.epochs_per_group(done, labels))
     if not shown:  # only the overlaid λ is analysed: its maps are not drawn
         st.info(
             f"No epoch is analysed at the selection's λ = {ctx.selection.damping:g} yet, so "
@@ -183,30 +161,32 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
         return
     slot = st.container()
     label = widget_value("dyn_group", shown) if len(shown) > 1 else shown[0]
-    g = labels.index(label)
-    mine = sorted((p for p in done if p.group == g), key=lambda p: p.x)
-    maps, epochs, drawn = [], [], []
-    for point in mine:
-        result = sweep_jobs.result(str(ctx.root), point)
-        if result is None:
-            continue
-        maps.append(two_time_map(result.H_std[result.primary]))
-        epochs.append(point.x)
-        drawn.append(point)
-        times = result.times  # physical time, as the two-time map
-    if not maps:
+    found = sweep_views.epoch_maps(
+        done, labels.index(label), lambda p: sweep_jobs.result(str(ctx.root), p)
+    )
+    if not found.maps:
         return
     figure = epoch_heatmaps(
-        maps, epochs, ctx.n_examples, times=times, title=f"{label}: two-time map across epochs"
+        found.maps,
+        found.epochs,
+        ctx.n_examples,
+        times=found.times,
+        title=f"{label}: two-time map across epochs",
     )
     chart(figure, key="chart_dynamics_maps")
     view = ctx.with_choices(group=label if len(shown) > 1 else None)
-    meta = sweep_jobs.sweep_meta(view.meta(), drawn, labels, "epoch")
+    meta = sweep_views.sweep_meta(view.meta(), found.drawn, labels, "epoch")
     downloads(
         "dynamics_maps",
         view.stem("epoch_maps"),
         figure=figure,
-        files=[view.panel_csv("epoch_maps", lambda: epoch_maps_csv(maps, epochs, times), meta)],
+        files=[
+            view.panel_csv(
+                "epoch_maps",
+                lambda: epoch_maps_csv(found.maps, found.epochs, found.times),
+                meta,
+            )
+        ],
         caption=how_to_read(epoch_heatmaps),
         meta=meta,
     )

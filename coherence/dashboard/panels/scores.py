@@ -225,18 +225,26 @@ def report_button(ctx: PanelContext, slot=None) -> None:
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
     scale = ctx.scale("two_time")  # the heatmaps as the two-time panel shows them
     link = _page_link(ctx.selection)
+    params = st.query_params.to_dict()  # the sweeps' choices (dyn_vs_damping, sens_pair)
     (slot if slot is not None else st).download_button(
         "Report (HTML)",
         data=lambda: build_report(
-            ctx.root, ctx.catalog, ctx.selection, groups=groups, link=link, scale=scale
+            ctx.root,
+            ctx.catalog,
+            ctx.selection,
+            groups=groups,
+            link=link,
+            scale=scale,
+            params=params,
         ),
         file_name=report_name(ctx.selection),
         mime="text/html",
         key="dl_report",
         on_click="ignore",
         icon=":material/summarize:",
-        help="One HTML file with every influence panel of this selection (interactive), the "
-        "scores with their uncertainty and the provenance; opens offline in any browser."
+        help="One HTML file with every influence panel of this selection (interactive), its "
+        "cached Training dynamics and Sensitivity sweeps, the scores with their uncertainty "
+        "and the provenance; opens offline in any browser."
         + (
             " The figures are stale: it holds the ones shown (the last computed selection), "
             "not the sidebar's."

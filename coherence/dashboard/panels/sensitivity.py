@@ -4,13 +4,12 @@ difference of the two-time maps): does a conclusion depend on the solver?"""
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from coherence.analysis.exports import two_time_csv, with_header
 from coherence.analysis.figures.dynamics import agreement_figure, sensitivity_figure
-from coherence.analysis.trends import agreement, trends
-from coherence.dashboard import compute, loaders, sweeps
+from coherence.analysis.trends import agreement
+from coherence.dashboard import compute, loaders, sweep_views, sweeps
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels import sweep_jobs
 from coherence.dashboard.panels.common import (
@@ -95,40 +94,28 @@ def sensitivity(ctx: PanelContext) -> None:
         return
     labels = compute.group_labels(ctx.catalog, ctx.selection)
     sweep_jobs.warn_unconverged(
-        root, done, lambda p: f"{_series(labels, p)}, λ = {p.x:g}", "sweep settings"
+        root, done, lambda p: f"{sweep_views.series_name(labels, p)}, λ = {p.x:g}", "sweep settings"
     )
     response = ctx.selection.responses[0]
-    series: dict[str, list] = {}
-    for point in done:
-        name = _series(labels, point) if ctx.compare else point.series
-        series.setdefault(name, []).append(point)
-    by_series = {
-        name: trends([(p.x, sweep_jobs.scores(root, p, response)) for p in members])
-        for name, members in series.items()
-    }
-    flat = [name for name, points in series.items() if not points[0].uses_damping]
-    members = {name: ctx.selection.groups[points[0].group] for name, points in series.items()}
-    grid = (min(sweeps.DAMPING_GRID), max(sweeps.DAMPING_GRID))
-    figure = sensitivity_figure(
-        by_series,
-        paper_damping=sweeps.PAPER_DAMPING,
-        flat=flat,
-        x_span=grid,
+    lines = sweep_views.sensitivity_lines(
+        done,
+        labels,
+        ctx.selection.groups,
+        lambda p: sweep_jobs.scores(root, p, response),
+        compare=ctx.compare,
+    )
+    figure = sweep_views.sensitivity_chart(
+        lines,
+        sweep_jobs.unconverged_points(root, done),
+        labels,
         selected_damping=ctx.selection.damping,
-        colors={_series(labels, p): p.group for p in done} if ctx.compare else None,
-        estimators={_series(labels, p): p.series for p in done} if ctx.compare else None,
-        order=sweeps.SETTING_ORDER,
-        unconverged=_unconverged_by_series(root, done, labels, ctx.compare),
+        compare=ctx.compare,
     )
     chart(figure, key="chart_sensitivity")
     # the files hold the sweep, not the sidebar's one estimator and λ
-    dampings = sorted({p.x for p in done if p.uses_damping})
-    meta = sweep_jobs.sweep_meta(ctx.meta(), done, labels, "λ") | {
-        "estimator": f"sweep: {', '.join(series)}",
-        "damping λ": f"sweep: {', '.join(f'{d:g}' for d in dampings)}"
-        + (f" ({', '.join(flat)}: independent of λ)" if flat else ""),
-        "selection's own setting": f"{ctx.selection.estimator}, λ = {ctx.selection.damping:g}",
-    }
+    meta = sweep_views.sweep_meta(ctx.meta(), done, labels, "λ") | sweep_views.sweep_settings_meta(
+        lines, ctx.selection.estimator, ctx.selection.damping
+    )
     stem = ctx.stem("sensitivity")
     downloads(
         "sensitivity",
@@ -138,7 +125,7 @@ def sensitivity(ctx: PanelContext) -> None:
             csv_file(
                 "Data (CSV)",
                 f"{stem}.csv",
-                lambda: with_header(trends_csv(by_series, "damping", members), meta),
+                lambda: with_header(trends_csv(lines.trends, "damping", lines.members), meta),
             )
         ],
         caption=how_to_read(sensitivity_figure),
@@ -175,40 +162,11 @@ def _picked(ctx: PanelContext, every, asked: list[int]) -> list[int]:
     return [i for i in asked if every[i].series in series and f"{every[i].x:g}" in dampings]
 
 
-def _series(labels: list[str], point: sweeps.SweepPoint) -> str:
-    return f"{labels[point.group]} · {point.series}"
-
-
-def _unconverged_by_series(root: str, done, labels: list[str], compare: bool) -> dict:
-    """{series label: the λ of its cg points that stopped unconverged}, as the chart names
-    its series."""
-    found: dict[str, list[float]] = {}
-    for point, _ in sweep_jobs.unconverged_points(root, done):
-        name = _series(labels, point) if compare else point.series
-        found.setdefault(name, []).append(point.x)
-    return found
-
-
 def _cg_report(root: str, done) -> None:
     """The cg iteration cap and how many columns reached rtol, per setting."""
-    lines = []
-    for point in done:
-        if point.request.estimator != "cg":
-            continue
-        result = sweep_jobs.result(root, point)
-        if result is None:
-            continue
-        diags = [d for row in result.diagnostics for d in row]
-        cap = max((int(d.get("max_iter") or 0) for d in diags), default=0)
-        iterations = [i for d in diags for i in (d.get("iterations") or ())]
-        unconverged = sum(1 for d in diags if d.get("converged") is False)
-        lines.append(
-            f"- {literal(point.series)}, λ = {point.x:g}: iteration cap {cap}, at most "
-            f"{max(iterations, default=0)} iterations per column; {unconverged} of "
-            f"{len(diags)} (seed, batch) units did not reach the tolerance"
-        )
+    lines = sweep_views.cg_lines(done, lambda p: sweep_jobs.result(root, p))
     if lines:
-        st.markdown("**cg convergence**\n" + "\n".join(lines))
+        st.markdown("**cg convergence**\n" + "\n".join(f"- {literal(line)}" for line in lines))
 
 
 def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
@@ -216,23 +174,14 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     st.subheader("Agreement between estimators", anchor=False)
     st.caption(how_to_read(agreement_figure))
     damping = ctx.selection.damping
-    candidates = {}
-    for point in done:
-        if np.isclose(point.x, damping) or point.series == "euclidean":
-            candidates.setdefault(point.group, {})[point.series] = point
-    options = [
-        (g, a, b)
-        for g, by_name in candidates.items()
-        for i, a in enumerate(by_name)
-        for b in list(by_name)[i + 1 :]
-    ]
+    candidates, options = sweep_views.agreement_pairs(done, damping)
     if not options:
         st.info(
             f"Needs two estimators cached at λ = {damping:g} for one group (e.g. ekfac-krylov and "
             "euclidean): compute the sweep above."
         )
         return
-    names = [f"{labels[g]}: {a} vs {b}" if ctx.compare else f"{a} vs {b}" for g, a, b in options]
+    names = [sweep_views.pair_name(pair, labels, ctx.compare) for pair in options]
     slot = st.container()
     chosen = widget_value("sens_pair", names)
     g, a, b = options[names.index(chosen)]
@@ -282,9 +231,4 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
             )
         ],
     )
-    st.caption(
-        f"At λ = {damping:g}: median per-row Spearman ρ = {found.median_correlation:.3f}, "
-        f"Pearson over all entries {found.pearson:.3f}; largest |ΔĤ| of the maps = "
-        f"{found.max_difference:.3g} ({found.max_difference / max(found.scale, 1e-12):.0%} of "
-        f"the maps' {found.scale:.3g}). The CSV holds the difference map."
-    )
+    st.caption(f"{sweep_views.agreement_text(found, damping)} The CSV holds the difference map.")

@@ -12,14 +12,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from coherence.analysis.diagnostics import unconverged_solves
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult
 from coherence.analysis.trends import point_scores
 from coherence.cache import slots
 from coherence.cache.cost import confirm_seconds
 from coherence.cache.jobs import JobStatus
-from coherence.dashboard import compute, loaders
+from coherence.dashboard import compute, loaders, sweep_views
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import STALE_ACTION, PanelContext
 from coherence.dashboard.selection import Selection
@@ -65,14 +64,8 @@ def scores(root: str, point: SweepPoint, response: str) -> dict[str, np.ndarray]
 
 
 def unconverged_points(root: str, done: Sequence[SweepPoint]) -> list[tuple[SweepPoint, float]]:
-    """The cached cg points whose solves did not all reach their tolerance, each with its
-    worst residual."""
-    bad = []
-    for point in done:
-        found = result(root, point) if point.request.estimator == "cg" else None
-        if found is not None and (worst := unconverged_solves(found.diagnostics)):
-            bad.append((point, worst[0].worst_residual))
-    return bad
+    """``sweep_views.unconverged_points`` through this module's cached loader."""
+    return sweep_views.unconverged_points(done, lambda p: result(root, p))
 
 
 def warn_unconverged(
@@ -92,43 +85,6 @@ def warn_unconverged(
             "are inaccurate; read them against the converged settings.",
             icon=":material/warning:",
         )
-
-
-def sweep_meta(
-    meta: dict, points: Sequence[SweepPoint], labels: Sequence[str], x_name: str
-) -> dict:
-    """A sweep's export provenance: the view's ``meta`` without its one analysis's cache
-    keys and settings, plus every drawn point's key and, per series, the settings it ran
-    at. The files had named the final weights' key alone beside a chart of three epochs, and
-    the sidebar's Krylov depth beside a krylov line computed at depth 4."""
-    out = {
-        k: v
-        for k, v in meta.items()
-        if not k.endswith(": cache key") and k not in ("Krylov depth", "cg rtol")
-    }
-    settings: dict[str, str] = {}
-    keys: dict[str, str] = {}
-    for point in sorted(points, key=lambda p: (p.group, p.series, p.x)):
-        line = " · ".join(part for part in (labels[point.group], point.series) if part)
-        request, recorded = point.request, point.request.to_dict()
-        ran = [request.estimator.value]
-        if recorded["depth"] is not None:  # used by this estimator
-            ran.append(f"depth {recorded['depth']}")
-        if recorded["rtol"] is not None:
-            ran.append(f"rtol {recorded['rtol']:g}, max-iter {request.max_iter}")
-        if recorded["energy_threshold"] not in (None, 1, 1.0):  # 1: nothing truncated
-            ran.append(f"energy threshold {request.resolved_energy_threshold:g}")
-        settings[line] = ", ".join(ran)
-        keys[f"{line} · {x_name} {point.x:g}"] = point.key[:16]
-    if x_name == "epoch":
-        epochs = sorted({p.x for p in points})
-        out["weights"] = (
-            f"epochs {', '.join(f'{e:g}' for e in epochs)} (the training snapshots "
-            "epochs/NNNN; a group's last epoch is its checkpoints' own weights)"
-        )
-    out["settings per line"] = settings
-    out["cache keys"] = keys
-    return out
 
 
 def statuses(root: str, points: Sequence[SweepPoint]) -> list[JobStatus]:

@@ -371,7 +371,8 @@ def report(
         typer.Option(
             help="A URL parameter as KEY=VALUE, repeatable: data, ckpt, vs, classes, traj, "
             "window (START:STEPS), resp, est, damping, depth, rtol, device, or a panel's own "
-            "(e.g. zscale_two_time)."
+            "(e.g. zscale_two_time; dyn_vs_damping, the Training dynamics overlay λ; "
+            "sens_pair, the Sensitivity agreement's pair, e.g. 'ekfac-krylov vs euclidean')."
         ),
     ] = None,
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
@@ -384,7 +385,7 @@ def report(
     from coherence.dashboard.workspace_scan import scan_workspace
     from coherence.report import (
         NOT_IN_REPORT,
-        assemble_report,
+        build_report,
         cached_in,
         load_groups,
         panel_value_problems,
@@ -424,14 +425,15 @@ def report(
     scale, bad_scale = scale_from_params(params)
     _refuse_link_problems(problems + bad_scale)
     groups = load_groups(root, catalog, selection)
-    built = assemble_report(
+    built = build_report(
         root, catalog, selection, groups=groups, link=link, scale=scale, params=params
     )
+    _refuse_link_problems(list(built.link_problems))  # a sens_pair that names nothing cached
     out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its result's folder
     atomic_write_bytes(out, built.page)  # a kill mid-write leaves the old report, not half
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
-    for note in built.notes:  # a sweep left out, and what to compute for it
-        console.print(note, markup=False, highlight=False)
+    for item in built.left_out:  # a sweep left out, and what to compute for it
+        console.print(item.cli_text, markup=False, highlight=False)
     panel = params.get("panel", [""])[0]
     if panel in NOT_IN_REPORT:
         warn(
@@ -439,7 +441,7 @@ def report(
             "selection's own analysis and its cached sweeps); export that panel's chart and "
             "CSV from the dashboard"
         )
-    elif panel and any(note.startswith(f"{panel}:") for note in built.notes):
+    elif panel and any(item.tab == panel for item in built.left_out):
         warn(f"the link opens the {panel} panel, which this report leaves out (see above)")
 
 

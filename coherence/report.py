@@ -49,7 +49,7 @@ from coherence.report_panels import (
     score_table,
     sections,
 )
-from coherence.report_sweeps import sweep_sections
+from coherence.report_sweeps import LeftOut, sweep_sections
 
 if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -63,7 +63,6 @@ __all__ = [  # what callers import from here, the panels' names included
     "ReportError",
     "ReportGroup",
     "Section",
-    "assemble_report",
     "build_report",
     "cached_in",
     "distance_from_inputs",
@@ -333,12 +332,12 @@ def render_html(
     title: str = TITLE,
     link: str = "",
     scale: str = "paper",
-    notes: Sequence[str] = (),
+    left_out: Sequence[str] = (),
     more_provenance: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """The report page: plotly.js once in <head>, then every section's figure div; ``notes``
-    (what the report leaves out and why) and ``more_provenance`` (the sweeps' keys) before
-    and in the provenance table."""
+    """The report page: plotly.js once in <head>, then every section's figure div;
+    ``left_out``: the sections it does not hold and why (said under the headline, so the
+    reader knows before scrolling), ``more_provenance``: rows for the sweeps' points."""
     scores = score_table(groups)
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
@@ -356,6 +355,9 @@ def render_html(
             g.result.diagnostics, g.result.checkpoints, g.result.request.trajectories
         )
     ]
+    if left_out:
+        items = "".join(f"<li>{html.escape(text)}</li>" for text in left_out)
+        body.append(f"<p class='caption'><b>Not in this report:</b></p><ul>{items}</ul>")
     for i, part in enumerate(parts):
         figure = part.figure
         if (figure.layout.title.text or "").strip() == part.title.strip():
@@ -372,7 +374,6 @@ def render_html(
             f"<section class='figure'><h2>{html.escape(part.title)}</h2>",
             f"<p class='caption'>{html.escape(part.caption)}</p>{div}</section>",
         ]
-    body += [f"<p class='caption'><b>{html.escape(note)}</b></p>" for note in notes]
     meta = provenance(selection, groups) | dict(more_provenance or {})
     meta["colour scale of the heatmaps"] = SCALES.get(scale, scale)
     if link:
@@ -391,13 +392,16 @@ def render_html(
 
 @dataclass(frozen=True)
 class Report:
-    """A built report: the page, and one sentence per sweep it leaves out (what to compute)."""
+    """A built report: the page, the sweep sections it leaves out (why, and what to
+    compute), and the link's sweep choices that name nothing cached (the CLI refuses them,
+    as it refuses any value the dashboard would replace)."""
 
     page: bytes
-    notes: tuple[str, ...]
+    left_out: tuple[LeftOut, ...]
+    link_problems: tuple[str, ...]
 
 
-def assemble_report(
+def build_report(
     root: str | Path,
     catalog: Catalog,
     selection: Selection,
@@ -425,34 +429,10 @@ def assemble_report(
         parts,
         link=link,
         scale=scale,
-        notes=swept.notes,
+        left_out=[item.page_text for item in swept.left_out],
         more_provenance=swept.provenance,
     )
-    return Report(page, tuple(swept.notes))
-
-
-def build_report(
-    root: str | Path,
-    catalog: Catalog,
-    selection: Selection,
-    *,
-    groups: Sequence[ReportGroup] | None = None,
-    distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
-    link: str = "",
-    scale: str = "paper",
-    params: Mapping[str, Any] | None = None,
-) -> bytes:
-    """``assemble_report``'s page."""
-    return assemble_report(
-        root,
-        catalog,
-        selection,
-        groups=groups,
-        distance=distance,
-        link=link,
-        scale=scale,
-        params=params,
-    ).page
+    return Report(page, tuple(swept.left_out), tuple(swept.link_problems))
 
 
 def report_name(selection: Selection) -> str:

@@ -1,10 +1,11 @@
 """The report's Training dynamics and Sensitivity sections: the charts of the dashboard's two
 sweep panels for the report's selection, from cached points only (nothing is computed).
 
-A sweep is in the report when it holds more than the selection's own analysis: two epochs of
-one group (dynamics) or a second setting (sensitivity); otherwise a note says what to compute.
-The figures come from ``dashboard.sweep_views``, as the panels', so the report shows what the
-dashboard showed; their cache keys and settings join the provenance.
+A sweep is in the report when one group holds more than the selection's own analysis: two
+epochs (dynamics) or a second setting (sensitivity). Otherwise the page says it is left out
+and why, and the command line says what to compute (or which other model group has it
+cached). The figures come from ``dashboard.sweep_views``, as the panels', so the report shows
+what the dashboard showed; every point's cache key joins the provenance.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import numpy as np
 
@@ -35,20 +37,43 @@ if TYPE_CHECKING:  # import torch (via the request); the report only reads resul
 
 DYNAMICS = "Training dynamics"
 SENSITIVITY = "Sensitivity"
+AGREEMENT = "Agreement between estimators"
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A sweep section the report leaves out: ``reason`` is what its reader is told,
+    ``advice`` what the one who builds it can do (the command line prints both)."""
+
+    tab: str
+    reason: str
+    advice: str = ""
+
+    @property
+    def page_text(self) -> str:
+        return f"{self.tab}: {self.reason}."
+
+    @property
+    def cli_text(self) -> str:
+        return f"{self.tab}: not in this report: {self.reason}." + (
+            f" {self.advice}" if self.advice else ""
+        )
 
 
 @dataclass
 class SweepSections:
-    """The sweep sections, why a sweep is left out (one sentence each), and the
-    provenance of every point drawn."""
+    """The sweep sections, those left out, the provenance of every point drawn, and the
+    link's sweep choices that name nothing cached (``sens_pair``: refused by the CLI)."""
 
     sections: list[Section] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    left_out: list[LeftOut] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    link_problems: list[str] = field(default_factory=list)
 
 
 class _Cache:
-    """The report's view of the result cache: done points, each result read once."""
+    """The report's view of the result cache: the points whose result reads (one evicted
+    between its status and its read is not drawn), each result read once."""
 
     def __init__(self, root: str | Path) -> None:
         from coherence.cache.jobs import JobRunner
@@ -56,8 +81,15 @@ class _Cache:
         self.runner = JobRunner(root)
         self._results: dict[str, AnalysisResult | None] = {}
 
+    def statuses(self, points: Sequence[SweepPoint]) -> list:
+        return [self.runner.status(p.key) for p in points]
+
     def done(self, points: Sequence[SweepPoint]) -> list[SweepPoint]:
-        return [p for p in points if self.runner.status(p.key).state == "done"]
+        return [
+            p
+            for p, status in zip(points, self.statuses(points), strict=True)
+            if status.state == "done" and self.load(p) is not None
+        ]
 
     def load(self, point: SweepPoint) -> AnalysisResult | None:
         if point.key not in self._results:
@@ -67,8 +99,7 @@ class _Cache:
     def scores(self, response: str):
         def of(point: SweepPoint) -> dict[str, np.ndarray]:
             result = self.load(point)
-            if result is None:  # evicted between the status and the read
-                return {}
+            assert result is not None  # only done points are scored
             return point_scores(result, response if response in point.request.responses else None)
 
         return of
@@ -89,11 +120,6 @@ def _overlay(params: Mapping[str, Any], damping: float) -> float | None:
     return None if overlay is None or math.isclose(overlay, damping) else overlay
 
 
-def _default_count(points: Sequence[SweepPoint]) -> int:
-    """The settings the Sensitivity tab counts before its on-demand toggle is on."""
-    return sum(not p.on_demand for p in points)
-
-
 def _unconverged(bad: Sequence[tuple[SweepPoint, float]], name, what: str, total: int) -> str:
     """The panels' warning about cg points that stopped short, as a caption sentence."""
     if not bad:
@@ -103,6 +129,13 @@ def _unconverged(bad: Sequence[tuple[SweepPoint, float]], name, what: str, total
         f" cg did not reach its tolerance in {len(bad)} of the {total} cached {what}: "
         f"{listed}. Their points are drawn, but their influence values are inaccurate."
     )
+
+
+def _most_per_group(points: Sequence[SweepPoint]) -> int:
+    counts: dict[int, int] = {}
+    for point in points:
+        counts[point.group] = counts.get(point.group, 0) + 1
+    return max(counts.values(), default=0)
 
 
 def sweep_sections(
@@ -117,30 +150,58 @@ def sweep_sections(
     compared estimators)."""
     cache = _Cache(root)
     out = SweepSections()
-    _dynamics(root, selection, labels, params or {}, cache, out)
+    _dynamics(root, catalog, selection, labels, params or {}, cache, out)
     _sensitivity(root, catalog, selection, labels, params or {}, cache, out)
     return out
 
 
-def _dynamics(root, selection, labels, params, cache: _Cache, out: SweepSections) -> None:
+def _cached_elsewhere(catalog, selection, points_of, cache: _Cache, tab: str) -> str:
+    """Advice naming another model group of the dataset whose default view has this sweep
+    cached (the dashboard's tab shows that one when the selection's own is empty)."""
     from coherence.dashboard import sweep_views
+
+    entry = catalog.dataset(selection.dataset)
+    if entry is None:
+        return ""
+    found = sweep_views.filled_groups(catalog, entry, selection, points_of, cache.statuses)
+    return "".join(
+        f" {label}'s default view has {done} of {total} cached, which the dashboard's {tab} "
+        f"tab shows instead: coherence report --link '?{urlencode(other.to_query())}'."
+        for label, other, done, total in found[:1]
+    )
+
+
+def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> None:
+    from coherence.dashboard import sweep_views, sweeps
     from coherence.surrogates import checkpoint as ckpt
     from coherence.workspace import checkpoints_dir, workspace_root
 
     other = _overlay(params, selection.damping)
     points, problems = sweep_views.dynamics_points(root, selection, cache.runner, other)
     done = cache.done(points)
+    mine = [p for p in points if not p.series]
     own = [p for p in done if not p.series]
-    if not any(n >= 2 for n in sweep_views.epochs_per_group(own, labels).values()):
-        mine = [p for p in points if not p.series]
-        cached = f"{len(own)} of {len(mine)} epoch analyses at λ = {selection.damping:g} cached"
-        out.notes.append(
-            f"{DYNAMICS}: not in this report: it needs two epochs of one group analysed "
-            f"({cached}"
-            + ("; the checkpoints keep no earlier snapshot" if len(mine) <= len(labels) else "")
-            + "). Compute them in the dashboard's Training dynamics tab, then build the report "
-            "again." + (f" ({'; '.join(problems)})" if problems else "")
-        )
+    if _most_per_group(own) < 2:
+        if problems and not mine:  # its epochs could not even be listed
+            reason = f"its epochs could not be listed ({'; '.join(problems)})"
+            out.left_out.append(LeftOut(DYNAMICS, reason, "Fix the files named above."))
+        elif _most_per_group(mine) < 2:
+            reason, retrain = sweep_views.one_epoch_reason(catalog, selection)
+            advice = f"Train the seeds with one --keep-epochs list, e.g. {retrain}."
+            out.left_out.append(LeftOut(DYNAMICS, reason, advice))
+        else:
+            reason = (
+                f"{len(own)} of its {len(mine)} epoch analyses at λ = {selection.damping:g} "
+                "are computed"
+            )
+            advice = "Compute them in the dashboard's Training dynamics tab." + _cached_elsewhere(
+                catalog,
+                selection,
+                lambda s: sweeps.dynamics_points(root, s, cache.runner)[0],
+                cache,
+                DYNAMICS,
+            )
+            out.left_out.append(LeftOut(DYNAMICS, reason, advice))
         return
     response = selection.responses[0]
     lines = sweep_views.dynamics_lines(
@@ -152,8 +213,21 @@ def _dynamics(root, selection, labels, params, cache: _Cache, out: SweepSections
         ckpt.read_history,
         own_suffix=f" · λ = {selection.damping:g}" if other is not None else "",
     )
+    caption = how_to_read(dynamics_figure)
+    coverage = [(f"λ = {selection.damping:g}", own, mine)]
+    if other is not None:
+        theirs = [p for p in points if p.series]
+        coverage.append((f"λ = {other:g}", [p for p in done if p.series], theirs))
+        caption += f" {sweep_views.SAME_AT_ANY_DAMPING}"
+    missing = [
+        f"{name}: {len(drawn)} of {len(every)} epoch analyses computed"
+        for name, drawn, every in coverage
+        if len(drawn) < len(every)
+    ]
+    if missing:
+        caption += f" Not every epoch is drawn ({'; '.join(missing)})."
     bad = sweep_views.unconverged_points(done, cache.load)
-    caption = how_to_read(dynamics_figure) + _unconverged(
+    caption += _unconverged(
         bad,
         lambda p: f"epoch {p.x:g}" + (f", {p.series}" if p.series else ""),
         "epoch analyses",
@@ -165,18 +239,31 @@ def _dynamics(root, selection, labels, params, cache: _Cache, out: SweepSections
     )
     out.sections.append(Section(DYNAMICS, caption, figure))
     for label, count in sweep_views.epochs_per_group(own, labels).items():
-        if count < 2:
-            continue
         found = sweep_views.epoch_maps(own, labels.index(label), cache.load)
-        if len(found.maps) < 2:
+        if count < 2 or len(found.maps) < 2:
             continue
         title = f"{label}: two-time map across epochs"
         maps = epoch_heatmaps(
             found.maps, found.epochs, selection.n_examples, times=found.times, title=title
         )
         out.sections.append(Section(title, how_to_read(epoch_heatmaps), maps))
-    meta = sweep_views.sweep_meta({}, done, labels, "epoch")
-    out.provenance |= {f"{DYNAMICS}: {k}": v for k, v in meta.items()}
+    out.provenance |= _provenance(DYNAMICS, done, labels, "epoch")
+
+
+def _provenance(
+    tab: str, done, labels, x_name: str, extra: Mapping[str, Any] | None = None
+) -> dict:
+    """The sweep's rows of the provenance table: its settings and weights, then one row per
+    point with its full cache key (as the analysis rows give theirs)."""
+    from coherence.dashboard import sweep_views
+
+    meta = sweep_views.sweep_meta({}, done, labels, x_name) | dict(extra or {})
+    meta.pop("cache keys")
+    out = {f"{tab}: {k}": v for k, v in meta.items()}
+    for point in sorted(done, key=lambda p: (p.group, p.series, p.x)):
+        line = " · ".join(part for part in (labels[point.group], point.series) if part)
+        out[f"{tab}: {line} · {x_name} {point.x:g}: cache key"] = point.key
+    return out
 
 
 def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -> None:
@@ -186,13 +273,23 @@ def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -
         root, selection, catalog, cache.runner, include_on_demand=True
     )
     done = cache.done(points)
-    if len(done) <= len(selection.groups):  # the selection's own analysis at most
-        out.notes.append(
-            f"{SENSITIVITY}: not in this report: no setting besides the selection's own is "
-            f"cached ({len(done)} of the tab's {_default_count(points)} default settings, "
-            f"{len(points)} with the on-demand ones). Compute the sweep in the dashboard's "
-            "Sensitivity tab, then build the report again."
-            + (f" ({'; '.join(problems)})" if problems else "")
+    if _most_per_group(done) < 2:  # no group has a second setting
+        defaults = sum(not p.on_demand for p in points)
+        reason = (
+            f"{len(done)} of its {defaults} default settings is computed "
+            f"({len(points)} with the on-demand ones)"
+            if len(done) == 1
+            else f"{len(done)} of its {defaults} default settings are computed"
+        )
+        advice = "Compute the sweep in the dashboard's Sensitivity tab." + _cached_elsewhere(
+            catalog,
+            selection,
+            lambda s: sweeps.sensitivity_points(root, s, catalog, cache.runner)[0],
+            cache,
+            SENSITIVITY,
+        )
+        out.left_out.append(
+            LeftOut(SENSITIVITY, reason + "".join(f"; {p}" for p in problems), advice)
         )
         return
     compare = len(selection.groups) > 1
@@ -215,10 +312,8 @@ def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -
         caption += " cg convergence: " + "; ".join(cg) + "."
     caption += "".join(f" {problem}." for problem in problems)
     out.sections.append(Section(SENSITIVITY, caption, figure))
-    meta = sweep_views.sweep_meta({}, done, labels, "λ") | sweep_views.sweep_settings_meta(
-        lines, selection.estimator, selection.damping
-    )
-    out.provenance |= {f"{SENSITIVITY}: {k}": v for k, v in meta.items()}
+    settings = sweep_views.sweep_settings_meta(lines, selection.estimator, selection.damping)
+    out.provenance |= _provenance(SENSITIVITY, done, labels, "λ", settings)
     _agreement(selection, labels, params, done, cache, out, compare)
 
 
@@ -228,26 +323,33 @@ def _agreement(selection, labels, params, done, cache: _Cache, out, compare: boo
 
     damping = selection.damping
     candidates, pairs = sweep_views.agreement_pairs(done, damping)
+    chosen = _first(params, "sens_pair")
     if not pairs:
-        out.notes.append(
-            f"Agreement between estimators: not in this report: it needs two estimators "
-            f"cached at λ = {damping:g} for one group."
+        out.left_out.append(
+            LeftOut(
+                AGREEMENT,
+                f"no two estimators are cached at λ = {damping:g} for one group",
+                "Compute a second one at this λ in the dashboard's Sensitivity tab (euclidean "
+                "is the cheapest).",
+            )
         )
         return
     names = [sweep_views.pair_name(pair, labels, compare) for pair in pairs]
-    chosen = _first(params, "sens_pair")
+    if chosen is not None and chosen not in names:
+        out.link_problems.append(
+            f"sens_pair={chosen!r}: not a pair of estimators cached at λ = {damping:g} "
+            f"({', '.join(names)}); using {names[0]!r} instead"
+        )
     g, a, b = pairs[names.index(chosen) if chosen in names else 0]
     first, second = cache.load(candidates[g][a]), cache.load(candidates[g][b])
-    if first is None or second is None:
-        return
     try:
         found = agreement(first.H_std[first.primary], second.H_std[first.primary])
     except CoherenceError as error:
-        out.notes.append(f"Agreement between estimators ({a} vs {b}): {error}")
+        out.left_out.append(LeftOut(AGREEMENT, f"{a} vs {b}: {error}"))
         return
     figure = agreement_figure(
         found, (a, b), times=first.times, damping=damping, group=labels[g] if compare else None
     )
-    title = "Agreement between estimators" + (f" ({labels[g]})" if compare else "")
+    title = AGREEMENT + (f" ({labels[g]})" if compare else "")
     caption = f"{how_to_read(agreement_figure)} {sweep_views.agreement_text(found, damping)}"
     out.sections.append(Section(title, caption, figure))

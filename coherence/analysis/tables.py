@@ -26,9 +26,12 @@ from coherence.errors import RequestError
 
 
 def as_text(value: Any) -> str:
-    """A parameter value as one line of text: lists joined by ', ', floats in %g."""
+    """A parameter value as one line of text: lists joined by ', ', mappings as 'key:
+    value' joined by '; ', floats in %g."""
     if isinstance(value, (list, tuple)):
         return ", ".join(as_text(v) for v in value)
+    if isinstance(value, dict):  # {line: its settings}: not Python's repr
+        return "; ".join(f"{k}: {as_text(v)}" for k, v in value.items())
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -35,6 +35,13 @@ HistoryOf = Callable[[Path], list[dict[str, float]]]  # a checkpoint's history.j
 
 # ---------------------------------------------------------------------------- dynamics ---
 
+# why two of the six panels show one line where the overlay draws two
+SAME_AT_ANY_DAMPING = (
+    "The top eigenvalue and the dominant-eigenvalue share barely depend on λ: they come "
+    "from η's own spectrum (λ adds λ to each eigenvalue), so in those two panels the other "
+    "λ's line lies on, and hides under, the selection's."
+)
+
 
 def dynamics_points(
     root: str | Path, selection, runner, overlay: float | None = None
@@ -95,10 +102,17 @@ def dynamics_lines(
         group_of[line] = g
         try:
             histories = [history_of(checkpoints / name) for name in groups[g]]
-            if all(histories):
-                validation[line] = training_curves(histories)
         except (CoherenceError, OSError) as error:
             problems.append(f"{label}: no validation curve ({error})")
+            continue
+        without = [name for name, h in zip(groups[g], histories, strict=True) if not h]
+        if without:  # the caption promises the curve: say why it is missing
+            problems.append(
+                f"{label}: no validation curve ({', '.join(without)} recorded no training "
+                "history, history.json)"
+            )
+        else:
+            validation[line] = training_curves(histories)
     return DynamicsLines(lines | overlaid, validation, dashed, group_of, problems)
 
 
@@ -136,6 +150,22 @@ def epochs_per_group(done: Sequence[SweepPoint], labels: Sequence[str]) -> dict[
         label: sum(p.group == g and not p.series for p in done) for g, label in enumerate(labels)
     }
     return dict(sorted(((k, n) for k, n in counts.items() if n), key=lambda item: -item[1]))
+
+
+def one_epoch_reason(catalog, selection) -> tuple[str, str]:
+    """Why a selection's dynamics has one epoch to show, and the command that adds snapshots:
+    the checkpoints keep none of an earlier epoch, or the seeds keep some but of no epoch
+    they all share (said as "no snapshot" before, although each seed kept some)."""
+    retrain = f"coherence train … --keep-epochs 1,2,4,8,16 --out {selection.checkpoints[0]}_dyn"
+    entries = [catalog.checkpoint(n) for n in selection.checkpoints]
+    # a snapshot of the last epoch is the weights themselves: an earlier one is what counts
+    if any(e and any(k < e.trained_epochs for k in e.epochs) for e in entries):
+        listed = "; ".join(
+            f"{n}: {', '.join(map(str, e.epochs if e else ())) or 'none'}"
+            for n, e in zip(selection.checkpoints, entries, strict=True)
+        )
+        return f"the seeds keep snapshots, but of no epoch they all share ({listed})", retrain
+    return "these checkpoints keep no snapshot of an earlier epoch", retrain
 
 
 # ------------------------------------------------------------------------- sensitivity ---
@@ -291,6 +321,41 @@ def agreement_text(found: Agreement, damping: float) -> str:
         f"Pearson over all entries {found.pearson:.3f}; largest |ΔĤ| of the maps = "
         f"{found.max_difference:.3g} ({share:.0%} of the maps' {found.scale:.3g})."
     )
+
+
+# ------------------------------------------------------------------ other model groups ---
+
+MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)
+
+
+def filled_groups(
+    catalog,
+    dataset,
+    selection,
+    points_of: Callable[[Any], list[SweepPoint]],
+    statuses_of: Callable[[list[SweepPoint]], list],
+) -> list[tuple[str, Any, int, int]]:
+    """Other model groups of the dataset whose default view has ≥ 2 cached sweep points:
+    (label, selection, cached, total) each. ``points_of(selection)`` builds a sweep,
+    ``statuses_of(points)`` reads their job statuses."""
+    from coherence.dashboard.selection import group_defaults
+
+    shown = set(selection.groups)
+    found = []
+    for group in catalog.groups(dataset)[: MAX_OTHER_GROUPS + len(shown)]:
+        if group.checkpoints in shown:
+            continue
+        other = group_defaults(dataset, group)
+        if other is None:
+            continue
+        try:
+            points = points_of(other)
+        except CoherenceError:
+            continue
+        done = sum(s.state == "done" for s in statuses_of(points))
+        if done >= 2:
+            found.append((group.label, other, done, len(points)))
+    return found
 
 
 # -------------------------------------------------------------------------- provenance ---

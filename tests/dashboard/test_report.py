@@ -56,7 +56,7 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
         assert needed in titles
     for response in ("mass", "energy"):  # the conservation panel: map and lag curves
         assert f"Influence on {response} vs time lag" in titles
-    page = build_report(workspace, catalog, selection, groups=groups).decode()
+    page = build_report(workspace, catalog, selection, groups=groups).page.decode()
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)  # nothing fetched
     assert "Lanczos" not in page  # the demo's top eigenvalues converged
     capped = [  # as if Lanczos had stopped at its cap: the page says so, as the CLI does
@@ -72,7 +72,7 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
         )
         for g in groups
     ]
-    warned = build_report(workspace, catalog, selection, groups=capped[:1]).decode()
+    warned = build_report(workspace, catalog, selection, groups=capped[:1]).page.decode()
     assert "UNet: the top eigenvalue" in warned and "stopped at its step cap" in warned
     assert len(re.findall(r"plotly\.js v\d", page)) == 1  # plotly.js inlined once
     assert page.count("Plotly.newPlot(") == len(parts)
@@ -115,9 +115,9 @@ def test_report_of_scores_of_another_map_than_smse_says_so(workspace):
     """The dashboard's note (the scores read the mass map) goes into the report too."""
     catalog = scan_workspace(workspace)
     mass = replace(default_selection(workspace), responses=("mass",))
-    page = build_report(workspace, catalog, mass).decode()
+    page = build_report(workspace, catalog, mass).page.decode()
     assert "the scores read the mass map, not SMSE&#x27;s" in page
-    smse = build_report(workspace, catalog, default_selection(workspace)).decode()
+    smse = build_report(workspace, catalog, default_selection(workspace)).page.decode()
     assert "the scores read" not in smse
 
 
@@ -127,7 +127,8 @@ def test_report_draws_the_chosen_colour_scale_and_names_it(workspace):
     groups = load_groups(workspace, catalog, selection)
     first = sections(groups, selection, scale="diverging", distance=None)[0].figure.data[0]
     assert first.zmin == pytest.approx(-first.zmax) and first.zmin < 0
-    page = build_report(workspace, catalog, selection, groups=groups, scale="diverging").decode()
+    built = build_report(workspace, catalog, selection, groups=groups, scale="diverging")
+    page = built.page.decode()
     assert "colour scale of the heatmaps" in page and "diverging ±" in page
     assert scale_from_params({"zscale_two_time": ["auto"]}) == ("auto", [])
     scale, warnings = scale_from_params({"zscale_two_time": "rainbow"})

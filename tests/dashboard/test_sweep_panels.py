@@ -9,6 +9,7 @@ import json
 import re
 import time
 from dataclasses import replace
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -20,9 +21,9 @@ from coherence.analysis.vocabulary import DEFAULT_ESTIMATOR
 from coherence.cache.jobs import JobRunner
 from coherence.cli import app
 from coherence.dashboard import sweeps
-from coherence.dashboard.selection import default_selection, snapshot_path_name
+from coherence.dashboard.selection import default_selection, group_defaults, snapshot_path_name
 from coherence.dashboard.workspace_scan import scan_workspace
-from coherence.report import assemble_report
+from coherence.report import build_report
 from coherence.surrogates import snapshots
 from coherence.surrogates.training import TrainingArgs, train
 from coherence.workspace import checkpoints_dir, datasets_dir
@@ -262,6 +263,21 @@ def _dominance_by_hand(result) -> float:
     )
 
 
+def _assert_dominance_lines(data: list, runner, own, other) -> None:
+    """The dynamics chart's diagonal-dominance lines at λ = 1e-4 and the overlaid 1e-2, each
+    point checked by hand against its epoch's cached result."""
+    first = {
+        t["name"]: t
+        for t in data
+        if t.get("mode") == "lines+markers" and t.get("yaxis", "y") == "y"
+    }
+    assert set(first) == {"UNet · λ = 0.0001", "UNet · λ = 0.01"}
+    for name, points in (("UNet · λ = 0.0001", own), ("UNet · λ = 0.01", other)):
+        ordered = sorted(points, key=lambda p: p.x)
+        expected = [_dominance_by_hand(runner.result(p.key, p.request)) for p in ordered]
+        np.testing.assert_allclose(plotly_array(first[name]["y"]), expected, rtol=1e-9)
+
+
 def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     """'Overlay the same epochs at another λ': the link's dyn_vs_damping adds that λ's
     epoch analyses to the count and the button; once computed, each λ is its own line
@@ -279,16 +295,7 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     assert any("lies on, and hides under" in c.value for c in at.caption)  # why one line
     assert "6 of 6 epoch analyses cached" in texts(at.caption)
     scores = charts(at)[0]
-    first = {
-        t["name"]: t
-        for t in scores["data"]
-        if t.get("mode") == "lines+markers" and t.get("yaxis", "y") == "y"
-    }
-    assert set(first) == {"UNet · λ = 0.0001", "UNet · λ = 0.01"}
-    for name, points in (("UNet · λ = 0.0001", own), ("UNet · λ = 0.01", other)):
-        ordered = sorted(points, key=lambda p: p.x)
-        expected = [_dominance_by_hand(runner.result(p.key, p.request)) for p in ordered]
-        np.testing.assert_allclose(plotly_array(first[name]["y"]), expected, rtol=1e-9)
+    _assert_dominance_lines(scores["data"], runner, own, other)
     names = [t["name"] for t in scores["data"] if t.get("mode") == "lines+markers"]
     # a line per score panel for each λ, and the validation curve once (it ignores λ)
     assert names.count("UNet · λ = 0.0001") == names.count("UNet · λ = 0.01") + 1
@@ -671,9 +678,9 @@ def test_the_report_holds_the_cached_sweeps_as_the_panels_draw_them(trained_on):
     for point in [*other, ekfac]:  # ekfac: a third estimator, so the link picks a pair
         runner.run(point.request)
     params = {"dyn_vs_damping": ["0.01"], "sens_pair": ["euclidean vs ekfac"]}
-    built = assemble_report(trained_on, catalog, selection, distance=None, params=params)
+    built = build_report(trained_on, catalog, selection, distance=None, params=params)
     page = built.page.decode()
-    assert built.notes == ()
+    assert built.left_out == () and built.link_problems == ()
     titles = re.findall(r"<h2>(.*?)</h2>", page)
     sweep_titles = [
         "Training dynamics",
@@ -683,17 +690,7 @@ def test_the_report_holds_the_cached_sweeps_as_the_panels_draw_them(trained_on):
     ]
     at = titles.index("Training dynamics")
     assert titles[at : at + 5] == [*sweep_titles, "Scores"]  # the dashboard's tab order
-    data, _ = _figure_of(page, "Training dynamics")
-    first = {
-        t["name"]: t
-        for t in data
-        if t.get("mode") == "lines+markers" and t.get("yaxis", "y") == "y"
-    }
-    assert set(first) == {"UNet · λ = 0.0001", "UNet · λ = 0.01"}
-    for name, points in (("UNet · λ = 0.0001", own), ("UNet · λ = 0.01", other)):
-        ordered = sorted(points, key=lambda p: p.x)
-        expected = [_dominance_by_hand(runner.result(p.key, p.request)) for p in ordered]
-        np.testing.assert_allclose(plotly_array(first[name]["y"]), expected, rtol=1e-9)
+    _assert_dominance_lines(_figure_of(page, "Training dynamics")[0], runner, own, other)
     # the maps across epochs: one heatmap per epoch, each the intra-class mean by hand
     maps, _ = _figure_of(page, "UNet: two-time map across epochs")
     heatmaps = [t for t in maps if t["type"] == "heatmap"]
@@ -714,9 +711,11 @@ def test_the_report_holds_the_cached_sweeps_as_the_panels_draw_them(trained_on):
         assert point.key[:16] in page  # provenance: every point drawn
 
 
-def test_a_report_without_sweeps_says_what_to_compute(workspace, tmp_path):
+def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_path):
     """Without snapshots or a second setting cached, the report leaves the sweeps out and
-    says what to compute; `coherence report` prints it, and warns when the link opens one."""
+    says why under its headline; `coherence report` prints what to compute, names the
+    other model group whose sweep is cached (a link whose report holds it), and warns when
+    the link opens a left-out tab."""
     root = copy_workspace(workspace, tmp_path / "workspace")
     catalog = scan_workspace(root)
     selection = default_selection(catalog)
@@ -726,21 +725,121 @@ def test_a_report_without_sweeps_says_what_to_compute(workspace, tmp_path):
     for point in every:
         if point.key != own:
             runner.store.delete(point.key)
-    built = assemble_report(root, catalog, selection, distance=None)
-    dynamics, sensitivity = built.notes
-    assert dynamics.startswith("Training dynamics: not in this report")
-    assert "keep no earlier snapshot" in dynamics
-    assert sensitivity.startswith("Sensitivity: not in this report")
-    assert "(1 of the tab's 7 default settings, 55 with the on-demand ones)" in sensitivity
+    built = build_report(root, catalog, selection, distance=None)
+    dynamics, sensitivity = built.left_out
+    assert dynamics.tab == "Training dynamics" and sensitivity.tab == "Sensitivity"
+    assert dynamics.reason == "these checkpoints keep no snapshot of an earlier epoch"
+    assert "--keep-epochs 1,2,4,8,16" in dynamics.advice
+    assert sensitivity.reason == (
+        "1 of its 7 default settings is computed (55 with the on-demand ones)"
+    )
+    assert sensitivity.advice == "Compute the sweep in the dashboard's Sensitivity tab."
     page = built.page.decode()
-    assert html.escape(dynamics) in page and "<h2>Sensitivity</h2>" not in page
+    top = page.index("Not in this report:")
+    assert top < page.index("<h2>Two-time influence")  # read before the figures
+    assert html.escape(dynamics.page_text) in page and "--keep-epochs" not in page
+    assert "<h2>Sensitivity</h2>" not in page
+    # the ViT group's default view gets two settings: its report holds the sweep, and the
+    # UNet's report points to it
+    vit = next(g for g in catalog.groups(selection.dataset) if g.label == "ViT")
+    theirs = group_defaults(catalog.dataset(selection.dataset), vit)
+    for point in sweeps.sensitivity_points(root, theirs, catalog, runner)[0]:
+        if point.series == "euclidean" or point.x == theirs.damping:
+            runner.run(point.request)
+    (_, sensitivity) = build_report(root, catalog, selection, distance=None).left_out
+    link = f"'?{urlencode(theirs.to_query())}'"
+    assert "ViT's default view has 2 of 7 cached" in sensitivity.advice
+    assert f"coherence report --link {link}" in sensitivity.advice
     out = tmp_path / "report.html"
     base = ["report", "--workspace", str(root), "--out", str(out)]
+    result = CliRunner().invoke(app, [*base, "--link", link.strip("'")])
+    assert result.exit_code == 0, result.output
+    assert "<h2>Sensitivity</h2>" in out.read_text()
     result = CliRunner().invoke(app, [*base, "--param", "panel=Training dynamics"])
     said = " ".join(result.output.split())
     assert result.exit_code == 0, result.output
-    assert "Training dynamics: not in this report" in said
+    assert f"Training dynamics: not in this report: {dynamics.reason}." in said
     assert "opens the Training dynamics panel, which this report leaves out" in said
     result = CliRunner().invoke(app, [*base, "--param", "panel=Rollout"])
     said = " ".join(result.output.split())
     assert "opens the Rollout panel, which the report does not hold" in said
+    # an estimator pair the report cannot draw is refused, as the dashboard would replace it
+    before = out.read_bytes()
+    pair = ["--link", link.strip("'"), "--param", "sens_pair=subspace vs euclidean"]
+    result = CliRunner().invoke(app, [*base, *pair])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "sens_pair='subspace vs euclidean': not a pair of estimators cached" in said
+    assert "(the dashboard would show 'ekfac-krylov vs euclidean')" in said
+    assert out.read_bytes() == before
+
+
+def test_a_missing_training_history_is_said_not_dropped(trained_on):
+    """The dynamics caption promises a validation curve: a seed without history.json
+    gives a problem line instead of a silently missing panel."""
+    from coherence.analysis.trends import point_scores
+    from coherence.dashboard import sweep_views
+    from coherence.surrogates.checkpoint import read_history
+
+    selection = default_selection(scan_workspace(trained_on))
+    runner = JobRunner(trained_on)
+    points, _ = sweeps.dynamics_points(trained_on, selection, runner)
+    for point in points:
+        runner.run(point.request)
+
+    def history_of(path):
+        return [] if path.name == "unet_tiny_s2" else read_history(path)
+
+    lines = sweep_views.dynamics_lines(
+        points,
+        ["UNet"],
+        selection.groups,
+        checkpoints_dir(trained_on),
+        lambda p: point_scores(runner.result(p.key, p.request)),
+        history_of,
+    )
+    assert lines.validation == {} and list(lines.trends) == ["UNet"]
+    assert lines.problems == [
+        "UNet: no validation curve (unet_tiny_s2 recorded no training history, history.json)"
+    ]
+    whole = sweep_views.dynamics_lines(
+        points,
+        ["UNet"],
+        selection.groups,
+        checkpoints_dir(trained_on),
+        lambda p: point_scores(runner.result(p.key, p.request)),
+        read_history,
+    )
+    assert list(whole.validation) == ["UNet"] and whole.problems == []
+
+
+def test_the_report_button_keeps_both_sweep_tabs_choices():
+    """The link holds the open tab's choices only; the session keeps the other tab's."""
+    from coherence.dashboard.panels.scores import report_params
+
+    query = {"data": "tiny_ce", "panel": "Sensitivity", "sens_pair": "a vs b"}
+    state = {"dyn_vs_damping": "0.01", "sens_pair": "a vs b", "other": 1}
+    assert report_params(query, state) == query | {"dyn_vs_damping": "0.01"}
+    assert report_params(query, {"dyn_vs_damping": None}) == query
+
+
+def test_a_point_evicted_before_its_read_is_not_drawn_nor_cited(trained_on, monkeypatch):
+    """A result the cache loses between its status and its read (eviction) is left out of
+    the report's chart and provenance alike: no gap drawn, no key cited for it."""
+    fill_sweeps(trained_on)
+    catalog = scan_workspace(trained_on)
+    selection = default_selection(catalog)
+    own, _ = sweeps.dynamics_points(trained_on, selection, JobRunner(trained_on))
+    gone = min(own, key=lambda p: p.x)
+    read = JobRunner.result
+
+    def evicted(self, key, request=None):
+        return None if key == gone.key else read(self, key, request)
+
+    monkeypatch.setattr(JobRunner, "result", evicted)
+    page = build_report(trained_on, catalog, selection, distance=None).page.decode()
+    assert gone.key not in page
+    data, _ = _figure_of(page, "Training dynamics")
+    (line,) = [t for t in data if t.get("mode") == "lines+markers" and t.get("yaxis", "y") == "y"]
+    drawn = plotly_array(line["x"]).tolist()
+    assert drawn == sorted(p.x for p in own if p is not gone)

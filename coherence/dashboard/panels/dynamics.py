@@ -36,12 +36,7 @@ EXPLAIN = (
 
 
 NO_OTHER_DAMPING = "none"
-# why two of the six panels show one line where the overlay draws two
-SAME_AT_ANY_DAMPING = (
-    "The top eigenvalue and the dominant-eigenvalue share barely depend on λ: they come "
-    "from η's own spectrum (λ adds λ to each eigenvalue), so in those two panels the other "
-    "λ's line lies on, and hides under, the selection's."
-)
+SAME_AT_ANY_DAMPING = sweep_views.SAME_AT_ANY_DAMPING
 
 
 def _other_damping(ctx: PanelContext) -> float | None:
@@ -250,24 +245,15 @@ def _num(value: float) -> str:
 
 
 def _one_epoch_reason(ctx: PanelContext) -> str:
-    """Why there is one epoch to show: no snapshots, or seeds whose snapshots share no
-    epoch (said as "no snapshot" before, although each seed kept some)."""
-    retrain = code(
-        f"coherence train … --keep-epochs 1,2,4,8,16 --out {ctx.selection.checkpoints[0]}_dyn"
-    )
-    entries = [ctx.catalog.checkpoint(n) for n in ctx.selection.checkpoints]
-    kept = {
-        n: e.epochs if e else () for n, e in zip(ctx.selection.checkpoints, entries, strict=True)
-    }
-    # a snapshot of the last epoch is the weights themselves: an earlier one is what counts
-    if any(e and any(k < e.trained_epochs for k in e.epochs) for e in entries):
-        listed = "; ".join(f"{n}: {', '.join(map(str, e)) or 'none'}" for n, e in kept.items())
+    """``sweep_views.one_epoch_reason``, as the panel says it."""
+    reason, retrain = sweep_views.one_epoch_reason(ctx.catalog, ctx.selection)
+    if reason.startswith("the seeds keep snapshots"):
         return (
-            f"The seeds keep snapshots, but of no epoch they all share ({listed}), so there "
-            f"is one epoch to show: train the seeds with one --keep-epochs list, e.g. {retrain}."
+            f"The{reason[3:]}, so there is one epoch to show: train the seeds with one "
+            f"--keep-epochs list, e.g. {code(retrain)}."
         )
     return (
         "These checkpoints keep no snapshot of an earlier epoch, so there is one epoch to "
         "show. Checkpoints trained by this version keep them; to add them, retrain into a new "
-        f"directory, e.g. {retrain}."
+        f"directory, e.g. {code(retrain)}."
     )

@@ -5,6 +5,7 @@ and reference marks), and the one-click report."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlencode
 
 import streamlit as st
@@ -217,6 +218,17 @@ def _page_link(shown: Selection) -> str:
     return f"{base.rstrip('/')}/?{query}" if base and query else base
 
 
+SWEEP_CHOICES = ("dyn_vs_damping", "sens_pair")  # the sweep tabs' choices the report draws
+
+
+def report_params(query: Mapping[str, str], state: Mapping[str, Any]) -> dict[str, str]:
+    """The link's parameters plus the sweep tabs' choices kept in the session: the link
+    holds the open tab's choices only (a report built from the Sensitivity tab had lost
+    the Training dynamics overlay the user had picked)."""
+    kept = {key: str(state[key]) for key in SWEEP_CHOICES if state.get(key) is not None}
+    return dict(query) | kept
+
+
 def report_button(ctx: PanelContext, slot=None) -> None:
     """The selection's self-contained HTML report (what one emails after a demo), in
     ``slot`` when given."""
@@ -225,17 +237,19 @@ def report_button(ctx: PanelContext, slot=None) -> None:
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
     scale = ctx.scale("two_time")  # the heatmaps as the two-time panel shows them
     link = _page_link(ctx.selection)
-    params = st.query_params.to_dict()  # the sweeps' choices (dyn_vs_damping, sens_pair)
+    params = report_params(st.query_params.to_dict(), st.session_state)
     (slot if slot is not None else st).download_button(
         "Report (HTML)",
-        data=lambda: build_report(
-            ctx.root,
-            ctx.catalog,
-            ctx.selection,
-            groups=groups,
-            link=link,
-            scale=scale,
-            params=params,
+        data=lambda: (
+            build_report(
+                ctx.root,
+                ctx.catalog,
+                ctx.selection,
+                groups=groups,
+                link=link,
+                scale=scale,
+                params=params,
+            ).page
         ),
         file_name=report_name(ctx.selection),
         mime="text/html",

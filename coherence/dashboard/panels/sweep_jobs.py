@@ -193,32 +193,15 @@ def _estimate(missing: Sequence[SweepPoint]) -> float:
     return sum(seconds * count for seconds, count in each) / max(len(missing), 1)
 
 
-MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash their files)
 PointsOf = Callable[[Selection], list[SweepPoint]]  # a selection's sweep
 
 
 def _filled_groups(ctx: PanelContext, points_of: PointsOf) -> list[tuple[str, Selection, int, int]]:
-    """Other model groups of the dataset whose default view has ≥ 2 cached sweep points:
-    (label, selection, cached, total) each. ``points_of(selection)`` builds a sweep."""
-    from coherence.dashboard.selection import group_defaults
-
-    shown = set(ctx.selection.groups)
+    """``sweep_views.filled_groups`` of this view, its statuses read through this module."""
     root = str(ctx.root)
-    found = []
-    for group in ctx.catalog.groups(ctx.dataset)[: MAX_OTHER_GROUPS + len(shown)]:
-        if group.checkpoints in shown:
-            continue
-        selection = group_defaults(ctx.dataset, group)
-        if selection is None:
-            continue
-        try:
-            points = points_of(selection)
-        except CoherenceError:
-            continue
-        done = sum(s.state == "done" for s in statuses(root, points))
-        if done >= 2:
-            found.append((group.label, selection, done, len(points)))
-    return found
+    return sweep_views.filled_groups(
+        ctx.catalog, ctx.dataset, ctx.selection, points_of, lambda ps: statuses(root, ps)
+    )
 
 
 def filled_view(

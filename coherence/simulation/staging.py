@@ -159,9 +159,17 @@ class Stage:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+def _is_workspace(folder: Path) -> bool:
+    return (folder / "checkpoints").is_dir() or (folder / "cache").is_dir()
+
+
 def check_dataset_folder(root: Path) -> None:
-    """Refuse a dataset --out that is a file, or lies in a checkpoint's folder: simulate
-    wrote its data/ into a checkpoint, which then read as neither."""
+    """Refuse a dataset --out that is a file, or lies in a checkpoint's folder (simulate
+    wrote its data/ into a checkpoint, which then read as neither), or inside another
+    dataset, or is a folder of datasets or a workspace: an import wrote data/ beside the
+    datasets (read as a broken dataset "data") or into the workspace root."""
+    from coherence.simulation.dataset import dataset_files  # it imports this module
+
     if root.exists() and not root.is_dir():
         raise RequestError(f"--out {root}: a file, not a folder; choose a folder for the dataset")
     checkpoint = enclosing_checkpoint(root)
@@ -169,6 +177,37 @@ def check_dataset_folder(root: Path) -> None:
         raise RequestError(
             f"--out {root}: {checkpoint} is a checkpoint; write the dataset to its own folder "
             "(e.g. <workspace>/datasets/NAME)"
+        )
+    # its data/ or data/<split>/ folder (a sibling of data/ is a folder of its own)
+    dataset = next(
+        (d for d in (root.parent, root.parent.parent) if root.is_relative_to(d / "data")), None
+    )
+    if dataset is not None and dataset_files(dataset):
+        raise RequestError(
+            f"--out {root}: it lies inside the dataset {dataset}; give the dataset's own "
+            f"folder ({dataset}) to add classes to it, or a new folder beside it"
+        )
+    workspace = _is_workspace(root)
+    if root.name == "datasets" and _is_workspace(root.parent):
+        raise RequestError(
+            f"--out {root}: that is the workspace's folder of datasets; write the dataset to "
+            f"a folder of its own, e.g. {root / 'NAME'}"
+        )
+    held = (
+        [
+            c.name
+            for c in sorted(root.iterdir())
+            if c.is_dir() and not c.name.startswith(".") and dataset_files(c)  # not staging
+        ]
+        if (root.is_dir() and not dataset_files(root))
+        else []
+    )
+    if workspace or held:
+        what = "a workspace" if workspace else f"a folder of datasets ({', '.join(held[:3])})"
+        inside = root / "datasets" if workspace else root
+        raise RequestError(
+            f"--out {root}: that is {what}, not a dataset's folder; write the dataset to a "
+            f"folder of its own, e.g. {inside / 'NAME'}"
         )
 
 

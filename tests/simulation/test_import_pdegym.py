@@ -340,3 +340,21 @@ def test_unwritten_ns_snapshots_are_refused(tmp_path, ns_states):
     with pytest.raises(SchemaError, match=r"trajectory 2 is all zeros in every field at snapshot"):
         import_pdegym(path, tmp_path / "out", "NS-Sines")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_folder_holds_its_shards_without_holes_and_nothing_else(tmp_path, ce_states):
+    """The assembled <CLASS>.nc that the dataset's own script writes beside its shards was
+    imported too (every trajectory twice, test ones also in train), and a missing shard
+    shifted every published index after it without a word."""
+    out = tmp_path / "out"
+    shards = write_shards(tmp_path / "src", "data", "data", ce_published(ce_states), [4, 4, 4])
+    write_pdegym(shards / "CE-RPUI.nc", "data", ce_published(ce_states))
+    with pytest.raises(SchemaError, match=r"CE-RPUI.nc beside its 3 shards is not a shard"):
+        import_pdegym(shards, out, "CE-RPUI")
+    (shards / "CE-RPUI.nc").unlink()
+    (shards / "data_1.nc").unlink()
+    with pytest.raises(SchemaError, match=r"data_1.nc missing \(the shards run 0…2\)"):
+        import_pdegym(shards, out, "CE-RPUI")
+    assert not out.exists()
+    report = import_pdegym(tmp_path / "src" / "data_0.nc", out, "CE-RPUI")  # one file: fine
+    assert sum(report.counts) == 4

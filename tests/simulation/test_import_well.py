@@ -331,3 +331,30 @@ def test_unwritten_snapshots_are_named_by_their_index_in_the_trajectory(
         f["t1_fields/momentum"][1, 10:] = 0.0
     with pytest.raises(SchemaError, match=r"\(time 10\.\.10\): trajectory 1 is all zeros .* 10:"):
         import_well_euler([path], tmp_path / "out")
+
+
+def test_files_of_another_grid_clock_or_gas_are_refused_before_anything_is_written(
+    tmp_path, states
+):
+    """A valid file at another resolution was committed with the others (exit 2 only
+    afterwards, a dataset that opened nowhere and refused the corrected import); another γ
+    joined a γ = 1.4 dataset silently, and its checkpoints recorded 1.4."""
+    out = tmp_path / "out"
+    train = write_well_euler(tmp_path / "data" / "train" / f"{STEM}.hdf5", states)
+    coarse = write_well_euler(tmp_path / "c" / "valid" / f"{STEM}.hdf5", states[..., ::2, ::2])
+    with pytest.raises(SchemaError, match=r"grid 16×16, but .* has 32×32; files of one dataset"):
+        import_well_euler([train, coarse], out, downsample=2)
+    clock = write_well_euler(tmp_path / "k" / "valid" / f"{STEM}.hdf5", states)
+    with h5py.File(clock, "a") as f:
+        f["dimensions/time"][...] *= 2
+    with pytest.raises(SchemaError, match=r"on \[0, 3\], but .* on \[0, 1\.5\]; files of one"):
+        import_well_euler([train, clock], out, downsample=2)
+    gas = write_well_euler(tmp_path / "g" / "valid" / "other_gas.hdf5", states, gamma=1.6)
+    with pytest.raises(SchemaError, match=r"γ = 1\.6, but .* has γ = 1\.4; one dataset holds"):
+        import_well_euler([train, gas], out, downsample=2)
+    assert not out.exists()
+    import_well_euler([train], out, downsample=2)
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(RequestError, match=r"already holds a dataset with gamma = 1\.4, the imp"):
+        import_well_euler([gas], out, downsample=2)
+    assert sorted(p.name for p in out.rglob("*")) == before

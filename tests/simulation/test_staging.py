@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -377,3 +378,30 @@ def test_a_dataset_is_not_written_into_a_checkpoint_or_over_a_file(tmp_path):
     ):
         pass
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_out_inside_a_dataset_or_over_datasets_is_refused(tmp_path):
+    """--out the datasets folder wrote data/ beside the datasets (a broken dataset "data"),
+    --out the workspace into its root, --out <dataset>/data nested one dataset in another."""
+    from coherence.simulation.staging import check_dataset_folder
+
+    workspace = tmp_path / "ws"
+    dataset = workspace / "datasets" / "ce"
+    (dataset / "data" / "train").mkdir(parents=True)
+    (dataset / "data" / "train" / "CE-RP.hdf5").touch()
+    (workspace / "cache").mkdir()
+    refused = {
+        dataset / "data": f"lies inside the dataset {dataset}",
+        workspace / "datasets": "the workspace's folder of datasets",
+        workspace: f"that is a workspace, not a dataset's folder; write the dataset to a "
+        f"folder of its own, e.g. {workspace / 'datasets' / 'NAME'}",
+    }
+    for out, says in refused.items():
+        with pytest.raises(RequestError, match=re.escape(says)):
+            check_dataset_folder(out)
+    shelf = tmp_path / "shelf"
+    shutil.copytree(workspace / "datasets", shelf)
+    with pytest.raises(RequestError, match=r"a folder of datasets \(ce\)"):
+        check_dataset_folder(shelf)
+    for fine in (dataset, workspace / "datasets" / "new", shelf / "new"):
+        check_dataset_folder(fine)  # a dataset's own folder (to add classes), or a new one

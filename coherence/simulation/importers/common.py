@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from coherence.simulation.dataset import (
     open_dataset,
     split_counts,
 )
-from coherence.simulation.families import Family
+from coherence.simulation.families import FAMILIES, Family
 from coherence.simulation.staging import Stage
 from coherence.simulation.wellformat import WellWriter
 
@@ -301,12 +301,15 @@ def target_dataset_name(
     overwrite: bool,
     name: str,
     command: str = "import",
+    scalars: Mapping[str, float] | None = None,
 ) -> str:
     """Check that the new files fit the dataset at ``stage.root``; return its dataset_name.
 
     ``files`` are (split, file name). An import (or a simulation: ``command``) adds class
-    files to an existing dataset, so family, grid and time axis must match it; an existing
-    class is replaced only on request.
+    files to an existing dataset, so family, grid, time axis and physical constants
+    (``scalars``, default the family's: γ, ν) must match it; an existing class is replaced
+    only on request. Why the constants: a checkpoint records one γ for its dataset, and a
+    γ = 1.6 class beside γ = 1.4 ones was trained on as if it were 1.4.
     """
     root = stage.root
     existing = dataset_files(root) if root.is_dir() else []
@@ -324,6 +327,7 @@ def target_dataset_name(
             f"{info.times.size} snapshots on [0, {info.times[-1]:g}], {new} has "
             f"{times.size} on [0, {times[-1]:g}]"
         )
+    problems += _constant_clashes(info, FAMILIES[family].scalars | dict(scalars or {}), new)
     if problems:
         raise RequestError(
             f"{root} already holds a dataset with " + "; ".join(problems) + f"; {command} "
@@ -346,6 +350,17 @@ def target_dataset_name(
                     + f"; pass --overwrite to replace it, or {command} into another --out"
                 )
     return info.name
+
+
+def _constant_clashes(info, scalars: Mapping[str, float], new: str) -> list[str]:
+    """The physical constants (γ, ν) where the existing files differ from the new ones."""
+    found = {}
+    for per_class in info.files.values():
+        for meta in per_class.values():
+            for key, value in meta.scalars.items():
+                if key in scalars and not np.isclose(value, scalars[key], rtol=1e-6):
+                    found[key] = value
+    return [f"{key} = {value:g}, {new} has {scalars[key]:g}" for key, value in found.items()]
 
 
 # ---------------------------------------------------------------------------------------------

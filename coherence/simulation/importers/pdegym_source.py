@@ -8,6 +8,7 @@ axes (sample, time, channel, x, y), float32. ``pdegym`` imports it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,26 +64,46 @@ class PdegymSource:
         return self.n_steps * self.n_channels * self.nx * self.ny * 4
 
 
-def shard_paths(src: Path) -> list[Path]:
-    """An assembled file, or every ``*.nc`` of a directory in lexicographic name order."""
+def shard_paths(src: Path, variable: str = "data") -> list[Path]:
+    """An assembled file, or a directory's shards ``<variable>_<k>.nc`` in lexicographic name
+    order (the published indices follow it). The shards must be k = 0…K without a hole, and
+    nothing else in the folder may end in .nc: a shard left out would shift every index
+    after it, and the assembled ``<CLASS>.nc`` that the dataset's own script writes beside
+    its shards would import every trajectory twice (the test trajectories also in train)."""
     if src.is_file():
         return [src]
-    if src.is_dir():
-        found = sorted(src.glob("*.nc"), key=lambda p: p.name)
-        broken = [p.name for p in found if not p.is_file()]
-        if broken:  # a shard left out would shift every published index after it
-            raise SchemaError(
-                f"{src}: {', '.join(broken)} is not a readable file (a broken link or a "
-                "folder); restore the shard, or the class would be imported with a gap"
-            )
-        paths = found
-        if not paths:
-            raise SchemaError(
-                f"{src}: no .nc files here; pass the assembled <CLASS>.nc or the directory "
-                "holding data_*.nc / velocity_*.nc"
-            )
-        return paths
-    raise SchemaError(f"{src}: no such file or directory")
+    if not src.is_dir():
+        raise SchemaError(f"{src}: no such file or directory")
+    found = sorted(src.glob("*.nc"), key=lambda p: p.name)
+    shard = re.compile(rf"{re.escape(variable)}_(0|[1-9][0-9]*)\.nc")
+    numbers = {int(m.group(1)): p for p in found if (m := shard.fullmatch(p.name))}
+    others = [p.name for p in found if not shard.fullmatch(p.name)]
+    if others:
+        also = f" beside its {len(numbers)} shards" if numbers else ""
+        raise SchemaError(
+            f"{src}: {', '.join(others)}{also} is not a shard ({variable}_<k>.nc); pass the "
+            "assembled file itself, or a folder holding only the shards (move the other "
+            ".nc files out: an assembled file beside its shards would import every "
+            "trajectory twice)"
+        )
+    if not numbers:
+        raise SchemaError(
+            f"{src}: no .nc files here; pass the assembled <CLASS>.nc or the directory "
+            f"holding its shards {variable}_0.nc, {variable}_1.nc, …"
+        )
+    holes = [f"{variable}_{k}.nc" for k in range(max(numbers) + 1) if k not in numbers]
+    if holes:
+        raise SchemaError(
+            f"{src}: {', '.join(holes)} missing (the shards run 0…{max(numbers)}); restore it, "
+            "or every published index after it would shift"
+        )
+    broken = [p.name for p in found if not p.is_file()]
+    if broken:  # a shard left out would shift every published index after it
+        raise SchemaError(
+            f"{src}: {', '.join(broken)} is not a readable file (a broken link or a "
+            "folder); restore the shard, or the class would be imported with a gap"
+        )
+    return found
 
 
 def class_family(class_name: str) -> Family:
@@ -98,7 +119,7 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
     family = class_family(class_name)
     variable = VARIABLE[family]
     shards, tail, times = [], None, None
-    for path in shard_paths(Path(src)):
+    for path in shard_paths(Path(src), variable):
         with open_hdf5(path) as f:
             if variable not in f or not isinstance(f[variable], h5py.Dataset):
                 held = ", ".join(

@@ -216,8 +216,9 @@ def _check_files(
     downsample: int,
     split: str | None = None,
 ) -> None:
-    """Refuse a file named twice, a grid the down-sampling does not divide, or time axes of
-    different lengths (one dataset shares one time axis)."""
+    """Refuse a file named twice, a grid the down-sampling does not divide, or files that
+    differ in grid, time axis or γ (one dataset shares them; the dataset's own check found
+    a grid mismatch only after the commit, and left a dataset that opened nowhere)."""
     seen: dict[tuple[str, str], Path] = {}
     for path, key in zip(sources, keys, strict=True):
         if key in seen:
@@ -238,10 +239,25 @@ def _check_files(
             raise RequestError(
                 f"{path}: grid {nx}×{ny} is not divisible by --downsample {downsample}"
             )
-        if info["times"].shape != infos[0]["times"].shape:
+        first, times = infos[0], info["times"]
+        if times.shape != first["times"].shape or not np.allclose(
+            times, first["times"], rtol=1e-6, atol=1e-9
+        ):
             raise SchemaError(
-                f"{path}: {info['times'].size} snapshots, but {sources[0]} has "
-                f"{infos[0]['times'].size}; files of one dataset must share the time axis"
+                f"{path}: {times.size} snapshots on [{times[0]:g}, {times[-1]:g}], but "
+                f"{sources[0]} has {first['times'].size} on [{first['times'][0]:g}, "
+                f"{first['times'][-1]:g}]; files of one dataset must share the time axis"
+            )
+        if tuple(info["shape"][2:]) != tuple(first["shape"][2:]):
+            raise SchemaError(
+                f"{path}: grid {nx}×{ny}, but {sources[0]} has "
+                f"{'×'.join(map(str, first['shape'][2:]))}; files of one dataset share one "
+                "grid: import the other resolution into another --out"
+            )
+        if not np.isclose(info["gamma"], first["gamma"], rtol=1e-6):
+            raise SchemaError(
+                f"{path}: γ = {info['gamma']:g}, but {sources[0]} has γ = {first['gamma']:g}; "
+                "one dataset holds one gas: import each γ into its own --out"
             )
 
 
@@ -268,6 +284,7 @@ def _import_all(
         files=[(s, f"{stem}.hdf5") for s, stem in keys],
         overwrite=overwrite,
         name=name,
+        scalars={"gamma": infos[0]["gamma"]},
     )
     files, all_checks = [], {}
     for path, info, (split_name, stem), n in zip(sources, infos, keys, counts, strict=True):

@@ -65,6 +65,7 @@ __all__ = [  # what callers import from here, the panels' names included
     "Section",
     "build_report",
     "cached_in",
+    "data_sources",
     "distance_from_inputs",
     "group_labels",
     "how_to_read",
@@ -296,6 +297,40 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
     return meta
 
 
+SOURCE_ATTRIBUTES = (("source", ""), ("licence", "licence "), ("split_rule", "split: "))
+
+
+def data_sources(root: str | Path, selection: Selection) -> dict[str, str]:
+    """Where the selection's data came from, as imported files record it (source, licence,
+    split rule), one row per class: a report is sent on, and a CC-BY-NC licence or a split
+    that is not the published test set must travel with its figures. Simulated data records
+    none, and gets no row."""
+    import h5py
+
+    from coherence.simulation.dataset import open_dataset
+    from coherence.workspace import datasets_dir, resolve_inside, workspace_root
+
+    try:
+        info = open_dataset(resolve_inside(datasets_dir(workspace_root(root)), selection.dataset))
+    except (CoherenceError, OSError):
+        return {}
+    out = {}
+    for name in selection.classes:
+        try:
+            with h5py.File(info.file("test", name).path, "r") as f:
+                found = [(label, f.attrs.get(key)) for key, label in SOURCE_ATTRIBUTES]
+        except (CoherenceError, OSError):
+            continue
+        parts = [
+            label + (value.decode() if isinstance(value, bytes) else str(value))
+            for label, value in found
+            if value is not None
+        ]
+        if parts:
+            out[f"data source ({name})"] = " · ".join(parts)
+    return out
+
+
 # -------------------------------------------------------------------------- HTML -------
 
 
@@ -430,7 +465,7 @@ def build_report(
         link=link,
         scale=scale,
         left_out=[item.page_text for item in swept.left_out],
-        more_provenance=swept.provenance,
+        more_provenance=data_sources(root, selection) | swept.provenance,
     )
     return Report(page, tuple(swept.left_out), tuple(swept.link_problems))
 

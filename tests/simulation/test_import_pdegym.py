@@ -356,5 +356,28 @@ def test_a_shard_folder_holds_its_shards_without_holes_and_nothing_else(tmp_path
     with pytest.raises(SchemaError, match=r"data_1.nc missing \(the shards run 0…2\)"):
         import_pdegym(shards, out, "CE-RPUI")
     assert not out.exists()
-    report = import_pdegym(tmp_path / "src" / "data_0.nc", out, "CE-RPUI")  # one file: fine
-    assert sum(report.counts) == 4
+    report = import_pdegym(tmp_path / "src" / "data_0.nc", out, "CE-RPUI", limit=10)
+    assert sum(report.counts) == 4  # one file: fine; a --limit past its end is said
+    assert (
+        "--limit 10: " in report.warnings[0]
+        and "holds 4 trajectories; importing all" in (report.warnings[0])
+    )
+
+
+def test_the_report_names_the_imported_datas_source_licence_and_split(tmp_path, ce_states):
+    """A report is the file that gets sent on: the CC-BY-NC licence and a split that is
+    not the published test set travel with its figures (the files recorded them, the
+    report showed neither). Simulated data records no source and gets no row."""
+    from types import SimpleNamespace
+
+    from coherence.report import data_sources
+
+    workspace = tmp_path / "ws"
+    write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
+    import_pdegym(tmp_path / "CE-RPUI.nc", workspace / "datasets" / "pg", "CE-RPUI", limit=8)
+    selection = SimpleNamespace(dataset="pg", classes=("CE-RPUI",))
+    (row,) = data_sources(workspace, selection).items()
+    assert row[0] == "data source (CE-RPUI)"
+    assert row[1].startswith("PDEgym camlab-ethz/CE-RPUI (Hugging Face) · licence CC-BY-NC-4.0")
+    assert "NOT the published test set" in row[1]
+    assert data_sources(workspace, SimpleNamespace(dataset="none", classes=("X",))) == {}

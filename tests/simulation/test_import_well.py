@@ -358,3 +358,18 @@ def test_files_of_another_grid_clock_or_gas_are_refused_before_anything_is_writt
     with pytest.raises(RequestError, match=r"already holds a dataset with gamma = 1\.4, the imp"):
         import_well_euler([gas], out, downsample=2)
     assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_a_file_of_the_other_layout_is_pointed_to_its_importer(tmp_path, states):
+    """A Well file given to `import pdegym` read "this file holds: nothing; is it another
+    class's file?"; a PDEgym file given to `import well-euler`, only what was missing."""
+    from coherence.simulation.importers.pdegym import import_pdegym
+    from tests.simulation.import_fixtures import ce_published, write_pdegym
+
+    well = write_well_euler(tmp_path / "data" / "test" / f"{STEM}.hdf5", states)
+    with pytest.raises(SchemaError, match=r"The Well's layout .*`coherence import well-euler"):
+        import_pdegym(well, tmp_path / "o", "CE-RP")
+    pdegym = write_pdegym(tmp_path / "data" / "test" / "CE-RP.nc", "data", ce_published(states))
+    with pytest.raises(SchemaError, match=r"PDEgym's layout: import it with `coherence import pd"):
+        import_well_euler([pdegym], tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -363,6 +363,8 @@ def import_pdegym(
 
     source = open_source(src, class_name)
     n, plan = _plan(src, source, options)
+    if limit is not None and limit > source.total:  # said, not silently fewer
+        note(f"--limit {limit}: {src} holds {source.total} trajectories; importing all of them")
     shape = (source.n_steps, source.n_channels, source.nx, source.ny)
     # a block of whole trajectories is read, then converted: two copies of one at least
     check_trajectory_fits(src, shape, 2 * source.trajectory_bytes, "21 × 128²")

@@ -125,10 +125,15 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
                 held = ", ".join(
                     f"{k} {tuple(v.shape)}" for k, v in f.items() if isinstance(v, h5py.Dataset)
                 )
+                guess = (
+                    "it is The Well's layout (t0_fields/, t1_fields/): import it with "
+                    "`coherence import well-euler FILE`"
+                    if "t0_fields" in f
+                    else "is it another class's file?"
+                )
                 raise SchemaError(
                     f"{path}: no variable '{variable}' (a {class_name} file holds "
-                    f"'{variable}'); this file holds: {held or 'nothing'}; is it another "
-                    "class's file?"
+                    f"'{variable}'); this file holds: {held or 'nothing'}; {guess}"
                 )
             ds = f[variable]
             shape, dtype = tuple(ds.shape), ds.dtype

@@ -140,9 +140,16 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
         missing = [f"t0_fields/{n}" for n in SCALAR_FIELDS if f"t0_fields/{n}" not in f]
         missing += [] if "t1_fields/momentum" in f else ["t1_fields/momentum"]
         if missing:
+            pdegym = [v for v in ("data", "velocity") if isinstance(f.get(v), h5py.Dataset)]
+            hint = (
+                f"; its '{pdegym[0]}' variable is PDEgym's layout: import it with `coherence "
+                "import pdegym FILE --class <CLASS>`"
+                if pdegym
+                else ""
+            )
             raise SchemaError(
                 f"{path}: not a euler_multi_quadrants file: missing {', '.join(missing)} "
-                f"(it holds {', '.join(sorted(f.keys()))})"
+                f"(it holds {', '.join(sorted(f.keys()))}){hint}"
             )
         fields = {n: _dataset(f, f"t0_fields/{n}", path) for n in SCALAR_FIELDS}
         fields["momentum"] = _dataset(f, "t1_fields/momentum", path)

@@ -594,5 +594,12 @@ def test_filled_sweep_panels_draw_curves_epoch_maps_and_agreement(swept_server, 
         ".every(g => g.querySelector('.draglayer .nsewdrag'))"
     )
     shot(page, "21_sensitivity_filled")
+    # the Report button holds both sweeps, though the link now names the open tab's only
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Report (HTML)").click()
+    report = Path(download.value.path()).read_text()
+    for heading in ("Training dynamics", "Sensitivity", "Agreement between estimators"):
+        assert f"<h2>{heading}</h2>" in report, heading
+    assert "Not in this report" not in report
     assert not errors, errors
     page.close()

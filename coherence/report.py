@@ -304,7 +304,7 @@ def data_sources(root: str | Path, selection: Selection) -> dict[str, str]:
     """Where the selection's data came from, as imported files record it (source, licence,
     split rule), one row per class: a report is sent on, and a CC-BY-NC licence or a split
     that is not the published test set must travel with its figures. Simulated data records
-    none, and gets no row."""
+    none: it gets no row, or, beside imported classes, one that says so."""
     import h5py
 
     from coherence.simulation.dataset import open_dataset
@@ -326,8 +326,9 @@ def data_sources(root: str | Path, selection: Selection) -> dict[str, str]:
             for label, value in found
             if value is not None
         ]
-        if parts:
-            out[f"data source ({name})"] = " · ".join(parts)
+        out[f"data source ({name})"] = " · ".join(parts) or "none recorded (simulated here)"
+    if all(value.startswith("none recorded") for value in out.values()):
+        return {}  # simulated data throughout: nothing to say beside the dataset's name
     return out
 
 

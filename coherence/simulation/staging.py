@@ -160,15 +160,19 @@ class Stage:
 
 
 def _is_workspace(folder: Path) -> bool:
-    return (folder / "checkpoints").is_dir() or (folder / "cache").is_dir()
+    """A workspace's root: it holds datasets/, checkpoints/ or cache/ (a new one may hold
+    only datasets/)."""
+    return any((folder / name).is_dir() for name in ("datasets", "checkpoints", "cache"))
 
 
 def check_dataset_folder(root: Path) -> None:
     """Refuse a dataset --out that is a file, or lies in a checkpoint's folder (simulate
-    wrote its data/ into a checkpoint, which then read as neither), or inside another
-    dataset, or is a folder of datasets or a workspace: an import wrote data/ beside the
-    datasets (read as a broken dataset "data") or into the workspace root."""
+    wrote its data/ into a checkpoint, which then read as neither), or in a dataset's data/
+    folder, or is a folder of datasets or a workspace: an import wrote data/ beside the
+    datasets (read as a broken dataset "data") or into the workspace root. A dataset's own
+    folder (classes added to it) always passes."""
     from coherence.simulation.dataset import dataset_files  # it imports this module
+    from coherence.workspace import datasets_dir, workspace_root
 
     if root.exists() and not root.is_dir():
         raise RequestError(f"--out {root}: a file, not a folder; choose a folder for the dataset")
@@ -184,31 +188,32 @@ def check_dataset_folder(root: Path) -> None:
     )
     if dataset is not None and dataset_files(dataset):
         raise RequestError(
-            f"--out {root}: it lies inside the dataset {dataset}; give the dataset's own "
-            f"folder ({dataset}) to add classes to it, or a new folder beside it"
+            f"--out {root}: it lies in the data folder of the dataset {dataset}; choose a "
+            f"folder of its own beside it (e.g. {dataset.parent / 'NAME'})"
         )
-    workspace = _is_workspace(root)
-    if root.name == "datasets" and _is_workspace(root.parent):
-        raise RequestError(
-            f"--out {root}: that is the workspace's folder of datasets; write the dataset to "
-            f"a folder of its own, e.g. {root / 'NAME'}"
+    if dataset_files(root):
+        return
+    if root == workspace_root() or _is_workspace(root):
+        what, example = "a workspace", root / "datasets" / "NAME"
+    elif root == datasets_dir() or (root.name == "datasets" and root.parent.name != "datasets"):
+        what, example = "a workspace's folder of datasets", root / "NAME"
+    else:
+        held = (
+            [
+                c.name
+                for c in sorted(root.iterdir())
+                if c.is_dir() and not c.name.startswith(".") and dataset_files(c)  # not staging
+            ]
+            if root.is_dir()
+            else []
         )
-    held = (
-        [
-            c.name
-            for c in sorted(root.iterdir())
-            if c.is_dir() and not c.name.startswith(".") and dataset_files(c)  # not staging
-        ]
-        if (root.is_dir() and not dataset_files(root))
-        else []
+        if not held:
+            return
+        what, example = f"a folder of datasets ({', '.join(held[:3])})", root / "NAME"
+    raise RequestError(
+        f"--out {root}: that is {what}, not a dataset's folder; write the dataset to a "
+        f"folder of its own, e.g. {example}"
     )
-    if workspace or held:
-        what = "a workspace" if workspace else f"a folder of datasets ({', '.join(held[:3])})"
-        inside = root / "datasets" if workspace else root
-        raise RequestError(
-            f"--out {root}: that is {what}, not a dataset's folder; write the dataset to a "
-            f"folder of its own, e.g. {inside / 'NAME'}"
-        )
 
 
 @contextlib.contextmanager

@@ -381,3 +381,18 @@ def test_the_report_names_the_imported_datas_source_licence_and_split(tmp_path, 
     assert row[1].startswith("PDEgym camlab-ethz/CE-RPUI (Hugging Face) · licence CC-BY-NC-4.0")
     assert "NOT the published test set" in row[1]
     assert data_sources(workspace, SimpleNamespace(dataset="none", classes=("X",))) == {}
+
+
+def test_a_folder_of_one_assembled_file_and_dot_files_are_told_apart(tmp_path, ce_states):
+    """A folder holding only the assembled file is pointed to it; macOS's ._data_0.nc is
+    left aside; fewer shards than published are said (their indices may not be the
+    published ones)."""
+    folder = tmp_path / "dl"
+    write_pdegym(folder / "CE-RPUI.nc", "data", ce_published(ce_states))
+    with pytest.raises(SchemaError, match=r"holds CE-RPUI.nc and no shard .* itself: .*dl/CE-RP"):
+        import_pdegym(folder, tmp_path / "o", "CE-RPUI")
+    shards = write_shards(tmp_path / "src", "data", "data", ce_published(ce_states), [6, 6])
+    (shards / "._data_0.nc").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble metadata
+    report = import_pdegym(shards, tmp_path / "o", "CE-RPUI")
+    assert sum(report.counts) == N
+    assert any("2 of the 14 published shards" in w for w in report.warnings)

@@ -355,7 +355,7 @@ def test_files_of_another_grid_clock_or_gas_are_refused_before_anything_is_writt
     assert not out.exists()
     import_well_euler([train], out, downsample=2)
     before = sorted(p.name for p in out.rglob("*"))
-    with pytest.raises(RequestError, match=r"already holds a dataset with gamma = 1\.4, the imp"):
+    with pytest.raises(RequestError, match=r"already holds a dataset with γ = 1\.4, the imp"):
         import_well_euler([gas], out, downsample=2)
     assert sorted(p.name for p in out.rglob("*")) == before
 
@@ -373,3 +373,24 @@ def test_a_file_of_the_other_layout_is_pointed_to_its_importer(tmp_path, states)
     with pytest.raises(SchemaError, match=r"PDEgym's layout: import it with `coherence import pd"):
         import_well_euler([pdegym], tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_download_is_not_imported_into_itself_and_its_split_is_recorded(tmp_path, states):
+    """The Well's download is a dataset in our layout: --out the download (with
+    --overwrite) replaced the downloaded file by the converted one. The split rule is
+    recorded for the report; a --limit past a file's end is said."""
+    from types import SimpleNamespace
+
+    from coherence.report import data_sources
+
+    download = tmp_path / "dl"
+    test = write_well_euler(download / "data" / "test" / f"{STEM}.hdf5", states)
+    before = test.read_bytes()
+    with pytest.raises(RequestError, match=r"would write over its own source; choose another"):
+        import_well_euler([test], download, downsample=1, overwrite=True)
+    assert test.read_bytes() == before
+    workspace = tmp_path / "ws"
+    report = import_well_euler([test], workspace / "datasets" / "well", downsample=2, limit=9)
+    assert [w for w in report.warnings if f"--limit 9: {test} holds 3 trajectories" in w]
+    (row,) = data_sources(workspace, SimpleNamespace(dataset="well", classes=(STEM,))).values()
+    assert "licence CC-BY-4.0" in row and "split: The Well's own train/valid/test files" in row

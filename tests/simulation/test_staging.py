@@ -391,8 +391,8 @@ def test_an_out_inside_a_dataset_or_over_datasets_is_refused(tmp_path):
     (dataset / "data" / "train" / "CE-RP.hdf5").touch()
     (workspace / "cache").mkdir()
     refused = {
-        dataset / "data": f"lies inside the dataset {dataset}",
-        workspace / "datasets": "the workspace's folder of datasets",
+        dataset / "data": f"lies in the data folder of the dataset {dataset}; choose a folder",
+        workspace / "datasets": "that is a workspace's folder of datasets",
         workspace: f"that is a workspace, not a dataset's folder; write the dataset to a "
         f"folder of its own, e.g. {workspace / 'datasets' / 'NAME'}",
     }
@@ -405,3 +405,25 @@ def test_an_out_inside_a_dataset_or_over_datasets_is_refused(tmp_path):
         check_dataset_folder(shelf)
     for fine in (dataset, workspace / "datasets" / "new", shelf / "new"):
         check_dataset_folder(fine)  # a dataset's own folder (to add classes), or a new one
+
+
+def test_a_new_workspace_is_refused_as_an_out_and_a_dataset_always_passes(tmp_path, monkeypatch):
+    """A new workspace holds no cache/ or checkpoints/ yet: --out ws/datasets wrote
+    ws/datasets/data/ and --out ws wrote ws/data/. A dataset that happens to hold a
+    checkpoints/ folder was refused as a workspace."""
+    from coherence.simulation.staging import check_dataset_folder
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(RequestError, match=r"a workspace's folder of datasets, .* e\.g\. .*NAME"):
+        check_dataset_folder(fresh / "datasets")
+    (fresh / "datasets" / "ce" / "data" / "train").mkdir(parents=True)
+    (fresh / "datasets" / "ce" / "data" / "train" / "CE-RP.hdf5").touch()
+    with pytest.raises(RequestError, match=r"that is a workspace, not a dataset's folder"):
+        check_dataset_folder(fresh)
+    (fresh / "datasets" / "ce" / "checkpoints").mkdir()
+    check_dataset_folder(fresh / "datasets" / "ce")  # a dataset: classes added to it
+    monkeypatch.setenv("COHERENCE_WORKSPACE", str(tmp_path / "named"))
+    for out in (tmp_path / "named", tmp_path / "named" / "datasets"):
+        with pytest.raises(RequestError, match="that is a workspace"):
+            check_dataset_folder(out)

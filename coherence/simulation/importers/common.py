@@ -6,6 +6,7 @@ Every refusal is a SchemaError/RequestError naming the source file (and trajecto
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -352,6 +353,19 @@ def target_dataset_name(
     return info.name
 
 
+def refuse_sources_inside(out: str | os.PathLike, sources: list[Path]) -> None:
+    """Refuse an import whose source lies in the --out dataset's own data/ folder: The Well's
+    download is a dataset in our layout, and importing it into itself (with --overwrite)
+    replaced the downloaded file by the converted one."""
+    data = Path(out).expanduser().resolve() / "data"
+    for source in sources:
+        if source.expanduser().resolve().is_relative_to(data):
+            raise RequestError(
+                f"{source}: it lies in --out {data.parent}'s own data folder, so the import "
+                "would write over its own source; choose another --out"
+            )
+
+
 def _constant_clashes(info, scalars: Mapping[str, float], new: str) -> list[str]:
     """The physical constants (γ, ν) where the existing files differ from the new ones."""
     found = {}
@@ -360,7 +374,11 @@ def _constant_clashes(info, scalars: Mapping[str, float], new: str) -> list[str]
             for key, value in meta.scalars.items():
                 if key in scalars and not np.isclose(value, scalars[key], rtol=1e-6):
                     found[key] = value
-    return [f"{key} = {value:g}, {new} has {scalars[key]:g}" for key, value in found.items()]
+    symbol = {"gamma": "γ", "nu": "ν"}
+    return [
+        f"{symbol.get(key, key)} = {value:g}, {new} has {scalars[key]:g}"
+        for key, value in found.items()
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -34,12 +35,14 @@ from coherence.simulation.importers.common import (
     gamma_hat,
     poseidon_split,
     random_split,
+    refuse_sources_inside,
     target_dataset_name,
     velocity_pairing,
 )
 from coherence.simulation.importers.pdegym_source import (
     CLASSES,
     PUBLISHED,
+    PUBLISHED_SHARDS,
     VARIABLE,
     PdegymSource,
     Shard,
@@ -361,7 +364,16 @@ def import_pdegym(
         if warn:
             warn(message)
 
+    refuse_sources_inside(out, [Path(src)])
     source = open_source(src, class_name)
+    published = PUBLISHED_SHARDS[source.family]
+    if Path(src).is_dir() and len(source.shards) < published:  # their order is not the same
+        note(
+            f"{src}: {len(source.shards)} of the {published} published shards; pdegym_index "
+            "counts the trajectories of these shards in their name order, which is the "
+            "published index only where no shard before them is missing (source_files and "
+            "source_index name each trajectory's own file and row)"
+        )
     n, plan = _plan(src, source, options)
     if limit is not None and limit > source.total:  # said, not silently fewer
         note(f"--limit {limit}: {src} holds {source.total} trajectories; importing all of them")

@@ -29,6 +29,7 @@ CLASSES = {
 }
 VARIABLE = {Family.EULER: "data", Family.NS: "velocity"}
 PUBLISHED = {Family.EULER: 10_000, Family.NS: 20_000}
+PUBLISHED_SHARDS = {Family.EULER: 14, Family.NS: 17}  # data_0…13, velocity_0…16
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,23 @@ def shard_paths(src: Path, variable: str = "data") -> list[Path]:
         return [src]
     if not src.is_dir():
         raise SchemaError(f"{src}: no such file or directory")
-    found = sorted(src.glob("*.nc"), key=lambda p: p.name)
+    # dot-files (macOS's ._data_0.nc) are no data: left aside
+    found = sorted(
+        (p for p in src.glob("*.nc") if not p.name.startswith(".")), key=lambda p: p.name
+    )
     shard = re.compile(rf"{re.escape(variable)}_(0|[1-9][0-9]*)\.nc")
     numbers = {int(m.group(1)): p for p in found if (m := shard.fullmatch(p.name))}
     others = [p.name for p in found if not shard.fullmatch(p.name)]
+    if others and not numbers and len(others) == 1:
+        raise SchemaError(
+            f"{src}: holds {others[0]} and no shard ({variable}_<k>.nc); pass the assembled "
+            f"file itself: {src / others[0]}"
+        )
     if others:
         also = f" beside its {len(numbers)} shards" if numbers else ""
+        verb = "is not a shard" if len(others) == 1 else "are not shards"
         raise SchemaError(
-            f"{src}: {', '.join(others)}{also} is not a shard ({variable}_<k>.nc); pass the "
+            f"{src}: {', '.join(others)}{also} {verb} ({variable}_<k>.nc); pass the "
             "assembled file itself, or a folder holding only the shards (move the other "
             ".nc files out: an assembled file beside its shards would import every "
             "trajectory twice)"
@@ -125,15 +135,16 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
                 held = ", ".join(
                     f"{k} {tuple(v.shape)}" for k, v in f.items() if isinstance(v, h5py.Dataset)
                 )
-                guess = (
-                    "it is The Well's layout (t0_fields/, t1_fields/): import it with "
-                    "`coherence import well-euler FILE`"
-                    if "t0_fields" in f
-                    else "is it another class's file?"
-                )
+                if "t0_fields" in f:  # groups, not variables: "holds nothing" misled
+                    raise SchemaError(
+                        f"{path}: no variable '{variable}' (a {class_name} file holds "
+                        f"'{variable}'); it has The Well's layout ({', '.join(sorted(f))}): "
+                        "import it with `coherence import well-euler FILE`"
+                    )
                 raise SchemaError(
                     f"{path}: no variable '{variable}' (a {class_name} file holds "
-                    f"'{variable}'); this file holds: {held or 'nothing'}; {guess}"
+                    f"'{variable}'); this file holds: {held or 'nothing'}; is it another "
+                    "class's file?"
                 )
             ds = f[variable]
             shape, dtype = tuple(ds.shape), ds.dtype

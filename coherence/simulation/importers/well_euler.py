@@ -30,6 +30,7 @@ from coherence.simulation.importers.common import (
     check_room,
     check_trajectory_fits,
     gamma_hat,
+    refuse_sources_inside,
     target_dataset_name,
 )
 from coherence.simulation.importers.sniff import open_hdf5
@@ -279,6 +280,7 @@ def _import_all(
     downsample: int,
     overwrite: bool,
     name: str,
+    split_rule: str,
 ) -> tuple[list[Path], dict[str, dict]]:
     """Write every source into the stage; returns the final paths and each source's checks."""
     nx, ny = (n // downsample for n in infos[0]["shape"][2:])
@@ -304,6 +306,7 @@ def _import_all(
             downsample,
             dataset_name,
             meter,
+            split_rule,
         )
         all_checks[str(path)] = checks
         files.append(stage.final(split_name, f"{stem}.hdf5"))
@@ -338,11 +341,15 @@ def import_well_euler(
     if limit is not None and limit < 1:  # 0 wrote empty class files that training then broke on
         raise RequestError(f"--limit {limit}: keep at least 1 trajectory of each file")
     sources = [Path(p) for p in paths]
+    refuse_sources_inside(out, sources)
     infos = [_read_info(p, allow_open, note) for p in sources]
     splits = [_split_of(p, split) for p in sources]
     keys = [(s, p.stem) for s, p in zip(splits, sources, strict=True)]
     _check_files(sources, infos, keys, downsample, split)
     counts = [info["shape"][0] if limit is None else min(limit, info["shape"][0]) for info in infos]
+    for path, info in zip(sources, infos, strict=True):
+        if limit is not None and limit > info["shape"][0]:  # said, not silently fewer
+            note(f"--limit {limit}: {path} holds {info['shape'][0]} trajectories; importing all")
     traj_bytes = [int(np.prod(info["shape"][1:])) * 4 * 5 for info in infos]  # ρ, E, p, m
     for path, info, size in zip(sources, infos, traj_bytes, strict=True):
         # the block-averaged trajectory, one time block read at full resolution (at least one
@@ -359,6 +366,11 @@ def import_well_euler(
     meter = Meter(
         total=sum(c * b for c, b in zip(counts, traj_bytes, strict=True)), progress=progress
     )
+    split_rule = (
+        "The Well's own train/valid/test files (each file's folder)"
+        if split is None
+        else f"--split {split}: every file given into {split}"
+    )
     with dataset_transaction(out) as stage:
         for line in stage.recovered:
             note(f"{stage.root}: {line}")
@@ -372,6 +384,7 @@ def import_well_euler(
             downsample=downsample,
             overwrite=overwrite,
             name=name,
+            split_rule=split_rule,
         )
     missing = [x for x in ("train", "valid") if x not in open_dataset(stage.root).files]
     if missing:  # training reads both: say so now, not at `coherence train`
@@ -384,7 +397,7 @@ def import_well_euler(
         root=stage.root,
         files=files,
         counts=tuple(sum(c for c, s in zip(counts, splits, strict=True) if s == x) for x in SPLITS),
-        split_label="The Well's own train/valid/test files",
+        split_label=split_rule,
         swap_xy=False,
         checks=all_checks,
         warnings=warnings,
@@ -430,7 +443,9 @@ def _trajectory(
     return out
 
 
-def _provenance(f: h5py.File, path: Path, n: int, k: int, checks: dict) -> dict[str, object]:
+def _provenance(
+    f: h5py.File, path: Path, n: int, k: int, checks: dict, split_rule: str
+) -> dict[str, object]:
     """Root attributes recording where the imported file came from and how it was mapped."""
     return {
         "source": f"The Well: {f.attrs.get('dataset_name', 'euler_multi_quadrants')}",
@@ -449,6 +464,7 @@ def _provenance(f: h5py.File, path: Path, n: int, k: int, checks: dict) -> dict[
             }
         ),
         "import_checks": as_json(checks),
+        "split_rule": split_rule,
         "imported_with": "coherence import well-euler",
     }
 
@@ -462,6 +478,7 @@ def _import_file(
     k: int,
     dataset_name: str,
     meter: Meter,
+    split_rule: str,
 ) -> dict:
     """Stream one file, one trajectory at a time, time blocks of ≈ BLOCK_BYTES."""
     gamma, (_, _, nx, ny) = info["gamma"], info["shape"]
@@ -492,5 +509,5 @@ def _import_file(
         for i in range(n):
             progress = (meter, f"{class_name}: {i + 1}/{n}")
             writer.write(i, _trajectory(t0, mom, i, path, info, k, checks, progress))
-        writer.file.attrs.update(_provenance(f, path, n, k, checks))
+        writer.file.attrs.update(_provenance(f, path, n, k, checks, split_rule))
     return checks

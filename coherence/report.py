@@ -46,6 +46,7 @@ from coherence.report_panels import (
     Section,
     distance_from_inputs,
     how_to_read,
+    link_value,
     score_table,
     sections,
 )
@@ -158,11 +159,6 @@ def unknown_params(params: Mapping[str, Any]) -> list[str]:
 NOT_IN_REPORT = ("Overview", "Rollout", "Validation")
 
 
-def _first(params: Mapping[str, Any], key: str) -> str | None:
-    value = params.get(key)
-    return value[0] if isinstance(value, list | tuple) else value
-
-
 def unknown_panel(params: Mapping[str, Any]) -> list[str]:
     """A warning when a link's ``panel`` names no tab (``panel=Sensitivty`` opened the
     default tab without a word)."""
@@ -170,7 +166,7 @@ def unknown_panel(params: Mapping[str, Any]) -> list[str]:
 
     from coherence.dashboard.panel_links import DEFAULT_PANEL, PANEL_LABELS
 
-    panel = _first(params, "panel")
+    panel = link_value(params, "panel")
     if panel is None or panel in PANEL_LABELS:
         return []
     close = difflib.get_close_matches(panel, PANEL_LABELS, n=1)
@@ -187,7 +183,7 @@ def panel_value_problems(params: Mapping[str, Any], damping: float) -> list[str]
 
     problems = unknown_panel(params)
     offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]
-    overlay = _first(params, "dyn_vs_damping")
+    overlay = link_value(params, "dyn_vs_damping")
     if overlay not in (None, "none", *offered):
         problems.append(
             f"dyn_vs_damping={overlay!r}: not an overlay λ the Training dynamics panel offers "
@@ -302,9 +298,10 @@ SOURCE_ATTRIBUTES = (("source", ""), ("licence", "licence "), ("split_rule", "sp
 
 def data_sources(root: str | Path, selection: Selection) -> dict[str, str]:
     """Where the selection's data came from, as imported files record it (source, licence,
-    split rule), one row per class: a report is sent on, and a CC-BY-NC licence or a split
-    that is not the published test set must travel with its figures. Simulated data records
-    none: it gets no row, or, beside imported classes, one that says so."""
+    split rule; read from the first split a class has), one row per class: a report is sent
+    on, and a CC-BY-NC licence or a split that is not the published test set must travel
+    with its figures. Simulated data records none: it gets no row, or, beside imported
+    classes, one that says so."""
     import h5py
 
     from coherence.simulation.dataset import open_dataset
@@ -316,8 +313,9 @@ def data_sources(root: str | Path, selection: Selection) -> dict[str, str]:
         return {}
     out = {}
     for name in selection.classes:
+        split = next((x for x in ("test", "valid", "train") if name in info.files.get(x, {})), "")
         try:
-            with h5py.File(info.file("test", name).path, "r") as f:
+            with h5py.File(info.file(split, name).path, "r") as f:
                 found = [(label, f.attrs.get(key)) for key, label in SOURCE_ATTRIBUTES]
         except (CoherenceError, OSError):
             continue

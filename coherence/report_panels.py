@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -46,6 +46,12 @@ class Section:
     title: str
     caption: str
     figure: go.Figure
+
+
+def link_value(params: Mapping[str, Any], key: str) -> str | None:
+    """A link parameter's value: parse_qs gives lists, a caller's dict plain strings."""
+    value = params.get(key)
+    return value[0] if isinstance(value, list | tuple) else value
 
 
 def how_to_read(builder: Callable) -> str:

@@ -26,9 +26,8 @@ from coherence.analysis.figures.dynamics import (
     sensitivity_figure,
 )
 from coherence.analysis.results import AnalysisResult
-from coherence.analysis.trends import agreement, point_scores
 from coherence.errors import CoherenceError
-from coherence.report_panels import Section, how_to_read
+from coherence.report_panels import Section, how_to_read, link_value
 
 if TYPE_CHECKING:  # import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -97,22 +96,19 @@ class _Cache:
         return self._results[point.key]
 
     def scores(self, response: str):
+        from coherence.dashboard.sweep_views import request_scores
+
         def of(point: SweepPoint) -> dict[str, np.ndarray]:
             result = self.load(point)
             assert result is not None  # only done points are scored
-            return point_scores(result, response if response in point.request.responses else None)
+            return request_scores(result, point.request, response)
 
         return of
 
 
-def _first(params: Mapping[str, Any], key: str) -> str | None:
-    value = params.get(key)
-    return value[0] if isinstance(value, list | tuple) else value
-
-
 def _overlay(params: Mapping[str, Any], damping: float) -> float | None:
     """The link's ``dyn_vs_damping`` as a λ other than the selection's (None: none)."""
-    value = _first(params, "dyn_vs_damping")
+    value = link_value(params, "dyn_vs_damping")
     try:
         overlay = float(value) if value not in (None, "none") else None
     except ValueError:
@@ -129,6 +125,19 @@ def _unconverged(bad: Sequence[tuple[SweepPoint, float]], name, what: str, total
         f" cg did not reach its tolerance in {len(bad)} of the {total} cached {what}: "
         f"{listed}. Their points are drawn, but their influence values are inaccurate."
     )
+
+
+def _per_group(
+    done: Sequence[SweepPoint], every: Sequence[SweepPoint], labels: Sequence[str], what: str
+) -> str:
+    """'UNet: 1 of 7 default settings; ViT: 1 of 7' (one group: without its label)."""
+    counts = [
+        (label, sum(p.group == g for p in done), sum(p.group == g for p in every))
+        for g, label in enumerate(labels)
+    ]
+    if len(counts) == 1:
+        return f"{counts[0][1]} of {counts[0][2]} {what}"
+    return "; ".join(f"{label}: {n} of {total} {what}" for label, n, total in counts)
 
 
 def _most_per_group(points: Sequence[SweepPoint]) -> int:
@@ -152,6 +161,13 @@ def sweep_sections(
     out = SweepSections()
     _dynamics(root, catalog, selection, labels, params or {}, cache, out)
     _sensitivity(root, catalog, selection, labels, params or {}, cache, out)
+    pair = link_value(params or {}, "sens_pair")
+    drawn = any(section.title.startswith(AGREEMENT) for section in out.sections)
+    if pair is not None and not drawn and not out.link_problems:
+        out.link_problems.append(  # the sender's dashboard showed a pair the cache lacks here
+            f"sens_pair={pair!r}: no two estimators are cached at λ = "
+            f"{selection.damping:g} for this selection, so the report has no agreement to show"
+        )
     return out
 
 
@@ -174,7 +190,7 @@ def _cached_elsewhere(catalog, selection, points_of, cache: _Cache, tab: str) ->
 def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> None:
     from coherence.dashboard import sweep_views, sweeps
     from coherence.surrogates import checkpoint as ckpt
-    from coherence.workspace import checkpoints_dir, workspace_root
+    from coherence.workspace import checkpoints_dir
 
     other = _overlay(params, selection.damping)
     points, problems = sweep_views.dynamics_points(root, selection, cache.runner, other)
@@ -186,13 +202,13 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
             reason = f"its epochs could not be listed ({'; '.join(problems)})"
             out.left_out.append(LeftOut(DYNAMICS, reason, "Fix the files named above."))
         elif _most_per_group(mine) < 2:
-            reason, retrain = sweep_views.one_epoch_reason(catalog, selection)
-            advice = f"Train the seeds with one --keep-epochs list, e.g. {retrain}."
-            out.left_out.append(LeftOut(DYNAMICS, reason, advice))
+            found = sweep_views.one_epoch_reason(catalog, selection)
+            advice = f"Train the seeds with one --keep-epochs list, e.g. {found.retrain}."
+            out.left_out.append(LeftOut(DYNAMICS, found.reason, advice))
         else:
             reason = (
-                f"{len(own)} of its {len(mine)} epoch analyses at λ = {selection.damping:g} "
-                "are computed"
+                f"no group has two of its epochs analysed at λ = {selection.damping:g} "
+                f"({_per_group(own, mine, labels, 'epoch analyses')})"
             )
             advice = "Compute them in the dashboard's Training dynamics tab." + _cached_elsewhere(
                 catalog,
@@ -208,7 +224,7 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
         done,
         labels,
         selection.groups,
-        checkpoints_dir(workspace_root(root)),
+        checkpoints_dir(root),
         cache.scores(response),
         ckpt.read_history,
         own_suffix=f" · λ = {selection.damping:g}" if other is not None else "",
@@ -238,9 +254,9 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
         lines.trends, lines.validation or None, colors=lines.group_of, dashed=lines.dashed
     )
     out.sections.append(Section(DYNAMICS, caption, figure))
-    for label, count in sweep_views.epochs_per_group(own, labels).items():
+    for label in sweep_views.epochs_per_group(own, labels):
         found = sweep_views.epoch_maps(own, labels.index(label), cache.load)
-        if count < 2 or len(found.maps) < 2:
+        if len(found.maps) < 2:
             continue
         title = f"{label}: two-time map across epochs"
         maps = epoch_heatmaps(
@@ -253,17 +269,12 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
 def _provenance(
     tab: str, done, labels, x_name: str, extra: Mapping[str, Any] | None = None
 ) -> dict:
-    """The sweep's rows of the provenance table: its settings and weights, then one row per
-    point with its full cache key (as the analysis rows give theirs)."""
+    """The sweep's rows of the provenance table: its settings, weights and every point's
+    full cache key (as the analysis rows give theirs)."""
     from coherence.dashboard import sweep_views
 
-    meta = sweep_views.sweep_meta({}, done, labels, x_name) | dict(extra or {})
-    meta.pop("cache keys")
-    out = {f"{tab}: {k}": v for k, v in meta.items()}
-    for point in sorted(done, key=lambda p: (p.group, p.series, p.x)):
-        line = " · ".join(part for part in (labels[point.group], point.series) if part)
-        out[f"{tab}: {line} · {x_name} {point.x:g}: cache key"] = point.key
-    return out
+    meta = sweep_views.sweep_meta({}, done, labels, x_name, key_length=None)
+    return {f"{tab}: {k}": v for k, v in (meta | dict(extra or {})).items()}
 
 
 def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -> None:
@@ -274,12 +285,10 @@ def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -
     )
     done = cache.done(points)
     if _most_per_group(done) < 2:  # no group has a second setting
-        defaults = sum(not p.on_demand for p in points)
+        defaults = [p for p in points if not p.on_demand]
         reason = (
-            f"{len(done)} of its {defaults} default settings is computed "
-            f"({len(points)} with the on-demand ones)"
-            if len(done) == 1
-            else f"{len(done)} of its {defaults} default settings are computed"
+            "no group has a second setting computed "
+            f"({_per_group(done, defaults, labels, 'default settings')})"
         )
         advice = "Compute the sweep in the dashboard's Sensitivity tab." + _cached_elsewhere(
             catalog,
@@ -323,7 +332,7 @@ def _agreement(selection, labels, params, done, cache: _Cache, out, compare: boo
 
     damping = selection.damping
     candidates, pairs = sweep_views.agreement_pairs(done, damping)
-    chosen = _first(params, "sens_pair")
+    chosen = link_value(params, "sens_pair")
     if not pairs:
         out.left_out.append(
             LeftOut(
@@ -340,10 +349,10 @@ def _agreement(selection, labels, params, done, cache: _Cache, out, compare: boo
             f"sens_pair={chosen!r}: not a pair of estimators cached at λ = {damping:g} "
             f"({', '.join(names)}); using {names[0]!r} instead"
         )
-    g, a, b = pairs[names.index(chosen) if chosen in names else 0]
-    first, second = cache.load(candidates[g][a]), cache.load(candidates[g][b])
+    pair = pairs[names.index(chosen) if chosen in names else 0]
+    g, a, b = pair
     try:
-        found = agreement(first.H_std[first.primary], second.H_std[first.primary])
+        found, first = sweep_views.pair_agreement(candidates, pair, cache.load)  # both done
     except CoherenceError as error:
         out.left_out.append(LeftOut(AGREEMENT, f"{a} vs {b}: {error}"))
         return

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,10 +23,15 @@ from coherence.analysis.diagnostics import unconverged_solves
 from coherence.analysis.figures.dynamics import sensitivity_figure
 from coherence.analysis.results import AnalysisResult
 from coherence.analysis.summaries import training_curves, two_time_map
-from coherence.analysis.trends import Agreement, Trend, trends
+from coherence.analysis.trends import Agreement, Trend, agreement, point_scores, trends
 from coherence.dashboard import sweeps
 from coherence.dashboard.sweeps import SweepPoint
 from coherence.errors import CoherenceError
+
+if TYPE_CHECKING:  # the selection's module imports torch (via the request)
+    from coherence.analysis.request import AnalysisRequest
+    from coherence.dashboard.selection import Selection
+    from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 
 Load = Callable[[SweepPoint], AnalysisResult | None]  # a done point's cached result
 ScoresOf = Callable[[SweepPoint], dict[str, np.ndarray]]  # trends.point_scores of a point
@@ -44,7 +49,7 @@ SAME_AT_ANY_DAMPING = (
 
 
 def dynamics_points(
-    root: str | Path, selection, runner, overlay: float | None = None
+    root: str | Path, selection: Selection, runner, overlay: float | None = None
 ) -> tuple[list[SweepPoint], list[str]]:
     """``sweeps.dynamics_points`` of the selection and, with ``overlay``, the same epochs at
     that λ (their ``series`` names it: "λ = 0.01")."""
@@ -152,20 +157,35 @@ def epochs_per_group(done: Sequence[SweepPoint], labels: Sequence[str]) -> dict[
     return dict(sorted(((k, n) for k, n in counts.items() if n), key=lambda item: -item[1]))
 
 
-def one_epoch_reason(catalog, selection) -> tuple[str, str]:
-    """Why a selection's dynamics has one epoch to show, and the command that adds snapshots:
-    the checkpoints keep none of an earlier epoch, or the seeds keep some but of no epoch
-    they all share (said as "no snapshot" before, although each seed kept some)."""
+@dataclass(frozen=True)
+class OneEpoch:
+    """Why a selection's dynamics has one epoch to show: ``listed`` names each seed's kept
+    epochs where the seeds keep snapshots but of no epoch they all share (said as "no
+    snapshot" before, although each seed kept some), empty where they keep none; ``retrain``
+    is the command that adds them."""
+
+    listed: str
+    retrain: str
+
+    @property
+    def reason(self) -> str:
+        if self.listed:
+            return f"the seeds keep snapshots, but of no epoch they all share ({self.listed})"
+        return "these checkpoints keep no snapshot of an earlier epoch"
+
+
+def one_epoch_reason(catalog: Catalog, selection: Selection) -> OneEpoch:
+    """``OneEpoch`` of ``selection``'s seeds (a snapshot of the last epoch is the weights
+    themselves: an earlier one is what counts)."""
     retrain = f"coherence train … --keep-epochs 1,2,4,8,16 --out {selection.checkpoints[0]}_dyn"
     entries = [catalog.checkpoint(n) for n in selection.checkpoints]
-    # a snapshot of the last epoch is the weights themselves: an earlier one is what counts
     if any(e and any(k < e.trained_epochs for k in e.epochs) for e in entries):
         listed = "; ".join(
             f"{n}: {', '.join(map(str, e.epochs if e else ())) or 'none'}"
             for n, e in zip(selection.checkpoints, entries, strict=True)
         )
-        return f"the seeds keep snapshots, but of no epoch they all share ({listed})", retrain
-    return "these checkpoints keep no snapshot of an earlier epoch", retrain
+        return OneEpoch(listed, retrain)
+    return OneEpoch("", retrain)
 
 
 # ------------------------------------------------------------------------- sensitivity ---
@@ -255,7 +275,9 @@ def sensitivity_chart(
     )
 
 
-def sweep_settings_meta(lines: SensitivityLines, selection_estimator: str, damping: float) -> dict:
+def sweep_settings_meta(
+    lines: SensitivityLines, selection_estimator: str, damping: float
+) -> dict[str, str]:
     """What the sensitivity files say in place of the sidebar's one estimator and λ."""
     dampings = sorted({p.x for ps in lines.points.values() for p in ps if p.uses_damping})
     flat = f" ({', '.join(lines.flat)}: independent of λ)" if lines.flat else ""
@@ -264,6 +286,14 @@ def sweep_settings_meta(lines: SensitivityLines, selection_estimator: str, dampi
         "damping λ": f"sweep: {', '.join(f'{d:g}' for d in dampings)}{flat}",
         "selection's own setting": f"{selection_estimator}, λ = {damping:g}",
     }
+
+
+def request_scores(
+    result: AnalysisResult, request: AnalysisRequest, response: str
+) -> dict[str, np.ndarray]:
+    """``trends.point_scores`` of a sweep point's result for the selection's first
+    response, or the result's primary one where the point's request does not hold it."""
+    return point_scores(result, response if response in request.responses else None)
 
 
 def cg_lines(done: Sequence[SweepPoint], load: Load) -> list[str]:
@@ -307,6 +337,19 @@ def agreement_pairs(
     return candidates, pairs
 
 
+def pair_agreement(
+    candidates: Mapping[int, Mapping[str, SweepPoint]], pair: AgreementPair, load: Load
+) -> tuple[Agreement, AnalysisResult] | None:
+    """The agreement of ``pair``'s two cached results (on the first one's primary
+    response) and that first result (its times label the map); None where one is gone.
+    CoherenceError where the two maps cannot be compared."""
+    g, a, b = pair
+    first, second = load(candidates[g][a]), load(candidates[g][b])
+    if first is None or second is None:
+        return None
+    return agreement(first.H_std[first.primary], second.H_std[first.primary]), first
+
+
 def pair_name(pair: AgreementPair, labels: Sequence[str], compare: bool) -> str:
     """The pair as the picker (and a link's ``sens_pair``) names it."""
     g, a, b = pair
@@ -329,12 +372,12 @@ MAX_OTHER_GROUPS = 4  # other model groups asked about (each look-up may hash th
 
 
 def filled_groups(
-    catalog,
-    dataset,
-    selection,
-    points_of: Callable[[Any], list[SweepPoint]],
+    catalog: Catalog,
+    dataset: DatasetEntry,
+    selection: Selection,
+    points_of: Callable[[Selection], list[SweepPoint]],
     statuses_of: Callable[[list[SweepPoint]], list],
-) -> list[tuple[str, Any, int, int]]:
+) -> list[tuple[str, Selection, int, int]]:
     """Other model groups of the dataset whose default view has ≥ 2 cached sweep points:
     (label, selection, cached, total) each. ``points_of(selection)`` builds a sweep,
     ``statuses_of(points)`` reads their job statuses."""
@@ -362,12 +405,18 @@ def filled_groups(
 
 
 def sweep_meta(
-    meta: Mapping[str, Any], points: Sequence[SweepPoint], labels: Sequence[str], x_name: str
-) -> dict:
+    meta: Mapping[str, Any],
+    points: Sequence[SweepPoint],
+    labels: Sequence[str],
+    x_name: str,
+    *,
+    key_length: int | None = 16,
+) -> dict[str, Any]:
     """A sweep's export provenance: the view's ``meta`` without its one analysis's cache
-    keys and settings, plus every drawn point's key and, per series, the settings it ran
-    at. The files had named the final weights' key alone beside a chart of three epochs, and
-    the sidebar's Krylov depth beside a krylov line computed at depth 4."""
+    keys and settings, plus every drawn point's key (its first ``key_length`` characters;
+    None: whole) and, per series, the settings it ran at. The files had named the final
+    weights' key alone beside a chart of three epochs, and the sidebar's Krylov depth beside
+    a krylov line computed at depth 4."""
     out = {
         k: v
         for k, v in meta.items()
@@ -386,7 +435,7 @@ def sweep_meta(
         if recorded["energy_threshold"] not in (None, 1, 1.0):  # 1: nothing truncated
             ran.append(f"energy threshold {request.resolved_energy_threshold:g}")
         settings[line] = ", ".join(ran)
-        keys[f"{line} · {x_name} {point.x:g}"] = point.key[:16]
+        keys[f"{line} · {x_name} {point.x:g}"] = point.key[:key_length]
     if x_name == "epoch":
         epochs = sorted({p.x for p in points})
         out["weights"] = (

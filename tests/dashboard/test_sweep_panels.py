@@ -730,9 +730,7 @@ def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_pat
     assert dynamics.tab == "Training dynamics" and sensitivity.tab == "Sensitivity"
     assert dynamics.reason == "these checkpoints keep no snapshot of an earlier epoch"
     assert "--keep-epochs 1,2,4,8,16" in dynamics.advice
-    assert sensitivity.reason == (
-        "1 of its 7 default settings is computed (55 with the on-demand ones)"
-    )
+    assert sensitivity.reason == "no group has a second setting computed (1 of 7 default settings)"
     assert sensitivity.advice == "Compute the sweep in the dashboard's Sensitivity tab."
     page = built.page.decode()
     top = page.index("Not in this report:")
@@ -763,6 +761,9 @@ def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_pat
     result = CliRunner().invoke(app, [*base, "--param", "panel=Rollout"])
     said = " ".join(result.output.split())
     assert "opens the Rollout panel, which the report does not hold" in said
+    result = CliRunner().invoke(app, [*base, "--param", "sens_pair=ekfac-krylov vs euclidean"])
+    said = " ".join(result.output.split())  # the UNet's sweep holds one setting: no pair
+    assert result.exit_code == 2 and "no two estimators are cached at λ = 0.0001" in said
     # an estimator pair the report cannot draw is refused, as the dashboard would replace it
     before = out.read_bytes()
     pair = ["--link", link.strip("'"), "--param", "sens_pair=subspace vs euclidean"]

@@ -36,7 +36,6 @@ EXPLAIN = (
 
 
 NO_OTHER_DAMPING = "none"
-SAME_AT_ANY_DAMPING = sweep_views.SAME_AT_ANY_DAMPING
 
 
 def _other_damping(ctx: PanelContext) -> float | None:
@@ -51,11 +50,12 @@ def _other_damping(ctx: PanelContext) -> float | None:
         key="dyn_vs_damping",
         help="Each epoch's analysis repeated at this damping, drawn beside the selection's "
         f"λ = {ctx.selection.damping:g} (the maps below stay at the selection's λ). Missing "
-        "epochs are computed by the button, each its own cached analysis. " + SAME_AT_ANY_DAMPING,
+        "epochs are computed by the button, each its own cached analysis. "
+        + sweep_views.SAME_AT_ANY_DAMPING,
     )
     if chosen == NO_OTHER_DAMPING:
         return None
-    st.caption(SAME_AT_ANY_DAMPING)
+    st.caption(sweep_views.SAME_AT_ANY_DAMPING)
     return float(chosen)
 
 
@@ -246,14 +246,16 @@ def _num(value: float) -> str:
 
 def _one_epoch_reason(ctx: PanelContext) -> str:
     """``sweep_views.one_epoch_reason``, as the panel says it."""
-    reason, retrain = sweep_views.one_epoch_reason(ctx.catalog, ctx.selection)
-    if reason.startswith("the seeds keep snapshots"):
+    found = sweep_views.one_epoch_reason(ctx.catalog, ctx.selection)
+    retrain = code(found.retrain)
+    if found.listed:
         return (
-            f"The{reason[3:]}, so there is one epoch to show: train the seeds with one "
-            f"--keep-epochs list, e.g. {code(retrain)}."
+            f"The seeds keep snapshots, but of no epoch they all share ({found.listed}), so "
+            f"there is one epoch to show: train the seeds with one --keep-epochs list, e.g. "
+            f"{retrain}."
         )
     return (
         "These checkpoints keep no snapshot of an earlier epoch, so there is one epoch to "
         "show. Checkpoints trained by this version keep them; to add them, retrain into a new "
-        f"directory, e.g. {code(retrain)}."
+        f"directory, e.g. {retrain}."
     )

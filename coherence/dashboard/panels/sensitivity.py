@@ -8,7 +8,6 @@ import streamlit as st
 
 from coherence.analysis.exports import two_time_csv, with_header
 from coherence.analysis.figures.dynamics import agreement_figure, sensitivity_figure
-from coherence.analysis.trends import agreement
 from coherence.dashboard import compute, loaders, sweep_views, sweeps
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels import sweep_jobs
@@ -184,17 +183,18 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     names = [sweep_views.pair_name(pair, labels, ctx.compare) for pair in options]
     slot = st.container()
     chosen = widget_value("sens_pair", names)
-    g, a, b = options[names.index(chosen)]
-    first = sweep_jobs.result(str(ctx.root), candidates[g][a])
-    second = sweep_jobs.result(str(ctx.root), candidates[g][b])
-    if first is None or second is None:
-        return
-    response = first.primary
+    pair = options[names.index(chosen)]
+    g, a, b = pair
     try:
-        found = agreement(first.H_std[response], second.H_std[response])
+        read = sweep_views.pair_agreement(
+            candidates, pair, lambda p: sweep_jobs.result(str(ctx.root), p)
+        )
     except CoherenceError as error:
         st.warning(literal(error))
         return
+    if read is None:
+        return
+    found, first = read
     figure = agreement_figure(
         found,
         (a, b),

@@ -14,7 +14,6 @@ import streamlit as st
 
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult
-from coherence.analysis.trends import point_scores
 from coherence.cache import slots
 from coherence.cache.cost import confirm_seconds
 from coherence.cache.jobs import JobStatus
@@ -54,8 +53,7 @@ def result(root: str, point: SweepPoint) -> AnalysisResult | None:
 @st.cache_data(show_spinner=False, max_entries=512)
 def _scores(root: str, key: str, request_json: str, response: str) -> dict[str, np.ndarray]:
     request = AnalysisRequest.from_dict(json.loads(request_json))
-    found = _result(root, key, request_json)
-    return point_scores(found, response if response in request.responses else None)
+    return sweep_views.request_scores(_result(root, key, request_json), request, response)
 
 
 def scores(root: str, point: SweepPoint, response: str) -> dict[str, np.ndarray]:

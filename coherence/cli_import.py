@@ -43,13 +43,25 @@ def _byte_bar() -> Progress:
 
 
 def _run(label: str, job) -> object:
-    with _byte_bar() as bar:
-        task = bar.add_task(label, total=None)
+    """Run ``job(report)`` with a byte progress bar that appears at its first report: a
+    refusal found while checking the input (before a byte is read) printed under an empty
+    "0/? bytes" bar."""
+    bar: Progress | None = None
+    task = None
 
-        def report(done: int, total: int, message: str) -> None:
-            bar.update(task, completed=done, total=total, description=message)
+    def report(done: int, total: int, message: str) -> None:
+        nonlocal bar, task
+        if bar is None:
+            bar = _byte_bar()
+            bar.start()
+            task = bar.add_task(label, total=total)
+        bar.update(task, completed=done, total=total, description=message)
 
+    try:
         return job(report)
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _summary(report) -> None:

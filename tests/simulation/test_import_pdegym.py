@@ -396,3 +396,14 @@ def test_a_folder_of_one_assembled_file_and_dot_files_are_told_apart(tmp_path, c
     report = import_pdegym(shards, tmp_path / "o", "CE-RPUI")
     assert sum(report.counts) == N
     assert any("2 of the 14 published shards" in w for w in report.warnings)
+
+
+def test_a_refusal_before_any_byte_is_read_prints_no_empty_progress_bar(tmp_path):
+    """Every refusal was printed under an empty 'reading … 0/? bytes ?' bar."""
+    garbage = tmp_path / "CE-RP.nc"
+    garbage.write_bytes(b"<html>not found</html>")
+    result = CliRunner().invoke(
+        app, ["import", "pdegym", str(garbage), "--class", "CE-RP", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and "not an HDF5/netCDF4 file" in result.output
+    assert "bytes" not in result.output and "reading" not in result.output

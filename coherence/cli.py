@@ -377,8 +377,9 @@ def report(
     ] = None,
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,
 ) -> None:
-    """Write the selection's report (figures, scores, provenance) as one offline HTML file,
-    from cached results; with no link, the dashboard's default selection."""
+    """Write the selection's report (its influence figures, its cached Training dynamics and
+    Sensitivity sweeps, scores, provenance) as one offline HTML file, from cached results;
+    with no link, the dashboard's default selection."""
     from urllib.parse import parse_qs, urlsplit
 
     from coherence.dashboard.selection import default_selection

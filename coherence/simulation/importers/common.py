@@ -116,14 +116,9 @@ def check_finite_positive(
         bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
         if bad.any():
             row = int(np.argmax(bad))
-            before = (
-                f", or import the trajectories before it with --limit {first + row}"
-                if first + row > 0
-                else ""  # --limit 0 imports nothing
-            )
             raise SchemaError(
                 f"{source}: {_which(first, row, file_first)} has NaN or inf in {name}; the "
-                f"file is damaged: download it again{before}"
+                f"file is damaged: download it again{_limit_hint(first + row)}"
             )
     rows = next(iter(named.values())).shape[0] if named else 0
     for row in range(rows):  # every field exactly 0: never written (no family's real state)
@@ -144,8 +139,14 @@ def check_finite_positive(
             raise SchemaError(
                 f"{source}: {which} has {name} ≤ 0 (min {float(values[row].min()):.3g}); a "
                 f"physical state has positive {name}: check that the channels are in the "
-                "documented order"
+                f"documented order{_limit_hint(first + row)}"
             )
+
+
+def _limit_hint(index: int) -> str:
+    """How to import the trajectories before a bad one (none before the first: --limit 0
+    imports nothing)."""
+    return f", or import the trajectories before it with --limit {index}" if index > 0 else ""
 
 
 def _zero_snapshots(named: dict[str, np.ndarray], row: int) -> np.ndarray:

@@ -11,8 +11,10 @@ what the dashboard showed; every point's cache key joins the provenance.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -116,15 +118,9 @@ def _overlay(params: Mapping[str, Any], damping: float) -> float | None:
     return None if overlay is None or math.isclose(overlay, damping) else overlay
 
 
-def _unconverged(bad: Sequence[tuple[SweepPoint, float]], name, what: str, total: int) -> str:
-    """The panels' warning about cg points that stopped short, as a caption sentence."""
-    if not bad:
-        return ""
-    listed = "; ".join(f"{name(p)} (worst residual {worst:.3g})" for p, worst in bad)
-    return (
-        f" cg did not reach its tolerance in {len(bad)} of the {total} cached {what}: "
-        f"{listed}. Their points are drawn, but their influence values are inaccurate."
-    )
+def _spaced(sentence: str) -> str:
+    """A sentence appended to a caption ('' stays '')."""
+    return f" {sentence}" if sentence else ""
 
 
 def _per_group(
@@ -141,10 +137,8 @@ def _per_group(
 
 
 def _most_per_group(points: Sequence[SweepPoint]) -> int:
-    counts: dict[int, int] = {}
-    for point in points:
-        counts[point.group] = counts.get(point.group, 0) + 1
-    return max(counts.values(), default=0)
+    """The most points any one group has."""
+    return max(Counter(point.group for point in points).values(), default=0)
 
 
 def sweep_sections(
@@ -242,12 +236,13 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
     ]
     if missing:
         caption += f" Not every epoch is drawn ({'; '.join(missing)})."
-    bad = sweep_views.unconverged_points(done, cache.load)
-    caption += _unconverged(
-        bad,
-        lambda p: f"epoch {p.x:g}" + (f", {p.series}" if p.series else ""),
-        "epoch analyses",
-        len(done),
+    caption += _spaced(
+        sweep_views.unconverged_text(
+            sweep_views.unconverged_points(done, cache.load),
+            len(done),
+            sweep_views.epoch_point_name,
+            "epoch analyses",
+        )
     )
     caption += "".join(f" {problem}." for problem in problems + lines.problems)
     figure = dynamics_figure(
@@ -310,11 +305,10 @@ def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -
     figure = sweep_views.sensitivity_chart(
         lines, bad, labels, selected_damping=selection.damping, compare=compare
     )
-    caption = how_to_read(sensitivity_figure) + _unconverged(
-        bad,
-        lambda p: f"{sweep_views.series_name(labels, p)}, λ = {p.x:g}",
-        "sweep settings",
-        len(done),
+    caption = how_to_read(sensitivity_figure) + _spaced(
+        sweep_views.unconverged_text(
+            bad, len(done), partial(sweep_views.setting_point_name, labels), "sweep settings"
+        )
     )
     cg = sweep_views.cg_lines(done, cache.load)
     if cg:

@@ -90,8 +90,8 @@ def dynamics_lines(
     """The lines of every group: its epochs at the selection's λ (``own_suffix`` names that
     λ when another is overlaid) and, dashed in its colour, the overlaid λ's epochs (points
     whose ``series`` names it)."""
-    lines, validation, dashed, group_of, problems = {}, {}, [], {}, []
-    overlaid = {}
+    lines, validation, group_of, problems = {}, {}, {}, []
+    overlaid = {}  # the overlaid λ's lines, drawn dashed
     for g, label in enumerate(labels):
         mine = [p for p in done if p.group == g and not p.series]
         theirs = [p for p in done if p.group == g and p.series]
@@ -99,7 +99,6 @@ def dynamics_lines(
             line = f"{label} · {theirs[0].series}"
             overlaid[line] = trends([(p.x, scores_of(p)) for p in theirs])
             group_of[line] = g
-            dashed.append(line)
         if not mine:
             continue
         line = f"{label}{own_suffix}"
@@ -118,7 +117,7 @@ def dynamics_lines(
             )
         else:
             validation[line] = training_curves(histories)
-    return DynamicsLines(lines | overlaid, validation, dashed, group_of, problems)
+    return DynamicsLines(lines | overlaid, validation, list(overlaid), group_of, problems)
 
 
 @dataclass(frozen=True)
@@ -245,6 +244,36 @@ def unconverged_points(done: Sequence[SweepPoint], load: Load) -> list[tuple[Swe
         if found is not None and (worst := unconverged_solves(found.diagnostics)):
             bad.append((point, worst[0].worst_residual))
     return bad
+
+
+def epoch_point_name(point: SweepPoint) -> str:
+    """A dynamics point as the unconverged-solve warning names it: 'epoch 4, λ = 0.01'."""
+    return f"epoch {point.x:g}" + (f", {point.series}" if point.series else "")
+
+
+def setting_point_name(labels: Sequence[str], point: SweepPoint) -> str:
+    """A sensitivity point as the unconverged-solve warning names it."""
+    return f"{series_name(labels, point)}, λ = {point.x:g}"
+
+
+def unconverged_text(
+    bad: Sequence[tuple[SweepPoint, float]],
+    total: int,
+    name: Callable[[SweepPoint], str],
+    what: str,
+    escape: Callable[[str], str] = str,
+) -> str:
+    """The warning about ``bad`` (``unconverged_points``) among ``total`` cached points, ''
+    where none (issue 14: an unconverged cg result is never silent); ``escape`` the listed
+    names (the dashboard's markdown)."""
+    if not bad:
+        return ""
+    listed = "; ".join(f"{name(point)} (worst residual {worst:.3g})" for point, worst in bad)
+    return (
+        f"cg did not reach its tolerance in {len(bad)} of the {total} cached {what}: "
+        f"{escape(listed)}. Their points are drawn, but their influence values are "
+        "inaccurate; read them against the converged settings."
+    )
 
 
 def sensitivity_chart(

@@ -99,9 +99,9 @@ def dynamics(ctx: PanelContext) -> None:
         )
         return
     sweep_jobs.warn_unconverged(
-        root,
-        done,
-        lambda p: f"epoch {p.x:g}" + (f", {p.series}" if p.series else ""),
+        sweep_jobs.unconverged_points(root, done),
+        len(done),
+        sweep_views.epoch_point_name,
         "epoch analyses",
     )
     response = ctx.selection.responses[0]

@@ -4,6 +4,8 @@ difference of the two-time maps): does a conclusion depend on the solver?"""
 
 from __future__ import annotations
 
+from functools import partial
+
 import streamlit as st
 
 from coherence.analysis.exports import two_time_csv, with_header
@@ -92,8 +94,9 @@ def sensitivity(ctx: PanelContext) -> None:
         )
         return
     labels = compute.group_labels(ctx.catalog, ctx.selection)
+    bad = sweep_jobs.unconverged_points(root, done)  # warned, then ringed on the chart
     sweep_jobs.warn_unconverged(
-        root, done, lambda p: f"{sweep_views.series_name(labels, p)}, λ = {p.x:g}", "sweep settings"
+        bad, len(done), partial(sweep_views.setting_point_name, labels), "sweep settings"
     )
     response = ctx.selection.responses[0]
     lines = sweep_views.sensitivity_lines(
@@ -105,7 +108,7 @@ def sensitivity(ctx: PanelContext) -> None:
     )
     figure = sweep_views.sensitivity_chart(
         lines,
-        sweep_jobs.unconverged_points(root, done),
+        bad,
         labels,
         selected_damping=ctx.selection.damping,
         compare=ctx.compare,

@@ -67,22 +67,16 @@ def unconverged_points(root: str, done: Sequence[SweepPoint]) -> list[tuple[Swee
 
 
 def warn_unconverged(
-    root: str, done: Sequence[SweepPoint], name: Callable[[SweepPoint], str], what: str
+    bad: Sequence[tuple[SweepPoint, float]],
+    total: int,
+    name: Callable[[SweepPoint], str],
+    what: str,
 ) -> None:
     """A warning above the panel's charts naming the cached cg points whose solves did not
-    all reach their tolerance: they are drawn, but their influence values are inaccurate
-    (issue 14: an unconverged cg result is never silent)."""
-    bad = [
-        f"{name(point)} (worst residual {worst:.3g})"
-        for point, worst in unconverged_points(root, done)
-    ]
-    if bad:
-        st.warning(
-            f"cg did not reach its tolerance in {len(bad)} of the {len(done)} cached {what}: "
-            f"{literal('; '.join(bad))}. Their points are drawn, but their influence values "
-            "are inaccurate; read them against the converged settings.",
-            icon=":material/warning:",
-        )
+    all reach their tolerance (``unconverged_points``): they are drawn, but their influence
+    values are inaccurate."""
+    if text := sweep_views.unconverged_text(bad, total, name, what, escape=literal):
+        st.warning(text, icon=":material/warning:")
 
 
 def statuses(root: str, points: Sequence[SweepPoint]) -> list[JobStatus]:

@@ -161,8 +161,10 @@ class Stage:
 
 def _is_workspace(folder: Path) -> bool:
     """A workspace's root: it holds datasets/, checkpoints/ or cache/ (a new one may hold
-    only datasets/)."""
-    return any((folder / name).is_dir() for name in ("datasets", "checkpoints", "cache"))
+    only datasets/), the folders ``coherence.workspace`` names."""
+    from coherence.workspace import cache_dir, checkpoints_dir, datasets_dir
+
+    return any(where(folder).is_dir() for where in (datasets_dir, checkpoints_dir, cache_dir))
 
 
 def check_dataset_folder(root: Path) -> None:

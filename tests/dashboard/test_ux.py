@@ -6,6 +6,7 @@ CUDA message, the cached-analyses switch, plural and seed chips."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from dataclasses import replace
@@ -13,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from coherence.cache import slots
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.cache.keys import unit_keys
 from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
@@ -20,7 +22,7 @@ from coherence.dashboard import compute
 from coherence.dashboard.selection import default_selection, plural
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.workspace import checkpoints_dir, datasets_dir
-from tests.fixtures import copy_workspace
+from tests.fixtures import copy_workspace, wait_for
 
 from .test_app import assert_clean, charts, open_app, texts
 
@@ -712,3 +714,44 @@ def test_rollouts_run_as_a_background_job_on_the_first_visit_and_then_come_from_
     assert len(charts(first)) == 2
     again = open_app(moved, monkeypatch, {"panel": "Rollout"})  # no second job
     assert len(charts(again)) == 2 and runner.store.computations(key) == before + 1
+
+
+def test_rollouts_a_changed_selection_left_queued_are_withdrawn_and_restart_on_return(
+    workspace, monkeypatch, tmp_path
+):
+    """The Rollout panel starts its selection's rollouts on its own, so browsing selections
+    with the tab open queued one job per selection, each run in turn ahead of what the user
+    asked for next. One left behind while it waits for a slot is cancelled; shown again, it
+    starts afresh rather than reporting the cancellation."""
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    runner = JobRunner(moved)
+    first = default_selection(moved)
+    dropped = replace(first, checkpoints=first.checkpoints[:1])  # a cached subset: not stale
+    keys = [runner.task_key("rollout", s.rollout_spec(moved)) for s in (first, dropped)]
+    for key in keys:
+        runner.store._cache.delete(f"artifact:{key}")
+    before = [runner.store.computations(key) for key in keys]
+    _, fd = slots.acquire("another job")  # every slot is taken: the rollouts queue
+    try:
+        at = open_app(moved, monkeypatch, {"panel": "Rollout"})
+        assert not at.exception
+        wait_for(lambda: runner.status(keys[0]).queued, "the first selection's rollouts to queue")
+        at.multiselect(key="sb_ckpts").set_value(list(dropped.checkpoints)).run()
+        assert not at.exception and "Stale" not in texts(at.warning)
+        wait_for(lambda: runner.status(keys[0]).state == "cancelled", "the first to be withdrawn")
+        wait_for(lambda: runner.status(keys[1]).queued, "the shown selection's rollouts to queue")
+        at.multiselect(key="sb_ckpts").set_value(list(first.checkpoints)).run()
+        assert not at.exception
+        assert "The rollouts were cancelled." not in texts(at.warning)
+        assert not [b for b in at.button if b.key == "ro_run"]  # started, not offered
+        wait_for(lambda: runner.status(keys[1]).state == "cancelled", "the second to be withdrawn")
+        wait_for(lambda: runner.status(keys[0]).queued, "the first to queue again")
+    finally:
+        os.close(fd)  # the slot is free: the queued rollouts run
+    wait_for(lambda: runner.status(keys[0]).state == "done", "the first to finish", timeout=180)
+    assert runner.status(keys[1]).state == "cancelled"  # withdrawn, nothing computed
+    after = [runner.store.computations(key) for key in keys]
+    assert after == [before[0] + 1, before[1]]
+    at.run()
+    assert_clean(at)
+    assert len(charts(at)) == 2

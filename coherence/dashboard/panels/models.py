@@ -3,7 +3,6 @@ field viewer comparing prediction and truth."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,13 +21,11 @@ from coherence.analysis.figures import (
     top_eigenvalue_box,
 )
 from coherence.analysis.summaries import rollout_summary, spectrum_summary
-from coherence.cache.tasks import ROLLOUT
-from coherence.dashboard import compute, loaders
+from coherence.dashboard import loaders
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panel_links import keep_in_range
 from coherence.dashboard.panels.common import (
-    STALE_ACTION,
     PanelContext,
     chart,
     downloads,
@@ -36,6 +33,7 @@ from coherence.dashboard.panels.common import (
     need_results,
     npz_file,
 )
+from coherence.dashboard.panels.rollout_jobs import rollout_runs
 from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
 
@@ -133,107 +131,6 @@ def _sig(value: float, digits: int = 3) -> float:
     return float(f"{float(value):.{digits}g}")
 
 
-def _rollout_jobs(ctx: PanelContext) -> list[tuple[GroupState, dict[str, Any], str]]:
-    """Each shown group's rollout job: (group, spec, key). The key is the seeds' and the
-    data's contents, so it is shared by every page and survives a restart (disk cache)."""
-    runner = loaders.job_runner(str(ctx.root))
-    jobs = []
-    for group in ctx.groups:
-        spec = ctx.selection.rollout_spec(ctx.root, group.checkpoints)
-        jobs.append((group, spec, runner.task_key(ROLLOUT.name, spec)))
-    return jobs
-
-
-def _error_key(keys: Sequence[str]) -> str:
-    """Where a refused start of these jobs is kept: said for them, not for every later
-    selection."""
-    return "ro_error:" + ",".join(sorted(key[:16] for key in keys))
-
-
-def _submit_rollouts(root: str, specs: tuple[dict[str, Any], ...], keys: tuple[str, ...]) -> None:
-    compute.submit_tasks(root, ROLLOUT.name, specs, _error_key(keys), "the rollout's worker")
-
-
-def _asked_before(keys: Sequence[str]) -> bool:
-    """Whether this session already started these jobs on its own: a job that then neither
-    runs nor is cached (its worker died at start) is offered as a button, not restarted on
-    every rerun."""
-    asked = st.session_state.setdefault("ro_auto", set())
-    if set(keys) & asked:
-        return True
-    asked.update(keys)
-    return False
-
-
-def _rollout_runs(ctx: PanelContext) -> dict[str, tuple[GroupState, list]] | None:
-    """Every group's rollouts from the cache, one dict per seed (one_step, rollout,
-    prediction, truth); None while they compute: a background job per group (progress,
-    cancel, a slot of the machine's own like any job), started on the first visit. The
-    cached ones come from memory; a status is asked only for the others."""
-    jobs = _rollout_jobs(ctx)
-    root = str(ctx.root)
-    found = [loaders.artifact(root, key) for _, _, key in jobs]
-    if all(f is not None for f in found):
-        st.session_state.pop("ro_cancel_requested", None)
-        return _runs(ctx, jobs, found)
-    runner = loaders.job_runner(root)
-    missing = [
-        (group, spec, key) for (group, spec, key), f in zip(jobs, found, strict=True) if f is None
-    ]
-    statuses = [runner.status(key) for _, _, key in missing]
-    if any(s.active for s in statuses):
-        labels = tuple(f"Rollouts of {group.label}" for group, _, _ in missing)
-        compute.progress_panel(root, labels, tuple(key for _, _, key in missing), "ro_")
-        return None
-    st.session_state.pop("ro_cancel_requested", None)
-    specs, keys = tuple(spec for _, spec, _ in missing), tuple(key for _, _, key in missing)
-    ended = {status.state for status in statuses}
-    error = st.session_state.get(_error_key(keys))
-    if ctx.stale:
-        st.info("No rollouts are cached for these figures' selection.")
-        st.caption(STALE_ACTION)
-    elif ended & {"failed", "cancelled"} or error or _asked_before(keys):
-        # said, and started again on a click (never resubmitted on every rerun)
-        for (group, _, _), status in zip(missing, statuses, strict=True):
-            if status.state == "failed":
-                st.error(f"Rollouts of {literal(group.label)} failed: {literal(status.error)}")
-        if "cancelled" in ended:
-            st.warning("The rollouts were cancelled.")
-        if error:
-            st.error(literal(error))
-        st.button(
-            "Roll out again",
-            key="ro_run",
-            icon=":material/replay:",
-            on_click=_submit_rollouts,
-            args=(root, specs, keys),
-        )
-    else:  # the first visit: start them (seconds on the demo), then show their progress
-        _submit_rollouts(root, specs, keys)
-        st.rerun(scope="app")
-    return None
-
-
-def _runs(ctx: PanelContext, jobs: list, found: list) -> dict[str, tuple[GroupState, list]]:
-    """The panel's per-seed dicts from the cached rollouts and the dataset's truth."""
-    truth = loaders.test_states(
-        resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset),
-        ctx.selection.classes,
-        ctx.selection.trajectories,
-    )
-    return {
-        group.label: (
-            group,
-            [
-                {name: arrays[name][s] for name in ("one_step", "rollout", "prediction")}
-                | {"truth": truth}
-                for s in range(len(group.checkpoints))
-            ],
-        )
-        for (group, _, _), (arrays, _) in zip(jobs, found, strict=True)
-    }
-
-
 def _trained_horizons(ctx: PanelContext, names: tuple[str, ...]) -> list[int]:
     data = resolve_inside(datasets_dir(ctx.root), ctx.selection.dataset)
     found = (
@@ -253,7 +150,7 @@ def rollout(ctx: PanelContext) -> None:
     )
     summaries, horizons = {}, {}
     try:
-        per_group = _rollout_runs(ctx)
+        per_group = rollout_runs(ctx)
         if per_group is None:
             return
         for group, runs in per_group.values():

@@ -77,6 +77,8 @@ def influence_vs_distance(
     gcv_on: str = "bins",
 ) -> DistanceCurve:
     """Pool (Ĥ[r, p], d(r, p)) over batches per seed, window-average in log d, smooth, summarize.
+    The bins are the same for every seed and do not depend on how many there are: their
+    edges are quantiles of the distinct pair distances (one set where the seeds share inputs).
 
     inputs: [B, N, F, H, W] (shared by all checkpoints) or [S, B, N, F, H, W]. Pairs with
     d = 0 (the diagonal, duplicated inputs) are dropped. Each seed's window means are smoothed
@@ -101,7 +103,11 @@ def influence_vs_distance(
     values = h.reshape(s, b * n * n)
     dist = d.reshape(s, b * n * n)
     keep = dist > 0
-    edges = _log_edges(dist[keep], quantile_range, bins)
+    # the edges from each distinct set of pairs once: checkpoints that share their inputs
+    # (the usual case) share d, and counting it once per seed moved the interpolated
+    # quantiles with the number of seeds (a seed added or dropped re-binned the others)
+    distinct = np.unique(dist, axis=0)
+    edges = _log_edges(distinct[distinct > 0], quantile_range, bins)
     sums, counts = _bin_sums(values, dist, keep, edges)
     win_sum, win_count = sums[:, :-1] + sums[:, 1:], counts[:, :-1] + counts[:, 1:]
     window_means, bin_means = _safe_mean(win_sum, win_count), _safe_mean(sums, counts)
@@ -140,7 +146,7 @@ def _pair_distances(inputs: Any, s: int, b: int, n: int) -> np.ndarray:
 
 
 def _log_edges(positive: np.ndarray, quantile_range: tuple[float, float], bins: int) -> np.ndarray:
-    """bins + 1 log-spaced edges between the quantiles of the pooled positive distances."""
+    """bins + 1 log-spaced edges between the quantiles of the positive distances."""
     if positive.size == 0:
         raise RequestError("every input distance is 0: the batch inputs are all identical")
     lo, hi = np.quantile(positive, list(quantile_range))

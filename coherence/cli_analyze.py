@@ -382,6 +382,11 @@ def score_lines(result) -> list[str]:
     for ref in REFERENCES:
         score = table.get(ref.name)
         lines.append(f"  {ref.title}: {format_score(score)}  {uncertainty(score)}  ({ref.short})")
+    if (share := scores.dominant_share) is not None:  # METHOD.md §7's fifth, of the spectrum
+        lines.append(
+            f"  Dominant-eigenvalue share: {format_score(share)}  {uncertainty(share)}  "
+            "(λ_max / Σλ of QᵀηQ on span(G))"
+        )
     lines.append(f"  verdict: {verdict_of(scores)}")
     if note := response_note(result.primary):
         lines.append(f"  {note}")

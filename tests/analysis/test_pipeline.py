@@ -251,12 +251,15 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     # the headline scores are printed, as the dashboard's row shows them
     from coherence.analysis.scores import compute_scores
     from coherence.analysis.verdict import format_score
+    from coherence.report_panels import result_scores
 
     dominance = compute_scores(loaded.H_std["smse"]).as_list()[0]
     assert dominance.name == "diagonal_dominance"
     printed = " ".join(result.output.split())
     assert f"scores of Ĥ_smse: Diagonal dominance: {format_score(dominance)} Q1–Q3 [" in printed
     assert "over 2 seeds (each the mean of its 2 batches)" in printed and "verdict: " in printed
+    share = result_scores(loaded).dominant_share  # the fifth score, of the spectrum
+    assert f"Dominant-eigenvalue share: {format_score(share)} Q1–Q3 [" in printed
     bad = runner.invoke(app, [a if a != "0:2" else "3:4" for a in args])
     assert bad.exit_code == 2 and "window 3:4" in bad.output
     # the result was cached in the workspace: listed, served again, then cleared

@@ -327,10 +327,11 @@ def _refuse_link_problems(problems: list[str]) -> None:
 
 
 def _check_serve_target(root: Path, address: str, port: int) -> None:
-    """Refuse what Streamlit would meet with a traceback (an address that does not resolve,
-    a port in use or not ours) or serve uselessly (a workspace that is a file); a missing
-    workspace is only said, since the page tells how to fill it. The port is tried as
-    Streamlit binds it: IPv6 only for an address with a colon, "" for every interface."""
+    """Refuse what Streamlit would meet with a traceback (an address that does not resolve
+    or is not this machine's, a port in use or not ours) or serve uselessly (a workspace
+    that is a file); a missing workspace is only said, since the page tells how to fill it.
+    The port is tried as Streamlit binds it: IPv6 only for an address with a colon, "" for
+    every interface."""
     import errno
     import socket
 
@@ -351,6 +352,12 @@ def _check_serve_target(root: Path, address: str, port: int) -> None:
         try:
             probe.bind(where)
         except OSError as error:
+            if error.errno == errno.EADDRNOTAVAIL:  # resolves, but names another machine
+                raise RequestError(
+                    f"--address {address}: not an address of this machine "
+                    f"({error.strerror}); use 127.0.0.1 (this machine only), 0.0.0.0 (every "
+                    "interface) or one of this machine's own addresses (`hostname -I`)"
+                ) from None
             if error.errno not in (errno.EADDRINUSE, errno.EACCES):
                 return  # anything else: Streamlit's own attempt decides and says so
             raise RequestError(

@@ -177,16 +177,21 @@ def test_results_checkpoints_and_datasets_get_the_modes_open_and_mkdir_would(tmp
     assert mode(writer.close()) == FILE_MODE
 
 
-def test_serve_refuses_what_streamlit_would_meet_with_a_traceback(tmp_path):
-    """A port out of range, an address that does not resolve, a port another server
-    listens on and a workspace that is a file: one line each and exit status 2, before
-    Streamlit starts (it printed an OverflowError or gaierror traceback)."""
+def test_serve_refuses_what_streamlit_would_meet_with_a_traceback(tmp_path, monkeypatch):
+    """A port out of range, an address that does not resolve or is another machine's, a port
+    another server listens on and a workspace that is a file: one line each and exit status
+    2, before Streamlit starts (it printed an OverflowError, gaierror or EADDRNOTAVAIL
+    traceback)."""
     import socket
 
     from typer.testing import CliRunner
 
     from coherence.cli import app
 
+    def streamlit_started(*args):  # serve execs Streamlit: that would replace this process
+        raise AssertionError("serve went on to start Streamlit")
+
+    monkeypatch.setattr("os.execve", streamlit_started)
     a_file = tmp_path / "passwd"
     a_file.write_text("not a workspace")
     with socket.socket() as busy:
@@ -196,6 +201,8 @@ def test_serve_refuses_what_streamlit_would_meet_with_a_traceback(tmp_path):
         cases = {
             ("--port", "99999"): "--port",
             ("--address", "999.1.1.1"): "--address 999.1.1.1: not an address",
+            # resolves, but no interface here holds it (TEST-NET-2, RFC 5737)
+            ("--address", "198.51.100.7"): "--address 198.51.100.7: not an address of this",
             ("--port", taken): f"--port {taken}: cannot listen there",
             ("--workspace", str(a_file)): "a file, not a folder",
         }

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coherence.cache.slots import machine_cores
 from coherence.simulation.dataset import (
     SPLITS,
     Progress,
@@ -181,7 +182,7 @@ def _run_jobs(
     ``workers`` spawned processes (default: one per core when the job is big enough)."""
     if workers is None:
         big = request.trajectories * request.resolution**2 >= PARALLEL_MIN_CELLS
-        workers = min(os.cpu_count() or 1, len(jobs)) if big else 1
+        workers = min(machine_cores(), len(jobs)) if big else 1
     total = len(request.classes) * request.trajectories
     done = 0
     results: dict[tuple[str, int], np.ndarray] = {}

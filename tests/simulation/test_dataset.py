@@ -248,3 +248,29 @@ def test_worker_processes_give_the_same_dataset_as_one_process(tmp_path):
             np.testing.assert_array_equal(
                 serial.load(split, class_name), parallel.load(split, class_name)
             )
+
+
+@pytest.mark.parametrize(("threads", "cores", "workers"), [("1", 2, 1), ("", 2, None)])
+def test_simulate_keeps_to_its_share_of_the_cores(tmp_path, monkeypatch, threads, cores, workers):
+    """`COHERENCE_TORCH_THREADS=1 coherence simulate` started one worker process per core
+    whenever one job may run at a time (the default on ≤ 4 cores), beside whatever the
+    variable was set to make room for. With the whole machine, the generator decides by the
+    job's size (None)."""
+    import coherence.cache.slots
+    import coherence.simulation.dataset
+
+    seen = {}
+
+    def record(request, out, **options):
+        seen["workers"] = options["workers"]
+        return generate_dataset(request, out, **options)
+
+    monkeypatch.setattr(coherence.simulation.dataset, "generate_dataset", record)
+    monkeypatch.setattr(coherence.cache.slots, "machine_cores", lambda: cores)
+    monkeypatch.setenv("COHERENCE_MAX_JOBS", "1")
+    monkeypatch.setenv("COHERENCE_TORCH_THREADS", threads)
+    small = ["--family", "ns", "--classes", "NS-Sines", "--trajectories", "3"]
+    small += ["--resolution", "16", "--snapshots", "3", "--t-end", "0.05"]
+    result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "d"), *small])
+    assert result.exit_code == 0, result.output
+    assert seen == {"workers": workers}

@@ -380,8 +380,9 @@ def report(
     param: Annotated[
         list[str] | None,
         typer.Option(
-            help="A URL parameter as KEY=VALUE, repeatable: data, ckpt, vs, classes, traj, "
-            "window (START:STEPS), resp, est, damping, depth, rtol, device, or a panel's own "
+            help="A URL parameter as KEY=VALUE, repeatable: data, ckpt, vs, epoch, classes, "
+            "traj, window (START:STEPS), resp, est, damping, depth, rtol, device, panel (the "
+            "open tab, by its label: panel=Sensitivity), or a panel's own "
             "(e.g. zscale_two_time; dyn_vs_damping, the Training dynamics overlay λ; "
             "sens_pair, the Sensitivity agreement's pair, e.g. 'ekfac-krylov vs euclidean')."
         ),

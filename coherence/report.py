@@ -149,9 +149,21 @@ def unknown_params(params: Mapping[str, Any]) -> list[str]:
         if key not in known and not key.startswith(TRACKING_PREFIXES):
             close = ["damping"] if key.lower() in ("lambda", "lamda", "lam") else []
             close = close or difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(QUERY_KEYS)}"
+            hint = f"did you mean {close[0]!r}?" if close else _known_keys(QUERY_KEYS)
             warnings.append(f"{key!r} is no parameter of a dashboard link ({hint}); ignored")
     return warnings
+
+
+def _known_keys(selection_keys: Sequence[str]) -> str:
+    """The keys a link may hold, for a key with no close spelling: the selection's, the open
+    tab's and each tab's own (``tab=`` was answered with the selection's keys alone)."""
+    from coherence.dashboard.panel_links import PANEL_PARAMS
+
+    own = "; ".join(f"{tab}: {', '.join(keys)}" for tab, keys in PANEL_PARAMS.items())
+    return (
+        f"known: {', '.join(selection_keys)}; panel (the open tab, by its label); "
+        f"each tab's own ({own})"
+    )
 
 
 # tabs whose figures the report does not hold (it holds the selection's influence panels and,

@@ -170,6 +170,15 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     assert "'lamda' is no parameter of a dashboard link (did you mean 'damping'?)" in said
     assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?)" in said
     assert "no report was written" in said
+    # no close spelling: every key a link may hold, the open tab's and the tabs' own too
+    # (`tab=nope` was answered with the selection's keys alone)
+    result = report("--link", "?tab=nope")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "'tab' is no parameter of a dashboard link" in said
+    assert "panel (the open tab, by its label)" in said
+    assert (
+        "Sensitivity: sens_pair" in said and "Training dynamics: dyn_group, dyn_vs_damping" in said
+    )
     for bad, says in (
         ("ckpt=foo", "checkpoint(s) foo are not in the workspace (the dashboard would show"),
         ("epoch=7", "epoch='7': no snapshot of that epoch"),

@@ -13,7 +13,7 @@ import json
 import zipfile
 import zlib
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ from coherence.analysis.results import (
 from coherence.cache.safedisk import CacheCorruptionError
 
 METADATA_ARRAY = "__metadata__"
+NPZ_MAGIC = b"PK\x03\x04"  # an npz is a zip archive
+PICKLE_PROTOCOL_2_OR_LATER = b"\x80"
 
 
 def _pack(arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> bytes:
@@ -101,10 +103,25 @@ READ_ERRORS = (
 )
 
 
+def open_npz(source: bytes | IO[bytes]) -> Any:
+    """np.load of a cached entry's bytes, without pickles, refusing what is no npz at all
+    with what it is: numpy reads any other bytes as a pickle and says "This file contains
+    pickled (object) data", which named a damaged or written-over file a pickled entry."""
+    handle = io.BytesIO(source) if isinstance(source, bytes) else source
+    start = handle.read(len(NPZ_MAGIC))
+    handle.seek(0)
+    if start != NPZ_MAGIC:
+        what = "a pickle stream" if start.startswith(PICKLE_PROTOCOL_2_OR_LATER) else "no npz"
+        raise CacheCorruptionError(
+            f"{what} (it starts {start!r}, an npz {NPZ_MAGIC!r}): damaged or written over"
+        )
+    return np.load(handle, allow_pickle=False)
+
+
 def decode_result(key: str, blob: bytes) -> AnalysisResult:
     """Parse a blob written by ``encode_result`` (no pickle); CacheCorruptionError if not."""
     try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        with open_npz(blob) as archive:
             metadata = read_metadata(archive, key)
             arrays = {name: archive[name] for name in archive.files if name != METADATA_ARRAY}
         fields = metadata["request"]
@@ -139,7 +156,7 @@ def unpack_blob(key: str, blob: bytes) -> tuple[dict[str, np.ndarray], dict[str,
     """(arrays, metadata) of a unit or artifact blob (npz + JSON, no pickle); the metadata
     must name ``key`` and its creation time. CacheCorruptionError otherwise."""
     try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        with open_npz(blob) as archive:
             if METADATA_ARRAY not in archive.files:
                 raise CacheCorruptionError(f"npz has no {METADATA_ARRAY}")
             metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())

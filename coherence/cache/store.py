@@ -46,6 +46,7 @@ from coherence.cache.blobs import (
     encode_artifact,
     encode_result,
     encode_unit,
+    open_npz,
     read_entry_metadata,
     read_metadata,
     unpack_blob,
@@ -234,7 +235,7 @@ class ResultStore(JobRecords):
                 return None
             source = io.BytesIO(handle) if isinstance(handle, bytes) else handle
             try:
-                with np.load(source, allow_pickle=False) as archive:
+                with open_npz(source) as archive:
                     return reader(archive, key)
             finally:
                 source.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import stat
 import time
@@ -169,6 +170,19 @@ def test_entries_not_in_the_result_form_are_refused(store, caplog):
     with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
         assert store.get(KEY) is None
     assert "not in the safe form" in caplog.text
+    # said as what it is: numpy took the bytes for a pickle ("contains pickled (object) data")
+    assert "no npz (it starts b'not ', an npz b'PK\\x03\\x04'): damaged or written over" in (
+        caplog.text
+    )
+    assert "pickled (object) data" not in caplog.text
+    caplog.clear()
+    for reader in (store.get, store.result_request, store.get_unit, store.get_artifact):
+        kind = {store.get_unit: "unit", store.get_artifact: "artifact"}.get(reader, "result")
+        plain.set(f"{kind}:{KEY}", pickle.dumps({"a": 1}))  # raw bytes holding a pickle
+        with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
+            assert reader(KEY) is None, reader
+        assert f"{kind}:{KEY}" not in plain
+    assert caplog.text.count("a pickle stream (it starts b'\\x80") == 4
     # a genuine result stored under another key is refused too (metadata names its key)
     store.put(KEY, synthetic_result())
     blob = plain.get(f"result:{KEY}")

@@ -130,5 +130,15 @@ def refuse_inside_inputs(out: Path, what: str) -> None:
         if folder is not None:
             raise RequestError(
                 f"--out {out}: {folder} is a {kind}; write {what} outside it, e.g. "
-                f"{folder.parent / out.name}"
+                f"{_beside_inputs(folder) / out.name}"
             )
+
+
+def _beside_inputs(folder: Path) -> Path:
+    """Where a file refused inside ``folder`` (a checkpoint or dataset) may go: its parent,
+    or the workspace above it when that parent is a workspace's checkpoints or datasets
+    folder (the example had put a result among the checkpoints the dashboard lists)."""
+    parent = folder.parent
+    if parent in (checkpoints_dir(parent.parent), datasets_dir(parent.parent)):
+        return parent.parent
+    return parent

@@ -178,6 +178,13 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
     with pytest.raises(RequestError, match=r"config.json exists and is not a result's"):
         save_result(result, checkpoint / "config.npz")
     assert (checkpoint / "config.json").read_bytes() == config
+    # in a workspace, the example is its root, not its checkpoints folder beside the models
+    listed = tmp_path / "ws" / "checkpoints" / "unet_s1"
+    shutil.copytree(checkpoint, listed)
+    (listed / "model.safetensors").write_bytes(b"weights")
+    beside = rf"write results outside it, e.g. {tmp_path / 'ws'}/R.npz"
+    with pytest.raises(RequestError, match=beside):
+        save_result(result, listed / "R.npz")
     assert not (checkpoint / "config.npz").exists()
     # nor among a dataset's own files, at its top or in its split folders
     dataset = tmp_path / "ce"

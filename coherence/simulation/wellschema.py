@@ -214,6 +214,16 @@ def _time_problems(where: str, time: h5py.Dataset) -> list[str]:
     return problems
 
 
+def _field_arrays(f: h5py.File) -> list[h5py.Dataset]:
+    """Every field dataset that the tN_fields groups list and hold."""
+    arrays = []
+    for group_name in FIELD_GROUPS:
+        group = f[group_name]
+        names = _names(group, "field_names") if "field_names" in group.attrs else list(group)
+        arrays += [group[n] for n in names or () if not _not_an_array(group, n)]
+    return arrays
+
+
 def _field_group_problems(
     where: str, group_name: str, group: h5py.Group, grid: tuple[int, ...], rank: int
 ) -> list[str]:
@@ -252,7 +262,16 @@ def _data_problems(where: str, f: h5py.File) -> list[str]:
     dims = f["dimensions"]
     problems = _time_problems(where, dims["time"])
     n_steps = dims["time"].shape[0] if dims["time"].ndim == 1 else -1
-    grid = (int(_attr(f, "n_trajectories")), n_steps, dims["x"].shape[0], dims["y"].shape[0])
+    stated = int(_attr(f, "n_trajectories"))
+    held = {len(ds) for ds in _field_arrays(f) if ds.ndim > 0}
+    if len(held) == 1 and stated not in held:  # said once, not once per field
+        (count,) = held
+        problems.append(
+            f"{where}: @n_trajectories is {stated}, but every field holds {count} "
+            f"trajectories; set the attribute to {count}"
+        )
+        stated = count  # the fields' other axes are still checked
+    grid = (stated, n_steps, dims["x"].shape[0], dims["y"].shape[0])
     for group_name, rank in zip(FIELD_GROUPS, (0, 1, 2), strict=True):
         problems += _field_group_problems(where, group_name, f[group_name], grid, rank)
     return problems

@@ -270,6 +270,30 @@ def test_a_field_linked_to_another_file_is_refused(ce_file, tmp_path):
     assert any("(it links to /gone, which does not exist)" in p for p in problems), problems
 
 
+def test_a_wrong_trajectory_count_is_said_once_not_once_per_field(ce_file):
+    """@n_trajectories disagreeing with the arrays was named four times, once per field's
+    shape ("has shape (3, …), expected (5, …)"), though the fix is one attribute."""
+    path, _ = ce_file
+    with h5py.File(path) as f:
+        held = f["t0_fields/density"].shape[0]
+    _corrupt(path, lambda f: f.attrs.__setitem__("n_trajectories", held + 2))
+    problems = validate_well_file(path)
+    assert problems == [
+        f"{path}: @n_trajectories is {held + 2}, but every field holds {held} trajectories; "
+        f"set the attribute to {held}"
+    ]
+    # a field that also differs in another axis is still named
+    _corrupt(
+        path,
+        lambda f: (
+            f["t0_fields"].__delitem__("pressure"),
+            f["t0_fields"].create_dataset("pressure", data=np.zeros((held, 2, 8, 6), "f4")),
+        ),
+    )
+    problems = validate_well_file(path)
+    assert any("t0_fields/pressure has shape" in p for p in problems), problems
+
+
 def test_validator_reports_every_problem_at_once(ce_file):
     path, _ = ce_file
     _corrupt(path, lambda f: (f.attrs.__delitem__("grid_type"), f.__delitem__("scalars")))

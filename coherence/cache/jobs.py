@@ -53,6 +53,7 @@ from coherence.simulation.dataset import DatasetInfo
 from coherence.workspace import cache_dir, workspace_root
 
 WORKER_MODULE = "coherence.cache.worker"
+STARTING_STAGE = "starting worker"  # a spawned job's stage until its worker reports progress
 Prepared = tuple[DatasetInfo, list[AnalysisBatch]]  # ``pipeline.prepare``'s (info, batches)
 
 
@@ -233,7 +234,7 @@ class JobRunner:
             log_path = self.store.log_path(key)
             now = time.time()
             starting = ProgressRecord(
-                JobState.RUNNING, 0.0, "starting worker", now, now, log=str(log_path)
+                JobState.RUNNING, 0.0, STARTING_STAGE, now, now, log=str(log_path)
             )
             self.store.set_progress(key, starting)
             try:

@@ -27,7 +27,7 @@ from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
 from coherence.cache.cost import confirm_seconds, estimate_time
 from coherence.cache.jobs import JobStatus, is_assembled
-from coherence.dashboard import loaders
+from coherence.dashboard import loaders, watchers
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.selection import Selection, describe, differences
 from coherence.dashboard.workspace_scan import Catalog
@@ -271,6 +271,7 @@ def progress_panel(
     statuses = [runner.status(key) for key in keys]
     if not any(s.active for s in statuses):
         st.rerun(scope="app")
+    watchers.mark_shown(keys)  # this page still shows them (another may not cancel them)
     for label, status in zip(labels, statuses, strict=True):
         if status.active:
             st.progress(min(max(status.fraction, 0.0), 1.0), text=progress_text(label, status))

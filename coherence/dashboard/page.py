@@ -18,7 +18,7 @@ from coherence.dashboard import compute, loaders, panel_links, sidebar
 from coherence.dashboard.checks import problems
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import code, literal
-from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, headline
+from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, headline, rollout_jobs
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
@@ -141,6 +141,7 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool, report
         stale=stale is not None,
         sidebar=selection if stale else None,
     )
+    rollout_jobs.leave_rollouts(ctx)  # whatever tab is open: the selection may have moved on
     notes = st.container()  # warnings about the link's panel choices
     scores_row = st.container()  # filled after the open tab: its chart is sent first
     tabs = st.tabs(

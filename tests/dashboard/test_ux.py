@@ -18,7 +18,7 @@ from coherence.cache import slots
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.cache.keys import unit_keys
 from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
-from coherence.dashboard import compute
+from coherence.dashboard import compute, watchers
 from coherence.dashboard.selection import default_selection, plural
 from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.workspace import checkpoints_dir, datasets_dir
@@ -727,6 +727,7 @@ def test_rollouts_a_changed_selection_left_queued_are_withdrawn_and_restart_on_r
     runner = JobRunner(moved)
     first = default_selection(moved)
     dropped = replace(first, checkpoints=first.checkpoints[:1])  # a cached subset: not stale
+    watchers.registry.clear()  # pages of earlier tests showed these (content-keyed) jobs
     keys = [runner.task_key("rollout", s.rollout_spec(moved)) for s in (first, dropped)]
     for key in keys:
         runner.store._cache.delete(f"artifact:{key}")
@@ -755,3 +756,59 @@ def test_rollouts_a_changed_selection_left_queued_are_withdrawn_and_restart_on_r
     at.run()
     assert_clean(at)
     assert len(charts(at)) == 2
+
+
+def test_a_rollout_another_page_shows_is_not_withdrawn_and_leaving_works_on_any_tab(
+    workspace, monkeypatch, tmp_path
+):
+    """Leaving a selection cancelled its queued rollouts for every page, though another page
+    (session) showed them and had never left; and a page that left from another tab than
+    Rollout withdrew nothing (tabs are lazy), so the job ran ahead of the next Compute."""
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    runner = JobRunner(moved)
+    first = default_selection(moved)
+    dropped = replace(first, checkpoints=first.checkpoints[:1])
+    watchers.registry.clear()  # pages of earlier tests showed these (content-keyed) jobs
+    keys = [runner.task_key("rollout", s.rollout_spec(moved)) for s in (first, dropped)]
+    for key in keys:
+        runner.store._cache.delete(f"artifact:{key}")
+    _, fd = slots.acquire("another job")
+    try:
+        mine = open_app(moved, monkeypatch, {"panel": "Rollout"})
+        wait_for(lambda: runner.status(keys[0]).queued, "the first selection's rollouts to queue")
+        theirs = open_app(moved, monkeypatch, {"panel": "Rollout"})  # joins the same job
+        assert not theirs.exception and theirs.get("progress")
+        mine.multiselect(key="sb_ckpts").set_value(list(dropped.checkpoints)).run()
+        wait_for(lambda: runner.status(keys[1]).queued, "the second selection's rollouts to queue")
+        assert runner.status(keys[0]).queued  # the other page still shows it: kept
+        mine.session_state["panel"] = "Class transfer"  # leave from another tab
+        mine.multiselect(key="sb_ckpts").set_value(list(first.checkpoints)).run()
+        assert not mine.exception
+        wait_for(lambda: runner.status(keys[1]).state == "cancelled", "the second to be withdrawn")
+        assert runner.status(keys[0]).queued
+    finally:
+        os.close(fd)
+    wait_for(
+        lambda: runner.status(keys[0]).state == "done", "the shared job to finish", timeout=180
+    )
+    theirs.run()
+    assert_clean(theirs)
+    assert len(charts(theirs)) == 2
+
+
+def test_a_page_closed_or_reloaded_drops_out_of_a_jobs_watchers(monkeypatch):
+    """A page shows a waiting job through the progress panel, which marks it every poll; a
+    closed page stops marking, and after SEEN_SECONDS no longer keeps others from
+    withdrawing the job (a page listed forever would have kept every reloaded page's)."""
+    watchers.registry.clear()
+    clock, page = [100.0], ["theirs"]
+    monkeypatch.setattr(watchers.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(watchers, "page_name", lambda: page[0])
+    watchers.mark_shown(["k"])
+    page[0] = "mine"
+    watchers.mark_shown(["k"])
+    clock[0] += watchers.SEEN_SECONDS - 1
+    assert watchers.shown_elsewhere("k")  # theirs, still open; mine is not counted
+    clock[0] += 2
+    assert not watchers.shown_elsewhere("k")
+    assert "k" not in watchers.registry().seen  # forgotten, not kept per key forever

@@ -44,8 +44,9 @@ class DistanceCurve:
     """Ĥ versus input distance d (§6.4): window means per seed, smoothed, then quartiles.
 
     Windows: log-spaced edges e_0 < … < e_K (K = bins) between the 0.5% and 99.5% quantiles of
-    the pooled positive d; window k covers bins k and k+1, i.e. [e_k, e_{k+2}) (the last one
-    closed), centred at e_{k+1}: K − 1 half-overlapping windows.
+    the positive d, each distinct set of pairs counted once; window k covers bins k and k+1,
+    i.e. [e_k, e_{k+2}) (the last one closed), centred at e_{k+1}: K − 1 half-overlapping
+    windows.
     """
 
     centers: np.ndarray  # [K−1] window centres e_1..e_{K−1}
@@ -77,8 +78,9 @@ def influence_vs_distance(
     gcv_on: str = "bins",
 ) -> DistanceCurve:
     """Pool (Ĥ[r, p], d(r, p)) over batches per seed, window-average in log d, smooth, summarize.
-    The bins are the same for every seed and do not depend on how many there are: their
-    edges are quantiles of the distinct pair distances (one set where the seeds share inputs).
+    The bins are the same for every seed; their edges are quantiles of the distinct sets of
+    pair distances, so where the seeds share their inputs (one set) the bins do not depend
+    on how many seeds there are.
 
     inputs: [B, N, F, H, W] (shared by all checkpoints) or [S, B, N, F, H, W]. Pairs with
     d = 0 (the diagonal, duplicated inputs) are dropped. Each seed's window means are smoothed
@@ -105,8 +107,9 @@ def influence_vs_distance(
     keep = dist > 0
     # the edges from each distinct set of pairs once: checkpoints that share their inputs
     # (the usual case) share d, and counting it once per seed moved the interpolated
-    # quantiles with the number of seeds (a seed added or dropped re-binned the others)
-    distinct = np.unique(dist, axis=0)
+    # quantiles with the number of seeds (a seed added or dropped re-binned the others).
+    # A set is its sorted values (the quantiles see no order), keyed by their bytes.
+    distinct = np.concatenate(list({np.sort(row).tobytes(): row for row in dist}.values()))
     edges = _log_edges(distinct[distinct > 0], quantile_range, bins)
     sums, counts = _bin_sums(values, dist, keep, edges)
     win_sum, win_count = sums[:, :-1] + sums[:, 1:], counts[:, :-1] + counts[:, 1:]

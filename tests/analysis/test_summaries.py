@@ -280,6 +280,9 @@ def test_the_distance_bins_do_not_move_with_the_number_of_seeds():
     lo, hi = np.quantile(d[d > 0], [0.005, 0.995])
     edges = influence_vs_distance(h[:2], own).edges
     np.testing.assert_allclose(edges[[0, -1]], [lo, hi], rtol=1e-12)
+    # the same batch in another order is the same set of distances: counted once
+    shuffled = np.stack([x, x[:, np.random.default_rng(4).permutation(x.shape[1])]])
+    np.testing.assert_array_equal(influence_vs_distance(h[:2], shuffled).edges, three.edges)
 
 
 def test_influence_vs_distance_per_checkpoint_inputs_and_mismatch():

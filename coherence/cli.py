@@ -93,12 +93,11 @@ def simulate(
         def report(done: int, total: int, message: str) -> None:
             bar.update(task, completed=done, description=message)
 
-        # its share of the cores (COHERENCE_TORCH_THREADS included: it had used every core
-        # whenever one job may run); with the whole machine, the generator decides by size
-        from coherence.cache.slots import machine_cores
-
-        workers = None if slot.threads >= machine_cores() else slot.threads
-        generate_dataset(request, out, progress=report, overwrite=overwrite, workers=workers)
+        # at most its share of the cores (COHERENCE_TORCH_THREADS included: it had used every
+        # core whenever one job may run); the generator decides by size within it
+        generate_dataset(
+            request, out, progress=report, overwrite=overwrite, max_workers=slot.threads
+        )
         bar.update(task, description=f"{bar.tasks[0].total:g} trajectories simulated and written")
     well_name = open_dataset(out).name  # an existing dataset's own, classes added
     folder = out.resolve().name  # `--out .` has no name of its own

@@ -126,8 +126,9 @@ def build_demo(
         log(f"dataset {data_dir} is ready")
     else:
         log(f"simulating dataset {data_dir} ({len(spec.classes)} classes × {spec.trajectories})")
-        with slots.compute_slot("simulate-demo"):  # as `coherence simulate` does
-            generate_dataset(spec.simulation_request(), data_dir, overwrite=True)
+        with slots.compute_slot("simulate-demo") as slot:  # as `coherence simulate` does
+            request = spec.simulation_request()
+            generate_dataset(request, data_dir, overwrite=True, max_workers=slot.threads)
         log(f"  done in {time.perf_counter() - started:.0f} s")
     plan = plan_study(spec.study_spec(), root)
     for line in plan.describe():

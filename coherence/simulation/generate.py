@@ -97,15 +97,17 @@ def generate_dataset(
     progress: Progress | None = None,
     overwrite: bool = False,
     workers: int | None = None,
+    max_workers: int | None = None,
 ) -> Path:
     """Simulate every class and write the Well layout under ``out_dir``; returns out_dir.
 
     Each class gets its own seed (``class_seed``) for initial states and split, so results are
     reproducible class by class. Chunks of ``batch_size`` trajectories run in ``workers``
-    processes (default: one per core when the job is big enough to pay for their start-up;
-    1 runs in this process). Existing class files are refused unless ``overwrite``. All files
-    are staged and committed together (``coherence.simulation.staging``): a killed run leaves
-    no dataset, or the previous one untouched, never a partial one.
+    processes (default: one per core, at most ``max_workers``, when the job is big enough to
+    pay for their start-up; 1 runs in this process). Existing class files are refused unless
+    ``overwrite``. All files are staged and committed together
+    (``coherence.simulation.staging``): a killed run leaves no dataset, or the previous one
+    untouched, never a partial one.
     """
     out = Path(out_dir)
     family = Family(request.family)
@@ -127,7 +129,8 @@ def generate_dataset(
                 command="simulate",
             )
             request = replace(request, dataset_name=name)
-        _simulate_into(stage, request, family, counts, batch_size, dtype, progress, workers)
+        pool = (workers, max_workers)
+        _simulate_into(stage, request, family, counts, batch_size, dtype, progress, pool)
     return out
 
 
@@ -139,11 +142,11 @@ def _simulate_into(
     batch_size: int,
     dtype: torch.dtype,
     progress: Progress | None,
-    workers: int | None,
+    pool: tuple[int | None, int | None],
 ) -> None:
     """Simulate every class in chunks and write its split files into the stage."""
     jobs = _chunk_jobs(request, family, batch_size, dtype)
-    results = _run_jobs(jobs, request, workers, progress)
+    results = _run_jobs(jobs, request, pool, progress)
     total = len(request.classes) * request.trajectories
     for class_name in request.classes:
         if progress:  # the count is of all classes, the class is the one being written
@@ -172,17 +175,28 @@ def _chunk_jobs(
     ]
 
 
+def _pool_size(
+    jobs: list[tuple], request: SimulationRequest, pool: tuple[int | None, int | None]
+) -> int:
+    """The processes to run ``jobs`` in: ``workers`` when given, else one per core, at most
+    ``max_workers``, for a job big enough to pay for their start-up, and 1 otherwise."""
+    workers, cap = pool
+    if workers is not None:
+        return workers
+    big = request.trajectories * request.resolution**2 >= PARALLEL_MIN_CELLS
+    return min(machine_cores(), cap or machine_cores(), len(jobs)) if big else 1
+
+
 def _run_jobs(
     jobs: list[tuple],
     request: SimulationRequest,
-    workers: int | None,
+    pool: tuple[int | None, int | None],
     progress: Progress | None,
 ) -> dict[tuple[str, int], np.ndarray]:
     """States of every chunk, keyed (class, first trajectory): in this process, or in
-    ``workers`` spawned processes (default: one per core when the job is big enough)."""
-    if workers is None:
-        big = request.trajectories * request.resolution**2 >= PARALLEL_MIN_CELLS
-        workers = min(machine_cores(), len(jobs)) if big else 1
+    ``workers`` spawned processes of ``pool = (workers, max_workers)`` (default: one per
+    core, at most max_workers, when the job is big enough)."""
+    workers = _pool_size(jobs, request, pool)
     total = len(request.classes) * request.trajectories
     done = 0
     results: dict[tuple[str, int], np.ndarray] = {}

@@ -250,27 +250,37 @@ def test_worker_processes_give_the_same_dataset_as_one_process(tmp_path):
             )
 
 
-@pytest.mark.parametrize(("threads", "cores", "workers"), [("1", 2, 1), ("", 2, None)])
-def test_simulate_keeps_to_its_share_of_the_cores(tmp_path, monkeypatch, threads, cores, workers):
+@pytest.mark.parametrize(("threads", "cores", "cap"), [("1", 2, 1), ("", 2, 2), ("3", 8, 3)])
+def test_simulate_keeps_to_its_share_of_the_cores(tmp_path, monkeypatch, threads, cores, cap):
     """`COHERENCE_TORCH_THREADS=1 coherence simulate` started one worker process per core
     whenever one job may run at a time (the default on ≤ 4 cores), beside whatever the
-    variable was set to make room for. With the whole machine, the generator decides by the
-    job's size (None)."""
+    variable was set to make room for. Its share caps the pool; within it, the generator
+    still runs a small job in its own process."""
     import coherence.cache.slots
     import coherence.simulation.dataset
+    import coherence.simulation.generate
 
     seen = {}
 
-    def record(request, out, **options):
-        seen["workers"] = options["workers"]
-        return generate_dataset(request, out, **options)
+    def record(jobs, request, pool, progress):
+        seen["pool"] = pool
+        return run_jobs(jobs, request, pool, progress)
 
-    monkeypatch.setattr(coherence.simulation.dataset, "generate_dataset", record)
+    run_jobs = coherence.simulation.generate._run_jobs
+    monkeypatch.setattr(coherence.simulation.generate, "_run_jobs", record)
     monkeypatch.setattr(coherence.cache.slots, "machine_cores", lambda: cores)
+    monkeypatch.setattr(coherence.simulation.generate, "machine_cores", lambda: cores)
     monkeypatch.setenv("COHERENCE_MAX_JOBS", "1")
     monkeypatch.setenv("COHERENCE_TORCH_THREADS", threads)
     small = ["--family", "ns", "--classes", "NS-Sines", "--trajectories", "3"]
     small += ["--resolution", "16", "--snapshots", "3", "--t-end", "0.05"]
     result = CliRunner().invoke(app, ["simulate", "--out", str(tmp_path / "d"), *small])
     assert result.exit_code == 0, result.output
-    assert seen == {"workers": workers}
+    assert seen == {"pool": (None, cap)}
+    size = coherence.simulation.generate._pool_size
+    big = SimulationRequest(family="ns", classes=("NS-Sines",), trajectories=64, resolution=64)
+    expected = {(None, 1): 1, (None, 3): min(3, cores), (None, None): cores, (5, 1): 5}
+    for pool, processes in expected.items():  # (workers, max_workers): an explicit count wins
+        assert size([()] * 8, big, pool) == processes, pool
+    tiny = SimulationRequest(family="ns", classes=("NS-Sines",), trajectories=3, resolution=16)
+    assert size([()] * 8, tiny, (None, 3)) == 1  # start-up would cost more than it saves

@@ -134,9 +134,15 @@ SCALE_PARAM = "zscale_two_time"  # the two-time panel's colour scale in a dashbo
 TRACKING_PREFIXES = ("utm_", "fbclid", "gclid", "mc_")
 
 
+# words a link's author may use for a key: named as that key
+ALIASES = {"lambda": "damping", "lamda": "damping", "lam": "damping", "tab": "panel"}
+ALIASES |= {"view": "panel", "page": "panel"}
+
+
 def unknown_params(params: Mapping[str, Any]) -> list[str]:
     """A warning per key of a link that the dashboard does not know (a misspelled ``lamda``
-    was ignored without a word, and the report showed the default damping)."""
+    was ignored without a word, and the report showed the default damping), with its likely
+    spelling; where some key has none, one more line lists every key a link may hold."""
     import difflib
 
     from coherence.dashboard.controls import QUERY_KEYS
@@ -144,24 +150,27 @@ def unknown_params(params: Mapping[str, Any]) -> list[str]:
 
     page_keys = ("panel", "embed", "embed_options")  # the open tab (page.py), Streamlit's
     known = [*QUERY_KEYS, *page_keys, *(key for keys in PANEL_PARAMS.values() for key in keys)]
-    warnings = []
+    warnings, unmatched = [], False
     for key in params:
         if key not in known and not key.startswith(TRACKING_PREFIXES):
-            close = ["damping"] if key.lower() in ("lambda", "lamda", "lam") else []
+            close = [ALIASES[key.lower()]] if key.lower() in ALIASES else []
             close = close or difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else _known_keys(QUERY_KEYS)
-            warnings.append(f"{key!r} is no parameter of a dashboard link ({hint}); ignored")
+            unmatched |= not close
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            warnings.append(f"{key!r} is no parameter of a dashboard link{hint}; ignored")
+    if unmatched:
+        warnings.append(_known_keys(QUERY_KEYS))
     return warnings
 
 
 def _known_keys(selection_keys: Sequence[str]) -> str:
-    """The keys a link may hold, for a key with no close spelling: the selection's, the open
-    tab's and each tab's own (``tab=`` was answered with the selection's keys alone)."""
+    """Every key a link may hold: the selection's, the open tab's and each tab's own (``tab=``
+    was answered with the selection's keys alone)."""
     from coherence.dashboard.panel_links import PANEL_PARAMS
 
     own = "; ".join(f"{tab}: {', '.join(keys)}" for tab, keys in PANEL_PARAMS.items())
     return (
-        f"known: {', '.join(selection_keys)}; panel (the open tab, by its label); "
+        f"a link's keys: {', '.join(selection_keys)}; panel (the open tab, by its label); "
         f"each tab's own ({own})"
     )
 

@@ -171,11 +171,14 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?)" in said
     assert "no report was written" in said
     # no close spelling: every key a link may hold, the open tab's and the tabs' own too
-    # (`tab=nope` was answered with the selection's keys alone)
-    result = report("--link", "?tab=nope")
+    # (`tab=nope` was answered with the selection's keys alone), listed once, and `tab`
+    # named as the key it means
+    result = report("--link", "?tab=Sensitivity&zzq=1&qqz=2")
     said = " ".join(result.output.split())
-    assert result.exit_code == 2 and "'tab' is no parameter of a dashboard link" in said
-    assert "panel (the open tab, by its label)" in said
+    assert result.exit_code == 2
+    assert "'tab' is no parameter of a dashboard link (did you mean 'panel'?)" in said
+    assert "'zzq' is no parameter of a dashboard link; ignored" in said
+    assert said.count("panel (the open tab, by its label)") == 1
     assert (
         "Sensitivity: sens_pair" in said and "Training dynamics: dyn_group, dyn_vs_damping" in said
     )

@@ -137,8 +137,10 @@ def refuse_inside_inputs(out: Path, what: str) -> None:
 def _beside_inputs(folder: Path) -> Path:
     """Where a file refused inside ``folder`` (a checkpoint or dataset) may go: its parent,
     or the workspace above it when that parent is a workspace's checkpoints or datasets
-    folder (the example had put a result among the checkpoints the dashboard lists)."""
-    parent = folder.parent
-    if parent in (checkpoints_dir(parent.parent), datasets_dir(parent.parent)):
-        return parent.parent
+    folder (the example had put a result among the checkpoints the dashboard lists). A
+    workspace is known by holding more than that one of its folders."""
+    parent, above = folder.parent, folder.parent.parent
+    folders = (checkpoints_dir(above), datasets_dir(above), cache_dir(above))
+    if parent in folders and sum(f.is_dir() for f in folders) > 1:
+        return above
     return parent

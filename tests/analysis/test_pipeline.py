@@ -4,6 +4,7 @@ tensors against direct influence calls, result files, `coherence analyze`, and r
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -181,8 +182,9 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
     # in a workspace, the example is its root, not its checkpoints folder beside the models
     listed = tmp_path / "ws" / "checkpoints" / "unet_s1"
     shutil.copytree(checkpoint, listed)
+    (tmp_path / "ws" / "datasets").mkdir()  # a workspace, not any folder named checkpoints
     (listed / "model.safetensors").write_bytes(b"weights")
-    beside = rf"write results outside it, e.g. {tmp_path / 'ws'}/R.npz"
+    beside = re.escape(f"write results outside it, e.g. {tmp_path / 'ws' / 'R.npz'}")
     with pytest.raises(RequestError, match=beside):
         save_result(result, listed / "R.npz")
     assert not (checkpoint / "config.npz").exists()

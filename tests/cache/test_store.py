@@ -183,6 +183,14 @@ def test_entries_not_in_the_result_form_are_refused(store, caplog):
             assert reader(KEY) is None, reader
         assert f"{kind}:{KEY}" not in plain
     assert caplog.text.count("a pickle stream (it starts b'\\x80") == 4
+    caplog.clear()  # ≥ 32 KiB: a file of its own, which the readers get as an open handle
+    for reader in (store.get, store.result_request):
+        plain.set(f"result:{KEY}", b"garbage " * 9000)
+        with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
+            assert reader(KEY) is None, reader
+        assert f"result:{KEY}" not in plain
+    assert caplog.text.count("no npz (it starts b'garb'") == 2
+    assert not list((store.directory / "store").glob("*/*/*.val"))  # the files went too
     # a genuine result stored under another key is refused too (metadata names its key)
     store.put(KEY, synthetic_result())
     blob = plain.get(f"result:{KEY}")

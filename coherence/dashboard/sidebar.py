@@ -87,10 +87,18 @@ def _on_dataset(catalog: Catalog) -> None:
 
 
 def _on_group(catalog: Catalog, group_key: str, ckpt_key: str) -> None:
-    dataset = st.session_state.sb_dataset
-    label = st.session_state[group_key]
-    group = next((g for g in catalog.groups(dataset) if g.label == label), None)
-    st.session_state[ckpt_key] = list(group.checkpoints) if group else []
+    """A group chosen: all its seeds. Group A moved onto group B's model: B moves to
+    another one, so compare mode does not open on a group beside itself (switching A to
+    the ViT and then comparing showed ViT (A) against an identical ViT (B))."""
+    state, dataset = st.session_state, st.session_state.sb_dataset
+    groups = catalog.groups(dataset)
+    label = state[group_key]
+    group = next((g for g in groups if g.label == label), None)
+    state[ckpt_key] = list(group.checkpoints) if group else []
+    if group_key == "sb_group" and state.get("sb_group_b") == label:
+        other = next((g for g in groups if g.label != label), None)
+        if other is not None:
+            state["sb_group_b"], state["sb_ckpts_b"] = other.label, list(other.checkpoints)
 
 
 def current_selection_or_none(catalog: Catalog) -> Selection | None:

@@ -312,3 +312,17 @@ def test_the_scores_tab_exports_a_table_not_a_figure(workspace, monkeypatch):
     assert "Table (HTML)" in labels["Scores"]
     assert not any(label.startswith("Figure") for label in labels["Scores"])
     assert "Figure (HTML)" in labels["Time lag"]
+
+
+def test_compare_mode_opens_on_another_group_after_group_a_moved(workspace, monkeypatch):
+    """Switching group A to the ViT and then turning compare on showed ViT (A) beside an
+    identical ViT (B): the second group, set when the page opened, still named the model
+    A had moved to (a walk-through)."""
+    at = open_app(workspace, monkeypatch)
+    first = at.selectbox(key="sb_group").value
+    other = next(label for label in at.selectbox(key="sb_group").options if label != first)
+    at.selectbox(key="sb_group").set_value(other).run()
+    at.toggle(key="sb_compare").set_value(True).run()
+    assert not at.exception
+    assert at.selectbox(key="sb_group").value == other
+    assert at.selectbox(key="sb_group_b").value == first  # not the group beside itself

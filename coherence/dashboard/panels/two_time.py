@@ -42,6 +42,9 @@ from coherence.dashboard.panels.scores import TOUR_SHOWN, tour, tour_dismissed
 INTRA = "intra"
 
 
+TITLE_FITS = 56  # characters of a title over the square map (a longer one was cut off)
+
+
 def _pair_options(classes: tuple[str, ...]) -> list[str]:
     return [INTRA] + [f"{r} ← {p}" for r in classes for p in classes]
 
@@ -155,6 +158,8 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
         for group, V in maps:
             result = group.result
             title = f"Two-time influence ({response_title(result.primary)}), {view_label}"
+            if len(title) > TITLE_FITS:  # a pair and a seed: cut at the map's width
+                title = title.replace("), ", ")<br>", 1)
             figures.append(
                 two_time_heatmap(
                     V,
@@ -170,6 +175,8 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
         figure = pair_figure(
             figures, labels, zrange=zrange, title=f"Two-time influence, {view_label}"
         )
+        if "<br>" in (figure.layout.title.text or ""):
+            figure.update_layout(margin_t=84)  # room for the second line
         return figure
 
     key = ("two_time", option, seed, scale, tuple(zrange))

@@ -709,6 +709,14 @@ def test_sensitivity_flat_series_spans_the_whole_axis_and_marks_both_lambdas():
     assert {s.line.width for s in fig.layout.shapes} == {2}  # wider than the grid line
     assert fig.layout.legend.itemsizing == "constant"  # the flat line's symbol is shown
     assert "dashed: the sidebar's λ = 0.01" in fig.layout.title.text
+    # the top eigenvalue of η + λI depends on λ whatever the estimator: a point where it was
+    # computed, not a line across the axis (a walk-through read it at λ = 1e6 off the line)
+    from coherence.analysis.trends import Trend
+
+    top = {"top_eigenvalue": Trend("top_eigenvalue", np.array([1e-4]), np.array([[3e6, 3.1e6]]))}
+    fig = sensitivity_figure({"euclidean": top}, paper_damping=1e-4, flat=["euclidean"])
+    (drawn,) = [t for t in fig.data if t.name == "euclidean" and t.mode == "lines+markers"]
+    assert list(drawn.x) == [1e-4] and "independent of λ" not in drawn.hovertemplate
     same = sensitivity_figure(series, paper_damping=1e-4, selected_damping=1e-4)
     assert {s.line.dash for s in same.layout.shapes} == {"dot"}  # one mark when they agree
 

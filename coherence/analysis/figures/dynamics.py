@@ -323,8 +323,9 @@ def sensitivity_figure(
     """Read: each score against the damping λ (log axis) per estimator, median over seeds
     with the Q1–Q3 band; the dotted vertical line is the paper's λ (a dashed one, the
     sidebar's λ where it differs). Flat (dashed) lines across the whole axis are estimators
-    that ignore λ (euclidean). Where the curves of two estimators sit apart, the conclusion
-    depends on the solver; where a curve bends near the paper's λ, on λ.
+    that ignore λ (euclidean; their top eigenvalue, of η + λI, is a point where computed).
+    Where the curves of two estimators sit apart, the conclusion depends on the solver;
+    where a curve bends near the paper's λ, on λ.
 
     trends_by_series: {series label (e.g. "UNet · subspace"): {score: Trend}}; ``flat``:
     labels computed at one λ and drawn as horizontal lines across the axis; ``x_span``: the
@@ -440,6 +441,11 @@ def _ring_unconverged(
             shown = True
 
 
+# scores that depend on λ even for an estimator whose Ĥ does not (euclidean): the top
+# eigenvalue of η + λI (drawn across the axis, it read 1.26e6 at λ = 1e6, where it is 2.26e6)
+DAMPED_SCORES = frozenset({"top_eigenvalue"})
+
+
 def _add_series(
     fig: go.Figure,
     trends: Mapping[str, Trend],
@@ -454,14 +460,16 @@ def _add_series(
 ) -> None:
     """One series' median and Q1–Q3 band in each score's panel (legend entry once); a flat
     series (``flat_span`` given) with one λ is drawn across that span, its hover saying that
-    λ does not enter it."""
+    λ does not enter it, except for a score of η + λI itself (``DAMPED_SCORES``), which is
+    drawn where it was computed."""
     for p, (name, panel_title) in enumerate(names):
         if name not in trends:
             continue
         trend = trends[name]
         x, median, q1, q3 = trend.x, trend.median, trend.q1, trend.q3
         hover, sizes, notes = "λ %{x:.0e}", None, trend.notes()
-        if flat_span is not None and len(x) == 1:  # edges of the axis, and the λ computed
+        if flat_span is not None and len(x) == 1 and name not in DAMPED_SCORES:
+            # edges of the axis, and the λ computed
             hover = f"computed at λ {x[0]:.0e}, independent of λ"
             x = np.array([flat_span[0], x[0], flat_span[1]])
             median, q1, q3 = (np.repeat(a, 3) for a in (median, q1, q3))

@@ -239,7 +239,9 @@ def report_button(ctx: PanelContext, slot=None) -> None:
     link = _page_link(ctx.selection)
     params = report_params(st.query_params.to_dict(), st.session_state)
     (slot if slot is not None else st).download_button(
-        "Report (HTML)",
+        # stale: said on the button, not only in its tooltip (a walk-through took the file
+        # for the sidebar's selection)
+        "Report (HTML) of the shown, stale figures" if ctx.stale else "Report (HTML)",
         data=lambda: (
             build_report(
                 ctx.root,

@@ -401,7 +401,7 @@ def report(
         cached_in,
         load_groups,
         panel_value_problems,
-        scale_from_params,
+        scales_from_params,
         selection_from_link,
         unknown_params,
     )
@@ -434,11 +434,11 @@ def report(
             raise RequestError(
                 f"the workspace {root} has no analysis to report; run `coherence demo`"
             )
-    scale, bad_scale = scale_from_params(params)
-    _refuse_link_problems(problems + bad_scale)
+    scales, bad_scales = scales_from_params(params)
+    _refuse_link_problems(problems + bad_scales)
     groups = load_groups(root, catalog, selection)
     built = build_report(
-        root, catalog, selection, groups=groups, link=link, scale=scale, params=params
+        root, catalog, selection, groups=groups, link=link, scales=scales, params=params
     )
     _refuse_link_problems(list(built.link_problems))  # a sens_pair that names nothing cached
     out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its result's folder

@@ -127,7 +127,7 @@ def selection_from_link(
     return replace(selection, device="auto"), warnings
 
 
-SCALE_PARAM = "zscale_two_time"  # the two-time panel's colour scale in a dashboard link
+SCALE_PREFIX = "zscale_"  # a heatmap panel's colour scale in a dashboard link: zscale_<panel>
 
 
 # keys some sites append to a shared link (utm_source, fbclid, …): not the user's spelling
@@ -213,16 +213,22 @@ def panel_value_problems(params: Mapping[str, Any], damping: float) -> list[str]
     return problems
 
 
-def scale_from_params(params: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """The heatmaps' colour scale a link's two-time panel shows ('paper' when it names
-    none), with a warning when it names one that does not exist."""
-    value = params.get(SCALE_PARAM, "paper")
-    value = value[0] if isinstance(value, list | tuple) else str(value)
-    if value in SCALES:
-        return value, []
-    return "paper", [
-        f"{SCALE_PARAM}={value!r}: not a colour scale ({', '.join(SCALES)}); using 'paper'"
-    ]
+def scales_from_params(params: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Each heatmap panel's colour scale that a link names (``zscale_two_time``,
+    ``zscale_transfer``, ``zscale_mass``, ``zscale_energy``; 'paper' where it names none),
+    with a warning per one that does not exist."""
+    from coherence.report_panels import HEATMAP_PANELS
+
+    scales, warnings = {}, []
+    for panel in HEATMAP_PANELS:
+        key = f"{SCALE_PREFIX}{panel}"
+        value = params.get(key, "paper")
+        value = value[0] if isinstance(value, list | tuple) else str(value)
+        if value not in SCALES:
+            warnings.append(f"{key}={value!r}: not a colour scale ({', '.join(SCALES)})")
+            value = "paper"
+        scales[panel] = value
+    return scales, warnings
 
 
 def cached_in(root: str | Path) -> Callable[[Selection], bool]:
@@ -386,7 +392,7 @@ def render_html(
     *,
     title: str = TITLE,
     link: str = "",
-    scale: str = "paper",
+    scales: Mapping[str, str] | None = None,
     left_out: Sequence[str] = (),
     more_provenance: Mapping[str, Any] | None = None,
 ) -> bytes:
@@ -430,7 +436,7 @@ def render_html(
             f"<p class='caption'>{html.escape(part.caption)}</p>{div}</section>",
         ]
     meta = provenance(selection, groups) | dict(more_provenance or {})
-    meta["colour scale of the heatmaps"] = SCALES.get(scale, scale)
+    meta["colour scales of the heatmaps"] = _scales_text(scales or {})
     if link:
         meta["dashboard link"] = link
     body.append("<h2>Provenance</h2>" + meta_table(meta, heading="Parameters and provenance"))
@@ -464,16 +470,17 @@ def build_report(
     groups: Sequence[ReportGroup] | None = None,
     distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
     link: str = "",
-    scale: str = "paper",
+    scales: Mapping[str, str] | None = None,
     params: Mapping[str, Any] | None = None,
 ) -> Report:
     """The report of ``selection`` from the cache (``groups`` when the caller has them):
     its influence panels, then the Training dynamics and Sensitivity sweeps where cached,
-    in the dashboard's tab order (the scores table last). ``scale``: the heatmaps' colour
-    scale (figures.SCALES), ``link``: the dashboard view it comes from (both in the
-    provenance), ``params``: the link's panel choices (``dyn_vs_damping``, ``sens_pair``)."""
+    in the dashboard's tab order (the scores table last). ``scales``: each heatmap panel's
+    colour scale (``report_panels.HEATMAP_PANELS`` → figures.SCALES), ``link``: the
+    dashboard view it comes from (both in the provenance), ``params``: the link's panel
+    choices (``dyn_vs_damping``, ``sens_pair``)."""
     groups = tuple(groups) if groups is not None else load_groups(root, catalog, selection)
-    parts = sections(groups, selection, distance=distance, scale=scale)
+    parts = sections(groups, selection, distance=distance, scales=scales)
     swept = sweep_sections(root, catalog, selection, group_labels(catalog, selection), params)
     scores = [i for i, part in enumerate(parts) if part.title == "Scores"]
     at = scores[0] if scores else len(parts)  # the dashboard's last tab, after the sweeps
@@ -483,11 +490,22 @@ def build_report(
         groups,
         parts,
         link=link,
-        scale=scale,
+        scales=scales,
         left_out=[item.page_text for item in swept.left_out],
         more_provenance=data_sources(root, selection) | swept.provenance,
     )
     return Report(page, tuple(swept.left_out), tuple(swept.link_problems))
+
+
+def _scales_text(scales: Mapping[str, str]) -> str:
+    """'two-time: paper [0, √N]; class transfer: auto; …' for the provenance."""
+    from coherence.report_panels import HEATMAP_PANELS
+
+    names = {"two_time": "two-time", "transfer": "class transfer"}
+    return "; ".join(
+        f"{names.get(p, p)}: {SCALES.get(scales.get(p, 'paper'), scales.get(p))}"
+        for p in HEATMAP_PANELS
+    )
 
 
 def report_name(selection: Selection) -> str:

@@ -117,19 +117,26 @@ def _two_time(
     return sections
 
 
+HEATMAP_PANELS = ("two_time", "transfer", "mass", "energy")  # each with its colour scale
+
+
 def sections(
     groups: Sequence[ReportGroup],
     selection: Selection,
     *,
     distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
-    scale: str = "paper",
+    scales: Mapping[str, str] | None = None,
 ) -> list[Section]:
-    """Every influence panel of the selection, in the dashboard's tab order."""
+    """Every influence panel of the selection, in the dashboard's tab order; ``scales``:
+    each heatmap panel's colour scale (``HEATMAP_PANELS``; 'paper' where not given), as
+    its tab shows it (one scale for all had drawn the class transfer diverging because the
+    two-time tab was)."""
     if not groups:
         raise ReportError("no computed group to report on")
+    scale = {panel: "paper" for panel in HEATMAP_PANELS} | dict(scales or {})
     primary = groups[0].result.primary
-    out = _two_time(groups, selection, primary, scale)
-    out.append(_class_transfer(groups, selection, primary, scale))
+    out = _two_time(groups, selection, primary, scale["two_time"])
+    out.append(_class_transfer(groups, selection, primary, scale["transfer"]))
     lag = F.lag_curves_figure(
         [(g.label, lag_curves(g.result.H_std[primary])) for g in groups],
         title="Influence vs time lag",
@@ -140,7 +147,7 @@ def sections(
     out += _ntk(groups)
     for response in ("mass", "energy"):
         if all(response in g.result.H_std for g in groups) and response != primary:
-            out += _two_time(groups, selection, response, scale)[:1]
+            out += _two_time(groups, selection, response, scale[response])[:1]
             curves = [(g.label, lag_curves(g.result.H_std[response])) for g in groups]
             title = f"Influence on {response} vs time lag"
             figure = F.lag_curves_figure(curves, title=title, value_label=f"Ĥ_{response}")

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from coherence.analysis.figures.theme import SCALES, heatmap_scale
 from coherence.analysis.scores import compute_scores
+from coherence.analysis.summaries import class_transfer_matrix
 from coherence.analysis.verdict import format_score, quartile_band, score_peers
 from coherence.cache.jobs import JobRunner
 from coherence.cli import app
@@ -24,7 +26,7 @@ from coherence.report import (
     build_report,
     load_groups,
     report_name,
-    scale_from_params,
+    scales_from_params,
     sections,
     selection_from_link,
 )
@@ -125,14 +127,24 @@ def test_report_draws_the_chosen_colour_scale_and_names_it(workspace):
     catalog = scan_workspace(workspace)
     selection = default_selection(workspace)
     groups = load_groups(workspace, catalog, selection)
-    first = sections(groups, selection, scale="diverging", distance=None)[0].figure.data[0]
+    scales = {"two_time": "diverging", "transfer": "auto"}
+    parts = sections(groups, selection, scales=scales, distance=None)
+    first = parts[0].figure.data[0]
     assert first.zmin == pytest.approx(-first.zmax) and first.zmin < 0
-    built = build_report(workspace, catalog, selection, groups=groups, scale="diverging")
+    # each heatmap as its own tab shows it: one scale for all had drawn the class transfer
+    # diverging because the two-time tab was (a walk-through)
+    (transfer,) = [p.figure.data[0] for p in parts if p.title == "Class transfer"]
+    matrix = class_transfer_matrix(groups[0].result.H_std[groups[0].result.primary])
+    lo, hi, _ = heatmap_scale("auto", matrix, selection.n_examples)
+    assert (transfer.zmin, transfer.zmax) == pytest.approx((lo, hi))
+    built = build_report(workspace, catalog, selection, groups=groups, scales=scales)
     page = built.page.decode()
-    assert "colour scale of the heatmaps" in page and "diverging ±" in page
-    assert scale_from_params({"zscale_two_time": ["auto"]}) == ("auto", [])
-    scale, warnings = scale_from_params({"zscale_two_time": "rainbow"})
-    assert scale == "paper" and "not a colour scale" in warnings[0]
+    assert "colour scales of the heatmaps" in page and "two-time: diverging ±" in page
+    assert "class transfer: auto" in page
+    assert scales_from_params({"zscale_two_time": ["auto"]})[0]["two_time"] == "auto"
+    chosen, warnings = scales_from_params({"zscale_transfer": "rainbow", "zscale_mass": "auto"})
+    assert chosen == {"two_time": "paper", "transfer": "paper", "mass": "auto", "energy": "paper"}
+    assert warnings == ["zscale_transfer='rainbow': not a colour scale (" + ", ".join(SCALES) + ")"]
 
 
 def test_report_of_an_uncomputed_selection_says_so(workspace):

@@ -28,6 +28,7 @@ from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import PanelContext, downloads, how_to_read, need_results
 from coherence.dashboard.selection import Selection
 from coherence.report import ReportGroup, build_report, report_name
+from coherence.report_panels import HEATMAP_PANELS
 
 TOUR_KEY = "tour_dismissed"
 TOUR_SHOWN = "tour_shown_in_panel"  # this run's open panel showed the tour (two-time map)
@@ -235,7 +236,7 @@ def report_button(ctx: PanelContext, slot=None) -> None:
     if not ctx.ready:
         return
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
-    scale = ctx.scale("two_time")  # the heatmaps as the two-time panel shows them
+    scales = {panel: ctx.scale(panel) for panel in HEATMAP_PANELS}  # as each tab shows it
     link = _page_link(ctx.selection)
     params = report_params(st.query_params.to_dict(), st.session_state)
     (slot if slot is not None else st).download_button(
@@ -249,7 +250,7 @@ def report_button(ctx: PanelContext, slot=None) -> None:
                 ctx.selection,
                 groups=groups,
                 link=link,
-                scale=scale,
+                scales=scales,
                 params=params,
             ).page
         ),

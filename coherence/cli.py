@@ -427,7 +427,7 @@ def report(
     if params:
         selection, replaced = selection_from_link(params, catalog, cached=cached_in(root))
         problems += unknown_params(params) + replaced
-        problems += panel_value_problems(params, selection.damping)
+        problems += panel_value_problems(params, selection)
     else:
         selection = default_selection(catalog, cached=cached_in(root))
         if selection is None:

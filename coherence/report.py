@@ -195,14 +195,23 @@ def unknown_panel(params: Mapping[str, Any]) -> list[str]:
     return [f"panel={panel!r}: no such tab ({hint}); using {DEFAULT_PANEL!r} instead"]
 
 
-def panel_value_problems(params: Mapping[str, Any], damping: float) -> list[str]:
-    """``unknown_panel``, and an overlay λ that the Training dynamics panel does not offer
-    (the dashboard says that one when the panel opens)."""
+def panel_value_problems(params: Mapping[str, Any], selection: Selection) -> list[str]:
+    """``unknown_panel``, a two-time class pair or seed the tab does not offer, and an
+    overlay λ that the Training dynamics panel does not offer (the dashboard says these
+    when the panel opens)."""
     import math
 
     from coherence.dashboard.sweeps import DAMPING_GRID
+    from coherence.report_panels import two_time_view_problems
 
     problems = unknown_panel(params)
+    problems += two_time_view_problems(
+        link_value(params, "two_time_pair"),
+        link_value(params, "two_time_seed"),
+        selection.classes,
+        selection.checkpoints,
+    )
+    damping = selection.damping
     offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]
     overlay = link_value(params, "dyn_vs_damping")
     if overlay not in (None, "none", *offered):
@@ -211,6 +220,19 @@ def panel_value_problems(params: Mapping[str, Any], damping: float) -> list[str]
             f"({', '.join(offered)}); using none instead"
         )
     return problems
+
+
+def two_time_view(params: Mapping[str, Any], selection: Selection) -> tuple[str, str]:
+    """The two-time tab's (class pair, seed) a link names, its default view where it names
+    none or one the tab would not offer (``panel_value_problems`` says which)."""
+    from coherence.report_panels import INTRA, SEED_MEAN, two_time_view_problems
+
+    pair, seed = link_value(params, "two_time_pair"), link_value(params, "two_time_seed")
+    if two_time_view_problems(pair, None, selection.classes, selection.checkpoints):
+        pair = None
+    if two_time_view_problems(None, seed, selection.classes, selection.checkpoints):
+        seed = None
+    return pair or INTRA, seed or SEED_MEAN
 
 
 def scales_from_params(params: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -480,7 +502,8 @@ def build_report(
     dashboard view it comes from (both in the provenance), ``params``: the link's panel
     choices (``dyn_vs_damping``, ``sens_pair``)."""
     groups = tuple(groups) if groups is not None else load_groups(root, catalog, selection)
-    parts = sections(groups, selection, distance=distance, scales=scales)
+    view = two_time_view(params or {}, selection)
+    parts = sections(groups, selection, distance=distance, scales=scales, view=view)
     swept = sweep_sections(root, catalog, selection, group_labels(catalog, selection), params)
     scores = [i for i, part in enumerate(parts) if part.title == "Scores"]
     at = scores[0] if scores else len(parts)  # the dashboard's last tab, after the sweeps

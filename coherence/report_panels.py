@@ -118,6 +118,77 @@ def _two_time(
 
 
 HEATMAP_PANELS = ("two_time", "transfer", "mass", "energy")  # each with its colour scale
+INTRA, SEED_MEAN = "intra", "mean"  # the two-time tab's default view (its link values)
+
+
+def pair_label(option: str) -> str:
+    """The two-time tab's class pair in words, for titles: 'intra-class mean' or
+    'response R ← perturbation P'."""
+    if option == INTRA:
+        return "intra-class mean"  # short: the title fits a 1024 px window
+    response, perturbation = option.split(" ← ")
+    return f"response {response} ← perturbation {perturbation}"
+
+
+def two_time_view_problems(
+    pair: str | None, seed: str | None, classes: Sequence[str], checkpoints: Sequence[str]
+) -> list[str]:
+    """A link's two-time class pair or seed that the tab would not offer (it would show
+    its default view instead)."""
+    problems = []
+    if pair not in (None, INTRA) and (
+        len(parts := pair.split(" ← ")) != 2 or not set(parts) <= set(classes)
+    ):
+        problems.append(
+            f"two_time_pair={pair!r}: not a class pair of this selection (intra, or "
+            f"'R ← P' with R and P among {', '.join(classes)}); using intra"
+        )
+    if seed not in (None, SEED_MEAN, *checkpoints):
+        problems.append(
+            f"two_time_seed={seed!r}: not a seed of this selection (mean, or one of "
+            f"{', '.join(checkpoints)}); using mean"
+        )
+    return problems
+
+
+def _two_time_view(
+    groups: Sequence[ReportGroup],
+    selection: Selection,
+    response: str,
+    scale: str,
+    view: tuple[str, str],
+) -> Section:
+    """The two-time map of the tab's class pair and seed (the seed mean in compare mode,
+    where the tab offers no seed), on the tab's colour scale."""
+    option, seed = view
+    seed = SEED_MEAN if len(groups) > 1 else seed
+    classes = list(selection.classes)
+    pair = None if option == INTRA else tuple(classes.index(c) for c in option.split(" ← "))
+    maps = []
+    for group in groups:
+        H = group.result.H_std[response]
+        if seed == SEED_MEAN:
+            maps.append(two_time_map(H, class_pair=pair))
+        else:
+            per_seed = two_time_map(H, class_pair=pair, per_checkpoint=True)
+            maps.append(per_seed[group.result.checkpoints.index(seed)])
+    lo, hi, _ = F.heatmap_scale(scale, np.stack(maps), selection.n_examples)
+    label = pair_label(option) + ("" if seed == SEED_MEAN else f", {seed}")
+    title = f"Two-time influence ({RESPONSE_TITLES.get(response, response)}), {label}"
+    figures = [
+        F.two_time_heatmap(
+            V,
+            g.result.times,
+            selection.n_examples,
+            title=title if len(groups) == 1 else "",
+            steps=g.result.steps,
+            scale=scale,
+            zrange=(lo, hi),
+        )
+        for g, V in zip(groups, maps, strict=True)
+    ]
+    labels = [g.label for g in groups]
+    return Section(title, how_to_read(F.two_time_heatmap), _pair(figures, labels, title, (lo, hi)))
 
 
 def sections(
@@ -126,16 +197,20 @@ def sections(
     *,
     distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
     scales: Mapping[str, str] | None = None,
+    view: tuple[str, str] = (INTRA, SEED_MEAN),
 ) -> list[Section]:
     """Every influence panel of the selection, in the dashboard's tab order; ``scales``:
     each heatmap panel's colour scale (``HEATMAP_PANELS``; 'paper' where not given), as
     its tab shows it (one scale for all had drawn the class transfer diverging because the
-    two-time tab was)."""
+    two-time tab was); ``view``: the two-time tab's (class pair, seed), drawn after the
+    intra-class mean where it is another view (the report had left the link's view out)."""
     if not groups:
         raise ReportError("no computed group to report on")
     scale = {panel: "paper" for panel in HEATMAP_PANELS} | dict(scales or {})
     primary = groups[0].result.primary
     out = _two_time(groups, selection, primary, scale["two_time"])
+    if view != (INTRA, SEED_MEAN):
+        out.insert(1, _two_time_view(groups, selection, primary, scale["two_time"], view))
     out.append(_class_transfer(groups, selection, primary, scale["transfer"]))
     lag = F.lag_curves_figure(
         [(g.label, lag_curves(g.result.H_std[primary])) for g in groups],

@@ -24,8 +24,8 @@ from coherence.analysis.verdict import REFERENCES
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.dashboard import loaders
 from coherence.dashboard.panels import PANELS
-from coherence.dashboard.panels.two_time import _pair_label
 from coherence.dashboard.selection import default_selection
+from coherence.report_panels import pair_label
 from coherence.workspace import ENV_VAR, datasets_dir
 from tests.fixtures import COMPARE, REPO, simulate
 
@@ -195,7 +195,7 @@ def test_two_time_selectors_drive_the_chart_drawn_before_them(workspace, monkeyp
     assert single["data"][0]["z"] != cross["data"][0]["z"]
     # a pair and a seed: two lines with room for them (one was cut off at the map's width)
     title = single["layout"]["title"]["text"]
-    assert title == f"Two-time influence (SMSE)<br>{_pair_label('CE-CRP ← CE-RP')}, {seed.value}"
+    assert title == f"Two-time influence (SMSE)<br>{pair_label('CE-CRP ← CE-RP')}, {seed.value}"
     assert single["layout"]["margin"]["t"] > 60
 
 

@@ -29,6 +29,7 @@ from coherence.report import (
     scales_from_params,
     sections,
     selection_from_link,
+    two_time_view,
 )
 from tests.fixtures import COMPARE
 
@@ -269,3 +270,36 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     )
     assert result.exit_code == 0 and nested.read_text().startswith("<!DOCTYPE html>")
     assert not (checkpoint / "report.html").exists()
+
+
+def test_report_holds_the_two_time_view_of_its_link(workspace, tmp_path):
+    """The report drew the intra-class seed mean only, while its provenance printed a link
+    with a class pair and a seed (a walk-through): the link's view is drawn after the mean,
+    as the tab draws it, and a pair or seed the tab would not offer is refused."""
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    groups = load_groups(workspace, catalog, selection)
+    response, perturbation = selection.classes[1], selection.classes[0]
+    seed = selection.checkpoints[1]
+    params = {"two_time_pair": f"{response} ← {perturbation}", "two_time_seed": seed}
+    assert two_time_view(params, selection) == (params["two_time_pair"], seed)
+    parts = sections(groups, selection, distance=None, view=two_time_view(params, selection))
+    title = f"Two-time influence (SMSE), response {response} ← perturbation {perturbation}, {seed}"
+    assert [p.title for p in parts[:2]] == ["Two-time influence (SMSE), intra-class mean", title]
+    result = groups[0].result
+    h = result.H_std["smse"]  # [S, B, T, C, T, C]: the pair's block, this seed, batch mean
+    r, p = selection.classes.index(response), selection.classes.index(perturbation)
+    by_hand = h[result.checkpoints.index(seed), :, :, r, :, p].mean(axis=0)
+    np.testing.assert_allclose(parts[1].figure.data[0].z, by_hand, rtol=1e-6)
+    page = build_report(workspace, catalog, selection, groups=groups, params=params).page
+    assert html.escape(title) in page.decode()
+    out = tmp_path / "r.html"
+    for bad, says in (
+        ("two_time_pair=CE-RP ← CE-NOPE", "two_time_pair='CE-RP ← CE-NOPE': not a class pair"),
+        ("two_time_seed=unet_s99", "two_time_seed='unet_s99': not a seed of this selection"),
+    ):
+        run = CliRunner().invoke(
+            app, ["report", "--workspace", str(workspace), "--out", str(out), "--param", bad]
+        )
+        assert run.exit_code == 2 and says in " ".join(run.output.split()), run.output
+    assert not out.exists()

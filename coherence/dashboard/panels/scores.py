@@ -219,7 +219,8 @@ def _page_link(shown: Selection) -> str:
     return f"{base.rstrip('/')}/?{query}" if base and query else base
 
 
-SWEEP_CHOICES = ("dyn_vs_damping", "sens_pair")  # the sweep tabs' choices the report draws
+# the tabs' choices the report draws, kept in the session while another tab is open
+SWEEP_CHOICES = ("dyn_vs_damping", "sens_pair", "two_time_pair", "two_time_seed")
 
 
 def report_params(query: Mapping[str, str], state: Mapping[str, Any]) -> dict[str, str]:

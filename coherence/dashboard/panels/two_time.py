@@ -38,23 +38,13 @@ from coherence.dashboard.panels.common import (
     widget_value,
 )
 from coherence.dashboard.panels.scores import TOUR_SHOWN, tour, tour_dismissed
-
-INTRA = "intra"
-
+from coherence.report_panels import INTRA, pair_label
 
 TITLE_FITS = 56  # characters of a title over the square map (a longer one was cut off)
 
 
 def _pair_options(classes: tuple[str, ...]) -> list[str]:
     return [INTRA] + [f"{r} ← {p}" for r in classes for p in classes]
-
-
-def _pair_label(option: str) -> str:
-    """The class pair in words, for figure titles."""
-    if option == INTRA:
-        return "intra-class mean"  # short: the title fits a 1024 px window
-    response, perturbation = option.split(" ← ")
-    return f"response {response} ← perturbation {perturbation}"
 
 
 def _pair_choice(option: str) -> str:
@@ -151,7 +141,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
             V = per_seed[result.checkpoints.index(seed)]
         maps.append((group, V))
     zrange = ctx.scale_range(scale, [V for _, V in maps])
-    view_label = _pair_label(option) + ("" if seed == "mean" else f", {seed}")
+    view_label = pair_label(option) + ("" if seed == "mean" else f", {seed}")
 
     def build() -> go.Figure:
         figures = []
@@ -186,7 +176,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
         shown = shared_figure(ctx, (*key, "click targets"), lambda: with_click_targets(figure))
     chart(shown, key="chart_two_time", clickable=len(maps) == 1)
     view = ctx.with_choices(
-        {"class_pair": _pair_label(INTRA), "seed": "mean over seeds"},
+        {"class_pair": pair_label(INTRA), "seed": "mean over seeds"},
         class_pair=None if option == INTRA else _pair_tag(option),
         seed=None if seed == "mean" else seed,
         colour_scale=scale_choice(scale),
@@ -208,7 +198,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
     )
     if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
         difference = ctx.with_choices(  # always diverging: not the maps' colour scale
-            {"class_pair": _pair_label(INTRA), "colour_scale": "diverging"},
+            {"class_pair": pair_label(INTRA), "colour_scale": "diverging"},
             class_pair=None if option == INTRA else _pair_tag(option),
             colour_scale=None,
         )
@@ -238,7 +228,7 @@ def _difference_chart(ctx: PanelContext, V_a, V_b, labels: list[str], option: st
         V_b,
         ctx.ready[0].result.times,
         labels,
-        title=f"{labels[0]} − {labels[1]}, {_pair_label(option)}",
+        title=f"{labels[0]} − {labels[1]}, {pair_label(option)}",
     )
     chart(figure, key="chart_two_time_diff")
     result = ctx.ready[0].result

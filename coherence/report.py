@@ -309,7 +309,7 @@ def load_groups(
 
 def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str, Any]:
     """Where every number came from: the selection's parameters and each group's cache key,
-    checkpoints, device and dataset fingerprint."""
+    checkpoints, device and the fingerprint of the analysed files."""
     meta: dict[str, Any] = {
         "dataset": selection.dataset,
         "classes": list(selection.classes),
@@ -338,7 +338,8 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
         meta[f"{g.label}: computed on"] = str(info.get("device", "?"))
         fingerprint = info.get("dataset_fingerprint")
         if fingerprint:
-            meta[f"{g.label}: dataset fingerprint"] = str(fingerprint)[:16]
+            # of the analysed files (the classes' test split): two class sets, two prints
+            meta[f"{g.label}: fingerprint of the analysed files"] = str(fingerprint)[:16]
     return meta
 
 

@@ -249,7 +249,8 @@ def _details(ctx: PanelContext) -> None:
             st.caption(
                 f"Computed on {literal(result.provenance.get('device', '?'))}"
                 + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "")
-                + f"; dataset fingerprint {code(fingerprint)}"
+                + f"; fingerprint of the analysed files (the classes' test split) "
+                f"{code(fingerprint)}"
             )
             st.json(
                 {

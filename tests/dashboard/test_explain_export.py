@@ -204,9 +204,16 @@ def test_export_names_encode_the_selection(workspace):
     ctx = PanelContext(workspace, catalog, selection, catalog.dataset(selection.dataset), states)
     cg = replace(other, estimator="cg", damping=1e-2, rtol=1.5e-2)
     moved = PanelContext(workspace, catalog, cg, catalog.dataset(selection.dataset), states)
-    for panel in ("training", "rollout", "fields"):
+    for panel in ("training", "rollout", "fields", "snapshots"):
         assert ctx.stem(panel) == moved.stem(panel) and "lam" not in ctx.stem(panel)
         assert ctx.stem(panel).startswith(f"{selection.dataset}_") and "_w" not in ctx.stem(panel)
+        # nor in their files' headers (a training curve's CSV named the estimator and key)
+        assert ctx.meta(panel) == moved.meta(panel)
+        assert not {"estimator", "damping λ", "window"} & set(ctx.meta(panel))
+        assert not any(key.endswith(": cache key") for key in ctx.meta(panel))
+    assert ctx.meta("snapshots") == {"dataset": selection.dataset}
+    assert ctx.meta("rollout")[f"{states[0].label}: checkpoints"] == list(states[0].checkpoints)
+    assert "estimator" in ctx.meta() and "estimator" in ctx.meta("scores")
     assert ctx.stem("scores") != moved.stem("scores")
     fewer = replace(
         selection, trajectories=selection.trajectories[:1], classes=selection.classes[:1]
@@ -214,6 +221,30 @@ def test_export_names_encode_the_selection(workspace):
     fewer_ctx = PanelContext(workspace, catalog, fewer, catalog.dataset(selection.dataset), states)
     assert fewer_ctx.stem("rollout") != ctx.stem("rollout")  # what rollouts read: in the name
     assert fewer_ctx.stem("training") == ctx.stem("training")  # curves read no class
+
+
+def test_the_overview_trajectory_downloads_under_a_name_per_channel(workspace, monkeypatch):
+    """Two channels of one trajectory downloaded under one name, with the analysis's window,
+    estimator and λ in it, and the title did not name the channel (a walk-through)."""
+    overview = importlib.import_module("coherence.dashboard.panels.overview")
+    stems: list[tuple[str, str]] = []
+    real = overview.downloads
+
+    def recording(key, stem, **kwargs):
+        stems.append((stem, kwargs["figure"].layout.title.text))
+        real(key, stem, **kwargs)
+
+    monkeypatch.setattr(overview, "downloads", recording)
+    at = open_app(workspace, monkeypatch, {"panel": "Overview"})
+    assert_clean(at)
+    (first, title), *_ = [s for s in stems if "_snapshots_" in s[0]]
+    channels = at.selectbox(key="ov_channel").options
+    at.selectbox(key="ov_channel").set_value(channels[1]).run()
+    assert_clean(at)
+    second, second_title = [s for s in stems if "_snapshots_" in s[0]][-1]
+    assert first != second and first.endswith(channels[0]) and second.endswith(channels[1])
+    assert "_lam" not in first and "_w" not in first
+    assert channels[0] in title and channels[1] in second_title
 
 
 def test_two_views_of_one_panel_export_under_two_names(workspace, monkeypatch):

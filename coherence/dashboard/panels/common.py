@@ -40,7 +40,16 @@ from coherence.report import provenance
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 # panels that read no analysis (no window, estimator or λ in their names): what they read
-MODEL_PANELS = {"training": TRAINING_KEYS, "rollout": ROLLOUT_KEYS, "fields": ROLLOUT_KEYS}
+MODEL_PANELS = {
+    "training": TRAINING_KEYS,
+    "rollout": ROLLOUT_KEYS,
+    "fields": ROLLOUT_KEYS,
+    "snapshots": ("data",),  # the Overview's trajectories: the dataset alone
+}
+# provenance rows of an analysis, left out of a model panel's (a training curve's CSV named
+# the estimator, λ and cache key as if they mattered to it)
+ANALYSIS_ROWS = ("window", "responses", "estimator", "damping λ", "cg rtol", "Krylov depth")
+ANALYSIS_GROUP_ROWS = (": cache key", ": computed on", ": fingerprint of the analysed files")
 Bytes = Callable[[], bytes]
 
 
@@ -111,12 +120,24 @@ class PanelContext:
         parts = [tag, panel, *(value for _, value in self.choices)]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 
-    def meta(self) -> dict[str, Any]:
+    def meta(self, panel: str | None = None) -> dict[str, Any]:
         """Parameters and provenance of the view (dataset, checkpoints, estimator, λ, cache
         keys, the panel's choices): the footer of HTML exports, PNG/SVG metadata and the CSV
-        header."""
+        header. A panel that reads no analysis (``MODEL_PANELS``) gets no analysis rows."""
         chosen = {name.replace("_", " "): value for name, value in self.settings}
-        return provenance(self.selection, self.ready) | chosen
+        meta = provenance(self.selection, self.ready)
+        if panel in MODEL_PANELS:
+            meta = {
+                key: value
+                for key, value in meta.items()
+                if key not in ANALYSIS_ROWS and not key.endswith(ANALYSIS_GROUP_ROWS)
+            }
+            if panel != "snapshots":
+                for group in self.groups:  # its checkpoints, whether analysed or not
+                    meta.setdefault(f"{group.label}: checkpoints", list(group.checkpoints))
+            else:  # a dataset's trajectory: no checkpoint, weights, class or batch
+                meta = {"dataset": self.selection.dataset}
+        return meta | chosen
 
     def panel_csv(
         self, panel: str, data: Bytes, meta: dict[str, Any] | None = None
@@ -124,7 +145,9 @@ class PanelContext:
         """A panel's CSV download (parameter header first: ``meta``, default the view's),
         named after the selection."""
         if meta is None:
-            return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", self._headed(data))
+            return csv_file(
+                "Data (CSV)", f"{self.stem(panel)}.csv", self._headed(data, panel=panel)
+            )
         return csv_file("Data (CSV)", f"{self.stem(panel)}.csv", lambda: with_header(data(), meta))
 
     def group_csv(self, panel: str, group: GroupState, data: Bytes) -> tuple[str, str, Bytes, str]:
@@ -143,11 +166,13 @@ class PanelContext:
             label, f"{stem}.csv", lambda: with_header(data(), self.meta() | {"values of": holds})
         )
 
-    def _headed(self, data: Bytes, group: GroupState | None = None) -> Bytes:
-        """The CSV under its parameter header; a group's file also says whose values it
-        holds (the provenance above it names every group of the view)."""
+    def _headed(
+        self, data: Bytes, group: GroupState | None = None, panel: str | None = None
+    ) -> Bytes:
+        """The CSV under its parameter header (``meta(panel)``); a group's file also says
+        whose values it holds (the provenance above it names every group of the view)."""
         values_of = {"values of": group.label} if group is not None else {}
-        return lambda: with_header(data(), self.meta() | values_of)
+        return lambda: with_header(data(), self.meta(panel) | values_of)
 
     def scale(self, key: str) -> str:
         """The colour-scale mode (theme.SCALES) chosen for the heatmap panel ``key``, read

@@ -170,7 +170,7 @@ def rollout(ctx: PanelContext) -> None:
         ctx.stem("rollout"),
         figure=figure,
         caption=how_to_read(rollout_figure),
-        meta=ctx.meta(),
+        meta=ctx.meta("rollout"),
         files=[ctx.panel_csv("rollout", lambda: rollout_csv(summaries))],
     )
     _field_viewer(ctx, per_group)
@@ -216,7 +216,7 @@ def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list
         view.stem("fields"),
         figure=fields,
         caption=how_to_read(field_viewer),
-        meta=view.meta(),
+        meta=view.meta("fields"),
         files=[
             npz_file(
                 "Fields (npz)",

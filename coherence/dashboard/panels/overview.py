@@ -68,16 +68,19 @@ def _snapshots(ctx: PanelContext) -> None:
         np.asarray(entry.times),
         entry.channels,
         channel,
-        title=f"{class_name}, test trajectory {index}:",
+        title=f"{class_name}, test trajectory {index}, {channel}:",
     )
     chart(figure, key="chart_snapshots")
-    stem = ctx.stem(f"snapshots_{class_name}_{index}")
+    # named by the dataset and the view alone: two channels had downloaded under one name,
+    # with the analysis's window, estimator and λ, which this panel does not read
+    view = ctx.with_choices(class_name=class_name, trajectory=f"test{index}", channel=channel)
+    stem = view.stem("snapshots")
     downloads(
         "snapshots",
         stem,
         figure=figure,
         caption=how_to_read(snapshot_animation),
-        meta=ctx.meta(),
+        meta=view.meta("snapshots"),
         files=[
             npz_file(
                 "States (npz)",
@@ -149,6 +152,6 @@ def _models(ctx: PanelContext) -> None:
         ctx.stem("training"),
         figure=figure,
         caption=how_to_read(training_curves_figure),
-        meta=ctx.meta(),
+        meta=ctx.meta("training"),
         files=[ctx.panel_csv("training", lambda: training_curves_csv(curves))],
     )

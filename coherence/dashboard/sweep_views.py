@@ -283,6 +283,7 @@ def sensitivity_chart(
     *,
     selected_damping: float,
     compare: bool,
+    title: str = "Scores against λ",
 ) -> go.Figure:
     """The scores against λ, the sweep's grid spanned, the paper's λ and the selection's
     marked, and ``bad`` (``unconverged_points``) ringed on their lines."""
@@ -301,6 +302,7 @@ def sensitivity_chart(
         estimators=lines.estimators,
         order=sweeps.SETTING_ORDER,
         unconverged=rings,
+        title=title,
     )
 
 

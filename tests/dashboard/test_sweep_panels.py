@@ -5,6 +5,7 @@ real workspace whose UNets were trained on to 3 epochs (snapshots 1, 2, 3)."""
 from __future__ import annotations
 
 import html
+import importlib
 import json
 import re
 import time
@@ -181,6 +182,14 @@ def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
     for point in points:  # the UNets' epochs, as the demo has the ViT's
         runner.run(point.request)
     vit = group_defaults(scan_workspace(root).dataset(unet.dataset), vit_group)
+    dynamics = importlib.import_module("coherence.dashboard.panels.dynamics")
+    rows, real = {}, dynamics.downloads
+
+    def recording(key, stem, **kwargs):  # the names and headers of the panel's files
+        rows[key] = (stem, kwargs["meta"])
+        real(key, stem, **kwargs)
+
+    monkeypatch.setattr(dynamics, "downloads", recording)
     # 3 epochs, the first cached (its snapshot holds the weights the fixture analysed)
     at = open_app(root, monkeypatch, DYNAMICS | vit.to_query())
     assert_clean(at)
@@ -190,6 +199,11 @@ def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
     scores, _maps = charts(at)
     medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
     assert any(plotly_array(t["x"]).tolist() == [1, 2, 3] for t in medians)
+    # whose view it is, said in the title and the files too (a download read as the ViT's)
+    assert scores["layout"]["title"]["text"].startswith("UNet: scores across training")
+    stem, meta = rows["dynamics"]
+    assert "_UNet_dynamics" in stem
+    assert meta["shown instead of the sidebar's selection"] == "UNet's default view"
     at.button(key="dyn_show_own").click().run()  # the ViT's own, with its compute button
     assert_clean(at)
     assert "Shown below instead" not in texts(at.info)

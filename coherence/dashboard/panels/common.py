@@ -68,6 +68,7 @@ class PanelContext:
     choices: tuple[tuple[str, str], ...] = ()  # the panel's own non-default choices
     settings: tuple[tuple[str, str], ...] = ()  # its choices, defaults named, for provenance
     sidebar: Selection | None = None  # the sidebar's selection where it differs (stale)
+    instead: str | None = None  # the model group whose default view a sweep tab shows instead
 
     @property
     def chosen(self) -> Selection:
@@ -111,13 +112,15 @@ class PanelContext:
 
     def stem(self, panel: str, group: GroupState | None = None) -> str:
         """A download file name stem that encodes the selection and the panel's choices:
-        <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<panel>[_<choice>…][_<group>]; a panel
+        <dataset>_w<window>_<estimator>_lam<λ>_<hash>[_<instead>]_<panel>[_<choice>…][_<group>];
+        a panel
         that reads no analysis (``MODEL_PANELS``) names only <dataset>_<hash>."""
         if panel in MODEL_PANELS:
             tag = models_tag(self.selection, MODEL_PANELS[panel])
         else:
             tag = selection_tag(self.selection)
-        parts = [tag, panel, *(value for _, value in self.choices)]
+        shown = [self.instead] if self.instead else []  # another group's view: said
+        parts = [tag, *shown, panel, *(value for _, value in self.choices)]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 
     def meta(self, panel: str | None = None) -> dict[str, Any]:
@@ -125,6 +128,8 @@ class PanelContext:
         keys, the panel's choices): the footer of HTML exports, PNG/SVG metadata and the CSV
         header. A panel that reads no analysis (``MODEL_PANELS``) gets no analysis rows."""
         chosen = {name.replace("_", " "): value for name, value in self.settings}
+        if self.instead:
+            chosen["shown instead of the sidebar's selection"] = f"{self.instead}'s default view"
         meta = provenance(self.selection, self.ready)
         if panel in MODEL_PANELS:
             meta = {

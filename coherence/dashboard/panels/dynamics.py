@@ -120,7 +120,11 @@ def dynamics(ctx: PanelContext) -> None:
     # the seed columns' order: the group's checkpoints (its snapshots follow them)
     members = {line: ctx.selection.groups[g] for line, g in lines.group_of.items()}
     figure = dynamics_figure(
-        lines.trends, lines.validation or None, colors=lines.group_of, dashed=lines.dashed
+        lines.trends,
+        lines.validation or None,
+        colors=lines.group_of,
+        dashed=lines.dashed,
+        title=f"{ctx.instead}: scores across training" if ctx.instead else "Scores across training",
     )
     chart(figure, key="chart_dynamics")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)

@@ -112,6 +112,7 @@ def sensitivity(ctx: PanelContext) -> None:
         labels,
         selected_damping=ctx.selection.damping,
         compare=ctx.compare,
+        title=f"{ctx.instead}: scores against λ" if ctx.instead else "Scores against λ",
     )
     chart(figure, key="chart_sensitivity")
     # the files hold the sweep, not the sidebar's one estimator and λ
@@ -203,7 +204,7 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
         (a, b),
         times=first.times,
         damping=damping,
-        group=labels[g] if ctx.compare else None,
+        group=labels[g] if ctx.compare else ctx.instead,
     )
     chart(figure, key="chart_agreement")
     slot.selectbox("Compare", names, key="sens_pair")

@@ -242,7 +242,8 @@ def filled_view(
         icon=":material/undo:",
     )
     states = compute.group_states(ctx.root, ctx.catalog, selection)
-    return PanelContext(ctx.root, ctx.catalog, selection, ctx.dataset, states)
+    # named in the files, titles and provenance: a download had read as the sidebar's group
+    return PanelContext(ctx.root, ctx.catalog, selection, ctx.dataset, states, instead=label)
 
 
 def elsewhere(ctx: PanelContext, points_of: PointsOf, panel: str) -> None:

@@ -58,9 +58,12 @@ def spectrum(ctx: PanelContext) -> None:
     rows = [row for group in ctx.ready if (row := _spectrum_row(group))]
     if rows:
         st.caption(
-            "Medians over (seed, batch); rank: the lower median, a whole number. Participation "
+            "Medians over (seed, batch); rank: the lower median, a whole number, of span(G), "
+            "the spectrum's basis (the default estimator's whole space, the rank in its "
+            "diagnostics, also holds M̃⁻¹G: about twice as many). Participation "
             "ratio (Σλ)²/Σλ² and entropy rank are effective ranks (N for a flat spectrum, 1 "
-            "for one direction); decay slope p in λ_k ∝ k^p over the top half."
+            "for one direction); dominant share λ_max/Σλ, the headline's fifth score; decay "
+            "slope p in λ_k ∝ k^p over the top half."
         )
         st.dataframe(
             rows,

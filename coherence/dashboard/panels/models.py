@@ -62,7 +62,7 @@ def spectrum(ctx: PanelContext) -> None:
             "the spectrum's basis (the default estimator's whole space, the rank in its "
             "diagnostics, also holds M̃⁻¹G: about twice as many). Participation "
             "ratio (Σλ)²/Σλ² and entropy rank are effective ranks (N for a flat spectrum, 1 "
-            "for one direction); dominant share λ_max/Σλ, the headline's fifth score; decay "
+            "for one direction); dominant share λ_max/Σλ (the Scores tab's fifth score); decay "
             "slope p in λ_k ∝ k^p over the top half."
         )
         st.dataframe(

@@ -226,18 +226,29 @@ def _residuals(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> list[float
     )
 
 
+def _correction_shares(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> list[float]:
+    """Every solve's ``residual_correction`` (the correction's norm over the Galerkin
+    map's), sorted."""
+    return sorted(
+        float(c["residual_correction"])
+        for row in diagnostics
+        for c in row
+        if c.get("residual_correction") is not None
+    )
+
+
+def _correction_share(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> float | None:
+    shares = _correction_shares(diagnostics)
+    return statistics.median(shares) if shares else None
+
+
 def correction_note(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str:
     """How large the default's residual correction is beside its Galerkin map (median of
     ``residual_correction`` over the solves), a sentence without its full stop; '' without
     one. Why: on small models it is about the Galerkin map's size, on the demo models
     50–170× it, and then the SMSE map is mostly EK-FAC's reading of the residuals (README:
     estimators)."""
-    shares = sorted(
-        float(c["residual_correction"])
-        for row in diagnostics
-        for c in row
-        if c.get("residual_correction") is not None
-    )
+    shares = _correction_shares(diagnostics)
     if not shares:
         return ""
     median = statistics.median(shares)
@@ -304,7 +315,11 @@ def residual_summary(
         )
     if brief:  # a worst ≥ 1 read as a number alone looks like a mere large error
         worst = f"{values[-1]:.3g}" + (" (≥ 1: no better than y = 0)" if values[-1] >= 1 else "")
-        return f"full-system residual median {median:.3g}, worst {worst}; {within}"
+        line = f"full-system residual median {median:.3g}, worst {worst}; {within}"
+        share = _correction_share(diagnostics)
+        if share is not None and share > 1:  # a main caveat: not for the help alone
+            line += f"; the SMSE map is mostly its EK-FAC correction ({share:.3g}×)"
+        return line
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "
         f"{median:.3g}, worst {values[-1]:.3g}; {within}"

@@ -442,6 +442,12 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     small = [[{"residuals": [0.1], "residual_correction": 0.8}]]
     assert "0.8× the Galerkin part's norm (median of 1 solve)." in residual_summary(small)
     assert "mostly" not in residual_summary(small) and "residual correction" not in summary
+    # the dashboard's short line says it too when the correction dominates (a walk-through
+    # found that caveat in the help alone)
+    assert residual_summary(corrected, brief=True).endswith(
+        "; the SMSE map is mostly its EK-FAC correction (100×)"
+    )
+    assert "mostly" not in residual_summary(small, brief=True)
 
 
 def test_brief_residual_summary_leaves_its_meaning_to_the_help():

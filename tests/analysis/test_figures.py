@@ -352,8 +352,19 @@ def test_field_viewer_ranges_and_difference():
     np.testing.assert_array_equal(fig.data[1].z, prediction[1])
     np.testing.assert_allclose(fig.data[2].z, prediction[1] - truth[1])
     assert [t.coloraxis for t in fig.data] == ["coloraxis", "coloraxis", "coloraxis2"]
+    # a signed field (momentum): diverging around zero, symmetric (a walk-through read it in
+    # cividis, its zero anywhere); a positive one (density) keeps the sequential scale
     both = np.concatenate([truth[1].ravel(), prediction[1].ravel()])
-    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (both.min(), both.max())
+    bound = np.abs(both).max()
+    assert (fig.layout.coloraxis.cmin, fig.layout.coloraxis.cmax) == (-bound, bound)
+    assert _colorscale(fig.layout.coloraxis.colorscale) == _colorscale(F.DIVERGING)
+    positive = F.field_viewer(np.abs(prediction), np.abs(truth) + 1, ["rho", "mx", "E"], 0)
+    seen = np.concatenate([np.abs(truth[0]).ravel() + 1, np.abs(prediction[0]).ravel()])
+    assert (positive.layout.coloraxis.cmin, positive.layout.coloraxis.cmax) == (
+        seen.min(),
+        seen.max(),
+    )
+    assert _colorscale(positive.layout.coloraxis.colorscale) == _colorscale(F.FIELD_COLORSCALE)
     m = np.abs(prediction[1] - truth[1]).max()
     assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-m, m)
     assert [fig.layout[f"yaxis{k}"].scaleanchor for k in ("", "2", "3")] == ["x", "x2", "x3"]
@@ -373,7 +384,8 @@ def test_snapshot_animation_frames_fixed_range():
     states = rng.normal(size=(T, 2, 4, 5))
     fig = F.snapshot_animation(states, TIMES, ["u", "v"], "v", title="NS-Sines")
     assert len(fig.frames) == T
-    lo, hi = states[:, 1].min(), states[:, 1].max()
+    hi = np.abs(states[:, 1]).max()  # a velocity: signed, so symmetric around zero
+    lo = -hi
     for k, frame in enumerate(fig.frames):
         (trace,) = frame.data
         np.testing.assert_array_equal(trace.z, states[k, 1])

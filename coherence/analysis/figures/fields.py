@@ -15,9 +15,9 @@ from plotly.subplots import make_subplots
 
 from coherence.analysis.figures.theme import (
     DIVERGING,
-    FIELD_COLORSCALE,
     as_array,
     axis_title,
+    field_scale,
     shared_zrange,
     styled,
 )
@@ -53,9 +53,10 @@ def field_viewer(
     *,
     title: str = "",
 ) -> go.Figure:
-    """Read: truth, prediction (one shared colour range) and prediction − truth (symmetric
-    diverging range, red = over-prediction) of one channel; structure in the difference
-    panel shows where the surrogate misses the physics.
+    """Read: truth, prediction (one shared colour range; a signed field such as momentum on
+    the diverging scale, zero white) and prediction − truth (symmetric diverging range, red =
+    over-prediction) of one channel; structure in the difference panel shows where the
+    surrogate misses the physics.
 
     prediction, truth: [F, H, W] states of one example.
     """
@@ -66,7 +67,7 @@ def field_viewer(
     c = _channel(channel_names, channel, p.shape[0])
     name = str(channel_names[c])
     diff = p[c] - y[c]
-    lo, hi = shared_zrange(p[c], y[c])
+    lo, hi, colors = field_scale(p[c], y[c])
     dmin, dmax = shared_zrange(diff, symmetric=True)
     xs, ys = _centres(p.shape[2]), _centres(p.shape[1])
     fig = make_subplots(
@@ -81,7 +82,7 @@ def field_viewer(
         (diff, "diff", "coloraxis2"),
     )
     _add_field_panels(fig, panels, name, xs, ys)
-    _field_colorbars(fig, name, (lo, hi), (dmin, dmax))
+    _field_colorbars(fig, name, (lo, hi), (dmin, dmax), colors)
     styled(fig, title, height=420)
     fig.update_layout(margin={"r": 80})
     return fig
@@ -123,7 +124,11 @@ def _add_field_panels(
 
 
 def _field_colorbars(
-    fig: go.Figure, name: str, zrange: tuple[float, float], drange: tuple[float, float]
+    fig: go.Figure,
+    name: str,
+    zrange: tuple[float, float],
+    drange: tuple[float, float],
+    colors: list[list[Any]],
 ) -> None:
     """Vertical bars: the shared one in the gap right of the prediction, the diff one at the
     end."""
@@ -133,7 +138,7 @@ def _field_colorbars(
     shared_x = fig.layout.xaxis2.domain[1] + 0.005
     fig.update_layout(
         coloraxis={
-            "colorscale": FIELD_COLORSCALE,
+            "colorscale": colors,
             "cmin": zrange[0],
             "cmax": zrange[1],
             "colorbar": {**bar, "x": shared_x, "title": {"text": name}},
@@ -156,7 +161,8 @@ def snapshot_animation(
     title: str = "",
 ) -> go.Figure:
     """Read: one channel of a trajectory over time (play, or drag the slider); the colour
-    range is fixed over all frames so brightness compares across time.
+    range is fixed over all frames so brightness compares across time (a signed field, such
+    as momentum or velocity, on the diverging scale: zero white, red positive, blue negative).
 
     states [T, F, H, W], times [T] physical times. Cost: T frames of H·W values in the figure.
     """
@@ -167,7 +173,7 @@ def snapshot_animation(
     c = _channel(channel_names, channel, s.shape[1])
     name = str(channel_names[c])
     field = s[:, c]  # (T, H, W)
-    lo, hi = shared_zrange(field)
+    lo, hi, colors = field_scale(field)
     xs, ys = _centres(s.shape[3]), _centres(s.shape[2])
     hover = f"x = %{{x:.3f}}<br>y = %{{y:.3f}}<br>{name} = %{{z:.4g}}<extra></extra>"
 
@@ -178,7 +184,7 @@ def snapshot_animation(
             y=ys,
             zmin=lo,
             zmax=hi,
-            colorscale=FIELD_COLORSCALE,
+            colorscale=colors,
             colorbar={"title": {"text": name}, "thickness": 14},
             hovertemplate=hover,
         )
@@ -259,7 +265,7 @@ def input_pair_figure(
         raise RequestError(f"state_r {r.shape} and state_p {p.shape} must share [F, H, W]")
     c = _channel(channel_names, channel, r.shape[0])
     name = str(channel_names[c])
-    lo, hi = shared_zrange(r[c], p[c])
+    lo, hi, colors = field_scale(r[c], p[c])
     xs, ys = _centres(r.shape[2]), _centres(r.shape[1])
     fig = make_subplots(rows=1, cols=2, subplot_titles=[str(x) for x in labels])
     for col, z in enumerate((r[c], p[c]), start=1):
@@ -287,7 +293,7 @@ def input_pair_figure(
         )
     fig.update_layout(
         coloraxis={
-            "colorscale": FIELD_COLORSCALE,
+            "colorscale": colors,
             "cmin": lo,
             "cmax": hi,
             "colorbar": {"title": {"text": name}, "thickness": 12},

@@ -68,6 +68,18 @@ def shared_zrange(*arrays: Any, symmetric: bool = False) -> tuple[float, float]:
     return lo, hi
 
 
+def field_scale(*arrays: Any) -> tuple[float, float, list[list[Any]]]:
+    """(zmin, zmax, colorscale) of physical fields: a field of both signs (momentum,
+    velocity) on the diverging scale over a symmetric range, so zero is the middle colour
+    and the sign reads at once; a one-signed one (density, energy) on the sequential scale
+    (a walk-through read momentum_x in cividis, its zero anywhere)."""
+    lo, hi = shared_zrange(*arrays)
+    if lo < 0 < hi:
+        lo, hi = shared_zrange(*arrays, symmetric=True)
+        return lo, hi, DIVERGING
+    return lo, hi, FIELD_COLORSCALE
+
+
 def group_color(index: int) -> str:
     """The colour of the index-th group (architecture, checkpoint group) in every figure."""
     return GROUP_COLORS[index % len(GROUP_COLORS)]

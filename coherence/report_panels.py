@@ -84,26 +84,10 @@ def _two_time(
 ) -> list[Section]:
     symbol = "Ĥ" if response == groups[0].result.primary else f"Ĥ_{response}"
     maps = [two_time_map(g.result.H_std[response]) for g in groups]
-    lo, hi, _ = F.heatmap_scale(scale, np.stack(maps), selection.n_examples)
     name = RESPONSE_TITLES.get(response, response)
     title = f"Two-time influence ({name}), intra-class mean"
-    figures = [
-        F.two_time_heatmap(
-            V,
-            g.result.times,
-            selection.n_examples,
-            title=title if len(groups) == 1 else "",
-            value_label=symbol,
-            steps=g.result.steps,
-            scale=scale,
-            zrange=(lo, hi),
-        )
-        for g, V in zip(groups, maps, strict=True)
-    ]
     labels = [g.label for g in groups]
-    sections = [
-        Section(title, how_to_read(F.two_time_heatmap), _pair(figures, labels, title, (lo, hi)))
-    ]
+    sections = [_maps_section(groups, selection, maps, title, scale, symbol)]
     if len(groups) == 2 and maps[0].shape == maps[1].shape:
         sections.append(
             Section(
@@ -172,15 +156,28 @@ def _two_time_view(
         else:
             per_seed = two_time_map(H, class_pair=pair, per_checkpoint=True)
             maps.append(per_seed[group.result.checkpoints.index(seed)])
-    lo, hi, _ = F.heatmap_scale(scale, np.stack(maps), selection.n_examples)
     label = pair_label(option) + ("" if seed == SEED_MEAN else f", {seed}")
     title = f"Two-time influence ({RESPONSE_TITLES.get(response, response)}), {label}"
+    return _maps_section(groups, selection, maps, title, scale, "Ĥ")
+
+
+def _maps_section(
+    groups: Sequence[ReportGroup],
+    selection: Selection,
+    maps: Sequence[np.ndarray],
+    title: str,
+    scale: str,
+    value_label: str,
+) -> Section:
+    """Each group's two-time map on one colour range of ``scale``, side by side."""
+    lo, hi, _ = F.heatmap_scale(scale, np.stack(maps), selection.n_examples)
     figures = [
         F.two_time_heatmap(
             V,
             g.result.times,
             selection.n_examples,
             title=title if len(groups) == 1 else "",
+            value_label=value_label,
             steps=g.result.steps,
             scale=scale,
             zrange=(lo, hi),

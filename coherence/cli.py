@@ -382,8 +382,11 @@ def report(
             help="A URL parameter as KEY=VALUE, repeatable: data, ckpt, vs, epoch, classes, "
             "traj, window (START:STEPS), resp, est, damping, depth, rtol, device, panel (the "
             "open tab, by its label: panel=Sensitivity), or a panel's own "
-            "(e.g. zscale_two_time; dyn_vs_damping, the Training dynamics overlay λ; "
-            "sens_pair, the Sensitivity agreement's pair, e.g. 'ekfac-krylov vs euclidean')."
+            "(zscale_two_time, zscale_transfer, zscale_mass, zscale_energy: a heatmap's colour "
+            "scale; two_time_pair, e.g. 'CE-RP ← CE-CRP', and two_time_seed; dyn_vs_damping, "
+            "the Training dynamics overlay λ; sens_pair, the Sensitivity agreement's pair, "
+            "e.g. 'ekfac-krylov vs euclidean'). Values as typed, not URL-encoded: give a link "
+            "copied from the address bar to --link."
         ),
     ] = None,
     workspace: Annotated[Path | None, typer.Option(help="Workspace directory.")] = None,

@@ -205,11 +205,9 @@ def panel_value_problems(params: Mapping[str, Any], selection: Selection) -> lis
     from coherence.report_panels import two_time_view_problems
 
     problems = unknown_panel(params)
+    seed = link_value(params, "two_time_seed") if len(selection.groups) == 1 else None
     problems += two_time_view_problems(
-        link_value(params, "two_time_pair"),
-        link_value(params, "two_time_seed"),
-        selection.classes,
-        selection.checkpoints,
+        link_value(params, "two_time_pair"), seed, selection.classes, selection.checkpoints
     )
     damping = selection.damping
     offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]
@@ -230,7 +228,8 @@ def two_time_view(params: Mapping[str, Any], selection: Selection) -> tuple[str,
     pair, seed = link_value(params, "two_time_pair"), link_value(params, "two_time_seed")
     if two_time_view_problems(pair, None, selection.classes, selection.checkpoints):
         pair = None
-    if two_time_view_problems(None, seed, selection.classes, selection.checkpoints):
+    compare = len(selection.groups) > 1  # the tab offers no seed there: the seed mean
+    if compare or two_time_view_problems(None, seed, selection.classes, selection.checkpoints):
         seed = None
     return pair or INTRA, seed or SEED_MEAN
 
@@ -459,7 +458,10 @@ def render_html(
             f"<p class='caption'>{html.escape(part.caption)}</p>{div}</section>",
         ]
     meta = provenance(selection, groups) | dict(more_provenance or {})
-    meta["colour scales of the heatmaps"] = _scales_text(scales or {})
+    shown = ["two_time", "transfer"] + [  # the conservation maps where the report has them
+        r for r in ("mass", "energy") if all(r in g.result.H_std for g in groups)
+    ]
+    meta["colour scales of the heatmaps"] = _scales_text(scales or {}, shown)
     if link:
         meta["dashboard link"] = link
     body.append("<h2>Provenance</h2>" + meta_table(meta, heading="Parameters and provenance"))
@@ -501,7 +503,7 @@ def build_report(
     in the dashboard's tab order (the scores table last). ``scales``: each heatmap panel's
     colour scale (``report_panels.HEATMAP_PANELS`` → figures.SCALES), ``link``: the
     dashboard view it comes from (both in the provenance), ``params``: the link's panel
-    choices (``dyn_vs_damping``, ``sens_pair``)."""
+    choices (``dyn_vs_damping``, ``sens_pair``, ``two_time_pair``, ``two_time_seed``)."""
     groups = tuple(groups) if groups is not None else load_groups(root, catalog, selection)
     view = two_time_view(params or {}, selection)
     parts = sections(groups, selection, distance=distance, scales=scales, view=view)
@@ -521,14 +523,12 @@ def build_report(
     return Report(page, tuple(swept.left_out), tuple(swept.link_problems))
 
 
-def _scales_text(scales: Mapping[str, str]) -> str:
-    """'two-time: paper [0, √N]; class transfer: auto; …' for the provenance."""
-    from coherence.report_panels import HEATMAP_PANELS
-
+def _scales_text(scales: Mapping[str, str], panels: Sequence[str]) -> str:
+    """'two-time: paper [0, √N]; class transfer: auto; …' for the provenance, for the
+    heatmap ``panels`` the report holds."""
     names = {"two_time": "two-time", "transfer": "class transfer"}
     return "; ".join(
-        f"{names.get(p, p)}: {SCALES.get(scales.get(p, 'paper'), scales.get(p))}"
-        for p in HEATMAP_PANELS
+        f"{names.get(p, p)}: {SCALES.get(scales.get(p, 'paper'), scales.get(p))}" for p in panels
     )
 
 

@@ -206,8 +206,9 @@ def sections(
     scale = {panel: "paper" for panel in HEATMAP_PANELS} | dict(scales or {})
     primary = groups[0].result.primary
     out = _two_time(groups, selection, primary, scale["two_time"])
-    if view != (INTRA, SEED_MEAN):
-        out.insert(1, _two_time_view(groups, selection, primary, scale["two_time"], view))
+    if view != (INTRA, SEED_MEAN):  # after the mean's difference map (compare mode), not
+        # between the two, where that map read as the view's
+        out.append(_two_time_view(groups, selection, primary, scale["two_time"], view))
     out.append(_class_transfer(groups, selection, primary, scale["transfer"]))
     lag = F.lag_curves_figure(
         [(g.label, lag_curves(g.result.H_std[primary])) for g in groups],

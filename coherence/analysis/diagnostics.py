@@ -282,6 +282,7 @@ def residual_summary(
     caveat: bool = True,
     arch: str | None = None,
     brief: bool = False,
+    smse_map: bool = False,
 ) -> str | None:
     """One line on a result's full-system residuals ‖g_B(p) − (η + λI)y_p‖/‖g_B(p)‖ over
     every column of every (checkpoint, batch) solve, against the paper's tolerances, with
@@ -290,7 +291,9 @@ def residual_summary(
     the paper's tolerance. ``arch`` ("unet" | "vit"): quote only that architecture's
     tolerance (both when None or another architecture). ``brief``: the numbers alone, for
     a caption whose help holds the rest (``residual_help``): every line above the dashboard's
-    tabs pushes the maps down, and compare mode has one per group."""
+    tabs pushes the maps down, and compare mode has one per group; with ``smse_map`` (the
+    result holds the SMSE map, the one corrected) it still says when that map is mostly the
+    EK-FAC correction, the main caveat (the CLI prints ``correction_note`` instead)."""
     values = _residuals(diagnostics)
     if not values:
         return None
@@ -316,9 +319,9 @@ def residual_summary(
     if brief:  # a worst ≥ 1 read as a number alone looks like a mere large error
         worst = f"{values[-1]:.3g}" + (" (≥ 1: no better than y = 0)" if values[-1] >= 1 else "")
         line = f"full-system residual median {median:.3g}, worst {worst}; {within}"
-        share = _correction_share(diagnostics)
+        share = _correction_share(diagnostics) if smse_map else None
         if share is not None and share > 1:  # a main caveat: not for the help alone
-            line += f"; the SMSE map is mostly its EK-FAC correction ({share:.3g}×)"
+            line += f"; the SMSE map is mostly EK-FAC's residual correction ({share:.0f}×)"
         return line
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "

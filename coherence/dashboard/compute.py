@@ -328,7 +328,10 @@ def _group_status(root: Path, group: GroupState) -> bool:
         result = group.result
         how = "assembled from cached units (no computation)" if is_assembled(result) else "computed"
         residuals = residual_summary(
-            result.diagnostics, brief=True, arch=_arch(root, group.checkpoints)
+            result.diagnostics,
+            brief=True,
+            arch=_arch(root, group.checkpoints),
+            smse_map="smse" in result.H_std,
         )
         # one caption, not two, its numbers only (their meaning in its help): every line
         # above the tabs pushes the heatmap down; a cache icon, not a check mark, which read

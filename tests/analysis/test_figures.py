@@ -365,6 +365,11 @@ def test_field_viewer_ranges_and_difference():
         seen.max(),
     )
     assert _colorscale(positive.layout.coloraxis.colorscale) == _colorscale(F.FIELD_COLORSCALE)
+    undershoot = np.abs(truth) + 1
+    undershoot[0, 0, 0] = -0.01  # a pixel just below zero at a shock: still a density
+    dipped = F.field_viewer(np.abs(prediction) + 1, undershoot, ["rho", "mx", "E"], 0)
+    assert _colorscale(dipped.layout.coloraxis.colorscale) == _colorscale(F.FIELD_COLORSCALE)
+    assert dipped.layout.coloraxis.cmin == -0.01
     m = np.abs(prediction[1] - truth[1]).max()
     assert (fig.layout.coloraxis2.cmin, fig.layout.coloraxis2.cmax) == (-m, m)
     assert [fig.layout[f"yaxis{k}"].scaleanchor for k in ("", "2", "3")] == ["x", "x2", "x3"]

@@ -444,10 +444,13 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
     assert "mostly" not in residual_summary(small) and "residual correction" not in summary
     # the dashboard's short line says it too when the correction dominates (a walk-through
     # found that caveat in the help alone)
-    assert residual_summary(corrected, brief=True).endswith(
-        "; the SMSE map is mostly its EK-FAC correction (100×)"
+    assert residual_summary(corrected, brief=True, smse_map=True).endswith(
+        "; the SMSE map is mostly EK-FAC's residual correction (100×)"
     )
-    assert "mostly" not in residual_summary(small, brief=True)
+    assert "mostly" not in residual_summary(small, brief=True, smse_map=True)
+    # a result without the SMSE map (mass alone: not corrected), and the CLI, which prints
+    # correction_note on a line of its own: not said
+    assert "mostly" not in residual_summary(corrected, brief=True)
 
 
 def test_brief_residual_summary_leaves_its_meaning_to_the_help():

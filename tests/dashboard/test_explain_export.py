@@ -213,6 +213,7 @@ def test_export_names_encode_the_selection(workspace):
         assert not any(key.endswith(": cache key") for key in ctx.meta(panel))
     assert ctx.meta("snapshots") == {"dataset": selection.dataset}
     assert ctx.meta("rollout")[f"{states[0].label}: checkpoints"] == list(states[0].checkpoints)
+    assert "classes" in ctx.meta("rollout") and "classes" not in ctx.meta("training")  # as read
     assert "estimator" in ctx.meta() and "estimator" in ctx.meta("scores")
     assert ctx.stem("scores") != moved.stem("scores")
     fewer = replace(
@@ -221,6 +222,7 @@ def test_export_names_encode_the_selection(workspace):
     fewer_ctx = PanelContext(workspace, catalog, fewer, catalog.dataset(selection.dataset), states)
     assert fewer_ctx.stem("rollout") != ctx.stem("rollout")  # what rollouts read: in the name
     assert fewer_ctx.stem("training") == ctx.stem("training")  # curves read no class
+    assert fewer_ctx.meta("training") == ctx.meta("training")  # one name, one header
 
 
 def test_the_overview_trajectory_downloads_under_a_name_per_channel(workspace, monkeypatch):

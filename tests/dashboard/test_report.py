@@ -25,12 +25,14 @@ from coherence.report import (
     ReportError,
     build_report,
     load_groups,
+    panel_value_problems,
     report_name,
     scales_from_params,
     sections,
     selection_from_link,
     two_time_view,
 )
+from coherence.report_panels import pair_label
 from tests.fixtures import COMPARE
 
 
@@ -303,3 +305,21 @@ def test_report_holds_the_two_time_view_of_its_link(workspace, tmp_path):
         )
         assert run.exit_code == 2 and says in " ".join(run.output.split()), run.output
     assert not out.exists()
+
+
+def test_compare_mode_reports_the_pair_view_after_the_difference_map_and_no_seed(workspace):
+    """In compare mode the tab offers no seed: a link's seed drew the intra-class mean a
+    second time, and the pair's view sat between the mean and its difference map (a
+    review)."""
+    catalog = scan_workspace(workspace)
+    selection = selection_from_link(f"?vs={','.join(COMPARE)}", catalog)[0]
+    seed = selection.checkpoints[0]
+    assert two_time_view({"two_time_seed": seed}, selection) == ("intra", "mean")
+    assert not panel_value_problems({"two_time_seed": "anything"}, selection)
+    groups = load_groups(workspace, catalog, selection)
+    pair = f"{selection.classes[1]} ← {selection.classes[0]}"
+    view = two_time_view({"two_time_pair": pair, "two_time_seed": seed}, selection)
+    titles = [p.title for p in sections(groups, selection, distance=None, view=view)][:4]
+    assert titles[0] == "Two-time influence (SMSE), intra-class mean"
+    assert titles[1].startswith("Difference map (SMSE)")
+    assert titles[2] == f"Two-time influence (SMSE), {pair_label(pair)}"

@@ -24,7 +24,8 @@ DIVERGING: list[list[Any]] = [list(step) for step in pcolors.get_colorscale("RdB
 """Diverging scale (blue < 0 < red) for signed differences, always on a symmetric range."""
 
 FIELD_COLORSCALE: list[list[Any]] = [list(step) for step in pcolors.get_colorscale("Cividis")]
-"""Sequential scale for physical fields (density, velocity, ...), distinct from influence."""
+"""Sequential scale for one-signed physical fields (density, energy), distinct from influence;
+signed ones (momentum, velocity) take ``DIVERGING`` (``field_scale``)."""
 
 GROUP_COLORS: tuple[str, ...] = tuple(pcolors.qualitative.D3)
 TEMPLATE = "plotly_white"
@@ -68,13 +69,18 @@ def shared_zrange(*arrays: Any, symmetric: bool = False) -> tuple[float, float]:
     return lo, hi
 
 
+# a field is signed when each sign reaches this share of the other's extreme: a density's
+# slight undershoot at a shock (a few pixels just below 0) keeps it sequential
+SIGNED_SHARE = 0.05
+
+
 def field_scale(*arrays: Any) -> tuple[float, float, list[list[Any]]]:
     """(zmin, zmax, colorscale) of physical fields: a field of both signs (momentum,
     velocity) on the diverging scale over a symmetric range, so zero is the middle colour
     and the sign reads at once; a one-signed one (density, energy) on the sequential scale
     (a walk-through read momentum_x in cividis, its zero anywhere)."""
     lo, hi = shared_zrange(*arrays)
-    if lo < 0 < hi:
+    if lo < 0 < hi and min(-lo, hi) > SIGNED_SHARE * max(-lo, hi):
         lo, hi = shared_zrange(*arrays, symmetric=True)
         return lo, hi, DIVERGING
     return lo, hi, FIELD_COLORSCALE

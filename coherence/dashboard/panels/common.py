@@ -49,6 +49,8 @@ MODEL_PANELS = {
 # provenance rows of an analysis, left out of a model panel's (a training curve's CSV named
 # the estimator, λ and cache key as if they mattered to it)
 ANALYSIS_ROWS = ("window", "responses", "estimator", "damping λ", "cg rtol", "Krylov depth")
+# the provenance rows of the link keys a model panel may not read (MODEL_PANELS' keys)
+KEY_ROWS = {"classes": "classes", "traj": "test trajectories (batches)", "epoch": "weights"}
 ANALYSIS_GROUP_ROWS = (": cache key", ": computed on", ": fingerprint of the analysed files")
 Bytes = Callable[[], bytes]
 
@@ -132,10 +134,11 @@ class PanelContext:
             chosen["shown instead of the sidebar's selection"] = f"{self.instead}'s default view"
         meta = provenance(self.selection, self.ready)
         if panel in MODEL_PANELS:
+            unread = {row for key, row in KEY_ROWS.items() if key not in MODEL_PANELS[panel]}
             meta = {
                 key: value
                 for key, value in meta.items()
-                if key not in ANALYSIS_ROWS and not key.endswith(ANALYSIS_GROUP_ROWS)
+                if key not in (*ANALYSIS_ROWS, *unread) and not key.endswith(ANALYSIS_GROUP_ROWS)
             }
             if panel != "snapshots":
                 for group in self.groups:  # its checkpoints, whether analysed or not

@@ -162,9 +162,16 @@ def test_column_solver_solves_chosen_columns_from_each_start_as_a_full_run_does(
         full, some, shuffled = solve(list(range(8))), solve([1, 5, 3]), solve([3, 1, 5])
         assert full.converged and some.converged and shuffled.converged
         torch.testing.assert_close((g @ some.solution.T).T, exact[[1, 5, 3]], rtol=1e-4, atol=0)
-        assert list(some.iterations) == [full.iterations[p] for p in (1, 5, 3)]
-        assert list(shuffled.iterations) == [full.iterations[p] for p in (3, 1, 5)]
-        torch.testing.assert_close(shuffled.solution[0], full.solution[3], rtol=1e-9, atol=0)
+        # the same iterations up to rounding: columns solved in another batch position go
+        # through other BLAS kernels, and at λ = 1e-4 the 128-step solve turned 127 on one
+        # AMD EPYC (its count is rounding-sensitive); coupling between columns moves far more
+        for chosen, cols in ((some, (1, 5, 3)), (shuffled, (3, 1, 5))):
+            alone = np.array(chosen.iterations)
+            together = np.array([full.iterations[p] for p in cols])
+            assert np.all(np.abs(alone - together) <= 2), (start, alone, together)
+        torch.testing.assert_close((g @ shuffled.solution.T).T, exact[[3, 1, 5]], rtol=1e-4, atol=0)
+        gap = torch.linalg.norm(shuffled.solution[0] - full.solution[3])
+        assert gap <= 1e-5 * torch.linalg.norm(full.solution[3])  # the same solve, to its rtol
         iterations[start] = sum(full.iterations)
     assert iterations["deflated"] < iterations["cold"]
     assert iterations["preconditioned"] < iterations["cold"]

@@ -261,6 +261,8 @@ def test_subset_stale_and_link_choices(server, browser):
     settle(page)
     assert page.locator(HEATMAP).count() == 1  # the last figures stay
     assert page.get_by_role("button", name="Compute").count() == 1
+    # the report button says what it exports (its tooltip alone was missed)
+    assert page.get_by_role("button", name="Report (HTML) · stale view").count() == 1
     shot(page, "18_stale_figures")
     assert "damping=0.001" in page.url  # the sidebar's selection …
     with page.expect_download() as download:

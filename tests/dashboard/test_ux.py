@@ -73,7 +73,7 @@ def test_an_uncached_selection_keeps_the_last_figures_marked_stale(workspace, mo
     assert after["data"][0]["z"] == before["data"][0]["z"]
     assert "Diagonal dominance" in [m.label for m in at.metric]
     assert "**stale**, the last computed selection's" in texts(at.markdown)  # on the scores
-    assert _report_label(at) == "Report (HTML) of the shown, stale figures"  # on the button
+    assert _report_label(at) == "Report (HTML) · stale view"  # on the button
     at.number_input(key="sb_damping").set_value(1e-4).run()  # back: current, not stale
     assert "Stale" not in texts(at.warning)
     assert "**stale**" not in texts(at.markdown)

@@ -243,7 +243,7 @@ def report_button(ctx: PanelContext, slot=None) -> None:
     (slot if slot is not None else st).download_button(
         # stale: said on the button, not only in its tooltip (a walk-through took the file
         # for the sidebar's selection)
-        "Report (HTML) of the shown, stale figures" if ctx.stale else "Report (HTML)",
+        "Report (HTML) · stale view" if ctx.stale else "Report (HTML)",
         data=lambda: (
             build_report(
                 ctx.root,

@@ -625,6 +625,21 @@ def test_click_targets_cover_every_cell_with_the_cells_hover():
     assert "%{customdata[0]:.3~g}" in targets.hovertemplate
 
 
+def test_the_drill_down_cell_is_outlined_on_its_cell_alone():
+    """Row i is t_r (y) and column j is t_p (x); the outline spans the cell's own width,
+    also at the map's edges and on an uneven time axis; the input figure stays unmarked."""
+    times = [0.0, 0.1, 0.3]
+    fig = F.two_time_heatmap(np.arange(9.0).reshape(3, 3), times, 9)
+    marked = F.with_cell_marked(F.with_click_targets(fig), 2, 1)
+    (rect,) = marked.layout.shapes
+    assert (rect.x0, rect.x1) == pytest.approx((0.05, 0.2))  # column 1: t_p = 0.1
+    assert (rect.y0, rect.y1) == pytest.approx((0.2, 0.4))  # row 2: t_r = 0.3, the last
+    corner = F.with_cell_marked(fig, 0, 0).layout.shapes[0]
+    assert (corner.x0, corner.x1, corner.y0, corner.y1) == pytest.approx((-0.05, 0.05) * 2)
+    assert not fig.layout.shapes
+    assert not F.with_cell_marked(fig, 3, 0).layout.shapes  # a stale pick: no outline
+
+
 def test_training_dynamics_validation_axis_has_labelled_log_ticks():
     from coherence.analysis.figures.dynamics import dynamics_figure
     from coherence.analysis.trends import Trend

@@ -475,6 +475,8 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
     settle(page)
     assert page.get_by_text("input distance d(r, p)").count() == 1
+    outline = page.locator(".js-plotly-plot", has=page.locator(".heatmaplayer")).first
+    assert outline.locator(".shapelayer path").count() == 1  # the clicked cell, outlined
     shot(page, "22_drill_down")
     context.close()
 

@@ -24,7 +24,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.fixtures import copy_workspace, wait_for
 
-from .test_app import assert_clean, charts, open_app, texts
+from .test_app import assert_clean, charts, open_app, plotly_array, texts
 
 
 def _key(workspace, selection) -> str:
@@ -640,6 +640,16 @@ def test_the_conservation_advice_follows_the_views_depth():
     assert _depth_advice("subspace", None).startswith("Choose ekfac-krylov")
 
 
+def _two_time_spec(at) -> dict:
+    """The two-time map's chart: the one with click targets."""
+    (spec,) = [c for c in charts(at) if any(t.get("name") == "cells" for t in c["data"])]
+    return spec
+
+
+def _two_time_shapes(at) -> list[dict]:
+    return _two_time_spec(at)["layout"].get("shapes", [])
+
+
 def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
     """A picked cell (and its class, trajectory and channel) goes into the link and comes back
     from it; before a cell is picked the link carries none of the four."""
@@ -651,7 +661,13 @@ def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
     at = open_app(workspace, monkeypatch)
     assert_clean(at)
     assert not any(k.startswith("two_time_cell") for k in at.query_params)
+    assert not _two_time_shapes(at)  # no cell picked: nothing outlined
     at.selectbox(key=CELL_KEY).set_value("2,3").run()
+    (outline,) = _two_time_shapes(at)  # the picked cell is outlined on the map
+    (heatmap,) = [t for t in _two_time_spec(at)["data"] if t["type"] == "heatmap"]
+    t_p, t_r = plotly_array(heatmap["x"])[3], plotly_array(heatmap["y"])[2]
+    assert outline["x0"] < t_p < outline["x1"]  # column 3: t_p
+    assert outline["y0"] < t_r < outline["y1"]  # row 2: t_r
     link = {k: at.query_params[k] for k in at.query_params if k.startswith("two_time_cell")}
     assert link["two_time_cell"] == "2,3"
     assert set(link) == {

@@ -15,6 +15,7 @@ from coherence.analysis.figures.influence import (
     distance_figure,
     lag_curves_figure,
     two_time_heatmap,
+    with_cell_marked,
     with_click_targets,
 )
 from coherence.analysis.figures.models import (
@@ -68,5 +69,6 @@ __all__ = [
     "top_eigenvalue_box",
     "training_curves_figure",
     "two_time_heatmap",
+    "with_cell_marked",
     "with_click_targets",
 ]

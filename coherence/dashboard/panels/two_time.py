@@ -16,6 +16,7 @@ from coherence.analysis.figures import (
     difference_heatmap,
     input_pair_figure,
     two_time_heatmap,
+    with_cell_marked,
     with_click_targets,
 )
 from coherence.analysis.summaries import two_time_map
@@ -66,7 +67,7 @@ def two_time(ctx: PanelContext) -> None:
     def caption(scale: str, zrange: tuple[float, float]) -> str:
         return (
             f"{how_to_read(two_time_heatmap)} {scale_text(scale, zrange)} Hover shows (t_p, "
-            "t_r, value); click a cell to drill down."
+            "t_r, value); click a cell to drill down (the picked cell is outlined)."
         )
 
     if not need_results(ctx):
@@ -90,6 +91,7 @@ def two_time(ctx: PanelContext) -> None:
         left = right = third = controls
         tour_at = controls.container()
     drawn = DEFAULT_SCALE, ctx.zrange
+    _apply_click(np.asarray(ctx.ready[0].result.times))  # before the map, which marks it
     try:
         with plot:
             drawn = _two_time_chart(
@@ -174,6 +176,9 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
     shown = figure
     if len(maps) == 1:  # one map: a click on a cell drills down (compare mode: the selector)
         shown = shared_figure(ctx, (*key, "click targets"), lambda: with_click_targets(figure))
+        cell = picked_cell()
+        if cell is not None:  # outline the cell the drill-down below shows
+            shown = with_cell_marked(shown, *cell)
     chart(shown, key="chart_two_time", clickable=len(maps) == 1)
     view = ctx.with_choices(
         {"class_pair": pair_label(INTRA), "seed": "mean over seeds"},
@@ -268,13 +273,24 @@ def _apply_click(times: np.ndarray) -> None:
     st.session_state[CELL_KEY] = f"{i},{j}"
 
 
+def picked_cell() -> tuple[int, int] | None:
+    """The drill-down's cell (row i = t_r, column j = t_p), or None while none is picked."""
+    cell = st.session_state.get(CELL_KEY)
+    if not isinstance(cell, str) or cell == NO_CELL:
+        return None
+    try:
+        i, j = map(int, cell.split(","))
+    except ValueError:
+        return None
+    return i, j
+
+
 def _drill_down(ctx: PanelContext, option: str) -> None:
     """One cell of the two-time map: the two input states, their distance, and the value of
     every seed and batch behind the mean."""
     if not ctx.ready:
         return
     result = ctx.ready[0].result
-    _apply_click(np.asarray(result.times))
     st.subheader("Drill down: one cell", anchor=False)
     st.caption(
         "Click a cell of the map (or pick it here): the input states of its response example "

@@ -260,11 +260,17 @@ def test_distance_figure_markers_band_and_log_x(distance_curve):
 
 
 def test_top_eigenvalue_box_drops_nan_and_uses_log_y():
-    unet = np.array([[1.0, 2.0], [np.nan, 4.0]])
-    fig = F.top_eigenvalue_box({"UNet": unet, "ViT": [10.0, 20.0, 30.0]})
-    assert [type(t) for t in fig.data] == [go.Box, go.Box]
-    np.testing.assert_array_equal(fig.data[0].y, [1.0, 2.0, 4.0])
-    assert [t.name for t in fig.data] == ["UNet", "ViT"]
+    """A box from five values on; fewer (three seeds) are points and a bar at their median,
+    since their quartiles would be drawn from one or two points each."""
+    unet = np.array([[1.0, 2.0, 8.0], [np.nan, 4.0, 16.0]])
+    fig = F.top_eigenvalue_box({"UNet": unet, "ViT": [10.0, 20.0, 40.0]})
+    assert [type(t) for t in fig.data] == [go.Box, go.Scatter, go.Scatter]
+    np.testing.assert_array_equal(fig.data[0].y, [1.0, 2.0, 8.0, 4.0, 16.0])
+    points, median = fig.data[1:]
+    np.testing.assert_array_equal(points.y, [10.0, 20.0, 40.0])
+    assert list(points.x) == ["ViT"] * 3 and list(median.x) == ["ViT"]
+    assert list(median.y) == [20.0]
+    assert [t.name for t in fig.data] == ["UNet", "ViT", "ViT median"]
     assert fig.layout.yaxis.type == "log"
     with pytest.raises(RequestError, match="no finite positive"):
         F.top_eigenvalue_box({"UNet": [np.nan]})

@@ -35,8 +35,10 @@ def top_eigenvalue_box(
     *,
     title: str = "Largest eigenvalue of the NTK metric η + λI",
 ) -> go.Figure:
-    """Read: one box per architecture of λ_max(η + λI) over (seed, batch) (log y); a larger
-    λ_max means a stiffer Gauss–Newton metric, so proximal steps move predictions less.
+    """Read: per architecture, λ_max(η + λI) of every (seed, batch) as a point (log y), with
+    a box of the quartiles from 5 values on (fewer: a bar at their median, since three seeds
+    make no quartiles); a larger λ_max means a stiffer Gauss–Newton metric, so proximal
+    steps move predictions less.
 
     groups: {label: values of any shape, e.g. AnalysisResult.top_eigenvalues [S, B]}; NaN
     (not computed) is dropped, a group with no finite positive value is an error.
@@ -52,6 +54,9 @@ def top_eigenvalue_box(
                 f"request the top eigenvalue (top_eigenvalue=True) when computing it"
             )
         drawn.append(v)
+        if v.size < MIN_BOX_VALUES:
+            _points_and_median(fig, name, v, group_color(i))
+            continue
         fig.add_trace(
             go.Box(
                 y=v,
@@ -70,6 +75,34 @@ def top_eigenvalue_box(
     fig.update_yaxes(**log_axis(*drawn, title="λ_max(η + λI) (log scale)"))
     fig.update_layout(showlegend=False)
     return fig
+
+
+MIN_BOX_VALUES = 5  # fewer values: their points and median, no box of quartiles
+
+
+def _points_and_median(fig: go.Figure, name: str, v: np.ndarray, color: str) -> None:
+    """A few values as points at the group's place on the x axis, and a bar at their median."""
+    hover = f"{name}<br>λ_max = %{{y:.3g}}<extra></extra>"
+    fig.add_trace(
+        go.Scatter(
+            x=[name] * v.size,
+            y=v,
+            mode="markers",
+            name=name,
+            marker={"color": color, "size": 8},
+            hovertemplate=hover,
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[name],
+            y=[float(np.median(v))],
+            mode="markers",
+            name=f"{name} median",
+            marker={"symbol": "line-ew-open", "size": 44, "color": color, "line_width": 2},
+            hovertemplate=f"{name}<br>median of {v.size}: %{{y:.3g}}<extra></extra>",
+        )
+    )
 
 
 def _spectrum_rows(values: Any, name: str) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -308,7 +309,7 @@ def test_an_import_the_disk_cannot_hold_is_refused_before_writing(tmp_path, ce_s
 
     src = write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
     per_trajectory = int(np.prod(ce_published(ce_states).shape[1:])) * 4
-    room = 3 * per_trajectory + common.DISK_MARGIN
+    room = common.room_needed(3 * per_trajectory)
     monkeypatch.setattr(common, "free_disk", lambda path: room)
     with pytest.raises(RequestError, match=r"free on that disk.*--limit 3 fits") as refused:
         import_pdegym(src, tmp_path / "ws" / "ds", "CE-RPUI")
@@ -316,6 +317,28 @@ def test_an_import_the_disk_cannot_hold_is_refused_before_writing(tmp_path, ce_s
     assert not (tmp_path / "ws").exists()  # nothing staged, nothing written
     report = import_pdegym(src, tmp_path / "ws" / "ds", "CE-RPUI", limit=3, split="random")
     assert sum(report.counts) == 3  # the hint's --limit imports
+
+
+def test_the_room_check_fits_small_disks(tmp_path, monkeypatch):
+    """A fixed 64 MB margin refused 3 PDEgym trajectories at 128² (21 MB) on a disk with
+    84 MB free, said they wrote 88 MB and that not even 3 fit. Now the margin grows with the
+    data, the message gives the data's own size, and the --limit it offers is the largest
+    that the same check lets through."""
+    from coherence.simulation.importers import common
+
+    mb = 10**6
+    per = 6.88 * mb  # one trajectory: 21 snapshots × 5 fields × 128² float32
+    monkeypatch.setattr(common, "free_disk", lambda path: 84 * mb)
+    common.check_room(tmp_path, 3, int(per), "CE-RP", minimum=3)  # 21 MB: fits
+    with pytest.raises(RequestError, match=r"writes ≈ 83 MB and needs ≈ 92 MB free") as refused:
+        common.check_room(tmp_path, 12, int(per), "CE-RP", minimum=3)
+    fits = int(re.search(r"--limit (\d+) fits", str(refused.value)).group(1))
+    common.check_room(tmp_path, fits, int(per), "CE-RP", minimum=3)  # the hint passes
+    with pytest.raises(RequestError):
+        common.check_room(tmp_path, fits + 1, int(per), "CE-RP", minimum=3)
+    monkeypatch.setattr(common, "free_disk", lambda path: 20 * mb)
+    with pytest.raises(RequestError, match=r"; not even the 3 trajectories an import needs fit:"):
+        common.check_room(tmp_path, 12, int(per), "CE-RP", minimum=3)
 
 
 def test_a_trajectory_larger_than_memory_is_refused_by_its_shape(tmp_path):

@@ -131,7 +131,7 @@ def test_the_limit_a_full_disk_suggests_imports(tmp_path, states, monkeypatch):
         for split in ("train", "valid", "test")
     ]
     per_trajectory = int(np.prod(states.shape[1:])) * 4 * 5 // 4 // 4  # 5 fields at 16²
-    monkeypatch.setattr(common, "free_disk", lambda path: 3 * per_trajectory + common.DISK_MARGIN)
+    monkeypatch.setattr(common, "free_disk", lambda path: common.room_needed(3 * per_trajectory))
     with pytest.raises(RequestError, match=r"--limit 1 fits") as refused:
         import_well_euler(paths, tmp_path / "o", downsample=2)
     assert "(9 trajectories)" in str(refused.value)  # 3 files of 3: room for 3 in all

@@ -4,12 +4,16 @@ The OS releases a flock when the last descriptor of its open file closes, so a w
 with SIGKILL frees its key at once, and "a job for this key is running" is exactly "its lock
 is held". A held descriptor can be handed to a child process (``pass_fds``): the lock then
 lives as long as the child, with no gap between submitting a job and the worker starting.
-Lock files are never deleted (unlinking a flock file races with processes opening it); they
-are empty.
+Lock files are empty. The cache's per-key ones are never deleted; a lock beside a dataset or
+checkpoint (``try_lock_beside``) is deleted by its holder when the write ends
+(``release(remove=True)``), so no ``.NAME.lock`` outlives its writer. Unlinking a flock file
+races with processes that opened it just before, so ``acquire`` checks, once it holds the
+lock, that its file is still the one at the path, and otherwise takes the new one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -71,33 +75,53 @@ class KeyLock:
         """Take the lock; with ``blocking`` wait for it, calling ``on_wait()`` every poll."""
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
+        while True:
+            fd = self._open()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not blocking:
+                        os.close(fd)
+                        return False
+                    if on_wait is not None:
+                        on_wait()
+                    time.sleep(poll_seconds)
+                    continue
+                except BaseException:
+                    os.close(fd)
+                    raise
+                break
+            if self._still_at_path(fd):
+                self._fd = fd
+                return True
+            os.close(fd)  # its holder removed it after we opened it: lock the path's new file
+
+    def _open(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
         except OSError as error:  # another user's lock file, or a read-only mount:
             if error.errno not in _UNWRITABLE or not self.path.is_file():
                 raise
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # flock needs no write access
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not blocking:
-                    os.close(fd)
-                    return False
-                if on_wait is not None:
-                    on_wait()
-                time.sleep(poll_seconds)
-                continue
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fd = fd
-            return True
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)  # flock needs no write access
 
-    def release(self) -> None:
-        """Close this descriptor: the lock is freed unless a child still holds a copy."""
+    def _still_at_path(self, fd: int) -> bool:
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(fd)
+        return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+
+    def release(self, *, remove: bool = False) -> None:
+        """Close this descriptor: the lock is freed unless a child still holds a copy.
+        ``remove``: delete the lock file first, while still holding it (a writer's lock beside
+        its target; a file that cannot be deleted, e.g. another user's, stays)."""
         if self._fd is not None:
+            if remove:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
             fd, self._fd = self._fd, None
             os.close(fd)
 

@@ -24,10 +24,13 @@ def test_a_shared_lock_file_is_as_open_as_the_umask_allows(tmp_path):
     002); the shared helper made them 0600, and another user's writer could not open them (a
     review). The cache's own per-key locks stay private."""
     old = os.umask(0o002)
+    modes = {}
     try:
         with pytest.raises(InterruptedError), dataset_transaction(tmp_path / "d"):
+            modes["dataset"] = stat.S_IMODE(lock_path(tmp_path / "d").stat().st_mode)
             raise InterruptedError  # nothing committed: only the lock file is of interest
         lock, acquired = try_lock_beside(tmp_path / "ckpt", _beside)
+        modes["checkpoint"] = stat.S_IMODE(lock.path.stat().st_mode)
         lock.release()
         private = KeyLock(tmp_path / "key.lock")
         assert private.acquire()
@@ -35,9 +38,39 @@ def test_a_shared_lock_file_is_as_open_as_the_umask_allows(tmp_path):
     finally:
         os.umask(old)
     assert acquired
-    assert stat.S_IMODE(lock_path(tmp_path / "d").stat().st_mode) == 0o664
-    assert stat.S_IMODE(lock.path.stat().st_mode) == 0o664
+    assert modes == {"dataset": 0o664, "checkpoint": 0o664}
     assert stat.S_IMODE((tmp_path / "key.lock").stat().st_mode) == 0o600
+
+
+def test_a_removed_lock_file_is_not_taken_by_one_who_opened_it_before(tmp_path, monkeypatch):
+    """A writer deletes its lock file beside a dataset when it ends (refused imports left
+    `.NAME.lock` files beside datasets that never existed). A process that opened the file
+    just before the delete then locks a file no longer at the path: it must take the path's
+    new file instead, or a third writer, creating that new file, would run beside it."""
+    import fcntl
+
+    path = tmp_path / ".d.lock"
+    holder = KeyLock(path)
+    assert holder.acquire()
+    real_flock, calls = fcntl.flock, []
+
+    def holder_ends_first(fd, operation):  # the holder finishes between open and flock
+        calls.append(fd)
+        if len(calls) == 1:
+            holder.release(remove=True)
+        return real_flock(fd, operation)
+
+    late = KeyLock(path)
+    monkeypatch.setattr(fcntl, "flock", holder_ends_first)
+    assert late.acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert len(calls) == 2  # it let go of the deleted file and locked the path's new one
+    third = KeyLock(path)
+    assert not third.acquire()  # the path's file is held: excluded
+    late.release(remove=True)
+    assert not path.exists()
+    assert third.acquire()  # and free again
+    third.release()
 
 
 def _refusing(monkeypatch, path, *, read_too: bool) -> None:

@@ -293,6 +293,7 @@ def test_a_second_run_into_the_same_checkpoint_is_refused_while_one_trains(tiny_
     finally:
         held.release()
     assert train(tiny_dataset, out, tiny_args()) == out  # free again
+    assert not (tmp_path / ".ckpt.train.lock").exists()  # deleted by the run that held it
     link = tmp_path / "link"
     link.symlink_to(out)  # the same checkpoint through a link: the same lock (a review)
     held = KeyLock(tmp_path / ".ckpt.train.lock")

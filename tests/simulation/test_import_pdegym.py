@@ -201,6 +201,15 @@ def test_classes_add_up_in_one_dataset_listed_by_the_dashboard(tmp_path, ce_stat
         import_pdegym(tmp_path / "NS-Sines.nc", out, "NS-Sines")
     assert open_dataset(out).classes == ["CE-RP", "CE-RPUI"]
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+    # a second folder may not take the first one's name: checkpoints record the dataset_name
+    # they were trained on, and the dashboard counted models of one as trained on both
+    other = workspace / "datasets" / "other"
+    with pytest.raises(RequestError, match=r"is already named 'pdegym_ce'.*give another --name"):
+        import_pdegym(tmp_path / "CE-RP.nc", other, "CE-RP", name="pdegym_ce")
+    import_pdegym(tmp_path / "CE-RP.nc", other, "CE-RP", name="renamed")
+    with pytest.raises(RequestError, match=r"datasets/other is already named 'renamed'.*--name"):
+        import_pdegym(tmp_path / "CE-RP.nc", workspace / "datasets" / "renamed", "CE-RP")
+    assert sorted(p.name for p in (workspace / "datasets").iterdir()) == ["other", "pdegym_ce"]
 
 
 def test_cli_imports_and_refuses_in_one_line(tmp_path, ce_states):
@@ -290,6 +299,14 @@ def test_the_files_own_snapshot_times_are_kept_and_said(tmp_path, ce_states):
         f["time"].make_scale("time")
     with pytest.raises(SchemaError, match=r"CE-RPUI.nc: its 'time' scale is not evenly spaced"):
         import_pdegym(source, tmp_path / "uneven", "CE-RPUI", limit=3)
+
+    # 11 snapshots and no clock of their own: [0, 1] is a guess, said (it was silent, and a
+    # checkpoint then recorded Δt = 0.1 as if it were the published one)
+    short = write_pdegym(tmp_path / "short" / "CE-RPUI.nc", "data", ce_published(ce_states)[:, :11])
+    report = import_pdegym(short, tmp_path / "short_ds", "CE-RPUI", limit=3)
+    np.testing.assert_allclose(open_dataset(tmp_path / "short_ds").times, np.linspace(0, 1, 11))
+    (said,) = [w for w in report.warnings if "snapshots per trajectory" in w]
+    assert said.startswith("11 snapshots per trajectory (published: 21)") and "Δt = 0.1 " in said
     assert not (tmp_path / "uneven").exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coherence.errors import RequestError, SchemaError
+from coherence.errors import CoherenceError, RequestError, SchemaError
 from coherence.resources import free_disk, free_memory, size_text
 from coherence.simulation.dataset import (
     SPLITS,
@@ -335,7 +335,9 @@ def target_dataset_name(
     root = stage.root
     existing = dataset_files(root) if root.is_dir() else []
     if not existing:
-        return name or root.name
+        chosen = name or root.name
+        _refuse_a_taken_name(root, chosen, given=bool(name))
+        return chosen
     new = "the simulation" if command == "simulate" else f"the {command}"
     info = open_dataset(root)
     problems = []
@@ -371,6 +373,26 @@ def target_dataset_name(
                     + f"; pass --overwrite to replace it, or {command} into another --out"
                 )
     return info.name
+
+
+def _refuse_a_taken_name(root: Path, chosen: str, *, given: bool) -> None:
+    """A new dataset's name must be its folder's alone: models record the dataset_name they
+    were trained on, so a second folder with one name made the workspace count them as
+    trained on both (an import with --name of another dataset's name)."""
+    for other in sorted(root.parent.iterdir()) if root.parent.is_dir() else []:
+        if other == root or other.name.startswith(".") or not other.is_dir():
+            continue
+        try:
+            taken = bool(dataset_files(other)) and open_dataset(other).name == chosen
+        except (CoherenceError, OSError):  # a damaged neighbour is its own problem
+            continue
+        if taken:
+            fix = "give another --name" if given else f"give --name another name than {chosen!r}"
+            raise RequestError(
+                f"{root}: the dataset {other} is already named {chosen!r}, and checkpoints "
+                f"record the name of the dataset they were trained on; {fix}, or add to "
+                f"{other} instead"
+            )
 
 
 def refuse_sources_inside(out: str | os.PathLike, sources: list[Path]) -> None:

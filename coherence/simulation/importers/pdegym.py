@@ -43,6 +43,7 @@ from coherence.simulation.importers.pdegym_source import (
     CLASSES,
     PUBLISHED,
     PUBLISHED_SHARDS,
+    PUBLISHED_SNAPSHOTS,
     VARIABLE,
     PdegymSource,
     Shard,
@@ -275,6 +276,14 @@ def snapshot_times(source: PdegymSource, note: Warn) -> np.ndarray:
             "with the source's ≈3 significant digits"
         )
     if source.times is None:  # none held, or the published clock as stored
+        if source.n_steps != PUBLISHED_SNAPSHOTS:  # [0, 1] is then an assumption: say it
+            note(
+                f"{source.n_steps} snapshots per trajectory (published: "
+                f"{PUBLISHED_SNAPSHOTS}), and no times in the files' 'time' scale that say "
+                f"otherwise: taken as uniform on [0, 1], Δt = {published[1]:g} (the published "
+                f"Δt is {1 / (PUBLISHED_SNAPSHOTS - 1):g}); if the files hold another clock, "
+                "write their times into the 'time' scale and import again"
+            )
         return published
     times = source.times  # another clock (``pdegym_source._file_times``)
     note(

@@ -30,6 +30,7 @@ CLASSES = {
 VARIABLE = {Family.EULER: "data", Family.NS: "velocity"}
 PUBLISHED = {Family.EULER: 10_000, Family.NS: 20_000}
 PUBLISHED_SHARDS = {Family.EULER: 14, Family.NS: 17}  # data_0…13, velocity_0…16
+PUBLISHED_SNAPSHOTS = 21  # uniform on [0, 1]: Δt = 0.05
 
 
 @dataclass(frozen=True)

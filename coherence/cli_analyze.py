@@ -17,6 +17,7 @@ from coherence.cli_common import (
     RayAddress,
     compute_slot,
     confirm_long_job,
+    connect_early,
     console,
     friendly_errors,
     progress_bar,
@@ -161,7 +162,7 @@ def analyze(
     for warning in _option_warnings(request, rtol, given):
         warn(warning)
     executor = get_executor(ray_address)
-    executor.connect()  # an unreachable cluster fails here, in seconds
+    unreachable = connect_early(executor)  # raised below if anything must be computed
     info = open_dataset(request.data)
     # configs and manifests first: a checkpoint of another PDE was refused for its window
     # (the dataset's length) before its channels; and all of it before the estimate
@@ -187,6 +188,8 @@ def analyze(
             f"every unit is cached ({plural(total, 'unit')}): assembled without computing"
         )
     else:
+        if unreachable is not None:
+            raise unreachable
         cached, _ = runner.cached_unit_count(request)  # a damaged unit was dropped just now
         _check_cost(
             request, prepared, trust_code=trust_code, local=executor.local, yes=yes, cached=cached

@@ -29,8 +29,10 @@ from coherence.errors import CoherenceError, RequestError
 # crashed on; styled parts are rich Text (``styled``).
 # console: messages and progress (stderr: stdout stays for a command's product);
 # product: what a command was asked for, e.g. `study --plan`'s plan (redirectable)
-console = Console(stderr=True, markup=False)
-product = Console(markup=False)
+# soft_wrap: no line breaks of rich's own (at 80 columns off a terminal), which split the
+# commands and links a message suggests, and a redirected plan's phrases, when copied
+console = Console(stderr=True, markup=False, soft_wrap=True)
+product = Console(markup=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable)
 
 RayAddress = Annotated[
@@ -40,6 +42,17 @@ RayAddress = Annotated[
         help="Compute on this Ray cluster (HOST:PORT); default $COHERENCE_RAY_ADDRESS, else here.",
     ),
 ]
+
+
+def connect_early(executor) -> CoherenceError | None:
+    """Connect to the executor's cluster now, so that an unreachable one is known in seconds;
+    the error is returned, not raised: a request the cache serves needs no cluster (a
+    cached analysis failed when the cluster was down)."""
+    try:
+        executor.connect()
+    except CoherenceError as error:
+        return error
+    return None
 
 
 DEBUG_ENV = "COHERENCE_DEBUG"  # set: a file-system error shows its traceback too

@@ -10,12 +10,14 @@ import typer
 
 from coherence.cli_common import (
     RayAddress,
+    connect_early,
     console,
     friendly_errors,
     log_line,
     product,
     progress_bar,
     split_list,
+    warn,
 )
 from coherence.errors import RequestError
 
@@ -118,14 +120,17 @@ def study(
         sweep_dampings=_distinct(dampings) if sweep else (),
     )
     executor = get_executor(ray_address)
-    if not plan_only:
-        executor.connect()  # an unreachable cluster fails here, in seconds
+    unreachable = None if plan_only else connect_early(executor)
     console.print("planning (probing the models on this device)…")
     plan = plan_study(spec, workspace)
     for line in plan.describe():
         (product if plan_only else console).print(line, highlight=False)
     if plan_only:
         return
+    if unreachable is not None and plan.has_work:
+        raise unreachable
+    if unreachable is not None:  # all cached: the cluster is not needed
+        warn(f"{unreachable} (nothing to compute: everything is cached)")
     links = _run(plan, executor)
     root = plan.workspace
     console.print(

@@ -174,6 +174,15 @@ class StudyPlan:
     sweeps: tuple[SweepStep, ...] = ()
 
     @property
+    def has_work(self) -> bool:
+        """Whether anything is left to train or analyse (not only to read from the cache)."""
+        return (
+            any(s.state != "done" for s in self.train)
+            or any(a.state != "cached" for a in self.analyses)
+            or any(s.requests > 0 for s in self.sweeps)
+        )
+
+    @property
     def seconds(self) -> float:
         todo = [s.seconds for s in self.train if s.state != "done"]
         analyses = sum(a.seconds for a in self.analyses if a.state != "cached")

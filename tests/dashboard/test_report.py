@@ -167,6 +167,10 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
 
     result = report()
     assert result.exit_code == 0, result.output
+    # a suggested command stays on one line (rich broke it at 80 columns off a terminal, so
+    # a pasted command or link held line breaks)
+    (advice,) = [line for line in result.output.splitlines() if "--keep-epochs" in line]
+    assert advice.startswith("Training dynamics: not in this report") and advice.endswith("dyn.")
     page = out.read_text()
     selection = default_selection(workspace)
     key = JobRunner(workspace).key(selection.to_request(workspace))

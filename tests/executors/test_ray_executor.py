@@ -405,16 +405,37 @@ def test_a_driver_with_a_ray_token_at_hand_connects_to_a_token_auth_head(tmp_pat
 
 
 def test_an_unreachable_address_is_refused_in_seconds(checkpoint, tiny_dataset, tmp_path):
+    """Refused in seconds when there is something to compute; a request the cache serves
+    needs no cluster (it was refused too)."""
     port = free_port()  # nothing listens there
     started = time.monotonic()
-    done = subprocess.run(
+    done = _analyze_via(f"127.0.0.1:{port}", checkpoint, tiny_dataset, tmp_path)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    message = " ".join(done.stderr.split())
+    assert f"error: cannot reach the Ray cluster at 127.0.0.1:{port}" in message
+    assert "Traceback" not in done.stderr
+    assert elapsed < 60  # interpreter and torch start-up included; Ray itself would hang
+    assert not (tmp_path / "r.npz").exists()
+    here = _analyze_via(None, checkpoint, tiny_dataset, tmp_path)  # computed here: cached
+    assert here.returncode == 0, here.stderr
+    (tmp_path / "r.npz").unlink()
+    again = _analyze_via(f"127.0.0.1:{port}", checkpoint, tiny_dataset, tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "cached result: served without computing" in again.stderr
+    assert (tmp_path / "r.npz").exists()
+
+
+def _analyze_via(address, checkpoint, tiny_dataset, tmp_path) -> subprocess.CompletedProcess:
+    """`coherence analyze` of a small request in a subprocess, on ``address`` (None: here)."""
+    via = ["--ray-address", address] if address else []
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "coherence.cli",
             "analyze",
-            "--ray-address",
-            f"127.0.0.1:{port}",
+            *via,
             "--checkpoint",
             str(checkpoint),
             "--data",
@@ -433,13 +454,6 @@ def test_an_unreachable_address_is_refused_in_seconds(checkpoint, tiny_dataset, 
         env={**os.environ, "PYTHONPATH": str(REPO), "COHERENCE_RAY_TIMEOUT": "5"},
         timeout=120,
     )
-    elapsed = time.monotonic() - started
-    assert done.returncode == 2, done.stderr
-    message = " ".join(done.stderr.split())
-    assert f"error: cannot reach the Ray cluster at 127.0.0.1:{port}" in message
-    assert "Traceback" not in done.stderr
-    assert elapsed < 60  # interpreter and torch start-up included; Ray itself would hang
-    assert not (tmp_path / "r.npz").exists()
 
 
 def test_a_port_that_is_not_ray_times_out():

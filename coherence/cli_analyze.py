@@ -159,14 +159,14 @@ def analyze(
         "energy_threshold": energy_threshold,
         "max_iter": max_iter,
     }
-    for warning in _option_warnings(request, rtol, given):
-        warn(warning)
     executor = get_executor(ray_address)
     unreachable = connect_early(executor)  # raised below if anything must be computed
     info = open_dataset(request.data)
     # configs and manifests first: a checkpoint of another PDE was refused for its window
     # (the dataset's length) before its channels; and all of it before the estimate
     check_request(request, info)
+    for warning in _option_warnings(request, rtol, given):  # of a request that can run: a
+        warn(warning)  # window past the data was warned about as one step, then refused
     prepared = prepare(request, info)  # once: for the estimate and for the run
     if not root.exists():  # a mistyped --workspace computed afresh into a new, empty one
         where = (
@@ -233,9 +233,20 @@ def named_in(root: Path, path: Path, flag: str) -> Path:
         + (
             f"the workspace has a {other_kind} of that name: were --data and --checkpoint swapped?"
             if swapped
-            else "give the folder's path"
+            else f"give the folder's path, or one of the names there ({_names_in(folder)})"
         )
     )
+
+
+def _names_in(folder: Path, shown: int = 8) -> str:
+    """The first ``shown`` folder names in ``folder`` (hidden ones left out), or 'none'."""
+    if not folder.is_dir():
+        return "none"
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        return "none"
+    more = f", … {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here

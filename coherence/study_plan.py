@@ -423,8 +423,9 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
     used = min((a.units // len(spec.seeds) for a in analyses), default=spec.batches)
     if used < spec.batches:  # one batch per test trajectory: there are no more
         notes.append(
-            f"--batches {spec.batches}: the test split has {used} trajectories in every "
-            f"class, so {plural(used, 'batch', 'batches')} per seed"
+            f"--batches {spec.batches}: the test split has "
+            f"{plural(used, 'trajectory', 'trajectories')} in every class, so "
+            f"{plural(used, 'batch', 'batches')} per seed"
         )
     if crowded:
         notes.append(

@@ -67,7 +67,9 @@ class StudySpec:
                 f"--archs {','.join(self.archs)}: name each architecture once, e.g. unet,vit"
             )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise RequestError(f"--seeds {list(self.seeds)}: give distinct seeds, e.g. 10,35,42")
+            raise RequestError(
+                f"--seeds {','.join(map(str, self.seeds))}: give distinct seeds, e.g. 10,35,42"
+            )
         if self.batches < 1:
             raise RequestError(f"--batches {self.batches}: give at least 1 (paper: 6)")
         if self.epochs is not None and self.epochs < 1:

@@ -59,7 +59,7 @@ def assemble_batch(
 ) -> AnalysisBatch:
     """Trajectory ``trajectory`` of each class in ``split``, transitions t_start .. +n_steps."""
     if len(classes) < 1 or len(set(classes)) != len(classes):
-        raise RequestError(f"classes {list(classes)}: name one or more distinct classes")
+        raise RequestError(f"classes {','.join(classes)}: name one or more distinct classes")
     check_window(info, t_start, n_steps)
     per_class = []
     for class_name in classes:

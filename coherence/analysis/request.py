@@ -199,7 +199,7 @@ class AnalysisRequest:
         if not self.checkpoints:
             raise RequestError("no checkpoint given; pass at least one --checkpoint")
         if len(set(self.checkpoints)) != len(self.checkpoints):
-            raise RequestError(f"checkpoints {list(self.checkpoints)} name one twice")
+            raise RequestError(f"checkpoints {', '.join(self.checkpoints)} name one twice")
         if not self.classes:
             raise RequestError("no class given; pass --classes, e.g. CE-RP,CE-CRP,CE-RPUI")
         if not self.trajectories:
@@ -208,7 +208,8 @@ class AnalysisRequest:
             self.trajectories
         ):
             raise RequestError(
-                f"trajectories {list(self.trajectories)}: distinct non-negative indices"
+                f"trajectories {','.join(map(str, self.trajectories))}: distinct "
+                "non-negative indices"
             )
         error = window_error(self.t_start, self.n_steps) or examples_error(
             len(self.classes), self.n_steps

@@ -96,7 +96,7 @@ def parse_estimator(value: str | Estimator) -> Estimator:
 
 def parse_cg_start(value: str | CGStart) -> CGStart:
     """A CGStart from its name; unknown names raise RequestError with the allowed list."""
-    return parse_choice(CGStart, value, "cg_start")
+    return parse_choice(CGStart, value, "cg start")
 
 
 def parse_response(value: str | Response) -> Response:

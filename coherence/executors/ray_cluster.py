@@ -53,6 +53,7 @@ from coherence.executors.ray_tasks import (
     analysis_unit_task,
     training_task,
 )
+from coherence.wording import plural
 
 RETRIES_ENV = "COHERENCE_RAY_RETRIES"
 CPUS_ENV = "COHERENCE_RAY_CPUS"
@@ -430,5 +431,5 @@ def _save_training(run: TrainRun, reply: Mapping[str, Any], say: Callable[[str],
         run.progress(run.args.epochs - 1, run.args.epochs, 1.0, loss)
     say(
         f"trained {run.out.name} on {reply['host']} in "
-        f"{reply['seconds']:.0f} s ({reply['epochs']} epochs)"
+        f"{reply['seconds']:.0f} s ({plural(reply['epochs'], 'epoch')})"
     )

@@ -150,6 +150,9 @@ def connect(address: str, timeout: float | None = None) -> Any:
     fix = (
         "start it with `ray start --head` there, or correct --ray-address / "
         "COHERENCE_RAY_ADDRESS (unset it to compute locally)"
+        if endpoint is not None or address == "auto"
+        else "write --ray-address / COHERENCE_RAY_ADDRESS as HOST:PORT (the head's GCS port, "
+        "6379 by default), ray://HOST:PORT or auto (unset it to compute locally)"
     )
     if endpoint is not None:
         try:

@@ -69,7 +69,7 @@ class SimulationRequest:
                     f"{spec.family.value!r}; CE and NS are never mixed in one dataset"
                 )
         if len(set(self.classes)) != len(self.classes):
-            raise RequestError(f"classes {list(self.classes)} name a class twice")
+            raise RequestError(f"classes {','.join(self.classes)} name a class twice")
         if not 3 <= self.trajectories <= MAX_TRAJECTORIES:
             raise RequestError(
                 f"trajectories={self.trajectories}: need 3..{MAX_TRAJECTORIES} per class so "

@@ -67,10 +67,12 @@ class TrainingArgs:
             isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in self.keep_epochs
         ):
             raise RequestError(f"keep_epochs={self.keep_epochs!r}: must be positive integers")
-        if self.epochs > MAX_EPOCHS or self.batch_size > MAX_BATCH_SIZE:
+        if self.epochs > MAX_EPOCHS:
+            raise RequestError(f"epochs={self.epochs}: too large; give at most {MAX_EPOCHS:,}")
+        if self.batch_size > MAX_BATCH_SIZE:
             raise RequestError(
-                f"epochs={self.epochs}, batch_size={self.batch_size}: too large; give at most "
-                f"{MAX_EPOCHS:,} epochs and a batch of at most {MAX_BATCH_SIZE:,} examples"
+                f"batch_size={self.batch_size}: too large; give a batch of at most "
+                f"{MAX_BATCH_SIZE:,} examples"
             )
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise RequestError(f"lr={self.lr}: must be a positive number (default 5e-4)")

@@ -296,7 +296,7 @@ def test_default_fidelity_on_every_small_model(hidden, seed, damping):
 def test_bad_krylov_and_cg_options_raise_with_the_fix(ce_model, ce_batch):
     with pytest.raises(RequestError, match=r"depth=0: must be an integer from 1 to 16"):
         compute_influence(ce_model, *ce_batch, estimator="krylov", depth=0)
-    with pytest.raises(RequestError, match="unknown cg_start 'warm'; choose one of"):
+    with pytest.raises(RequestError, match="unknown cg start 'warm'; choose one of"):
         compute_influence(ce_model, *ce_batch, estimator="cg", rtol=1e-2, cg_start="warm")
 
 

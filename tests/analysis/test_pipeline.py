@@ -450,6 +450,15 @@ def test_cost_estimate_counts_the_products_a_solve_makes(
     assert passes == pytest.approx(gradients + ekfac + solve)
 
 
+def test_repeated_selections_are_named_as_typed_not_as_python_lists():
+    """'trajectories [0, 0]' read as Python; a user typed 0,0."""
+    base = dict(checkpoints=("c",), data="d", classes=("CE-RP",), n_steps=2)
+    with pytest.raises(RequestError, match=r"^trajectories 0,0: distinct non-negative indices"):
+        AnalysisRequest(**base | {"trajectories": (0, 0)})
+    with pytest.raises(RequestError, match=r"^checkpoints c, c name one twice"):
+        AnalysisRequest(**base | {"checkpoints": ("c", "c")})
+
+
 def test_parse_window():
     assert parse_window("3:12") == (3, 12)
     with pytest.raises(RequestError, match="START:STEPS"):

@@ -129,7 +129,7 @@ def test_requests_hold_enums_that_behave_as_their_names():
     [
         ({"estimator": "newton"}, "unknown estimator 'newton'; choose one of: 'subspace'"),
         ({"responses": ("vorticity",)}, "unknown response 'vorticity'"),
-        ({"cg_start": "warm", "estimator": "cg", "rtol": 0.1}, "unknown cg_start 'warm'"),
+        ({"cg_start": "warm", "estimator": "cg", "rtol": 0.1}, "unknown cg start 'warm'"),
         ({"damping": 0.0}, "damping=0.0: must be a finite number > 0"),
         ({"damping": float("nan")}, "damping=nan: must be a finite number > 0"),
         ({"estimator": "cg"}, "estimator cg needs rtol"),

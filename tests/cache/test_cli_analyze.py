@@ -182,6 +182,7 @@ def test_analyze_takes_workspace_names_and_says_when_data_and_checkpoint_are_swa
     assert "the workspace has a dataset of that name: were --data and --checkpoint swapped?" in said
     code, said = analyze("unet_tiny", "nowhere")
     assert code == 2 and "--data nowhere: no such folder" in said and "give the folder's" in said
+    assert "or one of the names there (tiny)" in said  # the workspace's datasets, listed
     code, said = analyze(str(root / "datasets" / "tiny"), "tiny")
     assert code == 2 and "It is a dataset (data/<split>/*.hdf5), not a checkpoint" in said
     code, said = analyze("unet_tiny", str(root / "checkpoints" / "unet_tiny"))

@@ -456,6 +456,15 @@ def _analyze_via(address, checkpoint, tiny_dataset, tmp_path) -> subprocess.Comp
     )
 
 
+def test_an_address_that_is_no_address_is_told_its_form():
+    """'garbage' was answered with `ray start --head` there, as if a host had been named."""
+    from coherence.executors.ray_connect import ClusterUnreachable, connect
+
+    with pytest.raises(ClusterUnreachable, match=r"write --ray-address .* as HOST:PORT") as refused:
+        connect("garbage", timeout=5)
+    assert "ray start --head" not in str(refused.value)
+
+
 def test_a_port_that_is_not_ray_times_out():
     """Something listens but never speaks Ray: connect gives up after its timeout."""
     with socket.socket() as server:

@@ -125,8 +125,10 @@ def pdegym(
         ),
     )
     _summary(report)
-    if report.swap_xy:
+    if report.swap_xy and swap_xy == "auto":
         console.print("x and y were swapped so that 'velocity x' runs along x")
+    elif report.swap_xy:  # forced: the data may say otherwise (warned above)
+        console.print("x and y were swapped, as --swap-xy yes asks")
 
 
 @import_app.command("well-euler")

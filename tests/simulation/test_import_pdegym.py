@@ -93,10 +93,14 @@ def test_poseidon_split_is_by_index_and_labelled_when_scaled(tmp_path, ce_states
 
 def test_four_channel_file_gets_energy_from_pressure(tmp_path, ce_states):
     write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states, channels=4))
-    import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "out", "CE-RPUI", limit=5)
+    report = import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "out", "CE-RPUI", limit=5)
     states, index = imported(tmp_path / "out", "CE-RPUI")
     np.testing.assert_array_equal(index, np.arange(5))
     np.testing.assert_allclose(states, ce_states[:5], rtol=1e-5, atol=1e-5)
+    # the γ check cannot catch a wrong channel order here: said, not only recorded
+    assert any(
+        "the γ check that catches a wrong channel order cannot run" in w for w in report.warnings
+    )
 
 
 def test_keep_pressure_stores_the_source_channel(tmp_path, ce_states):
@@ -131,6 +135,16 @@ def test_forced_swap_against_the_data_warns(tmp_path, ns_states):
         tmp_path / "NS-Sines.nc", tmp_path / "o", "NS-Sines", swap_xy="yes", warn=warnings.append
     )
     assert len(warnings) == 1 and "contradicts the data" in warnings[0]
+    # the command line then said the swap made 'velocity x' run along x, against its warning
+    head = ["import", "pdegym", str(tmp_path / "NS-Sines.nc"), "--class", "NS-Sines"]
+    result = CliRunner().invoke(app, [*head, "--out", str(tmp_path / "o2"), "--swap-xy", "yes"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "contradicts the data" in said and "x and y were swapped, as --swap-xy yes asks" in said
+    assert "runs along x" not in said
+    with h5py.File(tmp_path / "o2" / "data" / "train" / "NS-Sines.hdf5") as f:
+        checks = json.loads(f.attrs["import_checks"])
+    assert checks["positive_density_pressure"].startswith("not applicable")  # not False
 
 
 def test_refusals_name_the_file_and_the_fix(tmp_path, ce_states):
@@ -174,6 +188,19 @@ def test_refusals_name_the_file_and_the_fix(tmp_path, ce_states):
     (shards / "data_1.nc").symlink_to(tmp_path / "gone.nc")  # a shard lost: a gap, not skipped
     with pytest.raises(SchemaError, match=r"shards: data_1.nc is not a readable file"):
         import_pdegym(shards, tmp_path / "o", "CE-RPUI")
+    ns_shards = tmp_path / "ns_shards"  # NS shards given a CE class: the class is named
+    write_shards(ns_shards, "velocity", "velocity", ce_published(ce_states)[:, :, :3], [4, 4, 4])
+    with pytest.raises(SchemaError, match=r"holds velocity_<k>.nc shards, which NS classes"):
+        import_pdegym(ns_shards, tmp_path / "o", "CE-RPUI")
+    ints = write_pdegym(tmp_path / "ints.nc", "data", ce_published(ce_states))
+    with h5py.File(ints, "r+") as f:
+        del f["data"]
+        f.create_dataset("data", data=np.ones((4, 21, 5, 16, 16), "i4"))
+    with pytest.raises(SchemaError, match=r"has dtype int32; .*convert the variable to float32"):
+        import_pdegym(ints, tmp_path / "o", "CE-RPUI")
+    few = write_pdegym(tmp_path / "few.nc", "data", ce_published(ce_states)[:2])
+    with pytest.raises(SchemaError, match=r"holds 2 trajectories; .*one each for train, valid"):
+        import_pdegym(few, tmp_path / "o", "CE-RPUI")
     assert not (tmp_path / "o").exists()  # nothing half-written by any refusal
 
 

@@ -183,7 +183,10 @@ def _plan(src: str | os.PathLike, source: PdegymSource, options: _Options) -> tu
     """How many trajectories to import and which split each one goes to."""
     n = source.total if options.limit is None else min(options.limit, source.total)
     if n < 3:
-        raise SchemaError(f"{src}: holds {n} trajectories; need at least 3")
+        raise SchemaError(
+            f"{src}: holds {n} trajectories; an import needs at least 3, one each for train, "
+            "valid and test"
+        )
     plan: SplitPlan = (
         poseidon_split(n, PUBLISHED[source.family])
         if options.split == "poseidon"
@@ -200,7 +203,9 @@ def _initial_checks(source: PdegymSource) -> dict[str, object]:
         "variable": source.variable,
         "shape": [source.total, source.n_steps, source.n_channels, source.nx, source.ny],
         "finite": True,
-        "positive_density_pressure": source.family is Family.EULER,
+        "positive_density_pressure": (
+            True if source.family is Family.EULER else "not applicable (no density or pressure)"
+        ),
     }
     if source.family is Family.EULER:
         checks["gamma_expected"] = EULER_GAMMA
@@ -391,6 +396,12 @@ def import_pdegym(
     check_trajectory_fits(src, shape, 2 * source.trajectory_bytes, "21 × 128²")
     check_room(out, n, source.trajectory_bytes, f"{class_name} from {src}", minimum=3)
     checks = _initial_checks(source)
+    if source.family is Family.EULER and source.n_channels == 4:  # said, not only recorded
+        note(
+            f"{src}: 4 channels (no energy): the energy is computed from the pressure with "
+            f"γ = {EULER_GAMMA:g}, so the γ check that catches a wrong channel order cannot "
+            "run; make sure the channels are density, velocity x, velocity y, pressure"
+        )
     meter = Meter(total=n * source.trajectory_bytes, progress=progress)
     with dataset_transaction(out) as stage:
         for line in stage.recovered:

@@ -88,6 +88,15 @@ def shard_paths(src: Path, variable: str = "data") -> list[Path]:
             f"{src}: holds {others[0]} and no shard ({variable}_<k>.nc); pass the assembled "
             f"file itself: {src / others[0]}"
         )
+    for family, name in VARIABLE.items():  # the other family's shards: its --class
+        theirs = re.compile(rf"{name}_(0|[1-9][0-9]*)\.nc")
+        if name != variable and others and all(theirs.fullmatch(o) for o in others):
+            label, example = ("NS", "NS-Sines") if family is Family.NS else ("CE", "CE-RP")
+            raise SchemaError(
+                f"{src}: holds {name}_<k>.nc shards, which {label} classes are published "
+                f"in, not {variable}_<k>.nc; give the {label} class they hold, e.g. --class "
+                f"{example}"
+            )
     if others:
         also = f" beside its {len(numbers)} shards" if numbers else ""
         verb = "is not a shard" if len(others) == 1 else "are not shards"
@@ -157,7 +166,10 @@ def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
                 f"channels ∈ {allowed}, x ≥ 1, y ≥ 1) as published for {class_name}"
             )
         if dtype.kind != "f":
-            raise SchemaError(f"{path}: '{variable}' has dtype {dtype}; expected float32")
+            raise SchemaError(
+                f"{path}: '{variable}' has dtype {dtype}; expected floating point (published: "
+                "float32; float16 and float64 are read too): convert the variable to float32"
+            )
         if tail is not None and shape[1:] != tail:
             raise SchemaError(
                 f"{path}: '{variable}' has per-sample shape {shape[1:]} but "

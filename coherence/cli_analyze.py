@@ -21,6 +21,7 @@ from coherence.cli_common import (
     console,
     friendly_errors,
     progress_bar,
+    say_cluster_faults,
     split_list,
     styled,
     warn,
@@ -190,6 +191,7 @@ def analyze(
     else:
         if unreachable is not None:
             raise unreachable
+        say_cluster_faults(executor)
         cached, _ = runner.cached_unit_count(request)  # a damaged unit was dropped just now
         _check_cost(
             request, prepared, trust_code=trust_code, local=executor.local, yes=yes, cached=cached

@@ -55,6 +55,19 @@ def connect_early(executor) -> CoherenceError | None:
     return None
 
 
+def say_cluster_faults(executor) -> None:
+    """Before computing on a Ray cluster: what happens if it goes down. Ray itself ends the
+    driver when its node's object store vanishes (status 1, no message of ours: measured
+    with `ray stop` mid-unit), so the one place to say it is before."""
+    if not executor.local:
+        console.print(
+            f"computing on the Ray cluster at {executor.address}: each unit is cached as it "
+            "finishes; should the cluster go down, Ray may end this command at once (exit "
+            "status 1, after its own log line): rerun it to resume from the cached units",
+            highlight=False,
+        )
+
+
 DEBUG_ENV = "COHERENCE_DEBUG"  # set: a file-system error shows its traceback too
 
 

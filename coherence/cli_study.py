@@ -16,6 +16,7 @@ from coherence.cli_common import (
     log_line,
     product,
     progress_bar,
+    say_cluster_faults,
     split_list,
     warn,
 )
@@ -129,6 +130,8 @@ def study(
         return
     if unreachable is not None and plan.has_work:
         raise unreachable
+    if plan.has_work:
+        say_cluster_faults(executor)
     if unreachable is not None:  # all cached: the cluster is not needed
         warn(f"{unreachable} (nothing to compute: everything is cached)")
     links = _run(plan, executor)

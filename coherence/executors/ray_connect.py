@@ -78,6 +78,14 @@ def get_reply(ray: Any, ref: Any, where: str, *, retries: int) -> dict[str, Any]
         ) from None
     except exceptions.TaskCancelledError:
         raise ClusterError(f"{where} was cancelled on the Ray cluster") from None
+    except (exceptions.LocalRayletDiedError, exceptions.RaySystemError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ClusterError(  # not a worker's death, which retries cover: no retry was made
+            f"the Ray cluster went away while computing ({type(error).__name__}: "
+            f"{first[:200]}; the first unit it reported lost: {where}); what finished is "
+            "kept (cached units, written checkpoints): start the cluster again (or drop "
+            "--ray-address) and rerun to resume"
+        ) from None
     except exceptions.RayError as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ClusterError(

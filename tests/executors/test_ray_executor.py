@@ -309,6 +309,45 @@ def test_a_killed_worker_is_retried_and_exhausted_retries_name_the_unit(
 
 
 @pytest.mark.slow
+def test_a_cluster_that_goes_down_mid_job_ends_the_command_with_the_fix(
+    checkpoint, tiny_dataset, tmp_path
+):
+    """`ray stop` mid-unit ended `coherence analyze` with status 1 and no word of ours: Ray
+    ends the driver itself when its node's object store goes, or (when the raylet goes
+    first) our one line names the loss. Either way the command said beforehand what to do."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    env = {**os.environ, TEST_UNIT_DIR_ENV: str(hooks), TEST_UNIT_DELAY_ENV: "120"}
+    with local_head(env) as address:
+        command = [
+            sys.executable, "-m", "coherence.cli", "analyze", "--ray-address", address,
+            "--checkpoint", str(checkpoint), "--data", str(tiny_dataset),
+            "--classes", "CE-RP,CE-CRP", "--window", "0:2", "--trajectories", "0",
+            "--out", str(tmp_path / "r.npz"), "--workspace", str(tmp_path / "ws"), "--yes",
+        ]  # fmt: skip
+        analyze = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        wait_for(hooks / f"{checkpoint.name}-t0.pid")  # the unit runs: now the cluster goes
+    try:
+        _, err = analyze.communicate(timeout=120)
+    finally:
+        analyze.kill()
+    said = " ".join(err.split())
+    assert f"computing on the Ray cluster at {address}" in said, err
+    assert "rerun it to resume from the cached units" in said
+    assert analyze.returncode in (1, 2), err
+    if analyze.returncode == 2:  # the raylet went first: our line, not a retry count
+        assert "error: the Ray cluster went away while computing" in said, err
+        assert "retries" not in said and "Traceback" not in err
+    assert not (tmp_path / "r.npz").exists()
+
+
+@pytest.mark.slow
 def test_cancel_cancels_the_cluster_tasks(
     ray_address, checkpoint, tiny_dataset, workspace, tmp_path
 ):

@@ -143,11 +143,18 @@ class JobRecords:
             return None
 
     def _refuse(self, name: str, error: CacheCorruptionError) -> None:
+        # the CVE only where a pickle was met: a truncated file read as a security matter
+        why = (
+            " (see CVE-2025-69872 for why pickled entries are never read)"
+            if "pickle" in str(error)
+            else ""
+        )
         log.warning(
-            "cache entry %s refused: not in the safe form (raw npz bytes + JSON metadata): %s; "
-            "it was not loaded and has been deleted, the analysis will be recomputed "
-            "(see CVE-2025-69872 for why pickled entries are never read)",
+            "cache entry %s refused: damaged or not in the safe form (raw npz bytes + JSON "
+            "metadata): %s; it was not loaded and has been deleted, the analysis will be "
+            "recomputed%s",
             name,
             error,
+            why,
         )
         self._cache.delete(name, retry=True)

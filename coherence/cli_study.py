@@ -136,12 +136,14 @@ def study(
         warn(f"{unreachable} (nothing to compute: everything is cached)")
     links = _run(plan, executor)
     root = plan.workspace
-    console.print(
+    # what the study leaves the user, on stdout (as --plan's plan): `> links.txt` keeps it
+    product.print(
         f"study done: dataset {plan.dataset}, checkpoints in {root / 'checkpoints'}, results "
-        f"in {root / 'cache'}.\nShow it with:  coherence serve --workspace {root}"
+        f"in {root / 'cache'}.\nShow it with:  coherence serve --workspace {root}",
+        highlight=False,
     )
     for arch, link in zip((a.arch for a in plan.analyses), links, strict=True):
-        console.print(f"  {arch}: http://127.0.0.1:8501/?{link}", highlight=False, soft_wrap=True)
+        product.print(f"  {arch}: http://127.0.0.1:8501/?{link}", highlight=False)
     _print_panels(plan)
 
 
@@ -157,13 +159,13 @@ def _print_panels(plan) -> None:
             empty = [a for a in archs if not kept_epochs(plan.spec, plan.workspace, a)[1]]
             archs = [a for a in archs if a not in empty]
             if empty:
-                console.print(
+                product.print(
                     f"  dynamics ({', '.join(empty)}): nothing to show, the checkpoints kept "
                     "no snapshot before their last epoch (see the plan's note)"
                 )
         if archs:
             shown = ", ".join(archs)
-            console.print(f"  {kind} ({shown}): the {panels[kind]} tab of the view above")
+            product.print(f"  {kind} ({shown}): the {panels[kind]} tab of the view above")
 
 
 def _distinct(values: tuple) -> tuple:

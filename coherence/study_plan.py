@@ -410,6 +410,13 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         notes.append(
             f"trajectories have {len(ctx.info.times)} snapshots: {ctx.transitions} transitions"
         )
+    epochs = spec.epochs_for(ctx.family)
+    if beyond := [e for e in spec.keep_epochs or () if e > epochs]:  # accepted in silence
+        notes.append(
+            f"--keep-epochs {','.join(map(str, beyond))}: beyond the {plural(epochs, 'epoch')} "
+            f"trained, so no snapshot of {'it' if len(beyond) == 1 else 'them'} is kept (give "
+            f"--epochs {max(beyond)} to train that far)"
+        )
     steps, analyses, series_seconds, crowded = [], [], {}, False
     for arch in spec.archs:
         with slots.measuring_slot() as quiet:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from coherence.cache.jobs import JobRunner
 from coherence.cli import app
-from coherence.cli_common import console
+from coherence.cli_common import product
 from coherence.cli_study import _print_panels
 from coherence.dashboard.selection import decode_query
 from coherence.dashboard.workspace_scan import scan_workspace
@@ -280,7 +280,7 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     assert plan.sweeps[0].seconds == main
     assert main < plan.sweeps[1].seconds < 1.5 * main
     run_study(plan, log=lambda _: None)
-    with console.capture() as captured:
+    with product.capture() as captured:
         _print_panels(plan)
     assert "dynamics (vit): the Training dynamics tab" in captured.get()
     assert "sensitivity (vit): the Sensitivity tab" in captured.get()
@@ -353,6 +353,9 @@ def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     past = ["--dynamics", "vit", "--keep-epochs", "9"]  # past --epochs 2: names what was asked
     late = CliRunner().invoke(app, [*base, *past], env={"COLUMNS": "200"})
     assert late.exit_code != 0 and "--keep-epochs 9 keeps no epoch before the last" in late.output
+    beyond = CliRunner().invoke(app, [*base, "--keep-epochs", "1,5"], env={"COLUMNS": "200"})
+    assert beyond.exit_code == 0, beyond.output  # planned, and said (it was accepted silently)
+    assert "--keep-epochs 5: beyond the 2 epochs trained, so no snapshot of it" in beyond.stdout
     grid = CliRunner().invoke(app, [*base, "--sweep", "vit"], env={"COLUMNS": "200"})
     # the panel's grid: ekfac-krylov at 6 λ less the main analysis's, and euclidean once
     assert "sensitivity vit: up to 6 analyses" in grid.output
@@ -392,7 +395,7 @@ def test_dynamics_of_checkpoints_without_snapshots_is_noted_not_silent(tmp_path)
     plan = plan_study(spec(epochs=2, dynamics_archs=("vit",)), root)
     assert [(s.kind, s.requests) for s in plan.sweeps] == [("dynamics", 0)]
     assert any("kept no snapshot before their last epoch" in n for n in plan.notes), plan.notes
-    with console.capture() as captured:  # the study's last lines: no tab to open for it
+    with product.capture() as captured:  # the study's last lines: no tab to open for it
         _print_panels(plan)
     assert "dynamics (vit): nothing to show" in captured.get()
     assert "Training dynamics tab" not in captured.get()

@@ -118,6 +118,12 @@ def open_npz(source: bytes | IO[bytes]) -> Any:
     return np.load(handle, allow_pickle=False)
 
 
+def keyed(result: AnalysisResult, key: str) -> AnalysisResult:
+    """``result`` with its cache key in the provenance: a result read from the cache has it,
+    so one just computed and stored gets it too (their .json files differed)."""
+    return replace(result, provenance={**result.provenance, "cache_key": key})
+
+
 def decode_result(key: str, blob: bytes) -> AnalysisResult:
     """Parse a blob written by ``encode_result`` (no pickle); CacheCorruptionError if not."""
     try:
@@ -128,8 +134,7 @@ def decode_result(key: str, blob: bytes) -> AnalysisResult:
         if fields.get("device") == "cuda" and not torch.cuda.is_available():
             # computed on a GPU elsewhere; the device is not part of the key
             metadata["request"] = {**fields, "device": "auto"}
-        result = result_from_parts(arrays, metadata)
-        return replace(result, provenance={**result.provenance, "cache_key": key})
+        return keyed(result_from_parts(arrays, metadata), key)
     except CacheCorruptionError:
         raise
     except READ_ERRORS as error:

@@ -33,6 +33,7 @@ from coherence.analysis.pipeline import assemble, prepare, run_analysis
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
 from coherence.cache import slots, tasks
+from coherence.cache.blobs import keyed
 from coherence.cache.keys import request_key, unit_keys, validate_key
 from coherence.cache.locks import KeyLock, acquire_soon, lock_is_held
 from coherence.cache.progress import (  # noqa: F401 (re-exported: jobs.TEST_DELAY_ENV, …)
@@ -119,7 +120,7 @@ def compute_job(
         setup = tracker.setup_seconds(startup_seconds)
         if setup is not None:
             store.record_job_setup(setup)
-    return result
+    return keyed(result, key)
 
 
 def compute_task(
@@ -336,7 +337,7 @@ class JobRunner:
             seconds=time.perf_counter() - started,
         )
         self.store.put(key, result)
-        return result
+        return keyed(result, key)
 
     def run(
         self,

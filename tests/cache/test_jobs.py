@@ -55,6 +55,8 @@ def test_second_request_is_served_from_cache(workspace, checkpoint, tiny_dataset
         np.testing.assert_array_equal(second.H[response], first.H[response])
         np.testing.assert_array_equal(second.H_std[response], first.H_std[response])
     np.testing.assert_array_equal(second.distances, first.distances)
+    # computed or served, the provenance names the cache key (the fresh one had none)
+    assert first.provenance["cache_key"] == second.provenance["cache_key"] == key
     assert JobRunner(workspace).result(key) is not None  # another store instance reads it
     assert runner.store.computations(key) == 1
 

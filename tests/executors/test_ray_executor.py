@@ -495,15 +495,17 @@ def _analyze_via(address, checkpoint, tiny_dataset, tmp_path) -> subprocess.Comp
     )
 
 
-def test_an_address_that_is_no_address_is_told_its_form():
-    """'garbage' was answered with `ray start --head` there, as if a host had been named (in
-    a process of its own: this one may be connected to the session's cluster already)."""
+def _connect_elsewhere(address: str, timeout: float) -> list[str]:
+    """``connect(address)`` in a process of its own (this one may hold the session's cluster):
+    the error's type, the seconds it took, and its message, as words."""
     script = (
+        "import time\n"
         "from coherence.executors.ray_connect import connect\n"
+        "started = time.monotonic()\n"
         "try:\n"
-        "    connect('garbage', timeout=5)\n"
+        f"    connect({address!r}, timeout={timeout})\n"
         "except Exception as error:\n"
-        "    print(type(error).__name__, error)\n"
+        "    print(type(error).__name__, round(time.monotonic() - started), error)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -512,8 +514,14 @@ def test_an_address_that_is_no_address_is_told_its_form():
         env={**os.environ, "PYTHONPATH": str(REPO)},
         timeout=60,
     )
-    said = " ".join(done.stdout.split())
-    assert said.startswith("ClusterUnreachable"), done.stdout + done.stderr
+    words = done.stdout.split()
+    assert words[:1] == ["ClusterUnreachable"], done.stdout + done.stderr
+    return words
+
+
+def test_an_address_that_is_no_address_is_told_its_form():
+    """'garbage' was answered with `ray start --head` there, as if a host had been named."""
+    said = " ".join(_connect_elsewhere("garbage", 5))
     assert "write --ray-address / COHERENCE_RAY_ADDRESS as HOST:PORT" in said
     assert "ray start --head" not in said
 
@@ -523,25 +531,8 @@ def test_a_port_that_is_not_ray_times_out():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        script = (
-            "import time\n"
-            "from coherence.executors.ray_connect import connect\n"
-            "started = time.monotonic()\n"
-            "try:\n"
-            f"    connect('127.0.0.1:{server.getsockname()[1]}', timeout=2)\n"
-            "except Exception as error:\n"
-            "    print(type(error).__name__, round(time.monotonic() - started), error)\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            timeout=60,
-        )
-    words = done.stdout.split()
-    assert words[:1] == ["ClusterUnreachable"], done.stdout + done.stderr
-    assert int(words[1]) <= 4 and "did not answer within 2 s" in done.stdout
+        words = _connect_elsewhere(f"127.0.0.1:{server.getsockname()[1]}", 2)
+    assert int(words[1]) <= 4 and "did not answer within 2 s" in " ".join(words)
 
 
 def test_without_an_address_the_local_executor_runs_and_ray_is_not_imported(monkeypatch):

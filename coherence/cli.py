@@ -67,7 +67,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed for initial states and splits.")] = 0,
     name: Annotated[
         str,
-        typer.Option(help="dataset_name attribute (default: FAMILY_RESOLUTION, e.g. euler_64)."),
+        typer.Option(help="dataset_name attribute (default: the --out folder's name)."),
     ] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace existing class files.")] = False,
 ) -> None:

@@ -128,6 +128,7 @@ def analyze(
     from coherence.analysis.results import check_result_path
     from coherence.analysis.vocabulary import CG_MAX_ITER
     from coherence.cache import JobRunner
+    from coherence.cache.reuse import relabel
     from coherence.executors import get_executor
     from coherence.simulation.dataset import open_dataset
     from coherence.workspace import ENV_VAR, workspace_root
@@ -180,14 +181,20 @@ def analyze(
             f"cache, and nothing cached elsewhere is reused ({where})"
         )
     runner = JobRunner(workspace)
-    cached, total = runner.cached_unit_count(request)  # keys only: a unit may be damaged
-    served = runner.store.age(runner.key(request)) is not None
-    if served:
-        console.print("cached result: served without computing")
-    elif cached == total and runner.materialize(request, prepared=prepared) is not None:
-        console.print(
-            f"every unit is cached ({plural(total, 'unit')}): assembled without computing"
-        )
+    # read, not only looked up: a damaged entry is dropped here, so what is left to compute
+    # goes through the cost check and the cluster's notices like any other job
+    stored = runner.store.get(runner.key(request))
+    result = relabel(stored, request) if stored is not None else None
+    if result is not None:
+        said = "cached result: served without computing"
+    else:
+        result = runner.materialize(request, prepared=prepared)  # None: a unit is missing
+        total = request.n_units
+        said = f"every unit is cached ({plural(total, 'unit')}): assembled without computing"
+    if result is not None:
+        if unreachable is not None:
+            warn(f"{unreachable}; not needed: the result is in the cache")
+        console.print(said)
     else:
         if unreachable is not None:
             raise unreachable
@@ -196,8 +203,8 @@ def analyze(
         _check_cost(
             request, prepared, trust_code=trust_code, local=executor.local, yes=yes, cached=cached
         )
-    result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
-    _write(result, request, out, batches=len(prepared[1]), served=served)
+        result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
+    _write(result, request, out, batches=len(prepared[1]), served=stored is not None)
     # where the cache is: without --workspace it is ./workspace, which a user may not expect
     console.print(f"cached in {runner.store.directory}", highlight=False, soft_wrap=True)
 
@@ -235,20 +242,21 @@ def named_in(root: Path, path: Path, flag: str) -> Path:
         + (
             f"the workspace has a {other_kind} of that name: were --data and --checkpoint swapped?"
             if swapped
-            else f"give the folder's path, or one of the names there ({_names_in(folder)})"
+            else "give the folder's path" + _names_in(folder)
         )
     )
 
 
 def _names_in(folder: Path, shown: int = 8) -> str:
-    """The first ``shown`` folder names in ``folder`` (hidden ones left out), or 'none'."""
+    """', or one of the names there (a, b, …)' for the first ``shown`` folders in ``folder``
+    (hidden ones left out); '' when it holds none."""
     if not folder.is_dir():
-        return "none"
+        return ""
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not names:
-        return "none"
+        return ""
     more = f", … {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
+    return f", or one of the names there ({', '.join(names[:shown])}{more})"
 
 
 FLOAT32_RTOL_FLOOR = 1e-6  # residuals computed in float32 stall around here

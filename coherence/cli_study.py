@@ -133,7 +133,7 @@ def study(
     if plan.has_work:
         say_cluster_faults(executor)
     if unreachable is not None:  # all cached: the cluster is not needed
-        warn(f"{unreachable} (nothing to compute: everything is cached)")
+        warn(f"{unreachable}; not needed: every training and analysis is cached")
     links = _run(plan, executor)
     root = plan.workspace
     # what the study leaves the user, on stdout (as --plan's plan): `> links.txt` keeps it
@@ -161,11 +161,14 @@ def _print_panels(plan) -> None:
             if empty:
                 product.print(
                     f"  dynamics ({', '.join(empty)}): nothing to show, the checkpoints kept "
-                    "no snapshot before their last epoch (see the plan's note)"
+                    "no snapshot before their last epoch (see the plan's note)",
+                    highlight=False,
                 )
         if archs:
             shown = ", ".join(archs)
-            product.print(f"  {kind} ({shown}): the {panels[kind]} tab of the view above")
+            product.print(
+                f"  {kind} ({shown}): the {panels[kind]} tab of the view above", highlight=False
+            )
 
 
 def _distinct(values: tuple) -> tuple:

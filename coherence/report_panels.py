@@ -284,8 +284,8 @@ def _ntk(groups: Sequence[ReportGroup]) -> list[Section]:
     out = []
     tops = {g.label: g.result.top_eigenvalues for g in groups}
     with contextlib.suppress(CoherenceError):  # no top eigenvalue computed
-        box = F.top_eigenvalue_box(tops)
-        out.append(Section("NTK top eigenvalue", how_to_read(F.top_eigenvalue_box), box))
+        box = F.top_eigenvalue_figure(tops)
+        out.append(Section("NTK top eigenvalue", how_to_read(F.top_eigenvalue_figure), box))
     try:
         spectrum = F.subspace_spectrum_figure({g.label: g.result.subspace_spectra for g in groups})
         out.append(Section("NTK spectrum", how_to_read(F.subspace_spectrum_figure), spectrum))

@@ -87,7 +87,7 @@ def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
     assert rerun.exit_code == 0, rerun.output
     said = " ".join(rerun.output.split())
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in said
-    assert "(nothing to compute: everything is cached)" in said and "study done" in said
+    assert "not needed: every training and analysis is cached" in said and "study done" in said
     assert ckpt.read_history(checkpoints_dir(workspace) / "ce_small_vit_demo_s7") == history
 
     # The printed link is what the dashboard decodes: same request, served from the cache.

@@ -21,7 +21,6 @@ from coherence.simulation.dataset import (
     Progress,
     SimulationRequest,
     class_seed,
-    dataset_files,
     split_counts,
 )
 from coherence.simulation.families import FAMILIES, Family
@@ -113,22 +112,23 @@ def generate_dataset(
     family = Family(request.family)
     counts = split_counts(request.trajectories, request.split)
     with dataset_transaction(out) as stage:
-        if dataset_files(stage.root):
-            # classes added to a dataset share its grid and time axis, and its name (a
-            # walk-through added a 32² class to a 16² dataset, which then opened nowhere);
-            # an existing class is replaced only with --overwrite: the import's one check
-            name = target_dataset_name(
-                stage,
-                family=family,
-                nx=request.resolution,
-                ny=request.resolution,
-                times=np.asarray(request.times, dtype=np.float64),
-                files=[(split, f"{c}.hdf5") for split in SPLITS for c in request.classes],
-                overwrite=overwrite,
-                name=request.dataset_name,
-                command="simulate",
-            )
-            request = replace(request, dataset_name=name)
+        # classes added to a dataset share its grid and time axis, and its name (a
+        # walk-through added a 32² class to a 16² dataset, which then opened nowhere); an
+        # existing class is replaced only with --overwrite; a new dataset is named after its
+        # folder unless --name says otherwise, and no other dataset beside it may hold that
+        # name (checkpoints record it): the import's one check
+        name = target_dataset_name(
+            stage,
+            family=family,
+            nx=request.resolution,
+            ny=request.resolution,
+            times=np.asarray(request.times, dtype=np.float64),
+            files=[(split, f"{c}.hdf5") for split in SPLITS for c in request.classes],
+            overwrite=overwrite,
+            name=request.dataset_name,
+            command="simulate",
+        )
+        request = replace(request, dataset_name=name)
         pool = (workers, max_workers)
         _simulate_into(stage, request, family, counts, batch_size, dtype, progress, pool)
     return out

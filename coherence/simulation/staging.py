@@ -8,8 +8,9 @@ splits.
 The rules, for a dataset directory ``root`` (``<parent>/<name>``):
 
 1. **One writer at a time.** A writer holds an exclusive ``flock`` on ``<parent>/.<name>.lock``
-   for its whole run (the kernel drops it when the process dies, even on ``kill -9``) and
-   deletes the file when it ends; a second writer is refused with a message naming the lock.
+   for its whole run (the kernel drops it when the process dies, even on ``kill -9``), and
+   deletes the file when it ends without a dataset (a refused first import); a second writer
+   is refused with a message naming the lock.
 2. **Nothing is written under ``data/`` directly.** Every new file is written into a hidden
    staging directory (``stage.path(split, file)``); each file there is itself written to a
    temporary name, validated, then renamed.
@@ -250,5 +251,6 @@ def dataset_transaction(root: str | os.PathLike) -> Iterator[Stage]:
             raise
         stage.commit()
     finally:
-        lock.release(remove=acquired)  # no .NAME.lock outlives its writer (a refused import
-        # left one beside a dataset that never existed)
+        # a refused import left .NAME.lock beside a dataset that never existed: deleted then;
+        # beside a dataset it stays, for another user's writer may share it (try_lock_beside)
+        lock.release(remove=acquired and not root.exists())

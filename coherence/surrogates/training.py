@@ -471,8 +471,8 @@ def train(
 def training_lock(out: Path) -> Iterator[None]:
     """Hold ``.<name>.train.lock`` beside the checkpoint while training into it. Why: two
     runs into one --out both finished, the checkpoint from one and the snapshots (kept when
-    present) from the other. A killed run's lock goes with it (flock; its empty file stays
-    until the next run ends, which deletes it as every run does). A Ray driver holds it
+    present) from the other. A killed run's lock goes with it (flock; its empty file stays). A
+    run refused before it wrote anything deletes the file. A Ray driver holds it
     for its runs as a local run does (``executors.ray_cluster``)."""
     from coherence.cache.locks import try_lock_beside
 
@@ -485,8 +485,8 @@ def training_lock(out: Path) -> Iterator[None]:
         )
     try:
         yield
-    finally:
-        lock.release(remove=True)
+    finally:  # deleted only where no checkpoint came of it: beside one, another user's
+        lock.release(remove=not Path(out).exists())  # writer may share the file
 
 
 def _train(

@@ -181,7 +181,7 @@ def test_figure_html_is_self_contained(h_std):
 
 
 def test_figure_png_none_without_kaleido(monkeypatch):
-    fig = F.top_eigenvalue_box({"UNet": [1.0, 2.0]})
+    fig = F.top_eigenvalue_figure({"UNet": [1.0, 2.0]})
     monkeypatch.setitem(sys.modules, "kaleido", None)  # import kaleido → ImportError
     assert E.figure_png(fig) is None
 
@@ -256,7 +256,7 @@ def test_image_export_without_chrome_is_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-chrome"))
     monkeypatch.setattr(E, "DEBIAN_CHROMIUM", tmp_path / "no-chromium")
     monkeypatch.setenv("PATH", str(tmp_path))
-    fig = F.top_eigenvalue_box({"UNet": [1.0, 2.0]})
+    fig = F.top_eigenvalue_figure({"UNet": [1.0, 2.0]})
     if E._kaleido_installed():
         with pytest.raises(E.ExportError, match="apt-get install chromium"):
             E.figure_image(fig, "png")
@@ -302,7 +302,7 @@ def test_csv_parameter_header_and_rounded_times():
 
 
 def test_figure_html_title_caption_and_escaped_footer():
-    fig = F.top_eigenvalue_box({"UNet": [1.0, 2.0]})
+    fig = F.top_eigenvalue_figure({"UNet": [1.0, 2.0]})
     page = E.figure_html(
         fig, title="Spectrum <b>", caption="how to read", meta={"dataset": "<img src=x>"}
     ).decode()

@@ -70,19 +70,19 @@ def test_analyze_estimates_only_the_units_left_to_compute(checkpoint, tiny_datas
     analyze(checkpoint, tiny_dataset, fresh, tmp_path / "first.npz", "0")
     said = analyze(checkpoint, tiny_dataset, fresh, tmp_path / "both.npz", "0,1")  # 1 of 2
     assert "(1 × (checkpoint, batch) left of 2 (1 cached)" in said
-    # a damaged unit is not "cached": it is dropped, estimated and computed
+    # a damaged unit is not "cached": it is dropped, estimated and computed; so is a damaged
+    # result (it was taken as served by its metadata, then recomputed with no estimate)
     from coherence.cache import ResultStore
     from coherence.workspace import cache_dir
 
     with ResultStore(cache_dir(fresh)) as store:
         raw = store._cache  # the diskcache beneath: damage the bytes, as a disk fault would
         for name in list(raw):
-            if name.startswith("result:"):
-                del raw[name]
-            elif name.startswith("unit:"):
+            if name.startswith(("result:", "unit:")):
                 raw[name] = raw[name][:100]
     said = analyze(checkpoint, tiny_dataset, fresh, tmp_path / "again.npz", "0")
     assert "every unit is cached" not in said and "cost estimate: whole job" in said
+    assert "served without computing" not in said
     assert "(1 × (checkpoint, batch) at" in said  # the damaged one, left to compute
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -65,10 +66,23 @@ def test_progress_counts_trajectories_of_all_classes_then_names_each_file_writte
     assert ce_dataset_progress[-len(writing) :] == writing  # writing comes last
 
 
+def test_a_new_simulation_may_not_take_the_name_of_a_dataset_beside_it(ce_dataset, tmp_path):
+    """Its default name was FAMILY_RESOLUTION, so two simulations in one workspace shared
+    'euler_16', and checkpoints (which record it) counted as trained on both (a review)."""
+    root, request = ce_dataset
+    small = replace(request, classes=("CE-RP",), trajectories=3, snapshots=3)
+    beside = root.parent / "named_like_it"
+    with pytest.raises(RequestError, match=r"ce_small is already named 'ce_small'.*--name"):
+        generate_dataset(replace(small, dataset_name="ce_small"), beside)
+    assert not beside.exists()
+    generate_dataset(small, beside)  # by default: its own folder's name
+    assert open_dataset(beside).name == "named_like_it"
+
+
 def test_generated_dataset_layout_and_contents(ce_dataset):
     root, request = ce_dataset
     info = open_dataset(root)
-    assert info.name == "euler_16" and info.family.value == "euler"
+    assert info.name == "ce_small" and info.family.value == "euler"  # its folder's name
     assert info.classes == ["CE-RP", "CE-RPUI"]
     assert {s: sorted(c) for s, c in info.files.items()} == {
         s: ["CE-RP", "CE-RPUI"] for s in ("train", "valid", "test")

@@ -383,6 +383,10 @@ def test_the_room_check_fits_small_disks(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "free_disk", lambda path: 20 * mb)
     with pytest.raises(RequestError, match=r"; not even the 3 trajectories an import needs fit:"):
         common.check_room(tmp_path, 12, int(per), "CE-RP", minimum=3)
+    # three files (The Well's splits), room for two trajectories: --limit 1 takes three
+    monkeypatch.setattr(common, "free_disk", lambda path: common.room_needed(2 * int(per)))
+    with pytest.raises(RequestError, match=r"import fewer files \(2 trajectories fit, but"):
+        common.check_room(tmp_path, 9, int(per), "Well files", files=3)
 
 
 def test_a_trajectory_larger_than_memory_is_refused_by_its_shape(tmp_path):

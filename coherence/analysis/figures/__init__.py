@@ -21,7 +21,7 @@ from coherence.analysis.figures.influence import (
 from coherence.analysis.figures.models import (
     rollout_figure,
     subspace_spectrum_figure,
-    top_eigenvalue_box,
+    top_eigenvalue_figure,
     training_curves_figure,
 )
 from coherence.analysis.figures.theme import (
@@ -66,7 +66,7 @@ __all__ = [
     "side_by_side",
     "snapshot_animation",
     "subspace_spectrum_figure",
-    "top_eigenvalue_box",
+    "top_eigenvalue_figure",
     "training_curves_figure",
     "two_time_heatmap",
     "with_cell_marked",

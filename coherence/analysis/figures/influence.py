@@ -396,6 +396,8 @@ def with_cell_marked(fig: go.Figure, i: int, j: int) -> go.Figure:
     xs, ys = _cell_bounds(x), _cell_bounds(y)
     out.add_shape(
         type="rect",
+        xref=trace.xaxis or "x",  # the map's own axes, as the click targets use
+        yref=trace.yaxis or "y",
         x0=xs[j],
         x1=xs[j + 1],
         y0=ys[i],

@@ -30,7 +30,7 @@ def _groups(groups: Mapping[str, Any], what: str) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in groups.items()]
 
 
-def top_eigenvalue_box(
+def top_eigenvalue_figure(
     groups: Mapping[str, Any],
     *,
     title: str = "Largest eigenvalue of the NTK metric η + λI",
@@ -45,12 +45,12 @@ def top_eigenvalue_box(
     """
     fig = go.Figure()
     drawn = []
-    for i, (name, values) in enumerate(_groups(groups, "top_eigenvalue_box")):
+    for i, (name, values) in enumerate(_groups(groups, "top_eigenvalue_figure")):
         v = np.asarray(values, dtype=np.float64).ravel()
         v = v[np.isfinite(v) & (v > 0)]
         if v.size == 0:
             raise RequestError(
-                f"top_eigenvalue_box: group {name!r} has no finite positive eigenvalue; "
+                f"top_eigenvalue_figure: group {name!r} has no finite positive eigenvalue; "
                 f"request the top eigenvalue (top_eigenvalue=True) when computing it"
             )
         drawn.append(v)

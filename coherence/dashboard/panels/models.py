@@ -18,7 +18,7 @@ from coherence.analysis.figures import (
     field_viewer,
     rollout_figure,
     subspace_spectrum_figure,
-    top_eigenvalue_box,
+    top_eigenvalue_figure,
 )
 from coherence.analysis.summaries import rollout_summary, spectrum_summary
 from coherence.dashboard import loaders
@@ -89,10 +89,10 @@ def spectrum(ctx: PanelContext) -> None:
 
 def _top_eigenvalues(ctx: PanelContext) -> None:
     """λ_max(η + λI) per group as a box, or why the result has none."""
-    st.caption(how_to_read(top_eigenvalue_box))
+    st.caption(how_to_read(top_eigenvalue_figure))
     tops = {g.label: g.result.top_eigenvalues for g in ctx.ready}
     try:
-        box = top_eigenvalue_box(tops)
+        box = top_eigenvalue_figure(tops)
     except CoherenceError as error:
         st.info(f"No top eigenvalue in this result: {literal(error)}")
         return
@@ -101,7 +101,7 @@ def _top_eigenvalues(ctx: PanelContext) -> None:
         "top_eig",
         ctx.stem("top_eigenvalue"),
         figure=box,
-        caption=how_to_read(top_eigenvalue_box),
+        caption=how_to_read(top_eigenvalue_figure),
         meta=ctx.meta(),
         files=[ctx.panel_csv("top_eigenvalue", lambda: top_eigenvalues_csv(tops))],
     )

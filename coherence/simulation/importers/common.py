@@ -26,6 +26,7 @@ from coherence.simulation.dataset import (
 from coherence.simulation.families import FAMILIES, Family
 from coherence.simulation.staging import Stage
 from coherence.simulation.wellformat import WellWriter
+from coherence.wording import plural
 
 ByteProgress = Callable[[int, int, str], None]  # (bytes read, bytes to read, message)
 Warn = Callable[[str], None]
@@ -70,19 +71,21 @@ def check_room(
     while room_needed((total + 1) * per) <= free:
         total += 1
     fits = total // max(files, 1)
-    fix = (
-        f"import fewer trajectories (--limit {fits} fits), free space there, or import into "
-        "a workspace on a larger disk"
-        if fits >= minimum
-        else (
-            "not even one trajectory fits"
-            if minimum == 1
-            else f"not even the {minimum} trajectories an import needs fit"
+    elsewhere = "free space there, or import into a workspace on a larger disk"
+    if fits >= minimum:
+        fix = f"import fewer trajectories (--limit {fits} fits), {elsewhere}"
+    elif total >= minimum:  # --limit caps each file: even --limit 1 takes one from each
+        fix = (
+            f"import fewer files ({total} trajectories fit, but --limit takes at least one "
+            f"from each of the {files}), {elsewhere}"
         )
-        + ": free space there, or import into a workspace on a larger disk"
-    )
+    elif minimum == 1:
+        fix = f"not even one trajectory fits: {elsewhere}"
+    else:
+        fix = f"not even the {minimum} trajectories an import needs fit: {elsewhere}"
     raise RequestError(
-        f"{out}: importing {what} ({n} trajectories) writes ≈ {size_text(n * per)} and needs "
+        f"{out}: importing {what} ({plural(n, 'trajectory', 'trajectories')}) writes ≈ "
+        f"{size_text(n * per)} and needs "
         f"≈ {size_text(needed)} free with its metadata, but {size_text(free)} are free on "
         f"that disk; {fix}"
     )
@@ -390,8 +393,8 @@ def _refuse_a_taken_name(root: Path, chosen: str, *, given: bool) -> None:
             fix = "give another --name" if given else f"give --name another name than {chosen!r}"
             raise RequestError(
                 f"{root}: the dataset {other} is already named {chosen!r}, and checkpoints "
-                f"record the name of the dataset they were trained on; {fix}, or add to "
-                f"{other} instead"
+                f"record the name of the dataset they were trained on; {fix}, move {other.name} "
+                f"out of {root.parent}, or add to {other} instead"
             )
 
 

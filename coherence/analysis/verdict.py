@@ -162,6 +162,8 @@ def verdict(scores: Scores) -> str:
     if ratio is not None and math.isfinite(ratio.median):
         if ratio.median >= CLASS_TRANSFER:
             parts.append("transfers across initial-condition classes")
+        elif ratio.median <= -CLASS_SPECIFIC:  # −0.28 read as "little transfer" (a review)
+            parts.append("classes interfere (a step on one class worsens the others' predictions)")
         elif ratio.median <= CLASS_SPECIFIC:
             parts.append("class-specific (little transfer between classes)")
         else:

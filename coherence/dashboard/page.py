@@ -152,6 +152,7 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool, report
         if tab.open is False:  # lazy: only the open tab runs
             continue
         opened = label
+        panel_links.recall(label)
         with tab:
             _guarded(render, ctx)
     for warning in panel_links.settle(opened):

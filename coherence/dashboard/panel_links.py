@@ -3,13 +3,14 @@ Conservation panel's response tab, rollout and field settings, the Validation ch
 in the URL, so that a shared link shows the same figure.
 
 The URL holds the choices of the open panel only (the other tabs' widgets do not exist in a
-run, and their state goes with them). On a session's first run ``restore`` puts the link's
-values into the widgets' state; a malformed value (not a whole number where one is due) is
-refused at once. After the open panel has run, ``settle`` compares each restored value with
-what its widget kept: a selectbox resets a value it does not offer (a seed that is not
-selected, a class pair of other classes), and that is explained in a warning naming the
-parameter and the value used instead, exactly as for the sidebar's keys. Then the open
-panel's current choices are written back into the address bar.
+run, and their state goes with them; ``recall`` gives a tab back its last choices when it is
+opened again, and ``kept_choice`` answers for a closed one). On a session's first run
+``restore`` puts the link's values into the widgets' state; a malformed value (not a whole
+number where one is due) is refused at once. After the open panel has run, ``settle`` compares
+each restored value with what its widget kept: a selectbox resets a value it does not offer (a
+seed that is not selected, a class pair of other classes), and that is explained in a warning
+naming the parameter and the value used instead, exactly as for the sidebar's keys. Then the
+open panel's current choices are written back into the address bar.
 
 A panel with choices of its own lists its widget keys in ``PANEL_PARAMS`` (key → type). A key
 in ``UNSET`` is left out of the URL while it holds its "nothing picked" value, and a key in
@@ -77,6 +78,7 @@ REQUIRES = {
 # lower-case as in resp=smse,mass,energy, opens the tab labelled "Energy"
 SPELLINGS = {"cons_response": str.capitalize}
 _PENDING = "_panel_link_pending"
+_KEPT = "_panel_choices_kept"  # each panel's last choices: its widgets' state goes with its tab
 _INT = re.compile(r"[0-9]{1,9}")
 MAX_TEXT = 200
 
@@ -116,11 +118,39 @@ def restore() -> list[str]:
     return warnings
 
 
+def recall(panel: str) -> None:
+    """Before ``panel`` is drawn: the choices it had when last shown, where its widgets have
+    no state (Streamlit drops a widget's state in a run that does not draw it, so a visit
+    to another tab reset the colour scale and the drill-down's cell). A link's values,
+    restored on the first run, are in the state already and stay."""
+    kept = st.session_state.get(_KEPT, {})
+    for key in PANEL_PARAMS.get(panel, {}):
+        if key not in st.session_state and key in kept:
+            st.session_state[key] = kept[key]
+
+
+def kept_choice(key: str) -> Any:
+    """A panel choice as its widget holds it, or as it was when its tab was last shown
+    (None: never chosen): what the report asks of the tabs that are not open."""
+    if key in st.session_state:
+        return st.session_state[key]
+    return st.session_state.get(_KEPT, {}).get(key)
+
+
+def _keep(panel: str) -> None:
+    kept = dict(st.session_state.get(_KEPT, {}))
+    for key in PANEL_PARAMS.get(panel, {}):
+        if key in st.session_state:
+            kept[key] = st.session_state[key]
+    st.session_state[_KEPT] = kept
+
+
 def settle(panel: str | None) -> list[str]:
     """After the open ``panel`` ran: a warning per restored value its widget did not keep,
     then the panel's choices into the URL (and other panels' choices out of it)."""
     pending = st.session_state.pop(_PENDING, {})
     params = PANEL_PARAMS.get(panel or "", {})
+    _keep(panel or "")
     warnings = []
     for key, value in pending.items():
         if key not in params:

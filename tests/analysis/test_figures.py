@@ -78,7 +78,7 @@ def all_figures(h_std, distance_curve) -> dict[str, go.Figure]:
         "class": F.class_transfer_heatmap(class_transfer_matrix(h_std), ["a", "b", "c"], N),
         "lag": F.lag_curves_figure([("UNet", curves), ("ViT", curves)]),
         "distance": F.distance_figure(distance_curve),
-        "box": F.top_eigenvalue_box({"UNet": rng.uniform(1, 9, (S, B))}),
+        "box": F.top_eigenvalue_figure({"UNet": rng.uniform(1, 9, (S, B))}),
         "spectrum": F.subspace_spectrum_figure({"UNet": rng.uniform(0.1, 2, (S, B, N))}),
         "training": F.training_curves_figure({"UNet": training_curves(hist)}),
         "rollout": F.rollout_figure({"UNet": rollout_summary(one, np.cumsum(one, axis=1))}),
@@ -259,11 +259,11 @@ def test_distance_figure_markers_band_and_log_x(distance_curve):
         F.distance_figure(distance_curve, seed_labels=["one"])
 
 
-def test_top_eigenvalue_box_drops_nan_and_uses_log_y():
+def test_top_eigenvalue_figure_drops_nan_and_uses_log_y():
     """A box from five values on; fewer (three seeds) are points and a bar at their median,
     since their quartiles would be drawn from one or two points each."""
     unet = np.array([[1.0, 2.0, 8.0], [np.nan, 4.0, 16.0]])
-    fig = F.top_eigenvalue_box({"UNet": unet, "ViT": [10.0, 20.0, 40.0]})
+    fig = F.top_eigenvalue_figure({"UNet": unet, "ViT": [10.0, 20.0, 40.0]})
     assert [type(t) for t in fig.data] == [go.Box, go.Scatter, go.Scatter]
     np.testing.assert_array_equal(fig.data[0].y, [1.0, 2.0, 8.0, 4.0, 16.0])
     points, median = fig.data[1:]
@@ -273,7 +273,7 @@ def test_top_eigenvalue_box_drops_nan_and_uses_log_y():
     assert [t.name for t in fig.data] == ["UNet", "ViT", "ViT median"]
     assert fig.layout.yaxis.type == "log"
     with pytest.raises(RequestError, match="no finite positive"):
-        F.top_eigenvalue_box({"UNet": [np.nan]})
+        F.top_eigenvalue_figure({"UNet": [np.nan]})
 
 
 def test_subspace_spectrum_figure_rows_median_and_padding():
@@ -384,6 +384,18 @@ def test_field_viewer_ranges_and_difference():
     np.testing.assert_allclose(fig.data[0].x, (np.arange(6) + 0.5) / 6)
     same = F.field_viewer(prediction, truth, ["rho", "mx", "E"], 1)
     np.testing.assert_array_equal(same.data[2].z, fig.data[2].z)
+    # a prediction that strays far (a one-epoch model at h = 20: ±20 against a density of
+    # 0.9–1.5) is drawn on the truth's range, which it no longer flattens to one colour
+    density = 1.2 + 0.3 * np.tanh(truth)
+    stray = F.field_viewer(density * 20, density, ["rho", "mx", "E"], 0)
+    assert (stray.layout.coloraxis.cmin, stray.layout.coloraxis.cmax) == (
+        density[0].min(),
+        density[0].max(),
+    )
+    assert stray.layout.annotations[1].text == "prediction: rho (100% off scale)"
+    near = F.field_viewer(density * 1.1, density, ["rho", "mx", "E"], 0)  # within 2×: shared
+    assert near.layout.coloraxis.cmax == pytest.approx((density[0] * 1.1).max())
+    assert near.layout.annotations[1].text == "prediction: rho"
     with pytest.raises(RequestError, match="not one of"):
         F.field_viewer(prediction, truth, ["rho", "mx", "E"], "p")
     with pytest.raises(RequestError, match="share"):

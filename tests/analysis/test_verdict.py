@@ -26,6 +26,10 @@ def test_local_maps_read_as_memorization_and_flat_ones_as_transfer():
     assert flat.diagonal_dominance.median == 0.5
     assert verdict(flat).startswith("Transfers across time")
     assert "transfers across initial-condition classes" in verdict(flat)
+    # a negative ratio is interference, not "little transfer" (it read so at −0.28)
+    opposed = compute_scores(_h(diagonal=1.0, off=1.0, inter=-1.0))
+    assert opposed.inter_intra_ratio.median < -0.2
+    assert "classes interfere" in verdict(opposed) and "class-specific" not in verdict(opposed)
 
 
 def test_formatting_units_censoring_and_marks():

@@ -650,6 +650,43 @@ def _two_time_shapes(at) -> list[dict]:
     return _two_time_spec(at)["layout"].get("shapes", [])
 
 
+def test_cells_beyond_the_colour_range_are_counted_and_said():
+    """A one-epoch model's map (5.9 to 20.4) on the paper's [0, √6] was one flat square with
+    no word; a caption now counts the cells drawn at the range's ends (both groups' maps)."""
+    from coherence.dashboard.panels.common import clipped_note
+
+    said = clipped_note([np.array([[5.9, 20.4], [7.0, 8.0]])], (0.0, 2.45))
+    assert said.startswith(":orange[4 of 4 cells lie beyond the colour range [0, 2.45]]")
+    assert "choose **auto** or **diverging**" in said
+    both = clipped_note([np.array([[0.5, -0.2]]), np.array([[np.nan, 1.0]])], (0.0, 2.45))
+    assert "1 of 3 cells" in both  # the negative one; NaN is no cell drawn
+    assert clipped_note([np.array([[0.0, 2.45]])], (0.0, 2.45)) == ""  # the ends are in range
+
+
+def test_a_tabs_choices_survive_a_visit_to_another_tab(workspace, monkeypatch):
+    """Streamlit drops a widget's state in a run that does not draw it, so a visit to the
+    Class transfer tab reset the two-time map's colour scale and drill-down cell (a
+    walkthrough at 128²); the tab gets them back, in the URL too, and a closed tab's choice
+    is still known (the report draws every tab's scale)."""
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    at.selectbox(key="zscale_two_time").set_value("auto").run()
+    at.selectbox(key="two_time_cell").set_value("2,3").run()
+    at.session_state["panel"] = "Class transfer"
+    at.run()
+    assert "zscale_two_time" not in at.session_state  # the widget's own state went
+    at.selectbox(key="zscale_transfer").set_value("diverging").run()
+    at.session_state["panel"] = "Two-time influence"
+    at.run()
+    assert_clean(at)
+    assert at.selectbox(key="zscale_two_time").value == "auto"
+    assert at.selectbox(key="two_time_cell").value == "2,3"
+    assert at.query_params["zscale_two_time"] == "auto"
+    assert at.query_params["two_time_cell"] == "2,3"
+    assert "zscale_transfer" not in at.session_state  # closed: kept_choice answers for it
+    assert at.session_state["_panel_choices_kept"]["zscale_transfer"] == "diverging"
+
+
 def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
     """A picked cell (and its class, trajectory and channel) goes into the link and comes back
     from it; before a cell is picked the link carries none of the four."""

@@ -45,6 +45,9 @@ def _centres(n: int) -> np.ndarray:
     return (np.arange(n) + 0.5) / n
 
 
+STRAY_SPAN = 2.0  # a prediction's range this many times the truth's: drawn on the truth's
+
+
 def field_viewer(
     prediction: Any,
     truth: Any,
@@ -53,10 +56,11 @@ def field_viewer(
     *,
     title: str = "",
 ) -> go.Figure:
-    """Read: truth, prediction (one shared colour range; a signed field such as momentum on
-    the diverging scale, zero white) and prediction − truth (symmetric diverging range, red =
-    over-prediction) of one channel; structure in the difference panel shows where the
-    surrogate misses the physics.
+    """Read: truth, prediction (one shared colour range, the truth's alone where the
+    prediction strays more than twice as wide, the prediction's title then saying what share
+    of it is off that scale; a signed field such as momentum on the diverging scale, zero white)
+    and prediction − truth (symmetric diverging range, red = over-prediction) of one
+    channel; structure in the difference panel shows where the surrogate misses the physics.
 
     prediction, truth: [F, H, W] states of one example.
     """
@@ -68,12 +72,18 @@ def field_viewer(
     name = str(channel_names[c])
     diff = p[c] - y[c]
     lo, hi, colors = field_scale(p[c], y[c])
+    predicted = f"prediction: {name}"
+    own = field_scale(y[c])  # a diverging prediction made the truth one flat colour
+    if own[1] > own[0] and hi - lo > STRAY_SPAN * (own[1] - own[0]):
+        lo, hi, colors = own
+        beyond = float(np.mean((p[c] < lo) | (p[c] > hi)))
+        predicted += f" ({beyond:.0%} off scale)"
     dmin, dmax = shared_zrange(diff, symmetric=True)
     xs, ys = _centres(p.shape[2]), _centres(p.shape[1])
     fig = make_subplots(
         rows=1,
         cols=3,
-        subplot_titles=(f"truth: {name}", f"prediction: {name}", "prediction − truth"),
+        subplot_titles=(f"truth: {name}", predicted, "prediction − truth"),
         horizontal_spacing=0.14,  # room for the shared colour bar (and y title) before 3
     )
     panels = (

@@ -33,6 +33,7 @@ from coherence.analysis.names import (
 from coherence.dashboard import first_paint
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.markup import literal
+from coherence.dashboard.panel_links import kept_choice
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 from coherence.report import how_to_read as how_to_read  # re-exported for the panels
@@ -221,6 +222,31 @@ def scale_text(mode: str, zrange: Sequence[float]) -> str:
     return f"Colour range from the data: [{lo:.3g}, {hi:.3g}]."
 
 
+def clipped_note(maps: Sequence[Any], zrange: Sequence[float]) -> str:
+    """A warning, or '', for heatmap cells beyond the colour range they are drawn on: the
+    paper's fixed [0, √N] drew a map whose cells all lay above it as one flat square, and a
+    negative map as black, with no word (a walkthrough at 128², after one epoch)."""
+    values = np.concatenate([np.ravel(np.asarray(m, dtype=np.float64)) for m in maps])
+    values = values[np.isfinite(values)]
+    lo, hi = (float(v) for v in zrange)
+    slack = 1e-9 * max(hi - lo, 1e-300)
+    beyond = int(np.count_nonzero((values < lo - slack) | (values > hi + slack)))
+    if not beyond:
+        return ""
+    return (
+        f":orange[{beyond} of {values.size} cells lie beyond the colour range "
+        f"[{lo:.3g}, {hi:.3g}]] and are drawn at its ends: choose **auto** or **diverging** "
+        "under Colour scale to see them."
+    )
+
+
+def note_clipped(maps: Sequence[Any], zrange: Sequence[float]) -> None:
+    """``clipped_note`` as a caption under the chart, where there is one."""
+    text = clipped_note(maps, zrange)
+    if text:
+        st.caption(text)
+
+
 def scale_selector(key: str, container=None) -> None:
     """The colour-scale control of a heatmap panel: the paper's [0, √N], the data's range,
     or a symmetric diverging scale (negative influence in blue)."""
@@ -289,7 +315,7 @@ def widget_value(key: str, options: Sequence[str]) -> str:
     Why: a panel can then send its chart before the selectors that configure it (drawn
     above it through a container), so the chart's frontend code is fetched first.
     """
-    value = st.session_state.get(key)
+    value = kept_choice(key)  # a closed tab's too (the report reads every tab's scale)
     return value if value in options else options[0]
 
 

@@ -18,6 +18,7 @@ from coherence.dashboard.panels.common import (
     downloads,
     how_to_read,
     need_results,
+    note_clipped,
     pair_figure,
     scale_choice,
     scale_selector,
@@ -127,6 +128,7 @@ def _one_response(ctx: PanelContext, response: str) -> None:
         title=f"Two-time influence on {response}",
     )
     chart(figure, key=f"chart_{response}_map")
+    note_clipped([V for _, V in maps], zrange)
     with controls:
         scale_selector(response, st.columns(3)[0])
     view = ctx.with_choices(colour_scale=scale_choice(scale))

@@ -25,6 +25,7 @@ from coherence.dashboard.panels.common import (
     downloads,
     how_to_read,
     need_results,
+    note_clipped,
     pair_figure,
     scale_choice,
     scale_selector,
@@ -66,6 +67,7 @@ def class_transfer(ctx: PanelContext) -> None:
         title="Class transfer matrix (rows = response, columns = perturbation)",
     )
     chart(figure, key="chart_transfer")
+    note_clipped([M for _, M in matrices], zrange)
     with controls:
         scale_selector("transfer", st.columns(3)[0])
     view = ctx.with_choices(colour_scale=scale_choice(scale))

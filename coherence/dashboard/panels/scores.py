@@ -25,6 +25,7 @@ from coherence.analysis.verdict import (
 from coherence.dashboard import loaders
 from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import literal
+from coherence.dashboard.panel_links import kept_choice
 from coherence.dashboard.panels.common import PanelContext, downloads, how_to_read, need_results
 from coherence.dashboard.selection import Selection
 from coherence.report import ReportGroup, build_report, report_name
@@ -239,7 +240,8 @@ def report_button(ctx: PanelContext, slot=None) -> None:
     groups = [ReportGroup(g.label, g.key, g.result) for g in ctx.ready]
     scales = {panel: ctx.scale(panel) for panel in HEATMAP_PANELS}  # as each tab shows it
     link = _page_link(ctx.selection)
-    params = report_params(st.query_params.to_dict(), st.session_state)
+    choices = {key: kept_choice(key) for key in SWEEP_CHOICES}  # closed tabs' too
+    params = report_params(st.query_params.to_dict(), choices)
     (slot if slot is not None else st).download_button(
         # stale: said on the button, not only in its tooltip (a walk-through took the file
         # for the sidebar's selection)

@@ -30,6 +30,7 @@ from coherence.dashboard.panels.common import (
     downloads,
     how_to_read,
     need_results,
+    note_clipped,
     pair_figure,
     response_title,
     scale_choice,
@@ -180,6 +181,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
         if cell is not None:  # outline the cell the drill-down below shows
             shown = with_cell_marked(shown, *cell)
     chart(shown, key="chart_two_time", clickable=len(maps) == 1)
+    note_clipped([V for _, V in maps], zrange)
     view = ctx.with_choices(
         {"class_pair": pair_label(INTRA), "seed": "mean over seeds"},
         class_pair=None if option == INTRA else _pair_tag(option),

@@ -222,10 +222,11 @@ def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    # the folder's name, which the dashboard lists, and the Well name where it differs (it
-    # said "wrote dataset ns_16 … to …/cli_ds", two names for one dataset)
+    # the folder's name, which the dashboard lists, and which a new dataset now takes as its
+    # Well name too (it said "wrote dataset ns_16 … to …/cli_ds", two names for one dataset)
     said = " ".join(result.output.split())
-    assert "wrote dataset cli_ds (Well name ns_16; 1 class × 3 trajectories" in said
+    assert "wrote dataset cli_ds (1 class × 3 trajectories" in said
+    assert open_dataset(out).name == "cli_ds"
     assert open_dataset(out).classes == ["NS-Sines"]
     # without --classes, the family's own first three (CE-RP was asked of ns: a walk-through)
     command = ["simulate", "--out", str(tmp_path / "ns3"), "--family", "ns", "--trajectories"]

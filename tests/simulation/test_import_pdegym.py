@@ -236,7 +236,8 @@ def test_classes_add_up_in_one_dataset_listed_by_the_dashboard(tmp_path, ce_stat
     import_pdegym(tmp_path / "CE-RP.nc", other, "CE-RP", name="renamed")
     with pytest.raises(RequestError, match=r"datasets/other is already named 'renamed'.*--name"):
         import_pdegym(tmp_path / "CE-RP.nc", workspace / "datasets" / "renamed", "CE-RP")
-    assert sorted(p.name for p in (workspace / "datasets").iterdir()) == ["other", "pdegym_ce"]
+    folders = [p.name for p in (workspace / "datasets").iterdir() if not p.name.startswith(".")]
+    assert sorted(folders) == ["other", "pdegym_ce"]
 
 
 def test_cli_imports_and_refuses_in_one_line(tmp_path, ce_states):

@@ -145,6 +145,13 @@ def _keep(panel: str) -> None:
     st.session_state[_KEPT] = kept
 
 
+def forget(key: str) -> None:
+    """Drop a choice the open panel does not offer in this view (the seed in compare mode):
+    it is not given back when the view offers it again."""
+    st.session_state.get(_KEPT, {}).pop(key, None)
+    st.session_state.pop(key, None)
+
+
 def settle(panel: str | None) -> list[str]:
     """After the open ``panel`` ran: a warning per restored value its widget did not keep,
     then the panel's choices into the URL (and other panels' choices out of it)."""

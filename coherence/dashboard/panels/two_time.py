@@ -20,7 +20,7 @@ from coherence.analysis.figures import (
     with_click_targets,
 )
 from coherence.analysis.summaries import two_time_map
-from coherence.dashboard import loaders
+from coherence.dashboard import loaders, panel_links
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import (
     DEFAULT_SCALE,
@@ -84,6 +84,7 @@ def two_time(ctx: PanelContext) -> None:
     # headline map starts higher on the page; two maps need the width, so they go above.
     tour_at = None  # one map only: the first-visit tour, beside it above the selectors
     if ctx.compare:  # no seed choice: each group is its seeds' mean
+        panel_links.forget("two_time_seed")  # nor one given back in single mode
         controls, plot = st.container(), st.container()
         left, third = controls.columns([3, 2])
         right = None

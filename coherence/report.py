@@ -178,6 +178,11 @@ def _known_keys(selection_keys: Sequence[str]) -> str:
 # tabs whose figures the report does not hold (it holds the selection's influence panels and,
 # where cached, the Training dynamics and Sensitivity sweeps: report_sweeps)
 NOT_IN_REPORT = ("Overview", "Rollout", "Validation")
+# said in every report: a reader looked for the rollouts there (a walkthrough)
+ON_DEMAND_TABS = (
+    f"{', '.join(NOT_IN_REPORT)}: the dashboard's tabs of the data and of model runs "
+    "(rollouts, the counterfactual check), drawn there on demand"
+)
 
 
 def unknown_panel(params: Mapping[str, Any]) -> list[str]:
@@ -517,7 +522,7 @@ def build_report(
         parts,
         link=link,
         scales=scales,
-        left_out=[item.page_text for item in swept.left_out],
+        left_out=[item.page_text for item in swept.left_out] + [ON_DEMAND_TABS],
         more_provenance=data_sources(root, selection) | swept.provenance,
     )
     return Report(page, tuple(swept.left_out), tuple(swept.link_problems))

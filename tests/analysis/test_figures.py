@@ -331,6 +331,10 @@ def test_the_rollout_figure_marks_where_training_stopped():
     assert [s.x0 for s in apart.layout.shapes] == [2, 5]
     labels = [a.text for a in apart.layout.annotations if "trained" in a.text]
     assert labels == ["trained up to h = 2 (UNet)", "trained up to h = 5 (ViT)"]
+    # each label on its line's wider side: h = 2 near the axis's start reads to its right
+    # (to its left it ran over the y axis's tick labels)
+    sides = [a.xanchor for a in apart.layout.annotations if "trained" in a.text]
+    assert sides == ["left", "right"]
     assert [s.line.color for s in apart.layout.shapes] == [group_color(0), group_color(1)]
     # a group whose horizon is unknown (converted checkpoints): the line names its group
     partial = F.rollout_figure({"UNet": roll, "ViT": roll}, trained_horizons={"ViT": 4})

@@ -172,6 +172,7 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     (advice,) = [line for line in result.output.splitlines() if "--keep-epochs" in line]
     assert advice.startswith("Training dynamics: not in this report") and advice.endswith("dyn.")
     page = out.read_text()
+    assert "Overview, Rollout, Validation: the dashboard&#x27;s tabs of the data" in page
     selection = default_selection(workspace)
     key = JobRunner(workspace).key(selection.to_request(workspace))
     assert key in page and page.startswith("<!DOCTYPE html>")

@@ -283,7 +283,11 @@ def _mark_trained_horizons(fig: go.Figure, horizons: Mapping[str, int], groups: 
             by_horizon.setdefault(int(horizons[name]), []).append(name)
     # one gray line only where every group is known to share it; else each names its groups
     shared = len(by_horizon) == 1 and sum(map(len, by_horizon.values())) == len(groups)
+    lo, hi = fig.layout.xaxis.range or (None, None)
     for horizon, names in sorted(by_horizon.items()):
+        # the label on the line's wider side: left of a line near the axis's start, it ran
+        # over the y axis's tick labels (a walkthrough: 'trained up to h = 2' over '50')
+        left = lo is None or horizon - lo > (hi - lo) / 2
         color = "gray" if shared else group_color(groups.index(names[0]))
         label = f"trained up to h = {horizon}" + ("" if shared else f" ({', '.join(names)})")
         fig.add_vline(
@@ -291,5 +295,5 @@ def _mark_trained_horizons(fig: go.Figure, horizons: Mapping[str, int], groups: 
             line={"dash": "dot", "color": color, "width": 2},
             layer="below",
             annotation={"text": label, "font": {"color": color}},
-            annotation_position="top left",
+            annotation_position="top left" if left else "top right",
         )

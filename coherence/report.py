@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -284,28 +285,51 @@ def load_groups(
     from coherence.dashboard.selection import describe
 
     runner = JobRunner(root)
-    groups, missing = [], []
+    groups, missing, commands = [], [], []
     for label, names in zip(group_labels(catalog, selection), selection.groups, strict=True):
         request = selection.to_request(root, names)
         key = runner.key(request)
         result = runner.materialize(request)
         if result is None:
             missing.append(label)
+            commands.append(analyze_command(selection, names))
         else:
             groups.append(ReportGroup(label, key, result))
     if missing:
-        # the selection in full: "the same options" could not be acted on without it (a
-        # walk-through guessed the classes' order)
+        # the selection in full, and the command that computes it: the options' names alone
+        # left out --data and --checkpoint (a walkthrough with imported data)
         raise ReportError(
             f"the selection is not computed yet for {', '.join(missing)} "
             f"({selection.dataset}: {describe(selection)}; classes "
             f"{','.join(selection.classes)}, window {selection.t_start}:{selection.n_steps}, "
             f"responses {','.join(str(r) for r in selection.responses)}): press Compute in "
-            "the dashboard for this link, or run `coherence analyze` with these options "
-            "(--classes, --window, --trajectories, --response, --estimator, --damping), then "
-            "build the report again"
+            f"the dashboard for this link, or run {' and '.join(commands)} in the workspace "
+            "(the result lands in its cache), then build the report again"
         )
     return tuple(groups)
+
+
+def analyze_command(selection: Selection, names: Sequence[str]) -> str:
+    """The `coherence analyze` command that computes one group of ``selection`` (names as
+    the workspace holds them; a snapshot as name/epochs/NNNN), in backquotes."""
+    epoch = f"/epochs/{selection.epoch:04d}" if selection.epoch else ""
+    words = ["coherence", "analyze", "--data", selection.dataset]
+    for name in names:
+        words += ["--checkpoint", f"{name}{epoch}"]
+    words += ["--classes", ",".join(selection.classes)]
+    words += ["--window", f"{selection.t_start}:{selection.n_steps}"]
+    words += ["--trajectories", ",".join(map(str, selection.trajectories))]
+    for response in selection.responses:
+        words += ["--response", str(response)]
+    words += ["--estimator", selection.estimator]
+    if selection.estimator != "euclidean":
+        words += ["--damping", f"{selection.damping:g}"]
+    if selection.depth is not None:
+        words += ["--depth", str(selection.depth)]
+    if selection.rtol is not None:
+        words += ["--rtol", f"{selection.rtol:g}"]
+    words += ["--out", "result.npz"]
+    return "`" + " ".join(shlex.quote(w) for w in words) + "`"
 
 
 # ---------------------------------------------------------------------- provenance -----

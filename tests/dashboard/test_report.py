@@ -158,6 +158,31 @@ def test_report_of_an_uncomputed_selection_says_so(workspace):
         load_groups(workspace, catalog, selection)
 
 
+def test_a_report_not_computed_yet_gives_the_command_that_computes_it(workspace, tmp_path):
+    """The refusal named the options (--classes, --window, …) but not --data or
+    --checkpoint (a walkthrough with imported data); it gives the whole command, which,
+    run in the workspace, computes what the report then draws."""
+    import shlex
+
+    from tests.fixtures import copy_workspace
+
+    ws = copy_workspace(workspace, tmp_path / "ws")
+    out = tmp_path / "r.html"
+    base = ["report", "--workspace", str(ws), "--out", str(out), "--param", "est=euclidean"]
+    refused = CliRunner().invoke(app, base)
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    (command,) = re.findall(r"`(coherence analyze [^`]*)`", said)
+    words = shlex.split(command)[1:]
+    assert "--data" in words and "--checkpoint" in words and "--damping" not in words
+    words[words.index("--out") + 1] = str(tmp_path / "result.npz")
+    computed = CliRunner().invoke(app, [*words, "--workspace", str(ws), "--yes"])
+    assert computed.exit_code == 0, computed.output
+    built = CliRunner().invoke(app, base)
+    assert built.exit_code == 0, built.output
+    assert out.exists()
+
+
 def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     out = tmp_path / "report.html"
 

@@ -650,6 +650,22 @@ def _two_time_shapes(at) -> list[dict]:
     return _two_time_spec(at)["layout"].get("shapes", [])
 
 
+def test_the_spectrum_tables_rank_is_no_less_than_its_effective_ranks():
+    """Two seeds of ranks 4 and 2: the lower median read 2 beside a participation ratio of
+    2.5 (a walkthrough); the higher median is an observed rank and bounds both medians."""
+    from types import SimpleNamespace
+
+    from coherence.dashboard.panels.models import _spectrum_row
+
+    spectra = np.full((2, 1, 6), np.nan)
+    spectra[0, 0, :4] = [4.0, 3.0, 2.0, 1.0]
+    spectra[1, 0, :2] = [2.0, 1.0]
+    group = SimpleNamespace(label="UNet", result=SimpleNamespace(subspace_spectra=spectra))
+    row = _spectrum_row(group)
+    assert row["rank"] == 4
+    assert row["participation ratio"] <= row["rank"] and row["entropy rank"] <= row["rank"]
+
+
 def test_cells_beyond_the_colour_range_are_counted_and_said():
     """A one-epoch model's map (5.9 to 20.4) on the paper's [0, √6] was one flat square with
     no word; a caption now counts the cells drawn at the range's ends (both groups' maps)."""

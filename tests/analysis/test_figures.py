@@ -944,6 +944,12 @@ def test_a_censored_decay_length_says_so_on_hover():
             "",
         ]
         assert "%{text}" in line.hovertemplate
+    # and on the chart: the censored epoch's median is a triangle pointing up (the score
+    # cards write '≥'; a plain point read as the value itself); the sensitivity chart keeps
+    # its one symbol per estimator setting
+    drawn = dynamics_figure({"ViT": {"decay_length": decay}}).data
+    (line,) = [t for t in drawn if t.mode == "lines+markers"]
+    assert list(line.marker.symbol) == ["triangle-up", "circle"]
 
 
 def test_a_lone_point_shows_its_quartiles_as_a_bar():

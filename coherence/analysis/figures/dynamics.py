@@ -82,7 +82,8 @@ def dynamics_figure(
     each seed's score is first averaged over its batches); the last panel is the validation
     SMSE on the same epoch axis. A diagonal dominance that rises while the validation error
     falls means the model improves by memorizing time steps; a decay length or inter/intra
-    ratio that grows means it learns transferable dynamics.
+    ratio that grows means it learns transferable dynamics. A triangle marks a median that is
+    only a lower bound (a decay length censored at the window).
 
     trends_by_group: {label: {score: Trend}}; valid_by_group: {label:
     summaries.training_curves(histories)} (its ``epochs`` and ``valid_smse`` band);

@@ -117,6 +117,9 @@ def axis_title(text: str) -> dict[str, Any]:
     return {"text": text}
 
 
+BOUND = "triangle-up"  # the marker of a median that is only a lower bound
+
+
 def band_traces(
     x: Sequence[float] | np.ndarray,
     median: np.ndarray,
@@ -153,13 +156,24 @@ def band_traces(
         fillcolor=rgba(color, band_alpha),
         **edge,
     )
+    # a point whose values are partly bounds (a note starting '≥') is a triangle pointing up:
+    # the score cards write '≥ 2.00', and a plain point read as the value itself
+    bounds = [bool(n) and n.startswith("≥") for n in notes] if notes is not None else []
+    marker = (
+        {
+            "size": [8 if b else 5 for b in bounds],
+            "symbol": [BOUND if b else "circle" for b in bounds],
+        }
+        if any(bounds)
+        else {"size": 5}
+    )
     line = go.Scatter(
         x=x,
         y=median,
         name=name,
         legendgroup=legendgroup,
         mode="lines+markers",
-        marker={"size": 5},
+        marker=marker,
         line={"color": color, "dash": dash, "width": 2},
         customdata=np.stack([q1, q3], axis=-1),
         text=[f"<br>{n}" if n else "" for n in notes] if notes is not None else None,

@@ -321,7 +321,7 @@ def test_request_records_each_option_only_where_it_is_used():
     assert AnalysisRequest.from_dict(kry).to_dict() == kry
     with pytest.raises(RequestError, match=r"energy_threshold=1\.5"):
         AnalysisRequest(**base, energy_threshold=1.5)
-    with pytest.raises(RequestError, match="cg_start"):
+    with pytest.raises(RequestError, match="unknown cg start"):
         AnalysisRequest(**base, estimator="cg", rtol=1e-2, cg_start="hot")
 
 

@@ -206,7 +206,7 @@ def analyze(
         result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
     _write(result, request, out, batches=len(prepared[1]), served=stored is not None)
     # where the cache is: without --workspace it is ./workspace, which a user may not expect
-    console.print(f"cached in {runner.store.directory}", highlight=False, soft_wrap=True)
+    console.print(f"cached in {runner.store.directory}", highlight=False)
 
 
 def named_in(root: Path, path: Path, flag: str) -> Path:
@@ -371,10 +371,10 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
     if residuals := residual_summary(
         result.diagnostics, arch=read_config(request.checkpoints[0]).arch, brief=True
     ):
-        console.print(f"{residuals}; {RESIDUAL_POINTER}", highlight=False, soft_wrap=True)
+        console.print(f"{residuals}; {RESIDUAL_POINTER}", highlight=False)
     correction = correction_note(result.diagnostics) if "smse" in request.responses else ""
     if correction:  # how much of the SMSE map it is
-        console.print(f"{correction}.", highlight=False, soft_wrap=True)
+        console.print(f"{correction}.", highlight=False)
     seconds = result.provenance["seconds"]
     # a result served from the cache took its seconds when it was computed, not now
     timing = f"computed earlier in {seconds:.1f} s" if served else f"{seconds:.1f} s"
@@ -387,7 +387,7 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
         f"{request.n_examples}, {timing})" + ("; it replaced the file there" if replaced else ""),
     )
     for line in score_lines(result):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False)
 
 
 def score_lines(result) -> list[str]:

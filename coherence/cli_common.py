@@ -104,7 +104,7 @@ def friendly_errors(func: F, interrupted: str | None = None) -> F:
             return func(*args, **kwargs)
         except CoherenceError as exc:
             line = styled(("error:", "bold red"), f" {as_flag(str(exc), kwargs)}")
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, highlight=False)
             raise typer.Exit(code=2) from None
         except (
             FileExistsError,
@@ -123,7 +123,6 @@ def friendly_errors(func: F, interrupted: str | None = None) -> F:
                     f"(set {DEBUG_ENV}=1 for the traceback)",
                 ),
                 highlight=False,
-                soft_wrap=True,
             )
             raise typer.Exit(code=2) from None
         except OSError as exc:  # after the subclasses above
@@ -136,19 +135,16 @@ def friendly_errors(func: F, interrupted: str | None = None) -> F:
                 message = f"the file system is read-only{where}; {AFTER_READ_ONLY}"
             else:
                 raise
-            console.print(styled(("error:", "bold red"), f" {message}"), soft_wrap=True)
+            console.print(styled(("error:", "bold red"), f" {message}"))
             raise typer.Exit(code=2) from None
         except (MemoryError, RuntimeError) as exc:  # torch's allocators raise RuntimeError
             if not out_of_memory(exc) or os.environ.get(DEBUG_ENV):
                 raise
             what = str(exc).splitlines()[0][:200] if str(exc) else "an allocation failed"
-            console.print(
-                styled(("error:", "bold red"), f" out of memory ({what}); {AFTER_OOM}"),
-                soft_wrap=True,
-            )
+            console.print(styled(("error:", "bold red"), f" out of memory ({what}); {AFTER_OOM}"))
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
-            console.print(interrupted or INTERRUPTED, highlight=False, soft_wrap=True)
+            console.print(interrupted or INTERRUPTED, highlight=False)
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]

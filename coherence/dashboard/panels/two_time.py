@@ -276,9 +276,8 @@ def _apply_click(times: np.ndarray) -> None:
     st.session_state[CELL_KEY] = f"{i},{j}"
 
 
-def picked_cell() -> tuple[int, int] | None:
-    """The drill-down's cell (row i = t_r, column j = t_p), or None while none is picked."""
-    cell = st.session_state.get(CELL_KEY)
+def _parse_cell(cell: object) -> tuple[int, int] | None:
+    """'i,j' as (row i = t_r, column j = t_p); None for no cell picked (or no cell at all)."""
     if not isinstance(cell, str) or cell == NO_CELL:
         return None
     try:
@@ -286,6 +285,11 @@ def picked_cell() -> tuple[int, int] | None:
     except ValueError:
         return None
     return i, j
+
+
+def picked_cell() -> tuple[int, int] | None:
+    """The drill-down's cell, or None while none is picked."""
+    return _parse_cell(st.session_state.get(CELL_KEY))
 
 
 def _drill_down(ctx: PanelContext, option: str) -> None:
@@ -356,10 +360,10 @@ def _cell_controls(ctx: PanelContext, option: str, result) -> _Cell | None:
     trajectories = list(ctx.selection.trajectories)
     batch = cols[2].selectbox("Test trajectory", trajectories, key="two_time_cell_batch")
     channel = cols[3].selectbox("Channel", ctx.dataset.channels, key="two_time_cell_channel")
-    if cell == NO_CELL or cell is None:
+    picked = _parse_cell(cell)
+    if picked is None:
         return None
-    i, j = map(int, cell.split(","))
-    return _Cell(i, j, c_r, c_p, trajectories.index(batch), channel)
+    return _Cell(*picked, c_r, c_p, trajectories.index(batch), channel)
 
 
 def _cell_states(ctx: PanelContext, result, cell: _Cell) -> None:

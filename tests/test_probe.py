@@ -64,3 +64,19 @@ def test_a_slow_call_is_timed_once_per_window():
 
     assert best_time(run, torch.device("cpu"), repeats=2) >= MIN_WINDOW_SECONDS * 1.2
     assert len(calls) == 3  # the warm-up, then one call per window
+
+
+def test_a_call_of_seconds_is_timed_once(monkeypatch):
+    """A 128² batch's forward takes seconds: a second window would cost as much again to
+    save a scheduler delay of a few % (a dashboard page waited for it on every estimate)."""
+    from coherence import probe
+
+    monkeypatch.setattr(probe, "LONG_CALL_SECONDS", 0.05)
+    calls = []
+
+    def run() -> None:
+        calls.append(None)
+        time.sleep(0.06)
+
+    assert probe.best_time(run, torch.device("cpu"), repeats=3) >= 0.06
+    assert len(calls) == 3  # the warm-up and one window of two calls

@@ -119,9 +119,10 @@ def time_batch_forward(model: nn.Module, inputs: torch.Tensor, repeats: int = 2)
 GPU_PASS_SCALE = 2.5
 
 
-def _example_seconds(model: nn.Module, inputs: torch.Tensor) -> tuple[float, bool]:
+def example_seconds(model: nn.Module, inputs: torch.Tensor) -> tuple[float, bool]:
     """One example's forward in seconds (the batch's, ÷ N; GPU-scaled) and whether it was
-    timed on a quiet machine."""
+    timed on a quiet machine. It depends on the model and the batch's shape only, so a
+    caller may keep it across requests that differ in anything else (``time_of_job``)."""
     with slots.measuring_slot() as quiet:
         per_example = time_batch_forward(model, inputs) / inputs.shape[0]
     return per_example * (GPU_PASS_SCALE if inputs.is_cuda else 1.0), quiet
@@ -135,7 +136,7 @@ def _cg_cap(request: AnalysisRequest) -> int | None:
 def estimate_job(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobEstimate:
     """The job's estimate from its first batch's ``inputs`` [N, F, H, W] (on the model's
     device and dtype)."""
-    per_example, quiet = _example_seconds(model, inputs)
+    per_example, quiet = example_seconds(model, inputs)
     cap = _cg_cap(request)
     cost = estimate_cost(model, request, inputs, forward_seconds=per_example, cg_iterations=cap)
     seconds = float(cost.seconds_per_unit)
@@ -155,9 +156,15 @@ class JobTime:
     beside_other_job: bool
 
 
-def estimate_time(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobTime:
-    """``estimate_job``'s seconds alone (the same passes and the same timed forward)."""
-    per_example, quiet = _example_seconds(model, inputs)
+def time_of_job(request: AnalysisRequest, per_example: float, *, quiet: bool = True) -> JobTime:
+    """``estimate_job``'s seconds alone, from one example's timed forward
+    (``example_seconds``): no model pass, so a page can price every request it is shown."""
     cap = _cg_cap(request)
     seconds = unit_seconds(request, per_example, cap)
     return JobTime(seconds, request.n_units, cap is not None, not quiet)
+
+
+def estimate_time(model: nn.Module, request: AnalysisRequest, inputs: torch.Tensor) -> JobTime:
+    """``estimate_job``'s seconds alone (the same passes and the same timed forward)."""
+    per_example, quiet = example_seconds(model, inputs)
+    return time_of_job(request, per_example, quiet=quiet)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import streamlit as st
 import torch
 
@@ -25,7 +26,7 @@ from coherence.analysis.influence import residual_help, residual_summary
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
-from coherence.cache.cost import confirm_seconds, estimate_time
+from coherence.cache.cost import confirm_seconds, example_seconds, time_of_job
 from coherence.cache.jobs import JobStatus, is_assembled
 from coherence.dashboard import loaders, watchers
 from coherence.dashboard.markup import code, literal
@@ -180,24 +181,43 @@ def job_cost(request: AnalysisRequest, *, float64: bool = False) -> tuple[float,
         return 0.0, 0, False
 
 
-@st.cache_data(show_spinner="Estimating the job…", max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=64)
 def _job_cost(request_json: str, float64: bool = False) -> tuple[float, int, bool]:
     request = AnalysisRequest.from_dict(json.loads(request_json))
-    if slots.busy():
-        raise MachineBusy
     try:
-        model, _ = loaders.model(request.checkpoints[0])
-        device = request.torch_device
-        if float64 or device.type != "cpu":
-            model = copy.deepcopy(model).to(device, torch.float64 if float64 else None)
-        dtype = next(model.parameters()).dtype
-        inputs = torch.from_numpy(loaders.batch_inputs(request)[0]).to(device, dtype)
-        job = estimate_time(model, request, inputs)
+        inputs = loaders.batch_inputs(request)[0]
+        path = request.checkpoints[0]
+        device = str(request.torch_device)
+        signature = loaders.checkpoint_signature(path)
+        grid = inputs.shape[1:]  # not N: the window's length sets N
+        per_example = _example_seconds(str(path), signature, grid, device, float64, inputs)
     except CoherenceError:
         return 0.0, 0, False  # the job itself will report the problem
-    if job.beside_other_job:  # a job started (or another page timed) meanwhile: not cached
-        raise MachineBusy
+    job = time_of_job(request, per_example)
     return job.unit_seconds, job.units, job.upper_bound
+
+
+@st.cache_data(show_spinner="Timing the model on this machine for the estimate…", max_entries=32)
+def _example_seconds(
+    path: str, signature: tuple, grid: tuple, device: str, float64: bool, _inputs: np.ndarray
+) -> float:
+    """One example's forward, timed once per model, example shape, device and precision: the
+    window, λ or estimator change the passes a job makes, not a pass's time, so moving the
+    window slider no longer times the model again (seconds per move at 128²). ``_inputs``
+    (the first request's batch, unhashed) is what is timed: the per-example time of another
+    batch size differs by up to a third on a CPU (cache effects), well within what an
+    estimate promises."""
+    if slots.busy():
+        raise MachineBusy
+    model, _ = loaders.model(path)
+    target = torch.device(device)
+    if float64 or target.type != "cpu":
+        model = copy.deepcopy(model).to(target, torch.float64 if float64 else None)
+    dtype = next(model.parameters()).dtype
+    per_example, quiet = example_seconds(model, torch.from_numpy(_inputs).to(target, dtype))
+    if not quiet:  # a job started (or another page timed) meanwhile: not cached
+        raise MachineBusy
+    return per_example
 
 
 def job_seconds(request: AnalysisRequest) -> float:

@@ -125,6 +125,12 @@ def test_the_estimate_next_to_compute_counts_only_the_units_not_cached(workspace
     assert compute.missing_seconds(workspace, cg)[1]  # cg: counted at its iteration cap
 
 
+def forget_estimates() -> None:
+    """The page's estimates and its timed forwards, as on a fresh server."""
+    compute._job_cost.clear()
+    compute._example_seconds.clear()
+
+
 def test_no_estimate_is_timed_while_another_job_holds_the_machine(workspace, monkeypatch, tmp_path):
     """Timed beside a running job, an estimate read several times slow (and was cached for
     the session, and asked for a confirmation); now none is timed until the machine is free,
@@ -136,7 +142,7 @@ def test_no_estimate_is_timed_while_another_job_holds_the_machine(workspace, mon
     monkeypatch.setenv(slots.DIR_ENV, str(tmp_path / "slots"))
     monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
     request = replace(default_selection(workspace), damping=3e-3).to_request(workspace)
-    compute._job_cost.clear()
+    forget_estimates()
     _, fd = slots.acquire("another job")
     try:
         assert compute.job_cost(request) == (0.0, 0, False)
@@ -150,7 +156,36 @@ def test_no_estimate_is_timed_while_another_job_holds_the_machine(workspace, mon
         os.close(fd)
     seconds, units, _ = compute.job_cost(request)  # not cached while busy: timed now
     assert seconds > 0 and units > 0
-    compute._job_cost.clear()
+    _, fd = slots.acquire("another job")
+    try:  # the model is timed now: another request of it is priced without a new timing
+        other = replace(default_selection(workspace), damping=5e-3).to_request(workspace)
+        assert compute.job_cost(other)[0] > 0
+    finally:
+        os.close(fd)
+    forget_estimates()
+
+
+def test_a_new_window_or_damping_is_priced_without_timing_the_model_again(workspace, monkeypatch):
+    """At 128² one timed forward of the batch took seconds, and every move of the window
+    slider (or of λ, the estimator…) timed it again before the page answered. A pass's time
+    depends on the model and the batch's shape only, so each model is timed once."""
+    timed = []
+
+    def spy(model, inputs):
+        timed.append(tuple(inputs.shape))
+        return real(model, inputs)
+
+    real = compute.example_seconds
+    monkeypatch.setattr(compute, "example_seconds", spy)
+    base = default_selection(workspace)
+    forget_estimates()
+    first = compute.job_cost(base.to_request(workspace))
+    moved = replace(base, t_start=base.t_start + 1, n_steps=base.n_steps - 1, damping=2e-3)
+    second = compute.job_cost(moved.to_request(workspace))
+    assert len(timed) == 1 and first[0] > 0 and second[0] > 0
+    cg = compute.job_cost(replace(moved, estimator="cg", rtol=0.05).to_request(workspace))
+    assert len(timed) == 1 and cg[0] > second[0] and cg[2]  # more passes, the same timing
+    forget_estimates()
 
 
 def test_the_estimate_adds_each_workers_setup_as_measured_here(workspace, monkeypatch):
@@ -214,21 +249,21 @@ def test_the_check_estimate_times_a_float64_copy_and_leaves_the_cached_model(
 
     timed = []
 
-    def spy(model, request, inputs):
+    def spy(model, inputs):
         timed.append((next(model.parameters()).dtype, inputs.dtype))
-        return real(model, request, inputs)
+        return real(model, inputs)
 
-    real = compute.estimate_time
-    monkeypatch.setattr(compute, "estimate_time", spy)
+    real = compute.example_seconds
+    monkeypatch.setattr(compute, "example_seconds", spy)
     request = default_selection(workspace).to_request(workspace)
-    compute._job_cost.clear()
+    forget_estimates()
     f32 = compute.job_cost(request)
     f64 = compute.job_cost(request, float64=True)
     assert timed == [(torch.float32, torch.float32), (torch.float64, torch.float64)]
     assert f64[1] == f32[1] and f64[0] > 0  # the same units, timed separately
     model, _ = loaders.model(request.checkpoints[0])
     assert next(model.parameters()).dtype == torch.float32
-    compute._job_cost.clear()
+    forget_estimates()
 
 
 def test_cuda_on_a_cpu_machine_names_no_missing_button(workspace, monkeypatch):

@@ -25,6 +25,7 @@ from coherence.cli_common import (
     console,
     friendly_errors,
     log_line,
+    note_unlisted,
     progress_bar,
     split_list,
     styled,
@@ -113,6 +114,7 @@ def simulate(
             f" in {time.perf_counter() - start:.1f} s",
         )
     )
+    note_unlisted(out, "dataset")
 
 
 @app.command("train")
@@ -186,6 +188,7 @@ def train_command(
         executor.train([TrainRun(data, out, args, progress=report)], log=log)
     if trained_epochs(out) != before:  # a finished one is not written again: its log said so
         console.print(styled("checkpoint written to ", (str(out.resolve()), "bold")))
+        note_unlisted(out, "checkpoint")
         kept = ", ".join(map(str, list_snapshots(out))) or "none"
         console.print(f"snapshots kept (epochs/NNNN): {kept}", highlight=False)
 

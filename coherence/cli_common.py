@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -212,6 +213,24 @@ def log_line(line: str, *, to: Console = console) -> None:
         warn(line.removeprefix(WARNING), to=to)
     else:
         to.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def note_unlisted(out: Path, kind: str) -> None:
+    """A note where ``out`` (a dataset or checkpoint just written) is not a folder of the
+    workspace's ``datasets/`` or ``checkpoints/``: the dashboard lists only those, and an
+    import to ``/data/ce`` was accepted in silence, then missing from every selector."""
+    from coherence.workspace import ENV_VAR, workspace_root
+
+    folder = workspace_root() / f"{kind}s"
+    where = out.resolve()
+    if where.parent == folder:
+        return
+    console.print(
+        f"note: the dashboard lists the {kind}s in {folder}/, so it will not list this one; "
+        f"move it there, or serve a workspace whose {kind}s/ folder holds it "
+        f"(`coherence serve --workspace DIR` or {ENV_VAR}); the CLI reads it where it is",
+        highlight=False,
+    )
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:

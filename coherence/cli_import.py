@@ -21,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from coherence.cli_common import all_or_nothing, console, styled, warn
+from coherence.cli_common import all_or_nothing, console, note_unlisted, styled, warn
 
 import_app = typer.Typer(
     help="Import public datasets (PDEgym, The Well) as Well-format datasets.",
@@ -77,6 +77,7 @@ def _summary(report) -> None:
     )
     for path in report.files:
         console.print(f"  {path}", highlight=False)
+    note_unlisted(Path(report.root), "dataset")
 
 
 @import_app.command("pdegym")

@@ -22,6 +22,7 @@ from coherence.simulation.dataset import (
     open_dataset,
     split_counts,
 )
+from coherence.workspace import ENV_VAR
 
 
 @pytest.fixture(scope="module")
@@ -226,14 +227,19 @@ def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
     # Well name too (it said "wrote dataset ns_16 … to …/cli_ds", two names for one dataset)
     said = " ".join(result.output.split())
     assert "wrote dataset cli_ds (1 class × 3 trajectories" in said
+    assert "note: the dashboard lists the datasets in" in said  # tmp_path: no workspace's
     assert open_dataset(out).name == "cli_ds"
     assert open_dataset(out).classes == ["NS-Sines"]
     # without --classes, the family's own first three (CE-RP was asked of ns: a walk-through)
     command = ["simulate", "--out", str(tmp_path / "ns3"), "--family", "ns", "--trajectories"]
     small = ["3", "--resolution", "16", "--snapshots", "3", "--t-end", "0.05"]
-    result = runner.invoke(app, command + small)
+    result = runner.invoke(app, command + small, env={ENV_VAR: str(tmp_path)})
     assert result.exit_code == 0, result.output
     assert sorted(open_dataset(tmp_path / "ns3").classes) == ["NS-BB", "NS-Gauss", "NS-Sines"]
+    assert "note: the dashboard lists" in result.output  # not in <workspace>/datasets/
+    listed = ["simulate", "--out", str(tmp_path / "datasets" / "ns"), "--family", "ns"]
+    result = runner.invoke(app, [*listed, "--trajectories", *small], env={ENV_VAR: str(tmp_path)})
+    assert result.exit_code == 0 and "note:" not in result.output, result.output
     # a check's field name reads as the flag that set it (it said "t_end=-1.0: …")
     negative = runner.invoke(app, ["simulate", "--out", str(tmp_path / "y"), "--t-end", "-1"])
     assert negative.exit_code == 2

@@ -181,6 +181,25 @@ def _cached_elsewhere(catalog, selection, points_of, cache: _Cache, tab: str) ->
     )
 
 
+def _cli_route(catalog, points, done) -> str:
+    """The CLI's way to the sweep: one `coherence analyze` per missing setting, the first
+    in full (the advice named the dashboard's tab only, which a user on a cluster's login
+    node does not have)."""
+    from coherence.dashboard.selection import from_request
+    from coherence.report import analyze_command
+
+    cached = {p.key for p in done}
+    missing = [p for p in points if p.key not in cached and not p.on_demand]
+    for point in missing:
+        chosen = from_request(catalog, point.request.to_dict())
+        if chosen is not None:
+            return (
+                f" From the CLI: one `coherence analyze` per missing setting ({len(missing)}), "
+                f"the first {analyze_command(chosen, chosen.checkpoints)}."
+            )
+    return ""
+
+
 def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> None:
     from coherence.dashboard import sweep_views, sweeps
     from coherence.surrogates import checkpoint as ckpt
@@ -204,7 +223,8 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
                 f"no group has two of its epochs analysed at λ = {selection.damping:g} "
                 f"({_per_group(own, mine, labels, 'epoch analyses')})"
             )
-            advice = "Compute them in the dashboard's Training dynamics tab." + _cached_elsewhere(
+            advice = "Compute them in the dashboard's Training dynamics tab."
+            advice += _cli_route(catalog, mine, own) + _cached_elsewhere(
                 catalog,
                 selection,
                 lambda s: sweeps.dynamics_points(root, s, cache.runner)[0],
@@ -285,7 +305,8 @@ def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -
             "no group has a second setting computed "
             f"({_per_group(done, defaults, labels, 'default settings')})"
         )
-        advice = "Compute the sweep in the dashboard's Sensitivity tab." + _cached_elsewhere(
+        advice = "Compute the sweep in the dashboard's Sensitivity tab."
+        advice += _cli_route(catalog, points, done) + _cached_elsewhere(
             catalog,
             selection,
             lambda s: sweeps.sensitivity_points(root, s, catalog, cache.runner)[0],

@@ -8,6 +8,7 @@ import html
 import importlib
 import json
 import re
+import shlex
 import time
 from dataclasses import replace
 from urllib.parse import urlencode
@@ -110,6 +111,33 @@ def test_snapshot_epochs_are_not_checkpoints_and_partial_cache_shows(trained_on,
     assert "1 of 3 epoch analyses cached" in texts(at.caption)
     assert at.button(key="dyn_compute")
     assert charts(at)
+
+
+def test_a_report_without_epoch_analyses_gives_the_cli_command(trained_on, tmp_path):
+    """The report's advice for snapshots not analysed yet named the dashboard's tab only;
+    it now gives the `coherence analyze` of a missing epoch too, which computes that one."""
+    root = copy_workspace(trained_on, tmp_path / "workspace")
+    catalog = scan_workspace(root)
+    selection = default_selection(catalog)
+    runner = JobRunner(root)
+    own = runner.key(selection.to_request(root))
+    runner.run(selection.to_request(root))  # the report's own selection: the last epoch
+    points, _ = sweeps.dynamics_points(root, selection, runner)
+    for point in points:
+        if point.key != own:
+            runner.store.delete(point.key)
+    dynamics = build_report(root, catalog, selection, distance=None).left_out[0]
+    assert dynamics.tab == "Training dynamics"
+    assert dynamics.reason.startswith("no group has two of its epochs analysed")
+    assert "one `coherence analyze` per missing setting (2)" in dynamics.advice
+    (command,) = re.findall(r"`(coherence analyze [^`]*)`", dynamics.advice)
+    words = shlex.split(command)[1:]
+    assert "unet_tiny_s1/epochs/0001" in words  # a snapshot, by its workspace name
+    words[words.index("--out") + 1] = str(tmp_path / "result.npz")
+    computed = CliRunner().invoke(app, [*words, "--workspace", str(root), "--yes"])
+    assert computed.exit_code == 0, computed.output
+    done = [p for p in points if runner.status(p.key).state == "done"]
+    assert len(done) == 2 and min(p.x for p in done) == 1
 
 
 def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
@@ -745,7 +773,17 @@ def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_pat
     assert dynamics.reason == "these checkpoints keep no snapshot of an earlier epoch"
     assert "--keep-epochs 1,2,4,8,16" in dynamics.advice
     assert sensitivity.reason == "no group has a second setting computed (1 of 7 default settings)"
-    assert sensitivity.advice == "Compute the sweep in the dashboard's Sensitivity tab."
+    assert sensitivity.advice.startswith("Compute the sweep in the dashboard's Sensitivity tab.")
+    # the CLI's route too: its first command computes one of the sweep's missing settings
+    assert "one `coherence analyze` per missing setting (6)" in sensitivity.advice
+    (command,) = re.findall(r"`(coherence analyze [^`]*)`", sensitivity.advice)
+    words = shlex.split(command)[1:]
+    words[words.index("--out") + 1] = str(tmp_path / "result.npz")
+    computed = CliRunner().invoke(app, [*words, "--workspace", str(root), "--yes"])
+    assert computed.exit_code == 0, computed.output
+    now = [p for p in every if runner.status(p.key).state == "done" and p.key != own]
+    assert len(now) == 1 and not now[0].on_demand  # exactly one setting of the sweep
+    runner.store.delete(now[0].key)
     page = built.page.decode()
     top = page.index("Not in this report:")
     assert top < page.index("<h2>Two-time influence")  # read before the figures

@@ -152,6 +152,7 @@ def connect(address: str, timeout: float | None = None) -> Any:
             "pip install -e '.[cluster]' from the checkout (on this machine and every node)"
         ) from None
     if ray.is_initialized():
+        _refuse_another_cluster(ray, address)
         return ray
     timeout = env_number(TIMEOUT_ENV, 10.0, minimum=0.1) if timeout is None else timeout
     endpoint = _host_port(address)
@@ -190,7 +191,31 @@ def connect(address: str, timeout: float | None = None) -> Any:
         error = outcome["error"]
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ClusterUnreachable(f"cannot connect to the Ray cluster at {address} ({first}); {fix}")
+    _CONNECTED["address"] = address
     return ray
+
+
+_CONNECTED: dict[str, str] = {}  # the address this process's connect() reached
+
+
+def _refuse_another_cluster(ray: Any, address: str) -> None:
+    """A process holds one Ray connection; asked for another cluster, it used to return the
+    first one in silence and compute there. A connection this module did not make (inside a
+    Ray worker) is taken as it is."""
+    made = _CONNECTED.get("address")
+    if made is None or made == address:
+        return
+    try:
+        actual = ray.get_runtime_context().gcs_address
+    except Exception:  # an older Ray or a client connection: the address as given decides
+        actual = None
+    if actual is not None and actual == address:
+        return
+    raise ClusterUnreachable(
+        f"this process is already connected to the Ray cluster at {made}, not {address}: "
+        "a process connects to one cluster; run the work for the other one in a process of "
+        "its own (another coherence command)"
+    )
 
 
 def _token_hint() -> str:

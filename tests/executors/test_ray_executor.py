@@ -532,6 +532,32 @@ def test_an_address_that_is_no_address_is_told_its_form():
     assert "ray start --head" not in said
 
 
+def test_a_process_connected_to_one_cluster_refuses_another(ray_address):
+    """connect() returned the process's first connection whatever address it was asked for,
+    so work meant for one cluster ran on another in silence."""
+    other = f"127.0.0.1:{free_port()}"
+    script = (
+        "from coherence.executors.ray_connect import connect\n"
+        f"connect({ray_address!r}, timeout=30)\n"
+        f"connect({ray_address!r}, timeout=30)\n"  # the same cluster: the same connection
+        "print('again')\n"
+        "try:\n"
+        f"    connect({other!r}, timeout=5)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"},
+        timeout=120,
+    )
+    said = " ".join(done.stdout.split())
+    assert said.startswith("again ClusterUnreachable"), done.stdout + done.stderr[-2000:]
+    assert f"already connected to the Ray cluster at {ray_address}, not {other}" in said
+
+
 def test_a_port_that_is_not_ray_times_out():
     """Something listens but never speaks Ray: connect gives up after its timeout."""
     with socket.socket() as server:

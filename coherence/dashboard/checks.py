@@ -227,6 +227,12 @@ def problems(selection: Selection, catalog: Catalog, *, cuda_available: bool = F
     if selection.compare:
         error = check_group(catalog, entry, selection.compare)
         checks.append(f"compare group: {error}" if error else None)
+        if sorted(selection.compare) == sorted(selection.checkpoints):
+            checks.append(  # chosen by hand or in a link: one group beside itself
+                "the second model group holds the same checkpoints as the first, so the "
+                "comparison would show one group beside itself; choose another group or "
+                "other seeds for it, or turn compare off"
+            )
     if selection.epoch is not None:
         checks.append(epoch_problem(catalog, selection))
     if selection.device == "cuda" and not cuda_available:

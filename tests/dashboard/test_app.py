@@ -331,3 +331,8 @@ def test_compare_mode_opens_on_another_group_after_group_a_moved(workspace, monk
     assert not at.exception
     assert at.selectbox(key="sb_group").value == other
     assert at.selectbox(key="sb_group_b").value == first  # not the group beside itself
+    # chosen by hand, the same group is refused with the fix (it drew one group twice)
+    at.selectbox(key="sb_group_b").set_value(other).run()
+    assert not at.exception
+    assert "the second model group holds the same checkpoints as the first" in texts(at.error)
+    assert not [b for b in at.button if b.key == "compute"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -436,6 +437,23 @@ def _headline(groups: Sequence[ReportGroup], scores: Mapping[str, Scores]) -> st
     )
 
 
+def _table_html(figure: go.Figure) -> str | None:
+    """A figure that is one plotly table (the score table), as an HTML table; None for any
+    other figure. Text copied from plotly's table lost the spaces at its line breaks (each
+    line is an SVG text of its own), and the browser's search did not find its words."""
+    if len(figure.data) != 1 or figure.data[0].type != "table":
+        return None
+    trace = figure.data[0]
+    head = "".join(
+        f"<th>{html.escape(re.sub(r'</?b>', '', str(h)))}</th>" for h in trace.header.values
+    )
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        for row in zip(*trace.cells.values, strict=True)
+    )
+    return f"<table class='meta scores'><tr>{head}</tr>{rows}</table>"
+
+
 def render_html(
     selection: Selection,
     groups: Sequence[ReportGroup],
@@ -475,7 +493,7 @@ def render_html(
         if (figure.layout.title.text or "").strip() == part.title.strip():
             # the section's heading says it: the same words inside the plot only repeat it
             figure = go.Figure(figure).update_layout(title_text="", margin_t=30)
-        div = pio.to_html(
+        div = _table_html(figure) or pio.to_html(
             figure,
             include_plotlyjs=False,
             full_html=False,

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coherence.analysis.figures.theme import SCALES, heatmap_scale
+from coherence.analysis.figures.validation import score_rows
 from coherence.analysis.scores import compute_scores
 from coherence.analysis.summaries import class_transfer_matrix
 from coherence.analysis.verdict import format_score, quartile_band, score_peers
@@ -80,8 +81,15 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
     warned = build_report(workspace, catalog, selection, groups=capped[:1]).page.decode()
     assert "UNet: the top eigenvalue" in warned and "stopped at its step cap" in warned
     assert len(re.findall(r"plotly\.js v\d", page)) == 1  # plotly.js inlined once
-    assert page.count("Plotly.newPlot(") == len(parts)
+    tables = [p for p in parts if p.figure.data[0].type == "table"]
+    assert [p.title for p in tables] == ["Scores"]  # an HTML table: its text copies as read
+    assert page.count("Plotly.newPlot(") == len(parts) - 1
     scores = {g.label: compute_scores(g.result.H_std[g.result.primary]) for g in groups}
+    table = page[page.index("<table class='meta scores'>") :]
+    table = table[: table.index("</table>")]
+    header, rows = score_rows(scores)
+    for cell in [*header, *(c for row in rows for c in row)]:
+        assert f">{html.escape(cell)}</t" in table, cell
     for g in groups:
         assert g.key in page  # provenance: cache keys, checkpoints
         for name in g.result.checkpoints:
@@ -95,7 +103,7 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
         assert text in page and f"Q1–Q3 {quartile_band(dd, peers)}" in page
     assert "diagonal ridge" in page and "damping λ" in page and "Krylov depth" in page
     # a figure's own title does not repeat its section's heading (the PNG export keeps it)
-    for part in parts:
+    for part in (p for p in parts if p not in tables):
         heading = page.index(f"<h2>{html.escape(part.title)}</h2>")
         div = page[heading : page.index("</section>", heading)]
         assert drawn_layout(div)["title"].get("text", "") != part.title, part.title

@@ -26,7 +26,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from coherence.analysis.diagnostics import result_warnings
+from coherence.analysis.diagnostics import residual_summary, result_warnings
 from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
 from coherence.analysis.figures.theme import SCALES
@@ -141,6 +141,21 @@ ALIASES = {"lambda": "damping", "lamda": "damping", "lam": "damping", "tab": "pa
 ALIASES |= {"view": "panel", "page": "panel"}
 
 
+def _link_keys() -> list[str]:
+    from coherence.dashboard.controls import QUERY_KEYS
+    from coherence.dashboard.panel_links import PANEL_PARAMS
+
+    page_keys = ("panel", "embed", "embed_options")  # the open tab (page.py), Streamlit's
+    return [*QUERY_KEYS, *page_keys, *(key for keys in PANEL_PARAMS.values() for key in keys)]
+
+
+def ignored_keys(params: Mapping[str, Any]) -> list[str]:
+    """The keys of a link that no page reads (a tracker's utm_… excepted): warned about by
+    ``unknown_params``, and left out of the link the page then shows."""
+    known = _link_keys()
+    return [k for k in params if k not in known and not k.startswith(TRACKING_PREFIXES)]
+
+
 def unknown_params(params: Mapping[str, Any]) -> list[str]:
     """A warning per key of a link that the dashboard does not know (a misspelled ``lamda``
     was ignored without a word, and the report showed the default damping), with its likely
@@ -148,18 +163,15 @@ def unknown_params(params: Mapping[str, Any]) -> list[str]:
     import difflib
 
     from coherence.dashboard.controls import QUERY_KEYS
-    from coherence.dashboard.panel_links import PANEL_PARAMS
 
-    page_keys = ("panel", "embed", "embed_options")  # the open tab (page.py), Streamlit's
-    known = [*QUERY_KEYS, *page_keys, *(key for keys in PANEL_PARAMS.values() for key in keys)]
+    known = _link_keys()
     warnings, unmatched = [], False
-    for key in params:
-        if key not in known and not key.startswith(TRACKING_PREFIXES):
-            close = [ALIASES[key.lower()]] if key.lower() in ALIASES else []
-            close = close or difflib.get_close_matches(key, known, n=1)
-            unmatched |= not close
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            warnings.append(f"{key!r} is no parameter of a dashboard link{hint}; ignored")
+    for key in ignored_keys(params):
+        close = [ALIASES[key.lower()]] if key.lower() in ALIASES else []
+        close = close or difflib.get_close_matches(key, known, n=1)
+        unmatched |= not close
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.append(f"{key!r} is no parameter of a dashboard link{hint}; ignored")
     if unmatched:
         warnings.append(_known_keys(QUERY_KEYS))
     return warnings
@@ -464,10 +476,12 @@ def render_html(
     scales: Mapping[str, str] | None = None,
     left_out: Sequence[str] = (),
     more_provenance: Mapping[str, Any] | None = None,
+    arches: Mapping[str, str] | None = None,
 ) -> bytes:
     """The report page: plotly.js once in <head>, then every section's figure div;
     ``left_out``: the sections it does not hold and why (said under the headline, so the
-    reader knows before scrolling), ``more_provenance``: rows for the sweeps' points."""
+    reader knows before scrolling), ``more_provenance``: rows for the sweeps' points,
+    ``arches``: {group label: architecture}, whose paper tolerance the residual line quotes."""
     scores = score_table(groups)
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
@@ -484,6 +498,12 @@ def render_html(
         for warning in result_warnings(
             g.result.diagnostics, g.result.checkpoints, g.result.request.trajectories
         )
+    ]
+    body += [  # how far each solve is from the full one: the dashboard says it above its
+        # tabs, and a reader of the file alone had no word of it (a walkthrough)
+        f"<p class='caption'>{html.escape(g.label)}: {html.escape(line)}</p>"
+        for g in groups
+        if (line := residual_summary(g.result.diagnostics, arch=(arches or {}).get(g.label)))
     ]
     if left_out:
         items = "".join(f"<li>{html.escape(text)}</li>" for text in left_out)
@@ -566,8 +586,19 @@ def build_report(
         scales=scales,
         left_out=[item.page_text for item in swept.left_out] + [ON_DEMAND_TABS],
         more_provenance=data_sources(root, selection) | swept.provenance,
+        arches=_arches(catalog, selection),
     )
     return Report(page, tuple(swept.left_out), tuple(swept.link_problems))
+
+
+def _arches(catalog: Catalog, selection: Selection) -> dict[str, str]:
+    """{group label: its architecture} where the catalog knows the group's first seed."""
+    out = {}
+    for label, names in zip(group_labels(catalog, selection), selection.groups, strict=True):
+        entry = catalog.checkpoint(names[0]) if names else None
+        if entry is not None:
+            out[label] = entry.arch
+    return out
 
 
 def _scales_text(scales: Mapping[str, str], panels: Sequence[str]) -> str:

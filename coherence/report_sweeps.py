@@ -244,18 +244,9 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
         own_suffix=f" · λ = {selection.damping:g}" if other is not None else "",
     )
     caption = how_to_read(dynamics_figure)
-    coverage = [(f"λ = {selection.damping:g}", own, mine)]
     if other is not None:
-        theirs = [p for p in points if p.series]
-        coverage.append((f"λ = {other:g}", [p for p in done if p.series], theirs))
         caption += f" {sweep_views.SAME_AT_ANY_DAMPING}"
-    missing = [
-        f"{name}: {len(drawn)} of {len(every)} epoch analyses computed"
-        for name, drawn, every in coverage
-        if len(drawn) < len(every)
-    ]
-    if missing:
-        caption += f" Not every epoch is drawn ({'; '.join(missing)})."
+    caption += _spaced(sweep_views.epochs_not_drawn(selection.damping, other, points, done))
     caption += _spaced(
         sweep_views.unconverged_text(
             sweep_views.unconverged_points(done, cache.load),

@@ -43,14 +43,38 @@ class Trend:
 
     def notes(self) -> list[str]:
         """Per x, a hover note when some values are bounds ('' otherwise): a lag decay length
-        at the window length T reads as T, and means 'at least T'."""
+        at the window length T reads as T, and means 'at least T'. It starts with '≥' where
+        the median itself is only a lower bound (``median_bounds``), the charts' cue."""
         if self.censored is None:
             return [""] * len(self.x)
         share = seed_means(self.censored)  # NaN (no note) where no seed has a value
-        return [
-            f"≥: {c:.0%} of the (seed, batch) values censored at the window" if c > 0 else ""
-            for c in share
-        ]
+        said = "of the (seed, batch) values censored at the window"
+        notes = []
+        for c, bound in zip(share, self.median_bounds(), strict=True):
+            if not c > 0:
+                notes.append("")
+            elif bound:
+                notes.append(f"≥: {c:.0%} {said}")
+            else:  # the bounded seeds lie above the median: raising them leaves it
+                notes.append(f"{c:.0%} {said}, above the median, which is exact")
+        return notes
+
+    def median_bounds(self) -> list[bool]:
+        """Per x, whether the median over seeds is only a lower bound: it would move if the
+        seeds whose mean holds a censored value had larger ones (a median above every such
+        seed is exact, as ``scores.Score.bounds`` decides for the score cards)."""
+        if self.censored is None:
+            return [False] * len(self.x)
+        out = []
+        for values, shares in zip(self.per_seed, self.censored, strict=True):
+            keep = np.isfinite(values)
+            values, bounded = values[keep], np.nan_to_num(shares[keep]) > 0
+            if not bounded.any():
+                out.append(False)
+                continue
+            larger = np.where(bounded, 1e6 * (np.abs(values).max() + 1.0), values)
+            out.append(bool(np.median(larger) != np.median(values)))
+        return out
 
     @property
     def median(self) -> np.ndarray:

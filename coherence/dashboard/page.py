@@ -22,7 +22,7 @@ from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, head
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
-from coherence.report import unknown_panel, unknown_params
+from coherence.report import ignored_keys, unknown_panel, unknown_params
 from coherence.wording import plural
 from coherence.workspace import ENV_VAR, workspace_root
 
@@ -105,6 +105,8 @@ def _run() -> None:
         )
         for warning in warnings:
             st.warning(literal(warning), icon=":material/link_off:")
+        for key in ignored_keys(st.query_params.to_dict()):  # said ignored: so not carried on
+            del st.query_params[key]
     selection = sidebar.prepare(catalog)
     if selection is None:
         st.error("The sidebar holds an incomplete selection; pick a dataset and a model.")

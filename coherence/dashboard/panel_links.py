@@ -54,8 +54,8 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
     },
     "Class transfer": {"zscale_transfer": str},
     "Conservation": {"cons_response": str, "zscale_mass": str, "zscale_energy": str},
-    "Training dynamics": {"dyn_group": str, "dyn_vs_damping": str},
-    "Sensitivity": {"sens_pair": str},
+    "Training dynamics": {"dyn_group": str, "dyn_vs_damping": str, "dyn_view": str},
+    "Sensitivity": {"sens_pair": str, "sens_view": str},
     "Rollout": {
         "field_ckpt": str,
         "field_class": str,
@@ -116,6 +116,12 @@ def restore() -> list[str]:
         pending[key] = value
     st.session_state[_PENDING] = pending
     return warnings
+
+
+def from_link(key: str) -> Any:
+    """The value the link gave ``key`` on this session's first run (None: none, or a later
+    run): for a choice that is no widget's (a sweep tab's "own view" button)."""
+    return st.session_state.get(_PENDING, {}).get(key)
 
 
 def recall(panel: str) -> None:

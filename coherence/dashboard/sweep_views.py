@@ -63,6 +63,23 @@ def dynamics_points(
     return points, problems
 
 
+def epochs_not_drawn(damping: float, other: float | None, points, done) -> str:
+    """'' when every epoch of the selection's λ (and of the overlay's) is drawn, else which
+    are not, per λ: an overlay with one cached epoch drew a lone point that the page did not
+    explain (the report did)."""
+    keys = {p.key for p in done}
+    missing = []
+    named = [(f"λ = {damping:g}", False)]
+    if other is not None:
+        named.append((f"λ = {other:g}", True))
+    for name, series in named:
+        every = [p for p in points if bool(p.series) == series]
+        drawn = sum(p.key in keys for p in every)
+        if every and drawn < len(every):
+            missing.append(f"{name}: {drawn} of {len(every)} epoch analyses computed")
+    return f"Not every epoch is drawn ({'; '.join(missing)})." if missing else ""
+
+
 @dataclass(frozen=True)
 class DynamicsLines:
     """The Training dynamics chart's lines: ``trends`` {line: {score: Trend}} (each group's

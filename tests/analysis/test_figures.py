@@ -877,6 +877,15 @@ def test_agreement_map_is_drawn_on_the_maps_own_scale():
     assert fig.layout.title.text.startswith("Agreement at λ = 0.01: x vs y")
     grouped = agreement_figure(found, ("x", "y"), group="ViT")  # compare mode names it
     assert grouped.layout.title.text.startswith("Agreement: ViT · x vs y")
+    # the largest difference with the caption's three digits (4.02 read "4" in the title)
+    assert f"max |ΔĤ| {found.max_difference:.3g} = " in titles
+    # the histogram counts every seed's and batch's rows, and says so (3 seeds of N = 48
+    # gave bars of up to 144 under "rows")
+    assert fig.layout.yaxis.title.text == "rows"  # one seed, one batch: rows as they are
+    pooled = agreement(np.concatenate([a] * 3), np.concatenate([b] * 3))
+    fig = agreement_figure(pooled, ("x", "y"))
+    assert fig.layout.yaxis.title.text == "rows (of 3 seeds)"
+    assert fig.data[0].hovertemplate == "ρ %{x}<br>%{y} rows (of 3 seeds)<extra></extra>"
 
 
 def test_epoch_maps_share_one_scale_and_label_times_on_the_first_column_only():
@@ -950,6 +959,37 @@ def test_a_censored_decay_length_says_so_on_hover():
     drawn = dynamics_figure({"ViT": {"decay_length": decay}}).data
     (line,) = [t for t in drawn if t.mode == "lines+markers"]
     assert list(line.marker.symbol) == ["triangle-up", "circle"]
+    # the sensitivity chart marks it with an arrow up from a bar instead (its markers are the
+    # settings' symbols: a flat euclidean line at T − 1 read as a measured value)
+    drawn = sensitivity_figure({"ViT": {"decay_length": decay}}, paper_damping=1e-4).data
+    (bound,) = [t for t in drawn if t.name == "≥: median only a lower bound"]
+    assert list(bound.x) == [1.0] and list(bound.y) == [16.0]
+    assert bound.marker.symbol == "arrow-bar-up-open" and "≥ %{y:.4g}" in bound.hovertemplate
+
+
+def test_a_median_above_every_censored_seed_is_exact():
+    """Censored seeds above the median leave it exact: no '≥' (and no triangle), but the
+    hover still counts them; below or at it, the median is a bound."""
+    from coherence.analysis.figures.dynamics import dynamics_figure, sensitivity_figure
+    from coherence.analysis.trends import Trend
+
+    per_seed = np.array([[2.0, 3.0, 15.0], [2.0, 15.0, 15.0]])
+    shares = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    decay = Trend("decay_length", np.array([1e-4, 1e-2]), per_seed, shares)
+    assert decay.median_bounds() == [False, True]
+    assert decay.notes() == [
+        "33% of the (seed, batch) values censored at the window, above the median, which is exact",
+        "≥: 67% of the (seed, batch) values censored at the window",
+    ]
+    (line,) = [
+        t
+        for t in dynamics_figure({"ViT": {"decay_length": decay}}).data
+        if t.mode == "lines+markers"
+    ]
+    assert list(line.marker.symbol) == ["circle", "triangle-up"]
+    drawn = sensitivity_figure({"ViT": {"decay_length": decay}}, paper_damping=1e-4).data
+    (bound,) = [t for t in drawn if t.name == "≥: median only a lower bound"]
+    assert list(bound.x) == [1e-2]
 
 
 def test_a_lone_point_shows_its_quartiles_as_a_bar():

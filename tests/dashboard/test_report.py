@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from coherence.analysis.diagnostics import residual_summary
 from coherence.analysis.figures.theme import SCALES, heatmap_scale
 from coherence.analysis.figures.validation import score_rows
 from coherence.analysis.scores import compute_scores
@@ -65,6 +66,12 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
     page = build_report(workspace, catalog, selection, groups=groups).page.decode()
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)  # nothing fetched
     assert "Lanczos" not in page  # the demo's top eigenvalues converged
+    # each group's distance to the full solve, against its own architecture's tolerance,
+    # as the dashboard says above its tabs (the file alone had no word of it)
+    for g, arch, rtol in zip(groups, ("unet", "vit"), ("1.5e-2", "5e-2"), strict=True):
+        line = residual_summary(g.result.diagnostics, arch=arch)
+        assert f"within the paper's rtol {rtol}" in line
+        assert f"{g.label}: {html.escape(line)}</p>" in page
     capped = [  # as if Lanczos had stopped at its cap: the page says so, as the CLI does
         replace(
             g,

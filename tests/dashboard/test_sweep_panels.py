@@ -145,6 +145,8 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
     at = open_app(trained_on, monkeypatch, DYNAMICS | selection.to_query())
     at.button(key="dyn_compute").click().run()
     assert not at.exception, texts(at.exception)
+    # the count is the page's, the progress the fragment's: said while they can differ
+    assert "cached (counted again when the running jobs end)." in texts(at.caption)
     points, _ = sweeps.dynamics_points(trained_on, selection, JobRunner(trained_on))
     _wait_done(trained_on, points)
     at = open_app(trained_on, monkeypatch, DYNAMICS | selection.to_query())
@@ -336,6 +338,7 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     assert at.selectbox(key="dyn_vs_damping").value == "0.01"
     assert any("lies on, and hides under" in c.value for c in at.caption)  # why one line
     assert "6 of 6 epoch analyses cached" in texts(at.caption)
+    assert "Not every epoch is drawn" not in texts(at.caption)
     scores = charts(at)[0]
     _assert_dominance_lines(scores["data"], runner, own, other)
     names = [t["name"] for t in scores["data"] if t.get("mode") == "lines+markers"]
@@ -350,6 +353,10 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     at = open_app(trained_on, monkeypatch, DYNAMICS | elsewhere)
     assert_clean(at)
     assert "3 of 6 epoch analyses cached" in texts(at.caption)
+    # which λ lacks which epochs, under the chart (the report said it; the page did not)
+    assert "Not every epoch is drawn (λ = 0.001: 0 of 3 epoch analyses computed)." in (
+        texts(at.caption)
+    )
     (scores,) = charts(at)
     assert {t["name"] for t in scores["data"] if t.get("mode") == "lines+markers"} == {
         "UNet · λ = 0.01"
@@ -751,6 +758,55 @@ def test_the_report_holds_the_cached_sweeps_as_the_panels_draw_them(trained_on):
     assert f"Pearson over all entries {pearson:.3f}" in page
     for point in [*own, *other, *done]:
         assert point.key[:16] in page  # provenance: every point drawn
+
+
+def test_the_own_sweep_view_is_in_the_link_and_drops_the_other_views_pair(
+    workspace, monkeypatch, tmp_path
+):
+    """Shown the ViT's sweep in place of the UNet's, then the UNet's own: the link kept the
+    ViT view's estimator pair (which `coherence report` refuses for the UNet) and did not
+    say the own view was chosen, so a reload or a shared link opened the ViT's again."""
+    root = copy_workspace(workspace, tmp_path / "workspace")
+    catalog = scan_workspace(root)
+    unet = default_selection(catalog)
+    runner = JobRunner(root)
+    own = runner.key(unet.to_request(root))
+    every, _ = sweeps.sensitivity_points(root, unet, catalog, runner, include_on_demand=True)
+    for point in every:
+        if point.key != own:
+            runner.store.delete(point.key)
+    vit_group = next(g for g in catalog.groups(unet.dataset) if g.label == "ViT")
+    vit = group_defaults(catalog.dataset(unet.dataset), vit_group)
+    for point in sweeps.sensitivity_points(root, vit, catalog, runner)[0]:
+        if point.series == "euclidean" or point.x == vit.damping:
+            runner.run(point.request)
+    at = open_app(root, monkeypatch, SENSITIVITY | unet.to_query())
+    assert_clean(at)
+    assert "Shown below instead: **ViT**'s default view" in texts(at.info)
+    assert at.query_params["sens_pair"] and "sens_view" not in at.query_params
+    at.button(key="sens_show_own").click().run()
+    assert_clean(at)
+    assert "Shown below instead" not in texts(at.info)
+    assert "sens_pair" not in at.query_params  # no pair in this view
+    assert at.query_params["sens_view"] == "own"
+    link = {key: at.query_params[key] for key in at.query_params}
+    again = open_app(root, monkeypatch, link)  # a reload, or the link shared
+    assert_clean(again)
+    assert "Shown below instead" not in texts(again.info)
+    assert "1 of 7 sweep settings cached" in texts(again.caption)
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--workspace",
+            str(root),
+            "--out",
+            str(tmp_path / "r.html"),
+            "--link",
+            "?" + urlencode(link),
+        ],
+    )
+    assert result.exit_code == 0, result.output
 
 
 def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_path):

@@ -603,10 +603,12 @@ def test_a_misspelled_link_key_is_named_with_its_likely_spelling(workspace, monk
     assert "'dampng' is no parameter of a dashboard link (did you mean 'damping'?); ignored" in (
         texts(at.warning)
     )
+    assert "dampng" not in at.query_params  # said ignored: the link shown no longer holds it
     at = open_app(
         workspace, monkeypatch, {"damping": "0.0001", "panel": "Scores", "utm_source": "x"}
     )
     assert "no parameter of a dashboard link" not in texts(at.warning)  # nor a tracking key
+    assert at.query_params["utm_source"] == "x"
     assert "no such tab" not in texts(at.warning)
     # a misspelled tab opened the default one without a word
     at = open_app(workspace, monkeypatch, {"panel": "Sensitivty"})

@@ -28,6 +28,7 @@ from coherence.analysis.figures.theme import (
 )
 from coherence.analysis.trends import TREND_SCORES, Agreement, Trend
 from coherence.errors import RequestError
+from coherence.wording import plural
 
 # line styles of the estimator settings (colour is the group's in compare mode); "dash" is
 # kept for the flat lines of estimators that ignore λ
@@ -375,6 +376,7 @@ def sensitivity_figure(
             flat_span=flat_span,
         )
     _ring_unconverged(fig, trends_by_series, dict(unconverged or {}), names, cols)
+    _mark_bounds(fig, trends_by_series, names, cols)
     _mark_damping(fig, paper_damping, len(names), cols, dash="dot")
     note = f"dotted line: the paper's λ = {paper_damping:g}"
     if selected_damping is not None and not math.isclose(selected_damping, paper_damping):
@@ -435,6 +437,45 @@ def _ring_unconverged(
                     showlegend=not shown,
                     hovertemplate=f"{label}: cg stopped at its iteration cap above its "
                     "tolerance; this value is inaccurate<extra></extra>",
+                ),
+                row=p // cols + 1,
+                col=p % cols + 1,
+            )
+            shown = True
+
+
+BOUND_NAME = "≥: median only a lower bound"
+
+
+def _mark_bounds(
+    fig: go.Figure,
+    trends_by_series: Mapping[str, Mapping[str, Trend]],
+    names: Sequence[tuple[str, str]],
+    cols: int,
+) -> None:
+    """An arrow up from a bar around each median that is only a lower bound (a lag decay
+    length censored at the window), one legend entry: the sensitivity chart's markers are
+    its estimator settings' symbols (a triangle among them), so the training chart's cue,
+    the median's marker a triangle, is not used there, and a flat euclidean line at T − 1
+    read as measured."""
+    shown = False
+    for label, trends in trends_by_series.items():
+        for p, (name, _) in enumerate(names):
+            trend = trends.get(name)
+            if trend is None or not any(bounds := trend.median_bounds()):
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=trend.x[bounds],
+                    y=trend.median[bounds],
+                    mode="markers",
+                    marker={"symbol": "arrow-bar-up-open", "size": 16, "color": "#444"},
+                    marker_line_width=1.5,
+                    name=BOUND_NAME,
+                    legendgroup=BOUND_NAME,
+                    showlegend=not shown,
+                    hovertemplate=f"{label}: the median is only a lower bound (≥ %{{y:.4g}}): "
+                    "lag decay censored at the window<extra></extra>",
                 ),
                 row=p // cols + 1,
                 col=p % cols + 1,
@@ -539,6 +580,12 @@ def _mark_damping(fig: go.Figure, damping: float, n: int, cols: int, *, dash: st
         )
 
 
+def _pooled(seeds: int, batches: int) -> str:
+    """Which rows a histogram pools: 'of 3 seeds', 'of 2 batches', 'of 3 seeds × 2 batches'."""
+    parts = [plural(seeds, "seed"), plural(batches, "batch", "batches")]
+    return "of " + " × ".join(p for p in parts if not p.startswith("1 "))
+
+
 def agreement_figure(
     result: Agreement,
     labels: tuple[str, str],
@@ -548,13 +595,17 @@ def agreement_figure(
     group: str | None = None,
 ) -> go.Figure:
     """Read: left, the distribution of the per-row rank correlation of Ĥ between two
-    estimators (1: every row ranks the perturbations identically; the title adds the Pearson
-    correlation over all entries, which the ridge dominates); right, the difference of
+    estimators, every row of every seed and batch counted (1: every row ranks the
+    perturbations identically; the title adds the Pearson correlation over all entries,
+    which the ridge dominates); right, the difference of
     their intra-class two-time maps on the maps' own symmetric scale ±max|V| (white: no
     difference; full colour: a difference as large as the maps themselves). High
     correlations and a pale map mean the conclusion does not depend on the solver."""
     a, b = labels
     corr = result.rank_correlation[np.isfinite(result.rank_correlation)].ravel()
+    # rows of every seed and batch: 3 seeds of N = 48 gave bars of 144 "rows"
+    s, n_b, _ = np.shape(result.rank_correlation)
+    counted = "rows" if s * n_b == 1 else f"rows ({_pooled(s, n_b)})"
     m = max(result.scale, 1e-12)
     share = result.max_difference / m
     fig = make_subplots(
@@ -563,8 +614,8 @@ def agreement_figure(
         subplot_titles=(  # two lines each: one line ran into the other at 1024 px
             f"Per-row rank correlation of Ĥ (median {result.median_correlation:.2f})"
             f"<br>Pearson over all entries {result.pearson:.2f}",
-            f"Two-time map: {a} − {b}<br>max |ΔĤ| {result.max_difference:.2g} "
-            f"= {share:.0%} of the maps' {m:.2g}",
+            f"Two-time map: {a} − {b}<br>max |ΔĤ| {result.max_difference:.3g} "
+            f"= {share:.0%} of the maps' {m:.3g}",
         ),
         horizontal_spacing=0.14,
     )
@@ -575,7 +626,7 @@ def agreement_figure(
             marker={"color": group_color(0)},
             name="rows",
             showlegend=False,
-            hovertemplate="ρ %{x}<br>%{y} rows<extra></extra>",
+            hovertemplate=f"ρ %{{x}}<br>%{{y}} {counted}<extra></extra>",
         ),
         row=1,
         col=1,
@@ -603,7 +654,7 @@ def agreement_figure(
     fig.update_xaxes(  # a margin beyond ±1: the "−1" tick ran into the y axis's "0"
         title=axis_title("Spearman ρ per response row"), range=[-1.08, 1.08], row=1, col=1
     )
-    fig.update_yaxes(title=axis_title("rows"), row=1, col=1)
+    fig.update_yaxes(title=axis_title(counted), row=1, col=1)
     fig.update_xaxes(title=axis_title("perturbation time t_p"), row=1, col=2)
     fig.update_yaxes(title=axis_title("response time t_r"), row=1, col=2)
     return fig

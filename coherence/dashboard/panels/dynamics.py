@@ -127,6 +127,9 @@ def dynamics(ctx: PanelContext) -> None:
         title=f"{ctx.instead}: scores across training" if ctx.instead else "Scores across training",
     )
     chart(figure, key="chart_dynamics")
+    missing = sweep_views.epochs_not_drawn(ctx.selection.damping, other, points, done)
+    if missing:
+        st.caption(f"{missing} The button above computes the rest.")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
     meta = sweep_views.sweep_meta(view.meta(), done, labels, "epoch")
     downloads(

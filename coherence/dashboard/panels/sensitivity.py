@@ -10,7 +10,7 @@ import streamlit as st
 
 from coherence.analysis.exports import two_time_csv, with_header
 from coherence.analysis.figures.dynamics import agreement_figure, sensitivity_figure
-from coherence.dashboard import compute, loaders, sweep_views, sweeps
+from coherence.dashboard import compute, loaders, panel_links, sweep_views, sweeps
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels import sweep_jobs
 from coherence.dashboard.panels.common import (
@@ -179,6 +179,9 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
     damping = ctx.selection.damping
     candidates, options = sweep_views.agreement_pairs(done, damping)
     if not options:
+        # no pair here: a pair chosen in another view (another group's sweep shown instead)
+        # would stay in the link, which the report then refuses
+        panel_links.forget("sens_pair")
         st.info(
             f"Needs two estimators cached at λ = {damping:g} for one group (e.g. ekfac-krylov and "
             "euclidean): compute the sweep above."

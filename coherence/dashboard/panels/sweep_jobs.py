@@ -17,7 +17,7 @@ from coherence.analysis.results import AnalysisResult
 from coherence.cache import slots
 from coherence.cache.cost import confirm_seconds
 from coherence.cache.jobs import JobStatus
-from coherence.dashboard import compute, loaders, sweep_views
+from coherence.dashboard import compute, loaders, panel_links, sweep_views
 from coherence.dashboard.markup import literal
 from coherence.dashboard.panels.common import STALE_ACTION, PanelContext
 from coherence.dashboard.selection import Selection
@@ -130,7 +130,10 @@ def status_bar(
     done = sum(s.state == "done" for s in states)
     active = [p.key for p, s in zip(points, states, strict=True) if s.active]
     failed = [s for s in states if s.state == "failed"]
-    st.caption(f"{done} of {literal(plural(len(points), one, many))} cached.")
+    # the count is the page's, the progress below the fragment's (live): "4 of 6 cached"
+    # sat above "1 of 2 done" for a minute
+    later = " (counted again when the running jobs end)" if active else ""
+    st.caption(f"{done} of {literal(plural(len(points), one, many))} cached{later}.")
     for status in failed[:3]:
         st.error(f"A {literal(one)} analysis failed: {literal(status.error)}")
     if active:
@@ -207,8 +210,15 @@ def filled_view(
     panel (an audit); now it finds the demo's curves."""
     from coherence.analysis.names import selection_tag
 
-    own_key, tag = f"{key}_own_sweep", selection_tag(ctx.selection)
-    if ctx.compare or ctx.stale or tag in st.session_state.get(own_key, ()):
+    own_key, view_key, tag = f"{key}_own_sweep", f"{key}_view", selection_tag(ctx.selection)
+    if panel_links.from_link(view_key) == "own":  # a link made while its own was shown
+        st.session_state[own_key] = {*st.session_state.get(own_key, ()), tag}
+    own = tag in st.session_state.get(own_key, ())
+    if own:  # in the link (`sens_view=own`), so a shared link opens the view it was made in
+        st.session_state[view_key] = "own"
+    else:
+        st.session_state.pop(view_key, None)
+    if ctx.compare or ctx.stale or own:
         return ctx
     try:
         points = points_of(ctx.selection)

@@ -39,6 +39,9 @@ def _byte_bar() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        # off a terminal rich prints the last frame only, wrapped at 80 columns ("MB" on a
+        # line of its own in a log); the summary after it says what was imported
+        disable=not console.is_terminal,
     )
 
 

@@ -154,17 +154,36 @@ def check_result_path(path: str | os.PathLike) -> Path:
     sidecar = sidecar_path(path)
     kind = _sidecar_kind(sidecar) if sidecar.exists() else "result"
     if kind != "result":  # --out <dir>/config.npz replaced a checkpoint's config.json
+        what = "folder" if sidecar.is_dir() else "file"
         raise RequestError(
             f"--out {path}: its sidecar {sidecar} exists and {kind}; writing the result "
-            "would replace it. Choose another file name, or remove that file if it is an old "
-            "result's"
+            f"would replace it. Choose another file name, or remove that {what} if it is an "
+            "old result's"
+        )
+    if path.exists() and not _holds_a_result(path):  # a user's own arrays were replaced
+        raise RequestError(
+            f"--out {path}: the file exists and is not a result (no result's arrays in it); "
+            "writing the result would replace it. Choose another file name, or remove that "
+            "file if it is no longer needed"
         )
     return path
+
+
+def _holds_a_result(path: Path) -> bool:
+    """Whether an existing R.npz is a result's (an earlier run's, which a rerun replaces):
+    an npz archive holding a result's arrays, read without unpickling."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {"steps", "times", "classes", "checkpoints"} <= set(archive.files)
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 def _sidecar_kind(path: Path) -> str:
     """'result' when ``path`` holds a result's JSON metadata (this version's or an older
     one's), else what it is, as the refusal says it."""
+    if path.is_dir():
+        return "is a folder"
     try:
         metadata = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -200,6 +200,22 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
             save_result(result, inside)
         assert not inside.exists()
     save_result(result, tmp_path / "beside" / "R.npz")  # a folder beside it is fine
+    save_result(result, tmp_path / "beside" / "R.npz")  # a rerun replaces its own result
+    (tmp_path / "beside" / "R.json").unlink()  # ... even one that lost its sidecar
+    save_result(result, tmp_path / "beside" / "R.npz")
+    # a user's own arrays (or any other file) under the name were replaced without a word
+    mine = tmp_path / "mine.npz"
+    np.savez(mine, x=np.arange(5))
+    notes = tmp_path / "notes.npz"
+    notes.write_text("precious")
+    for existing in (mine, notes):
+        before = existing.read_bytes()
+        with pytest.raises(RequestError, match=r"the file exists and is not a result"):
+            save_result(result, existing)
+        assert existing.read_bytes() == before
+    (tmp_path / "folder.json").mkdir()  # a sidecar that is a folder is called one
+    with pytest.raises(RequestError, match=r"folder.json exists and is a folder;.*that folder"):
+        save_result(result, tmp_path / "folder.npz")
     # a kill between the two renames of an overwrite left the new R.npz beside the old
     # R.json, read as one result (the request said two checkpoints, the arrays held one)
     old_sidecar = (tmp_path / "R.json").read_bytes()

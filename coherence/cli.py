@@ -253,10 +253,10 @@ def serve(
     import os
 
     import coherence.dashboard
-    from coherence.workspace import ENV_VAR, workspace_root
+    from coherence.workspace import ENV_VAR, checked_workspace
 
     env = dict(os.environ)
-    env[ENV_VAR] = str(workspace_root(workspace))
+    env[ENV_VAR] = str(checked_workspace(workspace))
     _check_serve_target(Path(env[ENV_VAR]), address, port)
     app_file = Path(coherence.dashboard.__file__).resolve().parent / "app.py"
     command = [
@@ -411,9 +411,9 @@ def report(
         selection_from_link,
         unknown_params,
     )
-    from coherence.workspace import workspace_root
+    from coherence.workspace import checked_workspace
 
-    root = workspace_root(workspace)
+    root = checked_workspace(workspace)
     if not root.is_dir():  # reading a report must not create a workspace (or its cache)
         raise RequestError(f"workspace {root}: no such directory; give --workspace of a study")
     _check_report_path(out)  # before building the page, not after

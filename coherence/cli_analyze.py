@@ -131,9 +131,9 @@ def analyze(
     from coherence.cache.reuse import relabel
     from coherence.executors import get_executor
     from coherence.simulation.dataset import open_dataset
-    from coherence.workspace import ENV_VAR, workspace_root
+    from coherence.workspace import ENV_VAR, checked_workspace
 
-    root = workspace_root(workspace)
+    root = checked_workspace(workspace)
     trust_code = trust_code and not no_trust_code
     t_start, n_steps = parse_window(window)
     request = AnalysisRequest(

@@ -21,9 +21,9 @@ def _existing(workspace: Path | None) -> Path:
     """The workspace, which must exist: a mistyped path made an empty cache there and
     reported nothing cached (a walk-through)."""
     from coherence.errors import RequestError
-    from coherence.workspace import workspace_root
+    from coherence.workspace import checked_workspace
 
-    root = workspace_root(workspace)
+    root = checked_workspace(workspace)
     if not root.is_dir():
         raise RequestError(
             f"--workspace {root}: no such folder; name the workspace that holds the cache "

@@ -19,7 +19,7 @@ from coherence.errors import CoherenceError
 from coherence.simulation.dataset import SimulationRequest, generate_dataset, open_dataset
 from coherence.study import StudySpec, plan_study, run_study
 from coherence.surrogates.training import TrainingArgs
-from coherence.workspace import datasets_dir, workspace_root
+from coherence.workspace import checked_workspace, datasets_dir
 
 Log = Callable[[str], None]
 
@@ -119,7 +119,7 @@ def build_demo(
 ) -> Path:
     """Build (or complete) the demo workspace; returns its root."""
     spec = spec or DemoSpec()
-    root = workspace_root(workspace)
+    root = checked_workspace(workspace)
     started = time.perf_counter()
     data_dir = datasets_dir(root) / spec.dataset
     if _dataset_ready(data_dir, spec):

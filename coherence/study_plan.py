@@ -47,10 +47,10 @@ from coherence.surrogates.training import (
 from coherence.wording import plural
 from coherence.workspace import (
     cache_dir,
+    checked_workspace,
     checkpoints_dir,
     datasets_dir,
     link_out_of,
-    workspace_root,
 )
 
 
@@ -376,7 +376,7 @@ class _Context:
 
 
 def _context(spec: StudySpec, workspace: str | Path | None) -> _Context:
-    root = workspace_root(workspace)
+    root = checked_workspace(workspace)
     info, spec = _open(root, spec)
     classes = _classes(info, spec)
     if not classes:

@@ -122,6 +122,22 @@ def enclosing_dataset(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def checked_workspace(root: str | os.PathLike | None = None) -> Path:
+    """``workspace_root(root)``, refused when it is (or lies in) a checkpoint or a dataset:
+    `--workspace <checkpoint>` made a cache/ tree inside the checkpoint, even for the
+    read-only `cache info`, and analyses stored their results there."""
+    resolved = workspace_root(root)
+    for kind, enclosing in (("checkpoint", enclosing_checkpoint), ("dataset", enclosing_dataset)):
+        folder = enclosing(resolved)
+        if folder is not None:
+            raise RequestError(
+                f"workspace {resolved} (--workspace or {ENV_VAR}): {folder} is a {kind}, not "
+                "a workspace; name the folder that holds checkpoints/, datasets/ and cache/, "
+                f"e.g. {_beside_inputs(folder)}"
+            )
+    return resolved
+
+
 def refuse_inside_inputs(out: Path, what: str) -> None:
     """RequestError when ``out`` (a file to write) lies in a checkpoint or a dataset, naming
     an example path beside it: ``what`` is the thing written ("results", "the report")."""

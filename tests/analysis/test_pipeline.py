@@ -314,6 +314,14 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
         typo = runner.invoke(app, ["cache", command, "--workspace", str(tmp_path / "wss")])
         assert typo.exit_code == 2 and "no such folder" in typo.output, typo.output
         assert not (tmp_path / "wss").exists()
+    # a checkpoint or dataset named as the workspace: refused, no cache/ made inside it
+    checkpoint, data = workspace["ckpts"][0], workspace["data"]
+    for inputs, kind in ((checkpoint, "checkpoint"), (data, "dataset")):
+        for command in (["cache", "info"], ["cache", "clear", "--yes"], args[:-2]):
+            said = runner.invoke(app, [*command, "--workspace", str(inputs)])
+            assert said.exit_code == 2, said.output
+            assert f"{inputs} is a {kind}, not a workspace" in " ".join(said.output.split())
+            assert not (inputs / "cache").exists()
 
 
 @pytest.mark.parametrize(

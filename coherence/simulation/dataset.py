@@ -8,6 +8,7 @@ split, all files sharing one dataset_name, family, grid and time axis.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -264,6 +265,7 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
                 f"{meta.path}: its time axis differs from {first.path}; all files of one "
                 "dataset must share the snapshot times"
             )
+    _check_class_constants(files)
     return DatasetInfo(
         root=root,
         name=first.dataset_name,
@@ -273,6 +275,24 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
         times=first.times,
         files=files,
     )
+
+
+def _check_class_constants(files: dict[str, dict[str, WellMetadata]]) -> None:
+    """One class's files agree on their physical constants (γ, ν) across splits: classes
+    may differ (The Well's one class per γ and gas), but a test file of γ = 1.67 beside a
+    train file of 1.4 was analysed with the model trained at 1.4, without a word."""
+    seen: dict[str, WellMetadata] = {}
+    for per_class in files.values():
+        for name, meta in per_class.items():
+            first = seen.setdefault(name, meta)
+            for key, value in meta.scalars.items():
+                other = first.scalars.get(key)
+                if other is not None and not math.isclose(value, other, rel_tol=1e-5):
+                    raise SchemaError(
+                        f"{meta.path}: {key} is {value:g} but {first.path} (the same class) "
+                        f"has {other:g}; a class's files must agree on its constants across "
+                        "splits: re-import or re-simulate the file that is wrong"
+                    )
 
 
 def files_fingerprint(paths: Sequence[str | os.PathLike]) -> str:

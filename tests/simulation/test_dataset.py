@@ -199,6 +199,21 @@ def test_fingerprint_follows_file_contents(ce_dataset, tmp_path):
     assert changed.fingerprint(split="test") == open_dataset(root).fingerprint(split="test")
 
 
+def test_a_class_whose_files_disagree_on_gamma_is_refused(ce_dataset, tmp_path):
+    """A test file of γ = 1.67 beside the class's train file of 1.4 was analysed with the
+    model trained at 1.4 (the check read the first training class's γ only)."""
+    from coherence.errors import SchemaError
+
+    root, _ = ce_dataset
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    with h5py.File(copy / "data/test/CE-RP.hdf5", "a") as f:
+        f.attrs["gamma"] = 1.67
+        f["scalars/gamma"][()] = 1.67
+    with pytest.raises(SchemaError, match=r"CE-RP.hdf5: gamma is 1.67 but .*CE-RP.hdf5 \(the"):
+        open_dataset(copy)
+
+
 def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli_ds"

@@ -86,9 +86,13 @@ class CheckpointConfig:
                 dataset.string(name)
         if dataset.has("classes"):
             dataset.string_list("classes")
+        if dataset.has("physics"):  # Δt, γ, ν: a "0.1" skipped the check against the data
+            physics = dataset.object("physics")
+            for name in physics.to_dict():
+                physics.number(name)
         training = doc.object("training", default={})
         if training.has("args"):
-            training.object("args")
+            _check_training_args(training.object("args"))
         return cls(
             model=model.to_dict(),
             family=doc.string("family"),
@@ -99,6 +103,24 @@ class CheckpointConfig:
             training=training.to_dict(),
             versions=doc.string_map("versions"),
         )
+
+
+def _check_training_args(args: JsonObject) -> None:
+    """The recorded training arguments that later runs compare (a resume, a study's seeds):
+    each of the type TrainingArgs writes, where present ("epochs": "two" was accepted)."""
+    for name in ("seed", "epochs", "batch_size", "checkpoint_every"):
+        if args.has(name):
+            args.integer(name, minimum=None if name == "seed" else 1)
+    if args.has("transitions") and args.to_dict()["transitions"] is not None:
+        args.integer("transitions", minimum=1)
+    for name in ("lr", "weight_decay"):
+        if args.has(name):
+            args.number(name)
+    for name in ("arch", "preset", "device"):
+        if args.has(name):
+            args.string(name)
+    if args.has("classes"):
+        args.string_list("classes")
 
 
 def package_versions() -> dict[str, str]:

@@ -165,6 +165,11 @@ def _set(data: dict, path: tuple[str, ...], value) -> None:
         (("dataset", "classes"), "CE-RP", "field 'dataset.classes' is the string 'CE-RP'"),
         (("training",), "x", "field 'training' is the string 'x'; expected a JSON object"),
         (("training", "args"), 1, "field 'training.args' is the number 1"),
+        # the physics check against the data and the recipe a resume compares were skipped
+        (("dataset", "physics"), "x", "field 'dataset.physics' is the string 'x'; expected a"),
+        (("dataset", "physics", "dt"), "0.1", "'dataset.physics.dt' is the string '0.1'; exp"),
+        (("training", "args", "epochs"), "two", "'training.args.epochs' is the string 'two'"),
+        (("training", "args", "lr"), [1], "field 'training.args.lr' is a list of 1 item; exp"),
         (("versions", "torch"), 2, "field 'versions.torch' is the number 2; expected a string"),
         (("model", "config", "base_width"), "8", "UNetConfig.base_width = '8'"),
     ],

@@ -74,6 +74,11 @@ class TrainingArgs:
                 f"batch_size={self.batch_size}: too large; give a batch of at most "
                 f"{MAX_BATCH_SIZE:,} examples"
             )
+        if len(set(self.classes)) != len(self.classes):  # its pairs were loaded twice
+            raise RequestError(
+                f"classes {','.join(self.classes)}: name each class once (or leave --classes "
+                "out for every class of the train split)"
+            )
         if not (np.isfinite(self.lr) and self.lr > 0):
             raise RequestError(f"lr={self.lr}: must be a positive number (default 5e-4)")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):

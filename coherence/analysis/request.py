@@ -45,10 +45,18 @@ if TYPE_CHECKING:
 MAX_EXAMPLES = 512  # N = classes × steps; the N×N solves and N JVPs grow fast past this
 
 
+MAX_DAMPING = 1e12  # far past η's eigenvalues (Ĥ is euclidean's there); 1e39 overflowed float32
+
+
 def check_damping(damping: float) -> None:
-    """λ in η + λI: a finite number > 0."""
+    """λ in η + λI: a finite number in (0, MAX_DAMPING]."""
     if not (math.isfinite(damping) and damping > 0):
         raise RequestError(f"damping={damping}: must be a finite number > 0 (default 1e-4)")
+    if damping > MAX_DAMPING:
+        raise RequestError(
+            f"damping={damping:g}: at most {MAX_DAMPING:g} (λ that far above η's eigenvalues "
+            "gives euclidean's Ĥ, and past float32's range the solves fail; default 1e-4)"
+        )
 
 
 def check_rtol(estimator: Estimator, rtol: float | None) -> None:

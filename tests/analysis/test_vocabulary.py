@@ -132,6 +132,7 @@ def test_requests_hold_enums_that_behave_as_their_names():
         ({"cg_start": "warm", "estimator": "cg", "rtol": 0.1}, "unknown cg start 'warm'"),
         ({"damping": 0.0}, "damping=0.0: must be a finite number > 0"),
         ({"damping": float("nan")}, "damping=nan: must be a finite number > 0"),
+        ({"damping": 1e39}, "damping=1e+39: at most 1e+12 (λ that far above η's eigenvalues"),
         ({"estimator": "cg"}, "estimator cg needs rtol"),
         ({"rtol": 1.5}, "rtol=1.5: must lie in (0, 1)"),
         ({"energy_threshold": 1.5}, "energy_threshold=1.5: must lie in (0, 1]"),

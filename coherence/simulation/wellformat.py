@@ -8,6 +8,7 @@ that transpose, so ``read_well_file`` returns states [B, T, F, H, W] in model ch
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,11 +77,26 @@ def read_metadata(path: str | os.PathLike) -> WellMetadata:
         return _metadata(path, f)
 
 
+def _number(path: Path, name: str, value: object) -> float:
+    """A physical constant (γ, ν) as a float; SchemaError naming the file when it is none
+    (a string @gamma ended a command in a traceback)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise SchemaError(
+            f"{path}: the constant {name} is {value!r}, not a finite number; re-import or "
+            "re-simulate this file"
+        )
+    return number
+
+
 def _metadata(path: Path, f: h5py.File) -> WellMetadata:
     family = _detect_family(f)
     # Root attributes keep the exact (float64) parameter; scalars/ holds float32 copies.
     scalars = {
-        name: float(_attr(f, name, np.asarray(f["scalars"][name][()]).reshape(-1)[0]))
+        name: _number(path, name, _attr(f, name, np.asarray(f["scalars"][name][()]).reshape(-1)[0]))
         for name in (_attr(f["scalars"], "field_names", []) or [])
         if np.asarray(f["scalars"][name][()]).size >= 1
     }

@@ -301,6 +301,14 @@ def test_validator_reports_every_problem_at_once(ce_file):
     assert len(problems) == 2, problems
 
 
+def test_a_constant_that_is_no_number_is_named(ce_file):
+    """A string @gamma ended analyze and train in a traceback (float('abc'))."""
+    path, _ = ce_file
+    _corrupt(path, lambda f: f.attrs.__setitem__("gamma", "abc"))
+    with pytest.raises(SchemaError, match=r"CE-RP.hdf5: the constant gamma is 'abc', not a fin"):
+        read_metadata(path)
+
+
 def test_reader_refuses_nan_naming_the_trajectory(ce_file):
     path, _ = ce_file
     _corrupt(path, lambda f: f["t0_fields/energy"].__setitem__((2, 1, 0, 0), np.nan))

@@ -507,6 +507,8 @@ def _train(
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     info = open_dataset(data)
     classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
+    if not classes:  # no train files: said as a missing valid split is (it was a traceback)
+        info.file("train", "")
     for split in ("train", "valid"):
         for class_name in classes:
             info.file(split, class_name)  # raises with the available classes

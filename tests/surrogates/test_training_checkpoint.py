@@ -120,6 +120,18 @@ def test_a_resume_without_classes_of_a_run_that_named_them_all_goes_on(tiny_data
         tiny_args(epochs=1, classes=("CE-RP", "CE-RP"))
 
 
+def test_a_dataset_without_train_files_is_refused_by_name(tiny_dataset, tmp_path):
+    """An emptied train/ folder ended `coherence train` in a traceback (no arrays to
+    concatenate); a missing valid/ one was already refused with the fix."""
+    copy = tmp_path / "no_train"
+    shutil.copytree(tiny_dataset, copy)
+    for path in (copy / "data" / "train").iterdir():
+        path.unlink()
+    with pytest.raises(RequestError, match=r"no_train has no 'train' split; it has: valid, test"):
+        train(copy, tmp_path / "out", tiny_args(epochs=1))
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_on_other_training_data_is_refused(trained, tiny_dataset, tmp_path):
     """Same grid and classes, other training trajectories: resuming would train its first
     epochs on one dataset and its later ones on another, and config.json name the second."""

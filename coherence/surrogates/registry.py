@@ -186,7 +186,15 @@ def model_from_config_dict(data: Mapping[str, Any], *, trust_code: bool = False)
                 "module's code, as unpickling would. If you trust its source, pass "
                 f"--trust-code (trust_code=True) or set {TRUST_CODE_ENV}=1"
             )
-        model = _import_factory(arch, error=CheckpointError)(**fields)
+        factory = _import_factory(arch, error=CheckpointError)
+        try:
+            model = factory(**fields)
+        except (TypeError, ValueError) as exc:  # not a factory of these fields: a traceback
+            raise CheckpointError(
+                f"custom architecture {arch!r} did not build a model from the checkpoint's "
+                f"config fields ({', '.join(map(str, fields)) or 'none'}): {exc}; the "
+                "factory must take them as keyword arguments"
+            ) from exc
         model = _checked_custom(model, arch, error=CheckpointError)
     else:
         if arch not in ARCHITECTURES:

@@ -216,6 +216,11 @@ def test_a_function_that_is_no_model_factory_is_refused_by_name():
     """`--arch os:system` raised a TypeError from deep inside the call."""
     with pytest.raises(RequestError, match=r"'os:system' cannot be called as factory\(channels=3"):
         build_model("os:system", channels=3, resolution=8)
+    # nor when a checkpoint's config.json names it (trusted, it was a traceback there too)
+    for arch in ("os:system", "json:dumps"):
+        data = {"arch": arch, "preset": None, "config": {"channels": 3, "resolution": 8}}
+        with pytest.raises(CheckpointError, match=rf"'{arch}' did not build a model from"):
+            model_from_config_dict(data, trust_code=True)
 
 
 # ---- shapes, normalization, dtypes ----------------------------------------------------------

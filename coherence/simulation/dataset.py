@@ -26,6 +26,7 @@ from coherence.workspace import enclosing_checkpoint
 
 MAX_RESOLUTION = 1024
 MAX_TRAJECTORIES = 100_000
+MAX_T_END = 10.0  # ten times the paper's horizon; the solver's steps grow with it
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)
 
@@ -85,6 +86,11 @@ class SimulationRequest:
             raise RequestError(f"snapshots={self.snapshots}: need between 2 and 10000")
         if not (np.isfinite(self.t_end) and self.t_end > 0):
             raise RequestError(f"t_end={self.t_end}: must be a positive number")
+        if self.t_end > MAX_T_END:  # 1e30 ran at 0 % until interrupted
+            raise RequestError(
+                f"t_end={self.t_end:g}: at most {MAX_T_END:g} (the paper's data span t ∈ [0, 1], "
+                "and the solver's steps grow with t_end)"
+            )
         if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
             raise RequestError(f"split={self.split}: three non-negative fractions summing to 1")
 

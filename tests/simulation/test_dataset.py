@@ -259,6 +259,9 @@ def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
     negative = runner.invoke(app, ["simulate", "--out", str(tmp_path / "y"), "--t-end", "-1"])
     assert negative.exit_code == 2
     assert "error: --t-end -1.0: must be a positive number" in negative.output
+    # an absurd horizon ran at 0 % until interrupted
+    huge = runner.invoke(app, ["simulate", "--out", str(tmp_path / "y"), "--t-end", "1e30"])
+    assert huge.exit_code == 2 and "--t-end 1e+30: at most 10" in huge.output, huge.output
     bad = runner.invoke(app, ["simulate", "--out", str(tmp_path / "x"), "--classes", "CE-NOPE"])
     assert bad.exit_code == 2
     assert "error:" in bad.output and "CE-NOPE" in bad.output

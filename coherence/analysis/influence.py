@@ -89,6 +89,13 @@ def _check_batch(
     return inputs, targets
 
 
+EXTREME_DATA = 1e15  # no physical state here comes near it; squares of it overflow float32
+
+
+class ExtremeDataError(RequestError):
+    """A batch holds values so large that its float32 gradients overflow (a damaged file)."""
+
+
 class NonFiniteModelError(RequestError):
     """The model's gradients on a batch are NaN or inf: no influence can be computed."""
 
@@ -177,6 +184,13 @@ def influence_with(
         )
         if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
             # a solve on them fails deep in an eigensolver (LinAlgError), or returns NaN
+            extreme = max(float(inputs.abs().max()), float(targets.abs().max()))
+            if extreme > EXTREME_DATA:  # 3e38 in one density cell was blamed on the weights
+                raise ExtremeDataError(
+                    f"the batch's values reach |x| = {extreme:.3g}, so the gradients overflow "
+                    "float32: a damaged or mis-scaled data file (the checkpoint is not at "
+                    "fault); check or re-import that file"
+                )
             raise NonFiniteModelError(
                 "the model's per-example gradients on this batch are not finite (NaN or "
                 "inf): its outputs overflow or divide by zero, e.g. a normalization std of 0 "

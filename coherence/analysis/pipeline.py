@@ -21,7 +21,12 @@ from coherence.analysis.autodiff import FlatModel, evaluation_mode
 from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.diagnostics import TOP_EIGEN_TOL
 from coherence.analysis.estimators import Estimator, parse_estimator
-from coherence.analysis.influence import NonFiniteModelError, compute_influence, top_eigenvalue
+from coherence.analysis.influence import (
+    ExtremeDataError,
+    NonFiniteModelError,
+    compute_influence,
+    top_eigenvalue,
+)
 from coherence.analysis.observables import check_response_applies
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import AnalysisResult, UnitResult
@@ -547,6 +552,9 @@ def run_analysis(
                 unit = compute_unit(model, batch, request, s, b, progress=inner)
             except NonFiniteModelError as error:
                 raise NonFiniteModelError(f"checkpoint {directory}: {error}") from None
+            except ExtremeDataError as error:
+                where = f"{info.root}, {request.split} trajectory {request.trajectories[b]}"
+                raise ExtremeDataError(f"{where}: {error}") from None
             unit = replace(unit, checkpoint_fingerprint=fingerprint)
             units[s, b] = unit
             if on_unit is not None:

@@ -606,6 +606,24 @@ def test_a_model_with_non_finite_gradients_is_refused_by_name(workspace, tmp_pat
             )
 
 
+def test_a_data_value_that_overflows_is_blamed_on_the_data(workspace, tmp_path):
+    """One density cell of 3e38 (finite: the reader's NaN and sign checks pass it) made the
+    gradients overflow, and the message told the user to retrain the checkpoint."""
+    import shutil
+
+    import h5py
+
+    from coherence.analysis.influence import ExtremeDataError
+
+    copy = tmp_path / "huge"
+    shutil.copytree(workspace["data"], copy)
+    with h5py.File(copy / "data" / "test" / "CE-RP.hdf5", "a") as f:
+        f["t0_fields/density"][1, 2, 3, 3] = 3e38  # in the window 1:2
+    request = request_for(workspace, data=str(copy), trajectories=(1,))
+    with pytest.raises(ExtremeDataError, match=r"huge, test trajectory 1: the batch's values"):
+        run_analysis(request)
+
+
 def test_a_checkpoint_meets_only_data_of_its_time_step(workspace, tmp_path):
     """Trained on snapshots 0.05 apart: the same states 0.1 apart (another --downsample of a
     Well file, say) are another map to learn; the analysis refused nothing and the dashboard

@@ -287,7 +287,8 @@ def ask_or_refuse(question: str, refusal: str) -> None:
 
 def split_list(value: str, option: str | None = None) -> tuple[str, ...]:
     """The comma-separated items of ``value``. With ``option`` (a CLI flag), an empty item
-    between two others is refused: in ``1e-3,,1e-2`` a value was likely lost."""
+    between two others is refused (in ``1e-3,,1e-2`` a value was likely lost), and so is a
+    value of commas alone."""
     items = [v.strip() for v in value.split(",")]
     filled = [i for i, item in enumerate(items) if item]
     gaps = [i for i in range(filled[0], filled[-1]) if not items[i]] if filled else []
@@ -295,5 +296,10 @@ def split_list(value: str, option: str | None = None) -> tuple[str, ...]:
         raise RequestError(
             f"{option} {value!r}: an empty item between two commas; remove the extra comma "
             "or write the missing value"
+        )
+    if option and value.strip() and not filled:  # "--classes ," took the default in silence
+        raise RequestError(
+            f"{option} {value!r}: names nothing; write the values, or leave {option} out for "
+            "its default"
         )
     return tuple(v for v in items if v)

@@ -66,6 +66,10 @@ def test_cli_lists_refuse_an_empty_item_between_two_others():
     assert split_list("a,,", "--classes") == ("a",) == split_list(",,a", "--classes")
     with pytest.raises(RequestError, match=r"--seeds '1,,2': an empty item between two commas"):
         split_list("1,,2", "--seeds")
+    # commas alone named nothing, and `simulate --classes ,` took the default in silence
+    with pytest.raises(RequestError, match=r"--classes ' , ': names nothing; write the values"):
+        split_list(" , ", "--classes")
+    assert split_list(" , ") == ()  # a link's empty list, as before
 
 
 def test_ctrl_c_says_what_is_kept_and_how_to_go_on():

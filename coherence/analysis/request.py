@@ -186,7 +186,9 @@ class AnalysisRequest:
             object.__setattr__(self, "max_iter", CG_MAX_ITER)
         options = self.influence_options  # the estimator's rules (InfluenceOptions)
         given = (self.responses,) if isinstance(self.responses, str) else self.responses
-        object.__setattr__(self, "responses", tuple(parse_response(r) for r in given))
+        # a response named twice is the same request (it was its own cache entry, smse+smse)
+        parsed = tuple(dict.fromkeys(parse_response(r) for r in given))
+        object.__setattr__(self, "responses", parsed)
         object.__setattr__(self, "estimator", options.estimator)
         object.__setattr__(self, "cg_start", options.cg_start)
         object.__setattr__(self, "depth", options.depth)  # resolved: the estimator's default

@@ -118,6 +118,9 @@ def test_requests_hold_enums_that_behave_as_their_names():
     assert request.device is V.Device.CPU and request.torch_device == torch.device("cpu")
     assert request.estimator == "cg" and f"{request.responses[0]}" == "mass"
     assert {"mass": 1}[request.responses[0]] == 1  # hashes as its name
+    # a response named twice is the same request (it was its own cache entry, smse+smse)
+    twice = AnalysisRequest(**BASE, responses=("smse", "mass", "smse"))
+    assert twice == AnalysisRequest(**BASE, responses=("smse", "mass"))
     options = request.influence_options
     assert options.estimator is V.Estimator.CG and options.rtol == 1e-2
     assert TrainingArgs(device="cpu").device is V.Device.CPU

@@ -223,6 +223,11 @@ def _check_same_data(out: Path, info: DatasetInfo, classes: list[str]) -> None:
     dataset's, its later ones another's, and config.json would name the second alone."""
     trained_on = ckpt.read_config(out).dataset
     fingerprint = info.fingerprint(split="train", classes=classes)
+    own = list(trained_on.get("classes") or classes)
+    if own != classes and trained_on.get("fingerprint") == info.fingerprint(
+        split="train", classes=own
+    ):
+        return  # the same data, other --classes: the arguments' check names the classes
     if trained_on.get("fingerprint") != fingerprint:
         raise RequestError(
             f"{out} holds a checkpoint trained on other data ({trained_on.get('name')!r} at "
@@ -264,9 +269,10 @@ def _check_same_arguments(
     between runs (epochs, device, checkpoint_every, keep_epochs). The classes are compared
     as trained (``classes``: no --classes means every training class), so a resume without
     --classes of a run that named them all is not refused for "[...] → []"."""
-    stored = ckpt.read_config(out).training.get("args", {})
-    previous = stored_arguments(stored, all_transitions)
-    previous["classes"] = previous.get("classes") or list(classes)  # [] stood for all
+    config = ckpt.read_config(out)
+    previous = stored_arguments(config.training.get("args", {}), all_transitions)
+    # [] stood for every class: the ones it resolved to (the config's), not this run's
+    previous["classes"] = previous.get("classes") or list(config.classes or classes)
     resumable = ("epochs", "device", "checkpoint_every", "keep_epochs")
     current = json.loads(json.dumps(args.to_dict()))  # tuples -> lists, as stored
     current["classes"] = list(classes)

@@ -115,6 +115,10 @@ def test_a_resume_without_classes_of_a_run_that_named_them_all_goes_on(tiny_data
     with pytest.raises(RequestError, match=expected.replace("]", r"\]")) as refused:
         train(tiny_dataset, swapped, tiny_args(epochs=2))
     assert f"(--classes {','.join(every[::-1])})" in str(refused.value)
+    # fewer classes of the same data: named as other classes, not as other data
+    with pytest.raises(RequestError, match=r"classes: ") as refused:
+        train(tiny_dataset, named, tiny_args(epochs=3, classes=every[:1]))
+    assert "differs in its training files" not in str(refused.value)
     # a class named twice trained on its pairs twice (analyze and simulate refused it)
     with pytest.raises(RequestError, match=r"classes CE-RP,CE-RP: name each class once"):
         tiny_args(epochs=1, classes=("CE-RP", "CE-RP"))

@@ -488,7 +488,13 @@ def training_lock(out: Path) -> Iterator[None]:
     from coherence.cache.locks import try_lock_beside
 
     # No expanduser: training writes to `out` as given, so does the lock.
-    lock, acquired = try_lock_beside(Path(out), lambda at: at.parent / f".{at.name}.train.lock")
+    try:
+        lock, acquired = try_lock_beside(Path(out), lambda at: at.parent / f".{at.name}.train.lock")
+    except OSError as error:  # "No such file …: /proc/.xx.train.lock" named our lock file
+        reason = error.strerror or type(error).__name__
+        raise RequestError(
+            f"--out {out}: cannot write there ({reason}); choose a folder you can write to"
+        ) from None
     if not acquired:
         raise RequestError(
             f"{out}: another `coherence train` or study is training into this checkpoint (it "

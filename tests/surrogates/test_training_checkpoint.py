@@ -134,6 +134,10 @@ def test_a_dataset_without_train_files_is_refused_by_name(tiny_dataset, tmp_path
     with pytest.raises(RequestError, match=r"no_train has no 'train' split; it has: valid, test"):
         train(copy, tmp_path / "out", tiny_args(epochs=1))
     assert not (tmp_path / "out").exists()
+    # an --out that cannot be written named our lock file ("No such file …: /proc/.xx.train…")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RequestError, match=r"--out .*a_file/ck: cannot write there \("):
+        train(tiny_dataset, tmp_path / "a_file" / "ck", tiny_args(epochs=1))
 
 
 def test_resume_on_other_training_data_is_refused(trained, tiny_dataset, tmp_path):

@@ -60,6 +60,14 @@ def check_group(catalog: Catalog, entry: DatasetEntry, names: Sequence[str]) -> 
     if not names:
         return "no checkpoint selected; pick at least one seed"
     unknown = [n for n in names if catalog.checkpoint(n) is None]
+    copies = [  # in the workspace, but a copy of another: "not in the workspace" misled
+        problem
+        for problem in catalog.problems
+        for name in unknown
+        if problem.startswith(f"checkpoint {name}: holds the same weights as ")
+    ]
+    if copies:
+        return f"{'; '.join(copies)}: choose the checkpoint it copies, or remove the copy"
     if unknown:
         return f"checkpoint(s) {', '.join(unknown)} are not in the workspace"
     misfit = [n for n in names if not catalog.checkpoint(n).fits(entry)]

@@ -166,6 +166,13 @@ def test_a_copy_of_a_checkpoint_is_not_offered_as_another_seed(workspace, tmp_pa
     ) in catalog.problems
     selection = default_selection(root)
     assert selection is not None and "unet_tiny_s1_backup" not in selection.checkpoints
+    # the copy named (in a link, by the report): a copy of which one, not "not in the
+    # workspace", which misled where the copy sorted first and the original was skipped
+    from coherence.dashboard.checks import check_group
+
+    said = check_group(catalog, catalog.dataset(selection.dataset), ["unet_tiny_s1_backup"])
+    assert said.startswith("checkpoint unet_tiny_s1_backup: holds the same weights as unet_ti")
+    assert said.endswith("choose the checkpoint it copies, or remove the copy")
 
 
 def test_a_planted_broken_checkpoint_is_skipped_with_a_reason(workspace, tmp_path, monkeypatch):

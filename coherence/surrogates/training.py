@@ -491,10 +491,7 @@ def training_lock(out: Path) -> Iterator[None]:
     try:
         lock, acquired = try_lock_beside(Path(out), lambda at: at.parent / f".{at.name}.train.lock")
     except OSError as error:  # "No such file …: /proc/.xx.train.lock" named our lock file
-        reason = error.strerror or type(error).__name__
-        raise RequestError(
-            f"--out {out}: cannot write there ({reason}); choose a folder you can write to"
-        ) from None
+        raise type(error)(error.errno, error.strerror, str(out)) from None
     if not acquired:
         raise RequestError(
             f"{out}: another `coherence train` or study is training into this checkpoint (it "

@@ -124,7 +124,7 @@ def analyze(
     same checkpoints and data is served from the cache.
     """
     from coherence.analysis.pipeline import check_request, prepare
-    from coherence.analysis.request import AnalysisRequest, parse_window
+    from coherence.analysis.request import AnalysisRequest, check_new_damping, parse_window
     from coherence.analysis.results import check_result_path
     from coherence.analysis.vocabulary import CG_MAX_ITER
     from coherence.cache import JobRunner
@@ -134,6 +134,7 @@ def analyze(
     from coherence.workspace import ENV_VAR, checked_workspace
 
     root = checked_workspace(workspace)
+    check_new_damping(damping)
     trust_code = trust_code and not no_trust_code
     t_start, n_steps = parse_window(window)
     request = AnalysisRequest(

@@ -221,10 +221,10 @@ def note_unlisted(out: Path, kind: str) -> None:
     import to ``/data/ce`` was accepted in silence, then missing from every selector."""
     from coherence.workspace import ENV_VAR, workspace_root
 
-    folder = workspace_root() / f"{kind}s"
+    folder = (workspace_root() / f"{kind}s").resolve()
     where = out.resolve()
-    if where.parent == folder:
-        return
+    if where.parent == folder or where.parent.name == f"{kind}s":
+        return  # this workspace's, or another workspace's that `serve --workspace` lists
     console.print(
         f"note: the dashboard lists the {kind}s in {folder}/, so it will not list this one; "
         f"move it there, or serve a workspace whose {kind}s/ folder holds it "

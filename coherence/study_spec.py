@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coherence.analysis.request import MAX_DAMPING
 from coherence.cache.cost import format_seconds
 from coherence.errors import RequestError
 from coherence.surrogates.training import TrainingArgs
@@ -93,11 +94,11 @@ class StudySpec:
                 f"--dynamics {','.join(self.dynamics_archs)} with --keep-epochs none: the "
                 "training dynamics analyse the kept snapshots; keep some (e.g. 'default')"
             )
-        bad = [d for d in self.sweep_dampings if not (math.isfinite(d) and d > 0)]
+        bad = [d for d in self.sweep_dampings if not (math.isfinite(d) and 0 < d <= MAX_DAMPING)]
         if bad:
             raise RequestError(
                 f"--sweep-dampings {','.join(f'{d:g}' for d in bad)}: λ must be a finite "
-                "number > 0 (e.g. 1e-6,1e-4,1e-2)"
+                f"number in (0, {MAX_DAMPING:g}] (e.g. 1e-6,1e-4,1e-2)"
             )
         if self.sweep_archs and not self.sweep_dampings:
             raise RequestError(

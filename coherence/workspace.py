@@ -114,12 +114,16 @@ def enclosing_dataset(path: str | os.PathLike) -> Path | None:
     among the dataset's own files. Only those three levels: a project folder far above a
     dataset is not one."""
     from coherence.simulation.dataset import dataset_files  # it imports this module
+    from coherence.simulation.families import SPLITS
 
     folder = Path(path).resolve()
-    for candidate in (folder, *list(folder.parents)[:2]):
-        if dataset_files(candidate):
-            return candidate
-    return None
+    candidates = [folder]
+    if folder.name == "data":
+        candidates.append(folder.parent)
+    if folder.name in SPLITS and folder.parent.name == "data":
+        candidates.append(folder.parent.parent)
+    # only those: a workspace beside a dataset's data/ folder was taken for the dataset
+    return next((c for c in candidates if dataset_files(c)), None)
 
 
 def checked_workspace(root: str | os.PathLike | None = None) -> Path:

@@ -22,6 +22,7 @@ from coherence.analysis.batch import AnalysisBatch, assemble_batch, check_window
 from coherence.analysis.diagnostics import TOP_EIGEN_TOL
 from coherence.analysis.estimators import Estimator, parse_estimator
 from coherence.analysis.influence import (
+    EXTREME_DATA,
     ExtremeDataError,
     NonFiniteModelError,
     compute_influence,
@@ -262,6 +263,17 @@ def unit_seconds(
     """``estimate_cost``'s seconds per unit without its memory count (which may trace the
     model): the passes depend on the request alone, times one example's forward."""
     return sum(unit_passes(request, cg_iterations)) * forward_seconds
+
+
+def _extreme_files(info: DatasetInfo, request: AnalysisRequest, trajectory: int) -> str:
+    """Which of the request's class files hold the extreme values of ``trajectory`` (the
+    file to re-import; a batch spans every class), read again on this error path only."""
+    files = [
+        str(info.file(request.split, c).path)
+        for c in request.classes
+        if np.abs(info.load(request.split, c, trajectories=[trajectory])).max() > EXTREME_DATA
+    ]
+    return f"{', '.join(files) or info.root}, trajectory {trajectory}"
 
 
 def checkpoint_fingerprint(directory: str | Path) -> str:
@@ -553,7 +565,7 @@ def run_analysis(
             except NonFiniteModelError as error:
                 raise NonFiniteModelError(f"checkpoint {directory}: {error}") from None
             except ExtremeDataError as error:
-                where = f"{info.root}, {request.split} trajectory {request.trajectories[b]}"
+                where = _extreme_files(info, request, request.trajectories[b])
                 raise ExtremeDataError(f"{where}: {error}") from None
             unit = replace(unit, checkpoint_fingerprint=fingerprint)
             units[s, b] = unit

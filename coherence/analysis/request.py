@@ -49,9 +49,16 @@ MAX_DAMPING = 1e12  # far past η's eigenvalues (Ĥ is euclidean's there); 1e39 
 
 
 def check_damping(damping: float) -> None:
-    """λ in η + λI: a finite number in (0, MAX_DAMPING]."""
+    """λ in η + λI: a finite number > 0 (what a stored request may hold)."""
     if not (math.isfinite(damping) and damping > 0):
         raise RequestError(f"damping={damping}: must be a finite number > 0 (default 1e-4)")
+
+
+def check_new_damping(damping: float) -> None:
+    """``check_damping`` and at most MAX_DAMPING, for a λ asked for now (the CLI's): not
+    applied to stored requests, which a bound added later would make unreadable (a cache
+    entry that fails to parse is dropped)."""
+    check_damping(damping)
     if damping > MAX_DAMPING:
         raise RequestError(
             f"damping={damping:g}: at most {MAX_DAMPING:g} (λ that far above η's eigenvalues "

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,10 +174,13 @@ def _holds_a_result(path: Path) -> bool:
     """Whether an existing R.npz is a result's (an earlier run's, which a rerun replaces):
     an npz archive holding a result's arrays, read without unpickling."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {"steps", "times", "classes", "checkpoints"} <= set(archive.files)
-    except (OSError, ValueError, EOFError):
+        loaded = np.load(path, allow_pickle=False)  # an .npy's bare array, or an archive
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return False
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        return False
+    with loaded:
+        return {"steps", "times", "classes", "checkpoints"} <= set(loaded.files)
 
 
 def _sidecar_kind(path: Path) -> str:

@@ -122,6 +122,19 @@ def seed_means(values: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+def quartile_bounds(values: np.ndarray, bounded: np.ndarray) -> tuple[bool, bool, bool]:
+    """(median, Q1, Q3) of ``values``: whether each is only a lower bound, i.e. it would
+    move if the ``bounded`` values (lower bounds themselves) were larger. One rule for the
+    score cards and the sweep charts (``trends.Trend.median_bounds``)."""
+    if not bounded.any():
+        return False, False, False
+    larger = np.where(bounded, 1e6 * (np.abs(values).max() + 1.0), values)
+    moved = np.percentile(larger, [50, 25, 75])
+    exact = np.percentile(values, [50, 25, 75])
+    median, q1, q3 = (bool(m != e) for m, e in zip(moved, exact, strict=True))
+    return median, q1, q3
+
+
 @dataclass(frozen=True)
 class Score:
     """One scalar score: its values per (checkpoint, batch) and their median and quartiles
@@ -162,12 +175,7 @@ class Score:
         censored values (bounds themselves) were larger; a median above every censored
         value is exact even when some values are censored."""
         values, bounds = self.summarized()
-        if not bounds.any():
-            return False, False, False
-        larger = np.where(bounds, 1e6 * (np.abs(values).max() + 1.0), values)
-        q1, median, q3 = np.percentile(larger, [25, 50, 75])
-        exact = self._quartiles()
-        return median != exact[0], q1 != exact[1], q3 != exact[2]
+        return quartile_bounds(values, bounds)
 
     @property
     def median(self) -> float:

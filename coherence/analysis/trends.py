@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coherence.analysis.results import AnalysisResult
-from coherence.analysis.scores import compute_scores, seed_means
+from coherence.analysis.scores import compute_scores, quartile_bounds, seed_means
 from coherence.analysis.summaries import as_influence, two_time_map
 from coherence.errors import RequestError
 
@@ -68,12 +68,7 @@ class Trend:
         out = []
         for values, shares in zip(self.per_seed, self.censored, strict=True):
             keep = np.isfinite(values)
-            values, bounded = values[keep], np.nan_to_num(shares[keep]) > 0
-            if not bounded.any():
-                out.append(False)
-                continue
-            larger = np.where(bounded, 1e6 * (np.abs(values).max() + 1.0), values)
-            out.append(bool(np.median(larger) != np.median(values)))
+            out.append(quartile_bounds(values[keep], np.nan_to_num(shares[keep]) > 0)[0])
         return out
 
     @property

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from coherence.analysis.batch import check_window
 from coherence.analysis.request import AnalysisRequest
-from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
+from coherence.dashboard.workspace_scan import Catalog, DatasetEntry, copied_from
 from coherence.errors import RequestError
 
 if TYPE_CHECKING:
@@ -60,16 +60,19 @@ def check_group(catalog: Catalog, entry: DatasetEntry, names: Sequence[str]) -> 
     if not names:
         return "no checkpoint selected; pick at least one seed"
     unknown = [n for n in names if catalog.checkpoint(n) is None]
-    copies = [  # in the workspace, but a copy of another: "not in the workspace" misled
-        problem
-        for problem in catalog.problems
-        for name in unknown
-        if problem.startswith(f"checkpoint {name}: holds the same weights as ")
-    ]
-    if copies:
-        return f"{'; '.join(copies)}: choose the checkpoint it copies, or remove the copy"
-    if unknown:
-        return f"checkpoint(s) {', '.join(unknown)} are not in the workspace"
+    if unknown:  # a copy of another is in the workspace: "not in the workspace" misled
+        said = []
+        for name in unknown:
+            if original := copied_from(catalog, name):
+                said.append(
+                    f"checkpoint {name} holds the same weights as {original}, which the "
+                    f"workspace lists in its place (one model is not pooled as two seeds): "
+                    f"choose {original}, or remove the copy"
+                )
+        missing = [n for n in unknown if not copied_from(catalog, n)]
+        if missing:
+            said.append(f"checkpoint(s) {', '.join(missing)} are not in the workspace")
+        return "; ".join(said)
     misfit = [n for n in names if not catalog.checkpoint(n).fits(entry)]
     if misfit:
         first = catalog.checkpoint(misfit[0])

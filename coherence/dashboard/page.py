@@ -24,7 +24,7 @@ from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
 from coherence.report import ignored_keys, unknown_panel, unknown_params
 from coherence.wording import plural
-from coherence.workspace import ENV_VAR, workspace_root
+from coherence.workspace import ENV_VAR, checked_workspace
 
 TITLE = "Coherence Explorer"
 TAGLINE = (
@@ -85,7 +85,11 @@ def _run() -> None:
     header.title(TITLE, anchor=False, width="content")
     report_slot = header.container(width="content", horizontal_alignment="right")
     st.caption(TAGLINE)
-    root = workspace_root()
+    try:  # `streamlit run` with the variable set to a checkpoint made a cache/ inside it
+        root = checked_workspace()
+    except CoherenceError as error:
+        st.error(literal(error), icon=":material/folder_off:")
+        return
     catalog = loaders.catalog(root)
     if not _offers_analysis(catalog):
         empty_state(catalog)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,6 +337,24 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
     )
 
 
+COPY_NOTE = (
+    "checkpoint {name}: holds the same weights as {original} (a copy); skipped, so that one "
+    "model is not pooled as two seeds"
+)
+_COPY = re.compile(
+    r"checkpoint (?P<name>.+): holds the same weights as (?P<original>.+) \(a copy\)"
+)
+
+
+def copied_from(catalog: Catalog, name: str) -> str | None:
+    """The checkpoint that ``name`` was skipped as a copy of, or None (not skipped so)."""
+    for problem in catalog.problems:
+        found = _COPY.match(problem)
+        if found and found["name"] == name:
+            return found["original"]
+    return None
+
+
 def _without_copies(
     entries: list[CheckpointEntry], parent: Path, problems: list[str]
 ) -> tuple[CheckpointEntry, ...]:
@@ -364,10 +383,7 @@ def _without_copies(
                 continue
             if digest in kept:
                 skipped.add(name)
-                problems.append(
-                    f"checkpoint {name}: holds the same weights as {kept[digest]} (a copy); "
-                    "skipped, so that one model is not pooled as two seeds"
-                )
+                problems.append(COPY_NOTE.format(name=name, original=kept[digest]))
             else:
                 kept[digest] = name
     return tuple(entry for entry in entries if entry.name not in skipped)

@@ -203,19 +203,37 @@ def _refuse_another_cluster(ray: Any, address: str) -> None:
     first one in silence and compute there. A connection this module did not make (inside a
     Ray worker) is taken as it is."""
     made = _CONNECTED.get("address")
-    if made is None or made == address:
+    if made is None or _same_endpoint(made, address):
         return
     try:
         actual = ray.get_runtime_context().gcs_address
     except Exception:  # an older Ray or a client connection: the address as given decides
         actual = None
-    if actual is not None and actual == address:
+    if actual is not None and _same_endpoint(actual, address):
         return
     raise ClusterUnreachable(
         f"this process is already connected to the Ray cluster at {made}, not {address}: "
         "a process connects to one cluster; run the work for the other one in a process of "
         "its own (another coherence command)"
     )
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    """Whether two addresses may name one cluster: the same host (names resolved, so
+    localhost is 127.0.0.1) and port, ray:// or not; 'auto' (no port to compare) is taken
+    as the same, as before this check."""
+    ends = [_host_port(x) for x in (a, b)]
+    if None in ends:
+        return a == b or "auto" in (a, b)
+    (host_a, port_a), (host_b, port_b) = ends
+    return port_a == port_b and _resolved(host_a) == _resolved(host_b)
+
+
+def _resolved(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
 
 
 def _token_hint() -> str:

@@ -19,7 +19,13 @@ import numpy as np
 from coherence.digests import file_digest
 from coherence.errors import RequestError, SchemaError
 from coherence.lazy import lazy_exports
-from coherence.simulation.families import FAMILIES, SPLITS, Family, family_spec
+from coherence.simulation.families import (
+    FAMILIES,
+    PHYSICAL_CONSTANTS,
+    SPLITS,
+    Family,
+    family_spec,
+)
 from coherence.simulation.staging import pending_commit
 from coherence.simulation.wellformat import WellMetadata, read_metadata, read_well_file
 from coherence.workspace import enclosing_checkpoint
@@ -292,7 +298,7 @@ def _check_class_constants(files: dict[str, dict[str, WellMetadata]]) -> None:
         for name, meta in per_class.items():
             first = seen.setdefault(name, meta)
             for key, value in meta.scalars.items():
-                other = first.scalars.get(key)
+                other = first.scalars.get(key) if key in PHYSICAL_CONSTANTS else None
                 if other is not None and not math.isclose(value, other, rel_tol=1e-5):
                     raise SchemaError(
                         f"{meta.path}: {key} is {value:g} but {first.path} (the same class) "

@@ -46,6 +46,9 @@ FAMILIES: dict[Family, FamilySpec] = {
         description="2-D incompressible Navier–Stokes, velocity (u, v), ν = 4e-4",
     ),
 }
+# the physical constants a model is tied to (γ, ν): compared between a class's files and
+# between a checkpoint and the data it meets; other scalars a file may hold are not
+PHYSICAL_CONSTANTS = tuple(sorted({name for spec in FAMILIES.values() for name in spec.scalars}))
 
 
 def family_spec(name: str | Family) -> FamilySpec:

@@ -417,8 +417,9 @@ def load(
 
 
 def recorded_physics(recorded: object) -> dict[str, float]:
-    """The numeric entries of a config.json's recorded physics (Δt, γ, ν); anything else
-    there (a hand-edited or foreign file) is not compared."""
+    """The numeric entries of a config.json's recorded physics: Δt, γ and ν (type-checked
+    when the config is read) and any other number; an entry of another type (a foreign
+    file's note) is not compared."""
     if not isinstance(recorded, dict):
         return {}
     return {

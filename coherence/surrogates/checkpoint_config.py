@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from coherence.errors import CheckpointError
+from coherence.simulation.families import PHYSICAL_CONSTANTS
 from coherence.surrogates.jsonfields import JsonObject
 from coherence.surrogates.registry import model_config_dict
 
@@ -88,8 +89,9 @@ class CheckpointConfig:
             dataset.string_list("classes")
         if dataset.has("physics"):  # Δt, γ, ν: a "0.1" skipped the check against the data
             physics = dataset.object("physics")
-            for name in physics.to_dict():
-                physics.number(name)
+            for name in ("dt", *PHYSICAL_CONSTANTS):
+                if physics.has(name):
+                    physics.number(name)
         training = doc.object("training", default={})
         if training.has("args"):
             _check_training_args(training.object("args"))

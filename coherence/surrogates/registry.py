@@ -114,6 +114,23 @@ def _check_size(name: str, value: Any) -> None:
         raise RequestError(f"{name} = {value!r}; it must be a positive integer")
 
 
+def _call_factory(factory: Any, arch: str, fields: dict[str, Any], *, error: type) -> Any:
+    """``factory(**fields)``, its signature checked first, so a function that is no model
+    factory (os:system, json:dumps) is refused by name before it is called, whether a user
+    named it (--arch) or a trusted checkpoint's config.json did."""
+    try:
+        inspect.signature(factory).bind(**fields)
+    except TypeError as exc:
+        shown = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        raise error(
+            f"custom architecture {arch!r} cannot be called as factory({shown}) ({exc}); "
+            "name a function that takes those keywords and returns an nn.Module"
+        ) from exc
+    except ValueError:  # no signature to read (some builtins): the call will tell
+        pass
+    return factory(**fields)
+
+
 def build_model(
     arch: str, preset: str = "demo", *, channels: int, resolution: int, **overrides: Any
 ) -> nn.Module:
@@ -132,17 +149,8 @@ def build_model(
                 "pass its settings as overrides instead"
             )
         factory = _import_factory(arch, error=RequestError)
-        try:  # e.g. a function that is no model factory: os:system
-            inspect.signature(factory).bind(channels=channels, resolution=resolution, **overrides)
-        except TypeError as exc:
-            raise RequestError(
-                f"custom architecture {arch!r} cannot be called as factory(channels="
-                f"{channels}, resolution={resolution}) ({exc}); name a function that takes "
-                "those keywords and returns an nn.Module"
-            ) from exc
-        except ValueError:  # no signature to read (some builtins): the call will tell
-            pass
-        model = factory(channels=channels, resolution=resolution, **overrides)
+        fields = {"channels": channels, "resolution": resolution, **overrides}
+        model = _call_factory(factory, arch, fields, error=RequestError)
         return _checked_custom(model, arch, error=RequestError)
     spec = _architecture(arch)
     config = spec.config(preset, channels=channels, resolution=resolution, **overrides)
@@ -187,14 +195,7 @@ def model_from_config_dict(data: Mapping[str, Any], *, trust_code: bool = False)
                 f"--trust-code (trust_code=True) or set {TRUST_CODE_ENV}=1"
             )
         factory = _import_factory(arch, error=CheckpointError)
-        try:
-            model = factory(**fields)
-        except (TypeError, ValueError) as exc:  # not a factory of these fields: a traceback
-            raise CheckpointError(
-                f"custom architecture {arch!r} did not build a model from the checkpoint's "
-                f"config fields ({', '.join(map(str, fields)) or 'none'}): {exc}; the "
-                "factory must take them as keyword arguments"
-            ) from exc
+        model = _call_factory(factory, arch, dict(fields), error=CheckpointError)
         model = _checked_custom(model, arch, error=CheckpointError)
     else:
         if arch not in ARCHITECTURES:

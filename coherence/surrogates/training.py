@@ -488,10 +488,14 @@ def training_lock(out: Path) -> Iterator[None]:
     from coherence.cache.locks import try_lock_beside
 
     # No expanduser: training writes to `out` as given, so does the lock.
+    above = next((p for p in Path(out).parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # "File exists: …/a_file/.ck.train.lock"
+        raise RequestError(f"--out {out}: {above} is a file, not a folder; choose another --out")
     try:
         lock, acquired = try_lock_beside(Path(out), lambda at: at.parent / f".{at.name}.train.lock")
     except OSError as error:  # "No such file …: /proc/.xx.train.lock" named our lock file
-        raise type(error)(error.errno, error.strerror, str(out)) from None
+        error.filename = str(out)
+        raise
     if not acquired:
         raise RequestError(
             f"{out}: another `coherence train` or study is training into this checkpoint (it "

@@ -208,7 +208,12 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
     np.savez(mine, x=np.arange(5))
     notes = tmp_path / "notes.npz"
     notes.write_text("precious")
-    for existing in (mine, notes):
+    bare = tmp_path / "bare.npz"  # an .npy's bytes (np.load gives an array), a damaged zip
+    np.save(tmp_path / "bare.npy", np.arange(3))
+    bare.write_bytes((tmp_path / "bare.npy").read_bytes())
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04garbage")
+    for existing in (mine, notes, bare, broken):
         before = existing.read_bytes()
         with pytest.raises(RequestError, match=r"the file exists and is not a result"):
             save_result(result, existing)
@@ -322,6 +327,12 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
             assert said.exit_code == 2, said.output
             assert f"{inputs} is a {kind}, not a workspace" in " ".join(said.output.split())
             assert not (inputs / "cache").exists()
+    # a workspace beside a dataset's data/ folder is a workspace (it was taken for the dataset)
+    project = tmp_path / "proj"
+    shutil.copytree(data / "data", project / "data")
+    (project / "ws").mkdir()
+    beside = runner.invoke(app, ["cache", "info", "--workspace", str(project / "ws")])
+    assert beside.exit_code == 0 and "entries: 0 results" in beside.output, beside.output
 
 
 @pytest.mark.parametrize(
@@ -620,7 +631,7 @@ def test_a_data_value_that_overflows_is_blamed_on_the_data(workspace, tmp_path):
     with h5py.File(copy / "data" / "test" / "CE-RP.hdf5", "a") as f:
         f["t0_fields/density"][1, 2, 3, 3] = 3e38  # in the window 1:2
     request = request_for(workspace, data=str(copy), trajectories=(1,))
-    with pytest.raises(ExtremeDataError, match=r"huge, test trajectory 1: the batch's values"):
+    with pytest.raises(ExtremeDataError, match=r"huge/data/test/CE-RP.hdf5, trajectory 1: the"):
         run_analysis(request)
 
 

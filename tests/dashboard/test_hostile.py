@@ -170,9 +170,23 @@ def test_a_copy_of_a_checkpoint_is_not_offered_as_another_seed(workspace, tmp_pa
     # workspace", which misled where the copy sorted first and the original was skipped
     from coherence.dashboard.checks import check_group
 
-    said = check_group(catalog, catalog.dataset(selection.dataset), ["unet_tiny_s1_backup"])
-    assert said.startswith("checkpoint unet_tiny_s1_backup: holds the same weights as unet_ti")
-    assert said.endswith("choose the checkpoint it copies, or remove the copy")
+    entry = catalog.dataset(selection.dataset)
+    said = check_group(catalog, entry, ["unet_tiny_s1_backup", "nope"])
+    assert said == (
+        "checkpoint unet_tiny_s1_backup holds the same weights as unet_tiny_s1, which the "
+        "workspace lists in its place (one model is not pooled as two seeds): choose "
+        "unet_tiny_s1, or remove the copy; checkpoint(s) nope are not in the workspace"
+    )
+
+
+def test_a_checkpoint_as_the_workspace_is_refused_and_left_alone(workspace, monkeypatch):
+    """`streamlit run` with COHERENCE_WORKSPACE naming a checkpoint made a cache/ tree inside
+    it (`coherence serve` and the other commands refuse it already)."""
+    checkpoint = checkpoints_dir(workspace) / "unet_tiny_s1"
+    at = open_app(checkpoint, monkeypatch)
+    assert not at.exception
+    assert "is a checkpoint, not a workspace" in texts(at.error)
+    assert not (checkpoint / "cache").exists()
 
 
 def test_a_planted_broken_checkpoint_is_skipped_with_a_reason(workspace, tmp_path, monkeypatch):

@@ -537,9 +537,10 @@ def test_an_address_that_is_no_address_is_told_its_form():
 def test_a_process_connected_to_one_cluster_refuses_another(ray_address):
     """connect() returned the process's first connection whatever address it was asked for,
     so work meant for one cluster ran on another in silence. The same address twice is the
-    same connection."""
+    same connection, however spelled (localhost for 127.0.0.1)."""
     other = f"127.0.0.1:{free_port()}"
-    said = " ".join(_connect_elsewhere(other, 5, first=(ray_address, ray_address)))
+    spelled = ray_address.replace("127.0.0.1", "localhost")
+    said = " ".join(_connect_elsewhere(other, 5, first=(ray_address, ray_address, spelled)))
     assert f"already connected to the Ray cluster at {ray_address}, not {other}" in said
 
 

@@ -760,21 +760,29 @@ def test_the_report_holds_the_cached_sweeps_as_the_panels_draw_them(trained_on):
         assert point.key[:16] in page  # provenance: every point drawn
 
 
+def _only_own_setting(workspace, tmp_path):
+    """A copy of the workspace whose default selection (the UNets) has its own analysis
+    cached and no other sensitivity setting: (root, catalog, selection, runner, its key,
+    every sensitivity point)."""
+    root = copy_workspace(workspace, tmp_path / "workspace")
+    catalog = scan_workspace(root)
+    selection = default_selection(catalog)
+    runner = JobRunner(root)
+    own = runner.key(selection.to_request(root))
+    every, _ = sweeps.sensitivity_points(root, selection, catalog, runner, include_on_demand=True)
+    for point in every:
+        if point.key != own:
+            runner.store.delete(point.key)
+    return root, catalog, selection, runner, own, every
+
+
 def test_the_own_sweep_view_is_in_the_link_and_drops_the_other_views_pair(
     workspace, monkeypatch, tmp_path
 ):
     """Shown the ViT's sweep in place of the UNet's, then the UNet's own: the link kept the
     ViT view's estimator pair (which `coherence report` refuses for the UNet) and did not
     say the own view was chosen, so a reload or a shared link opened the ViT's again."""
-    root = copy_workspace(workspace, tmp_path / "workspace")
-    catalog = scan_workspace(root)
-    unet = default_selection(catalog)
-    runner = JobRunner(root)
-    own = runner.key(unet.to_request(root))
-    every, _ = sweeps.sensitivity_points(root, unet, catalog, runner, include_on_demand=True)
-    for point in every:
-        if point.key != own:
-            runner.store.delete(point.key)
+    root, catalog, unet, runner, _, _ = _only_own_setting(workspace, tmp_path)
     vit_group = next(g for g in catalog.groups(unet.dataset) if g.label == "ViT")
     vit = group_defaults(catalog.dataset(unet.dataset), vit_group)
     for point in sweeps.sensitivity_points(root, vit, catalog, runner)[0]:
@@ -814,15 +822,7 @@ def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_pat
     says why under its headline; `coherence report` prints what to compute, names the
     other model group whose sweep is cached (a link whose report holds it), and warns when
     the link opens a left-out tab."""
-    root = copy_workspace(workspace, tmp_path / "workspace")
-    catalog = scan_workspace(root)
-    selection = default_selection(catalog)
-    runner = JobRunner(root)
-    own = runner.key(selection.to_request(root))
-    every, _ = sweeps.sensitivity_points(root, selection, catalog, runner, include_on_demand=True)
-    for point in every:
-        if point.key != own:
-            runner.store.delete(point.key)
+    root, catalog, selection, runner, own, every = _only_own_setting(workspace, tmp_path)
     built = build_report(root, catalog, selection, distance=None)
     dynamics, sensitivity = built.left_out
     assert dynamics.tab == "Training dynamics" and sensitivity.tab == "Sensitivity"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -405,6 +405,7 @@ def sensitivity_figure(
 
 
 UNCONVERGED_NAME = "cg not converged"
+BOUND_NAME = "≥: median only a lower bound"
 
 
 def _ring_unconverged(
@@ -416,35 +417,19 @@ def _ring_unconverged(
 ) -> None:
     """A red ring around each median whose cg solve did not reach its tolerance (one legend
     entry): the warning above the chart names them, the chart shows which they are."""
-    shown = False
-    for label, dampings in unconverged.items():
-        for p, (name, _) in enumerate(names):
-            trend = trends_by_series.get(label, {}).get(name)
-            if trend is None:
-                continue
-            keep = np.isin(trend.x, np.asarray(dampings, dtype=float))
-            if not keep.any():
-                continue
-            fig.add_trace(
-                go.Scatter(
-                    x=trend.x[keep],
-                    y=trend.median[keep],
-                    mode="markers",
-                    marker={"symbol": "circle-open", "size": 15, "color": "#d62728"},
-                    marker_line_width=2,
-                    name=UNCONVERGED_NAME,
-                    legendgroup=UNCONVERGED_NAME,
-                    showlegend=not shown,
-                    hovertemplate=f"{label}: cg stopped at its iteration cap above its "
-                    "tolerance; this value is inaccurate<extra></extra>",
-                ),
-                row=p // cols + 1,
-                col=p % cols + 1,
-            )
-            shown = True
-
-
-BOUND_NAME = "≥: median only a lower bound"
+    _mark_medians(
+        fig,
+        {label: trends_by_series.get(label, {}) for label in unconverged},
+        names,
+        cols,
+        pick=lambda label, trend: np.isin(trend.x, np.asarray(unconverged[label], dtype=float)),
+        legend=UNCONVERGED_NAME,
+        marker={"symbol": "circle-open", "size": 15, "color": "#d62728", "line": {"width": 2}},
+        hover=lambda label: (
+            f"{label}: cg stopped at its iteration cap above its tolerance; "
+            "this value is inaccurate<extra></extra>"
+        ),
+    )
 
 
 def _mark_bounds(
@@ -458,24 +443,51 @@ def _mark_bounds(
     its estimator settings' symbols (a triangle among them), so the training chart's cue,
     the median's marker a triangle, is not used there, and a flat euclidean line at T − 1
     read as measured."""
+    _mark_medians(
+        fig,
+        trends_by_series,
+        names,
+        cols,
+        pick=lambda label, trend: trend.median_bounds(),
+        legend=BOUND_NAME,
+        marker={"symbol": "arrow-bar-up-open", "size": 16, "color": "#444", "line": {"width": 1.5}},
+        hover=lambda label: (
+            f"{label}: the median is only a lower bound (≥ %{{y:.4g}}): lag "
+            "decay censored at the window<extra></extra>"
+        ),
+    )
+
+
+def _mark_medians(
+    fig: go.Figure,
+    trends_by_series: Mapping[str, Mapping[str, Trend]],
+    names: Sequence[tuple[str, str]],
+    cols: int,
+    *,
+    pick: Callable[[str, Trend], Sequence[bool]],
+    legend: str,
+    marker: Mapping[str, Any],
+    hover: Callable[[str], str],
+) -> None:
+    """Markers over the medians that ``pick(label, trend)`` selects (a mask over x) in each
+    score's panel, under one legend entry ``legend``."""
     shown = False
     for label, trends in trends_by_series.items():
         for p, (name, _) in enumerate(names):
             trend = trends.get(name)
-            if trend is None or not any(bounds := trend.median_bounds()):
+            keep = None if trend is None else np.asarray(pick(label, trend), dtype=bool)
+            if keep is None or not keep.any():
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=trend.x[bounds],
-                    y=trend.median[bounds],
+                    x=trend.x[keep],
+                    y=trend.median[keep],
                     mode="markers",
-                    marker={"symbol": "arrow-bar-up-open", "size": 16, "color": "#444"},
-                    marker_line_width=1.5,
-                    name=BOUND_NAME,
-                    legendgroup=BOUND_NAME,
+                    marker=dict(marker),
+                    name=legend,
+                    legendgroup=legend,
                     showlegend=not shown,
-                    hovertemplate=f"{label}: the median is only a lower bound (≥ %{{y:.4g}}): "
-                    "lag decay censored at the window<extra></extra>",
+                    hovertemplate=hover(label),
                 ),
                 row=p // cols + 1,
                 col=p % cols + 1,

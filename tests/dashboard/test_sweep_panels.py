@@ -336,6 +336,9 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     at = open_app(trained_on, monkeypatch, query)
     assert_clean(at)
     assert at.selectbox(key="dyn_vs_damping").value == "0.01"
+    # each λ offered says how much of it is cached: a curve at once, or a button first
+    offered = at.selectbox(key="dyn_vs_damping").options
+    assert "0.01 (3 of 3 epochs cached)" in offered and "1e-06 (0 of 3 epochs cached)" in offered
     assert any("lies on, and hides under" in c.value for c in at.caption)  # why one line
     assert "6 of 6 epoch analyses cached" in texts(at.caption)
     assert "Not every epoch is drawn" not in texts(at.caption)

@@ -8,6 +8,7 @@ import csv
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import streamlit as st
@@ -26,6 +27,7 @@ from coherence.dashboard.panels.common import (
     how_to_read,
     widget_value,
 )
+from coherence.errors import CoherenceError
 from coherence.workspace import checkpoints_dir
 
 EXPLAIN = (
@@ -48,6 +50,7 @@ def _other_damping(ctx: PanelContext) -> float | None:
         "Overlay the same epochs at another λ",
         options,
         key="dyn_vs_damping",
+        format_func=_cached_count(ctx),
         help="Each epoch's analysis repeated at this damping, drawn beside the selection's "
         f"λ = {ctx.selection.damping:g} (the maps below stay at the selection's λ). Missing "
         "epochs are computed by the button, each its own cached analysis. "
@@ -57,6 +60,29 @@ def _other_damping(ctx: PanelContext) -> float | None:
         return None
     st.caption(sweep_views.SAME_AT_ANY_DAMPING)
     return float(chosen)
+
+
+def _cached_count(ctx: PanelContext):
+    """An overlay option as '0.01 (1 of 3 epochs cached)': which λ draws a curve at once and
+    which needs computing (a λ with one cached epoch drew a lone point, unannounced)."""
+    runner = loaders.job_runner(str(ctx.root))
+    said: dict[str, str] = {}
+
+    def label(option: str) -> str:
+        if option == NO_OTHER_DAMPING:
+            return option
+        if option not in said:
+            try:
+                at = replace(ctx.selection, damping=float(option))
+                points, _ = sweeps.dynamics_points(ctx.root, at, runner)
+            except CoherenceError:
+                points = []
+            done = sum(s.state == "done" for s in sweep_jobs.statuses(str(ctx.root), points))
+            count = f" ({done} of {len(points)} epochs cached)" if points else ""
+            said[option] = option + count
+        return said[option]
+
+    return label
 
 
 def dynamics(ctx: PanelContext) -> None:

@@ -459,9 +459,9 @@ def test_fit_tour_drill_down_report_and_png(server, browser, tmp_path):
     )
     drawn = view.evaluate(
         "() => [...document.querySelectorAll('section.figure')].map(s => "
-        "!!s.querySelector('.js-plotly-plot .main-svg'))"
+        "!!s.querySelector('.js-plotly-plot .main-svg, table.scores'))"
     )
-    assert drawn and all(drawn), drawn  # every figure drawn, offline
+    assert drawn and all(drawn), drawn  # every figure drawn, offline (the scores: a table)
     assert not failed, failed
     assert_fits(axis_fit(view))
     view.screenshot(path=str(SHOTS / "21_report_offline.png"), full_page=True)

@@ -22,8 +22,9 @@ def test_ctrl_c_stops_simulate_at_once_and_leaves_no_dataset(tmp_path, trajector
     walk-through): they are ended now."""
     out = tmp_path / "sim"
     command = [sys.executable, "-m", "coherence.cli", "simulate", "--out", str(out)]
-    command += ["--trajectories", str(trajectories), "--resolution", "64", "--snapshots", "3"]
-    command += ["--t-end", "1e6", "--classes", "CE-RP"]
+    # minutes of solving: the longest --t-end at a fine grid (1e6 at 64² is refused now)
+    command += ["--trajectories", str(trajectories), "--resolution", "256", "--snapshots", "3"]
+    command += ["--t-end", "10", "--classes", "CE-RP"]
     env = {**os.environ, "COHERENCE_TORCH_THREADS": "2", "COLUMNS": "300"}
     env["PYTHONFAULTHANDLER"] = "1"  # a hang below is shown: SIGABRT dumps every thread
     process = subprocess.Popen(  # Ctrl-C as a terminal gives it: a shell's `cmd &` (a CI

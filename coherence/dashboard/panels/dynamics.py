@@ -28,6 +28,7 @@ from coherence.dashboard.panels.common import (
     widget_value,
 )
 from coherence.errors import CoherenceError
+from coherence.wording import plural
 from coherence.workspace import checkpoints_dir
 
 EXPLAIN = (
@@ -78,7 +79,7 @@ def _cached_count(ctx: PanelContext):
             except CoherenceError:
                 points = []
             done = sum(s.state == "done" for s in sweep_jobs.statuses(str(ctx.root), points))
-            count = f" ({done} of {len(points)} epochs cached)" if points else ""
+            count = f" ({done} of {plural(len(points), 'epoch')} cached)" if points else ""
             said[option] = option + count
         return said[option]
 

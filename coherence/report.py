@@ -586,19 +586,13 @@ def build_report(
         scales=scales,
         left_out=[item.page_text for item in swept.left_out] + [ON_DEMAND_TABS],
         more_provenance=data_sources(root, selection) | swept.provenance,
-        arches=_arches(catalog, selection),
+        arches={  # whose paper tolerance each residual line quotes
+            label: arch
+            for label, names in zip(group_labels(catalog, selection), selection.groups, strict=True)
+            if (arch := catalog.arch_of(names))
+        },
     )
     return Report(page, tuple(swept.left_out), tuple(swept.link_problems))
-
-
-def _arches(catalog: Catalog, selection: Selection) -> dict[str, str]:
-    """{group label: its architecture} where the catalog knows the group's first seed."""
-    out = {}
-    for label, names in zip(group_labels(catalog, selection), selection.groups, strict=True):
-        entry = catalog.checkpoint(names[0]) if names else None
-        if entry is not None:
-            out[label] = entry.arch
-    return out
 
 
 def _scales_text(scales: Mapping[str, str], panels: Sequence[str]) -> str:

@@ -131,27 +131,35 @@ def checked_workspace(root: str | os.PathLike | None = None) -> Path:
     `--workspace <checkpoint>` made a cache/ tree inside the checkpoint, even for the
     read-only `cache info`, and analyses stored their results there."""
     resolved = workspace_root(root)
-    for kind, enclosing in (("checkpoint", enclosing_checkpoint), ("dataset", enclosing_dataset)):
-        folder = enclosing(resolved)
-        if folder is not None:
-            raise RequestError(
-                f"workspace {resolved} (--workspace or {ENV_VAR}): {folder} is a {kind}, not "
-                "a workspace; name the folder that holds checkpoints/, datasets/ and cache/, "
-                f"e.g. {_beside_inputs(folder)}"
-            )
+    if found := enclosing_input(resolved):
+        kind, folder = found
+        raise RequestError(
+            f"workspace {resolved} (--workspace or {ENV_VAR}): {folder} is a {kind}, not "
+            "a workspace; name the folder that holds checkpoints/, datasets/ and cache/, "
+            f"e.g. {_beside_inputs(folder)}"
+        )
     return resolved
+
+
+def enclosing_input(path: str | os.PathLike) -> tuple[str, Path] | None:
+    """("checkpoint" | "dataset", its folder) that ``path`` is or lies in, or None: what no
+    command may write its own files into."""
+    for kind, enclosing in (("checkpoint", enclosing_checkpoint), ("dataset", enclosing_dataset)):
+        folder = enclosing(path)
+        if folder is not None:
+            return kind, folder
+    return None
 
 
 def refuse_inside_inputs(out: Path, what: str) -> None:
     """RequestError when ``out`` (a file to write) lies in a checkpoint or a dataset, naming
     an example path beside it: ``what`` is the thing written ("results", "the report")."""
-    for kind, enclosing in (("checkpoint", enclosing_checkpoint), ("dataset", enclosing_dataset)):
-        folder = enclosing(out.parent)
-        if folder is not None:
-            raise RequestError(
-                f"--out {out}: {folder} is a {kind}; write {what} outside it, e.g. "
-                f"{_beside_inputs(folder) / out.name}"
-            )
+    if found := enclosing_input(out.parent):
+        kind, folder = found
+        raise RequestError(
+            f"--out {out}: {folder} is a {kind}; write {what} outside it, e.g. "
+            f"{_beside_inputs(folder) / out.name}"
+        )
 
 
 def _beside_inputs(folder: Path) -> Path:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from coherence.analysis.batch import check_window
 from coherence.analysis.request import AnalysisRequest
-from coherence.dashboard.workspace_scan import Catalog, DatasetEntry, copied_from
+from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 from coherence.errors import RequestError
 
 if TYPE_CHECKING:
@@ -61,15 +61,14 @@ def check_group(catalog: Catalog, entry: DatasetEntry, names: Sequence[str]) -> 
         return "no checkpoint selected; pick at least one seed"
     unknown = [n for n in names if catalog.checkpoint(n) is None]
     if unknown:  # a copy of another is in the workspace: "not in the workspace" misled
-        said = []
-        for name in unknown:
-            if original := copied_from(catalog, name):
-                said.append(
-                    f"checkpoint {name} holds the same weights as {original}, which the "
-                    f"workspace lists in its place (one model is not pooled as two seeds): "
-                    f"choose {original}, or remove the copy"
-                )
-        missing = [n for n in unknown if not copied_from(catalog, n)]
+        said = [
+            f"checkpoint {name} holds the same weights as {original}, which the workspace "
+            f"lists in its place (one model is not pooled as two seeds): choose {original}, "
+            "or remove the copy"
+            for name in unknown
+            if (original := catalog.copies.get(name))
+        ]
+        missing = [n for n in unknown if n not in catalog.copies]
         if missing:
             said.append(f"checkpoint(s) {', '.join(missing)} are not in the workspace")
         return "; ".join(said)

@@ -335,12 +335,6 @@ def render_status(root: Path, states: Sequence[GroupState], problems: Sequence[s
         _compute_button(root, todo)
 
 
-def _arch(root: Path, names: Sequence[str]) -> str | None:
-    """The group's architecture (from the workspace catalog), None if not found."""
-    entry = loaders.catalog(root).checkpoint(names[0]) if names else None
-    return entry.arch if entry is not None else None
-
-
 def _group_status(root: Path, group: GroupState) -> bool:
     """One group's line: its cached result (True), or why it is still to compute (False)."""
     status = group.status
@@ -350,7 +344,7 @@ def _group_status(root: Path, group: GroupState) -> bool:
         residuals = residual_summary(
             result.diagnostics,
             brief=True,
-            arch=_arch(root, group.checkpoints),
+            arch=loaders.catalog(root).arch_of(group.checkpoints),
             smse_map="smse" in result.H_std,
         )
         # one caption, not two, its numbers only (their meaning in its help): every line

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -132,12 +131,18 @@ class Catalog:
     datasets: tuple[DatasetEntry, ...] = ()
     checkpoints: tuple[CheckpointEntry, ...] = ()
     problems: tuple[str, ...] = ()
+    copies: Mapping[str, str] = field(default_factory=dict)  # skipped copy → the one it copies
 
     def dataset(self, name: str) -> DatasetEntry | None:
         return next((d for d in self.datasets if d.name == name), None)
 
     def checkpoint(self, name: str) -> CheckpointEntry | None:
         return next((c for c in self.checkpoints if c.name == name), None)
+
+    def arch_of(self, names: Sequence[str]) -> str | None:
+        """A group's architecture (its first seed's), None when not listed."""
+        entry = self.checkpoint(names[0]) if names else None
+        return entry.arch if entry is not None else None
 
     def groups(self, dataset: DatasetEntry | str) -> tuple[ModelGroup, ...]:
         """Model groups that fit ``dataset``: trained on it first, then UNet, ViT, others."""
@@ -328,36 +333,20 @@ def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
             checkpoints.append(_checkpoint_entry(path.name, path))
         except (CoherenceError, OSError, KeyError, TypeError) as error:
             problems.append(f"checkpoint {path.name}: {error}")
+    kept, copies = _without_copies(checkpoints, checkpoints_dir(root), problems)
     return Catalog(
         root=root,
         exists=True,
         datasets=tuple(datasets),
-        checkpoints=_without_copies(checkpoints, checkpoints_dir(root), problems),
+        checkpoints=kept,
         problems=tuple(problems),
+        copies=copies,
     )
-
-
-COPY_NOTE = (
-    "checkpoint {name}: holds the same weights as {original} (a copy); skipped, so that one "
-    "model is not pooled as two seeds"
-)
-_COPY = re.compile(
-    r"checkpoint (?P<name>.+): holds the same weights as (?P<original>.+) \(a copy\)"
-)
-
-
-def copied_from(catalog: Catalog, name: str) -> str | None:
-    """The checkpoint that ``name`` was skipped as a copy of, or None (not skipped so)."""
-    for problem in catalog.problems:
-        found = _COPY.match(problem)
-        if found and found["name"] == name:
-            return found["original"]
-    return None
 
 
 def _without_copies(
     entries: list[CheckpointEntry], parent: Path, problems: list[str]
-) -> tuple[CheckpointEntry, ...]:
+) -> tuple[tuple[CheckpointEntry, ...], dict[str, str]]:
     """Skip a checkpoint that holds the same weights as another (a backup copy under another
     name): offered both, the sidebar selected one model as two seeds, which an analysis
     refuses. Only entries of one config, seed and weights size are compared (digests from
@@ -371,7 +360,7 @@ def _without_copies(
             continue
         key = (entry.model_json, entry.seed, weights.st_size)
         buckets.setdefault(key, []).append((weights.st_mtime, entry.name, entry))
-    skipped: set[str] = set()
+    skipped: dict[str, str] = {}  # copy → the checkpoint it copies
     for members in buckets.values():
         if len(members) < 2:
             continue
@@ -382,11 +371,14 @@ def _without_copies(
             except OSError:
                 continue
             if digest in kept:
-                skipped.add(name)
-                problems.append(COPY_NOTE.format(name=name, original=kept[digest]))
+                skipped[name] = kept[digest]
+                problems.append(
+                    f"checkpoint {name}: holds the same weights as {kept[digest]} (a copy); "
+                    "skipped, so that one model is not pooled as two seeds"
+                )
             else:
                 kept[digest] = name
-    return tuple(entry for entry in entries if entry.name not in skipped)
+    return tuple(entry for entry in entries if entry.name not in skipped), skipped
 
 
 def _checkpoint_files(entry: Path) -> list[Path]:

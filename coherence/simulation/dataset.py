@@ -297,9 +297,9 @@ def _check_class_constants(files: dict[str, dict[str, WellMetadata]]) -> None:
     for per_class in files.values():
         for name, meta in per_class.items():
             first = seen.setdefault(name, meta)
-            for key, value in meta.scalars.items():
-                other = first.scalars.get(key) if key in PHYSICAL_CONSTANTS else None
-                if other is not None and not math.isclose(value, other, rel_tol=1e-5):
+            for key in PHYSICAL_CONSTANTS:
+                value, other = meta.scalars.get(key), first.scalars.get(key)
+                if None not in (value, other) and not math.isclose(value, other, rel_tol=1e-5):
                     raise SchemaError(
                         f"{meta.path}: {key} is {value:g} but {first.path} (the same class) "
                         f"has {other:g}; a class's files must agree on its constants across "

@@ -111,14 +111,14 @@ class JsonObject:
         self, name: str, *, length: int | None = None, minimum: int | None = None
     ) -> tuple[int, ...]:
         value = self._get(name, _MISSING)
-        expected = f"a list of {length} integers" if length else "a list of integers"
-        if minimum is not None:
-            expected += f" ≥ {minimum}"
-        ok = isinstance(value, list | tuple) and (length is None or len(value) == length)
-        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-        ok = ok and (minimum is None or all(v >= minimum for v in value))
-        if not ok:
+        if not isinstance(value, list | tuple) or (length is not None and len(value) != length):
+            expected = f"a list of {length} integers" if length else "a list of integers"
             self.fail(self._name(name), value, expected)
+        for index, item in enumerate(value):  # name the bad item, not only the list
+            if isinstance(item, bool) or not isinstance(item, int):
+                self.fail(f"{self._name(name)}[{index}]", item, "an integer")
+            if minimum is not None and item < minimum:
+                self.fail(f"{self._name(name)}[{index}]", item, f"an integer ≥ {minimum}")
         return tuple(value)
 
     def string_map(self, name: str) -> dict[str, str]:

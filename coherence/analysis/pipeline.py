@@ -265,7 +265,7 @@ def unit_seconds(
     return sum(unit_passes(request, cg_iterations)) * forward_seconds
 
 
-def _extreme_files(info: DatasetInfo, request: AnalysisRequest, trajectory: int) -> str:
+def extreme_files(info: DatasetInfo, request: AnalysisRequest, trajectory: int) -> str:
     """Which of the request's class files hold the extreme values of ``trajectory`` (the
     file to re-import; a batch spans every class), read again on this error path only."""
     files = [
@@ -565,7 +565,7 @@ def run_analysis(
             except NonFiniteModelError as error:
                 raise NonFiniteModelError(f"checkpoint {directory}: {error}") from None
             except ExtremeDataError as error:
-                where = _extreme_files(info, request, request.trajectories[b])
+                where = extreme_files(info, request, request.trajectories[b])
                 raise ExtremeDataError(f"{where}: {error}") from None
             unit = replace(unit, checkpoint_fingerprint=fingerprint)
             units[s, b] = unit

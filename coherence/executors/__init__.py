@@ -34,7 +34,13 @@ TrainProgress = Callable[[int, int, float, float], None]  # (epoch, epochs, frac
 
 
 class ClusterError(CoherenceError):
-    """A unit or training run could not be computed on the Ray cluster (names which)."""
+    """A unit or training run could not be computed on the Ray cluster (names which).
+    ``worker_error``: the project's own error the worker raised, where it was one, so the
+    driver can name what only it holds (the data files of a batch)."""
+
+    def __init__(self, message: str, worker_error: CoherenceError | None = None) -> None:
+        super().__init__(message)
+        self.worker_error = worker_error
 
 
 class ClusterUnreachable(ClusterError):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from coherence.errors import CoherenceError
 from coherence.executors import (
     AnalysisProgress,
     ClusterError,
@@ -106,6 +107,18 @@ def _ship_checkpoints(
         checkpoints[s] = ray.put(files)
         fingerprints[s] = checkpoint_fingerprint(directory)
     return checkpoints, fingerprints
+
+
+def _naming_the_data(error: ClusterError, info: Any, request: Any, b: int) -> CoherenceError:
+    """A worker's overflow blamed on the data, named as a local run names it: by the class
+    files that hold the extreme values (the worker holds the batch's arrays, not its files)."""
+    from coherence.analysis.influence import ExtremeDataError
+    from coherence.analysis.pipeline import extreme_files
+
+    if isinstance(error.worker_error, ExtremeDataError):
+        files = extreme_files(info, request, request.trajectories[b])
+        return ExtremeDataError(f"{files}: {error.worker_error}")
+    return error
 
 
 class RayExecutor:
@@ -195,7 +208,10 @@ class RayExecutor:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
                 for ref in ready:
                     s, b = pending.pop(ref)
-                    unit, ran_on = self._unit_reply(ray, ref, request, s, b, fingerprints[s])
+                    try:
+                        unit, ran_on = self._unit_reply(ray, ref, request, s, b, fingerprints[s])
+                    except ClusterError as error:
+                        raise _naming_the_data(error, info, request, b) from None
                     units[s, b] = unit
                     devices.add(ran_on)
                     if on_unit is not None:

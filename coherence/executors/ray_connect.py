@@ -65,7 +65,7 @@ def get_reply(ray: Any, ref: Any, where: str, *, retries: int) -> dict[str, Any]
     except exceptions.RayTaskError as error:
         cause = error.cause
         if isinstance(cause, CoherenceError):
-            raise ClusterError(f"{where}: {cause}") from None
+            raise ClusterError(f"{where}: {cause}", worker_error=cause) from None
         if isinstance(cause, ImportError):
             raise ClusterError(
                 f"{where}: the Ray worker cannot import what it needs ({cause}); install "

@@ -124,6 +124,28 @@ def test_analysis_on_ray_equals_local_and_lands_in_the_same_cache_entry(
     np.testing.assert_array_equal(served.H["smse"][0, 0], local.H["smse"][0, 1])
 
 
+def test_data_that_overflows_on_a_worker_is_named_by_its_file(
+    ray_address, checkpoint, tiny_dataset, tmp_path
+):
+    """The worker holds a batch's arrays, not its files: its overflow message named the unit
+    only, where a local run names the class file to re-import. The driver names it now."""
+    import h5py
+
+    from coherence.analysis.influence import ExtremeDataError
+
+    data = tmp_path / "huge"
+    shutil.copytree(tiny_dataset, data)
+    with h5py.File(data / "data" / "test" / "CE-CRP.hdf5", "a") as f:
+        f["t0_fields/density"][1, 0, 3, 3] = 3e38
+    request = quick_request(checkpoint, data, trajectories=(1,))
+    with pytest.raises(ExtremeDataError) as local:
+        pipeline.run_analysis(request)
+    with pytest.raises(ExtremeDataError) as on_ray:
+        RayExecutor(ray_address).run_analysis(request)
+    assert str(on_ray.value) == str(local.value)
+    assert str(on_ray.value).startswith(f"{data / 'data' / 'test' / 'CE-CRP.hdf5'}, trajectory 1")
+
+
 @pytest.mark.slow
 def test_a_dashboard_job_with_the_address_set_computes_on_the_cluster(
     ray_address, checkpoint, tiny_dataset, workspace, monkeypatch

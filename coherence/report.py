@@ -215,19 +215,20 @@ def unknown_panel(params: Mapping[str, Any]) -> list[str]:
 
 
 def panel_value_problems(params: Mapping[str, Any], selection: Selection) -> list[str]:
-    """``unknown_panel``, a two-time class pair or seed the tab does not offer, and an
-    overlay λ that the Training dynamics panel does not offer (the dashboard says these
-    when the panel opens)."""
+    """``unknown_panel``, a two-time or Conservation class pair or a seed the tab does not
+    offer, and an overlay λ that the Training dynamics panel does not offer (the dashboard
+    says these when the panel opens)."""
     import math
 
     from coherence.dashboard.sweeps import DAMPING_GRID
-    from coherence.report_panels import two_time_view_problems
+    from coherence.report_panels import pair_problem, two_time_view_problems
 
     problems = unknown_panel(params)
     seed = link_value(params, "two_time_seed") if len(selection.groups) == 1 else None
     problems += two_time_view_problems(
         link_value(params, "two_time_pair"), seed, selection.classes, selection.checkpoints
     )
+    problems += pair_problem("cons_pair", link_value(params, "cons_pair"), selection.classes)
     damping = selection.damping
     offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]
     overlay = link_value(params, "dyn_vs_damping")
@@ -251,6 +252,15 @@ def two_time_view(params: Mapping[str, Any], selection: Selection) -> tuple[str,
     if compare or two_time_view_problems(None, seed, selection.classes, selection.checkpoints):
         seed = None
     return pair or INTRA, seed or SEED_MEAN
+
+
+def conservation_pair(params: Mapping[str, Any], selection: Selection) -> str:
+    """The Conservation tab's class pair a link names; intra where it names none or one the
+    tab would not offer (``panel_value_problems`` says which)."""
+    from coherence.report_panels import INTRA, pair_problem
+
+    pair = link_value(params, "cons_pair")
+    return INTRA if pair is None or pair_problem("cons_pair", pair, selection.classes) else pair
 
 
 def scales_from_params(params: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -570,10 +580,18 @@ def build_report(
     in the dashboard's tab order (the scores table last). ``scales``: each heatmap panel's
     colour scale (``report_panels.HEATMAP_PANELS`` → figures.SCALES), ``link``: the
     dashboard view it comes from (both in the provenance), ``params``: the link's panel
-    choices (``dyn_vs_damping``, ``sens_pair``, ``two_time_pair``, ``two_time_seed``)."""
+    choices (``dyn_vs_damping``, ``sens_pair``, ``two_time_pair``, ``two_time_seed``,
+    ``cons_pair``)."""
     groups = tuple(groups) if groups is not None else load_groups(root, catalog, selection)
     view = two_time_view(params or {}, selection)
-    parts = sections(groups, selection, distance=distance, scales=scales, view=view)
+    parts = sections(
+        groups,
+        selection,
+        distance=distance,
+        scales=scales,
+        view=view,
+        conservation_pair=conservation_pair(params or {}, selection),
+    )
     swept = sweep_sections(root, catalog, selection, group_labels(catalog, selection), params)
     scores = [i for i, part in enumerate(parts) if part.title == "Scores"]
     at = scores[0] if scores else len(parts)  # the dashboard's last tab, after the sweeps

@@ -114,19 +114,39 @@ def pair_label(option: str) -> str:
     return f"response {response} ← perturbation {perturbation}"
 
 
+def pair_options(classes: Sequence[str]) -> list[str]:
+    """A two-time map's class pairs as a tab offers them: the intra-class mean, then each
+    'R ← P' (response class R, perturbation class P)."""
+    return [INTRA] + [f"{r} ← {p}" for r in classes for p in classes]
+
+
+def pair_indices(option: str, classes: Sequence[str]) -> tuple[int, int] | None:
+    """``two_time_map``'s class_pair of an option: None for the intra-class mean."""
+    if option == INTRA:
+        return None
+    response, perturbation = option.split(" ← ")
+    return list(classes).index(response), list(classes).index(perturbation)
+
+
+def pair_problem(key: str, pair: str | None, classes: Sequence[str]) -> list[str]:
+    """A link's class pair (``key``: the panel's parameter) that the tab would not offer."""
+    if pair in (None, INTRA):
+        return []
+    parts = pair.split(" ← ")
+    if len(parts) == 2 and set(parts) <= set(classes):
+        return []
+    return [
+        f"{key}={pair!r}: not a class pair of this selection (intra, or 'R ← P' with R and P "
+        f"among {', '.join(classes)}); using intra"
+    ]
+
+
 def two_time_view_problems(
     pair: str | None, seed: str | None, classes: Sequence[str], checkpoints: Sequence[str]
 ) -> list[str]:
     """A link's two-time class pair or seed that the tab would not offer (it would show
     its default view instead)."""
-    problems = []
-    if pair not in (None, INTRA) and (
-        len(parts := pair.split(" ← ")) != 2 or not set(parts) <= set(classes)
-    ):
-        problems.append(
-            f"two_time_pair={pair!r}: not a class pair of this selection (intra, or "
-            f"'R ← P' with R and P among {', '.join(classes)}); using intra"
-        )
+    problems = pair_problem("two_time_pair", pair, classes)
     if seed not in (None, SEED_MEAN, *checkpoints):
         problems.append(
             f"two_time_seed={seed!r}: not a seed of this selection (mean, or one of "
@@ -146,8 +166,7 @@ def _two_time_view(
     where the tab offers no seed), on the tab's colour scale."""
     option, seed = view
     seed = SEED_MEAN if len(groups) > 1 else seed
-    classes = list(selection.classes)
-    pair = None if option == INTRA else tuple(classes.index(c) for c in option.split(" ← "))
+    pair = pair_indices(option, selection.classes)
     maps = []
     for group in groups:
         H = group.result.H_std[response]
@@ -158,7 +177,8 @@ def _two_time_view(
             maps.append(per_seed[group.result.checkpoints.index(seed)])
     label = pair_label(option) + ("" if seed == SEED_MEAN else f", {seed}")
     title = f"Two-time influence ({RESPONSE_TITLES.get(response, response)}), {label}"
-    return _maps_section(groups, selection, maps, title, scale, "Ĥ")
+    symbol = "Ĥ" if response == groups[0].result.primary else f"Ĥ_{response}"
+    return _maps_section(groups, selection, maps, title, scale, symbol)
 
 
 def _maps_section(
@@ -195,12 +215,14 @@ def sections(
     distance: Callable[[ReportGroup], DistanceCurve] | None = distance_from_inputs,
     scales: Mapping[str, str] | None = None,
     view: tuple[str, str] = (INTRA, SEED_MEAN),
+    conservation_pair: str = INTRA,
 ) -> list[Section]:
     """Every influence panel of the selection, in the dashboard's tab order; ``scales``:
     each heatmap panel's colour scale (``HEATMAP_PANELS``; 'paper' where not given), as
     its tab shows it (one scale for all had drawn the class transfer diverging because the
     two-time tab was); ``view``: the two-time tab's (class pair, seed), drawn after the
-    intra-class mean where it is another view (the report had left the link's view out)."""
+    intra-class mean where it is another view (the report had left the link's view out);
+    ``conservation_pair``: the Conservation tab's class pair, drawn likewise."""
     if not groups:
         raise ReportError("no computed group to report on")
     scale = {panel: "paper" for panel in HEATMAP_PANELS} | dict(scales or {})
@@ -221,6 +243,9 @@ def sections(
     for response in ("mass", "energy"):
         if all(response in g.result.H_std for g in groups) and response != primary:
             out += _two_time(groups, selection, response, scale[response])[:1]
+            if conservation_pair != INTRA:  # the Conservation tab's pair, after the mean
+                view = (conservation_pair, SEED_MEAN)
+                out.append(_two_time_view(groups, selection, response, scale[response], view))
             curves = [(g.label, lag_curves(g.result.H_std[response])) for g in groups]
             title = f"Influence on {response} vs time lag"
             figure = F.lag_curves_figure(curves, title=title, value_label=f"Ĥ_{response}")

@@ -53,7 +53,12 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
         "two_time_cell_channel": str,
     },
     "Class transfer": {"zscale_transfer": str},
-    "Conservation": {"cons_response": str, "zscale_mass": str, "zscale_energy": str},
+    "Conservation": {
+        "cons_response": str,
+        "cons_pair": str,
+        "zscale_mass": str,
+        "zscale_energy": str,
+    },
     "Training dynamics": {"dyn_group": str, "dyn_vs_damping": str, "dyn_view": str},
     "Sensitivity": {"sens_pair": str, "sens_view": str},
     "Rollout": {

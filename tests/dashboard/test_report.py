@@ -26,6 +26,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.report import (
     ReportError,
     build_report,
+    conservation_pair,
     load_groups,
     panel_value_problems,
     report_name,
@@ -349,6 +350,40 @@ def test_report_holds_the_two_time_view_of_its_link(workspace, tmp_path):
             app, ["report", "--workspace", str(workspace), "--out", str(out), "--param", bad]
         )
         assert run.exit_code == 2 and says in " ".join(run.output.split()), run.output
+    assert not out.exists()
+
+
+def test_report_holds_the_conservation_pair_of_its_link(workspace, tmp_path):
+    """The Conservation tab's class pair (cons_pair) is drawn after each response's
+    intra-class mean, as the tab shows it; a pair the tab would not offer is refused."""
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    groups = load_groups(workspace, catalog, selection)
+    response, perturbation = selection.classes[0], selection.classes[1]
+    params = {"cons_pair": f"{response} ← {perturbation}"}
+    assert conservation_pair(params, selection) == params["cons_pair"]
+    assert not panel_value_problems(params, selection)
+    parts = sections(
+        groups, selection, distance=None, conservation_pair=conservation_pair(params, selection)
+    )
+    titles = [p.title for p in parts]
+    r, p = selection.classes.index(response), selection.classes.index(perturbation)
+    for name in ("mass", "energy"):
+        mean = titles.index(f"Two-time influence ({name}), intra-class mean")
+        assert titles[mean + 1] == f"Two-time influence ({name}), {pair_label(params['cons_pair'])}"
+        by_hand = groups[0].result.H_std[name][:, :, :, r, :, p].mean(axis=(0, 1))
+        figure = parts[mean + 1].figure
+        np.testing.assert_allclose(figure.data[0].z, by_hand, rtol=1e-6)
+        assert figure.data[0].hovertemplate.count(f"Ĥ_{name}")
+    plain = [p.title for p in sections(groups, selection, distance=None)]
+    assert len(plain) == len(titles) - 2  # no pair in the link: the means only
+    out = tmp_path / "r.html"
+    bad = "cons_pair=CE-RP ← CE-NOPE"
+    run = CliRunner().invoke(
+        app, ["report", "--workspace", str(workspace), "--out", str(out), "--param", bad]
+    )
+    says = "cons_pair='CE-RP ← CE-NOPE': not a class pair"
+    assert run.exit_code == 2 and says in " ".join(run.output.split()), run.output
     assert not out.exists()
 
 

@@ -319,6 +319,44 @@ def test_the_colour_scale_travels_in_the_link(workspace, monkeypatch, panel, key
     assert at.query_params[key] == "auto"  # a choice made on the page goes into the link
 
 
+def test_the_conservation_maps_offer_a_class_pair_that_travels_in_the_link(workspace, monkeypatch):
+    """The caption promised transfer of the conservation law across classes, and the maps
+    showed only the intra-class mean. A class pair R ← P draws that pair's block (batch and
+    seed mean), for mass and for energy alike, and travels in the link as cons_pair."""
+    from coherence.report import load_groups
+
+    selection = default_selection(workspace)
+    response, perturbation = selection.classes[1], selection.classes[0]
+    pair = f"{response} ← {perturbation}"
+    result = load_groups(workspace, scan_workspace(workspace), selection)[0].result
+    r, p = selection.classes.index(response), selection.classes.index(perturbation)
+    for tab in ("Mass", "Energy"):
+        at = open_app(
+            workspace,
+            monkeypatch,
+            {"panel": "Conservation", "cons_response": tab, "cons_pair": pair},
+        )
+        assert_clean(at)
+        assert not at.warning
+        assert at.selectbox(key="cons_pair").value == pair
+        (heatmap,) = [
+            c for c in charts(at) if "Two-time influence on" in c["layout"]["title"]["text"]
+        ]
+        title = heatmap["layout"]["title"]["text"]
+        pair_words = f"response {response} ← perturbation {perturbation}"
+        assert title == f"Two-time influence on {tab.lower()}, {pair_words}"
+        by_hand = result.H_std[tab.lower()][:, :, :, r, :, p].mean(axis=(0, 1))
+        np.testing.assert_allclose(plotly_array(heatmap["data"][0]["z"]), by_hand, rtol=1e-5)
+        assert at.query_params["cons_pair"] == pair
+    at.selectbox(key="cons_pair").set_value("intra").run()  # back to the mean
+    (heatmap,) = [c for c in charts(at) if "Two-time influence on" in c["layout"]["title"]["text"]]
+    assert heatmap["layout"]["title"]["text"] == "Two-time influence on energy, intra-class mean"
+    assert "cons_pair" not in at.query_params or at.query_params["cons_pair"] == "intra"
+    bad = open_app(workspace, monkeypatch, {"panel": "Conservation", "cons_pair": "x ← y"})
+    assert not bad.exception
+    assert "cons_pair='x ← y': not offered" in texts(bad.warning)
+
+
 def test_the_conservation_response_tab_travels_in_the_link(workspace, monkeypatch):
     """Mass or Energy: a link opens the sub-tab it names, only that response is drawn, and
     switching tabs on the page rewrites the link."""

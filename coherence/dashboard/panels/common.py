@@ -38,6 +38,7 @@ from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 from coherence.report import how_to_read as how_to_read  # re-exported for the panels
 from coherence.report import provenance
+from coherence.report_panels import INTRA
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 # panels that read no analysis (no window, estimator or λ in their names): what they read
@@ -448,3 +449,15 @@ def npz_file(label: str, name: str, data: Bytes) -> tuple[str, str, Bytes, str]:
 
 def response_title(response: str) -> str:
     return {"smse": "SMSE", "mass": "mass", "energy": "energy"}.get(response, response)
+
+
+def pair_choice(option: str) -> str:
+    """The class pair in the selectbox: short enough for the column beside the map (a cut
+    label could show another pair); its label says rows = response, columns = perturbation."""
+    return "intra-class mean" if option == INTRA else option
+
+
+def pair_tag(option: str) -> str:
+    """'CE-CRP ← CE-RP' as a file-name part: 'CE-CRP-from-CE-RP'."""
+    response, perturbation = option.split(" ← ")
+    return f"{response}-from-{perturbation}"

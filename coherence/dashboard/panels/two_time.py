@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from coherence import report_panels
 from coherence.analysis.exports import (
     two_time_csv,
 )
@@ -31,7 +32,9 @@ from coherence.dashboard.panels.common import (
     how_to_read,
     need_results,
     note_clipped,
+    pair_choice,
     pair_figure,
+    pair_tag,
     response_title,
     scale_choice,
     scale_selector,
@@ -43,22 +46,6 @@ from coherence.dashboard.panels.scores import TOUR_SHOWN, tour, tour_dismissed
 from coherence.report_panels import INTRA, pair_label
 
 TITLE_FITS = 56  # characters of a title over the square map (a longer one was cut off)
-
-
-def _pair_options(classes: tuple[str, ...]) -> list[str]:
-    return [INTRA] + [f"{r} ← {p}" for r in classes for p in classes]
-
-
-def _pair_choice(option: str) -> str:
-    """The class pair in the selectbox: short enough for the column beside the map (a cut
-    label could show another pair); its label says rows = response, columns = perturbation."""
-    return "intra-class mean" if option == INTRA else option
-
-
-def _pair_tag(option: str) -> str:
-    """'CE-CRP ← CE-RP' as a file-name part: 'CE-CRP-from-CE-RP'."""
-    response, perturbation = option.split(" ← ")
-    return f"{response}-from-{perturbation}"
 
 
 def two_time(ctx: PanelContext) -> None:
@@ -75,7 +62,7 @@ def two_time(ctx: PanelContext) -> None:
         st.caption(caption(DEFAULT_SCALE, ctx.zrange))
         return
     classes = ctx.selection.classes
-    pair_options = _pair_options(classes)
+    pair_options = report_panels.pair_options(classes)
     seed_options = ["mean"] + ([] if ctx.compare else list(ctx.ready[0].result.checkpoints))
     # The chart is sent before its selectors (which are drawn above it): the browser then
     # fetches plotly's 4.7 MB chunk first instead of queueing it behind the widgets' chunks
@@ -105,7 +92,7 @@ def two_time(ctx: PanelContext) -> None:
         left.selectbox(
             "Class pair (rows = response, columns = perturbation)",
             pair_options,
-            format_func=_pair_choice,
+            format_func=pair_choice,
             key="two_time_pair",
         )
         if right is not None:
@@ -127,11 +114,7 @@ def two_time(ctx: PanelContext) -> None:
 def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tuple[float, float]]:
     """The two-time map of the chosen class pair and seed (or seed mean), and its downloads;
     returns the colour scale and range it was drawn on."""
-    classes = ctx.selection.classes
-    pair = None
-    if option != INTRA:
-        response, perturbation = option.split(" ← ")
-        pair = (classes.index(response), classes.index(perturbation))
+    pair = report_panels.pair_indices(option, ctx.selection.classes)
     maps = []
     scale = ctx.scale("two_time")
     for group in ctx.ready:
@@ -185,7 +168,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
     note_clipped([V for _, V in maps], zrange)
     view = ctx.with_choices(
         {"class_pair": pair_label(INTRA), "seed": "mean over seeds"},
-        class_pair=None if option == INTRA else _pair_tag(option),
+        class_pair=None if option == INTRA else pair_tag(option),
         seed=None if seed == "mean" else seed,
         colour_scale=scale_choice(scale),
     )
@@ -207,7 +190,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
     if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
         difference = ctx.with_choices(  # always diverging: not the maps' colour scale
             {"class_pair": pair_label(INTRA), "colour_scale": "diverging"},
-            class_pair=None if option == INTRA else _pair_tag(option),
+            class_pair=None if option == INTRA else pair_tag(option),
             colour_scale=None,
         )
         _difference(difference, maps, [g.label for g in ctx.ready], option)

@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKSPACE ?= $(or $(COHERENCE_WORKSPACE),workspace)
 PORT ?= 8501
+# an extra index for torch, as the Dockerfile's: e.g. https://download.pytorch.org/whl/cpu for
+# the CPU build (PyPI's Linux wheel is the multi-GB CUDA one); empty: pip's own configuration
+TORCH_INDEX_URL ?=
 export COHERENCE_WORKSPACE := $(abspath $(WORKSPACE))
 
 .PHONY: run test test-fast lint bench bench-peers demo docker docker-test clean
@@ -12,7 +15,7 @@ export COHERENCE_WORKSPACE := $(abspath $(WORKSPACE))
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX_URL),--extra-index-url "$(TORCH_INDEX_URL)") -e ".[dev]"
 	touch $(BIN)/activate
 
 venv: $(BIN)/activate

@@ -191,8 +191,9 @@ def model_from_config_dict(data: Mapping[str, Any], *, trust_code: bool = False)
         if not (trust_code or os.environ.get(TRUST_CODE_ENV) == "1"):
             raise CheckpointError(
                 f"checkpoint names the custom architecture {arch!r}; importing it runs that "
-                "module's code, as unpickling would. If you trust its source, pass "
-                f"--trust-code (trust_code=True) or set {TRUST_CODE_ENV}=1"
+                "module's code, as unpickling would. If you trust its source, set "
+                f"{TRUST_CODE_ENV}=1 (every command and the dashboard), or pass --trust-code "
+                "to coherence analyze (trust_code=True in Python)"
             )
         factory = _import_factory(arch, error=CheckpointError)
         model = _call_factory(factory, arch, dict(fields), error=CheckpointError)

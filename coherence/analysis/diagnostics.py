@@ -331,7 +331,7 @@ def residual_summary(
         line += "; " + _worse_than_zero(diagnostics)
     if correction := correction_note(diagnostics):
         line += f". {correction}"
-    return f"{line}. {RESIDUAL_CAVEAT}" if caveat else line
+    return f"{line}. {RESIDUAL_CAVEAT}." if caveat else line
 
 
 def residual_help(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> str | None:

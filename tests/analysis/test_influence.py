@@ -468,6 +468,8 @@ def test_brief_residual_summary_leaves_its_meaning_to_the_help():
     assert "The worst is 1.3: a residual ≥ 1 is no better than y = 0" in help_text
     assert "the paper's own solve is the cg estimator" in help_text
     assert help_text.endswith(RESIDUAL_CAVEAT + ".")
+    full = residual_summary(worse, arch="unet")  # the report's line: a sentence, ended
+    assert full.endswith(f". {RESIDUAL_CAVEAT}.")
     fine = [[{"residuals": [0.01, 0.02]}]]
     assert "no better than" not in residual_help(fine)
     assert "no better than" not in residual_summary(fine, brief=True)

@@ -19,6 +19,7 @@ import numpy as np
 from coherence.analysis.arrays import to_numpy
 from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.figures.influence import LagGroups, lag_groups
+from coherence.analysis.figures.models import spectrum_median
 from coherence.analysis.figures.validation import score_rows
 from coherence.analysis.results import npz_bytes
 from coherence.analysis.scores import Scores
@@ -164,33 +165,47 @@ def distance_csv(curve: DistanceCurve) -> bytes:
     return table_csv(columns)
 
 
-def spectra_csv(spectra: Mapping[str, Any]) -> bytes:
+def spectra_csv(
+    spectra: Mapping[str, Any], series_labels: Mapping[str, Sequence[str]] | None = None
+) -> bytes:
     """Long format of {label: eigenvalues [k] or [..., N]}: group, series, index, eigenvalue.
 
-    ``series`` numbers the flattened leading (seed, batch) positions; NaN padding is dropped.
+    ``series`` names each flattened leading (seed, batch) position (``series_labels``, else
+    its number), then 'median' for the median the figure draws (``spectrum_median``: up to
+    the smallest rank); NaN padding is dropped.
     """
     columns: dict[str, list[Any]] = {"group": [], "series": [], "index": [], "eigenvalue": []}
     for name, values in spectra.items():
         rows = to_numpy(values)
         rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim else rows.reshape(1, 1)
-        for j, row in enumerate(rows):
+        labels = list((series_labels or {}).get(name, ())) or [str(j) for j in range(len(rows))]
+        series = list(zip(labels, rows, strict=True))
+        if len(rows) > 1:
+            series.append(("median", spectrum_median(np.where(rows > 0, rows, np.nan))))
+        for label, row in series:
             for k, value in enumerate(row, start=1):
                 if np.isnan(value):
                     continue
                 columns["group"].append(str(name))
-                columns["series"].append(j)
+                columns["series"].append(label)
                 columns["index"].append(k)
                 columns["eigenvalue"].append(value)
     return table_csv(columns)
 
 
-def top_eigenvalues_csv(groups: Mapping[str, Any]) -> bytes:
-    """group, sample (flattened (seed, batch) position), top_eigenvalue; NaN kept."""
+def top_eigenvalues_csv(
+    groups: Mapping[str, Any], series_labels: Mapping[str, Sequence[str]] | None = None
+) -> bytes:
+    """group, sample (each flattened (seed, batch) position: ``series_labels``, else its
+    number), top_eigenvalue; NaN kept."""
     columns: dict[str, list[Any]] = {"group": [], "sample": [], "top_eigenvalue": []}
     for name, values in groups.items():
         flat = to_numpy(values).ravel()
+        labels = list((series_labels or {}).get(name, ())) or list(range(len(flat)))
+        if len(labels) != len(flat):
+            raise RequestError(f"{name!r}: {len(labels)} sample labels for {len(flat)} values")
         columns["group"] += [str(name)] * len(flat)
-        columns["sample"] += list(range(len(flat)))
+        columns["sample"] += labels
         columns["top_eigenvalue"] += list(flat)
     return table_csv(columns)
 

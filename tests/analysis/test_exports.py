@@ -124,8 +124,14 @@ def test_spectra_and_top_eigenvalue_csv():
         ["UNet", "1", "1", "5.0"],
         ["UNet", "1", "2", "2.0"],
         ["UNet", "1", "3", "0.5"],
+        ["UNet", "median", "1", "4.0"],  # the figure's median, to the smaller rank
+        ["UNet", "median", "2", "1.5"],
         ["ViT", "0", "1", "7.0"],
     ]
+    named = E.spectra_csv({"UNet": spectra}, series_labels={"UNet": ["s10, traj 0", "s10, traj 1"]})
+    assert [row[1] for row in parse(named)[1]] == ["s10, traj 0"] * 2 + ["s10, traj 1"] * 3 + [
+        "median"
+    ] * 2
     data = E.top_eigenvalues_csv({"UNet": np.array([[1.5, np.nan]])})
     assert parse(data)[1] == [["UNet", "0", "1.5"], ["UNet", "1", "nan"]]
 

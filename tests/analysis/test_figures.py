@@ -281,11 +281,25 @@ def test_subspace_spectrum_figure_rows_median_and_padding():
     fig = F.subspace_spectrum_figure({"UNet": spectra, "ViT": [3.0, 1.0, 0.0]})
     assert len(fig.data) == 2 + 1 + 1  # UNet rows, UNet median, ViT single line
     np.testing.assert_array_equal(fig.data[0].y, [4.0, 2.0, 1.0, np.nan])
-    np.testing.assert_allclose(fig.data[2].y, [6.0, 2.0, 0.75, 0.25])
+    # the median stops at the smaller rank: 0.25 alone at k = 4 is not a median of two
+    np.testing.assert_allclose(fig.data[2].y, [6.0, 2.0, 0.75, np.nan])
     np.testing.assert_array_equal(fig.data[3].y, [3.0, 1.0, np.nan])  # 0 is off the log axis
     np.testing.assert_array_equal(fig.data[3].x, [1, 2, 3])
     assert fig.layout.yaxis.type == "log"
     assert tuple(fig.layout.xaxis.range) == (0.5, 4.5)  # k = 1 … 4, fitted
+    assert "(series 1)" in fig.data[1].hovertemplate
+    named = F.subspace_spectrum_figure(
+        {"UNet": spectra},
+        series_labels={"UNet": ["unet_s1, trajectory 0", "unet_s1, trajectory 3"]},
+    )
+    assert "(unet_s1, trajectory 3)" in named.data[1].hovertemplate
+    assert "(median of 2)" in named.data[2].hovertemplate
+    with pytest.raises(RequestError, match="1 series labels for 2 series"):
+        F.subspace_spectrum_figure({"UNet": spectra}, series_labels={"UNet": ["one"]})
+    # where one seed's rank ends, the other seeds' median rose above every descending line
+    ranks = np.array([[[9.0, 8.0, 7.0]], [[9.5, 6.0, np.nan]], [[9.2, 7.5, 7.8]]])
+    rising = F.subspace_spectrum_figure({"UNet": ranks}).data[-1].y
+    np.testing.assert_array_equal(rising, [9.2, 7.5, np.nan])
     single = F.subspace_spectrum_figure({"ViT": [3.0, 1.0, 0.0, np.nan]})
     assert tuple(single.layout.xaxis.range) == (0.5, 2.5)  # only positive λ_k are drawn
 

@@ -667,6 +667,18 @@ def test_spectrum_table_decimals_and_the_conservation_maps_caveat(workspace, mon
     }
     assert formats["dominant share"] == "%.2f" and formats["decay slope"] == "%.2f"
     assert formats["participation ratio"] == "%.1f" and formats["entropy rank"] == "%.1f"
+    # each faint line names its seed and trajectory (it said 'series 0'), and the median
+    # stops where the first seed's rank ends (it rose above every line past it)
+    selection = default_selection(workspace)
+    (spectrum,) = [c for c in charts(at) if "spectrum" in c["layout"]["title"]["text"]]
+    lines = spectrum["data"]
+    seed = selection.checkpoints[0]
+    assert f"({seed}, trajectory {selection.trajectories[0]})" in lines[0]["hovertemplate"]
+    median = plotly_array(lines[-1]["y"])
+    rows = np.array([plotly_array(t["y"]) for t in lines[:-1]])
+    common = np.isfinite(rows).all(axis=0)
+    np.testing.assert_allclose(median[common], np.median(rows[:, common], axis=0), rtol=1e-6)
+    assert np.isnan(median[~common]).all()
     at = open_app(workspace, monkeypatch, {"panel": "Conservation"})
     assert "Read these maps as the estimator's own" in texts(at.caption)
 

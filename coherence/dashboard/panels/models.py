@@ -45,8 +45,9 @@ def spectrum(ctx: PanelContext) -> None:
     _top_eigenvalues(ctx)
     st.caption(how_to_read(subspace_spectrum_figure))
     spectra = {g.label: g.result.subspace_spectra for g in ctx.ready}
+    series = {g.label: _series_labels(g) for g in ctx.ready}  # not 'series 0' in hover, CSV
     try:
-        figure = subspace_spectrum_figure(spectra)
+        figure = subspace_spectrum_figure(spectra, series_labels=series)
     except CoherenceError:
         st.info(
             "The full spectrum of QᵀηQ on span(G) comes with the **ekfac-krylov** (default) "
@@ -83,8 +84,19 @@ def spectrum(ctx: PanelContext) -> None:
         figure=figure,
         caption=how_to_read(subspace_spectrum_figure),
         meta=ctx.meta(),
-        files=[ctx.panel_csv("spectrum", lambda: spectra_csv(spectra))],
+        files=[ctx.panel_csv("spectrum", lambda: spectra_csv(spectra, series))],
     )
+
+
+def _series_labels(group: GroupState) -> list[str]:
+    """Each (seed, batch) row of a result's [S, B, …] arrays by name: 'unet_s10,
+    trajectory 3' (seeds 10 and 35 read as 'series 0' and 'series 1' before)."""
+    result = group.result
+    return [
+        f"{seed}, trajectory {t}"
+        for seed in result.checkpoints
+        for t in result.request.trajectories
+    ]
 
 
 def _top_eigenvalues(ctx: PanelContext) -> None:
@@ -103,7 +115,12 @@ def _top_eigenvalues(ctx: PanelContext) -> None:
         figure=box,
         caption=how_to_read(top_eigenvalue_figure),
         meta=ctx.meta(),
-        files=[ctx.panel_csv("top_eigenvalue", lambda: top_eigenvalues_csv(tops))],
+        files=[
+            ctx.panel_csv(
+                "top_eigenvalue",
+                lambda: top_eigenvalues_csv(tops, {g.label: _series_labels(g) for g in ctx.ready}),
+            )
+        ],
     )
 
 

@@ -45,6 +45,7 @@ Figures from a shared or single-threaded machine are indicative only.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from typing import Any
 
@@ -71,7 +72,13 @@ from coherence.analysis.observables import Response, residual
 from coherence.analysis.request import InfluenceOptions
 from coherence.analysis.standardization import standardize
 from coherence.surrogates import checkpoint as ckpt
-from tests.analysis.fixtures import train_small
+from tests.analysis.fixtures import (
+    DenseReference,
+    TinyConv,
+    TrainedSmall,
+    dense_reference,
+    train_small,
+)
 
 JVP_FORWARDS, VJP_FORWARDS = 2.2, 2.0
 COLD_CAP = {5e-2: 400, 1.5e-2: 800}  # cg iterations per column: a capped cold run is a bound
@@ -90,8 +97,9 @@ def _products(diag: Any) -> dict[str, Any]:
     }
 
 
-def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """One row per (model, λ, setting); ``only``: the settings of these estimators alone."""
+def fidelity_settings(quick: bool, only: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """The settings the ``fidelity`` (and ``overparam``) part compares with the exact solve;
+    ``only``: the settings of these estimators alone."""
     settings = [("euclidean", {}), ("subspace", {}), ("subspace", {"energy_threshold": 1.0})]
     settings += [("krylov", {"depth": d}) for d in ((2, 4) if quick else (2, 4, 6, 8))]
     # EK-FAC alone, and the Galerkin solve in its preconditioned Krylov space
@@ -106,46 +114,133 @@ def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any
     ]
     if only:
         settings = [(e, o) for e, o in settings if e in only]
+    return settings
+
+
+def setting_rows(
+    small: TrainedSmall, settings: list[tuple[str, dict]], meta: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per (λ, setting) on one small model: ``meta``, then the agreement of each
+    setting's standardised Ĥ with the exact dense one, its residuals and products."""
+    rows = []
+    for damping in (1e-4, 1e-2):
+        exact = {r: standardize(small.reference.full(r, damping)) for r in RESPONSES}
+        for estimator, options in settings:
+            result = compute_influence(
+                small.model,
+                small.inputs,
+                small.targets,
+                response=RESPONSES,
+                estimator=estimator,
+                damping=damping,
+                **options,
+            )
+            scores = {
+                r: agreement(standardize(result.H_by_response[r]), exact[r]) for r in RESPONSES
+            }
+            res = result.diagnostics.residuals or [float("nan")]
+            rows.append(
+                {
+                    **meta,
+                    "lambda": damping,
+                    "setting": estimator + "".join(f" {k}={v}" for k, v in options.items()),
+                    "pearson": scores["smse"][0],
+                    "spearman": scores["smse"][1],
+                    **{
+                        f"{name}_{r}": scores[r][i]
+                        for r in RESPONSES[1:]
+                        for i, name in enumerate(("pearson", "spearman"))
+                    },
+                    "residual_correction": result.diagnostics.residual_correction,
+                    "residual_median": float(np.median(res)),
+                    "residual_max": float(np.max(res)),
+                    **_products(result.diagnostics),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def fidelity_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One row per (model, λ, setting); ``only``: the settings of these estimators alone."""
+    settings = fidelity_settings(quick, only)
     rows = []
     for hidden, seed in MODELS[:1] if quick else MODELS:
         small = train_small(hidden, seed)
-        p = small.reference.jac.shape[2]
-        for damping in (1e-4, 1e-2):
-            exact = {r: standardize(small.reference.full(r, damping)) for r in RESPONSES}
-            for estimator, options in settings:
-                result = compute_influence(
-                    small.model,
-                    small.inputs,
-                    small.targets,
-                    response=RESPONSES,
-                    estimator=estimator,
-                    damping=damping,
-                    **options,
-                )
-                scores = {
-                    r: agreement(standardize(result.H_by_response[r]), exact[r]) for r in RESPONSES
-                }
-                res = result.diagnostics.residuals or [float("nan")]
-                rows.append(
-                    {
-                        "P": p,
-                        "seed": seed,
-                        "lambda": damping,
-                        "setting": estimator + "".join(f" {k}={v}" for k, v in options.items()),
-                        "pearson": scores["smse"][0],
-                        "spearman": scores["smse"][1],
-                        **{
-                            f"{name}_{r}": scores[r][i]
-                            for r in RESPONSES[1:]
-                            for i, name in enumerate(("pearson", "spearman"))
-                        },
-                        "residual_correction": result.diagnostics.residual_correction,
-                        "residual_median": float(np.median(res)),
-                        "residual_max": float(np.max(res)),
-                        **_products(result.diagnostics),
-                    }
-                )
-                print(rows[-1], flush=True)
+        meta = {"P": small.reference.jac.shape[2], "seed": seed}
+        rows += setting_rows(small, settings, meta)
+    return rows
+
+
+# (hidden, seed) at N = 12, D = 256: P = 4676 and 5844, 1.5× and 1.9× N·D = 3072 (η singular)
+OVERPARAM_MODELS = ((64, 0), (80, 1))
+OVERPARAM_TIMES = (0, 4, 8, 12)  # analysis steps of the test trajectory: 3 classes × 4 = 12
+
+
+class _CachedReference(DenseReference):
+    """The fixtures' dense reference with η formed once (P ≈ 6k: each einsum is seconds)."""
+
+    @functools.cached_property
+    def eta(self) -> torch.Tensor:  # type: ignore[override]
+        return torch.einsum("ndp,ndq->pq", self.jac, self.jac)
+
+
+def train_overparam(hidden: int, seed: int, resolution: int = 8, steps: int = 400) -> TrainedSmall:
+    """``train_small``'s TinyConv, data and training (full-batch Adam on 12 trajectories, 4
+    per class; test trajectory seed 7), analysed on N = 12 (3 classes × steps
+    OVERPARAM_TIMES, time-major) so that P > N·D, with its dense float64 reference."""
+    from coherence.simulation.classes import get_class
+    from coherence.simulation.euler import evolve
+
+    classes = ("CE-RP", "CE-CRP", "CE-RPUI")
+
+    def trajectory(c: int, sample_seed: int) -> torch.Tensor:
+        initial = get_class(classes[c]).sample(1, resolution, seed=sample_seed).double()
+        return evolve(initial, torch.linspace(0, 16 * 0.05, 17))[0]  # (17, 4, H, W)
+
+    train = [trajectory(c, 100 + k) for c in range(3) for k in range(4)]
+    x_train = torch.cat([t[:-1] for t in train])
+    y_train = torch.cat([t[1:] for t in train])
+    torch.manual_seed(seed)
+    model = TinyConv(4, hidden).double()
+    optimiser = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        ((model(x_train) - y_train) ** 2).mean().backward()
+        optimiser.step()
+    stacked = torch.stack([trajectory(c, 7) for c in range(3)], dim=1)  # (17, C, 4, H, W)
+    times = list(OVERPARAM_TIMES)
+    x = stacked[times].reshape(-1, 4, resolution, resolution)
+    y = stacked[[t + 1 for t in times]].reshape(-1, 4, resolution, resolution)
+    reference = dense_reference(model, x, y)
+    return TrainedSmall(model, x, y, _CachedReference(reference.jac, reference.residuals))
+
+
+def overparam_rows(quick: bool, only: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The ``fidelity`` settings on trained TinyConvs with P > N·D (η singular, as on the
+    real surrogates): one row per (model, λ, setting), with P, N, D, N·D and η's spectrum."""
+    settings = fidelity_settings(quick, only)
+    rows = []
+    for hidden, seed in OVERPARAM_MODELS[:1] if quick else OVERPARAM_MODELS:
+        clock = time.perf_counter()
+        small = train_overparam(hidden, seed)
+        n, d, p = small.reference.jac.shape
+        eigenvalues = torch.linalg.eigvalsh(small.reference.eta)
+        top = float(eigenvalues[-1])
+        meta = {
+            "model": f"TinyConv hidden {hidden}",
+            "seed": seed,
+            "P": p,
+            "N": n,
+            "D": d,
+            "ND": n * d,
+            "P_over_ND": p / (n * d),
+            # numerical rank (eigenvalues > 1e-10·λ_max) and λ_max of η = Σ J_nᵀJ_n
+            "rank_eta": int((eigenvalues > 1e-10 * top).sum()),
+            "lambda_max": top,
+        }
+        print(meta, f"model and reference {time.perf_counter() - clock:.0f} s", flush=True)
+        rows += setting_rows(small, settings, meta)
     return rows
 
 

@@ -232,8 +232,11 @@ def test_the_overview_trajectory_downloads_under_a_name_per_channel(workspace, m
     stems: list[tuple[str, str]] = []
     real = overview.downloads
 
+    npz: list[str] = []
+
     def recording(key, stem, **kwargs):
         stems.append((stem, kwargs["figure"].layout.title.text))
+        npz.extend(f[1] for f in kwargs.get("files", ()) if f[0] == "States (npz)")
         real(key, stem, **kwargs)
 
     monkeypatch.setattr(overview, "downloads", recording)
@@ -247,6 +250,8 @@ def test_the_overview_trajectory_downloads_under_a_name_per_channel(workspace, m
     assert first != second and first.endswith(channels[0]) and second.endswith(channels[1])
     assert "_lam" not in first and "_w" not in first
     assert channels[0] in title and channels[1] in second_title
+    # the states file holds every channel: one name for both views (it took the channel's)
+    assert npz[0] == npz[-1] == f"{first.removesuffix('_' + channels[0])}.npz"
 
 
 def test_two_views_of_one_panel_export_under_two_names(workspace, monkeypatch):

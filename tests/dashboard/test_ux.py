@@ -5,6 +5,7 @@ CUDA message, the cached-analyses switch, plural and seed chips."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import re
@@ -581,9 +582,32 @@ def test_the_check_runs_as_a_background_job_with_progress_cancel_and_reattach(
         assert runner.status(key).state != "failed", runner.status(key).error
         assert time.monotonic() < deadline, "the check did not finish"
         time.sleep(0.5)
+    validation = importlib.import_module("coherence.dashboard.panels.validation")
+    rows: list[tuple[str, dict]] = []
+    real = validation.downloads
+
+    def recording(key, stem, **kwargs):  # the names and headers of the check's downloads
+        rows.append((stem, kwargs))
+        real(key, stem, **kwargs)
+
+    monkeypatch.setattr(validation, "downloads", recording)
     first.run()
     assert_clean(first)
     assert len(charts(first)) == 2  # scatter and error curve
+    # named and headed by the check (every check downloaded under one name, its files
+    # naming every seed and response but not the checkpoint, example and response checked)
+    checkpoint = first.selectbox(key="cf_ckpt").value
+    (scatter_stem, scatter), (stem, curve) = rows
+    assert stem.endswith(f"_counterfactual_{checkpoint}_traj0_p2_smse")
+    assert scatter_stem.endswith(f"_counterfactual_scatter_{checkpoint}_traj0_p2_smse")
+    assert scatter["figure"].layout.title.text.startswith("(a) ")  # both formats, both charts
+    assert curve["figure"].layout.title.text.startswith("(b) ")
+    meta = curve["meta"]
+    assert meta["checkpoint"] == checkpoint and meta["response"] == "smse"
+    assert meta["perturbed example"].startswith("#2: ") and len(meta["epsilons"]) == 4
+    (errors_csv,) = [f for f in curve["files"] if f[0] == "Errors (CSV)"]
+    header = errors_csv[2]().decode()
+    assert f"# checkpoint: {checkpoint}\n" in header and "# perturbed example: #2: " in header
     assert "Relative error" in texts(first.caption)
     # stored as npz + JSON under the check's content key, never a pickle
     blob = runner.store._cache.get(f"artifact:{key}")

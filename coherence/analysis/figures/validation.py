@@ -59,8 +59,9 @@ def counterfactual_figures(
     y = _smallest_eps_pairs(measured, "measured", eps)
     if x.shape != y.shape:
         raise RequestError(f"predicted {x.shape} and measured {y.shape} must pair up one to one")
-    scatter = _pairs_scatter(x, y, f"{title}: predicted vs measured, ε = {float(eps.min()):.1e}")
-    curve = _error_curve(eps, rel_errors, f"{title}: relative error vs ε")
+    smallest = float(eps.min())  # (a) and (b): the caption names the charts so
+    scatter = _pairs_scatter(x, y, f"(a) {title}: predicted vs measured, ε = {smallest:.1e}")
+    curve = _error_curve(eps, rel_errors, f"(b) {title}: relative error vs ε")
     return scatter, curve
 
 

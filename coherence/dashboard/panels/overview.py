@@ -75,6 +75,10 @@ def _snapshots(ctx: PanelContext) -> None:
     # with the analysis's window, estimator and λ, which this panel does not read
     view = ctx.with_choices(class_name=class_name, trajectory=f"test{index}", channel=channel)
     stem = view.stem("snapshots")
+    # the states hold every channel: their file is named without one (two names, one content)
+    states_stem = ctx.with_choices(class_name=class_name, trajectory=f"test{index}").stem(
+        "snapshots"
+    )
     downloads(
         "snapshots",
         stem,
@@ -84,7 +88,7 @@ def _snapshots(ctx: PanelContext) -> None:
         files=[
             npz_file(
                 "States (npz)",
-                f"{stem}.npz",
+                f"{states_stem}.npz",
                 lambda: panel_npz(
                     {
                         "states": states,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from coherence.analysis.exports import counterfactual_csv, figure_html, panel_npz
+from coherence.analysis.exports import counterfactual_csv, panel_npz, with_header
 from coherence.analysis.figures import counterfactual_figures
 from coherence.cache.tasks import COUNTERFACTUAL, counterfactual_spec
 from coherence.dashboard import compute, loaders
@@ -91,7 +91,7 @@ def validation(ctx: PanelContext) -> None:
     if found is None:
         _not_computed(ctx, status, checkpoint, spec)
     else:
-        _show_result(ctx, *found)
+        _show_result(ctx, *found, params)
 
 
 def _controls(ctx: PanelContext) -> dict[str, Any]:
@@ -163,8 +163,13 @@ def _estimate(ctx: PanelContext, checkpoint: str) -> None:
         )
 
 
-def _show_result(ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, Any]) -> None:
-    """The cached check: the error at the smallest ε, both figures, the downloads."""
+def _show_result(
+    ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, Any], params: dict[str, Any]
+) -> None:
+    """The cached check: the error at the smallest ε, both figures, their downloads, named
+    and headed by the check's own choices (every check downloaded under one name, and its
+    files named all three seeds and every response but not the one checkpoint, example and
+    response checked)."""
     found = {**arrays, "seconds": float(metadata.get("seconds", float("nan")))}
     eps, errors = found["epsilons"], found["rel_errors"]
     smallest = int(np.argmin(eps))
@@ -179,16 +184,39 @@ def _show_result(ctx: PanelContext, arrays: dict[str, Any], metadata: dict[str, 
         chart(scatter, key="chart_cf_scatter")
     with right:
         chart(curve, key="chart_cf_curve")
-    stem = ctx.stem("counterfactual")
+    view = ctx.with_choices(
+        checkpoint=params["checkpoint"],
+        batch=f"traj{params['trajectory']}",
+        example=f"p{params['perturbation']}",
+        response=params["response"],
+    )
+    meta = view.meta() | {
+        "perturbed example": _example_label(ctx, params["perturbation"]),
+        "epsilons": [float(e) for e in eps],
+    }
+    caption = how_to_read(counterfactual_figures)
+    downloads(
+        "cf_scatter",
+        view.stem("counterfactual_scatter"),
+        figure=scatter,
+        caption=caption,
+        meta=meta,
+        what="Scatter (a)",
+    )
+    stem = view.stem("counterfactual")
     downloads(
         "cf",
         stem,
         figure=curve,
-        caption=how_to_read(counterfactual_figures),
-        meta=ctx.meta(),
+        caption=caption,
+        meta=meta,
+        what="Error curve (b)",
         files=[
-            ("Scatter (HTML)", f"{stem}_scatter.html", lambda: figure_html(scatter), "text/html"),
-            csv_file("Errors (CSV)", f"{stem}.csv", lambda: counterfactual_csv(eps, errors)),
+            csv_file(
+                "Errors (CSV)",
+                f"{stem}.csv",
+                lambda: with_header(counterfactual_csv(eps, errors), meta),
+            ),
             npz_file(
                 "All arrays (npz)",
                 f"{stem}.npz",

@@ -111,7 +111,10 @@ def distance(ctx: PanelContext) -> None:
     """Panel 5: Ĥ against input distance with the GCV smoothing spline and its band."""
     st.caption(
         how_to_read(distance_figure)
-        + " Pairs with d = 0 (an example with itself) are dropped; 25 log-spaced windows."
+        + " Pairs with d = 0 (an example with itself) are dropped; 25 log-spaced bins, so 24 "
+        "windows of two adjacent bins (each point is a window's mean; neighbours share a bin). "
+        "The smoothing level is chosen by generalized cross-validation on the 25 bin means, "
+        "whose errors are independent, and applied to the windows."
     )
     if not need_results(ctx):
         return

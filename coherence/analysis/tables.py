@@ -146,9 +146,10 @@ def lag_curves_csv(lag_curves: LagGroups, *, label: str = "") -> bytes:
     return table_csv(columns)
 
 
-def distance_csv(curve: DistanceCurve) -> bytes:
-    """One row per window: centre, window edges, smoothed median/q1/q3, then per seed i the
-    window mean, smoothed value and pair count (seed{i}_mean, seed{i}_smoothed, seed{i}_pairs)."""
+def distance_csv(curve: DistanceCurve, seeds: Sequence[str] | None = None) -> bytes:
+    """One row per window: centre, window edges, smoothed median/q1/q3, then per seed the
+    window mean, smoothed value and pair count (<seed>_mean, <seed>_smoothed, <seed>_pairs,
+    the seed named by ``seeds``, its checkpoint, else seed{i}: 'seed0' read as seed 0)."""
     k = len(curve.centers)
     columns: dict[str, Any] = {
         "d_center": curve.centers,
@@ -158,10 +159,13 @@ def distance_csv(curve: DistanceCurve) -> bytes:
         "q1": curve.band.q1,
         "q3": curve.band.q3,
     }
-    for i in range(len(curve.window_means)):
-        columns[f"seed{i}_mean"] = curve.window_means[i]
-        columns[f"seed{i}_smoothed"] = curve.smoothed[i]
-        columns[f"seed{i}_pairs"] = curve.counts[i]
+    names = list(seeds) if seeds is not None else [f"seed{i}" for i in range(len(curve.counts))]
+    if len(names) != len(curve.window_means) or len(set(names)) != len(names):
+        raise RequestError(f"{len(names)} seed names {names} for {len(curve.counts)} seeds")
+    for i, name in enumerate(names):
+        columns[f"{name}_mean"] = curve.window_means[i]
+        columns[f"{name}_smoothed"] = curve.smoothed[i]
+        columns[f"{name}_pairs"] = curve.counts[i]
     return table_csv(columns)
 
 

@@ -112,6 +112,11 @@ def test_distance_csv(h_std):
     np.testing.assert_array_equal(column(data, "median"), curve.band.median)
     np.testing.assert_array_equal(column(data, "seed1_mean"), curve.window_means[1])
     np.testing.assert_array_equal(column(data, "seed0_pairs", int), curve.counts[0])
+    seeds = [f"unet_s{i}" for i in range(len(curve.counts))]
+    named = E.distance_csv(curve, seeds)
+    np.testing.assert_array_equal(column(named, f"{seeds[1]}_mean"), curve.window_means[1])
+    with pytest.raises(RequestError, match="seed names"):
+        E.distance_csv(curve, seeds[:1])
 
 
 def test_spectra_and_top_eigenvalue_csv():

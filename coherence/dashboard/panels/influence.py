@@ -145,7 +145,10 @@ def distance(ctx: PanelContext) -> None:
     if len(figures) == 2:
         _share_y(figure, [c for _, c in curves])
     chart(figure, key="chart_distance")
-    files = [ctx.group_csv("distance", g, lambda c=c: distance_csv(c)) for g, c in curves]
+    files = [
+        ctx.group_csv("distance", g, lambda c=c, g=g: distance_csv(c, g.result.checkpoints))
+        for g, c in curves
+    ]
     downloads(
         "distance",
         ctx.stem("distance"),

@@ -406,6 +406,25 @@ def test_bad_panel_choices_in_a_link_warn_and_use_the_default(workspace, monkeyp
     assert rollout.slider(key="field_h").value == 5  # the whole trajectory, the default
 
 
+def test_a_linked_rollout_horizon_is_taken_without_a_streamlit_warning(workspace, monkeypatch):
+    """The slider was drawn with a default beside the link's value in its state, and
+    Streamlit logged "created with a default value but also had its value set via the
+    Session State API", with a stack trace, on every such load. The rollout's band pools
+    seeds, and its CSV says so."""
+    from streamlit.elements.lib import policies
+
+    seen: list[str] = []
+    # AppTest runs without Streamlit's runtime, where the check returns at once: pretend one
+    monkeypatch.setattr(policies.runtime, "exists", lambda: True)
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)  # once per process
+    monkeypatch.setattr(policies._LOGGER, "warning", lambda text, *a, **k: seen.append(text % a))
+    at = open_app(workspace, monkeypatch, {"panel": "Rollout", "field_h": "3"})
+    assert_clean(at)
+    assert at.slider(key="field_h").value == 3
+    assert not [m for m in seen if "default value" in m], seen
+    assert "seeds, classes and test trajectories pooled" in texts(at.caption)
+
+
 def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch):
     at = open_app(workspace, monkeypatch)
     pick = at.selectbox(key="cached_pick")

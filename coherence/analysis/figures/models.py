@@ -250,8 +250,9 @@ def rollout_figure(
     trained_horizons: Mapping[str, int] | None = None,
 ) -> go.Figure:
     """Read: SMSE against horizon h, teacher-forced one-step (dashed) vs autoregressive rollout
-    (solid), median and Q1–Q3 over trajectories (log y); a low one-step error with a rollout
-    error that grows fast means one-step accuracy does not predict long-horizon reliability.
+    (solid), median and Q1–Q3 over every rollout, seeds, classes and test trajectories
+    pooled (log y); a low one-step error with a rollout error that grows fast means one-step
+    accuracy does not predict long-horizon reliability.
     The dotted line marks the last snapshot the models were trained to predict: beyond it the
     states lie later in time than any training pair.
 

@@ -187,13 +187,18 @@ def rollout(ctx: PanelContext) -> None:
         return
     figure = rollout_figure(summaries, trained_horizons=horizons)
     chart(figure, key="chart_rollout")
+    pooled = ctx.meta("rollout") | {  # the band pools seeds, as no other panel's does
+        f"{label}: median and Q1–Q3 over": f"{s['n_samples']} rollouts, every (seed, class, "
+        "test trajectory) pooled"
+        for label, s in summaries.items()
+    }
     downloads(
         "rollout",
         ctx.stem("rollout"),
         figure=figure,
         caption=how_to_read(rollout_figure),
         meta=ctx.meta("rollout"),
-        files=[ctx.panel_csv("rollout", lambda: rollout_csv(summaries))],
+        files=[ctx.panel_csv("rollout", lambda: rollout_csv(summaries), meta=pooled)],
     )
     _field_viewer(ctx, per_group)
 
@@ -212,7 +217,10 @@ def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list
     run = runs[group.checkpoints.index(name)]
     horizon_max = run["prediction"].shape[1] - 1
     keep_in_range("field_h", 1, max(horizon_max, 1), horizon_max)  # a link's h may not fit
-    horizon = cols[4].slider("Horizon h", 1, max(horizon_max, 1), horizon_max, key="field_h")
+    # the default only where the state holds none: a link's h is state already, and a
+    # default beside it made Streamlit log a warning with a stack trace on every such load
+    default = {} if "field_h" in st.session_state else {"value": horizon_max}
+    horizon = cols[4].slider("Horizon h", 1, max(horizon_max, 1), key="field_h", **default)
     row = ctx.selection.classes.index(class_name) * len(ctx.selection.trajectories) + list(
         ctx.selection.trajectories
     ).index(index)

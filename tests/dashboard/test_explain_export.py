@@ -56,13 +56,17 @@ def test_tour_and_verdict_with_reference_marks(workspace, monkeypatch):
     assert "Diagonal dominance" in [m.label for m in at.metric]  # the scores stay
 
 
-@pytest.mark.parametrize("panel", ["Two-time influence", "Overview"])
+@pytest.mark.parametrize("panel", ["Two-time influence", "Overview", "Class transfer"])
 def test_the_tour_is_shown_once_on_any_first_panel(workspace, monkeypatch, panel):
-    """Beside the two-time map (its panel shows it), above the scores on any other panel;
-    once either way, and gone for good when dismissed."""
+    """Beside the two-time map (its panel shows it), at the top of the sidebar on any other
+    panel; once either way, and gone for good when dismissed."""
     at = open_app(workspace, monkeypatch, {"panel": panel})
     assert_clean(at)
     assert texts(at.markdown).count("What am I looking at?") == 1
+    # beside the map on its tab; elsewhere at the top of the sidebar (a box above the scores
+    # spanned the page and pushed the maps below the fold)
+    in_sidebar = texts(at.sidebar.markdown).count("What am I looking at?")
+    assert in_sidebar == (0 if panel == "Two-time influence" else 1)
     at.button(key="tour_dismiss").click().run()
     at.run()
     assert "What am I looking at?" not in texts(at.markdown)

@@ -33,19 +33,13 @@ from coherence.report_panels import HEATMAP_PANELS
 
 TOUR_KEY = "tour_dismissed"
 TOUR_SHOWN = "tour_shown_in_panel"  # this run's open panel showed the tour (two-time map)
+TOUR_TITLE = "What am I looking at?"
+# three sentences for a narrow column, beside the two-time map or in the sidebar (at a
+# 1024 px window the column is about 150 px wide, and a longer text stood 700 px tall there)
 TOUR = (
-    "**What am I looking at?** Each heatmap shows how a gradient step on one example "
-    "(column: perturbation time) moves the error on another (row: response time). A bright "
-    "**diagonal ridge** is **memorization** (each time step learns for itself); **broad "
-    "brightness** is **generalization** (learning transfers across time and classes). The "
-    "scores read it for you: diagonal dominance 1 = perfectly local, 0.5 = flat."
-)
-# the same three sentences, shorter, for the narrow column beside the two-time map (at a
-# 1024 px window it is about 150 px wide, and the long text stood 700 px tall there)
-TOUR_SHORT = (
-    "**What am I looking at?** Each cell: how a gradient step at one time (column) moves "
+    f"**{TOUR_TITLE}** Each cell: how a gradient step at one time (column) moves "
     "the error at another (row). A bright **diagonal ridge** is **memorization**; **broad "
-    "brightness** is **generalization**. The scores above read it: diagonal dominance "
+    "brightness** is **generalization**. The scores over the tabs read it: diagonal dominance "
     "1 = local, 0.5 = flat."
 )
 
@@ -103,12 +97,13 @@ def remember_tour_dismissal() -> None:
         )
 
 
-def tour(*, beside: bool = False) -> None:
+def tour() -> None:
     """A short, dismissible introduction for first-time visitors (until dismissed in this
-    browser);
-    ``beside``: in a narrow column (beside the two-time map), its button under the text."""
-    with st.container(border=True, horizontal=not beside, vertical_alignment="center"):
-        st.markdown(TOUR_SHORT if beside else TOUR, width="stretch")
+    browser), in a narrow column: beside the two-time map, or at the top of the sidebar on
+    the other tabs and in compare mode, where a box above the scores spanned the page and
+    pushed the maps below the fold (their top from 713 to 878 px at 1500×1000)."""
+    with st.container(border=True, vertical_alignment="center"):
+        st.markdown(TOUR, width="stretch")
         st.button("Got it", key="tour_dismiss", on_click=_dismiss_tour, icon=":material/check:")
 
 
@@ -123,10 +118,11 @@ def headline(ctx: PanelContext, report_slot=None) -> None:
     above the tabs (drawn after the open tab's chart, so they never delay it); and the
     one-click report of the whole selection, in ``report_slot`` (beside the page title) or
     after the scores. The first-visit tour stands beside the two-time map when that panel
-    showed it (one group), otherwise above the scores, never squeezing their row."""
+    showed it (one group), otherwise at the top of the sidebar: nothing above the maps."""
     in_panel = st.session_state.pop(TOUR_SHOWN, False)
     if not tour_dismissed() and not in_panel:
-        tour()
+        with st.sidebar:  # drawn before the sidebar's controls: at its top
+            tour()
     remember_tour_dismissal()
     if ctx.selection.n_steps >= 2:  # one time step: no lag, no diagonal to dominate
         scores = {g.key: loaders.scores(g.key, g.result) for g in ctx.ready}

@@ -105,7 +105,7 @@ def two_time(ctx: PanelContext) -> None:
         scale_selector("two_time", third)
     if tour_at is not None and not tour_dismissed():  # beside the map it explains: the
         with tour_at:  # scores above keep their one row and the map stays above the fold
-            tour(beside=True)
+            tour()
         st.session_state[TOUR_SHOWN] = True
     st.caption(caption(*drawn))
     _drill_down(ctx, widget_value("two_time_pair", pair_options))

@@ -260,11 +260,6 @@ def _names_in(folder: Path, shown: int = 8) -> str:
     return f", or one of the names there ({', '.join(names[:shown])}{more})"
 
 
-# residuals computed in float32 stall between about 1e-6 and 1e-4, by model and λ (an
-# audit's preconditioned cg on a small model at λ = 1e-2 stopped at 1.8e-4 of rtol 1e-5)
-FLOAT32_RTOL_FLOOR = 1e-4
-
-
 def _option_warnings(request, rtol: float | None, given: dict | None = None) -> list[str]:
     """Options that will not do what they say, said before the job starts: a 1-step
     --window (no score reads it), an --rtol, a
@@ -272,6 +267,8 @@ def _option_warnings(request, rtol: float | None, given: dict | None = None) -> 
     when not) the
     estimator ignores, or an --rtol below what float32 residuals reach (cg then runs to its
     iteration cap: ≈ 100 s on the demo UNet, and only then said it had not converged)."""
+    from coherence.analysis.vocabulary import rtol_out_of_reach
+
     out = []
     if request.n_steps < 2:  # the dashboard refuses it; a file for other uses is still wanted
         out.append(
@@ -291,12 +288,8 @@ def _option_warnings(request, rtol: float | None, given: dict | None = None) -> 
         out.append(
             f"--rtol {rtol:g} applies to the cg estimator only; {request.estimator} ignores it"
         )
-    elif request.estimator == "cg" and rtol is not None and rtol < FLOAT32_RTOL_FLOOR:
-        out.append(
-            f"--rtol {rtol:g} is below what float32 residuals reliably reach (they stall "
-            f"between about 1e-6 and {FLOAT32_RTOL_FLOOR:g}, by model and λ): cg may run "
-            "every column to its iteration cap and report it unconverged"
-        )
+    elif request.estimator == "cg" and rtol is not None and (why := rtol_out_of_reach(rtol)):
+        out.append(f"--rtol {why}")
     return out
 
 

@@ -74,6 +74,9 @@ MAX_DEPTH = 16
 CG_MAX_ITER = 500  # default iteration cap per cg column
 MAX_CG_ITER = 100_000  # the largest cap accepted: days of work per column at demo scale
 PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4: the paper's cg tolerances
+# residuals computed in float32 stall between about 1e-6 and 1e-4, by model and λ (an
+# audit's preconditioned cg on a small model at λ = 1e-2 stopped at 1.8e-4 of rtol 1e-5)
+FLOAT32_RTOL_FLOOR = 1e-4
 ARCH_LABELS = MappingProxyType({"unet": "UNet", "vit": "ViT"})  # as the paper writes them
 
 
@@ -87,6 +90,19 @@ def default_energy_threshold(estimator: Estimator) -> float:
 def default_depth(estimator: Estimator) -> int:
     """The number of Krylov blocks an estimator uses when none is given."""
     return EKFAC_KRYLOV_DEPTH if estimator is Estimator.EKFAC_KRYLOV else DEFAULT_DEPTH
+
+
+def rtol_out_of_reach(rtol: float) -> str | None:
+    """Why a cg tolerance may never be met in float32 (None when it can be): said before a
+    job, on the command line and in the sidebar, since cg then runs every column to its
+    iteration cap (≈ 100 s on the demo UNet) and only then says it did not converge."""
+    if rtol >= FLOAT32_RTOL_FLOOR:
+        return None
+    return (
+        f"{rtol:g} is below what float32 residuals reliably reach (they stall between about "
+        f"1e-6 and {FLOAT32_RTOL_FLOOR:g}, by model and λ): cg may run every column to its "
+        "iteration cap and report it unconverged"
+    )
 
 
 def parse_estimator(value: str | Estimator) -> Estimator:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coherence.analysis.vocabulary import MAX_DEPTH, default_depth
+from coherence.analysis.vocabulary import MAX_DEPTH, default_depth, rtol_out_of_reach
 from coherence.dashboard.checks import earlier_epochs, final_epoch
 from coherence.dashboard.control_kinds import Choice, Control, Number, Scope, State
 from coherence.dashboard.control_rows import (
@@ -91,6 +91,13 @@ class Tolerance(Number):
 
     def to_state(self, value: Any, scope: Scope) -> Any:
         return self.reset(scope) if value is None else float(value)
+
+    def caption(self, state: State, scope: Scope) -> str | None:
+        value = state.get(self.state)
+        if not self.active(scope.values) or not isinstance(value, int | float):
+            return None
+        why = rtol_out_of_reach(float(value))
+        return f":material/warning: {why}." if why else None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -287,6 +287,11 @@ def test_a_link_rtol_outside_the_widgets_range_is_refused(workspace, monkeypatch
     assert "rtol='1e-30': the cg tolerance must lie in [1e-08, 0.99]" in texts(at.warning)
     assert at.number_input(key="sb_rtol").value == pytest.approx(1.5e-2)  # UNet default
     assert at.query_params["rtol"] == "0.015"  # the link now says what the screen shows
+    assert "below what float32 residuals reliably reach" not in texts(at.caption)
+    # a tolerance float32 may never reach is said under the widget, before any job (the CLI
+    # warned; the dashboard let cg run every column to its cap)
+    at.number_input(key="sb_rtol").set_value(1e-6).run()
+    assert "1e-06 is below what float32 residuals reliably reach" in texts(at.caption)
 
 
 def test_panel_choices_travel_in_the_link(workspace, monkeypatch):

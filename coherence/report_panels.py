@@ -304,6 +304,13 @@ def _distance(
     return [Section("Input distance", how_to_read(F.distance_figure), figure)]
 
 
+def series_labels(result: AnalysisResult) -> list[str]:
+    """Each (seed, batch) row of a result's [S, B, …] arrays by name: 'unet_s10,
+    trajectory 3' (seeds 10 and 35 read as 'series 0' and 'series 1' before)."""
+    trajectories = result.request.trajectories
+    return [f"{seed}, trajectory {t}" for seed in result.checkpoints for t in trajectories]
+
+
 def _ntk(groups: Sequence[ReportGroup]) -> list[Section]:
     """The NTK top-eigenvalue box and subspace spectrum, each where it was computed."""
     out = []
@@ -312,7 +319,10 @@ def _ntk(groups: Sequence[ReportGroup]) -> list[Section]:
         box = F.top_eigenvalue_figure(tops)
         out.append(Section("NTK top eigenvalue", how_to_read(F.top_eigenvalue_figure), box))
     try:
-        spectrum = F.subspace_spectrum_figure({g.label: g.result.subspace_spectra for g in groups})
+        spectrum = F.subspace_spectrum_figure(
+            {g.label: g.result.subspace_spectra for g in groups},
+            series_labels={g.label: series_labels(g.result) for g in groups},
+        )
         out.append(Section("NTK spectrum", how_to_read(F.subspace_spectrum_figure), spectrum))
     except CoherenceError:
         pass  # an estimator without the span(G) spectrum

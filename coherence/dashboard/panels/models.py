@@ -35,6 +35,7 @@ from coherence.dashboard.panels.common import (
 )
 from coherence.dashboard.panels.rollout_jobs import rollout_runs
 from coherence.errors import CoherenceError
+from coherence.report_panels import series_labels
 from coherence.workspace import checkpoints_dir, datasets_dir, resolve_inside
 
 
@@ -45,7 +46,7 @@ def spectrum(ctx: PanelContext) -> None:
     _top_eigenvalues(ctx)
     st.caption(how_to_read(subspace_spectrum_figure))
     spectra = {g.label: g.result.subspace_spectra for g in ctx.ready}
-    series = {g.label: _series_labels(g) for g in ctx.ready}  # not 'series 0' in hover, CSV
+    series = {g.label: series_labels(g.result) for g in ctx.ready}  # hover and CSV names
     try:
         figure = subspace_spectrum_figure(spectra, series_labels=series)
     except CoherenceError:
@@ -88,17 +89,6 @@ def spectrum(ctx: PanelContext) -> None:
     )
 
 
-def _series_labels(group: GroupState) -> list[str]:
-    """Each (seed, batch) row of a result's [S, B, …] arrays by name: 'unet_s10,
-    trajectory 3' (seeds 10 and 35 read as 'series 0' and 'series 1' before)."""
-    result = group.result
-    return [
-        f"{seed}, trajectory {t}"
-        for seed in result.checkpoints
-        for t in result.request.trajectories
-    ]
-
-
 def _top_eigenvalues(ctx: PanelContext) -> None:
     """λ_max(η + λI) per group as a box, or why the result has none."""
     st.caption(how_to_read(top_eigenvalue_figure))
@@ -118,7 +108,9 @@ def _top_eigenvalues(ctx: PanelContext) -> None:
         files=[
             ctx.panel_csv(
                 "top_eigenvalue",
-                lambda: top_eigenvalues_csv(tops, {g.label: _series_labels(g) for g in ctx.ready}),
+                lambda: top_eigenvalues_csv(
+                    tops, {g.label: series_labels(g.result) for g in ctx.ready}
+                ),
             )
         ],
     )

@@ -933,6 +933,10 @@ def test_the_report_button_keeps_both_sweep_tabs_choices():
     state = {"dyn_vs_damping": "0.01", "sens_pair": "a vs b", "other": 1}
     assert report_params(query, state) == query | {"dyn_vs_damping": "0.01"}
     assert report_params(query, {"dyn_vs_damping": None}) == query
+    # the Conservation pair too: a report built from another tab had dropped it
+    two_time = {"data": "tiny_ce", "panel": "Two-time influence", "two_time_pair": "intra"}
+    kept = report_params(two_time, {"cons_pair": "CE-RP ← CE-CRP"})
+    assert kept == two_time | {"cons_pair": "CE-RP ← CE-CRP"}
 
 
 def test_a_point_evicted_before_its_read_is_not_drawn_nor_cited(trained_on, monkeypatch):

@@ -427,6 +427,11 @@ def test_a_linked_rollout_horizon_is_taken_without_a_streamlit_warning(workspace
     assert_clean(at)
     assert at.slider(key="field_h").value == 3
     assert not [m for m in seen if "default value" in m], seen
+    # another trajectory length (another range) starts at its last horizon, as the default
+    # did: without a value Streamlit's new slider fell back to h = 1 (the review)
+    at.session_state["field_h_max"] = 99  # as if the last range had been another
+    at.run()
+    assert at.slider(key="field_h").value == at.slider(key="field_h").max == 5
     assert "seeds, classes and test trajectories pooled" in texts(at.caption)
 
 

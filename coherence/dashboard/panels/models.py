@@ -154,6 +154,9 @@ def _trained_horizons(ctx: PanelContext, names: tuple[str, ...]) -> list[int]:
     return [h for h in found if h is not None]
 
 
+HORIZON_MAX = "field_h_max"  # the horizon slider's range when last drawn
+
+
 def rollout(ctx: PanelContext) -> None:
     """Panel 8: one-step vs rollout SMSE by horizon; prediction vs truth field viewer."""
     st.caption(
@@ -195,6 +198,18 @@ def rollout(ctx: PanelContext) -> None:
     _field_viewer(ctx, per_group)
 
 
+def _horizon_state(horizon_max: int) -> None:
+    """The horizon slider's value, set in its state and never passed as a default: a link's h
+    is state already, and a default beside it made Streamlit log a warning with a stack
+    trace. A new range (another trajectory length) starts at its last horizon, as the
+    default did: Streamlit takes a slider with another range for a new widget, and without a
+    value it would fall back to h = 1."""
+    state = st.session_state
+    if "field_h" not in state or state.get(HORIZON_MAX, horizon_max) != horizon_max:
+        state["field_h"] = horizon_max
+    state[HORIZON_MAX] = horizon_max
+
+
 def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list]]) -> None:
     """Prediction vs truth of one rollout: checkpoint, class, trajectory, channel, horizon."""
     st.subheader("Prediction vs truth", anchor=False)
@@ -209,10 +224,8 @@ def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list
     run = runs[group.checkpoints.index(name)]
     horizon_max = run["prediction"].shape[1] - 1
     keep_in_range("field_h", 1, max(horizon_max, 1), horizon_max)  # a link's h may not fit
-    # the default only where the state holds none: a link's h is state already, and a
-    # default beside it made Streamlit log a warning with a stack trace on every such load
-    default = {} if "field_h" in st.session_state else {"value": horizon_max}
-    horizon = cols[4].slider("Horizon h", 1, max(horizon_max, 1), key="field_h", **default)
+    _horizon_state(horizon_max)
+    horizon = cols[4].slider("Horizon h", 1, max(horizon_max, 1), key="field_h")
     row = ctx.selection.classes.index(class_name) * len(ctx.selection.trajectories) + list(
         ctx.selection.trajectories
     ).index(index)

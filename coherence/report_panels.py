@@ -244,8 +244,8 @@ def sections(
         if all(response in g.result.H_std for g in groups) and response != primary:
             out += _two_time(groups, selection, response, scale[response])[:1]
             if conservation_pair != INTRA:  # the Conservation tab's pair, after the mean
-                view = (conservation_pair, SEED_MEAN)
-                out.append(_two_time_view(groups, selection, response, scale[response], view))
+                pair_view = (conservation_pair, SEED_MEAN)
+                out.append(_two_time_view(groups, selection, response, scale[response], pair_view))
             curves = [(g.label, lag_curves(g.result.H_std[response])) for g in groups]
             title = f"Influence on {response} vs time lag"
             figure = F.lag_curves_figure(curves, title=title, value_label=f"Ĥ_{response}")

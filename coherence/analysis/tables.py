@@ -183,6 +183,10 @@ def spectra_csv(
         rows = to_numpy(values)
         rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim else rows.reshape(1, 1)
         labels = list((series_labels or {}).get(name, ())) or [str(j) for j in range(len(rows))]
+        if len(labels) != len(rows):
+            raise RequestError(
+                f"spectrum {name!r}: {len(labels)} series labels for {len(rows)} series"
+            )
         series = list(zip(labels, rows, strict=True))
         if len(rows) > 1:
             series.append(("median", spectrum_median(np.where(rows > 0, rows, np.nan))))

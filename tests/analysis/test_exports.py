@@ -134,6 +134,8 @@ def test_spectra_and_top_eigenvalue_csv():
         ["ViT", "0", "1", "7.0"],
     ]
     named = E.spectra_csv({"UNet": spectra}, series_labels={"UNet": ["s10, traj 0", "s10, traj 1"]})
+    with pytest.raises(RequestError, match="1 series labels for 2 series"):
+        E.spectra_csv({"UNet": spectra}, series_labels={"UNet": ["one"]})
     assert [row[1] for row in parse(named)[1]] == ["s10, traj 0"] * 2 + ["s10, traj 1"] * 3 + [
         "median"
     ] * 2

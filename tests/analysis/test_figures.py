@@ -300,6 +300,11 @@ def test_subspace_spectrum_figure_rows_median_and_padding():
     ranks = np.array([[[9.0, 8.0, 7.0]], [[9.5, 6.0, np.nan]], [[9.2, 7.5, 7.8]]])
     rising = F.subspace_spectrum_figure({"UNet": ranks}).data[-1].y
     np.testing.assert_array_equal(rising, [9.2, 7.5, np.nan])
+    # a solve with no eigenvalue at all is left out of the median, not blanking it
+    empty = np.array([[[5.0, 3.0, 1.0]], [[np.nan, np.nan, np.nan]], [[4.0, 2.0, 2.0]]])
+    median = F.subspace_spectrum_figure({"UNet": empty}).data[-1]
+    np.testing.assert_array_equal(median.y, [4.5, 2.5, 1.5])
+    assert "(median of 2 of 3)" in median.hovertemplate
     single = F.subspace_spectrum_figure({"ViT": [3.0, 1.0, 0.0, np.nan]})
     assert tuple(single.layout.xaxis.range) == (0.5, 2.5)  # only positive λ_k are drawn
 

@@ -357,7 +357,7 @@ def test_the_conservation_maps_offer_a_class_pair_that_travels_in_the_link(works
     at.selectbox(key="cons_pair").set_value("intra").run()  # back to the mean
     (heatmap,) = [c for c in charts(at) if "Two-time influence on" in c["layout"]["title"]["text"]]
     assert heatmap["layout"]["title"]["text"] == "Two-time influence on energy, intra-class mean"
-    assert "cons_pair" not in at.query_params or at.query_params["cons_pair"] == "intra"
+    assert at.query_params["cons_pair"] == "intra"  # the open panel's choice, written back
     bad = open_app(workspace, monkeypatch, {"panel": "Conservation", "cons_pair": "x ← y"})
     assert not bad.exception
     assert "cons_pair='x ← y': not offered" in texts(bad.warning)

@@ -113,14 +113,23 @@ def _spectrum_rows(values: Any, name: str) -> np.ndarray:
     return np.where(rows > 0, rows, np.nan)  # NaN padding and non-positive: not on a log axis
 
 
+def spectrum_rows_with_values(rows: np.ndarray) -> np.ndarray:
+    """The rows that hold at least one eigenvalue (a solve with none would blank the median)."""
+    rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+    return rows[np.isfinite(rows).any(axis=1)]
+
+
 def spectrum_median(rows: np.ndarray) -> np.ndarray:
-    """Per index k, the median of the rows' λ_k where every row has one (k up to the
-    smallest rank), NaN beyond: past a row's rank the median of the rest rose above the
-    descending spectra it summarizes (7524 → 7801 where one seed of three stopped)."""
+    """Per index k, the median of the rows' λ_k where every row that has eigenvalues has one
+    (k up to the smallest rank), NaN beyond: past a row's rank the median of the rest rose
+    above the descending spectra it summarizes (7524 → 7801 where one seed of three
+    stopped). Rows without any eigenvalue are left out (``spectrum_rows_with_values``)."""
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
     median = np.full(rows.shape[1], np.nan)
-    every = np.isfinite(rows).all(axis=0)
-    median[every] = np.median(rows[:, every], axis=0)
+    held = spectrum_rows_with_values(rows)
+    if held.size:
+        every = np.isfinite(held).all(axis=0)
+        median[every] = np.median(held[:, every], axis=0)
     return median
 
 
@@ -171,7 +180,9 @@ def subspace_spectrum_figure(
                     )
                 )
         median = spectrum_median(rows)
-        of = f" (median of {len(rows)})" if len(rows) > 1 else ""
+        held = len(spectrum_rows_with_values(rows))
+        of = f" (median of {held}" + (f" of {len(rows)})" if held < len(rows) else ")")
+        of = of if len(rows) > 1 else ""
         fig.add_trace(
             go.Scatter(
                 x=index,

@@ -8,6 +8,7 @@ residuals are written again here, loop by loop, from METHOD.md §4.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,8 +158,16 @@ class TrainedSmall:
     reference: DenseReference
 
 
-def train_small(hidden: int, seed: int, resolution: int = 8, steps: int = 400) -> TrainedSmall:
-    """Full-batch Adam on 12 training trajectories (4 per class); test trajectory seed 7."""
+def train_small(
+    hidden: int,
+    seed: int,
+    resolution: int = 8,
+    steps: int = 400,
+    times: Sequence[int] | None = None,
+) -> TrainedSmall:
+    """Full-batch Adam on 12 training trajectories (4 per class); test trajectory seed 7,
+    analysed at the steps ``times`` (default all 16: N = 48; fewer give the bench's models
+    with more parameters than the batch has outputs)."""
     from coherence.simulation.classes import get_class
     from coherence.simulation.euler import evolve
 
@@ -179,6 +188,7 @@ def train_small(hidden: int, seed: int, resolution: int = 8, steps: int = 400) -
         ((model(x_train) - y_train) ** 2).mean().backward()
         optimiser.step()
     stacked = torch.stack([trajectory(c, 7) for c in range(3)], dim=1)  # (17, C, 4, H, W)
-    x = stacked[:-1].reshape(-1, 4, resolution, resolution)
-    y = stacked[1:].reshape(-1, 4, resolution, resolution)
+    steps_in = list(range(16)) if times is None else list(times)
+    x = stacked[steps_in].reshape(-1, 4, resolution, resolution)
+    y = stacked[[t + 1 for t in steps_in]].reshape(-1, 4, resolution, resolution)
     return TrainedSmall(model, x, y, dense_reference(model, x, y))

@@ -282,9 +282,12 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
     return files_fingerprint([directory / ckpt.CONFIG_FILE, directory / ckpt.WEIGHTS_FILE])
 
 
-def check_checkpoint(directory: str | Path, info: DatasetInfo, split: str = "test") -> None:
+def check_checkpoint(
+    directory: str | Path, info: DatasetInfo, split: str = "test", classes: Sequence[str] = ()
+) -> None:
     """Refuse, from its config alone, a checkpoint made for a dataset of other channels,
-    grid or physics (no weights are read: it runs before any estimate or load)."""
+    grid or physics, or for ``classes`` (those to analyse) of constants it never trained on
+    (no weights are read: it runs before any estimate or load)."""
     config = ckpt.read_config(directory)
     ckpt.check_compatible(
         config,
@@ -293,6 +296,8 @@ def check_checkpoint(directory: str | Path, info: DatasetInfo, split: str = "tes
         resolution=(info.height, info.width),
         where=f"checkpoint {display_name(directory)}",
         physics=info.physics(split, config.classes),
+        class_physics=info.class_physics(split),
+        classes=classes,
     )
 
 
@@ -306,7 +311,7 @@ def check_request(request: AnalysisRequest, info: DatasetInfo) -> None:
     for response in request.responses:
         check_response_applies(response, len(info.channels))
     for directory in request.checkpoints:
-        check_checkpoint(directory, info, request.split)
+        check_checkpoint(directory, info, request.split, request.classes)
 
 
 def load_checked(

@@ -143,6 +143,27 @@ def check_classes(entry: DatasetEntry, classes: Sequence[str]) -> str | None:
     return None
 
 
+def check_constants(
+    catalog: Catalog, entry: DatasetEntry, names: Sequence[str], classes: Sequence[str]
+) -> str | None:
+    """A chosen class of physical constants (γ, ν) that a seed never trained on, said
+    before Compute (the analysis refuses it too): a class of γ = 1.6 beside the demo's 1.4
+    was listed, offered and analysed without a word."""
+    from coherence.surrogates.checkpoint import unseen_constants
+
+    for name in names:
+        found = catalog.checkpoint(name)
+        if found is None:
+            continue
+        unseen = unseen_constants(dict(found.physics), found.classes, entry.class_physics, classes)
+        if unseen:
+            return (
+                f"{name} never trained on the physical constants of {'; '.join(unseen)}: "
+                "leave that class out, or choose a model group trained on it"
+            )
+    return None
+
+
 def check_trajectories(entry: DatasetEntry, classes: Sequence[str], trajectories) -> str | None:
     if not classes:  # the classes' own check says so; "trajectory 0 does not exist" misled
         return None
@@ -230,12 +251,15 @@ def problems(selection: Selection, catalog: Catalog, *, cuda_available: bool = F
     checks = [
         check_group(catalog, entry, selection.checkpoints),
         check_classes(entry, selection.classes),
+        check_constants(catalog, entry, selection.checkpoints, selection.classes),
         check_trajectories(entry, selection.classes, selection.trajectories),
         window_problem(entry, len(selection.classes), selection.t_start, selection.n_steps),
         check_responses(entry, selection.responses),
     ]
     if selection.compare:
-        error = check_group(catalog, entry, selection.compare)
+        error = check_group(catalog, entry, selection.compare) or check_constants(
+            catalog, entry, selection.compare, selection.classes
+        )
         checks.append(f"compare group: {error}" if error else None)
         if sorted(selection.compare) == sorted(selection.checkpoints):
             checks.append(  # chosen by hand or in a link: one group beside itself

@@ -62,6 +62,8 @@ class DatasetEntry:
     times: tuple[float, ...]
     counts: Mapping[str, Mapping[str, int]] = field(repr=False)  # split → class → trajectories
     physics: Mapping[str, float] = field(default_factory=dict)  # Δt, γ / ν (DatasetInfo.physics)
+    # each test class's Δt, γ / ν (DatasetInfo.class_physics): classes may differ in γ or ν
+    class_physics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -101,6 +103,7 @@ class CheckpointEntry:
     epochs: tuple[int, ...] = ()  # training snapshots kept under epochs/NNNN (``snapshots``)
     trained_epochs: int = 0  # epochs in history.json: the last one is the weights themselves
     physics: Mapping[str, float] = field(default_factory=dict)  # what it was trained with
+    classes: tuple[str, ...] = ()  # the classes it was trained on
 
     def fits(self, dataset: DatasetEntry) -> bool:
         """Same family, channels, grid, Δt and constants (what ``check_compatible`` demands)."""
@@ -259,6 +262,9 @@ def _dataset_entry(name: str, path: Path) -> DatasetEntry:
         times=tuple(float(t) for t in info.times),
         counts=MappingProxyType(counts),
         physics=MappingProxyType(info.physics("test", info.classes)),
+        class_physics=MappingProxyType(
+            {c: MappingProxyType(p) for c, p in info.class_physics("test").items()}
+        ),
     )
 
 
@@ -308,6 +314,7 @@ def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
         epochs=tuple(snapshots.list_snapshots(path)),
         trained_epochs=trained,
         physics=MappingProxyType(ckpt.recorded_physics(config.dataset.get("physics"))),
+        classes=config.classes,
     )
 
 

@@ -102,7 +102,7 @@ def _ship_checkpoints(
     for s in sorted(indices):
         directory = request.checkpoints[s]
         ckpt.verify(directory)  # the files shipped are the set saved together
-        check_checkpoint(directory, info, request.split)
+        check_checkpoint(directory, info, request.split, request.classes)
         files = _checkpoint_files(directory, (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE))
         checkpoints[s] = ray.put(files)
         fingerprints[s] = checkpoint_fingerprint(directory)

@@ -190,6 +190,11 @@ class DatasetInfo:
             meta = next(iter(per_class.values()))
         return out | (dict(meta.scalars) if meta is not None else {})
 
+    def class_physics(self, split: str) -> dict[str, dict[str, float]]:
+        """``physics`` of each class of ``split``: classes may differ in γ or ν (The Well's
+        one class per γ and gas), and a checkpoint is checked against each class it meets."""
+        return {name: self.physics(split, [name]) for name in self.files.get(split, {})}
+
     def fingerprint(self, split: str | None = None, classes: Sequence[str] | None = None) -> str:
         """Content hash of the files (optionally one split / some classes) for cache keys."""
         paths = [

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from coherence.errors import CheckpointError, CoherenceError
+from coherence.simulation.families import PHYSICAL_CONSTANTS
 from coherence.surrogates import fileset, snapshots
 from coherence.surrogates.checkpoint_config import (
     FORMAT,
@@ -440,6 +442,36 @@ def physics_differences(trained: object, data: dict[str, float]) -> list[str]:
     ]
 
 
+def unseen_constants(
+    recorded: object,
+    trained_classes: Sequence[str],
+    class_physics: Mapping[str, Mapping[str, float]],
+    classes: Sequence[str],
+) -> list[str]:
+    """'class CE-G16 has gamma 1.6 (the checkpoint's: 1.4)' for each of ``classes`` whose physical
+    constants (γ, ν) match neither what the checkpoint recorded (``recorded``: its config's
+    physics) nor any class it trained on in this dataset (``class_physics``: class →
+    ``DatasetInfo.physics`` of that class). The check against the data compared the
+    training classes' constants only, so a class of γ = 1.6 beside them was analysed with a
+    model that had only seen 1.4."""
+    seen = [recorded_physics(recorded)] + [
+        recorded_physics(dict(class_physics[c])) for c in trained_classes if c in class_physics
+    ]
+    out = []
+    for name in classes:
+        if name in trained_classes or name not in class_physics:
+            continue
+        mine = {k: float(v) for k, v in class_physics[name].items() if k in PHYSICAL_CONSTANTS}
+        if all(physics_differences(known, mine) for known in seen):
+            differ = [
+                f"{key} {mine[key]:g} (the checkpoint's: {seen[0][key]:g})"
+                for key in sorted(mine)
+                if key in seen[0] and not math.isclose(mine[key], seen[0][key], rel_tol=1e-5)
+            ]
+            out.append(f"class {name}, which has {', '.join(differ)}")
+    return out
+
+
 def check_compatible(
     config: CheckpointConfig,
     *,
@@ -448,12 +480,16 @@ def check_compatible(
     resolution: tuple[int, int],
     where: str = "checkpoint",
     physics: dict[str, float] | None = None,
+    class_physics: Mapping[str, Mapping[str, float]] | None = None,
+    classes: Sequence[str] = (),
 ) -> None:
     """Refuse a checkpoint for a dataset whose channels or grid it was not trained on, or
     (``physics``: ``DatasetInfo.physics``) whose snapshot spacing Δt or physical constants
     differ from those it learnt to step with: a one-step surrogate of Δt = 0.05 at γ = 1.4
-    analysed on Δt = 0.075 or γ = 1.3 gave numbers about another map. Checkpoints written
-    before the physics was recorded are not checked for it."""
+    analysed on Δt = 0.075 or γ = 1.3 gave numbers about another map; ``classes``, the
+    classes to analyse, each with constants it trained on (``unseen_constants``, from
+    ``class_physics``). Checkpoints written before the physics was recorded are not checked
+    for it."""
     if config.family != family or tuple(config.channels) != tuple(channels):
         raise CheckpointError(
             f"{where} was trained on {config.family} data with channels "
@@ -464,6 +500,15 @@ def check_compatible(
         raise CheckpointError(
             f"{where} was trained at {config.resolution[0]}×{config.resolution[1]}, the "
             f"dataset is {resolution[0]}×{resolution[1]}; choose a matching dataset or retrain"
+        )
+    unseen = unseen_constants(
+        config.dataset.get("physics"), config.classes, class_physics or {}, classes
+    )
+    if unseen:
+        raise CheckpointError(
+            f"{where} never trained on the physical constants of {'; '.join(unseen)}; a "
+            "one-step surrogate steps the physics it learnt: leave that class out of the "
+            "selection, or analyse it with a checkpoint trained on it"
         )
     differ = physics_differences(config.dataset.get("physics"), physics or {})
     if differ:

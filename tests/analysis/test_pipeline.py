@@ -19,6 +19,7 @@ from coherence.analysis.pipeline import (
     JVP_PASSES,
     PRIMAL_PASSES,
     VJP_PASSES,
+    check_request,
     estimate_cost,
     krylov_products,
     prepare,
@@ -371,7 +372,6 @@ def test_mass_on_navier_stokes_and_mismatched_checkpoint(workspace):
 def test_analyze_refuses_what_configs_refuse_before_its_cost_estimate(workspace, tmp_path):
     """Mass on NS data, a checkpoint of another family, and two models pooled as seeds were
     refused only after the cost estimate had loaded a model and timed it (7 s on the demo)."""
-    from coherence.analysis.pipeline import check_request
 
     def analyze(checkpoints, data, classes, response="smse", window="1:2"):
         args = ["analyze", "--data", str(data), "--classes", classes, "--window", window]
@@ -633,6 +633,41 @@ def test_a_data_value_that_overflows_is_blamed_on_the_data(workspace, tmp_path):
     request = request_for(workspace, data=str(copy), trajectories=(1,))
     with pytest.raises(ExtremeDataError, match=r"huge/data/test/CE-RP.hdf5, trajectory 1: the"):
         run_analysis(request)
+
+
+def add_class_of_gamma(data, name: str, gamma: float, like: str = "CE-RP") -> None:
+    """A copy of class ``like``'s files in every split as class ``name`` of another γ."""
+    import h5py
+
+    for split_dir in (data / "data").iterdir():
+        target = split_dir / f"{name}.hdf5"
+        shutil.copy(split_dir / f"{like}.hdf5", target)
+        with h5py.File(target, "a") as f:
+            f.attrs["initial_condition_class"] = name
+            f.attrs["gamma"] = gamma
+            f["scalars/gamma"][()] = gamma
+
+
+def test_a_class_of_constants_the_checkpoint_never_trained_on_is_refused(workspace, tmp_path):
+    """A class of γ = 1.6 beside the training classes' 1.4 was analysed without a word: the
+    check compared the training classes' constants only (a hostile-workspace campaign)."""
+    copy = tmp_path / "gammas"
+    shutil.copytree(workspace["data"], copy)
+    add_class_of_gamma(copy, "CE-G16", 1.6)
+    add_class_of_gamma(copy, "CE-SAME", 1.4)  # a new class of the trained γ: analysed
+    checkpoint = workspace["ckpts"][0]
+    with pytest.raises(CheckpointError) as info:
+        check_request(
+            request_for(workspace, data=str(copy), classes=("CE-RP", "CE-G16")), open_dataset(copy)
+        )
+    assert "never trained on the physical constants of class CE-G16, which has gamma 1.6 " in str(
+        info.value
+    )
+    assert "(the checkpoint's: 1.4)" in str(info.value)
+    assert checkpoint.name in str(info.value)
+    check_request(
+        request_for(workspace, data=str(copy), classes=("CE-RP", "CE-SAME")), open_dataset(copy)
+    )
 
 
 def test_a_checkpoint_meets_only_data_of_its_time_step(workspace, tmp_path):

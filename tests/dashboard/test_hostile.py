@@ -423,3 +423,28 @@ def test_a_cache_entry_of_another_user_is_refused(workspace, tmp_path, monkeypat
     assert not at.exception
     assert "owned by user id 65534, not by this user" in texts(at.error)
     assert not at.get("plotly_chart")
+
+
+def test_a_class_of_other_constants_is_refused_before_compute(workspace, tmp_path, monkeypatch):
+    """A class of γ = 1.6 added beside the trained 1.4 was listed, offered for Compute and
+    analysed (a hostile-workspace campaign): the page now says why it cannot be computed."""
+    from dataclasses import replace
+
+    from coherence.dashboard.checks import problems
+    from tests.analysis.test_pipeline import add_class_of_gamma
+
+    root = copy_workspace(workspace, tmp_path)
+    add_class_of_gamma(datasets_dir(root) / "tiny_ce", "CE-G16", 1.6)
+    catalog = scan_workspace(root)
+    selection = default_selection(catalog)
+    assert not problems(selection, catalog)
+    chosen = replace(selection, classes=(*selection.classes, "CE-G16"))
+    (problem,) = problems(chosen, catalog)
+    assert "never trained on the physical constants of class CE-G16, which has gamma 1.6" in (
+        problem
+    )
+    at = open_app(root, monkeypatch, chosen.to_query())
+    assert not at.exception
+    assert "class CE-G16, which has gamma 1.6" in texts(at.error) + texts(at.warning) + texts(
+        at.info
+    )

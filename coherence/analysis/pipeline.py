@@ -320,12 +320,16 @@ def load_checked(
     device: torch.device,
     trust_code: bool = False,
     split: str = "test",
+    classes: Sequence[str] = (),
 ) -> tuple[nn.Module, ckpt.CheckpointConfig]:
-    """Load a checkpoint and refuse it for a dataset of other channels or grid, or when its
-    files are not the set its manifest records (weights changed after the save gave a
-    result, and a cache entry, for weights nobody trained)."""
+    """Load a checkpoint and refuse it for a dataset of other channels or grid, for
+    ``classes`` of constants it never trained on, or when its files are not the set its
+    manifest records (weights changed after the save gave a result, and a cache entry, for
+    weights nobody trained). Every job that runs a checkpoint loads it here: the rollouts
+    and the counterfactual check loaded it bare, and rolled out weights the analysis
+    refused."""
     ckpt.verify(directory)
-    check_checkpoint(directory, info, split)
+    check_checkpoint(directory, info, split, classes)
     return ckpt.load(directory, device=device, trust_code=trust_code)
 
 
@@ -543,7 +547,14 @@ def run_analysis(
             continue
         name = display_name(directory)
         report(len(units) / (S * B), f"{name}: loading the checkpoint")
-        model, _ = load_checked(directory, info, device, trust_code=trust_code, split=request.split)
+        model, _ = load_checked(
+            directory,
+            info,
+            device,
+            trust_code=trust_code,
+            split=request.split,
+            classes=request.classes,
+        )
         fingerprint = checkpoint_fingerprint(directory)
         dtype = next(model.parameters()).dtype
         if not checked:

@@ -118,10 +118,12 @@ def _counterfactual_compute(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     import time
 
+    import torch
+
     from coherence.analysis.batch import assemble_batch
+    from coherence.analysis.pipeline import load_checked
     from coherence.analysis.verify import counterfactual_check
     from coherence.simulation.dataset import open_dataset
-    from coherence.surrogates import checkpoint as ckpt
 
     started = time.perf_counter()
     progress(0.0, "loading the checkpoint and the batch")
@@ -129,7 +131,9 @@ def _counterfactual_compute(
     batch = assemble_batch(
         info, tuple(spec["classes"]), spec["trajectory"], spec["t_start"], spec["n_steps"]
     )
-    net, _ = ckpt.load(spec["checkpoint"], device="cpu")
+    net, _ = load_checked(
+        spec["checkpoint"], info, torch.device("cpu"), classes=tuple(spec["classes"])
+    )
     out = counterfactual_check(
         net,
         batch.inputs,
@@ -202,8 +206,8 @@ def _rollout_compute(
 
     import torch
 
+    from coherence.analysis.pipeline import load_checked
     from coherence.simulation.dataset import open_dataset
-    from coherence.surrogates import checkpoint as ckpt
     from coherence.surrogates.rollout import rollout_errors
 
     started = time.perf_counter()
@@ -212,7 +216,7 @@ def _rollout_compute(
     runs = []
     for s, path in enumerate(spec["checkpoints"]):
         progress(s / len(spec["checkpoints"]), f"rolling out {Path(path).name}")
-        net, _ = ckpt.load(path, device="cpu")
+        net, _ = load_checked(path, info, torch.device("cpu"), classes=tuple(spec["classes"]))
         runs.append(rollout_errors(net, torch.from_numpy(states).float()))
     arrays = {
         "one_step": np.stack([r.one_step for r in runs]).astype(np.float64),

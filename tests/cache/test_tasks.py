@@ -151,3 +151,37 @@ def test_a_task_status_reads_only_its_metadata(checkpoint, tiny_dataset, workspa
     status = runner.status(key)
     assert status.state == "done" and 0 <= runner.store.artifact_age(key) < 600
     assert runner.store.artifact_age("c" * 64) is None
+
+
+def test_rollouts_and_checks_refuse_weights_their_manifest_does_not_record(
+    checkpoint, tiny_dataset, workspace
+):
+    """The rollouts and the counterfactual check loaded a checkpoint bare: weights changed
+    after the save (the manifest records others) were rolled out and shown as normal,
+    where the analysis refuses them (a hostile-workspace campaign)."""
+    from safetensors.torch import load_file, save_file
+
+    from coherence.cache.tasks import ROLLOUT, rollout_spec
+    from coherence.errors import CheckpointError
+    from coherence.surrogates import checkpoint as ckpt
+
+    weights = checkpoint / ckpt.WEIGHTS_FILE
+    save_file({k: 2 * v for k, v in load_file(weights).items()}, weights)
+    runner = JobRunner(workspace)
+    with pytest.raises(CheckpointError, match="not the set that was saved together"):
+        runner.run_task(ROLLOUT.name, rollout_spec([checkpoint], tiny_dataset, TINY_CLASSES, [0]))
+    check = counterfactual_spec(
+        checkpoint=checkpoint,
+        data=tiny_dataset,
+        classes=TINY_CLASSES,
+        trajectory=0,
+        t_start=0,
+        n_steps=2,
+        perturbation=0,
+        response="smse",
+        estimator="euclidean",
+        damping=1e-4,
+        rtol=None,
+    )
+    with pytest.raises(CheckpointError, match="not the set that was saved together"):
+        runner.run_task(COUNTERFACTUAL.name, check)

@@ -90,6 +90,9 @@ class Dataset(Control):
         keep_valid(state, self.state, names, names[0])
 
 
+VANISHED = "_vanished_checkpoints"  # picks that left the workspace: the page says so
+
+
 @dataclass(frozen=True, kw_only=True)
 class Group(Control):
     """The seeds of one model group: group A (``suffix`` '') or compare mode's group B
@@ -155,6 +158,9 @@ class Group(Control):
         default = next((label for label in labels if label != first), labels[0])
         if self.group_key not in state:  # the second group was just switched on
             state[self.state] = list(groups[labels.index(default)].checkpoints)
+        gone = [n for n in state.get(self.state) or () if scope.catalog.checkpoint(n) is None]
+        if gone:  # deleted or moved under an open page: said, not dropped in silence
+            state[VANISHED] = [*state.get(VANISHED, ()), *gone]
         keep_valid(state, self.group_key, labels, default)
         group = groups[labels.index(state[self.group_key])]
         keep_valid_many(state, self.state, group.checkpoints, list(group.checkpoints))

@@ -17,6 +17,7 @@ import torch
 from coherence.dashboard import compute, loaders, panel_links, sidebar
 from coherence.dashboard.checks import problems
 from coherence.dashboard.compute import GroupState
+from coherence.dashboard.control_rows import VANISHED
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, headline, rollout_jobs
 from coherence.dashboard.selection import Selection
@@ -112,6 +113,14 @@ def _run() -> None:
         for key in ignored_keys(st.query_params.to_dict()):  # said ignored: so not carried on
             del st.query_params[key]
     selection = sidebar.prepare(catalog)
+    if gone := st.session_state.pop(VANISHED, None):
+        names = ", ".join(dict.fromkeys(gone))
+        st.warning(
+            f"Checkpoint(s) {literal(names)} left the workspace (moved, deleted, or now "
+            "refused: see the skipped entries at the foot of the sidebar); the selection goes "
+            "on without them.",
+            icon=":material/link_off:",
+        )
     if selection is None:
         st.error("The sidebar holds an incomplete selection; pick a dataset and a model.")
     else:

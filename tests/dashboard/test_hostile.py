@@ -448,3 +448,22 @@ def test_a_class_of_other_constants_is_refused_before_compute(workspace, tmp_pat
     assert "class CE-G16, which has gamma 1.6" in texts(at.error) + texts(at.warning) + texts(
         at.info
     )
+
+
+def test_a_checkpoint_deleted_under_an_open_page_is_said_not_dropped_in_silence(
+    workspace, tmp_path, monkeypatch
+):
+    """The seed dropped out of the selection and the headline changed to other scores with
+    no word (a hostile-workspace campaign); a fresh link load said it, an open page not."""
+    root = copy_workspace(workspace, tmp_path)
+    at = open_app(root, monkeypatch)
+    assert_clean(at)
+    chosen = at.multiselect(key="sb_ckpts").value
+    assert len(chosen) > 1
+    shutil.move(checkpoints_dir(root) / chosen[-1], tmp_path / "moved_away")
+    at.run()
+    assert not at.exception
+    assert f"Checkpoint(s) {chosen[-1]} left the workspace" in texts(at.warning)
+    assert at.multiselect(key="sb_ckpts").value == chosen[:-1]
+    at.run()  # said once, not on every rerun
+    assert "left the workspace" not in texts(at.warning)

@@ -201,6 +201,14 @@ def empty_state(catalog: Catalog) -> None:
             f"serves this dashboard. To use another directory, set `{ENV_VAR}`.",
             icon=":material/folder_off:",
         )
+    elif not catalog.datasets and (skipped := _skipped(catalog, "dataset ")):
+        st.error(  # a truncated file said "no datasets" and advised building a new demo
+            "### No dataset can be read\nEvery dataset under "
+            f"{code(root / 'datasets')} was skipped; each line names the file and its fix:"
+            f"\n\n{skipped}",
+            icon=":material/dataset:",
+        )
+        return
     elif not catalog.datasets:
         simulate = f"coherence simulate --out {root / 'datasets' / 'my_data'}"
         st.info(
@@ -219,10 +227,21 @@ def empty_state(catalog: Catalog) -> None:
         st.info(
             f"### No model fits the datasets yet\nDatasets: {names}. No checkpoint under "
             f"{code(root / 'checkpoints')} was trained on data of their family, channels and "
-            f"grid.\n\nTrain one with\n\n{code(train)}\n\nor run `coherence demo`.",
+            f"grid.\n\nTrain one with\n\n{code(train)}\n\nor run `coherence demo`."
+            + (
+                f"\n\nThese checkpoints were skipped:\n\n{skipped}"
+                if (skipped := _skipped(catalog, "checkpoint "))
+                else ""
+            ),
             icon=":material/model_training:",
         )
     _skipped_entries(catalog)
+
+
+def _skipped(catalog: Catalog, kind: str) -> str:
+    """The skipped entries of one ``kind`` ('dataset ', 'checkpoint ') as a markdown list:
+    where they are why the page is empty, they lead it, not a folded expander."""
+    return "\n".join(f"- {literal(p)}" for p in catalog.problems if p.startswith(kind))
 
 
 def _skipped_entries(catalog: Catalog) -> None:

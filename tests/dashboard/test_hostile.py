@@ -467,3 +467,26 @@ def test_a_checkpoint_deleted_under_an_open_page_is_said_not_dropped_in_silence(
     assert at.multiselect(key="sb_ckpts").value == chosen[:-1]
     at.run()  # said once, not on every rerun
     assert "left the workspace" not in texts(at.warning)
+
+
+def dataset_files_below(folder: Path) -> list[Path]:
+    """Every dataset's first file below ``folder`` (one per dataset)."""
+    from coherence.simulation.dataset import dataset_files
+
+    return [files[0] for d in sorted(folder.iterdir()) if (files := dataset_files(d))]
+
+
+def test_a_page_with_no_readable_dataset_leads_with_the_damaged_files(
+    workspace, tmp_path, monkeypatch
+):
+    """A truncated HDF5 file made its dataset skipped, and the page said "The workspace has
+    no datasets" and advised building a new demo; the cause was folded in an expander."""
+    root = copy_workspace(workspace, tmp_path)
+    for victim in dataset_files_below(datasets_dir(root)):
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    at = open_app(root, monkeypatch)
+    assert not at.exception
+    headline = texts(at.error)
+    assert "No dataset can be read" in headline
+    assert "not a readable HDF5 file" in headline
+    assert "has no datasets" not in texts(at.info)

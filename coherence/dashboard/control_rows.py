@@ -231,7 +231,7 @@ class Trajectories(Multi):
         return {"options": self.options(scope), "help": help}
 
 
-_WINDOW = re.compile(r"([0-9]{1,9}):([0-9]{1,9})")
+_WINDOW = re.compile(r"([0-9]+):([0-9]+)")  # any length: the range check says why
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -298,6 +298,10 @@ def test_the_batch_size_rule_is_the_requests():
     assert window_problem(entry, 3, 0, 170) is None  # N = 510
     assert "N = 513" in window_problem(entry, 3, 0, 171)
     assert "use a start ≤" in window_problem(entry, 1, 290, 20)  # batch.check_window's advice
+    # ten digits were told "expected START:STEPS (two whole numbers)": they are two
+    _, warnings = decode_query({"window": "0:1000000000"}, catalog)
+    assert len(warnings) == 1 and "two whole numbers" not in warnings[0]
+    assert "have 300 (0..299); use at most 299 steps" in warnings[0], warnings
 
 
 def test_selection_reports_the_requests_verdict():

@@ -490,3 +490,17 @@ def test_a_page_with_no_readable_dataset_leads_with_the_damaged_files(
     assert "No dataset can be read" in headline
     assert "not a readable HDF5 file" in headline
     assert "has no datasets" not in texts(at.info)
+
+
+def test_one_damaged_history_leaves_the_other_seeds_rows(workspace, tmp_path, monkeypatch):
+    """A garbage history.json replaced the Overview's whole Models table, every seed's row
+    with it (a hostile-workspace campaign): it is said for its seed, and the rows stay."""
+    root = copy_workspace(workspace, tmp_path)
+    at = open_app(root, monkeypatch, {"panel": "Overview"})
+    chosen = at.multiselect(key="sb_ckpts").value
+    (checkpoints_dir(root) / chosen[0] / "history.json").write_text('{"garbage": true}')
+    at = open_app(root, monkeypatch, {"panel": "Overview"})
+    assert not at.exception and not at.error
+    assert f"{chosen[0]}: no training history shown" in texts(at.warning)
+    (table,) = [t for t in at.dataframe if "checkpoint" in t.value.columns]
+    assert set(chosen) <= set(table.value["checkpoint"])

@@ -113,7 +113,11 @@ def _models(ctx: PanelContext) -> None:
             except CoherenceError as error:
                 st.warning(literal(f"{name}: {error}"))
                 parameters = None
-            history = loaders.history(path)
+            try:  # one seed's damaged history.json: said for it, the others' rows stay
+                history = loaders.history(path)
+            except CoherenceError as error:
+                st.warning(literal(f"{name}: no training history shown ({error})"))
+                history = []
             if history:
                 histories.append(history)
             last = history[-1] if history else {}

@@ -52,17 +52,26 @@ def cache_info(
     )
     for entry in store.entries():
         minutes = (time.time() - entry["stored"]) / 60
+        metadata = store.peek_metadata(entry["key"])
         print(
             f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min "
-            f"ago  {_described(store.peek_request(entry['key']))}"
+            f"ago  {_described(metadata and metadata['request'], _weights(metadata))}"
         )
 
 
-def _described(request: dict | None) -> str:
+def _weights(metadata: dict | None) -> list[str]:
+    """The first 8 hex digits of each checkpoint's fingerprint (config and weights) the
+    result was computed from: two results of one checkpoint name, before and after it was
+    retrained, read alike."""
+    prints = ((metadata or {}).get("provenance") or {}).get("checkpoint_fingerprints") or {}
+    return [str(value)[:8] for value in prints.values()] if isinstance(prints, dict) else []
+
+
+def _described(request: dict | None, weights: list[str] | None = None) -> str:
     """What a cached result holds, in the dashboard's words (a key alone told nothing):
     checkpoints, dataset, classes, snapshots first–last, batches, responses, and the
     estimator with every option that sets it apart (three subspace results at three energy
-    thresholds read alike)."""
+    thresholds read alike); ``weights``, the checkpoints' fingerprints, last."""
     from coherence.surrogates.snapshots import checkpoint_labels
     from coherence.wording import format_ranges
 
@@ -76,6 +85,7 @@ def _described(request: dict | None) -> str:
         f"snapshots {start}–{start + steps} · "
         f"{'batch' if len(batches) == 1 else 'batches'} {format_ranges(batches)} · "
         f"{'+'.join(request.get('responses', ()))} · {_estimator_text(request)}"
+        + (f" · weights {','.join(weights)}" if weights else "")
     )
 
 

@@ -261,12 +261,18 @@ class ResultStore(JobRecords):
         """``result_request`` for a listing (``coherence cache info``): the read is not a
         use, so the least-recently-used order eviction follows stays as it was (a listing
         read every entry and made the oldest the newest)."""
+        metadata = self.peek_metadata(key)
+        return None if metadata is None else dict(metadata["request"])
+
+    def peek_metadata(self, key: str) -> dict[str, Any] | None:
+        """A result's JSON metadata (request, provenance, …) for a listing, read as
+        ``peek_request`` reads: not a use."""
         name = f"result:{validate_key(key)}"
         used = sqlview.access_time(self._cache, name)
-        request = self.result_request(key)
-        if used is not None and request is not None:
+        metadata = self._metadata(key)
+        if used is not None and metadata is not None:
             sqlview.set_access_time(self._cache, name, used)
-        return request
+        return metadata
 
     def result_request(self, key: str) -> dict[str, Any] | None:
         """The request (as a dict) a cached result was computed for, read from its JSON

@@ -299,8 +299,11 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     listed = " ".join(info.output.split())  # what the entry holds, not its key alone
     assert (
         "unet_s1,unet_s2 · ce · CE-RP,CE-CRP · snapshots 0–2 · batches 0-1 · smse+energy · "
-        "ekfac-krylov depth 1 λ=0.0001" in listed
+        "ekfac-krylov depth 1 λ=0.0001 · weights " in listed
     )
+    # each seed's fingerprint, first 8 digits: a retrained seed's results read apart
+    stored = loaded.provenance["checkpoint_fingerprints"]
+    assert f"weights {','.join(v[:8] for v in stored.values())}" in listed
     same = runner.invoke(app, args)  # the same --out again: said, not silent
     assert same.exit_code == 0 and "it replaced the file there" in same.output, same.output
     again = runner.invoke(app, [a if a != str(out) else str(tmp_path / "again.npz") for a in args])

@@ -371,11 +371,37 @@ def _group_status(root: Path, group: GroupState) -> bool:
             f"**{literal(group.label)}**: the analysis was cancelled; compute it again.{resume}"
         )
     else:
+        changed = _files_changed(root, group)
         st.info(
-            f"**{literal(group.label)}**: not computed yet for this selection.{resume}",
+            f"**{literal(group.label)}**: not computed yet for this selection.{resume}{changed}",
             icon=":material/info:",
         )
     return False
+
+
+def _by_names(request: dict) -> dict:
+    """A request's fields with its checkpoints and dataset by name, not path: a workspace
+    moved or copied keeps its cache (keys name contents, not paths)."""
+    from coherence.surrogates.snapshots import checkpoint_labels
+
+    checkpoints = checkpoint_labels(request.get("checkpoints", ()))
+    return request | {"checkpoints": checkpoints, "data": Path(str(request.get("data"))).name}
+
+
+def _files_changed(root: Path, group: GroupState) -> str:
+    """Why a selection computed before reads "not computed": the cache holds a result of
+    the same request whose key, which names the files' contents and the analysis code's
+    version, differs (a checkpoint retrained or restored, a dataset re-imported, an
+    upgrade), said instead of left to guess."""
+    wanted = _by_names(group.request.to_dict())
+    cached = loaders.cached_analyses(root)
+    if any(_by_names(req) == wanted and key != group.key for key, _, req in cached):
+        return (
+            " A result of this selection is cached for other contents: a checkpoint or the "
+            "dataset changed since (retrained, restored or re-imported), or the analysis "
+            "code did (an upgrade); Compute computes it for them as they are now."
+        )
+    return ""
 
 
 # a job's start outside its units (worker, imports, loading, tracing) on a 2-core machine,

@@ -504,3 +504,24 @@ def test_one_damaged_history_leaves_the_other_seeds_rows(workspace, tmp_path, mo
     assert f"{chosen[0]}: no training history shown" in texts(at.warning)
     (table,) = [t for t in at.dataframe if "checkpoint" in t.value.columns]
     assert set(chosen) <= set(table.value["checkpoint"])
+
+
+def test_a_retrained_checkpoint_is_why_its_selection_reads_not_computed(
+    workspace, tmp_path, monkeypatch
+):
+    """After a seed's weights changed under a cached view, the page said only "not computed
+    yet for this selection" (a hostile-workspace campaign): it now says a result of the
+    selection is cached for other contents."""
+    from safetensors.torch import load_file, save_file
+
+    root = copy_workspace(workspace, tmp_path)
+    at = open_app(root, monkeypatch)
+    assert "not computed yet" not in texts(at.info)
+    weights = checkpoints_dir(root) / at.multiselect(key="sb_ckpts").value[0] / "model.safetensors"
+    save_file({k: 1.5 * v for k, v in load_file(weights).items()}, weights)
+    link = {key: at.query_params[key] for key in at.query_params}  # the same view again
+    at = open_app(root, monkeypatch, link)
+    assert not at.exception
+    said = texts(at.info)
+    assert "not computed yet" in said
+    assert "cached for other contents: a checkpoint or the dataset changed since" in said

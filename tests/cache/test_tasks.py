@@ -170,18 +170,6 @@ def test_rollouts_and_checks_refuse_weights_their_manifest_does_not_record(
     runner = JobRunner(workspace)
     with pytest.raises(CheckpointError, match="not the set that was saved together"):
         runner.run_task(ROLLOUT.name, rollout_spec([checkpoint], tiny_dataset, TINY_CLASSES, [0]))
-    check = counterfactual_spec(
-        checkpoint=checkpoint,
-        data=tiny_dataset,
-        classes=TINY_CLASSES,
-        trajectory=0,
-        t_start=0,
-        n_steps=2,
-        perturbation=0,
-        response="smse",
-        estimator="euclidean",
-        damping=1e-4,
-        rtol=None,
-    )
+    check = spec(checkpoint, tiny_dataset, estimator="euclidean")
     with pytest.raises(CheckpointError, match="not the set that was saved together"):
         runner.run_task(COUNTERFACTUAL.name, check)

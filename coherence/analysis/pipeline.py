@@ -265,7 +265,15 @@ def unit_seconds(
     return sum(unit_passes(request, cg_iterations)) * forward_seconds
 
 
-def extreme_files(info: DatasetInfo, request: AnalysisRequest, trajectory: int) -> str:
+def named_by_files(
+    error: ExtremeDataError, info: DatasetInfo, request: AnalysisRequest, trajectory: int
+) -> ExtremeDataError:
+    """``error`` led by the class files that hold the extreme values (``_extreme_files``):
+    what a local run and the Ray driver both raise, where the unit knew only its arrays."""
+    return ExtremeDataError(f"{_extreme_files(info, request, trajectory)}: {error}")
+
+
+def _extreme_files(info: DatasetInfo, request: AnalysisRequest, trajectory: int) -> str:
     """Which of the request's class files hold the extreme values of ``trajectory`` (the
     file to re-import; a batch spans every class), read again on this error path only."""
     files = [
@@ -581,8 +589,7 @@ def run_analysis(
             except NonFiniteModelError as error:
                 raise NonFiniteModelError(f"checkpoint {directory}: {error}") from None
             except ExtremeDataError as error:
-                where = extreme_files(info, request, request.trajectories[b])
-                raise ExtremeDataError(f"{where}: {error}") from None
+                raise named_by_files(error, info, request, request.trajectories[b]) from None
             unit = replace(unit, checkpoint_fingerprint=fingerprint)
             units[s, b] = unit
             if on_unit is not None:

@@ -19,7 +19,7 @@ import numpy as np
 from coherence.analysis.arrays import to_numpy
 from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.figures.influence import LagGroups, lag_groups
-from coherence.analysis.figures.models import spectrum_median
+from coherence.analysis.figures.models import series_names, spectrum_median
 from coherence.analysis.figures.validation import score_rows
 from coherence.analysis.results import npz_bytes
 from coherence.analysis.scores import Scores
@@ -182,11 +182,7 @@ def spectra_csv(
     for name, values in spectra.items():
         rows = to_numpy(values)
         rows = rows.reshape(-1, rows.shape[-1]) if rows.ndim else rows.reshape(1, 1)
-        labels = list((series_labels or {}).get(name, ())) or [str(j) for j in range(len(rows))]
-        if len(labels) != len(rows):
-            raise RequestError(
-                f"spectrum {name!r}: {len(labels)} series labels for {len(rows)} series"
-            )
+        labels = series_names(series_labels, name, len(rows), str)
         series = list(zip(labels, rows, strict=True))
         if len(rows) > 1:
             series.append(("median", spectrum_median(np.where(rows > 0, rows, np.nan))))
@@ -209,9 +205,7 @@ def top_eigenvalues_csv(
     columns: dict[str, list[Any]] = {"group": [], "sample": [], "top_eigenvalue": []}
     for name, values in groups.items():
         flat = to_numpy(values).ravel()
-        labels = list((series_labels or {}).get(name, ())) or list(range(len(flat)))
-        if len(labels) != len(flat):
-            raise RequestError(f"{name!r}: {len(labels)} sample labels for {len(flat)} values")
+        labels = series_names(series_labels, name, len(flat), int)
         columns["group"] += [str(name)] * len(flat)
         columns["sample"] += labels
         columns["top_eigenvalue"] += list(flat)

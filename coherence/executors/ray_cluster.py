@@ -113,11 +113,10 @@ def _naming_the_data(error: ClusterError, info: Any, request: Any, b: int) -> Co
     """A worker's overflow blamed on the data, named as a local run names it: by the class
     files that hold the extreme values (the worker holds the batch's arrays, not its files)."""
     from coherence.analysis.influence import ExtremeDataError
-    from coherence.analysis.pipeline import extreme_files
+    from coherence.analysis.pipeline import named_by_files
 
     if isinstance(error.worker_error, ExtremeDataError):
-        files = extreme_files(info, request, request.trajectories[b])
-        return ExtremeDataError(f"{files}: {error.worker_error}")
+        return named_by_files(error.worker_error, info, request, request.trajectories[b])
     return error
 
 

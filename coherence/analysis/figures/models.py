@@ -6,7 +6,7 @@ its colour (theme.group_color by insertion order) in every panel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,21 @@ def _spectrum_rows(values: Any, name: str) -> np.ndarray:
     return np.where(rows > 0, rows, np.nan)  # NaN padding and non-positive: not on a log axis
 
 
+def series_names(
+    series_labels: Mapping[str, Sequence[Any]] | None,
+    name: str,
+    count: int,
+    default: Callable[[int], Any],
+) -> list[Any]:
+    """The names of group ``name``'s ``count`` flattened (seed, batch) rows: its entry of
+    ``series_labels``, else ``default(j)`` per row; a list of another length is refused
+    (the figure's hover and both CSVs read them alike)."""
+    labels = list((series_labels or {}).get(name, ())) or [default(j) for j in range(count)]
+    if len(labels) != count:
+        raise RequestError(f"spectrum {name!r}: {len(labels)} series labels for {count} series")
+    return labels
+
+
 def spectrum_rows_with_values(rows: np.ndarray) -> np.ndarray:
     """The rows that hold at least one eigenvalue (a solve with none would blank the median)."""
     rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
@@ -158,13 +173,7 @@ def subspace_spectrum_figure(
         color = group_color(i)
         index = np.arange(1, rows.shape[1] + 1)
         hover = f"{name}<br>k = %{{x}}<br>λ_k = %{{y:.3g}}"
-        labels = list((series_labels or {}).get(name, ())) or [
-            f"series {j}" for j in range(len(rows))
-        ]
-        if len(labels) != len(rows):
-            raise RequestError(
-                f"spectrum {name!r}: {len(labels)} series labels for {len(rows)} series"
-            )
+        labels = series_names(series_labels, name, len(rows), lambda j: f"series {j}")
         if len(rows) > 1:
             for j, row in enumerate(rows):
                 fig.add_trace(

@@ -43,10 +43,10 @@ def spectrum(ctx: PanelContext) -> None:
     """Panel 6: λ_max(η + λI) per group (box) and the full subspace spectrum."""
     if not need_results(ctx):
         return
-    _top_eigenvalues(ctx)
+    series = {g.label: series_labels(g.result) for g in ctx.ready}  # hover and CSV names
+    _top_eigenvalues(ctx, series)
     st.caption(how_to_read(subspace_spectrum_figure))
     spectra = {g.label: g.result.subspace_spectra for g in ctx.ready}
-    series = {g.label: series_labels(g.result) for g in ctx.ready}  # hover and CSV names
     try:
         figure = subspace_spectrum_figure(spectra, series_labels=series)
     except CoherenceError:
@@ -89,8 +89,9 @@ def spectrum(ctx: PanelContext) -> None:
     )
 
 
-def _top_eigenvalues(ctx: PanelContext) -> None:
-    """λ_max(η + λI) per group as a box, or why the result has none."""
+def _top_eigenvalues(ctx: PanelContext, series: dict[str, list[str]]) -> None:
+    """λ_max(η + λI) per group as a box, or why the result has none; ``series``: each
+    group's (seed, batch) names for the CSV."""
     st.caption(how_to_read(top_eigenvalue_figure))
     tops = {g.label: g.result.top_eigenvalues for g in ctx.ready}
     try:
@@ -105,14 +106,7 @@ def _top_eigenvalues(ctx: PanelContext) -> None:
         figure=box,
         caption=how_to_read(top_eigenvalue_figure),
         meta=ctx.meta(),
-        files=[
-            ctx.panel_csv(
-                "top_eigenvalue",
-                lambda: top_eigenvalues_csv(
-                    tops, {g.label: series_labels(g.result) for g in ctx.ready}
-                ),
-            )
-        ],
+        files=[ctx.panel_csv("top_eigenvalue", lambda: top_eigenvalues_csv(tops, series))],
     )
 
 
@@ -182,7 +176,8 @@ def rollout(ctx: PanelContext) -> None:
         return
     figure = rollout_figure(summaries, trained_horizons=horizons)
     chart(figure, key="chart_rollout")
-    pooled = ctx.meta("rollout") | {  # the band pools seeds, as no other panel's does
+    meta = ctx.meta("rollout")
+    pooled = meta | {  # the band pools seeds, as no other panel's does
         f"{label}: median and Q1–Q3 over": f"{s['n_samples']} rollouts, every (seed, class, "
         "test trajectory) pooled"
         for label, s in summaries.items()
@@ -192,7 +187,7 @@ def rollout(ctx: PanelContext) -> None:
         ctx.stem("rollout"),
         figure=figure,
         caption=how_to_read(rollout_figure),
-        meta=ctx.meta("rollout"),
+        meta=meta,
         files=[ctx.panel_csv("rollout", lambda: rollout_csv(summaries), meta=pooled)],
     )
     _field_viewer(ctx, per_group)

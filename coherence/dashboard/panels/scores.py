@@ -33,11 +33,10 @@ from coherence.report_panels import HEATMAP_PANELS
 
 TOUR_KEY = "tour_dismissed"
 TOUR_SHOWN = "tour_shown_in_panel"  # this run's open panel showed the tour (two-time map)
-TOUR_TITLE = "What am I looking at?"
 # three sentences for a narrow column, beside the two-time map or in the sidebar (at a
 # 1024 px window the column is about 150 px wide, and a longer text stood 700 px tall there)
 TOUR = (
-    f"**{TOUR_TITLE}** Each cell: how a gradient step at one time (column) moves "
+    "**What am I looking at?** Each cell: how a gradient step at one time (column) moves "
     "the error at another (row). A bright **diagonal ridge** is **memorization**; **broad "
     "brightness** is **generalization**. The scores over the tabs read it: diagonal dominance "
     "1 = local, 0.5 = flat."

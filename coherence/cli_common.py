@@ -139,7 +139,12 @@ def friendly_errors(func: F, interrupted: str | None = None) -> F:
             console.print(styled(("error:", "bold red"), f" {message}"))
             raise typer.Exit(code=2) from None
         except (MemoryError, RuntimeError) as exc:  # torch's allocators raise RuntimeError
-            if not out_of_memory(exc) or os.environ.get(DEBUG_ENV):
+            if os.environ.get(DEBUG_ENV):
+                raise
+            if disk_full(exc):  # HDF5 closing a file on a full disk raises a RuntimeError
+                console.print(styled(("error:", "bold red"), f" {DISK_FULL}; {AFTER_FULL}"))
+                raise typer.Exit(code=2) from None
+            if not out_of_memory(exc):
                 raise
             what = str(exc).splitlines()[0][:200] if str(exc) else "an allocation failed"
             console.print(styled(("error:", "bold red"), f" out of memory ({what}); {AFTER_OOM}"))
@@ -176,9 +181,10 @@ def out_of_memory(exc: BaseException) -> bool:
     return "DefaultCPUAllocator: can't allocate memory" in text or "CUDA out of memory" in text
 
 
-def disk_full(exc: OSError) -> bool:
-    """ENOSPC / EDQUOT, also where h5py reports it only in its message (errno None)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also where h5py reports it only in its message (errno None, or a
+    RuntimeError when the disk fills while a file is flushed on close)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc)
     return "No space left on device" in text or "Disk quota exceeded" in text

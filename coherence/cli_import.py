@@ -67,7 +67,7 @@ def _run(label: str, job) -> object:
             bar.stop()
 
 
-def _summary(report) -> None:
+def _summary(report, overwrite: bool = False) -> None:
     splits = ("train", "valid", "test")
     counts = ", ".join(f"{n} {s}" for s, n in zip(splits, report.counts, strict=True))
     console.print(
@@ -81,6 +81,26 @@ def _summary(report) -> None:
     for path in report.files:
         console.print(f"  {path}", highlight=False)
     note_unlisted(Path(report.root), "dataset")
+    if overwrite:
+        _warn_stale_checkpoints(report)
+
+
+def _warn_stale_checkpoints(report) -> None:
+    """Checkpoints trained on the class files this import replaced, by name."""
+    from coherence.simulation.importers.common import checkpoints_trained_on_replaced
+    from coherence.wording import plural
+
+    replaced = {Path(path).stem for path in report.files}
+    stale = checkpoints_trained_on_replaced(Path(report.root), replaced)
+    if stale:
+        warn(
+            f"{plural(len(stale), 'checkpoint')} ({', '.join(p.name for p in stale)}) "
+            f"trained on training files of {', '.join(sorted(replaced))} that this import "
+            "replaced: the new split may hold their training trajectories in valid or test, "
+            "so their analyses would read data they learnt from. Retrain them on the new "
+            "files into new --out folders, or restore the old files",
+            loud=True,
+        )
 
 
 @import_app.command("pdegym")
@@ -128,7 +148,7 @@ def pdegym(
             warn=partial(warn, loud=True),
         ),
     )
-    _summary(report)
+    _summary(report, overwrite)
     if report.swap_xy and swap_xy == "auto":
         console.print("x and y were swapped so that 'velocity x' runs along x")
     elif report.swap_xy:  # forced: the data may say otherwise (warned above)
@@ -171,4 +191,4 @@ def well_euler(
             warn=partial(warn, loud=True),
         ),
     )
-    _summary(report)
+    _summary(report, overwrite)

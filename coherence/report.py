@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import re
-import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from coherence.report_panels import (
     sections,
 )
 from coherence.report_sweeps import LeftOut, sweep_sections
+from coherence.wording import shell_command
 
 if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -352,7 +352,7 @@ def analyze_command(selection: Selection, names: Sequence[str]) -> str:
     if selection.rtol is not None:
         words += ["--rtol", f"{selection.rtol:g}"]
     words += ["--out", "result.npz"]
-    return "`" + " ".join(shlex.quote(w) for w in words) + "`"
+    return f"`{shell_command(*words)}`"
 
 
 # ---------------------------------------------------------------------- provenance -----

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Sequence
+
+
+def shell_command(*words: str | os.PathLike) -> str:
+    """A command line a user can paste: each word quoted for the shell where it needs it (a
+    workspace path with a space split the suggested command in two)."""
+    return " ".join(shlex.quote(str(word)) for word in words)
 
 
 def plural(n: int, noun: str, many: str | None = None) -> str:

@@ -111,6 +111,13 @@ def test_a_full_disk_or_exhausted_memory_ends_in_one_line_not_a_traceback(capfd,
         )
 
     @friendly_errors
+    def h5py_closes_on_a_full_disk() -> None:  # the disk fills while a file is flushed
+        raise RuntimeError(
+            "Disable slist on flush dest failure failed (file write failed: errno = 28, "
+            "error message = 'No space left on device')"
+        )
+
+    @friendly_errors
     def allocate_too_much() -> None:
         np.empty(2**62, dtype=np.uint8)
 
@@ -132,13 +139,14 @@ def test_a_full_disk_or_exhausted_memory_ends_in_one_line_not_a_traceback(capfd,
     def write_on_a_read_only_mount() -> None:  # `train` in a read-only workspace: its lock
         raise OSError(errno.EROFS, "Read-only file system", "/ws/checkpoints/.u.train.lock")
 
-    commands = (write_to_a_full_disk, h5py_on_a_full_disk, allocate_too_much)
+    commands = (write_to_a_full_disk, h5py_on_a_full_disk, h5py_closes_on_a_full_disk)
+    commands += (allocate_too_much,)
     for command in (*commands, torch_allocates_too_much, write_on_a_read_only_mount):
         with pytest.raises(typer.Exit) as stopped:
             command()
         assert stopped.value.exit_code == 2
     out = " ".join(capfd.readouterr().err.split())  # messages go to stderr; rich wraps them
-    assert out.count("the disk is full") == 2 and "free space there" in out
+    assert out.count("the disk is full") == 3 and "free space there" in out
     assert out.count("out of memory") == 2 and "--batch-size" in out and "Traceback" not in out
     assert "the file system is read-only writing /ws/checkpoints/.u.train.lock; write to" in out
     with pytest.raises(RuntimeError, match="shape mismatch"):  # not memory: unchanged

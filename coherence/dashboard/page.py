@@ -24,7 +24,7 @@ from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
 from coherence.report import ignored_keys, unknown_panel, unknown_params
-from coherence.wording import plural
+from coherence.wording import plural, shell_command
 from coherence.workspace import ENV_VAR, checked_workspace
 
 TITLE = "Coherence Explorer"
@@ -190,6 +190,12 @@ def _offers_analysis(catalog: Catalog) -> bool:
     return any(catalog.groups(d) and d.classes for d in catalog.datasets)
 
 
+def demo_command(root: Path) -> str:
+    """`coherence demo` for the workspace served (without --workspace it builds the default
+    one, not the workspace this page shows)."""
+    return shell_command("coherence", "demo", "--workspace", root)
+
+
 def empty_state(catalog: Catalog) -> None:
     """Say what is missing and the one command that fixes it."""
     root = catalog.root
@@ -197,8 +203,8 @@ def empty_state(catalog: Catalog) -> None:
         st.info(
             f"### No workspace yet\nThere is no workspace at {code(root)}.\n\n"
             "Build the demo workspace (Euler data, UNet and ViT for three seeds, and the "
-            "default analysis) with\n\n```\ncoherence demo\n```\n\nor `make run`, which also "
-            f"serves this dashboard. To use another directory, set `{ENV_VAR}`.",
+            f"default analysis) with\n\n```\n{demo_command(root)}\n```\n\nor `make run`, "
+            f"which also serves this dashboard. To use another directory, set `{ENV_VAR}`.",
             icon=":material/folder_off:",
         )
     elif not catalog.datasets and (skipped := _skipped(catalog, "dataset ")):
@@ -210,24 +216,24 @@ def empty_state(catalog: Catalog) -> None:
         )
         return
     elif not catalog.datasets:
-        simulate = f"coherence simulate --out {root / 'datasets' / 'my_data'}"
+        simulate = shell_command("coherence", "simulate", "--out", root / "datasets" / "my_data")
         st.info(
             f"### The workspace has no datasets\n{code(root)} holds no dataset under "
-            "`datasets/`.\n\nRun `coherence demo` to build the demo workspace, or simulate one "
-            f"with\n\n{code(simulate)}",
+            f"`datasets/`.\n\nRun {code(demo_command(root))} to build the demo workspace, or "
+            f"simulate one with\n\n{code(simulate)}",
             icon=":material/dataset:",
         )
     else:
         names = literal(", ".join(d.name for d in catalog.datasets))
         first = catalog.datasets[0].name
-        train = (
-            f"coherence train --data {root / 'datasets' / first} "
-            f"--out {root / 'checkpoints' / 'unet_s42'}"
-        )
+        train = shell_command(
+            "coherence", "train", "--data", root / "datasets" / first,
+            "--out", root / "checkpoints" / "unet_s42",
+        )  # fmt: skip
         st.info(
             f"### No model fits the datasets yet\nDatasets: {names}. No checkpoint under "
             f"{code(root / 'checkpoints')} was trained on data of their family, channels and "
-            f"grid.\n\nTrain one with\n\n{code(train)}\n\nor run `coherence demo`."
+            f"grid.\n\nTrain one with\n\n{code(train)}\n\nor run {code(demo_command(root))}."
             + (
                 f"\n\nThese checkpoints were skipped:\n\n{skipped}"
                 if (skipped := _skipped(catalog, "checkpoint "))

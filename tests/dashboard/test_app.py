@@ -128,7 +128,9 @@ def test_a_shared_link_reproduces_its_selection(workspace, monkeypatch):
     ],
 )
 def test_empty_workspaces_say_what_to_run(tmp_path, monkeypatch, layout, message):
-    root = tmp_path / "ws"
+    """Each names the command that fixes it, for the workspace served and quoted for the
+    shell (a path with a space split the suggested train command in two)."""
+    root = tmp_path / "my ws"
     if layout != "absent":
         root.mkdir()
     if layout == "ns_only":
@@ -136,8 +138,11 @@ def test_empty_workspaces_say_what_to_run(tmp_path, monkeypatch, layout, message
     at = open_app(root, monkeypatch, {"data": "tiny_ns"})
     assert not at.exception
     assert message in texts(at.info)
+    shown = texts(at.info)
+    if layout != "empty":  # the demo for this workspace, not the default one
+        assert f"coherence demo --workspace '{root}'" in shown
     if layout == "ns_only":
-        assert "coherence train --data" in texts(at.info)
+        assert f"coherence train --data '{root}/datasets/tiny_ns' --out '{root}/ch" in shown
 
 
 def test_invalid_combinations_are_explained_not_computed(workspace, monkeypatch):

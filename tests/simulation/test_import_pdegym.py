@@ -79,6 +79,41 @@ def test_shards_are_read_in_lexicographic_order(tmp_path, ce_states, monkeypatch
         assert abs(checks["gamma_hat_min"] - 1.4) < 1e-4
 
 
+def test_a_density_pressure_swap_that_keeps_gamma_is_caught_by_the_scatter():
+    """Where ρ and p have similar ranges a ρ↔p swap kept the least-squares γ̂ at 1.40 and was
+    imported; the cells' scatter about the fitted line tells it (the helper's case)."""
+    x = np.linspace(0.0, 1.0, 32, endpoint=False)
+    grid_x, grid_y = np.meshgrid(x, x, indexing="ij")
+    rho = 1.0 + 0.2 * np.sin(2 * np.pi * grid_x) * np.cos(2 * np.pi * grid_y)
+    p = 1.0 + 0.2 * np.cos(2 * np.pi * grid_x) * np.sin(2 * np.pi * grid_y)
+    u, v = 0.3 * np.sin(2 * np.pi * grid_y), 0.2 * np.cos(2 * np.pi * grid_x)
+    energy = (p / 0.4 + 0.5 * rho * (u * u + v * v)).astype(np.float32)
+    rho, p = rho.astype(np.float32), p.astype(np.float32)
+    right = importers.common.gamma_hat(rho, rho * u, rho * v, p, energy)
+    assert right.estimate == pytest.approx(1.4, abs=1e-5) and right.residual < 1e-6
+    checks: dict = {}
+    importers.common.check_gamma("f.nc", 0, right, 1.4, "ρ, u, v, p, E", checks)
+    assert checks["gamma_fit_residual_max"] == right.residual
+    swapped = importers.common.gamma_hat(p, p * u, p * v, rho, energy)
+    assert abs(swapped.estimate - 1.4) < importers.common.GAMMA_TOLERANCE  # γ̂ alone passed
+    with pytest.raises(SchemaError, match=r"f.nc: .*fit p = \(γ − 1\).* only to \d+\.\d%.*swapped"):
+        importers.common.check_gamma("f.nc", 0, swapped, 1.4, "ρ, u, v, p, E", checks)
+
+
+def test_a_file_or_folder_named_after_another_class_is_refused(tmp_path, ce_states):
+    """`--class CE-RPUI` on CE-CRP.nc imported it as CE-RPUI, its provenance saying both."""
+    data = ce_published(ce_states)
+    crp = write_pdegym(tmp_path / "CE-CRP.nc", "data", data)
+    with pytest.raises(RequestError, match=r"CE-CRP.nc is named after the class CE-CRP but "):
+        import_pdegym(crp, tmp_path / "o", "CE-RPUI")
+    folder = write_shards(tmp_path / "ce-rp", "data", "data", data, [6, 6])
+    with pytest.raises(RequestError, match=r"pass --class CE-RP, or rename the folder"):
+        import_pdegym(folder, tmp_path / "o", "CE-RPUI")
+    assert not (tmp_path / "o").exists()
+    report = import_pdegym(crp, tmp_path / "o", "CE-CRP", limit=3)  # the name agrees
+    assert sum(report.counts) == 3
+
+
 def test_poseidon_split_is_by_index_and_labelled_when_scaled(tmp_path, ce_states):
     write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
     report = import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "out", "CE-RPUI")
@@ -289,6 +324,24 @@ def test_a_truncated_file_is_refused_by_name(tmp_path, ce_states):
         import_pdegym(cut, tmp_path / "o", "CE-RPUI")
 
 
+@pytest.mark.parametrize("which", ["first", "last"])
+def test_a_file_with_damaged_bytes_is_refused_by_name(tmp_path, ce_states, which):
+    """Bytes overwritten, not cut off (a bad copy): HDF5 raised a bare RuntimeError while
+    looking the variable up (the root group's B-tree, the first 'TREE' node) or an OSError
+    without errno while reading a chunk (the chunk index, the last), and the CLI printed the
+    traceback; both are the truncated file's refusal now."""
+    good = write_pdegym(tmp_path / "ce.nc", "data", ce_published(ce_states))
+    data = bytearray(good.read_bytes())
+    nodes = [i for i in range(len(data)) if data.startswith(b"TREE", i)]
+    at = nodes[0] if which == "first" else nodes[-1]
+    data[at : at + 4] = b"XXXX"  # the node's signature: HDF5 checks it on every read
+    bad = tmp_path / "bad.nc"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SchemaError, match=r"bad.nc: HDF5 could not read this file .*damaged"):
+        import_pdegym(bad, tmp_path / "o", "CE-RPUI")
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_files_own_snapshot_times_are_kept_and_said(tmp_path, ce_states):
     """The importer set t = linspace(0, 1, T) whatever the file's 'time' scale held: a file
     on another clock was imported at Δt = 0.05, and a checkpoint then recorded the wrong Δt."""
@@ -343,6 +396,7 @@ def test_a_float16_source_is_imported_and_said(tmp_path, ce_states):
         f.create_dataset("data", data=ce_published(ce_states)[:3].astype(np.float16))
     report = import_pdegym(tmp_path / "CE-RPUI.nc", tmp_path / "out", "CE-RPUI", split="random")
     assert any("'data' is float16 (published: float32)" in w for w in report.warnings)
+    assert report.checks["source_dtype"] == "float16"  # recorded in import_checks
     states, _ = imported(tmp_path / "out", "CE-RPUI")
     np.testing.assert_allclose(states, ce_states[:3], rtol=5e-3, atol=5e-3)
 
@@ -479,3 +533,34 @@ def test_a_refusal_before_any_byte_is_read_prints_no_empty_progress_bar(tmp_path
     )
     assert result.exit_code == 2 and "not an HDF5/netCDF4 file" in result.output
     assert "bytes" not in result.output and "reading" not in result.output
+
+
+def test_replacing_a_class_a_checkpoint_trained_on_names_the_checkpoint(tmp_path, ce_states):
+    """--overwrite of a class re-splits it: a model's training trajectories can land in the
+    test split, and the analysis then read data the model learnt from, without a word (only
+    `study --plan` saw it). The import names every checkpoint whose training files it
+    replaced, and none trained on the files there now or on other classes."""
+    from coherence.surrogates.training import train
+    from tests.fixtures import tiny_args
+
+    source = write_pdegym(tmp_path / "CE-RPUI.nc", "data", ce_published(ce_states))
+    other = write_pdegym(tmp_path / "CE-CRP.nc", "data", ce_published(ce_states))
+    root = tmp_path / "ws" / "datasets" / "ce"
+    ckpts = tmp_path / "ws" / "checkpoints"
+
+    def run(*args: str):
+        result = CliRunner().invoke(app, ["import", "pdegym", *args], env={"COLUMNS": "300"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    run(str(source), "--class", "CE-RPUI", "--out", str(root))
+    run(str(other), "--class", "CE-CRP", "--out", str(root))
+    args = tiny_args(epochs=1, classes=("CE-RPUI",))
+    train(root, ckpts / "old_model", args)
+    said = run(str(source), "--class", "CE-RPUI", "--out", str(root), "--overwrite", "--limit", "8")
+    assert "1 checkpoint (old_model) trained on training files of CE-RPUI that this import" in said
+    train(root, ckpts / "new_model", args)
+    said = run(str(other), "--class", "CE-CRP", "--out", str(root), "--overwrite", "--limit", "8")
+    assert "checkpoint" not in said  # neither trained on CE-CRP
+    stale = importers.common.checkpoints_trained_on_replaced(root, {"CE-RPUI"})
+    assert [p.name for p in stale] == ["old_model"]

@@ -15,7 +15,7 @@ from coherence.simulation.dataset import open_dataset
 from coherence.simulation.importers.well_euler import block_mean, import_well_euler
 from tests.simulation.import_fixtures import solver_states, write_well_euler
 
-STEM = "euler_multi_quadrants_periodicBC_gamma_1.13_Dry_air"
+STEM = "euler_multi_quadrants_periodicBC_gamma_1.4_Dry_air"
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,15 @@ def states():
 
 def test_block_means_conserve_every_total(tmp_path, states):
     gamma = 1.13  # the state's pressure is recomputed with this γ by the fixture
-    path = write_well_euler(tmp_path / "data" / "train" / f"{STEM}.hdf5", states, gamma=gamma)
+    stem = "euler_multi_quadrants_periodicBC_gamma_1.13_C3H8"  # a name rounded as published
+    path = write_well_euler(tmp_path / "data" / "train" / f"{stem}.hdf5", states, gamma=gamma)
     report = import_well_euler([path], tmp_path / "out", downsample=4)
+    assert not [w for w in report.warnings if "its name says" in w]
     info = open_dataset(tmp_path / "out")
-    meta = info.file("train", STEM)
+    meta = info.file("train", stem)
     assert (meta.height, meta.width, meta.n_steps) == (8, 8, 21)
     assert meta.scalars["gamma"] == gamma and meta.bc_types == ("periodic", "periodic")
-    coarse = info.load("train", STEM)
+    coarse = info.load("train", stem)
     # totals per (trajectory, time, channel): coarse sum × 16 = fine sum, to float32 round-off
     np.testing.assert_allclose(
         coarse.astype(np.float64).sum(axis=(-2, -1)) * 16,
@@ -83,6 +85,8 @@ def test_refusals(tmp_path, states):
     for limit in (0, -3):  # 0 wrote empty class files, -3 raised numpy's ValueError
         with pytest.raises(RequestError, match=rf"--limit {limit}: keep at least 1"):
             import_well_euler([path], tmp_path / "out", split="test", limit=limit)
+    with pytest.raises(SchemaError, match=r"elsewhere: a folder, not a file; pass the HDF5"):
+        import_well_euler([tmp_path / "elsewhere"], tmp_path / "out", split="test")
     assert not (tmp_path / "out").exists()
     bad = write_well_euler(tmp_path / "data" / "test" / "bad.hdf5", states, gamma=1.4)
     with h5py.File(bad, "a") as f:
@@ -122,6 +126,22 @@ def test_an_import_without_a_valid_file_says_training_needs_one(tmp_path, states
     valid = write_well_euler(tmp_path / "data" / "valid" / f"{STEM}.hdf5", states)
     again = import_well_euler([valid], tmp_path / "o", downsample=2)
     assert not [w for w in again.warnings if "split yet" in w]  # train and valid now there
+
+
+def test_a_file_whose_name_is_another_gas_or_whose_class_lacks_a_split_is_said(tmp_path, states):
+    """The class is the file's name: a file named γ = 1.4 holding γ = 1.6 imported as the
+    1.4 gas without a word, and a renamed valid file became a class with no train split,
+    which training then left out silently (the split warning looked at the dataset only)."""
+    train = write_well_euler(tmp_path / "data" / "train" / f"{STEM}.hdf5", states)
+    valid = write_well_euler(tmp_path / "data" / "valid" / f"{STEM}.hdf5", states)
+    renamed = write_well_euler(tmp_path / "data" / "valid" / "my_run.hdf5", states)
+    report = import_well_euler([train, valid, renamed], tmp_path / "o", downsample=2)
+    (note,) = [w for w in report.warnings if "split yet" in w]
+    assert "no train split yet for my_run" in note and STEM not in note
+    wrong = write_well_euler(tmp_path / "g" / "valid" / f"{STEM}.hdf5", states, gamma=1.6)
+    report = import_well_euler([wrong], tmp_path / "gas", downsample=2)
+    (note,) = [w for w in report.warnings if "its name says" in w]
+    assert "its name says γ = 1.4 but the file holds γ = 1.6" in note and "rename" in note
 
 
 def test_the_limit_a_full_disk_suggests_imports(tmp_path, states, monkeypatch):
@@ -317,6 +337,37 @@ def test_a_grid_whose_one_snapshot_exceeds_the_block_is_counted_whole(
     monkeypatch.setattr(common, "free_memory", lambda: 600 * 2**20)
     with pytest.raises(SchemaError, match=r"one trajectory is 2 × 4096 × 4096 × 5 values"):
         import_well_euler([path], tmp_path / "out", downsample=4)
+
+
+def test_a_nan_trajectory_hint_keeps_the_other_files_whole(tmp_path, states):
+    """--limit caps every file: the hint "--limit 1" for a NaN in a valid file's second
+    trajectory, followed, cut the good train file to one trajectory too."""
+    train = write_well_euler(tmp_path / "data" / "train" / f"{STEM}.hdf5", states)
+    valid = write_well_euler(tmp_path / "data" / "valid" / f"{STEM}.hdf5", states)
+    with h5py.File(valid, "a") as f:
+        f["t0_fields/density"][1, 2, 0, 0] = np.nan
+    with pytest.raises(SchemaError) as refused:
+        import_well_euler([train, valid], tmp_path / "o", downsample=2)
+    message = " ".join(str(refused.value).split())
+    assert "trajectory 1 has NaN or inf in density" in message
+    assert message.endswith("--limit 1 and this file alone (--limit caps every file given)")
+
+
+def test_a_float16_well_file_is_imported_said_and_recorded(tmp_path, states):
+    """PDEgym's importer said a float16 source; The Well's imported it in silence, and
+    neither recorded the source's type."""
+    path = write_well_euler(tmp_path / "data" / "test" / f"{STEM}.hdf5", states)
+    with h5py.File(path, "a") as f:
+        for name in ("t0_fields/density", "t0_fields/energy", "t0_fields/pressure"):
+            _replace(f, name, f[name][()].astype(np.float16))
+    report = import_well_euler([path], tmp_path / "o", downsample=2)
+    (note,) = [w for w in report.warnings if "published: float32" in w]
+    assert "fields stored as float16, float32 (published: float32)" in note
+    assert report.checks[str(path)]["source_dtype"] == "float16, float32"  # per file
+    single = write_well_euler(tmp_path / "f32" / "test" / f"{STEM}.hdf5", states)
+    full = import_well_euler([single], tmp_path / "p", downsample=2)
+    assert full.checks[str(single)]["source_dtype"] == "float32"
+    assert not [w for w in full.warnings if "published: float32" in w]
 
 
 def test_unwritten_snapshots_are_named_by_their_index_in_the_trajectory(

@@ -32,6 +32,10 @@ ByteProgress = Callable[[int, int, str], None]  # (bytes read, bytes to read, me
 Warn = Callable[[str], None]
 BLOCK_BYTES = 64 * 2**20  # source bytes per block: memory stays bounded whatever N is
 GAMMA_TOLERANCE = 0.01
+# relative scatter of the cells around p = (γ̂ − 1) e: float32 round-off gives ≈ 1e-7, a
+# density↔pressure swap ≈ 0.16; room left for data averaged onto a coarser grid after the
+# fact (p and E averaged apart break the identity where the velocity varies within a cell)
+GAMMA_SCATTER = 0.05
 PAIRING_RATIO = 0.1  # one axis pairing must have < 10 % of the other's divergence
 
 
@@ -127,12 +131,14 @@ def check_finite_positive(
     *,
     file_first: int | None = None,
     time_offset: int = 0,
+    one_of_many: bool = False,
 ) -> None:
     """Refuse NaN/inf anywhere and non-positive values in ``positive`` fields.
 
     Arrays are [b, T, ...]; ``first`` is the index of row 0 among all the source's trajectories
     (what --limit counts), ``file_first`` its row in ``source`` when that is one shard,
-    ``time_offset`` the snapshot index of axis 1's first entry (a time block's start).
+    ``time_offset`` the snapshot index of axis 1's first entry (a time block's start);
+    ``one_of_many``: ``source`` is one of several files that --limit caps each of.
     """
     for name, values in named.items():
         bad = ~np.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
@@ -140,7 +146,7 @@ def check_finite_positive(
             row = int(np.argmax(bad))
             raise SchemaError(
                 f"{source}: {_which(first, row, file_first)} has NaN or inf in {name}; the "
-                f"file is damaged: download it again{_limit_hint(first + row)}"
+                f"file is damaged: download it again{_limit_hint(first + row, one_of_many)}"
             )
     rows = next(iter(named.values())).shape[0] if named else 0
     for row in range(rows):  # every field exactly 0: never written (no family's real state)
@@ -161,14 +167,18 @@ def check_finite_positive(
             raise SchemaError(
                 f"{source}: {which} has {name} ≤ 0 (min {float(values[row].min()):.3g}); a "
                 f"physical state has positive {name}: check that the channels are in the "
-                f"documented order{_limit_hint(first + row)}"
+                f"documented order{_limit_hint(first + row, one_of_many)}"
             )
 
 
-def _limit_hint(index: int) -> str:
+def _limit_hint(index: int, one_of_many: bool = False) -> str:
     """How to import the trajectories before a bad one (none before the first: --limit 0
-    imports nothing)."""
-    return f", or import the trajectories before it with --limit {index}" if index > 0 else ""
+    imports nothing); where --limit caps every file given (The Well's importer), that file
+    alone, or the others would be cut too."""
+    if index <= 0:
+        return ""
+    alone = " and this file alone (--limit caps every file given)" if one_of_many else ""
+    return f", or import the trajectories before it with --limit {index}{alone}"
 
 
 def _zero_snapshots(named: dict[str, np.ndarray], row: int) -> np.ndarray:
@@ -180,32 +190,60 @@ def _zero_snapshots(named: dict[str, np.ndarray], row: int) -> np.ndarray:
     return np.flatnonzero(zero) if zero is not None else np.zeros(0, dtype=int)
 
 
-def gamma_hat(rho: np.ndarray, mx: np.ndarray, my: np.ndarray, p: np.ndarray, energy: np.ndarray):
+@dataclass(frozen=True)
+class GammaFit:
+    """γ̂ of p = (γ − 1) e over the cells, and how far the cells are from that one line
+    (‖p − (γ̂ − 1) e‖ / ‖p‖): a density↔pressure swap keeps γ̂ near 1.4 where ρ and p have
+    similar ranges, but scatters the cells around it (0.16 on such data, 4e-8 when right)."""
+
+    estimate: float
+    residual: float
+
+
+def gamma_hat(
+    rho: np.ndarray, mx: np.ndarray, my: np.ndarray, p: np.ndarray, energy: np.ndarray
+) -> GammaFit:
     """γ̂ = 1 + p / e with e = E − |m|²/(2ρ), fitted by least squares over all cells."""
     rho, p = rho.astype(np.float64), p.astype(np.float64)
     internal = (
         energy.astype(np.float64)
         - 0.5 * (mx.astype(np.float64) ** 2 + my.astype(np.float64) ** 2) / rho
     )
-    return 1.0 + float(np.sum(p * internal) / max(float(np.sum(internal**2)), 1e-300))
+    slope = float(np.sum(p * internal) / max(float(np.sum(internal**2)), 1e-300))
+    scatter = float(np.linalg.norm(p - slope * internal) / max(float(np.linalg.norm(p)), 1e-300))
+    return GammaFit(1.0 + slope, scatter)
 
 
 def check_gamma(
     source: str,
     first: int,
-    estimate: float,
+    fit: GammaFit,
     gamma: float,
     order: str,
+    checks: dict,
     *,
     file_first: int | None = None,
 ) -> None:
-    if not abs(estimate - gamma) <= GAMMA_TOLERANCE:
-        local = "" if file_first is None else f" (rows from {file_first} of this file)"
+    """Refuse channels that are not ``order`` with ``gamma`` (γ̂ off, or cells scattered
+    around the fitted line), and record the extremes seen in ``checks``."""
+    local = "" if file_first is None else f" (rows from {file_first} of this file)"
+    if not abs(fit.estimate - gamma) <= GAMMA_TOLERANCE:
         raise SchemaError(
             f"{source}: trajectories from {first}{local}: γ recovered from the stored channels is "
-            f"{estimate:.4f}, expected {gamma} (±{GAMMA_TOLERANCE}); the channels are not "
+            f"{fit.estimate:.4f}, expected {gamma} (±{GAMMA_TOLERANCE}); the channels are not "
             f"({order}) with that γ: check the variable and the dataset version"
         )
+    if not fit.residual <= GAMMA_SCATTER:
+        raise SchemaError(
+            f"{source}: trajectories from {first}{local}: the stored channels fit "
+            f"p = (γ − 1)(E − ½ρ|v|²) only to {fit.residual:.1%} (γ̂ {fit.estimate:.4f}; "
+            f"consistent channels fit to float round-off, and {GAMMA_SCATTER:.0%} is allowed): "
+            f"two channels are likely swapped (density and pressure?); the channels are not "
+            f"({order}): check the variable and the dataset version"
+        )
+    checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), fit.estimate)
+    checks["gamma_hat_max"] = max(checks.get("gamma_hat_max", -np.inf), fit.estimate)
+    checks["gamma_fit_residual_max"] = max(checks.get("gamma_fit_residual_max", 0.0), fit.residual)
 
 
 def _spectral_derivative(field: np.ndarray, axis: int) -> np.ndarray:
@@ -442,6 +480,37 @@ class ImportReport:
     checks: dict[str, object]
     warnings: list[str] = field(default_factory=list)
     mb_per_s: float = 0.0
+
+
+def checkpoints_trained_on_replaced(root: Path, classes: set[str]) -> list[Path]:
+    """The workspace's checkpoints trained on ``classes`` of the dataset at ``root`` whose
+    training files are not the ones there now (an import with --overwrite replaced them): a
+    new split can put a model's training trajectories in the test split, and the analysis
+    then reads data it learnt from; without this, only `coherence study --plan` noticed.
+    The workspace is the one whose datasets/ holds ``root``."""
+    from coherence.surrogates import checkpoint as ckpt
+
+    root = root.resolve()
+    folder = root.parent.parent / "checkpoints"
+    if root.parent.name != "datasets" or not folder.is_dir():
+        return []
+    info = open_dataset(root)
+    stale = []
+    for directory in sorted(p for p in folder.iterdir() if p.is_dir()):
+        try:
+            trained = ckpt.read_config(directory).dataset
+        except (CoherenceError, OSError, ValueError):  # its own problem, said where it is used
+            continue
+        own = [str(c) for c in trained.get("classes") or []]
+        if trained.get("name") != info.name or not classes & set(own):
+            continue
+        try:
+            now = info.fingerprint(split="train", classes=own)
+        except (CoherenceError, OSError):
+            continue
+        if now != trained.get("fingerprint"):
+            stale.append(directory)
+    return stale
 
 
 @dataclass

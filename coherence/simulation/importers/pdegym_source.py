@@ -17,7 +17,7 @@ import numpy as np
 
 from coherence.errors import RequestError, SchemaError
 from coherence.simulation.families import Family
-from coherence.simulation.importers.sniff import open_hdf5
+from coherence.simulation.importers.sniff import open_hdf5, read_errors
 
 CLASSES = {
     "CE-RP": Family.EULER,
@@ -134,13 +134,29 @@ def class_family(class_name: str) -> Family:
     return CLASSES[class_name]
 
 
+def _refuse_another_class_name(src: Path, class_name: str) -> None:
+    """The files carry no class, so --class alone names it, and a slip (CE-RP's folder
+    imported as CE-CRP) labelled one class's data as another's, provenance included. A file
+    or folder named after another published class is refused; any other name is trusted."""
+    named = {name.lower(): name for name in CLASSES}.get(
+        (src.stem if src.is_file() else src.name).lower()
+    )
+    if named is not None and named != class_name:
+        raise RequestError(
+            f"{src} is named after the class {named} but --class says {class_name}: pass "
+            f"--class {named}, or rename the {'file' if src.is_file() else 'folder'} if its "
+            "name is wrong (the files hold no class of their own, so the name is all there is)"
+        )
+
+
 def open_source(src: str | os.PathLike, class_name: str) -> PdegymSource:
     """Check every shard's container, variable, shape and dtype; nothing is read yet."""
     family = class_family(class_name)
+    _refuse_another_class_name(Path(src), class_name)
     variable = VARIABLE[family]
     shards, tail, times = [], None, None
     for path in shard_paths(Path(src), variable):
-        with open_hdf5(path) as f:
+        with open_hdf5(path) as f, read_errors(path):
             if variable not in f or not isinstance(f[variable], h5py.Dataset):
                 held = ", ".join(
                     f"{k} {tuple(v.shape)}" for k, v in f.items() if isinstance(v, h5py.Dataset)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -17,6 +19,11 @@ def require_hdf5(path: Path) -> None:
 
     netCDF4 files are HDF5 inside (h5py reads them); classic netCDF (CDF1/2/5) is not.
     """
+    if path.is_dir():
+        raise SchemaError(
+            f"{path}: a folder, not a file; pass the HDF5/netCDF files in it (The Well: "
+            "data/train/NAME.hdf5 data/valid/NAME.hdf5 data/test/NAME.hdf5)"
+        )
     if not path.is_file():
         raise SchemaError(f"{path}: no such file; check the path")
     with open(path, "rb") as handle:
@@ -45,6 +52,24 @@ def open_hdf5(path: Path) -> h5py.File:
         raise SchemaError(
             f"{path}: HDF5 cannot read this file ({exc}); it is likely truncated (an "
             "interrupted download or copy): download or copy it again"
+        ) from None
+
+
+@contextlib.contextmanager
+def read_errors(path: Path) -> Iterator[None]:
+    """Reading a source whose header is sound but whose body is not (bytes overwritten, not
+    cut short) makes HDF5 raise a bare RuntimeError or an OSError without errno mid-read;
+    refused by name like a truncated file. Errors with an errno (a full disk, an unplugged
+    drive) are the system's and pass through."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        said = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise SchemaError(
+            f"{path}: HDF5 could not read this file ({said}); it is damaged (a corrupted "
+            "download or copy): download or copy it again"
         ) from None
 
 

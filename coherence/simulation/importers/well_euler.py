@@ -10,6 +10,7 @@ from them with the file's γ. Open boundaries are refused unless asked: our mode
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -33,7 +34,7 @@ from coherence.simulation.importers.common import (
     refuse_sources_inside,
     target_dataset_name,
 )
-from coherence.simulation.importers.sniff import open_hdf5
+from coherence.simulation.importers.sniff import open_hdf5, read_errors
 from coherence.simulation.staging import Stage, dataset_transaction
 from coherence.simulation.wellformat import WellWriter
 
@@ -104,6 +105,23 @@ def _gamma(f: h5py.File, path: Path) -> float:
     return gamma
 
 
+def _gamma_of_name(path: Path, gamma: float, warn: Warn) -> None:
+    """The Well names each gas's file by its γ (``…_gamma_1.4_Dry_air``) and the class takes
+    the file's name: a renamed or mislabelled file would import under another gas's name.
+    Said, not refused: the name's γ may be rounded (1.13 for C3H8), so only a gap beyond its
+    last printed digit counts."""
+    named = re.search(r"gamma_([0-9]+(?:\.[0-9]+)?)", path.stem)
+    if named is None:
+        return
+    digits = len(named.group(1).partition(".")[2])
+    if abs(float(named.group(1)) - gamma) > 0.5 * 10.0**-digits + 1e-6:
+        warn(
+            f"{path}: its name says γ = {named.group(1)} but the file holds γ = {gamma:g} "
+            "(scalars/gamma, confirmed by its channels); the class is named after the file, "
+            "so rename the file to its gas's name before importing, or re-download it"
+        )
+
+
 def _boundaries(f: h5py.File, path: Path) -> dict[str, str]:
     """bc_type of each boundary group, lower case ('periodic', 'open', 'wall', …)."""
     groups = f.get("boundary_conditions")
@@ -137,7 +155,7 @@ def _times(f: h5py.File, path: Path) -> np.ndarray:
 
 
 def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
-    with open_hdf5(path) as f:
+    with open_hdf5(path) as f, read_errors(path):
         missing = [f"t0_fields/{n}" for n in SCALAR_FIELDS if f"t0_fields/{n}" not in f]
         missing += [] if "t1_fields/momentum" in f else ["t1_fields/momentum"]
         if missing:
@@ -156,7 +174,14 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
         fields["momentum"] = _dataset(f, "t1_fields/momentum", path)
         for dataset in fields.values():
             _numbers(dataset, path, float_only=True)
+        dtype = ", ".join(sorted({str(d.dtype) for d in fields.values()}))
+        if min(d.dtype.itemsize for d in fields.values()) < 4:  # said, as PDEgym's importer does
+            warn(
+                f"{path}: fields stored as {dtype} (published: float32): imported as float32, "
+                "with the source's ≈3 significant digits"
+            )
         gamma = _gamma(f, path)
+        _gamma_of_name(path, gamma, warn)
         bc_types = _boundaries(f, path)
         times = _times(f, path)
         shapes = {n: d.shape for n, d in fields.items()}
@@ -202,6 +227,7 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
         "times": times,
         "bc": "open" if open_bcs else "periodic",
         "bc_types": bc_types,
+        "dtype": dtype,
     }
 
 
@@ -386,13 +412,16 @@ def import_well_euler(
             name=name,
             split_rule=split_rule,
         )
-    missing = [x for x in ("train", "valid") if x not in open_dataset(stage.root).files]
-    if missing:  # training reads both: say so now, not at `coherence train`
-        note(
-            f"{stage.root} has no {' or '.join(missing)} split yet, which training needs: "
-            f"import The Well's {missing[0]}/ file of the same name into it too (the split is "
-            "the file's folder; --split names it for a file kept elsewhere)"
-        )
+    imported = open_dataset(stage.root).files
+    for class_name in sorted({stem for _, stem in keys}):  # per class: training reads both
+        missing = [x for x in ("train", "valid") if class_name not in imported.get(x, {})]
+        if missing:  # said now, not at `coherence train` (which trains on the others)
+            note(
+                f"{stage.root} has no {' or '.join(missing)} split yet for {class_name}, "
+                f"which training needs: import The Well's {missing[0]}/ file of the same "
+                "name into it too (the split is the file's folder; --split names it for a "
+                "file kept elsewhere)"
+            )
     return ImportReport(
         root=stage.root,
         files=files,
@@ -423,8 +452,9 @@ def _trajectory(
     out = np.empty((1, n_steps, 4, nx // k, ny // k), dtype=np.float32)
     for lo in range(0, n_steps, per_block):
         hi = min(lo + per_block, n_steps)
-        rho, energy, p = (np.asarray(t0[name][i, lo:hi]) for name in SCALAR_FIELDS)
-        m = np.asarray(mom[i, lo:hi])
+        with read_errors(path):
+            rho, energy, p = (np.asarray(t0[name][i, lo:hi]) for name in SCALAR_FIELDS)
+            m = np.asarray(mom[i, lo:hi])
         named = {"density": rho, "pressure": p, "energy": energy, "momentum": m}
         check_finite_positive(
             f"{path} (time {lo}..{hi - 1})",
@@ -432,11 +462,10 @@ def _trajectory(
             {k_: v[None] for k_, v in named.items()},
             ("density", "pressure"),
             time_offset=lo,
+            one_of_many=True,
         )
-        estimate = gamma_hat(rho, m[..., 0], m[..., 1], p, energy)
-        check_gamma(str(path), i, estimate, gamma, "density, energy, pressure, momentum")
-        checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), estimate)
-        checks["gamma_hat_max"] = max(checks.get("gamma_hat_max", -np.inf), estimate)
+        fit = gamma_hat(rho, m[..., 0], m[..., 1], p, energy)
+        check_gamma(str(path), i, fit, gamma, "density, energy, pressure, momentum", checks)
         for c, values in enumerate((rho, m[..., 0], m[..., 1], energy)):
             out[0, lo:hi, c] = block_mean(values, k, (1, 2))
         meter.add(sum(v.nbytes for v in named.values()), message)
@@ -485,6 +514,7 @@ def _import_file(
     checks: dict[str, object] = {
         "container": "HDF5",
         "gamma_file": gamma,
+        "source_dtype": info["dtype"],
         "boundary": info["bc_types"],
         "finite": True,
         "positive_density_pressure": True,

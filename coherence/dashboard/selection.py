@@ -376,12 +376,19 @@ def dataset_defaults(
 def default_selection(
     workspace: str | os.PathLike | Catalog | None = None, *, cached: Cached | None = None
 ) -> Selection | None:
-    """The first page: among every (dataset, model group) default, ``ce_demo`` first, the
+    """The first page: among every (dataset, model group) default, ``ce_demo`` first, then
+    datasets a model group was trained on (a quick-look subset imported beside the full
+    class sorted first by name, and opened in place of the data the models learnt), the
     first one whose analysis is cached (when ``cached`` can tell), else the first one; None
     for a workspace without one. ``coherence demo`` precomputes the uncached answer, which
     is then the cached one."""
     catalog = workspace if isinstance(workspace, Catalog) else scan_workspace(workspace)
-    names = sorted((d.name for d in catalog.datasets), key=lambda n: (n != "ce_demo", n))
+
+    def order(name: str) -> tuple[bool, bool, str]:
+        trained_here = any(g.trained_here for g in catalog.groups(name))
+        return (name != "ce_demo", not trained_here, name)
+
+    names = sorted((d.name for d in catalog.datasets), key=order)
     return prefer_cached(_candidates(catalog, names), cached)
 
 

@@ -3,6 +3,7 @@ and every bad URL value explained and replaced (no streamlit involved)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -191,6 +192,20 @@ def test_default_selection_prefers_ce_demo_and_the_paper_window():
     assert default_window(entry, 1) == (0, 16)
     few = synthetic_catalog(snapshots=21, n_test=1)
     assert default_selection(few).trajectories == (0,)  # capped by the test split
+
+
+def test_default_selection_opens_the_data_the_models_were_trained_on():
+    """A quick-look subset imported beside the full class (`--limit 200` into ce_peek, as
+    the README shows) sorted first by name and became the first page, though every model
+    was trained on the other dataset."""
+    catalog = synthetic_catalog()
+    full, ns = catalog.datasets
+    peek = dataclasses.replace(full, name="a_peek", well_name="a_peek")
+    full = dataclasses.replace(full, name="pdegym_ce", well_name="pdegym_ce")
+    trained = tuple(dataclasses.replace(c, dataset_name="pdegym_ce") for c in catalog.checkpoints)
+    catalog = Catalog(catalog.root, True, (peek, full, ns), trained)
+    assert catalog.groups("a_peek")  # the models fit the subset too
+    assert default_selection(catalog).dataset == "pdegym_ce"
 
 
 def test_selection_is_canonical_so_one_choice_makes_one_request(workspace):

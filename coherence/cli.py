@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from coherence.cli_analyze import analyze
+from coherence.cli_analyze import analyze, named_in
 from coherence.cli_cache import cache_app
 from coherence.cli_common import (
     RayAddress,
@@ -36,6 +36,7 @@ from coherence.cli_study import study
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes, check_folder_for
 from coherence.wording import plural
+from coherence.workspace import workspace_root
 
 app = typer.Typer(
     name="coherence",
@@ -120,7 +121,13 @@ def simulate(
 @app.command("train")
 @friendly_errors
 def train_command(
-    data: Annotated[Path, typer.Option(help="Dataset directory (Well layout).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Dataset directory (Well layout), or a dataset's name in the workspace "
+            "(COHERENCE_WORKSPACE, default ./workspace)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write (or resume).")],
     classes: Annotated[str, typer.Option(help="Comma-separated classes (default: all).")] = "",
     arch: Annotated[str, typer.Option(help="unet, vit or package.module:factory.")] = "unet",
@@ -151,6 +158,7 @@ def train_command(
     from coherence.surrogates.snapshots import list_snapshots, parse_keep_epochs
     from coherence.surrogates.training import TrainingArgs
 
+    data = named_in(workspace_root(), data, "--data")  # a name, as analyze and study take
     args = TrainingArgs(
         arch=arch,
         preset=preset,
@@ -166,7 +174,7 @@ def train_command(
         device=device,
     )
     before = trained_epochs(out)
-    for warning in _keep_epochs_warnings(args.keep_epochs or (), epochs, before, out):
+    for warning in _keep_epochs_warnings(args.keep_epochs, epochs, before, out):
         warn(warning)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
@@ -193,13 +201,18 @@ def train_command(
         console.print(f"snapshots kept (epochs/NNNN): {kept}", highlight=False)
 
 
-def _keep_epochs_warnings(keep: tuple[int, ...], epochs: int, trained: int, out: Path) -> list[str]:
+def _keep_epochs_warnings(
+    keep: tuple[int, ...] | None, epochs: int, trained: int, out: Path
+) -> list[str]:
     """What --keep-epochs cannot do in this run, said before it starts: epochs past --epochs
     (kept only by a resumed run that reaches them and names them: each run's --keep-epochs,
     'default' included, is its own), and epochs a resumed run has already passed without
-    keeping them (their weights are gone)."""
-    from coherence.surrogates.snapshots import list_snapshots
+    keeping them (their weights are gone); ``keep`` None is the default policy, whose
+    epochs count too (a resume from 6 to 8 epochs skipped its 4 in silence)."""
+    from coherence.surrogates.snapshots import default_keep, list_snapshots
 
+    option = "--keep-epochs" if keep is not None else "--keep-epochs default (powers of two)"
+    keep = default_keep(epochs) if keep is None else keep
     said = []
     if beyond := [e for e in keep if e > epochs]:
         said.append(
@@ -211,7 +224,7 @@ def _keep_epochs_warnings(keep: tuple[int, ...], epochs: int, trained: int, out:
     kept = list_snapshots(out) if trained else {}
     if passed := [e for e in keep if e <= trained and e not in kept]:
         said.append(
-            f"--keep-epochs {','.join(map(str, passed))}: {out.name} is already trained past "
+            f"{option} {','.join(map(str, passed))}: {out.name} is already trained past "
             f"{'that epoch' if len(passed) == 1 else 'those epochs'} ({trained} epochs), so "
             f"no snapshot of them can be kept; the snapshots kept so far stay "
             f"({', '.join(map(str, kept)) or 'none'})"

@@ -21,12 +21,12 @@ def _existing(workspace: Path | None) -> Path:
     """The workspace, which must exist: a mistyped path made an empty cache there and
     reported nothing cached (a walk-through)."""
     from coherence.errors import RequestError
-    from coherence.workspace import checked_workspace
+    from coherence.workspace import checked_workspace, named_by
 
     root = checked_workspace(workspace)
     if not root.is_dir():
         raise RequestError(
-            f"--workspace {root}: no such folder; name the workspace that holds the cache "
+            f"{named_by(workspace)}: no such folder; name the workspace that holds the cache "
             "(it has checkpoints/, datasets/ and cache/)"
         )
     return root

@@ -315,7 +315,7 @@ def load_groups(
         result = runner.materialize(request)
         if result is None:
             missing.append(label)
-            commands.append(analyze_command(selection, names))
+            commands.append(analyze_command(selection, names, root))
         else:
             groups.append(ReportGroup(label, key, result))
     if missing:
@@ -326,17 +326,19 @@ def load_groups(
             f"({selection.dataset}: {describe(selection)}; classes "
             f"{','.join(selection.classes)}, window {selection.t_start}:{selection.n_steps}, "
             f"responses {','.join(str(r) for r in selection.responses)}): press Compute in "
-            f"the dashboard for this link, or run {' and '.join(commands)} in the workspace "
-            "(the result lands in its cache), then build the report again"
+            f"the dashboard for this link, or run {' and '.join(commands)} (the result lands "
+            "in the workspace's cache), then build the report again"
         )
     return tuple(groups)
 
 
-def analyze_command(selection: Selection, names: Sequence[str]) -> str:
+def analyze_command(selection: Selection, names: Sequence[str], root: str | Path) -> str:
     """The `coherence analyze` command that computes one group of ``selection`` (names as
-    the workspace holds them; a snapshot as name/epochs/NNNN), in backquotes."""
+    the workspace holds them; a snapshot as name/epochs/NNNN) into the cache of the
+    workspace ``root``, in backquotes (without --workspace, pasted elsewhere it looked in
+    ./workspace and refused the names)."""
     epoch = f"/epochs/{selection.epoch:04d}" if selection.epoch else ""
-    words = ["coherence", "analyze", "--data", selection.dataset]
+    words = ["coherence", "analyze", "--workspace", str(root), "--data", selection.dataset]
     for name in names:
         words += ["--checkpoint", f"{name}{epoch}"]
     words += ["--classes", ",".join(selection.classes)]

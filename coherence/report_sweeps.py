@@ -195,7 +195,7 @@ def _cli_route(catalog, points, done) -> str:
         if chosen is not None:
             return (
                 f" From the CLI: one `coherence analyze` per missing setting ({len(missing)}), "
-                f"the first {analyze_command(chosen, chosen.checkpoints)}."
+                f"the first {analyze_command(chosen, chosen.checkpoints, catalog.root)}."
             )
     return ""
 

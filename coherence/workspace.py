@@ -22,6 +22,18 @@ def workspace_root(root: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get(ENV_VAR, "workspace")).expanduser().resolve()
 
 
+def named_by(root: str | os.PathLike | None) -> str:
+    """Where the workspace came from, in the user's words: '--workspace X', the variable
+    'COHERENCE_WORKSPACE=X', or the default folder (an error blamed --workspace for a path
+    set in the environment)."""
+    resolved = workspace_root(root)
+    if root is not None:
+        return f"--workspace {resolved}"
+    if ENV_VAR in os.environ:
+        return f"{ENV_VAR}={resolved}"
+    return f"the default workspace {resolved} (no --workspace, no {ENV_VAR})"
+
+
 def datasets_dir(root: str | os.PathLike | None = None) -> Path:
     return workspace_root(root) / "datasets"
 

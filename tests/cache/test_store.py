@@ -547,3 +547,20 @@ def test_cache_info_tells_results_of_other_options_apart():
     assert said(estimator="cg", rtol=0.05).endswith("cg depth 4 rtol 0.05 λ=0.0001")
     assert said(estimator="euclidean").endswith("· batch 0 · smse · euclidean")
     assert _described(None) == "(unreadable: dropped from the cache)"
+
+
+def test_a_missing_workspace_is_named_by_where_it_came_from(tmp_path, monkeypatch):
+    """`COHERENCE_WORKSPACE=/missing coherence cache info` said "--workspace /missing", an
+    option nobody typed."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+    from coherence.workspace import ENV_VAR
+
+    missing = tmp_path / "nows"
+    said = CliRunner().invoke(app, ["cache", "info", "--workspace", str(missing)])
+    assert said.exit_code == 2 and f"--workspace {missing}: no such folder" in said.output
+    monkeypatch.setenv(ENV_VAR, str(missing))
+    said = CliRunner().invoke(app, ["cache", "info"])
+    flat = " ".join(said.output.split())
+    assert said.exit_code == 2 and f"{ENV_VAR}={missing}: no such folder" in flat

@@ -176,8 +176,9 @@ def test_report_of_an_uncomputed_selection_says_so(workspace):
 
 def test_a_report_not_computed_yet_gives_the_command_that_computes_it(workspace, tmp_path):
     """The refusal named the options (--classes, --window, …) but not --data or
-    --checkpoint (a walkthrough with imported data); it gives the whole command, which,
-    run in the workspace, computes what the report then draws."""
+    --checkpoint (a walkthrough with imported data), then --workspace (pasted outside
+    the workspace it looked in ./workspace); it gives the whole command, which computes
+    what the report then draws."""
     import shlex
 
     from tests.fixtures import copy_workspace
@@ -191,8 +192,9 @@ def test_a_report_not_computed_yet_gives_the_command_that_computes_it(workspace,
     (command,) = re.findall(r"`(coherence analyze [^`]*)`", said)
     words = shlex.split(command)[1:]
     assert "--data" in words and "--checkpoint" in words and "--damping" not in words
+    assert words[words.index("--workspace") + 1] == str(ws)  # pasted anywhere, it works
     words[words.index("--out") + 1] = str(tmp_path / "result.npz")
-    computed = CliRunner().invoke(app, [*words, "--workspace", str(ws), "--yes"])
+    computed = CliRunner().invoke(app, [*words, "--yes"])
     assert computed.exit_code == 0, computed.output
     built = CliRunner().invoke(app, base)
     assert built.exit_code == 0, built.output

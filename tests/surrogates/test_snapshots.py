@@ -194,3 +194,34 @@ def test_keep_epochs_beyond_the_run_are_named(tiny_dataset, tmp_path):
     assert "--keep-epochs 3: m is already trained past that epoch (5 epochs), so no" in said
     assert "the snapshots kept so far stay (1, 5)" in said
     assert sorted(snapshots.list_snapshots(out)) == [1, 5, 6]
+    # the default policy (1, 2, 4, 8 for 8 epochs) names passed epochs too: it was silent
+    result = CliRunner().invoke(app, [*command[:-1], "8", "--transitions", "2"])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "--keep-epochs default (powers of two) 2,4: m is already trained past those" in said
+    assert sorted(snapshots.list_snapshots(out)) == [1, 5, 6, 8]
+
+
+def test_train_takes_a_dataset_name_in_the_workspace(tiny_dataset, tmp_path, monkeypatch):
+    """`train --data ce_demo` (a name, as analyze and study take it) said "no 'data'
+    directory", as did a path that does not exist."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+    from coherence.surrogates.checkpoint import read_config
+    from coherence.workspace import ENV_VAR
+
+    root = tmp_path / "ws"
+    shutil.copytree(tiny_dataset, root / "datasets" / "tiny")
+    monkeypatch.setenv(ENV_VAR, str(root))
+    out = root / "checkpoints" / "m"
+    command = ["train", "--out", str(out), "--epochs", "1", "--transitions", "2"]
+    result = CliRunner().invoke(app, [*command, "--data", "tiny"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert read_config(out).dataset["root"] == str(root / "datasets" / "tiny")
+    result = CliRunner().invoke(app, [*command, "--data", "nope"], env={"COLUMNS": "300"})
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--data nope: no such folder, nor a dataset of that" in said
+    assert "one of the names there (tiny)" in said

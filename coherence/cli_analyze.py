@@ -20,6 +20,7 @@ from coherence.cli_common import (
     connect_early,
     console,
     friendly_errors,
+    log_line,
     progress_bar,
     say_cluster_faults,
     split_list,
@@ -204,7 +205,8 @@ def analyze(
         _check_cost(
             request, prepared, trust_code=trust_code, local=executor.local, yes=yes, cached=cached
         )
-        result = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
+        result, joined = _run(runner, request, prepared, trust_code=trust_code, executor=executor)
+        stored = stored if not joined else result  # another process computed it: served
     _write(result, request, out, batches=len(prepared[1]), served=stored is not None)
     # where the cache is: without --workspace it is ./workspace, which a user may not expect
     console.print(f"cached in {runner.store.directory}", highlight=False)
@@ -337,18 +339,39 @@ def _check_cost(
 
 def _run(runner, request, prepared, *, trust_code: bool, executor):
     """The result, cached or computed, under a progress bar that goes when it is done (a
-    cached result left it at 0 %; the "wrote …" line says what was done); convergence
-    warnings are summarised afterwards, not printed as they come."""
+    cached result left it at 0 %; the "wrote …" line says what was done), and whether
+    another process computed it (this one waited); convergence warnings are summarised
+    afterwards, not printed as they come. Off a terminal, where the bar is not drawn, the
+    waits are said in one plain line each (a log showed a silent wait, then another
+    process's time as this one's), and the progress in a line per tenth of the job (a log
+    of an interrupted run said nothing of how far it got)."""
+    from coherence.cache.jobs import WAITING_FOR_OTHER, WAITING_FOR_SLOT
+
+    waits = {
+        WAITING_FOR_OTHER: "another process is computing this selection: waiting for its "
+        "result (served from the cache when it is done)",
+        WAITING_FOR_SLOT: "waiting for a free compute slot (another job is computing here)",
+    }
+    seen: set[str] = set()
+    tenths = [0]  # off a terminal, a line each time the job passes another tenth
     with progress_bar(transient=True) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
         task = bar.add_task("analyzing", total=1.0)
 
         def report(fraction: float, stage: str) -> None:
             bar.update(task, completed=fraction, description=stage[:60])
+            wait = next((start for start in waits if stage.startswith(start)), "here")
+            if wait not in seen and wait in waits and not console.is_terminal:
+                log_line(waits[wait], to=bar.console)
+            seen.add(wait)  # "here": this process computes (the other one stopped)
+            if not console.is_terminal and int(10 * fraction) > tenths[0]:
+                tenths[0] = int(10 * fraction)
+                log_line(f"{fraction:4.0%}  {stage}", to=bar.console)
 
-        return runner.run(
+        result = runner.run(
             request, progress=report, trust_code=trust_code, executor=executor, prepared=prepared
         )
+    return result, WAITING_FOR_OTHER in seen and "here" not in seen
 
 
 def _write(result, request, out: Path, *, batches: int, served: bool = False) -> None:

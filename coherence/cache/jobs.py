@@ -152,6 +152,11 @@ def compute_task(
 # own), after the devices its units ran on: "cpu (assembled from cached units)"
 ASSEMBLED = "(assembled from cached units)"
 
+# how a wait is reported to ``progress`` (its stage text starts so): the CLI says each off a
+# terminal, where the bar that shows them is not drawn
+WAITING_FOR_OTHER = "computed by another process"
+WAITING_FOR_SLOT = "queued, position"
+
 
 def is_assembled(result: AnalysisResult) -> bool:
     """Whether ``result`` was assembled from cached units rather than computed as a whole."""
@@ -361,11 +366,11 @@ class JobRunner:
         def show_other_job() -> None:
             record = self.store.get_progress(key)
             if progress is not None and record is not None and record.state == JobState.RUNNING:
-                progress(record.fraction, f"computed by another process: {record.stage}")
+                progress(record.fraction, f"{WAITING_FOR_OTHER}: {record.stage}")
 
         def show_queue(position: int) -> None:
             if progress is not None:
-                progress(0.0, f"queued, position {position}: waiting for a free compute slot")
+                progress(0.0, f"{WAITING_FOR_SLOT} {position}: waiting for a free compute slot")
 
         lock.acquire(blocking=True, on_wait=show_other_job)
         try:

@@ -263,3 +263,38 @@ def test_analyze_times_its_estimate_alone_when_another_job_computes(
     said = " ".join(run.output.split())
     assert "queued, position 1" in said and "cost estimate: whole job" in said
     assert "over-estimate" not in said and out.exists()
+
+
+def test_off_a_terminal_a_wait_for_another_process_is_said(
+    checkpoint, tiny_dataset, tmp_path, monkeypatch
+):
+    """Two identical analyses: in a log the second was silent while it waited, then printed
+    the first one's time as if it had computed the result itself."""
+    from coherence.analysis.request import AnalysisRequest
+
+    args = [
+        "analyze",
+        *("--checkpoint", str(checkpoint), "--data", str(tiny_dataset)),
+        *("--classes", "CE-RP,CE-CRP", "--window", "0:2", "--trajectories", "0"),
+        *("--estimator", "euclidean", "--device", "cpu", "--yes"),
+    ]
+    first = tmp_path / "first"
+    done = CliRunner().invoke(
+        app, [*args, "--workspace", str(first), "--out", str(tmp_path / "A.npz")]
+    )
+    assert done.exit_code == 0, done.output
+    request = AnalysisRequest.from_dict(json.loads((tmp_path / "A.json").read_text())["request"])
+    second = tmp_path / "second"
+    monkeypatch.setenv(jobs.TEST_DELAY_ENV, "0.5")  # the worker's job takes seconds
+    runner = jobs.JobRunner(second)
+    key = runner.submit(request)  # another process computes it
+    assert runner.status(key).state == "running"
+    out = tmp_path / "B.npz"
+    waited = CliRunner().invoke(
+        app, [*args, "--workspace", str(second), "--out", str(out)], env={"COLUMNS": "300"}
+    )
+    said = " ".join(waited.output.split())
+    assert waited.exit_code == 0, waited.output
+    assert "another process is computing this selection: waiting for its result" in said
+    assert "computed earlier in" in said and out.exists()
+    assert runner.store.computations(key) == 1

@@ -21,6 +21,7 @@ from coherence.cli_common import (
     console,
     friendly_errors,
     log_line,
+    product,
     progress_bar,
     say_cluster_faults,
     split_list,
@@ -406,8 +407,8 @@ def _write(result, request, out: Path, *, batches: int, served: bool = False) ->
         f"{plural(batches, 'batch', 'batches')}, N = "
         f"{request.n_examples}, {timing})" + ("; it replaced the file there" if replaced else ""),
     )
-    for line in score_lines(result):
-        console.print(line, highlight=False)
+    for line in score_lines(result):  # the result, on stdout (`> scores.txt` keeps it)
+        product.print(line, highlight=False)
 
 
 def score_lines(result) -> list[str]:

@@ -288,6 +288,7 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     assert dominance.name == "diagonal_dominance"
     printed = " ".join(result.output.split())
     assert f"scores of Ĥ_smse: Diagonal dominance: {format_score(dominance)} Q1–Q3 [" in printed
+    assert "scores of Ĥ_smse:" in result.stdout and "cost estimate" not in result.stdout
     assert "over 2 seeds (each the mean of its 2 batches)" in printed and "verdict: " in printed
     share = result_scores(loaded).dominant_share  # the fifth score, of the spectrum
     assert f"Dominant-eigenvalue share: {format_score(share)} Q1–Q3 [" in printed

@@ -106,7 +106,7 @@ def test_analyze_prints_the_full_system_residuals(
     assert run.exit_code == 0, run.output
     assert ("full-system residual" in run.output) is prints, run.output
     if prints:  # one short line, pointing to the rest (it stood 900 characters long)
-        (line,) = [x for x in run.output.splitlines() if "full-system residual" in x]
+        (line,) = [x for x in run.output.splitlines() if x.startswith("full-system residual")]
         assert len(" ".join(line.split())) < 300 and "README: estimators" in line
         # and how much of the SMSE map the residual correction is, from the result itself
         solves = json.loads(out.with_suffix(".json").read_text())["diagnostics"]

@@ -30,6 +30,7 @@ from coherence.analysis.figures.dynamics import (
 from coherence.analysis.results import AnalysisResult
 from coherence.errors import CoherenceError
 from coherence.report_panels import Section, how_to_read, link_value
+from coherence.wording import plural
 
 if TYPE_CHECKING:  # import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -108,14 +109,19 @@ class _Cache:
         return of
 
 
-def _overlay(params: Mapping[str, Any], damping: float) -> float | None:
-    """The link's ``dyn_vs_damping`` as a λ other than the selection's (None: none)."""
+def _overlay(params: Mapping[str, Any], selection: Selection) -> float | None:
+    """The link's ``dyn_vs_damping`` as a λ other than the selection's (None: none, or an
+    estimator whose Ĥ ignores λ, whose tab offers no overlay)."""
+    from coherence.dashboard import sweeps
+
     value = link_value(params, "dyn_vs_damping")
     try:
         overlay = float(value) if value not in (None, "none") else None
     except ValueError:
         return None  # refused before (report.panel_value_problems); the dashboard ignores it
-    return None if overlay is None or math.isclose(overlay, damping) else overlay
+    if overlay is None or sweeps.ignores_damping(selection.estimator):
+        return None
+    return None if math.isclose(overlay, selection.damping) else overlay
 
 
 def _spaced(sentence: str) -> str:
@@ -205,7 +211,7 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
     from coherence.surrogates import checkpoint as ckpt
     from coherence.workspace import checkpoints_dir
 
-    other = _overlay(params, selection.damping)
+    other = _overlay(params, selection)
     points, problems = sweep_views.dynamics_points(root, selection, cache.runner, other)
     done = cache.done(points)
     mine = [p for p in points if not p.series]
@@ -246,7 +252,7 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
     caption = how_to_read(dynamics_figure)
     if other is not None:
         caption += f" {sweep_views.SAME_AT_ANY_DAMPING}"
-    caption += _spaced(sweep_views.epochs_not_drawn(selection.damping, other, points, done))
+    caption += _spaced(sweep_views.epochs_not_drawn(selection.damping, other, points, done, labels))
     caption += _spaced(
         sweep_views.unconverged_text(
             sweep_views.unconverged_points(done, cache.load),
@@ -256,14 +262,21 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
         )
     )
     caption += "".join(f" {problem}." for problem in problems + lines.problems)
+    drawn = {}  # each group's maps across epochs, where it has two epochs to show
+    for g, label in enumerate(labels):
+        found = sweep_views.epoch_maps(own, g, cache.load)
+        if len(found.maps) >= 2:
+            drawn[label] = found
+        else:  # said: a compare report dropped a group's maps without a word
+            caption += (
+                f" {label}'s two-time maps across epochs are left out: "
+                f"{plural(len(found.maps), 'epoch')} analysed at λ = {selection.damping:g}."
+            )
     figure = dynamics_figure(
         lines.trends, lines.validation or None, colors=lines.group_of, dashed=lines.dashed
     )
     out.sections.append(Section(DYNAMICS, caption, figure))
-    for label in sweep_views.epochs_per_group(own, labels):
-        found = sweep_views.epoch_maps(own, labels.index(label), cache.load)
-        if len(found.maps) < 2:
-            continue
+    for label, found in drawn.items():
         title = f"{label}: two-time map across epochs"
         maps = epoch_heatmaps(
             found.maps, found.epochs, selection.n_examples, times=found.times, title=title

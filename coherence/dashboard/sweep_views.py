@@ -27,6 +27,7 @@ from coherence.analysis.trends import Agreement, Trend, agreement, point_scores,
 from coherence.dashboard import sweeps
 from coherence.dashboard.sweeps import SweepPoint
 from coherence.errors import CoherenceError
+from coherence.wording import plural
 
 if TYPE_CHECKING:  # the selection's module imports torch (via the request)
     from coherence.analysis.request import AnalysisRequest
@@ -63,20 +64,30 @@ def dynamics_points(
     return points, problems
 
 
-def epochs_not_drawn(damping: float, other: float | None, points, done) -> str:
+def epochs_not_drawn(
+    damping: float, other: float | None, points, done, labels: Sequence[str] = ()
+) -> str:
     """'' when every epoch of the selection's λ (and of the overlay's) is drawn, else which
-    are not, per λ: an overlay with one cached epoch drew a lone point that the page did not
-    explain (the report did)."""
+    are not, per λ and, with two groups (``labels``), per group: an overlay with one cached
+    epoch drew a lone point that the page did not explain (the report did), and in compare
+    mode the sentence did not say whose epochs were missing."""
     keys = {p.key for p in done}
     missing = []
     named = [(f"λ = {damping:g}", False)]
     if other is not None:
         named.append((f"λ = {other:g}", True))
-    for name, series in named:
-        every = [p for p in points if bool(p.series) == series]
-        drawn = sum(p.key in keys for p in every)
-        if every and drawn < len(every):
-            missing.append(f"{name}: {drawn} of {len(every)} epoch analyses computed")
+    groups = list(enumerate(labels)) if len(labels) > 1 else [(None, "")]
+    for group, label in groups:
+        for name, series in named:
+            every = [
+                p
+                for p in points
+                if bool(p.series) == series and (group is None or p.group == group)
+            ]
+            drawn = sum(p.key in keys for p in every)
+            if every and drawn < len(every):
+                whose = f"{label} at " if label else ""
+                missing.append(f"{whose}{name}: {drawn} of {len(every)} epoch analyses computed")
     return f"Not every epoch is drawn ({'; '.join(missing)})." if missing else ""
 
 
@@ -161,6 +172,25 @@ def epoch_maps(done: Sequence[SweepPoint], group: int, load: Load) -> EpochMaps:
         drawn.append(point)
         times = result.times  # physical time, as the two-time map
     return EpochMaps(maps, epochs, drawn, times)
+
+
+def epochs_missing(
+    points: Sequence[SweepPoint], done: Sequence[SweepPoint], group: int
+) -> list[int]:
+    """The group's epochs at the selection's λ not analysed yet (their maps are not drawn:
+    a group's map strip of one epoch read as if it had no others)."""
+    keys = {p.key for p in done}
+    return sorted(
+        int(p.x) for p in points if p.group == group and not p.series and p.key not in keys
+    )
+
+
+def maps_not_drawn(label: str, missing: Sequence[int]) -> str:
+    """The sentence under a group's epoch maps when some epochs are not analysed."""
+    if not missing:
+        return ""
+    epochs = ", ".join(map(str, missing))
+    return f"{label}: {plural(len(missing), 'epoch')} not analysed yet ({epochs}), so not drawn."
 
 
 def epochs_per_group(done: Sequence[SweepPoint], labels: Sequence[str]) -> dict[str, int]:

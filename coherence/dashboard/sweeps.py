@@ -91,6 +91,12 @@ SWEEP_ESTIMATORS = (
 )
 
 
+def ignores_damping(estimator: str) -> bool:
+    """The estimator's Ĥ does not depend on λ (euclidean): an overlay at another λ drew the
+    same line twice and offered to compute it again."""
+    return any(s.estimator == estimator and not s.uses_damping for s in SWEEP_ESTIMATORS)
+
+
 def _depth_label(depth: int | None) -> str:
     """A depth other than the estimator's default, as the series' label names it."""
     return "" if depth is None else f" depth {depth}"

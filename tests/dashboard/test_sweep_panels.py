@@ -336,9 +336,12 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     at = open_app(trained_on, monkeypatch, query)
     assert_clean(at)
     assert at.selectbox(key="dyn_vs_damping").value == "0.01"
-    # each λ offered says how much of it is cached: a curve at once, or a button first
+    # beside the picker, how much of each λ is cached: a curve at once, or a button first
+    # (in the options' labels the closed picker kept a stale count after a computation)
     offered = at.selectbox(key="dyn_vs_damping").options
-    assert "0.01 (3 of 3 epochs cached)" in offered and "1e-06 (0 of 3 epochs cached)" in offered
+    assert offered[:2] == ["none", "1e-06"] and "0.01" in offered
+    assert "Epochs cached at each λ: 1e-06: 0 of 3 · 1e-05: 0 of 3" in texts(at.caption)
+    assert "0.01: 3 of 3" in texts(at.caption)
     assert any("lies on, and hides under" in c.value for c in at.caption)  # why one line
     assert "6 of 6 epoch analyses cached" in texts(at.caption)
     assert "Not every epoch is drawn" not in texts(at.caption)
@@ -365,6 +368,15 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
         "UNet · λ = 0.01"
     }
     assert "No epoch is analysed at the selection's λ = 0.001 yet" in texts(at.info)
+    # euclidean's Ĥ ignores λ: no overlay (it drew one line twice and offered to compute it)
+    flat = replace(selection, estimator="euclidean").to_query() | {"dyn_vs_damping": "0.01"}
+    at = open_app(trained_on, monkeypatch, DYNAMICS | flat)
+    assert_clean(at)
+    assert not [b for b in at.selectbox if b.key == "dyn_vs_damping"]
+    assert "λ does not enter euclidean's Ĥ, so there is no other λ to overlay" in texts(at.caption)
+    assert "λ = 0.01" not in texts(at.caption) and "Epochs cached at each λ" not in texts(
+        at.caption
+    )
 
 
 def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypatch):
@@ -506,6 +518,33 @@ def test_compare_mode(trained_on, monkeypatch, panel):
         assert plotly_array(line["x"]).tolist() == [p.x for p in done]
         expected = [_dominance_by_hand(runner.result(p.key, p.request)) for p in done]
         np.testing.assert_allclose(plotly_array(line["y"]), expected, rtol=1e-9)
+    # whose epochs are missing, by group (the sentence named the λ only), and under a
+    # group's maps which of its epochs are not drawn (a strip of one epoch said nothing):
+    # a group with snapshots: its last epoch (the selection's own analysis) analysed, its
+    # first not (restored afterwards)
+    labels = compute.group_labels(scan_workspace(trained_on), both)
+    g = max(range(len(labels)), key=lambda g: sum(p.group == g for p in points))
+    first, *_, last = sorted((p for p in points if p.group == g), key=lambda p: p.x)
+    runner.run(last.request)
+    kept = runner.store.get(first.key)
+    runner.store.delete(first.key)
+    try:
+        at = open_app(
+            trained_on, monkeypatch, panel | selection.to_query() | {"vs": ",".join(COMPARE)}
+        )
+        assert_clean(at)
+        for other, label in enumerate(labels):
+            every = [p for p in points if p.group == other]
+            drawn = sum(runner.status(p.key).state == "done" for p in every)
+            said = f"{label} at λ = 0.0001: {drawn} of {len(every)} epoch analyses computed"
+            assert (said in texts(at.caption)) is (drawn < len(every)), texts(at.caption)
+        if [b for b in at.selectbox if b.key == "dyn_group"]:
+            at.selectbox(key="dyn_group").set_value(labels[g]).run()
+        assert f"{labels[g]}: " in texts(at.caption)
+        assert f"not analysed yet ({int(first.x)}" in texts(at.caption)
+    finally:
+        if kept is not None:
+            runner.store.put(first.key, kept)
 
 
 def test_snapshot_names_resolve_inside_the_workspace(trained_on):

@@ -28,7 +28,6 @@ from coherence.dashboard.panels.common import (
     widget_value,
 )
 from coherence.errors import CoherenceError
-from coherence.wording import plural
 from coherence.workspace import checkpoints_dir
 
 EXPLAIN = (
@@ -43,47 +42,52 @@ NO_OTHER_DAMPING = "none"
 
 def _other_damping(ctx: PanelContext) -> float | None:
     """The second λ the user asked to overlay (None: only the selection's): does the shape
-    of the curves over training depend on λ? One value keeps the chart and the link plain."""
-    options = [NO_OTHER_DAMPING] + [
-        f"{d:g}" for d in sweeps.DAMPING_GRID if not math.isclose(d, ctx.selection.damping)
-    ]
-    chosen = st.columns([1, 2])[0].selectbox(
+    of the curves over training depend on λ? One value keeps the chart and the link plain.
+    Not offered for an estimator whose Ĥ ignores λ (it drew one line twice). The options
+    are the bare λ and their cached counts a caption: counts in the options' labels went
+    stale in the closed picker when a computation ended (Streamlit redraws the list, not
+    the chosen label)."""
+    if sweeps.ignores_damping(ctx.selection.estimator):
+        st.caption(
+            f"λ does not enter {ctx.selection.estimator}'s Ĥ, so there is no other λ to "
+            "overlay here."
+        )
+        return None
+    grid = [d for d in sweeps.DAMPING_GRID if not math.isclose(d, ctx.selection.damping)]
+    picker, counts = st.columns([1, 2], vertical_alignment="bottom")
+    chosen = picker.selectbox(
         "Overlay the same epochs at another λ",
-        options,
+        [NO_OTHER_DAMPING] + [f"{d:g}" for d in grid],
         key="dyn_vs_damping",
-        format_func=_cached_count(ctx),
         help="Each epoch's analysis repeated at this damping, drawn beside the selection's "
         f"λ = {ctx.selection.damping:g} (the maps below stay at the selection's λ). Missing "
         "epochs are computed by the button, each its own cached analysis. "
         + sweep_views.SAME_AT_ANY_DAMPING,
     )
+    counts.caption(_cached_counts(ctx, grid))
     if chosen == NO_OTHER_DAMPING:
         return None
     st.caption(sweep_views.SAME_AT_ANY_DAMPING)
     return float(chosen)
 
 
-def _cached_count(ctx: PanelContext):
-    """An overlay option as '0.01 (1 of 3 epochs cached)': which λ draws a curve at once and
-    which needs computing (a λ with one cached epoch drew a lone point, unannounced)."""
+def _cached_counts(ctx: PanelContext, grid: Sequence[float]) -> str:
+    """'Epochs cached at each λ: 1e-06 0 of 3 · 0.01 3 of 3 · …': which λ draws a curve at
+    once and which needs computing (a λ with one cached epoch drew a lone point,
+    unannounced)."""
     runner = loaders.job_runner(str(ctx.root))
-    said: dict[str, str] = {}
-
-    def label(option: str) -> str:
-        if option == NO_OTHER_DAMPING:
-            return option
-        if option not in said:
-            try:
-                at = replace(ctx.selection, damping=float(option))
-                points, _ = sweeps.dynamics_points(ctx.root, at, runner)
-            except CoherenceError:
-                points = []
+    said = []
+    for damping in grid:
+        try:
+            points, _ = sweeps.dynamics_points(
+                ctx.root, replace(ctx.selection, damping=damping), runner
+            )
+        except CoherenceError:
+            continue
+        if points:
             done = sum(s.state == "done" for s in sweep_jobs.statuses(str(ctx.root), points))
-            count = f" ({done} of {plural(len(points), 'epoch')} cached)" if points else ""
-            said[option] = option + count
-        return said[option]
-
-    return label
+            said.append(f"{damping:g}: {done} of {len(points)}")
+    return f"Epochs cached at each λ: {' · '.join(said)}" if said else ""
 
 
 def dynamics(ctx: PanelContext) -> None:
@@ -154,7 +158,7 @@ def dynamics(ctx: PanelContext) -> None:
         title=f"{ctx.instead}: scores across training" if ctx.instead else "Scores across training",
     )
     chart(figure, key="chart_dynamics")
-    missing = sweep_views.epochs_not_drawn(ctx.selection.damping, other, points, done)
+    missing = sweep_views.epochs_not_drawn(ctx.selection.damping, other, points, done, labels)
     if missing:
         st.caption(f"{missing} The button above computes the rest.")
     view = ctx.with_choices(overlay=f"lam{other:g}" if other is not None else None)
@@ -175,10 +179,10 @@ def dynamics(ctx: PanelContext) -> None:
         caption=how_to_read(dynamics_figure),
         meta=meta,
     )
-    _heatmaps(ctx, labels, [p for p in done if not p.series])
+    _heatmaps(ctx, labels, [p for p in done if not p.series], points)
 
 
-def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
+def _heatmaps(ctx: PanelContext, labels: list[str], done, points) -> None:
     st.caption(how_to_read(epoch_heatmaps))
     shown = list(sweep_views.epochs_per_group(done, labels))
     if not shown:  # only the overlaid λ is analysed: its maps are not drawn
@@ -193,6 +197,9 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done) -> None:
     found = sweep_views.epoch_maps(
         done, labels.index(label), lambda p: sweep_jobs.result(str(ctx.root), p)
     )
+    missing = sweep_views.epochs_missing(points, done, labels.index(label))
+    if said := sweep_views.maps_not_drawn(label, missing):
+        st.caption(f"{said} The button above computes them.")
     if not found.maps:
         return
     figure = epoch_heatmaps(

@@ -362,7 +362,7 @@ def analyze_command(selection: Selection, names: Sequence[str], root: str | Path
 
 def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str, Any]:
     """Where every number came from: the selection's parameters and each group's cache key,
-    checkpoints, device and the fingerprint of the analysed files."""
+    checkpoints, device and the test-data fingerprint."""
     meta: dict[str, Any] = {
         "dataset": selection.dataset,
         "classes": list(selection.classes),
@@ -392,7 +392,9 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
         fingerprint = info.get("dataset_fingerprint")
         if fingerprint:
             # of the analysed files (the classes' test split): two class sets, two prints
-            meta[f"{g.label}: fingerprint of the analysed files"] = str(fingerprint)[:16]
+            meta[f"{g.label}: test-data fingerprint (the classes' test files)"] = str(fingerprint)[
+                :16
+            ]
     return meta
 
 

@@ -290,7 +290,7 @@ def _details(ctx: PanelContext) -> None:
             st.caption(
                 f"Computed on {literal(result.provenance.get('device', '?'))}"
                 + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "")
-                + f"; fingerprint of the analysed files (the classes' test split) "
+                + f"; test-data fingerprint (the classes' test files) "
                 f"{code(fingerprint)}"
             )
             st.json(

@@ -772,7 +772,7 @@ def test_sensitivity_flat_series_spans_the_whole_axis_and_marks_both_lambdas():
     np.testing.assert_allclose(np.log10(np.asarray(flat.x)), [low, -4, high])
     np.testing.assert_allclose(flat.y, [0.71, 0.71, 0.71])
     assert list(flat.marker.size) == [0, 7, 0]  # one marker: the λ it was computed at
-    assert "computed at λ 1e-04, independent of λ" in flat.hovertemplate
+    assert "computed at λ 1e-4, independent of λ" in flat.hovertemplate  # as d3 writes 1e-4
     assert flat.line.dash == "dash"
     (point,) = [t for t in fig.data if t.name == "ekfac-krylov" and t.mode == "lines+markers"]
     assert list(point.x) == [1e-4] and "median Diagonal dominance" in point.hovertemplate

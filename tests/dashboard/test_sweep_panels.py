@@ -292,6 +292,12 @@ def test_a_snapshot_opens_as_the_selection_in_every_panel(trained_on, monkeypatc
     assert_clean(at)
     assert "weights of epoch" not in texts(at.caption)
     assert "epoch" not in at.query_params
+    # Training dynamics marks the epoch the headline shows (it was drawn unmarked)
+    at = open_app(trained_on, monkeypatch, DYNAMICS | selection.to_query())
+    assert_clean(at)
+    lines = [s for s in charts(at)[0]["layout"].get("shapes", []) if s.get("type") == "line"]
+    assert lines and {s["x0"] for s in lines} == {2}
+    assert "The dotted line marks epoch 2" in texts(at.caption)
 
 
 def _dominance_by_hand(result) -> float:

@@ -228,6 +228,9 @@ def test_stale_figures_start_no_work_for_the_old_selection(workspace, monkeypatc
     assert "Stale figures" in texts(at.warning)
     assert at.button(key=button).disabled is True  # it would run for λ = 1e-4, not 1e-3
     assert "These figures are stale" in texts(at.caption)
+    if button == "sens_compute":  # a sweep's count is the drawn selection's, not the sidebar's
+        shown = "cached for the figures shown, not the sidebar's selection (stale"
+        assert shown in texts(at.caption)
 
 
 def test_the_check_states_its_cost_before_the_click(workspace, monkeypatch):

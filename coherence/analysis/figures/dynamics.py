@@ -15,6 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from coherence.analysis.diagnostics import paper_notation
 from coherence.analysis.figures.theme import (
     COLORSCALE,
     DIVERGING,
@@ -524,7 +525,7 @@ def _add_series(
         hover, sizes, notes = "λ %{x:.0e}", None, trend.notes()
         if flat_span is not None and len(x) == 1 and name not in DAMPED_SCORES:
             # edges of the axis, and the λ computed
-            hover = f"computed at λ {x[0]:.0e}, independent of λ"
+            hover = f"computed at λ {paper_notation(x[0])}, independent of λ"  # as d3's 1e-4
             x = np.array([flat_span[0], x[0], flat_span[1]])
             median, q1, q3 = (np.repeat(a, 3) for a in (median, q1, q3))
             sizes, notes = [0, 7, 0], notes * 3

@@ -53,7 +53,11 @@ MODEL_PANELS = {
 ANALYSIS_ROWS = ("window", "responses", "estimator", "damping λ", "cg rtol", "Krylov depth")
 # the provenance rows of the link keys a model panel may not read (MODEL_PANELS' keys)
 KEY_ROWS = {"classes": "classes", "traj": "test trajectories (batches)", "epoch": "weights"}
-ANALYSIS_GROUP_ROWS = (": cache key", ": computed on", ": fingerprint of the analysed files")
+ANALYSIS_GROUP_ROWS = (
+    ": cache key",
+    ": computed on",
+    ": test-data fingerprint (the classes' test files)",
+)
 Bytes = Callable[[], bytes]
 
 

@@ -157,6 +157,17 @@ def dynamics(ctx: PanelContext) -> None:
         dashed=lines.dashed,
         title=f"{ctx.instead}: scores across training" if ctx.instead else "Scores across training",
     )
+    if ctx.selection.epoch:  # the headline above is this epoch's: marked where it lies
+        figure.add_vline(
+            x=ctx.selection.epoch,
+            line={"dash": "dot", "color": "grey", "width": 1},
+            row="all",
+            col="all",
+        )
+        st.caption(
+            f"The dotted line marks epoch {ctx.selection.epoch}, the weights the other tabs "
+            "and the headline show (the sidebar's Weights)."
+        )
     chart(figure, key="chart_dynamics")
     missing = sweep_views.epochs_not_drawn(ctx.selection.damping, other, points, done, labels)
     if missing:
@@ -212,6 +223,8 @@ def _heatmaps(ctx: PanelContext, labels: list[str], done, points) -> None:
     chart(figure, key="chart_dynamics_maps")
     view = ctx.with_choices(group=label if len(shown) > 1 else None)
     meta = sweep_views.sweep_meta(view.meta(), found.drawn, labels, "epoch")
+    # the responses row lists them all; the maps are the first's (the value column's)
+    meta["map"] = f"intra-class two-time map of Ĥ_{ctx.selection.responses[0]}"
     downloads(
         "dynamics_maps",
         view.stem("epoch_maps"),

@@ -133,7 +133,12 @@ def status_bar(
     # the count is the page's, the progress below the fragment's (live): "4 of 6 cached"
     # sat above "1 of 2 done" for a minute
     later = " (counted again when the running jobs end)" if active else ""
-    st.caption(f"{done} of {literal(plural(len(points), one, many))} cached{later}.")
+    # stale: the count is the drawn selection's, which read as the sidebar's (0 of them)
+    whose = " for the figures shown, not the sidebar's selection (stale: banner above)"
+    st.caption(
+        f"{done} of {literal(plural(len(points), one, many))} cached"
+        f"{whose if stale else ''}{later}."
+    )
     for status in failed[:3]:
         st.error(f"A {literal(one)} analysis failed: {literal(status.error)}")
     if active:

@@ -35,7 +35,7 @@ from coherence.cli_import import import_app
 from coherence.cli_study import study
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes, check_folder_for
-from coherence.wording import plural
+from coherence.wording import plural, shell_command
 from coherence.workspace import workspace_root
 
 app = typer.Typer(
@@ -208,7 +208,8 @@ def _keep_epochs_warnings(
     (kept only by a resumed run that reaches them and names them: each run's --keep-epochs,
     'default' included, is its own), and epochs a resumed run has already passed without
     keeping them (their weights are gone); ``keep`` None is the default policy, whose
-    epochs count too (a resume from 6 to 8 epochs skipped its 4 in silence)."""
+    epochs count too (a run kept 1, 2, 3, 6, resumed to 8 with the default 1, 2, 4, 8, had
+    passed its 4 in silence)."""
     from coherence.surrogates.snapshots import default_keep, list_snapshots
 
     option = "--keep-epochs" if keep is not None else "--keep-epochs default (powers of two)"
@@ -266,11 +267,11 @@ def serve(
     import os
 
     import coherence.dashboard
-    from coherence.workspace import ENV_VAR, checked_workspace
+    from coherence.workspace import ENV_VAR, checked_workspace, named_by
 
     env = dict(os.environ)
     env[ENV_VAR] = str(checked_workspace(workspace))
-    _check_serve_target(Path(env[ENV_VAR]), address, port)
+    _check_serve_target(Path(env[ENV_VAR]), address, port, named_by(workspace))
     app_file = Path(coherence.dashboard.__file__).resolve().parent / "app.py"
     command = [
         sys.executable,
@@ -345,7 +346,7 @@ def _refuse_link_problems(problems: list[str]) -> None:
     )
 
 
-def _check_serve_target(root: Path, address: str, port: int) -> None:
+def _check_serve_target(root: Path, address: str, port: int, named: str = "") -> None:
     """Refuse what Streamlit would meet with a traceback (an address that does not resolve
     or is not this machine's, a port in use or not ours) or serve uselessly (a workspace
     that is a file); a missing workspace is only said, since the page tells how to fill it.
@@ -355,9 +356,12 @@ def _check_serve_target(root: Path, address: str, port: int) -> None:
     import socket
 
     if root.exists() and not root.is_dir():
-        raise RequestError(f"--workspace {root}: a file, not a folder; give the workspace folder")
+        raise RequestError(
+            f"{named or root}: a file, not a folder; give the workspace folder"
+        )  # named by where it came from: --workspace, COHERENCE_WORKSPACE or the default
     if not root.exists():
-        warn(f"the workspace {root} does not exist yet; `coherence demo` builds one there")
+        demo = shell_command("coherence", "demo", "--workspace", root)
+        warn(f"the workspace {root} does not exist yet; `{demo}` builds one there")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         where = socket.getaddrinfo(address or "0.0.0.0", port, family, socket.SOCK_STREAM)[0][4]
@@ -425,11 +429,11 @@ def report(
         selection_from_link,
         unknown_params,
     )
-    from coherence.workspace import checked_workspace
+    from coherence.workspace import checked_workspace, named_by
 
     root = checked_workspace(workspace)
     if not root.is_dir():  # reading a report must not create a workspace (or its cache)
-        raise RequestError(f"workspace {root}: no such directory; give --workspace of a study")
+        raise RequestError(f"{named_by(workspace)}: no such directory; give --workspace of a study")
     _check_report_path(out)  # before building the page, not after
     catalog = scan_workspace(root)
     params = parse_qs(urlsplit(link).query if "://" in link else link.lstrip("?"))

@@ -31,7 +31,7 @@ from coherence.cli_common import (
 from coherence.errors import ConvergenceWarning, RequestError
 from coherence.surrogates import snapshots
 from coherence.wording import plural
-from coherence.workspace import checkpoints_dir, datasets_dir
+from coherence.workspace import checkpoints_dir, datasets_dir, named_by
 
 
 @friendly_errors
@@ -133,7 +133,7 @@ def analyze(
     from coherence.cache.reuse import relabel
     from coherence.executors import get_executor
     from coherence.simulation.dataset import open_dataset
-    from coherence.workspace import ENV_VAR, checked_workspace
+    from coherence.workspace import checked_workspace
 
     root = checked_workspace(workspace)
     check_new_damping(damping)
@@ -174,14 +174,10 @@ def analyze(
         warn(warning)  # window past the data was warned about as one step, then refused
     prepared = prepare(request, info)  # once: for the estimate and for the run
     if not root.exists():  # a mistyped --workspace computed afresh into a new, empty one
-        where = (
-            "check --workspace for a typo"
-            if workspace is not None
-            else f"it is the default (./workspace, or ${ENV_VAR}); give --workspace for another"
-        )
         warn(
             f"the workspace {root} does not exist yet: it is created for this result's "
-            f"cache, and nothing cached elsewhere is reused ({where})"
+            f"cache, and nothing cached elsewhere is reused (it is {named_by(workspace)}: "
+            "check it for a typo)"
         )
     runner = JobRunner(workspace)
     # read, not only looked up: a damaged entry is dropped here, so what is left to compute
@@ -354,7 +350,9 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
         WAITING_FOR_SLOT: "waiting for a free compute slot (another job is computing here)",
     }
     seen: set[str] = set()
-    tenths = [0]  # off a terminal, a line each time the job passes another tenth
+    # off a terminal, a line each time the job passes another tenth, counted afresh when the
+    # work changes hands (another process stopped at 90 %: this one's own tenths were lost)
+    tenths, origin = [0], [""]
     with progress_bar(transient=True) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
         task = bar.add_task("analyzing", total=1.0)
@@ -365,6 +363,8 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
             if wait not in seen and wait in waits and not console.is_terminal:
                 log_line(waits[wait], to=bar.console)
             seen.add(wait)  # "here": this process computes (the other one stopped)
+            if wait != origin[0]:
+                origin[0], tenths[0] = wait, int(10 * fraction) if wait != "here" else 0
             if not console.is_terminal and int(10 * fraction) > tenths[0]:
                 tenths[0] = int(10 * fraction)
                 log_line(f"{fraction:4.0%}  {stage}", to=bar.console)

@@ -76,7 +76,7 @@ def all_or_nothing(func: F) -> F:
     """``friendly_errors`` for a command that commits all its files or none (an import, a
     simulation): its Ctrl-C says that nothing was written, not that a rerun goes on from
     there (a simulate's spoke of checkpoint epochs and cached units)."""
-    return friendly_errors(func, interrupted=IMPORT_INTERRUPTED)
+    return friendly_errors(func, interrupted=IMPORT_INTERRUPTED, after_full=AFTER_FULL_IMPORT)
 
 
 _FIELD = re.compile(r"([a-z][a-z0-9_]*)=(\S+?):")
@@ -94,7 +94,7 @@ def as_flag(message: str, options: Collection[str]) -> str:
     return f"{flag} {match.group(2)}:{message[match.end() :]}"
 
 
-def friendly_errors(func: F, interrupted: str | None = None) -> F:
+def friendly_errors(func: F, interrupted: str | None = None, after_full: str | None = None) -> F:
     """Turn CoherenceError into one red line and exit status 2; a file-system error the
     checks did not foresee (an --out that is a file, a folder that is missing) too, naming
     the path, rather than a traceback."""
@@ -131,7 +131,7 @@ def friendly_errors(func: F, interrupted: str | None = None) -> F:
                 raise
             where = f" writing {exc.filename}" if exc.filename else ""
             if disk_full(exc):
-                message = f"{DISK_FULL}{where}; {AFTER_FULL}"
+                message = f"{DISK_FULL}{where}; {after_full or AFTER_FULL}"
             elif exc.errno == errno.EROFS:  # a read-only mount (a shared or archived workspace)
                 message = f"the file system is read-only{where}; {AFTER_READ_ONLY}"
             else:
@@ -142,7 +142,8 @@ def friendly_errors(func: F, interrupted: str | None = None) -> F:
             if os.environ.get(DEBUG_ENV):
                 raise
             if disk_full(exc):  # HDF5 closing a file on a full disk raises a RuntimeError
-                console.print(styled(("error:", "bold red"), f" {DISK_FULL}; {AFTER_FULL}"))
+                tail = after_full or AFTER_FULL
+                console.print(styled(("error:", "bold red"), f" {DISK_FULL}; {tail}"))
                 raise typer.Exit(code=2) from None
             if not out_of_memory(exc):
                 raise
@@ -160,6 +161,11 @@ DISK_FULL = "the disk is full"
 AFTER_FULL = (
     "free space there, or write to another disk (--workspace, --out); what was finished is "
     f"kept and a rerun goes on from it (set {DEBUG_ENV}=1 for the traceback)"
+)
+AFTER_FULL_IMPORT = (
+    "free space there, or write to another disk (--out); the dataset is written all at once "
+    "or not at all, so nothing was written: rerun the same command once there is room (set "
+    f"{DEBUG_ENV}=1 for the traceback)"
 )
 AFTER_READ_ONLY = (
     "write to a place you can write (--out, --workspace, COHERENCE_WORKSPACE) (set "

@@ -87,20 +87,56 @@ def _summary(report, overwrite: bool = False) -> None:
 
 def _warn_stale_checkpoints(report) -> None:
     """Checkpoints trained on the class files this import replaced, by name."""
-    from coherence.simulation.importers.common import checkpoints_trained_on_replaced
     from coherence.wording import plural
 
     replaced = {Path(path).stem for path in report.files}
+    console.print(  # hashing a paper-size class's training file takes a minute: said
+        "checking the workspace's checkpoints against the replaced classes' training files",
+        highlight=False,
+    )
     stale = checkpoints_trained_on_replaced(Path(report.root), replaced)
     if stale:
         warn(
             f"{plural(len(stale), 'checkpoint')} ({', '.join(p.name for p in stale)}) "
             f"trained on training files of {', '.join(sorted(replaced))} that this import "
-            "replaced: the new split may hold their training trajectories in valid or test, "
-            "so their analyses would read data they learnt from. Retrain them on the new "
-            "files into new --out folders, or restore the old files",
+            "replaced: their training data is no longer in this dataset, and a new split "
+            "(PDEgym's, by index) can put trajectories they learnt from in valid or test, "
+            "where their analyses would read them. Retrain them on the new files into new "
+            "--out folders, or re-import with the options they were trained with",
             loud=True,
         )
+
+
+def checkpoints_trained_on_replaced(root: Path, classes: set[str]) -> list[Path]:
+    """The workspace's checkpoints trained on ``classes`` of the dataset at ``root`` whose
+    training files are not the ones there now (an import with --overwrite replaced them): a
+    new split can put a model's training trajectories in the test split, and the analysis
+    then reads data it learnt from; without this, only `coherence study --plan` noticed.
+    The workspace is the one whose datasets/ holds ``root``."""
+    from coherence.simulation.dataset import open_dataset
+    from coherence.surrogates import checkpoint as ckpt
+
+    root = root.resolve()
+    folder = root.parent.parent / "checkpoints"
+    if root.parent.name != "datasets" or not folder.is_dir():
+        return []
+    info = open_dataset(root)
+    stale = []
+    for directory in sorted(p for p in folder.iterdir() if p.is_dir()):
+        try:
+            trained = ckpt.read_config(directory).dataset
+        except (OSError, ValueError):  # its own problem (CoherenceError is a ValueError)
+            continue
+        own = [str(c) for c in trained.get("classes") or []]
+        if trained.get("name") != info.name or not classes & set(own):
+            continue
+        try:
+            now = info.fingerprint(split="train", classes=own)
+        except (OSError, ValueError):
+            continue
+        if now != trained.get("fingerprint"):
+            stale.append(directory)
+    return stale
 
 
 @import_app.command("pdegym")

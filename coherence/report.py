@@ -52,7 +52,7 @@ from coherence.report_panels import (
     sections,
 )
 from coherence.report_sweeps import LeftOut, sweep_sections
-from coherence.wording import shell_command
+from coherence.wording import TEST_DATA_FINGERPRINT, shell_command
 
 if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -123,8 +123,9 @@ def selection_from_link(
     selection, warnings = decode_query(params, catalog, cuda_available=True, cached=cached)
     if selection is None:
         raise ReportError(
-            "this workspace has no dataset with a compatible checkpoint; run `coherence demo` "
-            "or train a model first"
+            "this workspace has no dataset with a compatible checkpoint; run "
+            f"`{shell_command('coherence', 'demo', '--workspace', catalog.root)}` or train a "
+            "model first"
         )
     return replace(selection, device="auto"), warnings
 
@@ -392,9 +393,7 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
         fingerprint = info.get("dataset_fingerprint")
         if fingerprint:
             # of the analysed files (the classes' test split): two class sets, two prints
-            meta[f"{g.label}: test-data fingerprint (the classes' test files)"] = str(fingerprint)[
-                :16
-            ]
+            meta[f"{g.label}: {TEST_DATA_FINGERPRINT}"] = str(fingerprint)[:16]
     return meta
 
 

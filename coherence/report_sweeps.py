@@ -268,9 +268,10 @@ def _dynamics(root, catalog, selection, labels, params, cache: _Cache, out) -> N
         if len(found.maps) >= 2:
             drawn[label] = found
         else:  # said: a compare report dropped a group's maps without a word
+            analysed = sum(p.group == g for p in own)
             caption += (
                 f" {label}'s two-time maps across epochs are left out: "
-                f"{plural(len(found.maps), 'epoch')} analysed at λ = {selection.damping:g}."
+                f"{plural(analysed, 'epoch')} analysed at λ = {selection.damping:g}."
             )
     figure = dynamics_figure(
         lines.trends, lines.validation or None, colors=lines.group_of, dashed=lines.dashed

@@ -29,3 +29,8 @@ def format_ranges(values: Sequence[int]) -> str:
         parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+# what a result's dataset fingerprint covers, in every provenance row and caption that shows
+# it ("fingerprint of the analysed files" read as a checkpoint's)
+TEST_DATA_FINGERPRINT = "test-data fingerprint (the classes' test files)"

@@ -151,6 +151,15 @@ def test_a_full_disk_or_exhausted_memory_ends_in_one_line_not_a_traceback(capfd,
     assert "the file system is read-only writing /ws/checkpoints/.u.train.lock; write to" in out
     with pytest.raises(RuntimeError, match="shape mismatch"):  # not memory: unchanged
         another_runtime_error()
+    # an import writes all or nothing: "what was finished is kept" was wrong for it
+    from coherence.cli_common import all_or_nothing
+
+    importing = all_or_nothing(h5py_closes_on_a_full_disk.__wrapped__)
+    with pytest.raises(typer.Exit):
+        importing()
+    said = " ".join(capfd.readouterr().err.split())
+    assert "the disk is full" in said and "nothing was written" in said
+    assert "what was finished is kept" not in said
     with pytest.raises(OSError, match="Input/output"):  # not a disk-full error: unchanged
         another_os_error()
 

@@ -24,7 +24,7 @@ from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
 from coherence.report import ignored_keys, unknown_panel, unknown_params
-from coherence.wording import plural, shell_command
+from coherence.wording import TEST_DATA_FINGERPRINT, plural, shell_command
 from coherence.workspace import ENV_VAR, checked_workspace
 
 TITLE = "Coherence Explorer"
@@ -290,7 +290,7 @@ def _details(ctx: PanelContext) -> None:
             st.caption(
                 f"Computed on {literal(result.provenance.get('device', '?'))}"
                 + (f" in {seconds:.1f} s" if isinstance(seconds, (int, float)) else "")
-                + f"; test-data fingerprint (the classes' test files) "
+                + f"; {TEST_DATA_FINGERPRINT} "
                 f"{code(fingerprint)}"
             )
             st.json(

@@ -35,7 +35,7 @@ from coherence.dashboard.selection import (
 )
 from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 from coherence.errors import CoherenceError
-from coherence.wording import format_ranges
+from coherence.wording import format_ranges, shell_command
 
 __all__ = ["current_selection_or_none", "describe", "draw", "init_from_url", "prepare"]
 
@@ -329,7 +329,9 @@ def _cached_analyses(catalog: Catalog) -> None:
             st.caption(
                 f"{plural(others, 'other cached result')} (the command line's: one class, "
                 "another split, cg start or cap, or energy threshold; or of files no longer "
-                "here) cannot be shown on this page; `coherence cache info` lists every one."
+                "here) cannot be shown on this page; "
+                f"{code(shell_command('coherence', 'cache', 'info', '--workspace', catalog.root))} "
+                "lists every one."
             )
         if not choices:
             if not others:  # "nothing cached" beside "1 other cached result" contradicted it

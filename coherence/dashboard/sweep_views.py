@@ -27,7 +27,8 @@ from coherence.analysis.trends import Agreement, Trend, agreement, point_scores,
 from coherence.dashboard import sweeps
 from coherence.dashboard.sweeps import SweepPoint
 from coherence.errors import CoherenceError
-from coherence.wording import plural
+from coherence.wording import plural, shell_command
+from coherence.workspace import checkpoints_dir
 
 if TYPE_CHECKING:  # the selection's module imports torch (via the request)
     from coherence.analysis.request import AnalysisRequest
@@ -65,7 +66,11 @@ def dynamics_points(
 
 
 def epochs_not_drawn(
-    damping: float, other: float | None, points, done, labels: Sequence[str] = ()
+    damping: float,
+    other: float | None,
+    points: Sequence[SweepPoint],
+    done: Sequence[SweepPoint],
+    labels: Sequence[str] = (),
 ) -> str:
     """'' when every epoch of the selection's λ (and of the overlay's) is drawn, else which
     are not, per λ and, with two groups (``labels``), per group: an overlay with one cached
@@ -223,7 +228,8 @@ class OneEpoch:
 def one_epoch_reason(catalog: Catalog, selection: Selection) -> OneEpoch:
     """``OneEpoch`` of ``selection``'s seeds (a snapshot of the last epoch is the weights
     themselves: an earlier one is what counts)."""
-    retrain = f"coherence train … --keep-epochs 1,2,4,8,16 --out {selection.checkpoints[0]}_dyn"
+    out = checkpoints_dir(catalog.root) / f"{selection.checkpoints[0]}_dyn"
+    retrain = "coherence train … " + shell_command("--keep-epochs", "1,2,4,8,16", "--out", out)
     entries = [catalog.checkpoint(n) for n in selection.checkpoints]
     if any(e and any(k < e.trained_epochs for k in e.epochs) for e in entries):
         listed = "; ".join(

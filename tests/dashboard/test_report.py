@@ -285,6 +285,12 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     result = CliRunner().invoke(app, ["report", "--workspace", str(missing), "--out", str(out)])
     assert result.exit_code == 2 and "no such directory" in result.output
     assert not missing.exists()
+    # named by where it came from: the variable, not a --workspace nobody typed
+    from_env = CliRunner().invoke(
+        app, ["report", "--out", str(out)], env={"COHERENCE_WORKSPACE": str(missing)}
+    )
+    said = " ".join(from_env.output.split())
+    assert f"COHERENCE_WORKSPACE={missing}: no such directory" in said
     # ... nor over a file that is not a report: --out <checkpoint>/config.json replaced the
     # checkpoint's config with the page
     checkpoint = tmp_path / "unet_s1"

@@ -72,6 +72,8 @@ def test_without_snapshots_the_panels_explain_and_offer_compute(workspace, monke
     at = open_app(workspace, monkeypatch, DYNAMICS)
     assert_clean(at)
     assert "keep no snapshot of an earlier epoch" in texts(at.info)
+    # the retrain it suggests lands where the dashboard lists checkpoints (it was relative)
+    assert f"--keep-epochs 1,2,4,8,16 --out {workspace}/checkpoints/" in texts(at.info)
     assert charts(at), "the one cached epoch is still drawn"
     at = open_app(workspace, monkeypatch, SENSITIVITY)
     assert_clean(at)
@@ -546,8 +548,7 @@ def test_compare_mode(trained_on, monkeypatch, panel):
             assert (said in texts(at.caption)) is (drawn < len(every)), texts(at.caption)
         if [b for b in at.selectbox if b.key == "dyn_group"]:
             at.selectbox(key="dyn_group").set_value(labels[g]).run()
-        assert f"{labels[g]}: " in texts(at.caption)
-        assert f"not analysed yet ({int(first.x)}" in texts(at.caption)
+        assert f"{labels[g]}: 1 epoch not analysed yet ({int(first.x)})" in texts(at.caption)
     finally:
         if kept is not None:
             runner.store.put(first.key, kept)

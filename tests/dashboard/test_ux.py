@@ -478,7 +478,7 @@ def test_cached_results_the_page_cannot_show_are_counted_not_offered(workspace, 
     assert len(options) == len(listed(workspace)) and not any("f" * 8 in o for o in options)
     said = " ".join(texts(at.sidebar.caption).split())
     assert "1 other cached result (the command line's: one class" in said
-    assert "`coherence cache info` lists every one" in said
+    assert f"`coherence cache info --workspace {workspace}` lists every one" in said
     # that entry alone: counted, and not also "nothing is cached" (it said both)
     monkeypatch.setattr(
         loaders, "cached_analyses", lambda root, *a, **k: [("f" * 16, 0.0, one_class)]

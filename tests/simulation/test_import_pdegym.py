@@ -79,9 +79,10 @@ def test_shards_are_read_in_lexicographic_order(tmp_path, ce_states, monkeypatch
         assert abs(checks["gamma_hat_min"] - 1.4) < 1e-4
 
 
-def test_a_density_pressure_swap_that_keeps_gamma_is_caught_by_the_scatter():
+def test_a_density_pressure_swap_that_keeps_gamma_is_caught_by_the_scatter(tmp_path):
     """Where ρ and p have similar ranges a ρ↔p swap kept the least-squares γ̂ at 1.40 and was
-    imported; the cells' scatter about the fitted line tells it (the helper's case)."""
+    imported; the cells' scatter about the fitted line tells it (a user's walk), in the fit
+    and in an import of such a file."""
     x = np.linspace(0.0, 1.0, 32, endpoint=False)
     grid_x, grid_y = np.meshgrid(x, x, indexing="ij")
     rho = 1.0 + 0.2 * np.sin(2 * np.pi * grid_x) * np.cos(2 * np.pi * grid_y)
@@ -96,8 +97,16 @@ def test_a_density_pressure_swap_that_keeps_gamma_is_caught_by_the_scatter():
     assert checks["gamma_fit_residual_max"] == right.residual
     swapped = importers.common.gamma_hat(p, p * u, p * v, rho, energy)
     assert abs(swapped.estimate - 1.4) < importers.common.GAMMA_TOLERANCE  # γ̂ alone passed
-    with pytest.raises(SchemaError, match=r"f.nc: .*fit p = \(γ − 1\).* only to \d+\.\d%.*swapped"):
+    refusal = r"fit p = \(γ − 1\).* only to \d+\.\d%.*pressure swapped"
+    with pytest.raises(SchemaError, match=f"f.nc: .*{refusal}"):
         importers.common.check_gamma("f.nc", 0, swapped, 1.4, "ρ, u, v, p, E", checks)
+    # the published layout (n, T, C, x, y) with the first and fourth channels exchanged
+    fields = np.stack([p, u.astype(np.float32), v.astype(np.float32), rho, energy])
+    data = np.broadcast_to(fields, (3, 21, *fields.shape)).astype(np.float32)
+    source = write_pdegym(tmp_path / "CE-RPUI.nc", "data", np.ascontiguousarray(data))
+    with pytest.raises(SchemaError, match=f"CE-RPUI.nc: .*{refusal}"):
+        import_pdegym(source, tmp_path / "o", "CE-RPUI")
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_file_or_folder_named_after_another_class_is_refused(tmp_path, ce_states):
@@ -561,6 +570,37 @@ def test_replacing_a_class_a_checkpoint_trained_on_names_the_checkpoint(tmp_path
     assert "1 checkpoint (old_model) trained on training files of CE-RPUI that this import" in said
     train(root, ckpts / "new_model", args)
     said = run(str(other), "--class", "CE-CRP", "--out", str(root), "--overwrite", "--limit", "8")
-    assert "checkpoint" not in said  # neither trained on CE-CRP
-    stale = importers.common.checkpoints_trained_on_replaced(root, {"CE-RPUI"})
+    assert "warning" not in said  # neither trained on CE-CRP
+    from coherence.cli_import import checkpoints_trained_on_replaced
+
+    stale = checkpoints_trained_on_replaced(root, {"CE-RPUI"})
     assert [p.name for p in stale] == ["old_model"]
+
+
+READ_FAILURES = {  # what HDF5 raises mid-read → the words of the refusal
+    "damaged": (RuntimeError("Unable to check link existence (bad symbol table)"), "damaged"),
+    "drive": (
+        OSError("Can't read data (file read failed: errno = 5, error message = 'I/O error')"),
+        "check the drive or mount",
+    ),
+    "filter": (
+        OSError("Can't read data (required filter 'blosc' is not registered)"),
+        "HDF5 filter this installation lacks",
+    ),
+}
+
+
+@pytest.mark.parametrize(("raised", "said"), READ_FAILURES.values(), ids=READ_FAILURES)
+def test_a_read_error_is_said_as_what_it_is(tmp_path, raised, said):
+    """HDF5 sets no errno: a failing drive and a missing filter plugin read as a damaged
+    file to download again; the message's own errno or filter tells them apart."""
+    from coherence.simulation.importers.sniff import read_errors
+
+    where = tmp_path / "f.nc"
+    with (
+        pytest.raises(SchemaError, match=f"f.nc: HDF5 could not read this file .*{said}"),
+        read_errors(where),
+    ):
+        raise raised
+    with pytest.raises(OSError, match="No space"), read_errors(where):  # the system's errno
+        raise OSError(28, "No space left on device")

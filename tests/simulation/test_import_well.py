@@ -142,6 +142,10 @@ def test_a_file_whose_name_is_another_gas_or_whose_class_lacks_a_split_is_said(t
     report = import_well_euler([wrong], tmp_path / "gas", downsample=2)
     (note,) = [w for w in report.warnings if "its name says" in w]
     assert "its name says γ = 1.4 but the file holds γ = 1.6" in note and "rename" in note
+    # the published Dry_air files are 1.365, 1.4 and 1.404: a mix-up 0.004 apart is said
+    near = write_well_euler(tmp_path / "n" / "valid" / f"{STEM}.hdf5", states, gamma=1.404)
+    report = import_well_euler([near], tmp_path / "near", downsample=2)
+    assert [w for w in report.warnings if "name says γ = 1.4 but the file holds γ = 1.404" in w]
 
 
 def test_the_limit_a_full_disk_suggests_imports(tmp_path, states, monkeypatch):
@@ -350,7 +354,7 @@ def test_a_nan_trajectory_hint_keeps_the_other_files_whole(tmp_path, states):
         import_well_euler([train, valid], tmp_path / "o", downsample=2)
     message = " ".join(str(refused.value).split())
     assert "trajectory 1 has NaN or inf in density" in message
-    assert message.endswith("--limit 1 and this file alone (--limit caps every file given)")
+    assert message.endswith("import this file alone with --limit 1 (--limit caps every file given)")
 
 
 def test_a_float16_well_file_is_imported_said_and_recorded(tmp_path, states):

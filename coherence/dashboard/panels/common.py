@@ -39,6 +39,7 @@ from coherence.dashboard.workspace_scan import Catalog, DatasetEntry
 from coherence.report import how_to_read as how_to_read  # re-exported for the panels
 from coherence.report import provenance
 from coherence.report_panels import INTRA
+from coherence.wording import TEST_DATA_FINGERPRINT
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True}
 # panels that read no analysis (no window, estimator or λ in their names): what they read
@@ -53,11 +54,7 @@ MODEL_PANELS = {
 ANALYSIS_ROWS = ("window", "responses", "estimator", "damping λ", "cg rtol", "Krylov depth")
 # the provenance rows of the link keys a model panel may not read (MODEL_PANELS' keys)
 KEY_ROWS = {"classes": "classes", "traj": "test trajectories (batches)", "epoch": "weights"}
-ANALYSIS_GROUP_ROWS = (
-    ": cache key",
-    ": computed on",
-    ": test-data fingerprint (the classes' test files)",
-)
+ANALYSIS_GROUP_ROWS = (": cache key", ": computed on", f": {TEST_DATA_FINGERPRINT}")
 Bytes = Callable[[], bytes]
 
 

@@ -72,7 +72,7 @@ def _other_damping(ctx: PanelContext) -> float | None:
 
 
 def _cached_counts(ctx: PanelContext, grid: Sequence[float]) -> str:
-    """'Epochs cached at each λ: 1e-06 0 of 3 · 0.01 3 of 3 · …': which λ draws a curve at
+    """'Epochs cached at each λ: 1e-06: 0 of 3 · 0.01: 3 of 3 · …': which λ draws a curve at
     once and which needs computing (a λ with one cached epoch drew a lone point,
     unannounced)."""
     runner = loaders.job_runner(str(ctx.root))
@@ -157,7 +157,9 @@ def dynamics(ctx: PanelContext) -> None:
         dashed=lines.dashed,
         title=f"{ctx.instead}: scores across training" if ctx.instead else "Scores across training",
     )
-    if ctx.selection.epoch:  # the headline above is this epoch's: marked where it lies
+    drawn = {float(x) for series in lines.trends.values() for t in series.values() for x in t.x}
+    if ctx.selection.epoch in drawn:  # the headline above is this epoch's: marked (not off
+        # the axis, which spans the drawn epochs only)
         figure.add_vline(
             x=ctx.selection.epoch,
             line={"dash": "dot", "color": "grey", "width": 1},

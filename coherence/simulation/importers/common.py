@@ -177,8 +177,9 @@ def _limit_hint(index: int, one_of_many: bool = False) -> str:
     alone, or the others would be cut too."""
     if index <= 0:
         return ""
-    alone = " and this file alone (--limit caps every file given)" if one_of_many else ""
-    return f", or import the trajectories before it with --limit {index}{alone}"
+    if one_of_many:
+        return f", or import this file alone with --limit {index} (--limit caps every file given)"
+    return f", or import the trajectories before it with --limit {index}"
 
 
 def _zero_snapshots(named: dict[str, np.ndarray], row: int) -> np.ndarray:
@@ -238,7 +239,7 @@ def check_gamma(
             f"{source}: trajectories from {first}{local}: the stored channels fit "
             f"p = (γ − 1)(E − ½ρ|v|²) only to {fit.residual:.1%} (γ̂ {fit.estimate:.4f}; "
             f"consistent channels fit to float round-off, and {GAMMA_SCATTER:.0%} is allowed): "
-            f"two channels are likely swapped (density and pressure?); the channels are not "
+            f"the fields are mislabelled or inconsistent (density and pressure swapped?), not "
             f"({order}): check the variable and the dataset version"
         )
     checks["gamma_hat_min"] = min(checks.get("gamma_hat_min", np.inf), fit.estimate)
@@ -480,37 +481,6 @@ class ImportReport:
     checks: dict[str, object]
     warnings: list[str] = field(default_factory=list)
     mb_per_s: float = 0.0
-
-
-def checkpoints_trained_on_replaced(root: Path, classes: set[str]) -> list[Path]:
-    """The workspace's checkpoints trained on ``classes`` of the dataset at ``root`` whose
-    training files are not the ones there now (an import with --overwrite replaced them): a
-    new split can put a model's training trajectories in the test split, and the analysis
-    then reads data it learnt from; without this, only `coherence study --plan` noticed.
-    The workspace is the one whose datasets/ holds ``root``."""
-    from coherence.surrogates import checkpoint as ckpt
-
-    root = root.resolve()
-    folder = root.parent.parent / "checkpoints"
-    if root.parent.name != "datasets" or not folder.is_dir():
-        return []
-    info = open_dataset(root)
-    stale = []
-    for directory in sorted(p for p in folder.iterdir() if p.is_dir()):
-        try:
-            trained = ckpt.read_config(directory).dataset
-        except (CoherenceError, OSError, ValueError):  # its own problem, said where it is used
-            continue
-        own = [str(c) for c in trained.get("classes") or []]
-        if trained.get("name") != info.name or not classes & set(own):
-            continue
-        try:
-            now = info.fingerprint(split="train", classes=own)
-        except (CoherenceError, OSError):
-            continue
-        if now != trained.get("fingerprint"):
-            stale.append(directory)
-    return stale
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,19 +59,26 @@ def open_hdf5(path: Path) -> h5py.File:
 @contextlib.contextmanager
 def read_errors(path: Path) -> Iterator[None]:
     """Reading a source whose header is sound but whose body is not (bytes overwritten, not
-    cut short) makes HDF5 raise a bare RuntimeError or an OSError without errno mid-read;
-    refused by name like a truncated file. Errors with an errno (a full disk, an unplugged
-    drive) are the system's and pass through."""
+    cut short) makes HDF5 raise a bare RuntimeError or an OSError mid-read; refused by name
+    like a truncated file. HDF5 sets no errno, but names one in its message where the
+    system failed (a drive or network mount: ``errno = 5``), and names a filter it lacks:
+    those are said as what they are, not as a damaged file to download again."""
     try:
         yield
     except (OSError, RuntimeError) as exc:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise
         said = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise SchemaError(
-            f"{path}: HDF5 could not read this file ({said}); it is damaged (a corrupted "
-            "download or copy): download or copy it again"
-        ) from None
+        if re.search(r"errno = [1-9]", said):
+            fix = "the system could not read it: check the drive or mount it is on, then rerun"
+        elif "filter" in said.lower():
+            fix = (
+                "it is compressed with an HDF5 filter this installation lacks: rewrite it "
+                "uncompressed (`h5repack -f NONE in out`) or install the filter's plugin"
+            )
+        else:
+            fix = "it is damaged (a corrupted download or copy): download or copy it again"
+        raise SchemaError(f"{path}: HDF5 could not read this file ({said}); {fix}") from None
 
 
 def _has_late_superblock(path: Path) -> bool:

@@ -108,18 +108,20 @@ def _gamma(f: h5py.File, path: Path) -> float:
 def _gamma_of_name(path: Path, gamma: float, warn: Warn) -> None:
     """The Well names each gas's file by its γ (``…_gamma_1.4_Dry_air``) and the class takes
     the file's name: a renamed or mislabelled file would import under another gas's name.
-    Said, not refused: the name's γ may be rounded (1.13 for C3H8), so only a gap beyond its
-    last printed digit counts."""
+    Its published γ are written in full (1.365, 1.4, 1.404: three Dry_air files 0.04 apart),
+    so the name must give the file's γ to 1e-3; said, not refused."""
     named = re.search(r"gamma_([0-9]+(?:\.[0-9]+)?)", path.stem)
     if named is None:
         return
-    digits = len(named.group(1).partition(".")[2])
-    if abs(float(named.group(1)) - gamma) > 0.5 * 10.0**-digits + 1e-6:
+    if abs(float(named.group(1)) - gamma) > NAME_GAMMA_TOLERANCE:
         warn(
             f"{path}: its name says γ = {named.group(1)} but the file holds γ = {gamma:g} "
             "(scalars/gamma, confirmed by its channels); the class is named after the file, "
             "so rename the file to its gas's name before importing, or re-download it"
         )
+
+
+NAME_GAMMA_TOLERANCE = 1e-3
 
 
 def _boundaries(f: h5py.File, path: Path) -> dict[str, str]:

@@ -455,9 +455,8 @@ def report(
     else:
         selection = default_selection(catalog, cached=cached_in(root))
         if selection is None:
-            raise RequestError(
-                f"the workspace {root} has no analysis to report; run `coherence demo`"
-            )
+            demo = shell_command("coherence", "demo", "--workspace", root)
+            raise RequestError(f"the workspace {root} has no analysis to report; run `{demo}`")
     scales, bad_scales = scales_from_params(params)
     _refuse_link_problems(problems + bad_scales)
     groups = load_groups(root, catalog, selection)
@@ -479,6 +478,12 @@ def report(
         )
     elif panel and any(item.tab == panel for item in built.left_out):
         warn(f"the link opens the {panel} panel, which this report leaves out (see above)")
+    elif panel == "Conservation" and not {"mass", "energy"} & set(selection.responses):
+        warn(  # a Navier–Stokes link: the report held no conservation section, unsaid
+            "the link opens the Conservation panel, but the selection has no mass or energy "
+            "response (they exist for compressible Euler data only), so the report holds no "
+            "conservation maps"
+        )
 
 
 app.add_typer(cache_app, name="cache")

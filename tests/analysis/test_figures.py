@@ -323,6 +323,10 @@ def test_training_and_rollout_figures():
     _check_band(fig.data[0:3], _band_of(summary["valid_smse"]), [1, 2, 3, 4])
     assert fig.data[5].line.dash == "dash" and fig.data[5].name == "UNet train"
     assert fig.layout.yaxis.type == "log" and fig.layout.xaxis.title.text == "epoch"
+    # whole epochs only: two epochs were ticked 1, 1.2, 1.4, … 2
+    two = F.training_curves_figure({"UNet": training_curves([row[:2] for row in hist])})
+    assert (two.layout.xaxis.dtick, two.layout.xaxis.tick0) == (1, 0)
+    assert tuple(two.layout.xaxis.range) == (0.5, 2.5)
 
     rng = np.random.default_rng(4)
     one = rng.uniform(0.01, 0.02, (6, 4))

@@ -267,6 +267,11 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     result = report("--param", "panel=Validation", "--param", "dyn_vs_damping=0.01")
     said = " ".join(result.output.split())
     assert result.exit_code == 0 and "opens the Validation panel, which the report" in said
+    # Conservation without a mass or energy response (all an NS link can hold): said
+    result = report("--param", "panel=Conservation", "--param", "resp=smse")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "the selection has no mass or energy response" in said
     result = report("--param", "zscale_two_time=diverging")
     assert result.exit_code == 0, result.output
     assert "diverging ±" in out.read_text()  # the link's colour scale, in the provenance

@@ -1031,3 +1031,20 @@ def test_a_page_closed_or_reloaded_drops_out_of_a_jobs_watchers(monkeypatch):
     clock[0] += 2
     assert not watchers.shown_elsewhere("k")
     assert "k" not in watchers.registry().seen  # forgotten, not kept per key forever
+
+
+def test_conservation_on_navier_stokes_data_says_why_in_its_own_words(tmp_path, monkeypatch):
+    """On NS data the tab printed the Euler caption (relative error of total mass, the
+    Krylov depth advice) above "… exist for compressible Euler only; ns32 is ns"."""
+    from coherence.surrogates.training import train
+    from tests.fixtures import simulate, tiny_args
+
+    root = tmp_path / "ws"
+    data = simulate(datasets_dir(root), "tiny_ns", "ns", ("NS-Sines", "NS-Gauss"))
+    train(data, checkpoints_dir(root) / "unet_ns_s3", tiny_args(epochs=1))
+    at = open_app(root, monkeypatch, {"data": "tiny_ns", "panel": "Conservation"})
+    assert not at.exception
+    said = " ".join(texts(at.info).split())
+    assert "tiny_ns is incompressible Navier–Stokes data, whose kinetic energy decays" in said
+    assert "relative error of total mass" not in texts(at.caption)
+    assert "Krylov depth" not in texts(at.caption)

@@ -21,6 +21,7 @@ from coherence.analysis.figures.theme import (
     DIVERGING,
     axis_title,
     band_traces,
+    epoch_axis,
     group_color,
     influence_range,
     log_axis,
@@ -143,15 +144,12 @@ def dynamics_figure(
     styled(fig, title, height=260 * rows + 60)
     fig.update_xaxes(showticklabels=True)  # every panel readable on its own
     fig.update_xaxes(title=axis_title("epoch"), row=rows)
-    epochs = np.concatenate(
-        [np.asarray(t.x, dtype=np.float64) for g in trends_by_group.values() for t in g.values()]
-        + [np.asarray(c["epochs"], dtype=np.float64) for c in (valid_by_group or {}).values()]
+    axis = epoch_axis(
+        *[t.x for g in trends_by_group.values() for t in g.values()],
+        *[c["epochs"] for c in (valid_by_group or {}).values()],
     )
-    epochs = epochs[np.isfinite(epochs)]
-    if epochs.size:  # one epoch axis for every panel, whole epochs only (no "11.5")
-        lo, hi = float(epochs.min()), float(epochs.max())
-        step = max(1, math.ceil((hi - lo) / 6))
-        fig.update_xaxes(range=[lo - 0.5, hi + 0.5], tick0=0, dtick=step)
+    if axis:  # one epoch axis for every panel, whole epochs only (no "11.5")
+        fig.update_xaxes(**axis)
         for name in [n for n in fig.layout if n.startswith("xaxis") and n != "xaxis"]:
             fig.layout[name].matches = "x"  # the others follow the first
     if valid_by_group:

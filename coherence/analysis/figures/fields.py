@@ -58,7 +58,8 @@ def field_viewer(
 ) -> go.Figure:
     """Read: truth, prediction (one shared colour range, the truth's alone where the
     prediction strays more than twice as wide, the prediction's title then saying what share
-    of it is off that scale; a signed field such as momentum on the diverging scale, zero white)
+    of it is off that scale; a signed field such as momentum or velocity on the diverging
+    scale, zero white)
     and prediction − truth (symmetric diverging range, red = over-prediction) of one
     channel; structure in the difference panel shows where the surrogate misses the physics.
 

@@ -16,6 +16,7 @@ from coherence.analysis.figures.theme import (
     as_array,
     axis_title,
     band_traces,
+    epoch_axis,
     group_color,
     log_axis,
     rgba,
@@ -234,9 +235,10 @@ def training_curves_figure(
     curves_by_group: {label: summaries.training_curves(histories)}.
     """
     fig = go.Figure()
-    drawn = []
+    drawn, all_epochs = [], []
     for i, (name, curves) in enumerate(_groups(curves_by_group, "training_curves_figure")):
         epochs = as_array(curves.get("epochs"), f"{name} epochs", 1)
+        all_epochs.append(epochs)
         for key, kind, dash, alpha in (
             ("valid_smse", "validation", "solid", 0.2),
             ("train_smse", "train", "dash", 0.1),
@@ -258,7 +260,7 @@ def training_curves_figure(
                 )
             )
     styled(fig, title, height=420)
-    fig.update_xaxes(title=axis_title("epoch"))
+    fig.update_xaxes(title=axis_title("epoch"), **epoch_axis(*all_epochs))
     fig.update_yaxes(**log_axis(*drawn, title="SMSE (scaled MSE, log scale)"))
     return fig
 

@@ -36,7 +36,24 @@ PAIR = "cons_pair"  # the maps' class pair, as the Two-time influence tab's two_
 
 
 def conservation(ctx: PanelContext) -> None:
-    """Two-time maps and lag curves with the mass / energy response (SMSE perturbation)."""
+    """Two-time maps and lag curves with the mass / energy response (SMSE perturbation);
+    for a family without those responses, only why (the Euler caption and its depth advice
+    read as if they applied to incompressible NS data)."""
+    if not ctx.dataset.conserved:
+        why = (
+            "incompressible Navier–Stokes data, whose kinetic energy decays by viscosity and "
+            "which has no density channel"
+            if ctx.dataset.family == "ns"
+            else f"{literal(ctx.dataset.family)} data"
+        )
+        st.info(
+            "Mass and energy responses exist for compressible Euler data only (total density "
+            f"and total energy, which its equations conserve); {literal(ctx.dataset.name)} is "
+            f"{why}, so this tab has nothing to show for it. The other tabs read the SMSE "
+            "response.",
+            icon=":material/info:",
+        )
+        return
     st.caption(
         "How a descent step on example p (SMSE) moves the relative error of total mass or "
         "energy at example r: the same two-time map and lag curves as for SMSE, with the "
@@ -48,12 +65,6 @@ def conservation(ctx: PanelContext) -> None:
         "−0.02–0.70 against 0.94–0.98; at Krylov depth 4: 0.38–0.81; README: estimators). "
         + _depth_advice(ctx.selection.estimator, ctx.selection.resolved_depth)
     )
-    if not ctx.dataset.conserved:
-        st.info(
-            "Mass and energy responses exist for compressible Euler only; "
-            f"{literal(ctx.dataset.name)} is {literal(ctx.dataset.family)}."
-        )
-        return
     missing = [r for r in CONSERVED if r not in ctx.selection.responses]
     to_add = [r for r in missing if r not in ctx.chosen.responses]  # the sidebar may have them
     if to_add:

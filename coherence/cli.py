@@ -35,7 +35,7 @@ from coherence.cli_import import import_app
 from coherence.cli_study import study
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes, check_folder_for
-from coherence.wording import plural, shell_command
+from coherence.wording import demo_command, plural
 from coherence.workspace import workspace_root
 
 app = typer.Typer(
@@ -360,8 +360,7 @@ def _check_serve_target(root: Path, address: str, port: int, named: str = "") ->
             f"{named or root}: a file, not a folder; give the workspace folder"
         )  # named by where it came from: --workspace, COHERENCE_WORKSPACE or the default
     if not root.exists():
-        demo = shell_command("coherence", "demo", "--workspace", root)
-        warn(f"the workspace {root} does not exist yet; `{demo}` builds one there")
+        warn(f"the workspace {root} does not exist yet; `{demo_command(root)}` builds one there")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         where = socket.getaddrinfo(address or "0.0.0.0", port, family, socket.SOCK_STREAM)[0][4]
@@ -455,8 +454,9 @@ def report(
     else:
         selection = default_selection(catalog, cached=cached_in(root))
         if selection is None:
-            demo = shell_command("coherence", "demo", "--workspace", root)
-            raise RequestError(f"the workspace {root} has no analysis to report; run `{demo}`")
+            raise RequestError(
+                f"the workspace {root} has no analysis to report; run `{demo_command(root)}`"
+            )
     scales, bad_scales = scales_from_params(params)
     _refuse_link_problems(problems + bad_scales)
     groups = load_groups(root, catalog, selection)

@@ -52,7 +52,7 @@ from coherence.report_panels import (
     sections,
 )
 from coherence.report_sweeps import LeftOut, sweep_sections
-from coherence.wording import TEST_DATA_FINGERPRINT, shell_command
+from coherence.wording import TEST_DATA_FINGERPRINT, demo_command, shell_command
 
 if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -124,7 +124,7 @@ def selection_from_link(
     if selection is None:
         raise ReportError(
             "this workspace has no dataset with a compatible checkpoint; run "
-            f"`{shell_command('coherence', 'demo', '--workspace', catalog.root)}` or train a "
+            f"`{demo_command(catalog.root)}` or train a "
             "model first"
         )
     return replace(selection, device="auto"), warnings

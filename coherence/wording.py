@@ -7,6 +7,12 @@ import shlex
 from collections.abc import Sequence
 
 
+def demo_command(root: str | os.PathLike) -> str:
+    """`coherence demo` for the workspace ``root`` (without --workspace it builds the
+    default one, not the workspace the page, report or server is about)."""
+    return shell_command("coherence", "demo", "--workspace", root)
+
+
 def shell_command(*words: str | os.PathLike) -> str:
     """A command line a user can paste: each word quoted for the shell where it needs it (a
     workspace path with a space split the suggested command in two)."""

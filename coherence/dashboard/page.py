@@ -24,7 +24,7 @@ from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
 from coherence.report import ignored_keys, unknown_panel, unknown_params
-from coherence.wording import TEST_DATA_FINGERPRINT, plural, shell_command
+from coherence.wording import TEST_DATA_FINGERPRINT, demo_command, plural, shell_command
 from coherence.workspace import ENV_VAR, checked_workspace
 
 TITLE = "Coherence Explorer"
@@ -188,12 +188,6 @@ def _guarded(render, ctx: PanelContext) -> None:
 
 def _offers_analysis(catalog: Catalog) -> bool:
     return any(catalog.groups(d) and d.classes for d in catalog.datasets)
-
-
-def demo_command(root: Path) -> str:
-    """`coherence demo` for the workspace served (without --workspace it builds the default
-    one, not the workspace this page shows)."""
-    return shell_command("coherence", "demo", "--workspace", root)
 
 
 def empty_state(catalog: Catalog) -> None:

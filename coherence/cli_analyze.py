@@ -415,7 +415,14 @@ def score_lines(result) -> list[str]:
     """The headline scores with their Q1–Q3 and the verdict, as the dashboard's row reads
     them (a researcher on the command line had to call compute_scores in Python); none for
     a 1-step window, whose scores are undefined."""
-    from coherence.analysis.verdict import REFERENCES, format_score, response_note, uncertainty
+    from coherence.analysis.verdict import (
+        REFERENCES,
+        caveat_line,
+        format_score,
+        response_note,
+        result_caveats,
+        uncertainty,
+    )
     from coherence.analysis.verdict import verdict as verdict_of
     from coherence.report_panels import result_scores
 
@@ -433,6 +440,8 @@ def score_lines(result) -> list[str]:
             "(λ_max / Σλ of QᵀηQ on span(G))"
         )
     lines.append(f"  verdict: {verdict_of(scores)}")
+    if care := caveat_line(result_caveats(result)):
+        lines.append(f"  {care}")
     if note := response_note(result.primary):
         lines.append(f"  {note}")
     return lines

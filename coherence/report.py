@@ -33,8 +33,10 @@ from coherence.analysis.names import selection_tag
 from coherence.analysis.scores import Scores
 from coherence.analysis.verdict import (
     REFERENCES,
+    caveat_line,
     format_score,
     response_note,
+    result_caveats,
     score_peers,
     uncertainty,
     verdict,
@@ -444,6 +446,8 @@ def _headline(groups: Sequence[ReportGroup], scores: Mapping[str, Scores]) -> st
         peers = score_peers(scores, g.label)
         other = response_note(g.result.primary)
         note = f"<br><small><b>{html.escape(other)}</b></small>" if other else ""
+        if care := caveat_line(result_caveats(g.result)):
+            note += f"<br><small class='care'>{html.escape(care)}</small>"
         cells = "".join(
             f"<td><b>{html.escape(format_score(table.get(r.name), peers[r.name]))}</b><br>"
             f"<small>{html.escape(uncertainty(table.get(r.name), peers[r.name]))}<br>"
@@ -548,7 +552,7 @@ def render_html(
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}"
-        ".headline td{min-width:120px}.verdict{max-width:260px}</style>"
+        ".headline td{min-width:120px}.verdict{max-width:260px}.care{color:#b45309}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         + "\n".join(body)
         + "</body></html>\n"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coherence.analysis.request import MAX_DAMPING
+from coherence.analysis.vocabulary import PAPER_BATCHES
 from coherence.cache.cost import format_seconds
 from coherence.errors import RequestError
 from coherence.surrogates.training import TrainingArgs
@@ -30,7 +31,7 @@ class StudySpec:
     preset: str = "demo"  # model size preset: demo | paper
     archs: tuple[str, ...] = ("unet", "vit")
     seeds: tuple[int, ...] = PAPER_SEEDS
-    batches: int = 6  # test trajectories analysed per seed (paper: 6)
+    batches: int = PAPER_BATCHES  # test trajectories analysed per seed
     classes: tuple[str, ...] = ()  # empty: the first 3 test classes of the dataset
     epochs: int | None = None  # None: demo 12, paper 150 (CE) / 100 (NS)
     batch_size: int = 32

@@ -237,7 +237,8 @@ def _correction_shares(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> li
     )
 
 
-def _correction_share(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> float | None:
+def correction_share(diagnostics: Sequence[Sequence[Mapping[str, Any]]]) -> float | None:
+    """The median ``residual_correction`` over a result's solves (None without one)."""
     shares = _correction_shares(diagnostics)
     return statistics.median(shares) if shares else None
 
@@ -319,7 +320,7 @@ def residual_summary(
     if brief:  # a worst ≥ 1 read as a number alone looks like a mere large error
         worst = f"{values[-1]:.3g}" + (" (≥ 1: no better than y = 0)" if values[-1] >= 1 else "")
         line = f"full-system residual median {median:.3g}, worst {worst}; {within}"
-        share = _correction_share(diagnostics) if smse_map else None
+        share = correction_share(diagnostics) if smse_map else None
         if share is not None and share > 1:  # a main caveat: not for the help alone
             line += f"; the SMSE map is mostly EK-FAC's residual correction ({share:.0f}×)"
         return line

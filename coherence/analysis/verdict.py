@@ -11,14 +11,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from coherence.analysis.scores import Score, Scores
+from coherence.analysis.vocabulary import PAPER_BATCHES
+
+if TYPE_CHECKING:
+    from coherence.analysis.results import AnalysisResult
 
 K = TypeVar("K", bound=Hashable)  # a model group's label or cache key
 
 LOCAL, TRANSFER = 0.75, 0.6  # diagonal dominance above: time-local; below: transfers
 CLASS_TRANSFER, CLASS_SPECIFIC = 0.5, 0.2  # inter/intra ratio above / below
+# the residual correction's norm over the Galerkin map's above which the SMSE map is mostly
+# EK-FAC's reading: 0.7–1.4 on the small dense-reference models, 50–170 on the demo models
+CORRECTION_DOMINATES = 10.0
 
 
 @dataclass(frozen=True)
@@ -172,3 +179,43 @@ def verdict(scores: Scores) -> str:
         return "not enough time steps or classes for a reading"
     text = "; ".join(parts)
     return text[:1].upper() + text[1:] + "."
+
+
+def caveats(
+    *, batches: int, correction_share: float | None = None, response: str = "smse"
+) -> list[str]:
+    """Why the verdict is to be read with care, in a few words each: the map is mostly
+    EK-FAC's residual correction (``correction_share``, the median of ``residual_correction``
+    over the solves; it corrects the SMSE map only), or each seed's scores rest on fewer test
+    trajectories per class than the paper's 6 (``batches``). Why: a walk-through read a flat
+    "memorizes" above a page whose residual line said the map was 103× the correction, from
+    one trajectory per class."""
+    found = []
+    share = correction_share if response == "smse" else None
+    if share is not None and share >= CORRECTION_DOMINATES:
+        found.append(
+            f"the map is mostly EK-FAC's correction ({share:.3g}× the solved part): a deeper "
+            "Krylov depth or cg at the paper's rtol says whether the reading holds"
+        )
+    if batches < PAPER_BATCHES:
+        found.append(
+            f"{batches} test trajector{'y' if batches == 1 else 'ies'} per class and seed "
+            f"(the paper: {PAPER_BATCHES})"
+        )
+    return found
+
+
+def result_caveats(result: AnalysisResult) -> list[str]:
+    """``caveats`` of a result: its batches per seed, its SMSE map's correction share."""
+    from coherence.analysis.diagnostics import correction_share
+
+    return caveats(
+        batches=int(result.H[result.primary].shape[1]),
+        correction_share=correction_share(result.diagnostics),
+        response=result.primary,
+    )
+
+
+def caveat_line(found: Sequence[str]) -> str:
+    """'Read with care: …; ….' or '' without caveats."""
+    return f"Read with care: {'; '.join(found)}." if found else ""

@@ -74,6 +74,7 @@ MAX_DEPTH = 16
 CG_MAX_ITER = 500  # default iteration cap per cg column
 MAX_CG_ITER = 100_000  # the largest cap accepted: days of work per column at demo scale
 PAPER_RTOL = {"unet": 1.5e-2, "vit": 5e-2}  # METHOD.md §4: the paper's cg tolerances
+PAPER_BATCHES = 6  # METHOD.md §5: test trajectories (batches) analysed per seed
 # residuals computed in float32 stall between about 1e-6 and 1e-4, by model and λ (an
 # audit's preconditioned cg on a small model at λ = 1e-2 stopped at 1.8e-4 of rtol 1e-5)
 FLOAT32_RTOL_FLOOR = 1e-4  # written "1e-4" in rtol_out_of_reach's sentence

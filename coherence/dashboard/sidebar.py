@@ -232,6 +232,23 @@ def _group_control(control: Group, scope: Scope) -> None:
         _group_widgets(scope.catalog, entry, control, "Second model group")
 
 
+FOLLOWED = "_cached_pick_follows"  # the selection the picker last followed
+
+
+def _follow_selection(choices: dict[str, tuple[Selection, str]], current: Selection | None) -> None:
+    """When the sidebar's selection changed to one of the cached entries, the picker shows
+    that entry (its button then reads "Shown"); a pick of another entry stays until the
+    selection changes again. Why: switching the group to the ViT left the picker on the
+    UNet's entry with "Show it" offered, which read as the ViT's not being shown."""
+    if current is None or st.session_state.get(FOLLOWED) == current:
+        return
+    st.session_state[FOLLOWED] = current
+    for label, (selection, _key) in choices.items():
+        if replace(selection, device=current.device) == current:
+            st.session_state["cached_pick"] = label
+            return
+
+
 def _switch(catalog: Catalog, choices: dict[str, tuple[Selection, str]]) -> None:
     """Callback: the chosen cached analysis into the widgets (device kept). Its files are
     checked here, on the click, not for every listed entry on every page load (that hashes
@@ -339,6 +356,7 @@ def _cached_analyses(catalog: Catalog) -> None:
             return
         current = current_selection_or_none(catalog)
         labels = list(choices)
+        _follow_selection(choices, current)
         st.selectbox(
             "Cached analysis",
             labels,

@@ -290,6 +290,8 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     assert f"scores of Ĥ_smse: Diagonal dominance: {format_score(dominance)} Q1–Q3 [" in printed
     assert "scores of Ĥ_smse:" in result.stdout and "cost estimate" not in result.stdout
     assert "over 2 seeds (each the mean of its 2 batches)" in printed and "verdict: " in printed
+    assert "Read with care: " in printed  # the reading rests on 2 trajectories, not 6
+    assert "2 test trajectories per class and seed (the paper: 6)." in printed
     share = result_scores(loaded).dominant_share  # the fifth score, of the spectrum
     assert f"Dominant-eigenvalue share: {format_score(share)} Q1–Q3 [" in printed
     bad = runner.invoke(app, [a if a != "0:2" else "3:4" for a in args])

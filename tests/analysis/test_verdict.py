@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from coherence.analysis.scores import compute_scores, decay_length
-from coherence.analysis.verdict import REFERENCES, format_score, uncertainty, verdict
+from coherence.analysis.verdict import (
+    CORRECTION_DOMINATES,
+    REFERENCES,
+    caveat_line,
+    caveats,
+    format_score,
+    uncertainty,
+    verdict,
+)
+from coherence.analysis.vocabulary import PAPER_BATCHES
 
 
 def _h(diagonal: float, off: float, inter: float, T: int = 6, C: int = 2) -> np.ndarray:
@@ -91,3 +100,26 @@ def test_two_groups_show_a_score_with_the_same_decimals():
     tiny = score([1e-5, 3e-5, 5e-5, 7e-5])
     assert format_score(apart, [tiny, None]) == "0.65"  # another kind: own format
     assert format_score(tiny, [apart]) == "4e-05"
+
+
+def test_a_verdict_from_a_correction_dominated_map_or_few_trajectories_is_qualified():
+    """The map mostly EK-FAC's correction, or fewer trajectories per class than the paper's
+    6: each said; neither, nothing (a walk-through read a flat "memorizes" above a page whose
+    residual line said the map was 103× the correction, from one trajectory per class)."""
+    assert caveats(batches=PAPER_BATCHES) == [] and caveat_line([]) == ""
+    assert caveats(batches=PAPER_BATCHES, correction_share=1.4) == []  # the small models'
+    dominated = caveats(batches=PAPER_BATCHES, correction_share=103.0)
+    assert (
+        len(dominated) == 1
+        and "mostly EK-FAC's correction (103× the solved part)" in (dominated[0])
+    )
+    assert len(caveats(batches=PAPER_BATCHES, correction_share=CORRECTION_DOMINATES)) == 1
+    assert caveats(batches=PAPER_BATCHES, correction_share=9.9) == []
+    # only the SMSE map carries the correction: a mass map's reading is not flagged by it
+    assert caveats(batches=PAPER_BATCHES, correction_share=103.0, response="mass") == []
+    one, two = caveats(batches=1), caveats(batches=2)
+    assert one == ["1 test trajectory per class and seed (the paper: 6)"]
+    assert two == ["2 test trajectories per class and seed (the paper: 6)"]
+    both = caveat_line(caveats(batches=1, correction_share=61.0))
+    assert both.startswith("Read with care: the map is mostly EK-FAC's correction (61×")
+    assert both.endswith("; 1 test trajectory per class and seed (the paper: 6).")

@@ -169,7 +169,7 @@ def test_load_panels_download_compute_share_compare(server, browser):
     assert lines[0].startswith("# dataset: tiny_ce")  # the parameter header
     rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
     assert re.fullmatch(
-        r"tiny_ce_w0-5_ekfac-krylov_lam1e-4_[0-9a-f]{6}_two_time\.csv",  # as its figure
+        r"tiny_ce_w0-5_ekfac-krylov_lam1e-4_[0-9a-f]{6}_UNet_two_time\.csv",  # as its figure
         download.value.suggested_filename,
     )
     assert len(rows) == 25 and set(rows[0]) == {"t_p", "t_r", "step_p", "step_r", "value"}

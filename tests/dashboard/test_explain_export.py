@@ -17,7 +17,7 @@ import pytest
 from coherence.analysis.names import selection_tag
 from coherence.analysis.scores import compute_scores
 from coherence.analysis.summaries import two_time_map
-from coherence.analysis.verdict import format_score, verdict
+from coherence.analysis.verdict import caveat_line, format_score, result_caveats, verdict
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard import compute
 from coherence.dashboard.panels.common import PanelContext
@@ -43,6 +43,8 @@ def test_tour_and_verdict_with_reference_marks(workspace, monkeypatch):
     _, result = cached_result(workspace)
     scores = compute_scores(result.H_std[result.primary])
     assert verdict(scores) in markdown  # the plain-language reading of these scores
+    care = caveat_line(result_caveats(result))  # what the reading rests on, beside it
+    assert care.startswith("Read with care:") and care in markdown
     captions = texts(at.caption)
     assert "0.5 flat · 1 local" in captions and "0 none · 1 full" in captions
     decay = next(m for m in at.metric if m.label == "Lag decay (steps)")  # the unit
@@ -270,7 +272,7 @@ def test_two_views_of_one_panel_export_under_two_names(workspace, monkeypatch):
     monkeypatch.setattr(two_time, "downloads", recording)
     at = open_app(workspace, monkeypatch)
     default = stems[-1]
-    assert default.endswith("_two_time")
+    assert default.endswith("_UNet_two_time")  # the group: two groups' files differ by it
     at.selectbox(key="two_time_pair").set_value("CE-CRP ← CE-RP").run()
     at.selectbox(key="zscale_two_time").set_value("diverging").run()
     assert_clean(at)
@@ -284,6 +286,16 @@ def test_a_panels_choices_enter_its_export_names_and_provenance(workspace):
     ctx = PanelContext(workspace, catalog, selection, catalog.dataset(selection.dataset), states)
     view = ctx.with_choices(class_pair="CE-CRP-from-CE-RP", seed=None, colour_scale="auto")
     assert view.stem("two_time") == f"{ctx.stem('two_time')}_CE-CRP-from-CE-RP_auto"
+    both = replace(selection, compare=COMPARE)  # compare mode names both groups
+    pair = PanelContext(
+        workspace,
+        catalog,
+        both,
+        catalog.dataset(both.dataset),
+        compute.group_states(workspace, catalog, both),
+    )
+    assert "_UNet-vs-ViT_two_time" in pair.stem("two_time")
+    assert pair.stem("two_time", pair.groups[1]).endswith("_two_time_ViT")  # a group's file
     meta = view.meta()
     assert meta["class pair"] == "CE-CRP-from-CE-RP" and meta["colour scale"] == "auto"
     assert "seed" not in meta  # a default the panel does not name is left out

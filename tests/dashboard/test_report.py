@@ -18,7 +18,13 @@ from coherence.analysis.figures.theme import SCALES, heatmap_scale
 from coherence.analysis.figures.validation import score_rows
 from coherence.analysis.scores import compute_scores
 from coherence.analysis.summaries import class_transfer_matrix
-from coherence.analysis.verdict import format_score, quartile_band, score_peers
+from coherence.analysis.verdict import (
+    caveat_line,
+    format_score,
+    quartile_band,
+    result_caveats,
+    score_peers,
+)
 from coherence.cache.jobs import JobRunner
 from coherence.cli import app
 from coherence.dashboard.selection import default_selection
@@ -67,6 +73,9 @@ def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspa
     page = build_report(workspace, catalog, selection, groups=groups).page.decode()
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)  # nothing fetched
     assert "Lanczos" not in page  # the demo's top eigenvalues converged
+    for g in groups:  # what each verdict rests on, beside it, as the dashboard says it
+        care = caveat_line(result_caveats(g.result))
+        assert care and f"<small class='care'>{html.escape(care)}</small>" in page
     # each group's distance to the full solve, against its own architecture's tolerance,
     # as the dashboard says above its tabs (the file alone had no word of it)
     for g, arch, rtol in zip(groups, ("unet", "vit"), ("1.5e-2", "5e-2"), strict=True):

@@ -207,7 +207,7 @@ def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
     vit_group = next(g for g in catalog.groups(entry) if g.checkpoints != unet.checkpoints)
     vit = group_defaults(entry, vit_group)
     at = open_app(root, monkeypatch, DYNAMICS | vit.to_query())
-    assert "Shown below instead" not in texts(at.info)
+    assert "Shown below instead" not in texts(at.warning)
     train(datasets_dir(root) / "tiny_ce", checkpoints_dir(root) / "vit_tiny_s1", args)
     runner = JobRunner(root)
     points, _ = sweeps.dynamics_points(root, unet, runner)
@@ -225,8 +225,9 @@ def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
     # 3 epochs, the first cached (its snapshot holds the weights the fixture analysed)
     at = open_app(root, monkeypatch, DYNAMICS | vit.to_query())
     assert_clean(at)
-    said = texts(at.info)
-    assert "**ViT**: 1 epoch analysis cached. Shown below instead: **UNet**'s" in said
+    said = texts(at.warning)
+    assert "**Not ViT's charts.** **ViT**: 1 epoch analysis cached. Shown below instead: " in said
+    assert "**UNet**'s default view" in said
     assert "(3 epoch analyses cached)" in said
     scores, _maps = charts(at)
     medians = [t for t in scores["data"] if t.get("mode") == "lines+markers"]
@@ -238,11 +239,11 @@ def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
     assert meta["shown instead of the sidebar's selection"] == "UNet's default view"
     at.button(key="dyn_show_own").click().run()  # the ViT's own, with its compute button
     assert_clean(at)
-    assert "Shown below instead" not in texts(at.info)
+    assert "Shown below instead" not in texts(at.warning)
     assert "1 of 3 epoch analyses cached" in texts(at.caption)
     assert at.button(key="dyn_compute")
     at = open_app(root, monkeypatch, DYNAMICS | unet.to_query())  # a filled one: itself
-    assert "Shown below instead" not in texts(at.info)
+    assert "Shown below instead" not in texts(at.warning)
 
 
 def test_a_snapshot_opens_as_the_selection_in_every_panel(trained_on, monkeypatch):
@@ -839,17 +840,17 @@ def test_the_own_sweep_view_is_in_the_link_and_drops_the_other_views_pair(
             runner.run(point.request)
     at = open_app(root, monkeypatch, SENSITIVITY | unet.to_query())
     assert_clean(at)
-    assert "Shown below instead: **ViT**'s default view" in texts(at.info)
+    assert "Shown below instead: **ViT**'s default view" in texts(at.warning)
     assert at.query_params["sens_pair"] and "sens_view" not in at.query_params
     at.button(key="sens_show_own").click().run()
     assert_clean(at)
-    assert "Shown below instead" not in texts(at.info)
+    assert "Shown below instead" not in texts(at.warning)
     assert "sens_pair" not in at.query_params  # no pair in this view
     assert at.query_params["sens_view"] == "own"
     link = {key: at.query_params[key] for key in at.query_params}
     again = open_app(root, monkeypatch, link)  # a reload, or the link shared
     assert_clean(again)
-    assert "Shown below instead" not in texts(again.info)
+    assert "Shown below instead" not in texts(again.warning)
     assert "1 of 7 sweep settings cached" in texts(again.caption)
     result = CliRunner().invoke(
         app,

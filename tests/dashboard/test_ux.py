@@ -459,6 +459,23 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
     assert len(set(pick.options)) == len(pick.options)
 
 
+def test_the_cached_analyses_picker_follows_the_sidebar_to_a_cached_entry(workspace, monkeypatch):
+    """Switching the group to the ViT left the picker on the UNet's entry with "Show it"
+    offered; it follows the selection to its entry now, and a pick of another stays."""
+    at = open_app(workspace, monkeypatch)
+    assert at.selectbox(key="cached_pick").value.startswith("UNet")
+    assert at.button(key="cached_switch").label == "Shown"
+    at.selectbox(key="sb_group").set_value("ViT").run()
+    assert_clean(at)
+    assert "**ViT**: cached result" in texts(at.caption)  # the ViT's default view is cached
+    assert at.selectbox(key="cached_pick").value.startswith("ViT")
+    assert at.button(key="cached_switch").label == "Shown"
+    unet = next(o for o in at.selectbox(key="cached_pick").options if o.startswith("UNet"))
+    at.selectbox(key="cached_pick").set_value(unet).run()  # looked at, not switched to
+    assert at.selectbox(key="cached_pick").value == unet
+    assert at.button(key="cached_switch").label == "Show it"
+
+
 def test_cached_results_the_page_cannot_show_are_counted_not_offered(workspace, monkeypatch):
     """A one-class analysis from the command line was offered, and its click said "cannot
     be computed" for a computed result: it is left out of the list, and counted."""
@@ -885,6 +902,18 @@ def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
     assert not bad.exception
     assert "two_time_cell='99,99': not offered for this selection" in texts(bad.warning)
     assert "two_time_cell" not in bad.query_params
+
+
+def test_the_drill_down_cell_names_snapshot_steps_and_keeps_them_when_the_window_moves():
+    """The cell was kept by its position in the window ('5,3'): after the window moved from
+    0:16 to 4:12 the drill-down named times no longer on the map, and a link's cell pointed at
+    other snapshots. It names snapshot steps now; steps off the map pick nothing."""
+    from coherence.dashboard.panels.two_time import NO_CELL, cell_position
+
+    assert cell_position("5,3", range(0, 16)) == (5, 3)
+    assert cell_position("6,5", range(4, 12)) == (2, 1)  # the same snapshots, moved
+    assert cell_position("5,3", range(4, 12)) is None  # step 3 left the window
+    assert cell_position(NO_CELL, range(16)) is None and cell_position("x", range(16)) is None
 
 
 def test_a_cg_job_past_the_confirmation_says_its_estimate_is_a_bound(workspace, monkeypatch):

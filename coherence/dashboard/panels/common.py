@@ -117,14 +117,19 @@ class PanelContext:
 
     def stem(self, panel: str, group: GroupState | None = None) -> str:
         """A download file name stem that encodes the selection and the panel's choices:
-        <dataset>_w<window>_<estimator>_lam<λ>_<hash>[_<instead>]_<panel>[_<choice>…][_<group>];
-        a panel
-        that reads no analysis (``MODEL_PANELS``) names only <dataset>_<hash>."""
+        <dataset>_w<window>_<estimator>_lam<λ>_<hash>_<groups>_<panel>[_<choice>…], where
+        <groups> names the view's model groups ('UNet', 'UNet-vs-ViT'; another group's view
+        shown instead: that group), or a ``group``'s own file ends in _<group> instead; a panel
+        that reads no analysis (``MODEL_PANELS``) names <dataset>_<hash> for the tag. Why the
+        groups: two groups' single-mode files differed by a hash alone (a walk-through)."""
         if panel in MODEL_PANELS:
             tag = models_tag(self.selection, MODEL_PANELS[panel])
         else:
             tag = selection_tag(self.selection)
-        shown = [self.instead] if self.instead else []  # another group's view: said
+        if self.instead:  # another group's view: said
+            shown = [self.instead]
+        else:
+            shown = [] if group else ["-vs-".join(g.stem for g in self.groups)]
         parts = [tag, *shown, panel, *(value for _, value in self.choices)]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 

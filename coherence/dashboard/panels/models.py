@@ -241,6 +241,9 @@ def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list
         channel=channel,
         horizon=f"h{horizon}",
     )
+    # the npz holds every time and channel of the rollout: named without the shown ones (a
+    # name that ended _density_h20 read as one channel at one horizon)
+    whole = ctx.with_choices(checkpoint=name, class_name=class_name, trajectory=f"test{index}")
     downloads(
         "fields",
         view.stem("fields"),
@@ -250,7 +253,7 @@ def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list
         files=[
             npz_file(
                 "Fields (npz)",
-                f"{view.stem('fields')}.npz",
+                f"{whole.stem('fields')}_all_times.npz",
                 lambda: panel_npz(
                     {
                         "prediction": run["prediction"][row],

@@ -15,9 +15,11 @@ from coherence.analysis.figures import score_rows, scores_table
 from coherence.analysis.scores import DEFINITIONS, Score, Scores
 from coherence.analysis.verdict import (
     REFERENCES,
+    caveat_line,
     format_score,
     quartile_band,
     response_note,
+    result_caveats,
     score_peers,
     uncertainty,
     verdict,
@@ -141,9 +143,10 @@ def _verdict_line(group, scores: Scores, *, stale: bool) -> str:
     mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
     note = response_note(group.result.primary)
     other = f":orange[{literal(note)}] · " if note else ""
+    care = caveat_line(result_caveats(group.result))  # what the verdict rests on
     return (
         f"**{literal(group.label)}** · {mark}{other}{n} seed{'s' if n != 1 else ''} · "
-        f"{literal(verdict(scores))}"
+        f"{literal(verdict(scores))}" + (f" :orange[{literal(care)}]" if care else "")
     )
 
 

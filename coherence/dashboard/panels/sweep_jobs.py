@@ -240,10 +240,12 @@ def filled_view(
         return ctx
     label, selection, done, _ = others[0]
     weights = "" if ctx.selection.epoch is None else " (at its final weights)"
-    st.info(
-        f"**{literal(mine)}**: {plural(cached, *what)} cached. Shown below instead: "
-        f"**{literal(label)}**'s default view{weights} ({plural(done, *what)} cached); the "
-        "headline and the other tabs stay on the sidebar's selection.",
+    # a warning, not an info: a walk-through read the other group's charts as its own
+    st.warning(
+        f"**Not {literal(mine)}'s charts.** **{literal(mine)}**: {plural(cached, *what)} "
+        f"cached. Shown below instead: **{literal(label)}**'s default view{weights} "
+        f"({plural(done, *what)} cached); the headline and the other tabs stay on the "
+        "sidebar's selection.",
         icon=":material/swap_horiz:",
     )
 

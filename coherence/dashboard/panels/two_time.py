@@ -3,6 +3,7 @@ difference between two model groups, and the drill down into one clicked cell.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +81,8 @@ def two_time(ctx: PanelContext) -> None:
         left = right = third = controls
         tour_at = controls.container()
     drawn = DEFAULT_SCALE, ctx.zrange
-    _apply_click(np.asarray(ctx.ready[0].result.times))  # before the map, which marks it
+    first = ctx.ready[0].result
+    _apply_click(np.asarray(first.times), np.asarray(first.steps))  # before the map marks it
     try:
         with plot:
             drawn = _two_time_chart(
@@ -161,7 +163,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
     shown = figure
     if len(maps) == 1:  # one map: a click on a cell drills down (compare mode: the selector)
         shown = shared_figure(ctx, (*key, "click targets"), lambda: with_click_targets(figure))
-        cell = picked_cell()
+        cell = picked_cell(np.asarray(ctx.ready[0].result.steps))
         if cell is not None:  # outline the cell the drill-down below shows
             shown = with_cell_marked(shown, *cell)
     chart(shown, key="chart_two_time", clickable=len(maps) == 1)
@@ -241,9 +243,10 @@ _CLICK_KEY = "_two_time_click"
 NO_CELL = "none"
 
 
-def _apply_click(times: np.ndarray) -> None:
+def _apply_click(times: np.ndarray, steps: np.ndarray) -> None:
     """A new click on the two-time chart picks its cell in the drill-down selector (once per
-    click, so a later pick in the selector is not overridden by the old click)."""
+    click, so a later pick in the selector is not overridden by the old click), by snapshot
+    steps: a cell kept by window position had named other times once the window moved."""
     point = clicked_point("chart_two_time")
     if point is None or "x" not in point or "y" not in point:
         return
@@ -256,11 +259,12 @@ def _apply_click(times: np.ndarray) -> None:
         i = int(np.argmin(np.abs(times - float(point["y"]))))
     except (TypeError, ValueError):
         return
-    st.session_state[CELL_KEY] = f"{i},{j}"
+    st.session_state[CELL_KEY] = f"{int(steps[i])},{int(steps[j])}"
 
 
 def _parse_cell(cell: object) -> tuple[int, int] | None:
-    """'i,j' as (row i = t_r, column j = t_p); None for no cell picked (or no cell at all)."""
+    """'s_r,s_p' as (snapshot step of t_r, of t_p); None for no cell picked (or none at
+    all)."""
     if not isinstance(cell, str) or cell == NO_CELL:
         return None
     try:
@@ -270,9 +274,20 @@ def _parse_cell(cell: object) -> tuple[int, int] | None:
     return i, j
 
 
-def picked_cell() -> tuple[int, int] | None:
-    """The drill-down's cell, or None while none is picked."""
-    return _parse_cell(st.session_state.get(CELL_KEY))
+def picked_cell(steps: np.ndarray) -> tuple[int, int] | None:
+    """The drill-down's cell as (row i = t_r, column j = t_p) of a map over the snapshot
+    ``steps``, or None while none is picked or its steps lie outside them."""
+    return cell_position(st.session_state.get(CELL_KEY), steps)
+
+
+def cell_position(cell: object, steps: Sequence[int] | np.ndarray) -> tuple[int, int] | None:
+    """Row and column of the cell 's_r,s_p' (snapshot steps) in a map over ``steps``; None
+    for no cell, or one whose steps the map does not hold."""
+    picked = _parse_cell(cell)
+    position = {int(step): index for index, step in enumerate(steps)}
+    if picked is None or not all(step in position for step in picked):
+        return None
+    return position[picked[0]], position[picked[1]]
 
 
 def _drill_down(ctx: PanelContext, option: str) -> None:
@@ -320,17 +335,18 @@ def distinct_times(times: np.ndarray) -> list[str]:
 
 def _cell_controls(ctx: PanelContext, option: str, result) -> _Cell | None:
     """The cell, class, batch and channel pickers; None until a cell is picked."""
-    times = np.asarray(result.times)
+    times, steps = np.asarray(result.times), [int(step) for step in result.steps]
     classes = ctx.selection.classes
-    options = [NO_CELL] + [f"{i},{j}" for i in range(len(times)) for j in range(len(times))]
-
-    written = distinct_times(times)
+    options = [NO_CELL] + [f"{r},{p}" for r in steps for p in steps]
+    if st.session_state.get(CELL_KEY, NO_CELL) not in options:  # the window moved off it
+        st.session_state[CELL_KEY] = NO_CELL
+    written = dict(zip(steps, distinct_times(times), strict=True))
 
     def label(cell: str) -> str:  # short: at 1024 px the column is ≈ 250 px wide
         if cell == NO_CELL:
             return "none: click the map"
-        i, j = map(int, cell.split(","))
-        return f"t_r = {written[i]} · t_p = {written[j]}"  # the steps: in the line below
+        r, p = map(int, cell.split(","))
+        return f"t_r = {written[r]} · t_p = {written[p]}"  # the steps: in the line below
 
     cols = st.columns([2, 1, 1, 1])
     cell = cols[0].selectbox("Cell", options, format_func=label, key=CELL_KEY)
@@ -343,10 +359,10 @@ def _cell_controls(ctx: PanelContext, option: str, result) -> _Cell | None:
     trajectories = list(ctx.selection.trajectories)
     batch = cols[2].selectbox("Test trajectory", trajectories, key="two_time_cell_batch")
     channel = cols[3].selectbox("Channel", ctx.dataset.channels, key="two_time_cell_channel")
-    picked = _parse_cell(cell)
-    if picked is None:
+    position = cell_position(cell, steps)
+    if position is None:
         return None
-    return _Cell(*picked, c_r, c_p, trajectories.index(batch), channel)
+    return _Cell(*position, c_r, c_p, trajectories.index(batch), channel)
 
 
 def _cell_states(ctx: PanelContext, result, cell: _Cell) -> None:

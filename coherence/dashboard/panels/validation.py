@@ -71,7 +71,10 @@ def validation(ctx: PanelContext) -> None:
         "Checks the influence numbers on a checkpoint of yours: the parameters take a step "
         "θ − ε·M⁻¹g_B(p) along the estimator's own direction for example p, at a few step "
         "sizes ε, and the measured change of every example's response is compared with the "
-        "change Ĥ[:, p] predicts. An error that falls in proportion to ε validates the numbers."
+        "change Ĥ[:, p] predicts. An error that falls in proportion to ε shows that the "
+        "numbers are what the estimator's own step does on this checkpoint, computed right. "
+        "It does not say how close the estimator is to the paper's full solve (every "
+        "estimator passes, `euclidean` too): the residual line and the Sensitivity tab do."
     )
     params = _controls(ctx)
     runner = loaders.job_runner(str(ctx.root))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Annotated
@@ -53,9 +54,12 @@ def cache_info(
     for entry in store.entries():
         minutes = (time.time() - entry["stored"]) / 60
         metadata = store.peek_metadata(entry["key"])
+        described = _described(metadata and metadata["request"], _weights(metadata))
+        if metadata is None and store.contains(entry["key"]):  # unread, not dropped
+            described = "(written by a newer coherence: upgrade to read it; kept)"
         print(
             f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min "
-            f"ago  {_described(metadata and metadata['request'], _weights(metadata))}"
+            f"ago  {described}"
         )
 
 
@@ -118,26 +122,24 @@ def cache_clear(
     """Delete every cached result and job record (results are recomputed on demand). Asks
     first on a terminal; elsewhere it needs --yes."""
     from coherence.cache import ResultStore
-    from coherence.cache.store import DamagedCacheError, discard_damaged
+    from coherence.cache.store import DamagedCacheError
     from coherence.cli_common import ask_or_refuse
     from coherence.wording import plural
     from coherence.workspace import cache_dir
 
     workspace = _existing(workspace)
+    database = cache_dir(workspace) / "store" / "cache.db"
     try:
         store = ResultStore(cache_dir(workspace))
-    except DamagedCacheError as error:  # the one command that must still work then
-        if not yes:
-            ask_or_refuse(
-                f"{error.database}: the cache's database is damaged; remove the cache?",
-                f"{error.database}: the cache's database is damaged; pass --yes to remove it",
-            )
-        files = discard_damaged(cache_dir(workspace))
-        print(
-            f"{error.database}: the cache's database was damaged; removed it and its {files} files"
-        )
-        store = ResultStore(cache_dir(workspace))
-    info = store.info()
+        info = store.info()
+    except DamagedCacheError:  # the one command that must still work then
+        _start_afresh(workspace, database, yes)
+        return
+    except sqlite3.DatabaseError as error:  # damaged past the pages its opening reads
+        if isinstance(error, sqlite3.OperationalError):  # locked or read-only: not damage
+            raise
+        _start_afresh(workspace, database, yes)
+        return
     held = info["entries"] + info["records"] + info["unsafe"]
     if held and not yes:  # hours of computing went with one mistyped command
         size = f"{info['bytes'] / 1024**2:.1f} MiB"
@@ -149,5 +151,29 @@ def cache_clear(
             f"remove {what} from {info['directory']}?",
             f"{info['directory']} holds {what}; pass --yes to remove them",
         )
-    removed = store.clear()
+    try:
+        removed = store.clear()
+    except sqlite3.DatabaseError as error:
+        if isinstance(error, sqlite3.OperationalError):
+            raise
+        store.close()
+        _start_afresh(workspace, database, yes=True)  # asked above already
+        return
     print(f"removed {removed} cache entries")
+
+
+def _start_afresh(workspace: Path, database: Path, yes: bool) -> None:
+    """Remove a damaged cache's store (asking first, as clear does) and open a fresh one."""
+    from coherence.cache import ResultStore
+    from coherence.cache.store import discard_damaged
+    from coherence.cli_common import ask_or_refuse
+    from coherence.workspace import cache_dir
+
+    if not yes:
+        ask_or_refuse(
+            f"{database}: the cache's database is damaged; remove the cache?",
+            f"{database}: the cache's database is damaged; pass --yes to remove it",
+        )
+    files = discard_damaged(cache_dir(workspace))
+    print(f"{database}: the cache's database was damaged; removed it and its {files} files")
+    ResultStore(cache_dir(workspace)).close()  # a working, empty cache

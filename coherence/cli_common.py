@@ -7,6 +7,7 @@ import errno
 import functools
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -150,11 +151,42 @@ def friendly_errors(func: F, interrupted: str | None = None, after_full: str | N
             what = str(exc).splitlines()[0][:200] if str(exc) else "an allocation failed"
             console.print(styled(("error:", "bold red"), f" out of memory ({what}); {AFTER_OOM}"))
             raise typer.Exit(code=2) from None
+        except sqlite3.DatabaseError as exc:  # the result cache's, met while in use
+            if os.environ.get(DEBUG_ENV):
+                raise
+            if "full" in str(exc):  # "database or disk is full"
+                message = f"{DISK_FULL} (the result cache could not record: {exc}); "
+                message += after_full or AFTER_FULL
+            elif isinstance(exc, sqlite3.OperationalError):  # locked, read-only: not damage
+                raise
+            else:  # pages of cache.db written over: only its opening checked it
+                message = damaged_cache_message(exc, kwargs.get("workspace"))
+            console.print(styled(("error:", "bold red"), f" {message}"), highlight=False)
+            raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             console.print(interrupted or INTERRUPTED, highlight=False)
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def damaged_cache_message(error: BaseException, workspace: object = None) -> str:
+    """What a damaged cache database means and the command that starts it afresh (the
+    workspace as the command was given it). Why: a database damaged past its first pages
+    opened fine and failed later, in sqlite's traceback, `cache clear` included."""
+    from coherence.wording import shell_command
+    from coherence.workspace import checked_workspace
+
+    try:
+        root = checked_workspace(workspace if isinstance(workspace, str | Path) else None)
+    except CoherenceError:
+        root = None
+    clear = ["coherence", "cache", "clear", *(["--workspace", root] if root else []), "--yes"]
+    return (
+        f"the workspace's result cache database is damaged ({error}); "
+        f"`{shell_command(*clear)}` starts it afresh (results are recomputed on demand; "
+        f"checkpoints and data are not touched) (set {DEBUG_ENV}=1 for the traceback)"
+    )
 
 
 DISK_FULL = "the disk is full"

@@ -143,6 +143,11 @@ def checked_workspace(root: str | os.PathLike | None = None) -> Path:
     `--workspace <checkpoint>` made a cache/ tree inside the checkpoint, even for the
     read-only `cache info`, and analyses stored their results there."""
     resolved = workspace_root(root)
+    if resolved.exists() and not resolved.is_dir():  # "Not a directory: …/afile/cache"
+        raise RequestError(
+            f"workspace {resolved} (--workspace or {ENV_VAR}) is a file, not a folder; name "
+            "the folder that holds checkpoints/, datasets/ and cache/, or a new folder (it is made)"
+        )
     if found := enclosing_input(resolved):
         kind, folder = found
         raise RequestError(

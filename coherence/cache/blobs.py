@@ -25,7 +25,8 @@ from coherence.analysis.results import (
     result_arrays,
     result_from_parts,
 )
-from coherence.cache.safedisk import CacheCorruptionError
+from coherence.cache.safedisk import CacheCorruptionError, NewerEntryError
+from coherence.errors import CoherenceError
 
 METADATA_ARRAY = "__metadata__"
 NPZ_MAGIC = b"PK\x03\x04"  # an npz is a zip archive
@@ -84,6 +85,11 @@ def read_metadata(archive: Any, key: str) -> dict[str, Any]:
     for name, kind in expected.items():
         if not isinstance(metadata.get(name), kind):
             raise CacheCorruptionError(f"metadata field {name!r} should be a {kind.__name__}")
+    if metadata["schema"] > RESULT_SCHEMA:
+        raise NewerEntryError(
+            f"written by a newer coherence (result schema {metadata['schema']}, this one reads "
+            f"{RESULT_SCHEMA}); upgrade coherence to read it"
+        )
     if metadata["schema"] != RESULT_SCHEMA:
         raise CacheCorruptionError(f"result schema {metadata['schema']} is not {RESULT_SCHEMA}")
     return metadata
@@ -183,3 +189,32 @@ def decode_unit(key: str, blob: bytes) -> UnitResult:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
+
+
+def identify_blob(blob: bytes) -> tuple[str, str] | None:
+    """(kind, key) of a value file written by this store: kind "result", "unit" or
+    "artifact" as its metadata says, and the blob read back whole as that kind; None for
+    anything else (damaged, cut short, not ours). Why: an entry's file names its own key, so
+    a cache whose database was lost can take its files back instead of deleting them."""
+    from coherence.cache.keys import validate_key
+
+    try:
+        with open_npz(blob) as archive:
+            if METADATA_ARRAY not in archive.files:
+                return None
+            metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
+        key = validate_key(str(metadata["cache"]["key"]))
+        if "request" in metadata:
+            kind = "result"
+            decode_result(key, blob)
+        elif "checkpoint_index" in metadata:
+            kind = "unit"
+            decode_unit(key, blob)
+        else:
+            kind = "artifact"
+            unpack_blob(key, blob)
+    except NewerEntryError:
+        return kind, key  # whole, of a newer version: kept for it
+    except (CacheCorruptionError, CoherenceError, KeyError, TypeError, *READ_ERRORS):
+        return None
+    return kind, key

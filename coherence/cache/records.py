@@ -19,7 +19,7 @@ import diskcache
 
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache.layout import validate_key
-from coherence.cache.safedisk import CacheCorruptionError
+from coherence.cache.safedisk import CacheCorruptionError, NewerEntryError
 from coherence.cache.states import ProgressRecord
 
 SETUP_RECORD = "timing:job_setup"
@@ -143,6 +143,9 @@ class JobRecords:
             return None
 
     def _refuse(self, name: str, error: CacheCorruptionError) -> None:
+        if isinstance(error, NewerEntryError):  # not damaged: left for the newer install
+            log.warning("cache entry %s not read: %s; it is kept", name, error)
+            return
         # the CVE only where a pickle was met: a truncated file read as a security matter
         why = (
             " (see CVE-2025-69872 for why pickled entries are never read)"

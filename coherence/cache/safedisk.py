@@ -21,6 +21,11 @@ class CacheCorruptionError(CoherenceError):
     """A cache entry is not in the safe form (raw npz/JSON bytes); it is never loaded."""
 
 
+class NewerEntryError(CacheCorruptionError):
+    """A cache entry written by a newer coherence (a later result schema): not read, and
+    kept, since it is not damaged (a container and a local install may share a workspace)."""
+
+
 class UnsafeKey(bytes):
     """A pickled key found while listing the store: kept as bytes, never unpickled."""
 

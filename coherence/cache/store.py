@@ -46,6 +46,7 @@ from coherence.cache.blobs import (
     encode_artifact,
     encode_result,
     encode_unit,
+    identify_blob,
     open_npz,
     read_entry_metadata,
     read_metadata,
@@ -85,13 +86,32 @@ def parse_size(text: str | int) -> int:
     return value
 
 
+SMALLEST_SIZE_LIMIT = 10**6  # below it one demo result (0.35 MB) evicts the rest
+
+
 def default_size_limit() -> int:
-    return parse_size(os.environ.get(SIZE_ENV, DEFAULT_SIZE_LIMIT))
+    """The limit from COHERENCE_CACHE_SIZE_LIMIT (default 2 GB). One under 1 MB is refused:
+    ``500`` meant as 500 MB evicted every cached result but the newest (a walk-through)."""
+    text = os.environ.get(SIZE_ENV)
+    if text is None:
+        return DEFAULT_SIZE_LIMIT
+    value = parse_size(text)
+    if value < SMALLEST_SIZE_LIMIT:
+        raise RequestError(
+            f"{SIZE_ENV}={text!r} is {value} bytes, too small for the cache to keep a result "
+            "beside the newest; give a unit, e.g. 500MB or 2GB"
+        )
+    return value
 
 
 def private_directory(path: str | os.PathLike) -> Path:
     """Create ``path`` with mode 0700, or tighten an existing one to 0700."""
     path = Path(path)
+    if path.exists() and not path.is_dir():  # "File exists: …/cache" named no fix
+        raise CoherenceError(
+            f"{path} should be a folder of the result cache but is a file: move it away (the "
+            "cache is made afresh there)"
+        )
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode != 0o700:
@@ -161,6 +181,11 @@ class ResultStore(JobRecords):
             )
             self.remove_orphans()
         except sqlite3.OperationalError as error:  # locked, read-only, not ours: not damaged
+            if "full" in str(error):  # "database or disk is full": not a lock to wait for
+                raise CoherenceError(
+                    f"{store_dir / 'cache.db'}: the disk is full ({error}); free space there "
+                    "or use a workspace on another disk (--workspace, COHERENCE_WORKSPACE)"
+                ) from None
             raise CoherenceError(
                 f"{store_dir / 'cache.db'}: the cache's database cannot be used now ({error}): "
                 "another process may hold it locked, or the workspace is read-only or not "
@@ -383,19 +408,42 @@ class ResultStore(JobRecords):
             log.info("skipped the orphan file sweep of %s this time: %s", store_dir, exc)
             return 0  # only housekeeping: the next open or eviction sweeps again
         cutoff = time.time() - grace_seconds
-        removed = 0
-        for path in store_dir.glob("*/*/*.val"):
+        removed = adopted = 0
+        for path in list(store_dir.glob("*/*/*.val")):  # adopting writes new files
             if path.relative_to(store_dir).as_posix() in referenced:
                 continue
             try:
                 if path.stat().st_mtime > cutoff:
                     continue
+                if self._adopt(path.read_bytes()):
+                    adopted += 1
+                else:
+                    removed += 1
+                    log.info("removed orphan cache file %s (a writer was killed mid-write)", path)
                 path.unlink()
             except FileNotFoundError:
                 continue  # deleted by another process
-            removed += 1
-            log.info("removed orphan cache file %s (a writer was killed mid-write)", path)
+        if adopted:
+            log.warning(
+                "the cache's database did not name %d whole entries in %s (it was missing, "
+                "emptied or replaced): they were taken back from their files",
+                adopted,
+                store_dir,
+            )
         return removed
+
+    def _adopt(self, blob: bytes) -> bool:
+        """Index a whole entry's value file again under the key it names (``identify_blob``);
+        False for a file that is no whole entry. Why: a database lost or emptied made every
+        result file an orphan, and the sweep deleted hours of results silently."""
+        found = identify_blob(blob)
+        if found is None:
+            return False
+        kind, key = found
+        name = f"{kind}:{key}"
+        if name not in self._cache:  # else a newer write of the same key is indexed
+            self._cache.set(name, blob, retry=True)
+        return True
 
     def close(self) -> None:
         self._cache.close()

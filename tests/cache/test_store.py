@@ -225,6 +225,32 @@ def test_a_damaged_blob_is_refused_not_raised(store, caplog, damage):
     plain.close()
 
 
+def test_an_entry_of_a_newer_version_is_kept_not_called_damaged(tmp_path, caplog):
+    """A result written by a newer coherence (a container and a local install sharing a
+    workspace) was called damaged and deleted by `cache info`: it is kept, and said."""
+    import io
+
+    from typer.testing import CliRunner
+
+    from coherence.cache.blobs import METADATA_ARRAY, _pack, encode_result
+    from coherence.cli import app
+
+    workspace = tmp_path / "ws"
+    with ResultStore(workspace / "cache") as store:
+        with np.load(io.BytesIO(encode_result(KEY, synthetic_result(), 1.0))) as archive:
+            arrays = {n: archive[n] for n in archive.files if n != METADATA_ARRAY}
+            metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
+        store._cache.set(f"result:{KEY}", _pack(arrays, metadata | {"schema": 2}))
+        with caplog.at_level(logging.WARNING):
+            assert store.get(KEY) is None  # not read
+        assert store.contains(KEY) and "written by a newer coherence" in caplog.text
+    listed = CliRunner().invoke(app, ["cache", "info", "--workspace", str(workspace)])
+    assert listed.exit_code == 0, listed.output
+    assert "(written by a newer coherence: upgrade to read it; kept)" in listed.output
+    with ResultStore(workspace / "cache") as store:
+        assert store.contains(KEY)  # still there after the listing
+
+
 def test_decode_refuses_object_arrays_and_bad_metadata(tmp_path):
     import io
 
@@ -279,6 +305,9 @@ def test_size_limit_parsing_and_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("COHERENCE_CACHE_SIZE_LIMIT", "3MB")
     assert ResultStore(tmp_path / "a").size_limit == 3_000_000
     assert ResultStore(tmp_path / "b", size_limit="1GB").size_limit == 10**9
+    monkeypatch.setenv("COHERENCE_CACHE_SIZE_LIMIT", "500")  # meant as 500 MB: refused
+    with pytest.raises(RequestError, match=r"'500' is 500 bytes, too small.*e\.g\. 500MB"):
+        ResultStore(tmp_path / "d")
     monkeypatch.delenv("COHERENCE_CACHE_SIZE_LIMIT")
     assert ResultStore(tmp_path / "c").size_limit == 2_000_000_000
 
@@ -352,6 +381,59 @@ def test_orphan_value_files_are_removed_after_a_grace_period(tmp_path):
     reopened.put("f" * 64, synthetic_result(n_checkpoints=1, n_steps=4))  # eviction pass
     assert not young.exists() and kept.exists()
     assert reopened.remove_orphans() == 0
+    reopened.close()
+
+
+@pytest.mark.parametrize("loss", ["deleted", "emptied"])
+def test_a_lost_database_takes_its_entries_back_from_their_files(tmp_path, caplog, loss):
+    """cache.db deleted or emptied (a disk fault, a user's `rm`): a fresh database named no
+    file, so the orphan sweep deleted every result silently. Each file names its own key:
+    whole entries are indexed again (results, units, task artifacts), junk is removed."""
+    from coherence.analysis.results import UnitResult
+
+    rng = np.random.default_rng(0)
+    unit = UnitResult(
+        checkpoint_index=0,
+        batch_index=1,
+        H={"smse": rng.normal(size=(32, 2, 32, 2))},  # 64 kB: a value file, not a row
+        H_std={"smse": rng.normal(size=(32, 2, 32, 2))},
+        top_eigenvalue=3.5,
+        spectrum=np.linspace(9, 1, 40),
+        diagnostics={"estimator": "subspace"},
+        checkpoint_fingerprint="ab" * 32,
+    )
+    artifact = {"rollout": rng.normal(size=(64, 64, 8))}
+    result = synthetic_result(n_checkpoints=1, n_steps=16)
+    with ResultStore(tmp_path / "cache") as store:
+        store.put(KEY, result)
+        store.put_unit(OTHER, unit)
+        store.put_artifact("a" * 64, artifact, {"kind": "rollout", "spec": {}})
+        store_dir = store.directory / "store"
+    files = list(store_dir.glob("*/*/*.val"))
+    assert len(files) == 3
+    junk = store_dir / "ab" / "cd" / "junk.val"
+    junk.parent.mkdir(parents=True, exist_ok=True)
+    junk.write_bytes(b"x" * 200_000)
+    past = time.time() - ORPHAN_GRACE_SECONDS - 60
+    for path in [*files, junk]:
+        os.utime(path, (past, past))
+    database = store_dir / "cache.db"
+    if loss == "deleted":
+        for path in store_dir.glob("cache.db*"):
+            path.unlink()
+    else:
+        database.write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
+        reopened = ResultStore(tmp_path / "cache")
+    assert "did not name 3 whole entries" in caplog.text
+    back = reopened.get(KEY)
+    assert back is not None and np.array_equal(back.H["smse"], result.H["smse"])
+    again = reopened.get_unit(OTHER)
+    assert again is not None and np.array_equal(again.H_std["smse"], unit.H_std["smse"])
+    arrays, metadata = reopened.get_artifact("a" * 64)
+    assert np.array_equal(arrays["rollout"], artifact["rollout"])
+    assert metadata["kind"] == "rollout"
+    assert not junk.exists() and reopened.info()["entries"] == 1
     reopened.close()
 
 
@@ -528,6 +610,60 @@ def test_a_damaged_database_is_named_and_cache_clear_starts_afresh(tmp_path):
         assert fresh.get(KEY) is not None
 
 
+def test_a_database_damaged_past_its_first_pages_is_still_cleared(tmp_path):
+    """Pages of cache.db beyond those its opening reads written over: it opened, then
+    `cache clear --yes`, the way out the tool names, ended in sqlite's traceback. It starts
+    the cache afresh; any other command names the damage and that way out."""
+    import sqlite3
+
+    import typer
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+    from coherence.cli_common import friendly_errors
+
+    workspace = tmp_path / "ws"
+    with ResultStore(workspace / "cache") as opened:
+        for i in range(6):
+            opened.put(f"{i:064x}", synthetic_result(n_checkpoints=1, n_steps=4, seed=i))
+    database = workspace / "cache" / "store" / "cache.db"
+    data = bytearray(database.read_bytes())
+    data[4096 + 50 : 4096 + 250] = bytes(200)  # page 2: an index the deletes walk
+    database.write_bytes(bytes(data))
+    with ResultStore(workspace / "cache") as opened, pytest.raises(sqlite3.DatabaseError):
+        opened.clear()  # what `cache clear` met
+    cleared = CliRunner().invoke(app, ["cache", "clear", "--workspace", str(workspace), "--yes"])
+    assert cleared.exit_code == 0, cleared.output
+    assert "the cache's database was damaged; removed it" in cleared.output
+    with ResultStore(workspace / "cache") as fresh:
+        assert fresh.info()["entries"] == 0
+        fresh.put(KEY, synthetic_result())
+        assert fresh.get(KEY) is not None
+
+    @friendly_errors
+    def command(workspace: Path) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    with pytest.raises(typer.Exit) as ended:
+        command(workspace=workspace)
+    assert ended.value.exit_code == 2
+
+    @friendly_errors
+    def full(workspace: Path) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.raises(typer.Exit):
+        full(workspace=workspace)
+
+
+def test_damaged_and_full_cache_databases_are_said_with_the_way_out(tmp_path):
+    from coherence.cli_common import damaged_cache_message
+
+    said = damaged_cache_message(Exception("database disk image is malformed"), tmp_path / "w s")
+    assert "result cache database is damaged (database disk image is malformed)" in said
+    assert f"`coherence cache clear --workspace '{tmp_path / 'w s'}' --yes`" in said
+
+
 def test_cache_info_tells_results_of_other_options_apart():
     """Three subspace results at three energy thresholds, and euclidean at two λ, read
     alike: every option the estimator uses is named (and λ not for euclidean, which
@@ -564,3 +700,25 @@ def test_a_missing_workspace_is_named_by_where_it_came_from(tmp_path, monkeypatc
     said = CliRunner().invoke(app, ["cache", "info"])
     flat = " ".join(said.output.split())
     assert said.exit_code == 2 and f"{ENV_VAR}={missing}: no such folder" in flat
+
+
+def test_a_workspace_or_cache_folder_that_is_a_file_is_named_with_the_fix(tmp_path):
+    """`--workspace` naming a file said "Not a directory: …/afile/cache", and a file where
+    the cache folder belongs "File exists: …/cache; check the paths given"."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    said = CliRunner().invoke(app, ["cache", "info", "--workspace", str(afile)])
+    assert said.exit_code == 2
+    assert "is a file, not a folder; name the folder that holds" in " ".join(said.output.split())
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "cache").write_text("")
+    said = CliRunner().invoke(app, ["cache", "info", "--workspace", str(workspace)])
+    assert said.exit_code == 2
+    assert "cache should be a folder of the result cache but is a file: move it away" in (
+        " ".join(said.output.split())
+    )

@@ -55,7 +55,7 @@ def cache_info(
         minutes = (time.time() - entry["stored"]) / 60
         metadata = store.peek_metadata(entry["key"])
         described = _described(metadata and metadata["request"], _weights(metadata))
-        if metadata is None and store.contains(entry["key"]):  # unread, not dropped
+        if f"result:{entry['key']}" in store.newer:  # unread, kept
             described = "(written by a newer coherence: upgrade to read it; kept)"
         print(
             f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min "
@@ -136,7 +136,7 @@ def cache_clear(
         _start_afresh(workspace, database, yes)
         return
     except sqlite3.DatabaseError as error:  # damaged past the pages its opening reads
-        if isinstance(error, sqlite3.OperationalError):  # locked or read-only: not damage
+        if type(error) is not sqlite3.DatabaseError:  # locked, read-only, a bug: no damage
             raise
         _start_afresh(workspace, database, yes)
         return
@@ -154,7 +154,7 @@ def cache_clear(
     try:
         removed = store.clear()
     except sqlite3.DatabaseError as error:
-        if isinstance(error, sqlite3.OperationalError):
+        if type(error) is not sqlite3.DatabaseError:  # only "malformed", "not a database"
             raise
         store.close()
         _start_afresh(workspace, database, yes=True)  # asked above already

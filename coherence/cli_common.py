@@ -157,7 +157,7 @@ def friendly_errors(func: F, interrupted: str | None = None, after_full: str | N
             if "full" in str(exc):  # "database or disk is full"
                 message = f"{DISK_FULL} (the result cache could not record: {exc}); "
                 message += after_full or AFTER_FULL
-            elif isinstance(exc, sqlite3.OperationalError):  # locked, read-only: not damage
+            elif type(exc) is not sqlite3.DatabaseError:  # locked, read-only, a bug: no damage
                 raise
             else:  # pages of cache.db written over: only its opening checked it
                 message = damaged_cache_message(exc, kwargs.get("workspace"))

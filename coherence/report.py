@@ -629,6 +629,11 @@ def _scales_text(scales: Mapping[str, str], panels: Sequence[str]) -> str:
     )
 
 
-def report_name(selection: Selection) -> str:
-    """A file name that encodes the selection: <dataset>_<window>_<estimator>_…_report.html."""
-    return f"{selection_tag(selection)}_report.html"
+def report_name(selection: Selection, groups: Sequence[str] = ()) -> str:
+    """A file name that encodes the selection and its model groups (``groups``, their
+    labels): <dataset>_<window>_<estimator>_…_UNet_report.html (compare: UNet-vs-ViT), as
+    the dashboard's downloads are named (two groups' reports differed by a hash alone)."""
+    stems = ["".join(c if c.isalnum() or c in "-_" else "_" for c in g) for g in groups]
+    return "_".join([selection_tag(selection), *(["-vs-".join(stems)] if stems else [])]) + (
+        "_report.html"
+    )

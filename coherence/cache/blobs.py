@@ -181,8 +181,17 @@ def unpack_blob(key: str, blob: bytes) -> tuple[dict[str, np.ndarray], dict[str,
 
 
 def decode_unit(key: str, blob: bytes) -> UnitResult:
-    """Parse a blob written by ``encode_unit`` (no pickle); CacheCorruptionError if not."""
+    """Parse a blob written by ``encode_unit`` (no pickle); CacheCorruptionError if not, and
+    NewerEntryError for a unit of a newer coherence (its RequestError escaped ``get_unit``)."""
     arrays, metadata = unpack_blob(key, blob)
+    schema = metadata.get("schema")
+    if isinstance(schema, int) and schema > RESULT_SCHEMA:
+        raise NewerEntryError(
+            f"written by a newer coherence (unit schema {schema}, this one reads "
+            f"{RESULT_SCHEMA}); upgrade coherence to read it"
+        )
+    if schema != RESULT_SCHEMA:
+        raise CacheCorruptionError(f"unit schema {schema!r} is not {RESULT_SCHEMA}")
     try:
         return UnitResult.from_parts(arrays, metadata)
     except CacheCorruptionError:
@@ -191,30 +200,27 @@ def decode_unit(key: str, blob: bytes) -> UnitResult:
         raise CacheCorruptionError(f"{type(error).__name__}: {error}") from None
 
 
-def identify_blob(blob: bytes) -> tuple[str, str] | None:
-    """(kind, key) of a value file written by this store: kind "result", "unit" or
-    "artifact" as its metadata says, and the blob read back whole as that kind; None for
-    anything else (damaged, cut short, not ours). Why: an entry's file names its own key, so
-    a cache whose database was lost can take its files back instead of deleting them."""
+def identify_blob(blob: bytes) -> tuple[str, str, float] | None:
+    """(kind, key, created) of a value file written by a coherence store: kind "result",
+    "unit" or "artifact" as its metadata says, its key and creation time; None for anything
+    else (damaged, cut short, not ours). The file is checked whole (every member's CRC) but
+    not parsed with this version's readers, so an entry of another version is kept too. Why:
+    an entry's file names its own key, so a cache whose database was lost can take its
+    files back instead of deleting them."""
     from coherence.cache.keys import validate_key
 
     try:
-        with open_npz(blob) as archive:
-            if METADATA_ARRAY not in archive.files:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            if archive.testzip() is not None:  # a member whose CRC does not match
                 return None
-            metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
-        key = validate_key(str(metadata["cache"]["key"]))
-        if "request" in metadata:
-            kind = "result"
-            decode_result(key, blob)
-        elif "checkpoint_index" in metadata:
-            kind = "unit"
-            decode_unit(key, blob)
-        else:
-            kind = "artifact"
-            unpack_blob(key, blob)
-    except NewerEntryError:
-        return kind, key  # whole, of a newer version: kept for it
-    except (CacheCorruptionError, CoherenceError, KeyError, TypeError, *READ_ERRORS):
+        with open_npz(blob) as npz:
+            metadata = json.loads(npz[METADATA_ARRAY].tobytes().decode())
+        cache = metadata["cache"]
+        key, created = validate_key(str(cache["key"])), float(cache["created"])
+    except (CoherenceError, KeyError, TypeError, *READ_ERRORS):
         return None
-    return kind, key
+    if "request" in metadata:
+        return "result", key, created
+    if "checkpoint_index" in metadata:
+        return "unit", key, created
+    return "artifact", key, created

@@ -31,6 +31,7 @@ class JobRecords:
     """Job records by key in ``self._cache`` (set by the subclass)."""
 
     _cache: diskcache.Cache
+    newer: set[str]  # entries of a newer coherence met so far: kept, not read
 
     def set_progress(self, key: str, record: ProgressRecord) -> None:
         self._cache.set(f"progress:{validate_key(key)}", record.to_json(), retry=True)
@@ -144,7 +145,8 @@ class JobRecords:
 
     def _refuse(self, name: str, error: CacheCorruptionError) -> None:
         if isinstance(error, NewerEntryError):  # not damaged: left for the newer install
-            log.warning("cache entry %s not read: %s; it is kept", name, error)
+            self.newer.add(name)  # cache info lists it as such
+            log.info("cache entry %s not read: %s; it is kept", name, error)
             return
         # the CVE only where a pickle was met: a truncated file read as a security matter
         why = (

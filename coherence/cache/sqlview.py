@@ -65,3 +65,12 @@ def set_access_time(cache: diskcache.Cache, name: str, when: float) -> None:
     """Put back a row's last-use time after a read that only looked at it (diskcache's
     least-recently-used ``get`` marks every read as a use, and eviction goes by it)."""
     cache._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (when, name))
+
+
+def set_stored_time(cache: diskcache.Cache, name: str, when: float) -> None:
+    """A row's store and last-use times, both ``when``: an entry taken back from its file
+    after the database was lost keeps the time it was first stored."""
+    cache._sql(
+        "UPDATE Cache SET store_time = ?, access_time = ? WHERE key = ? AND raw = 1",
+        (when, when, name),
+    )

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 SIZE_ENV = "COHERENCE_CACHE_SIZE_LIMIT"
 DEFAULT_SIZE_LIMIT = 2_000_000_000  # 2 GB
+CLEARING = "clearing"  # a marker file in the cache folder while ``clear`` runs
 ORPHAN_GRACE_SECONDS = 600.0  # an unreferenced value file younger than this may be mid-write
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
@@ -162,6 +163,7 @@ class ResultStore(JobRecords):
 
     def __init__(self, directory: str | os.PathLike, size_limit: int | str | None = None) -> None:
         self.directory = private_directory(directory)
+        self.newer: set[str] = set()
         self.size_limit = default_size_limit() if size_limit is None else parse_size(size_limit)
         store_dir = private_directory(self.directory / "store")
         self.locks_dir = private_directory(self.directory / "locks")
@@ -388,13 +390,18 @@ class ResultStore(JobRecords):
         }
 
     def clear(self) -> int:
-        """Delete every entry and record, orphan files and old logs; returns rows removed."""
+        """Delete every entry and record, orphan files and old logs; returns rows removed.
+        A marker stands while it runs: diskcache deletes rows before their files, and the
+        files of a clear cut short (Ctrl-C) would be taken back as whole entries."""
+        marker = self.directory / CLEARING
+        marker.touch()
         removed = int(self._cache.clear(retry=True))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._cache.check(fix=True, retry=True)  # orphan value files of killed writers
         for path in self.logs_dir.glob("*.log"):
             path.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
         return removed
 
     def remove_orphans(self, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
@@ -409,13 +416,15 @@ class ResultStore(JobRecords):
             return 0  # only housekeeping: the next open or eviction sweeps again
         cutoff = time.time() - grace_seconds
         removed = adopted = 0
+        marker = self.directory / CLEARING
+        clearing = marker.exists()  # a clear cut short: its files go, never taken back
         for path in list(store_dir.glob("*/*/*.val")):  # adopting writes new files
             if path.relative_to(store_dir).as_posix() in referenced:
                 continue
             try:
                 if path.stat().st_mtime > cutoff:
                     continue
-                if self._adopt(path.read_bytes()):
+                if not clearing and self._adopt(path.read_bytes()):
                     adopted += 1
                 else:
                     removed += 1
@@ -423,6 +432,10 @@ class ResultStore(JobRecords):
                 path.unlink()
             except FileNotFoundError:
                 continue  # deleted by another process
+            except sqlite3.OperationalError as exc:  # busy or full: upkeep, tried next time
+                log.info("left orphan cache file %s for the next sweep: %s", path, exc)
+        if clearing and marker.stat().st_mtime <= cutoff:  # not a clear still running
+            marker.unlink(missing_ok=True)
         if adopted:
             log.warning(
                 "the cache's database did not name %d whole entries in %s (it was missing, "
@@ -439,10 +452,13 @@ class ResultStore(JobRecords):
         found = identify_blob(blob)
         if found is None:
             return False
-        kind, key = found
+        kind, key, created = found
         name = f"{kind}:{key}"
         if name not in self._cache:  # else a newer write of the same key is indexed
             self._cache.set(name, blob, retry=True)
+            # its first storing as its last use: least-recently-used order, and cache info's
+            # "stored … ago", read the entry's own time, not the moment it was taken back
+            sqlview.set_stored_time(self._cache, name, created)
         return True
 
     def close(self) -> None:

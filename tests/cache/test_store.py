@@ -241,9 +241,10 @@ def test_an_entry_of_a_newer_version_is_kept_not_called_damaged(tmp_path, caplog
             arrays = {n: archive[n] for n in archive.files if n != METADATA_ARRAY}
             metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
         store._cache.set(f"result:{KEY}", _pack(arrays, metadata | {"schema": 2}))
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.INFO):
             assert store.get(KEY) is None  # not read
         assert store.contains(KEY) and "written by a newer coherence" in caplog.text
+        assert store.newer == {f"result:{KEY}"}
     listed = CliRunner().invoke(app, ["cache", "info", "--workspace", str(workspace)])
     assert listed.exit_code == 0, listed.output
     assert "(written by a newer coherence: upgrade to read it; kept)" in listed.output
@@ -437,6 +438,51 @@ def test_a_lost_database_takes_its_entries_back_from_their_files(tmp_path, caplo
     reopened.close()
 
 
+def test_the_sweep_keeps_entries_of_other_versions_and_their_times_but_not_a_cut_clear(
+    tmp_path,
+):
+    """A lost database's files are taken back without this version's readers (a newer
+    unit's RequestError had made it junk, deleted), with their own stored time; the files
+    of a clear cut short (its marker left) are removed, not taken back."""
+    import io
+
+    from coherence.cache.blobs import METADATA_ARRAY, _pack, encode_result
+    from coherence.cache.store import CLEARING
+
+    store_dir = tmp_path / "cache" / "store"
+    with ResultStore(tmp_path / "cache") as store:
+        blob = encode_result(KEY, synthetic_result(n_checkpoints=1, n_steps=16), 1234.0)
+        with np.load(io.BytesIO(blob)) as archive:
+            arrays = {n: archive[n] for n in archive.files if n != METADATA_ARRAY}
+            metadata = json.loads(archive[METADATA_ARRAY].tobytes().decode())
+        store._cache.set(f"result:{KEY}", blob)
+        unit = {"H__smse": np.ones((32, 2, 32, 2))}
+        newer = {"schema": 99, "checkpoint_index": 0, "cache": {"key": OTHER, "created": 5.0}}
+        store._cache.set(f"unit:{OTHER}", _pack(unit, newer))
+    past = time.time() - ORPHAN_GRACE_SECONDS - 60
+    for path in store_dir.glob("*/*/*.val"):
+        os.utime(path, (past, past))
+    for path in store_dir.glob("cache.db*"):
+        path.unlink()
+    with ResultStore(tmp_path / "cache") as store:
+        (row,) = store.entries()  # its own time, not the moment it was taken back
+        assert row["stored"] == row["used"] == metadata["cache"]["created"] == 1234.0
+        assert store.get(KEY) is not None and store.has_unit(OTHER) and arrays
+        assert store.get_unit(OTHER) is None and f"unit:{OTHER}" in store.newer  # kept
+        assert store.has_unit(OTHER)
+    # a clear cut short: rows gone, files left, the marker standing
+    for path in store_dir.glob("*/*/*.val"):
+        os.utime(path, (past, past))
+    for path in store_dir.glob("cache.db*"):
+        path.unlink()
+    marker = tmp_path / "cache" / CLEARING
+    marker.touch()
+    os.utime(marker, (past, past))
+    with ResultStore(tmp_path / "cache") as store:
+        assert store.get(KEY) is None and not store.has_unit(OTHER)
+    assert not list(store_dir.glob("*/*/*.val")) and not marker.exists()
+
+
 def test_a_busy_database_skips_the_orphan_sweep_not_the_open(tmp_path, monkeypatch, caplog):
     """The sweep is upkeep: a database busy beyond diskcache's timeout (another process
     writing) must not fail opening the store or reading a result; a later open sweeps."""
@@ -610,7 +656,7 @@ def test_a_damaged_database_is_named_and_cache_clear_starts_afresh(tmp_path):
         assert fresh.get(KEY) is not None
 
 
-def test_a_database_damaged_past_its_first_pages_is_still_cleared(tmp_path):
+def test_a_database_damaged_past_its_first_pages_is_still_cleared(tmp_path, capsys):
     """Pages of cache.db beyond those its opening reads written over: it opened, then
     `cache clear --yes`, the way out the tool names, ended in sqlite's traceback. It starts
     the cache afresh; any other command names the damage and that way out."""
@@ -646,7 +692,9 @@ def test_a_database_damaged_past_its_first_pages_is_still_cleared(tmp_path):
 
     with pytest.raises(typer.Exit) as ended:
         command(workspace=workspace)
-    assert ended.value.exit_code == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert ended.value.exit_code == 2 and "result cache database is damaged" in said
+    assert f"coherence cache clear --workspace {workspace} --yes" in said
 
     @friendly_errors
     def full(workspace: Path) -> None:
@@ -654,6 +702,15 @@ def test_a_database_damaged_past_its_first_pages_is_still_cleared(tmp_path):
 
     with pytest.raises(typer.Exit):
         full(workspace=workspace)
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the disk is full (the result cache could not record" in said
+
+    @friendly_errors
+    def misuse(workspace: Path) -> None:  # a bug of ours, not damage: no advice to clear
+        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+
+    with pytest.raises(sqlite3.ProgrammingError):
+        misuse(workspace=workspace)
 
 
 def test_damaged_and_full_cache_databases_are_said_with_the_way_out(tmp_path):

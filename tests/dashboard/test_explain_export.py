@@ -43,8 +43,10 @@ def test_tour_and_verdict_with_reference_marks(workspace, monkeypatch):
     _, result = cached_result(workspace)
     scores = compute_scores(result.H_std[result.primary])
     assert verdict(scores) in markdown  # the plain-language reading of these scores
-    care = caveat_line(result_caveats(result))  # what the reading rests on, beside it
-    assert care.startswith("Read with care:") and care in markdown
+    care = caveat_line(result_caveats(result))  # what the reading rests on: the line's help
+    line = next(m for m in at.markdown if verdict(scores) in m.value.replace("\\", ""))
+    assert care.startswith("Read with care:") and "read with care" in line.value
+    assert line.proto.help.replace("\\", "") == care
     captions = texts(at.caption)
     assert "0.5 flat · 1 local" in captions and "0 none · 1 full" in captions
     decay = next(m for m in at.metric if m.label == "Lag decay (steps)")  # the unit

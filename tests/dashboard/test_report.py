@@ -229,6 +229,8 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     key = JobRunner(workspace).key(selection.to_request(workspace))
     assert key in page and page.startswith("<!DOCTYPE html>")
     assert report_name(selection).endswith("_report.html")
+    assert report_name(selection, ["UNet"]).endswith("_UNet_report.html")  # the group named
+    assert report_name(selection, ["UNet", "ViT"]).endswith("_UNet-vs-ViT_report.html")
     result = report("--link", f"http://127.0.0.1:8501/?vs={','.join(COMPARE)}&panel=Scores")
     assert result.exit_code == 0, result.output
     assert "ViT" in out.read_text() and "no parameter" not in result.output

@@ -904,6 +904,30 @@ def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
     assert "two_time_cell" not in bad.query_params
 
 
+def test_a_cell_in_a_link_names_the_same_snapshots_in_a_moved_window(
+    workspace, tmp_path, monkeypatch
+):
+    """In the window 1:4 (snapshots 1–5) the link's cell "2,3" is snapshots 2 and 3: the
+    map's row 1 and column 2 (by window position it had been snapshots 3 and 4), and a cell
+    of snapshot 0, outside the window, is not offered."""
+    from coherence.dashboard.panels.two_time import CELL_KEY
+
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    selection = replace(default_selection(moved), t_start=1, n_steps=4)
+    JobRunner(moved).run(selection.to_request(moved))  # the window's analysis, cached
+    at = open_app(moved, monkeypatch, selection.to_query() | {CELL_KEY: "2,3"})
+    assert_clean(at)
+    assert not at.warning, texts(at.warning)
+    assert at.selectbox(key=CELL_KEY).value == "2,3"
+    (outline,) = _two_time_shapes(at)
+    (heatmap,) = [t for t in _two_time_spec(at)["data"] if t["type"] == "heatmap"]
+    t_p, t_r = plotly_array(heatmap["x"])[2], plotly_array(heatmap["y"])[1]  # steps 3, 2
+    assert outline["x0"] < t_p < outline["x1"] and outline["y0"] < t_r < outline["y1"]
+    assert "(step 2)" in texts(at.markdown) and "(step 3)" in texts(at.markdown)
+    off = open_app(moved, monkeypatch, selection.to_query() | {CELL_KEY: "0,3"})
+    assert "two_time_cell='0,3': not offered for this selection" in texts(off.warning)
+
+
 def test_the_drill_down_cell_names_snapshot_steps_and_keeps_them_when_the_window_moves():
     """The cell was kept by its position in the window ('5,3'): after the window moved from
     0:16 to 4:12 the drill-down named times no longer on the map, and a link's cell pointed at

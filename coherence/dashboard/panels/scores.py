@@ -143,11 +143,23 @@ def _verdict_line(group, scores: Scores, *, stale: bool) -> str:
     mark = ":orange[**stale**, the last computed selection's] · " if stale else ""
     note = response_note(group.result.primary)
     other = f":orange[{literal(note)}] · " if note else ""
-    care = caveat_line(result_caveats(group.result))  # what the verdict rests on
+    care = " · :orange[**read with care**]" if result_caveats(group.result) else ""
     return (
         f"**{literal(group.label)}** · {mark}{other}{n} seed{'s' if n != 1 else ''} · "
-        f"{literal(verdict(scores))}" + (f" :orange[{literal(care)}]" if care else "")
+        f"{literal(verdict(scores))}{care}"
     )
+
+
+def verdict_help(groups) -> str | None:
+    """What each verdict rests on (``caveats``), for the verdict line's help: the reasons in
+    full stood a line or two above the maps, which every line pushes down (a 1024×768 page
+    lost the map's top rows), so the line says "read with care" and its help says why."""
+    lines = [
+        literal(f"{group.label}: {line}" if len(groups) > 1 else line)
+        for group in groups
+        if (line := caveat_line(result_caveats(group.result)))
+    ]
+    return "\n\n".join(lines) or None
 
 
 def _score_help(ref, score: Score | None = None, others: Sequence[Score | None] = ()) -> str:
@@ -169,7 +181,10 @@ def _compare_scores(groups, scores: Mapping[str, Scores], *, stale: bool) -> Non
     median and [Q1, Q3]) in place of a row of metric cards per group. Why: two rows of
     cards stood 330 px tall and pushed the two maps below a 1000 px fold; the table is
     about half as tall and lines the groups' values up for reading across."""
-    st.markdown("  \n".join(_verdict_line(g, scores[g.key], stale=stale) for g in groups))
+    st.markdown(
+        "  \n".join(_verdict_line(g, scores[g.key], stale=stale) for g in groups),
+        help=verdict_help(groups),
+    )
     grid = st.container(key="compare_scores")
     header = grid.columns(COMPARE_COLUMNS, gap="small", vertical_alignment="bottom")
     header[0].caption("median [Q1, Q3]")
@@ -197,7 +212,7 @@ def _group_scores(
     scores are the last computed selection's (the banner above says which), and the line
     says so too."""
     table = {s.name: s for s in scores.as_list()}
-    st.markdown(_verdict_line(group, scores, stale=stale))
+    st.markdown(_verdict_line(group, scores, stale=stale), help=verdict_help([group]))
     # fixed-width cells in a wrapping row: on a narrow screen they move to the next line
     # instead of truncating their labels (all four fit one row from a 1024 px window)
     row = st.container(horizontal=True, gap="small")
@@ -255,7 +270,7 @@ def report_button(ctx: PanelContext, slot=None) -> None:
                 params=params,
             ).page
         ),
-        file_name=report_name(ctx.selection),
+        file_name=report_name(ctx.selection, [g.label for g in ctx.ready]),
         mime="text/html",
         key="dl_report",
         on_click="ignore",

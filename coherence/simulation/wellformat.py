@@ -67,12 +67,21 @@ class WellMetadata:
         return FAMILIES[self.family].channels
 
 
+SCHEMA_FIX = (
+    "the file does not follow The Well's schema: regenerate it (`coherence simulate`), import "
+    "its source again (`coherence import`), or download it again"
+)
+
+
 def read_metadata(path: str | os.PathLike) -> WellMetadata:
     """Validate a Well file and describe it; raises SchemaError listing every problem."""
     path = Path(path)
     problems = validate_well_file(path)
     if problems:
-        raise SchemaError("; ".join(problems))
+        text = "; ".join(problems)
+        if "regenerate" not in text:  # the rules' lines say what is wrong, not what to do
+            text += f"; {SCHEMA_FIX}"
+        raise SchemaError(text)
     with h5py.File(path, "r") as f:
         return _metadata(path, f)
 

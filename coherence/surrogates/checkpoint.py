@@ -315,6 +315,17 @@ def _checked_directory(directory: Path) -> Path:
                 f"of them, e.g. {next(reversed(kept.values()))} (epochs kept: "
                 f"{', '.join(map(str, kept))})."
             )
+        if not hint and directory.parent.name == snapshots.EPOCHS_DIR:  # named no fix
+            hint = (
+                f" It is a training snapshot of {directory.parent.parent.name}, which still "
+                "loads itself: restore the snapshot's files from where they were copied, or "
+                "retrain the checkpoint to keep its snapshots again."
+            )
+        elif not hint:
+            hint = (
+                " Restore the missing file from where the checkpoint was copied, or train it "
+                "again (`coherence train`)."
+            )
         raise CheckpointError(
             f"{directory}: missing {', '.join(missing)}; a checkpoint needs {CONFIG_FILE} and "
             f"{WEIGHTS_FILE}.{hint}"

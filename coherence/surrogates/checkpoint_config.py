@@ -63,11 +63,16 @@ class CheckpointConfig:
                 f"{where}: not a Coherence checkpoint config (format is "
                 f"{data.get('format')!r}, expected {FORMAT!r})"
             )
-        if data.get("format_version") != FORMAT_VERSION:
+        version = data.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise CheckpointError(  # "re-save it" asked for what only a newer coherence can do
+                f"{where}: checkpoint format version {version} was written by a newer "
+                f"coherence (this one reads {FORMAT_VERSION}); upgrade coherence to load it"
+            )
+        if version != FORMAT_VERSION:
             raise CheckpointError(
-                f"{where}: checkpoint format version "
-                f"{data.get('format_version')!r} is not supported (this "
-                f"version reads {FORMAT_VERSION}); re-save it"
+                f"{where}: checkpoint format version {version!r} is not supported (this "
+                f"version reads {FORMAT_VERSION}); retrain it, or restore its config.json"
             )
         missing = [
             k

@@ -301,6 +301,21 @@ def test_validator_reports_every_problem_at_once(ce_file):
     assert len(problems) == 2, problems
 
 
+def test_a_missing_field_is_refused_with_what_to_do(ce_file):
+    """The rule's line said what was wrong ("lists field 'density' but has no dataset") and
+    nothing of what to do."""
+    path, _ = ce_file
+    _corrupt(path, lambda f: f["t0_fields"].__delitem__("density"))
+    with pytest.raises(SchemaError) as refused:
+        read_metadata(path)
+    said = str(refused.value)
+    assert "t0_fields lists field 'density' but has no dataset 'density' (it is missing)" in said
+    assert said.endswith(
+        "regenerate it (`coherence simulate`), import its source again "
+        "(`coherence import`), or download it again"
+    )
+
+
 def test_a_constant_that_is_no_number_is_named(ce_file):
     """A string @gamma ended analyze and train in a traceback (float('abc'))."""
     path, _ = ce_file

@@ -174,6 +174,9 @@ def _set(data: dict, path: tuple[str, ...], value) -> None:
         (("training", "args", "lr"), [1], "field 'training.args.lr' is a list of 1 item; exp"),
         (("versions", "torch"), 2, "field 'versions.torch' is the number 2; expected a string"),
         (("model", "config", "base_width"), "8", "UNetConfig.base_width = '8'"),
+        # a newer format asks for a newer coherence, not for a re-save only it could make
+        (("format_version",), 2, "written by a newer coherence (this one reads 1); upgrade"),
+        (("format_version",), 0, "version 0 is not supported (this version reads 1); retrain"),
     ],
 )
 def test_config_fields_of_the_wrong_type_are_named(trained, tmp_path, path, value, words):

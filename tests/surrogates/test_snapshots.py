@@ -67,6 +67,23 @@ def test_snapshots_are_bit_exact_checkpoints(trained, tiny_dataset, tmp_path):
         assert config.seed == 3
 
 
+def test_a_snapshot_or_checkpoint_missing_its_weights_is_named_with_the_fix(trained, tmp_path):
+    """"missing model.safetensors" said what was wrong but not what to do; a snapshot's
+    message also says that its checkpoint still loads."""
+    from coherence.errors import CheckpointError
+
+    copy = tmp_path / "ckpt"
+    shutil.copytree(trained, copy)
+    snapshot = snapshots.list_snapshots(copy)[2]
+    (snapshot / ckpt.WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"training snapshot of ckpt, which still loads"):
+        ckpt.load(snapshot)
+    ckpt.load(copy)  # as said
+    (copy / ckpt.WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"Restore the missing file .*\(`coherence train`\)"):
+        ckpt.load(copy)
+
+
 def _request(data, *checkpoints) -> AnalysisRequest:
     """The cheapest analysis of ``checkpoints`` on the tiny dataset."""
     return AnalysisRequest(

@@ -405,9 +405,11 @@ class ResultStore(JobRecords):
         return removed
 
     def remove_orphans(self, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
-        """Delete value files that no entry points to and that are older than
-        ``grace_seconds`` (left by a writer killed between writing the file and committing
-        its row); returns how many. Younger ones may belong to a write in progress."""
+        """Value files that no entry points to and that are older than ``grace_seconds``: a
+        whole entry's is indexed again under the key it names (the database was lost or
+        emptied), any other (a writer killed mid-write, the files of a clear cut short) is
+        deleted; returns how many were deleted. Younger ones may belong to a write in
+        progress."""
         store_dir = Path(self._cache.directory)
         try:
             referenced = sqlview.referenced_files(self._cache)
@@ -434,8 +436,11 @@ class ResultStore(JobRecords):
                 continue  # deleted by another process
             except sqlite3.OperationalError as exc:  # busy or full: upkeep, tried next time
                 log.info("left orphan cache file %s for the next sweep: %s", path, exc)
-        if clearing and marker.stat().st_mtime <= cutoff:  # not a clear still running
-            marker.unlink(missing_ok=True)
+        try:
+            if clearing and marker.stat().st_mtime <= cutoff:  # not a clear still running
+                marker.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass  # that clear finished meanwhile
         if adopted:
             log.warning(
                 "the cache's database did not name %d whole entries in %s (it was missing, "

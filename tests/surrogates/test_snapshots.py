@@ -68,8 +68,8 @@ def test_snapshots_are_bit_exact_checkpoints(trained, tiny_dataset, tmp_path):
 
 
 def test_a_snapshot_or_checkpoint_missing_its_weights_is_named_with_the_fix(trained, tmp_path):
-    """"missing model.safetensors" said what was wrong but not what to do; a snapshot's
-    message also says that its checkpoint still loads."""
+    """The message 'missing model.safetensors' said what was wrong but not what to do; a
+    snapshot's also says that its checkpoint still loads."""
     from coherence.errors import CheckpointError
 
     copy = tmp_path / "ckpt"

@@ -267,11 +267,11 @@ def serve(
     import os
 
     import coherence.dashboard
-    from coherence.workspace import ENV_VAR, checked_workspace, named_by
+    from coherence.workspace import ENV_VAR, checked_workspace
 
     env = dict(os.environ)
     env[ENV_VAR] = str(checked_workspace(workspace))
-    _check_serve_target(Path(env[ENV_VAR]), address, port, named_by(workspace))
+    _check_serve_target(Path(env[ENV_VAR]), address, port)
     app_file = Path(coherence.dashboard.__file__).resolve().parent / "app.py"
     command = [
         sys.executable,
@@ -346,19 +346,16 @@ def _refuse_link_problems(problems: list[str]) -> None:
     )
 
 
-def _check_serve_target(root: Path, address: str, port: int, named: str = "") -> None:
+def _check_serve_target(root: Path, address: str, port: int) -> None:
     """Refuse what Streamlit would meet with a traceback (an address that does not resolve
-    or is not this machine's, a port in use or not ours) or serve uselessly (a workspace
-    that is a file); a missing workspace is only said, since the page tells how to fill it.
+    or is not this machine's, a port in use or not ours; a workspace that is a file is
+    ``checked_workspace``'s to refuse); a missing workspace is only said, since the page
+    tells how to fill it.
     The port is tried as Streamlit binds it: IPv6 only for an address with a colon, "" for
     every interface."""
     import errno
     import socket
 
-    if root.exists() and not root.is_dir():
-        raise RequestError(
-            f"{named or root}: a file, not a folder; give the workspace folder"
-        )  # named by where it came from: --workspace, COHERENCE_WORKSPACE or the default
     if not root.exists():
         warn(f"the workspace {root} does not exist yet; `{demo_command(root)}` builds one there")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -123,7 +123,7 @@ def cache_clear(
     first on a terminal; elsewhere it needs --yes."""
     from coherence.cache import ResultStore
     from coherence.cache.store import DamagedCacheError
-    from coherence.cli_common import ask_or_refuse
+    from coherence.cli_common import ask_or_refuse, damaged_database
     from coherence.wording import plural
     from coherence.workspace import cache_dir
 
@@ -132,12 +132,10 @@ def cache_clear(
     try:
         store = ResultStore(cache_dir(workspace))
         info = store.info()
-    except DamagedCacheError:  # the one command that must still work then
-        _start_afresh(workspace, database, yes)
-        return
-    except sqlite3.DatabaseError as error:  # damaged past the pages its opening reads
-        if type(error) is not sqlite3.DatabaseError:  # locked, read-only, a bug: no damage
-            raise
+    # damaged: at the open (its first pages), or past them when read; clear must still work
+    except (DamagedCacheError, sqlite3.DatabaseError) as error:
+        if isinstance(error, sqlite3.DatabaseError) and not damaged_database(error):
+            raise  # locked, read-only, or a bug of ours: nothing to clear
         _start_afresh(workspace, database, yes)
         return
     held = info["entries"] + info["records"] + info["unsafe"]
@@ -154,7 +152,7 @@ def cache_clear(
     try:
         removed = store.clear()
     except sqlite3.DatabaseError as error:
-        if type(error) is not sqlite3.DatabaseError:  # only "malformed", "not a database"
+        if not damaged_database(error):
             raise
         store.close()
         _start_afresh(workspace, database, yes=True)  # asked above already

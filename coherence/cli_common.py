@@ -157,7 +157,7 @@ def friendly_errors(func: F, interrupted: str | None = None, after_full: str | N
             if "full" in str(exc):  # "database or disk is full"
                 message = f"{DISK_FULL} (the result cache could not record: {exc}); "
                 message += after_full or AFTER_FULL
-            elif type(exc) is not sqlite3.DatabaseError:  # locked, read-only, a bug: no damage
+            elif not damaged_database(exc):
                 raise
             else:  # pages of cache.db written over: only its opening checked it
                 message = damaged_cache_message(exc, kwargs.get("workspace"))
@@ -168,6 +168,13 @@ def friendly_errors(func: F, interrupted: str | None = None, after_full: str | N
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def damaged_database(error: BaseException) -> bool:
+    """sqlite's plain DatabaseError ("malformed", "file is not a database"): the database
+    is damaged. Its subclasses are not: locked or read-only (OperationalError), or a bug of
+    ours (ProgrammingError, IntegrityError), which must never lead to clearing the cache."""
+    return type(error) is sqlite3.DatabaseError
 
 
 def damaged_cache_message(error: BaseException, workspace: object = None) -> str:

@@ -29,7 +29,7 @@ from coherence.analysis.diagnostics import residual_summary, result_warnings
 from coherence.analysis.distance import DistanceCurve
 from coherence.analysis.exports import HTML_CONFIG, PAGE_STYLE, meta_table
 from coherence.analysis.figures.theme import SCALES
-from coherence.analysis.names import selection_tag
+from coherence.analysis.names import groups_tag, selection_tag
 from coherence.analysis.scores import Scores
 from coherence.analysis.verdict import (
     REFERENCES,
@@ -633,7 +633,6 @@ def report_name(selection: Selection, groups: Sequence[str] = ()) -> str:
     """A file name that encodes the selection and its model groups (``groups``, their
     labels): <dataset>_<window>_<estimator>_…_UNet_report.html (compare: UNet-vs-ViT), as
     the dashboard's downloads are named (two groups' reports differed by a hash alone)."""
-    stems = ["".join(c if c.isalnum() or c in "-_" else "_" for c in g) for g in groups]
-    return "_".join([selection_tag(selection), *(["-vs-".join(stems)] if stems else [])]) + (
+    return "_".join([selection_tag(selection), *([groups_tag(groups)] if groups else [])]) + (
         "_report.html"
     )

@@ -145,8 +145,8 @@ def checked_workspace(root: str | os.PathLike | None = None) -> Path:
     resolved = workspace_root(root)
     if resolved.exists() and not resolved.is_dir():  # "Not a directory: …/afile/cache"
         raise RequestError(
-            f"workspace {resolved} (--workspace or {ENV_VAR}) is a file, not a folder; name "
-            "the folder that holds checkpoints/, datasets/ and cache/, or a new folder (it is made)"
+            f"{named_by(root)} is a file, not a folder; name the folder that holds "
+            "checkpoints/, datasets/ and cache/, or a new folder (it is made)"
         )
     if found := enclosing_input(resolved):
         kind, folder = found

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -21,6 +22,17 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 def safe_name(text: str) -> str:
     """Letters, digits, '_', '.', '-' only (anything else becomes '_')."""
     return _UNSAFE.sub("_", text).strip("_") or "export"
+
+
+def group_stem(label: str) -> str:
+    """A model group's label as a file-name part ('UNet', 'ViT s10')."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
+
+
+def groups_tag(labels: Sequence[str]) -> str:
+    """The view's model groups in a file name: 'UNet', or 'UNet-vs-ViT' in compare mode
+    (two groups' files had differed by a hash alone)."""
+    return "-vs-".join(group_stem(label) for label in labels)
 
 
 def selection_tag(selection: Any) -> str:

@@ -85,14 +85,20 @@ def read_metadata(archive: Any, key: str) -> dict[str, Any]:
     for name, kind in expected.items():
         if not isinstance(metadata.get(name), kind):
             raise CacheCorruptionError(f"metadata field {name!r} should be a {kind.__name__}")
-    if metadata["schema"] > RESULT_SCHEMA:
+    _check_schema(metadata["schema"], "result")
+    return metadata
+
+
+def _check_schema(schema: Any, what: str) -> None:
+    """A result's or unit's schema: a newer one is NewerEntryError (kept for the newer
+    coherence), any other than ours CacheCorruptionError."""
+    if isinstance(schema, int) and schema > RESULT_SCHEMA:
         raise NewerEntryError(
-            f"written by a newer coherence (result schema {metadata['schema']}, this one reads "
+            f"written by a newer coherence ({what} schema {schema}, this one reads "
             f"{RESULT_SCHEMA}); upgrade coherence to read it"
         )
-    if metadata["schema"] != RESULT_SCHEMA:
-        raise CacheCorruptionError(f"result schema {metadata['schema']} is not {RESULT_SCHEMA}")
-    return metadata
+    if schema != RESULT_SCHEMA:
+        raise CacheCorruptionError(f"{what} schema {schema!r} is not {RESULT_SCHEMA}")
 
 
 # what reading a damaged npz raises: a truncated or bit-flipped blob fails in zipfile (bad
@@ -184,14 +190,7 @@ def decode_unit(key: str, blob: bytes) -> UnitResult:
     """Parse a blob written by ``encode_unit`` (no pickle); CacheCorruptionError if not, and
     NewerEntryError for a unit of a newer coherence (its RequestError escaped ``get_unit``)."""
     arrays, metadata = unpack_blob(key, blob)
-    schema = metadata.get("schema")
-    if isinstance(schema, int) and schema > RESULT_SCHEMA:
-        raise NewerEntryError(
-            f"written by a newer coherence (unit schema {schema}, this one reads "
-            f"{RESULT_SCHEMA}); upgrade coherence to read it"
-        )
-    if schema != RESULT_SCHEMA:
-        raise CacheCorruptionError(f"unit schema {schema!r} is not {RESULT_SCHEMA}")
+    _check_schema(metadata.get("schema"), "unit")
     try:
         return UnitResult.from_parts(arrays, metadata)
     except CacheCorruptionError:

@@ -23,6 +23,7 @@ import torch
 
 from coherence.analysis.diagnostics import result_warnings
 from coherence.analysis.influence import residual_help, residual_summary
+from coherence.analysis.names import group_stem
 from coherence.analysis.pipeline import AnalysisResult
 from coherence.analysis.request import AnalysisRequest
 from coherence.cache import slots
@@ -52,7 +53,7 @@ class GroupState:
     @property
     def stem(self) -> str:
         """A file-name-safe label for downloads."""
-        return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in self.label)
+        return group_stem(self.label)
 
 
 def group_labels(catalog: Catalog, selection: Selection) -> list[str]:

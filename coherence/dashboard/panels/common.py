@@ -26,6 +26,7 @@ from coherence.analysis.figures import SCALES, heatmap_scale, influence_range, s
 from coherence.analysis.names import (
     ROLLOUT_KEYS,
     TRAINING_KEYS,
+    groups_tag,
     models_tag,
     safe_name,
     selection_tag,
@@ -129,7 +130,7 @@ class PanelContext:
         if self.instead:  # another group's view: said
             shown = [self.instead]
         else:
-            shown = [] if group else ["-vs-".join(g.stem for g in self.groups)]
+            shown = [] if group else [groups_tag([g.label for g in self.groups])]
         parts = [tag, *shown, panel, *(value for _, value in self.choices)]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 

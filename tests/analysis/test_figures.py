@@ -685,6 +685,18 @@ def test_the_drill_down_cell_is_outlined_on_its_cell_alone():
     assert not F.with_cell_marked(fig, 3, 0).layout.shapes  # a stale pick: no outline
 
 
+def test_the_drill_down_cell_is_outlined_on_both_maps_of_a_comparison():
+    from coherence.analysis.figures.compare import side_by_side
+
+    times = [0.0, 0.1, 0.3]
+    maps = [F.two_time_heatmap(np.full((3, 3), v), times, 9) for v in (1.0, 2.0)]
+    pair = F.with_cell_marked(F.with_click_targets(side_by_side(*maps)), 2, 1)
+    rects = sorted(pair.layout.shapes, key=lambda r: r.xref)
+    assert [(r.xref, r.yref) for r in rects] == [("x", "y"), ("x2", "y2")]
+    for rect in rects:
+        assert (rect.x0, rect.x1, rect.y0, rect.y1) == pytest.approx((0.05, 0.2, 0.2, 0.4))
+
+
 def test_training_dynamics_validation_axis_has_labelled_log_ticks():
     from coherence.analysis.figures.dynamics import dynamics_figure
     from coherence.analysis.trends import Trend

@@ -224,6 +224,22 @@ def test_a_two_time_seed_choice_gives_way_to_the_mean_in_compare_mode(workspace,
     assert figure["layout"]["title"]["text"].endswith("intra-class mean")
 
 
+def test_compare_mode_outlines_the_drill_down_cell_on_both_maps(workspace, monkeypatch):
+    """The picked cell is outlined on each group's map (it was on neither), on that map's
+    own axes, and either map takes clicks as the single map does."""
+    at = open_app(workspace, monkeypatch, {"vs": ",".join(COMPARE)})
+    at.selectbox(key="two_time_cell").set_value("1,3").run()
+    assert_clean(at)
+    figure = charts(at)[0]
+    outlines = [s for s in figure["layout"]["shapes"] if s.get("name") == "drill-down cell"]
+    assert sorted((s["xref"], s["yref"]) for s in outlines) == [("x", "y"), ("x2", "y2")]
+    first, second = outlines
+    assert (first["x0"], first["y0"]) == (second["x0"], second["y0"])  # the same cell
+    assert list(at.get("plotly_chart")[0].proto.selection_mode)  # clicks pick cells
+    rows = at.dataframe[0].value
+    assert len(set(rows["group"])) == 2  # the values of both groups below
+
+
 @pytest.mark.parametrize("compare", [False, True], ids=["single", "compare"])
 @pytest.mark.parametrize("panel", [label for label, _ in PANELS])
 def test_every_panel_renders(workspace, monkeypatch, panel, compare):

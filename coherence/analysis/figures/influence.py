@@ -383,27 +383,25 @@ def _cell_bounds(centres: Any) -> np.ndarray:
 
 
 def with_cell_marked(fig: go.Figure, i: int, j: int) -> go.Figure:
-    """A copy of a one-map two-time figure with cell (row i = t_r, column j = t_p) outlined:
-    the cell the drill-down below shows. For display only, like the click targets."""
+    """A copy of a two-time figure with cell (row i = t_r, column j = t_p) outlined on every
+    map it holds (compare mode's two, each on its own axes): the cell the drill-down below
+    shows. For display only, like the click targets."""
     out = go.Figure(fig)
-    heatmaps = [t for t in out.data if isinstance(t, go.Heatmap) and t.x is not None]
-    if len(heatmaps) != 1:
-        return out
-    trace = heatmaps[0]
-    x, y = np.asarray(trace.x, dtype=np.float64), np.asarray(trace.y, dtype=np.float64)
-    if not (0 <= i < len(y) and 0 <= j < len(x)):
-        return out
-    xs, ys = _cell_bounds(x), _cell_bounds(y)
-    out.add_shape(
-        type="rect",
-        xref=trace.xaxis or "x",  # the map's own axes, as the click targets use
-        yref=trace.yaxis or "y",
-        x0=xs[j],
-        x1=xs[j + 1],
-        y0=ys[i],
-        y1=ys[i + 1],
-        line={"color": "#ff00ff", "width": 2},
-        fillcolor="rgba(0,0,0,0)",
-        name="drill-down cell",
-    )
+    for trace in [t for t in out.data if isinstance(t, go.Heatmap) and t.x is not None]:
+        x, y = np.asarray(trace.x, dtype=np.float64), np.asarray(trace.y, dtype=np.float64)
+        if not (0 <= i < len(y) and 0 <= j < len(x)):
+            continue
+        xs, ys = _cell_bounds(x), _cell_bounds(y)
+        out.add_shape(
+            type="rect",
+            xref=trace.xaxis or "x",  # the map's own axes, as the click targets use
+            yref=trace.yaxis or "y",
+            x0=xs[j],
+            x1=xs[j + 1],
+            y0=ys[i],
+            y1=ys[i + 1],
+            line={"color": "#ff00ff", "width": 2},
+            fillcolor="rgba(0,0,0,0)",
+            name="drill-down cell",
+        )
     return out

@@ -160,13 +160,12 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
 
     key = ("two_time", option, seed, scale, tuple(zrange))
     figure = shared_figure(ctx, key, build)
-    shown = figure
-    if len(maps) == 1:  # one map: a click on a cell drills down (compare mode: the selector)
-        shown = shared_figure(ctx, (*key, "click targets"), lambda: with_click_targets(figure))
-        cell = picked_cell(np.asarray(ctx.ready[0].result.steps))
-        if cell is not None:  # outline the cell the drill-down below shows
-            shown = with_cell_marked(shown, *cell)
-    chart(shown, key="chart_two_time", clickable=len(maps) == 1)
+    # a click on a cell of either map drills down; the groups share the selection's times
+    shown = shared_figure(ctx, (*key, "click targets"), lambda: with_click_targets(figure))
+    cell = picked_cell(np.asarray(ctx.ready[0].result.steps))
+    if cell is not None:  # outline the cell the drill-down below shows, on every map
+        shown = with_cell_marked(shown, *cell)
+    chart(shown, key="chart_two_time", clickable=True)
     note_clipped([V for _, V in maps], zrange)
     view = ctx.with_choices(
         {"class_pair": pair_label(INTRA), "seed": "mean over seeds"},

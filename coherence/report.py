@@ -57,6 +57,7 @@ from coherence.report_sweeps import LeftOut, sweep_sections
 from coherence.wording import TEST_DATA_FINGERPRINT, demo_command, shell_command
 
 if TYPE_CHECKING:  # both import torch (via the request); the report only reads results
+    from coherence.cache.jobs import JobRunner
     from coherence.dashboard.selection import Selection
     from coherence.dashboard.workspace_scan import Catalog
 
@@ -284,17 +285,19 @@ def scales_from_params(params: Mapping[str, Any]) -> tuple[dict[str, str], list[
     return scales, warnings
 
 
-def cached_in(root: str | Path) -> Callable[[Selection], bool]:
-    """Whether a selection's analysis (group A) is cached: lets the default selection prefer
-    a computed one, as the dashboard's first page does."""
+def cached_in(root: str | Path, runner: JobRunner | None = None) -> Callable[[Selection], bool]:
+    """Whether a selection's analysis (group A) shows without computing (cached, or its
+    units all cached): lets the default selection prefer a computed one, here and on the
+    dashboard's first page. ``runner``: the caller's own (the dashboard keeps one per
+    workspace); a selection whose request cannot even be keyed (a file vanished, a bad
+    checkpoint) is not cached."""
     from coherence.cache.jobs import JobRunner
-    from coherence.cache.states import JobState
 
-    runner = JobRunner(root)
+    runner = runner or JobRunner(root)
 
     def cached(selection: Selection) -> bool:
         try:
-            return runner.status(runner.key(selection.to_request(root))).state == JobState.DONE
+            return runner.available(selection.to_request(root))
         except (CoherenceError, OSError):
             return False
 

@@ -312,6 +312,15 @@ class JobRunner:
         from. Key lookups only, no unit is read."""
         return cached_unit_count(self.store, request)
 
+    def available(self, request: AnalysisRequest) -> bool:
+        """Whether ``request``'s result shows without computing: stored, or every unit of it
+        cached so that ``materialize`` assembles it (a result file lost or damaged, its units
+        kept). Key lookups only."""
+        if self.status(request_key(request)).state == JobState.DONE:
+            return True
+        done, total = self.cached_unit_count(request)
+        return total > 0 and done == total
+
     def materialize(
         self, request: AnalysisRequest, *, prepared: Prepared | None = None
     ) -> AnalysisResult | None:

@@ -21,6 +21,7 @@ import numpy as np
 import streamlit as st
 import torch
 
+from coherence import report
 from coherence.analysis.pipeline import AnalysisResult, prepare
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.results import result_file_pair
@@ -29,7 +30,6 @@ from coherence.analysis.summaries import DistanceCurve, influence_vs_distance
 from coherence.cache.jobs import JobRunner
 from coherence.dashboard.selection import Selection
 from coherence.dashboard.workspace_scan import Catalog, scan_signature, scan_workspace
-from coherence.errors import CoherenceError
 from coherence.simulation.dataset import DatasetInfo, dataset_files, open_dataset, stat_signature
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.registry import parameter_count
@@ -65,19 +65,9 @@ def job_runner(root: str) -> JobRunner:
 
 
 def is_cached(root: str | os.PathLike) -> Callable[[Selection], bool]:
-    """Whether a selection's analysis (group A) is in the workspace's cache: how the default
-    view prefers a computed result (``selection.default_selection(cached=…)``). A selection
-    whose request cannot even be keyed (a file vanished, a bad checkpoint) is not cached."""
-    runner = job_runner(str(root))
-
-    def cached(selection: Selection) -> bool:
-        try:
-            key = runner.key(selection.to_request(root))
-            return runner.status(key).state == "done"
-        except (CoherenceError, OSError):
-            return False
-
-    return cached
+    """Whether a selection's analysis (group A) shows without computing: how the default
+    view prefers a computed result (``selection.default_selection(cached=…)``)."""
+    return report.cached_in(root, job_runner(str(root)))
 
 
 class _NotCached(LookupError):

@@ -32,6 +32,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.report import (
     ReportError,
     build_report,
+    cached_in,
     conservation_pair,
     load_groups,
     panel_value_problems,
@@ -139,6 +140,26 @@ def test_report_of_a_subset_of_the_cached_view_is_assembled_from_its_units(works
     assert runner.store.computations(key) == 0  # no job: the cached units only
     whole = runner.result(runner.key(full.to_request(workspace)))
     np.testing.assert_array_equal(group.result.H["smse"], whole.H["smse"][:1])
+
+
+def test_the_default_view_stays_on_a_lost_result_whose_units_are_kept(workspace):
+    """A result file lost (evicted, deleted, or damaged and so dropped) while its units are
+    kept: the first page and a link-less report still open that view, assembled from the
+    units, instead of moving to another group whose result is stored."""
+    first = default_selection(workspace, cached=cached_in(workspace))
+    runner = JobRunner(workspace)
+    request = first.to_request(workspace)
+    key = runner.key(request)
+    runner.store.delete(key)
+    try:
+        assert runner.status(key).state != "done" and runner.available(request)
+        assert default_selection(workspace, cached=cached_in(workspace)) == first
+        (group, *_) = load_groups(workspace, scan_workspace(workspace), first)
+        assert group.key == key and runner.status(key).state == "done"  # assembled, stored
+    finally:
+        runner.materialize(request)  # the session's workspace as the other tests expect it
+    other = replace(first, damping=first.damping * 7)  # never computed: neither stored nor
+    assert not runner.available(other.to_request(workspace))  # assembled
 
 
 def test_report_of_scores_of_another_map_than_smse_says_so(workspace):

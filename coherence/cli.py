@@ -8,6 +8,7 @@ the fix (exit status 2), never a traceback. Larger commands live beside this fil
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -486,8 +487,23 @@ def report(
 app.add_typer(cache_app, name="cache")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+INTERRUPTED_STATUS = 130  # what friendly_errors exits with after Ctrl-C
+
+
+def main() -> None:
+    """The `coherence` console entry point. After Ctrl-C (our line printed, status 130) the
+    process ends at once, streams flushed, skipping the interpreter's teardown. Why: an
+    interrupt while torch traced a model's JVP left C++ state whose destruction at exit
+    aborted ("terminate called without an active exception", status 134, in about one try
+    of three at that moment); by then every file is committed or was never begun."""
+    try:
+        app()
+    except SystemExit as stop:
+        if stop.code != INTERRUPTED_STATUS:
+            raise
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED_STATUS)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m coherence.cli`

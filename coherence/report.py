@@ -233,6 +233,11 @@ def panel_value_problems(params: Mapping[str, Any], selection: Selection) -> lis
         link_value(params, "two_time_pair"), seed, selection.classes, selection.checkpoints
     )
     problems += pair_problem("cons_pair", link_value(params, "cons_pair"), selection.classes)
+    axis = link_value(params, "lag_y")
+    if axis is not None and axis != lag_axis(params):
+        problems.append(
+            f"lag_y={axis!r}: not a y axis of the Time lag tab (whole, tails); using whole instead"
+        )
     damping = selection.damping
     offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]
     overlay = link_value(params, "dyn_vs_damping")
@@ -265,6 +270,15 @@ def conservation_pair(params: Mapping[str, Any], selection: Selection) -> str:
 
     pair = link_value(params, "cons_pair")
     return INTRA if pair is None or pair_problem("cons_pair", pair, selection.classes) else pair
+
+
+def lag_axis(params: Mapping[str, Any]) -> str:
+    """The Time lag tab's y axis a link names (``lag_y``); the whole curve where it names
+    none or one the tab does not offer (``panel_value_problems`` says which)."""
+    from coherence.analysis.figures import LAG_AXES
+
+    axis = link_value(params, "lag_y")
+    return axis if axis in LAG_AXES else "whole"
 
 
 def scales_from_params(params: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
@@ -601,6 +615,7 @@ def build_report(
         scales=scales,
         view=view,
         conservation_pair=conservation_pair(params or {}, selection),
+        lag_axis=lag_axis(params or {}),
     )
     swept = sweep_sections(root, catalog, selection, group_labels(catalog, selection), params)
     scores = [i for i, part in enumerate(parts) if part.title == "Scores"]

@@ -216,13 +216,15 @@ def sections(
     scales: Mapping[str, str] | None = None,
     view: tuple[str, str] = (INTRA, SEED_MEAN),
     conservation_pair: str = INTRA,
+    lag_axis: str = "whole",
 ) -> list[Section]:
     """Every influence panel of the selection, in the dashboard's tab order; ``scales``:
     each heatmap panel's colour scale (``HEATMAP_PANELS``; 'paper' where not given), as
     its tab shows it (one scale for all had drawn the class transfer diverging because the
     two-time tab was); ``view``: the two-time tab's (class pair, seed), drawn after the
     intra-class mean where it is another view (the report had left the link's view out);
-    ``conservation_pair``: the Conservation tab's class pair, drawn likewise."""
+    ``conservation_pair``: the Conservation tab's class pair, drawn likewise; ``lag_axis``:
+    the Time lag tab's y axis (``LAG_AXES``)."""
     if not groups:
         raise ReportError("no computed group to report on")
     scale = {panel: "paper" for panel in HEATMAP_PANELS} | dict(scales or {})
@@ -235,6 +237,7 @@ def sections(
     lag = F.lag_curves_figure(
         [(g.label, lag_curves(g.result.H_std[primary])) for g in groups],
         title="Influence vs time lag",
+        axis=lag_axis,
     )
     out.append(Section("Time lag", how_to_read(F.lag_curves_figure), lag))
     if distance is not None:

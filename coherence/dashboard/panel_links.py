@@ -53,6 +53,7 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
         "two_time_cell_channel": str,
     },
     "Class transfer": {"zscale_transfer": str},
+    "Time lag": {"lag_y": str},
     "Conservation": {
         "cons_response": str,
         "cons_pair": str,
@@ -73,6 +74,7 @@ PANEL_PARAMS: dict[str, dict[str, type]] = {
 UNSET = {
     "two_time_cell": "none",  # the drill-down before a cell is clicked
     "dyn_vs_damping": "none",  # training dynamics at the selection's λ only
+    "lag_y": "whole",  # the lag chart's whole curve
 }
 REQUIRES = {
     "two_time_cell_class": "two_time_cell",

@@ -245,6 +245,28 @@ def test_lag_curves_figure_bands_groups_and_zero_line(h_std):
         F.lag_curves_figure([curves])
 
 
+def test_lag_chart_zoomed_to_the_tails_frames_every_lag_but_zero(h_std):
+    """The y axis spans every median and band edge at Δ ≠ 0 (and 0), not the Δ = 0 peak,
+    whose medians are written above the plot; the whole curve sets no range."""
+    curves = lag_curves(h_std)
+    fig = F.lag_curves_figure([("UNet", curves)], axis="tails")
+    lo, hi = fig.layout.yaxis.range
+    off = curves.lags != 0
+    tails = np.concatenate(
+        [np.stack([b.median, b.q1, b.q3])[:, off].ravel() for b in (curves.intra, curves.inter)]
+    )
+    assert lo <= min(tails.min(), 0) and hi >= max(tails.max(), 0)
+    peak = curves.intra.median[~off][0]
+    assert peak > hi  # the +3 diagonal: off the zoomed axis
+    (note,) = fig.layout.annotations
+    assert note.text.startswith("at Δ = 0: UNet intra ") and f"{peak:.3g}" in note.text
+    assert hi - lo < 1.2 * (max(tails.max(), 0) - min(tails.min(), 0))  # the 8 % margins
+    whole = F.lag_curves_figure([("UNet", curves)])
+    assert whole.layout.yaxis.range is None and not whole.layout.annotations
+    with pytest.raises(RequestError, match="axis='log'"):
+        F.lag_curves_figure(curves, axis="log")
+
+
 def test_distance_figure_markers_band_and_log_x(distance_curve):
     fig = F.distance_figure(distance_curve, seed_labels=["s10", "s35", "s42"])
     assert len(fig.data) == S + 3

@@ -259,7 +259,9 @@ def test_every_panel_renders(workspace, monkeypatch, panel, compare):
         # both groups on one colour axis, [0, √N]
         assert figure["layout"]["coloraxis"]["cmin"] == 0
         assert figure["layout"]["coloraxis"]["cmax"] == pytest.approx(math.sqrt(15))
-        assert [t["coloraxis"] for t in figure["data"]] == ["coloraxis", "coloraxis"]
+        maps = [t for t in figure["data"] if t["type"] == "heatmap"]
+        assert [t["coloraxis"] for t in maps] == ["coloraxis", "coloraxis"]
+        assert len(figure["data"]) == 4  # and each map's invisible click targets
         # the two groups' rows of the score table line up: each score with the same decimals
         medians = [
             found.group(1)

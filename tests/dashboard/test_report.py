@@ -432,6 +432,28 @@ def test_report_holds_the_conservation_pair_of_its_link(workspace, tmp_path):
     assert not out.exists()
 
 
+def test_report_draws_the_lag_axis_of_its_link(workspace):
+    """The Time lag tab's y axis (lag_y) is the report's, also when that tab was closed
+    (kept in the session); a value the tab does not offer is refused by name."""
+    from coherence.dashboard.panels.scores import report_params
+    from coherence.report import lag_axis
+
+    selection = default_selection(workspace)
+    groups = load_groups(workspace, scan_workspace(workspace), selection)
+    params = report_params({"panel": "Scores"}, {"lag_y": "tails"})
+    assert lag_axis(params) == "tails" and not panel_value_problems(params, selection)
+    parts = {p.title: p for p in sections(groups, selection, distance=None, lag_axis="tails")}
+    assert parts["Time lag"].figure.layout.yaxis.range is not None
+    assert parts["Influence on mass vs time lag"].figure.layout.yaxis.range is None  # its own
+    plain = {p.title: p for p in sections(groups, selection, distance=None)}
+    assert plain["Time lag"].figure.layout.yaxis.range is None
+    problems = panel_value_problems({"lag_y": "log"}, selection)
+    assert problems == [
+        "lag_y='log': not a y axis of the Time lag tab (whole, tails); using whole instead"
+    ]
+    assert lag_axis({"lag_y": "log"}) == "whole"
+
+
 def test_compare_mode_reports_the_pair_view_after_the_difference_map_and_no_seed(workspace):
     """In compare mode the tab offers no seed: a link's seed drew the intra-class mean a
     second time, and the pair's view sat between the mean and its difference map (a

@@ -904,6 +904,32 @@ def test_the_drill_down_cell_travels_in_the_link(workspace, monkeypatch):
     assert "two_time_cell" not in bad.query_params
 
 
+def test_the_lag_chart_zooms_to_its_tails_and_the_link_keeps_it(workspace, monkeypatch):
+    """The Δ = 0 peak squashed the tails: "Δ ≠ 0" fits the y axis to the other lags (the
+    peak written above the plot); the choice travels in the link (left out while the whole
+    curve is shown) and a value the tab does not offer is said and replaced."""
+    at = open_app(workspace, monkeypatch, {"panel": "Time lag"})
+    assert_clean(at)
+    assert "range" not in charts(at)[0]["layout"].get("yaxis", {})
+    assert "lag_y" not in at.query_params
+    at.radio(key="lag_y").set_value("tails").run()
+    assert_clean(at)
+    (zoomed,) = charts(at)
+    lo, hi = zoomed["layout"]["yaxis"]["range"]
+    (intra,) = [t for t in zoomed["data"] if str(t.get("name", "")).endswith("intra-class")]
+    lags, values = plotly_array(intra["x"]), plotly_array(intra["y"])
+    assert values[lags == 0][0] > hi and lo <= values[lags != 0].min()
+    assert zoomed["layout"]["annotations"][0]["text"].startswith("at Δ = 0: UNet intra ")
+    assert at.query_params["lag_y"] == "tails"
+    shared = open_app(workspace, monkeypatch, {"panel": "Time lag", "lag_y": "tails"})
+    assert_clean(shared)
+    assert shared.radio(key="lag_y").value == "tails" and not shared.warning
+    bad = open_app(workspace, monkeypatch, {"panel": "Time lag", "lag_y": "log"})
+    assert not bad.exception
+    assert bad.radio(key="lag_y").value == "whole"
+    assert "lag_y='log': not offered for this selection" in texts(bad.warning)
+
+
 def test_a_cell_in_a_link_names_the_same_snapshots_in_a_moved_window(
     workspace, tmp_path, monkeypatch
 ):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from coherence.analysis.figures.compare import side_by_side
 from coherence.analysis.figures.fields import field_viewer, input_pair_figure, snapshot_animation
 from coherence.analysis.figures.influence import (
+    LAG_AXES,
     class_transfer_heatmap,
     difference_heatmap,
     distance_figure,
@@ -46,6 +47,7 @@ __all__ = [
     "COLORSCALE",
     "DIVERGING",
     "FIELD_COLORSCALE",
+    "LAG_AXES",
     "SCALES",
     "class_transfer_heatmap",
     "counterfactual_figures",

@@ -213,22 +213,32 @@ def lag_groups(lag_curves: LagGroups, label: str = "") -> list[tuple[str, LagCur
     return groups
 
 
+# the lag chart's y axis: the whole curve, or the lags Δ ≠ 0 (the self-influence peak at
+# Δ = 0, often several times the rest, squashed the tails where decay and transfer show)
+LAG_AXES = {"whole": "whole curve", "tails": "Δ ≠ 0 (zoom to the tails)"}
+
+
 def lag_curves_figure(
     lag_curves: LagGroups,
     *,
     label: str = "",
     title: str = "Influence vs time lag",
     value_label: str = INFLUENCE_SYMBOL,
+    axis: str = "whole",
 ) -> go.Figure:
     """Read: mean Ĥ against lag Δ = t_r − t_p (steps); a peak at Δ = 0 that decays fast means
     local-in-time learning; inter-class (dashed) near intra-class (solid) means transfer.
 
     One LagCurves (``label`` names it) or several (label, LagCurves) groups overlaid, each
     with its median and Q1–Q3 band across seeds. Inter-class curves are skipped when
-    undefined (a single class).
+    undefined (a single class). ``axis``: ``LAG_AXES``; "tails" fits the y axis to the lags
+    Δ ≠ 0 (bands included) and writes the Δ = 0 values above the plot.
     """
+    if axis not in LAG_AXES:
+        raise RequestError(f"axis={axis!r}: give one of {', '.join(LAG_AXES)}")
+    groups = lag_groups(lag_curves, label)
     fig = go.Figure()
-    for i, (name, curves) in enumerate(lag_groups(lag_curves, label)):
+    for i, (name, curves) in enumerate(groups):
         color = group_color(i)
         prefix = f"{name}: " if name else ""
         for kind, band, dash in (("intra", curves.intra, "solid"), ("inter", curves.inter, "dash")):
@@ -253,7 +263,39 @@ def lag_curves_figure(
     styled(fig, title, height=420)
     fig.update_xaxes(title=axis_title("lag Δ = t_r − t_p (steps)"), zeroline=False)
     fig.update_yaxes(title=axis_title(f"mean {value_label} (standardized influence)"))
+    if axis == "tails":
+        _zoom_to_tails(fig, groups)
     return fig
+
+
+def _zoom_to_tails(fig: go.Figure, groups: list[tuple[str, LagCurves]]) -> None:
+    """The y axis over the lags Δ ≠ 0 (bands and 0 included, 8 % margin), and the medians at
+    Δ = 0, which may now lie off it, written above the plot."""
+    tails, peaks = [], []
+    for name, curves in groups:
+        off = np.asarray(curves.lags) != 0
+        for kind, band in (("intra", curves.intra), ("inter", curves.inter)):
+            values = np.stack([band.median, band.q1, band.q3])
+            tails.append(values[:, off].ravel())
+            at_zero = np.asarray(band.median)[~off]
+            if at_zero.size and np.isfinite(at_zero[0]):
+                peaks.append(f"{name + ' ' if name else ''}{kind} {at_zero[0]:.3g}")
+    shown = np.concatenate([*tails, [0.0]])
+    shown = shown[np.isfinite(shown)]
+    lo, hi = float(shown.min()), float(shown.max())
+    margin = 0.08 * (hi - lo) or 1.0
+    fig.update_yaxes(range=[lo - margin, hi + margin], autorange=False)
+    if peaks:
+        fig.add_annotation(
+            text="at Δ = 0: " + ", ".join(peaks),
+            x=0,
+            xref="x",
+            y=1,
+            yref="paper",
+            yanchor="bottom",
+            showarrow=False,
+            font={"size": 11, "color": "#555"},
+        )
 
 
 def distance_figure(

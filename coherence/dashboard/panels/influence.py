@@ -12,6 +12,7 @@ from coherence.analysis.exports import (
     lag_curves_csv,
 )
 from coherence.analysis.figures import (
+    LAG_AXES,
     class_transfer_heatmap,
     distance_figure,
     lag_curves_figure,
@@ -85,6 +86,9 @@ def class_transfer(ctx: PanelContext) -> None:
     )
 
 
+LAG_AXIS_KEY = "lag_y"  # in the link (panel_links.PANEL_PARAMS) and the report's params
+
+
 def time_lag(ctx: PanelContext) -> None:
     """Panel 4: Ĥ against lag, intra vs inter class, median and Q1–Q3 across seeds."""
     st.caption(
@@ -93,8 +97,18 @@ def time_lag(ctx: PanelContext) -> None:
     )
     if not need_results(ctx):
         return
+    axis = st.radio(
+        "y axis",
+        list(LAG_AXES),
+        format_func=LAG_AXES.get,
+        key=LAG_AXIS_KEY,
+        horizontal=True,
+        help="The self-influence peak at Δ = 0 is often several times the rest of the curve; "
+        "zooming to Δ ≠ 0 shows how fast influence decays and how close the inter-class "
+        "curve comes (the values at Δ = 0 are written above the plot).",
+    )
     groups = [(g.label, lag_curves(g.result.H_std[g.result.primary])) for g in ctx.ready]
-    figure = lag_curves_figure(groups, title="Influence vs time lag")
+    figure = lag_curves_figure(groups, title="Influence vs time lag", axis=axis)
     chart(figure, key="chart_lag")
     files = [ctx.panel_csv("time_lag", lambda: lag_curves_csv(groups))]
     downloads(

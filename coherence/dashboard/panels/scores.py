@@ -234,7 +234,15 @@ def _page_link(shown: Selection) -> str:
 
 
 # the tabs' choices the report draws, kept in the session while another tab is open
-SWEEP_CHOICES = ("dyn_vs_damping", "sens_pair", "two_time_pair", "two_time_seed", "cons_pair")
+# the tabs' choices the report draws (each kept in the session while its tab is closed)
+SWEEP_CHOICES = (
+    "dyn_vs_damping",
+    "sens_pair",
+    "two_time_pair",
+    "two_time_seed",
+    "cons_pair",
+    "lag_y",
+)
 
 
 def report_params(query: Mapping[str, str], state: Mapping[str, Any]) -> dict[str, str]:

@@ -281,6 +281,29 @@ def test_two_views_of_one_panel_export_under_two_names(workspace, monkeypatch):
     assert stems[-1] == f"{default}_CE-CRP-from-CE-RP_diverging"
 
 
+def test_the_fields_of_one_checkpoint_are_named_after_its_group(workspace, monkeypatch):
+    """Compare mode's field viewer shows one checkpoint: its files named both groups
+    ("UNet-vs-ViT") although they hold one group's fields; they end with that group."""
+    models = importlib.import_module("coherence.dashboard.panels.models")
+    names = []
+    real = models.downloads
+
+    def recording(key, stem, **kwargs):
+        if key == "fields":
+            names.extend([stem, *(name for _, name, _, _ in kwargs["files"])])
+        real(key, stem, **kwargs)
+
+    monkeypatch.setattr(models, "downloads", recording)
+    at = open_app(workspace, monkeypatch, {"panel": "Rollout", "vs": ",".join(COMPARE)})
+    assert_clean(at)
+    vit = next(n for n in at.selectbox(key="field_ckpt").options if n in COMPARE)
+    at.selectbox(key="field_ckpt").set_value(vit).run()
+    assert_clean(at)
+    stem, npz = names[-2:]
+    assert "-vs-" not in stem and stem.endswith("_ViT") and f"_{vit}_" in stem
+    assert npz.endswith("_ViT_all_times.npz") and "-vs-" not in npz
+
+
 def test_a_panels_choices_enter_its_export_names_and_provenance(workspace):
     catalog = scan_workspace(workspace)
     selection = default_selection(workspace)

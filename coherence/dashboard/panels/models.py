@@ -244,16 +244,16 @@ def _field_viewer(ctx: PanelContext, per_group: dict[str, tuple[GroupState, list
     # the npz holds every time and channel of the rollout: named without the shown ones (a
     # name that ended _density_h20 read as one channel at one horizon)
     whole = ctx.with_choices(checkpoint=name, class_name=class_name, trajectory=f"test{index}")
-    downloads(
+    downloads(  # named after the checkpoint's own group (compare mode: not "UNet-vs-ViT")
         "fields",
-        view.stem("fields"),
+        view.stem("fields", group),
         figure=fields,
         caption=how_to_read(field_viewer),
         meta=view.meta("fields"),
         files=[
             npz_file(
                 "Fields (npz)",
-                f"{whole.stem('fields')}_all_times.npz",
+                f"{whole.stem('fields', group)}_all_times.npz",
                 lambda: panel_npz(
                     {
                         "prediction": run["prediction"][row],

@@ -174,13 +174,15 @@ def train_command(
         keep_epochs=parse_keep_epochs(keep_epochs),
         device=device,
     )
-    before = trained_epochs(out)
-    for warning in _keep_epochs_warnings(args.keep_epochs, epochs, before, out):
-        warn(warning)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     slot = compute_slot("train") if executor.local else nullcontext()
     with slot, progress_bar() as bar:
+        # read once the slot is ours: a run queued behind another into the same --out said
+        # "checkpoint written" for the epochs the other had written
+        before = trained_epochs(out)
+        for warning in _keep_epochs_warnings(args.keep_epochs, epochs, before, out):
+            warn(warning, to=bar.console)
         task = bar.add_task("training", total=epochs, visible=False)  # shown by an epoch
 
         def report(epoch: int, total: int, fraction: float, loss: float) -> None:
@@ -213,6 +215,8 @@ def _keep_epochs_warnings(
     passed its 4 in silence)."""
     from coherence.surrogates.snapshots import default_keep, list_snapshots
 
+    if trained >= epochs:  # nothing to train: the run says so, and keeps nothing
+        return []
     option = "--keep-epochs" if keep is not None else "--keep-epochs default (powers of two)"
     keep = default_keep(epochs) if keep is None else keep
     said = []
@@ -224,7 +228,8 @@ def _keep_epochs_warnings(
             "and the same --keep-epochs)"
         )
     kept = list_snapshots(out) if trained else {}
-    if passed := [e for e in keep if e <= trained and e not in kept]:
+    # the epoch trained so far is the checkpoint's own weights: the resume keeps it
+    if passed := [e for e in keep if e < trained and e not in kept]:
         said.append(
             f"{option} {','.join(map(str, passed))}: {out.name} is already trained past "
             f"{'that epoch' if len(passed) == 1 else 'those epochs'} ({trained} epochs), so "

@@ -7,10 +7,12 @@ top eigenvalue of η + λI. Results are shaped [S, B, T, C, T, C] (rows = respon
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -341,6 +343,23 @@ def load_checked(
     return ckpt.load(directory, device=device, trust_code=trust_code)
 
 
+def _model_differences(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """'channels 4 vs 3, resolution 32 vs 64': what two checkpoints' model configs differ
+    in (two demo UNets of CE and NS data were said to differ in "architecture or size")."""
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return text if len(text) <= 40 else text[:39] + "…"
+
+    keys = [k for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
+    parts = [f"{k} {shown(a.get(k))} vs {shown(b.get(k))}" for k in keys[:3]]
+    return (
+        "they differ in "
+        + ", ".join(parts)
+        + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    )
+
+
 def check_seeds(checkpoints: Sequence[str]) -> None:
     """An analysis pools its checkpoints as seeds of one model: refuse two architectures or
     sizes (a UNet and a ViT gave one result, their difference read as the spread across
@@ -356,8 +375,9 @@ def check_seeds(checkpoints: Sequence[str]) -> None:
         elif model != first[1]:
             raise RequestError(
                 f"checkpoints {first[0]} ({first[1].get('arch')}) and {name} "
-                f"({model.get('arch')}) are not seeds of one model (other architecture or "
-                "size); analyse each model on its own, or compare them in the dashboard"
+                f"({model.get('arch')}) are not seeds of one model "
+                f"({_model_differences(first[1], model)}); analyse each model on its own, or "
+                "compare them in the dashboard"
             )
         recipe = ckpt.training_recipe(directory)
         # against every earlier one: a first checkpoint that records no recipe is no

@@ -86,7 +86,8 @@ class SimulationRequest:
         if not 8 <= self.resolution <= MAX_RESOLUTION or self.resolution % 8:
             raise RequestError(
                 f"resolution={self.resolution}: use a multiple of 8 between 8 and "
-                f"{MAX_RESOLUTION} (the surrogates downsample by up to 8)"
+                f"{MAX_RESOLUTION} (the demo surrogates downsample by up to 8; the paper-preset "
+                "UNet by 16, so its data needs a multiple of 16)"
             )
         if not 2 <= self.snapshots <= 10_000:
             raise RequestError(f"snapshots={self.snapshots}: need between 2 and 10000")

@@ -197,9 +197,34 @@ def _new_model(
 
 def check_checkpoint_folder(out: Path) -> None:
     """Refuse an --out folder that holds something other than a checkpoint (a dataset, a
-    project): training wrote its weights, history and snapshots in among those files."""
+    project): training wrote its weights, history and snapshots in among those files; and
+    one inside another checkpoint or a dataset: training into a snapshot (epochs/0002)
+    replaced its weights with another model's, trained on without its optimizer state, and
+    a new model inside a checkpoint's epochs/ was listed as one of its snapshots."""
+    from coherence.simulation.dataset import dataset_files
+    from coherence.workspace import enclosing_checkpoint, enclosing_dataset
+
     if out.exists() and not out.is_dir():  # found only after an epoch, at the first save
         raise RequestError(f"--out {out}: a file, not a folder; choose a new folder for --out")
+    owner = enclosing_checkpoint(out)
+    if owner is not None and owner != out.resolve():
+        what = (
+            f"a snapshot of the checkpoint {owner} (its weights of one epoch, kept as they "
+            f"were); to train on, resume {owner} itself with a larger --epochs"
+            if snapshots.split_snapshot(out)[1] is not None
+            else f"inside the checkpoint {owner}"
+        )
+        raise RequestError(
+            f"--out {out}: {what}; a new model needs a folder of its own (e.g. "
+            f"{owner.parent / 'NAME'})"
+        )
+    dataset = enclosing_dataset(out) or (out.parent if dataset_files(out.parent) else None)
+    if dataset is not None:
+        where = "a dataset" if dataset == out.resolve() else f"inside the dataset {dataset}"
+        raise RequestError(
+            f"--out {out}: {where}; a checkpoint needs a folder of its own (e.g. "
+            "<workspace>/checkpoints/NAME)"
+        )
     if not out.is_dir() or (out / ckpt.CONFIG_FILE).is_file():
         return
     ours = {*ckpt.SET_FILES, ckpt.MANIFEST_FILE, snapshots.EPOCHS_DIR}
@@ -519,7 +544,8 @@ def _train(
     torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     info = open_dataset(data)
-    classes = list(args.classes) or [c for c in info.classes if c in info.files.get("train", {})]
+    every = [c for c in info.classes if c in info.files.get("train", {})]
+    classes = list(args.classes) or _trained_order(out, every) or every
     if not classes:  # no train files: said as a missing valid split is (it was a traceback)
         info.file("train", "")
     for split in ("train", "valid"):
@@ -546,6 +572,8 @@ def _train(
     if not history:
         snapshots.prune_after(out, 0)  # a fresh run in a directory a killed run began
     keep = set(snapshots.resolve_keep(args.keep_epochs, args.epochs))
+    if 0 < len(history) < args.epochs and len(history) in keep:  # the weights at hand are
+        ckpt.save_snapshot(out, model, config, history)  # that epoch's (a no-op if kept)
     for epoch in range(len(history), args.epochs):
         start = time.perf_counter()
         train_smse = _train_epoch(model, optimizer, train_pairs, args, epoch, device, progress)
@@ -566,6 +594,20 @@ def _train(
     return out
 
 
+def _trained_order(out: Path, every: list[str]) -> list[str]:
+    """The checkpoint in ``out``'s classes in its own order when they are ``every`` training
+    class (what no --classes means), else []: a resume without --classes of a checkpoint
+    trained on all of them in another order (the demo's CE-RP, CE-CRP, CE-RPUI; the default
+    is sorted) was refused as "trained with other arguments". A subset stays refused."""
+    if not (out / ckpt.CONFIG_FILE).is_file():
+        return []
+    try:
+        own = [str(c) for c in ckpt.read_config(out).dataset.get("classes") or []]
+    except CheckpointError:  # the resume names what is wrong with it
+        return []
+    return own if sorted(own) == sorted(every) else []
+
+
 def _refuse_divergence(out: Path, record: dict[str, float], args: TrainingArgs) -> None:
     """Stop at an epoch whose loss is NaN or infinite (a learning rate too large), before
     it is saved: it was written as a finished checkpoint (history.json with a bare NaN,
@@ -574,9 +616,13 @@ def _refuse_divergence(out: Path, record: dict[str, float], args: TrainingArgs) 
     if not bad:
         return
     saved = len(ckpt.read_history(out)) if (out / ckpt.CONFIG_FILE).is_file() else 0
-    kept = f"{out} keeps epoch {saved}" if saved else f"nothing was saved to {out}"  # on disk
+    if saved:  # its saved epochs fix its arguments: another --lr is another checkpoint
+        kept, where = f"{out} keeps epoch {saved}", "into a new --out"
+    else:
+        kept, where = f"nothing was saved to {out}", "(the same --out will do)"
+    names = " and ".join(k.replace("_", " ") for k in bad)
     raise RequestError(
-        f"epoch {record['epoch']}: the {' and '.join(k.replace('_', ' ') for k in bad)} is "
+        f"epoch {record['epoch']}: the {names} {'are' if len(bad) > 1 else 'is'} "
         f"{record[bad[0]]} (training diverged); {kept}. Train again with a smaller --lr "
-        f"(this run: {args.lr:g}) into a new --out"
+        f"(this run: {args.lr:g}) {where}"
     )

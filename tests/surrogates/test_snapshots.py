@@ -19,7 +19,7 @@ from coherence.errors import RequestError
 from coherence.simulation.dataset import open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import fileset, snapshots
-from coherence.surrogates.training import train
+from coherence.surrogates.training import TrainingArgs, train
 from tests.fixtures import tiny_args
 
 
@@ -242,3 +242,91 @@ def test_train_takes_a_dataset_name_in_the_workspace(tiny_dataset, tmp_path, mon
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "--data nope: no such folder, nor a dataset of that" in said
     assert "one of the names there (tiny)" in said
+
+
+def test_training_into_a_snapshot_or_inside_a_checkpoint_or_dataset_is_refused(
+    trained, tiny_dataset, tmp_path
+):
+    """`--out ckpt/epochs/0002` resumed the snapshot with fresh optimizer moments and
+    replaced its weights; a model trained into `ckpt/epochs/0009` became a snapshot of
+    another model, and one inside a dataset's folder sat among its files."""
+    copy = shutil.copytree(trained, tmp_path / "copy")
+    snapshot = copy / "epochs" / snapshots.snapshot_name(2)
+    before = _weights(snapshot)
+    with pytest.raises(RequestError, match=r"a snapshot of the checkpoint .*copy .* resume"):
+        train(tiny_dataset, snapshot, tiny_args(epochs=3))
+    assert _weights(snapshot) == before and not (snapshot / "epochs").exists()
+    with pytest.raises(RequestError, match=r"a snapshot of the checkpoint"):
+        train(tiny_dataset, copy / "epochs" / "0009", tiny_args(epochs=1))
+    with pytest.raises(RequestError, match=r"inside the checkpoint .*copy; a new model needs"):
+        train(tiny_dataset, copy / "inner", tiny_args(epochs=1))
+    assert sorted(snapshots.list_snapshots(copy)) == [1, 2, 4, 5]
+    data = shutil.copytree(tiny_dataset, tmp_path / "data_copy")
+    with pytest.raises(RequestError, match=r"inside the dataset .*data_copy; a checkpoint"):
+        train(data, data / "ck", tiny_args(epochs=1))
+    with pytest.raises(RequestError, match=r"--out .*data_copy: a dataset; a checkpoint"):
+        train(data, data, tiny_args(epochs=1))
+    assert not (data / "ck").exists()
+
+
+def test_a_resume_keeps_the_epoch_it_starts_from(tiny_dataset, tmp_path):
+    """Trained to 2 with --keep-epochs none, resumed to 3 with the default (1, 2, 3): epoch 2
+    was the checkpoint's own weights when the run began, yet it was said to be passed and
+    lost; it is kept now (those very weights), and only epoch 1 is said to be passed."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    out = tmp_path / "m"
+    command = ["train", "--data", str(tiny_dataset), "--out", str(out), "--transitions", "2"]
+    run = CliRunner().invoke(app, [*command, "--epochs", "2", "--keep-epochs", "none"])
+    assert run.exit_code == 0, run.output
+    epoch_two = _weights(out)
+    run = CliRunner().invoke(app, [*command, "--epochs", "3"])
+    said = " ".join(run.output.split())
+    assert run.exit_code == 0, run.output
+    assert "(powers of two) 1: m is already trained past that epoch" in said
+    assert sorted(snapshots.list_snapshots(out)) == [2, 3]
+    assert _weights(snapshots.snapshot_dir(out, 2)) == epoch_two
+    # a run with nothing to train warns about no epoch and writes nothing
+    run = CliRunner().invoke(app, [*command, "--epochs", "3", "--keep-epochs", "1,2,3,9"])
+    said = " ".join(run.output.split())
+    assert run.exit_code == 0 and "warning" not in said and "checkpoint written" not in said
+    assert "nothing to do" in said
+
+
+def test_a_run_that_waited_for_its_slot_does_not_claim_the_other_runs_epochs(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    """A second `train` into one --out, queued behind the first, printed "checkpoint written"
+    after "nothing to do": it had read the epochs before waiting. The other run finishes
+    while this one waits for its compute slot (as that run would)."""
+    import contextlib
+
+    from typer.testing import CliRunner
+
+    from coherence import cli
+    from coherence.cli import app
+
+    out = tmp_path / "m"
+
+    @contextlib.contextmanager
+    def slot_after_the_other_run(kind):
+        train(tiny_dataset, out, TrainingArgs(epochs=2, transitions=2))  # the CLI's defaults
+        yield
+
+    monkeypatch.setattr(cli, "compute_slot", slot_after_the_other_run)
+    command = ["train", "--data", str(tiny_dataset), "--out", str(out), "--transitions", "2"]
+    run = CliRunner().invoke(app, [*command, "--epochs", "2"])
+    said = " ".join(run.output.split())
+    assert run.exit_code == 0, run.output
+    assert "nothing to do" in said and "checkpoint written" not in said
+
+
+def test_a_resume_without_classes_trains_on_the_checkpoints_own(tiny_dataset, tmp_path):
+    """A checkpoint trained on CE-RP, CE-CRP (the demo's order, not the sorted one) was
+    refused on resume without --classes as "trained with other arguments"."""
+    out = train(tiny_dataset, tmp_path / "m", tiny_args(epochs=1, classes=("CE-RP", "CE-CRP")))
+    train(tiny_dataset, out, tiny_args(epochs=2))  # no classes given: its own
+    assert ckpt.read_config(out).dataset["classes"] == ["CE-RP", "CE-CRP"]
+    assert len(ckpt.read_history(out)) == 2

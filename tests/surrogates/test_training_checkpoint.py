@@ -103,7 +103,8 @@ def test_resume_with_other_arguments_is_refused(trained, tiny_dataset):
 def test_a_resume_without_classes_of_a_run_that_named_them_all_goes_on(tiny_dataset, tmp_path):
     """No --classes means every training class: a run that named them all, in the data's
     order, resumed without --classes was refused ("classes: [...] → []"). Another order
-    trains otherwise (the pairs' order), so it is refused, with the --classes that resume."""
+    trains otherwise (the pairs' order): without --classes the resume takes the
+    checkpoint's own (a demo checkpoint's order was refused); named, it is refused."""
     info = open_dataset(tiny_dataset)
     every = tuple(c for c in info.classes if c in info.files["train"])
     named = tmp_path / "named"
@@ -112,10 +113,16 @@ def test_a_resume_without_classes_of_a_run_that_named_them_all_goes_on(tiny_data
     assert len(ckpt.read_history(named)) == 2
     swapped = tmp_path / "swapped"
     train(tiny_dataset, swapped, tiny_args(epochs=1, classes=every[::-1]))
+    train(tiny_dataset, swapped, tiny_args(epochs=2))  # its own order: goes on
+    assert ckpt.read_config(swapped).dataset["classes"] == list(every[::-1])
     expected = rf"classes: {list(every[::-1])!r} → {list(every)!r}".replace("[", r"\[")
     with pytest.raises(RequestError, match=expected.replace("]", r"\]")) as refused:
-        train(tiny_dataset, swapped, tiny_args(epochs=2))
+        train(tiny_dataset, swapped, tiny_args(epochs=3, classes=every))
     assert f"(--classes {','.join(every[::-1])})" in str(refused.value)
+    subset = tmp_path / "subset"  # trained on one class: no --classes (all of them) differs
+    train(tiny_dataset, subset, tiny_args(epochs=1, classes=every[:1]))
+    with pytest.raises(RequestError, match=r"classes: "):
+        train(tiny_dataset, subset, tiny_args(epochs=2))
     # fewer classes of the same data: named as other classes, not as other data
     with pytest.raises(RequestError, match=r"classes: ") as refused:
         train(tiny_dataset, named, tiny_args(epochs=3, classes=every[:1]))
@@ -175,9 +182,15 @@ def test_training_into_a_folder_of_other_files_is_refused(tiny_dataset, tmp_path
     dataset = tmp_path / "dataset"
     shutil.copytree(tiny_dataset, dataset)
     listing = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
-    with pytest.raises(RequestError, match=r"--out .*dataset: the folder holds other files \(data"):
+    with pytest.raises(RequestError, match=r"--out .*dataset: a dataset; a checkpoint needs"):
         train(tiny_dataset, dataset, tiny_args(epochs=1))
     assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == listing
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    with pytest.raises(RequestError, match=r"--out .*project: the folder holds other files"):
+        train(tiny_dataset, project, tiny_args(epochs=1))
+    assert [p.name for p in project.iterdir()] == ["notes.txt"]
     empty = tmp_path / "empty"
     (empty / "epochs").mkdir(parents=True)  # a run killed before its first checkpoint
     train(tiny_dataset, empty, tiny_args(epochs=1))
@@ -474,8 +487,8 @@ def test_a_diverged_epoch_stops_training_before_it_is_saved(tiny_dataset, tmp_pa
     out = tmp_path / "diverged"
     with pytest.raises(
         RequestError,
-        match=r"epoch 1: the .* is nan \(training diverged\); "
-        r"nothing was saved .* smaller --lr \(this run: 1e\+06\)",
+        match=r"epoch 1: the .* (is|are) nan \(training diverged\); "
+        r"nothing was saved .* smaller --lr \(this run: 1e\+06\) \(the same --out will do\)",
     ):
         train(tiny_dataset, out, tiny_args(epochs=1, lr=1e6))
     assert not (out / ckpt.CONFIG_FILE).exists()

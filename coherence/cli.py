@@ -8,6 +8,7 @@ the fix (exit status 2), never a traceback. Larger commands live beside this fil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ import typer
 from coherence.cli_analyze import analyze, named_in
 from coherence.cli_cache import cache_app
 from coherence.cli_common import (
+    INTERRUPTED_STATUS,
     RayAddress,
     all_or_nothing,
     compute_slot,
@@ -157,7 +159,7 @@ def train_command(
     from coherence.executors import TrainRun, get_executor
     from coherence.surrogates.checkpoint import trained_epochs
     from coherence.surrogates.snapshots import list_snapshots, parse_keep_epochs
-    from coherence.surrogates.training import TrainingArgs
+    from coherence.surrogates.training import TrainingArgs, check_checkpoint_folder
 
     data = named_in(workspace_root(), data, "--data")  # a name, as analyze and study take
     args = TrainingArgs(
@@ -174,6 +176,7 @@ def train_command(
         keep_epochs=parse_keep_epochs(keep_epochs),
         device=device,
     )
+    check_checkpoint_folder(out)  # before any wait for a slot (training checks it again)
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     slot = compute_slot("train") if executor.local else nullcontext()
@@ -492,9 +495,6 @@ def report(
 app.add_typer(cache_app, name="cache")
 
 
-INTERRUPTED_STATUS = 130  # what friendly_errors exits with after Ctrl-C
-
-
 def main() -> None:
     """The `coherence` console entry point. After Ctrl-C (our line printed, status 130) the
     process ends at once, streams flushed, skipping the interpreter's teardown. Why: an
@@ -506,8 +506,9 @@ def main() -> None:
     except SystemExit as stop:
         if stop.code != INTERRUPTED_STATUS:
             raise
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a reader gone: nothing to keep
+                stream.flush()
         os._exit(INTERRUPTED_STATUS)
 
 

@@ -165,9 +165,12 @@ def friendly_errors(func: F, interrupted: str | None = None, after_full: str | N
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             console.print(interrupted or INTERRUPTED, highlight=False)
-            raise typer.Exit(code=130) from None
+            raise typer.Exit(code=INTERRUPTED_STATUS) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+INTERRUPTED_STATUS = 130  # a command ended by Ctrl-C (128 + SIGINT, as shells report it)
 
 
 def damaged_database(error: BaseException) -> bool:

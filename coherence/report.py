@@ -235,8 +235,11 @@ def panel_value_problems(params: Mapping[str, Any], selection: Selection) -> lis
     problems += pair_problem("cons_pair", link_value(params, "cons_pair"), selection.classes)
     axis = link_value(params, "lag_y")
     if axis is not None and axis != lag_axis(params):
+        from coherence.analysis.figures import LAG_AXES
+
         problems.append(
-            f"lag_y={axis!r}: not a y axis of the Time lag tab (whole, tails); using whole instead"
+            f"lag_y={axis!r}: not a y axis of the Time lag tab ({', '.join(LAG_AXES)}); "
+            "using whole instead"
         )
     damping = selection.damping
     offered = [f"{d:g}" for d in DAMPING_GRID if not math.isclose(d, damping)]

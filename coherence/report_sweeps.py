@@ -377,7 +377,12 @@ def _agreement(selection, labels, params, done, cache: _Cache, out, compare: boo
         out.left_out.append(LeftOut(AGREEMENT, f"{a} vs {b}: {error}"))
         return
     figure = agreement_figure(
-        found, (a, b), times=first.times, damping=damping, group=labels[g] if compare else None
+        found,
+        (a, b),
+        times=first.times,
+        damping=damping,
+        group=labels[g] if compare else None,
+        color_index=g if compare else 0,
     )
     title = AGREEMENT + (f" ({labels[g]})" if compare else "")
     caption = f"{how_to_read(agreement_figure)} {sweep_views.agreement_text(found, damping)}"

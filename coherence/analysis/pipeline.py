@@ -344,20 +344,32 @@ def load_checked(
 
 
 def _model_differences(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """'channels 4 vs 3, resolution 32 vs 64': what two checkpoints' model configs differ
-    in (two demo UNets of CE and NS data were said to differ in "architecture or size")."""
+    """'channels 4 vs 3, base_width 16 vs 32': the settings two checkpoints' model configs
+    differ in, nested ones by their own name (two demo UNets of CE and NS data were said to
+    differ in "architecture or size", then in a "config" whose shown part was the same)."""
+
+    def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in config.items():
+            name = key if prefix in ("", "config.") else prefix + key
+            if isinstance(value, dict):
+                out |= flat(value, f"{name}.")
+            else:
+                out[name] = value
+        return out
 
     def shown(value: Any) -> str:
-        text = json.dumps(value, sort_keys=True, default=str)
+        text = "absent" if value is _ABSENT else json.dumps(value, default=str)
         return text if len(text) <= 40 else text[:39] + "…"
 
-    keys = [k for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
-    parts = [f"{k} {shown(a.get(k))} vs {shown(b.get(k))}" for k in keys[:3]]
-    return (
-        "they differ in "
-        + ", ".join(parts)
-        + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-    )
+    fa, fb = flat(a), flat(b)
+    keys = [k for k in sorted({*fa, *fb}) if fa.get(k, _ABSENT) != fb.get(k, _ABSENT)]
+    parts = [f"{k} {shown(fa.get(k, _ABSENT))} vs {shown(fb.get(k, _ABSENT))}" for k in keys[:3]]
+    more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+    return "they differ in " + ", ".join(parts) + more if parts else "other settings"
+
+
+_ABSENT = object()  # a setting one config lacks (None is a value)
 
 
 def check_seeds(checkpoints: Sequence[str]) -> None:

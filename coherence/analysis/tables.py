@@ -88,6 +88,23 @@ def two_time_csv(V: Any, times: Any, *, steps: Any = None) -> bytes:
     return table_csv(_two_time_columns(V, times, steps))
 
 
+def rank_correlation_csv(rho: Any, *, seeds: Sequence[str]) -> bytes:
+    """seed, batch, row, spearman_rho: every per-row rank correlation of two estimators' Ĥ
+    [S, B, N] (the Sensitivity agreement histogram's values; row n = t·C + c, time-major)."""
+    r = to_numpy(rho)
+    if r.ndim != 3 or r.shape[0] != len(seeds):
+        raise RequestError(f"rho has shape {r.shape}; expected [seeds={len(seeds)}, B, N]")
+    s, b, n = np.meshgrid(*(np.arange(k) for k in r.shape), indexing="ij")
+    return table_csv(
+        {
+            "seed": np.asarray(seeds)[s.ravel()],
+            "batch": b.ravel(),
+            "row": n.ravel(),
+            "spearman_rho": r.ravel(),
+        }
+    )
+
+
 def epoch_maps_csv(maps: Sequence[Any], epochs: Sequence[float], times: Any) -> bytes:
     """epoch, t_p, t_r, value: each epoch's two-time map V [T_r, T_p] in ``two_time_csv``'s
     long format, one block per epoch (the training-dynamics panel's maps)."""

@@ -313,11 +313,12 @@ class JobRunner:
         return cached_unit_count(self.store, request)
 
     def available(self, request: AnalysisRequest) -> bool:
-        """Whether ``request``'s result shows without computing: stored, or every unit of it
-        cached so that ``materialize`` assembles it (a result file lost or damaged, its units
-        kept). Key lookups only."""
-        if self.status(request_key(request)).state == JobState.DONE:
-            return True
+        """Whether ``request``'s result shows without computing: stored, or missing with every
+        unit of it cached so that ``materialize`` assembles it (a result file lost or damaged,
+        its units kept), as the dashboard's page and the report do. Key lookups only."""
+        state = self.status(request_key(request)).state
+        if state != JobState.MISSING:  # done, or a job's own state (a failed or cancelled
+            return state == JobState.DONE  # one is shown as such, not assembled)
         done, total = self.cached_unit_count(request)
         return total > 0 and done == total
 

@@ -122,7 +122,8 @@ def displayed(
         action = "press **Compute** above for the current one"
     banner = (
         f"**Stale figures**: showing the last computed selection ({literal(last.dataset)}, "
-        f"{literal(describe(last))}), not the current one (changed: {literal(what)}); {action}."
+        f"{literal(describe(last))}), not the current one (changed: {literal(what)}); {action}. "
+        "The page's link holds the current selection, not these figures."
     )
     return last, previous, banner
 

@@ -197,34 +197,16 @@ def _new_model(
 
 def check_checkpoint_folder(out: Path) -> None:
     """Refuse an --out folder that holds something other than a checkpoint (a dataset, a
-    project): training wrote its weights, history and snapshots in among those files; and
-    one inside another checkpoint or a dataset: training into a snapshot (epochs/0002)
-    replaced its weights with another model's, trained on without its optimizer state, and
-    a new model inside a checkpoint's epochs/ was listed as one of its snapshots."""
-    from coherence.simulation.dataset import dataset_files
-    from coherence.workspace import enclosing_checkpoint, enclosing_dataset
-
+    project): training wrote its weights, history and snapshots in among those files; one
+    inside another checkpoint: training into a snapshot (epochs/0002) replaced its weights
+    with another model's, trained on without its optimizer state, and a new model inside a
+    checkpoint's epochs/ was listed as one of its snapshots; and one among a dataset's files
+    (its data/ tree, or a workspace dataset's folder, where no checkpoint is listed). A
+    project that holds data/ and its checkpoints side by side is no dataset's folder."""
     if out.exists() and not out.is_dir():  # found only after an epoch, at the first save
         raise RequestError(f"--out {out}: a file, not a folder; choose a new folder for --out")
-    owner = enclosing_checkpoint(out)
-    if owner is not None and owner != out.resolve():
-        what = (
-            f"a snapshot of the checkpoint {owner} (its weights of one epoch, kept as they "
-            f"were); to train on, resume {owner} itself with a larger --epochs"
-            if snapshots.split_snapshot(out)[1] is not None
-            else f"inside the checkpoint {owner}"
-        )
-        raise RequestError(
-            f"--out {out}: {what}; a new model needs a folder of its own (e.g. "
-            f"{owner.parent / 'NAME'})"
-        )
-    dataset = enclosing_dataset(out) or (out.parent if dataset_files(out.parent) else None)
-    if dataset is not None:
-        where = "a dataset" if dataset == out.resolve() else f"inside the dataset {dataset}"
-        raise RequestError(
-            f"--out {out}: {where}; a checkpoint needs a folder of its own (e.g. "
-            "<workspace>/checkpoints/NAME)"
-        )
+    _refuse_inside_a_checkpoint(out)
+    _refuse_inside_a_dataset(out)
     if not out.is_dir() or (out / ckpt.CONFIG_FILE).is_file():
         return
     ours = {*ckpt.SET_FILES, ckpt.MANIFEST_FILE, snapshots.EPOCHS_DIR}
@@ -241,6 +223,49 @@ def check_checkpoint_folder(out: Path) -> None:
             f"--out {out}: the folder holds other files ({shown}) and no checkpoint; training "
             f"would write among them. Choose a new or an empty folder for --out"
         )
+
+
+def _refuse_inside_a_checkpoint(out: Path) -> None:
+    from coherence.workspace import enclosing_checkpoint
+
+    real = out.resolve()
+    owner = enclosing_checkpoint(real)
+    if owner is None or owner == real:  # none, or a resume of the checkpoint itself
+        return
+    epoch = snapshots.split_snapshot(real)[1]
+    if epoch is not None and (real / ckpt.CONFIG_FILE).is_file():
+        what = (
+            f"a snapshot of the checkpoint {owner} (its weights of epoch {epoch}, kept as "
+            f"they were); to train on, resume {owner} itself with a larger --epochs"
+        )
+    elif epoch is not None:
+        what = f"in the snapshots folder of the checkpoint {owner}"
+    else:
+        what = f"inside the checkpoint {owner}"
+    raise RequestError(
+        f"--out {out}: {what}; a new model needs a folder of its own (e.g. {owner.parent / 'NAME'})"
+    )
+
+
+def _refuse_inside_a_dataset(out: Path) -> None:
+    from coherence.simulation.dataset import dataset_files
+
+    real = out.resolve()
+    if dataset_files(real):
+        where = "a dataset"
+    elif dataset := next(
+        (p.parent for p in (real, *real.parents) if p.name == "data" and dataset_files(p.parent)),
+        None,
+    ):
+        where = f"inside the data folder of the dataset {dataset}"
+    elif real.parent.parent.name == "datasets" and dataset_files(real.parent):
+        where = f"inside the workspace dataset {real.parent}"  # not listed as a checkpoint
+    else:
+        return
+    raise RequestError(
+        f"--out {out}: {where}; a checkpoint needs a folder of its own (e.g. "
+        "<workspace>/checkpoints/NAME)"
+    )
 
 
 def _check_same_data(out: Path, info: DatasetInfo, classes: list[str]) -> None:

@@ -349,3 +349,15 @@ def test_meta_table_links_web_addresses_and_escapes_everything():
     assert "<a href='http://host:8501/?data=a&amp;est=b'>" in table  # clickable, escaped
     assert "<script>" not in table and "&lt;script&gt;" in table
     assert "href='javascript" not in table  # only http(s) becomes a link
+
+
+def test_rank_correlation_csv_holds_every_rho_by_seed_batch_and_row():
+    from coherence.analysis.exports import rank_correlation_csv
+
+    rho = np.arange(12.0).reshape(2, 2, 3) / 12
+    text = rank_correlation_csv(rho, seeds=["s10", "s35"]).decode().splitlines()
+    assert text[0] == "seed,batch,row,spearman_rho" and len(text) == 13
+    seed, batch, row, value = text[1 + 7].split(",")  # seed 1, batch 0, row 1
+    assert (seed, batch, row) == ("s35", "0", "1") and float(value) == pytest.approx(7 / 12)
+    with pytest.raises(RequestError, match=r"expected \[seeds=3, B, N\]"):
+        rank_correlation_csv(rho, seeds=["a", "b", "c"])

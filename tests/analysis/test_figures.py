@@ -932,8 +932,9 @@ def test_agreement_map_is_drawn_on_the_maps_own_scale():
     assert f"Pearson over all entries {found.pearson:.2f}" in titles
     assert f"{found.max_difference / found.scale:.0%} of the maps'" in titles
     assert fig.layout.title.text.startswith("Agreement at λ = 0.01: x vs y")
-    grouped = agreement_figure(found, ("x", "y"), group="ViT")  # compare mode names it
-    assert grouped.layout.title.text.startswith("Agreement: ViT · x vs y")
+    grouped = agreement_figure(found, ("x", "y"), group="ViT", color_index=1)  # compare mode
+    assert grouped.layout.title.text.startswith("Agreement: ViT · x vs y")  # names it, in its
+    assert grouped.data[0].marker.color == group_color(1) != fig.data[0].marker.color  # colour
     # the largest difference with the caption's three digits (4.02 read "4" in the title)
     assert f"max |ΔĤ| {found.max_difference:.3g} = " in titles
     # the histogram counts every seed's and batch's rows, and says so (3 seeds of N = 48

@@ -7,6 +7,7 @@ conftest.py), whose default analysis and its UNet-vs-ViT comparison are already 
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
 import math
@@ -27,7 +28,7 @@ from coherence.dashboard.panels import PANELS
 from coherence.dashboard.selection import default_selection
 from coherence.report_panels import pair_label
 from coherence.workspace import ENV_VAR, datasets_dir
-from tests.fixtures import COMPARE, REPO, simulate
+from tests.fixtures import COMPARE, REPO, copy_workspace, simulate
 
 TIMEOUT = 120  # seconds per script run: the first one imports torch and plotly
 
@@ -340,6 +341,33 @@ def test_the_scores_tab_exports_a_table_not_a_figure(workspace, monkeypatch):
     assert "Table (HTML)" in labels["Scores"]
     assert not any(label.startswith("Figure") for label in labels["Scores"])
     assert "Figure (HTML)" in labels["Time lag"]
+
+
+def test_compare_mode_with_one_group_computed_names_that_group(workspace, tmp_path, monkeypatch):
+    """With group B not computed, group A's lone map had no group in its title, and its
+    files were named "UNet-vs-ViT" though they held UNet's alone."""
+    from coherence.cache.keys import unit_keys
+    from coherence.dashboard.panels import common
+
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    selection = replace(default_selection(moved), compare=COMPARE)
+    runner = JobRunner(moved)
+    request = selection.to_request(moved, selection.groups[1])
+    runner.store.delete(runner.key(request))
+    for key in [k for row in unit_keys(request) for k in row]:
+        runner.store.delete_unit(key)
+    stems = []
+    real = common.downloads
+    two_time = importlib.import_module("coherence.dashboard.panels.two_time")  # the module
+    monkeypatch.setattr(
+        two_time, "downloads", lambda key, stem, **kw: (stems.append(stem), real(key, stem, **kw))
+    )
+    at = open_app(moved, monkeypatch, selection.to_query())
+    assert_clean(at)
+    assert "**ViT** is not computed yet; only **UNet** is shown." in [i.value for i in at.info]
+    (figure,) = charts(at)
+    assert figure["layout"]["title"]["text"].startswith("UNet: Two-time influence")
+    assert stems[-1].endswith("_UNet_two_time") and "-vs-" not in stems[-1]
 
 
 def test_compare_mode_opens_on_another_group_after_group_a_moved(workspace, monkeypatch):

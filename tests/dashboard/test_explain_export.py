@@ -322,7 +322,7 @@ def test_a_panels_choices_enter_its_export_names_and_provenance(workspace):
     assert "_UNet-vs-ViT_two_time" in pair.stem("two_time")
     assert pair.stem("two_time", pair.groups[1]).endswith("_two_time_ViT")  # a group's file
     meta = view.meta()
-    assert meta["class pair"] == "CE-CRP-from-CE-RP" and meta["colour scale"] == "auto"
+    assert meta["class pair"] == "CE-CRP ← CE-RP" and meta["colour scale"] == "auto"
     assert "seed" not in meta  # a default the panel does not name is left out
     assert {k: v for k, v in meta.items() if k in ctx.meta()} == ctx.meta()  # nothing lost
     # a default the panel names: out of the file name, in the provenance (the CSV header)

@@ -447,6 +447,7 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     assert f"Pearson over all entries {pearson:.3f}" in texts(at.caption)
     csv_labels = [b.proto.label for b in at.get("download_button")]
     assert csv_labels.count("Data (CSV)") == 2  # the λ chart's and the agreement's
+    assert "Row correlations (CSV)" in csv_labels  # the histogram's ρ values too
     assert at.query_params["sens_pair"] == "ekfac-krylov vs euclidean"  # the link shows it
     # on demand: cg at 2 tolerances, krylov, ekfac-krylov at depth 4, ekfac, subspace and the
     # subspace at 2 more energy thresholds, × 6 λ

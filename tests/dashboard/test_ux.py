@@ -908,12 +908,23 @@ def test_the_lag_chart_zooms_to_its_tails_and_the_link_keeps_it(workspace, monke
     """The Δ = 0 peak squashed the tails: "Δ ≠ 0" fits the y axis to the other lags (the
     peak written above the plot); the choice travels in the link (left out while the whole
     curve is shown) and a value the tab does not offer is said and replaced."""
+    influence = importlib.import_module("coherence.dashboard.panels.influence")
+    exported = []
+    real = influence.downloads
+    monkeypatch.setattr(
+        influence,
+        "downloads",
+        lambda key, stem, **kw: (exported.append((stem, kw["meta"])), real(key, stem, **kw)),
+    )
     at = open_app(workspace, monkeypatch, {"panel": "Time lag"})
     assert_clean(at)
     assert "range" not in charts(at)[0]["layout"].get("yaxis", {})
     assert "lag_y" not in at.query_params
+    whole_stem, whole_meta = exported[-1]
+    assert whole_meta["y axis"] == "whole curve"
     at.radio(key="lag_y").set_value("tails").run()
     assert_clean(at)
+    assert exported[-1][0] == f"{whole_stem}_tails" and exported[-1][1]["y axis"] == "tails"
     (zoomed,) = charts(at)
     lo, hi = zoomed["layout"]["yaxis"]["range"]
     (intra,) = [t for t in zoomed["data"] if str(t.get("name", "")).endswith("intra-class")]

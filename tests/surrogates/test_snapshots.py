@@ -256,17 +256,27 @@ def test_training_into_a_snapshot_or_inside_a_checkpoint_or_dataset_is_refused(
     with pytest.raises(RequestError, match=r"a snapshot of the checkpoint .*copy .* resume"):
         train(tiny_dataset, snapshot, tiny_args(epochs=3))
     assert _weights(snapshot) == before and not (snapshot / "epochs").exists()
-    with pytest.raises(RequestError, match=r"a snapshot of the checkpoint"):
+    with pytest.raises(RequestError, match=r"in the snapshots folder of the checkpoint"):
         train(tiny_dataset, copy / "epochs" / "0009", tiny_args(epochs=1))
     with pytest.raises(RequestError, match=r"inside the checkpoint .*copy; a new model needs"):
         train(tiny_dataset, copy / "inner", tiny_args(epochs=1))
     assert sorted(snapshots.list_snapshots(copy)) == [1, 2, 4, 5]
-    data = shutil.copytree(tiny_dataset, tmp_path / "data_copy")
-    with pytest.raises(RequestError, match=r"inside the dataset .*data_copy; a checkpoint"):
+    data = shutil.copytree(tiny_dataset, tmp_path / "ws" / "datasets" / "d")
+    with pytest.raises(RequestError, match=r"inside the workspace dataset .*d; a checkpoint"):
         train(data, data / "ck", tiny_args(epochs=1))
-    with pytest.raises(RequestError, match=r"--out .*data_copy: a dataset; a checkpoint"):
+    with pytest.raises(RequestError, match=r"inside the data folder of the dataset .*d;"):
+        train(data, data / "data" / "train" / "ck", tiny_args(epochs=1))
+    with pytest.raises(RequestError, match=r"--out .*d: a dataset; a checkpoint"):
         train(data, data, tiny_args(epochs=1))
-    assert not (data / "ck").exists()
+    assert not (data / "ck").exists() and not (data / "data" / "train" / "ck").exists()
+    # a project holding its data/ and its checkpoints side by side is no dataset's folder
+    project = shutil.copytree(tiny_dataset, tmp_path / "project")
+    train(project, project / "unet", tiny_args(epochs=1))
+    assert (project / "unet" / ckpt.CONFIG_FILE).is_file()
+    # a snapshot reached through a symlink is named as a snapshot
+    (tmp_path / "link").symlink_to(snapshot)
+    with pytest.raises(RequestError, match=r"a snapshot of the checkpoint .*copy \(its weights"):
+        train(tiny_dataset, tmp_path / "link", tiny_args(epochs=3))
 
 
 def test_a_resume_keeps_the_epoch_it_starts_from(tiny_dataset, tmp_path):
@@ -321,12 +331,3 @@ def test_a_run_that_waited_for_its_slot_does_not_claim_the_other_runs_epochs(
     said = " ".join(run.output.split())
     assert run.exit_code == 0, run.output
     assert "nothing to do" in said and "checkpoint written" not in said
-
-
-def test_a_resume_without_classes_trains_on_the_checkpoints_own(tiny_dataset, tmp_path):
-    """A checkpoint trained on CE-RP, CE-CRP (the demo's order, not the sorted one) was
-    refused on resume without --classes as "trained with other arguments"."""
-    out = train(tiny_dataset, tmp_path / "m", tiny_args(epochs=1, classes=("CE-RP", "CE-CRP")))
-    train(tiny_dataset, out, tiny_args(epochs=2))  # no classes given: its own
-    assert ckpt.read_config(out).dataset["classes"] == ["CE-RP", "CE-CRP"]
-    assert len(ckpt.read_history(out)) == 2

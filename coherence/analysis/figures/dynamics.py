@@ -604,6 +604,7 @@ def agreement_figure(
     times: Sequence[float] | None = None,
     damping: float | None = None,
     group: str | None = None,
+    color_index: int = 0,
 ) -> go.Figure:
     """Read: left, the distribution of the per-row rank correlation of Ĥ between two
     estimators, every row of every seed and batch counted (1: every row ranks the
@@ -634,7 +635,7 @@ def agreement_figure(
         go.Histogram(
             x=corr,
             xbins={"start": -1.0, "end": 1.0001, "size": 0.05},
-            marker={"color": group_color(0)},
+            marker={"color": group_color(color_index)},  # the group's colour on the page
             name="rows",
             showlegend=False,
             hovertemplate=f"ρ %{{x}}<br>%{{y}} {counted}<extra></extra>",

@@ -91,6 +91,13 @@ class PanelContext:
         return len(self.groups) > 1
 
     @property
+    def lone(self) -> str | None:
+        """The one group drawn in compare mode while the other is not computed (its figure
+        then names it: an unlabelled map read as group A's), else None."""
+        ready = self.ready
+        return ready[0].label if self.compare and len(ready) == 1 else None
+
+    @property
     def n_examples(self) -> int:
         return self.selection.n_examples
 
@@ -127,10 +134,13 @@ class PanelContext:
             tag = models_tag(self.selection, MODEL_PANELS[panel])
         else:
             tag = selection_tag(self.selection)
-        if self.instead:  # another group's view: said
+        drawn = self.groups if panel in MODEL_PANELS else (self.ready or self.groups)
+        if group or panel == "snapshots":  # a group's own file; the dataset's, no group's
+            shown = []
+        elif self.instead:  # another group's view: said
             shown = [self.instead]
-        else:
-            shown = [] if group else [groups_tag([g.label for g in self.groups])]
+        else:  # the groups drawn: compare mode with one group computed names that one
+            shown = [groups_tag([g.label for g in drawn])]
         parts = [tag, *shown, panel, *(value for _, value in self.choices)]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 
@@ -138,7 +148,12 @@ class PanelContext:
         """Parameters and provenance of the view (dataset, checkpoints, estimator, λ, cache
         keys, the panel's choices): the footer of HTML exports, PNG/SVG metadata and the CSV
         header. A panel that reads no analysis (``MODEL_PANELS``) gets no analysis rows."""
-        chosen = {name.replace("_", " "): value for name, value in self.settings}
+        chosen = {  # a class pair as it reads on the page, not as its file-name part
+            name.replace("_", " "): value.replace("-from-", " ← ")
+            if name == "class_pair"
+            else value
+            for name, value in self.settings
+        }
         if self.instead:
             chosen["shown instead of the sidebar's selection"] = f"{self.instead}'s default view"
         meta = provenance(self.selection, self.ready)
@@ -292,7 +307,9 @@ def need_results(ctx: PanelContext) -> bool:
         for group in ctx.groups:
             if group.result is None:
                 what = "is being computed" if group.label in running else "is not computed yet"
-                st.info(f"**{literal(group.label)}** {what}; only the others are shown.")
+                shown = ", ".join(f"**{literal(g.label)}**" for g in ctx.ready)
+                verb = "is" if len(ctx.ready) == 1 else "are"
+                st.info(f"**{literal(group.label)}** {what}; only {shown} {verb} shown.")
         return True
     if running:
         st.info(
@@ -359,7 +376,7 @@ def shared_figure(ctx: PanelContext, key: tuple, build: Callable[[], go.Figure])
     groups = tuple((g.key, g.label) for g in ctx.ready)
     if any(k is None for k, _ in groups):
         return build()
-    return _shared_figure((groups, ctx.n_examples, *key), build)
+    return _shared_figure((groups, ctx.compare, ctx.n_examples, *key), build)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
@@ -378,10 +395,19 @@ def clicked_point(key: str) -> dict[str, Any] | None:
 
 
 def pair_figure(
-    figures: Sequence[go.Figure], labels: Sequence[str], *, zrange=None, title: str = ""
+    figures: Sequence[go.Figure],
+    labels: Sequence[str],
+    *,
+    zrange=None,
+    title: str = "",
+    lone: str | None = None,
 ) -> go.Figure:
-    """One figure, or compare mode's two side by side on one colour scale."""
+    """One figure, or compare mode's two side by side on one colour scale; ``lone``: the
+    group of compare mode's one computed figure, named in its title (``PanelContext.lone``)."""
     if len(figures) == 1:
+        if lone:
+            shown = figures[0].layout.title.text or title
+            figures[0].update_layout(title_text=f"{lone}: {shown}")
         return figures[0]
     return side_by_side(figures[0], figures[1], titles=tuple(labels), zrange=zrange, title=title)
 

@@ -142,7 +142,8 @@ def _one_response(ctx: PanelContext, response: str) -> None:
                 zrange=zrange,
             )
         )
-    figure = pair_figure(figures, [g.label for g in ctx.ready], zrange=zrange, title=title)
+    labels = [g.label for g in ctx.ready]
+    figure = pair_figure(figures, labels, zrange=zrange, title=title, lone=ctx.lone)
     chart(figure, key=f"chart_{response}_map")
     note_clipped([V for _, V in maps], zrange)
     with controls:

@@ -30,17 +30,14 @@ from coherence.dashboard.panels.common import (
     pair_figure,
     scale_choice,
     scale_selector,
+    scale_text,
 )
 from coherence.errors import CoherenceError
 
 
 def class_transfer(ctx: PanelContext) -> None:
     """Panel 3: mean Ĥ per (response class, perturbation class)."""
-    st.caption(
-        how_to_read(class_transfer_heatmap)
-        + " Same default colour range [0, √N] as the two-time map; the numbers are the cell "
-        "means."
-    )
+    st.caption(how_to_read(class_transfer_heatmap) + " The numbers are the cell means.")
     if not need_results(ctx):
         return
     controls = st.container()  # drawn above the chart, filled after it
@@ -66,9 +63,11 @@ def class_transfer(ctx: PanelContext) -> None:
         [g.label for g in ctx.ready],
         zrange=zrange,
         title="Class transfer matrix (rows = response, columns = perturbation)",
+        lone=ctx.lone,
     )
     chart(figure, key="chart_transfer")
     note_clipped([M for _, M in matrices], zrange)
+    st.caption(scale_text(scale, zrange))  # the range drawn (it said [0, √N] for every scale)
     with controls:
         scale_selector("transfer", st.columns(3)[0])
     view = ctx.with_choices(colour_scale=scale_choice(scale))
@@ -110,14 +109,17 @@ def time_lag(ctx: PanelContext) -> None:
     groups = [(g.label, lag_curves(g.result.H_std[g.result.primary])) for g in ctx.ready]
     figure = lag_curves_figure(groups, title="Influence vs time lag", axis=axis)
     chart(figure, key="chart_lag")
+    # the zoomed figure downloads under its own name, its axis in the provenance; the CSV
+    # holds every lag either way
+    view = ctx.with_choices({"y_axis": LAG_AXES["whole"]}, y_axis=None if axis == "whole" else axis)
     files = [ctx.panel_csv("time_lag", lambda: lag_curves_csv(groups))]
     downloads(
         "lag",
-        ctx.stem("time_lag"),
+        view.stem("time_lag"),
         figure=figure,
         files=files,
         caption=how_to_read(lag_curves_figure),
-        meta=ctx.meta(),
+        meta=view.meta(),
     )
 
 
@@ -155,7 +157,7 @@ def distance(ctx: PanelContext) -> None:
     if not figures:
         return
     labels = [g.label for g, _ in curves]
-    figure = pair_figure(figures, labels, title="Influence vs input distance")
+    figure = pair_figure(figures, labels, title="Influence vs input distance", lone=ctx.lone)
     if len(figures) == 2:
         _share_y(figure, [c for _, c in curves])
     chart(figure, key="chart_distance")

@@ -233,7 +233,6 @@ def _page_link(shown: Selection) -> str:
     return f"{base.rstrip('/')}/?{query}" if base and query else base
 
 
-# the tabs' choices the report draws, kept in the session while another tab is open
 # the tabs' choices the report draws (each kept in the session while its tab is closed)
 SWEEP_CHOICES = (
     "dyn_vs_damping",

@@ -8,7 +8,7 @@ from functools import partial
 
 import streamlit as st
 
-from coherence.analysis.exports import two_time_csv, with_header
+from coherence.analysis.exports import rank_correlation_csv, two_time_csv, with_header
 from coherence.analysis.figures.dynamics import agreement_figure, sensitivity_figure
 from coherence.dashboard import compute, loaders, panel_links, sweep_views, sweeps
 from coherence.dashboard.markup import literal
@@ -208,6 +208,7 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
         times=first.times,
         damping=damping,
         group=labels[g] if ctx.compare else ctx.instead,
+        color_index=g if ctx.compare else 0,
     )
     chart(figure, key="chart_agreement")
     slot.selectbox("Compare", names, key="sens_pair")
@@ -235,7 +236,18 @@ def _agreement(ctx: PanelContext, labels: list[str], done) -> None:
                 "Data (CSV)",
                 f"{stem}.csv",
                 lambda: with_header(two_time_csv(found.map_difference, first.times), meta),
-            )
+            ),
+            csv_file(
+                "Row correlations (CSV)",
+                f"{stem}_rows.csv",
+                lambda: with_header(
+                    rank_correlation_csv(found.rank_correlation, seeds=first.checkpoints),
+                    meta | {"value": f"per-row Spearman ρ of Ĥ, {a} vs {b}"},
+                ),
+            ),
         ],
     )
-    st.caption(f"{sweep_views.agreement_text(found, damping)} The CSV holds the difference map.")
+    st.caption(
+        f"{sweep_views.agreement_text(found, damping)} The data CSV holds the difference map, "
+        "the row correlations CSV every ρ of the histogram."
+    )

@@ -152,7 +152,11 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
             )
         labels = [g.label for g in ctx.ready]
         figure = pair_figure(
-            figures, labels, zrange=zrange, title=f"Two-time influence, {view_label}"
+            figures,
+            labels,
+            zrange=zrange,
+            title=f"Two-time influence, {view_label}",
+            lone=ctx.lone,
         )
         if "<br>" in (figure.layout.title.text or ""):
             figure.update_layout(margin_t=84)  # room for the second line

@@ -11,12 +11,13 @@ from coherence.dashboard.compute import GroupState
 from coherence.dashboard.panels.common import shared_figure
 
 
-def _ctx(*keys: str | None, n_examples: int = 48) -> SimpleNamespace:
+def _ctx(*keys: str | None, n_examples: int = 48, compare: bool | None = None) -> SimpleNamespace:
     groups = tuple(
         GroupState(label=f"group {i}", checkpoints=("c",), key=k, result=object())
         for i, k in enumerate(keys)
     )
-    return SimpleNamespace(ready=groups, n_examples=n_examples)
+    compare = len(groups) > 1 if compare is None else compare
+    return SimpleNamespace(ready=groups, n_examples=n_examples, compare=compare)
 
 
 def _counting_build(calls: list[str], name: str):
@@ -40,9 +41,11 @@ def test_built_once_per_results_and_options():
     )
     other_size = shared_figure(_ctx("k-results-1", n_examples=24), key, _counting_build(calls, "e"))
     compare = shared_figure(_ctx("k-results-1", "k-results-2"), key, _counting_build(calls, "f"))
-    assert calls == ["a", "c", "d", "e", "f"]
-    titles = {f.layout.title.text for f in (first, other_result, other_option, other_size, compare)}
-    assert titles == {"a", "c", "d", "e", "f"}
+    # compare mode with one group computed draws it under its name: not the single view's
+    lone = shared_figure(_ctx("k-results-1", compare=True), key, _counting_build(calls, "g"))
+    assert calls == ["a", "c", "d", "e", "f", "g"]
+    drawn = (first, other_result, other_option, other_size, compare, lone)
+    assert {f.layout.title.text for f in drawn} == {"a", "c", "d", "e", "f", "g"}
 
 
 def test_a_group_without_a_key_is_never_cached():

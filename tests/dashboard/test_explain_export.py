@@ -309,7 +309,7 @@ def test_a_panels_choices_enter_its_export_names_and_provenance(workspace):
     selection = default_selection(workspace)
     states = compute.group_states(workspace, catalog, selection)
     ctx = PanelContext(workspace, catalog, selection, catalog.dataset(selection.dataset), states)
-    view = ctx.with_choices(class_pair="CE-CRP-from-CE-RP", seed=None, colour_scale="auto")
+    view = ctx.with_choices(class_pair="CE-CRP ← CE-RP", seed=None, colour_scale="auto")
     assert view.stem("two_time") == f"{ctx.stem('two_time')}_CE-CRP-from-CE-RP_auto"
     both = replace(selection, compare=COMPARE)  # compare mode names both groups
     pair = PanelContext(

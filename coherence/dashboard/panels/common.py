@@ -141,19 +141,15 @@ class PanelContext:
             shown = [self.instead]
         else:  # the groups drawn: compare mode with one group computed names that one
             shown = [groups_tag([g.label for g in drawn])]
-        parts = [tag, *shown, panel, *(value for _, value in self.choices)]
+        choices = (pair_tag(value) if " ← " in value else value for _, value in self.choices)
+        parts = [tag, *shown, panel, *choices]
         return safe_name("_".join(parts + ([group.stem] if group else [])))
 
     def meta(self, panel: str | None = None) -> dict[str, Any]:
         """Parameters and provenance of the view (dataset, checkpoints, estimator, λ, cache
         keys, the panel's choices): the footer of HTML exports, PNG/SVG metadata and the CSV
         header. A panel that reads no analysis (``MODEL_PANELS``) gets no analysis rows."""
-        chosen = {  # a class pair as it reads on the page, not as its file-name part
-            name.replace("_", " "): value.replace("-from-", " ← ")
-            if name == "class_pair"
-            else value
-            for name, value in self.settings
-        }
+        chosen = {name.replace("_", " "): value for name, value in self.settings}
         if self.instead:
             chosen["shown instead of the sidebar's selection"] = f"{self.instead}'s default view"
         meta = provenance(self.selection, self.ready)
@@ -491,6 +487,7 @@ def pair_choice(option: str) -> str:
 
 
 def pair_tag(option: str) -> str:
-    """'CE-CRP ← CE-RP' as a file-name part: 'CE-CRP-from-CE-RP'."""
+    """'CE-CRP ← CE-RP' as a file-name part: 'CE-CRP-from-CE-RP' (``stem`` writes a class
+    pair chosen in a panel so; its provenance keeps the pair as the page shows it)."""
     response, perturbation = option.split(" ← ")
     return f"{response}-from-{perturbation}"

@@ -21,7 +21,6 @@ from coherence.dashboard.panels.common import (
     note_clipped,
     pair_choice,
     pair_figure,
-    pair_tag,
     scale_choice,
     scale_selector,
     widget_value,
@@ -157,7 +156,7 @@ def _one_response(ctx: PanelContext, response: str) -> None:
         scale_selector(response, right)
     view = ctx.with_choices(
         {"class_pair": pair_label(INTRA)},
-        class_pair=None if option == INTRA else pair_tag(option),
+        class_pair=None if option == INTRA else option,
         colour_scale=scale_choice(scale),
     )
     downloads(

@@ -35,7 +35,6 @@ from coherence.dashboard.panels.common import (
     note_clipped,
     pair_choice,
     pair_figure,
-    pair_tag,
     response_title,
     scale_choice,
     scale_selector,
@@ -173,7 +172,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
     note_clipped([V for _, V in maps], zrange)
     view = ctx.with_choices(
         {"class_pair": pair_label(INTRA), "seed": "mean over seeds"},
-        class_pair=None if option == INTRA else pair_tag(option),
+        class_pair=None if option == INTRA else option,
         seed=None if seed == "mean" else seed,
         colour_scale=scale_choice(scale),
     )
@@ -195,7 +194,7 @@ def _two_time_chart(ctx: PanelContext, option: str, seed: str) -> tuple[str, tup
     if len(maps) == 2 and maps[0][1].shape == maps[1][1].shape:
         difference = ctx.with_choices(  # always diverging: not the maps' colour scale
             {"class_pair": pair_label(INTRA), "colour_scale": "diverging"},
-            class_pair=None if option == INTRA else pair_tag(option),
+            class_pair=None if option == INTRA else option,
             colour_scale=None,
         )
         _difference(difference, maps, [g.label for g in ctx.ready], option)

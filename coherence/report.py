@@ -398,6 +398,8 @@ def provenance(selection: Selection, groups: Sequence[ReportGroup]) -> dict[str,
         "estimator": selection.estimator,
         "damping λ": selection.damping,
     }
+    if selection.estimator == "euclidean":  # M = I: a λ here read as if it mattered
+        meta["damping λ"] = "not used (euclidean: M = I)"
     if selection.rtol is not None:
         meta["cg rtol"] = selection.rtol
     if selection.resolved_depth is not None:

@@ -36,18 +36,18 @@ def groups_tag(labels: Sequence[str]) -> str:
 
 
 def selection_tag(selection: Any) -> str:
-    """'<dataset>_w<start>-<end>_<estimator>_lam<λ>_<hash6>' for a dashboard Selection;
-    start and end are the snapshot indices the sidebar's window slider shows (the window's
-    transitions run from snapshot start to snapshot end)."""
+    """'<dataset>_w<start>-<end>_<estimator>_lam<λ>_<hash6>' for a dashboard Selection (no
+    λ for euclidean, which does not use it); start and end are the snapshot indices the
+    sidebar's window slider shows (the window's transitions run from snapshot start to
+    snapshot end)."""
     first = selection.t_start
     last = selection.t_start + selection.n_steps
     digest = hashlib.sha256(json.dumps(selection.to_query(), sort_keys=True).encode()).hexdigest()[
         :6
     ]
-    tag = (
-        f"{selection.dataset}_w{first}-{last}_{selection.estimator}"
-        f"_lam{selection.damping:.0e}_{digest}"
-    )
+    # euclidean (M = I) uses no λ: its files named one as if it mattered (a walk-through)
+    damping = "" if selection.estimator == "euclidean" else f"_lam{selection.damping:.0e}"
+    tag = f"{selection.dataset}_w{first}-{last}_{selection.estimator}{damping}_{digest}"
     return safe_name(tag.replace("e-0", "e-").replace("e+0", "e+"))
 
 

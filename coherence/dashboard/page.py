@@ -51,6 +51,10 @@ COMPACT_STYLE = """<style>
 </style>"""
 
 
+# the first run's warnings about the link, kept until a run of the page reaches its end: a
+# panel that starts a job on its first visit (Rollout) reruns the page at once, and the
+# warnings of the run it cut short were never seen, while the link was already repaired
+LINK_NOTES = "_link_notes"
 _startup_heap = threading.Event()
 
 
@@ -108,10 +112,11 @@ def _run() -> None:
             + sidebar.init_from_url(catalog, cuda_available=cuda)
             + panel_links.restore()
         )
-        for warning in warnings:
-            st.warning(literal(warning), icon=":material/link_off:")
+        st.session_state[LINK_NOTES] = warnings
         for key in ignored_keys(st.query_params.to_dict()):  # said ignored: so not carried on
             del st.query_params[key]
+    for warning in st.session_state.get(LINK_NOTES, ()):
+        st.warning(literal(warning), icon=":material/link_off:")
     selection = sidebar.prepare(catalog)
     if gone := st.session_state.pop(VANISHED, None):
         names = ", ".join(dict.fromkeys(gone))
@@ -129,6 +134,7 @@ def _run() -> None:
     sidebar.draw(catalog, cuda_available=cuda)  # last: the heatmap reaches the browser first
     with st.sidebar:
         _skipped_entries(catalog)
+    st.session_state.pop(LINK_NOTES, None)  # shown by a run that reached its end
 
 
 def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool, report_slot) -> None:

@@ -23,6 +23,7 @@ from coherence.dashboard import compute
 from coherence.dashboard.panels.common import PanelContext
 from coherence.dashboard.selection import default_selection
 from coherence.dashboard.workspace_scan import scan_workspace
+from coherence.report import provenance
 from tests.fixtures import COMPARE
 
 from .test_app import assert_clean, charts, open_app, plotly_array, texts
@@ -206,6 +207,12 @@ def test_export_names_encode_the_selection(workspace):
     assert selection_tag(other).startswith(f"{selection.dataset}_w{start + 1}-{end}_")
     assert "ekfac-krylov" in selection_tag(selection)
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", selection_tag(selection))
+    assert "_lam1e-4_" in selection_tag(selection)
+    # euclidean (M = I) uses no λ: neither its names nor its provenance give one
+    euclidean = replace(selection, estimator="euclidean")
+    assert "_lam" not in selection_tag(euclidean) and "_euclidean_" in selection_tag(euclidean)
+    assert provenance(euclidean, ())["damping λ"] == "not used (euclidean: M = I)"
+    assert provenance(selection, ())["damping λ"] == selection.damping
     # panels that read no analysis: another window, estimator or λ named one file two ways
     catalog = scan_workspace(workspace)
     states = compute.group_states(workspace, catalog, selection)

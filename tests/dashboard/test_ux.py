@@ -1025,6 +1025,27 @@ def test_rollouts_run_as_a_background_job_on_the_first_visit_and_then_come_from_
     assert len(charts(again)) == 2 and runner.store.computations(key) == before + 1
 
 
+def test_a_repaired_link_is_explained_when_the_rollout_panel_starts_its_job(
+    workspace, monkeypatch, tmp_path
+):
+    """A link's bad value was replaced silently on a first visit to the Rollout tab: the tab
+    starts its job and reruns the page at once, and the warnings of the first run went with
+    it, while the address bar already held the repaired selection. They stay until a run of
+    the page reaches its end."""
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    runner = JobRunner(moved)
+    key = runner.task_key("rollout", default_selection(moved).rollout_spec(moved))
+    runner.store._cache.delete(f"artifact:{key}")
+    monkeypatch.setenv(TEST_DELAY_ENV, "0.3")
+    at = open_app(moved, monkeypatch, {"panel": "Rollout", "classes": "XX-NONE"})
+    assert not at.exception
+    assert runner.status(key).state in ("running", "done")  # the tab started its job
+    assert "URL parameter classes='XX-NONE'" in texts(at.warning)
+    wait_for(lambda: runner.status(key).state == "done", "the rollouts", timeout=180)
+    at.run()  # a run that reaches its end has shown them: the next one does not
+    assert "URL parameter" not in texts(at.warning)
+
+
 def test_rollouts_a_changed_selection_left_queued_are_withdrawn_and_restart_on_return(
     workspace, monkeypatch, tmp_path
 ):

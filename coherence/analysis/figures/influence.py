@@ -262,7 +262,8 @@ def lag_curves_figure(
     fig.add_vline(x=0, line={"color": "grey", "width": 1, "dash": "dot"})
     styled(fig, title, height=420)
     fig.update_xaxes(title=axis_title("lag Δ = t_r − t_p (steps)"), zeroline=False)
-    fig.update_yaxes(title=axis_title(f"mean {value_label} (standardized influence)"))
+    # each seed's mean over the lag's pairs; the line is their median (the axis said "mean")
+    fig.update_yaxes(title=axis_title(f"mean {value_label} at Δ (median over seeds)"))
     if axis == "tails":
         _zoom_to_tails(fig, groups)
     return fig

@@ -62,7 +62,8 @@ def spectrum(ctx: PanelContext) -> None:
         st.caption(
             "Medians over (seed, batch); rank: the higher median, a whole number, of span(G), "
             "the spectrum's basis (the default estimator's whole space, the rank in its "
-            "diagnostics, also holds M̃⁻¹G: about twice as many). Participation "
+            "diagnostics, also holds M̃⁻¹G: about twice as many); the median curve above "
+            "ends at the smallest rank, the last index every (seed, batch) has. Participation "
             "ratio (Σλ)²/Σλ² and entropy rank are effective ranks (N for a flat spectrum, 1 "
             "for one direction); dominant share λ_max/Σλ (the Scores tab's fifth score); decay "
             "slope p in λ_k ∝ k^p over the top half."

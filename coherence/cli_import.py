@@ -99,9 +99,9 @@ def _warn_stale_checkpoints(report) -> None:
         warn(
             f"{plural(len(stale), 'checkpoint')} ({', '.join(p.name for p in stale)}) "
             f"trained on training files of {', '.join(sorted(replaced))} that this import "
-            "replaced: their training data is no longer in this dataset, and a new split "
-            "(PDEgym's, by index) can put trajectories they learnt from in valid or test, "
-            "where their analyses would read them. Retrain them on the new files into new "
+            "replaced: their training data is no longer in this dataset, and the new files' "
+            "valid or test splits may hold trajectories they learnt from, where their "
+            "analyses would read them. Retrain them on the new files into new "
             "--out folders, or re-import with the options they were trained with",
             loud=True,
         )

@@ -150,6 +150,13 @@ class DatasetInfo:
     def channels(self) -> tuple[str, ...]:
         return FAMILIES[self.family].channels
 
+    @property
+    def open_boundaries(self) -> bool:
+        """Whether a file has open boundaries (imported with --allow-open): training says
+        that its models are periodic."""
+        metas = (m for per_class in self.files.values() for m in per_class.values())
+        return any("open" in meta.bc_types for meta in metas)
+
     def file(self, split: str, class_name: str) -> WellMetadata:
         """The metadata of one split/class file, or a RequestError listing what exists."""
         if split not in self.files:
@@ -271,6 +278,9 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
         raise SchemaError(f"{data_dir}: no .hdf5 files in train/, valid/ or test/")
     metas = [m for per_class in files.values() for m in per_class.values()]
     first = metas[0]
+    for meta in metas:  # what the surrogates assume of any file, imported or the user's own
+        _check_boundaries(meta)
+    _check_even_times(first)  # the others share its time axis (below)
     for meta in metas[1:]:
         for attr in ("dataset_name", "family", "height", "width"):
             if getattr(meta, attr) != getattr(first, attr):
@@ -293,6 +303,45 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
         times=first.times,
         files=files,
     )
+
+
+PERIODIC_OR_OPEN = ("periodic", "open")  # open only as imported with --allow-open (it warns)
+
+
+def _check_boundaries(meta: WellMetadata) -> None:
+    """Periodic boundaries, or open ones: a wall, or no boundary named, was refused by the
+    importer but trained on without a word when the file was given to --data directly."""
+    other = sorted({t for t in meta.bc_types if t not in PERIODIC_OR_OPEN})
+    if other or not meta.bc_types:
+        raise SchemaError(
+            f"{meta.path}: boundaries {', '.join(other) or 'none named'}; the surrogates and "
+            "responses assume a periodic domain: use data with periodic boundaries (for The "
+            "Well's Euler data, its _periodicBC files)"
+        )
+
+
+def uneven_times(path: Path, times: np.ndarray) -> str | None:
+    """Why ``times`` is not one constant Δt (None when it is): a surrogate steps by one Δt,
+    and a checkpoint records the first step as its Δt (uneven snapshots were trained on
+    without a word, where PDEgym's importer refused them). The tolerance is the storage's:
+    float32 times on [0, 1.5] are even to ≈ 1e-7."""
+    steps = np.diff(np.asarray(times, dtype=np.float64))
+    if steps.size < 2:
+        return None
+    tolerance = max(1e-3 * float(np.mean(steps)), 8 * 1.2e-7 * float(np.abs(times).max()))
+    if np.ptp(steps) <= tolerance:
+        return None
+    shown = ", ".join(f"{d:.4g}" for d in steps[:6]) + (", …" if steps.size > 6 else "")
+    return (
+        f"{path}: its snapshots are not evenly spaced in time (steps {shown}); the "
+        "surrogates step by one constant Δt: resample the trajectories to a constant "
+        "Δt, or keep only an evenly spaced run of snapshots"
+    )
+
+
+def _check_even_times(meta: WellMetadata) -> None:
+    if problem := uneven_times(meta.path, meta.times):
+        raise SchemaError(problem)
 
 
 def _check_class_constants(files: dict[str, dict[str, WellMetadata]]) -> None:

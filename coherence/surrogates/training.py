@@ -180,6 +180,12 @@ def _new_model(
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The seeded model, normalized by the training pairs' channel statistics, and its
     optimizer (a resumed run builds them too, then replaces both from the checkpoint)."""
+    if args.arch == "vit" and info.height != info.width:  # its embedding is L×L
+        raise RequestError(
+            f"{info.root}: a {info.height}×{info.width} grid (height × width); a ViT needs a "
+            "square grid: train a UNet (`--arch unet`) on these data, or resample them to a "
+            "square grid"
+        )
     torch.manual_seed(args.seed)
     model = build_model(
         args.arch,
@@ -576,6 +582,11 @@ def _train(
     for split in ("train", "valid"):
         for class_name in classes:
             info.file(split, class_name)  # raises with the available classes
+    if log and info.open_boundaries:
+        log(
+            f"{WARNING}{data} has open boundaries (imported with --allow-open); the surrogates "
+            "are periodic, so they learn these data with the wrong boundary"
+        )
     args = resolve_transitions(args, info, log)
     device = resolve_device(args.device)
     train_pairs = TransitionPairs(info, "train", classes, args.transitions)

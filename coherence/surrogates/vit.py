@@ -137,6 +137,12 @@ class ViT(NormalizedSurrogate):
 
     def check_spatial(self, height: int, width: int) -> None:
         size = self.config.resolution
+        if height != width:
+            raise RequestError(
+                f"ViT built for {size}×{size} got a {height}×{width} grid (height × width); a "
+                "ViT needs a square grid: use a UNet (`--arch unet`) on these data, or "
+                "resample them to a square grid"
+            )
         if (height, width) != (size, size):
             raise RequestError(
                 f"ViT built for {size}×{size} got a {height}×{width} grid; its positional "

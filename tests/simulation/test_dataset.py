@@ -129,7 +129,7 @@ def test_classes_added_to_a_dataset_share_its_grid_time_axis_and_name(ce_dataset
     root = shutil.copytree(ce_dataset[0], tmp_path / "ce")
     base = {**ce_dataset[1].to_dict(), "classes": ("CE-CRP",), "trajectories": 3}
     for change, words in (
-        ({"resolution": 32}, r"grid 16×16, the simulation is 32×32"),
+        ({"resolution": 32}, r"grid 16×16 \(x × y\), the simulation is 32×32"),
         ({"snapshots": 9, "t_end": 0.8}, r"5 snapshots on \[0, 0.2\], the simulation has 9"),
     ):
         with pytest.raises(RequestError, match=words + r".*simulate into another --out"):
@@ -185,6 +185,49 @@ def test_open_dataset_refuses_inconsistent_or_missing_layouts(ce_dataset, tmp_pa
     info = open_dataset(root)
     with pytest.raises(RequestError, match="available: CE-RP, CE-RPUI"):
         info.file("test", "CE-KH")
+
+
+def test_a_well_folder_given_directly_is_held_to_what_the_surrogates_assume(ce_dataset, tmp_path):
+    """A user's own Well folder given to --data skipped what the importer checks: uneven
+    snapshot times (the checkpoint recorded the first step as its Δt) and wall or unnamed
+    boundaries trained without a word. Open ones (imported with --allow-open) still open."""
+    root, _ = ce_dataset
+    files = [f"data/{split}/CE-RP.hdf5" for split in ("train", "valid", "test")]
+
+    def edited(name, edit):
+        copy = tmp_path / name
+        shutil.copytree(root, copy)
+        for file in files:
+            with h5py.File(copy / file, "a") as f:
+                edit(f)
+        return copy
+
+    def uneven(f):
+        times = f["dimensions/time"][()]
+        times[2] += 0.4 * (times[2] - times[1])
+        f["dimensions/time"][()] = times
+
+    with pytest.raises(SchemaError, match=r"not evenly spaced in time \(steps .*constant Δt"):
+        open_dataset(edited("uneven", uneven))
+
+    def relabel(bc_type):
+        def edit(f):
+            for group in f["boundary_conditions"].values():
+                group.attrs["bc_type"] = bc_type
+
+        return edit
+
+    with pytest.raises(SchemaError, match=r"boundaries wall; .*assume a periodic domain"):
+        open_dataset(edited("wall", relabel("WALL")))
+
+    def unnamed(f):
+        for name in list(f["boundary_conditions"]):
+            del f["boundary_conditions"][name]
+
+    with pytest.raises(SchemaError, match=r"boundaries none named; .*periodic"):
+        open_dataset(edited("none", unnamed))
+    assert not open_dataset(root).open_boundaries
+    assert open_dataset(edited("open", relabel("OPEN"))).open_boundaries
 
 
 def test_fingerprint_follows_file_contents(ce_dataset, tmp_path):

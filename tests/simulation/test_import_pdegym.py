@@ -389,6 +389,12 @@ def test_the_files_own_snapshot_times_are_kept_and_said(tmp_path, ce_states):
         f["time"].make_scale("time")
     with pytest.raises(SchemaError, match=r"CE-RPUI.nc: its 'time' scale is not evenly spaced"):
         import_pdegym(source, tmp_path / "uneven", "CE-RPUI", limit=3)
+    with h5py.File(source, "r+") as f:  # 20 times for 21 snapshots: was set aside in silence
+        del f["time"]
+        f.create_dataset("time", data=np.linspace(0.0, 2.0, 20))
+        f["time"].make_scale("time")
+    with pytest.raises(SchemaError, match=r"'time' scale has shape \(20,\) for 21 snapshots"):
+        import_pdegym(source, tmp_path / "uneven", "CE-RPUI", limit=3)
 
     # 11 snapshots and no clock of their own: [0, 1] is a guess, said (it was silent, and a
     # checkpoint then recorded Δt = 0.1 as if it were the published one)
@@ -587,7 +593,33 @@ READ_FAILURES = {  # what HDF5 raises mid-read → the words of the refusal
         OSError("Can't read data (required filter 'blosc' is not registered)"),
         "HDF5 filter this installation lacks",
     ),
+    "damaged chunk": (  # a filter HDF5 has, failing on overwritten bytes
+        OSError("Can't synchronously read data (filter returned failure during read)"),
+        "damaged",
+    ),
 }
+
+
+def test_a_damaged_gzip_chunk_is_said_as_damaged_not_as_a_missing_filter(tmp_path):
+    """A real file: gzip is built in, so a chunk that fails to inflate is damage to copy
+    again (the refusal said to install a filter plugin or h5repack, which fails too)."""
+    from coherence.simulation.importers.sniff import read_errors
+
+    path = tmp_path / "f.hdf5"
+    with h5py.File(path, "w") as f:
+        data = np.random.default_rng(0).random((4, 32, 32), dtype=np.float32)
+        f.create_dataset("a", data=data, chunks=(1, 32, 32), compression="gzip")
+    with h5py.File(path, "r") as f:
+        offset = f["a"].id.get_chunk_info(1).byte_offset
+    with open(path, "r+b") as handle:
+        handle.seek(offset + 10)
+        handle.write(b"\xff" * 200)
+    with (
+        pytest.raises(SchemaError, match=r"f.hdf5: HDF5 could not read .*it is damaged"),
+        read_errors(path),
+        h5py.File(path, "r") as f,
+    ):
+        f["a"][()]
 
 
 @pytest.mark.parametrize(("raised", "said"), READ_FAILURES.values(), ids=READ_FAILURES)

@@ -97,6 +97,21 @@ def test_refusals(tmp_path, states):
         f["scalars/gamma"][...] = 5 / 3  # the file's γ disagrees with its own channels
     with pytest.raises(SchemaError, match=r"γ recovered .* is 1\.4000, expected 1\.66"):
         import_well_euler([bad], tmp_path / "out")
+    odd = write_well_euler(tmp_path / "data" / "test" / "odd.hdf5", states)
+    with h5py.File(odd, "a") as f:  # one field on another grid: every shape was listed
+        energy = f["t0_fields/energy"][()]
+        del f["t0_fields/energy"]
+        f["t0_fields/energy"] = energy[..., :-2]
+    with pytest.raises(SchemaError, match=r"Not on the common shape \(.*\): energy: the file"):
+        import_well_euler([odd], tmp_path / "out")
+    uneven = write_well_euler(tmp_path / "data" / "test" / "uneven.hdf5", states)
+    with h5py.File(uneven, "a") as f:  # imported without a word; Δt was its first step
+        times = f["dimensions/time"][()]
+        times[-1] += 0.5 * (times[-1] - times[-2])
+        f["dimensions/time"][()] = times
+    with pytest.raises(SchemaError, match=r"uneven.hdf5: its snapshots are not evenly spaced"):
+        import_well_euler([uneven], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_well_euler(tmp_path, states):
@@ -271,7 +286,7 @@ MALFORMED = {  # what a damaged or foreign source holds → the words of its ref
                 "t1_fields/momentum",
             )
         ],
-        "0 trajectories on a 32×32 grid",
+        "0 trajectories on a 32×32 (x × y) grid",
     ),
     "an empty grid": (
         lambda f: [
@@ -283,7 +298,7 @@ MALFORMED = {  # what a damaged or foreign source holds → the words of its ref
                 "t1_fields/momentum",
             )
         ],
-        "on a 0×0 grid",
+        "on a 0×0 (x × y) grid",
     ),
 }
 
@@ -400,7 +415,9 @@ def test_files_of_another_grid_clock_or_gas_are_refused_before_anything_is_writt
     out = tmp_path / "out"
     train = write_well_euler(tmp_path / "data" / "train" / f"{STEM}.hdf5", states)
     coarse = write_well_euler(tmp_path / "c" / "valid" / f"{STEM}.hdf5", states[..., ::2, ::2])
-    with pytest.raises(SchemaError, match=r"grid 16×16, but .* has 32×32; files of one dataset"):
+    with pytest.raises(
+        SchemaError, match=r"grid 16×16 \(x × y\), but .* has 32×32; files of one dataset"
+    ):
         import_well_euler([train, coarse], out, downsample=2)
     clock = write_well_euler(tmp_path / "k" / "valid" / f"{STEM}.hdf5", states)
     with h5py.File(clock, "a") as f:

@@ -516,3 +516,50 @@ def test_a_diverged_resumed_epoch_leaves_the_saved_epochs_as_they_were(
     sparse = tmp_path / "sparse"
     with pytest.raises(RequestError, match=r"epoch 2: .*nothing was saved to"):
         train(tiny_dataset, sparse, tiny_args(epochs=2, checkpoint_every=5))
+
+
+def test_a_vit_on_a_non_square_grid_is_refused_with_what_to_do(tmp_path):
+    """A ViT's positional embedding is L×L: on a 16×8 grid it failed at the first batch,
+    telling the user to run the very command that failed. Refused up front, with the UNet
+    (which trains on any grid divisible by its depth) as the way on."""
+    from coherence.simulation.wellformat import write_well_file
+    from coherence.surrogates.vit import ViT, ViTConfig
+    from tests.fixtures import TINY_CLASSES, advected_states
+
+    wide = advected_states(3, 5, 16, seed=1)[..., :8]  # height 16, width 8
+    for split in ("train", "valid", "test"):
+        write_well_file(
+            tmp_path / "wide" / "data" / split / f"{TINY_CLASSES[0]}.hdf5",
+            wide,
+            np.linspace(0, 0.2, 5),
+            family="euler",
+            class_name=TINY_CLASSES[0],
+            dataset_name="wide",
+        )
+    with pytest.raises(RequestError, match=r"a 16×8 grid \(height × width\); a ViT needs a squ"):
+        train(tmp_path / "wide", tmp_path / "vit", tiny_args(arch="vit", overrides={}))
+    assert not (tmp_path / "vit" / ckpt.CONFIG_FILE).exists()
+    vit = ViT(ViTConfig(channels=4, resolution=16, patch=4, width=8, depth=1, heads=2))
+    with pytest.raises(RequestError, match=r"got a 16×8 grid .*use a UNet \(`--arch unet`\)"):
+        vit.check_spatial(16, 8)
+    train(tmp_path / "wide", tmp_path / "unet", tiny_args(epochs=1))  # a UNet trains on it
+    assert (tmp_path / "unet" / ckpt.CONFIG_FILE).is_file()
+
+
+def test_training_on_open_boundary_data_says_its_models_are_periodic(tiny_dataset, tmp_path):
+    """Data imported with --allow-open trained without a word that the models are periodic."""
+    import h5py
+
+    copy = tmp_path / "open"
+    shutil.copytree(tiny_dataset, copy)
+    for path in (copy / "data").rglob("*.hdf5"):
+        with h5py.File(path, "a") as f:
+            for group in f["boundary_conditions"].values():
+                group.attrs["bc_type"] = "open"
+    said: list[str] = []
+    train(copy, tmp_path / "ckpt", tiny_args(epochs=1), log=said.append)
+    (line,) = [s for s in said if "open boundaries" in s]
+    assert line.startswith("warning: ") and "the surrogates are periodic" in line
+    said.clear()
+    train(tiny_dataset, tmp_path / "periodic", tiny_args(epochs=1), log=said.append)
+    assert not [s for s in said if "open boundaries" in s]

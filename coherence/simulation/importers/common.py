@@ -386,7 +386,7 @@ def target_dataset_name(
     if info.family is not family:
         problems.append(f"family {info.family.value}, {new} is {family.value}")
     if (info.height, info.width) != (ny, nx):
-        problems.append(f"grid {info.width}×{info.height}, {new} is {nx}×{ny}")
+        problems.append(f"grid {info.width}×{info.height} (x × y), {new} is {nx}×{ny}")
     if info.times.shape != times.shape or not np.allclose(info.times, times, atol=1e-6):
         problems.append(
             f"{info.times.size} snapshots on [0, {info.times[-1]:g}], {new} has "

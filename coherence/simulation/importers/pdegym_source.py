@@ -213,10 +213,16 @@ def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
     are on [0, 1] (Δt = 0.05), and a file on another clock must not be imported at that Δt
     (a checkpoint records its Δt and refuses data of another)."""
     scale = f.get("time")
-    if not isinstance(scale, h5py.Dataset) or scale.shape != (n_steps,) or n_steps < 2:
+    if not isinstance(scale, h5py.Dataset) or n_steps < 2:
         return None
     if NETCDF_BARE_DIMENSION in str(scale.attrs.get("NAME", b"")):
         return None
+    if scale.shape != (n_steps,):  # was set aside in silence: the published clock was used
+        raise SchemaError(
+            f"{path}: its 'time' scale has shape {scale.shape} for {n_steps} snapshots; write "
+            f"one time per snapshot ({n_steps} values), or drop the scale to use the "
+            "published clock"
+        )
     try:
         values = np.asarray(scale[()], dtype=np.float64)
         stored = np.finfo(scale.dtype).eps if scale.dtype.kind == "f" else 0.0

@@ -56,6 +56,13 @@ def open_hdf5(path: Path) -> h5py.File:
         ) from None
 
 
+# HDF5's words for a filter it does not have ("required filter 'blosc' is not registered",
+# a plugin directory it cannot open); a filter it has that fails on damaged bytes says
+# "filter returned failure during read", which is a damaged file (gzip is built in, and
+# the advice to h5repack failed on the same bytes)
+_MISSING_FILTER = re.compile(r"not registered|plugin|not available|can't open directory", re.I)
+
+
 @contextlib.contextmanager
 def read_errors(path: Path) -> Iterator[None]:
     """Reading a source whose header is sound but whose body is not (bytes overwritten, not
@@ -71,7 +78,7 @@ def read_errors(path: Path) -> Iterator[None]:
         said = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         if re.search(r"errno = [1-9]", said):
             fix = "the system could not read it: check the drive or mount it is on, then rerun"
-        elif "filter" in said.lower():
+        elif _MISSING_FILTER.search(said):
             fix = (
                 "it is compressed with an HDF5 filter this installation lacks: rewrite it "
                 "uncompressed (`h5repack -f NONE in out`) or install the filter's plugin"

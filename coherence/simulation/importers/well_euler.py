@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from coherence.errors import RequestError, SchemaError
-from coherence.simulation.dataset import SPLITS, open_dataset
+from coherence.simulation.dataset import SPLITS, open_dataset, uneven_times
 from coherence.simulation.families import Family
 from coherence.simulation.importers.common import (
     BLOCK_BYTES,
@@ -153,7 +153,26 @@ def _times(f: h5py.File, path: Path) -> np.ndarray:
             f"({', '.join(f'{t:g}' for t in times[:4])}{', …' if times.size > 4 else ''}); "
             "a trajectory needs at least 2 finite, strictly increasing times"
         )
+    if problem := uneven_times(path, times):  # refused here, naming the source file
+        raise SchemaError(problem)
     return times
+
+
+def _odd_fields(shapes: dict, momentum: tuple, snapshots: int) -> str:
+    """Which fields break the common shape (the refusal listed every shape and left the
+    reader to find the odd one out): those unlike the most common scalar field's shape, a
+    momentum that is not that shape plus its 2 components, or a time axis of other length."""
+    values = list(shapes.values())
+    common = max(values, key=values.count)
+    odd = [name for name, shape in shapes.items() if shape != common]
+    odd += ["momentum"] if momentum != (*common, 2) else []
+    said = [f"not on the common shape {common}: {', '.join(odd)}"] if odd else []
+    if len(common) != 4:
+        said.append("the fields should be 4-D (trajectories, snapshots, x, y)")
+    elif common[1] != snapshots:
+        said.append(f"dimensions/time has {snapshots} values for {common[1]} snapshots")
+    text = "; ".join(said) or "the fields disagree"
+    return text[0].upper() + text[1:]
 
 
 def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
@@ -195,15 +214,17 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
         or momentum != (*shape, 2)
         or times.shape != (shape[1],)
     ):
+        odd = _odd_fields(shapes, momentum, times.size)
         raise SchemaError(
             f"{path}: field shapes {shapes}, momentum {momentum}; expected one (trajectories, "
             f"{times.size} snapshots, x, y) for density, energy and pressure and (…, 2) for "
-            "momentum"
+            f"momentum. {odd}: the file is not one euler_multi_quadrants file as published "
+            "(rewrite those fields on the common grid, or re-download it)"
         )
     if min(shape[0], shape[2], shape[3]) < 1:
         raise SchemaError(
-            f"{path}: {shape[0]} trajectories on a {shape[2]}×{shape[3]} grid; there is nothing "
-            "to import (an empty or truncated file: re-download it)"
+            f"{path}: {shape[0]} trajectories on a {shape[2]}×{shape[3]} (x × y) grid; there is "
+            "nothing to import (an empty or truncated file: re-download it)"
         )
     open_bcs = sorted(n for n, t in bc_types.items() if t == "open")
     other = sorted(
@@ -273,7 +294,7 @@ def _check_files(
         nx, ny = info["shape"][2:]
         if nx % downsample or ny % downsample:
             raise RequestError(
-                f"{path}: grid {nx}×{ny} is not divisible by --downsample {downsample}"
+                f"{path}: grid {nx}×{ny} (x × y) is not divisible by --downsample {downsample}"
             )
         first, times = infos[0], info["times"]
         if times.shape != first["times"].shape or not np.allclose(
@@ -286,7 +307,7 @@ def _check_files(
             )
         if tuple(info["shape"][2:]) != tuple(first["shape"][2:]):
             raise SchemaError(
-                f"{path}: grid {nx}×{ny}, but {sources[0]} has "
+                f"{path}: grid {nx}×{ny} (x × y), but {sources[0]} has "
                 f"{'×'.join(map(str, first['shape'][2:]))}; files of one dataset share one "
                 "grid: import the other resolution into another --out"
             )

@@ -314,8 +314,8 @@ def serve(
 
 def _check_report_path(out: Path) -> None:
     """Refuse an --out the report must not be written to: a folder, a path under a file, a
-    file that is not an HTML report (`--out <checkpoint>/config.json` replaced a checkpoint's
-    config with the page) or a path inside a checkpoint."""
+    file that is not an earlier report (`--out <checkpoint>/config.json` replaced a
+    checkpoint's config with the page) or a path inside a checkpoint."""
     from coherence.workspace import refuse_inside_inputs
 
     if out.is_dir():
@@ -327,12 +327,16 @@ def _check_report_path(out: Path) -> None:
     refuse_inside_inputs(out, "the report")  # before the folder's write probe
     check_folder_for(out)  # a missing folder is made when the report is written
     if out.exists():
+        from coherence.report import TITLE
+
         with open(out, "rb") as existing:
-            head = existing.read(64).lstrip().lower()
-        if not head.startswith((b"<!doctype html", b"<html")):
+            head = existing.read(512).lstrip().lower()
+        # only an earlier report is replaced: a page of one's own notes was, in silence
+        if f"<title>{TITLE}".lower().encode() not in head:
+            kind = "HTML page" if head.startswith((b"<!doctype html", b"<html")) else "file"
             raise RequestError(
-                f"--out {out}: the file exists and is not an HTML page; writing the report "
-                "would replace it. Choose another name"
+                f"--out {out}: the {kind} exists and is not a Coherence Explorer report; "
+                "writing the report would replace it. Choose another name"
             )
 
 
@@ -408,10 +412,14 @@ def report(
             "traj, window (START:STEPS), resp, est, damping, depth, rtol, device, panel (the "
             "open tab, by its label: panel=Sensitivity), or a panel's own "
             "(zscale_two_time, zscale_transfer, zscale_mass, zscale_energy: a heatmap's colour "
-            "scale; two_time_pair, e.g. 'CE-RP ← CE-CRP', and two_time_seed; cons_pair, the "
+            "scale; two_time_pair, e.g. 'CE-RP ← CE-CRP', and two_time_seed; lag_y=tails, the "
+            "Time lag chart zoomed to Δ ≠ 0; cons_pair, the "
             "Conservation maps' class pair; dyn_vs_damping, "
             "the Training dynamics overlay λ; sens_pair, the Sensitivity agreement's pair, "
-            "e.g. 'ekfac-krylov vs euclidean'). Values as typed, not URL-encoded: give a link "
+            "e.g. 'ekfac-krylov vs euclidean', in compare mode 'ViT: ekfac-krylov vs "
+            "euclidean'). A link's other keys (the drill-down's two_time_cell…, cons_response, "
+            "dyn_view, sens_view, the Rollout and Validation tabs' own) are read and have no "
+            "part in the report. Values as typed, not URL-encoded: give a link "
             "copied from the address bar to --link."
         ),
     ] = None,
@@ -433,6 +441,7 @@ def report(
         scales_from_params,
         selection_from_link,
         unknown_params,
+        used_link,
     )
     from coherence.workspace import checked_workspace, named_by
 
@@ -466,8 +475,9 @@ def report(
     scales, bad_scales = scales_from_params(params)
     _refuse_link_problems(problems + bad_scales)
     groups = load_groups(root, catalog, selection)
+    shown = used_link(link, selection, params) if params else ""  # the view drawn, not as typed
     built = build_report(
-        root, catalog, selection, groups=groups, link=link, scales=scales, params=params
+        root, catalog, selection, groups=groups, link=shown, scales=scales, params=params
     )
     _refuse_link_problems(list(built.link_problems))  # a sens_pair that names nothing cached
     out.parent.mkdir(parents=True, exist_ok=True)  # as analyze makes its result's folder

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -134,6 +134,21 @@ def selection_from_link(
 
 
 SCALE_PREFIX = "zscale_"  # a heatmap panel's colour scale in a dashboard link: zscale_<panel>
+
+
+def used_link(link: str, selection: Selection, params: Mapping[str, Any]) -> str:
+    """The dashboard link of the view a report drew, for its provenance: the selection as
+    used and the link's panel choices, on the link's own address. The given link had been
+    written there as typed, so a --param override (or a key repeated in the link) left a row
+    that opened another view than the report's."""
+    from coherence.dashboard.controls import QUERY_KEYS
+
+    query = dict(selection.to_query())
+    for key in _link_keys():  # the open tab and the panels' choices, as the report read them
+        if key not in (*QUERY_KEYS, "embed", "embed_options") and params.get(key):
+            query[key] = str(link_value(params, key))
+    base = link.split("?", 1)[0] if "://" in link else ""
+    return f"{base}?{urlencode(query)}"
 
 
 # keys some sites append to a shared link (utm_source, fbclid, …): not the user's spelling
@@ -521,12 +536,19 @@ def render_html(
     ``left_out``: the sections it does not hold and why (said under the headline, so the
     reader knows before scrolling), ``more_provenance``: rows for the sweeps' points,
     ``arches``: {group label: architecture}, whose paper tolerance the residual line quotes."""
+    from coherence.dashboard.selection import describe
+
     scores = score_table(groups)
     when = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # what was analysed, under the title and in the browser's tab, as the dashboard says it
+    # under its own: reports at two λ or epochs differed only in the provenance at the foot
+    first, last = selection.t_start, selection.t_start + selection.n_steps
+    covers = f"{describe(selection)}, window snapshots {first}–{last}"
+    named = f"{selection.dataset} · {' vs '.join(g.label for g in groups)}"
     body = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p class='caption'>{html.escape(selection.dataset)} · "
-        f"{html.escape(' vs '.join(g.label for g in groups))} · generated {when}</p>",
+        f"<p class='caption'><b>{html.escape(named)}</b> · {html.escape(covers)} · "
+        f"generated {when}</p>",
         f"<p class='caption'>{html.escape(TOUR)}</p>",
         "<h2>Headline scores (median, Q1–Q3 across seeds, each seed's batches averaged)</h2>",
         _headline(groups, scores),
@@ -573,7 +595,7 @@ def render_html(
     body.append("<h2>Provenance</h2>" + meta_table(meta, heading="Parameters and provenance"))
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}"
+        f"<title>{html.escape(f'{title}: {named}, {covers}')}</title><style>{PAGE_STYLE}"
         ".headline td{min-width:120px}.verdict{max-width:260px}.care{color:#b45309}</style>"
         f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
         + "\n".join(body)

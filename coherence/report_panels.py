@@ -87,7 +87,7 @@ def _two_time(
     name = RESPONSE_TITLES.get(response, response)
     title = f"Two-time influence ({name}), intra-class mean"
     labels = [g.label for g in groups]
-    sections = [_maps_section(groups, selection, maps, title, scale, symbol)]
+    sections = [_maps_section(groups, selection, maps, title, scale, response)]
     if len(groups) == 2 and maps[0].shape == maps[1].shape:
         sections.append(
             Section(
@@ -177,8 +177,7 @@ def _two_time_view(
             maps.append(per_seed[group.result.checkpoints.index(seed)])
     label = pair_label(option) + ("" if seed == SEED_MEAN else f", {seed}")
     title = f"Two-time influence ({RESPONSE_TITLES.get(response, response)}), {label}"
-    symbol = "Ĥ" if response == groups[0].result.primary else f"Ĥ_{response}"
-    return _maps_section(groups, selection, maps, title, scale, symbol)
+    return _maps_section(groups, selection, maps, title, scale, response)
 
 
 def _maps_section(
@@ -187,9 +186,13 @@ def _maps_section(
     maps: Sequence[np.ndarray],
     title: str,
     scale: str,
-    value_label: str,
+    response: str,
 ) -> Section:
-    """Each group's two-time map on one colour range of ``scale``, side by side."""
+    """Each group's two-time map on one colour range of ``scale``, side by side; the link
+    key of that scale is the response's panel's (``zscale_two_time``, ``zscale_mass``, …)."""
+    primary = response == groups[0].result.primary
+    value_label = "Ĥ" if primary else f"Ĥ_{response}"
+    scale_key = "zscale_two_time" if primary else f"zscale_{response}"
     lo, hi, _ = F.heatmap_scale(scale, np.stack(maps), selection.n_examples)
     figures = [
         F.two_time_heatmap(
@@ -205,7 +208,20 @@ def _maps_section(
         for g, V in zip(groups, maps, strict=True)
     ]
     labels = [g.label for g in groups]
-    return Section(title, how_to_read(F.two_time_heatmap), _pair(figures, labels, title, (lo, hi)))
+    caption = how_to_read(F.two_time_heatmap) + clipped_caption(maps, (lo, hi), scale_key)
+    return Section(title, caption, _pair(figures, labels, title, (lo, hi)))
+
+
+def clipped_caption(maps: Sequence[np.ndarray], zrange: tuple[float, float], key: str) -> str:
+    """' k of n cells lie beyond the colour range …', or '': the dashboard's tabs said it under
+    their maps, the report drew the same maps clipped without a word."""
+    text = F.clipped_text(maps, zrange)
+    if not text:
+        return ""
+    return (
+        f" {text} and are drawn at its ends: {key}=auto or diverging (in the link, or "
+        "--param) shows them."
+    )
 
 
 def sections(
@@ -276,9 +292,9 @@ def _class_transfer(
         for g, M in zip(groups, matrices, strict=True)
     ]
     labels = [g.label for g in groups]
-    return Section(
-        "Class transfer", how_to_read(F.class_transfer_heatmap), _pair(figures, labels, title)
-    )
+    caption = how_to_read(F.class_transfer_heatmap)
+    caption += clipped_caption(matrices, (lo, hi), "zscale_transfer")
+    return Section("Class transfer", caption, _pair(figures, labels, title))
 
 
 def _distance(

@@ -30,7 +30,7 @@ from coherence.analysis.figures.dynamics import (
 from coherence.analysis.results import AnalysisResult
 from coherence.errors import CoherenceError
 from coherence.report_panels import Section, how_to_read, link_value
-from coherence.wording import plural
+from coherence.wording import plural, shell_command
 
 if TYPE_CHECKING:  # import torch (via the request); the report only reads results
     from coherence.dashboard.selection import Selection
@@ -180,9 +180,19 @@ def _cached_elsewhere(catalog, selection, points_of, cache: _Cache, tab: str) ->
     if entry is None:
         return ""
     found = sweep_views.filled_groups(catalog, entry, selection, points_of, cache.statuses)
-    return "".join(
+    return "".join(  # with the workspace, as every suggested command (pasted elsewhere, it
+        # looked in ./workspace)
         f" {label}'s default view has {done} of {total} cached, which the dashboard's {tab} "
-        f"tab shows instead: coherence report --link '?{urlencode(other.to_query())}'."
+        "tab shows instead: "
+        + shell_command(
+            "coherence",
+            "report",
+            "--workspace",
+            str(catalog.root),
+            "--link",
+            f"?{urlencode(other.to_query())}",
+        )
+        + "."
         for label, other, done, total in found[:1]
     )
 
@@ -365,9 +375,12 @@ def _agreement(selection, labels, params, done, cache: _Cache, out, compare: boo
         return
     names = [sweep_views.pair_name(pair, labels, compare) for pair in pairs]
     if chosen is not None and chosen not in names:
+        # compare mode names a pair with its group: the pair itself read as not cached
+        grouped = [name for name in names if name.endswith(f": {chosen}")]
+        hint = f"; in compare mode name its group: {grouped[0]!r}" if grouped else ""
         out.link_problems.append(
             f"sens_pair={chosen!r}: not a pair of estimators cached at λ = {damping:g} "
-            f"({', '.join(names)}); using {names[0]!r} instead"
+            f"({', '.join(names)}){hint}; using {names[0]!r} instead"
         )
     pair = pairs[names.index(chosen) if chosen in names else 0]
     g, a, b = pair

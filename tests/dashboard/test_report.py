@@ -42,7 +42,7 @@ from coherence.report import (
     selection_from_link,
     two_time_view,
 )
-from coherence.report_panels import pair_label
+from coherence.report_panels import clipped_caption, pair_label
 from tests.fixtures import COMPARE
 
 
@@ -336,6 +336,8 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     (checkpoint / "model.safetensors").write_bytes(b"weights")
     notes = tmp_path / "notes.html"
     notes.write_text("my own notes, not a page")
+    page = tmp_path / "page.html"  # an HTML page of one's own was replaced in silence
+    page.write_text("<html><body>my precious notes</body></html>")
     dataset = tmp_path / "ce"
     (dataset / "data" / "valid").mkdir(parents=True)
     (dataset / "data" / "valid" / "CE-RP.hdf5").write_bytes(b"")
@@ -345,7 +347,8 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
         (notes / "r.html", "is a file, not a folder"),
         (checkpoint / "config.json", "a report is an HTML file"),
         (checkpoint / "report.html", "unet_s1 is a checkpoint; write the report outside it"),
-        (notes, "the file exists and is not an HTML page"),
+        (notes, "the file exists and is not a Coherence Explorer report"),
+        (page, "the HTML page exists and is not a Coherence Explorer report"),
     )
     for bad, says in refusals:
         result = CliRunner().invoke(
@@ -356,6 +359,7 @@ def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
         assert result.exit_code == 2 and says in result.output, result.output
     assert (checkpoint / "config.json").read_text() == '{"format": "coherence-checkpoint"}'
     assert notes.read_text() == "my own notes, not a page"
+    assert page.read_text() == "<html><body>my precious notes</body></html>"
     # a missing folder is made, as analyze makes its result's (it was refused)
     nested = tmp_path / "reports" / "today" / "r.html"
     result = CliRunner().invoke(
@@ -470,3 +474,48 @@ def test_compare_mode_reports_the_pair_view_after_the_difference_map_and_no_seed
     assert titles[0] == "Two-time influence (SMSE), intra-class mean"
     assert titles[1].startswith("Difference map (SMSE)")
     assert titles[2] == f"Two-time influence (SMSE), {pair_label(pair)}"
+
+
+def test_report_says_what_it_analysed_and_which_cells_its_maps_clip(workspace, tmp_path):
+    """A walk-through: reports at two λ began alike (the selection only in the provenance
+    at the foot), maps with cells beyond [0, √N] were clipped without the dashboard's word,
+    and the provenance's link row was the link as typed, not the view a --param made."""
+    from coherence.analysis.figures import cells_beyond
+    from coherence.analysis.summaries import two_time_map
+
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    groups = load_groups(workspace, catalog, selection)
+    page = build_report(workspace, catalog, selection, groups=groups, distance=None).page.decode()
+    title = re.search(r"<title>(.*?)</title>", page).group(1)
+    assert f"λ = {selection.damping:g}" in title and selection.estimator in title
+    last = selection.t_start + selection.n_steps
+    assert f"window snapshots {selection.t_start}–{last}" in title
+    assert html.escape(f"λ = {selection.damping:g}") in page.split("<h2>")[0]  # above it all
+    # the clipped cells: counted independently from the map the caption is under
+    mean_map = two_time_map(groups[0].result.H_std[groups[0].result.primary])
+    lo, hi, _ = heatmap_scale("paper", mean_map[None], selection.n_examples)
+    beyond = int(np.count_nonzero((mean_map < lo) | (mean_map > hi)))
+    assert cells_beyond([mean_map], (lo, hi)) == (beyond, mean_map.size)
+    two_time = sections(groups, selection, distance=None)[0]
+    said = f"{beyond} of {mean_map.size} cells lie beyond the colour range"
+    assert (said in two_time.caption) == (beyond > 0)
+    mass = -np.abs(mean_map) - 1.0  # a map wholly below [0, √N]: every cell drawn as 0
+    caption = clipped_caption([mass], (lo, hi), "zscale_mass")
+    every = f"{mean_map.size} of {mean_map.size} cells"
+    assert caption.startswith(f" {every} lie beyond the colour range [0, ")
+    assert "zscale_mass=auto or diverging" in caption
+    assert clipped_caption([np.clip(mean_map, lo, hi)], (lo, hi), "zscale_two_time") == ""
+    auto = sections(groups, selection, distance=None, scales={"two_time": "auto"})[0]
+    assert "beyond the colour range" not in auto.caption  # the data's own range clips nothing
+    # the link row is the view drawn: a --param override (and the selection it makes)
+    out = tmp_path / "r.html"
+    link = f"http://127.0.0.1:8501/?damping=0.01&ckpt={selection.checkpoints[0]}&lag_y=tails"
+    base = ["report", "--workspace", str(workspace), "--out", str(out), "--link", link]
+    result = CliRunner().invoke(app, [*base, "--param", f"damping={selection.damping}"])
+    assert result.exit_code == 0, result.output  # a cached view's subset: assembled
+    found = re.search(r"<th>dashboard link</th><td><a href='(.*?)'>", out.read_text())
+    row = html.unescape(found.group(1))
+    assert row.startswith("http://127.0.0.1:8501/?") and "damping=0.01" not in row
+    assert f"damping={selection.damping}" in row and "lag_y=tails" in row
+    assert f"ckpt={selection.checkpoints[0]}&" in row

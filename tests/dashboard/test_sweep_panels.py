@@ -28,6 +28,7 @@ from coherence.dashboard.workspace_scan import scan_workspace
 from coherence.report import build_report
 from coherence.surrogates import snapshots
 from coherence.surrogates.training import TrainingArgs, train
+from coherence.wording import shell_command
 from coherence.workspace import checkpoints_dir, datasets_dir
 from tests.fixtures import (
     COMPARE,
@@ -906,7 +907,10 @@ def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_pat
     (_, sensitivity) = build_report(root, catalog, selection, distance=None).left_out
     link = f"'?{urlencode(theirs.to_query())}'"
     assert "ViT's default view has 2 of 7 cached" in sensitivity.advice
-    assert f"coherence report --link {link}" in sensitivity.advice
+    # with the workspace, as every suggested command: pasted elsewhere it looked in ./workspace
+    query = f"?{urlencode(theirs.to_query())}"
+    said = shell_command("coherence", "report", "--workspace", str(catalog.root), "--link", query)
+    assert said in sensitivity.advice and f"--link {link}" in said
     out = tmp_path / "report.html"
     base = ["report", "--workspace", str(root), "--out", str(out)]
     result = CliRunner().invoke(app, [*base, "--link", link.strip("'")])

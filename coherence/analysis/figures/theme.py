@@ -275,6 +275,26 @@ def heatmap_scale(mode: str, values: Any, n_examples: int) -> tuple[float, float
     raise RequestError(f"scale={mode!r}: choose one of {', '.join(SCALES)}")
 
 
+def cells_beyond(maps: Sequence[Any], zrange: Sequence[float]) -> tuple[int, int]:
+    """(cells beyond ``zrange``, cells) of heatmaps drawn on that range: plotly draws them at
+    its ends, so a map wholly above [0, √N] is one flat colour. The dashboard's tabs and the
+    report say how many (``clipped_text``)."""
+    values = np.concatenate([np.ravel(np.asarray(m, dtype=np.float64)) for m in maps])
+    values = values[np.isfinite(values)]
+    lo, hi = (float(v) for v in zrange)
+    slack = 1e-9 * max(hi - lo, 1e-300)
+    return int(np.count_nonzero((values < lo - slack) | (values > hi + slack))), int(values.size)
+
+
+def clipped_text(maps: Sequence[Any], zrange: Sequence[float]) -> str:
+    """'k of n cells lie beyond the colour range [lo, hi]', or '' when none do."""
+    beyond, total = cells_beyond(maps, zrange)
+    if not beyond:
+        return ""
+    lo, hi = (float(v) for v in zrange)
+    return f"{beyond} of {total} cells lie beyond the colour range [{lo:.3g}, {hi:.3g}]"
+
+
 def cell_edges(centres: Any) -> tuple[float, float]:
     """Outer edges of heatmap cells drawn at increasing ``centres`` (half a spacing beyond the
     first and last centre, as plotly draws them): the axis range that shows exactly the data."""

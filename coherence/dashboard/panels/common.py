@@ -22,7 +22,13 @@ from coherence.analysis.exports import (
     image_export_problem,
     with_header,
 )
-from coherence.analysis.figures import SCALES, heatmap_scale, influence_range, side_by_side
+from coherence.analysis.figures import (
+    SCALES,
+    clipped_text,
+    heatmap_scale,
+    influence_range,
+    side_by_side,
+)
 from coherence.analysis.names import (
     ROLLOUT_KEYS,
     TRAINING_KEYS,
@@ -245,16 +251,11 @@ def clipped_note(maps: Sequence[Any], zrange: Sequence[float]) -> str:
     """A warning, or '', for heatmap cells beyond the colour range they are drawn on: the
     paper's fixed [0, √N] drew a map whose cells all lay above it as one flat square, and a
     negative map as black, with no word (a walkthrough at 128², after one epoch)."""
-    values = np.concatenate([np.ravel(np.asarray(m, dtype=np.float64)) for m in maps])
-    values = values[np.isfinite(values)]
-    lo, hi = (float(v) for v in zrange)
-    slack = 1e-9 * max(hi - lo, 1e-300)
-    beyond = int(np.count_nonzero((values < lo - slack) | (values > hi + slack)))
-    if not beyond:
+    text = clipped_text(maps, zrange)
+    if not text:
         return ""
     return (
-        f":orange[{beyond} of {values.size} cells lie beyond the colour range "
-        f"[{lo:.3g}, {hi:.3g}]] and are drawn at its ends: choose **auto** or **diverging** "
+        f":orange[{text}] and are drawn at its ends: choose **auto** or **diverging** "
         "under Colour scale to see them."
     )
 

@@ -30,6 +30,7 @@ from coherence.cli_common import (
     log_line,
     note_unlisted,
     progress_bar,
+    report_errors,
     split_list,
     styled,
     warn,
@@ -399,7 +400,7 @@ def _check_serve_target(root: Path, address: str, port: int) -> None:
 
 
 @app.command(short_help="Write a selection's report as one offline HTML file.")
-@friendly_errors
+@report_errors
 def report(
     out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
     link: Annotated[

@@ -250,6 +250,18 @@ IMPORT_INTERRUPTED = (
     "starts again"
 )
 
+# a report computes nothing and writes its file in one rename (atomic_write_bytes)
+REPORT_INTERRUPTED = (
+    "interrupted: no report was written (the file is written whole or not at all, and an "
+    "earlier one at --out is kept); rerun the same command"
+)
+
+
+def report_errors(func: F) -> F:
+    """``friendly_errors`` for `report`: its Ctrl-C said that checkpoint epochs and cached
+    units were saved, of a command that saves neither."""
+    return friendly_errors(func, interrupted=REPORT_INTERRUPTED)
+
 
 def warn(message: str, *, loud: bool = False, to: Console = console) -> None:
     """One warning line on the console (stderr): yellow "warning:", bold where it qualifies

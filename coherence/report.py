@@ -364,7 +364,7 @@ def load_groups(
             f"({selection.dataset}: {describe(selection)}; classes "
             f"{','.join(selection.classes)}, window {selection.t_start}:{selection.n_steps}, "
             f"responses {','.join(str(r) for r in selection.responses)}): press Compute in "
-            f"the dashboard for this link, or run {' and '.join(commands)} (the result lands "
+            f"the dashboard on this selection, or run {' and '.join(commands)} (the result lands "
             "in the workspace's cache), then build the report again"
         )
     return tuple(groups)

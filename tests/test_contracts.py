@@ -89,6 +89,24 @@ def test_ctrl_c_says_what_is_kept_and_how_to_go_on():
     assert stopped.value.exit_code == 130 and "rerun the same command" in INTERRUPTED
 
 
+def test_ctrl_c_in_report_says_no_report_was_written(tmp_path, monkeypatch, capsys):
+    """`report` saves no checkpoint epoch or cached unit, yet its Ctrl-C said they were
+    saved; it writes its file whole or not at all, and says that."""
+    import typer
+
+    from coherence import cli
+
+    monkeypatch.setattr(
+        cli, "_check_report_path", lambda out: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    with pytest.raises(typer.Exit) as stopped:
+        cli.report(out=tmp_path / "r.html", link="", param=None, workspace=tmp_path)
+    printed = capsys.readouterr()
+    said = " ".join((printed.out + printed.err).split())
+    assert stopped.value.exit_code == 130 and "no report was written" in said
+    assert "checkpoint epochs" not in said and not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.parametrize("status", [130, 2])
 def test_the_console_entry_ends_at_once_after_ctrl_c(tmp_path, status):
     """After Ctrl-C the process skipped to its end (its line flushed, status 130) without the

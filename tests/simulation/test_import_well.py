@@ -27,6 +27,8 @@ def test_block_means_conserve_every_total(tmp_path, states):
     gamma = 1.13  # the state's pressure is recomputed with this γ by the fixture
     stem = "euler_multi_quadrants_periodicBC_gamma_1.13_C3H8"  # a name rounded as published
     path = write_well_euler(tmp_path / "data" / "train" / f"{stem}.hdf5", states, gamma=gamma)
+    with h5py.File(path, "a") as f:  # a field of its own, which the import leaves out
+        f["t0_fields/temperature"] = f["t0_fields/density"][()]
     report = import_well_euler([path], tmp_path / "out", downsample=4)
     assert not [w for w in report.warnings if "its name says" in w]
     info = open_dataset(tmp_path / "out")
@@ -54,6 +56,8 @@ def test_block_means_conserve_every_total(tmp_path, states):
         assert f.attrs["licence"] == "CC-BY-4.0"
         assert list(f.attrs["source_index"]) == [0, 1, 2]
         assert json.loads(f.attrs["import_checks"])["downsample"] == 4
+        # named in the mapping (it vanished without a record)
+        assert json.loads(f.attrs["channel_mapping"])["dropped"] == "t0_fields/temperature"
     assert report.counts == (3, 0, 0)
 
 
@@ -104,6 +108,18 @@ def test_refusals(tmp_path, states):
         f["t0_fields/energy"] = energy[..., :-2]
     with pytest.raises(SchemaError, match=r"Not on the common shape \(.*\): energy: the file"):
         import_well_euler([odd], tmp_path / "out")
+    from coherence.simulation.wellformat import write_well_file
+
+    ns = write_well_file(  # a Well file of another family: read directly, no import
+        tmp_path / "ns" / "data" / "test" / "NS-Sines.hdf5",
+        states[:, :3, :2],
+        np.linspace(0, 0.1, 3),
+        family="ns",
+        class_name="NS-Sines",
+        dataset_name="ns",
+    )
+    with pytest.raises(SchemaError, match=r"velocity fields .*needs no import.* to --data"):
+        import_well_euler([ns], tmp_path / "out")
     uneven = write_well_euler(tmp_path / "data" / "test" / "uneven.hdf5", states)
     with h5py.File(uneven, "a") as f:  # imported without a word; Δt was its first step
         times = f["dimensions/time"][()]

@@ -187,6 +187,12 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
                 if pdegym
                 else ""
             )
+            if not hint and isinstance(f.get("t1_fields/velocity"), h5py.Dataset):
+                hint = (  # a Well file of another family needs no import
+                    "; it is a Well file of velocity fields (Navier–Stokes), which needs no "
+                    "import: lay it out as <dataset>/data/{train,valid,test}/<class>.hdf5 and "
+                    "give the dataset folder to --data"
+                )
             raise SchemaError(
                 f"{path}: not a euler_multi_quadrants file: missing {', '.join(missing)} "
                 f"(it holds {', '.join(sorted(f.keys()))}){hint}"
@@ -495,6 +501,23 @@ def _trajectory(
     return out
 
 
+IMPORTED_FIELDS = {"t0_fields/density", "t0_fields/energy", "t0_fields/pressure"}
+IMPORTED_FIELDS |= {"t1_fields/momentum"}
+
+
+def _dropped(f: h5py.File) -> dict[str, str]:
+    """The source's other fields, which the import leaves out, named in the mapping (they
+    vanished without a record; PDEgym's importer names its dropped tracer)."""
+    others = [
+        f"{group}/{name}"
+        for group in ("t0_fields", "t1_fields", "t2_fields")
+        if isinstance(f.get(group), h5py.Group)
+        for name in f[group]
+        if f"{group}/{name}" not in IMPORTED_FIELDS
+    ]
+    return {"dropped": ", ".join(others)} if others else {}
+
+
 def _provenance(
     f: h5py.File, path: Path, n: int, k: int, checks: dict, split_rule: str
 ) -> dict[str, object]:
@@ -514,6 +537,7 @@ def _provenance(
                 "energy": f"t0_fields/energy, {k}×{k} block mean",
                 "pressure (t0 field)": "(γ−1)(E − |m|²/2ρ) of the block means",
             }
+            | _dropped(f)
         ),
         "import_checks": as_json(checks),
         "split_rule": split_rule,

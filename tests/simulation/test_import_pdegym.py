@@ -165,6 +165,7 @@ def test_ns_velocity_axis_pairing_decides_swap(tmp_path, ns_states, transposed):
     report = import_pdegym(tmp_path / "NS-Sines.nc", tmp_path / "out", "NS-Sines")
     assert report.swap_xy is transposed
     assert report.checks["velocity_axis_pairing"] == ("swapped" if transposed else "as-stored")
+    assert report.checks["axes_swapped_on_import"] is transposed  # what was done
     states, _ = imported(tmp_path / "out", "NS-Sines")
     np.testing.assert_array_equal(states, ns_states)  # the solver's own fields, tracer dropped
     # and the imported velocity is divergence-free in our model layout [.., H=y, W=x]
@@ -189,6 +190,8 @@ def test_forced_swap_against_the_data_warns(tmp_path, ns_states):
     with h5py.File(tmp_path / "o2" / "data" / "train" / "NS-Sines.hdf5") as f:
         checks = json.loads(f.attrs["import_checks"])
     assert checks["positive_density_pressure"].startswith("not applicable")  # not False
+    # the detection (as stored) beside what was done (swapped, as forced)
+    assert checks["velocity_axis_pairing"] == "as-stored" and checks["axes_swapped_on_import"]
 
 
 def test_refusals_name_the_file_and_the_fix(tmp_path, ce_states):

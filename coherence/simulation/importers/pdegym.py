@@ -317,6 +317,9 @@ def _import_into(
     blocks = _blocks(source, n)
     first_block = next(blocks)
     swap = _pairing_swap(source, first_block[3], options.swap_xy, checks, note)
+    # what was done, beside what the data said (velocity_axis_pairing is the detection: read
+    # alone, "swapped" looked like the stored data were, under --swap-xy no)
+    checks["axes_swapped_on_import"] = swap
     nx, ny = (source.ny, source.nx) if swap else (source.nx, source.ny)
     dataset_name = target_dataset_name(
         stage,

@@ -419,8 +419,9 @@ def report(
             "the Training dynamics overlay λ; sens_pair, the Sensitivity agreement's pair, "
             "e.g. 'ekfac-krylov vs euclidean', in compare mode 'ViT: ekfac-krylov vs "
             "euclidean'). A link's other keys (the drill-down's two_time_cell…, cons_response, "
-            "dyn_view, sens_view, the Rollout and Validation tabs' own) are read and have no "
-            "part in the report. Values as typed, not URL-encoded: give a link "
+            "dyn_group, dyn_view, sens_view, the Overview, Rollout and Validation tabs' own) "
+            "are read and have no part in the report. Values as typed, not URL-encoded: give a "
+            "link "
             "copied from the address bar to --link."
         ),
     ] = None,
@@ -444,6 +445,7 @@ def report(
         unknown_params,
         used_link,
     )
+    from coherence.report_panels import link_value
     from coherence.workspace import checked_workspace, named_by
 
     root = checked_workspace(workspace)
@@ -486,7 +488,7 @@ def report(
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): opens offline in any browser")
     for item in built.left_out:  # a sweep left out, and what to compute for it
         console.print(item.cli_text, markup=False, highlight=False)
-    panel = params.get("panel", [""])[0]
+    panel = link_value(params, "panel") or ""
     if panel in NOT_IN_REPORT:
         warn(
             f"the link opens the {panel} panel, which the report does not hold (it holds the "

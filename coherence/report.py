@@ -308,8 +308,7 @@ def scales_from_params(params: Mapping[str, Any]) -> tuple[dict[str, str], list[
     scales, warnings = {}, []
     for panel in HEATMAP_PANELS:
         key = f"{SCALE_PREFIX}{panel}"
-        value = params.get(key, "paper")
-        value = value[0] if isinstance(value, list | tuple) else str(value)
+        value = link_value(params, key) or "paper"
         if value not in SCALES:
             warnings.append(f"{key}={value!r}: not a colour scale ({', '.join(SCALES)})")
             value = "paper"

@@ -49,9 +49,12 @@ class Section:
 
 
 def link_value(params: Mapping[str, Any], key: str) -> str | None:
-    """A link parameter's value: parse_qs gives lists, a caller's dict plain strings."""
+    """A link parameter's value: parse_qs gives lists, a caller's dict plain strings; of a
+    repeated key the last, as the dashboard reads it (the report drew the first)."""
     value = params.get(key)
-    return value[0] if isinstance(value, list | tuple) else value
+    if isinstance(value, list | tuple):
+        return value[-1] if value else None
+    return value
 
 
 def how_to_read(builder: Callable) -> str:

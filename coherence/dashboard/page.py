@@ -18,6 +18,7 @@ from coherence.dashboard import compute, loaders, panel_links, sidebar
 from coherence.dashboard.checks import problems
 from coherence.dashboard.compute import GroupState
 from coherence.dashboard.control_rows import VANISHED
+from coherence.dashboard.controls import QUERY_KEYS
 from coherence.dashboard.markup import code, literal
 from coherence.dashboard.panels import DEFAULT_PANEL, PANELS, PanelContext, headline, rollout_jobs
 from coherence.dashboard.selection import Selection
@@ -51,10 +52,12 @@ COMPACT_STYLE = """<style>
 </style>"""
 
 
-# the first run's warnings about the link, kept until a run of the page reaches its end: a
-# panel that starts a job on its first visit (Rollout) reruns the page at once, and the
-# warnings of the run it cut short were never seen, while the link was already repaired
+# the first run's warnings about the link, kept until the visitor moves on
+# (_retire_link_notes): a panel that starts a job on its first visit (Rollout) reruns the
+# page at once, and the job's end reruns it again; the warnings went with the first run,
+# never seen, while the link was already repaired
 LINK_NOTES = "_link_notes"
+_LINK_NOTES_AT = "_link_notes_at"  # the address the notes stand beside
 _startup_heap = threading.Event()
 
 
@@ -134,7 +137,21 @@ def _run() -> None:
     sidebar.draw(catalog, cuda_available=cuda)  # last: the heatmap reaches the browser first
     with st.sidebar:
         _skipped_entries(catalog)
-    st.session_state.pop(LINK_NOTES, None)  # shown by a run that reached its end
+    _retire_link_notes()
+
+
+def _retire_link_notes() -> None:
+    """At the end of a run: the link's notes stay while the address is the one the first run
+    to reach its end left (the reruns the page makes itself, as a job starts or ends), and
+    go once it changes (the visitor picked something: a tab or a selection)."""
+    if LINK_NOTES not in st.session_state:
+        return
+    # the selection's keys and the open tab: a tab's own choices enter the address once its
+    # figure is drawn (the job's end), which is no step of the visitor's
+    keys = (*QUERY_KEYS, "panel")
+    now = {key: value for key, value in st.query_params.to_dict().items() if key in keys}
+    if st.session_state.setdefault(_LINK_NOTES_AT, now) != now:
+        del st.session_state[LINK_NOTES], st.session_state[_LINK_NOTES_AT]
 
 
 def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool, report_slot) -> None:
@@ -149,6 +166,9 @@ def _main(root: Path, catalog: Catalog, selection: Selection, cuda: bool, report
     else:
         states = compute.group_states(root, catalog, selection)
     st.caption(f"**{literal(selection.dataset)}** · {literal(sidebar.describe(selection))}")
+    entry = catalog.dataset(selection.dataset)
+    for problem in entry.problems if entry is not None else ():  # training refuses them
+        st.warning(literal(problem), icon=":material/warning:")
     compute.render_status(root, states, issues)
     shown, states, stale = compute.displayed(root, catalog, selection, states, issues)
     if stale:  # the last computed figures stay until this selection is computed

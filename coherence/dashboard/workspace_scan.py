@@ -64,6 +64,8 @@ class DatasetEntry:
     physics: Mapping[str, float] = field(default_factory=dict)  # Δt, γ / ν (DatasetInfo.physics)
     # each test class's Δt, γ / ν (DatasetInfo.class_physics): classes may differ in γ or ν
     class_physics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # what in the files the surrogates do not assume (DatasetInfo.assumption_problems)
+    problems: tuple[str, ...] = ()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -265,6 +267,7 @@ def _dataset_entry(name: str, path: Path) -> DatasetEntry:
         class_physics=MappingProxyType(
             {c: MappingProxyType(p) for c, p in info.class_physics("test").items()}
         ),
+        problems=tuple(info.assumption_problems),
     )
 
 

@@ -152,10 +152,23 @@ class DatasetInfo:
 
     @property
     def open_boundaries(self) -> bool:
-        """Whether a file has open boundaries (imported with --allow-open): training says
-        that its models are periodic."""
-        metas = (m for per_class in self.files.values() for m in per_class.values())
-        return any("open" in meta.bc_types for meta in metas)
+        """Whether a file has open boundaries (imported with --allow-open, or a folder of
+        one's own): training says that its models are periodic."""
+        return any("open" in meta.bc_types for meta in self._metas())
+
+    @property
+    def assumption_problems(self) -> list[str]:
+        """What in these files the surrogates do not assume: boundaries other than periodic
+        or open, snapshots not evenly spaced. Training refuses such a dataset, and analysis
+        warns (a dataset that opened before these checks stays readable, its models too)."""
+        problems = [p for m in self._metas() if (p := boundary_problem(m.path, m.bc_types))]
+        first = next(iter(self._metas()), None)
+        if first is not None and (uneven := uneven_times(first.path, self.times)):
+            problems.append(uneven)  # every file shares the time axis (open_dataset)
+        return problems
+
+    def _metas(self) -> list[WellMetadata]:
+        return [m for per_class in self.files.values() for m in per_class.values()]
 
     def file(self, split: str, class_name: str) -> WellMetadata:
         """The metadata of one split/class file, or a RequestError listing what exists."""
@@ -278,9 +291,6 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
         raise SchemaError(f"{data_dir}: no .hdf5 files in train/, valid/ or test/")
     metas = [m for per_class in files.values() for m in per_class.values()]
     first = metas[0]
-    for meta in metas:  # what the surrogates assume of any file, imported or the user's own
-        _check_boundaries(meta)
-    _check_even_times(first)  # the others share its time axis (below)
     for meta in metas[1:]:
         for attr in ("dataset_name", "family", "height", "width"):
             if getattr(meta, attr) != getattr(first, attr):
@@ -305,31 +315,40 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
     )
 
 
-PERIODIC_OR_OPEN = ("periodic", "open")  # open only as imported with --allow-open (it warns)
+PERIODIC_OR_OPEN = ("periodic", "open")  # open: imported with --allow-open, or one's own
 
 
-def _check_boundaries(meta: WellMetadata) -> None:
-    """Periodic boundaries, or open ones: a wall, or no boundary named, was refused by the
-    importer but trained on without a word when the file was given to --data directly."""
-    other = sorted({t for t in meta.bc_types if t not in PERIODIC_OR_OPEN})
-    if other or not meta.bc_types:
-        raise SchemaError(
-            f"{meta.path}: boundaries {', '.join(other) or 'none named'}; the surrogates and "
-            "responses assume a periodic domain: use data with periodic boundaries (for The "
-            "Well's Euler data, its _periodicBC files)"
-        )
+def boundary_problem(path: Path, bc_types: Sequence[str]) -> str | None:
+    """Why the boundaries are not what the surrogates assume (None when they are periodic or
+    open): a wall, or no boundary named, was refused by the importer but trained on without a
+    word when the folder was given to --data directly."""
+    other = sorted({t or "no bc_type" for t in bc_types if t not in PERIODIC_OR_OPEN})
+    if not other and bc_types:
+        return None
+    return (
+        f"{path}: boundaries {', '.join(other) or 'none named'}; the surrogates and responses "
+        "assume a periodic domain: use data with periodic boundaries (for The Well's Euler "
+        "data, its _periodicBC files)"
+    )
 
 
-def uneven_times(path: Path, times: np.ndarray) -> str | None:
+def even_tolerance(times: np.ndarray, eps: float = 1.2e-7) -> float:
+    """How far apart a clock's steps may lie and still be one Δt: 1 % of the step (a clock
+    written rounded, to 3 decimals at Δt ≈ 0.17, was refused at 0.1 %) or the stored type's
+    rounding (a float16 clock on [0, 1] is even to ≈ 1e-2 Δt), whichever is larger. Uneven
+    clocks seen so far differ by a third (Δt 0.015 beside 0.02)."""
+    times = np.asarray(times, dtype=np.float64)
+    return max(1e-2 * float(np.mean(np.diff(times))), 8 * eps * float(np.abs(times).max()))
+
+
+def uneven_times(path: Path, times: np.ndarray, eps: float = 1.2e-7) -> str | None:
     """Why ``times`` is not one constant Δt (None when it is): a surrogate steps by one Δt,
     and a checkpoint records the first step as its Δt (uneven snapshots were trained on
-    without a word, where PDEgym's importer refused them). The tolerance is the storage's:
-    float32 times on [0, 1.5] are even to ≈ 1e-7."""
-    steps = np.diff(np.asarray(times, dtype=np.float64))
-    if steps.size < 2:
-        return None
-    tolerance = max(1e-3 * float(np.mean(steps)), 8 * 1.2e-7 * float(np.abs(times).max()))
-    if np.ptp(steps) <= tolerance:
+    without a word). ``eps``: the stored type's (float32 by default), whose rounding the
+    tolerance allows: float32 times on [0, 1.5] are even to ≈ 1e-7."""
+    times = np.asarray(times, dtype=np.float64)
+    steps = np.diff(times)
+    if steps.size < 2 or np.ptp(steps) <= even_tolerance(times, eps):
         return None
     shown = ", ".join(f"{d:.4g}" for d in steps[:6]) + (", …" if steps.size > 6 else "")
     return (
@@ -337,11 +356,6 @@ def uneven_times(path: Path, times: np.ndarray) -> str | None:
         "surrogates step by one constant Δt: resample the trajectories to a constant "
         "Δt, or keep only an evenly spaced run of snapshots"
     )
-
-
-def _check_even_times(meta: WellMetadata) -> None:
-    if problem := uneven_times(meta.path, meta.times):
-        raise SchemaError(problem)
 
 
 def _check_class_constants(files: dict[str, dict[str, WellMetadata]]) -> None:

@@ -29,7 +29,7 @@ from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import snapshots
 from coherence.surrogates.losses import evaluate_smse, smse
 from coherence.surrogates.pairs import TransitionPairs
-from coherence.surrogates.registry import build_model, check_arch
+from coherence.surrogates.registry import ARCHITECTURES, build_model, check_arch
 from coherence.wording import plural
 
 Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
@@ -180,12 +180,6 @@ def _new_model(
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """The seeded model, normalized by the training pairs' channel statistics, and its
     optimizer (a resumed run builds them too, then replaces both from the checkpoint)."""
-    if args.arch == "vit" and info.height != info.width:  # its embedding is L×L
-        raise RequestError(
-            f"{info.root}: a {info.height}×{info.width} grid (height × width); a ViT needs a "
-            "square grid: train a UNet (`--arch unet`) on these data, or resample them to a "
-            "square grid"
-        )
     torch.manual_seed(args.seed)
     model = build_model(
         args.arch,
@@ -563,6 +557,29 @@ def training_lock(out: Path) -> Iterator[None]:
         lock.release(remove=not Path(out).exists())  # writer may share the file
 
 
+def _check_what_the_model_assumes(
+    info: DatasetInfo, args: TrainingArgs, log: Callable[[str], None] | None
+) -> None:
+    """Before any pair is read: refuse data the surrogates cannot learn as such (uneven Δt,
+    walls), or a ViT on a rectangular grid (its positional embedding is L × L; it failed at
+    the first batch, telling the user to run the command that failed); say that open
+    boundaries are learned as periodic ones."""
+    if problems := info.assumption_problems:
+        raise RequestError("; ".join(problems))
+    spec = ARCHITECTURES.get(args.arch)
+    if spec is not None and spec.uses_resolution and info.height != info.width:
+        raise RequestError(
+            f"{info.root}: a {info.height}×{info.width} grid (height × width); --arch "
+            f"{args.arch} needs a square grid: train a UNet (`--arch unet`) on these data, or "
+            "resample them to a square grid"
+        )
+    if log and info.open_boundaries:
+        log(
+            f"{WARNING}{info.root} has open boundaries; the surrogates are periodic, so "
+            "they learn these data with the wrong boundary"
+        )
+
+
 def _train(
     data: str | Path,
     out: Path,
@@ -575,6 +592,7 @@ def _train(
     torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt.recover(out)  # a save killed after its commit is completed, one killed before undone
     info = open_dataset(data)
+    _check_what_the_model_assumes(info, args, log)
     every = [c for c in info.classes if c in info.files.get("train", {})]
     classes = list(args.classes) or _trained_order(out, every) or every
     if not classes:  # no train files: said as a missing valid split is (it was a traceback)
@@ -582,11 +600,6 @@ def _train(
     for split in ("train", "valid"):
         for class_name in classes:
             info.file(split, class_name)  # raises with the available classes
-    if log and info.open_boundaries:
-        log(
-            f"{WARNING}{data} has open boundaries (imported with --allow-open); the surrogates "
-            "are periodic, so they learn these data with the wrong boundary"
-        )
     args = resolve_transitions(args, info, log)
     device = resolve_device(args.device)
     train_pairs = TransitionPairs(info, "train", classes, args.transitions)

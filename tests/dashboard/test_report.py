@@ -191,6 +191,8 @@ def test_report_draws_the_chosen_colour_scale_and_names_it(workspace):
     assert "colour scales of the heatmaps" in page and "two-time: diverging ±" in page
     assert "class transfer: auto" in page
     assert scales_from_params({"zscale_two_time": ["auto"]})[0]["two_time"] == "auto"
+    # a repeated key: its last value, as the dashboard reads it (the report drew the first)
+    assert scales_from_params({"zscale_two_time": ["auto", "paper"]})[0]["two_time"] == "paper"
     chosen, warnings = scales_from_params({"zscale_transfer": "rainbow", "zscale_mass": "auto"})
     assert chosen == {"two_time": "paper", "transfer": "paper", "mass": "auto", "energy": "paper"}
     assert warnings == ["zscale_transfer='rainbow': not a colour scale (" + ", ".join(SCALES) + ")"]

@@ -1042,7 +1042,13 @@ def test_a_repaired_link_is_explained_when_the_rollout_panel_starts_its_job(
     assert runner.status(key).state in ("running", "done")  # the tab started its job
     assert "URL parameter classes='XX-NONE'" in texts(at.warning)
     wait_for(lambda: runner.status(key).state == "done", "the rollouts", timeout=180)
-    at.run()  # a run that reaches its end has shown them: the next one does not
+    at.run()  # the page's own rerun at the job's end: they stay (they went after 1–3 s)
+    assert "URL parameter classes='XX-NONE'" in texts(at.warning) and len(charts(at)) == 2
+    at.run()
+    assert "URL parameter classes='XX-NONE'" in texts(at.warning)
+    chosen = at.multiselect(key="sb_ckpts").value[:1]  # the visitor moves on: they go
+    at.multiselect(key="sb_ckpts").set_value(chosen).run()
+    at.run()
     assert "URL parameter" not in texts(at.warning)
 
 
@@ -1159,3 +1165,23 @@ def test_conservation_on_navier_stokes_data_says_why_in_its_own_words(tmp_path, 
     assert "tiny_ns is incompressible Navier–Stokes data, whose kinetic energy decays" in said
     assert "relative error of total mass" not in texts(at.caption)
     assert "Krylov depth" not in texts(at.caption)
+
+
+def test_a_dataset_with_walls_is_shown_with_what_training_would_refuse(
+    workspace, monkeypatch, tmp_path
+):
+    """A Well folder of one's own with walls (or uneven snapshots) trained without a word;
+    training now refuses it, and the page shows it with the reason (it still opens: a
+    dataset that opened before that check keeps its models and results)."""
+    import h5py
+
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    for path in datasets_dir(moved).rglob("*.hdf5"):
+        with h5py.File(path, "a") as f:
+            for group in f["boundary_conditions"].values():
+                group.attrs["bc_type"] = "wall"
+    at = open_app(moved, monkeypatch)
+    assert not at.exception
+    assert "boundaries wall; the surrogates and responses assume a periodic" in texts(at.warning)
+    plain = open_app(workspace, monkeypatch)
+    assert "boundaries" not in texts(plain.warning)

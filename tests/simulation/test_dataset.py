@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -190,25 +191,26 @@ def test_open_dataset_refuses_inconsistent_or_missing_layouts(ce_dataset, tmp_pa
 def test_a_well_folder_given_directly_is_held_to_what_the_surrogates_assume(ce_dataset, tmp_path):
     """A user's own Well folder given to --data skipped what the importer checks: uneven
     snapshot times (the checkpoint recorded the first step as its Δt) and wall or unnamed
-    boundaries trained without a word. Open ones (imported with --allow-open) still open."""
+    boundaries trained without a word. They are named (training refuses them, analysis
+    warns), and the dataset still opens: one that opened before these checks stays readable.
+    Open boundaries (imported with --allow-open) are no problem, only said at training."""
     root, _ = ce_dataset
-    files = [f"data/{split}/CE-RP.hdf5" for split in ("train", "valid", "test")]
 
     def edited(name, edit):
         copy = tmp_path / name
         shutil.copytree(root, copy)
-        for file in files:
-            with h5py.File(copy / file, "a") as f:
+        for path in sorted((copy / "data").rglob("*.hdf5")):
+            with h5py.File(path, "a") as f:
                 edit(f)
-        return copy
+        return open_dataset(copy)
 
     def uneven(f):
         times = f["dimensions/time"][()]
         times[2] += 0.4 * (times[2] - times[1])
         f["dimensions/time"][()] = times
 
-    with pytest.raises(SchemaError, match=r"not evenly spaced in time \(steps .*constant Δt"):
-        open_dataset(edited("uneven", uneven))
+    (said,) = edited("uneven", uneven).assumption_problems
+    assert "not evenly spaced in time (steps " in said and "constant Δt" in said
 
     def relabel(bc_type):
         def edit(f):
@@ -217,17 +219,35 @@ def test_a_well_folder_given_directly_is_held_to_what_the_surrogates_assume(ce_d
 
         return edit
 
-    with pytest.raises(SchemaError, match=r"boundaries wall; .*assume a periodic domain"):
-        open_dataset(edited("wall", relabel("WALL")))
+    walls = edited("wall", relabel("WALL")).assumption_problems
+    files = len(list((root / "data").rglob("*.hdf5")))
+    assert len(walls) == files and all("boundaries wall; " in p and "periodic" in p for p in walls)
 
     def unnamed(f):
         for name in list(f["boundary_conditions"]):
             del f["boundary_conditions"][name]
 
-    with pytest.raises(SchemaError, match=r"boundaries none named; .*periodic"):
-        open_dataset(edited("none", unnamed))
-    assert not open_dataset(root).open_boundaries
-    assert open_dataset(edited("open", relabel("OPEN"))).open_boundaries
+    assert "boundaries none named" in edited("none", unnamed).assumption_problems[0]
+    assert open_dataset(root).assumption_problems == [] and not open_dataset(root).open_boundaries
+    opened = edited("open", relabel("OPEN"))
+    assert opened.open_boundaries and opened.assumption_problems == []
+
+
+def test_one_clock_rule_for_every_reader():
+    """Even to the storage's rounding (float32, float16) or 1 % of the step (a clock written
+    to 3 decimals); a third apart (Δt 0.015 beside 0.02) is uneven."""
+    from coherence.simulation.dataset import uneven_times
+
+    for times, eps in (
+        (np.linspace(0, 1.5, 101).astype(np.float32), 1.2e-7),
+        (np.linspace(0, 1, 21).astype(np.float32), 1.2e-7),
+        (np.linspace(0, 1.5, 101).astype(np.float16), float(np.finfo(np.float16).eps)),
+        (np.round(np.linspace(0, 1, 7), 3), 1.2e-7),
+        (1000 + np.linspace(0, 1, 21).astype(np.float32), 1.2e-7),
+    ):
+        assert uneven_times(Path("f"), times, eps) is None, times
+    steps = np.array([0, 0.015, 0.015, 0.02, 0.015, 0.015])
+    assert "not evenly spaced" in uneven_times(Path("f"), np.cumsum(steps))
 
 
 def test_fingerprint_follows_file_contents(ce_dataset, tmp_path):

@@ -536,7 +536,7 @@ def test_a_vit_on_a_non_square_grid_is_refused_with_what_to_do(tmp_path):
             class_name=TINY_CLASSES[0],
             dataset_name="wide",
         )
-    with pytest.raises(RequestError, match=r"a 16×8 grid \(height × width\); a ViT needs a squ"):
+    with pytest.raises(RequestError, match=r"a 16×8 grid \(height × width\); --arch vit needs"):
         train(tmp_path / "wide", tmp_path / "vit", tiny_args(arch="vit", overrides={}))
     assert not (tmp_path / "vit" / ckpt.CONFIG_FILE).exists()
     vit = ViT(ViTConfig(channels=4, resolution=16, patch=4, width=8, depth=1, heads=2))
@@ -563,3 +563,11 @@ def test_training_on_open_boundary_data_says_its_models_are_periodic(tiny_datase
     said.clear()
     train(tiny_dataset, tmp_path / "periodic", tiny_args(epochs=1), log=said.append)
     assert not [s for s in said if "open boundaries" in s]
+    # walls (or uneven snapshots): refused before any pair is read, nothing written
+    for path in (copy / "data").rglob("*.hdf5"):
+        with h5py.File(path, "a") as f:
+            for group in f["boundary_conditions"].values():
+                group.attrs["bc_type"] = "wall"
+    with pytest.raises(RequestError, match=r"boundaries wall; the surrogates .*periodic"):
+        train(copy, tmp_path / "walls", tiny_args(epochs=1))
+    assert not (tmp_path / "walls" / ckpt.CONFIG_FILE).exists()

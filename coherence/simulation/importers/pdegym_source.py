@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from coherence.errors import RequestError, SchemaError
+from coherence.simulation.dataset import even_tolerance
 from coherence.simulation.families import Family
 from coherence.simulation.importers.sniff import open_hdf5, read_errors
 
@@ -239,8 +240,7 @@ def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
             f"{path}: its 'time' scale is not increasing ({_shown(values)}); the importer "
             "needs snapshot times in order"
         )
-    # what the stored precision allows (a float16 clock on [0, 1] is even to ≈ 1e-2 Δt)
-    tolerance = max(1e-3 * np.mean(steps), 8 * stored * np.abs(values).max())
+    tolerance = even_tolerance(values, stored)  # the rule every reader of a clock uses
     if np.ptp(steps) > tolerance:
         raise SchemaError(
             f"{path}: its 'time' scale is not evenly spaced ({_shown(values)}); the "

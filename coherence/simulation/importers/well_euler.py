@@ -153,7 +153,8 @@ def _times(f: h5py.File, path: Path) -> np.ndarray:
             f"({', '.join(f'{t:g}' for t in times[:4])}{', …' if times.size > 4 else ''}); "
             "a trajectory needs at least 2 finite, strictly increasing times"
         )
-    if problem := uneven_times(path, times):  # refused here, naming the source file
+    eps = np.finfo(dataset.dtype).eps if dataset.dtype.kind == "f" else 0.0
+    if problem := uneven_times(path, times, eps):  # refused here, naming the source file
         raise SchemaError(problem)
     return times
 

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from coherence.cli_common import (
+    PlainProgress,
     RayAddress,
     compute_slot,
     confirm_long_job,
@@ -344,37 +345,21 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
     waits are said in one plain line each (a log showed a silent wait, then another
     process's time as this one's), and the progress in a line per tenth of the job (a log
     of an interrupted run said nothing of how far it got)."""
-    from coherence.cache.jobs import WAITING_FOR_OTHER, WAITING_FOR_SLOT
+    from coherence.cache.jobs import WAITING_FOR_OTHER
 
-    waits = {
-        WAITING_FOR_OTHER: "another process is computing this selection: waiting for its "
-        "result (served from the cache when it is done)",
-        WAITING_FOR_SLOT: "waiting for a free compute slot (another job is computing here)",
-    }
-    seen: set[str] = set()
-    # off a terminal, a line each time the job passes another tenth, counted afresh when the
-    # work changes hands (another process stopped at 90 %: this one's own tenths were lost)
-    tenths, origin = [0], [""]
     with progress_bar(transient=True) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # summarised below, cached or not
         task = bar.add_task("analyzing", total=1.0)
+        plain = PlainProgress(lambda line: log_line(line, to=bar.console), console.is_terminal)
 
         def report(fraction: float, stage: str) -> None:
             bar.update(task, completed=fraction, description=stage[:60])
-            wait = next((start for start in waits if stage.startswith(start)), "here")
-            if wait not in seen and wait in waits and not console.is_terminal:
-                log_line(waits[wait], to=bar.console)
-            seen.add(wait)  # "here": this process computes (the other one stopped)
-            if wait != origin[0]:
-                origin[0], tenths[0] = wait, int(10 * fraction) if wait != "here" else 0
-            if not console.is_terminal and int(10 * fraction) > tenths[0]:
-                tenths[0] = int(10 * fraction)
-                log_line(f"{fraction:4.0%}  {stage}", to=bar.console)
+            plain(fraction, stage)
 
         result = runner.run(
             request, progress=report, trust_code=trust_code, executor=executor, prepared=prepared
         )
-    return result, WAITING_FOR_OTHER in seen and "here" not in seen
+    return result, WAITING_FOR_OTHER in plain.seen and "here" not in plain.seen
 
 
 def _write(result, request, out: Path, *, batches: int, served: bool = False) -> None:

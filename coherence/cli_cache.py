@@ -46,10 +46,15 @@ def cache_info(
     info = store.info()
     mib = 1024**2
     print(f"cache: {info['directory']}")
+    over = info["bytes"] > info["limit"]
     print(
-        f"entries: {info['entries']} results, {info['records']} job records, "
-        f"{info['bytes'] / mib:.1f} MiB of {info['limit'] / mib:.0f} MiB"
+        f"entries: {held_text(info)}, {info['bytes'] / mib:.1f} MiB of {_mib(info['limit'])}"
         + (f", {info['unsafe']} unsafe entries refused" if info.get("unsafe") else "")
+        + (  # eviction came without a word, at the next computation
+            "; over the limit: the next result computed evicts the least recently used"
+            if over
+            else ""
+        )
     )
     for entry in store.entries():
         minutes = (time.time() - entry["stored"]) / 60
@@ -61,6 +66,25 @@ def cache_info(
             f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min "
             f"ago  {described}"
         )
+
+
+def held_text(info: dict) -> str:
+    """'9 results, 17 analysis units, 5 rollouts or checks and 28 job records': the units and
+    task artifacts (most of the bytes) were counted as job records."""
+    from coherence.wording import plural
+
+    parts = [
+        plural(info["entries"], "result"),
+        plural(info.get("units", 0), "analysis unit"),
+        plural(info.get("artifacts", 0), "rollout or check", "rollouts or checks"),
+    ]
+    return f"{', '.join(parts)} and {plural(info['records'], 'job record')}"
+
+
+def _mib(size: int) -> str:
+    """A limit in MiB, not rounded down (1 MB read '1 MiB', 2.5 MB '2 MiB')."""
+    mib = size / 1024**2
+    return f"{mib:.0f} MiB" if mib >= 100 or mib == int(mib) else f"{mib:.3g} MiB"
 
 
 def _weights(metadata: dict | None) -> list[str]:
@@ -124,7 +148,6 @@ def cache_clear(
     from coherence.cache import ResultStore
     from coherence.cache.store import DamagedCacheError
     from coherence.cli_common import ask_or_refuse, damaged_database
-    from coherence.wording import plural
     from coherence.workspace import cache_dir
 
     workspace = _existing(workspace)
@@ -138,13 +161,11 @@ def cache_clear(
             raise  # locked, read-only, or a bug of ours: nothing to clear
         _start_afresh(workspace, database, yes)
         return
-    held = info["entries"] + info["records"] + info["unsafe"]
+    kinds = ("entries", "units", "artifacts", "records", "unsafe")
+    held = sum(info.get(kind, 0) for kind in kinds)
     if held and not yes:  # hours of computing went with one mistyped command
         size = f"{info['bytes'] / 1024**2:.1f} MiB"
-        what = (
-            f"{plural(info['entries'], 'result')} and "
-            f"{plural(info['records'], 'job record')} ({size})"
-        )
+        what = f"{held_text(info)} ({size})"
         ask_or_refuse(
             f"remove {what} from {info['directory']}?",
             f"{info['directory']} holds {what}; pass --yes to remove them",

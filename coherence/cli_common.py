@@ -328,6 +328,37 @@ def compute_slot(label: str):
     return slot(label, on_wait=queue_notice(console.print))
 
 
+class PlainProgress:
+    """A job's progress as plain lines where no bar is drawn (off a terminal: a log, CI): each
+    wait said once (a log showed a silent wait, then another process's time as this one's),
+    and a line per tenth of the job, counted afresh when the work changes hands (another
+    process stopped at 90 %: this one's own tenths were lost). ``seen``: the waits met and
+    "here" once this process computes, said or not (analyze tells a served result by it)."""
+
+    def __init__(self, say: Callable[[str], None], terminal: bool) -> None:
+        from coherence.cache.jobs import WAITING_FOR_OTHER, WAITING_FOR_SLOT
+
+        self.waits = {
+            WAITING_FOR_OTHER: "another process is computing this selection: waiting for its "
+            "result (served from the cache when it is done)",
+            WAITING_FOR_SLOT: "waiting for a free compute slot (another job is computing here)",
+        }
+        self.say, self.quiet = say, terminal
+        self.seen: set[str] = set()
+        self.tenths, self.origin = 0, ""
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        wait = next((start for start in self.waits if stage.startswith(start)), "here")
+        if wait not in self.seen and wait in self.waits and not self.quiet:
+            self.say(self.waits[wait])
+        self.seen.add(wait)
+        if wait != self.origin:
+            self.origin, self.tenths = wait, int(10 * fraction) if wait != "here" else 0
+        if not self.quiet and int(10 * fraction) > self.tenths:
+            self.tenths = int(10 * fraction)
+            self.say(f"{fraction:4.0%}  {stage}")
+
+
 def confirm_long_job(seconds: float) -> None:
     """Ask before a job estimated above COHERENCE_CONFIRM_MINUTES; without a terminal, refuse
     unless --yes was given."""

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from coherence.cli_common import (
+    PlainProgress,
     RayAddress,
     connect_early,
     console,
@@ -209,10 +210,15 @@ def _run(plan, executor) -> list[str]:
 
         def on_analysis(step):
             bar.reset(task, total=1.0, description=fit(f"{step.arch}: starting"), visible=True)
+            # off a terminal (a log, CI) its waits and tenths in lines: a study's log was
+            # silent through a slot wait and a whole analysis
+            say = lambda line: log_line(f"  {line}", to=bar.console)  # noqa: E731
+            plain = PlainProgress(say, console.is_terminal)
 
             def report(fraction: float, stage: str) -> None:
                 description = fit(f"{step.arch}: {stage}")
                 bar.update(task, completed=fraction, description=description, visible=True)
+                plain(fraction, stage)
 
             return report
 

@@ -414,3 +414,31 @@ def early_breaks(page: str) -> list[str]:
         if continues and len(text) + 1 + len(after.split()[0]) <= len(line) - 1:
             found.append(f"{text.strip()!r} / {after.split()[0]!r}")
     return found
+
+
+def test_plain_progress_says_each_wait_once_and_each_tenth_where_no_bar_is_drawn():
+    """Off a terminal a study's log was silent through a slot wait and a whole analysis
+    (analyze said both); one reader of progress now serves both commands."""
+    from coherence.cache.jobs import WAITING_FOR_OTHER, WAITING_FOR_SLOT
+    from coherence.cli_common import PlainProgress
+
+    lines: list[str] = []
+    plain = PlainProgress(lines.append, terminal=False)
+    for fraction, stage in (
+        (0.0, f"{WAITING_FOR_SLOT} 1: waiting for a free compute slot"),
+        (0.0, f"{WAITING_FOR_SLOT} 1: waiting for a free compute slot"),
+        (0.05, "unit 1/4"),
+        (0.26, "unit 2/4"),
+        (0.27, "unit 2/4"),
+        (0.55, "unit 3/4"),
+    ):
+        plain(fraction, stage)
+    assert lines == [
+        "waiting for a free compute slot (another job is computing here)",
+        " 26%  unit 2/4",
+        " 55%  unit 3/4",
+    ]
+    assert plain.seen == {WAITING_FOR_SLOT, "here"}
+    served = PlainProgress(lines.append, terminal=True)  # a bar shows it: no lines
+    served(0.5, f"{WAITING_FOR_OTHER}: another process")
+    assert served.seen == {WAITING_FOR_OTHER} and len(lines) == 3

@@ -372,16 +372,17 @@ class ResultStore(JobRecords):
         return sqlview.result_rows(self._cache)
 
     def info(self) -> dict[str, Any]:
-        """Results and other records held, bytes on disk against the limit, and how many
-        entries have pickled keys (planted; never read, removed by ``clear``)."""
-        counts = {"entries": 0, "records": 0, "unsafe": 0}
+        """Results, finished units, task artifacts (rollouts, checks) and the small job
+        records held, bytes on disk against the limit, and how many entries have pickled
+        keys (planted; never read, removed by ``clear``)."""
+        counts = {"entries": 0, "units": 0, "artifacts": 0, "records": 0, "unsafe": 0}
+        kinds = {"result:": "entries", "unit:": "units", "artifact:": "artifacts"}
         for name in self._cache.iterkeys():
             if isinstance(name, UnsafeKey) or not isinstance(name, str):
                 counts["unsafe"] += 1
-            elif name.startswith("result:"):
-                counts["entries"] += 1
-            else:
-                counts["records"] += 1
+            else:  # units and artifacts were counted as job records: most of the bytes
+                kind = next((k for prefix, k in kinds.items() if name.startswith(prefix)), None)
+                counts[kind or "records"] += 1
         return {
             "directory": str(self.directory),
             **counts,

@@ -298,8 +298,10 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     assert bad.exit_code == 2 and "window 3:4" in bad.output
     # the result was cached in the workspace: listed, served again, then cleared
     info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
-    assert info.exit_code == 0 and "entries: 1 results" in info.output, info.output
+    assert info.exit_code == 0 and "entries: 1 result, " in info.output, info.output
     listed = " ".join(info.output.split())  # what the entry holds, not its key alone
+    # its 2 seeds × 2 batches of units, counted as job records before (most of the bytes)
+    assert "1 result, 4 analysis units, 0 rollouts or checks and " in listed
     assert (
         "unet_s1,unet_s2 · ce · CE-RP,CE-CRP · snapshots 0–2 · batches 0-1 · smse+energy · "
         "ekfac-krylov depth 1 λ=0.0001 · weights " in listed
@@ -315,13 +317,13 @@ def test_cli_analyze_writes_result(workspace, tmp_path):
     np.testing.assert_array_equal(load_result(tmp_path / "again.npz").H["smse"], loaded.H["smse"])
     clear = ["cache", "clear", "--workspace", str(tmp_path / "ws")]
     asked = runner.invoke(app, clear)  # no terminal to ask on: refused, nothing removed
-    assert asked.exit_code == 2 and "holds 1 result and" in asked.output, asked.output
+    assert asked.exit_code == 2 and "holds 1 result, 4 analysis units" in asked.output, asked.output
     assert "pass --yes to remove them" in " ".join(asked.output.split())
-    assert "entries: 1 results" in runner.invoke(app, [*clear[:1], "info", *clear[2:]]).output
+    assert "entries: 1 result, " in runner.invoke(app, [*clear[:1], "info", *clear[2:]]).output
     cleared = runner.invoke(app, [*clear, "--yes"])
     assert cleared.exit_code == 0 and "removed" in cleared.output
     info = runner.invoke(app, ["cache", "info", "--workspace", str(tmp_path / "ws")])
-    assert "entries: 0 results" in info.output
+    assert "entries: 0 results, 0 analysis units" in info.output
     for command in ("info", "clear"):  # a mistyped workspace: named, nothing made there
         typo = runner.invoke(app, ["cache", command, "--workspace", str(tmp_path / "wss")])
         assert typo.exit_code == 2 and "no such folder" in typo.output, typo.output

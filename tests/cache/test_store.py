@@ -335,6 +335,7 @@ def test_info_and_clear(store):
     orphan.write_bytes(b"x" * 1000)
     info = store.info()
     assert info["entries"] == 1 and info["records"] == 1 and info["unsafe"] == 0
+    assert info["units"] == 0 and info["artifacts"] == 0
     assert info["limit"] == 2_000_000_000 and info["directory"] == str(store.directory)
     assert store.clear() == 2
     assert store.info()["entries"] == 0 and store.get(KEY) is None
@@ -779,3 +780,27 @@ def test_a_workspace_or_cache_folder_that_is_a_file_is_named_with_the_fix(tmp_pa
     assert "cache should be a folder of the result cache but is a file: move it away" in (
         " ".join(said.output.split())
     )
+
+
+def test_cache_info_says_when_the_cache_is_over_its_limit(tmp_path, monkeypatch):
+    """A 7.4 MiB cache under a 3 MiB limit was listed as '7.4 MiB of 3 MiB' and the next
+    analysis evicted results without a word; a limit of 5.5 MB read '5 MiB'."""
+    from typer.testing import CliRunner
+
+    from coherence.cache.store import SIZE_ENV
+    from coherence.cli import app
+
+    workspace = tmp_path / "ws"
+    with ResultStore(workspace / "cache") as opened:
+        opened.put(KEY, synthetic_result(n_batches=6, n_steps=40))  # a few MB of arrays
+    monkeypatch.setenv(SIZE_ENV, "5.5MB")
+    within = " ".join(
+        CliRunner().invoke(app, ["cache", "info", "--workspace", str(workspace)]).output.split()
+    )
+    assert "of 5.25 MiB" in within and "over the limit" not in within
+    with ResultStore(workspace / "cache") as opened:
+        used = opened.info()["bytes"]
+    assert used > 2_000_000  # over a limit of 1 MB, the smallest accepted
+    monkeypatch.setenv(SIZE_ENV, "1MB")
+    over = CliRunner().invoke(app, ["cache", "info", "--workspace", str(workspace)]).output
+    assert "of 0.954 MiB; over the limit: the next result computed evicts" in " ".join(over.split())

@@ -69,4 +69,6 @@ def free_disk(path: str | os.PathLike) -> int:
 
 def size_text(n: int) -> str:
     """'12.4 GB' / '380 MB': disk sizes as file managers show them (decimal units)."""
-    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.0f} MB"
+    if n >= 1e9:
+        return f"{n / 1e9:,.1f} GB"
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e3:,.0f} kB"  # not "0 MB"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from coherence.cache.slots import machine_cores
+from coherence.errors import RequestError
 from coherence.simulation.dataset import (
     SPLITS,
     Progress,
@@ -24,7 +25,7 @@ from coherence.simulation.dataset import (
     split_counts,
 )
 from coherence.simulation.families import FAMILIES, Family
-from coherence.simulation.importers.common import target_dataset_name
+from coherence.simulation.importers.common import DISK_MARGIN, room_needed, target_dataset_name
 from coherence.simulation.staging import Stage, dataset_transaction
 from coherence.simulation.wellformat import write_well_file
 
@@ -111,6 +112,7 @@ def generate_dataset(
     out = Path(out_dir)
     family = Family(request.family)
     counts = split_counts(request.trajectories, request.split)
+    check_simulation_room(request, family, out)
     with dataset_transaction(out) as stage:
         # classes added to a dataset share its grid and time axis, and its name (a
         # walk-through added a 32² class to a 16² dataset, which then opened nowhere); an
@@ -132,6 +134,37 @@ def generate_dataset(
         pool = (workers, max_workers)
         _simulate_into(stage, request, family, counts, batch_size, dtype, progress, pool)
     return out
+
+
+def check_simulation_room(request: SimulationRequest, family: Family, out: Path) -> None:
+    """Refuse, before any step, a dataset the disk under ``out`` cannot hold: each limit
+    passed on its own, and 100 000 trajectories at 1024² (≈ 100 TB) simulated until memory
+    ran out. Per trajectory: every snapshot of the Well fields, float32 (Euler stores
+    density, energy, pressure and 2 momentum components; Navier–Stokes 2 velocity ones)."""
+    from coherence.resources import UNKNOWN, free_disk, size_text
+
+    fields = 5 if family is Family.EULER else 2
+    per = len(request.times) * fields * request.resolution**2 * 4
+    n = request.trajectories * len(request.classes)
+    needed, free = room_needed(n * per), free_disk(out)
+    if free == UNKNOWN or needed <= free:
+        return
+    each = len(request.classes) * per  # one more trajectory of every class
+    fits = max(0, (free - DISK_MARGIN) * 100 // (101 * each))
+    while fits > 0 and room_needed(fits * each) > free:  # the estimate, made exact
+        fits -= 1
+    while room_needed((fits + 1) * each) <= free:
+        fits += 1
+    fix = (
+        f"simulate fewer trajectories (--trajectories {fits} fits) or a coarser --resolution"
+        if fits >= 1
+        else "simulate a coarser --resolution or fewer --snapshots"
+    )
+    raise RequestError(
+        f"--out {out}: this dataset needs ≈ {size_text(needed)} ({n} trajectories × "
+        f"{size_text(per)}), and the disk there has {size_text(free)} free; {fix}, or "
+        "write to a larger disk"
+    )
 
 
 def _simulate_into(

@@ -386,3 +386,30 @@ def test_simulate_keeps_to_its_share_of_the_cores(tmp_path, monkeypatch, threads
         assert size([()] * 8, big, pool) == processes, pool
     tiny = SimulationRequest(family="ns", classes=("NS-Sines",), trajectories=3, resolution=16)
     assert size([()] * 8, tiny, (None, 3)) == 1  # start-up would cost more than it saves
+
+
+def test_a_simulation_the_disk_cannot_hold_is_refused_before_any_step(tmp_path, monkeypatch):
+    """100 000 trajectories at 1024² (≈ 100 TB) passed each limit on its own and simulated
+    until memory ran out; the room is checked first, with what fits."""
+    from coherence.simulation import generate
+    from coherence.simulation.dataset import SimulationRequest, generate_dataset
+
+    request = SimulationRequest(
+        family="ns",
+        classes=("NS-Sines",),
+        trajectories=10,
+        resolution=16,
+        snapshots=3,
+        t_end=0.05,
+    )
+    per = 3 * 2 * 16**2 * 4  # snapshots × velocity components × cells × float32
+    room = generate.room_needed(4 * per)  # room for 4 trajectories, not 10
+    monkeypatch.setattr("coherence.resources.free_disk", lambda path: room)
+    with pytest.raises(RequestError, match=r"needs ≈ .*--trajectories 4 fits\) or a coarser"):
+        generate_dataset(request, tmp_path / "ns")
+    assert not (tmp_path / "ns").exists()
+    monkeypatch.setattr(
+        "coherence.resources.free_disk", lambda path: generate.room_needed(10 * per)
+    )
+    generate_dataset(request, tmp_path / "ns")  # room for all 10: simulated
+    assert open_dataset(tmp_path / "ns").classes == ["NS-Sines"]

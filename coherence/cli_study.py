@@ -131,6 +131,14 @@ def study(
         return
     if unreachable is not None and plan.has_work:
         raise unreachable
+    if executor.local and (over := plan.analyses_over_memory):  # a cluster's workers check
+        # their own; here the plan knew before training that the study would stop there
+        names = ", ".join(a.arch for a in over)
+        raise RequestError(
+            f"the analysis of {names} would not fit in memory here (see the plan's note), so "
+            "the study would train and then stop there: nothing was started. Analyse fewer "
+            "classes (--classes), or run on a machine with more memory (a GPU: --device cuda)"
+        )
     if plan.has_work:
         say_cluster_faults(executor)
     if unreachable is not None:  # all cached: the cluster is not needed

@@ -580,7 +580,7 @@ def _memory_notes(
             notes.append(f"{need}: import fewer trajectories (--limit) or use a larger machine")
     notes += [
         f"analysing {a.arch} needs ≈ {a.peak_bytes / GIB:.1f} GiB of {available / GIB:.1f} "
-        "GiB: analyze would refuse it (it keeps a fifth free) and the study stop there; "
+        "GiB: analyze would refuse it (it keeps a fifth free), so the study does not start; "
         f"analyse fewer classes (--classes: N = classes × {transitions} transitions) or on a "
         "machine with more memory (a GPU: --device cuda)"
         for a in analyses

@@ -187,6 +187,16 @@ class StudyPlan:
         )
 
     @property
+    def analyses_over_memory(self) -> tuple[AnalysisStep, ...]:
+        """The uncached analyses that `analyze` would refuse here (over four fifths of the
+        memory, its own rule): a run trained for half an hour, then stopped there."""
+        return tuple(
+            a
+            for a in self.analyses
+            if a.state != "cached" and a.peak_bytes > 0.8 * self.available_bytes
+        )
+
+    @property
     def seconds(self) -> float:
         todo = [s.seconds for s in self.train if s.state != "done"]
         analyses = sum(a.seconds for a in self.analyses if a.state != "cached")

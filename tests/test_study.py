@@ -588,3 +588,25 @@ def test_a_sweep_settings_seconds_are_the_full_estimates_seconds():
         request = _setting_request(base, setting, "vit")
         full = _analysis_cost(probe, request, model, example)[0]
         assert _analysis_seconds(probe, request) == pytest.approx(full, rel=1e-12), setting
+
+
+def test_a_study_whose_analysis_will_not_fit_is_refused_before_training(tmp_path, monkeypatch):
+    """The plan noted that the analysis would not fit ('analyze would refuse it … and the
+    study stop there'), and the run then trained for half an hour before stopping there."""
+    from typer.testing import CliRunner
+
+    from coherence import study_plan
+    from coherence.cli import app
+
+    root = tmp_path / "ws"
+    make_dataset(root)
+    plan = plan_study(spec(), root)  # this machine's memory: everything fits
+    assert not plan.analyses_over_memory
+    need = plan.analyses[0].peak_bytes
+    monkeypatch.setattr(study_plan, "available_bytes", lambda device: int(need))  # 4/5 < need
+    base = ["study", "--data", "ce_small", "--workspace", str(root), "--archs", "vit"]
+    base += ["--seeds", "7", "--batches", "1", "--epochs", "1", "--batch-size", "8"]
+    said = CliRunner().invoke(app, base, env={"COLUMNS": "200"})
+    assert said.exit_code == 2, said.output
+    assert "would not fit in memory here" in said.output and "nothing was started" in said.output
+    assert not (checkpoints_dir(root) / "ce_small_vit_demo_s7").exists()

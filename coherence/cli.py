@@ -80,6 +80,8 @@ def simulate(
     """Simulate PDE trajectories and write them as a Well-format dataset."""
     from coherence.simulation.classes import classes_for
     from coherence.simulation.dataset import SimulationRequest, generate_dataset, open_dataset
+    from coherence.simulation.families import Family
+    from coherence.simulation.generate import check_simulation_room
 
     request = SimulationRequest(
         family=family,
@@ -92,6 +94,8 @@ def simulate(
         seed=seed,
         dataset_name=name,
     )
+    # before the slot wait and the bar: a refusal came after "simulating 0%"
+    check_simulation_room(request, Family(request.family), out)
     start = time.perf_counter()
     with compute_slot("simulate") as slot, progress_bar() as bar:
         task = bar.add_task("simulating", total=len(request.classes) * trajectories)

@@ -478,6 +478,7 @@ def test_compare_mode_reports_the_pair_view_after_the_difference_map_and_no_seed
     assert titles[2] == f"Two-time influence (SMSE), {pair_label(pair)}"
 
 
+@pytest.mark.slow  # 15–25 s: the default suite stays under 10 minutes
 def test_report_says_what_it_analysed_and_which_cells_its_maps_clip(workspace, tmp_path):
     """A walk-through: reports at two λ began alike (the selection only in the provenance
     at the foot), maps with cells beyond [0, √N] were clipped without the dashboard's word,

@@ -1025,6 +1025,7 @@ def test_rollouts_run_as_a_background_job_on_the_first_visit_and_then_come_from_
     assert len(charts(again)) == 2 and runner.store.computations(key) == before + 1
 
 
+@pytest.mark.slow  # 15–25 s: the default suite stays under 10 minutes
 def test_a_repaired_link_is_explained_when_the_rollout_panel_starts_its_job(
     workspace, monkeypatch, tmp_path
 ):
@@ -1167,6 +1168,7 @@ def test_conservation_on_navier_stokes_data_says_why_in_its_own_words(tmp_path, 
     assert "Krylov depth" not in texts(at.caption)
 
 
+@pytest.mark.slow  # 15–25 s: the default suite stays under 10 minutes
 def test_a_dataset_with_walls_is_shown_with_what_training_would_refuse(
     workspace, monkeypatch, tmp_path
 ):

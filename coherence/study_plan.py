@@ -30,6 +30,7 @@ from coherence.study_spec import (
     StudySpec,
     SweepStep,
     TrainStep,
+    over_memory,
 )
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.footprint import (
@@ -584,7 +585,7 @@ def _memory_notes(
         f"analyse fewer classes (--classes: N = classes × {transitions} transitions) or on a "
         "machine with more memory (a GPU: --device cuda)"
         for a in analyses
-        if a.state != "cached" and a.peak_bytes > 0.8 * available  # analyze's own rule
+        if over_memory(a, available)
     ]
     return notes
 

@@ -165,6 +165,12 @@ class SweepStep:
     what: tuple[str, ...] = ()  # their labels: epochs, or 'ekfac-krylov λ=0.01', 'euclidean'
 
 
+def over_memory(step: AnalysisStep, available: int) -> bool:
+    """An uncached analysis `analyze` would refuse on ``available`` bytes: over four fifths
+    of them, its own rule (the plan's note and the study's refusal read it alike)."""
+    return step.state != "cached" and step.peak_bytes > 0.8 * available
+
+
 @dataclass(frozen=True)
 class StudyPlan:
     workspace: Path
@@ -188,13 +194,9 @@ class StudyPlan:
 
     @property
     def analyses_over_memory(self) -> tuple[AnalysisStep, ...]:
-        """The uncached analyses that `analyze` would refuse here (over four fifths of the
-        memory, its own rule): a run trained for half an hour, then stopped there."""
-        return tuple(
-            a
-            for a in self.analyses
-            if a.state != "cached" and a.peak_bytes > 0.8 * self.available_bytes
-        )
+        """The uncached analyses that `analyze` would refuse here: a run trained for half an
+        hour, then stopped there."""
+        return tuple(a for a in self.analyses if over_memory(a, self.available_bytes))
 
     @property
     def seconds(self) -> float:

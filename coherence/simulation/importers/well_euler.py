@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from coherence.errors import RequestError, SchemaError
-from coherence.simulation.dataset import SPLITS, open_dataset, uneven_times
+from coherence.simulation.dataset import PERIODIC_OR_OPEN, SPLITS, open_dataset, uneven_times
 from coherence.simulation.families import Family
 from coherence.simulation.importers.common import (
     BLOCK_BYTES,
@@ -234,8 +234,8 @@ def _read_info(path: Path, allow_open: bool, warn: Warn) -> dict:
             "nothing to import (an empty or truncated file: re-download it)"
         )
     open_bcs = sorted(n for n, t in bc_types.items() if t == "open")
-    other = sorted(
-        f"{n} ({t or 'no bc_type'})" for n, t in bc_types.items() if t not in ("open", "periodic")
+    other = sorted(  # the types a dataset accepts (open only with --allow-open, below)
+        f"{n} ({t or 'no bc_type'})" for n, t in bc_types.items() if t not in PERIODIC_OR_OPEN
     )
     if other or not bc_types:
         raise SchemaError(

@@ -280,13 +280,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-@st.cache_resource(show_spinner=False)
-def png_available() -> bool:
-    """Whether kaleido can render PNG here (probed once per server)."""
-    import plotly.graph_objects as go
-
-    from coherence.analysis.exports import figure_png
-
-    return figure_png(go.Figure(), width=50, height=50) is not None

@@ -109,8 +109,3 @@ def get_executor(address: str | None = None, **options: Any) -> Executor:
     from coherence.executors.ray_cluster import RayExecutor
 
     return RayExecutor(resolved, **options)
-
-
-def uses_cluster() -> bool:
-    """Whether jobs of this process compute on a Ray cluster (COHERENCE_RAY_ADDRESS set)."""
-    return ray_address() is not None

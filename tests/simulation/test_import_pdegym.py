@@ -415,6 +415,18 @@ def test_the_files_own_snapshot_times_are_kept_and_said(tmp_path, ce_states):
         f["time"].make_scale("time")
     with pytest.raises(SchemaError, match=r"'time' scale has shape \(20,\) for 21 snapshots"):
         import_pdegym(source, tmp_path / "uneven", "CE-RPUI", limit=3)
+    for shape in ((21, 1), (1, 21)):  # a column or row vector is the same clock (was refused)
+        with h5py.File(source, "r+") as f:
+            del f["time"]
+            f.create_dataset("time", data=np.linspace(0.0, 2.0, 21).reshape(shape))
+        target = tmp_path / f"clock_{shape[0]}x{shape[1]}"
+        import_pdegym(source, target, "CE-RPUI", limit=3)
+        np.testing.assert_allclose(open_dataset(target).times, np.linspace(0, 2, 21))
+    with h5py.File(source, "r+") as f:
+        del f["time"]
+        f.create_dataset("time", data=np.zeros((21, 2)))
+    with pytest.raises(SchemaError, match=r"'time' scale has shape \(21, 2\) for 21 snapshots"):
+        import_pdegym(source, tmp_path / "matrix", "CE-RPUI", limit=3)
 
     # 11 snapshots and no clock of their own: [0, 1] is a guess, said (it was silent, and a
     # checkpoint then recorded Δt = 0.1 as if it were the published one)

@@ -218,14 +218,14 @@ def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
         return None
     if NETCDF_BARE_DIMENSION in str(scale.attrs.get("NAME", b"")):
         return None
-    if scale.shape != (n_steps,):  # was set aside in silence: the published clock was used
+    if _flat_length(scale.shape) != n_steps:  # was set aside in silence: the published clock
         raise SchemaError(
             f"{path}: its 'time' scale has shape {scale.shape} for {n_steps} snapshots; write "
             f"one time per snapshot ({n_steps} values), or drop the scale to use the "
             "published clock"
         )
     try:
-        values = np.asarray(scale[()], dtype=np.float64)
+        values = np.asarray(scale[()], dtype=np.float64).reshape(n_steps)  # (T, 1) as (T,)
         stored = np.finfo(scale.dtype).eps if scale.dtype.kind == "f" else 0.0
     except (TypeError, ValueError) as exc:
         raise SchemaError(
@@ -250,6 +250,13 @@ def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
     if np.abs(values - published).max() <= tolerance:
         return None  # the published clock, as stored: use it exactly
     return np.linspace(values[0], values[-1], n_steps)  # even, without the storage rounding
+
+
+def _flat_length(shape: tuple[int, ...]) -> int | None:
+    """The length of a scale stored as a vector, (T,), (T, 1) or (1, T): writers differ;
+    None for a shape with more than one axis longer than 1."""
+    long_axes = [n for n in shape if n != 1]
+    return long_axes[0] if len(long_axes) == 1 else None
 
 
 def _same_times(a: np.ndarray | None, b: np.ndarray | None) -> bool:

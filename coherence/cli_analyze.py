@@ -174,7 +174,10 @@ def analyze(
     for warning in _option_warnings(request, rtol, given):  # of a request that can run: a
         warn(warning)  # window past the data was warned about as one step, then refused
     for problem in info.assumption_problems:  # training refuses such data; analysed, said
-        warn(f"{problem} (models trained on these data learned them so)")
+        warn(
+            f"{problem} (`coherence train` refuses such data; its models learned them as "
+            "periodic and evenly stepped)"
+        )
     prepared = prepare(request, info)  # once: for the estimate and for the run
     if not root.exists():  # a mistyped --workspace computed afresh into a new, empty one
         warn(

@@ -161,7 +161,11 @@ class DatasetInfo:
         """What in these files the surrogates do not assume: boundaries other than periodic
         or open, snapshots not evenly spaced. Training refuses such a dataset, and analysis
         warns (a dataset that opened before these checks stays readable, its models too)."""
-        problems = [p for m in self._metas() if (p := boundary_problem(m.path, m.bc_types))]
+        walls: dict[str, list[Path]] = {}  # one line per reason: six files said it six times
+        for meta in self._metas():
+            if reason := boundary_problem(meta.bc_types):
+                walls.setdefault(reason, []).append(meta.path)
+        problems = [f"{_files_named(paths, self.root)}: {why}" for why, paths in walls.items()]
         first = next(iter(self._metas()), None)
         if first is not None and (uneven := uneven_times(first.path, self.times)):
             problems.append(uneven)  # every file shares the time axis (open_dataset)
@@ -318,7 +322,19 @@ def open_dataset(root: str | os.PathLike) -> DatasetInfo:
 PERIODIC_OR_OPEN = ("periodic", "open")  # open: imported with --allow-open, or one's own
 
 
-def boundary_problem(path: Path, bc_types: Sequence[str]) -> str | None:
+def _files_named(paths: Sequence[Path], root: Path) -> str:
+    """One file by its path; several by their number, folder and first names."""
+    if len(paths) == 1:
+        return str(paths[0])
+    names = [
+        str(p.relative_to(root / "data")) if p.is_relative_to(root / "data") else p.name
+        for p in paths
+    ]
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return f"{len(paths)} files of {root} ({shown})"
+
+
+def boundary_problem(bc_types: Sequence[str]) -> str | None:
     """Why the boundaries are not what the surrogates assume (None when they are periodic or
     open): a wall, or no boundary named, was refused by the importer but trained on without a
     word when the folder was given to --data directly."""
@@ -326,7 +342,7 @@ def boundary_problem(path: Path, bc_types: Sequence[str]) -> str | None:
     if not other and bc_types:
         return None
     return (
-        f"{path}: boundaries {', '.join(other) or 'none named'}; the surrogates and responses "
+        f"boundaries {', '.join(other) or 'none named'}; the surrogates and responses "
         "assume a periodic domain: use data with periodic boundaries (for The Well's Euler "
         "data, its _periodicBC files)"
     )

@@ -298,3 +298,21 @@ def test_off_a_terminal_a_wait_for_another_process_is_said(
     assert "another process is computing this selection: waiting for its result" in said
     assert "computed earlier in" in said and out.exists()
     assert runner.store.computations(key) == 1
+
+
+def test_analyze_warns_about_data_the_surrogates_do_not_assume(checkpoint, tiny_dataset, tmp_path):
+    """Training refuses wall boundaries (the surrogates pad periodically); an analysis of such
+    files runs, and says once per problem what the models assumed instead."""
+    import h5py
+
+    walls = tmp_path / "walls"
+    shutil.copytree(tiny_dataset, walls)
+    for path in sorted((walls / "data").rglob("*.hdf5")):
+        with h5py.File(path, "a") as f:
+            for group in f["boundary_conditions"].values():
+                group.attrs["bc_type"] = "WALL"
+    said = analyze(checkpoint, walls, tmp_path / "ws", tmp_path / "R.npz", "0")
+    assert said.count("boundaries wall; ") == 1 and f"6 files of {walls} (" in said
+    assert "(`coherence train` refuses such data; its models learned them as periodic" in said
+    plain = analyze(checkpoint, tiny_dataset, tmp_path / "ws", tmp_path / "P.npz", "0")
+    assert "refuses such data" not in plain

@@ -936,6 +936,13 @@ def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_pat
     assert "sens_pair='subspace vs euclidean': not a pair of estimators cached" in said
     assert "(the dashboard would show 'ekfac-krylov vs euclidean')" in said
     assert out.read_bytes() == before
+    # compare mode names each pair with its group: a pair named without one says how
+    both = "?" + urlencode(selection.to_query() | {"vs": ",".join(COMPARE)})
+    pair = ["--link", both, "--param", "sens_pair=ekfac-krylov vs euclidean"]
+    result = CliRunner().invoke(app, [*base, *pair])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "in compare mode name its group: 'ViT: ekfac-krylov vs euclidean'" in said
 
 
 def test_a_missing_training_history_is_said_not_dropped(trained_on):

@@ -40,7 +40,6 @@ from coherence.cli_study import study
 from coherence.errors import RequestError
 from coherence.io import atomic_write_bytes, check_folder_for
 from coherence.wording import demo_command, plural
-from coherence.workspace import workspace_root
 
 app = typer.Typer(
     name="coherence",
@@ -159,14 +158,20 @@ def train_command(
         ),
     ] = "default",
     ray_address: RayAddress = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(help="Workspace whose datasets --data names (default: COHERENCE_WORKSPACE)."),
+    ] = None,
 ) -> None:
     """Train a surrogate one step at a time (teacher forcing) and save a checkpoint."""
     from coherence.executors import TrainRun, get_executor
     from coherence.surrogates.checkpoint import trained_epochs
     from coherence.surrogates.snapshots import list_snapshots, parse_keep_epochs
     from coherence.surrogates.training import TrainingArgs, check_checkpoint_folder
+    from coherence.workspace import checked_workspace
 
-    data = named_in(workspace_root(), data, "--data")  # a name, as analyze and study take
+    root = checked_workspace(workspace)
+    data = named_in(root, data, "--data")  # a name, as analyze and study take
     args = TrainingArgs(
         arch=arch,
         preset=preset,
@@ -207,7 +212,7 @@ def train_command(
         executor.train([TrainRun(data, out, args, progress=report)], log=log)
     if trained_epochs(out) != before:  # a finished one is not written again: its log said so
         console.print(styled("checkpoint written to ", (str(out.resolve()), "bold")))
-        note_unlisted(out, "checkpoint")
+        note_unlisted(out, "checkpoint", root)
         kept = ", ".join(map(str, list_snapshots(out))) or "none"
         console.print(f"snapshots kept (epochs/NNNN): {kept}", highlight=False)
 

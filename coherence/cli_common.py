@@ -281,13 +281,13 @@ def log_line(line: str, *, to: Console = console) -> None:
         to.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def note_unlisted(out: Path, kind: str) -> None:
+def note_unlisted(out: Path, kind: str, workspace: Path | None = None) -> None:
     """A note where ``out`` (a dataset or checkpoint just written) is not a folder of the
     workspace's ``datasets/`` or ``checkpoints/``: the dashboard lists only those, and an
     import to ``/data/ce`` was accepted in silence, then missing from every selector."""
     from coherence.workspace import ENV_VAR, workspace_root
 
-    folder = (workspace_root() / f"{kind}s").resolve()
+    folder = (workspace_root(workspace) / f"{kind}s").resolve()
     where = out.resolve()
     if where.parent == folder or where.parent.name == f"{kind}s":
         return  # this workspace's, or another workspace's that `serve --workspace` lists

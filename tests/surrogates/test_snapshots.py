@@ -242,6 +242,23 @@ def test_train_takes_a_dataset_name_in_the_workspace(tiny_dataset, tmp_path, mon
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "--data nope: no such folder, nor a dataset of that" in said
     assert "one of the names there (tiny)" in said
+    # --workspace, as analyze, study and report take it, over the variable: names resolve in
+    # it, and the note on an unlisted checkpoint names its checkpoints/ (train had no option)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset, other / "datasets" / "mine")
+    elsewhere = tmp_path / "elsewhere" / "m"
+    command = ["train", "--out", str(elsewhere), "--epochs", "1", "--transitions", "2"]
+    result = CliRunner().invoke(
+        app, [*command, "--data", "mine", "--workspace", str(other)], env={"COLUMNS": "300"}
+    )
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert read_config(elsewhere).dataset["root"] == str(other / "datasets" / "mine")
+    assert f"note: the dashboard lists the checkpoints in {other / 'checkpoints'}/" in said
+    result = CliRunner().invoke(
+        app, [*command, "--data", "mine", "--workspace", str(out)], env={"COLUMNS": "300"}
+    )
+    assert result.exit_code == 2 and "checkpoint" in result.output, result.output
 
 
 def test_training_into_a_snapshot_or_inside_a_checkpoint_or_dataset_is_refused(

@@ -369,6 +369,9 @@ def test_the_rollout_figure_marks_where_training_stopped():
     roll = rollout_summary(one, np.cumsum(one, axis=1))
     same = F.rollout_figure({"UNet": roll, "ViT": roll}, trained_horizons={"UNet": 4, "ViT": 4})
     assert [(s.x0, s.line.dash) for s in same.layout.shapes] == [(4, "dot")]
+    (said,) = [a for a in same.layout.annotations if "trained" in a.text]
+    luminance = float(np.array([0.2126, 0.7152, 0.0722]) @ _relative_luminance(said.font.color))
+    assert 1.05 / (luminance + 0.05) >= 4.5  # 13 px text (plotly's gray read 3.9:1)
     assert [a.text for a in same.layout.annotations if "trained" in a.text] == [
         "trained up to h = 4"
     ]
@@ -1124,3 +1127,47 @@ def test_share_panels_stop_at_one_and_a_flat_eigenvalue_reads_flat():
         assert all(len(text) <= 8 for text in eigen.ticktext), eigen.ticktext
         low, high = (10**v for v in eigen.range)
         assert high / low >= 1.2
+
+
+def _relative_luminance(color: str) -> np.ndarray:
+    rgb = np.array([int(color.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)]) / 255
+    return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+
+
+def test_group_colours_read_on_white_and_under_colour_blindness():
+    """Lines and markers need 3:1 against the white plot (WCAG 1.4.11): plotly's D3 put
+    orange (2.5:1) second, the ViT's colour in every compare chart, and its third and fourth
+    colours (green, red) fell together under deuteranopia. Machado et al. (2009) severity-1
+    matrices simulate the three dichromacies; CIE76 ΔE over 15 tells two lines apart."""
+    from itertools import combinations
+
+    from coherence.analysis.figures.theme import GROUP_COLORS
+
+    simulations = {
+        "normal": np.eye(3),
+        "deuteranopia": np.array(
+            [[0.367, 0.861, -0.228], [0.280, 0.673, 0.047], [-0.012, 0.043, 0.969]]
+        ),
+        "protanopia": np.array(
+            [[0.152, 1.053, -0.205], [0.115, 0.786, 0.099], [-0.004, -0.048, 1.052]]
+        ),
+        "tritanopia": np.array(
+            [[1.256, -0.077, -0.179], [-0.078, 0.931, 0.148], [0.005, 0.691, 0.304]]
+        ),
+    }
+    to_xyz = np.array(
+        [[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]
+    )
+
+    def lab(linear: np.ndarray) -> np.ndarray:
+        t = to_xyz @ np.clip(linear, 0, 1) / np.array([0.9505, 1.0, 1.089])
+        f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16 / 116)
+        return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+    for color in GROUP_COLORS:
+        luminance = float(np.array([0.2126, 0.7152, 0.0722]) @ _relative_luminance(color))
+        assert 1.05 / (luminance + 0.05) >= 3.0, color
+    for name, matrix in simulations.items():
+        for a, b in combinations(GROUP_COLORS, 2):
+            seen = [lab(matrix @ _relative_luminance(c)) for c in (a, b)]
+            assert np.linalg.norm(seen[0] - seen[1]) > 15, (name, a, b)

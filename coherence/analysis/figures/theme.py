@@ -27,7 +27,11 @@ FIELD_COLORSCALE: list[list[Any]] = [list(step) for step in pcolors.get_colorsca
 """Sequential scale for one-signed physical fields (density, energy), distinct from influence;
 signed ones (momentum, velocity) take ``DIVERGING`` (``field_scale``)."""
 
-GROUP_COLORS: tuple[str, ...] = tuple(pcolors.qualitative.D3)
+GROUP_COLORS: tuple[str, ...] = ("#1F77B4", "#D55E00", "#009E73", "#CC79A7", "#4D4D4D")
+"""Group colours: blue (the page's primary colour), then Okabe–Ito's vermillion, bluish green
+and reddish purple, then dark grey. Each has ≥ 3:1 contrast on the white plot (WCAG 1.4.11)
+and stays apart from the others under deuteranopia, protanopia and tritanopia; plotly's D3
+put orange (2.5:1) second and drew green beside red for the third and fourth groups."""
 TEMPLATE = "plotly_white"
 FONT = {"family": "Inter, Helvetica, Arial, sans-serif", "size": 13}
 INFLUENCE_SYMBOL = "Ĥ"

@@ -347,11 +347,14 @@ def test_standardize_matches_numpy_and_handles_batches_and_flat_rows(generator):
     h = torch.randn(2, 3, 5, 5, generator=generator, dtype=torch.float64)
     h[0, 1, 2] = 0.0  # all-zero row
     h[1, 2, 4] = 0.7  # constant row
+    h[0, 0, 3] = 0.1  # constant but for one ulp: rounding noise, flat too (std 8e-18 gave
+    h[0, 0, 3, 1] = np.nextafter(0.1, 1.0)  # 1e16 in every cell of its row without the rule)
     got = standardize(h)
     with np.errstate(divide="ignore", invalid="ignore"):  # the flat rows, replaced below
         expected = h.numpy() / np.std(h.numpy(), axis=-1, ddof=1, keepdims=True)
     expected[0, 1, 2] = 0.0
     expected[1, 2, 4] = 0.0
+    expected[0, 0, 3] = 0.0
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-13, atol=0)
     with pytest.raises(RequestError, match="square"):
         standardize(torch.ones(3, 4))

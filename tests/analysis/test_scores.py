@@ -210,3 +210,25 @@ def test_only_quantiles_that_depend_on_a_censored_value_are_bounds():
     undefined = np.array([[2.5, np.nan], [np.nan, np.nan], [np.nan, np.nan]])
     one_seed = Score("inter_intra_ratio", "", undefined, np.zeros((3, 2), bool))
     assert uncertainty(one_seed).endswith("over 1 seed (each the mean of its 2 batches)")
+
+
+def test_decay_length_of_a_one_sided_map_by_a_double_loop():
+    """Real maps are not symmetric in the lag (a step moves later times): the decay length
+    averages c(k) over Δ = +k and −k. Every map above was symmetric, so a profile read on
+    one side only (a mutation) passed; here the causal map exp(−Δ/3)·[Δ ≥ 0], computed by
+    hand: c(k) = ½(mean of V at Δ = k + mean at Δ = −k) = ½e^(−k/3) for k ≥ 1, c(0) = 1."""
+    t = 8
+    v = np.array([[math.exp(-(r - p) / 3) if r >= p else 0.0 for p in range(t)] for r in range(t)])
+
+    def mean_at(lag: int) -> float:
+        cells = [v[r, p] for r in range(t) for p in range(t) if r - p == lag]
+        return sum(cells) / len(cells)
+
+    c = [mean_at(0)] + [0.5 * (mean_at(k) + mean_at(-k)) for k in range(1, t)]
+    k = next(k for k in range(1, t) if c[k] < c[0] / math.e)
+    expected = (k - 1) + (c[k - 1] - c[0] / math.e) / (c[k - 1] - c[k])
+    got = compute_scores(intra_tensor(v)).decay_length.median
+    assert got == pytest.approx(expected, rel=EXACT) and got < 1.5  # one-sided: ≈ 0.98, not 3
+    # an all-zero map has no decay to measure: undefined (shown as —), not censored at T − 1
+    length, censored = decay_length(np.zeros(2 * t - 1))
+    assert math.isnan(length) and not censored

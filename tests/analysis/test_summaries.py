@@ -347,6 +347,19 @@ def test_spectrum_power_law_any_order():
     json.dumps(out, allow_nan=False)
 
 
+def test_spectrum_slope_is_fitted_on_the_top_half_only():
+    """A power law k^-1 over the top half, then a cliff (the subspace's tail): the slope is
+    the top half's, by numpy's own fit there; over every eigenvalue it would be −6.9."""
+    lam = np.array([100.0, 50.0, 100 / 3, 25.0, 1e-3, 1e-3, 1e-3, 1e-3])
+    k = np.arange(1, 5)
+    expected = np.polyfit(np.log(k), np.log(lam[:4]), 1)[0]
+    assert spectrum_summary(lam)["decay_slope"] == pytest.approx(expected, rel=EXACT)
+    assert expected == pytest.approx(-1.0, rel=1e-12)
+    odd = np.append(lam, 1e-3)  # n = 9: the top ⌈9/2⌉ = 5, the first of the cliff with them
+    fit5 = np.polyfit(np.log(np.arange(1, 6)), np.log(odd[:5]), 1)[0]
+    assert spectrum_summary(odd)["decay_slope"] == pytest.approx(fit5, rel=EXACT)
+
+
 def test_spectrum_single_direction_and_bad_values():
     out = spectrum_summary(torch.tensor([3.0, 0.0, -1e-14]))
     assert out["participation_ratio"] == pytest.approx(1.0)

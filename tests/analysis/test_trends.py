@@ -122,16 +122,18 @@ class _Result:
 
 def test_trends_average_batches_within_a_seed_then_take_quartiles():
     rng = np.random.default_rng(0)
-    h = rng.normal(size=(3, 2, 4, 2, 4, 2))
-    tops = np.array([[1.0, 3.0], [5.0, 7.0], [9.0, 11.0]])
-    spectra = np.abs(rng.normal(size=(3, 2, 8))) + 0.1
+    # three batches, one far off: a seed's value is their mean (METHOD.md §6.3), which two
+    # batches could not tell from their median
+    h = rng.normal(size=(3, 3, 4, 2, 4, 2))
+    tops = np.array([[1.0, 2.0, 30.0], [5.0, 7.0, 9.0], [9.0, 11.0, 13.0]])
+    spectra = np.abs(rng.normal(size=(3, 3, 8))) + 0.1
     values = point_scores(_Result(h, tops, spectra))
-    np.testing.assert_allclose(values["top_eigenvalue"], [2.0, 6.0, 10.0])
+    np.testing.assert_allclose(values["top_eigenvalue"], [11.0, 7.0, 11.0])
     direct = [  # per seed: the mean over its batches of each batch's own score
         np.mean(
             [
                 diagonal_dominance(_intra_class_mean_by_hand(h[i : i + 1, j : j + 1]))
-                for j in range(2)
+                for j in range(3)
             ]
         )
         for i in range(3)
@@ -140,9 +142,9 @@ def test_trends_average_batches_within_a_seed_then_take_quartiles():
     found = trends([(4.0, values), (1.0, {"top_eigenvalue": np.array([1.0, 2.0])})])
     top = found["top_eigenvalue"]
     np.testing.assert_array_equal(top.x, [1.0, 4.0])
-    np.testing.assert_allclose(top.median, [1.5, 6.0])
-    np.testing.assert_allclose(top.q1, [1.25, 4.0])
-    np.testing.assert_allclose(top.q3, [1.75, 8.0])
+    np.testing.assert_allclose(top.median, [1.5, 11.0])
+    np.testing.assert_allclose(top.q1, [1.25, 9.0])
+    np.testing.assert_allclose(top.q3, [1.75, 11.0])
     assert math.isnan(found["diagonal_dominance"].median[0])  # epoch 1 had no such score
 
 
@@ -208,6 +210,19 @@ def test_rank_correlation_against_scipy_and_identities():
     np.testing.assert_allclose(found.map_difference, hand_a - hand_b, rtol=1e-12)
     assert found.scale == pytest.approx(max(np.abs(hand_a).max(), np.abs(hand_b).max()))
     assert found.max_difference == pytest.approx(np.abs(hand_a - hand_b).max())
+    # the sentence's "median per-row ρ": the median of scipy's per-row values, with a row
+    # reversed among them (its −1 pulls a mean, not the median)
+    reversed_row = b.copy()
+    reversed_row[1, 0, 2, 1] = -a[1, 0, 2, 1]
+    per_row = [
+        spearmanr(flat_a[s, 0, r], reversed_row.reshape(2, 1, n, n)[s, 0, r]).statistic
+        for s in range(2)
+        for r in range(n)
+    ]
+    assert agreement(a, reversed_row).median_correlation == pytest.approx(
+        np.median(per_row), abs=1e-12
+    )
+    assert np.median(per_row) - np.mean(per_row) > 0.05  # the reversed row tells them apart
     # Pearson over every entry, against numpy's textbook formula on the raw arrays
     da, db = a.ravel() - a.mean(), b.ravel() - b.mean()
     expected = (da @ db) / np.sqrt((da @ da) * (db @ db))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from coherence.analysis.scores import compute_scores, decay_length
 from coherence.analysis.verdict import (
@@ -123,3 +124,46 @@ def test_a_verdict_from_a_correction_dominated_map_or_few_trajectories_is_qualif
     both = caveat_line(caveats(batches=1, correction_share=61.0))
     assert both.startswith("Read with care: the map is mostly EK-FAC's correction (61×")
     assert both.endswith("; 1 test trajectory per class and seed (the paper: 6).")
+
+
+def _scores_with(dominance: float, ratio: float):
+    from coherence.analysis.scores import DEFINITIONS, Score, Scores
+
+    def score(name: str, value: float) -> Score:
+        values = np.full((3, 1), value)  # three seeds of one value: the median is it exactly
+        return Score(name, DEFINITIONS[name], values, np.zeros(values.shape, dtype=bool))
+
+    return Scores(
+        score("diagonal_dominance", dominance),
+        score("decay_length", 1.0),
+        score("inter_intra_ratio", ratio),
+        score("toeplitz_defect", 0.0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("dominance", "reading"),
+    [
+        (0.75, "Time-local"),  # the README's thresholds, each at its edge and just inside
+        (0.7499, "Partly time-local"),
+        (0.6001, "Partly time-local"),
+        (0.6, "Transfers across time"),
+    ],
+)
+def test_the_time_reading_changes_at_the_documented_dominance(dominance, reading):
+    assert verdict(_scores_with(dominance, 0.3)).startswith(reading + ":")
+
+
+@pytest.mark.parametrize(
+    ("ratio", "reading"),
+    [
+        (0.5, "transfers across initial-condition classes"),
+        (0.4999, "some transfer between classes"),
+        (0.2001, "some transfer between classes"),
+        (0.2, "class-specific"),
+        (-0.1999, "class-specific"),
+        (-0.2, "classes interfere"),
+    ],
+)
+def test_the_class_reading_changes_at_the_documented_ratio(ratio, reading):
+    assert f"; {reading}" in verdict(_scores_with(0.8, ratio))

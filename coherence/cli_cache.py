@@ -56,15 +56,19 @@ def cache_info(
             else ""
         )
     )
-    for entry in store.entries():
+    entries = store.entries()
+    if entries:  # the order eviction follows (read as stored times out of order, unsaid)
+        print("results, most recently used first (the last is evicted first):")
+    for entry in entries:
         minutes = (time.time() - entry["stored"]) / 60
+        used = (time.time() - (entry["used"] or entry["stored"])) / 60
         metadata = store.peek_metadata(entry["key"])
         described = _described(metadata and metadata["request"], _weights(metadata))
         if f"result:{entry['key']}" in store.newer:  # unread, kept
             described = "(written by a newer coherence: upgrade to read it; kept)"
         print(
-            f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  stored {minutes:.0f} min "
-            f"ago  {described}"
+            f"  {entry['key'][:16]}…  {entry['bytes'] / mib:7.2f} MiB  used {used:.0f} min ago, "
+            f"stored {minutes:.0f} min ago  {described}"
         )
 
 

@@ -110,15 +110,26 @@ def artifact(root: str | os.PathLike, key: str) -> tuple[dict[str, np.ndarray], 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _stored_request(root: str, key: str, stored: float) -> dict[str, Any] | None:
-    return job_runner(root).store.result_request(key)
+    return job_runner(root).store.peek_request(key)  # a listing: not a use (LRU order kept)
 
 
-def cached_analyses(root: str | os.PathLike, limit: int = 50) -> list[tuple[str, float, dict]]:
-    """The workspace's cached analyses, most recently used first: (key, stored unix time,
-    request as a dict). Each request is read once (from its result's JSON metadata only)."""
+CACHED_LISTED = 50  # entries the sidebar lists: each costs a metadata read (≈ 2.5 ms)
+
+
+def cached_result_count(root: str | os.PathLike) -> int:
+    """How many results the workspace's cache holds (the listing shows CACHED_LISTED)."""
+    return len(job_runner(str(root)).store.entries())
+
+
+def cached_analyses(
+    root: str | os.PathLike, limit: int | None = None
+) -> list[tuple[str, float, dict]]:
+    """The workspace's cached analyses, most recently used first, at most ``limit``
+    (default CACHED_LISTED): (key, stored unix time, request as a dict). Each request is
+    read once (from its result's JSON metadata only), and reading it is not a use."""
     runner = job_runner(str(root))
     out = []
-    for entry in runner.store.entries()[:limit]:
+    for entry in runner.store.entries()[: limit or CACHED_LISTED]:
         request = _stored_request(str(root), entry["key"], float(entry["stored"] or 0.0))
         if request is not None:
             out.append((entry["key"], float(entry["stored"] or 0.0), request))

@@ -223,8 +223,12 @@ def describe(selection: Selection) -> str:
     damping = "" if selection.estimator == "euclidean" else f", λ = {selection.damping:g}"
     if selection.estimator == "cg" and selection.rtol is not None:  # what it stopped at
         damping += f", rtol {selection.rtol:g}"
+    seeds = plural(len(selection.checkpoints), "seed")
+    if selection.compare and len(selection.compare) != len(selection.checkpoints):
+        # compare mode: each group's count ("5 seeds" named the first group's alone)
+        seeds = f"{len(selection.checkpoints)} and {plural(len(selection.compare), 'seed')}"
     return (
-        f"{plural(len(selection.checkpoints), 'seed')} × "
+        f"{seeds} × "
         f"{plural(len(selection.trajectories), 'batch', 'batches')} "
         f"({'trajectories ' + trajectories if trajectories else 'no trajectory'}), N = "
         f"{plural(len(selection.classes), 'class', 'classes')} × "

@@ -22,7 +22,7 @@ from coherence.dashboard import controls, loaders
 from coherence.dashboard.control_kinds import Control, Number, Scope
 from coherence.dashboard.control_rows import Dataset, Group, group_label, offered_datasets
 from coherence.dashboard.controls import QUERY_KEYS
-from coherence.dashboard.markup import code
+from coherence.dashboard.markup import code, literal
 from coherence.dashboard.selection import (
     RESPONSES,
     Selection,
@@ -342,6 +342,13 @@ def _cached_analyses(catalog: Catalog) -> None:
             continue
         choices.setdefault(_cached_label(catalog, selection, key), (selection, key))
     with st.expander(f"Cached analyses ({len(choices)})", icon=":material/history:"):
+        total = loaders.cached_result_count(catalog.root)
+        if total > loaders.CACHED_LISTED:  # the rest were left out without a word
+            st.caption(
+                f"The {loaders.CACHED_LISTED} most recently used of {total} cached results; "
+                f"{code(shell_command('coherence', 'cache', 'info', '--workspace', catalog.root))}"
+                " lists every one."
+            )
         if others:
             st.caption(
                 f"{plural(others, 'other cached result')} (the command line's: one class, "
@@ -364,6 +371,8 @@ def _cached_analyses(catalog: Catalog) -> None:
             help="Every analysis in this workspace's cache, most recently used first.",
         )
         picked, _ = choices.get(st.session_state.get("cached_pick"), (None, None))
+        if picked is not None:  # whole: the box cuts a long label (a group's recipe fields)
+            st.caption(literal(st.session_state["cached_pick"]))
         shown = picked is not None and current is not None
         shown = shown and replace(picked, device=current.device) == current  # any device
         st.button(

@@ -279,6 +279,9 @@ def test_depth_is_canonical_and_reaches_the_request(workspace):
     )
     one = replace(base, classes=base.classes[:1])
     assert "N = 1 class × 2 steps = 2" in describe(one)
+    # compare mode: each group's seeds (a walk's 5 against 3 read "5 seeds")
+    assert describe(replace(base, compare=("b1", "b2"))).startswith("1 and 2 seeds × 1 batch")
+    assert describe(replace(base, compare=("b1",))).startswith("1 seed × 1 batch")
     assert describe(replace(base, estimator="euclidean")).endswith("= 6, euclidean")
     cg = replace(base, estimator="cg", rtol=1.5e-2)  # the tolerance it stopped at, too
     assert describe(cg).endswith("cg depth 4, λ = 0.0001, rtol 0.015"), describe(cg)

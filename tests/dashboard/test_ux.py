@@ -459,6 +459,41 @@ def test_the_cached_analyses_list_switches_the_selection(workspace, monkeypatch)
     assert len(set(pick.options)) == len(pick.options)
 
 
+def test_listing_the_cache_is_not_a_use_and_says_what_it_leaves_out(workspace, monkeypatch):
+    """A big lab's walk: the sidebar read each listed result as a use (every page load made
+    the 50 listed the newest for eviction), and listed 50 of 57 without a word; the picked
+    entry's label was cut at the box's width."""
+    from coherence.cache import ResultStore
+    from coherence.dashboard import loaders
+
+    store = ResultStore(workspace / "cache")
+    oldest = store.entries()[-1]["key"]
+    order = [entry["key"] for entry in store.entries()]
+    loaders._stored_request.clear()  # read afresh, as a new server does
+    assert oldest in [key for key, _, _ in loaders.cached_analyses(workspace)]
+    assert [entry["key"] for entry in store.entries()] == order  # the eviction order kept
+    monkeypatch.setattr(loaders, "CACHED_LISTED", 1)
+    at = open_app(workspace, monkeypatch)
+    assert_clean(at)
+    said = " ".join(texts(at.sidebar.caption).split())
+    assert f"The 1 most recently used of {len(order)} cached results; " in said
+    assert len(at.selectbox(key="cached_pick").options) == 1
+    assert at.selectbox(key="cached_pick").value in texts(at.sidebar.caption).replace("\\", "")
+
+
+def test_groups_sort_their_numbers_as_numbers():
+    from coherence.dashboard.workspace_scan import _natural
+
+    labels = ["ViT (epochs=12)", "ViT (epochs=2)", "ViT (lr=0.001)", "ViT (lr=0.0005)", "ViT"]
+    assert sorted(labels, key=_natural) == [
+        "ViT",
+        "ViT (epochs=2)",
+        "ViT (epochs=12)",
+        "ViT (lr=0.0005)",
+        "ViT (lr=0.001)",
+    ]
+
+
 def test_the_cached_analyses_picker_follows_the_sidebar_to_a_cached_entry(workspace, monkeypatch):
     """Switching the group to the ViT left the picker on the UNet's entry with "Show it"
     offered; it follows the selection to its entry now, and a pick of another stays."""

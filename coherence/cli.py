@@ -132,7 +132,7 @@ def train_command(
         Path,
         typer.Option(
             help="Dataset directory (Well layout), or a dataset's name in the workspace "
-            "(COHERENCE_WORKSPACE, default ./workspace)."
+            "(--workspace, else COHERENCE_WORKSPACE, else ./workspace)."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Checkpoint directory to write (or resume).")],
@@ -168,9 +168,11 @@ def train_command(
     from coherence.surrogates.checkpoint import trained_epochs
     from coherence.surrogates.snapshots import list_snapshots, parse_keep_epochs
     from coherence.surrogates.training import TrainingArgs, check_checkpoint_folder
-    from coherence.workspace import checked_workspace
+    from coherence.workspace import checked_workspace, workspace_root
 
-    root = checked_workspace(workspace)
+    # an explicit --workspace is checked; the variable only where a name needs it (a stale
+    # COHERENCE_WORKSPACE must not stop a run given a dataset's path)
+    root = checked_workspace(workspace) if workspace is not None else workspace_root()
     data = named_in(root, data, "--data")  # a name, as analyze and study take
     args = TrainingArgs(
         arch=arch,

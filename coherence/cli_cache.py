@@ -58,7 +58,7 @@ def cache_info(
     )
     entries = store.entries()
     if entries:  # the order eviction follows (read as stored times out of order, unsaid)
-        print("results, most recently used first (the last is evicted first):")
+        print("results, most recently used first (of these, the last is evicted first):")
     for entry in entries:
         minutes = (time.time() - entry["stored"]) / 60
         used = (time.time() - (entry["used"] or entry["stored"])) / 60

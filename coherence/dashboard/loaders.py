@@ -1,7 +1,8 @@
 """Cached loaders: everything the dashboard reads from disk or derives from a result.
 
 Module level, as Streamlit's caches want. ``st.cache_resource`` for objects shared read-only
-by every session (models, results, catalog: never copied, never mutated), ``st.cache_data``
+by every session (models, results, catalog: never copied, never mutated but for the
+catalog's memo of model groups, immutable tuples a race at worst builds twice), ``st.cache_data``
 for small arrays (copied per call). File-backed loaders take the path plus a cheap
 signature (size and mtime), so a retrained checkpoint or regenerated dataset is re-read;
 results are cached by request key, which already hashes every input file's bytes.
@@ -129,7 +130,7 @@ def cached_analyses(
     read once (from its result's JSON metadata only), and reading it is not a use."""
     runner = job_runner(str(root))
     out = []
-    for entry in runner.store.entries()[: limit or CACHED_LISTED]:
+    for entry in runner.store.entries()[: CACHED_LISTED if limit is None else limit]:
         request = _stored_request(str(root), entry["key"], float(entry["stored"] or 0.0))
         if request is not None:
             out.append((entry["key"], float(entry["stored"] or 0.0), request))

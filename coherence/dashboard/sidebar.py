@@ -343,20 +343,20 @@ def _cached_analyses(catalog: Catalog) -> None:
         choices.setdefault(_cached_label(catalog, selection, key), (selection, key))
     with st.expander(f"Cached analyses ({len(choices)})", icon=":material/history:"):
         total = loaders.cached_result_count(catalog.root)
-        if total > loaders.CACHED_LISTED:  # the rest were left out without a word
-            st.caption(
-                f"The {loaders.CACHED_LISTED} most recently used of {total} cached results; "
-                f"{code(shell_command('coherence', 'cache', 'info', '--workspace', catalog.root))}"
-                " lists every one."
-            )
-        if others:
-            st.caption(
-                f"{plural(others, 'other cached result')} (the command line's: one class, "
-                "another split, cg start or cap, or energy threshold; or of files no longer "
-                "here) cannot be shown on this page; "
-                f"{code(shell_command('coherence', 'cache', 'info', '--workspace', catalog.root))} "
-                "lists every one."
-            )
+        capped = total > loaders.CACHED_LISTED  # the rest were left out without a word
+        why = (
+            "the command line's: one class, another split, cg start or cap, or energy "
+            "threshold; or of files no longer here"
+        )
+        said = ""
+        if capped:
+            said = f"Listed: the {loaders.CACHED_LISTED} most recently used of {total} results"
+            said += f", of which {others} ({why}) cannot be shown on this page" if others else ""
+        elif others:
+            said = f"{plural(others, 'other cached result')} ({why}) cannot be shown on this page"
+        if said:
+            listing = code(shell_command("coherence", "cache", "info", "--workspace", catalog.root))
+            st.caption(f"{said}; {listing} lists every one.")
         if not choices:
             if not others:  # "nothing cached" beside "1 other cached result" contradicted it
                 st.caption("Nothing is cached in this workspace yet.")
@@ -368,7 +368,12 @@ def _cached_analyses(catalog: Catalog) -> None:
             "Cached analysis",
             labels,
             key="cached_pick",
-            help="Every analysis in this workspace's cache, most recently used first.",
+            help=(
+                f"The {loaders.CACHED_LISTED} analyses of this workspace's cache used most "
+                "recently, most recent first."
+                if capped
+                else "Every analysis in this workspace's cache, most recently used first."
+            ),
         )
         picked, _ = choices.get(st.session_state.get("cached_pick"), (None, None))
         if picked is not None:  # whole: the box cuts a long label (a group's recipe fields)

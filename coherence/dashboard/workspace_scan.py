@@ -242,14 +242,17 @@ def model_groups(entries: list[CheckpointEntry], dataset_name: str) -> tuple[Mod
     return tuple(groups)
 
 
-def _natural(label: str) -> tuple:
-    """A label's sort key with its numbers as numbers: 'epochs=2' before 'epochs=12' (a
-    string sort put 1, 12, 2)."""
+def _natural(label: str) -> tuple[tuple[int, float, str], ...]:
+    """A label's sort key with its numbers as numbers: 'epochs=2' before 'epochs=12' and
+    'lr=5e-05' before 'lr=0.0001' (a string sort put 1, 12, 2). Numbers are the split's
+    captured parts (odd positions), so no other character is ever read as one."""
+    parts = _NUMBER.split(label)
     return tuple(
-        (0, float(part), "") if part[:1].isdigit() else (1, 0.0, part)
-        for part in re.split(r"(\d+(?:\.\d+)?)", label)
-        if part
+        (0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(parts) if part
     )
+
+
+_NUMBER = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)")
 
 
 def _entries(parent: Path, root: Path, problems: list[str]) -> list[Path]:

@@ -327,7 +327,7 @@ def _files_named(paths: Sequence[Path], root: Path) -> str:
     if len(paths) == 1:
         return str(paths[0])
     names = [
-        str(p.relative_to(root / "data")) if p.is_relative_to(root / "data") else p.name
+        str(p.relative_to(root / "data")) if p.is_relative_to(root / "data") else str(p)
         for p in paths
     ]
     shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")

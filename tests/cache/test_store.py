@@ -251,7 +251,9 @@ def test_an_entry_of_a_newer_version_is_kept_not_called_damaged(tmp_path, caplog
     assert "(written by a newer coherence: upgrade to read it; kept)" in listed.output
     # lines in the order eviction follows, each with the time that orders it (the stored
     # times alone read as out of order)
-    assert "results, most recently used first (the last is evicted first):" in listed.output
+    assert "results, most recently used first (of these, the last is evicted first):" in (
+        listed.output
+    )
     assert re.search(r"MiB  used \d+ min ago, stored \d+ min ago  ", listed.output)
     with ResultStore(workspace / "cache") as store:
         assert store.contains(KEY)  # still there after the listing

@@ -559,8 +559,8 @@ def _contrast(page, selector: str) -> float:
                                                             : ((c + 0.055) / 1.055) ** 2.4; };
           let alpha = 1;
           for (let n = e; n; n = n.parentElement) alpha *= +getComputedStyle(n).opacity;
-          const [r, g, b] = getComputedStyle(e).color.match(/[0-9.]+/g).map(Number);
-          const over = [r, g, b].map(c => alpha * c + (1 - alpha) * 255);
+          const [r, g, b, a = 1] = getComputedStyle(e).color.match(/[0-9.]+/g).map(Number);
+          const over = [r, g, b].map(c => alpha * a * c + (1 - alpha * a) * 255);
           const L = 0.2126 * lin(over[0]) + 0.7152 * lin(over[1]) + 0.0722 * lin(over[2]);
           return 1.05 / (L + 0.05);
         }"""
@@ -583,6 +583,10 @@ def test_reads_at_200_percent_zoom_and_by_keyboard(server, browser):
     page.keyboard.press("Tab")  # a keyboard focus (focus-visible), not a script's
     ring = toggle.locator("label").evaluate("e => getComputedStyle(e).outlineStyle")
     assert ring == "solid"
+    # the sidebar's collapse button shows while the sidebar holds the keyboard's focus (it
+    # showed on hover only: Tab never reached it)
+    collapse = page.locator("[data-testid=stSidebarCollapseButton]")
+    assert collapse.evaluate("e => getComputedStyle(e).visibility") == "visible"
     page.close()
     zoomed = browser.new_page(viewport={"width": 750, "height": 500}, device_scale_factor=2)
     zoomed.set_default_timeout(SLOW)

@@ -128,6 +128,32 @@ def test_groups_of_one_architecture_are_labelled_by_what_differs():
     assert labels == ["UNet (width=16)", "UNet (width=32)", "ViT"]
 
 
+def test_groups_sort_their_numbers_as_numbers():
+    """A lab's ViTs of 1, 2 and 12 epochs were offered as 1, 12, 2 (a string sort), and
+    learning rates 5e-05 beside 0.0001 would sort as 5 after 0.0001."""
+    catalog = synthetic_catalog()
+    vit = catalog.checkpoint("vit_s10")
+    others = tuple(c for c in catalog.checkpoints if c.arch != "vit")
+
+    def labels(recipes: list[dict]) -> list[str]:
+        runs = tuple(
+            replace(vit, name=f"vit_r{i}", seed=i, recipe_json=json.dumps(r))
+            for i, r in enumerate(recipes)
+        )
+        grouped = replace(catalog, checkpoints=others + runs).groups("ce_demo")
+        return [g.label for g in grouped if g.arch == "vit"]
+
+    epochs = labels([{"epochs": 12}, {"epochs": 2}, {"epochs": 1}])
+    assert epochs == ["ViT (epochs=1)", "ViT (epochs=2)", "ViT (epochs=12)"]
+    rates = labels([{"lr": 1e-3}, {"lr": 1e-4}, {"lr": 5e-5}])
+    assert rates == ["ViT (lr=5e-05)", "ViT (lr=0.0001)", "ViT (lr=0.001)"]
+    # a label that ends with a checkpoint's name (the last way to tell two apart) may hold
+    # any character: a '²' was taken for a digit and raised, taking the page down
+    from coherence.dashboard.workspace_scan import _natural
+
+    assert _natural("ViT [vit_2²]") < _natural("ViT [vit_3]")
+
+
 def test_runs_of_another_training_recipe_are_another_group():
     """ViTs trained for 6 epochs had joined the 12-epoch seeds as more seeds of one model."""
     catalog = synthetic_catalog()

@@ -476,22 +476,9 @@ def test_listing_the_cache_is_not_a_use_and_says_what_it_leaves_out(workspace, m
     at = open_app(workspace, monkeypatch)
     assert_clean(at)
     said = " ".join(texts(at.sidebar.caption).split())
-    assert f"The 1 most recently used of {len(order)} cached results; " in said
+    assert f"Listed: the 1 most recently used of {len(order)} results; " in said
     assert len(at.selectbox(key="cached_pick").options) == 1
     assert at.selectbox(key="cached_pick").value in texts(at.sidebar.caption).replace("\\", "")
-
-
-def test_groups_sort_their_numbers_as_numbers():
-    from coherence.dashboard.workspace_scan import _natural
-
-    labels = ["ViT (epochs=12)", "ViT (epochs=2)", "ViT (lr=0.001)", "ViT (lr=0.0005)", "ViT"]
-    assert sorted(labels, key=_natural) == [
-        "ViT",
-        "ViT (epochs=2)",
-        "ViT (epochs=12)",
-        "ViT (lr=0.0005)",
-        "ViT (lr=0.001)",
-    ]
 
 
 def test_the_cached_analyses_picker_follows_the_sidebar_to_a_cached_entry(workspace, monkeypatch):

@@ -258,7 +258,13 @@ def test_train_takes_a_dataset_name_in_the_workspace(tiny_dataset, tmp_path, mon
     result = CliRunner().invoke(
         app, [*command, "--data", "mine", "--workspace", str(out)], env={"COLUMNS": "300"}
     )
-    assert result.exit_code == 2 and "checkpoint" in result.output, result.output
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "is a checkpoint, not a workspace" in said, said
+    # a stale variable naming a checkpoint does not stop a run given the dataset's path
+    monkeypatch.setenv(ENV_VAR, str(out))
+    path = ["train", "--out", str(tmp_path / "by_path"), "--epochs", "1", "--transitions", "2"]
+    result = CliRunner().invoke(app, [*path, "--data", str(tiny_dataset)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
 
 
 def test_training_into_a_snapshot_or_inside_a_checkpoint_or_dataset_is_refused(

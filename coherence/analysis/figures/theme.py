@@ -31,7 +31,8 @@ GROUP_COLORS: tuple[str, ...] = ("#1F77B4", "#D55E00", "#009E73", "#CC79A7", "#4
 """Group colours: blue (the page's primary colour), then Okabe–Ito's vermillion, bluish green
 and reddish purple, then dark grey. Each has ≥ 3:1 contrast on the white plot (WCAG 1.4.11)
 and stays apart from the others under deuteranopia, protanopia and tritanopia; plotly's D3
-put orange (2.5:1) second and drew green beside red for the third and fourth groups."""
+put orange (2.5:1) second and drew green beside red for the third and fourth groups. A sixth
+group takes blue again (the dashboard draws two; a figure of more names each in its legend)."""
 TEMPLATE = "plotly_white"
 FONT = {"family": "Inter, Helvetica, Arial, sans-serif", "size": 13}
 INFLUENCE_SYMBOL = "Ĥ"

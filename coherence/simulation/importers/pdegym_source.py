@@ -253,8 +253,8 @@ def _file_times(path: Path, f: h5py.File, n_steps: int) -> np.ndarray | None:
 
 
 def _flat_length(shape: tuple[int, ...]) -> int | None:
-    """The length of a scale stored as a vector, (T,), (T, 1) or (1, T): writers differ;
-    None for a shape with more than one axis longer than 1."""
+    """The length of a scale stored as a vector, (T,), (T, 1), (1, T) or with more axes of
+    length 1: writers differ; None for a shape with more than one axis longer than 1."""
     long_axes = [n for n in shape if n != 1]
     return long_axes[0] if len(long_axes) == 1 else None
 

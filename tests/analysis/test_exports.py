@@ -110,6 +110,9 @@ def test_distance_csv(h_std):
     np.testing.assert_array_equal(column(data, "d_low"), curve.edges[:-2])
     np.testing.assert_array_equal(column(data, "d_high"), curve.edges[2:])
     np.testing.assert_array_equal(column(data, "median"), curve.band.median)
+    np.testing.assert_array_equal(column(data, "q1"), curve.band.q1)  # swapped, it passed
+    np.testing.assert_array_equal(column(data, "q3"), curve.band.q3)
+    assert np.all(curve.band.q1 <= curve.band.q3) and np.any(curve.band.q1 < curve.band.q3)
     np.testing.assert_array_equal(column(data, "seed1_mean"), curve.window_means[1])
     np.testing.assert_array_equal(column(data, "seed0_pairs", int), curve.counts[0])
     seeds = [f"unet_s{i}" for i in range(len(curve.counts))]
@@ -168,6 +171,19 @@ def test_training_rollout_scores_and_counterfactual_csv(h_std):
     assert column(data, "n_valid", int) == [
         int(np.isfinite(s.values).sum()) for s in scores.as_list()
     ]
+    # the quartiles and the censored counts (a mutation swapping q1/q3 or zeroing the count
+    # passed): a flat map's decay length is censored, a bound in every (seed, batch)
+    flat = compute_scores(
+        np.ones((3, 2, 5, 2, 5, 2)) + np.arange(3)[:, None, None, None, None, None]
+    )
+    both = E.scores_csv({"UNet": scores, "flat": flat})
+    rows = [s for group in (scores, flat) for s in group.as_list()]
+    for name, of in (("q1", lambda s: s.q1), ("q3", lambda s: s.q3)):
+        for got, score in zip(column(both, name), rows, strict=True):
+            assert got == of(score) or (math.isnan(got) and math.isnan(of(score))), name
+    assert column(both, "n_censored", int) == [int(np.sum(s.censored)) for s in rows]
+    assert flat.decay_length.censored.all() and max(column(both, "n_censored", int)) == 6
+    assert any(s.q1 < s.q3 for s in rows)
 
     eps = np.array([1e-3, 1e-2])
     header, rows = parse(E.counterfactual_csv(eps, [[0.1, 0.2], [1.0, 2.0]]))
@@ -312,6 +328,17 @@ def test_csv_parameter_header_and_rounded_times():
     assert lines[:2] == ["# dataset: ce", "# estimator: cg"]
     rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
     assert sorted({r["t_p"] for r in rows}) == ["0.0", "0.1", "0.2", "0.3"]
+    # six significant digits kept (three passed), floats in the header as %g, not rounded
+    np.testing.assert_array_equal(E.round_times([0.0123456, 1.23456]), [0.0123456, 1.23456])
+    assert E.with_header(b"", {"damping": 1e-4}) == b"# damping: 0.0001\n"
+    # an epoch of a fractional snapshot stays fractional (int() wrote 0.5 as 0)
+    from coherence.analysis.tables import epoch_maps_csv
+
+    data = epoch_maps_csv([np.ones((2, 2)), np.zeros((2, 2))], [0.5, 1.0], [0.0, 0.1])
+    assert sorted({r["epoch"] for r in csv.DictReader(io.StringIO(data.decode()))}) == [
+        "0.5",
+        "1",
+    ]
 
 
 def test_figure_html_title_caption_and_escaped_footer():

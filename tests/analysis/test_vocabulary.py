@@ -150,6 +150,7 @@ def test_requests_hold_enums_that_behave_as_their_names():
         ({"damping": float("nan")}, "damping=nan: must be a finite number > 0"),
         ({"estimator": "cg"}, "estimator cg needs rtol"),
         ({"rtol": 1.5}, "rtol=1.5: must lie in (0, 1)"),
+        ({"rtol": 1.0}, "rtol=1.0: must lie in (0, 1)"),  # the edge: a solve that stops at once
         ({"energy_threshold": 1.5}, "energy_threshold=1.5: must lie in (0, 1]"),
         ({"depth": 0}, "depth=0: must be an integer from 1 to 16"),
     ],

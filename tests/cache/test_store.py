@@ -524,6 +524,55 @@ def test_a_busy_database_skips_the_orphan_sweep_not_the_open(tmp_path, monkeypat
 # ------------------------------------------------------------------------- keys ------
 
 
+def test_every_setting_that_changes_a_result_changes_its_keys(
+    checkpoint, tiny_dataset, tmp_path, monkeypatch
+):
+    """A mutation campaign: dropping energy_threshold, rtol, cg_start or the checkpoints'
+    order from the request key, or the dataset, code or package version from the unit keys,
+    passed every test; each would have served a result computed otherwise. And a class the
+    request does not use leaves its key alone (an import of one class kept the others')."""
+    import coherence
+    from coherence.cache.keys import unit_keys
+
+    def key(**change) -> str:
+        return request_key(quick_request(checkpoint, tiny_dataset, **change))
+
+    for a, b in (  # two settings of one estimator (an estimator drops others' options)
+        ({"estimator": "subspace", "energy_threshold": 0.99}, {"energy_threshold": 0.9999}),
+        ({"estimator": "cg", "rtol": 1e-2}, {"rtol": 1e-1}),
+        ({"estimator": "cg", "rtol": 5e-2}, {"cg_start": "preconditioned"}),
+        ({"estimator": "cg", "rtol": 5e-2}, {"cg_start": "cold"}),
+        ({"estimator": "cg", "rtol": 5e-2}, {"max_iter": 100}),
+        ({"estimator": "krylov", "depth": 2}, {"depth": 4}),
+        ({}, {"split": "valid"}),
+    ):
+        assert key(**a) != key(**(a | b)), (a, b)
+    other = tmp_path / "other"  # another seed: other weights
+    shutil.copytree(checkpoint, other)
+    tensors = load_file(other / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + np.float32(1e-3)
+    save_file(tensors, other / "model.safetensors")
+    pair = (str(checkpoint), str(other))
+    assert key(checkpoints=pair) != key(checkpoints=pair[::-1])  # results are indexed [s]
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    request = quick_request(checkpoint, data, classes=("CE-RP",))  # CE-CRP not used
+    units, whole = unit_keys(request), request_key(request)
+    assert unit_keys(request, code_version="2") != units
+    with monkeypatch.context() as patched:
+        patched.setattr(coherence, "__version__", "99.0")
+        assert unit_keys(request) != units
+    unused = data / "data" / "test" / "CE-CRP.hdf5"
+    with h5py.File(unused, "r+") as f:  # a class of the split the request does not ask for
+        f["t0_fields/density"][0, 0, 0, 0] += 1e-3
+    assert request_key(request) == whole and unit_keys(request) == units
+    with h5py.File(data / "data" / "test" / f"{request.classes[0]}.hdf5", "r+") as f:
+        f["t0_fields/density"][0, 0, 0, 0] += 1e-3  # a file it uses: its cached units go too
+    assert request_key(request) != whole and unit_keys(request)[0][0] != units[0][0]
+
+
 def test_key_follows_content_not_paths(checkpoint, tiny_dataset, tmp_path):
     request = quick_request(checkpoint, tiny_dataset)
     key = request_key(request)

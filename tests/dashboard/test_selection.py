@@ -128,6 +128,20 @@ def test_groups_of_one_architecture_are_labelled_by_what_differs():
     assert labels == ["UNet (width=16)", "UNet (width=32)", "ViT"]
 
 
+def test_the_first_page_prefers_a_cached_view_among_the_first_few():
+    """The first candidate whose analysis is cached, looked for among the first
+    MAX_CACHE_LOOKUPS (a mutation that looked at the first alone passed every test)."""
+    from coherence.dashboard.selection import MAX_CACHE_LOOKUPS, prefer_cached
+
+    names = [f"view{i}" for i in range(MAX_CACHE_LOOKUPS + 2)]
+    assert prefer_cached(iter(names), lambda s: s == "view1") == "view1"
+    last = names[MAX_CACHE_LOOKUPS - 1]
+    assert prefer_cached(iter(names), lambda s: s == last) == last
+    beyond = names[MAX_CACHE_LOOKUPS]  # past the look-ups: the first, as with none cached
+    assert prefer_cached(iter(names), lambda s: s == beyond) == "view0"
+    assert prefer_cached(iter(names), None) == "view0"
+
+
 def test_groups_sort_their_numbers_as_numbers():
     """A lab's ViTs of 1, 2 and 12 epochs were offered as 1, 12, 2 (a string sort), and
     learning rates 5e-05 beside 0.0001 would sort as 5 after 0.0001."""

@@ -341,6 +341,9 @@ def test_reader_refuses_a_non_positive_density_naming_the_trajectory(ce_file):
         read_well_file(path)
     states, _ = read_well_file(path, trajectories=[0, 2])  # the clean ones still read
     assert states.shape[0] == 2 and (states[:, :, 0] > 0).all()
+    _corrupt(path, lambda f: f["t0_fields/density"].__setitem__((1, 2, 3, 4), 0.0))
+    with pytest.raises(SchemaError, match=r"trajectory 1 has a density ≤ 0 \(min 0\)"):
+        read_well_file(path)  # exactly zero is refused too (a mutation to >= 0 passed)
 
 
 def test_reader_refuses_out_of_range_requests(ce_file):

@@ -331,6 +331,8 @@ def test_csv_parameter_header_and_rounded_times():
     # six significant digits kept (three passed), floats in the header as %g, not rounded
     np.testing.assert_array_equal(E.round_times([0.0123456, 1.23456]), [0.0123456, 1.23456])
     assert E.with_header(b"", {"damping": 1e-4}) == b"# damping: 0.0001\n"
+    # a value with a line break stays one comment line (a CSV reader took its rest as data)
+    assert E.with_header(b"a\n", {"note": "two\nlines"}) == b"# note: two lines\na\n"
     # an epoch of a fractional snapshot stays fractional (int() wrote 0.5 as 0)
     from coherence.analysis.tables import epoch_maps_csv
 

@@ -118,6 +118,8 @@ def test_a_new_damping_is_bounded_and_a_stored_one_still_reads():
     with pytest.raises(RequestError, match=r"damping=1e\+39: at most 1e\+12 \(λ that far"):
         check_new_damping(1e39)
     check_new_damping(1e12)
+    with pytest.raises(RequestError, match=r"damping=2e\+12: at most 1e\+12"):
+        check_new_damping(2e12)  # just past the bound (a bound of 1e13 passed every test)
     stored = AnalysisRequest(**BASE, damping=1e20)
     assert AnalysisRequest.from_dict(stored.to_dict()) == stored
 

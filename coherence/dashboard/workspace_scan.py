@@ -252,7 +252,8 @@ def _natural(label: str) -> tuple[tuple[int, float, str], ...]:
     )
 
 
-_NUMBER = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)")
+# unsigned: a hyphen in a name ('vit-2', 'vit-10') is no minus sign
+_NUMBER = re.compile(r"([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)")
 
 
 def _entries(parent: Path, root: Path, problems: list[str]) -> list[Path]:

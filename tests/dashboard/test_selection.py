@@ -166,6 +166,7 @@ def test_groups_sort_their_numbers_as_numbers():
     from coherence.dashboard.workspace_scan import _natural
 
     assert _natural("ViT [vit_2²]") < _natural("ViT [vit_3]")
+    assert _natural("ViT [vit-2]") < _natural("ViT [vit-10]")  # a hyphen, not a sign
 
 
 def test_runs_of_another_training_recipe_are_another_group():

@@ -12,6 +12,9 @@ import shutil
 from pathlib import Path
 
 UNKNOWN = 2**63 - 1  # no reading: refuse nothing
+# the share of free memory a training step or an analysis may plan to use: a fifth is kept
+# free, as the peaks are estimates (one rule for `analyze`, `train` and the study's plan)
+USABLE_SHARE = 0.8
 
 
 def cgroup_free() -> int | None:

@@ -21,6 +21,7 @@ from coherence.cache.states import JobState
 from coherence.errors import CoherenceError, RequestError
 from coherence.io import resolve_device
 from coherence.probe import ModelProbe, probe_model
+from coherence.resources import USABLE_SHARE
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.study_spec import (
     GIB,
@@ -566,14 +567,14 @@ def _memory_notes(
     held in memory); for an analysis, which `analyze` would refuse mid-study."""
     notes = []
     for step in steps:
-        if step.state == "done" or step.peak_bytes <= 0.8 * available:
+        if step.state == "done" or step.peak_bytes <= USABLE_SHARE * available:
             continue
         need = f"training {step.out.name} needs ≈ {step.peak_bytes / GIB:.1f} GiB of "
         need += f"{available / GIB:.1f} GiB"
         per_example = step.per_example_bytes
         examples = min(step.args.batch_size, step.pairs or step.args.batch_size)
         fixed = step.peak_bytes - examples * per_example
-        fits = batch_size_that_fits(fixed, per_example, 0.8 * available)
+        fits = batch_size_that_fits(fixed, per_example, USABLE_SHARE * available)
         if fits >= 1 and step.state != "resume":  # a resume keeps its batch size
             peak = (fixed + fits * per_example) / GIB
             notes.append(f"{need}: use --batch-size {fits} (≈ {peak:.1f} GiB) or a larger machine")

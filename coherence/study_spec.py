@@ -12,6 +12,7 @@ from coherence.analysis.request import MAX_DAMPING
 from coherence.analysis.vocabulary import PAPER_BATCHES
 from coherence.cache.cost import format_seconds
 from coherence.errors import RequestError
+from coherence.resources import USABLE_SHARE
 from coherence.surrogates.training import TrainingArgs
 from coherence.wording import plural
 
@@ -168,7 +169,7 @@ class SweepStep:
 def over_memory(step: AnalysisStep, available: int) -> bool:
     """An uncached analysis `analyze` would refuse on ``available`` bytes: over four fifths
     of them, its own rule (the plan's note and the study's refusal read it alike)."""
-    return step.state != "cached" and step.peak_bytes > 0.8 * available
+    return step.state != "cached" and step.peak_bytes > USABLE_SHARE * available
 
 
 @dataclass(frozen=True)

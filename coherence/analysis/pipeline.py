@@ -37,6 +37,7 @@ from coherence.analysis.standardization import standardize
 from coherence.analysis.summaries import input_distances
 from coherence.errors import RequestError
 from coherence.probe import activation_bytes
+from coherence.resources import USABLE_SHARE
 from coherence.simulation.dataset import DatasetInfo, files_fingerprint, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.footprint import available_bytes
@@ -63,7 +64,7 @@ class CostEstimate:
 
     @property
     def fits(self) -> bool:
-        return self.memory_bytes <= 0.8 * self.available_bytes
+        return self.memory_bytes <= USABLE_SHARE * self.available_bytes
 
     @property
     def seconds_per_unit(self) -> float | None:

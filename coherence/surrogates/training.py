@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from coherence.analysis.vocabulary import Device
 from coherence.errors import CheckpointError, RequestError
 from coherence.io import check_device, resolve_device
+from coherence.resources import USABLE_SHARE
 from coherence.simulation.dataset import DatasetInfo, open_dataset
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import snapshots
@@ -410,7 +411,7 @@ def _warn_if_a_step_may_not_fit(
     held = train_pairs.nbytes + valid_pairs.nbytes if device.type == "cpu" else 0
     total = training_step_bytes(n_params, batch, per_example // 2, itemsize) + held
     loaded = n_params * itemsize * (3 if resumed else 1) + held  # weights (+ AdamW moments)
-    budget = 0.8 * (available + loaded)
+    budget = USABLE_SHARE * (available + loaded)
     if total <= budget:
         return
     fixed = total - batch * per_example

@@ -285,9 +285,11 @@ class ResultStore(JobRecords):
         return bool(self._cache.delete(f"result:{validate_key(key)}", retry=True))
 
     def peek_request(self, key: str) -> dict[str, Any] | None:
-        """``result_request`` for a listing (``coherence cache info``): the read is not a
-        use, so the least-recently-used order eviction follows stays as it was (a listing
-        read every entry and made the oldest the newest)."""
+        """The request (as a dict) a cached result was computed for, read from its JSON
+        metadata only (no arrays), for a listing (``coherence cache info``, the dashboard's):
+        the read is not a use, so the least-recently-used order eviction follows stays as it
+        was (a listing read every entry and made the oldest the newest); None if missing or
+        not in the safe form."""
         metadata = self.peek_metadata(key)
         return None if metadata is None else dict(metadata["request"])
 
@@ -300,12 +302,6 @@ class ResultStore(JobRecords):
         if used is not None and metadata is not None:
             sqlview.set_access_time(self._cache, name, used)
         return metadata
-
-    def result_request(self, key: str) -> dict[str, Any] | None:
-        """The request (as a dict) a cached result was computed for, read from its JSON
-        metadata only (no arrays); None if missing or not in the safe form."""
-        metadata = self._metadata(key)
-        return None if metadata is None else dict(metadata["request"])
 
     # ---------------------------------------------------------------- artifacts ------
     # The result of a job of another kind than an analysis (``coherence.cache.tasks``): named

@@ -178,7 +178,7 @@ def test_entries_not_in_the_result_form_are_refused(store, caplog):
     assert "pickled (object) data" not in caplog.text
     assert "CVE" not in caplog.text  # damaged bytes are no security matter: no pickle met
     caplog.clear()
-    for reader in (store.get, store.result_request, store.get_unit, store.get_artifact):
+    for reader in (store.get, store.peek_request, store.get_unit, store.get_artifact):
         kind = {store.get_unit: "unit", store.get_artifact: "artifact"}.get(reader, "result")
         plain.set(f"{kind}:{KEY}", pickle.dumps({"a": 1}))  # raw bytes holding a pickle
         with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
@@ -186,7 +186,7 @@ def test_entries_not_in_the_result_form_are_refused(store, caplog):
         assert f"{kind}:{KEY}" not in plain
     assert caplog.text.count("a pickle stream (it starts b'\\x80") == 4
     caplog.clear()  # ≥ 32 KiB: a file of its own, which the readers get as an open handle
-    for reader in (store.get, store.result_request):
+    for reader in (store.get, store.peek_request):
         plain.set(f"result:{KEY}", b"garbage " * 9000)
         with caplog.at_level(logging.WARNING, logger="coherence.cache.store"):
             assert reader(KEY) is None, reader
@@ -215,7 +215,7 @@ def test_a_damaged_blob_is_refused_not_raised(store, caplog, damage):
         middle = len(blob) // 2
         blob[middle : middle + 100] = bytes(b ^ 0xFF for b in blob[middle : middle + 100])
     readers = [store.get, store.get_unit]  # the metadata alone may survive a flip elsewhere
-    readers += [store.result_request] if damage == "truncated" else []
+    readers += [store.peek_request] if damage == "truncated" else []
     for reader in readers:
         name = "unit" if reader == store.get_unit else "result"
         plain.set(f"{name}:{KEY}", bytes(blob))
@@ -363,7 +363,7 @@ def test_listing_what_results_hold_is_not_a_use(store):
     for key in order:  # as the listing reads them: newest use first
         assert store.peek_request(key) is not None
     assert [entry["key"] for entry in store.entries()] == order  # as before the listing
-    store.result_request(other)  # a real read is a use, as before
+    assert store.get(other) is not None  # a real read is a use, as before
     assert [entry["key"] for entry in store.entries()] == [other, KEY]
 
 

@@ -58,9 +58,12 @@ def process_cpu_seconds(pid: int) -> float:
 
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has spent not idle so far, summed over cores (Linux)."""
-    counts = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = counts[3] + counts[4]  # idle, iowait
-    return (sum(counts[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    from coherence.cache.slots import busy_cpu_seconds
+
+    seconds = busy_cpu_seconds(None)
+    if seconds is None:
+        raise RuntimeError("/proc/stat cannot be read: this benchmark needs Linux")
+    return seconds
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:

@@ -28,6 +28,7 @@ BENCHMARKS = (
     "bench_paper_unit",
     "bench_dashboard_concurrency",
     "bench_concurrency",
+    "bench_foreign_load",
     "bench_import",
     "bench_fidelity",
     "bench_twolevel",

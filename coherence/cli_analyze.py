@@ -360,7 +360,12 @@ def _run(runner, request, prepared, *, trust_code: bool, executor):
             plain(fraction, stage)
 
         result = runner.run(
-            request, progress=report, trust_code=trust_code, executor=executor, prepared=prepared
+            request,
+            progress=report,
+            trust_code=trust_code,
+            executor=executor,
+            prepared=prepared,
+            say=lambda line: log_line(line, to=bar.console),
         )
     return result, WAITING_FOR_OTHER in plain.seen and "here" not in plain.seen
 

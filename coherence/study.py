@@ -96,7 +96,9 @@ def _train(plan: StudyPlan, log: Log, train_progress, executor: Executor | None)
         # in a compute slot, as `coherence train` trains: beside a dashboard job or another
         # study, two trainings on all cores each ran several times slower than in turn
         waiting = slots.queue_notice(lambda line: log(f"  {line}"))
-        with slots.compute_slot(f"train-{step.out.name}", on_wait=waiting):
+        with slots.compute_slot(f"train-{step.out.name}", on_wait=waiting) as slot:
+            if crowded := slot.crowded_note():
+                log(f"  {crowded}")
             started = time.perf_counter()
             train(plan.dataset, step.out, step.args, progress=progress, log=log)
         history = ckpt.read_history(step.out)
@@ -122,7 +124,7 @@ def _analyse(
         done = f" ({step.cached_units} cached)" if 0 < step.cached_units < step.units else ""
         log(f"analysing {step.arch}: {plural(step.units, 'unit')}{done}, N = {step.n_examples}")
         report = progress(step) if progress else None
-        runner.run(request, progress=report, executor=executor)
+        runner.run(request, progress=report, executor=executor, say=lambda line: log(f"  {line}"))
         log(f"  done in {time.perf_counter() - started:.0f} s")
     # its rollouts too (seconds, here): the dashboard's Rollout panel then opens at once
     rollout = selection.rollout_spec(root)

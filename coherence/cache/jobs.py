@@ -362,11 +362,14 @@ class JobRunner:
         trust_code: bool = False,
         executor: Executor | None = None,
         prepared: Prepared | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> AnalysisResult:
         """Blocking: the cached result, or wait for the job computing it, or compute it here
         (under the key's lock, in a compute slot: see ``slots``) and store it. ``executor``:
         where the units compute (default ``get_executor()``); a cluster needs no local slot.
-        ``prepared``: the request's ``pipeline.prepare`` if the caller already made it."""
+        ``prepared``: the request's ``pipeline.prepare`` if the caller already made it.
+        ``say``: a log line's sink, told when other processes' work leaves the job fewer
+        threads than its share (``Slot.crowded_note``)."""
         key = request_key(request)
         cached = self.materialize(request, prepared=prepared)
         if cached is not None:
@@ -390,7 +393,9 @@ class JobRunner:
             self.store.clear_cancel(key)
             executor = executor or get_executor()
             slot = slots.compute_slot(key, on_wait=show_queue) if executor.local else nullcontext()
-            with slot:  # after the key lock, always
+            with slot as held:  # after the key lock, always
+                if say is not None and held is not None and (crowded := held.crowded_note()):
+                    say(crowded)
                 return compute_job(
                     self.store,
                     key,

@@ -6,7 +6,8 @@ than one after the other (a demo UNet trained in 37 s alone and 396 s beside one
 2 cores), and every dashboard session could start a worker. So every process that computes
 (a dashboard job worker, ``coherence analyze|train|simulate``) first takes one of
 ``max_jobs()`` slots, waiting in a first-come queue while all are taken, and then runs torch
-on ``threads_per_job()`` threads.
+on ``threads_per_job()`` threads: its share of the cores, less those other programs keep
+busy when it starts (slots cannot see them: a user's own script, another user's job).
 
 Settings: ``COHERENCE_MAX_JOBS`` (default 1 on ≤ 4 cores, else cores // 2),
 ``COHERENCE_TORCH_THREADS`` (threads per job; default cores // max jobs),
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coherence.errors import CoherenceError, RequestError
+from coherence.wording import plural
 
 MAX_JOBS_ENV = "COHERENCE_MAX_JOBS"
 THREADS_ENV = "COHERENCE_TORCH_THREADS"
@@ -65,6 +67,19 @@ class Slot:
     index: int
     max_jobs: int
     threads: int
+    cores_taken: int = 0  # by other processes when the slot was taken (``threads_per_job``)
+
+    def crowded_note(self) -> str | None:
+        """What a log says when other processes' work left this job fewer threads than its
+        share of the cores (``threads_per_job``), else None."""
+        share = core_share(self.max_jobs)
+        if self.threads >= share or _positive_env(THREADS_ENV, "1") is not None:
+            return None
+        return (
+            f"other processes keep {self.cores_taken} of {plural(machine_cores(), 'core')} busy: "
+            f"computing on {plural(self.threads, 'torch thread')} instead of {share}, which "
+            f"would run several times slower beside them ({THREADS_ENV} sets the count)"
+        )
 
 
 def machine_cores() -> int:
@@ -98,11 +113,85 @@ def max_jobs() -> int:
 
 
 def threads_per_job(jobs: int | None = None) -> int:
-    """Torch threads for one computation: ``COHERENCE_TORCH_THREADS``, else its core share."""
+    """Torch threads for one computation: ``COHERENCE_TORCH_THREADS``, else its core share,
+    less the cores other processes keep busy now (``cores_taken_by_others``).
+
+    Why the second rule: slots keep this project's jobs apart, not a user's own scripts or
+    another user's. Beside two single-threaded processes on 2 cores, the demo's UNet trained
+    at 45 s an epoch on 2 threads and 14 s on 1, and a 2-thread cost probe read its forward
+    40× slow (a study quoted 7.5 h for what took 24 min)."""
     configured = _positive_env(THREADS_ENV, "1")
     if configured is not None:
         return configured
+    return max(1, min(core_share(jobs), machine_cores() - cores_taken_by_others()))
+
+
+def core_share(jobs: int | None = None) -> int:
+    """One job's share of the cores when nothing else computes: cores // max jobs."""
     return max(1, machine_cores() // (jobs or max_jobs()))
+
+
+LOAD_SAMPLE_SECONDS = 0.2  # how long the CPU counters are watched
+LOAD_REUSE_SECONDS = 5.0  # a reading this recent is reused (a plan probes, then its job starts)
+TAKEN_SHARE = 0.7  # others' use of a core, over the sample, that makes it theirs
+_load_reading: list[tuple[float, int]] = []  # [(monotonic time, cores taken)] once read
+
+
+def cores_taken_by_others(sample_seconds: float = LOAD_SAMPLE_SECONDS) -> int:
+    """How many of this process's cores other processes kept busy over a short sample: the
+    busy time of those CPUs in /proc/stat less this process's own CPU time, in cores,
+    counting a fraction of TAKEN_SHARE and more as a whole core (a browser redrawing a chart
+    or a page's rerun takes less). 0 where /proc/stat cannot be read (not Linux)."""
+    now = time.monotonic()
+    with _state_lock:
+        if _load_reading and now - _load_reading[0][0] < LOAD_REUSE_SECONDS:
+            return _load_reading[0][1]
+    cpus = _affinity()
+    before, own_before = busy_cpu_seconds(cpus), _own_cpu_seconds()
+    if before is None:
+        return 0
+    start = time.monotonic()
+    time.sleep(sample_seconds)
+    after, own_after = busy_cpu_seconds(cpus), _own_cpu_seconds()
+    elapsed = time.monotonic() - start
+    if after is None or elapsed <= 0:
+        return 0
+    others = max(0.0, (after - before) - (own_after - own_before)) / elapsed
+    taken = min(len(cpus) if cpus else machine_cores(), int(others + 1 - TAKEN_SHARE))
+    with _state_lock:
+        _load_reading[:] = [(time.monotonic(), taken)]
+    return taken
+
+
+def _affinity() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_cpu_seconds(cpus: set[int] | None) -> float | None:
+    """Seconds the CPUs in ``cpus`` (all when None) spent neither idle nor waiting for I/O,
+    from /proc/stat's per-CPU lines, or None where it cannot be read."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+        ticks += sum(values) - values[3] - values[4]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def slots_dir() -> Path:
@@ -237,7 +326,6 @@ def acquire(
     """
     directory = slots_dir()
     jobs = max_jobs()
-    threads = threads_per_job(jobs)
     ticket, ticket_fd = _ticket(directory, label, cancellable)
     try:
         while True:
@@ -249,7 +337,12 @@ def acquire(
                 taken = _take_free_slot(directory, jobs)
                 if taken is not None:
                     index, fd = taken
-                    return Slot(index, jobs, threads), fd
+                    # once the slot is ours: the load may have changed during the wait
+                    threads = threads_per_job(jobs)
+                    configured = _positive_env(THREADS_ENV, "1") is not None
+                    return Slot(
+                        index, jobs, threads, 0 if configured else cores_taken_by_others()
+                    ), fd
             if on_wait is not None:
                 on_wait(position)
             time.sleep(poll_seconds)

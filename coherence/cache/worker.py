@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return compute(args.workspace, key, None, trust_code=args.trust_code, kind=args.kind)
         waiting = time.time()
         with slots.compute_slot(key, on_wait=show_queue, cancellable=True) as slot:
+            if crowded := slot.crowded_note():
+                log.info("%s", crowded)
             # the wait for a slot is not part of the job's setup
             spawned = None if args.spawned is None else args.spawned + time.time() - waiting
             return compute(

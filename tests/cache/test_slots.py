@@ -74,8 +74,13 @@ def test_settings_follow_the_core_count_and_the_overrides(monkeypatch):
     cores = len(os.sched_getaffinity(0))
     monkeypatch.delenv(slots.MAX_JOBS_ENV, raising=False)
     monkeypatch.delenv(slots.THREADS_ENV, raising=False)
+    taken = [0]  # cores other processes keep busy (measured in the tests below)
+    monkeypatch.setattr(slots, "cores_taken_by_others", lambda: taken[0])
     assert slots.max_jobs() == (1 if cores <= 4 else cores // 2)
     assert slots.threads_per_job() == max(1, cores // slots.max_jobs())
+    taken[0] = cores  # every core busy: one thread still
+    assert slots.threads_per_job() == 1
+    taken[0] = 0
     monkeypatch.setenv(slots.MAX_JOBS_ENV, str(2 * cores))
     assert slots.max_jobs() == 2 * cores and slots.threads_per_job() == 1
     monkeypatch.setenv(slots.THREADS_ENV, "3")
@@ -253,3 +258,77 @@ def test_a_probe_in_another_thread_of_this_process_is_not_another_job(slot_dir, 
     with slots.measuring_slot() as outer, slots.measuring_slot() as inner:  # nested: no wait
         assert outer and inner
     assert not slots.busy()
+
+
+# A pure-Python busy loop on one CPU: another user's job, as the scheduler sees it.
+SPINNER = """
+import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+print("spinning", flush=True)
+while True:
+    pass
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, monkeypatch):
+    """Slots keep this project's jobs apart, not a user's own scripts: beside two
+    single-threaded processes on 2 cores the demo UNet trained at 45 s an epoch on 2 threads
+    and at 14 s on 1. A job now takes its share less the cores others keep busy, and says so."""
+    monkeypatch.delenv(slots.THREADS_ENV, raising=False)
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    monkeypatch.setattr(slots, "_load_reading", [])  # no reading kept from an earlier test
+    mine = set(sorted(os.sched_getaffinity(0))[:2])
+    before = os.sched_getaffinity(0)
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", SPINNER, str(min(mine))], stdout=subprocess.PIPE, text=True
+    )
+    os.sched_setaffinity(0, mine)  # two cores, one of them the spinner's
+    try:
+        assert spinner.stdout.readline().strip() == "spinning"
+        time.sleep(0.2)
+        with slots.compute_slot("beside a busy process") as slot:
+            assert slot.threads == 1 == torch.get_num_threads()
+            assert slot.cores_taken in (1, 2)  # 2 if yet another process ran there meanwhile
+            assert slot.crowded_note() == (
+                f"other processes keep {slot.cores_taken} of 2 cores busy: computing on 1 "
+                "torch thread instead of 2, which would run several times slower beside them "
+                "(COHERENCE_TORCH_THREADS sets the count)"
+            )
+        monkeypatch.setenv(slots.THREADS_ENV, "2")  # the user's choice stands, unremarked
+        with slots.compute_slot("told how many") as slot:
+            assert slot.threads == 2 and slot.cores_taken == 0 and slot.crowded_note() is None
+    finally:
+        os.sched_setaffinity(0, before)
+        spinner.kill()
+        spinner.wait(TIMEOUT)
+
+
+def test_the_reading_leaves_out_this_process_and_a_core_used_in_part(monkeypatch):
+    """Busy time over the sample, less this process's own (a dashboard's other threads,
+    the job's own work): a core counts as taken from 0.7 of it on (a browser redrawing a
+    chart takes less, and must not halve a job's threads)."""
+    cpus = {0, 1, 2}
+    monkeypatch.setattr(slots, "_affinity", lambda: cpus)
+
+    def taken(busy_cores: float, own_cores: float) -> int:
+        monkeypatch.setattr(slots, "_load_reading", [])
+        counters = iter([(10.0, 3.0), (10.0 + busy_cores * 0.2, 3.0 + own_cores * 0.2)])
+        pair = [None]
+
+        def busy(seen):
+            assert seen == cpus  # only the CPUs this process may run on
+            pair[0] = next(counters)
+            return pair[0][0]
+
+        monkeypatch.setattr(slots, "busy_cpu_seconds", busy)
+        monkeypatch.setattr(slots, "_own_cpu_seconds", lambda: pair[0][1])
+        return slots.cores_taken_by_others(sample_seconds=0.2)
+
+    assert taken(1.5, 1.0) == 0  # half a core of others'
+    assert taken(1.6, 0.6) == 1  # a whole one (read over a sample a little longer than 0.2 s)
+    assert taken(2.0, 2.0) == 0  # all of it this process's own
+    assert taken(3.0, 0.0) == 3
+    monkeypatch.setattr(slots, "_load_reading", [])
+    monkeypatch.setattr(slots, "busy_cpu_seconds", lambda cpus: None)  # no /proc/stat here
+    assert slots.cores_taken_by_others() == 0

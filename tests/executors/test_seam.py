@@ -56,7 +56,8 @@ def test_bad_settings_are_refused_with_the_variable_named(monkeypatch):
         ray_cluster.RayExecutor("head:6379")
 
 
-def test_the_local_executor_is_the_pipeline(checkpoint, tiny_dataset, workspace):
+def test_the_local_executor_is_the_pipeline(checkpoint, tiny_dataset, workspace, monkeypatch):
+    monkeypatch.setenv(slots.THREADS_ENV, "2")  # not the load of the moment: the same bits
     request = quick_request(checkpoint, tiny_dataset)
     via_runner = JobRunner(workspace).run(request, executor=LocalExecutor())
     with torch_threads(slots.threads_per_job()):  # the runner's slot threads: the same bits

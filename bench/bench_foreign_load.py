@@ -37,8 +37,8 @@ def train_epochs(data: Path, out: Path, epochs: int, threads: str | None) -> lis
     env = {k: v for k, v in os.environ.items() if k != THREADS_ENV}
     if threads is not None:
         env[THREADS_ENV] = threads
-    cli = Path(sys.executable).with_name("coherence")  # the console script beside it
-    command = [str(cli), "train", "--arch", "unet", "--data", str(data)]
+    command = [sys.executable, "-m", "coherence.cli", "train", "--arch", "unet"]
+    command += ["--data", str(data)]
     command += ["--out", str(out), "--epochs", str(epochs), "--device", "cpu"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:

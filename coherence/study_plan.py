@@ -420,9 +420,12 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
             f"--epochs {max(beyond)} to train that far)"
         )
     steps, analyses, series_seconds, crowded = [], [], {}, False
+    timed_on, taken = slots.core_share(), 0  # threads the probes ran on; cores others kept
     for arch in spec.archs:
         with slots.measuring_slot() as quiet:
             probe = _probe(arch, spec, ctx.info, ctx.device)
+            if torch.get_num_threads() < timed_on and not slots.threads_configured():
+                timed_on, taken = torch.get_num_threads(), slots.cores_taken_by_others()
         crowded |= not quiet
         trains = [_train_step(ctx, probe, arch, seed) for seed in spec.seeds]
         steps.extend(trains)
@@ -440,6 +443,13 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
         notes.append(
             "the models were timed while another job computes on this machine: the times "
             "below are likely over-estimates"
+        )
+    elif ctx.device.type == "cpu" and timed_on < slots.core_share():
+        notes.append(
+            f"other processes keep {taken} of "
+            f"{plural(slots.machine_cores(), 'core')} busy: the models were timed on "
+            f"{plural(timed_on, 'torch thread')}, as each job will compute on the cores "
+            "left when it starts (the times below hold while that load lasts)"
         )
     sweep_steps = _sweep_steps(ctx, analyses, series_seconds, notes)
     available = available_bytes(ctx.device)

@@ -8,8 +8,10 @@ of the analysis tests lives in tests/analysis/fixtures.py.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -305,3 +307,33 @@ def fill_sweeps(root: Path) -> Path:
     for point in epochs + wanted:
         runner.run(point.request)
     return root
+
+
+# A pure-Python busy loop pinned to one CPU: another user's program, as the scheduler sees it.
+SPINNER = """
+import os, sys
+os.sched_setaffinity(0, {int(sys.argv[1])})
+print("spinning", flush=True)
+while True:
+    pass
+"""
+
+
+@contextmanager
+def busy_core() -> Iterator[None]:
+    """Inside the block this thread may run on two CPUs, one of them kept busy by another
+    process (restored and stopped after). Needs a machine of two cores or more."""
+    before = os.sched_getaffinity(0)
+    mine = set(sorted(before)[:2])
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", SPINNER, str(min(mine))], stdout=subprocess.PIPE, text=True
+    )
+    os.sched_setaffinity(0, mine)
+    try:
+        assert spinner.stdout is not None and spinner.stdout.readline().strip() == "spinning"
+        time.sleep(0.2)
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+        spinner.kill()
+        spinner.wait(60)

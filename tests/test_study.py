@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from coherence.study import StudySpec, SweepStep, plan_study, run_study
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates.fileset import digest
 from coherence.workspace import checkpoints_dir, datasets_dir
-from tests.fixtures import CE_CLASSES, REPO, free_port, simulate
+from tests.fixtures import CE_CLASSES, REPO, busy_core, free_port, simulate
 
 # spec()'s study on the command line
 STUDY_ARGS = ["study", "--data", "ce_small", "--archs", "vit", "--seeds", "7", "--batches", "1"]
@@ -191,6 +192,27 @@ def test_a_nan_in_the_test_split_is_refused_by_the_plan_before_any_training(tmp_
     with pytest.raises(CoherenceError, match=r"CE-RP\.hdf5: trajectory 0 contains NaN"):
         plan_study(spec(), root)
     assert not checkpoints_dir(root).exists() or not any(checkpoints_dir(root).iterdir())
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_plan_beside_another_program_times_on_the_cores_left(workspace, monkeypatch):
+    """Beside other programs a 2-thread probe read the demo's forward 40× slow and a plan
+    quoted 7.5 h for 24 minutes of work: the probe now runs on the threads a job would get
+    (the cores left), and the plan says so."""
+    from coherence.cache import slots
+
+    monkeypatch.delenv(slots.THREADS_ENV, raising=False)
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    monkeypatch.setattr(slots, "_load_reading", [])
+    with busy_core():
+        text = " ".join(plan_study(spec(), workspace).describe())
+    # 2 of 2 if yet another process ran on them meanwhile
+    assert re.search(
+        r"other processes keep [12] of 2 cores busy: the models were timed on 1 ", text
+    )
+    monkeypatch.setattr(slots, "_load_reading", [])
+    monkeypatch.setenv(slots.THREADS_ENV, "1")  # the user's own choice: nothing to say
+    assert "other processes keep" not in " ".join(plan_study(spec(), workspace).describe())
 
 
 def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(

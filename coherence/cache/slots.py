@@ -73,7 +73,7 @@ class Slot:
         """What a log says when other processes' work left this job fewer threads than its
         share of the cores (``threads_per_job``), else None."""
         share = core_share(self.max_jobs)
-        if self.threads >= share or _positive_env(THREADS_ENV, "1") is not None:
+        if self.threads >= share or threads_configured():
             return None
         return (
             f"other processes keep {self.cores_taken} of {plural(machine_cores(), 'core')} busy: "
@@ -124,6 +124,11 @@ def threads_per_job(jobs: int | None = None) -> int:
     if configured is not None:
         return configured
     return max(1, min(core_share(jobs), machine_cores() - cores_taken_by_others()))
+
+
+def threads_configured() -> bool:
+    """Whether ``COHERENCE_TORCH_THREADS`` decides the thread count (no load reading then)."""
+    return _positive_env(THREADS_ENV, "1") is not None
 
 
 def core_share(jobs: int | None = None) -> int:
@@ -339,10 +344,8 @@ def acquire(
                     index, fd = taken
                     # once the slot is ours: the load may have changed during the wait
                     threads = threads_per_job(jobs)
-                    configured = _positive_env(THREADS_ENV, "1") is not None
-                    return Slot(
-                        index, jobs, threads, 0 if configured else cores_taken_by_others()
-                    ), fd
+                    others = 0 if threads_configured() else cores_taken_by_others()
+                    return Slot(index, jobs, threads, others), fd
             if on_wait is not None:
                 on_wait(position)
             time.sleep(poll_seconds)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from coherence.cache import slots
 from coherence.cli import app
 from coherence.errors import RequestError
-from tests.fixtures import wait_for
+from tests.fixtures import busy_core, wait_for
 
 TIMEOUT = 60
 
@@ -260,16 +260,6 @@ def test_a_probe_in_another_thread_of_this_process_is_not_another_job(slot_dir, 
     assert not slots.busy()
 
 
-# A pure-Python busy loop on one CPU: another user's job, as the scheduler sees it.
-SPINNER = """
-import os, sys
-os.sched_setaffinity(0, {int(sys.argv[1])})
-print("spinning", flush=True)
-while True:
-    pass
-"""
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, monkeypatch):
     """Slots keep this project's jobs apart, not a user's own scripts: beside two
@@ -278,15 +268,7 @@ def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, monke
     monkeypatch.delenv(slots.THREADS_ENV, raising=False)
     monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
     monkeypatch.setattr(slots, "_load_reading", [])  # no reading kept from an earlier test
-    mine = set(sorted(os.sched_getaffinity(0))[:2])
-    before = os.sched_getaffinity(0)
-    spinner = subprocess.Popen(
-        [sys.executable, "-c", SPINNER, str(min(mine))], stdout=subprocess.PIPE, text=True
-    )
-    os.sched_setaffinity(0, mine)  # two cores, one of them the spinner's
-    try:
-        assert spinner.stdout.readline().strip() == "spinning"
-        time.sleep(0.2)
+    with busy_core():  # two cores, one of them another process's
         with slots.compute_slot("beside a busy process") as slot:
             assert slot.threads == 1 == torch.get_num_threads()
             assert slot.cores_taken in (1, 2)  # 2 if yet another process ran there meanwhile
@@ -298,10 +280,6 @@ def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, monke
         monkeypatch.setenv(slots.THREADS_ENV, "2")  # the user's choice stands, unremarked
         with slots.compute_slot("told how many") as slot:
             assert slot.threads == 2 and slot.cores_taken == 0 and slot.crowded_note() is None
-    finally:
-        os.sched_setaffinity(0, before)
-        spinner.kill()
-        spinner.wait(TIMEOUT)
 
 
 def test_the_reading_leaves_out_this_process_and_a_core_used_in_part(monkeypatch):

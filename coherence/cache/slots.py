@@ -118,8 +118,8 @@ def threads_per_job(jobs: int | None = None) -> int:
 
     Why the second rule: slots keep this project's jobs apart, not a user's own scripts or
     another user's. Beside two single-threaded processes on 2 cores, the demo's UNet trained
-    at 45 s an epoch on 2 threads and 14 s on 1, and a 2-thread cost probe read its forward
-    40× slow (a study quoted 7.5 h for what took 24 min)."""
+    at a median 41 s an epoch on 2 threads and 10 s on 1, and a 2-thread cost probe read its
+    forward 40× slow (a study quoted 7.5 h for what a 1-thread plan quoted at 24 min)."""
     configured = _positive_env(THREADS_ENV, "1")
     if configured is not None:
         return configured

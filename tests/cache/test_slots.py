@@ -263,8 +263,9 @@ def test_a_probe_in_another_thread_of_this_process_is_not_another_job(slot_dir, 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, monkeypatch):
     """Slots keep this project's jobs apart, not a user's own scripts: beside two
-    single-threaded processes on 2 cores the demo UNet trained at 45 s an epoch on 2 threads
-    and at 14 s on 1. A job now takes its share less the cores others keep busy, and says so."""
+    single-threaded processes on 2 cores the demo UNet trained at a median 41 s an epoch on 2
+    threads and 10 s on 1. A job now takes its share less the cores others keep busy, and
+    says so."""
     monkeypatch.delenv(slots.THREADS_ENV, raising=False)
     monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
     monkeypatch.setattr(slots, "_load_reading", [])  # no reading kept from an earlier test

@@ -184,7 +184,7 @@ def busy_cpu_seconds(cpus: set[int] | None) -> float | None:
         return None
     ticks = 0
     for line in lines:
-        name, *fields = line.split()
+        name, *fields = line.split() or [""]
         if not name.startswith("cpu") or name == "cpu":
             continue
         if cpus is not None and int(name[3:]) not in cpus:

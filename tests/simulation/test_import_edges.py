@@ -17,6 +17,7 @@ from coherence.simulation.importers.pdegym_source import open_source
 from coherence.simulation.importers.well_euler import block_mean, import_well_euler
 from tests.simulation.import_fixtures import (
     ce_published,
+    ns_published,
     solver_states,
     write_pdegym,
     write_well_euler,
@@ -165,3 +166,16 @@ def test_shards_on_other_clocks_are_refused(tmp_path):
         f["time"][...] = np.linspace(0, 2, 21)
     with pytest.raises(SchemaError, match="'time' scale differs"):
         open_source(tmp_path / "src", "CE-RPUI")
+
+
+@pytest.mark.parametrize("swap", ["no", "yes"])
+def test_a_non_square_navier_stokes_file_keeps_its_axes_either_way(tmp_path, swap):
+    """PDEgym stores [x, y]; the Well [y, x]. Every fixture was square, so an importer that
+    forgot to swap the grid's sizes with the axes went unseen."""
+    states = np.ascontiguousarray(solver_states("ns", "NS-Sines", 4, 16)[..., :8])  # y 16, x 8
+    data = ns_published(states)  # [n, T, 3, x = 8, y = 16]
+    source = write_pdegym(tmp_path / "NS-Sines.nc", "velocity", data)
+    import_pdegym(source, tmp_path / "o", "NS-Sines", split="random", swap_xy=swap)
+    info = open_dataset(tmp_path / "o")
+    # stored [y, x] as it came, or with the two axes exchanged under --swap-xy yes
+    assert (info.height, info.width) == ((16, 8) if swap == "no" else (8, 16))

@@ -48,6 +48,7 @@ from coherence.surrogates.checkpoint_config import (
 from coherence.surrogates.footprint import check_model_fits
 from coherence.surrogates.jsonfields import JsonObject, json_list
 from coherence.surrogates.registry import model_from_config_dict
+from coherence.wording import plural
 from coherence.workspace import enclosing_dataset
 
 CONFIG_FILE = "config.json"
@@ -259,7 +260,9 @@ def verify(directory: str | os.PathLike) -> None:
     problems = fileset.mismatches(directory, manifest, contents)
     epochs = len(read_history(directory))
     if manifest.get("epochs") != epochs:
-        problems.append(f"history.json has {epochs} epochs, the manifest {manifest.get('epochs')}")
+        problems.append(
+            f"history.json has {plural(epochs, 'epoch')}, the manifest {manifest.get('epochs')}"
+        )
     if problems:
         raise CheckpointError(
             f"{directory}: the checkpoint files are not the set that was saved together ("

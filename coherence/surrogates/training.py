@@ -84,6 +84,12 @@ class TrainingArgs:
             raise RequestError(f"lr={self.lr}: must be a positive number (default 5e-4)")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise RequestError(f"weight_decay={self.weight_decay}: must be ≥ 0 (default 1e-4)")
+        if fixed := sorted({"channels", "resolution"} & set(self.overrides)):
+            # build_model takes them as its own arguments: a raw TypeError came out of it
+            raise RequestError(
+                f"overrides {fixed}: the dataset decides the model's channels and resolution; "
+                "leave them out of the overrides"
+            )
         object.__setattr__(self, "device", check_device(self.device))  # the one device rule
         check_arch(self.arch, self.preset)
 

@@ -173,6 +173,13 @@ def _set(data: dict, path: tuple[str, ...], value) -> None:
         (("training", "args", "epochs"), "two", "'training.args.epochs' is the string 'two'"),
         (("training", "args", "lr"), [1], "field 'training.args.lr' is a list of 1 item; exp"),
         (("versions", "torch"), 2, "field 'versions.torch' is the number 2; expected a string"),
+        (("dataset", "fingerprint"), 5, "field 'dataset.fingerprint' is the number 5"),
+        (("training", "args", "checkpoint_every"), 0, "'training.args.checkpoint_every' is the n"),
+        (("training", "args", "batch_size"), 0, "'training.args.batch_size' is the number 0"),
+        (("training", "args", "transitions"), "4", "'training.args.transitions' is the string"),
+        (("training", "args", "classes"), "CE-RP", "'training.args.classes' is the string 'CE"),
+        (("dataset", "physics", "dt"), True, "'dataset.physics.dt' is the boolean true"),
+        (("channels",), ["density", 1], "'channels' is a list of 2 items; expected a list of s"),
         (("model", "config", "base_width"), "8", "UNetConfig.base_width = '8'"),
         # a newer format asks for a newer coherence, not for a re-save only it could make
         (("format_version",), 2, "written by a newer coherence (this one reads 1); upgrade"),
@@ -199,6 +206,10 @@ def test_config_fields_of_the_wrong_type_are_named(trained, tmp_path, path, valu
         ([{"epoch": 2, "train_smse": 1, "valid_smse": 1}], "'[0].epoch' is the number 2; exp"),
         ([{"epoch": 1, "train_smse": "x", "valid_smse": 1}], "'[0].train_smse' is the string"),
         ([{"epoch": 1, "train_smse": 1}], "field '[0].valid_smse' is missing"),
+        (
+            [{"epoch": 1, "train_smse": 1, "valid_smse": 1, "seconds": "x"}],
+            "field '[0].seconds' is the string 'x'",
+        ),
     ],
 )
 def test_history_records_of_the_wrong_type_are_named(trained, tmp_path, history, words):

@@ -208,6 +208,11 @@ def test_custom_architecture_needs_trust_to_load(tmp_path, monkeypatch):
     assert model_from_config_dict(data)(torch.ones(1, 2, 8, 8)).sum().item() == 2.0 * 2 * 8 * 8
     built = build_model(f"{name}:make", channels=3, resolution=8, scale=0.5)
     assert built.config["scale"] == 0.5
+    # a module that names another architecture could not be rebuilt from its checkpoint
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules[name].Tiny, "arch_name", "other:make")
+        with pytest.raises(RequestError, match="must return a module with arch_name"):
+            build_model(f"{name}:make", channels=3, resolution=8)
     with pytest.raises(RequestError, match="no presets"):
         build_model(f"{name}:make", "paper", channels=3, resolution=8)
 

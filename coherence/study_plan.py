@@ -423,9 +423,11 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
     timed_on, taken = slots.core_share(), 0  # threads the probes ran on; cores others kept
     for arch in spec.archs:
         with slots.measuring_slot() as quiet:
+            # the reading measuring_slot just took (reused): the one its threads came from
+            threads, others = slots.threads_and_taken()
             probe = _probe(arch, spec, ctx.info, ctx.device)
-            if torch.get_num_threads() < timed_on and not slots.threads_configured():
-                timed_on, taken = torch.get_num_threads(), slots.cores_taken_by_others()
+            if quiet and threads < timed_on and not slots.threads_configured():
+                timed_on, taken = threads, others
         crowded |= not quiet
         trains = [_train_step(ctx, probe, arch, seed) for seed in spec.seeds]
         steps.extend(trains)

@@ -32,7 +32,10 @@ os.environ.setdefault("COHERENCE_FIRST_CHART_PAUSE", "0")  # AppTest has no brow
 # jobs compute here unless a test points them at its own Ray cluster (tests/executors)
 os.environ.pop("COHERENCE_RAY_ADDRESS", None)
 
-torch.set_num_threads(int(os.environ.get("COHERENCE_TORCH_THREADS", "2")))
+# the suite's jobs (and its subprocesses) on a fixed count, not the load of the moment: tests
+# compare results bit for bit; tests of the load-aware count unset it
+os.environ.setdefault("COHERENCE_TORCH_THREADS", "2")
+torch.set_num_threads(int(os.environ["COHERENCE_TORCH_THREADS"]))
 
 from coherence.simulation.dataset import SPLITS  # noqa: E402 (after the environment)
 from coherence.simulation.wellformat import write_well_file  # noqa: E402

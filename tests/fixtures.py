@@ -313,8 +313,9 @@ def fill_sweeps(root: Path) -> Path:
 SPINNER = """
 import os, sys
 os.sched_setaffinity(0, {int(sys.argv[1])})
+parent = os.getppid()
 print("spinning", flush=True)
-while True:
+while os.getppid() == parent:  # a test run killed with -9 leaves no spinning orphan
     pass
 """
 
@@ -328,8 +329,8 @@ def busy_core() -> Iterator[None]:
     spinner = subprocess.Popen(
         [sys.executable, "-c", SPINNER, str(min(mine))], stdout=subprocess.PIPE, text=True
     )
-    os.sched_setaffinity(0, mine)
     try:
+        os.sched_setaffinity(0, mine)
         assert spinner.stdout is not None and spinner.stdout.readline().strip() == "spinning"
         time.sleep(0.2)
         yield

@@ -77,8 +77,8 @@ class Slot:
             return None
         return (
             f"other processes keep {self.cores_taken} of {plural(machine_cores(), 'core')} busy: "
-            f"computing on {plural(self.threads, 'torch thread')} instead of {share}, which "
-            f"would run several times slower beside them ({THREADS_ENV} sets the count)"
+            f"computing on {plural(self.threads, 'torch thread')}, not {share} ({share} would "
+            f"compete with them for the cores; {THREADS_ENV} sets the count)"
         )
 
 
@@ -117,13 +117,21 @@ def threads_per_job(jobs: int | None = None) -> int:
     less the cores other processes keep busy now (``cores_taken_by_others``).
 
     Why the second rule: slots keep this project's jobs apart, not a user's own scripts or
-    another user's. Beside two single-threaded processes on 2 cores, the demo's UNet trained
-    at a median 41 s an epoch on 2 threads and 10 s on 1, and a 2-thread cost probe read its
-    forward 40× slow (a study quoted 7.5 h for what a 1-thread plan quoted at 24 min)."""
+    another user's. Beside one busy process on 2 cores the demo UNet trained at 14.6 s an
+    epoch on 2 threads and 5.7 s on 1 (bench/results/foreign_load.json), and a study's
+    2-thread cost probes beside other work quoted a demo of minutes at 7.5 h."""
+    return threads_and_taken(jobs)[0]
+
+
+def threads_and_taken(jobs: int | None = None) -> tuple[int, int]:
+    """``threads_per_job`` and the cores other processes kept busy in the reading that
+    decided it (0 when ``COHERENCE_TORCH_THREADS`` decides): one reading for both, so a
+    note never quotes another reading than the one the thread count came from."""
     configured = _positive_env(THREADS_ENV, "1")
     if configured is not None:
-        return configured
-    return max(1, min(core_share(jobs), machine_cores() - cores_taken_by_others()))
+        return configured, 0
+    taken = cores_taken_by_others()
+    return max(1, min(core_share(jobs), machine_cores() - taken)), taken
 
 
 def threads_configured() -> bool:
@@ -137,6 +145,7 @@ def core_share(jobs: int | None = None) -> int:
 
 
 LOAD_SAMPLE_SECONDS = 0.2  # how long the CPU counters are watched
+CONFIRM_GAP_SECONDS = 0.3  # before a second sample confirms a busy first one
 LOAD_REUSE_SECONDS = 5.0  # a reading this recent is reused (a plan probes, then its job starts)
 TAKEN_SHARE = 0.7  # others' use of a core, over the sample, that makes it theirs
 _load_reading: list[tuple[float, int]] = []  # [(monotonic time, cores taken)] once read
@@ -144,28 +153,38 @@ _load_reading: list[tuple[float, int]] = []  # [(monotonic time, cores taken)] o
 
 def cores_taken_by_others(sample_seconds: float = LOAD_SAMPLE_SECONDS) -> int:
     """How many of this process's cores other processes kept busy over a short sample: the
-    busy time of those CPUs in /proc/stat less this process's own CPU time, in cores,
-    counting a fraction of TAKEN_SHARE and more as a whole core (a browser redrawing a chart
-    or a page's rerun takes less). 0 where /proc/stat cannot be read (not Linux)."""
+    busy time of those CPUs in /proc/stat less this process's own CPU time, in cores, a
+    fraction of TAKEN_SHARE and more counting as a whole core. A busy sample is confirmed by
+    a second one CONFIRM_GAP_SECONDS later and the smaller kept, so a passing burst (the
+    previous slot holder's exit, a page's rerun) does not halve a job's threads for its whole
+    run. 0 where /proc/stat cannot be read (not Linux)."""
     now = time.monotonic()
     with _state_lock:
         if _load_reading and now - _load_reading[0][0] < LOAD_REUSE_SECONDS:
             return _load_reading[0][1]
     cpus = _affinity()
+    taken = _sample_taken(cpus, sample_seconds)
+    if taken:  # a slot handed over as its last holder exits, a page's rerun: passing
+        time.sleep(CONFIRM_GAP_SECONDS)
+        taken = min(taken, _sample_taken(cpus, sample_seconds))
+    with _state_lock:
+        _load_reading[:] = [(time.monotonic(), taken)]
+    return taken
+
+
+def _sample_taken(cpus: set[int] | None, seconds: float) -> int:
+    """One sample of ``cores_taken_by_others``: others' CPU time over ``seconds``, in cores."""
     before, own_before = busy_cpu_seconds(cpus), _own_cpu_seconds()
     if before is None:
         return 0
     start = time.monotonic()
-    time.sleep(sample_seconds)
+    time.sleep(seconds)
     after, own_after = busy_cpu_seconds(cpus), _own_cpu_seconds()
     elapsed = time.monotonic() - start
     if after is None or elapsed <= 0:
         return 0
     others = max(0.0, (after - before) - (own_after - own_before)) / elapsed
-    taken = min(len(cpus) if cpus else machine_cores(), int(others + 1 - TAKEN_SHARE))
-    with _state_lock:
-        _load_reading[:] = [(time.monotonic(), taken)]
-    return taken
+    return min(len(cpus) if cpus else machine_cores(), int(others + 1 - TAKEN_SHARE))
 
 
 def _affinity() -> set[int] | None:
@@ -182,16 +201,16 @@ def busy_cpu_seconds(cpus: set[int] | None) -> float | None:
         lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return None
-    ticks = 0
+    busy: dict[int, int] = {}
     for line in lines:
         name, *fields = line.split() or [""]
         if not name.startswith("cpu") or name == "cpu":
             continue
-        if cpus is not None and int(name[3:]) not in cpus:
-            continue
         values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
-        ticks += sum(values) - values[3] - values[4]
-    return ticks / os.sysconf("SC_CLK_TCK")
+        busy[int(name[3:])] = sum(values) - values[3] - values[4]
+    # lxcfs numbers a container's CPUs from 0 whatever the host's ids in the affinity set
+    chosen = [t for cpu, t in busy.items() if cpus is None or cpu in cpus] or busy.values()
+    return sum(chosen) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu_seconds() -> float:
@@ -343,9 +362,7 @@ def acquire(
                 if taken is not None:
                     index, fd = taken
                     # once the slot is ours: the load may have changed during the wait
-                    threads = threads_per_job(jobs)
-                    others = 0 if threads_configured() else cores_taken_by_others()
-                    return Slot(index, jobs, threads, others), fd
+                    return Slot(index, jobs, *threads_and_taken(jobs)), fd
             if on_wait is not None:
                 on_wait(position)
             time.sleep(poll_seconds)

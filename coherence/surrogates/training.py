@@ -9,6 +9,7 @@ powers of two plus the last) under ``epochs/NNNN``, and resume from the last che
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import time
@@ -36,6 +37,12 @@ from coherence.wording import plural
 Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, fraction, train loss)
 DEFAULT_TRANSITIONS = 16  # the paper's T: one-step pairs per trajectory when none is asked
 MAX_EPOCHS, MAX_BATCH_SIZE = 100_000, 65_536  # beyond: a typo, not a training run
+# build_model's own arguments, which no architecture override may name
+BUILD_ARGUMENTS = {
+    name
+    for name, parameter in inspect.signature(build_model).parameters.items()
+    if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+}
 
 
 @dataclass(frozen=True)
@@ -84,11 +91,12 @@ class TrainingArgs:
             raise RequestError(f"lr={self.lr}: must be a positive number (default 5e-4)")
         if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise RequestError(f"weight_decay={self.weight_decay}: must be ≥ 0 (default 1e-4)")
-        if fixed := sorted({"channels", "resolution"} & set(self.overrides)):
+        if fixed := sorted(BUILD_ARGUMENTS & set(self.overrides)):
             # build_model takes them as its own arguments: a raw TypeError came out of it
             raise RequestError(
-                f"overrides {fixed}: the dataset decides the model's channels and resolution; "
-                "leave them out of the overrides"
+                f"overrides {fixed}: the architecture and preset are arguments of their own, "
+                "and the dataset decides the model's channels and resolution; leave them out "
+                "of the overrides"
             )
         object.__setattr__(self, "device", check_device(self.device))  # the one device rule
         check_arch(self.arch, self.preset)

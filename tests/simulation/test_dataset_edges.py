@@ -69,7 +69,7 @@ def test_physics_of_a_class_the_split_lacks_falls_back_to_the_split(tmp_path):
     assert "nu" in open_dataset(tmp_path / "ds").physics("train", ["other"])
 
 
-def test_clocks_near_the_evenness_tolerance():
+def test_a_step_5_percent_longer_and_a_three_snapshot_clock_are_uneven():
     assert uneven_times(Path("x"), np.array([0, 0.05, 0.10, 0.1525])) is not None  # 5 % apart
     assert uneven_times(Path("x"), np.array([0.0, 0.1, 0.3])) is not None  # three snapshots
 

@@ -125,8 +125,10 @@ def test_a_density_of_exactly_zero_is_refused(tmp_path, states):
 
 
 def test_divergences_within_a_factor_ten_leave_the_axes_ambiguous():
-    assert Pairing(div_as_stored=0.5, div_swapped=1.0).verdict == "ambiguous"
-    assert Pairing(div_as_stored=1.0, div_swapped=0.5).verdict == "ambiguous"
+    assert Pairing(div_as_stored=0.11, div_swapped=1.0).verdict == "ambiguous"
+    assert Pairing(div_as_stored=1.0, div_swapped=0.11).verdict == "ambiguous"
+    assert Pairing(div_as_stored=0.09, div_swapped=1.0).verdict == "as-stored"
+    assert Pairing(div_as_stored=1.0, div_swapped=0.09).verdict == "swapped"
 
 
 def test_swapped_axes_transpose_the_fields_and_the_kept_pressure(tmp_path):

@@ -43,7 +43,7 @@ def environment(delay: float) -> dict[str, str]:
     env.update(
         PYTHONPATH=str(REPO),
         OMP_NUM_THREADS="1",
-        COHERENCE_TORCH_THREADS="1",  # the compute slot's threads, else cores // jobs
+        COHERENCE_TORCH_THREADS="1",  # the slot's threads, else the load's: the same bits
         COHERENCE_TEST_SAVE_DELAY=str(delay),
         COLUMNS="200",
     )

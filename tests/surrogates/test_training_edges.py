@@ -128,6 +128,7 @@ def test_argument_boundaries():
     with pytest.raises(RequestError, match="lr="):
         tiny_args(lr=0.0)
     assert tiny_args(weight_decay=0.0).weight_decay == 0.0  # plain Adam is allowed
-    # the dataset sets these two: build_model's raw TypeError came out before
-    with pytest.raises(RequestError, match=r"overrides \['channels'\]: the dataset decides"):
-        tiny_args(overrides={**TINY_OVERRIDES, "channels": 3})
+    # build_model's own arguments: its raw TypeError came out before
+    for name in ("channels", "resolution", "arch", "preset"):
+        with pytest.raises(RequestError, match=rf"overrides \['{name}'\]: the architecture"):
+            tiny_args(overrides={**TINY_OVERRIDES, name: 3})

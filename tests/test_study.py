@@ -633,3 +633,103 @@ def test_a_study_whose_analysis_will_not_fit_is_refused_before_training(tmp_path
     assert said.exit_code == 2, said.output
     assert "would not fit in memory here" in said.output and "nothing was started" in said.output
     assert not (checkpoints_dir(root) / "ce_small_vit_demo_s7").exists()
+
+
+# ------------------------------------------ a mutation campaign's survivors (study*.py) -----
+
+FOUR_CLASSES = ("CE-RP", "CE-CRP", "CE-RPUI", "CE-KH")
+
+
+def test_a_plan_takes_the_batches_asked_the_first_three_classes_and_seeds_in_order(tmp_path):
+    """Every earlier dataset had one test trajectory, so `--batches` ignored (every test
+    trajectory analysed: hours at paper size), all classes instead of the paper's three, and
+    seeds in the order given (not the dashboard's, whose cache key it looks up) all passed."""
+    from coherence.simulation.dataset import SimulationRequest, generate_dataset
+
+    request = SimulationRequest(
+        family="euler",
+        classes=FOUR_CLASSES,
+        trajectories=5,
+        resolution=16,
+        snapshots=5,
+        t_end=0.2,
+        split=(0.4, 0.2, 0.4),  # two test trajectories per class
+        dataset_name="ce_small",
+    )
+    generate_dataset(request, datasets_dir(tmp_path) / "ce_small")
+    plan = plan_study(spec(batches=1, seeds=(2, 1)), tmp_path)
+    (step,) = plan.analyses
+    assert step.units == 2  # 2 seeds × the 1 batch asked for
+    assert step.query["classes"].split(",") == list(FOUR_CLASSES[:3])
+    assert step.checkpoints == ("ce_small_vit_demo_s1", "ce_small_vit_demo_s2")
+    assert [t.seed for t in plan.train] == [2, 1]
+    assert not [n for n in plan.notes if n.startswith("--batches")]  # 1 of 2: nothing to say
+    more = plan_study(spec(batches=3, seeds=(1,)), tmp_path)
+    assert more.analyses[0].units == 2
+    assert any(n.startswith("--batches 3: the test split has 2 trajectories") for n in more.notes)
+
+
+def test_a_resume_costs_its_remaining_epochs_and_a_replaced_checkpoint_starts_afresh(tmp_path):
+    make_dataset(tmp_path)
+    run_study(plan_study(spec(), tmp_path), log=lambda _: None)  # 1 epoch at batch size 8
+    out = checkpoints_dir(tmp_path) / "ce_small_vit_demo_s7"
+    # one plan, one probe: a resume after 1 of 2 epochs costs half a new run of 2
+    resume, new = plan_study(spec(epochs=2, seeds=(7, 8)), tmp_path).train
+    assert (resume.state, new.state) == ("resume", "new")
+    assert resume.seconds == pytest.approx(new.seconds / 2)
+    # the cached analysis is of the 1-epoch weights the resume replaces: not the study's
+    (analysis,) = plan_study(spec(epochs=2), tmp_path).analyses
+    assert (analysis.state, analysis.cached_units) == ("pending", 0)
+    plan = plan_study(spec(batch_size=4, replace_foreign=True), tmp_path)
+    assert [t.state for t in plan.train] == ["retrain"]
+    run_study(plan, log=lambda _: None)
+    assert ckpt.read_config(out).training["args"]["batch_size"] == 4
+    assert len(ckpt.read_history(out)) == 1  # from scratch, not resumed onto the old weights
+    assert [t.state for t in plan_study(spec(batch_size=4), tmp_path).train] == ["done"]
+
+
+def test_a_rerun_sweep_says_what_is_cached_and_analyses_only_the_rest(tmp_path):
+    from coherence.dashboard import sweeps
+    from coherence.dashboard.selection import default_selection
+
+    root = tmp_path / "ws"
+    make_dataset(root)
+    chosen = spec(epochs=2, dynamics_archs=("vit",), keep_epochs=(1, 2))
+    plan = plan_study(chosen, root)
+    assert not [n for n in plan.notes if n.startswith("--keep-epochs")]  # 2 is trained
+    run_study(plan, log=lambda _: None)
+    runner = JobRunner(root)
+    dynamics, _ = sweeps.dynamics_points(root, default_selection(scan_workspace(root)), runner)
+    assert [p.x for p in dynamics] == [1.0, 2.0]
+    runner.store.delete(dynamics[0].key)  # epoch 1 lost; epoch 2 is the cached main analysis
+    replan = plan_study(chosen, root)
+    # only a sweep point left: still work (a cluster is needed), its time in the total
+    assert [t.state for t in replan.train] == ["done"] and replan.analyses[0].state == "cached"
+    assert replan.has_work and replan.seconds > 0
+    assert replan.seconds == sum(s.seconds for s in replan.sweeps)
+    lines, again = [], []
+    run_study(replan, log=lines.append)
+    assert "dynamics vit: 1 of 2 cached" in lines, lines
+    assert [line for line in lines if line.startswith("  analysing vit")] == [
+        "  analysing vit epoch 1"
+    ], lines
+    run_study(plan_study(chosen, root), log=again.append)
+    assert "dynamics vit: 2 of 2 cached" in again, again  # all cached: nothing analysed
+    # the main analysis lost too: the sweep counts only epoch 1 (the main step has 2)
+    runner.store.delete(dynamics[0].key)
+    runner.store.delete(dynamics[1].key)
+    (sweep,) = plan_study(chosen, root).sweeps
+    assert (sweep.requests, sweep.what) == (1, ("1",))
+
+
+def test_a_resume_over_memory_is_not_told_to_change_its_batch_size(tmp_path):
+    from coherence.study_plan import GIB, _memory_notes
+    from coherence.study_spec import TrainStep
+    from coherence.surrogates.training import TrainingArgs
+
+    args = TrainingArgs(arch="vit", batch_size=32)
+    step = TrainStep(
+        "vit", 10, tmp_path / "v", args, 3, "resume", 60.0, int(22.6 * GIB), int(0.6 * GIB)
+    )
+    (note,) = _memory_notes([step], [], int(19.5 * GIB))
+    assert "--limit" in note and "--batch-size" not in note  # a resume keeps its batch size

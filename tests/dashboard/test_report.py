@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from coherence import report as report_module
 from coherence.analysis.diagnostics import residual_summary
 from coherence.analysis.figures.theme import SCALES, heatmap_scale
 from coherence.analysis.figures.validation import score_rows
@@ -34,6 +35,8 @@ from coherence.report import (
     build_report,
     cached_in,
     conservation_pair,
+    data_sources,
+    group_labels,
     load_groups,
     panel_value_problems,
     report_name,
@@ -522,3 +525,43 @@ def test_report_says_what_it_analysed_and_which_cells_its_maps_clip(workspace, t
     assert row.startswith("http://127.0.0.1:8501/?") and "damping=0.01" not in row
     assert f"damping={selection.damping}" in row and "lag_y=tails" in row
     assert f"ckpt={selection.checkpoints[0]}&" in row
+
+
+# ------------------------------------------- a mutation campaign's survivors (report.py) -----
+
+
+def test_two_groups_of_one_architecture_are_labelled_a_and_b(workspace):
+    """Two UNet groups both labelled "UNet": their headline rows and provenance collided."""
+    catalog = scan_workspace(workspace)
+    selection = replace(
+        default_selection(workspace), checkpoints=("unet_tiny_s1",), compare=("unet_tiny_s2",)
+    )
+    assert group_labels(catalog, selection) == ["UNet (A)", "UNet (B)"]
+
+
+def test_simulated_data_gets_no_data_source_row(workspace):
+    assert data_sources(workspace, default_selection(workspace)) == {}
+
+
+def test_the_report_carries_the_data_sources_rows(workspace, monkeypatch):
+    """Imported data's licence and split rows reach the page (the import tests read
+    data_sources directly, never through build_report)."""
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    groups = load_groups(workspace, catalog, selection)
+    row = {"data source (CE-RP)": "PDEgym · licence CC-BY-NC-4.0"}
+    monkeypatch.setattr(report_module, "data_sources", lambda root, chosen: dict(row))
+    page = build_report(workspace, catalog, selection, groups=groups, distance=None).page.decode()
+    assert html.escape("licence CC-BY-NC-4.0") in page and "data source (CE-RP)" in page
+
+
+def test_the_report_provenance_holds_the_dashboard_link(workspace):
+    """Only a slow test saw the link row; the default suite could lose it."""
+    catalog = scan_workspace(workspace)
+    selection = default_selection(workspace)
+    groups = load_groups(workspace, catalog, selection)
+    link = "http://127.0.0.1:8501/?data=tiny_ce"
+    page = build_report(
+        workspace, catalog, selection, groups=groups, distance=None, link=link
+    ).page.decode()
+    assert "<th>dashboard link</th>" in page and html.escape(link) in page

@@ -374,6 +374,7 @@ def test_simulate_keeps_to_its_share_of_the_cores(tmp_path, monkeypatch, threads
     monkeypatch.setattr(coherence.simulation.generate, "_run_jobs", record)
     monkeypatch.setattr(coherence.cache.slots, "machine_cores", lambda: cores)
     monkeypatch.setattr(coherence.simulation.generate, "machine_cores", lambda: cores)
+    monkeypatch.setattr(coherence.cache.slots, "cores_taken_by_others", lambda: 0)  # quiet
     monkeypatch.setenv("COHERENCE_MAX_JOBS", "1")
     monkeypatch.setenv("COHERENCE_TORCH_THREADS", threads)
     small = ["--family", "ns", "--classes", "NS-Sines", "--trajectories", "3"]

@@ -426,7 +426,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
             # the reading measuring_slot just took (reused): the one its threads came from
             threads, others = slots.threads_and_taken()
             probe = _probe(arch, spec, ctx.info, ctx.device)
-            if quiet and threads < timed_on and not slots.threads_configured():
+            if quiet and others and threads < timed_on:  # a count the user set reads none
                 timed_on, taken = threads, others
         crowded |= not quiet
         trains = [_train_step(ctx, probe, arch, seed) for seed in spec.seeds]

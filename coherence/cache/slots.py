@@ -73,7 +73,7 @@ class Slot:
         """What a log says when other processes' work left this job fewer threads than its
         share of the cores (``threads_per_job``), else None."""
         share = core_share(self.max_jobs)
-        if self.threads >= share or threads_configured():
+        if self.threads >= share or not self.cores_taken:  # a count the user set reads none
             return None
         return (
             f"other processes keep {self.cores_taken} of {plural(machine_cores(), 'core')} busy: "
@@ -132,11 +132,6 @@ def threads_and_taken(jobs: int | None = None) -> tuple[int, int]:
         return configured, 0
     taken = cores_taken_by_others()
     return max(1, min(core_share(jobs), machine_cores() - taken)), taken
-
-
-def threads_configured() -> bool:
-    """Whether ``COHERENCE_TORCH_THREADS`` decides the thread count (no load reading then)."""
-    return _positive_env(THREADS_ENV, "1") is not None
 
 
 def core_share(jobs: int | None = None) -> int:

@@ -449,7 +449,7 @@ def plan_study(spec: StudySpec, workspace: str | Path | None = None) -> StudyPla
     elif ctx.device.type == "cpu" and timed_on < slots.core_share():
         notes.append(
             f"other processes keep {taken} of "
-            f"{plural(slots.machine_cores(), 'core')} busy: the models were timed on "
+            f"{plural(slots.visible_cpus(), 'core')} busy: the models were timed on "
             f"{plural(timed_on, 'torch thread')}, as each job will compute on the cores "
             "left when it starts (the times below hold while that load lasts)"
         )

@@ -252,6 +252,15 @@ if [ "$(id -u)" = 0 ]; then # a root-owned 0755 directory is what `docker run -v
 fi
 log "host workspace: an empty one is seeded, a filled one kept, an unwritable one explained"
 
+# ------------------------------------------------------------ a container's CPU limit ----
+# `--cpus 1` leaves every host CPU in the affinity set; the jobs must count the limit instead
+CPU_LINE="$(podman run --rm --no-healthcheck -e COHERENCE_SEED_DEMO=0 --cpus 1 "$IMAGE" python -c \
+  'from coherence.cache import slots; print(slots.visible_cpus(), slots.machine_cores(), slots.threads_per_job())' \
+  2>"$SCRATCH/cpus.log")" || { cat "$SCRATCH/cpus.log" >&2; die "the --cpus 1 check could not run"; }
+[ "$(echo "$CPU_LINE" | cut -d' ' -f2-)" = "1 1" ] \
+  || die "--cpus 1: expected 1 core and 1 torch thread, read (CPUs, cores, threads) $CPU_LINE"
+log "--cpus 1 on $(echo "$CPU_LINE" | cut -d' ' -f1) CPUs: 1 core, 1 torch thread"
+
 # --------------------------------------------------------------------------- results ----
 "$PY" - "$BUILD_S" "$IMAGE_BYTES" "$HEALTH_S" "$CHART_S" "$STOP_S" "$HEATMAPS" "$TORCH_LINE" \
   "$CACHED" "$((STEPS - 1))" "$RELOADS" <<'EOF'

@@ -9,7 +9,8 @@ than one after the other (a demo UNet trained in 37 s alone and 396 s beside one
 on ``threads_per_job()`` threads: its share of the cores, less those other programs keep
 busy when it starts (slots cannot see them: a user's own script, another user's job).
 
-Settings: ``COHERENCE_MAX_JOBS`` (default 1 on ≤ 4 cores, else cores // 2),
+Settings: ``COHERENCE_MAX_JOBS`` (default 1 on ≤ 4 cores, else cores // 2; ``machine_cores``
+counts them, a cgroup's CPU limit included),
 ``COHERENCE_TORCH_THREADS`` (threads per job; default cores // max jobs),
 ``COHERENCE_SLOTS_DIR`` (default ``$XDG_RUNTIME_DIR/coherence-slots``, else
 ``<tmp>/coherence-slots-<uid>``: one per user and machine; processes that should share the
@@ -45,6 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from coherence.cache.cpu_quota import quota_cores
 from coherence.errors import CoherenceError, RequestError
 from coherence.wording import plural
 
@@ -76,14 +78,21 @@ class Slot:
         if self.threads >= share or not self.cores_taken:  # a count the user set reads none
             return None
         return (
-            f"other processes keep {self.cores_taken} of {plural(machine_cores(), 'core')} busy: "
+            f"other processes keep {self.cores_taken} of {plural(visible_cpus(), 'core')} busy: "
             f"computing on {plural(self.threads, 'torch thread')}, not {share} ({share} would "
             f"compete with them for the cores; {THREADS_ENV} sets the count)"
         )
 
 
 def machine_cores() -> int:
-    """Cores this process may run on (affinity / cpuset aware)."""
+    """Cores this process may compute on: the CPUs of its affinity set (cpuset aware), fewer
+    where its cgroup's CPU limit allows less (``docker run --cpus 2`` on a large host)."""
+    limit = quota_cores()
+    return min(visible_cpus(), limit) if limit else visible_cpus()
+
+
+def visible_cpus() -> int:
+    """CPUs in this process's affinity set: those other processes' load is read over."""
     try:
         return max(len(os.sched_getaffinity(0)), 1)
     except (AttributeError, OSError):
@@ -131,7 +140,7 @@ def threads_and_taken(jobs: int | None = None) -> tuple[int, int]:
     if configured is not None:
         return configured, 0
     taken = cores_taken_by_others()
-    return max(1, min(core_share(jobs), machine_cores() - taken)), taken
+    return max(1, min(core_share(jobs), visible_cpus() - taken)), taken
 
 
 def core_share(jobs: int | None = None) -> int:
@@ -179,7 +188,7 @@ def _sample_taken(cpus: set[int] | None, seconds: float) -> int:
     if after is None or elapsed <= 0:
         return 0
     others = max(0.0, (after - before) - (own_after - own_before)) / elapsed
-    return min(len(cpus) if cpus else machine_cores(), int(others + 1 - TAKEN_SHARE))
+    return min(len(cpus) if cpus else visible_cpus(), int(others + 1 - TAKEN_SHARE))
 
 
 def _affinity() -> set[int] | None:

@@ -97,8 +97,6 @@ def simulate(
     check_simulation_room(request, Family(request.family), out)
     start = time.perf_counter()
     with compute_slot("simulate") as slot, progress_bar() as bar:
-        if crowded := slot.crowded_note():
-            log_line(crowded, to=bar.console)
         task = bar.add_task("simulating", total=len(request.classes) * trajectories)
 
         def report(done: int, total: int, message: str) -> None:
@@ -194,9 +192,7 @@ def train_command(
     executor = get_executor(ray_address)
     executor.connect()  # an unreachable cluster fails here, in seconds
     slot = compute_slot("train") if executor.local else nullcontext()
-    with slot as held, progress_bar() as bar:
-        if held is not None and (crowded := held.crowded_note()):
-            log_line(crowded, to=bar.console)
+    with slot, progress_bar() as bar:
         # read once the slot is ours: a run queued behind another into the same --out said
         # "checkpoint written" for the epochs the other had written
         before = trained_epochs(out)

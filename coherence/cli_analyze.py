@@ -328,7 +328,8 @@ def _check_cost(
     if cost.beside_other_job and local and cost.needs_confirmation and not yes:
         # timed oversubscribed, and the figure would ask: wait our turn and time it alone
         console.print("another job is computing: waiting for it to time this one's estimate")
-        with compute_slot("estimate"):  # no key lock is held here (slot after key lock)
+        # no key lock is held here (slot after key lock); the job's own slot says if crowded
+        with compute_slot("estimate", say_crowded=False):
             cost = replace(estimate_job(model, request, inputs), cached_units=cached)
     console.print(f"cost estimate: {cost.describe()}")
     if not cost.fits and local:  # on a cluster, each worker checks its own

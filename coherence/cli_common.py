@@ -319,13 +319,15 @@ def progress_bar(transient: bool = False) -> Progress:
     )
 
 
-def compute_slot(label: str):
+def compute_slot(label: str, *, say_crowded: bool = True):
     """Hold one of the machine's compute slots while a command computes (coherence.cache.slots:
-    COHERENCE_MAX_JOBS at once, each on its share of the cores); says so while it waits."""
+    COHERENCE_MAX_JOBS at once, each on its share of the cores); says so while it waits, and
+    (``say_crowded``) when other processes' work leaves it fewer threads than its share."""
     from coherence.cache.slots import compute_slot as slot
     from coherence.cache.slots import queue_notice
 
-    return slot(label, on_wait=queue_notice(console.print))
+    crowded = log_line if say_crowded else None
+    return slot(label, on_wait=queue_notice(console.print), on_crowded=crowded)
 
 
 class PlainProgress:

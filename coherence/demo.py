@@ -126,9 +126,8 @@ def build_demo(
         log(f"dataset {data_dir} is ready")
     else:
         log(f"simulating dataset {data_dir} ({len(spec.classes)} classes × {spec.trajectories})")
-        with slots.compute_slot("simulate-demo") as slot:  # as `coherence simulate` does
-            if crowded := slot.crowded_note():
-                log(f"  {crowded}")
+        # as `coherence simulate` does
+        with slots.compute_slot("simulate-demo", on_crowded=lambda line: log(f"  {line}")) as slot:
             request = spec.simulation_request()
             generate_dataset(request, data_dir, overwrite=True, max_workers=slot.threads)
         log(f"  done in {time.perf_counter() - started:.0f} s")

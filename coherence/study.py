@@ -96,9 +96,9 @@ def _train(plan: StudyPlan, log: Log, train_progress, executor: Executor | None)
         # in a compute slot, as `coherence train` trains: beside a dashboard job or another
         # study, two trainings on all cores each ran several times slower than in turn
         waiting = slots.queue_notice(lambda line: log(f"  {line}"))
-        with slots.compute_slot(f"train-{step.out.name}", on_wait=waiting) as slot:
-            if crowded := slot.crowded_note():
-                log(f"  {crowded}")
+        with slots.compute_slot(
+            f"train-{step.out.name}", on_wait=waiting, on_crowded=lambda line: log(f"  {line}")
+        ):
             started = time.perf_counter()
             train(plan.dataset, step.out, step.args, progress=progress, log=log)
         history = ckpt.read_history(step.out)

@@ -392,10 +392,12 @@ class JobRunner:
                 return relabel(cached, request)
             self.store.clear_cancel(key)
             executor = executor or get_executor()
-            slot = slots.compute_slot(key, on_wait=show_queue) if executor.local else nullcontext()
-            with slot as held:  # after the key lock, always
-                if say is not None and held is not None and (crowded := held.crowded_note()):
-                    say(crowded)
+            slot = (
+                slots.compute_slot(key, on_wait=show_queue, on_crowded=say)
+                if executor.local
+                else nullcontext()
+            )
+            with slot:  # after the key lock, always
                 return compute_job(
                     self.store,
                     key,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from coherence.cache import slots
 from coherence.cache.states import JobState, ProgressRecord
 from coherence.cache.store import ResultStore
 from coherence.errors import CoherenceError
@@ -67,6 +68,8 @@ class ProgressTracker:
         self._eta: tuple[float, float] | None = None  # (eta, when)
         self._written = float("-inf")
         self._delay = float(os.environ.get(TEST_DELAY_ENV) or 0.0)
+        slot = slots.held_slot()  # the job's page says why it computes on fewer threads
+        self.note = slot.crowded_note() if slot is not None else None
 
     def set_units(self, total: int, cached: int) -> None:
         """The job has ``total`` units, ``cached`` of them already in the cache."""
@@ -152,6 +155,7 @@ class ProgressTracker:
             units_done=self.units_done if self.units_total else None,
             units_total=self.units_total,
             units_cached=self.units_cached if self.units_total else None,
+            note=self.note,
         )
         self.store.set_progress(self.key, record)
         self._written = now

@@ -388,9 +388,12 @@ def compute_slot(
     *,
     on_wait: Callable[[int], None] | None = None,
     cancellable: bool = False,
+    on_crowded: Callable[[str], None] | None = None,
 ) -> Iterator[Slot]:
     """Hold a compute slot (waiting for one if needed) and run torch on the slot's threads;
-    the previous thread count is restored and the slot freed on exit. Re-entrant."""
+    the previous thread count is restored and the slot freed on exit. Re-entrant.
+    ``on_crowded``: told the slot's ``crowded_note`` once the slot is taken, when there is
+    one (other processes' work left the job fewer threads than its share)."""
     with _state_lock:
         if _held:
             _held[2] += 1
@@ -412,6 +415,8 @@ def compute_slot(
     with _state_lock:
         _held[:] = [slot, fd, 1, before]
     try:
+        if on_crowded is not None and (crowded := slot.crowded_note()):
+            on_crowded(crowded)
         yield slot
     finally:
         with _state_lock:

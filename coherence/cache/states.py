@@ -33,6 +33,7 @@ _OPTIONAL = {
     "units_done": int,
     "units_total": int,
     "units_cached": int,
+    "note": str,
 }
 
 
@@ -52,6 +53,7 @@ class ProgressRecord:
     units_done: int | None = None  # (checkpoint, batch) units finished, cached ones included
     units_total: int | None = None
     units_cached: int | None = None  # found in the cache when the job started
+    note: str | None = None  # why the job computes on fewer threads (``Slot.crowded_note``)
 
     def __post_init__(self) -> None:
         state = JobState(self.state)  # ValueError for anything else
@@ -60,7 +62,10 @@ class ProgressRecord:
         object.__setattr__(self, "state", state)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        fields = asdict(self)
+        if fields["note"] is None:  # written as before the field existed: older readers
+            del fields["note"]  # (a downgraded worker) still read it
+        return json.dumps(fields).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> ProgressRecord:

@@ -34,6 +34,7 @@ class JobStatus:
     units_done: int | None = None  # (checkpoint, batch) units finished, cached ones included
     units_total: int | None = None
     units_cached: int | None = None  # found in the cache when the job started (resumed)
+    note: str | None = None  # why a running job computes on fewer threads than its share
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", JobState(self.state))
@@ -130,4 +131,5 @@ def from_record(
         units_done=record.units_done,
         units_total=record.units_total,
         units_cached=record.units_cached,
+        note=record.note if state == JobState.RUNNING else None,
     )

@@ -213,9 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         if ray_address() is not None:  # the cluster schedules the units: no local slot
             return compute(args.workspace, key, None, trust_code=args.trust_code, kind=args.kind)
         waiting = time.time()
-        with slots.compute_slot(key, on_wait=show_queue, cancellable=True) as slot:
-            if crowded := slot.crowded_note():
-                log.info("%s", crowded)
+        with slots.compute_slot(
+            key, on_wait=show_queue, cancellable=True, on_crowded=lambda line: log.info(line)
+        ) as slot:
             # the wait for a slot is not part of the job's setup
             spawned = None if args.spawned is None else args.spawned + time.time() - waiting
             return compute(

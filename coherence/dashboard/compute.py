@@ -297,6 +297,8 @@ def progress_panel(
     for label, status in zip(labels, statuses, strict=True):
         if status.active:
             st.progress(min(max(status.fraction, 0.0), 1.0), text=progress_text(label, status))
+            if status.note:  # why it runs slower than its estimate may have said
+                st.caption(literal(f"{label}: {status.note}"))
         else:
             st.caption(literal(f"{label}: {status.state}"))
     asked = st.session_state.get(f"{prefix}cancel_requested")

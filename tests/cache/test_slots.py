@@ -4,6 +4,7 @@ cancellable while queued, and torch threads set to the slot's share of the cores
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,10 @@ import torch
 from typer.testing import CliRunner
 
 from coherence.cache import slots
+from coherence.cache.progress import ProgressTracker
+from coherence.cache.states import JobState, ProgressRecord
+from coherence.cache.status import from_record
+from coherence.cache.store import ResultStore
 from coherence.cli import app
 from coherence.errors import RequestError
 from tests.fixtures import busy_core, wait_for
@@ -178,6 +183,22 @@ def test_cli_train_waits_for_a_slot(slot_dir, tiny_dataset, tmp_path):
     assert "queued, position 1" in result.output and (out / "model.safetensors").exists()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_cli_train_beside_a_busy_process_says_why_it_takes_fewer_threads(
+    slot_dir, tiny_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.delenv(slots.THREADS_ENV, raising=False)
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    monkeypatch.setattr(slots, "_load_reading", [])
+    args = ["train", "--data", str(tiny_dataset), "--out", str(tmp_path / "ckpt")]
+    args += ["--epochs", "1", "--batch-size", "4", "--transitions", "2", "--device", "cpu"]
+    with busy_core():
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert re.search(r"other processes keep [12] of 2 cores busy: computing on 1 torch", said)
+
+
 def test_a_cost_probe_takes_a_free_slot_and_says_when_another_job_holds_them(slot_dir, monkeypatch):
     """A probe timed beside another process's computation ran oversubscribed: a 25 s
     analysis was quoted at 26 min (and asked for a confirmation). A probe now holds a free
@@ -262,7 +283,7 @@ def test_a_probe_in_another_thread_of_this_process_is_not_another_job(slot_dir, 
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
-def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, monkeypatch):
+def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, tmp_path, monkeypatch):
     """Slots keep this project's jobs apart, not a user's own scripts: beside one busy
     process on 2 cores the demo UNet trained at 14.6 s an epoch on 2 threads and 5.7 s on 1
     (bench_foreign_load). A job now takes its share less the cores others keep busy, and says
@@ -270,18 +291,39 @@ def test_a_job_beside_another_process_computes_on_the_cores_left(slot_dir, monke
     monkeypatch.delenv(slots.THREADS_ENV, raising=False)
     monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
     monkeypatch.setattr(slots, "_load_reading", [])  # no reading kept from an earlier test
+    said: list[str] = []
     with busy_core():  # two cores, one of them another process's
-        with slots.compute_slot("beside a busy process") as slot:
+        with slots.compute_slot("beside a busy process", on_crowded=said.append) as slot:
             assert slot.threads == 1 == torch.get_num_threads()
             assert slot.cores_taken in (1, 2)  # 2 if yet another process ran there meanwhile
-            assert slot.crowded_note() == (
-                f"other processes keep {slot.cores_taken} of 2 cores busy: computing on 1 "
-                "torch thread, not 2 (2 would compete with them for the cores; "
-                "COHERENCE_TORCH_THREADS sets the count)"
+            assert (
+                said
+                == [slot.crowded_note()]
+                == [
+                    f"other processes keep {slot.cores_taken} of 2 cores busy: computing on 1 "
+                    "torch thread, not 2 (2 would compete with them for the cores; "
+                    "COHERENCE_TORCH_THREADS sets the count)"
+                ]
             )
+            with slots.compute_slot("nested", on_crowded=said.append):
+                assert len(said) == 1  # the slot held is reused: said once
+            record = _tracked_record(tmp_path)  # a job's progress record carries the note
+            assert record.note == said[0]
+            assert from_record("k", JobState.RUNNING, record).note == said[0]
+            assert from_record("k", JobState.DONE, record).note is None
         monkeypatch.setenv(slots.THREADS_ENV, "2")  # the user's choice stands, unremarked
-        with slots.compute_slot("told how many") as slot:
+        with slots.compute_slot("told how many", on_crowded=said.append) as slot:
             assert slot.threads == 2 and slot.cores_taken == 0 and slot.crowded_note() is None
+            assert len(said) == 1 and _tracked_record(tmp_path).note is None
+
+
+def _tracked_record(tmp_path) -> ProgressRecord:
+    """The progress record a job computing in this process's slot writes."""
+    with ResultStore(tmp_path / "cache") as store:
+        ProgressTracker(store, "a" * 64).write(JobState.RUNNING)
+        record = store.get_progress("a" * 64)
+    assert record is not None
+    return record
 
 
 def test_the_reading_leaves_out_this_process_a_part_core_and_a_passing_burst(monkeypatch):

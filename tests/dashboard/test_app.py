@@ -11,6 +11,7 @@ import importlib
 import io
 import json
 import math
+import os
 import re
 import time
 import zipfile
@@ -22,13 +23,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from coherence.analysis.verdict import REFERENCES
+from coherence.cache import slots
 from coherence.cache.jobs import TEST_DELAY_ENV, JobRunner
 from coherence.dashboard import loaders
 from coherence.dashboard.panels import PANELS
 from coherence.dashboard.selection import default_selection
 from coherence.report_panels import pair_label
 from coherence.workspace import ENV_VAR, datasets_dir
-from tests.fixtures import COMPARE, REPO, copy_workspace, simulate
+from tests.fixtures import COMPARE, REPO, busy_core, copy_workspace, simulate
 
 TIMEOUT = 120  # seconds per script run: the first one imports torch and plotly
 
@@ -298,6 +300,37 @@ def test_compute_shows_progress_reattaches_and_cancels(workspace, monkeypatch):
     second.run()
     assert "was cancelled" in texts(second.warning)
     assert second.button(key="compute")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_job_beside_a_busy_process_says_why_under_its_progress_bar(
+    workspace, tmp_path, monkeypatch
+):
+    """Other programs' work leaves the job fewer threads than its share, so it runs slower
+    than a quiet machine's estimate: the page says why, as the command line's log does."""
+    moved = copy_workspace(workspace, tmp_path / "ws")
+    monkeypatch.setenv(TEST_DELAY_ENV, "0.5")
+    monkeypatch.delenv(slots.THREADS_ENV, raising=False)  # the load decides (the suite fixes it)
+    monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
+    query = default_selection(moved).to_query() | {"classes": "CE-CRP,CE-RPUI"}
+    selection = replace(default_selection(moved), classes=("CE-CRP", "CE-RPUI"))
+    runner = JobRunner(moved)
+    key = runner.key(selection.to_request(moved))
+    with busy_core():  # the worker inherits the two CPUs, one of them busy
+        app = open_app(moved, monkeypatch, query)
+        app.button(key="compute").click().run()
+        deadline = time.monotonic() + 150
+        while (status := runner.status(key)).note is None:
+            assert status.active and time.monotonic() < deadline, status
+            time.sleep(0.25)
+        assert status.note.startswith("other processes keep")
+        app.run()
+        assert f"{status.note}" in texts(app.caption), texts(app.caption)
+        app.button(key="cancel_jobs").click().run()
+        while runner.status(key).active:
+            assert time.monotonic() < deadline, "the job did not stop after Cancel"
+            time.sleep(0.25)
+    assert runner.status(key).note is None  # a job that ended says nothing of its threads
 
 
 def test_whole_analysis_download_is_the_result_file_pair(workspace, tmp_path):

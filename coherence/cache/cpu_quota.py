@@ -67,12 +67,14 @@ def _cpu_cgroup_dirs(mounts: list[str], memberships: list[str]) -> list[tuple[Pa
         fields, kind = left.split(), right.split()
         if not sep or len(fields) < 5 or len(kind) < 3:
             continue
-        root, mount_point = _unescape(fields[3]), Path(_unescape(fields[4]))
-        fstype, options = kind[0], kind[2].split(",")
-        if fstype == "cgroup2" and "v2" in paths:
-            found.append((_inside(mount_point, root, paths["v2"]), mount_point, 2))
-        elif fstype == "cgroup" and "cpu" in options and "cpu" in paths:
-            found.append((_inside(mount_point, root, paths["cpu"]), mount_point, 1))
+        if kind[0] == "cgroup2" and "v2" in paths:
+            path, version = paths["v2"], 2
+        elif kind[0] == "cgroup" and "cpu" in kind[2].split(",") and "cpu" in paths:
+            path, version = paths["cpu"], 1
+        else:
+            continue
+        mount_point = Path(_unescape(fields[4]))
+        found.append((_inside(mount_point, _unescape(fields[3]), path), mount_point, version))
     return found
 
 

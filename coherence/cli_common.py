@@ -361,17 +361,22 @@ class PlainProgress:
             self.say(f"{fraction:4.0%}  {stage}")
 
 
-def confirm_long_job(seconds: float) -> None:
+def confirm_long_job(
+    seconds: float,
+    *,
+    what: str = "this job",
+    smaller: str = "fewer checkpoints, trajectories or steps",
+) -> None:
     """Ask before a job estimated above COHERENCE_CONFIRM_MINUTES; without a terminal, refuse
-    unless --yes was given."""
+    unless --yes was given. ``smaller``: how to shrink it, in the refusal."""
     from coherence.cache.cost import CONFIRM_ENV, confirm_seconds, format_seconds
 
     limit = format_seconds(confirm_seconds())
     ask_or_refuse(
-        f"this job is estimated at {format_seconds(seconds)} (over {limit}); start it?",
-        f"this job is estimated at {format_seconds(seconds)}, over the {limit} that needs a "
-        f"confirmation ({CONFIRM_ENV}); pass --yes to start it, or make it smaller (fewer "
-        "checkpoints, trajectories or steps)",
+        f"{what} is estimated at {format_seconds(seconds)} (over {limit}); start it?",
+        f"{what} is estimated at {format_seconds(seconds)}, over the {limit} that needs a "
+        f"confirmation ({CONFIRM_ENV}); pass --yes to start it, or make it smaller "
+        f"({smaller})",
     )
 
 

@@ -11,6 +11,7 @@ import typer
 from coherence.cli_common import (
     PlainProgress,
     RayAddress,
+    confirm_long_job,
     connect_early,
     console,
     friendly_errors,
@@ -77,10 +78,20 @@ def study(
         ),
     ] = None,
     ray_address: RayAddress = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Start without asking when the plan's total is over COHERENCE_CONFIRM_MINUTES "
+            "(default 30).",
+        ),
+    ] = False,
 ) -> None:
     """Train every missing (architecture, seed), then compute the paper's analyses into the
     cache, so the dashboard opens on the finished study; with --dynamics and --sweep also its
     Training dynamics and Sensitivity panels. Rerun after a kill to resume."""
+    from coherence.cache.cost import confirm_seconds
     from coherence.executors import get_executor
     from coherence.study import StudySpec, plan_study
     from coherence.surrogates.snapshots import parse_keep_epochs
@@ -138,6 +149,12 @@ def study(
             f"the analysis of {names} would not fit in memory here (see the plan's note), so "
             "the study would train and then stop there: nothing was started. Analyse fewer "
             "classes (--classes), or run on a machine with more memory (a GPU: --device cuda)"
+        )
+    if plan.has_work and not yes and plan.seconds > confirm_seconds():  # before any training
+        confirm_long_job(
+            plan.seconds,
+            what="this study",
+            smaller="fewer --seeds, --classes or --batches, fewer --epochs, or --preset demo",
         )
     if plan.has_work:
         say_cluster_faults(executor)

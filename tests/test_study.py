@@ -127,8 +127,9 @@ def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path, monkeyp
         "2",
         "--batch-size",
         "8",
+        "--yes",  # a study over the confirmation limit starts without asking
     ]
-    env = {**os.environ, "COHERENCE_TORCH_THREADS": "1"}
+    env = {**os.environ, "COHERENCE_TORCH_THREADS": "1", "COHERENCE_CONFIRM_MINUTES": "0"}
     first = checkpoints_dir(root) / "ce_small_vit_demo_s1"
     second = checkpoints_dir(root) / "ce_small_vit_demo_s2"
     process = subprocess.Popen(
@@ -214,6 +215,26 @@ def test_a_plan_beside_another_program_times_on_the_cores_left(workspace, monkey
         monkeypatch.setenv(slots.THREADS_ENV, "1")
         said = " ".join(plan_study(spec(device="cpu"), workspace).describe())
         assert "other processes keep" not in said
+
+
+def test_a_study_over_the_confirmation_limit_asks_before_training(workspace, monkeypatch):
+    """`coherence analyze` asked before a job over COHERENCE_CONFIRM_MINUTES, while a study of
+    hours started training at once: it asks too (here without a terminal: refused, naming
+    --yes), before anything is trained; its plan alone asks nothing."""
+    from typer.testing import CliRunner
+
+    from coherence.cli import app
+
+    monkeypatch.setenv("COHERENCE_CONFIRM_MINUTES", "0")
+    args = [*STUDY_ARGS, "--seeds", "99", "--workspace", str(workspace)]  # a seed not trained
+    refused = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 2, said
+    assert re.search(r"this study is estimated at .*, over the 0 s that needs a confirmation", said)
+    assert "pass --yes to start it" in said and "fewer --seeds" in said
+    assert not (checkpoints_dir(workspace) / "ce_small_vit_demo_s99").exists()
+    planned = CliRunner().invoke(app, [*args, "--plan"], env={"COLUMNS": "200"})
+    assert planned.exit_code == 0 and "total to run" in planned.output
 
 
 def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(

@@ -157,3 +157,52 @@ def test_slots_count_no_more_cores_than_the_limit(tmp_path: Path, monkeypatch) -
     assert slots.threads_and_taken() == (2, 5)  # 3 CPUs free, the share is 2
     (tmp_path / "fs/cpu.max").write_text("max 100000\n")
     assert slots.machine_cores() == 8
+
+
+def test_cpuset_is_not_the_cpu_controller(tmp_path: Path) -> None:
+    """``cpuset`` (which CPUs, not how much time) is another controller: neither its line in
+    /proc/self/cgroup nor its mount names the ``cpu`` hierarchy, whatever their order."""
+    mounts = [
+        _v1_mount("/", "@/cpu,cpuacct", "rw,cpu,cpuacct"),
+        _v1_mount("/", "@/cpuset", "rw,cpuset"),
+    ]
+    cgroup = ["3:cpu,cpuacct:/batch/7", "5:cpuset:/pinned"]
+    files = {
+        "cpu,cpuacct/batch/7/cpu.cfs_quota_us": "300000",
+        "cpu,cpuacct/batch/7/cpu.cfs_period_us": "100000",
+        "cpuset/pinned/cpu.cfs_quota_us": "100000",  # not a cpu hierarchy: never read
+        "cpuset/pinned/cpu.cfs_period_us": "100000",
+        "cpuset/batch/7/cpu.cfs_quota_us": "100000",
+        "cpuset/batch/7/cpu.cfs_period_us": "100000",
+    }
+    assert cpu_quota.quota_cpus(*_layout(tmp_path, mounts, cgroup, files)) == 3.0
+
+
+def test_malformed_lines_are_skipped(tmp_path: Path) -> None:
+    """Lines this reader does not understand (a truncated mountinfo line, a cgroup line without
+    its path, a cgroup2 mount the process has no line for) are skipped, not a crash."""
+    mounts = [
+        "31 23 0:28 / @/fs",  # no " - " separator
+        "32 23 0:29 / - cgroup",  # too few fields
+        V2_MOUNT,  # the process names no v2 cgroup below: not its hierarchy
+        _v1_mount("/"),
+    ]
+    cgroup = ["garbage", "7:cpu", "1:cpu:/"]
+    files = {
+        "cpu/cpu.cfs_quota_us": "200000",
+        "cpu/cpu.cfs_period_us": "100000",
+        "fs/cpu.max": "100000 100000",
+    }
+    assert cpu_quota.quota_cpus(*_layout(tmp_path, mounts, cgroup, files)) == 2.0
+
+
+def test_an_ancestors_tighter_limit_binds_a_cgroup_with_its_own(tmp_path: Path) -> None:
+    """A container's own limit of 4 CPUs inside a pod limited to 1.5: 1.5 binds (the walk up
+    does not stop at the first limit found)."""
+    files = {
+        "fs/kubepods/pod1/cpu.max": "150000 100000",
+        "fs/kubepods/pod1/ctr/cpu.max": "400000 100000",
+    }
+    paths = _layout(tmp_path, [V2_MOUNT], ["0::/kubepods/pod1/ctr"], files)
+    assert cpu_quota.quota_cpus(*paths) == 1.5
+    assert cpu_quota.quota_cores(*paths) == 1

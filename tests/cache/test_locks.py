@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from coherence.cache.locks import KeyLock, try_lock_beside
+from coherence.cache.locks import KeyLock, lock_is_held, try_lock_beside
 from coherence.errors import RequestError
 from coherence.simulation.staging import dataset_transaction, lock_path
 
@@ -114,3 +114,43 @@ def test_an_unreadable_lock_of_another_user_is_refused_by_name(tmp_path, monkeyp
     with pytest.raises(RequestError, match=r"cannot open its lock .*\.real\.lock.*chmod a\+r"):
         try_lock_beside(tmp_path / "link", _beside)
     assert not (tmp_path / ".link.lock").exists()
+
+
+def test_a_link_into_a_share_that_refuses_new_files_locks_beside_the_link(tmp_path, monkeypatch):
+    """No lock file yet beside the target, and its folder refuses to create one (a read-only
+    share): the writer locks beside the link it was given, in a folder it may write to."""
+    out = tmp_path / "share" / "real"
+    out.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(out)
+    _refusing(monkeypatch, _beside(out), read_too=False)
+    lock, acquired = try_lock_beside(tmp_path / "link", _beside)
+    assert acquired and lock.path == tmp_path / ".link.lock"
+    assert not _beside(out).exists()
+    lock.release()
+
+
+def test_a_keys_lock_is_held_exactly_while_a_holder_has_it(tmp_path):
+    """The job status reads "running" from this probe; the cache's per-key lock files stay
+    (a release without ``remove`` keeps the file), and probing creates none."""
+    path = tmp_path / "locks" / "k.lock"
+    assert not lock_is_held(path) and not path.exists()
+    holder = KeyLock(path)
+    assert holder.acquire() and holder.held
+    assert lock_is_held(path)
+    assert lock_is_held(path)  # the probe let go of nothing it did not take
+    holder.release()
+    assert not lock_is_held(path) and path.exists()
+
+
+def test_an_inherited_descriptor_must_hold_the_lock(tmp_path):
+    path = tmp_path / "k.lock"
+    holder = KeyLock(path)
+    assert holder.acquire()
+    stranger = os.open(path, os.O_RDONLY)  # another open of the file: does not hold it
+    with pytest.raises(RuntimeError, match="does not hold the lock"):
+        KeyLock.inherited(path, stranger)
+    adopted = KeyLock.inherited(path, os.dup(holder.fd))  # a copy of the holder's: holds it
+    holder.release()
+    assert adopted.held and lock_is_held(path)  # the copy keeps the lock alive
+    adopted.release()
+    assert not lock_is_held(path)

@@ -139,3 +139,32 @@ def test_a_finished_unit_shows_at_once(tmp_path, clock):
     assert tracker.store.get_progress(KEY).stage == "per-example gradients"
     tracker.unit_done()
     assert tracker.store.get_progress(KEY).units_done == 1
+
+
+def test_the_eta_leaves_out_the_first_unit_and_caps_the_countdown_inside_a_unit(tmp_path, clock):
+    """Per unit: the mean of the last RECENT_UNITS durations, the first unit (loading and
+    tracing) left out while it is among them; the time spent in the current unit is taken off
+    only up to 95 % of a unit (a unit running late does not bring the ETA to zero); the first
+    per-unit figure replaces the fraction-based one, later ones are blended with it."""
+    tracker = ProgressTracker(ResultStore(tmp_path / "cache"), KEY, interval=60.0)
+    tracker.set_units(total=10, cached=0)
+    clock.now += 1
+    tracker(0.001, "per-example gradients")
+    clock.now += 9
+    tracker(0.09, "subspace JVPs")  # by the pace of the fraction: 91 s left
+    assert tracker.eta(clock.now) == pytest.approx(10 * 0.91 / 0.09)
+    for seconds in (30, 10, 10):  # the first unit includes loading and tracing
+        clock.now += seconds
+        tracker.unit_done()
+    # 7 units left at 10 s, not at the mean 16.7 s with the first; not blended with 91 s
+    assert tracker.eta(clock.now) == pytest.approx(70)
+    clock.now += 4  # inside the next unit: counted down, then blended
+    assert tracker.eta(clock.now) == pytest.approx(0.3 * 66 + 0.7 * 66)
+    clock.now += 100  # running late: at most 9.5 s of the unit is taken off
+    assert tracker.raw_eta(clock.now) == pytest.approx(70 - 9.5)
+    assert tracker.eta(clock.now) == pytest.approx(0.3 * 60.5)  # the countdown ran out
+    for seconds in (20, 6, 6, 6, 6):  # more than RECENT_UNITS: the last five, all counted
+        clock.now += seconds
+        tracker.unit_done()
+    assert tracker.unit_seconds[3:] == [124, 6, 6, 6, 6]
+    assert tracker.raw_eta(clock.now) == pytest.approx(2 * (124 + 4 * 6) / 5)

@@ -17,9 +17,10 @@ import torch
 from typer.testing import CliRunner
 
 from coherence.cache import slots
+from coherence.cache.locks import KeyLock
 from coherence.cache.progress import ProgressTracker
 from coherence.cache.states import JobState, ProgressRecord
-from coherence.cache.status import from_record
+from coherence.cache.status import from_record, job_status
 from coherence.cache.store import ResultStore
 from coherence.cli import app
 from coherence.errors import RequestError
@@ -148,6 +149,29 @@ def test_a_queued_waiter_can_be_cancelled(slot_dir):
     assert plain.stdout.readline().strip() == "got 0" and plain.wait(TIMEOUT) == 0
 
 
+def test_a_job_waiting_for_a_slot_shows_its_place_in_the_queue(slot_dir, tmp_path):
+    """A job holds its key's lock while it waits for a compute slot: its status is running,
+    queued at its place (the dashboard shows "queued, position N")."""
+    key = "9" * 64
+    holder = start_waiter("holder", 600)
+    assert holder.stdout.readline().strip() == "got 0"
+    with ResultStore(tmp_path / "cache") as store:
+        lock = KeyLock(store.lock_path(key))
+        assert lock.acquire()
+        try:
+            start_waiter("other", 0.1)
+            wait_for(lambda: slots.queue_position("other") == 1, "a waiter to queue")
+            start_waiter(key, 0.1)
+            wait_for(lambda: slots.queue_position(key) == 2, "the job to queue")
+            status = job_status(store, key)
+            assert status.state == "running" and status.queued and status.queue_position == 2
+            assert status.stage == "queued, position 2: waiting for a free compute slot"
+        finally:
+            lock.release()
+    holder.kill()
+    holder.wait(TIMEOUT)
+
+
 def test_compute_slot_sets_torch_threads_and_is_reentrant(slot_dir, monkeypatch):
     monkeypatch.setenv(slots.MAX_JOBS_ENV, "1")
     monkeypatch.setenv(slots.THREADS_ENV, "1")
@@ -211,7 +235,7 @@ def test_a_cost_probe_takes_a_free_slot_and_says_when_another_job_holds_them(slo
         wait_for(lambda: slots.queue_position("next") == 1, "the next job to queue")
     assert torch.get_num_threads() == before
     assert waiter.stdout.readline().strip() == "got 0" and waiter.wait(TIMEOUT) == 0
-    _, fd = slots.acquire("another job")
+    _, fd = slots.acquire("other")
     try:
         assert slots.busy()
         with slots.measuring_slot() as quiet:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 
 
 class JobState(enum.StrEnum):
@@ -72,7 +73,10 @@ class ProgressRecord:
         fields = json.loads(data.decode())
         if not isinstance(fields, dict) or fields.get("state") not in RECORD_STATES:
             raise ValueError("not a progress record")
-        record = cls(**fields)
+        # a field a newer coherence added (as this one added ``note``) is left unread: the
+        # record of a running job is not refused and deleted for it
+        known = {f.name for f in dataclass_fields(cls)}
+        record = cls(**{k: v for k, v in fields.items() if k in known})
         return replace(
             record,
             fraction=float(record.fraction),

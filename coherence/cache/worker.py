@@ -175,11 +175,11 @@ def compute(
         store.close()
 
 
-def cancelled_while_queued(workspace: str, key: str) -> int:
+def cancelled_while_queued(workspace: str, key: str, kind: str = "analysis") -> int:
     """Record the cancellation (still under the key's lock) and clear the cancel flag."""
     from coherence.cache.store import ResultStore
 
-    message = f"analysis {key[:12]} was cancelled while queued; submit it again to compute it"
+    message = f"{kind} {key[:12]} was cancelled while queued; submit it again to compute it"
     with ResultStore(cache_dir(workspace)) as store:
         _record(store, key, JobState.CANCELLED, message)
         store.clear_cancel(key)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 spawned=spawned,
             )
     except slots.QueueCancelled:
-        return cancelled_while_queued(args.workspace, key)
+        return cancelled_while_queued(args.workspace, key, args.kind)
     finally:
         lock.release()
 

@@ -50,3 +50,15 @@ def test_a_record_holds_only_a_job_record_state(state, tmp_path):
         store._cache.set(f"progress:{KEY}", OLD_RECORD.replace(b'"failed"', f'"{state}"'.encode()))
         assert store.get_progress(KEY) is None
         assert f"progress:{KEY}" not in store._cache
+
+
+def test_a_record_from_a_newer_coherence_is_read_without_its_new_fields(tmp_path):
+    """A field a newer version added (as this one added ``note``) must not make an older
+    reader refuse and delete a running job's record: the job then showed as missing."""
+    newer = json.loads(OLD_RECORD) | {"state": "running", "note": "crowded", "gpu": "cuda:0"}
+    with ResultStore(tmp_path / "cache") as store:
+        store._cache.set(f"progress:{KEY}", json.dumps(newer).encode(), retry=True)
+        record = store.get_progress(KEY)
+        assert record is not None and record.state is JobState.RUNNING
+        assert (record.fraction, record.note, record.units_total) == (0.5, "crowded", 4)
+        assert f"progress:{KEY}" in store._cache

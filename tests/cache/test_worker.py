@@ -87,6 +87,9 @@ def test_a_job_cancelled_while_queued_is_recorded_and_its_flag_cleared(tmp_path,
     assert record.state == "cancelled" and "cancelled while queued" in record.error
     assert record.log == str(store.log_path(KEY))
     assert not store.cancel_requested(KEY)  # the next job for the key is not cancelled
+    # a task's worker names its kind (it said "analysis" for a rollout too)
+    assert worker.cancelled_while_queued(str(tmp_path), KEY, "rollout") == 3
+    assert store.get_progress(KEY).error.startswith(f"rollout {KEY[:12]} was cancelled")
 
 
 def test_a_second_worker_for_a_running_key_exits_quietly(tmp_path, store):

@@ -105,6 +105,7 @@ def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
     assert runner.artifact(rollout) is not None and runner.store.computations(rollout) == 1
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 def test_a_killed_study_resumes_without_redoing_finished_steps(tmp_path, monkeypatch):
     root = tmp_path / "ws"
     make_dataset(root)
@@ -356,6 +357,7 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     assert "snapshot epochs (0, 1, 2, 3, 4, 5, …, 19)" in "\n".join(many.describe())
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 def test_study_command_plans_the_sweeps_it_is_asked_for(tmp_path):
     """`coherence study --dynamics/--sweep`: the CLI's way to the two sweep panels, planned
     with their counts (epoch 1 besides the last; ekfac-krylov at 1e-2 and euclidean besides the
@@ -690,6 +692,7 @@ def test_a_plan_takes_the_batches_asked_the_first_three_classes_and_seeds_in_ord
     assert any(n.startswith("--batches 3: the test split has 2 trajectories") for n in more.notes)
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 def test_a_resume_costs_its_remaining_epochs_and_a_replaced_checkpoint_starts_afresh(tmp_path):
     make_dataset(tmp_path)
     run_study(plan_study(spec(), tmp_path), log=lambda _: None)  # 1 epoch at batch size 8

@@ -416,6 +416,7 @@ def test_cost_estimate_counts_passes_and_memory(workspace):
     assert cost.fits and "forward-pass equivalents" in cost.describe()
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 @pytest.mark.parametrize("arch", ["unet", "vit"])
 def test_the_memory_estimate_of_a_paper_unit_covers_its_peak_on_a_gpu(arch):
     """Reference: the allocated peak of a paper unit measured on an H200 (N = 48 at 128²,

@@ -265,6 +265,7 @@ def test_analyze_times_its_estimate_alone_when_another_job_computes(
     assert "over-estimate" not in said and out.exists()
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 def test_off_a_terminal_a_wait_for_another_process_is_said(
     checkpoint, tiny_dataset, tmp_path, monkeypatch
 ):

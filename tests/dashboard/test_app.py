@@ -302,6 +302,7 @@ def test_compute_shows_progress_reattaches_and_cancels(workspace, monkeypatch):
     assert second.button(key="compute")
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_a_job_beside_a_busy_process_says_why_under_its_progress_bar(
     workspace, tmp_path, monkeypatch

@@ -468,6 +468,7 @@ def test_a_driver_with_a_ray_token_at_hand_connects_to_a_token_auth_head(tmp_pat
     assert done.stdout.split() == ["token", "2.0"], done.stdout + done.stderr[-2000:]
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 def test_an_unreachable_address_is_refused_in_seconds(checkpoint, tiny_dataset, tmp_path):
     """Refused in seconds when there is something to compute; a request the cache serves
     needs no cluster (it was refused too)."""

@@ -140,6 +140,7 @@ def campaign(
     return kills
 
 
+@pytest.mark.slow  # 9 s or more on 2 cores: in make test, not test-fast
 def test_kill_inside_saves_then_resume_is_bit_exact(tiny_dataset, reference, tmp_path):
     out = tmp_path / "ckpt"
     kills = campaign(tiny_dataset, out, ["staging", "commit"], 0, 0.15, reference)

@@ -56,8 +56,8 @@ def _cpu_cgroup_dirs(mounts: list[str], memberships: list[str]) -> list[tuple[Pa
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
-        _, controllers, path = parts
-        if parts[0] == "0" and controllers == "":
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
             paths["v2"] = path
         elif "cpu" in controllers.split(","):
             paths["cpu"] = path

@@ -87,8 +87,8 @@ class Slot:
 def machine_cores() -> int:
     """Cores this process may compute on: the CPUs of its affinity set (cpuset aware), fewer
     where its cgroup's CPU limit allows less (``docker run --cpus 2`` on a large host)."""
-    limit = quota_cores()
-    return min(visible_cpus(), limit) if limit else visible_cpus()
+    cpus, limit = visible_cpus(), quota_cores()
+    return min(cpus, limit) if limit else cpus
 
 
 def visible_cpus() -> int:

@@ -56,6 +56,7 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_study_plans_runs_and_then_has_nothing_left_to_do(workspace):
     plan = plan_study(spec(), workspace)
     assert [s.state for s in plan.train] == ["new"]
@@ -238,6 +239,7 @@ def test_a_study_over_the_confirmation_limit_asks_before_training(workspace, mon
     assert planned.exit_code == 0 and "total to run" in planned.output
 
 
+@pytest.mark.slow
 def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
     workspace, tmp_path, monkeypatch
 ):
@@ -308,6 +310,7 @@ def test_study_refuses_missing_data_unknown_classes_and_foreign_checkpoints(
         plan_study(spec(), fourth)
 
 
+@pytest.mark.slow
 def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     from coherence.dashboard import sweeps
     from coherence.dashboard.selection import default_selection
@@ -436,6 +439,7 @@ def test_study_refuses_sweeps_it_could_not_run(changes, message):
         spec(**changes)
 
 
+@pytest.mark.slow
 def test_dynamics_of_checkpoints_without_snapshots_is_noted_not_silent(tmp_path):
     root = tmp_path / "ws"
     make_dataset(root)
@@ -449,6 +453,7 @@ def test_dynamics_of_checkpoints_without_snapshots_is_noted_not_silent(tmp_path)
     assert "Training dynamics tab" not in captured.get()
 
 
+@pytest.mark.slow
 def test_dynamics_over_snapshots_other_than_asked_says_which_it_traces(tmp_path):
     """--keep-epochs applies to training: on trained checkpoints another list would
     otherwise look as if it had been traced."""
@@ -467,6 +472,7 @@ def test_dynamics_over_snapshots_other_than_asked_says_which_it_traces(tmp_path)
     assert not [n for n in same.notes if n.startswith("dynamics")], same.notes
 
 
+@pytest.mark.slow
 def test_a_study_uses_finished_checkpoints_of_the_same_training_under_other_names(tmp_path):
     """The demo's vit_demo_s10 is a study of ce_demo's own checkpoint: the study uses it
     instead of training a duplicate, and says so; one trained otherwise (other epochs) is
@@ -523,6 +529,7 @@ def test_a_plan_timed_beside_another_job_says_its_times_are_high(workspace, tmp_
     assert "timed while another job computes on this machine" in text
 
 
+@pytest.mark.slow
 def test_a_study_trains_in_a_compute_slot(tmp_path, monkeypatch):
     """A study's training held no compute slot: beside a dashboard job (or another study)
     both ran on every core, several times slower than one after the other."""
@@ -587,6 +594,7 @@ def test_memory_notes_give_the_fix_that_makes_the_step_fit(tmp_path):
     assert "--classes" in over
 
 
+@pytest.mark.slow
 def test_a_checkpoint_saved_by_an_older_version_resumes_as_planned(workspace, tmp_path):
     """Its config lacks lr and has transitions None (saved before either was resolved): the
     plan said resume and the trainer then refused it, '(transitions: None → 4)'."""
@@ -712,6 +720,7 @@ def test_a_resume_costs_its_remaining_epochs_and_a_replaced_checkpoint_starts_af
     assert [t.state for t in plan_study(spec(batch_size=4), tmp_path).train] == ["done"]
 
 
+@pytest.mark.slow
 def test_a_rerun_sweep_says_what_is_cached_and_analyses_only_the_rest(tmp_path):
     from coherence.dashboard import sweeps
     from coherence.dashboard.selection import default_selection

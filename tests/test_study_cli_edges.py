@@ -3,6 +3,7 @@ found no test to check (a bad --seeds, and the closing lines a finished study pr
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from coherence.cli import app
@@ -21,6 +22,7 @@ def test_study_refuses_seeds_that_are_not_integers(tmp_path):
     assert "--seeds '7,x': expected comma-separated integers" in " ".join(said.output.split())
 
 
+@pytest.mark.slow
 def test_a_finished_study_prints_its_links_and_panels_on_stdout(tmp_path):
     """What the study leaves the user (`> links.txt`): where its files are, each analysis's
     dashboard link (the link ``run_study`` returns, on the dashboard's port) and the tab that

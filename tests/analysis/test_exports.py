@@ -245,6 +245,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 
 @needs_chrome
+@pytest.mark.slow
 def test_png_and_svg_at_publication_resolution_carry_caption_and_provenance():
     fig = F.two_time_heatmap(np.eye(3), [0.0, 0.1, 0.2], 9, title="marker")
     png = E.figure_image(fig, "png", width=400, height=300, scale=2, meta=META)

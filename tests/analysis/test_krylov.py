@@ -147,7 +147,9 @@ def test_krylov_residual_and_error_fall_with_depth(ce_model, ce_batch, ce_refere
 # ---------------------------------------------------------------- deflated cg ------------
 
 
-@pytest.mark.parametrize("start", ["deflated", "cold", "preconditioned"])
+@pytest.mark.parametrize(
+    "start", ["deflated", pytest.param("cold", marks=pytest.mark.slow), "preconditioned"]
+)
 def test_cg_tends_to_the_dense_solve_as_rtol_falls(ce_model, ce_batch, ce_reference, start):
     full = ce_reference.full("smse", 0.1)
     errors = []

@@ -105,6 +105,7 @@ def test_batch_is_time_major_and_pairs_consecutive_snapshots(workspace):
     np.testing.assert_allclose(batch.times, info.times[1:4])
 
 
+@pytest.mark.slow
 def test_pipeline_matches_direct_influence_calls(workspace):
     request = request_for(workspace)
     result = run_analysis(request)
@@ -250,6 +251,7 @@ def test_result_file_round_trip_without_pickle(workspace, tmp_path, monkeypatch)
         load_result(path)
 
 
+@pytest.mark.slow
 def test_cli_analyze_writes_result(workspace, tmp_path):
     out = tmp_path / "cli.npz"
     runner = CliRunner()
@@ -509,6 +511,7 @@ def test_parse_window():
         parse_window("3-12")
 
 
+@pytest.mark.slow
 def test_influence_matrix_runs_in_float64_and_agrees_with_float32(workspace):
     """A float64 model and batch give a float64 Ĥ, equal to the float32 one to float32's
     accuracy (the dataset → batch → influence path keeps the model's dtype throughout)."""
@@ -524,6 +527,7 @@ def test_influence_matrix_runs_in_float64_and_agrees_with_float32(workspace):
     assert float((H32.double() - H64).norm() / H64.norm()) < 1e-3
 
 
+@pytest.mark.slow
 def test_a_top_eigenvalue_stopped_at_its_cap_is_never_silent(workspace, tmp_path, monkeypatch):
     """Lanczos stopped at its step cap gave a lower bound read as the value, without a word.
     Each unit keeps its relative bound; the CLI, the dashboard and the report warn from it."""
@@ -835,6 +839,7 @@ def test_analyze_warns_before_starting_about_an_rtol_that_cannot_act(workspace):
     ]
 
 
+@pytest.mark.slow
 def test_cg_iteration_cap_is_a_request_field_keyed_only_where_it_differs(workspace, tmp_path):
     """cg stopped at a fixed 500 iterations per column: the demo ViT needs up to 1324 at the
     paper's 5e-2 even from the deflated start. The cap is the request's (`--max-iter`), its

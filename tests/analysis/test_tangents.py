@@ -268,7 +268,7 @@ def test_wrap_pad_equals_builtin_circular_pad(pad, generator):
     )
 
 
-@pytest.mark.parametrize("arch", ["unet", "vit"])
+@pytest.mark.parametrize("arch", [pytest.param("unet", marks=pytest.mark.slow), "vit"])
 def test_the_counted_bytes_are_what_a_binding_keeps_and_a_product_adds(arch):
     """The cost estimate counts the program's memory from its trace (shapes only); here the
     same program runs and every tensor it creates is counted as it is made and freed

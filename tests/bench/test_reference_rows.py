@@ -141,6 +141,7 @@ def test_solved_columns_are_rows_of_the_exact_solve_and_are_not_solved_twice(tmp
     assert max(store.columns[p]["residual"] for p in (2, 5)) <= 1e-8
 
 
+@pytest.mark.slow
 def test_column_solver_solves_chosen_columns_from_each_start_as_a_full_run_does():
     """The columns part (bench_fidelity) and the reference store share this solver. Each
     start must reach the exact columns; a chosen column must take the iterations it takes in

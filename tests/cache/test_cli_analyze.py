@@ -214,6 +214,7 @@ def test_a_result_path_that_cannot_be_written_is_refused_before_computing(
         assert "cannot write in /proc (" in said and "a folder you can write to" in said
 
 
+@pytest.mark.slow
 def test_analyze_times_its_estimate_alone_when_another_job_computes(
     checkpoint, tiny_dataset, workspace, tmp_path, monkeypatch
 ):

@@ -95,6 +95,7 @@ def test_failed_job_records_its_error(workspace, checkpoint, tiny_dataset, count
     assert runner.store.get(runner.key(bad)) is None
 
 
+@pytest.mark.slow
 def test_concurrent_requests_share_one_computation(
     workspace, checkpoint, tiny_dataset, counted, monkeypatch
 ):
@@ -114,6 +115,7 @@ def test_concurrent_requests_share_one_computation(
     assert runner.submit(request) == key and runner.store.computations(key) == 1
 
 
+@pytest.mark.slow
 def test_a_worker_job_measures_its_setup_for_the_next_estimates(
     workspace, checkpoint, tiny_dataset
 ):
@@ -133,6 +135,7 @@ def test_a_worker_job_measures_its_setup_for_the_next_estimates(
     assert runner.store.job_setup() == setup  # one unit: nothing to tell its setup from
 
 
+@pytest.mark.slow
 def test_two_worker_processes_compute_once(workspace, checkpoint, tiny_dataset):
     runner = JobRunner(workspace)
     request = quick_request(checkpoint, tiny_dataset)
@@ -153,6 +156,7 @@ def test_two_worker_processes_compute_once(workspace, checkpoint, tiny_dataset):
     assert runner.result(key) is not None
 
 
+@pytest.mark.slow
 def test_killed_worker_leaves_no_entry_and_retry_succeeds(
     workspace, checkpoint, tiny_dataset, monkeypatch
 ):
@@ -175,6 +179,7 @@ def test_killed_worker_leaves_no_entry_and_retry_succeeds(
     assert np.isfinite(runner.result(key).H["smse"]).all()
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_job_without_an_entry(workspace, checkpoint, tiny_dataset, monkeypatch):
     monkeypatch.setenv(TEST_DELAY_ENV, "0.5")
     runner = JobRunner(workspace)
@@ -189,6 +194,7 @@ def test_cancel_stops_the_job_without_an_entry(workspace, checkpoint, tiny_datas
     assert not runner.store.cancel_requested(key)
 
 
+@pytest.mark.slow
 def test_jobs_queue_for_a_compute_slot_and_a_queued_job_can_be_cancelled(
     workspace, checkpoint, tiny_dataset, tmp_path, monkeypatch
 ):

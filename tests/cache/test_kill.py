@@ -115,6 +115,7 @@ def orphan_files(runner: JobRunner) -> list:
     ]
 
 
+@pytest.mark.slow
 def test_kill_during_the_cache_write(campaign):
     runner, request, _, _, _ = campaign
     reference = runner.run(request)  # in this process, on the same slot threads as a worker

@@ -47,6 +47,7 @@ def test_task_keys_follow_content_and_refuse_bad_specs(checkpoint, tiny_dataset,
         runner.task_key("nope", spec(moved, tiny_dataset))
 
 
+@pytest.mark.slow
 def test_a_check_job_runs_in_the_worker_and_matches_the_engine(checkpoint, tiny_dataset, workspace):
     from coherence.analysis.batch import assemble_batch
     from coherence.simulation.dataset import open_dataset

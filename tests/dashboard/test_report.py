@@ -62,6 +62,7 @@ def drawn_layout(div: str) -> dict:
     return values[2]
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_with_every_panel_scores_and_provenance(workspace):
     catalog = scan_workspace(workspace)
     selection = replace(default_selection(workspace), compare=COMPARE)
@@ -236,6 +237,7 @@ def test_a_report_not_computed_yet_gives_the_command_that_computes_it(workspace,
     assert out.exists()
 
 
+@pytest.mark.slow
 def test_cli_report_writes_the_file_and_explains_errors(workspace, tmp_path):
     out = tmp_path / "report.html"
 

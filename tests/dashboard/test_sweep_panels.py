@@ -117,6 +117,7 @@ def test_snapshot_epochs_are_not_checkpoints_and_partial_cache_shows(trained_on,
     assert charts(at)
 
 
+@pytest.mark.slow
 def test_a_report_without_epoch_analyses_gives_the_cli_command(trained_on, tmp_path):
     """The report's advice for snapshots not analysed yet named the dashboard's tab only;
     it now gives the `coherence analyze` of a missing epoch too, which computes that one."""
@@ -144,6 +145,7 @@ def test_a_report_without_epoch_analyses_gives_the_cli_command(trained_on, tmp_p
     assert len(done) == 2 and min(p.x for p in done) == 1
 
 
+@pytest.mark.slow
 def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
     selection = default_selection(scan_workspace(trained_on))
     at = open_app(trained_on, monkeypatch, DYNAMICS | selection.to_query())
@@ -189,6 +191,7 @@ def test_compute_button_fills_the_dynamics_panel(trained_on, monkeypatch):
     assert not np.allclose(plotly_array(heatmaps[0]["z"]), plotly_array(heatmaps[-1]["z"]))
 
 
+@pytest.mark.slow
 def test_a_panel_with_one_point_draws_a_filled_group_and_goes_back_on_request(
     trained_on, monkeypatch, tmp_path
 ):
@@ -333,6 +336,7 @@ def _assert_dominance_lines(data: list, runner, own, other) -> None:
         np.testing.assert_allclose(plotly_array(first[name]["y"]), expected, rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     """'Overlay the same epochs at another λ': the link's dyn_vs_damping adds that λ's
     epoch analyses to the count and the button; once computed, each λ is its own line
@@ -390,6 +394,7 @@ def test_dynamics_overlay_another_lambda_from_the_link(trained_on, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypatch):
     selection = default_selection(scan_workspace(trained_on))
     runner = JobRunner(trained_on)
@@ -829,6 +834,7 @@ def _only_own_setting(workspace, tmp_path):
     return root, catalog, selection, runner, own, every
 
 
+@pytest.mark.slow
 def test_the_own_sweep_view_is_in_the_link_and_drops_the_other_views_pair(
     workspace, monkeypatch, tmp_path
 ):
@@ -870,6 +876,7 @@ def test_the_own_sweep_view_is_in_the_link_and_drops_the_other_views_pair(
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_path):
     """Without snapshots or a second setting cached, the report leaves the sweeps out and
     says why under its headline; `coherence report` prints what to compute, names the
@@ -1041,6 +1048,7 @@ def test_the_page_names_the_left_out_sweep_and_why(workspace):
     assert page.index(html.escape(said)) > page.index("Not in this report:")
 
 
+@pytest.mark.slow
 def test_an_overlay_at_the_selections_own_lambda_draws_no_second_lines(trained_on):
     """dyn_vs_damping naming the selection's own λ is no overlay: the chart is the one
     without it (no '· λ =' lines, no note on the λ-free panels, no other λ's keys)."""

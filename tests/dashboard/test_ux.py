@@ -963,6 +963,7 @@ def test_the_lag_chart_zooms_to_its_tails_and_the_link_keeps_it(workspace, monke
     assert "lag_y='log': not offered for this selection" in texts(bad.warning)
 
 
+@pytest.mark.slow
 def test_a_cell_in_a_link_names_the_same_snapshots_in_a_moved_window(
     workspace, tmp_path, monkeypatch
 ):
@@ -1013,6 +1014,7 @@ def test_a_cg_job_past_the_confirmation_says_its_estimate_is_a_bound(workspace, 
     assert "up to" not in box.label, box.label
 
 
+@pytest.mark.slow
 def test_rollouts_run_as_a_background_job_on_the_first_visit_and_then_come_from_the_cache(
     workspace, monkeypatch, tmp_path
 ):
@@ -1075,6 +1077,7 @@ def test_a_repaired_link_is_explained_when_the_rollout_panel_starts_its_job(
     assert "URL parameter" not in texts(at.warning)
 
 
+@pytest.mark.slow
 def test_rollouts_a_changed_selection_left_queued_are_withdrawn_and_restart_on_return(
     workspace, monkeypatch, tmp_path
 ):
@@ -1117,6 +1120,7 @@ def test_rollouts_a_changed_selection_left_queued_are_withdrawn_and_restart_on_r
     assert len(charts(at)) == 2
 
 
+@pytest.mark.slow
 def test_a_rollout_another_page_shows_is_not_withdrawn_and_leaving_works_on_any_tab(
     workspace, monkeypatch, tmp_path
 ):

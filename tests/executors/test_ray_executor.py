@@ -93,6 +93,7 @@ def wait_for(path: Path, timeout: float = 120) -> list[int]:
     raise AssertionError(f"{path} did not appear within {timeout} s")
 
 
+@pytest.mark.slow
 def test_analysis_on_ray_equals_local_and_lands_in_the_same_cache_entry(
     ray_address, checkpoint, tiny_dataset, tmp_path
 ):

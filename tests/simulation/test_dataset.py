@@ -333,6 +333,7 @@ def test_cli_simulate_writes_dataset_and_reports_errors(tmp_path):
     assert "Traceback" not in bad.output
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_dataset_as_one_process(tmp_path):
     request = SimulationRequest(
         family="euler",

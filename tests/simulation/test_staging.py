@@ -239,6 +239,7 @@ def _simulate_kills(tmp_path: Path, kills: int, seed: int) -> list[str]:
     return states
 
 
+@pytest.mark.slow
 def test_killed_simulate_leaves_no_partial_dataset(tmp_path):
     _simulate_kills(tmp_path, kills=1, seed=0)  # a new dataset; overwrites: the slow test
 
@@ -336,6 +337,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads processes from /proc")
+@pytest.mark.slow
 def test_simulation_workers_exit_when_their_parent_is_killed(tmp_path):
     """kill -9 of a simulation left its spawned pool workers (≈ 300 MB each) running, then
     waiting for work forever, reparented to init."""

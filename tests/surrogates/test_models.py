@@ -381,6 +381,7 @@ def test_jvp_and_vjp_match_finite_differences_and_each_other(arch):
 
 
 @pytest.mark.parametrize("arch", ["unet", "vit"])
+@pytest.mark.slow
 def test_demo_preset_overfits_a_small_batch(arch):
     """8 smooth fields → their periodic shift by (1, 2) pixels: SMSE from ≈ 1 to < 1e-2."""
     g = torch.Generator().manual_seed(0)

@@ -73,6 +73,7 @@ def test_checkpoint_layout_history_and_bit_exact_round_trip(trained, tiny_datase
     assert not torch.allclose(model.state_mean, torch.zeros(4))
 
 
+@pytest.mark.slow
 def test_training_learns_and_is_deterministic(tiny_dataset, tmp_path):
     args = tiny_args(epochs=12, seed=5)
     train(tiny_dataset, tmp_path / "a", args)

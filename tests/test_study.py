@@ -529,7 +529,6 @@ def test_a_plan_timed_beside_another_job_says_its_times_are_high(workspace, tmp_
     assert "timed while another job computes on this machine" in text
 
 
-@pytest.mark.slow
 def test_a_study_trains_in_a_compute_slot(tmp_path, monkeypatch):
     """A study's training held no compute slot: beside a dashboard job (or another study)
     both ran on every core, several times slower than one after the other."""

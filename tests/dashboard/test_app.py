@@ -278,7 +278,6 @@ def test_every_panel_renders(workspace, monkeypatch, panel, compare):
         assert all(len(d) == 1 for d in by_column.values()), medians
 
 
-@pytest.mark.slow
 def test_compute_shows_progress_reattaches_and_cancels(workspace, monkeypatch):
     monkeypatch.setenv(TEST_DELAY_ENV, "0.5")  # the worker inherits it: a job of seconds
     query = default_selection(workspace).to_query() | {"classes": "CE-CRP,CE-RPUI"}

@@ -311,7 +311,7 @@ def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -
     from coherence.dashboard import sweep_views, sweeps
 
     points, problems = sweeps.sensitivity_points(
-        root, selection, catalog, cache.runner, include_on_demand=True
+        root, selection, cache.runner, include_on_demand=True
     )
     done = cache.done(points)
     if _most_per_group(done) < 2:  # no group has a second setting
@@ -324,7 +324,7 @@ def _sensitivity(root, catalog, selection, labels, params, cache: _Cache, out) -
         advice += _cli_route(catalog, points, done) + _cached_elsewhere(
             catalog,
             selection,
-            lambda s: sweeps.sensitivity_points(root, s, catalog, cache.runner)[0],
+            lambda s: sweeps.sensitivity_points(root, s, cache.runner)[0],
             cache,
             SENSITIVITY,
         )

@@ -526,7 +526,7 @@ def _analysis_step(
     ).to(ctx.device)
     seconds, peak = _analysis_cost(probe, request, model, example)
     series_seconds = {
-        setting.label(arch): _analysis_seconds(probe, _setting_request(request, setting, arch))
+        setting.label(): _analysis_seconds(probe, _setting_request(request, setting))
         for setting in sweeps.SWEEP_ESTIMATORS
         if not setting.on_demand
     }
@@ -557,13 +557,13 @@ def _check_test_batches(info: DatasetInfo, selection) -> None:
         info.load("test", name, trajectories=list(selection.trajectories), steps=window)
 
 
-def _setting_request(request: AnalysisRequest, setting, arch: str) -> AnalysisRequest:
+def _setting_request(request: AnalysisRequest, setting) -> AnalysisRequest:
     """``request`` with a sensitivity setting's estimator and options (for its cost)."""
     return replace(
         request,
         estimator=setting.estimator,
         depth=setting.depth,
-        rtol=setting.resolve_rtol(arch),
+        rtol=setting.rtol,
         energy_threshold=setting.energy_threshold,
     )
 
@@ -630,7 +630,7 @@ def _sweep_steps(
                 series = [""] * len(what)
             else:
                 planned = [
-                    (s.label(arch), d, s.uses_damping)
+                    (s.label(), d, s.uses_damping)
                     for s in sweeps.SWEEP_ESTIMATORS
                     if not s.on_demand
                     for d in (spec.sweep_dampings if s.uses_damping else (None,))
@@ -704,9 +704,7 @@ def sweep_points(spec: StudySpec, root: Path, info: DatasetInfo, arch: str, clas
     selection = selection_for(spec, root, info, arch, classes)
     if kind == "dynamics":
         return sweeps.dynamics_points(root, selection, runner)
-    return sweeps.sensitivity_points(
-        root, selection, _catalog(root), runner, dampings=spec.sweep_dampings
-    )
+    return sweeps.sensitivity_points(root, selection, runner, dampings=spec.sweep_dampings)
 
 
 def point_label(kind: str, point) -> str:
@@ -739,9 +737,3 @@ def _pending(spec, root, info, arch, classes, kind) -> tuple[int, int, list[str]
     others = [p for p in points if p.key != main]
     todo = [p for p in others if not runner.is_done(p.key)]
     return len(todo), len(others), [point_label(kind, p) for p in todo], [p.series for p in todo]
-
-
-def _catalog(root: Path):
-    from coherence.dashboard.workspace_scan import scan_workspace
-
-    return scan_workspace(root)

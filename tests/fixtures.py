@@ -302,7 +302,7 @@ def fill_sweeps(root: Path) -> Path:
     selection = default_selection(catalog)
     runner = JobRunner(root)
     epochs, _ = sweeps.dynamics_points(root, selection, runner)
-    settings, _ = sweeps.sensitivity_points(root, selection, catalog, runner)
+    settings, _ = sweeps.sensitivity_points(root, selection, runner)
     wanted = [p for p in settings if not p.uses_damping or p.x in (1e-4, 1e-2)]
     for point in epochs + wanted:
         runner.run(point.request)

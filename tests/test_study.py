@@ -339,9 +339,7 @@ def test_study_precomputes_the_dynamics_and_sensitivity_sweeps(tmp_path):
     runner = JobRunner(root)
     dynamics, _ = sweeps.dynamics_points(root, selection, runner)
     assert [p.x for p in dynamics] == [1.0, 2.0]
-    sensitivity, _ = sweeps.sensitivity_points(
-        root, selection, catalog, runner, dampings=(1e-4, 1e-2)
-    )
+    sensitivity, _ = sweeps.sensitivity_points(root, selection, runner, dampings=(1e-4, 1e-2))
     assert len(sensitivity) == 3
     for point in dynamics + sensitivity:  # the panels' own keys find every point cached
         assert runner.status(point.key).state == "done", (point.series, point.x)
@@ -638,7 +636,7 @@ def test_a_sweep_settings_seconds_are_the_full_estimates_seconds():
     settings = [s for s in sweeps.SWEEP_ESTIMATORS if not s.on_demand]
     assert len({s.estimator for s in settings}) > 1  # the sweep's estimators differ in cost
     for setting in settings:
-        request = _setting_request(base, setting, "vit")
+        request = _setting_request(base, setting)
         full = _analysis_cost(probe, request, model, example)[0]
         assert _analysis_seconds(probe, request) == pytest.approx(full, rel=1e-12), setting
 

@@ -27,10 +27,8 @@ from coherence.dashboard.selection import (
     DEFAULT_DAMPING,
     DEFAULT_ESTIMATOR,
     Selection,
-    default_rtol,
     snapshot_path_name,
 )
-from coherence.dashboard.workspace_scan import Catalog
 from coherence.errors import CoherenceError
 from coherence.surrogates import checkpoint as ckpt
 from coherence.surrogates import snapshots
@@ -45,31 +43,26 @@ PAPER_DAMPING = DEFAULT_DAMPING
 class EstimatorSetting:
     """One row of the sensitivity table: an estimator and its options.
 
-    ``rtol``: cg tolerance; "paper" takes the architecture's (1.5e-2 UNet, 5e-2 ViT).
+    ``rtol``: cg tolerance (the table names the paper's two, 1.5e-2 and 5e-2).
     ``uses_damping``: False for an estimator whose Ĥ ignores λ (euclidean): computed once,
     at the paper's λ, and drawn as a flat line. ``on_demand``: not in the default sweep
     (cg: its iteration count is large on trained models; computed when the user asks).
     """
 
     estimator: str
-    rtol: float | str | None = None
+    rtol: float | None = None
     uses_damping: bool = True
     on_demand: bool = False
     energy_threshold: float | None = None  # subspace: share of Σσ² of G kept (None: default)
     depth: int | None = None  # Krylov blocks (None: the sidebar's for its estimator, else default)
 
-    def label(self, arch: str | None = None) -> str:
+    def label(self) -> str:
         """The series' name, its numbers written as the panel's help writes them (1.5e-2)."""
         if self.estimator == "cg":
-            return f"cg rtol {paper_notation(self.resolve_rtol(arch) or 0.0)}"
+            return f"cg rtol {paper_notation(self.rtol or 0.0)}"
         if self.energy_threshold is not None:
             return f"{self.estimator} energy 1 − {paper_notation(1 - self.energy_threshold)}"
         return self.estimator
-
-    def resolve_rtol(self, arch: str | None) -> float | None:
-        if self.rtol == "paper":
-            return default_rtol(arch or "")
-        return self.rtol  # type: ignore[return-value]
 
 
 # The sensitivity table: one line per estimator setting. cg's iteration cap is the request's
@@ -160,7 +153,6 @@ def dynamics_points(
 
 def sensitivity_settings(
     selection: Selection,
-    arch: str | None,
     *,
     dampings: tuple[float, ...] = DAMPING_GRID,
     include_on_demand: bool = False,
@@ -181,7 +173,7 @@ def sensitivity_settings(
                 selection,
                 estimator=setting.estimator,
                 damping=damping,
-                rtol=setting.resolve_rtol(arch),
+                rtol=setting.rtol,
                 depth=setting.depth if setting.depth is not None else depth,
             )
             key = (chosen.estimator, chosen.resolved_depth, chosen.rtol, damping)
@@ -190,14 +182,13 @@ def sensitivity_settings(
                 continue
             seen.add(key)
             # a depth other than the estimator's default (the setting's or the sidebar's)
-            out.append((setting.label(arch) + _depth_label(chosen.depth), chosen, setting))
+            out.append((setting.label() + _depth_label(chosen.depth), chosen, setting))
     return out
 
 
 def sensitivity_points(
     root: str | os.PathLike,
     selection: Selection,
-    catalog: Catalog,
     runner,
     *,
     dampings: tuple[float, ...] = DAMPING_GRID,
@@ -205,16 +196,13 @@ def sensitivity_points(
 ) -> tuple[list[SweepPoint], list[str]]:
     """Every (group, estimator, λ) request and the problems met."""
     points, problems = [], []
+    try:  # the same settings for every group: each estimator's own options, no group's
+        settings = sensitivity_settings(
+            selection, dampings=dampings, include_on_demand=include_on_demand
+        )
+    except (CoherenceError, OSError) as error:
+        return points, [str(error)]
     for g, names in enumerate(selection.groups):
-        entry = catalog.checkpoint(names[0]) if names else None
-        arch = entry.arch if entry else None
-        try:
-            settings = sensitivity_settings(
-                selection, arch, dampings=dampings, include_on_demand=include_on_demand
-            )
-        except (CoherenceError, OSError) as error:
-            problems.append(str(error))
-            continue
         for label, chosen, setting in settings:
             try:  # one setting's problem leaves the group's others in the sweep
                 request = chosen.to_request(root, names)

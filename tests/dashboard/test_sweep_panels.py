@@ -399,14 +399,10 @@ def test_sensitivity_sweep_complete_and_extended_from_cache(trained_on, monkeypa
     selection = default_selection(scan_workspace(trained_on))
     runner = JobRunner(trained_on)
     small = (1e-4, 1e-2)
-    points, _ = sweeps.sensitivity_points(
-        trained_on, selection, scan_workspace(trained_on), runner, dampings=small
-    )
+    points, _ = sweeps.sensitivity_points(trained_on, selection, runner, dampings=small)
     for point in points:
         runner.run(point.request)
-    extended, _ = sweeps.sensitivity_points(
-        trained_on, selection, scan_workspace(trained_on), runner
-    )
+    extended, _ = sweeps.sensitivity_points(trained_on, selection, runner)
     missing = [p for p in extended if runner.status(p.key).state != "done"]
     assert len(extended) == 7 and len(missing) == 4  # only the new λ values
     for point in missing:
@@ -479,7 +475,7 @@ def test_an_unconverged_cg_setting_is_named_above_the_charts(trained_on, monkeyp
     selection = default_selection(catalog)
     runner = JobRunner(trained_on)
     points, _ = sweeps.sensitivity_points(
-        trained_on, selection, catalog, runner, dampings=(1e-4,), include_on_demand=True
+        trained_on, selection, runner, dampings=(1e-4,), include_on_demand=True
     )
     default = next(p for p in points if p.request.estimator == DEFAULT_ESTIMATOR)
     cg = next(p for p in points if p.request.estimator == "cg")
@@ -584,7 +580,7 @@ def test_the_sidebar_depth_goes_to_its_own_estimator_only():
     from .test_selection import synthetic_catalog
 
     deep = replace(default_selection(synthetic_catalog()), depth=3)
-    rows = sweeps.sensitivity_settings(deep, "unet", include_on_demand=True)
+    rows = sweeps.sensitivity_settings(deep, include_on_demand=True)
     depths = {(label, chosen.resolved_depth) for label, chosen, _ in rows}
     assert depths == {
         ("ekfac-krylov depth 3", 3),  # the sidebar's depth, named
@@ -601,9 +597,7 @@ def test_the_sidebar_depth_goes_to_its_own_estimator_only():
     assert (replace(deep, damping=1e-4), "ekfac-krylov depth 3") in {(c, lab) for lab, c, _ in rows}
     # with the sidebar at depth 4 the on-demand depth-4 line would repeat the main one
     four = replace(deep, depth=4)
-    labels = [
-        label for label, _, _ in sweeps.sensitivity_settings(four, "unet", include_on_demand=True)
-    ]
+    labels = [label for label, _, _ in sweeps.sensitivity_settings(four, include_on_demand=True)]
     assert labels.count("ekfac-krylov depth 4") == len(sweeps.DAMPING_GRID)  # the main line
     assert len(labels) == len(rows) - len(sweeps.DAMPING_GRID)
 
@@ -703,9 +697,7 @@ def test_sweep_exports_name_every_points_key_and_settings(trained_on):
     assert meta["dataset"] == "tiny_ce" and "UNet: cache key" not in meta
     assert "Krylov depth" not in meta and meta["weights"].startswith("epochs 1, 2, 3 (")
     assert meta["cache keys"] == {f"UNet · epoch {p.x:g}": p.key[:16] for p in points}
-    sens, _ = sweeps.sensitivity_points(
-        trained_on, selection, catalog, runner, include_on_demand=True
-    )
+    sens, _ = sweeps.sensitivity_points(trained_on, selection, runner, include_on_demand=True)
     settings = sweep_meta(view, sens, ["UNet"], "λ")["settings per line"]
     assert settings["UNet · krylov"] == "krylov, depth 4"
     assert settings["UNet · ekfac-krylov"] == "ekfac-krylov, depth 1"
@@ -743,7 +735,7 @@ def test_a_sweep_estimate_with_an_untimed_setting_is_no_estimate(trained_on, mon
 
     catalog = scan_workspace(trained_on)
     points, _ = sweeps.sensitivity_points(
-        trained_on, default_selection(catalog), catalog, JobRunner(trained_on)
+        trained_on, default_selection(catalog), JobRunner(trained_on)
     )
     timed = {"ekfac-krylov": 10.0, "euclidean": 2.0}
     monkeypatch.setattr(compute, "job_seconds", lambda r: timed.get(r.estimator.value, 0.0))
@@ -778,9 +770,7 @@ def test_the_report_holds_the_cached_sweeps_as_the_panels_draw_them(trained_on):
     runner = JobRunner(trained_on)
     own, _ = sweeps.dynamics_points(trained_on, selection, runner)
     other, _ = sweeps.dynamics_points(trained_on, replace(selection, damping=1e-2), runner)
-    every, _ = sweeps.sensitivity_points(
-        trained_on, selection, catalog, runner, include_on_demand=True
-    )
+    every, _ = sweeps.sensitivity_points(trained_on, selection, runner, include_on_demand=True)
     ekfac = next(p for p in every if p.series == "ekfac" and p.x == selection.damping)
     for point in [*other, ekfac]:  # ekfac: a third estimator, so the link picks a pair
         runner.run(point.request)
@@ -827,7 +817,7 @@ def _only_own_setting(workspace, tmp_path):
     selection = default_selection(catalog)
     runner = JobRunner(root)
     own = runner.key(selection.to_request(root))
-    every, _ = sweeps.sensitivity_points(root, selection, catalog, runner, include_on_demand=True)
+    every, _ = sweeps.sensitivity_points(root, selection, runner, include_on_demand=True)
     for point in every:
         if point.key != own:
             runner.store.delete(point.key)
@@ -844,7 +834,7 @@ def test_the_own_sweep_view_is_in_the_link_and_drops_the_other_views_pair(
     root, catalog, unet, runner, _, _ = _only_own_setting(workspace, tmp_path)
     vit_group = next(g for g in catalog.groups(unet.dataset) if g.label == "ViT")
     vit = group_defaults(catalog.dataset(unet.dataset), vit_group)
-    for point in sweeps.sensitivity_points(root, vit, catalog, runner)[0]:
+    for point in sweeps.sensitivity_points(root, vit, runner)[0]:
         if point.series == "euclidean" or point.x == vit.damping:
             runner.run(point.request)
     at = open_app(root, monkeypatch, SENSITIVITY | unet.to_query())
@@ -909,7 +899,7 @@ def test_a_report_without_sweeps_says_why_and_what_to_compute(workspace, tmp_pat
     # UNet's report points to it
     vit = next(g for g in catalog.groups(selection.dataset) if g.label == "ViT")
     theirs = group_defaults(catalog.dataset(selection.dataset), vit)
-    for point in sweeps.sensitivity_points(root, theirs, catalog, runner)[0]:
+    for point in sweeps.sensitivity_points(root, theirs, runner)[0]:
         if point.series == "euclidean" or point.x == theirs.damping:
             runner.run(point.request)
     (_, sensitivity) = build_report(root, catalog, selection, distance=None).left_out
@@ -1087,7 +1077,7 @@ def test_a_compare_report_says_which_groups_maps_it_leaves_out_and_names_the_pai
     both = replace(default_selection(catalog), compare=COMPARE)
     runner = JobRunner(trained_on)
     epochs, _ = sweeps.dynamics_points(trained_on, both, runner)
-    settings, _ = sweeps.sensitivity_points(trained_on, both, catalog, runner)
+    settings, _ = sweeps.sensitivity_points(trained_on, both, runner)
     pair = [p for p in settings if p.series == "euclidean" or p.x == both.damping]
     for point in [*epochs, *pair]:
         runner.run(point.request)

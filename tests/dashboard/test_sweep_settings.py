@@ -21,7 +21,7 @@ class KeyRunner:
 
 def test_the_default_sweep_spans_the_grid_and_the_selections_own_lambda():
     selection = replace(default_selection(synthetic_catalog()), damping=3e-4)
-    rows = sweeps.sensitivity_settings(selection, "unet")
+    rows = sweeps.sensitivity_settings(selection)
     main = sorted(c.damping for label, c, _ in rows if label == selection.estimator)
     assert main == sorted((*sweeps.DAMPING_GRID, 3e-4))
     assert sweeps.DAMPING_GRID == (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -42,7 +42,7 @@ def test_the_on_demand_points_are_marked_and_carry_their_own_settings():
     catalog = synthetic_catalog()
     selection = default_selection(catalog)
     points, problems = sweeps.sensitivity_points(
-        "/nowhere", selection, catalog, KeyRunner(), dampings=(1e-3,), include_on_demand=True
+        "/nowhere", selection, KeyRunner(), dampings=(1e-3,), include_on_demand=True
     )
     assert problems == []
     by_label = {}
@@ -66,9 +66,7 @@ def test_the_on_demand_points_are_marked_and_carry_their_own_settings():
 def test_a_compare_group_gets_its_own_points():
     catalog = synthetic_catalog()
     selection = replace(default_selection(catalog), compare=("vit_s10",))
-    points, _ = sweeps.sensitivity_points(
-        "/nowhere", selection, catalog, KeyRunner(), dampings=(1e-3,)
-    )
+    points, _ = sweeps.sensitivity_points("/nowhere", selection, KeyRunner(), dampings=(1e-3,))
     assert {p.group for p in points} == {0, 1}
     assert len([p for p in points if p.group == 1]) == len([p for p in points if p.group == 0])
 
@@ -77,7 +75,7 @@ def test_a_setting_that_cannot_be_requested_is_said_once():
     catalog = synthetic_catalog()
     selection = replace(default_selection(catalog), compare=("vit_s10",))
     points, problems = sweeps.sensitivity_points(
-        "/nowhere", replace(selection, dataset="../outside"), catalog, KeyRunner()
+        "/nowhere", replace(selection, dataset="../outside"), KeyRunner()
     )
     assert points == [] and len(problems) == 1 and "outside the workspace" in problems[0]
 

@@ -185,7 +185,7 @@ def test_a_study_on_ray_computes_its_sweeps_on_the_cluster(ray_address, tmp_path
     selection = default_selection(catalog)
     runner = JobRunner(root)
     dynamics, _ = sweeps.dynamics_points(root, selection, runner)
-    sensitivity, _ = sweeps.sensitivity_points(root, selection, catalog, runner, dampings=(1e-2,))
+    sensitivity, _ = sweeps.sensitivity_points(root, selection, runner, dampings=(1e-2,))
     points = dynamics + sensitivity
     # epoch 1 and the main analysis (epoch 2 = ekfac-krylov at the selection's λ 1e-4, in
     # both sweeps), ekfac-krylov at 1e-2, euclidean

@@ -32,9 +32,7 @@ def sensitivity(ctx: PanelContext) -> None:
     runner = loaders.job_runner(root)
     ctx = sweep_jobs.filled_view(  # every cached setting counts: the panel draws them all
         ctx,
-        lambda s: sweeps.sensitivity_points(
-            ctx.root, s, ctx.catalog, runner, include_on_demand=True
-        )[0],
+        lambda s: sweeps.sensitivity_points(ctx.root, s, runner, include_on_demand=True)[0],
         key="sens",
         what=("sweep setting", "sweep settings"),
     )
@@ -55,7 +53,7 @@ def sensitivity(ctx: PanelContext) -> None:
     # every setting's cache is looked up: an on-demand one computed earlier (or by a study)
     # is drawn whether or not the toggle asks to compute the missing ones
     every, problems = sweeps.sensitivity_points(
-        ctx.root, ctx.selection, ctx.catalog, runner, include_on_demand=True
+        ctx.root, ctx.selection, runner, include_on_demand=True
     )
     for problem in problems:
         st.warning(literal(problem), icon=":material/warning:")
@@ -84,7 +82,7 @@ def sensitivity(ctx: PanelContext) -> None:
     if len(done) <= len(ctx.selection.groups):
         sweep_jobs.elsewhere(
             ctx,
-            lambda s: sweeps.sensitivity_points(ctx.root, s, ctx.catalog, runner)[0],
+            lambda s: sweeps.sensitivity_points(ctx.root, s, runner)[0],
             "Sensitivity",
         )
     if not done:

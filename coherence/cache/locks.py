@@ -4,7 +4,8 @@ The OS releases a flock when the last descriptor of its open file closes, so a w
 with SIGKILL frees its key at once, and "a job for this key is running" is exactly "its lock
 is held". A held descriptor can be handed to a child process (``pass_fds``): the lock then
 lives as long as the child, with no gap between submitting a job and the worker starting.
-Lock files are empty. The cache's per-key ones are never deleted. A lock beside a dataset or
+Lock files are empty. The cache's per-key ones are deleted only by a cache clear, each while
+it holds it (``ResultStore.clear``), so a running job's stays. A lock beside a dataset or
 checkpoint (``try_lock_beside``) is deleted by its holder (``release(remove=True)``) only when
 the write left no target (a refused first import): beside an existing one it stays, since a
 user who may not create files in that folder shares it read-only, and would otherwise lock a

@@ -53,6 +53,7 @@ from coherence.cache.blobs import (
     unpack_blob,
 )
 from coherence.cache.layout import validate_key
+from coherence.cache.locks import KeyLock
 from coherence.cache.records import JobRecords
 from coherence.cache.safedisk import CacheCorruptionError, SafeDisk, UnsafeKey
 from coherence.cache.states import ProgressRecord  # noqa: F401 (re-exported)
@@ -398,8 +399,23 @@ class ResultStore(JobRecords):
             self._cache.check(fix=True, retry=True)  # orphan value files of killed writers
         for path in self.logs_dir.glob("*.log"):
             path.unlink(missing_ok=True)
+        self._remove_idle_locks()
         marker.unlink(missing_ok=True)
         return removed
+
+    def _remove_idle_locks(self) -> None:
+        """Delete the per-key lock files no job holds: one stayed behind for every key ever
+        computed. Each is deleted while this holds it, so a process that opened it a moment
+        before takes the path's new file instead (``KeyLock.acquire``); a running job's
+        stays."""
+        for path in self.locks_dir.glob("*.lock"):
+            lock = KeyLock(path)
+            try:
+                taken = lock.acquire()
+            except OSError:  # another user's file on a shared cache: not ours to delete
+                continue
+            if taken:
+                lock.release(remove=True)
 
     def remove_orphans(self, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> int:
         """Value files that no entry points to and that are older than ``grace_seconds``: a

@@ -20,6 +20,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from coherence.cache.keys import key_material, request_key, validate_key
+from coherence.cache.locks import KeyLock
 from coherence.cache.store import (
     ORPHAN_GRACE_SECONDS,
     CacheCorruptionError,
@@ -347,6 +348,25 @@ def test_info_and_clear(store):
     assert store.clear() == 2
     assert store.info()["entries"] == 0 and store.get(KEY) is None
     assert not orphan.exists() and not store.log_path(KEY).exists()
+
+
+def test_clear_removes_the_lock_files_no_job_holds_and_keeps_a_running_jobs(store):
+    """One empty lock file stayed for every key ever computed, a clear included. A clear now
+    deletes those it can take; a running job's stays, and stays held."""
+    running = "fedcba9876543210" * 4
+    idle = KeyLock(store.lock_path(KEY))
+    assert idle.acquire()
+    idle.release()
+    held = KeyLock(store.lock_path(running))  # another open file: as a worker holds it
+    assert held.acquire()
+    store.clear()
+    assert not store.lock_path(KEY).exists()
+    assert store.lock_path(running).exists()
+    assert not KeyLock(store.lock_path(running)).acquire()  # still the holder's
+    held.release()
+    again = KeyLock(store.lock_path(KEY))  # the next job for the key locks a new file
+    assert again.acquire() and store.lock_path(KEY).exists()
+    again.release()
 
 
 def test_listing_what_results_hold_is_not_a_use(store):

@@ -72,7 +72,7 @@ def _open_dataset_memo(root: str) -> DatasetInfo:
     """open_dataset reads and validates every file's metadata (≈ 4 ms a file); the dashboard
     keys a request on every rerun, so reuse the result while no file's size or mtime moved."""
     stats = stat_signature(dataset_files(root))
-    if any(size is None for _, size, _ in stats):  # a file vanished while listing: no memo
+    if any(size is None for _, size, *_ in stats):  # a file vanished while listing: no memo
         return open_dataset(root)
     signature = (str((Path(root) / "data").resolve()), *stats)
     if signature not in _DATASETS:

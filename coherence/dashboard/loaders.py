@@ -39,7 +39,7 @@ from coherence.workspace import cache_dir, secure_tree
 
 
 def file_signature(*paths: str | os.PathLike) -> tuple:
-    """(path, size, mtime) of each file: changes when a file is rewritten."""
+    """(path, size, mtime, inode) of each file: changes when a file is rewritten."""
     return stat_signature(paths)
 
 

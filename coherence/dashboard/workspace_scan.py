@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -344,28 +344,43 @@ def _checkpoint_entry(name: str, path: Path) -> CheckpointEntry:
     )
 
 
+# each workspace's entries as its last scan read them, by the stats of the files that decide
+# them (``_entry_files``): the dashboard rescans whenever any file changed (a training run
+# writes a snapshot per epoch), and rereading every Well file and checkpoint of a study's
+# workspace then cost ~20 ms an entry
+_last_scan: dict[Path, dict[tuple, DatasetEntry | CheckpointEntry]] = {}
+
+
 def scan_workspace(workspace: str | os.PathLike | None = None) -> Catalog:
     """List and check every dataset and checkpoint of the workspace (never raises on a bad
-    entry: it is skipped and explained in ``problems``)."""
+    entry: it is skipped and explained in ``problems``). An entry whose files have the same
+    sizes and times as at the last scan is taken from it, not read again."""
     root = workspace_root(workspace)
     if not root.is_dir():
         return Catalog(root=root, exists=False)
     problems: list[str] = []
     datasets, checkpoints = [], []
+    before, read = _last_scan.get(root, {}), {}
+
+    def entry(kind: str, path: Path, make: Callable[[str, Path], Any]) -> Any:
+        if link := link_out_of(root, path):
+            raise CoherenceError(f"{link} points outside the workspace; skipped")
+        signature = (kind, path.name, stat_signature(_entry_files[kind](path)))
+        found = before[signature] if signature in before else make(path.name, path)
+        read[signature] = found
+        return found
+
     for path in _entries(datasets_dir(root), root, problems):
         try:
-            if link := link_out_of(root, path):
-                raise CoherenceError(f"{link} points outside the workspace; skipped")
-            datasets.append(_dataset_entry(path.name, path))
+            datasets.append(entry("dataset", path, _dataset_entry))
         except (CoherenceError, OSError, KeyError, TypeError, ValueError) as error:
             problems.append(f"dataset {path.name}: {error}")
     for path in _entries(checkpoints_dir(root), root, problems):
         try:
-            if link := link_out_of(root, path):
-                raise CoherenceError(f"{link} points outside the workspace; skipped")
-            checkpoints.append(_checkpoint_entry(path.name, path))
+            checkpoints.append(entry("checkpoint", path, _checkpoint_entry))
         except (CoherenceError, OSError, KeyError, TypeError) as error:
             problems.append(f"checkpoint {path.name}: {error}")
+    _last_scan[root] = read  # only what is there now: a removed entry's goes
     kept, copies = _without_copies(checkpoints, checkpoints_dir(root), problems)
     return Catalog(
         root=root,
@@ -422,14 +437,22 @@ def _checkpoint_files(entry: Path) -> list[Path]:
     return [*(entry / name for name in files), *snapshots]
 
 
+# the files that decide an entry of each kind: what the scan's reuse and the dashboard's
+# rescan both watch
+_entry_files: dict[str, Callable[[Path], list[Path]]] = {
+    "dataset": dataset_files,
+    "checkpoint": _checkpoint_files,
+}
+
+
 def scan_signature(workspace: str | os.PathLike | None = None) -> tuple:
     """A cheap fingerprint (names, sizes, mtimes) that changes when the catalog may have:
     the cache key of the dashboard's catalog loader. A few stats per entry."""
     root = workspace_root(workspace)
     items: list[tuple] = [(str(root), root.is_dir())]
     for parent, files in (
-        (datasets_dir(root), dataset_files),
-        (checkpoints_dir(root), _checkpoint_files),
+        (datasets_dir(root), _entry_files["dataset"]),
+        (checkpoints_dir(root), _entry_files["checkpoint"]),
     ):
         if not parent.is_dir():
             items.append((str(parent), None))

@@ -250,16 +250,17 @@ def dataset_files(root: str | os.PathLike, split: str | None = None) -> list[Pat
 
 
 def stat_signature(paths: Sequence[str | os.PathLike]) -> tuple:
-    """(path, size, mtime) of each file, (path, None, None) if missing: changes whenever a
-    file is rewritten, for a few stats (the key of in-memory caches; content keys use
-    ``files_fingerprint``)."""
+    """(path, size, mtime, inode) of each file, (path, None, None, None) if missing: changes
+    whenever a file is rewritten, for a few stats (the key of in-memory caches; content keys
+    use ``files_fingerprint``). The inode: a file replaced by a rename (as checkpoints are
+    saved) within the clock's tick, at the same size, still differs."""
     out = []
     for path in paths:
         try:
             stat = Path(path).stat()
-            out.append((str(path), stat.st_size, stat.st_mtime_ns))
+            out.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
         except OSError:
-            out.append((str(path), None, None))
+            out.append((str(path), None, None, None))
     return tuple(out)
 
 

@@ -4,6 +4,7 @@ every cached view of it (the analysis batches included, which used to glob `*.hd
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -52,3 +53,17 @@ def test_h5_datasets_are_read_and_their_changes_seen_everywhere(workspace, tmp_p
     assert not np.array_equal(before, after)  # the cached batches noticed the .h5 rewrite
     assert scan_signature(tmp_path / "ws") != signature
     assert stat_signature(files) != stat_signature([])
+
+
+def test_a_file_replaced_at_the_same_size_and_time_changes_its_signature(tmp_path):
+    """Checkpoints are saved by a rename; one replaced within the clock's tick at the same size
+    kept its (size, mtime) and the in-memory caches served the old one's reading."""
+    path, staged = tmp_path / "model.safetensors", tmp_path / "staged"
+    path.write_bytes(b"a" * 64)
+    staged.write_bytes(b"b" * 64)
+    os.utime(staged, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    before = stat_signature([path])
+    staged.replace(path)
+    assert path.stat().st_mtime_ns == before[0][2] and path.stat().st_size == before[0][1]
+    assert stat_signature([path]) != before
+    assert stat_signature([tmp_path / "absent"]) == ((str(tmp_path / "absent"), None, None, None),)

@@ -117,6 +117,43 @@ def test_scan_skips_links_out_of_the_workspace_and_explains_broken_entries(works
     assert "checkpoint broken" in joined and "not valid JSON" in joined
 
 
+def test_a_rescan_reads_again_only_the_entries_whose_files_changed(
+    workspace, tmp_path, monkeypatch
+):
+    """The dashboard rescans the workspace whenever one of its files changed (a training run
+    writes a snapshot every epoch), and each entry was read again, ~20 ms apiece. An entry
+    whose files kept their sizes and times is now the last scan's own."""
+    from coherence.dashboard import workspace_scan
+
+    root = tmp_path / "ws"
+    for parent in (datasets_dir, checkpoints_dir):
+        shutil.copytree(parent(workspace), parent(root))
+    first = scan_workspace(root)
+    read = []
+    for name in ("_dataset_entry", "_checkpoint_entry"):
+        real = getattr(workspace_scan, name)
+        monkeypatch.setattr(
+            workspace_scan, name, lambda n, p, real=real: read.append(n) or real(n, p)
+        )
+    again = scan_workspace(root)
+    assert read == [] and again == first
+    assert all(a is b for a, b in zip(again.checkpoints, first.checkpoints, strict=True))
+    os.utime(checkpoints_dir(root) / "unet_tiny_s2" / "model.safetensors", ns=(0, 0))
+    shutil.copytree(datasets_dir(root) / "tiny_ce", datasets_dir(root) / "tiny_ce_copy")
+    shutil.rmtree(checkpoints_dir(root) / "vit_tiny_s1")
+    changed = scan_workspace(root)
+    assert sorted(read) == ["tiny_ce_copy", "unet_tiny_s2"]
+    assert [d.name for d in changed.datasets] == ["tiny_ce", "tiny_ce_copy", "tiny_ns"]
+    assert [c.name for c in changed.checkpoints] == ["unet_tiny_s1", "unet_tiny_s2"]
+    # damaged since: found at the next scan, not served from the last
+    (checkpoints_dir(root) / "unet_tiny_s1" / "model.safetensors").write_bytes(b"")
+    broken = scan_workspace(root)
+    assert [c.name for c in broken.checkpoints] == ["unet_tiny_s2"]
+    assert "checkpoint unet_tiny_s1: model.safetensors is not a readable" in "\n".join(
+        broken.problems
+    )
+
+
 def test_missing_workspace_is_an_empty_catalog(tmp_path):
     catalog = scan_workspace(tmp_path / "absent")
     assert not catalog.exists and catalog.datasets == ()

@@ -861,6 +861,19 @@ def test_cells_beyond_the_colour_range_are_counted_and_said():
     assert clipped_note([np.array([[0.0, 2.45]])], (0.0, 2.45)) == ""  # the ends are in range
 
 
+def test_cells_clipped_by_less_than_a_colour_step_are_not_counted():
+    """A walkthrough: '2 of 9 cells lie beyond the colour range [0, 6.93]' for two cells of
+    −0.01, noise around 0 whose clipped colour is the one they would have had. A cell beyond
+    an end by under 2% of the range is drawn as it would be and not counted."""
+    from coherence.dashboard.panels.common import clipped_note
+
+    noise = np.array([[-0.01, 3.0, 6.93 + 0.1], [-0.13, 6.93, 0.0]])  # 2% of 6.93 is 0.139
+    assert clipped_note([noise], (0.0, 6.93)) == ""
+    seen = np.array([[-0.15, 3.0, 6.93 + 0.2, 1.0]])  # beyond by more than a step
+    assert clipped_note([seen], (0.0, 6.93)).startswith(":orange[2 of 4 cells lie beyond")
+    assert clipped_note([np.array([[-0.05]])], (-2.0, -1.0)).startswith(":orange[1 of 1 cells")
+
+
 def test_a_tabs_choices_survive_a_visit_to_another_tab(workspace, monkeypatch):
     """Streamlit drops a widget's state in a run that does not draw it, so a visit to the
     Class transfer tab reset the two-time map's colour scale and drill-down cell (a

@@ -280,14 +280,21 @@ def heatmap_scale(mode: str, values: Any, n_examples: int) -> tuple[float, float
     raise RequestError(f"scale={mode!r}: choose one of {', '.join(SCALES)}")
 
 
+# beyond a colour range by less than this share of it, a cell's clipped colour is the one it
+# would have had (about one step of the scale): a −0.01 on [0, 6.93] is noise around 0, and
+# counting it warned of hidden structure where there was none (a walkthrough)
+UNSEEN_CLIP = 0.02
+
+
 def cells_beyond(maps: Sequence[Any], zrange: Sequence[float]) -> tuple[int, int]:
     """(cells beyond ``zrange``, cells) of heatmaps drawn on that range: plotly draws them at
     its ends, so a map wholly above [0, √N] is one flat colour. The dashboard's tabs and the
-    report say how many (``clipped_text``)."""
+    report say how many (``clipped_text``). A cell within ``UNSEEN_CLIP`` of the range's
+    width beyond an end is not counted: clipping does not change its colour."""
     values = np.concatenate([np.ravel(np.asarray(m, dtype=np.float64)) for m in maps])
     values = values[np.isfinite(values)]
     lo, hi = (float(v) for v in zrange)
-    slack = 1e-9 * max(hi - lo, 1e-300)
+    slack = UNSEEN_CLIP * max(hi - lo, 1e-300)
     return int(np.count_nonzero((values < lo - slack) | (values > hi + slack))), int(values.size)
 
 

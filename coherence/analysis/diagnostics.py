@@ -322,7 +322,7 @@ def residual_summary(
         line = f"full-system residual median {median:.3g}, worst {worst}; {within}"
         share = correction_share(diagnostics) if smse_map else None
         if share is not None and share > 1:  # a main caveat: not for the help alone
-            line += f"; the SMSE map is mostly EK-FAC's residual correction ({share:.0f}×)"
+            line += f"; the SMSE map is mostly EK-FAC's residual correction ({share:.3g}×)"
         return line
     line = (
         f"full-system residual ‖g − (η + λI)y‖/‖g‖ over {len(values)} columns: median "

@@ -22,7 +22,7 @@ from coherence.analysis.autodiff import (
     GaussNewtonOperator,
     per_example_vjps,
 )
-from coherence.analysis.diagnostics import RESIDUAL_CAVEAT
+from coherence.analysis.diagnostics import RESIDUAL_CAVEAT, correction_share
 from coherence.analysis.influence import (
     compute_influence,
     convergence_summary,
@@ -33,6 +33,7 @@ from coherence.analysis.influence import (
     unconverged_solves,
 )
 from coherence.analysis.standardization import standardize
+from coherence.analysis.verdict import caveats
 from coherence.errors import ConvergenceWarning, RequestError
 from tests.analysis.fixtures import SmallerConv, dense_reference
 
@@ -451,6 +452,11 @@ def test_residual_summary_counts_columns_within_the_papers_tolerances():
         "; the SMSE map is mostly EK-FAC's residual correction (100×)"
     )
     assert "mostly" not in residual_summary(small, brief=True, smse_map=True)
+    # in the verdict's own words' precision: the banner said 61× where the verdict said 60.5×
+    odd = [[{"residuals": [0.4], "residual_correction": 60.5}]]
+    assert residual_summary(odd, brief=True, smse_map=True).endswith("correction (60.5×)")
+    share = correction_share(odd)
+    assert "(60.5× the solved part)" in " ".join(caveats(batches=6, correction_share=share))
     # a result without the SMSE map (mass alone: not corrected), and the CLI, which prints
     # correction_note on a line of its own: not said
     assert "mostly" not in residual_summary(corrected, brief=True)

@@ -77,6 +77,20 @@ def test_deflation_holds_the_dense_metric_of_its_rows(ce_model, ce_batch, ce_ref
     assert rel_err(project.factor @ project.factor.T, e) < REL_EXACT
 
 
+def jacobi_in_place_of_ekfac(monkeypatch, a: Tensor) -> Tensor:
+    """Make the solvers' EK-FAC preconditioner M̃⁻¹ the Jacobi one of the dense ``a``, 1/diag
+    a, which a dense reference can apply; returns that diagonal."""
+    from coherence.analysis import metric_solve
+
+    inverse_diagonal = 1.0 / a.diagonal()
+
+    def jacobi(options, products, progress):  # ekfac_preconditioner's signature
+        return lambda rows: rows * inverse_diagonal.to(rows.dtype)
+
+    monkeypatch.setattr(metric_solve, "ekfac_preconditioner", jacobi)
+    return inverse_diagonal
+
+
 def test_ekfac_krylov_correction_matches_a_dense_preconditioned_galerkin(
     ce_model, ce_batch, ce_reference, monkeypatch
 ):
@@ -85,16 +99,11 @@ def test_ekfac_krylov_correction_matches_a_dense_preconditioned_galerkin(
     solution Y in span(G) + span(M̃⁻¹G), residuals R = G − YA, the SMSE map
     GYᵀ + RM̃⁻¹Rᵀ (the correction for SMSE only), the reported residuals and correction
     share, and the counterfactual steps y_p + P M̃⁻¹r_p with P = I − Q(QᵀAQ)⁻¹QᵀA."""
-    from coherence.analysis import metric_solve, verify
+    from coherence.analysis import verify
 
     damping = 1e-2
     a = damped(ce_reference, damping)
-    inverse_diagonal = 1.0 / a.diagonal()
-
-    def jacobi(options, products, progress):  # ekfac_preconditioner's signature
-        return lambda rows: rows * inverse_diagonal.to(rows.dtype)
-
-    monkeypatch.setattr(metric_solve, "ekfac_preconditioner", jacobi)
+    inverse_diagonal = jacobi_in_place_of_ekfac(monkeypatch, a)
     result = compute_influence(
         ce_model, *ce_batch, estimator="ekfac-krylov", damping=damping, response=("smse", "mass")
     )
@@ -161,16 +170,10 @@ def test_preconditioned_deflated_start_is_the_dense_preconditioned_galerkin(
     Krylov space span{M̃⁻¹G, M̃⁻¹AM̃⁻¹G} (depth 2), with a known M̃⁻¹ (Jacobi) in place of
     EK-FAC's: the reported start residuals are that dense solution's, and cg goes on from
     there to its rtol."""
-    from coherence.analysis import metric_solve
 
     damping = 1e-2
     a = damped(ce_reference, damping)
-    inverse_diagonal = 1.0 / a.diagonal()
-
-    def jacobi(options, products, progress):  # ekfac_preconditioner's signature
-        return lambda rows: rows * inverse_diagonal.to(rows.dtype)
-
-    monkeypatch.setattr(metric_solve, "ekfac_preconditioner", jacobi)
+    inverse_diagonal = jacobi_in_place_of_ekfac(monkeypatch, a)
     result = compute_influence(
         ce_model,
         *ce_batch,

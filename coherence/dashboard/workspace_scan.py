@@ -446,7 +446,7 @@ _entry_files: dict[str, Callable[[Path], list[Path]]] = {
 
 
 def scan_signature(workspace: str | os.PathLike | None = None) -> tuple:
-    """A cheap fingerprint (names, sizes, mtimes) that changes when the catalog may have:
+    """A cheap fingerprint (names, sizes, mtimes, inodes) that changes when the catalog may:
     the cache key of the dashboard's catalog loader. A few stats per entry."""
     root = workspace_root(workspace)
     items: list[tuple] = [(str(root), root.is_dir())]

@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from tests.analysis.fixtures import TinyConv, TrainedSmall, euler_states, train_small
+from tests.analysis.fixtures import (
+    DenseReference,
+    TinyConv,
+    TrainedSmall,
+    dense_reference,
+    euler_states,
+    train_small,
+)
 from tests.fixtures import torch_threads
 
 
@@ -45,3 +52,9 @@ def trained_small() -> TrainedSmall:
     """P = 880 (hidden 12), trained; built once per session (≈ 15 s on one thread)."""
     with torch_threads(1):
         return train_small(hidden=12, seed=2)
+
+
+@pytest.fixture
+def ce_reference(ce_model, ce_batch) -> DenseReference:
+    """The dense float64 J, η and residuals of ``ce_model`` on ``ce_batch``."""
+    return dense_reference(ce_model, *ce_batch)

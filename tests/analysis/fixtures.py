@@ -147,6 +147,16 @@ def dense_reference(model: nn.Module, inputs: Tensor, targets: Tensor) -> DenseR
 # ------------------------------------------------- small trained models (fidelity) -------
 
 
+def damped(ref: DenseReference, damping: float) -> Tensor:
+    """The dense A = η + λI."""
+    return ref.eta + damping * torch.eye(ref.jac.shape[2], dtype=torch.float64)
+
+
+def rel_err(actual: Tensor, expected: Tensor) -> float:
+    """‖actual − expected‖ / ‖expected‖ (Frobenius)."""
+    return float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
+
+
 @dataclass
 class TrainedSmall:
     """A TinyConv trained on compressible-Euler transitions at 8², an analysis batch of

@@ -10,24 +10,11 @@ import torch
 from torch import Tensor
 
 from coherence.analysis.influence import compute_influence
-from tests.analysis.fixtures import DenseReference, dense_reference
+from tests.analysis.fixtures import damped, rel_err
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 REL_EXACT = 1e-7  # float64 agreement of exact formulas (basis rounding included)
-
-
-def rel_err(actual: Tensor, expected: Tensor) -> float:
-    return float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
-
-
-@pytest.fixture
-def ce_reference(ce_model, ce_batch) -> DenseReference:
-    return dense_reference(ce_model, *ce_batch)
-
-
-def damped(ref: DenseReference, damping: float) -> Tensor:
-    return ref.eta + damping * torch.eye(ref.jac.shape[2], dtype=torch.float64)
 
 
 def orthonormal_columns(block: Tensor) -> Tensor:

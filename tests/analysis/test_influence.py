@@ -35,7 +35,7 @@ from coherence.analysis.influence import (
 from coherence.analysis.standardization import standardize
 from coherence.analysis.verdict import caveats
 from coherence.errors import ConvergenceWarning, RequestError
-from tests.analysis.fixtures import SmallerConv, dense_reference
+from tests.analysis.fixtures import SmallerConv, dense_reference, rel_err
 
 REL_EXACT = 1e-8  # float64 agreement of exact formulas (observed ~1e-14)
 CG_DAMPING = 0.1  # κ(η + λI) ≈ 5e4 here: CG reaches rtol 1e-11 in a few hundred iterations
@@ -48,10 +48,6 @@ def assert_rel(actual: Tensor, expected: Tensor, rel: float) -> None:
     """‖actual − expected‖_F ≤ rel·‖expected‖_F (matrix-level relative error)."""
     err = float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
     assert err <= rel, f"relative error {err:.3e} > {rel:.1e}"
-
-
-def rel_err(actual: Tensor, expected: Tensor) -> float:
-    return float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
 
 
 # ------------------------------------------------------------------ autodiff products -----
@@ -93,11 +89,6 @@ def test_gauss_newton_operator_matches_dense_metric(ns_model, ns_batch, generato
 
 
 # ------------------------------------------------------------------- estimators ----------
-
-
-@pytest.fixture
-def ce_reference(ce_model, ce_batch):
-    return dense_reference(ce_model, *ce_batch)
 
 
 def test_euclidean_matches_dense_gradient_products(ce_model, ce_batch, ce_reference):

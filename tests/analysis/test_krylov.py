@@ -16,7 +16,7 @@ from coherence.analysis.influence import compute_influence
 from coherence.analysis.request import AnalysisRequest
 from coherence.analysis.standardization import standardize
 from coherence.errors import RequestError
-from tests.analysis.fixtures import DenseReference, dense_reference, train_small
+from tests.analysis.fixtures import DenseReference, damped, rel_err, train_small
 from tests.fixtures import torch_threads
 
 REL_EXACT = 1e-8  # float64 agreement of exact formulas
@@ -24,14 +24,6 @@ PEARSON_TARGET, SPEARMAN_TARGET = 0.95, 0.9  # issue 14: vs the exact solve
 FEWER_ITERATIONS = 10  # deflated (depth 4) vs cold, summed over columns (measured 75× and 29×)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def rel_err(actual: Tensor, expected: Tensor) -> float:
-    return float(torch.linalg.norm(actual - expected) / torch.linalg.norm(expected))
-
-
-def damped(ref: DenseReference, damping: float) -> Tensor:
-    return ref.eta + damping * torch.eye(ref.jac.shape[2], dtype=torch.float64)
 
 
 def dense_relative_residuals(ref: DenseReference, y: Tensor, damping: float) -> Tensor:
@@ -51,11 +43,6 @@ def dense_krylov_solution(ref: DenseReference, depth: int, damping: float) -> Te
     q, r = torch.linalg.qr(power)
     q = q[:, r.diagonal().abs() > 1e-10 * r.diagonal().abs().max()]
     return q @ torch.linalg.solve(q.T @ damped(ref, damping) @ q, q.T @ g)
-
-
-@pytest.fixture
-def ce_reference(ce_model, ce_batch):
-    return dense_reference(ce_model, *ce_batch)
 
 
 # ------------------------------------------------------------- residual correction -------
